@@ -1,0 +1,189 @@
+"""The runtime protocol every backend implements, and the registry hosts look backends up in."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ._errors import AcpRuntimeError
+from ._events import (
+    AcpRuntimeCapabilities,
+    AcpRuntimeEvent,
+    AcpRuntimeHandle,
+    AcpRuntimeStatus,
+    DoctorReport,
+)
+
+__all__ = [
+    "AcpRuntime",
+    "AcpRuntimeBackend",
+    "BackendRegistry",
+    "default_registry",
+]
+
+
+@runtime_checkable
+class AcpRuntime(Protocol):
+    """What a backend runtime offers.  All calls take keyword arguments.
+
+    Implementations promise: every call is cancellable; cancelling ``run_turn``'s consumer
+    or the surrounding scope leaves no agent process of that turn's session running unless the
+    session is persistent and still healthy; errors are :class:`AcpRuntimeError` with a code."""
+
+    async def ensure_session(
+        self,
+        *,
+        session_key: str,
+        agent: str,
+        mode: Literal["persistent", "oneshot"] = "persistent",
+        cwd: str | None = None,
+        resume_session_id: str | None = None,
+    ) -> AcpRuntimeHandle: ...
+
+    def run_turn(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncIterator[AcpRuntimeEvent]: ...
+
+    async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None: ...
+
+    async def close(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        reason: str = "closed",
+        discard_persistent_state: bool = False,
+    ) -> None: ...
+
+    async def get_capabilities(
+        self, *, handle: AcpRuntimeHandle | None = None
+    ) -> AcpRuntimeCapabilities: ...
+
+    async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus: ...
+
+    async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None: ...
+
+    async def set_config_option(
+        self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
+    ) -> None: ...
+
+    async def prepare_fresh_session(self, *, session_key: str) -> None: ...
+
+    async def doctor(self) -> DoctorReport: ...
+
+    async def probe_availability(self) -> None: ...
+
+    def is_healthy(self) -> bool: ...
+
+
+class AcpRuntimeBackend:
+    """A registered backend: an id, its runtime, and an optional ``healthy`` callback.
+
+    A backend without ``healthy`` counts as always healthy; a callback that raises counts as
+    unhealthy."""
+
+    __slots__ = ("healthy", "id", "runtime")
+
+    def __init__(
+        self, id: str, runtime: Any, healthy: Callable[[], bool] | None = None
+    ) -> None:
+        self.id = id
+        self.runtime = runtime
+        self.healthy = healthy
+
+    def is_healthy(self) -> bool:
+        if self.healthy is None:
+            return True
+        try:
+            return bool(self.healthy())
+        except Exception:
+            return False
+
+    def __repr__(self) -> str:
+        return f"AcpRuntimeBackend(id={self.id!r}, runtime={self.runtime!r})"
+
+
+def _normalize_id(backend_id: str) -> str:
+    return backend_id.strip().lower()
+
+
+class BackendRegistry:
+    """Backends by id (ids are trimmed and lower-cased).  Thread-safe.
+
+    Registering an id again replaces the previous backend."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._backends: dict[str, AcpRuntimeBackend] = {}
+
+    def register(self, backend: AcpRuntimeBackend) -> None:
+        """Add or replace ``backend``.
+
+        Raises :class:`AcpRuntimeError` if it has no id or no runtime."""
+        key = _normalize_id(backend.id or "")
+        if not key:
+            raise AcpRuntimeError("ACP_BACKEND_MISSING", "ACP runtime backend id is required")
+        if backend.runtime is None:
+            raise AcpRuntimeError(
+                "ACP_BACKEND_MISSING",
+                f'ACP runtime backend "{key}" is missing runtime implementation',
+            )
+        with self._lock:
+            self._backends[key] = backend
+
+    def unregister(self, backend_id: str, *, runtime: Any = None) -> bool:
+        """Remove a backend; with ``runtime``, only if it still holds that runtime.
+
+        Returns whether something was removed.  An empty id is a no-op."""
+        key = _normalize_id(backend_id or "")
+        with self._lock:
+            current = self._backends.get(key)
+            if current is None or (runtime is not None and current.runtime is not runtime):
+                return False
+            del self._backends[key]
+            return True
+
+    def get(self, backend_id: str | None = None) -> AcpRuntimeBackend | None:
+        """The backend with this id; without an id, the first healthy one, else the first one."""
+        with self._lock:
+            backends = dict(self._backends)
+        if backend_id is not None:
+            return backends.get(_normalize_id(backend_id))
+        for backend in backends.values():
+            if backend.is_healthy():
+                return backend
+        return next(iter(backends.values()), None)
+
+    def require(self, backend_id: str | None = None) -> AcpRuntimeBackend:
+        """Like :meth:`get` but raises a typed error saying what to do when nothing fits."""
+        backend = self.get(backend_id)
+        if backend is None:
+            if backend_id is not None:
+                raise AcpRuntimeError(
+                    "ACP_BACKEND_MISSING",
+                    f'ACP runtime backend "{_normalize_id(backend_id)}" is not registered.',
+                )
+            raise AcpRuntimeError(
+                "ACP_BACKEND_MISSING",
+                "ACP runtime backend is not configured. Start an AcpxRuntimeService first.",
+            )
+        if not backend.is_healthy():
+            raise AcpRuntimeError(
+                "ACP_BACKEND_UNAVAILABLE",
+                "ACP runtime backend is currently unavailable. Try again in a moment.",
+                retryable=True,
+            )
+        return backend
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._backends)
+
+
+#: The process-wide registry used when a service is given none.
+default_registry = BackendRegistry()

@@ -1,0 +1,107 @@
+"""Turn events and the small result records of the runtime API (msgspec Structs).
+
+Events are a tagged union on ``type``; encode them with ``msgspec.json.encode`` for NDJSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "AcpRuntimeCapabilities",
+    "AcpRuntimeEvent",
+    "AcpRuntimeHandle",
+    "AcpRuntimeStatus",
+    "DoctorReport",
+    "DoneEvent",
+    "ErrorEvent",
+    "StatusEvent",
+    "TextDeltaEvent",
+    "ToolCallEvent",
+]
+
+
+class TextDeltaEvent(msgspec.Struct, tag_field="type", tag="text_delta", kw_only=True, frozen=True):
+    """A piece of agent text.  ``stream`` is ``output`` (the reply) or ``thought``."""
+
+    text: str
+    stream: Literal["output", "thought"] = "output"
+    tag: str | None = None
+
+
+class StatusEvent(msgspec.Struct, tag_field="type", tag="status", kw_only=True, frozen=True):
+    """Anything else the agent reported (plan, mode change, commands, usage, unknown kinds)."""
+
+    text: str
+    tag: str | None = None
+
+
+class ToolCallEvent(msgspec.Struct, tag_field="type", tag="tool_call", kw_only=True, frozen=True):
+    """A tool call started or changed (``tag`` is ``tool_call`` or ``tool_call_update``)."""
+
+    text: str
+    tool_call_id: str | None = None
+    status: str | None = None
+    title: str | None = None
+    tag: str | None = None
+
+
+class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, frozen=True):
+    """The turn ended normally; ``stop_reason`` is ACP's (``end_turn``, ``cancelled``, ...)."""
+
+    stop_reason: str
+
+
+class ErrorEvent(msgspec.Struct, tag_field="type", tag="error", kw_only=True, frozen=True):
+    """The turn failed.  ``code`` is stable; ``retryable`` says whether retrying may help."""
+
+    message: str
+    code: str
+    retryable: bool = False
+
+
+AcpRuntimeEvent = TextDeltaEvent | StatusEvent | ToolCallEvent | DoneEvent | ErrorEvent
+
+
+class AcpRuntimeHandle(msgspec.Struct, kw_only=True, frozen=True):
+    """Names a live session.  Minted by the runtime; pass it back to every session call."""
+
+    session_key: str
+    backend: str
+    agent: str
+    mode: Literal["persistent", "oneshot"]
+    cwd: str
+    backend_session_id: str
+    lease_id: str | None = None
+    agent_pid: int | None = None
+
+
+class AcpRuntimeCapabilities(msgspec.Struct, kw_only=True, frozen=True):
+    """Controls a session supports (``session/set_mode``, ``session/set_config_option``, ...)."""
+
+    controls: tuple[str, ...] = ()
+    config_option_keys: tuple[str, ...] = ()
+    load_session: bool = False
+
+
+class AcpRuntimeStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """What is known about a session right now."""
+
+    summary: str = ""
+    backend_session_id: str | None = None
+    agent_pid: int | None = None
+    alive: bool = False
+    current_mode: str | None = None
+    details: dict[str, Any] = {}
+
+
+class DoctorReport(msgspec.Struct, kw_only=True, frozen=True):
+    """Result of :meth:`AcpRuntime.doctor`.  ``details`` may hold values of any type."""
+
+    ok: bool
+    message: str
+    code: str | None = None
+    install_command: str | None = None
+    details: list[Any] = []

@@ -1,0 +1,128 @@
+"""The gateway instance id: a stable identity of one installation (state dir) across restarts.
+
+Every lease carries it and every agent process inherits it, so a restarted gateway recognises
+what its previous life started.  Losing it would orphan every old lease, so this module never
+replaces an existing id file silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+
+import msgspec
+import trio
+
+from ._errors import GatewayInstanceIdError
+from ._fsio import FILE_MODE, atomic_write_bytes, ensure_private_dir
+from ._leases import LEASE_FILE_NAME
+
+__all__ = [
+    "GATEWAY_ID_FILE_NAME",
+    "resolve_gateway_instance_id",
+    "resolve_gateway_instance_id_sync",
+]
+
+GATEWAY_ID_FILE_NAME = "gateway-instance-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+_log = logging.getLogger("acpx_trio.instance")
+
+
+class _AnyLease(msgspec.Struct, rename="camel"):
+    gateway_instance_id: str
+
+
+class _AnyLeaseFile(msgspec.Struct):
+    leases: list[msgspec.Raw] = []
+
+
+def _gateway_ids_in_lease_files(state_dir: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in (state_dir / "acpx" / LEASE_FILE_NAME, state_dir / LEASE_FILE_NAME):
+        try:
+            doc = msgspec.json.decode(path.read_bytes(), type=_AnyLeaseFile)
+        except (OSError, msgspec.DecodeError):
+            continue
+        for raw in doc.leases:
+            with contextlib.suppress(msgspec.DecodeError):
+                ids.add(msgspec.json.decode(raw, type=_AnyLease).gateway_instance_id.strip())
+    return {i for i in ids if _VALID_ID.match(i)}
+
+
+def _create_exclusive(path: Path, value: str) -> bool:
+    """Publish ``value`` at ``path`` only if nothing is there; True if we won."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(f"{value}\n".encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, FILE_MODE)
+        try:
+            os.link(tmp_name, path)  # atomic and exclusive: fails if another start won
+        except FileExistsError:
+            return False
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+
+
+def resolve_gateway_instance_id_sync(state_dir: str | Path) -> str:
+    """Read ``<state_dir>/gateway-instance-id``, creating it (a UUID, 0600; dir 0700) if missing.
+
+    * Two first starts racing agree on one id (exclusive creation).
+    * A read error other than "missing" is raised.
+    * An empty or garbled file is repaired only from the lease file when that names exactly one
+      gateway; otherwise :class:`GatewayInstanceIdError` says how to fix it by hand."""
+    directory = ensure_private_dir(Path(state_dir))
+    path = directory / GATEWAY_ID_FILE_NAME
+    for _ in range(3):
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        except FileNotFoundError:
+            if _create_exclusive(path, str(uuid.uuid4())):
+                return path.read_text().strip()
+            continue  # someone else created it first: read theirs
+        if _VALID_ID.match(text):
+            if (path.stat().st_mode & 0o777) != FILE_MODE:
+                os.chmod(path, FILE_MODE)
+            return text
+        return _recover(directory, path, text)
+    raise GatewayInstanceIdError(f"{path} keeps disappearing while being read; is it on NFS?")
+
+
+def _recover(directory: Path, path: Path, text: str) -> str:
+    found = _gateway_ids_in_lease_files(directory)
+    what = "empty" if not text else "garbled"
+    if len(found) == 1:
+        (recovered,) = found
+        atomic_write_bytes(path, f"{recovered}\n".encode())
+        _log.warning(
+            "gateway instance id file %s was %s; recovered id %s from the lease file",
+            path, what, recovered,
+        )
+        return recovered
+    reason = (
+        "no lease names a gateway" if not found else f"leases name {len(found)} gateways"
+    )
+    raise GatewayInstanceIdError(
+        f"gateway instance id file {path} is {what} and cannot be recovered ({reason}). "
+        "Write the old id into it if you know it; otherwise delete the file to start a new "
+        "identity (agent processes of the old identity will then not be reaped automatically)."
+    )
+
+
+async def resolve_gateway_instance_id(state_dir: str | Path) -> str:
+    """Async form of :func:`resolve_gateway_instance_id_sync` (file work in a worker thread)."""
+    return await trio.to_thread.run_sync(resolve_gateway_instance_id_sync, state_dir)
