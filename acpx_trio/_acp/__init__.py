@@ -1,0 +1,38 @@
+"""ACP (Agent Client Protocol) over stdio: framing, wire Structs and the JSON-RPC connection.
+
+Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the Structs of
+:mod:`._messages`.
+"""
+
+from ._connection import AcpConnection, NotificationHandler, RequestHandler
+from ._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
+from ._jsonrpc import (
+    AUTH_REQUIRED,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    RESOURCE_NOT_FOUND,
+)
+from ._messages import *  # noqa: F403
+from ._messages import __all__ as _messages_all
+
+__all__ = [
+    "AUTH_REQUIRED",
+    "DEFAULT_MAX_LINE_BYTES",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "REQUEST_CANCELLED",
+    "RESOURCE_NOT_FOUND",
+    "AcpConnection",
+    "LineReader",
+    "LineSplitter",
+    "NotificationHandler",
+    "RequestHandler",
+    *_messages_all,
+]

@@ -1,0 +1,402 @@
+"""A JSON-RPC 2.0 peer over a pair of Trio byte streams (an agent's stdin/stdout)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import msgspec
+import trio
+
+from .._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
+from ._framing import DEFAULT_MAX_LINE_BYTES, LineReader
+from ._jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    ErrorResponse,
+    Notification,
+    NotJsonRpc,
+    OutError,
+    OutErrorResponse,
+    OutNotification,
+    OutRequest,
+    OutResponse,
+    Request,
+    RequestId,
+    Response,
+    parse_message,
+)
+
+__all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
+
+T = TypeVar("T")
+
+RequestHandler = Callable[[msgspec.Raw], Awaitable[Any]]
+NotificationHandler = Callable[[msgspec.Raw], None]
+
+_JUNK_TAIL: Final = 5
+_JUNK_BYTES: Final = 200
+_ABANDONED_MAX: Final = 10_000
+_NULL: Final = b"null"
+
+
+class _Pending:
+    __slots__ = ("done", "error", "method", "outcome")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.done = trio.Event()
+        self.outcome: Response | ErrorResponse | None = None
+        self.error: AcpxError | None = None
+
+
+def _copy_error(exc: AcpxError) -> AcpxError:
+    """A fresh instance for each waiter, so tracebacks do not pile up on one object."""
+    if isinstance(exc, AcpProtocolError):
+        return AcpProtocolError(exc.message, code=exc.code)
+    return AcpConnectionClosedError(exc.message, code=exc.code)
+
+
+class AcpConnection:
+    """One JSON-RPC 2.0 peer: sends requests/notifications, answers the agent's requests.
+
+    Run :meth:`serve` (``await nursery.start(conn.serve)``) for answers to arrive.
+
+    Guarantees:
+
+    - No request waits forever because of the peer's output: on EOF, on a fatal protocol error,
+      or when :meth:`serve` is cancelled, every pending :meth:`request` fails
+      (:class:`AcpConnectionClosedError`, or the :class:`AcpProtocolError` itself).
+    - Junk lines (not JSON, or JSON that is not JSON-RPC) are skipped, counted in
+      :attr:`junk_lines` and reported to ``on_warning`` (code ``ACP_JUNK_LINE``); the
+      ``max_junk_lines + 1``-th one is fatal (``ACP_PROTOCOL_GARBAGE``).  A line longer than
+      ``max_line_bytes`` is always fatal (``ACP_LINE_TOO_LONG``).  Blank lines are ignored.
+    - A response with an unknown id is reported (``ACP_UNKNOWN_RESPONSE_ID``) and dropped; the
+      late answer to a request whose caller was cancelled is dropped quietly.
+    - Each message is written whole (one JSON object and ``\\n``), one writer at a time.  If a
+      write is cancelled midway the stream is in an unknown state, so the connection stops
+      sending: later sends raise :class:`AcpConnectionClosedError`.
+    - ``on_warning`` is called synchronously from the reader task and must not raise or block.
+    """
+
+    def __init__(
+        self,
+        send_stream: trio.abc.SendStream,
+        receive_stream: trio.abc.ReceiveStream,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_junk_lines: int = 100,
+        on_warning: Callable[[AcpProtocolError], None] | None = None,
+    ) -> None:
+        self._send_stream = send_stream
+        self._reader = LineReader(receive_stream, max_line_bytes)
+        self._max_junk_lines = max_junk_lines
+        self._on_warning = on_warning
+        self._send_lock = trio.Lock()
+        self._encoder = msgspec.json.Encoder()
+        self._next_id = 0
+        self._pending: dict[RequestId, _Pending] = {}
+        self._abandoned: dict[RequestId, None] = {}  # insertion-ordered, bounded
+        self._request_handlers: dict[str, RequestHandler] = {}
+        self._notification_handlers: dict[str, NotificationHandler] = {}
+        self._junk_lines = 0
+        self._last_junk: deque[bytes] = deque(maxlen=_JUNK_TAIL)
+        self._serve_started = False
+        self._nursery: trio.Nursery | None = None
+        self._closed_reason: str | None = None
+        self._send_broken: str | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def closed(self) -> bool:
+        """True once the reader ended (EOF, fatal error, cancel) or :meth:`aclose` was called."""
+        return self._closed_reason is not None
+
+    @property
+    def junk_lines(self) -> int:
+        """How many junk lines were skipped so far."""
+        return self._junk_lines
+
+    @property
+    def last_junk(self) -> list[bytes]:
+        """The last few junk lines (oldest first), each truncated to 200 bytes."""
+        return list(self._last_junk)
+
+    # ------------------------------------------------------------------ handlers
+
+    def set_request_handler(self, method: str, handler: RequestHandler) -> None:
+        """Serves agent->client requests for ``method``.
+
+        Handlers run concurrently in the connection's nursery and are cancelled when the
+        reader stops.  The return value (Struct, dict, None, ...) is sent as the result.
+        :class:`AcpRuntimeError` with an ``rpc_code`` answers with that error;
+        ``msgspec.ValidationError`` with -32602; any other exception with -32603.  Requests
+        for a method without a handler get -32601.
+        """
+        self._request_handlers[method] = handler
+
+    def set_notification_handler(self, method: str, handler: NotificationHandler) -> None:
+        """Handles agent->client notifications for ``method``, synchronously, in wire order.
+
+        The handler must not block.  If it raises, the error is reported to ``on_warning``
+        (code ``ACP_NOTIFICATION_FAILED``) and reading goes on.  Notifications without a
+        handler are dropped.
+        """
+        self._notification_handlers[method] = handler
+
+    # ------------------------------------------------------------------ sending
+
+    def _closed_error(self) -> AcpConnectionClosedError:
+        return AcpConnectionClosedError(f"ACP connection is closed: {self._closed_reason}")
+
+    async def _send(self, data: bytes) -> None:
+        async with self._send_lock:
+            if self._send_broken is not None:
+                raise AcpConnectionClosedError(
+                    f"cannot send to the agent: {self._send_broken}", code="ACP_CONNECTION_CLOSED"
+                )
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                await self._send_stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
+                raise AcpConnectionClosedError(
+                    f"cannot send to the agent: {self._send_broken}"
+                ) from exc
+            except trio.Cancelled:
+                self._send_broken = "a write was cancelled midway"
+                raise
+
+    def _encode(self, message: Any) -> bytes:
+        buf = bytearray()
+        self._encoder.encode_into(message, buf)
+        buf += b"\n"
+        return bytes(buf)
+
+    async def request(self, method: str, params: Any, result_type: type[T]) -> T:
+        """Sends a request and waits for its answer, decoded into ``result_type``.
+
+        A ``null`` result decodes as ``{}`` when ``null`` itself does not fit ``result_type``.
+        Raises :class:`AcpRuntimeError` (``ACP_RPC_ERROR``, with ``rpc_code``/``rpc_data``)
+        for a JSON-RPC error answer; :class:`AcpProtocolError` (``ACP_BAD_MESSAGE``) for a
+        result that does not decode; :class:`AcpConnectionClosedError` if the connection is
+        or becomes closed; the fatal :class:`AcpProtocolError` if the reader dies of one.
+        If the caller is cancelled, the request is abandoned and its late answer ignored.
+        """
+        if self._closed_reason is not None:
+            raise self._closed_error()
+        request_id = self._next_id
+        data = self._encode(
+            OutRequest("2.0", request_id, method, msgspec.UNSET if params is None else params)
+        )
+        self._next_id += 1
+        pending = _Pending(method)
+        self._pending[request_id] = pending
+        try:
+            await self._send(data)
+            await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+            if pending.outcome is None and pending.error is None:
+                self._abandon(request_id)
+        return self._result(pending, result_type)
+
+    def _abandon(self, request_id: RequestId) -> None:
+        self._abandoned[request_id] = None
+        if len(self._abandoned) > _ABANDONED_MAX:
+            del self._abandoned[next(iter(self._abandoned))]
+
+    def _result(self, pending: _Pending, result_type: type[T]) -> T:
+        if pending.error is not None:
+            raise pending.error
+        outcome = pending.outcome
+        if isinstance(outcome, ErrorResponse):
+            err = outcome.error
+            raise AcpRuntimeError(
+                "ACP_RPC_ERROR",
+                f"agent answered {pending.method} with JSON-RPC error {err.code}: {err.message}",
+                rpc_code=err.code,
+                rpc_data=err.data,
+            )
+        assert outcome is not None
+        raw = outcome.result
+        try:
+            try:
+                result: T = msgspec.json.decode(raw, type=result_type)
+            except msgspec.ValidationError:
+                if bytes(raw).strip() != _NULL:
+                    raise
+                result = msgspec.json.decode(b"{}", type=result_type)
+        except msgspec.ValidationError as exc:
+            name = getattr(result_type, "__name__", repr(result_type))
+            raise AcpProtocolError(
+                f"agent answered {pending.method} with a result that is not a valid {name}: {exc}",
+                code="ACP_BAD_MESSAGE",
+            ) from None
+        return result
+
+    async def notify(self, method: str, params: Any) -> None:
+        """Sends a notification.  Raises :class:`AcpConnectionClosedError` if closed."""
+        if self._closed_reason is not None:
+            raise self._closed_error()
+        data = self._encode(
+            OutNotification("2.0", method, msgspec.UNSET if params is None else params)
+        )
+        await self._send(data)
+
+    async def aclose(self) -> None:
+        """Closes the send side (the agent sees EOF on its stdin); fails pending requests with
+        :class:`AcpConnectionClosedError`.  :meth:`serve` keeps reading until the agent's EOF.
+        Idempotent; completes even if cancelled."""
+        if self._closed_reason is None:
+            self._closed_reason = "closed by the client"
+        if self._send_broken is None:
+            self._send_broken = "the connection was closed by the client"
+        self._fail_pending(AcpConnectionClosedError("ACP connection closed by the client"))
+        await self._send_stream.aclose()
+
+    # ------------------------------------------------------------------ reading
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reads and dispatches messages until EOF.  May run once.
+
+        Returns at EOF; raises the fatal :class:`AcpProtocolError` on a protocol violation.
+        Either way, and also when cancelled, running request handlers are cancelled and every
+        pending request fails (see the class).  A broken receive stream counts as EOF.
+        """
+        if self._serve_started:
+            raise RuntimeError("AcpConnection.serve() may only run once")
+        self._serve_started = True
+        fatal: AcpProtocolError | None = None
+        reason = "the reader was cancelled"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await self._read_loop()
+                    reason = "the agent closed its output (EOF)"
+                except AcpProtocolError as exc:
+                    fatal = exc
+                    reason = f"protocol error: {exc.message}"
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    reason = f"the agent's output broke ({type(exc).__name__})"
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if self._closed_reason is None:
+                self._closed_reason = reason
+            self._fail_pending(
+                fatal or AcpConnectionClosedError(f"ACP connection closed: {reason}")
+            )
+        if fatal is not None:
+            raise fatal
+
+    def _fail_pending(self, exc: AcpxError) -> None:
+        for pending in self._pending.values():
+            if pending.outcome is None and pending.error is None:
+                pending.error = _copy_error(exc)
+                pending.done.set()
+
+    async def _read_loop(self) -> None:
+        while True:
+            line = await self._reader.receive_line()
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            try:
+                message = parse_message(line)
+            except NotJsonRpc as exc:
+                self._junk(line, exc.reason)
+                continue
+            if isinstance(message, Request):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._answer, message)
+            elif isinstance(message, Notification):
+                self._notify_handler(message)
+            else:
+                self._resolve(message)
+
+    def _warn(self, message: str, code: str) -> None:
+        if self._on_warning is not None:
+            self._on_warning(AcpProtocolError(message, code=code))
+
+    def _junk(self, line: bytes, reason: str) -> None:
+        self._junk_lines += 1
+        self._last_junk.append(line[:_JUNK_BYTES])
+        preview = line[:80]
+        if self._junk_lines > self._max_junk_lines:
+            raise AcpProtocolError(
+                f"the agent wrote {self._junk_lines} lines on stdout that are not ACP JSON-RPC "
+                f"messages (limit {self._max_junk_lines}); last one: {preview!r} ({reason})",
+                code="ACP_PROTOCOL_GARBAGE",
+            )
+        self._warn(
+            f"skipped a non-ACP line from the agent: {preview!r} ({reason})", "ACP_JUNK_LINE"
+        )
+
+    def _notify_handler(self, message: Notification) -> None:
+        handler = self._notification_handlers.get(message.method)
+        if handler is None:
+            return
+        try:
+            handler(message.params)
+        except Exception as exc:
+            self._warn(
+                f"handler for notification {message.method} failed: {exc!r}",
+                "ACP_NOTIFICATION_FAILED",
+            )
+
+    def _resolve(self, message: Response | ErrorResponse) -> None:
+        request_id = message.id
+        pending = self._pending.get(request_id) if request_id is not None else None
+        if pending is None or pending.outcome is not None or pending.error is not None:
+            if request_id is not None and request_id in self._abandoned:
+                del self._abandoned[request_id]
+                return  # late answer to a request whose caller gave up: quietly dropped
+            detail = ""
+            if isinstance(message, ErrorResponse):
+                detail = f" (error {message.error.code}: {message.error.message})"
+            self._warn(
+                f"the agent answered an unknown request id {request_id!r}{detail}; ignored",
+                "ACP_UNKNOWN_RESPONSE_ID",
+            )
+            return
+        pending.outcome = message
+        pending.done.set()
+
+    async def _answer(self, request: Request) -> None:
+        handler = self._request_handlers.get(request.method)
+        reply: OutResponse | OutErrorResponse
+        if handler is None:
+            error = OutError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+            reply = OutErrorResponse("2.0", request.id, error)
+        else:
+            try:
+                result = await handler(request.params)
+            except AcpRuntimeError as exc:
+                code = INTERNAL_ERROR if exc.rpc_code is None else exc.rpc_code
+                reply = OutErrorResponse(
+                    "2.0", request.id, OutError(code, exc.message, exc.rpc_data)
+                )
+            except msgspec.ValidationError as exc:
+                error = OutError(INVALID_PARAMS, f"Invalid params: {exc}")
+                reply = OutErrorResponse("2.0", request.id, error)
+            except Exception as exc:
+                error = OutError(INTERNAL_ERROR, f"Internal error: {exc}")
+                reply = OutErrorResponse("2.0", request.id, error)
+            else:
+                reply = OutResponse("2.0", request.id, result)
+        try:
+            data = self._encode(reply)
+        except (TypeError, ValueError, OverflowError) as exc:
+            error = OutError(INTERNAL_ERROR, f"Internal error: result not encodable: {exc}")
+            data = self._encode(OutErrorResponse("2.0", request.id, error))
+        with contextlib.suppress(AcpConnectionClosedError):  # nobody is left to read it
+            await self._send(data)

@@ -1,0 +1,175 @@
+"""Newline-delimited framing with a hard line-length limit.
+
+ACP over stdio carries one JSON-RPC message per line.  :class:`LineSplitter` is the synchronous
+core (no I/O, so property tests drive it directly); :class:`LineReader` wraps it around a Trio
+:class:`~trio.abc.ReceiveStream`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from .._errors import AcpProtocolError
+
+__all__ = ["DEFAULT_MAX_LINE_BYTES", "LineReader", "LineSplitter", "line_too_long_error"]
+
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+"""Default limit on one line (one ACP message), newline excluded: 8 MiB."""
+
+_RECEIVE_SIZE = 64 * 1024
+
+
+def line_too_long_error(max_line_bytes: int) -> AcpProtocolError:
+    """The error raised for a line longer than ``max_line_bytes`` (code ``ACP_LINE_TOO_LONG``)."""
+    return AcpProtocolError(
+        f"the agent sent a line longer than the limit of {max_line_bytes} bytes "
+        "(one ACP message per line); raise the limit with max_line_bytes= "
+        "if this agent legitimately sends messages that large",
+        code="ACP_LINE_TOO_LONG",
+    )
+
+
+class LineSplitter:
+    """Splits a byte stream into ``\\n``-terminated lines, enforcing ``max_line_bytes``.
+
+    Guarantees:
+
+    - :meth:`feed` returns every line completed by the data fed so far, in order, without the
+      ``\\n``.  Empty lines are returned too (as ``b""``).
+    - No line longer than ``max_line_bytes`` (newline excluded) is ever returned.  As soon as the
+      data fed proves that a line is too long, the splitter fails with
+      :class:`AcpProtocolError` (``ACP_LINE_TOO_LONG``).  Lines completed before the oversized
+      one are still returned first: in that case the error is raised by the *next* call.  Once
+      failed, every later call raises the same error.
+    - It never buffers more than ``max_line_bytes`` plus the size of the last chunk fed.
+    - Scanning is linear in the data fed, however the lines are chunked.
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
+        self._max = max_line_bytes
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already known to contain no newline
+        self._error: AcpProtocolError | None = None
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the current, incomplete line."""
+        return len(self._buf)
+
+    @property
+    def error(self) -> AcpProtocolError | None:
+        """The pending or raised oversize error, if the stream has been proven bad."""
+        return self._error
+
+    def _fail(self) -> AcpProtocolError:
+        self._buf = bytearray()
+        self._scanned = 0
+        self._error = line_too_long_error(self._max)
+        return self._error
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Adds ``data``; returns the lines it completes.  Raises as described on the class."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        lines: list[bytes] = []
+        start = 0
+        pos = self._scanned
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            if nl - start > self._max:
+                err = self._fail()
+                if lines:
+                    return lines
+                raise err
+            lines.append(bytes(buf[start:nl]))
+            start = pos = nl + 1
+        if start:
+            del buf[:start]
+        self._scanned = len(buf)
+        if len(buf) > self._max:
+            err = self._fail()
+            if lines:
+                return lines
+            raise err
+        return lines
+
+    def finish(self) -> bytes | None:
+        """Ends the stream: returns the unterminated last line, or None if there is none.
+
+        Raises the pending oversize error, if any.  The splitter is empty afterwards.
+        """
+        if self._error is not None:
+            raise self._error
+        if not self._buf:
+            return None
+        line = bytes(self._buf)
+        self._buf = bytearray()
+        self._scanned = 0
+        return line
+
+
+class LineReader:
+    """Reads lines from a Trio receive stream with a hard length limit.
+
+    - :meth:`receive_line` returns the next line without its ``\\n``; ``None`` at clean EOF
+      (and on every call after).  An unterminated last line before EOF is returned as a line.
+    - A line over ``max_line_bytes`` raises :class:`AcpProtocolError` (``ACP_LINE_TOO_LONG``),
+      after any complete lines that preceded it; every later call raises it again.
+    - Cancellation is safe: a cancelled call loses no data; the next call carries on.
+    - Errors of the underlying stream (``trio.BrokenResourceError`` ...) propagate unchanged.
+    """
+
+    def __init__(
+        self,
+        receive_stream: trio.abc.ReceiveStream,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        *,
+        receive_size: int = _RECEIVE_SIZE,
+    ) -> None:
+        self._stream = receive_stream
+        self._splitter = LineSplitter(max_line_bytes)
+        self._lines: list[bytes] = []
+        self._next = 0
+        self._eof = False
+        self._receive_size = receive_size
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._splitter.max_line_bytes
+
+    async def receive_line(self) -> bytes | None:
+        while True:
+            if self._next < len(self._lines):
+                line = self._lines[self._next]
+                self._next += 1
+                if self._next == len(self._lines):
+                    self._lines = []
+                    self._next = 0
+                await trio.lowlevel.checkpoint()
+                return line
+            error = self._splitter.error
+            if error is not None:
+                raise error
+            if self._eof:
+                await trio.lowlevel.checkpoint()
+                return None
+            data = await self._stream.receive_some(self._receive_size)
+            if not data:
+                self._eof = True
+                last = self._splitter.finish()
+                if last is not None:
+                    self._lines = [last]
+                    self._next = 0
+                continue
+            self._lines = self._splitter.feed(data)
+            self._next = 0

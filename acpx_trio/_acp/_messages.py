@@ -1,0 +1,333 @@
+"""msgspec Structs for the ACP v1 methods acpx-trio uses (params and results).
+
+Wire names are camelCase; Python names are snake_case; unknown fields are ignored when
+decoding.  Optional fields whose value is the default are omitted when encoding; required
+fields have no default, so they are always sent.  Content blocks and ``session/update``
+payloads live in :mod:`._updates` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from ._updates import (
+    _META,
+    AgentMessageChunk,
+    AgentThoughtChunk,
+    AvailableCommand,
+    AvailableCommandsUpdate,
+    ConfigOptionUpdate,
+    ContentBlock,
+    CurrentModeUpdate,
+    PermissionToolCall,
+    Plan,
+    PlanEntry,
+    SessionConfigOption,
+    SessionConfigSelectOption,
+    SessionInfoUpdate,
+    SessionNotification,
+    SessionUpdate,
+    ToolCall,
+    ToolCallContent,
+    ToolCallLocation,
+    ToolCallUpdate,
+    UnknownSessionUpdate,
+    UsageUpdate,
+    UserMessageChunk,
+    _Wire,
+    decode_session_notification,
+    decode_session_update,
+    text_block,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AgentCapabilities",
+    "AgentMessageChunk",
+    "AgentThoughtChunk",
+    "AuthMethod",
+    "AuthenticateRequest",
+    "AuthenticateResponse",
+    "AvailableCommand",
+    "AvailableCommandsUpdate",
+    "CancelNotification",
+    "CancelledOutcome",
+    "ClientCapabilities",
+    "ConfigOptionUpdate",
+    "ContentBlock",
+    "CurrentModeUpdate",
+    "EmptyResponse",
+    "EnvVariable",
+    "FileSystemCapability",
+    "Implementation",
+    "InitializeRequest",
+    "InitializeResponse",
+    "LoadSessionRequest",
+    "LoadSessionResponse",
+    "McpCapabilities",
+    "McpServerStdio",
+    "NewSessionRequest",
+    "NewSessionResponse",
+    "PermissionOption",
+    "PermissionOutcome",
+    "PermissionToolCall",
+    "Plan",
+    "PlanEntry",
+    "PromptCapabilities",
+    "PromptRequest",
+    "PromptResponse",
+    "ReadTextFileRequest",
+    "ReadTextFileResponse",
+    "RequestPermissionRequest",
+    "RequestPermissionResponse",
+    "SelectedOutcome",
+    "SessionCapabilities",
+    "SessionConfigOption",
+    "SessionConfigSelectOption",
+    "SessionInfoUpdate",
+    "SessionMode",
+    "SessionModeState",
+    "SessionNotification",
+    "SessionUpdate",
+    "SetSessionConfigOptionRequest",
+    "SetSessionConfigOptionResponse",
+    "SetSessionModeRequest",
+    "SetSessionModeResponse",
+    "ToolCall",
+    "ToolCallContent",
+    "ToolCallLocation",
+    "ToolCallUpdate",
+    "UnknownSessionUpdate",
+    "UsageUpdate",
+    "UserMessageChunk",
+    "WriteTextFileRequest",
+    "WriteTextFileResponse",
+    "decode_session_notification",
+    "decode_session_update",
+    "text_block",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The only ACP protocol version acpx-trio speaks."""
+
+
+# --------------------------------------------------------------------------- initialize
+
+
+class Implementation(_Wire, kw_only=True):
+    name: str
+    version: str = ""
+    title: str | None = None
+
+
+class FileSystemCapability(_Wire, kw_only=True, omit_defaults=False):
+    read_text_file: bool = False
+    write_text_file: bool = False
+
+
+class ClientCapabilities(_Wire, kw_only=True, omit_defaults=False):
+    """Always encoded in full (``terminal: false`` is sent explicitly)."""
+
+    fs: FileSystemCapability = msgspec.field(default_factory=FileSystemCapability)
+    terminal: bool = False
+
+
+class InitializeRequest(_Wire, kw_only=True):
+    protocol_version: int
+    client_capabilities: ClientCapabilities = msgspec.field(default_factory=ClientCapabilities)
+    client_info: Implementation | None = None
+
+
+class PromptCapabilities(_Wire, kw_only=True):
+    image: bool = False
+    audio: bool = False
+    embedded_context: bool = False
+
+
+class McpCapabilities(_Wire, kw_only=True):
+    http: bool = False
+    sse: bool = False
+
+
+class SessionCapabilities(_Wire, kw_only=True):
+    """Each field is ``{}`` (an object) when supported, absent/None when not."""
+
+    list_sessions: dict[str, Any] | None = msgspec.field(default=None, name="list")
+    delete: dict[str, Any] | None = None
+    resume: dict[str, Any] | None = None
+    close: dict[str, Any] | None = None
+    additional_directories: dict[str, Any] | None = None
+
+
+class AgentCapabilities(_Wire, kw_only=True):
+    load_session: bool = False
+    prompt_capabilities: PromptCapabilities = msgspec.field(default_factory=PromptCapabilities)
+    mcp_capabilities: McpCapabilities = msgspec.field(default_factory=McpCapabilities)
+    session_capabilities: SessionCapabilities = msgspec.field(default_factory=SessionCapabilities)
+
+
+class AuthMethod(_Wire, kw_only=True):
+    id: str
+    name: str = ""
+    description: str | None = None
+    type: str | None = None
+
+
+class InitializeResponse(_Wire, kw_only=True):
+    protocol_version: int
+    agent_capabilities: AgentCapabilities = msgspec.field(default_factory=AgentCapabilities)
+    auth_methods: list[AuthMethod] = msgspec.field(default_factory=list)
+    agent_info: Implementation | None = None
+
+
+class AuthenticateRequest(_Wire, kw_only=True):
+    method_id: str
+
+
+class EmptyResponse(_Wire, kw_only=True):
+    """A result that carries nothing (``{}``; a ``null`` result also decodes to it)."""
+
+    meta: dict[str, Any] | None = _META
+
+
+AuthenticateResponse = EmptyResponse
+SetSessionModeResponse = EmptyResponse
+WriteTextFileResponse = EmptyResponse
+
+# --------------------------------------------------------------------------- sessions
+
+
+class EnvVariable(_Wire, kw_only=True):
+    name: str
+    value: str
+
+
+class McpServerStdio(_Wire, kw_only=True):
+    """A stdio MCP server entry (``args`` and ``env`` are required on the wire)."""
+
+    name: str
+    command: str
+    args: list[str]
+    env: list[EnvVariable]
+
+
+class NewSessionRequest(_Wire, kw_only=True):
+    cwd: str
+    mcp_servers: list[McpServerStdio]
+
+
+class SessionMode(_Wire, kw_only=True):
+    id: str
+    name: str = ""
+    description: str | None = None
+
+
+class SessionModeState(_Wire, kw_only=True):
+    current_mode_id: str
+    available_modes: list[SessionMode] = msgspec.field(default_factory=list)
+
+
+class NewSessionResponse(_Wire, kw_only=True):
+    session_id: str
+    modes: SessionModeState | None = None
+    config_options: list[SessionConfigOption] | None = None
+    meta: dict[str, Any] | None = _META
+
+
+class LoadSessionRequest(_Wire, kw_only=True):
+    session_id: str
+    cwd: str
+    mcp_servers: list[McpServerStdio]
+
+
+class LoadSessionResponse(_Wire, kw_only=True):
+    modes: SessionModeState | None = None
+    config_options: list[SessionConfigOption] | None = None
+    meta: dict[str, Any] | None = _META
+
+
+class PromptRequest(_Wire, kw_only=True):
+    session_id: str
+    prompt: list[ContentBlock]
+
+
+class PromptResponse(_Wire, kw_only=True):
+    """``stop_reason``: end_turn, max_tokens, max_turn_requests, refusal, cancelled (or new)."""
+
+    stop_reason: str
+    meta: dict[str, Any] | None = _META
+
+
+class CancelNotification(_Wire, kw_only=True):
+    session_id: str
+
+
+class SetSessionModeRequest(_Wire, kw_only=True):
+    session_id: str
+    mode_id: str
+
+
+class SetSessionConfigOptionRequest(_Wire, kw_only=True):
+    """``value`` is a select value id, or a bool with ``type="boolean"``."""
+
+    session_id: str
+    config_id: str
+    value: str | bool
+    type: str | None = None
+
+
+class SetSessionConfigOptionResponse(_Wire, kw_only=True):
+    config_options: list[SessionConfigOption] = msgspec.field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- agent -> client
+
+
+class PermissionOption(_Wire, kw_only=True):
+    """``kind``: allow_once, allow_always, reject_once, reject_always."""
+
+    option_id: str
+    name: str = ""
+    kind: str = "allow_once"
+
+
+class RequestPermissionRequest(_Wire, kw_only=True):
+    session_id: str
+    tool_call: PermissionToolCall
+    options: list[PermissionOption] = msgspec.field(default_factory=list)
+
+
+class SelectedOutcome(_Wire, kw_only=True, tag_field="outcome", tag="selected"):
+    option_id: str
+
+
+class CancelledOutcome(_Wire, kw_only=True, tag_field="outcome", tag="cancelled"):
+    pass
+
+
+PermissionOutcome = SelectedOutcome | CancelledOutcome
+
+
+class RequestPermissionResponse(_Wire, kw_only=True):
+    outcome: PermissionOutcome
+
+
+class ReadTextFileRequest(_Wire, kw_only=True):
+    """``line`` is 1-based; ``limit`` is a number of lines."""
+
+    session_id: str
+    path: str
+    line: int | None = None
+    limit: int | None = None
+
+
+class ReadTextFileResponse(_Wire, kw_only=True):
+    content: str
+
+
+class WriteTextFileRequest(_Wire, kw_only=True):
+    session_id: str
+    path: str
+    content: str

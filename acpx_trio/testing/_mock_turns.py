@@ -1,0 +1,313 @@
+"""Prompt turns of the mock agent: the echo and the ``/directive`` fault injections.
+
+Each turn runs in its own thread.  It returns the stop reason to answer with, or None for no
+answer at all (``/close-stdout``).  Directives check for cancellation wherever they wait.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ._mock_wire import (
+    Chunk,
+    Msg,
+    PermissionOption,
+    PermissionParams,
+    PermissionResult,
+    PermissionToolCall,
+    ReadParams,
+    ReadResult,
+    RpcErr,
+    SessionRecord,
+    StopResult,
+    Text,
+    ToolCallStart,
+    ToolCallUpdate,
+    ToolContent,
+    Turn,
+    UpdateParams,
+    WriteParams,
+)
+
+if TYPE_CHECKING:
+    from .mock_agent import MockAgent, TurnCtl
+
+__all__ = ["run_turn"]
+
+_BATCH = 256
+_FLOOD_BATCH = 64
+_SLEEP_FOREVER = "import time\nwhile True: time.sleep(3600)\n"
+_DAEMON = (
+    "import os, time\n"
+    "pid = os.fork()\n"
+    "if pid:\n"
+    "    os.write(1, b'%d\\n' % pid)\n"
+    "    os._exit(0)\n"
+    "fd = os.open(os.devnull, os.O_RDWR)\n"
+    "for n in (0, 1, 2):\n"
+    "    os.dup2(fd, n)\n"
+    "while True:\n"
+    "    time.sleep(3600)\n"
+)
+
+
+class _Turn:
+    def __init__(self, agent: MockAgent, ctl: TurnCtl, record: SessionRecord) -> None:
+        self.agent = agent
+        self.ctl = ctl
+        self.record = record
+        self.sid = record.session_id
+        self.said: list[str] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self.ctl.cancelled.is_set()
+
+    def say(self, text: str, kind: str = "agent_message_chunk") -> None:
+        self.agent.chunk(self.sid, text, kind)
+        if kind == "agent_message_chunk":
+            self.said.append(text)
+
+    def update(self, update: object) -> Msg:
+        return Msg(method="session/update", params=UpdateParams(session_id=self.sid, update=update))
+
+    def stream(self, prefix: str, count: int, batch: int) -> str:
+        for start in range(0, count, batch):
+            if self.cancelled:
+                return "cancelled"
+            texts = [f"{prefix} {i}\n" for i in range(start, min(start + batch, count))]
+            self.agent.send(*(self.update(Chunk.make("agent_message_chunk", t)) for t in texts))
+            self.said.extend(texts)
+        return "end_turn"
+
+    def report_error(self, raw: msgspec.Raw | None) -> None:
+        try:
+            err = msgspec.json.decode(raw or b"null", type=RpcErr)
+            self.say(f"error: {err.code} {err.message}")
+        except msgspec.ValidationError:
+            self.say(f"error: {bytes(raw or b'')!r}")
+
+
+def _sleep(t: _Turn, arg: str) -> str | None:
+    ms = int(arg.split()[0])
+    if t.ctl.cancelled.wait(ms / 1000):
+        return "cancelled"
+    t.say(f"slept {ms} ms")
+    return "end_turn"
+
+
+def _chunks(t: _Turn, arg: str) -> str | None:
+    return t.stream("chunk", int(arg.split()[0]), _BATCH)
+
+
+def _flood(t: _Turn, arg: str) -> str | None:
+    return t.stream("flood", int(arg.split()[0]), _FLOOD_BATCH)
+
+
+def _think(t: _Turn, arg: str) -> str | None:
+    t.say(arg, "agent_thought_chunk")
+    t.say(arg)
+    return "end_turn"
+
+
+def _tool(t: _Turn, arg: str) -> str | None:
+    call_id = f"call_{uuid.uuid4().hex[:12]}"
+    start = ToolCallStart(
+        tool_call_id=call_id,
+        title="mock tool: read README.md",
+        kind="read",
+        status="pending",
+        raw_input={"path": "README.md"},
+    )
+    done = ToolCallUpdate(
+        tool_call_id=call_id,
+        status="completed",
+        content=[ToolContent(type="content", content=Text(type="text", text="mock tool output"))],
+        raw_output={"ok": True},
+    )
+    t.agent.send(t.update(start), t.update(done))
+    return "end_turn"
+
+
+def _crash(t: _Turn, arg: str) -> str | None:
+    t.say("crashing")
+    t.agent.log("/crash: exiting with status 1 mid-turn")
+    t.agent.exit(1)
+    return None
+
+
+def _garbage(t: _Turn, arg: str) -> str | None:
+    t.agent.write_raw(b"mock agent says hello: this line is not JSON\n")
+    t.say(arg or "garbage")
+    return "end_turn"
+
+
+def _huge(t: _Turn, arg: str) -> str | None:
+    size = int(arg.split()[0])
+    encoder = msgspec.json.Encoder()
+    overhead = len(encoder.encode(t.update(Chunk.make("agent_message_chunk", ""))))
+    message = t.update(Chunk.make("agent_message_chunk", "x" * max(0, size - overhead)))
+    t.agent.write_raw(encoder.encode(message) + b"\n")
+    t.said.append(f"<{size} bytes>")
+    return "end_turn"
+
+
+def _close_stdout(t: _Turn, arg: str) -> str | None:
+    t.agent.log("/close-stdout: closing stdout, still reading stdin")
+    t.agent.close_stdout()
+    return None
+
+
+def _spawn_grandchild(t: _Turn, arg: str) -> str | None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLEEP_FOREVER],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    t.agent.children.append(child)  # keep a reference: no "still running" warning
+    t.say(f"grandchild pid={child.pid}")
+    return "end_turn"
+
+
+def _daemonize(t: _Turn, arg: str) -> str | None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _DAEMON],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    ) as helper:
+        assert helper.stdout is not None
+        pid = int(helper.stdout.readline())
+    t.say(f"daemon pid={pid}")
+    return "end_turn"
+
+
+def _permission(t: _Turn, arg: str) -> str | None:
+    kind = arg.split()[0] if arg.split() else "execute"
+    params = PermissionParams(
+        session_id=t.sid,
+        tool_call=PermissionToolCall(
+            tool_call_id=f"perm_{uuid.uuid4().hex[:12]}",
+            title=f"mock {kind} action",
+            kind=kind,
+            status="pending",
+            raw_input={"kind": kind},
+        ),
+        options=[
+            PermissionOption(option_id="allow", name="Allow once", kind="allow_once"),
+            PermissionOption(option_id="reject", name="Reject once", kind="reject_once"),
+        ],
+    )
+    status, raw = t.agent.call(t.ctl, "session/request_permission", params)
+    if status == "cancelled":
+        return "cancelled"
+    if status == "error":
+        t.report_error(raw)
+    else:
+        outcome = msgspec.json.decode(raw or b"null", type=PermissionResult).outcome
+        if outcome.get("outcome") == "selected":
+            t.say(f"permission outcome=selected:{outcome.get('optionId')}")
+        else:
+            t.say(f"permission outcome={outcome.get('outcome')}")
+    return "cancelled" if t.cancelled else "end_turn"
+
+
+def _read(t: _Turn, arg: str) -> str | None:
+    status, raw = t.agent.call(t.ctl, "fs/read_text_file", ReadParams(session_id=t.sid, path=arg))
+    if status == "cancelled":
+        return "cancelled"
+    if status == "error":
+        t.report_error(raw)
+    else:
+        t.say(msgspec.json.decode(raw or b"null", type=ReadResult).content)
+    return "end_turn"
+
+
+def _write(t: _Turn, arg: str) -> str | None:
+    path, _, content = arg.partition(" ")
+    params = WriteParams(session_id=t.sid, path=path, content=content)
+    status, raw = t.agent.call(t.ctl, "fs/write_text_file", params)
+    if status == "cancelled":
+        return "cancelled"
+    if status == "error":
+        t.report_error(raw)
+    else:
+        t.say(f"wrote {path}")
+    return "end_turn"
+
+
+def _mode(t: _Turn, arg: str) -> str | None:
+    t.say(f"mode={t.record.mode_id}")
+    return "end_turn"
+
+
+def _history(t: _Turn, arg: str) -> str | None:
+    t.say(f"history turns={len(t.record.turns)}")
+    return "end_turn"
+
+
+def _pid(t: _Turn, arg: str) -> str | None:
+    t.say(f"pid={os.getpid()}")
+    return "end_turn"
+
+
+DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
+    "/sleep": _sleep,
+    "/chunks": _chunks,
+    "/flood": _flood,
+    "/think": _think,
+    "/tool": _tool,
+    "/crash": _crash,
+    "/garbage": _garbage,
+    "/huge": _huge,
+    "/close-stdout": _close_stdout,
+    "/spawn-grandchild": _spawn_grandchild,
+    "/daemonize": _daemonize,
+    "/permission": _permission,
+    "/read": _read,
+    "/write": _write,
+    "/mode": _mode,
+    "/history": _history,
+    "/pid": _pid,
+}
+"""``/hang`` is handled before a turn starts: it never gets a thread or an answer."""
+
+
+def run_turn(
+    agent: MockAgent, ctl: TurnCtl, record: SessionRecord, req_id: int | str, text: str
+) -> None:
+    """Runs one prompt turn and answers ``session/prompt`` (unless the directive says not to).
+
+    A failing directive (bad argument, OS error) is reported as ``error: ...`` text and the
+    turn still ends with ``end_turn``, like acpx's mock agent."""
+    turn = _Turn(agent, ctl, record)
+    head, _, rest = text.strip().partition(" ")
+    directive = DIRECTIVES.get(head)
+    try:
+        stop = _echo(turn, text) if directive is None else directive(turn, rest.strip())
+    except Exception as exc:
+        agent.log(f"turn failed: {exc!r}")
+        turn.say(f"error: {exc}")
+        stop = "end_turn"
+    agent.finish_turn(ctl, record)
+    if stop is None:
+        return
+    if stop == "end_turn":
+        with agent.state_lock:
+            record.turns.append(Turn(user=text, agent="".join(turn.said)))
+        agent.save(record)
+    agent.respond(req_id, StopResult(stop_reason=stop))
+
+
+def _echo(t: _Turn, text: str) -> str:
+    t.say(text)
+    return "end_turn"

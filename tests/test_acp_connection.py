@@ -1,0 +1,474 @@
+"""AcpConnection over in-memory Trio streams, against a scripted peer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from acpx_trio._acp import (
+    AcpConnection,
+    EmptyResponse,
+    Implementation,
+    InitializeRequest,
+    InitializeResponse,
+    ReadTextFileRequest,
+    ReadTextFileResponse,
+)
+from acpx_trio._acp._framing import LineReader
+from acpx_trio._errors import (
+    AcpConnectionClosedError,
+    AcpProtocolError,
+    AcpRuntimeError,
+)
+
+pytestmark = pytest.mark.usefixtures("autojump_clock")
+
+
+class Peer:
+    """The agent side, scripted by the test."""
+
+    def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
+        self.stream = stream
+        self.reader = LineReader(stream.receive_stream)
+
+    async def send(self, message: dict[str, Any] | bytes) -> None:
+        data = message if isinstance(message, bytes) else msgspec.json.encode(message) + b"\n"
+        await self.stream.send_all(data)
+
+    async def recv(self) -> dict[str, Any]:
+        with trio.fail_after(5):
+            line = await self.reader.receive_line()
+        assert line is not None, "client closed its output"
+        decoded: dict[str, Any] = msgspec.json.decode(line)
+        return decoded
+
+
+class Harness:
+    def __init__(self, conn: AcpConnection, peer: Peer, nursery: trio.Nursery) -> None:
+        self.conn = conn
+        self.peer = peer
+        self.nursery = nursery
+        self.warnings: list[AcpProtocolError] = []
+        self.serve_error: BaseException | None = None
+        self.serve_done = trio.Event()
+
+
+@asynccontextmanager
+async def connected(**kwargs: Any) -> AsyncIterator[Harness]:
+    client, agent = trio.testing.memory_stream_pair()
+    warnings: list[AcpProtocolError] = []
+    conn = AcpConnection(
+        client.send_stream, client.receive_stream, on_warning=warnings.append, **kwargs
+    )
+    async with trio.open_nursery() as nursery:
+        h = Harness(conn, Peer(agent), nursery)
+        h.warnings = warnings
+
+        async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await conn.serve(task_status=task_status)
+            except AcpProtocolError as exc:
+                h.serve_error = exc
+            finally:
+                h.serve_done.set()
+
+        await nursery.start(serve)
+        yield h
+        nursery.cancel_scope.cancel()
+
+
+def init_params() -> InitializeRequest:
+    return InitializeRequest(protocol_version=1, client_info=Implementation(name="t", version="1"))
+
+
+async def start_request(h: Harness, method: str, result_type: type[Any]) -> list[Any]:
+    """Starts conn.request in the background; the returned list gets the result or exception."""
+    box: list[Any] = []
+
+    async def run() -> None:
+        try:
+            box.append(await h.conn.request(method, {"x": 1}, result_type))
+        except Exception as exc:
+            box.append(exc)
+
+    h.nursery.start_soon(run)
+    return box
+
+
+async def test_request_response_with_id_zero() -> None:
+    async with connected() as h:
+        async with trio.open_nursery() as n:
+            box: list[InitializeResponse] = []
+
+            async def call() -> None:
+                box.append(await h.conn.request("initialize", init_params(), InitializeResponse))
+
+            n.start_soon(call)
+            msg = await h.peer.recv()
+            assert msg == {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": 1,
+                    "clientCapabilities": {
+                        "fs": {"readTextFile": False, "writeTextFile": False},
+                        "terminal": False,
+                    },
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            await h.peer.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "result": {
+                        "protocolVersion": 1,
+                        "agentCapabilities": {"loadSession": True, "futureThing": {"a": 1}},
+                        "agentInfo": {"name": "a", "version": "2"},
+                        "unknownTopLevel": True,
+                    },
+                }
+            )
+        assert box[0].protocol_version == 1
+        assert box[0].agent_capabilities.load_session is True
+        assert box[0].agent_info is not None and box[0].agent_info.name == "a"
+        # ids increase
+        box2 = await start_request(h, "x", EmptyResponse)
+        assert (await h.peer.recv())["id"] == 1
+        await h.peer.send({"jsonrpc": "2.0", "id": 1, "result": None})  # null -> {}
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(box2[0], EmptyResponse)
+
+
+async def test_jsonrpc_error_becomes_runtime_error() -> None:
+    async with connected() as h:
+        box = await start_request(h, "session/load", EmptyResponse)
+        msg = await h.peer.recv()
+        await h.peer.send(
+            {
+                "jsonrpc": "2.0",
+                "id": msg["id"],
+                "error": {"code": -32002, "message": "Session not found", "data": {"id": "s"}},
+            }
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        exc = box[0]
+        assert type(exc) is AcpRuntimeError
+        assert exc.code == "ACP_RPC_ERROR"
+        assert exc.rpc_code == -32002
+        assert exc.rpc_data == {"id": "s"}
+        assert "session/load" in exc.message and "Session not found" in exc.message
+
+
+async def test_malformed_error_object_still_answers() -> None:
+    async with connected() as h:
+        box = await start_request(h, "m", EmptyResponse)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "error": "boom"})
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(box[0], AcpRuntimeError) and box[0].rpc_code == -32603
+
+
+async def test_bad_result_is_bad_message_and_connection_survives() -> None:
+    async with connected() as h:
+        box = await start_request(h, "fs", ReadTextFileResponse)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": 5}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(box[0], AcpProtocolError) and box[0].code == "ACP_BAD_MESSAGE"
+        box = await start_request(h, "fs", ReadTextFileResponse)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": "ok"}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert box[0] == ReadTextFileResponse(content="ok")
+
+
+async def test_raw_result_type() -> None:
+    async with connected() as h:
+        box = await start_request(h, "m", msgspec.Raw)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": [1, 2]})
+        await trio.testing.wait_all_tasks_blocked()
+        assert bytes(box[0]) == b"[1,2]"
+
+
+async def test_agent_requests_are_served() -> None:
+    async with connected() as h:
+        release = trio.Event()
+
+        async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
+            req = msgspec.json.decode(params, type=ReadTextFileRequest)
+            if req.path == "/slow":
+                await release.wait()
+            if req.path == "/missing":
+                raise AcpRuntimeError("X", "no such file", rpc_code=-32002, rpc_data={"p": 1})
+            if req.path == "/bug":
+                raise ValueError("oops")
+            if req.path == "/plain":
+                raise AcpRuntimeError("X", "no rpc code")
+            return ReadTextFileResponse(content=f"content of {req.path}")
+
+        async def returns_none(params: msgspec.Raw) -> None:
+            return None
+
+        async def unencodable(params: msgspec.Raw) -> object:
+            return object()
+
+        h.conn.set_request_handler("fs/read_text_file", read_file)
+        h.conn.set_request_handler("none", returns_none)
+        h.conn.set_request_handler("weird", unencodable)
+
+        def req(id_: Any, path: str) -> dict[str, Any]:
+            return {
+                "jsonrpc": "2.0",
+                "id": id_,
+                "method": "fs/read_text_file",
+                "params": {"sessionId": "s", "path": path},
+            }
+
+        # the slow one (id 0) must not block the next (string id)
+        await h.peer.send(req(0, "/slow"))
+        await h.peer.send(req("abc", "/fast"))
+        answer = await h.peer.recv()
+        assert answer == {"jsonrpc": "2.0", "id": "abc", "result": {"content": "content of /fast"}}
+        release.set()
+        assert (await h.peer.recv()) == {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "result": {"content": "content of /slow"},
+        }
+        await h.peer.send(req(2, "/missing"))
+        assert (await h.peer.recv())["error"] == {
+            "code": -32002,
+            "message": "no such file",
+            "data": {"p": 1},
+        }
+        await h.peer.send(req(3, "/bug"))
+        err = (await h.peer.recv())["error"]
+        assert err["code"] == -32603 and "oops" in err["message"]
+        await h.peer.send(req(4, "/plain"))
+        assert (await h.peer.recv())["error"]["code"] == -32603
+        await h.peer.send(
+            {"jsonrpc": "2.0", "id": 5, "method": "fs/read_text_file", "params": {"path": 1}}
+        )
+        assert (await h.peer.recv())["error"]["code"] == -32602
+        await h.peer.send({"jsonrpc": "2.0", "id": 6, "method": "terminal/create", "params": {}})
+        err = (await h.peer.recv())["error"]
+        assert err["code"] == -32601 and "terminal/create" in err["message"]
+        await h.peer.send({"jsonrpc": "2.0", "id": 7, "method": "none"})
+        assert (await h.peer.recv()) == {"jsonrpc": "2.0", "id": 7, "result": None}
+        await h.peer.send({"jsonrpc": "2.0", "id": 8, "method": "weird"})
+        assert (await h.peer.recv())["error"]["code"] == -32603
+
+
+async def test_notifications_in_wire_order() -> None:
+    async with connected() as h:
+        seen: list[int] = []
+
+        def on_update(params: msgspec.Raw) -> None:
+            n = msgspec.json.decode(params, type=dict[str, int])["n"]
+            if n == 3:
+                raise RuntimeError("handler bug")
+            seen.append(n)
+
+        h.conn.set_notification_handler("session/update", on_update)
+        lines = b"".join(
+            msgspec.json.encode({"jsonrpc": "2.0", "method": "session/update", "params": {"n": i}})
+            + b"\n"
+            for i in range(200)
+        )
+        await h.peer.send(lines + b'{"jsonrpc":"2.0","method":"unknown/thing"}\n')
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [i for i in range(200) if i != 3]
+        assert [w.code for w in h.warnings] == ["ACP_NOTIFICATION_FAILED"]
+
+
+async def test_junk_lines_are_tolerated_then_fatal() -> None:
+    async with connected(max_junk_lines=3) as h:
+        box = await start_request(h, "m", EmptyResponse)
+        await h.peer.recv()
+        await h.peer.send(b"Welcome back!\n\n   \n[1,2]\n")
+        await h.peer.send(b'{"jsonrpc":"2.0"}\n')
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.conn.junk_lines == 3
+        assert h.conn.last_junk == [b"Welcome back!", b"[1,2]", b'{"jsonrpc":"2.0"}']
+        assert [w.code for w in h.warnings] == ["ACP_JUNK_LINE"] * 3
+        assert box == [] and not h.conn.closed
+        await h.peer.send(b"x" * 500 + b"\n")  # the 4th: fatal
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(h.serve_error, AcpProtocolError)
+        assert h.serve_error.code == "ACP_PROTOCOL_GARBAGE"
+        assert isinstance(box[0], AcpProtocolError) and box[0].code == "ACP_PROTOCOL_GARBAGE"
+        assert len(h.conn.last_junk[-1]) == 200
+        assert h.conn.closed
+        with pytest.raises(AcpConnectionClosedError):
+            await h.conn.request("m", {}, EmptyResponse)
+
+
+async def test_oversized_line_is_fatal_and_fails_pending() -> None:
+    async with connected(max_line_bytes=1000) as h:
+        box = await start_request(h, "m", EmptyResponse)
+        box2 = await start_request(h, "m2", EmptyResponse)
+        await h.peer.recv()
+        await h.peer.send(b'{"jsonrpc":"2.0","method":"x","params":"' + b"a" * 5000)
+        with trio.fail_after(5):
+            await h.serve_done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(h.serve_error, AcpProtocolError)
+        assert h.serve_error.code == "ACP_LINE_TOO_LONG"
+        for b in (box, box2):
+            assert isinstance(b[0], AcpProtocolError) and b[0].code == "ACP_LINE_TOO_LONG"
+        assert box[0] is not box2[0]
+
+
+async def test_eof_mid_request_fails_with_connection_closed() -> None:
+    async with connected() as h:
+        box = await start_request(h, "session/prompt", EmptyResponse)
+        await h.peer.recv()
+        await h.peer.stream.send_stream.aclose()
+        with trio.fail_after(5):
+            await h.serve_done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.serve_error is None  # EOF is a clean return
+        assert isinstance(box[0], AcpConnectionClosedError)
+        assert "EOF" in box[0].message
+        assert h.conn.closed
+        with pytest.raises(AcpConnectionClosedError):
+            await h.conn.request("m", {}, EmptyResponse)
+        with pytest.raises(AcpConnectionClosedError):
+            await h.conn.notify("session/cancel", {"sessionId": "s"})
+
+
+async def test_eof_cancels_running_handlers() -> None:
+    async with connected() as h:
+        cancelled = trio.Event()
+
+        async def forever(params: msgspec.Raw) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.set()
+
+        h.conn.set_request_handler("session/request_permission", forever)
+        await h.peer.send({"jsonrpc": "2.0", "id": 0, "method": "session/request_permission"})
+        await trio.testing.wait_all_tasks_blocked()
+        await h.peer.stream.send_stream.aclose()
+        with trio.fail_after(5):
+            await cancelled.wait()
+            await h.serve_done.wait()
+
+
+async def test_unknown_response_id_warns_and_is_ignored() -> None:
+    async with connected() as h:
+        box = await start_request(h, "m", ReadTextFileResponse)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": 99, "result": {}})
+        await h.peer.send({"jsonrpc": "2.0", "id": "0", "result": {}})  # str "0" is not 0
+        await h.peer.send({"jsonrpc": "2.0", "id": None, "error": {"code": -32700}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.code for w in h.warnings] == ["ACP_UNKNOWN_RESPONSE_ID"] * 3
+        assert box == []
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": "c"}})
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": "dup"}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert box == [ReadTextFileResponse(content="c")]
+        assert len(h.warnings) == 4  # the duplicate answer is reported too
+
+
+async def test_cancelled_request_drops_late_answer_quietly() -> None:
+    async with connected() as h:
+        with trio.move_on_after(1) as scope:
+            await h.conn.request("session/prompt", {}, EmptyResponse)
+        assert scope.cancelled_caught
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.warnings == []
+        box = await start_request(h, "again", EmptyResponse)
+        msg2 = await h.peer.recv()
+        assert msg2["id"] == msg["id"] + 1
+        await h.peer.send({"jsonrpc": "2.0", "id": msg2["id"], "result": {}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(box[0], EmptyResponse)
+
+
+async def test_notify_and_aclose() -> None:
+    async with connected() as h:
+        await h.conn.notify("session/cancel", {"sessionId": "s"})
+        assert await h.peer.recv() == {
+            "jsonrpc": "2.0",
+            "method": "session/cancel",
+            "params": {"sessionId": "s"},
+        }
+        box = await start_request(h, "m", EmptyResponse)
+        await h.peer.recv()
+        await h.conn.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(box[0], AcpConnectionClosedError)
+        assert h.conn.closed
+        with trio.fail_after(5):
+            assert await h.peer.reader.receive_line() is None  # the agent sees EOF
+        with pytest.raises(AcpConnectionClosedError):
+            await h.conn.notify("x", None)
+        await h.conn.aclose()  # idempotent
+
+
+async def test_cancelling_serve_fails_pending_requests() -> None:
+    client, agent = trio.testing.memory_stream_pair()
+    conn = AcpConnection(client.send_stream, client.receive_stream)
+    peer = Peer(agent)
+    box: list[Any] = []
+    async with trio.open_nursery() as outer:
+        serve_scope = trio.CancelScope()
+
+        async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with serve_scope:
+                await conn.serve(task_status=task_status)
+
+        async def call() -> None:
+            try:
+                await conn.request("m", {}, EmptyResponse)
+            except AcpConnectionClosedError as exc:
+                box.append(exc)
+
+        await outer.start(serve)
+        outer.start_soon(call)
+        await peer.recv()
+        serve_scope.cancel()
+    assert isinstance(box[0], AcpConnectionClosedError)
+    assert "cancelled" in box[0].message
+    assert conn.closed
+
+
+class BrokenSend(trio.abc.SendStream):
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("EPIPE")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_broken_pipe_raises_connection_closed() -> None:
+    _, receive = trio.testing.memory_stream_one_way_pair()
+    conn = AcpConnection(BrokenSend(), receive)
+    with pytest.raises(AcpConnectionClosedError):
+        await conn.notify("x", {})
+    with pytest.raises(AcpConnectionClosedError):
+        await conn.request("x", {}, EmptyResponse)
+
+
+async def test_serve_runs_once() -> None:
+    async with connected() as h:
+        with pytest.raises(RuntimeError):
+            await h.conn.serve()
