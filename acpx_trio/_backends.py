@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ._errors import AcpRuntimeError
@@ -27,6 +27,9 @@ __all__ = [
 class AcpRuntime(Protocol):
     """What a backend runtime offers.  All calls take keyword arguments.
 
+    ``run_turn`` returns an async generator: consume it inside ``contextlib.aclosing`` so that
+    abandoning a turn early cleans up at once.
+
     Implementations promise: every call is cancellable; cancelling ``run_turn``'s consumer
     or the surrounding scope leaves no agent process of that turn's session running unless the
     session is persistent and still healthy; errors are :class:`AcpRuntimeError` with a code."""
@@ -48,7 +51,7 @@ class AcpRuntime(Protocol):
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
-    ) -> AsyncIterator[AcpRuntimeEvent]: ...
+    ) -> AsyncGenerator[AcpRuntimeEvent, None]: ...
 
     async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None: ...
 

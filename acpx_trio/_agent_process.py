@@ -1,0 +1,392 @@
+"""One agent process tree, its lease, and its ACP connection.
+
+Guarantees of :class:`AgentProcess`:
+
+* **Traced before it exists**: the lease is saved (``root_pid == 0``) before the spawn and
+  completed with the pid, start time, start ticks, boot id and process group after it, so a
+  crash at any moment leaves a record the next start-up can reap.
+* **Nothing survives it**: when the process is closed, when its leader dies, when its connection
+  breaks, and when the task running it is cancelled or fails, the whole owned tree is killed
+  (the leader's tree and every process carrying the lease tags, daemons included), the direct
+  child is reaped, and the lease is moved ``open -> closing -> closed`` (``lost`` when nothing
+  was ever spawned).  That cleanup is shielded from cancellation and bounded in time.
+* **Liveness is the leader's exit**, not EOF on its stdout (a grandchild may hold stdout).
+* **Its last words are kept**: stderr is drained continuously into a bounded tail used in
+  error messages; it never blocks the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from ._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
+from ._errors import AcpProtocolError, AgentProcessError, LeaseStoreError
+from ._identity import (
+    boot_id,
+    lease_env,
+    process_info,
+)
+from ._leases import LeaseState, LeaseStore, ProcessLease, new_lease
+from ._process_tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
+from ._reaper import (
+    CleanupResult,
+    ProcessCleanupDeps,
+    cleanup_owned_process_tree,
+)
+
+__all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "start_agent_process"]
+
+STDERR_TAIL_BYTES = 16 * 1024
+#: After closing stdin, how long the agent may take to exit on its own before signals.
+STDIN_GRACE_SECONDS = 0.2
+#: After the leader exits, how long its remaining stdout may take to arrive.
+EXIT_DRAIN_SECONDS = 0.25
+#: Upper bound of a cleanup beyond the kill grace (lease writes, scans, reaping).
+CLEANUP_EXTRA_SECONDS = 10.0
+_log = logging.getLogger("acpx_trio.agent")
+
+
+class AgentProcess:
+    """A started agent (see the module docstring for guarantees).
+
+    Create it, then ``await nursery.start(agent.run)`` (or :func:`start_agent_process`); the
+    nursery task lives as long as the process.  :meth:`aclose` kills the tree and returns when
+    the lease is final.  :attr:`connection` is usable once started."""
+
+    def __init__(
+        self,
+        *,
+        argv: Sequence[str],
+        cwd: str,
+        session_key: str,
+        gateway_instance_id: str,
+        lease_store: LeaseStore,
+        wrapper_root: str | Path,
+        kill_grace: float = 0.75,
+        cleanup_deps: ProcessCleanupDeps | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        install_hint: str | None = None,
+        on_connection: Callable[[AcpConnection], None] | None = None,
+        receive_gate: Callable[[], Awaitable[None]] | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        self.cwd = cwd
+        self.session_key = session_key
+        self.gateway_instance_id = gateway_instance_id
+        self.lease_store = lease_store
+        self.wrapper_root = str(wrapper_root)
+        self.kill_grace = kill_grace
+        self.cleanup_deps = cleanup_deps
+        self.max_line_bytes = max_line_bytes
+        self.install_hint = install_hint
+        self._on_connection = on_connection
+        self._receive_gate = receive_gate
+        self.log = logger or _log
+        self.lease: ProcessLease | None = None
+        self.process: trio.Process | None = None
+        self.connection: AcpConnection | None = None
+        self.create_time: float | None = None
+        self.start_ticks: int | None = None
+        #: Set when the leader's exit was observed (``returncode`` is known).
+        self.exited = trio.Event()
+        #: Set when cleanup finished (tree killed, child reaped, lease final or logged).
+        self.closed = trio.Event()
+        #: The fatal protocol error that ended the connection, if any.
+        self.protocol_error: AcpProtocolError | None = None
+        self.cleanup_result: CleanupResult | None = None
+        self.close_reason: str | None = None
+        self._stop = trio.Event()
+        self._serve_done = trio.Event()
+        self._lease_done = trio.Event()
+        self._cleanup_started = False
+        self._run_entered = False
+        self._stderr = bytearray()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    @property
+    def alive(self) -> bool:
+        """True while the leader runs and no close has begun."""
+        return (
+            self.process is not None
+            and self.process.returncode is None
+            and not self._stop.is_set()
+            and not self._cleanup_started
+        )
+
+    @property
+    def lease_id(self) -> str | None:
+        return None if self.lease is None else self.lease.lease_id
+
+    def stderr_tail(self) -> str:
+        """The last (at most 16 KiB of) stderr, decoded leniently."""
+        return bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace")
+
+    def describe_exit(self) -> str:
+        """A sentence on how the agent ended (for error messages)."""
+        code = self.returncode
+        if self.protocol_error is not None:
+            return f"the agent broke the protocol: {self.protocol_error.message}"
+        if code is None:
+            return "the agent closed its output"
+        if code < 0:
+            return f"the agent process {self.pid} was killed by signal {-code}"
+        return f"the agent process {self.pid} exited with status {code}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn, serve, and clean up.  Started with ``nursery.start``.
+
+        Raises :class:`AgentProcessError` (``ACP_AGENT_SPAWN_FAILED``) only before it reports
+        started; afterwards it never raises except ``Cancelled``."""
+        self._run_entered = True
+        try:
+            await self._spawn()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._complete_lease)
+                    nursery.start_soon(self._drain_stderr)
+                    nursery.start_soon(self._serve)
+                    nursery.start_soon(self._watch_exit)
+                    task_status.started()
+                    await self._stop.wait()
+                    with trio.CancelScope(shield=True):
+                        await self._cleanup()
+                    with trio.move_on_after(EXIT_DRAIN_SECONDS):
+                        await self._serve_done.wait()
+                    nursery.cancel_scope.cancel()
+            except Exception as exc:  # never take the owner's nursery down
+                self.log.exception("agent process %s task failed: %r", self.pid, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup()
+
+    async def wait_recorded(self) -> None:
+        """Wait until the lease holds the root's identity (``create_time``/``start_ticks``
+        are then known).  Bounded by the lease write."""
+        await self._lease_done.wait()
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """Kill the tree and finalise the lease; returns when done.  Idempotent.
+
+        If the caller is cancelled the cleanup still completes in the process's own task."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._stop.set()
+        if not self._run_entered:  # never started: nothing to clean up
+            self._cleanup_started = True
+            self.closed.set()
+        await self.closed.wait()
+
+    # ------------------------------------------------------------------ spawn
+
+    async def _spawn(self) -> None:
+        owner_pid, owner_start = await owner_identity()
+        lease = new_lease(
+            gateway_instance_id=self.gateway_instance_id,
+            session_key=self.session_key,
+            wrapper_root=self.wrapper_root,
+            command=self.argv,
+            owner_pid=owner_pid,
+            owner_start_time=owner_start,
+        )
+        await self.lease_store.save(lease)
+        self.lease = lease
+        env = {**os.environ, **lease_env(lease.lease_id, self.gateway_instance_id)}
+        try:
+            self.process = await trio.lowlevel.open_process(
+                list(self.argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self.cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            hint = f" {self.install_hint}" if self.install_hint else ""
+            reason = exc.strerror or str(exc)
+            raise AgentProcessError(
+                f"could not start the agent {' '.join(self.argv)!r} in {self.cwd}: {reason}.{hint}",
+                code="ACP_AGENT_SPAWN_FAILED",
+            ) from exc
+        assert self.process.stdin is not None and self.process.stdout is not None
+        stdout: trio.abc.ReceiveStream = self.process.stdout
+        if self._receive_gate is not None:
+            stdout = GatedReceiveStream(stdout, self._receive_gate)
+        self.connection = AcpConnection(
+            self.process.stdin,
+            stdout,
+            max_line_bytes=self.max_line_bytes,
+            on_warning=self._on_warning,
+        )
+        if self._on_connection is not None:
+            self._on_connection(self.connection)
+
+    async def _complete_lease(self) -> None:
+        """Record the root's identity in the lease (runs beside the handshake)."""
+        try:
+            assert self.process is not None and self.lease is not None
+            pid = self.process.pid
+            info = await trio.to_thread.run_sync(process_info, pid)
+            if info is not None:
+                self.create_time = info.create_time
+                self.start_ticks = info.start_ticks
+            completed = msgspec.structs.replace(
+                self.lease,
+                root_pid=pid,
+                root_create_time=self.create_time,
+                root_start_ticks=self.start_ticks,
+                boot_id=boot_id(),
+                process_group_id=pid,
+            )
+            try:
+                await self.lease_store.save(completed)
+            except (LeaseStoreError, ValueError) as exc:
+                self.log.error("lease %s: could not record pid %s: %s", completed.lease_id,
+                               pid, exc)
+            else:
+                self.lease = completed
+        finally:
+            self._lease_done.set()
+
+    def _on_warning(self, warning: AcpProtocolError) -> None:
+        self.log.warning("agent %s: %s", self.pid, warning.message)
+
+    # ------------------------------------------------------------------ background tasks
+
+    async def _drain_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        stream = self.process.stderr
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await stream.receive_some(65536):
+                self._stderr += data
+                if len(self._stderr) > 2 * STDERR_TAIL_BYTES:
+                    del self._stderr[:-STDERR_TAIL_BYTES]
+
+    async def _serve(self) -> None:
+        assert self.connection is not None
+        try:
+            await self.connection.serve()
+        except AcpProtocolError as exc:
+            self.protocol_error = exc
+            self.log.warning("agent %s: fatal protocol error: %s", self.pid, exc.message)
+        finally:
+            self._serve_done.set()
+            self._stop.set()  # no usable connection: the process has no purpose left
+
+    async def _watch_exit(self) -> None:
+        assert self.process is not None
+        await self.process.wait()
+        self.exited.set()
+        with trio.move_on_after(EXIT_DRAIN_SECONDS):
+            await self._serve_done.wait()
+        self._stop.set()
+
+    # ------------------------------------------------------------------ cleanup
+
+    async def _mark(self, state: LeaseState) -> None:
+        if self.lease is None:
+            return
+        try:
+            updated = await self.lease_store.mark_state(self.lease.lease_id, state)
+        except (LeaseStoreError, ValueError) as exc:
+            self.log.error("lease %s: could not mark %s: %s", self.lease.lease_id, state, exc)
+            return
+        if updated is not None:
+            self.lease = updated
+
+    async def _cleanup(self) -> None:
+        if self._cleanup_started:
+            await self.closed.wait()
+            return
+        self._cleanup_started = True
+        try:
+            with trio.move_on_after(self.kill_grace * 2 + CLEANUP_EXTRA_SECONDS) as scope:
+                await self._do_cleanup()
+            if scope.cancelled_caught:
+                self.log.error("agent %s: cleanup did not finish in time", self.pid)
+        finally:
+            self.closed.set()
+
+    async def _close_stdin_and_wait(self, proc: trio.Process) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.aclose()
+        elif proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                await proc.stdin.aclose()
+        if proc.returncode is None:
+            with trio.move_on_after(STDIN_GRACE_SECONDS):
+                await proc.wait()
+
+    async def _do_cleanup(self) -> None:
+        proc = self.process
+        if proc is None:  # spawn failed (or never happened): nothing can be running
+            await self._mark(LeaseState.CLOSING)
+            await self._mark(LeaseState.LOST)
+            return
+        with trio.move_on_after(CLEANUP_EXTRA_SECONDS / 2):
+            await self._lease_done.wait()  # the pid record lands before any state move
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._mark, LeaseState.CLOSING)
+            nursery.start_soon(self._close_stdin_and_wait, proc)
+        result: CleanupResult | None = None
+        if self.lease is not None:
+            try:
+                result = await cleanup_owned_process_tree(
+                    root_pid=proc.pid,
+                    expected_lease_id=self.lease.lease_id,
+                    expected_gateway_instance_id=self.gateway_instance_id,
+                    root_create_time=self.create_time,
+                    root_start_ticks=self.start_ticks,
+                    root_boot_id=self.lease.boot_id,
+                    grace=self.kill_grace,
+                    deps=self.cleanup_deps or lease_cleanup_deps(self.lease.lease_id, proc.pid),
+                )
+            except Exception as exc:
+                self.log.error("agent %s: tree cleanup failed: %r", proc.pid, exc)
+        self.cleanup_result = result
+        if proc.returncode is None:  # our direct child: always kill and reap it
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with trio.move_on_after(max(self.kill_grace, 1.0)):
+                await proc.wait()
+        if proc.returncode is not None:
+            self.exited.set()
+        survivors: Any = result.survived_pids if result is not None else ()
+        if survivors or proc.returncode is None:
+            self.log.error(
+                "agent %s: processes survived cleanup (%s); lease %s stays closing for the "
+                "next sweep", proc.pid, list(survivors) or [proc.pid], self.lease_id,
+            )
+            return
+        await self._mark(LeaseState.CLOSED)
+
+
+async def start_agent_process(nursery: trio.Nursery, **kwargs: Any) -> AgentProcess:
+    """Create an :class:`AgentProcess` and start it in ``nursery``; returns once spawned.
+
+    Raises :class:`AgentProcessError` if the spawn fails (its lease is then ``lost``)."""
+    agent = AgentProcess(**kwargs)
+    await nursery.start(agent.run)
+    return agent

@@ -1,0 +1,356 @@
+"""ACP handshake (``initialize``, ``session/load`` or ``session/new``), control calls and the
+doctor probe.  Every call here has a deadline; failures are typed :class:`AcpRuntimeError`\\ s
+that carry the agent's stderr tail."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+from ._acp import (
+    PROTOCOL_VERSION,
+    ClientCapabilities,
+    EmptyResponse,
+    EnvVariable,
+    FileSystemCapability,
+    Implementation,
+    InitializeRequest,
+    InitializeResponse,
+    LoadSessionRequest,
+    LoadSessionResponse,
+    McpServerStdio,
+    NewSessionRequest,
+    NewSessionResponse,
+    SetSessionConfigOptionRequest,
+    SetSessionConfigOptionResponse,
+    SetSessionModeRequest,
+)
+from ._agent_process import AgentProcess
+from ._agents import AgentSpec
+from ._config import AcpxConfig
+from ._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AgentProcessError
+from ._events import DoctorReport
+from ._live_session import LiveSession
+from ._permissions import PermissionPolicy
+
+if TYPE_CHECKING:
+    from ._runtime import AcpxRuntime
+
+__all__ = [
+    "PROBE_SESSION_KEY",
+    "control_request",
+    "doctor_probe",
+    "initialize_request",
+    "is_load_not_found",
+    "make_agent_process",
+    "open_acp_session",
+    "resolve_dir",
+    "start_live_session",
+    "validate_ensure_args",
+]
+
+PROBE_SESSION_KEY = "openclaw:acpx:probe"
+try:
+    _VERSION = metadata.version("acpx-trio")
+except metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "0.0.0"
+_NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
+_NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
+                    "not supported")
+
+
+def initialize_request() -> InitializeRequest:
+    """Protocol version 1, fs read/write capabilities, no terminal."""
+    return InitializeRequest(
+        protocol_version=PROTOCOL_VERSION,
+        client_capabilities=ClientCapabilities(
+            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=False
+        ),
+        client_info=Implementation(name="acpx-trio", version=_VERSION),
+    )
+
+
+def is_load_not_found(exc: AcpRuntimeError) -> bool:
+    """Whether a ``session/load`` error proves the session is unknown to the agent (the only
+    case where falling back to ``session/new`` cannot lose a conversation)."""
+    if isinstance(exc, AcpConnectionClosedError | AcpProtocolError):
+        return False
+    if exc.rpc_code in _NOT_FOUND_CODES:
+        return True
+    text = f"{exc.message} {exc.rpc_data!r}".lower()
+    return any(hint in text for hint in _NOT_FOUND_HINTS)
+
+
+def _tail(proc: AgentProcess | None) -> str:
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    return f"\n--- agent stderr (tail) ---\n{tail[-4000:]}" if tail else ""
+
+
+def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
+    return [
+        McpServerStdio(
+            name=s.name, command=s.command, args=list(s.args),
+            env=[EnvVariable(name=k, value=v) for k, v in s.env],
+        )
+        for s in config.mcp_servers
+    ]
+
+
+def _check_version(init: InitializeResponse) -> None:
+    if init.protocol_version != PROTOCOL_VERSION:
+        raise AcpRuntimeError(
+            "ACP_SESSION_INIT_FAILED",
+            f"the agent answered ACP protocol version {init.protocol_version}; acpx-trio "
+            f"supports only version {PROTOCOL_VERSION}",
+        )
+
+
+_MODES = ("persistent", "oneshot")
+
+
+def validate_ensure_args(session_key: str, agent: str, mode: str) -> str:
+    """The trimmed session key; raises ``ACP_SESSION_INIT_FAILED`` for an empty key or agent
+    and ``ACP_INVALID_RUNTIME_OPTION`` for a mode other than persistent/oneshot."""
+    key = (session_key or "").strip()
+    if not key:
+        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP session key is required.")
+    if not (agent or "").strip():
+        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP agent id is required.")
+    if mode not in _MODES:
+        raise AcpRuntimeError(
+            "ACP_INVALID_RUNTIME_OPTION",
+            f'Unsupported ACP runtime session mode "{mode}". Expected one of: '
+            "persistent, oneshot.",
+        )
+    return key
+
+
+def resolve_dir(base: str, cwd: str | None) -> str | None:
+    """``cwd`` made absolute against ``base``; ``None`` if it is not a directory (blocking)."""
+    path = os.path.normpath(os.path.join(base, cwd or base))
+    return path if os.path.isdir(path) else None
+
+
+def make_agent_process(
+    runtime: AcpxRuntime, session_key: str, spec: AgentSpec, cwd: str,
+    live: LiveSession | None = None,
+) -> AgentProcess:
+    """An (unstarted) agent process configured from ``runtime`` (wired to ``live``)."""
+    return AgentProcess(
+        argv=spec.command,
+        cwd=cwd,
+        session_key=session_key,
+        gateway_instance_id=runtime.gateway_instance_id,
+        lease_store=runtime.lease_store,
+        wrapper_root=runtime.wrapper_root,
+        kill_grace=runtime.config.kill_grace_seconds,
+        cleanup_deps=runtime.process_cleanup,
+        install_hint=spec.install_hint(),
+        on_connection=None if live is None else live.install,
+        receive_gate=None if live is None else live.wait_room,
+        logger=runtime.log,
+    )
+
+
+async def start_live_session(
+    runtime: AcpxRuntime, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
+    cwd: str, load_id: str | None,
+) -> LiveSession:
+    """Spawn the agent in the runtime's nursery and open its ACP session.
+
+    On any failure (or cancellation) the agent is killed before the error propagates; a spawn
+    failure raises ``ACP_AGENT_SPAWN_FAILED``."""
+    policy = PermissionPolicy(
+        runtime.config.permission_mode, runtime.config.non_interactive_permissions
+    )
+    session = LiveSession(
+        session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
+        on_turn_failure=runtime.on_turn_failure, logger=runtime.log,
+    )
+    proc = make_agent_process(runtime, key, spec, cwd, session)
+    session.process = proc
+    try:
+        await runtime.nursery.start(proc.run)
+    except AgentProcessError as exc:
+        raise AcpRuntimeError(exc.code, exc.message) from exc
+    try:
+        await open_acp_session(session, runtime.config, load_id=load_id)
+        await proc.wait_recorded()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await proc.aclose("handshake failed")
+        raise
+    return session
+
+
+async def open_acp_session(
+    session: LiveSession, config: AcpxConfig, *, load_id: str | None
+) -> None:
+    """``initialize`` then ``session/load`` (when supported and ``load_id`` is given; falls
+    back to ``session/new`` only on a not-found answer) or ``session/new``.  Fills in the
+    session's id, capabilities, modes and config options.
+
+    Each step is bounded by ``config.control_timeout_seconds``.  Raises
+    ``ACP_SESSION_INIT_FAILED`` (with the stderr tail) on a timeout, an agent error, a protocol
+    version other than 1, or an agent that died; the caller kills the agent."""
+    timeout = config.control_timeout_seconds
+    conn = session.connection
+    step = "initialize"
+    try:
+        with trio.fail_after(timeout):
+            init = await conn.request("initialize", initialize_request(), InitializeResponse)
+        _check_version(init)
+        session.init = init
+        mcp = _mcp_servers(config)
+        if load_id and init.agent_capabilities.load_session:
+            step = "session/load"
+            session.backend_session_id = load_id  # replayed updates: tracked, never turn events
+            try:
+                with trio.fail_after(timeout):
+                    loaded = await conn.request(
+                        "session/load",
+                        LoadSessionRequest(session_id=load_id, cwd=session.cwd, mcp_servers=mcp),
+                        LoadSessionResponse,
+                    )
+            except AcpRuntimeError as exc:
+                if not is_load_not_found(exc):
+                    raise
+                session.log.info(
+                    "agent does not know ACP session %s (%s); starting a new one",
+                    load_id, exc.message,
+                )
+                session.backend_session_id = None
+            else:
+                session.modes = loaded.modes
+                session.config_options = loaded.config_options
+                if loaded.modes is not None:
+                    session.current_mode = loaded.modes.current_mode_id
+                return
+        step = "session/new"
+        with trio.fail_after(timeout):
+            created = await conn.request(
+                "session/new", NewSessionRequest(cwd=session.cwd, mcp_servers=mcp),
+                NewSessionResponse,
+            )
+        session.backend_session_id = created.session_id
+        session.modes = created.modes
+        session.config_options = created.config_options
+        if created.modes is not None:
+            session.current_mode = created.modes.current_mode_id
+    except trio.TooSlowError:
+        raise AcpRuntimeError(
+            "ACP_SESSION_INIT_FAILED",
+            f"the agent did not answer {step} within {timeout:g}s{_tail(session.process)}",
+            retryable=True,
+        ) from None
+    except AcpRuntimeError as exc:
+        if exc.code == "ACP_SESSION_INIT_FAILED":
+            raise AcpRuntimeError(exc.code, exc.message + _tail(session.process)) from exc
+        proc = session.process
+        detail = ""
+        if isinstance(exc, AcpConnectionClosedError) and proc is not None:
+            with trio.move_on_after(1.0):
+                await proc.exited.wait()
+            detail = f" ({proc.describe_exit()})"
+        raise AcpRuntimeError(
+            "ACP_SESSION_INIT_FAILED",
+            f"ACP {step} failed: {exc.message}{detail}{_tail(proc)}",
+            retryable=isinstance(exc, AcpConnectionClosedError),
+            rpc_code=exc.rpc_code,
+            rpc_data=exc.rpc_data,
+        ) from exc
+
+
+async def control_request(
+    session: LiveSession, method: str, params: Any, config: AcpxConfig
+) -> None:
+    """A control call (``session/set_mode``, ``session/set_config_option``) with a deadline.
+
+    Raises ``ACP_INVALID_RUNTIME_OPTION`` (agent said -32602), ``ACP_BACKEND_UNSUPPORTED_CONTROL``
+    (-32601), ``ACP_CONTROL_TIMEOUT`` or ``ACP_CONTROL_FAILED``."""
+    timeout = config.control_timeout_seconds
+    result_type: type[Any] = (
+        SetSessionConfigOptionResponse if method == "session/set_config_option" else EmptyResponse
+    )
+    try:
+        with session.control_call(), trio.fail_after(timeout):
+            result = await session.connection.request(method, params, result_type)
+    except trio.TooSlowError:
+        raise AcpRuntimeError(
+            "ACP_CONTROL_TIMEOUT", f"the agent did not answer {method} within {timeout:g}s",
+            retryable=True,
+        ) from None
+    except AcpRuntimeError as exc:
+        code = {-32602: "ACP_INVALID_RUNTIME_OPTION", -32601: "ACP_BACKEND_UNSUPPORTED_CONTROL"}
+        raise AcpRuntimeError(
+            code.get(exc.rpc_code or 0, "ACP_CONTROL_FAILED"), f"{method} failed: {exc.message}",
+            retryable=isinstance(exc, AcpConnectionClosedError),
+            rpc_code=exc.rpc_code, rpc_data=exc.rpc_data,
+        ) from exc
+    if isinstance(result, SetSessionConfigOptionResponse) and result.config_options:
+        session.config_options = result.config_options
+
+
+def set_mode_params(session: LiveSession, mode: str) -> SetSessionModeRequest:
+    return SetSessionModeRequest(session_id=session.backend_session_id or "", mode_id=mode)
+
+
+def set_config_params(
+    session: LiveSession, key: str, value: str | bool
+) -> SetSessionConfigOptionRequest:
+    return SetSessionConfigOptionRequest(
+        session_id=session.backend_session_id or "", config_id=key, value=value,
+        type="boolean" if isinstance(value, bool) else None,
+    )
+
+
+async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
+    """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
+    fail = "embedded ACP runtime probe failed"
+    try:
+        spec = runtime.agents.resolve(name)
+    except AcpRuntimeError as exc:
+        return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
+                            details=[f"agent={name}", exc.message])
+    cwd = runtime.config.cwd
+    details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
+                          f"cwd={cwd}"]
+    if not await runtime.agents.check_installed(spec):
+        return DoctorReport(
+            ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
+            install_command=spec.install_command,
+            details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
+        )
+    timeout = runtime.config.control_timeout_seconds
+    proc = make_agent_process(runtime, PROBE_SESSION_KEY, spec, cwd)
+    problem: str
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(proc.run)
+            assert proc.connection is not None
+            with trio.fail_after(timeout):
+                init = await proc.connection.request(
+                    "initialize", initialize_request(), InitializeResponse
+                )
+            _check_version(init)
+            return DoctorReport(
+                ok=True, message="embedded ACP runtime ready",
+                details=[*details, f"protocolVersion={init.protocol_version}"],
+            )
+        except trio.TooSlowError:
+            problem = f"the agent did not answer initialize within {timeout:g}s"
+        except (AcpRuntimeError, AgentProcessError) as exc:
+            problem = exc.message
+        finally:
+            with trio.CancelScope(shield=True):
+                await proc.aclose("probe finished")
+    tail = proc.stderr_tail().strip()
+    extra = [f"stderr: {tail[-2000:]}"] if tail else []
+    return DoctorReport(
+        ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
+        install_command=spec.install_command, details=[*details, problem, *extra],
+    )

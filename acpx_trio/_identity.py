@@ -1,0 +1,386 @@
+"""Process identity and ownership tags: who is this process, and is it one of ours?
+
+Every launch is tagged twice, with the seed's names: environment variables
+``OPENCLAW_ACPX_LEASE_ID`` / ``OPENCLAW_GATEWAY_INSTANCE_ID`` (inherited by every descendant
+unless a tool scrubs its environment) and command-line flags ``--openclaw-acpx-lease-id ID
+--openclaw-gateway-instance-id ID``.
+
+Identity on Linux is (boot id, pid, start time in clock ticks): ``/proc/PID/stat`` field 22
+never changes for a process and is not affected by wall-clock steps.  psutil's
+``create_time()`` (start ticks plus the wall-clock boot time) is the portable fallback and is
+compared with a tolerance.
+
+Guarantees:
+
+* **Secrets stay put**: reading another process's environment looks at the two tag keys only;
+  no other variable is kept, logged or returned.
+* **Race tolerant**: a process that vanishes mid-scan is left out; one whose pid was reused
+  while we read it (start ticks changed under us) is left out too.
+* **Fail closed**: when access to a process is denied, :attr:`ProcessInfo.inspectable` is
+  ``False`` and its tags are ``None``, so nothing can treat it as ours.
+
+Everything here is synchronous and may block on ``/proc`` reads: async callers run it in a
+worker thread (``trio.to_thread.run_sync``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+__all__ = [
+    "CREATE_TIME_TOLERANCE",
+    "GATEWAY_ARG",
+    "GATEWAY_ENV_KEY",
+    "LEASE_ARG",
+    "LEASE_ENV_KEY",
+    "ProcessInfo",
+    "boot_id",
+    "lease_args",
+    "lease_env",
+    "process_info",
+    "read_start_ticks",
+    "same_process",
+    "self_identity",
+    "snapshot_processes",
+    "tags_from_cmdline",
+]
+
+LEASE_ENV_KEY = "OPENCLAW_ACPX_LEASE_ID"
+GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
+LEASE_ARG = "--openclaw-acpx-lease-id"
+GATEWAY_ARG = "--openclaw-gateway-instance-id"
+
+#: Largest difference (seconds) between two psutil create times of the same process.  Only
+#: used when start ticks are unknown on either side; ticks are exact.
+CREATE_TIME_TOLERANCE = 0.5
+
+_PROC = "/proc"
+_LINUX = sys.platform.startswith("linux")
+_LEASE_ENV_B = LEASE_ENV_KEY.encode() + b"="
+_GATEWAY_ENV_B = GATEWAY_ENV_KEY.encode() + b"="
+
+
+def _check_id(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\0\n"):
+        raise ValueError(f"{name} must be a non-empty single-line string, got {value!r}")
+    return value
+
+
+def lease_env(lease_id: str, gateway_instance_id: str) -> dict[str, str]:
+    """The two tag variables to add to an agent's environment.
+
+    Raises ``ValueError`` for an empty id (an empty tag could never prove ownership)."""
+    return {
+        LEASE_ENV_KEY: _check_id("lease_id", lease_id),
+        GATEWAY_ENV_KEY: _check_id("gateway_instance_id", gateway_instance_id),
+    }
+
+
+def lease_args(lease_id: str, gateway_instance_id: str) -> list[str]:
+    """The tag flags to append to an agent's argv (seed order: lease id, then gateway id).
+
+    Raises ``ValueError`` for an empty id."""
+    return [
+        LEASE_ARG,
+        _check_id("lease_id", lease_id),
+        GATEWAY_ARG,
+        _check_id("gateway_instance_id", gateway_instance_id),
+    ]
+
+
+class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What one scan saw of one process.
+
+    ``lease_id``/``gateway_instance_id`` are the ownership tags, from the environment when it
+    carries both, else from the command line (last occurrence of a flag wins); empty values are
+    ``None``.  ``inspectable`` is ``False`` when access was denied (then no tags are known and
+    the process is never treated as ours).  ``start_ticks`` is ``/proc/PID/stat`` field 22 on
+    Linux, else ``None``.  ``zombie``: it has exited (or was caught exiting) and only waits to
+    be reaped; it can no longer run, its cmdline and tags are empty, and the reaper treats it
+    as gone."""
+
+    pid: int
+    ppid: int
+    cmdline: tuple[str, ...]
+    create_time: float
+    uid: int | None
+    start_ticks: int | None = None
+    zombie: bool = False
+    lease_id: str | None = None
+    gateway_instance_id: str | None = None
+    inspectable: bool = True
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def tags_from_cmdline(cmdline: Sequence[str]) -> tuple[str | None, str | None]:
+    """``(lease_id, gateway_instance_id)`` from argv flags ``--flag VALUE`` or ``--flag=VALUE``.
+
+    The last occurrence of each flag wins; a flag without a value, or with an empty one, does
+    not count."""
+    lease: str | None = None
+    gateway: str | None = None
+    n = len(cmdline)
+    for i, arg in enumerate(cmdline):
+        for flag, is_lease in ((LEASE_ARG, True), (GATEWAY_ARG, False)):
+            value: str | None
+            if arg == flag:
+                value = _clean(cmdline[i + 1]) if i + 1 < n else None
+            elif arg.startswith(flag + "="):
+                value = _clean(arg[len(flag) + 1 :])
+            else:
+                continue
+            if value is not None:
+                if is_lease:
+                    lease = value
+                else:
+                    gateway = value
+    return lease, gateway
+
+
+def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None]:
+    lease: str | None = None
+    gateway: str | None = None
+    for entry in data.split(b"\0"):
+        if entry.startswith(_LEASE_ENV_B):
+            lease = _clean(entry[len(_LEASE_ENV_B) :].decode("utf-8", "replace"))
+        elif entry.startswith(_GATEWAY_ENV_B):
+            gateway = _clean(entry[len(_GATEWAY_ENV_B) :].decode("utf-8", "replace"))
+    return lease, gateway
+
+
+def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None]:
+    """The two tag variables of ``proc``; raises psutil errors (AccessDenied, NoSuchProcess)."""
+    if _LINUX:
+        try:
+            with open(f"{_PROC}/{proc.pid}/environ", "rb") as fh:
+                data = fh.read()
+        except PermissionError as exc:
+            raise psutil.AccessDenied(proc.pid) from exc
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            # ESRCH with /proc/PID still there: its memory is gone, it is exiting
+            raise psutil.NoSuchProcess(proc.pid) from exc
+        try:
+            return _tags_from_environ_bytes(data)
+        finally:
+            del data
+    env: Mapping[str, str] | None = proc.environ()
+    try:
+        assert env is not None
+        return _clean(env.get(LEASE_ENV_KEY)), _clean(env.get(GATEWAY_ENV_KEY))
+    finally:
+        env = None
+
+
+def _read_stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/PID/stat`` after ``comm`` (index 0 = field 3, state), or ``None``."""
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and ')': everything after the LAST ')' is fixed-format.
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    return data[end + 1 :].decode("ascii", "replace").split()
+
+
+def read_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22).
+
+    ``None`` when the process does not exist, cannot be read, or this is not Linux."""
+    if not _LINUX or pid <= 0:
+        return None
+    fields = _read_stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    try:
+        return int(fields[19])  # field 22 is index 19 once fields 1-2 are cut off
+    except ValueError:
+        return None
+
+
+def read_stat_state(pid: int) -> tuple[str, int] | None:
+    """``(state letter, start ticks)`` from ``/proc/PID/stat`` (Linux), or ``None``."""
+    if not _LINUX or pid <= 0:
+        return None
+    fields = _read_stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    try:
+        return fields[0], int(fields[19])
+    except ValueError:
+        return None
+
+
+_boot_id_cache: str | None = None
+
+
+def boot_id() -> str | None:
+    """``/proc/sys/kernel/random/boot_id`` (changes at every boot), or ``None`` off Linux."""
+    global _boot_id_cache
+    if _boot_id_cache is None and _LINUX:
+        try:
+            with open(f"{_PROC}/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _boot_id_cache = fh.read().strip() or None
+        except OSError:
+            return None
+    return _boot_id_cache
+
+
+def self_identity() -> tuple[int, float]:
+    """``(pid, psutil create time)`` of the current process: what a lease records as owner."""
+    me = psutil.Process()
+    return me.pid, me.create_time()
+
+
+def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
+    """The process is exiting (already a zombie, or its memory is gone): describe it as dead,
+    or ``None`` if it is already gone or its pid now holds another process."""
+    fields = _read_stat_fields(proc.pid) if _LINUX else None
+    if fields is None or len(fields) < 20 or ticks is None or int(fields[19]) != ticks:
+        return None
+    try:
+        create_time = float(proc.create_time())
+    except psutil.Error:
+        create_time = 0.0
+    return ProcessInfo(
+        pid=proc.pid, ppid=int(fields[1]), cmdline=(), create_time=create_time, uid=None,
+        start_ticks=ticks, zombie=True,
+    )
+
+
+def _inspect(proc: psutil.Process) -> ProcessInfo | None:
+    """Describe ``proc``; ``None`` when it vanished or its pid was reused during the read.
+
+    A process caught exiting (its memory already released, or turned zombie while we read) is
+    described as a zombie: it can no longer run, and its tags can no longer be read."""
+    pid = proc.pid
+    ticks_before = read_start_ticks(pid)
+    inspectable = True
+    uid: int | None = None
+    cmdline: tuple[str, ...] = ()
+    lease: str | None = None
+    gateway: str | None = None
+    try:
+        with proc.oneshot():
+            ppid = proc.ppid()
+            create_time = proc.create_time()
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+            try:
+                uid = proc.uids().real
+            except psutil.AccessDenied:
+                inspectable = False
+            if not zombie:
+                try:
+                    cmdline = tuple(proc.cmdline())
+                except psutil.AccessDenied:
+                    inspectable = False
+            if not zombie and inspectable:
+                try:
+                    lease, gateway = _env_tags(proc)
+                except psutil.AccessDenied:
+                    inspectable = False
+    except psutil.NoSuchProcess:  # ZombieProcess included: it is exiting under our eyes
+        return _dying(proc, ticks_before)
+    except psutil.AccessDenied:
+        return ProcessInfo(
+            pid=pid, ppid=0, cmdline=(), create_time=0.0, uid=None,
+            start_ticks=ticks_before, inspectable=False,
+        )
+    if _LINUX and read_start_ticks(pid) != ticks_before:
+        return None  # gone, or pid reused while we looked: the data may mix two processes
+    if not inspectable:
+        lease = gateway = None
+    elif lease is None or gateway is None:
+        arg_lease, arg_gateway = tags_from_cmdline(cmdline)
+        argv_complete = arg_lease is not None and arg_gateway is not None
+        if argv_complete or (lease is None and gateway is None):
+            lease, gateway = arg_lease, arg_gateway
+    return ProcessInfo(
+        pid=pid,
+        ppid=ppid,
+        cmdline=cmdline,
+        create_time=create_time,
+        uid=uid,
+        start_ticks=ticks_before,
+        zombie=zombie,
+        lease_id=lease,
+        gateway_instance_id=gateway,
+        inspectable=inspectable,
+    )
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """Describe one process now; ``None`` if there is no such process (or ``pid <= 0``)."""
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return ProcessInfo(
+            pid=pid, ppid=0, cmdline=(), create_time=0.0, uid=None,
+            start_ticks=read_start_ticks(pid), inspectable=False,
+        )
+    return _inspect(proc)
+
+
+def snapshot_processes(pids: Iterable[int] | None = None) -> list[ProcessInfo]:
+    """Describe every process of the system (or only ``pids``), in pid order.
+
+    Processes that exit or are replaced during the scan are left out; it never raises for a
+    single process."""
+    if pids is not None:
+        found = (process_info(pid) for pid in sorted(set(pids)))
+        return [info for info in found if info is not None]
+    out: list[ProcessInfo] = []
+    for proc in psutil.process_iter():
+        try:
+            info = _inspect(proc)
+        except psutil.Error:
+            continue
+        if info is not None:
+            out.append(info)
+    out.sort(key=lambda p: p.pid)
+    return out
+
+
+def same_process(a: ProcessInfo, b: ProcessInfo) -> bool:
+    """Whether two observations are of the same process (not just the same pid).
+
+    Same pid and, when both start ticks are known, equal ticks; otherwise create times within
+    :data:`CREATE_TIME_TOLERANCE`."""
+    if a.pid != b.pid:
+        return False
+    if a.start_ticks is not None and b.start_ticks is not None:
+        return a.start_ticks == b.start_ticks
+    return abs(a.create_time - b.create_time) <= CREATE_TIME_TOLERANCE
+
+
+def is_current_process(pid: int, *, ticks: int | None, create_time: float | None) -> bool:
+    """Whether the live process ``pid`` started at ``ticks`` (or ``create_time``).
+
+    Blocking (reads ``/proc``).  ``False`` if the process is gone, and — fail closed — when
+    neither ``ticks`` nor ``create_time`` is given."""
+    if ticks is not None and _LINUX:
+        return read_start_ticks(pid) == ticks
+    if create_time is None:
+        return False
+    try:
+        live = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return False
+    return bool(abs(live - create_time) <= CREATE_TIME_TOLERANCE)
+

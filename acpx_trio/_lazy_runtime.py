@@ -1,0 +1,240 @@
+"""The default runtime, built on first use.
+
+Registering the backend must be cheap and must not import the real runtime module (agent
+process management, the ACP client); :class:`LazyAcpxRuntime` defers both to the first call that
+needs a runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+import trio
+
+from ._backends import AcpRuntime
+from ._config import AcpxConfig
+from ._errors import AcpRuntimeError
+from ._events import (
+    AcpRuntimeCapabilities,
+    AcpRuntimeEvent,
+    AcpRuntimeHandle,
+    AcpRuntimeStatus,
+    DoctorReport,
+)
+from ._leases import LeaseStore
+
+if TYPE_CHECKING:
+    from ._reaper import ProcessCleanupDeps
+
+__all__ = [
+    "LazyAcpxRuntime",
+    "RuntimeFactoryParams",
+    "ServiceLogger",
+    "build_default_runtime",
+]
+
+RUNTIME_MODULE = "acpx_trio._runtime"
+
+
+class ServiceLogger(Protocol):
+    """What the service logs through: any ``logging.Logger``/``LoggerAdapter`` fits."""
+
+    def debug(self, msg: str, /) -> object: ...
+    def info(self, msg: str, /) -> object: ...
+    def warning(self, msg: str, /) -> object: ...
+    def error(self, msg: str, /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeFactoryParams:
+    """Everything a runtime factory needs to build the service's runtime.
+
+    ``nursery`` is the host's root nursery: long-lived runtime tasks belong there.
+    ``process_cleanup`` is the service's injected process table (``None``: the real one)."""
+
+    config: AcpxConfig
+    gateway_instance_id: str
+    lease_store: LeaseStore
+    wrapper_root: Path
+    logger: ServiceLogger
+    nursery: trio.Nursery
+    process_cleanup: ProcessCleanupDeps | None = None
+
+
+async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntime:
+    """Import :mod:`acpx_trio._runtime` (in a worker thread) and construct ``AcpxRuntime``."""
+    module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None
+    if isinstance(params.logger, logging.Logger | logging.LoggerAdapter):
+        logger = params.logger
+    runtime = module.AcpxRuntime(
+        params.config,
+        gateway_instance_id=params.gateway_instance_id,
+        lease_store=params.lease_store,
+        wrapper_root=params.wrapper_root,
+        nursery=params.nursery,
+        logger=logger,
+        process_cleanup=params.process_cleanup,
+    )
+    return cast(AcpRuntime, runtime)
+
+
+class LazyAcpxRuntime:
+    """An :class:`AcpRuntime` that builds the real runtime on the first call needing it.
+
+    Guarantees:
+
+    * the runtime is built **once**, even when first calls race (they wait for one build); a
+      build that fails or is cancelled is retried by the next call;
+    * :meth:`is_healthy`, :meth:`sweep_dead_sessions` and :meth:`aclose` never build it;
+    * after :meth:`aclose` every call raises :class:`AcpRuntimeError`
+      (``ACP_BACKEND_UNAVAILABLE``) and nothing is built any more, so no agent can be started
+      by a call that races the service's ``stop``."""
+
+    def __init__(
+        self,
+        params: RuntimeFactoryParams,
+        *,
+        build: Callable[[RuntimeFactoryParams], Awaitable[AcpRuntime]] | None = None,
+    ) -> None:
+        self._params = params
+        self._build = build
+        self._runtime: AcpRuntime | None = None
+        self._lock = trio.Lock()
+        self._closed = False
+        #: How many times a runtime was built (0 or 1).
+        self.build_count = 0
+
+    @property
+    def built(self) -> AcpRuntime | None:
+        """The underlying runtime, or ``None`` while not built yet."""
+        return self._runtime
+
+    def _closed_error(self) -> AcpRuntimeError:
+        return AcpRuntimeError(
+            "ACP_BACKEND_UNAVAILABLE", "embedded acpx runtime is stopped; start the service again"
+        )
+
+    async def _resolve(self) -> AcpRuntime:
+        runtime = self._runtime
+        if runtime is not None and not self._closed:
+            await trio.lowlevel.checkpoint()
+            return runtime
+        if self._closed:
+            raise self._closed_error()
+        async with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._runtime is None:
+                build = self._build or build_default_runtime
+                self._runtime = await build(self._params)
+                self.build_count += 1
+            return self._runtime
+
+    async def ensure_session(
+        self,
+        *,
+        session_key: str,
+        agent: str,
+        mode: Literal["persistent", "oneshot"] = "persistent",
+        cwd: str | None = None,
+        resume_session_id: str | None = None,
+    ) -> AcpRuntimeHandle:
+        return await (await self._resolve()).ensure_session(
+            session_key=session_key,
+            agent=agent,
+            mode=mode,
+            cwd=cwd,
+            resume_session_id=resume_session_id,
+        )
+
+    async def run_turn(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[AcpRuntimeEvent, None]:
+        runtime = await self._resolve()
+        inner = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id)
+        try:
+            async for event in inner:
+                yield event
+        finally:
+            await inner.aclose()
+
+    async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None:
+        await (await self._resolve()).cancel(handle=handle, reason=reason)
+
+    async def close(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        reason: str = "closed",
+        discard_persistent_state: bool = False,
+    ) -> None:
+        await (await self._resolve()).close(
+            handle=handle, reason=reason, discard_persistent_state=discard_persistent_state
+        )
+
+    async def get_capabilities(
+        self, *, handle: AcpRuntimeHandle | None = None
+    ) -> AcpRuntimeCapabilities:
+        return await (await self._resolve()).get_capabilities(handle=handle)
+
+    async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
+        return await (await self._resolve()).get_status(handle=handle)
+
+    async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
+        await (await self._resolve()).set_mode(handle=handle, mode=mode)
+
+    async def set_config_option(
+        self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
+    ) -> None:
+        await (await self._resolve()).set_config_option(handle=handle, key=key, value=value)
+
+    async def prepare_fresh_session(self, *, session_key: str) -> None:
+        await (await self._resolve()).prepare_fresh_session(session_key=session_key)
+
+    async def doctor(self) -> DoctorReport:
+        return await (await self._resolve()).doctor()
+
+    async def probe_availability(self) -> None:
+        await (await self._resolve()).probe_availability()
+
+    def is_healthy(self) -> bool:
+        """False until built (and after close); then the runtime's own answer."""
+        runtime = self._runtime
+        return runtime is not None and not self._closed and runtime.is_healthy()
+
+    async def sweep_dead_sessions(self) -> int:
+        """Delegate to the built runtime; 0 (without building anything) when not built."""
+        runtime = self._runtime
+        sweep = getattr(runtime, "sweep_dead_sessions", None)
+        if runtime is None or self._closed or sweep is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        swept: Any = await sweep()
+        return int(swept)
+
+    async def aclose(self) -> None:
+        """Refuse further calls, wait for an in-flight build, and close the built runtime.
+
+        Idempotent.  If cancelled, the runtime may be partly closed; calling again retries."""
+        self._closed = True
+        async with self._lock:
+            runtime = self._runtime
+            aclose = getattr(runtime, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("built" if self._runtime else "not built")
+        return f"<LazyAcpxRuntime {state}>"
+

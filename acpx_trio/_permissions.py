@@ -1,0 +1,291 @@
+"""Answering agent requests: ``session/request_permission`` and ``fs/*`` inside the session cwd.
+
+Guarantees:
+
+* A permission request is always answered (never left pending): by the permission mode, or
+  ``cancelled`` while the turn is being cancelled, or ``cancelled`` when no non-interactive
+  answer exists (policy ``fail``, which also fails the turn with
+  ``ACP_PERMISSION_PROMPT_UNAVAILABLE``).  A ``reject_*`` option is never chosen as approval.
+* File access is confined to the session cwd: a path must be absolute, free of NUL bytes, and
+  stay inside the cwd after ``..`` normalisation *and* after resolving symlinks.  Anything else
+  is refused with a JSON-RPC error (:class:`AcpRuntimeError` with ``rpc_code``) that says why.
+* File I/O runs in worker threads; a cancelled call leaves no partial state beyond what the OS
+  call already did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import trio
+
+from ._acp._messages import (
+    CancelledOutcome,
+    EmptyResponse,
+    PermissionOption,
+    ReadTextFileRequest,
+    ReadTextFileResponse,
+    RequestPermissionRequest,
+    RequestPermissionResponse,
+    SelectedOutcome,
+    WriteTextFileRequest,
+)
+from ._config import NonInteractivePolicy, PermissionMode
+from ._errors import AcpRuntimeError
+
+__all__ = [
+    "INVALID_PARAMS",
+    "PERMISSION_DENIED_RPC",
+    "RESOURCE_NOT_FOUND",
+    "FsGate",
+    "PermissionDecision",
+    "PermissionPolicy",
+    "PermissionStats",
+    "prompt_unavailable_error",
+    "resolve_confined_path",
+]
+
+INVALID_PARAMS = -32602
+RESOURCE_NOT_FOUND = -32002
+#: JSON-RPC code of a refusal by permission mode (ACP defines none; -32603 is what SDKs send).
+PERMISSION_DENIED_RPC = -32603
+#: Largest file ``fs/read_text_file`` returns (bounds memory and the response line).
+MAX_READ_BYTES = 4 * 1024 * 1024
+
+_READ_KINDS = frozenset({"read", "search"})
+_READ_TITLE_WORDS = ("read", "cat", "view", "open", "list", "ls", "search", "find", "grep",
+                     "glob", "fetch")
+
+Verdict = Literal["approved", "denied", "cancelled"]
+
+
+class PermissionStats(msgspec.Struct, kw_only=True):
+    """Counters of permission requests and their outcomes (per session)."""
+
+    requested: int = 0
+    approved: int = 0
+    denied: int = 0
+    cancelled: int = 0
+
+
+class PermissionDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to send, how it counts, and (policy ``fail``) the error that fails the turn."""
+
+    response: RequestPermissionResponse
+    verdict: Verdict
+    fail_turn: AcpRuntimeError | None = None
+
+
+def prompt_unavailable_error(what: str) -> AcpRuntimeError:
+    """The turn failure raised when a permission would need a person (policy ``fail``)."""
+    return AcpRuntimeError(
+        "ACP_PERMISSION_PROMPT_UNAVAILABLE",
+        f"The agent asked for permission ({what}) but an embedded runtime cannot prompt a "
+        'person. Set permissionMode "approve-all" to allow it, or nonInteractivePermissions '
+        '"deny" to refuse such requests without failing the turn.',
+    )
+
+
+def _first(options: list[PermissionOption], kinds: tuple[str, ...]) -> PermissionOption | None:
+    return next((o for o in options if o.kind in kinds), None)
+
+
+def _looks_like_read(kind: str | None, title: str | None) -> bool:
+    if kind:
+        return kind in _READ_KINDS
+    words = (title or "").strip().lower().split()
+    return bool(words) and any(words[0].startswith(w) for w in _READ_TITLE_WORDS)
+
+
+def _selected(option: PermissionOption) -> RequestPermissionResponse:
+    return RequestPermissionResponse(outcome=SelectedOutcome(option_id=option.option_id))
+
+
+_CANCELLED = RequestPermissionResponse(outcome=CancelledOutcome())
+
+
+class PermissionPolicy:
+    """Decides permission requests by ``permission_mode`` and ``non_interactive_permissions``.
+
+    Pure and synchronous; keeps :attr:`stats`."""
+
+    def __init__(self, mode: PermissionMode, non_interactive: NonInteractivePolicy) -> None:
+        self.mode = mode
+        self.non_interactive = non_interactive
+        self.stats = PermissionStats()
+
+    def _count(self, verdict: Verdict) -> None:
+        if verdict == "approved":
+            self.stats.approved += 1
+        elif verdict == "denied":
+            self.stats.denied += 1
+        else:
+            self.stats.cancelled += 1
+
+    def _deny(self, options: list[PermissionOption]) -> tuple[RequestPermissionResponse, Verdict]:
+        reject = _first(options, ("reject_once", "reject_always"))
+        if reject is None:
+            return _CANCELLED, "cancelled"
+        return _selected(reject), "denied"
+
+    def decide(self, request: RequestPermissionRequest, *, cancelling: bool) -> PermissionDecision:
+        """The answer to ``request``.  ``cancelling``: the turn is being cancelled."""
+        self.stats.requested += 1
+        options = request.options
+        fail: AcpRuntimeError | None = None
+        response: RequestPermissionResponse
+        verdict: Verdict
+        if cancelling or not options:
+            response, verdict = _CANCELLED, "cancelled"
+        elif self.mode == "approve-all":
+            allow = _first(options, ("allow_once", "allow_always")) or options[0]
+            response = _selected(allow)
+            verdict = "denied" if allow.kind.startswith("reject") else "approved"
+        elif self.mode == "deny-all":
+            response, verdict = self._deny(options)
+        elif _looks_like_read(request.tool_call.kind, request.tool_call.title):
+            read_allow = _first(options, ("allow_once", "allow_always"))
+            if read_allow is not None:
+                response, verdict = _selected(read_allow), "approved"
+            else:
+                response, verdict = self._deny(options)
+        elif self.non_interactive == "deny":
+            response, verdict = self._deny(options)
+        else:
+            title = request.tool_call.title or request.tool_call.kind or "a tool call"
+            response, verdict = _CANCELLED, "cancelled"
+            fail = prompt_unavailable_error(title)
+        self._count(verdict)
+        return PermissionDecision(response=response, verdict=verdict, fail_turn=fail)
+
+    def write_allowed(self) -> tuple[bool, AcpRuntimeError | None]:
+        """Whether ``fs/write_text_file`` may proceed, and the turn failure if policy ``fail``."""
+        if self.mode == "approve-all":
+            return True, None
+        if self.mode == "approve-reads" and self.non_interactive == "fail":
+            return False, prompt_unavailable_error("write a file")
+        return False, None
+
+
+def _refuse(message: str, code: int = INVALID_PARAMS) -> AcpRuntimeError:
+    return AcpRuntimeError("ACP_FS_REFUSED", message, rpc_code=code)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_confined_path(raw: str, cwd: str) -> Path:
+    """The real path ``raw`` names, if it lies inside ``cwd``; blocking (``realpath``).
+
+    Raises :class:`AcpRuntimeError` (``rpc_code`` -32602) for a relative path, a NUL byte, a
+    ``..`` that leaves ``cwd``, or a symlink that resolves outside it."""
+    if not isinstance(raw, str) or not raw:
+        raise _refuse("path must be a non-empty absolute path")
+    if "\0" in raw:
+        raise _refuse("path contains a NUL byte")
+    if not os.path.isabs(raw):
+        raise _refuse(f"path must be absolute (got {raw!r}); it must lie inside {cwd}")
+    root_lexical = os.path.normpath(cwd)
+    root_real = os.path.realpath(cwd)
+    lexical = os.path.normpath(raw)
+    if not (_inside(lexical, root_lexical) or _inside(lexical, root_real)):
+        raise _refuse(f"path {raw!r} is outside the session working directory {cwd}")
+    real = os.path.realpath(lexical)
+    if not _inside(real, root_real):
+        raise _refuse(
+            f"path {raw!r} resolves (through a symlink) to {real}, outside the session "
+            f"working directory {cwd}"
+        )
+    return Path(real)
+
+
+def _read_slice(path: Path, line: int | None, limit: int | None) -> str:
+    try:
+        if path.stat().st_size > MAX_READ_BYTES:
+            raise _refuse(
+                f"file {path} is larger than {MAX_READ_BYTES} bytes; read it in parts",
+                INVALID_PARAMS,
+            )
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise _refuse(f"file not found: {path}", RESOURCE_NOT_FOUND) from None
+    except IsADirectoryError:
+        raise _refuse(f"path is a directory, not a file: {path}") from None
+    except OSError as exc:
+        raise _refuse(f"cannot read {path}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
+    if line is None and limit is None:
+        return text
+    lines = text.splitlines(keepends=True)
+    start = (line or 1) - 1
+    end = len(lines) if limit is None else start + limit
+    return "".join(lines[start:end])
+
+
+def _write(path: Path, root: str, content: str) -> None:
+    # The parents are inside root (the path was confined); re-check after creating them in case
+    # a directory was swapped for a symlink meanwhile.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not _inside(os.path.realpath(path.parent), os.path.realpath(root)):
+            raise _refuse(f"path {path} left the session working directory while writing")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+    except IsADirectoryError:
+        raise _refuse(f"path is a directory, not a file: {path}") from None
+    except OSError as exc:
+        raise _refuse(f"cannot write {path}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
+
+
+class FsGate:
+    """Serves ``fs/read_text_file`` and ``fs/write_text_file`` for one session.
+
+    ``on_turn_failure`` is called with the error when a write needs a person under policy
+    ``fail`` (the runtime fails the running turn with it)."""
+
+    def __init__(
+        self,
+        cwd: str,
+        policy: PermissionPolicy,
+        *,
+        on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
+    ) -> None:
+        self.cwd = cwd
+        self.policy = policy
+        self._on_turn_failure = on_turn_failure
+
+    async def read_text_file(self, request: ReadTextFileRequest) -> ReadTextFileResponse:
+        """File content (``line`` 1-based, ``limit`` lines); refused under ``deny-all``."""
+        if self.policy.mode == "deny-all":
+            raise _refuse(
+                "reading files is denied (permissionMode deny-all)", PERMISSION_DENIED_RPC
+            )
+        if request.line is not None and request.line < 1:
+            raise _refuse(f"line must be >= 1 (1-based), got {request.line}")
+        if request.limit is not None and request.limit < 0:
+            raise _refuse(f"limit must be >= 0, got {request.limit}")
+        path = await trio.to_thread.run_sync(resolve_confined_path, request.path, self.cwd)
+        content = await trio.to_thread.run_sync(_read_slice, path, request.line, request.limit)
+        return ReadTextFileResponse(content=content)
+
+    async def write_text_file(self, request: WriteTextFileRequest) -> EmptyResponse:
+        """Writes the file (creating parent directories inside the cwd) when the mode allows."""
+        path = await trio.to_thread.run_sync(resolve_confined_path, request.path, self.cwd)
+        allowed, fail = self.policy.write_allowed()
+        if not allowed:
+            if fail is not None and self._on_turn_failure is not None:
+                self._on_turn_failure(fail)
+            raise _refuse(
+                f"writing {request.path} is denied (permissionMode {self.policy.mode}, "
+                f"nonInteractivePermissions {self.policy.non_interactive}); set permissionMode "
+                '"approve-all" to allow writes',
+                PERMISSION_DENIED_RPC,
+            )
+        await trio.to_thread.run_sync(_write, path, self.cwd, request.content)
+        return EmptyResponse()

@@ -1,0 +1,84 @@
+"""Small OS-facing helpers of :mod:`._agent_process`: a gated receive stream, the owner's
+identity, and a lease-scoped process listing for the reaper."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ._identity import LEASE_ENV_KEY, ProcessInfo, self_identity, snapshot_processes
+from ._reaper import ProcessCleanupDeps, default_cleanup_deps
+
+__all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
+
+
+class GatedReceiveStream(trio.abc.ReceiveStream):
+    """Waits on ``gate`` before each read: backpressure from the event consumer to the agent."""
+
+    def __init__(
+        self, inner: trio.abc.ReceiveStream, gate: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self._gate()
+        return await self._inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+_owner: tuple[int, tuple[int, float]] | None = None
+
+
+def _pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
+    """The root plus every process whose environment carries ``LEASE_ENV_KEY=lease_id``.
+
+    A prefilter over ``/proc/*/environ`` (blocking): the reaper's plan keeps only processes
+    carrying the lease's tags (and the verified root), so listing just those gives the same
+    targets while inspecting a handful of processes instead of all of them.  The environment
+    bytes are searched for the one tag and dropped at once."""
+    needle = f"{LEASE_ENV_KEY}={lease_id}\0".encode()
+    pids = {root_pid}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return snapshot_processes()  # no /proc listing: the full (slower) table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if data.startswith(needle) or (b"\0" + needle) in data:
+            pids.add(int(name))
+        del data
+    return snapshot_processes(pids)
+
+
+def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
+    """The real process table, listing only this lease's candidates (Linux); we reap our
+    direct child ourselves, so the reaper does not (its exit status stays readable)."""
+    deps = default_cleanup_deps(reap_children=False)
+    if not sys.platform.startswith("linux"):
+        return deps
+
+    async def list_processes() -> list[ProcessInfo]:
+        return await trio.to_thread.run_sync(_pids_tagged, lease_id, root_pid)
+
+    return dataclasses.replace(deps, list_processes=list_processes)
+
+
+async def owner_identity() -> tuple[int, float]:
+    """``self_identity()``, computed once per process (it cannot change)."""
+    global _owner
+    if _owner is None or _owner[0] != os.getpid():
+        _owner = (os.getpid(), await trio.to_thread.run_sync(self_identity))
+    return _owner[1]

@@ -1,0 +1,272 @@
+"""The reaper's pure planning core: which processes of a table are provably ours.
+
+No I/O and no clock: plain functions over :class:`~acpx_trio._identity.ProcessInfo` lists, so
+hypothesis drives them directly and the async layer (:mod:`acpx_trio._reaper`) stays thin.
+
+Rules (fail closed; anything unproven is left alone, with a reason):
+
+* never our own pid (``"self"``), pid 0/1 (``"init"``), an uninspectable process
+  (``"access-denied"``) or another uid's process (``"other-user"``), whatever its tags say;
+* a process is a lease's only when it carries the lease id **and** gateway id tags
+  (``"not-owned"`` otherwise);
+* the lease root must also match the recorded boot id and start ticks / create time
+  (``"pid-reused"``); only a verified root's descendants are walked (breadth-first,
+  cycle-safe) and each must be tagged too;
+* every other process carrying a lease's tags is included, wherever it was re-parented;
+* zombies are dead: never targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import msgspec
+
+from ._identity import CREATE_TIME_TOLERANCE, ProcessInfo
+from ._leases import ProcessLease
+
+__all__ = [
+    "ACCESS_DENIED",
+    "INIT",
+    "MISSING_ROOT",
+    "NOT_OWNED",
+    "OTHER_USER",
+    "OWNER_ALIVE",
+    "PID_REUSED",
+    "PROTECTED",
+    "SELF",
+    "SURVIVED",
+    "UNVERIFIED_ROOT",
+    "LeaseTarget",
+    "Plan",
+    "guard_reason",
+    "order_children_first",
+    "owner_alive",
+    "plan_leases",
+    "plan_orphans",
+]
+
+MISSING_ROOT = "missing-root"
+UNVERIFIED_ROOT = "unverified-root"
+NOT_OWNED = "not-owned"
+PID_REUSED = "pid-reused"
+ACCESS_DENIED = "access-denied"
+OTHER_USER = "other-user"
+SELF = "self"
+INIT = "init"
+OWNER_ALIVE = "owner-alive"
+PROTECTED = "protected"
+SURVIVED = "survived"
+
+
+class LeaseTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """What a lease says about its processes.  ``root_pid == 0`` means pending (tags only)."""
+
+    lease_id: str
+    gateway_instance_id: str
+    root_pid: int = 0
+    root_create_time: float | None = None
+    root_start_ticks: int | None = None
+    root_boot_id: str | None = None
+
+    @classmethod
+    def from_lease(cls, lease: ProcessLease) -> LeaseTarget:
+        return cls(
+            lease_id=lease.lease_id,
+            gateway_instance_id=lease.gateway_instance_id,
+            root_pid=max(lease.root_pid, 0),
+            root_create_time=lease.root_create_time,
+            root_start_ticks=lease.root_start_ticks,
+            root_boot_id=lease.boot_id,
+        )
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """What to terminate.  ``targets`` are in kill order (children before parents);
+    ``root_reasons`` maps lease id -> why its root was not used."""
+
+    inspected: list[int]
+    targets: list[ProcessInfo]
+    skipped: dict[int, str]
+    root_reasons: dict[str, str]
+
+
+def guard_reason(p: ProcessInfo, self_pid: int, self_uid: int) -> str | None:
+    """Why ``p`` may never be signalled whatever its tags say, or ``None``."""
+    if p.pid == self_pid:
+        return SELF
+    if p.pid <= 1:
+        return INIT
+    if not p.inspectable or p.uid is None:
+        return ACCESS_DENIED
+    if p.uid != self_uid:
+        return OTHER_USER
+    return None
+
+
+def _root_matches(p: ProcessInfo, t: LeaseTarget, current_boot_id: str | None) -> bool:
+    if t.root_boot_id and current_boot_id and t.root_boot_id != current_boot_id:
+        return False  # recorded in an earlier boot: whatever has this pid now is not it
+    if t.root_start_ticks is not None and p.start_ticks is not None:
+        return p.start_ticks == t.root_start_ticks
+    if t.root_create_time is not None:
+        return abs(p.create_time - t.root_create_time) <= CREATE_TIME_TOLERANCE
+    # Ticks recorded but unreadable here: cannot prove it; nothing recorded: tags decide.
+    return t.root_start_ticks is None
+
+
+def order_children_first(procs: Sequence[ProcessInfo]) -> list[ProcessInfo]:
+    """Unique by pid (first wins), every process before its parent when both are listed.
+
+    Stable otherwise; cycle-safe (a ppid loop cannot make it spin)."""
+    unique: dict[int, ProcessInfo] = {}
+    for p in procs:
+        unique.setdefault(p.pid, p)
+    depth: dict[int, int] = {}
+    for pid, p in unique.items():
+        d, seen, cur = 0, {pid}, p.ppid
+        while cur in unique and cur not in seen:
+            seen.add(cur)
+            d += 1
+            cur = unique[cur].ppid
+        depth[pid] = d
+    order = list(unique.values())
+    order.sort(key=lambda p: -depth[p.pid])
+    return order
+
+
+def plan_leases(
+    table: Sequence[ProcessInfo],
+    leases: Sequence[LeaseTarget],
+    *,
+    self_pid: int,
+    self_uid: int,
+    current_boot_id: str | None = None,
+) -> Plan:
+    """Every process provably owned by one of ``leases`` in ``table`` (see module docstring).
+
+    Pure: no I/O.  Zombies are dead and never targeted."""
+    by_pid = {p.pid: p for p in table}
+    children: dict[int, list[int]] = {}
+    for p in table:
+        if p.ppid != p.pid:
+            children.setdefault(p.ppid, []).append(p.pid)
+    wanted = {(t.lease_id, t.gateway_instance_id) for t in leases}
+    inspected: dict[int, None] = {}
+    targets: dict[int, ProcessInfo] = {}
+    skipped: dict[int, str] = {}
+    root_reasons: dict[str, str] = {}
+
+    def consider(p: ProcessInfo, t: LeaseTarget) -> None:
+        inspected.setdefault(p.pid)
+        if p.zombie or p.pid in targets or p.pid in skipped:
+            return
+        reason = guard_reason(p, self_pid, self_uid)
+        if reason is None and (p.lease_id, p.gateway_instance_id) != (
+            t.lease_id,
+            t.gateway_instance_id,
+        ):
+            reason = NOT_OWNED
+        if reason is None:
+            targets[p.pid] = p
+        else:
+            skipped[p.pid] = reason
+
+    for t in leases:
+        if t.root_pid <= 0:
+            continue
+        root = by_pid.get(t.root_pid)
+        if root is None or root.zombie:
+            root_reasons[t.lease_id] = MISSING_ROOT
+            continue
+        inspected.setdefault(root.pid)
+        reason = guard_reason(root, self_pid, self_uid)
+        if reason is None and not _root_matches(root, t, current_boot_id):
+            reason = PID_REUSED
+        if reason is None and (root.lease_id, root.gateway_instance_id) != (
+            t.lease_id,
+            t.gateway_instance_id,
+        ):
+            reason = NOT_OWNED
+        if reason is not None:
+            skipped.setdefault(root.pid, reason)
+            root_reasons[t.lease_id] = PID_REUSED if reason == PID_REUSED else UNVERIFIED_ROOT
+            continue
+        targets[root.pid] = root
+        queue, seen = [root.pid], {root.pid}
+        while queue:
+            nxt: list[int] = []
+            for pid in queue:
+                for child in children.get(pid, ()):
+                    if child not in seen:
+                        seen.add(child)
+                        consider(by_pid[child], t)
+                        nxt.append(child)
+            queue = nxt
+
+    by_tags = {(t.lease_id, t.gateway_instance_id): t for t in leases}
+    for p in table:
+        key = (p.lease_id, p.gateway_instance_id)
+        if key in wanted and not p.zombie:
+            t = by_tags[key]  # type: ignore[index,unused-ignore]
+            consider(p, t)
+    return Plan(
+        inspected=list(inspected),
+        targets=order_children_first(list(targets.values())),
+        skipped=skipped,
+        root_reasons=root_reasons,
+    )
+
+
+def plan_orphans(
+    table: Sequence[ProcessInfo],
+    gateway_instance_id: str,
+    protected_lease_ids: Collection[str] = (),
+    *,
+    self_pid: int,
+    self_uid: int,
+) -> Plan:
+    """Every live process tagged with ``gateway_instance_id`` and an unprotected lease id.
+
+    No reliance on ``ppid == 1``.  A process with our gateway tag but no lease tag is
+    ``"not-owned"``; one of a protected lease is ``"protected"``.  Pure: no I/O."""
+    protected = set(protected_lease_ids)
+    inspected: list[int] = []
+    targets: list[ProcessInfo] = []
+    skipped: dict[int, str] = {}
+    for p in table:
+        if p.zombie or p.gateway_instance_id != gateway_instance_id:
+            continue
+        inspected.append(p.pid)
+        reason = guard_reason(p, self_pid, self_uid)
+        if reason is None and p.lease_id is None:
+            reason = NOT_OWNED
+        if reason is None and p.lease_id in protected:
+            reason = PROTECTED
+        if reason is None:
+            targets.append(p)
+        else:
+            skipped[p.pid] = reason
+    return Plan(
+        inspected=inspected,
+        targets=order_children_first(targets),
+        skipped=skipped,
+        root_reasons={},
+    )
+
+
+def owner_alive(
+    lease: ProcessLease, by_pid: dict[int, ProcessInfo], self_pid: int
+) -> bool:
+    """Whether the lease's owner is a live process other than us.
+
+    Owner unknown, gone, a zombie, or with another create time (pid reused): not alive.  Owner
+    pid alive but no start time recorded: alive (cannot prove it is dead; leave it alone)."""
+    if lease.owner_pid is None or lease.owner_pid <= 0 or lease.owner_pid == self_pid:
+        return False
+    p = by_pid.get(lease.owner_pid)
+    if p is None or p.zombie:
+        return False
+    if lease.owner_start_time is None:
+        return True
+    return abs(p.create_time - lease.owner_start_time) <= CREATE_TIME_TOLERANCE

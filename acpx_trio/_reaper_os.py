@@ -1,0 +1,224 @@
+"""Blocking OS primitives of the reaper: identity-checked signals and exit watches.
+
+The ``*_sync`` helpers block briefly on ``/proc`` reads and syscalls; the async layer calls
+them through ``trio.to_thread.run_sync``.  :func:`wait_exit` is the async, event-driven exit
+wait (pidfd + :func:`trio.lowlevel.wait_readable`, polling fallback).
+
+Guarantees: a signal is delivered only to the very process described by a
+:class:`~acpx_trio._identity.ProcessInfo` (pidfd opened first, identity verified *after*
+opening it, signal sent through the pidfd, so a recycled pid cannot receive it); never to our
+own pid, pid 1, a zombie, or a process of another uid.  Children are reaped only by pidfd or
+specific pid, never with ``waitpid(-1)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+
+import psutil  # type: ignore[import-untyped,unused-ignore]
+import trio
+
+from ._identity import CREATE_TIME_TOLERANCE, ProcessInfo, read_stat_state
+
+__all__ = [
+    "kill_process_sync",
+    "open_exit_watches",
+    "reap_child",
+    "still_running",
+    "wait_exit",
+]
+
+_HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+
+def still_running(info: ProcessInfo) -> bool:
+    """Whether the live process with ``info.pid`` is ``info`` and has not exited.
+
+    A zombie, a vanished pid or a pid now held by another process: ``False``."""
+    st = read_stat_state(info.pid)
+    if st is not None:
+        state, ticks = st
+        if state in ("Z", "X", "x"):
+            return False
+        if info.start_ticks is not None:
+            return ticks == info.start_ticks
+    elif info.start_ticks is not None:
+        return False  # ticks were readable when we looked, so the process is gone
+    try:
+        proc = psutil.Process(info.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return bool(abs(proc.create_time() - info.create_time) <= CREATE_TIME_TOLERANCE)
+    except psutil.Error:
+        return False
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid``; ``None`` when pidfds are unavailable.  Raises
+    ``ProcessLookupError`` when there is no such process."""
+    if not _HAS_PIDFD:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError:
+        return None  # ENOSYS, EPERM in a sandbox, ...: fall back to psutil
+
+
+def _live_uid(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).uids().real)
+    except psutil.Error:
+        return None
+
+
+def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int) -> bool:
+    """Send ``sig`` to ``info`` if, and only if, it is still that live process and ours.
+
+    Returns ``True`` when the signal was delivered; ``False`` when the process is gone, a
+    zombie, replaced (pid reuse), of another uid, our own pid or pid 1.  Never raises for
+    those; unexpected ``OSError``s (other than ESRCH/EPERM) propagate."""
+    if info.pid <= 1 or info.pid == self_pid:
+        return False
+    if info.uid is not None and info.uid != self_uid:
+        return False
+    try:
+        fd = _open_pidfd(info.pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if fd is not None:
+            # The fd pins whatever held the pid when it was opened; if that is ``info`` now
+            # (checked after opening), it was ``info`` then, and the signal cannot stray.
+            if not still_running(info) or _live_uid(info.pid) != self_uid:
+                return False
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        try:
+            proc = psutil.Process(info.pid)  # remembers the create time it saw
+        except psutil.Error:
+            return False
+        if not still_running(info) or _live_uid(info.pid) != self_uid:
+            return False
+        try:
+            proc.send_signal(sig)  # psutil refuses if the pid was recycled since
+        except psutil.Error:
+            return False
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _is_our_zombie(info: ProcessInfo) -> bool:
+    st = read_stat_state(info.pid)
+    if st is None:
+        return False
+    state, ticks = st
+    return state == "Z" and (info.start_ticks is None or ticks == info.start_ticks)
+
+
+def reap_child(pid: int, fd: int | None) -> None:
+    """Collect the exit status of our exited child ``pid`` (via its pidfd when given).
+
+    Never blocks, never raises, never touches another child."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        if fd is not None and hasattr(os, "P_PIDFD"):
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        else:
+            os.waitpid(pid, os.WNOHANG)
+
+
+def open_exit_watches(
+    infos: list[ProcessInfo], own_children: set[int]
+) -> tuple[dict[int, int], list[ProcessInfo]]:
+    """Split ``infos`` into pidfds to wait on and live processes to poll; drop those gone.
+
+    Exited children of ours (pids in ``own_children``) found already dead are reaped here.
+    The caller owns (and must close) every returned fd."""
+    watches: dict[int, int] = {}
+    polled: list[ProcessInfo] = []
+    try:
+        for p in infos:
+            if p.pid in watches:
+                continue
+            try:
+                fd = _open_pidfd(p.pid)
+            except ProcessLookupError:
+                continue
+            if still_running(p):
+                if fd is None:
+                    polled.append(p)
+                else:
+                    watches[p.pid] = fd
+                continue
+            try:
+                if p.pid in own_children and _is_our_zombie(p):
+                    reap_child(p.pid, fd)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    except BaseException:
+        for fd in watches.values():
+            os.close(fd)
+        raise
+    return watches, polled
+
+
+_POLL_INTERVAL = 0.01
+
+
+async def wait_exit(
+    infos: Sequence[ProcessInfo], within: float, *, self_pid: int, reap_children: bool
+) -> set[int]:
+    """Wait up to ``within`` seconds for ``infos`` to be gone; returns the pids still alive.
+
+    Event-driven through pidfds (a poll every 10 ms where pidfds are unavailable); a zombie
+    or a recycled pid counts as gone; ``within <= 0`` checks once without waiting.  With
+    ``reap_children`` our own exited children are reaped by pidfd / specific pid.
+    Cancellable; every pidfd it opened is closed on any exit."""
+    if not infos:
+        return set()
+    own = {p.pid for p in infos if p.ppid == self_pid} if reap_children else set()
+    watches, polled = await trio.to_thread.run_sync(open_exit_watches, list(infos), own)
+    alive = set(watches) | {p.pid for p in polled}
+    try:
+        if alive and within > 0:
+
+            async def watch(pid: int, fd: int) -> None:
+                await trio.lowlevel.wait_readable(fd)
+                alive.discard(pid)
+                if pid in own:
+                    reap_child(pid, fd)
+
+            async def poll() -> None:
+                pending = list(polled)
+                while pending:
+                    await trio.sleep(_POLL_INTERVAL)
+                    still = await trio.to_thread.run_sync(_filter_running, pending)
+                    for p in pending:
+                        if p not in still:
+                            alive.discard(p.pid)
+                    pending = still
+
+            with trio.move_on_after(within):
+                async with trio.open_nursery() as nursery:
+                    for pid, fd in watches.items():
+                        nursery.start_soon(watch, pid, fd)
+                    if polled:
+                        nursery.start_soon(poll)
+    finally:
+        for fd in watches.values():
+            os.close(fd)
+    return alive
+
+
+def _filter_running(infos: list[ProcessInfo]) -> list[ProcessInfo]:
+    return [p for p in infos if still_running(p)]

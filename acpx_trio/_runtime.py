@@ -1,0 +1,423 @@
+"""``AcpxRuntime``: start ACP agents, run prompt turns, cancel, close — never leak a process.
+
+Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
+
+* Every agent process runs as a task of the runtime's nursery; when that task ends for any
+  reason (close, crash, protocol error, timeout, cancellation of the nursery) the agent's
+  whole owned tree is killed and its lease finalised.
+* A session is reused only while its agent process is verifiably alive; a dead one is replaced
+  (``session/load`` of the recorded ACP session when the agent supports it), never waited on.
+* Every handshake and control call is bounded by ``config.control_timeout_seconds``; turns by
+  ``config.timeout_seconds`` when set; a cancel waits at most :data:`CANCEL_WAIT_SECONDS` for
+  the agent before killing it.
+* Errors are :class:`AcpRuntimeError` with a stable ``code``; turn failures arrive as a final
+  :class:`ErrorEvent` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import trio
+
+from ._agents import AgentRegistry, normalize_agent_name
+from ._config import AcpxConfig
+from ._errors import AcpRuntimeError
+from ._events import (
+    AcpRuntimeCapabilities,
+    AcpRuntimeEvent,
+    AcpRuntimeHandle,
+    AcpRuntimeStatus,
+    DoctorReport,
+    DoneEvent,
+    ErrorEvent,
+)
+from ._handshake import (
+    control_request,
+    doctor_probe,
+    resolve_dir,
+    set_config_params,
+    set_mode_params,
+    start_live_session,
+    validate_ensure_args,
+)
+from ._leases import LeaseStore
+from ._live_session import LiveSession, Turn
+from ._reaper import ProcessCleanupDeps
+from ._sessions import SessionStore
+from ._turns import (
+    ABANDON_WAIT_SECONDS,
+    CANCEL_WAIT_SECONDS,
+    abandon_turn,
+    drive_turn,
+    send_cancel,
+)
+
+__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class AcpxRuntime:
+    """The embedded ACP runtime.  See the module docstring for guarantees.
+
+    ``nursery`` hosts agent processes and turn drivers; it must outlive the runtime's use
+    (close the runtime with :meth:`aclose` before the nursery ends; :func:`open_acpx_runtime`
+    does both).  Not thread-safe: use it from one Trio run."""
+
+    backend_id = "acpx"
+
+    def __init__(
+        self,
+        config: AcpxConfig,
+        *,
+        gateway_instance_id: str,
+        lease_store: LeaseStore,
+        wrapper_root: Path,
+        nursery: trio.Nursery,
+        logger: Logger | None = None,
+        process_cleanup: ProcessCleanupDeps | None = None,
+        session_store: SessionStore | None = None,
+        agent_registry: AgentRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.gateway_instance_id = gateway_instance_id
+        self.lease_store = lease_store
+        self.wrapper_root = Path(wrapper_root)
+        self._nursery = nursery
+        self.log: Logger = logger or logging.getLogger("acpx_trio.runtime")
+        self.process_cleanup = process_cleanup
+        self.session_store = session_store or SessionStore(config.state_dir)
+        self.agents = agent_registry or AgentRegistry(config.agents)
+        self._sessions: dict[str, LiveSession] = {}
+        self._key_locks: dict[str, trio.Lock] = {}
+        self._healthy = False
+        self._closed = False
+        self._closing_done = trio.Event()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
+
+    def _live(self, handle: AcpRuntimeHandle) -> LiveSession | None:
+        session = self._sessions.get(handle.session_key)
+        if session is None or session.backend_session_id != handle.backend_session_id:
+            return None
+        return session
+
+    def _require_live(self, handle: AcpRuntimeHandle) -> LiveSession:
+        self._check_open()
+        session = self._live(handle)
+        if session is None or not session.alive:
+            raise AcpRuntimeError(
+                "ACP_SESSION_NOT_FOUND",
+                f'ACP session "{handle.session_key}" is not running (closed, replaced or its '
+                "agent died); call ensure_session again.",
+                retryable=True,
+            )
+        return session
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """Where agent processes and turn drivers run."""
+        return self._nursery
+
+    async def _retire(self, session: LiveSession, reason: str) -> None:
+        """Kill the session's tree (lease final) and forget it.  Shielded and bounded."""
+        if self._sessions.get(session.session_key) is session:
+            del self._sessions[session.session_key]
+        if session.turn is not None and session.turn.closed_reason is None:
+            session.turn.closed_reason = reason
+        if session.process is not None:
+            with trio.CancelScope(shield=True):
+                await session.process.aclose(reason)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def ensure_session(
+        self,
+        *,
+        session_key: str,
+        agent: str,
+        mode: Literal["persistent", "oneshot"] = "persistent",
+        cwd: str | None = None,
+        resume_session_id: str | None = None,
+    ) -> AcpRuntimeHandle:
+        """A handle to a live session for ``session_key``, starting an agent if needed.
+
+        Reuses the live session when its agent is alive and agent/cwd/resume id match; else
+        starts a new agent and loads the recorded (or ``resume_session_id``) ACP session when
+        the agent supports it — falling back to a new session only if the agent says it does
+        not know it — or creates a new one.  On any failure nothing keeps running.
+        Raises ``ACP_SESSION_INIT_FAILED``, ``ACP_INVALID_RUNTIME_OPTION``,
+        ``ACP_AGENT_UNKNOWN``, ``ACP_AGENT_SPAWN_FAILED`` or ``ACP_BACKEND_UNAVAILABLE``."""
+        self._check_open()
+        key = validate_ensure_args(session_key, agent, mode)
+        spec = self.agents.resolve(agent)
+        work_dir = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
+        if work_dir is None:
+            raise AcpRuntimeError(
+                "ACP_SESSION_INIT_FAILED", f"ACP session cwd {cwd!r} is not a directory."
+            )
+        lock = self._key_locks.setdefault(key, trio.Lock())
+        async with lock:
+            self._check_open()
+            live = self._sessions.get(key)
+            if live is not None:
+                reusable = (
+                    live.alive
+                    and not live.fresh_requested
+                    and live.spec.name == spec.name
+                    and live.cwd == work_dir
+                    and resume_session_id in (None, live.backend_session_id)
+                )
+                if reusable:
+                    return live.handle()
+                await self._retire(live, "replaced")
+            record = await self.session_store.load(key)
+            load_id = resume_session_id
+            if load_id is None and record is not None and mode == "persistent":
+                same = record.agent == spec.name and record.cwd == work_dir
+                if same and not record.reset_on_next_ensure:
+                    load_id = record.backend_session_id
+            session = await start_live_session(self, key, spec, mode, work_dir, load_id)
+            try:
+                await self.session_store.save(session.record())
+                self._check_open()
+            except BaseException:
+                await self._retire(session, "ensure failed")
+                raise
+            self._sessions[key] = session
+            return session.handle()
+
+    async def prepare_fresh_session(self, *, session_key: str) -> None:
+        """Make the next :meth:`ensure_session` of this key start a new ACP session, even after
+        a restart (persisted in the session record)."""
+        self._check_open()
+        live = self._sessions.get(session_key)
+        if live is not None:
+            live.fresh_requested = True
+        await self.session_store.mark_fresh(session_key)
+
+    async def close(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        reason: str = "closed",
+        discard_persistent_state: bool = False,
+    ) -> None:
+        """Kill the session's agent tree (lease closed) and mark its record closed; with
+        ``discard_persistent_state`` the next ensure starts a new ACP session.  A running turn
+        ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent."""
+        self._check_open()
+
+        async def mark_record() -> None:
+            record = await self.session_store.load(handle.session_key)
+            if record is not None:
+                record.closed = True
+                record.reset_on_next_ensure = (
+                    record.reset_on_next_ensure or discard_persistent_state
+                )
+                await self.session_store.save(record)
+
+        session = self._live(handle)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mark_record)
+            if session is not None:
+                await self._retire(session, reason)
+
+    # ------------------------------------------------------------------ turns
+
+    async def run_turn(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[AcpRuntimeEvent, None]:
+        """Prompt the agent; yields events in wire order, ending with one ``DoneEvent`` or
+        ``ErrorEvent`` (``ACP_TURN_FAILED``, ``ACP_TURN_TIMEOUT``, ``ACP_SESSION_BUSY``,
+        ``ACP_PERMISSION_PROMPT_UNAVAILABLE``, ``ACP_LINE_TOO_LONG``, ...).
+
+        Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
+        consumer stops early or its scope is cancelled, the turn is cancelled at the agent
+        (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
+        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering)."""
+        self._check_open()
+        session = self._live(handle)
+        if session is None or not session.alive:
+            yield ErrorEvent(
+                code="ACP_SESSION_NOT_FOUND", retryable=True,
+                message=f'ACP session "{handle.session_key}" is not running; call '
+                "ensure_session again.",
+            )
+            return
+        if session.turn is not None:
+            yield ErrorEvent(
+                code="ACP_SESSION_BUSY", retryable=True,
+                message=f'ACP session "{handle.session_key}" is already running a turn; '
+                "wait for it to finish or cancel it.",
+            )
+            return
+        turn = Turn(text)
+        session.turn = turn
+        session.turns_run += 1
+        drive = functools.partial(
+            drive_turn, session, turn, turn_timeout=self.config.timeout_seconds,
+            retire=self._retire, log=self.log,
+        )
+        self._nursery.start_soon(drive)
+        finished = False
+        try:
+            while True:
+                event = await turn.receive()
+                if isinstance(event, DoneEvent | ErrorEvent):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
+                    await abandon_turn(session, turn, self._retire)
+
+    def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:
+        """Fail the session's running turn with ``error`` (policy ``fail``) and cancel it."""
+        turn = session.turn
+        if turn is not None and turn.accepting and turn.fail(error, CANCEL_WAIT_SECONDS):
+            self._nursery.start_soon(send_cancel, session, turn)
+
+    async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None:
+        """Cancel the running turn: ``session/cancel`` is sent and permission requests are
+        answered ``cancelled``; the turn ends with ``DoneEvent(stop_reason="cancelled")``.  If
+        the agent does not answer within :data:`CANCEL_WAIT_SECONDS` its tree is killed (the
+        next ensure replaces it).  Returns without waiting for the turn; no-op when idle."""
+        self._check_open()
+        session = self._live(handle)
+        if session is None or session.turn is None:
+            return
+        self.log.debug("cancelling turn of %s (%s)", handle.session_key, reason or "no reason")
+        await send_cancel(session, session.turn)
+
+    # ------------------------------------------------------------------ controls
+
+    async def get_capabilities(
+        self, *, handle: AcpRuntimeHandle | None = None
+    ) -> AcpRuntimeCapabilities:
+        """Controls the session supports (all of them when no handle is given)."""
+        self._check_open()
+        if handle is None:
+            return AcpRuntimeCapabilities(
+                controls=("session/set_mode", "session/set_config_option", "session/status")
+            )
+        return self._require_live(handle).capabilities()
+
+    async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
+        """What is known about the session now; ``alive=False`` when it is not running."""
+        self._check_open()
+        session = self._live(handle)
+        if session is None:
+            return AcpRuntimeStatus(summary="not running")
+        return session.status()
+
+    async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
+        """``session/set_mode``; raises ``ACP_INVALID_RUNTIME_OPTION`` for a mode the agent
+        rejects, ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
+        session = self._require_live(handle)
+        await control_request(
+            session, "session/set_mode", set_mode_params(session, mode), self.config
+        )
+        session.current_mode = mode
+        await self.session_store.save(session.record())
+
+    async def set_config_option(
+        self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
+    ) -> None:
+        """``session/set_config_option`` (same errors as :meth:`set_mode`)."""
+        session = self._require_live(handle)
+        await control_request(
+            session, "session/set_config_option", set_config_params(session, key, value),
+            self.config,
+        )
+
+    # ------------------------------------------------------------------ health
+
+    async def doctor(self) -> DoctorReport:
+        """Start the probe agent (``config.probe_agent``, default ``codex``), run
+        ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
+        self._check_open()
+        name = normalize_agent_name(self.config.probe_agent or "codex")
+        report = await doctor_probe(self, name)
+        self._healthy = report.ok
+        return report
+
+    async def probe_availability(self) -> None:
+        """Run :meth:`doctor` and record health; never raises for an unavailable agent."""
+        await self.doctor()
+
+    def is_healthy(self) -> bool:
+        return self._healthy and not self._closed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def sweep_dead_sessions(self) -> int:
+        """Forget sessions whose agent died: reap their trees and finalise their leases.
+
+        Returns how many were swept.  Sessions with a running turn are left to the turn."""
+        count = 0
+        for session in list(self._sessions.values()):
+            if not session.alive and session.turn is None:
+                await self._retire(session, "agent died")
+                count += 1
+        return count
+
+    async def aclose(self) -> None:
+        """Close every live session (trees killed, leases final).  Idempotent; afterwards
+        every call raises ``ACP_BACKEND_UNAVAILABLE`` "ACP runtime is shut down."."""
+        if self._closed:
+            await self._closing_done.wait()
+            return
+        self._closed = True
+        self._healthy = False
+        try:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as nursery:
+                    for session in list(self._sessions.values()):
+                        nursery.start_soon(self._retire, session, "runtime shut down")
+        finally:
+            self._closing_done.set()
+
+
+@contextlib.asynccontextmanager
+async def open_acpx_runtime(
+    config: AcpxConfig,
+    *,
+    gateway_instance_id: str,
+    lease_store: LeaseStore,
+    wrapper_root: Path,
+    **kwargs: Any,
+) -> AsyncIterator[AcpxRuntime]:
+    """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
+    every session is closed and no agent process is left."""
+    async with trio.open_nursery() as nursery:
+        runtime = AcpxRuntime(
+            config,
+            gateway_instance_id=gateway_instance_id,
+            lease_store=lease_store,
+            wrapper_root=wrapper_root,
+            nursery=nursery,
+            **kwargs,
+        )
+        try:
+            yield runtime
+        finally:
+            await runtime.aclose()
+            nursery.cancel_scope.cancel()

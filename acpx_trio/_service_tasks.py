@@ -1,0 +1,94 @@
+"""Background work of the runtime service: the startup probe and the dead-session sweep.
+
+Each is one pass as a plain coroutine function (no service state), so the service only
+decides when they run and under which cancel scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from ._backends import AcpRuntime
+from ._doctor_format import format_doctor_failure_message, format_error_message, format_seconds
+from ._health import ServiceHealth
+from ._lazy_runtime import LazyAcpxRuntime, ServiceLogger
+
+__all__ = ["Background", "probe_once", "sweep_once"]
+
+
+class Background:
+    """A task in the host nursery that the service can cancel and wait for."""
+
+    __slots__ = ("done", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+
+def _report_parts(report: Any) -> tuple[str, Any]:
+    """(message, details) of a DoctorReport-like object or mapping."""
+    if isinstance(report, Mapping):
+        return str(report.get("message", "")), report.get("details")
+    return str(getattr(report, "message", "")), getattr(report, "details", None)
+
+
+async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[ServiceHealth, str, str]:
+    """Probe ``runtime`` within ``limit_seconds``; return (health, log level, log line).
+
+    Never raises except :class:`trio.Cancelled`; a timed-out probe is cancelled (the seed let it
+    run on).  Unhealthy after the probe: ``doctor()`` (when the runtime has one) explains why."""
+    report: Any = None
+    has_doctor = False
+    try:
+        with trio.move_on_after(limit_seconds) as deadline:
+            await runtime.probe_availability()
+            if runtime.is_healthy():
+                return ServiceHealth.HEALTHY, "info", "embedded acpx runtime backend ready"
+            doctor = getattr(runtime, "doctor", None)
+            if callable(doctor):
+                has_doctor = True
+                report = await doctor()
+    except Exception as exc:
+        return (
+            ServiceHealth.UNHEALTHY,
+            "warning",
+            f"embedded acpx runtime setup failed: {format_error_message(exc)}",
+        )
+    if deadline.cancelled_caught:
+        return (
+            ServiceHealth.UNHEALTHY,
+            "warning",
+            "embedded acpx runtime setup failed: embedded acpx runtime backend startup "
+            f"probe timed out after {format_seconds(limit_seconds)}s",
+        )
+    if has_doctor and report is not None:
+        detail = format_doctor_failure_message(*_report_parts(report))
+    else:
+        detail = "backend remained unhealthy after probe"
+    message = f"embedded acpx runtime backend probe failed: {detail}"
+    return ServiceHealth.UNHEALTHY, "warning", message
+
+
+async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: float) -> None:
+    """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
+    :class:`trio.Cancelled`).  A lazy runtime that was never built is not built for it."""
+    sweep = getattr(runtime, "sweep_dead_sessions", None)
+    if sweep is None or (isinstance(runtime, LazyAcpxRuntime) and runtime.built is None):
+        await trio.lowlevel.checkpoint()
+        return
+    try:
+        with trio.move_on_after(limit_seconds) as deadline:
+            swept = int(await sweep())
+    except Exception as exc:
+        log.warning(f"embedded acpx runtime sweep failed: {format_error_message(exc)}")
+        return
+    if deadline.cancelled_caught:
+        log.warning(
+            f"embedded acpx runtime sweep failed: timed out after {format_seconds(limit_seconds)}s"
+        )
+    elif swept > 0:
+        log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")

@@ -1,0 +1,134 @@
+"""Driving one prompt turn: the prompt request, its deadlines, cancel, and the final event.
+
+Guarantees of :func:`drive_turn`: the turn always gets exactly one final event (``DoneEvent``
+or ``ErrorEvent``), even when the driver itself is cancelled; whenever the agent can no longer
+be trusted (timeout, unanswered cancel, crash, protocol error) its tree is killed before the
+final event is queued, so a consumer that sees the error also sees a closed lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ._acp import CancelNotification, PromptRequest, PromptResponse, text_block
+from ._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
+from ._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
+from ._live_session import LiveSession, Turn
+
+__all__ = ["CANCEL_WAIT_SECONDS", "abandon_turn", "drive_turn", "send_cancel", "turn_error"]
+
+#: How long a cancelled turn waits for the agent's ``cancelled`` answer before killing it.
+CANCEL_WAIT_SECONDS = 2.5
+#: Bound on the wait of a consumer that abandons a turn (cancel wait + kill + lease writes).
+ABANDON_WAIT_SECONDS = CANCEL_WAIT_SECONDS + 15.0
+
+Retire = Callable[[LiveSession, str], Awaitable[None]]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+async def send_cancel(session: LiveSession, turn: Turn) -> None:
+    """Mark the turn cancelling (the agent gets :data:`CANCEL_WAIT_SECONDS` to answer) and
+    send ``session/cancel`` if the prompt went out.  Bounded; never raises."""
+    turn.request_cancel(CANCEL_WAIT_SECONDS)
+    proc = session.process
+    if not turn.prompt_sent or proc is None or proc.connection is None:
+        return
+    with trio.move_on_after(1.0), contextlib.suppress(AcpRuntimeError):
+        params = CancelNotification(session_id=session.backend_session_id or "")
+        await proc.connection.notify("session/cancel", params)
+
+
+async def abandon_turn(session: LiveSession, turn: Turn, retire: Retire) -> None:
+    """The consumer left early: drop its queue, cancel the turn at the agent, wait for the
+    driver; a oneshot session is closed."""
+    turn.abandon()
+    if not turn.finished.is_set():
+        await send_cancel(session, turn)
+        await turn.finished.wait()
+    if session.mode == "oneshot":
+        await retire(session, "oneshot turn abandoned")
+
+
+def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -> ErrorEvent:
+    """An error event for a turn whose agent is gone: how it ended plus its stderr tail."""
+    proc = session.process
+    if not message:
+        exit_text = proc.describe_exit() if proc is not None else "the agent is gone"
+        message = f"The ACP turn failed: {exit_text}."
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    if tail:
+        message += f"\n--- agent stderr (tail) ---\n{tail[-4000:]}"
+    return ErrorEvent(code=code, message=message, retryable=retryable)
+
+
+async def drive_turn(
+    session: LiveSession, turn: Turn, *, turn_timeout: float | None, retire: Retire, log: Logger
+) -> None:
+    """Run the turn to its end (see the module docstring).  Never raises except
+    ``Cancelled``, and even then the turn is finished first."""
+    final: AcpRuntimeEvent | None = None
+    try:
+        final = await _prompt(session, turn, turn_timeout=turn_timeout, retire=retire, log=log)
+    finally:
+        if session.turn is turn:
+            session.turn = None
+        turn.finish(final or DoneEvent(stop_reason="cancelled"))
+
+
+async def _prompt(
+    session: LiveSession, turn: Turn, *, turn_timeout: float | None, retire: Retire, log: Logger
+) -> AcpRuntimeEvent:
+    final: AcpRuntimeEvent | None = None
+    failure: tuple[str, str, bool] | None = None  # (code, message, retryable): agent gone
+    kill_reason: str | None = None
+    try:
+        if turn.cancelling:  # cancelled before the prompt was sent
+            return DoneEvent(stop_reason="cancelled")
+        with trio.CancelScope() as scope:
+            turn.wait_scope = scope
+            if turn_timeout is not None:
+                scope.deadline = trio.current_time() + turn_timeout
+            turn.prompt_sent = True
+            params = PromptRequest(
+                session_id=session.backend_session_id or "", prompt=[text_block(turn.text)]
+            )
+            response = await session.connection.request("session/prompt", params, PromptResponse)
+            final = DoneEvent(stop_reason=response.stop_reason)
+        if scope.cancelled_caught:
+            if turn.cancelling or turn.closed_reason:
+                final = DoneEvent(stop_reason="cancelled")
+                kill_reason = "the agent did not answer the cancel in time"
+            else:
+                final = ErrorEvent(
+                    code="ACP_TURN_TIMEOUT", retryable=True,
+                    message=f"The ACP turn did not finish within {turn_timeout:g}s "
+                    "(timeoutSeconds); the agent was stopped.",
+                )
+                kill_reason = "turn timed out"
+    except AcpProtocolError as exc:
+        failure, kill_reason = (exc.code, exc.message, False), "protocol error"
+    except AcpConnectionClosedError:
+        kill_reason = "connection closed"
+        if turn.closed_reason is not None:
+            final = DoneEvent(stop_reason="cancelled")
+        else:
+            failure = ("ACP_TURN_FAILED", "", True)
+    except AcpRuntimeError as exc:  # the agent answered the prompt with an error: still alive
+        final = ErrorEvent(code="ACP_TURN_FAILED", message=exc.message, retryable=False)
+    except Exception as exc:
+        log.exception("ACP turn driver failed: %r", exc)
+        failure, kill_reason = ("ACP_TURN_FAILED", f"internal error: {exc!r}", False), "bug"
+    if kill_reason is not None:
+        await retire(session, kill_reason)
+    if failure is not None:
+        final = turn_error(session, *failure)
+    if turn.failure is not None and not isinstance(final, ErrorEvent):
+        error = turn.failure
+        final = ErrorEvent(code=error.code, message=error.message, retryable=error.retryable)
+    assert final is not None
+    return final

@@ -1,0 +1,98 @@
+"""Mapping ACP ``session/update`` payloads to turn events (pure functions, no I/O).
+
+:func:`decode_notification` decodes known update kinds in one typed pass and falls back to the
+tolerant decoder (unknown kinds, odd shapes) so it never fails on a well-formed notification.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._acp import (
+    AgentMessageChunk,
+    AgentThoughtChunk,
+    AvailableCommandsUpdate,
+    ConfigOptionUpdate,
+    ContentBlock,
+    CurrentModeUpdate,
+    Plan,
+    SessionInfoUpdate,
+    SessionNotification,
+    SessionUpdate,
+    ToolCall,
+    ToolCallUpdate,
+    UnknownSessionUpdate,
+    UsageUpdate,
+    UserMessageChunk,
+    decode_session_notification,
+)
+from ._events import AcpRuntimeEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+
+__all__ = ["decode_notification", "map_update"]
+
+
+def _block_text(block: ContentBlock) -> str:
+    if block.type == "text":
+        return block.text or ""
+    label = block.uri or block.name or block.title or block.mime_type or ""
+    return f"[{block.type}{': ' + label if label else ''}]"
+
+
+def map_update(update: SessionUpdate) -> AcpRuntimeEvent | None:
+    """The turn event for one ``session/update`` (``None``: not shown, e.g. user echoes)."""
+    if isinstance(update, AgentMessageChunk):
+        return TextDeltaEvent(text=_block_text(update.content), stream="output",
+                              tag="agent_message_chunk")
+    if isinstance(update, AgentThoughtChunk):
+        return TextDeltaEvent(text=_block_text(update.content), stream="thought",
+                              tag="agent_thought_chunk")
+    if isinstance(update, ToolCall | ToolCallUpdate):
+        kind = "tool_call" if isinstance(update, ToolCall) else "tool_call_update"
+        parts = [update.title or update.tool_call_id]
+        if update.status:
+            parts.append(f"({update.status})")
+        return ToolCallEvent(text=" ".join(parts), tool_call_id=update.tool_call_id,
+                             status=update.status, title=update.title, tag=kind)
+    if isinstance(update, UserMessageChunk):
+        return None
+    text: str
+    if isinstance(update, Plan):
+        items = "; ".join(f"[{e.status}] {e.content}" for e in update.entries)
+        text, tag = f"plan: {items}" if items else "plan: (empty)", "plan"
+    elif isinstance(update, AvailableCommandsUpdate):
+        names = ", ".join(c.name for c in update.available_commands)
+        text, tag = f"available commands: {names}", "available_commands_update"
+    elif isinstance(update, CurrentModeUpdate):
+        text, tag = f"mode: {update.current_mode_id}", "current_mode_update"
+    elif isinstance(update, ConfigOptionUpdate):
+        ids = ", ".join(o.id for o in update.config_options)
+        text, tag = f"config options: {ids}", "config_option_update"
+    elif isinstance(update, SessionInfoUpdate):
+        text, tag = f"session: {update.title or ''}".rstrip(), "session_info_update"
+    elif isinstance(update, UsageUpdate):
+        text, tag = f"usage: {update.used}/{update.size}", "usage_update"
+    else:
+        assert isinstance(update, UnknownSessionUpdate)
+        tag = update.session_update or "unknown"
+        text = f"{tag} update"
+    return StatusEvent(text=text, tag=tag)
+
+
+class _FastNotification(msgspec.Struct, rename="camel"):
+    session_id: str
+    update: (
+        AgentMessageChunk | AgentThoughtChunk | ToolCall | ToolCallUpdate | Plan
+        | AvailableCommandsUpdate | CurrentModeUpdate | ConfigOptionUpdate | SessionInfoUpdate
+        | UsageUpdate | UserMessageChunk
+    )
+
+
+_fast_decode = msgspec.json.Decoder(_FastNotification).decode
+
+
+def decode_notification(raw: msgspec.Raw) -> _FastNotification | SessionNotification:
+    """``session/update`` params; raises ``msgspec`` errors only for a malformed envelope."""
+    try:  # one typed decode for the known kinds; the tolerant decoder for the rest
+        return _fast_decode(raw)
+    except msgspec.ValidationError:
+        return decode_session_notification(raw)

@@ -1,0 +1,205 @@
+"""Benchmark: start-up reaping of many leased process trees in one call.
+
+    python benchmarks/reap.py [--leases 50] [--stubborn 10] [--measure-seed]
+
+Scenario 1: ``--leases`` open leases, each a real tree of 3 processes (sh -> sh -> sleep) that
+exit on SIGTERM, reaped by one ``reap_open_leases`` call.
+Scenario 2: ``--stubborn`` trees that ignore SIGTERM (so SIGKILL after the grace period).
+
+Beside each time it prints the seed design's figure for the same work: leases one at a time,
+each with a fixed 0.75 s sleep between SIGTERM and SIGKILL (n x 0.75 s), and the ratio.
+``--measure-seed`` also *runs* that seed-style loop on fresh trees, in the same run.
+
+Everything the benchmark starts carries a unique gateway id and is SIGKILLed at the end, even
+on error or Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import psutil
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from acpx_trio._identity import (
+    boot_id,
+    lease_env,
+    process_info,
+    snapshot_processes,
+)
+from acpx_trio._leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
+from acpx_trio._reaper import DEFAULT_GRACE, ReapResult, reap_open_leases
+
+SEED_SLEEP = 0.75  # the seed sleeps this long per lease, whatever the processes do
+COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'
+STUBBORN = 'trap "" TERM; sh -c "sleep 600 & wait" & wait'  # ignored signals are inherited
+
+
+class Fleet:
+    """Tagged trees of one benchmark run, and the guarantee to kill them all."""
+
+    def __init__(self, gateway_id: str) -> None:
+        self.gateway_id = gateway_id
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, store: SyncLeaseStore, n: int, script: str) -> list[ProcessLease]:
+        leases = []
+        for i in range(n):
+            lease = new_lease(
+                gateway_instance_id=self.gateway_id, session_key=f"bench-{i}",
+                wrapper_root="/tmp", command=["sh", "-c", script],
+            )
+            env = dict(os.environ) | lease_env(lease.lease_id, self.gateway_id)
+            popen = subprocess.Popen(
+                ["sh", "-c", script], env=env, stdin=subprocess.DEVNULL, process_group=0
+            )
+            self.popens.append(popen)
+            info = process_info(popen.pid)
+            leases.append(
+                msgspec.structs.replace(
+                    lease,
+                    root_pid=popen.pid,
+                    root_start_ticks=info.start_ticks if info else None,
+                    root_create_time=info.create_time if info else None,
+                    boot_id=boot_id(),
+                )
+            )
+        for lease in leases:
+            store.save(lease)
+        return leases
+
+    async def wait_ready(self, leases: list[ProcessLease], per_tree: int = 3) -> None:
+        wanted = {x.lease_id for x in leases}
+        with trio.fail_after(60):
+            while True:
+                table = await trio.to_thread.run_sync(snapshot_processes)
+                counts: dict[str, int] = {}
+                for p in table:
+                    if p.gateway_instance_id == self.gateway_id and p.lease_id in wanted:
+                        counts[p.lease_id] = counts.get(p.lease_id, 0) + 1
+                if len(counts) == len(wanted) and min(counts.values()) >= per_tree:
+                    return
+                await trio.sleep(0.05)
+
+    def tagged_alive(self) -> list[int]:
+        return [
+            p.pid
+            for p in snapshot_processes()
+            if p.gateway_instance_id == self.gateway_id and not p.zombie
+        ]
+
+    def kill_all(self) -> None:
+        for _ in range(3):
+            pids = self.tagged_alive()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
+            psutil.wait_procs([p for p in map(_proc, pids) if p is not None], timeout=5)
+        for popen in self.popens:
+            with contextlib.suppress(OSError):
+                popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+                popen.wait(timeout=5)
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+async def seed_style(leases: list[ProcessLease], gateway_id: str) -> None:
+    """The seed's loop: per lease, SIGTERM its tree, sleep 0.75 s, SIGKILL what is alive."""
+    for lease in leases:
+        table = await trio.to_thread.run_sync(snapshot_processes)
+        pids = [p.pid for p in table if p.lease_id == lease.lease_id
+                and p.gateway_instance_id == gateway_id and not p.zombie]
+        for pid in reversed(pids):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        await trio.sleep(SEED_SLEEP)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def scenario(name: str, n: int, script: str, target: float, measure_seed: bool) -> bool:
+    gateway_id = f"gw-bench-{uuid.uuid4().hex}"
+    fleet = Fleet(gateway_id)
+    with tempfile.TemporaryDirectory(prefix="acpx-bench-") as state_dir:
+        try:
+            leases = fleet.spawn(SyncLeaseStore(state_dir), n, script)
+            await fleet.wait_ready(leases)
+            start = time.perf_counter()
+            result: ReapResult = await reap_open_leases(gateway_id, LeaseStore(state_dir))
+            took = time.perf_counter() - start
+            left = fleet.tagged_alive()
+            seed_figure = n * SEED_SLEEP
+            ok = (
+                not left
+                and len(result.closed_lease_ids) == n
+                and len(result.terminated_pids) == 3 * n
+                and took < target
+            )
+            print(
+                f"{name:<34} {took:7.3f} s   seed design {seed_figure:6.2f} s   "
+                f"ratio {seed_figure / took:6.1f}x   target < {target:.2f} s   "
+                f"{'OK' if ok else 'MISSED'}"
+            )
+            print(
+                f"    {len(result.terminated_pids)} processes confirmed gone, "
+                f"{len(result.closed_lease_ids)} leases closed, {len(left)} tagged left alive"
+            )
+            if measure_seed:
+                seed_fleet = Fleet(f"{gateway_id}-seed")
+                try:
+                    with tempfile.TemporaryDirectory(prefix="acpx-bench-seed-") as seed_dir:
+                        seed_leases = seed_fleet.spawn(SyncLeaseStore(seed_dir), n, script)
+                        await seed_fleet.wait_ready(seed_leases)
+                        start = time.perf_counter()
+                        await seed_style(seed_leases, seed_fleet.gateway_id)
+                        seed_took = time.perf_counter() - start
+                    print(f"    seed-style loop measured: {seed_took:.3f} s "
+                          f"(ratio {seed_took / took:.1f}x)")
+                finally:
+                    seed_fleet.kill_all()
+            return ok
+        finally:
+            fleet.kill_all()
+
+
+async def main(args: argparse.Namespace) -> int:
+    print(f"python {sys.version.split()[0]}, trio {trio.__version__}, psutil {psutil.__version__}, "
+          f"{os.cpu_count()} cpus, grace {DEFAULT_GRACE} s")
+    ok = await scenario(
+        f"{args.leases} cooperative trees (x3 procs)", args.leases, COOPERATIVE, 0.5,
+        args.measure_seed,
+    )
+    ok &= await scenario(
+        f"{args.stubborn} SIGTERM-ignoring trees", args.stubborn, STUBBORN, DEFAULT_GRACE + 0.3,
+        args.measure_seed,
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leases", type=int, default=50)
+    parser.add_argument("--stubborn", type=int, default=10)
+    parser.add_argument("--measure-seed", action="store_true")
+    sys.exit(trio.run(main, parser.parse_args()))

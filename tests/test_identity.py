@@ -1,0 +1,184 @@
+"""Process identity and ownership tags, on real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import msgspec
+import psutil
+import pytest
+import trio
+from _proc_helpers import ProcessLab, is_alive, poll_until, process_lab, wait_zombie
+from hypothesis import given
+from hypothesis import strategies as st
+
+from acpx_trio._identity import (
+    GATEWAY_ARG,
+    GATEWAY_ENV_KEY,
+    LEASE_ARG,
+    LEASE_ENV_KEY,
+    ProcessInfo,
+    boot_id,
+    lease_args,
+    lease_env,
+    process_info,
+    read_start_ticks,
+    same_process,
+    self_identity,
+    snapshot_processes,
+    tags_from_cmdline,
+)
+
+
+@pytest.fixture
+def lab() -> Iterator[ProcessLab]:
+    with process_lab() as lab:
+        yield lab
+
+
+def test_tag_helpers_use_the_seed_names() -> None:
+    assert lease_env("L1", "G1") == {
+        "OPENCLAW_ACPX_LEASE_ID": "L1",
+        "OPENCLAW_GATEWAY_INSTANCE_ID": "G1",
+    }
+    assert lease_args("L1", "G1") == [
+        "--openclaw-acpx-lease-id", "L1", "--openclaw-gateway-instance-id", "G1",
+    ]
+    assert (LEASE_ENV_KEY, GATEWAY_ENV_KEY, LEASE_ARG, GATEWAY_ARG) == (
+        "OPENCLAW_ACPX_LEASE_ID",
+        "OPENCLAW_GATEWAY_INSTANCE_ID",
+        "--openclaw-acpx-lease-id",
+        "--openclaw-gateway-instance-id",
+    )
+    for bad in ("", "   ", "a\nb", "a\0b"):
+        with pytest.raises(ValueError):
+            lease_env(bad, "G")
+        with pytest.raises(ValueError):
+            lease_args("L", bad)
+
+
+def test_tags_from_cmdline() -> None:
+    assert tags_from_cmdline(["node", "w.mjs", *lease_args("L", "G")]) == ("L", "G")
+    # last occurrence wins (seed B2 rule)
+    argv = ["x", LEASE_ARG, "old", GATEWAY_ARG, "g1", LEASE_ARG, "new", GATEWAY_ARG, "g2"]
+    assert tags_from_cmdline(argv) == ("new", "g2")
+    assert tags_from_cmdline([f"{LEASE_ARG}=L", f"{GATEWAY_ARG}=G"]) == ("L", "G")
+    assert tags_from_cmdline(["x", LEASE_ARG]) == (None, None)  # flag without value
+    assert tags_from_cmdline([LEASE_ARG, "  ", GATEWAY_ARG, ""]) == (None, None)
+    assert tags_from_cmdline(["--openclaw-acpx-lease-idX", "L"]) == (None, None)
+    assert tags_from_cmdline([]) == (None, None)
+
+
+@given(st.lists(st.text(max_size=8), max_size=12))
+def test_tags_from_cmdline_never_crashes_and_round_trips(argv: list[str]) -> None:
+    lease, _gw = tags_from_cmdline(argv)
+    assert lease is None or lease.strip() == lease != ""
+    assert tags_from_cmdline([*argv, *lease_args("LL", "GG")]) == ("LL", "GG")
+
+
+def test_self_identity_and_process_info_agree() -> None:
+    pid, ct = self_identity()
+    me = process_info(pid)
+    assert me is not None
+    assert me.pid == os.getpid() and me.ppid == os.getppid()
+    assert me.create_time == pytest.approx(ct, abs=0.02)
+    assert me.uid == os.getuid() and me.inspectable and not me.zombie
+    assert me.start_ticks == read_start_ticks(pid) is not None
+    # ticks / CLK_TCK + boot time is psutil's create time
+    hz = os.sysconf("SC_CLK_TCK")
+    assert me.start_ticks / hz + psutil.boot_time() == pytest.approx(ct, abs=1.0)
+    assert process_info(0) is None and process_info(-1) is None
+
+
+def test_boot_id_is_stable() -> None:
+    first = boot_id()
+    assert first is not None and first == boot_id()
+    uuid.UUID(first)
+
+
+def test_same_process() -> None:
+    base = ProcessInfo(pid=10, ppid=1, cmdline=(), create_time=100.0, uid=0, start_ticks=500)
+    assert same_process(base, base)
+    assert not same_process(base, msgspec.structs.replace(base, start_ticks=501))
+    assert not same_process(base, msgspec.structs.replace(base, pid=11))
+    # create time fallback when ticks are unknown on either side
+    no_ticks = msgspec.structs.replace(base, start_ticks=None)
+    assert same_process(no_ticks, msgspec.structs.replace(base, create_time=100.2))
+    assert not same_process(no_ticks, msgspec.structs.replace(base, create_time=105.0))
+    # ticks are authoritative: a stepped wall clock (create time moved) is still the same
+    assert same_process(base, msgspec.structs.replace(base, create_time=130.0))
+
+
+async def test_start_ticks_survive_a_comm_with_parentheses(lab: ProcessLab) -> None:
+    spawned = lab.spawn({"role": "odd", "comm": "a) b (c) 9 9"})
+    await lab.wait_ready(spawned)
+    member = spawned.by_role("odd")
+    assert psutil.Process(member.pid).name() == "a) b (c) 9 9"
+    assert read_start_ticks(member.pid) == member.ticks
+
+
+async def test_snapshot_reads_env_and_argv_tags_but_no_other_env(lab: ProcessLab) -> None:
+    secret = f"sk-{uuid.uuid4().hex}"
+    os.environ["ACPX_TEST_FAKE_SECRET"] = secret
+    try:
+        env_tagged = lab.spawn({"role": "env"}, lease_id="lease-env")
+        argv_tagged = lab.spawn({"role": "argv"}, lease_id="lease-argv", env_tags=False,
+                                argv_tags=True)
+        untagged = lab.spawn({"role": "plain"})
+        for s in (env_tagged, argv_tagged, untagged):
+            await lab.wait_ready(s)
+    finally:
+        del os.environ["ACPX_TEST_FAKE_SECRET"]
+    table = await trio.to_thread.run_sync(snapshot_processes)
+    by_pid = {p.pid: p for p in table}
+    assert [p.pid for p in table] == sorted(by_pid)
+    e = by_pid[env_tagged.pids[0]]
+    a = by_pid[argv_tagged.pids[0]]
+    u = by_pid[untagged.pids[0]]
+    assert (e.lease_id, e.gateway_instance_id) == ("lease-env", lab.gateway_id)
+    assert (a.lease_id, a.gateway_instance_id) == ("lease-argv", lab.gateway_id)
+    assert (u.lease_id, u.gateway_instance_id) == (None, None)
+    for p in (e, a, u):
+        assert p.inspectable and p.uid == os.getuid() and p.start_ticks is not None
+    # nothing of the environment beyond the two tags is ever kept
+    assert secret.encode() not in msgspec.json.encode(table)
+    assert process_info(e.pid) == e
+
+
+async def test_env_pair_beats_argv_and_partial_env_falls_back_to_argv(lab: ProcessLab) -> None:
+    argv = [sys.executable, "-c", "import signal; signal.pause()", *lease_args("argv-l", "argv-g")]
+    both = lab.spawn_command(argv, extra_env=lease_env("env-lease", "env-gw"))
+    partial = lab.spawn_command(argv, extra_env={LEASE_ENV_KEY: "env-only-lease"})
+    infos: list[ProcessInfo | None] = []
+
+    def started() -> bool:
+        infos[:] = [process_info(both.pid), process_info(partial.pid)]
+        return all(i is not None and i.cmdline[-1:] == ("argv-g",) for i in infos)
+
+    await poll_until(started)
+    assert infos[0] is not None and infos[1] is not None
+    assert (infos[0].lease_id, infos[0].gateway_instance_id) == ("env-lease", "env-gw")
+    assert (infos[1].lease_id, infos[1].gateway_instance_id) == ("argv-l", "argv-g")
+
+
+async def test_zombie_is_reported_as_zombie(lab: ProcessLab) -> None:
+    # the parent never reaps its child, which exits at once
+    spawned = lab.spawn({"role": "parent", "children": [{"role": "kid", "exit": True}]})
+    await lab.wait_ready(spawned)
+    kid = spawned.by_role("kid")
+    await wait_zombie(kid, spawned.by_role("parent"))
+    info = process_info(kid.pid)
+    assert info is not None and info.zombie
+    assert info.lease_id is None and info.cmdline == ()
+    assert not is_alive(kid.pid)
+
+
+def test_vanished_process_is_none() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert process_info(proc.pid) is None or process_info(proc.pid).pid == proc.pid  # type: ignore[union-attr]
+    assert snapshot_processes([proc.pid, os.getpid()])[-1].pid == os.getpid()

@@ -1,0 +1,209 @@
+"""Permission decisions by mode and policy, and fs confinement to the session cwd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from acpx_trio._acp import (
+    CancelledOutcome,
+    PermissionOption,
+    PermissionToolCall,
+    ReadTextFileRequest,
+    RequestPermissionRequest,
+    SelectedOutcome,
+    WriteTextFileRequest,
+)
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._permissions import (
+    FsGate,
+    PermissionPolicy,
+    resolve_confined_path,
+)
+
+ALLOW = PermissionOption(option_id="a", name="Allow", kind="allow_once")
+ALWAYS = PermissionOption(option_id="aa", name="Always", kind="allow_always")
+REJECT = PermissionOption(option_id="r", name="Reject", kind="reject_once")
+
+
+def request(
+    kind: str | None = "execute",
+    title: str | None = "run tests",
+    options: list[PermissionOption] | None = None,
+) -> RequestPermissionRequest:
+    return RequestPermissionRequest(
+        session_id="s",
+        tool_call=PermissionToolCall(tool_call_id="t1", kind=kind, title=title),
+        options=[REJECT, ALLOW] if options is None else options,
+    )
+
+
+def selected(decision: object) -> str | None:
+    outcome = decision.response.outcome  # type: ignore[attr-defined]
+    return outcome.option_id if isinstance(outcome, SelectedOutcome) else None
+
+
+def test_approve_all_picks_first_allow_option() -> None:
+    policy = PermissionPolicy("approve-all", "fail")
+    decision = policy.decide(request(), cancelling=False)
+    assert selected(decision) == "a" and decision.verdict == "approved"
+    assert selected(policy.decide(request(options=[ALWAYS, ALLOW]), cancelling=False)) == "aa"
+    # no allow option: the first option, which here is a reject: counted as denied
+    only_reject = policy.decide(request(options=[REJECT]), cancelling=False)
+    assert selected(only_reject) == "r" and only_reject.verdict == "denied"
+    assert policy.stats.requested == 3 and policy.stats.approved == 2
+    assert policy.stats.denied == 1
+
+
+def test_deny_all_picks_reject_or_cancels() -> None:
+    policy = PermissionPolicy("deny-all", "fail")
+    decision = policy.decide(request(kind="read"), cancelling=False)
+    assert selected(decision) == "r" and decision.verdict == "denied"
+    decision = policy.decide(request(options=[ALLOW]), cancelling=False)
+    assert isinstance(decision.response.outcome, CancelledOutcome)
+    assert decision.verdict == "cancelled" and decision.fail_turn is None
+    assert policy.stats.denied == 1 and policy.stats.cancelled == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "title"),
+    [("read", "x"), ("search", "x"), (None, "Read file foo.py"), (None, "grep TODO")],
+)
+def test_approve_reads_allows_reads(kind: str | None, title: str) -> None:
+    policy = PermissionPolicy("approve-reads", "fail")
+    decision = policy.decide(request(kind=kind, title=title), cancelling=False)
+    assert selected(decision) == "a" and decision.fail_turn is None
+
+
+def test_approve_reads_non_interactive_deny() -> None:
+    policy = PermissionPolicy("approve-reads", "deny")
+    decision = policy.decide(request(kind="edit"), cancelling=False)
+    assert selected(decision) == "r" and decision.fail_turn is None
+    decision = policy.decide(request(kind="edit", options=[ALLOW]), cancelling=False)
+    assert isinstance(decision.response.outcome, CancelledOutcome)
+
+
+def test_approve_reads_non_interactive_fail() -> None:
+    policy = PermissionPolicy("approve-reads", "fail")
+    decision = policy.decide(request(kind="execute", title="rm -rf build"), cancelling=False)
+    assert isinstance(decision.response.outcome, CancelledOutcome)
+    assert decision.fail_turn is not None
+    assert decision.fail_turn.code == "ACP_PERMISSION_PROMPT_UNAVAILABLE"
+    assert "approve-all" in decision.fail_turn.message
+    assert "nonInteractivePermissions" in decision.fail_turn.message
+    # a title that does not look like a read, without a kind
+    assert policy.decide(request(kind=None, title="write x"), cancelling=False).fail_turn
+
+
+@pytest.mark.parametrize("mode", ["approve-all", "approve-reads", "deny-all"])
+def test_cancelling_or_no_options_answers_cancelled(mode: str) -> None:
+    policy = PermissionPolicy(mode, "fail")  # type: ignore[arg-type]
+    decision = policy.decide(request(kind="read"), cancelling=True)
+    assert isinstance(decision.response.outcome, CancelledOutcome)
+    assert decision.fail_turn is None
+    decision = policy.decide(request(kind="read", options=[]), cancelling=False)
+    assert isinstance(decision.response.outcome, CancelledOutcome)
+    assert policy.stats.cancelled == 2
+
+
+# --------------------------------------------------------------------------- fs confinement
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    cwd = tmp_path / "cwd"
+    (cwd / "sub").mkdir(parents=True)
+    (cwd / "a.txt").write_text("l1\nl2\nl3\nl4\n")
+    (tmp_path / "outside.txt").write_text("secret")
+    (cwd / "escape").symlink_to(tmp_path)
+    (cwd / "inner-link").symlink_to(cwd / "sub")
+    return cwd
+
+
+def refused(path: str, cwd: Path) -> AcpRuntimeError:
+    with pytest.raises(AcpRuntimeError) as info:
+        resolve_confined_path(path, str(cwd))
+    assert info.value.rpc_code == -32602
+    return info.value
+
+
+def test_confinement(tree: Path) -> None:
+    assert resolve_confined_path(str(tree / "a.txt"), str(tree)) == tree / "a.txt"
+    assert resolve_confined_path(str(tree / "sub/../a.txt"), str(tree)) == tree / "a.txt"
+    assert resolve_confined_path(str(tree / "new/file"), str(tree)) == tree / "new/file"
+    assert resolve_confined_path(str(tree / "inner-link/x"), str(tree)) == tree / "sub/x"
+    assert "outside" in refused(str(tree / "../outside.txt"), tree).message
+    assert "outside" in refused(str(tree.parent / "outside.txt"), tree).message
+    assert "outside" in refused("/etc/passwd", tree).message
+    assert "outside" in refused(str(tree) + "-sibling/x", tree).message
+    assert "symlink" in refused(str(tree / "escape/outside.txt"), tree).message
+    assert "NUL" in refused(str(tree / "a.txt") + "\0", tree).message
+    assert "absolute" in refused("a.txt", tree).message
+    assert "absolute" in refused("./a.txt", tree).message
+    refused("", tree)
+
+
+async def test_reads_honour_line_and_limit(tree: Path) -> None:
+    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"))
+
+    async def read(line: int | None = None, limit: int | None = None) -> str:
+        req = ReadTextFileRequest(session_id="s", path=str(tree / "a.txt"), line=line, limit=limit)
+        return (await gate.read_text_file(req)).content
+
+    assert await read() == "l1\nl2\nl3\nl4\n"
+    assert await read(line=2) == "l2\nl3\nl4\n"
+    assert await read(line=2, limit=2) == "l2\nl3\n"
+    assert await read(limit=1) == "l1\n"
+    assert await read(line=10) == ""
+    with pytest.raises(AcpRuntimeError) as info:
+        await read(line=0)
+    assert info.value.rpc_code == -32602
+    with pytest.raises(AcpRuntimeError) as info:
+        await gate.read_text_file(ReadTextFileRequest(session_id="s", path=str(tree / "nope")))
+    assert info.value.rpc_code == -32002
+
+
+async def test_reads_denied_under_deny_all(tree: Path) -> None:
+    gate = FsGate(str(tree), PermissionPolicy("deny-all", "deny"))
+    with pytest.raises(AcpRuntimeError) as info:
+        await gate.read_text_file(ReadTextFileRequest(session_id="s", path=str(tree / "a.txt")))
+    assert "deny-all" in info.value.message
+
+
+async def test_writes_by_mode(tree: Path) -> None:
+    target = tree / "deep" / "dir" / "out.txt"
+    req = WriteTextFileRequest(session_id="s", path=str(target), content="hi")
+    await FsGate(str(tree), PermissionPolicy("approve-all", "fail")).write_text_file(req)
+    assert target.read_text() == "hi"
+    target.unlink()
+    for mode, policy in (("deny-all", "fail"), ("approve-reads", "deny")):
+        failures: list[AcpRuntimeError] = []
+        gate = FsGate(str(tree), PermissionPolicy(mode, policy),  # type: ignore[arg-type]
+                      on_turn_failure=failures.append)
+        with pytest.raises(AcpRuntimeError) as info:
+            await gate.write_text_file(req)
+        assert "denied" in info.value.message and not failures
+    failures = []
+    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"),
+                  on_turn_failure=failures.append)
+    with pytest.raises(AcpRuntimeError):
+        await gate.write_text_file(req)
+    assert [f.code for f in failures] == ["ACP_PERMISSION_PROMPT_UNAVAILABLE"]
+    assert not target.exists()
+
+
+async def test_writes_refuse_escapes(tree: Path) -> None:
+    gate = FsGate(str(tree), PermissionPolicy("approve-all", "fail"))
+    for path in (
+        str(tree / "../evil.txt"),
+        str(tree / "escape/evil.txt"),
+        "evil.txt",
+        str(tree / "evil\0.txt"),
+    ):
+        with pytest.raises(AcpRuntimeError) as info:
+            await gate.write_text_file(WriteTextFileRequest(session_id="s", path=path, content="x"))
+        assert info.value.rpc_code == -32602
+    assert not (tree.parent / "evil.txt").exists()
+    assert sorted(os.listdir(tree.parent)) == ["cwd", "outside.txt"]

@@ -1,0 +1,254 @@
+"""AcpxRuntime: no process survives; permissions and fs confinement end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from _runtime_helpers import (
+    RuntimeEnv,
+    leak_checked_gateway_id,
+    make_env,
+    output,
+    pid_gone,
+    processes_of_gateway,
+    run,
+)
+
+from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
+from acpx_trio._leases import LeaseState
+from acpx_trio._live_session import HIGH_WATER
+
+
+@pytest.fixture
+def gateway_id() -> Iterator[str]:
+    """Unique per test; fails the test if a process carrying it is still alive afterwards."""
+    yield from leak_checked_gateway_id()
+
+
+@pytest.fixture
+def env(tmp_path: Path, gateway_id: str) -> RuntimeEnv:
+    return make_env(tmp_path, gateway_id)
+
+
+async def test_grandchild_and_daemon_are_gone_after_close(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            grand_text = output(await run(rt, handle, "/spawn-grandchild"))
+            daemon_text = output(await run(rt, handle, "/daemonize"))
+            grand = int(re.findall(r"pid=(\d+)", grand_text)[0])
+            daemon = int(re.findall(r"pid=(\d+)", daemon_text)[0])
+            assert not pid_gone(grand) and not pid_gone(daemon)
+            assert os.getsid(daemon) != os.getsid(handle.agent_pid or 0)  # escaped the group
+            await rt.close(handle=handle, reason="test")
+        assert pid_gone(grand) and pid_gone(daemon)
+        assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
+        assert (await env.lease(handle.lease_id)).state is LeaseState.CLOSED
+        assert processes_of_gateway(env.gateway_id) == []
+
+
+async def test_crash_leaves_no_grandchild(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            text = output(await run(rt, handle, "/spawn-grandchild"))
+            grand = int(text.split("pid=")[1])
+            events = await run(rt, handle, "/crash")
+        assert isinstance(events[-1], ErrorEvent)
+        assert pid_gone(grand)
+
+
+async def test_cancelled_scope_mid_turn_leaves_no_process(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        handle = await rt.ensure_session(session_key="s", agent="mock")
+        seen: list[object] = []
+        with trio.fail_after(20):
+            with trio.move_on_after(0.5) as scope:
+                async with contextlib.aclosing(
+                    rt.run_turn(handle=handle, text="/sleep 30000")
+                ) as events:
+                    async for event in events:
+                        seen.append(event)
+            assert scope.cancelled_caught and seen == []
+            status = await rt.get_status(handle=handle)
+            assert status.alive and not status.details["turn_running"]
+            assert output(await run(rt, handle, "/pid")) == f"pid={handle.agent_pid}"
+    assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
+
+
+async def test_whole_runtime_scope_cancelled_mid_turn(env: RuntimeEnv) -> None:
+    pids: list[int] = []
+    with trio.fail_after(30), trio.move_on_after(2.0):
+        async with env.runtime() as rt:
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            assert handle.agent_pid is not None
+            pids.append(handle.agent_pid)
+            await run(rt, handle, "/sleep 60000")
+    assert pids and pid_gone(pids[0])
+    leases = await env.lease_store.list_all()
+    assert [x.state for x in leases] == [LeaseState.CLOSED]
+
+
+async def test_abandoned_turn_is_cancelled_and_session_reusable(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            async with contextlib.aclosing(
+                rt.run_turn(handle=handle, text="/flood 20000")
+            ) as events:
+                async for _event in events:
+                    break
+            assert output(await run(rt, handle, "/pid")) == f"pid={handle.agent_pid}"
+
+
+async def test_abandoned_oneshot_turn_closes_session(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock", mode="oneshot")
+            async with contextlib.aclosing(
+                rt.run_turn(handle=handle, text="/sleep 30000")
+            ) as events:
+                with trio.move_on_after(0.3):
+                    async for _event in events:
+                        pass
+        assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
+        assert not (await rt.get_status(handle=handle)).alive
+
+
+async def test_slow_consumer_bounds_buffered_events(env: RuntimeEnv) -> None:
+    async with env.runtime() as rt:
+        with trio.fail_after(60):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            session = rt._sessions["s"]
+            peak = 0
+            count = 0
+            async with contextlib.aclosing(
+                rt.run_turn(handle=handle, text="/flood 5000")
+            ) as events:
+                async for event in events:
+                    if isinstance(event, TextDeltaEvent):
+                        count += 1
+                        if count % 500 == 0:
+                            await trio.sleep(0.1)  # let the agent run ahead
+                    turn = session.turn
+                    if turn is not None:
+                        peak = max(peak, turn.pending)
+        assert count == 5000
+        # one 64 KiB read of small lines may overshoot the high-water mark
+        assert peak <= HIGH_WATER + 1000, peak
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "expected"),
+    [
+        ({"permissionMode": "approve-all"}, "execute", "permission outcome=selected:allow"),
+        ({"permissionMode": "deny-all"}, "read", "permission outcome=selected:reject"),
+        ({"permissionMode": "approve-reads"}, "read", "permission outcome=selected:allow"),
+        (
+            {"permissionMode": "approve-reads", "nonInteractivePermissions": "deny"},
+            "execute",
+            "permission outcome=selected:reject",
+        ),
+    ],
+)
+async def test_permission_modes_end_to_end(
+    env: RuntimeEnv, raw: dict[str, str], kind: str, expected: str
+) -> None:
+    async with env.runtime(**raw) as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            events = await run(rt, handle, f"/permission {kind}")
+            status = await rt.get_status(handle=handle)
+        assert output(events) == expected
+        assert events[-1] == DoneEvent(stop_reason="end_turn")
+        assert status.details["permissions"]["requested"] == 1
+
+
+async def test_permission_fail_policy_fails_the_turn(env: RuntimeEnv) -> None:
+    async with env.runtime(permissionMode="approve-reads", nonInteractivePermissions="fail") as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            events = await run(rt, handle, "/permission execute")
+            assert isinstance(events[-1], ErrorEvent)
+            assert events[-1].code == "ACP_PERMISSION_PROMPT_UNAVAILABLE"
+            assert "approve-all" in events[-1].message
+            assert output(await run(rt, handle, "still here")) == "still here"
+
+
+async def test_fs_confinement_end_to_end(env: RuntimeEnv) -> None:
+    cwd = env.workspace
+    (cwd / "notes.txt").write_text("one\ntwo\nthree\n")
+    outside = env.root / "secret.txt"
+    outside.write_text("secret")
+    (cwd / "link").symlink_to(env.root)
+    async with env.runtime(permissionMode="approve-all") as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+
+            async def say(text: str) -> str:
+                return output(await run(rt, handle, text))
+
+            assert await say(f"/read {cwd}/notes.txt") == "one\ntwo\nthree\n"
+            assert "outside" in await say(f"/read {outside}")
+            assert "outside" in await say(f"/read {cwd}/../secret.txt")
+            assert "symlink" in await say(f"/read {cwd}/link/secret.txt")
+            assert "absolute" in await say("/read notes.txt")
+            assert "NUL" in await say(f"/read {cwd}/notes.txt\x00x")
+            assert await say(f"/write {cwd}/sub/dir/new.txt hello") == (
+                f"wrote {cwd}/sub/dir/new.txt"
+            )
+            assert (cwd / "sub" / "dir" / "new.txt").read_text() == "hello"
+            assert "outside" in await say(f"/write {env.root}/evil.txt x")
+            assert "symlink" in await say(f"/write {cwd}/link/evil.txt x")
+        assert not (env.root / "evil.txt").exists()
+        assert outside.read_text() == "secret"
+
+
+async def test_fs_writes_follow_permission_mode(env: RuntimeEnv) -> None:
+    cwd = env.workspace
+    async with env.runtime(permissionMode="deny-all") as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            assert "denied" in output(await run(rt, handle, f"/write {cwd}/a.txt x"))
+            assert "denied" in output(await run(rt, handle, f"/read {cwd}/a.txt"))
+    async with env.runtime(permissionMode="approve-reads", nonInteractivePermissions="fail") as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s2", agent="mock")
+            events = await run(rt, handle, f"/write {cwd}/a.txt x")
+            assert isinstance(events[-1], ErrorEvent)
+            assert events[-1].code == "ACP_PERMISSION_PROMPT_UNAVAILABLE"
+    assert not (cwd / "a.txt").exists()
+
+
+async def test_agent_process_task_cancelled_kills_tree(env: RuntimeEnv) -> None:
+    from _runtime_helpers import MOCK
+
+    from acpx_trio._acp import InitializeResponse
+    from acpx_trio._agent_process import AgentProcess
+    from acpx_trio._handshake import initialize_request
+
+    agent = AgentProcess(
+        argv=MOCK, cwd=str(env.workspace), session_key="raw", gateway_instance_id=env.gateway_id,
+        lease_store=env.lease_store, wrapper_root=env.root, kill_grace=0.5,
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            assert agent.connection is not None and agent.alive
+            init = await agent.connection.request(
+                "initialize", initialize_request(), InitializeResponse
+            )
+            assert init.protocol_version == 1
+            await agent.wait_recorded()
+            nursery.cancel_scope.cancel()
+    assert agent.pid is not None and pid_gone(agent.pid)
+    assert agent.closed.is_set() and not agent.alive
+    lease = await env.lease(agent.lease_id)
+    assert lease.state is LeaseState.CLOSED and lease.root_pid == agent.pid
+    assert lease.root_start_ticks is not None and lease.process_group_id == agent.pid
