@@ -107,7 +107,16 @@ if TYPE_CHECKING:
         ServiceHealthState as ServiceHealthState,
     )
     from ._identity import (
+        GATEWAY_ENV_KEY as GATEWAY_ENV_KEY,
+    )
+    from ._identity import (
+        LEASE_ENV_KEY as LEASE_ENV_KEY,
+    )
+    from ._identity import (
         ProcessInfo as ProcessInfo,
+    )
+    from ._identity import (
+        lease_env as lease_env,
     )
     from ._identity import (
         snapshot_processes as snapshot_processes,
@@ -238,7 +247,10 @@ _EXPORTS: dict[str, str] = {
     "hash_command": "._leases",
     "new_lease": "._leases",
     "new_lease_id": "._leases",
+    "GATEWAY_ENV_KEY": "._identity",
+    "LEASE_ENV_KEY": "._identity",
     "ProcessInfo": "._identity",
+    "lease_env": "._identity",
     "snapshot_processes": "._identity",
     "CleanupResult": "._reaper",
     "ProcessCleanupDeps": "._reaper",

@@ -30,7 +30,7 @@ from ._health import ServiceHealth, ServiceHealthState
 from ._instance import resolve_gateway_instance_id_sync
 from ._lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
 from ._leases import LeaseStore
-from ._reaper import ProcessCleanupDeps, ReapResult, reap_open_leases
+from ._reaper import ProcessCleanupDeps, ReapResult, reap_open_leases, reap_stale_orphans
 from ._service_tasks import Background, probe_once, sweep_once
 
 __all__ = [
@@ -124,8 +124,26 @@ async def _reap_open_leases(
     grace: float,
     deps: ProcessCleanupDeps | None,
 ) -> ReapResult:
-    """Indirection over :func:`acpx_trio._reaper.reap_open_leases` (tests replace it)."""
-    return await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
+    """Start-up reap: every open lease of this gateway whose owner is gone, then every live
+    process tagged with this gateway id whose lease is unknown or final (its lease was lost to
+    a damaged file, or cleanup gave up on it).  Leases still open afterwards (live owners,
+    survivors to retry) protect their processes.  Tests replace this function."""
+    leases = await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
+    still_open = await lease_store.list_open(gateway_instance_id)
+    orphans = await reap_stale_orphans(
+        gateway_instance_id=gateway_instance_id,
+        protected_lease_ids=[x.lease_id for x in still_open],
+        grace=grace,
+        deps=deps,
+    )
+    if not orphans.inspected_pids:
+        return leases
+    return msgspec.structs.replace(
+        leases,
+        inspected_pids=[*leases.inspected_pids, *orphans.inspected_pids],
+        terminated_pids=[*leases.terminated_pids, *orphans.terminated_pids],
+        survived_pids=[*leases.survived_pids, *orphans.survived_pids],
+    )
 
 
 class AcpxRuntimeService:
@@ -262,8 +280,14 @@ class AcpxRuntimeService:
         ensure_private_dir(wrapper_root)
         gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
         lease_store = LeaseStore(wrapper_root)
-        has_open = bool(lease_store.sync.list_open(gateway_instance_id))
-        return config, lease_store, gateway_instance_id, has_open
+        # Reap when a previous life left open leases, or when the lease file was damaged
+        # (quarantined or with unreadable entries): tagged processes may have lost their lease.
+        needs_reap = (
+            bool(lease_store.sync.list_open(gateway_instance_id))
+            or bool(lease_store.sync.quarantined)
+            or lease_store.sync.skipped_entries > 0
+        )
+        return config, lease_store, gateway_instance_id, needs_reap
 
     async def _start_locked(self, ctx: ServiceContext) -> _Running:
         logger = ctx.logger

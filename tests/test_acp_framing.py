@@ -120,3 +120,35 @@ async def test_reader_is_cancellable_and_loses_nothing(
     await send.send_all(b"after\n")
     with trio.fail_after(5):
         assert await reader.receive_line() == b"after"
+
+
+async def test_reader_batch_returns_every_buffered_line_then_none() -> None:
+    send, receive = trio.testing.memory_stream_pair()
+    reader = LineReader(receive, max_line_bytes=64)
+    await send.send_all(b"a\nb\nc\npar")
+    assert await reader.receive_batch() == [b"a", b"b", b"c"]
+    await send.send_all(b"tial\nd\n")
+    await send.aclose()
+    assert await reader.receive_batch() == [b"partial", b"d"]
+    assert await reader.receive_batch() is None
+    assert await reader.receive_batch() is None
+
+
+async def test_reader_batch_after_single_line_reads_keeps_order() -> None:
+    send, receive = trio.testing.memory_stream_pair()
+    reader = LineReader(receive, max_line_bytes=64)
+    await send.send_all(b"1\n2\n3\n4\n")
+    assert await reader.receive_line() == b"1"
+    assert await reader.receive_batch() == [b"2", b"3", b"4"]
+    await send.send_all(b"5\n")
+    assert await reader.receive_line() == b"5"
+
+
+async def test_reader_batch_oversized_line_after_good_lines() -> None:
+    send, receive = trio.testing.memory_stream_pair()
+    reader = LineReader(receive, max_line_bytes=8)
+    await send.send_all(b"ok\n" + b"x" * 20 + b"\n")
+    assert await reader.receive_batch() == [b"ok"]
+    with pytest.raises(AcpProtocolError) as info:
+        await reader.receive_batch()
+    assert info.value.code == "ACP_LINE_TOO_LONG"

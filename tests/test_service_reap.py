@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 from _service_helpers import ListLogger, StubFactory
@@ -156,3 +157,74 @@ async def test_startup_is_quiet_without_open_leases(tmp_path: Path, nursery: tri
     assert table.signals == []
     assert not any(m.startswith("reaped") for m in logger.messages())
     assert logger.at("warning") == []
+
+
+async def test_damaged_lease_file_still_reaps_tagged_orphans(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The lease file is garbage (quarantined): processes tagged with our gateway id lost their
+    leases, and start-up still reaps them; another gateway's processes are untouched."""
+    state = tmp_path / "state"
+    await _seed(state, [])
+    (state / "acpx").mkdir(mode=0o700)
+    (state / "acpx" / "process-leases.json").write_text("{ this is not json")
+    table = FakeTable(
+        [
+            _proc(101, 1, "lost-lease"),
+            _proc(102, 101, "lost-lease"),
+            _proc(901, 1, "lease-9", gw="other-gateway"),
+        ]
+    )
+    logger = ListLogger()
+    svc = AcpxRuntimeService(
+        runtime_factory=StubFactory(), process_cleanup=table.deps(), registry=BackendRegistry()
+    )
+    await svc.start(
+        ServiceContext(workspace_dir=tmp_path, state_dir=state, logger=logger, nursery=nursery)
+    )
+    try:
+        reap = svc.startup_reap
+        assert reap is not None
+        assert sorted(reap.terminated_pids) == [101, 102]
+        assert sorted(table.procs) == [901]
+        assert "reaped 2 stale OpenClaw-owned ACPX processes" in logger.at("info")
+        assert [p.name for p in (state / "acpx").iterdir() if ".corrupt-" in p.name]
+    finally:
+        await svc.stop()
+
+
+async def test_orphans_of_final_leases_are_reaped_but_live_owners_protected(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    state = tmp_path / "state"
+    root = state / "acpx"
+    me_pid, me_start = os.getppid(), None  # a live process that is not us: the test's parent
+    live_owner = msgspec.structs.replace(
+        _lease("lease-live", 401, root), owner_pid=me_pid, owner_start_time=me_start
+    )
+    closed = msgspec.structs.replace(_lease("lease-closed", 0, root), state=LeaseState.CLOSED)
+    await _seed(state, [_lease("lease-open", 0, root), live_owner, closed])
+    table = FakeTable(
+        [
+            _proc(201, 1, "lease-open"),
+            _proc(401, 1, "lease-live"),  # its owner is alive: left alone
+            _proc(501, 1, "lease-closed"),  # final lease, yet alive: a stale orphan
+            ProcessInfo(pid=me_pid, ppid=1, cmdline=("owner",), create_time=1.0,
+                        uid=os.getuid()),  # the owner of lease-live, untagged
+        ]
+    )
+    svc = AcpxRuntimeService(
+        runtime_factory=StubFactory(), process_cleanup=table.deps(), registry=BackendRegistry()
+    )
+    await svc.start(
+        ServiceContext(workspace_dir=tmp_path, state_dir=state, logger=ListLogger(),
+                       nursery=nursery)
+    )
+    try:
+        reap = svc.startup_reap
+        assert reap is not None
+        assert sorted(reap.terminated_pids) == [201, 501]
+        assert sorted(table.procs) == sorted([401, me_pid])
+        assert reap.left_alone == {"lease-live": "owner-alive"}
+    finally:
+        await svc.stop()

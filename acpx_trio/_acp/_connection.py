@@ -305,23 +305,27 @@ class AcpConnection:
 
     async def _read_loop(self) -> None:
         while True:
-            line = await self._reader.receive_line()
-            if line is None:
+            batch = await self._reader.receive_batch()
+            if batch is None:
                 return
-            if not line.strip():
-                continue
-            try:
-                message = parse_message(line)
-            except NotJsonRpc as exc:
-                self._junk(line, exc.reason)
-                continue
-            if isinstance(message, Request):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._answer, message)
-            elif isinstance(message, Notification):
-                self._notify_handler(message)
-            else:
-                self._resolve(message)
+            for line in batch:
+                self._dispatch(line)
+
+    def _dispatch(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            message = parse_message(line)
+        except NotJsonRpc as exc:
+            self._junk(line, exc.reason)
+            return
+        if isinstance(message, Request):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, message)
+        elif isinstance(message, Notification):
+            self._notify_handler(message)
+        else:
+            self._resolve(message)
 
     def _warn(self, message: str, code: str) -> None:
         if self._on_warning is not None:

@@ -147,6 +147,26 @@ class LineReader:
     def max_line_bytes(self) -> int:
         return self._splitter.max_line_bytes
 
+    async def receive_batch(self) -> list[bytes] | None:
+        """Every complete line available now (at least one), or ``None`` at clean EOF.
+
+        One checkpoint per call, not per line: a reader that handles lines synchronously
+        processes a burst of messages in one scheduler pass.  Same error and cancellation
+        guarantees as :meth:`receive_line`."""
+        if self._next < len(self._lines):
+            batch = self._lines[self._next :]
+            self._lines = []
+            self._next = 0
+            await trio.lowlevel.checkpoint()
+            return batch
+        line = await self.receive_line()
+        if line is None:
+            return None
+        batch = [line, *self._lines[self._next :]]
+        self._lines = []
+        self._next = 0
+        return batch
+
     async def receive_line(self) -> bytes | None:
         while True:
             if self._next < len(self._lines):
