@@ -241,12 +241,12 @@ async def open_acp_session(
         session.config_options = created.config_options
         if created.modes is not None:
             session.current_mode = created.modes.current_mode_id
-    except trio.TooSlowError:
+    except trio.TooSlowError as exc:
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
             f"the agent did not answer {step} within {timeout:g}s{_tail(session.process)}",
             retryable=True,
-        ) from None
+        ) from exc
     except AcpRuntimeError as exc:
         if exc.code == "ACP_SESSION_INIT_FAILED":
             raise AcpRuntimeError(exc.code, exc.message + _tail(session.process)) from exc
@@ -279,11 +279,11 @@ async def control_request(
     try:
         with session.control_call(), trio.fail_after(timeout):
             result = await session.connection.request(method, params, result_type)
-    except trio.TooSlowError:
+    except trio.TooSlowError as exc:
         raise AcpRuntimeError(
             "ACP_CONTROL_TIMEOUT", f"the agent did not answer {method} within {timeout:g}s",
             retryable=True,
-        ) from None
+        ) from exc
     except AcpRuntimeError as exc:
         code = {-32602: "ACP_INVALID_RUNTIME_OPTION", -32601: "ACP_BACKEND_UNSUPPORTED_CONTROL"}
         raise AcpRuntimeError(
@@ -339,7 +339,9 @@ async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
             _check_version(init)
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
-                details=[*details, f"protocolVersion={init.protocol_version}"],
+                details=[*details, f"protocolVersion={init.protocol_version}",
+                         *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
+                           if init.agent_info else [])],
             )
         except trio.TooSlowError:
             problem = f"the agent did not answer initialize within {timeout:g}s"

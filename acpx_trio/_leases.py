@@ -45,12 +45,16 @@ __all__ = [
     "ProcessLease",
     "SyncLeaseStore",
     "check_transition",
+    "decode_lease_file",
     "hash_command",
     "new_lease_id",
+    "peek_leases",
 ]
 
 LEASE_FILE_NAME = "process-leases.json"
 _log = logging.getLogger("acpx_trio.leases")
+#: Invalid entries of one read that get a warning each; the rest are summed up in one line.
+_ENTRY_WARNINGS = 5
 T = TypeVar("T")
 
 
@@ -134,6 +138,53 @@ _lease_decoder = msgspec.json.Decoder(ProcessLease)
 _encoder = msgspec.json.Encoder()
 
 
+def decode_lease_file(
+    data: bytes,
+) -> tuple[list[ProcessLease], list[msgspec.Raw], list[str]]:
+    """Decode a lease file: (valid leases, raw invalid entries, why each was invalid).
+
+    Duplicate ids: the last entry wins, as an upsert would.  Raises ``msgspec.DecodeError``
+    (or ``UnicodeDecodeError``) when the file as a whole is not a version-1 lease file."""
+    doc = _file_decoder.decode(data)
+    leases: list[ProcessLease] = []
+    bad: list[msgspec.Raw] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for raw in doc.leases:
+        try:
+            lease = _lease_decoder.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            bad.append(raw)
+            problems.append(str(exc))
+            continue
+        if lease.lease_id in seen:
+            leases[seen[lease.lease_id]] = lease
+            continue
+        seen[lease.lease_id] = len(leases)
+        leases.append(lease)
+    return leases, bad, problems
+
+
+def peek_leases(state_dir: str | Path) -> tuple[list[ProcessLease], str | None]:
+    """Read ``<state_dir>/process-leases.json`` with no side effects at all: no lock, no file
+    or directory created, nothing quarantined (writes are atomic renames, so a lock-free read
+    sees one whole version).  Returns (valid leases, a problem description or ``None``).
+
+    For inspection tools (``acpx-trio leases``, ``reap --dry-run``); blocking."""
+    path = Path(state_dir) / LEASE_FILE_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], None
+    except OSError as exc:
+        return [], f"cannot read {path}: {exc}"
+    try:
+        leases, bad, _ = decode_lease_file(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return [], f"{path} is unreadable ({exc}); the next write moves it aside"
+    return leases, (f"{len(bad)} invalid entries in {path} skipped" if bad else None)
+
+
 def new_lease_id() -> str:
     """A fresh random lease id (UUID4 text)."""
     return str(uuid.uuid4())
@@ -186,8 +237,8 @@ class SyncLeaseStore:
         except OSError as exc:
             raise LeaseStoreError(f"cannot read lease file {self.path}: {exc}") from exc
         try:
-            doc = _file_decoder.decode(data)
-        except msgspec.DecodeError as exc:
+            leases, bad, problems = decode_lease_file(data)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 in a string
             target = quarantine(self.path)
             self.quarantined.append(target)
             self._log.warning(
@@ -195,21 +246,13 @@ class SyncLeaseStore:
                 self.path, exc, target,
             )
             return [], []
-        leases: list[ProcessLease] = []
-        bad: list[msgspec.Raw] = []
-        seen: dict[str, int] = {}
-        for raw in doc.leases:
-            try:
-                lease = _lease_decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                bad.append(raw)
-                self._log.warning("skipping invalid lease entry in %s: %s", self.path, exc)
-                continue
-            if lease.lease_id in seen:  # duplicate ids: last one wins, as an upsert would
-                leases[seen[lease.lease_id]] = lease
-                continue
-            seen[lease.lease_id] = len(leases)
-            leases.append(lease)
+        for problem in problems[:_ENTRY_WARNINGS]:
+            self._log.warning("skipping invalid lease entry in %s: %s", self.path, problem)
+        if len(bad) > _ENTRY_WARNINGS:  # one line per entry would flood the log
+            self._log.warning(
+                "skipping invalid lease entries in %s: %d more like the above",
+                self.path, len(bad) - _ENTRY_WARNINGS,
+            )
         self.skipped_entries = len(bad)
         return leases, bad
 

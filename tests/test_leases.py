@@ -281,3 +281,19 @@ async def test_async_api_is_cancellable_and_consistent(tmp_path: Path) -> None:
         await store.save(lease())
     # a cancelled call either did not start or completed whole: the file always decodes
     assert isinstance(await store.list_all(), list)
+
+
+def test_peek_has_no_side_effects(tmp_path: Path) -> None:
+    from acpx_trio._leases import peek_leases
+
+    missing = tmp_path / "nowhere"
+    assert peek_leases(missing) == ([], None)
+    assert not missing.exists()  # nothing created
+    store = SyncLeaseStore(tmp_path)
+    x = store.save(lease())
+    assert peek_leases(tmp_path) == ([x], None)
+    (tmp_path / "process-leases.json").write_text("{broken")
+    leases, problem = peek_leases(tmp_path)
+    assert leases == [] and problem is not None and "unreadable" in problem
+    assert (tmp_path / "process-leases.json").read_text() == "{broken"  # not quarantined
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]

@@ -1,0 +1,301 @@
+"""Inspection commands of the command line: ``sessions``, ``agents``, ``doctor``, ``leases``.
+
+Each returns the process exit code and writes through :class:`~acpx_trio._cli_output.Output`
+(so no write blocks the event loop); file and process-table work runs in worker threads.
+``doctor`` is the only one that starts agents, each through its own runtime service, and none
+is left running when it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from ._cli_output import Output, first_line, format_table
+from ._config import AcpxConfig, resolve_config
+from ._errors import AcpxError
+
+if TYPE_CHECKING:
+    from .cli import Options
+
+__all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_SESSION = 0, 1, 2, 4
+#: Per-agent deadline of ``doctor`` when neither ``--timeout`` nor ``timeoutSeconds`` is set.
+DOCTOR_DEFAULT_TIMEOUT = 60.0
+_encoder = msgspec.json.Encoder()
+
+
+async def _resolve(raw: dict[str, Any], opts: Options) -> AcpxConfig:
+    """:func:`resolve_config` in a worker thread (it resolves paths on disk)."""
+    return await trio.to_thread.run_sync(
+        lambda: resolve_config(raw, opts.cwd, host_state_dir=opts.state_dir))
+
+
+def _json_line(obj: Any) -> str:
+    return _encoder.encode(obj).decode()
+
+
+def _ago(epoch_seconds: float) -> str:
+    if epoch_seconds <= 0:
+        return "-"
+    delta = max(0.0, time.time() - epoch_seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+# -- sessions ---------------------------------------------------------------------------------
+async def sessions_command(action: str, key: str | None, opts: Options) -> int:
+    """``list`` every record; ``show KEY`` one (exit 4 if unknown); ``close KEY``: mark it
+    closed so the next prompt of KEY starts a new ACP session (agents of a CLI invocation
+    never outlive it, so there is no process to stop)."""
+    from ._sessions import SessionStore
+
+    out = Output()
+    config = await _resolve(opts.raw_config, opts)
+    store = SessionStore(config.state_dir)
+    if action == "list":
+        records = await store.list()
+        if opts.json:
+            for r in records:
+                out.write(_json_line(r) + "\n")
+        elif not records:
+            out.write(f"no sessions in {config.state_dir}\n")
+        else:
+            rows = [(r.session_key, r.agent, r.mode, "closed" if r.closed else "open",
+                     r.backend_session_id or "-", _ago(r.updated_at), r.cwd) for r in records]
+            header = ("SESSION", "AGENT", "MODE", "STATE", "ACP SESSION", "UPDATED", "CWD")
+            out.write(format_table(rows, header) + "\n")
+        await out.drain()
+        return EXIT_OK
+    if not key:
+        await out.emit(f"acpx-trio: sessions {action} needs a session KEY", err=True)
+        return EXIT_USAGE
+    record = await store.load(key)
+    if record is None:
+        await out.emit(f"acpx-trio: no session {key!r} in {config.state_dir}", err=True)
+        return EXIT_NO_SESSION
+    if action == "show":
+        body = _encoder.encode(record)
+        text = body if opts.json else msgspec.json.format(body, indent=2)
+        await out.emit(text.decode())
+        return EXIT_OK
+    closed = msgspec.structs.replace(record, closed=True, reset_on_next_ensure=True)
+    await store.save(closed)
+    if opts.json:
+        await out.emit(_json_line({"sessionKey": key, "closed": True}))
+    else:
+        await out.emit(f"closed session {key} (its next prompt starts a new ACP session)")
+    return EXIT_OK
+
+
+# -- agents -----------------------------------------------------------------------------------
+async def agents_command(opts: Options) -> int:
+    """Every built-in and configured agent: command, source, whether its launcher is found."""
+    from ._agents import AgentRegistry
+
+    out = Output()
+    config = await _resolve(opts.raw_config, opts)
+    registry = AgentRegistry(config.agents)
+    rows = []
+    for spec in registry.specs():
+        installed = await registry.check_installed(spec)
+        if opts.json:
+            out.write(_json_line({
+                "name": spec.name, "command": list(spec.command), "builtin": spec.builtin,
+                "installed": installed, "viaNpx": spec.uses_npx,
+                "installCommand": spec.install_command,
+            }) + "\n")
+            continue
+        found = ("yes (npx)" if spec.uses_npx else "yes") if installed else "no"
+        rows.append((spec.name, found, "built-in" if spec.builtin else "config",
+                     shlex.join(spec.command),
+                     "-" if installed else (spec.install_command or spec.install_hint())))
+    if not opts.json:
+        out.write(format_table(rows, ("AGENT", "INSTALLED", "SOURCE", "COMMAND", "INSTALL"))
+                  + "\n")
+    await out.drain()
+    return EXIT_OK
+
+
+# -- doctor -----------------------------------------------------------------------------------
+class _DoctorResult(msgspec.Struct, kw_only=True):
+    agent: str
+    ok: bool
+    found: bool
+    command: list[str]
+    message: str
+    seconds: float
+    version: str | None = None
+    protocol_version: int | None = None
+    install_command: str | None = None
+    details: list[str] = []
+
+
+def _detail(details: list[Any], prefix: str) -> str | None:
+    for d in details:
+        if isinstance(d, str) and d.startswith(prefix):
+            return d[len(prefix):]
+    return None
+
+
+async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorResult:
+    from ._agents import AgentRegistry
+    from ._service import open_runtime_service
+
+    config = await _resolve(raw, opts)
+    spec = AgentRegistry(config.agents).resolve(name)
+    found = await trio.to_thread.run_sync(AgentRegistry(config.agents).is_installed, spec)
+    start = trio.current_time()
+    async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
+                                    plugin_config={**raw, "probeAgent": name}) as service:
+        assert service.runtime is not None
+        report = await service.runtime.doctor()
+    details = [str(d) for d in report.details]
+    protocol = _detail(details, "protocolVersion=")
+    message = report.message
+    if not report.ok:
+        skip = ("agent=", "command=", "cwd=")
+        problems = [d for d in details if not d.startswith(skip)]
+        message = problems[0] if problems else report.message
+    return _DoctorResult(
+        agent=name, ok=report.ok, found=found, command=list(spec.command), message=message,
+        seconds=round(trio.current_time() - start, 3),
+        version=_detail(details, "agentInfo="),
+        protocol_version=int(protocol) if protocol and protocol.isdigit() else None,
+        install_command=None if report.ok else (
+            report.install_command or spec.install_command or spec.install_hint()),
+        details=details,
+    )
+
+
+async def doctor_command(
+    agents: list[str] | None, deadline_seconds: float | None, opts: Options
+) -> int:
+    """For each agent (all known ones by default, checked concurrently): is its launcher
+    found, does it start and answer ``initialize`` within the deadline, its version; the
+    install command when it fails.  Exit 0 when every checked agent is ok, else 1."""
+    from ._agents import AgentRegistry
+
+    out = Output()
+    raw = dict(opts.raw_config)
+    if deadline_seconds is not None:
+        raw["timeoutSeconds"] = deadline_seconds
+    elif raw.get("timeoutSeconds") is None:
+        raw["timeoutSeconds"] = DOCTOR_DEFAULT_TIMEOUT
+    if opts.cwd_given or "cwd" not in raw:
+        raw["cwd"] = str(opts.cwd)
+    config = await _resolve(raw, opts)
+    registry = AgentRegistry(config.agents)
+    names = [registry.resolve(n).name for n in agents] if agents else registry.names()
+    names = list(dict.fromkeys(names))
+    results: dict[str, _DoctorResult] = {}
+
+    async def check(name: str) -> None:
+        try:
+            results[name] = await _doctor_one(name, raw, opts)
+        except AcpxError as exc:
+            spec = registry.resolve(name)
+            results[name] = _DoctorResult(
+                agent=name, ok=False, found=False, command=list(spec.command),
+                message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0,
+                install_command=spec.install_command or spec.install_hint(),
+            )
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(check, name)
+    for name in names:
+        r = results[name]
+        if opts.json:
+            out.write(_json_line(r) + "\n")
+            continue
+        if r.ok:
+            what = ", ".join(x for x in (r.version, f"ACP v{r.protocol_version}"
+                                         if r.protocol_version else None) if x)
+            out.write(f"ok    {name}: initialize answered in {r.seconds:.2f}s"
+                      f"{f' ({what})' if what else ''}\n")
+        else:
+            out.write(f"FAIL  {name}: {'not found: ' if not r.found else ''}{r.message}\n")
+        out.write(f"      command: {shlex.join(r.command)}\n")
+        if not r.ok:
+            out.write(f"      install: {r.install_command}\n")
+    await out.drain()
+    return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
+
+
+# -- leases -----------------------------------------------------------------------------------
+def _read_gateway_id(state_dir: Path) -> str | None:
+    from ._instance import GATEWAY_ID_FILE_NAME
+
+    try:
+        return (state_dir / GATEWAY_ID_FILE_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _liveness(leases: list[Any]) -> list[tuple[bool, bool | None]]:
+    """(root alive, owner alive or None when unknown) per lease, from one process snapshot."""
+    from ._identity import snapshot_processes
+    from ._reap_plan import owner_alive
+
+    pids = {x.root_pid for x in leases if x.root_pid > 0}
+    pids |= {x.owner_pid for x in leases if x.owner_pid}
+    by_pid = {p.pid: p for p in snapshot_processes(pids)}
+    out: list[tuple[bool, bool | None]] = []
+    for lease in leases:
+        root = by_pid.get(lease.root_pid) if lease.root_pid > 0 else None
+        alive = root is not None and not root.zombie
+        if alive and root is not None:
+            if lease.root_start_ticks is not None and root.start_ticks is not None:
+                alive = root.start_ticks == lease.root_start_ticks
+            elif lease.root_create_time is not None:
+                alive = abs(root.create_time - lease.root_create_time) <= 1.0
+        owner = owner_alive(lease, by_pid, os.getpid()) if lease.owner_pid else None
+        out.append((alive, owner))
+    return out
+
+
+async def leases_command(include_final: bool, opts: Options) -> int:
+    """Leases of this state dir (open and closing; ``--all``: final ones too), each with
+    whether its agent process (identity-checked) and its owner are alive."""
+    from ._leases import peek_leases
+
+    out = Output()
+    lease_dir = opts.state_dir / "acpx"
+    leases, problem = await trio.to_thread.run_sync(peek_leases, lease_dir)
+    if problem:
+        out.write(f"acpx-trio: {problem}\n", err=True)
+    if not include_final:
+        leases = [x for x in leases if not x.state.is_final]
+    ours = await trio.to_thread.run_sync(_read_gateway_id, opts.state_dir)
+    states = await trio.to_thread.run_sync(_liveness, leases)
+    rows = []
+    for lease, (alive, owner) in zip(leases, states, strict=True):
+        if opts.json:
+            out.write(_json_line({**msgspec.to_builtins(lease), "alive": alive,
+                                  "ownerAlive": owner,
+                                  "thisGateway": lease.gateway_instance_id == ours}) + "\n")
+            continue
+        owner_text = "-" if owner is None else f"{lease.owner_pid} ({'alive' if owner else 'dead'})"
+        gateway = lease.gateway_instance_id[:8] + ("" if lease.gateway_instance_id == ours
+                                                   else " (other)")
+        rows.append((lease.lease_id[:8], lease.state.value, str(lease.root_pid or "pending"),
+                     "yes" if alive else "no", owner_text, lease.session_key,
+                     _ago(lease.started_at / 1000), gateway))
+    if not opts.json:
+        if rows:
+            out.write(format_table(rows, ("LEASE", "STATE", "PID", "ALIVE", "OWNER", "SESSION",
+                                          "STARTED", "GATEWAY")) + "\n")
+        else:
+            out.write(f"no {'' if include_final else 'open '}leases in {lease_dir}\n")
+    await out.drain()
+    return EXIT_OK

@@ -1,0 +1,193 @@
+"""Terminal output of the command line: ordered, batched writes off the event loop.
+
+:class:`Output` queues text for stdout and stderr and writes it from a worker thread, in the
+order it was queued, so a slow reader of a pipe never stalls the event loop (signals, the
+agent connection and timeouts keep working while a write blocks).  :class:`TurnPrinter` turns
+runtime events into that text: the reply on stdout as it arrives, thoughts, tool calls and
+status on stderr (prefixed, dimmed on a terminal), or one JSON object a line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import msgspec
+import trio
+
+from ._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+
+__all__ = ["Output", "TurnPrinter", "first_line", "format_table"]
+
+#: Status tags shown without ``--verbose`` (the rest is noise for a person).
+_SHOWN_STATUS = frozenset({"plan", "current_mode_update"})
+
+
+def first_line(message: str, default: str = "failed") -> str:
+    """The first non-blank line of ``message`` (``default`` when there is none)."""
+    for line in message.splitlines():
+        if line.strip():
+            return line.strip()
+    return default
+
+
+def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    """Left-aligned columns separated by two spaces, header first, no trailing blanks."""
+    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def _write_batch(batch: list[tuple[TextIO, str]]) -> None:
+    touched: list[TextIO] = []
+    for stream, text in batch:
+        stream.write(text)
+        if stream not in touched:
+            touched.append(stream)
+    for stream in touched:
+        stream.flush()
+
+
+class Output:
+    """Queue of writes to stdout/stderr, written in order by :meth:`run` in a worker thread.
+
+    ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
+    Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  A write that
+    blocks forever (a pipe nobody reads) is abandoned when its waiter is cancelled."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out: TextIO = out if out is not None else sys.stdout
+        self.err: TextIO = err if err is not None else sys.stderr
+        self._pending: list[tuple[TextIO, str]] = []
+        self._queued = 0
+        self._written = 0
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        self._lock = trio.Lock()
+
+    def write(self, text: str, *, err: bool = False) -> None:
+        """Queue ``text`` for stderr (``err``) or stdout."""
+        if text:
+            self._pending.append((self.err if err else self.out, text))
+            self._queued += 1
+            self._wake.set()
+
+    async def _write_pending(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await trio.to_thread.run_sync(_write_batch, batch, abandon_on_cancel=True)
+                finally:
+                    self._written += len(batch)
+                    self._progress.set()
+                    self._progress = trio.Event()
+
+    async def run(self) -> None:
+        """Write queued text as it comes, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self._write_pending()
+
+    async def drain(self) -> None:
+        """Return once everything queued before this call has been written."""
+        target = self._queued
+        while self._written < target:
+            if self._pending and not self._lock.locked():
+                await self._write_pending()
+            else:
+                await self._progress.wait()
+
+    async def emit(self, text: str, *, err: bool = False) -> None:
+        """Queue ``text`` plus a newline and wait until it is written."""
+        self.write(text + "\n", err=err)
+        await self.drain()
+
+
+class TurnPrinter:
+    """Renders turn events onto an :class:`Output`.
+
+    Text mode: the reply streams to stdout unchanged (a final newline is added if it lacks
+    one); thoughts, tool calls and plan/mode status go to stderr as ``[thought] ...``-prefixed
+    lines, dimmed when stderr is a terminal (``NO_COLOR`` disables).  JSON mode: every event is
+    one JSON object on its own stdout line (NDJSON), exactly ``msgspec.json.encode(event)``."""
+
+    def __init__(self, output: Output, *, json_mode: bool, verbose: bool = False) -> None:
+        self.output = output
+        self.json_mode = json_mode
+        self.verbose = verbose
+        isatty = getattr(output.err, "isatty", None)
+        self.dim = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+        self._encoder = msgspec.json.Encoder()
+        self._reply_open = False  # reply text written that did not end with a newline
+        self._thought = ""
+        self._titles: dict[str, str] = {}
+
+    def side(self, label: str, text: str) -> None:
+        """One prefixed line per line of ``text`` on stderr."""
+        for line in text.rstrip("\n").splitlines() or [""]:
+            body = f"[{label}] {line}".rstrip()
+            self.output.write(f"\x1b[2m{body}\x1b[0m\n" if self.dim else body + "\n", err=True)
+
+    def _flush_thought(self) -> None:
+        if self._thought.strip():
+            self.side("thought", self._thought)
+        self._thought = ""
+
+    def _end_reply_line(self) -> None:
+        if self._reply_open:
+            self.output.write("\n")
+            self._reply_open = False
+
+    def json(self, obj: Any) -> None:
+        """One NDJSON line on stdout."""
+        self.output.write(self._encoder.encode(obj).decode() + "\n")
+
+    def event(self, ev: Any) -> None:
+        if self.json_mode:
+            self.json(ev)
+            return
+        if isinstance(ev, TextDeltaEvent):
+            if ev.stream == "thought":
+                self._thought += ev.text
+                head, sep, rest = self._thought.rpartition("\n")
+                if sep:
+                    self.side("thought", head)
+                    self._thought = rest
+                return
+            self._flush_thought()
+            if ev.text:
+                self.output.write(ev.text)
+                self._reply_open = not ev.text.endswith("\n")
+            return
+        self._flush_thought()
+        if isinstance(ev, ToolCallEvent):
+            if ev.tool_call_id and ev.title:
+                self._titles[ev.tool_call_id] = ev.title
+            title = ev.title or self._titles.get(ev.tool_call_id or "", "") or ev.text
+            self.side("tool", f"{title} ({ev.status})" if ev.status else title)
+        elif isinstance(ev, StatusEvent):
+            if self.verbose or ev.tag in _SHOWN_STATUS:
+                self.side("status", ev.text)
+        elif isinstance(ev, DoneEvent | ErrorEvent):
+            self._end_reply_line()
+
+    def finish(self) -> None:
+        """Flush a pending thought and end an open reply line (text mode)."""
+        if not self.json_mode:
+            self._flush_thought()
+            self._end_reply_line()
+
+    def error(self, message: str) -> None:
+        """``acpx-trio: <first line>`` on stderr (both modes: stdout stays machine-readable)."""
+        self.finish()
+        self.output.write(f"acpx-trio: {first_line(message)}\n", err=True)
+
+    def note(self, message: str) -> None:
+        """An informational line on stderr."""
+        self.output.write(f"acpx-trio: {message}\n", err=True)

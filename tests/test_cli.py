@@ -1,0 +1,284 @@
+"""The ``acpx-trio`` command line, run in subprocesses against the bundled mock agent."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from _cli_helpers import MOCK, json_lines, run_cli, tagged_pids
+
+from acpx_trio._cli_output import Output, TurnPrinter
+from acpx_trio._events import AcpRuntimeEvent, DoneEvent, TextDeltaEvent
+from acpx_trio.cli import _stream_turn
+
+
+def test_module_help_and_version() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("prompt", "exec", "sessions", "agents", "doctor", "leases", "reap"):
+        assert command in done.stdout
+    sub = run_cli("prompt", "--help")
+    assert sub.returncode == 0 and "--agent-command" in sub.stdout and "--timeout" in sub.stdout
+    assert run_cli("--version").stdout.startswith("acpx-trio ")
+
+
+def test_usage_error_exits_2() -> None:
+    done = run_cli("no-such-command")
+    assert done.returncode == 2
+
+
+def test_prompt_streams_reply_to_stdout(tmp_path: Path) -> None:
+    done = run_cli("prompt", "/chunks 3", state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "chunk 0\nchunk 1\nchunk 2\n"
+    echo = run_cli("prompt", "hello", "world", state_dir=tmp_path)
+    assert (echo.returncode, echo.stdout) == (0, "hello world\n")
+
+
+def test_thoughts_and_tools_go_to_stderr(tmp_path: Path) -> None:
+    think = run_cli("prompt", "/think pondering deeply", state_dir=tmp_path)
+    assert think.returncode == 0, think.stderr
+    assert think.stdout == "pondering deeply\n"
+    assert "[thought] pondering deeply" in think.stderr
+    tool = run_cli("prompt", "/tool", state_dir=tmp_path)
+    assert tool.returncode == 0, tool.stderr
+    assert tool.stdout == ""
+    assert "[tool] mock tool: read README.md (pending)" in tool.stderr
+    assert "[tool] mock tool: read README.md (completed)" in tool.stderr
+
+
+def test_prompt_reads_stdin(tmp_path: Path) -> None:
+    done = run_cli("exec", state_dir=tmp_path, input="piped prompt\n")
+    assert (done.returncode, done.stdout) == (0, "piped prompt\n"), done.stderr
+    empty = run_cli("exec", state_dir=tmp_path, input="")
+    assert empty.returncode == 2 and "prompt" in empty.stderr
+
+
+def test_json_events_parse(tmp_path: Path) -> None:
+    done = run_cli("--json", "prompt", "/think ndjson please", state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    decoder = msgspec.json.Decoder(AcpRuntimeEvent)
+    events = [decoder.decode(line) for line in done.stdout.splitlines()]
+    assert [type(e).__name__ for e in events] == ["TextDeltaEvent", "TextDeltaEvent",
+                                                  "DoneEvent"]
+    assert isinstance(events[0], TextDeltaEvent) and events[0].stream == "thought"
+    assert events[-1] == DoneEvent(stop_reason="end_turn")
+    # --json after the command name works too, and errors are events as well
+    crash = run_cli("prompt", "--json", "/crash", state_dir=tmp_path)
+    assert crash.returncode == 1
+    last = json_lines(crash.stdout)[-1]
+    assert last["type"] == "error" and last["code"] == "ACP_TURN_FAILED"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["prompt", "/crash"], 1, "ACP_TURN_FAILED"),
+        (["prompt", "--timeout", "1", "/hang"], 3, "ACP_TURN_TIMEOUT"),
+        (["prompt", "--timeout", "0.5", "--agent-command", f"{MOCK} --slow-start 20000", "hi"],
+         3, "within 0.5s"),
+        (["prompt", "/permission write"], 5, "ACP_PERMISSION_PROMPT_UNAVAILABLE"),
+        (["prompt", "--agent", "nope", "hi"], 2, "ACP_AGENT_UNKNOWN"),
+        (["prompt", "--timeout", "-1", "hi"], 2, "--timeout"),
+        (["prompt", "--agent-command", "/nonexistent/agent-binary", "hi"], 1, "ACP_"),
+    ],
+)
+def test_exit_codes_with_one_line_reason(
+    tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
+    done = run_cli(*args, state_dir=tmp_path)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    reasons = [line for line in done.stderr.splitlines() if line.startswith("acpx-trio: ")]
+    assert len(reasons) == 1, done.stderr
+    assert needle in reasons[0]
+    gw = (tmp_path / "gateway-instance-id")
+    if gw.exists():
+        assert tagged_pids(gw.read_text().strip()) == []
+
+
+def test_permission_flags_answer_requests(tmp_path: Path) -> None:
+    done = run_cli("prompt", "--approve-all", "/permission write", state_dir=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "permission outcome=selected:allow\n")
+    deny = run_cli("exec", "--permission-mode", "deny-all", "/permission write",
+                   state_dir=tmp_path)
+    assert (deny.returncode, deny.stdout) == (0, "permission outcome=selected:reject\n")
+
+
+def test_agent_command_runs_given_command(tmp_path: Path) -> None:
+    done = run_cli("exec", "--agent-command", f"{MOCK} --slow-start 10", "custom hi",
+                   state_dir=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "custom hi\n"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "field", "value"),
+    [
+        ("bad.json", '{"permissionMode": "yolo"}', "permissionMode", "'yolo'"),
+        ("bad.toml", "timeoutSeconds = -5\n", "timeoutSeconds", "-5"),
+        ("typo.json", '{"timeoutSecs": 3}', "timeoutSecs", "3"),
+        ("agents.toml", '[agents.x]\ncommand = ""\n', "agents.x.command", "''"),
+        ("broken.json", "{not json", "<file>", "broken.json"),
+    ],
+)
+def test_bad_config_names_field_and_value(
+    tmp_path: Path, name: str, body: str, field: str, value: str
+) -> None:
+    config = tmp_path / name
+    config.write_text(body)
+    for command in (["prompt", "hi"], ["agents"]):
+        done = run_cli("--config", str(config), *command, state_dir=tmp_path / "state")
+        assert done.returncode == 2, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert field in line and value in line, line
+
+
+def test_good_toml_config_adds_agent(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'permissionMode = "approve-all"\n[agents.echo]\ncommand = "{MOCK}"\n')
+    done = run_cli("--config", str(config), "exec", "--agent", "echo", "via toml",
+                   state_dir=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "via toml\n"), done.stderr
+    listed = run_cli("--config", str(config), "agents", state_dir=tmp_path)
+    assert "echo" in listed.stdout and "config" in listed.stdout
+
+
+def test_agents_lists_builtins(tmp_path: Path) -> None:
+    done = run_cli("agents", state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines()[1:]]
+    assert {"mock", "codex", "claude", "gemini"} <= set(names)
+    rows = {r["name"]: r for r in json_lines(run_cli("agents", "--json",
+                                                     state_dir=tmp_path).stdout)}
+    assert rows["mock"]["installed"] is True and rows["mock"]["builtin"] is True
+    assert rows["codex"]["command"][0] == "npx"
+    assert rows["gemini"]["installCommand"] == "npm install -g @google/gemini-cli"
+
+
+def test_doctor_mock_ok(tmp_path: Path) -> None:
+    done = run_cli("doctor", "--agent", "mock", state_dir=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok    mock: initialize answered")
+    row = json_lines(run_cli("doctor", "--agent", "mock", "--json", state_dir=tmp_path).stdout)
+    assert row[0]["ok"] is True and row[0]["protocol_version"] == 1
+    assert row[0]["version"] == "acpx-trio-mock-agent 0.1.0"
+    assert "(acpx-trio-mock-agent 0.1.0, ACP v1)" in done.stdout
+
+
+def test_doctor_missing_agent_prints_install_command(tmp_path: Path) -> None:
+    empty_path = tmp_path / "empty-bin"
+    empty_path.mkdir()
+    done = run_cli("doctor", "--agent", "gemini", state_dir=tmp_path,
+                   env={"PATH": str(empty_path)})
+    assert done.returncode == 1
+    assert "FAIL  gemini: not found" in done.stdout
+    assert "install: npm install -g @google/gemini-cli" in done.stdout
+    config = tmp_path / "c.json"
+    config.write_text('{"agents": {"ghost": {"command": "/nonexistent/ghost-acp"}}}')
+    ghost = run_cli("--config", str(config), "doctor", "--agent", "ghost", "--agent", "mock",
+                    state_dir=tmp_path)
+    assert ghost.returncode == 1
+    assert "FAIL  ghost: not found" in ghost.stdout
+    assert 'install: Make sure "/nonexistent/ghost-acp" is installed' in ghost.stdout
+    assert "ok    mock" in ghost.stdout
+
+
+def test_sessions_list_show_close(tmp_path: Path) -> None:
+    assert "no sessions" in run_cli("sessions", state_dir=tmp_path).stdout
+    first = run_cli("prompt", "--session", "k1", "one", state_dir=tmp_path)
+    assert first.returncode == 0, first.stderr
+    listed = run_cli("sessions", "list", "--json", state_dir=tmp_path)
+    (record,) = json_lines(listed.stdout)
+    assert record["session_key"] == "k1" and record.get("closed", False) is False
+    table = run_cli("sessions", state_dir=tmp_path).stdout
+    assert "k1" in table and "open" in table
+    shown = run_cli("sessions", "show", "k1", state_dir=tmp_path)
+    assert shown.returncode == 0
+    assert msgspec.json.decode(shown.stdout)["backend_session_id"] == record[
+        "backend_session_id"]
+    closed = run_cli("sessions", "close", "k1", state_dir=tmp_path)
+    assert closed.returncode == 0, closed.stderr
+    (after,) = json_lines(run_cli("sessions", "--json", state_dir=tmp_path).stdout)
+    assert after["closed"] is True
+    # the next prompt of the closed key starts a new ACP session
+    assert run_cli("prompt", "--session", "k1", "two", state_dir=tmp_path).returncode == 0
+    (again,) = json_lines(run_cli("sessions", "--json", state_dir=tmp_path).stdout)
+    assert again["backend_session_id"] != record["backend_session_id"]
+    assert again.get("closed", False) is False
+    missing = run_cli("sessions", "show", "nope", state_dir=tmp_path)
+    assert missing.returncode == 4 and "nope" in missing.stderr
+    assert run_cli("sessions", "close", state_dir=tmp_path).returncode == 2
+
+
+def test_exec_leaves_no_session_and_no_process(tmp_path: Path) -> None:
+    done = run_cli("exec", "/spawn-grandchild", state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "grandchild pid=" in done.stdout
+    grandchild = int(done.stdout.split("pid=")[1].split()[0])
+    assert json_lines(run_cli("sessions", "--json", state_dir=tmp_path).stdout) == []
+    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=tmp_path).stdout)
+    assert len(leases) == 1
+    assert leases[0]["state"] == "closed" and leases[0]["alive"] is False
+    assert leases[0]["thisGateway"] is True
+    gw = (tmp_path / "gateway-instance-id").read_text().strip()
+    assert tagged_pids(gw) == []
+    assert grandchild not in tagged_pids(gw)
+
+
+def test_leases_open_and_all(tmp_path: Path) -> None:
+    assert "no open leases" in run_cli("leases", state_dir=tmp_path).stdout
+    assert not tmp_path.joinpath("acpx").exists()  # inspecting creates nothing
+    for _ in range(2):
+        assert run_cli("prompt", "x", state_dir=tmp_path).returncode == 0
+    assert "no open leases" in run_cli("leases", state_dir=tmp_path).stdout
+    table = run_cli("leases", "--all", state_dir=tmp_path).stdout.splitlines()
+    assert table[0].split()[:4] == ["LEASE", "STATE", "PID", "ALIVE"]
+    assert len(table) == 3 and all(" closed " in row and " no " in row for row in table[1:])
+
+
+def test_state_dir_from_env_and_cwd_flag(tmp_path: Path) -> None:
+    state = tmp_path / "from-env"
+    work = tmp_path / "work"
+    work.mkdir()
+    done = run_cli("prompt", "--cwd", str(work), "hi", env={"ACPX_TRIO_STATE_DIR": str(state)})
+    assert done.returncode == 0, done.stderr
+    assert (state / "gateway-instance-id").exists()
+    (record,) = json_lines(run_cli("sessions", "--json",
+                                   env={"ACPX_TRIO_STATE_DIR": str(state)}).stdout)
+    assert record["cwd"] == str(work.resolve())
+    # --state-dir wins over the environment
+    other = tmp_path / "flag"
+    run_cli("prompt", "hi", state_dir=other, env={"ACPX_TRIO_STATE_DIR": str(state)})
+    assert (other / "gateway-instance-id").exists()
+
+
+async def test_reply_is_written_as_it_arrives() -> None:
+    """The first chunk reaches stdout while the turn is still running (no buffering)."""
+    out, err = io.StringIO(), io.StringIO()
+    seen_mid_turn: list[str] = []
+    output = Output(out, err)
+
+    class Runtime:
+        async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
+            yield TextDeltaEvent(text="first ")
+            # resumed only after the consumer handled "first ": it must be on stdout now
+            with trio.fail_after(10):
+                await output.drain()
+            seen_mid_turn.append(out.getvalue())
+            yield TextDeltaEvent(text="second")
+            yield DoneEvent(stop_reason="end_turn")
+
+    printer = TurnPrinter(output, json_mode=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        code = await _stream_turn(Runtime(), None, "hi", printer)
+        await output.drain()
+        nursery.cancel_scope.cancel()
+    assert code == 0
+    assert seen_mid_turn == ["first "]
+    assert out.getvalue() == "first second\n"
+    assert err.getvalue() == ""
