@@ -46,10 +46,10 @@ def _gateway_ids_in_lease_files(state_dir: Path) -> set[str]:
     for path in (state_dir / "acpx" / LEASE_FILE_NAME, state_dir / LEASE_FILE_NAME):
         try:
             doc = msgspec.json.decode(path.read_bytes(), type=_AnyLeaseFile)
-        except (OSError, msgspec.DecodeError):
+        except (OSError, msgspec.DecodeError, UnicodeDecodeError):
             continue
         for raw in doc.leases:
-            with contextlib.suppress(msgspec.DecodeError):
+            with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
                 ids.add(msgspec.json.decode(raw, type=_AnyLease).gateway_instance_id.strip())
     return {i for i in ids if _VALID_ID.match(i)}
 

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -204,14 +205,34 @@ def resolve_confined_path(raw: str, cwd: str) -> Path:
     return Path(real)
 
 
+def _open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never blocks on a FIFO (``O_NONBLOCK``) and refuses anything but a
+    regular file: a FIFO or device in the cwd would otherwise park a worker thread forever
+    (uncancellable) and with it the runtime's shutdown."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(kind):
+            raise _refuse(f"path is not a regular file: {path}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _read_slice(path: Path, line: int | None, limit: int | None) -> str:
     try:
-        if path.stat().st_size > MAX_READ_BYTES:
-            raise _refuse(
-                f"file {path} is larger than {MAX_READ_BYTES} bytes; read it in parts",
-                INVALID_PARAMS,
-            )
-        text = path.read_text(encoding="utf-8", errors="replace")
+        fd = _open_regular(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+            if os.fstat(fd).st_size > MAX_READ_BYTES:
+                raise _refuse(
+                    f"file {path} is larger than {MAX_READ_BYTES} bytes; read it in parts",
+                    INVALID_PARAMS,
+                )
+            text = fh.read()
     except FileNotFoundError:
         raise _refuse(f"file not found: {path}", RESOURCE_NOT_FOUND) from None
     except IsADirectoryError:
@@ -233,8 +254,9 @@ def _write(path: Path, root: str, content: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not _inside(os.path.realpath(path.parent), os.path.realpath(root)):
             raise _refuse(f"path {path} left the session working directory while writing")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o644)
+        # O_TRUNC only after the regular-file check (a FIFO or device is refused untouched).
+        fd = _open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW)
+        os.ftruncate(fd, 0)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(content)
     except IsADirectoryError:

@@ -82,7 +82,7 @@ class SyncSessionStore:
             return None
         try:
             return _decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             self._log.warning("ignoring unreadable session record %s: %s", path, exc)
             return None
 

@@ -25,6 +25,7 @@ from acpx_trio._reap_plan import LeaseTarget, order_children_first, plan_leases
 from acpx_trio._reaper import (
     KILL_CONFIRM,
     CleanupResult,
+    ReapResult,
     cleanup_owned_process_tree,
     reap_open_leases,
     reap_stale_orphans,
@@ -264,7 +265,7 @@ def owned_by(sc: Scenario, lease: ProcessLease) -> set[tuple[int, int]]:
 def test_reap_open_leases_properties(specs: list[LeaseSpec], decoys: int, grace: float) -> None:
     sc = build(specs, decoys)
     table = sc.table
-    result_box: list[object] = []
+    result_box: list[tuple[ReapResult, float]] = []
 
     async def main() -> None:
         start = trio.current_time()
@@ -274,7 +275,7 @@ def test_reap_open_leases_properties(specs: list[LeaseSpec], decoys: int, grace:
         result_box.append((result, trio.current_time() - start))
 
     run_mock(main)
-    result, elapsed = result_box[0]  # type: ignore[misc]
+    result, elapsed = result_box[0]
 
     ours = [x for x in sc.leases if x.gateway_instance_id == GW]
     owner_alive = {
@@ -312,8 +313,8 @@ def test_reap_open_leases_properties(specs: list[LeaseSpec], decoys: int, grace:
     # 4. the lease store was written at most twice (closing, then final)
     assert len(sc.store.writes) <= 2
     # 5. no process gets SIGTERM (or SIGKILL) twice
-    terms = [(r.pid, r.start_ticks) for r in table.signals if r.sig == signal.SIGTERM]
-    kills = [(r.pid, r.start_ticks) for r in table.signals if r.sig == signal.SIGKILL]
+    terms = [(r.pid, r.start_ticks or 0) for r in table.signals if r.sig == signal.SIGTERM]
+    kills = [(r.pid, r.start_ticks or 0) for r in table.signals if r.sig == signal.SIGKILL]
     assert len(terms) == len(set(terms))
     assert len(kills) == len(set(kills))
     # 6. SIGKILL only after the grace period, only to SIGTERM survivors
@@ -321,7 +322,7 @@ def test_reap_open_leases_properties(specs: list[LeaseSpec], decoys: int, grace:
     for rec in table.signals:
         if rec.sig != signal.SIGKILL:
             continue
-        proc = sc.alive_at_start[(rec.pid, rec.start_ticks)]  # type: ignore[index]
+        proc = sc.alive_at_start[(rec.pid, rec.start_ticks or 0)]
         assert (rec.pid, rec.start_ticks) in terms
         assert rec.time >= min(term_times) + grace
         assert proc.term_delay > grace
@@ -329,7 +330,7 @@ def test_reap_open_leases_properties(specs: list[LeaseSpec], decoys: int, grace:
     assert set(terms) == all_owned
     position = {k: i for i, k in enumerate(terms)}
     for k in terms:
-        parent = sc.parent_of[k]  # type: ignore[index]
+        parent = sc.parent_of[k]
         if parent in position:
             assert position[k] < position[parent]
     # 8. results report confirmed outcomes, and time is bounded (no sleep when idle)

@@ -11,6 +11,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -288,7 +289,7 @@ async def test_reap_stale_orphans_real(lab: ProcessLab) -> None:
 
 async def test_start_up_reap_after_owner_was_sigkilled(lab: ProcessLab, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
-    plan = [
+    plan: list[dict[str, Any]] = [
         {"kind": "normal", "spec": tree_spec(ignore_term_child=True, daemon=True)},
         {"kind": "normal", "spec": tree_spec(fork=False, grandchildren=1, children=1)},
         {"kind": "pending", "spec": tree_spec(daemon=True)},

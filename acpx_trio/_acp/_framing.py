@@ -68,7 +68,10 @@ class LineSplitter:
         return self._error
 
     def _fail(self) -> AcpProtocolError:
-        self._buf = bytearray()
+        # Clear in place: ``feed``'s local alias of the buffer is kept alive by the traceback
+        # of the error we raise (and store), which would pin up to max_line_bytes until the
+        # cyclic GC ran.
+        self._buf.clear()
         self._scanned = 0
         self._error = line_too_long_error(self._max)
         return self._error

@@ -110,8 +110,11 @@ class MockAgent:
     # ------------------------------------------------------------------ output
 
     def log(self, text: str) -> None:
-        sys.stderr.write(f"[mock-agent {os.getpid()}] {text}\n")
-        sys.stderr.flush()
+        # The client may be gone (its end of stderr closed): logging must never kill us, or
+        # --ignore-stdin-eof would not keep running as documented.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"[mock-agent {os.getpid()}] {text}\n")
+            sys.stderr.flush()
 
     def write_raw(self, data: bytes) -> None:
         with self.write_lock:
@@ -217,7 +220,8 @@ class MockAgent:
 
     def exit(self, status: int) -> None:
         self.write_lock.acquire(timeout=0.5)  # do not cut a message in half (unless stuck)
-        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
         os._exit(status)
 
     def dispatch(self, line: bytes) -> None:

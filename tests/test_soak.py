@@ -1,0 +1,45 @@
+"""Short in-suite versions of ``benchmarks/soak.py`` scenarios ``crash`` and ``owners``.
+
+Real processes and the real clock; every process a scenario starts is killed when it ends.
+The full-size runs: ``python benchmarks/soak.py --scenario crash`` (50 cycles) and
+``--scenario owners``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+from _soak_common import ScenarioResult  # noqa: E402
+from _soak_crash import run_crash  # noqa: E402
+from _soak_owners import run_owners  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def assert_clean(result: ScenarioResult) -> None:
+    assert result.ok, "\n".join([result.line(), *result.failures])
+
+
+@pytest.mark.parametrize("modes", [["pending", "spawn"], ["steady", "random"]])
+async def test_crash_restart_leaves_nothing_and_kills_no_decoy(modes: list[str]) -> None:
+    """SIGKILL a gateway right after a pending lease is saved / right after a spawn / with all
+    sessions up / at a random moment: after a restart nothing tagged survives, every lease
+    is final, and no decoy (same command line, reused pid, other gateway id) was touched."""
+    result = await run_crash(len(modes), seed=7, kill_grace=0.3, modes=modes)
+    assert_clean(result)
+    assert result.cycles == len(modes)
+
+
+async def test_two_gateways_on_one_lease_file_touch_only_their_own() -> None:
+    """Two gateway ids churn sessions on one lease file (no lease lost); one is SIGKILLed; the
+    other's start-up signals nothing of it, and its own restart reaps it."""
+    result = await run_owners(1, seed=7, churn=8)
+    assert_clean(result)
+    assert result.cycles == 1
