@@ -6,6 +6,8 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -61,3 +63,19 @@ def no_leaked_agent_processes() -> Iterator[None]:
                 p.kill()
         if details:
             pytest.fail("test leaked tagged agent processes:\n" + "\n".join(details))
+
+
+@pytest.fixture
+def gateway_id() -> Iterator[str]:
+    """A unique gateway id; fails the test if a process carrying it is alive afterwards."""
+    from _runtime_helpers import leak_checked_gateway_id
+
+    yield from leak_checked_gateway_id()
+
+
+@pytest.fixture
+def env(tmp_path: Path, gateway_id: str) -> Any:
+    """A runtime environment (config, lease store, state dirs) for runtime tests."""
+    from _runtime_helpers import make_env
+
+    return make_env(tmp_path, gateway_id)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
 from _runtime_helpers import (
     MOCK,
     RuntimeEnv,
-    leak_checked_gateway_id,
-    make_env,
     output,
     pid_gone,
     run,
@@ -24,17 +20,6 @@ from _runtime_helpers import (
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 from acpx_trio._leases import LeaseState
-
-
-@pytest.fixture
-def gateway_id() -> Iterator[str]:
-    """Unique per test; fails the test if a process carrying it is still alive afterwards."""
-    yield from leak_checked_gateway_id()
-
-
-@pytest.fixture
-def env(tmp_path: Path, gateway_id: str) -> RuntimeEnv:
-    return make_env(tmp_path, gateway_id)
 
 
 async def test_echo_streams_text_then_done(env: RuntimeEnv) -> None:

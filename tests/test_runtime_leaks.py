@@ -5,15 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
 from _runtime_helpers import (
     RuntimeEnv,
-    leak_checked_gateway_id,
-    make_env,
     output,
     pid_gone,
     processes_of_gateway,
@@ -23,17 +19,6 @@ from _runtime_helpers import (
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._leases import LeaseState
 from acpx_trio._live_session import HIGH_WATER
-
-
-@pytest.fixture
-def gateway_id() -> Iterator[str]:
-    """Unique per test; fails the test if a process carrying it is still alive afterwards."""
-    yield from leak_checked_gateway_id()
-
-
-@pytest.fixture
-def env(tmp_path: Path, gateway_id: str) -> RuntimeEnv:
-    return make_env(tmp_path, gateway_id)
 
 
 async def test_grandchild_and_daemon_are_gone_after_close(env: RuntimeEnv) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,6 @@ import trio
 from _runtime_helpers import (
     MOCK,
     RuntimeEnv,
-    leak_checked_gateway_id,
-    make_env,
     output,
     pid_gone,
     run,
@@ -22,17 +19,6 @@ from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent
 from acpx_trio._leases import LeaseState
 from acpx_trio._sessions import SessionStore
-
-
-@pytest.fixture
-def gateway_id() -> Iterator[str]:
-    """Unique per test; fails the test if a process carrying it is still alive afterwards."""
-    yield from leak_checked_gateway_id()
-
-
-@pytest.fixture
-def env(tmp_path: Path, gateway_id: str) -> RuntimeEnv:
-    return make_env(tmp_path, gateway_id)
 
 
 def _persisting_mock(session_dir: Path) -> dict[str, dict[str, object]]:
