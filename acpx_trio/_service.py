@@ -296,6 +296,16 @@ class AcpxRuntimeService:
         )
         self._gateway_instance_id = gateway_instance_id
         wrapper_root = lease_store.path.parent
+        for moved in lease_store.sync.quarantined:
+            logger.warning(
+                f"lease file {lease_store.path} was unreadable; moved it aside to {moved} "
+                "(nothing was deleted) and reaping by process tags instead"
+            )
+        if lease_store.sync.skipped_entries:
+            logger.warning(
+                f"lease file {lease_store.path}: skipped {lease_store.sync.skipped_entries} "
+                "invalid entr" + ("y" if lease_store.sync.skipped_entries == 1 else "ies")
+            )
         # No open lease of this gateway: nothing to reap, so skip the reaper's round trip.  (A
         # lease added meanwhile has a live owner, which the reaper would leave alone anyway.)
         reap = (

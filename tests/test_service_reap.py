@@ -188,6 +188,7 @@ async def test_damaged_lease_file_still_reaps_tagged_orphans(
         assert sorted(reap.terminated_pids) == [101, 102]
         assert sorted(table.procs) == [901]
         assert "reaped 2 stale OpenClaw-owned ACPX processes" in logger.at("info")
+        assert any("was unreadable; moved it aside" in m for m in logger.at("warning"))
         assert [p.name for p in (state / "acpx").iterdir() if ".corrupt-" in p.name]
     finally:
         await svc.stop()
