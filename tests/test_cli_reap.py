@@ -25,7 +25,7 @@ from acpx_trio._identity import lease_env
 from acpx_trio._instance import resolve_gateway_instance_id_sync
 from acpx_trio._leases import LeaseState, SyncLeaseStore, new_lease
 
-SLEEPER = "import time\nprint('ready', flush=True)\nwhile True: time.sleep(3600)\n"
+SLEEPER = "import signal\nprint('ready', flush=True)\nwhile True: signal.pause()\n"
 
 
 def _rows(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
