@@ -19,7 +19,7 @@ import trio
 
 from ._cli_output import Output, first_line, format_table
 from ._config import AcpxConfig, resolve_config
-from ._errors import AcpxError
+from ._errors import AcpxError, GatewayInstanceIdError
 
 if TYPE_CHECKING:
     from .cli import Options
@@ -234,11 +234,12 @@ async def doctor_command(
 
 # -- leases -----------------------------------------------------------------------------------
 def _read_gateway_id(state_dir: Path) -> str | None:
-    from ._instance import GATEWAY_ID_FILE_NAME
+    """The gateway id for marking "ours" in the table; ``None`` if absent or unusable."""
+    from ._instance import peek_gateway_instance_id
 
     try:
-        return (state_dir / GATEWAY_ID_FILE_NAME).read_text().strip() or None
-    except OSError:
+        return peek_gateway_instance_id(state_dir)
+    except (OSError, GatewayInstanceIdError):
         return None
 
 

@@ -24,6 +24,7 @@ from ._leases import LEASE_FILE_NAME
 
 __all__ = [
     "GATEWAY_ID_FILE_NAME",
+    "peek_gateway_instance_id",
     "resolve_gateway_instance_id",
     "resolve_gateway_instance_id_sync",
 ]
@@ -121,6 +122,24 @@ def _recover(directory: Path, path: Path, text: str) -> str:
         "Write the old id into it if you know it; otherwise delete the file to start a new "
         "identity (agent processes of the old identity will then not be reaped automatically)."
     )
+
+
+def peek_gateway_instance_id(state_dir: str | Path) -> str | None:
+    """The gateway id in ``<state_dir>``, or ``None`` if there is no id file yet.
+
+    No side effects (nothing is created, repaired or chmod-ed): for inspection tools.  Raises
+    :class:`GatewayInstanceIdError` when the file is empty or garbled; blocking."""
+    path = Path(state_dir) / GATEWAY_ID_FILE_NAME
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    if not _VALID_ID.match(text):
+        raise GatewayInstanceIdError(
+            f"gateway instance id file {path} is empty or garbled; run `acpx-trio reap` "
+            "without --dry-run to recover it from the lease file"
+        )
+    return text
 
 
 async def resolve_gateway_instance_id(state_dir: str | Path) -> str:

@@ -29,9 +29,8 @@ import msgspec
 import trio
 
 from ._cli_output import Output, format_table
-from ._errors import GatewayInstanceIdError
 from ._identity import ProcessInfo, boot_id, snapshot_processes
-from ._instance import _VALID_ID, GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id
+from ._instance import peek_gateway_instance_id, resolve_gateway_instance_id
 from ._leases import LeaseStore, ProcessLease, peek_leases
 from ._reap_plan import (
     OWNER_ALIVE,
@@ -204,21 +203,6 @@ async def _real_reap(store: LeaseStore, gateway_id: str) -> tuple[list[ReapRow],
     return rows, not survived
 
 
-def _read_gateway_id(state_dir: Path) -> str | None:
-    """The gateway id if the file exists (a dry run never creates or repairs it)."""
-    path = state_dir / GATEWAY_ID_FILE_NAME
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        return None
-    if not _VALID_ID.match(text):
-        raise GatewayInstanceIdError(
-            f"gateway instance id file {path} is empty or garbled; run `acpx-trio reap` "
-            "without --dry-run to recover it from the lease file"
-        )
-    return text
-
-
 def _dry_snapshot(lease_dir: Path) -> tuple[list[ProcessInfo], list[ProcessLease], str | None]:
     table = snapshot_processes()
     leases, problem = peek_leases(lease_dir)  # read after the snapshot (see _Seen)
@@ -237,7 +221,7 @@ async def reap_command(*, state_dir: Path, dry_run: bool, json_mode: bool) -> in
     store = LeaseStore(state_dir / WRAPPER_DIR_NAME)
     ok = True
     if dry_run:
-        gateway_id = await trio.to_thread.run_sync(_read_gateway_id, state_dir)
+        gateway_id = await trio.to_thread.run_sync(peek_gateway_instance_id, state_dir)
         if gateway_id is None:
             rows: list[ReapRow] = []
         else:

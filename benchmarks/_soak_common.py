@@ -30,6 +30,7 @@ from acpx_trio._fsio import FILE_MODE, ensure_private_dir  # noqa: E402
 from acpx_trio._identity import ProcessInfo, read_start_ticks  # noqa: E402
 from acpx_trio._instance import GATEWAY_ID_FILE_NAME  # noqa: E402
 from acpx_trio._reaper import ProcessCleanupDeps, default_cleanup_deps  # noqa: E402
+from acpx_trio.testing.logger import ListLogger as ListLogger  # noqa: E402 (re-exported)
 
 MARKER_KEY = "ACPX_SOAK_MARKER"
 LEASE_KEY = "OPENCLAW_ACPX_LEASE_ID"
@@ -294,25 +295,6 @@ def recording_deps(log: SignalLog) -> ProcessCleanupDeps:
         self_uid=real.self_uid,
         boot_id=real.boot_id,
     )
-
-
-class ListLogger:
-    """A service logger that keeps (level, message) pairs."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-
-    def debug(self, msg: str, /) -> None:
-        self.records.append(("debug", msg))
-
-    def info(self, msg: str, /) -> None:
-        self.records.append(("info", msg))
-
-    def warning(self, msg: str, /) -> None:
-        self.records.append(("warning", msg))
-
-    def error(self, msg: str, /) -> None:
-        self.records.append(("error", msg))
 
 
 class CapturedLogs(logging.Handler):

@@ -19,31 +19,7 @@ from acpx_trio._events import (
 )
 from acpx_trio._lazy_runtime import RuntimeFactoryParams
 from acpx_trio._leases import LeaseState, ProcessLease, SyncLeaseStore
-
-
-class ListLogger:
-    """Captures (level, message) pairs."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-
-    def debug(self, msg: str, /) -> None:
-        self.records.append(("debug", msg))
-
-    def info(self, msg: str, /) -> None:
-        self.records.append(("info", msg))
-
-    def warning(self, msg: str, /) -> None:
-        self.records.append(("warning", msg))
-
-    def error(self, msg: str, /) -> None:
-        self.records.append(("error", msg))
-
-    def at(self, level: str) -> list[str]:
-        return [m for lvl, m in self.records if lvl == level]
-
-    def messages(self) -> list[str]:
-        return [m for _, m in self.records]
+from acpx_trio.testing.logger import ListLogger as ListLogger  # re-exported
 
 
 class StubRuntime:

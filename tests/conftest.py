@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,11 @@ from typing import Any
 
 import psutil
 import pytest
+
+#: The short soak scenarios in the suite import the benchmark modules that run them in full.
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 #: Every process this test run starts inherits this marker, so the guard only ever looks at
 #: our own processes (other test runs on the machine are left alone).

@@ -6,24 +6,12 @@ files) and ``--scenario agents``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-from _soak_agents import run_agents  # noqa: E402
-from _soak_common import ScenarioResult  # noqa: E402
-from _soak_files import run_files  # noqa: E402
+from _soak_agents import run_agents
+from _soak_files import run_files
+from _soak_helpers import assert_clean
 
 pytestmark = pytest.mark.slow
-
-
-def assert_clean(result: ScenarioResult) -> None:
-    assert result.ok, "\n".join([result.line(), *result.failures])
 
 
 async def test_hostile_lease_files_never_break_startup_or_signal_anyone() -> None:

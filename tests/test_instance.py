@@ -118,3 +118,17 @@ def test_two_processes_first_start_agree(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs)
     assert len(outs) == 1
     assert (tmp_path / "s" / "gateway-instance-id").read_text().strip() in outs
+
+
+def test_peek_has_no_side_effects(tmp_path: Path) -> None:
+    from acpx_trio._instance import peek_gateway_instance_id
+
+    state = tmp_path / "none-yet"
+    assert peek_gateway_instance_id(state) is None
+    assert not state.exists()
+    made = resolve_gateway_instance_id_sync(state)
+    assert peek_gateway_instance_id(state) == made
+    (state / "gateway-instance-id").write_text("")
+    with pytest.raises(GatewayInstanceIdError):
+        peek_gateway_instance_id(state)
+    assert (state / "gateway-instance-id").read_text() == ""  # not repaired by a peek

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-from _soak_common import ScenarioResult, new_marker, sweep  # noqa: E402
-from _soak_security import can_switch_user, fs_round, other_user_round  # noqa: E402
+from _soak_common import ScenarioResult, new_marker, sweep
+from _soak_helpers import assert_clean
+from _soak_security import can_switch_user, fs_round, other_user_round
 
 pytestmark = pytest.mark.slow
-
-
-def assert_clean(result: ScenarioResult) -> None:
-    assert result.ok, "\n".join([result.line(), *result.failures])
 
 
 async def test_fs_escapes_are_refused_and_state_stays_private(tmp_path: Path) -> None:

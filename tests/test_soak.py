@@ -7,24 +7,12 @@ The full-size runs: ``python benchmarks/soak.py --scenario crash`` (50 cycles) a
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-from _soak_common import ScenarioResult  # noqa: E402
-from _soak_crash import run_crash  # noqa: E402
-from _soak_owners import run_owners  # noqa: E402
+from _soak_crash import run_crash
+from _soak_helpers import assert_clean
+from _soak_owners import run_owners
 
 pytestmark = pytest.mark.slow
-
-
-def assert_clean(result: ScenarioResult) -> None:
-    assert result.ok, "\n".join([result.line(), *result.failures])
 
 
 @pytest.mark.parametrize("modes", [["pending", "spawn"], ["steady", "random"]])
