@@ -1,5 +1,5 @@
 """``python -m acpx_trio`` is the ``acpx-trio`` command."""
 
-from .cli import main
+from acpx_trio._cli.main import main
 
 raise SystemExit(main())

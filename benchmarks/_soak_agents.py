@@ -48,11 +48,11 @@ from _soak_common import (
     tagged_alive,
 )
 
-from acpx_trio._backends import BackendRegistry
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._leases import SyncLeaseStore
-from acpx_trio._service import open_runtime_service
-from acpx_trio._turns import CANCEL_WAIT_SECONDS
+from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.service import open_runtime_service
+from acpx_trio._store.leases import SyncLeaseStore
 
 KILL_GRACE = 0.5
 SLACK = 2.0

@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from acpx_trio._fsio import FILE_MODE, ensure_private_dir  # noqa: E402
-from acpx_trio._identity import ProcessInfo, read_start_ticks  # noqa: E402
-from acpx_trio._instance import GATEWAY_ID_FILE_NAME  # noqa: E402
-from acpx_trio._reaper import ProcessCleanupDeps, default_cleanup_deps  # noqa: E402
+from acpx_trio._process.identity import ProcessInfo, read_start_ticks  # noqa: E402
+from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps  # noqa: E402
+from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir  # noqa: E402
+from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME  # noqa: E402
 from acpx_trio.testing.logger import ListLogger as ListLogger  # noqa: E402 (re-exported)
 
 MARKER_KEY = "ACPX_SOAK_MARKER"

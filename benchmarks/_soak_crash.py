@@ -54,7 +54,7 @@ from _soak_common import (
 )
 from _soak_proc import fake_lease, gateway_child, lease_census, restart_service, summary
 
-from acpx_trio._leases import SyncLeaseStore
+from acpx_trio._store.leases import SyncLeaseStore
 
 ROLES = ["busy", "grandchild", "daemon", "stubborn", "idle"]
 MODES = ["pending", "spawn", "random", "steady"]

@@ -52,10 +52,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._leases import LEASE_FILE_NAME, SyncLeaseStore
-from acpx_trio._reaper import ReapResult
-from acpx_trio._service import open_runtime_service
+from acpx_trio._process.reaper import ReapResult
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.service import open_runtime_service
+from acpx_trio._store.leases import LEASE_FILE_NAME, SyncLeaseStore
 
 FIELDS = [
     "leaseId", "gatewayInstanceId", "sessionKey", "wrapperRoot", "wrapperPath", "rootPid",

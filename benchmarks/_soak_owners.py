@@ -43,9 +43,9 @@ from _soak_common import (
 )
 from _soak_proc import Child, gateway_child, restart_service, summary
 
-from acpx_trio._fsio import ensure_private_dir
-from acpx_trio._identity import read_start_ticks
-from acpx_trio._leases import LeaseState, SyncLeaseStore
+from acpx_trio._process.identity import read_start_ticks
+from acpx_trio._store.fsio import ensure_private_dir
+from acpx_trio._store.leases import LeaseState, SyncLeaseStore
 
 HELD = "busy,grandchild,daemon,idle"
 

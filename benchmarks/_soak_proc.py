@@ -20,11 +20,11 @@ import msgspec
 import trio
 from _soak_common import MOCK_ARGS, ListLogger, SignalLog, child_env, recording_deps
 
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._identity import boot_id, process_info
-from acpx_trio._leases import LeaseState, ProcessLease, SyncLeaseStore, new_lease
-from acpx_trio._reaper import ReapResult
-from acpx_trio._service import open_runtime_service
+from acpx_trio._process.identity import boot_id, process_info
+from acpx_trio._process.reaper import ReapResult
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.service import open_runtime_service
+from acpx_trio._store.leases import LeaseState, ProcessLease, SyncLeaseStore, new_lease
 
 CHILD = Path(__file__).with_name("_soak_child.py")
 _UNSET_ENV = ("OPENCLAW_SKIP_ACPX_RUNTIME", "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE")

@@ -6,7 +6,8 @@ RSS growth over the measured cycles.  Targets: >= 1,000 cycles/s, RSS growth < 2
 Baseline measured in the same run: the same number of cycles of two bare worker-thread hops
 (the minimum blocking work one start does), so the ratio is comparable across machines.
 
-Part 2 (skipped with a message when ``acpx_trio._runtime`` is missing): ensure/turn/close churn
+Part 2 (skipped with a message when ``acpx_trio._runtime.runtime`` is missing):
+ensure/turn/close churn
 with the bundled mock agent through the real runtime, sessions per second; baseline: spawning
 and reaping the bare mock agent (stdin at EOF, so it exits at once).
 
@@ -29,9 +30,9 @@ from pathlib import Path
 import psutil
 import trio
 
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._lazy_runtime import RuntimeFactoryParams
-from acpx_trio._service import AcpxRuntimeService, ServiceContext, open_runtime_service
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
+from acpx_trio._service.service import AcpxRuntimeService, ServiceContext, open_runtime_service
 
 MiB = 1024 * 1024
 TARGET_CYCLES_PER_S = 1000.0
@@ -139,13 +140,13 @@ async def _bare_spawns(n: int) -> float:
 
 async def part2(sessions: int) -> None:
     print(f"\n== part 2: ensure/turn/close churn with the mock agent ({sessions} sessions) ==")
-    if importlib.util.find_spec("acpx_trio._runtime") is None:
-        print("SKIPPED: acpx_trio._runtime is missing (the real runtime is not built yet)")
+    if importlib.util.find_spec("acpx_trio._runtime.runtime") is None:
+        print("SKIPPED: acpx_trio._runtime.runtime is missing (the real runtime is not built yet)")
         return
     try:
-        await trio.to_thread.run_sync(importlib.import_module, "acpx_trio._runtime")
+        await trio.to_thread.run_sync(importlib.import_module, "acpx_trio._runtime.runtime")
     except Exception as exc:  # a runtime that does not import is reported, not fatal
-        print(f"SKIPPED: acpx_trio._runtime does not import: {type(exc).__name__}: {exc}")
+        print(f"SKIPPED: acpx_trio._runtime.runtime does not import: {type(exc).__name__}: {exc}")
         return
     base_s = await _bare_spawns(min(sessions, 20))
     base_rate = min(sessions, 20) / base_s

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from acpx_trio import LeaseState, ProcessLease, new_lease
-from acpx_trio._leases import _LeaseFileOut
+from acpx_trio._store.leases import _LeaseFileOut
 
 N_LEASES = 1000
 ROUNDS = 30

@@ -33,14 +33,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from acpx_trio._identity import (
+from acpx_trio._process.identity import (
     boot_id,
     lease_env,
     process_info,
     snapshot_processes,
 )
-from acpx_trio._leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
-from acpx_trio._reaper import DEFAULT_GRACE, ReapResult, reap_open_leases
+from acpx_trio._process.reaper import DEFAULT_GRACE, ReapResult, reap_open_leases
+from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
 
 SEED_SLEEP = 0.75  # the seed sleeps this long per lease, whatever the processes do
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'

@@ -25,10 +25,10 @@ from typing import Any
 import msgspec
 import trio
 
-from acpx_trio._config import resolve_config
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._leases import LeaseStore
-from acpx_trio._runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._store.config import resolve_config
+from acpx_trio._store.leases import LeaseStore
 
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
 INIT = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": True,

@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 import trio
 
-from acpx_trio._identity import lease_args, lease_env, read_start_ticks
+from acpx_trio._process.identity import lease_args, lease_env, read_start_ticks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCOPE_KEY = "ACPX_TEST_LAB_SCOPE"
@@ -127,8 +127,8 @@ OWNER_SCRIPT = textwrap.dedent(
     # A stand-in gateway: records leases, spawns tagged trees, then waits to be SIGKILLed.
     import json, os, signal, subprocess, sys
     import msgspec
-    from acpx_trio._identity import boot_id, lease_env, process_info, self_identity
-    from acpx_trio._leases import SyncLeaseStore, new_lease
+    from acpx_trio._process.identity import boot_id, lease_env, process_info, self_identity
+    from acpx_trio._store.leases import SyncLeaseStore, new_lease
 
     state_dir, gw, lab_dir, node_script, plan_json = sys.argv[1:6]
     plan = json.loads(plan_json)

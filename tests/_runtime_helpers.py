@@ -15,10 +15,10 @@ import psutil
 import pytest
 import trio
 
-from acpx_trio._config import AcpxConfig, resolve_config
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, TextDeltaEvent
-from acpx_trio._leases import LeaseStore, ProcessLease
-from acpx_trio._runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._store.leases import LeaseStore, ProcessLease
 
 GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]

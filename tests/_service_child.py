@@ -5,7 +5,8 @@ Usage::
     python tests/_service_child.py STATE_DIR [--sessions N] [--busy M] [--grandchildren K]
         [--agent-arg=--ignore-stdin-eof ...] [--workspace DIR]
 
-Starts :func:`acpx_trio._service.open_runtime_service` on ``STATE_DIR``, opens ``N`` sessions
+Starts :func:`acpx_trio._service.service.open_runtime_service` on ``STATE_DIR``, opens
+``N`` sessions
 with the bundled mock agent (``python -m acpx_trio.testing.mock_agent`` plus the given agent
 args) through ``runtime.ensure_session(session_key=..., agent="mock")``, has the first ``K``
 of them spawn a grandchild (``/spawn-grandchild``: stdio on /dev/null, so it survives its
@@ -26,7 +27,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._service import open_runtime_service
+from acpx_trio._service.service import open_runtime_service
 
 
 def _emit(record: dict[str, Any]) -> None:

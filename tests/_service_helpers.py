@@ -17,8 +17,8 @@ from acpx_trio._events import (
     DoctorReport,
     DoneEvent,
 )
-from acpx_trio._lazy_runtime import RuntimeFactoryParams
-from acpx_trio._leases import LeaseState, ProcessLease, SyncLeaseStore
+from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
+from acpx_trio._store.leases import LeaseState, ProcessLease, SyncLeaseStore
 from acpx_trio.testing.logger import ListLogger as ListLogger  # re-exported
 
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from acpx_trio._agents import BUILTIN_AGENTS, AgentRegistry, AgentSpec
-from acpx_trio._config import resolve_config
 from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._runtime.agents import BUILTIN_AGENTS, AgentRegistry, AgentSpec
+from acpx_trio._store.config import resolve_config
 
 
 def test_builtins() -> None:

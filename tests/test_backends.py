@@ -7,8 +7,13 @@ import threading
 import pytest
 from _service_helpers import StubRuntime
 
-from acpx_trio._backends import AcpRuntime, AcpRuntimeBackend, BackendRegistry, default_registry
 from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._service.backends import (
+    AcpRuntime,
+    AcpRuntimeBackend,
+    BackendRegistry,
+    default_registry,
+)
 
 
 def test_register_normalizes_ids_and_get_finds_them() -> None:

@@ -21,9 +21,9 @@ from _cli_helpers import (
     tagged_pids,
 )
 
-from acpx_trio._identity import lease_env
-from acpx_trio._instance import resolve_gateway_instance_id_sync
-from acpx_trio._leases import LeaseState, SyncLeaseStore, new_lease
+from acpx_trio._process.identity import lease_env
+from acpx_trio._store.instance import resolve_gateway_instance_id_sync
+from acpx_trio._store.leases import LeaseState, SyncLeaseStore, new_lease
 
 SLEEPER = "import signal\nprint('ready', flush=True)\nwhile True: signal.pause()\n"
 

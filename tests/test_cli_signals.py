@@ -8,7 +8,7 @@ from pathlib import Path
 
 from _cli_helpers import MOCK, background_cli, gateway_id, json_lines, run_cli, tagged_pids
 
-from acpx_trio._turns import CANCEL_WAIT_SECONDS
+from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS
 
 
 def _assert_nothing_left(state_dir: Path) -> None:

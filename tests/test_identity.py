@@ -15,7 +15,7 @@ from _proc_helpers import ProcessLab, is_alive, poll_until, process_lab, wait_zo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acpx_trio._identity import (
+from acpx_trio._process.identity import (
     GATEWAY_ARG,
     GATEWAY_ENV_KEY,
     LEASE_ARG,

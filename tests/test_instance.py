@@ -121,7 +121,7 @@ def test_two_processes_first_start_agree(tmp_path: Path) -> None:
 
 
 def test_peek_has_no_side_effects(tmp_path: Path) -> None:
-    from acpx_trio._instance import peek_gateway_instance_id
+    from acpx_trio._store.instance import peek_gateway_instance_id
 
     state = tmp_path / "none-yet"
     assert peek_gateway_instance_id(state) is None

@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 )
 
 from acpx_trio import LeaseState, LeaseStateError, SyncLeaseStore, new_lease
-from acpx_trio._leases import check_transition
+from acpx_trio._store.leases import check_transition
 
 STATES = list(LeaseState)
 GATEWAYS = ["gw-a", "gw-b"]

@@ -284,7 +284,7 @@ async def test_async_api_is_cancellable_and_consistent(tmp_path: Path) -> None:
 
 
 def test_peek_has_no_side_effects(tmp_path: Path) -> None:
-    from acpx_trio._leases import peek_leases
+    from acpx_trio._store.leases import peek_leases
 
     missing = tmp_path / "nowhere"
     assert peek_leases(missing) == ([], None)

@@ -17,7 +17,7 @@ from acpx_trio._acp import (
     WriteTextFileRequest,
 )
 from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._permissions import (
+from acpx_trio._runtime.permissions import (
     FsGate,
     PermissionPolicy,
     resolve_confined_path,

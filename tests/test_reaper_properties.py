@@ -19,10 +19,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acpx_trio._identity import ProcessInfo
-from acpx_trio._leases import LeaseState, ProcessLease, check_transition
-from acpx_trio._reap_plan import LeaseTarget, order_children_first, plan_leases
-from acpx_trio._reaper import (
+from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.reap_plan import LeaseTarget, order_children_first, plan_leases
+from acpx_trio._process.reaper import (
     KILL_CONFIRM,
     CleanupResult,
     ReapResult,
@@ -31,6 +30,7 @@ from acpx_trio._reaper import (
     reap_stale_orphans,
     terminate_trees,
 )
+from acpx_trio._store.leases import LeaseState, ProcessLease, check_transition
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 
 GW = "gw-ours"

@@ -26,15 +26,15 @@ from _proc_helpers import (
     wait_zombie,
 )
 
-from acpx_trio._identity import process_info, read_start_ticks
-from acpx_trio._leases import LeaseState, LeaseStore, new_lease
-from acpx_trio._reaper import (
+from acpx_trio._process.identity import process_info, read_start_ticks
+from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
     default_cleanup_deps,
     reap_open_leases,
     reap_stale_orphans,
     terminate_trees,
 )
+from acpx_trio._store.leases import LeaseState, LeaseStore, new_lease
 
 GRACE = 0.75
 

@@ -19,7 +19,7 @@ from _runtime_helpers import (
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
-from acpx_trio._leases import LeaseState
+from acpx_trio._store.leases import LeaseState
 
 
 async def test_echo_streams_text_then_done(env: RuntimeEnv) -> None:
@@ -205,7 +205,7 @@ async def test_sweep_dead_sessions(env: RuntimeEnv) -> None:
 
 async def test_unknown_status_kinds_map_to_status_events() -> None:
     from acpx_trio._acp import decode_session_update
-    from acpx_trio._update_map import map_update
+    from acpx_trio._runtime.update_map import map_update
 
     event = map_update(decode_session_update(b'{"sessionUpdate":"brand_new","x":1}'))
     assert event == StatusEvent(text="brand_new update", tag="brand_new")

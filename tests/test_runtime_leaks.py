@@ -17,8 +17,8 @@ from _runtime_helpers import (
 )
 
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._leases import LeaseState
-from acpx_trio._live_session import HIGH_WATER
+from acpx_trio._runtime.live_session import HIGH_WATER
+from acpx_trio._store.leases import LeaseState
 
 
 async def test_grandchild_and_daemon_are_gone_after_close(env: RuntimeEnv) -> None:
@@ -215,8 +215,8 @@ async def test_agent_process_task_cancelled_kills_tree(env: RuntimeEnv) -> None:
     from _runtime_helpers import MOCK
 
     from acpx_trio._acp import InitializeResponse
-    from acpx_trio._agent_process import AgentProcess
-    from acpx_trio._handshake import initialize_request
+    from acpx_trio._process.agent import AgentProcess
+    from acpx_trio._runtime.handshake import initialize_request
 
     agent = AgentProcess(
         argv=MOCK, cwd=str(env.workspace), session_key="raw", gateway_instance_id=env.gateway_id,

@@ -17,8 +17,8 @@ from _runtime_helpers import (
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent
-from acpx_trio._leases import LeaseState
-from acpx_trio._sessions import SessionStore
+from acpx_trio._store.leases import LeaseState
+from acpx_trio._store.sessions import SessionStore
 
 
 def _persisting_mock(session_dir: Path) -> dict[str, dict[str, object]]:

@@ -12,18 +12,18 @@ import trio
 import trio.lowlevel
 from _service_helpers import FakeReaper, ListLogger, StubFactory, StubRuntime, seed_open_lease
 
-from acpx_trio import _service
-from acpx_trio._backends import AcpRuntimeBackend, BackendRegistry
 from acpx_trio._errors import AcpRuntimeError, ConfigError
-from acpx_trio._health import ServiceHealth
-from acpx_trio._lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
-from acpx_trio._service import (
+from acpx_trio._service.backends import AcpRuntimeBackend, BackendRegistry
+from acpx_trio._service.health import ServiceHealth
+from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
+from acpx_trio._service.service import (
     AcpxRuntimeService,
     ServiceAlreadyStartedError,
     ServiceContext,
     ServiceStoppedError,
     open_runtime_service,
 )
+from acpx_trio._service import service as _service
 
 ENV_SWITCHES = (
     "OPENCLAW_SKIP_ACPX_RUNTIME",
@@ -431,7 +431,7 @@ async def test_stop_keeps_a_replacement_backend(
 async def test_default_registry_is_used_when_none_given(
     reaper: FakeReaper, make_ctx: Callable[..., ServiceContext]
 ) -> None:
-    from acpx_trio._backends import default_registry
+    from acpx_trio._service.backends import default_registry
 
     svc = AcpxRuntimeService(runtime_factory=StubFactory())
     await svc.start(make_ctx())
@@ -536,7 +536,7 @@ async def test_sweep_does_not_build_a_lazy_runtime(
         built.append(StubRuntime())
         return built[-1]
 
-    monkeypatch.setattr("acpx_trio._lazy_runtime.build_default_runtime", build)
+    monkeypatch.setattr("acpx_trio._service.lazy_runtime.build_default_runtime", build)
     svc = _new(services, registry, plugin_config={"sweepIntervalSeconds": 1})
     await svc.start(make_ctx())
     await trio.sleep(9.5)
@@ -568,7 +568,7 @@ async def test_default_runtime_is_lazy_and_built_once_under_concurrent_first_cal
         built.append(StubRuntime())
         return built[-1]
 
-    monkeypatch.setattr("acpx_trio._lazy_runtime.build_default_runtime", slow_build)
+    monkeypatch.setattr("acpx_trio._service.lazy_runtime.build_default_runtime", slow_build)
     cleanup = object()
     svc = _new(services, registry, process_cleanup=cleanup)  # type: ignore[arg-type]
     ctx = make_ctx()

@@ -17,14 +17,14 @@ import psutil
 import pytest
 import trio
 
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._service import open_runtime_service
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.service import open_runtime_service
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        importlib.util.find_spec("acpx_trio._runtime") is None,
-        reason="acpx_trio._runtime (the real runtime) is not there yet",
+        importlib.util.find_spec("acpx_trio._runtime.runtime") is None,
+        reason="acpx_trio._runtime.runtime (the real runtime) is not there yet",
     ),
 ]
 

@@ -19,17 +19,17 @@ from _service_helpers import (
     StubRuntime,
 )
 
-from acpx_trio import _service
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._doctor_format import (
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._events import DoctorReport
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.doctor_format import (
     format_doctor_detail,
     format_doctor_failure_message,
     format_seconds,
 )
-from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._events import DoctorReport
-from acpx_trio._health import ServiceHealth
-from acpx_trio._service import AcpxRuntimeService, ServiceContext
+from acpx_trio._service.health import ServiceHealth
+from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
+from acpx_trio._service import service as _service
 
 PROBE_ENV = "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE"
 SKIP_PROBE_ENV = "OPENCLAW_SKIP_ACPX_RUNTIME_PROBE"

@@ -13,11 +13,11 @@ import pytest
 import trio
 from _service_helpers import ListLogger, StubFactory
 
-from acpx_trio._backends import BackendRegistry
-from acpx_trio._identity import ProcessInfo
-from acpx_trio._leases import LeaseState, LeaseStore, ProcessLease
-from acpx_trio._reaper import ProcessCleanupDeps
-from acpx_trio._service import AcpxRuntimeService, ServiceContext
+from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 GW = "gw-test"
 

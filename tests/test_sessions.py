@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from acpx_trio._sessions import SessionRecord, SessionStore
+from acpx_trio._store.sessions import SessionRecord, SessionStore
 
 
 def record(key: str = "agent:main:1", **fields: object) -> SessionRecord:

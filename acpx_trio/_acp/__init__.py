@@ -4,9 +4,9 @@ Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the 
 :mod:`._messages`.
 """
 
-from ._connection import AcpConnection, NotificationHandler, RequestHandler
-from ._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
-from ._jsonrpc import (
+from acpx_trio._acp._connection import AcpConnection, NotificationHandler, RequestHandler
+from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
+from acpx_trio._acp._jsonrpc import (
     AUTH_REQUIRED,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -16,8 +16,8 @@ from ._jsonrpc import (
     REQUEST_CANCELLED,
     RESOURCE_NOT_FOUND,
 )
-from ._messages import *  # noqa: F403
-from ._messages import __all__ as _messages_all
+from acpx_trio._acp._messages import *  # noqa: F403
+from acpx_trio._acp._messages import __all__ as _messages_all
 
 __all__ = [
     "AUTH_REQUIRED",

@@ -10,9 +10,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
-from .._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
-from ._framing import DEFAULT_MAX_LINE_BYTES, LineReader
-from ._jsonrpc import (
+from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader
+from acpx_trio._acp._jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
@@ -29,6 +28,7 @@ from ._jsonrpc import (
     Response,
     parse_message,
 )
+from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
 __all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
 

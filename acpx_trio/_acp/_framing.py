@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from .._errors import AcpProtocolError
+from acpx_trio._errors import AcpProtocolError
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "LineReader", "LineSplitter", "line_too_long_error"]
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._updates import (
+from acpx_trio._acp._updates import (
     _META,
     AgentMessageChunk,
     AgentThoughtChunk,

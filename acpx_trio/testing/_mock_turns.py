@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ._mock_wire import (
+from acpx_trio.testing._mock_wire import (
     Chunk,
     Msg,
     PermissionOption,
@@ -37,7 +37,7 @@ from ._mock_wire import (
 )
 
 if TYPE_CHECKING:
-    from .mock_agent import MockAgent, TurnCtl
+    from acpx_trio.testing.mock_agent import MockAgent, TurnCtl
 
 __all__ = ["run_turn"]
 

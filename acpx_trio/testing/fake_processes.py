@@ -1,6 +1,6 @@
 """A simulated process table for testing the reaper without real processes.
 
-:class:`FakeProcessTable` hands out a :class:`~acpx_trio._reaper.ProcessCleanupDeps` whose
+:class:`FakeProcessTable` hands out a :class:`~acpx_trio._process.reaper.ProcessCleanupDeps` whose
 listing, signals and exit waits act on simulated processes, in *trio* time: run the real reaper
 over it under :class:`trio.testing.MockClock` (``autojump_threshold=0``) and every grace period
 passes instantly yet in order.
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .._identity import CREATE_TIME_TOLERANCE, ProcessInfo
-from .._reaper import ProcessCleanupDeps
+from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
+from acpx_trio._process.reaper import ProcessCleanupDeps
 
 __all__ = ["FakeProcess", "FakeProcessTable", "SignalRecord"]
 

@@ -38,8 +38,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
-from ._mock_turns import run_turn
-from ._mock_wire import (
+from acpx_trio.testing._mock_turns import run_turn
+from acpx_trio.testing._mock_wire import (
     AGENT_NAME,
     AGENT_VERSION,
     MODES,

@@ -28,20 +28,20 @@ from typing import Any
 import msgspec
 import trio
 
-from ._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
-from ._errors import AcpProtocolError, AgentProcessError, LeaseStoreError
-from ._identity import (
+from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
+from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError
+from acpx_trio._process.identity import (
     boot_id,
     lease_env,
     process_info,
 )
-from ._leases import LeaseState, LeaseStore, ProcessLease, new_lease
-from ._process_tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
-from ._reaper import (
+from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
     cleanup_owned_process_tree,
 )
+from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "start_agent_process"]
 

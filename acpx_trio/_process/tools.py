@@ -10,8 +10,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ._identity import LEASE_ENV_KEY, ProcessInfo, self_identity, snapshot_processes
-from ._reaper import ProcessCleanupDeps, default_cleanup_deps
+from acpx_trio._process.identity import (
+    LEASE_ENV_KEY,
+    ProcessInfo,
+    self_identity,
+    snapshot_processes,
+)
+from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
 

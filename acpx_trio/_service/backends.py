@@ -6,8 +6,8 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ._errors import AcpRuntimeError
-from ._events import (
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
     AcpRuntimeHandle,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from ._acp import (
+from acpx_trio._acp import (
     PROTOCOL_VERSION,
     ClientCapabilities,
     EmptyResponse,
@@ -29,16 +29,21 @@ from ._acp import (
     SetSessionConfigOptionResponse,
     SetSessionModeRequest,
 )
-from ._agent_process import AgentProcess
-from ._agents import AgentSpec
-from ._config import AcpxConfig
-from ._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AgentProcessError
-from ._events import DoctorReport
-from ._live_session import LiveSession
-from ._permissions import PermissionPolicy
+from acpx_trio._errors import (
+    AcpConnectionClosedError,
+    AcpProtocolError,
+    AcpRuntimeError,
+    AgentProcessError,
+)
+from acpx_trio._events import DoctorReport
+from acpx_trio._process.agent import AgentProcess
+from acpx_trio._runtime.agents import AgentSpec
+from acpx_trio._runtime.live_session import LiveSession
+from acpx_trio._runtime.permissions import PermissionPolicy
+from acpx_trio._store.config import AcpxConfig
 
 if TYPE_CHECKING:
-    from ._runtime import AcpxRuntime
+    from acpx_trio._runtime.runtime import AcpxRuntime
 
 __all__ = [
     "PROBE_SESSION_KEY",

@@ -1,6 +1,6 @@
 """Inspection commands of the command line: ``sessions``, ``agents``, ``doctor``, ``leases``.
 
-Each returns the process exit code and writes through :class:`~acpx_trio._cli_output.Output`
+Each returns the process exit code and writes through :class:`~acpx_trio._cli.output.Output`
 (so no write blocks the event loop); file and process-table work runs in worker threads.
 ``doctor`` is the only one that starts agents, each through its own runtime service, and none
 is left running when it returns.
@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from ._cli_output import Output, first_line, format_table
-from ._config import AcpxConfig, resolve_config
-from ._errors import AcpxError, GatewayInstanceIdError
+from acpx_trio._cli.output import Output, first_line, format_table
+from acpx_trio._errors import AcpxError, GatewayInstanceIdError
+from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
-    from .cli import Options
+    from acpx_trio._cli.main import Options
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
@@ -57,7 +57,7 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     """``list`` every record; ``show KEY`` one (exit 4 if unknown); ``close KEY``: mark it
     closed so the next prompt of KEY starts a new ACP session (agents of a CLI invocation
     never outlive it, so there is no process to stop)."""
-    from ._sessions import SessionStore
+    from acpx_trio._store.sessions import SessionStore
 
     out = Output()
     config = await _resolve(opts.raw_config, opts)
@@ -100,7 +100,7 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
 # -- agents -----------------------------------------------------------------------------------
 async def agents_command(opts: Options) -> int:
     """Every built-in and configured agent: command, source, whether its launcher is found."""
-    from ._agents import AgentRegistry
+    from acpx_trio._runtime.agents import AgentRegistry
 
     out = Output()
     config = await _resolve(opts.raw_config, opts)
@@ -148,8 +148,8 @@ def _detail(details: list[Any], prefix: str) -> str | None:
 
 
 async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorResult:
-    from ._agents import AgentRegistry
-    from ._service import open_runtime_service
+    from acpx_trio._runtime.agents import AgentRegistry
+    from acpx_trio._service.service import open_runtime_service
 
     config = await _resolve(raw, opts)
     spec = AgentRegistry(config.agents).resolve(name)
@@ -183,7 +183,7 @@ async def doctor_command(
     """For each agent (all known ones by default, checked concurrently): is its launcher
     found, does it start and answer ``initialize`` within the deadline, its version; the
     install command when it fails.  Exit 0 when every checked agent is ok, else 1."""
-    from ._agents import AgentRegistry
+    from acpx_trio._runtime.agents import AgentRegistry
 
     out = Output()
     raw = dict(opts.raw_config)
@@ -235,7 +235,7 @@ async def doctor_command(
 # -- leases -----------------------------------------------------------------------------------
 def _read_gateway_id(state_dir: Path) -> str | None:
     """The gateway id for marking "ours" in the table; ``None`` if absent or unusable."""
-    from ._instance import peek_gateway_instance_id
+    from acpx_trio._store.instance import peek_gateway_instance_id
 
     try:
         return peek_gateway_instance_id(state_dir)
@@ -245,8 +245,8 @@ def _read_gateway_id(state_dir: Path) -> str | None:
 
 def _liveness(leases: list[Any]) -> list[tuple[bool, bool | None]]:
     """(root alive, owner alive or None when unknown) per lease, from one process snapshot."""
-    from ._identity import snapshot_processes
-    from ._reap_plan import owner_alive
+    from acpx_trio._process.identity import snapshot_processes
+    from acpx_trio._process.reap_plan import owner_alive
 
     pids = {x.root_pid for x in leases if x.root_pid > 0}
     pids |= {x.owner_pid for x in leases if x.owner_pid}
@@ -268,7 +268,7 @@ def _liveness(leases: list[Any]) -> list[tuple[bool, bool | None]]:
 async def leases_command(include_final: bool, opts: Options) -> int:
     """Leases of this state dir (open and closing; ``--all``: final ones too), each with
     whether its agent process (identity-checked) and its owner are alive."""
-    from ._leases import peek_leases
+    from acpx_trio._store.leases import peek_leases
 
     out = Output()
     lease_dir = opts.state_dir / "acpx"

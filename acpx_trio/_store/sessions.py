@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 import msgspec
 import trio
 
-from ._fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock
+from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock
 
 __all__ = ["SESSION_FILE_PREFIX", "SessionRecord", "SessionStore", "SyncSessionStore"]
 

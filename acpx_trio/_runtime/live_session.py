@@ -24,7 +24,7 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from ._acp import (
+from acpx_trio._acp import (
     AcpConnection,
     ConfigOptionUpdate,
     CurrentModeUpdate,
@@ -37,18 +37,18 @@ from ._acp import (
     SessionModeState,
     WriteTextFileRequest,
 )
-from ._agent_process import AgentProcess
-from ._agents import AgentSpec
-from ._errors import AcpRuntimeError
-from ._events import (
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
 )
-from ._permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
-from ._sessions import SessionRecord
-from ._update_map import decode_notification, map_update
+from acpx_trio._process.agent import AgentProcess
+from acpx_trio._runtime.agents import AgentSpec
+from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
+from acpx_trio._runtime.update_map import decode_notification, map_update
+from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
 

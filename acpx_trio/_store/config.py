@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._errors import ConfigError
+from acpx_trio._errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONTROL_TIMEOUT_SECONDS",

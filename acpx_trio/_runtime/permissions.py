@@ -24,7 +24,7 @@ from typing import Literal
 import msgspec
 import trio
 
-from ._acp._messages import (
+from acpx_trio._acp._messages import (
     CancelledOutcome,
     EmptyResponse,
     PermissionOption,
@@ -35,8 +35,8 @@ from ._acp._messages import (
     SelectedOutcome,
     WriteTextFileRequest,
 )
-from ._config import NonInteractivePolicy, PermissionMode
-from ._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._store.config import NonInteractivePolicy, PermissionMode
 
 __all__ = [
     "INVALID_PARAMS",

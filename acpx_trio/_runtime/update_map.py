@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._acp import (
+from acpx_trio._acp import (
     AgentMessageChunk,
     AgentThoughtChunk,
     AvailableCommandsUpdate,
@@ -26,7 +26,7 @@ from ._acp import (
     UserMessageChunk,
     decode_session_notification,
 )
-from ._events import AcpRuntimeEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+from acpx_trio._events import AcpRuntimeEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
 __all__ = ["decode_notification", "map_update"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import trio
 
-from ._acp import CancelNotification, PromptRequest, PromptResponse, text_block
-from ._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
-from ._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
-from ._live_session import LiveSession, Turn
+from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
+from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
+from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
+from acpx_trio._runtime.live_session import LiveSession, Turn
 
 __all__ = ["CANCEL_WAIT_SECONDS", "abandon_turn", "drive_turn", "send_cancel", "turn_error"]
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import msgspec
 import trio
 
-from ._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
 __all__ = ["Output", "TurnPrinter", "first_line", "format_table"]
 

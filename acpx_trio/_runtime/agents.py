@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError
 
 __all__ = [
     "BUILTIN_AGENTS",

@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from ._errors import LeaseStateError, LeaseStoreError
-from ._fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock, quarantine
+from acpx_trio._errors import LeaseStateError, LeaseStoreError
+from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock, quarantine
 
 __all__ = [
     "LEASE_FILE_NAME",

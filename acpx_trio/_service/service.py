@@ -21,17 +21,27 @@ from typing import Any
 import msgspec
 import trio
 
-from ._backends import AcpRuntime, AcpRuntimeBackend, BackendRegistry, default_registry
-from ._config import AcpxConfig, resolve_config
-from ._doctor_format import format_seconds
-from ._errors import AcpxError
-from ._fsio import ensure_private_dir
-from ._health import ServiceHealth, ServiceHealthState
-from ._instance import resolve_gateway_instance_id_sync
-from ._lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
-from ._leases import LeaseStore
-from ._reaper import ProcessCleanupDeps, ReapResult, reap_open_leases, reap_stale_orphans
-from ._service_tasks import Background, probe_once, sweep_once
+from acpx_trio._errors import AcpxError
+from acpx_trio._process.reaper import (
+    ProcessCleanupDeps,
+    ReapResult,
+    reap_open_leases,
+    reap_stale_orphans,
+)
+from acpx_trio._service.backends import (
+    AcpRuntime,
+    AcpRuntimeBackend,
+    BackendRegistry,
+    default_registry,
+)
+from acpx_trio._service.doctor_format import format_seconds
+from acpx_trio._service.health import ServiceHealth, ServiceHealthState
+from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
+from acpx_trio._service.tasks import Background, probe_once, sweep_once
+from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._store.fsio import ensure_private_dir
+from acpx_trio._store.instance import resolve_gateway_instance_id_sync
+from acpx_trio._store.leases import LeaseStore
 
 __all__ = [
     "BACKEND_ID",

@@ -25,10 +25,8 @@ from typing import Any, Literal
 
 import trio
 
-from ._agents import AgentRegistry, normalize_agent_name
-from ._config import AcpxConfig
-from ._errors import AcpRuntimeError
-from ._events import (
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
     AcpRuntimeHandle,
@@ -37,7 +35,9 @@ from ._events import (
     DoneEvent,
     ErrorEvent,
 )
-from ._handshake import (
+from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.handshake import (
     control_request,
     doctor_probe,
     resolve_dir,
@@ -46,17 +46,17 @@ from ._handshake import (
     start_live_session,
     validate_ensure_args,
 )
-from ._leases import LeaseStore
-from ._live_session import LiveSession, Turn
-from ._reaper import ProcessCleanupDeps
-from ._sessions import SessionStore
-from ._turns import (
+from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.turns import (
     ABANDON_WAIT_SECONDS,
     CANCEL_WAIT_SECONDS,
     abandon_turn,
     drive_turn,
     send_cancel,
 )
+from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.leases import LeaseStore
+from acpx_trio._store.sessions import SessionStore
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
 

@@ -5,10 +5,10 @@ What is reaped (everything else is left alone, with a reason):
 1. open or closing leases of this state dir's gateway whose owner is dead: their process trees
    (verified root and its tagged descendants, plus anything carrying the lease's tags wherever
    it was re-parented); the lease then becomes ``closed`` (something was killed) or ``lost``
-   (nothing of it was alive) - :func:`acpx_trio._reaper.reap_open_leases`;
+   (nothing of it was alive) - :func:`acpx_trio._process.reaper.reap_open_leases`;
 2. every other live process tagged with this gateway id whose lease is not an open lease of a
    live owner (a closed or lost lease, or one no longer in the file) -
-   :func:`acpx_trio._reaper.reap_stale_orphans`.
+   :func:`acpx_trio._process.reaper.reap_stale_orphans`.
 
 Race safety: an agent being started right now by another ``acpx-trio`` process of this state
 dir is never touched, because its lease (with a live owner) is written before it is spawned and
@@ -28,24 +28,24 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ._cli_output import Output, format_table
-from ._identity import ProcessInfo, boot_id, snapshot_processes
-from ._instance import peek_gateway_instance_id, resolve_gateway_instance_id
-from ._leases import LeaseStore, ProcessLease, peek_leases
-from ._reap_plan import (
+from acpx_trio._cli.output import Output, format_table
+from acpx_trio._process.identity import ProcessInfo, boot_id, snapshot_processes
+from acpx_trio._process.reap_plan import (
     OWNER_ALIVE,
     LeaseTarget,
     owner_alive,
     plan_leases,
     plan_orphans,
 )
-from ._reaper import (
+from acpx_trio._process.reaper import (
     DEFAULT_GRACE,
     ProcessCleanupDeps,
     default_cleanup_deps,
     reap_open_leases,
     reap_stale_orphans,
 )
+from acpx_trio._store.instance import peek_gateway_instance_id, resolve_gateway_instance_id
+from acpx_trio._store.leases import LeaseStore, ProcessLease, peek_leases
 
 __all__ = ["ReapRow", "reap_command"]
 

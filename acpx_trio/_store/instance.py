@@ -18,9 +18,9 @@ from pathlib import Path
 import msgspec
 import trio
 
-from ._errors import GatewayInstanceIdError
-from ._fsio import FILE_MODE, atomic_write_bytes, ensure_private_dir
-from ._leases import LEASE_FILE_NAME
+from acpx_trio._errors import GatewayInstanceIdError
+from acpx_trio._store.fsio import FILE_MODE, atomic_write_bytes, ensure_private_dir
+from acpx_trio._store.leases import LEASE_FILE_NAME
 
 __all__ = [
     "GATEWAY_ID_FILE_NAME",

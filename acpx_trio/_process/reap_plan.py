@@ -1,7 +1,8 @@
 """The reaper's pure planning core: which processes of a table are provably ours.
 
-No I/O and no clock: plain functions over :class:`~acpx_trio._identity.ProcessInfo` lists, so
-hypothesis drives them directly and the async layer (:mod:`acpx_trio._reaper`) stays thin.
+No I/O and no clock: plain functions over
+:class:`~acpx_trio._process.identity.ProcessInfo` lists, so
+hypothesis drives them directly and the async layer (:mod:`acpx_trio._process.reaper`) stays thin.
 
 Rules (fail closed; anything unproven is left alone, with a reason):
 
@@ -22,8 +23,8 @@ from collections.abc import Collection, Sequence
 
 import msgspec
 
-from ._identity import CREATE_TIME_TOLERANCE, ProcessInfo
-from ._leases import ProcessLease
+from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
+from acpx_trio._store.leases import ProcessLease
 
 __all__ = [
     "ACCESS_DENIED",

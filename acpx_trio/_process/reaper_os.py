@@ -5,7 +5,7 @@ them through ``trio.to_thread.run_sync``.  :func:`wait_exit` is the async, event
 wait (pidfd + :func:`trio.lowlevel.wait_readable`, polling fallback).
 
 Guarantees: a signal is delivered only to the very process described by a
-:class:`~acpx_trio._identity.ProcessInfo` (pidfd opened first, identity verified *after*
+:class:`~acpx_trio._process.identity.ProcessInfo` (pidfd opened first, identity verified *after*
 opening it, signal sent through the pidfd, so a recycled pid cannot receive it); never to our
 own pid, pid 1, a zombie, or a process of another uid.  Children are reaped only by pidfd or
 specific pid, never with ``waitpid(-1)``.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import trio
 
-from ._identity import CREATE_TIME_TOLERANCE, ProcessInfo, read_stat_state
+from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo, read_stat_state
 
 __all__ = [
     "kill_process_sync",

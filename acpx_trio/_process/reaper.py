@@ -34,9 +34,8 @@ from typing import Protocol
 import msgspec
 import trio
 
-from ._identity import ProcessInfo, boot_id, snapshot_processes
-from ._leases import LeaseState, ProcessLease
-from ._reap_plan import (
+from acpx_trio._process.identity import ProcessInfo, boot_id, snapshot_processes
+from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
     INIT,
     MISSING_ROOT,
@@ -56,8 +55,9 @@ from ._reap_plan import (
     plan_leases,
     plan_orphans,
 )
-from ._reaper_os import kill_process_sync
-from ._reaper_os import wait_exit as _os_wait_exit
+from acpx_trio._process.reaper_os import kill_process_sync
+from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
+from acpx_trio._store.leases import LeaseState, ProcessLease
 
 __all__ = [
     "ACCESS_DENIED",

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import trio
 
-from ._backends import AcpRuntime
-from ._config import AcpxConfig
-from ._errors import AcpRuntimeError
-from ._events import (
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
     DoctorReport,
 )
-from ._leases import LeaseStore
+from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.leases import LeaseStore
 
 if TYPE_CHECKING:
-    from ._reaper import ProcessCleanupDeps
+    from acpx_trio._process.reaper import ProcessCleanupDeps
 
 __all__ = [
     "LazyAcpxRuntime",
@@ -38,7 +38,7 @@ __all__ = [
     "build_default_runtime",
 ]
 
-RUNTIME_MODULE = "acpx_trio._runtime"
+RUNTIME_MODULE = "acpx_trio._runtime.runtime"
 
 
 class ServiceLogger(Protocol):
@@ -67,7 +67,7 @@ class RuntimeFactoryParams:
 
 
 async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntime:
-    """Import :mod:`acpx_trio._runtime` (in a worker thread) and construct ``AcpxRuntime``."""
+    """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``."""
     module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None
     if isinstance(params.logger, logging.Logger | logging.LoggerAdapter):

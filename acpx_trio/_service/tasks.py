@@ -11,10 +11,14 @@ from typing import Any
 
 import trio
 
-from ._backends import AcpRuntime
-from ._doctor_format import format_doctor_failure_message, format_error_message, format_seconds
-from ._health import ServiceHealth
-from ._lazy_runtime import LazyAcpxRuntime, ServiceLogger
+from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._service.doctor_format import (
+    format_doctor_failure_message,
+    format_error_message,
+    format_seconds,
+)
+from acpx_trio._service.health import ServiceHealth
+from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, ServiceLogger
 
 __all__ = ["Background", "probe_once", "sweep_once"]
 

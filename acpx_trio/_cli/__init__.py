@@ -1,0 +1,7 @@
+"""The ``acpx-trio`` command line: argument parsing and the turn commands (``main``), text and
+NDJSON output (``output``), the inspection commands (``info``) and ``reap`` (``reap``).
+
+Owns: exit codes, signals of a terminal user, what is printed.
+May import: everything public in ``acpx_trio`` and its private subpackages.  Nothing imports it
+but ``acpx_trio.cli`` and ``acpx_trio.__main__``.
+"""

@@ -1,0 +1,437 @@
+"""The ``acpx-trio`` command line: prompt agents, inspect sessions, leases and agents, reap.
+
+Exit codes (as acpx's): 0 ok, 1 runtime or protocol error, 2 usage or config error,
+3 timeout, 4 no such session, 5 permission denied or unanswerable, 130 interrupted (SIGINT),
+143 terminated (SIGTERM).
+
+Guarantees of ``prompt`` and ``exec``: the reply streams to stdout as it arrives; however the
+command ends (end of turn, error, timeout, Ctrl-C, SIGTERM) the agent's process tree is gone
+when it exits and its lease is final.  The first Ctrl-C during a turn sends ``session/cancel``
+(the agent gets a bounded time to stop, then is killed); a second Ctrl-C, a SIGTERM, or a
+Ctrl-C outside a turn closes the agent at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import platformdirs
+import trio
+
+from acpx_trio._cli.output import Output, TurnPrinter, first_line
+from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
+from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._store.config import PERMISSION_MODES, load_config_file
+
+__all__ = ["default_state_dir", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_SESSION, EXIT_PERMISSION = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
+#: Agent name under which ``--agent-command`` is registered for one invocation.
+CUSTOM_AGENT = "custom"
+#: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
+CLEANUP_SECONDS = 30.0
+_CODE_EXIT = {
+    "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_CONTROL_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_SESSION_NOT_FOUND": EXIT_NO_SESSION,
+    "ACP_PERMISSION_PROMPT_UNAVAILABLE": EXIT_PERMISSION,
+    "ACP_PERMISSION_DENIED": EXIT_PERMISSION,
+    "ACP_AGENT_UNKNOWN": EXIT_USAGE,
+    "ACP_INVALID_RUNTIME_OPTION": EXIT_USAGE,
+}
+_log = logging.getLogger("acpx_trio.cli")
+
+
+class UsageError(Exception):
+    """A usage error detected after argument parsing (exit 2)."""
+
+
+def default_state_dir() -> Path:
+    """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
+    env = os.environ.get(STATE_DIR_ENV, "").strip()
+    return Path(env) if env else Path(platformdirs.user_state_dir("acpx-trio"))
+
+
+def exit_code_for(code: str) -> int:
+    """The process exit code for an error ``code`` (1 when it has no special meaning)."""
+    return _CODE_EXIT.get(code, EXIT_ERROR)
+
+
+def _is_timeout(exc: AcpxError) -> bool:
+    """A start-up step that hit its deadline.  The runtime reports it as
+    ``ACP_SESSION_INIT_FAILED`` without a cause, so the message is the only clue."""
+    if isinstance(exc.__cause__, trio.TooSlowError):
+        return True
+    return exc.code == "ACP_SESSION_INIT_FAILED" and " did not answer " in exc.message and (
+        " within " in exc.message)
+
+
+# -- argument parsing -------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a global option may be given before or after the command name.
+    p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                   help=f"state directory (default: ${STATE_DIR_ENV} or the per-user state dir)")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                   help="plugin config file (JSON, or TOML by .toml suffix)")
+    p.add_argument("--cwd", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+                   help="working directory of the agent (default: the config's cwd, else .)")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output: one JSON object a line (NDJSON)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="report lifecycle steps and all agent status updates on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``acpx-trio``."""
+    from acpx_trio import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="acpx-trio",
+        description="Drive ACP coding agents from a Trio runtime that never leaks a process.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage/config, 3 timeout, 4 no session, "
+        "5 permission, 130 interrupted (SIGINT), 143 terminated (SIGTERM).",
+    )
+    parser.add_argument("--version", action="version", version=f"acpx-trio {__version__}")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def turn_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        agent = p.add_mutually_exclusive_group()
+        agent.add_argument("--agent", default=None, metavar="NAME",
+                           help="agent name (mock, codex, claude, gemini or one from config); "
+                                "default: mock, the bundled agent")
+        agent.add_argument("--agent-command", default=None, metavar="CMD",
+                           help="run this command line as the agent (it must speak ACP on stdio)")
+        p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up after SECONDS (agent start-up and the turn; exit 3)")
+        perm = p.add_mutually_exclusive_group()
+        perm.add_argument("--permission-mode", choices=PERMISSION_MODES, default=None,
+                          help="how agent permission requests are answered "
+                               "(default: the config's, else approve-reads)")
+        perm.add_argument("--approve-all", action="store_const", const="approve-all",
+                          dest="permission_mode", help="same as --permission-mode approve-all")
+        p.add_argument("text", nargs="*", help="the prompt (default: read from stdin)")
+        return p
+
+    prompt = turn_command("prompt", "Send a prompt to a persistent session; stream the reply.")
+    prompt.add_argument("--session", default="cli:default", metavar="KEY",
+                        help="session key; the ACP session is resumed across invocations "
+                             "when the agent supports it (default: cli:default)")
+    turn_command("exec", "One-shot prompt in a fresh session that is closed afterwards.")
+
+    sessions = sub.add_parser("sessions", help="List, show or close stored sessions.",
+                              description="List, show or close stored sessions. Closing a "
+                              "session makes the next prompt of its key start a new one.")
+    _common(sessions)
+    sessions.add_argument("action", nargs="?", default="list", choices=["list", "show", "close"])
+    sessions.add_argument("key", nargs="?", help="session key (for show and close)")
+
+    agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
+    _common(agents)
+
+    doctor = sub.add_parser("doctor", help="Check that agents are installed and answer ACP.")
+    _common(doctor)
+    doctor.add_argument("--agent", action="append", default=None, metavar="NAME",
+                        help="check only this agent (repeatable); default: every agent")
+    doctor.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="deadline per agent for start-up and initialize (default: the "
+                             "config's timeoutSeconds, else 60)")
+
+    leases = sub.add_parser("leases", help="Process leases: what was started, is it alive.")
+    _common(leases)
+    leases.add_argument("--all", action="store_true", help="include closed and lost leases")
+
+    reap = sub.add_parser("reap", help="Terminate orphaned agent processes of this gateway.")
+    _common(reap)
+    reap.add_argument("--dry-run", action="store_true",
+                      help="only print what would be terminated and why; change nothing")
+    return parser
+
+
+class Options(msgspec.Struct, kw_only=True):
+    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed."""
+
+    state_dir: Path
+    cwd: Path
+    cwd_given: bool
+    raw_config: dict[str, Any]
+    json: bool
+    verbose: bool
+
+
+def resolve_options(ns: argparse.Namespace) -> Options:
+    """Global options from parsed arguments.  Blocking (reads the config file): call it
+    before the event loop starts."""
+    raw: dict[str, Any] = {}
+    if getattr(ns, "config", None) is not None:
+        raw = load_config_file(ns.config)
+    state_dir = getattr(ns, "state_dir", None) or default_state_dir()
+    given = getattr(ns, "cwd", None)
+    cwd = Path(given or Path.cwd()).expanduser().resolve()
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd {cwd} is not a directory")
+    return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
+                   cwd_given=given is not None, raw_config=raw,
+                   json=bool(getattr(ns, "json", False)),
+                   verbose=bool(getattr(ns, "verbose", False)))
+
+
+# -- prompt / exec ----------------------------------------------------------------------------
+class _Interrupts:
+    """Signal policy of a turn command (see the module docstring)."""
+
+    def __init__(self, printer: TurnPrinter) -> None:
+        self.printer = printer
+        self.work = trio.CancelScope()
+        self.signum: int | None = None
+        self.count = 0
+        #: While a turn runs: send ``session/cancel``.
+        self.cancel_turn: Callable[[], Awaitable[None]] | None = None
+        self.closing = False
+
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+    async def _call(self, op: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await op()
+        except AcpxError as exc:  # the runtime is already closing: nothing left to do
+            _log.debug("%s after an interrupt failed: %s", op, exc)
+
+    async def watch(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+        async for signum in signals:
+            self.count += 1
+            if self.signum is None:
+                self.signum = signum
+            if self.closing:
+                continue  # already stopping (bounded); a further signal changes nothing
+            cancel = self.cancel_turn
+            if signum == signal.SIGINT and self.count == 1 and cancel is not None:
+                self.printer.note("interrupted: cancelling the turn "
+                                  "(press Ctrl-C again to stop the agent)")
+                nursery.start_soon(self._call, cancel)
+                continue
+            what = "terminated" if signum == signal.SIGTERM else (
+                "interrupted again" if self.count > 1 else "interrupted")
+            self.printer.note(f"{what}: stopping the agent")
+            self.closing = True
+            # `work` encloses the runtime service and its root nursery: cancelling it stops
+            # the turn driver and the agent process tasks at once (their clean-up kills the
+            # tree; no waiting for the agent to honour a cancel), then the service's shielded
+            # stop finalises the leases.
+            self.work.cancel()
+
+
+def _turn_config(ns: argparse.Namespace, opts: Options) -> tuple[dict[str, Any], str]:
+    """The plugin config for this turn command and the agent name to use."""
+    raw = dict(opts.raw_config)
+    agent: str = ns.agent or "mock"
+    if ns.agent_command is not None:
+        try:
+            argv = shlex.split(ns.agent_command)
+        except ValueError as exc:
+            raise UsageError(f"--agent-command: {exc}") from exc
+        if not argv:
+            raise UsageError("--agent-command must not be empty")
+        agents = raw.get("agents")
+        raw["agents"] = {**(agents if isinstance(agents, dict) else {}),
+                         CUSTOM_AGENT: {"command": argv[0], "args": argv[1:]}}
+        agent = CUSTOM_AGENT
+    if ns.timeout is not None:
+        if not ns.timeout > 0 or ns.timeout == float("inf"):
+            raise UsageError(f"--timeout must be a positive number of seconds, got {ns.timeout}")
+        raw["timeoutSeconds"] = ns.timeout
+    if ns.permission_mode is not None:
+        raw["permissionMode"] = ns.permission_mode
+    if opts.cwd_given or "cwd" not in raw:
+        raw["cwd"] = str(opts.cwd)
+    return raw, agent
+
+
+async def _prompt_text(ns: argparse.Namespace) -> str:
+    words: list[str] = ns.text
+    if words and words != ["-"]:
+        return " ".join(words)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("no prompt given: pass TEXT, or pipe it on stdin")
+    stdin = sys.stdin
+    text: str = await trio.to_thread.run_sync(stdin.read, abandon_on_cancel=True)
+    if not text.strip():
+        raise UsageError("the prompt read from stdin is empty")
+    return text.rstrip("\n")
+
+
+def _report_error(printer: TurnPrinter, code: str, message: str) -> None:
+    if printer.json_mode:
+        printer.json(ErrorEvent(code=code, message=message))
+    printer.error(f"{code}: {first_line(message)}")
+
+
+def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
+    if ev.stop_reason == "end_turn":
+        return EXIT_OK
+    if ev.stop_reason == "cancelled":
+        return EXIT_INTERRUPTED
+    printer.error(f"the turn ended early: stop reason {ev.stop_reason!r}")
+    return EXIT_ERROR
+
+
+async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinter) -> int:
+    code = EXIT_ERROR
+    async with aclosing(runtime.run_turn(handle=handle, text=text)) as events:
+        async for ev in events:
+            printer.event(ev)
+            if isinstance(ev, DoneEvent):
+                code = _done_exit(ev, printer)
+            elif isinstance(ev, ErrorEvent):
+                printer.error(f"{ev.code}: {ev.message}")
+                code = exit_code_for(ev.code)
+    printer.finish()
+    return code
+
+
+async def _turn_session(
+    *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
+    opts: Options, printer: TurnPrinter, ctl: _Interrupts,
+) -> int:
+    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._store.sessions import SessionStore
+
+    mode: Literal["persistent", "oneshot"] = "oneshot" if oneshot else "persistent"
+    try:
+        async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
+                                        plugin_config=raw, logger=_log) as service:
+            runtime = service.runtime
+            config = service.config
+            assert runtime is not None and config is not None
+            if opts.verbose:
+                printer.note(f"starting agent {agent} in {config.cwd}")
+            try:
+                handle = await runtime.ensure_session(session_key=session_key, agent=agent,
+                                                      mode=mode)
+                if opts.verbose:
+                    printer.note(f"session {session_key}: agent {handle.agent} pid "
+                                 f"{handle.agent_pid}, ACP session {handle.backend_session_id}")
+                    printer.note("turn started")
+
+                async def cancel() -> None:
+                    await runtime.cancel(handle=handle, reason="interrupted (SIGINT)")
+
+                ctl.cancel_turn = cancel
+                try:
+                    return await _stream_turn(runtime, handle, text, printer)
+                finally:
+                    ctl.cancel_turn = None
+            finally:
+                if oneshot:  # the agent dies with the service; the record must go too
+                    with trio.move_on_after(CLEANUP_SECONDS, shield=True):
+                        await SessionStore(config.state_dir).delete(session_key)
+    except ConfigError as exc:
+        _report_error(printer, exc.code, str(exc))
+        return EXIT_USAGE
+    except AcpxError as exc:
+        _report_error(printer, exc.code, str(exc))
+        return EXIT_TIMEOUT if _is_timeout(exc) else exit_code_for(exc.code)
+
+
+async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool) -> int:
+    raw, agent = _turn_config(ns, opts)
+    text = await _prompt_text(ns)
+    session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else ns.session
+    output = Output()
+    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
+    ctl = _Interrupts(printer)
+    code = EXIT_ERROR
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            nursery.start_soon(ctl.watch, signals, nursery)
+            with ctl.work:
+                code = await _turn_session(raw=raw, agent=agent, session_key=session_key,
+                                           oneshot=oneshot, text=text, opts=opts,
+                                           printer=printer, ctl=ctl)
+            if ctl.work.cancelled_caught or (ctl.signum is not None and code == EXIT_INTERRUPTED):
+                code = ctl.exit_code()
+            printer.finish()
+            with trio.move_on_after(CLEANUP_SECONDS):
+                await output.drain()
+            nursery.cancel_scope.cancel()
+    return code
+
+
+# -- entry point ------------------------------------------------------------------------------
+async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
+    if ns.command in ("prompt", "exec"):
+        return await _turn_command(ns, opts, oneshot=ns.command == "exec")
+    from acpx_trio._cli import info as _cli_info
+    if ns.command == "sessions":
+        return await _cli_info.sessions_command(ns.action, ns.key, opts)
+    if ns.command == "agents":
+        return await _cli_info.agents_command(opts)
+    if ns.command == "doctor":
+        if ns.timeout is not None and not ns.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {ns.timeout}")
+        return await _cli_info.doctor_command(ns.agent, ns.timeout, opts)
+    if ns.command == "leases":
+        return await _cli_info.leases_command(ns.all, opts)
+    if ns.command == "reap":
+        from acpx_trio._cli.reap import reap_command
+
+        return await reap_command(state_dir=opts.state_dir, dry_run=ns.dry_run,
+                                  json_mode=opts.json)
+    raise UsageError(f"unknown command {ns.command!r}")
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The only exception inside (nested) single-member exception groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fail(message: str) -> None:
+    print(f"acpx-trio: {first_line(message)}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    ns = build_parser().parse_args(argv)
+    verbose = bool(getattr(ns, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="acpx-trio: %(message)s")
+    try:
+        opts = resolve_options(ns)  # before the event loop: it reads files
+        return trio.run(_dispatch, ns, opts)
+    except BaseException as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, UsageError | ConfigError):
+            _fail(str(exc))
+            return EXIT_USAGE
+        if isinstance(exc, AcpRuntimeError | AcpxError):
+            _fail(f"{exc.code}: {exc}")
+            return exit_code_for(exc.code)
+        if isinstance(exc, KeyboardInterrupt):
+            _fail("interrupted")
+            return EXIT_INTERRUPTED
+        if isinstance(exc, BrokenPipeError):
+            # stdout was closed by its reader (e.g. `| head`): not an error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_ERROR
+        raise
