@@ -85,3 +85,35 @@ def env(tmp_path: Path, gateway_id: str) -> Any:
     from _runtime_helpers import make_env
 
     return make_env(tmp_path, gateway_id)
+
+
+def _warm_owners_of_this_run() -> list[psutil.Process]:
+    """Live warm owner processes (``python -m acpx_trio._owner``) started by this test run."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "acpx_trio._owner" not in cmdline:
+            continue
+        try:
+            if proc.environ().get(RUN_MARKER_KEY) == RUN_MARKER:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_warm_owner_left(no_leaked_agent_processes: None) -> Iterator[None]:
+    """Stop (SIGTERM: a clean shutdown that closes their agents) the warm owners a test left
+    running, before the leak guard looks for agents.  Leaving a warm owner is normal (it
+    lives for its TTL), so this is clean-up, not a failure."""
+    before = {p.pid for p in _warm_owners_of_this_run()}
+    yield
+    left = [p for p in _warm_owners_of_this_run() if p.pid not in before]
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(left, timeout=15.0)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()

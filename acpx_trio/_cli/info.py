@@ -83,11 +83,22 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     if record is None:
         await out.emit(f"acpx-trio: no session {key!r} in {config.state_dir}", err=True)
         return EXIT_NO_SESSION
+    if action == "history":
+        from acpx_trio._cli.history import history_command
+
+        return await history_command(config.state_dir, key, opts.json, out)
     if action == "show":
-        body = _encoder.encode(record)
+        from acpx_trio._cli.warm import owner_session_info
+
+        owner_pid, warm = await owner_session_info(opts.state_dir, key)
+        body = _encoder.encode({**msgspec.to_builtins(record), "owner_pid": owner_pid,
+                                "agent_pid": None if warm is None else warm.agent_pid})
         text = body if opts.json else msgspec.json.format(body, indent=2)
         await out.emit(text.decode())
         return EXIT_OK
+    from acpx_trio._cli.warm import close_warm_session
+
+    await close_warm_session(opts.state_dir, key)  # ends its warm agent (and idle owner)
     closed = msgspec.structs.replace(record, closed=True, reset_on_next_ensure=True)
     await store.save(closed)
     if opts.json:

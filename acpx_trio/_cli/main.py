@@ -42,6 +42,8 @@ EXIT_TERMINATED = 143
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: Agent name under which ``--agent-command`` is registered for one invocation.
 CUSTOM_AGENT = "custom"
+#: Session key of ``prompt`` without ``--session`` (run in-process, not in the warm owner).
+DEFAULT_SESSION = "cli:default"
 #: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
 CLEANUP_SECONDS = 30.0
 _CODE_EXIT = {
@@ -131,16 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     prompt = turn_command("prompt", "Send a prompt to a persistent session; stream the reply.")
-    prompt.add_argument("--session", default="cli:default", metavar="KEY",
-                        help="session key; the ACP session is resumed across invocations "
-                             "when the agent supports it (default: cli:default)")
+    prompt.add_argument("--session", default=None, metavar="KEY",
+                        help="session key: the turn runs in the state dir's warm owner, which "
+                             "keeps the agent alive between prompts (without it: session "
+                             "cli:default, in this process)")
     turn_command("exec", "One-shot prompt in a fresh session that is closed afterwards.")
+    from acpx_trio._cli.warm import add_warm_commands
+
+    add_warm_commands(sub, prompt, _common)
 
     sessions = sub.add_parser("sessions", help="List, show or close stored sessions.",
                               description="List, show or close stored sessions. Closing a "
                               "session makes the next prompt of its key start a new one.")
     _common(sessions)
-    sessions.add_argument("action", nargs="?", default="list", choices=["list", "show", "close"])
+    sessions.add_argument("action", nargs="?", default="list",
+                          choices=["list", "show", "close", "history"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close)")
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
@@ -354,7 +361,7 @@ async def _turn_session(
 async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool) -> int:
     raw, agent = _turn_config(ns, opts)
     text = await _prompt_text(ns)
-    session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else ns.session
+    session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else (ns.session or DEFAULT_SESSION)
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
     ctl = _Interrupts(printer)
@@ -378,8 +385,18 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
+    if ns.command == "prompt" and ns.session is not None:
+        from acpx_trio._cli.warm import warm_prompt
+
+        return await warm_prompt(ns, opts)
     if ns.command in ("prompt", "exec"):
         return await _turn_command(ns, opts, oneshot=ns.command == "exec")
+    if ns.command in ("cancel", "status"):
+        from acpx_trio._cli import warm as _cli_warm
+
+        if ns.command == "cancel":
+            return await _cli_warm.cancel_command(ns.session, opts)
+        return await _cli_warm.status_command(ns.session, opts)
     from acpx_trio._cli import info as _cli_info
     if ns.command == "sessions":
         return await _cli_info.sessions_command(ns.action, ns.key, opts)
