@@ -4,7 +4,13 @@ Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the 
 :mod:`._messages`.
 """
 
-from acpx_trio._acp._connection import AcpConnection, NotificationHandler, RequestHandler
+from acpx_trio._acp._connection import (
+    AcpConnection,
+    MessageObserver,
+    NotificationHandler,
+    RequestHandler,
+    message_observer,
+)
 from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
 from acpx_trio._acp._jsonrpc import (
     AUTH_REQUIRED,
@@ -32,7 +38,9 @@ __all__ = [
     "AcpConnection",
     "LineReader",
     "LineSplitter",
+    "MessageObserver",
     "NotificationHandler",
     "RequestHandler",
+    "message_observer",
     *_messages_all,
 ]

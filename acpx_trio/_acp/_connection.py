@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -30,7 +31,21 @@ from acpx_trio._acp._jsonrpc import (
 )
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
-__all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
+__all__ = [
+    "AcpConnection",
+    "MessageObserver",
+    "NotificationHandler",
+    "RequestHandler",
+    "message_observer",
+]
+
+#: ``(direction, raw_line)``: ``direction`` is ``"out"`` (to the agent) or ``"in"``.
+MessageObserver = Callable[[str, bytes], None]
+#: The observer a new :class:`AcpConnection` gets when none is passed.  Set it in a task
+#: before that task (or a task it starts) creates connections, e.g. to keep a transcript of
+#: every agent a session starts; tasks inherit it from the task that spawned them.
+message_observer: contextvars.ContextVar[MessageObserver | None] = contextvars.ContextVar(
+    "acpx_trio_message_observer", default=None)
 
 T = TypeVar("T")
 
@@ -90,7 +105,12 @@ class AcpConnection:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_junk_lines: int = 100,
         on_warning: Callable[[AcpProtocolError], None] | None = None,
+        on_message: MessageObserver | None = None,
     ) -> None:
+        #: Sees every message: ``("out", line)`` once written, ``("in", line)`` for every line
+        #: that parsed as JSON-RPC (before it is handled).  Defaults to the context's
+        #: :data:`message_observer`.  Must not raise or block; ``None`` costs nothing.
+        self.on_message = on_message if on_message is not None else message_observer.get()
         self._send_stream = send_stream
         self._reader = LineReader(receive_stream, max_line_bytes)
         self._max_junk_lines = max_junk_lines
@@ -162,6 +182,8 @@ class AcpConnection:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 await self._send_stream.send_all(data)
+                if self.on_message is not None:
+                    self.on_message("out", data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
                 raise AcpConnectionClosedError(
@@ -319,6 +341,8 @@ class AcpConnection:
         except NotJsonRpc as exc:
             self._junk(line, exc.reason)
             return
+        if self.on_message is not None:
+            self.on_message("in", line)
         if isinstance(message, Request):
             assert self._nursery is not None
             self._nursery.start_soon(self._answer, message)

@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(ready_fd)
             ready_fd = None
 
-    from acpx_trio._owner.transcripts import attach_transcripts
-
-    trio.run(lambda: run_owner(state_dir, launch, ready=ready, on_runtime=attach_transcripts))
+    trio.run(lambda: run_owner(state_dir, launch, ready=ready))
     return 0
 
 

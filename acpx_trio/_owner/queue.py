@@ -22,9 +22,11 @@ from typing import Any, Literal
 
 import trio
 
+from acpx_trio._acp import message_observer
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, DoneEvent, ErrorEvent
 from acpx_trio._owner.wire import EventFrame, PromptRequest, Reply
+from acpx_trio._store.transcript import TranscriptWriter
 
 __all__ = ["QueuedTurn", "WarmSession"]
 
@@ -87,8 +89,10 @@ class WarmSession:
     """A session key the owner keeps warm.  ``worker`` runs in the owner's nursery."""
 
     def __init__(self, *, key: str, runtime: Any, ttl_seconds: float,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None],
+                 transcript: TranscriptWriter | None = None) -> None:
         self.key = key
+        self.transcript = transcript
         self.runtime = runtime
         self.ttl_seconds = ttl_seconds
         self.agent = ""
@@ -159,7 +163,10 @@ class WarmSession:
 
     # -- the worker -------------------------------------------------------------------------
     async def worker(self) -> None:
-        """Run queued turns one after another until :meth:`close`."""
+        """Run queued turns one after another until :meth:`close`.  Every agent this task
+        starts reports its messages to the session's transcript (when there is one)."""
+        if self.transcript is not None:
+            message_observer.set(self.transcript.on_message)
         try:
             with self.worker_scope:
                 while not self.closing:
@@ -173,6 +180,8 @@ class WarmSession:
                     self._on_change()
                     try:
                         await self._run(turn)
+                        if self.transcript is not None:
+                            await self.transcript.flush()
                     finally:
                         turn.abort()  # no-op when the turn already got its final event
                         turn.state = "done"
@@ -180,6 +189,9 @@ class WarmSession:
                         self.idle_since = trio.current_time()
                         self._on_change()
         finally:
+            if self.transcript is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await self.transcript.aclose()
             leftovers = ([self.active] if self.active else []) + list(self.queue)
             self.queue.clear()
             for turn in leftovers:

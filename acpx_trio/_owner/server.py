@@ -59,6 +59,7 @@ from acpx_trio._owner.wire import (
     decode_request,
     encode_frame,
 )
+from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
 
 __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
 
@@ -93,8 +94,10 @@ def bind_socket(paths: OwnerPaths) -> socket.socket:
 class Owner:
     """The warm sessions of one state dir (see the module docstring)."""
 
-    def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch) -> None:
+    def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch,
+                 config: Any = None) -> None:
         self.runtime = runtime
+        self.config = config
         self.paths = paths
         self.launch = launch
         self.fingerprint = config_fingerprint(launch.raw_config)
@@ -122,13 +125,25 @@ class Owner:
             assert self._nursery is not None
             session = WarmSession(key=req.session_key, runtime=self.runtime,
                                   ttl_seconds=self.launch.default_ttl_seconds,
-                                  on_change=self.changed)
+                                  on_change=self.changed,
+                                  transcript=self._transcript(req.session_key))
             self.sessions[req.session_key] = session
             self._had_session = True
             self._nursery.start_soon(session.worker)
         if req.ttl_seconds is not None:
             session.ttl_seconds = req.ttl_seconds
         return session
+
+    def _transcript(self, key: str) -> TranscriptWriter | None:
+        config = self.config
+        if config is None or not getattr(config, "transcript", True):
+            return None
+        return TranscriptWriter(
+            transcript_path(config.state_dir, key),
+            max_bytes=int(getattr(config, "transcript_max_bytes", 64 * 1024 * 1024)),
+            keep=int(getattr(config, "transcript_keep", 5)),
+            credentials=known_credentials(getattr(config, "auth", None)),
+            nursery=self._nursery)
 
     async def close_session(self, session: WarmSession) -> None:
         if session.closing:
@@ -302,12 +317,8 @@ class Owner:
                 await self._reply(stream, frame)
 
 
-RuntimeHook = Callable[[Any], None]
-
-
 async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
-                    ready: Callable[[], None] | None = None,
-                    on_runtime: RuntimeHook | None = None) -> None:
+                    ready: Callable[[], None] | None = None) -> None:
     """Run an owner on ``state_dir`` until it decides to exit (the caller holds the lock).
 
     ``ready`` is called once the socket listens and ``owner.json`` is written."""
@@ -317,10 +328,9 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
     paths = OwnerPaths(state_dir)
 
     async def factory(params: RuntimeFactoryParams) -> Any:
-        runtime = await build_default_runtime(params)
-        if on_runtime is not None:
-            on_runtime(runtime)
-        return runtime
+        # The real runtime, not the lazy wrapper: its ``run_turn`` registers the turn without
+        # a checkpoint, which the queue's cancel-while-starting guarantee relies on.
+        return await build_default_runtime(params)
 
     async with open_runtime_service(
         workspace_dir=launch.workspace_dir, state_dir=state_dir,
@@ -328,7 +338,7 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
     ) as service:
         sock = await trio.to_thread.run_sync(bind_socket, paths)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        owner = Owner(service.runtime, paths, launch)
+        owner = Owner(service.runtime, paths, launch, config=service.config)
         await trio.to_thread.run_sync(write_owner_info, paths)
         if ready is not None:
             ready()
