@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -39,8 +39,10 @@ __all__ = [
     "message_observer",
 ]
 
-#: ``(direction, raw_line)``: ``direction`` is ``"out"`` (to the agent) or ``"in"``.
-MessageObserver = Callable[[str, bytes], None]
+#: ``(direction, raw_lines)``: ``direction`` is ``"out"`` (to the agent) or ``"in"``; the
+#: lines are as on the wire.  Called once per write and once per read batch (not per line), so
+#: a busy stream pays one call per batch.
+MessageObserver = Callable[[str, Sequence[bytes]], None]
 #: The observer a new :class:`AcpConnection` gets when none is passed.  Set it in a task
 #: before that task (or a task it starts) creates connections, e.g. to keep a transcript of
 #: every agent a session starts; tasks inherit it from the task that spawned them.
@@ -107,8 +109,9 @@ class AcpConnection:
         on_warning: Callable[[AcpProtocolError], None] | None = None,
         on_message: MessageObserver | None = None,
     ) -> None:
-        #: Sees every message: ``("out", line)`` once written, ``("in", line)`` for every line
-        #: that parsed as JSON-RPC (before it is handled).  Defaults to the context's
+        #: Sees every message: ``("out", [line])`` once written, ``("in", lines)`` for each
+        #: batch of lines read (before they are handled; blank and junk lines included, the
+        #: observer skips what is not JSON).  Defaults to the context's
         #: :data:`message_observer`.  Must not raise or block; ``None`` costs nothing.
         self.on_message = on_message if on_message is not None else message_observer.get()
         self._send_stream = send_stream
@@ -183,7 +186,7 @@ class AcpConnection:
             try:
                 await self._send_stream.send_all(data)
                 if self.on_message is not None:
-                    self.on_message("out", data)
+                    self.on_message("out", [data])
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
                 raise AcpConnectionClosedError(
@@ -330,6 +333,8 @@ class AcpConnection:
             batch = await self._reader.receive_batch()
             if batch is None:
                 return
+            if self.on_message is not None:
+                self.on_message("in", batch)
             for line in batch:
                 self._dispatch(line)
 
@@ -341,8 +346,6 @@ class AcpConnection:
         except NotJsonRpc as exc:
             self._junk(line, exc.reason)
             return
-        if self.on_message is not None:
-            self.on_message("in", line)
         if isinstance(message, Request):
             assert self._nursery is not None
             self._nursery.start_soon(self._answer, message)

@@ -14,8 +14,9 @@ Guarantees:
   names) has it replaced by ``"<redacted>"``.
 * Files are 0600, created without following symlinks; the directory is 0700.
 * :meth:`TranscriptWriter.on_message` (the connection's hook) only appends to a memory buffer;
-  the file is written by :meth:`TranscriptWriter.flush` in a worker thread (call it per turn;
-  it is also scheduled each time the buffer passes ``flush_bytes``).  A write error is logged
+  redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
+  (call it per turn; it is also scheduled each time the buffer passes ``flush_bytes``, which
+  bounds the memory a long turn holds).  A write error is logged
   once and the transcript is disabled, never failing a turn.
 """
 
@@ -25,7 +26,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,13 +47,16 @@ __all__ = [
 ]
 
 REDACTED = "<redacted>"
-#: Buffered bytes that schedule a flush before the turn ends.
-DEFAULT_FLUSH_BYTES = 256 * 1024
+#: Buffered bytes that schedule a flush before the turn ends.  Large on purpose: encoding in
+#: a thread still takes the GIL from a CPU-bound stream, so it is best done after the turn.
+DEFAULT_FLUSH_BYTES = 8 * 1024 * 1024
 #: Credentials shorter than this are not searched for (they would redact ordinary words).
 MIN_SECRET_LENGTH = 8
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
                           re.IGNORECASE)
 _log = logging.getLogger("acpx_trio.transcript")
+#: ``(time, direction, lines)`` as the hook received them.
+Batch = tuple[float, str, Sequence[bytes]]
 
 
 class TranscriptEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -74,11 +78,12 @@ _head_decoder = msgspec.json.Decoder(_Head)
 _entry = msgspec.json.Decoder(TranscriptEntry)
 
 
-def _head(raw: bytes) -> _Head:
+def _head(raw: bytes) -> _Head | None:
+    """The routing fields of a JSON object line; ``None`` if it is not one."""
     try:
         return _head_decoder.decode(raw)
-    except msgspec.DecodeError:  # an id that is neither int nor string: route nothing
-        return _Head()
+    except msgspec.DecodeError:
+        return None
 
 
 def transcript_path(session_dir: str | Path, session_key: str) -> Path:
@@ -126,7 +131,8 @@ class TranscriptWriter:
                                    | {_encoder.encode(s)[1:-1] for s in self._secrets},
                                    key=len, reverse=True)
         self._nursery = nursery
-        self._buf = bytearray()
+        self._pending: list[Batch] = []
+        self._pending_bytes = 0
         self._lock = trio.Lock()
         self._flush_scheduled = False
         self._load_id: int | str | None = None
@@ -135,33 +141,49 @@ class TranscriptWriter:
         self.disabled = False
 
     # -- the hook (synchronous, in the connection's reader/writer) --------------------------
-    def on_message(self, direction: str, line: bytes) -> None:
+    def on_message(self, direction: str, lines: Sequence[bytes]) -> None:
+        """Buffer a batch of raw lines (the connection's hook): one tuple append; parsing,
+        redaction and encoding happen in the flush's worker thread, in order."""
         if self.disabled:
             return
-        raw = line.rstrip(b"\r\n")
-        replay = False
-        if direction == "out":
-            if b'"session/load"' in raw or b'"authenticate"' in raw:
-                raw = self._outgoing(raw)
-        elif self._load_id is not None:
-            head = _head(raw)
-            if head.method is None and head.id == self._load_id:
-                self._load_id = None  # the load's answer: replay is over
-            else:
-                replay = head.method is not None
-        if self._raw_secrets and any(s in raw for s in self._raw_secrets):
-            raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
-        entry = TranscriptEntry(t=time.time(), d="in" if direction == "in" else "out",
-                                m=msgspec.Raw(raw), replay=replay)
-        _encoder.encode_into(entry, self._buf, len(self._buf))
-        self._buf += b"\n"
-        if len(self._buf) >= self.flush_bytes and not self._flush_scheduled and (
+        self._pending.append((time.time(), direction, lines))
+        self._pending_bytes += sum(map(len, lines))
+        if self._pending_bytes >= self.flush_bytes and not self._flush_scheduled and (
                 self._nursery is not None):
             self._flush_scheduled = True
             self._nursery.start_soon(self.flush)
 
+    def _encode(self, items: list[Batch]) -> bytes:
+        buf = bytearray()
+        for t, direction, lines in items:
+            for line in lines:
+                self._encode_line(buf, t, direction, line)
+        return bytes(buf)
+
+    def _encode_line(self, buf: bytearray, t: float, direction: str, line: bytes) -> None:
+        raw = line.strip()
+        replay = False
+        if direction == "out":
+            if b'"session/load"' in raw or b'"authenticate"' in raw:
+                raw = self._outgoing(raw)
+        else:
+            head = _head(raw)
+            if head is None:
+                return  # blank or junk: not a message (the connection reports junk)
+            if self._load_id is not None:
+                if head.method is None and head.id == self._load_id:
+                    self._load_id = None  # the load's answer: replay is over
+                else:
+                    replay = head.method is not None
+        if self._raw_secrets and any(s in raw for s in self._raw_secrets):
+                raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
+        entry = TranscriptEntry(t=t, d="in" if direction == "in" else "out",
+                                m=msgspec.Raw(raw), replay=replay)
+        _encoder.encode_into(entry, buf, len(buf))
+        buf += b"\n"
+
     def _outgoing(self, raw: bytes) -> bytes:
-        head = _head(raw)
+        head = _head(raw) or _Head()
         if head.method == "session/load":
             self._load_id = head.id
         elif head.method == "authenticate":
@@ -175,16 +197,19 @@ class TranscriptWriter:
 
     # -- writing (worker thread) ------------------------------------------------------------
     async def flush(self) -> None:
-        """Write what is buffered (in a worker thread); returns once it is on disk."""
+        """Encode and write what is buffered (in a worker thread); returns once written."""
         async with self._lock:
             self._flush_scheduled = False
-            data, self._buf = bytes(self._buf), bytearray()
-            if data and not self.disabled:
+            items, self._pending, self._pending_bytes = self._pending, [], 0
+            if items and not self.disabled:
                 try:
-                    await trio.to_thread.run_sync(self._write, data)
-                except OSError as exc:
+                    await trio.to_thread.run_sync(self._encode_and_write, items)
+                except (OSError, msgspec.DecodeError) as exc:
                     self.disabled = True
                     _log.warning(f"transcript {self.path} disabled: {exc}")
+
+    def _encode_and_write(self, items: list[Batch]) -> None:
+        self._write(self._encode(items))
 
     def _open(self) -> None:
         ensure_private_dir(self.path.parent)
