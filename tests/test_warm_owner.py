@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
 import pytest
-from _cli_helpers import CliProcess, gateway_id, run_cli, tagged_pids
+from _cli_helpers import MOCK, CliProcess, gateway_id, run_cli, tagged_pids
 from _warm_helpers import (
     alive,
     owner_info,
@@ -159,3 +160,31 @@ def test_racing_clients_start_one_owner(tmp_path: Path, clients: int) -> None:
     finally:
         for p in procs:
             p.kill()
+
+
+def test_cancel_while_starting_is_applied_before_the_prompt(tmp_path: Path) -> None:
+    agent = ["--agent-command", f"{MOCK} --slow-start 3000"]
+    turn = CliProcess("prompt", "--session", "k", *agent, "never sent", state_dir=tmp_path)
+    try:
+        wait_status(tmp_path, lambda s: turn_state(s, "k") == "starting")
+        cancel = run_cli("cancel", "--session", "k", "--json", state_dir=tmp_path)
+        assert '"cancelled":true' in cancel.stdout
+        assert turn.wait() == 130
+        assert "never sent" not in turn.out()
+        # the agent is warm now; the next turn runs normally
+        after = run_cli("prompt", "--session", "k", *agent, "next", state_dir=tmp_path)
+        assert after.returncode == 0 and after.stdout == "next\n"
+        history = run_cli("sessions", "history", "k", "--json", state_dir=tmp_path)
+        prompts = [json.loads(line)["prompt"] for line in history.stdout.splitlines()]
+        assert prompts == ["next"]  # the cancelled turn never reached the agent
+    finally:
+        turn.kill()
+
+
+def test_a_session_whose_agent_cannot_start_does_not_keep_the_owner(tmp_path: Path) -> None:
+    bad = run_cli("prompt", "--session", "k", "--agent-command", "/nonexistent/agent", "hi",
+                  state_dir=tmp_path)
+    assert bad.returncode == 1 and "ACP_AGENT_SPAWN_FAILED" in bad.stderr
+    info = owner_info(tmp_path)
+    if info is not None:
+        wait_gone(info["pid"])  # nothing warm: the owner exits without waiting for a TTL

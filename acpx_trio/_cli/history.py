@@ -38,9 +38,13 @@ def _text(index: int, turn: PastTurn) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def history_command(session_dir: str | Path, key: str, json_mode: bool,
-                          out: Output) -> int:
-    """Print the session's past turns, oldest first (none recorded: a note, exit 0)."""
+async def history_command(state_dir: Path, session_dir: str | Path, key: str,
+                          json_mode: bool, out: Output) -> int:
+    """Print the session's past turns, oldest first (none recorded: a note, exit 0).  A live
+    warm owner first writes out what it buffers."""
+    from acpx_trio._cli.warm import flush_transcript
+
+    await flush_transcript(state_dir, key)
     turns = await trio.to_thread.run_sync(_load, session_dir, key)
     if json_mode:
         for turn in turns:

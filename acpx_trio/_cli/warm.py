@@ -12,6 +12,7 @@ returns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import uuid
@@ -50,6 +51,7 @@ __all__ = [
     "add_warm_commands",
     "cancel_command",
     "close_warm_session",
+    "flush_transcript",
     "owner_session_info",
     "status_command",
     "warm_prompt",
@@ -120,6 +122,12 @@ async def owner_session_info(state_dir: Path, key: str) -> tuple[int | None,
     if not isinstance(result, StatusResult):
         return None, None
     return result.owner_pid, next(iter(result.sessions), None)
+
+
+async def flush_transcript(state_dir: Path, key: str) -> None:
+    """Have the live owner (if any) write out ``key``'s buffered transcript."""
+    with contextlib.suppress(AcpxError):  # no usable owner: the files are what there is
+        await _ask(state_dir, StatusRequest(session_key=key, flush_transcript=True))
 
 
 async def close_warm_session(state_dir: Path, key: str) -> CloseResult | None:

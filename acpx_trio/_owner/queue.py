@@ -112,8 +112,13 @@ class WarmSession:
         return self.active is not None or bool(self.queue)
 
     def expires_at(self) -> float:
-        """When the idle TTL runs out (``inf``: busy, or TTL 0 = forever)."""
-        if self.busy or self.ttl_seconds <= 0:
+        """When the idle TTL runs out (``inf``: busy, or TTL 0 = forever).  A session whose
+        agent never started (its only turn failed at start-up) expires at once."""
+        if self.busy:
+            return math.inf
+        if self.handle is None:
+            return self.idle_since
+        if self.ttl_seconds <= 0:
             return math.inf
         return self.idle_since + self.ttl_seconds
 

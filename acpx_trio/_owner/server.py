@@ -274,6 +274,9 @@ class Owner:
             cancelled = session is not None and await session.cancel(req.request_id)
             await self._reply(stream, CancelResult(cancelled=cancelled))
         elif isinstance(req, StatusRequest):
+            warm = self.sessions.get(req.session_key or "")
+            if req.flush_transcript and warm is not None and warm.transcript is not None:
+                await warm.transcript.flush()
             sessions = [self.state(s) for k, s in sorted(self.sessions.items())
                         if req.session_key in (None, k)]
             await self._reply(stream, StatusResult(

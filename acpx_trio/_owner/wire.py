@@ -82,7 +82,11 @@ class CancelRequest(msgspec.Struct, tag_field="kind", tag="cancel", kw_only=True
 
 
 class StatusRequest(msgspec.Struct, tag_field="kind", tag="status", kw_only=True, frozen=True):
+    """State of the owner (of one session).  ``flush_transcript``: first write out what the
+    session's transcript buffers (``sessions history`` then sees the turn that just ended)."""
+
     session_key: str | None = None
+    flush_transcript: bool = False
 
 
 class CloseRequest(msgspec.Struct, tag_field="kind", tag="close", kw_only=True, frozen=True):
