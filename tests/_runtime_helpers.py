@@ -19,6 +19,7 @@ from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, TextDeltaEvent
 from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.leases import LeaseStore, ProcessLease
+from acpx_trio.testing.leak_guard import check_gateway_leaks
 
 GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
@@ -39,17 +40,11 @@ def processes_of_gateway(gateway_id: str) -> list[psutil.Process]:
 
 
 def assert_no_process_of(gateway_id: str) -> None:
-    """Fail (after killing them) if processes of ``gateway_id`` are alive."""
-    leaked = processes_of_gateway(gateway_id)
-    if not leaked:
-        return
-    _gone, alive = psutil.wait_procs(leaked, timeout=3.0)
-    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    if alive:
-        pytest.fail(f"leaked processes of gateway {gateway_id}: {[p.pid for p in alive]}")
+    """Fail (after killing them with the reaper's proofs) if processes of ``gateway_id`` are
+    alive: the shipped gateway-scoped leak guard."""
+    report = check_gateway_leaks(gateway_id, settle=1.0)
+    if report:
+        pytest.fail(report.describe())
 
 
 def leak_checked_gateway_id() -> Iterator[str]:

@@ -15,8 +15,10 @@ kill, so a test running under ``trio.testing.MockClock`` cannot make its grace p
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import msgspec
 import trio
@@ -109,6 +111,29 @@ def wait_gone(procs: Sequence[ProcessInfo], timeout: float) -> list[ProcessInfo]
         pause = min(pause * 2, 0.05)
 
 
+_T = TypeVar("_T")
+
+
+def _in_fresh_thread(fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` in a new thread and return its result (so ``trio.run`` inside it works even
+    when the caller's thread runs Trio)."""
+    out: list[_T] = []
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            err.append(exc)
+
+    thread = threading.Thread(target=target, name="acpx-leak-guard", daemon=True)
+    thread.start()
+    thread.join()
+    if err:
+        raise err[0]
+    return out[0]
+
+
 def check_gateway_leaks(
     gateway_instance_id: str,
     *,
@@ -122,8 +147,8 @@ def check_gateway_leaks(
     ``settle`` seconds to exit (a process already being killed is not a leak); the rest are
     reported, and killed through :func:`acpx_trio.reap_stale_orphans` (fail closed: a process
     it cannot prove is ours stays alive and is reported with the reason).  Never touches a
-    process of another gateway id.  Must not be called from a thread running Trio (use
-    ``trio.to_thread.run_sync``).  Raises ``ValueError`` for an empty gateway id."""
+    process of another gateway id.  Blocking: from Trio, call it through
+    ``trio.to_thread.run_sync``.  Raises ``ValueError`` for an empty gateway id."""
     if not gateway_instance_id or not gateway_instance_id.strip():
         raise ValueError("gateway_instance_id must be a non-empty string")
     found = live_processes_of_gateway(gateway_instance_id)
@@ -134,8 +159,12 @@ def check_gateway_leaks(
         return LeakReport(gateway_instance_id=gateway_instance_id)
     reasons: dict[int, str] = {}
     if kill:
-        result = trio.run(
-            lambda: reap_stale_orphans(gateway_instance_id=gateway_instance_id, grace=kill_grace)
+        result = _in_fresh_thread(
+            lambda: trio.run(
+                lambda: reap_stale_orphans(
+                    gateway_instance_id=gateway_instance_id, grace=kill_grace
+                )
+            )
         )
         reasons = {pid: "survived SIGKILL" for pid in result.survived_pids}
         reasons.update({pid: str(why) for pid, why in result.skipped.items()})
