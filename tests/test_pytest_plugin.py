@@ -141,9 +141,12 @@ def test_plugin_module_imports_neither_trio_nor_psutil() -> None:
     code = textwrap.dedent(
         """
         import sys
+        import acpx_trio.testing
         import acpx_trio.testing.pytest_plugin
         heavy = {"trio", "psutil", "msgspec"} & set(sys.modules)
         assert not heavy, heavy
+        acpx_trio.testing.StubRuntime  # resolves lazily
+        assert "trio" in sys.modules
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

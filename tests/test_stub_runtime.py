@@ -202,3 +202,13 @@ async def test_service_with_stub_runs_an_hour_of_virtual_time_without_warnings(
     assert stubs[0].calls[-1].method == "aclose"
     assert logger.at("warning") == [] and logger.at("error") == []
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_testing_exports_resolve_and_are_documented() -> None:
+    import inspect
+
+    import acpx_trio.testing
+
+    for name in acpx_trio.testing.__all__:
+        value = getattr(acpx_trio.testing, name)
+        assert inspect.getdoc(value), name
