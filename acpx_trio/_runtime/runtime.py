@@ -35,6 +35,7 @@ from acpx_trio._events import (
     DoneEvent,
     ErrorEvent,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.handshake import (
@@ -47,6 +48,7 @@ from acpx_trio._runtime.handshake import (
     validate_ensure_args,
 )
 from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.turns import (
     ABANDON_WAIT_SECONDS,
     CANCEL_WAIT_SECONDS,
@@ -59,8 +61,6 @@ from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
-
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class AcpxRuntime:
@@ -99,6 +99,17 @@ class AcpxRuntime:
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
+        self._factory = SessionFactory(
+            config=config,
+            gateway_instance_id=gateway_instance_id,
+            lease_store=lease_store,
+            wrapper_root=self.wrapper_root,
+            nursery=nursery,
+            agents=self.agents,
+            log=self.log,
+            process_cleanup=process_cleanup,
+            on_turn_failure=self.on_turn_failure,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -187,7 +198,7 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == work_dir
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
-            session = await start_live_session(self, key, spec, mode, work_dir, load_id)
+            session = await start_live_session(self._factory, key, spec, mode, work_dir, load_id)
             try:
                 await self.session_store.save(session.record())
                 self._check_open()
@@ -355,7 +366,7 @@ class AcpxRuntime:
         ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
         self._check_open()
         name = normalize_agent_name(self.config.probe_agent or "codex")
-        report = await doctor_probe(self, name)
+        report = await doctor_probe(self._factory, name)
         self._healthy = report.ok
         return report
 
