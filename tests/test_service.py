@@ -13,6 +13,7 @@ import trio.lowlevel
 from _service_helpers import FakeReaper, ListLogger, StubFactory, StubRuntime, seed_open_lease
 
 from acpx_trio._errors import AcpRuntimeError, ConfigError
+from acpx_trio._service import service as _service
 from acpx_trio._service.backends import AcpRuntimeBackend, BackendRegistry
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
@@ -23,7 +24,6 @@ from acpx_trio._service.service import (
     ServiceStoppedError,
     open_runtime_service,
 )
-from acpx_trio._service import service as _service
 
 ENV_SWITCHES = (
     "OPENCLAW_SKIP_ACPX_RUNTIME",
@@ -250,12 +250,11 @@ async def test_reap_runs_before_the_runtime_is_built(
             {"queueOwnerTtlSeconds": 30, "strictWindowsCmdWrapper": False},
             [
                 "embedded acpx runtime ignores legacy compatibility config: "
-                "queueOwnerTtlSeconds, strictWindowsCmdWrapper=false"
+                "strictWindowsCmdWrapper=false"
             ],
         ),
-        ({"queueOwnerTtlSeconds": 0}, [
-            "embedded acpx runtime ignores legacy compatibility config: queueOwnerTtlSeconds"
-        ]),
+        # queueOwnerTtlSeconds is a real setting now (warm owner TTL), not legacy
+        ({"queueOwnerTtlSeconds": 0}, []),
         ({"strictWindowsCmdWrapper": True}, []),
         ({}, []),
     ],
@@ -709,7 +708,7 @@ async def test_open_runtime_service_default_logger(
     caplog.set_level("INFO", logger="acpx_trio.service")
     async with open_runtime_service(
         workspace_dir=tmp_path, state_dir=tmp_path / "state", runtime_factory=StubFactory(),
-        registry=registry, plugin_config={"queueOwnerTtlSeconds": 1},
+        registry=registry, plugin_config={"strictWindowsCmdWrapper": False},
     ):
         pass
     messages = [r.getMessage() for r in caplog.records if r.name == "acpx_trio.service"]

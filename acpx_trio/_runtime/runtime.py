@@ -56,7 +56,7 @@ from acpx_trio._runtime.turns import (
     drive_turn,
     send_cancel,
 )
-from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
@@ -365,7 +365,7 @@ class AcpxRuntime:
         """Start the probe agent (``config.probe_agent``, default ``codex``), run
         ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
         self._check_open()
-        name = normalize_agent_name(self.config.probe_agent or "codex")
+        name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
         self._healthy = report.ok
         return report
