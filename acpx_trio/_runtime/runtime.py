@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import trio
@@ -63,6 +63,14 @@ from acpx_trio._store.sessions import SessionStore
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
 
 
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
+
+
 class AcpxRuntime:
     """The embedded ACP runtime.  See the module docstring for guarantees.
 
@@ -95,7 +103,8 @@ class AcpxRuntime:
         self.session_store = session_store or SessionStore(config.state_dir)
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
-        self._key_locks: dict[str, trio.Lock] = {}
+        #: Per-session-key locks, present only while someone holds or waits for one.
+        self._key_locks: dict[str, _KeyLock] = {}
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
@@ -112,6 +121,21 @@ class AcpxRuntime:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        """Serialise work on one session key; the entry is dropped when nobody needs it."""
+        entry = self._key_locks.get(key)
+        if entry is None:
+            entry = self._key_locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._key_locks.get(key) is entry:
+                del self._key_locks[key]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -174,11 +198,13 @@ class AcpxRuntime:
         spec = self.agents.resolve(agent)
         work_dir = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
         if work_dir is None:
+            wanted = str(PurePath(self.config.cwd, cwd or ""))
             raise AcpRuntimeError(
-                "ACP_SESSION_INIT_FAILED", f"ACP session cwd {cwd!r} is not a directory."
+                "ACP_SESSION_INIT_FAILED",
+                f"ACP session cwd {wanted!r} is not a directory"
+                + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        lock = self._key_locks.setdefault(key, trio.Lock())
-        async with lock:
+        async with self._key_lock(key):
             self._check_open()
             live = self._sessions.get(key)
             if live is not None:
