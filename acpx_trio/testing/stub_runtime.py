@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import trio
@@ -41,6 +41,9 @@ from acpx_trio._events import (
     ErrorEvent,
     TextDeltaEvent,
 )
+
+if TYPE_CHECKING:
+    from acpx_trio._service.backends import AcpRuntime
 
 __all__ = ["Delay", "Fail", "Hang", "ScriptItem", "StubCall", "StubRuntime"]
 
@@ -429,3 +432,9 @@ class StubRuntime:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._sessions)} sessions"
         return f"<StubRuntime {state}, {len(self.calls)} calls>"
+
+
+if TYPE_CHECKING:  # mypy proves StubRuntime implements the whole AcpRuntime protocol
+
+    def _conforms(stub: StubRuntime) -> AcpRuntime:
+        return stub
