@@ -122,3 +122,15 @@ def test_warm_transcript_history_replay_and_redaction(tmp_path: Path) -> None:
     text = run_cli("sessions", "history", "k", state_dir=state)
     assert "> /tool" in text.stdout and "[tool] mock tool" in text.stdout
 
+
+
+def test_config_turns_the_transcript_off_and_sets_the_ttl(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"transcript": false, "queueOwnerTtlSeconds": 0}')
+    state = tmp_path / "state"
+    done = run_cli("--config", str(config), "prompt", "--session", "k", "hi", state_dir=state)
+    assert done.returncode == 0, done.stderr
+    status = run_cli("status", "--json", state_dir=state)
+    assert json.loads(status.stdout)["sessions"][0]["ttl_seconds"] == 0  # forever
+    assert not transcript_path(state / "acpx" / "sessions", "k").exists()
+    assert run_cli("sessions", "close", "k", state_dir=state).returncode == 0

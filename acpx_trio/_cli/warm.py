@@ -59,7 +59,6 @@ __all__ = [
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
-DEFAULT_TTL_SECONDS = 300.0
 #: Prompts retried when the owner they reached was shutting down.
 PROMPT_ATTEMPTS = 3
 #: Bound of the cancel a client sends for its own turn.
@@ -139,10 +138,8 @@ async def close_warm_session(state_dir: Path, key: str) -> CloseResult | None:
 # -- prompt -----------------------------------------------------------------------------------
 def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, str]:
     config = resolve_config(raw, opts.cwd, host_state_dir=opts.state_dir)  # ConfigError early
-    ttl = raw.get("queueOwnerTtlSeconds")
-    default_ttl = float(ttl) if isinstance(ttl, int | float) else DEFAULT_TTL_SECONDS
     return OwnerLaunch(raw_config=raw, workspace_dir=str(opts.cwd),
-                       default_ttl_seconds=default_ttl), config.cwd
+                       default_ttl_seconds=config.queue_owner_ttl_seconds), config.cwd
 
 
 class _Client:

@@ -59,6 +59,7 @@ from acpx_trio._owner.wire import (
     decode_request,
     encode_frame,
 )
+from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
 
 __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
@@ -95,7 +96,7 @@ class Owner:
     """The warm sessions of one state dir (see the module docstring)."""
 
     def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch,
-                 config: Any = None) -> None:
+                 config: AcpxConfig | None = None) -> None:
         self.runtime = runtime
         self.config = config
         self.paths = paths
@@ -136,13 +137,11 @@ class Owner:
 
     def _transcript(self, key: str) -> TranscriptWriter | None:
         config = self.config
-        if config is None or not getattr(config, "transcript", True):
+        if config is None or not config.transcript:
             return None
         return TranscriptWriter(
-            transcript_path(config.state_dir, key),
-            max_bytes=int(getattr(config, "transcript_max_bytes", 64 * 1024 * 1024)),
-            keep=int(getattr(config, "transcript_keep", 5)),
-            credentials=known_credentials(getattr(config, "auth", None)),
+            transcript_path(config.state_dir, key), max_bytes=config.transcript_max_bytes,
+            keep=config.transcript_keep, credentials=known_credentials(config.auth),
             nursery=self._nursery)
 
     async def close_session(self, session: WarmSession) -> None:
@@ -326,7 +325,7 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
 
     ``ready`` is called once the socket listens and ``owner.json`` is written."""
     from acpx_trio._service.lazy_runtime import RuntimeFactoryParams, build_default_runtime
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
 
     paths = OwnerPaths(state_dir)
 
