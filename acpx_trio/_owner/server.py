@@ -185,9 +185,9 @@ class Owner:
                         nursery.start_soon(self.close_session, session)
                 continue
             if not self.sessions:
-                if self._had_session:
-                    return
                 deadline = self._started + EMPTY_GRACE_SECONDS
+                if self._had_session or deadline <= now:
+                    return
             else:
                 deadline = min(s.expires_at() for s in self.sessions.values())
             if deadline <= now:
