@@ -56,6 +56,9 @@ __all__ = ["OwnerStartError", "connect_or_start", "connect_owner", "request_fram
 START_SECONDS = 60.0
 #: Attempts to reach an owner that keeps going away while we connect.
 CONNECT_ATTEMPTS = 5
+#: Upper bound of one reply frame (an event carries an agent's text chunk, which the runtime
+#: bounds by its own line limit).
+MAX_REPLY_BYTES = 256 * 1024 * 1024
 
 
 class OwnerStartError(AcpxError):
@@ -90,7 +93,7 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
 async def request_frames(stream: trio.SocketStream, request: Request) -> AsyncIterator[Reply]:
     """Send ``request`` and yield reply frames until the owner closes the connection."""
     await stream.send_all(encode_frame(request))
-    reader = FrameReader(stream)
+    reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
     while (line := await reader.receive()) is not None:
         yield decode_reply(line)
 
