@@ -143,30 +143,48 @@ def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, str]:
 
 
 class _Client:
+    """One prompt's client: its request, its signals, its cancel."""
+
     def __init__(self, state_dir: Path, request: PromptRequest, printer: TurnPrinter) -> None:
         self.state_dir = state_dir
         self.request = request
         self.printer = printer
         self.signum: int | None = None
         self.waiting = trio.CancelScope()
-        self.cancel_sent = False
+        #: The prompt frame may have reached the owner (from here on, cancel by request id).
+        self.sent = False
+        #: A cancel of our turn is wanted; ``cancel_confirmed``: the owner found the turn.
+        self.cancel_wanted = False
+        self.cancel_confirmed = False
 
     async def send_cancel(self) -> None:
-        if self.cancel_sent:
+        """Cancel our turn (queued: dropped; active: ``session/cancel``).  Bounded."""
+        self.cancel_wanted = True
+        if self.cancel_confirmed:
             return
-        self.cancel_sent = True
         with trio.move_on_after(CANCEL_SECONDS):
             try:
-                await _ask(self.state_dir, CancelRequest(session_key=self.request.session_key,
-                                                         request_id=self.request.request_id))
+                result = await _ask(self.state_dir, CancelRequest(
+                    session_key=self.request.session_key, request_id=self.request.request_id))
+                self.cancel_confirmed = isinstance(result, CancelResult) and result.cancelled
             except (AcpxError, OSError, trio.BrokenResourceError) as exc:
                 self.printer.note(f"could not cancel the turn: {exc}")
+
+    async def on_accepted(self) -> None:
+        """A cancel that raced the prompt frame (the owner had not queued it yet) is sent
+        again now that the turn is known to be queued."""
+        if self.cancel_wanted and not self.cancel_confirmed:
+            await self.send_cancel()
 
     async def watch(self, signals: Any) -> None:
         count = 0
         async for signum in signals:
             count += 1
             self.signum = self.signum or signum
+            if not self.sent:  # nothing submitted yet: just stop
+                self.printer.note("interrupted before the prompt was sent")
+                self.waiting.cancel()
+                continue
             if signum == signal.SIGINT and count == 1:
                 self.printer.note("interrupted: cancelling this turn (Ctrl-C again to stop "
                                   "waiting)")
@@ -195,6 +213,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
         async with stream:
             code: int | None = None
             accepted = False
+            client.sent = True
             async for frame in request_frames(stream, req):
                 if isinstance(frame, OwnerErrorFrame):
                     if frame.retryable and not accepted and attempt + 1 < PROMPT_ATTEMPTS:
@@ -203,6 +222,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
                     return EXIT_USAGE if frame.code.endswith("CONFIG_MISMATCH") else EXIT_ERROR
                 if isinstance(frame, AcceptedFrame):
                     accepted = True
+                    await client.on_accepted()
                     if not req.wait:
                         _queued(printer, frame)
                         return EXIT_OK
@@ -268,7 +288,8 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options) -> int:
                     with trio.move_on_after(timeout) as deadline:
                         code = await _stream(client, launch, opts)
                     if deadline.cancelled_caught:
-                        await client.send_cancel()
+                        if client.sent:
+                            await client.send_cancel()
                         _report(printer, "ACP_TURN_TIMEOUT",
                                 f"the turn did not finish within {ns.timeout:g}s; cancelled it")
                         code = EXIT_TIMEOUT
@@ -278,7 +299,8 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options) -> int:
             except AcpxError as exc:
                 _report(printer, exc.code, str(exc))
                 code = EXIT_ERROR
-            if client.signum is not None and code in (EXIT_INTERRUPTED, EXIT_ERROR):
+            if client.signum is not None and (
+                    code in (EXIT_INTERRUPTED, EXIT_ERROR) or client.waiting.cancelled_caught):
                 code = EXIT_TERMINATED if client.signum == signal.SIGTERM else EXIT_INTERRUPTED
             printer.finish()
             with trio.move_on_after(30):
