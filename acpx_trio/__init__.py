@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from acpx_trio._errors import (
         LeaseStoreError as LeaseStoreError,
     )
+    from acpx_trio._errors import (
+        SessionStoreError as SessionStoreError,
+    )
     from acpx_trio._events import (
         AcpRuntimeCapabilities as AcpRuntimeCapabilities,
     )
@@ -69,6 +72,9 @@ if TYPE_CHECKING:
     )
     from acpx_trio._events import (
         ToolCallEvent as ToolCallEvent,
+    )
+    from acpx_trio._log import (
+        ServiceLogger as ServiceLogger,
     )
     from acpx_trio._process.identity import (
         GATEWAY_ENV_KEY as GATEWAY_ENV_KEY,
@@ -146,6 +152,9 @@ if TYPE_CHECKING:
         ServiceHealthState as ServiceHealthState,
     )
     from acpx_trio._service.lazy_runtime import (
+        LazyAcpxRuntime as LazyAcpxRuntime,
+    )
+    from acpx_trio._service.lazy_runtime import (
         RuntimeFactoryParams as RuntimeFactoryParams,
     )
     from acpx_trio._service.open_service import (
@@ -168,6 +177,9 @@ if TYPE_CHECKING:
     )
     from acpx_trio._store.config import (
         McpServerConfig as McpServerConfig,
+    )
+    from acpx_trio._store.config import (
+        PluginConfig as PluginConfig,
     )
     from acpx_trio._store.config import (
         load_config_file as load_config_file,
@@ -276,6 +288,7 @@ _EXPORTS: dict[str, str] = {
     "ServiceContext": "._service.service",
     "ServiceStoppedError": "._service.service",
     "open_runtime_service": "._service.open_service",
+    "ServiceLogger": "._log",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, collapse_group
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -164,7 +164,8 @@ class AcpxRuntime:
         """Where agent processes and turn drivers run."""
         return self._nursery
 
-    async def _retire(self, session: LiveSession, reason: str) -> None:
+    # No cancel point may come before the shielded kill (callers run it while cancelled).
+    async def _retire(self, session: LiveSession, reason: str) -> None:  # noqa: ASYNC910
         """Kill the session's tree (lease final) and forget it.  Shielded and bounded."""
         if self._sessions.get(session.session_key) is session:
             del self._sessions[session.session_key]
@@ -265,14 +266,19 @@ class AcpxRuntime:
                 await self.session_store.save(record)
 
         session = self._live(handle)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mark_record)
-            if session is not None:
-                await self._retire(session, reason)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mark_record)
+                if session is not None:
+                    await self._retire(session, reason)
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
 
     # ------------------------------------------------------------------ turns
 
-    async def run_turn(
+    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
+    async def run_turn(  # noqa: ASYNC900
         self,
         *,
         handle: AcpRuntimeHandle,
@@ -287,22 +293,29 @@ class AcpxRuntime:
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
         consumer stops early or its scope is cancelled, the turn is cancelled at the agent
         (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
-        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering)."""
+        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).
+
+        Error rule: problems of the *turn itself* (the agent failed, timed out, was busy with
+        another turn, asked for a permission that cannot be granted, ...) arrive as the final
+        :class:`ErrorEvent`; problems of the *call* raise :class:`AcpRuntimeError` before the
+        first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
+        not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
+        after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
-        session = self._live(handle)
-        if session is None or not session.alive:
-            yield ErrorEvent(
-                code="ACP_SESSION_NOT_FOUND", retryable=True,
-                message=f'ACP session "{handle.session_key}" is not running; call '
-                "ensure_session again.",
+        if mode not in ("prompt", "steer"):
+            raise AcpRuntimeError(
+                "ACP_INVALID_RUNTIME_OPTION",
+                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-            return
+        session = self._require_live(handle)
         if session.turn is not None:
             yield ErrorEvent(
                 code="ACP_SESSION_BUSY", retryable=True,
                 message=f'ACP session "{handle.session_key}" is already running a turn; '
                 "wait for it to finish or cancel it.",
             )
+            await trio.lowlevel.checkpoint()
             return
         turn = Turn(text)
         session.turn = turn
@@ -320,6 +333,7 @@ class AcpxRuntime:
                     finished = True
                 yield event
                 if finished:
+                    await trio.lowlevel.checkpoint()
                     return
         finally:
             if not finished:
@@ -337,6 +351,7 @@ class AcpxRuntime:
         answered ``cancelled``; the turn ends with ``DoneEvent(stop_reason="cancelled")``.  If
         the agent does not answer within :data:`CANCEL_WAIT_SECONDS` its tree is killed (the
         next ensure replaces it).  Returns without waiting for the turn; no-op when idle."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None or session.turn is None:
@@ -350,6 +365,7 @@ class AcpxRuntime:
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
         """Controls the session supports (all of them when no handle is given)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         if handle is None:
             return AcpRuntimeCapabilities(
@@ -359,6 +375,7 @@ class AcpxRuntime:
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
         """What is known about the session now; ``alive=False`` when it is not running."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None:
@@ -409,6 +426,7 @@ class AcpxRuntime:
         """Forget sessions whose agent died: reap their trees and finalise their leases.
 
         Returns how many were swept.  Sessions with a running turn are left to the turn."""
+        await trio.lowlevel.checkpoint()
         count = 0
         for session in list(self._sessions.values()):
             if not session.alive and session.turn is None:
@@ -429,6 +447,8 @@ class AcpxRuntime:
                 async with trio.open_nursery() as nursery:
                     for session in list(self._sessions.values()):
                         nursery.start_soon(self._retire, session, "runtime shut down")
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
         finally:
             self._closing_done.set()
 

@@ -246,6 +246,7 @@ class AcpxRuntimeService:
         self, ctx: ServiceContext, *, task_status: trio.TaskStatus[Running]
     ) -> None:
         """The service's one task in the host nursery: owns the service nursery."""
+        await trio.lowlevel.checkpoint()
         run_done = trio.Event()
         running: Running | None = None
         crash: BaseExceptionGroup[Exception] | None = None
@@ -347,9 +348,13 @@ class AcpxRuntimeService:
         if self._running is running:
             self._health.set(ServiceHealth.UNHEALTHY)
 
-    async def _close_runtime(self, running: Running, logger: ServiceLogger) -> None:
+    # Clean-up is shielded on purpose (it must finish, bounded, even when cancelled): ASYNC910/
+    # ASYNC912 would have it add cancel points.
+    async def _close_runtime(  # noqa: ASYNC910
+        self, running: Running, logger: ServiceLogger
+    ) -> None:
         """``runtime.aclose()`` shielded and bounded; failures are logged, never raised."""
-        with trio.CancelScope(shield=True) as scope:
+        with trio.CancelScope(shield=True) as scope:  # noqa: ASYNC912
             scope.deadline = trio.current_time() + self.stop_timeout_seconds
             try:
                 await running.runtime.aclose()
@@ -363,7 +368,7 @@ class AcpxRuntimeService:
             )
 
     # -- stop --------------------------------------------------------------------------------
-    async def stop(self, ctx: ServiceContext | None = None) -> None:
+    async def stop(self, ctx: ServiceContext | None = None) -> None:  # noqa: ASYNC910
         """Stop the service.  Idempotent; safe to call from a cancelled scope.
 
         Guarantees on return: a ``start`` still in progress was aborted (it raises
@@ -403,10 +408,12 @@ class AcpxRuntimeService:
             self._lock.release()
 
     async def _teardown(self, running: Running, logger: ServiceLogger) -> None:
+        # shielded clean-up: no cancel points on purpose (ASYNC910)
         self._registry.unregister(BACKEND_ID, runtime=running.runtime)
         self._health.set(ServiceHealth.STOPPED)
         if running.run_done.is_set():
-            return  # the task tree already ended (crash or host cancellation) and closed all
+            # the task tree already ended (crash or host cancellation) and closed all
+            return  # noqa: ASYNC910
         with trio.CancelScope(shield=True) as cleanup:
             cleanup.deadline = trio.current_time() + self.stop_timeout_seconds
             running.background.cancel_scope.cancel(reason="acpx runtime service stopped")

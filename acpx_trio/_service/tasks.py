@@ -35,6 +35,7 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
 
     Never raises except :class:`trio.Cancelled`; a timed-out probe is cancelled (the seed let it
     run on).  Unhealthy after the probe: ``doctor()`` (when the runtime has one) explains why."""
+    await trio.lowlevel.checkpoint()
     report: Any = None
     has_doctor = False
     try:
@@ -71,6 +72,7 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
     """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
     :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
     lazy runtime that was never built answers 0)."""
+    await trio.lowlevel.checkpoint()
     try:
         with trio.move_on_after(limit_seconds) as deadline:
             swept = await runtime.sweep_dead_sessions()
