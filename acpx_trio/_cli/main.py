@@ -32,7 +32,11 @@ import trio
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import DoneEvent, ErrorEvent
-from acpx_trio._store.config import PERMISSION_MODES, load_config_file
+from acpx_trio._store.config import (
+    DEFAULT_STOP_TIMEOUT_SECONDS,
+    PERMISSION_MODES,
+    load_config_file,
+)
 
 __all__ = ["default_state_dir", "main"]
 
@@ -43,7 +47,7 @@ STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: Agent name under which ``--agent-command`` is registered for one invocation.
 CUSTOM_AGENT = "custom"
 #: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
-CLEANUP_SECONDS = 30.0
+CLEANUP_SECONDS = DEFAULT_STOP_TIMEOUT_SECONDS
 _CODE_EXIT = {
     "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
     "ACP_TIMEOUT": EXIT_TIMEOUT,
