@@ -38,8 +38,9 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
     await trio.lowlevel.checkpoint()
     report: Any = None
     has_doctor = False
+    finished = False
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
+        with trio.move_on_after(limit_seconds):
             await runtime.probe_availability()
             if runtime.is_healthy():
                 return ServiceHealth.HEALTHY, "info", "embedded acpx runtime backend ready"
@@ -47,13 +48,16 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
             if callable(doctor):
                 has_doctor = True
                 report = await doctor()
+            finished = True
     except Exception as exc:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
             f"embedded acpx runtime setup failed: {format_error_message(exc)}",
         )
-    if deadline.cancelled_caught:
+    # "Did it finish", not "did the deadline fire": uncancellable thread work can complete
+    # after the deadline (e.g. under an autojumping test clock), and then it did not time out.
+    if not finished:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
@@ -73,13 +77,14 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
     :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
     lazy runtime that was never built answers 0)."""
     await trio.lowlevel.checkpoint()
+    swept: int | None = None
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
+        with trio.move_on_after(limit_seconds):
             swept = await runtime.sweep_dead_sessions()
     except Exception as exc:
         log.warning(f"embedded acpx runtime sweep failed: {format_error_message(exc)}")
         return
-    if deadline.cancelled_caught:
+    if swept is None:  # did not finish (see probe_once)
         log.warning(
             f"embedded acpx runtime sweep failed: timed out after {format_seconds(limit_seconds)}s"
         )
