@@ -121,6 +121,9 @@ if TYPE_CHECKING:
     from acpx_trio._runtime.agents import (
         AgentSpec as AgentSpec,
     )
+    from acpx_trio._runtime.open_runtime import (
+        open_acpx_runtime as open_acpx_runtime,
+    )
     from acpx_trio._runtime.permissions import (
         PermissionPolicy as PermissionPolicy,
     )
@@ -129,9 +132,6 @@ if TYPE_CHECKING:
     )
     from acpx_trio._runtime.runtime import (
         AcpxRuntime as AcpxRuntime,
-    )
-    from acpx_trio._runtime.runtime import (
-        open_acpx_runtime as open_acpx_runtime,
     )
     from acpx_trio._service.backends import (
         AcpRuntime as AcpRuntime,
@@ -279,7 +279,7 @@ _EXPORTS: dict[str, str] = {
     "PermissionPolicy": "._runtime.permissions",
     "PermissionStats": "._runtime.permissions",
     "AcpxRuntime": "._runtime.runtime",
-    "open_acpx_runtime": "._runtime.runtime",
+    "open_acpx_runtime": "._runtime.open_runtime",
     "RuntimeFactoryParams": "._service.lazy_runtime",
     "ServiceHealth": "._service.health",
     "ServiceHealthState": "._service.health",

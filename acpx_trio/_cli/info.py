@@ -12,17 +12,15 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
 
+from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, first_line, format_table
 from acpx_trio._errors import AcpxError, GatewayInstanceIdError
 from acpx_trio._store.config import AcpxConfig, resolve_config
-
-if TYPE_CHECKING:
-    from acpx_trio._cli.main import Options
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 

@@ -16,10 +16,9 @@ Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ from acpx_trio._runtime.handshake import (
     start_live_session,
     validate_ensure_args,
 )
+from acpx_trio._runtime.key_locks import KeyedLocks
 from acpx_trio._runtime.live_session import LiveSession, Turn
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.turns import (
@@ -60,15 +60,7 @@ from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
-__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
-
-
-class _KeyLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = trio.Lock()
-        self.users = 0
+__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
 
 class AcpxRuntime:
@@ -104,7 +96,7 @@ class AcpxRuntime:
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
         #: Per-session-key locks, present only while someone holds or waits for one.
-        self._key_locks: dict[str, _KeyLock] = {}
+        self._key_locks = KeyedLocks()
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
@@ -121,21 +113,6 @@ class AcpxRuntime:
         )
 
     # ------------------------------------------------------------------ helpers
-
-    @contextlib.asynccontextmanager
-    async def _key_lock(self, key: str) -> AsyncIterator[None]:
-        """Serialise work on one session key; the entry is dropped when nobody needs it."""
-        entry = self._key_locks.get(key)
-        if entry is None:
-            entry = self._key_locks[key] = _KeyLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0 and self._key_locks.get(key) is entry:
-                del self._key_locks[key]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -205,7 +182,7 @@ class AcpxRuntime:
                 f"ACP session cwd {wanted!r} is not a directory"
                 + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        async with self._key_lock(key):
+        async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
             if live is not None:
@@ -453,28 +430,10 @@ class AcpxRuntime:
             self._closing_done.set()
 
 
-@contextlib.asynccontextmanager
-async def open_acpx_runtime(
-    config: AcpxConfig,
-    *,
-    gateway_instance_id: str,
-    lease_store: LeaseStore,
-    wrapper_root: Path,
-    **kwargs: Any,
-) -> AsyncIterator[AcpxRuntime]:
-    """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
-    every session is closed and no agent process is left."""
-    async with trio.open_nursery() as nursery:
-        runtime = AcpxRuntime(
-            config,
-            gateway_instance_id=gateway_instance_id,
-            lease_store=lease_store,
-            wrapper_root=wrapper_root,
-            nursery=nursery,
-            **kwargs,
-        )
-        try:
-            yield runtime
-        finally:
-            await runtime.aclose()
-            nursery.cancel_scope.cancel()
+def __getattr__(name: str) -> Any:
+    # ``open_acpx_runtime`` lives in :mod:`acpx_trio._runtime.open_runtime`; keep this path.
+    if name == "open_acpx_runtime":
+        from acpx_trio._runtime.open_runtime import open_acpx_runtime
+
+        return open_acpx_runtime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,7 +58,7 @@ from acpx_trio._service.startup import (
     report_lease_file,
     report_reap,
 )
-from acpx_trio._service.tasks import host_background, run_probe, run_sweep
+from acpx_trio._service.tasks import host_background, report_crash, run_probe, run_sweep
 from acpx_trio._store.config import DEFAULT_STOP_TIMEOUT_SECONDS, AcpxConfig
 
 __all__ = [
@@ -338,13 +337,7 @@ class AcpxRuntimeService:
 
     # -- crash and close ---------------------------------------------------------------------
     def _crashed(self, running: Running, group: BaseExceptionGroup[Exception]) -> None:
-        error = collapse_group(group)
-        self._crash = error
-        text = "".join(traceback.format_exception(group)).rstrip()
-        running.ctx.logger.error(
-            f"embedded acpx runtime service crashed ({type(error).__name__}: {error}); its "
-            f"backend is unregistered and its agent processes are stopped:\n{text}"
-        )
+        self._crash = report_crash(group, running.ctx.logger)
         if self._running is running:
             self._health.set(ServiceHealth.UNHEALTHY)
 

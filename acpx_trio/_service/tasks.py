@@ -6,11 +6,13 @@ tasks of its background nursery and decides when they run.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
+from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
@@ -20,7 +22,14 @@ from acpx_trio._service.doctor_format import (
 )
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 
-__all__ = ["host_background", "probe_once", "run_probe", "run_sweep", "sweep_once"]
+__all__ = [
+    "host_background",
+    "probe_once",
+    "report_crash",
+    "run_probe",
+    "run_sweep",
+    "sweep_once",
+]
 
 
 def _report_parts(report: Any) -> tuple[str, Any]:
@@ -124,3 +133,14 @@ async def run_sweep(
     while True:
         await trio.sleep(interval_seconds)
         await sweep_once(runtime, log, limit_seconds)
+
+
+def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> BaseException:
+    """Log a crash of the service's task tree (with its traceback); return the error."""
+    error = collapse_group(group)
+    text = "".join(traceback.format_exception(group)).rstrip()
+    log.error(
+        f"embedded acpx runtime service crashed ({type(error).__name__}: {error}); its "
+        f"backend is unregistered and its agent processes are stopped:\n{text}"
+    )
+    return error
