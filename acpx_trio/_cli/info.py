@@ -155,8 +155,7 @@ async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorR
     start = trio.current_time()
     async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                     plugin_config={**raw, "probeAgent": name}) as service:
-        assert service.runtime is not None
-        report = await service.runtime.doctor()
+        report = await service.require_runtime().doctor()
     details = [str(d) for d in report.details]
     protocol = _detail(details, "protocolVersion=")
     message = report.message

@@ -287,9 +287,9 @@ async def _turn_session(
     try:
         async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                         plugin_config=raw, logger=_log) as service:
-            runtime = service.runtime
+            runtime = service.require_runtime()
             config = service.config
-            assert runtime is not None and config is not None
+            assert config is not None
             if opts.verbose:
                 printer.note(f"starting agent {agent} in {config.cwd}")
             try:
