@@ -252,6 +252,7 @@ class AcpxRuntimeService:
         try:
             async with trio.open_nursery() as nursery:
                 running = await self._boot(ctx, nursery, run_done)
+                self._running = running  # before anything can crash unobserved
                 task_status.started(running)
                 await trio.sleep_forever()
         except* Exception as group:
