@@ -4,6 +4,7 @@ that carry the agent's stderr tail."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from importlib import metadata
@@ -13,7 +14,9 @@ import trio
 
 from acpx_trio._acp import (
     PROTOCOL_VERSION,
+    AuthenticateRequest,
     ClientCapabilities,
+    CloseSessionRequest,
     EmptyResponse,
     EnvVariable,
     FileSystemCapability,
@@ -25,6 +28,8 @@ from acpx_trio._acp import (
     McpServerStdio,
     NewSessionRequest,
     NewSessionResponse,
+    ResumeSessionRequest,
+    ResumeSessionResponse,
     SetSessionConfigOptionRequest,
     SetSessionConfigOptionResponse,
     SetSessionModeRequest,
@@ -38,8 +43,16 @@ from acpx_trio._errors import (
 from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
+from acpx_trio._runtime.auth import (
+    AuthPlan,
+    auth_required_error,
+    choose_method,
+    is_auth_required,
+    spawn_env,
+)
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.permissions import PermissionPolicy
+from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
 
 if TYPE_CHECKING:
@@ -47,6 +60,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROBE_SESSION_KEY",
+    "agent_env",
+    "authenticate",
+    "close_acp_session",
     "control_request",
     "doctor_probe",
     "initialize_request",
@@ -65,15 +81,18 @@ except metadata.PackageNotFoundError:  # running from a source tree
     _VERSION = "0.0.0"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
 _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
-                    "not supported")
+                    "not supported", "no previous session", "no session found",
+                    "no sessions found", "could not find session", "session not found")
+#: Bound on ``session/close`` when a session is retired (the agent is killed right after).
+SESSION_CLOSE_SECONDS = 2.0
 
 
 def initialize_request() -> InitializeRequest:
-    """Protocol version 1, fs read/write capabilities, no terminal."""
+    """Protocol version 1, fs read/write and terminal capabilities."""
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=False
+            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
         ),
         client_info=Implementation(name="acpx-trio", version=_VERSION),
     )
@@ -93,6 +112,29 @@ def is_load_not_found(exc: AcpRuntimeError) -> bool:
 def _tail(proc: AgentProcess | None) -> str:
     tail = proc.stderr_tail().strip() if proc is not None else ""
     return f"\n--- agent stderr (tail) ---\n{tail[-4000:]}" if tail else ""
+
+
+def _tail_detail(proc: AgentProcess | None) -> str | None:
+    """The last lines of the agent's (redacted) stderr, for ``detail``."""
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    return "\n".join(tail[-2000:].splitlines()[-10:]) or None
+
+
+def agent_env(config: AcpxConfig, spec: AgentSpec) -> tuple[dict[str, str], AuthPlan]:
+    """Extra environment for spawning ``spec``: credentials (see :mod:`.auth`) and, for the
+    ``codex`` agent with ``codexHome`` set, ``CODEX_HOME``.  Plus the auth plan (secrets)."""
+    plan = spawn_env(os.environ, config.auth, spec.auth_methods)
+    env = dict(plan.env)
+    if config.codex_home and spec.name == "codex":
+        env["CODEX_HOME"] = config.codex_home
+    return env, plan
+
+
+def prepare_codex_home(config: AcpxConfig, spec: AgentSpec) -> None:
+    """Create ``codexHome`` (mode 0700) for the codex agent; blocking."""
+    if config.codex_home and spec.name == "codex":
+        os.makedirs(config.codex_home, mode=0o700, exist_ok=True)
+        os.chmod(config.codex_home, 0o700)
 
 
 def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
@@ -145,7 +187,10 @@ def make_agent_process(
     live: LiveSession | None = None,
 ) -> AgentProcess:
     """An (unstarted) agent process configured from ``runtime`` (wired to ``live``)."""
+    env, plan = agent_env(runtime.config, spec)
     return AgentProcess(
+        extra_env=env,
+        secrets=plan.secrets,
         argv=spec.command,
         cwd=cwd,
         session_key=session_key,
@@ -172,12 +217,21 @@ async def start_live_session(
     policy = PermissionPolicy(
         runtime.config.permission_mode, runtime.config.non_interactive_permissions
     )
+    spec = await runtime.agents.prefer_installed(spec)
+    await trio.to_thread.run_sync(prepare_codex_home, runtime.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
         on_turn_failure=runtime.on_turn_failure, logger=runtime.log,
     )
     proc = make_agent_process(runtime, key, spec, cwd, session)
     session.process = proc
+    session.terminals = TerminalManager(
+        session_key=key, cwd=cwd, policy=policy, nursery=runtime.nursery,
+        gateway_instance_id=runtime.gateway_instance_id, lease_store=runtime.lease_store,
+        wrapper_root=runtime.wrapper_root, kill_grace=runtime.config.kill_grace_seconds,
+        cleanup_deps=runtime.process_cleanup, on_turn_failure=session.fail_turn,
+        logger=runtime.log,
+    )
     try:
         await runtime.nursery.start(proc.run)
     except AgentProcessError as exc:
@@ -190,6 +244,84 @@ async def start_live_session(
             await proc.aclose("handshake failed")
         raise
     return session
+
+
+async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float) -> None:
+    """``authenticate`` with the first advertised method that has a credential.
+
+    Raises ``ACP_AUTH_REQUIRED`` when the agent rejects it, or when no credential matches and
+    ``authPolicy`` is ``fail``; with ``skip`` (the default) goes on without authenticating."""
+    init = session.init
+    methods = [] if init is None else init.auth_methods
+    if not methods:
+        return
+    method = choose_method(methods, os.environ, config.auth)
+    if method is None:
+        if config.auth_policy == "fail":
+            raise auth_required_error(methods)
+        session.log.debug(
+            "agent advertises auth methods %s; no credential found (authPolicy skip)",
+            [m.id for m in methods],
+        )
+        return
+    try:
+        with trio.fail_after(deadline):
+            await session.connection.request(
+                "authenticate", AuthenticateRequest(method_id=method.id), EmptyResponse
+            )
+    except (AcpConnectionClosedError, AcpProtocolError):
+        raise
+    except AcpRuntimeError as exc:
+        raise auth_required_error(methods, exc) from exc
+    session.auth_method = method.id
+    session.log.debug("authenticated with auth method %s", method.id)
+
+
+async def _resume(
+    session: LiveSession, load_id: str, mcp: list[McpServerStdio], deadline: float
+) -> bool:
+    """``session/resume``; False when the agent could not resume (then load/new is tried)."""
+    try:
+        with trio.fail_after(deadline):
+            resumed = await session.connection.request(
+                "session/resume",
+                ResumeSessionRequest(session_id=load_id, cwd=session.cwd, mcp_servers=mcp),
+                ResumeSessionResponse,
+            )
+    except (AcpConnectionClosedError, AcpProtocolError):
+        raise
+    except AcpRuntimeError as exc:
+        if is_auth_required(exc):
+            raise
+        session.log.info("agent could not resume ACP session %s (%s)", load_id, exc.message)
+        return False
+    session.backend_session_id = load_id
+    session.modes = resumed.modes
+    session.config_options = resumed.config_options
+    if resumed.modes is not None:
+        session.current_mode = resumed.modes.current_mode_id
+    return True
+
+
+async def close_acp_session(session: LiveSession) -> None:
+    """Release the session's terminals and, when the agent advertises
+    ``sessionCapabilities.close`` and is alive, send ``session/close`` (bounded by
+    :data:`SESSION_CLOSE_SECONDS`; errors ignored).  Never raises except ``Cancelled``."""
+    if session.terminals is not None:
+        await session.terminals.aclose()
+    init = session.init
+    proc = session.process
+    if (
+        init is None or init.agent_capabilities.session_capabilities.close is None
+        or session.backend_session_id is None or proc is None or not proc.alive
+        or session.turn is not None  # a turn still running: the agent is being torn down
+    ):
+        return
+    with trio.move_on_after(SESSION_CLOSE_SECONDS), contextlib.suppress(AcpRuntimeError):
+        await session.connection.request(
+            "session/close", CloseSessionRequest(session_id=session.backend_session_id),
+            EmptyResponse,
+        )
 
 
 async def open_acp_session(
@@ -210,8 +342,15 @@ async def open_acp_session(
             init = await conn.request("initialize", initialize_request(), InitializeResponse)
         _check_version(init)
         session.init = init
+        step = "authenticate"
+        await authenticate(session, config, timeout)
         mcp = _mcp_servers(config)
-        if load_id and init.agent_capabilities.load_session:
+        caps = init.agent_capabilities
+        if load_id and caps.session_capabilities.resume is not None:
+            step = "session/resume"
+            if await _resume(session, load_id, mcp, timeout):
+                return
+        if load_id and caps.load_session:
             step = "session/load"
             session.backend_session_id = load_id  # replayed updates: tracked, never turn events
             try:
@@ -250,11 +389,19 @@ async def open_acp_session(
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
             f"the agent did not answer {step} within {timeout:g}s{_tail(session.process)}",
-            retryable=True,
+            retryable=True, detail=_tail_detail(session.process),
         ) from exc
     except AcpRuntimeError as exc:
+        if exc.code == "ACP_AUTH_REQUIRED":
+            raise
+        methods = [] if session.init is None else session.init.auth_methods
+        if is_auth_required(exc):
+            raise auth_required_error(methods, exc) from exc
         if exc.code == "ACP_SESSION_INIT_FAILED":
-            raise AcpRuntimeError(exc.code, exc.message + _tail(session.process)) from exc
+            raise AcpRuntimeError(
+                exc.code, exc.message + _tail(session.process),
+                detail=exc.detail or _tail_detail(session.process),
+            ) from exc
         proc = session.process
         detail = ""
         if isinstance(exc, AcpConnectionClosedError) and proc is not None:
@@ -267,6 +414,7 @@ async def open_acp_session(
             retryable=isinstance(exc, AcpConnectionClosedError),
             rpc_code=exc.rpc_code,
             rpc_data=exc.rpc_data,
+            detail=exc.detail or _tail_detail(proc),
         ) from exc
 
 

@@ -38,6 +38,7 @@ from acpx_trio._events import (
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.handshake import (
+    close_acp_session,
     control_request,
     doctor_probe,
     resolve_dir,
@@ -135,8 +136,9 @@ class AcpxRuntime:
             del self._sessions[session.session_key]
         if session.turn is not None and session.turn.closed_reason is None:
             session.turn.closed_reason = reason
-        if session.process is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await close_acp_session(session)  # terminals released, session/close if advertised
+            if session.process is not None:
                 await session.process.aclose(reason)
 
     # ------------------------------------------------------------------ sessions

@@ -28,6 +28,8 @@ __all__ = [
 
 PermissionMode = Literal["approve-all", "approve-reads", "deny-all"]
 NonInteractivePolicy = Literal["deny", "fail"]
+AuthPolicy = Literal["skip", "fail"]
+AUTH_POLICIES: tuple[str, ...] = ("skip", "fail")
 PERMISSION_MODES: tuple[str, ...] = ("approve-all", "approve-reads", "deny-all")
 NON_INTERACTIVE: tuple[str, ...] = ("deny", "fail")
 #: Deadline for agent start-up, handshake, probe and control calls when ``timeoutSeconds`` is unset.
@@ -58,6 +60,12 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     probe_agent: str | None = None
     sweep_interval_seconds: float = 30.0
     kill_grace_seconds: float = 0.75
+    #: Auth method id -> credential (passed to the agent's environment, never persisted).
+    auth: dict[str, str] = {}
+    #: ``skip``: go on without ``authenticate`` when no credential matches; ``fail``: refuse.
+    auth_policy: AuthPolicy = "skip"
+    #: Isolated ``CODEX_HOME`` for the ``codex`` agent (created 0700).
+    codex_home: str | None = None
     #: Legacy fields that were given: accepted for compatibility, ignored (the service warns).
     ignored_legacy_fields: tuple[str, ...] = ()
 
@@ -143,6 +151,15 @@ def _mcp_servers(value: Any) -> tuple[McpServerConfig, ...]:
     return tuple(out)
 
 
+def _auth(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k.strip() and isinstance(v, str) for k, v in value.items()
+    ):
+        # never echo the value: it holds credentials
+        raise ConfigError("auth", "<redacted>", "must be an object of auth method id -> string")
+    return {k.strip(): v for k, v in value.items()}
+
+
 _LEGACY = ("queueOwnerTtlSeconds", "strictWindowsCmdWrapper")
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "cwd": lambda v: _nonempty_str("cwd", v),
@@ -159,6 +176,9 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "killGraceSeconds": lambda v: _number("killGraceSeconds", v, minimum=0),
     "queueOwnerTtlSeconds": lambda v: _number("queueOwnerTtlSeconds", v, minimum=0),
     "strictWindowsCmdWrapper": lambda v: _bool("strictWindowsCmdWrapper", v),
+    "auth": _auth,
+    "authPolicy": lambda v: _choice("authPolicy", v, AUTH_POLICIES),
+    "codexHome": lambda v: _nonempty_str("codexHome", v),
 }
 
 
@@ -218,6 +238,9 @@ def resolve_config(
         probe_agent=values.get("probeAgent"),
         sweep_interval_seconds=values.get("sweepIntervalSeconds", 30.0),
         kill_grace_seconds=values.get("killGraceSeconds", 0.75),
+        auth=values.get("auth", {}),
+        auth_policy=values.get("authPolicy", "skip"),
+        codex_home=absolute(values["codexHome"]) if "codexHome" in values else None,
         ignored_legacy_fields=tuple(ignored),
     )
 
