@@ -94,10 +94,12 @@ class OutputBuffer:
 
     def add(self, chunk: bytes | bytearray) -> None:
         self.data += chunk
-        excess = len(self.data) - self.limit
-        if excess > 0:
+        excess = max(0, len(self.data) - self.limit)
+        if excess:
             self.truncated = True
-            # cut, then skip continuation bytes so the kept text starts a character
+        if self.truncated:
+            # cut, then skip continuation bytes (also the rest of a character whose head was
+            # cut by an earlier chunk) so the kept text starts a character
             while excess < len(self.data) and (self.data[excess] & 0xC0) == 0x80:
                 excess += 1
             del self.data[:excess]
