@@ -72,6 +72,8 @@ async def test_terminal_kill_leaves_no_sleep(env: RuntimeEnv) -> None:
             assert [lease.session_key for lease in leases] == ["t"]  # the agent's only
 
 
+CHILD = Path(__file__).with_name("_terminal_child.py")
+REPO = Path(__file__).resolve().parent.parent
 HOLD = "/terminal-hold echo $$; sh -c 'sleep 30' & exec sleep 30"
 
 
@@ -180,15 +182,13 @@ async def test_terminal_of_a_crashed_owner_is_reaped(tmp_path: Path) -> None:
     from acpx_trio._service.backends import BackendRegistry
     from acpx_trio._service.service import open_runtime_service
 
-    child = Path(__file__).with_name("_terminal_child.py")
-    repo = Path(__file__).resolve().parent.parent
-    path = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENCLAW_SKIP_ACPX_RUNTIME", "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE")}
     state = tmp_path / "state"
     with trio.fail_after(60):
         proc = await trio.lowlevel.open_process(
-            [sys.executable, str(child), str(state)], stdout=subprocess.PIPE,
+            [sys.executable, str(CHILD), str(state)], stdout=subprocess.PIPE,
             env={**env, "PYTHONPATH": path},
         )
         try:
