@@ -22,7 +22,8 @@ Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``--require-auth METHOD`` (advertises METHOD; ``authenticate`` succeeds only when env
 ``UPPER_SNAKE(METHOD)`` is set; every session call before it gets -32000 "Authentication
 required"), ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
-``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``),
+``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
+``--resume-fails``: resume answers -32603),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
 ``--method-log FILE`` (append each request's method name to FILE).
 Unknown flags exit with status 2.
@@ -333,6 +334,8 @@ class MockAgent:
         if not self.args.resume:
             raise RpcFailure(-32601, "Method not found: session/resume")
         p = msgspec.json.decode(params, type=Params)
+        if self.args.resume_fails:
+            raise RpcFailure(-32603, "Internal error", {"details": "resume needs a live session"})
         record = self.load_record(p.session_id)
         if record is None:
             message = self.args.unknown_session_message or f"Session not found: {p.session_id}"
@@ -494,6 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--error-data", default=None, metavar="TEXT")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--close", action="store_true")
+    parser.add_argument("--resume-fails", action="store_true")
     parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
     parser.add_argument("--method-log", default=None, metavar="FILE")
     eof = parser.add_mutually_exclusive_group()
