@@ -15,6 +15,7 @@ import trio
 from acpx_trio._acp import (
     PROTOCOL_VERSION,
     AuthenticateRequest,
+    AuthMethod,
     ClientCapabilities,
     CloseSessionRequest,
     EmptyResponse,
@@ -47,6 +48,7 @@ from acpx_trio._runtime.auth import (
     AuthPlan,
     auth_required_error,
     choose_method,
+    find_credential,
     is_auth_required,
     spawn_env,
 )
@@ -461,6 +463,19 @@ def set_config_params(
     )
 
 
+def auth_details(methods: list[AuthMethod], config: AcpxConfig) -> list[str]:
+    """``authMethods=a,b`` and one ``credential:<method>=<where>`` per method with a
+    credential (where: an env var name or ``config auth[m]``; never the value)."""
+    if not methods:
+        return []
+    out = [f"authMethods={','.join(m.id for m in methods)}"]
+    for method in methods:
+        found = find_credential(method.id, os.environ, config.auth)
+        if found is not None:
+            out.append(f"credential:{method.id}={found[1]}")
+    return out
+
+
 async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
     """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
     fail = "embedded ACP runtime probe failed"
@@ -493,6 +508,7 @@ async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",
+                         *auth_details(init.auth_methods, runtime.config),
                          *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
                            if init.agent_info else [])],
             )

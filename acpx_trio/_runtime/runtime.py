@@ -352,12 +352,19 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ health
 
-    async def doctor(self) -> DoctorReport:
+    async def doctor(self, *, deep: bool = False) -> DoctorReport:
         """Start the probe agent (``config.probe_agent``, default ``codex``), run
-        ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
+        ``initialize`` (reporting its auth methods and which credentials are present, by name),
+        stop it.  ``deep``: then also open and close a real session (authenticate included),
+        failing with the typed reason (e.g. ``ACP_AUTH_REQUIRED``).  Sets health from the
+        result.  Never leaves a process."""
         self._check_open()
         name = normalize_agent_name(self.config.probe_agent or "codex")
         report = await doctor_probe(self, name)
+        if deep and report.ok:
+            from acpx_trio._runtime.deep_doctor import deep_probe
+
+            report = await deep_probe(self, name, report)
         self._healthy = report.ok
         return report
 
