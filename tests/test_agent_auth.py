@@ -172,3 +172,25 @@ async def test_stderr_tail_is_redacted(tmp_path: Path, env: RuntimeEnv) -> None:
     assert SECRET not in text and "sk-abcdefghijklmnopqrst" not in text
     assert "[redacted]" in text
     assert os.environ.get("VERIFY_KEY") is None
+
+
+async def test_credential_reaches_agent_env_under_upper_snake(env: RuntimeEnv) -> None:
+    agents = _mock()
+    with trio.fail_after(30):
+        async with env.runtime(agents=agents, auth={"verify-key": SECRET}) as rt:
+            handle = await rt.ensure_session(session_key="a", agent="mock")
+            assert output(await run(rt, handle, "/env VERIFY_KEY")) == (
+                f"VERIFY_KEY=set({len(SECRET)})")
+
+
+async def test_codex_home_is_created_private_and_given_to_codex(env: RuntimeEnv) -> None:
+    home = env.root / "codex-home"
+    agents = {"codex": {"command": MOCK[0], "args": MOCK[1:]}, **_mock()}
+    with trio.fail_after(30):
+        async with env.runtime(agents=agents, codexHome=str(home)) as rt:
+            codex = await rt.ensure_session(session_key="c", agent="codex")
+            assert output(await run(rt, codex, "/env-path CODEX_HOME")) == f"CODEX_HOME={home}"
+            other = await rt.ensure_session(session_key="m", agent="mock")
+            assert output(await run(rt, other, "/env-path CODEX_HOME")) == (
+                f"CODEX_HOME={os.environ.get('CODEX_HOME', '')}")
+    assert home.is_dir() and (home.stat().st_mode & 0o777) == 0o700

@@ -377,6 +377,19 @@ def _terminal_hold(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
+def _env(t: _Turn, arg: str) -> str | None:
+    """``/env NAME``: whether NAME is set in the agent's environment (never its value)."""
+    value = os.environ.get(arg)
+    t.say(f"{arg}={'unset' if value is None else f'set({len(value)})'}")
+    return "end_turn"
+
+
+def _env_path(t: _Turn, arg: str) -> str | None:
+    """``/env-path NAME``: the value of a path-valued variable (e.g. ``CODEX_HOME``)."""
+    t.say(f"{arg}={os.environ.get(arg, '')}")
+    return "end_turn"
+
+
 def _error_data(t: _Turn, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
@@ -387,6 +400,8 @@ DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
     "/terminal-kill": _terminal_kill,
     "/terminal-hold": _terminal_hold,
     "/error-data": _error_data,
+    "/env": _env,
+    "/env-path": _env_path,
     "/sleep": _sleep,
     "/chunks": _chunks,
     "/flood": _flood,

@@ -15,6 +15,8 @@ Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 (with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
 wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
 never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``.
+``/env NAME`` says whether NAME is set (and its length, never the value); ``/env-path NAME``
+says its value (for paths such as ``CODEX_HOME``).
 
 Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``--protocol-version N``, ``--auth-methods``, ``--session-dir DIR`` (or env
