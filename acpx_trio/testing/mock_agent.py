@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import select
@@ -53,6 +54,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from acpx_trio.testing._mock_sessions import env_name, on_close, on_resume
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
     AGENT_NAME,
@@ -287,8 +289,8 @@ class MockAgent:
             "authenticate": self.on_authenticate,
             "session/new": self.on_new,
             "session/load": self.on_load,
-            "session/resume": self.on_resume,
-            "session/close": self.on_close,
+            "session/resume": functools.partial(on_resume, self),
+            "session/close": functools.partial(on_close, self),
             "session/set_mode": self.on_set_mode,
             "session/set_config_option": self.on_set_config,
             "session/prompt": self.on_prompt,
@@ -302,7 +304,7 @@ class MockAgent:
             auth = []
         if self.args.require_auth:
             method = self.args.require_auth
-            auth.append(AuthMethod(id=method, name=f"{method} (env {_env_name(method)})",
+            auth.append(AuthMethod(id=method, name=f"{method} (env {env_name(method)})",
                                    description="a credential in the environment"))
         session_caps: dict[str, Any] = {}
         if self.args.resume:
@@ -322,7 +324,7 @@ class MockAgent:
     def on_authenticate(self, req_id: int | str, params: Raw) -> None:
         method_id = msgspec.json.decode(params, type=Params).method_id
         if self.args.require_auth and method_id == self.args.require_auth:
-            if not os.environ.get(_env_name(method_id)):
+            if not os.environ.get(env_name(method_id)):
                 raise RpcFailure(-32000, "Authentication required",
                                  {"methodId": method_id, "reason": "no credential in env"})
             self.authenticated = True
@@ -330,33 +332,6 @@ class MockAgent:
             return
         if not self.args.auth_methods or method_id != "mock-login":
             raise RpcFailure(-32602, f"unknown auth method: {method_id}")
-        self.respond(req_id, Empty())
-
-    def on_resume(self, req_id: int | str, params: Raw) -> None:
-        if not self.args.resume:
-            raise RpcFailure(-32601, "Method not found: session/resume")
-        p = msgspec.json.decode(params, type=Params)
-        if self.args.resume_fails:
-            raise RpcFailure(-32603, "Internal error", {"details": "resume needs a live session"})
-        record = self.load_record(p.session_id)
-        if record is None:
-            message = self.args.unknown_session_message or f"Session not found: {p.session_id}"
-            raise RpcFailure(-32603 if self.args.unknown_session_message else -32002, message)
-        if p.cwd:
-            record.cwd = p.cwd
-        with self.state_lock:
-            self.sessions[record.session_id] = record
-        self.respond(req_id, self.session_state(record))
-
-    def on_close(self, req_id: int | str, params: Raw) -> None:
-        if not self.args.close:
-            raise RpcFailure(-32601, "Method not found: session/close")
-        p = msgspec.json.decode(params, type=Params)
-        with self.state_lock:
-            ctl = self.active.pop(p.session_id, None)
-            self.sessions.pop(p.session_id, None)
-        if ctl is not None:
-            ctl.cancel()
         self.respond(req_id, Empty())
 
     def session_state(self, record: SessionRecord, *, new: bool = False) -> SessionResult:
@@ -472,16 +447,6 @@ class MockAgent:
         with self.state_lock:
             if self.active.get(record.session_id) is ctl:
                 del self.active[record.session_id]
-
-
-def _env_name(method_id: str) -> str:
-    """``verify-key`` -> ``VERIFY_KEY`` (the mock's own UPPER_SNAKE)."""
-    out = []
-    for i, ch in enumerate(method_id):
-        if ch.isupper() and i and method_id[i - 1].islower():
-            out.append("_")
-        out.append(ch.upper() if ch.isalnum() else "_")
-    return re.sub("_+", "_", "".join(out)).strip("_")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
