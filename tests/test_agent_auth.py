@@ -194,3 +194,14 @@ async def test_codex_home_is_created_private_and_given_to_codex(env: RuntimeEnv)
             assert output(await run(rt, other, "/env-path CODEX_HOME")) == (
                 f"CODEX_HOME={os.environ.get('CODEX_HOME', '')}")
     assert home.is_dir() and (home.stat().st_mode & 0o777) == 0o700
+
+
+async def test_prompt_answered_auth_required_is_typed(env: RuntimeEnv) -> None:
+    with trio.fail_after(30):
+        async with env.runtime(agents=_mock("--auth-methods")) as rt:
+            handle = await rt.ensure_session(session_key="a", agent="mock")
+            events = await run(rt, handle, "/auth-required")
+    final = events[-1]
+    assert isinstance(final, ErrorEvent) and final.code == "ACP_AUTH_REQUIRED"
+    assert final.rpc_code == -32000
+    assert "mock-login" in final.message and "ACPX_AUTH_MOCK_LOGIN" in final.message

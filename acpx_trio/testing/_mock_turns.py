@@ -284,7 +284,12 @@ def _error_data(t: _Turn, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
+def _auth_required(t: _Turn, arg: str) -> str | None:
+    raise RpcFailure(-32000, "Authentication required")
+
+
 DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
+    "/auth-required": _auth_required,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
     "/terminal-kill": terminal_kill,

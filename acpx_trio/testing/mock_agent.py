@@ -14,7 +14,8 @@ Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 ``/terminal CMD`` (create, output, wait_for_exit, output, release), ``/terminal-limit N CMD``
 (with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
 wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
-never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``.
+never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``;
+``/auth-required`` with -32000 "Authentication required".
 ``/env NAME`` says whether NAME is set (and its length, never the value); ``/env-path NAME``
 says its value (for paths such as ``CODEX_HOME``).
 
