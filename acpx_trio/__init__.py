@@ -148,6 +148,9 @@ if TYPE_CHECKING:
     from acpx_trio._service.lazy_runtime import (
         RuntimeFactoryParams as RuntimeFactoryParams,
     )
+    from acpx_trio._service.open_service import (
+        open_runtime_service as open_runtime_service,
+    )
     from acpx_trio._service.service import (
         AcpxRuntimeService as AcpxRuntimeService,
     )
@@ -159,9 +162,6 @@ if TYPE_CHECKING:
     )
     from acpx_trio._service.service import (
         ServiceStoppedError as ServiceStoppedError,
-    )
-    from acpx_trio._service.service import (
-        open_runtime_service as open_runtime_service,
     )
     from acpx_trio._store.config import (
         AcpxConfig as AcpxConfig,
@@ -275,7 +275,7 @@ _EXPORTS: dict[str, str] = {
     "ServiceAlreadyStartedError": "._service.service",
     "ServiceContext": "._service.service",
     "ServiceStoppedError": "._service.service",
-    "open_runtime_service": "._service.service",
+    "open_runtime_service": "._service.open_service",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,8 @@ __all__ = [
     "GatewayInstanceIdError",
     "LeaseStateError",
     "LeaseStoreError",
+    "SessionStoreError",
+    "collapse_group",
     "redact",
     "rpc_error_detail",
 ]
@@ -101,6 +103,18 @@ class LeaseStoreError(AcpxError):
     code = "ACPX_LEASE_STORE_FAILED"
 
 
+class SessionStoreError(AcpxError):
+    """The session store (its directory or a record file) could not be read or written.
+
+    ``path`` names the file or directory; the message says what failed and what to check."""
+
+    code = "ACPX_SESSION_STORE"
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 class LeaseStateError(AcpxError, ValueError):
     """An illegal lease state move (e.g. ``closed -> open``) was requested."""
 
@@ -175,3 +189,34 @@ class AcpConnectionClosedError(AcpRuntimeError):
 
     def __init__(self, message: str, *, code: str = "ACP_CONNECTION_CLOSED") -> None:
         super().__init__(code, message, retryable=True)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def collapse_group(exc: BaseException) -> BaseException:
+    r"""The one exception a caller should see for what an internal nursery raised.
+
+    Internal nurseries (``strict_exception_groups``) wrap even a single error in an
+    ``ExceptionGroup``; public coroutines of acpx-trio promise plain :class:`AcpxError`\ s.
+    Rules: a non-group is returned as is; ``KeyboardInterrupt`` wins; otherwise the first leaf
+    that is not :class:`trio.Cancelled` (the others are attached as notes); a group of only
+    cancellations is returned unchanged (Trio's cancel scopes consume it)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    import trio  # local: this module stays importable without Trio (the mock agent)
+
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    if not errors:
+        return exc
+    first = errors[0]
+    for other in errors[1:]:
+        first.add_note(f"also raised concurrently: {type(other).__name__}: {other}")
+    return first

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 
 
 def _emit(record: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 
 pytestmark = [
     pytest.mark.slow,

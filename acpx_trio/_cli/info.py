@@ -161,7 +161,7 @@ async def _doctor_one(
     name: str, raw: dict[str, Any], opts: Options, deep: bool = False
 ) -> _DoctorResult:
     from acpx_trio._runtime.agents import AgentRegistry
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
 
     config = await _resolve(raw, opts)
     spec = AgentRegistry(config.agents).resolve(name)

@@ -316,7 +316,7 @@ async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
     opts: Options, printer: TurnPrinter, ctl: _Interrupts,
 ) -> int:
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
 
     mode: Literal["persistent", "oneshot"] = "oneshot" if oneshot else "persistent"

@@ -41,6 +41,7 @@ from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
 )
 from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
+from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "start_agent_process"]
@@ -71,7 +72,7 @@ class AgentProcess:
         gateway_instance_id: str,
         lease_store: LeaseStore,
         wrapper_root: str | Path,
-        kill_grace: float = 0.75,
+        kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
         cleanup_deps: ProcessCleanupDeps | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         install_hint: str | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import trio
 
@@ -41,6 +41,7 @@ from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.permissions import PermissionPolicy
+from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import (
     agent_env,
     auth_details,
@@ -51,9 +52,6 @@ from acpx_trio._runtime.session_steps import (
 )
 from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
-
-if TYPE_CHECKING:
-    from acpx_trio._runtime.runtime import AcpxRuntime
 
 __all__ = [
     "PROBE_SESSION_KEY",
@@ -161,61 +159,61 @@ def resolve_dir(base: str, cwd: str | None) -> str | None:
 
 
 def make_agent_process(
-    runtime: AcpxRuntime, session_key: str, spec: AgentSpec, cwd: str,
+    factory: SessionFactory, session_key: str, spec: AgentSpec, cwd: str,
     live: LiveSession | None = None,
 ) -> AgentProcess:
-    """An (unstarted) agent process configured from ``runtime`` (wired to ``live``)."""
-    env, plan = agent_env(runtime.config, spec)
+    """An (unstarted) agent process configured from ``factory`` (wired to ``live``)."""
+    env, plan = agent_env(factory.config, spec)
     return AgentProcess(
         extra_env=env,
         secrets=plan.secrets,
         argv=spec.command,
         cwd=cwd,
         session_key=session_key,
-        gateway_instance_id=runtime.gateway_instance_id,
-        lease_store=runtime.lease_store,
-        wrapper_root=runtime.wrapper_root,
-        kill_grace=runtime.config.kill_grace_seconds,
-        cleanup_deps=runtime.process_cleanup,
+        gateway_instance_id=factory.gateway_instance_id,
+        lease_store=factory.lease_store,
+        wrapper_root=factory.wrapper_root,
+        kill_grace=factory.config.kill_grace_seconds,
+        cleanup_deps=factory.process_cleanup,
         install_hint=spec.install_hint(),
         on_connection=None if live is None else live.install,
         receive_gate=None if live is None else live.wait_room,
-        logger=runtime.log,
+        logger=factory.log,
     )
 
 
 async def start_live_session(
-    runtime: AcpxRuntime, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
+    factory: SessionFactory, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
     cwd: str, load_id: str | None,
 ) -> LiveSession:
-    """Spawn the agent in the runtime's nursery and open its ACP session.
+    """Spawn the agent in the factory's nursery and open its ACP session.
 
     On any failure (or cancellation) the agent is killed before the error propagates; a spawn
     failure raises ``ACP_AGENT_SPAWN_FAILED``."""
     policy = PermissionPolicy(
-        runtime.config.permission_mode, runtime.config.non_interactive_permissions
+        factory.config.permission_mode, factory.config.non_interactive_permissions
     )
-    spec = await runtime.agents.prefer_installed(spec)
-    await trio.to_thread.run_sync(prepare_codex_home, runtime.config, spec)
+    spec = await factory.agents.prefer_installed(spec)
+    await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
-        on_turn_failure=runtime.on_turn_failure, logger=runtime.log,
+        on_turn_failure=factory.on_turn_failure, logger=factory.log,
     )
-    proc = make_agent_process(runtime, key, spec, cwd, session)
+    proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
     session.terminals = TerminalManager(
-        session_key=key, cwd=cwd, policy=policy, nursery=runtime.nursery,
-        gateway_instance_id=runtime.gateway_instance_id, lease_store=runtime.lease_store,
-        wrapper_root=runtime.wrapper_root, kill_grace=runtime.config.kill_grace_seconds,
-        cleanup_deps=runtime.process_cleanup, on_turn_failure=session.fail_turn,
-        logger=runtime.log,
+        session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
+        gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
+        wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
+        cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
+        logger=factory.log,
     )
     try:
-        await runtime.nursery.start(proc.run)
+        await factory.nursery.start(proc.run)
     except AgentProcessError as exc:
         raise AcpRuntimeError(exc.code, exc.message) from exc
     try:
-        await open_acp_session(session, runtime.config, load_id=load_id)
+        await open_acp_session(session, factory.config, load_id=load_id)
         await proc.wait_recorded()
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -361,25 +359,25 @@ def set_config_params(
     )
 
 
-async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
+async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
     """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
     fail = "embedded ACP runtime probe failed"
     try:
-        spec = runtime.agents.resolve(name)
+        spec = factory.agents.resolve(name)
     except AcpRuntimeError as exc:
         return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
                             details=[f"agent={name}", exc.message])
-    cwd = runtime.config.cwd
+    cwd = factory.config.cwd
     details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
                           f"cwd={cwd}"]
-    if not await runtime.agents.check_installed(spec):
+    if not await factory.agents.check_installed(spec):
         return DoctorReport(
             ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
             install_command=spec.install_command,
             details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
         )
-    timeout = runtime.config.control_timeout_seconds
-    proc = make_agent_process(runtime, PROBE_SESSION_KEY, spec, cwd)
+    timeout = factory.config.control_timeout_seconds
+    proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
     problem: str
     async with trio.open_nursery() as nursery:
         try:
@@ -393,7 +391,7 @@ async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",
-                         *auth_details(init.auth_methods, runtime.config),
+                         *auth_details(init.auth_methods, factory.config),
                          *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
                            if init.agent_info else [])],
             )

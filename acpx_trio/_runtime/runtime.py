@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import trio
@@ -35,6 +35,7 @@ from acpx_trio._events import (
     DoneEvent,
     ErrorEvent,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.handshake import (
@@ -48,6 +49,7 @@ from acpx_trio._runtime.handshake import (
     validate_ensure_args,
 )
 from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.turns import (
     ABANDON_WAIT_SECONDS,
     CANCEL_WAIT_SECONDS,
@@ -55,13 +57,19 @@ from acpx_trio._runtime.turns import (
     drive_turn,
     send_cancel,
 )
-from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.users = 0
 
 
 class AcpxRuntime:
@@ -96,12 +104,39 @@ class AcpxRuntime:
         self.session_store = session_store or SessionStore(config.state_dir)
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
-        self._key_locks: dict[str, trio.Lock] = {}
+        #: Per-session-key locks, present only while someone holds or waits for one.
+        self._key_locks: dict[str, _KeyLock] = {}
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
+        self._factory = SessionFactory(
+            config=config,
+            gateway_instance_id=gateway_instance_id,
+            lease_store=lease_store,
+            wrapper_root=self.wrapper_root,
+            nursery=nursery,
+            agents=self.agents,
+            log=self.log,
+            process_cleanup=process_cleanup,
+            on_turn_failure=self.on_turn_failure,
+        )
 
     # ------------------------------------------------------------------ helpers
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        """Serialise work on one session key; the entry is dropped when nobody needs it."""
+        entry = self._key_locks.get(key)
+        if entry is None:
+            entry = self._key_locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._key_locks.get(key) is entry:
+                del self._key_locks[key]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -165,11 +200,13 @@ class AcpxRuntime:
         spec = self.agents.resolve(agent)
         work_dir = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
         if work_dir is None:
+            wanted = str(PurePath(self.config.cwd, cwd or ""))
             raise AcpRuntimeError(
-                "ACP_SESSION_INIT_FAILED", f"ACP session cwd {cwd!r} is not a directory."
+                "ACP_SESSION_INIT_FAILED",
+                f"ACP session cwd {wanted!r} is not a directory"
+                + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        lock = self._key_locks.setdefault(key, trio.Lock())
-        async with lock:
+        async with self._key_lock(key):
             self._check_open()
             live = self._sessions.get(key)
             if live is not None:
@@ -189,7 +226,7 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == work_dir
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
-            session = await start_live_session(self, key, spec, mode, work_dir, load_id)
+            session = await start_live_session(self._factory, key, spec, mode, work_dir, load_id)
             try:
                 await self.session_store.save(session.record())
                 self._check_open()
@@ -359,8 +396,8 @@ class AcpxRuntime:
         failing with the typed reason (e.g. ``ACP_AUTH_REQUIRED``).  Sets health from the
         result.  Never leaves a process."""
         self._check_open()
-        name = normalize_agent_name(self.config.probe_agent or "codex")
-        report = await doctor_probe(self, name)
+        name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
+        report = await doctor_probe(self._factory, name)
         if deep and report.ok:
             from acpx_trio._runtime.deep_doctor import deep_probe
 

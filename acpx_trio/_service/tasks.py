@@ -1,7 +1,7 @@
 """Background work of the runtime service: the startup probe and the dead-session sweep.
 
-Each is one pass as a plain coroutine function (no service state), so the service only
-decides when they run and under which cancel scope.
+Each is one pass as a plain coroutine function (no service state); the service runs them as
+tasks of its background nursery and decides when they run.
 """
 
 from __future__ import annotations
@@ -11,26 +11,16 @@ from typing import Any
 
 import trio
 
+from acpx_trio._log import ServiceLogger
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
     format_error_message,
     format_seconds,
 )
-from acpx_trio._service.health import ServiceHealth
-from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, ServiceLogger
+from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 
-__all__ = ["Background", "probe_once", "sweep_once"]
-
-
-class Background:
-    """A task in the host nursery that the service can cancel and wait for."""
-
-    __slots__ = ("done", "scope")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
+__all__ = ["host_background", "probe_once", "run_probe", "run_sweep", "sweep_once"]
 
 
 def _report_parts(report: Any) -> tuple[str, Any]:
@@ -79,14 +69,11 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
 
 async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: float) -> None:
     """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
-    :class:`trio.Cancelled`).  A lazy runtime that was never built is not built for it."""
-    sweep = getattr(runtime, "sweep_dead_sessions", None)
-    if sweep is None or (isinstance(runtime, LazyAcpxRuntime) and runtime.built is None):
-        await trio.lowlevel.checkpoint()
-        return
+    :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
+    lazy runtime that was never built answers 0)."""
     try:
         with trio.move_on_after(limit_seconds) as deadline:
-            swept = int(await sweep())
+            swept = await runtime.sweep_dead_sessions()
     except Exception as exc:
         log.warning(f"embedded acpx runtime sweep failed: {format_error_message(exc)}")
         return
@@ -96,3 +83,37 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
         )
     elif swept > 0:
         log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")
+
+
+async def host_background(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.Event]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Open the service's background nursery and report ``(nursery, done)``; ``done`` is set
+    once the nursery (and every task in it) has ended.  Runs until cancelled."""
+    done = trio.Event()
+    try:
+        async with trio.open_nursery() as background:
+            task_status.started((background, done))
+            await trio.sleep_forever()
+    finally:
+        done.set()
+
+
+async def run_probe(
+    runtime: AcpRuntime, limit_seconds: float, health: ServiceHealthState, log: ServiceLogger
+) -> None:
+    """The startup probe task: one :func:`probe_once`, then publish health and log the line.
+    A result arriving after the task was cancelled (the service stopped) is dropped."""
+    value, level, message = await probe_once(runtime, limit_seconds)
+    await trio.lowlevel.checkpoint_if_cancelled()  # stopped meanwhile: raises Cancelled
+    health.set(value)
+    (log.info if level == "info" else log.warning)(message)
+
+
+async def run_sweep(
+    runtime: AcpRuntime, interval_seconds: float, limit_seconds: float, log: ServiceLogger
+) -> None:
+    """The periodic dead-session sweep task: :func:`sweep_once` every ``interval_seconds``."""
+    while True:
+        await trio.sleep(interval_seconds)
+        await sweep_once(runtime, log, limit_seconds)
