@@ -225,9 +225,11 @@ async def start_live_session(
 async def open_acp_session(
     session: LiveSession, config: AcpxConfig, *, load_id: str | None
 ) -> None:
-    """``initialize`` then ``session/load`` (when supported and ``load_id`` is given; falls
-    back to ``session/new`` only on a not-found answer) or ``session/new``.  Fills in the
-    session's id, capabilities, modes and config options.
+    """``initialize``, ``authenticate`` (first advertised method with a credential, see
+    :mod:`.auth`), then — when ``load_id`` is given — ``session/resume`` (if advertised; on
+    failure go on), ``session/load`` (if supported; falls back to ``session/new`` only on a
+    not-found answer), else ``session/new``.  Fills in the session's id, capabilities, modes
+    and config options.  An auth-required answer raises ``ACP_AUTH_REQUIRED``.
 
     Each step is bounded by ``config.control_timeout_seconds``.  Raises
     ``ACP_SESSION_INIT_FAILED`` (with the stderr tail) on a timeout, an agent error, a protocol
