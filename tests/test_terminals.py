@@ -209,3 +209,14 @@ async def test_terminal_of_a_crashed_owner_is_reaped(tmp_path: Path) -> None:
             reap = svc.startup_reap
             assert reap is not None and pid in reap.terminated_pids
         await wait_gone(pid)
+
+
+async def test_terminal_env_has_no_acpx_auth_credentials(
+    env: RuntimeEnv, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("ACPX_AUTH_VERIFY_KEY", "terminal-must-not-see-this")
+    with trio.fail_after(30):
+        async with env.runtime(permissionMode="approve-all") as rt:
+            handle = await rt.ensure_session(session_key="t", agent="mock")
+            text = output(await run(rt, handle, "/terminal echo x${ACPX_AUTH_VERIFY_KEY}x"))
+    assert text == "exit=0 truncated=False output=xx\n"

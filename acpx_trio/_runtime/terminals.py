@@ -6,7 +6,9 @@ Guarantees of :class:`TerminalManager` (one per session):
   ``approve-all``, otherwise refused (``nonInteractivePermissions: fail`` also fails the
   running turn with ``ACP_PERMISSION_PROMPT_UNAVAILABLE``).  A refused command never runs.
 * **Confined**: the working directory must lie inside the session cwd (after ``..`` and
-  symlink resolution); default is the session cwd.
+  symlink resolution); default is the session cwd.  The command inherits the owner's
+  environment minus ``ACPX_AUTH_*`` (acpx-trio's own credential variables), plus the
+  request's ``env``.
 * **Owned like an agent**: a lease is saved (``root_pid == 0``) before the spawn and
   completed after it; the process carries the lease tags in its environment (inherited by
   its children) and runs in its own process group (``start_new_session``).  Its tree is
@@ -50,6 +52,7 @@ from acpx_trio._errors import AcpRuntimeError, LeaseStoreError
 from acpx_trio._process.identity import boot_id, lease_env, process_info
 from acpx_trio._process.reaper import ProcessCleanupDeps, cleanup_owned_process_tree
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
+from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
     PERMISSION_DENIED_RPC,
@@ -403,7 +406,8 @@ class TerminalManager:
         cwd = await trio.to_thread.run_sync(_check_dir, request.cwd, self.cwd)
         limit = DEFAULT_OUTPUT_LIMIT if request.output_byte_limit is None else (
             min(max(0, request.output_byte_limit), MAX_OUTPUT_LIMIT))
-        env = {**os.environ, **{v.name: v.value for v in request.env}}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
+        env = {**inherited, **{v.name: v.value for v in request.env}}
         term = Terminal(
             terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd=cwd, env=env,
             output_limit=limit, owner=self,
