@@ -12,17 +12,15 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
 
+from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, first_line, format_table
 from acpx_trio._errors import AcpxError, GatewayInstanceIdError
 from acpx_trio._store.config import AcpxConfig, resolve_config
-
-if TYPE_CHECKING:
-    from acpx_trio._cli.main import Options
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
@@ -161,6 +159,7 @@ async def _doctor_one(
     name: str, raw: dict[str, Any], opts: Options, deep: bool = False
 ) -> _DoctorResult:
     from acpx_trio._runtime.agents import AgentRegistry
+    from acpx_trio._service.lazy_runtime import LazyAcpxRuntime
     from acpx_trio._service.open_service import open_runtime_service
 
     config = await _resolve(raw, opts)
@@ -169,9 +168,12 @@ async def _doctor_one(
     start = trio.current_time()
     async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                     plugin_config={**raw, "probeAgent": name}) as service:
-        assert service.runtime is not None
-        runtime: Any = service.runtime
-        report = await (runtime.doctor(deep=True) if deep else runtime.doctor())
+        runtime = service.require_runtime()
+        if deep:  # the CLI always runs the default (lazy) runtime, which knows deep probes
+            assert isinstance(runtime, LazyAcpxRuntime)
+            report = await runtime.doctor(deep=True)
+        else:
+            report = await runtime.doctor()
     details = [str(d) for d in report.details]
     protocol = _detail(details, "protocolVersion=")
     message = report.message

@@ -25,25 +25,32 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-import platformdirs
 import trio
 
+from acpx_trio._cli.options import (
+    STATE_DIR_ENV,
+    Options,
+    UsageError,
+    default_state_dir,
+    resolve_options,
+)
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import DoneEvent, ErrorEvent
-from acpx_trio._store.config import PERMISSION_MODES, load_config_file
+from acpx_trio._store.config import (
+    DEFAULT_STOP_TIMEOUT_SECONDS,
+    PERMISSION_MODES,
+)
 
 __all__ = ["default_state_dir", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_SESSION, EXIT_PERMISSION = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: Agent name under which ``--agent-command`` is registered for one invocation.
 CUSTOM_AGENT = "custom"
 #: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
-CLEANUP_SECONDS = 30.0
+CLEANUP_SECONDS = DEFAULT_STOP_TIMEOUT_SECONDS
 _CODE_EXIT = {
     "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
     "ACP_TIMEOUT": EXIT_TIMEOUT,
@@ -55,16 +62,6 @@ _CODE_EXIT = {
     "ACP_INVALID_RUNTIME_OPTION": EXIT_USAGE,
 }
 _log = logging.getLogger("acpx_trio.cli")
-
-
-class UsageError(Exception):
-    """A usage error detected after argument parsing (exit 2)."""
-
-
-def default_state_dir() -> Path:
-    """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
-    env = os.environ.get(STATE_DIR_ENV, "").strip()
-    return Path(env) if env else Path(platformdirs.user_state_dir("acpx-trio"))
 
 
 def exit_code_for(code: str) -> int:
@@ -165,34 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true",
                       help="only print what would be terminated and why; change nothing")
     return parser
-
-
-class Options(msgspec.Struct, kw_only=True):
-    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed."""
-
-    state_dir: Path
-    cwd: Path
-    cwd_given: bool
-    raw_config: dict[str, Any]
-    json: bool
-    verbose: bool
-
-
-def resolve_options(ns: argparse.Namespace) -> Options:
-    """Global options from parsed arguments.  Blocking (reads the config file): call it
-    before the event loop starts."""
-    raw: dict[str, Any] = {}
-    if getattr(ns, "config", None) is not None:
-        raw = load_config_file(ns.config)
-    state_dir = getattr(ns, "state_dir", None) or default_state_dir()
-    given = getattr(ns, "cwd", None)
-    cwd = Path(given or Path.cwd()).expanduser().resolve()
-    if not cwd.is_dir():
-        raise UsageError(f"--cwd {cwd} is not a directory")
-    return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
-                   cwd_given=given is not None, raw_config=raw,
-                   json=bool(getattr(ns, "json", False)),
-                   verbose=bool(getattr(ns, "verbose", False)))
 
 
 # -- prompt / exec ----------------------------------------------------------------------------
@@ -323,9 +292,9 @@ async def _turn_session(
     try:
         async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                         plugin_config=raw, logger=_log) as service:
-            runtime = service.runtime
+            runtime = service.require_runtime()
             config = service.config
-            assert runtime is not None and config is not None
+            assert config is not None
             if opts.verbose:
                 printer.note(f"starting agent {agent} in {config.cwd}")
             try:

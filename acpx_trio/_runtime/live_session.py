@@ -47,6 +47,7 @@ from acpx_trio._events import (
     AcpRuntimeHandle,
     AcpRuntimeStatus,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
@@ -175,7 +176,7 @@ class LiveSession:
         cwd: str,
         policy: PermissionPolicy,
         on_turn_failure: Callable[[LiveSession, AcpRuntimeError], None],
-        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        logger: Logger | None = None,
     ) -> None:
         self.session_key = session_key
         self.spec = spec

@@ -9,15 +9,14 @@ final event is queued, so a consumer that sees the error also sees a closed leas
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
+from acpx_trio._log import Logger
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
 
@@ -29,7 +28,6 @@ CANCEL_WAIT_SECONDS = 2.5
 ABANDON_WAIT_SECONDS = CANCEL_WAIT_SECONDS + 15.0
 
 Retire = Callable[[LiveSession, str], Awaitable[None]]
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 async def send_cancel(session: LiveSession, turn: Turn) -> None:
