@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="deadline per agent for start-up and initialize (default: the "
                              "config's timeoutSeconds, else 60)")
+    doctor.add_argument("--deep", action="store_true",
+                        help="also open and close a real session (authenticate included)")
 
     leases = sub.add_parser("leases", help="Process leases: what was started, is it alive.")
     _common(leases)
@@ -247,10 +249,13 @@ async def _prompt_text(ns: argparse.Namespace) -> str:
     return text.rstrip("\n")
 
 
-def _report_error(printer: TurnPrinter, code: str, message: str) -> None:
+def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
+    """The error on stderr (with its detail) and, with ``--json``, as an error event that
+    carries the rpc code, data and detail."""
+    event = ErrorEvent.from_error(exc)
     if printer.json_mode:
-        printer.json(ErrorEvent(code=code, message=message))
-    printer.error(f"{code}: {first_line(message)}")
+        printer.json(event)
+    printer.failure(event.code, event.message, event.detail)
 
 
 def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
@@ -270,7 +275,7 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
             if isinstance(ev, DoneEvent):
                 code = _done_exit(ev, printer)
             elif isinstance(ev, ErrorEvent):
-                printer.error(f"{ev.code}: {ev.message}")
+                printer.failure(ev.code, ev.message, ev.detail)
                 code = exit_code_for(ev.code)
     printer.finish()
     return code
@@ -313,10 +318,10 @@ async def _turn_session(
                     with trio.move_on_after(CLEANUP_SECONDS, shield=True):
                         await SessionStore(config.state_dir).delete(session_key)
     except ConfigError as exc:
-        _report_error(printer, exc.code, str(exc))
+        _report_error(printer, exc)
         return EXIT_USAGE
     except AcpxError as exc:
-        _report_error(printer, exc.code, str(exc))
+        _report_error(printer, exc)
         return EXIT_TIMEOUT if _is_timeout(exc) else exit_code_for(exc.code)
 
 
@@ -357,7 +362,7 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "doctor":
         if ns.timeout is not None and not ns.timeout > 0:
             raise UsageError(f"--timeout must be a positive number of seconds, got {ns.timeout}")
-        return await _cli_info.doctor_command(ns.agent, ns.timeout, opts)
+        return await _cli_info.doctor_command(ns.agent, ns.timeout, opts, deep=ns.deep)
     if ns.command == "leases":
         return await _cli_info.leases_command(ns.all, opts)
     if ns.command == "reap":

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import msgspec
 import trio
 
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
-from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError
+from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
 from acpx_trio._log import Logger
 from acpx_trio._process.identity import (
     boot_id,
@@ -80,9 +80,15 @@ class AgentProcess:
         on_connection: Callable[[AcpConnection], None] | None = None,
         receive_gate: Callable[[], Awaitable[None]] | None = None,
         logger: Logger | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        secrets: Sequence[str] = (),
         cleanup_timeout: float | None = None,
     ) -> None:
         self.argv = tuple(argv)
+        #: Added to the inherited environment (credentials, ``CODEX_HOME``); never persisted.
+        self._extra_env = dict(extra_env or {})
+        #: Values redacted from :meth:`stderr_tail` (credentials handed to the agent).
+        self._secrets = tuple(secrets)
         self.cwd = cwd
         self.session_key = session_key
         self.gateway_instance_id = gateway_instance_id
@@ -147,8 +153,10 @@ class AgentProcess:
         return None if self.lease is None else self.lease.lease_id
 
     def stderr_tail(self) -> str:
-        """The last (at most 16 KiB of) stderr, decoded leniently."""
-        return bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace")
+        """The last (at most 16 KiB of) stderr, decoded leniently, with credentials redacted
+        (the ones handed to the agent and anything that looks like one)."""
+        return redact(bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace"),
+                      self._secrets)
 
     def describe_exit(self) -> str:
         """A sentence on how the agent ended (for error messages)."""
@@ -221,7 +229,9 @@ class AgentProcess:
         )
         await self.lease_store.save(lease)
         self.lease = lease
-        env = {**os.environ, **lease_env(lease.lease_id, self.gateway_instance_id)}
+        env = {
+            **os.environ, **self._extra_env, **lease_env(lease.lease_id, self.gateway_instance_id)
+        }
         try:
             self.process = await trio.lowlevel.open_process(
                 list(self.argv),

@@ -38,6 +38,7 @@ from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.handshake import (
+    close_acp_session,
     control_request,
     doctor_probe,
     resolve_dir,
@@ -148,8 +149,9 @@ class AcpxRuntime:
             del self._sessions[session.session_key]
         if session.turn is not None and session.turn.closed_reason is None:
             session.turn.closed_reason = reason
-        if session.process is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await close_acp_session(session)  # terminals released, session/close if advertised
+            if session.process is not None:
                 await session.process.aclose(reason)
 
     # ------------------------------------------------------------------ sessions
@@ -381,12 +383,19 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ health
 
-    async def doctor(self) -> DoctorReport:
+    async def doctor(self, *, deep: bool = False) -> DoctorReport:
         """Start the probe agent (``config.probe_agent``, default ``codex``), run
-        ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
+        ``initialize`` (reporting its auth methods and which credentials are present, by name),
+        stop it.  ``deep``: then also open and close a real session (authenticate included),
+        failing with the typed reason (e.g. ``ACP_AUTH_REQUIRED``).  Sets health from the
+        result.  Never leaves a process."""
         self._check_open()
         name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
+        if deep and report.ok:
+            from acpx_trio._runtime.deep_doctor import deep_probe
+
+            report = await deep_probe(self, name, report)
         self._healthy = report.ok
         return report
 
