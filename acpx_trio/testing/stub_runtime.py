@@ -263,7 +263,9 @@ class StubRuntime:
         self._sessions[session_key] = _Session(handle)
         return handle
 
-    async def run_turn(
+    # Async generators by the AcpRuntime contract (consumed under ``aclosing``); neither yields
+    # inside a nursery or cancel scope, which is what ASYNC900 guards against.
+    async def run_turn(  # noqa: ASYNC900
         self,
         *,
         handle: AcpRuntimeHandle,
@@ -297,7 +299,7 @@ class StubRuntime:
             session.turn_running = False
             self._changed.unpark_all()
 
-    async def _play(
+    async def _play(  # noqa: ASYNC900
         self, script: Script, cancel: trio.Event, session_key: str
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         for item in script:
