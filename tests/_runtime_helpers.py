@@ -19,7 +19,8 @@ import trio
 
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, TextDeltaEvent
 from acpx_trio._runtime.live_session import Turn
-from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.leases import LeaseStore, ProcessLease
 from acpx_trio.testing.leak_guard import check_gateway_leaks

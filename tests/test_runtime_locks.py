@@ -15,7 +15,7 @@ async def test_key_locks_do_not_grow(env: RuntimeEnv) -> None:
         async with env.runtime(agents=AGENTS) as rt:
             for i in range(3):
                 handle = await rt.ensure_session(session_key=f"k{i}", agent="mock", mode="oneshot")
-                assert rt._key_locks == {}
+                assert len(rt._key_locks) == 0
                 await rt.close(handle=handle)
 
             async def ensure(key: str) -> None:
@@ -24,7 +24,7 @@ async def test_key_locks_do_not_grow(env: RuntimeEnv) -> None:
             async with trio.open_nursery() as nursery:  # concurrent ensures of one key
                 for _ in range(3):
                     nursery.start_soon(ensure, "same")
-            assert rt._key_locks == {}
+            assert len(rt._key_locks) == 0
 
 
 async def test_bad_cwd_names_the_configured_path(env: RuntimeEnv) -> None:

@@ -11,6 +11,8 @@ from acpx_trio._acp._connection import (
     RequestHandler,
     message_observer,
 )
+from acpx_trio._acp._extra import *  # noqa: F403
+from acpx_trio._acp._extra import __all__ as _extra_all
 from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
 from acpx_trio._acp._jsonrpc import (
     AUTH_REQUIRED,
@@ -43,4 +45,5 @@ __all__ = [
     "RequestHandler",
     "message_observer",
     *_messages_all,
+    *_extra_all,
 ]

@@ -16,6 +16,7 @@ import contextlib
 import math
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from acpx_trio._owner.wire import (
 from acpx_trio._store.config import resolve_config
 
 if TYPE_CHECKING:
-    from acpx_trio._cli.main import Options
+    from acpx_trio._cli.options import Options
 
 __all__ = [
     "add_warm_commands",
@@ -204,9 +205,8 @@ def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
     return EXIT_ERROR
 
 
-async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
-    from acpx_trio._cli.main import exit_code_for
-
+async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
+                  exit_code_for: Callable[[str], int]) -> int:
     printer, req = client.printer, client.request
     for attempt in range(PROMPT_ATTEMPTS):
         stream = await connect_or_start(opts.state_dir, launch)
@@ -236,7 +236,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
                     if isinstance(ev, DoneEvent):
                         code = _done_exit(ev, printer)
                     elif isinstance(ev, ErrorEvent):
-                        printer.error(f"{ev.code}: {ev.message}")
+                        printer.failure(ev.code, ev.message, ev.detail)
                         code = exit_code_for(ev.code)
             else:
                 if code is not None:
@@ -264,13 +264,12 @@ def _report(printer: TurnPrinter, code: str, message: str) -> None:
     printer.error(f"{code}: {first_line(message)}")
 
 
-async def warm_prompt(ns: argparse.Namespace, opts: Options) -> int:
-    """``prompt --session K`` through the warm owner (see the module docstring)."""
-    from acpx_trio._cli.main import _prompt_text, _turn_config
-
-    raw, agent = _turn_config(ns, opts)
+async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, Any],
+                      agent: str, text: str, exit_code_for: Callable[[str], int]) -> int:
+    """``prompt --session K`` through the warm owner (see the module docstring).  ``raw`` and
+    ``agent`` are the turn's plugin config and agent, ``exit_code_for`` maps error codes to
+    exit codes (all from ``main``)."""
     launch, cwd = await trio.to_thread.run_sync(_launch, raw, opts)
-    text = await _prompt_text(ns)
     req = PromptRequest(request_id=uuid.uuid4().hex[:16], session_key=ns.session, agent=agent,
                         text=text, cwd=cwd, config_fingerprint=config_fingerprint(raw),
                         wait=not ns.no_wait, ttl_seconds=ns.ttl)
@@ -286,7 +285,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options) -> int:
                 with client.waiting:
                     timeout = ns.timeout if ns.timeout is not None else math.inf
                     with trio.move_on_after(timeout) as deadline:
-                        code = await _stream(client, launch, opts)
+                        code = await _stream(client, launch, opts, exit_code_for)
                     if deadline.cancelled_caught:
                         if client.sent:
                             await client.send_cancel()

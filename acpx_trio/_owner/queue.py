@@ -213,8 +213,7 @@ class WarmSession:
             self.handle = await self.runtime.ensure_session(
                 session_key=self.key, agent=req.agent, mode="persistent", cwd=req.cwd)
         except AcpxError as exc:
-            await turn.emit(ErrorEvent(code=exc.code, message=exc.message,
-                                       retryable=bool(getattr(exc, "retryable", False))), None)
+            await turn.emit(ErrorEvent.from_error(exc), None)
             return
         self.agent = req.agent
         if turn.cancel_requested:  # kept while starting: applied now, before any prompt

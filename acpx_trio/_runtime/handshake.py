@@ -38,13 +38,26 @@ from acpx_trio._errors import (
 from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
+from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.permissions import PermissionPolicy
 from acpx_trio._runtime.session_factory import SessionFactory
+from acpx_trio._runtime.session_steps import (
+    agent_env,
+    auth_details,
+    authenticate,
+    close_acp_session,
+    prepare_codex_home,
+    resume_session,
+)
+from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
 
 __all__ = [
     "PROBE_SESSION_KEY",
+    "agent_env",
+    "authenticate",
+    "close_acp_session",
     "control_request",
     "doctor_probe",
     "initialize_request",
@@ -63,15 +76,16 @@ except metadata.PackageNotFoundError:  # running from a source tree
     _VERSION = "0.0.0"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
 _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
-                    "not supported")
+                    "not supported", "no previous session", "no session found",
+                    "no sessions found", "could not find session", "session not found")
 
 
 def initialize_request() -> InitializeRequest:
-    """Protocol version 1, fs read/write capabilities, no terminal."""
+    """Protocol version 1, fs read/write and terminal capabilities."""
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=False
+            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
         ),
         client_info=Implementation(name="acpx-trio", version=_VERSION),
     )
@@ -91,6 +105,12 @@ def is_load_not_found(exc: AcpRuntimeError) -> bool:
 def _tail(proc: AgentProcess | None) -> str:
     tail = proc.stderr_tail().strip() if proc is not None else ""
     return f"\n--- agent stderr (tail) ---\n{tail[-4000:]}" if tail else ""
+
+
+def _tail_detail(proc: AgentProcess | None) -> str | None:
+    """The last lines of the agent's (redacted) stderr, for ``detail``."""
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    return "\n".join(tail[-2000:].splitlines()[-10:]) or None
 
 
 def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
@@ -143,7 +163,10 @@ def make_agent_process(
     live: LiveSession | None = None,
 ) -> AgentProcess:
     """An (unstarted) agent process configured from ``factory`` (wired to ``live``)."""
+    env, plan = agent_env(factory.config, spec)
     return AgentProcess(
+        extra_env=env,
+        secrets=plan.secrets,
         argv=spec.command,
         cwd=cwd,
         session_key=session_key,
@@ -170,12 +193,21 @@ async def start_live_session(
     policy = PermissionPolicy(
         factory.config.permission_mode, factory.config.non_interactive_permissions
     )
+    spec = await factory.agents.prefer_installed(spec)
+    await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
         on_turn_failure=factory.on_turn_failure, logger=factory.log,
     )
     proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
+    session.terminals = TerminalManager(
+        session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
+        gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
+        wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
+        cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
+        logger=factory.log,
+    )
     try:
         await factory.nursery.start(proc.run)
     except AgentProcessError as exc:
@@ -193,9 +225,11 @@ async def start_live_session(
 async def open_acp_session(
     session: LiveSession, config: AcpxConfig, *, load_id: str | None
 ) -> None:
-    """``initialize`` then ``session/load`` (when supported and ``load_id`` is given; falls
-    back to ``session/new`` only on a not-found answer) or ``session/new``.  Fills in the
-    session's id, capabilities, modes and config options.
+    """``initialize``, ``authenticate`` (first advertised method with a credential, see
+    :mod:`.auth`), then — when ``load_id`` is given — ``session/resume`` (if advertised; on
+    failure go on), ``session/load`` (if supported; falls back to ``session/new`` only on a
+    not-found answer), else ``session/new``.  Fills in the session's id, capabilities, modes
+    and config options.  An auth-required answer raises ``ACP_AUTH_REQUIRED``.
 
     Each step is bounded by ``config.control_timeout_seconds``.  Raises
     ``ACP_SESSION_INIT_FAILED`` (with the stderr tail) on a timeout, an agent error, a protocol
@@ -208,8 +242,15 @@ async def open_acp_session(
             init = await conn.request("initialize", initialize_request(), InitializeResponse)
         _check_version(init)
         session.init = init
+        step = "authenticate"
+        await authenticate(session, config, timeout)
         mcp = _mcp_servers(config)
-        if load_id and init.agent_capabilities.load_session:
+        caps = init.agent_capabilities
+        if load_id and caps.session_capabilities.resume is not None:
+            step = "session/resume"
+            if await resume_session(session, load_id, mcp, timeout):
+                return
+        if load_id and caps.load_session:
             step = "session/load"
             session.backend_session_id = load_id  # replayed updates: tracked, never turn events
             try:
@@ -248,11 +289,19 @@ async def open_acp_session(
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
             f"the agent did not answer {step} within {timeout:g}s{_tail(session.process)}",
-            retryable=True,
+            retryable=True, detail=_tail_detail(session.process),
         ) from exc
     except AcpRuntimeError as exc:
+        if exc.code == "ACP_AUTH_REQUIRED":
+            raise
+        methods = [] if session.init is None else session.init.auth_methods
+        if is_auth_required(exc):
+            raise auth_required_error(methods, exc) from exc
         if exc.code == "ACP_SESSION_INIT_FAILED":
-            raise AcpRuntimeError(exc.code, exc.message + _tail(session.process)) from exc
+            raise AcpRuntimeError(
+                exc.code, exc.message + _tail(session.process),
+                detail=exc.detail or _tail_detail(session.process),
+            ) from exc
         proc = session.process
         detail = ""
         if isinstance(exc, AcpConnectionClosedError) and proc is not None:
@@ -265,6 +314,7 @@ async def open_acp_session(
             retryable=isinstance(exc, AcpConnectionClosedError),
             rpc_code=exc.rpc_code,
             rpc_data=exc.rpc_data,
+            detail=exc.detail or _tail_detail(proc),
         ) from exc
 
 
@@ -343,6 +393,7 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",
+                         *auth_details(init.auth_methods, factory.config),
                          *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
                            if init.agent_info else [])],
             )

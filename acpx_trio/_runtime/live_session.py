@@ -10,12 +10,15 @@ Guarantees:
   response) never become turn events; they are counted (:attr:`LiveSession.stray_updates`).
   Mode changes are tracked whenever they arrive.
 * Every agent request is answered: permissions by :class:`PermissionPolicy` (``cancelled`` while
-  the turn is cancelling), ``fs/*`` by :class:`FsGate`.
+  the turn is cancelling), ``fs/*`` by :class:`FsGate`, ``terminal/*`` by
+  :class:`~acpx_trio._runtime.terminals.TerminalManager` (set by the handshake; without one,
+  ``terminal/*`` gets -32601).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,9 +47,11 @@ from acpx_trio._events import (
     AcpRuntimeHandle,
     AcpRuntimeStatus,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
+from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.update_map import decode_notification, map_update
 from acpx_trio._store.sessions import SessionRecord
 
@@ -57,6 +62,10 @@ HIGH_WATER = 256
 _LOW_WATER = HIGH_WATER // 2
 _BATCH = 64
 _log = logging.getLogger("acpx_trio.runtime")
+
+
+class _SessionRef(msgspec.Struct, rename="camel"):
+    session_id: str
 
 
 class Turn:
@@ -167,7 +176,7 @@ class LiveSession:
         cwd: str,
         policy: PermissionPolicy,
         on_turn_failure: Callable[[LiveSession, AcpRuntimeError], None],
-        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        logger: Logger | None = None,
     ) -> None:
         self.session_key = session_key
         self.spec = spec
@@ -189,6 +198,10 @@ class LiveSession:
         self.turns_run = 0
         self.controls_in_flight = 0
         self._gate_waiter: trio.Event | None = None
+        #: Terminals the agent created (``terminal/*``); set when the session is started.
+        self.terminals: TerminalManager | None = None
+        #: The auth method ``authenticate`` succeeded with (an id, never a credential).
+        self.auth_method: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -279,6 +292,10 @@ class LiveSession:
     def _fail_turn(self, error: AcpRuntimeError) -> None:
         self._on_turn_failure(self, error)
 
+    def fail_turn(self, error: AcpRuntimeError) -> None:
+        """Fail the running turn with ``error`` (a request needed a person, policy ``fail``)."""
+        self._fail_turn(error)
+
     # ------------------------------------------------------------------ wiring
 
     async def wait_room(self) -> None:
@@ -309,6 +326,8 @@ class LiveSession:
         conn.set_request_handler("session/request_permission", self._on_permission)
         conn.set_request_handler("fs/read_text_file", self._on_read)
         conn.set_request_handler("fs/write_text_file", self._on_write)
+        for method in TERMINAL_METHODS:
+            conn.set_request_handler(method, functools.partial(self._on_terminal, method))
 
     def _on_update(self, raw: msgspec.Raw) -> None:
         note = decode_notification(raw)
@@ -352,6 +371,16 @@ class LiveSession:
         request = msgspec.json.decode(raw, type=ReadTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.read_text_file(request)
+
+    async def _on_terminal(self, method: str, raw: msgspec.Raw) -> Any:
+        terminals = self.terminals
+        if terminals is None:
+            raise AcpRuntimeError(
+                "ACP_TERMINAL_UNSUPPORTED", f"Method not found: {method}", rpc_code=-32601
+            )
+        session_id = msgspec.json.decode(raw, type=_SessionRef).session_id
+        self._check_session(session_id)
+        return await terminals.handle(method, raw)
 
     async def _on_write(self, raw: msgspec.Raw) -> Any:
         request = msgspec.json.decode(raw, type=WriteTextFileRequest)

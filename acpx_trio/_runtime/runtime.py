@@ -16,16 +16,15 @@ Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, collapse_group
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -39,6 +38,7 @@ from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.handshake import (
+    close_acp_session,
     control_request,
     doctor_probe,
     resolve_dir,
@@ -47,6 +47,7 @@ from acpx_trio._runtime.handshake import (
     start_live_session,
     validate_ensure_args,
 )
+from acpx_trio._runtime.key_locks import KeyedLocks
 from acpx_trio._runtime.live_session import LiveSession, Turn
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.turns import (
@@ -60,15 +61,7 @@ from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
-__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
-
-
-class _KeyLock:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = trio.Lock()
-        self.users = 0
+__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
 
 class AcpxRuntime:
@@ -104,7 +97,7 @@ class AcpxRuntime:
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
         #: Per-session-key locks, present only while someone holds or waits for one.
-        self._key_locks: dict[str, _KeyLock] = {}
+        self._key_locks = KeyedLocks()
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
@@ -121,21 +114,6 @@ class AcpxRuntime:
         )
 
     # ------------------------------------------------------------------ helpers
-
-    @contextlib.asynccontextmanager
-    async def _key_lock(self, key: str) -> AsyncIterator[None]:
-        """Serialise work on one session key; the entry is dropped when nobody needs it."""
-        entry = self._key_locks.get(key)
-        if entry is None:
-            entry = self._key_locks[key] = _KeyLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0 and self._key_locks.get(key) is entry:
-                del self._key_locks[key]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -164,14 +142,16 @@ class AcpxRuntime:
         """Where agent processes and turn drivers run."""
         return self._nursery
 
-    async def _retire(self, session: LiveSession, reason: str) -> None:
+    # No cancel point may come before the shielded kill (callers run it while cancelled).
+    async def _retire(self, session: LiveSession, reason: str) -> None:  # noqa: ASYNC910
         """Kill the session's tree (lease final) and forget it.  Shielded and bounded."""
         if self._sessions.get(session.session_key) is session:
             del self._sessions[session.session_key]
         if session.turn is not None and session.turn.closed_reason is None:
             session.turn.closed_reason = reason
-        if session.process is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await close_acp_session(session)  # terminals released, session/close if advertised
+            if session.process is not None:
                 await session.process.aclose(reason)
 
     # ------------------------------------------------------------------ sessions
@@ -204,7 +184,7 @@ class AcpxRuntime:
                 f"ACP session cwd {wanted!r} is not a directory"
                 + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        async with self._key_lock(key):
+        async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
             if live is not None:
@@ -265,14 +245,19 @@ class AcpxRuntime:
                 await self.session_store.save(record)
 
         session = self._live(handle)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mark_record)
-            if session is not None:
-                await self._retire(session, reason)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mark_record)
+                if session is not None:
+                    await self._retire(session, reason)
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
 
     # ------------------------------------------------------------------ turns
 
-    async def run_turn(
+    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
+    async def run_turn(  # noqa: ASYNC900
         self,
         *,
         handle: AcpRuntimeHandle,
@@ -287,22 +272,29 @@ class AcpxRuntime:
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
         consumer stops early or its scope is cancelled, the turn is cancelled at the agent
         (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
-        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering)."""
+        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).
+
+        Error rule: problems of the *turn itself* (the agent failed, timed out, was busy with
+        another turn, asked for a permission that cannot be granted, ...) arrive as the final
+        :class:`ErrorEvent`; problems of the *call* raise :class:`AcpRuntimeError` before the
+        first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
+        not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
+        after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
-        session = self._live(handle)
-        if session is None or not session.alive:
-            yield ErrorEvent(
-                code="ACP_SESSION_NOT_FOUND", retryable=True,
-                message=f'ACP session "{handle.session_key}" is not running; call '
-                "ensure_session again.",
+        if mode not in ("prompt", "steer"):
+            raise AcpRuntimeError(
+                "ACP_INVALID_RUNTIME_OPTION",
+                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-            return
+        session = self._require_live(handle)
         if session.turn is not None:
             yield ErrorEvent(
                 code="ACP_SESSION_BUSY", retryable=True,
                 message=f'ACP session "{handle.session_key}" is already running a turn; '
                 "wait for it to finish or cancel it.",
             )
+            await trio.lowlevel.checkpoint()
             return
         turn = Turn(text)
         session.turn = turn
@@ -320,6 +312,7 @@ class AcpxRuntime:
                     finished = True
                 yield event
                 if finished:
+                    await trio.lowlevel.checkpoint()
                     return
         finally:
             if not finished:
@@ -337,6 +330,7 @@ class AcpxRuntime:
         answered ``cancelled``; the turn ends with ``DoneEvent(stop_reason="cancelled")``.  If
         the agent does not answer within :data:`CANCEL_WAIT_SECONDS` its tree is killed (the
         next ensure replaces it).  Returns without waiting for the turn; no-op when idle."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None or session.turn is None:
@@ -350,6 +344,7 @@ class AcpxRuntime:
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
         """Controls the session supports (all of them when no handle is given)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         if handle is None:
             return AcpRuntimeCapabilities(
@@ -359,6 +354,7 @@ class AcpxRuntime:
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
         """What is known about the session now; ``alive=False`` when it is not running."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None:
@@ -387,12 +383,19 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ health
 
-    async def doctor(self) -> DoctorReport:
+    async def doctor(self, *, deep: bool = False) -> DoctorReport:
         """Start the probe agent (``config.probe_agent``, default ``codex``), run
-        ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
+        ``initialize`` (reporting its auth methods and which credentials are present, by name),
+        stop it.  ``deep``: then also open and close a real session (authenticate included),
+        failing with the typed reason (e.g. ``ACP_AUTH_REQUIRED``).  Sets health from the
+        result.  Never leaves a process."""
         self._check_open()
         name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
+        if deep and report.ok:
+            from acpx_trio._runtime.deep_doctor import deep_probe
+
+            report = await deep_probe(self, name, report)
         self._healthy = report.ok
         return report
 
@@ -409,6 +412,7 @@ class AcpxRuntime:
         """Forget sessions whose agent died: reap their trees and finalise their leases.
 
         Returns how many were swept.  Sessions with a running turn are left to the turn."""
+        await trio.lowlevel.checkpoint()
         count = 0
         for session in list(self._sessions.values()):
             if not session.alive and session.turn is None:
@@ -429,32 +433,16 @@ class AcpxRuntime:
                 async with trio.open_nursery() as nursery:
                     for session in list(self._sessions.values()):
                         nursery.start_soon(self._retire, session, "runtime shut down")
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
         finally:
             self._closing_done.set()
 
 
-@contextlib.asynccontextmanager
-async def open_acpx_runtime(
-    config: AcpxConfig,
-    *,
-    gateway_instance_id: str,
-    lease_store: LeaseStore,
-    wrapper_root: Path,
-    **kwargs: Any,
-) -> AsyncIterator[AcpxRuntime]:
-    """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
-    every session is closed and no agent process is left."""
-    async with trio.open_nursery() as nursery:
-        runtime = AcpxRuntime(
-            config,
-            gateway_instance_id=gateway_instance_id,
-            lease_store=lease_store,
-            wrapper_root=wrapper_root,
-            nursery=nursery,
-            **kwargs,
-        )
-        try:
-            yield runtime
-        finally:
-            await runtime.aclose()
-            nursery.cancel_scope.cancel()
+def __getattr__(name: str) -> Any:
+    # ``open_acpx_runtime`` lives in :mod:`acpx_trio._runtime.open_runtime`; keep this path.
+    if name == "open_acpx_runtime":
+        from acpx_trio._runtime.open_runtime import open_acpx_runtime
+
+        return open_acpx_runtime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,15 +9,15 @@ final event is queued, so a consumer that sees the error also sees a closed leas
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
+from acpx_trio._log import Logger
+from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
 
 __all__ = ["CANCEL_WAIT_SECONDS", "abandon_turn", "drive_turn", "send_cancel", "turn_error"]
@@ -28,7 +28,6 @@ CANCEL_WAIT_SECONDS = 2.5
 ABANDON_WAIT_SECONDS = CANCEL_WAIT_SECONDS + 15.0
 
 Retire = Callable[[LiveSession, str], Awaitable[None]]
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 async def send_cancel(session: LiveSession, turn: Turn) -> None:
@@ -64,6 +63,19 @@ def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -
     if tail:
         message += f"\n--- agent stderr (tail) ---\n{tail[-4000:]}"
     return ErrorEvent(code=code, message=message, retryable=retryable)
+
+
+def prompt_error_event(session: LiveSession, exc: AcpRuntimeError) -> ErrorEvent:
+    """The final event of a turn the agent answered with a JSON-RPC error: ``ACP_TURN_FAILED``
+    with the agent's rpc code, data and detail, or ``ACP_AUTH_REQUIRED`` (listing the auth
+    methods and the environment variables that would satisfy them)."""
+    if is_auth_required(exc):
+        methods = session.init.auth_methods if session.init is not None else []
+        return ErrorEvent.from_error(auth_required_error(methods, exc))
+    return ErrorEvent(
+        code="ACP_TURN_FAILED", message=exc.message, retryable=False, rpc_code=exc.rpc_code,
+        rpc_data=exc.rpc_data, detail=exc.detail,
+    )
 
 
 async def drive_turn(
@@ -119,7 +131,7 @@ async def _prompt(
         else:
             failure = ("ACP_TURN_FAILED", "", True)
     except AcpRuntimeError as exc:  # the agent answered the prompt with an error: still alive
-        final = ErrorEvent(code="ACP_TURN_FAILED", message=exc.message, retryable=False)
+        final = prompt_error_event(session, exc)
     except Exception as exc:
         log.exception("ACP turn driver failed: %r", exc)
         failure, kill_reason = ("ACP_TURN_FAILED", f"internal error: {exc!r}", False), "bug"
@@ -129,6 +141,6 @@ async def _prompt(
         final = turn_error(session, *failure)
     if turn.failure is not None and not isinstance(final, ErrorEvent):
         error = turn.failure
-        final = ErrorEvent(code=error.code, message=error.message, retryable=error.retryable)
+        final = ErrorEvent.from_error(error)
     assert final is not None
     return final

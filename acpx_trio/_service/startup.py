@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
@@ -22,6 +23,7 @@ from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
+from acpx_trio._store.sessions import store_error
 
 __all__ = [
     "Prepared",
@@ -65,9 +67,24 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
     wrapper_root = state_dir / WRAPPER_DIR_NAME
-    ensure_private_dir(Path(config.state_dir))
-    ensure_private_dir(wrapper_root)
-    gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
+    try:
+        ensure_private_dir(Path(config.state_dir))
+    except OSError as exc:
+        raise store_error(Path(config.state_dir), "create the state dir", exc) from exc
+    try:
+        ensure_private_dir(wrapper_root)
+    except OSError as exc:
+        raise LeaseStoreError(
+            f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
+            "the host state dir is a directory this user can write"
+        ) from exc
+    try:
+        gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
+    except OSError as exc:
+        raise GatewayInstanceIdError(
+            f"cannot read or create the gateway instance id in {state_dir} "
+            f"({exc.strerror or exc}); check the host state dir's permissions"
+        ) from exc
     lease_store = LeaseStore(wrapper_root)
     needs_reap = (
         bool(lease_store.sync.list_open(gateway_instance_id))

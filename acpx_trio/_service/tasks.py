@@ -6,11 +6,13 @@ tasks of its background nursery and decides when they run.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
+from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
@@ -20,7 +22,14 @@ from acpx_trio._service.doctor_format import (
 )
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 
-__all__ = ["host_background", "probe_once", "run_probe", "run_sweep", "sweep_once"]
+__all__ = [
+    "host_background",
+    "probe_once",
+    "report_crash",
+    "run_probe",
+    "run_sweep",
+    "sweep_once",
+]
 
 
 def _report_parts(report: Any) -> tuple[str, Any]:
@@ -35,10 +44,12 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
 
     Never raises except :class:`trio.Cancelled`; a timed-out probe is cancelled (the seed let it
     run on).  Unhealthy after the probe: ``doctor()`` (when the runtime has one) explains why."""
+    await trio.lowlevel.checkpoint()
     report: Any = None
     has_doctor = False
+    finished = False
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
+        with trio.move_on_after(limit_seconds):
             await runtime.probe_availability()
             if runtime.is_healthy():
                 return ServiceHealth.HEALTHY, "info", "embedded acpx runtime backend ready"
@@ -46,13 +57,16 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
             if callable(doctor):
                 has_doctor = True
                 report = await doctor()
+            finished = True
     except Exception as exc:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
             f"embedded acpx runtime setup failed: {format_error_message(exc)}",
         )
-    if deadline.cancelled_caught:
+    # "Did it finish", not "did the deadline fire": uncancellable thread work can complete
+    # after the deadline (e.g. under an autojumping test clock), and then it did not time out.
+    if not finished:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
@@ -71,13 +85,15 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
     """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
     :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
     lazy runtime that was never built answers 0)."""
+    await trio.lowlevel.checkpoint()
+    swept: int | None = None
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
+        with trio.move_on_after(limit_seconds):
             swept = await runtime.sweep_dead_sessions()
     except Exception as exc:
         log.warning(f"embedded acpx runtime sweep failed: {format_error_message(exc)}")
         return
-    if deadline.cancelled_caught:
+    if swept is None:  # did not finish (see probe_once)
         log.warning(
             f"embedded acpx runtime sweep failed: timed out after {format_seconds(limit_seconds)}s"
         )
@@ -117,3 +133,14 @@ async def run_sweep(
     while True:
         await trio.sleep(interval_seconds)
         await sweep_once(runtime, log, limit_seconds)
+
+
+def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> BaseException:
+    """Log a crash of the service's task tree (with its traceback); return the error."""
+    error = collapse_group(group)
+    text = "".join(traceback.format_exception(group)).rstrip()
+    log.error(
+        f"embedded acpx runtime service crashed ({type(error).__name__}: {error}); its "
+        f"backend is unregistered and its agent processes are stopped:\n{text}"
+    )
+    return error

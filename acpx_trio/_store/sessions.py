@@ -8,6 +8,9 @@ Guarantees:
 * A corrupt record is reported (logged) and treated as absent by :meth:`SessionStore.load`;
   it is never deleted or overwritten silently except by a later :meth:`SessionStore.save`.
 * All file work runs in worker threads; calls are cancellable (a started write completes).
+* :class:`SessionStore` raises only :class:`SessionStoreError` (code ``ACPX_SESSION_STORE``)
+  for file-system failures (unwritable or missing directory, a file where the directory should
+  be, a lock held too long), naming the path.
 """
 
 from __future__ import annotations
@@ -18,14 +21,21 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import trio
 
+from acpx_trio._errors import SessionStoreError
 from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock
 
-__all__ = ["SESSION_FILE_PREFIX", "SessionRecord", "SessionStore", "SyncSessionStore"]
+__all__ = [
+    "SESSION_FILE_PREFIX",
+    "SessionRecord",
+    "SessionStore",
+    "SyncSessionStore",
+    "store_error",
+]
 
 SESSION_FILE_PREFIX = "session-"
 _log = logging.getLogger("acpx_trio.sessions")
@@ -141,8 +151,22 @@ class SyncSessionStore:
         return sorted(records, key=lambda r: r.updated_at)
 
 
+def store_error(directory: Path, action: str, exc: OSError) -> SessionStoreError:
+    """The typed error for an ``OSError`` while ``action``-ing the store in ``directory``."""
+    where = exc.filename if isinstance(exc.filename, str) else str(directory)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return SessionStoreError(
+        f"session store {directory}: cannot {action} ({reason}: {where}); check that the "
+        "state dir is a directory this user can write",
+        path=where,
+    )
+
+
 class SessionStore:
-    """Async facade of :class:`SyncSessionStore`: every call runs in a worker thread."""
+    """Async facade of :class:`SyncSessionStore`: every call runs in a worker thread.
+
+    Every method raises :class:`SessionStoreError` (never a raw ``OSError``) when the file
+    system refuses; a corrupt record is not an error (it reads as absent)."""
 
     def __init__(self, directory: str | Path, *, logger: logging.Logger | None = None) -> None:
         self.sync = SyncSessionStore(directory, logger=logger)
@@ -151,22 +175,28 @@ class SessionStore:
     def directory(self) -> Path:
         return self.sync.directory
 
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            raise store_error(self.sync.directory, action, exc) from exc
+
     async def load(self, session_key: str) -> SessionRecord | None:
         """The record of ``session_key``, or ``None`` (absent or unreadable)."""
-        return await trio.to_thread.run_sync(self.sync.load, session_key)
+        return await self._run("read a session record", self.sync.load, session_key)
 
     async def save(self, record: SessionRecord) -> SessionRecord:
         """Write ``record`` (stamping ``updated_at``); returns what was written."""
-        return await trio.to_thread.run_sync(self.sync.save, record)
+        return await self._run("write a session record", self.sync.save, record)
 
     async def mark_fresh(self, session_key: str) -> bool:
         """Persist the fresh marker; the next ensure starts a new ACP session."""
-        return await trio.to_thread.run_sync(self.sync.mark_fresh, session_key)
+        return await self._run("update a session record", self.sync.mark_fresh, session_key)
 
     async def delete(self, session_key: str) -> bool:
         """Remove the record; False if there was none."""
-        return await trio.to_thread.run_sync(self.sync.delete, session_key)
+        return await self._run("delete a session record", self.sync.delete, session_key)
 
     async def list(self) -> builtins.list[SessionRecord]:
         """Every readable record."""
-        return await trio.to_thread.run_sync(self.sync.list)
+        return await self._run("list session records", self.sync.list)
