@@ -188,3 +188,38 @@ def test_every_turn_gets_one_final_event_and_order_is_kept(
         assert out[rid][-1] is finals[0]
         if rid not in ran:
             assert finals[0] == DoneEvent(stop_reason="cancelled")
+
+
+async def test_a_dead_session_fails_the_turn_not_the_owner(autojump_clock: Any) -> None:
+    """A turn whose session died between start-up and prompt gets an error event; the
+    worker goes on with the next turn (which starts a new session)."""
+    stub = StubRuntime()
+    stub.push_script(Delay(5))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        await stub.wait_for_call("run_turn")
+        stub.kill_session("k")
+        _submit(owner, "b", nursery, out)
+        await _idle(owner, owner.sessions["k"])
+        nursery.cancel_scope.cancel()
+    finals = [out[rid][-1] for rid in ("a", "b")]
+    assert all(isinstance(f, DoneEvent | ErrorEvent) for f in finals), finals
+    assert len(stub.calls_to("ensure_session")) == 2
+
+
+async def test_a_turn_call_that_raises_fails_that_turn_only(autojump_clock: Any) -> None:
+    from acpx_trio._errors import AcpRuntimeError
+
+    stub = StubRuntime()
+    stub.fail_next("run_turn", AcpRuntimeError("ACP_SESSION_NOT_FOUND", "gone"))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        _submit(owner, "b", nursery, out)
+        await _idle(owner, owner.sessions["k"])
+        nursery.cancel_scope.cancel()
+    assert isinstance(out["a"][-1], ErrorEvent) and out["a"][-1].code == "ACP_SESSION_NOT_FOUND"
+    assert out["b"][-1] == DoneEvent(stop_reason="end_turn")

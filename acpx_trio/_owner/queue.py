@@ -224,10 +224,14 @@ class WarmSession:
         # No checkpoint between here and the first ``__anext__``: the runtime registers the
         # turn synchronously there, so a cancel that sees ``active`` reaches the agent.
         turn.state = "active"
-        async with aclosing(self.runtime.run_turn(handle=handle, text=req.text,
-                                                  request_id=req.request_id)) as events:
-            async for event in events:
-                await turn.emit(event, pid)
+        try:
+            async with aclosing(self.runtime.run_turn(handle=handle, text=req.text,
+                                                      request_id=req.request_id)) as events:
+                async for event in events:
+                    await turn.emit(event, pid)
+        except AcpxError as exc:  # a problem of the call (e.g. the session died meanwhile)
+            await turn.emit(ErrorEvent.from_error(exc), pid)
+            return
         if not turn.final_sent:
             await turn.emit(ErrorEvent(code="ACP_TURN_FAILED",
                                        message="the turn ended without a result"), pid)
