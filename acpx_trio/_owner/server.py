@@ -259,8 +259,8 @@ class Owner:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(encode_frame(OwnerErrorFrame(
                         code=OwnerProtocolError.code, message=str(exc) or "request too slow")))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the client went away (a connection problem never stops the owner)
 
     async def _reply(self, stream: trio.SocketStream, frame: Reply) -> None:
         await stream.send_all(encode_frame(frame))
