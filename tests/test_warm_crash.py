@@ -74,3 +74,19 @@ def test_sigkill_of_an_owner_during_a_turn(tmp_path: Path) -> None:
         _next_prompt_cleans_up(tmp_path, agent_args, agent, owner)
     finally:
         turn.kill()
+
+
+def test_an_agent_that_dies_while_warm_is_replaced(tmp_path: Path) -> None:
+    agent_args = _mock_with_store(tmp_path)
+    first = run_cli("prompt", "--session", "k", *agent_args, "/pid", state_dir=tmp_path)
+    assert first.returncode == 0, first.stderr
+    agent = _agent_pid(first.stdout)
+    os.kill(agent, signal.SIGKILL)
+    wait_gone(agent)
+    current = wait_status(tmp_path, lambda s: s["sessions"][0]["agent_pid"] is None)
+    assert current["owner_pid"] is not None  # the owner lives on
+    again = run_cli("prompt", "--session", "k", *agent_args, "/history", state_dir=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "history turns=" in again.stdout  # a new agent, the same ACP session (loaded)
+    new_agent = wait_status(tmp_path, lambda s: s["sessions"][0]["agent_pid"] is not None)
+    assert new_agent["sessions"][0]["agent_pid"] != agent

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from acpx_trio._errors import AcpxError
 from acpx_trio._owner.paths import (
     OwnerPaths,
     OwnerSocketError,
@@ -159,11 +160,19 @@ class Owner:
             done.set()
             self.changed()
 
-    def state(self, session: WarmSession) -> SessionState:
+    async def state(self, session: WarmSession) -> SessionState:
+        """The session as clients see it; ``agent_pid`` only while that agent is alive."""
         idle = None if session.busy else max(0.0, trio.current_time() - session.idle_since)
         handle = session.handle
+        agent_pid = session.agent_pid
+        if handle is not None:
+            try:
+                status = await self.runtime.get_status(handle=handle)
+                agent_pid = status.agent_pid if status.alive else None
+            except AcpxError:
+                agent_pid = None
         return SessionState(
-            session_key=session.key, agent=session.agent, agent_pid=session.agent_pid,
+            session_key=session.key, agent=session.agent, agent_pid=agent_pid,
             backend_session_id=None if handle is None else handle.backend_session_id,
             queue_depth=len(session.queue),
             active_request_id=None if session.active is None else session.active.request_id,
@@ -276,7 +285,7 @@ class Owner:
             warm = self.sessions.get(req.session_key or "")
             if req.flush_transcript and warm is not None and warm.transcript is not None:
                 await warm.transcript.flush()
-            sessions = [self.state(s) for k, s in sorted(self.sessions.items())
+            sessions = [await self.state(s) for k, s in sorted(self.sessions.items())
                         if req.session_key in (None, k)]
             await self._reply(stream, StatusResult(
                 owner_pid=os.getpid(), state_dir=str(self.paths.state_dir),
