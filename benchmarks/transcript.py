@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from acpx_trio._acp import message_observer
+from acpx_trio._acp import lines_observer
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
 from acpx_trio._store.config import resolve_config
@@ -36,7 +36,7 @@ TARGET = 1.10
 async def one_turn(rt: AcpxRuntime, chunks: int, n: int,
                    writer: TranscriptWriter | None) -> tuple[float, float]:
     """(turn seconds, final flush seconds) of one turn in a fresh session."""
-    message_observer.set(None if writer is None else writer.on_message)
+    lines_observer.set(None if writer is None else writer.on_lines)
     handle = await rt.ensure_session(session_key=f"t-{n}", agent="mock")
     try:
         count = 0

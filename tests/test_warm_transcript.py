@@ -33,15 +33,15 @@ async def test_writer_redacts_marks_replay_and_rotates(tmp_path: Path) -> None:
     path = tmp_path / "t.ndjson"
     writer = TranscriptWriter(path, max_bytes=2000, keep=3, credentials=[SECRET],
                               flush_bytes=1 << 30)
-    writer.on_message("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "authenticate",
+    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "authenticate",
                                     "params": {"methodId": "key", "apiKey": "plain"}}))
-    writer.on_message("out", _lines({"jsonrpc": "2.0", "id": 2, "method": "session/load",
+    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 2, "method": "session/load",
                                     "params": {"sessionId": "s"}}))
-    writer.on_message("in", _lines({"jsonrpc": "2.0", "method": "session/update",
+    writer.on_lines("in", _lines({"jsonrpc": "2.0", "method": "session/update",
                                    "params": {"update": {"text": f"old {SECRET} text"}}}))
-    writer.on_message("in", [b"", b"junk {", msgspec.json.encode(
+    writer.on_lines("in", [b"", b"junk {", msgspec.json.encode(
         {"jsonrpc": "2.0", "id": 2, "result": {}})])
-    writer.on_message("in", _lines({"jsonrpc": "2.0", "method": "session/update",
+    writer.on_lines("in", _lines({"jsonrpc": "2.0", "method": "session/update",
                                    "params": {"update": {}}}))
     await writer.flush()
     entries = list(read_transcript(path))
@@ -53,7 +53,7 @@ async def test_writer_redacts_marks_replay_and_rotates(tmp_path: Path) -> None:
         f"old {REDACTED} text")
     assert (path.stat().st_mode & 0o777) == 0o600
     for i in range(200):  # well past max_bytes * keep
-        writer.on_message("out", _lines({"jsonrpc": "2.0", "id": 10 + i, "method": "x",
+        writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 10 + i, "method": "x",
                                         "params": {"pad": "p" * 50}}))
         if i % 10 == 0:
             await writer.flush()
@@ -75,7 +75,7 @@ async def test_writer_never_follows_a_symlink(tmp_path: Path) -> None:
     path = tmp_path / "t.ndjson"
     path.symlink_to(target)
     writer = TranscriptWriter(path, flush_bytes=1 << 30)
-    writer.on_message("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "x"}))
+    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "x"}))
     await writer.flush()
     assert writer.disabled and target.read_text() == "keep"
 

@@ -6,10 +6,10 @@ Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the 
 
 from acpx_trio._acp._connection import (
     AcpConnection,
-    MessageObserver,
+    LinesObserver,
     NotificationHandler,
     RequestHandler,
-    message_observer,
+    lines_observer,
 )
 from acpx_trio._acp._extra import *  # noqa: F403
 from acpx_trio._acp._extra import __all__ as _extra_all
@@ -40,10 +40,10 @@ __all__ = [
     "AcpConnection",
     "LineReader",
     "LineSplitter",
-    "MessageObserver",
+    "LinesObserver",
     "NotificationHandler",
     "RequestHandler",
-    "message_observer",
+    "lines_observer",
     *_messages_all,
     *_extra_all,
 ]

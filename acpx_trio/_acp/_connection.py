@@ -33,21 +33,21 @@ from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRun
 
 __all__ = [
     "AcpConnection",
-    "MessageObserver",
+    "LinesObserver",
     "NotificationHandler",
     "RequestHandler",
-    "message_observer",
+    "lines_observer",
 ]
 
 #: ``(direction, raw_lines)``: ``direction`` is ``"out"`` (to the agent) or ``"in"``; the
 #: lines are as on the wire.  Called once per write and once per read batch (not per line), so
 #: a busy stream pays one call per batch.
-MessageObserver = Callable[[str, Sequence[bytes]], None]
+LinesObserver = Callable[[str, Sequence[bytes]], None]
 #: The observer a new :class:`AcpConnection` gets when none is passed.  Set it in a task
 #: before that task (or a task it starts) creates connections, e.g. to keep a transcript of
 #: every agent a session starts; tasks inherit it from the task that spawned them.
-message_observer: contextvars.ContextVar[MessageObserver | None] = contextvars.ContextVar(
-    "acpx_trio_message_observer", default=None)
+lines_observer: contextvars.ContextVar[LinesObserver | None] = contextvars.ContextVar(
+    "acpx_trio_lines_observer", default=None)
 
 T = TypeVar("T")
 
@@ -107,13 +107,13 @@ class AcpConnection:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_junk_lines: int = 100,
         on_warning: Callable[[AcpProtocolError], None] | None = None,
-        on_message: MessageObserver | None = None,
+        on_lines: LinesObserver | None = None,
     ) -> None:
         #: Sees every message: ``("out", [line])`` once written, ``("in", lines)`` for each
         #: batch of lines read (before they are handled; blank and junk lines included, the
         #: observer skips what is not JSON).  Defaults to the context's
-        #: :data:`message_observer`.  Must not raise or block; ``None`` costs nothing.
-        self.on_message = on_message if on_message is not None else message_observer.get()
+        #: :data:`lines_observer`.  Must not raise or block; ``None`` costs nothing.
+        self.on_lines = on_lines if on_lines is not None else lines_observer.get()
         self._send_stream = send_stream
         self._reader = LineReader(receive_stream, max_line_bytes)
         self._max_junk_lines = max_junk_lines
@@ -185,8 +185,8 @@ class AcpConnection:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 await self._send_stream.send_all(data)
-                if self.on_message is not None:
-                    self.on_message("out", [data])
+                if self.on_lines is not None:
+                    self.on_lines("out", [data])
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
                 raise AcpConnectionClosedError(
@@ -333,8 +333,8 @@ class AcpConnection:
             batch = await self._reader.receive_batch()
             if batch is None:
                 return
-            if self.on_message is not None:
-                self.on_message("in", batch)
+            if self.on_lines is not None:
+                self.on_lines("in", batch)
             for line in batch:
                 self._dispatch(line)
 

@@ -13,7 +13,7 @@ Guarantees:
   containing a known credential (config ``auth`` values; environment values of credential-like
   names) has it replaced by ``"<redacted>"``.
 * Files are 0600, created without following symlinks; the directory is 0700.
-* :meth:`TranscriptWriter.on_message` (the connection's hook) only appends to a memory buffer;
+* :meth:`TranscriptWriter.on_lines` (the connection's hook) only appends to a memory buffer;
   redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
   (call it per turn; it is also scheduled each time the buffer passes ``flush_bytes``, which
   bounds the memory a long turn holds).  A write error is logged
@@ -141,7 +141,7 @@ class TranscriptWriter:
         self.disabled = False
 
     # -- the hook (synchronous, in the connection's reader/writer) --------------------------
-    def on_message(self, direction: str, lines: Sequence[bytes]) -> None:
+    def on_lines(self, direction: str, lines: Sequence[bytes]) -> None:
         """Buffer a batch of raw lines (the connection's hook): one tuple append; parsing,
         redaction and encoding happen in the flush's worker thread, in order."""
         if self.disabled:
