@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -35,7 +34,9 @@ from acpx_trio._acp import (
     RequestPermissionResponse,
     SessionConfigOption,
     SessionModeState,
+    SessionUpdateLine,
     WriteTextFileRequest,
+    decode_session_update_line,
 )
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
@@ -47,7 +48,7 @@ from acpx_trio._events import (
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
-from acpx_trio._runtime.update_map import decode_notification, map_update
+from acpx_trio._runtime.update_map import MAPPERS, decode_notification, map_update
 from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
@@ -62,12 +63,14 @@ _log = logging.getLogger("acpx_trio.runtime")
 class Turn:
     """One prompt turn: an ordered event queue with backpressure, and its cancel state.
 
-    One consumer only.  The queue is a deque plus a wake-up event: cheaper than a memory
-    channel, which matters at tens of thousands of chunks per turn."""
+    One consumer only.  The queue is a list plus a read index and a wake-up event: cheaper
+    than a memory channel, which matters at tens of thousands of chunks per turn; a batch of
+    events decoded from one read is handed to a waiting consumer without copying."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._queue: deque[AcpRuntimeEvent] = deque()
+        self._queue: list[AcpRuntimeEvent] = []
+        self._head = 0
         self._wakeup: trio.Event | None = None
         self.room = trio.Event()
         self.room.set()
@@ -87,14 +90,13 @@ class Turn:
     @property
     def pending(self) -> int:
         """Events queued and not yet received."""
-        return len(self._queue)
+        return len(self._queue) - self._head
 
     @property
     def accepting(self) -> bool:
         return not self.abandoned and not self.done
 
-    def _put(self, event: AcpRuntimeEvent) -> None:
-        self._queue.append(event)
+    def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
@@ -103,8 +105,23 @@ class Turn:
         if self.abandoned or self.done:
             self.late_updates += 1
             return
-        self._put(event)
-        if len(self._queue) >= HIGH_WATER and self.room.is_set():
+        self._queue.append(event)
+        self._wake()
+        if len(self._queue) - self._head >= HIGH_WATER and self.room.is_set():
+            self.room = trio.Event()
+
+    def emit_many(self, events: list[AcpRuntimeEvent]) -> None:
+        """:meth:`emit` for a batch (the list is owned by the turn afterwards)."""
+        if self.abandoned or self.done:
+            self.late_updates += len(events)
+            return
+        if self._head == len(self._queue):
+            self._queue = events
+            self._head = 0
+        else:
+            self._queue += events
+        self._wake()
+        if len(self._queue) - self._head >= HIGH_WATER and self.room.is_set():
             self.room = trio.Event()
 
     def finish(self, final: AcpRuntimeEvent) -> None:
@@ -112,32 +129,57 @@ class Turn:
             return
         self.done = True
         if not self.abandoned:
-            self._put(final)
+            self._queue.append(final)
+            self._wake()
         self.finished.set()
         self.room.set()
+
+    def _drained(self) -> None:
+        if not self.room.is_set():
+            self.room.set()
 
     async def receive(self) -> AcpRuntimeEvent:
         """The next event.  Queued events are handed out without a scheduler round trip (a
         checkpoint every :data:`_BATCH` events keeps the consumer cancellable and fair)."""
-        queue = self._queue
-        if queue:
+        if self._head < len(self._queue):
             self._since_checkpoint += 1
             if self._since_checkpoint >= _BATCH:
                 self._since_checkpoint = 0
                 await trio.lowlevel.checkpoint()
-        while not queue:
+        while self._head >= len(self._queue):
             self._since_checkpoint = 0
             wakeup = self._wakeup = trio.Event()
             await wakeup.wait()
-        event = queue.popleft()
-        if len(queue) <= _LOW_WATER and not self.room.is_set():
+        queue = self._queue
+        event = queue[self._head]
+        self._head += 1
+        left = len(queue) - self._head
+        if not left:
+            self._queue = []
+            self._head = 0
+        if left <= _LOW_WATER and not self.room.is_set():
             self.room.set()
         return event
+
+    async def receive_batch(self) -> list[AcpRuntimeEvent]:
+        """Every queued event (at least one), in order, with one checkpoint per call."""
+        if self._head < len(self._queue):
+            await trio.lowlevel.checkpoint()
+        while self._head >= len(self._queue):
+            wakeup = self._wakeup = trio.Event()
+            await wakeup.wait()
+        batch = self._queue[self._head :] if self._head else self._queue
+        self._queue = []
+        self._head = 0
+        if not self.room.is_set():
+            self.room.set()
+        return batch
 
     def abandon(self) -> None:
         """The consumer left: drop queued events, accept no more, never block the reader."""
         self.abandoned = True
-        self._queue.clear()
+        self._queue = []
+        self._head = 0
         self.room.set()
 
     def request_cancel(self, wait: float) -> None:
@@ -306,6 +348,9 @@ class LiveSession:
     def install(self, conn: AcpConnection) -> None:
         """Register the agent->client handlers on a new connection."""
         conn.set_notification_handler("session/update", self._on_update)
+        conn.set_fast_notification_handler(
+            "session/update", decode_session_update_line, self._on_update_lines
+        )
         conn.set_request_handler("session/request_permission", self._on_permission)
         conn.set_request_handler("fs/read_text_file", self._on_read)
         conn.set_request_handler("fs/write_text_file", self._on_write)
@@ -327,6 +372,34 @@ class LiveSession:
         event = map_update(update)
         if event is not None:
             turn.emit(event)
+
+    def _on_update_lines(self, lines: list[SessionUpdateLine]) -> None:
+        """:meth:`_on_update` for a read batch of typed lines: one pass, one queue hand-off."""
+        sid = self.backend_session_id
+        turn = self.turn
+        live = turn is not None and not turn.abandoned and not turn.done
+        mappers = MAPPERS
+        events: list[AcpRuntimeEvent] = []
+        for line in lines:
+            note = line.params
+            if note.session_id != sid:
+                self.stray_updates += 1
+                continue
+            update = note.update
+            cls = type(update)
+            if cls is CurrentModeUpdate:
+                self.current_mode = update.current_mode_id  # type: ignore[union-attr]
+            elif cls is ConfigOptionUpdate:
+                self.config_options = update.config_options  # type: ignore[union-attr]
+            if not live:
+                self.stray_updates += 1
+                continue
+            event = mappers.get(cls, map_update)(update)
+            if event is not None:
+                events.append(event)
+        if events:
+            assert turn is not None
+            turn.emit_many(events)
 
     def _check_session(self, session_id: str) -> None:
         if session_id != self.backend_session_id:
