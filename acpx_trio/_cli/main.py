@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import platformdirs
 import trio
 
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
@@ -64,7 +63,11 @@ class UsageError(Exception):
 def default_state_dir() -> Path:
     """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
     env = os.environ.get(STATE_DIR_ENV, "").strip()
-    return Path(env) if env else Path(platformdirs.user_state_dir("acpx-trio"))
+    if env:
+        return Path(env)
+    import platformdirs  # only here: it costs a few ms at start-up
+
+    return Path(platformdirs.user_state_dir("acpx-trio"))
 
 
 def exit_code_for(code: str) -> int:

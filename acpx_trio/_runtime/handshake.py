@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import shlex
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from acpx_trio import __version__
 from acpx_trio._acp import (
     PROTOCOL_VERSION,
     ClientCapabilities,
@@ -59,10 +59,7 @@ __all__ = [
 ]
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
-try:
-    _VERSION = metadata.version("acpx-trio")
-except metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0.0.0"
+_VERSION = __version__
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
 _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
                     "not supported")
