@@ -37,10 +37,9 @@ from acpx_trio._service.backends import (
 from acpx_trio._service.doctor_format import format_seconds
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
+from acpx_trio._service.prepare import PrepareCache, cache_key
 from acpx_trio._service.tasks import Background, probe_once, sweep_once
 from acpx_trio._store.config import AcpxConfig, resolve_config
-from acpx_trio._store.fsio import ensure_private_dir
-from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
 
 __all__ = [
@@ -194,6 +193,7 @@ class AcpxRuntimeService:
         self._gateway_instance_id: str | None = None
         self._startup_reap: ReapResult | None = None
         self._start_scope: trio.CancelScope | None = None
+        self._prepare_cache = PrepareCache()
 
     # -- observation -------------------------------------------------------------------------
     @property
@@ -279,25 +279,19 @@ class AcpxRuntimeService:
         """Blocking part of start, in one worker-thread hop: config, directories, gateway id,
         lease store, and whether this gateway has open leases to reap at all."""
         state_dir = Path(ctx.state_dir)
-        config = resolve_config(
-            self._plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir
+
+        def build_config() -> AcpxConfig:
+            config = resolve_config(
+                self._plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir
+            )
+            return msgspec.structs.replace(
+                config, probe_agent=_probe_agent(config, ctx.allowed_agents)
+            )
+
+        key = cache_key(self._plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
+        return self._prepare_cache.prepare(
+            key, build_config, state_dir, state_dir / WRAPPER_DIR_NAME
         )
-        config = msgspec.structs.replace(
-            config, probe_agent=_probe_agent(config, ctx.allowed_agents)
-        )
-        wrapper_root = state_dir / WRAPPER_DIR_NAME
-        ensure_private_dir(Path(config.state_dir))
-        ensure_private_dir(wrapper_root)
-        gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
-        lease_store = LeaseStore(wrapper_root)
-        # Reap when a previous life left open leases, or when the lease file was damaged
-        # (quarantined or with unreadable entries): tagged processes may have lost their lease.
-        needs_reap = (
-            bool(lease_store.sync.list_open(gateway_instance_id))
-            or bool(lease_store.sync.quarantined)
-            or lease_store.sync.skipped_entries > 0
-        )
-        return config, lease_store, gateway_instance_id, needs_reap
 
     async def _start_locked(self, ctx: ServiceContext) -> _Running:
         logger = ctx.logger
