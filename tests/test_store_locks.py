@@ -136,3 +136,33 @@ def test_unchanged_file_is_not_reread_and_foreign_writes_are_seen(tmp_path: Path
     theirs.save(second)
     assert {x.session_key for x in ours.list_all()} == {"one", "two"}
     assert ours._snap is not snap
+
+
+async def test_session_saves_are_group_committed(tmp_path: Path) -> None:
+    from acpx_trio._store.sessions import SessionRecord, SessionStore
+
+    store = SessionStore(tmp_path / "sessions")
+
+    def record(key: str) -> SessionRecord:
+        return SessionRecord(session_key=key, agent="mock", agent_command=("a",), cwd="/",
+                             mode="persistent")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(store.save, record(f"k{i}"))
+        nursery.start_soon(store.mark_fresh, "k0")  # may share a group with k0's save
+    assert len(await store.list()) == 30
+    assert store._committer.commits < 30
+    assert await store.delete("k1") and not await store.delete("k1")
+    assert (await store.load("k0")) is not None
+
+
+def test_atomic_write_many_reports_per_item(tmp_path: Path) -> None:
+    from acpx_trio._store.fsio import atomic_write_many
+
+    good = [(tmp_path / f"f{i}", f"{i}".encode()) for i in range(5)]
+    bad = (tmp_path / "missing-dir" / "x", b"x")
+    errors = atomic_write_many([*good[:2], bad, *good[2:]])
+    assert [e is None for e in errors] == [True, True, False, True, True, True]
+    assert [p.read_bytes() for p, _ in good] == [d for _, d in good]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -13,14 +13,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = [
     "LockWaiter",
     "acquire_lock_blocking",
     "atomic_write_bytes",
+    "atomic_write_many",
     "ensure_private_dir",
     "exclusive_lock",
+    "fsync_dir",
     "open_lock_file",
     "quarantine",
     "release_lock_fd",
@@ -49,11 +52,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
     The new file is mode 0600 and durable on return (file and directory fsynced).  On any
-    failure the old file is untouched and the temporary file is removed."""
+    failure the old file is untouched and the temporary file is removed.  With
+    ``sync_dir=False`` the directory fsync is left to the caller (:func:`fsync_dir`), which
+    makes several renames in one directory durable with one fsync."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -67,7 +72,88 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_many(items: list[tuple[Path, bytes]]) -> list[OSError | None]:
+    """:func:`atomic_write_bytes` for several files at once: the temporary files are fsynced
+    concurrently (the filesystem journal merges them into few commits, instead of one commit
+    after another), renamed in order, and each directory is fsynced once.  Returns, per item,
+    ``None`` or the ``OSError`` that left that file untouched.  If a directory fsync fails,
+    every item in that directory gets the error."""
+    errors: list[OSError | None] = [None] * len(items)
+    staged: list[tuple[int, int, Path]] = []  # (item index, fd, tmp path)
+    for i, (path, data) in enumerate(items):
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except OSError as exc:
+            errors[i] = exc
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            os.close(fd)
+            errors[i] = exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            continue
+        staged.append((i, fd, tmp))
+    if len(staged) > 1:
+        with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
+            futures = [(i, tmp, pool.submit(_fsync_close, fd)) for i, fd, tmp in staged]
+        synced = []
+        for i, tmp, future in futures:
+            failure = future.exception()
+            if failure is None:
+                synced.append((i, tmp))
+            else:
+                errors[i] = failure if isinstance(failure, OSError) else OSError(str(failure))
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+    else:
+        synced = []
+        for i, fd, tmp in staged:
+            try:
+                _fsync_close(fd)
+                synced.append((i, tmp))
+            except OSError as exc:
+                errors[i] = exc
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+    dirs: dict[Path, list[int]] = {}
+    for i, tmp in synced:
+        try:
+            os.replace(tmp, items[i][0])
+        except OSError as exc:
+            errors[i] = exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            continue
+        dirs.setdefault(items[i][0].parent, []).append(i)
+    for directory, members in dirs.items():
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:
+            for i in members:
+                errors[i] = exc
+    return errors
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames and unlinks done in directory ``path`` durable."""
+    _fsync_dir(path)
 
 
 def quarantine(path: Path) -> Path:
