@@ -8,6 +8,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from test_acp_connection import connected
 
 from acpx_trio._acp import (
     AgentMessageChunk,
@@ -16,7 +17,6 @@ from acpx_trio._acp import (
     decode_session_update_line,
 )
 from acpx_trio._runtime.update_map import decode_notification
-from tests.test_acp_connection import connected
 
 pytestmark = pytest.mark.usefixtures("autojump_clock")
 
