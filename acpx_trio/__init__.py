@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from acpx_trio._errors import (
         LeaseStoreError as LeaseStoreError,
     )
+    from acpx_trio._errors import (
+        SessionStoreError as SessionStoreError,
+    )
     from acpx_trio._events import (
         AcpRuntimeCapabilities as AcpRuntimeCapabilities,
     )
@@ -69,6 +72,9 @@ if TYPE_CHECKING:
     )
     from acpx_trio._events import (
         ToolCallEvent as ToolCallEvent,
+    )
+    from acpx_trio._log import (
+        ServiceLogger as ServiceLogger,
     )
     from acpx_trio._process.identity import (
         GATEWAY_ENV_KEY as GATEWAY_ENV_KEY,
@@ -115,6 +121,9 @@ if TYPE_CHECKING:
     from acpx_trio._runtime.agents import (
         AgentSpec as AgentSpec,
     )
+    from acpx_trio._runtime.open_runtime import (
+        open_acpx_runtime as open_acpx_runtime,
+    )
     from acpx_trio._runtime.permissions import (
         PermissionPolicy as PermissionPolicy,
     )
@@ -123,9 +132,6 @@ if TYPE_CHECKING:
     )
     from acpx_trio._runtime.runtime import (
         AcpxRuntime as AcpxRuntime,
-    )
-    from acpx_trio._runtime.runtime import (
-        open_acpx_runtime as open_acpx_runtime,
     )
     from acpx_trio._service.backends import (
         AcpRuntime as AcpRuntime,
@@ -146,7 +152,13 @@ if TYPE_CHECKING:
         ServiceHealthState as ServiceHealthState,
     )
     from acpx_trio._service.lazy_runtime import (
+        LazyAcpxRuntime as LazyAcpxRuntime,
+    )
+    from acpx_trio._service.lazy_runtime import (
         RuntimeFactoryParams as RuntimeFactoryParams,
+    )
+    from acpx_trio._service.open_service import (
+        open_runtime_service as open_runtime_service,
     )
     from acpx_trio._service.service import (
         AcpxRuntimeService as AcpxRuntimeService,
@@ -160,14 +172,14 @@ if TYPE_CHECKING:
     from acpx_trio._service.service import (
         ServiceStoppedError as ServiceStoppedError,
     )
-    from acpx_trio._service.service import (
-        open_runtime_service as open_runtime_service,
-    )
     from acpx_trio._store.config import (
         AcpxConfig as AcpxConfig,
     )
     from acpx_trio._store.config import (
         McpServerConfig as McpServerConfig,
+    )
+    from acpx_trio._store.config import (
+        PluginConfig as PluginConfig,
     )
     from acpx_trio._store.config import (
         load_config_file as load_config_file,
@@ -267,7 +279,7 @@ _EXPORTS: dict[str, str] = {
     "PermissionPolicy": "._runtime.permissions",
     "PermissionStats": "._runtime.permissions",
     "AcpxRuntime": "._runtime.runtime",
-    "open_acpx_runtime": "._runtime.runtime",
+    "open_acpx_runtime": "._runtime.open_runtime",
     "RuntimeFactoryParams": "._service.lazy_runtime",
     "ServiceHealth": "._service.health",
     "ServiceHealthState": "._service.health",
@@ -275,7 +287,8 @@ _EXPORTS: dict[str, str] = {
     "ServiceAlreadyStartedError": "._service.service",
     "ServiceContext": "._service.service",
     "ServiceStoppedError": "._service.service",
-    "open_runtime_service": "._service.service",
+    "open_runtime_service": "._service.open_service",
+    "ServiceLogger": "._log",
 }
 
 __all__ = sorted(_EXPORTS)

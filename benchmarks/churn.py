@@ -36,7 +36,8 @@ from _report import result as report_result
 
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
-from acpx_trio._service.service import AcpxRuntimeService, ServiceContext, open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
+from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
 
 MiB = 1024 * 1024
 TARGET_CYCLES_PER_S = 3000.0

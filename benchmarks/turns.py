@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import median, result
 
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import resolve_config
 from acpx_trio._store.leases import LeaseStore
 

@@ -28,6 +28,8 @@ from acpx_trio._acp._jsonrpc import (
     Response,
     parse_message,
 )
+from acpx_trio._acp._pending import Pending as _Pending
+from acpx_trio._acp._pending import copy_error as _copy_error
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
 __all__ = ["AcpConnection", "MessageHook", "NotificationHandler", "RequestHandler"]
@@ -44,23 +46,6 @@ _JUNK_TAIL: Final = 5
 _JUNK_BYTES: Final = 200
 _ABANDONED_MAX: Final = 10_000
 _NULL: Final = b"null"
-
-
-class _Pending:
-    __slots__ = ("done", "error", "method", "outcome")
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.done = trio.Event()
-        self.outcome: Response | ErrorResponse | None = None
-        self.error: AcpxError | None = None
-
-
-def _copy_error(exc: AcpxError) -> AcpxError:
-    """A fresh instance for each waiter, so tracebacks do not pile up on one object."""
-    if isinstance(exc, AcpProtocolError):
-        return AcpProtocolError(exc.message, code=exc.code)
-    return AcpConnectionClosedError(exc.message, code=exc.code)
 
 
 class AcpConnection:

@@ -1,38 +1,50 @@
-"""The blocking part of a service start (config, private dirs, gateway id, lease store, "is
-there anything to reap"), cached across restarts of one service object.
+"""The blocking part of a service start (:func:`~acpx_trio._service.startup.prepare_sync`:
+config, private dirs, gateway id, lease store, "is there anything to reap"), cached across
+restarts of one service object.
 
-:class:`PrepareCache` redoes each piece only when its input changed:
+:meth:`PrepareCache.prepare` returns the previous result while nothing it depends on changed:
 
-* the resolved config, while the key (the plugin config's content, workspace dir, state dir,
-  allowed agents) is the same;
-* the directories' 0700 check, while both directories keep their inode and mode;
-* the gateway id, while its file keeps its fingerprint (inode, size, mtime, ctime);
-* the lease store object (it keeps the decoded lease file between locked operations), and
-  the "no open lease of this gateway" answer while the lease file keeps its fingerprint.
+* the key: the plugin config's content (not its identity: a dict mutated between restarts
+  gets a new config), the workspace and state dirs, the allowed agents;
+* both private directories: same inode, mode still 0700;
+* the gateway id file: same fingerprint (device, inode, size, mtime, ctime);
+* the lease file: same fingerprint, and the previous answer was "nothing to reap" (the lease
+  store object is kept too, with its decoded file).
 
-Every check is a ``stat``; a changed or missing file is read again exactly as on a first
-start.  Blocking: run :meth:`PrepareCache.prepare` in a worker thread.
+Every check is a ``stat``.  When only the lease file changed, the kept store re-reads it;
+anything else runs ``prepare_sync`` again, exactly as a first start (same errors).
+Blocking: call it in a worker thread; one start at a time (the service's lock).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from acpx_trio._store.config import AcpxConfig
-from acpx_trio._store.fsio import DIR_MODE, ensure_private_dir
-from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
+from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
+from acpx_trio._service.startup import Prepared, prepare_sync
+from acpx_trio._store.fsio import DIR_MODE
+from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
 from acpx_trio._store.lease_snapshot import fingerprint
-from acpx_trio._store.leases import LeaseStore
 
-__all__ = ["PrepareCache", "Prepared", "cache_key"]
+__all__ = ["PrepareCache", "cache_key"]
 
-Prepared = tuple[AcpxConfig, LeaseStore, str, bool]
-"""(config, lease store, gateway instance id, whether start-up has leases to reap)."""
+
+def cache_key(
+    plugin_config: Mapping[str, Any] | None, workspace_dir: object, state_dir: object,
+    allowed_agents: Sequence[str],
+) -> object:
+    """What the resolved config depends on.  A config that does not encode as JSON gets a key
+    equal to nothing (no caching)."""
+    try:
+        content = msgspec.json.encode(plugin_config)
+    except (TypeError, ValueError, OverflowError):
+        return object()
+    return (content, str(workspace_dir), str(state_dir), tuple(allowed_agents))
 
 
 def _dir_identity(path: Path) -> tuple[int, int, int] | None:
@@ -46,72 +58,47 @@ def _dir_identity(path: Path) -> tuple[int, int, int] | None:
 
 
 class PrepareCache:
-    """See the module docstring.  Not thread-safe: one start at a time (the service's lock)."""
+    """See the module docstring."""
 
     def __init__(self) -> None:
-        self._reset()
-        #: How many starts were served without re-reading anything (for tests, benchmarks).
+        self._key: object = None
+        self._prepared: Prepared | None = None
+        self._inputs: tuple[object, ...] = ()
+        self._lease_fp: object = None
+        #: Starts served from the cache without reading any file (for tests and benchmarks).
         self.hits = 0
 
-    def _reset(self) -> None:
-        self._key: object = None
-        self._config: AcpxConfig | None = None
-        self._dirs: tuple[object, ...] | None = None
-        self._gateway_id: str | None = None
-        self._gateway_fp: object = None
-        self._lease_store: LeaseStore | None = None
-        self._lease_fp: object = None
-        self._no_open = False
+    def _inputs_of(self, prepared: Prepared, state_dir: Path) -> tuple[object, ...]:
+        dirs = (_dir_identity(Path(prepared.config.state_dir)),
+                _dir_identity(state_dir / WRAPPER_DIR_NAME))
+        if None in dirs:
+            return (object(),)  # equal to nothing: check again next time
+        return (*dirs, fingerprint(state_dir / GATEWAY_ID_FILE_NAME))
 
-    def prepare(
-        self, key: object, build_config: Callable[[], AcpxConfig], state_dir: Path,
-        wrapper_root: Path,
-    ) -> Prepared:
-        if self._config is None or key != self._key:
-            self._reset()  # a new key: forget everything
-            self._config = build_config()
+    def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
+        state_dir = Path(ctx.state_dir)
+        key = cache_key(plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
+        kept = self._prepared
+        if kept is None or key != self._key or self._inputs_of(kept, state_dir) != self._inputs:
+            self._prepared = None
+            prepared = prepare_sync(plugin_config, ctx)
             self._key = key
-        config = self._config
-        dirs = (_dir_identity(Path(config.state_dir)), _dir_identity(wrapper_root))
-        if None in dirs or dirs != self._dirs:
-            ensure_private_dir(Path(config.state_dir))
-            ensure_private_dir(wrapper_root)
-            self._dirs = (_dir_identity(Path(config.state_dir)), _dir_identity(wrapper_root))
-        gateway_fp = fingerprint(Path(state_dir) / GATEWAY_ID_FILE_NAME)
-        if self._gateway_id is None or gateway_fp is None or gateway_fp != self._gateway_fp:
-            self._gateway_id = resolve_gateway_instance_id_sync(state_dir)
-            self._gateway_fp = fingerprint(Path(state_dir) / GATEWAY_ID_FILE_NAME)
-        gateway_id = self._gateway_id
-        store = self._lease_store
-        if store is None or store.sync.state_dir != wrapper_root:
-            store = self._lease_store = LeaseStore(wrapper_root)
-            self._lease_fp = None
-        store.sync.quarantined.clear()  # report only what this start moves aside
-        lease_fp = fingerprint(store.path)
-        if self._no_open and lease_fp == self._lease_fp:
-            self.hits += 1
-            return config, store, gateway_id, False
-        # Reap when a previous life left open leases, or when the lease file was damaged
-        # (quarantined or with unreadable entries): tagged processes may have lost their lease.
-        needs_reap = (
-            bool(store.sync.list_open(gateway_id))
-            or bool(store.sync.quarantined)
-            or store.sync.skipped_entries > 0
-        )
-        self._no_open = not needs_reap
-        self._lease_fp = fingerprint(store.path)
-        return config, store, gateway_id, needs_reap
-
-
-def cache_key(
-    plugin_config: Mapping[str, Any] | None, workspace_dir: object, state_dir: object,
-    allowed_agents: Sequence[str],
-) -> object:
-    """What the resolved config depends on: the plugin config's content (not its identity: a
-    dict mutated between restarts must not reuse a stale config), the dirs, the allowed
-    agents.  A config that does not encode as JSON gets a key equal to nothing (no caching)."""
-    try:
-        content = msgspec.json.encode(plugin_config)
-    except (TypeError, ValueError, OverflowError):
-        return object()
-    return (content, str(workspace_dir), str(state_dir), tuple(allowed_agents))
+            self._inputs = self._inputs_of(prepared, state_dir)
+        else:
+            store = kept.lease_store
+            store.sync.quarantined.clear()  # report only what this start moves aside
+            if not kept.needs_reap and fingerprint(store.path) == self._lease_fp:
+                self.hits += 1
+                return kept
+            needs_reap = (
+                bool(store.sync.list_open(kept.gateway_instance_id))
+                or bool(store.sync.quarantined)
+                or store.sync.skipped_entries > 0
+            )
+            prepared = Prepared(
+                config=kept.config, lease_store=store,
+                gateway_instance_id=kept.gateway_instance_id, needs_reap=needs_reap,
+            )
+        self._lease_fp = fingerprint(prepared.lease_store.path)
+        self._prepared = prepared
+        return prepared

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from acpx_trio._store.leases import LeaseState, ProcessLease
+    from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = ["Change", "LeaseSnapshot", "apply_marks", "apply_save", "fingerprint"]
 

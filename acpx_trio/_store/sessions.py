@@ -8,6 +8,9 @@ Guarantees:
 * A corrupt record is reported (logged) and treated as absent by :meth:`SessionStore.load`;
   it is never deleted or overwritten silently except by a later :meth:`SessionStore.save`.
 * All file work runs in worker threads; calls are cancellable (a started write completes).
+* :class:`SessionStore` raises only :class:`SessionStoreError` (code ``ACPX_SESSION_STORE``)
+  for file-system failures (unwritable or missing directory, a file where the directory should
+  be, a lock held too long), naming the path.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import trio
 
+from acpx_trio._errors import SessionStoreError
 from acpx_trio._store.fsio import (
     atomic_write_bytes,
     atomic_write_many,
@@ -33,7 +37,13 @@ from acpx_trio._store.fsio import (
 )
 from acpx_trio._store.locks import GroupCommitter
 
-__all__ = ["SESSION_FILE_PREFIX", "SessionRecord", "SessionStore", "SyncSessionStore"]
+__all__ = [
+    "SESSION_FILE_PREFIX",
+    "SessionRecord",
+    "SessionStore",
+    "SyncSessionStore",
+    "store_error",
+]
 
 SESSION_FILE_PREFIX = "session-"
 _log = logging.getLogger("acpx_trio.sessions")
@@ -213,12 +223,25 @@ class SyncSessionStore:
         return sorted(records, key=lambda r: r.updated_at)
 
 
+def store_error(directory: Path, action: str, exc: OSError) -> SessionStoreError:
+    """The typed error for an ``OSError`` while ``action``-ing the store in ``directory``."""
+    where = exc.filename if isinstance(exc.filename, str) else str(directory)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return SessionStoreError(
+        f"session store {directory}: cannot {action} ({reason}: {where}); check that the "
+        "state dir is a directory this user can write",
+        path=where,
+    )
+
+
 class SessionStore:
     """Async facade of :class:`SyncSessionStore`: every call runs in a worker thread.
 
-    Writes from concurrent tasks are group-committed (see :class:`GroupCommitter`): one
-    locked worker-thread hop and one directory fsync for all the records waiting, each
-    caller getting its own result; waiting for another process's lock is cancellable."""
+    Every method raises :class:`SessionStoreError` (never a raw ``OSError``) when the file
+    system refuses; a corrupt record is not an error (it reads as absent).  Writes from
+    concurrent tasks are group-committed (:class:`GroupCommitter`): one locked worker-thread
+    hop, concurrent fsyncs and one directory fsync for all the records waiting, each caller
+    getting its own result; waiting for another process's lock is cancellable."""
 
     def __init__(self, directory: str | Path, *, logger: logging.Logger | None = None) -> None:
         self.sync = SyncSessionStore(directory, logger=logger)
@@ -230,26 +253,40 @@ class SessionStore:
     def directory(self) -> Path:
         return self.sync.directory
 
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            raise store_error(self.sync.directory, action, exc) from exc
+
+    async def _change(self, action: str, change: Callable[[_Batch], T]) -> T:
+        try:
+            return await self._committer.submit(change)
+        except OSError as exc:
+            raise store_error(self.sync.directory, action, exc) from exc
+
     async def load(self, session_key: str) -> SessionRecord | None:
         """The record of ``session_key``, or ``None`` (absent or unreadable)."""
-        return await trio.to_thread.run_sync(self.sync.load, session_key)
+        return await self._run("read a session record", self.sync.load, session_key)
 
     async def save(self, record: SessionRecord) -> SessionRecord:
         """Write ``record`` (stamping ``updated_at``); returns what was written."""
-        return await self._committer.submit(functools.partial(self.sync.put_unlocked, record))
+        return await self._change(
+            "write a session record", functools.partial(self.sync.put_unlocked, record)
+        )
 
     async def mark_fresh(self, session_key: str) -> bool:
         """Persist the fresh marker; the next ensure starts a new ACP session."""
-        return await self._committer.submit(
-            functools.partial(self.sync.fresh_unlocked, session_key)
+        return await self._change(
+            "update a session record", functools.partial(self.sync.fresh_unlocked, session_key)
         )
 
     async def delete(self, session_key: str) -> bool:
         """Remove the record; False if there was none."""
-        return await self._committer.submit(
-            functools.partial(self.sync.remove_unlocked, session_key)
+        return await self._change(
+            "delete a session record", functools.partial(self.sync.remove_unlocked, session_key)
         )
 
     async def list(self) -> builtins.list[SessionRecord]:
         """Every readable record."""
-        return await trio.to_thread.run_sync(self.sync.list)
+        return await self._run("list session records", self.sync.list)
