@@ -7,7 +7,7 @@ exit: the floor); ``acpx --agent "<cmd>" --approve-all --cwd DIR --format quiet 
 Runs alternate in one process so machine noise hits all alike.  Targets: ours <= 1.6x the raw
 one-shot; ours <= 0.25x acpx.  Child Pythons run with bytecode caching ON
 (``PYTHONDONTWRITEBYTECODE`` removed; the warm-up run writes the caches); ``--no-bytecode``
-measures with it off.
+measures with it off (an empty ``PYTHONPYCACHEPREFIX``, nothing written: every run compiles).
 
 acpx: a global ``acpx`` on PATH (``npm i -g acpx@0.19.1``), else installed from npm into a
 temporary folder.  Without node/npm, or when the install or a warm-up run of acpx fails, that
@@ -108,8 +108,9 @@ def main() -> int:
         env["HOME"] = str(home)
         env["NO_COLOR"] = "1"
         env.pop("ACPX_TRIO_STATE_DIR", None)
-        if args.no_bytecode:
+        if args.no_bytecode:  # no cache is read or written: every import compiles
             env["PYTHONDONTWRITEBYTECODE"] = "1"
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "empty-pycache")
         else:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         bytecode = "off" if args.no_bytecode else "on"
