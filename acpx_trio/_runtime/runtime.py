@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -437,12 +437,3 @@ class AcpxRuntime:
             raise collapse_group(group) from None
         finally:
             self._closing_done.set()
-
-
-def __getattr__(name: str) -> Any:
-    # ``open_acpx_runtime`` lives in :mod:`acpx_trio._runtime.open_runtime`; keep this path.
-    if name == "open_acpx_runtime":
-        from acpx_trio._runtime.open_runtime import open_acpx_runtime
-
-        return open_acpx_runtime
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
