@@ -37,6 +37,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.deep_doctor import deep_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
     control_request,
@@ -393,9 +394,7 @@ class AcpxRuntime:
         name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
         if deep and report.ok:
-            from acpx_trio._runtime.deep_doctor import deep_probe
-
-            report = await deep_probe(self, name, report)
+            report = await deep_probe(self, self.session_store.delete, name, report)
         self._healthy = report.ok
         return report
 
