@@ -137,8 +137,9 @@ async def test_busy_unknown_dead_and_closed_sessions(
         stub.kill_session("s")
     assert (await stub.get_status(handle=handle)).alive is False
     assert await stub.sweep_dead_sessions() == 1
-    gone = await collect(stub, handle, "z")
-    assert [e.code for e in gone if isinstance(e, ErrorEvent)] == ["ACP_SESSION_NOT_FOUND"]
+    with pytest.raises(AcpRuntimeError) as gone:
+        await collect(stub, handle, "z")
+    assert gone.value.code == "ACP_SESSION_NOT_FOUND"
     fresh = await stub.ensure_session(session_key="s", agent="mock")
     assert fresh.backend_session_id != handle.backend_session_id
     await stub.close(handle=fresh, reason="done")

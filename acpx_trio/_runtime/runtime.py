@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -35,6 +35,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.deep_doctor import deep_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
     control_request,
@@ -390,9 +391,7 @@ class AcpxRuntime:
         name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
         if deep and report.ok:
-            from acpx_trio._runtime.deep_doctor import deep_probe
-
-            report = await deep_probe(self, name, report)
+            report = await deep_probe(self, self.session_store.delete, name, report)
         self._healthy = report.ok
         return report
 
@@ -434,12 +433,3 @@ class AcpxRuntime:
             raise collapse_group(group) from None
         finally:
             self._closing_done.set()
-
-
-def __getattr__(name: str) -> Any:
-    # ``open_acpx_runtime`` lives in :mod:`acpx_trio._runtime.open_runtime`; keep this path.
-    if name == "open_acpx_runtime":
-        from acpx_trio._runtime.open_runtime import open_acpx_runtime
-
-        return open_acpx_runtime
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

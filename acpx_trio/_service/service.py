@@ -253,6 +253,7 @@ class AcpxRuntimeService:
         try:
             async with trio.open_nursery() as nursery:
                 running = await self._boot(ctx, nursery, run_done)
+                self._running = running  # before anything can crash unobserved
                 task_status.started(running)
                 await trio.sleep_forever()
         except* Exception as group:
@@ -438,13 +439,3 @@ class AcpxRuntimeService:
 
     def __repr__(self) -> str:
         return f"<AcpxRuntimeService {self._phase.value} health={self._health.value.value}>"
-
-
-def __getattr__(name: str) -> Any:
-    # ``open_runtime_service`` moved to :mod:`acpx_trio._service.open_service` (it builds on
-    # this module); keep the old import path working without an import cycle.
-    if name == "open_runtime_service":
-        from acpx_trio._service.open_service import open_runtime_service
-
-        return open_runtime_service
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
