@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import median, result, skip
 
 from acpx_trio._events import ErrorEvent, TextDeltaEvent
-from acpx_trio._runtime.runtime import open_acpx_runtime
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
 from acpx_trio._store.config import resolve_config
 from acpx_trio._store.leases import LeaseStore
 
