@@ -26,7 +26,8 @@ from pathlib import Path
 import trio
 
 from acpx_trio._events import AcpRuntimeHandle
-from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import resolve_config
 from acpx_trio._store.leases import LeaseStore
 

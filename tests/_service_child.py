@@ -5,7 +5,7 @@ Usage::
     python tests/_service_child.py STATE_DIR [--sessions N] [--busy M] [--grandchildren K]
         [--agent-arg=--ignore-stdin-eof ...] [--workspace DIR]
 
-Starts :func:`acpx_trio._service.service.open_runtime_service` on ``STATE_DIR``, opens
+Starts :func:`acpx_trio._service.open_service.open_runtime_service` on ``STATE_DIR``, opens
 ``N`` sessions
 with the bundled mock agent (``python -m acpx_trio.testing.mock_agent`` plus the given agent
 args) through ``runtime.ensure_session(session_key=..., agent="mock")``, has the first ``K``

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 
 HOLD = "/terminal-hold echo $$; exec sleep 60 </dev/null >/dev/null 2>&1"
 

@@ -40,12 +40,18 @@ async def _consume_turn(rt: AcpxRuntime, handle: AcpRuntimeHandle) -> list[Any]:
         return [event async for event in events]
 
 
+async def _consume_batches(rt: AcpxRuntime, handle: AcpRuntimeHandle) -> list[Any]:
+    async with contextlib.aclosing(rt.run_turn_batches(handle=handle, text="hi")) as batches:
+        return [event async for batch in batches for event in batch]
+
+
 #: Every public coroutine (and async generator) of AcpxRuntime, with arguments.
 CALLS: dict[str, Call] = {
     "ensure_session": lambda rt, h: rt.ensure_session(session_key=h.session_key, agent="mock"),
     "prepare_fresh_session": lambda rt, h: rt.prepare_fresh_session(session_key=h.session_key),
     "close": lambda rt, h: rt.close(handle=h),
     "run_turn": _consume_turn,
+    "run_turn_batches": _consume_batches,
     "cancel": lambda rt, h: rt.cancel(handle=h),
     "get_capabilities": lambda rt, h: rt.get_capabilities(handle=h),
     "get_status": lambda rt, h: rt.get_status(handle=h),

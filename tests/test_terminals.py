@@ -180,7 +180,7 @@ async def test_terminal_of_a_crashed_owner_is_reaped(tmp_path: Path) -> None:
     import sys
 
     from acpx_trio._service.backends import BackendRegistry
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
 
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {k: v for k, v in os.environ.items()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import platformdirs
 
 from acpx_trio._store.config import load_config_file
 
@@ -25,7 +24,11 @@ class UsageError(Exception):
 def default_state_dir() -> Path:
     """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
     env = os.environ.get(STATE_DIR_ENV, "").strip()
-    return Path(env) if env else Path(platformdirs.user_state_dir("acpx-trio"))
+    if env:
+        return Path(env)
+    import platformdirs  # only here: it costs a few ms at start-up
+
+    return Path(platformdirs.user_state_dir("acpx-trio"))
 
 
 class Options(msgspec.Struct, kw_only=True):

@@ -9,24 +9,38 @@ record.  A failure becomes a failed :class:`DoctorReport` whose ``code`` is the 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
 
 import msgspec
 import trio
 
 from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._events import DoctorReport
-
-if TYPE_CHECKING:
-    from acpx_trio._runtime.runtime import AcpxRuntime
+from acpx_trio._events import AcpRuntimeHandle, DoctorReport
 
 __all__ = ["DEEP_PROBE_KEY_PREFIX", "deep_probe"]
 
 DEEP_PROBE_KEY_PREFIX = "openclaw:acpx:probe:deep:"
 
 
-async def deep_probe(runtime: AcpxRuntime, name: str, report: DoctorReport) -> DoctorReport:
-    """``report`` extended with the session check (see the module docstring)."""
+class _Sessions(Protocol):
+    """What the deep probe needs of the runtime."""
+
+    async def ensure_session(
+        self, *, session_key: str, agent: str, mode: Literal["persistent", "oneshot"] = ...,
+    ) -> AcpRuntimeHandle: ...
+
+    async def close(
+        self, *, handle: AcpRuntimeHandle, reason: str = ..., discard_persistent_state: bool = ...
+    ) -> None: ...
+
+
+async def deep_probe(
+    runtime: _Sessions, forget: Callable[[str], Awaitable[object]], name: str,
+    report: DoctorReport,
+) -> DoctorReport:
+    """``report`` extended with the session check (see the module docstring); ``forget``
+    deletes the probe's session record afterwards."""
     key = f"{DEEP_PROBE_KEY_PREFIX}{uuid.uuid4().hex[:12]}"
     start = trio.current_time()
     try:
@@ -41,7 +55,7 @@ async def deep_probe(runtime: AcpxRuntime, name: str, report: DoctorReport) -> D
         )
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await runtime.session_store.delete(key)
+            await forget(key)
     seconds = trio.current_time() - start
     return msgspec.structs.replace(
         report, message="embedded ACP runtime ready (session opened and closed)",

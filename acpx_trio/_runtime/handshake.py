@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from importlib import metadata
 from typing import Any, Literal
 
 import trio
@@ -70,14 +69,17 @@ __all__ = [
 ]
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
-try:
-    _VERSION = metadata.version("acpx-trio")
-except metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0.0.0"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
 _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
                     "not supported", "no previous session", "no session found",
                     "no sessions found", "could not find session", "session not found")
+
+
+def _version() -> str:
+    """``acpx_trio.__version__`` (no ``importlib.metadata``: it costs ~10 ms at start-up)."""
+    from acpx_trio import __version__  # the package root is loaded before any submodule
+
+    return __version__
 
 
 def initialize_request() -> InitializeRequest:
@@ -87,7 +89,7 @@ def initialize_request() -> InitializeRequest:
         client_capabilities=ClientCapabilities(
             fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
         ),
-        client_info=Implementation(name="acpx-trio", version=_VERSION),
+        client_info=Implementation(name="acpx-trio", version=_version()),
     )
 
 

@@ -16,11 +16,11 @@ Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -31,12 +31,11 @@ from acpx_trio._events import (
     AcpRuntimeHandle,
     AcpRuntimeStatus,
     DoctorReport,
-    DoneEvent,
-    ErrorEvent,
 )
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.deep_doctor import deep_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
     control_request,
@@ -48,15 +47,9 @@ from acpx_trio._runtime.handshake import (
     validate_ensure_args,
 )
 from acpx_trio._runtime.key_locks import KeyedLocks
-from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.session_factory import SessionFactory
-from acpx_trio._runtime.turns import (
-    ABANDON_WAIT_SECONDS,
-    CANCEL_WAIT_SECONDS,
-    abandon_turn,
-    drive_turn,
-    send_cancel,
-)
+from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_turn
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
@@ -272,7 +265,8 @@ class AcpxRuntime:
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
         consumer stops early or its scope is cancelled, the turn is cancelled at the agent
         (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
-        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).
+        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).  For turns that
+        stream thousands of chunks, :meth:`run_turn_batches` is the same in batches.
 
         Error rule: problems of the *turn itself* (the agent failed, timed out, was busy with
         another turn, asked for a permission that cannot be granted, ...) arrive as the final
@@ -288,36 +282,40 @@ class AcpxRuntime:
                 f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
         session = self._require_live(handle)
-        if session.turn is not None:
-            yield ErrorEvent(
-                code="ACP_SESSION_BUSY", retryable=True,
-                message=f'ACP session "{handle.session_key}" is already running a turn; '
-                "wait for it to finish or cancel it.",
+        async with contextlib.aclosing(self._stream(session, text)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def run_turn_batches(  # noqa: ASYNC900
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+        """:meth:`run_turn`, yielding the events in non-empty lists (all that arrived since
+        the last step, in wire order); the last list ends with the final event.  Same errors,
+        cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
+        one await per read batch instead of one per event."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if mode not in ("prompt", "steer"):
+            raise AcpRuntimeError(
+                "ACP_INVALID_RUNTIME_OPTION",
+                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-            await trio.lowlevel.checkpoint()
-            return
-        turn = Turn(text)
-        session.turn = turn
-        session.turns_run += 1
-        drive = functools.partial(
-            drive_turn, session, turn, turn_timeout=self.config.timeout_seconds,
+        session = self._require_live(handle)
+        async with contextlib.aclosing(self._stream(session, text)) as batches:
+            async for batch in batches:
+                yield batch
+
+    def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+        return stream_turn(
+            session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
             retire=self._retire, log=self.log,
         )
-        self._nursery.start_soon(drive)
-        finished = False
-        try:
-            while True:
-                event = await turn.receive()
-                if isinstance(event, DoneEvent | ErrorEvent):
-                    finished = True
-                yield event
-                if finished:
-                    await trio.lowlevel.checkpoint()
-                    return
-        finally:
-            if not finished:
-                with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
-                    await abandon_turn(session, turn, self._retire)
 
     def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:
         """Fail the session's running turn with ``error`` (policy ``fail``) and cancel it."""
@@ -393,9 +391,7 @@ class AcpxRuntime:
         name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
         report = await doctor_probe(self._factory, name)
         if deep and report.ok:
-            from acpx_trio._runtime.deep_doctor import deep_probe
-
-            report = await deep_probe(self, name, report)
+            report = await deep_probe(self, self.session_store.delete, name, report)
         self._healthy = report.ok
         return report
 
@@ -437,12 +433,3 @@ class AcpxRuntime:
             raise collapse_group(group) from None
         finally:
             self._closing_done.set()
-
-
-def __getattr__(name: str) -> Any:
-    # ``open_acpx_runtime`` lives in :mod:`acpx_trio._runtime.open_runtime`; keep this path.
-    if name == "open_acpx_runtime":
-        from acpx_trio._runtime.open_runtime import open_acpx_runtime
-
-        return open_acpx_runtime
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,9 @@ final event is queued, so a consumer that sees the error also sees a closed leas
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -20,7 +22,14 @@ from acpx_trio._log import Logger
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
 
-__all__ = ["CANCEL_WAIT_SECONDS", "abandon_turn", "drive_turn", "send_cancel", "turn_error"]
+__all__ = [
+    "CANCEL_WAIT_SECONDS",
+    "abandon_turn",
+    "drive_turn",
+    "send_cancel",
+    "stream_turn",
+    "turn_error",
+]
 
 #: How long a cancelled turn waits for the agent's ``cancelled`` answer before killing it.
 CANCEL_WAIT_SECONDS = 2.5
@@ -28,6 +37,43 @@ CANCEL_WAIT_SECONDS = 2.5
 ABANDON_WAIT_SECONDS = CANCEL_WAIT_SECONDS + 15.0
 
 Retire = Callable[[LiveSession, str], Awaitable[None]]
+_FINAL_EVENTS: frozenset[type[Any]] = frozenset({DoneEvent, ErrorEvent})
+
+
+async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
+    session: LiveSession, text: str, *, nursery: trio.Nursery, turn_timeout: float | None,
+    retire: Retire, log: Logger,
+) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+    """Run one turn on ``session``; yields its events in non-empty lists, in wire order (one
+    list per read batch), the last list ending with the one final event.  A busy session
+    yields ``[ErrorEvent(ACP_SESSION_BUSY)]``.  If the consumer leaves early (``aclose``,
+    cancel), the turn is cancelled at the agent and waited for (bounded), and a oneshot
+    session is closed."""
+    if session.turn is not None:
+        yield [ErrorEvent(
+            code="ACP_SESSION_BUSY", retryable=True,
+            message=f'ACP session "{session.session_key}" is already running a turn; '
+            "wait for it to finish or cancel it.",
+        )]
+        await trio.lowlevel.checkpoint()
+        return
+    turn = Turn(text)
+    session.turn = turn
+    session.turns_run += 1
+    nursery.start_soon(functools.partial(
+        drive_turn, session, turn, turn_timeout=turn_timeout, retire=retire, log=log
+    ))
+    finished = False
+    try:
+        while not finished:
+            batch = await turn.receive_batch()
+            finished = type(batch[-1]) in _FINAL_EVENTS
+            yield batch
+        await trio.lowlevel.checkpoint()
+    finally:
+        if not finished:
+            with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
+                await abandon_turn(session, turn, retire)
 
 
 async def send_cancel(session: LiveSession, turn: Turn) -> None:

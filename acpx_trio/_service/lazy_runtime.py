@@ -164,6 +164,33 @@ class LazyAcpxRuntime:
         finally:
             await inner.aclose()
 
+    async def run_turn_batches(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+        """``run_turn`` in non-empty lists of events (see ``AcpxRuntime.run_turn_batches``);
+        a runtime without the batch form gets one event per list."""
+        runtime = await self._resolve()
+        batched = getattr(runtime, "run_turn_batches", None)
+        if batched is not None:
+            inner = batched(handle=handle, text=text, mode=mode, request_id=request_id)
+            try:
+                async for batch in inner:
+                    yield batch
+            finally:
+                await inner.aclose()
+            return
+        single = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id)
+        try:
+            async for event in single:
+                yield [event]
+        finally:
+            await single.aclose()
+
     async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None:
         await (await self._resolve()).cancel(handle=handle, reason=reason)
 

@@ -52,8 +52,8 @@ from acpx_trio._service.context import (
 from acpx_trio._service.doctor_format import format_seconds
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
+from acpx_trio._service.prepare import PrepareCache
 from acpx_trio._service.startup import (
-    prepare_sync,
     reap_leases_and_orphans,
     report_lease_file,
     report_reap,
@@ -124,6 +124,7 @@ class AcpxRuntimeService:
         self._startup_reap: ReapResult | None = None
         self._start_scope: trio.CancelScope | None = None
         self._crash: BaseException | None = None
+        self._prepare_cache = PrepareCache()  # config, dirs, gateway id across restarts
 
     # -- observation -------------------------------------------------------------------------
     @property
@@ -274,7 +275,8 @@ class AcpxRuntimeService:
         self, ctx: ServiceContext, nursery: trio.Nursery, run_done: trio.Event
     ) -> Running:
         logger = ctx.logger
-        prepared = await trio.to_thread.run_sync(prepare_sync, self._plugin_config, ctx)
+        prepare = self._prepare_cache.prepare
+        prepared = await trio.to_thread.run_sync(prepare, self._plugin_config, ctx)
         config, lease_store = prepared.config, prepared.lease_store
         gateway_instance_id = prepared.gateway_instance_id
         self._gateway_instance_id = gateway_instance_id
@@ -437,13 +439,3 @@ class AcpxRuntimeService:
 
     def __repr__(self) -> str:
         return f"<AcpxRuntimeService {self._phase.value} health={self._health.value.value}>"
-
-
-def __getattr__(name: str) -> Any:
-    # ``open_runtime_service`` moved to :mod:`acpx_trio._service.open_service` (it builds on
-    # this module); keep the old import path working without an import cycle.
-    if name == "open_runtime_service":
-        from acpx_trio._service.open_service import open_runtime_service
-
-        return open_runtime_service
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

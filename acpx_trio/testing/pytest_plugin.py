@@ -127,7 +127,7 @@ async def acpx_service(
     leak guard runs (see the module docstring)."""
     import trio
 
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio.testing.leak_guard import check_gateway_leaks
 
     config = {**acpx_config, **_marker_config(request)}
