@@ -30,6 +30,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("churn.py", ["--cycles", "20000", "--skip-runtime"], ["--cycles", "3000",
                                                            "--skip-runtime"]),
     ("sdk_peer.py", ["--reps", "7"], ["--reps", "3", "--chunks", "2000"]),
+    ("transcript.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
 ]
 
 

@@ -21,7 +21,7 @@ ALLOWED = {
     "_runtime": {"_process", "_acp", "_store"},
     "_service": {"_process", "_store"},  # the runtime only lazily (LazyAcpxRuntime)
     "_cli": {"_service", "_runtime", "_process", "_store", "_acp", "_owner"},
-    # the service and runtime only lazily (in the owner process); _acp for lines_observer
+    # the service and runtime only lazily (in the owner process); _acp for stream_tap
     "_owner": {"_store", "_acp"},
     "testing": {"_store", "_acp", "_process", "_runtime", "_service"},
 }

@@ -25,23 +25,24 @@ from acpx_trio._store.transcript_history import past_turns
 SECRET = "sk-test-0123456789abcdef"
 
 
-def _lines(obj: object) -> list[bytes]:
-    return [msgspec.json.encode(obj) + b"\n"]
+def _line(obj: object) -> bytes:
+    return msgspec.json.encode(obj)
 
 
 async def test_writer_redacts_marks_replay_and_rotates(tmp_path: Path) -> None:
     path = tmp_path / "t.ndjson"
     writer = TranscriptWriter(path, max_bytes=2000, keep=3, credentials=[SECRET],
                               flush_bytes=1 << 30)
-    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "authenticate",
+    writer.on_message("out", _line({"jsonrpc": "2.0", "id": 1, "method": "authenticate",
                                     "params": {"methodId": "key", "apiKey": "plain"}}))
-    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 2, "method": "session/load",
+    writer.on_message("out", _line({"jsonrpc": "2.0", "id": 2, "method": "session/load",
                                     "params": {"sessionId": "s"}}))
-    writer.on_lines("in", _lines({"jsonrpc": "2.0", "method": "session/update",
+    writer.on_message("in", _line({"jsonrpc": "2.0", "method": "session/update",
                                    "params": {"update": {"text": f"old {SECRET} text"}}}))
-    writer.on_lines("in", [b"", b"junk {", msgspec.json.encode(
-        {"jsonrpc": "2.0", "id": 2, "result": {}})])
-    writer.on_lines("in", _lines({"jsonrpc": "2.0", "method": "session/update",
+    writer.on_message("in", b"")
+    writer.on_message("in", b"junk {")
+    writer.on_message("in", _line({"jsonrpc": "2.0", "id": 2, "result": {}}))
+    writer.on_message("in", _line({"jsonrpc": "2.0", "method": "session/update",
                                    "params": {"update": {}}}))
     await writer.flush()
     entries = list(read_transcript(path))
@@ -53,7 +54,7 @@ async def test_writer_redacts_marks_replay_and_rotates(tmp_path: Path) -> None:
         f"old {REDACTED} text")
     assert (path.stat().st_mode & 0o777) == 0o600
     for i in range(200):  # well past max_bytes * keep
-        writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 10 + i, "method": "x",
+        writer.on_message("out", _line({"jsonrpc": "2.0", "id": 10 + i, "method": "x",
                                         "params": {"pad": "p" * 50}}))
         if i % 10 == 0:
             await writer.flush()
@@ -75,7 +76,7 @@ async def test_writer_never_follows_a_symlink(tmp_path: Path) -> None:
     path = tmp_path / "t.ndjson"
     path.symlink_to(target)
     writer = TranscriptWriter(path, flush_bytes=1 << 30)
-    writer.on_lines("out", _lines({"jsonrpc": "2.0", "id": 1, "method": "x"}))
+    writer.on_message("out", _line({"jsonrpc": "2.0", "id": 1, "method": "x"}))
     await writer.flush()
     assert writer.disabled and target.read_text() == "keep"
 
@@ -134,3 +135,20 @@ def test_config_turns_the_transcript_off_and_sets_the_ttl(tmp_path: Path) -> Non
     assert json.loads(status.stdout)["sessions"][0]["ttl_seconds"] == 0  # forever
     assert not transcript_path(state / "acpx" / "sessions", "k").exists()
     assert run_cli("sessions", "close", "k", state_dir=state).returncode == 0
+
+
+async def test_writer_reassembles_lines_split_across_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    writer = TranscriptWriter(path, flush_bytes=1 << 30)
+    first = _line({"jsonrpc": "2.0", "method": "session/update", "params": {"n": 1}})
+    second = _line({"jsonrpc": "2.0", "id": 7, "result": {"stopReason": "end_turn"}})
+    data = first + b"\n" + second + b"\n"
+    writer.on_chunk("in", data[:10])
+    writer.on_chunk("out", _line({"jsonrpc": "2.0", "id": 7, "method": "x"}) + b"\n")
+    writer.on_chunk("in", data[10:len(first) + 20])
+    await writer.flush()  # a partial line waits for the rest across flushes
+    writer.on_chunk("in", data[len(first) + 20:])
+    await writer.aclose()
+    entries = list(read_transcript(path))
+    assert [(e.d, json.loads(bytes(e.m)).get("id")) for e in entries] == [
+        ("out", 7), ("in", None), ("in", 7)]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -33,24 +32,7 @@ from acpx_trio._acp._pending import Pending as _Pending
 from acpx_trio._acp._pending import copy_error as _copy_error
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
-__all__ = [
-    "AcpConnection",
-    "LinesObserver",
-    "MessageHook",
-    "NotificationHandler",
-    "RequestHandler",
-    "lines_observer",
-]
-
-#: ``(direction, raw_lines)``: ``direction`` is ``"out"`` (to the agent) or ``"in"``; the
-#: lines are as on the wire.  Called once per write and once per read batch (not per line), so
-#: a busy stream pays one call per batch.
-LinesObserver = Callable[[str, Sequence[bytes]], None]
-#: The observer a new :class:`AcpConnection` gets when none is passed.  Set it in a task
-#: before that task (or a task it starts) creates connections, e.g. to keep a transcript of
-#: every agent a session starts; tasks inherit it from the task that spawned them.
-lines_observer: contextvars.ContextVar[LinesObserver | None] = contextvars.ContextVar(
-    "acpx_trio_lines_observer", default=None)
+__all__ = ["AcpConnection", "MessageHook", "NotificationHandler", "RequestHandler"]
 
 T = TypeVar("T")
 
@@ -97,13 +79,7 @@ class AcpConnection:
         max_junk_lines: int = 100,
         on_warning: Callable[[AcpProtocolError], None] | None = None,
         on_message: MessageHook | None = None,
-        on_lines: LinesObserver | None = None,
     ) -> None:
-        #: Sees every message: ``("out", [line])`` once written, ``("in", lines)`` for each
-        #: batch of lines read (before they are handled; blank and junk lines included, the
-        #: observer skips what is not JSON).  Defaults to the context's
-        #: :data:`lines_observer`.  Must not raise or block; ``None`` costs nothing.
-        self.on_lines = on_lines if on_lines is not None else lines_observer.get()
         self._send_stream = send_stream
         self._reader = LineReader(receive_stream, max_line_bytes)
         self._max_junk_lines = max_junk_lines
@@ -196,8 +172,6 @@ class AcpConnection:
                 hook("out", data[:-1])
             try:
                 await self._send_stream.send_all(data)
-                if self.on_lines is not None:
-                    self.on_lines("out", [data])
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
                 raise AcpConnectionClosedError(
@@ -345,8 +319,6 @@ class AcpConnection:
             batch = await reader.receive_batch()
             if batch is None:
                 return
-            if self.on_lines is not None:
-                self.on_lines("in", batch)
             hook = self.on_message
             fast = self._fast
             if fast is None:

@@ -10,6 +10,6 @@ Owns: the owner's socket, lock, pid and log files; the queue of turns of a warm 
 owner's lifetime (idle TTL).
 May import: the public surface of the service and runtime (``acpx_trio._service.service``,
 ``acpx_trio._runtime.runtime``), ``acpx_trio._store``, ``acpx_trio._errors``,
-``acpx_trio._events``, and ``acpx_trio._acp.lines_observer`` (the transcript's hook).
+``acpx_trio._events``, and ``acpx_trio._acp.stream_tap`` (the transcript's hook).
 The CLI imports it, never the other way round.
 """

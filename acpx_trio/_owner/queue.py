@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import trio
 
-from acpx_trio._acp import lines_observer
+from acpx_trio._acp import stream_tap
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, DoneEvent, ErrorEvent
 from acpx_trio._owner.wire import EventFrame, PromptRequest, Reply
@@ -171,7 +171,7 @@ class WarmSession:
         """Run queued turns one after another until :meth:`close`.  Every agent this task
         starts reports its messages to the session's transcript (when there is one)."""
         if self.transcript is not None:
-            lines_observer.set(self.transcript.on_lines)
+            stream_tap.set(self.transcript.on_chunk)
         try:
             with self.worker_scope:
                 while not self.closing:

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 import trio
 
-from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
+from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
 from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
 from acpx_trio._log import Logger
 from acpx_trio._process.identity import (
@@ -250,11 +250,11 @@ class AgentProcess:
                 code="ACP_AGENT_SPAWN_FAILED",
             ) from exc
         assert self.process.stdin is not None and self.process.stdout is not None
-        stdout: trio.abc.ReceiveStream = self.process.stdout
+        stdin, stdout = tap_streams(self.process.stdin, self.process.stdout)
         if self._receive_gate is not None:
             stdout = GatedReceiveStream(stdout, self._receive_gate)
         self.connection = AcpConnection(
-            self.process.stdin,
+            stdin,
             stdout,
             max_line_bytes=self.max_line_bytes,
             on_warning=self._on_warning,

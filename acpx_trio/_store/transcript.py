@@ -13,7 +13,7 @@ Guarantees:
   containing a known credential (config ``auth`` values; environment values of credential-like
   names) has it replaced by ``"<redacted>"``.
 * Files are 0600, created without following symlinks; the directory is 0700.
-* :meth:`TranscriptWriter.on_lines` (the connection's hook) only appends to a memory buffer;
+* :meth:`TranscriptWriter.on_chunk` (the agent's stream tap) only appends to a memory buffer;
   redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
   (call it per turn; it is also scheduled each time the buffer passes ``flush_bytes``, which
   bounds the memory a long turn holds).  A write error is logged
@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,8 +55,8 @@ MIN_SECRET_LENGTH = 8
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
                           re.IGNORECASE)
 _log = logging.getLogger("acpx_trio.transcript")
-#: ``(time, direction, lines)`` as the hook received them.
-Batch = tuple[float, str, Sequence[bytes]]
+#: ``(time, direction, raw bytes)`` as the tap received them.
+Entry = tuple[float, str, bytes]
 
 
 class TranscriptEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -131,7 +131,8 @@ class TranscriptWriter:
                                    | {_encoder.encode(s)[1:-1] for s in self._secrets},
                                    key=len, reverse=True)
         self._nursery = nursery
-        self._pending: list[Batch] = []
+        self._pending: list[Entry] = []
+        self._partial: dict[str, bytes] = {}  # per direction: a line split across chunks
         self._pending_bytes = 0
         self._lock = trio.Lock()
         self._flush_scheduled = False
@@ -140,22 +141,29 @@ class TranscriptWriter:
         self._size = 0
         self.disabled = False
 
-    # -- the hook (synchronous, in the connection's reader/writer) --------------------------
-    def on_lines(self, direction: str, lines: Sequence[bytes]) -> None:
-        """Buffer a batch of raw lines (the connection's hook): one tuple append; parsing,
-        redaction and encoding happen in the flush's worker thread, in order."""
-        if self.disabled:
-            return
-        self._pending.append((time.time(), direction, lines))
-        self._pending_bytes += sum(map(len, lines))
+    # -- the tap (synchronous, in the agent's stream reader/writer) ------------------------
+    def on_chunk(self, direction: str, data: bytes) -> None:
+        """Buffer raw stdio bytes (the agent's stream tap, one call per chunk read or message
+        written): one tuple append; line splitting, parsing, redaction and encoding happen in
+        the flush's worker thread, in order."""
+        self._pending.append((time.time(), direction, data))
+        self._pending_bytes += len(data)
         if self._pending_bytes >= self.flush_bytes and not self._flush_scheduled and (
                 self._nursery is not None):
             self._flush_scheduled = True
             self._nursery.start_soon(self.flush)
 
-    def _encode(self, items: list[Batch]) -> bytes:
+    def on_message(self, direction: str, line: bytes) -> None:
+        """Buffer one whole line (for a per-line tap such as ``AcpConnection.on_message``)."""
+        self.on_chunk(direction, line + b"\n")
+
+    def _encode(self, items: list[Entry]) -> bytes:
         buf = bytearray()
-        for t, direction, lines in items:
+        for t, direction, data in items:
+            lines = (self._partial.pop(direction, b"") + data).split(b"\n")
+            rest = lines.pop()  # after the last newline: the start of a line still coming
+            if rest:
+                self._partial[direction] = rest
             for line in lines:
                 self._encode_line(buf, t, direction, line)
         return bytes(buf)
@@ -163,6 +171,8 @@ class TranscriptWriter:
     def _encode_line(self, buf: bytearray, t: float, direction: str, line: bytes) -> None:
         raw = line.strip()
         replay = False
+        if not raw:
+            return
         if direction == "out":
             if b'"session/load"' in raw or b'"authenticate"' in raw:
                 raw = self._outgoing(raw)
@@ -176,7 +186,7 @@ class TranscriptWriter:
                 else:
                     replay = head.method is not None
         if self._raw_secrets and any(s in raw for s in self._raw_secrets):
-                raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
+            raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
         entry = TranscriptEntry(t=t, d="in" if direction == "in" else "out",
                                 m=msgspec.Raw(raw), replay=replay)
         _encoder.encode_into(entry, buf, len(buf))
@@ -201,14 +211,14 @@ class TranscriptWriter:
         async with self._lock:
             self._flush_scheduled = False
             items, self._pending, self._pending_bytes = self._pending, [], 0
-            if items and not self.disabled:
+            if items and not self.disabled:  # (disabled: dropped, the buffer stays bounded)
                 try:
                     await trio.to_thread.run_sync(self._encode_and_write, items)
                 except (OSError, msgspec.DecodeError) as exc:
                     self.disabled = True
                     _log.warning(f"transcript {self.path} disabled: {exc}")
 
-    def _encode_and_write(self, items: list[Batch]) -> None:
+    def _encode_and_write(self, items: list[Entry]) -> None:
         self._write(self._encode(items))
 
     def _open(self) -> None:
