@@ -1,4 +1,4 @@
-"""The one-pass ``session/update`` path of AcpConnection and the ``on_message`` tap."""
+"""The one-pass ``session/update`` path of AcpConnection."""
 
 from __future__ import annotations
 
@@ -98,17 +98,3 @@ async def test_fast_handler_failure_is_reported_and_reading_goes_on() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert seen == [-1, 1]
         assert [w.code for w in h.warnings] == ["ACP_NOTIFICATION_FAILED"]
-
-
-async def test_on_message_sees_raw_lines_both_ways() -> None:
-    taps: list[tuple[str, bytes]] = []
-    async with connected(on_message=lambda d, line: taps.append((d, line))) as h:
-        await h.conn.notify("session/cancel", {"sessionId": "s"})
-        note = await h.peer.recv()
-        assert note["method"] == "session/cancel"
-        raw_in = b'{"jsonrpc":"2.0","method":"x/y","params":{"a":1}}'
-        await h.peer.send(raw_in + b"\n")
-        await trio.testing.wait_all_tasks_blocked()
-    assert taps[0][0] == "out" and msgspec.json.decode(taps[0][1])["method"] == "session/cancel"
-    assert not taps[0][1].endswith(b"\n")
-    assert taps[1] == ("in", raw_in)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 import trio
@@ -32,15 +32,12 @@ from acpx_trio._acp._pending import Pending as _Pending
 from acpx_trio._acp._pending import copy_error as _copy_error
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
-__all__ = ["AcpConnection", "MessageHook", "NotificationHandler", "RequestHandler"]
+__all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
 
 T = TypeVar("T")
 
 RequestHandler = Callable[[msgspec.Raw], Awaitable[Any]]
 NotificationHandler = Callable[[msgspec.Raw], None]
-MessageHook = Callable[[Literal["in", "out"], bytes], None]
-"""``on_message(direction, line)``: every line read (``"in"``) or written (``"out"``), as the raw
-bytes without the trailing newline; called synchronously, must not raise or block."""
 
 _JUNK_TAIL: Final = 5
 _JUNK_BYTES: Final = 200
@@ -78,7 +75,6 @@ class AcpConnection:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_junk_lines: int = 100,
         on_warning: Callable[[AcpProtocolError], None] | None = None,
-        on_message: MessageHook | None = None,
     ) -> None:
         self._send_stream = send_stream
         self._reader = LineReader(receive_stream, max_line_bytes)
@@ -97,8 +93,6 @@ class AcpConnection:
         self._nursery: trio.Nursery | None = None
         self._closed_reason: str | None = None
         self._send_broken: str | None = None
-        #: Optional tap on every wire line, see :data:`MessageHook` (off by default: no cost).
-        self.on_message: MessageHook | None = on_message
         self._fast: tuple[bytes, Callable[[bytes], Any], Callable[[list[Any]], None]] | None = None
 
     # ------------------------------------------------------------------ properties
@@ -167,9 +161,6 @@ class AcpConnection:
                     f"cannot send to the agent: {self._send_broken}", code="ACP_CONNECTION_CLOSED"
                 )
             await trio.lowlevel.checkpoint_if_cancelled()
-            hook = self.on_message
-            if hook is not None:
-                hook("out", data[:-1])
             try:
                 await self._send_stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -319,19 +310,14 @@ class AcpConnection:
             batch = await reader.receive_batch()
             if batch is None:
                 return
-            hook = self.on_message
             fast = self._fast
             if fast is None:
                 for line in batch:
-                    if hook is not None:
-                        hook("in", line)
                     self._dispatch(line)
                 continue
             marker, decode, handler = fast
             decoded: list[Any] = []
             for line in batch:
-                if hook is not None:
-                    hook("in", line)
                 if marker in line:
                     try:
                         decoded.append(decode(line))
