@@ -13,6 +13,7 @@ import trio.lowlevel
 from _service_helpers import FakeReaper, ListLogger, StubFactory, StubRuntime, seed_open_lease
 
 from acpx_trio._errors import AcpRuntimeError, ConfigError
+from acpx_trio._service import service as _service
 from acpx_trio._service.backends import AcpRuntimeBackend, BackendRegistry
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
@@ -23,7 +24,6 @@ from acpx_trio._service.service import (
     ServiceStoppedError,
     open_runtime_service,
 )
-from acpx_trio._service import service as _service
 
 ENV_SWITCHES = (
     "OPENCLAW_SKIP_ACPX_RUNTIME",

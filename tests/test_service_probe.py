@@ -21,6 +21,7 @@ from _service_helpers import (
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoctorReport
+from acpx_trio._service import service as _service
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.doctor_format import (
     format_doctor_detail,
@@ -29,7 +30,6 @@ from acpx_trio._service.doctor_format import (
 )
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
-from acpx_trio._service import service as _service
 
 PROBE_ENV = "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE"
 SKIP_PROBE_ENV = "OPENCLAW_SKIP_ACPX_RUNTIME_PROBE"

@@ -362,6 +362,10 @@ class AgentProcess:
                     root_boot_id=self.lease.boot_id,
                     grace=self.kill_grace,
                     deps=self.cleanup_deps or lease_cleanup_deps(self.lease.lease_id, proc.pid),
+                    # our own child, started as leader of its own group and session, whose
+                    # exit (if any) we saw moments ago: those ids are reserved while a member
+                    # lives, so its env-scrubbed members die with it
+                    verified_groups=(proc.pid,),
                 )
             except Exception as exc:
                 self.log.error("agent %s: tree cleanup failed: %r", proc.pid, exc)

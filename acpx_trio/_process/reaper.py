@@ -11,11 +11,20 @@ Ownership (fail closed; anything unproven is left alone):
 * every other live process carrying the lease's tags is included wherever it was re-parented
   (init, a subreaper, a ``setsid`` daemon).
 
+Groups and sessions: the process group and session of a verified root (``start_new_session``
+made it their leader) and of any other target leading one are ours while a member lives (a
+pid in use as a pgid/sid is never reused), so their members are targets without tags, and a
+group whose members are all ours is also signalled as a whole with ``killpg`` (atomic against
+``fork``: a pid hopper cannot step out of it).  See
+:func:`~acpx_trio._process.reap_plan.expand_groups`.
+
 Termination is one wave for everything found: SIGTERM all (children before parents, each
-process once), one shared grace deadline, SIGKILL only the survivors (identity re-checked
-before every signal), then confirm.  ``terminated_pids`` are **confirmed gone**.  After a wave
-the table is scanned again and anything of the same owners that appeared meanwhile (forked
-during the wave) gets its own wave, at most :data:`MAX_ROUNDS` in all.
+process once, then each owned group), one shared grace deadline, SIGKILL only the survivors
+and the owned groups (identity re-checked before every signal), then confirm.
+``terminated_pids`` are **confirmed gone**.  After a wave the table is scanned again and
+anything of the same owners that appeared meanwhile (forked during the wave, or caught
+mid-hop) gets its own wave, until a scan finds nothing new or the time budget
+(:func:`wave_budget`) is spent.
 
 The planning core (:func:`plan_leases`, :func:`plan_orphans`, :func:`order_children_first`) is
 pure and synchronous; the async layer only adds the process table, signals and waiting, all
@@ -34,7 +43,7 @@ from typing import Protocol
 import msgspec
 import trio
 
-from acpx_trio._process.identity import ProcessInfo, boot_id, snapshot_processes
+from acpx_trio._process.identity import ProcessInfo, boot_id, fast_snapshot
 from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
     INIT,
@@ -55,7 +64,7 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
-from acpx_trio._process.reaper_os import kill_process_sync
+from acpx_trio._process.reaper_os import kill_group_sync, kill_process_sync
 from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
 from acpx_trio._store.leases import LeaseState, ProcessLease
 
@@ -89,6 +98,7 @@ __all__ = [
     "reap_open_leases",
     "reap_stale_orphans",
     "terminate_trees",
+    "wave_budget",
 ]
 
 #: Seconds between SIGTERM and SIGKILL (the seed's 750 ms).
@@ -97,8 +107,15 @@ DEFAULT_GRACE = 0.75
 KILL_CONFIRM = 1.0
 #: Upper bound (seconds) of the shielded phases: sending signals, escalating, confirming.
 SHIELD_BUDGET = 10.0
-#: Most waves per call (the first plus re-scans for processes forked during a wave).
-MAX_ROUNDS = 3
+#: Safety cap on waves per call; the real bound is time (:func:`wave_budget`).  Kept for
+#: backward compatibility (it used to be 3).
+MAX_ROUNDS = 10_000
+
+
+def wave_budget(grace: float) -> float:
+    """Seconds one reaper call may spend in waves: the first wave's grace and confirmation,
+    plus as much again for the re-scans (processes forked or caught mid-hop meanwhile)."""
+    return 2 * (grace + KILL_CONFIRM)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +170,13 @@ class ProcessCleanupDeps:
     self_pid: int
     self_uid: int
     boot_id: str | None = None
+    #: ``kill_group(pgid, sig)``: ``killpg`` if every live member is ours (uid, not us, not
+    #: pid 1); ``True`` if delivered.  ``None``: groups are signalled member by member only.
+    kill_group: Callable[[int, int], Awaitable[bool]] | None = None
+    #: Our own process group and session: never expanded.  ``None`` (fakes): no group or
+    #: session expansion at all.
+    self_pgid: int | None = None
+    self_sid: int | None = None
 
 
 class _LeaseStoreLike(Protocol):
@@ -176,17 +200,30 @@ class _Wave(msgspec.Struct, kw_only=True):
     skipped: dict[int, str]
 
 
-async def _escalate(procs: Sequence[ProcessInfo], deps: ProcessCleanupDeps) -> set[int]:
-    """SIGKILL ``procs`` (identity re-checked) and wait briefly; pids still alive."""
-    if not procs:
-        return set()
+async def _signal_groups(groups: Sequence[int], sig: int, deps: ProcessCleanupDeps) -> None:
+    if deps.kill_group is None:
+        return
+    for pgid in groups:
+        await deps.kill_group(pgid, sig)
+
+
+async def _escalate(
+    procs: Sequence[ProcessInfo], deps: ProcessCleanupDeps, groups: Sequence[int] = ()
+) -> set[int]:
+    """SIGKILL ``procs`` (identity re-checked) and ``groups``, wait briefly; pids still alive."""
     for p in procs:
         await deps.kill_process(p, signal.SIGKILL)
+    await _signal_groups(groups, signal.SIGKILL, deps)
+    if not procs:
+        return set()
     return await deps.wait_exit(procs, KILL_CONFIRM)
 
 
 async def _terminate(
-    targets: Sequence[ProcessInfo], grace: float, deps: ProcessCleanupDeps
+    targets: Sequence[ProcessInfo],
+    grace: float,
+    deps: ProcessCleanupDeps,
+    groups: Sequence[int] = (),
 ) -> _Wave:
     skipped: dict[int, str] = {}
     order: list[ProcessInfo] = []
@@ -196,7 +233,7 @@ async def _terminate(
             order.append(p)
         elif reason is not None:
             skipped[p.pid] = reason
-    if not order:
+    if not order and not groups:
         return _Wave(terminated=[], survived=[], skipped=skipped)
     await trio.lowlevel.checkpoint_if_cancelled()
     signalled: list[ProcessInfo] = []
@@ -204,6 +241,7 @@ async def _terminate(
     with trio.move_on_after(SHIELD_BUDGET, shield=True):
         for p in order:
             (signalled if await deps.kill_process(p, signal.SIGTERM) else refused).append(p)
+        await _signal_groups(groups, signal.SIGTERM, deps)
     sent = {p.pid for p in signalled} | {p.pid for p in refused}
     signalled += [p for p in order if p.pid not in sent]  # budget ran out: SIGKILL them later
     alive = {p.pid for p in signalled}  # until the wait says otherwise (error, cancellation)
@@ -214,7 +252,7 @@ async def _terminate(
         # Runs on cancellation (or an error) too: SIGTERM went out, so finish the job.
         survivors: set[int] = set()
         with trio.move_on_after(SHIELD_BUDGET, shield=True) as cs:
-            survivors = await _escalate([p for p in signalled if p.pid in alive], deps)
+            survivors = await _escalate([p for p in signalled if p.pid in alive], deps, groups)
             survivors |= await deps.wait_exit(refused, 0.0)
         if cs.cancelled_caught:
             survivors = {p.pid for p in order}  # could not confirm anything
@@ -263,35 +301,46 @@ class _Outcome(msgspec.Struct, kw_only=True):
     first_plan: Plan
 
 
+PlanFn = Callable[[list[ProcessInfo], Collection[tuple[int, int | None]]], Plan]
+
+
 async def _run_waves(
-    plan_fn: Callable[[list[ProcessInfo]], Plan],
+    plan_fn: PlanFn,
     grace: float,
     deps: ProcessCleanupDeps,
     table: list[ProcessInfo] | None = None,
 ) -> _Outcome:
+    """Waves until a scan finds nothing new, within :func:`wave_budget`."""
     if grace < 0 or math.isnan(grace):
         raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+    deadline = trio.current_time() + wave_budget(grace)
     if table is None:
         table = await deps.list_processes()
-    plan = first = plan_fn(table)
+    known: dict[tuple[int, int | None], None] = {}
+    plan = first = plan_fn(table, known)
     inspected: dict[int, None] = dict.fromkeys(plan.inspected)
     skipped = dict(plan.skipped)
     handled: set[tuple[int, int | float]] = set()
+    groups_done: set[int] = set()
     terminated: list[ProcessInfo] = []
     survived: list[ProcessInfo] = []
-    for round_no in range(MAX_ROUNDS):
+    for _round in range(MAX_ROUNDS):
         todo = [p for p in plan.targets if _key(p) not in handled]
-        if not todo:
+        groups = [g for g in plan.groups if g not in groups_done or todo]
+        if not todo and not groups:
             break
         handled.update(_key(p) for p in todo)
-        wave = await _terminate(todo, grace, deps)
+        groups_done.update(groups)
+        known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))
+        left = deadline - trio.current_time() - KILL_CONFIRM
+        wave = await _terminate(todo, max(0.0, min(grace, left)), deps, groups)
         by_pid = {p.pid: p for p in todo}
         terminated += [by_pid[pid] for pid in wave.terminated]
         survived += [by_pid[pid] for pid in wave.survived]
         skipped.update(wave.skipped)
-        if round_no + 1 == MAX_ROUNDS:
+        if trio.current_time() >= deadline:
             break
-        plan = plan_fn(await deps.list_processes())
+        plan = plan_fn(await deps.list_processes(), known)
         inspected.update(dict.fromkeys(plan.inspected))
         for pid, reason in plan.skipped.items():
             skipped.setdefault(pid, reason)
@@ -325,9 +374,13 @@ async def cleanup_owned_process_tree(
     root_boot_id: str | None = None,
     grace: float = DEFAULT_GRACE,
     deps: ProcessCleanupDeps | None = None,
+    verified_groups: Collection[int] = (),
 ) -> CleanupResult:
-    """End every process of one lease: the verified root's tagged tree plus every process
-    anywhere carrying the lease's tags.  ``root_pid == 0`` (pending lease): tags only.
+    """End every process of one lease: the verified root's tagged tree, the members of its
+    process group and session, plus every process anywhere carrying the lease's tags.
+    ``root_pid == 0`` (pending lease): tags only.  ``verified_groups``: group/session ids
+    the caller proved ours while a member lived (see
+    :func:`~acpx_trio._process.reap_plan.plan_leases`).
 
     ``skipped_reason`` says why the root was not used: ``"missing-root"`` (gone, or pending
     and nothing tagged found), ``"pid-reused"`` (its start time differs from the lease's), or
@@ -348,10 +401,11 @@ async def cleanup_owned_process_tree(
         root_boot_id=root_boot_id,
     )
 
-    def plan(table: list[ProcessInfo]) -> Plan:
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_leases(
             table, [target], self_pid=deps.self_pid, self_uid=deps.self_uid,
-            current_boot_id=deps.boot_id,
+            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known, verified_groups=verified_groups,
         )
 
     out = await _run_waves(plan, grace, deps)
@@ -381,9 +435,11 @@ async def reap_stale_orphans(
     deps = deps or default_cleanup_deps()
     protected = frozenset(protected_lease_ids)
 
-    def plan(table: list[ProcessInfo]) -> Plan:
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_orphans(
-            table, gateway_instance_id, protected, self_pid=deps.self_pid, self_uid=deps.self_uid
+            table, gateway_instance_id, protected, self_pid=deps.self_pid,
+            self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
         )
 
     out = await _run_waves(plan, grace, deps)
@@ -443,10 +499,11 @@ async def reap_open_leases(
     await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
     targets = [LeaseTarget.from_lease(x) for x in to_reap]
 
-    def plan(snapshot: list[ProcessInfo]) -> Plan:
+    def plan(snapshot: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_leases(
             snapshot, targets, self_pid=deps.self_pid, self_uid=deps.self_uid,
-            current_boot_id=deps.boot_id,
+            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
         )
 
     out = await _run_waves(plan, grace, deps, table)
@@ -482,8 +539,9 @@ async def reap_open_leases(
 
 
 async def _list_processes() -> list[ProcessInfo]:
-    """A snapshot of the real process table, taken in a worker thread."""
-    return await trio.to_thread.run_sync(snapshot_processes)
+    """A snapshot of the real process table, taken in a worker thread (straight from
+    ``/proc``, newest pids first, on Linux: see :func:`fast_snapshot`)."""
+    return await trio.to_thread.run_sync(fast_snapshot)
 
 
 def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
@@ -503,6 +561,9 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
     async def wait_exit(infos: Sequence[ProcessInfo], within: float) -> set[int]:
         return await _os_wait_exit(infos, within, self_pid=self_pid, reap_children=reap_children)
 
+    async def kill_group(pgid: int, sig: int) -> bool:
+        return await trio.to_thread.run_sync(kill_group_sync, pgid, sig, self_pid, self_uid)
+
     return ProcessCleanupDeps(
         list_processes=_list_processes,
         kill_process=kill_process,
@@ -511,4 +572,7 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
         self_pid=self_pid,
         self_uid=self_uid,
         boot_id=boot_id(),
+        kill_group=kill_group,
+        self_pgid=os.getpgid(0),
+        self_sid=os.getsid(0),
     )

@@ -24,6 +24,8 @@ import trio
 from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo, read_stat_state
 
 __all__ = [
+    "group_members_sync",
+    "kill_group_sync",
     "kill_process_sync",
     "open_exit_watches",
     "reap_child",
@@ -115,6 +117,58 @@ def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int)
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def group_members_sync(pgid: int) -> list[tuple[int, int, str]]:
+    """``(pid, uid, state)`` of every process whose process group is ``pgid`` (Linux
+    ``/proc``; psutil's process list elsewhere).  Blocking; never raises."""
+    out: list[tuple[int, int, str]] = []
+    for proc in psutil.process_iter():
+        pid = proc.pid
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                data = fh.read()
+            fields = data[data.rfind(b")") + 1 :].split()
+            if int(fields[2]) != pgid:
+                continue
+            uid = os.stat(f"/proc/{pid}").st_uid
+            out.append((pid, uid, fields[0].decode("ascii", "replace")))
+        except (OSError, ValueError, IndexError):
+            try:
+                if os.getpgid(pid) != pgid:
+                    continue
+                out.append((pid, int(proc.uids().real), proc.status()[:1].upper()))
+            except (OSError, psutil.Error):
+                continue
+    return out
+
+
+def kill_group_sync(pgid: int, sig: int, self_pid: int, self_uid: int) -> bool:
+    """``killpg(pgid, sig)`` if, and only if, the group has a live member and every member
+    is ours: our uid, not our own process, not pid 1, and ``pgid`` is not our own group.
+
+    ``killpg`` reaches every member at once, including children forked while it runs (the
+    kernel makes a concurrent ``fork`` retry), which a pid-by-pid kill cannot.  The group id
+    cannot be reused while any member lives.  Returns ``True`` when delivered; never raises
+    for a vanished group."""
+    if pgid <= 1 or pgid == self_pid:
+        return False
+    try:
+        if pgid == os.getpgid(0):
+            return False
+    except OSError:
+        return False
+    members = group_members_sync(pgid)
+    live = [m for m in members if m[2] not in ("Z", "X", "x")]
+    if not live:
+        return False
+    if any(pid in (1, self_pid) or uid != self_uid for pid, uid, _ in members):
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _is_our_zombie(info: ProcessInfo) -> bool:

@@ -12,7 +12,9 @@ A prompt is echoed back unless its text starts with a directive:
 
 Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``--protocol-version N``, ``--auth-methods``, ``--session-dir DIR`` (or env
-``ACPX_MOCK_AGENT_SESSION_DIR``), ``--exit-on-stdin-eof`` (default) / ``--ignore-stdin-eof``.
+``ACPX_MOCK_AGENT_SESSION_DIR``), ``--exit-on-stdin-eof`` (default) / ``--ignore-stdin-eof``,
+``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
+(escape artists started at launch, see ``acpx_trio.testing._mock_escape``).
 Unknown flags exit with status 2.
 
 Guarantees: on stdin EOF it exits at once with status 0 (unless ``--ignore-stdin-eof``), even
@@ -38,6 +40,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from acpx_trio.testing._mock_escape import spawn_escapers
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
     AGENT_NAME,
@@ -415,6 +418,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--exit-on-stdin-eof", dest="exit_on_stdin_eof", action="store_true", default=True
     )
     eof.add_argument("--ignore-stdin-eof", dest="exit_on_stdin_eof", action="store_false")
+    parser.add_argument("--spawn-pid-hopper", default=None, metavar="MARKER")
+    parser.add_argument("--spawn-scrubbed-child", default=None, metavar="MARKER")
+    parser.add_argument("--spawn-daemon", default=None, metavar="MARKER")
     return parser.parse_args(argv)
 
 
@@ -427,8 +433,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             os.set_blocking(fd, True)
     if args.slow_start > 0:
         time.sleep(args.slow_start / 1000)
+    agent = MockAgent(args)
+    spawn_escapers(
+        hopper=args.spawn_pid_hopper, scrubbed=args.spawn_scrubbed_child,
+        daemon=args.spawn_daemon, keep=agent.children,
+    )
     try:
-        MockAgent(args).run()
+        agent.run()
     except KeyboardInterrupt:
         os._exit(130)
 

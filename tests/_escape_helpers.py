@@ -1,0 +1,109 @@
+"""Helpers for escape tests: find the mock agent's escape artists by marker and by process
+group, keep decoys, and kill everything a test started (pass or fail)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from acpx_trio._process.identity import lease_env
+
+SLEEP = "import time\nwhile True: time.sleep(3600)\n"
+
+
+def new_marker() -> str:
+    return f"acpx-escape-{uuid.uuid4().hex[:12]}"
+
+
+def stat_ids(pid: int) -> tuple[str, int, int] | None:
+    """``(state, pgid, sid)`` of a process, or ``None``."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 1 :].split()
+    return fields[0].decode(), int(fields[2]), int(fields[3])
+
+
+def marked(marker: str) -> list[int]:
+    """Live, non-zombie pids whose command line ends with ``marker`` (newest pids first, read
+    straight from ``/proc``: fast enough to catch a pid hopper between two hops).  The mock
+    agent that was given the marker is not one of them."""
+    tail = marker.encode() + b"\0"
+    out = []
+    names = sorted((int(n) for n in os.listdir("/proc") if n.isdigit()), reverse=True)
+    for pid in names:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if cmd.endswith(tail) and b"mock_agent" not in cmd:
+            st = stat_ids(pid)
+            if st is not None and st[0] != "Z":
+                out.append(pid)
+    return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) members of process group ``pgid``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = stat_ids(int(name))
+            if st is not None and st[1] == pgid and st[0] != "Z":
+                out.append(int(name))
+    return out
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class Decoys:
+    """Processes with the escapers' very command line that must survive: an untagged twin and
+    one tagged with another gateway's ids (both in their own session)."""
+
+    def __init__(self, marker: str, lease_id: str) -> None:
+        argv = [sys.executable, "-c", SLEEP, marker]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
+        self.procs = [
+            subprocess.Popen(argv, env=base, start_new_session=True),
+            subprocess.Popen(
+                argv, env={**base, **lease_env(lease_id, "gw-someone-else")},
+                start_new_session=True,
+            ),
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def cleanup_marker(marker: str, pgids: list[int]) -> Iterator[None]:
+    """On exit, SIGKILL every process carrying ``marker`` and every group in ``pgids``."""
+    try:
+        yield
+    finally:
+        for pgid in pgids:
+            kill_group(pgid)
+        for pid in marked(marker):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
