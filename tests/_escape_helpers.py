@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from acpx_trio._process.identity import lease_env
+from acpx_trio._process.identity import lease_env, newest_pids
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 
@@ -38,7 +38,7 @@ def marked(marker: str) -> list[int]:
     tail = marker.encode() + b"\0"
     out = []
     names = sorted((int(n) for n in os.listdir("/proc") if n.isdigit()), reverse=True)
-    for pid in names:
+    for pid in dict.fromkeys([*newest_pids(), *names, *newest_pids()]):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmd = fh.read()
@@ -48,18 +48,25 @@ def marked(marker: str) -> list[int]:
             st = stat_ids(pid)
             if st is not None and st[0] != "Z":
                 out.append(pid)
-    return out
+    return sorted(set(out))
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) members of process group ``pgid``."""
+    """Live (non-zombie) members of process group ``pgid`` (the newest pids probed first,
+    twice: a hopper is among them; none at all when ``killpg(pgid, 0)`` finds no process)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except OSError:
+        pass
     out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = stat_ids(int(name))
-            if st is not None and st[1] == pgid and st[0] != "Z":
-                out.append(int(name))
-    return out
+    names = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    for pid in dict.fromkeys([*newest_pids(), *names, *newest_pids()]):
+        st = stat_ids(pid)
+        if st is not None and st[1] == pgid and st[0] != "Z":
+            out.append(pid)
+    return sorted(set(out))
 
 
 def kill_group(pgid: int) -> None:
@@ -97,13 +104,19 @@ class Decoys:
 
 
 @contextlib.contextmanager
-def cleanup_marker(marker: str, pgids: list[int]) -> Iterator[None]:
-    """On exit, SIGKILL every process carrying ``marker`` and every group in ``pgids``."""
+def cleanup_marker(marker: str, pgids: Collection[int]) -> Iterator[None]:
+    """On exit, SIGKILL every group in ``pgids`` and the group of every process carrying
+    ``marker`` (several scans: a pid hopper is easy to miss once)."""
     try:
         yield
     finally:
         for pgid in pgids:
             kill_group(pgid)
-        for pid in marked(marker):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        for _ in range(20):
+            found = marked(marker)
+            for pid in found:
+                st = stat_ids(pid)
+                if st is not None and st[1] > 1 and st[1] != os.getpgid(0):
+                    kill_group(st[1])
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)

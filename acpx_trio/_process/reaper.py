@@ -23,8 +23,9 @@ process once, then each owned group), one shared grace deadline, SIGKILL only th
 and the owned groups (identity re-checked before every signal), then confirm.
 ``terminated_pids`` are **confirmed gone**.  After a wave the table is scanned again and
 anything of the same owners that appeared meanwhile (forked during the wave, or caught
-mid-hop) gets its own wave, until a scan finds nothing new or the time budget
-(:func:`wave_budget`) is spent.
+mid-hop) gets its own wave, without a second grace (SIGTERM and SIGKILL at once: its tree
+had its grace), until a scan finds nothing new or the time budget (:func:`wave_budget`)
+is spent.
 
 The planning core (:func:`plan_leases`, :func:`plan_orphans`, :func:`order_children_first`) is
 pure and synchronous; the async layer only adds the process table, signals and waiting, all
@@ -64,7 +65,7 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
-from acpx_trio._process.reaper_os import kill_group_sync, kill_process_sync
+from acpx_trio._process.reaper_os import kill_groups_sync, kill_process_sync
 from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
 from acpx_trio._store.leases import LeaseState, ProcessLease
 
@@ -170,9 +171,10 @@ class ProcessCleanupDeps:
     self_pid: int
     self_uid: int
     boot_id: str | None = None
-    #: ``kill_group(pgid, sig)``: ``killpg`` if every live member is ours (uid, not us, not
-    #: pid 1); ``True`` if delivered.  ``None``: groups are signalled member by member only.
-    kill_group: Callable[[int, int], Awaitable[bool]] | None = None
+    #: ``kill_groups(pgids, sig)``: ``killpg`` each group whose every member is ours (uid,
+    #: not us, not pid 1); returns those signalled.  ``None``: groups are signalled member
+    #: by member only (fakes, older callers).
+    kill_groups: Callable[[Sequence[int], int], Awaitable[list[int]]] | None = None
     #: Our own process group and session: never expanded.  ``None`` (fakes): no group or
     #: session expansion at all.
     self_pgid: int | None = None
@@ -201,10 +203,8 @@ class _Wave(msgspec.Struct, kw_only=True):
 
 
 async def _signal_groups(groups: Sequence[int], sig: int, deps: ProcessCleanupDeps) -> None:
-    if deps.kill_group is None:
-        return
-    for pgid in groups:
-        await deps.kill_group(pgid, sig)
+    if deps.kill_groups is not None and groups:
+        await deps.kill_groups(groups, sig)
 
 
 async def _escalate(
@@ -324,7 +324,7 @@ async def _run_waves(
     groups_done: set[int] = set()
     terminated: list[ProcessInfo] = []
     survived: list[ProcessInfo] = []
-    for _round in range(MAX_ROUNDS):
+    for round_no in range(MAX_ROUNDS):
         todo = [p for p in plan.targets if _key(p) not in handled]
         groups = [g for g in plan.groups if g not in groups_done or todo]
         if not todo and not groups:
@@ -332,8 +332,9 @@ async def _run_waves(
         handled.update(_key(p) for p in todo)
         groups_done.update(groups)
         known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))
-        left = deadline - trio.current_time() - KILL_CONFIRM
-        wave = await _terminate(todo, max(0.0, min(grace, left)), deps, groups)
+        # the first wave gives the grace; anything found later (forked meanwhile, caught
+        # mid-hop) belongs to trees that had theirs: straight to SIGKILL
+        wave = await _terminate(todo, grace if round_no == 0 else 0.0, deps, groups)
         by_pid = {p.pid: p for p in todo}
         terminated += [by_pid[pid] for pid in wave.terminated]
         survived += [by_pid[pid] for pid in wave.survived]
@@ -561,8 +562,8 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
     async def wait_exit(infos: Sequence[ProcessInfo], within: float) -> set[int]:
         return await _os_wait_exit(infos, within, self_pid=self_pid, reap_children=reap_children)
 
-    async def kill_group(pgid: int, sig: int) -> bool:
-        return await trio.to_thread.run_sync(kill_group_sync, pgid, sig, self_pid, self_uid)
+    async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
+        return await trio.to_thread.run_sync(kill_groups_sync, pgids, sig, self_pid, self_uid)
 
     return ProcessCleanupDeps(
         list_processes=_list_processes,
@@ -572,7 +573,7 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
         self_pid=self_pid,
         self_uid=self_uid,
         boot_id=boot_id(),
-        kill_group=kill_group,
+        kill_groups=kill_groups,
         self_pgid=os.getpgid(0),
         self_sid=os.getsid(0),
     )

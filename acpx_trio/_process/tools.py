@@ -15,6 +15,7 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     fast_process_info,
     fast_snapshot,
+    newest_pids,
     self_identity,
     snapshot_processes,
 )
@@ -65,13 +66,17 @@ def _pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
     needle = f"{LEASE_ENV_KEY}={lease_id}\0".encode()
     ids = {root_pid}
     try:
-        names = [n for n in os.listdir("/proc") if n.isdigit()]
+        listed = [n for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
         return snapshot_processes()  # no /proc listing: the full (slower) table
-    names.sort(key=int, reverse=True)
+    # a pid hopper is among the newest pids: probe them first (again after the listing)
+    newest = [str(pid) for pid in newest_pids()]
+    names = newest + sorted(listed, key=int, reverse=True) + [str(p) for p in newest_pids()]
     stats: dict[int, tuple[str, int, int, int]] = {}
     infos: dict[int, ProcessInfo] = {}
     for name in names:
+        if int(name) in infos:
+            continue
         try:
             with open(f"/proc/{name}/environ", "rb") as fh:
                 data = fh.read()

@@ -28,6 +28,7 @@ from acpx_trio._process.reaper import (
     reap_open_leases,
     reap_stale_orphans,
 )
+from acpx_trio._process.watchdog import run_watchdog
 from acpx_trio._service.backends import (
     AcpRuntime,
     AcpRuntimeBackend,
@@ -108,6 +109,8 @@ class _Running:
     config: AcpxConfig
     runtime: AcpRuntime
     background: list[Background] = field(default_factory=list)
+    #: The owner-death watchdog's task: stopped only after the runtime closed its agents.
+    watchdog: Background | None = None
 
 
 def _normalize_agent(value: object) -> str | None:
@@ -367,6 +370,7 @@ class AcpxRuntimeService:
             else:
                 self._health.set(ServiceHealth.REGISTERED)
             self._spawn(running, self._sweep_task)
+            running.watchdog = self._start_watchdog(running, wrapper_root, gateway_instance_id)
         except BaseException:
             await self._teardown(running, logger)
             raise
@@ -384,6 +388,27 @@ class AcpxRuntimeService:
         except BaseException:
             bg.done.set()
             raise
+
+    def _start_watchdog(
+        self, running: _Running, lease_dir: Path, gateway_instance_id: str
+    ) -> Background:
+        """The owner-death watchdog (``_process/watchdog.py``) in the host nursery."""
+        bg = Background()
+
+        async def task() -> None:
+            try:
+                with bg.scope:
+                    await run_watchdog(
+                        lease_dir=lease_dir, gateway_instance_id=gateway_instance_id,
+                        grace=running.config.kill_grace_seconds,
+                    )
+            except OSError as exc:
+                running.ctx.logger.warning(f"owner-death watchdog did not start: {exc}")
+            finally:
+                bg.done.set()
+
+        running.ctx.nursery.start_soon(task)
+        return bg
 
     # -- background tasks --------------------------------------------------------------------
     async def _probe_task(self, running: _Running, bg: Background) -> None:
@@ -463,8 +488,13 @@ class AcpxRuntimeService:
             for bg in running.background:
                 await bg.done.wait()
             aclose = getattr(running.runtime, "aclose", None)
-            if callable(aclose):
-                await aclose()
+            try:
+                if callable(aclose):
+                    await aclose()
+            finally:
+                if running.watchdog is not None:  # agents are closed: it may go now
+                    running.watchdog.scope.cancel()
+                    await running.watchdog.done.wait()
         if cleanup.cancelled_caught:
             logger.error(
                 "embedded acpx runtime did not shut down within "
