@@ -31,6 +31,18 @@ def stat_ids(pid: int) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[3])
 
 
+def _is_process(pid: int) -> bool:
+    """``/proc/TID`` answers for threads too: only thread-group leaders are processes."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def marked(marker: str) -> list[int]:
     """Live, non-zombie pids whose command line ends with ``marker`` (newest pids first, read
     straight from ``/proc``: fast enough to catch a pid hopper between two hops).  The mock
@@ -44,7 +56,7 @@ def marked(marker: str) -> list[int]:
                 cmd = fh.read()
         except OSError:
             continue
-        if cmd.endswith(tail) and b"mock_agent" not in cmd:
+        if cmd.endswith(tail) and b"mock_agent" not in cmd and _is_process(pid):
             st = stat_ids(pid)
             if st is not None and st[0] != "Z":
                 out.append(pid)

@@ -357,12 +357,16 @@ def _create_time_from_ticks(ticks: int) -> float:
     return float(psutil.boot_time()) + ticks / _clk_tck
 
 
-def _read_status_uid(pid: int) -> int | None:
+def _read_status(pid: int) -> tuple[int | None, int | None]:
+    """``(tgid, real uid)`` from ``/proc/PID/status``."""
+    tgid: int | None = None
     with open(f"{_PROC}/{pid}/status", "rb") as fh:
         for line in fh:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    return None
+            if line.startswith(b"Tgid:"):
+                tgid = int(line.split()[1])
+            elif line.startswith(b"Uid:"):
+                return tgid, int(line.split()[1])
+    return tgid, None
 
 
 def fast_process_info(pid: int) -> ProcessInfo | None:
@@ -387,7 +391,9 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
     try:
-        uid = _read_status_uid(pid)
+        tgid, uid = _read_status(pid)
+        if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
+            return None
         with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
             raw = fh.read()
         with open(f"{_PROC}/{pid}/environ", "rb") as fh:
