@@ -179,10 +179,13 @@ async def test_second_owner_on_the_same_state_dir_is_left_alone(tmp_path: Path) 
                 owner.wait()
 
 
-async def test_normal_stop_ends_the_watchdog_and_kills_nothing(tmp_path: Path) -> None:
+async def test_normal_stop_ends_the_watchdog_and_kills_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from acpx_trio._service.backends import BackendRegistry
     from acpx_trio._service.service import open_runtime_service
 
+    monkeypatch.setenv(WATCHDOG_ENV, "1")
     me = os.getpid()
     bystander = subprocess.Popen(  # noqa: ASYNC220 (a decoy, started before any wait)
         [sys.executable, "-c", "import time; time.sleep(3600)"]

@@ -34,6 +34,7 @@ injectable through :class:`ProcessCleanupDeps` (see ``acpx_trio.testing.fake_pro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -92,12 +93,14 @@ __all__ = [
     "cleanup_owned_process_tree",
     "default_cleanup_deps",
     "guard_reason",
+    "kill_owned_tree",
     "order_children_first",
     "owner_alive",
     "plan_leases",
     "plan_orphans",
     "reap_open_leases",
     "reap_stale_orphans",
+    "sweep_orphans",
     "terminate_trees",
     "wave_budget",
 ]
@@ -534,6 +537,79 @@ async def reap_open_leases(
     )
 
 
+async def sweep_orphans(
+    gateway_instance_id: str,
+    lease_store: _LeaseStoreLike,
+    *,
+    grace: float = DEFAULT_GRACE,
+    deps: ProcessCleanupDeps | None = None,
+) -> CleanupResult:
+    """The start-up tag sweep, safe to run beside a working runtime: end every live process
+    tagged with our gateway id whose lease is unknown or final.
+
+    Every scan is taken *before* the open leases are read, and a lease is saved before its
+    process is spawned, so a session started meanwhile is always protected (its lease is
+    open by the time its process can appear in a scan).  Cancellation: see
+    :func:`terminate_trees`."""
+    _require_id("gateway_instance_id", gateway_instance_id)
+    deps = deps or default_cleanup_deps()
+    protected: set[str] = set()
+    base = deps
+
+    async def list_then_protect() -> list[ProcessInfo]:
+        table = await base.list_processes()
+        current = await lease_store.list_open(gateway_instance_id)
+        protected.clear()
+        protected.update(x.lease_id for x in current)
+        return table
+
+    deps = dataclasses.replace(deps, list_processes=list_then_protect)
+
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
+        return plan_orphans(
+            table, gateway_instance_id, frozenset(protected), self_pid=deps.self_pid,
+            self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
+        )
+
+    out = await _run_waves(plan, grace, deps)
+    return CleanupResult(
+        inspected_pids=out.inspected,
+        terminated_pids=[p.pid for p in out.terminated],
+        survived_pids=[p.pid for p in out.survived],
+        skipped=out.skipped,
+    )
+
+
+async def kill_owned_tree(
+    root_pid: int,
+    lease: ProcessLease,
+    *,
+    grace: float = DEFAULT_GRACE,
+    root_is_our_child: bool = True,
+    deps: ProcessCleanupDeps | None = None,
+) -> CleanupResult:
+    """Kill everything of one lease whose root we started: the root (identity from the
+    lease: start ticks / create time / boot id), its process group and session (members
+    need no tags), every process carrying the lease's tags, in waves until nothing is left
+    (one grace, then SIGKILL).  ``root_is_our_child``: the root is our own child started
+    with ``start_new_session=True`` whose exit (if any) we saw moments ago, so its
+    group/session ids are still ours even if it is gone (they are reserved while a member
+    lives).  For terminals and other launches beside agents.  Never signals another uid's
+    process, pid 1 or us.  Cancellation: see :func:`terminate_trees`."""
+    return await cleanup_owned_process_tree(
+        root_pid=root_pid,
+        expected_lease_id=lease.lease_id,
+        expected_gateway_instance_id=lease.gateway_instance_id,
+        root_create_time=lease.root_create_time,
+        root_start_ticks=lease.root_start_ticks,
+        root_boot_id=lease.boot_id,
+        grace=grace,
+        deps=deps,
+        verified_groups=(root_pid,) if root_is_our_child and root_pid > 1 else (),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Real dependencies
 # --------------------------------------------------------------------------------------------
@@ -542,7 +618,8 @@ async def reap_open_leases(
 async def _list_processes() -> list[ProcessInfo]:
     """A snapshot of the real process table, taken in a worker thread (straight from
     ``/proc``, newest pids first, on Linux: see :func:`fast_snapshot`)."""
-    return await trio.to_thread.run_sync(fast_snapshot)
+    # read-only: a cancelled caller need not wait for the scan to finish
+    return await trio.to_thread.run_sync(fast_snapshot, abandon_on_cancel=True)
 
 
 def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:

@@ -38,7 +38,7 @@ from acpx_trio._service.backends import (
 from acpx_trio._service.doctor_format import format_seconds
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
-from acpx_trio._service.tasks import Background, probe_once, sweep_once
+from acpx_trio._service.tasks import Background, orphan_sweep_once, probe_once, sweep_once
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
@@ -370,6 +370,8 @@ class AcpxRuntimeService:
             else:
                 self._health.set(ServiceHealth.REGISTERED)
             self._spawn(running, self._sweep_task)
+            if not has_open:  # (with open leases the start-up reap above swept already)
+                self._spawn(running, self._make_orphan_sweep(lease_store, gateway_instance_id))
             running.watchdog = self._start_watchdog(running, wrapper_root, gateway_instance_id)
         except BaseException:
             await self._teardown(running, logger)
@@ -409,6 +411,23 @@ class AcpxRuntimeService:
 
         running.ctx.nursery.start_soon(task)
         return bg
+
+    def _make_orphan_sweep(
+        self, lease_store: LeaseStore, gateway_instance_id: str
+    ) -> Callable[[_Running, Background], Awaitable[None]]:
+        """The start-up tag sweep, in the background (``tasks.orphan_sweep_once``)."""
+
+        async def task(running: _Running, bg: Background) -> None:
+            try:
+                with bg.scope:
+                    await orphan_sweep_once(
+                        gateway_instance_id, lease_store, running.ctx.logger,
+                        grace=running.config.kill_grace_seconds, deps=self._process_cleanup,
+                    )
+            finally:
+                bg.done.set()
+
+        return task
 
     # -- background tasks --------------------------------------------------------------------
     async def _probe_task(self, running: _Running, bg: Background) -> None:

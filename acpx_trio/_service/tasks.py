@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from acpx_trio._process.reaper import ProcessCleanupDeps, sweep_orphans
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
@@ -20,7 +21,7 @@ from acpx_trio._service.doctor_format import (
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, ServiceLogger
 
-__all__ = ["Background", "probe_once", "sweep_once"]
+__all__ = ["Background", "orphan_sweep_once", "probe_once", "sweep_once"]
 
 
 class Background:
@@ -96,3 +97,25 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
         )
     elif swept > 0:
         log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")
+
+
+async def orphan_sweep_once(
+    gateway_instance_id: str,
+    lease_store: Any,
+    log: ServiceLogger,
+    *,
+    grace: float,
+    deps: ProcessCleanupDeps | None,
+) -> None:
+    """The start-up tag sweep (:func:`~acpx_trio._process.reaper.sweep_orphans`): every
+    live process tagged with this gateway whose lease is unknown or final (its lease file
+    was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`)."""
+    try:
+        result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
+    except Exception as exc:
+        log.warning(f"start-up orphan sweep failed: {format_error_message(exc)}")
+        return
+    reaped = len(result.terminated_pids)
+    if reaped:
+        suffix = "" if reaped == 1 else "es"
+        log.info(f"reaped {reaped} orphaned OpenClaw-owned ACPX process{suffix}")
