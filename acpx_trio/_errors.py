@@ -18,6 +18,7 @@ __all__ = [
     "GatewayInstanceIdError",
     "LeaseStateError",
     "LeaseStoreError",
+    "StateFileError",
 ]
 
 
@@ -129,3 +130,17 @@ class AcpConnectionClosedError(AcpRuntimeError):
 
     def __init__(self, message: str, *, code: str = "ACP_CONNECTION_CLOSED") -> None:
         super().__init__(code, message, retryable=True)
+
+
+class StateFileError(AcpxError):
+    """A state file or the state directory cannot be trusted: a FIFO, a device, a directory
+    or a symbolic link where a regular file belongs, a file larger than its cap, or a state
+    directory that is not a directory, belongs to another user or is group/world-writable.
+    ``path`` names it; the message says how to fix it.  Nothing was read, written or
+    ``chmod``-ed through it."""
+
+    code = "ACPX_STATE_FILE_UNSAFE"
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {problem}; {fix}")

@@ -23,7 +23,14 @@ from typing import Literal, TypeVar
 import msgspec
 import trio
 
-from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock
+from acpx_trio._store.fsio import (
+    SESSION_FILE_MAX_BYTES,
+    atomic_write_bytes,
+    check_private_dir,
+    ensure_private_dir,
+    exclusive_lock,
+    read_private_file,
+)
 
 __all__ = ["SESSION_FILE_PREFIX", "SessionRecord", "SessionStore", "SyncSessionStore"]
 
@@ -77,7 +84,7 @@ class SyncSessionStore:
 
     def _read(self, path: Path) -> SessionRecord | None:
         try:
-            data = path.read_bytes()
+            data = read_private_file(path, SESSION_FILE_MAX_BYTES)
         except FileNotFoundError:
             return None
         try:
@@ -131,6 +138,7 @@ class SyncSessionStore:
 
     def list(self) -> builtins.list[SessionRecord]:
         """Every readable record, oldest update first."""
+        check_private_dir(self.directory)  # a file, another user's or a writable dir: refuse
         if not self.directory.is_dir():
             return []
         records = [
