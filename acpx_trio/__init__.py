@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from acpx_trio._errors import (
         LeaseStoreError as LeaseStoreError,
     )
+    from acpx_trio._errors import (
+        StateFileError as StateFileError,
+    )
     from acpx_trio._events import (
         AcpRuntimeCapabilities as AcpRuntimeCapabilities,
     )
@@ -228,6 +231,7 @@ _EXPORTS: dict[str, str] = {
     "GatewayInstanceIdError": "._errors",
     "LeaseStateError": "._errors",
     "LeaseStoreError": "._errors",
+    "StateFileError": "._errors",
     "AcpRuntimeCapabilities": "._events",
     "AcpRuntimeEvent": "._events",
     "AcpRuntimeHandle": "._events",
