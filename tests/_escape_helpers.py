@@ -56,7 +56,8 @@ def marked(marker: str) -> list[int]:
                 cmd = fh.read()
         except OSError:
             continue
-        if cmd.endswith(tail) and b"mock_agent" not in cmd and _is_process(pid):
+        if (cmd.endswith(b"\0" + tail) and b"mock_agent" not in cmd
+                and b"_service_child" not in cmd and _is_process(pid)):
             st = stat_ids(pid)
             if st is not None and st[0] != "Z":
                 out.append(pid)
