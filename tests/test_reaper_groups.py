@@ -130,3 +130,10 @@ def test_plan_group_rules() -> None:
     # without our own group/session known, nothing expands (fakes, old callers)
     old = plan_leases(table, [target], self_pid=50, self_uid=0, known=[(400, 400)])
     assert {p.pid for p in old.targets} == {100, 300, 501, 600} and old.groups == []
+
+
+def test_cgroup_probe_explains_itself_and_writes_nothing() -> None:
+    from acpx_trio._process.cgroup import probe_cgroup_kill
+
+    probe = probe_cgroup_kill()
+    assert probe.reason and (probe.path is not None or not probe.usable)
