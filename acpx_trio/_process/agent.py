@@ -41,6 +41,7 @@ from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
 )
 from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
+from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "start_agent_process"]
@@ -200,6 +201,8 @@ class AgentProcess:
     # ------------------------------------------------------------------ spawn
 
     async def _spawn(self) -> None:
+        # the service's owner-death watchdog runs before any agent of it does
+        await ensure_armed(self.lease_store.path.parent)
         owner_pid, owner_start = await owner_identity()
         lease = new_lease(
             gateway_instance_id=self.gateway_instance_id,

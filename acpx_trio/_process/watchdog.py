@@ -1,8 +1,9 @@
 """Owner-death watchdog: when the process that owns agent leases dies (SIGKILL included),
 every agent tree it started is killed, with no restart needed.
 
-One small process per running service (``python -S -m acpx_trio._process.watchdog ...``),
-started detached (its own session, stdio on ``/dev/null``) by :func:`run_watchdog`.  It holds
+One small process per running service that starts agents (``python -S -m
+acpx_trio._process.watchdog ...``), spawned before its first agent, detached (its own
+session, stdio on ``/dev/null``), by :func:`run_watchdog`.  It holds
 the read end of a pipe whose write end only the owner keeps, and a pidfd of the owner whose
 identity (pid + start ticks) it checks after opening it.  It blocks in ``poll`` on both; it
 imports neither Trio nor psutil until the owner is gone (start-up and idle memory of a bare
@@ -24,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import subprocess
@@ -43,6 +45,7 @@ __all__ = [
     "watchdog_argv",
 ]
 
+_log = logging.getLogger("acpx_trio.watchdog")
 #: Set to ``0`` to start no watchdog (then only a later start-up or ``acpx-trio reap``
 #: cleans up after a killed owner).
 WATCHDOG_ENV = "ACPX_TRIO_WATCHDOG"
@@ -207,39 +210,102 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+class _Slot:
+    """One service's watchdog, started on demand (before its first agent)."""
+
+    def __init__(self, wanted: Any, armed: Any) -> None:
+        self.wanted = wanted  # trio.Event: an agent is about to start
+        self.armed = armed  # trio.Event: the watchdog runs (or could not be started)
+
+
+#: lease dir -> the watchdog slot of the service running on it in this process.
+_slots: dict[str, _Slot] = {}
+
+
+#: How long an agent start waits for its watchdog to be armed, at most.
+ARM_WAIT_SECONDS = 5.0
+
+
+def _key(lease_dir: str | os.PathLike[str]) -> str:
+    """Slot key: the lease dir made absolute (no filesystem access beyond the cwd)."""
+    return os.path.normpath(os.path.join(os.getcwd(), os.fspath(lease_dir)))
+
+
+async def ensure_armed(lease_dir: str | os.PathLike[str]) -> None:
+    """Called before an agent is spawned: if a service runs a watchdog for ``lease_dir`` in
+    this process, make sure it is started and armed (the first call waits for it, a few tens
+    of ms; later calls return at once).  No service watchdog: returns at once."""
+    import trio as _trio
+
+    slot = _slots.get(_key(lease_dir))
+    if slot is None:
+        await _trio.lowlevel.checkpoint()
+        return
+    slot.wanted.set()
+    with _trio.move_on_after(ARM_WAIT_SECONDS):
+        await slot.armed.wait()
+
+
 async def run_watchdog(
     *,
     lease_dir: str | os.PathLike[str],
     gateway_instance_id: str,
     grace: float,
-    task_status: trio.TaskStatus[int] | None = None,
+    task_status: trio.TaskStatus[None] | None = None,
 ) -> None:
-    """Run this process's owner-death watchdog for as long as the calling task lives.
+    """Run this process's owner-death watchdog for ``lease_dir`` for as long as the calling
+    task lives.
 
-    Start it in the service's nursery: ``await nursery.start(run_watchdog, ...)`` (reports the
-    watchdog's pid).  If this process dies, the watchdog reaps the leases in ``lease_dir``
-    owned by it (see the module docstring) within about ``grace + 1`` seconds.  On
-    cancellation (a normal stop, after the runtime closed its agents) the pipe is closed, the
-    watchdog exits without killing anything, and it is reaped here (shielded, bounded 2 s).
-    ``ACPX_TRIO_WATCHDOG=0``: does nothing but wait to be cancelled.  A failure to start the
-    watchdog is logged by the caller's exception handling: it raises ``OSError``."""
+    Start it in the service's nursery (``await nursery.start(run_watchdog, ...)``).  The
+    process itself is spawned lazily, when the first agent is about to start
+    (:func:`ensure_armed`, called by ``AgentProcess``), so a service that never starts an
+    agent costs nothing.  If this process dies, the watchdog reaps the leases in
+    ``lease_dir`` owned by it (see the module docstring) within about ``grace + 1`` seconds.
+    On cancellation (a normal stop, after the runtime closed its agents) it is told to stop,
+    exits without killing anything, and is reaped here (shielded, bounded 2 s).
+    ``ACPX_TRIO_WATCHDOG=0``: does nothing but wait to be cancelled.  Never raises except
+    :class:`trio.Cancelled` (a watchdog that cannot be started is logged)."""
+    import trio as _trio
+
+    status = task_status if task_status is not None else _trio.TASK_STATUS_IGNORED
+    if os.environ.get(WATCHDOG_ENV) == "0":
+        status.started()
+        await _trio.sleep_forever()
+    key = _key(lease_dir)
+    slot = _Slot(_trio.Event(), _trio.Event())
+    if key in _slots:  # another service of this process watches this dir already
+        status.started()
+        await _trio.sleep_forever()
+    _slots[key] = slot
+    try:
+        status.started()
+        await slot.wanted.wait()
+        try:
+            await _spawn_and_wait(key, gateway_instance_id, grace, slot)
+        except OSError as exc:
+            slot.armed.set()
+            _log.warning("owner-death watchdog did not start: %s", exc)
+            await _trio.sleep_forever()
+    finally:
+        slot.armed.set()
+        if _slots.get(key) is slot:
+            del _slots[key]
+
+
+async def _spawn_and_wait(key: str, gateway_instance_id: str, grace: float, slot: _Slot) -> None:
     import trio as _trio
 
     from acpx_trio._process.identity import read_start_ticks
     from acpx_trio._process.tools import owner_identity
 
-    status = task_status if task_status is not None else _trio.TASK_STATUS_IGNORED
-    if os.environ.get(WATCHDOG_ENV) == "0":
-        status.started(0)
-        await _trio.sleep_forever()
     owner_pid, owner_start = await owner_identity()
     ticks = read_start_ticks(owner_pid)
     read_fd, write_fd = os.pipe()
     try:
         os.set_inheritable(read_fd, True)
         proc = await _trio.lowlevel.open_process(
-            watchdog_argv(read_fd, owner_pid, ticks, owner_start, os.fspath(lease_dir),
-                          gateway_instance_id, grace),
+            watchdog_argv(read_fd, owner_pid, ticks, owner_start, key, gateway_instance_id,
+                          grace),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(read_fd,), start_new_session=True, env=_child_env(), cwd="/",
         )
@@ -249,7 +315,7 @@ async def run_watchdog(
     finally:
         os.close(read_fd)
     try:
-        status.started(proc.pid)
+        slot.armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
         await proc.wait()  # it only exits on its own if something went badly wrong
     finally:
         # a normal stop (our agents are closed): the watchdog exits without killing anything

@@ -404,8 +404,6 @@ class AcpxRuntimeService:
                         lease_dir=lease_dir, gateway_instance_id=gateway_instance_id,
                         grace=running.config.kill_grace_seconds,
                     )
-            except OSError as exc:
-                running.ctx.logger.warning(f"owner-death watchdog did not start: {exc}")
             finally:
                 bg.done.set()
 

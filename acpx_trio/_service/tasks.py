@@ -6,6 +6,7 @@ decides when they run and under which cancel scope.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,6 +100,11 @@ async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: flo
         log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")
 
 
+#: Seconds between two start-up orphan sweeps of one lease dir + gateway in one process.
+ORPHAN_SWEEP_EVERY = 30.0
+_last_sweep: dict[tuple[str, str], float] = {}
+
+
 async def orphan_sweep_once(
     gateway_instance_id: str,
     lease_store: Any,
@@ -109,7 +115,17 @@ async def orphan_sweep_once(
 ) -> None:
     """The start-up tag sweep (:func:`~acpx_trio._process.reaper.sweep_orphans`): every
     live process tagged with this gateway whose lease is unknown or final (its lease file
-    was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`)."""
+    was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`).
+
+    At most one sweep per lease dir and gateway starts in :data:`ORPHAN_SWEEP_EVERY` seconds
+    within one process: a start/stop loop in one process scans once, not at every start."""
+    key = (str(getattr(lease_store, "path", "")), gateway_instance_id)
+    now = time.monotonic()
+    last = _last_sweep.get(key)
+    if last is not None and now - last < ORPHAN_SWEEP_EVERY:
+        await trio.lowlevel.checkpoint()
+        return
+    _last_sweep[key] = now
     try:
         result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
     except Exception as exc:
