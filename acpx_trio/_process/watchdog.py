@@ -3,7 +3,7 @@ every agent tree it started is killed, with no restart needed.
 
 One small process per running service that starts agents (``python -S -m
 acpx_trio._process.watchdog ...``), spawned before its first agent, detached (its own
-session, stdio on ``/dev/null``), by :func:`run_watchdog`.  It holds
+session, stdio on ``/dev/null``), through :func:`register_watchdog`.  It holds
 the read end of a pipe whose write end only the owner keeps, and a pidfd of the owner whose
 identity (pid + start ticks) it checks after opening it.  It blocks in ``poll`` on both; it
 imports neither Trio nor psutil until the owner is gone (start-up and idle memory of a bare
@@ -36,11 +36,16 @@ if TYPE_CHECKING:
     import trio
 
 __all__ = [
+    "ARM_WAIT_SECONDS",
+    "STOP",
     "WATCHDOG_ENV",
+    "WATCHDOG_LOG_ENV",
+    "WatchdogHandle",
+    "ensure_armed",
     "main",
     "owner_gone",
     "reap_dead_owner",
-    "run_watchdog",
+    "register_watchdog",
     "wait_owner_gone",
     "watchdog_argv",
 ]
@@ -210,18 +215,69 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-class _Slot:
-    """One service's watchdog, started on demand (before its first agent)."""
+class WatchdogHandle:
+    """A service's owner-death watchdog for one lease dir, spawned on demand.
 
-    def __init__(self, wanted: Any, armed: Any) -> None:
-        self.wanted = wanted  # trio.Event: an agent is about to start
-        self.armed = armed  # trio.Event: the watchdog runs (or could not be started)
+    Made by :func:`register_watchdog` (synchronous, no task, no process); the process is
+    started in the service's nursery by the first :func:`ensure_armed` for its lease dir
+    (``AgentProcess`` calls it before spawning an agent), so a service that never starts an
+    agent costs nothing.  :meth:`aclose` (after the runtime closed its agents) tells it to
+    stop and waits for it."""
+
+    def __init__(
+        self, nursery: trio.Nursery | None, key: str, gateway_instance_id: str, grace: float
+    ) -> None:
+        import trio as _trio
+
+        self._nursery = nursery
+        self._key = key
+        self._gateway = gateway_instance_id
+        self._grace = grace
+        self._scope = _trio.CancelScope()
+        self._armed = _trio.Event()
+        self._done = _trio.Event()
+        self._started = False
+        #: The watchdog's pid once started.
+        self.pid: int | None = None
+
+    async def ensure(self) -> None:
+        """Start the watchdog if needed and wait (bounded) until it is armed."""
+        import trio as _trio
+
+        if self._nursery is None:
+            await _trio.lowlevel.checkpoint()
+            return
+        if not self._started:
+            self._started = True
+            self._nursery.start_soon(self._run)
+        with _trio.move_on_after(ARM_WAIT_SECONDS):
+            await self._armed.wait()
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await _spawn_and_wait(self._key, self._gateway, self._grace, self)
+        except OSError as exc:
+            _log.warning("owner-death watchdog did not start: %s", exc)
+        finally:
+            self._armed.set()
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Unregister; stop the watchdog (it kills nothing) and wait for it.  Idempotent."""
+        import trio as _trio
+
+        if _slots.get(self._key) is self:
+            del _slots[self._key]
+        if self._started:
+            self._scope.cancel()
+            await self._done.wait()
+        else:
+            await _trio.lowlevel.checkpoint()
 
 
-#: lease dir -> the watchdog slot of the service running on it in this process.
-_slots: dict[str, _Slot] = {}
-
-
+#: lease dir -> the watchdog of the service running on it in this process.
+_slots: dict[str, WatchdogHandle] = {}
 #: How long an agent start waits for its watchdog to be armed, at most.
 ARM_WAIT_SECONDS = 5.0
 
@@ -231,68 +287,37 @@ def _key(lease_dir: str | os.PathLike[str]) -> str:
     return os.path.normpath(os.path.join(os.getcwd(), os.fspath(lease_dir)))
 
 
+def register_watchdog(
+    nursery: trio.Nursery, lease_dir: str | os.PathLike[str], gateway_instance_id: str,
+    grace: float,
+) -> WatchdogHandle:
+    """The owner-death watchdog of a service on ``lease_dir`` (see :class:`WatchdogHandle`).
+    ``ACPX_TRIO_WATCHDOG=0``, or another service of this process already watching the same
+    dir: an inert handle."""
+    key = _key(lease_dir)
+    if os.environ.get(WATCHDOG_ENV) == "0" or key in _slots:
+        return WatchdogHandle(None, key, gateway_instance_id, grace)
+    handle = WatchdogHandle(nursery, key, gateway_instance_id, grace)
+    _slots[key] = handle
+    return handle
+
+
 async def ensure_armed(lease_dir: str | os.PathLike[str]) -> None:
-    """Called before an agent is spawned: if a service runs a watchdog for ``lease_dir`` in
-    this process, make sure it is started and armed (the first call waits for it, a few tens
-    of ms; later calls return at once).  No service watchdog: returns at once."""
+    """Called before an agent is spawned: if a service watches ``lease_dir`` in this process,
+    make sure its watchdog runs and is armed (the first call waits for it, a few tens of ms;
+    later calls return at once).  No such service: returns at once."""
     import trio as _trio
 
-    slot = _slots.get(_key(lease_dir))
-    if slot is None:
+    handle = _slots.get(_key(lease_dir))
+    if handle is None:
         await _trio.lowlevel.checkpoint()
         return
-    slot.wanted.set()
-    with _trio.move_on_after(ARM_WAIT_SECONDS):
-        await slot.armed.wait()
+    await handle.ensure()
 
 
-async def run_watchdog(
-    *,
-    lease_dir: str | os.PathLike[str],
-    gateway_instance_id: str,
-    grace: float,
-    task_status: trio.TaskStatus[None] | None = None,
+async def _spawn_and_wait(
+    key: str, gateway_instance_id: str, grace: float, handle: WatchdogHandle
 ) -> None:
-    """Run this process's owner-death watchdog for ``lease_dir`` for as long as the calling
-    task lives.
-
-    Start it in the service's nursery (``await nursery.start(run_watchdog, ...)``).  The
-    process itself is spawned lazily, when the first agent is about to start
-    (:func:`ensure_armed`, called by ``AgentProcess``), so a service that never starts an
-    agent costs nothing.  If this process dies, the watchdog reaps the leases in
-    ``lease_dir`` owned by it (see the module docstring) within about ``grace + 1`` seconds.
-    On cancellation (a normal stop, after the runtime closed its agents) it is told to stop,
-    exits without killing anything, and is reaped here (shielded, bounded 2 s).
-    ``ACPX_TRIO_WATCHDOG=0``: does nothing but wait to be cancelled.  Never raises except
-    :class:`trio.Cancelled` (a watchdog that cannot be started is logged)."""
-    import trio as _trio
-
-    status = task_status if task_status is not None else _trio.TASK_STATUS_IGNORED
-    if os.environ.get(WATCHDOG_ENV) == "0":
-        status.started()
-        await _trio.sleep_forever()
-    key = _key(lease_dir)
-    slot = _Slot(_trio.Event(), _trio.Event())
-    if key in _slots:  # another service of this process watches this dir already
-        status.started()
-        await _trio.sleep_forever()
-    _slots[key] = slot
-    try:
-        status.started()
-        await slot.wanted.wait()
-        try:
-            await _spawn_and_wait(key, gateway_instance_id, grace, slot)
-        except OSError as exc:
-            slot.armed.set()
-            _log.warning("owner-death watchdog did not start: %s", exc)
-            await _trio.sleep_forever()
-    finally:
-        slot.armed.set()
-        if _slots.get(key) is slot:
-            del _slots[key]
-
-
-async def _spawn_and_wait(key: str, gateway_instance_id: str, grace: float, slot: _Slot) -> None:
     import trio as _trio
 
     from acpx_trio._process.identity import read_start_ticks
@@ -315,7 +340,8 @@ async def _spawn_and_wait(key: str, gateway_instance_id: str, grace: float, slot
     finally:
         os.close(read_fd)
     try:
-        slot.armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
+        handle.pid = proc.pid
+        handle._armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
         await proc.wait()  # it only exits on its own if something went badly wrong
     finally:
         # a normal stop (our agents are closed): the watchdog exits without killing anything

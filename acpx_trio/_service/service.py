@@ -28,7 +28,7 @@ from acpx_trio._process.reaper import (
     reap_open_leases,
     reap_stale_orphans,
 )
-from acpx_trio._process.watchdog import run_watchdog
+from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
 from acpx_trio._service.backends import (
     AcpRuntime,
     AcpRuntimeBackend,
@@ -38,7 +38,13 @@ from acpx_trio._service.backends import (
 from acpx_trio._service.doctor_format import format_seconds
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams, ServiceLogger
-from acpx_trio._service.tasks import Background, orphan_sweep_once, probe_once, sweep_once
+from acpx_trio._service.tasks import (
+    Background,
+    orphan_sweep_due,
+    orphan_sweep_once,
+    probe_once,
+    sweep_once,
+)
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
@@ -109,8 +115,8 @@ class _Running:
     config: AcpxConfig
     runtime: AcpRuntime
     background: list[Background] = field(default_factory=list)
-    #: The owner-death watchdog's task: stopped only after the runtime closed its agents.
-    watchdog: Background | None = None
+    #: The owner-death watchdog: stopped only after the runtime closed its agents.
+    watchdog: WatchdogHandle | None = None
 
 
 def _normalize_agent(value: object) -> str | None:
@@ -370,9 +376,13 @@ class AcpxRuntimeService:
             else:
                 self._health.set(ServiceHealth.REGISTERED)
             self._spawn(running, self._sweep_task)
-            if not has_open:  # (with open leases the start-up reap above swept already)
+            if not has_open and orphan_sweep_due(lease_store, gateway_instance_id):
+                # (with open leases the start-up reap above swept already)
                 self._spawn(running, self._make_orphan_sweep(lease_store, gateway_instance_id))
-            running.watchdog = self._start_watchdog(running, wrapper_root, gateway_instance_id)
+            # owner-death watchdog: spawned before this service's first agent (ensure_armed)
+            running.watchdog = register_watchdog(
+                ctx.nursery, wrapper_root, gateway_instance_id, config.kill_grace_seconds
+            )
         except BaseException:
             await self._teardown(running, logger)
             raise
@@ -390,25 +400,6 @@ class AcpxRuntimeService:
         except BaseException:
             bg.done.set()
             raise
-
-    def _start_watchdog(
-        self, running: _Running, lease_dir: Path, gateway_instance_id: str
-    ) -> Background:
-        """The owner-death watchdog (``_process/watchdog.py``) in the host nursery."""
-        bg = Background()
-
-        async def task() -> None:
-            try:
-                with bg.scope:
-                    await run_watchdog(
-                        lease_dir=lease_dir, gateway_instance_id=gateway_instance_id,
-                        grace=running.config.kill_grace_seconds,
-                    )
-            finally:
-                bg.done.set()
-
-        running.ctx.nursery.start_soon(task)
-        return bg
 
     def _make_orphan_sweep(
         self, lease_store: LeaseStore, gateway_instance_id: str
@@ -510,8 +501,7 @@ class AcpxRuntimeService:
                     await aclose()
             finally:
                 if running.watchdog is not None:  # agents are closed: it may go now
-                    running.watchdog.scope.cancel()
-                    await running.watchdog.done.wait()
+                    await running.watchdog.aclose()
         if cleanup.cancelled_caught:
             logger.error(
                 "embedded acpx runtime did not shut down within "

@@ -22,7 +22,7 @@ from acpx_trio._service.doctor_format import (
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, ServiceLogger
 
-__all__ = ["Background", "orphan_sweep_once", "probe_once", "sweep_once"]
+__all__ = ["Background", "orphan_sweep_due", "orphan_sweep_once", "probe_once", "sweep_once"]
 
 
 class Background:
@@ -105,6 +105,19 @@ ORPHAN_SWEEP_EVERY = 30.0
 _last_sweep: dict[tuple[str, str], float] = {}
 
 
+def orphan_sweep_due(lease_store: Any, gateway_instance_id: str) -> bool:
+    """Whether a start-up orphan sweep of this lease dir + gateway should start now (none
+    started in this process in the last :data:`ORPHAN_SWEEP_EVERY` seconds); if so, records
+    that one starts."""
+    key = (str(getattr(lease_store, "path", "")), gateway_instance_id)
+    now = time.monotonic()
+    last = _last_sweep.get(key)
+    if last is not None and now - last < ORPHAN_SWEEP_EVERY:
+        return False
+    _last_sweep[key] = now
+    return True
+
+
 async def orphan_sweep_once(
     gateway_instance_id: str,
     lease_store: Any,
@@ -118,14 +131,8 @@ async def orphan_sweep_once(
     was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`).
 
     At most one sweep per lease dir and gateway starts in :data:`ORPHAN_SWEEP_EVERY` seconds
-    within one process: a start/stop loop in one process scans once, not at every start."""
-    key = (str(getattr(lease_store, "path", "")), gateway_instance_id)
-    now = time.monotonic()
-    last = _last_sweep.get(key)
-    if last is not None and now - last < ORPHAN_SWEEP_EVERY:
-        await trio.lowlevel.checkpoint()
-        return
-    _last_sweep[key] = now
+    within one process (:func:`orphan_sweep_due`, checked by the caller): a start/stop loop
+    in one process scans once, not at every start."""
     try:
         result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
     except Exception as exc:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from acpx_trio._errors import StateFileError
+
 __all__ = [
     "GATEWAY_ID_MAX_BYTES",
     "LEASE_FILE_MAX_BYTES",
@@ -39,10 +41,15 @@ def ensure_private_dir(path: Path) -> Path:
     writable is refused with :class:`~acpx_trio.StateFileError` (see
     :func:`check_private_dir`); a symbolic link to a directory is used but never
     ``chmod``-ed.  Raises ``OSError`` when it cannot be created."""
-    if path.exists() or path.is_symlink():
-        check_private_dir(path)  # refuse (never chmod) what is not ours, like ssh
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    if not path.is_symlink() and (path.stat().st_mode & 0o777) != DIR_MODE:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():  # a dangling link: never create through it
+            check_private_dir(path)
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        st = os.stat(path)
+    _check_dir_stat(path, st)  # refuse (never chmod) what is not ours, like ssh
+    if (st.st_mode & 0o777) != DIR_MODE and not path.is_symlink():
         os.chmod(path, DIR_MODE)  # only tightens: a group/world-writable one was refused
     return path
 
@@ -148,8 +155,6 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
     or one larger than ``max_bytes`` raises :class:`~acpx_trio.StateFileError` naming the
     path and the fix; never a hang.  A missing file raises ``FileNotFoundError``; other
     ``OSError``s propagate."""
-    from acpx_trio._errors import StateFileError
-
     where = str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -197,13 +202,18 @@ def check_private_dir(path: Path) -> None:
     by another user, or writable by group or others.  Raises
     :class:`~acpx_trio.StateFileError` naming the path and the fix; a missing directory is
     fine (it will be created 0700)."""
-    from acpx_trio._errors import StateFileError
-
-    where = str(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+                    raise StateFileError(str(path), "is a dangling symbolic link",
+                                 "remove it or point it at a directory of ours") from None
         return
+    _check_dir_stat(path, st)
+
+
+def _check_dir_stat(path: Path, st: os.stat_result) -> None:
+    where = str(path)
     if not stat.S_ISDIR(st.st_mode):
         raise StateFileError(
             where, f"is {_kind(st.st_mode)}, not a directory",
