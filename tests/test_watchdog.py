@@ -213,3 +213,58 @@ async def test_normal_stop_ends_the_watchdog_and_kills_nothing(
     finally:
         bystander.kill()
         bystander.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cleaner", ["cli-reap", "start-up"])
+async def test_pid_hopper_of_a_killed_owner_dies_at_reap_and_start_up(
+    tmp_path: Path, cleaner: str
+) -> None:
+    """Without a watchdog, the hopper and the scrubbed member outlive their SIGKILLed owner;
+    ``acpx-trio reap`` / the next start-up kill them (by group), decoys survive."""
+    from _cli_helpers import run_cli
+
+    from acpx_trio._service.backends import BackendRegistry
+    from acpx_trio._service.service import open_runtime_service
+
+    hop, scrub = new_marker(), new_marker()
+    state = tmp_path / "state"
+    args = ["--ignore-stdin-eof", "--ignore-sigterm", "--spawn-pid-hopper", hop,
+            "--spawn-scrubbed-child", scrub]
+    decoys = [Decoys(hop, "lease-decoy"), Decoys(scrub, "lease-decoy")]
+    decoy_pids = {p for d in decoys for p in d.pids}
+    groups: set[int] = set()
+    owner = start_owner(state, 1, args, watchdog=False)
+    try:
+        with cleanup_marker(hop, groups), cleanup_marker(scrub, groups), trio.fail_after(60):
+            recs = await trio.to_thread.run_sync(read_records, owner, 2)
+            agent = next(int(str(r["pid"])) for r in recs if r["kind"] == "agent")
+            groups.add(agent)
+
+            def hopping() -> bool:
+                groups.update(st[1] for p in marked(hop) if p not in decoy_pids
+                              and (st := stat_ids(p)) is not None
+                              and st[1] == st[2] and st[1] not in (p, agent))
+                return len(groups) == 2 and len(set(marked(scrub)) - decoy_pids) == 1
+
+            await poll_until(hopping, seconds=20)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            assert all(group_members(g) for g in groups)  # no watchdog: all still there
+            if cleaner == "cli-reap":
+                result = await trio.to_thread.run_sync(
+                    lambda: run_cli("reap", state_dir=state))
+                assert result.returncode == 0, result.stderr
+            else:
+                async with open_runtime_service(
+                    workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry()
+                ):
+                    pass
+            await poll_until(lambda: not any(group_members(g) for g in groups), seconds=5)
+            assert all(d.alive() for d in decoys)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        for d in decoys:
+            d.close()
