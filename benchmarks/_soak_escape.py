@@ -35,7 +35,8 @@ import trio
 from _soak_common import REPO, ScenarioResult
 
 from acpx_trio._process.agent import AgentProcess
-from acpx_trio._process.identity import lease_env, newest_pids
+from acpx_trio._process.identity import lease_env
+from acpx_trio._process.scan import newest_pids
 from acpx_trio._process.watchdog import WATCHDOG_ENV
 from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
 

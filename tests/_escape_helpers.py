@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from acpx_trio._process.identity import lease_env, newest_pids
+from acpx_trio._process.identity import lease_env
+from acpx_trio._process.scan import newest_pids
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 

@@ -25,9 +25,9 @@ import trio
 from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
-    newest_pids,
     read_stat_state,
 )
+from acpx_trio._process.scan import newest_pids
 
 __all__ = [
     "group_members_sync",

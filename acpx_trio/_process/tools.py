@@ -13,13 +13,11 @@ import trio
 from acpx_trio._process.identity import (
     LEASE_ENV_KEY,
     ProcessInfo,
-    fast_process_info,
-    fast_snapshot,
-    newest_pids,
     self_identity,
     snapshot_processes,
 )
 from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
+from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
 
