@@ -41,6 +41,9 @@ if TYPE_CHECKING:
         LeaseStoreError as LeaseStoreError,
     )
     from acpx_trio._errors import (
+        SessionStoreError as SessionStoreError,
+    )
+    from acpx_trio._errors import (
         StateFileError as StateFileError,
     )
     from acpx_trio._events import (
@@ -72,6 +75,9 @@ if TYPE_CHECKING:
     )
     from acpx_trio._events import (
         ToolCallEvent as ToolCallEvent,
+    )
+    from acpx_trio._log import (
+        ServiceLogger as ServiceLogger,
     )
     from acpx_trio._process.identity import (
         GATEWAY_ENV_KEY as GATEWAY_ENV_KEY,
@@ -118,6 +124,9 @@ if TYPE_CHECKING:
     from acpx_trio._runtime.agents import (
         AgentSpec as AgentSpec,
     )
+    from acpx_trio._runtime.open_runtime import (
+        open_acpx_runtime as open_acpx_runtime,
+    )
     from acpx_trio._runtime.permissions import (
         PermissionPolicy as PermissionPolicy,
     )
@@ -126,9 +135,6 @@ if TYPE_CHECKING:
     )
     from acpx_trio._runtime.runtime import (
         AcpxRuntime as AcpxRuntime,
-    )
-    from acpx_trio._runtime.runtime import (
-        open_acpx_runtime as open_acpx_runtime,
     )
     from acpx_trio._service.backends import (
         AcpRuntime as AcpRuntime,
@@ -149,7 +155,13 @@ if TYPE_CHECKING:
         ServiceHealthState as ServiceHealthState,
     )
     from acpx_trio._service.lazy_runtime import (
+        LazyAcpxRuntime as LazyAcpxRuntime,
+    )
+    from acpx_trio._service.lazy_runtime import (
         RuntimeFactoryParams as RuntimeFactoryParams,
+    )
+    from acpx_trio._service.open_service import (
+        open_runtime_service as open_runtime_service,
     )
     from acpx_trio._service.service import (
         AcpxRuntimeService as AcpxRuntimeService,
@@ -163,14 +175,14 @@ if TYPE_CHECKING:
     from acpx_trio._service.service import (
         ServiceStoppedError as ServiceStoppedError,
     )
-    from acpx_trio._service.service import (
-        open_runtime_service as open_runtime_service,
-    )
     from acpx_trio._store.config import (
         AcpxConfig as AcpxConfig,
     )
     from acpx_trio._store.config import (
         McpServerConfig as McpServerConfig,
+    )
+    from acpx_trio._store.config import (
+        PluginConfig as PluginConfig,
     )
     from acpx_trio._store.config import (
         load_config_file as load_config_file,
@@ -271,7 +283,7 @@ _EXPORTS: dict[str, str] = {
     "PermissionPolicy": "._runtime.permissions",
     "PermissionStats": "._runtime.permissions",
     "AcpxRuntime": "._runtime.runtime",
-    "open_acpx_runtime": "._runtime.runtime",
+    "open_acpx_runtime": "._runtime.open_runtime",
     "RuntimeFactoryParams": "._service.lazy_runtime",
     "ServiceHealth": "._service.health",
     "ServiceHealthState": "._service.health",
@@ -279,7 +291,8 @@ _EXPORTS: dict[str, str] = {
     "ServiceAlreadyStartedError": "._service.service",
     "ServiceContext": "._service.service",
     "ServiceStoppedError": "._service.service",
-    "open_runtime_service": "._service.service",
+    "open_runtime_service": "._service.open_service",
+    "ServiceLogger": "._log",
 }
 
 __all__ = sorted(_EXPORTS)

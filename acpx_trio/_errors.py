@@ -6,6 +6,8 @@ messages are meant for people and say what to do next.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -18,8 +20,45 @@ __all__ = [
     "GatewayInstanceIdError",
     "LeaseStateError",
     "LeaseStoreError",
+    "SessionStoreError",
     "StateFileError",
+    "collapse_group",
+    "redact",
+    "rpc_error_detail",
 ]
+
+_SECRET_PATTERNS = (
+    # KEY=value / "token": "value" style assignments of secret-looking names
+    re.compile(
+        r"(?i)((?:api[_-]?key|token|secret|password|passwd|credential|auth)[A-Za-z0-9_-]*"
+        r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;]{4,})"
+    ),
+    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})"),
+    re.compile(r"()\b((?:sk|pk|rk|ghp|gho|github_pat|xox[abp]|AIza)[-_A-Za-z0-9]{12,})"),
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every known secret value and anything that looks like a credential
+    (``API_KEY=...``, ``Bearer ...``, ``sk-...``) replaced by ``[redacted]``."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: f"{m.group(1)}[redacted]", text)
+    return text
+
+
+def rpc_error_detail(data: Any) -> str | None:
+    """The human reason an agent put in a JSON-RPC error's ``data``: ``data.details``, else
+    ``data.message``, else ``data`` itself when it is a string (``None`` when there is none)."""
+    if isinstance(data, str):
+        return data.strip() or None
+    if isinstance(data, Mapping):
+        for key in ("details", "message", "detail", "reason"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
 
 
 class AcpxError(Exception):
@@ -65,6 +104,18 @@ class LeaseStoreError(AcpxError):
     code = "ACPX_LEASE_STORE_FAILED"
 
 
+class SessionStoreError(AcpxError):
+    """The session store (its directory or a record file) could not be read or written.
+
+    ``path`` names the file or directory; the message says what failed and what to check."""
+
+    code = "ACPX_SESSION_STORE"
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
 class LeaseStateError(AcpxError, ValueError):
     """An illegal lease state move (e.g. ``closed -> open``) was requested."""
 
@@ -95,9 +146,12 @@ class AgentProcessError(AcpxError):
 
 class AcpRuntimeError(AcpxError):
     """A runtime operation failed.  ``code`` follows OpenClaw's ACP runtime codes
-    (``ACP_SESSION_INIT_FAILED``, ``ACP_TURN_FAILED``, ``ACP_BACKEND_UNAVAILABLE``, ...) or
-    carries the agent's JSON-RPC error (``rpc_code``/``rpc_data``).  ``retryable`` tells whether
-    the same call may succeed if tried again."""
+    (``ACP_SESSION_INIT_FAILED``, ``ACP_TURN_FAILED``, ``ACP_AUTH_REQUIRED``,
+    ``ACP_BACKEND_UNAVAILABLE``, ...) or carries the agent's JSON-RPC error
+    (``rpc_code``/``rpc_data``).  ``detail`` is the reason behind it: the agent's
+    ``data.details``/``data.message`` (derived from ``rpc_data`` when not given), or a
+    redacted stderr tail when a session could not be set up; the message always includes it.
+    ``retryable`` tells whether the same call may succeed if tried again."""
 
     code = "ACP_RUNTIME_ERROR"
 
@@ -109,11 +163,17 @@ class AcpRuntimeError(AcpxError):
         retryable: bool = False,
         rpc_code: int | None = None,
         rpc_data: Any = None,
+        detail: str | None = None,
     ) -> None:
+        if detail is None:
+            detail = rpc_error_detail(rpc_data)
+        if detail and detail not in message:
+            message = f"{message}: {detail}" if "\n" not in detail else f"{message}\n{detail}"
         super().__init__(message, code=code)
         self.retryable = retryable
         self.rpc_code = rpc_code
         self.rpc_data = rpc_data
+        self.detail = detail
 
 
 class AcpProtocolError(AcpRuntimeError):
@@ -144,3 +204,34 @@ class StateFileError(AcpxError):
     def __init__(self, path: str, problem: str, fix: str) -> None:
         self.path = path
         super().__init__(f"{path}: {problem}; {fix}")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def collapse_group(exc: BaseException) -> BaseException:
+    r"""The one exception a caller should see for what an internal nursery raised.
+
+    Internal nurseries (``strict_exception_groups``) wrap even a single error in an
+    ``ExceptionGroup``; public coroutines of acpx-trio promise plain :class:`AcpxError`\ s.
+    Rules: a non-group is returned as is; ``KeyboardInterrupt`` wins; otherwise the first leaf
+    that is not :class:`trio.Cancelled` (the others are attached as notes); a group of only
+    cancellations is returned unchanged (Trio's cancel scopes consume it)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    import trio  # local: this module stays importable without Trio (the mock agent)
+
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    if not errors:
+        return exc
+    first = errors[0]
+    for other in errors[1:]:
+        first.add_note(f"also raised concurrently: {type(other).__name__}: {other}")
+    return first

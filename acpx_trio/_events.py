@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from acpx_trio._errors import AcpxError
+
 __all__ = [
     "AcpRuntimeCapabilities",
     "AcpRuntimeEvent",
@@ -55,11 +57,30 @@ class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, froz
 
 
 class ErrorEvent(msgspec.Struct, tag_field="type", tag="error", kw_only=True, frozen=True):
-    """The turn failed.  ``code`` is stable; ``retryable`` says whether retrying may help."""
+    """The turn failed.  ``code`` is stable; ``retryable`` says whether retrying may help.
+
+    ``rpc_code``/``rpc_data`` are the agent's JSON-RPC error when there was one; ``detail`` is
+    the reason behind it (the agent's ``data.details``/``data.message``, or a redacted stderr
+    tail) and is also part of ``message``.  All three default to ``None``."""
 
     message: str
     code: str
     retryable: bool = False
+    rpc_code: int | None = None
+    rpc_data: Any = None
+    detail: str | None = None
+
+    @classmethod
+    def from_error(cls, exc: AcpxError, *, code: str | None = None) -> ErrorEvent:
+        """The event for ``exc`` (its code, message, retryable and rpc fields)."""
+        return cls(
+            code=code or exc.code,
+            message=exc.message,
+            retryable=bool(getattr(exc, "retryable", False)),
+            rpc_code=getattr(exc, "rpc_code", None),
+            rpc_data=getattr(exc, "rpc_data", None),
+            detail=getattr(exc, "detail", None),
+        )
 
 
 AcpRuntimeEvent = TextDeltaEvent | StatusEvent | ToolCallEvent | DoneEvent | ErrorEvent

@@ -1,8 +1,18 @@
 """The ``acpx-trio`` console script (``acpx_trio.cli:main``); the command line lives in
-:mod:`acpx_trio._cli`."""
+:mod:`acpx_trio._cli`.
+
+Importing this module is cheap on purpose (no trio, no msgspec): the command line's modules
+load when :func:`main` runs, so ``acpx-trio --version`` and start-up stay fast."""
 
 from __future__ import annotations
 
-from acpx_trio._cli.main import main
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    from acpx_trio._cli.main import main as cli_main
+
+    return cli_main(argv)

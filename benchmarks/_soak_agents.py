@@ -51,7 +51,7 @@ from _soak_common import (
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import SyncLeaseStore
 
 KILL_GRACE = 0.5

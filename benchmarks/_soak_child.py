@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from acpx_trio._events import TextDeltaEvent
 from acpx_trio._process import agent as _agent_process
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import LeaseStore, ProcessLease
 
 MOCK = ["-m", "acpx_trio.testing.mock_agent"]

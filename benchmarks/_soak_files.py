@@ -54,7 +54,7 @@ from hypothesis import strategies as st
 
 from acpx_trio._process.reaper import ReapResult
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import LEASE_FILE_NAME, SyncLeaseStore
 
 FIELDS = [

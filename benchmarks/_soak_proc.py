@@ -23,7 +23,7 @@ from _soak_common import MOCK_ARGS, ListLogger, SignalLog, child_env, recording_
 from acpx_trio._process.identity import boot_id, process_info
 from acpx_trio._process.reaper import ReapResult
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import LeaseState, ProcessLease, SyncLeaseStore, new_lease
 
 CHILD = Path(__file__).with_name("_soak_child.py")

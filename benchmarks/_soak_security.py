@@ -50,7 +50,7 @@ from _soak_proc import fake_lease
 from acpx_trio._events import TextDeltaEvent
 from acpx_trio._process.reaper import cleanup_owned_process_tree, reap_stale_orphans
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import SyncLeaseStore
 
 NOBODY = 65534

@@ -2,7 +2,8 @@
 
 Part 1: ``AcpxRuntimeService`` start/stop cycles per second with a stub runtime factory (the
 real config resolution, gateway id, lease store and start-up reaper run on every start), and
-RSS growth over the measured cycles.  Targets: >= 1,000 cycles/s, RSS growth < 2 MiB.
+RSS growth over the measured cycles.  Targets: >= 3,000 cycles/s, RSS flat (growth < 2 MiB)
+over 20,000 cycles.
 Baseline measured in the same run: the same number of cycles of two bare worker-thread hops
 (the minimum blocking work one start does), so the ratio is comparable across machines.
 
@@ -11,7 +12,7 @@ ensure/turn/close churn
 with the bundled mock agent through the real runtime, sessions per second; baseline: spawning
 and reaping the bare mock agent (stdin at EOF, so it exits at once).
 
-Usage: ``python benchmarks/churn.py [--cycles 10000] [--sessions 30] [--skip-runtime] [--fresh]``
+Usage: ``python benchmarks/churn.py [--cycles 20000] [--sessions 30] [--skip-runtime] [--fresh]``
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from pathlib import Path
 import psutil
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import result as report_result
+
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
-from acpx_trio._service.service import AcpxRuntimeService, ServiceContext, open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
+from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
 
 MiB = 1024 * 1024
-TARGET_CYCLES_PER_S = 1000.0
+TARGET_CYCLES_PER_S = 3000.0
 TARGET_RSS_GROWTH = 2 * MiB
 
 
@@ -124,6 +129,12 @@ async def part1(cycles: int, *, fresh: bool = False) -> bool:
     limit_kib = TARGET_RSS_GROWTH // 1024
     print(f"RSS growth          : {growth / 1024:+,.0f} KiB  (target < {limit_kib:,}"
           f" KiB)  {'PASS' if ok_rss else 'FAIL'}")
+    report_result(f"churn.service_cycles ({what})", f"{rate:,.0f} cycles/s",
+                  f"2 thread hops/cycle {base_rate:,.0f} cycles/s", elapsed / base_s,
+                  f">= {TARGET_CYCLES_PER_S:,.0f} cycles/s", ok_rate)
+    report_result(f"churn.rss_growth ({cycles:,} cycles)", f"{growth / 1024:+,.0f} KiB",
+                  f"{rss_before / MiB:.2f} MiB before", rss_after / max(rss_before, 1),
+                  f"< {limit_kib:,} KiB", ok_rss)
     return ok_rate and ok_rss
 
 
@@ -182,7 +193,7 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=10_000)
+    parser.add_argument("--cycles", type=int, default=20_000)
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--skip-runtime", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="new service object per cycle")

@@ -4,9 +4,11 @@ factory over temporary directories with the bundled mock agent."""
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ import pytest
 import trio
 
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, TextDeltaEvent
-from acpx_trio._runtime.runtime import AcpxRuntime, open_acpx_runtime
+from acpx_trio._runtime.live_session import Turn
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.leases import LeaseStore, ProcessLease
+from acpx_trio.testing.leak_guard import check_gateway_leaks
 
 GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
@@ -39,17 +44,11 @@ def processes_of_gateway(gateway_id: str) -> list[psutil.Process]:
 
 
 def assert_no_process_of(gateway_id: str) -> None:
-    """Fail (after killing them) if processes of ``gateway_id`` are alive."""
-    leaked = processes_of_gateway(gateway_id)
-    if not leaked:
-        return
-    _gone, alive = psutil.wait_procs(leaked, timeout=3.0)
-    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    if alive:
-        pytest.fail(f"leaked processes of gateway {gateway_id}: {[p.pid for p in alive]}")
+    """Fail (after killing them with the reaper's proofs) if processes of ``gateway_id`` are
+    alive: the shipped gateway-scoped leak guard."""
+    report = check_gateway_leaks(gateway_id, settle=1.0)
+    if report:
+        pytest.fail(report.describe())
 
 
 def leak_checked_gateway_id() -> Iterator[str]:
@@ -123,12 +122,66 @@ def output(events: list[AcpRuntimeEvent]) -> str:
 
 
 async def wait_gone(pid: int) -> None:
-    """Wait (at most 10 s) until ``pid`` has exited (a kill is asynchronous)."""
+    """Wait (at most 10 s) until ``pid`` has exited (a kill is asynchronous): event-driven on
+    a pidfd (readable once the process exits, zombie or reaped)."""
     with trio.fail_after(10):
-        for _ in range(100_000):
-            if pid_gone(pid):
+        await wait_pid_exit(pid)
+
+
+async def wait_pid_exit(pid: int) -> None:
+    """Return once ``pid`` has exited (a zombie counts).  Waits on a pidfd, no polling; where
+    pidfds are unavailable, re-checks with a short back-off.  Cancellable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        await wait_until(lambda: pid_gone(pid))
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, bound: float = 10.0
+) -> None:
+    """Wait until ``condition()`` (sync or async) holds, re-checking it on a short back-off
+    (1 ms doubling to 20 ms); fails the test after ``bound`` seconds.  For conditions that
+    have no event to wait on (the state of a foreign process, a flag of the runtime)."""
+    pause = 0.001
+    with trio.fail_after(bound):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
                 return
-            await trio.sleep(0.01)
+            await trio.sleep(pause)  # re-check the real condition, not a guessed delay
+            pause = min(pause * 2, 0.02)
+
+
+def running_turn(rt: AcpxRuntime, session_key: str) -> Turn | None:
+    session = rt._sessions.get(session_key)
+    return None if session is None else session.turn
+
+
+async def wait_prompt_sent(rt: AcpxRuntime, session_key: str) -> Turn:
+    """Wait until the session's running turn has sent ``session/prompt`` to the agent (what a
+    test must wait for before cancelling or closing "during" the turn); returns the turn."""
+    await wait_until(
+        lambda: (turn := running_turn(rt, session_key)) is not None and turn.prompt_sent
+    )
+    turn = running_turn(rt, session_key)
+    assert turn is not None
+    return turn
+
+
+async def wait_reader_paused(turn: Turn) -> None:
+    """Wait until reading from the agent paused at the high-water mark (the consumer lags by
+    ``HIGH_WATER`` events) or the agent finished the turn."""
+    await wait_until(lambda: not turn.room.is_set() or turn.finished.is_set())
 
 
 def pid_gone(pid: int) -> bool:

@@ -5,7 +5,7 @@ Usage::
     python tests/_service_child.py STATE_DIR [--sessions N] [--busy M] [--grandchildren K]
         [--agent-arg=--ignore-stdin-eof ...] [--workspace DIR]
 
-Starts :func:`acpx_trio._service.service.open_runtime_service` on ``STATE_DIR``, opens
+Starts :func:`acpx_trio._service.open_service.open_runtime_service` on ``STATE_DIR``, opens
 ``N`` sessions
 with the bundled mock agent (``python -m acpx_trio.testing.mock_agent`` plus the given agent
 args) through ``runtime.ensure_session(session_key=..., agent="mock")``, has the first ``K``
@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -45,6 +45,21 @@ async def _turn_text(runtime: Any, handle: Any, text: str) -> str:
 async def _busy_turn(runtime: Any, handle: Any) -> None:
     async for _event in runtime.run_turn(handle=handle, text="/sleep 60000"):
         pass
+
+
+async def _prompt_sent(runtime: Any, key: str) -> None:
+    """Wait until the session's turn has sent its prompt to the agent (re-checked on a short
+    back-off: the runtime has no event for it)."""
+    built = getattr(runtime, "built", None) or runtime
+    pause = 0.001
+    with trio.fail_after(30):
+        while True:
+            session = built._sessions.get(key)
+            turn = None if session is None else session.turn
+            if turn is not None and turn.prompt_sent:
+                return
+            await trio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
 
 async def main(argv: list[str]) -> None:
@@ -89,7 +104,7 @@ async def main(argv: list[str]) -> None:
                     )
                 if busy:
                     nursery.start_soon(_busy_turn, runtime, handle)
-                    await trio.sleep(0.2)  # let the prompt reach the agent
+                    await _prompt_sent(runtime, key)
                 _emit({"pid": pid, "session_key": key, "kind": "agent", "busy": busy})
             await trio.sleep_forever()
 

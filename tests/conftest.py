@@ -44,34 +44,38 @@ def tagged_processes_of_this_run() -> list[psutil.Process]:
     return found
 
 
-def _is_live(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+#: How long a found process may take to finish exiting before it counts as leaked.  Short:
+#: the guard waits on the real condition (the process is gone) and returns as soon as it holds,
+#: so the bound is only paid when something really leaked.
+LEAK_SETTLE_SECONDS = 1.0
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_agent_processes() -> Iterator[None]:
-    """Fail the test if a tagged process it started is still alive shortly after it ends."""
+    """Fail the test if a tagged process it started is still alive after it ends.
+
+    Leaked processes are killed: those with a gateway tag through the shipped leak guard (the
+    reaper's proofs), any other (lease tag only) directly."""
     before = {p.pid for p in tagged_processes_of_this_run()}
     yield
     leaked = [p for p in tagged_processes_of_this_run() if p.pid not in before]
-    if leaked:
-        # Give processes that are already being killed a moment to finish exiting.
-        _gone, alive = psutil.wait_procs(leaked, timeout=5.0)
-        leaked = [p for p in alive if _is_live(p)]
-    if leaked:
-        details = []
-        for p in leaked:
-            try:
-                details.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-            except psutil.Error:
-                continue
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        if details:
-            pytest.fail("test leaked tagged agent processes:\n" + "\n".join(details))
+    if not leaked:
+        return
+    from acpx_trio._process.identity import snapshot_processes
+    from acpx_trio.testing.leak_guard import check_gateway_leaks, wait_gone
+
+    alive = wait_gone(snapshot_processes(p.pid for p in leaked), LEAK_SETTLE_SECONDS)
+    if not alive:
+        return
+    details = [f"{p.pid} {' '.join(p.cmdline)[:120]}" for p in alive]
+    for gateway in {p.gateway_instance_id for p in alive if p.gateway_instance_id}:
+        check_gateway_leaks(gateway, settle=0.0)
+    for p in wait_gone(alive, 0.0):
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(p.pid)
+            if proc.create_time() == p.create_time:
+                proc.kill()
+    pytest.fail("test leaked tagged agent processes:\n" + "\n".join(details))
 
 
 @pytest.fixture
@@ -88,3 +92,35 @@ def env(tmp_path: Path, gateway_id: str) -> Any:
     from _runtime_helpers import make_env
 
     return make_env(tmp_path, gateway_id)
+
+
+def _warm_owners_of_this_run() -> list[psutil.Process]:
+    """Live warm owner processes (``python -m acpx_trio._owner``) started by this test run."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "acpx_trio._owner" not in cmdline:
+            continue
+        try:
+            if proc.environ().get(RUN_MARKER_KEY) == RUN_MARKER:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_warm_owner_left(no_leaked_agent_processes: None) -> Iterator[None]:
+    """Stop (SIGTERM: a clean shutdown that closes their agents) the warm owners a test left
+    running, before the leak guard looks for agents.  Leaving a warm owner is normal (it
+    lives for its TTL), so this is clean-up, not a failure."""
+    before = {p.pid for p in _warm_owners_of_this_run()}
+    yield
+    left = [p for p in _warm_owners_of_this_run() if p.pid not in before]
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(left, timeout=15.0)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,16 +14,37 @@ from acpx_trio._store.config import resolve_config
 
 def test_builtins() -> None:
     registry = AgentRegistry()
-    assert registry.names() == ["claude", "codex", "gemini", "mock"]
+    names = registry.names()
+    assert {"claude", "codex", "gemini", "mock", "pi", "opencode", "cursor", "copilot", "qwen",
+            "kimi", "fast-agent"} <= set(names)
+    assert len(names) == 27  # acpx 0.19.1's 26 built-ins plus the bundled mock
     mock = (sys.executable, "-m", "acpx_trio.testing.mock_agent")
     assert registry.resolve("mock").command == mock
-    assert registry.resolve("codex").command == ("npx", "@zed-industries/codex-acp")
-    assert registry.resolve("claude").command == ("npx", "@agentclientprotocol/claude-agent-acp")
-    assert registry.resolve("gemini").command == ("gemini", "--experimental-acp")
-    assert registry.resolve("codex").install_command == "npm install -g @zed-industries/codex-acp"
+    assert registry.resolve("codex").command == (
+        "npx", "-y", "@agentclientprotocol/codex-acp@^1.1.5")
+    assert registry.resolve("codex").binary == ("codex-acp",)
+    assert registry.resolve("claude").command == (
+        "npx", "-y", "@agentclientprotocol/claude-agent-acp@^0.76.0")
+    assert registry.resolve("gemini").command == ("gemini", "--acp")
+    assert registry.resolve("codex").install_command == (
+        "npm install -g @agentclientprotocol/codex-acp")
     assert registry.resolve("mock").install_command is None
     assert all(spec.builtin for spec in registry.specs())
     assert set(BUILTIN_AGENTS) == set(registry.names())
+
+
+async def test_installed_binary_is_preferred_over_npx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = AgentRegistry()
+    codex = registry.resolve("codex")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert (await registry.prefer_installed(codex)).command == codex.command
+    binary = tmp_path / "codex-acp"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert (await registry.prefer_installed(codex)).command == ("codex-acp",)
+    assert registry.is_installed(codex)
 
 
 def test_names_are_trimmed_and_lower_cased() -> None:
@@ -80,7 +102,7 @@ def test_install_hints(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ghost-acp" in registry.resolve("ghost").install_hint()
     monkeypatch.setenv("PATH", "/nonexistent")
     hint = registry.resolve("codex").install_hint()
-    assert "Node.js" in hint and "npm install -g @zed-industries/codex-acp" in hint
+    assert "Node.js" in hint and "npm install -g @agentclientprotocol/codex-acp" in hint
     assert registry.resolve("gemini").install_hint() == (
         "Install it with: npm install -g @google/gemini-cli"
     )

@@ -155,13 +155,11 @@ def test_none_values_mean_default(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "ignored"),
     [
-        ({"queueOwnerTtlSeconds": 0.1}, ("queueOwnerTtlSeconds",)),
-        ({"queueOwnerTtlSeconds": 0}, ("queueOwnerTtlSeconds",)),
         ({"strictWindowsCmdWrapper": False}, ("strictWindowsCmdWrapper=false",)),
         ({"strictWindowsCmdWrapper": True}, ()),
         (
             {"queueOwnerTtlSeconds": 5, "strictWindowsCmdWrapper": False},
-            ("queueOwnerTtlSeconds", "strictWindowsCmdWrapper=false"),
+            ("strictWindowsCmdWrapper=false",),
         ),
     ],
 )
@@ -169,6 +167,88 @@ def test_legacy_fields_accepted_and_reported(
     tmp_path: Path, raw: dict[str, Any], ignored: tuple[str, ...]
 ) -> None:
     assert resolve_config(raw, tmp_path).ignored_legacy_fields == ignored
+
+
+@pytest.mark.parametrize("ttl", [0, 0.1, 5, 7 * 86400])
+def test_queue_owner_ttl_is_a_setting_not_legacy(tmp_path: Path, ttl: float) -> None:
+    # DESIGN "Contract additions": queueOwnerTtlSeconds stops being legacy (warm owner TTL).
+    cfg = resolve_config({"queueOwnerTtlSeconds": ttl}, tmp_path)
+    assert cfg.queue_owner_ttl_seconds == ttl
+    assert cfg.ignored_legacy_fields == ()
+
+
+def test_new_field_defaults(tmp_path: Path) -> None:
+    cfg = resolve_config(None, tmp_path)
+    assert cfg.auth == {}
+    assert cfg.auth_policy == "skip"
+    assert cfg.codex_home is None
+    assert cfg.queue_owner_ttl_seconds == 300.0
+    assert cfg.transcript is True
+    assert cfg.transcript_max_bytes == 64 * 1024 * 1024
+    assert cfg.transcript_keep == 5
+
+
+def test_new_field_values(tmp_path: Path) -> None:
+    cfg = resolve_config(
+        {
+            "auth": {"openai-api-key": "sk-secret-123"},
+            "authPolicy": "fail",
+            "codexHome": "codex-home",
+            "transcript": False,
+            "transcriptMaxBytes": 1024,
+            "transcriptKeep": 0,
+        },
+        tmp_path,
+    )
+    assert cfg.auth == {"openai-api-key": "sk-secret-123"}
+    assert cfg.auth_policy == "fail"
+    assert cfg.codex_home == str(tmp_path.resolve() / "codex-home")
+    assert (cfg.transcript, cfg.transcript_max_bytes, cfg.transcript_keep) == (False, 1024, 0)
+
+
+def test_credentials_never_in_repr(tmp_path: Path) -> None:
+    cfg = resolve_config({"auth": {"openai-api-key": "sk-secret-123"}}, tmp_path)
+    for text in (repr(cfg), str(cfg), f"{cfg}", f"{cfg!r}"):
+        assert "sk-secret-123" not in text
+        assert "openai-api-key" in text and "<redacted>" in text
+    assert "sk-secret-123" not in repr(dict(cfg.__rich_repr__()))
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "hint"),
+    [
+        ({"killGraceSeconds": 61}, "killGraceSeconds", "<= 60"),
+        ({"timeoutSeconds": 86401}, "timeoutSeconds", "<= 86400"),
+        ({"sweepIntervalSeconds": 3601}, "sweepIntervalSeconds", "<= 3600"),
+        ({"sweepIntervalSeconds": -1}, "sweepIntervalSeconds", "> 0"),
+        ({"queueOwnerTtlSeconds": 7 * 86400 + 1}, "queueOwnerTtlSeconds", "<= 604800"),
+        ({"queueOwnerTtlSeconds": float("inf")}, "queueOwnerTtlSeconds", "finite"),
+        ({"transcriptMaxBytes": 0}, "transcriptMaxBytes", ">= 1"),
+        ({"transcriptMaxBytes": 1.5}, "transcriptMaxBytes", "integer"),
+        ({"transcriptKeep": -1}, "transcriptKeep", ">= 0"),
+        ({"transcriptKeep": 1001}, "transcriptKeep", "<= 1000"),
+        ({"transcript": "yes"}, "transcript", "boolean"),
+        ({"authPolicy": "ask"}, "authPolicy", "skip, fail"),
+        ({"auth": []}, "auth", "object"),
+        ({"auth": {"m": 1}}, "auth", "credential string"),
+        ({"auth": {" ": "x"}}, "auth", "non-empty"),
+        ({"codexHome": ""}, "codexHome", "non-empty string"),
+    ],
+)
+def test_new_fields_and_maxima_invalid(
+    tmp_path: Path, raw: dict[str, Any], field: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config(raw, tmp_path)
+    assert info.value.field == field
+    assert hint in str(info.value)
+    assert repr(info.value.value) in str(info.value)
+
+
+def test_auth_credential_not_in_error_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"auth": {"m": 12345}}, tmp_path)
+    assert "12345" not in str(info.value)
 
 
 def test_load_config_file_json_and_toml(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import msgspec
 import psutil
 import pytest
 import trio
+import trio.testing
+from _runtime_helpers import wait_pid_exit, wait_until
 
 from acpx_trio._acp import (
     AcpConnection,
@@ -139,10 +141,9 @@ async def kill_pid(pid: int) -> None:
         try:
             proc = psutil.Process(pid)
             proc.kill()
-            while proc.status() != psutil.STATUS_ZOMBIE:  # noqa: ASYNC110 - a foreign process
-                await trio.sleep(0.01)
         except psutil.NoSuchProcess:
-            pass
+            return
+        await wait_pid_exit(pid)  # a pidfd turns readable at exit (zombie or reaped)
 
 
 async def wait_exit(proc: trio.Process, seconds: float = 10) -> int:
@@ -204,7 +205,7 @@ async def test_sleep_then_cancel_answers_cancelled() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
-            await trio.sleep(0.3)
+            await trio.testing.wait_all_tasks_blocked()  # the prompt is written
             with trio.fail_after(5):
                 await agent.conn.notify("session/cancel", CancelNotification(session_id=sid))
         assert result == ["cancelled"]
@@ -221,7 +222,7 @@ async def test_new_prompt_cancels_the_running_one() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
-            await trio.sleep(0.3)
+            await trio.testing.wait_all_tasks_blocked()  # the prompt is written
             assert await agent.prompt(sid, "second") == "end_turn"
         assert first == ["cancelled"]
 
@@ -233,7 +234,7 @@ async def test_hang_ignores_cancel() -> None:
         with trio.move_on_after(0.6) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(agent.prompt, sid, "/hang")
-                await trio.sleep(0.2)
+                await wait_until(lambda: b"/hang: request" in agent.stderr)
                 await agent.conn.notify("session/cancel", {"sessionId": sid})
         assert scope.cancelled_caught
         assert await agent.prompt(sid, "still alive") == "end_turn"
@@ -449,7 +450,7 @@ async def test_stdin_eof_exits_promptly_even_mid_turn() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
-            await trio.sleep(0.3)
+            await trio.testing.wait_all_tasks_blocked()  # the prompt is written
             await agent.conn.aclose()
             assert await wait_exit(agent.proc, 5) == 0
         assert len(errors) == 1

@@ -14,11 +14,23 @@ from _runtime_helpers import (
     output,
     pid_gone,
     run,
+    running_turn,
     wait_gone,
+    wait_prompt_sent,
+    wait_reader_paused,
+    wait_until,
 )
 
 from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+from acpx_trio._events import (
+    AcpRuntimeHandle,
+    DoneEvent,
+    ErrorEvent,
+    StatusEvent,
+    TextDeltaEvent,
+    ToolCallEvent,
+)
+from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.leases import LeaseState
 
 
@@ -79,7 +91,7 @@ async def test_cancel_during_sleep_keeps_session_usable(env: RuntimeEnv) -> None
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
-                await trio.sleep(0.5)
+                await wait_prompt_sent(rt, "s")
                 started = trio.current_time()
                 await rt.cancel(handle=handle, reason="test")
             assert trio.current_time() - started < 2.0  # the agent answered; no kill wait
@@ -87,6 +99,10 @@ async def test_cancel_during_sleep_keeps_session_usable(env: RuntimeEnv) -> None
             second = await run(rt, handle, "/pid")
         assert output(second) == f"pid={handle.agent_pid}"
         assert (await rt.get_status(handle=handle)).alive
+
+
+async def _turn_running(rt: AcpxRuntime, handle: AcpRuntimeHandle) -> bool:
+    return bool((await rt.get_status(handle=handle)).details["turn_running"])
 
 
 async def test_second_concurrent_turn_is_busy(env: RuntimeEnv) -> None:
@@ -100,7 +116,9 @@ async def test_second_concurrent_turn_is_busy(env: RuntimeEnv) -> None:
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
-                await trio.sleep(0.3)
+                await wait_until(
+                    lambda: _turn_running(rt, handle)  # the public view of the running turn
+                )
                 busy = await run(rt, handle, "hello")
                 await rt.cancel(handle=handle)
         assert len(busy) == 1 and isinstance(busy[0], ErrorEvent)
@@ -238,7 +256,7 @@ async def test_close_during_turn_ends_it_cancelled(env: RuntimeEnv) -> None:
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
-                await trio.sleep(0.3)
+                await wait_prompt_sent(rt, "s")
                 await rt.close(handle=handle, reason="user closed")
         assert events == [DoneEvent(stop_reason="cancelled")]
         assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
@@ -255,7 +273,9 @@ async def test_control_call_while_consumer_lags(env: RuntimeEnv) -> None:
                 async for event in events:
                     count += isinstance(event, TextDeltaEvent)
                     if count == 10:
-                        await trio.sleep(0.3)  # let the reader hit the high-water mark
+                        turn = running_turn(rt, "s")
+                        if turn is not None:  # let the reader hit the high-water mark
+                            await wait_reader_paused(turn)
                         await rt.set_mode(handle=handle, mode="plan")
             assert isinstance(event, DoneEvent) and count == 3000
             assert (await rt.get_status(handle=handle)).current_mode == "plan"
@@ -272,7 +292,7 @@ async def test_cancel_unanswered_kills_agent_after_bounded_wait(env: RuntimeEnv)
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
-                await trio.sleep(0.3)
+                await wait_prompt_sent(rt, "s")
                 started = trio.current_time()
                 await rt.cancel(handle=handle)
             waited = trio.current_time() - started

@@ -14,6 +14,7 @@ from _runtime_helpers import (
     pid_gone,
     processes_of_gateway,
     run,
+    wait_reader_paused,
 )
 
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
@@ -119,8 +120,9 @@ async def test_slow_consumer_bounds_buffered_events(env: RuntimeEnv) -> None:
                 async for event in events:
                     if isinstance(event, TextDeltaEvent):
                         count += 1
-                        if count % 500 == 0:
-                            await trio.sleep(0.1)  # let the agent run ahead
+                        if count % 500 == 0 and session.turn is not None:
+                            # let the agent run ahead until reading pauses at high water
+                            await wait_reader_paused(session.turn)
                     turn = session.turn
                     if turn is not None:
                         peak = max(peak, turn.pending)

@@ -17,12 +17,12 @@ from acpx_trio._service import service as _service
 from acpx_trio._service.backends import AcpRuntimeBackend, BackendRegistry
 from acpx_trio._service.health import ServiceHealth
 from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._service.service import (
     AcpxRuntimeService,
     ServiceAlreadyStartedError,
     ServiceContext,
     ServiceStoppedError,
-    open_runtime_service,
 )
 
 ENV_SWITCHES = (
@@ -121,7 +121,9 @@ async def test_registers_and_unregisters_the_backend(
     (params,) = factory.calls
     assert params.wrapper_root == tmp_path / "state" / "acpx"
     assert params.lease_store.path == tmp_path / "state" / "acpx" / "process-leases.json"
-    assert params.nursery is ctx.nursery
+    # the runtime's nursery is the service's own, owned by its one task in the host nursery
+    assert params.nursery is not ctx.nursery
+    assert params.nursery.parent_task in ctx.nursery.child_tasks
     assert params.gateway_instance_id == svc.gateway_instance_id
     gw_file = (tmp_path / "state" / "gateway-instance-id").read_text().strip()
     assert gw_file == svc.gateway_instance_id
@@ -250,12 +252,11 @@ async def test_reap_runs_before_the_runtime_is_built(
             {"queueOwnerTtlSeconds": 30, "strictWindowsCmdWrapper": False},
             [
                 "embedded acpx runtime ignores legacy compatibility config: "
-                "queueOwnerTtlSeconds, strictWindowsCmdWrapper=false"
+                "strictWindowsCmdWrapper=false"
             ],
         ),
-        ({"queueOwnerTtlSeconds": 0}, [
-            "embedded acpx runtime ignores legacy compatibility config: queueOwnerTtlSeconds"
-        ]),
+        # queueOwnerTtlSeconds is a real setting now (warm owner TTL), not legacy
+        ({"queueOwnerTtlSeconds": 0}, []),
         ({"strictWindowsCmdWrapper": True}, []),
         ({}, []),
     ],
@@ -589,7 +590,7 @@ async def test_default_runtime_is_lazy_and_built_once_under_concurrent_first_cal
             n.start_soon(first_call, i)
     assert len(built) == 1 and runtime.build_count == 1
     assert built[0].ensure_calls == 8 and len(handles) == 8
-    assert seen_params[0].nursery is ctx.nursery
+    assert seen_params[0].nursery.parent_task in ctx.nursery.child_tasks
     assert seen_params[0].process_cleanup is cleanup
     events = [e async for e in runtime.run_turn(handle=handles[0], text="hi")]
     assert [type(e).__name__ for e in events] == ["DoneEvent"]
@@ -709,7 +710,7 @@ async def test_open_runtime_service_default_logger(
     caplog.set_level("INFO", logger="acpx_trio.service")
     async with open_runtime_service(
         workspace_dir=tmp_path, state_dir=tmp_path / "state", runtime_factory=StubFactory(),
-        registry=registry, plugin_config={"queueOwnerTtlSeconds": 1},
+        registry=registry, plugin_config={"strictWindowsCmdWrapper": False},
     ):
         pass
     messages = [r.getMessage() for r in caplog.records if r.name == "acpx_trio.service"]

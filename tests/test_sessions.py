@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import msgspec
@@ -77,8 +78,9 @@ async def test_corrupt_record_is_ignored_not_deleted(tmp_path: Path) -> None:
 async def test_list_sorted_by_update_time(tmp_path: Path) -> None:
     store = SessionStore(tmp_path)
     for key in ("first", "second", "third"):
-        await store.save(record(key))
-        await trio.sleep(0.01)
+        saved = await store.save(record(key))
+        while time.time() <= saved.updated_at:  # the next save must get a later time
+            await trio.lowlevel.checkpoint()
     await store.save(record("first"))
     assert [r.session_key for r in await store.list()] == ["second", "third", "first"]
     assert await SessionStore(tmp_path / "missing").list() == []

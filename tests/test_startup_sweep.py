@@ -15,7 +15,7 @@ from _proc_helpers import poll_until
 
 from acpx_trio._process.identity import lease_env
 from acpx_trio._service.backends import BackendRegistry
-from acpx_trio._service.service import open_runtime_service
+from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 
 

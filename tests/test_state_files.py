@@ -111,7 +111,7 @@ async def test_session_file(tmp_path: Path, kind: str) -> None:
     with pytest.raises(StateFileError):
         await no_hang(store.list)
     cli = await no_hang(lambda: run_cli("sessions", "list", state_dir=state))
-    assert cli.returncode != 0 and "ACPX_STATE_FILE_UNSAFE" in cli.stderr  # type: ignore[attr-defined]
+    assert cli.returncode != 0 and str(path) in cli.stderr  # type: ignore[attr-defined]
     assert "no sessions" not in cli.stdout  # type: ignore[attr-defined]
 
 

@@ -189,7 +189,7 @@ async def test_normal_stop_ends_the_watchdog_and_kills_nothing(
     """No watchdog until the first agent starts; a normal stop ends it (without killing
     anything: the agents were closed by the runtime first, a bystander lives on)."""
     from acpx_trio._service.backends import BackendRegistry
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
 
     monkeypatch.setenv(WATCHDOG_ENV, "1")
     me = os.getpid()
@@ -225,7 +225,7 @@ async def test_pid_hopper_of_a_killed_owner_dies_at_reap_and_start_up(
     from _cli_helpers import run_cli
 
     from acpx_trio._service.backends import BackendRegistry
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
 
     hop, scrub = new_marker(), new_marker()
     state = tmp_path / "state"

@@ -5,7 +5,10 @@ Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the 
 """
 
 from acpx_trio._acp._connection import AcpConnection, NotificationHandler, RequestHandler
+from acpx_trio._acp._extra import *  # noqa: F403
+from acpx_trio._acp._extra import __all__ as _extra_all
 from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader, LineSplitter
+from acpx_trio._acp._hooks import StreamTap, stream_tap, tap_streams
 from acpx_trio._acp._jsonrpc import (
     AUTH_REQUIRED,
     INTERNAL_ERROR,
@@ -34,5 +37,9 @@ __all__ = [
     "LineSplitter",
     "NotificationHandler",
     "RequestHandler",
+    "StreamTap",
+    "stream_tap",
+    "tap_streams",
     *_messages_all,
+    *_extra_all,
 ]

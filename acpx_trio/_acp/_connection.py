@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import trio
@@ -28,36 +28,24 @@ from acpx_trio._acp._jsonrpc import (
     Response,
     parse_message,
 )
+from acpx_trio._acp._pending import Pending as _Pending
+from acpx_trio._acp._pending import copy_error as _copy_error
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
 
-__all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
+__all__ = ["AcpConnection", "MessageHook", "NotificationHandler", "RequestHandler"]
 
 T = TypeVar("T")
 
 RequestHandler = Callable[[msgspec.Raw], Awaitable[Any]]
 NotificationHandler = Callable[[msgspec.Raw], None]
+MessageHook = Callable[[Literal["in", "out"], bytes], None]
+"""``on_message(direction, line)``: every line read (``"in"``) or written (``"out"``), as the raw
+bytes without the trailing newline; called synchronously, must not raise or block."""
 
 _JUNK_TAIL: Final = 5
 _JUNK_BYTES: Final = 200
 _ABANDONED_MAX: Final = 10_000
 _NULL: Final = b"null"
-
-
-class _Pending:
-    __slots__ = ("done", "error", "method", "outcome")
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.done = trio.Event()
-        self.outcome: Response | ErrorResponse | None = None
-        self.error: AcpxError | None = None
-
-
-def _copy_error(exc: AcpxError) -> AcpxError:
-    """A fresh instance for each waiter, so tracebacks do not pile up on one object."""
-    if isinstance(exc, AcpProtocolError):
-        return AcpProtocolError(exc.message, code=exc.code)
-    return AcpConnectionClosedError(exc.message, code=exc.code)
 
 
 class AcpConnection:
@@ -90,6 +78,7 @@ class AcpConnection:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_junk_lines: int = 100,
         on_warning: Callable[[AcpProtocolError], None] | None = None,
+        on_message: MessageHook | None = None,
     ) -> None:
         self._send_stream = send_stream
         self._reader = LineReader(receive_stream, max_line_bytes)
@@ -108,6 +97,9 @@ class AcpConnection:
         self._nursery: trio.Nursery | None = None
         self._closed_reason: str | None = None
         self._send_broken: str | None = None
+        #: Optional tap on every wire line, see :data:`MessageHook` (off by default: no cost).
+        self.on_message: MessageHook | None = on_message
+        self._fast: tuple[bytes, Callable[[bytes], Any], Callable[[list[Any]], None]] | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -148,6 +140,21 @@ class AcpConnection:
         """
         self._notification_handlers[method] = handler
 
+    def set_fast_notification_handler(
+        self, method: str, decode: Callable[[bytes], T], handler: Callable[[list[T]], None]
+    ) -> None:
+        """A one-pass path for one hot notification ``method`` (``session/update``).
+
+        A line that mentions ``"method"`` is decoded whole by ``decode`` (envelope and typed
+        params at once).  If ``decode`` raises a ``msgspec`` error the line takes the generic
+        path (classification, junk counting, the :meth:`set_notification_handler` handler),
+        so ``decode`` only has to accept the common shapes.  ``handler`` gets the decoded
+        objects of one read batch in wire order, always before any later message of the
+        batch is dispatched; it runs synchronously and must not block.  If it raises, the
+        error is reported like a failing notification handler.
+        """
+        self._fast = (b'"' + method.encode() + b'"', decode, handler)
+
     # ------------------------------------------------------------------ sending
 
     def _closed_error(self) -> AcpConnectionClosedError:
@@ -160,6 +167,9 @@ class AcpConnection:
                     f"cannot send to the agent: {self._send_broken}", code="ACP_CONNECTION_CLOSED"
                 )
             await trio.lowlevel.checkpoint_if_cancelled()
+            hook = self.on_message
+            if hook is not None:
+                hook("out", data[:-1])
             try:
                 await self._send_stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -304,15 +314,45 @@ class AcpConnection:
                 pending.done.set()
 
     async def _read_loop(self) -> None:
+        reader = self._reader
         while True:
-            batch = await self._reader.receive_batch()
+            batch = await reader.receive_batch()
             if batch is None:
                 return
+            hook = self.on_message
+            fast = self._fast
+            if fast is None:
+                for line in batch:
+                    if hook is not None:
+                        hook("in", line)
+                    self._dispatch(line)
+                continue
+            marker, decode, handler = fast
+            decoded: list[Any] = []
             for line in batch:
+                if hook is not None:
+                    hook("in", line)
+                if marker in line:
+                    try:
+                        decoded.append(decode(line))
+                        continue
+                    except msgspec.MsgspecError:
+                        pass  # not the common shape: the generic path decides
+                if decoded:
+                    self._fast_deliver(handler, decoded)
+                    decoded = []
                 self._dispatch(line)
+            if decoded:
+                self._fast_deliver(handler, decoded)
+
+    def _fast_deliver(self, handler: Callable[[list[Any]], None], decoded: list[Any]) -> None:
+        try:
+            handler(decoded)
+        except Exception as exc:
+            self._warn(f"fast notification handler failed: {exc!r}", "ACP_NOTIFICATION_FAILED")
 
     def _dispatch(self, line: bytes) -> None:
-        if not line.strip():
+        if not line or (line[:1].isspace() and not line.strip()):
             return
         try:
             message = parse_message(line)

@@ -50,7 +50,6 @@ class LineSplitter:
             raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
         self._max = max_line_bytes
         self._buf = bytearray()
-        self._scanned = 0  # bytes of _buf already known to contain no newline
         self._error: AcpProtocolError | None = None
 
     @property
@@ -72,7 +71,6 @@ class LineSplitter:
         # of the error we raise (and store), which would pin up to max_line_bytes until the
         # cyclic GC ran.
         self._buf.clear()
-        self._scanned = 0
         self._error = line_too_long_error(self._max)
         return self._error
 
@@ -81,29 +79,37 @@ class LineSplitter:
         if self._error is not None:
             raise self._error
         buf = self._buf
-        buf += data
-        lines: list[bytes] = []
-        start = 0
-        pos = self._scanned
-        while True:
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                break
-            if nl - start > self._max:
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        if data.find(b"\n") < 0:
+            buf += data
+            if len(buf) > self._max:
+                raise self._fail()
+            return []
+        # At least one line ends in ``data``: the buffered partial line is consumed whole, so
+        # joining it once keeps the work linear; ``bytes.split`` does the scanning in C.
+        if buf:
+            buf += data
+            whole = bytes(buf)
+            buf.clear()
+        else:
+            whole = bytes(data)  # no copy when ``data`` already is ``bytes``
+        lines = whole.split(b"\n")
+        tail = lines.pop()
+        limit = self._max
+        if max(map(len, lines)) > limit:
+            first_bad = next(i for i, line in enumerate(lines) if len(line) > limit)
+            err = self._fail()
+            if first_bad:
+                return lines[:first_bad]
+            raise err
+        if tail:
+            if len(tail) > limit:
                 err = self._fail()
                 if lines:
                     return lines
                 raise err
-            lines.append(bytes(buf[start:nl]))
-            start = pos = nl + 1
-        if start:
-            del buf[:start]
-        self._scanned = len(buf)
-        if len(buf) > self._max:
-            err = self._fail()
-            if lines:
-                return lines
-            raise err
+            buf += tail
         return lines
 
     def finish(self) -> bytes | None:
@@ -117,7 +123,6 @@ class LineSplitter:
             return None
         line = bytes(self._buf)
         self._buf = bytearray()
-        self._scanned = 0
         return line
 
 

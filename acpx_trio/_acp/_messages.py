@@ -21,6 +21,7 @@ from acpx_trio._acp._updates import (
     ConfigOptionUpdate,
     ContentBlock,
     CurrentModeUpdate,
+    FastSessionNotification,
     PermissionToolCall,
     Plan,
     PlanEntry,
@@ -29,6 +30,7 @@ from acpx_trio._acp._updates import (
     SessionInfoUpdate,
     SessionNotification,
     SessionUpdate,
+    SessionUpdateLine,
     ToolCall,
     ToolCallContent,
     ToolCallLocation,
@@ -39,6 +41,7 @@ from acpx_trio._acp._updates import (
     _Wire,
     decode_session_notification,
     decode_session_update,
+    decode_session_update_line,
     text_block,
 )
 
@@ -60,6 +63,7 @@ __all__ = [
     "CurrentModeUpdate",
     "EmptyResponse",
     "EnvVariable",
+    "FastSessionNotification",
     "FileSystemCapability",
     "Implementation",
     "InitializeRequest",
@@ -91,6 +95,7 @@ __all__ = [
     "SessionModeState",
     "SessionNotification",
     "SessionUpdate",
+    "SessionUpdateLine",
     "SetSessionConfigOptionRequest",
     "SetSessionConfigOptionResponse",
     "SetSessionModeRequest",
@@ -106,6 +111,7 @@ __all__ = [
     "WriteTextFileResponse",
     "decode_session_notification",
     "decode_session_update",
+    "decode_session_update_line",
     "text_block",
 ]
 

@@ -22,6 +22,7 @@ __all__ = [
     "ConfigOptionUpdate",
     "ContentBlock",
     "CurrentModeUpdate",
+    "FastSessionNotification",
     "PermissionToolCall",
     "Plan",
     "PlanEntry",
@@ -30,6 +31,7 @@ __all__ = [
     "SessionInfoUpdate",
     "SessionNotification",
     "SessionUpdate",
+    "SessionUpdateLine",
     "ToolCall",
     "ToolCallContent",
     "ToolCallLocation",
@@ -39,12 +41,16 @@ __all__ = [
     "UserMessageChunk",
     "decode_session_notification",
     "decode_session_update",
+    "decode_session_update_line",
     "text_block",
 ]
 
 
-class _Wire(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
-    """Base of every ACP Struct (rename/omit_defaults are inherited; kw_only is per class)."""
+class _Wire(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
+    """Base of every ACP Struct (rename/omit_defaults/gc are inherited; kw_only is per class).
+
+    ``gc=False``: wire values are trees decoded from JSON (never cycles), and not tracking them
+    keeps a 10,000-chunk stream from triggering full garbage collections."""
 
 
 _META = msgspec.field(default=None, name="_meta")
@@ -263,6 +269,41 @@ class SessionNotification(_Wire, kw_only=True):
 _known_decoder = msgspec.json.Decoder(_KnownUpdate)
 _kind_decoder = msgspec.json.Decoder(_UpdateKind)
 _notification_decoder = msgspec.json.Decoder(_SessionNotificationWire)
+
+
+class FastSessionNotification(_Wire, kw_only=True):
+    """``session/update`` params whose update is of a known kind and shape."""
+
+    session_id: str
+    update: _KnownUpdate
+    meta: dict[str, Any] | None = _META
+
+
+class SessionUpdateLine(msgspec.Struct, tag_field="method", tag="session/update", gc=False):
+    """A whole ``session/update`` notification line (envelope and typed params in one pass).
+
+    ``id`` must be absent (a line with an id is a request, not a notification)."""
+
+    params: FastSessionNotification
+    id: msgspec.UnsetType = msgspec.UNSET
+
+
+class _NeverLine(msgspec.Struct, tag_field="method", tag="\x00"):
+    """Makes the line decoder a tagged union, so a missing ``method`` is a validation error."""
+
+
+_line_decode = msgspec.json.Decoder(SessionUpdateLine | _NeverLine).decode
+
+
+def decode_session_update_line(line: bytes) -> SessionUpdateLine:
+    """Decodes one wire line that is a ``session/update`` notification of a known kind.
+
+    Raises a ``msgspec.MsgspecError`` for anything else (another method, a request, an
+    unknown or malformed update, not JSON): the caller then takes the generic, tolerant path."""
+    message = _line_decode(line)
+    if type(message) is not SessionUpdateLine:
+        raise msgspec.ValidationError("not a session/update notification")
+    return message
 
 
 def decode_session_update(raw: msgspec.Raw | bytes) -> SessionUpdate:

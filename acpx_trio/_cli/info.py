@@ -12,17 +12,15 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
 
+from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, first_line, format_table
 from acpx_trio._errors import AcpxError, GatewayInstanceIdError
 from acpx_trio._store.config import AcpxConfig, resolve_config
-
-if TYPE_CHECKING:
-    from acpx_trio._cli.main import Options
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
@@ -93,11 +91,22 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     if record is None:
         await out.emit(f"acpx-trio: no session {key!r} in {config.state_dir}", err=True)
         return EXIT_NO_SESSION
+    if action == "history":
+        from acpx_trio._cli.history import history_command
+
+        return await history_command(opts.state_dir, config.state_dir, key, opts.json, out)
     if action == "show":
-        body = _encoder.encode(record)
+        from acpx_trio._cli.warm import owner_session_info
+
+        owner_pid, warm = await owner_session_info(opts.state_dir, key)
+        body = _encoder.encode({**msgspec.to_builtins(record), "owner_pid": owner_pid,
+                                "agent_pid": None if warm is None else warm.agent_pid})
         text = body if opts.json else msgspec.json.format(body, indent=2)
         await out.emit(text.decode())
         return EXIT_OK
+    from acpx_trio._cli.warm import close_warm_session
+
+    await close_warm_session(opts.state_dir, key)  # ends its warm agent (and idle owner)
     closed = msgspec.structs.replace(record, closed=True, reset_on_next_ensure=True)
     await store.save(closed)
     if opts.json:
@@ -118,20 +127,25 @@ async def agents_command(opts: Options) -> int:
     rows = []
     for spec in registry.specs():
         installed = await registry.check_installed(spec)
+        binary = await trio.to_thread.run_sync(registry.installed_binary, spec)
+        command = spec.binary if binary and spec.binary else spec.command
+        via_npx = spec.uses_npx and not binary
         if opts.json:
             out.write(_json_line({
-                "name": spec.name, "command": list(spec.command), "builtin": spec.builtin,
-                "installed": installed, "viaNpx": spec.uses_npx,
+                "name": spec.name, "command": list(command), "builtin": spec.builtin,
+                "installed": installed, "viaNpx": via_npx, "binary": binary,
                 "installCommand": spec.install_command,
+                "authMethods": list(spec.auth_methods), "authHint": spec.auth_hint,
             }) + "\n")
             continue
-        found = ("yes (npx)" if spec.uses_npx else "yes") if installed else "no"
+        found = ("yes (binary)" if binary else "yes (npx)" if via_npx else "yes") \
+            if installed else "no"
         rows.append((spec.name, found, "built-in" if spec.builtin else "config",
-                     shlex.join(spec.command),
+                     shlex.join(command), spec.auth_hint or "-",
                      "-" if installed else (spec.install_command or spec.install_hint())))
     if not opts.json:
-        out.write(format_table(rows, ("AGENT", "INSTALLED", "SOURCE", "COMMAND", "INSTALL"))
-                  + "\n")
+        out.write(format_table(
+            rows, ("AGENT", "INSTALLED", "SOURCE", "COMMAND", "AUTH", "INSTALL")) + "\n")
     await out.drain()
     return EXIT_OK
 
@@ -147,6 +161,11 @@ class _DoctorResult(msgspec.Struct, kw_only=True):
     version: str | None = None
     protocol_version: int | None = None
     install_command: str | None = None
+    code: str | None = None
+    #: Auth methods the agent advertised, and method -> where a credential was found (a
+    #: variable name or ``config auth[m]``; never a value).
+    auth_methods: list[str] = []
+    credentials: dict[str, str] = {}
     details: list[str] = []
 
 
@@ -157,9 +176,12 @@ def _detail(details: list[Any], prefix: str) -> str | None:
     return None
 
 
-async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorResult:
+async def _doctor_one(
+    name: str, raw: dict[str, Any], opts: Options, deep: bool = False
+) -> _DoctorResult:
     from acpx_trio._runtime.agents import AgentRegistry
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.lazy_runtime import LazyAcpxRuntime
+    from acpx_trio._service.open_service import open_runtime_service
 
     config = await _resolve(raw, opts)
     spec = AgentRegistry(config.agents).resolve(name)
@@ -167,8 +189,12 @@ async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorR
     start = trio.current_time()
     async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                     plugin_config={**raw, "probeAgent": name}) as service:
-        assert service.runtime is not None
-        report = await service.runtime.doctor()
+        runtime = service.require_runtime()
+        if deep:  # the CLI always runs the default (lazy) runtime, which knows deep probes
+            assert isinstance(runtime, LazyAcpxRuntime)
+            report = await runtime.doctor(deep=True)
+        else:
+            report = await runtime.doctor()
     details = [str(d) for d in report.details]
     protocol = _detail(details, "protocolVersion=")
     message = report.message
@@ -176,8 +202,17 @@ async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorR
         skip = ("agent=", "command=", "cwd=")
         problems = [d for d in details if not d.startswith(skip)]
         message = problems[0] if problems else report.message
+    methods = _detail(details, "authMethods=")
+    credentials = {
+        d.split("=", 1)[0][len("credential:"):]: d.split("=", 1)[1]
+        for d in details if d.startswith("credential:") and "=" in d
+    }
+    if not report.ok and deep and report.code not in (None, "ACP_BACKEND_UNAVAILABLE"):
+        message = f"{report.code}: {first_line(report.message)}"
     return _DoctorResult(
         agent=name, ok=report.ok, found=found, command=list(spec.command), message=message,
+        code=report.code, auth_methods=methods.split(",") if methods else [],
+        credentials=credentials,
         seconds=round(trio.current_time() - start, 3),
         version=_detail(details, "agentInfo="),
         protocol_version=int(protocol) if protocol and protocol.isdigit() else None,
@@ -188,7 +223,8 @@ async def _doctor_one(name: str, raw: dict[str, Any], opts: Options) -> _DoctorR
 
 
 async def doctor_command(
-    agents: list[str] | None, deadline_seconds: float | None, opts: Options
+    agents: list[str] | None, deadline_seconds: float | None, opts: Options, *,
+    deep: bool = False,
 ) -> int:
     """For each agent (all known ones by default, checked concurrently): is its launcher
     found, does it start and answer ``initialize`` within the deadline, its version; the
@@ -211,12 +247,12 @@ async def doctor_command(
 
     async def check(name: str) -> None:
         try:
-            results[name] = await _doctor_one(name, raw, opts)
+            results[name] = await _doctor_one(name, raw, opts, deep)
         except AcpxError as exc:
             spec = registry.resolve(name)
             results[name] = _DoctorResult(
                 agent=name, ok=False, found=False, command=list(spec.command),
-                message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0,
+                message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0, code=exc.code,
                 install_command=spec.install_command or spec.install_hint(),
             )
 
@@ -231,11 +267,15 @@ async def doctor_command(
         if r.ok:
             what = ", ".join(x for x in (r.version, f"ACP v{r.protocol_version}"
                                          if r.protocol_version else None) if x)
-            out.write(f"ok    {name}: initialize answered in {r.seconds:.2f}s"
+            step = "session opened and closed" if deep else "initialize answered"
+            out.write(f"ok    {name}: {step} in {r.seconds:.2f}s"
                       f"{f' ({what})' if what else ''}\n")
         else:
             out.write(f"FAIL  {name}: {'not found: ' if not r.found else ''}{r.message}\n")
         out.write(f"      command: {shlex.join(r.command)}\n")
+        if r.auth_methods:
+            have = ", ".join(f"{m} ({w})" for m, w in r.credentials.items()) or "none found"
+            out.write(f"      auth methods: {', '.join(r.auth_methods)}; credentials: {have}\n")
         if not r.ok:
             out.write(f"      install: {r.install_command}\n")
     await out.drain()

@@ -4,11 +4,14 @@ Exit codes (as acpx's): 0 ok, 1 runtime or protocol error, 2 usage or config err
 3 timeout, 4 no such session, 5 permission denied or unanswerable, 130 interrupted (SIGINT),
 143 terminated (SIGTERM).
 
-Guarantees of ``prompt`` and ``exec``: the reply streams to stdout as it arrives; however the
-command ends (end of turn, error, timeout, Ctrl-C, SIGTERM) the agent's process tree is gone
-when it exits and its lease is final.  The first Ctrl-C during a turn sends ``session/cancel``
-(the agent gets a bounded time to stop, then is killed); a second Ctrl-C, a SIGTERM, or a
-Ctrl-C outside a turn closes the agent at once.
+``prompt --session KEY`` runs the turn in the state dir's warm owner instead (see
+:mod:`acpx_trio._cli.warm`: the agent stays warm between invocations).
+
+Guarantees of ``prompt`` (without ``--session``) and ``exec``: the reply streams to stdout as
+it arrives; however the command ends (end of turn, error, timeout, Ctrl-C, SIGTERM) the
+agent's process tree is gone when it exits and its lease is final.  The first Ctrl-C during a
+turn sends ``session/cancel`` (the agent gets a bounded time to stop, then is killed); a second
+Ctrl-C, a SIGTERM, or a Ctrl-C outside a turn closes the agent at once.
 """
 
 from __future__ import annotations
@@ -25,25 +28,34 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-import platformdirs
 import trio
 
+from acpx_trio._cli.options import (
+    STATE_DIR_ENV,
+    Options,
+    UsageError,
+    default_state_dir,
+    resolve_options,
+)
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import DoneEvent, ErrorEvent
-from acpx_trio._store.config import PERMISSION_MODES, load_config_file
+from acpx_trio._store.config import (
+    DEFAULT_STOP_TIMEOUT_SECONDS,
+    PERMISSION_MODES,
+)
 
 __all__ = ["default_state_dir", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_SESSION, EXIT_PERMISSION = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: Agent name under which ``--agent-command`` is registered for one invocation.
 CUSTOM_AGENT = "custom"
+#: Session key of ``prompt`` without ``--session`` (run in-process, not in the warm owner).
+DEFAULT_SESSION = "cli:default"
 #: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
-CLEANUP_SECONDS = 30.0
+CLEANUP_SECONDS = DEFAULT_STOP_TIMEOUT_SECONDS
 _CODE_EXIT = {
     "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
     "ACP_TIMEOUT": EXIT_TIMEOUT,
@@ -55,16 +67,6 @@ _CODE_EXIT = {
     "ACP_INVALID_RUNTIME_OPTION": EXIT_USAGE,
 }
 _log = logging.getLogger("acpx_trio.cli")
-
-
-class UsageError(Exception):
-    """A usage error detected after argument parsing (exit 2)."""
-
-
-def default_state_dir() -> Path:
-    """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
-    env = os.environ.get(STATE_DIR_ENV, "").strip()
-    return Path(env) if env else Path(platformdirs.user_state_dir("acpx-trio"))
 
 
 def exit_code_for(code: str) -> int:
@@ -131,16 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     prompt = turn_command("prompt", "Send a prompt to a persistent session; stream the reply.")
-    prompt.add_argument("--session", default="cli:default", metavar="KEY",
-                        help="session key; the ACP session is resumed across invocations "
-                             "when the agent supports it (default: cli:default)")
+    prompt.add_argument("--session", default=None, metavar="KEY",
+                        help="session key: the turn runs in the state dir's warm owner, which "
+                             "keeps the agent alive between prompts (without it: session "
+                             "cli:default, in this process)")
     turn_command("exec", "One-shot prompt in a fresh session that is closed afterwards.")
+    from acpx_trio._cli.warm import add_warm_commands
+
+    add_warm_commands(sub, prompt, _common)
 
     sessions = sub.add_parser("sessions", help="List, show or close stored sessions.",
                               description="List, show or close stored sessions. Closing a "
                               "session makes the next prompt of its key start a new one.")
     _common(sessions)
-    sessions.add_argument("action", nargs="?", default="list", choices=["list", "show", "close"])
+    sessions.add_argument("action", nargs="?", default="list",
+                          choices=["list", "show", "close", "history"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close)")
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="deadline per agent for start-up and initialize (default: the "
                              "config's timeoutSeconds, else 60)")
+    doctor.add_argument("--deep", action="store_true",
+                        help="also open and close a real session (authenticate included)")
 
     leases = sub.add_parser("leases", help="Process leases: what was started, is it alive.")
     _common(leases)
@@ -163,34 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--dry-run", action="store_true",
                       help="only print what would be terminated and why; change nothing")
     return parser
-
-
-class Options(msgspec.Struct, kw_only=True):
-    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed."""
-
-    state_dir: Path
-    cwd: Path
-    cwd_given: bool
-    raw_config: dict[str, Any]
-    json: bool
-    verbose: bool
-
-
-def resolve_options(ns: argparse.Namespace) -> Options:
-    """Global options from parsed arguments.  Blocking (reads the config file): call it
-    before the event loop starts."""
-    raw: dict[str, Any] = {}
-    if getattr(ns, "config", None) is not None:
-        raw = load_config_file(ns.config)
-    state_dir = getattr(ns, "state_dir", None) or default_state_dir()
-    given = getattr(ns, "cwd", None)
-    cwd = Path(given or Path.cwd()).expanduser().resolve()
-    if not cwd.is_dir():
-        raise UsageError(f"--cwd {cwd} is not a directory")
-    return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
-                   cwd_given=given is not None, raw_config=raw,
-                   json=bool(getattr(ns, "json", False)),
-                   verbose=bool(getattr(ns, "verbose", False)))
 
 
 # -- prompt / exec ----------------------------------------------------------------------------
@@ -278,10 +259,13 @@ async def _prompt_text(ns: argparse.Namespace) -> str:
     return text.rstrip("\n")
 
 
-def _report_error(printer: TurnPrinter, code: str, message: str) -> None:
+def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
+    """The error on stderr (with its detail) and, with ``--json``, as an error event that
+    carries the rpc code, data and detail."""
+    event = ErrorEvent.from_error(exc)
     if printer.json_mode:
-        printer.json(ErrorEvent(code=code, message=message))
-    printer.error(f"{code}: {first_line(message)}")
+        printer.json(event)
+    printer.failure(event.code, event.message, event.detail)
 
 
 def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
@@ -301,7 +285,7 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
             if isinstance(ev, DoneEvent):
                 code = _done_exit(ev, printer)
             elif isinstance(ev, ErrorEvent):
-                printer.error(f"{ev.code}: {ev.message}")
+                printer.failure(ev.code, ev.message, ev.detail)
                 code = exit_code_for(ev.code)
     printer.finish()
     return code
@@ -311,16 +295,16 @@ async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
     opts: Options, printer: TurnPrinter, ctl: _Interrupts,
 ) -> int:
-    from acpx_trio._service.service import open_runtime_service
+    from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
 
     mode: Literal["persistent", "oneshot"] = "oneshot" if oneshot else "persistent"
     try:
         async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                         plugin_config=raw, logger=_log) as service:
-            runtime = service.runtime
+            runtime = service.require_runtime()
             config = service.config
-            assert runtime is not None and config is not None
+            assert config is not None
             if opts.verbose:
                 printer.note(f"starting agent {agent} in {config.cwd}")
             try:
@@ -344,17 +328,17 @@ async def _turn_session(
                     with trio.move_on_after(CLEANUP_SECONDS, shield=True):
                         await SessionStore(config.state_dir).delete(session_key)
     except ConfigError as exc:
-        _report_error(printer, exc.code, str(exc))
+        _report_error(printer, exc)
         return EXIT_USAGE
     except AcpxError as exc:
-        _report_error(printer, exc.code, str(exc))
+        _report_error(printer, exc)
         return EXIT_TIMEOUT if _is_timeout(exc) else exit_code_for(exc.code)
 
 
 async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool) -> int:
     raw, agent = _turn_config(ns, opts)
     text = await _prompt_text(ns)
-    session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else ns.session
+    session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else (ns.session or DEFAULT_SESSION)
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
     ctl = _Interrupts(printer)
@@ -378,8 +362,20 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
+    if ns.command == "prompt" and ns.session is not None:
+        from acpx_trio._cli.warm import warm_prompt
+
+        raw, agent = _turn_config(ns, opts)
+        return await warm_prompt(ns, opts, raw=raw, agent=agent, text=await _prompt_text(ns),
+                                 exit_code_for=exit_code_for)
     if ns.command in ("prompt", "exec"):
         return await _turn_command(ns, opts, oneshot=ns.command == "exec")
+    if ns.command in ("cancel", "status"):
+        from acpx_trio._cli import warm as _cli_warm
+
+        if ns.command == "cancel":
+            return await _cli_warm.cancel_command(ns.session, opts)
+        return await _cli_warm.status_command(ns.session, opts)
     from acpx_trio._cli import info as _cli_info
     if ns.command == "sessions":
         return await _cli_info.sessions_command(ns.action, ns.key, opts)
@@ -388,7 +384,7 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "doctor":
         if ns.timeout is not None and not ns.timeout > 0:
             raise UsageError(f"--timeout must be a positive number of seconds, got {ns.timeout}")
-        return await _cli_info.doctor_command(ns.agent, ns.timeout, opts)
+        return await _cli_info.doctor_command(ns.agent, ns.timeout, opts, deep=ns.deep)
     if ns.command == "leases":
         return await _cli_info.leases_command(ns.all, opts)
     if ns.command == "reap":

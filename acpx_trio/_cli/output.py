@@ -188,6 +188,15 @@ class TurnPrinter:
         self.finish()
         self.output.write(f"acpx-trio: {first_line(message)}\n", err=True)
 
+    def failure(self, code: str, message: str, detail: str | None = None) -> None:
+        """``acpx-trio: CODE: <first line>`` on stderr, then the detail (the agent's reason or
+        its redacted stderr tail) when the first line does not already say it."""
+        head = first_line(message)
+        self.error(f"{code}: {head}")
+        if detail and detail.strip() not in head:
+            for line in detail.strip().splitlines()[-10:]:
+                self.output.write(f"acpx-trio:   {line.rstrip()}\n", err=True)
+
     def note(self, message: str) -> None:
         """An informational line on stderr."""
         self.output.write(f"acpx-trio: {message}\n", err=True)

@@ -6,6 +6,6 @@ v2 detection (``cgroup``), the shared process helpers (``tools``) and one agent 
 its lease and ACP connection (``agent``).
 
 Owns: every signal acpx-trio sends and every proof that a process is ours.
-May import: ``acpx_trio._store`` (leases), ``acpx_trio._acp`` (the wire of an agent),
-``acpx_trio._errors``.  Never the runtime, the service or the CLI.
+May import: ``acpx_trio._store`` (leases, config defaults), ``acpx_trio._acp`` (the wire of an
+agent), ``acpx_trio._errors``, ``acpx_trio._log``.  Never the runtime, the service or the CLI.
 """

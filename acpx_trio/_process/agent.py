@@ -21,15 +21,16 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection
-from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError
+from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
+from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
+from acpx_trio._log import Logger
 from acpx_trio._process.identity import (
     boot_id,
     lease_env,
@@ -42,9 +43,10 @@ from acpx_trio._process.reaper import (
 )
 from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
 from acpx_trio._process.watchdog import ensure_armed
+from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
-__all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "start_agent_process"]
+__all__ = ["STDERR_TAIL_BYTES", "AgentProcess"]
 
 STDERR_TAIL_BYTES = 16 * 1024
 #: After closing stdin, how long the agent may take to exit on its own before signals.
@@ -59,7 +61,7 @@ _log = logging.getLogger("acpx_trio.agent")
 class AgentProcess:
     """A started agent (see the module docstring for guarantees).
 
-    Create it, then ``await nursery.start(agent.run)`` (or :func:`start_agent_process`); the
+    Create it, then ``await nursery.start(agent.run)``; the
     nursery task lives as long as the process.  :meth:`aclose` kills the tree and returns when
     the lease is final.  :attr:`connection` is usable once started."""
 
@@ -72,21 +74,35 @@ class AgentProcess:
         gateway_instance_id: str,
         lease_store: LeaseStore,
         wrapper_root: str | Path,
-        kill_grace: float = 0.75,
+        kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
         cleanup_deps: ProcessCleanupDeps | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         install_hint: str | None = None,
         on_connection: Callable[[AcpConnection], None] | None = None,
         receive_gate: Callable[[], Awaitable[None]] | None = None,
-        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        logger: Logger | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        secrets: Sequence[str] = (),
+        cleanup_timeout: float | None = None,
     ) -> None:
         self.argv = tuple(argv)
+        #: Added to the inherited environment (credentials, ``CODEX_HOME``); never persisted.
+        self._extra_env = dict(extra_env or {})
+        #: Values redacted from :meth:`stderr_tail` (credentials handed to the agent).
+        self._secrets = tuple(secrets)
         self.cwd = cwd
         self.session_key = session_key
         self.gateway_instance_id = gateway_instance_id
         self.lease_store = lease_store
         self.wrapper_root = str(wrapper_root)
         self.kill_grace = kill_grace
+        #: Bound (Trio's clock) of the shielded cleanup; default twice the kill grace plus
+        #: :data:`CLEANUP_EXTRA_SECONDS`.
+        self.cleanup_timeout = (
+            cleanup_timeout
+            if cleanup_timeout is not None
+            else kill_grace * 2 + CLEANUP_EXTRA_SECONDS
+        )
         self.cleanup_deps = cleanup_deps
         self.max_line_bytes = max_line_bytes
         self.install_hint = install_hint
@@ -138,8 +154,10 @@ class AgentProcess:
         return None if self.lease is None else self.lease.lease_id
 
     def stderr_tail(self) -> str:
-        """The last (at most 16 KiB of) stderr, decoded leniently."""
-        return bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace")
+        """The last (at most 16 KiB of) stderr, decoded leniently, with credentials redacted
+        (the ones handed to the agent and anything that looks like one)."""
+        return redact(bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace"),
+                      self._secrets)
 
     def describe_exit(self) -> str:
         """A sentence on how the agent ended (for error messages)."""
@@ -214,7 +232,9 @@ class AgentProcess:
         )
         await self.lease_store.save(lease)
         self.lease = lease
-        env = {**os.environ, **lease_env(lease.lease_id, self.gateway_instance_id)}
+        env = {
+            **os.environ, **self._extra_env, **lease_env(lease.lease_id, self.gateway_instance_id)
+        }
         try:
             self.process = await trio.lowlevel.open_process(
                 list(self.argv),
@@ -233,11 +253,11 @@ class AgentProcess:
                 code="ACP_AGENT_SPAWN_FAILED",
             ) from exc
         assert self.process.stdin is not None and self.process.stdout is not None
-        stdout: trio.abc.ReceiveStream = self.process.stdout
+        stdin, stdout = tap_streams(self.process.stdin, self.process.stdout)
         if self._receive_gate is not None:
             stdout = GatedReceiveStream(stdout, self._receive_gate)
         self.connection = AcpConnection(
-            self.process.stdin,
+            stdin,
             stdout,
             max_line_bytes=self.max_line_bytes,
             on_warning=self._on_warning,
@@ -324,7 +344,7 @@ class AgentProcess:
             return
         self._cleanup_started = True
         try:
-            with trio.move_on_after(self.kill_grace * 2 + CLEANUP_EXTRA_SECONDS) as scope:
+            with trio.move_on_after(self.cleanup_timeout) as scope:
                 await self._do_cleanup()
             if scope.cancelled_caught:
                 self.log.error("agent %s: cleanup did not finish in time", self.pid)
@@ -389,11 +409,3 @@ class AgentProcess:
             return
         await self._mark(LeaseState.CLOSED)
 
-
-async def start_agent_process(nursery: trio.Nursery, **kwargs: Any) -> AgentProcess:
-    """Create an :class:`AgentProcess` and start it in ``nursery``; returns once spawned.
-
-    Raises :class:`AgentProcessError` if the spawn fails (its lease is then ``lost``)."""
-    agent = AgentProcess(**kwargs)
-    await nursery.start(agent.run)
-    return agent

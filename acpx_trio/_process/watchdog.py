@@ -263,12 +263,16 @@ class WatchdogHandle:
             self._armed.set()
             self._done.set()
 
+    def forget(self) -> None:
+        """Unregister without waiting (its task, if any, ended with the service's nursery)."""
+        if _slots.get(self._key) is self:
+            del _slots[self._key]
+
     async def aclose(self) -> None:
         """Unregister; stop the watchdog (it kills nothing) and wait for it.  Idempotent."""
         import trio as _trio
 
-        if _slots.get(self._key) is self:
-            del _slots[self._key]
+        self.forget()
         if self._started:
             self._scope.cancel()
             await self._done.wait()

@@ -1,9 +1,12 @@
 """Agent registry: which command starts which ACP agent.
 
-Built-in names (``mock``, ``codex``, ``claude``, ``gemini``) can be replaced, and new names
-added, with the ``agents`` config section.  Names are trimmed and lower-cased.  An unknown name
-is an error that lists the known names and says how to add one; it is never run as a raw
-command.
+Built-in names (:data:`AGENT_TABLE`: ``mock`` plus the 26 agents acpx 0.19.1 knows —
+``codex``, ``claude``, ``gemini``, ``pi``, ``opencode``, ``cursor``, ``copilot``, ``qwen``,
+``kimi``, ``fast-agent``, ...) can be replaced, and new names added, with the ``agents``
+config section.  An installed adapter binary (``codex-acp``, ``claude-agent-acp``,
+``opencode``, ``pi-acp``, ``kilo``) is preferred over ``npx`` when found.  Names are trimmed
+and lower-cased.  An unknown name is an error that lists the known names and says how to add
+one; it is never run as a raw command.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import trio
 from acpx_trio._errors import AcpRuntimeError
 
 __all__ = [
+    "AGENT_TABLE",
     "BUILTIN_AGENTS",
     "AgentRegistry",
+    "AgentRow",
     "AgentSpec",
     "normalize_agent_name",
 ]
@@ -36,6 +41,10 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True):
     command: tuple[str, ...]
     install_command: str | None = None
     builtin: bool = True
+    #: An installed binary's argv, used instead of ``command`` when found on ``PATH``.
+    binary: tuple[str, ...] | None = None
+    auth_methods: tuple[str, ...] = ()
+    auth_hint: str | None = None
 
     @property
     def launcher(self) -> str:
@@ -60,16 +69,80 @@ def _mock_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "acpx_trio.testing.mock_agent")
 
 
+class AgentRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One built-in agent: the command acpx 0.19.1 uses, an installed binary preferred over
+    ``npx``/``uvx`` when found, how to install it, and how it authenticates."""
+
+    name: str
+    command: tuple[str, ...]
+    binary: tuple[str, ...] | None = None
+    install: str | None = None
+    #: Auth method ids whose credentials are placed in the agent's env at spawn time.
+    auth_methods: tuple[str, ...] = ()
+    #: What a person must do once (names of env vars / login commands, never values).
+    auth_hint: str | None = None
+
+
+def _npm(pkg: str) -> str:
+    return f"npm install -g {pkg}"
+
+
+#: The built-in table (facts from acpx 0.19.1's agent registry; rows written here).
+AGENT_TABLE: tuple[AgentRow, ...] = (
+    AgentRow(name="mock", command=_mock_command()),
+    AgentRow(name="pi", command=("npx", "-y", "pi-acp@^0.0.33"), binary=("pi-acp",),
+             install=_npm("pi-acp"), auth_hint="pi's own login"),
+    AgentRow(name="codex", command=("npx", "-y", "@agentclientprotocol/codex-acp@^1.1.5"),
+             binary=("codex-acp",), install=_npm("@agentclientprotocol/codex-acp"),
+             auth_methods=("codex-api-key", "openai-api-key"),
+             auth_hint="CODEX_API_KEY or OPENAI_API_KEY, or `codex login`"),
+    AgentRow(name="claude",
+             command=("npx", "-y", "@agentclientprotocol/claude-agent-acp@^0.76.0"),
+             binary=("claude-agent-acp",), install=_npm("@agentclientprotocol/claude-agent-acp"),
+             auth_hint="ANTHROPIC_API_KEY, or `claude /login`"),
+    AgentRow(name="gemini", command=("gemini", "--acp"), install=_npm("@google/gemini-cli"),
+             auth_methods=("gemini-api-key",),
+             auth_hint="GEMINI_API_KEY, or `gemini` login (oauth)"),
+    AgentRow(name="opencode", command=("npx", "-y", "opencode-ai", "acp"),
+             binary=("opencode", "acp"), install=_npm("opencode-ai"),
+             auth_hint="`opencode auth login`"),
+    AgentRow(name="mux", command=("npx", "-y", "mux@^0.28.0", "acp"), install=_npm("mux")),
+    AgentRow(name="kilocode", command=("npx", "-y", "@kilocode/cli", "acp"),
+             binary=("kilo", "acp"), install=_npm("@kilocode/cli")),
+    AgentRow(name="fast-agent", command=("uvx", "fast-agent-mcp", "acp"),
+             install="uv tool install fast-agent-mcp",
+             auth_hint="provider keys in fastagent.secrets.yaml or env"),
+    AgentRow(name="openclaw", command=("openclaw", "acp"), install=_npm("openclaw")),
+    AgentRow(name="cursor", command=("cursor-agent", "acp"),
+             install="curl https://cursor.com/install -fsS | bash",
+             auth_hint="CURSOR_API_KEY, or `cursor-agent login`"),
+    AgentRow(name="copilot", command=("copilot", "--acp", "--stdio"),
+             install=_npm("@github/copilot"), auth_hint="`copilot` /login or GH_TOKEN"),
+    AgentRow(name="agy", command=("agy_acp_server.par",)),
+    AgentRow(name="devin", command=("devin", "acp")),
+    AgentRow(name="droid", command=("droid", "exec", "--output-format", "acp"),
+             auth_hint="FACTORY_API_KEY"),
+    AgentRow(name="fx", command=("fx", "acp")),
+    AgentRow(name="grok", command=("grok", "agent", "stdio")),
+    AgentRow(name="iflow", command=("iflow", "--experimental-acp"),
+             install=_npm("@iflow-ai/iflow-cli")),
+    AgentRow(name="junie", command=("junie", "--acp=true")),
+    AgentRow(name="kimi", command=("kimi", "acp"), install="uv tool install kimi-cli"),
+    AgentRow(name="kiro", command=("kiro-cli-chat", "acp")),
+    AgentRow(name="mcode", command=("mcode", "acp")),
+    AgentRow(name="pool", command=("pool", "acp")),
+    AgentRow(name="qoder", command=("qodercli", "--acp")),
+    AgentRow(name="qwen", command=("qwen", "--acp"), install=_npm("@qwen-code/qwen-code"),
+             auth_hint="OPENAI_API_KEY (+ OPENAI_BASE_URL), or qwen oauth login"),
+    AgentRow(name="trae", command=("traecli", "acp", "serve")),
+    AgentRow(name="zeroclaw", command=("zeroclaw", "acp")),
+)
+
 #: Built-in agents: name -> (argv, install command).
 BUILTIN_AGENTS: Mapping[str, tuple[tuple[str, ...], str | None]] = {
-    "mock": (_mock_command(), None),
-    "codex": (("npx", "@zed-industries/codex-acp"), "npm install -g @zed-industries/codex-acp"),
-    "claude": (
-        ("npx", "@agentclientprotocol/claude-agent-acp"),
-        "npm install -g @agentclientprotocol/claude-agent-acp",
-    ),
-    "gemini": (("gemini", "--experimental-acp"), "npm install -g @google/gemini-cli"),
+    row.name: (row.command, row.install) for row in AGENT_TABLE
 }
+_ROWS = {row.name: row for row in AGENT_TABLE}
 
 
 def normalize_agent_name(name: str) -> str:
@@ -92,8 +165,11 @@ class AgentRegistry:
 
     def __init__(self, overrides: Mapping[str, Iterable[str]] | None = None) -> None:
         specs: dict[str, AgentSpec] = {
-            name: AgentSpec(name=name, command=argv, install_command=install)
-            for name, (argv, install) in BUILTIN_AGENTS.items()
+            row.name: AgentSpec(
+                name=row.name, command=row.command, install_command=row.install,
+                binary=row.binary, auth_methods=row.auth_methods, auth_hint=row.auth_hint,
+            )
+            for row in AGENT_TABLE
         }
         for raw_name, argv in (overrides or {}).items():
             name = normalize_agent_name(raw_name)
@@ -136,14 +212,28 @@ class AgentRegistry:
             )
         return spec
 
+    def installed_binary(self, spec: AgentSpec) -> bool:
+        """Whether the preferred installed binary of ``spec`` is on ``PATH`` (blocking)."""
+        return spec.binary is not None and shutil.which(spec.binary[0]) is not None
+
+    async def prefer_installed(self, spec: AgentSpec) -> AgentSpec:
+        """``spec`` launched through its installed binary when one is found (off the event
+        loop), else ``spec`` unchanged (``npx``/``uvx``)."""
+        if spec.binary is None:
+            return spec
+        if await trio.to_thread.run_sync(self.installed_binary, spec):
+            return msgspec.structs.replace(spec, command=spec.binary)
+        return spec
+
     def is_installed(self, name_or_spec: str | AgentSpec) -> bool:
-        """Whether the launcher (``argv[0]``; ``npx`` for npx-launched agents) is found.
+        """Whether the installed binary or the launcher (``argv[0]``; ``npx`` for
+        npx-launched agents) is found.
 
         Blocking (a ``PATH`` lookup); async code should call :meth:`check_installed`.
         For npx-launched agents this only proves npx exists: the package may still be
         fetched on first start."""
         spec = name_or_spec if isinstance(name_or_spec, AgentSpec) else self.resolve(name_or_spec)
-        return shutil.which(spec.launcher) is not None
+        return self.installed_binary(spec) or shutil.which(spec.launcher) is not None
 
     async def check_installed(self, name_or_spec: str | AgentSpec) -> bool:
         """:meth:`is_installed` off the event loop."""

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from importlib import metadata
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import trio
 
@@ -38,15 +37,26 @@ from acpx_trio._errors import (
 from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
+from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.permissions import PermissionPolicy
+from acpx_trio._runtime.session_factory import SessionFactory
+from acpx_trio._runtime.session_steps import (
+    agent_env,
+    auth_details,
+    authenticate,
+    close_acp_session,
+    prepare_codex_home,
+    resume_session,
+)
+from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
-
-if TYPE_CHECKING:
-    from acpx_trio._runtime.runtime import AcpxRuntime
 
 __all__ = [
     "PROBE_SESSION_KEY",
+    "agent_env",
+    "authenticate",
+    "close_acp_session",
     "control_request",
     "doctor_probe",
     "initialize_request",
@@ -59,23 +69,27 @@ __all__ = [
 ]
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
-try:
-    _VERSION = metadata.version("acpx-trio")
-except metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0.0.0"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
 _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
-                    "not supported")
+                    "not supported", "no previous session", "no session found",
+                    "no sessions found", "could not find session", "session not found")
+
+
+def _version() -> str:
+    """``acpx_trio.__version__`` (no ``importlib.metadata``: it costs ~10 ms at start-up)."""
+    from acpx_trio import __version__  # the package root is loaded before any submodule
+
+    return __version__
 
 
 def initialize_request() -> InitializeRequest:
-    """Protocol version 1, fs read/write capabilities, no terminal."""
+    """Protocol version 1, fs read/write and terminal capabilities."""
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=False
+            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
         ),
-        client_info=Implementation(name="acpx-trio", version=_VERSION),
+        client_info=Implementation(name="acpx-trio", version=_version()),
     )
 
 
@@ -93,6 +107,12 @@ def is_load_not_found(exc: AcpRuntimeError) -> bool:
 def _tail(proc: AgentProcess | None) -> str:
     tail = proc.stderr_tail().strip() if proc is not None else ""
     return f"\n--- agent stderr (tail) ---\n{tail[-4000:]}" if tail else ""
+
+
+def _tail_detail(proc: AgentProcess | None) -> str | None:
+    """The last lines of the agent's (redacted) stderr, for ``detail``."""
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    return "\n".join(tail[-2000:].splitlines()[-10:]) or None
 
 
 def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
@@ -141,49 +161,61 @@ def resolve_dir(base: str, cwd: str | None) -> str | None:
 
 
 def make_agent_process(
-    runtime: AcpxRuntime, session_key: str, spec: AgentSpec, cwd: str,
+    factory: SessionFactory, session_key: str, spec: AgentSpec, cwd: str,
     live: LiveSession | None = None,
 ) -> AgentProcess:
-    """An (unstarted) agent process configured from ``runtime`` (wired to ``live``)."""
+    """An (unstarted) agent process configured from ``factory`` (wired to ``live``)."""
+    env, plan = agent_env(factory.config, spec)
     return AgentProcess(
+        extra_env=env,
+        secrets=plan.secrets,
         argv=spec.command,
         cwd=cwd,
         session_key=session_key,
-        gateway_instance_id=runtime.gateway_instance_id,
-        lease_store=runtime.lease_store,
-        wrapper_root=runtime.wrapper_root,
-        kill_grace=runtime.config.kill_grace_seconds,
-        cleanup_deps=runtime.process_cleanup,
+        gateway_instance_id=factory.gateway_instance_id,
+        lease_store=factory.lease_store,
+        wrapper_root=factory.wrapper_root,
+        kill_grace=factory.config.kill_grace_seconds,
+        cleanup_deps=factory.process_cleanup,
         install_hint=spec.install_hint(),
         on_connection=None if live is None else live.install,
         receive_gate=None if live is None else live.wait_room,
-        logger=runtime.log,
+        logger=factory.log,
     )
 
 
 async def start_live_session(
-    runtime: AcpxRuntime, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
+    factory: SessionFactory, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
     cwd: str, load_id: str | None,
 ) -> LiveSession:
-    """Spawn the agent in the runtime's nursery and open its ACP session.
+    """Spawn the agent in the factory's nursery and open its ACP session.
 
     On any failure (or cancellation) the agent is killed before the error propagates; a spawn
     failure raises ``ACP_AGENT_SPAWN_FAILED``."""
     policy = PermissionPolicy(
-        runtime.config.permission_mode, runtime.config.non_interactive_permissions
+        factory.config.permission_mode, factory.config.non_interactive_permissions
     )
+    spec = await factory.agents.prefer_installed(spec)
+    await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
-        on_turn_failure=runtime.on_turn_failure, logger=runtime.log,
+        on_turn_failure=factory.on_turn_failure, logger=factory.log,
     )
-    proc = make_agent_process(runtime, key, spec, cwd, session)
+    proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
+    session.terminals = TerminalManager(
+        session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
+        gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
+        wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
+        cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
+        logger=factory.log,
+    )
     try:
-        await runtime.nursery.start(proc.run)
+        await factory.nursery.start(proc.run)
     except AgentProcessError as exc:
         raise AcpRuntimeError(exc.code, exc.message) from exc
     try:
-        await open_acp_session(session, runtime.config, load_id=load_id)
+        await open_acp_session(session, factory.config, load_id=load_id)
         await proc.wait_recorded()
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -195,9 +227,11 @@ async def start_live_session(
 async def open_acp_session(
     session: LiveSession, config: AcpxConfig, *, load_id: str | None
 ) -> None:
-    """``initialize`` then ``session/load`` (when supported and ``load_id`` is given; falls
-    back to ``session/new`` only on a not-found answer) or ``session/new``.  Fills in the
-    session's id, capabilities, modes and config options.
+    """``initialize``, ``authenticate`` (first advertised method with a credential, see
+    :mod:`.auth`), then — when ``load_id`` is given — ``session/resume`` (if advertised; on
+    failure go on), ``session/load`` (if supported; falls back to ``session/new`` only on a
+    not-found answer), else ``session/new``.  Fills in the session's id, capabilities, modes
+    and config options.  An auth-required answer raises ``ACP_AUTH_REQUIRED``.
 
     Each step is bounded by ``config.control_timeout_seconds``.  Raises
     ``ACP_SESSION_INIT_FAILED`` (with the stderr tail) on a timeout, an agent error, a protocol
@@ -210,8 +244,15 @@ async def open_acp_session(
             init = await conn.request("initialize", initialize_request(), InitializeResponse)
         _check_version(init)
         session.init = init
+        step = "authenticate"
+        await authenticate(session, config, timeout)
         mcp = _mcp_servers(config)
-        if load_id and init.agent_capabilities.load_session:
+        caps = init.agent_capabilities
+        if load_id and caps.session_capabilities.resume is not None:
+            step = "session/resume"
+            if await resume_session(session, load_id, mcp, timeout):
+                return
+        if load_id and caps.load_session:
             step = "session/load"
             session.backend_session_id = load_id  # replayed updates: tracked, never turn events
             try:
@@ -250,11 +291,19 @@ async def open_acp_session(
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
             f"the agent did not answer {step} within {timeout:g}s{_tail(session.process)}",
-            retryable=True,
+            retryable=True, detail=_tail_detail(session.process),
         ) from exc
     except AcpRuntimeError as exc:
+        if exc.code == "ACP_AUTH_REQUIRED":
+            raise
+        methods = [] if session.init is None else session.init.auth_methods
+        if is_auth_required(exc):
+            raise auth_required_error(methods, exc) from exc
         if exc.code == "ACP_SESSION_INIT_FAILED":
-            raise AcpRuntimeError(exc.code, exc.message + _tail(session.process)) from exc
+            raise AcpRuntimeError(
+                exc.code, exc.message + _tail(session.process),
+                detail=exc.detail or _tail_detail(session.process),
+            ) from exc
         proc = session.process
         detail = ""
         if isinstance(exc, AcpConnectionClosedError) and proc is not None:
@@ -267,6 +316,7 @@ async def open_acp_session(
             retryable=isinstance(exc, AcpConnectionClosedError),
             rpc_code=exc.rpc_code,
             rpc_data=exc.rpc_data,
+            detail=exc.detail or _tail_detail(proc),
         ) from exc
 
 
@@ -313,25 +363,25 @@ def set_config_params(
     )
 
 
-async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
+async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
     """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
     fail = "embedded ACP runtime probe failed"
     try:
-        spec = runtime.agents.resolve(name)
+        spec = factory.agents.resolve(name)
     except AcpRuntimeError as exc:
         return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
                             details=[f"agent={name}", exc.message])
-    cwd = runtime.config.cwd
+    cwd = factory.config.cwd
     details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
                           f"cwd={cwd}"]
-    if not await runtime.agents.check_installed(spec):
+    if not await factory.agents.check_installed(spec):
         return DoctorReport(
             ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
             install_command=spec.install_command,
             details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
         )
-    timeout = runtime.config.control_timeout_seconds
-    proc = make_agent_process(runtime, PROBE_SESSION_KEY, spec, cwd)
+    timeout = factory.config.control_timeout_seconds
+    proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
     problem: str
     async with trio.open_nursery() as nursery:
         try:
@@ -345,6 +395,7 @@ async def doctor_probe(runtime: AcpxRuntime, name: str) -> DoctorReport:
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",
+                         *auth_details(init.auth_methods, factory.config),
                          *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
                            if init.agent_info else [])],
             )

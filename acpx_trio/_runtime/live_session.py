@@ -10,14 +10,16 @@ Guarantees:
   response) never become turn events; they are counted (:attr:`LiveSession.stray_updates`).
   Mode changes are tracked whenever they arrive.
 * Every agent request is answered: permissions by :class:`PermissionPolicy` (``cancelled`` while
-  the turn is cancelling), ``fs/*`` by :class:`FsGate`.
+  the turn is cancelling), ``fs/*`` by :class:`FsGate`, ``terminal/*`` by
+  :class:`~acpx_trio._runtime.terminals.TerminalManager` (set by the handshake; without one,
+  ``terminal/*`` gets -32601).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -35,7 +37,9 @@ from acpx_trio._acp import (
     RequestPermissionResponse,
     SessionConfigOption,
     SessionModeState,
+    SessionUpdateLine,
     WriteTextFileRequest,
+    decode_session_update_line,
 )
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
@@ -44,115 +48,22 @@ from acpx_trio._events import (
     AcpRuntimeHandle,
     AcpRuntimeStatus,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
-from acpx_trio._runtime.update_map import decode_notification, map_update
+from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
+from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
+from acpx_trio._runtime.update_map import MAPPERS, decode_notification, map_update
 from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
 
-#: Events a consumer may lag behind before reading from the agent pauses.
-HIGH_WATER = 256
-_LOW_WATER = HIGH_WATER // 2
-_BATCH = 64
 _log = logging.getLogger("acpx_trio.runtime")
 
 
-class Turn:
-    """One prompt turn: an ordered event queue with backpressure, and its cancel state.
-
-    One consumer only.  The queue is a deque plus a wake-up event: cheaper than a memory
-    channel, which matters at tens of thousands of chunks per turn."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._queue: deque[AcpRuntimeEvent] = deque()
-        self._wakeup: trio.Event | None = None
-        self.room = trio.Event()
-        self.room.set()
-        #: Set when the driver is done (the final event is queued unless abandoned).
-        self.finished = trio.Event()
-        self.cancelling = False
-        self.prompt_sent = False
-        self.abandoned = False
-        #: True once the final event is queued: later updates are late (counted, dropped).
-        self.done = False
-        self.failure: AcpRuntimeError | None = None
-        self.closed_reason: str | None = None
-        self.wait_scope: trio.CancelScope | None = None
-        self.late_updates = 0
-        self._since_checkpoint = 0
-
-    @property
-    def pending(self) -> int:
-        """Events queued and not yet received."""
-        return len(self._queue)
-
-    @property
-    def accepting(self) -> bool:
-        return not self.abandoned and not self.done
-
-    def _put(self, event: AcpRuntimeEvent) -> None:
-        self._queue.append(event)
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
-
-    def emit(self, event: AcpRuntimeEvent) -> None:
-        if self.abandoned or self.done:
-            self.late_updates += 1
-            return
-        self._put(event)
-        if len(self._queue) >= HIGH_WATER and self.room.is_set():
-            self.room = trio.Event()
-
-    def finish(self, final: AcpRuntimeEvent) -> None:
-        if self.done:
-            return
-        self.done = True
-        if not self.abandoned:
-            self._put(final)
-        self.finished.set()
-        self.room.set()
-
-    async def receive(self) -> AcpRuntimeEvent:
-        """The next event.  Queued events are handed out without a scheduler round trip (a
-        checkpoint every :data:`_BATCH` events keeps the consumer cancellable and fair)."""
-        queue = self._queue
-        if queue:
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= _BATCH:
-                self._since_checkpoint = 0
-                await trio.lowlevel.checkpoint()
-        while not queue:
-            self._since_checkpoint = 0
-            wakeup = self._wakeup = trio.Event()
-            await wakeup.wait()
-        event = queue.popleft()
-        if len(queue) <= _LOW_WATER and not self.room.is_set():
-            self.room.set()
-        return event
-
-    def abandon(self) -> None:
-        """The consumer left: drop queued events, accept no more, never block the reader."""
-        self.abandoned = True
-        self._queue.clear()
-        self.room.set()
-
-    def request_cancel(self, wait: float) -> None:
-        """Mark cancelling; the driver waits at most ``wait`` more seconds for the answer."""
-        self.cancelling = True
-        if self.wait_scope is not None:
-            self.wait_scope.deadline = min(self.wait_scope.deadline, trio.current_time() + wait)
-
-    def fail(self, error: AcpRuntimeError, wait: float) -> bool:
-        """Record a turn failure (first one wins); True if this started the cancel."""
-        if self.failure is None:
-            self.failure = error
-        started = not self.cancelling
-        self.request_cancel(wait)
-        return started
+class _SessionRef(msgspec.Struct, rename="camel"):
+    session_id: str
 
 
 class LiveSession:
@@ -167,7 +78,7 @@ class LiveSession:
         cwd: str,
         policy: PermissionPolicy,
         on_turn_failure: Callable[[LiveSession, AcpRuntimeError], None],
-        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        logger: Logger | None = None,
     ) -> None:
         self.session_key = session_key
         self.spec = spec
@@ -189,6 +100,10 @@ class LiveSession:
         self.turns_run = 0
         self.controls_in_flight = 0
         self._gate_waiter: trio.Event | None = None
+        #: Terminals the agent created (``terminal/*``); set when the session is started.
+        self.terminals: TerminalManager | None = None
+        #: The auth method ``authenticate`` succeeded with (an id, never a credential).
+        self.auth_method: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -279,6 +194,10 @@ class LiveSession:
     def _fail_turn(self, error: AcpRuntimeError) -> None:
         self._on_turn_failure(self, error)
 
+    def fail_turn(self, error: AcpRuntimeError) -> None:
+        """Fail the running turn with ``error`` (a request needed a person, policy ``fail``)."""
+        self._fail_turn(error)
+
     # ------------------------------------------------------------------ wiring
 
     async def wait_room(self) -> None:
@@ -306,9 +225,14 @@ class LiveSession:
     def install(self, conn: AcpConnection) -> None:
         """Register the agent->client handlers on a new connection."""
         conn.set_notification_handler("session/update", self._on_update)
+        conn.set_fast_notification_handler(
+            "session/update", decode_session_update_line, self._on_update_lines
+        )
         conn.set_request_handler("session/request_permission", self._on_permission)
         conn.set_request_handler("fs/read_text_file", self._on_read)
         conn.set_request_handler("fs/write_text_file", self._on_write)
+        for method in TERMINAL_METHODS:
+            conn.set_request_handler(method, functools.partial(self._on_terminal, method))
 
     def _on_update(self, raw: msgspec.Raw) -> None:
         note = decode_notification(raw)
@@ -327,6 +251,34 @@ class LiveSession:
         event = map_update(update)
         if event is not None:
             turn.emit(event)
+
+    def _on_update_lines(self, lines: list[SessionUpdateLine]) -> None:
+        """:meth:`_on_update` for a read batch of typed lines: one pass, one queue hand-off."""
+        sid = self.backend_session_id
+        turn = self.turn
+        live = turn is not None and not turn.abandoned and not turn.done
+        mappers = MAPPERS
+        events: list[AcpRuntimeEvent] = []
+        for line in lines:
+            note = line.params
+            if note.session_id != sid:
+                self.stray_updates += 1
+                continue
+            update = note.update
+            cls = type(update)
+            if cls is CurrentModeUpdate:
+                self.current_mode = update.current_mode_id  # type: ignore[union-attr]
+            elif cls is ConfigOptionUpdate:
+                self.config_options = update.config_options  # type: ignore[union-attr]
+            if not live:
+                self.stray_updates += 1
+                continue
+            event = mappers.get(cls, map_update)(update)
+            if event is not None:
+                events.append(event)
+        if events:
+            assert turn is not None
+            turn.emit_many(events)
 
     def _check_session(self, session_id: str) -> None:
         if session_id != self.backend_session_id:
@@ -352,6 +304,16 @@ class LiveSession:
         request = msgspec.json.decode(raw, type=ReadTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.read_text_file(request)
+
+    async def _on_terminal(self, method: str, raw: msgspec.Raw) -> Any:
+        terminals = self.terminals
+        if terminals is None:
+            raise AcpRuntimeError(
+                "ACP_TERMINAL_UNSUPPORTED", f"Method not found: {method}", rpc_code=-32601
+            )
+        session_id = msgspec.json.decode(raw, type=_SessionRef).session_id
+        self._check_session(session_id)
+        return await terminals.handle(method, raw)
 
     async def _on_write(self, raw: msgspec.Raw) -> Any:
         request = msgspec.json.decode(raw, type=WriteTextFileRequest)

@@ -172,6 +172,20 @@ class PermissionPolicy:
         return False, None
 
 
+    def terminal_allowed(self, command: str) -> tuple[bool, AcpRuntimeError | None]:
+        """Whether ``terminal/create`` may run ``command`` (an execute-kind permission:
+        allowed only under ``approve-all``), and the turn failure under policy ``fail``.
+        Counted in :attr:`stats`."""
+        self.stats.requested += 1
+        if self.mode == "approve-all":
+            self.stats.approved += 1
+            return True, None
+        self.stats.denied += 1
+        if self.mode == "approve-reads" and self.non_interactive == "fail":
+            return False, prompt_unavailable_error(f"run a command: {command}")
+        return False, None
+
+
 def _refuse(message: str, code: int = INVALID_PARAMS) -> AcpRuntimeError:
     return AcpRuntimeError("ACP_FS_REFUSED", message, rpc_code=code)
 

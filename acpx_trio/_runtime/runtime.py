@@ -17,27 +17,27 @@ Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import AsyncGenerator
+from pathlib import Path, PurePath
+from typing import Literal
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, collapse_group
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
     DoctorReport,
-    DoneEvent,
-    ErrorEvent,
 )
+from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.deep_doctor import deep_probe
 from acpx_trio._runtime.handshake import (
+    close_acp_session,
     control_request,
     doctor_probe,
     resolve_dir,
@@ -46,21 +46,15 @@ from acpx_trio._runtime.handshake import (
     start_live_session,
     validate_ensure_args,
 )
-from acpx_trio._runtime.live_session import LiveSession, Turn
-from acpx_trio._runtime.turns import (
-    ABANDON_WAIT_SECONDS,
-    CANCEL_WAIT_SECONDS,
-    abandon_turn,
-    drive_turn,
-    send_cancel,
-)
-from acpx_trio._store.config import AcpxConfig
+from acpx_trio._runtime.key_locks import KeyedLocks
+from acpx_trio._runtime.live_session import LiveSession
+from acpx_trio._runtime.session_factory import SessionFactory
+from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_turn
+from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
-__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime", "open_acpx_runtime"]
-
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+__all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
 
 class AcpxRuntime:
@@ -95,10 +89,22 @@ class AcpxRuntime:
         self.session_store = session_store or SessionStore(config.state_dir)
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
-        self._key_locks: dict[str, trio.Lock] = {}
+        #: Per-session-key locks, present only while someone holds or waits for one.
+        self._key_locks = KeyedLocks()
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
+        self._factory = SessionFactory(
+            config=config,
+            gateway_instance_id=gateway_instance_id,
+            lease_store=lease_store,
+            wrapper_root=self.wrapper_root,
+            nursery=nursery,
+            agents=self.agents,
+            log=self.log,
+            process_cleanup=process_cleanup,
+            on_turn_failure=self.on_turn_failure,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -129,14 +135,16 @@ class AcpxRuntime:
         """Where agent processes and turn drivers run."""
         return self._nursery
 
-    async def _retire(self, session: LiveSession, reason: str) -> None:
+    # No cancel point may come before the shielded kill (callers run it while cancelled).
+    async def _retire(self, session: LiveSession, reason: str) -> None:  # noqa: ASYNC910
         """Kill the session's tree (lease final) and forget it.  Shielded and bounded."""
         if self._sessions.get(session.session_key) is session:
             del self._sessions[session.session_key]
         if session.turn is not None and session.turn.closed_reason is None:
             session.turn.closed_reason = reason
-        if session.process is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await close_acp_session(session)  # terminals released, session/close if advertised
+            if session.process is not None:
                 await session.process.aclose(reason)
 
     # ------------------------------------------------------------------ sessions
@@ -163,11 +171,13 @@ class AcpxRuntime:
         spec = self.agents.resolve(agent)
         work_dir = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
         if work_dir is None:
+            wanted = str(PurePath(self.config.cwd, cwd or ""))
             raise AcpRuntimeError(
-                "ACP_SESSION_INIT_FAILED", f"ACP session cwd {cwd!r} is not a directory."
+                "ACP_SESSION_INIT_FAILED",
+                f"ACP session cwd {wanted!r} is not a directory"
+                + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        lock = self._key_locks.setdefault(key, trio.Lock())
-        async with lock:
+        async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
             if live is not None:
@@ -187,7 +197,7 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == work_dir
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
-            session = await start_live_session(self, key, spec, mode, work_dir, load_id)
+            session = await start_live_session(self._factory, key, spec, mode, work_dir, load_id)
             try:
                 await self.session_store.save(session.record())
                 self._check_open()
@@ -228,14 +238,19 @@ class AcpxRuntime:
                 await self.session_store.save(record)
 
         session = self._live(handle)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mark_record)
-            if session is not None:
-                await self._retire(session, reason)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mark_record)
+                if session is not None:
+                    await self._retire(session, reason)
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
 
     # ------------------------------------------------------------------ turns
 
-    async def run_turn(
+    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
+    async def run_turn(  # noqa: ASYNC900
         self,
         *,
         handle: AcpRuntimeHandle,
@@ -250,44 +265,57 @@ class AcpxRuntime:
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
         consumer stops early or its scope is cancelled, the turn is cancelled at the agent
         (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
-        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering)."""
+        ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).  For turns that
+        stream thousands of chunks, :meth:`run_turn_batches` is the same in batches.
+
+        Error rule: problems of the *turn itself* (the agent failed, timed out, was busy with
+        another turn, asked for a permission that cannot be granted, ...) arrive as the final
+        :class:`ErrorEvent`; problems of the *call* raise :class:`AcpRuntimeError` before the
+        first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
+        not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
+        after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
-        session = self._live(handle)
-        if session is None or not session.alive:
-            yield ErrorEvent(
-                code="ACP_SESSION_NOT_FOUND", retryable=True,
-                message=f'ACP session "{handle.session_key}" is not running; call '
-                "ensure_session again.",
+        if mode not in ("prompt", "steer"):
+            raise AcpRuntimeError(
+                "ACP_INVALID_RUNTIME_OPTION",
+                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-            return
-        if session.turn is not None:
-            yield ErrorEvent(
-                code="ACP_SESSION_BUSY", retryable=True,
-                message=f'ACP session "{handle.session_key}" is already running a turn; '
-                "wait for it to finish or cancel it.",
+        session = self._require_live(handle)
+        async with contextlib.aclosing(self._stream(session, text)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def run_turn_batches(  # noqa: ASYNC900
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+        """:meth:`run_turn`, yielding the events in non-empty lists (all that arrived since
+        the last step, in wire order); the last list ends with the final event.  Same errors,
+        cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
+        one await per read batch instead of one per event."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if mode not in ("prompt", "steer"):
+            raise AcpRuntimeError(
+                "ACP_INVALID_RUNTIME_OPTION",
+                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-            return
-        turn = Turn(text)
-        session.turn = turn
-        session.turns_run += 1
-        drive = functools.partial(
-            drive_turn, session, turn, turn_timeout=self.config.timeout_seconds,
+        session = self._require_live(handle)
+        async with contextlib.aclosing(self._stream(session, text)) as batches:
+            async for batch in batches:
+                yield batch
+
+    def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+        return stream_turn(
+            session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
             retire=self._retire, log=self.log,
         )
-        self._nursery.start_soon(drive)
-        finished = False
-        try:
-            while True:
-                event = await turn.receive()
-                if isinstance(event, DoneEvent | ErrorEvent):
-                    finished = True
-                yield event
-                if finished:
-                    return
-        finally:
-            if not finished:
-                with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
-                    await abandon_turn(session, turn, self._retire)
 
     def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:
         """Fail the session's running turn with ``error`` (policy ``fail``) and cancel it."""
@@ -300,6 +328,7 @@ class AcpxRuntime:
         answered ``cancelled``; the turn ends with ``DoneEvent(stop_reason="cancelled")``.  If
         the agent does not answer within :data:`CANCEL_WAIT_SECONDS` its tree is killed (the
         next ensure replaces it).  Returns without waiting for the turn; no-op when idle."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None or session.turn is None:
@@ -313,6 +342,7 @@ class AcpxRuntime:
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
         """Controls the session supports (all of them when no handle is given)."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         if handle is None:
             return AcpRuntimeCapabilities(
@@ -322,6 +352,7 @@ class AcpxRuntime:
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
         """What is known about the session now; ``alive=False`` when it is not running."""
+        await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None:
@@ -350,12 +381,17 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ health
 
-    async def doctor(self) -> DoctorReport:
+    async def doctor(self, *, deep: bool = False) -> DoctorReport:
         """Start the probe agent (``config.probe_agent``, default ``codex``), run
-        ``initialize``, stop it.  Sets health from the result.  Never leaves a process."""
+        ``initialize`` (reporting its auth methods and which credentials are present, by name),
+        stop it.  ``deep``: then also open and close a real session (authenticate included),
+        failing with the typed reason (e.g. ``ACP_AUTH_REQUIRED``).  Sets health from the
+        result.  Never leaves a process."""
         self._check_open()
-        name = normalize_agent_name(self.config.probe_agent or "codex")
-        report = await doctor_probe(self, name)
+        name = normalize_agent_name(self.config.probe_agent or DEFAULT_PROBE_AGENT)
+        report = await doctor_probe(self._factory, name)
+        if deep and report.ok:
+            report = await deep_probe(self, self.session_store.delete, name, report)
         self._healthy = report.ok
         return report
 
@@ -372,6 +408,7 @@ class AcpxRuntime:
         """Forget sessions whose agent died: reap their trees and finalise their leases.
 
         Returns how many were swept.  Sessions with a running turn are left to the turn."""
+        await trio.lowlevel.checkpoint()
         count = 0
         for session in list(self._sessions.values()):
             if not session.alive and session.turn is None:
@@ -392,32 +429,7 @@ class AcpxRuntime:
                 async with trio.open_nursery() as nursery:
                     for session in list(self._sessions.values()):
                         nursery.start_soon(self._retire, session, "runtime shut down")
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
         finally:
             self._closing_done.set()
-
-
-@contextlib.asynccontextmanager
-async def open_acpx_runtime(
-    config: AcpxConfig,
-    *,
-    gateway_instance_id: str,
-    lease_store: LeaseStore,
-    wrapper_root: Path,
-    **kwargs: Any,
-) -> AsyncIterator[AcpxRuntime]:
-    """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
-    every session is closed and no agent process is left."""
-    async with trio.open_nursery() as nursery:
-        runtime = AcpxRuntime(
-            config,
-            gateway_instance_id=gateway_instance_id,
-            lease_store=lease_store,
-            wrapper_root=wrapper_root,
-            nursery=nursery,
-            **kwargs,
-        )
-        try:
-            yield runtime
-        finally:
-            await runtime.aclose()
-            nursery.cancel_scope.cancel()

@@ -9,8 +9,8 @@ final event is queued, so a consumer that sees the error also sees a closed leas
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -18,9 +18,18 @@ import trio
 from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
+from acpx_trio._log import Logger
+from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
 
-__all__ = ["CANCEL_WAIT_SECONDS", "abandon_turn", "drive_turn", "send_cancel", "turn_error"]
+__all__ = [
+    "CANCEL_WAIT_SECONDS",
+    "abandon_turn",
+    "drive_turn",
+    "send_cancel",
+    "stream_turn",
+    "turn_error",
+]
 
 #: How long a cancelled turn waits for the agent's ``cancelled`` answer before killing it.
 CANCEL_WAIT_SECONDS = 2.5
@@ -28,7 +37,43 @@ CANCEL_WAIT_SECONDS = 2.5
 ABANDON_WAIT_SECONDS = CANCEL_WAIT_SECONDS + 15.0
 
 Retire = Callable[[LiveSession, str], Awaitable[None]]
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+_FINAL_EVENTS: frozenset[type[Any]] = frozenset({DoneEvent, ErrorEvent})
+
+
+async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
+    session: LiveSession, text: str, *, nursery: trio.Nursery, turn_timeout: float | None,
+    retire: Retire, log: Logger,
+) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+    """Run one turn on ``session``; yields its events in non-empty lists, in wire order (one
+    list per read batch), the last list ending with the one final event.  A busy session
+    yields ``[ErrorEvent(ACP_SESSION_BUSY)]``.  If the consumer leaves early (``aclose``,
+    cancel), the turn is cancelled at the agent and waited for (bounded), and a oneshot
+    session is closed."""
+    if session.turn is not None:
+        yield [ErrorEvent(
+            code="ACP_SESSION_BUSY", retryable=True,
+            message=f'ACP session "{session.session_key}" is already running a turn; '
+            "wait for it to finish or cancel it.",
+        )]
+        await trio.lowlevel.checkpoint()
+        return
+    turn = Turn(text)
+    session.turn = turn
+    session.turns_run += 1
+    nursery.start_soon(functools.partial(
+        drive_turn, session, turn, turn_timeout=turn_timeout, retire=retire, log=log
+    ))
+    finished = False
+    try:
+        while not finished:
+            batch = await turn.receive_batch()
+            finished = type(batch[-1]) in _FINAL_EVENTS
+            yield batch
+        await trio.lowlevel.checkpoint()
+    finally:
+        if not finished:
+            with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
+                await abandon_turn(session, turn, retire)
 
 
 async def send_cancel(session: LiveSession, turn: Turn) -> None:
@@ -64,6 +109,19 @@ def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -
     if tail:
         message += f"\n--- agent stderr (tail) ---\n{tail[-4000:]}"
     return ErrorEvent(code=code, message=message, retryable=retryable)
+
+
+def prompt_error_event(session: LiveSession, exc: AcpRuntimeError) -> ErrorEvent:
+    """The final event of a turn the agent answered with a JSON-RPC error: ``ACP_TURN_FAILED``
+    with the agent's rpc code, data and detail, or ``ACP_AUTH_REQUIRED`` (listing the auth
+    methods and the environment variables that would satisfy them)."""
+    if is_auth_required(exc):
+        methods = session.init.auth_methods if session.init is not None else []
+        return ErrorEvent.from_error(auth_required_error(methods, exc))
+    return ErrorEvent(
+        code="ACP_TURN_FAILED", message=exc.message, retryable=False, rpc_code=exc.rpc_code,
+        rpc_data=exc.rpc_data, detail=exc.detail,
+    )
 
 
 async def drive_turn(
@@ -119,7 +177,7 @@ async def _prompt(
         else:
             failure = ("ACP_TURN_FAILED", "", True)
     except AcpRuntimeError as exc:  # the agent answered the prompt with an error: still alive
-        final = ErrorEvent(code="ACP_TURN_FAILED", message=exc.message, retryable=False)
+        final = prompt_error_event(session, exc)
     except Exception as exc:
         log.exception("ACP turn driver failed: %r", exc)
         failure, kill_reason = ("ACP_TURN_FAILED", f"internal error: {exc!r}", False), "bug"
@@ -129,6 +187,6 @@ async def _prompt(
         final = turn_error(session, *failure)
     if turn.failure is not None and not isinstance(final, ErrorEvent):
         error = turn.failure
-        final = ErrorEvent(code=error.code, message=error.message, retryable=error.retryable)
+        final = ErrorEvent.from_error(error)
     assert final is not None
     return final

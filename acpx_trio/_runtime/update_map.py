@@ -6,6 +6,9 @@ tolerant decoder (unknown kinds, odd shapes) so it never fails on a well-formed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
 
 from acpx_trio._acp import (
@@ -15,6 +18,7 @@ from acpx_trio._acp import (
     ConfigOptionUpdate,
     ContentBlock,
     CurrentModeUpdate,
+    FastSessionNotification,
     Plan,
     SessionInfoUpdate,
     SessionNotification,
@@ -28,7 +32,7 @@ from acpx_trio._acp import (
 )
 from acpx_trio._events import AcpRuntimeEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
-__all__ = ["decode_notification", "map_update"]
+__all__ = ["MAPPERS", "decode_notification", "map_update"]
 
 
 def _block_text(block: ContentBlock) -> str:
@@ -38,23 +42,28 @@ def _block_text(block: ContentBlock) -> str:
     return f"[{block.type}{': ' + label if label else ''}]"
 
 
-def map_update(update: SessionUpdate) -> AcpRuntimeEvent | None:
-    """The turn event for one ``session/update`` (``None``: not shown, e.g. user echoes)."""
-    if isinstance(update, AgentMessageChunk):
-        return TextDeltaEvent(text=_block_text(update.content), stream="output",
-                              tag="agent_message_chunk")
-    if isinstance(update, AgentThoughtChunk):
-        return TextDeltaEvent(text=_block_text(update.content), stream="thought",
-                              tag="agent_thought_chunk")
-    if isinstance(update, ToolCall | ToolCallUpdate):
-        kind = "tool_call" if isinstance(update, ToolCall) else "tool_call_update"
-        parts = [update.title or update.tool_call_id]
-        if update.status:
-            parts.append(f"({update.status})")
-        return ToolCallEvent(text=" ".join(parts), tool_call_id=update.tool_call_id,
-                             status=update.status, title=update.title, tag=kind)
-    if isinstance(update, UserMessageChunk):
-        return None
+def _message(update: AgentMessageChunk) -> AcpRuntimeEvent:
+    block = update.content
+    text = (block.text or "") if block.type == "text" else _block_text(block)
+    return TextDeltaEvent(text=text, stream="output", tag="agent_message_chunk")
+
+
+def _thought(update: AgentThoughtChunk) -> AcpRuntimeEvent:
+    block = update.content
+    text = (block.text or "") if block.type == "text" else _block_text(block)
+    return TextDeltaEvent(text=text, stream="thought", tag="agent_thought_chunk")
+
+
+def _tool(update: ToolCall | ToolCallUpdate) -> AcpRuntimeEvent:
+    kind = "tool_call" if type(update) is ToolCall else "tool_call_update"
+    parts = [update.title or update.tool_call_id]
+    if update.status:
+        parts.append(f"({update.status})")
+    return ToolCallEvent(text=" ".join(parts), tool_call_id=update.tool_call_id,
+                         status=update.status, title=update.title, tag=kind)
+
+
+def _status(update: SessionUpdate) -> AcpRuntimeEvent:
     text: str
     if isinstance(update, Plan):
         items = "; ".join(f"[{e.status}] {e.content}" for e in update.entries)
@@ -78,19 +87,30 @@ def map_update(update: SessionUpdate) -> AcpRuntimeEvent | None:
     return StatusEvent(text=text, tag=tag)
 
 
-class _FastNotification(msgspec.Struct, rename="camel"):
-    session_id: str
-    update: (
-        AgentMessageChunk | AgentThoughtChunk | ToolCall | ToolCallUpdate | Plan
-        | AvailableCommandsUpdate | CurrentModeUpdate | ConfigOptionUpdate | SessionInfoUpdate
-        | UsageUpdate | UserMessageChunk
-    )
+def _hidden(update: SessionUpdate) -> None:
+    return None
 
 
-_fast_decode = msgspec.json.Decoder(_FastNotification).decode
+#: One dict lookup per update instead of an ``isinstance`` chain (exact types: the wire
+#: Structs are never subclassed).
+MAPPERS: dict[type[Any], Callable[[Any], AcpRuntimeEvent | None]] = {
+    AgentMessageChunk: _message,
+    AgentThoughtChunk: _thought,
+    ToolCall: _tool,
+    ToolCallUpdate: _tool,
+    UserMessageChunk: _hidden,
+}
 
 
-def decode_notification(raw: msgspec.Raw) -> _FastNotification | SessionNotification:
+def map_update(update: SessionUpdate) -> AcpRuntimeEvent | None:
+    """The turn event for one ``session/update`` (``None``: not shown, e.g. user echoes)."""
+    return MAPPERS.get(type(update), _status)(update)
+
+
+_fast_decode = msgspec.json.Decoder(FastSessionNotification).decode
+
+
+def decode_notification(raw: msgspec.Raw) -> FastSessionNotification | SessionNotification:
     """``session/update`` params; raises ``msgspec`` errors only for a malformed envelope."""
     try:  # one typed decode for the known kinds; the tolerant decoder for the rest
         return _fast_decode(raw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
@@ -83,6 +83,16 @@ class AcpRuntime(Protocol):
 
     def is_healthy(self) -> bool: ...
 
+    async def sweep_dead_sessions(self) -> int:
+        """Forget sessions whose agent died (trees reaped, leases final); how many.  Must not
+        start anything (the service calls it periodically)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every session and refuse further calls (they raise an :class:`AcpxError`).
+        Idempotent; when it returns no agent process of this runtime is alive."""
+        ...
+
 
 class AcpRuntimeBackend:
     """A registered backend: an id, its runtime, and an optional ``healthy`` callback.
@@ -93,7 +103,7 @@ class AcpRuntimeBackend:
     __slots__ = ("healthy", "id", "runtime")
 
     def __init__(
-        self, id: str, runtime: Any, healthy: Callable[[], bool] | None = None
+        self, id: str, runtime: AcpRuntime, healthy: Callable[[], bool] | None = None
     ) -> None:
         self.id = id
         self.runtime = runtime
@@ -139,7 +149,7 @@ class BackendRegistry:
         with self._lock:
             self._backends[key] = backend
 
-    def unregister(self, backend_id: str, *, runtime: Any = None) -> bool:
+    def unregister(self, backend_id: str, *, runtime: AcpRuntime | None = None) -> bool:
         """Remove a backend; with ``runtime``, only if it still holds that runtime.
 
         Returns whether something was removed.  An empty id is a no-op."""

@@ -1,38 +1,45 @@
 """Background work of the runtime service: the startup probe and the dead-session sweep.
 
-Each is one pass as a plain coroutine function (no service state), so the service only
-decides when they run and under which cancel scope.
+Each is one pass as a plain coroutine function (no service state); the service runs them as
+tasks of its background nursery and decides when they run.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
+from acpx_trio._errors import collapse_group
+from acpx_trio._log import ServiceLogger
 from acpx_trio._process.reaper import ProcessCleanupDeps, sweep_orphans
+from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
     format_error_message,
     format_seconds,
 )
-from acpx_trio._service.health import ServiceHealth
-from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, ServiceLogger
+from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 
-__all__ = ["Background", "orphan_sweep_due", "orphan_sweep_once", "probe_once", "sweep_once"]
-
-
-class Background:
-    """A task in the host nursery that the service can cancel and wait for."""
-
-    __slots__ = ("done", "scope")
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-        self.done = trio.Event()
+__all__ = [
+    "WatchdogHandle",
+    "forget_guards",
+    "host_background",
+    "orphan_sweep_due",
+    "orphan_sweep_once",
+    "probe_once",
+    "report_crash",
+    "run_probe",
+    "run_sweep",
+    "start_guards",
+    "stop_guards",
+    "sweep_once",
+]
 
 
 def _report_parts(report: Any) -> tuple[str, Any]:
@@ -47,10 +54,12 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
 
     Never raises except :class:`trio.Cancelled`; a timed-out probe is cancelled (the seed let it
     run on).  Unhealthy after the probe: ``doctor()`` (when the runtime has one) explains why."""
+    await trio.lowlevel.checkpoint()
     report: Any = None
     has_doctor = False
+    finished = False
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
+        with trio.move_on_after(limit_seconds):
             await runtime.probe_availability()
             if runtime.is_healthy():
                 return ServiceHealth.HEALTHY, "info", "embedded acpx runtime backend ready"
@@ -58,13 +67,16 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
             if callable(doctor):
                 has_doctor = True
                 report = await doctor()
+            finished = True
     except Exception as exc:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
             f"embedded acpx runtime setup failed: {format_error_message(exc)}",
         )
-    if deadline.cancelled_caught:
+    # "Did it finish", not "did the deadline fire": uncancellable thread work can complete
+    # after the deadline (e.g. under an autojumping test clock), and then it did not time out.
+    if not finished:
         return (
             ServiceHealth.UNHEALTHY,
             "warning",
@@ -81,23 +93,67 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
 
 async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: float) -> None:
     """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
-    :class:`trio.Cancelled`).  A lazy runtime that was never built is not built for it."""
-    sweep = getattr(runtime, "sweep_dead_sessions", None)
-    if sweep is None or (isinstance(runtime, LazyAcpxRuntime) and runtime.built is None):
-        await trio.lowlevel.checkpoint()
-        return
+    :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
+    lazy runtime that was never built answers 0)."""
+    await trio.lowlevel.checkpoint()
+    swept: int | None = None
     try:
-        with trio.move_on_after(limit_seconds) as deadline:
-            swept = int(await sweep())
+        with trio.move_on_after(limit_seconds):
+            swept = await runtime.sweep_dead_sessions()
     except Exception as exc:
         log.warning(f"embedded acpx runtime sweep failed: {format_error_message(exc)}")
         return
-    if deadline.cancelled_caught:
+    if swept is None:  # did not finish (see probe_once)
         log.warning(
             f"embedded acpx runtime sweep failed: timed out after {format_seconds(limit_seconds)}s"
         )
     elif swept > 0:
         log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")
+
+
+async def host_background(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.Event]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Open the service's background nursery and report ``(nursery, done)``; ``done`` is set
+    once the nursery (and every task in it) has ended.  Runs until cancelled."""
+    done = trio.Event()
+    try:
+        async with trio.open_nursery() as background:
+            task_status.started((background, done))
+            await trio.sleep_forever()
+    finally:
+        done.set()
+
+
+async def run_probe(
+    runtime: AcpRuntime, limit_seconds: float, health: ServiceHealthState, log: ServiceLogger
+) -> None:
+    """The startup probe task: one :func:`probe_once`, then publish health and log the line.
+    A result arriving after the task was cancelled (the service stopped) is dropped."""
+    value, level, message = await probe_once(runtime, limit_seconds)
+    await trio.lowlevel.checkpoint_if_cancelled()  # stopped meanwhile: raises Cancelled
+    health.set(value)
+    (log.info if level == "info" else log.warning)(message)
+
+
+async def run_sweep(
+    runtime: AcpRuntime, interval_seconds: float, limit_seconds: float, log: ServiceLogger
+) -> None:
+    """The periodic dead-session sweep task: :func:`sweep_once` every ``interval_seconds``."""
+    while True:
+        await trio.sleep(interval_seconds)
+        await sweep_once(runtime, log, limit_seconds)
+
+
+def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> BaseException:
+    """Log a crash of the service's task tree (with its traceback); return the error."""
+    error = collapse_group(group)
+    text = "".join(traceback.format_exception(group)).rstrip()
+    log.error(
+        f"embedded acpx runtime service crashed ({type(error).__name__}: {error}); its "
+        f"backend is unregistered and its agent processes are stopped:\n{text}"
+    )
+    return error
 
 
 #: Seconds between two start-up orphan sweeps of one lease dir + gateway in one process.
@@ -142,3 +198,34 @@ async def orphan_sweep_once(
     if reaped:
         suffix = "" if reaped == 1 else "es"
         log.info(f"reaped {reaped} orphaned OpenClaw-owned ACPX process{suffix}")
+
+
+def start_guards(
+    nursery: trio.Nursery, background: trio.Nursery, prepared: Any, log: ServiceLogger,
+    deps: ProcessCleanupDeps | None,
+) -> WatchdogHandle:
+    """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
+    in ``background`` (only when the start-up reap did not run, and not more often than
+    :func:`orphan_sweep_due` allows), and the owner-death watchdog, registered in the service
+    ``nursery`` (so it outlives the runtime's close; its process is spawned before the
+    service's first agent)."""
+    store, gw = prepared.lease_store, prepared.gateway_instance_id
+    grace = prepared.config.kill_grace_seconds
+    if not prepared.needs_reap and orphan_sweep_due(store, gw):
+        background.start_soon(
+            functools.partial(orphan_sweep_once, gw, store, log, grace=grace, deps=deps)
+        )
+    return register_watchdog(nursery, store.path.parent, gw, grace)
+
+
+async def stop_guards(watchdog: WatchdogHandle | None) -> None:
+    """Stop the watchdog after the runtime closed its agents (it kills nothing), shielded."""
+    if watchdog is not None:
+        with trio.CancelScope(shield=True):
+            await watchdog.aclose()
+
+
+def forget_guards(watchdog: WatchdogHandle | None) -> None:
+    """Unregister the watchdog when its nursery already ended (crash, host cancellation)."""
+    if watchdog is not None:
+        watchdog.forget()

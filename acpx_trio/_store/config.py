@@ -1,8 +1,13 @@
-"""Plugin configuration: validation and resolution into a frozen :class:`AcpxConfig`.
+"""Plugin configuration: a msgspec schema (:class:`PluginConfig`) resolved into a frozen
+:class:`AcpxConfig`.
 
-Field names are the seed's camelCase plugin-config keys.  Every invalid value raises
-:class:`ConfigError` naming the field, the value and what is allowed; an unknown key is an
-error too (a typo must not silently fall back to a default).
+The plugin config keys are camelCase (the seed's names); :class:`PluginConfig` declares them
+as snake_case fields renamed to camelCase, forbids unknown keys (a typo must not silently fall
+back to a default) and checks every value in ``__post_init__``.  Every invalid value raises
+:class:`ConfigError` naming the field (dotted path), the value and what is allowed.
+
+This module is the one home of every configurable default (``DEFAULT_*``): nothing else in
+the package writes those numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import math
 import shlex
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,19 +24,167 @@ import msgspec
 from acpx_trio._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_AUTH_POLICY",
     "DEFAULT_CONTROL_TIMEOUT_SECONDS",
+    "DEFAULT_KILL_GRACE_SECONDS",
+    "DEFAULT_NON_INTERACTIVE",
+    "DEFAULT_PERMISSION_MODE",
+    "DEFAULT_PROBE_AGENT",
+    "DEFAULT_QUEUE_OWNER_TTL_SECONDS",
+    "DEFAULT_STOP_TIMEOUT_SECONDS",
+    "DEFAULT_SWEEP_INTERVAL_SECONDS",
+    "DEFAULT_TRANSCRIPT",
+    "DEFAULT_TRANSCRIPT_KEEP",
+    "DEFAULT_TRANSCRIPT_MAX_BYTES",
     "AcpxConfig",
     "McpServerConfig",
+    "PluginConfig",
     "load_config_file",
     "resolve_config",
 ]
 
 PermissionMode = Literal["approve-all", "approve-reads", "deny-all"]
 NonInteractivePolicy = Literal["deny", "fail"]
+AuthPolicy = Literal["skip", "fail"]
 PERMISSION_MODES: tuple[str, ...] = ("approve-all", "approve-reads", "deny-all")
 NON_INTERACTIVE: tuple[str, ...] = ("deny", "fail")
+AUTH_POLICIES: tuple[str, ...] = ("skip", "fail")
+
+# ---------------------------------------------------------------- defaults (the only home)
 #: Deadline for agent start-up, handshake, probe and control calls when ``timeoutSeconds`` is unset.
 DEFAULT_CONTROL_TIMEOUT_SECONDS = 120.0
+DEFAULT_PERMISSION_MODE: PermissionMode = "approve-reads"
+DEFAULT_NON_INTERACTIVE: NonInteractivePolicy = "fail"
+DEFAULT_AUTH_POLICY: AuthPolicy = "skip"
+#: Agent the doctor/probe starts when ``probeAgent`` is unset.
+DEFAULT_PROBE_AGENT = "codex"
+DEFAULT_SWEEP_INTERVAL_SECONDS = 30.0
+#: SIGTERM -> SIGKILL grace when killing an agent's tree.
+DEFAULT_KILL_GRACE_SECONDS = 0.75
+#: How long an idle warm queue owner stays up; ``0`` means forever.
+DEFAULT_QUEUE_OWNER_TTL_SECONDS = 300.0
+#: Bound of each shielded clean-up phase when a service or CLI command stops.
+DEFAULT_STOP_TIMEOUT_SECONDS = 30.0
+DEFAULT_TRANSCRIPT = True
+DEFAULT_TRANSCRIPT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_TRANSCRIPT_KEEP = 5
+
+# ---------------------------------------------------------------- numeric bounds
+# field -> (minimum, minimum is exclusive, maximum)
+_BOUNDS: dict[str, tuple[float, bool, float]] = {
+    "timeoutSeconds": (0.001, False, 86_400),
+    "sweepIntervalSeconds": (0, True, 3_600),
+    "killGraceSeconds": (0, False, 60),
+    "queueOwnerTtlSeconds": (0, False, 7 * 86_400),
+    "transcriptMaxBytes": (1, False, 1 << 40),
+    "transcriptKeep": (0, False, 1_000),
+}
+
+
+def _number_allowed(field: str) -> str:
+    low, strict, high = _BOUNDS[field]
+    kind = "an integer" if field.startswith("transcript") else "a finite number"
+    return f"must be {kind} {'>' if strict else '>='} {low:g} and <= {high:g}"
+
+
+_ALLOWED: dict[str, str] = {
+    "cwd": "must be a non-empty string",
+    "stateDir": "must be a non-empty string",
+    "codexHome": "must be a non-empty string",
+    "probeAgent": "must be a non-empty string",
+    "agents": "must be an object of agent name -> {command, args}",
+    "mcpServers": "must be an object of name -> {command, args, env}",
+    "permissionMode": "must be one of: " + ", ".join(PERMISSION_MODES),
+    "nonInteractivePermissions": "must be one of: " + ", ".join(NON_INTERACTIVE),
+    "authPolicy": "must be one of: " + ", ".join(AUTH_POLICIES),
+    "auth": "must be an object of auth method id -> credential string",
+    "transcript": "must be a boolean",
+    "strictWindowsCmdWrapper": "must be a boolean",
+    **{field: _number_allowed(field) for field in _BOUNDS},
+}
+
+
+# ---------------------------------------------------------------- the schema
+
+
+class AgentEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``agents.<name>`` in its object form (the string form is just the command)."""
+
+    command: str
+    args: list[str] = []
+
+
+class McpServerEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``mcpServers.<name>``."""
+
+    command: str
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+
+def _check_nonempty(field: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise ConfigError(field, value, "must be a non-empty string")
+
+
+def _check_number(field: str, value: float) -> None:
+    low, strict, high = _BOUNDS[field]
+    if not math.isfinite(value) or value < low or (strict and value <= low) or value > high:
+        raise ConfigError(field, value, _number_allowed(field))
+
+
+class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """The plugin config object as the host gives it (camelCase keys).
+
+    A key given as ``null`` means its default.  ``__post_init__`` checks every value and
+    raises :class:`ConfigError` naming the camelCase field."""
+
+    cwd: str | None = None
+    state_dir: str | None = None
+    agents: dict[str, str | AgentEntry] = {}
+    mcp_servers: dict[str, McpServerEntry] = {}
+    permission_mode: PermissionMode = DEFAULT_PERMISSION_MODE
+    non_interactive_permissions: NonInteractivePolicy = DEFAULT_NON_INTERACTIVE
+    timeout_seconds: float | None = None
+    probe_agent: str | None = None
+    sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
+    kill_grace_seconds: float = DEFAULT_KILL_GRACE_SECONDS
+    auth: dict[str, str] = {}
+    auth_policy: AuthPolicy = DEFAULT_AUTH_POLICY
+    codex_home: str | None = None
+    queue_owner_ttl_seconds: float = DEFAULT_QUEUE_OWNER_TTL_SECONDS
+    transcript: bool = DEFAULT_TRANSCRIPT
+    transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
+    transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
+    #: Legacy (accepted, ignored; ``false`` is reported).
+    strict_windows_cmd_wrapper: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_nonempty("cwd", self.cwd)
+        _check_nonempty("stateDir", self.state_dir)
+        _check_nonempty("codexHome", self.codex_home)
+        _check_nonempty("probeAgent", self.probe_agent)
+        for name, spec in self.agents.items():
+            field = f"agents.{name}"
+            if not name.strip():
+                raise ConfigError(field, name, "agent names must be non-empty")
+            command = spec if isinstance(spec, str) else spec.command
+            _check_nonempty(f"{field}.command", command)
+        for name, server in self.mcp_servers.items():
+            _check_nonempty(f"mcpServers.{name}.command", server.command)
+        for method in self.auth:
+            if not method.strip():
+                raise ConfigError("auth", method, "auth method ids must be non-empty")
+        if self.timeout_seconds is not None:
+            _check_number("timeoutSeconds", self.timeout_seconds)
+        _check_number("sweepIntervalSeconds", self.sweep_interval_seconds)
+        _check_number("killGraceSeconds", self.kill_grace_seconds)
+        _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
+        _check_number("transcriptMaxBytes", self.transcript_max_bytes)
+        _check_number("transcriptKeep", self.transcript_keep)
+
+
+_KEYS: tuple[str, ...] = PluginConfig.__struct_encode_fields__
 
 
 class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,20 +197,34 @@ class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Resolved configuration.  Paths are absolute; agent names are lower-case."""
+    """Resolved configuration.  Paths are absolute; agent names are lower-case.
+
+    ``auth`` holds credentials: its values never appear in ``repr`` (nor in logs, which only
+    ever print the repr)."""
 
     cwd: str
     state_dir: str
     agents: dict[str, tuple[str, ...]] = {}
     mcp_servers: tuple[McpServerConfig, ...] = ()
-    permission_mode: PermissionMode = "approve-reads"
-    non_interactive_permissions: NonInteractivePolicy = "fail"
+    permission_mode: PermissionMode = DEFAULT_PERMISSION_MODE
+    non_interactive_permissions: NonInteractivePolicy = DEFAULT_NON_INTERACTIVE
     #: Bounds turns, start-up and control calls; ``None``: turns are unbounded and start-up and
     #: control calls use :data:`DEFAULT_CONTROL_TIMEOUT_SECONDS`.
     timeout_seconds: float | None = None
     probe_agent: str | None = None
-    sweep_interval_seconds: float = 30.0
-    kill_grace_seconds: float = 0.75
+    sweep_interval_seconds: float = DEFAULT_SWEEP_INTERVAL_SECONDS
+    kill_grace_seconds: float = DEFAULT_KILL_GRACE_SECONDS
+    #: Auth method id -> credential (secret: redacted in ``repr``).
+    auth: dict[str, str] = {}
+    #: What to do when the agent requires auth and no credential is found.
+    auth_policy: AuthPolicy = DEFAULT_AUTH_POLICY
+    #: ``CODEX_HOME`` for codex agents (absolute), ``None``: inherit.
+    codex_home: str | None = None
+    #: Idle TTL of a warm queue owner; ``0`` = forever.
+    queue_owner_ttl_seconds: float = DEFAULT_QUEUE_OWNER_TTL_SECONDS
+    transcript: bool = DEFAULT_TRANSCRIPT
+    transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
+    transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
     #: Legacy fields that were given: accepted for compatibility, ignored (the service warns).
     ignored_legacy_fields: tuple[str, ...] = ()
 
@@ -65,107 +232,122 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     def control_timeout_seconds(self) -> float:
         return self.timeout_seconds or DEFAULT_CONTROL_TIMEOUT_SECONDS
 
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "auth":
+                value = {method: "<redacted>" for method in value}
+            parts.append(f"{name}={value!r}")
+        return f"AcpxConfig({', '.join(parts)})"
 
-def _nonempty_str(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(field, value, "must be a non-empty string")
-    return value.strip()
+    __str__ = __repr__
 
-
-def _number(field: str, value: Any, *, minimum: float, strict: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value <= minimum):
-        rel = ">" if strict else ">="
-        raise ConfigError(field, value, f"must be a finite number {rel} {minimum:g}")
-    return float(value)
-
-
-def _str_list(field: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(field, value, "must be an array of strings")
-    return tuple(value)
+    def __rich_repr__(self) -> Any:  # rich/pretty printers must not bypass the redaction
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            yield name, ({m: "<redacted>" for m in value} if name == "auth" else value)
 
 
-def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(field, value, "must be one of: " + ", ".join(allowed))
-    return str(value)
+# ---------------------------------------------------------------- decode errors -> ConfigError
 
 
-def _agents(value: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(value, Mapping):
-        raise ConfigError("agents", value, "must be an object of agent name -> {command, args}")
-    out: dict[str, tuple[str, ...]] = {}
-    for name, spec in value.items():
-        key = str(name).strip().lower()
-        field = f"agents.{name}"
-        if not key:
-            raise ConfigError(field, name, "agent names must be non-empty")
-        if isinstance(spec, str):
-            spec = {"command": spec}
-        if not isinstance(spec, Mapping):
-            raise ConfigError(field, spec, "must be a command string or {command, args}")
-        extra = set(spec) - {"command", "args"}
-        if extra:
-            raise ConfigError(f"{field}.{sorted(extra)[0]}", spec, "allowed keys: command, args")
-        command = _nonempty_str(f"{field}.command", spec.get("command"))
-        args = _str_list(f"{field}.args", spec.get("args", []))
+def _entry_error(section: str, raw: Mapping[str, Any], entry_type: Any) -> ConfigError:
+    """The :class:`ConfigError` for the first bad entry of ``agents``/``mcpServers``."""
+    for name, spec in raw.items():
+        field = f"{section}.{name}"
         try:
-            # An existing absolute path stays one token even if it contains spaces.
-            parts = [command] if Path(command).is_absolute() and Path(command).exists() else (
-                shlex.split(command)
+            msgspec.convert(spec, entry_type)
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            where = message.rpartition(" - at `$")[2].rstrip("`")
+            if "unknown field `" in message:
+                extra = message.split("unknown field `", 1)[1].split("`", 1)[0]
+                allowed = ", ".join(_entry_type_fields(entry_type))
+                return ConfigError(f"{field}.{extra}", spec, f"allowed keys: {allowed}")
+            if "missing required field `" in message:
+                missing = message.split("missing required field `", 1)[1].split("`", 1)[0]
+                return ConfigError(f"{field}.{missing}", None, "must be a non-empty string")
+            if where.startswith(".args"):
+                return ConfigError(f"{field}.args", spec.get("args"), "must be an array of strings")
+            if where.startswith(".env"):
+                return ConfigError(
+                    f"{field}.env", spec.get("env"), "must be an object of string values"
+                )
+            if where.startswith(".command"):
+                return ConfigError(
+                    f"{field}.command", spec.get("command"), "must be a non-empty string"
+                )
+            shape = (
+                "must be a command string or {command, args}"
+                if section == "agents"
+                else "must be an object {command, args?, env?}"
             )
-        except ValueError as exc:
-            raise ConfigError(
-                f"{field}.command", command, f"must be a valid command line: {exc}"
-            ) from exc
-        out[key] = (*parts, *args)
-    return out
+            return ConfigError(field, spec, shape)
+    return ConfigError(section, raw, _ALLOWED[section])
 
 
-def _mcp_servers(value: Any) -> tuple[McpServerConfig, ...]:
-    if not isinstance(value, Mapping):
-        raise ConfigError("mcpServers", value, "must be an object of name -> {command, args, env}")
-    out: list[McpServerConfig] = []
-    for name, spec in value.items():
-        field = f"mcpServers.{name}"
-        if not isinstance(spec, Mapping):
-            raise ConfigError(field, spec, "must be an object {command, args?, env?}")
-        command = _nonempty_str(f"{field}.command", spec.get("command"))
-        args = _str_list(f"{field}.args", spec.get("args", []))
-        env_raw = spec.get("env", {})
-        if not isinstance(env_raw, Mapping) or not all(
-            isinstance(v, str) for v in env_raw.values()
-        ):
-            raise ConfigError(f"{field}.env", env_raw, "must be an object of string values")
-        env = tuple((str(k), str(v)) for k, v in env_raw.items())
-        out.append(McpServerConfig(name=str(name), command=command, args=args, env=env))
-    return tuple(out)
+def _entry_type_fields(entry_type: Any) -> tuple[str, ...]:
+    for candidate in getattr(entry_type, "__args__", (entry_type,)):
+        fields = getattr(candidate, "__struct_fields__", None)
+        if fields is not None:
+            return tuple(fields)
+    return ()
 
 
-_LEGACY = ("queueOwnerTtlSeconds", "strictWindowsCmdWrapper")
-_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "cwd": lambda v: _nonempty_str("cwd", v),
-    "stateDir": lambda v: _nonempty_str("stateDir", v),
-    "agents": _agents,
-    "mcpServers": _mcp_servers,
-    "permissionMode": lambda v: _choice("permissionMode", v, PERMISSION_MODES),
-    "nonInteractivePermissions": lambda v: _choice(
-        "nonInteractivePermissions", v, NON_INTERACTIVE
-    ),
-    "timeoutSeconds": lambda v: _number("timeoutSeconds", v, minimum=0.001),
-    "probeAgent": lambda v: _nonempty_str("probeAgent", v).lower(),
-    "sweepIntervalSeconds": lambda v: _number("sweepIntervalSeconds", v, minimum=0, strict=True),
-    "killGraceSeconds": lambda v: _number("killGraceSeconds", v, minimum=0),
-    "queueOwnerTtlSeconds": lambda v: _number("queueOwnerTtlSeconds", v, minimum=0),
-    "strictWindowsCmdWrapper": lambda v: _bool("strictWindowsCmdWrapper", v),
-}
+def _decode_error(raw: Mapping[str, Any], exc: msgspec.ValidationError) -> ConfigError:
+    message = str(exc)
+    path = message.rpartition(" - at `$.")[2].rstrip("`") if " - at `$." in message else ""
+    key = path.split("[", 1)[0].split(".", 1)[0]
+    if key in ("agents", "mcpServers") and isinstance(raw.get(key), Mapping):
+        entry: Any = str | AgentEntry if key == "agents" else McpServerEntry
+        return _entry_error(key, raw[key], entry)
+    if key == "auth":  # never echo a credential
+        value = raw.get(key)
+        shown = {m: "<redacted>" for m in value} if isinstance(value, Mapping) else value
+        return ConfigError(key, shown, _ALLOWED[key])
+    if key in _ALLOWED:
+        return ConfigError(key, raw.get(key), _ALLOWED[key])
+    return ConfigError("<root>", sorted(raw), f"invalid plugin config: {message}")
 
 
-def _bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(field, value, "must be a boolean")
-    return value
+def decode_plugin_config(raw: Mapping[str, Any] | None) -> PluginConfig:
+    """``raw`` validated into a :class:`PluginConfig` (``None`` and ``null`` values: defaults).
+
+    Raises :class:`ConfigError` for an unknown key or an invalid value."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("<root>", raw, "plugin config must be an object")
+    unknown = sorted(str(k) for k in raw if k not in _KEYS)
+    if unknown:
+        raise ConfigError(
+            unknown[0], raw[unknown[0]], "unknown config key; allowed: " + ", ".join(_KEYS)
+        )
+    given = {key: value for key, value in raw.items() if value is not None}
+    try:
+        return msgspec.convert(given, PluginConfig)
+    except msgspec.ValidationError as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise _decode_error(given, exc) from None
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def _command_line(field: str, command: str, args: list[str]) -> tuple[str, ...]:
+    command = command.strip()
+    try:
+        # An existing absolute path stays one token even if it contains spaces.
+        parts = [command] if Path(command).is_absolute() and Path(command).exists() else (
+            shlex.split(command)
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"{field}.command", command, f"must be a valid command line: {exc}"
+        ) from exc
+    return (*parts, *args)
 
 
 def resolve_config(
@@ -176,48 +358,55 @@ def resolve_config(
 ) -> AcpxConfig:
     """Validate ``raw`` (the plugin config object, ``None`` = all defaults) and resolve it.
 
-    ``cwd`` defaults to ``workspace_dir``; relative paths resolve against ``workspace_dir``.
-    ``stateDir`` (the session store) defaults to ``<host_state_dir>/acpx/sessions`` when a host
-    state dir is given, else ``<workspace_dir>/state``.  Raises :class:`ConfigError` on the first
-    invalid or unknown field."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("<root>", raw, "plugin config must be an object")
-    unknown = sorted(str(k) for k in raw if k not in _FIELDS)
-    if unknown:
-        raise ConfigError(
-            unknown[0], raw[unknown[0]], "unknown config key; allowed: " + ", ".join(_FIELDS)
-        )
-    values = {key: _FIELDS[key](value) for key, value in raw.items() if value is not None}
+    ``cwd`` defaults to ``workspace_dir``; relative paths (``cwd``, ``stateDir``,
+    ``codexHome``) resolve against ``workspace_dir``.  ``stateDir`` (the session store)
+    defaults to ``<host_state_dir>/acpx/sessions`` when a host state dir is given, else
+    ``<workspace_dir>/state``.  Raises :class:`ConfigError` on the first invalid or unknown
+    field."""
+    plugin = decode_plugin_config(raw)
     workspace = Path(str(workspace_dir).strip() or ".").expanduser().resolve()
 
     def absolute(value: str) -> str:
-        return str((workspace / Path(value).expanduser()).resolve())
+        return str((workspace / Path(value.strip()).expanduser()).resolve())
 
-    cwd = absolute(values.get("cwd", str(workspace)))
-    if "stateDir" in values:
-        state_dir = absolute(values["stateDir"])
+    cwd = absolute(plugin.cwd) if plugin.cwd is not None else str(workspace)
+    if plugin.state_dir is not None:
+        state_dir = absolute(plugin.state_dir)
     elif host_state_dir is not None:
         state_dir = str(Path(host_state_dir).expanduser().resolve() / "acpx" / "sessions")
     else:
         state_dir = str(workspace / "state")
-    ignored: list[str] = []
-    if "queueOwnerTtlSeconds" in values:
-        ignored.append("queueOwnerTtlSeconds")
-    if values.get("strictWindowsCmdWrapper") is False:
-        ignored.append("strictWindowsCmdWrapper=false")
+    agents: dict[str, tuple[str, ...]] = {}
+    for name, spec in plugin.agents.items():
+        entry = AgentEntry(command=spec) if isinstance(spec, str) else spec
+        agents[name.strip().lower()] = _command_line(f"agents.{name}", entry.command, entry.args)
+    servers = tuple(
+        McpServerConfig(
+            name=name, command=server.command.strip(), args=tuple(server.args),
+            env=tuple(server.env.items()),
+        )
+        for name, server in plugin.mcp_servers.items()
+    )
+    legacy_false = plugin.strict_windows_cmd_wrapper is False
+    ignored = ["strictWindowsCmdWrapper=false"] if legacy_false else []
     return AcpxConfig(
         cwd=cwd,
         state_dir=state_dir,
-        agents=values.get("agents", {}),
-        mcp_servers=values.get("mcpServers", ()),
-        permission_mode=values.get("permissionMode", "approve-reads"),
-        non_interactive_permissions=values.get("nonInteractivePermissions", "fail"),
-        timeout_seconds=values.get("timeoutSeconds"),
-        probe_agent=values.get("probeAgent"),
-        sweep_interval_seconds=values.get("sweepIntervalSeconds", 30.0),
-        kill_grace_seconds=values.get("killGraceSeconds", 0.75),
+        agents=agents,
+        mcp_servers=servers,
+        permission_mode=plugin.permission_mode,
+        non_interactive_permissions=plugin.non_interactive_permissions,
+        timeout_seconds=plugin.timeout_seconds,
+        probe_agent=None if plugin.probe_agent is None else plugin.probe_agent.strip().lower(),
+        sweep_interval_seconds=plugin.sweep_interval_seconds,
+        kill_grace_seconds=plugin.kill_grace_seconds,
+        auth={method.strip(): credential for method, credential in plugin.auth.items()},
+        auth_policy=plugin.auth_policy,
+        codex_home=None if plugin.codex_home is None else absolute(plugin.codex_home),
+        queue_owner_ttl_seconds=plugin.queue_owner_ttl_seconds,
+        transcript=plugin.transcript,
+        transcript_max_bytes=plugin.transcript_max_bytes,
+        transcript_keep=plugin.transcript_keep,
         ignored_legacy_fields=tuple(ignored),
     )
 

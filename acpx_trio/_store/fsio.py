@@ -12,8 +12,10 @@ import fcntl
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from acpx_trio._errors import StateFileError
@@ -22,12 +24,19 @@ __all__ = [
     "GATEWAY_ID_MAX_BYTES",
     "LEASE_FILE_MAX_BYTES",
     "SESSION_FILE_MAX_BYTES",
+    "LockWaiter",
+    "acquire_lock_blocking",
     "atomic_write_bytes",
+    "atomic_write_many",
     "check_private_dir",
     "ensure_private_dir",
     "exclusive_lock",
+    "fsync_dir",
+    "open_lock_file",
     "quarantine",
     "read_private_file",
+    "release_lock_fd",
+    "try_flock",
 ]
 
 DIR_MODE = 0o700
@@ -62,11 +71,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
     The new file is mode 0600 and durable on return (file and directory fsynced).  On any
-    failure the old file is untouched and the temporary file is removed."""
+    failure the old file is untouched and the temporary file is removed.  With
+    ``sync_dir=False`` the directory fsync is left to the caller (:func:`fsync_dir`), which
+    makes several renames in one directory durable with one fsync."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -80,7 +91,88 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_many(items: list[tuple[Path, bytes]]) -> list[OSError | None]:
+    """:func:`atomic_write_bytes` for several files at once: the temporary files are fsynced
+    concurrently (the filesystem journal merges them into few commits, instead of one commit
+    after another), renamed in order, and each directory is fsynced once.  Returns, per item,
+    ``None`` or the ``OSError`` that left that file untouched.  If a directory fsync fails,
+    every item in that directory gets the error."""
+    errors: list[OSError | None] = [None] * len(items)
+    staged: list[tuple[int, int, Path]] = []  # (item index, fd, tmp path)
+    for i, (path, data) in enumerate(items):
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE)
+        except OSError as exc:
+            errors[i] = exc
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            os.close(fd)
+            errors[i] = exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            continue
+        staged.append((i, fd, tmp))
+    if len(staged) > 1:
+        with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
+            futures = [(i, tmp, pool.submit(_fsync_close, fd)) for i, fd, tmp in staged]
+        synced = []
+        for i, tmp, future in futures:
+            failure = future.exception()
+            if failure is None:
+                synced.append((i, tmp))
+            else:
+                errors[i] = failure if isinstance(failure, OSError) else OSError(str(failure))
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+    else:
+        synced = []
+        for i, fd, tmp in staged:
+            try:
+                _fsync_close(fd)
+                synced.append((i, tmp))
+            except OSError as exc:
+                errors[i] = exc
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+    dirs: dict[Path, list[int]] = {}
+    for i, tmp in synced:
+        try:
+            os.replace(tmp, items[i][0])
+        except OSError as exc:
+            errors[i] = exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            continue
+        dirs.setdefault(items[i][0].parent, []).append(i)
+    for directory, members in dirs.items():
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:
+            for i in members:
+                errors[i] = exc
+    return errors
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames and unlinks done in directory ``path`` durable."""
+    _fsync_dir(path)
 
 
 def quarantine(path: Path) -> Path:
@@ -98,33 +190,113 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def exclusive_lock(
-    lock_path: Path, *, timeout: float = 30.0, poll: float = 0.005
-) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600, never deleted).
+def open_lock_file(lock_path: Path) -> int:
+    """Open (creating 0600, never following a symlink) the lock file; returns the fd."""
+    return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
 
-    The kernel releases the lock if the holder dies, SIGKILL included, so a stale lock cannot
-    happen.  Raises ``TimeoutError`` if another holder keeps it longer than ``timeout``."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+
+def try_flock(fd: int) -> bool:
+    """Take the exclusive ``flock`` on ``fd`` if it is free right now."""
     try:
-        deadline = time.monotonic() + timeout
-        delay = poll
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"could not lock {lock_path} within {timeout}s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def release_lock_fd(fd: int) -> None:
+    """Release the ``flock`` held on ``fd`` (if any) and close it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+class LockWaiter:
+    """A blocking ``flock(LOCK_EX)`` wait that its owner may abandon at any moment.
+
+    :meth:`wait` runs in a thread of its own (it blocks in the kernel: no polling).  If the
+    owner gives up (:meth:`abandon`, on timeout or cancel) before the lock is granted, the
+    thread releases the lock as soon as the kernel grants it, so an abandoned wait never
+    keeps the lock.  Exactly one side ends up owning the fd."""
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        self._mutex = threading.Lock()
+        self._abandoned = False
+        self._fd: int | None = None
+        self._error: OSError | None = None
+        self.granted = threading.Event()
+
+    def wait(self) -> None:
+        """Blocks until the lock is granted (or fails); never raises."""
+        try:
+            fd = open_lock_file(self.lock_path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            with self._mutex:
+                self._error = exc
+            self.granted.set()
+            return
+        with self._mutex:
+            if self._abandoned:
+                release_lock_fd(fd)
+                return
+            self._fd = fd
+        self.granted.set()
+
+    def take(self) -> int:
+        """The fd holding the lock (the caller now owns it); raises the wait's ``OSError``."""
+        with self._mutex:
+            if self._error is not None:
+                raise self._error
+            assert self._fd is not None, "take() before the lock was granted"
+            fd, self._fd = self._fd, None
+            return fd
+
+    def abandon(self) -> None:
+        """Give up: a lock granted later is released by the waiting thread; one granted
+        already (a race with the give-up) is released here."""
+        with self._mutex:
+            self._abandoned = True
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            release_lock_fd(fd)
+
+
+def acquire_lock_blocking(lock_path: Path, timeout: float) -> int:
+    """The fd of ``lock_path`` with the exclusive ``flock`` held: at once when it is free,
+    else after a blocking wait (kernel FIFO, no polling) of at most ``timeout`` seconds
+    (``TimeoutError``).  Release with :func:`release_lock_fd`."""
+    fd = open_lock_file(lock_path)
+    if try_flock(fd):
+        return fd
+    os.close(fd)
+    waiter = LockWaiter(lock_path)
+    threading.Thread(target=waiter.wait, name="acpx-flock-wait", daemon=True).start()
+    if not waiter.granted.wait(timeout):
+        waiter.abandon()  # a grant racing with the give-up is released, never leaked
+        raise TimeoutError(f"could not lock {lock_path} within {timeout}s")
+    return waiter.take()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, *, timeout: float = 30.0) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600, never deleted).
+
+    Uncontended: one non-blocking ``flock``.  Contended: a blocking ``flock`` in a helper
+    thread that can be abandoned safely (no sleep polling).  The kernel releases the lock if
+    the holder dies, SIGKILL included, so a stale lock cannot happen.  Raises
+    ``TimeoutError`` if another holder keeps it longer than ``timeout``."""
+    fd = acquire_lock_blocking(lock_path, timeout)
+    try:
+        yield
+    finally:
+        release_lock_fd(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +310,8 @@ SESSION_FILE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "a regular file"
     for test, name in (
         (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
         (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a link"),
@@ -206,7 +380,7 @@ def check_private_dir(path: Path) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-                    raise StateFileError(str(path), "is a dangling symbolic link",
+            raise StateFileError(str(path), "is a dangling symbolic link",
                                  "remove it or point it at a directory of ours") from None
         return
     _check_dir_stat(path, st)

@@ -25,7 +25,7 @@ Guarantees of :class:`LeaseStore`:
 
 from __future__ import annotations
 
-import enum
+import functools
 import hashlib
 import logging
 import time
@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import trio
 
-from acpx_trio._errors import LeaseStateError, LeaseStoreError, StateFileError
+from acpx_trio._errors import LeaseStoreError, StateFileError
 from acpx_trio._store.fsio import (
     LEASE_FILE_MAX_BYTES,
     atomic_write_bytes,
@@ -46,6 +45,15 @@ from acpx_trio._store.fsio import (
     quarantine,
     read_private_file,
 )
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
+from acpx_trio._store.lease_snapshot import (
+    Change,
+    LeaseSnapshot,
+    apply_marks,
+    apply_save,
+    fingerprint,
+)
+from acpx_trio._store.locks import GroupCommitter, run_locked
 
 __all__ = [
     "LEASE_FILE_NAME",
@@ -67,73 +75,6 @@ _ENTRY_WARNINGS = 5
 T = TypeVar("T")
 
 
-class LeaseState(enum.StrEnum):
-    """Lifecycle of a lease.  Every API also accepts the plain strings."""
-
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-    LOST = "lost"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (LeaseState.CLOSED, LeaseState.LOST)
-
-
-_ALLOWED: frozenset[tuple[LeaseState, LeaseState]] = frozenset(
-    {
-        (LeaseState.OPEN, LeaseState.CLOSING),
-        (LeaseState.OPEN, LeaseState.CLOSED),
-        (LeaseState.CLOSING, LeaseState.CLOSED),
-        (LeaseState.CLOSING, LeaseState.LOST),
-    }
-)
-
-
-def check_transition(lease_id: str, current: LeaseState | str, requested: LeaseState | str) -> None:
-    """Raise :class:`LeaseStateError` unless ``current -> requested`` is allowed.
-
-    Staying in the same state is always allowed (idempotent)."""
-    cur, req = LeaseState(current), LeaseState(requested)
-    if cur is req or (cur, req) in _ALLOWED:
-        return
-    raise LeaseStateError(lease_id, cur.value, req.value)
-
-
-class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True, frozen=True):
-    """One agent launch.  Encoded camelCase (``leaseId``, ``rootPid``, ...) as the seed does.
-
-    The seed's fields are required (a file without them is not a lease file); the fields we
-    add are optional and omitted when unset, so the TypeScript gateway reads our file as-is.
-
-    ``root_pid == 0`` means *pending*: written before spawn, no pid recorded yet.
-    ``root_create_time`` (psutil create time) and ``root_start_ticks``/``boot_id`` (Linux
-    ``/proc/PID/stat`` field 22 and ``/proc/sys/kernel/random/boot_id``) guard against pid
-    reuse.  ``owner_pid``/``owner_start_time`` identify the gateway process that holds the lease,
-    so start-up reaping can leave the leases of a live owner alone."""
-
-    lease_id: str
-    gateway_instance_id: str
-    session_key: str
-    wrapper_root: str
-    wrapper_path: str
-    root_pid: int
-    process_group_id: int | None = None
-    command_hash: str
-    started_at: int
-    state: LeaseState
-    root_create_time: float | None = None
-    root_start_ticks: int | None = None
-    boot_id: str | None = None
-    owner_pid: int | None = None
-    owner_start_time: float | None = None
-
-    def with_state(self, state: LeaseState | str) -> ProcessLease:
-        """Return a copy in ``state`` after checking that the move is legal."""
-        check_transition(self.lease_id, self.state, state)
-        return msgspec.structs.replace(self, state=LeaseState(state))
-
-
 class _LeaseFileV1(msgspec.Struct, tag_field="version", tag=1):
     leases: list[msgspec.Raw] = []
 
@@ -142,7 +83,18 @@ class _LeaseFileOut(msgspec.Struct, tag_field="version", tag=1):
     leases: list[ProcessLease]
 
 
+class _LeaseFileRaw(msgspec.Struct, tag_field="version", tag=1):
+    """The file as written: each entry already encoded (compact), copied verbatim."""
+
+    leases: list[msgspec.Raw]
+
+
+class _LeaseFileTyped(msgspec.Struct, tag_field="version", tag=1):
+    leases: list[ProcessLease] = []
+
+
 _file_decoder = msgspec.json.Decoder(_LeaseFileV1)
+_typed_file_decoder = msgspec.json.Decoder(_LeaseFileTyped)
 _lease_decoder = msgspec.json.Decoder(ProcessLease)
 _encoder = msgspec.json.Encoder()
 
@@ -153,7 +105,17 @@ def decode_lease_file(
     """Decode a lease file: (valid leases, raw invalid entries, why each was invalid).
 
     Duplicate ids: the last entry wins, as an upsert would.  Raises ``msgspec.DecodeError``
-    (or ``UnicodeDecodeError``) when the file as a whole is not a version-1 lease file."""
+    (or ``UnicodeDecodeError``) when the file as a whole is not a version-1 lease file.
+
+    One typed pass for a clean file; the per-entry path only when an entry is invalid or an
+    id repeats."""
+    try:
+        typed = _typed_file_decoder.decode(data).leases
+    except (msgspec.ValidationError, UnicodeDecodeError):
+        pass  # per-entry path below (it raises for a file that is bad as a whole)
+    else:
+        if len({x.lease_id for x in typed}) == len(typed):
+            return typed, [], []
     doc = _file_decoder.decode(data)
     leases: list[ProcessLease] = []
     bad: list[msgspec.Raw] = []
@@ -237,6 +199,7 @@ class SyncLeaseStore:
         self.quarantined: list[Path] = []
         #: Number of invalid entries skipped by the last read.
         self.skipped_entries = 0
+        self._snap: LeaseSnapshot | None = None
 
     # -- reading ---------------------------------------------------------------------------
     def _read_unlocked(self) -> tuple[list[ProcessLease], list[msgspec.Raw]]:
@@ -274,19 +237,71 @@ class SyncLeaseStore:
         self.skipped_entries = len(bad)
         return leases, bad
 
-    def _write_unlocked(self, leases: list[ProcessLease]) -> None:
-        kept = self._prune(leases)
-        body = msgspec.json.format(_encoder.encode(_LeaseFileOut(leases=kept)), indent=2)
-        atomic_write_bytes(self.path, body + b"\n")
+    def _current(self) -> LeaseSnapshot:
+        """The file's content (lock held): the kept snapshot when the file is unchanged."""
+        current = fingerprint(self.path)
+        snap = self._snap
+        if snap is not None and current is not None and snap.fingerprint == current:
+            return snap
+        moved = len(self.quarantined)
+        leases, bad = self._read_unlocked()
+        snap = LeaseSnapshot(leases, bad, _encoder)
+        if not bad and len(self.quarantined) == moved:
+            snap.fingerprint = current
+        self.skipped_entries = len(bad)
+        self._snap = snap
+        return snap
 
-    def _prune(self, leases: list[ProcessLease]) -> list[ProcessLease]:
+    def _write(self, snap: LeaseSnapshot) -> None:
+        self._prune(snap)
+        body = _encoder.encode(_LeaseFileRaw(leases=list(snap.raw.values())))
+        try:
+            atomic_write_bytes(self.path, body + b"\n")
+        except BaseException:
+            self._snap = None  # memory is ahead of the file: re-read next time
+            raise
+        snap.fingerprint = fingerprint(self.path)
+        snap.bad = []
+        snap.dirty = False
+        self.skipped_entries = 0
+
+    def _prune(self, snap: LeaseSnapshot) -> None:
         cutoff_ms = (self._clock() - self.final_ttl_seconds) * 1000
-        final = [x for x in leases if x.state.is_final]
-        if len(final) <= self.max_final and all(x.started_at >= cutoff_ms for x in final):
-            return leases
+        leases = snap.leases
+        if len(snap.final) <= self.max_final and all(
+            leases[k].started_at >= cutoff_ms for k in snap.final
+        ):
+            return
+        final = [leases[k] for k in snap.final]
         newest = sorted(final, key=lambda x: x.started_at, reverse=True)[: self.max_final]
         keep_ids = {x.lease_id for x in newest if x.started_at >= cutoff_ms}
-        return [x for x in leases if not x.state.is_final or x.lease_id in keep_ids]
+        snap.drop([x.lease_id for x in final if x.lease_id not in keep_ids])
+
+    def commit_changes(self, changes: list[Change]) -> list[tuple[bool, Any]]:
+        """Apply ``changes`` in order and write once (caller holds the lock).
+
+        Returns ``(True, result)`` or ``(False, exception)`` per change; a change that raises
+        leaves the leases untouched.  Raises :class:`LeaseStoreError` if the file cannot be
+        read or written (then no change is durable)."""
+        try:
+            snap = self._current()
+            outcomes: list[tuple[bool, Any]] = []
+            for change in changes:
+                try:
+                    outcomes.append((True, change(snap)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            if snap.bad:
+                self._log.warning(
+                    "dropping %d invalid lease entr%s from %s on rewrite",
+                    len(snap.bad), "y" if len(snap.bad) == 1 else "ies", self.path,
+                )
+            if snap.dirty or snap.bad:
+                self._write(snap)
+        except OSError as exc:
+            self._snap = None
+            raise LeaseStoreError(f"lease store {self.path}: {exc}") from exc
+        return outcomes
 
     def _locked(self, fn: Callable[[], T]) -> T:
         try:
@@ -296,51 +311,32 @@ class SyncLeaseStore:
         except (OSError, TimeoutError) as exc:
             raise LeaseStoreError(f"lease store {self.path}: {exc}") from exc
 
+    def _commit_one(self, change: Callable[[LeaseSnapshot], T]) -> T:
+        ok, value = self._locked(lambda: self.commit_changes([change]))[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def list_all_unlocked(self) -> list[ProcessLease]:
+        """:meth:`list_all` for a caller that holds the lock."""
+        return list(self._current().leases.values())
+
     def list_all(self) -> list[ProcessLease]:
         """Every valid lease in file order (open, closing and final)."""
-        return self._locked(lambda: self._read_unlocked()[0])
+        return self._locked(self.list_all_unlocked)
 
     def load(self, lease_id: str) -> ProcessLease | None:
         """The lease with this id, or ``None``."""
-        return next((x for x in self.list_all() if x.lease_id == lease_id), None)
+        return self._locked(lambda: self._current().leases.get(lease_id))
 
     def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
         """Leases in state open or closing, optionally only those of one gateway."""
-        return [
-            x
-            for x in self.list_all()
-            if x.state in (LeaseState.OPEN, LeaseState.CLOSING)
-            and (not gateway_instance_id or x.gateway_instance_id == gateway_instance_id)
-        ]
+        return _open_of(self.list_all(), gateway_instance_id)
 
     # -- writing ---------------------------------------------------------------------------
-    def _modify(self, fn: Callable[[list[ProcessLease]], T]) -> T:
-        def run() -> T:
-            leases, bad = self._read_unlocked()
-            result = fn(leases)
-            if bad:
-                self._log.warning(
-                    "dropping %d invalid lease entr%s from %s on rewrite",
-                    len(bad), "y" if len(bad) == 1 else "ies", self.path,
-                )
-            self._write_unlocked(leases)
-            return result
-
-        return self._locked(run)
-
     def save(self, lease: ProcessLease) -> ProcessLease:
         """Insert or replace (by ``lease_id``).  Replacing checks the state move."""
-
-        def apply(leases: list[ProcessLease]) -> ProcessLease:
-            for i, old in enumerate(leases):
-                if old.lease_id == lease.lease_id:
-                    check_transition(lease.lease_id, old.state, lease.state)
-                    leases[i] = lease
-                    return lease
-            leases.append(lease)
-            return lease
-
-        return self._modify(apply)
+        return self._commit_one(functools.partial(apply_save, lease))
 
     def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move one lease to ``state``; returns the updated lease, ``None`` if unknown."""
@@ -349,59 +345,78 @@ class SyncLeaseStore:
 
     def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
         """Apply several moves in one locked write; all are checked before any is applied."""
+        return self._commit_one(functools.partial(apply_marks, dict(updates)))
 
-        def apply(leases: list[ProcessLease]) -> dict[str, ProcessLease]:
-            out: dict[str, ProcessLease] = {}
-            staged = list(leases)
-            for i, old in enumerate(staged):
-                if old.lease_id in updates:
-                    staged[i] = old.with_state(updates[old.lease_id])
-                    out[old.lease_id] = staged[i]
-            leases[:] = staged
-            return out
 
-        return self._modify(apply)
+def _open_of(leases: list[ProcessLease], gateway_instance_id: str | None) -> list[ProcessLease]:
+    return [
+        x
+        for x in leases
+        if x.state in (LeaseState.OPEN, LeaseState.CLOSING)
+        and (not gateway_instance_id or x.gateway_instance_id == gateway_instance_id)
+    ]
 
 
 class LeaseStore:
     """Async, cancellable facade of :class:`SyncLeaseStore`; all file work runs in a worker thread.
 
-    On cancellation a started write still completes (it is short and atomic) before
-    :class:`trio.Cancelled` is delivered, so the file is never left half-updated."""
+    Concurrent changes from tasks of one process queue in FIFO order and are group-committed:
+    all the changes waiting when a write starts go into the next write (one read, one
+    durable write for the lot), each with its own result or error.  A change whose caller is
+    cancelled before its write started is dropped; once started, the write completes (it is
+    short and atomic) before :class:`trio.Cancelled` is delivered, so the file is never left
+    half-updated.  Waiting for another process's lock is cancellable."""
 
     def __init__(self, state_dir: str | Path, **kwargs: Any) -> None:
         self.sync = SyncLeaseStore(state_dir, **kwargs)
+        self._committer: GroupCommitter[LeaseSnapshot] = GroupCommitter(
+            self.sync.lock_path, self.sync.commit_changes
+        )
 
     @property
     def path(self) -> Path:
         return self.sync.path
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args)
+    @property
+    def commits(self) -> int:
+        """Durable writes done through this object (each may carry many changes)."""
+        return self._committer.commits
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        try:
+            return await run_locked(self.sync.lock_path, fn)
+        except (OSError, TimeoutError) as exc:
+            raise LeaseStoreError(f"lease store {self.path}: {exc}") from exc
+
+    async def _change(self, change: Callable[[LeaseSnapshot], T]) -> T:
+        try:
+            return await self._committer.submit(change)
+        except (OSError, TimeoutError) as exc:
+            raise LeaseStoreError(f"lease store {self.path}: {exc}") from exc
 
     async def load(self, lease_id: str) -> ProcessLease | None:
         """The lease with this id, or ``None``."""
-        return await self._run(self.sync.load, lease_id)
+        return await self._read(lambda: self.sync._current().leases.get(lease_id))
 
     async def list_all(self) -> list[ProcessLease]:
         """Every valid lease, final ones included."""
-        return await self._run(self.sync.list_all)
+        return await self._read(self.sync.list_all_unlocked)
 
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
         """Leases in state open or closing (optionally of one gateway)."""
-        return await self._run(self.sync.list_open, gateway_instance_id)
+        return _open_of(await self.list_all(), gateway_instance_id)
 
     async def save(self, lease: ProcessLease) -> ProcessLease:
         """Insert or replace a lease (legal state moves only)."""
-        return await self._run(self.sync.save, lease)
+        return await self._change(functools.partial(apply_save, lease))
 
     async def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move a lease to ``state``; ``None`` if the id is unknown."""
-        return await self._run(self.sync.mark_state, lease_id, state)
+        return (await self.mark_states({lease_id: LeaseState(state)})).get(lease_id)
 
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
         """Apply several state moves in one durable write."""
-        return await self._run(self.sync.mark_states, updates)
+        return await self._change(functools.partial(apply_marks, dict(updates)))
 
 
 def new_lease(

@@ -8,31 +8,45 @@ Guarantees:
 * A corrupt record is reported (logged) and treated as absent by :meth:`SessionStore.load`;
   it is never deleted or overwritten silently except by a later :meth:`SessionStore.save`.
 * All file work runs in worker threads; calls are cancellable (a started write completes).
+* :class:`SessionStore` raises only :class:`SessionStoreError` (code ``ACPX_SESSION_STORE``)
+  for file-system failures (unwritable or missing directory, a file where the directory should
+  be, a lock held too long), naming the path.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import trio
 
+from acpx_trio._errors import SessionStoreError, StateFileError
 from acpx_trio._store.fsio import (
     SESSION_FILE_MAX_BYTES,
     atomic_write_bytes,
+    atomic_write_many,
     check_private_dir,
     ensure_private_dir,
     exclusive_lock,
+    fsync_dir,
     read_private_file,
 )
+from acpx_trio._store.locks import GroupCommitter
 
-__all__ = ["SESSION_FILE_PREFIX", "SessionRecord", "SessionStore", "SyncSessionStore"]
+__all__ = [
+    "SESSION_FILE_PREFIX",
+    "SessionRecord",
+    "SessionStore",
+    "SyncSessionStore",
+    "store_error",
+]
 
 SESSION_FILE_PREFIX = "session-"
 _log = logging.getLogger("acpx_trio.sessions")
@@ -69,6 +83,22 @@ _decoder = msgspec.json.Decoder(SessionRecord)
 
 def _file_name(session_key: str) -> str:
     return SESSION_FILE_PREFIX + hashlib.sha256(session_key.encode("utf-8")).hexdigest() + ".json"
+
+
+class _Batch:
+    """Writes staged by the changes of one group commit (last write of a path wins)."""
+
+    __slots__ = ("current", "staged", "unlinked", "writers")
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.staged: dict[Path, bytes] = {}
+        self.writers: dict[Path, builtins.list[int]] = {}
+        self.unlinked = False
+
+    def write(self, path: Path, body: bytes) -> None:
+        self.staged[path] = body
+        self.writers.setdefault(path, []).append(self.current)
 
 
 class SyncSessionStore:
@@ -136,6 +166,54 @@ class SyncSessionStore:
 
         return self._locked(apply)
 
+    # -- changes for a group commit (lock held); writes are staged in the batch and made
+    # durable together by :meth:`commit_changes`
+    def put_unlocked(self, record: SessionRecord, batch: _Batch) -> SessionRecord:
+        record = msgspec.structs.replace(record, updated_at=time.time())
+        batch.write(self.path_for(record.session_key), _encoder.encode(record) + b"\n")
+        return record
+
+    def fresh_unlocked(self, session_key: str, batch: _Batch) -> bool:
+        path = self.path_for(session_key)
+        staged = batch.staged.get(path)
+        record = self._read(path) if staged is None else _decoder.decode(staged)
+        if record is None:
+            return False
+        record = msgspec.structs.replace(record, reset_on_next_ensure=True, updated_at=time.time())
+        batch.write(path, _encoder.encode(record) + b"\n")
+        return True
+
+    def remove_unlocked(self, session_key: str, batch: _Batch) -> bool:
+        path = self.path_for(session_key)
+        staged = batch.staged.pop(path, None) is not None
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return staged
+        batch.unlinked = True
+        return True
+
+    def commit_changes(self, changes: builtins.list[Callable[[_Batch], Any]]) -> Any:
+        """Run ``changes`` in order (lock held), then write their records durably at once
+        (:func:`atomic_write_many`); a change whose write failed gets the ``OSError``."""
+        batch = _Batch()
+        outcomes: builtins.list[tuple[bool, Any]] = []
+        for index, change in enumerate(changes):
+            batch.current = index
+            try:
+                outcomes.append((True, change(batch)))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        paths = list(batch.staged)
+        errors = atomic_write_many([(path, batch.staged[path]) for path in paths])
+        for path, error in zip(paths, errors, strict=True):
+            if error is not None:
+                for index in batch.writers[path]:
+                    outcomes[index] = (False, error)
+        if batch.unlinked and not paths:
+            fsync_dir(self.directory)
+        return outcomes
+
     def list(self) -> builtins.list[SessionRecord]:
         """Every readable record, oldest update first."""
         check_private_dir(self.directory)  # a file, another user's or a writable dir: refuse
@@ -149,32 +227,74 @@ class SyncSessionStore:
         return sorted(records, key=lambda r: r.updated_at)
 
 
+def store_error(directory: Path, action: str, exc: OSError) -> SessionStoreError:
+    """The typed error for an ``OSError`` while ``action``-ing the store in ``directory``."""
+    where = exc.filename if isinstance(exc.filename, str) else str(directory)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return SessionStoreError(
+        f"session store {directory}: cannot {action} ({reason}: {where}); check that the "
+        "state dir is a directory this user can write",
+        path=where,
+    )
+
+
 class SessionStore:
-    """Async facade of :class:`SyncSessionStore`: every call runs in a worker thread."""
+    """Async facade of :class:`SyncSessionStore`: every call runs in a worker thread.
+
+    Every method raises :class:`SessionStoreError` (never a raw ``OSError``) when the file
+    system refuses; a corrupt record is not an error (it reads as absent).  Writes from
+    concurrent tasks are group-committed (:class:`GroupCommitter`): one locked worker-thread
+    hop, concurrent fsyncs and one directory fsync for all the records waiting, each caller
+    getting its own result; waiting for another process's lock is cancellable."""
 
     def __init__(self, directory: str | Path, *, logger: logging.Logger | None = None) -> None:
         self.sync = SyncSessionStore(directory, logger=logger)
+        self._committer: GroupCommitter[_Batch] = GroupCommitter(
+            self.sync.lock_path, self.sync.commit_changes
+        )
 
     @property
     def directory(self) -> Path:
         return self.sync.directory
 
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            raise store_error(self.sync.directory, action, exc) from exc
+        except StateFileError as exc:  # a hostile file or untrusted dir: same type, its words
+            raise SessionStoreError(str(exc), path=exc.path) from exc
+
+    async def _change(self, action: str, change: Callable[[_Batch], T]) -> T:
+        try:
+            return await self._committer.submit(change)
+        except OSError as exc:
+            raise store_error(self.sync.directory, action, exc) from exc
+        except StateFileError as exc:
+            raise SessionStoreError(str(exc), path=exc.path) from exc
+
     async def load(self, session_key: str) -> SessionRecord | None:
         """The record of ``session_key``, or ``None`` (absent or unreadable)."""
-        return await trio.to_thread.run_sync(self.sync.load, session_key)
+        return await self._run("read a session record", self.sync.load, session_key)
 
     async def save(self, record: SessionRecord) -> SessionRecord:
         """Write ``record`` (stamping ``updated_at``); returns what was written."""
-        return await trio.to_thread.run_sync(self.sync.save, record)
+        return await self._change(
+            "write a session record", functools.partial(self.sync.put_unlocked, record)
+        )
 
     async def mark_fresh(self, session_key: str) -> bool:
         """Persist the fresh marker; the next ensure starts a new ACP session."""
-        return await trio.to_thread.run_sync(self.sync.mark_fresh, session_key)
+        return await self._change(
+            "update a session record", functools.partial(self.sync.fresh_unlocked, session_key)
+        )
 
     async def delete(self, session_key: str) -> bool:
         """Remove the record; False if there was none."""
-        return await trio.to_thread.run_sync(self.sync.delete, session_key)
+        return await self._change(
+            "delete a session record", functools.partial(self.sync.remove_unlocked, session_key)
+        )
 
     async def list(self) -> builtins.list[SessionRecord]:
         """Every readable record."""
-        return await trio.to_thread.run_sync(self.sync.list)
+        return await self._run("list session records", self.sync.list)

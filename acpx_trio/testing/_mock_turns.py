@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from acpx_trio.testing._mock_terminals import (
+    terminal,
+    terminal_hold,
+    terminal_kill,
+    terminal_limit,
+)
 from acpx_trio.testing._mock_wire import (
     Chunk,
     Msg,
@@ -25,6 +31,7 @@ from acpx_trio.testing._mock_wire import (
     ReadParams,
     ReadResult,
     RpcErr,
+    RpcFailure,
     SessionRecord,
     StopResult,
     Text,
@@ -260,7 +267,36 @@ def _pid(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
+def _env(t: _Turn, arg: str) -> str | None:
+    """``/env NAME``: whether NAME is set in the agent's environment (never its value)."""
+    value = os.environ.get(arg)
+    t.say(f"{arg}={'unset' if value is None else f'set({len(value)})'}")
+    return "end_turn"
+
+
+def _env_path(t: _Turn, arg: str) -> str | None:
+    """``/env-path NAME``: the value of a path-valued variable (e.g. ``CODEX_HOME``)."""
+    t.say(f"{arg}={os.environ.get(arg, '')}")
+    return "end_turn"
+
+
+def _error_data(t: _Turn, arg: str) -> str | None:
+    raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
+
+
+def _auth_required(t: _Turn, arg: str) -> str | None:
+    raise RpcFailure(-32000, "Authentication required")
+
+
 DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
+    "/auth-required": _auth_required,
+    "/terminal": terminal,
+    "/terminal-limit": terminal_limit,
+    "/terminal-kill": terminal_kill,
+    "/terminal-hold": terminal_hold,
+    "/error-data": _error_data,
+    "/env": _env,
+    "/env-path": _env_path,
     "/sleep": _sleep,
     "/chunks": _chunks,
     "/flood": _flood,
@@ -294,6 +330,10 @@ def run_turn(
     directive = DIRECTIVES.get(head)
     try:
         stop = _echo(turn, text) if directive is None else directive(turn, rest.strip())
+    except RpcFailure as exc:  # answer the prompt with this JSON-RPC error
+        agent.finish_turn(ctl, record)
+        agent.respond_error(req_id, exc.code, exc.message, exc.data)
+        return
     except Exception as exc:
         agent.log(f"turn failed: {exc!r}")
         turn.say(f"error: {exc}")

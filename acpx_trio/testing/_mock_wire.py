@@ -287,3 +287,40 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     mode_id: str = "default"
     model: str = MODELS[0]
     turns: list[Turn] = msgspec.field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- terminals
+
+
+class TermEnv(_W, kw_only=True):
+    name: str
+    value: str
+
+
+class TermCreateParams(_W, kw_only=True):
+    session_id: str
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: list[TermEnv] = msgspec.field(default_factory=list)
+    cwd: str | None = None
+    output_byte_limit: int | None = None
+
+
+class TermRef(_W, kw_only=True):
+    session_id: str
+    terminal_id: str
+
+
+class TermCreated(_W, kw_only=True):
+    terminal_id: str
+
+
+class TermExit(_W, kw_only=True):
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+class TermOutput(_W, kw_only=True):
+    output: str
+    truncated: bool = False
+    exit_status: TermExit | None = None

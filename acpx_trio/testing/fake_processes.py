@@ -40,7 +40,9 @@ class FakeProcess:
     ``term_delay``: seconds from SIGTERM to exit (``math.inf`` = ignores SIGTERM).
     ``ignore_sigkill``: never dies (models a process stuck in the kernel).
     ``zombie_on_exit``: stays listed as a zombie after it exits.
-    ``successor``: the process that takes this pid once this one exits (pid reuse)."""
+    ``successor``: the process that takes this pid once this one exits (pid reuse).
+    ``on_signal``: called as ``on_signal(table, proc, sig)`` after a signal was delivered (after
+    its default effect), e.g. to fork a successor and exit (a pid hopper)."""
 
     pid: int
     parent: FakeProcess | None
@@ -58,6 +60,7 @@ class FakeProcess:
     successor: FakeProcess | None = None
     label: str = ""
     received: list[int] = field(default_factory=list)
+    on_signal: Callable[[FakeProcessTable, FakeProcess, int], None] | None = None
 
     @property
     def ignores_sigterm(self) -> bool:
@@ -301,6 +304,8 @@ class FakeProcessTable:
             due = now + proc.term_delay
             if proc.exit_at is None or proc.exit_at > due:
                 proc.exit_at = due
+        if proc.on_signal is not None:
+            proc.on_signal(self, proc, sig)
         return True
 
     async def wait_exit(self, infos: Sequence[ProcessInfo], within: float) -> set[int]:
@@ -327,14 +332,18 @@ class FakeProcessTable:
             )
             await trio.sleep_until(min(next_exit, deadline))
 
-    def deps(self) -> ProcessCleanupDeps:
-        """Reaper dependencies acting on this table."""
+    def deps(self, *, self_pid: int | None = None) -> ProcessCleanupDeps:
+        """Reaper dependencies acting on this table.
+
+        ``self_pid`` names the process the reaper runs in (default: :attr:`self_pid`), e.g. one
+        of several simulated gateway processes; the table still refuses to signal
+        :attr:`self_pid`."""
         return ProcessCleanupDeps(
             list_processes=self.list_processes,
             kill_process=self.kill_process,
             wait_exit=self.wait_exit,
             sleep=trio.sleep,
-            self_pid=self.self_pid,
+            self_pid=self.self_pid if self_pid is None else self_pid,
             self_uid=self.self_uid,
             boot_id=self.boot_id,
         )

@@ -10,9 +10,25 @@ A prompt is echoed back unless its text starts with a directive:
 ``/huge BYTES``, ``/flood N``, ``/close-stdout``, ``/spawn-grandchild``, ``/daemonize``,
 ``/permission KIND``, ``/read PATH``, ``/write PATH TEXT``, ``/mode``, ``/history``, ``/pid``.
 
+Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
+``/terminal CMD`` (create, output, wait_for_exit, output, release), ``/terminal-limit N CMD``
+(with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
+wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
+never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``;
+``/auth-required`` with -32000 "Authentication required".
+``/env NAME`` says whether NAME is set (and its length, never the value); ``/env-path NAME``
+says its value (for paths such as ``CODEX_HOME``).
+
 Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``--protocol-version N``, ``--auth-methods``, ``--session-dir DIR`` (or env
 ``ACPX_MOCK_AGENT_SESSION_DIR``), ``--exit-on-stdin-eof`` (default) / ``--ignore-stdin-eof``,
+``--require-auth METHOD`` (advertises METHOD; ``authenticate`` succeeds only when env
+``UPPER_SNAKE(METHOD)`` is set; every session call before it gets -32000 "Authentication
+required"), ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
+``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
+``--resume-fails``: resume answers -32603),
+``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
+``--method-log FILE`` (append each request's method name to FILE),
 ``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
 (escape artists started at launch, see ``acpx_trio.testing._mock_escape``).
 Unknown flags exit with status 2.
@@ -26,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import select
@@ -41,6 +58,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from acpx_trio.testing._mock_escape import spawn_escapers
+from acpx_trio.testing._mock_sessions import env_name, on_close, on_resume
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
     AGENT_NAME,
@@ -109,6 +127,7 @@ class MockAgent:
         self.session_dir: str | None = args.session_dir or os.environ.get(
             "ACPX_MOCK_AGENT_SESSION_DIR"
         )
+        self.authenticated = args.require_auth is None
 
     # ------------------------------------------------------------------ output
 
@@ -253,8 +272,13 @@ class MockAgent:
                     ctl.cancel()
             return
         req_id = msg.id
+        if self.args.method_log:
+            with open(self.args.method_log, "a", encoding="utf-8") as log:
+                log.write(msg.method + "\n")
         handler = self.handlers().get(msg.method)
         try:
+            if not self.authenticated and msg.method.startswith("session/"):
+                raise RpcFailure(-32000, "Authentication required")
             if handler is None:
                 raise RpcFailure(-32601, f"Method not found: {msg.method}")
             handler(req_id, params)
@@ -269,6 +293,8 @@ class MockAgent:
             "authenticate": self.on_authenticate,
             "session/new": self.on_new,
             "session/load": self.on_load,
+            "session/resume": functools.partial(on_resume, self),
+            "session/close": functools.partial(on_close, self),
             "session/set_mode": self.on_set_mode,
             "session/set_config_option": self.on_set_config,
             "session/prompt": self.on_prompt,
@@ -278,16 +304,36 @@ class MockAgent:
 
     def on_initialize(self, req_id: int | str, params: Raw) -> None:
         auth = [AuthMethod(id="mock-login", name="Mock login", description="accepts anything")]
+        if not self.args.auth_methods:
+            auth = []
+        if self.args.require_auth:
+            method = self.args.require_auth
+            auth.append(AuthMethod(id=method, name=f"{method} (env {env_name(method)})",
+                                   description="a credential in the environment"))
+        session_caps: dict[str, Any] = {}
+        if self.args.resume:
+            session_caps["resume"] = {}
+        if self.args.close:
+            session_caps["close"] = {}
         result = InitResult(
             protocol_version=self.args.protocol_version,
-            agent_capabilities=AgentCaps(load_session=not self.args.no_load_session),
-            auth_methods=auth if self.args.auth_methods else [],
+            agent_capabilities=AgentCaps(
+                load_session=not self.args.no_load_session, session_capabilities=session_caps
+            ),
+            auth_methods=auth,
             agent_info=Info(name=AGENT_NAME, version=AGENT_VERSION),
         )
         self.respond(req_id, result)
 
     def on_authenticate(self, req_id: int | str, params: Raw) -> None:
         method_id = msgspec.json.decode(params, type=Params).method_id
+        if self.args.require_auth and method_id == self.args.require_auth:
+            if not os.environ.get(env_name(method_id)):
+                raise RpcFailure(-32000, "Authentication required",
+                                 {"methodId": method_id, "reason": "no credential in env"})
+            self.authenticated = True
+            self.respond(req_id, Empty())
+            return
         if not self.args.auth_methods or method_id != "mock-login":
             raise RpcFailure(-32602, f"unknown auth method: {method_id}")
         self.respond(req_id, Empty())
@@ -301,6 +347,8 @@ class MockAgent:
 
     def on_new(self, req_id: int | str, params: Raw) -> None:
         p = msgspec.json.decode(params, type=Params)
+        if self.args.error_data:
+            raise RpcFailure(-32603, "Internal error", {"details": self.args.error_data})
         if not os.path.isabs(p.cwd):
             raise RpcFailure(-32602, f"cwd must be an absolute path, got {p.cwd!r}")
         record = SessionRecord(session_id=str(uuid.uuid4()), cwd=p.cwd)
@@ -315,7 +363,10 @@ class MockAgent:
                 -32601, "Method not found: session/load (loadSession is not supported)"
             )
         p = msgspec.json.decode(params, type=Params)
-        record = self.load_record(p.session_id) or SessionRecord(session_id=p.session_id, cwd=p.cwd)
+        found = self.load_record(p.session_id)
+        if found is None and self.args.unknown_session_message:
+            raise RpcFailure(-32603, self.args.unknown_session_message)
+        record = found or SessionRecord(session_id=p.session_id, cwd=p.cwd)
         if p.cwd:
             record.cwd = p.cwd
         with self.state_lock:
@@ -413,6 +464,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--protocol-version", type=int, default=1, metavar="N")
     parser.add_argument("--auth-methods", action="store_true")
     parser.add_argument("--session-dir", default=None, metavar="DIR")
+    parser.add_argument("--require-auth", default=None, metavar="METHOD")
+    parser.add_argument("--error-data", default=None, metavar="TEXT")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--close", action="store_true")
+    parser.add_argument("--resume-fails", action="store_true")
+    parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
+    parser.add_argument("--method-log", default=None, metavar="FILE")
     eof = parser.add_mutually_exclusive_group()
     eof.add_argument(
         "--exit-on-stdin-eof", dest="exit_on_stdin_eof", action="store_true", default=True

@@ -1,0 +1,77 @@
+"""Wire Structs for ``terminal/*`` (agent -> client), ``session/resume`` and ``session/close``.
+
+Same conventions as :mod:`._messages` (camelCase on the wire, unknown fields ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from acpx_trio._acp._messages import EnvVariable, McpServerStdio, SessionModeState
+from acpx_trio._acp._updates import _META, SessionConfigOption, _Wire
+
+__all__ = [
+    "CloseSessionRequest",
+    "CreateTerminalRequest",
+    "CreateTerminalResponse",
+    "KillTerminalRequest",
+    "ReleaseTerminalRequest",
+    "ResumeSessionRequest",
+    "ResumeSessionResponse",
+    "TerminalExitStatus",
+    "TerminalOutputRequest",
+    "TerminalOutputResponse",
+    "WaitForTerminalExitRequest",
+]
+
+
+class ResumeSessionRequest(_Wire, kw_only=True):
+    session_id: str
+    cwd: str
+    mcp_servers: list[McpServerStdio] = msgspec.field(default_factory=list)
+
+
+class ResumeSessionResponse(_Wire, kw_only=True):
+    modes: SessionModeState | None = None
+    config_options: list[SessionConfigOption] | None = None
+    meta: dict[str, Any] | None = _META
+
+
+class CloseSessionRequest(_Wire, kw_only=True):
+    session_id: str
+
+
+class CreateTerminalRequest(_Wire, kw_only=True):
+    session_id: str
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: list[EnvVariable] = msgspec.field(default_factory=list)
+    cwd: str | None = None
+    output_byte_limit: int | None = None
+
+
+class CreateTerminalResponse(_Wire, kw_only=True):
+    terminal_id: str
+
+
+class TerminalOutputRequest(_Wire, kw_only=True):
+    session_id: str
+    terminal_id: str
+
+
+WaitForTerminalExitRequest = TerminalOutputRequest
+KillTerminalRequest = TerminalOutputRequest
+ReleaseTerminalRequest = TerminalOutputRequest
+
+
+class TerminalExitStatus(_Wire, kw_only=True, omit_defaults=False):
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+class TerminalOutputResponse(_Wire, kw_only=True):
+    output: str
+    truncated: bool
+    exit_status: TerminalExitStatus | None = None

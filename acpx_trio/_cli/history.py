@@ -1,0 +1,58 @@
+"""``acpx-trio sessions history KEY [--json]``: the past turns of a session, from its
+transcript (prompt, reply text, tool calls, stop reason, timings)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+import trio
+
+from acpx_trio._cli.output import Output
+from acpx_trio._store.transcript import read_transcript, transcript_path
+from acpx_trio._store.transcript_history import PastTurn, past_turns
+
+__all__ = ["history_command"]
+
+EXIT_OK = 0
+_encoder = msgspec.json.Encoder()
+
+
+def _load(session_dir: str | Path, key: str) -> list[PastTurn]:
+    return past_turns(read_transcript(transcript_path(session_dir, key)))
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _text(index: int, turn: PastTurn) -> str:
+    outcome = turn.stop_reason or (f"error {turn.error}" if turn.error else "unfinished")
+    took = "" if turn.duration_seconds is None else f"  {turn.duration_seconds:.2f}s"
+    lines = [f"#{index} {_when(turn.started_at)}  {outcome}{took}", f"> {turn.prompt}"]
+    if turn.reply:
+        lines.append(turn.reply.rstrip("\n"))
+    for call in turn.tool_calls:
+        lines.append(f"  [tool] {call.title or call.tool_call_id} ({call.status or '?'})")
+    return "\n".join(lines) + "\n"
+
+
+async def history_command(state_dir: Path, session_dir: str | Path, key: str,
+                          json_mode: bool, out: Output) -> int:
+    """Print the session's past turns, oldest first (none recorded: a note, exit 0).  A live
+    warm owner first writes out what it buffers."""
+    from acpx_trio._cli.warm import flush_transcript
+
+    await flush_transcript(state_dir, key)
+    turns = await trio.to_thread.run_sync(_load, session_dir, key)
+    if json_mode:
+        for turn in turns:
+            out.write(_encoder.encode(turn).decode() + "\n")
+    elif not turns:
+        out.write(f"no recorded turns for {key} (transcripts are kept for warm sessions: "
+                  "prompt --session)\n", err=True)
+    else:
+        out.write("\n".join(_text(i, t) for i, t in enumerate(turns, 1)))
+    await out.drain()
+    return EXIT_OK

@@ -1,0 +1,59 @@
+"""Global options of one ``acpx-trio`` invocation (:class:`Options`), resolved from parsed
+arguments; shared by the turn commands (``main``) and the inspection commands (``info``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from acpx_trio._store.config import load_config_file
+
+__all__ = ["STATE_DIR_ENV", "Options", "UsageError", "default_state_dir", "resolve_options"]
+
+STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
+
+
+class UsageError(Exception):
+    """A usage error detected after argument parsing (exit 2)."""
+
+
+def default_state_dir() -> Path:
+    """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
+    env = os.environ.get(STATE_DIR_ENV, "").strip()
+    if env:
+        return Path(env)
+    import platformdirs  # only here: it costs a few ms at start-up
+
+    return Path(platformdirs.user_state_dir("acpx-trio"))
+
+
+class Options(msgspec.Struct, kw_only=True):
+    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed."""
+
+    state_dir: Path
+    cwd: Path
+    cwd_given: bool
+    raw_config: dict[str, Any]
+    json: bool
+    verbose: bool
+
+
+def resolve_options(ns: argparse.Namespace) -> Options:
+    """Global options from parsed arguments.  Blocking (reads the config file): call it
+    before the event loop starts."""
+    raw: dict[str, Any] = {}
+    if getattr(ns, "config", None) is not None:
+        raw = load_config_file(ns.config)
+    state_dir = getattr(ns, "state_dir", None) or default_state_dir()
+    given = getattr(ns, "cwd", None)
+    cwd = Path(given or Path.cwd()).expanduser().resolve()
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd {cwd} is not a directory")
+    return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
+                   cwd_given=given is not None, raw_config=raw,
+                   json=bool(getattr(ns, "json", False)),
+                   verbose=bool(getattr(ns, "verbose", False)))

@@ -1,0 +1,359 @@
+"""Command-line side of warm sessions: ``prompt --session K`` through the state dir's warm
+owner, ``cancel``, ``status``, and the owner parts of ``sessions show|close``.
+
+Guarantees of ``prompt --session K``: the turn runs in the warm owner (started if none is
+alive); the reply streams to stdout as it arrives; Ctrl-C cancels this invocation's own turn
+only (a queued turn is dropped from the queue, an active one gets ``session/cancel``) and a
+second Ctrl-C or SIGTERM stops waiting; the agent stays warm for the next prompt until the
+session's idle TTL runs out.  ``--no-wait`` queues the turn, prints its queue position and
+returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table
+from acpx_trio._errors import AcpxError, ConfigError
+from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._owner.client import connect_or_start, connect_owner, request_frames
+from acpx_trio._owner.wire import (
+    AcceptedFrame,
+    CancelRequest,
+    CancelResult,
+    CloseRequest,
+    CloseResult,
+    EventFrame,
+    OwnerErrorFrame,
+    OwnerLaunch,
+    PromptRequest,
+    Request,
+    SessionState,
+    StatusRequest,
+    StatusResult,
+    config_fingerprint,
+)
+from acpx_trio._store.config import resolve_config
+
+if TYPE_CHECKING:
+    from acpx_trio._cli.options import Options
+
+__all__ = [
+    "add_warm_commands",
+    "cancel_command",
+    "close_warm_session",
+    "flush_transcript",
+    "owner_session_info",
+    "status_command",
+    "warm_prompt",
+]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+#: Prompts retried when the owner they reached was shutting down.
+PROMPT_ATTEMPTS = 3
+#: Bound of the cancel a client sends for its own turn.
+CANCEL_SECONDS = 10.0
+_encoder = msgspec.json.Encoder()
+
+
+def _ttl(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0 (0 = forever)")
+    return value
+
+
+def add_warm_commands(sub: Any, prompt: argparse.ArgumentParser,
+                      common: Any) -> None:
+    """Register ``--ttl``/``--no-wait`` on ``prompt`` and the ``cancel``/``status`` commands."""
+    prompt.add_argument("--ttl", type=_ttl, default=None, metavar="SECONDS",
+                        help="with --session: keep the session's agent warm this long after "
+                             "its last turn (default: config queueOwnerTtlSeconds, else 300; "
+                             "0 = forever)")
+    prompt.add_argument("--no-wait", action="store_true",
+                        help="with --session: queue the prompt, print its queue position and "
+                             "return")
+    cancel = sub.add_parser("cancel", help="Cancel the running turn of a warm session.",
+                            description="Cancel the running turn of a warm session (nothing "
+                            "to cancel is a success).")
+    common(cancel)
+    cancel.add_argument("--session", required=True, metavar="KEY")
+    status = sub.add_parser("status", help="The warm owner and its sessions.",
+                            description="Owner pid, and per warm session: agent pid, queue "
+                            "depth, idle time and TTL.")
+    common(status)
+    status.add_argument("--session", default=None, metavar="KEY")
+
+
+# -- talking to the owner ---------------------------------------------------------------------
+async def _ask(state_dir: Path, request: Request) -> Any:
+    """One request to the live owner; ``None`` when no owner is alive."""
+    stream = await connect_owner(state_dir)
+    if stream is None:
+        return None
+    async with stream:
+        last: Any = None
+        async for frame in request_frames(stream, request):
+            last = frame
+        return last
+
+
+async def owner_session_info(state_dir: Path, key: str) -> tuple[int | None,
+                                                                 SessionState | None]:
+    """The live owner's pid and its state of session ``key`` (``None`` where absent)."""
+    try:
+        result = await _ask(state_dir, StatusRequest(session_key=key))
+    except AcpxError:
+        return None, None
+    if not isinstance(result, StatusResult):
+        return None, None
+    return result.owner_pid, next(iter(result.sessions), None)
+
+
+async def flush_transcript(state_dir: Path, key: str) -> None:
+    """Have the live owner (if any) write out ``key``'s buffered transcript."""
+    with contextlib.suppress(AcpxError):  # no usable owner: the files are what there is
+        await _ask(state_dir, StatusRequest(session_key=key, flush_transcript=True))
+
+
+async def close_warm_session(state_dir: Path, key: str) -> CloseResult | None:
+    """Ask the live owner to end ``key``'s agent; ``None`` when no owner is alive."""
+    result = await _ask(state_dir, CloseRequest(session_key=key))
+    return result if isinstance(result, CloseResult) else None
+
+
+# -- prompt -----------------------------------------------------------------------------------
+def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, str]:
+    config = resolve_config(raw, opts.cwd, host_state_dir=opts.state_dir)  # ConfigError early
+    return OwnerLaunch(raw_config=raw, workspace_dir=str(opts.cwd),
+                       default_ttl_seconds=config.queue_owner_ttl_seconds), config.cwd
+
+
+class _Client:
+    """One prompt's client: its request, its signals, its cancel."""
+
+    def __init__(self, state_dir: Path, request: PromptRequest, printer: TurnPrinter) -> None:
+        self.state_dir = state_dir
+        self.request = request
+        self.printer = printer
+        self.signum: int | None = None
+        self.waiting = trio.CancelScope()
+        #: The prompt frame may have reached the owner (from here on, cancel by request id).
+        self.sent = False
+        #: A cancel of our turn is wanted; ``cancel_confirmed``: the owner found the turn.
+        self.cancel_wanted = False
+        self.cancel_confirmed = False
+
+    async def send_cancel(self) -> None:
+        """Cancel our turn (queued: dropped; active: ``session/cancel``).  Bounded."""
+        self.cancel_wanted = True
+        if self.cancel_confirmed:
+            return
+        with trio.move_on_after(CANCEL_SECONDS):
+            try:
+                result = await _ask(self.state_dir, CancelRequest(
+                    session_key=self.request.session_key, request_id=self.request.request_id))
+                self.cancel_confirmed = isinstance(result, CancelResult) and result.cancelled
+            except (AcpxError, OSError, trio.BrokenResourceError) as exc:
+                self.printer.note(f"could not cancel the turn: {exc}")
+
+    async def on_accepted(self) -> None:
+        """A cancel that raced the prompt frame (the owner had not queued it yet) is sent
+        again now that the turn is known to be queued."""
+        if self.cancel_wanted and not self.cancel_confirmed:
+            await self.send_cancel()
+
+    async def watch(self, signals: Any) -> None:
+        count = 0
+        async for signum in signals:
+            count += 1
+            self.signum = self.signum or signum
+            if not self.sent:  # nothing submitted yet: just stop
+                self.printer.note("interrupted before the prompt was sent")
+                self.waiting.cancel()
+                continue
+            if signum == signal.SIGINT and count == 1:
+                self.printer.note("interrupted: cancelling this turn (Ctrl-C again to stop "
+                                  "waiting)")
+                await self.send_cancel()
+                continue
+            self.printer.note("stopped waiting for the turn")
+            await self.send_cancel()
+            self.waiting.cancel()
+
+
+def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
+    if ev.stop_reason == "end_turn":
+        return EXIT_OK
+    if ev.stop_reason == "cancelled":
+        return EXIT_INTERRUPTED
+    printer.error(f"the turn ended early: stop reason {ev.stop_reason!r}")
+    return EXIT_ERROR
+
+
+async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
+                  exit_code_for: Callable[[str], int]) -> int:
+    printer, req = client.printer, client.request
+    for attempt in range(PROMPT_ATTEMPTS):
+        stream = await connect_or_start(opts.state_dir, launch)
+        async with stream:
+            code: int | None = None
+            accepted = False
+            client.sent = True
+            async for frame in request_frames(stream, req):
+                if isinstance(frame, OwnerErrorFrame):
+                    if frame.retryable and not accepted and attempt + 1 < PROMPT_ATTEMPTS:
+                        break
+                    _report(printer, frame.code, frame.message)
+                    return EXIT_USAGE if frame.code.endswith("CONFIG_MISMATCH") else EXIT_ERROR
+                if isinstance(frame, AcceptedFrame):
+                    accepted = True
+                    await client.on_accepted()
+                    if not req.wait:
+                        _queued(printer, frame)
+                        return EXIT_OK
+                    if opts.verbose:
+                        printer.note(f"queued at position {frame.position} in owner pid "
+                                     f"{frame.owner_pid}")
+                    continue
+                if isinstance(frame, EventFrame):
+                    ev = frame.event
+                    printer.event(ev)
+                    if isinstance(ev, DoneEvent):
+                        code = _done_exit(ev, printer)
+                    elif isinstance(ev, ErrorEvent):
+                        printer.failure(ev.code, ev.message, ev.detail)
+                        code = exit_code_for(ev.code)
+            else:
+                if code is not None:
+                    return code
+                if accepted:
+                    _report(printer, "ACPX_OWNER_LOST",
+                            "the warm owner went away during the turn")
+                    return EXIT_ERROR
+    _report(printer, "ACPX_OWNER_SHUTTING_DOWN", "no warm owner accepted the prompt")
+    return EXIT_ERROR
+
+
+def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
+    if printer.json_mode:
+        printer.json({"type": "queued", "request_id": frame.request_id,
+                      "position": frame.position, "owner_pid": frame.owner_pid})
+    else:
+        printer.output.write(f"queued at position {frame.position} (request "
+                             f"{frame.request_id}, owner pid {frame.owner_pid})\n")
+
+
+def _report(printer: TurnPrinter, code: str, message: str) -> None:
+    if printer.json_mode:
+        printer.json(ErrorEvent(code=code, message=message))
+    printer.error(f"{code}: {first_line(message)}")
+
+
+async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, Any],
+                      agent: str, text: str, exit_code_for: Callable[[str], int]) -> int:
+    """``prompt --session K`` through the warm owner (see the module docstring).  ``raw`` and
+    ``agent`` are the turn's plugin config and agent, ``exit_code_for`` maps error codes to
+    exit codes (all from ``main``)."""
+    launch, cwd = await trio.to_thread.run_sync(_launch, raw, opts)
+    req = PromptRequest(request_id=uuid.uuid4().hex[:16], session_key=ns.session, agent=agent,
+                        text=text, cwd=cwd, config_fingerprint=config_fingerprint(raw),
+                        wait=not ns.no_wait, ttl_seconds=ns.ttl)
+    output = Output()
+    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
+    client = _Client(opts.state_dir, req, printer)
+    code = EXIT_ERROR
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            nursery.start_soon(client.watch, signals)
+            try:
+                with client.waiting:
+                    timeout = ns.timeout if ns.timeout is not None else math.inf
+                    with trio.move_on_after(timeout) as deadline:
+                        code = await _stream(client, launch, opts, exit_code_for)
+                    if deadline.cancelled_caught:
+                        if client.sent:
+                            await client.send_cancel()
+                        _report(printer, "ACP_TURN_TIMEOUT",
+                                f"the turn did not finish within {ns.timeout:g}s; cancelled it")
+                        code = EXIT_TIMEOUT
+            except ConfigError as exc:
+                _report(printer, exc.code, str(exc))
+                code = EXIT_USAGE
+            except AcpxError as exc:
+                _report(printer, exc.code, str(exc))
+                code = EXIT_ERROR
+            if client.signum is not None and (
+                    code in (EXIT_INTERRUPTED, EXIT_ERROR) or client.waiting.cancelled_caught):
+                code = EXIT_TERMINATED if client.signum == signal.SIGTERM else EXIT_INTERRUPTED
+            printer.finish()
+            with trio.move_on_after(30):
+                await output.drain()
+            nursery.cancel_scope.cancel()
+    return code
+
+
+# -- cancel / status --------------------------------------------------------------------------
+async def cancel_command(session_key: str, opts: Options) -> int:
+    """Cancel the session's running turn; no owner or nothing running is a success."""
+    out = Output()
+    result = await _ask(opts.state_dir, CancelRequest(session_key=session_key))
+    cancelled = isinstance(result, CancelResult) and result.cancelled
+    if opts.json:
+        out.write(_encoder.encode({"session_key": session_key,
+                                   "cancelled": cancelled}).decode() + "\n")
+    else:
+        out.write(("cancelled the running turn" if cancelled else "nothing to cancel")
+                  + f" of {session_key}\n")
+    await out.drain()
+    return EXIT_OK
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+async def status_command(session_key: str | None, opts: Options) -> int:
+    """Owner pid and each warm session's agent pid, queue depth, idle time and TTL."""
+    out = Output()
+    result = await _ask(opts.state_dir, StatusRequest(session_key=session_key))
+    if not isinstance(result, StatusResult):
+        if opts.json:
+            out.write(_encoder.encode({"owner_pid": None, "state_dir": str(opts.state_dir),
+                                       "sessions": []}).decode() + "\n")
+        else:
+            out.write(f"no warm owner for {opts.state_dir}\n")
+        await out.drain()
+        return EXIT_OK
+    if opts.json:
+        out.write(_encoder.encode(result).decode() + "\n")
+    else:
+        out.write(f"owner pid {result.owner_pid} (up {_seconds(result.uptime_seconds)}) on "
+                  f"{result.state_dir}\n")
+        rows = [(s.session_key, s.agent or "-", s.agent_pid or "-",
+                 (s.active_request_id and "busy") or "idle", s.queue_depth,
+                 _seconds(s.idle_seconds), "forever" if s.ttl_seconds == 0
+                 else _seconds(s.ttl_seconds)) for s in result.sessions]
+        if rows:
+            out.write(format_table(rows, ("SESSION", "AGENT", "AGENT PID", "STATE", "QUEUED",
+                                          "IDLE", "TTL")) + "\n")
+        else:
+            out.write("no warm sessions\n")
+    await out.drain()
+    return EXIT_OK
+

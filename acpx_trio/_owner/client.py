@@ -1,0 +1,214 @@
+"""The client side of the warm owner: find it, or start exactly one, and talk to it.
+
+Guarantees:
+
+* :func:`connect_owner` never follows a symlink and refuses a socket path that is not a socket
+  or is owned by another uid (:class:`OwnerSocketError`), and refuses a peer whose uid is not
+  ours (``SO_PEERCRED``).
+* :func:`connect_or_start` ends with one owner however many clients race: starting is
+  serialised by ``owner-start.lock``; a new owner is started only while holding
+  ``owner.lock`` (which proves no owner is alive); a stale socket is removed only when
+  ``connect`` is refused *and* the recorded owner pid (with its start time) is not alive.
+* Every wait is bounded and cancellable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import trio
+
+from acpx_trio._errors import AcpxError
+from acpx_trio._owner.paths import (
+    OwnerPaths,
+    OwnerSocketError,
+    check_socket_path,
+    connect_refused,
+    open_lock_fd,
+    peer_uid,
+    process_alive,
+    read_owner_info,
+    remove_socket_file,
+)
+from acpx_trio._owner.wire import (
+    FrameReader,
+    OwnerLaunch,
+    Reply,
+    Request,
+    decode_reply,
+    encode_frame,
+)
+from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
+
+__all__ = ["OwnerStartError", "connect_or_start", "connect_owner", "request_frames"]
+
+#: Bound of starting an owner (lock waits, runtime start-up, socket ready).
+START_SECONDS = 60.0
+#: Attempts to reach an owner that keeps going away while we connect.
+CONNECT_ATTEMPTS = 5
+#: Upper bound of one reply frame (an event carries an agent's text chunk, which the runtime
+#: bounds by its own line limit).
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+
+
+class OwnerStartError(AcpxError):
+    """A warm owner could not be started (its log's tail is in the message)."""
+
+    code = "ACPX_OWNER_START_FAILED"
+
+
+async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
+    """A connection to the live owner of ``state_dir``, or ``None`` when none listens."""
+    paths = OwnerPaths(state_dir)
+    paths.check_length()
+    if not await trio.to_thread.run_sync(check_socket_path, paths.socket):
+        return None
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.connect(str(paths.socket))
+    except OSError as exc:
+        sock.close()
+        if connect_refused(exc):
+            return None
+        raise OwnerSocketError(f"cannot connect to the owner socket {paths.socket}: "
+                               f"{exc.strerror}") from exc
+    uid = peer_uid(sock)  # type: ignore[arg-type]
+    if uid != os.geteuid():
+        sock.close()
+        raise OwnerSocketError(f"refusing the owner socket {paths.socket}: the process "
+                               f"listening there runs as uid {uid}, not as us")
+    return trio.SocketStream(sock)
+
+
+async def request_frames(stream: trio.SocketStream, request: Request) -> AsyncIterator[Reply]:
+    """Send ``request`` and yield reply frames until the owner closes the connection."""
+    await stream.send_all(encode_frame(request))
+    reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
+    while (line := await reader.receive()) is not None:
+        yield decode_reply(line)
+
+
+def _flock_blocking(fd: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OwnerStartError(f"timed out after {timeout:g}s waiting for a lock held "
+                                      "by another acpx-trio owner or client") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _log_tail(path: Path, limit: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        data = path.read_bytes()[-limit:].decode(errors="replace").strip()
+        return data
+    return ""
+
+
+def _spawn_owner(paths: OwnerPaths, launch: OwnerLaunch, lock_fd: int,
+                 ready_w: int) -> subprocess.Popen[bytes]:
+    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, FILE_MODE)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acpx_trio._owner", "--state-dir", str(paths.state_dir),
+             "--lock-fd", str(lock_fd), "--ready-fd", str(ready_w)],
+            stdin=subprocess.PIPE, stdout=log_fd, stderr=log_fd, pass_fds=(lock_fd, ready_w),
+            start_new_session=True, cwd="/", close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(msgspec.json.encode(launch))
+    finally:
+        proc.stdin.close()
+    return proc
+
+
+async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
+    """Holding ``owner-start.lock``: take ``owner.lock`` (waiting for an exiting owner), clear
+    a provably stale socket, spawn the owner and wait for it to listen."""
+    lock_fd = await trio.to_thread.run_sync(open_lock_fd, paths.lock)
+    try:
+        if not await trio.to_thread.run_sync(_try_flock, lock_fd):
+            # An owner is alive but not listening: it is shutting down.  Wait for its exit.
+            await trio.to_thread.run_sync(_flock_blocking, lock_fd, START_SECONDS)
+        info = await trio.to_thread.run_sync(read_owner_info, paths)
+        if info is not None and info.pid != os.getpid() and await trio.to_thread.run_sync(
+                process_alive, info.pid, info.create_time):
+            raise OwnerStartError(
+                f"owner.lock is free but the recorded owner pid {info.pid} is alive; refusing "
+                f"to start a second owner on {paths.state_dir}")
+        if await trio.to_thread.run_sync(check_socket_path, paths.socket):
+            # Proven stale: we hold the lock, connect is refused, the recorded pid is gone.
+            probe = await connect_owner(paths.state_dir)
+            if probe is not None:
+                await probe.aclose()
+                return  # cannot happen while we hold the lock; let the caller connect
+            await trio.to_thread.run_sync(remove_socket_file, paths.socket)
+        ready_r, ready_w = os.pipe()
+        try:
+            proc = await trio.to_thread.run_sync(_spawn_owner, paths, launch, lock_fd, ready_w)
+        finally:
+            os.close(ready_w)
+        async with trio.lowlevel.FdStream(ready_r) as ready:
+            with trio.move_on_after(START_SECONDS):
+                got = await ready.receive_some(64)
+                if got.startswith(b"ready"):
+                    return
+        await trio.to_thread.run_sync(lambda: proc.poll())
+        tail = await trio.to_thread.run_sync(_log_tail, paths.log)
+        raise OwnerStartError(f"the warm owner did not start (see {paths.log}): "
+                              f"{tail or 'no output'}")
+    finally:
+        os.close(lock_fd)
+
+
+async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketStream:
+    """Connect to the owner of ``state_dir``, starting one first if none is alive."""
+    paths = OwnerPaths(state_dir)
+    await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
+    for _ in range(CONNECT_ATTEMPTS):
+        stream = await connect_owner(state_dir)
+        if stream is not None:
+            return stream
+        start_fd = await trio.to_thread.run_sync(open_lock_fd, paths.start_lock)
+        try:
+            await trio.to_thread.run_sync(_flock_blocking, start_fd, START_SECONDS)
+            stream = await connect_owner(state_dir)
+            if stream is not None:
+                return stream
+            await _start_owner(paths, launch)
+        finally:
+            os.close(start_fd)
+    raise OwnerStartError(f"could not reach a warm owner on {state_dir} after "
+                          f"{CONNECT_ATTEMPTS} attempts")
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))

@@ -1,0 +1,356 @@
+"""The owner process: one runtime service on a state dir, serving warm sessions on a socket.
+
+Guarantees:
+
+* One Trio run, one root nursery: the runtime service (and so every agent process and the
+  service's own watchdog and sweeps), the socket's accept loop, every client connection and
+  every session's worker live under it.  When the owner ends — idle TTL, ``shutdown``, the last
+  ``close``, SIGTERM/SIGINT/SIGHUP — the socket is unlinked first (new clients start a new
+  owner, which waits for this one's lock), then every session is closed, then the service
+  stops: no agent process is left.
+* It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
+* A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
+  session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
+* Requires the caller to hold ``owner.lock`` (see :mod:`acpx_trio._owner.paths`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from acpx_trio._errors import AcpxError
+from acpx_trio._owner.paths import (
+    OwnerPaths,
+    OwnerSocketError,
+    check_socket_path,
+    peer_uid,
+    read_owner_info,
+    remove_socket_file,
+    write_owner_info,
+)
+from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.wire import (
+    AcceptedFrame,
+    CancelRequest,
+    CancelResult,
+    CloseRequest,
+    CloseResult,
+    FrameReader,
+    OwnerErrorFrame,
+    OwnerLaunch,
+    OwnerProtocolError,
+    PromptRequest,
+    Reply,
+    Request,
+    SessionState,
+    ShutdownRequest,
+    StatusRequest,
+    StatusResult,
+    config_fingerprint,
+    decode_request,
+    encode_frame,
+)
+from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
+
+__all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
+
+#: How long a new owner waits for its first session before exiting.
+EMPTY_GRACE_SECONDS = 10.0
+#: Bound for a client to send its request frame after connecting.
+REQUEST_READ_SECONDS = 10.0
+_log = logging.getLogger("acpx_trio.owner")
+
+
+def bind_socket(paths: OwnerPaths) -> socket.socket:
+    """Bind and listen on ``owner.sock`` (0600).  A socket left there is stale (the caller
+    holds ``owner.lock``) and is replaced; anything else at the path is refused (blocking)."""
+    paths.check_length()
+    if check_socket_path(paths.socket):
+        remove_socket_file(paths.socket)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(paths.socket))
+        finally:
+            os.umask(old)
+        os.chmod(paths.socket, 0o600, follow_symlinks=False)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Owner:
+    """The warm sessions of one state dir (see the module docstring)."""
+
+    def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch,
+                 config: AcpxConfig | None = None) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.paths = paths
+        self.launch = launch
+        self.fingerprint = config_fingerprint(launch.raw_config)
+        self.sessions: dict[str, WarmSession] = {}
+        self._closed_sessions: dict[str, trio.Event] = {}
+        self._changed = trio.Event()
+        self._stop_requested = False
+        self.stopping = False
+        self._had_session = False
+        self._started = trio.current_time()
+        self._nursery: trio.Nursery | None = None
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self.changed()
+
+    def _session(self, req: PromptRequest) -> WarmSession:
+        session = self.sessions.get(req.session_key)
+        if session is None:
+            assert self._nursery is not None
+            session = WarmSession(key=req.session_key, runtime=self.runtime,
+                                  ttl_seconds=self.launch.default_ttl_seconds,
+                                  on_change=self.changed,
+                                  transcript=self._transcript(req.session_key))
+            self.sessions[req.session_key] = session
+            self._had_session = True
+            self._nursery.start_soon(session.worker)
+        if req.ttl_seconds is not None:
+            session.ttl_seconds = req.ttl_seconds
+        return session
+
+    def _transcript(self, key: str) -> TranscriptWriter | None:
+        config = self.config
+        if config is None or not config.transcript:
+            return None
+        return TranscriptWriter(
+            transcript_path(config.state_dir, key), max_bytes=config.transcript_max_bytes,
+            keep=config.transcript_keep, credentials=known_credentials(config.auth),
+            nursery=self._nursery)
+
+    async def close_session(self, session: WarmSession) -> None:
+        if session.closing:
+            await self._closed_sessions.setdefault(session.key, trio.Event()).wait()
+            return
+        done = self._closed_sessions.setdefault(session.key, trio.Event())
+        try:
+            with trio.CancelScope(shield=True):
+                await session.close()
+        finally:
+            if self.sessions.get(session.key) is session:
+                del self.sessions[session.key]
+            del self._closed_sessions[session.key]
+            done.set()
+            self.changed()
+
+    async def state(self, session: WarmSession) -> SessionState:
+        """The session as clients see it; ``agent_pid`` only while that agent is alive."""
+        idle = None if session.busy else max(0.0, trio.current_time() - session.idle_since)
+        handle = session.handle
+        agent_pid = session.agent_pid
+        if handle is not None:
+            try:
+                status = await self.runtime.get_status(handle=handle)
+                agent_pid = status.agent_pid if status.alive else None
+            except AcpxError:
+                agent_pid = None
+        return SessionState(
+            session_key=session.key, agent=session.agent, agent_pid=agent_pid,
+            backend_session_id=None if handle is None else handle.backend_session_id,
+            queue_depth=len(session.queue),
+            active_request_id=None if session.active is None else session.active.request_id,
+            turn_state="idle" if session.active is None else session.active.state,
+            idle_seconds=idle, ttl_seconds=session.ttl_seconds)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    async def lifetime(self) -> None:
+        """Return when the owner should exit: stop requested, or no session left."""
+        while not self._stop_requested:
+            changed = self._changed
+            now = trio.current_time()
+            expired = [s for s in self.sessions.values() if s.expires_at() <= now]
+            if expired:
+                async with trio.open_nursery() as nursery:
+                    for session in expired:
+                        _log.info(f"session {session.key}: idle for {session.ttl_seconds:g}s, "
+                                  "closing it")
+                        nursery.start_soon(self.close_session, session)
+                continue
+            if not self.sessions:
+                deadline = self._started + EMPTY_GRACE_SECONDS
+                if self._had_session or deadline <= now:
+                    return
+            else:
+                deadline = min(s.expires_at() for s in self.sessions.values())
+            if deadline <= now:
+                continue
+            with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
+                await changed.wait()
+
+    async def run(self, listener: trio.SocketListener) -> None:
+        """Serve until :meth:`lifetime` returns, then shut down (see the module docstring)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            accept_scope = trio.CancelScope()
+            nursery.start_soon(self._accept_loop, listener, accept_scope)
+            nursery.start_soon(self._watch_signals)
+            try:
+                await self.lifetime()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._shutdown(accept_scope, listener)
+                nursery.cancel_scope.cancel()
+
+    async def _shutdown(self, accept_scope: trio.CancelScope,
+                        listener: trio.SocketListener) -> None:
+        self.stopping = True
+        accept_scope.cancel()
+        await trio.to_thread.run_sync(self._remove_files)
+        await listener.aclose()
+        async with trio.open_nursery() as nursery:
+            for session in list(self.sessions.values()):
+                nursery.start_soon(self.close_session, session)
+
+    def _remove_files(self) -> None:
+        with contextlib.suppress(OSError, OwnerSocketError):
+            remove_socket_file(self.paths.socket)
+        info = read_owner_info(self.paths)
+        if info is not None and info.pid == os.getpid():
+            with contextlib.suppress(OSError):
+                self.paths.info.unlink()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                _log.info(f"signal {signal.Signals(signum).name}: shutting down")
+                self.request_stop()
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           scope: trio.CancelScope) -> None:
+        assert self._nursery is not None
+        with scope:
+            while True:
+                stream = await listener.accept()
+                self._nursery.start_soon(self._handle, stream)
+
+    # -- one connection ---------------------------------------------------------------------
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                uid = peer_uid(stream.socket)  # type: ignore[arg-type]
+                if uid != os.geteuid():
+                    _log.warning(f"refused a connection from uid {uid}")
+                    return
+                reader = FrameReader(stream)
+                with trio.fail_after(REQUEST_READ_SECONDS):
+                    line = await reader.receive()
+                if line is None:
+                    return
+                await self._dispatch(decode_request(line), stream)
+            except (OwnerProtocolError, trio.TooSlowError) as exc:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(encode_frame(OwnerErrorFrame(
+                        code=OwnerProtocolError.code, message=str(exc) or "request too slow")))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the client went away (a connection problem never stops the owner)
+
+    async def _reply(self, stream: trio.SocketStream, frame: Reply) -> None:
+        await stream.send_all(encode_frame(frame))
+
+    async def _dispatch(self, req: Request, stream: trio.SocketStream) -> None:
+        if isinstance(req, PromptRequest):
+            await self._prompt(req, stream)
+        elif isinstance(req, CancelRequest):
+            session = self.sessions.get(req.session_key)
+            cancelled = session is not None and await session.cancel(req.request_id)
+            await self._reply(stream, CancelResult(cancelled=cancelled))
+        elif isinstance(req, StatusRequest):
+            warm = self.sessions.get(req.session_key or "")
+            if req.flush_transcript and warm is not None and warm.transcript is not None:
+                await warm.transcript.flush()
+            sessions = [await self.state(s) for k, s in sorted(self.sessions.items())
+                        if req.session_key in (None, k)]
+            await self._reply(stream, StatusResult(
+                owner_pid=os.getpid(), state_dir=str(self.paths.state_dir),
+                uptime_seconds=trio.current_time() - self._started, sessions=sessions))
+        elif isinstance(req, CloseRequest):
+            session = self.sessions.get(req.session_key)
+            if session is not None:
+                await self.close_session(session)
+            exiting = self._stop_requested or (self._had_session and not self.sessions)
+            await self._reply(stream, CloseResult(closed=session is not None,
+                                                  owner_exiting=exiting))
+        elif isinstance(req, ShutdownRequest):
+            self.request_stop()
+            await self._reply(stream, CloseResult(closed=bool(self.sessions),
+                                                  owner_exiting=True))
+
+    async def _prompt(self, req: PromptRequest, stream: trio.SocketStream) -> None:
+        if req.config_fingerprint != self.fingerprint:
+            await self._reply(stream, OwnerErrorFrame(
+                code="ACPX_OWNER_CONFIG_MISMATCH",
+                message=f"the warm owner (pid {os.getpid()}) of {self.paths.state_dir} runs "
+                "with a different configuration (agents, permissions, ...); close its "
+                "sessions (`acpx-trio sessions close KEY`) or use another --state-dir"))
+            return
+        while (old := self.sessions.get(req.session_key)) is not None and old.closing:
+            await self.close_session(old)  # waits for the close in progress
+        if self.stopping or self._stop_requested:
+            await self._reply(stream, OwnerErrorFrame(
+                code="ACPX_OWNER_SHUTTING_DOWN", retryable=True,
+                message="the warm owner is shutting down; retry to start a new one"))
+            return
+        turn = QueuedTurn(req)
+        position = self._session(req).enqueue(turn)
+        await self._reply(stream, AcceptedFrame(request_id=req.request_id, position=position,
+                                                owner_pid=os.getpid()))
+        if turn.receive is None:
+            return
+        async with turn.receive:
+            async for frame in turn.receive:
+                await self._reply(stream, frame)
+
+
+async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
+                    ready: Callable[[], None] | None = None) -> None:
+    """Run an owner on ``state_dir`` until it decides to exit (the caller holds the lock).
+
+    ``ready`` is called once the socket listens and ``owner.json`` is written."""
+    from acpx_trio._service.lazy_runtime import RuntimeFactoryParams, build_default_runtime
+    from acpx_trio._service.open_service import open_runtime_service
+
+    paths = OwnerPaths(state_dir)
+
+    async def factory(params: RuntimeFactoryParams) -> Any:
+        # The real runtime, not the lazy wrapper: its ``run_turn`` registers the turn without
+        # a checkpoint, which the queue's cancel-while-starting guarantee relies on.
+        return await build_default_runtime(params)
+
+    async with open_runtime_service(
+        workspace_dir=launch.workspace_dir, state_dir=state_dir,
+        plugin_config=launch.raw_config, logger=_log, runtime_factory=factory,
+    ) as service:
+        sock = await trio.to_thread.run_sync(bind_socket, paths)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        owner = Owner(service.runtime, paths, launch, config=service.config)
+        await trio.to_thread.run_sync(write_owner_info, paths)
+        if ready is not None:
+            ready()
+        await owner.run(listener)

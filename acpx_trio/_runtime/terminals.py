@@ -1,0 +1,431 @@
+"""``terminal/*``: commands an agent runs through the client, owned like agents.
+
+Guarantees of :class:`TerminalManager` (one per session):
+
+* **Permission first**: ``terminal/create`` is an execute-kind permission — allowed under
+  ``approve-all``, otherwise refused (``nonInteractivePermissions: fail`` also fails the
+  running turn with ``ACP_PERMISSION_PROMPT_UNAVAILABLE``).  A refused command never runs.
+* **Confined**: the working directory must lie inside the session cwd (after ``..`` and
+  symlink resolution); default is the session cwd.  The command inherits the owner's
+  environment minus ``ACPX_AUTH_*`` (acpx-trio's own credential variables), plus the
+  request's ``env``.
+* **Owned like an agent**: a lease is saved (``root_pid == 0``) before the spawn and
+  completed after it; the process carries the lease tags in its environment (inherited by
+  its children) and runs in its own process group (``start_new_session``).  Its tree is
+  killed on ``terminal/kill``, ``terminal/release``, session close, cancellation of the
+  nursery that runs it, and — through the lease and tags — by the start-up reaper after a
+  crash of the owner.
+* **Bounded output**: stdout and stderr are merged; at most ``outputByteLimit`` bytes
+  (default :data:`DEFAULT_OUTPUT_LIMIT`, at most :data:`MAX_OUTPUT_LIMIT`) of the newest
+  output are kept, cut at a UTF-8 character boundary (``truncated`` says so).
+
+Where the reaper's process-group kill plugs in: :meth:`Terminal._kill_tree` calls
+``cleanup_owned_process_tree`` (tags + verified root); a group kill of ``process_group_id``
+(recorded in the lease) can replace or precede it there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from acpx_trio._acp import (
+    CreateTerminalRequest,
+    CreateTerminalResponse,
+    EmptyResponse,
+    TerminalExitStatus,
+    TerminalOutputRequest,
+    TerminalOutputResponse,
+)
+from acpx_trio._errors import AcpRuntimeError, LeaseStoreError
+from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.reaper import ProcessCleanupDeps, cleanup_owned_process_tree
+from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
+from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
+from acpx_trio._runtime.permissions import (
+    INVALID_PARAMS,
+    PERMISSION_DENIED_RPC,
+    PermissionPolicy,
+    resolve_confined_path,
+)
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
+    "MAX_OUTPUT_LIMIT",
+    "TERMINAL_METHODS",
+    "OutputBuffer",
+    "Terminal",
+    "TerminalManager",
+]
+
+TERMINAL_METHODS = (
+    "terminal/create", "terminal/output", "terminal/wait_for_exit", "terminal/kill",
+    "terminal/release",
+)
+#: Output kept when the agent gives no ``outputByteLimit``.
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+#: Largest ``outputByteLimit`` honoured (bounds memory per terminal).
+MAX_OUTPUT_LIMIT = 16 * 1024 * 1024
+#: Terminals one session may hold at once.
+MAX_TERMINALS = 64
+#: After the command exits, how long its remaining output may take to arrive.
+_DRAIN_SECONDS = 0.25
+_CLEANUP_SECONDS = 10.0
+_log = logging.getLogger("acpx_trio.terminals")
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class OutputBuffer:
+    """The newest ``limit`` bytes of a byte stream, starting at a UTF-8 character boundary."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.data = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes | bytearray) -> None:
+        self.data += chunk
+        excess = max(0, len(self.data) - self.limit)
+        if excess:
+            self.truncated = True
+        if self.truncated:
+            # cut, then skip continuation bytes (also the rest of a character whose head was
+            # cut by an earlier chunk) so the kept text starts a character
+            while excess < len(self.data) and (self.data[excess] & 0xC0) == 0x80:
+                excess += 1
+            del self.data[:excess]
+
+    def text(self) -> str:
+        return bytes(self.data).decode("utf-8", "replace")
+
+
+def _refuse(message: str, code: int = INVALID_PARAMS) -> AcpRuntimeError:
+    return AcpRuntimeError("ACP_TERMINAL_REFUSED", message, rpc_code=code)
+
+
+def _argv(request: CreateTerminalRequest) -> list[str]:
+    """``[command, *args]``; a lone command line with spaces (no args) runs via ``/bin/sh -c``."""
+    if not request.command.strip():
+        raise _refuse("command must be a non-empty string")
+    if not request.args and any(c.isspace() for c in request.command.strip()):
+        return ["/bin/sh", "-c", request.command]
+    return [request.command, *request.args]
+
+
+def _check_dir(raw: str | None, cwd: str) -> str:
+    if raw is None:
+        return cwd
+    path = resolve_confined_path(raw, cwd)
+    if not path.is_dir():
+        raise _refuse(f"terminal cwd {raw!r} is not a directory")
+    return str(path)
+
+
+class Terminal:
+    """One command run for the agent (see the module docstring)."""
+
+    def __init__(
+        self, *, terminal_id: str, argv: list[str], cwd: str, env: dict[str, str],
+        output_limit: int, owner: TerminalManager,
+    ) -> None:
+        self.id = terminal_id
+        self.argv = argv
+        self.cwd = cwd
+        self._env = env
+        self.output = OutputBuffer(output_limit)
+        self._owner = owner
+        self.lease: ProcessLease | None = None
+        self.process: trio.Process | None = None
+        self.create_time: float | None = None
+        self.start_ticks: int | None = None
+        self.exit_status: TerminalExitStatus | None = None
+        self.exited = trio.Event()
+        self.closed = trio.Event()
+        self._stop = trio.Event()
+        self._lease_done = trio.Event()
+        self._output_done = trio.Event()
+        self._kill_lock = trio.Lock()
+        self._killed = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn (raises ``ACP_TERMINAL_SPAWN_FAILED`` before started), then serve until
+        released; the tree is killed and the lease finalised on the way out, always."""
+        try:
+            await self._spawn()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._complete_lease)
+                nursery.start_soon(self._read_output)
+                nursery.start_soon(self._watch_exit)
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close()
+
+    async def _spawn(self) -> None:
+        owner = self._owner
+        owner_pid, owner_start = await owner_identity()
+        lease = new_lease(
+            gateway_instance_id=owner.gateway_instance_id,
+            session_key=f"{owner.session_key}:terminal:{self.id}",
+            wrapper_root=owner.wrapper_root, command=self.argv,
+            owner_pid=owner_pid, owner_start_time=owner_start,
+        )
+        await owner.lease_store.save(lease)
+        self.lease = lease
+        env = {**self._env, **lease_env(lease.lease_id, owner.gateway_instance_id)}
+        try:
+            self.process = await trio.lowlevel.open_process(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, cwd=self.cwd, env=env, start_new_session=True,
+            )
+        except OSError as exc:
+            self._lease_done.set()
+            raise AcpRuntimeError(
+                "ACP_TERMINAL_SPAWN_FAILED",
+                f"could not run {shlex.join(self.argv)!r}: {exc.strerror or exc}",
+                rpc_code=PERMISSION_DENIED_RPC,
+            ) from exc
+
+    async def _complete_lease(self) -> None:
+        try:
+            assert self.process is not None and self.lease is not None
+            pid = self.process.pid
+            info = await trio.to_thread.run_sync(process_info, pid)
+            if info is not None:
+                self.create_time, self.start_ticks = info.create_time, info.start_ticks
+            done = msgspec.structs.replace(
+                self.lease, root_pid=pid, root_create_time=self.create_time,
+                root_start_ticks=self.start_ticks, boot_id=boot_id(), process_group_id=pid,
+            )
+            try:
+                await self._owner.lease_store.save(done)
+            except (LeaseStoreError, ValueError) as exc:
+                self._owner.log.error("terminal lease %s: could not record pid: %s",
+                                      done.lease_id, exc)
+            else:
+                self.lease = done
+        finally:
+            self._lease_done.set()
+
+    async def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while data := await self.process.stdout.receive_some(65536):
+                    self.output.add(data)
+        finally:
+            self._output_done.set()
+
+    async def _watch_exit(self) -> None:
+        assert self.process is not None
+        code = await self.process.wait()
+        with trio.move_on_after(_DRAIN_SECONDS):
+            await self._output_done.wait()
+        self._set_exit(code)
+
+    def _set_exit(self, code: int) -> None:
+        if self.exit_status is not None:
+            return
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            self.exit_status = TerminalExitStatus(exit_code=None, signal=name)
+        else:
+            self.exit_status = TerminalExitStatus(exit_code=code, signal=None)
+        self.exited.set()
+
+    async def _mark(self, state: LeaseState) -> None:
+        if self.lease is None:
+            return
+        try:
+            updated = await self._owner.lease_store.mark_state(self.lease.lease_id, state)
+        except (LeaseStoreError, ValueError) as exc:
+            self._owner.log.error("terminal lease %s: could not mark %s: %s",
+                                  self.lease.lease_id, state, exc)
+            return
+        if updated is not None:
+            self.lease = updated
+
+    async def kill(self) -> None:
+        """Kill the command's tree (output stays readable); idempotent; lease final."""
+        async with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+            with trio.CancelScope(shield=True), trio.move_on_after(
+                self._owner.kill_grace * 2 + _CLEANUP_SECONDS
+            ):
+                await self._kill_tree()
+
+    async def _kill_tree(self) -> None:
+        proc, lease, owner = self.process, self.lease, self._owner
+        if proc is None:
+            await self._mark(LeaseState.CLOSING)
+            await self._mark(LeaseState.LOST)
+            return
+        with trio.move_on_after(_CLEANUP_SECONDS / 2):
+            await self._lease_done.wait()
+        await self._mark(LeaseState.CLOSING)
+        survivors: tuple[int, ...] = ()
+        if lease is not None:
+            # The reaper's process-group kill (of lease.process_group_id) plugs in here.
+            try:
+                result = await cleanup_owned_process_tree(
+                    root_pid=proc.pid, expected_lease_id=lease.lease_id,
+                    expected_gateway_instance_id=owner.gateway_instance_id,
+                    root_create_time=self.create_time, root_start_ticks=self.start_ticks,
+                    root_boot_id=self.lease.boot_id if self.lease else None,
+                    grace=owner.kill_grace,
+                    deps=owner.cleanup_deps or lease_cleanup_deps(lease.lease_id, proc.pid),
+                )
+                survivors = tuple(result.survived_pids)
+            except Exception as exc:
+                owner.log.error("terminal %s: tree cleanup failed: %r", self.id, exc)
+        if proc.returncode is None:  # our direct child: always kill and reap it
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with trio.move_on_after(max(owner.kill_grace, 1.0)):
+                await proc.wait()
+        if proc.returncode is not None:
+            with trio.move_on_after(_DRAIN_SECONDS):
+                await self._output_done.wait()
+            self._set_exit(proc.returncode)
+        if survivors or proc.returncode is None:
+            owner.log.error("terminal %s: processes survived (%s); lease %s stays closing",
+                            self.id, list(survivors) or [proc.pid], self.lease_id)
+            return
+        await self._mark(LeaseState.CLOSED)
+
+    @property
+    def lease_id(self) -> str | None:
+        return None if self.lease is None else self.lease.lease_id
+
+    async def _close(self) -> None:
+        try:
+            await self.kill()
+        finally:
+            self.closed.set()
+
+    async def release(self) -> None:
+        """Kill if running, stop serving, forget; returns when the lease is final."""
+        self._stop.set()
+        await self.kill()
+        await self.closed.wait()
+
+
+class TerminalManager:
+    """The terminals of one session (see the module docstring)."""
+
+    def __init__(
+        self, *, session_key: str, cwd: str, policy: PermissionPolicy, nursery: trio.Nursery,
+        gateway_instance_id: str, lease_store: LeaseStore, wrapper_root: str | Path,
+        kill_grace: float = 0.75, cleanup_deps: ProcessCleanupDeps | None = None,
+        on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
+        logger: Logger | None = None,
+    ) -> None:
+        self.session_key = session_key
+        self.cwd = cwd
+        self.policy = policy
+        self.nursery = nursery
+        self.gateway_instance_id = gateway_instance_id
+        self.lease_store = lease_store
+        self.wrapper_root = str(wrapper_root)
+        self.kill_grace = kill_grace
+        self.cleanup_deps = cleanup_deps
+        self._on_turn_failure = on_turn_failure
+        self.log: Logger = logger or _log
+        self.terminals: dict[str, Terminal] = {}
+        self._closed = False
+
+    def _get(self, terminal_id: str) -> Terminal:
+        term = self.terminals.get(terminal_id)
+        if term is None:
+            raise _refuse(f"unknown terminal: {terminal_id}")
+        return term
+
+    async def handle(self, method: str, raw: msgspec.Raw) -> Any:
+        """Serve one ``terminal/*`` request (already checked to be for this session)."""
+        if method == "terminal/create":
+            return await self.create(msgspec.json.decode(raw, type=CreateTerminalRequest))
+        request = msgspec.json.decode(raw, type=TerminalOutputRequest)
+        term = self._get(request.terminal_id)
+        if method == "terminal/output":
+            return TerminalOutputResponse(
+                output=term.output.text(), truncated=term.output.truncated,
+                exit_status=term.exit_status,
+            )
+        if method == "terminal/wait_for_exit":
+            await term.exited.wait()
+            assert term.exit_status is not None
+            return term.exit_status
+        if method == "terminal/kill":
+            await term.kill()
+            return EmptyResponse()
+        if method == "terminal/release":
+            self.terminals.pop(term.id, None)
+            await term.release()
+            return EmptyResponse()
+        raise _refuse(f"Method not found: {method}", -32601)
+
+    async def create(self, request: CreateTerminalRequest) -> CreateTerminalResponse:
+        """Check permission and cwd, then start the command (see the module docstring)."""
+        if self._closed:
+            raise _refuse("the session is closing", PERMISSION_DENIED_RPC)
+        argv = _argv(request)
+        allowed, fail = self.policy.terminal_allowed(shlex.join(argv))
+        if not allowed:
+            if fail is not None and self._on_turn_failure is not None:
+                self._on_turn_failure(fail)
+            raise _refuse(
+                f"running {shlex.join(argv)!r} is denied (permissionMode {self.policy.mode}, "
+                f"nonInteractivePermissions {self.policy.non_interactive}); set "
+                'permissionMode "approve-all" to allow commands', PERMISSION_DENIED_RPC,
+            )
+        if len(self.terminals) >= MAX_TERMINALS:
+            raise _refuse(f"too many terminals (at most {MAX_TERMINALS}); release some")
+        cwd = await trio.to_thread.run_sync(_check_dir, request.cwd, self.cwd)
+        limit = DEFAULT_OUTPUT_LIMIT if request.output_byte_limit is None else (
+            min(max(0, request.output_byte_limit), MAX_OUTPUT_LIMIT))
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
+        env = {**inherited, **{v.name: v.value for v in request.env}}
+        term = Terminal(
+            terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd=cwd, env=env,
+            output_limit=limit, owner=self,
+        )
+        await self.nursery.start(term.run)
+        self.terminals[term.id] = term
+        if self._closed:  # closed while starting: never leave it running
+            await self.aclose()
+            raise _refuse("the session is closing", PERMISSION_DENIED_RPC)
+        self.log.debug("terminal %s: pid %s runs %s", term.id, term.pid, shlex.join(argv))
+        return CreateTerminalResponse(terminal_id=term.id)
+
+    async def aclose(self) -> None:
+        """Release every terminal (trees killed, leases final); later creates are refused."""
+        self._closed = True
+        terms = list(self.terminals.values())
+        self.terminals.clear()
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for term in terms:
+                    nursery.start_soon(term.release)

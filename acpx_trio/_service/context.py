@@ -1,0 +1,104 @@
+"""What the host hands the service (:class:`ServiceContext`), the service's ids, env switches
+and errors."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from acpx_trio._errors import AcpxError
+from acpx_trio._log import ServiceLogger
+from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
+from acpx_trio._store.config import AcpxConfig
+
+__all__ = [
+    "BACKEND_ID",
+    "SERVICE_ID",
+    "SKIP_PROBE_ENV",
+    "SKIP_RUNTIME_ENV",
+    "STARTUP_PROBE_ENV",
+    "WRAPPER_DIR_NAME",
+    "Phase",
+    "Running",
+    "RuntimeFactory",
+    "ServiceAlreadyStartedError",
+    "ServiceContext",
+    "ServiceStoppedError",
+    "startup_probe_enabled",
+]
+
+SERVICE_ID = "acpx-runtime"
+BACKEND_ID = "acpx"
+SKIP_RUNTIME_ENV = "OPENCLAW_SKIP_ACPX_RUNTIME"
+STARTUP_PROBE_ENV = "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE"
+SKIP_PROBE_ENV = "OPENCLAW_SKIP_ACPX_RUNTIME_PROBE"
+WRAPPER_DIR_NAME = "acpx"
+
+#: Builds the service's runtime; may return the runtime or an awaitable of it.
+RuntimeFactory = Callable[[RuntimeFactoryParams], AcpRuntime | Awaitable[AcpRuntime]]
+
+
+class ServiceStoppedError(AcpxError):
+    """The service is not running: :meth:`~AcpxRuntimeService.stop` ran while
+    :meth:`~AcpxRuntimeService.start` was still starting (that start was aborted and left
+    nothing registered or running), or a call needing a running service came while it was
+    stopped (:meth:`~AcpxRuntimeService.require_runtime`)."""
+
+    code = "ACPX_SERVICE_STOPPED"
+
+
+class ServiceAlreadyStartedError(AcpxError):
+    """:meth:`AcpxRuntimeService.start` was called while the service is started or starting."""
+
+    code = "ACPX_SERVICE_ALREADY_STARTED"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceContext:
+    """What the host gives the service.
+
+    ``nursery`` is the host's root nursery: the service starts exactly one task there (with
+    ``nursery.start``), which owns a nursery of its own where every task of the service and
+    its runtime runs.  ``allowed_agents`` is the host's ACP allow-list; its first non-blank
+    entry is the probe agent when the config names none."""
+
+    workspace_dir: str | os.PathLike[str]
+    state_dir: str | os.PathLike[str]
+    logger: ServiceLogger
+    nursery: trio.Nursery
+    allowed_agents: Sequence[str] = ()
+
+
+class Phase(enum.Enum):
+    """Where a service is in its life (guarded by its lock)."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+
+
+@dataclass(slots=True, kw_only=True)
+class Running:
+    """What a started service holds."""
+
+    ctx: ServiceContext
+    config: AcpxConfig
+    runtime: AcpRuntime
+    #: The service nursery (child of the host's): runtime tasks and the background host.
+    nursery: trio.Nursery
+    #: Probe, sweep and ``AcpxRuntimeService._spawn_background`` tasks.
+    background: trio.Nursery
+    background_done: trio.Event
+    run_done: trio.Event
+
+
+def startup_probe_enabled() -> bool:
+    return (
+        os.environ.get(STARTUP_PROBE_ENV) == "1" and os.environ.get(SKIP_PROBE_ENV) != "1"
+    )

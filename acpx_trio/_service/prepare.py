@@ -1,0 +1,104 @@
+"""The blocking part of a service start (:func:`~acpx_trio._service.startup.prepare_sync`:
+config, private dirs, gateway id, lease store, "is there anything to reap"), cached across
+restarts of one service object.
+
+:meth:`PrepareCache.prepare` returns the previous result while nothing it depends on changed:
+
+* the key: the plugin config's content (not its identity: a dict mutated between restarts
+  gets a new config), the workspace and state dirs, the allowed agents;
+* both private directories: same inode, mode still 0700;
+* the gateway id file: same fingerprint (device, inode, size, mtime, ctime);
+* the lease file: same fingerprint, and the previous answer was "nothing to reap" (the lease
+  store object is kept too, with its decoded file).
+
+Every check is a ``stat``.  When only the lease file changed, the kept store re-reads it;
+anything else runs ``prepare_sync`` again, exactly as a first start (same errors).
+Blocking: call it in a worker thread; one start at a time (the service's lock).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
+from acpx_trio._service.startup import Prepared, prepare_sync
+from acpx_trio._store.fsio import DIR_MODE
+from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
+from acpx_trio._store.lease_snapshot import fingerprint
+
+__all__ = ["PrepareCache", "cache_key"]
+
+
+def cache_key(
+    plugin_config: Mapping[str, Any] | None, workspace_dir: object, state_dir: object,
+    allowed_agents: Sequence[str],
+) -> object:
+    """What the resolved config depends on.  A config that does not encode as JSON gets a key
+    equal to nothing (no caching)."""
+    try:
+        content = msgspec.json.encode(plugin_config)
+    except (TypeError, ValueError, OverflowError):
+        return object()
+    return (content, str(workspace_dir), str(state_dir), tuple(allowed_agents))
+
+
+def _dir_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if (st.st_mode & 0o777) != DIR_MODE:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mode)
+
+
+class PrepareCache:
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        self._key: object = None
+        self._prepared: Prepared | None = None
+        self._inputs: tuple[object, ...] = ()
+        self._lease_fp: object = None
+        #: Starts served from the cache without reading any file (for tests and benchmarks).
+        self.hits = 0
+
+    def _inputs_of(self, prepared: Prepared, state_dir: Path) -> tuple[object, ...]:
+        dirs = (_dir_identity(Path(prepared.config.state_dir)),
+                _dir_identity(state_dir / WRAPPER_DIR_NAME))
+        if None in dirs:
+            return (object(),)  # equal to nothing: check again next time
+        return (*dirs, fingerprint(state_dir / GATEWAY_ID_FILE_NAME))
+
+    def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
+        state_dir = Path(ctx.state_dir)
+        key = cache_key(plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
+        kept = self._prepared
+        if kept is None or key != self._key or self._inputs_of(kept, state_dir) != self._inputs:
+            self._prepared = None
+            prepared = prepare_sync(plugin_config, ctx)
+            self._key = key
+            self._inputs = self._inputs_of(prepared, state_dir)
+        else:
+            store = kept.lease_store
+            store.sync.quarantined.clear()  # report only what this start moves aside
+            if not kept.needs_reap and fingerprint(store.path) == self._lease_fp:
+                self.hits += 1
+                return kept
+            needs_reap = (
+                bool(store.sync.list_open(kept.gateway_instance_id))
+                or bool(store.sync.quarantined)
+                or store.sync.skipped_entries > 0
+            )
+            prepared = Prepared(
+                config=kept.config, lease_store=store,
+                gateway_instance_id=kept.gateway_instance_id, needs_reap=needs_reap,
+            )
+        self._lease_fp = fingerprint(prepared.lease_store.path)
+        self._prepared = prepared
+        return prepared

@@ -1,0 +1,154 @@
+"""The blocking and reaping part of the service's start: config, private dirs, gateway id,
+lease store, and the start-up reap of what a previous life of this gateway left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
+from acpx_trio._log import ServiceLogger
+from acpx_trio._process.reaper import (
+    ProcessCleanupDeps,
+    ReapResult,
+    reap_open_leases,
+    reap_stale_orphans,
+)
+from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
+from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._store.fsio import ensure_private_dir
+from acpx_trio._store.instance import resolve_gateway_instance_id_sync
+from acpx_trio._store.leases import LeaseStore
+from acpx_trio._store.sessions import store_error
+
+__all__ = [
+    "Prepared",
+    "prepare_sync",
+    "probe_agent",
+    "reap_leases_and_orphans",
+    "report_lease_file",
+    "report_reap",
+]
+
+
+def _normalize_agent(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value.strip().lower() or None
+
+
+def probe_agent(config: AcpxConfig, allowed_agents: Sequence[str]) -> str | None:
+    """The configured probe agent, else the first non-blank allowed agent, else ``None``."""
+    explicit = _normalize_agent(config.probe_agent)
+    if explicit:
+        return explicit
+    return next((a for a in map(_normalize_agent, allowed_agents) if a), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    """What :func:`prepare_sync` found.  ``needs_reap``: open leases of this gateway, or a
+    damaged lease file (tagged processes may have lost their lease)."""
+
+    config: AcpxConfig
+    lease_store: LeaseStore
+    gateway_instance_id: str
+    needs_reap: bool
+
+
+def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
+    """Blocking part of start, in one worker-thread hop: config, directories, gateway id,
+    lease store, and whether this gateway has open leases to reap at all."""
+    state_dir = Path(ctx.state_dir)
+    config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
+    config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
+    wrapper_root = state_dir / WRAPPER_DIR_NAME
+    try:
+        ensure_private_dir(Path(config.state_dir))
+    except OSError as exc:
+        raise store_error(Path(config.state_dir), "create the state dir", exc) from exc
+    try:
+        ensure_private_dir(wrapper_root)
+    except OSError as exc:
+        raise LeaseStoreError(
+            f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
+            "the host state dir is a directory this user can write"
+        ) from exc
+    try:
+        gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
+    except OSError as exc:
+        raise GatewayInstanceIdError(
+            f"cannot read or create the gateway instance id in {state_dir} "
+            f"({exc.strerror or exc}); check the host state dir's permissions"
+        ) from exc
+    lease_store = LeaseStore(wrapper_root)
+    needs_reap = (
+        bool(lease_store.sync.list_open(gateway_instance_id))
+        or bool(lease_store.sync.quarantined)
+        or lease_store.sync.skipped_entries > 0
+    )
+    return Prepared(
+        config=config, lease_store=lease_store, gateway_instance_id=gateway_instance_id,
+        needs_reap=needs_reap,
+    )
+
+
+async def reap_leases_and_orphans(
+    gateway_instance_id: str,
+    lease_store: LeaseStore,
+    *,
+    grace: float,
+    deps: ProcessCleanupDeps | None,
+) -> ReapResult:
+    """Start-up reap: every open lease of this gateway whose owner is gone, then every live
+    process tagged with this gateway id whose lease is unknown or final (its lease was lost to
+    a damaged file, or cleanup gave up on it).  Leases still open afterwards (live owners,
+    survivors to retry) protect their processes."""
+    leases = await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
+    still_open = await lease_store.list_open(gateway_instance_id)
+    orphans = await reap_stale_orphans(
+        gateway_instance_id=gateway_instance_id,
+        protected_lease_ids=[x.lease_id for x in still_open],
+        grace=grace,
+        deps=deps,
+    )
+    if not orphans.inspected_pids:
+        return leases
+    return msgspec.structs.replace(
+        leases,
+        inspected_pids=[*leases.inspected_pids, *orphans.inspected_pids],
+        terminated_pids=[*leases.terminated_pids, *orphans.terminated_pids],
+        survived_pids=[*leases.survived_pids, *orphans.survived_pids],
+    )
+
+
+def report_lease_file(lease_store: LeaseStore, logger: ServiceLogger) -> None:
+    """Warn about a quarantined lease file or skipped invalid entries."""
+    for moved in lease_store.sync.quarantined:
+        logger.warning(
+            f"lease file {lease_store.path} was unreadable; moved it aside to {moved} "
+            "(nothing was deleted) and reaping by process tags instead"
+        )
+    skipped = lease_store.sync.skipped_entries
+    if skipped:
+        logger.warning(
+            f"lease file {lease_store.path}: skipped {skipped} "
+            "invalid entr" + ("y" if skipped == 1 else "ies")
+        )
+
+
+def report_reap(reap: ReapResult, config: AcpxConfig, logger: ServiceLogger) -> None:
+    """Log what the start-up reap killed, and legacy config that is ignored."""
+    reaped = len(reap.terminated_pids)
+    if reaped > 0:
+        suffix = "" if reaped == 1 else "es"
+        logger.info(f"reaped {reaped} stale OpenClaw-owned ACPX process{suffix}")
+    if config.ignored_legacy_fields:
+        logger.warning(
+            "embedded acpx runtime ignores legacy compatibility config: "
+            + ", ".join(config.ignored_legacy_fields)
+        )

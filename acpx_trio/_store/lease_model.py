@@ -1,0 +1,78 @@
+"""The lease record and its state machine (see :mod:`acpx_trio._store.leases`)."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from acpx_trio._errors import LeaseStateError
+
+__all__ = ["LeaseState", "ProcessLease", "check_transition"]
+
+
+class LeaseState(enum.StrEnum):
+    """Lifecycle of a lease.  Every API also accepts the plain strings."""
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (LeaseState.CLOSED, LeaseState.LOST)
+
+
+_ALLOWED: frozenset[tuple[LeaseState, LeaseState]] = frozenset(
+    {
+        (LeaseState.OPEN, LeaseState.CLOSING),
+        (LeaseState.OPEN, LeaseState.CLOSED),
+        (LeaseState.CLOSING, LeaseState.CLOSED),
+        (LeaseState.CLOSING, LeaseState.LOST),
+    }
+)
+
+
+def check_transition(lease_id: str, current: LeaseState | str, requested: LeaseState | str) -> None:
+    """Raise :class:`LeaseStateError` unless ``current -> requested`` is allowed.
+
+    Staying in the same state is always allowed (idempotent)."""
+    cur, req = LeaseState(current), LeaseState(requested)
+    if cur is req or (cur, req) in _ALLOWED:
+        return
+    raise LeaseStateError(lease_id, cur.value, req.value)
+
+
+class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True, frozen=True):
+    """One agent launch.  Encoded camelCase (``leaseId``, ``rootPid``, ...) as the seed does.
+
+    The seed's fields are required (a file without them is not a lease file); the fields we
+    add are optional and omitted when unset, so the TypeScript gateway reads our file as-is.
+
+    ``root_pid == 0`` means *pending*: written before spawn, no pid recorded yet.
+    ``root_create_time`` (psutil create time) and ``root_start_ticks``/``boot_id`` (Linux
+    ``/proc/PID/stat`` field 22 and ``/proc/sys/kernel/random/boot_id``) guard against pid
+    reuse.  ``owner_pid``/``owner_start_time`` identify the gateway process that holds the lease,
+    so start-up reaping can leave the leases of a live owner alone."""
+
+    lease_id: str
+    gateway_instance_id: str
+    session_key: str
+    wrapper_root: str
+    wrapper_path: str
+    root_pid: int
+    process_group_id: int | None = None
+    command_hash: str
+    started_at: int
+    state: LeaseState
+    root_create_time: float | None = None
+    root_start_ticks: int | None = None
+    boot_id: str | None = None
+    owner_pid: int | None = None
+    owner_start_time: float | None = None
+
+    def with_state(self, state: LeaseState | str) -> ProcessLease:
+        """Return a copy in ``state`` after checking that the move is legal."""
+        check_transition(self.lease_id, self.state, state)
+        return msgspec.structs.replace(self, state=LeaseState(state))

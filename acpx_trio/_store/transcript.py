@@ -1,0 +1,288 @@
+"""Session transcripts: every ACP message of a session, both directions, as NDJSON.
+
+One file per session key next to its session record (``transcript-<sha256(key)>.ndjson``),
+each line a :class:`TranscriptEntry`: ``t`` (epoch seconds), ``d`` (``out`` to the agent,
+``in`` from it), ``m`` (the message as it was on the wire, after redaction) and ``replay``
+(an update the agent replayed while answering ``session/load``).
+
+Guarantees:
+
+* Bounded: when the file would pass ``max_bytes`` it is rotated (``.1`` is the newest old
+  file); at most ``keep`` files exist in all (``keep`` 0 counts as 1).
+* Credentials never reach the file: the params of ``authenticate`` are replaced, and any string
+  containing a known credential (config ``auth`` values; environment values of credential-like
+  names) has it replaced by ``"<redacted>"``.
+* Files are 0600, created without following symlinks; the directory is 0700.
+* :meth:`TranscriptWriter.on_chunk` (the agent's stream tap) only appends to a memory buffer;
+  redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
+  (call it per turn; it is also scheduled each time the buffer passes ``flush_bytes``, which
+  bounds the memory a long turn holds).  A write error is logged
+  once and the transcript is disabled, never failing a turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import trio
+
+from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
+from acpx_trio._store.sessions import SyncSessionStore
+
+__all__ = [
+    "DEFAULT_FLUSH_BYTES",
+    "REDACTED",
+    "TranscriptEntry",
+    "TranscriptWriter",
+    "known_credentials",
+    "read_transcript",
+    "transcript_path",
+]
+
+REDACTED = "<redacted>"
+#: Buffered bytes that schedule a flush before the turn ends.  Large on purpose: encoding in
+#: a thread still takes the GIL from a CPU-bound stream, so it is best done after the turn.
+DEFAULT_FLUSH_BYTES = 8 * 1024 * 1024
+#: Credentials shorter than this are not searched for (they would redact ordinary words).
+MIN_SECRET_LENGTH = 8
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
+                          re.IGNORECASE)
+_log = logging.getLogger("acpx_trio.transcript")
+#: ``(time, direction, raw bytes)`` as the tap received them.
+Entry = tuple[float, str, bytes]
+
+
+class TranscriptEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    t: float
+    d: Literal["out", "in"]
+    m: msgspec.Raw
+    replay: bool = False
+
+
+class _Head(msgspec.Struct):
+    """Just enough of a JSON-RPC message to route it."""
+
+    id: int | str | None = None
+    method: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_head_decoder = msgspec.json.Decoder(_Head)
+_entry = msgspec.json.Decoder(TranscriptEntry)
+
+
+def _head(raw: bytes) -> _Head | None:
+    """The routing fields of a JSON object line; ``None`` if it is not one."""
+    try:
+        return _head_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def transcript_path(session_dir: str | Path, session_key: str) -> Path:
+    """The transcript file of ``session_key`` beside its record in ``session_dir``."""
+    record = SyncSessionStore(session_dir).path_for(session_key)
+    stem = record.name.removeprefix("session-").removesuffix(".json")
+    return record.with_name(f"transcript-{stem}.ndjson")
+
+
+def known_credentials(auth: Mapping[str, str] | None = None,
+                      environ: Mapping[str, str] | None = None) -> list[str]:
+    """Credential values to redact: config ``auth`` values and the values of environment
+    variables whose names look like credentials (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ...)."""
+    env = os.environ if environ is None else environ
+    found = {v for v in (auth or {}).values() if isinstance(v, str)}
+    found.update(v for k, v in env.items() if _SECRET_NAME.search(k))
+    return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:  # longest first, so a credential inside another goes whole
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    return value
+
+
+class TranscriptWriter:
+    """The transcript of one session (see the module docstring)."""
+
+    def __init__(self, path: Path, *, max_bytes: int = 64 * 1024 * 1024, keep: int = 5,
+                 credentials: Iterable[str] = (), flush_bytes: int = DEFAULT_FLUSH_BYTES,
+                 nursery: trio.Nursery | None = None) -> None:
+        self.path = path
+        self.max_bytes = max(1, max_bytes)
+        self.keep = max(1, keep)
+        self.flush_bytes = flush_bytes
+        self._secrets = list(credentials)
+        # JSON-escaped forms too, in case a credential has characters JSON escapes
+        self._raw_secrets = sorted({s.encode() for s in self._secrets}
+                                   | {_encoder.encode(s)[1:-1] for s in self._secrets},
+                                   key=len, reverse=True)
+        self._nursery = nursery
+        self._pending: list[Entry] = []
+        self._partial: dict[str, bytes] = {}  # per direction: a line split across chunks
+        self._pending_bytes = 0
+        self._lock = trio.Lock()
+        self._flush_scheduled = False
+        self._load_id: int | str | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self.disabled = False
+
+    # -- the tap (synchronous, in the agent's stream reader/writer) ------------------------
+    def on_chunk(self, direction: str, data: bytes) -> None:
+        """Buffer raw stdio bytes (the agent's stream tap, one call per chunk read or message
+        written): one tuple append; line splitting, parsing, redaction and encoding happen in
+        the flush's worker thread, in order."""
+        self._pending.append((time.time(), direction, data))
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self.flush_bytes and not self._flush_scheduled and (
+                self._nursery is not None):
+            self._flush_scheduled = True
+            self._nursery.start_soon(self.flush)
+
+    def on_message(self, direction: str, line: bytes) -> None:
+        """Buffer one whole line (for a per-line tap such as ``AcpConnection.on_message``)."""
+        self.on_chunk(direction, line + b"\n")
+
+    def _encode(self, items: list[Entry]) -> bytes:
+        buf = bytearray()
+        for t, direction, data in items:
+            lines = (self._partial.pop(direction, b"") + data).split(b"\n")
+            rest = lines.pop()  # after the last newline: the start of a line still coming
+            if rest:
+                self._partial[direction] = rest
+            for line in lines:
+                self._encode_line(buf, t, direction, line)
+        return bytes(buf)
+
+    def _encode_line(self, buf: bytearray, t: float, direction: str, line: bytes) -> None:
+        raw = line.strip()
+        replay = False
+        if not raw:
+            return
+        if direction == "out":
+            if b'"session/load"' in raw or b'"authenticate"' in raw:
+                raw = self._outgoing(raw)
+        else:
+            head = _head(raw)
+            if head is None:
+                return  # blank or junk: not a message (the connection reports junk)
+            if self._load_id is not None:
+                if head.method is None and head.id == self._load_id:
+                    self._load_id = None  # the load's answer: replay is over
+                else:
+                    replay = head.method is not None
+        if self._raw_secrets and any(s in raw for s in self._raw_secrets):
+            raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
+        entry = TranscriptEntry(t=t, d="in" if direction == "in" else "out",
+                                m=msgspec.Raw(raw), replay=replay)
+        _encoder.encode_into(entry, buf, len(buf))
+        buf += b"\n"
+
+    def _outgoing(self, raw: bytes) -> bytes:
+        head = _head(raw) or _Head()
+        if head.method == "session/load":
+            self._load_id = head.id
+        elif head.method == "authenticate":
+            msg = msgspec.json.decode(raw)
+            params = msg.get("params")
+            if isinstance(params, dict):
+                msg["params"] = {k: (v if k == "methodId" else REDACTED)
+                                 for k, v in params.items()}
+            return _encoder.encode(msg)
+        return raw
+
+    # -- writing (worker thread) ------------------------------------------------------------
+    async def flush(self) -> None:
+        """Encode and write what is buffered (in a worker thread); returns once written."""
+        async with self._lock:
+            self._flush_scheduled = False
+            items, self._pending, self._pending_bytes = self._pending, [], 0
+            if items and not self.disabled:  # (disabled: dropped, the buffer stays bounded)
+                try:
+                    await trio.to_thread.run_sync(self._encode_and_write, items)
+                except (OSError, msgspec.DecodeError) as exc:
+                    self.disabled = True
+                    _log.warning(f"transcript {self.path} disabled: {exc}")
+
+    def _encode_and_write(self, items: list[Entry]) -> None:
+        self._write(self._encode(items))
+
+    def _open(self) -> None:
+        ensure_private_dir(self.path.parent)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, FILE_MODE)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if i == self.keep - 1:
+                older.unlink(missing_ok=True)
+            else:
+                newer = self.path.with_name(f"{self.path.name}.{i + 1}")
+                if older.exists():
+                    os.replace(older, newer)
+        if self.keep > 1:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._open()
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            self._open()
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._size += len(data)
+
+    async def aclose(self) -> None:
+        """Flush and close the file."""
+        await self.flush()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _files_oldest_first(path: Path) -> list[Path]:
+    rotated = sorted(path.parent.glob(f"{path.name}.*"),
+                     key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1,
+                     reverse=True)
+    return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
+
+
+def read_transcript(path: Path) -> Iterator[TranscriptEntry]:
+    """Every readable entry of the transcript at ``path`` (rotated files first), oldest first.
+    Unreadable lines (a torn last write) are skipped.  Blocking."""
+    for file in _files_oldest_first(path):
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as fh:
+            for line in fh:
+                try:
+                    yield _entry.decode(line)
+                except msgspec.DecodeError:
+                    continue

@@ -1,0 +1,136 @@
+"""Terminal directives of the mock agent: they drive the client's ``terminal/*`` methods.
+
+``/terminal CMD``, ``/terminal-limit N CMD``, ``/terminal-kill CMD``, ``/terminal-hold CMD``
+(see :mod:`acpx_trio.testing.mock_agent`).  Commands run through ``/bin/sh -c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
+
+from acpx_trio.testing._mock_wire import (
+    Empty,
+    TermCreated,
+    TermCreateParams,
+    TermEnv,
+    TermExit,
+    TermOutput,
+    TermRef,
+)
+
+if TYPE_CHECKING:
+    from acpx_trio.testing._mock_turns import _Turn
+
+__all__ = ["terminal", "terminal_hold", "terminal_kill", "terminal_limit"]
+
+_T = TypeVar("_T")
+
+
+class _Stop(Exception):
+    """A terminal call failed or the turn was cancelled (already reported)."""
+
+
+def _term_call(t: _Turn, method: str, params: object, result_type: type[_T]) -> _T:
+    status, raw = t.agent.call(t.ctl, method, params)
+    if status == "cancelled":
+        raise _Stop("cancelled")
+    if status == "error":
+        t.report_error(raw)
+        raise _Stop("end_turn")
+    return msgspec.json.decode(raw or b"{}", type=result_type)
+
+
+def _term_create(t: _Turn, cmd: str, limit: int | None = None) -> str:
+    params = TermCreateParams(
+        session_id=t.sid, command="/bin/sh", args=["-c", cmd],
+        env=[TermEnv(name="MOCK_TERMINAL", value="1")], output_byte_limit=limit,
+    )
+    return _term_call(t, "terminal/create", params, TermCreated).terminal_id
+
+
+def _term_output(t: _Turn, tid: str) -> TermOutput:
+    return _term_call(t, "terminal/output", TermRef(session_id=t.sid, terminal_id=tid),
+                      TermOutput)
+
+
+def _term_first_output(t: _Turn, tid: str) -> TermOutput:
+    """Poll ``terminal/output`` until the command printed something (or the turn ends)."""
+    while True:
+        out = _term_output(t, tid)
+        if out.output or out.exit_status is not None:
+            return out
+        if t.ctl.cancelled.wait(0.02):
+            raise _Stop("cancelled")
+
+
+def _term_simple(t: _Turn, method: str, tid: str, result_type: type[_T]) -> _T:
+    return _term_call(t, method, TermRef(session_id=t.sid, terminal_id=tid), result_type)
+
+
+def _exit_text(status: TermExit | None) -> str:
+    if status is None:
+        return "running"
+    return f"exit={status.exit_code}" if status.signal is None else f"signal={status.signal}"
+
+
+def _terminal_directive(
+    body: Callable[[_Turn, str], str | None],
+) -> Callable[[_Turn, str], str | None]:
+    def run(t: _Turn, arg: str) -> str | None:
+        try:
+            return body(t, arg)
+        except _Stop as stop:
+            return "cancelled" if t.cancelled else str(stop)
+
+    return run
+
+
+@_terminal_directive
+def terminal(t: _Turn, arg: str) -> str | None:
+    """create, output, wait_for_exit, output, release."""
+    tid = _term_create(t, arg)
+    _term_output(t, tid)
+    status = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
+    out = _term_output(t, tid)
+    _term_simple(t, "terminal/release", tid, Empty)
+    t.say(f"{_exit_text(status)} truncated={out.truncated} output={out.output}")
+    return "end_turn"
+
+
+@_terminal_directive
+def terminal_limit(t: _Turn, arg: str) -> str | None:
+    """``/terminal-limit N CMD``: like ``/terminal`` with ``outputByteLimit`` N."""
+    limit, _, cmd = arg.partition(" ")
+    tid = _term_create(t, cmd, int(limit))
+    status = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
+    out = _term_output(t, tid)
+    _term_simple(t, "terminal/release", tid, Empty)
+    t.say(f"{_exit_text(status)} truncated={out.truncated} output={out.output}")
+    return "end_turn"
+
+
+@_terminal_directive
+def terminal_kill(t: _Turn, arg: str) -> str | None:
+    """create, wait for first output, kill, wait_for_exit, output, release."""
+    tid = _term_create(t, arg)
+    first = _term_first_output(t, tid)
+    _term_simple(t, "terminal/kill", tid, Empty)
+    status = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
+    out = _term_output(t, tid)
+    _term_simple(t, "terminal/release", tid, Empty)
+    t.say(f"first={first.output.strip()} {_exit_text(status)} output={out.output.strip()}")
+    return "end_turn"
+
+
+@_terminal_directive
+def terminal_hold(t: _Turn, arg: str) -> str | None:
+    """create, report the first output, then wait for the exit (never released)."""
+    tid = _term_create(t, arg)
+    first = _term_first_output(t, tid)
+    t.say(f"first={first.output.strip()}\n")
+    status = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
+    t.say(_exit_text(status))
+    return "end_turn"

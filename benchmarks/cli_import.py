@@ -1,0 +1,58 @@
+"""``import acpx_trio.cli`` in a fresh interpreter (what the console script does first).
+
+Target: <= 60 ms (median of ``--n`` cold interpreters, bytecode caching on).  Baseline in the
+same run: ``import argparse`` (what any stdlib command line pays).  A second line reports the
+full ``acpx_trio._cli.main`` import (trio, msgspec, psutil...) that ``main()`` loads lazily.
+
+Run: ``python benchmarks/cli_import.py [--n 15]``; exits 1 on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import result
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_time(module: str, env: dict[str, str]) -> float:
+    code = (f"import time; t = time.perf_counter(); import {module}; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, timeout=60).stdout
+    return float(out.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=15)
+    args = parser.parse_args()
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    samples: dict[str, list[float]] = {"acpx_trio.cli": [], "argparse": [],
+                                       "acpx_trio._cli.main": []}
+    for module in samples:
+        import_time(module, env)  # warm-up: writes the bytecode caches
+    for _ in range(args.n):
+        for module, times in samples.items():
+            times.append(import_time(module, env))
+    ours = statistics.median(samples["acpx_trio.cli"])
+    base = statistics.median(samples["argparse"])
+    full = statistics.median(samples["acpx_trio._cli.main"])
+    ok = result("cli.import (bytecode on)", f"import acpx_trio.cli {ours * 1e3:.1f} ms",
+                f"import argparse {base * 1e3:.1f} ms", ours / base, "<= 60 ms", ours <= 0.060)
+    print(f"INFO cli.import: the command line's modules, loaded when main() runs: "
+          f"{full * 1e3:.1f} ms")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

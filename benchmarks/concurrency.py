@@ -1,0 +1,115 @@
+"""Many sessions at once: 50 concurrent ``ensure_session``, then 50 concurrent ``close``.
+
+Baseline, same run, alternating: 50 concurrent raw spawns of the same mock agent with
+``initialize`` + ``session/new`` (then 50 concurrent stdin-close + exit).  Targets: the runtime's
+concurrent ensure phase <= 1.15x the raw phase (per session, same count); closing all 50
+sessions <= 150 ms.  Medians of ``--reps`` repetitions.
+
+Run: ``python benchmarks/concurrency.py [--sessions 50] [--reps 5]``; exits 1 on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import median, result
+from turns import INIT, RawAgent
+
+from acpx_trio._events import AcpRuntimeHandle
+from acpx_trio._runtime.open_runtime import open_acpx_runtime
+from acpx_trio._runtime.runtime import AcpxRuntime
+from acpx_trio._store.config import resolve_config
+from acpx_trio._store.leases import LeaseStore
+
+
+async def raw_round(cwd: str, n: int) -> tuple[float, float]:
+    agents: list[RawAgent] = []
+
+    async def one() -> None:
+        agent = await RawAgent.spawn(cwd)
+        await agent.request("initialize", INIT)
+        await agent.request("session/new", {"cwd": cwd, "mcpServers": []})
+        agents.append(agent)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    opened = time.perf_counter() - start
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for agent in agents:
+            nursery.start_soon(agent.close)
+    return opened, time.perf_counter() - start
+
+
+async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float]:
+    handles: list[AcpRuntimeHandle] = []
+
+    async def one(i: int) -> None:
+        handles.append(await rt.ensure_session(session_key=f"{tag}-{i}", agent="mock"))
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+    opened = time.perf_counter() - start
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for handle in handles:
+            nursery.start_soon(lambda h=handle: rt.close(handle=h, reason="bench"))
+    return opened, time.perf_counter() - start
+
+
+async def main(n: int, reps: int) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "ws").mkdir()
+        cwd = str(root / "ws")
+        config = resolve_config({"stateDir": str(root / "state")}, cwd)
+        async with open_acpx_runtime(
+            config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
+            lease_store=LeaseStore(root / "leases"), wrapper_root=root,
+        ) as rt:
+            await raw_round(cwd, 4)  # warm-up
+            await runtime_round(rt, 4, "warm")
+            raw_open: list[float] = []
+            raw_close: list[float] = []
+            rt_open: list[float] = []
+            rt_close: list[float] = []
+            for r in range(reps):
+                o, c = await raw_round(cwd, n)
+                raw_open.append(o)
+                raw_close.append(c)
+                o, c = await runtime_round(rt, n, f"r{r}")
+                rt_open.append(o)
+                rt_close.append(c)
+    m_raw, m_rt = median(raw_open), median(rt_open)
+    ok_open = result(
+        f"concurrency.ensure{n}", f"{m_rt * 1e3:.1f} ms ({m_rt / n * 1e3:.2f} ms/session)",
+        f"raw spawn+init+new x{n} {m_raw * 1e3:.1f} ms", m_rt / m_raw, "<= 1.15",
+        m_rt / m_raw <= 1.15,
+    )
+    m_close, m_raw_close = median(rt_close), median(raw_close)
+    ok_close = result(
+        f"concurrency.close{n}", f"{m_close * 1e3:.1f} ms",
+        f"raw stdin-close+exit x{n} {m_raw_close * 1e3:.1f} ms", m_close / m_raw_close,
+        "<= 150 ms", m_close <= 0.150,
+    )
+    return ok_open and ok_close
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    sys.exit(0 if trio.run(main, args.sessions, args.reps) else 1)

@@ -1,0 +1,102 @@
+"""Run every benchmark once, collect their ``RESULT`` lines, and exit non-zero when a target
+is missed (or a benchmark fails).
+
+Run: ``python benchmarks/run_all.py [--quick] [--out results.md]``.  ``--quick`` uses smaller
+sizes (for a smoke run; its figures are not the README's).  ``--out`` writes a Markdown table
+of the results with the machine, its load and the date.  The soak (``soak.py``) is not part of
+it: it is a reliability run, not a speed figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
+    # (script, full args, quick args)
+    ("turns.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
+    ("concurrency.py", ["--reps", "5"], ["--reps", "2", "--sessions", "10"]),
+    ("lease_store.py", ["--rounds", "30"], ["--rounds", "9", "--leases", "2000"]),
+    ("cli_import.py", ["--n", "15"], ["--n", "5"]),
+    ("cli_vs_acpx.py", ["--n", "10"], ["--n", "3"]),
+    ("reap.py", ["--measure-seed"], ["--leases", "40", "--stubborn", "4"]),
+    ("churn.py", ["--cycles", "20000", "--skip-runtime"], ["--cycles", "3000",
+                                                           "--skip-runtime"]),
+    ("sdk_peer.py", ["--reps", "7"], ["--reps", "3", "--chunks", "2000"]),
+    ("transcript.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cpus ({cpu}), "
+            f"Python {platform.python_version()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", nargs="*", help="script names to run (default: all)")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
+    rows: list[str] = []
+    failed: list[str] = []
+    for script, full, quick in BENCHMARKS:
+        if args.only and script not in args.only:
+            continue
+        argv = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
+        print(f"== {script} {' '.join(argv[2:])}", flush=True)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        out = done.stdout + done.stderr
+        lines = [ln for ln in out.splitlines() if ln.startswith(("RESULT", "INFO"))]
+        for line in lines:
+            print(line, flush=True)
+        rows += [ln for ln in lines if ln.startswith("RESULT")]
+        if done.returncode != 0:
+            failed.append(script)
+            if not any(ln.startswith("RESULT") for ln in lines):
+                print(out[-2000:], flush=True)
+    load_after = os.getloadavg()
+    header = (f"Machine: {machine()}.  Run: {started}, load average "
+              f"{load_before[0]:.2f}/{load_before[1]:.2f} before, "
+              f"{load_after[0]:.2f}/{load_after[1]:.2f} after"
+              f"{' (quick sizes)' if args.quick else ''}.")
+    print(header)
+    if args.out is not None:
+        table = ["| benchmark | ours | baseline | ratio | target | load at the time | result |",
+                 "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            cells = [c.strip() for c in row.removeprefix("RESULT").split("|")]
+            if len(cells) >= 8:
+                name, ours, base, ratio, target, load, _when, verdict = cells[:8]
+                table.append(f"| {name} | {ours} | {base.removeprefix('baseline ')} | "
+                             f"{ratio.removeprefix('ratio ')} | {target.removeprefix('target ')}"
+                             f" | {load.removeprefix('load ')} | {verdict} |")
+            elif len(cells) >= 2:
+                table.append(f"| {cells[0]} | {cells[1]} | | | | | SKIP |")
+        args.out.write_text(header + "\n\n" + "\n".join(table) + "\n")
+    if failed:
+        print(f"targets missed or benchmark failed: {', '.join(failed)}")
+        return 1
+    print("all targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

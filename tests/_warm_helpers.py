@@ -1,0 +1,78 @@
+"""Helpers for the warm-owner tests: the owner's pid, waits on its exit and on its status."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+from _cli_helpers import run_cli
+
+#: Bound of waiting for an owner to exit or a status to appear.
+WAIT_SECONDS = 30.0
+
+
+def owner_info(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((state_dir / "owner.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+def status(state_dir: Path, *args: str) -> dict[str, Any]:
+    done = run_cli("status", "--json", *args, state_dir=state_dir)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def wait_status(state_dir: Path, pred: Callable[[dict[str, Any]], bool],
+                timeout: float = WAIT_SECONDS) -> dict[str, Any]:
+    """Ask the owner for its status until ``pred`` holds (each ask is a CLI run, so this
+    waits on the owner's real state, bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(state_dir)
+        if pred(current):
+            return current
+        assert time.monotonic() < deadline, f"status never matched: {current}"
+
+
+def turn_state(current: dict[str, Any], key: str) -> str | None:
+    for s in current["sessions"]:
+        if s["session_key"] == key:
+            return str(s["turn_state"])
+    return None
+
+
+def wait_gone(pid: int, timeout: float = WAIT_SECONDS) -> None:
+    """Wait for process ``pid`` to exit (event-driven through psutil; bounded)."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    _gone, alive = psutil.wait_procs([proc], timeout=timeout)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"process {pid} still alive after {timeout}s"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def owners_of(state_dir: Path) -> list[int]:
+    """Live owner processes serving ``state_dir``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if "acpx_trio._owner" in cmd and str(state_dir.resolve()) in cmd and (
+                proc.info["status"] != psutil.STATUS_ZOMBIE):
+            found.append(proc.pid)
+    return found

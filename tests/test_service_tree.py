@@ -1,0 +1,219 @@
+"""One task tree: the service owns every task it and its runtime start; crashes are reported.
+
+Real mock-agent processes for the ownership test (an ``AgentProcess.run`` task must leave the
+host nursery with ``stop``); stub runtimes for the crash and hook tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from _service_helpers import ListLogger, StubFactory, StubRuntime
+
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._service.backends import BackendRegistry
+from acpx_trio._service.health import ServiceHealth
+from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
+from acpx_trio._service.service import (
+    AcpxRuntimeService,
+    ServiceContext,
+    ServiceStoppedError,
+)
+
+MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in (
+        "OPENCLAW_SKIP_ACPX_RUNTIME",
+        "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE",
+        "OPENCLAW_SKIP_ACPX_RUNTIME_PROBE",
+    ):
+        monkeypatch.delenv(key, raising=False)
+
+
+def _walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+    yield task
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            yield from _walk(child)
+
+
+def _tasks_named(fragment: str) -> list[trio.lowlevel.Task]:
+    return [t for t in _walk(trio.lowlevel.current_root_task()) if fragment in t.name]
+
+
+def _ctx(tmp_path: Path, logger: ListLogger, nursery: trio.Nursery) -> ServiceContext:
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    return ServiceContext(
+        workspace_dir=tmp_path / "ws", state_dir=tmp_path / "state", logger=logger,
+        nursery=nursery,
+    )
+
+
+async def test_stop_leaves_nothing_in_the_host_nursery(tmp_path: Path) -> None:
+    logger = ListLogger()
+    svc = AcpxRuntimeService(
+        {"agents": {"mock": {"command": MOCK[0], "args": MOCK[1:]}}, "killGraceSeconds": 0.5},
+        registry=BackendRegistry(),
+    )
+    async with trio.open_nursery() as host:
+        before = set(host.child_tasks)
+        await svc.start(_ctx(tmp_path, logger, host))
+        added = set(host.child_tasks) - before
+        assert len(added) == 1  # exactly one task of the service in the host nursery
+        (service_task,) = added
+        runtime = svc.require_runtime()
+        handle = await runtime.ensure_session(session_key="tree", agent="mock")
+        agents = [t for t in _tasks_named("AgentProcess.run")]
+        assert agents, "an agent process task runs"
+        # every agent task lives under the service's task, none directly in the host nursery
+        under_service = set(_walk(service_task))
+        assert all(t in under_service for t in agents)
+        assert not any(t in host.child_tasks for t in agents)
+        status = await runtime.get_status(handle=handle)
+        assert status.alive
+        await svc.stop()
+        assert set(host.child_tasks) == before
+        assert _tasks_named("AgentProcess.run") == []
+        assert not any(t in set(_walk(trio.lowlevel.current_root_task())) for t in agents)
+    assert svc.runtime is None
+
+
+class _CrashingRuntime(StubRuntime):
+    """Starts a task in the service nursery that crashes when told to."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        super().__init__()
+        self.go = trio.Event()
+        nursery.start_soon(self._doomed)
+
+    async def _doomed(self) -> None:
+        await self.go.wait()
+        raise RuntimeError("runtime task exploded")
+
+
+async def test_a_crash_is_reported_not_lost(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    logger = ListLogger()
+    registry = BackendRegistry()
+    made: list[_CrashingRuntime] = []
+
+    def factory(params: RuntimeFactoryParams) -> _CrashingRuntime:
+        made.append(_CrashingRuntime(params.nursery))
+        return made[-1]
+
+    svc = AcpxRuntimeService(runtime_factory=factory, registry=registry)
+    async with trio.open_nursery() as host:
+        before = set(host.child_tasks)
+        await svc.start(_ctx(tmp_path, logger, host))
+        made[0].go.set()
+        await svc.health.wait_value(ServiceHealth.UNHEALTHY)
+        # the host nursery did not crash; the crash is logged, kept, and the runtime closed
+        assert isinstance(svc.crash, RuntimeError) and "exploded" in str(svc.crash)
+        errors = logger.at("error")
+        assert any("crashed" in m and "runtime task exploded" in m for m in errors)
+        assert registry.ids() == []
+        assert made[0].aclose_calls == 1
+        await svc.stop()  # does not raise for the crash
+        assert set(host.child_tasks) == before
+    assert svc.runtime is None
+
+
+async def test_background_hook_runs_in_the_service_and_ends_with_stop(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    logger = ListLogger()
+    factory = StubFactory()
+    svc = AcpxRuntimeService(runtime_factory=factory, registry=BackendRegistry())
+    ticks: list[float] = []
+    cancelled = trio.Event()
+
+    async def watchdog(period: float) -> None:
+        try:
+            while True:
+                ticks.append(trio.current_time())
+                await trio.sleep(period)
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    with pytest.raises(ServiceStoppedError):
+        svc._spawn_background(watchdog, 1.0)
+    async with trio.open_nursery() as host:
+        before = set(host.child_tasks)
+        await svc.start(_ctx(tmp_path, logger, host))
+        svc._spawn_background(watchdog, 1.0)
+        await trio.sleep(3.5)
+        assert len(ticks) == 4
+        (service_task,) = set(host.child_tasks) - before
+        assert [t for t in _tasks_named("watchdog") if t in set(_walk(service_task))]
+        await svc.stop()
+        assert cancelled.is_set()
+        assert factory.made[0].aclose_calls == 1
+        assert set(host.child_tasks) == before
+    with pytest.raises(ServiceStoppedError):
+        svc._spawn_background(watchdog, 1.0)
+
+
+async def test_a_crashing_background_hook_is_reported(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    logger = ListLogger()
+    svc = AcpxRuntimeService(runtime_factory=StubFactory(), registry=BackendRegistry())
+
+    async def bad() -> None:
+        await trio.sleep(1)
+        raise KeyError("hook")
+
+    async with trio.open_nursery() as host:
+        await svc.start(_ctx(tmp_path, logger, host))
+        svc._spawn_background(bad)
+        await svc.health.wait_value(ServiceHealth.UNHEALTHY)
+        assert isinstance(svc.crash, KeyError)
+        await svc.stop()
+
+
+async def test_runtime_calls_after_a_crash_raise_typed_errors(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """After a crash the (lazy, real) runtime is closed: calls raise AcpRuntimeError, never a
+    'nursery is closed' RuntimeError."""
+    logger = ListLogger()
+    svc = AcpxRuntimeService(registry=BackendRegistry())
+
+    async def bad() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ValueError("boom")
+
+    async with trio.open_nursery() as host:
+        await svc.start(_ctx(tmp_path, logger, host))
+        runtime = svc.require_runtime()
+        svc._spawn_background(bad)
+        await svc.health.wait_value(ServiceHealth.UNHEALTHY)
+        with pytest.raises(AcpRuntimeError) as info:
+            await runtime.ensure_session(session_key="k", agent="mock")
+        assert info.value.code == "ACP_BACKEND_UNAVAILABLE"
+        await svc.stop()
+
+
+async def test_require_runtime(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    svc = AcpxRuntimeService(runtime_factory=StubFactory(), registry=BackendRegistry())
+    with pytest.raises(ServiceStoppedError) as info:
+        svc.require_runtime()
+    assert info.value.code == "ACPX_SERVICE_STOPPED"
+    async with trio.open_nursery() as host:
+        await svc.start(_ctx(tmp_path, ListLogger(), host))
+        assert svc.require_runtime() is svc.runtime
+        await svc.stop()
+    with pytest.raises(ServiceStoppedError):
+        svc.require_runtime()

@@ -1,0 +1,91 @@
+"""Session setup order (resume, load, new), not-found fallbacks and ``session/close``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from _runtime_helpers import MOCK, RuntimeEnv, output, run
+
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._runtime.handshake import initialize_request, is_load_not_found
+
+
+def _mock(root: Path, *flags: str) -> dict[str, dict[str, object]]:
+    args = [*MOCK[1:], "--session-dir", str(root / "agent-sessions"),
+            "--method-log", str(root / "methods.log"), *flags]
+    return {"mock": {"command": MOCK[0], "args": args}}
+
+
+def _methods(root: Path) -> list[str]:
+    return (root / "methods.log").read_text().split()
+
+
+def test_terminal_capability_is_advertised() -> None:
+    assert initialize_request().client_capabilities.terminal is True
+
+
+def test_gemini_not_found_text_is_recognised() -> None:
+    exc = AcpRuntimeError("ACP_RPC_ERROR", "agent answered session/load with JSON-RPC error "
+                          "-32603: No previous sessions found for this project.", rpc_code=-32603)
+    assert is_load_not_found(exc)
+    assert not is_load_not_found(AcpRuntimeError("ACP_RPC_ERROR", "Internal error",
+                                                 rpc_code=-32603))
+
+
+async def test_resume_is_preferred_and_session_close_is_sent(env: RuntimeEnv) -> None:
+    agents = _mock(env.root, "--resume", "--close")
+    with trio.fail_after(60):
+        async with env.runtime(agents=agents) as rt:
+            first = await rt.ensure_session(session_key="c", agent="mock")
+            await run(rt, first, "hello")
+        assert _methods(env.root)[-1] == "session/close"
+        (env.root / "methods.log").unlink()
+        async with env.runtime(agents=agents) as rt:
+            second = await rt.ensure_session(session_key="c", agent="mock")
+            assert second.backend_session_id == first.backend_session_id
+            assert output(await run(rt, second, "/history")) == "history turns=1"
+            assert rt._sessions["c"].stray_updates == 0  # resume replays nothing
+    methods = _methods(env.root)
+    assert methods[:2] == ["initialize", "session/resume"]
+    assert "session/load" not in methods and "session/new" not in methods
+
+
+async def test_resume_failure_falls_back_to_load(env: RuntimeEnv) -> None:
+    agents = _mock(env.root)
+    with trio.fail_after(60):
+        async with env.runtime(agents=agents) as rt:
+            first = await rt.ensure_session(session_key="c", agent="mock")
+            await run(rt, first, "hello")
+        # the agent now advertises resume but has lost the session for it (fresh bridge)
+        (env.root / "methods.log").unlink()
+        agents = _mock(env.root, "--resume", "--resume-fails")
+        async with env.runtime(agents=agents) as rt:
+            second = await rt.ensure_session(session_key="c", agent="mock")
+            assert second.backend_session_id == first.backend_session_id
+            assert output(await run(rt, second, "/history")) == "history turns=1"
+    assert _methods(env.root)[:3] == ["initialize", "session/resume", "session/load"]
+
+
+async def test_gemini_style_not_found_falls_back_to_new(env: RuntimeEnv) -> None:
+    agents = _mock(env.root, "--unknown-session-message",
+                   "No previous sessions found for this project.")
+    with trio.fail_after(60):
+        async with env.runtime(agents=agents) as rt:
+            handle = await rt.ensure_session(session_key="g", agent="mock",
+                                             resume_session_id="never-seen")
+            assert handle.backend_session_id != "never-seen"
+            assert output(await run(rt, handle, "hi")) == "hi"
+    assert _methods(env.root)[:3] == ["initialize", "session/load", "session/new"]
+
+
+async def test_load_error_that_is_not_not_found_fails(env: RuntimeEnv) -> None:
+    agents = _mock(env.root, "--unknown-session-message", "database is locked")
+    with trio.fail_after(60):
+        async with env.runtime(agents=agents) as rt:
+            with pytest.raises(AcpRuntimeError) as info:
+                await rt.ensure_session(session_key="g", agent="mock",
+                                        resume_session_id="never-seen")
+    assert info.value.code == "ACP_SESSION_INIT_FAILED"
+    assert "database is locked" in info.value.message

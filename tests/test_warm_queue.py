@@ -1,0 +1,225 @@
+"""The warm owner's queue and lifetime over :class:`StubRuntime` under a mock clock: pure
+logic (FIFO order, cancels, exactly one final event per turn, idle TTL), no process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
+from acpx_trio._owner.paths import OwnerPaths
+from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.server import EMPTY_GRACE_SECONDS, Owner
+from acpx_trio._owner.wire import EventFrame, OwnerLaunch, PromptRequest, config_fingerprint
+from acpx_trio.testing.stub_runtime import Delay, Hang, StubRuntime
+
+
+def _request(rid: str, *, key: str = "k", ttl: float | None = None,
+             wait: bool = True) -> PromptRequest:
+    return PromptRequest(request_id=rid, session_key=key, agent="stub", text=rid, cwd="/",
+                         config_fingerprint=config_fingerprint({}), wait=wait, ttl_seconds=ttl)
+
+
+def _owner(runtime: StubRuntime, nursery: trio.Nursery, ttl: float = 300.0) -> Owner:
+    owner = Owner(runtime, OwnerPaths(Path("/nonexistent")),
+                  OwnerLaunch(raw_config={}, workspace_dir="/", default_ttl_seconds=ttl))
+    owner._nursery = nursery
+    return owner
+
+
+async def _idle(owner: Owner, session: WarmSession) -> None:
+    """Wait (event-driven) until ``session`` has no active or queued turn."""
+    while session.busy:
+        await owner._changed.wait()
+
+
+async def _collect(turn: QueuedTurn, into: list[Any]) -> None:
+    assert turn.receive is not None
+    async with turn.receive:
+        async for frame in turn.receive:
+            assert isinstance(frame, EventFrame)
+            into.append(frame.event)
+
+
+def _submit(owner: Owner, rid: str, nursery: trio.Nursery, out: dict[str, list[Any]],
+            **kw: Any) -> tuple[QueuedTurn, int]:
+    req = _request(rid, **kw)
+    turn = QueuedTurn(req)
+    position = owner._session(req).enqueue(turn)
+    out[rid] = []
+    if turn.receive is not None:
+        nursery.start_soon(_collect, turn, out[rid])
+    return turn, position
+
+
+async def test_turns_run_in_arrival_order_and_queued_cancel_drops(autojump_clock: Any) -> None:
+    stub = StubRuntime()
+    stub.push_script(Delay(10), TextDeltaEvent(text="first"))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        positions = [_submit(owner, rid, nursery, out)[1] for rid in ("a", "b", "c", "d")]
+        assert positions == [0, 1, 2, 3]
+        await stub.wait_for_call("run_turn")
+        session = owner.sessions["k"]
+        assert await session.cancel("c")  # queued: dropped, never reaches the runtime
+        assert not await session.cancel("nope")
+        await _idle(owner, session)
+        nursery.cancel_scope.cancel()
+    ran = [c.args.get("text") for c in stub.calls_to("run_turn")]
+    assert ran == ["a", "b", "d"]
+    assert out["c"] == [DoneEvent(stop_reason="cancelled")]
+    for rid in ("a", "b", "d"):
+        assert isinstance(out[rid][-1], DoneEvent) and out[rid][-1].stop_reason == "end_turn"
+    assert TextDeltaEvent(text="first") in out["a"]
+
+
+async def test_cancel_of_the_active_turn_and_close_of_a_busy_session(
+        autojump_clock: Any) -> None:
+    stub = StubRuntime()
+    stub.push_script(Hang())
+    stub.push_script(Hang())
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        _submit(owner, "b", nursery, out)
+        _submit(owner, "c", nursery, out)
+        await stub.wait_for_call("run_turn")
+        session = owner.sessions["k"]
+        assert await session.cancel(None)  # the active one ("a")
+        await stub.wait_for_call("run_turn", 2)  # "b" runs next
+        await owner.close_session(session)  # "b" active and "c" queued end cancelled
+        assert "k" not in owner.sessions and stub.calls_to("close")
+        nursery.cancel_scope.cancel()
+    assert out["a"][-1] == DoneEvent(stop_reason="cancelled")
+    assert out["b"][-1] == DoneEvent(stop_reason="cancelled")
+    assert out["c"] == [DoneEvent(stop_reason="cancelled")]
+    assert [c.args.get("text") for c in stub.calls_to("run_turn")] == ["a", "b"]
+
+
+async def test_idle_ttl_closes_sessions_then_the_owner_exits(autojump_clock: Any) -> None:
+    stub = StubRuntime()
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out, key="short", ttl=60)
+        _submit(owner, "b", nursery, out, key="long", ttl=600)
+        _submit(owner, "c", nursery, out, key="forever", ttl=0)
+        start = trio.current_time()
+        with trio.move_on_after(3600) as never:
+            await owner.lifetime()  # "forever" keeps it up
+        assert never.cancelled_caught
+        closed = {c.session_key: c.at - start for c in stub.calls_to("close")}
+        assert set(closed) == {"short", "long"}
+        assert 60 <= closed["short"] < 61 and 600 <= closed["long"] < 601
+        assert list(owner.sessions) == ["forever"]
+        await owner.close_session(owner.sessions["forever"])
+        await owner.lifetime()  # no session left: returns at once
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_owner_nobody_uses_exits_after_the_grace(autojump_clock: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        owner = _owner(StubRuntime(), nursery)
+        start = trio.current_time()
+        await owner.lifetime()
+        assert trio.current_time() - start == EMPTY_GRACE_SECONDS
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_start_expires_the_session_at_once(autojump_clock: Any) -> None:
+    from acpx_trio._errors import AcpRuntimeError
+
+    stub = StubRuntime()
+    stub.fail_next("ensure_session", AcpRuntimeError("ACP_AGENT_SPAWN_FAILED", "no agent"))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        start = trio.current_time()
+        await owner.lifetime()
+        assert trio.current_time() - start < 1
+        nursery.cancel_scope.cancel()
+    assert isinstance(out["a"][-1], ErrorEvent) and out["a"][-1].code == "ACP_AGENT_SPAWN_FAILED"
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["submit", "cancel", "cancel_active", "step"]),
+                              st.integers(0, 9)), max_size=25))
+def test_every_turn_gets_one_final_event_and_order_is_kept(
+        ops: list[tuple[str, int]]) -> None:
+    """Whatever interleaving of submits and cancels: runs happen in arrival order, each
+    submitted turn gets exactly one final event, and nothing runs twice."""
+
+    async def scenario() -> tuple[list[str], dict[str, list[Any]], list[str]]:
+        stub = StubRuntime(script=lambda call: (Delay(3), TextDeltaEvent(text="x")))
+        out: dict[str, list[Any]] = {}
+        submitted: list[str] = []
+        async with trio.open_nursery() as nursery:
+            owner = _owner(stub, nursery)
+            for op, n in ops:
+                if op == "submit":
+                    rid = f"r{len(submitted)}"
+                    submitted.append(rid)
+                    _submit(owner, rid, nursery, out)
+                elif op == "cancel" and submitted and "k" in owner.sessions:
+                    await owner.sessions["k"].cancel(submitted[n % len(submitted)])
+                elif op == "cancel_active" and "k" in owner.sessions:
+                    await owner.sessions["k"].cancel(None)
+                else:
+                    await trio.sleep(n)
+            if "k" in owner.sessions:
+                await _idle(owner, owner.sessions["k"])
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        return submitted, out, [str(c.args.get("text")) for c in stub.calls_to("run_turn")]
+
+    submitted, out, ran = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert ran == sorted(set(ran), key=submitted.index)  # arrival order, once each
+    for rid in submitted:
+        finals = [e for e in out[rid] if isinstance(e, DoneEvent | ErrorEvent)]
+        assert len(finals) == 1, (rid, out[rid])
+        assert out[rid][-1] is finals[0]
+        if rid not in ran:
+            assert finals[0] == DoneEvent(stop_reason="cancelled")
+
+
+async def test_a_dead_session_fails_the_turn_not_the_owner(autojump_clock: Any) -> None:
+    """A turn whose session died between start-up and prompt gets an error event; the
+    worker goes on with the next turn (which starts a new session)."""
+    stub = StubRuntime()
+    stub.push_script(Delay(5))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        await stub.wait_for_call("run_turn")
+        stub.kill_session("k")
+        _submit(owner, "b", nursery, out)
+        await _idle(owner, owner.sessions["k"])
+        nursery.cancel_scope.cancel()
+    finals = [out[rid][-1] for rid in ("a", "b")]
+    assert all(isinstance(f, DoneEvent | ErrorEvent) for f in finals), finals
+    assert len(stub.calls_to("ensure_session")) == 2
+
+
+async def test_a_turn_call_that_raises_fails_that_turn_only(autojump_clock: Any) -> None:
+    from acpx_trio._errors import AcpRuntimeError
+
+    stub = StubRuntime()
+    stub.fail_next("run_turn", AcpRuntimeError("ACP_SESSION_NOT_FOUND", "gone"))
+    out: dict[str, list[Any]] = {}
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        _submit(owner, "a", nursery, out)
+        _submit(owner, "b", nursery, out)
+        await _idle(owner, owner.sessions["k"])
+        nursery.cancel_scope.cancel()
+    assert isinstance(out["a"][-1], ErrorEvent) and out["a"][-1].code == "ACP_SESSION_NOT_FOUND"
+    assert out["b"][-1] == DoneEvent(stop_reason="end_turn")
