@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from acpx_trio._errors import (
         SessionStoreError as SessionStoreError,
     )
+    from acpx_trio._errors import (
+        StateFileError as StateFileError,
+    )
     from acpx_trio._events import (
         AcpRuntimeCapabilities as AcpRuntimeCapabilities,
     )
@@ -240,6 +243,7 @@ _EXPORTS: dict[str, str] = {
     "GatewayInstanceIdError": "._errors",
     "LeaseStateError": "._errors",
     "LeaseStoreError": "._errors",
+    "StateFileError": "._errors",
     "AcpRuntimeCapabilities": "._events",
     "AcpRuntimeEvent": "._events",
     "AcpRuntimeHandle": "._events",

@@ -21,6 +21,7 @@ __all__ = [
     "LeaseStateError",
     "LeaseStoreError",
     "SessionStoreError",
+    "StateFileError",
     "collapse_group",
     "redact",
     "rpc_error_detail",
@@ -189,6 +190,20 @@ class AcpConnectionClosedError(AcpRuntimeError):
 
     def __init__(self, message: str, *, code: str = "ACP_CONNECTION_CLOSED") -> None:
         super().__init__(code, message, retryable=True)
+
+
+class StateFileError(AcpxError):
+    """A state file or the state directory cannot be trusted: a FIFO, a device, a directory
+    or a symbolic link where a regular file belongs, a file larger than its cap, or a state
+    directory that is not a directory, belongs to another user or is group/world-writable.
+    ``path`` names it; the message says how to fix it.  Nothing was read, written or
+    ``chmod``-ed through it."""
+
+    code = "ACPX_STATE_FILE_UNSAFE"
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {problem}; {fix}")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

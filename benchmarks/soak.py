@@ -13,6 +13,10 @@ Scenarios (default: all, in this order; default cycles in brackets):
                     wrong shapes, symlink, 32 MiB garbage, 100k leases) at start-up.
 ``agents``    [3]   hostile agents: crash, hang, garbage, a 64 MiB line, SIGTERM ignored,
                     stdout closed with stdin open, a flood while we cancel.
+``escape``    [10]  pid hoppers, ``env -i`` group members and setsid double-fork daemons
+                    started by agents that ignore SIGTERM: closed normally, and under a
+                    gateway that is SIGKILLed and never restarted (its watchdog must end
+                    everything within killGrace + 1 s; ``owner_death_cleanup_max``).
 ``security``  [3]   fs confinement (``..``, absolute, symlinks, NUL, FIFO), 0700/0600 after
                     every operation, other users' processes with our tags (root only).
 
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _soak_agents import run_agents
 from _soak_common import ScenarioResult
 from _soak_crash import run_crash
+from _soak_escape import run_escape
 from _soak_files import run_files
 from _soak_owners import run_owners
 from _soak_security import run_security
@@ -48,6 +53,7 @@ SCENARIOS: dict[str, tuple[Runner, int]] = {
     "owners": (run_owners, 5),
     "files": (run_files, 200),
     "agents": (run_agents, 3),
+    "escape": (run_escape, 10),
     "security": (run_security, 3),
 }
 

@@ -17,6 +17,7 @@ A tree is described by a *spec* (a dict):
 ``argv``          extra command-line arguments for an exec'd child (e.g. lease tag flags)
 ``comm``          set ``/proc/self/comm`` (e.g. a name with spaces and parentheses)
 ``exit``          exit right after reporting ready (to leave zombies or re-parented kids)
+``setsid``        call ``setsid()`` first (leave the parent's process group and session)
 
 Each process writes ``<readydir>/<pid>`` = ``{"role", "ticks", "ppid"}`` once it has set up its
 signal handling and started its children, then sleeps until killed.
@@ -101,6 +102,8 @@ NODE_SCRIPT = textwrap.dedent(
                                          close_fds=True, stdin=subprocess.DEVNULL))
 
     def node(spec, readydir):
+        if spec.get("setsid"):
+            os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_IGN if spec.get("ignore_term") else signal.SIG_DFL)
         if spec.get("comm"):
             with open("/proc/self/comm", "w") as fh:

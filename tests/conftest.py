@@ -23,6 +23,9 @@ if str(BENCHMARKS) not in sys.path:
 RUN_MARKER_KEY = "ACPX_TRIO_TEST_RUN"
 RUN_MARKER = os.environ.setdefault(RUN_MARKER_KEY, uuid.uuid4().hex)
 LEASE_KEY = "OPENCLAW_ACPX_LEASE_ID"
+#: No owner-death watchdog process unless a test asks for one (``tests/test_watchdog.py``):
+#: most service tests run on trio's MockClock, where a real child process has no place.
+os.environ.setdefault("ACPX_TRIO_WATCHDOG", "0")
 
 
 def tagged_processes_of_this_run() -> list[psutil.Process]:

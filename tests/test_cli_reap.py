@@ -57,8 +57,9 @@ def test_reap_orphan_of_killed_cli(tmp_path: Path) -> None:
     with a dead owner: dry-run lists it and kills nothing; reap kills it and closes the lease."""
     agent = f"{MOCK} --ignore-stdin-eof"
     try:
+        # no owner-death watchdog: this test is about what ``acpx-trio reap`` does
         with background_cli("-v", "prompt", "--agent-command", agent, "/sleep 60000",
-                            state_dir=tmp_path) as cli:
+                            state_dir=tmp_path, env={"ACPX_TRIO_WATCHDOG": "0"}) as cli:
             cli.wait_stderr("turn started")
             cli.popen.send_signal(signal.SIGKILL)
             cli.popen.wait(timeout=30)

@@ -18,6 +18,7 @@ from acpx_trio import (
     resolve_gateway_instance_id,
     resolve_gateway_instance_id_sync,
 )
+from acpx_trio._errors import StateFileError
 
 
 def _mode(p: Path) -> int:
@@ -86,8 +87,10 @@ def test_ambiguous_lease_file_fails(tmp_path: Path) -> None:
 
 
 def test_read_error_other_than_missing_is_raised(tmp_path: Path) -> None:
-    (tmp_path / "gateway-instance-id").mkdir()  # reading a directory: IsADirectoryError
-    with pytest.raises(IsADirectoryError):
+    # a directory where the id file belongs: a typed error naming the path (issue #11; it
+    # used to be a raw IsADirectoryError)
+    (tmp_path / "gateway-instance-id").mkdir()
+    with pytest.raises(StateFileError, match="gateway-instance-id: is a directory"):
         resolve_gateway_instance_id_sync(tmp_path)
 
 

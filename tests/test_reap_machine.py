@@ -25,10 +25,9 @@ Invariants (checked on every signal the reaper sends, and after every step):
 
 Known gaps, marked rather than hidden (see the two ``xfail`` tests at the end):
 
-* pid hoppers (``KNOWN_ESCAPE_KINDS``): the current reaper stops after ``MAX_ROUNDS`` waves per
-  call, so a process that forks a fresh tagged child on every SIGTERM outlives two restarts,
-  and a session close reports ``closed`` while a hop is still running.
-  Issue #11 (waves until nothing is left) fixes it; then drop the kind from the set.
+* pid hoppers (``KNOWN_ESCAPE_KINDS``, now empty): the reaper used to stop after
+  ``MAX_ROUNDS`` waves per call; since #11 it repeats waves until a scan finds nothing new
+  (bounded by time), so a hopper no longer outlives two restarts.
 * a lease lost to a corrupt file while its owner is alive: a second gateway's start-up orphan
   sweep cannot tell that the owner lives and reaps those agents (``LOST_LEASE_OWNER_EXEMPT``).
 """
@@ -74,7 +73,7 @@ GRACE = 0.75
 KINDS = ["cooperative", "sigterm-ignoring", "sigkill-proof", "daemonising", "pid-hopping"]
 
 #: Agent kinds allowed to outlive two restarts with the current reaper (#11 removes this).
-KNOWN_ESCAPE_KINDS = frozenset({"pid-hopping"})
+KNOWN_ESCAPE_KINDS: frozenset[str] = frozenset()  # pid hoppers: fixed by #11
 #: Leases lost to a corrupt file lose their owner's protection (see module docstring).
 LOST_LEASE_OWNER_EXEMPT = True
 
@@ -453,11 +452,6 @@ TestReapMachine = ReapMachine.TestCase
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="#11: the reaper stops after MAX_ROUNDS waves per call; a pid hopper outlives "
-    "two restarts (remove 'pid-hopping' from KNOWN_ESCAPE_KINDS when this passes)",
-)
 def test_pid_hopper_is_gone_within_two_restarts() -> None:
     machine = ReapMachine()
     machine.escape_kinds = frozenset()

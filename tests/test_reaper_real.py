@@ -164,8 +164,10 @@ async def test_argv_tags_count_untagged_descendant_is_skipped(lab: ProcessLab) -
             {"role": "argv-tagged", "scrub_env": True,
              "argv": ["--openclaw-acpx-lease-id", lease,
                       "--openclaw-gateway-instance-id", lab.gateway_id]},
-            # a tool that scrubs its environment and keeps no flags: unprovable
-            {"role": "untagged", "scrub_env": True},
+            # a tool that scrubs its environment, keeps no flags and leaves the root's group
+            # and session (setsid): unprovable.  (An untagged member that stays in the
+            # root's group is ours: see test_reaper_groups.py.)
+            {"role": "untagged", "scrub_env": True, "setsid": True},
         ],
     }
     owned = await lab.wait_ready(lab.spawn(spec, lease_id=lease))

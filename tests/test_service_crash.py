@@ -62,7 +62,8 @@ async def test_sigkilled_service_leaves_nothing_after_restart(
     state = tmp_path / "state"
     sessions, grandchildren = 3, 2
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
+    # no owner-death watchdog: this test is about what the next start-up reaps
+    env = {**os.environ, "PYTHONPATH": path, "ACPX_TRIO_WATCHDOG": "0"}
     with trio.fail_after(90):
         proc = await trio.lowlevel.open_process(
             [sys.executable, str(CHILD), str(state), "--sessions", str(sessions), "--busy", "2",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from _soak_crash import run_crash
+from _soak_escape import run_escape
 from _soak_helpers import assert_clean
 from _soak_owners import run_owners
 
@@ -29,5 +30,14 @@ async def test_two_gateways_on_one_lease_file_touch_only_their_own() -> None:
     """Two gateway ids churn sessions on one lease file (no lease lost); one is SIGKILLed; the
     other's start-up signals nothing of it, and its own restart reaps it."""
     result = await run_owners(1, seed=7, churn=8)
+    assert_clean(result)
+    assert result.cycles == 1
+
+
+async def test_escape_artists_and_killed_owners_leave_nothing() -> None:
+    """A pid hopper, an ``env -i`` group member and a setsid daemon per agent: gone after a
+    normal close, and after their gateway is SIGKILLed with no restart (the watchdog);
+    decoys with the same command lines survive; every lease is final."""
+    result = await run_escape(1, seed=7)
     assert_clean(result)
     assert result.cycles == 1

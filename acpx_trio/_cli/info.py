@@ -51,6 +51,15 @@ def _ago(epoch_seconds: float) -> str:
 
 
 # -- sessions ---------------------------------------------------------------------------------
+def _check_state_dir(state_dir: Path) -> None:
+    """Refuse an untrusted state dir (and its ``acpx`` dir) before reading anything in it:
+    :class:`~acpx_trio.StateFileError`, so the command exits nonzero with the path and fix."""
+    from acpx_trio._store.fsio import check_private_dir
+
+    check_private_dir(state_dir)
+    check_private_dir(state_dir / "acpx")
+
+
 async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     """``list`` every record; ``show KEY`` one (exit 4 if unknown); ``close KEY``: mark it
     closed so the next prompt of KEY starts a new ACP session (agents of a CLI invocation
@@ -58,6 +67,7 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     from acpx_trio._store.sessions import SessionStore
 
     out = Output()
+    await trio.to_thread.run_sync(_check_state_dir, opts.state_dir)
     config = await _resolve(opts.raw_config, opts)
     store = SessionStore(config.state_dir)
     if action == "list":
@@ -311,10 +321,14 @@ async def leases_command(include_final: bool, opts: Options) -> int:
     from acpx_trio._store.leases import peek_leases
 
     out = Output()
+    await trio.to_thread.run_sync(_check_state_dir, opts.state_dir)
     lease_dir = opts.state_dir / "acpx"
     leases, problem = await trio.to_thread.run_sync(peek_leases, lease_dir)
     if problem:
         out.write(f"acpx-trio: {problem}\n", err=True)
+        if not leases and "invalid entries" not in problem:  # the file itself is unusable:
+            await out.drain()  # never "no leases" with exit 0
+            return EXIT_ERROR
     if not include_final:
         leases = [x for x in leases if not x.state.is_final]
     ours = await trio.to_thread.run_sync(_read_gateway_id, opts.state_dir)

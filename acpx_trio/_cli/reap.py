@@ -21,6 +21,7 @@ file is read, never created).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -80,6 +81,8 @@ def _cmd(p: ProcessInfo | None) -> str | None:
 
 
 def _why(p: ProcessInfo, lease: ProcessLease | None) -> str:
+    if p.lease_id is None:
+        return "untagged member of a process group/session proved ours"
     if lease is None:
         return "tagged with this gateway; its lease is not in the lease file"
     if lease.state.is_final:
@@ -112,10 +115,8 @@ class _Seen:
         return [p for p in table if p.lease_id not in live]
 
     def deps(self) -> ProcessCleanupDeps:
-        b = self.base
-        return ProcessCleanupDeps(list_processes=self.list_processes, kill_process=b.kill_process,
-                                  wait_exit=b.wait_exit, sleep=b.sleep, self_pid=b.self_pid,
-                                  self_uid=b.self_uid, boot_id=b.boot_id)
+        # everything of the base (group kill, our own group/session), listing filtered
+        return dataclasses.replace(self.base, list_processes=self.list_processes)
 
 
 def _dry_plan(table: Sequence[ProcessInfo], leases: Sequence[ProcessLease], gateway_id: str
@@ -127,9 +128,11 @@ def _dry_plan(table: Sequence[ProcessInfo], leases: Sequence[ProcessLease], gate
     protected = _live_protected(ours, by_pid, self_pid)
     doomed = [x for x in ours if x.lease_id not in protected]
     lease_plan = plan_leases(table, [LeaseTarget.from_lease(x) for x in doomed],
-                             self_pid=self_pid, self_uid=self_uid, current_boot_id=boot_id())
+                             self_pid=self_pid, self_uid=self_uid, current_boot_id=boot_id(),
+                             self_pgid=os.getpgid(0), self_sid=os.getsid(0))
     orphan_plan = plan_orphans(table, gateway_id, protected, self_pid=self_pid,
-                               self_uid=self_uid)
+                               self_uid=self_uid, self_pgid=os.getpgid(0),
+                               self_sid=os.getsid(0))
     rows: list[ReapRow] = []
     targeted: set[int] = set()
     for p in [*lease_plan.targets, *orphan_plan.targets]:

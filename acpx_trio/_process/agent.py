@@ -42,6 +42,7 @@ from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
 )
 from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
+from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
@@ -218,6 +219,8 @@ class AgentProcess:
     # ------------------------------------------------------------------ spawn
 
     async def _spawn(self) -> None:
+        # the service's owner-death watchdog runs before any agent of it does
+        await ensure_armed(self.lease_store.path.parent)
         owner_pid, owner_start = await owner_identity()
         lease = new_lease(
             gateway_instance_id=self.gateway_instance_id,
@@ -382,6 +385,10 @@ class AgentProcess:
                     root_boot_id=self.lease.boot_id,
                     grace=self.kill_grace,
                     deps=self.cleanup_deps or lease_cleanup_deps(self.lease.lease_id, proc.pid),
+                    # our own child, started as leader of its own group and session, whose
+                    # exit (if any) we saw moments ago: those ids are reserved while a member
+                    # lives, so its env-scrubbed members die with it
+                    verified_groups=(proc.pid,),
                 )
             except Exception as exc:
                 self.log.error("agent %s: tree cleanup failed: %r", proc.pid, exc)

@@ -25,6 +25,7 @@ worker thread (``trio.to_thread.run_sync``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -101,7 +102,8 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     the process is never treated as ours).  ``start_ticks`` is ``/proc/PID/stat`` field 22 on
     Linux, else ``None``.  ``zombie``: it has exited (or was caught exiting) and only waits to
     be reaped; it can no longer run, its cmdline and tags are empty, and the reaper treats it
-    as gone."""
+    as gone.  ``pgid``/``sid``: its process group and session (``/proc/PID/stat`` fields 5
+    and 6, readable for zombies too); ``None`` when unknown (off Linux, fakes)."""
 
     pid: int
     ppid: int
@@ -113,6 +115,18 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str | None = None
     gateway_instance_id: str | None = None
     inspectable: bool = True
+    pgid: int | None = None
+    sid: int | None = None
+
+
+def _group_ids(fields: list[str] | None) -> tuple[int | None, int | None]:
+    """``(pgid, sid)`` from stat fields as cut by :func:`_read_stat_fields`."""
+    if fields is None or len(fields) < 4:
+        return None, None
+    try:
+        return int(fields[2]), int(fields[3])
+    except ValueError:
+        return None, None
 
 
 def _clean(value: str | None) -> str | None:
@@ -254,9 +268,10 @@ def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
         create_time = float(proc.create_time())
     except psutil.Error:
         create_time = 0.0
+    pgid, sid = _group_ids(fields)
     return ProcessInfo(
         pid=proc.pid, ppid=int(fields[1]), cmdline=(), create_time=create_time, uid=None,
-        start_ticks=ticks, zombie=True,
+        start_ticks=ticks, zombie=True, pgid=pgid, sid=sid,
     )
 
 
@@ -266,7 +281,12 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     A process caught exiting (its memory already released, or turned zombie while we read) is
     described as a zombie: it can no longer run, and its tags can no longer be read."""
     pid = proc.pid
-    ticks_before = read_start_ticks(pid)
+    stat_before = _read_stat_fields(pid) if _LINUX else None
+    ticks_before: int | None = None
+    if stat_before is not None and len(stat_before) >= 20:
+        with contextlib.suppress(ValueError):
+            ticks_before = int(stat_before[19])
+    pgid, sid = _group_ids(stat_before) if ticks_before is not None else (None, None)
     inspectable = True
     uid: int | None = None
     cmdline: tuple[str, ...] = ()
@@ -296,7 +316,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     except psutil.AccessDenied:
         return ProcessInfo(
             pid=pid, ppid=0, cmdline=(), create_time=0.0, uid=None,
-            start_ticks=ticks_before, inspectable=False,
+            start_ticks=ticks_before, inspectable=False, pgid=pgid, sid=sid,
         )
     if _LINUX and read_start_ticks(pid) != ticks_before:
         return None  # gone, or pid reused while we looked: the data may mix two processes
@@ -318,6 +338,8 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
         lease_id=lease,
         gateway_instance_id=gateway,
         inspectable=inspectable,
+        pgid=pgid,
+        sid=sid,
     )
 
 

@@ -14,7 +14,17 @@ Rules (fail closed; anything unproven is left alone, with a reason):
   (``"pid-reused"``); only a verified root's descendants are walked (breadth-first,
   cycle-safe) and each must be tagged too;
 * every other process carrying a lease's tags is included, wherever it was re-parented;
-* zombies are dead: never targets.
+* zombies are dead: never targets;
+* **groups and sessions** (:func:`expand_groups`): the process group and session whose id is
+  a verified root's pid, or the pid of any other target leading its own group/session, are
+  ours while any member lives (a pid in use as a pgid/sid is never reused), and so are all
+  their members, tagged or not.  A group/session whose leader is gone (a ``setsid`` + fork
+  hopper) is ours when a member carries the lease's tags and no live member has an ancestry
+  that avoids every owned process (a "foreign" member).  Never our own group or session,
+  never pid 0/1.  A group whose members all pass :func:`guard_reason` is listed in
+  :attr:`Plan.groups` to be signalled as a whole (``killpg``: atomic against forks);
+* a zombie proved ours (in ``known``, or in an owned group/session) does not hide its
+  children: they are targets too.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ __all__ = [
     "UNVERIFIED_ROOT",
     "LeaseTarget",
     "Plan",
+    "expand_groups",
     "guard_reason",
     "order_children_first",
     "owner_alive",
@@ -90,6 +101,8 @@ class Plan(msgspec.Struct, kw_only=True):
     targets: list[ProcessInfo]
     skipped: dict[int, str]
     root_reasons: dict[str, str]
+    #: Process group ids that are wholly ours: ``killpg`` them (after the per-pid signals).
+    groups: list[int] = []
 
 
 def guard_reason(p: ProcessInfo, self_pid: int, self_uid: int) -> str | None:
@@ -143,9 +156,19 @@ def plan_leases(
     self_pid: int,
     self_uid: int,
     current_boot_id: str | None = None,
+    self_pgid: int | None = None,
+    self_sid: int | None = None,
+    known: Collection[tuple[int, int | None]] = (),
+    verified_groups: Collection[int] = (),
 ) -> Plan:
     """Every process provably owned by one of ``leases`` in ``table`` (see module docstring).
 
+    ``verified_groups``: group/session ids the caller proved ours while a member lived (our
+    own child's pid, its exit seen moments ago): claimed like a verified root's.
+
+    Group/session expansion runs only when ``self_pgid`` and ``self_sid`` are given (so our
+    own group and session can be excluded); ``known`` holds ``(pid, start_ticks)`` of
+    processes proved ours earlier (a previous wave), so a zombie among them still counts.
     Pure: no I/O.  Zombies are dead and never targeted."""
     by_pid = {p.pid: p for p in table}
     children: dict[int, list[int]] = {}
@@ -211,12 +234,140 @@ def plan_leases(
         if key in wanted and not p.zombie:
             t = by_tags[key]  # type: ignore[index,unused-ignore]
             consider(p, t)
+    groups: list[int] = []
+    if self_pgid is not None and self_sid is not None:
+        roots = {t.root_pid for t in leases if t.root_pid in targets} | set(verified_groups)
+        groups = expand_groups(
+            table, targets, skipped, inspected, roots=roots, tags=wanted, known=known,
+            self_pid=self_pid, self_uid=self_uid, self_pgid=self_pgid, self_sid=self_sid,
+        )
     return Plan(
         inspected=list(inspected),
         targets=order_children_first(list(targets.values())),
         skipped=skipped,
         root_reasons=root_reasons,
+        groups=groups,
     )
+
+
+def _tagged(p: ProcessInfo, tags: Collection[tuple[str, str]]) -> bool:
+    return (p.lease_id, p.gateway_instance_id) in tags and not p.zombie
+
+
+def expand_groups(
+    table: Sequence[ProcessInfo],
+    targets: dict[int, ProcessInfo],
+    skipped: dict[int, str],
+    inspected: dict[int, None],
+    *,
+    roots: Collection[int],
+    tags: Collection[tuple[str, str]],
+    known: Collection[tuple[int, int | None]],
+    self_pid: int,
+    self_uid: int,
+    self_pgid: int,
+    self_sid: int,
+) -> list[int]:
+    """Add the members of owned process groups and sessions to ``targets`` (in place; see the
+    module docstring for the rules) and return the group ids safe to ``killpg``.
+
+    ``roots`` are verified lease roots (pids in ``targets``); ``tags`` the wanted
+    ``(lease id, gateway id)`` pairs.  Pure; a fixpoint over ``table`` (at most one pass per
+    newly owned id, so bounded by the table size)."""
+    by_pid = {p.pid: p for p in table}
+    forbidden = {0, 1, self_pid, self_pgid, self_sid}
+    known_keys = set(known)
+    groups: set[int] = set()
+    sessions: set[int] = set()
+    tainted: set[int] = set()
+
+    def ours(p: ProcessInfo) -> bool:
+        return p.pid in targets or (p.pid, p.start_ticks) in known_keys
+
+    def foreign(p: ProcessInfo) -> bool:
+        """Live, not tagged, and no ancestor within reach is ours or tagged."""
+        cur: ProcessInfo | None = p
+        for _ in range(64):
+            if cur is None or cur.pid <= 1:
+                return True
+            if ours(cur) or _tagged(cur, tags):
+                return False
+            cur = by_pid.get(cur.ppid) if cur.ppid != cur.pid else None
+        return True
+
+    def leaderless_ok(ident: int, attr: str) -> bool:
+        """Group/session ``ident`` whose leader is gone (or a zombie): ours when nothing
+        foreign lives in it."""
+        leader = by_pid.get(ident)
+        if leader is not None and not leader.zombie:
+            return ours(leader)
+        members = [p for p in table if getattr(p, attr) == ident and not p.zombie]
+        return not any(foreign(p) for p in members)
+
+    def claim(ident: int | None, kind: set[int]) -> bool:
+        if ident is None or ident in forbidden or ident in kind:
+            return False
+        kind.add(ident)
+        return True
+
+    for pid in roots:
+        claim(pid, groups)
+        claim(pid, sessions)
+    changed = True
+    while changed:
+        changed = False
+        for p in table:
+            mine = ours(p)
+            if not mine and p.zombie and (p.pgid in groups or p.sid in sessions):
+                mine = True  # a dead member of an owned group: its children are ours
+            if not mine:
+                continue
+            if p.pgid == p.pid:
+                changed |= claim(p.pgid, groups)
+            if p.sid == p.pid:
+                changed |= claim(p.sid, sessions)
+            if _tagged(p, tags):
+                if p.pgid is not None and p.pgid not in groups and leaderless_ok(p.pgid, "pgid"):
+                    changed |= claim(p.pgid, groups)
+                if p.sid is not None and p.sid not in sessions and leaderless_ok(p.sid, "sid"):
+                    changed |= claim(p.sid, sessions)
+            if p.zombie:
+                for child in table:
+                    if child.ppid == p.pid and child.pid not in targets and not child.zombie:
+                        changed |= _take(child, targets, skipped, inspected, tainted,
+                                         self_pid, self_uid)
+        for p in table:
+            if p.zombie or p.pid in targets:
+                continue
+            if p.pgid in groups or p.sid in sessions:
+                changed |= _take(p, targets, skipped, inspected, tainted, self_pid, self_uid)
+                if p.sid in sessions:
+                    changed |= claim(p.pgid, groups)
+    for p in table:  # a group with a forbidden member is never signalled as a whole
+        if p.pgid in groups and not p.zombie and guard_reason(p, self_pid, self_uid):
+            tainted.add(p.pgid)
+    return sorted(groups - tainted)
+
+
+def _take(
+    p: ProcessInfo,
+    targets: dict[int, ProcessInfo],
+    skipped: dict[int, str],
+    inspected: dict[int, None],
+    tainted: set[int],
+    self_pid: int,
+    self_uid: int,
+) -> bool:
+    inspected.setdefault(p.pid)
+    reason = guard_reason(p, self_pid, self_uid)
+    if reason is not None:
+        skipped[p.pid] = reason
+        if p.pgid is not None:
+            tainted.add(p.pgid)
+        return False
+    skipped.pop(p.pid, None)  # an untagged member of an owned group is ours after all
+    targets[p.pid] = p
+    return True
 
 
 def plan_orphans(
@@ -226,6 +377,9 @@ def plan_orphans(
     *,
     self_pid: int,
     self_uid: int,
+    self_pgid: int | None = None,
+    self_sid: int | None = None,
+    known: Collection[tuple[int, int | None]] = (),
 ) -> Plan:
     """Every live process tagged with ``gateway_instance_id`` and an unprotected lease id.
 
@@ -248,11 +402,22 @@ def plan_orphans(
             targets.append(p)
         else:
             skipped[p.pid] = reason
+    groups: list[int] = []
+    by_pid = {p.pid: p for p in targets}
+    if self_pgid is not None and self_sid is not None and targets:
+        seen = dict.fromkeys(inspected)
+        groups = expand_groups(
+            table, by_pid, skipped, seen, roots=(),
+            tags={(p.lease_id or "", gateway_instance_id) for p in targets}, known=known,
+            self_pid=self_pid, self_uid=self_uid, self_pgid=self_pgid, self_sid=self_sid,
+        )
+        inspected = list(seen)
     return Plan(
         inspected=inspected,
-        targets=order_children_first(targets),
+        targets=order_children_first(list(by_pid.values())),
         skipped=skipped,
         root_reasons={},
+        groups=groups,
     )
 
 

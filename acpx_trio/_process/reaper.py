@@ -11,11 +11,21 @@ Ownership (fail closed; anything unproven is left alone):
 * every other live process carrying the lease's tags is included wherever it was re-parented
   (init, a subreaper, a ``setsid`` daemon).
 
+Groups and sessions: the process group and session of a verified root (``start_new_session``
+made it their leader) and of any other target leading one are ours while a member lives (a
+pid in use as a pgid/sid is never reused), so their members are targets without tags, and a
+group whose members are all ours is also signalled as a whole with ``killpg`` (atomic against
+``fork``: a pid hopper cannot step out of it).  See
+:func:`~acpx_trio._process.reap_plan.expand_groups`.
+
 Termination is one wave for everything found: SIGTERM all (children before parents, each
-process once), one shared grace deadline, SIGKILL only the survivors (identity re-checked
-before every signal), then confirm.  ``terminated_pids`` are **confirmed gone**.  After a wave
-the table is scanned again and anything of the same owners that appeared meanwhile (forked
-during the wave) gets its own wave, at most :data:`MAX_ROUNDS` in all.
+process once, then each owned group), one shared grace deadline, SIGKILL only the survivors
+and the owned groups (identity re-checked before every signal), then confirm.
+``terminated_pids`` are **confirmed gone**.  After a wave the table is scanned again and
+anything of the same owners that appeared meanwhile (forked during the wave, or caught
+mid-hop) gets its own wave, without a second grace (SIGTERM and SIGKILL at once: its tree
+had its grace), until a scan finds nothing new or the time budget (:func:`wave_budget`)
+is spent.
 
 The planning core (:func:`plan_leases`, :func:`plan_orphans`, :func:`order_children_first`) is
 pure and synchronous; the async layer only adds the process table, signals and waiting, all
@@ -24,17 +34,13 @@ injectable through :class:`ProcessCleanupDeps` (see ``acpx_trio.testing.fake_pro
 
 from __future__ import annotations
 
-import math
-import os
-import signal
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Collection
 from typing import Protocol
 
 import msgspec
-import trio
 
-from acpx_trio._process.identity import ProcessInfo, boot_id, snapshot_processes
+from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
     INIT,
@@ -55,8 +61,6 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
-from acpx_trio._process.reaper_os import kill_process_sync
-from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
 from acpx_trio._store.leases import LeaseState, ProcessLease
 
 __all__ = [
@@ -82,43 +86,30 @@ __all__ = [
     "cleanup_owned_process_tree",
     "default_cleanup_deps",
     "guard_reason",
+    "kill_owned_tree",
     "order_children_first",
     "owner_alive",
     "plan_leases",
     "plan_orphans",
     "reap_open_leases",
     "reap_stale_orphans",
+    "sweep_orphans",
     "terminate_trees",
+    "wave_budget",
 ]
 
-#: Seconds between SIGTERM and SIGKILL (the seed's 750 ms).
-DEFAULT_GRACE = 0.75
-#: Seconds to wait for SIGKILLed processes to be gone before reporting them as survivors.
-KILL_CONFIRM = 1.0
-#: Upper bound (seconds) of the shielded phases: sending signals, escalating, confirming.
-SHIELD_BUDGET = 10.0
-#: Most waves per call (the first plus re-scans for processes forked during a wave).
-MAX_ROUNDS = 3
-
-
-# --------------------------------------------------------------------------------------------
-# Results and dependencies
-# --------------------------------------------------------------------------------------------
-
-
-class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of one cleanup.
-
-    ``inspected_pids``: every process looked at as a candidate.  ``terminated_pids``: targets
-    confirmed gone afterwards.  ``survived_pids``: targets still alive after SIGKILL and the
-    confirmation wait.  ``skipped``: candidates left alone, pid -> reason.  ``skipped_reason``:
-    why the recorded root was not used (``None`` when it was, or when there was none)."""
-
-    inspected_pids: list[int] = []
-    terminated_pids: list[int] = []
-    survived_pids: list[int] = []
-    skipped: dict[int, str] = {}
-    skipped_reason: str | None = None
+from acpx_trio._process.waves import (
+    DEFAULT_GRACE,
+    KILL_CONFIRM,
+    MAX_ROUNDS,
+    CleanupResult,
+    ProcessCleanupDeps,
+    default_cleanup_deps,
+    terminate_trees,
+    wave_budget,
+)
+from acpx_trio._process.waves import SHIELD_BUDGET as SHIELD_BUDGET  # re-exported
+from acpx_trio._process.waves import run_waves as _run_waves
 
 
 class ReapResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,175 +125,10 @@ class ReapResult(msgspec.Struct, frozen=True, kw_only=True):
     left_alone: dict[str, str] = {}
 
 
-@dataclass(frozen=True)
-class ProcessCleanupDeps:
-    """Everything the reaper does to the outside world, injectable for tests.
-
-    * ``list_processes()``: a snapshot of the process table.
-    * ``kill_process(info, sig)``: send ``sig`` only if the live process is still ``info``
-      (same identity, not a zombie, our uid); ``True`` if the signal was delivered.
-    * ``wait_exit(infos, timeout)``: wait up to ``timeout`` seconds for them to be gone (a
-      zombie is gone); returns the pids still alive.  ``timeout <= 0`` checks without waiting.
-    * ``sleep(seconds)``: for implementations that poll (the reaper itself never sleeps).
-    * ``self_pid`` / ``self_uid``: never signalled / the only uid we may signal."""
-
-    list_processes: Callable[[], Awaitable[list[ProcessInfo]]]
-    kill_process: Callable[[ProcessInfo, int], Awaitable[bool]]
-    wait_exit: Callable[[Sequence[ProcessInfo], float], Awaitable[set[int]]]
-    sleep: Callable[[float], Awaitable[None]]
-    self_pid: int
-    self_uid: int
-    boot_id: str | None = None
-
-
 class _LeaseStoreLike(Protocol):
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]: ...
 
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]: ...
-
-
-# --------------------------------------------------------------------------------------------
-# Termination
-# --------------------------------------------------------------------------------------------
-
-
-def _key(p: ProcessInfo) -> tuple[int, int | float]:
-    return (p.pid, p.start_ticks if p.start_ticks is not None else round(p.create_time, 2))
-
-
-class _Wave(msgspec.Struct, kw_only=True):
-    terminated: list[int]
-    survived: list[int]
-    skipped: dict[int, str]
-
-
-async def _escalate(procs: Sequence[ProcessInfo], deps: ProcessCleanupDeps) -> set[int]:
-    """SIGKILL ``procs`` (identity re-checked) and wait briefly; pids still alive."""
-    if not procs:
-        return set()
-    for p in procs:
-        await deps.kill_process(p, signal.SIGKILL)
-    return await deps.wait_exit(procs, KILL_CONFIRM)
-
-
-async def _terminate(
-    targets: Sequence[ProcessInfo], grace: float, deps: ProcessCleanupDeps
-) -> _Wave:
-    skipped: dict[int, str] = {}
-    order: list[ProcessInfo] = []
-    for p in order_children_first(targets):
-        reason = guard_reason(p, deps.self_pid, deps.self_uid)
-        if reason is None and not p.zombie:
-            order.append(p)
-        elif reason is not None:
-            skipped[p.pid] = reason
-    if not order:
-        return _Wave(terminated=[], survived=[], skipped=skipped)
-    await trio.lowlevel.checkpoint_if_cancelled()
-    signalled: list[ProcessInfo] = []
-    refused: list[ProcessInfo] = []
-    with trio.move_on_after(SHIELD_BUDGET, shield=True):
-        for p in order:
-            (signalled if await deps.kill_process(p, signal.SIGTERM) else refused).append(p)
-    sent = {p.pid for p in signalled} | {p.pid for p in refused}
-    signalled += [p for p in order if p.pid not in sent]  # budget ran out: SIGKILL them later
-    alive = {p.pid for p in signalled}  # until the wait says otherwise (error, cancellation)
-    try:
-        if signalled:
-            alive = await deps.wait_exit(signalled, grace)
-    finally:
-        # Runs on cancellation (or an error) too: SIGTERM went out, so finish the job.
-        survivors: set[int] = set()
-        with trio.move_on_after(SHIELD_BUDGET, shield=True) as cs:
-            survivors = await _escalate([p for p in signalled if p.pid in alive], deps)
-            survivors |= await deps.wait_exit(refused, 0.0)
-        if cs.cancelled_caught:
-            survivors = {p.pid for p in order}  # could not confirm anything
-    survived = [p.pid for p in order if p.pid in survivors]
-    terminated = [p.pid for p in order if p.pid not in survivors]
-    return _Wave(terminated=terminated, survived=survived, skipped=skipped)
-
-
-async def terminate_trees(
-    trees: Sequence[Sequence[ProcessInfo]],
-    *,
-    grace: float = DEFAULT_GRACE,
-    deps: ProcessCleanupDeps | None = None,
-) -> CleanupResult:
-    """Terminate already-verified trees in one wave (the caller proved ownership).
-
-    SIGTERM every process of every tree (children before parents, each pid once; our own pid,
-    pid 1 and other users' processes are refused with a ``skipped`` reason), wait up to
-    ``grace`` seconds (one deadline for all), SIGKILL the survivors (identity re-checked), then
-    wait up to :data:`KILL_CONFIRM` seconds and report.  Returns at once, without sleeping, when
-    nothing was signalled.
-
-    Cancellation: before the first SIGTERM nothing is signalled.  Once SIGTERM went out the
-    escalation runs anyway in a shielded scope bounded by :data:`SHIELD_BUDGET` (a cancelled
-    grace wait turns into an immediate SIGKILL of everything still alive), then
-    :class:`trio.Cancelled` propagates.  Bad input (negative ``grace``) raises ``ValueError``."""
-    if grace < 0 or math.isnan(grace):
-        raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
-    deps = deps or default_cleanup_deps()
-    flat = [p for tree in trees for p in tree]
-    inspected = list(dict.fromkeys(p.pid for p in flat))
-    wave = await _terminate(flat, grace, deps)
-    return CleanupResult(
-        inspected_pids=inspected,
-        terminated_pids=wave.terminated,
-        survived_pids=wave.survived,
-        skipped=wave.skipped,
-    )
-
-
-class _Outcome(msgspec.Struct, kw_only=True):
-    inspected: list[int]
-    terminated: list[ProcessInfo]
-    survived: list[ProcessInfo]
-    skipped: dict[int, str]
-    first_plan: Plan
-
-
-async def _run_waves(
-    plan_fn: Callable[[list[ProcessInfo]], Plan],
-    grace: float,
-    deps: ProcessCleanupDeps,
-    table: list[ProcessInfo] | None = None,
-) -> _Outcome:
-    if grace < 0 or math.isnan(grace):
-        raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
-    if table is None:
-        table = await deps.list_processes()
-    plan = first = plan_fn(table)
-    inspected: dict[int, None] = dict.fromkeys(plan.inspected)
-    skipped = dict(plan.skipped)
-    handled: set[tuple[int, int | float]] = set()
-    terminated: list[ProcessInfo] = []
-    survived: list[ProcessInfo] = []
-    for round_no in range(MAX_ROUNDS):
-        todo = [p for p in plan.targets if _key(p) not in handled]
-        if not todo:
-            break
-        handled.update(_key(p) for p in todo)
-        wave = await _terminate(todo, grace, deps)
-        by_pid = {p.pid: p for p in todo}
-        terminated += [by_pid[pid] for pid in wave.terminated]
-        survived += [by_pid[pid] for pid in wave.survived]
-        skipped.update(wave.skipped)
-        if round_no + 1 == MAX_ROUNDS:
-            break
-        plan = plan_fn(await deps.list_processes())
-        inspected.update(dict.fromkeys(plan.inspected))
-        for pid, reason in plan.skipped.items():
-            skipped.setdefault(pid, reason)
-    done = {p.pid for p in terminated} | {p.pid for p in survived}
-    return _Outcome(
-        inspected=list(inspected),
-        terminated=terminated,
-        survived=survived,
-        skipped={pid: r for pid, r in skipped.items() if pid not in done},
-        first_plan=first,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,9 +151,13 @@ async def cleanup_owned_process_tree(
     root_boot_id: str | None = None,
     grace: float = DEFAULT_GRACE,
     deps: ProcessCleanupDeps | None = None,
+    verified_groups: Collection[int] = (),
 ) -> CleanupResult:
-    """End every process of one lease: the verified root's tagged tree plus every process
-    anywhere carrying the lease's tags.  ``root_pid == 0`` (pending lease): tags only.
+    """End every process of one lease: the verified root's tagged tree, the members of its
+    process group and session, plus every process anywhere carrying the lease's tags.
+    ``root_pid == 0`` (pending lease): tags only.  ``verified_groups``: group/session ids
+    the caller proved ours while a member lived (see
+    :func:`~acpx_trio._process.reap_plan.plan_leases`).
 
     ``skipped_reason`` says why the root was not used: ``"missing-root"`` (gone, or pending
     and nothing tagged found), ``"pid-reused"`` (its start time differs from the lease's), or
@@ -348,10 +178,11 @@ async def cleanup_owned_process_tree(
         root_boot_id=root_boot_id,
     )
 
-    def plan(table: list[ProcessInfo]) -> Plan:
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_leases(
             table, [target], self_pid=deps.self_pid, self_uid=deps.self_uid,
-            current_boot_id=deps.boot_id,
+            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known, verified_groups=verified_groups,
         )
 
     out = await _run_waves(plan, grace, deps)
@@ -381,9 +212,11 @@ async def reap_stale_orphans(
     deps = deps or default_cleanup_deps()
     protected = frozenset(protected_lease_ids)
 
-    def plan(table: list[ProcessInfo]) -> Plan:
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_orphans(
-            table, gateway_instance_id, protected, self_pid=deps.self_pid, self_uid=deps.self_uid
+            table, gateway_instance_id, protected, self_pid=deps.self_pid,
+            self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
         )
 
     out = await _run_waves(plan, grace, deps)
@@ -443,10 +276,11 @@ async def reap_open_leases(
     await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
     targets = [LeaseTarget.from_lease(x) for x in to_reap]
 
-    def plan(snapshot: list[ProcessInfo]) -> Plan:
+    def plan(snapshot: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_leases(
             snapshot, targets, self_pid=deps.self_pid, self_uid=deps.self_uid,
-            current_boot_id=deps.boot_id,
+            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
         )
 
     out = await _run_waves(plan, grace, deps, table)
@@ -476,39 +310,74 @@ async def reap_open_leases(
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Real dependencies
-# --------------------------------------------------------------------------------------------
+async def sweep_orphans(
+    gateway_instance_id: str,
+    lease_store: _LeaseStoreLike,
+    *,
+    grace: float = DEFAULT_GRACE,
+    deps: ProcessCleanupDeps | None = None,
+) -> CleanupResult:
+    """The start-up tag sweep, safe to run beside a working runtime: end every live process
+    tagged with our gateway id whose lease is unknown or final.
+
+    Every scan is taken *before* the open leases are read, and a lease is saved before its
+    process is spawned, so a session started meanwhile is always protected (its lease is
+    open by the time its process can appear in a scan).  Cancellation: see
+    :func:`terminate_trees`."""
+    _require_id("gateway_instance_id", gateway_instance_id)
+    deps = deps or default_cleanup_deps()
+    protected: set[str] = set()
+    base = deps
+
+    async def list_then_protect() -> list[ProcessInfo]:
+        table = await base.list_processes()
+        current = await lease_store.list_open(gateway_instance_id)
+        protected.clear()
+        protected.update(x.lease_id for x in current)
+        return table
+
+    deps = dataclasses.replace(deps, list_processes=list_then_protect)
+
+    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
+        return plan_orphans(
+            table, gateway_instance_id, frozenset(protected), self_pid=deps.self_pid,
+            self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
+        )
+
+    out = await _run_waves(plan, grace, deps)
+    return CleanupResult(
+        inspected_pids=out.inspected,
+        terminated_pids=[p.pid for p in out.terminated],
+        survived_pids=[p.pid for p in out.survived],
+        skipped=out.skipped,
+    )
 
 
-async def _list_processes() -> list[ProcessInfo]:
-    """A snapshot of the real process table, taken in a worker thread."""
-    return await trio.to_thread.run_sync(snapshot_processes)
-
-
-def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
-    """The real process table (psutil), pidfd signalling and an event-driven exit wait.
-
-    ``kill_process`` opens a pidfd, re-verifies start ticks, uid and liveness *after* opening
-    it, then signals through the pidfd (psutil fallback where pidfd is unavailable).
-    ``wait_exit`` waits on pidfds with :func:`trio.lowlevel.wait_readable` (polling fallback);
-    a zombie counts as gone; with ``reap_children`` our own exited children are reaped by pidfd
-    (``waitid(P_PIDFD)``) or specific pid, never ``waitpid(-1)``.  Note that reaping a child
-    that a :class:`trio.Process` also holds makes its ``returncode`` read 0."""
-    self_pid, self_uid = os.getpid(), os.getuid()
-
-    async def kill_process(info: ProcessInfo, sig: int) -> bool:
-        return await trio.to_thread.run_sync(kill_process_sync, info, sig, self_pid, self_uid)
-
-    async def wait_exit(infos: Sequence[ProcessInfo], within: float) -> set[int]:
-        return await _os_wait_exit(infos, within, self_pid=self_pid, reap_children=reap_children)
-
-    return ProcessCleanupDeps(
-        list_processes=_list_processes,
-        kill_process=kill_process,
-        wait_exit=wait_exit,
-        sleep=trio.sleep,
-        self_pid=self_pid,
-        self_uid=self_uid,
-        boot_id=boot_id(),
+async def kill_owned_tree(
+    root_pid: int,
+    lease: ProcessLease,
+    *,
+    grace: float = DEFAULT_GRACE,
+    root_is_our_child: bool = True,
+    deps: ProcessCleanupDeps | None = None,
+) -> CleanupResult:
+    """Kill everything of one lease whose root we started: the root (identity from the
+    lease: start ticks / create time / boot id), its process group and session (members
+    need no tags), every process carrying the lease's tags, in waves until nothing is left
+    (one grace, then SIGKILL).  ``root_is_our_child``: the root is our own child started
+    with ``start_new_session=True`` whose exit (if any) we saw moments ago, so its
+    group/session ids are still ours even if it is gone (they are reserved while a member
+    lives).  For terminals and other launches beside agents.  Never signals another uid's
+    process, pid 1 or us.  Cancellation: see :func:`terminate_trees`."""
+    return await cleanup_owned_process_tree(
+        root_pid=root_pid,
+        expected_lease_id=lease.lease_id,
+        expected_gateway_instance_id=lease.gateway_instance_id,
+        root_create_time=lease.root_create_time,
+        root_start_ticks=lease.root_start_ticks,
+        root_boot_id=lease.boot_id,
+        grace=grace,
+        deps=deps,
+        verified_groups=(root_pid,) if root_is_our_child and root_pid > 1 else (),
     )

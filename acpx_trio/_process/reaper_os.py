@@ -16,14 +16,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Sequence
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import trio
 
-from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo, read_stat_state
+from acpx_trio._process.identity import (
+    CREATE_TIME_TOLERANCE,
+    ProcessInfo,
+    read_stat_state,
+)
+from acpx_trio._process.scan import newest_pids
 
 __all__ = [
+    "group_members_sync",
+    "kill_groups_sync",
     "kill_process_sync",
     "open_exit_watches",
     "reap_child",
@@ -115,6 +123,73 @@ def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int)
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def group_members_sync(pgids: Collection[int]) -> dict[int, list[tuple[int, int, str]]]:
+    """``pgid -> [(pid, uid, state), ...]`` for every process in one of ``pgids``, from one
+    ``/proc`` pass (the newest pids first and again last: a pid hopper is among them).
+    Linux only (empty elsewhere).  Blocking; never raises."""
+    wanted = set(pgids)
+    out: dict[int, dict[int, tuple[int, int, str]]] = {g: {} for g in wanted}
+    try:
+        listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return {}
+    for pid in dict.fromkeys([*newest_pids(), *listed, *newest_pids()]):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                data = fh.read()
+            fields = data[data.rfind(b")") + 1 :].split()
+            pgid = int(fields[2])
+            if pgid not in wanted:
+                continue
+            uid = os.stat(f"/proc/{pid}").st_uid
+            out[pgid][pid] = (pid, uid, fields[0].decode("ascii", "replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return {g: list(m.values()) for g, m in out.items()}
+
+
+def kill_groups_sync(
+    pgids: Collection[int], sig: int, self_pid: int, self_uid: int
+) -> list[int]:
+    """``killpg(pgid, sig)`` for each group that exists, is not our own, and whose every
+    member we can see is ours (our uid, not our own process, not pid 1); returns the group
+    ids signalled.
+
+    ``killpg`` reaches every member at once, including children forked while it runs (the
+    kernel makes a concurrent ``fork`` retry), which a pid-by-pid kill cannot.  A group id
+    cannot be reused while any member (zombies included) exists.  A member hopping between
+    pids may be missed by the listing: that member is what ``killpg`` is for.  Never raises
+    for a vanished group."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        own = os.getpgid(0)
+    except OSError:
+        return []
+    candidates = []
+    for pgid in dict.fromkeys(pgids):
+        if pgid <= 1 or pgid in (self_pid, own):
+            continue
+        try:
+            os.killpg(pgid, 0)  # does the group exist at all?
+        except OSError:
+            continue
+        candidates.append(pgid)
+    if not candidates:
+        return []
+    members = group_members_sync(candidates)
+    done = []
+    for pgid in candidates:
+        if any(pid in (1, self_pid) or uid != self_uid for pid, uid, _ in members.get(pgid, [])):
+            continue
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            continue
+        done.append(pgid)
+    return done
 
 
 def _is_our_zombie(info: ProcessInfo) -> bool:

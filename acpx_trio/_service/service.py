@@ -31,6 +31,7 @@ import trio
 from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
+from acpx_trio._service import tasks as _guards  # issue #11: start-up sweep, watchdog
 from acpx_trio._service.backends import (
     AcpRuntime,
     AcpRuntimeBackend,
@@ -119,6 +120,7 @@ class AcpxRuntimeService:
         self._phase = Phase.STOPPED
         self._running: Running | None = None
         self._background: trio.Nursery | None = None
+        self._watchdog: _guards.WatchdogHandle | None = None
         self._health = ServiceHealthState()
         self._gateway_instance_id: str | None = None
         self._startup_reap: ReapResult | None = None
@@ -332,6 +334,9 @@ class AcpxRuntimeService:
                 run_sweep, runtime, config.sweep_interval_seconds,
                 config.control_timeout_seconds, logger,
             )
+            self._watchdog = _guards.start_guards(  # orphan sweep + owner-death watchdog
+                nursery, background, prepared, logger, self._process_cleanup
+            )
         except BaseException:
             self._registry.unregister(BACKEND_ID, runtime=runtime)
             await self._close_runtime(running, logger)
@@ -414,8 +419,10 @@ class AcpxRuntimeService:
         # shielded clean-up: no cancel points on purpose (ASYNC910)
         self._registry.unregister(BACKEND_ID, runtime=running.runtime)
         self._health.set(ServiceHealth.STOPPED)
+        watchdog, self._watchdog = self._watchdog, None
         if running.run_done.is_set():
             # the task tree already ended (crash or host cancellation) and closed all
+            _guards.forget_guards(watchdog)
             return  # noqa: ASYNC910
         with trio.CancelScope(shield=True) as cleanup:  # noqa: ASYNC912
             cleanup.deadline = trio.current_time() + self.stop_timeout_seconds
@@ -427,6 +434,7 @@ class AcpxRuntimeService:
                 f"{format_seconds(self.stop_timeout_seconds)}s"
             )
         await self._close_runtime(running, logger)
+        await _guards.stop_guards(watchdog)  # the agents are closed: it may go now (kills nothing)
         with trio.CancelScope(shield=True) as join:  # noqa: ASYNC912
             join.deadline = trio.current_time() + self.stop_timeout_seconds
             running.nursery.cancel_scope.cancel(reason="acpx runtime service stopped")

@@ -6,6 +6,8 @@ tasks of its background nursery and decides when they run.
 
 from __future__ import annotations
 
+import functools
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +16,8 @@ import trio
 
 from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
+from acpx_trio._process.reaper import ProcessCleanupDeps, sweep_orphans
+from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
@@ -23,11 +27,17 @@ from acpx_trio._service.doctor_format import (
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 
 __all__ = [
+    "WatchdogHandle",
+    "forget_guards",
     "host_background",
+    "orphan_sweep_due",
+    "orphan_sweep_once",
     "probe_once",
     "report_crash",
     "run_probe",
     "run_sweep",
+    "start_guards",
+    "stop_guards",
     "sweep_once",
 ]
 
@@ -144,3 +154,78 @@ def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> Ba
         f"backend is unregistered and its agent processes are stopped:\n{text}"
     )
     return error
+
+
+#: Seconds between two start-up orphan sweeps of one lease dir + gateway in one process.
+ORPHAN_SWEEP_EVERY = 30.0
+_last_sweep: dict[tuple[str, str], float] = {}
+
+
+def orphan_sweep_due(lease_store: Any, gateway_instance_id: str) -> bool:
+    """Whether a start-up orphan sweep of this lease dir + gateway should start now (none
+    started in this process in the last :data:`ORPHAN_SWEEP_EVERY` seconds); if so, records
+    that one starts."""
+    key = (str(getattr(lease_store, "path", "")), gateway_instance_id)
+    now = time.monotonic()
+    last = _last_sweep.get(key)
+    if last is not None and now - last < ORPHAN_SWEEP_EVERY:
+        return False
+    _last_sweep[key] = now
+    return True
+
+
+async def orphan_sweep_once(
+    gateway_instance_id: str,
+    lease_store: Any,
+    log: ServiceLogger,
+    *,
+    grace: float,
+    deps: ProcessCleanupDeps | None,
+) -> None:
+    """The start-up tag sweep (:func:`~acpx_trio._process.reaper.sweep_orphans`): every
+    live process tagged with this gateway whose lease is unknown or final (its lease file
+    was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`).
+
+    At most one sweep per lease dir and gateway starts in :data:`ORPHAN_SWEEP_EVERY` seconds
+    within one process (:func:`orphan_sweep_due`, checked by the caller): a start/stop loop
+    in one process scans once, not at every start."""
+    try:
+        result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
+    except Exception as exc:
+        log.warning(f"start-up orphan sweep failed: {format_error_message(exc)}")
+        return
+    reaped = len(result.terminated_pids)
+    if reaped:
+        suffix = "" if reaped == 1 else "es"
+        log.info(f"reaped {reaped} orphaned OpenClaw-owned ACPX process{suffix}")
+
+
+def start_guards(
+    nursery: trio.Nursery, background: trio.Nursery, prepared: Any, log: ServiceLogger,
+    deps: ProcessCleanupDeps | None,
+) -> WatchdogHandle:
+    """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
+    in ``background`` (only when the start-up reap did not run, and not more often than
+    :func:`orphan_sweep_due` allows), and the owner-death watchdog, registered in the service
+    ``nursery`` (so it outlives the runtime's close; its process is spawned before the
+    service's first agent)."""
+    store, gw = prepared.lease_store, prepared.gateway_instance_id
+    grace = prepared.config.kill_grace_seconds
+    if not prepared.needs_reap and orphan_sweep_due(store, gw):
+        background.start_soon(
+            functools.partial(orphan_sweep_once, gw, store, log, grace=grace, deps=deps)
+        )
+    return register_watchdog(nursery, store.path.parent, gw, grace)
+
+
+async def stop_guards(watchdog: WatchdogHandle | None) -> None:
+    """Stop the watchdog after the runtime closed its agents (it kills nothing), shielded."""
+    if watchdog is not None:
+        with trio.CancelScope(shield=True):
+            await watchdog.aclose()
+
+
+def forget_guards(watchdog: WatchdogHandle | None) -> None:
+    """Unregister the watchdog when its nursery already ended (crash, host cancellation)."""
+    if watchdog is not None:
+        watchdog.forget()

@@ -18,8 +18,15 @@ from pathlib import Path
 import msgspec
 import trio
 
-from acpx_trio._errors import GatewayInstanceIdError
-from acpx_trio._store.fsio import FILE_MODE, atomic_write_bytes, ensure_private_dir
+from acpx_trio._errors import GatewayInstanceIdError, StateFileError
+from acpx_trio._store.fsio import (
+    FILE_MODE,
+    GATEWAY_ID_MAX_BYTES,
+    LEASE_FILE_MAX_BYTES,
+    atomic_write_bytes,
+    ensure_private_dir,
+    read_private_file,
+)
 from acpx_trio._store.leases import LEASE_FILE_NAME
 
 __all__ = [
@@ -46,8 +53,9 @@ def _gateway_ids_in_lease_files(state_dir: Path) -> set[str]:
     ids: set[str] = set()
     for path in (state_dir / "acpx" / LEASE_FILE_NAME, state_dir / LEASE_FILE_NAME):
         try:
-            doc = msgspec.json.decode(path.read_bytes(), type=_AnyLeaseFile)
-        except (OSError, msgspec.DecodeError, UnicodeDecodeError):
+            data = read_private_file(path, LEASE_FILE_MAX_BYTES)
+            doc = msgspec.json.decode(data, type=_AnyLeaseFile)
+        except (OSError, StateFileError, msgspec.DecodeError, UnicodeDecodeError):
             continue
         for raw in doc.leases:
             with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
@@ -79,6 +87,13 @@ def _create_exclusive(path: Path, value: str) -> bool:
             os.unlink(tmp_name)
 
 
+def _read_id_file(path: Path) -> str:
+    """The id file's text; :class:`~acpx_trio.StateFileError` for a link, FIFO, device,
+    directory, another user's file or one over 4 KiB (never a hang)."""
+    data = read_private_file(path, GATEWAY_ID_MAX_BYTES)
+    return data.decode("utf-8", errors="replace").strip()
+
+
 def resolve_gateway_instance_id_sync(state_dir: str | Path) -> str:
     """Read ``<state_dir>/gateway-instance-id``, creating it (a UUID, 0600; dir 0700) if missing.
 
@@ -90,14 +105,15 @@ def resolve_gateway_instance_id_sync(state_dir: str | Path) -> str:
     path = directory / GATEWAY_ID_FILE_NAME
     for _ in range(3):
         try:
-            text = path.read_bytes().decode("utf-8", errors="replace").strip()
+            text = _read_id_file(path)
         except FileNotFoundError:
             if _create_exclusive(path, str(uuid.uuid4())):
-                return path.read_text().strip()
+                return _read_id_file(path)
             continue  # someone else created it first: read theirs
         if _VALID_ID.match(text):
-            if (path.stat().st_mode & 0o777) != FILE_MODE:
-                os.chmod(path, FILE_MODE)
+            st = os.lstat(path)  # a regular file of ours (checked by the read): never a link
+            if (st.st_mode & 0o777) != FILE_MODE:
+                os.chmod(path, FILE_MODE, follow_symlinks=False)
             return text
         return _recover(directory, path, text)
     raise GatewayInstanceIdError(f"{path} keeps disappearing while being read; is it on NFS?")
@@ -131,7 +147,7 @@ def peek_gateway_instance_id(state_dir: str | Path) -> str | None:
     :class:`GatewayInstanceIdError` when the file is empty or garbled; blocking."""
     path = Path(state_dir) / GATEWAY_ID_FILE_NAME
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace").strip()
+        text = _read_id_file(path)
     except FileNotFoundError:
         return None
     if not _VALID_ID.match(text):

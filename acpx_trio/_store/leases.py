@@ -13,7 +13,9 @@ Guarantees of :class:`LeaseStore`:
   leases.
 * **No silent loss**: an invalid entry is skipped with a warning (it stays in the file until the
   next write); a wholly unreadable file is moved aside to ``process-leases.json.corrupt-<utc>``
-  and reported, never overwritten in place.
+  and reported, never overwritten in place.  So is anything that is not a regular file of
+  ours (a symbolic link, FIFO, device or directory: never followed, never blocking) or is
+  larger than 64 MiB (:func:`~acpx_trio._store.fsio.read_private_file`).
 * **Legal moves only**: ``open->closing``, ``open->closed``, ``closing->closed``,
   ``closing->lost``; ``closed`` and ``lost`` are final.  Anything else raises
   :class:`LeaseStateError`.  Re-applying the current state is an idempotent no-op.
@@ -34,8 +36,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from acpx_trio._errors import LeaseStoreError
-from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir, exclusive_lock, quarantine
+from acpx_trio._errors import LeaseStoreError, StateFileError
+from acpx_trio._store.fsio import (
+    LEASE_FILE_MAX_BYTES,
+    atomic_write_bytes,
+    ensure_private_dir,
+    exclusive_lock,
+    quarantine,
+    read_private_file,
+)
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
 from acpx_trio._store.lease_snapshot import (
     Change,
@@ -135,9 +144,11 @@ def peek_leases(state_dir: str | Path) -> tuple[list[ProcessLease], str | None]:
     For inspection tools (``acpx-trio leases``, ``reap --dry-run``); blocking."""
     path = Path(state_dir) / LEASE_FILE_NAME
     try:
-        data = path.read_bytes()
+        data = read_private_file(path, LEASE_FILE_MAX_BYTES)
     except FileNotFoundError:
         return [], None
+    except StateFileError as exc:
+        return [], str(exc)
     except OSError as exc:
         return [], f"cannot read {path}: {exc}"
     try:
@@ -194,8 +205,15 @@ class SyncLeaseStore:
     def _read_unlocked(self) -> tuple[list[ProcessLease], list[msgspec.Raw]]:
         """Return (valid leases, raw entries that did not decode)."""
         try:
-            data = self.path.read_bytes()
+            data = read_private_file(self.path, LEASE_FILE_MAX_BYTES)
         except FileNotFoundError:
+            return [], []
+        except StateFileError as exc:  # a link, FIFO, device, directory or huge file
+            target = quarantine(self.path)  # moves the entry itself; follows nothing
+            self.quarantined.append(target)
+            self._log.warning(
+                "%s; moved it aside to %s and started a new lease file", exc, target
+            )
             return [], []
         except OSError as exc:
             raise LeaseStoreError(f"cannot read lease file {self.path}: {exc}") from exc

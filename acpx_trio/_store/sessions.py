@@ -27,13 +27,16 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import trio
 
-from acpx_trio._errors import SessionStoreError
+from acpx_trio._errors import SessionStoreError, StateFileError
 from acpx_trio._store.fsio import (
+    SESSION_FILE_MAX_BYTES,
     atomic_write_bytes,
     atomic_write_many,
+    check_private_dir,
     ensure_private_dir,
     exclusive_lock,
     fsync_dir,
+    read_private_file,
 )
 from acpx_trio._store.locks import GroupCommitter
 
@@ -111,7 +114,7 @@ class SyncSessionStore:
 
     def _read(self, path: Path) -> SessionRecord | None:
         try:
-            data = path.read_bytes()
+            data = read_private_file(path, SESSION_FILE_MAX_BYTES)
         except FileNotFoundError:
             return None
         try:
@@ -213,6 +216,7 @@ class SyncSessionStore:
 
     def list(self) -> builtins.list[SessionRecord]:
         """Every readable record, oldest update first."""
+        check_private_dir(self.directory)  # a file, another user's or a writable dir: refuse
         if not self.directory.is_dir():
             return []
         records = [
@@ -258,12 +262,16 @@ class SessionStore:
             return await trio.to_thread.run_sync(fn, *args)
         except OSError as exc:
             raise store_error(self.sync.directory, action, exc) from exc
+        except StateFileError as exc:  # a hostile file or untrusted dir: same type, its words
+            raise SessionStoreError(str(exc), path=exc.path) from exc
 
     async def _change(self, action: str, change: Callable[[_Batch], T]) -> T:
         try:
             return await self._committer.submit(change)
         except OSError as exc:
             raise store_error(self.sync.directory, action, exc) from exc
+        except StateFileError as exc:
+            raise SessionStoreError(str(exc), path=exc.path) from exc
 
     async def load(self, session_key: str) -> SessionRecord | None:
         """The record of ``session_key``, or ``None`` (absent or unreadable)."""

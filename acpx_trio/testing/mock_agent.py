@@ -28,7 +28,9 @@ required"), ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.
 ``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
 ``--resume-fails``: resume answers -32603),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
-``--method-log FILE`` (append each request's method name to FILE).
+``--method-log FILE`` (append each request's method name to FILE),
+``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
+(escape artists started at launch, see ``acpx_trio.testing._mock_escape``).
 Unknown flags exit with status 2.
 
 Guarantees: on stdin EOF it exits at once with status 0 (unless ``--ignore-stdin-eof``), even
@@ -55,6 +57,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from acpx_trio.testing._mock_escape import spawn_escapers
 from acpx_trio.testing._mock_sessions import env_name, on_close, on_resume
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
@@ -473,6 +476,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--exit-on-stdin-eof", dest="exit_on_stdin_eof", action="store_true", default=True
     )
     eof.add_argument("--ignore-stdin-eof", dest="exit_on_stdin_eof", action="store_false")
+    parser.add_argument("--spawn-pid-hopper", default=None, metavar="MARKER")
+    parser.add_argument("--spawn-scrubbed-child", default=None, metavar="MARKER")
+    parser.add_argument("--spawn-daemon", default=None, metavar="MARKER")
     return parser.parse_args(argv)
 
 
@@ -485,8 +491,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             os.set_blocking(fd, True)
     if args.slow_start > 0:
         time.sleep(args.slow_start / 1000)
+    agent = MockAgent(args)
+    spawn_escapers(
+        hopper=args.spawn_pid_hopper, scrubbed=args.spawn_scrubbed_child,
+        daemon=args.spawn_daemon, keep=agent.children,
+    )
     try:
-        MockAgent(args).run()
+        agent.run()
     except KeyboardInterrupt:
         os._exit(130)
 

@@ -1,0 +1,363 @@
+"""Owner-death watchdog: when the process that owns agent leases dies (SIGKILL included),
+every agent tree it started is killed, with no restart needed.
+
+One small process per running service that starts agents (``python -S -m
+acpx_trio._process.watchdog ...``), spawned before its first agent, detached (its own
+session, stdio on ``/dev/null``), through :func:`register_watchdog`.  It holds
+the read end of a pipe whose write end only the owner keeps, and a pidfd of the owner whose
+identity (pid + start ticks) it checks after opening it.  It blocks in ``poll`` on both; it
+imports neither Trio nor psutil until the owner is gone (start-up and idle memory of a bare
+interpreter, see ``benchmarks/watchdog.py``).
+
+Guarantees:
+
+* **Owner dies** (pidfd readable, or pipe EOF with the owner gone, or the owner's pid now holds
+  another process): it reaps exactly the open/closing leases of this gateway whose
+  ``ownerPid`` and ``ownerStartTime`` are the dead owner's, with the reaper's proofs (tags +
+  identity, group/session kill, one-wave escalation: SIGTERM, ``grace``, SIGKILL), marks them
+  final, and exits.  Leases of any other owner (a second gateway on the same state dir, the
+  next life of this one) are never touched.
+* **Owner stops normally** (writes ``stop`` to the pipe, after closing its agents): it exits
+  at once, killing nothing.  EOF alone is not taken as death: the pidfd decides.
+* **It never outlives its job**: it exits after one of the two above; it has no other loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import trio
+
+__all__ = [
+    "ARM_WAIT_SECONDS",
+    "STOP",
+    "WATCHDOG_ENV",
+    "WATCHDOG_LOG_ENV",
+    "WatchdogHandle",
+    "ensure_armed",
+    "main",
+    "owner_gone",
+    "reap_dead_owner",
+    "register_watchdog",
+    "wait_owner_gone",
+    "watchdog_argv",
+]
+
+_log = logging.getLogger("acpx_trio.watchdog")
+#: Set to ``0`` to start no watchdog (then only a later start-up or ``acpx-trio reap``
+#: cleans up after a killed owner).
+WATCHDOG_ENV = "ACPX_TRIO_WATCHDOG"
+#: A file the watchdog appends one line of figures to after a reap (tests, benchmarks).
+WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
+#: Owner start time tolerance (seconds) when comparing psutil create times.
+_TOLERANCE = 0.5
+#: What the owner writes before closing the pipe on a normal stop.
+STOP = b"stop"
+#: Poll interval where pidfds are unavailable.
+_POLL_SECONDS = 1.0
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rfind(b")") + 1 :].split()
+        if fields[0] in (b"Z", b"X", b"x"):
+            return None
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owner_gone(pid: int, ticks: int | None) -> bool:
+    """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
+    now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
+    if ticks is not None:
+        return _start_ticks(pid) != ticks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
+    """Block until the owner dies (``True``) or says it stopped normally (``False``: it
+    wrote :data:`STOP` to the pipe ``fd``).  EOF without :data:`STOP` is not proof of death
+    on its own (a dying process closes its files before it turns zombie): the owner's pidfd
+    (or its start ticks, polled where pidfds are unavailable) decides.  Blocking; for the
+    watchdog process only."""
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if owner_gone(pid, ticks):  # checked after opening the pidfd: it pins the owner
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        timeout = None if pidfd is not None else _POLL_SECONDS * 1000
+        pipe_open = True
+        while True:
+            for ready, _event in poller.poll(timeout):
+                if ready == pidfd:
+                    return True
+                if ready == fd:
+                    data = os.read(fd, 4096)
+                    if STOP in data:
+                        return False  # normal stop: the owner closed everything itself
+                    if not data:  # EOF: watch the owner itself from now on
+                        poller.unregister(fd)
+                        pipe_open = False
+                        if pidfd is None:
+                            timeout = 50
+            if pidfd is None and owner_gone(pid, ticks):
+                return True
+            if not pipe_open and pidfd is None and timeout is None:
+                timeout = 50
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+async def _reap(
+    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float
+) -> Any:
+    from acpx_trio._process.reaper import reap_open_leases
+    from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+
+    store = LeaseStore(lease_dir)
+
+    class _OwnerLeases:
+        """Only the dead owner's leases are visible to the reaper."""
+
+        async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
+            return [
+                x for x in await store.list_open(gateway_instance_id)
+                if x.owner_pid == owner_pid and x.owner_start_time is not None
+                and abs(x.owner_start_time - owner_start) <= _TOLERANCE
+            ]
+
+        async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+            return await store.mark_states(updates)
+
+    return await reap_open_leases(gateway_id, _OwnerLeases(), grace=grace)
+
+
+def reap_dead_owner(
+    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float
+) -> Any:
+    """Reap the open leases of the dead owner ``(owner_pid, owner_start)`` (a psutil create
+    time) in ``lease_dir``; returns the :class:`~acpx_trio._process.reaper.ReapResult`.
+    Imports Trio and the reaper only now."""
+    import trio as _trio
+
+    return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m acpx_trio._process.watchdog FD OWNER_PID OWNER_TICKS OWNER_START LEASE_DIR
+    GATEWAY_ID GRACE`` (``OWNER_TICKS`` may be ``-``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 7:
+        sys.stderr.write(f"usage: watchdog {main.__doc__}\n")
+        return 2
+    fd, pid = int(args[0]), int(args[1])
+    ticks = None if args[2] == "-" else int(args[2])
+    start, lease_dir, gateway, grace = float(args[3]), args[4], args[5], float(args[6])
+    if not wait_owner_gone(fd, pid, ticks):
+        return 0  # normal stop: the owner closed everything itself
+    import time
+
+    seen = time.monotonic()
+    result = reap_dead_owner(lease_dir, gateway, pid, start, grace)
+    log = os.environ.get(WATCHDOG_LOG_ENV)
+    if log:  # measurements for tests and benchmarks (no secrets: pids and lease ids only)
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"owner={pid} reap_seconds={time.monotonic() - seen:.3f} "
+                     f"terminated={len(result.terminated_pids)} "
+                     f"survived={len(result.survived_pids)} "
+                     f"closed={len(result.closed_lease_ids)} lost={len(result.lost_lease_ids)}\n")
+    return 0
+
+
+def watchdog_argv(
+    fd: int, owner_pid: int, owner_ticks: int | None, owner_start: float, lease_dir: str,
+    gateway_id: str, grace: float,
+) -> list[str]:
+    """The command line of a watchdog process (``-S``: no ``site``; the caller passes its
+    ``sys.path`` as ``PYTHONPATH`` so imports still resolve)."""
+    return [
+        sys.executable, "-S", "-m", "acpx_trio._process.watchdog", str(fd), str(owner_pid),
+        "-" if owner_ticks is None else str(owner_ticks), repr(owner_start), lease_dir,
+        gateway_id, repr(grace),
+    ]
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_ACPX_LEASE")}
+    # ``-S`` skips ``site`` (and its .pth files, editable-install finders included): name the
+    # directory holding this package first, then our whole import path
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *(p for p in sys.path if p)])
+    return env
+
+
+class WatchdogHandle:
+    """A service's owner-death watchdog for one lease dir, spawned on demand.
+
+    Made by :func:`register_watchdog` (synchronous, no task, no process); the process is
+    started in the service's nursery by the first :func:`ensure_armed` for its lease dir
+    (``AgentProcess`` calls it before spawning an agent), so a service that never starts an
+    agent costs nothing.  :meth:`aclose` (after the runtime closed its agents) tells it to
+    stop and waits for it."""
+
+    def __init__(
+        self, nursery: trio.Nursery | None, key: str, gateway_instance_id: str, grace: float
+    ) -> None:
+        import trio as _trio
+
+        self._nursery = nursery
+        self._key = key
+        self._gateway = gateway_instance_id
+        self._grace = grace
+        self._scope = _trio.CancelScope()
+        self._armed = _trio.Event()
+        self._done = _trio.Event()
+        self._started = False
+        #: The watchdog's pid once started.
+        self.pid: int | None = None
+
+    async def ensure(self) -> None:
+        """Start the watchdog if needed and wait (bounded) until it is armed."""
+        import trio as _trio
+
+        if self._nursery is None:
+            await _trio.lowlevel.checkpoint()
+            return
+        if not self._started:
+            self._started = True
+            self._nursery.start_soon(self._run)
+        with _trio.move_on_after(ARM_WAIT_SECONDS):
+            await self._armed.wait()
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                await _spawn_and_wait(self._key, self._gateway, self._grace, self)
+        except OSError as exc:
+            _log.warning("owner-death watchdog did not start: %s", exc)
+        finally:
+            self._armed.set()
+            self._done.set()
+
+    def forget(self) -> None:
+        """Unregister without waiting (its task, if any, ended with the service's nursery)."""
+        if _slots.get(self._key) is self:
+            del _slots[self._key]
+
+    async def aclose(self) -> None:
+        """Unregister; stop the watchdog (it kills nothing) and wait for it.  Idempotent."""
+        import trio as _trio
+
+        self.forget()
+        if self._started:
+            self._scope.cancel()
+            await self._done.wait()
+        else:
+            await _trio.lowlevel.checkpoint()
+
+
+#: lease dir -> the watchdog of the service running on it in this process.
+_slots: dict[str, WatchdogHandle] = {}
+#: How long an agent start waits for its watchdog to be armed, at most.
+ARM_WAIT_SECONDS = 5.0
+
+
+def _key(lease_dir: str | os.PathLike[str]) -> str:
+    """Slot key: the lease dir made absolute (no filesystem access beyond the cwd)."""
+    return os.path.normpath(os.path.join(os.getcwd(), os.fspath(lease_dir)))
+
+
+def register_watchdog(
+    nursery: trio.Nursery, lease_dir: str | os.PathLike[str], gateway_instance_id: str,
+    grace: float,
+) -> WatchdogHandle:
+    """The owner-death watchdog of a service on ``lease_dir`` (see :class:`WatchdogHandle`).
+    ``ACPX_TRIO_WATCHDOG=0``, or another service of this process already watching the same
+    dir: an inert handle."""
+    key = _key(lease_dir)
+    if os.environ.get(WATCHDOG_ENV) == "0" or key in _slots:
+        return WatchdogHandle(None, key, gateway_instance_id, grace)
+    handle = WatchdogHandle(nursery, key, gateway_instance_id, grace)
+    _slots[key] = handle
+    return handle
+
+
+async def ensure_armed(lease_dir: str | os.PathLike[str]) -> None:
+    """Called before an agent is spawned: if a service watches ``lease_dir`` in this process,
+    make sure its watchdog runs and is armed (the first call waits for it, a few tens of ms;
+    later calls return at once).  No such service: returns at once."""
+    import trio as _trio
+
+    handle = _slots.get(_key(lease_dir))
+    if handle is None:
+        await _trio.lowlevel.checkpoint()
+        return
+    await handle.ensure()
+
+
+async def _spawn_and_wait(
+    key: str, gateway_instance_id: str, grace: float, handle: WatchdogHandle
+) -> None:
+    import trio as _trio
+
+    from acpx_trio._process.identity import read_start_ticks
+    from acpx_trio._process.tools import owner_identity
+
+    owner_pid, owner_start = await owner_identity()
+    ticks = read_start_ticks(owner_pid)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_inheritable(read_fd, True)
+        proc = await _trio.lowlevel.open_process(
+            watchdog_argv(read_fd, owner_pid, ticks, owner_start, key, gateway_instance_id,
+                          grace),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(read_fd,), start_new_session=True, env=_child_env(), cwd="/",
+        )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    try:
+        handle.pid = proc.pid
+        handle._armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
+        await proc.wait()  # it only exits on its own if something went badly wrong
+    finally:
+        # a normal stop (our agents are closed): the watchdog exits without killing anything
+        with contextlib.suppress(OSError):
+            os.write(write_fd, STOP)
+        os.close(write_fd)
+        with _trio.CancelScope(shield=True) as scope:
+            scope.deadline = _trio.current_time() + 2.0
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
