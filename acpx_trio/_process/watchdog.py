@@ -20,6 +20,10 @@ Guarantees:
 * **Owner stops normally** (writes ``stop`` to the pipe, after closing its agents): it exits
   at once, killing nothing.  EOF alone is not taken as death: the pidfd decides.
 * **It never outlives its job**: it exits after one of the two above; it has no other loop.
+* **Killed watchdog**: agents run as our uid and can SIGKILL it.  The owner sees it exit
+  and arms a new one at once (backing off up to 1 s only when it keeps dying young); the
+  window in between, or an agent killing the owner and its watchdog together, is left to the
+  next start-up's reap (a same-uid process cannot be fully contained without cgroups).
 """
 
 from __future__ import annotations
@@ -254,9 +258,22 @@ class WatchdogHandle:
             await self._armed.wait()
 
     async def _run(self) -> None:
+        import trio as _trio
+
+        pause = 0.0
         try:
             with self._scope:
-                await _spawn_and_wait(self._key, self._gateway, self._grace, self)
+                while True:  # only a cancel (a normal stop) ends it
+                    started = _trio.current_time()
+                    code = await _spawn_and_wait(self._key, self._gateway, self._grace, self)
+                    # it died while we live: killed (an agent runs as our uid and can find
+                    # it) or crashed.  Arm a new one: an owner is never left unwatched.
+                    # Backing off only when it dies young (a broken install must not spin).
+                    quick = _trio.current_time() - started < 1.0
+                    pause = min(max(pause * 2, 0.05), 1.0) if quick else 0.0
+                    _log.warning("owner-death watchdog exited (code %s) while its owner "
+                                 "lives; arming a new one", code)
+                    await _trio.sleep(pause)
         except OSError as exc:
             _log.warning("owner-death watchdog did not start: %s", exc)
         finally:
@@ -321,7 +338,9 @@ async def ensure_armed(lease_dir: str | os.PathLike[str]) -> None:
 
 async def _spawn_and_wait(
     key: str, gateway_instance_id: str, grace: float, handle: WatchdogHandle
-) -> None:
+) -> int | None:
+    """Spawn one watchdog and wait for it; returns its exit code if it exits on its own
+    (a cancel of the caller is the normal stop)."""
     import trio as _trio
 
     from acpx_trio._process.identity import read_start_ticks
@@ -357,6 +376,7 @@ async def _spawn_and_wait(
             await proc.wait()
         if proc.returncode is None:
             proc.kill()
+    return proc.returncode
 
 
 if __name__ == "__main__":
