@@ -66,3 +66,106 @@ async def test_agent_that_kills_the_watchdog_still_dies_with_its_owner(tmp_path:
             assert leases and all(x.state is LeaseState.CLOSED for x in leases), leases
     finally:
         _kill_all(owner, agents)
+
+
+# -- the error contract under a hostile environment -------------------------------------------
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+from _runtime_helpers import RuntimeEnv, pid_gone, wait_gone  # noqa: E402
+from test_error_contract import AGENTS, _walk  # noqa: E402
+
+from acpx_trio._errors import AcpxError  # noqa: E402
+
+
+async def test_state_dirs_deleted_mid_run_give_only_typed_errors(env: RuntimeEnv) -> None:
+    """Attack: someone removes the state dir and the lease dir while a session is live.
+    Promise: every public coroutine raises only ``AcpxError`` subclasses (or succeeds), none
+    hangs, and the agent is gone at the end (the leak-checked gateway fixture checks it)."""
+    async with env.runtime(agents=AGENTS, probeAgent="mock") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        pid = handle.agent_pid
+        assert pid is not None
+        shutil.rmtree(env.state_dir)
+        shutil.rmtree(env.root / "leases")
+        await _walk(rt, handle)
+    await wait_gone(pid)
+
+
+async def test_disk_full_gives_only_typed_errors(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the disk fills up (every fsync fails with ENOSPC) while a session is live.
+    Promise: only ``AcpxError`` subclasses, no hang, no agent left behind."""
+    async with env.runtime(agents=AGENTS, probeAgent="mock") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        pid = handle.agent_pid
+        assert pid is not None
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", full)
+        outcomes = await _walk(rt, handle)
+        monkeypatch.undo()
+    assert any(isinstance(e, AcpxError) for e in outcomes.values()), outcomes
+    await wait_gone(pid)
+
+
+#: An agent that answers the handshake, then on ``session/prompt`` answers a request id it
+#: never got and closes its stdout while it keeps running (stdin open, SIGTERM honoured).
+ROGUE = r'''
+import json, os, sys, time
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, mid = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": 1,
+              "agentCapabilities": {}, "authMethods": []}})
+    elif method == "session/new":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"sessionId": "rogue-1"}})
+    elif method == "session/prompt":
+        send({"jsonrpc": "2.0", "id": 987654, "result": {"stopReason": "end_turn"}})
+        send({"jsonrpc": "2.0", "id": "never-sent", "error": {"code": -1, "message": "x"}})
+        sys.stdout.close(); os.close(1)
+        while True:
+            time.sleep(1)
+'''
+
+
+async def test_agent_that_answers_unknown_ids_and_closes_stdout(env: RuntimeEnv) -> None:
+    """Attack: an agent answers request ids it never got, then closes stdout but stays alive.
+    Promise: the turn ends with a typed ``error`` event (or an ``AcpxError``), bounded in time;
+    the agent is killed by ``close``."""
+    from acpx_trio._events import DoneEvent, ErrorEvent
+
+    script = env.root / "rogue.py"
+    script.write_text(ROGUE)
+    agents = {"rogue": {"command": sys.executable, "args": [str(script)]}}
+    async with env.runtime(agents=agents) as rt:
+        handle = await rt.ensure_session(session_key="r", agent="rogue")
+        pid = handle.agent_pid
+        assert pid is not None
+        events: list[object] = []
+        try:
+            with trio.fail_after(20):
+                async with contextlib.aclosing(rt.run_turn(handle=handle, text="hi")) as turn:
+                    async for event in turn:
+                        events.append(event)
+        except AcpxError as exc:
+            events.append(exc)
+        last = events[-1]
+        assert isinstance(last, (ErrorEvent, AcpxError, DoneEvent)), events
+        assert not isinstance(last, DoneEvent) or last.stop_reason != "end_turn", (
+            "a response to an id never sent was taken as the prompt's answer")
+        try:
+            with trio.fail_after(20):
+                await rt.close(handle=handle)
+        except AcpxError:
+            pass
+        await wait_gone(pid)
+        assert pid_gone(pid)

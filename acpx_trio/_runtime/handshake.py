@@ -32,7 +32,9 @@ from acpx_trio._errors import (
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
+    AcpxError,
     AgentProcessError,
+    collapse_group,
 )
 from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
@@ -401,8 +403,13 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             )
         except trio.TooSlowError:
             problem = f"the agent did not answer initialize within {timeout:g}s"
-        except (AcpRuntimeError, AgentProcessError) as exc:
+        except AcpxError as exc:  # a lease store that cannot write (disk full) included
             problem = exc.message
+        except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
+            first = collapse_group(group)
+            if not isinstance(first, AcpxError):
+                raise first from None
+            problem = first.message
         finally:
             with trio.CancelScope(shield=True):
                 await proc.aclose("probe finished")
