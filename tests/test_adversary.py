@@ -19,6 +19,11 @@ from test_watchdog import GRACE, MARGIN, _alive, read_records, start_owner, watc
 from acpx_trio._store.leases import LeaseState, SyncLeaseStore
 
 
+def _proc_file(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as fh:
+        return fh.read()
+
+
 def _kill_all(owner: subprocess.Popen[bytes], pids: list[int]) -> None:
     if owner.poll() is None:
         owner.kill()
@@ -169,3 +174,32 @@ async def test_agent_that_answers_unknown_ids_and_closes_stdout(env: RuntimeEnv)
             pass
         await wait_gone(pid)
         assert pid_gone(pid)
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_watchdog_and_argv_carry_no_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: read every process's ``/proc/PID/cmdline`` (world-readable) and the
+    watchdog's environment.  Promise: an ``ACPX_AUTH_*`` credential is in no command line
+    and not in the watchdog's environment (it needs none); the agent still gets it."""
+    secret = "SEKRIT-adversary-4242"
+    monkeypatch.setenv("ACPX_AUTH_ADVERSARY_KEY", secret)
+    state = tmp_path / "state"
+    owner = start_owner(state, 1, [])
+    agents: list[int] = []
+    try:
+        with trio.fail_after(60):
+            records = await trio.to_thread.run_sync(read_records, owner, 2)
+            agents = [int(str(r["pid"])) for r in records]
+            await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
+            (watchdog,) = watchdogs_of(owner.pid)
+            for pid in [owner.pid, watchdog, *agents]:
+                assert secret.encode() not in _proc_file(pid, "cmdline"), pid
+            assert secret.encode() not in _proc_file(watchdog, "environ")
+            assert secret.encode() in _proc_file(agents[0], "environ")
+    finally:
+        _kill_all(owner, agents)

@@ -211,7 +211,9 @@ def watchdog_argv(
 
 
 def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_ACPX_LEASE")}
+    # no lease tag, and no credential (``ACPX_AUTH_*``): the watchdog needs neither
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENCLAW_ACPX_LEASE", "ACPX_AUTH_"))}
     # ``-S`` skips ``site`` (and its .pth files, editable-install finders included): name the
     # directory holding this package first, then our whole import path
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
