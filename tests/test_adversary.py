@@ -203,3 +203,50 @@ async def test_watchdog_and_argv_carry_no_credential(
             assert secret.encode() in _proc_file(agents[0], "environ")
     finally:
         _kill_all(owner, agents)
+
+
+# -- the warm owner ---------------------------------------------------------------------------
+
+
+def test_connection_flood_past_the_fd_limit_does_not_stop_the_warm_owner(tmp_path: Path) -> None:
+    """Attack: open more connections to ``owner.sock`` than the owner has descriptors (a
+    flood of clients, or just many CLI invocations under a low ``ulimit -n``), sending
+    nothing.  Promise: a connection problem never stops the owner: it keeps its warm session
+    (same owner, same agent) and serves the next prompt once the flood ends."""
+    import socket
+    import time
+
+    from _cli_helpers import run_cli
+    from _warm_helpers import owner_info
+
+    state = tmp_path / "state"
+    first = run_cli("prompt", "--session", "k", "/pid", state_dir=state)
+    assert first.returncode == 0, first.stderr
+    info = owner_info(state)
+    assert info is not None
+    owner = psutil.Process(int(info["pid"]))
+    limit = owner.num_fds() + 24
+    owner.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))
+    socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while owner.num_fds() < limit and time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(0.2)
+            socks.append(s)
+            with contextlib.suppress(OSError):  # backlog full: the owner is at its limit
+                s.connect(str(state / "owner.sock"))
+        assert owner.num_fds() >= limit - 2, "the flood did not reach the owner's fd limit"
+        assert owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE, "owner died"
+    finally:
+        for s in socks:
+            s.close()
+    try:
+        second = run_cli("prompt", "--session", "k", "/pid", state_dir=state)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == first.stdout, "the warm agent was lost"
+        info2 = owner_info(state)
+        assert info2 is not None and int(info2["pid"]) == owner.pid
+        assert "cannot accept connections" in (state / "owner.log").read_text()
+    finally:
+        run_cli("sessions", "close", "k", state_dir=state)

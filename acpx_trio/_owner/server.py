@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -69,6 +70,9 @@ __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
 EMPTY_GRACE_SECONDS = 10.0
 #: Bound for a client to send its request frame after connecting.
 REQUEST_READ_SECONDS = 10.0
+#: After ``accept`` fails for lack of descriptors or memory: pause before the next try.
+ACCEPT_RETRY_SECONDS = 0.05
+_ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _log = logging.getLogger("acpx_trio.owner")
 
 
@@ -246,8 +250,22 @@ class Owner:
                            scope: trio.CancelScope) -> None:
         assert self._nursery is not None
         with scope:
+            warned = False
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    # out of descriptors or memory (a connection flood, a low `ulimit -n`):
+                    # never a reason to stop serving the warm sessions; wait for a handler
+                    # to finish (each is bounded) and accept again
+                    if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                        raise
+                    if not warned:
+                        _log.warning(f"cannot accept connections for now: {exc}")
+                        warned = True
+                    await trio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                warned = False
                 self._nursery.start_soon(self._handle, stream)
 
     # -- one connection ---------------------------------------------------------------------
