@@ -250,3 +250,79 @@ def test_connection_flood_past_the_fd_limit_does_not_stop_the_warm_owner(tmp_pat
         assert "cannot accept connections" in (state / "owner.log").read_text()
     finally:
         run_cli("sessions", "close", "k", state_dir=state)
+
+
+# -- escapes ----------------------------------------------------------------------------------
+
+from _escape_helpers import Decoys, cleanup_marker, marked, new_marker  # noqa: E402
+
+#: An agent wrapper (argv: MODE MARKER), then the mock agent.  ``reexec``: leave a child with
+#: an empty environment in our group, then re-exec itself with an empty environment (the
+#: root loses its tags).  ``vanish``: a child ``setsid()``s, forks a grandchild with an
+#: empty environment (no tags, own session, re-parented to init) and exits.
+ESCAPER = r'''
+import os, sys
+mode, marker = sys.argv[1], sys.argv[2]
+SLEEP = "import time\nwhile True: time.sleep(3600)\n"
+py = sys.executable
+if mode == "reexec" and os.environ.get("OPENCLAW_ACPX_LEASE_ID"):
+    if os.fork() == 0:
+        os.execve(py, [py, "-c", SLEEP, marker], {})
+    os.execve(py, [py, __file__, mode, marker], {})
+if mode == "vanish":
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execve(py, [py, "-c", SLEEP, marker], {})
+        os._exit(0)
+    os.wait()
+os.execv(py, [py, "-m", "acpx_trio.testing.mock_agent"])
+'''
+
+
+async def _escape_run(env: RuntimeEnv, mode: str) -> tuple[list[int], bool]:
+    """Run the escaper agent in ``mode``, close it; returns (escapers left, decoys alive)."""
+    marker = new_marker()
+    script = env.root / "escaper.py"
+    script.write_text(ESCAPER)
+    agents = {"esc": {"command": sys.executable, "args": [str(script), mode, marker]}}
+    decoys = Decoys(marker, "lease-decoy")
+    groups: set[int] = set()
+    try:
+        with cleanup_marker(marker, groups), trio.fail_after(30):
+            async with env.runtime(agents=agents) as rt:
+                handle = await rt.ensure_session(session_key="e", agent="esc")
+                assert handle.agent_pid is not None
+                groups.add(handle.agent_pid)
+                await poll_until(lambda: set(marked(marker)) - set(decoys.pids) != set())
+                if mode == "reexec":
+                    env_root = _proc_file(handle.agent_pid, "environ")
+                    assert b"OPENCLAW_ACPX_LEASE_ID" not in env_root  # the attack happened
+                await rt.close(handle=handle)
+            left = sorted(set(marked(marker)) - set(decoys.pids))
+            return left, decoys.alive()
+    finally:
+        decoys.close()
+
+
+async def test_agent_that_reexecs_with_an_empty_environment_is_still_caught(
+    env: RuntimeEnv,
+) -> None:
+    """Attack: the agent drops its tags (``execve`` with ``env={}``) and leaves an untagged
+    child in its process group.  Promise: the verified root (pid + start time survive
+    ``exec``) and its group are ours: both die on close; identical decoys survive."""
+    left, decoys_alive = await _escape_run(env, "reexec")
+    assert left == [], f"escaped: {left}"
+    assert decoys_alive
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: an untagged process in its own session, "
+                   "re-parented to init, cannot be proven ours without cgroups (see "
+                   "NOTES-adversary.md)")
+async def test_agent_child_that_setsids_scrubs_env_and_double_forks(env: RuntimeEnv) -> None:
+    """Attack: a child of the agent ``setsid()``s, double-forks, and its grandchild runs with
+    an empty environment.  Promise (README): no agent process outlives its owner.  It does:
+    nothing links it to us any more (no tags, another session and group, parent init)."""
+    left, decoys_alive = await _escape_run(env, "vanish")
+    assert decoys_alive
+    assert left == [], f"escaped: {left}"
