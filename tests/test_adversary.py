@@ -326,3 +326,28 @@ async def test_agent_child_that_setsids_scrubs_env_and_double_forks(env: Runtime
     left, decoys_alive = await _escape_run(env, "vanish")
     assert decoys_alive
     assert left == [], f"escaped: {left}"
+
+
+# -- the state dir ----------------------------------------------------------------------------
+
+
+def test_warm_prompt_on_an_unsafe_state_dir_names_the_reason(tmp_path: Path) -> None:
+    """Attack: ``acpx/sessions`` is a symlink to a world-writable directory.  Promise: it is
+    refused with a typed error naming the path and the fix — on the warm path too (the owner
+    fails to start: the client quotes its reason, not a traceback line); nonzero exit."""
+    from _cli_helpers import run_cli
+
+    state = tmp_path / "state"
+    (state / "acpx").mkdir(parents=True)
+    for d in (state, state / "acpx"):
+        d.chmod(0o700)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (state / "acpx" / "sessions").symlink_to(loose)
+    for args in (("exec", "hi"), ("prompt", "--session", "k", "hi")):
+        done = run_cli(*args, state_dir=state)
+        assert done.returncode != 0, args
+        assert "ACPX_STATE_FILE_UNSAFE" in done.stderr, (args, done.stderr)
+        assert f"chmod 700 {state / 'acpx' / 'sessions'}" in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and 'File "' not in done.stderr, done.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from acpx_trio._errors import AcpxError, collapse_group
 from acpx_trio._owner.paths import OwnerPaths, open_lock_fd
 from acpx_trio._owner.server import run_owner
 from acpx_trio._owner.wire import OwnerLaunch
@@ -51,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             os.close(ready_fd)
             ready_fd = None
 
-    trio.run(lambda: run_owner(state_dir, launch, ready=ready))
+    try:
+        trio.run(lambda: run_owner(state_dir, launch, ready=ready))
+    except (AcpxError, BaseExceptionGroup) as exc:
+        # a typed reason (an unsafe state dir, a bad config) is the last line of owner.log,
+        # which the client quotes: one clear line, not a traceback
+        first = collapse_group(exc)
+        if not isinstance(first, AcpxError):
+            raise
+        print(f"acpx-trio owner: {first.code}: {first}", file=sys.stderr)
+        return 1
     return 0
 
 
