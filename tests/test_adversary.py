@@ -351,3 +351,48 @@ def test_warm_prompt_on_an_unsafe_state_dir_names_the_reason(tmp_path: Path) -> 
         assert "ACPX_STATE_FILE_UNSAFE" in done.stderr, (args, done.stderr)
         assert f"chmod 700 {state / 'acpx' / 'sessions'}" in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr and 'File "' not in done.stderr, done.stderr
+
+
+# -- terminals --------------------------------------------------------------------------------
+
+
+async def test_hostile_terminal_requests(env: RuntimeEnv) -> None:
+    """Attack: ``terminal/create`` with a symlinked or ``..`` cwd leading outside the session
+    cwd, NUL bytes and ``=`` in names (what ``execve`` cannot take), env entries that try to
+    replace our ownership tags, a huge ``outputByteLimit``.  Promise: refusals are typed
+    (``ACP_TERMINAL_REFUSED``/``ACP_FS_REFUSED``, invalid params), never a raw ``ValueError``,
+    and leave no lease; the command always carries our real tags; output stays bounded."""
+    from acpx_trio._acp import CreateTerminalRequest
+    from acpx_trio._acp._messages import EnvVariable
+    from acpx_trio._errors import AcpRuntimeError
+    from acpx_trio._runtime.terminals import MAX_OUTPUT_LIMIT
+
+    (env.workspace / "out").symlink_to(env.root)
+    bad: dict[str, dict[str, object]] = {
+        "symlink cwd": {"command": "true", "cwd": str(env.workspace / "out")},
+        "dotdot cwd": {"command": "true", "cwd": str(env.workspace / "out" / ".." / "..")},
+        "NUL command": {"command": "ec\0ho"},
+        "NUL arg": {"command": "echo", "args": ["a\0b"]},
+        "= in env name": {"command": "true", "env": [EnvVariable(name="A=B", value="x")]},
+        "NUL in env": {"command": "true", "env": [EnvVariable(name="A", value="x\0y")]},
+    }
+    with trio.fail_after(30):
+        async with env.runtime(permissionMode="approve-all") as rt:
+            await rt.ensure_session(session_key="t", agent="mock")
+            terms = rt._sessions["t"].terminals
+            assert terms is not None
+            before = len(await env.lease_store.list_all())
+            for name, kw in bad.items():
+                with pytest.raises(AcpRuntimeError) as info:
+                    await terms.create(CreateTerminalRequest(session_id="x", **kw))  # type: ignore[arg-type]
+                assert info.value.rpc_code == -32602, name
+            assert len(await env.lease_store.list_all()) == before  # nothing was started
+            evil = [EnvVariable(name=n, value="evil") for n in
+                    ("OPENCLAW_ACPX_LEASE_ID", "OPENCLAW_GATEWAY_INSTANCE_ID")]
+            made = await terms.create(CreateTerminalRequest(
+                session_id="x", command="sh", output_byte_limit=10**18, env=evil,
+                args=["-c", "echo $OPENCLAW_ACPX_LEASE_ID $OPENCLAW_GATEWAY_INSTANCE_ID"]))
+            term = terms.terminals[made.terminal_id]
+            await term.exited.wait()
+            assert term.output.text() == f"{term.lease_id} {env.gateway_id}\n"
+            assert term.output.limit == MAX_OUTPUT_LIMIT

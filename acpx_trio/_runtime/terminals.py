@@ -119,6 +119,11 @@ def _argv(request: CreateTerminalRequest) -> list[str]:
     """``[command, *args]``; a lone command line with spaces (no args) runs via ``/bin/sh -c``."""
     if not request.command.strip():
         raise _refuse("command must be a non-empty string")
+    if any("\0" in a for a in (request.command, *request.args)):
+        raise _refuse("command and args must not contain NUL bytes")
+    for var in request.env:  # what execve cannot take: refused, never a raw ValueError
+        if "=" in var.name or "\0" in var.name or "\0" in var.value:
+            raise _refuse(f"env: {var.name!r} is not a valid variable ('=' in its name, or NUL)")
     if not request.args and any(c.isspace() for c in request.command.strip()):
         return ["/bin/sh", "-c", request.command]
     return [request.command, *request.args]
