@@ -396,3 +396,42 @@ async def test_hostile_terminal_requests(env: RuntimeEnv) -> None:
             await term.exited.wait()
             assert term.output.text() == f"{term.lease_id} {env.gateway_id}\n"
             assert term.output.limit == MAX_OUTPUT_LIMIT
+
+
+@pytest.mark.slow
+async def test_terminal_dies_with_its_sigkilled_owner_without_restart(tmp_path: Path) -> None:
+    """Attack: SIGKILL the owner while an agent's terminal runs a detached ``sleep``.
+    Promise: no process outlives its owner — the watchdog reaps the terminal (a lease of the
+    dead owner) with no restart; an identical decoy survives."""
+    import json
+
+    from test_watchdog import REPO
+
+    from acpx_trio._process.watchdog import WATCHDOG_ENV
+
+    child = Path(__file__).with_name("_terminal_child.py")
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "OPENCLAW_SKIP_ACPX_RUNTIME", "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE", WATCHDOG_ENV)}
+    decoy = subprocess.Popen(["sleep", "60"], start_new_session=True)  # noqa: ASYNC220
+    owner = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, str(child), str(tmp_path / "state")], stdout=subprocess.PIPE,
+        env={**env, "PYTHONPATH": path})
+    pid = 0
+    try:
+        with trio.fail_after(60):
+            assert owner.stdout is not None
+            line = await trio.to_thread.run_sync(owner.stdout.readline)
+            pid = int(json.loads(line)["pid"])
+            await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            try:
+                await poll_until(lambda: not _alive(pid), seconds=GRACE + 1 + MARGIN)
+            except trio.TooSlowError:
+                raise AssertionError(f"terminal {pid} outlived its owner") from None
+            assert decoy.poll() is None
+    finally:
+        _kill_all(owner, [pid] if pid else [])
+        decoy.kill()
+        decoy.wait()
