@@ -435,3 +435,36 @@ async def test_terminal_dies_with_its_sigkilled_owner_without_restart(tmp_path: 
         _kill_all(owner, [pid] if pid else [])
         decoy.kill()
         decoy.wait()
+
+
+@pytest.mark.slow
+async def test_owner_and_watchdog_killed_together_next_start_up_reaps(tmp_path: Path) -> None:
+    """Attack: the owner and its watchdog die together (an agent of our uid can do it; the
+    owner is stopped first so it cannot re-arm).  Known limit: the agents live on until the
+    next start-up.  Promise: that start-up reaps them (SIGTERM-ignoring agents included)."""
+    from acpx_trio._service.backends import BackendRegistry
+    from acpx_trio._service.open_service import open_runtime_service
+
+    state = tmp_path / "state"
+    owner = start_owner(state, 1, ["--ignore-stdin-eof", "--ignore-sigterm"])
+    agents: list[int] = []
+    try:
+        with trio.fail_after(60):
+            records = await trio.to_thread.run_sync(read_records, owner, 2)
+            agents = [int(str(r["pid"])) for r in records]
+            await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
+            (watchdog,) = watchdogs_of(owner.pid)
+            owner.send_signal(signal.SIGSTOP)
+            os.kill(watchdog, signal.SIGKILL)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()  # a SIGKILLed child: immediate
+            assert all(_alive(p) for p in agents)  # nobody watched: they live on (for now)
+            async with open_runtime_service(
+                workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry(),
+                plugin_config={"killGraceSeconds": GRACE},
+            ) as svc:
+                reap = svc.startup_reap
+                assert reap is not None
+            await poll_until(lambda: not any(_alive(p) for p in agents), seconds=10)
+    finally:
+        _kill_all(owner, agents)
