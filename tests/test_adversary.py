@@ -468,3 +468,25 @@ async def test_owner_and_watchdog_killed_together_next_start_up_reaps(tmp_path: 
             await poll_until(lambda: not any(_alive(p) for p in agents), seconds=10)
     finally:
         _kill_all(owner, agents)
+
+
+def test_oversized_warm_prompt_is_a_typed_error_and_the_owner_lives(tmp_path: Path) -> None:
+    """Attack: a prompt over the owner's 16 MiB frame limit on ``prompt --session``.
+    Promise: a typed error (``ACPX_OWNER_PROTOCOL``, no traceback), nonzero exit; the owner
+    and its warm session carry on."""
+    from _cli_helpers import run_cli
+
+    from acpx_trio._owner.wire import MAX_FRAME_BYTES
+
+    state = tmp_path / "state"
+    first = run_cli("prompt", "--session", "k", "/pid", state_dir=state)
+    assert first.returncode == 0, first.stderr
+    try:
+        big = run_cli("prompt", "--session", "k", state_dir=state,
+                      input="x" * (MAX_FRAME_BYTES + 1))
+        assert big.returncode != 0
+        assert "ACPX_OWNER_PROTOCOL" in big.stderr and "Traceback" not in big.stderr, big.stderr
+        again = run_cli("prompt", "--session", "k", "/pid", state_dir=state)
+        assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    finally:
+        run_cli("sessions", "close", "k", state_dir=state)

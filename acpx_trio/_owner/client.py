@@ -41,8 +41,10 @@ from acpx_trio._owner.paths import (
     remove_socket_file,
 )
 from acpx_trio._owner.wire import (
+    MAX_FRAME_BYTES,
     FrameReader,
     OwnerLaunch,
+    OwnerProtocolError,
     Reply,
     Request,
     decode_reply,
@@ -91,8 +93,18 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
 
 
 async def request_frames(stream: trio.SocketStream, request: Request) -> AsyncIterator[Reply]:
-    """Send ``request`` and yield reply frames until the owner closes the connection."""
-    await stream.send_all(encode_frame(request))
+    """Send ``request`` and yield reply frames until the owner closes the connection.
+    A request over the owner's frame limit raises :class:`OwnerProtocolError` before anything
+    is sent; an owner that goes away while we send raises :class:`OwnerSocketError`."""
+    frame = encode_frame(request)
+    if len(frame) > MAX_FRAME_BYTES:
+        raise OwnerProtocolError(
+            f"the request is {len(frame)} bytes, over the warm owner's limit of "
+            f"{MAX_FRAME_BYTES} bytes (a shorter prompt, or `acpx-trio exec`)")
+    try:
+        await stream.send_all(frame)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise OwnerSocketError(f"the warm owner closed the connection: {exc}") from exc
     reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
     while (line := await reader.receive()) is not None:
         yield decode_reply(line)
