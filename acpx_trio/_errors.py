@@ -24,6 +24,7 @@ __all__ = [
     "StateFileError",
     "collapse_group",
     "redact",
+    "redact_value",
     "rpc_error_detail",
 ]
 
@@ -36,6 +37,18 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})"),
     re.compile(r"()\b((?:sk|pk|rk|ghp|gho|github_pat|xox[abp]|AIza)[-_A-Za-z0-9]{12,})"),
 )
+
+
+def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too)."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [redact_value(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
+    return value
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -490,3 +490,59 @@ def test_oversized_warm_prompt_is_a_typed_error_and_the_owner_lives(tmp_path: Pa
         assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
     finally:
         run_cli("sessions", "close", "k", state_dir=state)
+
+
+#: An agent that accepts ``authenticate`` and answers every prompt with an error that echoes
+#: the credentials it was given (``VERIFY_KEY`` from config ``auth``, ``ADV_SERVICE_TOKEN``
+#: inherited from the owner), as upstream APIs do in "invalid key ..." messages.
+ECHO_KEY = r'''
+import json, os, sys
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+keys = os.environ.get("VERIFY_KEY", "") + " " + os.environ.get("ADV_SERVICE_TOKEN", "")
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, mid = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": 1,
+              "agentCapabilities": {}, "authMethods": [{"id": "verify-key", "name": "k"}]}})
+    elif method == "authenticate":
+        send({"jsonrpc": "2.0", "id": mid, "result": {}})
+    elif method == "session/new":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"sessionId": "s-1"}})
+    elif method == "session/prompt":
+        send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32000,
+              "message": f"upstream rejected {keys}",
+              "data": {"details": f"401: {keys} invalid", keys: [keys]}}})
+'''
+
+
+async def test_credentials_echoed_in_agent_errors_are_redacted(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the agent answers with an error quoting the credentials it holds (config
+    ``auth`` and a credential-like variable of the owner).  Promise: credential values never
+    reach error messages, ``--json`` events (``message``, ``detail``, ``rpc_data``) or logs."""
+    import msgspec
+
+    from acpx_trio._events import ErrorEvent
+
+    secrets = ("SEKRIT-config-5150", "SEKRIT-owner-env-6160")
+    monkeypatch.setenv("ADV_SERVICE_TOKEN", secrets[1])
+    script = env.root / "echo_key.py"
+    script.write_text(ECHO_KEY)
+    agents = {"echo": {"command": sys.executable, "args": [str(script)]}}
+    with trio.fail_after(30):
+        async with env.runtime(agents=agents, auth={"verify-key": secrets[0]}) as rt:
+            handle = await rt.ensure_session(session_key="e", agent="echo")
+            events: list[object] = []
+            async with contextlib.aclosing(rt.run_turn(handle=handle, text="hi")) as turn:
+                async for event in turn:
+                    events.append(event)
+            await rt.close(handle=handle)
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert errors, events
+    shown = msgspec.json.encode(errors).decode() + repr(errors)
+    assert "[redacted]" in shown
+    for secret in secrets:
+        assert secret not in shown, shown

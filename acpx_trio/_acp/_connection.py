@@ -30,7 +30,14 @@ from acpx_trio._acp._jsonrpc import (
 )
 from acpx_trio._acp._pending import Pending as _Pending
 from acpx_trio._acp._pending import copy_error as _copy_error
-from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError, AcpxError
+from acpx_trio._errors import (
+    AcpConnectionClosedError,
+    AcpProtocolError,
+    AcpRuntimeError,
+    AcpxError,
+    redact,
+    redact_value,
+)
 
 __all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
 
@@ -94,6 +101,8 @@ class AcpConnection:
         self._closed_reason: str | None = None
         self._send_broken: str | None = None
         self._fast: tuple[bytes, Callable[[bytes], Any], Callable[[list[Any]], None]] | None = None
+        #: Credentials handed to the agent: redacted from the errors it answers with.
+        self.redact_secrets: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ properties
 
@@ -216,12 +225,13 @@ class AcpConnection:
             raise pending.error
         outcome = pending.outcome
         if isinstance(outcome, ErrorResponse):
-            err = outcome.error
+            err, secrets = outcome.error, self.redact_secrets  # an agent may echo its key
             raise AcpRuntimeError(
                 "ACP_RPC_ERROR",
-                f"agent answered {pending.method} with JSON-RPC error {err.code}: {err.message}",
+                f"agent answered {pending.method} with JSON-RPC error {err.code}: "
+                f"{redact(err.message, secrets)}",
                 rpc_code=err.code,
-                rpc_data=err.data,
+                rpc_data=redact_value(err.data, secrets),
             )
         assert outcome is not None
         raw = outcome.result

@@ -12,6 +12,7 @@ import trio
 
 from acpx_trio._acp import (
     PROTOCOL_VERSION,
+    AcpConnection,
     ClientCapabilities,
     EmptyResponse,
     EnvVariable,
@@ -53,6 +54,7 @@ from acpx_trio._runtime.session_steps import (
 )
 from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.transcript import known_credentials
 
 __all__ = [
     "PROBE_SESSION_KEY",
@@ -168,9 +170,17 @@ def make_agent_process(
 ) -> AgentProcess:
     """An (unstarted) agent process configured from ``factory`` (wired to ``live``)."""
     env, plan = agent_env(factory.config, spec)
+    # what the agent holds: its auth plan, config ``auth`` and credential-like owner variables
+    secrets = tuple(dict.fromkeys([*plan.secrets, *known_credentials(factory.config.auth)]))
+
+    def wire(connection: AcpConnection) -> None:
+        connection.redact_secrets = secrets  # errors the agent answers never carry them
+        if live is not None:
+            live.install(connection)
+
     return AgentProcess(
         extra_env=env,
-        secrets=plan.secrets,
+        secrets=secrets,
         argv=spec.command,
         cwd=cwd,
         session_key=session_key,
@@ -180,7 +190,7 @@ def make_agent_process(
         kill_grace=factory.config.kill_grace_seconds,
         cleanup_deps=factory.process_cleanup,
         install_hint=spec.install_hint(),
-        on_connection=None if live is None else live.install,
+        on_connection=wire,
         receive_gate=None if live is None else live.wait_room,
         logger=factory.log,
     )
