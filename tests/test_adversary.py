@@ -546,3 +546,58 @@ async def test_credentials_echoed_in_agent_errors_are_redacted(
     assert "[redacted]" in shown
     for secret in secrets:
         assert secret not in shown, shown
+
+
+#: On ``session/prompt``: 3,000 answers to ids never sent, each quoting the credential, then
+#: a proper answer.
+FLOOD_UNKNOWN = r'''
+import json, os, sys
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+key = os.environ.get("ADV_SERVICE_TOKEN", "")
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, mid = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": 1,
+              "agentCapabilities": {}, "authMethods": []}})
+    elif method == "session/new":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"sessionId": "s-1"}})
+    elif method == "session/prompt":
+        for i in range(3000):
+            send({"jsonrpc": "2.0", "id": 10**6 + i,
+                  "error": {"code": -1, "message": f"key {key} rejected"}})
+        send({"jsonrpc": "2.0", "id": mid, "result": {"stopReason": "end_turn"}})
+    sys.stdout.flush()
+'''
+
+
+async def test_unknown_response_flood_is_bounded_and_redacted_in_logs(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack: the agent floods answers to request ids it never got, quoting a credential
+    (each one is a warning in the owner's log, ``owner.log`` in warm mode).  Promise: logs
+    never carry a credential, and an agent cannot grow the log without bound."""
+    import logging
+
+    from acpx_trio._events import DoneEvent
+
+    secret = "SEKRIT-flood-7170"
+    monkeypatch.setenv("ADV_SERVICE_TOKEN", secret)
+    script = env.root / "flood.py"
+    script.write_text(FLOOD_UNKNOWN)
+    agents = {"flood": {"command": sys.executable, "args": [str(script)]}}
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(30):
+        async with env.runtime(agents=agents) as rt:
+            handle = await rt.ensure_session(session_key="f", agent="flood")
+            events: list[object] = []
+            async with contextlib.aclosing(rt.run_turn(handle=handle, text="hi")) as turn:
+                async for event in turn:
+                    events.append(event)
+            await rt.close(handle=handle)
+    assert isinstance(events[-1], DoneEvent), events
+    lines = [r.getMessage() for r in caplog.records if "request id" in r.getMessage()
+             or "further ones are dropped" in r.getMessage()]
+    assert 1 <= len(lines) <= 101, len(lines)
+    assert not [m for m in (r.getMessage() for r in caplog.records) if secret in m]

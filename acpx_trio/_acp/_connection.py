@@ -49,6 +49,8 @@ NotificationHandler = Callable[[msgspec.Raw], None]
 _JUNK_TAIL: Final = 5
 _JUNK_BYTES: Final = 200
 _ABANDONED_MAX: Final = 10_000
+#: Warnings reported per connection; later ones are dropped (one line says so).
+_MAX_WARNINGS: Final = 100
 _NULL: Final = b"null"
 
 
@@ -71,7 +73,9 @@ class AcpConnection:
     - Each message is written whole (one JSON object and ``\\n``), one writer at a time.  If a
       write is cancelled midway the stream is in an unknown state, so the connection stops
       sending: later sends raise :class:`AcpConnectionClosedError`.
-    - ``on_warning`` is called synchronously from the reader task and must not raise or block.
+    - ``on_warning`` is called synchronously from the reader task and must not raise or block;
+      at most 100 times per connection (then once more to say so), with ``redact_secrets``
+      redacted, as are the ``ACP_RPC_ERROR`` errors the agent answers with.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class AcpConnection:
         self._fast: tuple[bytes, Callable[[bytes], Any], Callable[[list[Any]], None]] | None = None
         #: Credentials handed to the agent: redacted from the errors it answers with.
         self.redact_secrets: tuple[str, ...] = ()
+        self._warnings = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -364,8 +369,13 @@ class AcpConnection:
             self._resolve(message)
 
     def _warn(self, message: str, code: str) -> None:
-        if self._on_warning is not None:
-            self._on_warning(AcpProtocolError(message, code=code))
+        # bounded (an agent must not be able to fill the owner's log) and redacted
+        self._warnings += 1
+        if self._on_warning is None or self._warnings > _MAX_WARNINGS + 1:
+            return
+        if self._warnings > _MAX_WARNINGS:
+            message = f"{_MAX_WARNINGS} warnings from this agent; further ones are dropped"
+        self._on_warning(AcpProtocolError(redact(message, self.redact_secrets), code=code))
 
     def _junk(self, line: bytes, reason: str) -> None:
         self._junk_lines += 1
