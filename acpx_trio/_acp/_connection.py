@@ -74,8 +74,7 @@ class AcpConnection:
       write is cancelled midway the stream is in an unknown state, so the connection stops
       sending: later sends raise :class:`AcpConnectionClosedError`.
     - ``on_warning`` is called synchronously from the reader task and must not raise or block;
-      at most 100 times per connection (then once more to say so), with ``redact_secrets``
-      redacted, as are the ``ACP_RPC_ERROR`` errors the agent answers with.
+      at most 101 times per connection, redacted like the agent's ``ACP_RPC_ERROR``\\ s.
     """
 
     def __init__(
@@ -369,8 +368,7 @@ class AcpConnection:
             self._resolve(message)
 
     def _warn(self, message: str, code: str) -> None:
-        # bounded (an agent must not be able to fill the owner's log) and redacted
-        self._warnings += 1
+        self._warnings += 1  # bounded: an agent must not be able to fill the owner's log
         if self._on_warning is None or self._warnings > _MAX_WARNINGS + 1:
             return
         if self._warnings > _MAX_WARNINGS:
