@@ -7,8 +7,10 @@ The order is the guarantee:
    when no service watches that dir);
 2. a pending lease (``root_pid == 0``, owner pid + start time) is **saved before the spawn**,
    so a crash at any later moment leaves a record the next start-up can reap;
-3. the process is spawned with the lease's tags in its environment (inherited by its
-   children) and as leader of its **own session and process group**;
+3. the process is spawned with the lease's tags and the owner tag (this process's pid, start
+   ticks and create time: a tag sweep of another process leaves it alone while we live, even
+   if its lease record is lost) in its environment (inherited by its children) and as leader
+   of its **own session and process group**;
 4. the lease is completed with the root's pid, create time, start ticks, boot id and process
    group (:func:`complete_lease`); a failed write is logged, never raised;
 5. on close, :func:`kill_owned_tree` (group/session kill, waves) and a final lease state
@@ -28,12 +30,16 @@ import trio
 
 from acpx_trio._errors import LeaseStoreError
 from acpx_trio._log import Logger
-from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
+from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.tools import owner_identity
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
-__all__ = ["RootRecord", "complete_lease", "mark_lease", "save_pending_lease", "spawn_owned"]
+__all__ = [
+    "RootRecord", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",
+    "save_pending_lease", "spawn_owned",
+]
 
 
 class RootRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,9 +76,22 @@ async def save_pending_lease(
     return lease
 
 
-def owned_env(base: Mapping[str, str], lease: ProcessLease) -> dict[str, str]:
-    """``base`` plus the lease's tag variables (the tags win)."""
-    return {**base, **lease_env(lease.lease_id, lease.gateway_instance_id)}
+_owner_tag: tuple[int, str] | None = None
+
+
+async def owner_tag_value() -> str:
+    """This process's owner tag (computed once per process: it cannot change)."""
+    global _owner_tag
+    pid, create_time = await owner_identity()
+    if _owner_tag is None or _owner_tag[0] != pid:
+        ticks = await trio.to_thread.run_sync(read_start_ticks, pid)
+        _owner_tag = (pid, owner_tag(pid, ticks, create_time))
+    return _owner_tag[1]
+
+
+def owned_env(base: Mapping[str, str], lease: ProcessLease, owner: str) -> dict[str, str]:
+    """``base`` plus the lease's tag variables and the owner tag (the tags win)."""
+    return {**base, **lease_env(lease.lease_id, lease.gateway_instance_id, owner)}
 
 
 async def spawn_owned(
@@ -85,12 +104,13 @@ async def spawn_owned(
     stdout: Any,
     stderr: Any,
 ) -> trio.Process:
-    """Spawn ``argv`` tagged with ``lease`` (see :func:`owned_env`), as leader of its own
-    session and process group.  Raises ``OSError`` when it cannot start (the caller turns it
-    into its typed error and finalises the lease)."""
+    """Spawn ``argv`` tagged with ``lease`` and this owner (see :func:`owned_env`), as leader
+    of its own session and process group.  Raises ``OSError`` when it cannot start (the
+    caller turns it into its typed error and finalises the lease)."""
+    owner = await owner_tag_value()
     return await trio.lowlevel.open_process(
         list(argv), stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
-        env=owned_env(env, lease), start_new_session=True,
+        env=owned_env(env, lease, owner), start_new_session=True,
     )
 
 
