@@ -5,17 +5,16 @@ them by the tag.  Pure parts: parsing, identity matching, the planner's exemptio
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import trio
 from _cli_helpers import run_cli
-from _escape_helpers import SLEEP, new_marker
+from _escape_helpers import alive as _alive
+from _escape_helpers import new_marker
+from _escape_helpers import spawn_orphan as _orphan
 from _proc_helpers import poll_until
 from hypothesis import given
 from hypothesis import strategies as st
@@ -81,22 +80,6 @@ def test_live_other_owner_exempts_dead_or_reused_or_self_does_not() -> None:
 
 
 # ------------------------------------------------------------------ real processes
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _orphan(marker: str, tags: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A tagged process of this gateway whose lease is unknown (ignores SIGTERM)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
-    return subprocess.Popen(
-        [sys.executable, "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-         + SLEEP, marker], env={**env, **tags}, start_new_session=True,
-    )
 
 
 def _env_of(pid: int) -> str | None:

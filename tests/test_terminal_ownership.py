@@ -14,14 +14,14 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import trio
 from _escape_helpers import Decoys, cleanup_marker, group_members, marked, new_marker, stat_ids
+from _escape_helpers import alive as _alive
 from _proc_helpers import poll_until
 from _runtime_helpers import RuntimeEnv, output, run
 from test_watchdog import watchdogs_of
@@ -35,7 +35,8 @@ CHILD = Path(__file__).with_name("_terminal_child.py")
 _HOP = (
     "import os, sys, time\n"
     "os.setsid()\n"
-    "open(sys.argv[1], 'w').close()\n"
+    "with open(sys.argv[1] + '.tmp', 'w') as f: f.write(str(os.getpid()))\n"
+    "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
     "while True:\n"
     "    time.sleep(0.002)\n"
     "    if os.fork():\n"
@@ -53,6 +54,7 @@ class Escapers:
         (tmp / "hop.py").write_text(_HOP)
         (tmp / "scrub.py").write_text(_SLEEP)
         r1, r2 = tmp / f"{self.hop}.ready", tmp / f"{self.scrub}.ready"
+        self.hop_ready = r1
         py = shlex.quote(sys.executable)
         self.line = (
             f"{py} {tmp / 'hop.py'} {r1} {self.hop} & "
@@ -64,7 +66,10 @@ class Escapers:
         self.decoys: list[Decoys] = []
 
     def up(self) -> bool:
-        """Both escapers run (collecting the hopper's group, which outlives every hop)."""
+        """Both escapers run (the hopper's group, which outlives every hop, is its first pid:
+        it wrote it once it had called ``setsid``)."""
+        if self.hop_ready.exists():
+            self.groups.add(int(self.hop_ready.read_text()))
         hoppers = [p for p in marked(self.hop) if p not in self.decoy_pids]
         self.groups.update(st[1] for p in hoppers if (st := stat_ids(p)) is not None)
         return bool(self.groups) and bool(set(marked(self.scrub)) - self.decoy_pids)
@@ -90,29 +95,29 @@ class Escapers:
                 d.close()
 
 
+@contextlib.asynccontextmanager
+async def _session(env: RuntimeEnv, tmp: Path) -> AsyncIterator[tuple[Escapers, Any, Any]]:
+    """Escapers (decoys up, everything killed at the end), a runtime that allows terminals,
+    and one mock-agent session; bounded in time."""
+    esc = Escapers(tmp)
+    with esc.guarded(), trio.fail_after(40):
+        async with env.runtime(permissionMode="approve-all") as rt:
+            yield esc, rt, await rt.ensure_session(session_key="t", agent="mock")
+
+
 async def test_terminal_kill_takes_hopper_and_scrubbed_child(
     env: RuntimeEnv, tmp_path: Path
 ) -> None:
-    esc = Escapers(tmp_path)
-    with esc.guarded(), trio.fail_after(40):
-        async with env.runtime(permissionMode="approve-all") as rt:
-            handle = await rt.ensure_session(session_key="t", agent="mock")
-            seen: list[bool] = []
-
-            async def watch() -> None:  # the escapers are up before the kill lands
-                await poll_until(esc.up, seconds=20, interval=0.002)
-                seen.append(True)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                text = output(await run(rt, handle, f"/terminal-kill {esc.line}"))
-                nursery.cancel_scope.cancel()
-            assert re.fullmatch(r"first=\d+ signal=\w+ output=\d+", text), text
-            # the kill returned: nothing of the command's tree is left, at once
-            assert esc.gone(), (esc.groups, marked(esc.hop), marked(esc.scrub))
-            assert seen or not esc.groups  # (seen up, or never reached: either way gone)
-            leases = [x for x in await _leases(env) if ":terminal:" in x.session_key]
-            assert [x.state for x in leases] == [LeaseState.CLOSED]
+    async with _session(env, tmp_path) as (esc, rt, handle):
+        # the command prints (and so is killed) only once both escapers are up
+        text = output(await run(rt, handle, f"/terminal-kill {esc.line}"))
+        assert re.fullmatch(r"first=\d+ signal=\w+ output=\d+", text), text
+        esc.up()
+        assert esc.groups, "the hopper never started"
+        # the kill returned: nothing of the command's tree is left, at once
+        assert esc.gone(), (esc.groups, marked(esc.hop), marked(esc.scrub))
+        leases = [x for x in await _leases(env) if ":terminal:" in x.session_key]
+        assert [x.state for x in leases] == [LeaseState.CLOSED]
 
 
 async def _leases(env: RuntimeEnv) -> list[Any]:
@@ -125,35 +130,25 @@ async def test_session_close_takes_hopper_and_scrubbed_child(
 ) -> None:
     from acpx_trio._events import TextDeltaEvent
 
-    esc = Escapers(tmp_path)
-    with esc.guarded(), trio.fail_after(40):
-        async with env.runtime(permissionMode="approve-all") as rt:
-            handle = await rt.ensure_session(session_key="t", agent="mock")
-            started = trio.Event()
+    async with _session(env, tmp_path) as (esc, rt, handle):
+        started = trio.Event()
 
-            async def hold() -> None:
-                async with contextlib.aclosing(
-                    rt.run_turn(handle=handle, text=f"/terminal-hold {esc.line}")
-                ) as events:
-                    async for event in events:
-                        if isinstance(event, TextDeltaEvent) and "first=" in event.text:
-                            started.set()
+        async def hold() -> None:
+            async with contextlib.aclosing(
+                rt.run_turn(handle=handle, text=f"/terminal-hold {esc.line}")
+            ) as events:
+                async for event in events:
+                    if isinstance(event, TextDeltaEvent) and "first=" in event.text:
+                        started.set()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(hold)
-                await started.wait()
-                await poll_until(esc.up, seconds=20, interval=0.002)
-                await rt.close(handle=handle, reason="test")
-            assert esc.gone(), (esc.groups, marked(esc.hop), marked(esc.scrub))
-        leases = await _leases(env)
-        assert leases and {x.state for x in leases} == {LeaseState.CLOSED}, leases
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold)
+            await started.wait()
+            await poll_until(esc.up, seconds=20, interval=0.002)
+            await rt.close(handle=handle, reason="test")
+        assert esc.gone(), (esc.groups, marked(esc.hop), marked(esc.scrub))
+    leases = await _leases(env)
+    assert leases and {x.state for x in leases} == {LeaseState.CLOSED}, leases
 
 
 def _start_owner(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
