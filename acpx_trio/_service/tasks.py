@@ -208,8 +208,8 @@ def start_guards(
     """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
     in ``background`` (only when the start-up reap did not run and the gateway id is not new,
     and not more often than :func:`orphan_sweep_due` allows), and the owner-death watchdog,
-    registered in the service ``nursery`` (so it outlives the runtime's close; its process is spawned before the
-    service's first agent)."""
+    registered in the service ``nursery`` (so it outlives the runtime's close; its process
+    is spawned before the service's first agent)."""
     store, gw = prepared.lease_store, prepared.gateway_instance_id
     grace = prepared.config.kill_grace_seconds
     if not prepared.needs_reap and not prepared.new_gateway_id and orphan_sweep_due(store, gw):
