@@ -277,8 +277,10 @@ class AcpxRuntimeService:
         self, ctx: ServiceContext, nursery: trio.Nursery, run_done: trio.Event
     ) -> Running:
         logger = ctx.logger
-        prepare = self._prepare_cache.prepare
-        prepared = await trio.to_thread.run_sync(prepare, self._plugin_config, ctx)
+        prepared = self._prepare_cache.recent(self._plugin_config, ctx)  # no I/O at all
+        if prepared is None:
+            prepare = self._prepare_cache.prepare
+            prepared = await trio.to_thread.run_sync(prepare, self._plugin_config, ctx)
         config, lease_store = prepared.config, prepared.lease_store
         gateway_instance_id = prepared.gateway_instance_id
         self._gateway_instance_id = gateway_instance_id
