@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._service.startup import Prepared, prepare_sync
@@ -112,6 +113,16 @@ class PrepareCache:
         if None in dirs:
             return (object(),)  # equal to nothing: check again next time
         return (*dirs, fingerprint(state_dir / GATEWAY_ID_FILE_NAME))
+
+    async def prepare_async(
+        self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext
+    ) -> Prepared:
+        """:meth:`recent` when it answers (no I/O, no thread hop), else :meth:`prepare` in a
+        worker thread."""
+        recent = self.recent(plugin_config, ctx)
+        if recent is not None:  # no checkpoint: the service's task checkpointed just before
+            return recent
+        return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
         state_dir = Path(ctx.state_dir)
