@@ -25,7 +25,9 @@ import trio
 from acpx_trio._process.identity import LEASE_ENV_KEY, ProcessInfo, snapshot_processes
 from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
 
-__all__ = ["lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged"]
+__all__ = [
+    "lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged", "shared_scan",
+]
 
 _KEY = f"{LEASE_ENV_KEY}=".encode()
 
@@ -113,12 +115,33 @@ def pids_tagged(lease_ids: Collection[str], root_pids: Collection[int]) -> list[
     return sorted(infos.values(), key=lambda p: p.pid)
 
 
+def _pass(
+    lease_ids: Collection[str], root_pids: Collection[int]
+) -> tuple[list[ProcessInfo], frozenset[int]]:
+    """:func:`pids_tagged`, then which roots' process groups have no member left at the end
+    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members).  An empty
+    group cannot gain members, so a caller may take that as the answer of a group probe
+    made right after the scan."""
+    table = pids_tagged(lease_ids, root_pids)
+    empty: set[int] = set()
+    for pgid in root_pids:
+        if pgid <= 1:
+            continue
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            empty.add(pgid)
+        except OSError:
+            pass  # exists (another uid's, say): not empty
+    return table, frozenset(empty)
+
+
 class _Pass:
     def __init__(self) -> None:
         self.lease_ids: set[str] = set()
         self.root_pids: set[int] = set()
         self.done = trio.Event()
-        self.result: list[ProcessInfo] | None = None
+        self.result: tuple[list[ProcessInfo], frozenset[int]] | None = None
 
 
 class _Batcher:
@@ -129,7 +152,9 @@ class _Batcher:
         self.next: _Pass | None = None
         self.passes = 0
 
-    async def scan(self, lease_id: str, root_pid: int) -> list[ProcessInfo]:
+    async def scan(
+        self, lease_id: str, root_pid: int
+    ) -> tuple[list[ProcessInfo], frozenset[int]]:
         mine = self.next
         leader = mine is None
         if mine is None:
@@ -141,7 +166,7 @@ class _Batcher:
             if mine.result is not None:
                 return mine.result
             # the pass failed or its leader was cancelled: scan on our own
-            return await trio.to_thread.run_sync(pids_tagged, (lease_id,), (root_pid,))
+            return await trio.to_thread.run_sync(_pass, (lease_id,), (root_pid,))
         try:
             async with self.running:
                 # let the cleanups woken in this same scheduling step join the pass
@@ -150,7 +175,7 @@ class _Batcher:
                     self.next = None
                 self.passes += 1
                 mine.result = await trio.to_thread.run_sync(
-                    pids_tagged, frozenset(mine.lease_ids), frozenset(mine.root_pids)
+                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids)
                 )
                 return mine.result
         finally:
@@ -171,11 +196,17 @@ def _current_batcher() -> _Batcher:
         return batcher
 
 
-async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
+async def shared_scan(lease_id: str, root_pid: int) -> tuple[list[ProcessInfo], frozenset[int]]:
     """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
-    other cleanups of this Trio run that ask at the same time (see the module docstring).
-    The pass starts after this call; cancellable while waiting for it to start."""
+    other cleanups of this Trio run that ask at the same time (see the module docstring),
+    and the roots' process groups found empty at the end of the pass.  The pass starts
+    after this call; cancellable while waiting for it to start."""
     return await _current_batcher().scan(lease_id, root_pid)
+
+
+async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
+    """The listing of :func:`shared_scan`."""
+    return (await shared_scan(lease_id, root_pid))[0]
 
 
 def scan_passes() -> int:

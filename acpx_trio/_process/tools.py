@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from acpx_trio._process.identity import ProcessInfo, self_identity
 from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
-from acpx_trio._process.shared_scan import pids_tagged, shared_pids_tagged
+from acpx_trio._process.shared_scan import pids_tagged, shared_scan
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
 
@@ -50,11 +50,26 @@ def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
     if not sys.platform.startswith("linux"):
         return deps
 
+    base_kill_groups = deps.kill_groups
+    empty: set[int] = set()  # owned groups the scan just taken found empty (used once)
+
     async def list_processes() -> list[ProcessInfo]:
         # one /proc pass shared with the other cleanups asking at the same time
-        return await shared_pids_tagged(lease_id, root_pid)
+        table, gone = await shared_scan(lease_id, root_pid)
+        empty.clear()
+        empty.update(gone)
+        return table
 
-    return dataclasses.replace(deps, list_processes=list_processes)
+    async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
+        # the reaper's "anything to signal?" probe right after a scan: that scan already
+        # probed the root's group at its end (an empty group cannot gain members): no hop
+        probed = sig == 0 and bool(pgids) and set(pgids) <= empty
+        empty.clear()
+        if probed or base_kill_groups is None:
+            return []
+        return await base_kill_groups(pgids, sig)
+
+    return dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
 
 
 async def owner_identity() -> tuple[int, float]:
