@@ -86,6 +86,9 @@ if TYPE_CHECKING:
         LEASE_ENV_KEY as LEASE_ENV_KEY,
     )
     from acpx_trio._process.identity import (
+        OWNER_ENV_KEY as OWNER_ENV_KEY,
+    )
+    from acpx_trio._process.identity import (
         ProcessInfo as ProcessInfo,
     )
     from acpx_trio._process.identity import (
@@ -265,6 +268,7 @@ _EXPORTS: dict[str, str] = {
     "new_lease_id": "._store.leases",
     "GATEWAY_ENV_KEY": "._process.identity",
     "LEASE_ENV_KEY": "._process.identity",
+    "OWNER_ENV_KEY": "._process.identity",
     "ProcessInfo": "._process.identity",
     "lease_env": "._process.identity",
     "snapshot_processes": "._process.identity",

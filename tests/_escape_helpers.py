@@ -12,10 +12,30 @@ import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+import psutil
+
 from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def spawn_orphan(marker: str, tags: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A sleeper in its own session that ignores SIGTERM, with ``tags`` in its environment
+    (and no other ``OPENCLAW_*`` variable): an orphan of whatever the tags name."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
+    return subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+         + SLEEP, marker], env={**env, **tags}, start_new_session=True,
+    )
 
 
 def new_marker() -> str:

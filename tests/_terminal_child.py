@@ -1,4 +1,5 @@
-"""Subprocess driver for the terminal crash test: ``python tests/_terminal_child.py STATE``.
+"""Subprocess driver for the terminal crash tests: ``python tests/_terminal_child.py STATE
+[DIRECTIVE]`` (default: :data:`HOLD`).
 
 Starts the runtime service on STATE (``permissionMode: approve-all``), opens a mock-agent
 session, runs ``/terminal-hold`` of a ``sleep`` whose stdio is detached from the agent,
@@ -19,8 +20,8 @@ from acpx_trio._service.open_service import open_runtime_service
 HOLD = "/terminal-hold echo $$; exec sleep 60 </dev/null >/dev/null 2>&1"
 
 
-async def _hold(runtime: Any, handle: Any, started: trio.Event) -> None:
-    async for event in runtime.run_turn(handle=handle, text=HOLD):
+async def _hold(runtime: Any, handle: Any, started: trio.Event, text: str) -> None:
+    async for event in runtime.run_turn(handle=handle, text=text):
         text = str(getattr(event, "text", "") or "")
         if text.startswith("first="):
             sys.stdout.write(json.dumps({"pid": int(text.split("=")[1])}) + "\n")
@@ -28,7 +29,7 @@ async def _hold(runtime: Any, handle: Any, started: trio.Event) -> None:
             started.set()
 
 
-async def main(state: Path) -> None:
+async def main(state: Path, text: str) -> None:
     workspace = state / "workspace"
     await trio.to_thread.run_sync(lambda: workspace.mkdir(parents=True, exist_ok=True))
     async with open_runtime_service(
@@ -40,9 +41,9 @@ async def main(state: Path) -> None:
         handle = await runtime.ensure_session(session_key="term-crash", agent="mock")
         async with trio.open_nursery() as nursery:
             started = trio.Event()
-            nursery.start_soon(_hold, runtime, handle, started)
+            nursery.start_soon(_hold, runtime, handle, started, text)
             await trio.sleep_forever()
 
 
 if __name__ == "__main__":
-    trio.run(main, Path(sys.argv[1]))
+    trio.run(main, Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else HOLD)

@@ -23,13 +23,15 @@ Invariants (checked on every signal the reaper sends, and after every step):
 * the lease file always decodes (except right after the corrupt-file rule, until the next
   gateway operation quarantines it).
 
-Known gaps, marked rather than hidden (see the two ``xfail`` tests at the end):
+Former known gaps, kept as fixed rule sequences at the end (both pass now):
 
 * pid hoppers (``KNOWN_ESCAPE_KINDS``, now empty): the reaper used to stop after
   ``MAX_ROUNDS`` waves per call; since #11 it repeats waves until a scan finds nothing new
   (bounded by time), so a hopper no longer outlives two restarts.
-* a lease lost to a corrupt file while its owner is alive: a second gateway's start-up orphan
-  sweep cannot tell that the owner lives and reaps those agents (``LOST_LEASE_OWNER_EXEMPT``).
+* a lease lost to a corrupt file while its owner is alive (``LOST_LEASE_OWNER_EXEMPT``, now
+  ``False``): every launch carries an owner tag (pid + start time), so a second gateway's
+  start-up orphan sweep leaves a live owner's agents alone; once that owner dies, the next
+  sweep (or its watchdog) reaps them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
@@ -74,8 +75,9 @@ KINDS = ["cooperative", "sigterm-ignoring", "sigkill-proof", "daemonising", "pid
 
 #: Agent kinds allowed to outlive two restarts with the current reaper (#11 removes this).
 KNOWN_ESCAPE_KINDS: frozenset[str] = frozenset()  # pid hoppers: fixed by #11
-#: Leases lost to a corrupt file lose their owner's protection (see module docstring).
-LOST_LEASE_OWNER_EXEMPT = True
+#: Leases lost to a corrupt file used to lose their owner's protection; since the owner tag
+#: (``OPENCLAW_ACPX_OWNER``) a live owner's agents are left alone without their lease record.
+LOST_LEASE_OWNER_EXEMPT = False
 
 
 class _AsyncStore:
@@ -241,7 +243,7 @@ class ReapMachine(RuleBasedStateMachine):
             agent.hops_left -= 1
             child = table.spawn(
                 parent=proc, lease_id=proc.lease_id, gateway_instance_id=proc.gateway_instance_id,
-                cmdline=proc.cmdline, label=f"hop-{agent.lease_id[:8]}",
+                cmdline=proc.cmdline, label=f"hop-{agent.lease_id[:8]}", owner=proc.owner,
             )
             child.on_signal = on_signal
             agent.procs.append(child)
@@ -267,7 +269,8 @@ class ReapMachine(RuleBasedStateMachine):
             command="agent", owner_pid=owner.pid, owner_start_time=owner.create_time,
         )
         store.save(lease)  # pending first, as the runtime does
-        tags = {"lease_id": lease.lease_id, "gateway_instance_id": GW}
+        tags = {"lease_id": lease.lease_id, "gateway_instance_id": GW,
+                "owner": self.table.owner_tag(owner)}
         root = self.table.spawn(
             parent=owner, cmdline=("agent", kind), label=f"{kind}-{lease.lease_id[:8]}",
             term_delay=0.1 if kind == "cooperative" else 0.0,
@@ -427,7 +430,7 @@ class ReapMachine(RuleBasedStateMachine):
             if (
                 not self.table.is_alive(agent.owner)
                 or agent.closed_by_owner
-                or agent.lease_id in self.lost_to_corruption
+                or (LOST_LEASE_OWNER_EXEMPT and agent.lease_id in self.lost_to_corruption)
             ):
                 continue
             for proc in agent.procs:
@@ -448,7 +451,7 @@ TestReapMachine = ReapMachine.TestCase
 
 
 # ------------------------------------------------------------------------------------------
-# The known gaps, as fixed rule sequences (strict xfail: they start passing when fixed)
+# The former known gaps, as fixed rule sequences (they were strict xfails; both pass now)
 # ------------------------------------------------------------------------------------------
 
 
@@ -469,11 +472,6 @@ def test_pid_hopper_is_gone_within_two_restarts() -> None:
         machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="a lease lost to a corrupt lease file no longer protects its live owner's agents "
-    "from a second gateway's start-up orphan sweep",
-)
 def test_lost_lease_of_a_live_owner_is_not_reaped_by_a_second_gateway() -> None:
     machine = ReapMachine()
     machine.setup()

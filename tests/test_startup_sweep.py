@@ -3,35 +3,18 @@ file was deleted dies after the next start, which does not wait for it; decoys s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import trio
-from _escape_helpers import SLEEP, new_marker
+from _escape_helpers import alive as _alive
+from _escape_helpers import new_marker
+from _escape_helpers import spawn_orphan as _spawn
 from _proc_helpers import poll_until
 
 from acpx_trio._process.identity import lease_env
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _spawn(marker: str, tags: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
-    return subprocess.Popen(
-        [sys.executable, "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-         + SLEEP, marker], env={**env, **tags}, start_new_session=True,
-    )
 
 
 async def test_deleted_lease_file_orphan_dies_after_next_start(tmp_path: Path) -> None:

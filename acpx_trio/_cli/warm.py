@@ -26,7 +26,7 @@ import trio
 from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table
 from acpx_trio._errors import AcpxError, ConfigError
 from acpx_trio._events import DoneEvent, ErrorEvent
-from acpx_trio._owner.client import connect_or_start, connect_owner, request_frames
+from acpx_trio._owner.client import connect_or_start, connect_owner, send_request
 from acpx_trio._owner.wire import (
     AcceptedFrame,
     CancelRequest,
@@ -106,8 +106,9 @@ async def _ask(state_dir: Path, request: Request) -> Any:
     if stream is None:
         return None
     async with stream:
+        replies = await send_request(stream, request)
         last: Any = None
-        async for frame in request_frames(stream, request):
+        while (frame := await replies.next_reply()) is not None:
             last = frame
         return last
 
@@ -163,7 +164,7 @@ class _Client:
         self.cancel_wanted = True
         if self.cancel_confirmed:
             return
-        with trio.move_on_after(CANCEL_SECONDS):
+        with trio.move_on_after(CANCEL_SECONDS):  # noqa: ASYNC912 (_ask always connects)
             try:
                 result = await _ask(self.state_dir, CancelRequest(
                     session_key=self.request.session_key, request_id=self.request.request_id))
@@ -214,7 +215,8 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
             code: int | None = None
             accepted = False
             client.sent = True
-            async for frame in request_frames(stream, req):
+            replies = await send_request(stream, req)
+            while (frame := await replies.next_reply()) is not None:
                 if isinstance(frame, OwnerErrorFrame):
                     if frame.retryable and not accepted and attempt + 1 < PROMPT_ATTEMPTS:
                         break

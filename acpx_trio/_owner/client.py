@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -50,7 +49,7 @@ from acpx_trio._owner.wire import (
 )
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
-__all__ = ["OwnerStartError", "connect_or_start", "connect_owner", "request_frames"]
+__all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
 
 #: Bound of starting an owner (lock waits, runtime start-up, socket ready).
 START_SECONDS = 60.0
@@ -90,12 +89,23 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
     return trio.SocketStream(sock)
 
 
-async def request_frames(stream: trio.SocketStream, request: Request) -> AsyncIterator[Reply]:
-    """Send ``request`` and yield reply frames until the owner closes the connection."""
+class ReplyReader:
+    """The owner's reply frames to one request, in order: ``await next_reply()`` until it
+    returns ``None`` (the owner closed the connection).  A malformed frame raises the wire
+    error; nothing here outlives the caller's ``async with stream``."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
+
+    async def next_reply(self) -> Reply | None:
+        line = await self._reader.receive()
+        return None if line is None else decode_reply(line)
+
+
+async def send_request(stream: trio.SocketStream, request: Request) -> ReplyReader:
+    """Send ``request``; the returned reader yields the owner's replies."""
     await stream.send_all(encode_frame(request))
-    reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
-    while (line := await reader.receive()) is not None:
-        yield decode_reply(line)
+    return ReplyReader(stream)
 
 
 def _flock_blocking(fd: int, timeout: float) -> None:

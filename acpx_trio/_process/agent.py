@@ -27,26 +27,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
 from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
 from acpx_trio._log import Logger
-from acpx_trio._process.identity import (
-    boot_id,
-    lease_env,
-    process_info,
-)
+from acpx_trio._process.owned import complete_lease, save_pending_lease, spawn_owned
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
     cleanup_owned_process_tree,
 )
-from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps, owner_identity
-from acpx_trio._process.watchdog import ensure_armed
+from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps
 from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess"]
 
@@ -221,31 +215,24 @@ class AgentProcess:
     # ------------------------------------------------------------------ spawn
 
     async def _spawn(self) -> None:
-        # the service's owner-death watchdog runs before any agent of it does
-        await ensure_armed(self.lease_store.path.parent)
-        owner_pid, owner_start = await owner_identity()
-        lease = new_lease(
+        # watchdog armed, lease saved before the spawn, tags, own session: see _process.owned
+        lease = await save_pending_lease(
+            self.lease_store,
             gateway_instance_id=self.gateway_instance_id,
             session_key=self.session_key,
             wrapper_root=self.wrapper_root,
             command=self.argv,
-            owner_pid=owner_pid,
-            owner_start_time=owner_start,
         )
-        await self.lease_store.save(lease)
         self.lease = lease
-        env = {
-            **os.environ, **self._extra_env, **lease_env(lease.lease_id, self.gateway_instance_id)
-        }
         try:
-            self.process = await trio.lowlevel.open_process(
-                list(self.argv),
+            self.process = await spawn_owned(
+                self.argv,
+                lease,
+                env={**os.environ, **self._extra_env},
+                cwd=self.cwd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=self.cwd,
-                env=env,
-                start_new_session=True,
             )
         except OSError as exc:
             hint = f" {self.install_hint}" if self.install_hint else ""
@@ -271,26 +258,10 @@ class AgentProcess:
         """Record the root's identity in the lease (runs beside the handshake)."""
         try:
             assert self.process is not None and self.lease is not None
-            pid = self.process.pid
-            info = await trio.to_thread.run_sync(process_info, pid)
-            if info is not None:
-                self.create_time = info.create_time
-                self.start_ticks = info.start_ticks
-            completed = msgspec.structs.replace(
-                self.lease,
-                root_pid=pid,
-                root_create_time=self.create_time,
-                root_start_ticks=self.start_ticks,
-                boot_id=boot_id(),
-                process_group_id=pid,
-            )
-            try:
-                await self.lease_store.save(completed)
-            except (LeaseStoreError, ValueError) as exc:
-                self.log.error("lease %s: could not record pid %s: %s", completed.lease_id,
-                               pid, exc)
-            else:
-                self.lease = completed
+            record = await complete_lease(self.lease_store, self.lease, self.process.pid,
+                                          self.log)
+            self.lease = record.lease
+            self.create_time, self.start_ticks = record.create_time, record.start_ticks
         finally:
             self._lease_done.set()
 

@@ -3,7 +3,10 @@
 Every launch is tagged twice, with the seed's names: environment variables
 ``OPENCLAW_ACPX_LEASE_ID`` / ``OPENCLAW_GATEWAY_INSTANCE_ID`` (inherited by every descendant
 unless a tool scrubs its environment) and command-line flags ``--openclaw-acpx-lease-id ID
---openclaw-gateway-instance-id ID``.
+--openclaw-gateway-instance-id ID``.  A third variable, ``OPENCLAW_ACPX_OWNER``
+(``PID:TICKS:CREATE``, see :mod:`acpx_trio._process.owner_tag`), names the owner process that
+spawned it, so a tag sweep can leave a live owner's processes alone even when their lease
+record was lost.
 
 Identity on Linux is (boot id, pid, start time in clock ticks): ``/proc/PID/stat`` field 22
 never changes for a process and is not affected by wall-clock steps.  psutil's
@@ -12,7 +15,7 @@ compared with a tolerance.
 
 Guarantees:
 
-* **Secrets stay put**: reading another process's environment looks at the two tag keys only;
+* **Secrets stay put**: reading another process's environment looks at the three tag keys only;
   no other variable is kept, logged or returned.
 * **Race tolerant**: a process that vanishes mid-scan is left out; one whose pid was reused
   while we read it (start ticks changed under us) is left out too.
@@ -38,6 +41,7 @@ __all__ = [
     "GATEWAY_ENV_KEY",
     "LEASE_ARG",
     "LEASE_ENV_KEY",
+    "OWNER_ENV_KEY",
     "ProcessInfo",
     "boot_id",
     "lease_args",
@@ -52,6 +56,8 @@ __all__ = [
 
 LEASE_ENV_KEY = "OPENCLAW_ACPX_LEASE_ID"
 GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
+#: Names the owner process (pid, start ticks, create time) of a launch (``owner_tag``).
+OWNER_ENV_KEY = "OPENCLAW_ACPX_OWNER"
 LEASE_ARG = "--openclaw-acpx-lease-id"
 GATEWAY_ARG = "--openclaw-gateway-instance-id"
 
@@ -63,6 +69,7 @@ _PROC = "/proc"
 _LINUX = sys.platform.startswith("linux")
 _LEASE_ENV_B = LEASE_ENV_KEY.encode() + b"="
 _GATEWAY_ENV_B = GATEWAY_ENV_KEY.encode() + b"="
+_OWNER_ENV_B = OWNER_ENV_KEY.encode() + b"="
 
 
 def _check_id(name: str, value: str) -> str:
@@ -71,14 +78,20 @@ def _check_id(name: str, value: str) -> str:
     return value
 
 
-def lease_env(lease_id: str, gateway_instance_id: str) -> dict[str, str]:
-    """The two tag variables to add to an agent's environment.
+def lease_env(
+    lease_id: str, gateway_instance_id: str, owner: str | None = None
+) -> dict[str, str]:
+    """The two tag variables to add to an agent's environment, plus the owner tag
+    (:func:`acpx_trio._process.owner_tag.owner_tag`) when ``owner`` is given.
 
     Raises ``ValueError`` for an empty id (an empty tag could never prove ownership)."""
-    return {
+    env = {
         LEASE_ENV_KEY: _check_id("lease_id", lease_id),
         GATEWAY_ENV_KEY: _check_id("gateway_instance_id", gateway_instance_id),
     }
+    if owner is not None:
+        env[OWNER_ENV_KEY] = _check_id("owner", owner)
+    return env
 
 
 def lease_args(lease_id: str, gateway_instance_id: str) -> list[str]:
@@ -103,7 +116,8 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     Linux, else ``None``.  ``zombie``: it has exited (or was caught exiting) and only waits to
     be reaped; it can no longer run, its cmdline and tags are empty, and the reaper treats it
     as gone.  ``pgid``/``sid``: its process group and session (``/proc/PID/stat`` fields 5
-    and 6, readable for zombies too); ``None`` when unknown (off Linux, fakes)."""
+    and 6, readable for zombies too); ``None`` when unknown (off Linux, fakes).  ``owner``: the
+    raw :data:`OWNER_ENV_KEY` value (environment only; parsed by ``owner_tag``)."""
 
     pid: int
     ppid: int
@@ -117,6 +131,7 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     inspectable: bool = True
     pgid: int | None = None
     sid: int | None = None
+    owner: str | None = None
 
 
 def _group_ids(fields: list[str] | None) -> tuple[int | None, int | None]:
@@ -161,19 +176,24 @@ def tags_from_cmdline(cmdline: Sequence[str]) -> tuple[str | None, str | None]:
     return lease, gateway
 
 
-def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None]:
+def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None, str | None]:
+    """``(lease, gateway, owner)`` tag values; every other variable is skipped unread."""
     lease: str | None = None
     gateway: str | None = None
+    owner: str | None = None
     for entry in data.split(b"\0"):
         if entry.startswith(_LEASE_ENV_B):
             lease = _clean(entry[len(_LEASE_ENV_B) :].decode("utf-8", "replace"))
         elif entry.startswith(_GATEWAY_ENV_B):
             gateway = _clean(entry[len(_GATEWAY_ENV_B) :].decode("utf-8", "replace"))
-    return lease, gateway
+        elif entry.startswith(_OWNER_ENV_B):
+            owner = _clean(entry[len(_OWNER_ENV_B) :].decode("utf-8", "replace"))
+    return lease, gateway, owner
 
 
-def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None]:
-    """The two tag variables of ``proc``; raises psutil errors (AccessDenied, NoSuchProcess)."""
+def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None, str | None]:
+    """The three tag variables of ``proc``; raises psutil errors (AccessDenied,
+    NoSuchProcess)."""
     if _LINUX:
         try:
             with open(f"{_PROC}/{proc.pid}/environ", "rb") as fh:
@@ -190,7 +210,8 @@ def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None]:
     env: Mapping[str, str] | None = proc.environ()
     try:
         assert env is not None
-        return _clean(env.get(LEASE_ENV_KEY)), _clean(env.get(GATEWAY_ENV_KEY))
+        return (_clean(env.get(LEASE_ENV_KEY)), _clean(env.get(GATEWAY_ENV_KEY)),
+                _clean(env.get(OWNER_ENV_KEY)))
     finally:
         env = None
 
@@ -292,6 +313,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     cmdline: tuple[str, ...] = ()
     lease: str | None = None
     gateway: str | None = None
+    owner: str | None = None
     try:
         with proc.oneshot():
             ppid = proc.ppid()
@@ -308,7 +330,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
                     inspectable = False
             if not zombie and inspectable:
                 try:
-                    lease, gateway = _env_tags(proc)
+                    lease, gateway, owner = _env_tags(proc)
                 except psutil.AccessDenied:
                     inspectable = False
     except psutil.NoSuchProcess:  # ZombieProcess included: it is exiting under our eyes
@@ -321,7 +343,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     if _LINUX and read_start_ticks(pid) != ticks_before:
         return None  # gone, or pid reused while we looked: the data may mix two processes
     if not inspectable:
-        lease = gateway = None
+        lease = gateway = owner = None
     elif lease is None or gateway is None:
         arg_lease, arg_gateway = tags_from_cmdline(cmdline)
         argv_complete = arg_lease is not None and arg_gateway is not None
@@ -340,6 +362,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
         inspectable=inspectable,
         pgid=pgid,
         sid=sid,
+        owner=owner,
     )
 
 

@@ -34,6 +34,7 @@ from collections.abc import Collection, Sequence
 import msgspec
 
 from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
+from acpx_trio._process.owner_tag import OwnerTag, names_owner, owner_alive_elsewhere
 from acpx_trio._store.leases import ProcessLease
 
 __all__ = [
@@ -380,12 +381,17 @@ def plan_orphans(
     self_pgid: int | None = None,
     self_sid: int | None = None,
     known: Collection[tuple[int, int | None]] = (),
+    only_owner: OwnerTag | None = None,
 ) -> Plan:
     """Every live process tagged with ``gateway_instance_id`` and an unprotected lease id.
 
     No reliance on ``ppid == 1``.  A process with our gateway tag but no lease tag is
-    ``"not-owned"``; one of a protected lease is ``"protected"``.  Pure: no I/O."""
+    ``"not-owned"``; one of a protected lease is ``"protected"``; one whose owner tag names a
+    live owner other than us (its lease record may be lost) is ``"owner-alive"``.  With
+    ``only_owner`` (the owner-death watchdog), only processes naming that owner count.
+    Pure: no I/O."""
     protected = set(protected_lease_ids)
+    every = {p.pid: p for p in table}
     inspected: list[int] = []
     targets: list[ProcessInfo] = []
     skipped: dict[int, str] = {}
@@ -398,6 +404,11 @@ def plan_orphans(
             reason = NOT_OWNED
         if reason is None and p.lease_id in protected:
             reason = PROTECTED
+        if reason is None and (
+            not names_owner(p, only_owner) if only_owner is not None
+            else owner_alive_elsewhere(p, every, self_pid, self_uid)
+        ):
+            reason = OWNER_ALIVE if only_owner is None else NOT_OWNED
         if reason is None:
             targets.append(p)
         else:

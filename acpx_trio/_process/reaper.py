@@ -41,6 +41,7 @@ from typing import Protocol
 import msgspec
 
 from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
     INIT,
@@ -319,9 +320,13 @@ async def sweep_orphans(
     *,
     grace: float = DEFAULT_GRACE,
     deps: ProcessCleanupDeps | None = None,
+    only_owner: OwnerTag | None = None,
 ) -> CleanupResult:
     """The start-up tag sweep, safe to run beside a working runtime: end every live process
-    tagged with our gateway id whose lease is unknown or final.
+    tagged with our gateway id whose lease is unknown or final — except one whose owner tag
+    names a live owner other than us (a lost lease record does not expose a live owner's
+    agents).  ``only_owner``: only processes whose owner tag names that (dead) owner (the
+    owner-death watchdog).
 
     Every scan is taken *before* the open leases are read, and a lease is saved before its
     process is spawned, so a session started meanwhile is always protected (its lease is
@@ -345,7 +350,7 @@ async def sweep_orphans(
         return plan_orphans(
             table, gateway_instance_id, frozenset(protected), self_pid=deps.self_pid,
             self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
-            known=known,
+            known=known, only_owner=only_owner,
         )
 
     out = await _run_waves(plan, grace, deps)

@@ -83,7 +83,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     except (OSError, ValueError):
         return None
     try:
-        lease, gateway = _tags_from_environ_bytes(env)
+        lease, gateway, owner = _tags_from_environ_bytes(env)
     finally:
         del env
     cmdline = tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
@@ -105,6 +105,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         pid=pid, ppid=ppid, cmdline=cmdline, create_time=create_time, uid=uid,
         start_ticks=ticks, lease_id=lease, gateway_instance_id=gateway,
         inspectable=uid is not None, pgid=pgid, sid=sid,
+        owner=owner if uid is not None else None,
     )
 
 

@@ -15,7 +15,10 @@ Guarantees:
   another process): it reaps exactly the open/closing leases of this gateway whose
   ``ownerPid`` and ``ownerStartTime`` are the dead owner's, with the reaper's proofs (tags +
   identity, group/session kill, one-wave escalation: SIGTERM, ``grace``, SIGKILL), marks them
-  final, and exits.  Leases of any other owner (a second gateway on the same state dir, the
+  final; then it sweeps every live process of this gateway whose owner tag
+  (``OPENCLAW_ACPX_OWNER``) names the dead owner (pid + start time) — the agents and terminals
+  whose lease record was lost (a corrupt lease file quarantined by another process) — and
+  exits.  Leases of any other owner (a second gateway on the same state dir, the
   next life of this one) are never touched.
 * **Owner stops normally** (writes ``stop`` to the pipe, after closing its agents): it exits
   at once, killing nothing.  EOF alone is not taken as death: the pidfd decides.
@@ -133,9 +136,11 @@ def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
 
 
 async def _reap(
-    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float
+    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
+    owner_ticks: int | None = None,
 ) -> Any:
-    from acpx_trio._process.reaper import reap_open_leases
+    from acpx_trio._process.owner_tag import OwnerTag
+    from acpx_trio._process.reaper import reap_open_leases, sweep_orphans
     from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
     store = LeaseStore(lease_dir)
@@ -153,18 +158,29 @@ async def _reap(
         async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
             return await store.mark_states(updates)
 
-    return await reap_open_leases(gateway_id, _OwnerLeases(), grace=grace)
+    result = await reap_open_leases(gateway_id, _OwnerLeases(), grace=grace)
+    # processes naming the dead owner whose lease record is gone (lost to a corrupt file)
+    dead = OwnerTag(pid=owner_pid, start_ticks=owner_ticks, create_time=owner_start)
+    swept = await sweep_orphans(gateway_id, store, grace=grace, only_owner=dead)
+    import msgspec
+
+    return msgspec.structs.replace(
+        result, terminated_pids=[*result.terminated_pids, *swept.terminated_pids],
+        survived_pids=[*result.survived_pids, *swept.survived_pids],
+    )
 
 
 def reap_dead_owner(
-    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float
+    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
+    owner_ticks: int | None = None,
 ) -> Any:
     """Reap the open leases of the dead owner ``(owner_pid, owner_start)`` (a psutil create
-    time) in ``lease_dir``; returns the :class:`~acpx_trio._process.reaper.ReapResult`.
-    Imports Trio and the reaper only now."""
+    time; ``owner_ticks`` its start ticks when known) in ``lease_dir``, then every process of
+    the gateway whose owner tag names it; returns the
+    :class:`~acpx_trio._process.reaper.ReapResult`.  Imports Trio and the reaper only now."""
     import trio as _trio
 
-    return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace)
+    return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     seen = time.monotonic()
-    result = reap_dead_owner(lease_dir, gateway, pid, start, grace)
+    result = reap_dead_owner(lease_dir, gateway, pid, start, grace, ticks)
     log = os.environ.get(WATCHDOG_LOG_ENV)
     if log:  # measurements for tests and benchmarks (no secrets: pids and lease ids only)
         with open(log, "a", encoding="utf-8") as fh:
@@ -207,7 +223,7 @@ def watchdog_argv(
 
 
 def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_ACPX_LEASE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_ACPX_")}
     # ``-S`` skips ``site`` (and its .pth files, editable-install finders included): name the
     # directory holding this package first, then our whole import path
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

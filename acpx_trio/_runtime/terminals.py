@@ -19,9 +19,11 @@ Guarantees of :class:`TerminalManager` (one per session):
   (default :data:`DEFAULT_OUTPUT_LIMIT`, at most :data:`MAX_OUTPUT_LIMIT`) of the newest
   output are kept, cut at a UTF-8 character boundary (``truncated`` says so).
 
-Where the reaper's process-group kill plugs in: :meth:`Terminal._kill_tree` calls
-``cleanup_owned_process_tree`` (tags + verified root); a group kill of ``process_group_id``
-(recorded in the lease) can replace or precede it there.
+The spawn and lease bookkeeping are :mod:`acpx_trio._process.owned` (shared with agents: the
+service's owner-death watchdog is armed before the spawn, so a SIGKILLed owner's terminals
+die without a restart); the kill is the reaper's :func:`kill_owned_tree` (the command's
+process group and session, untagged members included, every process with its tags, in
+waves).
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ from acpx_trio._acp import (
     TerminalOutputRequest,
     TerminalOutputResponse,
 )
-from acpx_trio._errors import AcpRuntimeError, LeaseStoreError
-from acpx_trio._process.identity import boot_id, lease_env, process_info
-from acpx_trio._process.reaper import ProcessCleanupDeps, cleanup_owned_process_tree
-from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
+from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._process.owned import complete_lease, mark_lease, save_pending_lease, spawn_owned
+from acpx_trio._process.reaper import ProcessCleanupDeps, kill_owned_tree
+from acpx_trio._process.tools import lease_cleanup_deps
 from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
@@ -59,7 +61,7 @@ from acpx_trio._runtime.permissions import (
     PermissionPolicy,
     resolve_confined_path,
 )
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
@@ -180,21 +182,17 @@ class Terminal:
                 await self._close()
 
     async def _spawn(self) -> None:
+        # watchdog armed, lease saved before the spawn, tags, own session: see _process.owned
         owner = self._owner
-        owner_pid, owner_start = await owner_identity()
-        lease = new_lease(
-            gateway_instance_id=owner.gateway_instance_id,
+        self.lease = await save_pending_lease(
+            owner.lease_store, gateway_instance_id=owner.gateway_instance_id,
             session_key=f"{owner.session_key}:terminal:{self.id}",
             wrapper_root=owner.wrapper_root, command=self.argv,
-            owner_pid=owner_pid, owner_start_time=owner_start,
         )
-        await owner.lease_store.save(lease)
-        self.lease = lease
-        env = {**self._env, **lease_env(lease.lease_id, owner.gateway_instance_id)}
         try:
-            self.process = await trio.lowlevel.open_process(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, cwd=self.cwd, env=env, start_new_session=True,
+            self.process = await spawn_owned(
+                self.argv, self.lease, env=self._env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             )
         except OSError as exc:
             self._lease_done.set()
@@ -207,21 +205,10 @@ class Terminal:
     async def _complete_lease(self) -> None:
         try:
             assert self.process is not None and self.lease is not None
-            pid = self.process.pid
-            info = await trio.to_thread.run_sync(process_info, pid)
-            if info is not None:
-                self.create_time, self.start_ticks = info.create_time, info.start_ticks
-            done = msgspec.structs.replace(
-                self.lease, root_pid=pid, root_create_time=self.create_time,
-                root_start_ticks=self.start_ticks, boot_id=boot_id(), process_group_id=pid,
-            )
-            try:
-                await self._owner.lease_store.save(done)
-            except (LeaseStoreError, ValueError) as exc:
-                self._owner.log.error("terminal lease %s: could not record pid: %s",
-                                      done.lease_id, exc)
-            else:
-                self.lease = done
+            record = await complete_lease(self._owner.lease_store, self.lease, self.process.pid,
+                                          self._owner.log, "terminal lease")
+            self.lease = record.lease
+            self.create_time, self.start_ticks = record.create_time, record.start_ticks
         finally:
             self._lease_done.set()
 
@@ -255,16 +242,9 @@ class Terminal:
         self.exited.set()
 
     async def _mark(self, state: LeaseState) -> None:
-        if self.lease is None:
-            return
-        try:
-            updated = await self._owner.lease_store.mark_state(self.lease.lease_id, state)
-        except (LeaseStoreError, ValueError) as exc:
-            self._owner.log.error("terminal lease %s: could not mark %s: %s",
-                                  self.lease.lease_id, state, exc)
-            return
-        if updated is not None:
-            self.lease = updated
+        if self.lease is not None:
+            self.lease = await mark_lease(self._owner.lease_store, self.lease, state,
+                                          self._owner.log, "terminal lease")
 
     async def kill(self) -> None:
         """Kill the command's tree (output stays readable); idempotent; lease final."""
@@ -278,7 +258,7 @@ class Terminal:
                 await self._kill_tree()
 
     async def _kill_tree(self) -> None:
-        proc, lease, owner = self.process, self.lease, self._owner
+        proc, owner = self.process, self._owner
         if proc is None:
             await self._mark(LeaseState.CLOSING)
             await self._mark(LeaseState.LOST)
@@ -287,15 +267,16 @@ class Terminal:
             await self._lease_done.wait()
         await self._mark(LeaseState.CLOSING)
         survivors: tuple[int, ...] = ()
+        lease = self.lease  # completed (pid, identity, boot id) unless that write failed
         if lease is not None:
-            # The reaper's process-group kill (of lease.process_group_id) plugs in here.
+            # the root is our own child, leader of its own group and session: the group and
+            # session die with it (untagged, env-scrubbed members included), in waves
+            root = msgspec.structs.replace(
+                lease, root_create_time=self.create_time, root_start_ticks=self.start_ticks,
+            )
             try:
-                result = await cleanup_owned_process_tree(
-                    root_pid=proc.pid, expected_lease_id=lease.lease_id,
-                    expected_gateway_instance_id=owner.gateway_instance_id,
-                    root_create_time=self.create_time, root_start_ticks=self.start_ticks,
-                    root_boot_id=self.lease.boot_id if self.lease else None,
-                    grace=owner.kill_grace,
+                result = await kill_owned_tree(
+                    proc.pid, root, grace=owner.kill_grace, root_is_our_child=True,
                     deps=owner.cleanup_deps or lease_cleanup_deps(lease.lease_id, proc.pid),
                 )
                 survivors = tuple(result.survived_pids)

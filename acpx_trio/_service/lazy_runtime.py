@@ -164,7 +164,7 @@ class LazyAcpxRuntime:
         finally:
             await inner.aclose()
 
-    async def run_turn_batches(
+    async def run_turn_batches(  # noqa: ASYNC900 (same contract as run_turn)
         self,
         *,
         handle: AcpRuntimeHandle,

@@ -3,6 +3,7 @@ lease store, and the start-up reap of what a previous life of this gateway left 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from acpx_trio._process.reaper import (
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.fsio import ensure_private_dir
-from acpx_trio._store.instance import resolve_gateway_instance_id_sync
+from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import store_error
 
@@ -52,12 +53,15 @@ def probe_agent(config: AcpxConfig, allowed_agents: Sequence[str]) -> str | None
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prepared:
     """What :func:`prepare_sync` found.  ``needs_reap``: open leases of this gateway, or a
-    damaged lease file (tagged processes may have lost their lease)."""
+    damaged lease file (tagged processes may have lost their lease).  ``new_gateway_id``:
+    this start minted the gateway id, so no process anywhere can carry it yet (the start-up
+    orphan sweep has nothing to look for)."""
 
     config: AcpxConfig
     lease_store: LeaseStore
     gateway_instance_id: str
     needs_reap: bool
+    new_gateway_id: bool = False
 
 
 def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
@@ -78,6 +82,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
             f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
             "the host state dir is a directory this user can write"
         ) from exc
+    id_existed = os.path.lexists(state_dir / GATEWAY_ID_FILE_NAME)
     try:
         gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
     except OSError as exc:
@@ -93,7 +98,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     )
     return Prepared(
         config=config, lease_store=lease_store, gateway_instance_id=gateway_instance_id,
-        needs_reap=needs_reap,
+        needs_reap=needs_reap, new_gateway_id=not id_existed,
     )
 
 

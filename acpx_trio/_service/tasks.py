@@ -189,6 +189,7 @@ async def orphan_sweep_once(
     At most one sweep per lease dir and gateway starts in :data:`ORPHAN_SWEEP_EVERY` seconds
     within one process (:func:`orphan_sweep_due`, checked by the caller): a start/stop loop
     in one process scans once, not at every start."""
+    await trio.lowlevel.checkpoint()
     try:
         result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
     except Exception as exc:
@@ -205,13 +206,13 @@ def start_guards(
     deps: ProcessCleanupDeps | None,
 ) -> WatchdogHandle:
     """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
-    in ``background`` (only when the start-up reap did not run, and not more often than
-    :func:`orphan_sweep_due` allows), and the owner-death watchdog, registered in the service
-    ``nursery`` (so it outlives the runtime's close; its process is spawned before the
-    service's first agent)."""
+    in ``background`` (only when the start-up reap did not run and the gateway id is not new,
+    and not more often than :func:`orphan_sweep_due` allows), and the owner-death watchdog,
+    registered in the service ``nursery`` (so it outlives the runtime's close; its process
+    is spawned before the service's first agent)."""
     store, gw = prepared.lease_store, prepared.gateway_instance_id
     grace = prepared.config.kill_grace_seconds
-    if not prepared.needs_reap and orphan_sweep_due(store, gw):
+    if not prepared.needs_reap and not prepared.new_gateway_id and orphan_sweep_due(store, gw):
         background.start_soon(
             functools.partial(orphan_sweep_once, gw, store, log, grace=grace, deps=deps)
         )
@@ -220,9 +221,11 @@ def start_guards(
 
 async def stop_guards(watchdog: WatchdogHandle | None) -> None:
     """Stop the watchdog after the runtime closed its agents (it kills nothing), shielded."""
-    if watchdog is not None:
-        with trio.CancelScope(shield=True):
-            await watchdog.aclose()
+    if watchdog is None:
+        await trio.lowlevel.checkpoint()
+        return
+    with trio.CancelScope(shield=True):
+        await watchdog.aclose()
 
 
 def forget_guards(watchdog: WatchdogHandle | None) -> None:

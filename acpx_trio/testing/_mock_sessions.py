@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import Raw
 
+from acpx_trio.testing._mock_state import AgentCore
 from acpx_trio.testing._mock_wire import Empty, Params, RpcFailure
-
-if TYPE_CHECKING:
-    from acpx_trio.testing.mock_agent import MockAgent
 
 __all__ = ["env_name", "on_close", "on_resume"]
 
@@ -26,7 +23,7 @@ def env_name(method_id: str) -> str:
     return re.sub("_+", "_", "".join(out)).strip("_")
 
 
-def on_resume(self: MockAgent, req_id: int | str, params: Raw) -> None:
+def on_resume(self: AgentCore, req_id: int | str, params: Raw) -> None:
     """``session/resume`` (``--resume``): like load, without replay."""
     if not self.args.resume:
         raise RpcFailure(-32601, "Method not found: session/resume")
@@ -44,7 +41,7 @@ def on_resume(self: MockAgent, req_id: int | str, params: Raw) -> None:
     self.respond(req_id, self.session_state(record))
 
 
-def on_close(self: MockAgent, req_id: int | str, params: Raw) -> None:
+def on_close(self: AgentCore, req_id: int | str, params: Raw) -> None:
     """``session/close`` (``--close``): cancel its turn and forget the session."""
     if not self.args.close:
         raise RpcFailure(-32601, "Method not found: session/close")

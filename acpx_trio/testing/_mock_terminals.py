@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import msgspec
 
+from acpx_trio.testing._mock_state import TurnCtx
 from acpx_trio.testing._mock_wire import (
     Empty,
     TermCreated,
@@ -21,9 +22,6 @@ from acpx_trio.testing._mock_wire import (
     TermRef,
 )
 
-if TYPE_CHECKING:
-    from acpx_trio.testing._mock_turns import _Turn
-
 __all__ = ["terminal", "terminal_hold", "terminal_kill", "terminal_limit"]
 
 _T = TypeVar("_T")
@@ -33,7 +31,7 @@ class _Stop(Exception):
     """A terminal call failed or the turn was cancelled (already reported)."""
 
 
-def _term_call(t: _Turn, method: str, params: object, result_type: type[_T]) -> _T:
+def _term_call(t: TurnCtx, method: str, params: object, result_type: type[_T]) -> _T:
     status, raw = t.agent.call(t.ctl, method, params)
     if status == "cancelled":
         raise _Stop("cancelled")
@@ -43,7 +41,7 @@ def _term_call(t: _Turn, method: str, params: object, result_type: type[_T]) -> 
     return msgspec.json.decode(raw or b"{}", type=result_type)
 
 
-def _term_create(t: _Turn, cmd: str, limit: int | None = None) -> str:
+def _term_create(t: TurnCtx, cmd: str, limit: int | None = None) -> str:
     params = TermCreateParams(
         session_id=t.sid, command="/bin/sh", args=["-c", cmd],
         env=[TermEnv(name="MOCK_TERMINAL", value="1")], output_byte_limit=limit,
@@ -51,12 +49,12 @@ def _term_create(t: _Turn, cmd: str, limit: int | None = None) -> str:
     return _term_call(t, "terminal/create", params, TermCreated).terminal_id
 
 
-def _term_output(t: _Turn, tid: str) -> TermOutput:
+def _term_output(t: TurnCtx, tid: str) -> TermOutput:
     return _term_call(t, "terminal/output", TermRef(session_id=t.sid, terminal_id=tid),
                       TermOutput)
 
 
-def _term_first_output(t: _Turn, tid: str) -> TermOutput:
+def _term_first_output(t: TurnCtx, tid: str) -> TermOutput:
     """Poll ``terminal/output`` until the command printed something (or the turn ends)."""
     while True:
         out = _term_output(t, tid)
@@ -66,7 +64,7 @@ def _term_first_output(t: _Turn, tid: str) -> TermOutput:
             raise _Stop("cancelled")
 
 
-def _term_simple(t: _Turn, method: str, tid: str, result_type: type[_T]) -> _T:
+def _term_simple(t: TurnCtx, method: str, tid: str, result_type: type[_T]) -> _T:
     return _term_call(t, method, TermRef(session_id=t.sid, terminal_id=tid), result_type)
 
 
@@ -77,9 +75,9 @@ def _exit_text(status: TermExit | None) -> str:
 
 
 def _terminal_directive(
-    body: Callable[[_Turn, str], str | None],
-) -> Callable[[_Turn, str], str | None]:
-    def run(t: _Turn, arg: str) -> str | None:
+    body: Callable[[TurnCtx, str], str | None],
+) -> Callable[[TurnCtx, str], str | None]:
+    def run(t: TurnCtx, arg: str) -> str | None:
         try:
             return body(t, arg)
         except _Stop as stop:
@@ -89,7 +87,7 @@ def _terminal_directive(
 
 
 @_terminal_directive
-def terminal(t: _Turn, arg: str) -> str | None:
+def terminal(t: TurnCtx, arg: str) -> str | None:
     """create, output, wait_for_exit, output, release."""
     tid = _term_create(t, arg)
     _term_output(t, tid)
@@ -101,7 +99,7 @@ def terminal(t: _Turn, arg: str) -> str | None:
 
 
 @_terminal_directive
-def terminal_limit(t: _Turn, arg: str) -> str | None:
+def terminal_limit(t: TurnCtx, arg: str) -> str | None:
     """``/terminal-limit N CMD``: like ``/terminal`` with ``outputByteLimit`` N."""
     limit, _, cmd = arg.partition(" ")
     tid = _term_create(t, cmd, int(limit))
@@ -113,7 +111,7 @@ def terminal_limit(t: _Turn, arg: str) -> str | None:
 
 
 @_terminal_directive
-def terminal_kill(t: _Turn, arg: str) -> str | None:
+def terminal_kill(t: TurnCtx, arg: str) -> str | None:
     """create, wait for first output, kill, wait_for_exit, output, release."""
     tid = _term_create(t, arg)
     first = _term_first_output(t, tid)
@@ -126,7 +124,7 @@ def terminal_kill(t: _Turn, arg: str) -> str | None:
 
 
 @_terminal_directive
-def terminal_hold(t: _Turn, arg: str) -> str | None:
+def terminal_hold(t: TurnCtx, arg: str) -> str | None:
     """create, report the first output, then wait for the exit (never released)."""
     tid = _term_create(t, arg)
     first = _term_first_output(t, tid)

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from acpx_trio.testing._mock_state import AgentCore, TurnCtl, TurnCtx
 from acpx_trio.testing._mock_terminals import (
     terminal,
     terminal_hold,
@@ -23,14 +23,12 @@ from acpx_trio.testing._mock_terminals import (
 )
 from acpx_trio.testing._mock_wire import (
     Chunk,
-    Msg,
     PermissionOption,
     PermissionParams,
     PermissionResult,
     PermissionToolCall,
     ReadParams,
     ReadResult,
-    RpcErr,
     RpcFailure,
     SessionRecord,
     StopResult,
@@ -39,12 +37,8 @@ from acpx_trio.testing._mock_wire import (
     ToolCallUpdate,
     ToolContent,
     Turn,
-    UpdateParams,
     WriteParams,
 )
-
-if TYPE_CHECKING:
-    from acpx_trio.testing.mock_agent import MockAgent, TurnCtl
 
 __all__ = ["run_turn"]
 
@@ -65,44 +59,7 @@ _DAEMON = (
 )
 
 
-class _Turn:
-    def __init__(self, agent: MockAgent, ctl: TurnCtl, record: SessionRecord) -> None:
-        self.agent = agent
-        self.ctl = ctl
-        self.record = record
-        self.sid = record.session_id
-        self.said: list[str] = []
-
-    @property
-    def cancelled(self) -> bool:
-        return self.ctl.cancelled.is_set()
-
-    def say(self, text: str, kind: str = "agent_message_chunk") -> None:
-        self.agent.chunk(self.sid, text, kind)
-        if kind == "agent_message_chunk":
-            self.said.append(text)
-
-    def update(self, update: object) -> Msg:
-        return Msg(method="session/update", params=UpdateParams(session_id=self.sid, update=update))
-
-    def stream(self, prefix: str, count: int, batch: int) -> str:
-        for start in range(0, count, batch):
-            if self.cancelled:
-                return "cancelled"
-            texts = [f"{prefix} {i}\n" for i in range(start, min(start + batch, count))]
-            self.agent.send(*(self.update(Chunk.make("agent_message_chunk", t)) for t in texts))
-            self.said.extend(texts)
-        return "end_turn"
-
-    def report_error(self, raw: msgspec.Raw | None) -> None:
-        try:
-            err = msgspec.json.decode(raw or b"null", type=RpcErr)
-            self.say(f"error: {err.code} {err.message}")
-        except msgspec.ValidationError:
-            self.say(f"error: {bytes(raw or b'')!r}")
-
-
-def _sleep(t: _Turn, arg: str) -> str | None:
+def _sleep(t: TurnCtx, arg: str) -> str | None:
     ms = int(arg.split()[0])
     if t.ctl.cancelled.wait(ms / 1000):
         return "cancelled"
@@ -110,21 +67,21 @@ def _sleep(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _chunks(t: _Turn, arg: str) -> str | None:
+def _chunks(t: TurnCtx, arg: str) -> str | None:
     return t.stream("chunk", int(arg.split()[0]), _BATCH)
 
 
-def _flood(t: _Turn, arg: str) -> str | None:
+def _flood(t: TurnCtx, arg: str) -> str | None:
     return t.stream("flood", int(arg.split()[0]), _FLOOD_BATCH)
 
 
-def _think(t: _Turn, arg: str) -> str | None:
+def _think(t: TurnCtx, arg: str) -> str | None:
     t.say(arg, "agent_thought_chunk")
     t.say(arg)
     return "end_turn"
 
 
-def _tool(t: _Turn, arg: str) -> str | None:
+def _tool(t: TurnCtx, arg: str) -> str | None:
     call_id = f"call_{uuid.uuid4().hex[:12]}"
     start = ToolCallStart(
         tool_call_id=call_id,
@@ -143,20 +100,20 @@ def _tool(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _crash(t: _Turn, arg: str) -> str | None:
+def _crash(t: TurnCtx, arg: str) -> str | None:
     t.say("crashing")
     t.agent.log("/crash: exiting with status 1 mid-turn")
     t.agent.exit(1)
     return None
 
 
-def _garbage(t: _Turn, arg: str) -> str | None:
+def _garbage(t: TurnCtx, arg: str) -> str | None:
     t.agent.write_raw(b"mock agent says hello: this line is not JSON\n")
     t.say(arg or "garbage")
     return "end_turn"
 
 
-def _huge(t: _Turn, arg: str) -> str | None:
+def _huge(t: TurnCtx, arg: str) -> str | None:
     size = int(arg.split()[0])
     encoder = msgspec.json.Encoder()
     overhead = len(encoder.encode(t.update(Chunk.make("agent_message_chunk", ""))))
@@ -166,13 +123,13 @@ def _huge(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _close_stdout(t: _Turn, arg: str) -> str | None:
+def _close_stdout(t: TurnCtx, arg: str) -> str | None:
     t.agent.log("/close-stdout: closing stdout, still reading stdin")
     t.agent.close_stdout()
     return None
 
 
-def _spawn_grandchild(t: _Turn, arg: str) -> str | None:
+def _spawn_grandchild(t: TurnCtx, arg: str) -> str | None:
     child = subprocess.Popen(
         [sys.executable, "-c", _SLEEP_FOREVER],
         stdin=subprocess.DEVNULL,
@@ -184,7 +141,7 @@ def _spawn_grandchild(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _daemonize(t: _Turn, arg: str) -> str | None:
+def _daemonize(t: TurnCtx, arg: str) -> str | None:
     with subprocess.Popen(
         [sys.executable, "-c", _DAEMON],
         stdin=subprocess.DEVNULL,
@@ -198,7 +155,7 @@ def _daemonize(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _permission(t: _Turn, arg: str) -> str | None:
+def _permission(t: TurnCtx, arg: str) -> str | None:
     kind = arg.split()[0] if arg.split() else "execute"
     params = PermissionParams(
         session_id=t.sid,
@@ -228,7 +185,7 @@ def _permission(t: _Turn, arg: str) -> str | None:
     return "cancelled" if t.cancelled else "end_turn"
 
 
-def _read(t: _Turn, arg: str) -> str | None:
+def _read(t: TurnCtx, arg: str) -> str | None:
     status, raw = t.agent.call(t.ctl, "fs/read_text_file", ReadParams(session_id=t.sid, path=arg))
     if status == "cancelled":
         return "cancelled"
@@ -239,7 +196,7 @@ def _read(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _write(t: _Turn, arg: str) -> str | None:
+def _write(t: TurnCtx, arg: str) -> str | None:
     path, _, content = arg.partition(" ")
     params = WriteParams(session_id=t.sid, path=path, content=content)
     status, raw = t.agent.call(t.ctl, "fs/write_text_file", params)
@@ -252,43 +209,43 @@ def _write(t: _Turn, arg: str) -> str | None:
     return "end_turn"
 
 
-def _mode(t: _Turn, arg: str) -> str | None:
+def _mode(t: TurnCtx, arg: str) -> str | None:
     t.say(f"mode={t.record.mode_id}")
     return "end_turn"
 
 
-def _history(t: _Turn, arg: str) -> str | None:
+def _history(t: TurnCtx, arg: str) -> str | None:
     t.say(f"history turns={len(t.record.turns)}")
     return "end_turn"
 
 
-def _pid(t: _Turn, arg: str) -> str | None:
+def _pid(t: TurnCtx, arg: str) -> str | None:
     t.say(f"pid={os.getpid()}")
     return "end_turn"
 
 
-def _env(t: _Turn, arg: str) -> str | None:
+def _env(t: TurnCtx, arg: str) -> str | None:
     """``/env NAME``: whether NAME is set in the agent's environment (never its value)."""
     value = os.environ.get(arg)
     t.say(f"{arg}={'unset' if value is None else f'set({len(value)})'}")
     return "end_turn"
 
 
-def _env_path(t: _Turn, arg: str) -> str | None:
+def _env_path(t: TurnCtx, arg: str) -> str | None:
     """``/env-path NAME``: the value of a path-valued variable (e.g. ``CODEX_HOME``)."""
     t.say(f"{arg}={os.environ.get(arg, '')}")
     return "end_turn"
 
 
-def _error_data(t: _Turn, arg: str) -> str | None:
+def _error_data(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
-def _auth_required(t: _Turn, arg: str) -> str | None:
+def _auth_required(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32000, "Authentication required")
 
 
-DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
+DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/auth-required": _auth_required,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
@@ -319,13 +276,13 @@ DIRECTIVES: dict[str, Callable[[_Turn, str], str | None]] = {
 
 
 def run_turn(
-    agent: MockAgent, ctl: TurnCtl, record: SessionRecord, req_id: int | str, text: str
+    agent: AgentCore, ctl: TurnCtl, record: SessionRecord, req_id: int | str, text: str
 ) -> None:
     """Runs one prompt turn and answers ``session/prompt`` (unless the directive says not to).
 
     A failing directive (bad argument, OS error) is reported as ``error: ...`` text and the
     turn still ends with ``end_turn``, like acpx's mock agent."""
-    turn = _Turn(agent, ctl, record)
+    turn = TurnCtx(agent, ctl, record)
     head, _, rest = text.strip().partition(" ")
     directive = DIRECTIVES.get(head)
     try:
@@ -348,6 +305,6 @@ def run_turn(
     agent.respond(req_id, StopResult(stop_reason=stop))
 
 
-def _echo(t: _Turn, text: str) -> str:
+def _echo(t: TurnCtx, text: str) -> str:
     t.say(text)
     return "end_turn"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
+from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.reaper import ProcessCleanupDeps
 
 __all__ = ["FakeProcess", "FakeProcessTable", "SignalRecord"]
@@ -58,6 +59,8 @@ class FakeProcess:
     zombie_on_exit: bool = False
     exit_at: float | None = None
     successor: FakeProcess | None = None
+    #: Its owner tag (``OPENCLAW_ACPX_OWNER``); see :meth:`FakeProcessTable.owner_tag`.
+    owner: str | None = None
     label: str = ""
     received: list[int] = field(default_factory=list)
     on_signal: Callable[[FakeProcessTable, FakeProcess, int], None] | None = None
@@ -136,8 +139,10 @@ class FakeProcessTable:
         zombie_on_exit: bool = False,
         start_ticks: int | None = None,
         label: str = "",
+        owner: str | None = None,
     ) -> FakeProcess:
-        """Add a live process (its pid must be free) and return it."""
+        """Add a live process (its pid must be free) and return it.  ``owner``: its owner tag
+        (see :meth:`owner_tag`)."""
         if pid is None:
             pid = self._free_pid()
         elif pid in self._slots and self._occupant(pid) is not None:
@@ -158,6 +163,7 @@ class FakeProcessTable:
             ignore_sigkill=ignore_sigkill,
             zombie_on_exit=zombie_on_exit,
             label=label,
+            owner=owner,
         )
         if previous is None:
             self._slots[pid] = proc
@@ -256,7 +262,14 @@ class FakeProcessTable:
             lease_id=proc.lease_id if show_tags else None,
             gateway_instance_id=proc.gateway_instance_id if show_tags else None,
             inspectable=proc.inspectable,
+            owner=proc.owner if show_tags else None,
         )
+
+    @staticmethod
+    def owner_tag(proc: FakeProcess) -> str:
+        """The owner tag a process spawned by ``proc`` carries (pid + start ticks + create
+        time), as :func:`acpx_trio._process.owner_tag.owner_tag` writes it."""
+        return owner_tag(proc.pid, proc.start_ticks, proc.create_time)
 
     def snapshot(self) -> list[ProcessInfo]:
         """Every live or zombie process, in pid order."""

@@ -44,8 +44,6 @@ import argparse
 import contextlib
 import functools
 import os
-import re
-import select
 import signal
 import sys
 import threading
@@ -55,10 +53,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, Raw, UnsetType
+from msgspec import Raw, UnsetType
 
 from acpx_trio.testing._mock_escape import spawn_escapers
 from acpx_trio.testing._mock_sessions import env_name, on_close, on_resume
+from acpx_trio.testing._mock_state import AgentCore, TurnCtl
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
     AGENT_NAME,
@@ -75,151 +74,18 @@ from acpx_trio.testing._mock_wire import (
     ModeUpdate,
     Msg,
     Params,
-    RpcErr,
     RpcFailure,
     SessionRecord,
-    SessionResult,
-    UpdateParams,
     config_options,
-    modes_state,
 )
 
 __all__ = ["main"]
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
 _BATCH = 256
 
 
-class _Call:
-    """An agent->client request waiting for the client's answer."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.result: Raw | None = None
-        self.error: Raw | None = None
-
-
-class TurnCtl:
-    """A running prompt turn; ``cancel()`` also wakes its waiting agent->client requests."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.calls: list[_Call] = []
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        for call in list(self.calls):
-            call.event.set()
-
-
-class MockAgent:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.encoder = msgspec.json.Encoder()
-        self.write_lock = threading.Lock()
-        self.state_lock = threading.Lock()
-        self.stdout_closed = False
-        self.sessions: dict[str, SessionRecord] = {}
-        self.active: dict[str, TurnCtl] = {}
-        self.calls: dict[int, _Call] = {}
-        self.next_call_id = 0
-        self.children: list[Any] = []
-        self.session_dir: str | None = args.session_dir or os.environ.get(
-            "ACPX_MOCK_AGENT_SESSION_DIR"
-        )
-        self.authenticated = args.require_auth is None
-
-    # ------------------------------------------------------------------ output
-
-    def log(self, text: str) -> None:
-        # The client may be gone (its end of stderr closed): logging must never kill us, or
-        # --ignore-stdin-eof would not keep running as documented.
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"[mock-agent {os.getpid()}] {text}\n")
-            sys.stderr.flush()
-
-    def write_raw(self, data: bytes) -> None:
-        with self.write_lock:
-            if self.stdout_closed:
-                return
-            view = memoryview(data)
-            try:
-                while view:
-                    try:
-                        view = view[os.write(1, view) :]
-                    except BlockingIOError:
-                        select.select([], [1], [])
-            except OSError as exc:
-                self.stdout_closed = True
-                self.log(f"stdout is gone ({exc}); dropping output")
-
-    def send(self, *messages: Msg) -> None:
-        buf = bytearray()
-        for message in messages:
-            self.encoder.encode_into(message, buf, len(buf))
-            buf += b"\n"
-        self.write_raw(bytes(buf))
-
-    def respond(self, req_id: int | str, result: Any) -> None:
-        self.send(Msg(id=req_id, result=result))
-
-    def respond_error(self, req_id: int | str, code: int, message: str, data: Any = None) -> None:
-        self.send(Msg(id=req_id, error=RpcErr(code=code, message=message, data=data)))
-
-    def update_msg(self, session_id: str, update: Any) -> Msg:
-        return Msg(
-            method="session/update", params=UpdateParams(session_id=session_id, update=update)
-        )
-
-    def chunk(self, session_id: str, text: str, kind: str = "agent_message_chunk") -> None:
-        self.send(self.update_msg(session_id, Chunk.make(kind, text)))
-
-    def close_stdout(self) -> None:
-        with self.write_lock:
-            if not self.stdout_closed:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 1)
-                os.close(devnull)
-                self.stdout_closed = True
-
-    # ------------------------------------------------------------------ persistence
-
-    def _path(self, session_id: str) -> str | None:
-        if not self.session_dir or not _SAFE_ID.match(session_id):
-            return None
-        return os.path.join(self.session_dir, f"{session_id}.json")
-
-    def save(self, record: SessionRecord) -> None:
-        path = self._path(record.session_id)
-        if path is None:
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(record))
-        os.replace(tmp, path)
-
-    def load_record(self, session_id: str) -> SessionRecord | None:
-        with self.state_lock:
-            record = self.sessions.get(session_id)
-        if record is not None:
-            return record
-        path = self._path(session_id)
-        if path is None or not os.path.exists(path):
-            return None
-        try:
-            with open(path, "rb") as f:
-                return msgspec.json.decode(f.read(), type=SessionRecord)
-        except (OSError, msgspec.DecodeError) as exc:
-            self.log(f"cannot read session file {path}: {exc}")
-            return None
-
-    def session(self, session_id: str) -> SessionRecord:
-        with self.state_lock:
-            record = self.sessions.get(session_id)
-        if record is None:
-            raise RpcFailure(-32002, f"Session not found: {session_id}")
-        return record
+class MockAgent(AgentCore):
+    """The ACP methods and the input loop on top of :class:`AgentCore`."""
 
     # ------------------------------------------------------------------ input
 
@@ -239,12 +105,6 @@ class MockAgent:
         if self.args.exit_on_stdin_eof:
             self.exit(0)
         threading.Event().wait()  # --ignore-stdin-eof: keep running until killed
-
-    def exit(self, status: int) -> None:
-        self.write_lock.acquire(timeout=0.5)  # do not cut a message in half (unless stuck)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os._exit(status)
 
     def dispatch(self, line: bytes) -> None:
         try:
@@ -338,13 +198,6 @@ class MockAgent:
             raise RpcFailure(-32602, f"unknown auth method: {method_id}")
         self.respond(req_id, Empty())
 
-    def session_state(self, record: SessionRecord, *, new: bool = False) -> SessionResult:
-        return SessionResult(
-            session_id=record.session_id if new else UNSET,
-            modes=modes_state(record.mode_id),
-            config_options=config_options(record.model),
-        )
-
     def on_new(self, req_id: int | str, params: Raw) -> None:
         p = msgspec.json.decode(params, type=Params)
         if self.args.error_data:
@@ -426,31 +279,6 @@ class MockAgent:
             target=run_turn, args=(self, ctl, record, req_id, text), daemon=True
         ).start()
 
-    # ------------------------------------------------------------------ agent -> client
-
-    def call(self, ctl: TurnCtl, method: str, params: Any) -> tuple[str, Raw | None]:
-        """Sends a request; returns ("result"|"error", raw) or ("cancelled", None)."""
-        call = _Call()
-        with self.state_lock:
-            call_id = self.next_call_id
-            self.next_call_id += 1
-            self.calls[call_id] = call
-        ctl.calls.append(call)
-        if ctl.cancelled.is_set():  # cancelled before we were registered
-            call.event.set()
-        self.send(Msg(id=call_id, method=method, params=params))
-        call.event.wait()
-        ctl.calls.remove(call)
-        if call.result is None and call.error is None:
-            with self.state_lock:
-                self.calls.pop(call_id, None)
-            return "cancelled", None
-        return ("error", call.error) if call.error is not None else ("result", call.result)
-
-    def finish_turn(self, ctl: TurnCtl, record: SessionRecord) -> None:
-        with self.state_lock:
-            if self.active.get(record.session_id) is ctl:
-                del self.active[record.session_id]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,0 +1,153 @@
+"""One owned-process launch, shared by agents and terminals: the spawn half and the lease
+bookkeeping that make a process provably ours.
+
+The order is the guarantee:
+
+1. the owner-death watchdog of the lease dir is armed (:func:`ensure_armed`; returns at once
+   when no service watches that dir);
+2. a pending lease (``root_pid == 0``, owner pid + start time) is **saved before the spawn**,
+   so a crash at any later moment leaves a record the next start-up can reap;
+3. the process is spawned with the lease's tags and the owner tag (this process's pid, start
+   ticks and create time: a tag sweep of another process leaves it alone while we live, even
+   if its lease record is lost) in its environment (inherited by its children) and as leader
+   of its **own session and process group**;
+4. the lease is completed with the root's pid, create time, start ticks, boot id and process
+   group (:func:`complete_lease`); a failed write is logged, never raised;
+5. on close, :func:`kill_owned_tree` (group/session kill, waves) and a final lease state
+   (:func:`mark_lease`).
+
+Everything here is async and cancellable; blocking reads run in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from acpx_trio._errors import LeaseStoreError
+from acpx_trio._log import Logger
+from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
+from acpx_trio._process.owner_tag import owner_tag
+from acpx_trio._process.tools import owner_identity
+from acpx_trio._process.watchdog import ensure_armed
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+
+__all__ = [
+    "RootRecord", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",
+    "save_pending_lease", "spawn_owned",
+]
+
+
+class RootRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`complete_lease` learnt: the lease to use from now on (completed when the
+    write succeeded, else the pending one) and the root's identity (``None`` when the root
+    was already gone)."""
+
+    lease: ProcessLease
+    create_time: float | None
+    start_ticks: int | None
+
+
+async def save_pending_lease(
+    lease_store: LeaseStore,
+    *,
+    gateway_instance_id: str,
+    session_key: str,
+    wrapper_root: str | Path,
+    command: Sequence[str],
+) -> ProcessLease:
+    """Arm the watchdog of ``lease_store``'s dir, then save and return a pending lease naming
+    this process as owner.  Raises what :meth:`LeaseStore.save` raises (nothing spawned)."""
+    await ensure_armed(lease_store.path.parent)
+    owner_pid, owner_start = await owner_identity()
+    lease = new_lease(
+        gateway_instance_id=gateway_instance_id,
+        session_key=session_key,
+        wrapper_root=str(wrapper_root),
+        command=tuple(command),
+        owner_pid=owner_pid,
+        owner_start_time=owner_start,
+    )
+    await lease_store.save(lease)
+    return lease
+
+
+_owner_tag: tuple[int, str] | None = None
+
+
+async def owner_tag_value() -> str:
+    """This process's owner tag (computed once per process: it cannot change)."""
+    global _owner_tag
+    pid, create_time = await owner_identity()
+    if _owner_tag is None or _owner_tag[0] != pid:
+        ticks = await trio.to_thread.run_sync(read_start_ticks, pid)
+        _owner_tag = (pid, owner_tag(pid, ticks, create_time))
+    return _owner_tag[1]
+
+
+def owned_env(base: Mapping[str, str], lease: ProcessLease, owner: str) -> dict[str, str]:
+    """``base`` plus the lease's tag variables and the owner tag (the tags win)."""
+    return {**base, **lease_env(lease.lease_id, lease.gateway_instance_id, owner)}
+
+
+async def spawn_owned(
+    argv: Sequence[str],
+    lease: ProcessLease,
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+) -> trio.Process:
+    """Spawn ``argv`` tagged with ``lease`` and this owner (see :func:`owned_env`), as leader
+    of its own session and process group.  Raises ``OSError`` when it cannot start (the
+    caller turns it into its typed error and finalises the lease)."""
+    owner = await owner_tag_value()
+    return await trio.lowlevel.open_process(
+        list(argv), stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+        env=owned_env(env, lease, owner), start_new_session=True,
+    )
+
+
+async def complete_lease(
+    lease_store: LeaseStore, lease: ProcessLease, pid: int, log: Logger, what: str = "lease"
+) -> RootRecord:
+    """Record the root ``pid``'s identity (create time, start ticks, boot id, pgid) in
+    ``lease``.  A failed write is logged and the pending lease returned; never raises
+    (except ``Cancelled``)."""
+    info = await trio.to_thread.run_sync(process_info, pid)
+    create_time = None if info is None else info.create_time
+    start_ticks = None if info is None else info.start_ticks
+    completed = msgspec.structs.replace(
+        lease,
+        root_pid=pid,
+        root_create_time=create_time,
+        root_start_ticks=start_ticks,
+        boot_id=boot_id(),
+        process_group_id=pid,
+    )
+    try:
+        await lease_store.save(completed)
+    except (LeaseStoreError, ValueError) as exc:
+        log.error("%s %s: could not record pid %s: %s", what, completed.lease_id, pid, exc)
+        completed = lease
+    return RootRecord(lease=completed, create_time=create_time, start_ticks=start_ticks)
+
+
+async def mark_lease(
+    lease_store: LeaseStore, lease: ProcessLease, state: LeaseState, log: Logger,
+    what: str = "lease",
+) -> ProcessLease:
+    """Move ``lease`` to ``state``; returns the updated lease (``lease`` itself when the
+    store did not have it or the write failed: logged, never raised)."""
+    try:
+        updated = await lease_store.mark_state(lease.lease_id, state)
+    except (LeaseStoreError, ValueError) as exc:
+        log.error("%s %s: could not mark %s: %s", what, lease.lease_id, state, exc)
+        return lease
+    return lease if updated is None else updated
