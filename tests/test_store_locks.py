@@ -166,3 +166,20 @@ def test_atomic_write_many_reports_per_item(tmp_path: Path) -> None:
     assert [e is None for e in errors] == [True, True, False, True, True, True]
     assert [p.read_bytes() for p, _ in good] == [d for _, d in good]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_many_reuses_one_fsync_pool_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acpx_trio._store import fsio
+
+    items = [(tmp_path / f"r{i}.json", b"{}\n") for i in range(3)]
+    assert fsio.atomic_write_many(items) == [None, None, None]
+    pool = fsio._fsync_executor()
+    assert fsio.atomic_write_many(items) == [None, None, None]
+    assert fsio._fsync_executor() is pool  # no new threads per write
+    real = os.getpid()
+    monkeypatch.setattr(fsio.os, "getpid", lambda: real + 1)  # as in a forked child
+    assert fsio._fsync_executor() is not pool
+    assert fsio.atomic_write_many(items) == [None, None, None]
+    assert all(path.read_bytes() == b"{}\n" for path, _ in items)

@@ -9,7 +9,9 @@ Guarantees of :class:`AgentProcess`:
   breaks, and when the task running it is cancelled or fails, the whole owned tree is killed
   (the leader's tree and every process carrying the lease tags, daemons included), the direct
   child is reaped, and the lease is moved ``open -> closing -> closed`` (``lost`` when nothing
-  was ever spawned).  That cleanup is shielded from cancellation and bounded in time.
+  was ever spawned; ``open -> closed`` directly when the scan after the leader's exit proves
+  the tree gone, so nothing had to be signalled).  That cleanup is shielded from
+  cancellation and bounded in time.
 * **Liveness is the leader's exit**, not EOF on its stdout (a grandchild may hold stdout).
 * **Its last words are kept**: stderr is drained continuously into a bounded tail used in
   error messages; it never blocks the agent.
@@ -341,9 +343,17 @@ class AgentProcess:
             return
         with trio.move_on_after(CLEANUP_EXTRA_SECONDS / 2):
             await self._lease_done.wait()  # the pid record lands before any state move
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._mark, LeaseState.CLOSING)
-            nursery.start_soon(self._close_stdin_and_wait, proc)
+        await self._close_stdin_and_wait(proc)
+        closing = False
+
+        async def mark_closing() -> None:
+            # the lease says "closing" before any signal goes out; a close whose scan proves
+            # the tree gone moves it open -> closed directly (one durable write, not two)
+            nonlocal closing
+            if not closing:
+                closing = True
+                await self._mark(LeaseState.CLOSING)
+
         result: CleanupResult | None = None
         if self.lease is not None:
             try:
@@ -360,11 +370,13 @@ class AgentProcess:
                     # exit (if any) we saw moments ago: those ids are reserved while a member
                     # lives, so its env-scrubbed members die with it
                     verified_groups=(proc.pid,),
+                    before_signal=mark_closing,
                 )
             except Exception as exc:
                 self.log.error("agent %s: tree cleanup failed: %r", proc.pid, exc)
         self.cleanup_result = result
         if proc.returncode is None:  # our direct child: always kill and reap it
+            await mark_closing()
             with contextlib.suppress(OSError):
                 proc.kill()
             with trio.move_on_after(max(self.kill_grace, 1.0)):
@@ -378,5 +390,7 @@ class AgentProcess:
                 "next sweep", proc.pid, list(survivors) or [proc.pid], self.lease_id,
             )
             return
+        if result is None:  # no scan proved the tree gone: the two-step move, as before
+            await mark_closing()
         await self._mark(LeaseState.CLOSED)
 

@@ -35,7 +35,7 @@ injectable through :class:`ProcessCleanupDeps` (see ``acpx_trio.testing.fake_pro
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import msgspec
@@ -153,6 +153,7 @@ async def cleanup_owned_process_tree(
     grace: float = DEFAULT_GRACE,
     deps: ProcessCleanupDeps | None = None,
     verified_groups: Collection[int] = (),
+    before_signal: Callable[[], Awaitable[None]] | None = None,
 ) -> CleanupResult:
     """End every process of one lease: the verified root's tagged tree, the members of its
     process group and session, plus every process anywhere carrying the lease's tags.
@@ -163,8 +164,10 @@ async def cleanup_owned_process_tree(
     ``skipped_reason`` says why the root was not used: ``"missing-root"`` (gone, or pending
     and nothing tagged found), ``"pid-reused"`` (its start time differs from the lease's), or
     ``"unverified-root"`` (not tagged, not ours, or forbidden; ``skipped[root_pid]`` has the
-    detail).  Bad input (empty ids, negative pid or grace) raises ``ValueError`` before
-    anything is listed.  Cancellation: see :func:`terminate_trees`."""
+    detail).  ``before_signal`` is awaited once before the first signal goes out, and not at
+    all when the scan proves the tree gone (see :func:`~acpx_trio._process.waves.run_waves`).
+    Bad input (empty ids, negative pid or grace) raises ``ValueError`` before anything is
+    listed.  Cancellation: see :func:`terminate_trees`."""
     _require_id("expected_lease_id", expected_lease_id)
     _require_id("expected_gateway_instance_id", expected_gateway_instance_id)
     if root_pid < 0:
@@ -186,7 +189,7 @@ async def cleanup_owned_process_tree(
             known=known, verified_groups=verified_groups,
         )
 
-    out = await _run_waves(plan, grace, deps)
+    out = await _run_waves(plan, grace, deps, before_signal=before_signal)
     reason = out.first_plan.root_reasons.get(expected_lease_id)
     if root_pid == 0 and not out.first_plan.targets:
         reason = MISSING_ROOT

@@ -6,18 +6,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from acpx_trio._process.identity import (
-    LEASE_ENV_KEY,
-    ProcessInfo,
-    self_identity,
-    snapshot_processes,
-)
+from acpx_trio._process.identity import ProcessInfo, self_identity
 from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
-from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
+from acpx_trio._process.shared_scan import pids_tagged, shared_scan
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
 
@@ -42,60 +37,10 @@ class GatedReceiveStream(trio.abc.ReceiveStream):
 _owner: tuple[int, tuple[int, float]] | None = None
 
 
-def _stat_ids(name: str) -> tuple[str, int, int, int] | None:
-    """``(state, ppid, pgid, sid)`` of ``/proc/NAME/stat``, or ``None``."""
-    try:
-        with open(f"/proc/{name}/stat", "rb") as fh:
-            data = fh.read()
-        fields = data[data.rfind(b")") + 1 :].split()
-        return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[3])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
-    """The root, every process whose environment carries ``LEASE_ENV_KEY=lease_id``, and
-    every member of their process groups and sessions (plus children of zombies there).
-
-    A prefilter over ``/proc`` (blocking): the reaper's plan keeps only processes it can
-    prove ours, so listing just these candidates gives the same targets while inspecting a
-    handful of processes instead of all of them.  Newest pids are read first (a pid hopper is
-    among them).  The environment bytes are searched for the one tag and dropped at once."""
-    needle = f"{LEASE_ENV_KEY}={lease_id}\0".encode()
-    ids = {root_pid}
-    try:
-        listed = [n for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return snapshot_processes()  # no /proc listing: the full (slower) table
-    # a pid hopper is among the newest pids: probe them first (again after the listing)
-    newest = [str(pid) for pid in newest_pids()]
-    names = newest + sorted(listed, key=int, reverse=True) + [str(p) for p in newest_pids()]
-    stats: dict[int, tuple[str, int, int, int]] = {}
-    infos: dict[int, ProcessInfo] = {}
-    for name in names:
-        if int(name) in infos:
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            data = b""
-        hit = data.startswith(needle) or (b"\0" + needle) in data
-        del data
-        if hit or int(name) == root_pid:
-            info = fast_process_info(int(name))  # at once: a hopper may be gone in 1 ms
-            if info is not None:
-                infos[info.pid] = info
-                ids.update(x for x in (info.pgid, info.sid) if x is not None)
-        st = _stat_ids(name)
-        if st is not None:
-            stats[int(name)] = st
-    extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
-    zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
-    extra.update(pid for pid, st in stats.items() if st[1] in zombies)
-    for info in fast_snapshot(extra - set(infos)):
-        infos[info.pid] = info
-    return sorted(infos.values(), key=lambda p: p.pid)
+    """The candidates of one lease (blocking): see
+    :func:`acpx_trio._process.shared_scan.pids_tagged`."""
+    return pids_tagged((lease_id,), (root_pid,))
 
 
 def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
@@ -105,10 +50,26 @@ def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
     if not sys.platform.startswith("linux"):
         return deps
 
-    async def list_processes() -> list[ProcessInfo]:
-        return await trio.to_thread.run_sync(_pids_tagged, lease_id, root_pid)
+    base_kill_groups = deps.kill_groups
+    empty: set[int] = set()  # owned groups the scan just taken found empty (used once)
 
-    return dataclasses.replace(deps, list_processes=list_processes)
+    async def list_processes() -> list[ProcessInfo]:
+        # one /proc pass shared with the other cleanups asking at the same time
+        table, gone = await shared_scan(lease_id, root_pid)
+        empty.clear()
+        empty.update(gone)
+        return table
+
+    async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
+        # the reaper's "anything to signal?" probe right after a scan: that scan already
+        # probed the root's group at its end (an empty group cannot gain members): no hop
+        probed = sig == 0 and bool(pgids) and set(pgids) <= empty
+        empty.clear()
+        if probed or base_kill_groups is None:
+            return []
+        return await base_kill_groups(pgids, sig)
+
+    return dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
 
 
 async def owner_identity() -> tuple[int, float]:

@@ -225,8 +225,15 @@ async def run_waves(
     grace: float,
     deps: ProcessCleanupDeps,
     table: list[ProcessInfo] | None = None,
+    before_signal: Callable[[], Awaitable[None]] | None = None,
 ) -> _Outcome:
-    """Waves until a scan finds nothing new, within :func:`wave_budget`."""
+    """Waves until a scan finds nothing new, within :func:`wave_budget`.
+
+    ``before_signal`` is awaited once, before the first signal could be sent (the caller
+    records that it is killing, e.g. moves its lease to ``closing``); it is not called when
+    the first scan proves there is nothing to signal: no target, and no owned process group
+    with a member (``kill_groups(groups, 0)`` probes them: a group with no member left has
+    nothing to kill, a pgid cannot gain members once empty)."""
     if grace < 0 or math.isnan(grace):
         raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
     deadline = trio.current_time() + wave_budget(grace)
@@ -245,6 +252,14 @@ async def run_waves(
         groups = [g for g in plan.groups if g not in groups_done or todo]
         if not todo and not groups:
             break
+        if (
+            round_no == 0 and not todo and deps.kill_groups is not None
+            and not await deps.kill_groups(groups, 0)
+        ):
+            break  # the owned groups are empty (or not ours to signal): the tree is gone
+        if before_signal is not None:
+            await before_signal()
+            before_signal = None
         handled.update(_key(p) for p in todo)
         groups_done.update(groups)
         known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))

@@ -208,7 +208,8 @@ async def start_live_session(
         factory.config.permission_mode, factory.config.non_interactive_permissions
     )
     spec = await factory.agents.prefer_installed(spec)
-    await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
+    if factory.config.codex_home and spec.name == "codex":  # else a no-op: skip the hop
+        await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
         on_turn_failure=factory.on_turn_failure, logger=factory.log,

@@ -229,13 +229,10 @@ class AcpxRuntime:
         self._check_open()
 
         async def mark_record() -> None:
-            record = await self.session_store.load(handle.session_key)
-            if record is not None:
-                record.closed = True
-                record.reset_on_next_ensure = (
-                    record.reset_on_next_ensure or discard_persistent_state
-                )
-                await self.session_store.save(record)
+            # one locked read-modify-write (one hop), not a load then a save
+            await self.session_store.mark_closed(
+                handle.session_key, discard=discard_persistent_state
+            )
 
         session = self._live(handle)
         try:

@@ -14,16 +14,26 @@ restarts of one service object.
 Every check is a ``stat``.  When only the lease file changed, the kept store re-reads it;
 anything else runs ``prepare_sync`` again, exactly as a first start (same errors).
 Blocking: call it in a worker thread; one start at a time (the service's lock).
+
+:meth:`PrepareCache.recent` is the non-blocking shortcut for a start/stop loop: within
+:data:`RECHECK_SECONDS` of the last check, when that check found nothing to reap, the same
+key, and no lease was written through the kept store since (our own runtime's writes always
+force a check), it returns the kept result without touching the disk.  A change made by
+*another* process in that window (a lease of a dead owner, a deleted directory) is seen by
+the first start after the window; dead owners' agents are meanwhile covered by their own
+owner-death watchdog.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._service.startup import Prepared, prepare_sync
@@ -31,7 +41,10 @@ from acpx_trio._store.fsio import DIR_MODE
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
 from acpx_trio._store.lease_snapshot import fingerprint
 
-__all__ = ["PrepareCache", "cache_key"]
+__all__ = ["RECHECK_SECONDS", "PrepareCache", "cache_key"]
+
+#: How long a start may reuse the previous check without a ``stat`` (see the module docstring).
+RECHECK_SECONDS = 0.25
 
 
 def cache_key(
@@ -67,6 +80,32 @@ class PrepareCache:
         self._lease_fp: object = None
         #: Starts served from the cache without reading any file (for tests and benchmarks).
         self.hits = 0
+        #: Of those, starts served by :meth:`recent` (no ``stat`` either).
+        self.recent_hits = 0
+        self._checked_at = -1e300
+        self._commits = -1
+
+    def recent(
+        self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext,
+        *, now: float | None = None,
+    ) -> Prepared | None:
+        """The kept result if the last check is recent enough to skip even the ``stat``s
+        (see the module docstring), else ``None``.  Non-blocking (no file access)."""
+        kept = self._prepared
+        if kept is None or kept.needs_reap:
+            return None
+        now = time.monotonic() if now is None else now
+        if not 0 <= now - self._checked_at < RECHECK_SECONDS:
+            return None
+        store = kept.lease_store
+        if store.commits != self._commits or store.sync.quarantined or store.sync.skipped_entries:
+            return None
+        key = cache_key(plugin_config, ctx.workspace_dir, Path(ctx.state_dir), ctx.allowed_agents)
+        if key != self._key:
+            return None
+        self.hits += 1
+        self.recent_hits += 1
+        return kept
 
     def _inputs_of(self, prepared: Prepared, state_dir: Path) -> tuple[object, ...]:
         dirs = (_dir_identity(Path(prepared.config.state_dir)),
@@ -74,6 +113,16 @@ class PrepareCache:
         if None in dirs:
             return (object(),)  # equal to nothing: check again next time
         return (*dirs, fingerprint(state_dir / GATEWAY_ID_FILE_NAME))
+
+    async def prepare_async(
+        self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext
+    ) -> Prepared:
+        """:meth:`recent` when it answers (no I/O, no thread hop), else :meth:`prepare` in a
+        worker thread."""
+        recent = self.recent(plugin_config, ctx)
+        if recent is not None:  # no checkpoint: the service's task checkpointed just before
+            return recent
+        return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
         state_dir = Path(ctx.state_dir)
@@ -89,6 +138,8 @@ class PrepareCache:
             store.sync.quarantined.clear()  # report only what this start moves aside
             if not kept.needs_reap and fingerprint(store.path) == self._lease_fp:
                 self.hits += 1
+                self._commits = store.commits
+                self._checked_at = time.monotonic()
                 return kept
             needs_reap = (
                 bool(store.sync.list_open(kept.gateway_instance_id))
@@ -101,4 +152,6 @@ class PrepareCache:
             )
         self._lease_fp = fingerprint(prepared.lease_store.path)
         self._prepared = prepared
+        self._commits = prepared.lease_store.commits
+        self._checked_at = time.monotonic()
         return prepared

@@ -277,8 +277,7 @@ class AcpxRuntimeService:
         self, ctx: ServiceContext, nursery: trio.Nursery, run_done: trio.Event
     ) -> Running:
         logger = ctx.logger
-        prepare = self._prepare_cache.prepare
-        prepared = await trio.to_thread.run_sync(prepare, self._plugin_config, ctx)
+        prepared = await self._prepare_cache.prepare_async(self._plugin_config, ctx)
         config, lease_store = prepared.config, prepared.lease_store
         gateway_instance_id = prepared.gateway_instance_id
         self._gateway_instance_id = gateway_instance_id

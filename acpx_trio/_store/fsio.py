@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from acpx_trio._errors import StateFileError
@@ -102,6 +102,37 @@ def _fsync_close(fd: int) -> None:
         os.close(fd)
 
 
+#: Threads that fsync the files of one :func:`atomic_write_many` concurrently.
+FSYNC_THREADS = 16
+_fsync_pool: tuple[int, ThreadPoolExecutor] | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsync_executor() -> ThreadPoolExecutor:
+    """The process's fsync pool, made once (starting 16 threads per write cost more than the
+    fsyncs themselves) and again after a ``fork`` (the child has none of the threads)."""
+    global _fsync_pool
+    with _fsync_pool_lock:
+        if _fsync_pool is None or _fsync_pool[0] != os.getpid():
+            _fsync_pool = (os.getpid(), ThreadPoolExecutor(
+                max_workers=FSYNC_THREADS, thread_name_prefix="acpx-fsync"))
+        return _fsync_pool[1]
+
+
+def _submit_fsync(pool: ThreadPoolExecutor, fd: int) -> Future[None]:
+    try:
+        return pool.submit(_fsync_close, fd)
+    except RuntimeError:  # interpreter shutting down: no new work for the pool, fsync here
+        done: Future[None] = Future()
+        try:
+            _fsync_close(fd)
+        except OSError as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
+
+
 def atomic_write_many(items: list[tuple[Path, bytes]]) -> list[OSError | None]:
     """:func:`atomic_write_bytes` for several files at once: the temporary files are fsynced
     concurrently (the filesystem journal merges them into few commits, instead of one commit
@@ -130,8 +161,8 @@ def atomic_write_many(items: list[tuple[Path, bytes]]) -> list[OSError | None]:
             continue
         staged.append((i, fd, tmp))
     if len(staged) > 1:
-        with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
-            futures = [(i, tmp, pool.submit(_fsync_close, fd)) for i, fd, tmp in staged]
+        pool = _fsync_executor()
+        futures = [(i, tmp, _submit_fsync(pool, fd)) for i, fd, tmp in staged]
         synced = []
         for i, tmp, future in futures:
             failure = future.exception()

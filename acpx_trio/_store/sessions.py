@@ -183,6 +183,19 @@ class SyncSessionStore:
         batch.write(path, _encoder.encode(record) + b"\n")
         return True
 
+    def closed_unlocked(self, session_key: str, discard: bool, batch: _Batch) -> bool:
+        path = self.path_for(session_key)
+        staged = batch.staged.get(path)
+        record = self._read(path) if staged is None else _decoder.decode(staged)
+        if record is None:
+            return False
+        record = msgspec.structs.replace(
+            record, closed=True, reset_on_next_ensure=record.reset_on_next_ensure or discard,
+            updated_at=time.time(),
+        )
+        batch.write(path, _encoder.encode(record) + b"\n")
+        return True
+
     def remove_unlocked(self, session_key: str, batch: _Batch) -> bool:
         path = self.path_for(session_key)
         staged = batch.staged.pop(path, None) is not None
@@ -287,6 +300,15 @@ class SessionStore:
         """Persist the fresh marker; the next ensure starts a new ACP session."""
         return await self._change(
             "update a session record", functools.partial(self.sync.fresh_unlocked, session_key)
+        )
+
+    async def mark_closed(self, session_key: str, *, discard: bool = False) -> bool:
+        """Mark the record closed (and, with ``discard``, to start a new ACP session next
+        time) in one locked read-modify-write: one worker-thread hop, no lost update.
+        False if there is no record."""
+        return await self._change(
+            "update a session record",
+            functools.partial(self.sync.closed_unlocked, session_key, discard),
         )
 
     async def delete(self, session_key: str) -> bool:

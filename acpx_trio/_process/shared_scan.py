@@ -1,0 +1,214 @@
+"""One ``/proc`` pass for many leases: the candidate listing of
+:func:`acpx_trio._process.tools.lease_cleanup_deps`, shared by every cleanup that asks for a
+scan in the same scheduling window.
+
+When 50 sessions close at once, each cleanup used to read every process's environment for
+its own lease tag (one full pass per lease and per wave).  Here the cleanups that ask while
+a scan is running (or in the same scheduling step) are served by the *next* single pass,
+which looks for all their tags at once.  A pass always starts after every request it serves
+was made, so each caller gets a listing taken after it asked (what the reaper's waves need:
+a re-scan must see what was forked during the previous wave).
+
+The listing returned to each caller is the union of the candidates of every lease in the
+pass: a subset of the full process table and a superset of that lease's own candidates.
+The reaper's plan keeps only what it can prove ours for its lease (tags + identity), so the
+extra entries change nothing but give it more context (never less).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+
+import trio
+
+from acpx_trio._process.identity import LEASE_ENV_KEY, ProcessInfo, snapshot_processes
+from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
+
+__all__ = [
+    "lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged", "shared_scan",
+]
+
+_KEY = f"{LEASE_ENV_KEY}=".encode()
+
+
+def lease_ids_in_environ(data: bytes) -> set[bytes]:
+    """Every value of ``LEASE_ENV_KEY`` in a raw ``/proc/PID/environ`` block (an
+    environment may repeat a name: any of its complete ``KEY=value\\0`` entries counts)."""
+    if _KEY not in data:
+        return set()
+    return {e[len(_KEY):] for e in data.split(b"\0")[:-1] if e.startswith(_KEY)}
+
+
+def _read_all(path: str) -> bytes:
+    """The whole file, with raw ``os`` calls (a scan opens hundreds of ``/proc`` files:
+    ``open()``'s buffered file objects cost more than the reads).  Raises ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _stat_ids(name: str) -> tuple[str, int, int, int] | None:
+    """``(state, ppid, pgid, sid)`` of ``/proc/NAME/stat``, or ``None``."""
+    try:
+        data = _read_all(f"/proc/{name}/stat")
+        fields = data[data.rfind(b")") + 1 :].split()
+        return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pids_tagged(lease_ids: Collection[str], root_pids: Collection[int]) -> list[ProcessInfo]:
+    """The roots, every process whose environment carries ``LEASE_ENV_KEY=<one of
+    lease_ids>``, and every member of their process groups and sessions (plus children of
+    zombies there).
+
+    A prefilter over ``/proc`` (blocking): the reaper's plan keeps only processes it can
+    prove ours, so listing just these candidates gives the same targets while inspecting a
+    handful of processes instead of all of them.  Newest pids are read first (a pid hopper is
+    among them).  The environment bytes are searched for the tag and dropped at once."""
+    wanted = {x.encode() for x in lease_ids}
+    roots = set(root_pids)
+    ids = set(roots)
+    never = {0, 1}  # outside our pid namespace / init: never an owned group or session
+    try:
+        listed = [n for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return snapshot_processes()  # no /proc listing: the full (slower) table
+    # a pid hopper is among the newest pids: probe them first (again after the listing)
+    newest = [str(pid) for pid in newest_pids()]
+    names = newest + sorted(listed, key=int, reverse=True) + [str(p) for p in newest_pids()]
+    stats: dict[int, tuple[str, int, int, int]] = {}
+    infos: dict[int, ProcessInfo] = {}
+    for name in names:
+        if int(name) in infos:
+            continue
+        try:
+            data = _read_all(f"/proc/{name}/environ")
+        except FileNotFoundError:  # no such process (most of the newest pids probed)
+            if int(name) not in roots:
+                continue
+            data = b""
+        except OSError:
+            data = b""
+        hit = not wanted.isdisjoint(lease_ids_in_environ(data))
+        del data
+        if hit or int(name) in roots:
+            info = fast_process_info(int(name))  # at once: a hopper may be gone in 1 ms
+            if info is not None:
+                infos[info.pid] = info
+                ids.update(x for x in (info.pgid, info.sid) if x is not None)
+        st = _stat_ids(name)
+        if st is not None:
+            stats[int(name)] = st
+    ids -= never
+    extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
+    zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
+    extra.update(pid for pid, st in stats.items() if st[1] in zombies)
+    for info in fast_snapshot(extra - set(infos)):
+        infos[info.pid] = info
+    return sorted(infos.values(), key=lambda p: p.pid)
+
+
+def _pass(
+    lease_ids: Collection[str], root_pids: Collection[int]
+) -> tuple[list[ProcessInfo], frozenset[int]]:
+    """:func:`pids_tagged`, then which roots' process groups have no member left at the end
+    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members).  An empty
+    group cannot gain members, so a caller may take that as the answer of a group probe
+    made right after the scan."""
+    table = pids_tagged(lease_ids, root_pids)
+    empty: set[int] = set()
+    for pgid in root_pids:
+        if pgid <= 1:
+            continue
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            empty.add(pgid)
+        except OSError:
+            pass  # exists (another uid's, say): not empty
+    return table, frozenset(empty)
+
+
+class _Pass:
+    def __init__(self) -> None:
+        self.lease_ids: set[str] = set()
+        self.root_pids: set[int] = set()
+        self.done = trio.Event()
+        self.result: tuple[list[ProcessInfo], frozenset[int]] | None = None
+
+
+class _Batcher:
+    """At most one pass runs at a time; requests arriving meanwhile gather in the next."""
+
+    def __init__(self) -> None:
+        self.running = trio.Lock()
+        self.next: _Pass | None = None
+        self.passes = 0
+
+    async def scan(
+        self, lease_id: str, root_pid: int
+    ) -> tuple[list[ProcessInfo], frozenset[int]]:
+        mine = self.next
+        leader = mine is None
+        if mine is None:
+            mine = self.next = _Pass()
+        mine.lease_ids.add(lease_id)
+        mine.root_pids.add(root_pid)
+        if not leader:
+            await mine.done.wait()
+            if mine.result is not None:
+                return mine.result
+            # the pass failed or its leader was cancelled: scan on our own
+            return await trio.to_thread.run_sync(_pass, (lease_id,), (root_pid,))
+        try:
+            async with self.running:
+                # let the cleanups woken in this same scheduling step join the pass
+                await trio.lowlevel.checkpoint()
+                if self.next is mine:
+                    self.next = None
+                self.passes += 1
+                mine.result = await trio.to_thread.run_sync(
+                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids)
+                )
+                return mine.result
+        finally:
+            if self.next is mine:
+                self.next = None
+            mine.done.set()
+
+
+_batcher: trio.lowlevel.RunVar[_Batcher] = trio.lowlevel.RunVar("acpx_trio_shared_scan")
+
+
+def _current_batcher() -> _Batcher:
+    try:
+        return _batcher.get()
+    except LookupError:
+        batcher = _Batcher()
+        _batcher.set(batcher)
+        return batcher
+
+
+async def shared_scan(lease_id: str, root_pid: int) -> tuple[list[ProcessInfo], frozenset[int]]:
+    """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
+    other cleanups of this Trio run that ask at the same time (see the module docstring),
+    and the roots' process groups found empty at the end of the pass.  The pass starts
+    after this call; cancellable while waiting for it to start."""
+    return await _current_batcher().scan(lease_id, root_pid)
+
+
+async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
+    """The listing of :func:`shared_scan`."""
+    return (await shared_scan(lease_id, root_pid))[0]
+
+
+def scan_passes() -> int:
+    """Passes run so far in this Trio run (for tests and benchmarks)."""
+    return _current_batcher().passes

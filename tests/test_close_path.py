@@ -1,0 +1,140 @@
+"""The close path: lease moves (open -> closed only when the tree is proved gone), one shared
+``/proc`` pass for concurrent cleanups, the session record's one-hop close mark."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+from _runtime_helpers import MOCK, RuntimeEnv
+
+from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY
+from acpx_trio._process.shared_scan import (
+    lease_ids_in_environ,
+    pids_tagged,
+    scan_passes,
+    shared_pids_tagged,
+)
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.sessions import SessionRecord, SessionStore
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
+
+
+class RecordingStore(LeaseStore):
+    """A lease store that remembers every state move asked of it."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.moves: list[LeaseState] = []
+
+    async def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
+        self.moves.append(LeaseState(state))
+        return await super().mark_state(lease_id, state)
+
+
+async def _run_and_close(env: RuntimeEnv, argv: list[str]) -> tuple[AgentProcess, RecordingStore]:
+    store = RecordingStore(env.root / "leases")
+    agent = AgentProcess(
+        argv=argv, cwd=str(env.workspace), session_key="k", gateway_instance_id=env.gateway_id,
+        lease_store=store, wrapper_root=env.root, kill_grace=0.5,
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+            await agent.wait_recorded()
+            await agent.aclose("test")
+    return agent, store
+
+
+async def test_clean_close_moves_the_lease_open_to_closed_directly(env: RuntimeEnv) -> None:
+    agent, store = await _run_and_close(env, MOCK)
+    assert store.moves == [LeaseState.CLOSED]  # nothing had to be signalled: one write
+    lease = await store.load(agent.lease_id or "")
+    assert lease is not None and lease.state is LeaseState.CLOSED
+    assert agent.returncode == 0 and agent.cleanup_result is not None
+    assert agent.cleanup_result.terminated_pids == []
+
+
+async def test_close_that_must_signal_goes_through_closing(env: RuntimeEnv) -> None:
+    agent, store = await _run_and_close(env, [*MOCK, "--ignore-stdin-eof"])
+    assert store.moves == [LeaseState.CLOSING, LeaseState.CLOSED]
+    lease = await store.load(agent.lease_id or "")
+    assert lease is not None and lease.state is LeaseState.CLOSED
+    assert agent.pid is not None and agent.cleanup_result is not None
+    assert agent.pid in agent.cleanup_result.terminated_pids
+
+
+def test_lease_ids_in_environ_reads_every_complete_entry() -> None:
+    key = LEASE_ENV_KEY.encode()
+    env = b"A=1\0" + key + b"=one\0B=2\0" + key + b"=two\0" + key + b"=cut"
+    assert lease_ids_in_environ(env) == {b"one", b"two"}  # the unterminated one is no entry
+    assert lease_ids_in_environ(key + b"=first\0") == {b"first"}
+    assert lease_ids_in_environ(b"X" + key + b"=no\0") == set()
+    assert lease_ids_in_environ(b"") == set()
+
+
+async def test_concurrent_cleanups_share_one_proc_pass(tmp_path: Path) -> None:
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    leases = [str(uuid.uuid4()) for _ in range(3)]
+    procs = []
+    for lease in leases:
+        env = {**os.environ, LEASE_ENV_KEY: lease, GATEWAY_ENV_KEY: gateway}
+        procs.append(await trio.lowlevel.open_process(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+            env=env, start_new_session=True,  # as agents are: their groups hold only them
+        ))
+    decoy = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+        env={**os.environ, LEASE_ENV_KEY: "someone-else", GATEWAY_ENV_KEY: gateway},
+        start_new_session=True,
+    )
+    try:
+        results: dict[str, set[int]] = {}
+        before = scan_passes()
+
+        async def one(lease: str) -> None:
+            found = await shared_pids_tagged(lease, 0)
+            results[lease] = {p.pid for p in found if p.lease_id == lease}
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for lease in leases:
+                    nursery.start_soon(one, lease)
+        assert scan_passes() - before == 1  # one pass served all three
+        for lease, proc in zip(leases, procs, strict=True):
+            assert results[lease] == {proc.pid}
+        # the union never lists an untagged or foreign-tagged process as a candidate
+        listed = {p.pid for p in pids_tagged(leases, ())}
+        assert decoy.pid not in listed and {p.pid for p in procs} <= listed
+        # a request made after a pass finished gets a pass of its own
+        assert procs[0].pid in {p.pid for p in await shared_pids_tagged(leases[0], 0)}
+        assert scan_passes() - before == 2
+    finally:
+        for proc in [*procs, decoy]:
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            with trio.fail_after(10):
+                await proc.wait()
+
+
+async def test_session_mark_closed_is_one_read_modify_write(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path / "sessions")
+    assert await store.mark_closed("missing") is False
+    record = SessionRecord(session_key="k", agent="mock", cwd=str(tmp_path),
+                           backend_session_id="s1", reset_on_next_ensure=True)
+    await store.save(record)
+    assert await store.mark_closed("k") is True
+    loaded = await store.load("k")
+    assert loaded is not None and loaded.closed and loaded.reset_on_next_ensure
+    await store.save(SessionRecord(session_key="j", agent="mock", cwd=str(tmp_path),
+                                   backend_session_id="s2"))
+    assert await store.mark_closed("j", discard=True) is True
+    other = await store.load("j")
+    assert other is not None and other.closed and other.reset_on_next_ensure
