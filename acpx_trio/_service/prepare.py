@@ -120,8 +120,8 @@ class PrepareCache:
         """:meth:`recent` when it answers (no I/O, no thread hop), else :meth:`prepare` in a
         worker thread."""
         recent = self.recent(plugin_config, ctx)
-        if recent is not None:  # no checkpoint: the service's task checkpointed just before
-            return recent
+        if recent is not None:  # the service's task checkpointed just before
+            return recent  # noqa: ASYNC910
         return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
