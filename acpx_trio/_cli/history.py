@@ -9,13 +9,13 @@ from pathlib import Path
 import msgspec
 import trio
 
+from acpx_trio._cli.exits import EXIT_OK
 from acpx_trio._cli.output import Output
 from acpx_trio._store.transcript import read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns
 
 __all__ = ["history_command"]
 
-EXIT_OK = 0
 _encoder = msgspec.json.Encoder()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import trio
 
+from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAGE
 from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, first_line, format_table
 from acpx_trio._errors import AcpxError, GatewayInstanceIdError
@@ -24,7 +25,6 @@ from acpx_trio._store.config import AcpxConfig, resolve_config
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_SESSION = 0, 1, 2, 4
 #: Per-agent deadline of ``doctor`` when neither ``--timeout`` nor ``timeoutSeconds`` is set.
 DOCTOR_DEFAULT_TIMEOUT = 60.0
 _encoder = msgspec.json.Encoder()

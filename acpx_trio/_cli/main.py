@@ -30,6 +30,16 @@ from typing import Any, Literal
 
 import trio
 
+from acpx_trio._cli.exits import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SESSION,
+    EXIT_PERMISSION,
+    EXIT_TERMINATED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    done_exit,
+)
 from acpx_trio._cli.options import (
     STATE_DIR_ENV,
     Options,
@@ -47,9 +57,6 @@ from acpx_trio._store.config import (
 
 __all__ = ["default_state_dir", "main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_NO_SESSION, EXIT_PERMISSION = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 #: Agent name under which ``--agent-command`` is registered for one invocation.
 CUSTOM_AGENT = "custom"
 #: Session key of ``prompt`` without ``--session`` (run in-process, not in the warm owner).
@@ -268,13 +275,6 @@ def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
     printer.failure(event.code, event.message, event.detail)
 
 
-def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
-    if ev.stop_reason == "end_turn":
-        return EXIT_OK
-    if ev.stop_reason == "cancelled":
-        return EXIT_INTERRUPTED
-    printer.error(f"the turn ended early: stop reason {ev.stop_reason!r}")
-    return EXIT_ERROR
 
 
 async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinter) -> int:
@@ -283,7 +283,7 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
         async for ev in events:
             printer.event(ev)
             if isinstance(ev, DoneEvent):
-                code = _done_exit(ev, printer)
+                code = done_exit(ev, printer)
             elif isinstance(ev, ErrorEvent):
                 printer.failure(ev.code, ev.message, ev.detail)
                 code = exit_code_for(ev.code)

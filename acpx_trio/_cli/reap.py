@@ -29,6 +29,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from acpx_trio._cli.exits import EXIT_ERROR, EXIT_OK
 from acpx_trio._cli.output import Output, format_table
 from acpx_trio._process.identity import ProcessInfo, boot_id, snapshot_processes
 from acpx_trio._process.reap_plan import (
@@ -50,7 +51,6 @@ from acpx_trio._store.leases import LeaseStore, ProcessLease, peek_leases
 
 __all__ = ["ReapRow", "reap_command"]
 
-EXIT_OK, EXIT_ERROR = 0, 1
 WRAPPER_DIR_NAME = "acpx"
 
 

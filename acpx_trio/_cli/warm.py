@@ -23,6 +23,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from acpx_trio._cli.exits import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    done_exit,
+)
 from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table
 from acpx_trio._errors import AcpxError, ConfigError
 from acpx_trio._events import DoneEvent, ErrorEvent
@@ -58,8 +67,6 @@ __all__ = [
     "warm_prompt",
 ]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 #: Prompts retried when the owner they reached was shutting down.
 PROMPT_ATTEMPTS = 3
 #: Bound of the cancel a client sends for its own turn.
@@ -197,13 +204,6 @@ class _Client:
             self.waiting.cancel()
 
 
-def _done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
-    if ev.stop_reason == "end_turn":
-        return EXIT_OK
-    if ev.stop_reason == "cancelled":
-        return EXIT_INTERRUPTED
-    printer.error(f"the turn ended early: stop reason {ev.stop_reason!r}")
-    return EXIT_ERROR
 
 
 async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
@@ -236,7 +236,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                     ev = frame.event
                     printer.event(ev)
                     if isinstance(ev, DoneEvent):
-                        code = _done_exit(ev, printer)
+                        code = done_exit(ev, printer)
                     elif isinstance(ev, ErrorEvent):
                         printer.failure(ev.code, ev.message, ev.detail)
                         code = exit_code_for(ev.code)

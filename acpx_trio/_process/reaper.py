@@ -193,13 +193,7 @@ async def cleanup_owned_process_tree(
     reason = out.first_plan.root_reasons.get(expected_lease_id)
     if root_pid == 0 and not out.first_plan.targets:
         reason = MISSING_ROOT
-    return CleanupResult(
-        inspected_pids=out.inspected,
-        terminated_pids=[p.pid for p in out.terminated],
-        survived_pids=[p.pid for p in out.survived],
-        skipped=out.skipped,
-        skipped_reason=reason,
-    )
+    return out.cleanup_result(reason)
 
 
 async def reap_stale_orphans(
@@ -224,12 +218,7 @@ async def reap_stale_orphans(
         )
 
     out = await _run_waves(plan, grace, deps)
-    return CleanupResult(
-        inspected_pids=out.inspected,
-        terminated_pids=[p.pid for p in out.terminated],
-        survived_pids=[p.pid for p in out.survived],
-        skipped=out.skipped,
-    )
+    return out.cleanup_result()
 
 
 async def reap_open_leases(
@@ -354,12 +343,7 @@ async def sweep_orphans(
         )
 
     out = await _run_waves(plan, grace, deps)
-    return CleanupResult(
-        inspected_pids=out.inspected,
-        terminated_pids=[p.pid for p in out.terminated],
-        survived_pids=[p.pid for p in out.survived],
-        skipped=out.skipped,
-    )
+    return out.cleanup_result()
 
 
 async def kill_owned_tree(

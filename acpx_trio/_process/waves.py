@@ -216,6 +216,16 @@ class _Outcome(msgspec.Struct, kw_only=True):
     skipped: dict[int, str]
     first_plan: Plan
 
+    def cleanup_result(self, skipped_reason: str | None = None) -> CleanupResult:
+        """The public result of these waves."""
+        return CleanupResult(
+            inspected_pids=self.inspected,
+            terminated_pids=[p.pid for p in self.terminated],
+            survived_pids=[p.pid for p in self.survived],
+            skipped=self.skipped,
+            skipped_reason=skipped_reason,
+        )
+
 
 PlanFn = Callable[[list[ProcessInfo], Collection[tuple[int, int | None]]], Plan]
 

@@ -271,14 +271,7 @@ class AcpxRuntime:
         first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
         not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
         after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``)."""
-        await trio.lowlevel.checkpoint()
-        self._check_open()
-        if mode not in ("prompt", "steer"):
-            raise AcpRuntimeError(
-                "ACP_INVALID_RUNTIME_OPTION",
-                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
-            )
-        session = self._require_live(handle)
+        session = await self._turn_session(handle, mode)
         async with contextlib.aclosing(self._stream(session, text)) as batches:
             async for batch in batches:
                 for event in batch:
@@ -297,6 +290,14 @@ class AcpxRuntime:
         the last step, in wire order); the last list ends with the final event.  Same errors,
         cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
         one await per read batch instead of one per event."""
+        session = await self._turn_session(handle, mode)
+        async with contextlib.aclosing(self._stream(session, text)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str) -> LiveSession:
+        """The live session a turn call may run on; raises the call's errors (see
+        :meth:`run_turn`) before any event."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         if mode not in ("prompt", "steer"):
@@ -304,10 +305,7 @@ class AcpxRuntime:
                 "ACP_INVALID_RUNTIME_OPTION",
                 f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-        session = self._require_live(handle)
-        async with contextlib.aclosing(self._stream(session, text)) as batches:
-            async for batch in batches:
-                yield batch
+        return self._require_live(handle)
 
     def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:
         return stream_turn(
