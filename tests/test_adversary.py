@@ -318,7 +318,7 @@ async def test_agent_that_reexecs_with_an_empty_environment_is_still_caught(
 
 @pytest.mark.xfail(strict=True, reason="known limit: an untagged process in its own session, "
                    "re-parented to init, cannot be proven ours without cgroups (see "
-                   "NOTES-adversary.md)")
+                   "README, Limits of containment)")
 async def test_agent_child_that_setsids_scrubs_env_and_double_forks(env: RuntimeEnv) -> None:
     """Attack: a child of the agent ``setsid()``s, double-forks, and its grandchild runs with
     an empty environment.  Promise (README): no agent process outlives its owner.  It does:
