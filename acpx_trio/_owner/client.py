@@ -49,6 +49,7 @@ from acpx_trio._owner.wire import (
     decode_reply,
     encode_frame,
 )
+from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
 __all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
@@ -214,6 +215,7 @@ async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketS
     """Connect to the owner of ``state_dir``, starting one first if none is alive."""
     paths = OwnerPaths(state_dir)
     await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
+    await trio.to_thread.run_sync(check_lease_dirs, paths.state_dir)  # refused here, not in the log
     for _ in range(CONNECT_ATTEMPTS):
         stream = await connect_owner(state_dir)
         if stream is not None:

@@ -21,6 +21,7 @@ from acpx_trio._process.reaper import (
 )
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._store.dirs import ensure_lease_dirs, is_default_session_dir
 from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
@@ -71,17 +72,19 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
     wrapper_root = state_dir / WRAPPER_DIR_NAME
-    try:
-        ensure_private_dir(Path(config.state_dir))
-    except OSError as exc:
-        raise store_error(Path(config.state_dir), "create the state dir", exc) from exc
-    try:
-        ensure_private_dir(wrapper_root)
+    session_dir = Path(config.state_dir)
+    default_sessions = is_default_session_dir(state_dir, session_dir)
+    try:  # the lease dir first, each level checked (never a link) before one below it
+        ensure_lease_dirs(state_dir, sessions=False)
     except OSError as exc:
         raise LeaseStoreError(
             f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
             "the host state dir is a directory this user can write"
         ) from exc
+    try:
+        ensure_private_dir(session_dir, no_link=default_sessions)
+    except OSError as exc:
+        raise store_error(session_dir, "create the state dir", exc) from exc
     id_existed = os.path.lexists(state_dir / GATEWAY_ID_FILE_NAME)
     try:
         gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)

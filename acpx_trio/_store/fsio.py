@@ -43,13 +43,17 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: Path, *, no_link: bool = False) -> Path:
     """Create ``path`` (and parents) if missing and make it mode 0700.
 
     An existing one that is not a directory, belongs to another user or is group/world-
     writable is refused with :class:`~acpx_trio.StateFileError` (see
     :func:`check_private_dir`); a symbolic link to a directory is used but never
-    ``chmod``-ed.  Raises ``OSError`` when it cannot be created."""
+    ``chmod``-ed, or with ``no_link`` refused (checked before anything is created below it;
+    the mode is then set on the opened directory, never through a link).  Raises ``OSError``
+    when it cannot be created."""
+    if no_link:
+        return _ensure_real_dir(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -60,6 +64,28 @@ def ensure_private_dir(path: Path) -> Path:
     _check_dir_stat(path, st)  # refuse (never chmod) what is not ours, like ssh
     if (st.st_mode & 0o777) != DIR_MODE and not path.is_symlink():
         os.chmod(path, DIR_MODE)  # only tightens: a group/world-writable one was refused
+    return path
+
+
+def _ensure_real_dir(path: Path) -> Path:
+    check_private_dir(path, no_link=True)
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a racing creator: checked below
+            os.mkdir(path, DIR_MODE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or file meanwhile
+            check_private_dir(path, no_link=True)
+        raise
+    try:
+        st = os.fstat(fd)
+        _check_dir_stat(path, st)
+        if (st.st_mode & 0o777) != DIR_MODE:
+            os.fchmod(fd, DIR_MODE)  # the opened directory itself: never through a link
+    finally:
+        os.close(fd)
     return path
 
 
@@ -371,11 +397,12 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def check_private_dir(path: Path) -> None:
+def check_private_dir(path: Path, *, no_link: bool = False) -> None:
     """Refuse a state directory that cannot be trusted, like ssh does: not a directory, owned
-    by another user, or writable by group or others.  Raises
-    :class:`~acpx_trio.StateFileError` naming the path and the fix; a missing directory is
-    fine (it will be created 0700)."""
+    by another user, or writable by group or others; with ``no_link`` also a symbolic link
+    (even to a directory of ours: acpx-trio's own dirs are never links, and one is never
+    ``chmod``-ed or created through).  Raises :class:`~acpx_trio.StateFileError` naming the
+    path and the fix; a missing directory is fine (it will be created 0700)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -383,7 +410,12 @@ def check_private_dir(path: Path) -> None:
             raise StateFileError(str(path), "is a dangling symbolic link",
                                  "remove it or point it at a directory of ours") from None
         return
-    _check_dir_stat(path, st)
+    _check_dir_stat(path, st)  # what it points at first: the more specific reason
+    if no_link and os.path.islink(path):
+        raise StateFileError(
+            str(path), f"is a symbolic link (to {os.readlink(path)}), not a directory",
+            f"replace it with a real directory (`rm {path} && mkdir -m 700 {path}`)",
+        )
 
 
 def _check_dir_stat(path: Path, st: os.stat_result) -> None:
