@@ -15,7 +15,9 @@ Guarantees of :class:`LeaseStore`:
   next write); a wholly unreadable file is moved aside to ``process-leases.json.corrupt-<utc>``
   and reported, never overwritten in place.  So is anything that is not a regular file of
   ours (a symbolic link, FIFO, device or directory: never followed, never blocking) or is
-  larger than 64 MiB (:func:`~acpx_trio._store.fsio.read_private_file`).
+  larger than 64 MiB (:func:`~acpx_trio._store.fsio.read_private_file`).  The open and
+  closing leases this process held are written straight back into the new file (with a
+  warning), so its running agents stay findable by lease (watchdog, reap).
 * **Legal moves only**: ``open->closing``, ``open->closed``, ``closing->closed``,
   ``closing->lost``; ``closed`` and ``lost`` are final.  Anything else raises
   :class:`LeaseStateError`.  Re-applying the current state is an idempotent no-op.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -52,6 +55,7 @@ from acpx_trio._store.lease_snapshot import (
     apply_marks,
     apply_save,
     fingerprint,
+    held_by,
 )
 from acpx_trio._store.locks import GroupCommitter, run_locked
 
@@ -200,6 +204,10 @@ class SyncLeaseStore:
         #: Number of invalid entries skipped by the last read.
         self.skipped_entries = 0
         self._snap: LeaseSnapshot | None = None
+        #: Open/closing leases of this process as last read or written intact: put back into
+        #: a new lease file when a damaged one is quarantined (``_restore`` pending until then).
+        self._held: dict[str, ProcessLease] = {}
+        self._restore = False
 
     # -- reading ---------------------------------------------------------------------------
     def _read_unlocked(self) -> tuple[list[ProcessLease], list[msgspec.Raw]]:
@@ -250,7 +258,28 @@ class SyncLeaseStore:
             snap.fingerprint = current
         self.skipped_entries = len(bad)
         self._snap = snap
+        self._restore = self._restore or len(self.quarantined) > moved
+        if self._restore:
+            self._restore_held(snap)
+        else:
+            self._held = held_by(snap, os.getpid())
         return snap
+
+    def _restore_held(self, snap: LeaseSnapshot) -> None:
+        """After a quarantine (lock held): put this process's open leases back, durably, so
+        its running agents stay findable by lease (watchdog, reap) and are never orphaned."""
+        missing = [x for k, x in self._held.items() if k not in snap.leases]
+        if not missing:
+            self._restore = False
+            return
+        for lease in missing:
+            snap.put(lease)
+        self._log.warning(
+            "lease file %s was damaged and moved aside; re-added the %d open lease%s of this "
+            "process (pid %d) to the new file: %s", self.path, len(missing),
+            "" if len(missing) == 1 else "s", os.getpid(), ", ".join(x.lease_id for x in missing),
+        )
+        self._write(snap)  # clears _restore once the leases are on disk
 
     def _write(self, snap: LeaseSnapshot) -> None:
         self._prune(snap)
@@ -264,6 +293,8 @@ class SyncLeaseStore:
         snap.bad = []
         snap.dirty = False
         self.skipped_entries = 0
+        self._held = held_by(snap, os.getpid())
+        self._restore = False
 
     def _prune(self, snap: LeaseSnapshot) -> None:
         cutoff_ms = (self._clock() - self.final_ttl_seconds) * 1000
