@@ -17,7 +17,7 @@ from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
     ReapResult,
     reap_open_leases,
-    reap_stale_orphans,
+    sweep_orphans,
 )
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
@@ -114,16 +114,14 @@ async def reap_leases_and_orphans(
 ) -> ReapResult:
     """Start-up reap: every open lease of this gateway whose owner is gone, then every live
     process tagged with this gateway id whose lease is unknown or final (its lease was lost to
-    a damaged file, or cleanup gave up on it).  Leases still open afterwards (live owners,
-    survivors to retry) protect their processes."""
+    a damaged file, or cleanup gave up on it).  Leases open at each scan (live owners,
+    survivors to retry, sessions another service of this process starts meanwhile) protect
+    their processes."""
     leases = await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
-    still_open = await lease_store.list_open(gateway_instance_id)
-    orphans = await reap_stale_orphans(
-        gateway_instance_id=gateway_instance_id,
-        protected_lease_ids=[x.lease_id for x in still_open],
-        grace=grace,
-        deps=deps,
-    )
+    # The open leases are read after each process scan, not once before: another service of
+    # this process on the same state dir may save a lease and spawn its agent meanwhile (a
+    # lease is saved before its process exists, so it is then always protected).
+    orphans = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
     if not orphans.inspected_pids:
         return leases
     return msgspec.structs.replace(
