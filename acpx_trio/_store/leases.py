@@ -28,12 +28,10 @@ Guarantees of :class:`LeaseStore`:
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +46,14 @@ from acpx_trio._store.fsio import (
     quarantine,
     read_private_file,
 )
-from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
+from acpx_trio._store.lease_model import (  # re-exported: callers import them from here
+    LeaseState,
+    ProcessLease,
+    check_transition,
+    hash_command,
+    new_lease,
+    new_lease_id,
+)
 from acpx_trio._store.lease_snapshot import (
     Change,
     LeaseSnapshot,
@@ -68,6 +73,7 @@ __all__ = [
     "check_transition",
     "decode_lease_file",
     "hash_command",
+    "new_lease",
     "new_lease_id",
     "peek_leases",
 ]
@@ -160,21 +166,6 @@ def peek_leases(state_dir: str | Path) -> tuple[list[ProcessLease], str | None]:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return [], f"{path} is unreadable ({exc}); the next write moves it aside"
     return leases, (f"{len(bad)} invalid entries in {path} skipped" if bad else None)
-
-
-def new_lease_id() -> str:
-    """A fresh random lease id (UUID4 text)."""
-    return str(uuid.uuid4())
-
-
-def hash_command(command: str | Iterable[str]) -> str:
-    """sha256 hex of the agent command (argv parts joined by single spaces)."""
-    text = command if isinstance(command, str) else " ".join(command)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SyncLeaseStore:
@@ -448,29 +439,3 @@ class LeaseStore:
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
         """Apply several state moves in one durable write."""
         return await self._change(functools.partial(apply_marks, dict(updates)))
-
-
-def new_lease(
-    *,
-    gateway_instance_id: str,
-    session_key: str,
-    wrapper_root: str | Path,
-    command: str | Iterable[str],
-    owner_pid: int | None = None,
-    owner_start_time: float | None = None,
-    wrapper_path: str = "",
-) -> ProcessLease:
-    """A pending (``root_pid == 0``) lease for a launch about to happen."""
-    return ProcessLease(
-        lease_id=new_lease_id(),
-        gateway_instance_id=gateway_instance_id,
-        session_key=session_key,
-        wrapper_root=str(wrapper_root),
-        wrapper_path=wrapper_path,
-        root_pid=0,
-        command_hash=hash_command(command),
-        started_at=_now_ms(),
-        state=LeaseState.OPEN,
-        owner_pid=owner_pid,
-        owner_start_time=owner_start_time,
-    )
