@@ -1,7 +1,7 @@
-"""A symlinked ``acpx/`` (lease dir) or ``acpx/sessions/`` is refused with a typed error
-naming the path and the fix: nothing is created inside the link's target, nothing is
-``chmod``-ed through it; the CLI commands that open these dirs exit nonzero with the same
-error and no traceback."""
+"""A symlinked ``acpx/`` (lease dir) or ``acpx/sessions/`` to another user's or a looser
+directory is refused with a typed error naming the path and the fix: nothing is created
+inside the link's target, nothing is ``chmod``-ed through it; the CLI commands that open
+these dirs exit nonzero with the same error and no traceback."""
 
 from __future__ import annotations
 
@@ -59,14 +59,22 @@ async def test_service_start_refuses_a_linked_lease_dir(
     assert target.stat().st_mode & 0o777 == 0o755  # never chmod-ed through the link
 
 
-def test_no_link_refuses_a_link_to_our_own_private_dir(tmp_path: Path) -> None:
+def test_strict_link_takes_only_a_link_to_a_0700_dir_of_ours(tmp_path: Path) -> None:
+    """A link to a looser dir of ours is refused (it could never be tightened: no chmod
+    through a link); one to a 0700 dir of ours (two installations sharing a lease dir) is
+    used as it is; a new dir is created 0700."""
     target = tmp_path / "real"
-    target.mkdir(mode=0o700)
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
     (tmp_path / "link").symlink_to(target)
-    with pytest.raises(StateFileError, match="symbolic link"):
-        ensure_private_dir(tmp_path / "link", no_link=True)
-    ensure_private_dir(tmp_path / "link")  # without no_link (a host state dir): still used
-    fresh = ensure_private_dir(tmp_path / "a" / "b", no_link=True)
+    with pytest.raises(StateFileError, match="symbolic link") as info:
+        ensure_private_dir(tmp_path / "link", strict_link=True)
+    assert f"chmod 700 {target}" in str(info.value)
+    assert target.stat().st_mode & 0o777 == 0o755
+    ensure_private_dir(tmp_path / "link")  # without strict_link (a host state dir): used
+    target.chmod(0o700)
+    assert ensure_private_dir(tmp_path / "link", strict_link=True) == tmp_path / "link"
+    fresh = ensure_private_dir(tmp_path / "a" / "b", strict_link=True)
     assert fresh.stat().st_mode & 0o777 == 0o700
 
 

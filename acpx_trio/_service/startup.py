@@ -82,7 +82,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
             "the host state dir is a directory this user can write"
         ) from exc
     try:
-        ensure_private_dir(session_dir, no_link=default_sessions)
+        ensure_private_dir(session_dir, strict_link=default_sessions)
     except OSError as exc:
         raise store_error(session_dir, "create the state dir", exc) from exc
     id_existed = os.path.lexists(state_dir / GATEWAY_ID_FILE_NAME)

@@ -1,9 +1,11 @@
 """The layout of acpx-trio's own directories under a host state dir, checked as one chain.
 
 ``<state>/acpx`` (the lease dir) and ``<state>/acpx/sessions`` (the default session dir) are
-ours: each must be a real directory of this user, never a symbolic link.  Each is checked
-before anything is created below it, so a link to someone else's directory gets nothing
-created inside it.  Blocking: run in a worker thread.
+ours: each must be a directory of this user, mode 0700; a symbolic link is refused unless it
+points at a directory of ours that is already 0700 (two installations sharing one lease dir),
+since a link is never ``chmod``-ed.  Each is checked before anything is created below it, so
+a link to someone else's directory gets nothing created inside it.  Blocking: run in a
+worker thread.
 """
 
 from __future__ import annotations
@@ -33,22 +35,22 @@ def is_default_session_dir(state_dir: Path, session_dir: Path) -> bool:
 
 
 def check_lease_dirs(state_dir: Path) -> None:
-    """Refuse an untrusted state dir, or an ``acpx``/``acpx/sessions`` dir that is a link or
-    untrusted (:class:`~acpx_trio.StateFileError` with the path and the fix); creates
-    nothing (missing dirs are fine)."""
+    """Refuse an untrusted state dir, or an ``acpx``/``acpx/sessions`` dir that is untrusted
+    or a link to anything but a 0700 directory of ours (:class:`~acpx_trio.StateFileError`
+    with the path and the fix); creates nothing (missing dirs are fine)."""
     check_private_dir(state_dir)
     for path in _chain(state_dir):
-        check_private_dir(path, no_link=True)
+        check_private_dir(path, strict_link=True)
 
 
 def ensure_lease_dirs(state_dir: Path, *, sessions: bool = True) -> Path:
     """Create (0700) or check ``<state>/acpx`` and, with ``sessions``, ``<state>/acpx/
-    sessions``, each checked before anything below it is created and none a symbolic link
-    (:class:`~acpx_trio.StateFileError`).  Returns the lease dir.  ``OSError`` when a dir
+    sessions``, each checked before anything below it is created (see the module; refused
+    with :class:`~acpx_trio.StateFileError`).  Returns the lease dir.  ``OSError`` when a dir
     cannot be created."""
     lease_dir, session_dir = _chain(state_dir)
     check_private_dir(state_dir)
-    ensure_private_dir(lease_dir, no_link=True)
+    ensure_private_dir(lease_dir, strict_link=True)
     if sessions:
-        ensure_private_dir(session_dir, no_link=True)
+        ensure_private_dir(session_dir, strict_link=True)
     return lease_dir

@@ -327,7 +327,7 @@ class SyncLeaseStore:
 
     def _locked(self, fn: Callable[[], T]) -> T:
         try:
-            ensure_private_dir(self.state_dir, no_link=True)  # ours: never a link
+            ensure_private_dir(self.state_dir, strict_link=True)  # ours: never a link
             with exclusive_lock(self.lock_path):
                 return fn()
         except (OSError, TimeoutError) as exc:
