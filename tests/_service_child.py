@@ -3,7 +3,7 @@
 Usage::
 
     python tests/_service_child.py STATE_DIR [--sessions N] [--busy M] [--grandchildren K]
-        [--agent-arg=--ignore-stdin-eof ...] [--workspace DIR]
+        [--agent-arg=--ignore-stdin-eof ...] [--workspace DIR] [--more-on-stdin]
 
 Starts :func:`acpx_trio._service.open_service.open_runtime_service` on ``STATE_DIR``, opens
 ``N`` sessions
@@ -70,6 +70,8 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--grandchildren", type=int, default=0)
     parser.add_argument("--agent-arg", action="append", default=[])
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--more-on-stdin", action="store_true",
+                        help="then open one more session per line read on stdin")
     args = parser.parse_args(argv)
     workspace = args.workspace or args.state_dir / "workspace"
     await trio.to_thread.run_sync(lambda: workspace.mkdir(parents=True, exist_ok=True))
@@ -106,6 +108,14 @@ async def main(argv: list[str]) -> None:
                     nursery.start_soon(_busy_turn, runtime, handle)
                     await _prompt_sent(runtime, key)
                 _emit({"pid": pid, "session_key": key, "kind": "agent", "busy": busy})
+            extra = 0
+            while args.more_on_stdin and await trio.to_thread.run_sync(
+                    sys.stdin.readline, abandon_on_cancel=True):
+                key = f"crash-test:more-{extra}"
+                extra += 1
+                handle = await runtime.ensure_session(session_key=key, agent="mock")
+                pid = handle.agent_pid or (await runtime.get_status(handle=handle)).agent_pid
+                _emit({"pid": pid, "session_key": key, "kind": "agent", "busy": False})
             await trio.sleep_forever()
 
 

@@ -106,3 +106,23 @@ def _peer_check(state: Path) -> None:
     os.chmod(state, 0o700)
     assert run_cli("status", "--json", state_dir=state).returncode == 0  # we still get one
     assert run_cli("sessions", "close", "k", state_dir=state).returncode == 0
+
+
+def test_previous_owner_log_is_kept_as_owner_log_1(tmp_path: Path) -> None:
+    """A crashed owner's log survives the next owner's start as ``owner.log.1`` (0600); a
+    symlink planted at ``owner.log.1`` is replaced, never written through."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "owner.log").write_text("Traceback (most recent call last): the old crash\n")
+    (state / "owner.log").chmod(0o644)
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("untouched")
+    (state / "owner.log.1").symlink_to(sentinel)
+    done = run_cli("prompt", "--session", "k", "hi", state_dir=state)
+    assert done.returncode == 0, done.stderr
+    kept = state / "owner.log.1"
+    assert not kept.is_symlink() and sentinel.read_text() == "untouched"
+    assert "the old crash" in kept.read_text()
+    assert (kept.stat().st_mode & 0o777) == 0o600
+    assert "the old crash" not in (state / "owner.log").read_text()
+    assert run_cli("sessions", "close", "k", state_dir=state).returncode == 0

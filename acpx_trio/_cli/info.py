@@ -54,10 +54,9 @@ def _ago(epoch_seconds: float) -> str:
 def _check_state_dir(state_dir: Path) -> None:
     """Refuse an untrusted state dir (and its ``acpx`` dir) before reading anything in it:
     :class:`~acpx_trio.StateFileError`, so the command exits nonzero with the path and fix."""
-    from acpx_trio._store.fsio import check_private_dir
+    from acpx_trio._store.dirs import check_lease_dirs
 
-    check_private_dir(state_dir)
-    check_private_dir(state_dir / "acpx")
+    check_lease_dirs(state_dir)  # and neither ``acpx`` nor ``acpx/sessions`` a link
 
 
 async def sessions_command(action: str, key: str | None, opts: Options) -> int:

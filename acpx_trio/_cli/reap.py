@@ -46,6 +46,7 @@ from acpx_trio._process.reaper import (
     reap_open_leases,
     reap_stale_orphans,
 )
+from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.instance import peek_gateway_instance_id, resolve_gateway_instance_id
 from acpx_trio._store.leases import LeaseStore, ProcessLease, peek_leases
 
@@ -221,6 +222,7 @@ async def reap_command(*, state_dir: Path, dry_run: bool, json_mode: bool) -> in
     nothing.  Lease store and gateway id errors propagate (:class:`~acpx_trio.AcpxError`)."""
     out = Output()
     state_dir = Path(state_dir)
+    await trio.to_thread.run_sync(check_lease_dirs, state_dir)  # typed refusal, nothing read
     store = LeaseStore(state_dir / WRAPPER_DIR_NAME)
     ok = True
     if dry_run:

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ from acpx_trio._owner.wire import (
     decode_reply,
     encode_frame,
 )
+from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
 __all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
@@ -150,8 +152,28 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
     return ""
 
 
+def _rotate_log(log: Path) -> None:
+    """Keep the previous owner's log (a crashed owner's traceback) as ``owner.log.1``, 0600.
+
+    Only a regular file of ours is moved; ``rename`` replaces a link at ``owner.log.1`` itself
+    and never follows one, and the mode is set on the opened file (``O_NOFOLLOW``).  Called
+    holding ``owner.lock`` (no owner is writing it).  Best effort: the new log opens anyway."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(log)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size == 0:
+            return
+        kept = log.with_name(log.name + ".1")
+        os.rename(log, kept)
+        fd = os.open(kept, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+
+
 def _spawn_owner(paths: OwnerPaths, launch: OwnerLaunch, lock_fd: int,
                  ready_w: int) -> subprocess.Popen[bytes]:
+    _rotate_log(paths.log)
     log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -214,6 +236,7 @@ async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketS
     """Connect to the owner of ``state_dir``, starting one first if none is alive."""
     paths = OwnerPaths(state_dir)
     await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
+    await trio.to_thread.run_sync(check_lease_dirs, paths.state_dir)  # refused here, not in the log
     for _ in range(CONNECT_ATTEMPTS):
         stream = await connect_owner(state_dir)
         if stream is not None:

@@ -17,10 +17,11 @@ from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
     ReapResult,
     reap_open_leases,
-    reap_stale_orphans,
+    sweep_orphans,
 )
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._store.dirs import ensure_lease_dirs, is_default_session_dir
 from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
@@ -71,17 +72,19 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
     wrapper_root = state_dir / WRAPPER_DIR_NAME
-    try:
-        ensure_private_dir(Path(config.state_dir))
-    except OSError as exc:
-        raise store_error(Path(config.state_dir), "create the state dir", exc) from exc
-    try:
-        ensure_private_dir(wrapper_root)
+    session_dir = Path(config.state_dir)
+    default_sessions = is_default_session_dir(state_dir, session_dir)
+    try:  # the lease dir first, each level checked (never a link) before one below it
+        ensure_lease_dirs(state_dir, sessions=False)
     except OSError as exc:
         raise LeaseStoreError(
             f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
             "the host state dir is a directory this user can write"
         ) from exc
+    try:
+        ensure_private_dir(session_dir, strict_link=default_sessions)
+    except OSError as exc:
+        raise store_error(session_dir, "create the state dir", exc) from exc
     id_existed = os.path.lexists(state_dir / GATEWAY_ID_FILE_NAME)
     try:
         gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
@@ -111,16 +114,14 @@ async def reap_leases_and_orphans(
 ) -> ReapResult:
     """Start-up reap: every open lease of this gateway whose owner is gone, then every live
     process tagged with this gateway id whose lease is unknown or final (its lease was lost to
-    a damaged file, or cleanup gave up on it).  Leases still open afterwards (live owners,
-    survivors to retry) protect their processes."""
+    a damaged file, or cleanup gave up on it).  Leases open at each scan (live owners,
+    survivors to retry, sessions another service of this process starts meanwhile) protect
+    their processes."""
     leases = await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
-    still_open = await lease_store.list_open(gateway_instance_id)
-    orphans = await reap_stale_orphans(
-        gateway_instance_id=gateway_instance_id,
-        protected_lease_ids=[x.lease_id for x in still_open],
-        grace=grace,
-        deps=deps,
-    )
+    # The open leases are read after each process scan, not once before: another service of
+    # this process on the same state dir may save a lease and spawn its agent meanwhile (a
+    # lease is saved before its process exists, so it is then always protected).
+    orphans = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
     if not orphans.inspected_pids:
         return leases
     return msgspec.structs.replace(

@@ -43,13 +43,19 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: Path, *, strict_link: bool = False) -> Path:
     """Create ``path`` (and parents) if missing and make it mode 0700.
 
     An existing one that is not a directory, belongs to another user or is group/world-
     writable is refused with :class:`~acpx_trio.StateFileError` (see
     :func:`check_private_dir`); a symbolic link to a directory is used but never
-    ``chmod``-ed.  Raises ``OSError`` when it cannot be created."""
+    ``chmod``-ed.  With ``strict_link`` (acpx-trio's own dirs) a link is refused unless it
+    points at a directory of ours that is already exactly 0700 (nothing to tighten: shared
+    lease dirs of two installations); the check comes before anything is created below it and
+    the mode is set on the opened directory, never through a link.  Raises ``OSError`` when it
+    cannot be created."""
+    if strict_link:
+        return _ensure_real_dir(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -60,6 +66,30 @@ def ensure_private_dir(path: Path) -> Path:
     _check_dir_stat(path, st)  # refuse (never chmod) what is not ours, like ssh
     if (st.st_mode & 0o777) != DIR_MODE and not path.is_symlink():
         os.chmod(path, DIR_MODE)  # only tightens: a group/world-writable one was refused
+    return path
+
+
+def _ensure_real_dir(path: Path) -> Path:
+    check_private_dir(path, strict_link=True)
+    if os.path.islink(path):
+        return path  # a link to a directory of ours that is already 0700: nothing to do
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a racing creator: checked below
+            os.mkdir(path, DIR_MODE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or file meanwhile
+            check_private_dir(path, strict_link=True)
+        raise
+    try:
+        st = os.fstat(fd)
+        _check_dir_stat(path, st)
+        if (st.st_mode & 0o777) != DIR_MODE:
+            os.fchmod(fd, DIR_MODE)  # the opened directory itself: never through a link
+    finally:
+        os.close(fd)
     return path
 
 
@@ -402,11 +432,12 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def check_private_dir(path: Path) -> None:
+def check_private_dir(path: Path, *, strict_link: bool = False) -> None:
     """Refuse a state directory that cannot be trusted, like ssh does: not a directory, owned
-    by another user, or writable by group or others.  Raises
-    :class:`~acpx_trio.StateFileError` naming the path and the fix; a missing directory is
-    fine (it will be created 0700)."""
+    by another user, or writable by group or others; with ``strict_link`` also a symbolic link
+    unless its target is ours and already exactly 0700 (a link is never ``chmod``-ed, so a
+    looser target could never be tightened).  Raises :class:`~acpx_trio.StateFileError`
+    naming the path and the fix; a missing directory is fine (it will be created 0700)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -414,7 +445,14 @@ def check_private_dir(path: Path) -> None:
             raise StateFileError(str(path), "is a dangling symbolic link",
                                  "remove it or point it at a directory of ours") from None
         return
-    _check_dir_stat(path, st)
+    _check_dir_stat(path, st)  # what it points at first: the more specific reason
+    if strict_link and os.path.islink(path) and (st.st_mode & 0o777) != DIR_MODE:
+        raise StateFileError(
+            str(path), f"is a symbolic link (to {os.readlink(path)}) to a directory of mode "
+            f"{st.st_mode & 0o777:o}, which acpx-trio will not chmod through a link",
+            f"replace it with a real directory (`rm {path} && mkdir -m 700 {path}`) or run "
+            f"`chmod 700 {os.path.realpath(path)}`",
+        )
 
 
 def _check_dir_stat(path: Path, st: os.stat_result) -> None:

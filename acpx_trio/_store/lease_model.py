@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
 
 import msgspec
 
 from acpx_trio._errors import LeaseStateError
 
-__all__ = ["LeaseState", "ProcessLease", "check_transition"]
+__all__ = ["LeaseState", "ProcessLease", "check_transition", "hash_command", "new_lease",
+           "new_lease_id"]
 
 
 class LeaseState(enum.StrEnum):
@@ -76,3 +82,44 @@ class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=T
         """Return a copy in ``state`` after checking that the move is legal."""
         check_transition(self.lease_id, self.state, state)
         return msgspec.structs.replace(self, state=LeaseState(state))
+
+
+def new_lease_id() -> str:
+    """A fresh random lease id (UUID4 text)."""
+    return str(uuid.uuid4())
+
+
+def hash_command(command: str | Iterable[str]) -> str:
+    """sha256 hex of the agent command (argv parts joined by single spaces)."""
+    text = command if isinstance(command, str) else " ".join(command)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_lease(
+    *,
+    gateway_instance_id: str,
+    session_key: str,
+    wrapper_root: str | Path,
+    command: str | Iterable[str],
+    owner_pid: int | None = None,
+    owner_start_time: float | None = None,
+    wrapper_path: str = "",
+) -> ProcessLease:
+    """A pending (``root_pid == 0``) lease for a launch about to happen."""
+    return ProcessLease(
+        lease_id=new_lease_id(),
+        gateway_instance_id=gateway_instance_id,
+        session_key=session_key,
+        wrapper_root=str(wrapper_root),
+        wrapper_path=wrapper_path,
+        root_pid=0,
+        command_hash=hash_command(command),
+        started_at=_now_ms(),
+        state=LeaseState.OPEN,
+        owner_pid=owner_pid,
+        owner_start_time=owner_start_time,
+    )

@@ -13,7 +13,7 @@ import msgspec
 if TYPE_CHECKING:
     from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
-__all__ = ["Change", "LeaseSnapshot", "apply_marks", "apply_save", "fingerprint"]
+__all__ = ["Change", "LeaseSnapshot", "apply_marks", "apply_save", "fingerprint", "held_by"]
 
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _Fingerprint = tuple[int, int, int, int, int] | None
@@ -87,3 +87,9 @@ def apply_marks(updates: dict[str, LeaseState], snap: LeaseSnapshot) -> dict[str
 
 
 Change = Callable[[LeaseSnapshot], Any]
+
+
+def held_by(snap: LeaseSnapshot, pid: int) -> dict[str, ProcessLease]:
+    """The open and closing leases in ``snap`` whose owner is process ``pid``."""
+    leases = snap.leases
+    return {k: leases[k] for k in leases.keys() - snap.final if leases[k].owner_pid == pid}

@@ -15,7 +15,9 @@ Guarantees of :class:`LeaseStore`:
   next write); a wholly unreadable file is moved aside to ``process-leases.json.corrupt-<utc>``
   and reported, never overwritten in place.  So is anything that is not a regular file of
   ours (a symbolic link, FIFO, device or directory: never followed, never blocking) or is
-  larger than 64 MiB (:func:`~acpx_trio._store.fsio.read_private_file`).
+  larger than 64 MiB (:func:`~acpx_trio._store.fsio.read_private_file`).  The open and
+  closing leases this process held are written straight back into the new file (with a
+  warning), so its running agents stay findable by lease (watchdog, reap).
 * **Legal moves only**: ``open->closing``, ``open->closed``, ``closing->closed``,
   ``closing->lost``; ``closed`` and ``lost`` are final.  Anything else raises
   :class:`LeaseStateError`.  Re-applying the current state is an idempotent no-op.
@@ -26,11 +28,10 @@ Guarantees of :class:`LeaseStore`:
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
+import os
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,13 +46,21 @@ from acpx_trio._store.fsio import (
     quarantine,
     read_private_file,
 )
-from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
+from acpx_trio._store.lease_model import (  # re-exported: callers import them from here
+    LeaseState,
+    ProcessLease,
+    check_transition,
+    hash_command,
+    new_lease,
+    new_lease_id,
+)
 from acpx_trio._store.lease_snapshot import (
     Change,
     LeaseSnapshot,
     apply_marks,
     apply_save,
     fingerprint,
+    held_by,
 )
 from acpx_trio._store.locks import GroupCommitter, run_locked
 
@@ -64,6 +73,7 @@ __all__ = [
     "check_transition",
     "decode_lease_file",
     "hash_command",
+    "new_lease",
     "new_lease_id",
     "peek_leases",
 ]
@@ -158,21 +168,6 @@ def peek_leases(state_dir: str | Path) -> tuple[list[ProcessLease], str | None]:
     return leases, (f"{len(bad)} invalid entries in {path} skipped" if bad else None)
 
 
-def new_lease_id() -> str:
-    """A fresh random lease id (UUID4 text)."""
-    return str(uuid.uuid4())
-
-
-def hash_command(command: str | Iterable[str]) -> str:
-    """sha256 hex of the agent command (argv parts joined by single spaces)."""
-    text = command if isinstance(command, str) else " ".join(command)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class SyncLeaseStore:
     """The synchronous core of :class:`LeaseStore` (blocking file I/O; thread-safe).
 
@@ -200,6 +195,10 @@ class SyncLeaseStore:
         #: Number of invalid entries skipped by the last read.
         self.skipped_entries = 0
         self._snap: LeaseSnapshot | None = None
+        #: Open/closing leases of this process as last read or written intact: put back into
+        #: a new lease file when a damaged one is quarantined (``_restore`` pending until then).
+        self._held: dict[str, ProcessLease] = {}
+        self._restore = False
 
     # -- reading ---------------------------------------------------------------------------
     def _read_unlocked(self) -> tuple[list[ProcessLease], list[msgspec.Raw]]:
@@ -250,7 +249,28 @@ class SyncLeaseStore:
             snap.fingerprint = current
         self.skipped_entries = len(bad)
         self._snap = snap
+        self._restore = self._restore or len(self.quarantined) > moved
+        if self._restore:
+            self._restore_held(snap)
+        else:
+            self._held = held_by(snap, os.getpid())
         return snap
+
+    def _restore_held(self, snap: LeaseSnapshot) -> None:
+        """After a quarantine (lock held): put this process's open leases back, durably, so
+        its running agents stay findable by lease (watchdog, reap) and are never orphaned."""
+        missing = [x for k, x in self._held.items() if k not in snap.leases]
+        if not missing:
+            self._restore = False
+            return
+        for lease in missing:
+            snap.put(lease)
+        self._log.warning(
+            "lease file %s was damaged and moved aside; re-added the %d open lease%s of this "
+            "process (pid %d) to the new file: %s", self.path, len(missing),
+            "" if len(missing) == 1 else "s", os.getpid(), ", ".join(x.lease_id for x in missing),
+        )
+        self._write(snap)  # clears _restore once the leases are on disk
 
     def _write(self, snap: LeaseSnapshot) -> None:
         self._prune(snap)
@@ -264,6 +284,8 @@ class SyncLeaseStore:
         snap.bad = []
         snap.dirty = False
         self.skipped_entries = 0
+        self._held = held_by(snap, os.getpid())
+        self._restore = False
 
     def _prune(self, snap: LeaseSnapshot) -> None:
         cutoff_ms = (self._clock() - self.final_ttl_seconds) * 1000
@@ -305,7 +327,7 @@ class SyncLeaseStore:
 
     def _locked(self, fn: Callable[[], T]) -> T:
         try:
-            ensure_private_dir(self.state_dir)
+            ensure_private_dir(self.state_dir, strict_link=True)  # ours: never a link
             with exclusive_lock(self.lock_path):
                 return fn()
         except (OSError, TimeoutError) as exc:
@@ -417,29 +439,3 @@ class LeaseStore:
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
         """Apply several state moves in one durable write."""
         return await self._change(functools.partial(apply_marks, dict(updates)))
-
-
-def new_lease(
-    *,
-    gateway_instance_id: str,
-    session_key: str,
-    wrapper_root: str | Path,
-    command: str | Iterable[str],
-    owner_pid: int | None = None,
-    owner_start_time: float | None = None,
-    wrapper_path: str = "",
-) -> ProcessLease:
-    """A pending (``root_pid == 0``) lease for a launch about to happen."""
-    return ProcessLease(
-        lease_id=new_lease_id(),
-        gateway_instance_id=gateway_instance_id,
-        session_key=session_key,
-        wrapper_root=str(wrapper_root),
-        wrapper_path=wrapper_path,
-        root_pid=0,
-        command_hash=hash_command(command),
-        started_at=_now_ms(),
-        state=LeaseState.OPEN,
-        owner_pid=owner_pid,
-        owner_start_time=owner_start_time,
-    )
