@@ -19,7 +19,7 @@ from acpx_trio import (
     SyncLeaseStore,
     new_lease,
 )
-from acpx_trio._store.fsio import acquire_lock_blocking, exclusive_lock, release_lock_fd
+from acpx_trio._store.flock import acquire_lock_blocking, exclusive_lock, release_lock_fd
 from acpx_trio._store.locks import run_locked
 
 

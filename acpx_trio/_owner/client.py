@@ -51,6 +51,7 @@ from acpx_trio._owner.wire import (
     encode_frame,
 )
 from acpx_trio._store.dirs import check_lease_dirs
+from acpx_trio._store.flock import try_flock
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
 __all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
@@ -137,14 +138,6 @@ def _flock_blocking(fd: int, timeout: float) -> None:
             delay = min(delay * 2, 0.05)
 
 
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _log_tail(path: Path, limit: int = 2000) -> str:
     with contextlib.suppress(OSError):
         data = path.read_bytes()[-limit:].decode(errors="replace").strip()
@@ -198,7 +191,7 @@ async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
     a provably stale socket, spawn the owner and wait for it to listen."""
     lock_fd = await trio.to_thread.run_sync(open_lock_fd, paths.lock)
     try:
-        if not await trio.to_thread.run_sync(_try_flock, lock_fd):
+        if not await trio.to_thread.run_sync(try_flock, lock_fd):
             # An owner is alive but not listening: it is shutting down.  Wait for its exit.
             await trio.to_thread.run_sync(_flock_blocking, lock_fd, START_SECONDS)
         info = await trio.to_thread.run_sync(read_owner_info, paths)

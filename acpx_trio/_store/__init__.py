@@ -1,8 +1,10 @@
-"""Everything acpx-trio keeps on disk: private files and dirs (``fsio``), the lease file
-(``leases``), session records (``sessions``), the gateway instance id (``instance``) and the
-plugin config (``config``).
+"""Everything acpx-trio keeps on disk: private dirs, safe reads and atomic writes (``fsio``,
+``dirs``), file locks (``flock``: blocking primitives; ``locks``: the in-process FIFO in front
+of them and group commit), the lease file (``lease_model``, ``lease_snapshot``, ``leases``),
+session records (``sessions``), transcripts (``transcript``, ``transcript_history``), the
+gateway instance id (``instance``) and the plugin config (``config``).
 
 Owns: file formats, atomic writes, locks, quarantine of damaged files, permission checks.
-May import: ``acpx_trio._errors`` only (plus the standard library, msgspec).  Nothing here
-knows about processes, the ACP wire, the runtime or the service.
+May import: ``acpx_trio._errors`` only (plus the standard library, msgspec and trio for the
+async facades).  Nothing here knows about processes, the ACP wire, the runtime or the service.
 """

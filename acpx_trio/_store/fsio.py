@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,19 +22,13 @@ __all__ = [
     "GATEWAY_ID_MAX_BYTES",
     "LEASE_FILE_MAX_BYTES",
     "SESSION_FILE_MAX_BYTES",
-    "LockWaiter",
-    "acquire_lock_blocking",
     "atomic_write_bytes",
     "atomic_write_many",
     "check_private_dir",
     "ensure_private_dir",
-    "exclusive_lock",
     "fsync_dir",
-    "open_lock_file",
     "quarantine",
     "read_private_file",
-    "release_lock_fd",
-    "try_flock",
 ]
 
 DIR_MODE = 0o700
@@ -251,120 +243,6 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-def open_lock_file(lock_path: Path) -> int:
-    """Open (creating 0600, never following a symlink) the lock file; returns the fd."""
-    return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-
-
-def try_flock(fd: int) -> bool:
-    """Take the exclusive ``flock`` on ``fd`` if it is free right now."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def release_lock_fd(fd: int) -> None:
-    """Release the ``flock`` held on ``fd`` (if any) and close it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-class LockWaiter:
-    """A blocking ``flock(LOCK_EX)`` wait that its owner may abandon at any moment.
-
-    :meth:`wait` runs in a thread of its own (it blocks in the kernel: no polling).  If the
-    owner gives up (:meth:`abandon`, on timeout or cancel) before the lock is granted, the
-    thread releases the lock as soon as the kernel grants it, so an abandoned wait never
-    keeps the lock.  Exactly one side ends up owning the fd."""
-
-    def __init__(self, lock_path: Path) -> None:
-        self.lock_path = lock_path
-        self._mutex = threading.Lock()
-        self._abandoned = False
-        self._fd: int | None = None
-        self._error: OSError | None = None
-        self.granted = threading.Event()
-
-    def wait(self) -> None:
-        """Blocks until the lock is granted (or fails); never raises."""
-        try:
-            fd = open_lock_file(self.lock_path)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                raise
-        except OSError as exc:
-            with self._mutex:
-                self._error = exc
-            self.granted.set()
-            return
-        with self._mutex:
-            if self._abandoned:
-                release_lock_fd(fd)
-                return
-            self._fd = fd
-        self.granted.set()
-
-    def take(self) -> int:
-        """The fd holding the lock (the caller now owns it); raises the wait's ``OSError``."""
-        with self._mutex:
-            if self._error is not None:
-                raise self._error
-            assert self._fd is not None, "take() before the lock was granted"
-            fd, self._fd = self._fd, None
-            return fd
-
-    def abandon(self) -> None:
-        """Give up: a lock granted later is released by the waiting thread; one granted
-        already (a race with the give-up) is released here."""
-        with self._mutex:
-            self._abandoned = True
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            release_lock_fd(fd)
-
-
-def acquire_lock_blocking(lock_path: Path, timeout: float) -> int:
-    """The fd of ``lock_path`` with the exclusive ``flock`` held: at once when it is free,
-    else after a blocking wait (kernel FIFO, no polling) of at most ``timeout`` seconds
-    (``TimeoutError``).  Release with :func:`release_lock_fd`."""
-    fd = open_lock_file(lock_path)
-    if try_flock(fd):
-        return fd
-    os.close(fd)
-    waiter = LockWaiter(lock_path)
-    threading.Thread(target=waiter.wait, name="acpx-flock-wait", daemon=True).start()
-    if not waiter.granted.wait(timeout):
-        waiter.abandon()  # a grant racing with the give-up is released, never leaked
-        raise TimeoutError(f"could not lock {lock_path} within {timeout}s")
-    return waiter.take()
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path, *, timeout: float = 30.0) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600, never deleted).
-
-    Uncontended: one non-blocking ``flock``.  Contended: a blocking ``flock`` in a helper
-    thread that can be abandoned safely (no sleep polling).  The kernel releases the lock if
-    the holder dies, SIGKILL included, so a stale lock cannot happen.  Raises
-    ``TimeoutError`` if another holder keeps it longer than ``timeout``."""
-    fd = acquire_lock_blocking(lock_path, timeout)
-    try:
-        yield
-    finally:
-        release_lock_fd(fd)
-
-
-# --------------------------------------------------------------------------------------------
-# Safe reads of state files (hostile files: FIFOs, devices, huge files, directories, links)
-# --------------------------------------------------------------------------------------------
-
-#: Caps of :func:`read_private_file` per kind of state file.
 GATEWAY_ID_MAX_BYTES = 4 * 1024
 LEASE_FILE_MAX_BYTES = 64 * 1024 * 1024
 SESSION_FILE_MAX_BYTES = 16 * 1024 * 1024

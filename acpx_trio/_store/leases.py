@@ -38,11 +38,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from acpx_trio._errors import LeaseStoreError, StateFileError
+from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     LEASE_FILE_MAX_BYTES,
     atomic_write_bytes,
     ensure_private_dir,
-    exclusive_lock,
     quarantine,
     read_private_file,
 )

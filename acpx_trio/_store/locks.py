@@ -24,13 +24,8 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from acpx_trio._store.fsio import (
-    LockWaiter,
-    ensure_private_dir,
-    open_lock_file,
-    release_lock_fd,
-    try_flock,
-)
+from acpx_trio._store.flock import LockWaiter, open_lock_file, release_lock_fd, try_flock
+from acpx_trio._store.fsio import ensure_private_dir
 
 __all__ = ["GroupCommitter", "path_lock", "run_locked"]
 

@@ -28,13 +28,13 @@ import msgspec
 import trio
 
 from acpx_trio._errors import SessionStoreError, StateFileError
+from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     SESSION_FILE_MAX_BYTES,
     atomic_write_bytes,
     atomic_write_many,
     check_private_dir,
     ensure_private_dir,
-    exclusive_lock,
     fsync_dir,
     read_private_file,
 )
