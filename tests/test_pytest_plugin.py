@@ -79,7 +79,8 @@ def test_example_module_and_leak_guard(pytester: pytest.Pytester, tmp_path: Path
     pytester.makepyfile(test_example=EXAMPLE, test_leaky=LEAKY)
     os.environ["LEAKED_PIDS"], os.environ["DECOY_PIDS"] = str(leaked_file), str(decoy_file)
     try:
-        result = pytester.runpytest_subprocess("-q")
+        # -rN: no short summary, whose lines repeat failure messages in full when CI is set
+        result = pytester.runpytest_subprocess("-q", "-rN")
         leaked, decoys = _pids(leaked_file), _pids(decoy_file)
         assert len(leaked) == 1 and len(decoys) == 1
         result.assert_outcomes(passed=4, failed=1)  # the leaking test fails
