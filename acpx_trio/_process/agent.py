@@ -25,20 +25,23 @@ import os
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
 from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
 from acpx_trio._log import Logger
-from acpx_trio._process.owned import complete_lease, save_pending_lease, spawn_owned
+from acpx_trio._process.owned import (
+    close_owned,
+    complete_lease,
+    save_pending_lease,
+    spawn_owned,
+)
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
-    cleanup_owned_process_tree,
 )
-from acpx_trio._process.tools import GatedReceiveStream, lease_cleanup_deps
+from acpx_trio._process.tools import GatedReceiveStream
 from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
@@ -344,53 +347,11 @@ class AgentProcess:
         with trio.move_on_after(CLEANUP_EXTRA_SECONDS / 2):
             await self._lease_done.wait()  # the pid record lands before any state move
         await self._close_stdin_and_wait(proc)
-        closing = False
-
-        async def mark_closing() -> None:
-            # the lease says "closing" before any signal goes out; a close whose scan proves
-            # the tree gone moves it open -> closed directly (one durable write, not two)
-            nonlocal closing
-            if not closing:
-                closing = True
-                await self._mark(LeaseState.CLOSING)
-
-        result: CleanupResult | None = None
-        if self.lease is not None:
-            try:
-                result = await cleanup_owned_process_tree(
-                    root_pid=proc.pid,
-                    expected_lease_id=self.lease.lease_id,
-                    expected_gateway_instance_id=self.gateway_instance_id,
-                    root_create_time=self.create_time,
-                    root_start_ticks=self.start_ticks,
-                    root_boot_id=self.lease.boot_id,
-                    grace=self.kill_grace,
-                    deps=self.cleanup_deps or lease_cleanup_deps(self.lease.lease_id, proc.pid),
-                    # our own child, started as leader of its own group and session, whose
-                    # exit (if any) we saw moments ago: those ids are reserved while a member
-                    # lives, so its env-scrubbed members die with it
-                    verified_groups=(proc.pid,),
-                    before_signal=mark_closing,
-                )
-            except Exception as exc:
-                self.log.error("agent %s: tree cleanup failed: %r", proc.pid, exc)
-        self.cleanup_result = result
-        if proc.returncode is None:  # our direct child: always kill and reap it
-            await mark_closing()
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with trio.move_on_after(max(self.kill_grace, 1.0)):
-                await proc.wait()
+        self.cleanup_result = await close_owned(
+            proc, self.lease, mark=self._mark, create_time=self.create_time,
+            start_ticks=self.start_ticks, grace=self.kill_grace, deps=self.cleanup_deps,
+            log=self.log, what="agent",
+        )
         if proc.returncode is not None:
             self.exited.set()
-        survivors: Any = result.survived_pids if result is not None else ()
-        if survivors or proc.returncode is None:
-            self.log.error(
-                "agent %s: processes survived cleanup (%s); lease %s stays closing for the "
-                "next sweep", proc.pid, list(survivors) or [proc.pid], self.lease_id,
-            )
-            return
-        if result is None:  # no scan proved the tree gone: the two-step move, as before
-            await mark_closing()
-        await self._mark(LeaseState.CLOSED)
 

@@ -13,15 +13,18 @@ The order is the guarantee:
    of its **own session and process group**;
 4. the lease is completed with the root's pid, create time, start ticks, boot id and process
    group (:func:`complete_lease`); a failed write is logged, never raised;
-5. on close, :func:`kill_owned_tree` (group/session kill, waves) and a final lease state
-   (:func:`mark_lease`).
+5. on close, :func:`close_owned`: the tree, its group and session are killed in waves (the
+   reaper's proofs), the direct child is killed and reaped, and the lease goes ``open ->
+   closed`` when a scan proves the tree gone (``closing`` is written before any signal), or
+   stays ``closing`` for the next sweep when something survived.
 
 Everything here is async and cancellable; blocking reads run in worker threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,17 @@ from acpx_trio._errors import LeaseStoreError
 from acpx_trio._log import Logger
 from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
 from acpx_trio._process.owner_tag import owner_tag
-from acpx_trio._process.tools import owner_identity
+from acpx_trio._process.reaper import (
+    CleanupResult,
+    ProcessCleanupDeps,
+    cleanup_owned_process_tree,
+)
+from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
 __all__ = [
-    "RootRecord", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",
+    "RootRecord", "close_owned", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",
     "save_pending_lease", "spawn_owned",
 ]
 
@@ -151,3 +159,66 @@ async def mark_lease(
         log.error("%s %s: could not mark %s: %s", what, lease.lease_id, state, exc)
         return lease
     return lease if updated is None else updated
+
+
+async def close_owned(
+    proc: trio.Process,
+    lease: ProcessLease | None,
+    *,
+    mark: Callable[[LeaseState], Awaitable[object]],
+    create_time: float | None,
+    start_ticks: int | None,
+    grace: float,
+    deps: ProcessCleanupDeps | None,
+    log: Logger,
+    what: str,
+) -> CleanupResult | None:
+    """Kill one owned launch whose root ``proc`` is our own child (step 5 of the module) and
+    move its lease with ``mark``; returns the reaper's result (``None``: no scan ran).
+
+    The root's group and session die with it (its ids are reserved while a member lives),
+    untagged members included, then every process carrying the lease's tags, in waves; the
+    direct child is always killed and reaped.  A tree proved gone ends ``closed``; survivors
+    are logged and the lease stays ``closing`` for the next sweep.  Call it shielded."""
+    closing = False
+
+    async def mark_closing() -> None:
+        nonlocal closing
+        if not closing:
+            closing = True
+            await mark(LeaseState.CLOSING)
+
+    result: CleanupResult | None = None
+    if lease is not None:
+        try:
+            result = await cleanup_owned_process_tree(
+                root_pid=proc.pid,
+                expected_lease_id=lease.lease_id,
+                expected_gateway_instance_id=lease.gateway_instance_id,
+                root_create_time=create_time,
+                root_start_ticks=start_ticks,
+                root_boot_id=lease.boot_id,
+                grace=grace,
+                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid),
+                verified_groups=(proc.pid,),
+                before_signal=mark_closing,
+            )
+        except Exception as exc:
+            log.error("%s %s: tree cleanup failed: %r", what, proc.pid, exc)
+    if proc.returncode is None:  # our direct child: always kill and reap it
+        await mark_closing()
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with trio.move_on_after(max(grace, 1.0)):
+            await proc.wait()
+    survivors = list(result.survived_pids) if result is not None else []
+    if survivors or proc.returncode is None:
+        log.error(
+            "%s %s: processes survived cleanup (%s); lease %s stays closing for the next sweep",
+            what, proc.pid, survivors or [proc.pid], lease.lease_id if lease else None,
+        )
+        return result
+    if result is None:  # no scan proved the tree gone: the two-step move
+        await mark_closing()
+    await mark(LeaseState.CLOSED)
+    return result

@@ -87,7 +87,6 @@ __all__ = [
     "cleanup_owned_process_tree",
     "default_cleanup_deps",
     "guard_reason",
-    "kill_owned_tree",
     "order_children_first",
     "owner_alive",
     "plan_leases",
@@ -344,32 +343,3 @@ async def sweep_orphans(
 
     out = await _run_waves(plan, grace, deps)
     return out.cleanup_result()
-
-
-async def kill_owned_tree(
-    root_pid: int,
-    lease: ProcessLease,
-    *,
-    grace: float = DEFAULT_GRACE,
-    root_is_our_child: bool = True,
-    deps: ProcessCleanupDeps | None = None,
-) -> CleanupResult:
-    """Kill everything of one lease whose root we started: the root (identity from the
-    lease: start ticks / create time / boot id), its process group and session (members
-    need no tags), every process carrying the lease's tags, in waves until nothing is left
-    (one grace, then SIGKILL).  ``root_is_our_child``: the root is our own child started
-    with ``start_new_session=True`` whose exit (if any) we saw moments ago, so its
-    group/session ids are still ours even if it is gone (they are reserved while a member
-    lives).  For terminals and other launches beside agents.  Never signals another uid's
-    process, pid 1 or us.  Cancellation: see :func:`terminate_trees`."""
-    return await cleanup_owned_process_tree(
-        root_pid=root_pid,
-        expected_lease_id=lease.lease_id,
-        expected_gateway_instance_id=lease.gateway_instance_id,
-        root_create_time=lease.root_create_time,
-        root_start_ticks=lease.root_start_ticks,
-        root_boot_id=lease.boot_id,
-        grace=grace,
-        deps=deps,
-        verified_groups=(root_pid,) if root_is_our_child and root_pid > 1 else (),
-    )

@@ -19,11 +19,10 @@ Guarantees of :class:`TerminalManager` (one per session):
   (default :data:`DEFAULT_OUTPUT_LIMIT`, at most :data:`MAX_OUTPUT_LIMIT`) of the newest
   output are kept, cut at a UTF-8 character boundary (``truncated`` says so).
 
-The spawn and lease bookkeeping are :mod:`acpx_trio._process.owned` (shared with agents: the
-service's owner-death watchdog is armed before the spawn, so a SIGKILLed owner's terminals
-die without a restart); the kill is the reaper's :func:`kill_owned_tree` (the command's
-process group and session, untagged members included, every process with its tags, in
-waves).
+The spawn, the kill and the lease bookkeeping are :mod:`acpx_trio._process.owned`, shared
+with agents: the service's owner-death watchdog is armed before the spawn, so a SIGKILLed
+owner's terminals die without a restart, and the kill takes the command's process group and
+session (untagged members included) and every process with its tags, in waves.
 """
 
 from __future__ import annotations
@@ -51,9 +50,14 @@ from acpx_trio._acp import (
     TerminalOutputResponse,
 )
 from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._process.owned import complete_lease, mark_lease, save_pending_lease, spawn_owned
-from acpx_trio._process.reaper import ProcessCleanupDeps, kill_owned_tree
-from acpx_trio._process.tools import lease_cleanup_deps
+from acpx_trio._process.owned import (
+    close_owned,
+    complete_lease,
+    mark_lease,
+    save_pending_lease,
+    spawn_owned,
+)
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
@@ -270,37 +274,15 @@ class Terminal:
             return
         with trio.move_on_after(_CLEANUP_SECONDS / 2):
             await self._lease_done.wait()
-        await self._mark(LeaseState.CLOSING)
-        survivors: tuple[int, ...] = ()
-        lease = self.lease  # completed (pid, identity, boot id) unless that write failed
-        if lease is not None:
-            # the root is our own child, leader of its own group and session: the group and
-            # session die with it (untagged, env-scrubbed members included), in waves
-            root = msgspec.structs.replace(
-                lease, root_create_time=self.create_time, root_start_ticks=self.start_ticks,
-            )
-            try:
-                result = await kill_owned_tree(
-                    proc.pid, root, grace=owner.kill_grace, root_is_our_child=True,
-                    deps=owner.cleanup_deps or lease_cleanup_deps(lease.lease_id, proc.pid),
-                )
-                survivors = tuple(result.survived_pids)
-            except Exception as exc:
-                owner.log.error("terminal %s: tree cleanup failed: %r", self.id, exc)
-        if proc.returncode is None:  # our direct child: always kill and reap it
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with trio.move_on_after(max(owner.kill_grace, 1.0)):
-                await proc.wait()
+        await close_owned(
+            proc, self.lease, mark=self._mark, create_time=self.create_time,
+            start_ticks=self.start_ticks, grace=owner.kill_grace, deps=owner.cleanup_deps,
+            log=owner.log, what="terminal",
+        )
         if proc.returncode is not None:
             with trio.move_on_after(_DRAIN_SECONDS):
                 await self._output_done.wait()
             self._set_exit(proc.returncode)
-        if survivors or proc.returncode is None:
-            owner.log.error("terminal %s: processes survived (%s); lease %s stays closing",
-                            self.id, list(survivors) or [proc.pid], self.lease_id)
-            return
-        await self._mark(LeaseState.CLOSED)
 
     @property
     def lease_id(self) -> str | None:
