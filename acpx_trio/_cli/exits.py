@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from acpx_trio._events import DoneEvent, ErrorEvent
+
 if TYPE_CHECKING:
     from acpx_trio._cli.output import TurnPrinter
-    from acpx_trio._events import DoneEvent
+    from acpx_trio._events import AcpRuntimeEvent
 
 __all__ = [
     "EXIT_ERROR",
@@ -18,6 +20,8 @@ __all__ = [
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
     "done_exit",
+    "event_exit",
+    "exit_code_for",
 ]
 
 EXIT_OK = 0
@@ -29,6 +33,22 @@ EXIT_PERMISSION = 5
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
+_CODE_EXIT = {
+    "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_CONTROL_TIMEOUT": EXIT_TIMEOUT,
+    "ACP_SESSION_NOT_FOUND": EXIT_NO_SESSION,
+    "ACP_PERMISSION_PROMPT_UNAVAILABLE": EXIT_PERMISSION,
+    "ACP_PERMISSION_DENIED": EXIT_PERMISSION,
+    "ACP_AGENT_UNKNOWN": EXIT_USAGE,
+    "ACP_INVALID_RUNTIME_OPTION": EXIT_USAGE,
+}
+
+
+def exit_code_for(code: str) -> int:
+    """The process exit code for an error ``code`` (1 when it has no special meaning)."""
+    return _CODE_EXIT.get(code, EXIT_ERROR)
+
 
 def done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
     """0 for ``end_turn``, 130 for ``cancelled``; any other stop reason is reported and 1."""
@@ -38,3 +58,14 @@ def done_exit(ev: DoneEvent, printer: TurnPrinter) -> int:
         return EXIT_INTERRUPTED
     printer.error(f"the turn ended early: stop reason {ev.stop_reason!r}")
     return EXIT_ERROR
+
+
+def event_exit(ev: AcpRuntimeEvent, printer: TurnPrinter) -> int | None:
+    """Print one turn event; the command's exit code when the event ends the turn."""
+    printer.event(ev)
+    if isinstance(ev, DoneEvent):
+        return done_exit(ev, printer)
+    if isinstance(ev, ErrorEvent):
+        printer.failure(ev.code, ev.message, ev.detail)
+        return exit_code_for(ev.code)
+    return None

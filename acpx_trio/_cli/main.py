@@ -33,12 +33,11 @@ import trio
 from acpx_trio._cli.exits import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_NO_SESSION,
-    EXIT_PERMISSION,
     EXIT_TERMINATED,
     EXIT_TIMEOUT,
     EXIT_USAGE,
-    done_exit,
+    event_exit,
+    exit_code_for,
 )
 from acpx_trio._cli.options import (
     STATE_DIR_ENV,
@@ -49,7 +48,7 @@ from acpx_trio._cli.options import (
 )
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
-from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._events import ErrorEvent
 from acpx_trio._store.config import (
     DEFAULT_STOP_TIMEOUT_SECONDS,
     PERMISSION_MODES,
@@ -63,22 +62,8 @@ CUSTOM_AGENT = "custom"
 DEFAULT_SESSION = "cli:default"
 #: Upper bound of the shielded clean-up after a turn (close the session, forget the record).
 CLEANUP_SECONDS = DEFAULT_STOP_TIMEOUT_SECONDS
-_CODE_EXIT = {
-    "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,
-    "ACP_TIMEOUT": EXIT_TIMEOUT,
-    "ACP_CONTROL_TIMEOUT": EXIT_TIMEOUT,
-    "ACP_SESSION_NOT_FOUND": EXIT_NO_SESSION,
-    "ACP_PERMISSION_PROMPT_UNAVAILABLE": EXIT_PERMISSION,
-    "ACP_PERMISSION_DENIED": EXIT_PERMISSION,
-    "ACP_AGENT_UNKNOWN": EXIT_USAGE,
-    "ACP_INVALID_RUNTIME_OPTION": EXIT_USAGE,
-}
 _log = logging.getLogger("acpx_trio.cli")
 
-
-def exit_code_for(code: str) -> int:
-    """The process exit code for an error ``code`` (1 when it has no special meaning)."""
-    return _CODE_EXIT.get(code, EXIT_ERROR)
 
 
 def _is_timeout(exc: AcpxError) -> bool:
@@ -281,12 +266,8 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
     code = EXIT_ERROR
     async with aclosing(runtime.run_turn(handle=handle, text=text)) as events:
         async for ev in events:
-            printer.event(ev)
-            if isinstance(ev, DoneEvent):
-                code = done_exit(ev, printer)
-            elif isinstance(ev, ErrorEvent):
-                printer.failure(ev.code, ev.message, ev.detail)
-                code = exit_code_for(ev.code)
+            ended = event_exit(ev, printer)
+            code = code if ended is None else ended
     printer.finish()
     return code
 
@@ -366,8 +347,7 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
         from acpx_trio._cli.warm import warm_prompt
 
         raw, agent = _turn_config(ns, opts)
-        return await warm_prompt(ns, opts, raw=raw, agent=agent, text=await _prompt_text(ns),
-                                 exit_code_for=exit_code_for)
+        return await warm_prompt(ns, opts, raw=raw, agent=agent, text=await _prompt_text(ns))
     if ns.command in ("prompt", "exec"):
         return await _turn_command(ns, opts, oneshot=ns.command == "exec")
     if ns.command in ("cancel", "status"):

@@ -16,7 +16,6 @@ import contextlib
 import math
 import signal
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +29,11 @@ from acpx_trio._cli.exits import (
     EXIT_TERMINATED,
     EXIT_TIMEOUT,
     EXIT_USAGE,
-    done_exit,
+    event_exit,
 )
 from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table
 from acpx_trio._errors import AcpxError, ConfigError
-from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._events import ErrorEvent
 from acpx_trio._owner.client import connect_or_start, connect_owner, send_request
 from acpx_trio._owner.wire import (
     AcceptedFrame,
@@ -206,8 +205,7 @@ class _Client:
 
 
 
-async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
-                  exit_code_for: Callable[[str], int]) -> int:
+async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
     printer, req = client.printer, client.request
     for attempt in range(PROMPT_ATTEMPTS):
         stream = await connect_or_start(opts.state_dir, launch)
@@ -233,13 +231,8 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                                      f"{frame.owner_pid}")
                     continue
                 if isinstance(frame, EventFrame):
-                    ev = frame.event
-                    printer.event(ev)
-                    if isinstance(ev, DoneEvent):
-                        code = done_exit(ev, printer)
-                    elif isinstance(ev, ErrorEvent):
-                        printer.failure(ev.code, ev.message, ev.detail)
-                        code = exit_code_for(ev.code)
+                    ended = event_exit(frame.event, printer)
+                    code = code if ended is None else ended
             else:
                 if code is not None:
                     return code
@@ -267,10 +260,9 @@ def _report(printer: TurnPrinter, code: str, message: str) -> None:
 
 
 async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, Any],
-                      agent: str, text: str, exit_code_for: Callable[[str], int]) -> int:
+                      agent: str, text: str) -> int:
     """``prompt --session K`` through the warm owner (see the module docstring).  ``raw`` and
-    ``agent`` are the turn's plugin config and agent, ``exit_code_for`` maps error codes to
-    exit codes (all from ``main``)."""
+    ``agent`` are the turn's plugin config and agent (from ``main``)."""
     launch, cwd = await trio.to_thread.run_sync(_launch, raw, opts)
     req = PromptRequest(request_id=uuid.uuid4().hex[:16], session_key=ns.session, agent=agent,
                         text=text, cwd=cwd, config_fingerprint=config_fingerprint(raw),
@@ -287,7 +279,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                 with client.waiting:
                     timeout = ns.timeout if ns.timeout is not None else math.inf
                     with trio.move_on_after(timeout) as deadline:
-                        code = await _stream(client, launch, opts, exit_code_for)
+                        code = await _stream(client, launch, opts)
                     if deadline.cancelled_caught:
                         if client.sent:
                             await client.send_cancel()

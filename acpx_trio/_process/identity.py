@@ -234,15 +234,8 @@ def read_start_ticks(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22).
 
     ``None`` when the process does not exist, cannot be read, or this is not Linux."""
-    if not _LINUX or pid <= 0:
-        return None
-    fields = _read_stat_fields(pid)
-    if fields is None or len(fields) < 20:
-        return None
-    try:
-        return int(fields[19])  # field 22 is index 19 once fields 1-2 are cut off
-    except ValueError:
-        return None
+    state = read_stat_state(pid)
+    return None if state is None else state[1]
 
 
 def read_stat_state(pid: int) -> tuple[str, int] | None:
@@ -253,7 +246,7 @@ def read_stat_state(pid: int) -> tuple[str, int] | None:
     if fields is None or len(fields) < 20:
         return None
     try:
-        return fields[0], int(fields[19])
+        return fields[0], int(fields[19])  # field 22 is index 19 once fields 1-2 are cut off
     except ValueError:
         return None
 
