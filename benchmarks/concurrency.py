@@ -14,20 +14,17 @@ import argparse
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_runtime import bench_runtime
 from _report import median, result
 from turns import INIT, RawAgent
 
 from acpx_trio._events import AcpRuntimeHandle
-from acpx_trio._runtime.open_runtime import open_acpx_runtime
 from acpx_trio._runtime.runtime import AcpxRuntime
-from acpx_trio._store.config import resolve_config
-from acpx_trio._store.leases import LeaseStore
 
 
 async def raw_round(cwd: str, n: int) -> tuple[float, float]:
@@ -72,13 +69,8 @@ async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float
 async def main(n: int, reps: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "ws").mkdir()
         cwd = str(root / "ws")
-        config = resolve_config({"stateDir": str(root / "state")}, cwd)
-        async with open_acpx_runtime(
-            config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-            lease_store=LeaseStore(root / "leases"), wrapper_root=root,
-        ) as rt:
+        async with bench_runtime(root) as rt:
             await raw_round(cwd, 4)  # warm-up
             await runtime_round(rt, 4, "warm")
             raw_open: list[float] = []

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import tempfile
 import time
@@ -29,12 +28,8 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_runtime import bench_runtime, stream_chunks
 from _report import median, result, skip
-
-from acpx_trio._events import ErrorEvent, TextDeltaEvent
-from acpx_trio._runtime.open_runtime import open_acpx_runtime
-from acpx_trio._store.config import resolve_config
-from acpx_trio._store.leases import LeaseStore
 
 Timing = tuple[float, float]  # wall, client CPU
 
@@ -77,40 +72,15 @@ async def sdk_run(cwd: str, chunks: int | None) -> Timing:
 
 
 async def ours_run(root: Path, chunks: int | None, batches: bool) -> Timing:
-    cwd = str(root / "ws")
-    config = resolve_config({"stateDir": str(root / "state")}, cwd)
-    async with open_acpx_runtime(
-        config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-        lease_store=LeaseStore(root / "leases"), wrapper_root=root,
-    ) as rt:
+    async with bench_runtime(root) as rt:
         start, cpu = time.perf_counter(), time.process_time()
         handle = await rt.ensure_session(session_key=f"s-{uuid.uuid4().hex[:6]}", agent="mock")
         if chunks is None:
             await rt.close(handle=handle, reason="bench")
             return time.perf_counter() - start, time.process_time() - cpu
-        count = 0
         start, cpu = time.perf_counter(), time.process_time()
-        if batches:
-            async with contextlib.aclosing(
-                rt.run_turn_batches(handle=handle, text=f"/chunks {chunks}")
-            ) as stream:
-                async for batch in stream:
-                    for event in batch:
-                        if type(event) is TextDeltaEvent:
-                            count += 1
-                        elif isinstance(event, ErrorEvent):
-                            raise RuntimeError(event.message)
-        else:
-            async with contextlib.aclosing(
-                rt.run_turn(handle=handle, text=f"/chunks {chunks}")
-            ) as events:
-                async for event in events:
-                    if type(event) is TextDeltaEvent:
-                        count += 1
-                    elif isinstance(event, ErrorEvent):
-                        raise RuntimeError(event.message)
+        await stream_chunks(rt, handle, chunks, batches=batches)
         elapsed, used = time.perf_counter() - start, time.process_time() - cpu
-        assert count == chunks, count
         await rt.close(handle=handle, reason="bench")
         return elapsed, used
 

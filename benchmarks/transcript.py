@@ -14,12 +14,10 @@ missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import trio
@@ -27,13 +25,10 @@ import trio
 from acpx_trio._acp import stream_tap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_runtime import bench_runtime, stream_chunks
 from _report import result
 
-from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._runtime.open_runtime import open_acpx_runtime
 from acpx_trio._runtime.runtime import AcpxRuntime
-from acpx_trio._store.config import resolve_config
-from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.transcript import TranscriptWriter, transcript_path
 
 TARGET = 1.10
@@ -45,19 +40,9 @@ async def one_turn(rt: AcpxRuntime, chunks: int, n: int,
     stream_tap.set(None if writer is None else writer.on_chunk)
     handle = await rt.ensure_session(session_key=f"t-{n}", agent="mock")
     try:
-        count = 0
         start = time.perf_counter()
-        events = rt.run_turn(handle=handle, text=f"/chunks {chunks}")
-        async with contextlib.aclosing(events) as stream:
-            async for event in stream:
-                if isinstance(event, TextDeltaEvent):
-                    count += 1
-                elif isinstance(event, ErrorEvent):
-                    raise RuntimeError(event.message)
-                elif isinstance(event, DoneEvent):
-                    break
+        await stream_chunks(rt, handle, chunks, batches=False)
         elapsed = time.perf_counter() - start
-        assert count == chunks, count
         flushed = time.perf_counter()
         if writer is not None:
             await writer.aclose()
@@ -69,12 +54,7 @@ async def one_turn(rt: AcpxRuntime, chunks: int, n: int,
 async def main(n: int, chunks: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "ws").mkdir()
-        config = resolve_config({"stateDir": str(root / "state")}, root / "ws")
-        async with open_acpx_runtime(
-            config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-            lease_store=LeaseStore(root / "leases"), wrapper_root=root,
-        ) as rt, trio.open_nursery() as nursery:
+        async with bench_runtime(root) as rt, trio.open_nursery() as nursery:
 
             def writer(i: int) -> TranscriptWriter:
                 return TranscriptWriter(transcript_path(root / "tr", f"k{i}"), nursery=nursery)

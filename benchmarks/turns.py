@@ -16,12 +16,10 @@ figure (see ``_report.py``); exits 1 if a target is missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +27,10 @@ import msgspec
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_runtime import bench_runtime, stream_chunks
 from _report import median, result
 
-from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
-from acpx_trio._runtime.open_runtime import open_acpx_runtime
 from acpx_trio._runtime.runtime import AcpxRuntime
-from acpx_trio._store.config import resolve_config
-from acpx_trio._store.leases import LeaseStore
 
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
 INIT = {"protocolVersion": 1, "clientCapabilities": {"fs": {"readTextFile": True,
@@ -151,31 +146,9 @@ async def raw_turn(cwd: str, chunks: int) -> Timing:
 async def runtime_turn(rt: AcpxRuntime, chunks: int, n: int, batches: bool) -> Timing:
     handle = await rt.ensure_session(session_key=f"turn-{n}", agent="mock")
     try:
-        count = 0
         start, cpu = time.perf_counter(), time.process_time()
-        if batches:
-            async with contextlib.aclosing(
-                rt.run_turn_batches(handle=handle, text=f"/chunks {chunks}")
-            ) as stream:
-                async for batch in stream:
-                    for event in batch:
-                        if type(event) is TextDeltaEvent:
-                            count += 1
-                        elif isinstance(event, ErrorEvent):
-                            raise RuntimeError(event.message)
-        else:
-            events = rt.run_turn(handle=handle, text=f"/chunks {chunks}")
-            async with contextlib.aclosing(events) as stream:
-                async for event in stream:
-                    if isinstance(event, TextDeltaEvent):
-                        count += 1
-                    elif isinstance(event, ErrorEvent):
-                        raise RuntimeError(event.message)
-                    elif isinstance(event, DoneEvent):
-                        break
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        assert count == chunks, count
-        return elapsed, cpu
+        await stream_chunks(rt, handle, chunks, batches=batches)
+        return time.perf_counter() - start, time.process_time() - cpu
     finally:
         await rt.close(handle=handle, reason="bench")
 
@@ -190,13 +163,8 @@ def report(name: str, ours: list[float], raw: list[float], target: float) -> boo
 async def main(n: int, chunks: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "ws").mkdir()
         cwd = str(root / "ws")
-        config = resolve_config({"stateDir": str(root / "state")}, cwd)
-        async with open_acpx_runtime(
-            config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-            lease_store=LeaseStore(root / "leases"), wrapper_root=root,
-        ) as rt:
+        async with bench_runtime(root) as rt:
             await raw_lifecycle(cwd)  # warm-up: imports, thread cache, page cache
             await runtime_lifecycle(rt, -1)
             ours: list[float] = []
