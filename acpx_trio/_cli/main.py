@@ -40,6 +40,7 @@ from acpx_trio._cli.exits import (
     exit_code_for,
 )
 from acpx_trio._cli.options import (
+    OUTPUT_FORMATS,
     STATE_DIR_ENV,
     Options,
     UsageError,
@@ -76,12 +77,36 @@ def _is_timeout(exc: AcpxError) -> bool:
 
 
 # -- argument parsing -------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """A command's parser takes its options and positionals in any order (so a global option
+    may follow a positional: ``sessions close KEY --state-dir X``); the top-level parser,
+    which dispatches to the commands, parses as usual."""
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        if leaf and not self._intermixing:
+            self._intermixing = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+        return super().parse_known_args(args, namespace)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a global option may be given before or after the command name.
     p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help=f"state directory (default: ${STATE_DIR_ENV} or the per-user state dir)")
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                   help="plugin config file (JSON, or TOML by .toml suffix)")
+                   help="config file (JSON, or TOML by .toml suffix), over the user file and "
+                        "the project's .acpx-trio.toml")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=argparse.SUPPRESS,
+                   help="output: text (default), json (NDJSON, as --json) or quiet (the "
+                        "reply text only)")
     p.add_argument("--cwd", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help="working directory of the agent (default: the config's cwd, else .)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -94,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
     from acpx_trio import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="acpx-trio",
         description="Drive ACP coding agents from a Trio runtime that never leaks a process.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage/config, 3 timeout, 4 no session, "
@@ -121,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the config's, else approve-reads)")
         perm.add_argument("--approve-all", action="store_const", const="approve-all",
                           dest="permission_mode", help="same as --permission-mode approve-all")
+        p.add_argument("-f", "--file", default=None, metavar="FILE",
+                       help="read the prompt from FILE (- = stdin)")
+        p.add_argument("--no-fs", action="store_true",
+                       help="do not offer file access: fs/* is not advertised and refused")
+        p.add_argument("--no-terminal", action="store_true",
+                       help="do not offer terminals: terminal/* is not advertised and refused")
         p.add_argument("text", nargs="*", help="the prompt (default: read from stdin)")
         return p
 
@@ -154,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "config's timeoutSeconds, else 60)")
     doctor.add_argument("--deep", action="store_true",
                         help="also open and close a real session (authenticate included)")
+
+    config = sub.add_parser("config", help="Show the effective config or write a starter file.",
+                            description="show: every effective setting and the file it came "
+                            "from (credentials masked). init: write a commented starter file "
+                            "(the user config.toml, or .acpx-trio.toml with --project).")
+    _common(config)
+    config.add_argument("action", nargs="?", default="show", choices=["show", "init"])
+    config.add_argument("--project", action="store_true",
+                        help="init: write .acpx-trio.toml in the working directory")
+    config.add_argument("--force", action="store_true",
+                        help="init: replace an existing file")
 
     leases = sub.add_parser("leases", help="Process leases: what was started, is it alive.")
     _common(leases)
@@ -233,16 +275,36 @@ def _turn_config(ns: argparse.Namespace, opts: Options) -> tuple[dict[str, Any],
         raw["timeoutSeconds"] = ns.timeout
     if ns.permission_mode is not None:
         raw["permissionMode"] = ns.permission_mode
+    if ns.no_fs:
+        raw["fs"] = False
+    if ns.no_terminal:
+        raw["terminal"] = False
     if opts.cwd_given or "cwd" not in raw:
         raw["cwd"] = str(opts.cwd)
     return raw, agent
 
 
+def _read_prompt_file(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"--file {path}: cannot read it ({why})") from exc
+
+
 async def _prompt_text(ns: argparse.Namespace) -> str:
     words: list[str] = ns.text
+    source: str | None = ns.file
+    if source is not None and words:
+        raise UsageError("give the prompt as TEXT or with --file, not both")
+    if source is not None and source != "-":
+        content = await trio.to_thread.run_sync(_read_prompt_file, source)
+        if not content.strip():
+            raise UsageError(f"--file {source}: the prompt is empty")
+        return content.rstrip("\n")
     if words and words != ["-"]:
         return " ".join(words)
-    if sys.stdin is None or sys.stdin.isatty():
+    if sys.stdin is None or (source is None and sys.stdin.isatty()):
         raise UsageError("no prompt given: pass TEXT, or pipe it on stdin")
     stdin = sys.stdin
     text: str = await trio.to_thread.run_sync(stdin.read, abandon_on_cancel=True)
@@ -321,7 +383,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
     text = await _prompt_text(ns)
     session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else (ns.session or DEFAULT_SESSION)
     output = Output()
-    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
+    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     ctl = _Interrupts(printer)
     code = EXIT_ERROR
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -367,6 +429,10 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
         return await _cli_info.doctor_command(ns.agent, ns.timeout, opts, deep=ns.deep)
     if ns.command == "leases":
         return await _cli_info.leases_command(ns.all, opts)
+    if ns.command == "config":
+        from acpx_trio._cli.config_cmd import config_command
+
+        return await config_command(ns.action, opts, project=ns.project, force=ns.force)
     if ns.command == "reap":
         from acpx_trio._cli.reap import reap_command
 

@@ -117,10 +117,15 @@ class TurnPrinter:
     lines, dimmed when stderr is a terminal (``NO_COLOR`` disables).  JSON mode: every event is
     one JSON object on its own stdout line (NDJSON), exactly ``msgspec.json.encode(event)``."""
 
-    def __init__(self, output: Output, *, json_mode: bool, verbose: bool = False) -> None:
+    def __init__(
+        self, output: Output, *, json_mode: bool, verbose: bool = False, quiet: bool = False,
+    ) -> None:
         self.output = output
         self.json_mode = json_mode
         self.verbose = verbose
+        #: ``--format quiet``: the reply text only (no thought, tool or status lines; errors
+        #: still go to stderr).
+        self.quiet = quiet and not json_mode
         isatty = getattr(output.err, "isatty", None)
         self.dim = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
         self._encoder = msgspec.json.Encoder()
@@ -129,7 +134,9 @@ class TurnPrinter:
         self._titles: dict[str, str] = {}
 
     def side(self, label: str, text: str) -> None:
-        """One prefixed line per line of ``text`` on stderr."""
+        """One prefixed line per line of ``text`` on stderr (none in quiet mode)."""
+        if self.quiet:
+            return
         for line in text.rstrip("\n").splitlines() or [""]:
             body = f"[{label}] {line}".rstrip()
             self.output.write(f"\x1b[2m{body}\x1b[0m\n" if self.dim else body + "\n", err=True)

@@ -86,12 +86,13 @@ def _version() -> str:
     return __version__
 
 
-def initialize_request() -> InitializeRequest:
-    """Protocol version 1, fs read/write and terminal capabilities."""
+def initialize_request(*, fs: bool = True, terminal: bool = True) -> InitializeRequest:
+    """Protocol version 1; fs read/write and terminal capabilities unless turned off (config
+    ``fs``/``terminal``, ``--no-fs``/``--no-terminal``)."""
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
+            fs=FileSystemCapability(read_text_file=fs, write_text_file=fs), terminal=terminal
         ),
         client_info=Implementation(name="acpx-trio", version=_version()),
     )
@@ -216,7 +217,8 @@ async def start_live_session(
     )
     proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
-    session.terminals = TerminalManager(
+    session.fs_enabled = factory.config.fs
+    session.terminals = None if not factory.config.terminal else TerminalManager(
         session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
         gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
         wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
@@ -254,7 +256,10 @@ async def open_acp_session(
     step = "initialize"
     try:
         with trio.fail_after(timeout):
-            init = await conn.request("initialize", initialize_request(), InitializeResponse)
+            init = await conn.request(
+                "initialize", initialize_request(fs=config.fs, terminal=config.terminal),
+                InitializeResponse,
+            )
         _check_version(init)
         session.init = init
         step = "authenticate"
@@ -402,7 +407,9 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             assert proc.connection is not None
             with trio.fail_after(timeout):
                 init = await proc.connection.request(
-                    "initialize", initialize_request(), InitializeResponse
+                    "initialize",
+                    initialize_request(fs=factory.config.fs, terminal=factory.config.terminal),
+                    InitializeResponse,
                 )
             _check_version(init)
             return DoctorReport(

@@ -12,7 +12,7 @@ Guarantees:
 * Every agent request is answered: permissions by :class:`PermissionPolicy` (``cancelled`` while
   the turn is cancelling), ``fs/*`` by :class:`FsGate`, ``terminal/*`` by
   :class:`~acpx_trio._runtime.terminals.TerminalManager` (set by the handshake; without one,
-  ``terminal/*`` gets -32601).
+  ``terminal/*`` gets -32601); with config ``fs: false`` ``fs/*`` gets -32601 too.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class LiveSession:
         self.log = logger or _log
         self._on_turn_failure = on_turn_failure
         self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn)
+        #: ``False`` (config ``fs: false``): ``fs/*`` requests are refused (-32601).
+        self.fs_enabled = True
         self.process: AgentProcess | None = None
         self.backend_session_id: str | None = None
         self.init: InitializeResponse | None = None
@@ -300,7 +302,15 @@ class LiveSession:
             self._fail_turn(decision.fail_turn)
         return decision.response
 
+    def _check_fs(self, method: str) -> None:
+        if not self.fs_enabled:
+            raise AcpRuntimeError(
+                "ACP_FS_REFUSED", f"Method not found: {method} (file access is turned off)",
+                rpc_code=-32601,
+            )
+
     async def _on_read(self, raw: msgspec.Raw) -> ReadTextFileResponse:
+        self._check_fs("fs/read_text_file")
         request = msgspec.json.decode(raw, type=ReadTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.read_text_file(request)
@@ -316,6 +326,7 @@ class LiveSession:
         return await terminals.handle(method, raw)
 
     async def _on_write(self, raw: msgspec.Raw) -> Any:
+        self._check_fs("fs/write_text_file")
         request = msgspec.json.decode(raw, type=WriteTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.write_text_file(request)
