@@ -316,7 +316,9 @@ async def open_acp_session(
             raise
         methods = [] if session.init is None else session.init.auth_methods
         if is_auth_required(exc):
-            raise auth_required_error(methods, exc) from exc
+            raise auth_required_error(
+                methods, exc, session.spec.name, session.spec.command
+            ) from exc
         if exc.code == "ACP_SESSION_INIT_FAILED":
             raise AcpRuntimeError(
                 exc.code, exc.message + _tail(session.process),
@@ -382,13 +384,18 @@ def set_config_params(
 
 
 async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
-    """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
+    """Start agent ``name`` exactly as a session would (the same installed-binary preference:
+    :meth:`~acpx_trio._runtime.agents.AgentRegistry.prefer_installed`), run ``initialize``
+    under the control deadline, stop it.  The details name the program that ran
+    (``path=``) and, when the agent dies before answering, how it ended (``exit=``) and its
+    redacted stderr tail (``stderr:``)."""
     fail = "embedded ACP runtime probe failed"
     try:
         spec = factory.agents.resolve(name)
     except AcpRuntimeError as exc:
         return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
                             details=[f"agent={name}", exc.message])
+    spec = await factory.agents.prefer_installed(spec)
     cwd = factory.config.cwd
     details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
                           f"cwd={cwd}"]
@@ -398,9 +405,12 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             install_command=spec.install_command,
             details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
         )
+    path = await trio.to_thread.run_sync(factory.agents.program_path, spec.launcher)
+    details.append(f"path={path or spec.launcher}")
     timeout = factory.config.control_timeout_seconds
     proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
     problem: str
+    exit_text: str | None = None
     async with trio.open_nursery() as nursery:
         try:
             await nursery.start(proc.run)
@@ -415,7 +425,8 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",
-                         *auth_details(init.auth_methods, factory.config),
+                         *auth_details(init.auth_methods, factory.config, spec.name,
+                                       spec.command),
                          *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
                            if init.agent_info else [])],
             )
@@ -423,17 +434,30 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
             problem = f"the agent did not answer initialize within {timeout:g}s"
         except AcpxError as exc:  # a lease store that cannot write (disk full) included
             problem = exc.message
+            if isinstance(exc, AcpConnectionClosedError):
+                exit_text = await _await_exit(proc)
         except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
             first = collapse_group(group)
             if not isinstance(first, AcpxError):
                 raise first from None
             problem = first.message
+            if isinstance(first, AcpConnectionClosedError):
+                exit_text = await _await_exit(proc)
         finally:
             with trio.CancelScope(shield=True):
                 await proc.aclose("probe finished")
     tail = proc.stderr_tail().strip()
-    extra = [f"stderr: {tail[-2000:]}"] if tail else []
+    extra = [f"exit={exit_text}"] if exit_text else []
+    extra += [f"stderr: {tail[-2000:]}"] if tail else []
     return DoctorReport(
         ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
         install_command=spec.install_command, details=[*details, problem, *extra],
     )
+
+
+async def _await_exit(proc: AgentProcess) -> str:
+    """How the agent ended, once its output closed: its exit is awaited for a moment (an
+    agent that closed its output but lives on is described as such)."""
+    with trio.move_on_after(1.0):
+        await proc.exited.wait()
+    return proc.describe_exit()

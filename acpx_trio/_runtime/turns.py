@@ -117,7 +117,9 @@ def prompt_error_event(session: LiveSession, exc: AcpRuntimeError) -> ErrorEvent
     methods and the environment variables that would satisfy them)."""
     if is_auth_required(exc):
         methods = session.init.auth_methods if session.init is not None else []
-        return ErrorEvent.from_error(auth_required_error(methods, exc))
+        return ErrorEvent.from_error(
+            auth_required_error(methods, exc, session.spec.name, session.spec.command)
+        )
     return ErrorEvent(
         code="ACP_TURN_FAILED", message=exc.message, retryable=False, rpc_code=exc.rpc_code,
         rpc_data=exc.rpc_data, detail=exc.detail,
