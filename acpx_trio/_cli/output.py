@@ -179,7 +179,9 @@ class TurnPrinter:
             title = ev.title or self._titles.get(ev.tool_call_id or "", "") or ev.text
             self.side("tool", f"{title} ({ev.status})" if ev.status else title)
         elif isinstance(ev, StatusEvent):
-            if self.verbose or ev.tag in _SHOWN_STATUS:
+            if not ev.text.strip() or ev.text.rstrip().endswith(":"):
+                return  # an update with nothing to say: no blank status line
+            if self.verbose or ev.tag in _SHOWN_STATUS or ev.text.startswith("agent error:"):
                 self.side("status", ev.text)
         elif isinstance(ev, DoneEvent | ErrorEvent):
             self._end_reply_line()

@@ -36,6 +36,7 @@ from acpx_trio._acp import (
     RequestPermissionRequest,
     RequestPermissionResponse,
     SessionConfigOption,
+    SessionInfoUpdate,
     SessionModeState,
     SessionUpdateLine,
     WriteTextFileRequest,
@@ -54,7 +55,12 @@ from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
 from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
-from acpx_trio._runtime.update_map import MAPPERS, decode_notification, map_update
+from acpx_trio._runtime.update_map import (
+    MAPPERS,
+    decode_notification,
+    map_update,
+    reported_error,
+)
 from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
@@ -106,6 +112,9 @@ class LiveSession:
         self.terminals: TerminalManager | None = None
         #: The auth method ``authenticate`` succeeded with (an id, never a credential).
         self.auth_method: str | None = None
+        #: The last error the agent reported in an update's ``_meta`` during the current
+        #: turn (reset when a prompt is sent): the detail of a turn that times out.
+        self.agent_error: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -246,6 +255,8 @@ class LiveSession:
             self.current_mode = update.current_mode_id
         elif isinstance(update, ConfigOptionUpdate):
             self.config_options = update.config_options
+        elif isinstance(update, SessionInfoUpdate):
+            self.agent_error = reported_error(update.meta) or self.agent_error
         turn = self.turn
         if turn is None or turn.abandoned or turn.done:
             self.stray_updates += 1
@@ -272,6 +283,9 @@ class LiveSession:
                 self.current_mode = update.current_mode_id  # type: ignore[union-attr]
             elif cls is ConfigOptionUpdate:
                 self.config_options = update.config_options  # type: ignore[union-attr]
+            elif cls is SessionInfoUpdate:
+                error = reported_error(update.meta)  # type: ignore[union-attr]
+                self.agent_error = error or self.agent_error
             if not live:
                 self.stray_updates += 1
                 continue

@@ -111,6 +111,25 @@ def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -
     return ErrorEvent(code=code, message=message, retryable=retryable)
 
 
+#: Lines of the agent's stderr tail kept in a timed-out turn's detail.
+TIMEOUT_STDERR_LINES = 5
+
+
+def timeout_detail(session: LiveSession) -> str | None:
+    """Why a turn that never ended may have stalled: the last error the agent reported in
+    ``_meta`` during the turn and the last lines of its (redacted) stderr; ``None`` when the
+    agent said nothing."""
+    parts: list[str] = []
+    if session.agent_error:
+        parts.append(f"the agent reported: {session.agent_error}")
+    proc = session.process
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    if tail:
+        lines = tail.splitlines()[-TIMEOUT_STDERR_LINES:]
+        parts.append("agent stderr (last lines):\n" + "\n".join(lines))
+    return "\n".join(parts) or None
+
+
 def prompt_error_event(session: LiveSession, exc: AcpRuntimeError) -> ErrorEvent:
     """The final event of a turn the agent answered with a JSON-RPC error: ``ACP_TURN_FAILED``
     with the agent's rpc code, data and detail, or ``ACP_AUTH_REQUIRED`` (listing the auth
@@ -154,6 +173,7 @@ async def _prompt(
             if turn_timeout is not None:
                 scope.deadline = trio.current_time() + turn_timeout
             turn.prompt_sent = True
+            session.agent_error = None
             params = PromptRequest(
                 session_id=session.backend_session_id or "", prompt=[text_block(turn.text)]
             )
@@ -168,6 +188,7 @@ async def _prompt(
                     code="ACP_TURN_TIMEOUT", retryable=True,
                     message=f"The ACP turn did not finish within {turn_timeout:g}s "
                     "(timeoutSeconds); the agent was stopped.",
+                    detail=timeout_detail(session),
                 )
                 kill_reason = "turn timed out"
     except AcpProtocolError as exc:

@@ -241,12 +241,26 @@ def _error_data(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
+def _stall_meta_error(t: TurnCtx, arg: str) -> str | None:
+    """``/stall-meta-error TEXT``: as codex-acp 1.x offline — report TEXT only in a
+    ``session_info_update`` with an empty title and ``_meta.codex.error`` (and on stderr),
+    then never end the turn (until cancelled)."""
+    error = arg or "stream disconnected before completion"
+    info = {"sessionUpdate": "session_info_update", "title": "",
+            "_meta": {"codex": {"error": error}}}
+    t.agent.send(t.update(info))
+    t.agent.log(f"ERROR codex_core: {error}")
+    t.ctl.cancelled.wait()
+    return "cancelled"
+
+
 def _auth_required(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32000, "Authentication required")
 
 
 DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/auth-required": _auth_required,
+    "/stall-meta-error": _stall_meta_error,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
     "/terminal-kill": terminal_kill,
