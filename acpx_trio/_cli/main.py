@@ -319,7 +319,7 @@ def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
     event = ErrorEvent.from_error(exc)
     if printer.json_mode:
         printer.json(event)
-    printer.failure(event.code, event.message, event.detail)
+    printer.failure(event.code, event.message, event.detail, event.rpc_data)
 
 
 

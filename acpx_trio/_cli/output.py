@@ -19,7 +19,7 @@ import trio
 
 from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
-__all__ = ["Output", "TurnPrinter", "first_line", "format_table"]
+__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "short_rpc_data"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update"})
@@ -31,6 +31,34 @@ def first_line(message: str, default: str = "failed") -> str:
         if line.strip():
             return line.strip()
     return default
+
+
+#: Longest short form of an error's ``rpc_data`` on the human error line.
+RPC_DATA_CHARS = 300
+
+
+def short_rpc_data(data: Any) -> str | None:
+    """A one-line form of a JSON-RPC error's ``data`` for people: validation errors as
+    ``field: message`` (the official SDK's pydantic list), a string as itself, anything else
+    as compact JSON; cut at :data:`RPC_DATA_CHARS`.  ``None`` when there is no data."""
+    if data is None or data == "" or data == {} or data == []:
+        return None
+    if isinstance(data, list) and all(isinstance(d, dict) and "msg" in d for d in data):
+        parts = []
+        for d in data:
+            loc = d.get("loc")
+            where = ".".join(str(x) for x in loc) if isinstance(loc, list | tuple) else ""
+            parts.append(f"{where}: {d['msg']}" if where else str(d["msg"]))
+        text = "; ".join(parts)
+    elif isinstance(data, str):
+        text = data
+    elif isinstance(data, dict) and len(data) == 1 and isinstance(
+            data.get("details", data.get("message")), str):
+        text = next(iter(data.values()))
+    else:
+        text = msgspec.json.encode(data).decode()
+    text = " ".join(text.split())
+    return text if len(text) <= RPC_DATA_CHARS else text[:RPC_DATA_CHARS - 3] + "..."
 
 
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -197,14 +225,20 @@ class TurnPrinter:
         self.finish()
         self.output.write(f"acpx-trio: {first_line(message)}\n", err=True)
 
-    def failure(self, code: str, message: str, detail: str | None = None) -> None:
+    def failure(
+        self, code: str, message: str, detail: str | None = None, rpc_data: Any = None,
+    ) -> None:
         """``acpx-trio: CODE: <first line>`` on stderr, then the detail (the agent's reason or
-        its redacted stderr tail) when the first line does not already say it."""
+        its redacted stderr tail) when the first line does not already say it, then a short
+        form of the JSON-RPC error data (:func:`short_rpc_data`) when neither says it."""
         head = first_line(message)
         self.error(f"{code}: {head}")
         if detail and detail.strip() not in head:
             for line in detail.strip().splitlines()[-10:]:
                 self.output.write(f"acpx-trio:   {line.rstrip()}\n", err=True)
+        data = short_rpc_data(rpc_data)
+        if data and data not in head and data not in (detail or ""):
+            self.output.write(f"acpx-trio:   data: {data}\n", err=True)
 
     def note(self, message: str) -> None:
         """An informational line on stderr."""

@@ -241,6 +241,15 @@ def _error_data(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
+def _invalid_params(t: TurnCtx, arg: str) -> str | None:
+    """``/invalid-params FIELD``: -32602 with pydantic-style data, as the official SDK answers
+    a request missing FIELD (``Field required``)."""
+    field = arg or "sessionId"
+    raise RpcFailure(-32602, "Invalid params", [
+        {"type": "missing", "loc": [field], "msg": "Field required", "input": {}},
+    ])
+
+
 def _stall_meta_error(t: TurnCtx, arg: str) -> str | None:
     """``/stall-meta-error TEXT``: as codex-acp 1.x offline — report TEXT only in a
     ``session_info_update`` with an empty title and ``_meta.codex.error`` (and on stderr),
@@ -261,6 +270,7 @@ def _auth_required(t: TurnCtx, arg: str) -> str | None:
 DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/auth-required": _auth_required,
     "/stall-meta-error": _stall_meta_error,
+    "/invalid-params": _invalid_params,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
     "/terminal-kill": terminal_kill,
