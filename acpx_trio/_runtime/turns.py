@@ -13,6 +13,7 @@ import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
@@ -165,6 +166,8 @@ async def _prompt(
     final: AcpRuntimeEvent | None = None
     failure: tuple[str, str, bool] | None = None  # (code, message, retryable): agent gone
     kill_reason: str | None = None
+    answered_error = False  # the agent answered the prompt with a JSON-RPC error
+    denied_before = session.policy.stats.denied
     try:
         if turn.cancelling:  # cancelled before the prompt was sent
             return DoneEvent(stop_reason="cancelled")
@@ -201,6 +204,7 @@ async def _prompt(
             failure = ("ACP_TURN_FAILED", "", True)
     except AcpRuntimeError as exc:  # the agent answered the prompt with an error: still alive
         final = prompt_error_event(session, exc)
+        answered_error = final.code == "ACP_TURN_FAILED"
     except Exception as exc:
         log.exception("ACP turn driver failed: %r", exc)
         failure, kill_reason = ("ACP_TURN_FAILED", f"internal error: {exc!r}", False), "bug"
@@ -208,8 +212,15 @@ async def _prompt(
         await retire(session, kill_reason)
     if failure is not None:
         final = turn_error(session, *failure)
-    if turn.failure is not None and not isinstance(final, ErrorEvent):
-        error = turn.failure
-        final = ErrorEvent.from_error(error)
+    if turn.failure is not None and (not isinstance(final, ErrorEvent) or answered_error):
+        # a refusal that fails the turn wins over the agent's own error about it (exit 5
+        # whichever way the agent reacts to the refusal)
+        final = ErrorEvent.from_error(turn.failure)
+    elif answered_error and session.policy.stats.denied > denied_before:
+        assert isinstance(final, ErrorEvent)
+        final = msgspec.structs.replace(
+            final, code="ACP_PERMISSION_DENIED",
+            message=f"The turn failed after a permission was refused: {final.message}",
+        )
     assert final is not None
     return final

@@ -20,6 +20,7 @@ from acpx_trio.testing._mock_terminals import (
     terminal_hold,
     terminal_kill,
     terminal_limit,
+    terminal_strict,
 )
 from acpx_trio.testing._mock_wire import (
     Chunk,
@@ -273,6 +274,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/invalid-params": _invalid_params,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
+    "/terminal-strict": terminal_strict,
     "/terminal-kill": terminal_kill,
     "/terminal-hold": terminal_hold,
     "/error-data": _error_data,
