@@ -139,7 +139,8 @@ def spawn_env(
     agent: str | None = None,
 ) -> AuthPlan:
     """The credentials to place in a new agent's environment (see the module docstring)."""
-    methods = list(dict.fromkeys([*config_auth, *known_methods]))
+    methods = list(dict.fromkeys([*config_auth, *known_methods,
+                                  *VENDOR_AUTH_ENV.get(agent or "", {})]))
     methods += [
         name[len(AUTH_ENV_PREFIX):] for name in environ
         if name.startswith(AUTH_ENV_PREFIX) and len(name) > len(AUTH_ENV_PREFIX)

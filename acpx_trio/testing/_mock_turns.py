@@ -242,6 +242,12 @@ def _error_data(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
+def _client_caps(t: TurnCtx, arg: str) -> str | None:
+    """``/client-caps``: the client capabilities ``initialize`` advertised, as JSON."""
+    t.say(msgspec.json.encode(t.agent.client_caps).decode())
+    return "end_turn"
+
+
 def _invalid_params(t: TurnCtx, arg: str) -> str | None:
     """``/invalid-params FIELD``: -32602 with pydantic-style data, as the official SDK answers
     a request missing FIELD (``Field required``)."""
@@ -272,6 +278,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/auth-required": _auth_required,
     "/stall-meta-error": _stall_meta_error,
     "/invalid-params": _invalid_params,
+    "/client-caps": _client_caps,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
     "/terminal-strict": terminal_strict,
