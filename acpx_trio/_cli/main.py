@@ -42,12 +42,14 @@ from acpx_trio._cli.exits import (
 from acpx_trio._cli.options import (
     OUTPUT_FORMATS,
     STATE_DIR_ENV,
+    CommandParser,
     Options,
     UsageError,
     default_state_dir,
     resolve_options,
 )
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
+from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
 from acpx_trio._store.config import (
@@ -77,26 +79,6 @@ def _is_timeout(exc: AcpxError) -> bool:
 
 
 # -- argument parsing -------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """A command's parser takes its options and positionals in any order (so a global option
-    may follow a positional: ``sessions close KEY --state-dir X``); the top-level parser,
-    which dispatches to the commands, parses as usual."""
-
-    _intermixing = False
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
-    ) -> tuple[argparse.Namespace, list[str]]:
-        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
-        if leaf and not self._intermixing:
-            self._intermixing = True
-            try:
-                return self.parse_known_intermixed_args(args, namespace)
-            finally:
-                self._intermixing = False
-        return super().parse_known_args(args, namespace)
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a global option may be given before or after the command name.
     p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
@@ -119,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
     from acpx_trio import __version__
 
-    parser = _Parser(
+    parser = CommandParser(
         prog="acpx-trio",
         description="Drive ACP coding agents from a Trio runtime that never leaks a process.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage/config, 3 timeout, 4 no session, "
@@ -282,35 +264,6 @@ def _turn_config(ns: argparse.Namespace, opts: Options) -> tuple[dict[str, Any],
     if opts.cwd_given or "cwd" not in raw:
         raw["cwd"] = str(opts.cwd)
     return raw, agent
-
-
-def _read_prompt_file(path: str) -> str:
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"--file {path}: cannot read it ({why})") from exc
-
-
-async def _prompt_text(ns: argparse.Namespace) -> str:
-    words: list[str] = ns.text
-    source: str | None = ns.file
-    if source is not None and words:
-        raise UsageError("give the prompt as TEXT or with --file, not both")
-    if source is not None and source != "-":
-        content = await trio.to_thread.run_sync(_read_prompt_file, source)
-        if not content.strip():
-            raise UsageError(f"--file {source}: the prompt is empty")
-        return content.rstrip("\n")
-    if words and words != ["-"]:
-        return " ".join(words)
-    if sys.stdin is None or (source is None and sys.stdin.isatty()):
-        raise UsageError("no prompt given: pass TEXT, or pipe it on stdin")
-    stdin = sys.stdin
-    text: str = await trio.to_thread.run_sync(stdin.read, abandon_on_cancel=True)
-    if not text.strip():
-        raise UsageError("the prompt read from stdin is empty")
-    return text.rstrip("\n")
 
 
 def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:

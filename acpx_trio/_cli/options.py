@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from acpx_trio._store.config_files import ConfigLayers, load_layers
 __all__ = [
     "OUTPUT_FORMATS",
     "STATE_DIR_ENV",
+    "CommandParser",
     "Options",
     "UsageError",
     "default_state_dir",
@@ -24,6 +26,26 @@ __all__ = [
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: ``--format``: ``text`` (default), ``json`` (NDJSON; ``--json``), ``quiet`` (reply only).
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "quiet")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser takes its options and positionals in any order (so a global option
+    may follow a positional: ``sessions close KEY --state-dir X``); the top-level parser,
+    which dispatches to the commands, parses as usual."""
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        if leaf and not self._intermixing:
+            self._intermixing = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+        return super().parse_known_args(args, namespace)
 
 
 class UsageError(Exception):

@@ -5,7 +5,6 @@ that carry the agent's stderr tail."""
 from __future__ import annotations
 
 import os
-import shlex
 from typing import Any, Literal
 
 import trio
@@ -33,11 +32,8 @@ from acpx_trio._errors import (
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
-    AcpxError,
     AgentProcessError,
-    collapse_group,
 )
-from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
@@ -46,7 +42,6 @@ from acpx_trio._runtime.permissions import PermissionPolicy
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import (
     agent_env,
-    auth_details,
     authenticate,
     close_acp_session,
     prepare_codex_home,
@@ -60,9 +55,9 @@ __all__ = [
     "PROBE_SESSION_KEY",
     "agent_env",
     "authenticate",
+    "check_protocol_version",
     "close_acp_session",
     "control_request",
-    "doctor_probe",
     "initialize_request",
     "is_load_not_found",
     "make_agent_process",
@@ -130,7 +125,7 @@ def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
     ]
 
 
-def _check_version(init: InitializeResponse) -> None:
+def check_protocol_version(init: InitializeResponse) -> None:
     if init.protocol_version != PROTOCOL_VERSION:
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
@@ -260,7 +255,7 @@ async def open_acp_session(
                 "initialize", initialize_request(fs=config.fs, terminal=config.terminal),
                 InitializeResponse,
             )
-        _check_version(init)
+        check_protocol_version(init)
         session.init = init
         step = "authenticate"
         await authenticate(session, config, timeout)
@@ -381,83 +376,3 @@ def set_config_params(
         session_id=session.backend_session_id or "", config_id=key, value=value,
         type="boolean" if isinstance(value, bool) else None,
     )
-
-
-async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
-    """Start agent ``name`` exactly as a session would (the same installed-binary preference:
-    :meth:`~acpx_trio._runtime.agents.AgentRegistry.prefer_installed`), run ``initialize``
-    under the control deadline, stop it.  The details name the program that ran
-    (``path=``) and, when the agent dies before answering, how it ended (``exit=``) and its
-    redacted stderr tail (``stderr:``)."""
-    fail = "embedded ACP runtime probe failed"
-    try:
-        spec = factory.agents.resolve(name)
-    except AcpRuntimeError as exc:
-        return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-                            details=[f"agent={name}", exc.message])
-    spec = await factory.agents.prefer_installed(spec)
-    cwd = factory.config.cwd
-    details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
-                          f"cwd={cwd}"]
-    if not await factory.agents.check_installed(spec):
-        return DoctorReport(
-            ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-            install_command=spec.install_command,
-            details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
-        )
-    path = await trio.to_thread.run_sync(factory.agents.program_path, spec.launcher)
-    details.append(f"path={path or spec.launcher}")
-    timeout = factory.config.control_timeout_seconds
-    proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
-    problem: str
-    exit_text: str | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(proc.run)
-            assert proc.connection is not None
-            with trio.fail_after(timeout):
-                init = await proc.connection.request(
-                    "initialize",
-                    initialize_request(fs=factory.config.fs, terminal=factory.config.terminal),
-                    InitializeResponse,
-                )
-            _check_version(init)
-            return DoctorReport(
-                ok=True, message="embedded ACP runtime ready",
-                details=[*details, f"protocolVersion={init.protocol_version}",
-                         *auth_details(init.auth_methods, factory.config, spec.name,
-                                       spec.command),
-                         *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
-                           if init.agent_info else [])],
-            )
-        except trio.TooSlowError:
-            problem = f"the agent did not answer initialize within {timeout:g}s"
-        except AcpxError as exc:  # a lease store that cannot write (disk full) included
-            problem = exc.message
-            if isinstance(exc, AcpConnectionClosedError):
-                exit_text = await _await_exit(proc)
-        except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
-            first = collapse_group(group)
-            if not isinstance(first, AcpxError):
-                raise first from None
-            problem = first.message
-            if isinstance(first, AcpConnectionClosedError):
-                exit_text = await _await_exit(proc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await proc.aclose("probe finished")
-    tail = proc.stderr_tail().strip()
-    extra = [f"exit={exit_text}"] if exit_text else []
-    extra += [f"stderr: {tail[-2000:]}"] if tail else []
-    return DoctorReport(
-        ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-        install_command=spec.install_command, details=[*details, problem, *extra],
-    )
-
-
-async def _await_exit(proc: AgentProcess) -> str:
-    """How the agent ended, once its output closed: its exit is awaited for a moment (an
-    agent that closed its output but lives on is described as such)."""
-    with trio.move_on_after(1.0):
-        await proc.exited.wait()
-    return proc.describe_exit()

@@ -15,7 +15,12 @@ Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 (with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
 wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
 never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``;
-``/auth-required`` with -32000 "Authentication required".
+``/auth-required`` with -32000 "Authentication required"; ``/invalid-params FIELD`` with
+-32602 and pydantic-style data (the official SDK's "Field required");
+``/terminal-strict CMD`` answers the prompt with an error when ``terminal/create`` is
+refused; ``/stall-meta-error TEXT`` reports TEXT only in a ``session_info_update`` with an
+empty title and ``_meta.codex.error`` (and on stderr), then never ends the turn (codex-acp
+1.x offline); ``/client-caps`` says the client capabilities ``initialize`` advertised.
 ``/env NAME`` says whether NAME is set (and its length, never the value); ``/env-path NAME``
 says its value (for paths such as ``CODEX_HOME``).
 
@@ -26,7 +31,8 @@ Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``UPPER_SNAKE(METHOD)`` is set — or every variable of ``--require-auth-env VAR``, repeatable,
 as codex-acp's ``api-key`` reads ``CODEX_API_KEY``/``OPENAI_API_KEY``; every session call
 before it gets -32000 "Authentication required"), ``--terminal-auth ARGS`` (also advertises
-``mock-terminal-login`` of ``type: "terminal"`` with ``args`` ARGS, split on blanks), ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
+``mock-terminal-login`` of ``type: "terminal"`` with ``args`` ARGS, split on blanks),
+``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
 ``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
 ``--resume-fails``: resume answers -32603),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
