@@ -32,6 +32,13 @@ def test_global_options_before_or_after_the_command(tmp_path: Path, argv: list[s
     assert sd in done.stderr
 
 
+def test_options_between_words_and_words_after_double_dash(tmp_path: Path) -> None:
+    mixed = run_cli("exec", "hello", "--json", "world", state_dir=tmp_path)
+    assert json_lines(mixed.stdout)[0]["text"] == "hello world", mixed.stderr
+    literal = run_cli("exec", "--", "-v is a word", state_dir=tmp_path)
+    assert (literal.returncode, literal.stdout) == (0, "-v is a word\n"), literal.stderr
+
+
 def test_json_and_format_anywhere_for_every_command(tmp_path: Path) -> None:
     sd = str(tmp_path / "state")
     for argv in (["leases", "--state-dir", sd, "--json"], ["leases", "--format", "json",

@@ -30,8 +30,9 @@ OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "quiet")
 
 class CommandParser(argparse.ArgumentParser):
     """A command's parser takes its options and positionals in any order (so a global option
-    may follow a positional: ``sessions close KEY --state-dir X``); the top-level parser,
-    which dispatches to the commands, parses as usual."""
+    may follow a positional: ``sessions close KEY --state-dir X``), except that after ``--``
+    every argument is positional; the top-level parser, which dispatches to the commands,
+    parses as usual."""
 
     _intermixing = False
 
@@ -39,7 +40,8 @@ class CommandParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
     ) -> tuple[argparse.Namespace, list[str]]:
         leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
-        if leaf and not self._intermixing:
+        # after "--" everything is positional: argparse's intermixed mode gets that wrong
+        if leaf and not self._intermixing and "--" not in (args or ()):
             self._intermixing = True
             try:
                 return self.parse_known_intermixed_args(args, namespace)

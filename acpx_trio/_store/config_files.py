@@ -8,10 +8,10 @@ user or project file is no error; an unreadable or unparsable one is a
 :class:`~acpx_trio.ConfigError` naming it.  Values are validated later, by the plugin config
 schema, against the merged mapping.
 
-Guarantees: reading never follows a symlinked project/user file into a surprise (the file is
-read as the user would read it, but :func:`write_starter` never writes through a link and
-never replaces a file unless asked); credentials (``auth`` values, ``mcpServers.*.env``
-values) are masked by :func:`describe`.
+Guarantees: :func:`write_starter` never writes through a symlink and never replaces a file
+unless asked; credentials (``auth`` values, ``mcpServers.*.env`` values) are masked by
+:func:`describe`, and a file's credentials never appear in its error messages (the schema's
+errors redact ``auth``).
 """
 
 from __future__ import annotations
