@@ -63,11 +63,13 @@ def upper_snake(method_id: str) -> str:
 
 
 #: agent name -> auth method id -> the environment variables that agent reads for it (in
-#: lookup order).  From the adapters' documented variables and an outside run (issue 23):
-#: codex-acp 1.x/2.x advertise ``api-key`` and read ``CODEX_API_KEY`` or ``OPENAI_API_KEY``;
-#: 0.x advertised ``codex-api-key``/``openai-api-key``; gemini-cli's ``gemini-api-key``
-#: reads ``GEMINI_API_KEY`` and ``vertex-ai`` ``GOOGLE_API_KEY``.  claude-agent-acp reads
-#: ``ANTHROPIC_API_KEY`` from its environment and advertises only a login method.
+#: lookup order).  From the adapters' source: codex-acp 1.x (``src/CodexAuthMethod.ts``,
+#: ``readApiKeyFromEnv``) advertises ``api-key`` and reads ``CODEX_API_KEY``, then
+#: ``OPENAI_API_KEY``; the 0.x binary advertised ``codex-api-key``/``openai-api-key`` (an
+#: outside run, issue 23); gemini-cli's ``gemini-api-key`` (``AuthType.USE_GEMINI``) reads
+#: ``GEMINI_API_KEY`` and ``vertex-ai`` ``GOOGLE_API_KEY``.  claude-agent-acp advertises only
+#: ``type: "terminal"`` logins (and only to clients advertising ``auth.terminal``); the
+#: Claude SDK reads ``ANTHROPIC_API_KEY`` from its environment, which it inherits.
 VENDOR_AUTH_ENV: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "codex": {
         "api-key": ("CODEX_API_KEY", "OPENAI_API_KEY"),
