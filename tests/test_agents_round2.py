@@ -188,3 +188,19 @@ def test_the_registry_npx_pins_resolve() -> None:
                                                                     "ECONNREFUSED", "ETIMEDOUT")):
             pytest.skip(f"no network: {done.stderr.strip()[:200]}")
         assert done.returncode == 0 and json.loads(done.stdout), (pin, done.stderr)
+
+
+def test_vendor_variables_for_known_methods_generic_names_for_the_rest() -> None:
+    from acpx_trio._runtime.auth import credential_names, spawn_env
+
+    assert credential_names("api-key", "codex") == [
+        "CODEX_API_KEY", "OPENAI_API_KEY", "ACPX_AUTH_API_KEY"]
+    assert credential_names("api-key", "other") == ["api-key", "API_KEY", "ACPX_AUTH_API_KEY"]
+    # codex: the credential found under one name reaches the agent under both
+    assert spawn_env({"OPENAI_API_KEY": "k1"}, {}, (), "codex").env == {"CODEX_API_KEY": "k1"}
+    assert spawn_env({"ACPX_AUTH_API_KEY": "k2"}, {}, (), "codex").env == {
+        "CODEX_API_KEY": "k2", "OPENAI_API_KEY": "k2"}
+    assert spawn_env({}, {"api-key": "k3"}, (), "codex").env == {
+        "CODEX_API_KEY": "k3", "OPENAI_API_KEY": "k3"}
+    # any other agent keeps DESIGN's generic rule: UPPER_SNAKE(method)
+    assert spawn_env({}, {"api-key": "k4"}, (), "other").env == {"API_KEY": "k4"}
