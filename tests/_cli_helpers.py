@@ -37,6 +37,8 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     env["NO_COLOR"] = "1"
+    # no user config file of the person running the tests (a test passes its own)
+    env["XDG_CONFIG_HOME"] = str(REPO_ROOT / "tests" / "no-user-config")
     env.update(extra or {})
     return env
 

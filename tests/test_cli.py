@@ -93,7 +93,9 @@ def test_exit_codes_with_one_line_reason(
 ) -> None:
     done = run_cli(*args, state_dir=tmp_path)
     assert done.returncode == code, (done.stdout, done.stderr)
-    reasons = [line for line in done.stderr.splitlines() if line.startswith("acpx-trio: ")]
+    # one reason line; indented "acpx-trio:   " lines continue it (detail, stderr tail)
+    reasons = [line for line in done.stderr.splitlines()
+               if line.startswith("acpx-trio: ") and not line.startswith("acpx-trio:   ")]
     assert len(reasons) == 1, done.stderr
     assert needle in reasons[0]
     gw = (tmp_path / "gateway-instance-id")

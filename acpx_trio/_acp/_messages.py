@@ -179,6 +179,8 @@ class AuthMethod(_Wire, kw_only=True):
     name: str = ""
     description: str | None = None
     type: str | None = None
+    #: ``type: "terminal"``: arguments to run the agent's own command with, in a terminal.
+    args: list[str] | None = None
 
 
 class InitializeResponse(_Wire, kw_only=True):

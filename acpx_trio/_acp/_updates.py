@@ -198,6 +198,8 @@ class ConfigOptionUpdate(_Update, kw_only=True, tag="config_option_update"):
 class SessionInfoUpdate(_Update, kw_only=True, tag="session_info_update"):
     title: str | None = None
     updated_at: str | None = None
+    #: codex-acp 1.x reports a failed turn only here (``_meta.codex.error``, empty title).
+    meta: dict[str, Any] | None = _META
 
 
 class UsageUpdate(_Update, kw_only=True, tag="usage_update"):

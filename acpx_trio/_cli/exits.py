@@ -66,6 +66,6 @@ def event_exit(ev: AcpRuntimeEvent, printer: TurnPrinter) -> int | None:
     if isinstance(ev, DoneEvent):
         return done_exit(ev, printer)
     if isinstance(ev, ErrorEvent):
-        printer.failure(ev.code, ev.message, ev.detail)
+        printer.failure(ev.code, ev.message, ev.detail, ev.rpc_data)
         return exit_code_for(ev.code)
     return None

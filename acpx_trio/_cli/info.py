@@ -117,8 +117,10 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
 
 # -- agents -----------------------------------------------------------------------------------
 async def agents_command(opts: Options) -> int:
-    """Every built-in and configured agent: command, source, whether its launcher is found."""
+    """Every built-in and configured agent: command, source, whether its launcher is found,
+    how it authenticates (``authEnv``: method -> the variables the agent reads)."""
     from acpx_trio._runtime.agents import AgentRegistry
+    from acpx_trio._runtime.auth import VENDOR_AUTH_ENV
 
     out = Output()
     config = await _resolve(opts.raw_config, opts)
@@ -126,8 +128,9 @@ async def agents_command(opts: Options) -> int:
     rows = []
     for spec in registry.specs():
         installed = await registry.check_installed(spec)
-        binary = await trio.to_thread.run_sync(registry.installed_binary, spec)
-        command = spec.binary if binary and spec.binary else spec.command
+        launch = await registry.prefer_installed(spec)  # what a session would run
+        binary = launch.command != spec.command
+        command = launch.command
         via_npx = spec.uses_npx and not binary
         if opts.json:
             out.write(_json_line({
@@ -135,6 +138,8 @@ async def agents_command(opts: Options) -> int:
                 "installed": installed, "viaNpx": via_npx, "binary": binary,
                 "installCommand": spec.install_command,
                 "authMethods": list(spec.auth_methods), "authHint": spec.auth_hint,
+                "authEnv": {m: list(v) for m, v in VENDOR_AUTH_ENV.get(spec.name, {}).items()
+                            if spec.builtin},
             }) + "\n")
             continue
         found = ("yes (binary)" if binary else "yes (npx)" if via_npx else "yes") \
@@ -165,6 +170,13 @@ class _DoctorResult(msgspec.Struct, kw_only=True):
     #: variable name or ``config auth[m]``; never a value).
     auth_methods: list[str] = []
     credentials: dict[str, str] = {}
+    #: Method -> what satisfies it (variables to set, or the login to run in a terminal).
+    auth_how: dict[str, str] = {}
+    #: The program that ran (after the installed-binary preference, as sessions resolve it).
+    path: str | None = None
+    #: How the agent ended when it died before answering, and its redacted stderr tail.
+    exit: str | None = None
+    stderr: str | None = None
     details: list[str] = []
 
 
@@ -183,8 +195,9 @@ async def _doctor_one(
     from acpx_trio._service.open_service import open_runtime_service
 
     config = await _resolve(raw, opts)
-    spec = AgentRegistry(config.agents).resolve(name)
-    found = await trio.to_thread.run_sync(AgentRegistry(config.agents).is_installed, spec)
+    registry = AgentRegistry(config.agents)
+    spec = await registry.prefer_installed(registry.resolve(name))  # as a session resolves it
+    found = await registry.check_installed(spec)
     start = trio.current_time()
     async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                     plugin_config={**raw, "probeAgent": name}) as service:
@@ -198,7 +211,9 @@ async def _doctor_one(
     protocol = _detail(details, "protocolVersion=")
     message = report.message
     if not report.ok:
-        skip = ("agent=", "command=", "cwd=")
+        skip = ("agent=", "command=", "cwd=", "path=", "exit=", "stderr: ", "authMethods=",
+                "credential:", "authHow:", "protocolVersion=", "agentInfo=", "session=",
+                "detail=")
         problems = [d for d in details if not d.startswith(skip)]
         message = problems[0] if problems else report.message
     methods = _detail(details, "authMethods=")
@@ -206,12 +221,19 @@ async def _doctor_one(
         d.split("=", 1)[0][len("credential:"):]: d.split("=", 1)[1]
         for d in details if d.startswith("credential:") and "=" in d
     }
+    auth_how = {
+        d.split("=", 1)[0][len("authHow:"):]: d.split("=", 1)[1]
+        for d in details if d.startswith("authHow:") and "=" in d
+    }
+    command = _detail(details, "command=")
     if not report.ok and deep and report.code not in (None, "ACP_BACKEND_UNAVAILABLE"):
         message = f"{report.code}: {first_line(report.message)}"
     return _DoctorResult(
-        agent=name, ok=report.ok, found=found, command=list(spec.command), message=message,
+        agent=name, ok=report.ok, found=found, message=message,
+        command=shlex.split(command) if command else list(spec.command),
         code=report.code, auth_methods=methods.split(",") if methods else [],
-        credentials=credentials,
+        credentials=credentials, auth_how=auth_how, path=_detail(details, "path="),
+        exit=_detail(details, "exit="), stderr=_detail(details, "stderr: "),
         seconds=round(trio.current_time() - start, 3),
         version=_detail(details, "agentInfo="),
         protocol_version=int(protocol) if protocol and protocol.isdigit() else None,
@@ -263,22 +285,43 @@ async def doctor_command(
         if opts.json:
             out.write(_json_line(r) + "\n")
             continue
-        if r.ok:
-            what = ", ".join(x for x in (r.version, f"ACP v{r.protocol_version}"
-                                         if r.protocol_version else None) if x)
-            step = "session opened and closed" if deep else "initialize answered"
-            out.write(f"ok    {name}: {step} in {r.seconds:.2f}s"
-                      f"{f' ({what})' if what else ''}\n")
-        else:
-            out.write(f"FAIL  {name}: {'not found: ' if not r.found else ''}{r.message}\n")
-        out.write(f"      command: {shlex.join(r.command)}\n")
-        if r.auth_methods:
-            have = ", ".join(f"{m} ({w})" for m, w in r.credentials.items()) or "none found"
-            out.write(f"      auth methods: {', '.join(r.auth_methods)}; credentials: {have}\n")
-        if not r.ok:
-            out.write(f"      install: {r.install_command}\n")
+        for line in _doctor_lines(r, deep):
+            out.write(line + "\n")
     await out.drain()
     return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
+
+
+#: Lines of the stderr tail shown under a failed agent.
+DOCTOR_STDERR_LINES = 10
+
+
+def _doctor_lines(r: _DoctorResult, deep: bool) -> list[str]:
+    """One agent's text report: a status line, then indented ``label: value`` lines (add a
+    line here to report more)."""
+    name = r.agent
+    if r.ok:
+        what = ", ".join(x for x in (r.version, f"ACP v{r.protocol_version}"
+                                     if r.protocol_version else None) if x)
+        step = "session opened and closed" if deep else "initialize answered"
+        lines = [f"ok    {name}: {step} in {r.seconds:.2f}s{f' ({what})' if what else ''}"]
+    else:
+        lines = [f"FAIL  {name}: {'not found: ' if not r.found else ''}{r.message}"]
+    ran = r.path or (r.command[0] if r.command else "?")
+    lines.append(f"      command: {shlex.join(r.command)}")
+    lines.append(f"      ran: {ran}{f' (agent reports {r.version})' if r.version else ''}")
+    if r.exit:
+        lines.append(f"      exit: {r.exit}")
+    if r.stderr:
+        tail = r.stderr.strip().splitlines()[-DOCTOR_STDERR_LINES:]
+        lines.append("      stderr (tail, redacted):")
+        lines += [f"        {line.rstrip()}" for line in tail]
+    if r.auth_methods:
+        have = ", ".join(f"{m} ({w})" for m, w in r.credentials.items()) or "none found"
+        lines.append(f"      auth methods: {', '.join(r.auth_methods)}; credentials: {have}")
+        lines += [f"        {how}" for how in r.auth_how.values()]
+    if not r.ok:
+        lines.append(f"      install: {r.install_command}")
+    return lines
 
 
 # -- leases -----------------------------------------------------------------------------------

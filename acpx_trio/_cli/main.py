@@ -40,13 +40,16 @@ from acpx_trio._cli.exits import (
     exit_code_for,
 )
 from acpx_trio._cli.options import (
+    OUTPUT_FORMATS,
     STATE_DIR_ENV,
+    CommandParser,
     Options,
     UsageError,
     default_state_dir,
     resolve_options,
 )
 from acpx_trio._cli.output import Output, TurnPrinter, first_line
+from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
 from acpx_trio._store.config import (
@@ -81,7 +84,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help=f"state directory (default: ${STATE_DIR_ENV} or the per-user state dir)")
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                   help="plugin config file (JSON, or TOML by .toml suffix)")
+                   help="config file (JSON, or TOML by .toml suffix), over the user file and "
+                        "the project's .acpx-trio.toml")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=argparse.SUPPRESS,
+                   help="output: text (default), json (NDJSON, as --json) or quiet (the "
+                        "reply text only)")
     p.add_argument("--cwd", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                    help="working directory of the agent (default: the config's cwd, else .)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
     from acpx_trio import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="acpx-trio",
         description="Drive ACP coding agents from a Trio runtime that never leaks a process.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage/config, 3 timeout, 4 no session, "
@@ -121,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the config's, else approve-reads)")
         perm.add_argument("--approve-all", action="store_const", const="approve-all",
                           dest="permission_mode", help="same as --permission-mode approve-all")
+        p.add_argument("-f", "--file", default=None, metavar="FILE",
+                       help="read the prompt from FILE (- = stdin)")
+        p.add_argument("--no-fs", action="store_true",
+                       help="do not offer file access: fs/* is not advertised and refused")
+        p.add_argument("--no-terminal", action="store_true",
+                       help="do not offer terminals: terminal/* is not advertised and refused")
         p.add_argument("text", nargs="*", help="the prompt (default: read from stdin)")
         return p
 
@@ -154,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "config's timeoutSeconds, else 60)")
     doctor.add_argument("--deep", action="store_true",
                         help="also open and close a real session (authenticate included)")
+
+    config = sub.add_parser("config", help="Show the effective config or write a starter file.",
+                            description="show: every effective setting and the file it came "
+                            "from (credentials masked). init: write a commented starter file "
+                            "(the user config.toml, or .acpx-trio.toml with --project).")
+    _common(config)
+    config.add_argument("action", nargs="?", default="show", choices=["show", "init"])
+    config.add_argument("--project", action="store_true",
+                        help="init: write .acpx-trio.toml in the working directory")
+    config.add_argument("--force", action="store_true",
+                        help="init: replace an existing file")
 
     leases = sub.add_parser("leases", help="Process leases: what was started, is it alive.")
     _common(leases)
@@ -233,22 +257,13 @@ def _turn_config(ns: argparse.Namespace, opts: Options) -> tuple[dict[str, Any],
         raw["timeoutSeconds"] = ns.timeout
     if ns.permission_mode is not None:
         raw["permissionMode"] = ns.permission_mode
+    if ns.no_fs:
+        raw["fs"] = False
+    if ns.no_terminal:
+        raw["terminal"] = False
     if opts.cwd_given or "cwd" not in raw:
         raw["cwd"] = str(opts.cwd)
     return raw, agent
-
-
-async def _prompt_text(ns: argparse.Namespace) -> str:
-    words: list[str] = ns.text
-    if words and words != ["-"]:
-        return " ".join(words)
-    if sys.stdin is None or sys.stdin.isatty():
-        raise UsageError("no prompt given: pass TEXT, or pipe it on stdin")
-    stdin = sys.stdin
-    text: str = await trio.to_thread.run_sync(stdin.read, abandon_on_cancel=True)
-    if not text.strip():
-        raise UsageError("the prompt read from stdin is empty")
-    return text.rstrip("\n")
 
 
 def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
@@ -257,7 +272,7 @@ def _report_error(printer: TurnPrinter, exc: AcpxError) -> None:
     event = ErrorEvent.from_error(exc)
     if printer.json_mode:
         printer.json(event)
-    printer.failure(event.code, event.message, event.detail)
+    printer.failure(event.code, event.message, event.detail, event.rpc_data)
 
 
 
@@ -321,7 +336,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
     text = await _prompt_text(ns)
     session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else (ns.session or DEFAULT_SESSION)
     output = Output()
-    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
+    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     ctl = _Interrupts(printer)
     code = EXIT_ERROR
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -367,6 +382,10 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
         return await _cli_info.doctor_command(ns.agent, ns.timeout, opts, deep=ns.deep)
     if ns.command == "leases":
         return await _cli_info.leases_command(ns.all, opts)
+    if ns.command == "config":
+        from acpx_trio._cli.config_cmd import config_command
+
+        return await config_command(ns.action, opts, project=ns.project, force=ns.force)
     if ns.command == "reap":
         from acpx_trio._cli.reap import reap_command
 

@@ -5,16 +5,49 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from acpx_trio._store.config import load_config_file
+from acpx_trio._store.config_files import ConfigLayers, load_layers
 
-__all__ = ["STATE_DIR_ENV", "Options", "UsageError", "default_state_dir", "resolve_options"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "STATE_DIR_ENV",
+    "CommandParser",
+    "Options",
+    "UsageError",
+    "default_state_dir",
+    "resolve_options",
+]
 
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
+#: ``--format``: ``text`` (default), ``json`` (NDJSON; ``--json``), ``quiet`` (reply only).
+OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "quiet")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser takes its options and positionals in any order (so a global option
+    may follow a positional: ``sessions close KEY --state-dir X``), except that after ``--``
+    every argument is positional; the top-level parser, which dispatches to the commands,
+    parses as usual."""
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        # after "--" everything is positional: argparse's intermixed mode gets that wrong
+        if leaf and not self._intermixing and "--" not in (args or ()):
+            self._intermixing = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+        return super().parse_known_args(args, namespace)
 
 
 class UsageError(Exception):
@@ -32,7 +65,9 @@ def default_state_dir() -> Path:
 
 
 class Options(msgspec.Struct, kw_only=True):
-    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed."""
+    """Resolved global options of one invocation.  ``cwd_given``: ``--cwd`` was passed.
+    ``raw_config``: the user file, the project file and ``--config`` merged (``layers`` says
+    where each value came from)."""
 
     state_dir: Path
     cwd: Path
@@ -40,20 +75,30 @@ class Options(msgspec.Struct, kw_only=True):
     raw_config: dict[str, Any]
     json: bool
     verbose: bool
+    format: str = "text"
+    layers: ConfigLayers | None = None
+
+    @property
+    def quiet(self) -> bool:
+        return self.format == "quiet"
 
 
 def resolve_options(ns: argparse.Namespace) -> Options:
-    """Global options from parsed arguments.  Blocking (reads the config file): call it
-    before the event loop starts."""
-    raw: dict[str, Any] = {}
-    if getattr(ns, "config", None) is not None:
-        raw = load_config_file(ns.config)
+    """Global options from parsed arguments.  Blocking (reads the config files): call it
+    before the event loop starts.  ``--json`` is ``--format json``; both given and
+    disagreeing is a :class:`UsageError`."""
     state_dir = getattr(ns, "state_dir", None) or default_state_dir()
     given = getattr(ns, "cwd", None)
     cwd = Path(given or Path.cwd()).expanduser().resolve()
     if not cwd.is_dir():
         raise UsageError(f"--cwd {cwd} is not a directory")
+    layers = load_layers(cwd, getattr(ns, "config", None))
+    fmt: str = getattr(ns, "format", None) or "text"
+    if getattr(ns, "json", False):
+        if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":
+            raise UsageError(f"--json contradicts --format {fmt}")
+        fmt = "json"
     return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
-                   cwd_given=given is not None, raw_config=raw,
-                   json=bool(getattr(ns, "json", False)),
-                   verbose=bool(getattr(ns, "verbose", False)))
+                   cwd_given=given is not None, raw_config=dict(layers.raw),
+                   json=fmt == "json", verbose=bool(getattr(ns, "verbose", False)),
+                   format=fmt, layers=layers)

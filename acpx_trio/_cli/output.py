@@ -19,7 +19,7 @@ import trio
 
 from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
-__all__ = ["Output", "TurnPrinter", "first_line", "format_table"]
+__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "short_rpc_data"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update"})
@@ -31,6 +31,34 @@ def first_line(message: str, default: str = "failed") -> str:
         if line.strip():
             return line.strip()
     return default
+
+
+#: Longest short form of an error's ``rpc_data`` on the human error line.
+RPC_DATA_CHARS = 300
+
+
+def short_rpc_data(data: Any) -> str | None:
+    """A one-line form of a JSON-RPC error's ``data`` for people: validation errors as
+    ``field: message`` (the official SDK's pydantic list), a string as itself, anything else
+    as compact JSON; cut at :data:`RPC_DATA_CHARS`.  ``None`` when there is no data."""
+    if data is None or data == "" or data == {} or data == []:
+        return None
+    if isinstance(data, list) and all(isinstance(d, dict) and "msg" in d for d in data):
+        parts = []
+        for d in data:
+            loc = d.get("loc")
+            where = ".".join(str(x) for x in loc) if isinstance(loc, list | tuple) else ""
+            parts.append(f"{where}: {d['msg']}" if where else str(d["msg"]))
+        text = "; ".join(parts)
+    elif isinstance(data, str):
+        text = data
+    elif isinstance(data, dict) and len(data) == 1 and isinstance(
+            data.get("details", data.get("message")), str):
+        text = next(iter(data.values()))
+    else:
+        text = msgspec.json.encode(data).decode()
+    text = " ".join(text.split())
+    return text if len(text) <= RPC_DATA_CHARS else text[:RPC_DATA_CHARS - 3] + "..."
 
 
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -117,10 +145,15 @@ class TurnPrinter:
     lines, dimmed when stderr is a terminal (``NO_COLOR`` disables).  JSON mode: every event is
     one JSON object on its own stdout line (NDJSON), exactly ``msgspec.json.encode(event)``."""
 
-    def __init__(self, output: Output, *, json_mode: bool, verbose: bool = False) -> None:
+    def __init__(
+        self, output: Output, *, json_mode: bool, verbose: bool = False, quiet: bool = False,
+    ) -> None:
         self.output = output
         self.json_mode = json_mode
         self.verbose = verbose
+        #: ``--format quiet``: the reply text only (no thought, tool or status lines; errors
+        #: still go to stderr).
+        self.quiet = quiet and not json_mode
         isatty = getattr(output.err, "isatty", None)
         self.dim = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
         self._encoder = msgspec.json.Encoder()
@@ -129,7 +162,9 @@ class TurnPrinter:
         self._titles: dict[str, str] = {}
 
     def side(self, label: str, text: str) -> None:
-        """One prefixed line per line of ``text`` on stderr."""
+        """One prefixed line per line of ``text`` on stderr (none in quiet mode)."""
+        if self.quiet:
+            return
         for line in text.rstrip("\n").splitlines() or [""]:
             body = f"[{label}] {line}".rstrip()
             self.output.write(f"\x1b[2m{body}\x1b[0m\n" if self.dim else body + "\n", err=True)
@@ -172,7 +207,9 @@ class TurnPrinter:
             title = ev.title or self._titles.get(ev.tool_call_id or "", "") or ev.text
             self.side("tool", f"{title} ({ev.status})" if ev.status else title)
         elif isinstance(ev, StatusEvent):
-            if self.verbose or ev.tag in _SHOWN_STATUS:
+            if not ev.text.strip() or ev.text.rstrip().endswith(":"):
+                return  # an update with nothing to say: no blank status line
+            if self.verbose or ev.tag in _SHOWN_STATUS or ev.text.startswith("agent error:"):
                 self.side("status", ev.text)
         elif isinstance(ev, DoneEvent | ErrorEvent):
             self._end_reply_line()
@@ -188,14 +225,20 @@ class TurnPrinter:
         self.finish()
         self.output.write(f"acpx-trio: {first_line(message)}\n", err=True)
 
-    def failure(self, code: str, message: str, detail: str | None = None) -> None:
+    def failure(
+        self, code: str, message: str, detail: str | None = None, rpc_data: Any = None,
+    ) -> None:
         """``acpx-trio: CODE: <first line>`` on stderr, then the detail (the agent's reason or
-        its redacted stderr tail) when the first line does not already say it."""
+        its redacted stderr tail) when the first line does not already say it, then a short
+        form of the JSON-RPC error data (:func:`short_rpc_data`) when neither says it."""
         head = first_line(message)
         self.error(f"{code}: {head}")
         if detail and detail.strip() not in head:
             for line in detail.strip().splitlines()[-10:]:
                 self.output.write(f"acpx-trio:   {line.rstrip()}\n", err=True)
+        data = short_rpc_data(rpc_data)
+        if data and data not in head and data not in (detail or ""):
+            self.output.write(f"acpx-trio:   data: {data}\n", err=True)
 
     def note(self, message: str) -> None:
         """An informational line on stderr."""

@@ -268,7 +268,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                         text=text, cwd=cwd, config_fingerprint=config_fingerprint(raw),
                         wait=not ns.no_wait, ttl_seconds=ns.ttl)
     output = Output()
-    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
+    printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     client = _Client(opts.state_dir, req, printer)
     code = EXIT_ERROR
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

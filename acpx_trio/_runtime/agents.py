@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -90,27 +91,33 @@ def _npm(pkg: str) -> str:
 #: The built-in table (facts from acpx 0.19.1's agent registry; rows written here).
 AGENT_TABLE: tuple[AgentRow, ...] = (
     AgentRow(name="mock", command=_mock_command()),
-    AgentRow(name="pi", command=("npx", "-y", "pi-acp@^0.0.33"), binary=("pi-acp",),
+    # acpx's pins ``pi-acp@^0.0.33`` and ``mux@^0.28.0`` match no published version (npm
+    # view, 2026-12): pi-acp is pinned to a published one; the npm package ``mux`` is an
+    # unrelated stream library, so mux runs only as an installed ``mux`` binary.
+    AgentRow(name="pi", command=("npx", "-y", "pi-acp@^0.0.34"), binary=("pi-acp",),
              install=_npm("pi-acp"), auth_hint="pi's own login"),
     AgentRow(name="codex", command=("npx", "-y", "@agentclientprotocol/codex-acp@^1.1.5"),
              binary=("codex-acp",), install=_npm("@agentclientprotocol/codex-acp"),
-             auth_methods=("codex-api-key", "openai-api-key"),
-             auth_hint="CODEX_API_KEY or OPENAI_API_KEY, or `codex login`"),
+             auth_methods=("api-key", "codex-api-key", "openai-api-key"),
+             auth_hint="CODEX_API_KEY or OPENAI_API_KEY (method api-key; both are passed), "
+                       "or `codex login`"),
     AgentRow(name="claude",
              command=("npx", "-y", "@agentclientprotocol/claude-agent-acp@^0.76.0"),
              binary=("claude-agent-acp",), install=_npm("@agentclientprotocol/claude-agent-acp"),
              auth_hint="ANTHROPIC_API_KEY, or `claude /login`"),
     AgentRow(name="gemini", command=("gemini", "--acp"), install=_npm("@google/gemini-cli"),
-             auth_methods=("gemini-api-key",),
-             auth_hint="GEMINI_API_KEY, or `gemini` login (oauth)"),
+             auth_methods=("gemini-api-key", "vertex-ai"),
+             auth_hint="GEMINI_API_KEY (method gemini-api-key), GOOGLE_API_KEY (vertex-ai), "
+                       "or `gemini` login (oauth)"),
     AgentRow(name="opencode", command=("npx", "-y", "opencode-ai", "acp"),
              binary=("opencode", "acp"), install=_npm("opencode-ai"),
              auth_hint="`opencode auth login`"),
-    AgentRow(name="mux", command=("npx", "-y", "mux@^0.28.0", "acp"), install=_npm("mux")),
+    AgentRow(name="mux", command=("mux", "acp"),
+             install="install coder/mux (https://github.com/coder/mux) so `mux` is on PATH"),
     AgentRow(name="kilocode", command=("npx", "-y", "@kilocode/cli", "acp"),
              binary=("kilo", "acp"), install=_npm("@kilocode/cli")),
     AgentRow(name="fast-agent", command=("uvx", "fast-agent-mcp", "acp"),
-             install="uv tool install fast-agent-mcp",
+             binary=("fast-agent", "acp"), install="uv tool install fast-agent-mcp",
              auth_hint="provider keys in fastagent.secrets.yaml or env"),
     AgentRow(name="openclaw", command=("openclaw", "acp"), install=_npm("openclaw")),
     AgentRow(name="cursor", command=("cursor-agent", "acp"),
@@ -212,17 +219,42 @@ class AgentRegistry:
             )
         return spec
 
+    @staticmethod
+    def program_path(program: str) -> str | None:
+        """Where ``program`` is found: on ``PATH``, else in the running interpreter's scripts
+        directory (a ``pip install`` into this environment), else ``None`` (blocking)."""
+        found = shutil.which(program)
+        if found is None and Path(program).name == program:
+            scripts = sysconfig.get_path("scripts")
+            found = shutil.which(program, path=scripts) if scripts else None
+        return found
+
+    def binary_command(self, spec: AgentSpec) -> tuple[str, ...] | None:
+        """The argv of ``spec``'s installed binary when found (blocking): as written when it
+        is on ``PATH``, by absolute path when only the interpreter's environment has it."""
+        if spec.binary is None:
+            return None
+        program = spec.binary[0]
+        found = self.program_path(program)
+        if found is None:
+            return None
+        if shutil.which(program) is not None:
+            return spec.binary
+        return (found, *spec.binary[1:])
+
     def installed_binary(self, spec: AgentSpec) -> bool:
-        """Whether the preferred installed binary of ``spec`` is on ``PATH`` (blocking)."""
-        return spec.binary is not None and shutil.which(spec.binary[0]) is not None
+        """Whether the preferred installed binary of ``spec`` is found (blocking)."""
+        return self.binary_command(spec) is not None
 
     async def prefer_installed(self, spec: AgentSpec) -> AgentSpec:
         """``spec`` launched through its installed binary when one is found (off the event
-        loop), else ``spec`` unchanged (``npx``/``uvx``)."""
+        loop), else ``spec`` unchanged (``npx``/``uvx``).  The one resolution both sessions
+        and ``doctor`` use, so doctor checks the program a session runs."""
         if spec.binary is None:
             return spec
-        if await trio.to_thread.run_sync(self.installed_binary, spec):
-            return msgspec.structs.replace(spec, command=spec.binary)
+        binary = await trio.to_thread.run_sync(self.binary_command, spec)
+        if binary is not None:
+            return msgspec.structs.replace(spec, command=binary)
         return spec
 
     def is_installed(self, name_or_spec: str | AgentSpec) -> bool:

@@ -5,7 +5,6 @@ that carry the agent's stderr tail."""
 from __future__ import annotations
 
 import os
-import shlex
 from typing import Any, Literal
 
 import trio
@@ -33,11 +32,8 @@ from acpx_trio._errors import (
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
-    AcpxError,
     AgentProcessError,
-    collapse_group,
 )
-from acpx_trio._events import DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
@@ -46,7 +42,6 @@ from acpx_trio._runtime.permissions import PermissionPolicy
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import (
     agent_env,
-    auth_details,
     authenticate,
     close_acp_session,
     prepare_codex_home,
@@ -60,9 +55,9 @@ __all__ = [
     "PROBE_SESSION_KEY",
     "agent_env",
     "authenticate",
+    "check_protocol_version",
     "close_acp_session",
     "control_request",
-    "doctor_probe",
     "initialize_request",
     "is_load_not_found",
     "make_agent_process",
@@ -86,12 +81,13 @@ def _version() -> str:
     return __version__
 
 
-def initialize_request() -> InitializeRequest:
-    """Protocol version 1, fs read/write and terminal capabilities."""
+def initialize_request(*, fs: bool = True, terminal: bool = True) -> InitializeRequest:
+    """Protocol version 1; fs read/write and terminal capabilities unless turned off (config
+    ``fs``/``terminal``, ``--no-fs``/``--no-terminal``)."""
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=True, write_text_file=True), terminal=True
+            fs=FileSystemCapability(read_text_file=fs, write_text_file=fs), terminal=terminal
         ),
         client_info=Implementation(name="acpx-trio", version=_version()),
     )
@@ -129,7 +125,7 @@ def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
     ]
 
 
-def _check_version(init: InitializeResponse) -> None:
+def check_protocol_version(init: InitializeResponse) -> None:
     if init.protocol_version != PROTOCOL_VERSION:
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
@@ -216,7 +212,8 @@ async def start_live_session(
     )
     proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
-    session.terminals = TerminalManager(
+    session.fs_enabled = factory.config.fs
+    session.terminals = None if not factory.config.terminal else TerminalManager(
         session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
         gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
         wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
@@ -254,8 +251,11 @@ async def open_acp_session(
     step = "initialize"
     try:
         with trio.fail_after(timeout):
-            init = await conn.request("initialize", initialize_request(), InitializeResponse)
-        _check_version(init)
+            init = await conn.request(
+                "initialize", initialize_request(fs=config.fs, terminal=config.terminal),
+                InitializeResponse,
+            )
+        check_protocol_version(init)
         session.init = init
         step = "authenticate"
         await authenticate(session, config, timeout)
@@ -311,7 +311,9 @@ async def open_acp_session(
             raise
         methods = [] if session.init is None else session.init.auth_methods
         if is_auth_required(exc):
-            raise auth_required_error(methods, exc) from exc
+            raise auth_required_error(
+                methods, exc, session.spec.name, session.spec.command
+            ) from exc
         if exc.code == "ACP_SESSION_INIT_FAILED":
             raise AcpRuntimeError(
                 exc.code, exc.message + _tail(session.process),
@@ -373,60 +375,4 @@ def set_config_params(
     return SetSessionConfigOptionRequest(
         session_id=session.backend_session_id or "", config_id=key, value=value,
         type="boolean" if isinstance(value, bool) else None,
-    )
-
-
-async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
-    """Start agent ``name``, run ``initialize`` under the control deadline, stop it."""
-    fail = "embedded ACP runtime probe failed"
-    try:
-        spec = factory.agents.resolve(name)
-    except AcpRuntimeError as exc:
-        return DoctorReport(ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-                            details=[f"agent={name}", exc.message])
-    cwd = factory.config.cwd
-    details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
-                          f"cwd={cwd}"]
-    if not await factory.agents.check_installed(spec):
-        return DoctorReport(
-            ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-            install_command=spec.install_command,
-            details=[*details, f'"{spec.launcher}" was not found on PATH', spec.install_hint()],
-        )
-    timeout = factory.config.control_timeout_seconds
-    proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
-    problem: str
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(proc.run)
-            assert proc.connection is not None
-            with trio.fail_after(timeout):
-                init = await proc.connection.request(
-                    "initialize", initialize_request(), InitializeResponse
-                )
-            _check_version(init)
-            return DoctorReport(
-                ok=True, message="embedded ACP runtime ready",
-                details=[*details, f"protocolVersion={init.protocol_version}",
-                         *auth_details(init.auth_methods, factory.config),
-                         *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
-                           if init.agent_info else [])],
-            )
-        except trio.TooSlowError:
-            problem = f"the agent did not answer initialize within {timeout:g}s"
-        except AcpxError as exc:  # a lease store that cannot write (disk full) included
-            problem = exc.message
-        except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
-            first = collapse_group(group)
-            if not isinstance(first, AcpxError):
-                raise first from None
-            problem = first.message
-        finally:
-            with trio.CancelScope(shield=True):
-                await proc.aclose("probe finished")
-    tail = proc.stderr_tail().strip()
-    extra = [f"stderr: {tail[-2000:]}"] if tail else []
-    return DoctorReport(
-        ok=False, code="ACP_BACKEND_UNAVAILABLE", message=fail,
-        install_command=spec.install_command, details=[*details, problem, *extra],
     )

@@ -12,7 +12,7 @@ Guarantees:
 * Every agent request is answered: permissions by :class:`PermissionPolicy` (``cancelled`` while
   the turn is cancelling), ``fs/*`` by :class:`FsGate`, ``terminal/*`` by
   :class:`~acpx_trio._runtime.terminals.TerminalManager` (set by the handshake; without one,
-  ``terminal/*`` gets -32601).
+  ``terminal/*`` gets -32601); with config ``fs: false`` ``fs/*`` gets -32601 too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from acpx_trio._acp import (
     RequestPermissionRequest,
     RequestPermissionResponse,
     SessionConfigOption,
+    SessionInfoUpdate,
     SessionModeState,
     SessionUpdateLine,
     WriteTextFileRequest,
@@ -54,7 +55,12 @@ from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
 from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
-from acpx_trio._runtime.update_map import MAPPERS, decode_notification, map_update
+from acpx_trio._runtime.update_map import (
+    MAPPERS,
+    decode_notification,
+    map_update,
+    reported_error,
+)
 from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
@@ -88,6 +94,8 @@ class LiveSession:
         self.log = logger or _log
         self._on_turn_failure = on_turn_failure
         self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn)
+        #: ``False`` (config ``fs: false``): ``fs/*`` requests are refused (-32601).
+        self.fs_enabled = True
         self.process: AgentProcess | None = None
         self.backend_session_id: str | None = None
         self.init: InitializeResponse | None = None
@@ -104,6 +112,9 @@ class LiveSession:
         self.terminals: TerminalManager | None = None
         #: The auth method ``authenticate`` succeeded with (an id, never a credential).
         self.auth_method: str | None = None
+        #: The last error the agent reported in an update's ``_meta`` during the current
+        #: turn (reset when a prompt is sent): the detail of a turn that times out.
+        self.agent_error: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -244,6 +255,8 @@ class LiveSession:
             self.current_mode = update.current_mode_id
         elif isinstance(update, ConfigOptionUpdate):
             self.config_options = update.config_options
+        elif isinstance(update, SessionInfoUpdate):
+            self.agent_error = reported_error(update.meta) or self.agent_error
         turn = self.turn
         if turn is None or turn.abandoned or turn.done:
             self.stray_updates += 1
@@ -270,6 +283,9 @@ class LiveSession:
                 self.current_mode = update.current_mode_id  # type: ignore[union-attr]
             elif cls is ConfigOptionUpdate:
                 self.config_options = update.config_options  # type: ignore[union-attr]
+            elif cls is SessionInfoUpdate:
+                error = reported_error(update.meta)  # type: ignore[union-attr]
+                self.agent_error = error or self.agent_error
             if not live:
                 self.stray_updates += 1
                 continue
@@ -300,7 +316,15 @@ class LiveSession:
             self._fail_turn(decision.fail_turn)
         return decision.response
 
+    def _check_fs(self, method: str) -> None:
+        if not self.fs_enabled:
+            raise AcpRuntimeError(
+                "ACP_FS_REFUSED", f"Method not found: {method} (file access is turned off)",
+                rpc_code=-32601,
+            )
+
     async def _on_read(self, raw: msgspec.Raw) -> ReadTextFileResponse:
+        self._check_fs("fs/read_text_file")
         request = msgspec.json.decode(raw, type=ReadTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.read_text_file(request)
@@ -316,6 +340,7 @@ class LiveSession:
         return await terminals.handle(method, raw)
 
     async def _on_write(self, raw: msgspec.Raw) -> Any:
+        self._check_fs("fs/write_text_file")
         request = msgspec.json.decode(raw, type=WriteTextFileRequest)
         self._check_session(request.session_id)
         return await self.fs.write_text_file(request)

@@ -35,11 +35,10 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
-from acpx_trio._runtime.deep_doctor import deep_probe
+from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
     control_request,
-    doctor_probe,
     resolve_dir,
     set_config_params,
     set_mode_params,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 
 import trio
 
@@ -24,6 +25,7 @@ from acpx_trio._runtime.auth import (
     AuthPlan,
     auth_required_error,
     choose_method,
+    describe_method,
     find_credential,
     is_auth_required,
     spawn_env,
@@ -48,7 +50,7 @@ SESSION_CLOSE_SECONDS = 2.0
 def agent_env(config: AcpxConfig, spec: AgentSpec) -> tuple[dict[str, str], AuthPlan]:
     """Extra environment for spawning ``spec``: credentials (see :mod:`.auth`) and, for the
     ``codex`` agent with ``codexHome`` set, ``CODEX_HOME``.  Plus the auth plan (secrets)."""
-    plan = spawn_env(os.environ, config.auth, spec.auth_methods)
+    plan = spawn_env(os.environ, config.auth, spec.auth_methods, spec.name)
     env = dict(plan.env)
     if config.codex_home and spec.name == "codex":
         env["CODEX_HOME"] = config.codex_home
@@ -72,10 +74,11 @@ async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float
     methods = [] if init is None else init.auth_methods
     if not methods:
         return
-    method = choose_method(methods, os.environ, config.auth)
+    agent, command = session.spec.name, session.spec.command
+    method = choose_method(methods, os.environ, config.auth, agent)
     if method is None:
         if config.auth_policy == "fail":
-            raise auth_required_error(methods)
+            raise auth_required_error(methods, agent=agent, command=command)
         session.log.debug(
             "agent advertises auth methods %s; no credential found (authPolicy skip)",
             [m.id for m in methods],
@@ -89,7 +92,7 @@ async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float
     except (AcpConnectionClosedError, AcpProtocolError):
         raise
     except AcpRuntimeError as exc:
-        raise auth_required_error(methods, exc) from exc
+        raise auth_required_error(methods, exc, agent, command) from exc
     session.auth_method = method.id
     session.log.debug("authenticated with auth method %s", method.id)
 
@@ -142,16 +145,22 @@ async def close_acp_session(session: LiveSession) -> None:
 
 
 
-def auth_details(methods: list[AuthMethod], config: AcpxConfig) -> list[str]:
-    """``authMethods=a,b`` and one ``credential:<method>=<where>`` per method with a
-    credential (where: an env var name or ``config auth[m]``; never the value)."""
+def auth_details(
+    methods: list[AuthMethod], config: AcpxConfig, agent: str | None = None,
+    command: Sequence[str] = (),
+) -> list[str]:
+    """``authMethods=a,b``, one ``credential:<method>=<where>`` per method with a credential
+    (where: an env var name or ``config auth[m]``; never the value) and one
+    ``authHow:<method>=<what satisfies it>`` per method (variables to set, or the login to
+    run in a terminal)."""
     if not methods:
         return []
     out = [f"authMethods={','.join(m.id for m in methods)}"]
     for method in methods:
-        found = find_credential(method.id, os.environ, config.auth)
+        found = find_credential(method.id, os.environ, config.auth, agent)
         if found is not None:
             out.append(f"credential:{method.id}={found[1]}")
+    out += [f"authHow:{m.id}={describe_method(m, agent, command)}" for m in methods]
     return out
 
 

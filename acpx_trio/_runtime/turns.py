@@ -13,6 +13,7 @@ import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from acpx_trio._acp import CancelNotification, PromptRequest, PromptResponse, text_block
@@ -111,13 +112,34 @@ def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -
     return ErrorEvent(code=code, message=message, retryable=retryable)
 
 
+#: Lines of the agent's stderr tail kept in a timed-out turn's detail.
+TIMEOUT_STDERR_LINES = 5
+
+
+def timeout_detail(session: LiveSession) -> str | None:
+    """Why a turn that never ended may have stalled: the last error the agent reported in
+    ``_meta`` during the turn and the last lines of its (redacted) stderr; ``None`` when the
+    agent said nothing."""
+    parts: list[str] = []
+    if session.agent_error:
+        parts.append(f"the agent reported: {session.agent_error}")
+    proc = session.process
+    tail = proc.stderr_tail().strip() if proc is not None else ""
+    if tail:
+        lines = tail.splitlines()[-TIMEOUT_STDERR_LINES:]
+        parts.append("agent stderr (last lines):\n" + "\n".join(lines))
+    return "\n".join(parts) or None
+
+
 def prompt_error_event(session: LiveSession, exc: AcpRuntimeError) -> ErrorEvent:
     """The final event of a turn the agent answered with a JSON-RPC error: ``ACP_TURN_FAILED``
     with the agent's rpc code, data and detail, or ``ACP_AUTH_REQUIRED`` (listing the auth
     methods and the environment variables that would satisfy them)."""
     if is_auth_required(exc):
         methods = session.init.auth_methods if session.init is not None else []
-        return ErrorEvent.from_error(auth_required_error(methods, exc))
+        return ErrorEvent.from_error(
+            auth_required_error(methods, exc, session.spec.name, session.spec.command)
+        )
     return ErrorEvent(
         code="ACP_TURN_FAILED", message=exc.message, retryable=False, rpc_code=exc.rpc_code,
         rpc_data=exc.rpc_data, detail=exc.detail,
@@ -144,6 +166,8 @@ async def _prompt(
     final: AcpRuntimeEvent | None = None
     failure: tuple[str, str, bool] | None = None  # (code, message, retryable): agent gone
     kill_reason: str | None = None
+    answered_error = False  # the agent answered the prompt with a JSON-RPC error
+    denied_before = session.policy.stats.denied
     try:
         if turn.cancelling:  # cancelled before the prompt was sent
             return DoneEvent(stop_reason="cancelled")
@@ -152,6 +176,7 @@ async def _prompt(
             if turn_timeout is not None:
                 scope.deadline = trio.current_time() + turn_timeout
             turn.prompt_sent = True
+            session.agent_error = None
             params = PromptRequest(
                 session_id=session.backend_session_id or "", prompt=[text_block(turn.text)]
             )
@@ -166,6 +191,7 @@ async def _prompt(
                     code="ACP_TURN_TIMEOUT", retryable=True,
                     message=f"The ACP turn did not finish within {turn_timeout:g}s "
                     "(timeoutSeconds); the agent was stopped.",
+                    detail=timeout_detail(session),
                 )
                 kill_reason = "turn timed out"
     except AcpProtocolError as exc:
@@ -178,6 +204,7 @@ async def _prompt(
             failure = ("ACP_TURN_FAILED", "", True)
     except AcpRuntimeError as exc:  # the agent answered the prompt with an error: still alive
         final = prompt_error_event(session, exc)
+        answered_error = final.code == "ACP_TURN_FAILED"
     except Exception as exc:
         log.exception("ACP turn driver failed: %r", exc)
         failure, kill_reason = ("ACP_TURN_FAILED", f"internal error: {exc!r}", False), "bug"
@@ -185,8 +212,15 @@ async def _prompt(
         await retire(session, kill_reason)
     if failure is not None:
         final = turn_error(session, *failure)
-    if turn.failure is not None and not isinstance(final, ErrorEvent):
-        error = turn.failure
-        final = ErrorEvent.from_error(error)
+    if turn.failure is not None and (not isinstance(final, ErrorEvent) or answered_error):
+        # a refusal that fails the turn wins over the agent's own error about it (exit 5
+        # whichever way the agent reacts to the refusal)
+        final = ErrorEvent.from_error(turn.failure)
+    elif answered_error and session.policy.stats.denied > denied_before:
+        assert isinstance(final, ErrorEvent)
+        final = msgspec.structs.replace(
+            final, code="ACP_PERMISSION_DENIED",
+            message=f"The turn failed after a permission was refused: {final.message}",
+        )
     assert final is not None
     return final

@@ -63,7 +63,25 @@ def _tool(update: ToolCall | ToolCallUpdate) -> AcpRuntimeEvent:
                          status=update.status, title=update.title, tag=kind)
 
 
-def _status(update: SessionUpdate) -> AcpRuntimeEvent:
+#: Longest agent-reported error kept (from ``_meta``).
+REPORTED_ERROR_CHARS = 2000
+
+
+def reported_error(meta: Any) -> str | None:
+    """An error the agent reported in an update's ``_meta`` (``{"<vendor>": {"error": ...}}``
+    or ``{"error": ...}``; a string, or an object with ``message``), else ``None``."""
+    if not isinstance(meta, dict):
+        return None
+    for scope in (meta, *(v for v in meta.values() if isinstance(v, dict))):
+        error = scope.get("error")
+        if isinstance(error, dict):
+            error = error.get("message") or msgspec.json.encode(error).decode()
+        if isinstance(error, str) and error.strip():
+            return error.strip()[:REPORTED_ERROR_CHARS]
+    return None
+
+
+def _status(update: SessionUpdate) -> AcpRuntimeEvent | None:
     text: str
     if isinstance(update, Plan):
         items = "; ".join(f"[{e.status}] {e.content}" for e in update.entries)
@@ -77,7 +95,14 @@ def _status(update: SessionUpdate) -> AcpRuntimeEvent:
         ids = ", ".join(o.id for o in update.config_options)
         text, tag = f"config options: {ids}", "config_option_update"
     elif isinstance(update, SessionInfoUpdate):
-        text, tag = f"session: {update.title or ''}".rstrip(), "session_info_update"
+        tag = "session_info_update"
+        error = reported_error(update.meta)
+        if error:
+            text = f"agent error: {error}"
+        elif update.title:
+            text = f"session: {update.title}"
+        else:  # nothing to say (an empty title): no blank status line
+            return None
     elif isinstance(update, UsageUpdate):
         text, tag = f"usage: {update.used}/{update.size}", "usage_update"
     else:

@@ -99,6 +99,8 @@ _ALLOWED: dict[str, str] = {
     "authPolicy": "must be one of: " + ", ".join(AUTH_POLICIES),
     "auth": "must be an object of auth method id -> credential string",
     "transcript": "must be a boolean",
+    "fs": "must be a boolean",
+    "terminal": "must be a boolean",
     "strictWindowsCmdWrapper": "must be a boolean",
     **{field: _number_allowed(field) for field in _BOUNDS},
 }
@@ -156,6 +158,9 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     transcript: bool = DEFAULT_TRANSCRIPT
     transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
     transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
+    #: Advertise and serve ``fs/*`` (``--no-fs``) and ``terminal/*`` (``--no-terminal``).
+    fs: bool = True
+    terminal: bool = True
     #: Legacy (accepted, ignored; ``false`` is reported).
     strict_windows_cmd_wrapper: bool | None = None
 
@@ -225,6 +230,9 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     transcript: bool = DEFAULT_TRANSCRIPT
     transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
     transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
+    #: ``false``: the capability is not advertised and the agent's requests are refused.
+    fs: bool = True
+    terminal: bool = True
     #: Legacy fields that were given: accepted for compatibility, ignored (the service warns).
     ignored_legacy_fields: tuple[str, ...] = ()
 
@@ -407,6 +415,8 @@ def resolve_config(
         transcript=plugin.transcript,
         transcript_max_bytes=plugin.transcript_max_bytes,
         transcript_keep=plugin.transcript_keep,
+        fs=plugin.fs,
+        terminal=plugin.terminal,
         ignored_legacy_fields=tuple(ignored),
     )
 

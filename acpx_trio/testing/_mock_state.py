@@ -74,6 +74,8 @@ class AgentCore:
             "ACPX_MOCK_AGENT_SESSION_DIR"
         )
         self.authenticated = args.require_auth is None
+        #: The client's ``initialize`` capabilities as sent (for ``/client-caps``).
+        self.client_caps: Any = None
 
     # ------------------------------------------------------------------ output
 

@@ -14,6 +14,8 @@ import msgspec
 from acpx_trio.testing._mock_state import TurnCtx
 from acpx_trio.testing._mock_wire import (
     Empty,
+    RpcErr,
+    RpcFailure,
     TermCreated,
     TermCreateParams,
     TermEnv,
@@ -22,7 +24,7 @@ from acpx_trio.testing._mock_wire import (
     TermRef,
 )
 
-__all__ = ["terminal", "terminal_hold", "terminal_kill", "terminal_limit"]
+__all__ = ["terminal", "terminal_hold", "terminal_kill", "terminal_limit", "terminal_strict"]
 
 _T = TypeVar("_T")
 
@@ -95,6 +97,26 @@ def terminal(t: TurnCtx, arg: str) -> str | None:
     out = _term_output(t, tid)
     _term_simple(t, "terminal/release", tid, Empty)
     t.say(f"{_exit_text(status)} truncated={out.truncated} output={out.output}")
+    return "end_turn"
+
+
+@_terminal_directive
+def terminal_strict(t: TurnCtx, arg: str) -> str | None:
+    """``/terminal-strict CMD``: like ``/terminal``, but a refused ``terminal/create`` makes
+    the agent answer the prompt with an error (as some real agents do) instead of reporting
+    it in its reply."""
+    params = TermCreateParams(session_id=t.sid, command="/bin/sh", args=["-c", arg])
+    status, raw = t.agent.call(t.ctl, "terminal/create", params)
+    if status == "cancelled":
+        return "cancelled"
+    if status == "error":
+        err = msgspec.json.decode(raw or b"null", type=RpcErr)
+        raise RpcFailure(-32603, f"tool failed: {err.message}")
+    tid = msgspec.json.decode(raw or b"{}", type=TermCreated).terminal_id
+    status_ = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
+    out = _term_output(t, tid)
+    _term_simple(t, "terminal/release", tid, Empty)
+    t.say(f"{_exit_text(status_)} output={out.output}")
     return "end_turn"
 
 

@@ -20,6 +20,7 @@ from acpx_trio.testing._mock_terminals import (
     terminal_hold,
     terminal_kill,
     terminal_limit,
+    terminal_strict,
 )
 from acpx_trio.testing._mock_wire import (
     Chunk,
@@ -241,14 +242,46 @@ def _error_data(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32603, "Internal error", {"details": arg or "mock failure details"})
 
 
+def _client_caps(t: TurnCtx, arg: str) -> str | None:
+    """``/client-caps``: the client capabilities ``initialize`` advertised, as JSON."""
+    t.say(msgspec.json.encode(t.agent.client_caps).decode())
+    return "end_turn"
+
+
+def _invalid_params(t: TurnCtx, arg: str) -> str | None:
+    """``/invalid-params FIELD``: -32602 with pydantic-style data, as the official SDK answers
+    a request missing FIELD (``Field required``)."""
+    field = arg or "sessionId"
+    raise RpcFailure(-32602, "Invalid params", [
+        {"type": "missing", "loc": [field], "msg": "Field required", "input": {}},
+    ])
+
+
+def _stall_meta_error(t: TurnCtx, arg: str) -> str | None:
+    """``/stall-meta-error TEXT``: as codex-acp 1.x offline — report TEXT only in a
+    ``session_info_update`` with an empty title and ``_meta.codex.error`` (and on stderr),
+    then never end the turn (until cancelled)."""
+    error = arg or "stream disconnected before completion"
+    info = {"sessionUpdate": "session_info_update", "title": "",
+            "_meta": {"codex": {"error": error}}}
+    t.agent.send(t.update(info))
+    t.agent.log(f"ERROR codex_core: {error}")
+    t.ctl.cancelled.wait()
+    return "cancelled"
+
+
 def _auth_required(t: TurnCtx, arg: str) -> str | None:
     raise RpcFailure(-32000, "Authentication required")
 
 
 DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/auth-required": _auth_required,
+    "/stall-meta-error": _stall_meta_error,
+    "/invalid-params": _invalid_params,
+    "/client-caps": _client_caps,
     "/terminal": terminal,
     "/terminal-limit": terminal_limit,
+    "/terminal-strict": terminal_strict,
     "/terminal-kill": terminal_kill,
     "/terminal-hold": terminal_hold,
     "/error-data": _error_data,

@@ -182,6 +182,8 @@ class AuthMethod(_W, kw_only=True):
     id: str
     name: str
     description: str
+    type: str | None = None
+    args: list[str] | None = None
 
 
 class PromptCaps(_W, kw_only=True, omit_defaults=False):

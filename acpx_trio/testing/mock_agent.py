@@ -15,7 +15,12 @@ Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 (with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
 wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
 never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``;
-``/auth-required`` with -32000 "Authentication required".
+``/auth-required`` with -32000 "Authentication required"; ``/invalid-params FIELD`` with
+-32602 and pydantic-style data (the official SDK's "Field required");
+``/terminal-strict CMD`` answers the prompt with an error when ``terminal/create`` is
+refused; ``/stall-meta-error TEXT`` reports TEXT only in a ``session_info_update`` with an
+empty title and ``_meta.codex.error`` (and on stderr), then never ends the turn (codex-acp
+1.x offline); ``/client-caps`` says the client capabilities ``initialize`` advertised.
 ``/env NAME`` says whether NAME is set (and its length, never the value); ``/env-path NAME``
 says its value (for paths such as ``CODEX_HOME``).
 
@@ -23,8 +28,11 @@ Flags: ``--ignore-sigterm``, ``--slow-start MS``, ``--no-load-session``,
 ``--protocol-version N``, ``--auth-methods``, ``--session-dir DIR`` (or env
 ``ACPX_MOCK_AGENT_SESSION_DIR``), ``--exit-on-stdin-eof`` (default) / ``--ignore-stdin-eof``,
 ``--require-auth METHOD`` (advertises METHOD; ``authenticate`` succeeds only when env
-``UPPER_SNAKE(METHOD)`` is set; every session call before it gets -32000 "Authentication
-required"), ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
+``UPPER_SNAKE(METHOD)`` is set — or every variable of ``--require-auth-env VAR``, repeatable,
+as codex-acp's ``api-key`` reads ``CODEX_API_KEY``/``OPENAI_API_KEY``; every session call
+before it gets -32000 "Authentication required"), ``--terminal-auth ARGS`` (also advertises
+``mock-terminal-login`` of ``type: "terminal"`` with ``args`` ARGS, split on blanks),
+``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
 ``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
 ``--resume-fails``: resume answers -32603),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
@@ -163,6 +171,7 @@ class MockAgent(AgentCore):
     # ------------------------------------------------------------------ methods
 
     def on_initialize(self, req_id: int | str, params: Raw) -> None:
+        self.client_caps = msgspec.json.decode(params).get("clientCapabilities")
         auth = [AuthMethod(id="mock-login", name="Mock login", description="accepts anything")]
         if not self.args.auth_methods:
             auth = []
@@ -170,6 +179,10 @@ class MockAgent(AgentCore):
             method = self.args.require_auth
             auth.append(AuthMethod(id=method, name=f"{method} (env {env_name(method)})",
                                    description="a credential in the environment"))
+        if self.args.terminal_auth is not None:
+            auth.append(AuthMethod(id="mock-terminal-login", name="Log in", type="terminal",
+                                   description="run the agent's login in a terminal",
+                                   args=self.args.terminal_auth.split()))
         session_caps: dict[str, Any] = {}
         if self.args.resume:
             session_caps["resume"] = {}
@@ -188,7 +201,8 @@ class MockAgent(AgentCore):
     def on_authenticate(self, req_id: int | str, params: Raw) -> None:
         method_id = msgspec.json.decode(params, type=Params).method_id
         if self.args.require_auth and method_id == self.args.require_auth:
-            if not os.environ.get(env_name(method_id)):
+            wanted = self.args.require_auth_env or [env_name(method_id)]
+            if not all(os.environ.get(name) for name in wanted):
                 raise RpcFailure(-32000, "Authentication required",
                                  {"methodId": method_id, "reason": "no credential in env"})
             self.authenticated = True
@@ -293,6 +307,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--auth-methods", action="store_true")
     parser.add_argument("--session-dir", default=None, metavar="DIR")
     parser.add_argument("--require-auth", default=None, metavar="METHOD")
+    parser.add_argument("--require-auth-env", action="append", default=None, metavar="VAR")
+    parser.add_argument("--terminal-auth", default=None, metavar="ARGS")
     parser.add_argument("--error-data", default=None, metavar="TEXT")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--close", action="store_true")

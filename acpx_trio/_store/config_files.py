@@ -1,0 +1,204 @@
+"""Config files of the command line (as acpx's): a user file and a project file, merged.
+
+Layers, later over earlier: the user file ``config.toml`` in the platformdirs config dir of
+``acpx-trio`` (``$XDG_CONFIG_HOME/acpx-trio/config.toml`` on Linux), the project file
+``.acpx-trio.toml`` in the working directory, then ``--config FILE``.  Objects (``agents``,
+``auth``, ``mcpServers``) merge key by key; any other value is replaced whole.  A missing
+user or project file is no error; an unreadable or unparsable one is a
+:class:`~acpx_trio.ConfigError` naming it.  Values are validated later, by the plugin config
+schema, against the merged mapping.
+
+Guarantees: :func:`write_starter` never writes through a symlink and never replaces a file
+unless asked; credentials (``auth`` values, ``mcpServers.*.env`` values) are masked by
+:func:`describe`, and a file's credentials never appear in its error messages (the schema's
+errors redact ``auth``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from acpx_trio._errors import ConfigError
+from acpx_trio._store.config import decode_plugin_config, load_config_file
+
+__all__ = [
+    "PROJECT_CONFIG_NAME",
+    "STARTER_CONFIG",
+    "USER_CONFIG_NAME",
+    "ConfigLayers",
+    "ConfigSetting",
+    "describe",
+    "load_layers",
+    "project_config_path",
+    "user_config_path",
+    "write_starter",
+]
+
+USER_CONFIG_NAME = "config.toml"
+PROJECT_CONFIG_NAME = ".acpx-trio.toml"
+#: Keys whose entries merge (and are shown) one by one.
+_OBJECT_KEYS = frozenset({"agents", "auth", "mcpServers"})
+_MASK = "********"
+
+STARTER_CONFIG = """\
+# acpx-trio configuration (TOML).  Every key is optional; the commented value is the default.
+# Layers: this user file, then .acpx-trio.toml in the project, then --config FILE.
+# `acpx-trio config show` prints the effective values and where each came from.
+
+# How agent permission requests are answered: approve-all, approve-reads, deny-all.
+# permissionMode = "approve-reads"
+# When a permission would need a person: "fail" (the turn fails) or "deny".
+# nonInteractivePermissions = "fail"
+# Bound of each turn and of agent start-up, in seconds (unset: turns are unbounded).
+# timeoutSeconds = 600
+# Advertise and serve fs/read_text_file and fs/write_text_file (--no-fs turns it off).
+# fs = true
+# Advertise and serve terminal/* (--no-terminal turns it off).
+# terminal = true
+# What to do when an agent needs auth and no credential is found: "skip" or "fail".
+# authPolicy = "skip"
+# How long an idle warm owner (prompt --session) stays up; 0 = forever.
+# queueOwnerTtlSeconds = 300
+
+# Credentials by auth method id.  Prefer environment variables (see `acpx-trio agents`);
+# a credential written here stays in this file (created 0600).
+# [auth]
+# "codex-api-key" = "..."
+
+# Replace a built-in agent or add one.
+# [agents.my-agent]
+# command = "my-agent"
+# args = ["--acp"]
+
+# MCP servers handed to agents in session/new.
+# [mcpServers.files]
+# command = "mcp-files"
+# args = []
+"""
+
+
+class ConfigSetting(msgspec.Struct, frozen=True, kw_only=True):
+    """One effective value: dotted ``key``, ``value`` (masked if a credential) and
+    ``source`` (a file path, or ``default``)."""
+
+    key: str
+    value: Any
+    source: str
+
+
+class ConfigLayers(msgspec.Struct, frozen=True, kw_only=True):
+    """The merged raw config and, per dotted key, the file it came from."""
+
+    raw: dict[str, Any]
+    sources: dict[str, str]
+    #: The files that were read, in merge order.
+    files: tuple[str, ...] = ()
+
+
+def user_config_path() -> Path:
+    """``config.toml`` in the per-user config dir of ``acpx-trio`` (platformdirs)."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("acpx-trio")) / USER_CONFIG_NAME
+
+
+def project_config_path(cwd: Path) -> Path:
+    """``.acpx-trio.toml`` in ``cwd``."""
+    return cwd / PROJECT_CONFIG_NAME
+
+
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    try:
+        if not path.is_file():
+            return None
+    except OSError:
+        return None
+    return load_config_file(path)
+
+
+def _merge(raw: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any],
+           source: str) -> None:
+    for key, value in layer.items():
+        old = raw.get(key)
+        if key in _OBJECT_KEYS and isinstance(value, Mapping) and isinstance(old, Mapping):
+            raw[key] = {**old, **value}
+            sources.update({f"{key}.{name}": source for name in value})
+        else:
+            raw[key] = dict(value) if isinstance(value, Mapping) else value
+            for stale in [k for k in sources if k.startswith(f"{key}.")]:
+                del sources[stale]
+            if key in _OBJECT_KEYS and isinstance(value, Mapping):
+                sources.update({f"{key}.{name}": source for name in value})
+            else:
+                sources[key] = source
+
+
+def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None) -> ConfigLayers:
+    """The user file, the project file in ``cwd`` and ``explicit`` (``--config``), merged.
+    Blocking (reads files).  Raises :class:`ConfigError` for a file that exists but cannot
+    be read or parsed, and for a missing ``explicit`` file."""
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    files: list[str] = []
+    for path, optional in ((user or user_config_path(), True),
+                           (project_config_path(cwd), True), (explicit, False)):
+        if path is None:
+            continue
+        layer = _read_optional(path) if optional else load_config_file(path)
+        if layer is None:
+            continue
+        _merge(raw, sources, layer, str(path))
+        files.append(str(path))
+    return ConfigLayers(raw=raw, sources=sources, files=tuple(files))
+
+
+def describe(layers: ConfigLayers) -> list[ConfigSetting]:
+    """Every effective setting (validated: raises :class:`ConfigError` like a run would),
+    defaults included, credentials masked."""
+    plugin = decode_plugin_config(layers.raw)
+    effective: dict[str, Any] = msgspec.to_builtins(plugin)
+    out: list[ConfigSetting] = []
+    for key in sorted(effective):
+        value = effective[key]
+        if key in _OBJECT_KEYS and isinstance(value, Mapping) and value:
+            for name in sorted(value):
+                entry = value[name]
+                if key == "auth":
+                    entry = _MASK
+                elif key == "mcpServers" and isinstance(entry, Mapping) and entry.get("env"):
+                    entry = {**entry, "env": {k: _MASK for k in entry["env"]}}
+                out.append(ConfigSetting(key=f"{key}.{name}", value=entry,
+                                         source=layers.sources.get(f"{key}.{name}", "default")))
+            continue
+        if value is None and key not in layers.sources:
+            continue  # unset optional keys: nothing to show
+        out.append(ConfigSetting(key=key, value=value,
+                                 source=layers.sources.get(key, "default")))
+    return out
+
+
+def write_starter(path: Path, *, force: bool = False) -> None:
+    """Write :data:`STARTER_CONFIG` to ``path`` (mode 0600; the parent is created 0700).
+
+    Never writes through a symlink; an existing file is kept unless ``force``.  Raises
+    :class:`ConfigError` (field ``<file>``) when the file exists or cannot be written."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_TRUNC if force else os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError as exc:
+        raise ConfigError("<file>", str(path),
+                          "already exists (pass --force to replace it)") from exc
+    except OSError as exc:
+        why = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise ConfigError("<file>", str(path), f"cannot be written ({why})") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(STARTER_CONFIG)

@@ -1,0 +1,183 @@
+"""CLI parity with acpx (issue 21): global options anywhere, ``-f/--file``, ``--format``,
+``--no-fs``/``--no-terminal``, user/project config files and ``config show|init``."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from _cli_helpers import json_lines, run_cli
+
+from acpx_trio._store.config_files import STARTER_CONFIG
+
+
+def _xdg(tmp_path: Path) -> dict[str, str]:
+    return {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+
+
+@pytest.mark.parametrize("argv", [
+    ["sessions", "close", "K", "--state-dir", "{sd}"],
+    ["sessions", "close", "--state-dir", "{sd}", "K"],
+    ["sessions", "--state-dir", "{sd}", "show", "K"],
+    ["--state-dir", "{sd}", "sessions", "close", "K"],
+])
+def test_global_options_before_or_after_the_command(tmp_path: Path, argv: list[str]) -> None:
+    sd = str(tmp_path / "state")
+    done = run_cli(*[a.replace("{sd}", sd) for a in argv])
+    # exit 4 "no such session", in the given state dir (never 2: refused arguments)
+    assert done.returncode == 4, done.stderr
+    assert sd in done.stderr
+
+
+def test_options_between_words_and_words_after_double_dash(tmp_path: Path) -> None:
+    mixed = run_cli("exec", "hello", "--json", "world", state_dir=tmp_path)
+    assert json_lines(mixed.stdout)[0]["text"] == "hello world", mixed.stderr
+    literal = run_cli("exec", "--", "-v is a word", state_dir=tmp_path)
+    assert (literal.returncode, literal.stdout) == (0, "-v is a word\n"), literal.stderr
+
+
+def test_json_and_format_anywhere_for_every_command(tmp_path: Path) -> None:
+    sd = str(tmp_path / "state")
+    for argv in (["leases", "--state-dir", sd, "--json"], ["leases", "--format", "json",
+                 "--state-dir", sd], ["sessions", "list", "--json", "--state-dir", sd],
+                 ["agents", "--format", "json"], ["config", "show", "--json"],
+                 ["doctor", "--agent", "mock", "--json", "--state-dir", sd]):
+        done = run_cli(*argv, env=_xdg(tmp_path))
+        assert done.returncode == 0, (argv, done.stderr)
+        assert all(isinstance(x, dict) for x in json_lines(done.stdout)), argv
+
+
+def test_prompt_from_file_and_stdin(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("from a file\n")
+    done = run_cli("exec", "-f", str(prompt), state_dir=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "from a file\n"), done.stderr
+    piped = run_cli("exec", "--file", "-", input="from stdin\n", state_dir=tmp_path)
+    assert (piped.returncode, piped.stdout) == (0, "from stdin\n"), piped.stderr
+    both = run_cli("exec", "-f", str(prompt), "and text", state_dir=tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr
+    missing = run_cli("exec", "-f", str(tmp_path / "nope.txt"), state_dir=tmp_path)
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr
+
+
+def test_format_quiet_prints_the_reply_only(tmp_path: Path) -> None:
+    loud = run_cli("exec", "/think pondering", state_dir=tmp_path)
+    assert "[thought] pondering" in loud.stderr  # the baseline shows the thought
+    quiet = run_cli("exec", "--format", "quiet", "/think pondering", state_dir=tmp_path)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "pondering\n", "")
+    tool = run_cli("--format", "quiet", "exec", "/tool", state_dir=tmp_path)
+    assert tool.returncode == 0 and tool.stderr == "", tool.stderr
+
+
+def test_format_json_is_json_and_contradictions_are_refused(tmp_path: Path) -> None:
+    a = run_cli("exec", "--format", "json", "hello", state_dir=tmp_path)
+    b = run_cli("exec", "--json", "hello", state_dir=tmp_path)
+    assert json_lines(a.stdout) == json_lines(b.stdout) and json_lines(a.stdout)[-1] == {
+        "type": "done", "stop_reason": "end_turn"}
+    bad = run_cli("exec", "--json", "--format", "quiet", "hello", state_dir=tmp_path)
+    assert bad.returncode == 2 and "--json" in bad.stderr
+
+
+def test_no_fs_and_no_terminal_are_not_advertised_and_refused(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("content\n")
+    caps = run_cli("exec", "--cwd", str(tmp_path), "/client-caps", state_dir=tmp_path)
+    assert json.loads(caps.stdout) == {"fs": {"readTextFile": True, "writeTextFile": True},
+                                       "terminal": True}
+    off = run_cli("exec", "--no-fs", "--no-terminal", "--cwd", str(tmp_path), "/client-caps",
+                  state_dir=tmp_path)
+    assert json.loads(off.stdout) == {"fs": {"readTextFile": False, "writeTextFile": False},
+                                      "terminal": False}
+    read = run_cli("exec", "--cwd", str(tmp_path), f"/read {tmp_path / 'f.txt'}",
+                   state_dir=tmp_path)
+    assert read.stdout == "content\n"
+    refused = run_cli("exec", "--no-fs", "--cwd", str(tmp_path), f"/read {tmp_path / 'f.txt'}",
+                      state_dir=tmp_path)
+    assert refused.stdout.startswith("error: -32601") and "content" not in refused.stdout
+    term = run_cli("exec", "--approve-all", "--no-terminal", "/terminal echo hi",
+                   state_dir=tmp_path)
+    assert term.stdout.startswith("error: -32601") and "output=hi" not in term.stdout
+
+
+def test_config_files_merge_and_show_where_each_value_came_from(tmp_path: Path) -> None:
+    user = tmp_path / "xdg" / "acpx-trio" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('timeoutSeconds = 7\npermissionMode = "deny-all"\n'
+                    '[auth]\nuser-key = "user-secret-1"\n')
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".acpx-trio.toml").write_text('permissionMode = "approve-all"\n'
+                                              '[auth]\nproj-key = "proj-secret-2"\n')
+    explicit = tmp_path / "explicit.json"
+    explicit.write_text(json.dumps({"timeoutSeconds": 9, "terminal": False}))
+    done = run_cli("config", "show", "--json", "--cwd", str(project), "--config",
+                   str(explicit), env=_xdg(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = {r["key"]: r for r in json_lines(done.stdout)}
+    assert rows["permissionMode"] == {"key": "permissionMode", "value": "approve-all",
+                                      "source": str(project / ".acpx-trio.toml")}
+    assert rows["timeoutSeconds"]["value"] == 9.0
+    assert rows["timeoutSeconds"]["source"] == str(explicit)
+    assert rows["terminal"]["value"] is False
+    assert rows["auth.user-key"]["source"] == str(user)
+    assert rows["auth.proj-key"]["source"] == str(project / ".acpx-trio.toml")
+    assert rows["killGraceSeconds"]["source"] == "default"
+    text = run_cli("config", "show", "--cwd", str(project), env=_xdg(tmp_path))
+    for shown in (done.stdout, text.stdout, text.stderr):
+        assert "user-secret-1" not in shown and "proj-secret-2" not in shown
+    # the merged config is what a turn runs with: deny-all from the user file (no project)
+    turn = run_cli("exec", "--cwd", str(tmp_path), "/permission execute", state_dir=tmp_path,
+                   env=_xdg(tmp_path))
+    assert turn.stdout == "permission outcome=selected:reject\n", turn.stderr
+
+
+def test_a_bad_value_in_a_config_file_names_the_field(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / ".acpx-trio.toml").write_text('permissionMode = "sometimes"\n')
+    done = run_cli("config", "show", "--cwd", str(project), env=_xdg(tmp_path))
+    assert done.returncode == 2 and "permissionMode" in done.stderr
+    broken = project / ".acpx-trio.toml"
+    broken.write_text("this is = = not toml")
+    done = run_cli("exec", "--cwd", str(project), "hi", state_dir=tmp_path, env=_xdg(tmp_path))
+    assert done.returncode == 2 and str(broken) in done.stderr
+
+
+def test_config_init_writes_a_private_starter_once(tmp_path: Path) -> None:
+    env = _xdg(tmp_path)
+    done = run_cli("config", "init", env=env)
+    target = tmp_path / "xdg" / "acpx-trio" / "config.toml"
+    assert done.returncode == 0 and str(target) in done.stdout
+    assert target.read_text() == STARTER_CONFIG
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    target.write_text("# mine\n")
+    again = run_cli("config", "init", env=env)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert target.read_text() == "# mine\n"
+    forced = run_cli("config", "init", "--force", env=env)
+    assert forced.returncode == 0 and target.read_text() == STARTER_CONFIG
+    # the starter is valid config: every key commented out, so it changes nothing
+    shown = run_cli("config", "show", "--json", env=env)
+    assert shown.returncode == 0
+    assert all(r["source"] == "default" for r in json_lines(shown.stdout))
+    project = tmp_path / "proj"
+    project.mkdir()
+    decoy = tmp_path / "decoy"
+    decoy.write_text("keep\n")
+    os.symlink(decoy, project / ".acpx-trio.toml")
+    linked = run_cli("config", "init", "--project", "--force", "--cwd", str(project), env=env)
+    assert linked.returncode == 2 and decoy.read_text() == "keep\n"
+
+
+def test_the_starter_file_uncommented_is_valid_config() -> None:
+    import re
+    import tomllib
+
+    from acpx_trio._store.config import decode_plugin_config
+
+    lines = re.findall(r'^# ([\w"-]+ = .*|\[[\w.-]+\])$', STARTER_CONFIG, re.M)
+    doc = tomllib.loads("\n".join(lines))
+    assert {"permissionMode", "fs", "terminal", "auth", "agents", "mcpServers"} <= set(doc)
+    decode_plugin_config(doc)  # raises ConfigError for a bad key or value
