@@ -284,7 +284,7 @@ async def reap_open_leases(
         alive[p.lease_id or ""] = alive.get(p.lease_id or "", 0) + 1
     final: dict[str, LeaseState] = {}
     for lease in to_reap:
-        if alive.get(lease.lease_id):
+        if alive.get(lease.lease_id) or out.unproven:
             left_alone[lease.lease_id] = SURVIVED
         else:
             final[lease.lease_id] = (

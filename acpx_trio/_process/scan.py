@@ -8,7 +8,7 @@ use a worker thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -24,7 +24,10 @@ from acpx_trio._process.identity import (
     tags_from_cmdline,
 )
 
-__all__ = ["NEWEST_PIDS", "fast_process_info", "fast_snapshot", "newest_pids"]
+__all__ = [
+    "NEWEST_PIDS", "chase_new_pids", "fast_process_info", "fast_snapshot", "last_pid",
+    "newest_pids",
+]
 
 _clk_tck: int | None = None
 
@@ -113,17 +116,79 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
 NEWEST_PIDS = 64
 
 
+def last_pid() -> int | None:
+    """The pid number this pid namespace allocated last (Linux
+    ``/proc/sys/kernel/ns_last_pid``), or ``None``."""
+    try:
+        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+_pid_max: int | None = None
+
+
+def _max_pid() -> int:
+    global _pid_max
+    if _pid_max is None:
+        try:
+            with open(f"{_PROC}/sys/kernel/pid_max", "rb") as fh:
+                _pid_max = int(fh.read())
+        except (OSError, ValueError):
+            _pid_max = 4_194_304
+    return _pid_max
+
+
 def newest_pids(count: int = NEWEST_PIDS) -> list[int]:
     """The ``count`` most recently allocated pid numbers, newest first (Linux
     ``/proc/sys/kernel/ns_last_pid``; empty elsewhere).  A pid hopper is always among them,
     and probing them takes microseconds, whatever the size of ``/proc`` (a hopper leaves a
     trail of zombies that can make a full listing slow)."""
-    try:
-        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as fh:
-            last = int(fh.read())
-    except (OSError, ValueError):
+    last = last_pid()
+    if last is None:
         return []
     return [pid for pid in range(last, last - count, -1) if pid > 1]
+
+
+def _cyclic_range(after: int, upto: int) -> list[int]:
+    """Pid numbers allocated after ``after`` up to ``upto`` in allocation order (the
+    allocator is cyclic: past ``pid_max`` it wraps to low numbers)."""
+    if upto >= after:
+        return list(range(after + 1, upto + 1))
+    return [*range(after + 1, _max_pid()), *range(2, upto + 1)]
+
+
+#: At most this many pid numbers are probed by one :func:`chase_new_pids` (a machine
+#: forking faster than that during a scan gets a partial chase; callers scan again).
+CHASE_CAP = 8192
+
+
+def chase_new_pids(since: int | None, visit: Callable[[int], None]) -> bool:
+    """Call ``visit(pid)`` for every pid number allocated after ``since`` (a
+    :func:`last_pid` value read earlier), oldest first, re-reading :func:`last_pid` until
+    it stops moving, so a process that forks and exits while we probe (a pid hopper) is
+    followed hop by hop: it always holds one live pid, which is either probed or newer than
+    the last one probed.  With ``since=None`` it starts at the :data:`NEWEST_PIDS` newest.
+    Returns ``False`` when the chase was cut short by :data:`CHASE_CAP` (or Linux's
+    counter is unreadable).  Blocking."""
+    top = last_pid()
+    if top is None:
+        return False
+    after = max(top - NEWEST_PIDS, 1) if since is None else since
+    probed = 0
+    while True:
+        span = _cyclic_range(after, top)
+        if probed + len(span) > CHASE_CAP:
+            return False
+        for pid in span:
+            visit(pid)
+        probed += len(span)
+        after = top
+        now = last_pid()
+        if now is None or now == top:
+            return now is not None
+        top = now
 
 
 def fast_snapshot(pids: Iterable[int] | None = None) -> list[ProcessInfo]:

@@ -23,7 +23,13 @@ from collections.abc import Collection
 import trio
 
 from acpx_trio._process.identity import LEASE_ENV_KEY, ProcessInfo, snapshot_processes
-from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
+from acpx_trio._process.scan import (
+    chase_new_pids,
+    fast_process_info,
+    fast_snapshot,
+    last_pid,
+    newest_pids,
+)
 
 __all__ = [
     "lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged", "shared_scan",
@@ -53,59 +59,89 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def _stat_ids(name: str) -> tuple[str, int, int, int] | None:
-    """``(state, ppid, pgid, sid)`` of ``/proc/NAME/stat``, or ``None``."""
+def _stat_ids(name: str) -> tuple[str, int, int, int, int] | None:
+    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat``, or ``None``."""
     try:
         data = _read_all(f"/proc/{name}/stat")
         fields = data[data.rfind(b")") + 1 :].split()
-        return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[3])
+        return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
+                int(fields[3]), int(fields[19]))
     except (OSError, ValueError, IndexError):
         return None
 
 
-def pids_tagged(lease_ids: Collection[str], root_pids: Collection[int]) -> list[ProcessInfo]:
+def pids_tagged(
+    lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
+) -> list[ProcessInfo]:
     """The roots, every process whose environment carries ``LEASE_ENV_KEY=<one of
     lease_ids>``, and every member of their process groups and sessions (plus children of
     zombies there).
 
     A prefilter over ``/proc`` (blocking): the reaper's plan keeps only processes it can
     prove ours, so listing just these candidates gives the same targets while inspecting a
-    handful of processes instead of all of them.  Newest pids are read first (a pid hopper is
-    among them).  The environment bytes are searched for the tag and dropped at once."""
+    handful of processes instead of all of them.
+
+    Completeness (what makes a hopper impossible to miss but by a race we re-check): the
+    listing of ``/proc`` sees every process that keeps its pid throughout it; a process
+    created during it (a pid hopper's next hop, a fork) holds a pid allocated after the
+    :func:`~acpx_trio._process.scan.last_pid` read *before* the listing, and
+    :func:`~acpx_trio._process.scan.chase_new_pids` probes exactly those *after* it, hop by
+    hop until the allocator stops moving.
+
+    ``min_start_ticks``: the earliest start (clock ticks since boot) of the lease roots.  A
+    process can carry a lease's tag only by inheriting it from that lease's root (the tags
+    are set in the root's environment at its spawn, and a lease id is random and new), so
+    it was forked at or after the root; processes that started earlier are not ours by tag
+    and their environment is not read (the cost of a close then grows with the processes
+    started since the agent, not with every process on the machine).  A process cannot
+    change its start time, and ``/proc/PID/environ`` shows the environment it was
+    executed with.  ``None`` (roots unknown: a pending lease): every environment is read."""
     wanted = {x.encode() for x in lease_ids}
     roots = set(root_pids)
     ids = set(roots)
     never = {0, 1}  # outside our pid namespace / init: never an owned group or session
-    try:
-        listed = [n for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return snapshot_processes()  # no /proc listing: the full (slower) table
-    # a pid hopper is among the newest pids: probe them first (again after the listing)
-    newest = [str(pid) for pid in newest_pids()]
-    names = newest + sorted(listed, key=int, reverse=True) + [str(p) for p in newest_pids()]
-    stats: dict[int, tuple[str, int, int, int]] = {}
+    floor = -1 if min_start_ticks is None else min_start_ticks
+    stats: dict[int, tuple[str, int, int, int, int]] = {}
     infos: dict[int, ProcessInfo] = {}
-    for name in names:
-        if int(name) in infos:
-            continue
+
+    def visit(pid: int) -> None:
+        name = str(pid)
+        st = _stat_ids(name)
+        if st is None:
+            if pid in roots and pid not in infos:
+                info = fast_process_info(pid)
+                if info is not None:
+                    infos[pid] = info
+            return
+        known = stats.get(pid)
+        stats[pid] = st
+        if known is not None and known[4] == st[4]:
+            return  # the same process, its environment already read (or not ours)
+        if st[4] < floor and pid not in roots:
+            return  # started before every root: cannot carry their tags
         try:
             data = _read_all(f"/proc/{name}/environ")
-        except FileNotFoundError:  # no such process (most of the newest pids probed)
-            if int(name) not in roots:
-                continue
-            data = b""
         except OSError:
             data = b""
         hit = not wanted.isdisjoint(lease_ids_in_environ(data))
         del data
-        if hit or int(name) in roots:
-            info = fast_process_info(int(name))  # at once: a hopper may be gone in 1 ms
+        if hit or pid in roots:
+            info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
             if info is not None:
                 infos[info.pid] = info
                 ids.update(x for x in (info.pgid, info.sid) if x is not None)
-        st = _stat_ids(name)
-        if st is not None:
-            stats[int(name)] = st
+
+    before = last_pid()
+    try:
+        listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return snapshot_processes()  # no /proc listing: the full (slower) table
+    for pid in newest_pids():  # a pid hopper is among the newest pids: probe them first
+        visit(pid)
+    for pid in sorted(listed, reverse=True):
+        visit(pid)
+    # everything forked during the listing (a hopper's later hops), followed to the end
+    chase_new_pids(before, visit)
     ids -= never
     extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
     zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
@@ -116,13 +152,13 @@ def pids_tagged(lease_ids: Collection[str], root_pids: Collection[int]) -> list[
 
 
 def _pass(
-    lease_ids: Collection[str], root_pids: Collection[int]
+    lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
 ) -> tuple[list[ProcessInfo], frozenset[int]]:
     """:func:`pids_tagged`, then which roots' process groups have no member left at the end
     of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members).  An empty
     group cannot gain members, so a caller may take that as the answer of a group probe
     made right after the scan."""
-    table = pids_tagged(lease_ids, root_pids)
+    table = pids_tagged(lease_ids, root_pids, min_start_ticks)
     empty: set[int] = set()
     for pgid in root_pids:
         if pgid <= 1:
@@ -140,6 +176,9 @@ class _Pass:
     def __init__(self) -> None:
         self.lease_ids: set[str] = set()
         self.root_pids: set[int] = set()
+        #: The earliest root start of the pass (``None``: some lease's root is unknown).
+        self.min_ticks: int | None = None
+        self.unbounded = False
         self.done = trio.Event()
         self.result: tuple[list[ProcessInfo], frozenset[int]] | None = None
 
@@ -153,7 +192,7 @@ class _Batcher:
         self.passes = 0
 
     async def scan(
-        self, lease_id: str, root_pid: int
+        self, lease_id: str, root_pid: int, root_start_ticks: int | None = None
     ) -> tuple[list[ProcessInfo], frozenset[int]]:
         mine = self.next
         leader = mine is None
@@ -161,12 +200,18 @@ class _Batcher:
             mine = self.next = _Pass()
         mine.lease_ids.add(lease_id)
         mine.root_pids.add(root_pid)
+        if root_start_ticks is None:
+            mine.unbounded = True
+        elif mine.min_ticks is None or root_start_ticks < mine.min_ticks:
+            mine.min_ticks = root_start_ticks
         if not leader:
             await mine.done.wait()
             if mine.result is not None:
                 return mine.result
             # the pass failed or its leader was cancelled: scan on our own
-            return await trio.to_thread.run_sync(_pass, (lease_id,), (root_pid,))
+            return await trio.to_thread.run_sync(
+                _pass, (lease_id,), (root_pid,), root_start_ticks
+            )
         try:
             async with self.running:
                 # let the cleanups woken in this same scheduling step join the pass
@@ -175,7 +220,8 @@ class _Batcher:
                     self.next = None
                 self.passes += 1
                 mine.result = await trio.to_thread.run_sync(
-                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids)
+                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids),
+                    None if mine.unbounded else mine.min_ticks,
                 )
                 return mine.result
         finally:
@@ -196,12 +242,15 @@ def _current_batcher() -> _Batcher:
         return batcher
 
 
-async def shared_scan(lease_id: str, root_pid: int) -> tuple[list[ProcessInfo], frozenset[int]]:
+async def shared_scan(
+    lease_id: str, root_pid: int, root_start_ticks: int | None = None
+) -> tuple[list[ProcessInfo], frozenset[int]]:
     """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
     other cleanups of this Trio run that ask at the same time (see the module docstring),
     and the roots' process groups found empty at the end of the pass.  The pass starts
-    after this call; cancellable while waiting for it to start."""
-    return await _current_batcher().scan(lease_id, root_pid)
+    after this call; cancellable while waiting for it to start.  ``root_start_ticks``: the
+    root's start (see ``min_start_ticks`` of :func:`pids_tagged`)."""
+    return await _current_batcher().scan(lease_id, root_pid, root_start_ticks)
 
 
 async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:

@@ -43,9 +43,13 @@ def _pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
     return pids_tagged((lease_id,), (root_pid,))
 
 
-def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
+def lease_cleanup_deps(
+    lease_id: str, root_pid: int, root_start_ticks: int | None = None
+) -> ProcessCleanupDeps:
     """The real process table, listing only this lease's candidates (Linux); we reap our
-    direct child ourselves, so the reaper does not (its exit status stays readable)."""
+    direct child ourselves, so the reaper does not (its exit status stays readable).
+    ``root_start_ticks`` (the root's recorded start): processes that started before it are
+    not read for tags (see :func:`~acpx_trio._process.shared_scan.pids_tagged`)."""
     deps = default_cleanup_deps(reap_children=False)
     if not sys.platform.startswith("linux"):
         return deps
@@ -55,7 +59,7 @@ def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
 
     async def list_processes() -> list[ProcessInfo]:
         # one /proc pass shared with the other cleanups asking at the same time
-        table, gone = await shared_scan(lease_id, root_pid)
+        table, gone = await shared_scan(lease_id, root_pid, root_start_ticks)
         empty.clear()
         empty.update(gone)
         return table
