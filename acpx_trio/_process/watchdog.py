@@ -143,35 +143,15 @@ async def _reap(
     lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
     owner_ticks: int | None = None,
 ) -> Any:
+    from acpx_trio._process.gateway_reap import reap_gateway
     from acpx_trio._process.owner_tag import OwnerTag
-    from acpx_trio._process.reaper import reap_open_leases, sweep_orphans
-    from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+    from acpx_trio._store.leases import LeaseStore
 
-    store = LeaseStore(lease_dir)
-
-    class _OwnerLeases:
-        """Only the dead owner's leases are visible to the reaper."""
-
-        async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
-            return [
-                x for x in await store.list_open(gateway_instance_id)
-                if x.owner_pid == owner_pid and x.owner_start_time is not None
-                and abs(x.owner_start_time - owner_start) <= _TOLERANCE
-            ]
-
-        async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-            return await store.mark_states(updates)
-
-    result = await reap_open_leases(gateway_id, _OwnerLeases(), grace=grace)
-    # processes naming the dead owner whose lease record is gone (lost to a corrupt file)
     dead = OwnerTag(pid=owner_pid, start_ticks=owner_ticks, create_time=owner_start)
-    swept = await sweep_orphans(gateway_id, store, grace=grace, only_owner=dead)
-    import msgspec
-
-    return msgspec.structs.replace(
-        result, terminated_pids=[*result.terminated_pids, *swept.terminated_pids],
-        survived_pids=[*result.survived_pids, *swept.survived_pids],
-    )
+    # only the dead owner's leases, and processes whose owner tag names it (those whose
+    # lease record was lost to a corrupt file included)
+    return await reap_gateway(gateway_id, LeaseStore(lease_dir), owner=dead, grace=grace,
+                              lease_dir=lease_dir)
 
 
 def reap_dead_owner(
@@ -181,7 +161,8 @@ def reap_dead_owner(
     """Reap the open leases of the dead owner ``(owner_pid, owner_start)`` (a psutil create
     time; ``owner_ticks`` its start ticks when known) in ``lease_dir``, then every process of
     the gateway whose owner tag names it; returns the
-    :class:`~acpx_trio._process.reaper.ReapResult`.  Imports Trio and the reaper only now."""
+    :class:`~acpx_trio._process.gateway_reap.GatewayReapReport`.  Imports Trio and the
+    reaper only now."""
     import trio as _trio
 
     return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
