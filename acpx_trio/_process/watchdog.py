@@ -83,6 +83,18 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (job control or a tracer).  psutil is imported
+    only here (the owner's side; the watchdog process never calls this)."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return False
+    return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 def owner_gone(pid: int, ticks: int | None) -> bool:
     """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
     now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
@@ -242,6 +254,9 @@ class WatchdogHandle:
         self._started = False
         #: The watchdog's pid once started.
         self.pid: int | None = None
+        self._proc: trio.Process | None = None
+        #: Watchdogs found stopped (``SIGSTOP``, traced) and replaced (for tests).
+        self.replaced = 0
 
     async def ensure(self) -> None:
         """Start the watchdog if needed and wait (bounded) until it is armed."""
@@ -278,6 +293,26 @@ class WatchdogHandle:
         finally:
             self._armed.set()
             self._done.set()
+
+    async def check(self) -> bool:
+        """The owner's liveness check of its watchdog (run on the service's sweep): a
+        watchdog that is stopped (``SIGSTOP``, ``SIGTSTP``, a tracer: psutil status
+        ``stopped`` / ``tracing-stop``) would watch nothing, so it is killed (it is our own child: its pid cannot have been
+        reused) and the loop of :meth:`_run` arms a new one at once.  Returns whether it
+        replaced one.  Never raises."""
+        import trio as _trio
+
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            await _trio.lowlevel.checkpoint()
+            return False
+        if not await _trio.to_thread.run_sync(_stopped, proc.pid):
+            return False
+        _log.warning("owner-death watchdog %s is stopped; replacing it", proc.pid)
+        with contextlib.suppress(OSError):
+            proc.kill()
+        self.replaced += 1
+        return True
 
     def forget(self) -> None:
         """Unregister without waiting (its task, if any, ended with the service's nursery)."""
@@ -363,6 +398,7 @@ async def _spawn_and_wait(
         os.close(read_fd)
     try:
         handle.pid = proc.pid
+        handle._proc = proc
         handle._armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
         await proc.wait()  # it only exits on its own if something went badly wrong
     finally:

@@ -29,6 +29,7 @@ from acpx_trio._service.prepare import SweepMemo
 
 __all__ = [
     "WatchdogHandle",
+    "check_watchdog",
     "forget_guards",
     "host_background",
     "orphan_sweep_once",
@@ -207,7 +208,17 @@ def start_guards(
             orphan_sweep_once, gw, store, log, grace=grace, deps=deps,
             lease_fp=prepared.lease_fp, memo=memo,
         ))
-    return register_watchdog(nursery, store.path.parent, gw, grace)
+    watchdog = register_watchdog(nursery, store.path.parent, gw, grace)
+    background.start_soon(check_watchdog, watchdog, prepared.config.sweep_interval_seconds)
+    return watchdog
+
+
+async def check_watchdog(watchdog: WatchdogHandle, interval_seconds: float) -> None:
+    """Every sweep interval, the owner checks its watchdog is not stopped (``SIGSTOP``: it
+    would watch nothing) and replaces it if it is (:meth:`WatchdogHandle.check`)."""
+    while True:
+        await trio.sleep(interval_seconds)
+        await watchdog.check()
 
 
 async def stop_guards(watchdog: WatchdogHandle | None) -> None:
