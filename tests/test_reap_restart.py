@@ -48,6 +48,10 @@ sys.stdin.readline()
 """
 
 
+def _popen(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -60,8 +64,7 @@ async def test_restart_right_after_an_owner_was_killed_reaps_its_agent(tmp_path:
     (tmp_path / "ws").mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    decoy = subprocess.Popen([sys.executable, "-c", AGENT, "restart-agent"],
-                             start_new_session=True)
+    decoy = _popen([sys.executable, "-c", AGENT, "restart-agent"], start_new_session=True)
     svc = AcpxRuntimeService(registry=BackendRegistry())
     agent_pid = 0
     owner = None
@@ -72,8 +75,8 @@ async def test_restart_right_after_an_owner_was_killed_reaps_its_agent(tmp_path:
                                      logger=ListLogger(), nursery=nursery)
                 await svc.start(ctx)  # creates the state dir and the gateway id
                 await svc.stop(ctx)
-                owner = subprocess.Popen([sys.executable, "-c", OWNER, str(state)], env=env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                owner = _popen([sys.executable, "-c", OWNER, str(state)], env=env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 assert owner.stdin is not None and owner.stdout is not None
                 await trio.sleep(0.5)  # let it import (not a synchronisation: "go" waits)
                 await svc.start(ctx)  # its last check: nothing to reap

@@ -27,15 +27,19 @@ def _running(pid: int) -> bool:
         return False
 
 
-async def test_stopped_watchdog_is_replaced_and_the_new_one_reaps(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def _start_owner(state: Path) -> subprocess.Popen[bytes]:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     env.pop(WATCHDOG_ENV, None)
-    owner = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(CHILD), str(state), "--sessions", "1", "--busy", "0",
          "--sweep-interval", "0.2", "--agent-arg=--ignore-stdin-eof",
          "--agent-arg=--ignore-sigterm"], stdout=subprocess.PIPE, env=env)
+
+
+async def test_stopped_watchdog_is_replaced_and_the_new_one_reaps(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    owner = _start_owner(state)
     agent = 0
     watchdogs: set[int] = set()
     try:

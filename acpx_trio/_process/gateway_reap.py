@@ -240,12 +240,16 @@ async def reap_gateway(
     targets = [LeaseTarget.from_lease(x) for x in to_reap]
 
     def plan(snap: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
-        common = dict(self_pid=deps.self_pid, self_uid=deps.self_uid,
-                      self_pgid=deps.self_pgid, self_sid=deps.self_sid, known=known)
-        leases_plan = plan_leases(snap, targets, current_boot_id=deps.boot_id, **common)
+        leases_plan = plan_leases(
+            snap, targets, self_pid=deps.self_pid, self_uid=deps.self_uid,
+            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            known=known,
+        )
         keep = (open_now - doomed) | protected  # open at the latest snapshot: a live start
-        orphans_plan = plan_orphans(snap, gateway_instance_id, keep, only_owner=owner,
-                                    **common)
+        orphans_plan = plan_orphans(
+            snap, gateway_instance_id, keep, self_pid=deps.self_pid, self_uid=deps.self_uid,
+            self_pgid=deps.self_pgid, self_sid=deps.self_sid, known=known, only_owner=owner,
+        )
         return _merge(leases_plan, orphans_plan)
 
     actions: list[ReapAction] = []
@@ -286,18 +290,18 @@ async def reap_gateway(
     if final:
         await lease_store.mark_states(final)
     for p in out.terminated:
-        lease = seen_leases.get(p.lease_id or "")
         actions.append(ReapAction(action="terminated", pid=p.pid, lease_id=p.lease_id,
-                                  reason=_why(p, lease), command=_cmd(p)))
+                                  reason=_why(p, seen_leases.get(p.lease_id or "")),
+                                  command=_cmd(p)))
     for p in out.survived:
         actions.append(ReapAction(action="survived", pid=p.pid, lease_id=p.lease_id,
                                   reason="still alive after SIGKILL; retried on the next reap",
                                   command=_cmd(p)))
     for pid, reason in sorted(out.skipped.items()):
-        p = seen_procs.get(pid)
-        if p is not None and p.gateway_instance_id == gateway_instance_id:
+        info = seen_procs.get(pid)
+        if info is not None and info.gateway_instance_id == gateway_instance_id:
             actions.append(ReapAction(action="skipped", pid=pid, reason=reason,
-                                      lease_id=p.lease_id, command=_cmd(p)))
+                                      lease_id=info.lease_id, command=_cmd(info)))
     for lease_id, state in final.items():
         actions.append(ReapAction(
             action="lease-closed" if state is LeaseState.CLOSED else "lease-lost",

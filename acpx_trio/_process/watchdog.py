@@ -297,8 +297,9 @@ class WatchdogHandle:
     async def check(self) -> bool:
         """The owner's liveness check of its watchdog (run on the service's sweep): a
         watchdog that is stopped (``SIGSTOP``, ``SIGTSTP``, a tracer: psutil status
-        ``stopped`` / ``tracing-stop``) would watch nothing, so it is killed (it is our own child: its pid cannot have been
-        reused) and the loop of :meth:`_run` arms a new one at once.  Returns whether it
+        ``stopped`` / ``tracing-stop``) would watch nothing, so it is killed (it is our own
+        child: its pid cannot have been reused) and the loop of :meth:`_run` arms a new one
+        at once.  Returns whether it
         replaced one.  Never raises."""
         import trio as _trio
 
