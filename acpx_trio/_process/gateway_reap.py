@@ -27,10 +27,12 @@ What is reaped (everything else is left alone, with a reason in the report):
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import msgspec
+import trio
 
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.owner_tag import OwnerTag
@@ -45,6 +47,7 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
+from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._process.waves import (
     DEFAULT_GRACE,
     ProcessCleanupDeps,
@@ -59,6 +62,7 @@ __all__ = [
     "ReapAction",
     "ReapStep",
     "ReapStepRequest",
+    "gateway_cleanup_deps",
     "reap_gateway",
 ]
 
@@ -173,6 +177,30 @@ def _merge(a: Plan, b: Plan) -> Plan:
     )
 
 
+def gateway_cleanup_deps(
+    gateway_instance_id: str, leases: Sequence[ProcessLease]
+) -> ProcessCleanupDeps:
+    """The real process table, listing only what a reap of this gateway can concern (Linux):
+    processes tagged with the gateway, the leases' roots and owners, the members of their
+    groups and sessions, and the owners named by owner tags; re-scans read only what
+    changed (:class:`~acpx_trio._process.shared_scan.TagScan`).  The plans keep only what
+    they can prove ours, so the prefilter changes nothing but the cost."""
+    deps = default_cleanup_deps()
+    if not sys.platform.startswith("linux"):
+        return deps
+    scan = TagScan(
+        gateway_id=gateway_instance_id,
+        roots=[x.root_pid for x in leases if x.root_pid > 0],
+        extra_pids=[x.owner_pid for x in leases if x.owner_pid],
+    )
+
+    async def list_processes() -> list[ProcessInfo]:
+        # read-only: a cancelled caller need not wait for the scan to finish
+        return await trio.to_thread.run_sync(scan.scan, abandon_on_cancel=True)
+
+    return dataclasses.replace(deps, list_processes=list_processes)
+
+
 async def reap_gateway(
     gateway_instance_id: str,
     lease_store: _LeaseSource,
@@ -200,14 +228,13 @@ async def reap_gateway(
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise ValueError(f"gateway_instance_id must be a non-empty string, got "
                          f"{gateway_instance_id!r}")
-    deps = deps or default_cleanup_deps()
     protected = frozenset(protected_lease_ids)
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}
     open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot
 
     async def snapshot() -> list[ProcessInfo]:
-        table = await deps.list_processes()
+        table = await cleanup.list_processes()
         leases = await lease_store.list_all()  # after the snapshot (see the module docstring)
         seen_leases.update({x.lease_id: x for x in leases})
         open_now.clear()
@@ -222,6 +249,7 @@ async def reap_gateway(
     # that follows every snapshot.
     before = [x for x in await lease_store.list_all() if not x.state.is_final
               and x.gateway_instance_id == gateway_instance_id]
+    cleanup = deps or gateway_cleanup_deps(gateway_instance_id, before)
     table = await snapshot()
     by_pid = {p.pid: p for p in table}
     left_alone: dict[str, str] = {}
@@ -232,7 +260,7 @@ async def reap_gateway(
             continue
         if lease_id in protected:
             left_alone[lease_id] = PROTECTED
-        elif owner_alive(lease, by_pid, deps.self_pid):
+        elif owner_alive(lease, by_pid, cleanup.self_pid):
             left_alone[lease_id] = OWNER_ALIVE
         else:
             to_reap.append(lease)
@@ -241,14 +269,14 @@ async def reap_gateway(
 
     def plan(snap: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         leases_plan = plan_leases(
-            snap, targets, self_pid=deps.self_pid, self_uid=deps.self_uid,
-            current_boot_id=deps.boot_id, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
+            snap, targets, self_pid=cleanup.self_pid, self_uid=cleanup.self_uid,
+            current_boot_id=cleanup.boot_id, self_pgid=cleanup.self_pgid, self_sid=cleanup.self_sid,
             known=known,
         )
         keep = (open_now - doomed) | protected  # open at the latest snapshot: a live start
         orphans_plan = plan_orphans(
-            snap, gateway_instance_id, keep, self_pid=deps.self_pid, self_uid=deps.self_uid,
-            self_pgid=deps.self_pgid, self_sid=deps.self_sid, known=known, only_owner=owner,
+            snap, gateway_instance_id, keep, self_pid=cleanup.self_pid, self_uid=cleanup.self_uid,
+            self_pgid=cleanup.self_pgid, self_sid=cleanup.self_sid, known=known, only_owner=owner,
         )
         return _merge(leases_plan, orphans_plan)
 
@@ -269,7 +297,7 @@ async def reap_gateway(
             await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
 
     await mark_closing()
-    waves_deps = dataclasses.replace(deps, list_processes=snapshot)
+    waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
     out = await run_waves(plan, grace, waves_deps, table)
     dead: dict[str, int] = {}
     alive: dict[str, int] = {}

@@ -8,6 +8,7 @@ use a worker thread.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -32,22 +33,51 @@ __all__ = [
 _clk_tck: int | None = None
 
 
+_boot: tuple[float, float] = (-1.0, 0.0)  # (monotonic time read, psutil boot time)
+
+
 def _create_time_from_ticks(ticks: int) -> float:
-    global _clk_tck
+    global _clk_tck, _boot
     if _clk_tck is None:
         _clk_tck = int(os.sysconf("SC_CLK_TCK"))
-    return float(psutil.boot_time()) + ticks / _clk_tck
+    now = time.monotonic()
+    if not 0 <= now - _boot[0] < 1.0:  # re-read once a second (a scan reads it thousands
+        _boot = (now, float(psutil.boot_time()))  # of times; a clock step moves it)
+    return _boot[1] + ticks / _clk_tck
+
+
+def _read(path: str) -> bytes:
+    """The whole file with raw ``os`` calls (cheaper than a buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """:func:`~acpx_trio._process.identity._read_stat_fields` with raw reads."""
+    try:
+        data = _read(f"{_PROC}/{pid}/stat")
+    except OSError:
+        return None
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    return data[end + 1 :].decode("ascii", "replace").split()
 
 
 def _read_status(pid: int) -> tuple[int | None, int | None]:
     """``(tgid, real uid)`` from ``/proc/PID/status``."""
     tgid: int | None = None
-    with open(f"{_PROC}/{pid}/status", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"Tgid:"):
-                tgid = int(line.split()[1])
-            elif line.startswith(b"Uid:"):
-                return tgid, int(line.split()[1])
+    for line in _read(f"{_PROC}/{pid}/status").split(b"\n"):
+        if line.startswith(b"Tgid:"):
+            tgid = int(line.split()[1])
+        elif line.startswith(b"Uid:"):
+            return tgid, int(line.split()[1])
     return tgid, None
 
 
@@ -60,7 +90,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return process_info(pid)
     if pid <= 0:
         return None
-    fields = _read_stat_fields(pid)
+    fields = _stat_fields(pid)
     if fields is None or len(fields) < 20:
         return None
     try:
@@ -76,10 +106,8 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         tgid, uid = _read_status(pid)
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
             return None
-        with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-        with open(f"{_PROC}/{pid}/environ", "rb") as fh:
-            env = fh.read()
+        raw = _read(f"{_PROC}/{pid}/cmdline")
+        env = _read(f"{_PROC}/{pid}/environ")
     except PermissionError:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, inspectable=False, pgid=pgid, sid=sid)
@@ -90,7 +118,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     finally:
         del env
     cmdline = tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
-    after = _read_stat_fields(pid)
+    after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
     if after[0] in ("Z", "X", "x"):  # exited while we read: dead, its tags no longer count

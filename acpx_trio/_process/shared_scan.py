@@ -22,7 +22,13 @@ from collections.abc import Collection
 
 import trio
 
-from acpx_trio._process.identity import LEASE_ENV_KEY, ProcessInfo, snapshot_processes
+from acpx_trio._process.identity import (
+    GATEWAY_ENV_KEY,
+    LEASE_ENV_KEY,
+    ProcessInfo,
+    snapshot_processes,
+)
+from acpx_trio._process.owner_tag import parse_owner_tag
 from acpx_trio._process.scan import (
     chase_new_pids,
     fast_process_info,
@@ -32,10 +38,12 @@ from acpx_trio._process.scan import (
 )
 
 __all__ = [
-    "lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged", "shared_scan",
+    "TagScan", "empty_groups", "lease_ids_in_environ", "pids_tagged", "scan_passes",
+    "shared_pids_tagged", "shared_scan",
 ]
 
 _KEY = f"{LEASE_ENV_KEY}=".encode()
+_GW_KEY = f"{GATEWAY_ENV_KEY}=".encode()
 
 
 def lease_ids_in_environ(data: bytes) -> set[bytes]:
@@ -96,71 +104,187 @@ def pids_tagged(
     started since the agent, not with every process on the machine).  A process cannot
     change its start time, and ``/proc/PID/environ`` shows the environment it was
     executed with.  ``None`` (roots unknown: a pending lease): every environment is read."""
-    wanted = {x.encode() for x in lease_ids}
-    roots = set(root_pids)
-    ids = set(roots)
-    never = {0, 1}  # outside our pid namespace / init: never an owned group or session
-    floor = -1 if min_start_ticks is None else min_start_ticks
-    stats: dict[int, tuple[str, int, int, int, int]] = {}
-    infos: dict[int, ProcessInfo] = {}
+    return TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks).full()
 
-    def visit(pid: int) -> None:
-        name = str(pid)
-        st = _stat_ids(name)
-        if st is None:
-            if pid in roots and pid not in infos:
-                info = fast_process_info(pid)
-                if info is not None:
-                    infos[pid] = info
-            return
-        known = stats.get(pid)
-        stats[pid] = st
-        if known is not None and known[4] == st[4]:
-            return  # the same process, its environment already read (or not ours)
-        if st[4] < floor and pid not in roots:
-            return  # started before every root: cannot carry their tags
+
+def _gateway_in(environ: bytes, value: bytes) -> bool | None:
+    """Whether ``environ`` has ``GATEWAY_ENV_KEY=value``; ``None`` when it has no such key
+    at all (the command line may still carry the tag)."""
+    if _GW_KEY not in environ:
+        return None
+    return any(e[len(_GW_KEY):] == value for e in environ.split(b"\0")[:-1]
+               if e.startswith(_GW_KEY))
+
+
+class TagScan:
+    """A tag scan of ``/proc`` (blocking), and cheap re-scans after it.
+
+    Matches processes tagged with one of ``lease_ids`` (environment), or with
+    ``gateway_id`` (environment, else command line).  :meth:`full` lists the roots, every
+    match, and every member of their process groups and sessions (see
+    :func:`pids_tagged`).  :meth:`since` answers the same question later at the cost of
+    what changed: only the pids allocated since the previous pass started are read (plus
+    the candidates already known, re-read); it asks for a full pass (returns ``None``)
+    when one of those new processes matches or joined a known group or session.
+
+    Why that is complete: a process alive now either existed during the previous pass with
+    the same pid (then it was read: a candidate, re-read now; or neither tagged nor in a
+    group or session of a candidate, and it cannot become either: the environment is fixed
+    at ``exec``, and a process can only join a process group of its own session), or it
+    was created since, so its pid was allocated after the previous pass's ``ns_last_pid``
+    read (:func:`~acpx_trio._process.scan.chase_new_pids` probes exactly those; a chase cut
+    short falls back to a full pass).  A process that ``exec``s with a tag it read from
+    another process's ``/proc`` is not covered (same uid, deliberate)."""
+
+    def __init__(
+        self, *, lease_ids: Collection[str] = (), gateway_id: str | None = None,
+        roots: Collection[int] = (), min_start_ticks: int | None = None,
+        extra_pids: Collection[int] = (),
+    ) -> None:
+        self.extra = set(extra_pids)
+        self.wanted = {x.encode() for x in lease_ids}
+        self.gateway = None if gateway_id is None else gateway_id.encode()
+        self.roots = set(roots)
+        self.floor = -1 if min_start_ticks is None else min_start_ticks
+        self.mark: int | None = None
+        self.candidates: set[int] = set()
+        self.ids: set[int] = set()
+
+    def _matches(self, name: str) -> bool:
         try:
             data = _read_all(f"/proc/{name}/environ")
         except OSError:
             data = b""
-        hit = not wanted.isdisjoint(lease_ids_in_environ(data))
+        if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
+            return True
+        if self.gateway is None:
+            return False
+        hit = _gateway_in(data, self.gateway)
         del data
-        if hit or pid in roots:
-            info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
-            if info is not None:
-                infos[info.pid] = info
-                ids.update(x for x in (info.pgid, info.sid) if x is not None)
+        if hit is not None:
+            return hit
+        try:  # no gateway variable: the tag may be on the command line
+            return self.gateway in _read_all(f"/proc/{name}/cmdline")
+        except OSError:
+            return False
 
-    before = last_pid()
-    try:
-        listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return snapshot_processes()  # no /proc listing: the full (slower) table
-    for pid in newest_pids():  # a pid hopper is among the newest pids: probe them first
-        visit(pid)
-    for pid in sorted(listed, reverse=True):
-        visit(pid)
-    # everything forked during the listing (a hopper's later hops), followed to the end
-    chase_new_pids(before, visit)
-    ids -= never
-    extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
-    zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
-    extra.update(pid for pid, st in stats.items() if st[1] in zombies)
-    for info in fast_snapshot(extra - set(infos)):
-        infos[info.pid] = info
-    return sorted(infos.values(), key=lambda p: p.pid)
+    def full(self) -> list[ProcessInfo]:
+        """Every candidate now (a full listing of ``/proc``); records where it started."""
+        roots = self.roots
+        ids = set(roots)
+        never = {0, 1}  # outside our pid namespace / init: never an owned group or session
+        floor = self.floor
+        stats: dict[int, tuple[str, int, int, int, int]] = {}
+        infos: dict[int, ProcessInfo] = {}
+
+        def visit(pid: int) -> None:
+            name = str(pid)
+            st = _stat_ids(name)
+            if st is None:
+                if pid in roots and pid not in infos:
+                    info = fast_process_info(pid)
+                    if info is not None:
+                        infos[pid] = info
+                return
+            known = stats.get(pid)
+            stats[pid] = st
+            if known is not None and known[4] == st[4]:
+                return  # the same process, its environment already read (or not ours)
+            if st[4] < floor and pid not in roots:
+                return  # started before every root: cannot carry their tags
+            if pid in roots or self._matches(name):
+                info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
+                if info is not None:
+                    infos[info.pid] = info
+                    ids.update(x for x in (info.pgid, info.sid) if x is not None)
+
+        before = last_pid()
+        try:
+            listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            self.mark = None
+            return snapshot_processes()  # no /proc listing: the full (slower) table
+        for pid in newest_pids():  # a pid hopper is among the newest pids: probe them first
+            visit(pid)
+        for pid in sorted(listed, reverse=True):
+            visit(pid)
+        # everything forked during the listing (a hopper's later hops), followed to the end
+        complete = chase_new_pids(before, visit)
+        ids -= never
+        extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
+        zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
+        extra.update(pid for pid, st in stats.items() if st[1] in zombies)
+        for info in fast_snapshot(extra - set(infos)):
+            infos[info.pid] = info
+        wanted_too = set(self.extra)
+        if self.gateway is not None:  # the owners their owner tags name (alive or not)
+            wanted_too.update(t.pid for p in infos.values()
+                              if (t := parse_owner_tag(p.owner)) is not None)
+        for info in fast_snapshot(wanted_too - set(infos)):
+            infos[info.pid] = info
+        self.mark = before if complete else None
+        self.candidates = set(infos)
+        self.ids = ids | {x for p in infos.values() for x in (p.pgid, p.sid) if x is not None}
+        self.ids -= never
+        return sorted(infos.values(), key=lambda p: p.pid)
+
+    def adopt(self, table: list[ProcessInfo], mark: int | None) -> None:
+        """Take a pass made elsewhere (a shared pass whose listing is a superset of ours)
+        as the previous one."""
+        self.mark = mark
+        self.candidates = {p.pid for p in table}
+        self.ids = (set(self.roots) | {x for p in table for x in (p.pgid, p.sid)
+                                       if x is not None}) - {0, 1}
+
+    def since(self) -> list[ProcessInfo] | None:
+        """The candidates now, reading only what changed since the previous pass (see the
+        class docstring); ``None`` when a full pass is needed."""
+        if self.mark is None:
+            return None
+        before = last_pid()
+        found = False
+
+        def visit(pid: int) -> None:
+            nonlocal found
+            if found or pid in self.candidates:
+                return
+            st = _stat_ids(str(pid))
+            if st is None:
+                return
+            if st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates:
+                found = True
+            elif st[4] >= self.floor and self._matches(str(pid)):
+                found = True
+
+        if not chase_new_pids(self.mark, visit) or found or before is None:
+            return None
+        infos = [info for pid in self.candidates if (info := fast_process_info(pid)) is not None]
+        self.mark = before
+        return sorted(infos, key=lambda p: p.pid)
+
+    def scan(self) -> list[ProcessInfo]:
+        """:meth:`since`, or :meth:`full` when it cannot answer."""
+        table = self.since()
+        return self.full() if table is None else table
 
 
 def _pass(
     lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
-) -> tuple[list[ProcessInfo], frozenset[int]]:
+) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged`, then which roots' process groups have no member left at the end
-    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members).  An empty
-    group cannot gain members, so a caller may take that as the answer of a group probe
-    made right after the scan."""
-    table = pids_tagged(lease_ids, root_pids, min_start_ticks)
+    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members), and the
+    ``ns_last_pid`` read before the listing (``None``: no incremental re-scan after it).
+    An empty group cannot gain members, so a caller may take that as the answer of a group
+    probe made right after the scan."""
+    scan = TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks)
+    table = scan.full()
+    return table, empty_groups(root_pids), scan.mark
+
+
+def empty_groups(pgids: Collection[int]) -> frozenset[int]:
+    """Which of ``pgids`` have no member at all (``killpg(pgid, 0)``: ``ESRCH``)."""
     empty: set[int] = set()
-    for pgid in root_pids:
+    for pgid in pgids:
         if pgid <= 1:
             continue
         try:
@@ -169,7 +293,7 @@ def _pass(
             empty.add(pgid)
         except OSError:
             pass  # exists (another uid's, say): not empty
-    return table, frozenset(empty)
+    return frozenset(empty)
 
 
 class _Pass:
@@ -180,7 +304,7 @@ class _Pass:
         self.min_ticks: int | None = None
         self.unbounded = False
         self.done = trio.Event()
-        self.result: tuple[list[ProcessInfo], frozenset[int]] | None = None
+        self.result: tuple[list[ProcessInfo], frozenset[int], int | None] | None = None
 
 
 class _Batcher:
@@ -193,7 +317,7 @@ class _Batcher:
 
     async def scan(
         self, lease_id: str, root_pid: int, root_start_ticks: int | None = None
-    ) -> tuple[list[ProcessInfo], frozenset[int]]:
+    ) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
         mine = self.next
         leader = mine is None
         if mine is None:
@@ -244,10 +368,11 @@ def _current_batcher() -> _Batcher:
 
 async def shared_scan(
     lease_id: str, root_pid: int, root_start_ticks: int | None = None
-) -> tuple[list[ProcessInfo], frozenset[int]]:
+) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
     other cleanups of this Trio run that ask at the same time (see the module docstring),
-    and the roots' process groups found empty at the end of the pass.  The pass starts
+    the roots' process groups found empty at the end of the pass, and the pass's mark (see
+    :meth:`TagScan.adopt`).  The pass starts
     after this call; cancellable while waiting for it to start.  ``root_start_ticks``: the
     root's start (see ``min_start_ticks`` of :func:`pids_tagged`)."""
     return await _current_batcher().scan(lease_id, root_pid, root_start_ticks)

@@ -110,6 +110,9 @@ class ProcessCleanupDeps:
     #: session expansion at all.
     self_pgid: int | None = None
     self_sid: int | None = None
+    #: ``kill_many(infos, sig)``: :attr:`kill_process` for each, in order, in one go (one
+    #: worker-thread hop for a whole wave); one ``bool`` each.  ``None``: one call each.
+    kill_many: Callable[[Sequence[ProcessInfo], int], Awaitable[list[bool]]] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,12 +135,20 @@ async def _signal_groups(groups: Sequence[int], sig: int, deps: ProcessCleanupDe
         await deps.kill_groups(groups, sig)
 
 
+async def _kill_each(
+    procs: Sequence[ProcessInfo], sig: int, deps: ProcessCleanupDeps
+) -> list[bool]:
+    """``deps.kill_process`` for each of ``procs`` (batched when ``kill_many`` exists)."""
+    if deps.kill_many is not None and procs:
+        return await deps.kill_many(procs, sig)
+    return [await deps.kill_process(p, sig) for p in procs]
+
+
 async def _escalate(
     procs: Sequence[ProcessInfo], deps: ProcessCleanupDeps, groups: Sequence[int] = ()
 ) -> set[int]:
     """SIGKILL ``procs`` (identity re-checked) and ``groups``, wait briefly; pids still alive."""
-    for p in procs:
-        await deps.kill_process(p, signal.SIGKILL)
+    await _kill_each(procs, signal.SIGKILL, deps)
     await _signal_groups(groups, signal.SIGKILL, deps)
     if not procs:
         return set()
@@ -164,8 +175,9 @@ async def _terminate(
     signalled: list[ProcessInfo] = []
     refused: list[ProcessInfo] = []
     with trio.move_on_after(SHIELD_BUDGET, shield=True):
-        for p in order:
-            (signalled if await deps.kill_process(p, signal.SIGTERM) else refused).append(p)
+        delivered = await _kill_each(order, signal.SIGTERM, deps)
+        for p, ok in zip(order, delivered, strict=True):
+            (signalled if ok else refused).append(p)
         await _signal_groups(groups, signal.SIGTERM, deps)
     sent = {p.pid for p in signalled} | {p.pid for p in refused}
     signalled += [p for p in order if p.pid not in sent]  # budget ran out: SIGKILL them later
@@ -338,6 +350,12 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
     async def kill_process(info: ProcessInfo, sig: int) -> bool:
         return await trio.to_thread.run_sync(kill_process_sync, info, sig, self_pid, self_uid)
 
+    def kill_all(infos: Sequence[ProcessInfo], sig: int) -> list[bool]:
+        return [kill_process_sync(p, sig, self_pid, self_uid) for p in infos]
+
+    async def kill_many(infos: Sequence[ProcessInfo], sig: int) -> list[bool]:
+        return await trio.to_thread.run_sync(kill_all, infos, sig)
+
     async def wait_exit(infos: Sequence[ProcessInfo], within: float) -> set[int]:
         return await _os_wait_exit(infos, within, self_pid=self_pid, reap_children=reap_children)
 
@@ -353,6 +371,7 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
         self_uid=self_uid,
         boot_id=boot_id(),
         kill_groups=kill_groups,
+        kill_many=kill_many,
         self_pgid=os.getpgid(0),
         self_sid=os.getsid(0),
     )
