@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result as report_result
 
+from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import (
     boot_id,
     lease_env,
     process_info,
     snapshot_processes,
 )
-from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.reaper import DEFAULT_GRACE
 from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
 

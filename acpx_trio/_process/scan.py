@@ -18,7 +18,6 @@ from acpx_trio._process.identity import (
     _PROC,
     ProcessInfo,
     _group_ids,
-    _read_stat_fields,
     _tags_from_environ_bytes,
     process_info,
     snapshot_processes,

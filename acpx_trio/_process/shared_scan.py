@@ -251,9 +251,7 @@ class TagScan:
             st = _stat_ids(str(pid))
             if st is None:
                 return
-            if st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates:
-                found = True
-            elif st[4] >= self.floor and self._matches(str(pid)):
+            if st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates or (st[4] >= self.floor and self._matches(str(pid))):
                 found = True
 
         if not chase_new_pids(self.mark, visit) or found or before is None:
