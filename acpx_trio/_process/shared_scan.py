@@ -251,8 +251,8 @@ class TagScan:
             st = _stat_ids(str(pid))
             if st is None:
                 return
-            if st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates or (st[4] >= self.floor and self._matches(str(pid))):
-                found = True
+            joined = st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates
+            found = joined or (st[4] >= self.floor and self._matches(str(pid)))
 
         if not chase_new_pids(self.mark, visit) or found or before is None:
             return None
