@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,11 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result as report_result
 
+from acpx_trio._process.agent import AgentProcess
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import (
     boot_id,
     lease_env,
     process_info,
+    read_stat_state,
     snapshot_processes,
 )
 from acpx_trio._process.reaper import DEFAULT_GRACE
@@ -223,6 +226,57 @@ def background(n: int) -> Iterator[None]:
                 proc.wait(timeout=5)
 
 
+IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
+
+
+async def _sleeping(pid: int) -> None:
+    """Wait until ``pid`` blocks (state ``S``: it is up and reading its stdin)."""
+    with trio.fail_after(30):
+        while True:
+            info = await trio.to_thread.run_sync(read_stat_state, pid)
+            if info is not None and info[0] == "S":
+                return
+            await trio.sleep(0.002)
+
+
+async def close_scenario(n: int, suffix: str) -> bool:
+    """Close of one agent (an idle process that exits at stdin EOF), ``n`` times each:
+    ours (``AgentProcess.aclose``: stdin close, exit, the tree's proof of death, the lease
+    writes) against the raw floor (close stdin, wait for the exit).  Medians; target
+    ours <= 3x raw."""
+    ours: list[float] = []
+    raw: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="acpx-bench-close-") as d:
+        store = LeaseStore(Path(d) / "acpx")
+        for _ in range(n):
+            proc = await trio.lowlevel.open_process(IDLE_AGENT, stdin=subprocess.PIPE)
+            await _sleeping(proc.pid)
+            start = time.perf_counter()
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            await proc.wait()
+            raw.append(time.perf_counter() - start)
+            agent = AgentProcess(argv=IDLE_AGENT, cwd=d, session_key="bench",
+                                 gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}",
+                                 lease_store=store, wrapper_root=d, kill_grace=0.5)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await agent.wait_recorded()
+                assert agent.pid is not None
+                await _sleeping(agent.pid)
+                start = time.perf_counter()
+                await agent.aclose()
+                ours.append(time.perf_counter() - start)
+    o, r = statistics.median(ours), statistics.median(raw)
+    ok = o <= 3 * r
+    report_result(f"reap.close1{suffix}", f"{o * 1000:.2f} ms",
+                  f"raw stdin close + exit {r * 1000:.2f} ms", o / r, "<= 3.0x raw", ok)
+    print(f"    medians of {n}; ours min/max {min(ours) * 1000:.1f}/{max(ours) * 1000:.1f} ms, "
+          f"raw {min(raw) * 1000:.1f}/{max(raw) * 1000:.1f} ms; "
+          f"{_machine_processes()} processes on the machine")
+    return ok
+
+
 async def main(args: argparse.Namespace) -> int:
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, psutil {psutil.__version__}, "
           f"{os.cpu_count()} cpus, grace {DEFAULT_GRACE} s")
@@ -235,6 +289,8 @@ async def main(args: argparse.Namespace) -> int:
 async def _scenarios(args: argparse.Namespace) -> int:
     suffix = f"-bg{args.background}" if args.background else ""
     ok = True
+    if args.close:
+        ok &= await close_scenario(args.close, suffix)
     if args.scale:
         for n, target in ((50, 0.3), (200, 0.5), (1000, 1.0)):
             ok &= await scenario(f"cooperative{n}{suffix}", n, COOPERATIVE, target, False)
@@ -260,4 +316,6 @@ if __name__ == "__main__":
     parser.add_argument("--background", type=int, default=0,
                         help="idle background processes (a busy machine)")
     parser.add_argument("--scale", action="store_true", help="50 / 200 / 1,000 trees")
+    parser.add_argument("--close", type=int, default=0, metavar="N",
+                        help="also: close of one agent vs raw stdin close + exit, N times")
     sys.exit(trio.run(main, parser.parse_args()))
