@@ -19,10 +19,10 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from _escape_helpers import cleanup_marker, marked
+from _escape_helpers import cleanup_marker, marked  # noqa: E402
 
-from acpx_trio._process.agent import AgentProcess
-from acpx_trio._store.leases import LeaseStore
+from acpx_trio._process.agent import AgentProcess  # noqa: E402
+from acpx_trio._store.leases import LeaseStore  # noqa: E402
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 HOPPERS = {
@@ -68,7 +68,7 @@ async def one(kind: str, workdir: str) -> tuple[bool, str]:
             await nursery.start(agent.run)
             await agent.wait_recorded()
             with trio.fail_after(10):
-                while not marked(marker):
+                while not marked(marker):  # noqa: ASYNC110 (polling /proc: no event to wait on)
                     await trio.sleep(0.01)
             await trio.sleep(0.2)  # let it settle (hop, setsid, fork)
             await agent.aclose()
