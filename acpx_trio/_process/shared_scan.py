@@ -147,7 +147,8 @@ class TagScan:
         self.roots = set(roots)
         self.floor = -1 if min_start_ticks is None else min_start_ticks
         self.mark: int | None = None
-        self.candidates: set[int] = set()
+        #: pid -> start ticks of the candidates of the previous pass.
+        self.candidates: dict[int, int | None] = {}
         self.ids: set[int] = set()
 
     def _matches(self, name: str) -> bool:
@@ -223,7 +224,7 @@ class TagScan:
         for info in fast_snapshot(wanted_too - set(infos)):
             infos[info.pid] = info
         self.mark = before if complete else None
-        self.candidates = set(infos)
+        self.candidates = {p.pid: p.start_ticks for p in infos.values()}
         self.ids = ids | {x for p in infos.values() for x in (p.pgid, p.sid) if x is not None}
         self.ids -= never
         return sorted(infos.values(), key=lambda p: p.pid)
@@ -232,7 +233,7 @@ class TagScan:
         """Take a pass made elsewhere (a shared pass whose listing is a superset of ours)
         as the previous one."""
         self.mark = mark
-        self.candidates = {p.pid for p in table}
+        self.candidates = {p.pid: p.start_ticks for p in table}
         self.ids = (set(self.roots) | {x for p in table for x in (p.pgid, p.sid)
                                        if x is not None}) - {0, 1}
 
@@ -246,17 +247,18 @@ class TagScan:
 
         def visit(pid: int) -> None:
             nonlocal found
-            if found or pid in self.candidates:
+            if found:
                 return
             st = _stat_ids(str(pid))
-            if st is None:
-                return
+            if st is None or (pid in self.candidates and self.candidates[pid] == st[4]):
+                return  # gone, or a candidate already (re-read below)
             joined = st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates
             found = joined or (st[4] >= self.floor and self._matches(str(pid)))
 
         if not chase_new_pids(self.mark, visit) or found or before is None:
             return None
-        infos = [info for pid in self.candidates if (info := fast_process_info(pid)) is not None]
+        infos = [info for pid, ticks in self.candidates.items()
+                 if (info := fast_process_info(pid)) is not None and info.start_ticks == ticks]
         self.mark = before
         return sorted(infos, key=lambda p: p.pid)
 
