@@ -1,9 +1,11 @@
 """Benchmark: start-up reaping of many leased process trees in one call.
 
     python benchmarks/reap.py [--leases 200] [--stubborn 10] [--measure-seed] [--seed-n 4]
+        [--background N] [--scale]
 
 Scenario 1: ``--leases`` open leases, each a real tree of 3 processes (sh -> sh -> sleep) that
-exit on SIGTERM, reaped by one ``reap_open_leases`` call.
+exit on SIGTERM, reaped by one ``reap_gateway`` call (the start-up / ``acpx-trio reap``
+operation: the leases, then the orphan sweep, from one snapshot).
 Scenario 2: ``--stubborn`` trees that ignore SIGTERM (so SIGKILL after the grace period).
 
 Beside each time it prints the seed design's figure for the same work: leases one at a time,
@@ -12,8 +14,15 @@ each with a fixed 0.75 s sleep between SIGTERM and SIGKILL (n x 0.75 s), and the
 loop costs 0.75 s a lease), in the same run, and scales it per lease.  Target for the
 cooperative scenario: <= 0.3 s for 200 trees.
 
+``--background N``: a busy machine: N idle ``sleep`` processes (each its own session, started
+before the trees, so older than every lease root) stay alive during every scenario; the
+number of processes on the machine is printed with every figure.  ``--scale``: the
+cooperative scenario at 50, 200 and 1,000 trees (target for 1,000: <= 1 s, also with
+``--background 3000``; the same 1 s bound is applied to 50 and 200).  ``--close N``: close of
+one agent against a raw stdin close + exit, N times each, medians (target <= 3x raw).
+
 Everything the benchmark starts carries a unique gateway id and is SIGKILLed at the end, even
-on error or Ctrl+C.
+on error or Ctrl+C (the background sleepers too).
 """
 
 from __future__ import annotations
@@ -22,11 +31,13 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -37,13 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result as report_result
 
+from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import (
     boot_id,
     lease_env,
     process_info,
+    read_stat_state,
     snapshot_processes,
 )
-from acpx_trio._process.reaper import DEFAULT_GRACE, ReapResult, reap_open_leases
+from acpx_trio._process.reaper import DEFAULT_GRACE
 from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
 
 SEED_SLEEP = 0.75  # the seed sleeps this long per lease, whatever the processes do
@@ -152,7 +166,7 @@ async def scenario(
             leases = fleet.spawn(SyncLeaseStore(state_dir), n, script)
             await fleet.wait_ready(leases)
             start = time.perf_counter()
-            result: ReapResult = await reap_open_leases(gateway_id, LeaseStore(state_dir))
+            result = await reap_gateway(gateway_id, LeaseStore(state_dir))
             took = time.perf_counter() - start
             left = fleet.tagged_alive()
             seed_figure = n * SEED_SLEEP
@@ -191,15 +205,104 @@ async def scenario(
             fleet.kill_all()
 
 
+def _machine_processes() -> int:
+    return sum(1 for n in os.listdir("/proc") if n.isdigit())
+
+
+@contextlib.contextmanager
+def background(n: int) -> Iterator[None]:
+    """``n`` idle sleepers for the duration (a busy machine); all SIGKILLed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                          start_new_session=True))
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+                proc.wait(timeout=5)
+
+
+IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
+
+
+async def _sleeping(pid: int) -> None:
+    """Wait until ``pid`` blocks (state ``S``: it is up and reading its stdin)."""
+    with trio.fail_after(30):
+        while True:
+            info = await trio.to_thread.run_sync(read_stat_state, pid)
+            if info is not None and info[0] == "S":
+                return
+            await trio.sleep(0.002)
+
+
+async def close_scenario(n: int, suffix: str) -> bool:
+    """Close of one agent (an idle process that exits at stdin EOF), ``n`` times each:
+    ours (``AgentProcess.aclose``: stdin close, exit, the tree's proof of death, the lease
+    writes) against the raw floor (close stdin, wait for the exit).  Medians; target
+    ours <= 3x raw."""
+    ours: list[float] = []
+    raw: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="acpx-bench-close-") as d:
+        store = LeaseStore(Path(d) / "acpx")
+        for _ in range(n):
+            proc = await trio.lowlevel.open_process(IDLE_AGENT, stdin=subprocess.PIPE)
+            await _sleeping(proc.pid)
+            start = time.perf_counter()
+            assert proc.stdin is not None
+            await proc.stdin.aclose()
+            await proc.wait()
+            raw.append(time.perf_counter() - start)
+            agent = AgentProcess(argv=IDLE_AGENT, cwd=d, session_key="bench",
+                                 gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}",
+                                 lease_store=store, wrapper_root=d, kill_grace=0.5)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await agent.wait_recorded()
+                assert agent.pid is not None
+                await _sleeping(agent.pid)
+                start = time.perf_counter()
+                await agent.aclose()
+                ours.append(time.perf_counter() - start)
+    o, r = statistics.median(ours), statistics.median(raw)
+    ok = o <= 3 * r
+    report_result(f"reap.close1{suffix}", f"{o * 1000:.2f} ms",
+                  f"raw stdin close + exit {r * 1000:.2f} ms", o / r, "<= 3.0x raw", ok)
+    print(f"    medians of {n}; ours min/max {min(ours) * 1000:.1f}/{max(ours) * 1000:.1f} ms, "
+          f"raw {min(raw) * 1000:.1f}/{max(raw) * 1000:.1f} ms; "
+          f"{_machine_processes()} processes on the machine")
+    return ok
+
+
 async def main(args: argparse.Namespace) -> int:
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, psutil {psutil.__version__}, "
           f"{os.cpu_count()} cpus, grace {DEFAULT_GRACE} s")
-    ok = await scenario(
-        f"cooperative{args.leases}", args.leases, COOPERATIVE, 0.3, args.measure_seed,
+    with background(args.background):
+        print(f"    {_machine_processes()} processes on the machine "
+              f"({args.background} idle background sleepers)")
+        return await _scenarios(args)
+
+
+async def _scenarios(args: argparse.Namespace) -> int:
+    suffix = f"-bg{args.background}" if args.background else ""
+    ok = True
+    if args.close:
+        ok &= await close_scenario(args.close, suffix)
+    if args.scale:
+        for n, target in ((50, 1.0), (200, 1.0), (1000, 1.0)):
+            ok &= await scenario(f"cooperative{n}{suffix}", n, COOPERATIVE, target, False)
+            print(f"    {_machine_processes()} processes on the machine after it")
+        return 0 if ok else 1
+    ok &= await scenario(
+        f"cooperative{args.leases}{suffix}", args.leases, COOPERATIVE, 0.3, args.measure_seed,
         args.seed_n,
     )
     ok &= await scenario(
-        f"stubborn{args.stubborn}", args.stubborn, STUBBORN, DEFAULT_GRACE + 0.3,
+        f"stubborn{args.stubborn}{suffix}", args.stubborn, STUBBORN, DEFAULT_GRACE + 0.3,
         args.measure_seed, args.seed_n,
     )
     return 0 if ok else 1
@@ -211,4 +314,9 @@ if __name__ == "__main__":
     parser.add_argument("--stubborn", type=int, default=10)
     parser.add_argument("--measure-seed", action="store_true")
     parser.add_argument("--seed-n", type=int, default=4, help="trees for --measure-seed")
+    parser.add_argument("--background", type=int, default=0,
+                        help="idle background processes (a busy machine)")
+    parser.add_argument("--scale", action="store_true", help="50 / 200 / 1,000 trees")
+    parser.add_argument("--close", type=int, default=0, metavar="N",
+                        help="also: close of one agent vs raw stdin close + exit, N times")
     sys.exit(trio.run(main, parser.parse_args()))

@@ -70,6 +70,8 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--grandchildren", type=int, default=0)
     parser.add_argument("--agent-arg", action="append", default=[])
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--sweep-interval", type=float, default=None,
+                        help="the service's sweepIntervalSeconds")
     parser.add_argument("--more-on-stdin", action="store_true",
                         help="then open one more session per line read on stdin")
     args = parser.parse_args(argv)
@@ -82,7 +84,9 @@ async def main(argv: list[str]) -> None:
     async with open_runtime_service(
         workspace_dir=workspace,
         state_dir=args.state_dir,
-        plugin_config={"agents": {"mock": agent}},
+        plugin_config={"agents": {"mock": agent}, **(
+            {} if args.sweep_interval is None else {"sweepIntervalSeconds": args.sweep_interval}
+        )},
     ) as service:
         runtime = service.runtime
         if runtime is None:

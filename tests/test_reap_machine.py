@@ -3,9 +3,10 @@
 The world: a :class:`FakeProcessTable` in trio time (one :class:`MockClock` shared by every
 step, so time only moves forward), a real :class:`SyncLeaseStore` in a temp dir shared by every
 simulated gateway process (each with its own store object, as separate processes would have),
-and the real reaper entry points that a gateway's start-up runs (``reap_open_leases`` and then
-``reap_stale_orphans`` protecting what is still open, as ``AcpxRuntimeService.start`` does) and
-that closing a session runs (``cleanup_owned_process_tree``).
+and the real reaper entry points that a gateway's start-up runs (``reap_gateway``: the open
+leases of dead owners and the orphans, from one snapshot, as ``AcpxRuntimeService.start``,
+the watchdog and ``acpx-trio reap`` do) and that closing a session runs
+(``cleanup_owned_process_tree``).
 
 Rules: spawn an agent (cooperative, SIGTERM-ignoring, SIGKILL-proof until a step after its
 first SIGKILL, daemonising, pid-hopping), crash an owner, restart the gateway, start a second
@@ -51,12 +52,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
     cleanup_owned_process_tree,
-    reap_open_leases,
-    reap_stale_orphans,
 )
 from acpx_trio._store.leases import (
     LeaseState,
@@ -90,6 +90,10 @@ class _AsyncStore:
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
         await trio.lowlevel.checkpoint()
         return self.sync.list_open(gateway_instance_id)
+
+    async def list_all(self) -> list[ProcessLease]:
+        await trio.lowlevel.checkpoint()
+        return self.sync.list_all()
 
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
         await trio.lowlevel.checkpoint()
@@ -225,14 +229,7 @@ class ReapMachine(RuleBasedStateMachine):
         deps = self._deps(gateway)
 
         async def startup() -> None:
-            await reap_open_leases(GW, store, grace=GRACE, deps=deps)
-            still_open = await store.list_open(GW)
-            await reap_stale_orphans(
-                gateway_instance_id=GW,
-                protected_lease_ids=[x.lease_id for x in still_open],
-                grace=GRACE,
-                deps=deps,
-            )
+            await reap_gateway(GW, store, grace=GRACE, deps=deps)
 
         self._run(startup)
 

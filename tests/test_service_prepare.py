@@ -51,30 +51,3 @@ async def test_restart_reuses_everything_until_something_changes(
         fresh = cache.prepare(plugin, ctx)
         assert len(full) == 3 and (tmp_path / "state" / "acpx").is_dir()
         assert fresh.gateway_instance_id != first.gateway_instance_id and not fresh.needs_reap
-
-
-async def test_recent_skips_the_stat_only_within_the_window_and_without_own_writes(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "ws").mkdir()
-    cache = PrepareCache()
-    plugin: dict[str, object] = {}
-    async with trio.open_nursery() as nursery:
-        ctx = ServiceContext(workspace_dir=tmp_path / "ws", state_dir=tmp_path / "state",
-                             logger=ListLogger(), nursery=nursery)
-        assert cache.recent(plugin, ctx) is None  # nothing checked yet
-        first = cache.prepare(plugin, ctx)
-        checked = cache._checked_at
-        assert cache.recent(plugin, ctx, now=checked) is first and cache.recent_hits == 1
-        late = checked + prepare_module.RECHECK_SECONDS
-        assert cache.recent(plugin, ctx, now=late) is None  # window over: stat again
-        assert cache.recent({"timeoutSeconds": 9}, ctx, now=checked) is None  # other key
-        # our own runtime wrote a lease through the kept store: always check the disk
-        await first.lease_store.save(new_lease(
-            gateway_instance_id=first.gateway_instance_id, session_key="k", wrapper_root="/w",
-            command="a"))
-        assert cache.recent(plugin, ctx, now=checked) is None
-        again = cache.prepare(plugin, ctx)
-        assert again.needs_reap  # the open lease is seen
-        # something to reap: never served without a check
-        assert cache.recent(plugin, ctx, now=cache._checked_at) is None

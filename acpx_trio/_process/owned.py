@@ -199,7 +199,7 @@ async def close_owned(
                 root_start_ticks=start_ticks,
                 root_boot_id=lease.boot_id,
                 grace=grace,
-                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid),
+                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid, start_ticks),
                 verified_groups=(proc.pid,),
                 before_signal=mark_closing,
             )
@@ -212,6 +212,11 @@ async def close_owned(
         with trio.move_on_after(max(grace, 1.0)):
             await proc.wait()
     survivors = list(result.survived_pids) if result is not None else []
+    if result is not None and result.unproven and not survivors:
+        # scans kept finding processes until the time budget ran out: not proven gone
+        log.error("%s %s: tree not proven gone within the cleanup budget; lease %s stays "
+                  "closing for the next sweep", what, proc.pid, lease.lease_id if lease else None)
+        return result
     if survivors or proc.returncode is None:
         log.error(
             "%s %s: processes survived cleanup (%s); lease %s stays closing for the next sweep",

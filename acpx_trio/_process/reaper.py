@@ -34,14 +34,12 @@ injectable through :class:`ProcessCleanupDeps` (see ``acpx_trio.testing.fake_pro
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import msgspec
 
 from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
     INIT,
@@ -93,7 +91,6 @@ __all__ = [
     "plan_orphans",
     "reap_open_leases",
     "reap_stale_orphans",
-    "sweep_orphans",
     "terminate_trees",
     "wave_budget",
 ]
@@ -284,7 +281,7 @@ async def reap_open_leases(
         alive[p.lease_id or ""] = alive.get(p.lease_id or "", 0) + 1
     final: dict[str, LeaseState] = {}
     for lease in to_reap:
-        if alive.get(lease.lease_id):
+        if alive.get(lease.lease_id) or out.unproven:
             left_alone[lease.lease_id] = SURVIVED
         else:
             final[lease.lease_id] = (
@@ -300,46 +297,3 @@ async def reap_open_leases(
         lost_lease_ids=[k for k, v in final.items() if v is LeaseState.LOST],
         left_alone=left_alone,
     )
-
-
-async def sweep_orphans(
-    gateway_instance_id: str,
-    lease_store: _LeaseStoreLike,
-    *,
-    grace: float = DEFAULT_GRACE,
-    deps: ProcessCleanupDeps | None = None,
-    only_owner: OwnerTag | None = None,
-) -> CleanupResult:
-    """The start-up tag sweep, safe to run beside a working runtime: end every live process
-    tagged with our gateway id whose lease is unknown or final — except one whose owner tag
-    names a live owner other than us (a lost lease record does not expose a live owner's
-    agents).  ``only_owner``: only processes whose owner tag names that (dead) owner (the
-    owner-death watchdog).
-
-    Every scan is taken *before* the open leases are read, and a lease is saved before its
-    process is spawned, so a session started meanwhile is always protected (its lease is
-    open by the time its process can appear in a scan).  Cancellation: see
-    :func:`terminate_trees`."""
-    _require_id("gateway_instance_id", gateway_instance_id)
-    deps = deps or default_cleanup_deps()
-    protected: set[str] = set()
-    base = deps
-
-    async def list_then_protect() -> list[ProcessInfo]:
-        table = await base.list_processes()
-        current = await lease_store.list_open(gateway_instance_id)
-        protected.clear()
-        protected.update(x.lease_id for x in current)
-        return table
-
-    deps = dataclasses.replace(deps, list_processes=list_then_protect)
-
-    def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
-        return plan_orphans(
-            table, gateway_instance_id, frozenset(protected), self_pid=deps.self_pid,
-            self_uid=deps.self_uid, self_pgid=deps.self_pgid, self_sid=deps.self_sid,
-            known=known, only_owner=only_owner,
-        )
-
-    out = await _run_waves(plan, grace, deps)
-    return out.cleanup_result()

@@ -27,7 +27,7 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     read_stat_state,
 )
-from acpx_trio._process.scan import newest_pids
+from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
 
 __all__ = [
     "group_members_sync",
@@ -127,26 +127,36 @@ def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int)
 
 def group_members_sync(pgids: Collection[int]) -> dict[int, list[tuple[int, int, str]]]:
     """``pgid -> [(pid, uid, state), ...]`` for every process in one of ``pgids``, from one
-    ``/proc`` pass (the newest pids first and again last: a pid hopper is among them).
+    ``/proc`` pass (the newest pids first, then every pid allocated during the listing,
+    chased after it: a pid hopper is among them).
     Linux only (empty elsewhere).  Blocking; never raises."""
     wanted = set(pgids)
     out: dict[int, dict[int, tuple[int, int, str]]] = {g: {} for g in wanted}
+    before = last_pid()
     try:
         listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
         return {}
-    for pid in dict.fromkeys([*newest_pids(), *listed, *newest_pids()]):
+
+    def visit(pid: int) -> None:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                data = fh.read()
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 4096)
+            finally:
+                os.close(fd)
             fields = data[data.rfind(b")") + 1 :].split()
             pgid = int(fields[2])
             if pgid not in wanted:
-                continue
+                return
             uid = os.stat(f"/proc/{pid}").st_uid
             out[pgid][pid] = (pid, uid, fields[0].decode("ascii", "replace"))
         except (OSError, ValueError, IndexError):
-            continue
+            return
+
+    for pid in dict.fromkeys([*newest_pids(), *listed]):
+        visit(pid)
+    chase_new_pids(before, visit)  # members forked during the listing (after it)
     return {g: list(m.values()) for g, m in out.items()}
 
 

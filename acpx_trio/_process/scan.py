@@ -8,7 +8,8 @@ use a worker thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -17,34 +18,65 @@ from acpx_trio._process.identity import (
     _PROC,
     ProcessInfo,
     _group_ids,
-    _read_stat_fields,
     _tags_from_environ_bytes,
     process_info,
     snapshot_processes,
     tags_from_cmdline,
 )
 
-__all__ = ["NEWEST_PIDS", "fast_process_info", "fast_snapshot", "newest_pids"]
+__all__ = [
+    "NEWEST_PIDS", "chase_new_pids", "fast_process_info", "fast_snapshot", "last_pid",
+    "newest_pids",
+]
 
 _clk_tck: int | None = None
 
 
+_boot: tuple[float, float] = (-1.0, 0.0)  # (monotonic time read, psutil boot time)
+
+
 def _create_time_from_ticks(ticks: int) -> float:
-    global _clk_tck
+    global _clk_tck, _boot
     if _clk_tck is None:
         _clk_tck = int(os.sysconf("SC_CLK_TCK"))
-    return float(psutil.boot_time()) + ticks / _clk_tck
+    now = time.monotonic()
+    if not 0 <= now - _boot[0] < 1.0:  # re-read once a second (a scan reads it thousands
+        _boot = (now, float(psutil.boot_time()))  # of times; a clock step moves it)
+    return _boot[1] + ticks / _clk_tck
+
+
+def _read(path: str) -> bytes:
+    """The whole file with raw ``os`` calls (cheaper than a buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """:func:`~acpx_trio._process.identity._read_stat_fields` with raw reads."""
+    try:
+        data = _read(f"{_PROC}/{pid}/stat")
+    except OSError:
+        return None
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    return data[end + 1 :].decode("ascii", "replace").split()
 
 
 def _read_status(pid: int) -> tuple[int | None, int | None]:
     """``(tgid, real uid)`` from ``/proc/PID/status``."""
     tgid: int | None = None
-    with open(f"{_PROC}/{pid}/status", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"Tgid:"):
-                tgid = int(line.split()[1])
-            elif line.startswith(b"Uid:"):
-                return tgid, int(line.split()[1])
+    for line in _read(f"{_PROC}/{pid}/status").split(b"\n"):
+        if line.startswith(b"Tgid:"):
+            tgid = int(line.split()[1])
+        elif line.startswith(b"Uid:"):
+            return tgid, int(line.split()[1])
     return tgid, None
 
 
@@ -57,7 +89,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return process_info(pid)
     if pid <= 0:
         return None
-    fields = _read_stat_fields(pid)
+    fields = _stat_fields(pid)
     if fields is None or len(fields) < 20:
         return None
     try:
@@ -73,10 +105,8 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         tgid, uid = _read_status(pid)
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
             return None
-        with open(f"{_PROC}/{pid}/cmdline", "rb") as fh:
-            raw = fh.read()
-        with open(f"{_PROC}/{pid}/environ", "rb") as fh:
-            env = fh.read()
+        raw = _read(f"{_PROC}/{pid}/cmdline")
+        env = _read(f"{_PROC}/{pid}/environ")
     except PermissionError:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, inspectable=False, pgid=pgid, sid=sid)
@@ -87,7 +117,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     finally:
         del env
     cmdline = tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
-    after = _read_stat_fields(pid)
+    after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
     if after[0] in ("Z", "X", "x"):  # exited while we read: dead, its tags no longer count
@@ -113,17 +143,79 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
 NEWEST_PIDS = 64
 
 
+def last_pid() -> int | None:
+    """The pid number this pid namespace allocated last (Linux
+    ``/proc/sys/kernel/ns_last_pid``), or ``None``."""
+    try:
+        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+_pid_max: int | None = None
+
+
+def _max_pid() -> int:
+    global _pid_max
+    if _pid_max is None:
+        try:
+            with open(f"{_PROC}/sys/kernel/pid_max", "rb") as fh:
+                _pid_max = int(fh.read())
+        except (OSError, ValueError):
+            _pid_max = 4_194_304
+    return _pid_max
+
+
 def newest_pids(count: int = NEWEST_PIDS) -> list[int]:
     """The ``count`` most recently allocated pid numbers, newest first (Linux
     ``/proc/sys/kernel/ns_last_pid``; empty elsewhere).  A pid hopper is always among them,
     and probing them takes microseconds, whatever the size of ``/proc`` (a hopper leaves a
     trail of zombies that can make a full listing slow)."""
-    try:
-        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as fh:
-            last = int(fh.read())
-    except (OSError, ValueError):
+    last = last_pid()
+    if last is None:
         return []
     return [pid for pid in range(last, last - count, -1) if pid > 1]
+
+
+def _cyclic_range(after: int, upto: int) -> list[int]:
+    """Pid numbers allocated after ``after`` up to ``upto`` in allocation order (the
+    allocator is cyclic: past ``pid_max`` it wraps to low numbers)."""
+    if upto >= after:
+        return list(range(after + 1, upto + 1))
+    return [*range(after + 1, _max_pid()), *range(2, upto + 1)]
+
+
+#: At most this many pid numbers are probed by one :func:`chase_new_pids` (a machine
+#: forking faster than that during a scan gets a partial chase; callers scan again).
+CHASE_CAP = 8192
+
+
+def chase_new_pids(since: int | None, visit: Callable[[int], None]) -> bool:
+    """Call ``visit(pid)`` for every pid number allocated after ``since`` (a
+    :func:`last_pid` value read earlier), oldest first, re-reading :func:`last_pid` until
+    it stops moving, so a process that forks and exits while we probe (a pid hopper) is
+    followed hop by hop: it always holds one live pid, which is either probed or newer than
+    the last one probed.  With ``since=None`` it starts at the :data:`NEWEST_PIDS` newest.
+    Returns ``False`` when the chase was cut short by :data:`CHASE_CAP` (or Linux's
+    counter is unreadable).  Blocking."""
+    top = last_pid()
+    if top is None:
+        return False
+    after = max(top - NEWEST_PIDS, 1) if since is None else since
+    probed = 0
+    while True:
+        span = _cyclic_range(after, top)
+        if probed + len(span) > CHASE_CAP:
+            return False
+        for pid in span:
+            visit(pid)
+        probed += len(span)
+        after = top
+        now = last_pid()
+        if now is None or now == top:
+            return now is not None
+        top = now
 
 
 def fast_snapshot(pids: Iterable[int] | None = None) -> list[ProcessInfo]:

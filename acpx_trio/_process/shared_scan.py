@@ -22,14 +22,28 @@ from collections.abc import Collection
 
 import trio
 
-from acpx_trio._process.identity import LEASE_ENV_KEY, ProcessInfo, snapshot_processes
-from acpx_trio._process.scan import fast_process_info, fast_snapshot, newest_pids
+from acpx_trio._process.identity import (
+    GATEWAY_ENV_KEY,
+    LEASE_ENV_KEY,
+    ProcessInfo,
+    snapshot_processes,
+)
+from acpx_trio._process.owner_tag import parse_owner_tag
+from acpx_trio._process.scan import (
+    chase_new_pids,
+    fast_process_info,
+    fast_snapshot,
+    last_pid,
+    newest_pids,
+)
 
 __all__ = [
-    "lease_ids_in_environ", "pids_tagged", "scan_passes", "shared_pids_tagged", "shared_scan",
+    "TagScan", "empty_groups", "lease_ids_in_environ", "pids_tagged", "scan_passes",
+    "shared_pids_tagged", "shared_scan",
 ]
 
 _KEY = f"{LEASE_ENV_KEY}=".encode()
+_GW_KEY = f"{GATEWAY_ENV_KEY}=".encode()
 
 
 def lease_ids_in_environ(data: bytes) -> set[bytes]:
@@ -53,78 +67,224 @@ def _read_all(path: str) -> bytes:
         os.close(fd)
 
 
-def _stat_ids(name: str) -> tuple[str, int, int, int] | None:
-    """``(state, ppid, pgid, sid)`` of ``/proc/NAME/stat``, or ``None``."""
+def _stat_ids(name: str) -> tuple[str, int, int, int, int] | None:
+    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat``, or ``None``."""
     try:
         data = _read_all(f"/proc/{name}/stat")
         fields = data[data.rfind(b")") + 1 :].split()
-        return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[3])
+        return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
+                int(fields[3]), int(fields[19]))
     except (OSError, ValueError, IndexError):
         return None
 
 
-def pids_tagged(lease_ids: Collection[str], root_pids: Collection[int]) -> list[ProcessInfo]:
+def pids_tagged(
+    lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
+) -> list[ProcessInfo]:
     """The roots, every process whose environment carries ``LEASE_ENV_KEY=<one of
     lease_ids>``, and every member of their process groups and sessions (plus children of
     zombies there).
 
     A prefilter over ``/proc`` (blocking): the reaper's plan keeps only processes it can
     prove ours, so listing just these candidates gives the same targets while inspecting a
-    handful of processes instead of all of them.  Newest pids are read first (a pid hopper is
-    among them).  The environment bytes are searched for the tag and dropped at once."""
-    wanted = {x.encode() for x in lease_ids}
-    roots = set(root_pids)
-    ids = set(roots)
-    never = {0, 1}  # outside our pid namespace / init: never an owned group or session
-    try:
-        listed = [n for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return snapshot_processes()  # no /proc listing: the full (slower) table
-    # a pid hopper is among the newest pids: probe them first (again after the listing)
-    newest = [str(pid) for pid in newest_pids()]
-    names = newest + sorted(listed, key=int, reverse=True) + [str(p) for p in newest_pids()]
-    stats: dict[int, tuple[str, int, int, int]] = {}
-    infos: dict[int, ProcessInfo] = {}
-    for name in names:
-        if int(name) in infos:
-            continue
+    handful of processes instead of all of them.
+
+    Completeness (what makes a hopper impossible to miss but by a race we re-check): the
+    listing of ``/proc`` sees every process that keeps its pid throughout it; a process
+    created during it (a pid hopper's next hop, a fork) holds a pid allocated after the
+    :func:`~acpx_trio._process.scan.last_pid` read *before* the listing, and
+    :func:`~acpx_trio._process.scan.chase_new_pids` probes exactly those *after* it, hop by
+    hop until the allocator stops moving.
+
+    ``min_start_ticks``: the earliest start (clock ticks since boot) of the lease roots.  A
+    process can carry a lease's tag only by inheriting it from that lease's root (the tags
+    are set in the root's environment at its spawn, and a lease id is random and new), so
+    it was forked at or after the root; processes that started earlier are not ours by tag
+    and their environment is not read (the cost of a close then grows with the processes
+    started since the agent, not with every process on the machine).  A process cannot
+    change its start time, and ``/proc/PID/environ`` shows the environment it was
+    executed with.  ``None`` (roots unknown: a pending lease): every environment is read."""
+    return TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks).full()
+
+
+def _gateway_in(environ: bytes, value: bytes) -> bool | None:
+    """Whether ``environ`` has ``GATEWAY_ENV_KEY=value``; ``None`` when it has no such key
+    at all (the command line may still carry the tag)."""
+    if _GW_KEY not in environ:
+        return None
+    return any(e[len(_GW_KEY):] == value for e in environ.split(b"\0")[:-1]
+               if e.startswith(_GW_KEY))
+
+
+class TagScan:
+    """A tag scan of ``/proc`` (blocking), and cheap re-scans after it.
+
+    Matches processes tagged with one of ``lease_ids`` (environment), or with
+    ``gateway_id`` (environment, else command line).  :meth:`full` lists the roots, every
+    match, and every member of their process groups and sessions (see
+    :func:`pids_tagged`).  :meth:`since` answers the same question later at the cost of
+    what changed: only the pids allocated since the previous pass started are read (plus
+    the candidates already known, re-read); it asks for a full pass (returns ``None``)
+    when one of those new processes matches or joined a known group or session.
+
+    Why that is complete: a process alive now either existed during the previous pass with
+    the same pid (then it was read: a candidate, re-read now; or neither tagged nor in a
+    group or session of a candidate, and it cannot become either: the environment is fixed
+    at ``exec``, and a process can only join a process group of its own session), or it
+    was created since, so its pid was allocated after the previous pass's ``ns_last_pid``
+    read (:func:`~acpx_trio._process.scan.chase_new_pids` probes exactly those; a chase cut
+    short falls back to a full pass).  A process that ``exec``s with a tag it read from
+    another process's ``/proc`` is not covered (same uid, deliberate)."""
+
+    def __init__(
+        self, *, lease_ids: Collection[str] = (), gateway_id: str | None = None,
+        roots: Collection[int] = (), min_start_ticks: int | None = None,
+        extra_pids: Collection[int] = (),
+    ) -> None:
+        self.extra = set(extra_pids)
+        self.wanted = {x.encode() for x in lease_ids}
+        self.gateway = None if gateway_id is None else gateway_id.encode()
+        self.roots = set(roots)
+        self.floor = -1 if min_start_ticks is None else min_start_ticks
+        self.mark: int | None = None
+        #: pid -> start ticks of the candidates of the previous pass.
+        self.candidates: dict[int, int | None] = {}
+        self.ids: set[int] = set()
+
+    def _matches(self, name: str) -> bool:
         try:
             data = _read_all(f"/proc/{name}/environ")
-        except FileNotFoundError:  # no such process (most of the newest pids probed)
-            if int(name) not in roots:
-                continue
-            data = b""
         except OSError:
             data = b""
-        hit = not wanted.isdisjoint(lease_ids_in_environ(data))
+        if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
+            return True
+        if self.gateway is None:
+            return False
+        hit = _gateway_in(data, self.gateway)
         del data
-        if hit or int(name) in roots:
-            info = fast_process_info(int(name))  # at once: a hopper may be gone in 1 ms
-            if info is not None:
-                infos[info.pid] = info
-                ids.update(x for x in (info.pgid, info.sid) if x is not None)
-        st = _stat_ids(name)
-        if st is not None:
-            stats[int(name)] = st
-    ids -= never
-    extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
-    zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
-    extra.update(pid for pid, st in stats.items() if st[1] in zombies)
-    for info in fast_snapshot(extra - set(infos)):
-        infos[info.pid] = info
-    return sorted(infos.values(), key=lambda p: p.pid)
+        if hit is not None:
+            return hit
+        try:  # no gateway variable: the tag may be on the command line
+            return self.gateway in _read_all(f"/proc/{name}/cmdline")
+        except OSError:
+            return False
+
+    def full(self) -> list[ProcessInfo]:
+        """Every candidate now (a full listing of ``/proc``); records where it started."""
+        roots = self.roots
+        ids = set(roots)
+        never = {0, 1}  # outside our pid namespace / init: never an owned group or session
+        floor = self.floor
+        stats: dict[int, tuple[str, int, int, int, int]] = {}
+        infos: dict[int, ProcessInfo] = {}
+
+        def visit(pid: int) -> None:
+            name = str(pid)
+            st = _stat_ids(name)
+            if st is None:
+                if pid in roots and pid not in infos:
+                    info = fast_process_info(pid)
+                    if info is not None:
+                        infos[pid] = info
+                return
+            known = stats.get(pid)
+            stats[pid] = st
+            if known is not None and known[4] == st[4]:
+                return  # the same process, its environment already read (or not ours)
+            if st[4] < floor and pid not in roots:
+                return  # started before every root: cannot carry their tags
+            if pid in roots or self._matches(name):
+                info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
+                if info is not None:
+                    infos[info.pid] = info
+                    ids.update(x for x in (info.pgid, info.sid) if x is not None)
+
+        before = last_pid()
+        try:
+            listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            self.mark = None
+            return snapshot_processes()  # no /proc listing: the full (slower) table
+        for pid in newest_pids():  # a pid hopper is among the newest pids: probe them first
+            visit(pid)
+        for pid in sorted(listed, reverse=True):
+            visit(pid)
+        # everything forked during the listing (a hopper's later hops), followed to the end
+        complete = chase_new_pids(before, visit)
+        ids -= never
+        extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
+        zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
+        extra.update(pid for pid, st in stats.items() if st[1] in zombies)
+        for info in fast_snapshot(extra - set(infos)):
+            infos[info.pid] = info
+        wanted_too = set(self.extra)
+        if self.gateway is not None:  # the owners their owner tags name (alive or not)
+            wanted_too.update(t.pid for p in infos.values()
+                              if (t := parse_owner_tag(p.owner)) is not None)
+        for info in fast_snapshot(wanted_too - set(infos)):
+            infos[info.pid] = info
+        self.mark = before if complete else None
+        self.candidates = {p.pid: p.start_ticks for p in infos.values()}
+        self.ids = ids | {x for p in infos.values() for x in (p.pgid, p.sid) if x is not None}
+        self.ids -= never
+        return sorted(infos.values(), key=lambda p: p.pid)
+
+    def adopt(self, table: list[ProcessInfo], mark: int | None) -> None:
+        """Take a pass made elsewhere (a shared pass whose listing is a superset of ours)
+        as the previous one."""
+        self.mark = mark
+        self.candidates = {p.pid: p.start_ticks for p in table}
+        self.ids = (set(self.roots) | {x for p in table for x in (p.pgid, p.sid)
+                                       if x is not None}) - {0, 1}
+
+    def since(self) -> list[ProcessInfo] | None:
+        """The candidates now, reading only what changed since the previous pass (see the
+        class docstring); ``None`` when a full pass is needed."""
+        if self.mark is None:
+            return None
+        before = last_pid()
+        found = False
+
+        def visit(pid: int) -> None:
+            nonlocal found
+            if found:
+                return
+            st = _stat_ids(str(pid))
+            if st is None or (pid in self.candidates and self.candidates[pid] == st[4]):
+                return  # gone, or a candidate already (re-read below)
+            joined = st[2] in self.ids or st[3] in self.ids or st[1] in self.candidates
+            found = joined or (st[4] >= self.floor and self._matches(str(pid)))
+
+        if not chase_new_pids(self.mark, visit) or found or before is None:
+            return None
+        infos = [info for pid, ticks in self.candidates.items()
+                 if (info := fast_process_info(pid)) is not None and info.start_ticks == ticks]
+        self.mark = before
+        return sorted(infos, key=lambda p: p.pid)
+
+    def scan(self) -> list[ProcessInfo]:
+        """:meth:`since`, or :meth:`full` when it cannot answer."""
+        table = self.since()
+        return self.full() if table is None else table
 
 
 def _pass(
-    lease_ids: Collection[str], root_pids: Collection[int]
-) -> tuple[list[ProcessInfo], frozenset[int]]:
+    lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
+) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged`, then which roots' process groups have no member left at the end
-    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members).  An empty
-    group cannot gain members, so a caller may take that as the answer of a group probe
-    made right after the scan."""
-    table = pids_tagged(lease_ids, root_pids)
+    of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members), and the
+    ``ns_last_pid`` read before the listing (``None``: no incremental re-scan after it).
+    An empty group cannot gain members, so a caller may take that as the answer of a group
+    probe made right after the scan."""
+    scan = TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks)
+    table = scan.full()
+    return table, empty_groups(root_pids), scan.mark
+
+
+def empty_groups(pgids: Collection[int]) -> frozenset[int]:
+    """Which of ``pgids`` have no member at all (``killpg(pgid, 0)``: ``ESRCH``)."""
     empty: set[int] = set()
-    for pgid in root_pids:
+    for pgid in pgids:
         if pgid <= 1:
             continue
         try:
@@ -133,15 +293,18 @@ def _pass(
             empty.add(pgid)
         except OSError:
             pass  # exists (another uid's, say): not empty
-    return table, frozenset(empty)
+    return frozenset(empty)
 
 
 class _Pass:
     def __init__(self) -> None:
         self.lease_ids: set[str] = set()
         self.root_pids: set[int] = set()
+        #: The earliest root start of the pass (``None``: some lease's root is unknown).
+        self.min_ticks: int | None = None
+        self.unbounded = False
         self.done = trio.Event()
-        self.result: tuple[list[ProcessInfo], frozenset[int]] | None = None
+        self.result: tuple[list[ProcessInfo], frozenset[int], int | None] | None = None
 
 
 class _Batcher:
@@ -153,20 +316,26 @@ class _Batcher:
         self.passes = 0
 
     async def scan(
-        self, lease_id: str, root_pid: int
-    ) -> tuple[list[ProcessInfo], frozenset[int]]:
+        self, lease_id: str, root_pid: int, root_start_ticks: int | None = None
+    ) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
         mine = self.next
         leader = mine is None
         if mine is None:
             mine = self.next = _Pass()
         mine.lease_ids.add(lease_id)
         mine.root_pids.add(root_pid)
+        if root_start_ticks is None:
+            mine.unbounded = True
+        elif mine.min_ticks is None or root_start_ticks < mine.min_ticks:
+            mine.min_ticks = root_start_ticks
         if not leader:
             await mine.done.wait()
             if mine.result is not None:
                 return mine.result
             # the pass failed or its leader was cancelled: scan on our own
-            return await trio.to_thread.run_sync(_pass, (lease_id,), (root_pid,))
+            return await trio.to_thread.run_sync(
+                _pass, (lease_id,), (root_pid,), root_start_ticks
+            )
         try:
             async with self.running:
                 # let the cleanups woken in this same scheduling step join the pass
@@ -175,7 +344,8 @@ class _Batcher:
                     self.next = None
                 self.passes += 1
                 mine.result = await trio.to_thread.run_sync(
-                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids)
+                    _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids),
+                    None if mine.unbounded else mine.min_ticks,
                 )
                 return mine.result
         finally:
@@ -196,12 +366,16 @@ def _current_batcher() -> _Batcher:
         return batcher
 
 
-async def shared_scan(lease_id: str, root_pid: int) -> tuple[list[ProcessInfo], frozenset[int]]:
+async def shared_scan(
+    lease_id: str, root_pid: int, root_start_ticks: int | None = None
+) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
     other cleanups of this Trio run that ask at the same time (see the module docstring),
-    and the roots' process groups found empty at the end of the pass.  The pass starts
-    after this call; cancellable while waiting for it to start."""
-    return await _current_batcher().scan(lease_id, root_pid)
+    the roots' process groups found empty at the end of the pass, and the pass's mark (see
+    :meth:`TagScan.adopt`).  The pass starts
+    after this call; cancellable while waiting for it to start.  ``root_start_ticks``: the
+    root's start (see ``min_start_ticks`` of :func:`pids_tagged`)."""
+    return await _current_batcher().scan(lease_id, root_pid, root_start_ticks)
 
 
 async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:

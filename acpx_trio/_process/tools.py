@@ -12,7 +12,7 @@ import trio
 
 from acpx_trio._process.identity import ProcessInfo, self_identity
 from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
-from acpx_trio._process.shared_scan import pids_tagged, shared_scan
+from acpx_trio._process.shared_scan import TagScan, empty_groups, shared_scan
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
 
@@ -37,25 +37,32 @@ class GatedReceiveStream(trio.abc.ReceiveStream):
 _owner: tuple[int, tuple[int, float]] | None = None
 
 
-def _pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
-    """The candidates of one lease (blocking): see
-    :func:`acpx_trio._process.shared_scan.pids_tagged`."""
-    return pids_tagged((lease_id,), (root_pid,))
-
-
-def lease_cleanup_deps(lease_id: str, root_pid: int) -> ProcessCleanupDeps:
+def lease_cleanup_deps(
+    lease_id: str, root_pid: int, root_start_ticks: int | None = None
+) -> ProcessCleanupDeps:
     """The real process table, listing only this lease's candidates (Linux); we reap our
-    direct child ourselves, so the reaper does not (its exit status stays readable)."""
+    direct child ourselves, so the reaper does not (its exit status stays readable).
+    ``root_start_ticks`` (the root's recorded start): processes that started before it are
+    not read for tags (see :func:`~acpx_trio._process.shared_scan.pids_tagged`)."""
     deps = default_cleanup_deps(reap_children=False)
     if not sys.platform.startswith("linux"):
         return deps
 
     base_kill_groups = deps.kill_groups
     empty: set[int] = set()  # owned groups the scan just taken found empty (used once)
+    scan = TagScan(lease_ids=(lease_id,), roots=(root_pid,), min_start_ticks=root_start_ticks)
+
+    def rescan() -> tuple[list[ProcessInfo], frozenset[int]]:
+        table = scan.scan()
+        return table, empty_groups((root_pid,))
 
     async def list_processes() -> list[ProcessInfo]:
-        # one /proc pass shared with the other cleanups asking at the same time
-        table, gone = await shared_scan(lease_id, root_pid)
+        if scan.mark is None:
+            # one /proc pass shared with the other cleanups asking at the same time
+            table, gone, mark = await shared_scan(lease_id, root_pid, root_start_ticks)
+            scan.adopt(table, mark)
+        else:  # later looks: only what changed since (see TagScan)
+            table, gone = await trio.to_thread.run_sync(rescan)
         empty.clear()
         empty.update(gone)
         return table

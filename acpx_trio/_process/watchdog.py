@@ -83,6 +83,18 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (job control or a tracer).  psutil is imported
+    only here (the owner's side; the watchdog process never calls this)."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.Error:
+        return False
+    return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 def owner_gone(pid: int, ticks: int | None) -> bool:
     """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
     now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
@@ -143,35 +155,15 @@ async def _reap(
     lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
     owner_ticks: int | None = None,
 ) -> Any:
+    from acpx_trio._process.gateway_reap import reap_gateway
     from acpx_trio._process.owner_tag import OwnerTag
-    from acpx_trio._process.reaper import reap_open_leases, sweep_orphans
-    from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+    from acpx_trio._store.leases import LeaseStore
 
-    store = LeaseStore(lease_dir)
-
-    class _OwnerLeases:
-        """Only the dead owner's leases are visible to the reaper."""
-
-        async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
-            return [
-                x for x in await store.list_open(gateway_instance_id)
-                if x.owner_pid == owner_pid and x.owner_start_time is not None
-                and abs(x.owner_start_time - owner_start) <= _TOLERANCE
-            ]
-
-        async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-            return await store.mark_states(updates)
-
-    result = await reap_open_leases(gateway_id, _OwnerLeases(), grace=grace)
-    # processes naming the dead owner whose lease record is gone (lost to a corrupt file)
     dead = OwnerTag(pid=owner_pid, start_ticks=owner_ticks, create_time=owner_start)
-    swept = await sweep_orphans(gateway_id, store, grace=grace, only_owner=dead)
-    import msgspec
-
-    return msgspec.structs.replace(
-        result, terminated_pids=[*result.terminated_pids, *swept.terminated_pids],
-        survived_pids=[*result.survived_pids, *swept.survived_pids],
-    )
+    # only the dead owner's leases, and processes whose owner tag names it (those whose
+    # lease record was lost to a corrupt file included)
+    return await reap_gateway(gateway_id, LeaseStore(lease_dir), owner=dead, grace=grace,
+                              lease_dir=lease_dir)
 
 
 def reap_dead_owner(
@@ -181,7 +173,8 @@ def reap_dead_owner(
     """Reap the open leases of the dead owner ``(owner_pid, owner_start)`` (a psutil create
     time; ``owner_ticks`` its start ticks when known) in ``lease_dir``, then every process of
     the gateway whose owner tag names it; returns the
-    :class:`~acpx_trio._process.reaper.ReapResult`.  Imports Trio and the reaper only now."""
+    :class:`~acpx_trio._process.gateway_reap.GatewayReapReport`.  Imports Trio and the
+    reaper only now."""
     import trio as _trio
 
     return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
@@ -261,6 +254,9 @@ class WatchdogHandle:
         self._started = False
         #: The watchdog's pid once started.
         self.pid: int | None = None
+        self._proc: trio.Process | None = None
+        #: Watchdogs found stopped (``SIGSTOP``, traced) and replaced (for tests).
+        self.replaced = 0
 
     async def ensure(self) -> None:
         """Start the watchdog if needed and wait (bounded) until it is armed."""
@@ -297,6 +293,27 @@ class WatchdogHandle:
         finally:
             self._armed.set()
             self._done.set()
+
+    async def check(self) -> bool:
+        """The owner's liveness check of its watchdog (run on the service's sweep): a
+        watchdog that is stopped (``SIGSTOP``, ``SIGTSTP``, a tracer: psutil status
+        ``stopped`` / ``tracing-stop``) would watch nothing, so it is killed (it is our own
+        child: its pid cannot have been reused) and the loop of :meth:`_run` arms a new one
+        at once.  Returns whether it
+        replaced one.  Never raises."""
+        import trio as _trio
+
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            await _trio.lowlevel.checkpoint()
+            return False
+        if not await _trio.to_thread.run_sync(_stopped, proc.pid):
+            return False
+        _log.warning("owner-death watchdog %s is stopped; replacing it", proc.pid)
+        with contextlib.suppress(OSError):
+            proc.kill()
+        self.replaced += 1
+        return True
 
     def forget(self) -> None:
         """Unregister without waiting (its task, if any, ended with the service's nursery)."""
@@ -382,6 +399,7 @@ async def _spawn_and_wait(
         os.close(read_fd)
     try:
         handle.pid = proc.pid
+        handle._proc = proc
         handle._armed.set()  # the pipe and the owner's pid are its already: it cannot miss us
         await proc.wait()  # it only exits on its own if something went badly wrong
     finally:

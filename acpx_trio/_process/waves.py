@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "KILL_CONFIRM",
     "MAX_ROUNDS",
+    "QUIET_SCANS",
     "SHIELD_BUDGET",
     "CleanupResult",
     "PlanFn",
@@ -46,6 +47,11 @@ SHIELD_BUDGET = 10.0
 #: Safety cap on waves per call; the real bound is time (:func:`wave_budget`).  Kept for
 #: backward compatibility (it used to be 3).
 MAX_ROUNDS = 10_000
+#: Consecutive scans that must find nothing to signal before a tree counts as gone: one scan
+#: can miss a process that forks and exits while it is read (a pid hopper between two
+#: hops); each scan probes every pid allocated while it ran, so the chance of missing it
+#: again falls with every scan (measured: see ``tests/test_reap_hopper.py``).
+QUIET_SCANS = 3
 
 
 def wave_budget(grace: float) -> float:
@@ -72,6 +78,9 @@ class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):
     survived_pids: list[int] = []
     skipped: dict[int, str] = {}
     skipped_reason: str | None = None
+    #: ``True`` when the time budget ran out while scans still found processes to signal:
+    #: nothing proves the tree gone, so its lease must not be recorded ``closed``.
+    unproven: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,9 @@ class ProcessCleanupDeps:
     #: session expansion at all.
     self_pgid: int | None = None
     self_sid: int | None = None
+    #: ``kill_many(infos, sig)``: :attr:`kill_process` for each, in order, in one go (one
+    #: worker-thread hop for a whole wave); one ``bool`` each.  ``None``: one call each.
+    kill_many: Callable[[Sequence[ProcessInfo], int], Awaitable[list[bool]]] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,12 +135,20 @@ async def _signal_groups(groups: Sequence[int], sig: int, deps: ProcessCleanupDe
         await deps.kill_groups(groups, sig)
 
 
+async def _kill_each(
+    procs: Sequence[ProcessInfo], sig: int, deps: ProcessCleanupDeps
+) -> list[bool]:
+    """``deps.kill_process`` for each of ``procs`` (batched when ``kill_many`` exists)."""
+    if deps.kill_many is not None and procs:
+        return await deps.kill_many(procs, sig)
+    return [await deps.kill_process(p, sig) for p in procs]
+
+
 async def _escalate(
     procs: Sequence[ProcessInfo], deps: ProcessCleanupDeps, groups: Sequence[int] = ()
 ) -> set[int]:
     """SIGKILL ``procs`` (identity re-checked) and ``groups``, wait briefly; pids still alive."""
-    for p in procs:
-        await deps.kill_process(p, signal.SIGKILL)
+    await _kill_each(procs, signal.SIGKILL, deps)
     await _signal_groups(groups, signal.SIGKILL, deps)
     if not procs:
         return set()
@@ -155,8 +175,9 @@ async def _terminate(
     signalled: list[ProcessInfo] = []
     refused: list[ProcessInfo] = []
     with trio.move_on_after(SHIELD_BUDGET, shield=True):
-        for p in order:
-            (signalled if await deps.kill_process(p, signal.SIGTERM) else refused).append(p)
+        delivered = await _kill_each(order, signal.SIGTERM, deps)
+        for p, ok in zip(order, delivered, strict=True):
+            (signalled if ok else refused).append(p)
         await _signal_groups(groups, signal.SIGTERM, deps)
     sent = {p.pid for p in signalled} | {p.pid for p in refused}
     signalled += [p for p in order if p.pid not in sent]  # budget ran out: SIGKILL them later
@@ -215,6 +236,7 @@ class _Outcome(msgspec.Struct, kw_only=True):
     survived: list[ProcessInfo]
     skipped: dict[int, str]
     first_plan: Plan
+    unproven: bool = False
 
     def cleanup_result(self, skipped_reason: str | None = None) -> CleanupResult:
         """The public result of these waves."""
@@ -224,6 +246,7 @@ class _Outcome(msgspec.Struct, kw_only=True):
             survived_pids=[p.pid for p in self.survived],
             skipped=self.skipped,
             skipped_reason=skipped_reason,
+            unproven=self.unproven,
         )
 
 
@@ -237,11 +260,12 @@ async def run_waves(
     table: list[ProcessInfo] | None = None,
     before_signal: Callable[[], Awaitable[None]] | None = None,
 ) -> _Outcome:
-    """Waves until a scan finds nothing new, within :func:`wave_budget`.
+    """Waves until :data:`QUIET_SCANS` consecutive scans find nothing to signal, within
+    :func:`wave_budget`; ``unproven`` in the outcome when the budget ran out first.
 
     ``before_signal`` is awaited once, before the first signal could be sent (the caller
     records that it is killing, e.g. moves its lease to ``closing``); it is not called when
-    the first scan proves there is nothing to signal: no target, and no owned process group
+    the scans prove there is nothing to signal: no target, and no owned process group
     with a member (``kill_groups(groups, 0)`` probes them: a group with no member left has
     nothing to kill, a pgid cannot gain members once empty)."""
     if grace < 0 or math.isnan(grace):
@@ -257,30 +281,33 @@ async def run_waves(
     groups_done: set[int] = set()
     terminated: list[ProcessInfo] = []
     survived: list[ProcessInfo] = []
-    for round_no in range(MAX_ROUNDS):
+    quiet = 0
+    signalled = False
+    for _ in range(MAX_ROUNDS):
         todo = [p for p in plan.targets if _key(p) not in handled]
         groups = [g for g in plan.groups if g not in groups_done or todo]
-        if not todo and not groups:
-            break
-        if (
-            round_no == 0 and not todo and deps.kill_groups is not None
+        if (not todo and not groups) or (
+            not todo and deps.kill_groups is not None
             and not await deps.kill_groups(groups, 0)
         ):
-            break  # the owned groups are empty (or not ours to signal): the tree is gone
-        if before_signal is not None:
-            await before_signal()
-            before_signal = None
-        handled.update(_key(p) for p in todo)
-        groups_done.update(groups)
-        known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))
-        # the first wave gives the grace; anything found later (forked meanwhile, caught
-        # mid-hop) belongs to trees that had theirs: straight to SIGKILL
-        wave = await _terminate(todo, grace if round_no == 0 else 0.0, deps, groups)
-        by_pid = {p.pid: p for p in todo}
-        terminated += [by_pid[pid] for pid in wave.terminated]
-        survived += [by_pid[pid] for pid in wave.survived]
-        skipped.update(wave.skipped)
-        if trio.current_time() >= deadline:
+            quiet += 1  # nothing (left) to signal: the owned groups are empty, or not ours
+        else:
+            quiet = 0
+            if before_signal is not None:
+                await before_signal()
+                before_signal = None
+            handled.update(_key(p) for p in todo)
+            groups_done.update(groups)
+            known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))
+            # the first wave gives the grace; anything found later (forked meanwhile, caught
+            # mid-hop) belongs to trees that had theirs: straight to SIGKILL
+            wave = await _terminate(todo, 0.0 if signalled else grace, deps, groups)
+            signalled = True
+            by_pid = {p.pid: p for p in todo}
+            terminated += [by_pid[pid] for pid in wave.terminated]
+            survived += [by_pid[pid] for pid in wave.survived]
+            skipped.update(wave.skipped)
+        if quiet >= QUIET_SCANS or trio.current_time() >= deadline:
             break
         plan = plan_fn(await deps.list_processes(), known)
         inspected.update(dict.fromkeys(plan.inspected))
@@ -293,6 +320,7 @@ async def run_waves(
         survived=survived,
         skipped={pid: r for pid, r in skipped.items() if pid not in done},
         first_plan=first,
+        unproven=quiet < QUIET_SCANS,
     )
 
 
@@ -322,6 +350,12 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
     async def kill_process(info: ProcessInfo, sig: int) -> bool:
         return await trio.to_thread.run_sync(kill_process_sync, info, sig, self_pid, self_uid)
 
+    def kill_all(infos: Sequence[ProcessInfo], sig: int) -> list[bool]:
+        return [kill_process_sync(p, sig, self_pid, self_uid) for p in infos]
+
+    async def kill_many(infos: Sequence[ProcessInfo], sig: int) -> list[bool]:
+        return await trio.to_thread.run_sync(kill_all, infos, sig)
+
     async def wait_exit(infos: Sequence[ProcessInfo], within: float) -> set[int]:
         return await _os_wait_exit(infos, within, self_pid=self_pid, reap_children=reap_children)
 
@@ -337,6 +371,7 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
         self_uid=self_uid,
         boot_id=boot_id(),
         kill_groups=kill_groups,
+        kill_many=kill_many,
         self_pgid=os.getpgid(0),
         self_sid=os.getsid(0),
     )

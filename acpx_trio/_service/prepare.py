@@ -11,23 +11,21 @@ restarts of one service object.
 * the lease file: same fingerprint, and the previous answer was "nothing to reap" (the lease
   store object is kept too, with its decoded file).
 
-Every check is a ``stat``.  When only the lease file changed, the kept store re-reads it;
-anything else runs ``prepare_sync`` again, exactly as a first start (same errors).
-Blocking: call it in a worker thread; one start at a time (the service's lock).
+Every check is a ``stat``, made at every start (no time window: a restart right after a
+crash of another process on this state dir is exactly when the reap matters).  When only the
+lease file changed, the kept store re-reads it; anything else runs ``prepare_sync`` again,
+exactly as a first start (same errors).  Blocking: call it in a worker thread; one start at
+a time (the service's lock).
 
-:meth:`PrepareCache.recent` is the non-blocking shortcut for a start/stop loop: within
-:data:`RECHECK_SECONDS` of the last check, when that check found nothing to reap, the same
-key, and no lease was written through the kept store since (our own runtime's writes always
-force a check), it returns the kept result without touching the disk.  A change made by
-*another* process in that window (a lease of a dead owner, a deleted directory) is seen by
-the first start after the window; dead owners' agents are meanwhile covered by their own
-owner-death watchdog.
+The start-up orphan sweep (processes tagged with this gateway whose lease is unknown or
+final) is skipped only on a proof that it has nothing to find: :class:`SweepMemo` (see its
+docstring).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +39,35 @@ from acpx_trio._store.fsio import DIR_MODE
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
 from acpx_trio._store.lease_snapshot import fingerprint
 
-__all__ = ["RECHECK_SECONDS", "PrepareCache", "cache_key"]
+__all__ = ["PrepareCache", "SweepMemo", "cache_key"]
 
-#: How long a start may reuse the previous check without a ``stat`` (see the module docstring).
-RECHECK_SECONDS = 0.25
+
+class SweepMemo:
+    """Whether a start-up orphan sweep can have anything to find.
+
+    Proof: a process carrying this gateway's tags is spawned only after its lease was
+    written to the lease file (the pending lease is saved before the spawn), and every write
+    changes the file's fingerprint (inode, size, mtime, ctime: a save replaces the file).  So
+    when a sweep read the fingerprint *before* its scan, then killed everything it found
+    with nothing surviving, and the fingerprint is still that one, no lease was written
+    since: every tagged process alive now was alive at that scan, and either was killed or
+    had an open lease then, still open now (which the start-up reap of open leases
+    handles).  Any other case sweeps (after every write, a quarantined file, a failed or
+    cancelled sweep)."""
+
+    _UNSET: object = object()
+
+    def __init__(self) -> None:
+        self._clean_fp: object = SweepMemo._UNSET
+
+    def due(self, lease_fp: object) -> bool:
+        """Whether a sweep is needed, given the lease file's fingerprint read now."""
+        return lease_fp is None or lease_fp != self._clean_fp
+
+    def record(self, lease_fp: object, clean: bool) -> None:
+        """A sweep whose scan came after ``lease_fp`` was read has finished; ``clean``:
+        nothing it found survived."""
+        self._clean_fp = lease_fp if clean and lease_fp is not None else SweepMemo._UNSET
 
 
 def cache_key(
@@ -78,34 +101,11 @@ class PrepareCache:
         self._prepared: Prepared | None = None
         self._inputs: tuple[object, ...] = ()
         self._lease_fp: object = None
-        #: Starts served from the cache without reading any file (for tests and benchmarks).
+        #: Starts served from the cache without reading any file but ``stat`` (for tests and
+        #: benchmarks).
         self.hits = 0
-        #: Of those, starts served by :meth:`recent` (no ``stat`` either).
-        self.recent_hits = 0
-        self._checked_at = -1e300
-        self._commits = -1
-
-    def recent(
-        self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext,
-        *, now: float | None = None,
-    ) -> Prepared | None:
-        """The kept result if the last check is recent enough to skip even the ``stat``s
-        (see the module docstring), else ``None``.  Non-blocking (no file access)."""
-        kept = self._prepared
-        if kept is None or kept.needs_reap:
-            return None
-        now = time.monotonic() if now is None else now
-        if not 0 <= now - self._checked_at < RECHECK_SECONDS:
-            return None
-        store = kept.lease_store
-        if store.commits != self._commits or store.sync.quarantined or store.sync.skipped_entries:
-            return None
-        key = cache_key(plugin_config, ctx.workspace_dir, Path(ctx.state_dir), ctx.allowed_agents)
-        if key != self._key:
-            return None
-        self.hits += 1
-        self.recent_hits += 1
-        return kept
+        #: The start-up orphan sweep's proof (shared by every result of this cache).
+        self.sweep_memo = SweepMemo()
 
     def _inputs_of(self, prepared: Prepared, state_dir: Path) -> tuple[object, ...]:
         dirs = (_dir_identity(Path(prepared.config.state_dir)),
@@ -117,11 +117,7 @@ class PrepareCache:
     async def prepare_async(
         self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext
     ) -> Prepared:
-        """:meth:`recent` when it answers (no I/O, no thread hop), else :meth:`prepare` in a
-        worker thread."""
-        recent = self.recent(plugin_config, ctx)
-        if recent is not None:  # the service's task checkpointed just before
-            return recent  # noqa: ASYNC910
+        """:meth:`prepare` in a worker thread."""
         return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
@@ -138,8 +134,6 @@ class PrepareCache:
             store.sync.quarantined.clear()  # report only what this start moves aside
             if not kept.needs_reap and fingerprint(store.path) == self._lease_fp:
                 self.hits += 1
-                self._commits = store.commits
-                self._checked_at = time.monotonic()
                 return kept
             needs_reap = (
                 bool(store.sync.list_open(kept.gateway_instance_id))
@@ -151,7 +145,8 @@ class PrepareCache:
                 gateway_instance_id=kept.gateway_instance_id, needs_reap=needs_reap,
             )
         self._lease_fp = fingerprint(prepared.lease_store.path)
+        prepared = dataclasses.replace(
+            prepared, lease_fp=self._lease_fp, sweep_memo=self.sweep_memo
+        )
         self._prepared = prepared
-        self._commits = prepared.lease_store.commits
-        self._checked_at = time.monotonic()
         return prepared

@@ -13,12 +13,8 @@ import msgspec
 
 from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
 from acpx_trio._log import ServiceLogger
-from acpx_trio._process.reaper import (
-    ProcessCleanupDeps,
-    ReapResult,
-    reap_open_leases,
-    sweep_orphans,
-)
+from acpx_trio._process.gateway_reap import GatewayReapReport, reap_gateway
+from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.dirs import ensure_lease_dirs, is_default_session_dir
@@ -32,6 +28,7 @@ __all__ = [
     "prepare_sync",
     "probe_agent",
     "reap_leases_and_orphans",
+    "reap_result",
     "report_lease_file",
     "report_reap",
 ]
@@ -63,6 +60,11 @@ class Prepared:
     gateway_instance_id: str
     needs_reap: bool
     new_gateway_id: bool = False
+    #: The lease file's fingerprint read by this start (before any sweep it starts), and
+    #: the proof that decides whether the start-up orphan sweep is needed (see
+    #: :class:`~acpx_trio._service.prepare.SweepMemo`; ``None``: always sweep).
+    lease_fp: object = None
+    sweep_memo: Any = None
 
 
 def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
@@ -105,6 +107,16 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     )
 
 
+def reap_result(report: GatewayReapReport) -> ReapResult:
+    """The figures of a :func:`~acpx_trio._process.gateway_reap.reap_gateway` report as the
+    service's :class:`~acpx_trio._process.reaper.ReapResult`."""
+    return ReapResult(
+        inspected_pids=report.inspected_pids, terminated_pids=report.terminated_pids,
+        survived_pids=report.survived_pids, closed_lease_ids=report.closed_lease_ids,
+        lost_lease_ids=report.lost_lease_ids, left_alone=report.left_alone,
+    )
+
+
 async def reap_leases_and_orphans(
     gateway_instance_id: str,
     lease_store: LeaseStore,
@@ -112,24 +124,15 @@ async def reap_leases_and_orphans(
     grace: float,
     deps: ProcessCleanupDeps | None,
 ) -> ReapResult:
-    """Start-up reap: every open lease of this gateway whose owner is gone, then every live
-    process tagged with this gateway id whose lease is unknown or final (its lease was lost to
-    a damaged file, or cleanup gave up on it).  Leases open at each scan (live owners,
+    """Start-up reap (:func:`~acpx_trio._process.gateway_reap.reap_gateway`): every open
+    lease of this gateway whose owner is gone, and every live process tagged with this
+    gateway id whose lease is unknown or final (its lease was lost to a damaged file, or
+    cleanup gave up on it), from one snapshot.  Leases open at each scan (live owners,
     survivors to retry, sessions another service of this process starts meanwhile) protect
     their processes."""
-    leases = await reap_open_leases(gateway_instance_id, lease_store, grace=grace, deps=deps)
-    # The open leases are read after each process scan, not once before: another service of
-    # this process on the same state dir may save a lease and spawn its agent meanwhile (a
-    # lease is saved before its process exists, so it is then always protected).
-    orphans = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
-    if not orphans.inspected_pids:
-        return leases
-    return msgspec.structs.replace(
-        leases,
-        inspected_pids=[*leases.inspected_pids, *orphans.inspected_pids],
-        terminated_pids=[*leases.terminated_pids, *orphans.terminated_pids],
-        survived_pids=[*leases.survived_pids, *orphans.survived_pids],
-    )
+    report = await reap_gateway(gateway_instance_id, lease_store, grace=grace, deps=deps,
+                                lease_dir=str(lease_store.path.parent))
+    return reap_result(report)
 
 
 def report_lease_file(lease_store: LeaseStore, logger: ServiceLogger) -> None:

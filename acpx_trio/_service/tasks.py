@@ -7,7 +7,6 @@ tasks of its background nursery and decides when they run.
 from __future__ import annotations
 
 import functools
-import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +15,8 @@ import trio
 
 from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
-from acpx_trio._process.reaper import ProcessCleanupDeps, sweep_orphans
+from acpx_trio._process.gateway_reap import reap_gateway
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
 from acpx_trio._service.backends import AcpRuntime
 from acpx_trio._service.doctor_format import (
@@ -25,12 +25,13 @@ from acpx_trio._service.doctor_format import (
     format_seconds,
 )
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
+from acpx_trio._service.prepare import SweepMemo
 
 __all__ = [
     "WatchdogHandle",
+    "check_watchdog",
     "forget_guards",
     "host_background",
-    "orphan_sweep_due",
     "orphan_sweep_once",
     "probe_once",
     "report_crash",
@@ -156,24 +157,6 @@ def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> Ba
     return error
 
 
-#: Seconds between two start-up orphan sweeps of one lease dir + gateway in one process.
-ORPHAN_SWEEP_EVERY = 30.0
-_last_sweep: dict[tuple[str, str], float] = {}
-
-
-def orphan_sweep_due(lease_store: Any, gateway_instance_id: str) -> bool:
-    """Whether a start-up orphan sweep of this lease dir + gateway should start now (none
-    started in this process in the last :data:`ORPHAN_SWEEP_EVERY` seconds); if so, records
-    that one starts."""
-    key = (str(getattr(lease_store, "path", "")), gateway_instance_id)
-    now = time.monotonic()
-    last = _last_sweep.get(key)
-    if last is not None and now - last < ORPHAN_SWEEP_EVERY:
-        return False
-    _last_sweep[key] = now
-    return True
-
-
 async def orphan_sweep_once(
     gateway_instance_id: str,
     lease_store: Any,
@@ -181,21 +164,26 @@ async def orphan_sweep_once(
     *,
     grace: float,
     deps: ProcessCleanupDeps | None,
+    lease_fp: object = None,
+    memo: SweepMemo | None = None,
 ) -> None:
-    """The start-up tag sweep (:func:`~acpx_trio._process.reaper.sweep_orphans`): every
+    """The start-up sweep (:func:`~acpx_trio._process.gateway_reap.reap_gateway`): every
     live process tagged with this gateway whose lease is unknown or final (its lease file
-    was deleted or reset).  Logs, never raises (except :class:`trio.Cancelled`).
-
-    At most one sweep per lease dir and gateway starts in :data:`ORPHAN_SWEEP_EVERY` seconds
-    within one process (:func:`orphan_sweep_due`, checked by the caller): a start/stop loop
-    in one process scans once, not at every start."""
+    was deleted or reset), and any open lease whose owner died meanwhile.  Logs, never
+    raises (except :class:`trio.Cancelled`).  ``memo`` records a clean finish against
+    ``lease_fp`` (the lease file's fingerprint read before this sweep's scan), so the next
+    start of this service skips the sweep only while that proof holds (see
+    :class:`~acpx_trio._service.prepare.SweepMemo`)."""
     await trio.lowlevel.checkpoint()
     try:
-        result = await sweep_orphans(gateway_instance_id, lease_store, grace=grace, deps=deps)
+        report = await reap_gateway(gateway_instance_id, lease_store, grace=grace, deps=deps,
+                                    lease_dir=str(lease_store.path.parent))
     except Exception as exc:
         log.warning(f"start-up orphan sweep failed: {format_error_message(exc)}")
         return
-    reaped = len(result.terminated_pids)
+    if memo is not None:
+        memo.record(lease_fp, report.ok)
+    reaped = len(report.terminated_pids)
     if reaped:
         suffix = "" if reaped == 1 else "es"
         log.info(f"reaped {reaped} orphaned OpenClaw-owned ACPX process{suffix}")
@@ -206,17 +194,31 @@ def start_guards(
     deps: ProcessCleanupDeps | None,
 ) -> WatchdogHandle:
     """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
-    in ``background`` (only when the start-up reap did not run and the gateway id is not new,
-    and not more often than :func:`orphan_sweep_due` allows), and the owner-death watchdog,
+    in ``background`` (only when the start-up reap did not run, the gateway id is not new,
+    and the sweep memo cannot prove there is nothing to find: see
+    :class:`~acpx_trio._service.prepare.SweepMemo`), and the owner-death watchdog,
     registered in the service ``nursery`` (so it outlives the runtime's close; its process
     is spawned before the service's first agent)."""
     store, gw = prepared.lease_store, prepared.gateway_instance_id
     grace = prepared.config.kill_grace_seconds
-    if not prepared.needs_reap and not prepared.new_gateway_id and orphan_sweep_due(store, gw):
-        background.start_soon(
-            functools.partial(orphan_sweep_once, gw, store, log, grace=grace, deps=deps)
-        )
-    return register_watchdog(nursery, store.path.parent, gw, grace)
+    memo: SweepMemo | None = prepared.sweep_memo
+    due = memo is None or memo.due(prepared.lease_fp)
+    if not prepared.needs_reap and not prepared.new_gateway_id and due:
+        background.start_soon(functools.partial(
+            orphan_sweep_once, gw, store, log, grace=grace, deps=deps,
+            lease_fp=prepared.lease_fp, memo=memo,
+        ))
+    watchdog = register_watchdog(nursery, store.path.parent, gw, grace)
+    background.start_soon(check_watchdog, watchdog, prepared.config.sweep_interval_seconds)
+    return watchdog
+
+
+async def check_watchdog(watchdog: WatchdogHandle, interval_seconds: float) -> None:
+    """Every sweep interval, the owner checks its watchdog is not stopped (``SIGSTOP``: it
+    would watch nothing) and replaces it if it is (:meth:`WatchdogHandle.check`)."""
+    while True:
+        await trio.sleep(interval_seconds)
+        await watchdog.check()
 
 
 async def stop_guards(watchdog: WatchdogHandle | None) -> None:

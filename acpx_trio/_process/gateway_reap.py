@@ -1,0 +1,401 @@
+"""One reap operation for a gateway: :func:`reap_gateway` ("reap the open leases of dead
+owners, then every orphan tagged with this gateway"), used by the service's start-up (and
+its background sweep), the owner-death watchdog and ``acpx-trio reap`` (dry run included).
+
+One snapshot, one plan, one set of waves: the leases to reap are read before the process
+table, the lease file again right *after* it (a lease is saved before its process is
+spawned, so every tagged process in the snapshot that belongs to a live start has its lease
+in what we read: protected), and the
+leases' trees and the orphans are planned together from that snapshot and terminated in
+one wave (then re-scanned, see :func:`~acpx_trio._process.waves.run_waves`).  The lease
+file is read again after every re-scan, so a session started meanwhile is protected.
+
+What is reaped (everything else is left alone, with a reason in the report):
+
+1. open or closing leases of this gateway whose owner is dead (and, with ``owner``, whose
+   owner is exactly that dead owner): their trees (verified root, its group and session,
+   every process carrying the lease's tags); each such lease then becomes ``closed``
+   (something of it was alive and is now confirmed gone) or ``lost`` (nothing of it was
+   alive), or stays ``closing`` when something survived or the scans could not prove the
+   tree gone;
+2. every other live process tagged with this gateway whose lease is unknown or final, unless
+   its owner tag names a live owner other than us (with ``owner``: only processes whose
+   owner tag names that owner);
+3. the steps in ``steps`` (the cgroup containment's leftover-cgroup reap plugs in here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Protocol
+
+import msgspec
+import trio
+
+from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.owner_tag import OwnerTag
+from acpx_trio._process.reap_plan import (
+    OWNER_ALIVE,
+    PROTECTED,
+    SURVIVED,
+    LeaseTarget,
+    Plan,
+    order_children_first,
+    owner_alive,
+    plan_leases,
+    plan_orphans,
+)
+from acpx_trio._process.shared_scan import TagScan
+from acpx_trio._process.waves import (
+    DEFAULT_GRACE,
+    ProcessCleanupDeps,
+    default_cleanup_deps,
+    run_waves,
+)
+from acpx_trio._store.leases import LeaseState, ProcessLease
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "GatewayReapReport",
+    "ReapAction",
+    "ReapStep",
+    "ReapStepRequest",
+    "gateway_cleanup_deps",
+    "reap_gateway",
+]
+
+#: A lease left ``closing`` because the scans kept finding processes until the time budget
+#: ran out (nothing proves its tree gone).
+UNPROVEN = "unproven"
+
+
+class ReapAction(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """One thing a reap did or would do, and why.  ``action``: ``terminated``,
+    ``would-terminate``, ``survived``, ``skipped`` (a process left alone),
+    ``lease-closed`` / ``lease-lost`` (final state written), ``would-close-lease`` /
+    ``would-mark-lost`` (dry run), ``lease-left-alone``, ``lease-file-problem``, or an
+    action of a plugged-in step."""
+
+    action: str
+    reason: str
+    pid: int | None = None
+    lease_id: str | None = None
+    command: str | None = None
+
+
+class GatewayReapReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`reap_gateway` did (or, with ``dry_run``, would do).
+
+    ``actions``: one entry per process or lease acted on or left alone, with its reason.
+    The lists repeat the figures (``terminated_pids`` are confirmed gone).  ``left_alone``:
+    lease id -> ``"owner-alive"``, ``"protected"``, ``"survived"`` or ``"unproven"`` (the
+    last two stay ``closing`` and are retried next time).  ``unproven``: the scans were
+    still finding processes when the time budget ran out."""
+
+    gateway_instance_id: str
+    dry_run: bool = False
+    actions: list[ReapAction] = []
+    inspected_pids: list[int] = []
+    terminated_pids: list[int] = []
+    survived_pids: list[int] = []
+    closed_lease_ids: list[str] = []
+    lost_lease_ids: list[str] = []
+    left_alone: dict[str, str] = {}
+    unproven: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Nothing survived and nothing is left unproven."""
+        return not self.survived_pids and not self.unproven
+
+
+class ReapStepRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a plugged-in reap step is asked to do (see :data:`DEFAULT_STEPS`)."""
+
+    gateway_instance_id: str
+    lease_dir: str | None
+    dry_run: bool
+    owner: OwnerTag | None
+    grace: float
+
+
+#: A step run after the lease reap and the orphan sweep; returns its actions.
+ReapStep = Callable[[ReapStepRequest], Awaitable[list[ReapAction]]]
+
+#: The steps :func:`reap_gateway` runs after the process reap unless told otherwise.  The
+#: cgroup containment adds ``reap_cgroup_leftovers`` here (leaf cgroups of this gateway
+#: whose lease is final, missing, or whose owner is dead: kill, wait empty, remove).
+DEFAULT_STEPS: tuple[ReapStep, ...] = ()
+
+
+class _LeaseSource(Protocol):
+    async def list_all(self) -> list[ProcessLease]: ...
+
+    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]: ...
+
+
+def _cmd(p: ProcessInfo | None) -> str | None:
+    if p is None or not p.cmdline:
+        return None
+    text = " ".join(p.cmdline)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _why(p: ProcessInfo, lease: ProcessLease | None) -> str:
+    if p.lease_id is None:
+        return "untagged member of a process group/session proved ours"
+    if lease is None:
+        return "tagged with this gateway; its lease is not in the lease file"
+    if lease.state.is_final:
+        return f"tagged with this gateway; its lease is {lease.state.value}"
+    owner = f"owner {lease.owner_pid}" if lease.owner_pid else "owner unknown"
+    part = "root" if p.pid == lease.root_pid else "tagged process"
+    return f"{part} of {lease.state.value} lease; {owner} is not alive"
+
+
+def _owned_by(lease: ProcessLease, owner: OwnerTag | None) -> bool:
+    if owner is None:
+        return True
+    return (
+        lease.owner_pid == owner.pid and lease.owner_start_time is not None
+        and abs(lease.owner_start_time - owner.create_time) <= 0.5
+    )
+
+
+def _merge(a: Plan, b: Plan) -> Plan:
+    skipped = {**b.skipped, **a.skipped}
+    targets = order_children_first([*a.targets, *b.targets])
+    chosen = {p.pid for p in targets}
+    return Plan(
+        inspected=list(dict.fromkeys([*a.inspected, *b.inspected])),
+        targets=targets,
+        skipped={pid: r for pid, r in skipped.items() if pid not in chosen},
+        root_reasons=a.root_reasons,
+        groups=sorted({*a.groups, *b.groups}),
+    )
+
+
+def gateway_cleanup_deps(
+    gateway_instance_id: str, leases: Sequence[ProcessLease]
+) -> ProcessCleanupDeps:
+    """The real process table, listing only what a reap of this gateway can concern (Linux):
+    processes tagged with the gateway, the leases' roots and owners, the members of their
+    groups and sessions, and the owners named by owner tags; re-scans read only what
+    changed (:class:`~acpx_trio._process.shared_scan.TagScan`).  The plans keep only what
+    they can prove ours, so the prefilter changes nothing but the cost."""
+    deps = default_cleanup_deps()
+    if not sys.platform.startswith("linux"):
+        return deps
+    scan = TagScan(
+        gateway_id=gateway_instance_id,
+        roots=[x.root_pid for x in leases if x.root_pid > 0],
+        extra_pids=[x.owner_pid for x in leases if x.owner_pid],
+    )
+
+    async def list_processes() -> list[ProcessInfo]:
+        # read-only: a cancelled caller need not wait for the scan to finish
+        return await trio.to_thread.run_sync(scan.scan, abandon_on_cancel=True)
+
+    return dataclasses.replace(deps, list_processes=list_processes)
+
+
+async def reap_gateway(
+    gateway_instance_id: str,
+    lease_store: _LeaseSource,
+    *,
+    dry_run: bool = False,
+    owner: OwnerTag | None = None,
+    grace: float = DEFAULT_GRACE,
+    deps: ProcessCleanupDeps | None = None,
+    protected_lease_ids: Collection[str] = (),
+    steps: Sequence[ReapStep] = DEFAULT_STEPS,
+    lease_dir: str | None = None,
+) -> GatewayReapReport:
+    """Reap what dead owners of ``gateway_instance_id`` left behind (see the module
+    docstring) and report every action with its reason.
+
+    ``dry_run``: one snapshot, the same plan, no signal and no write.  ``owner``: only that
+    (dead) owner's leases and processes (the owner-death watchdog); ``None``: every dead
+    owner's.  ``protected_lease_ids``: never reaped (our own live sessions).  Processes of
+    other gateway ids, of live owners, or not proven ours are never signalled.
+
+    Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the
+    next call reaps them again.  Cancellation once a signal went out: see
+    :func:`~acpx_trio._process.waves.terminate_trees`.  Lease store errors propagate
+    (:class:`~acpx_trio.LeaseStoreError`)."""
+    if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
+        raise ValueError(f"gateway_instance_id must be a non-empty string, got "
+                         f"{gateway_instance_id!r}")
+    protected = frozenset(protected_lease_ids)
+    seen_procs: dict[int, ProcessInfo] = {}
+    seen_leases: dict[str, ProcessLease] = {}
+    open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot
+
+    async def snapshot() -> list[ProcessInfo]:
+        table = await cleanup.list_processes()
+        leases = await lease_store.list_all()  # after the snapshot (see the module docstring)
+        seen_leases.update({x.lease_id: x for x in leases})
+        open_now.clear()
+        open_now.update(x.lease_id for x in leases if not x.state.is_final
+                        and x.gateway_instance_id == gateway_instance_id)
+        for p in table:
+            seen_procs.setdefault(p.pid, p)
+        return table
+
+    # The leases to reap are those open *before* the snapshot: one saved while it runs is a
+    # start in progress (our own process's other service included), protected by the read
+    # that follows every snapshot.
+    before = [x for x in await lease_store.list_all() if not x.state.is_final
+              and x.gateway_instance_id == gateway_instance_id]
+    cleanup = deps or gateway_cleanup_deps(gateway_instance_id, before)
+    table = await snapshot()
+    by_pid = {p.pid: p for p in table}
+    left_alone: dict[str, str] = {}
+    to_reap: list[ProcessLease] = []
+    for lease in before:
+        lease_id = lease.lease_id
+        if lease_id not in open_now or not _owned_by(lease, owner):
+            continue
+        if lease_id in protected:
+            left_alone[lease_id] = PROTECTED
+        elif owner_alive(lease, by_pid, cleanup.self_pid):
+            left_alone[lease_id] = OWNER_ALIVE
+        else:
+            to_reap.append(lease)
+    doomed = frozenset(x.lease_id for x in to_reap)
+    targets = [LeaseTarget.from_lease(x) for x in to_reap]
+
+    def plan(snap: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
+        leases_plan = plan_leases(
+            snap, targets, self_pid=cleanup.self_pid, self_uid=cleanup.self_uid,
+            current_boot_id=cleanup.boot_id, self_pgid=cleanup.self_pgid, self_sid=cleanup.self_sid,
+            known=known,
+        )
+        keep = (open_now - doomed) | protected  # open at the latest snapshot: a live start
+        orphans_plan = plan_orphans(
+            snap, gateway_instance_id, keep, self_pid=cleanup.self_pid, self_uid=cleanup.self_uid,
+            self_pgid=cleanup.self_pgid, self_sid=cleanup.self_sid, known=known, only_owner=owner,
+        )
+        return _merge(leases_plan, orphans_plan)
+
+    actions: list[ReapAction] = []
+    if dry_run:
+        first = plan(table, ())
+        actions = _dry_actions(first, to_reap, left_alone, table, seen_leases)
+        for step in steps:
+            actions += await step(ReapStepRequest(
+                gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=True,
+                owner=owner, grace=grace))
+        return GatewayReapReport(gateway_instance_id=gateway_instance_id, dry_run=True,
+                                 actions=actions, inspected_pids=first.inspected,
+                                 left_alone=left_alone)
+
+    async def mark_closing() -> None:
+        if to_reap:
+            await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
+
+    await mark_closing()
+    waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
+    out = await run_waves(plan, grace, waves_deps, table)
+    dead: dict[str, int] = {}
+    alive: dict[str, int] = {}
+    for p in out.terminated:
+        dead[p.lease_id or ""] = dead.get(p.lease_id or "", 0) + 1
+    for p in out.survived:
+        alive[p.lease_id or ""] = alive.get(p.lease_id or "", 0) + 1
+    final: dict[str, LeaseState] = {}
+    for lease in to_reap:
+        if alive.get(lease.lease_id):
+            left_alone[lease.lease_id] = SURVIVED
+        elif out.unproven:
+            left_alone[lease.lease_id] = UNPROVEN
+        else:
+            final[lease.lease_id] = (
+                LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
+            )
+    if final:
+        await lease_store.mark_states(final)
+    for p in out.terminated:
+        actions.append(ReapAction(action="terminated", pid=p.pid, lease_id=p.lease_id,
+                                  reason=_why(p, seen_leases.get(p.lease_id or "")),
+                                  command=_cmd(p)))
+    for p in out.survived:
+        actions.append(ReapAction(action="survived", pid=p.pid, lease_id=p.lease_id,
+                                  reason="still alive after SIGKILL; retried on the next reap",
+                                  command=_cmd(p)))
+    for pid, reason in sorted(out.skipped.items()):
+        info = seen_procs.get(pid)
+        if info is not None and info.gateway_instance_id == gateway_instance_id:
+            actions.append(ReapAction(action="skipped", pid=pid, reason=reason,
+                                      lease_id=info.lease_id, command=_cmd(info)))
+    for lease_id, state in final.items():
+        actions.append(ReapAction(
+            action="lease-closed" if state is LeaseState.CLOSED else "lease-lost",
+            lease_id=lease_id,
+            reason="owner was not alive; its processes are gone" if state is LeaseState.CLOSED
+            else "owner was not alive; none of its processes was alive"))
+    for lease_id, reason in left_alone.items():
+        actions.append(ReapAction(action="lease-left-alone", lease_id=lease_id,
+                                  reason=_left_alone_reason(reason, seen_leases.get(lease_id))))
+    for step in steps:
+        actions += await step(ReapStepRequest(
+            gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=False,
+            owner=owner, grace=grace))
+    return GatewayReapReport(
+        gateway_instance_id=gateway_instance_id,
+        actions=actions,
+        inspected_pids=out.inspected,
+        terminated_pids=[p.pid for p in out.terminated],
+        survived_pids=[p.pid for p in out.survived],
+        closed_lease_ids=[k for k, v in final.items() if v is LeaseState.CLOSED],
+        lost_lease_ids=[k for k, v in final.items() if v is LeaseState.LOST],
+        left_alone=left_alone,
+        unproven=out.unproven,
+    )
+
+
+def _left_alone_reason(reason: str, lease: ProcessLease | None) -> str:
+    if reason == OWNER_ALIVE and lease is not None:
+        return f"{OWNER_ALIVE}: owner {lease.owner_pid} is running"
+    if reason == UNPROVEN:
+        return f"{UNPROVEN}: scans kept finding processes; retried on the next reap"
+    return reason
+
+
+def _dry_actions(
+    first: Plan, doomed: Sequence[ProcessLease], left_alone: dict[str, str],
+    table: Sequence[ProcessInfo], leases: dict[str, ProcessLease],
+) -> list[ReapAction]:
+    by_pid = {p.pid: p for p in table}
+    rows: list[ReapAction] = []
+    targeted: set[int] = set()
+    for p in first.targets:
+        targeted.add(p.pid)
+        rows.append(ReapAction(action="would-terminate", pid=p.pid, lease_id=p.lease_id,
+                               reason=_why(p, leases.get(p.lease_id or "")), command=_cmd(p)))
+    live = {k for k, v in left_alone.items() if v == OWNER_ALIVE}
+    for pid, reason in sorted(first.skipped.items()):
+        info = by_pid.get(pid)
+        if info is not None and info.lease_id in live:
+            continue  # listed below, with its lease
+        rows.append(ReapAction(action="skipped", pid=pid, reason=reason,
+                               lease_id=info.lease_id if info else None, command=_cmd(info)))
+    for lease in doomed:
+        has = any(p.lease_id == lease.lease_id for p in first.targets)
+        root = first.root_reasons.get(lease.lease_id)
+        rows.append(ReapAction(
+            action="would-close-lease" if has else "would-mark-lost", lease_id=lease.lease_id,
+            reason="owner is not alive" + ("" if has else "; none of its processes is alive")
+            + (f" ({root})" if root else ""),
+        ))
+    for lease_id, reason in left_alone.items():
+        rows.append(ReapAction(action="lease-left-alone", lease_id=lease_id,
+                               reason=_left_alone_reason(reason, leases.get(lease_id))))
+        if reason == OWNER_ALIVE:
+            for p in table:
+                if p.lease_id == lease_id and not p.zombie and p.pid not in targeted:
+                    rows.append(ReapAction(action="skipped", pid=p.pid, lease_id=lease_id,
+                                           reason=OWNER_ALIVE, command=_cmd(p)))
+    return rows

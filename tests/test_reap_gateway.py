@@ -1,0 +1,192 @@
+"""``reap_gateway``: one operation for start-up, the watchdog and ``acpx-trio reap`` - dry
+run, owner filter, the report, the hook for extra steps - with real processes (tagged
+sleepers, a live owner whose processes must survive); plus the scan pieces it stands on
+(``TagScan`` re-scans, the pid chase) and the start-up sweep's proof (``SweepMemo``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import trio
+
+from acpx_trio._process.gateway_reap import ReapAction, ReapStepRequest, reap_gateway
+from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.owner_tag import OwnerTag
+from acpx_trio._process.scan import chase_new_pids, last_pid
+from acpx_trio._process.shared_scan import TagScan
+from acpx_trio._service.prepare import SweepMemo
+from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.all: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(SLEEP, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+        self.all.append(proc)
+        return proc
+
+
+@contextmanager
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        for proc in p.all:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _lease(gw: str, owner: subprocess.Popen[bytes] | None, root: subprocess.Popen[bytes] | None,
+           lease_id: str | None = None) -> ProcessLease:
+    lease = new_lease(gateway_instance_id=gw, session_key="k", wrapper_root="/w",
+                      command=["x"])
+    if lease_id is not None:
+        lease = msgspec.structs.replace(lease, lease_id=lease_id)
+    if owner is not None:
+        info = process_info(owner.pid)
+        assert info is not None
+        lease = msgspec.structs.replace(lease, owner_pid=owner.pid,
+                                        owner_start_time=info.create_time)
+    if root is not None:
+        info = process_info(root.pid)
+        assert info is not None
+        lease = msgspec.structs.replace(lease, root_pid=root.pid,
+                                        root_start_ticks=info.start_ticks,
+                                        root_create_time=info.create_time, boot_id=boot_id())
+    return lease
+
+
+def _wait_dead(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+async def test_dry_run_then_reap_with_report_and_steps(tmp_path: Path) -> None:
+    gw = f"gw-{uuid.uuid4().hex}"
+    store = LeaseStore(tmp_path / "acpx")
+    asked: list[ReapStepRequest] = []
+
+    async def step(request: ReapStepRequest) -> list[ReapAction]:
+        asked.append(request)
+        await trio.lowlevel.checkpoint()
+        return [ReapAction(action="step-ran", reason="hook")]
+
+    with procs() as p:
+        dead_owner = p.spawn()
+        dead_owner.kill()
+        dead_owner.wait()
+        live_owner = p.spawn()
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        dead_root = p.spawn(lease_env(ids[0], gw))
+        live_root = p.spawn(lease_env(ids[1], gw))
+        orphan = p.spawn(lease_env(ids[2], gw))  # its lease is not in the file
+        decoy = p.spawn(lease_env(ids[0], "gw-someone-else"))
+        # the dead owner's lease names a pid that is gone; the live one's a running process
+        dead = _lease(gw, None, dead_root, ids[0])
+        dead = msgspec.structs.replace(dead, owner_pid=dead_owner.pid, owner_start_time=1.0)
+        await store.save(dead)
+        await store.save(_lease(gw, live_owner, live_root, ids[1]))
+        before = (tmp_path / "acpx" / "process-leases.json").read_bytes()
+
+        dry = await reap_gateway(gw, store, dry_run=True, steps=[step])
+        would = {a.pid for a in dry.actions if a.action == "would-terminate"}
+        assert would == {dead_root.pid, orphan.pid}, dry.actions
+        assert dry.left_alone == {ids[1]: "owner-alive"}
+        assert any(a.action == "would-close-lease" and a.lease_id == ids[0]
+                   for a in dry.actions)
+        assert dry.dry_run and asked[-1].dry_run
+        assert (tmp_path / "acpx" / "process-leases.json").read_bytes() == before
+        assert all(x.poll() is None for x in (dead_root, orphan, live_root))
+
+        report = await reap_gateway(gw, store, grace=0.5, steps=[step])
+        assert set(report.terminated_pids) == {dead_root.pid, orphan.pid}, report
+        assert report.ok and report.closed_lease_ids == [ids[0]]
+        assert report.left_alone == {ids[1]: "owner-alive"}
+        assert not asked[-1].dry_run and report.actions[-1].action == "step-ran"
+        reasons = {a.pid: a.reason for a in report.actions if a.action == "terminated"}
+        assert "not in the lease file" in reasons[orphan.pid]
+        assert "owner" in reasons[dead_root.pid]
+        assert _wait_dead(dead_root) and _wait_dead(orphan)
+        assert live_root.poll() is None and decoy.poll() is None
+        states = {x.lease_id: x.state for x in await store.list_all()}
+        assert states == {ids[0]: LeaseState.CLOSED, ids[1]: LeaseState.OPEN}
+
+
+async def test_owner_filter_reaps_only_that_owner(tmp_path: Path) -> None:
+    gw = f"gw-{uuid.uuid4().hex}"
+    store = LeaseStore(tmp_path / "acpx")
+    with procs() as p:
+        a_owner, b_owner = p.spawn(), p.spawn()
+        a_info, b_info = process_info(a_owner.pid), process_info(b_owner.pid)
+        assert a_info is not None and b_info is not None
+        a_id, b_id = str(uuid.uuid4()), str(uuid.uuid4())
+        a_root = p.spawn(lease_env(a_id, gw))
+        b_root = p.spawn(lease_env(b_id, gw))
+        await store.save(_lease(gw, a_owner, a_root, a_id))
+        await store.save(_lease(gw, b_owner, b_root, b_id))
+        a_owner.kill()
+        b_owner.kill()
+        a_owner.wait()
+        b_owner.wait()
+        dead_a = OwnerTag(pid=a_owner.pid, start_ticks=a_info.start_ticks,
+                          create_time=a_info.create_time)
+        report = await reap_gateway(gw, store, owner=dead_a, grace=0.5)
+        assert report.terminated_pids == [a_root.pid] and report.closed_lease_ids == [a_id]
+        assert _wait_dead(a_root) and b_root.poll() is None
+        # B's lease is not the watchdog's business: untouched (open)
+        states = {x.lease_id: x.state for x in await store.list_all()}
+        assert states == {a_id: LeaseState.CLOSED, b_id: LeaseState.OPEN}
+
+
+def test_tag_scan_rescans_only_what_changed() -> None:
+    gw = f"gw-{uuid.uuid4().hex}"
+    with procs() as p:
+        first = p.spawn(lease_env(str(uuid.uuid4()), gw))
+        scan = TagScan(gateway_id=gw)
+        assert first.pid in {x.pid for x in scan.full()}
+        quiet = scan.since()  # nothing new: the known candidate, re-read
+        assert quiet is not None and first.pid in {x.pid for x in quiet}
+        p.spawn()  # new, untagged, unrelated: still answered cheaply
+        assert scan.since() is not None
+        second = p.spawn(lease_env(str(uuid.uuid4()), gw))  # new and tagged: a full pass
+        assert scan.since() is None
+        assert {first.pid, second.pid} <= {x.pid for x in scan.scan()}
+
+
+def test_pid_chase_sees_every_pid_allocated_since() -> None:
+    with procs() as p:
+        mark = last_pid()
+        assert mark is not None
+        new = [p.spawn().pid for _ in range(3)]
+        seen: list[int] = []
+        assert chase_new_pids(mark, seen.append)
+        assert set(new) <= set(seen)
+
+
+def test_sweep_memo_skips_only_on_an_unchanged_file_after_a_clean_sweep() -> None:
+    memo = SweepMemo()
+    fp = (1, 2, 3, 4, 5)
+    assert memo.due(fp)  # never swept
+    memo.record(fp, clean=False)
+    assert memo.due(fp)  # something survived: sweep again
+    memo.record(fp, clean=True)
+    assert not memo.due(fp)
+    assert memo.due((1, 2, 3, 4, 6))  # a write since (ctime moved)
+    assert memo.due(None)  # no lease file: no proof
