@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests"), str(Path(__file__).parent)]
+sys.path[:0] = [str(ROOT / "tests")]
 
+from _attack_agent import VARIANTS  # noqa: E402
+from _attack_helpers import AGENT  # noqa: E402
 from _cli_helpers import run_cli  # noqa: E402
 from _escape_helpers import Decoys, cleanup_marker, marked, new_marker  # noqa: E402
-from _variant_agent import VARIANTS  # noqa: E402
-
-AGENT = str(Path(__file__).parent / "_variant_agent.py")
 
 
 def one(tmp: Path, variant: str) -> tuple[bool, bool, int]:

@@ -16,13 +16,12 @@ from pathlib import Path
 import trio
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests"), str(Path(__file__).parent)]
+sys.path[:0] = [str(ROOT / "tests")]
 
+from _attack_agent import VARIANTS  # noqa: E402
+from _attack_helpers import AGENT  # noqa: E402
 from _escape_helpers import Decoys, cleanup_marker, marked, new_marker  # noqa: E402
 from _runtime_helpers import make_env, output, run  # noqa: E402
-from _variant_agent import VARIANTS  # noqa: E402
-
-AGENT = str(Path(__file__).parent / "_variant_agent.py")
 
 
 async def one(tmp: Path, variant: str) -> tuple[bool, bool, str]:
@@ -47,9 +46,7 @@ async def one(tmp: Path, variant: str) -> tuple[bool, bool, str]:
         decoys.close()
 
 
-async def main(n: int, variants: list[str]) -> None:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+async def main(n: int, variants: list[str], commit: str) -> None:
     for variant in variants:
         esc = dead = 0
         t0 = time.monotonic()
@@ -69,5 +66,7 @@ async def main(n: int, variants: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
     trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 30,
-             sys.argv[2:] or list(VARIANTS))
+             sys.argv[2:] or list(VARIANTS), head)
