@@ -1,0 +1,65 @@
+"""Helpers for the escape measurements (tests/test_attack_escapes.py and
+benchmarks/attack/): one agent that starts one escape variant (see ``_attack_agent``),
+closed; whether anything carrying the variant's marker is left."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import trio
+from _escape_helpers import Decoys, cleanup_marker, marked, new_marker
+
+from acpx_trio._process.agent import AgentProcess
+from acpx_trio._store.leases import LeaseState, LeaseStore
+
+AGENT = str(Path(__file__).with_name("_attack_agent.py"))
+
+
+async def seen_running(marker: str, hopper: bool, decoys: set[int]) -> None:
+    """Until the escaper runs (a hopper: until it has been seen under two pids)."""
+    first: set[int] = set()
+    with trio.fail_after(30):
+        while True:
+            pids = set(marked(marker)) - decoys
+            if pids and (not hopper or (first and pids - first)):
+                return
+            first |= pids
+            await trio.sleep(0.01)
+
+
+async def still_marked(marker: str, decoys: set[int]) -> bool:
+    """Whether a process carrying ``marker`` (not a decoy) is alive; looks 5 times, 50 ms
+    apart (a SIGKILLed process takes a moment to turn zombie; a hopper is easy to miss)."""
+    for _ in range(5):
+        if set(marked(marker)) - decoys:
+            return True
+        await trio.sleep(0.05)
+    return False
+
+
+async def one_close(tmp: Path, variant: str) -> tuple[bool, bool, LeaseState | None]:
+    """One agent starting ``variant``, closed once the escaper runs: ``(escaped, decoys
+    alive, final lease state)``; whatever carries the marker is SIGKILLed afterwards."""
+    marker = new_marker()
+    store = LeaseStore(tmp / "state")
+    agent = AgentProcess(
+        argv=[sys.executable, AGENT, variant, marker], cwd=str(tmp), session_key="s",
+        gateway_instance_id="gw-attack", lease_store=store, wrapper_root=tmp, kill_grace=0.3,
+    )
+    decoys = Decoys(marker, "lease-decoy")
+    pgids: list[int] = []
+    try:
+        with cleanup_marker(marker, pgids), trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await agent.wait_recorded()
+                assert agent.pid is not None
+                pgids.append(agent.pid)
+                await seen_running(marker, "hopper" in variant, set(decoys.pids))
+                await agent.aclose()
+            escaped = await still_marked(marker, set(decoys.pids))
+            lease = None if agent.lease_id is None else await store.load(agent.lease_id)
+            return escaped, decoys.alive(), None if lease is None else lease.state
+    finally:
+        decoys.close()
