@@ -46,7 +46,7 @@ from acpx_trio._cli.options import (
     default_state_dir,
     resolve_options,
 )
-from acpx_trio._cli.output import Output, TurnPrinter, first_line
+from acpx_trio._cli.output import Output, TurnPrinter, first_line, printable
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
 from acpx_trio._store.config import (
@@ -383,7 +383,7 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _fail(message: str) -> None:
-    print(f"acpx-trio: {first_line(message)}", file=sys.stderr, flush=True)
+    print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,8 @@ Guarantees:
   serialised by ``owner-start.lock``; a new owner is started only while holding
   ``owner.lock`` (which proves no owner is alive); a stale socket is removed only when
   ``connect`` is refused *and* the recorded owner pid (with its start time) is not alive.
-* Every wait is bounded and cancellable.
+* Every wait is bounded and cancellable; an owner that stops answering (SIGSTOPped, wedged)
+  ends a call with :class:`OwnerUnresponsiveError`, which names the owner's pid.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.flock import try_flock
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
-__all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
+__all__ = [
+    "OwnerStartError",
+    "OwnerUnresponsiveError",
+    "ReplyReader",
+    "connect_or_start",
+    "connect_owner",
+    "send_request",
+    "unresponsive",
+]
 
 #: Bound of starting an owner (lock waits, runtime start-up, socket ready).
 START_SECONDS = 60.0
@@ -69,6 +78,23 @@ class OwnerStartError(AcpxError):
     """A warm owner could not be started (its log's tail is in the message)."""
 
     code = "ACPX_OWNER_START_FAILED"
+
+
+class OwnerUnresponsiveError(AcpxError):
+    """The warm owner did not answer within the call's deadline (stopped or wedged)."""
+
+    code = "ACPX_OWNER_UNRESPONSIVE"
+
+
+async def unresponsive(state_dir: Path, what: str, seconds: float) -> OwnerUnresponsiveError:
+    """The error for an owner that did not answer ``what`` within ``seconds``, naming the
+    pid recorded in ``owner.json``."""
+    info = await trio.to_thread.run_sync(read_owner_info, OwnerPaths(state_dir))
+    who = "the warm owner" if info is None else f"the warm owner (pid {info.pid})"
+    hint = "" if info is None else (f"; if it is stopped, `kill -CONT {info.pid}`, or end it "
+                                    f"with `kill {info.pid}`")
+    return OwnerUnresponsiveError(f"{who} of {state_dir} did not answer {what} within "
+                                  f"{seconds:g}s{hint}")
 
 
 async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
@@ -107,15 +133,17 @@ class ReplyReader:
         return None if line is None else decode_reply(line)
 
 
-async def send_request(stream: trio.SocketStream, request: Request) -> ReplyReader:
+async def send_request(stream: trio.SocketStream, request: Request, *,
+                       limit: int = MAX_FRAME_BYTES) -> ReplyReader:
     """Send ``request``; the returned reader yields the owner's replies.  A request over the
-    owner's frame limit raises :class:`OwnerProtocolError` before anything is sent; an owner
-    that goes away while we send raises :class:`OwnerSocketError`."""
+    owner's frame limit (``limit``: config ``ownerFrameMaxBytes``) raises
+    :class:`OwnerProtocolError` before anything is sent; an owner that goes away while we send
+    raises :class:`OwnerSocketError`."""
     frame = encode_frame(request)
-    if len(frame) > MAX_FRAME_BYTES:
+    if len(frame) > limit:
         raise OwnerProtocolError(
             f"the request is {len(frame)} bytes, over the warm owner's limit of "
-            f"{MAX_FRAME_BYTES} bytes (a shorter prompt, or `acpx-trio exec`)")
+            f"{limit} bytes (ownerFrameMaxBytes; a shorter prompt, or `acpx-trio exec`)")
     try:
         await stream.send_all(frame)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
