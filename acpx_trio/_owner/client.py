@@ -36,8 +36,8 @@ from acpx_trio._owner.paths import (
     check_socket_path,
     connect_refused,
     open_lock_fd,
+    open_private_file,
     peer_uid,
-    process_alive,
     read_owner_info,
     remove_socket_file,
 )
@@ -195,9 +195,9 @@ def _rotate_log(log: Path) -> None:
 def _spawn_owner(paths: OwnerPaths, launch: OwnerLaunch, lock_fd: int,
                  ready_w: int) -> subprocess.Popen[bytes]:
     _rotate_log(paths.log)
-    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, FILE_MODE)
+    log_fd = open_private_file(paths.log, os.O_WRONLY)
     try:
+        os.ftruncate(log_fd, 0)
         proc = subprocess.Popen(
             [sys.executable, "-m", "acpx_trio._owner", "--state-dir", str(paths.state_dir),
              "--lock-fd", str(lock_fd), "--ready-fd", str(ready_w)],
@@ -222,14 +222,10 @@ async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
         if not await trio.to_thread.run_sync(try_flock, lock_fd):
             # An owner is alive but not listening: it is shutting down.  Wait for its exit.
             await trio.to_thread.run_sync(_flock_blocking, lock_fd, START_SECONDS)
-        info = await trio.to_thread.run_sync(read_owner_info, paths)
-        if info is not None and info.pid != os.getpid() and await trio.to_thread.run_sync(
-                process_alive, info.pid, info.create_time):
-            raise OwnerStartError(
-                f"owner.lock is free but the recorded owner pid {info.pid} is alive; refusing "
-                f"to start a second owner on {paths.state_dir}")
+        # Holding owner.lock proves no owner is alive (the kernel drops a dead owner's lock);
+        # owner.json is only a record, whatever pid it names.
         if await trio.to_thread.run_sync(check_socket_path, paths.socket):
-            # Proven stale: we hold the lock, connect is refused, the recorded pid is gone.
+            # Proven stale: we hold the lock and connect is refused.
             probe = await connect_owner(paths.state_dir)
             if probe is not None:
                 await probe.aclose()
