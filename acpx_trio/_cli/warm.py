@@ -238,9 +238,11 @@ class _Client:
 
 async def _next(client: _Client, replies: ReplyReader, seconds: float, what: str) -> Any:
     """The owner's next frame, or ``ACPX_OWNER_UNRESPONSIVE`` after ``seconds`` of silence."""
-    with trio.move_on_after(seconds):
+    replies.silence = seconds
+    try:
         return await replies.next_reply()
-    raise await unresponsive(client.state_dir, what, seconds)
+    except trio.TooSlowError:
+        raise await unresponsive(client.state_dir, what, seconds) from None
 
 
 async def _stream(client: _Client, launch: OwnerLaunch, opts: Options, limit: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import socket
 import stat
@@ -120,13 +121,39 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
     return trio.SocketStream(sock)
 
 
+class _BoundedReceive(trio.abc.ReceiveStream):
+    """``stream`` whose every read waits at most ``seconds`` (then :class:`trio.TooSlowError`):
+    one deadline per socket read, not per frame, so streaming stays cheap."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.seconds = math.inf
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        with trio.fail_after(self.seconds):
+            return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class ReplyReader:
     """The owner's reply frames to one request, in order: ``await next_reply()`` until it
     returns ``None`` (the owner closed the connection).  A malformed frame raises the wire
-    error; nothing here outlives the caller's ``async with stream``."""
+    error; with :attr:`silence` set, a wait longer than that for the owner's next bytes raises
+    :class:`trio.TooSlowError`.  Nothing here outlives the caller's ``async with stream``."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
+        self._bounded = _BoundedReceive(stream)
+        self._reader = FrameReader(self._bounded, limit=MAX_REPLY_BYTES)
+
+    @property
+    def silence(self) -> float:
+        return self._bounded.seconds
+
+    @silence.setter
+    def silence(self, seconds: float) -> None:
+        self._bounded.seconds = seconds
 
     async def next_reply(self) -> Reply | None:
         line = await self._reader.receive()
