@@ -105,7 +105,8 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
         return EXIT_OK
     from acpx_trio._cli.warm import close_warm_session
 
-    await close_warm_session(opts.state_dir, key)  # ends its warm agent (and idle owner)
+    # ends its warm agent (and idle owner)
+    await close_warm_session(opts.state_dir, key, config.kill_grace_seconds)
     closed = msgspec.structs.replace(record, closed=True, reset_on_next_ensure=True)
     await store.save(closed)
     if opts.json:

@@ -11,11 +11,11 @@ returns.
 Every call to the owner has a deadline: ``status``, ``cancel`` and ``sessions close`` end
 with one ``ACPX_OWNER_UNRESPONSIVE`` line naming the owner's pid (exit 1) when it does not
 answer (:data:`ASK_SECONDS`; ``close`` also waits for the agent's kill grace); ``prompt
---session`` bounds connect, send and the owner's ``accepted`` reply by
-:data:`ACCEPT_SECONDS`, then the owner's silence by :data:`SILENCE_SECONDS` (the owner sends
-a heartbeat every few seconds while the turn is queued or quiet), so a long turn that streams
-or a long queue is fine, a stopped owner is not.  ``--timeout`` travels with the prompt: the
-owner bounds this turn (not the queue wait) by it.
+--session`` bounds connect, send and the owner's ``accepted`` reply by :data:`ACCEPT_SECONDS`
+(plus twice ``killGraceSeconds``), then the owner's silence by :data:`SILENCE_SECONDS` (the
+owner sends a heartbeat every few seconds while the turn is queued or quiet), so a long turn
+that streams or a long queue is fine, a stopped owner is not.  ``--timeout`` travels with the
+prompt: the owner bounds this turn (not the queue wait) by it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from acpx_trio._owner.client import (
     unresponsive,
 )
 from acpx_trio._owner.wire import (
+    MAX_SECONDS,
     AcceptedFrame,
     CancelRequest,
     CancelResult,
@@ -101,8 +102,9 @@ def _ttl(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0 (0 = forever)")
+    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0 and <= {MAX_SECONDS:g} (0 = forever)")
     return value
 
 
@@ -245,8 +247,12 @@ async def _next(client: _Client, replies: ReplyReader, seconds: float, what: str
         raise await unresponsive(client.state_dir, what, seconds) from None
 
 
-async def _stream(client: _Client, launch: OwnerLaunch, opts: Options, limit: int) -> int:
+async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
+                  config: AcpxConfig) -> int:
     printer, req = client.printer, client.request
+    limit = config.owner_frame_max_bytes
+    # the owner may first finish closing the session's previous agent (kill grace)
+    accept_seconds = ACCEPT_SECONDS + 2 * config.kill_grace_seconds
     for attempt in range(PROMPT_ATTEMPTS):
         stream = await connect_or_start(opts.state_dir, launch)
         async with stream:
@@ -254,13 +260,13 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options, limit: in
             accepted = False
             client.sent = True
             replies: ReplyReader | None = None
-            with trio.move_on_after(ACCEPT_SECONDS):
+            with trio.move_on_after(accept_seconds):
                 replies = await send_request(stream, req, limit=limit)
             if replies is None:
-                raise await unresponsive(opts.state_dir, "the prompt", ACCEPT_SECONDS)
+                raise await unresponsive(opts.state_dir, "the prompt", accept_seconds)
             while True:
                 frame = await _next(client, replies, SILENCE_SECONDS if accepted
-                                    else ACCEPT_SECONDS,
+                                    else accept_seconds,
                                     "during the turn" if accepted else "the prompt")
                 if frame is None:
                     break
@@ -335,7 +341,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
             nursery.start_soon(client.watch, signals)
             try:
                 with client.waiting:
-                    code = await _stream(client, launch, opts, config.owner_frame_max_bytes)
+                    code = await _stream(client, launch, opts, config)
             except ConfigError as exc:
                 _report(printer, exc.code, str(exc))
                 code = EXIT_USAGE
