@@ -69,6 +69,7 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
 )
+from acpx_trio._runtime.auth import credential_names
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
@@ -180,7 +181,13 @@ async def close_warm_session(state_dir: Path, key: str,
 def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, AcpxConfig]:
     config = resolve_config(raw, opts.cwd, host_state_dir=opts.state_dir)  # ConfigError early
     return OwnerLaunch(raw_config=raw, workspace_dir=str(opts.cwd),
-                       default_ttl_seconds=config.queue_owner_ttl_seconds), config
+                       default_ttl_seconds=config.queue_owner_ttl_seconds,
+                       credential_names=_auth_names(config)), config
+
+
+def _auth_names(config: AcpxConfig) -> list[str]:
+    """The environment names the auth lookup tries for the config's ``auth`` methods."""
+    return sorted({n for method in config.auth for n in credential_names(method)})
 
 
 class _Client:
@@ -330,7 +337,8 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                         text=text, cwd=config.cwd, config_fingerprint=config_fingerprint(raw),
                         wait=not ns.no_wait, ttl_seconds=ns.ttl,
                         timeout_seconds=config.timeout_seconds,
-                        credential_env=credential_env_digests(os.environ, config.auth))
+                        credential_env=credential_env_digests(os.environ,
+                                                              _auth_names(config)))
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose)
     client = _Client(opts.state_dir, req, printer)

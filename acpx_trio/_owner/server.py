@@ -11,11 +11,11 @@ Guarantees:
 * It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
 * A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
   session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
-* A client never stalls a session: every write to a client is bounded by
-  :data:`CLIENT_SEND_SECONDS` (and the turn's frames by the queue's ``CLIENT_BUFFER``); a
+* A client never stalls a session: every write to a client is bounded (see
+  :mod:`acpx_trio._owner.stream`; the turn's frames wait in the queue's ``CLIENT_BUFFER``); a
   client that does not read loses its stream (the connection is dropped), the turn goes on,
   so ``cancel``, the TTL and the next prompt work.  A waiting client gets a
-  :class:`~acpx_trio._owner.wire.HeartbeatFrame` after :data:`HEARTBEAT_SECONDS` without a
+  :class:`~acpx_trio._owner.wire.HeartbeatFrame` after ``stream.HEARTBEAT_SECONDS`` without a
   frame, so it can bound the owner's silence.
 * Memory is bounded: request frames by config ``ownerFrameMaxBytes``, unfinished frames of
   all connections together by ``ownerPartialMaxBytes``, queued prompt text by
@@ -55,6 +55,12 @@ from acpx_trio._owner.paths import (
     write_owner_info,
 )
 from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.stream import (
+    CLIENT_SEND_SECONDS,
+    ClientStalled,
+    send_bounded,
+    stream_turn,
+)
 from acpx_trio._owner.wire import (
     MAX_FRAME_BYTES,
     AcceptedFrame,
@@ -64,7 +70,6 @@ from acpx_trio._owner.wire import (
     CloseResult,
     FrameBudget,
     FrameReader,
-    HeartbeatFrame,
     OwnerErrorFrame,
     OwnerLaunch,
     OwnerProtocolError,
@@ -76,17 +81,16 @@ from acpx_trio._owner.wire import (
     StatusRequest,
     StatusResult,
     config_fingerprint,
-    credential_env_digests,
     credential_env_mismatch,
     decode_request,
     encode_frame,
 )
-from acpx_trio._store.config import (
+from acpx_trio._store.caps import (
     DEFAULT_OWNER_PARTIAL_MAX_BYTES,
     DEFAULT_OWNER_QUEUE_MAX_BYTES,
     DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES,
-    AcpxConfig,
 )
+from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
 
 __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
@@ -95,12 +99,6 @@ __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
 EMPTY_GRACE_SECONDS = 10.0
 #: Bound for a client to send its request frame after connecting.
 REQUEST_READ_SECONDS = 10.0
-#: Bound of one write to a client (a client that does not read loses its stream).
-CLIENT_SEND_SECONDS = 15.0
-#: A waiting client gets a heartbeat frame after this long without any frame.
-HEARTBEAT_SECONDS = 5.0
-#: Frames a turn's stream coalesces into one write.
-SEND_BATCH_BYTES = 256 * 1024
 #: After ``accept`` fails for lack of descriptors or memory: pause before the next try.
 ACCEPT_RETRY_SECONDS = 0.05
 _ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -138,9 +136,6 @@ class Owner:
         self.paths = paths
         self.launch = launch
         self.fingerprint = config_fingerprint(launch.raw_config)
-        auth = launch.raw_config.get("auth")
-        self.credential_env = credential_env_digests(
-            os.environ, auth if isinstance(auth, dict) else {})
         self.frame_limit = MAX_FRAME_BYTES if config is None else config.owner_frame_max_bytes
         self.partial_budget = FrameBudget(
             DEFAULT_OWNER_PARTIAL_MAX_BYTES if config is None else config.owner_partial_max_bytes)
@@ -331,20 +326,13 @@ class Owner:
                         trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await stream.send_all(encode_frame(OwnerErrorFrame(
                         code=OwnerProtocolError.code, message=str(exc) or "request too slow")))
-            except _ClientStalled:
+            except ClientStalled:
                 _log.info("dropped a client that stopped reading (its turn goes on)")
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away (a connection problem never stops the owner)
 
-    async def _send(self, stream: trio.SocketStream, data: bytes | bytearray) -> None:
-        """Write to a client, bounded by :data:`CLIENT_SEND_SECONDS`."""
-        with trio.move_on_after(CLIENT_SEND_SECONDS) as scope:
-            await stream.send_all(data)
-        if scope.cancelled_caught:
-            raise _ClientStalled
-
     async def _reply(self, stream: trio.SocketStream, frame: Reply) -> None:
-        await self._send(stream, encode_frame(frame))
+        await send_bounded(stream, encode_frame(frame))
 
     async def _dispatch(self, req: Request, stream: trio.SocketStream) -> None:
         if isinstance(req, PromptRequest):
@@ -382,7 +370,8 @@ class Owner:
                 "with a different configuration (agents, permissions, ...); close its "
                 "sessions (`acpx-trio sessions close KEY`) or use another --state-dir"))
             return
-        differ = credential_env_mismatch(self.credential_env, req.credential_env)
+        differ = credential_env_mismatch(os.environ, self.launch.credential_names,
+                                         req.credential_env)
         if differ:
             await self._reply(stream, OwnerErrorFrame(
                 code="ACPX_OWNER_CONFIG_MISMATCH",
@@ -410,7 +399,7 @@ class Owner:
         if turn.receive is None:
             return
         async with turn.receive:
-            await self._stream_turn(turn.receive, stream)
+            await stream_turn(turn.receive, stream)
 
     def _queue_full(self, key: str, size: int) -> str | None:
         """Why a prompt of ``size`` bytes may not be queued now (``None``: it may)."""
@@ -426,37 +415,6 @@ class Owner:
                     f"{size}-byte prompt would pass ownerQueueTotalMaxBytes "
                     f"({self.queue_total_limit}); wait for the queues to drain")
         return None
-
-    async def _stream_turn(self, frames: trio.MemoryReceiveChannel[Reply],
-                           stream: trio.SocketStream) -> None:
-        """Forward a turn's frames (coalesced, each write bounded), with a heartbeat after
-        :data:`HEARTBEAT_SECONDS` of silence, until the final frame."""
-        heartbeat = encode_frame(HeartbeatFrame(owner_pid=os.getpid()))
-        ended = False
-        while not ended:
-            frame: Reply | None = None
-            with trio.move_on_after(HEARTBEAT_SECONDS):
-                try:
-                    frame = await frames.receive()
-                except trio.EndOfChannel:
-                    return
-            if frame is None:
-                await self._send(stream, heartbeat)
-                continue
-            buf = bytearray(encode_frame(frame))
-            while len(buf) < SEND_BATCH_BYTES:
-                try:
-                    buf += encode_frame(frames.receive_nowait())
-                except trio.WouldBlock:
-                    break
-                except trio.EndOfChannel:
-                    ended = True
-                    break
-            await self._send(stream, buf)
-
-
-class _ClientStalled(Exception):
-    """A client did not take a write within :data:`CLIENT_SEND_SECONDS`."""
 
 
 async def run_owner(state_dir: Path, launch: OwnerLaunch, *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -24,7 +24,6 @@ import trio
 
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
-from acpx_trio._runtime.auth import credential_names
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -306,6 +305,9 @@ class OwnerLaunch(msgspec.Struct, kw_only=True, frozen=True):
     raw_config: dict[str, Any]
     workspace_dir: str
     default_ttl_seconds: float = 300.0
+    #: Environment names the auth lookup tries for the config's ``auth`` methods (besides
+    #: the credential-like names): compared with each prompt's (names only, no values).
+    credential_names: list[str] = []
 
 
 #: Config keys that may differ between a client and the owner: they are per request.
@@ -317,21 +319,21 @@ _CREDENTIAL_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^AC
 
 
 def credential_env_digests(environ: Mapping[str, str],
-                           config_auth: Mapping[str, str] = {}) -> dict[str, str]:
-    """Name -> SHA-256 digest of every credential-relevant environment variable: the
-    credential-like names and every name the auth lookup tries for a config ``auth`` method
-    (:func:`~acpx_trio._runtime.auth.credential_names`).  Values never leave this function;
-    the owner compares digests with its own environment's and names the variables that
-    differ."""
-    names = {n for n in environ if _CREDENTIAL_NAME.search(n)}
-    for method in config_auth:
-        names.update(n for n in credential_names(method) if n in environ)
+                           names: Iterable[str] = ()) -> dict[str, str]:
+    """Name -> SHA-256 digest of every credential-relevant variable set in ``environ``: the
+    credential-like names and ``names`` (the ones the auth lookup tries for config ``auth``
+    methods, see :attr:`OwnerLaunch.credential_names`).  Values never leave this function."""
+    wanted = {n for n in environ if _CREDENTIAL_NAME.search(n)}
+    wanted.update(n for n in names if n in environ)
     return {n: hashlib.sha256(b"acpx-trio-env\0" + environ[n].encode("utf-8", "surrogateescape"))
-            .hexdigest() for n in sorted(names)}
+            .hexdigest() for n in sorted(wanted)}
 
 
-def credential_env_mismatch(mine: Mapping[str, str], theirs: Mapping[str, str]) -> list[str]:
-    """The variable names whose digests differ (set on one side only, or to another value)."""
+def credential_env_mismatch(environ: Mapping[str, str], names: Iterable[str],
+                            theirs: Mapping[str, str]) -> list[str]:
+    """The variables whose digests differ between ``environ`` (with ``names``) and a
+    client's ``theirs``: set on one side only, or to another value."""
+    mine = credential_env_digests(environ, [*names, *theirs])
     return sorted(n for n in set(mine) | set(theirs) if mine.get(n) != theirs.get(n))
 
 

@@ -68,7 +68,7 @@ from acpx_trio._runtime.permissions import (
     PermissionPolicy,
     resolve_confined_path,
 )
-from acpx_trio._store.config import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
+from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = [

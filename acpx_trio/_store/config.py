@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from acpx_trio._errors import ConfigError
+from acpx_trio._store import caps
 
 __all__ = [
     "DEFAULT_AUTH_POLICY",
@@ -68,17 +69,6 @@ DEFAULT_STOP_TIMEOUT_SECONDS = 30.0
 DEFAULT_TRANSCRIPT = True
 DEFAULT_TRANSCRIPT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TRANSCRIPT_KEEP = 5
-# -- memory caps of the warm owner and of terminals (see README "Warm sessions") --
-#: Prompt bytes one warm session may hold queued.
-DEFAULT_OWNER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
-#: Prompt bytes all warm sessions of an owner may hold queued.
-DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES = 256 * 1024 * 1024
-#: Largest request frame (a prompt included) the owner reads.
-DEFAULT_OWNER_FRAME_MAX_BYTES = 16 * 1024 * 1024
-#: Bytes of unfinished request frames the owner buffers, all connections together.
-DEFAULT_OWNER_PARTIAL_MAX_BYTES = 64 * 1024 * 1024
-#: Terminal output one session may keep, all its terminals together.
-DEFAULT_TERMINAL_OUTPUT_MAX_BYTES = 64 * 1024 * 1024
 
 # ---------------------------------------------------------------- numeric bounds
 # field -> (minimum, minimum is exclusive, maximum)
@@ -90,14 +80,7 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
     "transcriptMaxBytes": (1, False, 1 << 40),
     "transcriptKeep": (0, False, 1_000),
 }
-# memory caps (integers, bytes)
-_BOUNDS.update({
-    "ownerQueueMaxBytes": (1, False, 1 << 30),
-    "ownerQueueTotalMaxBytes": (1, False, 4 << 30),
-    "ownerFrameMaxBytes": (4096, False, 256 << 20),
-    "ownerPartialMaxBytes": (4096, False, 4 << 30),
-    "terminalOutputMaxBytes": (0, False, 1 << 30),
-})
+_BOUNDS.update(caps.CAP_BOUNDS)  # memory caps (see _store/caps.py)
 
 
 def _number_allowed(field: str) -> str:
@@ -179,11 +162,11 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     #: Legacy (accepted, ignored; ``false`` is reported).
     strict_windows_cmd_wrapper: bool | None = None
     # memory caps
-    owner_queue_max_bytes: int = DEFAULT_OWNER_QUEUE_MAX_BYTES
-    owner_queue_total_max_bytes: int = DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
-    owner_frame_max_bytes: int = DEFAULT_OWNER_FRAME_MAX_BYTES
-    owner_partial_max_bytes: int = DEFAULT_OWNER_PARTIAL_MAX_BYTES
-    terminal_output_max_bytes: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
+    owner_queue_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_MAX_BYTES
+    owner_queue_total_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
+    owner_frame_max_bytes: int = caps.DEFAULT_OWNER_FRAME_MAX_BYTES
+    owner_partial_max_bytes: int = caps.DEFAULT_OWNER_PARTIAL_MAX_BYTES
+    terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
     def __post_init__(self) -> None:
         _check_nonempty("cwd", self.cwd)
@@ -208,11 +191,8 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
         _check_number("transcriptMaxBytes", self.transcript_max_bytes)
         _check_number("transcriptKeep", self.transcript_keep)
-        _check_number("ownerQueueMaxBytes", self.owner_queue_max_bytes)
-        _check_number("ownerQueueTotalMaxBytes", self.owner_queue_total_max_bytes)
-        _check_number("ownerFrameMaxBytes", self.owner_frame_max_bytes)
-        _check_number("ownerPartialMaxBytes", self.owner_partial_max_bytes)
-        _check_number("terminalOutputMaxBytes", self.terminal_output_max_bytes)
+        for field, attr in caps.CAP_FIELDS:
+            _check_number(field, getattr(self, attr))
 
 
 _KEYS: tuple[str, ...] = PluginConfig.__struct_encode_fields__
@@ -259,11 +239,11 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Legacy fields that were given: accepted for compatibility, ignored (the service warns).
     ignored_legacy_fields: tuple[str, ...] = ()
     # memory caps (bytes; see the ``DEFAULT_*`` constants)
-    owner_queue_max_bytes: int = DEFAULT_OWNER_QUEUE_MAX_BYTES
-    owner_queue_total_max_bytes: int = DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
-    owner_frame_max_bytes: int = DEFAULT_OWNER_FRAME_MAX_BYTES
-    owner_partial_max_bytes: int = DEFAULT_OWNER_PARTIAL_MAX_BYTES
-    terminal_output_max_bytes: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
+    owner_queue_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_MAX_BYTES
+    owner_queue_total_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
+    owner_frame_max_bytes: int = caps.DEFAULT_OWNER_FRAME_MAX_BYTES
+    owner_partial_max_bytes: int = caps.DEFAULT_OWNER_PARTIAL_MAX_BYTES
+    terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
     @property
     def control_timeout_seconds(self) -> float:
@@ -445,11 +425,7 @@ def resolve_config(
         transcript_max_bytes=plugin.transcript_max_bytes,
         transcript_keep=plugin.transcript_keep,
         ignored_legacy_fields=tuple(ignored),
-        owner_queue_max_bytes=plugin.owner_queue_max_bytes,
-        owner_queue_total_max_bytes=plugin.owner_queue_total_max_bytes,
-        owner_frame_max_bytes=plugin.owner_frame_max_bytes,
-        owner_partial_max_bytes=plugin.owner_partial_max_bytes,
-        terminal_output_max_bytes=plugin.terminal_output_max_bytes,
+        **{attr: getattr(plugin, attr) for _field, attr in caps.CAP_FIELDS},
     )
 
 
