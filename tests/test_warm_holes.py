@@ -22,7 +22,7 @@ from _cli_helpers import (
     kill_gateway_processes,
     run_cli,
 )
-from _warm_helpers import owner_info, turn_state, wait_status
+from _warm_helpers import owner_info, owners_of, turn_state, wait_status
 
 #: A credential value that must never appear in any output or file.
 SECRET = "sekret-Value-4711-do-not-print"
@@ -34,16 +34,16 @@ def _warm(state: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        info = owner_info(state)
-        if info is not None:
+        owners = owners_of(state)  # real owner processes (owner.json may be planted)
+        for pid in owners:
             with contextlib.suppress(psutil.Error):
-                psutil.Process(info["pid"]).resume()
+                psutil.Process(pid).resume()
         for key in [s["session_key"] for s in _status_sessions(state)]:
             run_cli("sessions", "close", key, state_dir=state, timeout=60)
         kill_gateway_processes(state)
-        if info is not None:
+        for pid in owners:
             with contextlib.suppress(psutil.Error):
-                psutil.Process(info["pid"]).kill()
+                psutil.Process(pid).kill()
 
 
 def _status_sessions(state: Path) -> list[dict[str, object]]:
