@@ -69,7 +69,6 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
 )
-from acpx_trio._runtime.auth import credential_names
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
@@ -187,6 +186,11 @@ def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, AcpxConfig
 
 def _auth_names(config: AcpxConfig) -> list[str]:
     """The environment names the auth lookup tries for the config's ``auth`` methods."""
+    if not config.auth:
+        return []
+    # local: the runtime's imports (the ACP wire) would slow every warm client's start
+    from acpx_trio._runtime.auth import credential_names
+
     return sorted({n for method in config.auth for n in credential_names(method)})
 
 
