@@ -10,7 +10,7 @@ import msgspec
 import trio
 
 from acpx_trio._cli.exits import EXIT_OK
-from acpx_trio._cli.output import Output
+from acpx_trio._cli.output import Output, printable
 from acpx_trio._store.transcript import read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns
 
@@ -50,9 +50,10 @@ async def history_command(state_dir: Path, session_dir: str | Path, key: str,
         for turn in turns:
             out.write(_encoder.encode(turn).decode() + "\n")
     elif not turns:
-        out.write(f"no recorded turns for {key} (transcripts are kept for warm sessions: "
-                  "prompt --session)\n", err=True)
+        out.write(f"no recorded turns for {printable(key)} (transcripts are kept for warm "
+                  "sessions: prompt --session)\n", err=True)
     else:
-        out.write("\n".join(_text(i, t) for i, t in enumerate(turns, 1)))
+        out.write(printable("\n".join(_text(i, t) for i, t in enumerate(turns, 1)),
+                            keep_lines=True))
     await out.drain()
     return EXIT_OK

@@ -19,7 +19,7 @@ import trio
 
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAGE
 from acpx_trio._cli.options import Options
-from acpx_trio._cli.output import Output, first_line, format_table
+from acpx_trio._cli.output import Output, first_line, format_table, printable
 from acpx_trio._errors import AcpxError, GatewayInstanceIdError
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
@@ -105,13 +105,15 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
         return EXIT_OK
     from acpx_trio._cli.warm import close_warm_session
 
-    await close_warm_session(opts.state_dir, key)  # ends its warm agent (and idle owner)
+    # ends its warm agent (and idle owner)
+    await close_warm_session(opts.state_dir, key, config.kill_grace_seconds)
     closed = msgspec.structs.replace(record, closed=True, reset_on_next_ensure=True)
     await store.save(closed)
     if opts.json:
         await out.emit(_json_line({"sessionKey": key, "closed": True}))
     else:
-        await out.emit(f"closed session {key} (its next prompt starts a new ACP session)")
+        await out.emit(f"closed session {printable(key)} (its next prompt starts a new ACP "
+                       "session)")
     return EXIT_OK
 
 

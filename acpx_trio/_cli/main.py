@@ -10,13 +10,17 @@ Exit codes (as acpx's): 0 ok, 1 runtime or protocol error, 2 usage or config err
 Guarantees of ``prompt`` (without ``--session``) and ``exec``: the reply streams to stdout as
 it arrives; however the command ends (end of turn, error, timeout, Ctrl-C, SIGTERM) the
 agent's process tree is gone when it exits and its lease is final.  The first Ctrl-C during a
-turn sends ``session/cancel`` (the agent gets a bounded time to stop, then is killed); a second
-Ctrl-C, a SIGTERM, or a Ctrl-C outside a turn closes the agent at once.
+turn sends ``session/cancel`` (the agent gets a bounded time to stop, then is killed); a
+SIGTERM or a Ctrl-C outside a turn closes the agent (SIGTERM, ``killGraceSeconds``, SIGKILL)
+without waiting for it to honour a cancel; any second signal (Ctrl-C or SIGTERM) skips the
+kill grace: the agent's and its terminals' trees are SIGKILLed now
+(:mod:`acpx_trio._cli.kill_now`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shlex
@@ -48,7 +52,7 @@ from acpx_trio._cli.options import (
     default_state_dir,
     resolve_options,
 )
-from acpx_trio._cli.output import Output, TurnPrinter, first_line
+from acpx_trio._cli.output import Output, TurnPrinter, first_line, printable
 from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
@@ -201,12 +205,15 @@ class _Interrupts:
         self.count = 0
         #: While a turn runs: send ``session/cancel``.
         self.cancel_turn: Callable[[], Awaitable[None]] | None = None
+        #: Once the service runs: SIGKILL our launches now (the second signal).
+        self.kill_now: Callable[[], Awaitable[object]] | None = None
         self.closing = False
+        self.killing = False
 
     def exit_code(self) -> int:
         return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
-    async def _call(self, op: Callable[[], Awaitable[None]]) -> None:
+    async def _call(self, op: Callable[[], Awaitable[object]]) -> None:
         try:
             await op()
         except AcpxError as exc:  # the runtime is already closing: nothing left to do
@@ -217,8 +224,12 @@ class _Interrupts:
             self.count += 1
             if self.signum is None:
                 self.signum = signum
+            if self.count >= 2 and self.kill_now is not None and not self.killing:
+                self.killing = True
+                self.printer.note("signalled again: killing the agent now (no grace)")
+                nursery.start_soon(self._call, self.kill_now)
             if self.closing:
-                continue  # already stopping (bounded); a further signal changes nothing
+                continue  # already stopping (bounded, and sped up above)
             cancel = self.cancel_turn
             if signum == signal.SIGINT and self.count == 1 and cancel is not None:
                 self.printer.note("interrupted: cancelling the turn "
@@ -291,6 +302,7 @@ async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
     opts: Options, printer: TurnPrinter, ctl: _Interrupts,
 ) -> int:
+    from acpx_trio._cli.kill_now import kill_own_launches
     from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
 
@@ -301,6 +313,10 @@ async def _turn_session(
             runtime = service.require_runtime()
             config = service.config
             assert config is not None
+            gateway = service.gateway_instance_id
+            if gateway is not None:
+                ctl.kill_now = functools.partial(kill_own_launches, Path(opts.state_dir),
+                                                 gateway)
             if opts.verbose:
                 printer.note(f"starting agent {agent} in {config.cwd}")
             try:
@@ -402,7 +418,7 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _fail(message: str) -> None:
-    print(f"acpx-trio: {first_line(message)}", file=sys.stderr, flush=True)
+    print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

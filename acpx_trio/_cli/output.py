@@ -19,10 +19,23 @@ import trio
 
 from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
 
-__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "short_rpc_data"]
+__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "printable", "short_rpc_data"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update"})
+
+
+#: C0 controls, DEL and C1 controls -> a visible escape (``\x1b`` prints as ``\x1b``).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES_KEEP_LINES = {c: e for c, e in _ESCAPES.items() if c not in (0x09, 0x0A)}
+
+
+def printable(text: str, *, keep_lines: bool = False) -> str:
+    r"""``text`` safe for a person's terminal: every control character (escape sequences
+    included) shown as ``\xNN``; ``keep_lines`` keeps newlines and tabs.  Every human-readable
+    output of an agent- or user-controlled string (session keys, agent names, messages, tool
+    titles) goes through it; ``--json`` output does not (JSON escapes controls itself)."""
+    return text.translate(_ESCAPES_KEEP_LINES if keep_lines else _ESCAPES)
 
 
 def first_line(message: str, default: str = "failed") -> str:
@@ -63,7 +76,7 @@ def short_rpc_data(data: Any) -> str | None:
 
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     """Left-aligned columns separated by two spaces, header first, no trailing blanks."""
-    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    cells = [[str(c) for c in header], *[[printable(str(c)) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
@@ -156,6 +169,10 @@ class TurnPrinter:
         self.quiet = quiet and not json_mode
         isatty = getattr(output.err, "isatty", None)
         self.dim = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+        out_isatty = getattr(output.out, "isatty", None)
+        #: On a terminal the reply's control characters are shown escaped (newlines and
+        #: tabs kept); a pipe or file gets the reply byte for byte.
+        self.escape_reply = bool(out_isatty and out_isatty())
         self._encoder = msgspec.json.Encoder()
         self._reply_open = False  # reply text written that did not end with a newline
         self._thought = ""
@@ -166,7 +183,7 @@ class TurnPrinter:
         if self.quiet:
             return
         for line in text.rstrip("\n").splitlines() or [""]:
-            body = f"[{label}] {line}".rstrip()
+            body = f"[{label}] {printable(line)}".rstrip()
             self.output.write(f"\x1b[2m{body}\x1b[0m\n" if self.dim else body + "\n", err=True)
 
     def _flush_thought(self) -> None:
@@ -197,7 +214,8 @@ class TurnPrinter:
                 return
             self._flush_thought()
             if ev.text:
-                self.output.write(ev.text)
+                self.output.write(printable(ev.text, keep_lines=True) if self.escape_reply
+                                  else ev.text)
                 self._reply_open = not ev.text.endswith("\n")
             return
         self._flush_thought()
@@ -223,7 +241,7 @@ class TurnPrinter:
     def error(self, message: str) -> None:
         """``acpx-trio: <first line>`` on stderr (both modes: stdout stays machine-readable)."""
         self.finish()
-        self.output.write(f"acpx-trio: {first_line(message)}\n", err=True)
+        self.output.write(f"acpx-trio: {printable(first_line(message))}\n", err=True)
 
     def failure(
         self, code: str, message: str, detail: str | None = None, rpc_data: Any = None,
@@ -235,11 +253,11 @@ class TurnPrinter:
         self.error(f"{code}: {head}")
         if detail and detail.strip() not in head:
             for line in detail.strip().splitlines()[-10:]:
-                self.output.write(f"acpx-trio:   {line.rstrip()}\n", err=True)
+                self.output.write(f"acpx-trio:   {printable(line.rstrip())}\n", err=True)
         data = short_rpc_data(rpc_data)
         if data and data not in head and data not in (detail or ""):
-            self.output.write(f"acpx-trio:   data: {data}\n", err=True)
+            self.output.write(f"acpx-trio:   data: {printable(data)}\n", err=True)
 
     def note(self, message: str) -> None:
         """An informational line on stderr."""
-        self.output.write(f"acpx-trio: {message}\n", err=True)
+        self.output.write(f"acpx-trio: {printable(message)}\n", err=True)

@@ -7,6 +7,15 @@ only (a queued turn is dropped from the queue, an active one gets ``session/canc
 second Ctrl-C or SIGTERM stops waiting; the agent stays warm for the next prompt until the
 session's idle TTL runs out.  ``--no-wait`` queues the turn, prints its queue position and
 returns.
+
+Every call to the owner has a deadline: ``status``, ``cancel`` and ``sessions close`` end
+with one ``ACPX_OWNER_UNRESPONSIVE`` line naming the owner's pid (exit 1) when it does not
+answer (:data:`ASK_SECONDS`; ``close`` also waits for the agent's kill grace); ``prompt
+--session`` bounds connect, send and the owner's ``accepted`` reply by :data:`ACCEPT_SECONDS`
+(plus twice ``killGraceSeconds``), then the owner's silence by :data:`SILENCE_SECONDS` (the
+owner sends a heartbeat every few seconds while the turn is queued or quiet), so a long turn
+that streams or a long queue is fine, a stopped owner is not.  ``--timeout`` travels with the
+prompt: the owner bounds this turn (not the queue wait) by it.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import uuid
 from pathlib import Path
@@ -27,21 +37,28 @@ from acpx_trio._cli.exits import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
-    EXIT_TIMEOUT,
     EXIT_USAGE,
     event_exit,
 )
-from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table
+from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table, printable
 from acpx_trio._errors import AcpxError, ConfigError
-from acpx_trio._events import ErrorEvent
-from acpx_trio._owner.client import connect_or_start, connect_owner, send_request
+from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._owner.client import (
+    ReplyReader,
+    connect_or_start,
+    connect_owner,
+    send_request,
+    unresponsive,
+)
 from acpx_trio._owner.wire import (
+    MAX_SECONDS,
     AcceptedFrame,
     CancelRequest,
     CancelResult,
     CloseRequest,
     CloseResult,
     EventFrame,
+    HeartbeatFrame,
     OwnerErrorFrame,
     OwnerLaunch,
     PromptRequest,
@@ -50,8 +67,9 @@ from acpx_trio._owner.wire import (
     StatusRequest,
     StatusResult,
     config_fingerprint,
+    credential_env_digests,
 )
-from acpx_trio._store.config import resolve_config
+from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
     from acpx_trio._cli.options import Options
@@ -70,6 +88,12 @@ __all__ = [
 PROMPT_ATTEMPTS = 3
 #: Bound of the cancel a client sends for its own turn.
 CANCEL_SECONDS = 10.0
+#: Bound of a ``status``/``cancel`` call (and of ``close`` beyond the agent's kill grace).
+ASK_SECONDS = 15.0
+#: Bound of connecting, sending a prompt and getting its ``accepted`` reply.
+ACCEPT_SECONDS = 30.0
+#: Longest silence of the owner during a waiting prompt (it heartbeats every 5 s).
+SILENCE_SECONDS = 30.0
 _encoder = msgspec.json.Encoder()
 
 
@@ -78,8 +102,9 @@ def _ttl(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError("must be a finite number of seconds >= 0 (0 = forever)")
+    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0 and <= {MAX_SECONDS:g} (0 = forever)")
     return value
 
 
@@ -106,17 +131,22 @@ def add_warm_commands(sub: Any, prompt: argparse.ArgumentParser,
 
 
 # -- talking to the owner ---------------------------------------------------------------------
-async def _ask(state_dir: Path, request: Request) -> Any:
-    """One request to the live owner; ``None`` when no owner is alive."""
-    stream = await connect_owner(state_dir)
-    if stream is None:
-        return None
-    async with stream:
-        replies = await send_request(stream, request)
-        last: Any = None
-        while (frame := await replies.next_reply()) is not None:
-            last = frame
-        return last
+async def _ask(state_dir: Path, request: Request, seconds: float = ASK_SECONDS) -> Any:
+    """One request to the live owner; ``None`` when no owner is alive.  An owner that does
+    not answer within ``seconds`` raises ``ACPX_OWNER_UNRESPONSIVE`` (naming its pid)."""
+    with trio.move_on_after(seconds) as scope:
+        stream = await connect_owner(state_dir)
+        if stream is None:
+            return None
+        async with stream:
+            replies = await send_request(stream, request)
+            last: Any = None
+            while (frame := await replies.next_reply()) is not None:
+                last = frame
+            return last
+    assert scope.cancelled_caught
+    raise await unresponsive(state_dir, type(request).__name__.removesuffix("Request").lower()
+                             + " request", seconds)
 
 
 async def owner_session_info(state_dir: Path, key: str) -> tuple[int | None,
@@ -137,17 +167,31 @@ async def flush_transcript(state_dir: Path, key: str) -> None:
         await _ask(state_dir, StatusRequest(session_key=key, flush_transcript=True))
 
 
-async def close_warm_session(state_dir: Path, key: str) -> CloseResult | None:
-    """Ask the live owner to end ``key``'s agent; ``None`` when no owner is alive."""
-    result = await _ask(state_dir, CloseRequest(session_key=key))
+async def close_warm_session(state_dir: Path, key: str,
+                             kill_grace: float = 0.0) -> CloseResult | None:
+    """Ask the live owner to end ``key``'s agent; ``None`` when no owner is alive.  Bounded
+    by :data:`ASK_SECONDS` plus twice the agents' ``kill_grace``."""
+    result = await _ask(state_dir, CloseRequest(session_key=key),
+                        ASK_SECONDS + 2 * kill_grace)
     return result if isinstance(result, CloseResult) else None
 
 
 # -- prompt -----------------------------------------------------------------------------------
-def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, str]:
+def _launch(raw: dict[str, Any], opts: Options) -> tuple[OwnerLaunch, AcpxConfig]:
     config = resolve_config(raw, opts.cwd, host_state_dir=opts.state_dir)  # ConfigError early
     return OwnerLaunch(raw_config=raw, workspace_dir=str(opts.cwd),
-                       default_ttl_seconds=config.queue_owner_ttl_seconds), config.cwd
+                       default_ttl_seconds=config.queue_owner_ttl_seconds,
+                       credential_names=_auth_names(config)), config
+
+
+def _auth_names(config: AcpxConfig) -> list[str]:
+    """The environment names the auth lookup tries for the config's ``auth`` methods."""
+    if not config.auth:
+        return []
+    # local: the runtime's imports (the ACP wire) would slow every warm client's start
+    from acpx_trio._runtime.auth import credential_names
+
+    return sorted({n for method in config.auth for n in credential_names(method)})
 
 
 class _Client:
@@ -205,16 +249,40 @@ class _Client:
 
 
 
-async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
+async def _next(client: _Client, replies: ReplyReader, seconds: float, what: str) -> Any:
+    """The owner's next frame, or ``ACPX_OWNER_UNRESPONSIVE`` after ``seconds`` of silence."""
+    replies.silence = seconds
+    try:
+        return await replies.next_reply()
+    except trio.TooSlowError:
+        raise await unresponsive(client.state_dir, what, seconds) from None
+
+
+async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
+                  config: AcpxConfig) -> int:
     printer, req = client.printer, client.request
+    limit = config.owner_frame_max_bytes
+    # the owner may first finish closing the session's previous agent (kill grace)
+    accept_seconds = ACCEPT_SECONDS + 2 * config.kill_grace_seconds
     for attempt in range(PROMPT_ATTEMPTS):
         stream = await connect_or_start(opts.state_dir, launch)
         async with stream:
             code: int | None = None
             accepted = False
             client.sent = True
-            replies = await send_request(stream, req)
-            while (frame := await replies.next_reply()) is not None:
+            replies: ReplyReader | None = None
+            with trio.move_on_after(accept_seconds):
+                replies = await send_request(stream, req, limit=limit)
+            if replies is None:
+                raise await unresponsive(opts.state_dir, "the prompt", accept_seconds)
+            while True:
+                frame = await _next(client, replies, SILENCE_SECONDS if accepted
+                                    else accept_seconds,
+                                    "during the turn" if accepted else "the prompt")
+                if frame is None:
+                    break
+                if isinstance(frame, HeartbeatFrame):
+                    continue
                 if isinstance(frame, OwnerErrorFrame):
                     if frame.retryable and not accepted and attempt + 1 < PROMPT_ATTEMPTS:
                         break
@@ -231,15 +299,20 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options) -> int:
                                      f"{frame.owner_pid}")
                     continue
                 if isinstance(frame, EventFrame):
-                    ended = event_exit(frame.event, printer)
+                    ev = frame.event
+                    if (isinstance(ev, DoneEvent) and ev.stop_reason == "cancelled"
+                            and not client.cancel_wanted):
+                        printer.note("the turn was cancelled from outside this command "
+                                     "(`acpx-trio cancel`, `sessions close`, or the warm "
+                                     "owner stopping)")
+                    ended = event_exit(ev, printer)
                     code = code if ended is None else ended
-            else:
-                if code is not None:
-                    return code
-                if accepted:
-                    _report(printer, "ACPX_OWNER_LOST",
-                            "the warm owner went away during the turn")
-                    return EXIT_ERROR
+            if code is not None:
+                return code
+            if accepted:
+                _report(printer, "ACPX_OWNER_LOST",
+                        "the warm owner went away during the turn")
+                return EXIT_ERROR
     _report(printer, "ACPX_OWNER_SHUTTING_DOWN", "no warm owner accepted the prompt")
     return EXIT_ERROR
 
@@ -263,10 +336,13 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                       agent: str, text: str) -> int:
     """``prompt --session K`` through the warm owner (see the module docstring).  ``raw`` and
     ``agent`` are the turn's plugin config and agent (from ``main``)."""
-    launch, cwd = await trio.to_thread.run_sync(_launch, raw, opts)
+    launch, config = await trio.to_thread.run_sync(_launch, raw, opts)
     req = PromptRequest(request_id=uuid.uuid4().hex[:16], session_key=ns.session, agent=agent,
-                        text=text, cwd=cwd, config_fingerprint=config_fingerprint(raw),
-                        wait=not ns.no_wait, ttl_seconds=ns.ttl)
+                        text=text, cwd=config.cwd, config_fingerprint=config_fingerprint(raw),
+                        wait=not ns.no_wait, ttl_seconds=ns.ttl,
+                        timeout_seconds=config.timeout_seconds,
+                        credential_env=credential_env_digests(os.environ,
+                                                              _auth_names(config)))
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     client = _Client(opts.state_dir, req, printer)
@@ -277,15 +353,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
             nursery.start_soon(client.watch, signals)
             try:
                 with client.waiting:
-                    timeout = ns.timeout if ns.timeout is not None else math.inf
-                    with trio.move_on_after(timeout) as deadline:
-                        code = await _stream(client, launch, opts)
-                    if deadline.cancelled_caught:
-                        if client.sent:
-                            await client.send_cancel()
-                        _report(printer, "ACP_TURN_TIMEOUT",
-                                f"the turn did not finish within {ns.timeout:g}s; cancelled it")
-                        code = EXIT_TIMEOUT
+                    code = await _stream(client, launch, opts, config)
             except ConfigError as exc:
                 _report(printer, exc.code, str(exc))
                 code = EXIT_USAGE
@@ -313,7 +381,7 @@ async def cancel_command(session_key: str, opts: Options) -> int:
                                    "cancelled": cancelled}).decode() + "\n")
     else:
         out.write(("cancelled the running turn" if cancelled else "nothing to cancel")
-                  + f" of {session_key}\n")
+                  + f" of {printable(session_key)}\n")
     await out.drain()
     return EXIT_OK
 
@@ -331,14 +399,14 @@ async def status_command(session_key: str | None, opts: Options) -> int:
             out.write(_encoder.encode({"owner_pid": None, "state_dir": str(opts.state_dir),
                                        "sessions": []}).decode() + "\n")
         else:
-            out.write(f"no warm owner for {opts.state_dir}\n")
+            out.write(f"no warm owner for {printable(str(opts.state_dir))}\n")
         await out.drain()
         return EXIT_OK
     if opts.json:
         out.write(_encoder.encode(result).decode() + "\n")
     else:
         out.write(f"owner pid {result.owner_pid} (up {_seconds(result.uptime_seconds)}) on "
-                  f"{result.state_dir}\n")
+                  f"{printable(result.state_dir)}\n")
         rows = [(s.session_key, s.agent or "-", s.agent_pid or "-",
                  (s.active_request_id and "busy") or "idle", s.queue_depth,
                  _seconds(s.idle_seconds), "forever" if s.ttl_seconds == 0

@@ -2,7 +2,8 @@
 alive between command-line invocations and is the single writer of each session.
 
 Modules: the socket protocol (``wire``), files in the state dir and the socket's safety checks
-(``paths``), the per-session FIFO queue (``queue``), the owner process (``server``, run as
+(``paths``), the per-session FIFO queue (``queue``), bounded writes to a client
+(``stream``), the owner process (``server``, run as
 ``python -m acpx_trio._owner``) and the client side that finds or starts the owner
 (``client``).
 

@@ -9,7 +9,8 @@ Guarantees:
   serialised by ``owner-start.lock``; a new owner is started only while holding
   ``owner.lock`` (which proves no owner is alive); a stale socket is removed only when
   ``connect`` is refused *and* the recorded owner pid (with its start time) is not alive.
-* Every wait is bounded and cancellable.
+* Every wait is bounded and cancellable; an owner that stops answering (SIGSTOPped, wedged)
+  ends a call with :class:`OwnerUnresponsiveError`, which names the owner's pid.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import socket
 import stat
@@ -35,8 +37,8 @@ from acpx_trio._owner.paths import (
     check_socket_path,
     connect_refused,
     open_lock_fd,
+    open_private_file,
     peer_uid,
-    process_alive,
     read_owner_info,
     remove_socket_file,
 )
@@ -54,7 +56,15 @@ from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.flock import try_flock
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 
-__all__ = ["OwnerStartError", "ReplyReader", "connect_or_start", "connect_owner", "send_request"]
+__all__ = [
+    "OwnerStartError",
+    "OwnerUnresponsiveError",
+    "ReplyReader",
+    "connect_or_start",
+    "connect_owner",
+    "send_request",
+    "unresponsive",
+]
 
 #: Bound of starting an owner (lock waits, runtime start-up, socket ready).
 START_SECONDS = 60.0
@@ -69,6 +79,23 @@ class OwnerStartError(AcpxError):
     """A warm owner could not be started (its log's tail is in the message)."""
 
     code = "ACPX_OWNER_START_FAILED"
+
+
+class OwnerUnresponsiveError(AcpxError):
+    """The warm owner did not answer within the call's deadline (stopped or wedged)."""
+
+    code = "ACPX_OWNER_UNRESPONSIVE"
+
+
+async def unresponsive(state_dir: Path, what: str, seconds: float) -> OwnerUnresponsiveError:
+    """The error for an owner that did not answer ``what`` within ``seconds``, naming the
+    pid recorded in ``owner.json``."""
+    info = await trio.to_thread.run_sync(read_owner_info, OwnerPaths(state_dir))
+    who = "the warm owner" if info is None else f"the warm owner (pid {info.pid})"
+    hint = "" if info is None else (f"; if it is stopped, `kill -CONT {info.pid}`, or end it "
+                                    f"with `kill {info.pid}`")
+    return OwnerUnresponsiveError(f"{who} of {state_dir} did not answer {what} within "
+                                  f"{seconds:g}s{hint}")
 
 
 async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
@@ -94,28 +121,56 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
     return trio.SocketStream(sock)
 
 
+class _BoundedReceive(trio.abc.ReceiveStream):
+    """``stream`` whose every read waits at most ``seconds`` (then :class:`trio.TooSlowError`):
+    one deadline per socket read, not per frame, so streaming stays cheap."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.seconds = math.inf
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        with trio.fail_after(self.seconds):
+            return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class ReplyReader:
     """The owner's reply frames to one request, in order: ``await next_reply()`` until it
     returns ``None`` (the owner closed the connection).  A malformed frame raises the wire
-    error; nothing here outlives the caller's ``async with stream``."""
+    error; with :attr:`silence` set, a wait longer than that for the owner's next bytes raises
+    :class:`trio.TooSlowError`.  Nothing here outlives the caller's ``async with stream``."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._reader = FrameReader(stream, limit=MAX_REPLY_BYTES)
+        self._bounded = _BoundedReceive(stream)
+        self._reader = FrameReader(self._bounded, limit=MAX_REPLY_BYTES)
+
+    @property
+    def silence(self) -> float:
+        return self._bounded.seconds
+
+    @silence.setter
+    def silence(self, seconds: float) -> None:
+        self._bounded.seconds = seconds
 
     async def next_reply(self) -> Reply | None:
         line = await self._reader.receive()
         return None if line is None else decode_reply(line)
 
 
-async def send_request(stream: trio.SocketStream, request: Request) -> ReplyReader:
+async def send_request(stream: trio.SocketStream, request: Request, *,
+                       limit: int = MAX_FRAME_BYTES) -> ReplyReader:
     """Send ``request``; the returned reader yields the owner's replies.  A request over the
-    owner's frame limit raises :class:`OwnerProtocolError` before anything is sent; an owner
-    that goes away while we send raises :class:`OwnerSocketError`."""
+    owner's frame limit (``limit``: config ``ownerFrameMaxBytes``) raises
+    :class:`OwnerProtocolError` before anything is sent; an owner that goes away while we send
+    raises :class:`OwnerSocketError`."""
     frame = encode_frame(request)
-    if len(frame) > MAX_FRAME_BYTES:
+    if len(frame) > limit:
         raise OwnerProtocolError(
             f"the request is {len(frame)} bytes, over the warm owner's limit of "
-            f"{MAX_FRAME_BYTES} bytes (a shorter prompt, or `acpx-trio exec`)")
+            f"{limit} bytes (ownerFrameMaxBytes; a shorter prompt, or `acpx-trio exec`)")
     try:
         await stream.send_all(frame)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -167,9 +222,9 @@ def _rotate_log(log: Path) -> None:
 def _spawn_owner(paths: OwnerPaths, launch: OwnerLaunch, lock_fd: int,
                  ready_w: int) -> subprocess.Popen[bytes]:
     _rotate_log(paths.log)
-    log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, FILE_MODE)
+    log_fd = open_private_file(paths.log, os.O_WRONLY)
     try:
+        os.ftruncate(log_fd, 0)
         proc = subprocess.Popen(
             [sys.executable, "-m", "acpx_trio._owner", "--state-dir", str(paths.state_dir),
              "--lock-fd", str(lock_fd), "--ready-fd", str(ready_w)],
@@ -194,14 +249,10 @@ async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
         if not await trio.to_thread.run_sync(try_flock, lock_fd):
             # An owner is alive but not listening: it is shutting down.  Wait for its exit.
             await trio.to_thread.run_sync(_flock_blocking, lock_fd, START_SECONDS)
-        info = await trio.to_thread.run_sync(read_owner_info, paths)
-        if info is not None and info.pid != os.getpid() and await trio.to_thread.run_sync(
-                process_alive, info.pid, info.create_time):
-            raise OwnerStartError(
-                f"owner.lock is free but the recorded owner pid {info.pid} is alive; refusing "
-                f"to start a second owner on {paths.state_dir}")
+        # Holding owner.lock proves no owner is alive (the kernel drops a dead owner's lock);
+        # owner.json is only a record, whatever pid it names.
         if await trio.to_thread.run_sync(check_socket_path, paths.socket):
-            # Proven stale: we hold the lock, connect is refused, the recorded pid is gone.
+            # Proven stale: we hold the lock and connect is refused.
             probe = await connect_owner(paths.state_dir)
             if probe is not None:
                 await probe.aclose()

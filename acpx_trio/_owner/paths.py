@@ -8,8 +8,13 @@ Files (state dir 0700, files 0600):
   the owner dies, SIGKILL included): holding it proves no owner is alive.
 * ``owner-start.lock``: held by the one client that is starting an owner, so racing clients
   end with exactly one.
-* ``owner.json``: pid and start time of the owner (:class:`OwnerInfo`).
+* ``owner.json``: pid and start time of the owner (:class:`OwnerInfo`): what ``status`` and
+  error messages name, never the proof that an owner is alive (that is ``owner.lock``).
 * ``owner.log``: the owner's stderr.
+
+``owner.lock``, ``owner-start.lock`` and ``owner.log`` are opened without following a
+symlink and must be regular files of our uid: anything else is refused with one typed line
+(:class:`OwnerFileError`), never written through.
 """
 
 from __future__ import annotations
@@ -29,25 +34,29 @@ from acpx_trio._errors import AcpxError
 from acpx_trio._store.fsio import FILE_MODE, atomic_write_bytes
 
 __all__ = [
+    "OwnerFileError",
     "OwnerInfo",
     "OwnerPaths",
     "OwnerSocketError",
     "check_socket_path",
     "peer_uid",
-    "process_alive",
     "read_owner_info",
 ]
 
 #: Linux ``sun_path`` is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
-#: Tolerance when comparing psutil create times (they move with wall-clock steps).
-CREATE_TIME_TOLERANCE = 1.0
 
 
 class OwnerSocketError(AcpxError):
     """The owner's socket path is unsafe (not a socket, a symlink, another uid's) or unusable."""
 
     code = "ACPX_OWNER_SOCKET_UNSAFE"
+
+
+class OwnerFileError(AcpxError):
+    """An owner file (lock, log) is a symlink, not a regular file, or another uid's."""
+
+    code = "ACPX_OWNER_FILE_UNSAFE"
 
 
 class OwnerPaths:
@@ -69,7 +78,8 @@ class OwnerPaths:
 
 
 class OwnerInfo(msgspec.Struct, kw_only=True, frozen=True):
-    """``owner.json``: who the owner is.  ``create_time`` guards against pid reuse."""
+    """``owner.json``: who the owner is (named in messages; the proof that an owner is alive
+    is its ``owner.lock`` flock, never this record)."""
 
     pid: int
     create_time: float
@@ -104,17 +114,6 @@ def read_owner_info(paths: OwnerPaths) -> OwnerInfo | None:
         return msgspec.json.decode(data, type=OwnerInfo)
     except msgspec.DecodeError:
         return None
-
-
-def process_alive(pid: int, create_time: float) -> bool:
-    """Whether ``pid`` is alive and is the process that started at ``create_time``."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return abs(proc.create_time() - create_time) <= CREATE_TIME_TOLERANCE
-    except psutil.Error:
-        return False
 
 
 def check_socket_path(path: Path) -> bool:
@@ -161,6 +160,31 @@ def remove_socket_file(path: Path) -> None:
         pass
 
 
+def open_private_file(path: Path, flags: int) -> int:
+    """Open (create 0600) a file of the owner's without following a symlink; the caller
+    closes it.  Raises :class:`OwnerFileError` if ``path`` is a symlink, not a regular file or
+    not ours (blocking)."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OwnerFileError(f"refusing {path}: it is a symlink (remove it if it is "
+                                 "yours)") from None
+        raise OwnerFileError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OwnerFileError(f"refusing {path}: it is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise OwnerFileError(f"refusing {path}: it is owned by uid {st.st_uid}, not by us")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_lock_fd(path: Path) -> int:
-    """Open (create 0600) a lock file without following symlinks; the caller closes it."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    """Open (create 0600) a lock file (see :func:`open_private_file`); the caller closes it."""
+    return open_private_file(path, os.O_RDWR)

@@ -9,6 +9,10 @@ Guarantees:
   sent; a cancel of the active turn is ``session/cancel`` through the runtime.
 * Every queued turn gets exactly one final event (``done`` or ``error``), also when the session
   is closed or the owner stops; a client that went away never blocks the worker.
+* A turn with ``timeout_seconds`` is bounded from the moment it leaves the queue: start-up past
+  the deadline is abandoned (nothing keeps running), a running turn gets ``session/cancel``
+  (the agent is killed if it does not stop in the runtime's cancel bound) and ends with
+  ``ACP_TURN_TIMEOUT``; the session stays warm when the agent honoured the cancel.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ class QueuedTurn:
         self.state: TurnState = "queued"
         self.cancel_requested = False
         self.final_sent = False
+        #: Bytes of prompt text this turn holds while queued.
+        self.size = len(request.text.encode("utf-8", "surrogatepass"))
+        self.timed_out = False
         self.send: trio.MemorySendChannel[Reply] | None = None
         self.receive: trio.MemoryReceiveChannel[Reply] | None = None
         if request.wait:
@@ -98,6 +105,8 @@ class WarmSession:
         self.agent = ""
         self.handle: AcpRuntimeHandle | None = None
         self.queue: collections.deque[QueuedTurn] = collections.deque()
+        #: Prompt bytes of the queued turns (the active one not counted).
+        self.queued_bytes = 0
         self.active: QueuedTurn | None = None
         self.idle_since = trio.current_time()
         self.closing = False
@@ -131,6 +140,7 @@ class WarmSession:
         """Append ``turn``; returns how many turns go before it."""
         position = len(self.queue) + (1 if self.active is not None else 0)
         self.queue.append(turn)
+        self.queued_bytes += turn.size
         self._wake.set()
         self._on_change()
         return position
@@ -142,6 +152,7 @@ class WarmSession:
             for turn in self.queue:
                 if turn.request_id == request_id:
                     self.queue.remove(turn)
+                    self.queued_bytes -= turn.size
                     self._on_change()
                     await turn.end_cancelled()
                     return True
@@ -180,6 +191,7 @@ class WarmSession:
                         await self._wake.wait()
                         continue
                     turn = self.queue.popleft()
+                    self.queued_bytes -= turn.size
                     self.active = turn
                     turn.state = "starting"
                     self._on_change()
@@ -199,39 +211,71 @@ class WarmSession:
                     await self.transcript.aclose()
             leftovers = ([self.active] if self.active else []) + list(self.queue)
             self.queue.clear()
+            self.queued_bytes = 0
             for turn in leftovers:
                 turn.abort()
             self.worker_done.set()
             self._on_change()
+
+    async def _stream(self, turn: QueuedTurn, handle: AcpRuntimeHandle,
+                      limit: float | None) -> None:
+        """The turn's events to the client; the final one becomes ``ACP_TURN_TIMEOUT`` when
+        the turn's timeout cancelled it."""
+        pid = handle.agent_pid
+        try:
+            async with aclosing(self.runtime.run_turn(handle=handle, text=turn.request.text,
+                                                      request_id=turn.request_id)) as events:
+                async for event in events:
+                    if turn.timed_out and (isinstance(event, ErrorEvent) or (
+                            isinstance(event, DoneEvent) and event.stop_reason == "cancelled")):
+                        event = ErrorEvent(
+                            code="ACP_TURN_TIMEOUT",
+                            message=f"the turn did not finish within its timeout "
+                            f"({limit:g}s); cancelled it")
+                    await turn.emit(event, pid)
+        except AcpxError as exc:  # a problem of the call (e.g. the session died meanwhile)
+            await turn.emit(ErrorEvent.from_error(exc), pid)
+
+    async def _time_out(self, turn: QueuedTurn, handle: AcpRuntimeHandle,
+                        deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        turn.timed_out = True
+        with contextlib.suppress(AcpxError):  # the session is gone: the turn ends anyway
+            await self.runtime.cancel(handle=handle, reason="turn timeout")
 
     async def _run(self, turn: QueuedTurn) -> None:
         req = turn.request
         if turn.cancel_requested:
             await turn.end_cancelled()
             return
+        limit = req.timeout_seconds
+        deadline = math.inf if limit is None else trio.current_time() + limit
         try:
-            self.handle = await self.runtime.ensure_session(
-                session_key=self.key, agent=req.agent, mode="persistent", cwd=req.cwd)
+            with trio.move_on_at(deadline) as starting:
+                handle: AcpRuntimeHandle = await self.runtime.ensure_session(
+                    session_key=self.key, agent=req.agent, mode="persistent", cwd=req.cwd)
+                self.handle = handle
         except AcpxError as exc:
             await turn.emit(ErrorEvent.from_error(exc), None)
+            return
+        if starting.cancelled_caught:
+            await turn.emit(ErrorEvent(
+                code="ACP_TURN_TIMEOUT",
+                message=f"the agent did not start within the turn's timeout ({limit:g}s)"), None)
             return
         self.agent = req.agent
         if turn.cancel_requested:  # kept while starting: applied now, before any prompt
             await turn.end_cancelled()
             return
-        handle = self.handle
-        pid = handle.agent_pid
         # No checkpoint between here and the first ``__anext__``: the runtime registers the
         # turn synchronously there, so a cancel that sees ``active`` reaches the agent.
         turn.state = "active"
-        try:
-            async with aclosing(self.runtime.run_turn(handle=handle, text=req.text,
-                                                      request_id=req.request_id)) as events:
-                async for event in events:
-                    await turn.emit(event, pid)
-        except AcpxError as exc:  # a problem of the call (e.g. the session died meanwhile)
-            await turn.emit(ErrorEvent.from_error(exc), pid)
-            return
+        async with trio.open_nursery() as nursery:
+            if limit is not None:
+                nursery.start_soon(self._time_out, turn, handle, deadline)
+            await self._stream(turn, handle, limit)
+            nursery.cancel_scope.cancel()
         if not turn.final_sent:
             await turn.emit(ErrorEvent(code="ACP_TURN_FAILED",
-                                       message="the turn ended without a result"), pid)
+                                       message="the turn ended without a result"),
+                            handle.agent_pid)

@@ -11,6 +11,21 @@ Guarantees:
 * It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
 * A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
   session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
+* A client never stalls a session: every write to a client is bounded (see
+  :mod:`acpx_trio._owner.stream`; the turn's frames wait in the queue's ``CLIENT_BUFFER``); a
+  client that does not read loses its stream (the connection is dropped), the turn goes on,
+  so ``cancel``, the TTL and the next prompt work.  A waiting client gets a
+  :class:`~acpx_trio._owner.wire.HeartbeatFrame` after ``stream.HEARTBEAT_SECONDS`` without a
+  frame, so it can bound the owner's silence.
+* Memory is bounded: request frames by config ``ownerFrameMaxBytes``, unfinished frames of
+  all connections together by ``ownerPartialMaxBytes``, queued prompt text by
+  ``ownerQueueMaxBytes`` per session and ``ownerQueueTotalMaxBytes`` in all; past a cap the
+  request gets a typed error reply (``ACPX_OWNER_PROTOCOL``, ``ACPX_OWNER_QUEUE_FULL``) and
+  the owner serves on.
+* A prompt whose credential-relevant environment (names and digests, see
+  :func:`~acpx_trio._owner.wire.credential_env_digests`) differs from the owner's is refused
+  with ``ACPX_OWNER_CONFIG_MISMATCH`` naming the variables, never their values: an agent of
+  this owner never runs with credentials the sender's shell does not have.
 * Requires the caller to hold ``owner.lock`` (see :mod:`acpx_trio._owner.paths`).
 """
 
@@ -40,12 +55,20 @@ from acpx_trio._owner.paths import (
     write_owner_info,
 )
 from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.stream import (
+    CLIENT_SEND_SECONDS,
+    ClientStalled,
+    send_bounded,
+    stream_turn,
+)
 from acpx_trio._owner.wire import (
+    MAX_FRAME_BYTES,
     AcceptedFrame,
     CancelRequest,
     CancelResult,
     CloseRequest,
     CloseResult,
+    FrameBudget,
     FrameReader,
     OwnerErrorFrame,
     OwnerLaunch,
@@ -58,8 +81,14 @@ from acpx_trio._owner.wire import (
     StatusRequest,
     StatusResult,
     config_fingerprint,
+    credential_env_mismatch,
     decode_request,
     encode_frame,
+)
+from acpx_trio._store.caps import (
+    DEFAULT_OWNER_PARTIAL_MAX_BYTES,
+    DEFAULT_OWNER_QUEUE_MAX_BYTES,
+    DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES,
 )
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
@@ -107,6 +136,13 @@ class Owner:
         self.paths = paths
         self.launch = launch
         self.fingerprint = config_fingerprint(launch.raw_config)
+        self.frame_limit = MAX_FRAME_BYTES if config is None else config.owner_frame_max_bytes
+        self.partial_budget = FrameBudget(
+            DEFAULT_OWNER_PARTIAL_MAX_BYTES if config is None else config.owner_partial_max_bytes)
+        self.queue_limit = (DEFAULT_OWNER_QUEUE_MAX_BYTES if config is None
+                            else config.owner_queue_max_bytes)
+        self.queue_total_limit = (DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES if config is None
+                                  else config.owner_queue_total_max_bytes)
         self.sessions: dict[str, WarmSession] = {}
         self._closed_sessions: dict[str, trio.Event] = {}
         self._changed = trio.Event()
@@ -271,26 +307,32 @@ class Owner:
     # -- one connection ---------------------------------------------------------------------
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
+            reader = FrameReader(stream, limit=self.frame_limit, budget=self.partial_budget)
             try:
                 uid = peer_uid(stream.socket)  # type: ignore[arg-type]
                 if uid != os.geteuid():
                     _log.warning(f"refused a connection from uid {uid}")
                     return
-                reader = FrameReader(stream)
-                with trio.fail_after(REQUEST_READ_SECONDS):
-                    line = await reader.receive()
+                try:
+                    with trio.fail_after(REQUEST_READ_SECONDS):
+                        line = await reader.receive()
+                finally:
+                    reader.release()  # the request is read: its bytes leave the budget
                 if line is None:
                     return
                 await self._dispatch(decode_request(line), stream)
             except (OwnerProtocolError, trio.TooSlowError) as exc:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                with trio.move_on_after(CLIENT_SEND_SECONDS), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await stream.send_all(encode_frame(OwnerErrorFrame(
                         code=OwnerProtocolError.code, message=str(exc) or "request too slow")))
+            except ClientStalled:
+                _log.info("dropped a client that stopped reading (its turn goes on)")
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass  # the client went away (a connection problem never stops the owner)
 
     async def _reply(self, stream: trio.SocketStream, frame: Reply) -> None:
-        await stream.send_all(encode_frame(frame))
+        await send_bounded(stream, encode_frame(frame))
 
     async def _dispatch(self, req: Request, stream: trio.SocketStream) -> None:
         if isinstance(req, PromptRequest):
@@ -328,6 +370,16 @@ class Owner:
                 "with a different configuration (agents, permissions, ...); close its "
                 "sessions (`acpx-trio sessions close KEY`) or use another --state-dir"))
             return
+        differ = credential_env_mismatch(os.environ, self.launch.credential_names,
+                                         req.credential_env)
+        if differ:
+            await self._reply(stream, OwnerErrorFrame(
+                code="ACPX_OWNER_CONFIG_MISMATCH",
+                message=f"the warm owner (pid {os.getpid()}) of {self.paths.state_dir} runs "
+                f"with other credentials: {', '.join(differ)} differ from this shell's (set "
+                "or unset, or another value); close its sessions (`acpx-trio sessions close "
+                "KEY`) or use another --state-dir"))
+            return
         while (old := self.sessions.get(req.session_key)) is not None and old.closing:
             await self.close_session(old)  # waits for the close in progress
         if self.stopping or self._stop_requested:
@@ -336,14 +388,33 @@ class Owner:
                 message="the warm owner is shutting down; retry to start a new one"))
             return
         turn = QueuedTurn(req)
+        full = self._queue_full(req.session_key, turn.size)
+        if full is not None:
+            await self._reply(stream, OwnerErrorFrame(code="ACPX_OWNER_QUEUE_FULL",
+                                                      message=full))
+            return
         position = self._session(req).enqueue(turn)
         await self._reply(stream, AcceptedFrame(request_id=req.request_id, position=position,
                                                 owner_pid=os.getpid()))
         if turn.receive is None:
             return
         async with turn.receive:
-            async for frame in turn.receive:
-                await self._reply(stream, frame)
+            await stream_turn(turn.receive, stream)
+
+    def _queue_full(self, key: str, size: int) -> str | None:
+        """Why a prompt of ``size`` bytes may not be queued now (``None``: it may)."""
+        session = self.sessions.get(key)
+        mine = 0 if session is None else session.queued_bytes
+        total = sum(s.queued_bytes for s in self.sessions.values())
+        if mine + size > self.queue_limit:
+            return (f"session {key!r} already holds {mine} bytes of queued prompts; this "
+                    f"{size}-byte prompt would pass ownerQueueMaxBytes ({self.queue_limit}); "
+                    "wait for the queue to drain")
+        if total + size > self.queue_total_limit:
+            return (f"the warm owner already holds {total} bytes of queued prompts; this "
+                    f"{size}-byte prompt would pass ownerQueueTotalMaxBytes "
+                    f"({self.queue_total_limit}); wait for the queues to drain")
+        return None
 
 
 async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
@@ -361,9 +432,12 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
         # a checkpoint, which the queue's cancel-while-starting guarantee relies on.
         return await build_default_runtime(params)
 
+    # turns are bounded per prompt (``PromptRequest.timeout_seconds``), never by the
+    # first client's ``timeoutSeconds``; control calls keep their default bound
+    plugin_config = {k: v for k, v in launch.raw_config.items() if k != "timeoutSeconds"}
     async with open_runtime_service(
         workspace_dir=launch.workspace_dir, state_dir=state_dir,
-        plugin_config=launch.raw_config, logger=_log, runtime_factory=factory,
+        plugin_config=plugin_config, logger=_log, runtime_factory=factory,
     ) as service:
         sock = await trio.to_thread.run_sync(bind_socket, paths)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))

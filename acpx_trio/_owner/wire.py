@@ -4,14 +4,20 @@ A client opens one connection per request, sends one request frame and reads rep
 until a final one (see :func:`is_final`).  Turn events are the runtime's own event Structs
 (:data:`~acpx_trio._events.AcpRuntimeEvent`) wrapped in :class:`EventFrame`.
 
-Guarantees: a frame longer than :data:`MAX_FRAME_BYTES` or one that does not decode is a
-:class:`OwnerProtocolError` (the connection is then dropped), never a hang.
+Guarantees: a frame longer than the reader's limit (config ``ownerFrameMaxBytes``), one
+that would take the owner's buffered partial frames past their shared budget (config
+``ownerPartialMaxBytes``), or one that does not decode is a :class:`OwnerProtocolError` (the
+connection gets an error frame and is dropped), never a hang.  Every field of every request
+is validated on decode (lengths, ranges, patterns: the ``Meta`` constraints below); a bad
+frame never reaches the owner's state.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
 
 import msgspec
 import trio
@@ -28,7 +34,9 @@ __all__ = [
     "CloseRequest",
     "CloseResult",
     "EventFrame",
+    "FrameBudget",
     "FrameReader",
+    "HeartbeatFrame",
     "OwnerErrorFrame",
     "OwnerLaunch",
     "OwnerProtocolError",
@@ -40,14 +48,29 @@ __all__ = [
     "StatusRequest",
     "StatusResult",
     "config_fingerprint",
+    "credential_env_digests",
+    "credential_env_mismatch",
     "decode_reply",
     "decode_request",
     "encode_frame",
     "is_final",
 ]
 
-#: Upper bound of one frame (a prompt text included).
+#: Upper bound of one frame (a prompt text included) when the config does not say.
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: Upper bounds of the request fields (a bad value is a typed error reply, never state).
+MAX_ID = 128
+MAX_KEY = 1024
+MAX_SECONDS = 1e9
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+SessionKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY)]
+Path_ = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+Fingerprint = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
+Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Ttl = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+EnvName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 class OwnerProtocolError(AcpxError):
@@ -60,32 +83,37 @@ class OwnerProtocolError(AcpxError):
 class PromptRequest(msgspec.Struct, tag_field="kind", tag="prompt", kw_only=True, frozen=True):
     """Queue a turn.  ``wait=False``: the owner answers :class:`AcceptedFrame` and closes.
 
-    ``config_fingerprint`` must match the owner's (see ``client.config_fingerprint``);
-    ``ttl_seconds`` is the session's idle TTL (``None``: the owner's default; 0: forever)."""
+    ``config_fingerprint`` must match the owner's (see :func:`config_fingerprint`);
+    ``ttl_seconds`` is the session's idle TTL (``None``: the owner's default; 0: forever);
+    ``timeout_seconds`` bounds this turn once it runs (``None``: unbounded);
+    ``credential_env`` digests the sender's credential-like environment (see
+    :func:`credential_env_digests`: names and digests, never values)."""
 
-    request_id: str
-    session_key: str
-    agent: str
+    request_id: RequestId
+    session_key: SessionKey
+    agent: Name
     text: str
-    cwd: str
-    config_fingerprint: str
+    cwd: Path_
+    config_fingerprint: Fingerprint
     wait: bool = True
-    ttl_seconds: float | None = None
+    ttl_seconds: Ttl | None = None
+    timeout_seconds: Timeout | None = None
+    credential_env: dict[EnvName, Digest] = {}
 
 
 class CancelRequest(msgspec.Struct, tag_field="kind", tag="cancel", kw_only=True, frozen=True):
     """Cancel ``request_id``'s turn (queued: dropped; active: cancelled), or with no id the
     session's active turn.  Nothing to cancel is a success (``cancelled=False``)."""
 
-    session_key: str
-    request_id: str | None = None
+    session_key: SessionKey
+    request_id: RequestId | None = None
 
 
 class StatusRequest(msgspec.Struct, tag_field="kind", tag="status", kw_only=True, frozen=True):
     """State of the owner (of one session).  ``flush_transcript``: first write out what the
     session's transcript buffers (``sessions history`` then sees the turn that just ended)."""
 
-    session_key: str | None = None
+    session_key: SessionKey | None = None
     flush_transcript: bool = False
 
 
@@ -93,7 +121,7 @@ class CloseRequest(msgspec.Struct, tag_field="kind", tag="close", kw_only=True, 
     """End the session's agent (queued turns end ``cancelled``); the owner exits when no
     session is left."""
 
-    session_key: str
+    session_key: SessionKey
 
 
 class ShutdownRequest(msgspec.Struct, tag_field="kind", tag="shutdown", kw_only=True,
@@ -117,6 +145,14 @@ class EventFrame(msgspec.Struct, tag_field="kind", tag="event", kw_only=True, fr
     request_id: str
     event: AcpRuntimeEvent
     agent_pid: int | None = None
+
+
+class HeartbeatFrame(msgspec.Struct, tag_field="kind", tag="heartbeat", kw_only=True,
+                     frozen=True):
+    """Sent while a waiting prompt is queued or its turn is silent, every
+    ``HEARTBEAT_SECONDS`` (see ``server``): the client bounds the owner's silence."""
+
+    owner_pid: int
 
 
 class CancelResult(msgspec.Struct, tag_field="kind", tag="cancel_result", kw_only=True,
@@ -162,7 +198,8 @@ class OwnerErrorFrame(msgspec.Struct, tag_field="kind", tag="error", kw_only=Tru
     retryable: bool = False
 
 
-Reply = AcceptedFrame | EventFrame | CancelResult | StatusResult | CloseResult | OwnerErrorFrame
+Reply = (AcceptedFrame | EventFrame | HeartbeatFrame | CancelResult | StatusResult | CloseResult
+         | OwnerErrorFrame)
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
@@ -197,17 +234,46 @@ def is_final(frame: Reply, *, waiting: bool) -> bool:
         return isinstance(frame.event, DoneEvent | ErrorEvent)
     if isinstance(frame, AcceptedFrame):
         return not waiting
-    return True
+    return not isinstance(frame, HeartbeatFrame)
+
+
+class FrameBudget:
+    """Bytes of unfinished frames that all readers sharing it may buffer together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 class FrameReader:
     """Splits a byte stream into frames (lines).  ``receive`` returns ``None`` at EOF."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, *, limit: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, *, limit: int = MAX_FRAME_BYTES,
+                 budget: FrameBudget | None = None) -> None:
         self._stream = stream
         self._buf = bytearray()
         self._limit = limit
         self._scan = 0
+        self._budget = budget
+        self._charged = 0
+
+    def _charge(self, size: int) -> None:
+        budget = self._budget
+        if budget is None:
+            return
+        delta = size - self._charged
+        if delta > 0 and budget.used + delta > budget.limit:
+            raise OwnerProtocolError(
+                f"the warm owner is busy reading other requests ({budget.used} bytes of "
+                f"unfinished frames, ownerPartialMaxBytes {budget.limit}); retry")
+        budget.used += delta
+        self._charged = size
+
+    def release(self) -> None:
+        """Give back this reader's share of the budget (call when the connection ends)."""
+        if self._budget is not None:
+            self._budget.used -= self._charged
+            self._charged = 0
 
     async def receive(self) -> bytes | None:
         while True:
@@ -216,6 +282,7 @@ class FrameReader:
                 line = bytes(self._buf[:nl])
                 del self._buf[: nl + 1]
                 self._scan = 0
+                self._charge(len(self._buf))
                 return line
             self._scan = len(self._buf)
             if self._scan > self._limit:
@@ -225,6 +292,7 @@ class FrameReader:
                 if self._buf:
                     raise OwnerProtocolError("connection closed in the middle of a frame")
                 return None
+            self._charge(len(self._buf) + len(chunk))
             self._buf += chunk
 
 
@@ -237,10 +305,36 @@ class OwnerLaunch(msgspec.Struct, kw_only=True, frozen=True):
     raw_config: dict[str, Any]
     workspace_dir: str
     default_ttl_seconds: float = 300.0
+    #: Environment names the auth lookup tries for the config's ``auth`` methods (besides
+    #: the credential-like names): compared with each prompt's (names only, no values).
+    credential_names: list[str] = []
 
 
 #: Config keys that may differ between a client and the owner: they are per request.
 PER_REQUEST_KEYS = frozenset({"cwd", "timeoutSeconds", "queueOwnerTtlSeconds"})
+#: Environment names whose values reach an agent as credentials: ``ACPX_AUTH_*`` and names
+#: that look like credentials (provider keys such as ``OPENAI_API_KEY``, tokens, secrets).
+_CREDENTIAL_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
+                              re.IGNORECASE)
+
+
+def credential_env_digests(environ: Mapping[str, str],
+                           names: Iterable[str] = ()) -> dict[str, str]:
+    """Name -> SHA-256 digest of every credential-relevant variable set in ``environ``: the
+    credential-like names and ``names`` (the ones the auth lookup tries for config ``auth``
+    methods, see :attr:`OwnerLaunch.credential_names`).  Values never leave this function."""
+    wanted = {n for n in environ if _CREDENTIAL_NAME.search(n)}
+    wanted.update(n for n in names if n in environ)
+    return {n: hashlib.sha256(b"acpx-trio-env\0" + environ[n].encode("utf-8", "surrogateescape"))
+            .hexdigest() for n in sorted(wanted)}
+
+
+def credential_env_mismatch(environ: Mapping[str, str], names: Iterable[str],
+                            theirs: Mapping[str, str]) -> list[str]:
+    """The variables whose digests differ between ``environ`` (with ``names``) and a
+    client's ``theirs``: set on one side only, or to another value."""
+    mine = credential_env_digests(environ, [*names, *theirs])
+    return sorted(n for n in set(mine) | set(theirs) if mine.get(n) != theirs.get(n))
 
 
 def config_fingerprint(raw: dict[str, Any]) -> str:

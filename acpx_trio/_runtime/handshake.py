@@ -219,6 +219,7 @@ async def start_live_session(
         wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
         cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
         logger=factory.log,
+        output_budget=factory.config.terminal_output_max_bytes,
     )
     try:
         await factory.nursery.start(proc.run)

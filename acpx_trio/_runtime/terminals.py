@@ -17,7 +17,10 @@ Guarantees of :class:`TerminalManager` (one per session):
   crash of the owner.
 * **Bounded output**: stdout and stderr are merged; at most ``outputByteLimit`` bytes
   (default :data:`DEFAULT_OUTPUT_LIMIT`, at most :data:`MAX_OUTPUT_LIMIT`) of the newest
-  output are kept, cut at a UTF-8 character boundary (``truncated`` says so).
+  output are kept, cut at a UTF-8 character boundary (``truncated`` says so).  The output
+  limits of a session's terminals together stay within its ``output_budget`` (config
+  ``terminalOutputMaxBytes``): a ``terminal/create`` past it is refused (-32602, "terminal
+  output budget"), so one session never holds more terminal output than that.
 
 The spawn, the kill and the lease bookkeeping are :mod:`acpx_trio._process.owned`, shared
 with agents: the service's owner-death watchdog is armed before the spawn, so a SIGKILLed
@@ -65,6 +68,7 @@ from acpx_trio._runtime.permissions import (
     PermissionPolicy,
     resolve_confined_path,
 )
+from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = [
@@ -310,7 +314,9 @@ class TerminalManager:
         kill_grace: float = 0.75, cleanup_deps: ProcessCleanupDeps | None = None,
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
         logger: Logger | None = None,
+        output_budget: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES,
     ) -> None:
+        self.output_budget = output_budget
         self.session_key = session_key
         self.cwd = cwd
         self.policy = policy
@@ -374,6 +380,12 @@ class TerminalManager:
         cwd = await trio.to_thread.run_sync(_check_dir, request.cwd, self.cwd)
         limit = DEFAULT_OUTPUT_LIMIT if request.output_byte_limit is None else (
             min(max(0, request.output_byte_limit), MAX_OUTPUT_LIMIT))
+        held = sum(t.output.limit for t in self.terminals.values())
+        if held + limit > self.output_budget:
+            raise _refuse(
+                f"terminal output budget: this session's terminals may keep {held} bytes of "
+                f"output; {limit} more would pass terminalOutputMaxBytes "
+                f"({self.output_budget}); release a terminal or ask a smaller outputByteLimit")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
         env = {**inherited, **{v.name: v.value for v in request.env}}
         term = Terminal(

@@ -2,7 +2,8 @@
 ``dirs``), file locks (``flock``: blocking primitives; ``locks``: the in-process FIFO in front
 of them and group commit), the lease file (``lease_model``, ``lease_snapshot``, ``leases``),
 session records (``sessions``), transcripts (``transcript``, ``transcript_history``), the
-gateway instance id (``instance``) and the plugin config (``config``).
+gateway instance id (``instance``) and the plugin config (``config``; its memory caps:
+``caps``).
 
 Owns: file formats, atomic writes, locks, quarantine of damaged files, permission checks.
 May import: ``acpx_trio._errors`` only (plus the standard library, msgspec and trio for the

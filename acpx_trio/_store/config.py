@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from acpx_trio._errors import ConfigError
+from acpx_trio._store import caps
 
 __all__ = [
     "DEFAULT_AUTH_POLICY",
@@ -79,11 +80,13 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
     "transcriptMaxBytes": (1, False, 1 << 40),
     "transcriptKeep": (0, False, 1_000),
 }
+_BOUNDS.update(caps.CAP_BOUNDS)  # memory caps (see _store/caps.py)
 
 
 def _number_allowed(field: str) -> str:
     low, strict, high = _BOUNDS[field]
-    kind = "an integer" if field.startswith("transcript") else "a finite number"
+    kind = "an integer" if field.startswith("transcript") or field.endswith("Bytes") else (
+        "a finite number")
     return f"must be {kind} {'>' if strict else '>='} {low:g} and <= {high:g}"
 
 
@@ -163,6 +166,12 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     terminal: bool = True
     #: Legacy (accepted, ignored; ``false`` is reported).
     strict_windows_cmd_wrapper: bool | None = None
+    # memory caps
+    owner_queue_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_MAX_BYTES
+    owner_queue_total_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
+    owner_frame_max_bytes: int = caps.DEFAULT_OWNER_FRAME_MAX_BYTES
+    owner_partial_max_bytes: int = caps.DEFAULT_OWNER_PARTIAL_MAX_BYTES
+    terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
     def __post_init__(self) -> None:
         _check_nonempty("cwd", self.cwd)
@@ -187,6 +196,8 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
         _check_number("transcriptMaxBytes", self.transcript_max_bytes)
         _check_number("transcriptKeep", self.transcript_keep)
+        for field, attr in caps.CAP_FIELDS:
+            _check_number(field, getattr(self, attr))
 
 
 _KEYS: tuple[str, ...] = PluginConfig.__struct_encode_fields__
@@ -235,6 +246,12 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     terminal: bool = True
     #: Legacy fields that were given: accepted for compatibility, ignored (the service warns).
     ignored_legacy_fields: tuple[str, ...] = ()
+    # memory caps (bytes; see the ``DEFAULT_*`` constants)
+    owner_queue_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_MAX_BYTES
+    owner_queue_total_max_bytes: int = caps.DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES
+    owner_frame_max_bytes: int = caps.DEFAULT_OWNER_FRAME_MAX_BYTES
+    owner_partial_max_bytes: int = caps.DEFAULT_OWNER_PARTIAL_MAX_BYTES
+    terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
     @property
     def control_timeout_seconds(self) -> float:
@@ -418,6 +435,7 @@ def resolve_config(
         fs=plugin.fs,
         terminal=plugin.terminal,
         ignored_legacy_fields=tuple(ignored),
+        **{attr: getattr(plugin, attr) for _field, attr in caps.CAP_FIELDS},
     )
 
 

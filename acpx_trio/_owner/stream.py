@@ -1,0 +1,66 @@
+"""Writing to one client of the owner: bounded writes, a turn's frames, heartbeats.
+
+Guarantees: no write to a client waits longer than :data:`CLIENT_SEND_SECONDS` (then
+:class:`ClientStalled`: the caller drops the connection, the turn goes on); a turn's frames
+are coalesced into writes of up to :data:`SEND_BATCH_BYTES`; a waiting client hears from the
+owner at least every :data:`HEARTBEAT_SECONDS` (a
+:class:`~acpx_trio._owner.wire.HeartbeatFrame` when there is nothing else to send).
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from acpx_trio._owner.wire import HeartbeatFrame, Reply, encode_frame
+
+__all__ = ["CLIENT_SEND_SECONDS", "HEARTBEAT_SECONDS", "ClientStalled", "send_bounded",
+           "stream_turn"]
+
+#: Bound of one write to a client (a client that does not read loses its stream).
+CLIENT_SEND_SECONDS = 15.0
+#: A waiting client gets a heartbeat frame after this long without any frame.
+HEARTBEAT_SECONDS = 5.0
+#: Frames a turn's stream coalesces into one write.
+SEND_BATCH_BYTES = 256 * 1024
+
+
+class ClientStalled(Exception):
+    """A client did not take a write within :data:`CLIENT_SEND_SECONDS`."""
+
+
+async def send_bounded(stream: trio.abc.SendStream, data: bytes | bytearray) -> None:
+    """Write ``data``; :class:`ClientStalled` if the client does not take it in time."""
+    with trio.move_on_after(CLIENT_SEND_SECONDS) as scope:
+        await stream.send_all(data)
+    if scope.cancelled_caught:
+        raise ClientStalled
+
+
+async def stream_turn(frames: trio.MemoryReceiveChannel[Reply],
+                      stream: trio.abc.SendStream) -> None:
+    """Forward a turn's frames until the channel ends (after the final frame), with a
+    heartbeat after :data:`HEARTBEAT_SECONDS` of silence."""
+    heartbeat = encode_frame(HeartbeatFrame(owner_pid=os.getpid()))
+    ended = False
+    while not ended:
+        frame: Reply | None = None
+        with trio.move_on_after(HEARTBEAT_SECONDS):  # noqa: ASYNC912 (receive checkpoints)
+            try:
+                frame = await frames.receive()
+            except trio.EndOfChannel:
+                return
+        if frame is None:
+            await send_bounded(stream, heartbeat)
+            continue
+        buf = bytearray(encode_frame(frame))
+        while len(buf) < SEND_BATCH_BYTES:
+            try:
+                buf += encode_frame(frames.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                ended = True
+                break
+        await send_bounded(stream, buf)

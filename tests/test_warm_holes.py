@@ -1,0 +1,332 @@
+"""Issue 19 holes 3-7 and issue 23 item 1, against real owners, agents and clients: each
+test fails on the code before the fix (a hang bounded by a subprocess timeout counts)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from _cli_helpers import (
+    background_cli,
+    cli_argv,
+    cli_env,
+    kill_gateway_processes,
+    run_cli,
+)
+from _warm_helpers import owner_info, owners_of, turn_state, wait_status
+
+#: A credential value that must never appear in any output or file.
+SECRET = "sekret-Value-4711-do-not-print"
+
+
+@contextlib.contextmanager
+def _warm(state: Path) -> Iterator[None]:
+    """Close the owner's sessions (and kill whatever is left) when the block ends."""
+    try:
+        yield
+    finally:
+        owners = owners_of(state)  # real owner processes (owner.json may be planted)
+        for pid in owners:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).resume()
+        for key in [s["session_key"] for s in _status_sessions(state)]:
+            run_cli("sessions", "close", key, state_dir=state, timeout=60)
+        kill_gateway_processes(state)
+        for pid in owners:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+
+
+def _status_sessions(state: Path) -> list[dict[str, object]]:
+    done = run_cli("status", "--json", state_dir=state, timeout=60)
+    if done.returncode != 0:
+        return []
+    sessions: list[dict[str, object]] = json.loads(done.stdout)["sessions"]
+    return sessions
+
+
+def _owner_pid(state: Path) -> int:
+    info = owner_info(state)
+    assert info is not None
+    return int(info["pid"])
+
+
+# -- hole 3: the owner does not freeze the first client's credentials -------------------------
+def test_changed_or_unset_credential_is_refused_by_name(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with _warm(state):
+        first = run_cli("prompt", "--session", "k", "hi", state_dir=state,
+                        env={"ACPX_AUTH_VERIFY_KEY": SECRET})
+        assert first.returncode == 0, first.stderr
+        same = run_cli("prompt", "--session", "k", "again", state_dir=state,
+                       env={"ACPX_AUTH_VERIFY_KEY": SECRET})
+        assert same.returncode == 0, same.stderr
+        for env in ({"ACPX_AUTH_VERIFY_KEY": "another-value-123"}, {},
+                    {"ACPX_AUTH_VERIFY_KEY": SECRET, "OPENAI_API_KEY": "sk-new-1234567"}):
+            done = run_cli("prompt", "--session", "k2", "hi", state_dir=state, env=env)
+            assert done.returncode == 2, (env, done.stderr)
+            assert "ACPX_OWNER_CONFIG_MISMATCH" in done.stderr
+            name = "OPENAI_API_KEY" if "OPENAI_API_KEY" in env else "ACPX_AUTH_VERIFY_KEY"
+            assert name in done.stderr
+            assert SECRET not in done.stderr and "another-value" not in done.stderr
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+# -- hole 4: waits without a bound ------------------------------------------------------------
+def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with _warm(state), background_cli("prompt", "--session", "k", "/flood 100000000",
+                                      state_dir=state) as flood:
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        flood.signal(signal.SIGSTOP)  # Ctrl-Z: it stops reading
+        try:
+            cancel = run_cli("cancel", "--session", "k", state_dir=state)
+            assert cancel.returncode == 0 and "cancelled the running turn" in cancel.stdout
+            start = time.monotonic()
+            nxt = run_cli("prompt", "--session", "k", "after", state_dir=state, timeout=90)
+            assert nxt.returncode == 0, nxt.stderr
+            assert nxt.stdout.strip() == "after"
+            assert time.monotonic() - start < 60
+        finally:
+            flood.signal(signal.SIGCONT)
+
+
+def test_stopped_owner_gives_a_bounded_error_naming_its_pid(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with _warm(state):
+        assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+        pid = _owner_pid(state)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            commands = [("status",), ("cancel", "--session", "k"), ("sessions", "close", "k"),
+                        ("prompt", "--session", "k", "hi")]
+            procs = [subprocess.Popen(cli_argv("--state-dir", str(state), *c), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, env=cli_env())
+                     for c in commands]
+            try:
+                for command, proc in zip(commands, procs, strict=True):
+                    _out, err = proc.communicate(timeout=120)
+                    assert proc.returncode == 1, (command, err)
+                    lines = err.strip().splitlines()
+                    assert len(lines) == 1, (command, err)
+                    assert "ACPX_OWNER_UNRESPONSIVE" in lines[0] and f"pid {pid}" in lines[0]
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+# -- hole 5: the owner's files ----------------------------------------------------------------
+def test_planted_owner_json_with_a_live_pid_does_not_block_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    me = psutil.Process()  # alive, and certainly not an owner
+    (state / "owner.json").write_text(json.dumps({
+        "pid": me.pid, "create_time": me.create_time(), "started_at": time.time(),
+        "socket": str(state / "owner.sock")}))
+    (state / "owner.json").chmod(0o600)
+    with _warm(state):
+        done = run_cli("prompt", "--session", "k", "hi", state_dir=state)
+        assert done.returncode == 0, done.stderr
+        assert _owner_pid(state) != me.pid
+
+
+@pytest.mark.parametrize("name", ["owner.lock", "owner.log"])
+def test_symlinked_owner_file_is_refused_in_one_line(tmp_path: Path, name: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    target = tmp_path / "target"
+    target.write_text("untouched")
+    (state / name).symlink_to(target)
+    with _warm(state):
+        done = run_cli("prompt", "--session", "k", "hi", state_dir=state)
+        assert done.returncode == 1
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "ACPX_OWNER_FILE_UNSAFE" in done.stderr and "symlink" in done.stderr
+    assert target.read_text() == "untouched"
+    assert (state / name).is_symlink()
+
+
+def test_session_keys_with_escape_bytes_print_escaped(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    key = "k\x1b]0;pwned\x07\x1b[31mred"
+    with _warm(state):
+        assert run_cli("prompt", "--session", key, "hi", state_dir=state).returncode == 0
+        for args in (("status",), ("sessions", "list"), ("cancel", "--session", key)):
+            done = run_cli(*args, state_dir=state)
+            assert done.returncode == 0, done.stderr
+            assert "\x1b" not in done.stdout and "\x07" not in done.stdout, args
+            assert "k\\x1b]0;pwned\\x07\\x1b[31mred" in done.stdout, (args, done.stdout)
+        status = json.loads(run_cli("status", "--json", state_dir=state).stdout)
+        assert status["sessions"][0]["session_key"] == key  # JSON keeps the exact key
+
+
+def _raw_request(state: Path, frame: bytes) -> list[dict[str, object]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(state / "owner.sock"))
+        sock.sendall(frame)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("field", [
+    '"ttl_seconds": -1', '"timeout_seconds": 0', '"session_key": ""', '"request_id": ""',
+    '"config_fingerprint": "nothex"', '"ttl_seconds": 1e300',
+])
+def test_owner_validates_every_request_field(tmp_path: Path, field: str) -> None:
+    state = tmp_path / "state"
+    with _warm(state):
+        assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+        fields = {"request_id": '"r1"', "session_key": '"k"', "agent": '"mock"',
+                  "text": '"hi"', "cwd": '"/"', "config_fingerprint": '"' + "0" * 32 + '"'}
+        name = field.split(":")[0].strip('"')
+        fields[name] = field.split(":", 1)[1].strip()
+        body = ", ".join(f'"{k}": {v}' for k, v in fields.items())
+        replies = _raw_request(state, b'{"kind": "prompt", ' + body.encode() + b"}\n")
+        assert len(replies) == 1 and replies[0]["kind"] == "error", replies
+        assert replies[0]["code"] == "ACPX_OWNER_PROTOCOL" and name in str(replies[0]["message"])
+        assert run_cli("status", state_dir=state).returncode == 0  # the owner serves on
+
+
+# -- hole 6: memory bounds --------------------------------------------------------------------
+def _rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def test_queued_prompt_bytes_are_capped_per_session(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"ownerQueueMaxBytes": 3 << 20,
+                                  "ownerQueueTotalMaxBytes": 5 << 20}))
+    big = "x" * (1 << 20)
+    with _warm(state), background_cli("--config", str(config), "prompt", "--session", "k",
+                                      "/sleep 60000", state_dir=state), background_cli(
+            "--config", str(config), "prompt", "--session", "j", "/sleep 60000",
+            state_dir=state):
+        wait_status(state, lambda s: turn_state(s, "k") == turn_state(s, "j") == "active")
+        base = _rss(_owner_pid(state))
+        results = []
+        for key in ("k", "k", "k", "k", "j", "j", "j"):
+            done = run_cli("--config", str(config), "prompt", "--session", key, "--no-wait",
+                           "-", input=big, state_dir=state)
+            results.append((key, done.returncode, "ACPX_OWNER_QUEUE_FULL" in done.stderr))
+        # k: three fit (3 MiB), the fourth is refused; j: two more fit the 5 MiB total
+        assert results == [("k", 0, False)] * 3 + [("k", 1, True), ("j", 0, False),
+                                                   ("j", 0, False), ("j", 1, True)], results
+        assert _rss(_owner_pid(state)) - base < 64 << 20
+        assert run_cli("status", state_dir=state).returncode == 0
+
+
+def test_queued_prompts_keep_owner_rss_bounded_by_default(tmp_path: Path) -> None:
+    """16 queued 8 MiB prompts on a busy session (128 MiB, 516 MiB in the issue's run): the
+    default ownerQueueMaxBytes (64 MiB) queues 8 and refuses the rest; RSS stays bounded."""
+    state = tmp_path / "state"
+    big = "x" * (8 << 20)
+    with _warm(state), background_cli("prompt", "--session", "k", "/sleep 60000",
+                                      state_dir=state):
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        pid = _owner_pid(state)
+        base = _rss(pid)
+        codes = [run_cli("prompt", "--session", "k", "--no-wait", "-", input=big,
+                         state_dir=state).returncode for _ in range(16)]
+        assert codes == [0] * 8 + [1] * 8, codes
+        assert _rss(pid) - base < 112 << 20, (_rss(pid) - base) >> 20
+        assert run_cli("status", state_dir=state).returncode == 0
+
+
+def test_partial_frames_are_bounded_in_all(tmp_path: Path) -> None:
+    """30 connections each sending 15 MiB of an unfinished frame (747 MiB of owner RSS in the
+    issue's run): the owner buffers at most ownerPartialMaxBytes (default 64 MiB) of them; the
+    rest get an error and are dropped; the owner serves on."""
+    state = tmp_path / "state"
+    with _warm(state):
+        assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+        pid = _owner_pid(state)
+        base = _rss(pid)
+        chunk = b"x" * (1 << 20)
+        socks = []
+        refused = 0
+        peak = base
+        try:
+            for _ in range(30):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(20)
+                sock.connect(str(state / "owner.sock"))
+                socks.append(sock)
+                try:
+                    for _ in range(15):
+                        sock.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    refused += 1
+                peak = max(peak, _rss(pid))
+        finally:
+            for sock in socks:
+                sock.close()
+        assert refused >= 24, refused
+        assert peak - base < 112 << 20, (peak - base) >> 20
+        assert run_cli("status", state_dir=state).returncode == 0
+
+
+def test_terminal_output_budget_per_session(tmp_path: Path) -> None:
+    """Each held terminal reserves its output limit (1 MiB by default); a budget of 2 MiB
+    lets two be held and refuses the third."""
+    state = tmp_path / "state"
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"terminalOutputMaxBytes": 2 << 20,
+                                  "permissionMode": "approve-all"}))
+    with _warm(state):
+        outs = [run_cli("--config", str(config), "prompt", "--session", "k",
+                        "/terminal-hold echo held", state_dir=state) for _ in range(3)]
+        assert "first=held" in outs[0].stdout and "first=held" in outs[1].stdout, outs
+        third = outs[2].stdout + outs[2].stderr
+        assert "terminal output budget" in third and "first=held" not in third, third
+
+
+# -- hole 7 and issue 23.1 --------------------------------------------------------------------
+def test_remotely_cancelled_prompt_says_so(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with _warm(state), background_cli("prompt", "--session", "k", "/sleep 60000",
+                                      state_dir=state) as cli:
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        assert run_cli("cancel", "--session", "k", state_dir=state).returncode == 0
+        assert cli.wait() == 130
+        assert "cancelled from outside this command" in cli.err()
+
+
+def test_timeout_is_per_prompt_in_a_warm_session(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with _warm(state):
+        first = run_cli("prompt", "--session", "t", "--timeout", "3", "hi", state_dir=state)
+        assert first.returncode == 0, first.stderr
+        agent = _status_sessions(state)[0]["agent_pid"]
+        start = time.monotonic()
+        longer = run_cli("prompt", "--session", "t", "--timeout", "30", "/sleep 5000",
+                         state_dir=state)
+        assert longer.returncode == 0, longer.stderr
+        assert time.monotonic() - start >= 5
+        start = time.monotonic()
+        short = run_cli("prompt", "--session", "t", "--timeout", "1", "/sleep 20000",
+                        state_dir=state)
+        elapsed = time.monotonic() - start
+        assert short.returncode == 3 and "ACP_TURN_TIMEOUT" in short.stderr, short.stderr
+        assert elapsed < 15, elapsed
+        # the agent honoured the cancel: the session stays warm on the same agent
+        assert _status_sessions(state)[0]["agent_pid"] == agent
