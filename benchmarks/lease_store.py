@@ -2,7 +2,8 @@
 
 (a) warm save: ``SyncLeaseStore.save`` of one lease into a file that already holds 10,000
     leases, the store object kept between saves (as a running gateway does).  Target: median
-    <= 6 ms.  Baseline: the bare durable write of the same bytes (``atomic_write_bytes``: temp
+    <= 1.3x the baseline.  Baseline: the bare durable write of the same bytes
+    (``atomic_write_bytes``: temp
     file, fsync, rename, directory fsync), the floor any save has to pay.
 (b) cold save, msgspec vs stdlib json: a fresh store object per save (decode the whole file,
     validate, change, encode, durable write: what a first save after start-up or after
@@ -105,8 +106,8 @@ def main() -> int:
         m_save, m_floor = median(saves), median(floor)
         oks.append(result(
             f"lease_store.warm_save.{n}", f"{m_save * 1e3:.2f} ms ({size // 1024} KiB file)",
-            f"bare durable write {m_floor * 1e3:.2f} ms", m_save / m_floor, "<= 6 ms",
-            m_save <= 0.006,
+            f"bare durable write {m_floor * 1e3:.2f} ms", m_save / m_floor, "<= 1.3x",
+            m_save <= 1.3 * m_floor,
         ))
 
         cold_state = Path(tmp) / "cold"

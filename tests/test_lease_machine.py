@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from hypothesis.stateful import (
 )
 
 from acpx_trio import LeaseState, LeaseStateError, SyncLeaseStore, new_lease
+from acpx_trio._store.lease_snapshot import LeaseSnapshot, held_by
 from acpx_trio._store.leases import check_transition
 
 STATES = list(LeaseState)
@@ -32,6 +34,9 @@ class LeaseStoreMachine(RuleBasedStateMachine):
     def setup(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lease-machine-"))
         self.store = SyncLeaseStore(self.dir, max_final=10_000)
+        # A second writer on the same state dir (CLI next to a warm owner): every change it
+        # makes must be seen by the first store's kept snapshot, and vice versa.
+        self.other = SyncLeaseStore(self.dir, max_final=10_000)
         self.model: dict[str, tuple[str, LeaseState]] = {}
         self.finals_seen: dict[str, LeaseState] = {}
 
@@ -43,7 +48,7 @@ class LeaseStoreMachine(RuleBasedStateMachine):
         x = msgspec.structs.replace(
             new_lease(gateway_instance_id=gw, session_key="k", wrapper_root=self.dir,
                       command="a"),
-            root_pid=pid,
+            root_pid=pid, owner_pid=os.getpid() if pid % 2 else None,
         )
         self.store.save(x)
         self.model[x.lease_id] = (gw, LeaseState.OPEN)
@@ -76,6 +81,26 @@ class LeaseStoreMachine(RuleBasedStateMachine):
         self.store.save(msgspec.structs.replace(current, root_pid=pid))
         assert self.store.load(lease_id).root_pid == pid  # type: ignore[union-attr]
 
+    @rule(target=ids, gw=st.sampled_from(GATEWAYS), owner=st.sampled_from([None, 1, 0]))
+    def save_new_via_other_store(self, gw: str, owner: int | None) -> str:
+        x = new_lease(gateway_instance_id=gw, session_key="k", wrapper_root=self.dir,
+                      command="a")
+        if owner is not None:  # 0: this process owns it; 1: another process does
+            x = msgspec.structs.replace(x, owner_pid=owner or os.getpid())
+        self.other.save(x)
+        self.model[x.lease_id] = (gw, LeaseState.OPEN)
+        return x.lease_id
+
+    @rule(lease_id=ids, state=st.sampled_from([LeaseState.CLOSING, LeaseState.CLOSED]))
+    def mark_via_other_store(self, lease_id: str, state: LeaseState) -> None:
+        gw, current = self.model[lease_id]
+        try:
+            check_transition(lease_id, current, state)
+        except LeaseStateError:
+            return
+        self.other.mark_state(lease_id, state)
+        self.model[lease_id] = (gw, state)
+
     @rule(lease_id=consumes(ids))
     def forget_handle(self, lease_id: str) -> None:
         """Drop the handle only; the lease stays in the file and in the model."""
@@ -91,6 +116,23 @@ class LeaseStoreMachine(RuleBasedStateMachine):
         on_disk = {x.lease_id: (x.gateway_instance_id, x.state) for x in self.store.list_all()}
         assert on_disk == self.model
         assert self.store.quarantined == []
+
+    @invariant()
+    def both_stores_agree_and_held_map_is_exact(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        for store in (self.store, self.other):
+            on_disk = {x.lease_id: (x.gateway_instance_id, x.state) for x in store.list_all()}
+            assert on_disk == self.model
+            snap = store._snap
+            assert isinstance(snap, LeaseSnapshot)
+            pid = os.getpid()
+            brute = {
+                k: v for k, v in snap.leases.items()
+                if not v.state.is_final and v.owner_pid == pid
+            }
+            assert held_by(snap, pid) == brute
+            assert store._held == brute
 
     @invariant()
     def final_states_never_change(self) -> None:

@@ -35,7 +35,9 @@ class LeaseSnapshot:
     Kept between locked operations; reused only while the file's fingerprint is the one it
     had when this snapshot was read or written (another writer changes the fingerprint)."""
 
-    __slots__ = ("_encoder", "bad", "dirty", "final", "fingerprint", "leases", "raw")
+    __slots__ = (
+        "_encoder", "_held", "_pid", "bad", "dirty", "final", "fingerprint", "leases", "raw"
+    )
 
     def __init__(
         self, leases: list[ProcessLease], bad: list[msgspec.Raw], encoder: msgspec.json.Encoder
@@ -46,6 +48,13 @@ class LeaseSnapshot:
         encoded = _raw_list_decoder.decode(self._encoder.encode(list(self.leases.values())))
         self.raw = dict(zip(self.leases, encoded, strict=True))
         self.final = {k for k, v in self.leases.items() if v.state in _FINAL_STATES}
+        # The open/closing leases owned by this process, kept up to date by put/drop so a
+        # write costs O(changes), not O(leases) (see held_by).
+        self._pid = os.getpid()
+        self._held = {
+            k: v for k, v in self.leases.items()
+            if k not in self.final and v.owner_pid == self._pid
+        }
         self.bad = bad
         self.dirty = False
         self.fingerprint: _Fingerprint = None
@@ -56,14 +65,20 @@ class LeaseSnapshot:
         self.raw[key] = msgspec.Raw(self._encoder.encode(lease))
         if lease.state in _FINAL_STATES:
             self.final.add(key)
+            self._held.pop(key, None)
         else:
             self.final.discard(key)
+            if lease.owner_pid == self._pid:
+                self._held[key] = lease
+            else:
+                self._held.pop(key, None)
         self.dirty = True
 
     def drop(self, keys: Iterable[str]) -> None:
         for key in keys:
             del self.leases[key], self.raw[key]
             self.final.discard(key)
+            self._held.pop(key, None)
         self.dirty = True
 
 
@@ -90,6 +105,11 @@ Change = Callable[[LeaseSnapshot], Any]
 
 
 def held_by(snap: LeaseSnapshot, pid: int) -> dict[str, ProcessLease]:
-    """The open and closing leases in ``snap`` whose owner is process ``pid``."""
+    """The open and closing leases in ``snap`` whose owner is process ``pid`` (a new dict).
+
+    O(leases held by ``pid``) for the process that built ``snap``; O(all leases) for any
+    other pid (e.g. after a fork)."""
+    if pid == snap._pid:
+        return dict(snap._held)
     leases = snap.leases
     return {k: leases[k] for k in leases.keys() - snap.final if leases[k].owner_pid == pid}
