@@ -171,6 +171,7 @@ class WriteParams(_W, kw_only=True):
 
 class StopResult(_W, kw_only=True):
     stop_reason: str
+    usage: dict[str, Any] | None = None
 
 
 class Info(_W, kw_only=True):
