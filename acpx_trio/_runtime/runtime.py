@@ -35,6 +35,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.config_opts import checked_config_value, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
@@ -368,12 +369,27 @@ class AcpxRuntime:
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
-        """``session/set_config_option`` (same errors as :meth:`set_mode`)."""
+        """``session/set_config_option`` (same errors as :meth:`set_mode`).  When the agent
+        advertised config options, an unknown ``key`` or a value outside the option's choices
+        raises ``ACP_INVALID_RUNTIME_OPTION`` naming the choices, without asking the agent."""
         session = self._require_live(handle)
+        value = checked_config_value(session.config_options, key, value)
         await control_request(
             session, "session/set_config_option", set_config_params(session, key, value),
             self.config,
         )
+
+    async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
+        """Selects the session's model through the agent's config option of category
+        ``model``.  Raises ``ACP_INVALID_RUNTIME_OPTION`` naming the choices for a model the
+        agent does not offer, ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when it has no model option."""
+        session = self._require_live(handle)
+        option = model_option(session.config_options)
+        if option is None:
+            await trio.lowlevel.checkpoint()
+            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
+                                  f"agent {session.spec.name} offers no model selection")
+        await self.set_config_option(handle=handle, key=option.id, value=model)
 
     # ------------------------------------------------------------------ health
 
