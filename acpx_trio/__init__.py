@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
     # protocol (issue 21): typed data carried on StatusEvent / DoneEvent
     from acpx_trio._events import (
+        AgentSession as AgentSession,
+    )
+    from acpx_trio._events import (
         CommandInfo as CommandInfo,
     )
     from acpx_trio._events import (
@@ -318,6 +321,7 @@ _EXPORTS: dict[str, str] = {
     "open_runtime_service": "._service.open_service",
     "ServiceLogger": "._log",
     # protocol (issue 21): typed data carried on StatusEvent / DoneEvent
+    "AgentSession": "._events",
     "CommandInfo": "._events",
     "ConfigOptionInfo": "._events",
     "PlanItem": "._events",

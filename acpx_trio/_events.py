@@ -16,6 +16,7 @@ __all__ = [
     "AcpRuntimeEvent",
     "AcpRuntimeHandle",
     "AcpRuntimeStatus",
+    "AgentSession",
     "CommandInfo",
     "ConfigOptionInfo",
     "DoctorReport",
@@ -29,6 +30,15 @@ __all__ = [
     "ToolCallEvent",
     "UsageInfo",
 ]
+
+
+class AgentSession(msgspec.Struct, kw_only=True, frozen=True):
+    """One of an agent's own sessions, as its ``session/list`` reports it."""
+
+    session_id: str
+    cwd: str = ""
+    title: str | None = None
+    updated_at: str | None = None
 
 
 class PlanItem(msgspec.Struct, kw_only=True, frozen=True):

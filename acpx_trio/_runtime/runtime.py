@@ -30,10 +30,12 @@ from acpx_trio._events import (
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
+    AgentSession,
     DoctorReport,
 )
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._runtime.agent_sessions import list_agent_sessions
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.config_opts import checked_config_value, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe
@@ -390,6 +392,16 @@ class AcpxRuntime:
             raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
                                   f"agent {session.spec.name} offers no model selection")
         await self.set_config_option(handle=handle, key=option.id, value=model)
+
+    async def list_sessions(
+        self, *, agent: str, cwd: str | None = None
+    ) -> list[AgentSession]:
+        """The agent's own sessions via ``session/list`` (every page), optionally only those
+        in ``cwd``.  Starts the agent for the call and always stops it.  Raises
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent does not advertise
+        ``sessionCapabilities.list``."""
+        self._check_open()
+        return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
 
     # ------------------------------------------------------------------ health
 

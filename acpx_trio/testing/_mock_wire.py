@@ -82,6 +82,7 @@ class Params(_W, kw_only=True):
     value: str | bool | None = None
     method_id: str = ""
     prompt: list[Block] = msgspec.field(default_factory=list)
+    cursor: str | None = None
 
 
 class PermissionResult(_W, kw_only=True):
