@@ -62,3 +62,11 @@ def test_cli_sessions_list_agent(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = json_lines(listed.stdout)
     assert sorted(r["title"] for r in rows) == ["hello 0", "hello 1", "hello 2"]
+
+
+def test_cli_sessions_list_agent_unsupported(tmp_path: Path) -> None:
+    done = run_cli("sessions", "list", "--agent-command", CLI_MOCK, state_dir=tmp_path)
+    assert done.returncode not in (0, 2), done
+    assert "ACP_BACKEND_UNSUPPORTED_CONTROL" in done.stderr
+    ours = run_cli("sessions", "list", state_dir=tmp_path)  # without --agent: our records
+    assert ours.returncode == 0 and "no sessions in" in ours.stdout

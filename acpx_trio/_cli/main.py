@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("action", nargs="?", default="list",
                           choices=["list", "show", "close", "history"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close)")
+    from acpx_trio._cli.protocol_cmds import add_agent_list_options  # issue 21 (protocol)
+
+    add_agent_list_options(sessions)
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
     _common(agents)
@@ -357,6 +360,9 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
             return await _cli_warm.cancel_command(ns.session, opts)
         return await _cli_warm.status_command(ns.session, opts)
     from acpx_trio._cli import info as _cli_info
+    from acpx_trio._cli import protocol_cmds as _cli_protocol  # issue 21 (protocol)
+    if _cli_protocol.wants_agent_list(ns):
+        return await _cli_protocol.agent_sessions_command(ns, opts)
     if ns.command == "sessions":
         return await _cli_info.sessions_command(ns.action, ns.key, opts)
     if ns.command == "agents":
