@@ -3,8 +3,11 @@ and the model chosen through the option of category ``model``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
+from _cli_helpers import run_cli
 from _runtime_helpers import RuntimeEnv
 
 from acpx_trio import AcpRuntimeError
@@ -41,3 +44,12 @@ async def test_set_model_and_validation(env: RuntimeEnv) -> None:
             # the agent still has the model set before the rejected calls
             model = _model((await rt.get_status(handle=handle)).details)
             assert model["current_value"] == "mock-large"  # type: ignore[index]
+
+
+def test_cli_model_option(tmp_path: Path) -> None:
+    done = run_cli("exec", "--model", "mock-large", "/model", state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "model=mock-large"
+    bad = run_cli("prompt", "--model", "gpt-9", "hi", state_dir=tmp_path)
+    assert bad.returncode == 2
+    assert "mock-small, mock-large" in bad.stderr

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the config's, else approve-reads)")
         perm.add_argument("--approve-all", action="store_const", const="approve-all",
                           dest="permission_mode", help="same as --permission-mode approve-all")
+        p.add_argument("--model", default=None, metavar="MODEL",  # issue 21 (protocol)
+                       help="select MODEL (the agent's config option of category model) "
+                            "before the turn; an unknown model exits 2 naming the choices")
         p.add_argument("text", nargs="*", help="the prompt (default: read from stdin)")
         return p
 
@@ -277,7 +280,7 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
 
 async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
-    opts: Options, printer: TurnPrinter, ctl: _Interrupts,
+    opts: Options, printer: TurnPrinter, ctl: _Interrupts, model: str | None = None,
 ) -> int:
     from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
@@ -294,6 +297,8 @@ async def _turn_session(
             try:
                 handle = await runtime.ensure_session(session_key=session_key, agent=agent,
                                                       mode=mode)
+                if model is not None:  # issue 21 (protocol)
+                    await runtime.set_model(handle=handle, model=model)  # type: ignore[attr-defined]
                 if opts.verbose:
                     printer.note(f"session {session_key}: agent {handle.agent} pid "
                                  f"{handle.agent_pid}, ACP session {handle.backend_session_id}")
@@ -334,7 +339,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
             with ctl.work:
                 code = await _turn_session(raw=raw, agent=agent, session_key=session_key,
                                            oneshot=oneshot, text=text, opts=opts,
-                                           printer=printer, ctl=ctl)
+                                           printer=printer, ctl=ctl, model=ns.model)
             if ctl.work.cancelled_caught or (ctl.signum is not None and code == EXIT_INTERRUPTED):
                 code = ctl.exit_code()
             printer.finish()
@@ -347,6 +352,8 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "prompt" and ns.session is not None:
+        if ns.model is not None:  # issue 21 (protocol): warm sessions: `acpx-trio set`
+            raise UsageError("--model is not supported with --session yet")
         from acpx_trio._cli.warm import warm_prompt
 
         raw, agent = _turn_config(ns, opts)

@@ -249,6 +249,11 @@ def _mode(t: TurnCtx, arg: str) -> str | None:
     return "end_turn"
 
 
+def _model(t: TurnCtx, arg: str) -> str | None:
+    t.say(f"model={t.record.model}")
+    return "end_turn"
+
+
 def _history(t: TurnCtx, arg: str) -> str | None:
     t.say(f"history turns={len(t.record.turns)}")
     return "end_turn"
@@ -305,6 +310,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/write": _write,
     "/mode": _mode,
     "/report": _report,
+    "/model": _model,
     "/history": _history,
     "/pid": _pid,
 }
