@@ -105,7 +105,8 @@ class TextDeltaEvent(msgspec.Struct, tag_field="type", tag="text_delta", kw_only
     tag: str | None = None
 
 
-class StatusEvent(msgspec.Struct, tag_field="type", tag="status", kw_only=True, frozen=True):
+class StatusEvent(msgspec.Struct, tag_field="type", tag="status", kw_only=True, frozen=True,
+                  omit_defaults=True):
     """Anything else the agent reported (plan, mode change, commands, usage, unknown kinds).
 
     ``text`` is a one-line summary for display; the typed field matching ``tag`` carries the
@@ -133,7 +134,8 @@ class ToolCallEvent(msgspec.Struct, tag_field="type", tag="tool_call", kw_only=T
     tag: str | None = None
 
 
-class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, frozen=True):
+class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, frozen=True,
+                omit_defaults=True):
     """The turn ended normally; ``stop_reason`` is ACP's (``end_turn``, ``cancelled``, ...).
 
     ``usage`` is the turn's token usage when the agent reported it (else ``None``)."""
