@@ -371,9 +371,8 @@ class AcpxRuntime:
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
-        """``session/set_config_option`` (same errors as :meth:`set_mode`).  When the agent
-        advertised config options, an unknown ``key`` or a value outside the option's choices
-        raises ``ACP_INVALID_RUNTIME_OPTION`` naming the choices, without asking the agent."""
+        """``session/set_config_option`` (errors as :meth:`set_mode`); a key or value the agent
+        did not advertise: ``ACP_INVALID_RUNTIME_OPTION`` naming the choices."""
         session = self._require_live(handle)
         value = checked_config_value(session.config_options, key, value)
         await control_request(
@@ -382,24 +381,16 @@ class AcpxRuntime:
         )
 
     async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
-        """Selects the session's model through the agent's config option of category
-        ``model``.  Raises ``ACP_INVALID_RUNTIME_OPTION`` naming the choices for a model the
-        agent does not offer, ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when it has no model option."""
-        session = self._require_live(handle)
-        option = model_option(session.config_options)
+        """Sets the config option of category ``model``; errors as :meth:`set_config_option`,
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent has none."""
+        option = model_option(self._require_live(handle).config_options)
         if option is None:
-            await trio.lowlevel.checkpoint()
-            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
-                                  f"agent {session.spec.name} offers no model selection")
+            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL", "agent offers no models")
         await self.set_config_option(handle=handle, key=option.id, value=model)
 
-    async def list_sessions(
-        self, *, agent: str, cwd: str | None = None
-    ) -> list[AgentSession]:
-        """The agent's own sessions via ``session/list`` (every page), optionally only those
-        in ``cwd``.  Starts the agent for the call and always stops it.  Raises
-        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent does not advertise
-        ``sessionCapabilities.list``."""
+    async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
+        """The agent's own sessions (``session/list``, all pages; the agent is started for the
+        call and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
         self._check_open()
         return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
 
