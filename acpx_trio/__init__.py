@@ -58,6 +58,17 @@ if TYPE_CHECKING:
     from acpx_trio._events import (
         AcpRuntimeStatus as AcpRuntimeStatus,
     )
+
+    # protocol (issue 21): typed data carried on StatusEvent / DoneEvent
+    from acpx_trio._events import (
+        AgentSession as AgentSession,
+    )
+    from acpx_trio._events import (
+        CommandInfo as CommandInfo,
+    )
+    from acpx_trio._events import (
+        ConfigOptionInfo as ConfigOptionInfo,
+    )
     from acpx_trio._events import (
         DoctorReport as DoctorReport,
     )
@@ -68,13 +79,25 @@ if TYPE_CHECKING:
         ErrorEvent as ErrorEvent,
     )
     from acpx_trio._events import (
+        PlanItem as PlanItem,
+    )
+    from acpx_trio._events import (
+        SessionInfo as SessionInfo,
+    )
+    from acpx_trio._events import (
         StatusEvent as StatusEvent,
     )
     from acpx_trio._events import (
         TextDeltaEvent as TextDeltaEvent,
     )
     from acpx_trio._events import (
+        TokenUsage as TokenUsage,
+    )
+    from acpx_trio._events import (
         ToolCallEvent as ToolCallEvent,
+    )
+    from acpx_trio._events import (
+        UsageInfo as UsageInfo,
     )
     from acpx_trio._log import (
         ServiceLogger as ServiceLogger,
@@ -297,6 +320,14 @@ _EXPORTS: dict[str, str] = {
     "ServiceStoppedError": "._service.service",
     "open_runtime_service": "._service.open_service",
     "ServiceLogger": "._log",
+    # protocol (issue 21): typed data carried on StatusEvent / DoneEvent
+    "AgentSession": "._events",
+    "CommandInfo": "._events",
+    "ConfigOptionInfo": "._events",
+    "PlanItem": "._events",
+    "SessionInfo": "._events",
+    "TokenUsage": "._events",
+    "UsageInfo": "._events",
 }
 
 __all__ = sorted(_EXPORTS)

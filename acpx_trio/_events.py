@@ -16,13 +16,85 @@ __all__ = [
     "AcpRuntimeEvent",
     "AcpRuntimeHandle",
     "AcpRuntimeStatus",
+    "AgentSession",
+    "CommandInfo",
+    "ConfigOptionInfo",
     "DoctorReport",
     "DoneEvent",
     "ErrorEvent",
+    "PlanItem",
+    "SessionInfo",
     "StatusEvent",
     "TextDeltaEvent",
+    "TokenUsage",
     "ToolCallEvent",
+    "UsageInfo",
 ]
+
+
+class AgentSession(msgspec.Struct, kw_only=True, frozen=True):
+    """One of an agent's own sessions, as its ``session/list`` reports it."""
+
+    session_id: str
+    cwd: str = ""
+    title: str | None = None
+    updated_at: str | None = None
+
+
+class PlanItem(msgspec.Struct, kw_only=True, frozen=True):
+    """One plan entry (ACP ``PlanEntry``): ``priority`` high/medium/low, ``status``
+    pending/in_progress/completed (other strings passed through)."""
+
+    content: str
+    priority: str = "medium"
+    status: str = "pending"
+
+
+class UsageInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """Context-window usage (ACP ``usage_update``): ``used`` of ``size`` tokens, and the
+    session's cost so far when the agent reports one."""
+
+    used: int | float | None = None
+    size: int | float | None = None
+    cost_amount: float | None = None
+    cost_currency: str | None = None
+
+
+class CommandInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A slash command the agent offers; ``input_hint`` is the hint for its free-text input."""
+
+    name: str
+    description: str = ""
+    input_hint: str | None = None
+
+
+class SessionInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """Session metadata the agent reported (``session_info_update``)."""
+
+    title: str | None = None
+    updated_at: str | None = None
+
+
+class ConfigOptionInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """One session config option; ``values`` are the selectable values (flattened groups)."""
+
+    id: str
+    name: str = ""
+    type: str = "select"
+    category: str | None = None
+    current_value: str | bool | None = None
+    values: tuple[str, ...] = ()
+
+
+class TokenUsage(msgspec.Struct, kw_only=True, frozen=True):
+    """Token counts of one turn (ACP ``PromptResponse.usage``)."""
+
+    total_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    thought_tokens: int | None = None
+    cached_read_tokens: int | None = None
+    cached_write_tokens: int | None = None
 
 
 class TextDeltaEvent(msgspec.Struct, tag_field="type", tag="text_delta", kw_only=True, frozen=True):
@@ -33,11 +105,23 @@ class TextDeltaEvent(msgspec.Struct, tag_field="type", tag="text_delta", kw_only
     tag: str | None = None
 
 
-class StatusEvent(msgspec.Struct, tag_field="type", tag="status", kw_only=True, frozen=True):
-    """Anything else the agent reported (plan, mode change, commands, usage, unknown kinds)."""
+class StatusEvent(msgspec.Struct, tag_field="type", tag="status", kw_only=True, frozen=True,
+                  omit_defaults=True):
+    """Anything else the agent reported (plan, mode change, commands, usage, unknown kinds).
+
+    ``text`` is a one-line summary for display; the typed field matching ``tag`` carries the
+    data (``plan`` for ``plan``, ``usage`` for ``usage_update``, ``commands`` for
+    ``available_commands_update``, ``session_info``, ``mode`` for ``current_mode_update``,
+    ``config_options`` for ``config_option_update``); the others stay ``None``."""
 
     text: str
     tag: str | None = None
+    plan: tuple[PlanItem, ...] | None = None
+    usage: UsageInfo | None = None
+    commands: tuple[CommandInfo, ...] | None = None
+    session_info: SessionInfo | None = None
+    mode: str | None = None
+    config_options: tuple[ConfigOptionInfo, ...] | None = None
 
 
 class ToolCallEvent(msgspec.Struct, tag_field="type", tag="tool_call", kw_only=True, frozen=True):
@@ -50,10 +134,14 @@ class ToolCallEvent(msgspec.Struct, tag_field="type", tag="tool_call", kw_only=T
     tag: str | None = None
 
 
-class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, frozen=True):
-    """The turn ended normally; ``stop_reason`` is ACP's (``end_turn``, ``cancelled``, ...)."""
+class DoneEvent(msgspec.Struct, tag_field="type", tag="done", kw_only=True, frozen=True,
+                omit_defaults=True):
+    """The turn ended normally; ``stop_reason`` is ACP's (``end_turn``, ``cancelled``, ...).
+
+    ``usage`` is the turn's token usage when the agent reported it (else ``None``)."""
 
     stop_reason: str
+    usage: TokenUsage | None = None
 
 
 class ErrorEvent(msgspec.Struct, tag_field="type", tag="error", kw_only=True, frozen=True):

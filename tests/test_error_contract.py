@@ -57,6 +57,8 @@ CALLS: dict[str, Call] = {
     "get_status": lambda rt, h: rt.get_status(handle=h),
     "set_mode": lambda rt, h: rt.set_mode(handle=h, mode="plan"),
     "set_config_option": lambda rt, h: rt.set_config_option(handle=h, key="k", value="v"),
+    "set_model": lambda rt, h: rt.set_model(handle=h, model="m"),
+    "list_sessions": lambda rt, h: rt.list_sessions(agent="mock"),
     "doctor": lambda rt, h: rt.doctor(),
     "probe_availability": lambda rt, h: rt.probe_availability(),
     "sweep_dead_sessions": lambda rt, h: rt.sweep_dead_sessions(),

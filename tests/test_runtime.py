@@ -26,6 +26,7 @@ from acpx_trio._events import (
     AcpRuntimeHandle,
     DoneEvent,
     ErrorEvent,
+    PlanItem,
     StatusEvent,
     TextDeltaEvent,
     ToolCallEvent,
@@ -230,7 +231,8 @@ async def test_unknown_status_kinds_map_to_status_events() -> None:
     plan = map_update(decode_session_update(
         b'{"sessionUpdate":"plan","entries":[{"content":"a","priority":"low","status":"pending"}]}'
     ))
-    assert plan == StatusEvent(text="plan: [pending] a", tag="plan")
+    assert plan == StatusEvent(text="plan: [pending] a", tag="plan", plan=(
+        PlanItem(content="a", priority="low", status="pending"),))
     assert map_update(decode_session_update(
         b'{"sessionUpdate":"user_message_chunk","content":{"type":"text","text":"x"}}'
     )) is None

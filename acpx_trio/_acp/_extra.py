@@ -13,10 +13,13 @@ from acpx_trio._acp._messages import EnvVariable, McpServerStdio, SessionModeSta
 from acpx_trio._acp._updates import _META, SessionConfigOption, _Wire
 
 __all__ = [
+    "AgentSessionInfo",
     "CloseSessionRequest",
     "CreateTerminalRequest",
     "CreateTerminalResponse",
     "KillTerminalRequest",
+    "ListSessionsRequest",
+    "ListSessionsResponse",
     "ReleaseTerminalRequest",
     "ResumeSessionRequest",
     "ResumeSessionResponse",
@@ -75,3 +78,37 @@ class TerminalOutputResponse(_Wire, kw_only=True):
     output: str
     truncated: bool
     exit_status: TerminalExitStatus | None = None
+
+
+class ListSessionsRequest(_Wire, kw_only=True):
+    """``session/list`` (when ``sessionCapabilities.list`` is advertised)."""
+
+    cwd: str | None = None
+    cursor: str | None = None
+
+
+class AgentSessionInfo(_Wire, kw_only=True):
+    session_id: str
+    cwd: str = ""
+    title: str | None = None
+    updated_at: str | None = None
+
+
+def _skip_bad(entries: list[Any]) -> list[AgentSessionInfo]:
+    out = []
+    for entry in entries:
+        try:
+            out.append(msgspec.convert(entry, AgentSessionInfo))
+        except msgspec.ValidationError:
+            continue
+    return out
+
+
+class ListSessionsResponse(_Wire, kw_only=True):
+    """``sessions`` left raw: a malformed entry is skipped (see :meth:`items`), never an error."""
+
+    sessions: list[Any] = msgspec.field(default_factory=list)
+    next_cursor: str | None = None
+
+    def items(self) -> list[AgentSessionInfo]:
+        return _skip_bad(self.sessions)

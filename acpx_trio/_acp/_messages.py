@@ -265,6 +265,9 @@ class PromptResponse(_Wire, kw_only=True):
     """``stop_reason``: end_turn, max_tokens, max_turn_requests, refusal, cancelled (or new)."""
 
     stop_reason: str
+    #: ``Usage`` object (totalTokens, inputTokens, ...); left raw so a malformed value never
+    #: fails the turn (decoded leniently by ``update_map.token_usage``).
+    usage: Any = None
     meta: dict[str, Any] | None = _META
 
 

@@ -10,6 +10,8 @@ Guarantees for everything decoded from the wire:
 
 from __future__ import annotations
 
+import logging
+import typing
 from typing import Any, Final
 
 import msgspec
@@ -322,8 +324,66 @@ def decode_session_update(raw: msgspec.Raw | bytes) -> SessionUpdate:
     try:
         known: _KnownUpdate = _known_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        return UnknownSessionUpdate(session_update=kind, raw=raw_value, problem=str(exc))
+        repaired = _lenient(kind, raw)
+        if repaired is None:
+            return UnknownSessionUpdate(session_update=kind, raw=raw_value, problem=str(exc))
+        return repaired
     return known
+
+
+_log = logging.getLogger("acpx_trio.acp.decode")
+
+_KIND_TYPES: Final[dict[str, type[Any]]] = {
+    cls.__struct_config__.tag: cls
+    for cls in typing.get_args(_KnownUpdate)
+}
+
+
+def _lenient(kind: str, raw: msgspec.Raw | bytes) -> _KnownUpdate | None:
+    """The schema's ``x-deserialize-default-on-error``: an invalid optional field takes its
+    default and an invalid list entry is dropped (both counted, logged at debug).  ``None``
+    when a required field is missing or invalid (the update then stays unknown)."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    cls = _KIND_TYPES[kind]
+    good: dict[str, Any] = {"sessionUpdate": kind}
+    optional: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        if field.encode_name in obj:
+            if field.required:
+                good[field.encode_name] = obj[field.encode_name]
+            else:
+                optional.append(field.encode_name)
+    dropped = 0
+    for name in optional:
+        value = obj[name]
+        if _converts(cls, {**good, name: value}):
+            good[name] = value
+        elif isinstance(value, list):
+            kept = [entry for entry in value if _converts(cls, {**good, name: [entry]})]
+            dropped += len(value) - len(kept)
+            good[name] = kept
+        else:
+            dropped += 1
+    try:
+        update: _KnownUpdate = msgspec.convert(good, cls)
+    except msgspec.ValidationError:
+        return None
+    _log.debug("session/update %s: %d invalid field(s)/entr(y/ies) defaulted or skipped",
+               kind, dropped)
+    return update
+
+
+def _converts(cls: type[Any], obj: dict[str, Any]) -> bool:
+    try:
+        msgspec.convert(obj, cls)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def decode_session_notification(params: msgspec.Raw | bytes) -> SessionNotification:

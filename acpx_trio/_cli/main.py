@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not offer file access: fs/* is not advertised and refused")
         p.add_argument("--no-terminal", action="store_true",
                        help="do not offer terminals: terminal/* is not advertised and refused")
+        p.add_argument("--model", default=None, metavar="MODEL",  # issue 21 (protocol)
+                       help="select MODEL (the agent's config option of category model) "
+                            "before the turn; an unknown model exits 2 naming the choices")
         p.add_argument("text", nargs="*", help="the prompt (default: read from stdin)")
         return p
 
@@ -158,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("action", nargs="?", default="list",
                           choices=["list", "show", "close", "history"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close)")
+    from acpx_trio._cli.protocol_cmds import add_agent_list_options  # issue 21 (protocol)
+
+    add_agent_list_options(sessions)
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
     _common(agents)
@@ -300,7 +306,7 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
 
 async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
-    opts: Options, printer: TurnPrinter, ctl: _Interrupts,
+    opts: Options, printer: TurnPrinter, ctl: _Interrupts, model: str | None = None,
 ) -> int:
     from acpx_trio._cli.kill_now import kill_own_launches
     from acpx_trio._service.open_service import open_runtime_service
@@ -322,6 +328,8 @@ async def _turn_session(
             try:
                 handle = await runtime.ensure_session(session_key=session_key, agent=agent,
                                                       mode=mode)
+                if model is not None:  # issue 21 (protocol)
+                    await runtime.set_model(handle=handle, model=model)  # type: ignore[attr-defined]
                 if opts.verbose:
                     printer.note(f"session {session_key}: agent {handle.agent} pid "
                                  f"{handle.agent_pid}, ACP session {handle.backend_session_id}")
@@ -362,7 +370,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
             with ctl.work:
                 code = await _turn_session(raw=raw, agent=agent, session_key=session_key,
                                            oneshot=oneshot, text=text, opts=opts,
-                                           printer=printer, ctl=ctl)
+                                           printer=printer, ctl=ctl, model=ns.model)
             if ctl.work.cancelled_caught or (ctl.signum is not None and code == EXIT_INTERRUPTED):
                 code = ctl.exit_code()
             printer.finish()
@@ -375,6 +383,8 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "prompt" and ns.session is not None:
+        if ns.model is not None:  # issue 21 (protocol): warm sessions: `acpx-trio set`
+            raise UsageError("--model is not supported with --session yet")
         from acpx_trio._cli.warm import warm_prompt
 
         raw, agent = _turn_config(ns, opts)
@@ -388,6 +398,9 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
             return await _cli_warm.cancel_command(ns.session, opts)
         return await _cli_warm.status_command(ns.session, opts)
     from acpx_trio._cli import info as _cli_info
+    from acpx_trio._cli import protocol_cmds as _cli_protocol  # issue 21 (protocol)
+    if _cli_protocol.wants_agent_list(ns):
+        return await _cli_protocol.agent_sessions_command(ns, opts)
     if ns.command == "sessions":
         return await _cli_info.sessions_command(ns.action, ns.key, opts)
     if ns.command == "agents":

@@ -57,6 +57,7 @@ from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
 from acpx_trio._runtime.update_map import (
     MAPPERS,
+    config_option_info,
     decode_notification,
     map_update,
     reported_error,
@@ -189,6 +190,9 @@ class LiveSession:
             "stray_updates": self.stray_updates,
             "junk_lines": 0 if conn is None else conn.junk_lines,
             "permissions": msgspec.structs.asdict(stats),
+            # issue 21: the options as last advertised (new/load/resume, config_option_update)
+            "config_options": [msgspec.to_builtins(config_option_info(o))
+                               for o in self.config_options or ()],
         }
         pid = None if proc is None else proc.pid
         state = "running a turn" if self.turn is not None else "idle"

@@ -30,11 +30,14 @@ from acpx_trio._events import (
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
+    AgentSession,
     DoctorReport,
 )
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._runtime.agent_sessions import list_agent_sessions
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.config_opts import checked_config_value, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
@@ -367,12 +370,28 @@ class AcpxRuntime:
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
-        """``session/set_config_option`` (same errors as :meth:`set_mode`)."""
+        """``session/set_config_option`` (errors as :meth:`set_mode`); a key or value the agent
+        did not advertise: ``ACP_INVALID_RUNTIME_OPTION`` naming the choices."""
         session = self._require_live(handle)
+        value = checked_config_value(session.config_options, key, value)
         await control_request(
             session, "session/set_config_option", set_config_params(session, key, value),
             self.config,
         )
+
+    async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
+        """Sets the config option of category ``model``; errors as :meth:`set_config_option`,
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent has none."""
+        option = model_option(self._require_live(handle).config_options)
+        if option is None:
+            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL", "agent offers no models")
+        await self.set_config_option(handle=handle, key=option.id, value=model)
+
+    async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
+        """The agent's own sessions (``session/list``, all pages; the agent is started for the
+        call and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        self._check_open()
+        return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
 
     # ------------------------------------------------------------------ health
 

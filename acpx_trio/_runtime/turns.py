@@ -22,6 +22,7 @@ from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
 from acpx_trio._log import Logger
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.update_map import token_usage
 
 __all__ = [
     "CANCEL_WAIT_SECONDS",
@@ -181,7 +182,8 @@ async def _prompt(
                 session_id=session.backend_session_id or "", prompt=[text_block(turn.text)]
             )
             response = await session.connection.request("session/prompt", params, PromptResponse)
-            final = DoneEvent(stop_reason=response.stop_reason)
+            final = DoneEvent(stop_reason=response.stop_reason,
+                              usage=token_usage(response.usage))
         if scope.cancelled_caught:
             if turn.cancelling or turn.closed_reason:
                 final = DoneEvent(stop_reason="cancelled")

@@ -22,6 +22,7 @@ from acpx_trio._events import (
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
+    AgentSession,
     DoctorReport,
 )
 from acpx_trio._log import Logger, ServiceLogger
@@ -220,6 +221,23 @@ class LazyAcpxRuntime:
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
         await (await self._resolve()).set_config_option(handle=handle, key=key, value=value)
+
+    # issue 21 (protocol): AcpxRuntime extensions beyond the AcpRuntime protocol
+    def _extension(self, runtime: AcpRuntime, name: str) -> Any:
+        method = getattr(runtime, name, None)
+        if method is None:
+            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
+                                  f"this runtime has no {name}")
+        return method
+
+    async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
+        """See ``AcpxRuntime.list_sessions``."""
+        method = self._extension(await self._resolve(), "list_sessions")
+        return cast("list[AgentSession]", await method(agent=agent, cwd=cwd))
+
+    async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
+        """See ``AcpxRuntime.set_model``."""
+        await self._extension(await self._resolve(), "set_model")(handle=handle, model=model)
 
     async def prepare_fresh_session(self, *, session_key: str) -> None:
         await (await self._resolve()).prepare_fresh_session(session_key=session_key)

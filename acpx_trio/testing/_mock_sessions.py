@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Any
 
 import msgspec
 from msgspec import Raw
@@ -10,7 +12,10 @@ from msgspec import Raw
 from acpx_trio.testing._mock_state import AgentCore
 from acpx_trio.testing._mock_wire import Empty, Params, RpcFailure
 
-__all__ = ["env_name", "on_close", "on_resume"]
+__all__ = ["LIST_PAGE", "env_name", "on_close", "on_list", "on_resume"]
+
+#: Sessions per ``session/list`` page (small, so that tests follow the cursor).
+LIST_PAGE = 2
 
 
 def env_name(method_id: str) -> str:
@@ -52,3 +57,32 @@ def on_close(self: AgentCore, req_id: int | str, params: Raw) -> None:
     if ctl is not None:
         ctl.cancel()
     self.respond(req_id, Empty())
+
+
+def on_list(self: AgentCore, req_id: int | str, params: Raw) -> None:
+    """``session/list`` (``--list``): the sessions in the session dir (and in memory), by id,
+    filtered by ``cwd``, ``LIST_PAGE`` per page; the cursor is the next index.  Each has a
+    title (its first prompt) and, with ``--list-junk``, a malformed entry is added per page."""
+    if not self.args.list:
+        raise RpcFailure(-32601, "Method not found: session/list")
+    p = msgspec.json.decode(params, type=Params)
+    ids = set(self.sessions)
+    if self.session_dir and os.path.isdir(self.session_dir):
+        ids.update(n[:-5] for n in os.listdir(self.session_dir) if n.endswith(".json"))
+    records = [r for r in map(self.load_record, sorted(ids)) if r is not None]
+    if p.cwd:
+        records = [r for r in records if r.cwd == p.cwd]
+    start = int(p.cursor or 0)
+    page = records[start:start + LIST_PAGE]
+    entries: list[Any] = [
+        {"sessionId": r.session_id, "cwd": r.cwd,
+         "title": r.turns[0].user if r.turns else None,
+         "updatedAt": "2026-01-01T00:00:00Z"}
+        for r in page
+    ]
+    if self.args.list_junk:
+        entries.append({"sessionId": 42, "cwd": []})
+    result: dict[str, Any] = {"sessions": entries}
+    if start + LIST_PAGE < len(records):
+        result["nextCursor"] = str(start + LIST_PAGE)
+    self.respond(req_id, result)

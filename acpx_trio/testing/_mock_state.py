@@ -218,6 +218,8 @@ class TurnCtx:
         self.record = record
         self.sid = record.session_id
         self.said: list[str] = []
+        #: ``PromptResponse.usage`` to answer with (``None``: no usage field).
+        self.usage: dict[str, object] | None = None
 
     @property
     def cancelled(self) -> bool:

@@ -210,8 +210,48 @@ def _write(t: TurnCtx, arg: str) -> str | None:
     return "end_turn"
 
 
+#: What ``/report`` sends: one of each structured update kind, with known values.
+REPORT_UPDATES: tuple[dict[str, object], ...] = (
+    {"sessionUpdate": "plan", "entries": [
+        {"content": "read the code", "priority": "high", "status": "completed"},
+        {"content": "write the fix", "priority": "medium", "status": "in_progress"},
+    ]},
+    {"sessionUpdate": "usage_update", "used": 1200, "size": 200000,
+     "cost": {"amount": 0.25, "currency": "USD"}},
+    {"sessionUpdate": "available_commands_update", "availableCommands": [
+        {"name": "web", "description": "Search the web", "input": {"hint": "query"}},
+        {"name": "test", "description": "Run the tests"},
+    ]},
+    {"sessionUpdate": "session_info_update", "title": "Mock report",
+     "updatedAt": "2026-01-01T00:00:00Z"},
+)
+REPORT_USAGE: dict[str, object] = {
+    "totalTokens": 150, "inputTokens": 100, "outputTokens": 40, "thoughtTokens": 10,
+    "cachedReadTokens": 5,
+}
+
+
+def _report(t: TurnCtx, arg: str) -> str | None:
+    """``/report``: a plan, usage with cost, available commands and session info, then a
+    prompt answer carrying ``usage`` (``/report bad``: malformed entries and fields mixed in)."""
+    updates: list[object] = list(REPORT_UPDATES)
+    usage: dict[str, object] = dict(REPORT_USAGE)
+    if arg == "bad":
+        updates.insert(0, {"sessionUpdate": "plan", "entries": [{"content": 7}]})
+        usage["outputTokens"] = "many"
+    t.agent.send(*(t.update(u) for u in updates))
+    t.say("reported")
+    t.usage = usage
+    return "end_turn"
+
+
 def _mode(t: TurnCtx, arg: str) -> str | None:
     t.say(f"mode={t.record.mode_id}")
+    return "end_turn"
+
+
+def _model(t: TurnCtx, arg: str) -> str | None:
+    t.say(f"model={t.record.model}")
     return "end_turn"
 
 
@@ -302,6 +342,8 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/read": _read,
     "/write": _write,
     "/mode": _mode,
+    "/report": _report,
+    "/model": _model,
     "/history": _history,
     "/pid": _pid,
 }
@@ -335,7 +377,7 @@ def run_turn(
         with agent.state_lock:
             record.turns.append(Turn(user=text, agent="".join(turn.said)))
         agent.save(record)
-    agent.respond(req_id, StopResult(stop_reason=stop))
+    agent.respond(req_id, StopResult(stop_reason=stop, usage=turn.usage))
 
 
 def _echo(t: TurnCtx, text: str) -> str:

@@ -82,6 +82,7 @@ class Params(_W, kw_only=True):
     value: str | bool | None = None
     method_id: str = ""
     prompt: list[Block] = msgspec.field(default_factory=list)
+    cursor: str | None = None
 
 
 class PermissionResult(_W, kw_only=True):
@@ -171,6 +172,7 @@ class WriteParams(_W, kw_only=True):
 
 class StopResult(_W, kw_only=True):
     stop_reason: str
+    usage: dict[str, Any] | None = None
 
 
 class Info(_W, kw_only=True):

@@ -8,7 +8,8 @@ A prompt is echoed back unless its text starts with a directive:
 
 ``/sleep MS``, ``/chunks N``, ``/think TEXT``, ``/tool``, ``/crash``, ``/hang``, ``/garbage``,
 ``/huge BYTES``, ``/flood N``, ``/close-stdout``, ``/spawn-grandchild``, ``/daemonize``,
-``/permission KIND``, ``/read PATH``, ``/write PATH TEXT``, ``/mode``, ``/history``, ``/pid``.
+``/permission KIND``, ``/read PATH``, ``/write PATH TEXT``, ``/mode``, ``/history``, ``/pid``,
+``/model``, ``/report`` (plan, usage with cost, commands, session info; answer with ``usage``).
 
 Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 ``/terminal CMD`` (create, output, wait_for_exit, output, release), ``/terminal-limit N CMD``
@@ -34,7 +35,8 @@ before it gets -32000 "Authentication required"), ``--terminal-auth ARGS`` (also
 ``mock-terminal-login`` of ``type: "terminal"`` with ``args`` ARGS, split on blanks),
 ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
 ``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
-``--resume-fails``: resume answers -32603),
+``--resume-fails``: resume answers -32603), ``--list`` (advertise and serve ``session/list``,
+two sessions a page; ``--list-junk``: a malformed entry on every page),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
 ``--method-log FILE`` (append each request's method name to FILE),
 ``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
@@ -64,7 +66,7 @@ import msgspec
 from msgspec import Raw, UnsetType
 
 from acpx_trio.testing._mock_escape import spawn_escapers
-from acpx_trio.testing._mock_sessions import env_name, on_close, on_resume
+from acpx_trio.testing._mock_sessions import env_name, on_close, on_list, on_resume
 from acpx_trio.testing._mock_state import AgentCore, TurnCtl
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
@@ -163,6 +165,7 @@ class MockAgent(AgentCore):
             "session/load": self.on_load,
             "session/resume": functools.partial(on_resume, self),
             "session/close": functools.partial(on_close, self),
+            "session/list": functools.partial(on_list, self),
             "session/set_mode": self.on_set_mode,
             "session/set_config_option": self.on_set_config,
             "session/prompt": self.on_prompt,
@@ -188,6 +191,8 @@ class MockAgent(AgentCore):
             session_caps["resume"] = {}
         if self.args.close:
             session_caps["close"] = {}
+        if self.args.list:
+            session_caps["list"] = {}
         result = InitResult(
             protocol_version=self.args.protocol_version,
             agent_capabilities=AgentCaps(
@@ -312,6 +317,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--error-data", default=None, metavar="TEXT")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--close", action="store_true")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--list-junk", action="store_true")
     parser.add_argument("--resume-fails", action="store_true")
     parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
     parser.add_argument("--method-log", default=None, metavar="FILE")

@@ -1,0 +1,89 @@
+"""CLI commands of issue 21's protocol part: ``sessions list --agent NAME`` (the agent's own
+sessions via ``session/list``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from typing import Any
+
+import msgspec
+
+from acpx_trio._cli.exits import EXIT_OK, EXIT_USAGE, exit_code_for
+from acpx_trio._cli.options import Options
+from acpx_trio._cli.output import Output, format_table
+from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
+
+__all__ = ["add_agent_list_options", "agent_sessions_command", "wants_agent_list"]
+
+_log = logging.getLogger("acpx_trio.cli")
+_AGENT = "custom"
+
+
+def add_agent_list_options(sessions: argparse.ArgumentParser) -> None:
+    """``--agent NAME`` / ``--agent-command CMD`` on ``sessions``: with ``list``, list the
+    agent's own sessions (``session/list``) instead of ours."""
+    group = sessions.add_mutually_exclusive_group()
+    group.add_argument("--agent", dest="list_agent", default=None, metavar="NAME",
+                       help="with list: the sessions agent NAME itself knows (session/list; "
+                            "--cwd DIR: only those in DIR)")
+    group.add_argument("--agent-command", dest="list_agent_command", default=None,
+                       metavar="CMD", help="like --agent, for this ACP agent command line")
+
+
+def wants_agent_list(ns: argparse.Namespace) -> bool:
+    return ns.command == "sessions" and ns.action == "list" and bool(
+        getattr(ns, "list_agent", None) or getattr(ns, "list_agent_command", None))
+
+
+async def agent_sessions_command(ns: argparse.Namespace, opts: Options) -> int:
+    """Lists the agent's sessions (all pages): a table, or one JSON object per line with
+    ``--json``.  Exit 0; 2 for a bad agent or config; 1 (or the code's exit) when the agent
+    does not support ``session/list`` or fails."""
+    from acpx_trio._runtime.runtime import AcpxRuntime
+    from acpx_trio._service.lazy_runtime import LazyAcpxRuntime
+    from acpx_trio._service.open_service import open_runtime_service
+
+    out = Output()
+    raw: dict[str, Any] = dict(opts.raw_config)
+    agent: str = ns.list_agent or _AGENT
+    if ns.list_agent_command is not None:
+        try:
+            argv = shlex.split(ns.list_agent_command)
+        except ValueError as exc:
+            await out.emit(f"acpx-trio: --agent-command: {exc}", err=True)
+            return EXIT_USAGE
+        if not argv:
+            await out.emit("acpx-trio: --agent-command must not be empty", err=True)
+            return EXIT_USAGE
+        agents = raw.get("agents")
+        raw["agents"] = {**(agents if isinstance(agents, dict) else {}),
+                         _AGENT: {"command": argv[0], "args": argv[1:]}}
+    if opts.cwd_given or "cwd" not in raw:
+        raw["cwd"] = str(opts.cwd)
+    try:
+        async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
+                                        plugin_config=raw, logger=_log) as service:
+            runtime = service.require_runtime()
+            if not isinstance(runtime, (AcpxRuntime, LazyAcpxRuntime)):
+                raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
+                                      "this runtime cannot list an agent's sessions")
+            listed = await runtime.list_sessions(
+                agent=agent, cwd=str(opts.cwd) if opts.cwd_given else None)
+    except ConfigError as exc:
+        await out.emit(f"acpx-trio: {exc.message}", err=True)
+        return EXIT_USAGE
+    except AcpxError as exc:
+        await out.emit(f"acpx-trio: {exc.code}: {exc.message}", err=True)
+        return exit_code_for(exc.code)
+    if opts.json:
+        for item in listed:
+            out.write(msgspec.json.encode(item).decode() + "\n")
+    elif not listed:
+        out.write(f"agent {agent} lists no sessions\n")
+    else:
+        rows = [(s.session_id, s.updated_at or "-", s.title or "-", s.cwd) for s in listed]
+        out.write(format_table(rows, ("ACP SESSION", "UPDATED", "TITLE", "CWD")) + "\n")
+    await out.drain()
+    return EXIT_OK
