@@ -63,3 +63,35 @@ def test_bundled_agent_starts_without_importing_trio() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _static_names() -> set[str]:
+    """The names a static tool (mypy, an IDE) sees: the ``TYPE_CHECKING`` imports."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(acpx_trio.__file__).read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                if isinstance(stmt, ast.ImportFrom):
+                    names.update(alias.asname or alias.name for alias in stmt.names)
+    return names
+
+
+def test_static_tool_sees_all_symbols() -> None:
+    """The static list and the runtime list are the same, so a name mypy accepts never
+    raises ImportError at runtime (SessionStoreError, PluginConfig and LazyAcpxRuntime once
+    did), in a fresh interpreter where nothing was imported before."""
+    assert _static_names() == set(acpx_trio.__all__)
+    code = (
+        "import acpx_trio\n"
+        "for n in acpx_trio.__all__:\n"
+        "    getattr(acpx_trio, n)\n"
+        "from acpx_trio import SessionStoreError, PluginConfig, LazyAcpxRuntime\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
