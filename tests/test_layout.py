@@ -7,9 +7,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "acpx_trio"
-MAX_LINES = 450
-#: Over the limit after the parallel round; each to be split by its owner, then removed here.
-#: (reaper.py was split by #11: waves.py, scan.py; the mock agent: _mock_state.py.)
+#: ~500 lines is a smell to look at, not a rule to split by (issue 20: never split a module
+#: just to pass a count); past this hard stop a module almost surely holds two concepts.
+MAX_LINES = 600
+#: Over the hard stop; each to be reshaped by concept, then removed here.
 TOO_LONG_FOR_NOW: set[str] = set()
 
 #: subpackage -> what its module-level imports may reach (besides itself and the leaf
