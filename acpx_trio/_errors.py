@@ -28,14 +28,24 @@ __all__ = [
     "rpc_error_detail",
 ]
 
+#: Only unmistakable shapes are guessed (issue 23: a guess on ordinary words turned claude's
+#: ``--dangerously-skip-permissions`` into ``--dangerously-[redacted]``); the credentials we
+#: know (configured, environment, ``authenticate`` params) are redacted exactly, by value.
 _SECRET_PATTERNS = (
-    # KEY=value / "token": "value" style assignments of secret-looking names
+    # NAME=value / "name": "value" where the name ends in a credential word
     re.compile(
-        r"(?i)((?:api[_-]?key|token|secret|password|passwd|credential|auth)[A-Za-z0-9_-]*"
+        r"(?i)(\b(?:[a-z0-9]+[_-])*(?:api[_-]?key|access[_-]?token|auth[_-]?token|"
+        r"refresh[_-]?token|bearer[_-]?token|token|secret|password|passwd)"
         r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;]{4,})"
     ),
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{8,})"),
-    re.compile(r"()\b((?:sk|pk|rk|ghp|gho|github_pat|xox[abp]|AIza)[-_A-Za-z0-9]{12,})"),
+    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]{16,})"),
+    # vendor key formats: Anthropic/OpenAI, Stripe, GitHub, Slack, Google, AWS
+    re.compile(
+        r"()\b(sk-ant-[A-Za-z0-9_-]{20,}|sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"
+        r"|[spr]k_(?:live|test)_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{36,}"
+        r"|github_pat_[A-Za-z0-9_]{22,}|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
+        r"|AKIA[0-9A-Z]{16})\b"
+    ),
 )
 
 
@@ -52,8 +62,9 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret value and anything that looks like a credential
-    (``API_KEY=...``, ``Bearer ...``, ``sk-...``) replaced by ``[redacted]``."""
+    """``text`` with every known secret value (4 characters or more) and every unmistakable
+    credential shape (``OPENAI_API_KEY=...``, ``Bearer ...``, ``sk-ant-...``, ``ghp_...``,
+    ``AKIA...``) replaced by ``[redacted]``; ordinary words are never guessed at."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
     for pattern in _SECRET_PATTERNS:
