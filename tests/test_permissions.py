@@ -20,7 +20,8 @@ from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._runtime.permissions import (
     FsGate,
     PermissionPolicy,
-    resolve_confined_path,
+    confined_relative,
+    open_in_cwd,
 )
 
 ALLOW = PermissionOption(option_id="a", name="Allow", kind="allow_once")
@@ -124,16 +125,31 @@ def tree(tmp_path: Path) -> Path:
 
 def refused(path: str, cwd: Path) -> AcpRuntimeError:
     with pytest.raises(AcpRuntimeError) as info:
-        resolve_confined_path(path, str(cwd))
+        os.close(open_in_cwd(path, str(cwd), os.O_RDONLY))
     assert info.value.rpc_code == -32602
     return info.value
 
 
+def opened(path: str, cwd: Path) -> Path:
+    """The file an fd opened beneath ``cwd`` really is."""
+    fd = open_in_cwd(path, str(cwd), os.O_RDONLY)
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
+
+
 def test_confinement(tree: Path) -> None:
-    assert resolve_confined_path(str(tree / "a.txt"), str(tree)) == tree / "a.txt"
-    assert resolve_confined_path(str(tree / "sub/../a.txt"), str(tree)) == tree / "a.txt"
-    assert resolve_confined_path(str(tree / "new/file"), str(tree)) == tree / "new/file"
-    assert resolve_confined_path(str(tree / "inner-link/x"), str(tree)) == tree / "sub/x"
+    (tree / "sub" / "x").write_text("x")
+    (tree / "rel-link").symlink_to("sub")
+    real = tree.resolve()
+    assert opened(str(tree / "a.txt"), tree) == real / "a.txt"
+    assert opened(str(tree / "sub/../a.txt"), tree) == real / "a.txt"
+    assert confined_relative(str(tree / "new/file"), str(tree)) == "new/file"
+    # a relative link that stays inside is followed; an absolute one is not (it could be
+    # re-pointed anywhere, and the kernel resolves beneath the cwd only)
+    assert opened(str(tree / "rel-link/x"), tree) == real / "sub/x"
+    assert "symlink" in refused(str(tree / "inner-link/x"), tree).message
     assert "outside" in refused(str(tree / "../outside.txt"), tree).message
     assert "outside" in refused(str(tree.parent / "outside.txt"), tree).message
     assert "outside" in refused("/etc/passwd", tree).message

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -36,6 +35,7 @@ from acpx_trio._acp._messages import (
     WriteTextFileRequest,
 )
 from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._runtime.beneath import BeneathError, open_beneath, open_dir_beneath
 from acpx_trio._store.config import NonInteractivePolicy, PermissionMode
 
 __all__ = [
@@ -46,8 +46,10 @@ __all__ = [
     "PermissionDecision",
     "PermissionPolicy",
     "PermissionStats",
+    "confined_relative",
+    "open_dir_in_cwd",
+    "open_in_cwd",
     "prompt_unavailable_error",
-    "resolve_confined_path",
 ]
 
 INVALID_PARAMS = -32602
@@ -194,42 +196,74 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def resolve_confined_path(raw: str, cwd: str) -> Path:
-    """The real path ``raw`` names, if it lies inside ``cwd``; blocking (``realpath``).
+def confined_relative(raw: str, cwd: str) -> str:
+    """``raw`` (absolute) as a path relative to ``cwd``, if it lies inside ``cwd`` lexically
+    (after ``..``); no file system access.  The open itself must then go through
+    :func:`open_in_cwd`, which resolves beneath ``cwd`` in one step.
 
-    Raises :class:`AcpRuntimeError` (``rpc_code`` -32602) for a relative path, a NUL byte, a
-    ``..`` that leaves ``cwd``, or a symlink that resolves outside it."""
+    Raises :class:`AcpRuntimeError` (``rpc_code`` -32602) for a relative path, a NUL byte or
+    a ``..`` that leaves ``cwd``."""
     if not isinstance(raw, str) or not raw:
         raise _refuse("path must be a non-empty absolute path")
     if "\0" in raw:
         raise _refuse("path contains a NUL byte")
     if not os.path.isabs(raw):
         raise _refuse(f"path must be absolute (got {raw!r}); it must lie inside {cwd}")
-    root_lexical = os.path.normpath(cwd)
-    root_real = os.path.realpath(cwd)
     lexical = os.path.normpath(raw)
-    if not (_inside(lexical, root_lexical) or _inside(lexical, root_real)):
-        raise _refuse(f"path {raw!r} is outside the session working directory {cwd}")
-    real = os.path.realpath(lexical)
-    if not _inside(real, root_real):
+    for root in (os.path.normpath(cwd), os.path.realpath(cwd)):
+        if _inside(lexical, root):
+            return os.path.relpath(lexical, root)
+    raise _refuse(f"path {raw!r} is outside the session working directory {cwd}")
+
+
+def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
+                make_parents: bool = False) -> int:
+    """An fd for ``raw`` opened beneath ``cwd`` in one step (see :mod:`.beneath`): a symlink
+    or ``..`` that would leave ``cwd`` — even one swapped in while we open — is refused
+    (``ACP_FS_REFUSED``), never followed.  ``make_parents`` creates missing directories,
+    each beneath its parent.  Blocking."""
+    rel = confined_relative(raw, cwd)
+    parent, name = os.path.split(rel)
+    try:
+        root = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refuse(f"session working directory {cwd}: {exc.strerror}") from None
+    try:
+        if not make_parents or not parent:
+            return open_beneath(root, rel, flags, mode)
+        dirfd = open_dir_beneath(root, parent, create=True)
+        try:
+            return open_beneath(dirfd, name, flags, mode)
+        finally:
+            os.close(dirfd)
+    except BeneathError:
         raise _refuse(
-            f"path {raw!r} resolves (through a symlink) to {real}, outside the session "
-            f"working directory {cwd}"
-        )
-    return Path(real)
+            f"path {raw!r} resolves (through a symlink or '..') outside the session working "
+            f"directory {cwd}"
+        ) from None
+    finally:
+        os.close(root)
 
 
-def _open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` that never blocks on a FIFO (``O_NONBLOCK``) and refuses anything but a
-    regular file: a FIFO or device in the cwd would otherwise park a worker thread forever
-    (uncancellable) and with it the runtime's shutdown."""
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+def open_dir_in_cwd(raw: str, cwd: str) -> int:
+    """A directory fd for ``raw`` beneath ``cwd`` (as :func:`open_in_cwd`).  Blocking."""
+    try:
+        return open_in_cwd(raw, cwd, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError:
+        raise _refuse(f"{raw!r} is not a directory") from None
+    except FileNotFoundError:
+        raise _refuse(f"directory not found: {raw}", RESOURCE_NOT_FOUND) from None
+
+
+def _checked_regular(fd: int, raw: str) -> int:
+    """``fd`` if it is a regular file (now blocking again), else closed and refused: a FIFO
+    or device in the cwd would otherwise park a worker thread forever (uncancellable)."""
     try:
         kind = os.fstat(fd).st_mode
         if stat.S_ISDIR(kind):
-            raise IsADirectoryError(path)
+            raise IsADirectoryError(raw)
         if not stat.S_ISREG(kind):
-            raise _refuse(f"path is not a regular file: {path}")
+            raise _refuse(f"path is not a regular file: {raw}")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -237,22 +271,22 @@ def _open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def _read_slice(path: Path, line: int | None, limit: int | None) -> str:
+def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None) -> str:
     try:
-        fd = _open_regular(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = _checked_regular(open_in_cwd(raw, cwd, os.O_RDONLY | os.O_NONBLOCK), raw)
         with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
             if os.fstat(fd).st_size > MAX_READ_BYTES:
                 raise _refuse(
-                    f"file {path} is larger than {MAX_READ_BYTES} bytes; read it in parts",
+                    f"file {raw} is larger than {MAX_READ_BYTES} bytes; read it in parts",
                     INVALID_PARAMS,
                 )
             text = fh.read()
     except FileNotFoundError:
-        raise _refuse(f"file not found: {path}", RESOURCE_NOT_FOUND) from None
+        raise _refuse(f"file not found: {raw}", RESOURCE_NOT_FOUND) from None
     except IsADirectoryError:
-        raise _refuse(f"path is a directory, not a file: {path}") from None
+        raise _refuse(f"path is a directory, not a file: {raw}") from None
     except OSError as exc:
-        raise _refuse(f"cannot read {path}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
+        raise _refuse(f"cannot read {raw}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
     if line is None and limit is None:
         return text
     lines = text.splitlines(keepends=True)
@@ -261,22 +295,20 @@ def _read_slice(path: Path, line: int | None, limit: int | None) -> str:
     return "".join(lines[start:end])
 
 
-def _write(path: Path, root: str, content: str) -> None:
-    # The parents are inside root (the path was confined); re-check after creating them in case
-    # a directory was swapped for a symlink meanwhile.
+def _write(raw: str, cwd: str, content: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not _inside(os.path.realpath(path.parent), os.path.realpath(root)):
-            raise _refuse(f"path {path} left the session working directory while writing")
         # O_TRUNC only after the regular-file check (a FIFO or device is refused untouched).
-        fd = _open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW)
+        fd = _checked_regular(open_in_cwd(raw, cwd, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK,
+                                          make_parents=True), raw)
         os.ftruncate(fd, 0)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(content)
+    except FileNotFoundError:
+        raise _refuse(f"directory not found for {raw}", RESOURCE_NOT_FOUND) from None
     except IsADirectoryError:
-        raise _refuse(f"path is a directory, not a file: {path}") from None
+        raise _refuse(f"path is a directory, not a file: {raw}") from None
     except OSError as exc:
-        raise _refuse(f"cannot write {path}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
+        raise _refuse(f"cannot write {raw}: {exc.strerror}", PERMISSION_DENIED_RPC) from None
 
 
 class FsGate:
@@ -306,13 +338,13 @@ class FsGate:
             raise _refuse(f"line must be >= 1 (1-based), got {request.line}")
         if request.limit is not None and request.limit < 0:
             raise _refuse(f"limit must be >= 0, got {request.limit}")
-        path = await trio.to_thread.run_sync(resolve_confined_path, request.path, self.cwd)
-        content = await trio.to_thread.run_sync(_read_slice, path, request.line, request.limit)
+        content = await trio.to_thread.run_sync(
+            _read_slice, request.path, self.cwd, request.line, request.limit)
         return ReadTextFileResponse(content=content)
 
     async def write_text_file(self, request: WriteTextFileRequest) -> EmptyResponse:
         """Writes the file (creating parent directories inside the cwd) when the mode allows."""
-        path = await trio.to_thread.run_sync(resolve_confined_path, request.path, self.cwd)
+        confined_relative(request.path, self.cwd)  # a path outside is refused before asking
         allowed, fail = self.policy.write_allowed()
         if not allowed:
             if fail is not None and self._on_turn_failure is not None:
@@ -323,5 +355,5 @@ class FsGate:
                 '"approve-all" to allow writes',
                 PERMISSION_DENIED_RPC,
             )
-        await trio.to_thread.run_sync(_write, path, self.cwd, request.content)
+        await trio.to_thread.run_sync(_write, request.path, self.cwd, request.content)
         return EmptyResponse()

@@ -66,7 +66,7 @@ from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
     PERMISSION_DENIED_RPC,
     PermissionPolicy,
-    resolve_confined_path,
+    open_dir_in_cwd,
 )
 from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
@@ -139,25 +139,25 @@ def _argv(request: CreateTerminalRequest) -> list[str]:
     return [request.command, *request.args]
 
 
-def _check_dir(raw: str | None, cwd: str) -> str:
-    if raw is None:
-        return cwd
-    path = resolve_confined_path(raw, cwd)
-    if not path.is_dir():
-        raise _refuse(f"terminal cwd {raw!r} is not a directory")
-    return str(path)
+def _open_cwd(raw: str | None, cwd: str) -> int:
+    """A directory fd of the terminal's cwd, opened beneath the session cwd in one step; the
+    command is started in *that* directory (``/proc/self/fd/N``), so swapping a directory
+    for a symlink after this check cannot move it outside."""
+    return open_dir_in_cwd(cwd if raw is None else raw, cwd)
 
 
 class Terminal:
     """One command run for the agent (see the module docstring)."""
 
     def __init__(
-        self, *, terminal_id: str, argv: list[str], cwd: str, env: dict[str, str],
+        self, *, terminal_id: str, argv: list[str], cwd_fd: int, env: dict[str, str],
         output_limit: int, owner: TerminalManager,
     ) -> None:
         self.id = terminal_id
         self.argv = argv
-        self.cwd = cwd
+        #: the confined cwd, open; the child changes into it through its own fd table
+        #: before it executes anything, and we close it once the spawn returned
+        self._cwd_fd = cwd_fd
         self._env = env
         self.output = OutputBuffer(output_limit)
         self._owner = owner
@@ -204,7 +204,8 @@ class Terminal:
         )
         try:
             self.process = await spawn_owned(
-                self.argv, self.lease, env=self._env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                self.argv, self.lease, env=self._env, cwd=f"/proc/self/fd/{self._cwd_fd}",
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             )
         except OSError as exc:
@@ -377,7 +378,6 @@ class TerminalManager:
             )
         if len(self.terminals) >= MAX_TERMINALS:
             raise _refuse(f"too many terminals (at most {MAX_TERMINALS}); release some")
-        cwd = await trio.to_thread.run_sync(_check_dir, request.cwd, self.cwd)
         limit = DEFAULT_OUTPUT_LIMIT if request.output_byte_limit is None else (
             min(max(0, request.output_byte_limit), MAX_OUTPUT_LIMIT))
         held = sum(t.output.limit for t in self.terminals.values())
@@ -388,11 +388,15 @@ class TerminalManager:
                 f"({self.output_budget}); release a terminal or ask a smaller outputByteLimit")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
         env = {**inherited, **{v.name: v.value for v in request.env}}
+        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd)
         term = Terminal(
-            terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd=cwd, env=env,
+            terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd_fd=cwd_fd, env=env,
             output_limit=limit, owner=self,
         )
-        await self.nursery.start(term.run)
+        try:
+            await self.nursery.start(term.run)
+        finally:
+            os.close(cwd_fd)  # the child is in it (or never started)
         self.terminals[term.id] = term
         if self._closed:  # closed while starting: never leave it running
             await self.aclose()
