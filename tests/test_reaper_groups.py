@@ -4,6 +4,7 @@ their agent; decoys with the same command line survive.  Real processes, real cl
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -132,8 +133,21 @@ def test_plan_group_rules() -> None:
     assert {p.pid for p in old.targets} == {100, 300, 501, 600} and old.groups == []
 
 
-def test_cgroup_probe_explains_itself_and_writes_nothing() -> None:
+def _kernel() -> tuple[int, int]:
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def test_cgroup_probe_explains_itself_and_leaves_nothing() -> None:
+    from pathlib import Path
+
     from acpx_trio._process.cgroup import probe_cgroup_kill
 
     probe = probe_cgroup_kill()
     assert probe.reason and (probe.path is not None or not probe.usable)
+    if probe.path is not None and Path(probe.path).is_dir():
+        assert not list(Path(probe.path).glob("acpx-trio-probe-*")), "the probe child stayed"
+    # where a child of our cgroup can be made, the truth is that cgroup.kill is there
+    # (kernel >= 5.14; the old probe looked only at the root cgroup, which never has it)
+    if probe.path is not None and os.access(probe.path, os.W_OK) and _kernel() >= (5, 14):
+        assert probe.usable, probe.reason

@@ -282,6 +282,8 @@ async def doctor_command(
     async with trio.open_nursery() as nursery:
         for name in names:
             nursery.start_soon(check, name)
+    if not opts.json:
+        out.write(await trio.to_thread.run_sync(containment_line) + "\n")
     for name in names:
         r = results[name]
         if opts.json:
@@ -291,6 +293,19 @@ async def doctor_command(
             out.write(line + "\n")
     await out.drain()
     return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
+
+
+def containment_line() -> str:
+    """``containment: <mechanism> (<path or reason>)``: the mechanism agents run under here.
+    Per-lease cgroups are not built yet (issue 18), so it is always ``process-group``; the
+    reason says whether ``cgroup.kill`` would be usable on this machine.  Blocking."""
+    from acpx_trio._process.cgroup import probe_cgroup_kill
+
+    probe = probe_cgroup_kill()
+    if probe.usable:
+        return (f"containment: process-group (cgroup.kill is usable under {probe.path}, "
+                "but per-agent cgroups are not built yet)")
+    return f"containment: process-group ({probe.reason})"
 
 
 #: Lines of the stderr tail shown under a failed agent.

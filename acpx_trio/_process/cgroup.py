@@ -1,15 +1,19 @@
 """Detection of a delegated cgroup v2 with ``cgroup.kill`` (the strongest kill mechanism:
 every process of a cgroup, forks in flight included, in one write).
 
-Only detection for now: agents are not placed in per-lease cgroups yet, so the reaper's
-process-group/session kill (``killpg`` + member scan) is what runs everywhere.
+Only detection for now: agents are not placed in per-lease cgroups yet (issue 18), so the
+reaper's process-group/session kill (``killpg`` + member scan) is what runs everywhere.
 :func:`probe_cgroup_kill` says whether the stronger mechanism *could* be used here and why
-not; it writes nothing.  Blocking (reads ``/proc`` and ``/sys``); Linux only.
+not.  It tells the truth: ``cgroup.kill`` exists only in non-root cgroups, so it creates an
+empty probe child under this process's cgroup, looks, and removes it (nothing else is
+written; the probe never holds a process).  Blocking (reads ``/proc``, ``/sys``); Linux.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 
 import msgspec
@@ -62,14 +66,26 @@ def probe_cgroup_kill() -> CgroupProbe:
         return CgroupProbe(usable=False, path=None,
                            reason=f"cgroup v2 at {mount}, but this process is in none of it")
     here = mount / rel.lstrip("/")
+    if not here.is_dir():
+        return CgroupProbe(usable=False, path=str(here),
+                           reason=f"this process's cgroup {here} is not visible")
     if not os.access(here, os.W_OK):
         return CgroupProbe(usable=False, path=str(here),
-                           reason=f"{here} is not writable (no delegated cgroup)")
-    # the root cgroup has no cgroup.kill of its own; any child shows kernel support
-    candidates = [here, *(p for p in here.iterdir() if p.is_dir())] if here.is_dir() else []
-    if not any((p / "cgroup.kill").exists() for p in candidates):
+                           reason=f"{here} is not writable (no delegated cgroup: see the "
+                           "README, systemd-run --user --scope -p Delegate=yes)")
+    probe = here / f"acpx-trio-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(probe, 0o755)
+    except OSError as exc:
         return CgroupProbe(usable=False, path=str(here),
-                           reason=f"{here} is writable, but no cgroup.kill seen (kernel < 5.14 "
-                           "or a root cgroup without children)")
+                           reason=f"cannot create a child cgroup in {here}: {exc.strerror}")
+    try:
+        has_kill = (probe / "cgroup.kill").exists()
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+    if not has_kill:
+        return CgroupProbe(usable=False, path=str(here),
+                           reason=f"a child cgroup of {here} has no cgroup.kill (kernel < 5.14)")
     return CgroupProbe(usable=True, path=str(here),
-                       reason=f"{here} is writable and has cgroup.kill")
+                       reason=f"a child cgroup of {here} can be created and has cgroup.kill")
