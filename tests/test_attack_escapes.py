@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from _attack_helpers import one_close
 
+from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._store.leases import LeaseState
+
+#: where a leaf cgroup per agent is made (cgroup.kill usable), these variants are contained;
+#: in process-group mode they stay strict xfails (the documented limit)
+CGROUP = probe_cgroup_kill().usable
+#: trials per run; ``ACPX_ATTACK_TRIALS=30`` for the measurement
+TRIALS = int(os.environ.get("ACPX_ATTACK_TRIALS", "3"))
 
 PG_LIMIT = ("process-group mode (branch reaping 29a1473): an untagged process in its own "
             "session is not provably ours; 30/30 escapes through close, exec, "
@@ -47,15 +54,15 @@ async def test_setsid_each_fork_hopper_never_escapes_close_30(tmp_path: Path) ->
                   int(os.environ.get("ACPX_ATTACK_TRIALS", "30")))
 
 
-@pytest.mark.xfail(strict=True, reason="setsid-envclear: " + PG_LIMIT)
+@pytest.mark.xfail(not CGROUP, strict=True, reason="setsid-envclear: " + PG_LIMIT)
 async def test_setsid_envclear_child_does_not_escape_close(tmp_path: Path) -> None:
     """A direct child of the agent that ``setsid()``s with an empty environment (no double
     fork): must die with the agent."""
-    await _trials(tmp_path, "setsid-envclear", 3)
+    await _trials(tmp_path, "setsid-envclear", TRIALS)
 
 
-@pytest.mark.xfail(strict=True, reason="daemon-emptyenv: " + PG_LIMIT)
+@pytest.mark.xfail(not CGROUP, strict=True, reason="daemon-emptyenv: " + PG_LIMIT)
 async def test_emptyenv_double_fork_daemon_does_not_escape_close(tmp_path: Path) -> None:
     """A child that double-forks and ``setsid()``s with an empty environment: must die with
     the agent."""
-    await _trials(tmp_path, "daemon-emptyenv", 3)
+    await _trials(tmp_path, "daemon-emptyenv", TRIALS)

@@ -34,6 +34,7 @@ from typing import Protocol
 import msgspec
 import trio
 
+from acpx_trio._process.cgroup import kill_leaf, leaf_populated, leftover_leaves
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.reap_plan import (
@@ -63,6 +64,7 @@ __all__ = [
     "ReapStep",
     "ReapStepRequest",
     "gateway_cleanup_deps",
+    "reap_cgroup_leftovers",
     "reap_gateway",
 ]
 
@@ -119,15 +121,48 @@ class ReapStepRequest(msgspec.Struct, frozen=True, kw_only=True):
     dry_run: bool
     owner: OwnerTag | None
     grace: float
+    #: reads the lease file afresh: open/closing leases not being reaped here (live owners',
+    #: and the caller's protected ones), whose leaf cgroups are in use
+    live_lease_ids: Callable[[], Awaitable[frozenset[str]]] | None = None
 
 
 #: A step run after the lease reap and the orphan sweep; returns its actions.
 ReapStep = Callable[[ReapStepRequest], Awaitable[list[ReapAction]]]
 
-#: The steps :func:`reap_gateway` runs after the process reap unless told otherwise.  The
-#: cgroup containment adds ``reap_cgroup_leftovers`` here (leaf cgroups of this gateway
-#: whose lease is final, missing, or whose owner is dead: kill, wait empty, remove).
-DEFAULT_STEPS: tuple[ReapStep, ...] = ()
+async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
+    """Leaf cgroups of this gateway whose lease is final, missing, or whose owner is dead:
+    killed (``cgroup.kill``), waited empty, removed.  Only leaves under this gateway's own
+    parent cgroup are touched."""
+    # leaves first, leases second: a lease is saved before its leaf is made, so every leaf
+    # listed here that belongs to a live start has its lease in the read that follows
+    leaves = await trio.to_thread.run_sync(
+        leftover_leaves, request.gateway_instance_id, frozenset())
+    if not leaves:
+        return []
+    live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
+    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
+    actions: list[ReapAction] = []
+    for leaf in leaves:
+        lease_id = leaf.rsplit("/", 1)[-1]
+        if request.dry_run:
+            actions.append(ReapAction(action="would-kill-cgroup", lease_id=lease_id,
+                                      reason=f"leaf cgroup {leaf}: its lease is not open "
+                                      "with a live owner"))
+            continue
+        populated = await trio.to_thread.run_sync(leaf_populated, leaf)
+        gone = await trio.to_thread.run_sync(kill_leaf, leaf, request.grace + 1.0)
+        if populated or not gone:
+            actions.append(ReapAction(
+                action="killed-cgroup" if gone else "survived",
+                lease_id=lease_id,
+                reason=f"leaf cgroup {leaf}: its lease is not open with a live owner"
+                + ("" if gone else "; it did not empty, retried on the next reap")))
+    return actions
+
+
+#: The steps :func:`reap_gateway` runs after the process reap unless told otherwise: the
+#: leftover leaf cgroups (cgroup containment).
+DEFAULT_STEPS: tuple[ReapStep, ...] = (reap_cgroup_leftovers,)
 
 
 class _LeaseSource(Protocol):
@@ -280,6 +315,13 @@ async def reap_gateway(
         )
         return _merge(leases_plan, orphans_plan)
 
+    async def live_ids() -> frozenset[str]:
+        fresh = await lease_store.list_all()
+        return frozenset(
+            x.lease_id for x in fresh
+            if x.state in (LeaseState.OPEN, LeaseState.CLOSING) and x.lease_id not in doomed
+        ).union(protected)
+
     actions: list[ReapAction] = []
     if dry_run:
         first = plan(table, ())
@@ -287,7 +329,7 @@ async def reap_gateway(
         for step in steps:
             actions += await step(ReapStepRequest(
                 gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=True,
-                owner=owner, grace=grace))
+                owner=owner, grace=grace, live_lease_ids=live_ids))
         return GatewayReapReport(gateway_instance_id=gateway_instance_id, dry_run=True,
                                  actions=actions, inspected_pids=first.inspected,
                                  left_alone=left_alone)
@@ -342,7 +384,7 @@ async def reap_gateway(
     for step in steps:
         actions += await step(ReapStepRequest(
             gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=False,
-            owner=owner, grace=grace))
+            owner=owner, grace=grace, live_lease_ids=live_ids))
     return GatewayReapReport(
         gateway_instance_id=gateway_instance_id,
         actions=actions,

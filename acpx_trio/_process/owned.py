@@ -33,6 +33,7 @@ import trio
 
 from acpx_trio._errors import LeaseStoreError
 from acpx_trio._log import Logger
+from acpx_trio._process.cgroup import gateway_parent, kill_leaf, make_leaf, shim_argv
 from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
 from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.reaper import (
@@ -80,7 +81,15 @@ async def save_pending_lease(
         owner_pid=owner_pid,
         owner_start_time=owner_start,
     )
+    parent = await trio.to_thread.run_sync(gateway_parent, gateway_instance_id)
+    if parent is not None:  # recorded first, created second: a reap never sees it unleased
+        lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
     await lease_store.save(lease)
+    if lease.cgroup is not None:
+        made = await trio.to_thread.run_sync(make_leaf, gateway_instance_id, lease.lease_id)
+        if made is None:  # not creatable after all: the process group is what we have
+            lease = msgspec.structs.replace(lease, cgroup=None)
+            await lease_store.save(lease)
     return lease
 
 
@@ -116,8 +125,10 @@ async def spawn_owned(
     of its own session and process group.  Raises ``OSError`` when it cannot start (the
     caller turns it into its typed error and finalises the lease)."""
     owner = await owner_tag_value()
+    # with a leaf cgroup, a shim puts the process in it before it executes anything of its own
+    command = list(argv) if lease.cgroup is None else shim_argv(lease.cgroup, list(argv))
     return await trio.lowlevel.open_process(
-        list(argv), stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+        command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
         env=owned_env(env, lease, owner), start_new_session=True,
     )
 
@@ -212,6 +223,14 @@ async def close_owned(
         with trio.move_on_after(max(grace, 1.0)):
             await proc.wait()
     survivors = list(result.survived_pids) if result is not None else []
+    if lease is not None and lease.cgroup is not None:
+        # membership of our leaf is the proof: whatever left the session, the group or its
+        # tags behind is still in the leaf, and cgroup.kill takes it (forks in flight too)
+        emptied = await trio.to_thread.run_sync(kill_leaf, lease.cgroup, max(grace, 1.0) + 1.0)
+        if not emptied:
+            log.error("%s %s: leaf cgroup %s did not empty; lease %s stays closing", what,
+                      proc.pid, lease.cgroup, lease.lease_id)
+            return result
     if result is not None and result.unproven and not survivors:
         # scans kept finding processes until the time budget ran out: not proven gone
         log.error("%s %s: tree not proven gone within the cleanup budget; lease %s stays "

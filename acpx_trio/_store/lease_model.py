@@ -77,6 +77,8 @@ class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=T
     boot_id: str | None = None
     owner_pid: int | None = None
     owner_start_time: float | None = None
+    #: the launch's leaf cgroup (cgroup containment); omitted when unused
+    cgroup: str | None = None
 
     def with_state(self, state: LeaseState | str) -> ProcessLease:
         """Return a copy in ``state`` after checking that the move is legal."""
