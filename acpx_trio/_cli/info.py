@@ -296,15 +296,14 @@ async def doctor_command(
 
 
 def containment_line() -> str:
-    """``containment: <mechanism> (<path or reason>)``: the mechanism agents run under here.
-    Per-lease cgroups are not built yet (issue 18), so it is always ``process-group``; the
-    reason says whether ``cgroup.kill`` would be usable on this machine.  Blocking."""
+    """``containment: cgroup (<path>)`` when each agent gets a leaf cgroup under ``path``
+    (killed with ``cgroup.kill``), else ``containment: process-group (<reason>)``.
+    Blocking."""
     from acpx_trio._process.cgroup import probe_cgroup_kill
 
     probe = probe_cgroup_kill()
     if probe.usable:
-        return (f"containment: process-group (cgroup.kill is usable under {probe.path}, "
-                "but per-agent cgroups are not built yet)")
+        return f"containment: cgroup ({probe.path})"
     return f"containment: process-group ({probe.reason})"
 
 
