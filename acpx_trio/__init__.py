@@ -41,6 +41,9 @@ if TYPE_CHECKING:
         LeaseStoreError as LeaseStoreError,
     )
     from acpx_trio._errors import (
+        LeaseValueError as LeaseValueError,
+    )
+    from acpx_trio._errors import (
         SessionStoreError as SessionStoreError,
     )
     from acpx_trio._errors import (
@@ -270,6 +273,7 @@ _EXPORTS: dict[str, str] = {
     "GatewayInstanceIdError": "._errors",
     "LeaseStateError": "._errors",
     "LeaseStoreError": "._errors",
+    "LeaseValueError": "._errors",
     "SessionStoreError": "._errors",
     "StateFileError": "._errors",
     "AcpRuntimeCapabilities": "._events",

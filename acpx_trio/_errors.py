@@ -20,6 +20,7 @@ __all__ = [
     "GatewayInstanceIdError",
     "LeaseStateError",
     "LeaseStoreError",
+    "LeaseValueError",
     "SessionStoreError",
     "StateFileError",
     "collapse_group",
@@ -154,6 +155,17 @@ class LeaseStateError(AcpxError, ValueError):
             "(allowed: open->closing, open->closed, closing->closed, closing->lost; "
             "closed and lost are final)"
         )
+
+
+class LeaseValueError(AcpxError, ValueError):
+    """A :class:`~acpx_trio.ProcessLease` built with a field a reader would drop (a bad
+    ``state``, a non-integer pid, an empty id): refused at construction, never written."""
+
+    code = "ACPX_LEASE_INVALID"
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        super().__init__(f"lease field {field}={value!r} is invalid: {allowed}")
+        self.field = field
 
 
 class AgentProcessError(AcpxError):

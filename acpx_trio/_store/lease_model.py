@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from acpx_trio._errors import LeaseStateError
+from acpx_trio._errors import LeaseStateError, LeaseValueError
 
 __all__ = ["LeaseState", "ProcessLease", "check_transition", "hash_command", "new_lease",
            "new_lease_id"]
@@ -79,6 +79,31 @@ class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=T
     owner_start_time: float | None = None
     #: the launch's leaf cgroup (cgroup containment); omitted when unused
     cgroup: str | None = None
+
+    def __post_init__(self) -> None:
+        """A lease a reader would drop is refused here, at construction (typed, naming the
+        field); a ``state`` given as text becomes a :class:`LeaseState`."""
+        if not isinstance(self.state, LeaseState):
+            try:
+                msgspec.structs.force_setattr(self, "state", LeaseState(self.state))
+            except ValueError:
+                raise LeaseValueError("state", self.state, "one of " + ", ".join(
+                    x.value for x in LeaseState)) from None
+        for name in ("lease_id", "gateway_instance_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise LeaseValueError(name, value, "a non-empty string")
+        for name in ("session_key", "wrapper_root", "wrapper_path", "command_hash"):
+            if not isinstance(getattr(self, name), str):
+                raise LeaseValueError(name, getattr(self, name), "a string")
+        for name in ("root_pid", "started_at"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise LeaseValueError(name, value, "an integer >= 0")
+        for name in ("process_group_id", "root_start_ticks", "owner_pid"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 0):
+                raise LeaseValueError(name, value, "an integer >= 0 or None")
 
     def with_state(self, state: LeaseState | str) -> ProcessLease:
         """Return a copy in ``state`` after checking that the move is legal."""

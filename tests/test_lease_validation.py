@@ -1,0 +1,34 @@
+"""A lease can never be written in a shape a reader drops (issue 20): bad fields fail at
+construction with a typed error naming the field; a text state becomes a LeaseState."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from acpx_trio import AcpxError, LeaseState, LeaseStore, LeaseValueError, ProcessLease
+
+GOOD = dict(lease_id="l1", gateway_instance_id="gw", session_key="s", wrapper_root="/w",
+            wrapper_path="", root_pid=0, command_hash="h", started_at=1)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("state", "bogus"), ("root_pid", "x"), ("root_pid", -1), ("root_pid", True),
+    ("lease_id", ""), ("gateway_instance_id", 3), ("started_at", 1.5), ("owner_pid", "7"),
+])
+def test_bad_fields_fail_at_construction(field: str, value: object) -> None:
+    kwargs: dict[str, object] = {**GOOD, "state": "open", field: value}
+    with pytest.raises(LeaseValueError) as info:
+        ProcessLease(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field and isinstance(info.value, AcpxError)
+    assert isinstance(info.value, ValueError) and info.value.code == "ACPX_LEASE_INVALID"
+
+
+async def test_text_state_is_a_lease_state_after_save_and_load(tmp_path: Path) -> None:
+    lease = ProcessLease(**GOOD, state="open")  # type: ignore[arg-type]
+    assert lease.state is LeaseState.OPEN and not lease.state.is_final
+    store = LeaseStore(tmp_path / "acpx" / "process-leases.json")
+    await store.save(lease)
+    loaded = await store.load("l1")
+    assert loaded is not None and loaded.state is LeaseState.OPEN and not loaded.state.is_final
