@@ -32,3 +32,13 @@ async def test_text_state_is_a_lease_state_after_save_and_load(tmp_path: Path) -
     await store.save(lease)
     loaded = await store.load("l1")
     assert loaded is not None and loaded.state is LeaseState.OPEN and not loaded.state.is_final
+
+
+@pytest.mark.parametrize("value", [-5.0, float("nan"), float("inf"), 61.0])
+def test_acpx_config_refuses_a_bad_kill_grace(value: float, tmp_path: Path) -> None:
+    from acpx_trio import AcpxConfig, ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        AcpxConfig(cwd=str(tmp_path), state_dir=str(tmp_path),
+                   kill_grace_seconds=value)
+    assert "killGraceSeconds" in str(info.value)

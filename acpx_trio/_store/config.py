@@ -253,6 +253,20 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     owner_partial_max_bytes: int = caps.DEFAULT_OWNER_PARTIAL_MAX_BYTES
     terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
+    def __post_init__(self) -> None:
+        """The resolved config an embedder may build directly is checked like the plugin
+        config: a value out of bounds (``kill_grace_seconds=-5``, NaN) raises
+        :class:`ConfigError` naming the camelCase field."""
+        if self.timeout_seconds is not None:
+            _check_number("timeoutSeconds", self.timeout_seconds)
+        _check_number("sweepIntervalSeconds", self.sweep_interval_seconds)
+        _check_number("killGraceSeconds", self.kill_grace_seconds)
+        _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
+        _check_number("transcriptMaxBytes", self.transcript_max_bytes)
+        _check_number("transcriptKeep", self.transcript_keep)
+        for field, attr in caps.CAP_FIELDS:
+            _check_number(field, getattr(self, attr))
+
     @property
     def control_timeout_seconds(self) -> float:
         return self.timeout_seconds or DEFAULT_CONTROL_TIMEOUT_SECONDS
