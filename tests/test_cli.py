@@ -284,3 +284,17 @@ async def test_reply_is_written_as_it_arrives() -> None:
     assert seen_mid_turn == ["first "]
     assert out.getvalue() == "first second\n"
     assert err.getvalue() == ""
+
+
+def test_doctor_prints_the_containment_line(tmp_path: Path) -> None:
+    """DESIGN: a line starting ``containment:`` naming cgroup (with its path) or
+    process-group (with the reason)."""
+    from acpx_trio._process.cgroup import probe_cgroup_kill
+
+    done = run_cli("doctor", "--agent", "mock", state_dir=tmp_path)
+    line = [x for x in done.stdout.splitlines() if x.startswith("containment:")]
+    assert len(line) == 1, done.stdout
+    probe = probe_cgroup_kill()
+    expected = (f"containment: cgroup ({probe.path})" if probe.usable
+                else "containment: process-group (")
+    assert line[0].startswith(expected), line

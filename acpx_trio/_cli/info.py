@@ -282,8 +282,6 @@ async def doctor_command(
     async with trio.open_nursery() as nursery:
         for name in names:
             nursery.start_soon(check, name)
-    if not opts.json:
-        out.write(await trio.to_thread.run_sync(containment_line) + "\n")
     for name in names:
         r = results[name]
         if opts.json:
@@ -291,6 +289,8 @@ async def doctor_command(
             continue
         for line in _doctor_lines(r, deep):
             out.write(line + "\n")
+    if not opts.json:
+        out.write(await trio.to_thread.run_sync(containment_line) + "\n")
     await out.drain()
     return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
 
