@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 
 __all__ = [
-    "CgroupProbe", "gateway_parent", "is_our_leaf", "kill_leaf", "leaf_populated",
+    "CgroupProbe", "gateway_parent", "is_our_leaf", "kill_leaf", "leaf_members",
+    "leaf_populated",
     "leftover_leaves", "make_leaf", "probe_cgroup_kill", "remove_parent_if_empty", "shim_argv",
 ]
 
@@ -166,6 +167,15 @@ def is_our_leaf(path: str, gateway_instance_id: str) -> bool:
         return False
     leaf = Path(os.path.normpath(path))
     return leaf.parent == parent and _safe(leaf.name) and not leaf.is_symlink()
+
+
+def leaf_members(leaf: str) -> list[int]:
+    """The pids in ``leaf`` itself (``cgroup.procs``); empty when it is gone.  Blocking."""
+    try:
+        with open(os.path.join(leaf, "cgroup.procs"), encoding="ascii") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def leaf_populated(leaf: str) -> bool | None:

@@ -27,6 +27,7 @@ What is reaped (everything else is left alone, with a reason in the report):
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
@@ -34,9 +35,14 @@ from typing import Protocol
 import msgspec
 import trio
 
-from acpx_trio._process.cgroup import kill_leaf, leaf_populated, leftover_leaves
-from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.owner_tag import OwnerTag
+from acpx_trio._process.cgroup import kill_leaf, leaf_members, leaf_populated, leftover_leaves
+from acpx_trio._process.identity import ProcessInfo, process_info
+from acpx_trio._process.owner_tag import (
+    OwnerTag,
+    names_owner,
+    owner_alive_elsewhere,
+    parse_owner_tag,
+)
 from acpx_trio._process.reap_plan import (
     OWNER_ALIVE,
     PROTECTED,
@@ -141,6 +147,10 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         return []
     live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
     leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
+    # a leaf whose lease record was lost (a damaged lease file) but whose members name a live
+    # owner other than us is that owner's: left alone, as the tag sweep leaves its processes
+    leaves = [leaf for leaf in leaves
+              if not await trio.to_thread.run_sync(_leaf_kept, leaf, request.owner)]
     actions: list[ReapAction] = []
     for leaf in leaves:
         lease_id = leaf.rsplit("/", 1)[-1]
@@ -158,6 +168,22 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
                 reason=f"leaf cgroup {leaf}: its lease is not open with a live owner"
                 + ("" if gone else "; it did not empty, retried on the next reap")))
     return actions
+
+
+def _leaf_kept(leaf: str, only_owner: OwnerTag | None) -> bool:
+    """Whether a leftover leaf must be left alone: a member names a live owner other than
+    us, or (``only_owner``: the watchdog) no member names that dead owner.  Blocking."""
+    members = [p for p in map(process_info, leaf_members(leaf)) if p is not None]
+    if not members:
+        return False
+    me, uid = os.getpid(), os.getuid()
+    for p in members:
+        tag = parse_owner_tag(p.owner)
+        owner = None if tag is None else process_info(tag.pid)
+        table = {p.pid: p} if owner is None else {p.pid: p, owner.pid: owner}
+        if owner_alive_elsewhere(p, table, me, uid):
+            return True
+    return only_owner is not None and not any(names_owner(p, only_owner) for p in members)
 
 
 #: The steps :func:`reap_gateway` runs after the process reap unless told otherwise: the

@@ -24,6 +24,9 @@ Everything here is async and cancellable; blocking reads run in worker threads.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +129,17 @@ async def spawn_owned(
     caller turns it into its typed error and finalises the lease)."""
     owner = await owner_tag_value()
     # with a leaf cgroup, a shim puts the process in it before it executes anything of its own
-    command = list(argv) if lease.cgroup is None else shim_argv(lease.cgroup, list(argv))
+    command = list(argv)
+    if lease.cgroup is not None:
+        # the shim would start even for a missing program: fail here, as a direct spawn does
+        program = command[0]
+        if "/" in program and not os.path.isabs(program):
+            program = os.path.join(cwd, program)  # as the child resolves it, after chdir
+        found = await trio.to_thread.run_sync(
+            shutil.which, program, os.X_OK, env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command[0])
+        command = shim_argv(lease.cgroup, command)
     return await trio.lowlevel.open_process(
         command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
         env=owned_env(env, lease, owner), start_new_session=True,
