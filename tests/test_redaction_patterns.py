@@ -3,8 +3,13 @@ reasons stay readable, real key formats and known credentials never show."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import trio
+from _runtime_helpers import RuntimeEnv
+
+from acpx_trio import AcpRuntimeError
 from acpx_trio._errors import redact
 
 REAL_MESSAGES = [
@@ -54,3 +59,24 @@ def test_known_credentials_are_redacted_exactly_whatever_their_shape() -> None:
     assert redact("the key was plainword", ["plainword"]) == "the key was [redacted]"
     # the longest known secret wins where one contains another
     assert redact("xyzw-1234", ["xyzw", "xyzw-1234"]) == "[redacted]"
+
+
+async def test_claude_reason_reaches_the_user_whole(tmp_path: Path, env: RuntimeEnv) -> None:
+    """A real agent process that dies with claude's root/sudo reason: the error's detail
+    carries it word for word (it once read ``--dangerously-[redacted]``); a real-format key
+    on the next line is still redacted."""
+    key = "sk-ant-api03-" + "Q7w8E9r0" * 4
+    script = tmp_path / "claude-like.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "echo '--dangerously-skip-permissions cannot be used with root/sudo privileges "
+        "for security reasons' >&2\n"
+        f"echo 'ANTHROPIC_API_KEY={key}' >&2\nexit 1\n")
+    script.chmod(0o755)
+    with trio.fail_after(30):
+        async with env.runtime(agents={"claude-like": {"command": str(script)}}) as rt:
+            with pytest.raises(AcpRuntimeError) as info:
+                await rt.ensure_session(session_key="a", agent="claude-like")
+    text = str(info.value) + (info.value.detail or "")
+    assert "--dangerously-skip-permissions cannot be used with root/sudo" in text, text
+    assert key not in text and "[redacted]" in text
