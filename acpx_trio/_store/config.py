@@ -138,6 +138,26 @@ def _check_number(field: str, value: float) -> None:
         raise ConfigError(field, value, _number_allowed(field))
 
 
+#: camelCase field -> attribute, for every bounded number (both config Structs share them)
+_NUMBER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("timeoutSeconds", "timeout_seconds"),
+    ("sweepIntervalSeconds", "sweep_interval_seconds"),
+    ("killGraceSeconds", "kill_grace_seconds"),
+    ("queueOwnerTtlSeconds", "queue_owner_ttl_seconds"),
+    ("transcriptMaxBytes", "transcript_max_bytes"),
+    ("transcriptKeep", "transcript_keep"),
+    *caps.CAP_FIELDS,
+)
+
+
+def _check_numbers(config: object) -> None:
+    """Every bounded number of ``config`` (``None`` means its default)."""
+    for field, attr in _NUMBER_FIELDS:
+        value = getattr(config, attr)
+        if value is not None:
+            _check_number(field, value)
+
+
 class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
     """The plugin config object as the host gives it (camelCase keys).
 
@@ -189,15 +209,7 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         for method in self.auth:
             if not method.strip():
                 raise ConfigError("auth", method, "auth method ids must be non-empty")
-        if self.timeout_seconds is not None:
-            _check_number("timeoutSeconds", self.timeout_seconds)
-        _check_number("sweepIntervalSeconds", self.sweep_interval_seconds)
-        _check_number("killGraceSeconds", self.kill_grace_seconds)
-        _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
-        _check_number("transcriptMaxBytes", self.transcript_max_bytes)
-        _check_number("transcriptKeep", self.transcript_keep)
-        for field, attr in caps.CAP_FIELDS:
-            _check_number(field, getattr(self, attr))
+        _check_numbers(self)
 
 
 _KEYS: tuple[str, ...] = PluginConfig.__struct_encode_fields__
@@ -257,15 +269,7 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
         """The resolved config an embedder may build directly is checked like the plugin
         config: a value out of bounds (``kill_grace_seconds=-5``, NaN) raises
         :class:`ConfigError` naming the camelCase field."""
-        if self.timeout_seconds is not None:
-            _check_number("timeoutSeconds", self.timeout_seconds)
-        _check_number("sweepIntervalSeconds", self.sweep_interval_seconds)
-        _check_number("killGraceSeconds", self.kill_grace_seconds)
-        _check_number("queueOwnerTtlSeconds", self.queue_owner_ttl_seconds)
-        _check_number("transcriptMaxBytes", self.transcript_max_bytes)
-        _check_number("transcriptKeep", self.transcript_keep)
-        for field, attr in caps.CAP_FIELDS:
-            _check_number(field, getattr(self, attr))
+        _check_numbers(self)
 
     @property
     def control_timeout_seconds(self) -> float:
