@@ -20,9 +20,8 @@ from pathlib import Path
 import msgspec
 
 __all__ = [
-    "CgroupProbe", "gateway_parent", "is_our_leaf", "kill_leaf", "leaf_members",
-    "leaf_populated",
-    "leftover_leaves", "make_leaf", "probe_cgroup_kill", "remove_parent_if_empty", "shim_argv",
+    "CgroupProbe", "gateway_parent", "kill_leaf", "leaf_members", "leaf_populated",
+    "leftover_leaves", "make_leaf", "probe_cgroup_kill", "shim_argv",
 ]
 
 
@@ -159,16 +158,6 @@ def shim_argv(leaf: str, argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", _SHIM, leaf, *argv]
 
 
-def is_our_leaf(path: str, gateway_instance_id: str) -> bool:
-    """``path`` is a leaf of this gateway's parent (never any other cgroup: a lease file
-    naming another path is not trusted)."""
-    parent = gateway_parent(gateway_instance_id)
-    if parent is None:
-        return False
-    leaf = Path(os.path.normpath(path))
-    return leaf.parent == parent and _safe(leaf.name) and not leaf.is_symlink()
-
-
 def leaf_members(leaf: str) -> list[int]:
     """The pids in ``leaf`` itself (``cgroup.procs``); empty when it is gone.  Blocking."""
     try:
@@ -223,11 +212,3 @@ def leftover_leaves(gateway_instance_id: str, live_lease_ids: frozenset[str]) ->
     except FileNotFoundError:
         return []
     return [str(parent / n) for n in names if _safe(n) and n not in live_lease_ids]
-
-
-def remove_parent_if_empty(gateway_instance_id: str) -> None:
-    """Remove the gateway's parent cgroup when no leaf is left (a service's stop).  Blocking."""
-    parent = gateway_parent(gateway_instance_id)
-    if parent is not None:
-        with contextlib.suppress(OSError):
-            os.rmdir(parent)
