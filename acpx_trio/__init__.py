@@ -32,6 +32,9 @@ if TYPE_CHECKING:
         ConfigError as ConfigError,
     )
     from acpx_trio._errors import (
+        ContainmentError as ContainmentError,
+    )
+    from acpx_trio._errors import (
         GatewayInstanceIdError as GatewayInstanceIdError,
     )
     from acpx_trio._errors import (
@@ -65,6 +68,9 @@ if TYPE_CHECKING:
     # protocol (issue 21): typed data carried on StatusEvent / DoneEvent
     from acpx_trio._events import (
         AgentSession as AgentSession,
+    )
+    from acpx_trio._events import (
+        AgentUsage as AgentUsage,
     )
     from acpx_trio._events import (
         CommandInfo as CommandInfo,
@@ -104,6 +110,9 @@ if TYPE_CHECKING:
     )
     from acpx_trio._log import (
         ServiceLogger as ServiceLogger,
+    )
+    from acpx_trio._process.cgroup import (
+        Containment as Containment,
     )
     from acpx_trio._process.identity import (
         GATEWAY_ENV_KEY as GATEWAY_ENV_KEY,
@@ -271,6 +280,9 @@ _EXPORTS: dict[str, str] = {
     "AgentProcessError": "._errors",
     "ConfigError": "._errors",
     "GatewayInstanceIdError": "._errors",
+    "ContainmentError": "._errors",
+    "AgentUsage": "._events",
+    "Containment": "._process.cgroup",
     "LeaseStateError": "._errors",
     "LeaseStoreError": "._errors",
     "LeaseValueError": "._errors",

@@ -17,6 +17,7 @@ __all__ = [
     "AcpxError",
     "AgentProcessError",
     "ConfigError",
+    "ContainmentError",
     "GatewayInstanceIdError",
     "LeaseStateError",
     "LeaseStoreError",
@@ -112,6 +113,18 @@ class ConfigError(AcpxError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config {field}={value!r}: {allowed}")
+
+
+class ContainmentError(ConfigError):
+    """Config ``containment = "cgroup"`` where no usable cgroup is available; the message says
+    why (no cgroup v2, not writable/delegated, no ``cgroup.kill``)."""
+
+    code = "ACPX_CONTAINMENT_UNAVAILABLE"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__("containment", "cgroup", f"cgroup containment is unusable here: "
+                         f"{reason}")
 
 
 class GatewayInstanceIdError(AcpxError):

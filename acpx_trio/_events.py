@@ -17,6 +17,7 @@ __all__ = [
     "AcpRuntimeHandle",
     "AcpRuntimeStatus",
     "AgentSession",
+    "AgentUsage",
     "CommandInfo",
     "ConfigOptionInfo",
     "DoctorReport",
@@ -195,8 +196,21 @@ class AcpRuntimeCapabilities(msgspec.Struct, kw_only=True, frozen=True):
     load_session: bool = False
 
 
+class AgentUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What an agent's leaf cgroup says it uses (agent and everything it started).
+
+    A measure the kernel does not provide here is ``None`` and ``unavailable`` says why
+    (measure name -> reason); a ``None`` is never a zero."""
+
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+    unavailable: dict[str, str] = {}
+
+
 class AcpRuntimeStatus(msgspec.Struct, kw_only=True, frozen=True):
-    """What is known about a session right now."""
+    """What is known about a session right now.  ``usage``: what the agent's tree uses, from
+    its leaf cgroup (cgroup containment; otherwise every measure is unavailable, with why)."""
 
     summary: str = ""
     backend_session_id: str | None = None
@@ -204,6 +218,7 @@ class AcpRuntimeStatus(msgspec.Struct, kw_only=True, frozen=True):
     alive: bool = False
     current_mode: str | None = None
     details: dict[str, Any] = {}
+    usage: AgentUsage | None = None
 
 
 class DoctorReport(msgspec.Struct, kw_only=True, frozen=True):

@@ -20,8 +20,9 @@ import trio
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAGE
 from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, first_line, format_table, printable
-from acpx_trio._errors import AcpxError, GatewayInstanceIdError
-from acpx_trio._store.config import AcpxConfig, resolve_config
+from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError
+from acpx_trio._events import AgentUsage
+from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
@@ -289,22 +290,42 @@ async def doctor_command(
             continue
         for line in _doctor_lines(r, deep):
             out.write(line + "\n")
+    contained, line = await trio.to_thread.run_sync(containment_line, config.containment)
     if not opts.json:
-        out.write(await trio.to_thread.run_sync(containment_line) + "\n")
+        out.write(line + "\n")
     await out.drain()
-    return EXIT_OK if all(r.ok for r in results.values()) else EXIT_ERROR
+    return EXIT_OK if contained and all(r.ok for r in results.values()) else EXIT_ERROR
 
 
-def containment_line() -> str:
+def containment_line(mode: ContainmentMode = "auto") -> tuple[bool, str]:
     """``containment: cgroup (<path>)`` when each agent gets a leaf cgroup under ``path``
-    (killed with ``cgroup.kill``), else ``containment: process-group (<reason>)``.
-    Blocking."""
-    from acpx_trio._process.cgroup import probe_cgroup_kill
+    (killed with ``cgroup.kill``), else ``containment: process-group (<reason>)``; with
+    config ``containment = "cgroup"`` where it is unusable, ``(False, "containment: cgroup
+    required but unusable (<reason>)")``.  Blocking."""
+    from acpx_trio._process.cgroup import resolve_containment
 
-    probe = probe_cgroup_kill()
-    if probe.usable:
-        return f"containment: cgroup ({probe.path})"
-    return f"containment: process-group ({probe.reason})"
+    try:
+        used = resolve_containment(mode)
+    except ContainmentError as exc:
+        return False, f"containment: cgroup required but unusable ({exc.reason})"
+    if used.mechanism == "cgroup":
+        return True, f"containment: cgroup ({used.path})"
+    return True, f"containment: process-group ({used.reason})"
+
+
+def usage_text(usage: AgentUsage | None) -> str:
+    """``cpu 1.25s mem 40.0MiB pids 3`` (the measures the leaf cgroup has), ``n/a`` when it
+    has none (never a made-up zero)."""
+    if usage is None:
+        return "n/a"
+    parts = []
+    if usage.cpu_seconds is not None:
+        parts.append(f"cpu {usage.cpu_seconds:.2f}s")
+    if usage.memory_bytes is not None:
+        parts.append(f"mem {usage.memory_bytes / 1048576:.1f}MiB")
+    if usage.pids is not None:
+        parts.append(f"pids {usage.pids}")
+    return " ".join(parts) or "n/a"
 
 
 #: Lines of the stderr tail shown under a failed agent.
@@ -373,6 +394,13 @@ def _liveness(leases: list[Any]) -> list[tuple[bool, bool | None]]:
     return out
 
 
+def _usages(leases: list[Any]) -> list[AgentUsage | None]:
+    """Each open lease's leaf-cgroup usage (``None``: final, or no leaf).  Blocking."""
+    from acpx_trio._process.cgroup import leaf_usage
+
+    return [None if x.state.is_final else leaf_usage(x.cgroup) for x in leases]
+
+
 async def leases_command(include_final: bool, opts: Options) -> int:
     """Leases of this state dir (open and closing; ``--all``: final ones too), each with
     whether its agent process (identity-checked) and its owner are alive."""
@@ -391,23 +419,25 @@ async def leases_command(include_final: bool, opts: Options) -> int:
         leases = [x for x in leases if not x.state.is_final]
     ours = await trio.to_thread.run_sync(_read_gateway_id, opts.state_dir)
     states = await trio.to_thread.run_sync(_liveness, leases)
+    usages = await trio.to_thread.run_sync(_usages, leases)
     rows = []
-    for lease, (alive, owner) in zip(leases, states, strict=True):
+    for lease, (alive, owner), usage in zip(leases, states, usages, strict=True):
         if opts.json:
             out.write(_json_line({**msgspec.to_builtins(lease), "alive": alive,
                                   "ownerAlive": owner,
-                                  "thisGateway": lease.gateway_instance_id == ours}) + "\n")
+                                  "thisGateway": lease.gateway_instance_id == ours,
+                                  "usage": msgspec.to_builtins(usage)}) + "\n")
             continue
         owner_text = "-" if owner is None else f"{lease.owner_pid} ({'alive' if owner else 'dead'})"
         gateway = lease.gateway_instance_id[:8] + ("" if lease.gateway_instance_id == ours
                                                    else " (other)")
         rows.append((lease.lease_id[:8], lease.state.value, str(lease.root_pid or "pending"),
-                     "yes" if alive else "no", owner_text, lease.session_key,
-                     _ago(lease.started_at / 1000), gateway))
+                     "yes" if alive else "no", owner_text, printable(lease.session_key),
+                     _ago(lease.started_at / 1000), usage_text(usage), gateway))
     if not opts.json:
         if rows:
             out.write(format_table(rows, ("LEASE", "STATE", "PID", "ALIVE", "OWNER", "SESSION",
-                                          "STARTED", "GATEWAY")) + "\n")
+                                          "STARTED", "USAGE", "GATEWAY")) + "\n")
         else:
             out.write(f"no {'' if include_final else 'open '}leases in {lease_dir}\n")
     await out.drain()

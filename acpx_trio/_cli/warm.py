@@ -40,9 +40,10 @@ from acpx_trio._cli.exits import (
     EXIT_USAGE,
     event_exit,
 )
+from acpx_trio._cli.info import usage_text
 from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table, printable
 from acpx_trio._errors import AcpxError, ConfigError
-from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._events import AgentUsage, DoneEvent, ErrorEvent
 from acpx_trio._owner.client import (
     ReplyReader,
     connect_or_start,
@@ -390,6 +391,21 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}s"
 
 
+def _agent_usages(state_dir: Path, pids: list[int | None]) -> list[AgentUsage | None]:
+    """The leaf-cgroup usage of each agent pid, found through its open lease in
+    ``state_dir`` (``None``: no such lease).  Blocking."""
+    from acpx_trio._process.cgroup import lease_usage
+    from acpx_trio._store.leases import peek_leases
+
+    leases, _problem = peek_leases(state_dir / "acpx")
+    by_root = {x.root_pid: x for x in leases if not x.state.is_final and x.root_pid > 0}
+    out: list[AgentUsage | None] = []
+    for pid in pids:
+        lease = by_root.get(pid or 0)
+        out.append(None if lease is None else lease_usage(lease.cgroup))
+    return out
+
+
 async def status_command(session_key: str | None, opts: Options) -> int:
     """Owner pid and each warm session's agent pid, queue depth, idle time and TTL."""
     out = Output()
@@ -402,18 +418,24 @@ async def status_command(session_key: str | None, opts: Options) -> int:
             out.write(f"no warm owner for {printable(str(opts.state_dir))}\n")
         await out.drain()
         return EXIT_OK
+    usages = await trio.to_thread.run_sync(
+        _agent_usages, opts.state_dir, [x.agent_pid for x in result.sessions])
     if opts.json:
-        out.write(_encoder.encode(result).decode() + "\n")
+        doc = msgspec.to_builtins(result)
+        for row, usage in zip(doc["sessions"], usages, strict=True):
+            row["usage"] = msgspec.to_builtins(usage)
+        out.write(_encoder.encode(doc).decode() + "\n")
     else:
         out.write(f"owner pid {result.owner_pid} (up {_seconds(result.uptime_seconds)}) on "
                   f"{printable(result.state_dir)}\n")
-        rows = [(s.session_key, s.agent or "-", s.agent_pid or "-",
+        rows = [(printable(s.session_key), s.agent or "-", s.agent_pid or "-",
                  (s.active_request_id and "busy") or "idle", s.queue_depth,
                  _seconds(s.idle_seconds), "forever" if s.ttl_seconds == 0
-                 else _seconds(s.ttl_seconds)) for s in result.sessions]
+                 else _seconds(s.ttl_seconds), usage_text(u))
+                for s, u in zip(result.sessions, usages, strict=True)]
         if rows:
             out.write(format_table(rows, ("SESSION", "AGENT", "AGENT PID", "STATE", "QUEUED",
-                                          "IDLE", "TTL")) + "\n")
+                                          "IDLE", "TTL", "USAGE")) + "\n")
         else:
             out.write("no warm sessions\n")
     await out.drain()

@@ -42,7 +42,11 @@ from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
 )
 from acpx_trio._process.tools import GatedReceiveStream
-from acpx_trio._store.config import DEFAULT_KILL_GRACE_SECONDS
+from acpx_trio._store.config import (
+    DEFAULT_CONTAINMENT,
+    DEFAULT_KILL_GRACE_SECONDS,
+    ContainmentMode,
+)
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess"]
@@ -83,8 +87,11 @@ class AgentProcess:
         extra_env: Mapping[str, str] | None = None,
         secrets: Sequence[str] = (),
         cleanup_timeout: float | None = None,
+        containment: ContainmentMode = DEFAULT_CONTAINMENT,
     ) -> None:
         self.argv = tuple(argv)
+        #: The config's ``containment`` (a leaf cgroup where it gives one).
+        self.containment: ContainmentMode = containment
         #: Added to the inherited environment (credentials, ``CODEX_HOME``); never persisted.
         self._extra_env = dict(extra_env or {})
         #: Values redacted from :meth:`stderr_tail` (credentials handed to the agent).
@@ -225,6 +232,7 @@ class AgentProcess:
             session_key=self.session_key,
             wrapper_root=self.wrapper_root,
             command=self.argv,
+            containment=self.containment,
         )
         self.lease = lease
         try:

@@ -1,28 +1,65 @@
-"""Detection of a delegated cgroup v2 with ``cgroup.kill`` (the strongest kill mechanism:
-every process of a cgroup, forks in flight included, in one write).
+"""Containment by cgroup v2: one leaf cgroup per agent or terminal, killed with
+``cgroup.kill`` (every process of the leaf, forks in flight included, in one write).
 
-Only detection for now: agents are not placed in per-lease cgroups yet (issue 18), so the
-reaper's process-group/session kill (``killpg`` + member scan) is what runs everywhere.
-:func:`probe_cgroup_kill` says whether the stronger mechanism *could* be used here and why
-not.  It tells the truth: ``cgroup.kill`` exists only in non-root cgroups, so it creates an
-empty probe child under this process's cgroup, looks, and removes it (nothing else is
-written; the probe never holds a process).  Blocking (reads ``/proc``, ``/sys``); Linux.
+What it promises, where the kernel allows it (a writable cgroup v2 of ours whose child
+cgroups have ``cgroup.kill``, kernel >= 5.14; :func:`probe_cgroup_kill` tells the truth by
+creating an empty probe child and removing it again):
+
+* a launch is inside its leaf before it executes anything of its own (:func:`shim_argv`),
+  so whatever it forks, ``setsid()``s, re-parents or scrubs from its environment is born in
+  the leaf;
+* :func:`terminate_leaf` (close) and :func:`kill_leaf` (reaps of dead owners' leaves) end
+  only when the leaf is empty (``populated 0``) or their bound runs out, and never signal a
+  process that is not a member of the leaf at the moment it is signalled (pidfd, then the
+  membership re-read);
+* :func:`resolve_containment` turns the config's ``containment`` into the mechanism in use
+  (:class:`Containment`), or a :class:`~acpx_trio._errors.ContainmentError` when ``"cgroup"``
+  is required and unusable.
+
+What it cannot promise: a member may move itself out by writing its pid to another
+``cgroup.procs`` it can write (same uid); the tag scans of the sweeps stay as a second net.
+Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread); the ``async``
+ones are cancellable.  Linux only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
-import time
+import signal
 from pathlib import Path
+from typing import Literal
 
 import msgspec
+import trio
+
+from acpx_trio._errors import ContainmentError
+from acpx_trio._events import AgentUsage
+from acpx_trio._store.config import ContainmentMode
 
 __all__ = [
-    "CgroupProbe", "gateway_parent", "kill_leaf", "leaf_members", "leaf_populated",
-    "leftover_leaves", "make_leaf", "probe_cgroup_kill", "shim_argv",
+    "AgentUsage",
+    "CgroupProbe",
+    "Containment",
+    "LeafEnd",
+    "gateway_parent",
+    "kill_leaf",
+    "leaf_members",
+    "leaf_populated",
+    "leaf_usage",
+    "lease_usage",
+    "leftover_leaves",
+    "make_leaf",
+    "probe_cgroup_kill",
+    "remove_empty_leaf",
+    "resolve_containment",
+    "shim_argv",
+    "terminate_leaf",
 ]
+
 
 
 class CgroupProbe(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +72,7 @@ class CgroupProbe(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+@functools.cache
 def _cgroup2_mount() -> Path | None:
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
@@ -142,8 +180,12 @@ def make_leaf(gateway_instance_id: str, lease_id: str) -> str | None:
     leaf = parent / lease_id
     for _ in range(3):  # a close of the last other leaf may remove the parent in between
         try:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(parent, 0o755)
+            except FileExistsError:
+                pass
+            else:
+                _enable_controllers(parent)
             os.mkdir(leaf, 0o755)
         except FileNotFoundError:
             continue
@@ -151,6 +193,20 @@ def make_leaf(gateway_instance_id: str, lease_id: str) -> str | None:
             return None
         return str(leaf)
     return None
+
+
+def _enable_controllers(parent: Path) -> None:
+    """Best effort: enable the ``memory`` and ``pids`` controllers for the leaves where they
+    are delegated to ``parent`` (it holds no process itself, so cgroup v2 allows it); the
+    usage report says when they are not."""
+    try:
+        available = set((parent / "cgroup.controllers").read_text(encoding="ascii").split())
+    except OSError:
+        return
+    for controller in ("memory", "pids"):
+        if controller in available:
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}", "ascii")
 
 
 def shim_argv(leaf: str, argv: list[str]) -> list[str]:
@@ -180,27 +236,268 @@ def leaf_populated(leaf: str) -> bool | None:
     return None
 
 
-def kill_leaf(leaf: str, timeout: float) -> bool:
-    """Kill every process in ``leaf`` and below (``cgroup.kill``), wait until it is empty
-    (``populated 0``, bounded by ``timeout``), then remove it and its sub-cgroups; ``True``
-    when it is gone or empty.  Blocking (a bounded re-read of ``cgroup.events``)."""
-    if leaf_populated(leaf) is None:
+def _leaf_dirs(leaf: str) -> list[str]:
+    """``leaf`` and every cgroup below it, deepest first (a sub-cgroup keeps its parent
+    busy); empty when it is gone."""
+    found = [d for d, _subdirs, _files in os.walk(leaf)]
+    return sorted(found, key=lambda d: -d.count("/"))
+
+
+def _tree_members(leaf: str) -> list[int]:
+    return [pid for d in _leaf_dirs(leaf) for pid in leaf_members(d)]
+
+
+def _member_of(pid: int, leaf: str) -> bool:
+    """Whether ``pid`` is in ``leaf`` or below it now (``/proc/<pid>/cgroup``)."""
+    mount = _cgroup2_mount()
+    if mount is None:
+        return False
+    rel = os.path.relpath(leaf, mount)
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    path = line[3:].strip().lstrip("/")
+                    return path == rel or path.startswith(rel + "/")
+    except OSError:
+        return False
+    return False
+
+
+def _signal_members(leaf: str, sig: int) -> list[int]:
+    """Send ``sig`` to every process in ``leaf`` and below; the pids signalled.
+
+    A pid is pinned with a pidfd first and signalled only if it is still a member after
+    that: a member that exited and whose pid was reused by another process is never hit.
+    Blocking."""
+    sent = []
+    for pid in _tree_members(leaf):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone (or pidfd unavailable: cgroup.kill alone then)
+            continue
+        try:
+            if _member_of(pid, leaf):
+                signal.pidfd_send_signal(fd, sig)
+                sent.append(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return sent
+
+
+def _remove_leaf(leaf: str) -> bool:
+    """Remove an empty ``leaf`` and its sub-cgroups (deepest first), then the gateway's parent
+    when it was the last leaf; ``False`` when a process is still in it (``EBUSY``)."""
+    for d in _leaf_dirs(leaf):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(leaf))
+    return True
+
+
+def remove_empty_leaf(leaf: str) -> bool:
+    """Remove ``leaf`` if it holds no process (nothing can enter an empty leaf but a process
+    moved in from outside); ``False`` when it is populated.  Blocking."""
+    if leaf_populated(leaf):
+        return False
+    return _remove_leaf(leaf)
+
+
+_IN_MODIFY = 0x2
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+def _inotify_on(path: str) -> int | None:
+    """An inotify fd watching ``path`` for modification (the kernel signals every change of
+    ``cgroup.events`` so); ``None`` where inotify is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None
+    if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _wait_empty(leaf: str, seconds: float) -> bool:
+    """Wait until ``leaf`` holds no process (or is gone), at most ``seconds``; whether it is
+    empty.  Woken by the kernel's change notice on ``cgroup.events`` (a short re-read
+    interval where inotify is missing).  Cancellable.  (``cgroup.events`` is a kernel
+    attribute read from memory, never from a disk: read in this thread.)"""
+    if not leaf_populated(leaf):
         return True
+    fd = _inotify_on(os.path.join(leaf, "cgroup.events"))
+    try:
+        with trio.move_on_after(seconds):
+            delay = 0.001
+            while leaf_populated(leaf):  # read after the watch is set: no change is missed
+                if fd is None:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    continue
+                await trio.lowlevel.wait_readable(fd)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 4096)
+            return True
+        return not leaf_populated(leaf)
+    finally:
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+
+def _write_kill(leaf: str) -> list[int]:
+    """``cgroup.kill`` on ``leaf``; the members it held just before.  Blocking."""
+    members = _tree_members(leaf)
     with contextlib.suppress(FileNotFoundError), open(
             os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
         fh.write("1")
-    deadline = time.monotonic() + timeout
-    while leaf_populated(leaf):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.001)  # the kernel reports emptiness after the last exit; ~ms
-    for dirpath, _dirs, _files in sorted(os.walk(leaf), key=lambda t: -len(t[0])):
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(dirpath)  # deepest first: a sub-cgroup keeps its parent busy
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(leaf))  # the gateway's parent, when this was its last leaf
-    return True
+    return members
 
+
+class LeafEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """How a leaf ended: ``members`` seen in it (signalled or killed), ``emptied``: it held
+    no process at the end (then it was removed), ``left``: members still in it if not."""
+
+    members: list[int] = []
+    emptied: bool = True
+    left: list[int] = []
+
+
+async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
+    killed = await trio.to_thread.run_sync(_write_kill, leaf)
+    members = list(dict.fromkeys([*seen, *killed]))
+    if not await _wait_empty(leaf, seconds):
+        left = await trio.to_thread.run_sync(_tree_members, leaf)
+        return LeafEnd(members=members, emptied=False, left=left)
+    if not await trio.to_thread.run_sync(_remove_leaf, leaf):  # someone moved a process in
+        left = await trio.to_thread.run_sync(_tree_members, leaf)
+        return LeafEnd(members=members, emptied=False, left=left)
+    return LeafEnd(members=members)
+
+
+async def kill_leaf(leaf: str, seconds: float) -> bool:
+    """Kill every process in ``leaf`` and below now (``cgroup.kill``), wait until it is empty
+    (at most ``seconds``), then remove it and its sub-cgroups (and the gateway's parent when
+    it was the last leaf).  ``True`` when the leaf is gone or empty; ``False`` leaves it in
+    place for the next reap.  Cancellable (the leaf is then left as it is)."""
+    if leaf_populated(leaf) is None:
+        await trio.lowlevel.checkpoint()
+        return True
+    return (await _kill(leaf, seconds, [])).emptied
+
+
+async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
+    """The graceful end of a leaf: SIGTERM to every member, one shared ``grace`` for them
+    all to exit, then ``cgroup.kill`` for whatever is left (forks in flight included) and at
+    most ``seconds`` more for the leaf to empty; then it is removed.  A leaf that does not
+    empty stays (``emptied=False``) for the next reap.  Cancellable."""
+    signalled = await trio.to_thread.run_sync(_signal_members, leaf, signal.SIGTERM)
+    if signalled:
+        await _wait_empty(leaf, grace)
+    return await _kill(leaf, seconds, signalled)
+
+
+# --------------------------------------------------------------------------- usage
+
+#: What :func:`leaf_usage` reads, by measure: the file and the controller that provides it.
+_MEASURES: tuple[tuple[str, str, str], ...] = (
+    ("cpu_seconds", "cpu.stat", "cpu"),
+    ("memory_bytes", "memory.current", "memory"),
+    ("pids", "pids.current", "pids"),
+)
+
+
+def leaf_usage(leaf: str | None) -> AgentUsage | None:
+    """The usage of ``leaf`` (``None``: no leaf, or it is gone).  Blocking (sysfs reads)."""
+    if leaf is None or not os.path.isdir(leaf):
+        return None
+    values: dict[str, float | int] = {}
+    missing: dict[str, str] = {}
+    parent = os.path.dirname(leaf)
+    for measure, name, controller in _MEASURES:
+        try:
+            with open(os.path.join(leaf, name), encoding="ascii") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            missing[measure] = (f"the {controller} controller is not enabled for the agents' "
+                                f"cgroups ({parent}/cgroup.subtree_control)")
+            continue
+        except OSError as exc:
+            missing[measure] = f"{name}: {exc.strerror}"
+            continue
+        if name == "cpu.stat":
+            stat = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+            if "usage_usec" not in stat:
+                missing[measure] = "cpu.stat has no usage_usec"
+                continue
+            values[measure] = int(stat["usage_usec"]) / 1e6
+        else:
+            values[measure] = int(text.strip())
+    return AgentUsage(
+        cpu_seconds=None if "cpu_seconds" not in values else float(values["cpu_seconds"]),
+        memory_bytes=None if "memory_bytes" not in values else int(values["memory_bytes"]),
+        pids=None if "pids" not in values else int(values["pids"]),
+        unavailable=missing,
+    )
+
+
+_NO_LEAF = "no leaf cgroup (containment: process-group)"
+
+
+def lease_usage(leaf: str | None) -> AgentUsage:
+    """:func:`leaf_usage` for a live launch: without a leaf (process-group containment) every
+    measure is unavailable, with that reason.  Blocking."""
+    usage = leaf_usage(leaf)
+    if usage is None:
+        why = _NO_LEAF if leaf is None else f"the leaf cgroup {leaf} is gone"
+        return AgentUsage(unavailable={m: why for m, _f, _c in _MEASURES})
+    return usage
+
+
+# --------------------------------------------------------------------------- the mechanism
+
+
+class Containment(msgspec.Struct, frozen=True, kw_only=True):
+    """The mechanism that contains and kills agents and terminals here.
+
+    ``"cgroup"``: each launch runs in its own leaf cgroup under ``path`` and is killed with
+    ``cgroup.kill``; nothing it starts escapes a close or a reap (except by moving itself out
+    of the leaf, which the tag scans still catch while it keeps its tags).
+    ``"process-group"``: its own session and process group, killed with the group, the
+    session and the tag scans; a process that leaves the session *and* clears its
+    environment cannot be proven ours (README: limits).  ``reason`` says why this one."""
+
+    mechanism: Literal["cgroup", "process-group"]
+    path: str | None = None
+    reason: str = ""
+
+
+def resolve_containment(mode: ContainmentMode = "auto") -> Containment:
+    """The mechanism for the config's ``containment``.  Raises
+    :class:`~acpx_trio._errors.ContainmentError` for ``"cgroup"`` where it is unusable (the
+    error names why).  Blocking the first time in a process (the probe)."""
+    if mode == "process-group":
+        return Containment(mechanism="process-group",
+                           reason="configured: containment = process-group")
+    probe = _probe_cached()
+    if probe.usable and probe.path is not None:
+        return Containment(mechanism="cgroup", path=probe.path, reason=probe.reason)
+    if mode == "cgroup":
+        raise ContainmentError(probe.reason)
+    return Containment(mechanism="process-group", reason=probe.reason)
 
 def leftover_leaves(gateway_instance_id: str, live_lease_ids: frozenset[str]) -> list[str]:
     """Leaves of this gateway whose lease is not open with a live owner.  Blocking."""

@@ -115,8 +115,9 @@ class GatewayReapReport(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def ok(self) -> bool:
-        """Nothing survived and nothing is left unproven."""
-        return not self.survived_pids and not self.unproven
+        """Nothing survived (no process, no leaf cgroup) and nothing is left unproven."""
+        return (not self.survived_pids and not self.unproven
+                and not any(a.action == "survived" for a in self.actions))
 
 
 class ReapStepRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,7 +161,7 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
                                       "with a live owner"))
             continue
         populated = await trio.to_thread.run_sync(leaf_populated, leaf)
-        gone = await trio.to_thread.run_sync(kill_leaf, leaf, request.grace + 1.0)
+        gone = await kill_leaf(leaf, request.grace + 1.0)
         if populated or not gone:
             actions.append(ReapAction(
                 action="killed-cgroup" if gone else "survived",

@@ -34,9 +34,16 @@ from typing import Any
 import msgspec
 import trio
 
-from acpx_trio._errors import LeaseStoreError
+from acpx_trio._errors import ContainmentError, LeaseStoreError
 from acpx_trio._log import Logger
-from acpx_trio._process.cgroup import gateway_parent, kill_leaf, make_leaf, shim_argv
+from acpx_trio._process.cgroup import (
+    gateway_parent,
+    make_leaf,
+    remove_empty_leaf,
+    resolve_containment,
+    shim_argv,
+    terminate_leaf,
+)
 from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
 from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.reaper import (
@@ -46,6 +53,7 @@ from acpx_trio._process.reaper import (
 )
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
 from acpx_trio._process.watchdog import ensure_armed
+from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
 
 __all__ = [
@@ -71,9 +79,14 @@ async def save_pending_lease(
     session_key: str,
     wrapper_root: str | Path,
     command: Sequence[str],
+    containment: ContainmentMode = "auto",
 ) -> ProcessLease:
     """Arm the watchdog of ``lease_store``'s dir, then save and return a pending lease naming
-    this process as owner.  Raises what :meth:`LeaseStore.save` raises (nothing spawned)."""
+    this process as owner, with its leaf cgroup made when ``containment`` gives one.
+
+    Raises what :meth:`LeaseStore.save` raises, and
+    :class:`~acpx_trio._errors.ContainmentError` when ``containment="cgroup"`` and no leaf
+    can be made (the lease is then final: nothing was spawned)."""
     await ensure_armed(lease_store.path.parent)
     owner_pid, owner_start = await owner_identity()
     lease = new_lease(
@@ -84,15 +97,23 @@ async def save_pending_lease(
         owner_pid=owner_pid,
         owner_start_time=owner_start,
     )
-    parent = await trio.to_thread.run_sync(gateway_parent, gateway_instance_id)
+    mechanism = await trio.to_thread.run_sync(resolve_containment, containment)
+    parent = None
+    if mechanism.mechanism == "cgroup":
+        parent = await trio.to_thread.run_sync(gateway_parent, gateway_instance_id)
     if parent is not None:  # recorded first, created second: a reap never sees it unleased
         lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
+    elif containment == "cgroup":
+        raise ContainmentError(f"gateway id {gateway_instance_id!r} cannot name a cgroup")
     await lease_store.save(lease)
     if lease.cgroup is not None:
         made = await trio.to_thread.run_sync(make_leaf, gateway_instance_id, lease.lease_id)
-        if made is None:  # not creatable after all: the process group is what we have
+        if made is None:  # not creatable after all
             lease = msgspec.structs.replace(lease, cgroup=None)
-            await lease_store.save(lease)
+            if containment == "cgroup":
+                await lease_store.save(msgspec.structs.replace(lease, state=LeaseState.LOST))
+                raise ContainmentError(f"could not create the leaf cgroup under {parent}")
+            await lease_store.save(lease)  # auto: the process group is what we have
     return lease
 
 
@@ -212,6 +233,9 @@ async def close_owned(
             closing = True
             await mark(LeaseState.CLOSING)
 
+    if lease is not None and lease.cgroup is not None:
+        return await _close_contained(proc, lease, lease.cgroup, mark, mark_closing, grace, log,
+                                      what)
     result: CleanupResult | None = None
     if lease is not None:
         try:
@@ -236,14 +260,6 @@ async def close_owned(
         with trio.move_on_after(max(grace, 1.0)):
             await proc.wait()
     survivors = list(result.survived_pids) if result is not None else []
-    if lease is not None and lease.cgroup is not None:
-        # membership of our leaf is the proof: whatever left the session, the group or its
-        # tags behind is still in the leaf, and cgroup.kill takes it (forks in flight too)
-        emptied = await trio.to_thread.run_sync(kill_leaf, lease.cgroup, max(grace, 1.0) + 1.0)
-        if not emptied:
-            log.error("%s %s: leaf cgroup %s did not empty; lease %s stays closing", what,
-                      proc.pid, lease.cgroup, lease.lease_id)
-            return result
     if result is not None and result.unproven and not survivors:
         # scans kept finding processes until the time budget ran out: not proven gone
         log.error("%s %s: tree not proven gone within the cleanup budget; lease %s stays "
@@ -259,3 +275,38 @@ async def close_owned(
         await mark_closing()
     await mark(LeaseState.CLOSED)
     return result
+
+
+async def _close_contained(
+    proc: trio.Process,
+    lease: ProcessLease,
+    leaf: str,
+    mark: Callable[[LeaseState], Awaitable[object]],
+    mark_closing: Callable[[], Awaitable[None]],
+    grace: float,
+    log: Logger,
+    what: str,
+) -> CleanupResult:
+    """:func:`close_owned` for a launch in its own leaf cgroup.  Membership of the leaf is the
+    proof of ownership and its emptiness the proof that the tree is gone: whatever left the
+    session, the group or its tags behind is still in the leaf, and ``cgroup.kill`` takes it
+    (forks in flight too).  No process-table scan: the cost is the tree's, not the
+    machine's.  An agent that already exited with its whole tree costs one write (``open ->
+    closed``)."""
+    if proc.returncode is not None and await trio.to_thread.run_sync(remove_empty_leaf, leaf):
+        await mark(LeaseState.CLOSED)
+        return CleanupResult()
+    await mark_closing()  # before any signal
+    end = await terminate_leaf(leaf, grace, max(grace, 1.0) + 1.0)
+    if proc.returncode is None:  # our direct child (in the leaf, so already killed): reap it
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with trio.move_on_after(max(grace, 1.0)):
+            await proc.wait()
+    if not end.emptied or proc.returncode is None:
+        log.error("%s %s: leaf cgroup %s did not empty (%s); lease %s stays closing for the "
+                  "next sweep", what, proc.pid, leaf, end.left, lease.lease_id)
+        return CleanupResult(inspected_pids=end.members, survived_pids=end.left or [proc.pid],
+                             terminated_pids=[p for p in end.members if p not in end.left])
+    await mark(LeaseState.CLOSED)
+    return CleanupResult(inspected_pids=end.members, terminated_pids=end.members)

@@ -189,6 +189,7 @@ def make_agent_process(
         on_connection=wire,
         receive_gate=None if live is None else live.wait_room,
         logger=factory.log,
+        containment=factory.config.containment,
     )
 
 
@@ -220,6 +221,7 @@ async def start_live_session(
         cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
         logger=factory.log,
         output_budget=factory.config.terminal_output_max_bytes,
+        containment=factory.config.containment,
     )
     try:
         await factory.nursery.start(proc.run)

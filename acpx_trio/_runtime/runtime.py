@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path, PurePath
 from typing import Literal
 
+import msgspec
 import trio
 
 from acpx_trio._errors import AcpRuntimeError, collapse_group
@@ -34,6 +35,7 @@ from acpx_trio._events import (
     DoctorReport,
 )
 from acpx_trio._log import Logger
+from acpx_trio._process.cgroup import Containment, lease_usage, resolve_containment
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agent_sessions import list_agent_sessions
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
@@ -107,6 +109,14 @@ class AcpxRuntime:
             process_cleanup=process_cleanup,
             on_turn_failure=self.on_turn_failure,
         )
+
+    @property
+    def containment(self) -> Containment:
+        """The mechanism containing this runtime's agents and terminals (config
+        ``containment``): ``"cgroup"`` with its path or ``"process-group"`` with the reason.
+        Raises :class:`~acpx_trio.ContainmentError` for ``"cgroup"`` where it is unusable.
+        (Probes once per process: a few ``/sys`` calls.)"""
+        return resolve_containment(self.config.containment)
 
     # ------------------------------------------------------------------ helpers
 
@@ -349,13 +359,21 @@ class AcpxRuntime:
         return self._require_live(handle).capabilities()
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
-        """What is known about the session now; ``alive=False`` when it is not running."""
+        """What is known about the session now; ``alive=False`` when it is not running.
+        ``usage``: the agent tree's CPU seconds (and memory and process count where those
+        cgroup controllers are delegated) from its leaf cgroup; a measure that is not
+        available says why, never a made-up zero."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
         if session is None:
             return AcpRuntimeStatus(summary="not running")
-        return session.status()
+        status = session.status()
+        lease = None if session.process is None else session.process.lease
+        if lease is None or not status.alive:
+            return status
+        return msgspec.structs.replace(
+            status, usage=await trio.to_thread.run_sync(lease_usage, lease.cgroup))
 
     async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
         """``session/set_mode``; raises ``ACP_INVALID_RUNTIME_OPTION`` for a mode the agent

@@ -69,6 +69,7 @@ from acpx_trio._runtime.permissions import (
     open_dir_in_cwd,
 )
 from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
+from acpx_trio._store.config import DEFAULT_CONTAINMENT, ContainmentMode
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
 __all__ = [
@@ -201,6 +202,7 @@ class Terminal:
             owner.lease_store, gateway_instance_id=owner.gateway_instance_id,
             session_key=f"{owner.session_key}:terminal:{self.id}",
             wrapper_root=owner.wrapper_root, command=self.argv,
+            containment=owner.containment,
         )
         try:
             self.process = await spawn_owned(
@@ -316,8 +318,10 @@ class TerminalManager:
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
         logger: Logger | None = None,
         output_budget: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES,
+        containment: ContainmentMode = DEFAULT_CONTAINMENT,
     ) -> None:
         self.output_budget = output_budget
+        self.containment: ContainmentMode = containment
         self.session_key = session_key
         self.cwd = cwd
         self.policy = policy

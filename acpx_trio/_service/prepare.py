@@ -143,6 +143,7 @@ class PrepareCache:
             prepared = Prepared(
                 config=kept.config, lease_store=store,
                 gateway_instance_id=kept.gateway_instance_id, needs_reap=needs_reap,
+                containment=kept.containment,
             )
         self._lease_fp = fingerprint(prepared.lease_store.path)
         prepared = dataclasses.replace(

@@ -30,6 +30,7 @@ import trio
 
 from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
+from acpx_trio._process.cgroup import Containment
 from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
 from acpx_trio._service import tasks as _guards  # issue #11: start-up sweep, watchdog
 from acpx_trio._service.backends import (
@@ -124,6 +125,7 @@ class AcpxRuntimeService:
         self._health = ServiceHealthState()
         self._gateway_instance_id: str | None = None
         self._startup_reap: ReapResult | None = None
+        self._containment: Containment | None = None
         self._start_scope: trio.CancelScope | None = None
         self._crash: BaseException | None = None
         self._prepare_cache = PrepareCache()  # config, dirs, gateway id across restarts
@@ -153,6 +155,12 @@ class AcpxRuntimeService:
     def gateway_instance_id(self) -> str | None:
         """This installation's gateway instance id (known after the first start)."""
         return self._gateway_instance_id
+
+    @property
+    def containment(self) -> Containment | None:
+        """The mechanism containing this service's agents and terminals (``"cgroup"`` with
+        its path, or ``"process-group"`` with the reason); ``None`` before the first start."""
+        return self._containment
 
     @property
     def startup_reap(self) -> ReapResult | None:
@@ -281,6 +289,7 @@ class AcpxRuntimeService:
         config, lease_store = prepared.config, prepared.lease_store
         gateway_instance_id = prepared.gateway_instance_id
         self._gateway_instance_id = gateway_instance_id
+        self._containment = prepared.containment
         report_lease_file(lease_store, logger)
         # No open lease of this gateway: nothing to reap, so skip the reaper's round trip.  (A
         # lease added meanwhile has a live owner, which the reaper would leave alone anyway.)

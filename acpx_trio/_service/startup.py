@@ -13,6 +13,7 @@ import msgspec
 
 from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
 from acpx_trio._log import ServiceLogger
+from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._process.gateway_reap import GatewayReapReport, reap_gateway
 from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
@@ -65,6 +66,8 @@ class Prepared:
     #: :class:`~acpx_trio._service.prepare.SweepMemo`; ``None``: always sweep).
     lease_fp: object = None
     sweep_memo: Any = None
+    #: The mechanism that contains this service's agents (from config ``containment``).
+    containment: Containment | None = None
 
 
 def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
@@ -73,6 +76,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     state_dir = Path(ctx.state_dir)
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
+    containment = resolve_containment(config.containment)  # "cgroup" unusable: start fails
     wrapper_root = state_dir / WRAPPER_DIR_NAME
     session_dir = Path(config.state_dir)
     default_sessions = is_default_session_dir(state_dir, session_dir)
@@ -103,7 +107,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     )
     return Prepared(
         config=config, lease_store=lease_store, gateway_instance_id=gateway_instance_id,
-        needs_reap=needs_reap, new_gateway_id=not id_existed,
+        needs_reap=needs_reap, new_gateway_id=not id_existed, containment=containment,
     )
 
 

@@ -26,6 +26,7 @@ from acpx_trio._store import caps
 
 __all__ = [
     "DEFAULT_AUTH_POLICY",
+    "DEFAULT_CONTAINMENT",
     "DEFAULT_CONTROL_TIMEOUT_SECONDS",
     "DEFAULT_KILL_GRACE_SECONDS",
     "DEFAULT_NON_INTERACTIVE",
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_TRANSCRIPT_KEEP",
     "DEFAULT_TRANSCRIPT_MAX_BYTES",
     "AcpxConfig",
+    "ContainmentMode",
     "McpServerConfig",
     "PluginConfig",
     "load_config_file",
@@ -50,6 +52,11 @@ AuthPolicy = Literal["skip", "fail"]
 PERMISSION_MODES: tuple[str, ...] = ("approve-all", "approve-reads", "deny-all")
 NON_INTERACTIVE: tuple[str, ...] = ("deny", "fail")
 AUTH_POLICIES: tuple[str, ...] = ("skip", "fail")
+#: How agents and terminals are contained: ``"auto"`` (a leaf cgroup each where usable, else
+#: the process group), ``"cgroup"`` (required: start fails when unusable),
+#: ``"process-group"``.
+ContainmentMode = Literal["auto", "cgroup", "process-group"]
+CONTAINMENT_MODES: tuple[str, ...] = ("auto", "cgroup", "process-group")
 
 # ---------------------------------------------------------------- defaults (the only home)
 #: Deadline for agent start-up, handshake, probe and control calls when ``timeoutSeconds`` is unset.
@@ -57,6 +64,7 @@ DEFAULT_CONTROL_TIMEOUT_SECONDS = 120.0
 DEFAULT_PERMISSION_MODE: PermissionMode = "approve-reads"
 DEFAULT_NON_INTERACTIVE: NonInteractivePolicy = "fail"
 DEFAULT_AUTH_POLICY: AuthPolicy = "skip"
+DEFAULT_CONTAINMENT: ContainmentMode = "auto"
 #: Agent the doctor/probe starts when ``probeAgent`` is unset.
 DEFAULT_PROBE_AGENT = "codex"
 DEFAULT_SWEEP_INTERVAL_SECONDS = 30.0
@@ -100,6 +108,7 @@ _ALLOWED: dict[str, str] = {
     "permissionMode": "must be one of: " + ", ".join(PERMISSION_MODES),
     "nonInteractivePermissions": "must be one of: " + ", ".join(NON_INTERACTIVE),
     "authPolicy": "must be one of: " + ", ".join(AUTH_POLICIES),
+    "containment": "must be one of: " + ", ".join(CONTAINMENT_MODES),
     "auth": "must be an object of auth method id -> credential string",
     "transcript": "must be a boolean",
     "fs": "must be a boolean",
@@ -178,6 +187,7 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     auth_policy: AuthPolicy = DEFAULT_AUTH_POLICY
     codex_home: str | None = None
     queue_owner_ttl_seconds: float = DEFAULT_QUEUE_OWNER_TTL_SECONDS
+    containment: ContainmentMode = DEFAULT_CONTAINMENT
     transcript: bool = DEFAULT_TRANSCRIPT
     transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
     transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
@@ -250,6 +260,8 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
     codex_home: str | None = None
     #: Idle TTL of a warm queue owner; ``0`` = forever.
     queue_owner_ttl_seconds: float = DEFAULT_QUEUE_OWNER_TTL_SECONDS
+    #: How agents and terminals are contained (see :data:`ContainmentMode`).
+    containment: ContainmentMode = DEFAULT_CONTAINMENT
     transcript: bool = DEFAULT_TRANSCRIPT
     transcript_max_bytes: int = DEFAULT_TRANSCRIPT_MAX_BYTES
     transcript_keep: int = DEFAULT_TRANSCRIPT_KEEP
@@ -447,6 +459,7 @@ def resolve_config(
         auth_policy=plugin.auth_policy,
         codex_home=None if plugin.codex_home is None else absolute(plugin.codex_home),
         queue_owner_ttl_seconds=plugin.queue_owner_ttl_seconds,
+        containment=plugin.containment,
         transcript=plugin.transcript,
         transcript_max_bytes=plugin.transcript_max_bytes,
         transcript_keep=plugin.transcript_keep,
