@@ -11,6 +11,7 @@ import trio
 from _escape_helpers import Decoys, cleanup_marker, marked, new_marker
 
 from acpx_trio._process.agent import AgentProcess
+from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.leases import LeaseState, LeaseStore
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
@@ -38,7 +39,9 @@ async def still_marked(marker: str, decoys: set[int]) -> bool:
     return False
 
 
-async def one_close(tmp: Path, variant: str) -> tuple[bool, bool, LeaseState | None]:
+async def one_close(
+    tmp: Path, variant: str, containment: ContainmentMode = "auto"
+) -> tuple[bool, bool, LeaseState | None]:
     """One agent starting ``variant``, closed once the escaper runs: ``(escaped, decoys
     alive, final lease state)``; whatever carries the marker is SIGKILLed afterwards."""
     marker = new_marker()
@@ -46,6 +49,7 @@ async def one_close(tmp: Path, variant: str) -> tuple[bool, bool, LeaseState | N
     agent = AgentProcess(
         argv=[sys.executable, AGENT, variant, marker], cwd=str(tmp), session_key="s",
         gateway_instance_id="gw-attack", lease_store=store, wrapper_root=tmp, kill_grace=0.3,
+        containment=containment,
     )
     decoys = Decoys(marker, "lease-decoy")
     pgids: list[int] = []

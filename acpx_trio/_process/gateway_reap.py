@@ -131,6 +131,8 @@ class ReapStepRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: reads the lease file afresh: open/closing leases not being reaped here (live owners',
     #: and the caller's protected ones), whose leaf cgroups are in use
     live_lease_ids: Callable[[], Awaitable[frozenset[str]]] | None = None
+    #: every lease record this reap read, by id (a leaf's lease says whose it is)
+    known_leases: dict[str, ProcessLease] = {}
 
 
 #: A step run after the lease reap and the orphan sweep; returns its actions.
@@ -148,10 +150,18 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         return []
     live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
     leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
-    # a leaf whose lease record was lost (a damaged lease file) but whose members name a live
-    # owner other than us is that owner's: left alone, as the tag sweep leaves its processes
-    leaves = [leaf for leaf in leaves
-              if not await trio.to_thread.run_sync(_leaf_kept, leaf, request.owner)]
+    # a leaf's lease names its owner (with ``owner``, the watchdog's: only that owner's
+    # leaves); a leaf whose lease record was lost (a damaged lease file) but whose members
+    # name a live owner other than us is that owner's: left alone, as the tag sweep leaves
+    # its processes
+    kept = []
+    for leaf in leaves:
+        lease = request.known_leases.get(leaf.rsplit("/", 1)[-1])
+        if lease is not None:
+            kept.append(not _owned_by(lease, request.owner))
+        else:
+            kept.append(await trio.to_thread.run_sync(_leaf_kept, leaf, request.owner))
+    leaves = [leaf for leaf, keep in zip(leaves, kept, strict=True) if not keep]
     actions: list[ReapAction] = []
     for leaf in leaves:
         lease_id = leaf.rsplit("/", 1)[-1]
@@ -356,7 +366,7 @@ async def reap_gateway(
         for step in steps:
             actions += await step(ReapStepRequest(
                 gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=True,
-                owner=owner, grace=grace, live_lease_ids=live_ids))
+                owner=owner, grace=grace, live_lease_ids=live_ids, known_leases=seen_leases))
         return GatewayReapReport(gateway_instance_id=gateway_instance_id, dry_run=True,
                                  actions=actions, inspected_pids=first.inspected,
                                  left_alone=left_alone)
@@ -411,7 +421,7 @@ async def reap_gateway(
     for step in steps:
         actions += await step(ReapStepRequest(
             gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=False,
-            owner=owner, grace=grace, live_lease_ids=live_ids))
+            owner=owner, grace=grace, live_lease_ids=live_ids, known_leases=seen_leases))
     return GatewayReapReport(
         gateway_instance_id=gateway_instance_id,
         actions=actions,

@@ -1,0 +1,53 @@
+"""Subprocess driver for the containment tests: a service on ``STATE_DIR`` whose one agent
+(``tests/_attack_agent.py VARIANT MARKER``, which starts one escape variant and then serves
+as the mock agent) runs under config ``containment = MODE``.
+
+Usage::
+
+    python tests/_contained_owner.py STATE_DIR WORKSPACE VARIANT MARKER MODE
+
+Prints one JSON line ``{"pid": AGENT_PID, "cgroup": LEAF_OR_NULL}`` once the session is
+open, then sleeps until killed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import trio
+
+from acpx_trio import BackendRegistry, open_runtime_service
+
+AGENT = str(Path(__file__).with_name("_attack_agent.py"))
+
+
+async def main(state: str, workspace: str, variant: str, marker: str, mode: str) -> None:
+    command = shlex.join([sys.executable, AGENT, variant, marker])
+    config = {"agents": {"attack": command}, "containment": mode, "killGraceSeconds": 0.3}
+    async with open_runtime_service(
+        workspace_dir=workspace, state_dir=state, registry=BackendRegistry(),
+        plugin_config=config,
+    ) as svc:
+        runtime = svc.require_runtime()
+        handle = await runtime.ensure_session(session_key="contained", agent="attack",
+                                              mode="persistent")
+        status = await runtime.get_status(handle=handle)
+        leases = await svc_leases(state)
+        sys.stdout.write(json.dumps({"pid": status.agent_pid, "cgroup": leases}) + "\n")
+        sys.stdout.flush()
+        await trio.sleep_forever()
+
+
+async def svc_leases(state: str) -> str | None:
+    from acpx_trio import LeaseStore
+
+    open_ = [x for x in await LeaseStore(Path(state) / "acpx").list_all()
+             if not x.state.is_final]
+    return open_[0].cgroup if open_ else None
+
+
+if __name__ == "__main__":
+    trio.run(main, *sys.argv[1:6])
