@@ -35,7 +35,12 @@ from typing import Protocol
 import msgspec
 import trio
 
-from acpx_trio._process.cgroup import kill_leaf, leaf_members, leaf_populated, leftover_leaves
+from acpx_trio._process.cgroup import (
+    kill_leaf,
+    leaf_members,
+    leftover_leaves,
+    remove_empty_leaf,
+)
 from acpx_trio._process.identity import ProcessInfo, process_info
 from acpx_trio._process.owner_tag import (
     OwnerTag,
@@ -162,23 +167,32 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         else:
             kept.append(await trio.to_thread.run_sync(_leaf_kept, leaf, request.owner))
     leaves = [leaf for leaf, keep in zip(leaves, kept, strict=True) if not keep]
-    actions: list[ReapAction] = []
-    for leaf in leaves:
-        lease_id = leaf.rsplit("/", 1)[-1]
-        if request.dry_run:
-            actions.append(ReapAction(action="would-kill-cgroup", lease_id=lease_id,
-                                      reason=f"leaf cgroup {leaf}: its lease is not open "
-                                      "with a live owner"))
-            continue
-        populated = await trio.to_thread.run_sync(leaf_populated, leaf)
-        gone = await kill_leaf(leaf, request.grace + 1.0)
-        if populated or not gone:
-            actions.append(ReapAction(
-                action="killed-cgroup" if gone else "survived",
-                lease_id=lease_id,
-                reason=f"leaf cgroup {leaf}: its lease is not open with a live owner"
-                + ("" if gone else "; it did not empty, retried on the next reap")))
-    return actions
+    if request.dry_run:
+        return [ReapAction(action="would-kill-cgroup", lease_id=leaf.rsplit("/", 1)[-1],
+                           reason=f"leaf cgroup {leaf}: its lease is not open with a live "
+                           "owner") for leaf in leaves]
+    # the empty ones (the tree already exited or was reaped above) are removed in one pass;
+    # the others are killed together
+    busy = await trio.to_thread.run_sync(_remove_empty, leaves)
+    gone: dict[str, bool] = {}
+
+    async def kill(leaf: str) -> None:
+        gone[leaf] = await kill_leaf(leaf, request.grace + 1.0)
+
+    async with trio.open_nursery() as nursery:
+        for leaf in busy:
+            nursery.start_soon(kill, leaf)
+    return [ReapAction(
+        action="killed-cgroup" if gone[leaf] else "survived",
+        lease_id=leaf.rsplit("/", 1)[-1],
+        reason=f"leaf cgroup {leaf}: its lease is not open with a live owner"
+        + ("" if gone[leaf] else "; it did not empty, retried on the next reap"))
+        for leaf in busy]
+
+
+def _remove_empty(leaves: list[str]) -> list[str]:
+    """Remove the leaves that hold no process; the others.  Blocking."""
+    return [leaf for leaf in leaves if not remove_empty_leaf(leaf)]
 
 
 def _leaf_kept(leaf: str, only_owner: OwnerTag | None) -> bool:
