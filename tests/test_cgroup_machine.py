@@ -1,0 +1,215 @@
+"""Reap transitions in cgroup mode as a hypothesis state machine, over real processes in real
+leaf cgroups (issue 18: "the hypothesis reap state machine covers cgroup mode").
+
+The world: one gateway's lease file, a live owner (a real process other than the reaper,
+as a second gateway process would be) and a dead one, launches made the way
+:func:`~acpx_trio._process.owned.save_pending_lease` makes them (lease recorded, leaf made,
+the process entering the leaf through the shim before it runs), each starting an escape
+variant (a cooperative sleeper, a SIGTERM-ignoring one, a ``setsid`` child that clears its
+environment, a ``setsid`` + double-fork daemon with an empty environment, the hopper that
+``setsid()``s after every fork), plus decoys with the very same command lines outside every
+cgroup.
+
+Rules: launch (live or dead owner), lose a lease record (a damaged file), record a lease
+final while its tree lives, kill the live owner, reap (``reap_gateway``: the start-up /
+watchdog / ``acpx-trio reap`` operation).
+
+Invariants after every reap: every leaf whose lease is final, missing or whose owner is dead
+is gone and nothing of its launch is alive; every launch of the live owner with an open
+lease is untouched (leaf present, its process alive); every decoy is alive; nothing outside
+this gateway's parent cgroup was touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+from _escape_helpers import SLEEP, marked
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from acpx_trio._process.cgroup import (
+    gateway_parent,
+    kill_leaf,
+    make_leaf,
+    probe_cgroup_kill,
+    shim_argv,
+)
+from acpx_trio._process.gateway_reap import reap_gateway
+from acpx_trio._process.identity import lease_env, process_info
+from acpx_trio._process.owner_tag import owner_tag
+from acpx_trio._store.leases import (
+    LEASE_FILE_NAME,
+    LeaseState,
+    LeaseStore,
+    SyncLeaseStore,
+    new_lease,
+)
+
+PROBE = probe_cgroup_kill()
+pytestmark = pytest.mark.skipif(not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")
+AGENT = str(Path(__file__).with_name("_attack_agent.py"))
+VARIANTS = ("sleeper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear",
+            "daemon-emptyenv")
+
+
+@dataclass
+class Launch:
+    lease_id: str
+    leaf: str
+    marker: str
+    live_owner: bool
+    popen: subprocess.Popen[bytes]
+    #: the lease record was removed from the file (a damaged file)
+    lost: bool = False
+    #: recorded final while its tree lives
+    finalised: bool = False
+
+
+def _identity(pid: int) -> tuple[int, float, str]:
+    info = process_info(pid)
+    assert info is not None
+    return pid, info.create_time, owner_tag(pid, info.start_ticks, info.create_time)
+
+
+class CgroupReapMachine(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="acpx-cgmachine-"))
+        self.gateway = f"gw-cgm-{uuid.uuid4().hex[:12]}"
+        self.store = SyncLeaseStore(self.dir)
+        self.owner: subprocess.Popen[bytes] | None = subprocess.Popen(
+            ["sleep", "600"], start_new_session=True)
+        dead = subprocess.Popen(["sleep", "0"])
+        self.dead = _identity(dead.pid)
+        dead.wait()
+        self.live = _identity(self.owner.pid)
+        self.launches: list[Launch] = []
+        self.decoys: list[subprocess.Popen[bytes]] = []
+
+    def teardown(self) -> None:
+        for launch in getattr(self, "launches", []):
+            trio.run(kill_leaf, launch.leaf, 5.0)
+            launch.popen.kill()
+            launch.popen.wait()
+        for proc in [*getattr(self, "decoys", []), getattr(self, "owner", None)]:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        parent = gateway_parent(getattr(self, "gateway", "x"))
+        if parent is not None and parent.exists():
+            parent.rmdir()
+        shutil.rmtree(getattr(self, "dir", "/nonexistent"), ignore_errors=True)
+
+    @rule(variant=st.sampled_from(VARIANTS), live_owner=st.booleans())
+    def launch(self, variant: str, live_owner: bool) -> None:
+        if live_owner and self.owner is None:
+            live_owner = False
+        pid, start, tag = self.live if live_owner else self.dead
+        lease = new_lease(gateway_instance_id=self.gateway, session_key=f"s{len(self.launches)}",
+                          wrapper_root=str(self.dir), command=[variant], owner_pid=pid,
+                          owner_start_time=start)
+        parent = gateway_parent(self.gateway)
+        assert parent is not None
+        lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
+        self.store.save(lease)  # recorded first, made second, as a real launch
+        leaf = make_leaf(self.gateway, lease.lease_id)
+        assert leaf == lease.cgroup
+        marker = f"acpx-escape-{uuid.uuid4().hex[:12]}"
+        if variant == "sleeper":
+            argv = [sys.executable, "-c", SLEEP, marker]
+        else:  # the escaper starts, then its starter exits (the launch's root is gone)
+            argv = [sys.executable, AGENT, variant, marker, "0.05", "--no-exec"]
+        env = {**os.environ, **lease_env(lease.lease_id, self.gateway, tag)}
+        popen = subprocess.Popen(shim_argv(leaf, argv), env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, start_new_session=True)
+        info = process_info(popen.pid)
+        self.store.save(msgspec.structs.replace(
+            lease, root_pid=popen.pid, process_group_id=popen.pid,
+            root_create_time=None if info is None else info.create_time,
+            root_start_ticks=None if info is None else info.start_ticks))
+        self.launches.append(Launch(lease.lease_id, leaf, marker, live_owner, popen))
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
+        self.decoys.append(subprocess.Popen([sys.executable, "-c", SLEEP, marker], env=base,
+                                            start_new_session=True))
+        self._wait_running(self.launches[-1])
+
+    def _wait_running(self, launch: Launch) -> None:
+        decoys = {p.pid for p in self.decoys}
+        for _ in range(2000):
+            if set(marked(launch.marker)) - decoys:
+                return
+            subprocess.run(["sleep", "0.005"], check=False)
+        raise AssertionError(f"launch {launch.lease_id} never ran")
+
+    @precondition(lambda self: any(not x.lost for x in self.launches))
+    @rule(which=st.integers(0, 20))
+    def lose_lease_record(self, which: int) -> None:
+        kept = [x for x in self.launches if not x.lost]
+        launch = kept[which % len(kept)]
+        launch.lost = True
+        path = self.dir / LEASE_FILE_NAME
+        doc = msgspec.json.decode(path.read_bytes())
+        doc["leases"] = [x for x in doc["leases"] if x["leaseId"] != launch.lease_id]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(doc))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    @precondition(lambda self: any(not x.lost and not x.finalised for x in self.launches))
+    @rule(which=st.integers(0, 20))
+    def record_final_while_alive(self, which: int) -> None:
+        open_ = [x for x in self.launches if not x.lost and not x.finalised]
+        launch = open_[which % len(open_)]
+        launch.finalised = True
+        self.store.mark_state(launch.lease_id, LeaseState.CLOSING)
+        self.store.mark_state(launch.lease_id, LeaseState.CLOSED)
+
+    @precondition(lambda self: self.owner is not None)
+    @rule()
+    def live_owner_dies(self) -> None:
+        assert self.owner is not None
+        self.owner.send_signal(signal.SIGKILL)
+        self.owner.wait()
+        self.owner = None
+
+    @rule()
+    def reap(self) -> None:
+        report = trio.run(lambda: reap_gateway(self.gateway, LeaseStore(self.dir), grace=0.2))
+        assert report.ok, report
+        decoys = {p.pid for p in self.decoys}
+        owner_alive = self.owner is not None
+        kept = []
+        for launch in self.launches:
+            protected = launch.live_owner and owner_alive and not launch.finalised
+            alive = bool(set(marked(launch.marker)) - decoys)
+            if protected:
+                assert alive and os.path.isdir(launch.leaf), (
+                    f"a live owner's launch {launch.lease_id} was touched")
+                kept.append(launch)
+                continue
+            assert not alive, f"launch {launch.lease_id} survived the reap"
+            assert not os.path.exists(launch.leaf), f"leaf {launch.leaf} left behind"
+            launch.popen.wait()
+        self.launches = kept
+        assert all(p.poll() is None for p in self.decoys), "a decoy was killed"
+
+
+CgroupReapMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("ACPX_CGROUP_MACHINE_EXAMPLES", "15")),
+    stateful_step_count=8, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestCgroupReap = CgroupReapMachine.TestCase
