@@ -10,9 +10,11 @@ Each cycle:
    restarted; its watchdog must end every tree within ``killGrace + 1 s``; the time is
    recorded (``owner_death_cleanup_max``), the leases must all be final.
 
-Decoys with the escapers' very command lines (an untagged twin, one tagged with another
-gateway's ids) must survive every cycle.  Prints
-``escape: cycles=N leaked=K decoys_killed=D lost=L owner_death_cleanup_max=S``.
+Each cycle runs in cgroup mode (where a cgroup is usable: every leaf cgroup must be gone
+too) and in process-group mode.  Decoys with the escapers' very command lines (an untagged
+twin, one tagged with another gateway's ids) must survive every cycle.  Prints
+``escape: cycles=N leaked=K decoys_killed=D lost=L owner_death_cleanup_max_cgroup=S
+owner_death_cleanup_max_process_group=S``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ import trio
 from _soak_common import REPO, ScenarioResult
 
 from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
 from acpx_trio._process.watchdog import WATCHDOG_ENV
-from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
+from acpx_trio._store.config import ContainmentMode
+from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore
 
 CHILD = REPO / "tests" / "_service_child.py"
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
@@ -199,13 +203,19 @@ async def _poll(pred: Callable[[], bool], seconds: float) -> bool:
     return False
 
 
-async def close_cycle(result: ScenarioResult, root: Path, grace: float) -> None:
+def _leaves_left(leases: list[ProcessLease]) -> list[str]:
+    return [x.cgroup for x in leases if x.cgroup is not None and os.path.exists(x.cgroup)]
+
+
+async def close_cycle(
+    result: ScenarioResult, root: Path, grace: float, containment: ContainmentMode = "auto"
+) -> None:
     esc = Escapers()
     store = LeaseStore(root / "close-state")
     agent = AgentProcess(
         argv=[sys.executable, "-m", "acpx_trio.testing.mock_agent", *esc.agent_args()],
         cwd=str(root), session_key="close", gateway_instance_id=f"gw-{uuid.uuid4().hex[:8]}",
-        lease_store=store, wrapper_root=root, kill_grace=grace,
+        lease_store=store, wrapper_root=root, kill_grace=grace, containment=containment,
     )
     with decoys_for(esc.markers) as decoys:
         decoy_pids = {p.pid for p in decoys}
@@ -226,7 +236,15 @@ async def close_cycle(result: ScenarioResult, root: Path, grace: float) -> None:
                 await agent.aclose()
             if not await _poll(lambda: not esc.survivors(), 5):
                 result.leaked += len(esc.survivors())
-                result.fail(f"close: survivors {esc.survivors()}")
+                result.fail(f"close ({containment}): survivors {esc.survivors()}")
+            if agent.lease is not None and (agent.lease.cgroup is None) == (
+                    containment == "cgroup"):
+                result.fail(f"close ({containment}): lease cgroup {agent.lease.cgroup}")
+            left = await trio.to_thread.run_sync(
+                _leaves_left, [] if agent.lease is None else [agent.lease])
+            if left:
+                result.leaked += len(left)
+                result.fail(f"close ({containment}): leaf cgroups left {left}")
             dead = [p.pid for p in decoys if p.poll() is not None]
             if dead:
                 result.decoys_killed += len(dead)
@@ -236,7 +254,8 @@ async def close_cycle(result: ScenarioResult, root: Path, grace: float) -> None:
 
 
 async def owner_cycle(
-    result: ScenarioResult, root: Path, grace: float, sessions: int
+    result: ScenarioResult, root: Path, grace: float, sessions: int,
+    containment: ContainmentMode = "auto",
 ) -> float | None:
     """One SIGKILLed owner; returns the seconds until everything of it was gone."""
     state = root / f"owner-{uuid.uuid4().hex[:8]}"
@@ -245,7 +264,7 @@ async def owner_cycle(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop(WATCHDOG_ENV, None)
     argv = [sys.executable, str(CHILD), str(state), "--sessions", str(sessions), "--busy", "1",
-            "--grandchildren", "1",
+            "--grandchildren", "1", "--containment", containment,
             *(f"--agent-arg={a}" for a in ["--ignore-stdin-eof", *esc.agent_args()])]
     with decoys_for(esc.markers) as decoys:
         decoy_pids = {p.pid for p in decoys}
@@ -288,6 +307,12 @@ async def owner_cycle(
             if open_ or not leases:
                 result.lost += len(open_)
                 result.fail(f"owner: leases not final after the watchdog: {open_ or 'none'}")
+            if any((x.cgroup is None) == (containment == "cgroup") for x in leases):
+                result.fail(f"owner ({containment}): leases not in the expected containment")
+            left = await trio.to_thread.run_sync(_leaves_left, leases)
+            if left:
+                result.leaked += len(left)
+                result.fail(f"owner ({containment}): leaf cgroups left {left}")
             dead = [p.pid for p in decoys if p.poll() is not None]
             if dead:
                 result.decoys_killed += len(dead)
@@ -305,14 +330,20 @@ async def run_escape(
 ) -> ScenarioResult:
     result = ScenarioResult("escape")
     rng = random.Random(seed)
-    worst = 0.0
+    modes: list[ContainmentMode] = ["process-group"]
+    if probe_cgroup_kill().usable:
+        modes.insert(0, "cgroup")
+    worst = dict.fromkeys(modes, 0.0)
     root = Path(tempfile.mkdtemp(prefix="acpx-soak-escape-"))
     os.chmod(root, 0o700)
     for _ in range(cycles):
-        await close_cycle(result, root, kill_grace)
-        took = await owner_cycle(result, root, kill_grace, rng.choice([1, sessions]))
-        if took is not None:
-            worst = max(worst, took)
+        for mode in modes:
+            await close_cycle(result, root, kill_grace, mode)
+            took = await owner_cycle(result, root, kill_grace, rng.choice([1, sessions]), mode)
+            if took is not None:
+                worst[mode] = max(worst[mode], took)
         result.cycles += 1
-    result.figures["owner_death_cleanup_max"] = f"{worst:.2f}"
+    result.figures["owner_death_cleanup_max_cgroup"] = "unavailable"  # unless measured
+    for mode, took in worst.items():
+        result.figures[f"owner_death_cleanup_max_{mode.replace('-', '_')}"] = f"{took:.2f}"
     return result

@@ -16,7 +16,8 @@ Scenarios (default: all, in this order; default cycles in brackets):
 ``escape``    [10]  pid hoppers, ``env -i`` group members and setsid double-fork daemons
                     started by agents that ignore SIGTERM: closed normally, and under a
                     gateway that is SIGKILLed and never restarted (its watchdog must end
-                    everything within killGrace + 1 s; ``owner_death_cleanup_max``).
+                    everything within killGrace + 1 s; ``owner_death_cleanup_max_*``),
+                    in cgroup mode (where usable) and in process-group mode.
 ``security``  [3]   fs confinement (``..``, absolute, symlinks, NUL, FIFO), 0700/0600 after
                     every operation, other users' processes with our tags (root only).
 

@@ -70,6 +70,7 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--grandchildren", type=int, default=0)
     parser.add_argument("--agent-arg", action="append", default=[])
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--containment", default=None, help="config containment")
     parser.add_argument("--sweep-interval", type=float, default=None,
                         help="the service's sweepIntervalSeconds")
     parser.add_argument("--more-on-stdin", action="store_true",
@@ -86,7 +87,7 @@ async def main(argv: list[str]) -> None:
         state_dir=args.state_dir,
         plugin_config={"agents": {"mock": agent}, **(
             {} if args.sweep_interval is None else {"sweepIntervalSeconds": args.sweep_interval}
-        )},
+        ), **({} if args.containment is None else {"containment": args.containment})},
     ) as service:
         runtime = service.runtime
         if runtime is None:

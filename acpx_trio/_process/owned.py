@@ -147,7 +147,21 @@ async def spawn_owned(
 ) -> trio.Process:
     """Spawn ``argv`` tagged with ``lease`` and this owner (see :func:`owned_env`), as leader
     of its own session and process group.  Raises ``OSError`` when it cannot start (the
-    caller turns it into its typed error and finalises the lease)."""
+    caller turns it into its typed error and finalises the lease; the leaf cgroup, if any,
+    is removed)."""
+    try:
+        return await _spawn(argv, lease, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+                            stderr=stderr)
+    except OSError:
+        if lease.cgroup is not None:  # nothing started: the leaf goes with the failed start
+            await trio.to_thread.run_sync(remove_empty_leaf, lease.cgroup)
+        raise
+
+
+async def _spawn(
+    argv: Sequence[str], lease: ProcessLease, *, env: Mapping[str, str], cwd: str, stdin: Any,
+    stdout: Any, stderr: Any,
+) -> trio.Process:
     owner = await owner_tag_value()
     # with a leaf cgroup, a shim puts the process in it before it executes anything of its own
     command = list(argv)
