@@ -30,8 +30,15 @@ _DAEMON = (
     "    os._exit(0)\n"
     "while True: time.sleep(3600)\n"
 )
+_MIGRATE = (
+    "import os, sys, time\n"
+    "with open(os.environ['ACPX_ATTACK_CGROUP'] + '/cgroup.procs', 'w') as fh:\n"
+    "    fh.write(str(os.getpid()))\n"
+    "os.setsid()\n"
+    "while True: time.sleep(3600)\n"
+)
 VARIANTS = ("hopper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear",
-            "daemon-emptyenv")
+            "daemon-emptyenv", "migrate-out")
 
 
 def start(variant: str, marker: str) -> None:
@@ -46,6 +53,8 @@ def start(variant: str, marker: str) -> None:
         subprocess.Popen([py, "-c", _HOP.format(ign=False, each=True), marker], **kw)
     elif variant == "setsid-envclear":
         subprocess.Popen([py, "-c", _SLEEP, marker], env={}, start_new_session=True, **kw)
+    elif variant == "migrate-out":  # leaves its leaf cgroup for $ACPX_ATTACK_CGROUP, tags kept
+        subprocess.Popen([py, "-c", _MIGRATE, marker], **kw)
     elif variant == "daemon-emptyenv":
         subprocess.Popen([py, "-c", _DAEMON, marker], env={}, **kw)
     else:

@@ -227,6 +227,38 @@ async def test_process_group_mode_limit(tmp_path: Path, variant: str) -> None:
     await _close_trials(tmp_path, variant, 1, "process-group")
 
 
+@needs_cgroup
+async def test_a_process_that_moves_out_of_its_leaf_is_caught_by_the_next_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one way out of a leaf: write its own pid into another ``cgroup.procs`` (ours: it
+    runs as our uid).  Close cannot see it (it is no member any more), but it keeps its
+    tags and its lease is final: the service's periodic sweep (the second net) kills it;
+    a decoy with the same command line survives."""
+    monkeypatch.setenv("ACPX_ATTACK_CGROUP", str(PROBE.path))
+    marker = new_marker()
+    decoys = Decoys(marker, "lease-decoy")
+    agent = shlex.join([sys.executable, AGENT, "migrate-out", marker, "0.2"])
+    try:
+        with cleanup_marker(marker, ()), trio.fail_after(60):
+            async with open_runtime_service(
+                workspace_dir=tmp_path, state_dir=tmp_path / "state",
+                registry=BackendRegistry(),
+                plugin_config={"containment": "cgroup", "agents": {"a": agent},
+                               "sweepIntervalSeconds": 0.3, "killGraceSeconds": 0.3},
+            ) as svc:
+                runtime = svc.require_runtime()
+                handle = await runtime.ensure_session(session_key="k", agent="a")
+                await seen_running(marker, False, set(decoys.pids))
+                await runtime.close(handle=handle, reason="test")
+                assert set(marked(marker)) - set(decoys.pids), "it should be out of reach"
+                await poll_until(lambda: not set(marked(marker)) - set(decoys.pids),
+                                 seconds=20)
+            assert decoys.alive()
+    finally:
+        decoys.close()
+
+
 # -- escapes through ``acpx-trio exec`` ------------------------------------------------------
 
 

@@ -298,14 +298,18 @@ async def reap_gateway(
     protected_lease_ids: Collection[str] = (),
     steps: Sequence[ReapStep] = DEFAULT_STEPS,
     lease_dir: str | None = None,
+    open_leases: bool = True,
 ) -> GatewayReapReport:
     """Reap what dead owners of ``gateway_instance_id`` left behind (see the module
     docstring) and report every action with its reason.
 
     ``dry_run``: one snapshot, the same plan, no signal and no write.  ``owner``: only that
     (dead) owner's leases and processes (the owner-death watchdog); ``None``: every dead
-    owner's.  ``protected_lease_ids``: never reaped (our own live sessions).  Processes of
-    other gateway ids, of live owners, or not proven ours are never signalled.
+    owner's.  ``protected_lease_ids``: never reaped (our own live sessions).
+    ``open_leases=False``: orphans only (processes and leaf cgroups whose lease is unknown or
+    final), every open lease protected: the periodic sweep of a live service, whose own
+    leases name this very process.  Processes of other gateway ids, of live owners, or not
+    proven ours are never signalled.
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the
     next call reaps them again.  Cancellation once a signal went out: see
@@ -334,7 +338,7 @@ async def reap_gateway(
     # start in progress (our own process's other service included), protected by the read
     # that follows every snapshot.
     before = [x for x in await lease_store.list_all() if not x.state.is_final
-              and x.gateway_instance_id == gateway_instance_id]
+              and x.gateway_instance_id == gateway_instance_id] if open_leases else []
     cleanup = deps or gateway_cleanup_deps(gateway_instance_id, before)
     table = await snapshot()
     by_pid = {p.pid: p for p in table}

@@ -26,6 +26,7 @@ from acpx_trio._service.doctor_format import (
 )
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.prepare import SweepMemo
+from acpx_trio._store.lease_snapshot import fingerprint
 
 __all__ = [
     "WatchdogHandle",
@@ -166,6 +167,7 @@ async def orphan_sweep_once(
     deps: ProcessCleanupDeps | None,
     lease_fp: object = None,
     memo: SweepMemo | None = None,
+    open_leases: bool = True,
 ) -> None:
     """The start-up sweep (:func:`~acpx_trio._process.gateway_reap.reap_gateway`): every
     live process tagged with this gateway whose lease is unknown or final (its lease file
@@ -177,9 +179,10 @@ async def orphan_sweep_once(
     await trio.lowlevel.checkpoint()
     try:
         report = await reap_gateway(gateway_instance_id, lease_store, grace=grace, deps=deps,
-                                    lease_dir=str(lease_store.path.parent))
+                                    lease_dir=str(lease_store.path.parent),
+                                    open_leases=open_leases)
     except Exception as exc:
-        log.warning(f"start-up orphan sweep failed: {format_error_message(exc)}")
+        log.warning(f"orphan sweep failed: {format_error_message(exc)}")
         return
     if memo is not None:
         memo.record(lease_fp, report.ok)
@@ -203,14 +206,43 @@ def start_guards(
     grace = prepared.config.kill_grace_seconds
     memo: SweepMemo | None = prepared.sweep_memo
     due = memo is None or memo.due(prepared.lease_fp)
+    if prepared.new_gateway_id and memo is not None:  # a new id: no process can carry it yet
+        memo.record(_ABSENT if prepared.lease_fp is None else prepared.lease_fp, True)
     if not prepared.needs_reap and not prepared.new_gateway_id and due:
         background.start_soon(functools.partial(
             orphan_sweep_once, gw, store, log, grace=grace, deps=deps,
             lease_fp=prepared.lease_fp, memo=memo,
         ))
     watchdog = register_watchdog(nursery, store.path.parent, gw, grace)
-    background.start_soon(check_watchdog, watchdog, prepared.config.sweep_interval_seconds)
+    interval = prepared.config.sweep_interval_seconds
+    background.start_soon(check_watchdog, watchdog, interval)
+    background.start_soon(functools.partial(
+        periodic_orphan_sweeps, gw, store, log, interval, grace=grace, deps=deps,
+        memo=memo or SweepMemo()))
     return watchdog
+
+
+#: The fingerprint of a lease file that does not exist (no lease was ever written there).
+_ABSENT = ("absent",)
+
+
+async def periodic_orphan_sweeps(
+    gateway_instance_id: str, lease_store: Any, log: ServiceLogger, interval_seconds: float,
+    *, grace: float, deps: ProcessCleanupDeps | None, memo: SweepMemo,
+) -> None:
+    """The second net, every sweep interval: :func:`orphan_sweep_once` whenever the lease
+    file changed since the last clean sweep (:class:`SweepMemo`'s proof: otherwise nothing
+    new can carry this gateway's tags).  It finds what a close could not see: a process that
+    moved itself out of its leaf cgroup (it keeps its tags; its lease is final), or a tagged
+    survivor whose lease is final.  Live owners' processes and leaves are never touched."""
+    while True:
+        await trio.sleep(interval_seconds)
+        now = await trio.to_thread.run_sync(fingerprint, lease_store.path,
+                                            abandon_on_cancel=True)  # a stat: read-only
+        fp: object = _ABSENT if now is None else now
+        if memo.due(fp):
+            await orphan_sweep_once(gateway_instance_id, lease_store, log, grace=grace,
+                                    deps=deps, lease_fp=fp, memo=memo, open_leases=False)
 
 
 async def check_watchdog(watchdog: WatchdogHandle, interval_seconds: float) -> None:

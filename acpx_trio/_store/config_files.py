@@ -65,6 +65,9 @@ STARTER_CONFIG = """\
 # authPolicy = "skip"
 # How long an idle warm owner (prompt --session) stays up; 0 = forever.
 # queueOwnerTtlSeconds = 300
+# How agents are contained: "auto" (a leaf cgroup each where usable, else the process
+# group), "cgroup" (required: start fails when unusable) or "process-group".
+# containment = "auto"
 
 # Credentials by auth method id.  Prefer environment variables (see `acpx-trio agents`);
 # a credential written here stays in this file (created 0600).
