@@ -338,10 +338,13 @@ def _start_owner(tmp: Path, variant: str, marker: str, mode: str,
          mode], stdout=subprocess.PIPE, env=env)
 
 
-async def _owner_death(tmp: Path, variant: str, *, watchdog_dies: bool) -> bool:
+async def _owner_death(
+    tmp: Path, variant: str, *, watchdog_dies: bool, then_start: bool = False
+) -> bool:
     """An owner (cgroup mode) whose agent started ``variant`` is SIGKILLed (with its
-    watchdog too when ``watchdog_dies``: then ``acpx-trio reap`` is what must clean up);
-    whether anything of the variant escaped."""
+    watchdog too when ``watchdog_dies``: then ``acpx-trio reap`` is what must clean up, or
+    with ``then_start`` the next service start on the state dir); whether anything of the
+    variant escaped."""
     marker = new_marker()
     decoys = Decoys(marker, "lease-decoy")
     owner = _start_owner(tmp, variant, marker, "cgroup", watchdog=not watchdog_dies)
@@ -359,7 +362,13 @@ async def _owner_death(tmp: Path, variant: str, *, watchdog_dies: bool) -> bool:
                 await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             owner.send_signal(signal.SIGKILL)
             owner.wait()
-            if watchdog_dies:
+            if watchdog_dies and then_start:
+                async with open_runtime_service(
+                    workspace_dir=tmp / "ws", state_dir=tmp / "state",
+                    registry=BackendRegistry(), plugin_config={"containment": "cgroup"},
+                ) as svc:
+                    assert svc.startup_reap is not None
+            elif watchdog_dies:
                 done = await trio.to_thread.run_sync(
                     lambda: run_cli("reap", state_dir=tmp / "state"))
                 assert done.returncode == 0, done.stderr + done.stdout
@@ -385,6 +394,14 @@ async def test_owner_and_watchdog_sigkilled_then_reap_leaves_nothing(
     tmp_path: Path, variant: str
 ) -> None:
     assert not await _owner_death(tmp_path, variant, watchdog_dies=True)
+
+
+@needs_cgroup
+@pytest.mark.parametrize("variant", ("hopper-setsid-each", "daemon-emptyenv"))
+async def test_owner_and_watchdog_sigkilled_then_next_start_leaves_nothing(
+    tmp_path: Path, variant: str
+) -> None:
+    assert not await _owner_death(tmp_path, variant, watchdog_dies=True, then_start=True)
 
 
 @needs_cgroup
