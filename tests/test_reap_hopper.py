@@ -20,6 +20,7 @@ from _runtime_helpers import RuntimeEnv, output, run
 from test_terminal_ownership import Escapers
 
 from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._store.leases import LeaseState, LeaseStore, SyncLeaseStore
 
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
@@ -159,6 +160,10 @@ def test_hopper_never_escapes_exec_30(tmp_path: Path, ignore_sigterm: bool) -> N
 # -- through ``terminal/release`` (the command exits, leaving the hopper behind) ---------------
 
 
+def _exists(path: str) -> bool:
+    return os.path.exists(path)  # a cgroupfs stat: never waits on a disk
+
+
 async def _release_trials(env: RuntimeEnv, tmp_path: Path, n: int) -> None:
     escapes = 0
     with trio.fail_after(60 + 5 * n):
@@ -186,6 +191,9 @@ async def _release_trials(env: RuntimeEnv, tmp_path: Path, n: int) -> None:
     assert len(leases) == n
     assert escapes == 0, f"{escapes}/{n} escaped"
     assert {x.state for x in leases} == {LeaseState.CLOSED}, leases
+    if probe_cgroup_kill().usable:  # containment "auto": each terminal had its own leaf
+        assert all(x.cgroup for x in leases), leases
+        assert not [x.cgroup for x in leases if x.cgroup and _exists(x.cgroup)]
 
 
 async def test_hopper_never_escapes_terminal_release(env: RuntimeEnv, tmp_path: Path) -> None:
