@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
     "AcpConnectionClosedError",
     "AcpProtocolError",
     "AcpRuntimeError",
@@ -24,9 +26,11 @@ __all__ = [
     "LeaseValueError",
     "SessionStoreError",
     "StateFileError",
+    "StreamRedactor",
     "collapse_group",
     "redact",
     "redact_value",
+    "replace_secrets",
     "rpc_error_detail",
 ]
 
@@ -51,6 +55,92 @@ _SECRET_PATTERNS = (
 )
 
 
+#: Known credentials shorter than this are not searched for: a value of 1-3 characters would
+#: redact ordinary text everywhere.  Config ``auth`` refuses such values (``ConfigError``); an
+#: environment credential that short is used but warned about (it cannot be redacted).
+MIN_SECRET_LENGTH = 4
+#: What a redacted credential reads as.
+REDACTED = "[redacted]"
+
+
+def _known(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The searchable secrets, longest first (a credential inside another goes whole)."""
+    return tuple(sorted({s for s in secrets if isinstance(s, str)
+                         and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
+
+
+def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
+    """Every known secret (exactly, by value) replaced by :data:`REDACTED` in every string of
+    decoded JSON, keys included; nothing is guessed at.  Returns ``value`` itself when it
+    holds none."""
+    known = _known(secrets)
+    return _replace(value, known) if known else value
+
+
+def _replace(value: Any, known: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in known:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, list | tuple):
+        return [_replace(v, known) for v in value]
+    if isinstance(value, dict):
+        return {_replace(k, known): _replace(v, known) for k, v in value.items()}
+    return value
+
+
+class StreamRedactor:
+    """Redacts known secrets from text that arrives in pieces (an agent's streamed reply), so
+    that no concatenation of what it emits contains a secret, whole or split.
+
+    :meth:`feed` returns what is safe to emit now: the text so far with every complete secret
+    replaced, minus the shortest tail that could still be the start of one (held back until
+    the next piece decides; nothing is held when no tail could be).  :meth:`flush` returns
+    the held tail (the stream ended: it was not a secret).  Without secrets it returns every
+    piece unchanged."""
+
+    __slots__ = ("_buf", "_secrets")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = _known(secrets)
+        self._buf = ""
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    @property
+    def held(self) -> str:
+        return self._buf
+
+    def feed(self, piece: str) -> str:
+        if not self._secrets:
+            return piece
+        buf = self._buf + piece
+        for secret in self._secrets:
+            if secret in buf:
+                buf = buf.replace(secret, REDACTED)
+        keep = self._start_of_secret(buf)
+        self._buf = buf[len(buf) - keep:] if keep else ""
+        return buf[: len(buf) - keep] if keep else buf
+
+    def _start_of_secret(self, buf: str) -> int:
+        """Length of the longest tail of ``buf`` that is a proper prefix of a secret."""
+        n, best = len(buf), 0
+        for secret in self._secrets:
+            i = buf.find(secret[0], max(0, n - len(secret) + 1))
+            while i != -1 and n - i > best:
+                if secret.startswith(buf[i:]):
+                    best = n - i
+                    break
+                i = buf.find(secret[0], i + 1)
+        return best
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return out
+
+
 def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too)."""
     secrets = tuple(secrets)
@@ -67,8 +157,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every known secret value (4 characters or more) and every unmistakable
     credential shape (``OPENAI_API_KEY=...``, ``Bearer ...``, ``sk-ant-...``, ``ghp_...``,
     ``AKIA...``) replaced by ``[redacted]``; ordinary words are never guessed at."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
+    for secret in _known(secrets):
+        text = text.replace(secret, REDACTED)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: f"{m.group(1)}[redacted]", text)
     return text

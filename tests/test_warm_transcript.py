@@ -84,8 +84,10 @@ async def test_writer_never_follows_a_symlink(tmp_path: Path) -> None:
 def test_known_credentials_from_env_and_auth() -> None:
     found = known_credentials({"m": "config-credential-1"},
                               {"OPENAI_API_KEY": "env-credential-1", "HOME": "/root",
-                               "GH_TOKEN": "short", "ACPX_AUTH_X": "another-secret"})
-    assert set(found) == {"config-credential-1", "env-credential-1", "another-secret"}
+                               "GH_TOKEN": "shrt", "ACPX_AUTH_X": "another-secret",
+                               "ACPX_AUTH_Y": "abc"})
+    # issue 19: every credential of 4 characters or more; 1-3 are too short to search for
+    assert set(found) == {"config-credential-1", "env-credential-1", "another-secret", "shrt"}
 
 
 def test_warm_transcript_history_replay_and_redaction(tmp_path: Path) -> None:
@@ -98,7 +100,8 @@ def test_warm_transcript_history_replay_and_redaction(tmp_path: Path) -> None:
     assert one.returncode == 0, one.stderr
     two = run_cli("prompt", "--session", "k", *agent, f"echo {SECRET}", state_dir=state,
                   env=env)
-    assert two.returncode == 0 and SECRET in two.stdout  # the user sees it; the file must not
+    # issue 19: the runtime's events are redacted for every consumer (text, --json, the API)
+    assert two.returncode == 0 and SECRET not in two.stdout and REDACTED in two.stdout
     info = owner_info(state)
     assert info is not None
     os.kill(info["pid"], signal.SIGTERM)  # a clean stop keeps the session record

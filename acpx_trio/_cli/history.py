@@ -11,7 +11,8 @@ import trio
 
 from acpx_trio._cli.exits import EXIT_OK
 from acpx_trio._cli.output import Output, printable
-from acpx_trio._store.transcript import read_transcript, transcript_path
+from acpx_trio._errors import replace_secrets
+from acpx_trio._store.transcript import known_credentials, read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns
 
 __all__ = ["history_command"]
@@ -20,7 +21,15 @@ _encoder = msgspec.json.Encoder()
 
 
 def _load(session_dir: str | Path, key: str) -> list[PastTurn]:
-    return past_turns(read_transcript(transcript_path(session_dir, key)))
+    """The past turns, with every credential known now redacted from the reassembled text
+    (a transcript written before a credential was known, or by an older version, still
+    prints none).  Blocking."""
+    turns = past_turns(read_transcript(transcript_path(session_dir, key)))
+    secrets = known_credentials()
+    if not secrets:
+        return turns
+    return [msgspec.convert(replace_secrets(msgspec.to_builtins(t), secrets), PastTurn)
+            for t in turns]
 
 
 def _when(epoch: float) -> str:

@@ -156,6 +156,11 @@ class AgentProcess:
         )
 
     @property
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials handed to the agent (to redact from what it says)."""
+        return self._secrets
+
+    @property
     def lease_id(self) -> str | None:
         return None if self.lease is None else self.lease.lease_id
 

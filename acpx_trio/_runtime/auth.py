@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from acpx_trio._acp import AUTH_REQUIRED, AuthMethod
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import MIN_SECRET_LENGTH, AcpRuntimeError
 
 __all__ = [
     "AUTH_ENV_PREFIX",
@@ -132,6 +132,11 @@ class AuthPlan:
     @property
     def names(self) -> list[str]:
         return sorted(self.env)
+
+    @property
+    def too_short(self) -> list[str]:
+        """Names of credentials too short to redact (1-3 characters)."""
+        return sorted(k for k, v in self.env.items() if v and len(v) < MIN_SECRET_LENGTH)
 
 
 def spawn_env(

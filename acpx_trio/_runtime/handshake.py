@@ -29,6 +29,7 @@ from acpx_trio._acp import (
     SetSessionModeRequest,
 )
 from acpx_trio._errors import (
+    MIN_SECRET_LENGTH,
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
@@ -166,6 +167,10 @@ def make_agent_process(
 ) -> AgentProcess:
     """An (unstarted) agent process configured from ``factory`` (wired to ``live``)."""
     env, plan = agent_env(factory.config, spec)
+    if plan.too_short:  # named, never shown: it cannot be redacted from what the agent says
+        factory.log.warning("credential %s is shorter than %d characters: it is handed to the "
+                            "agent but cannot be redacted from transcripts and output",
+                            ", ".join(plan.too_short), MIN_SECRET_LENGTH)
     # what the agent holds: its auth plan, config ``auth`` and credential-like owner variables
     secrets = tuple(dict.fromkeys([*plan.secrets, *known_credentials(factory.config.auth)]))
 

@@ -57,6 +57,7 @@ from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_tu
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
+from acpx_trio._store.transcript import known_credentials
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
@@ -320,9 +321,11 @@ class AcpxRuntime:
         return self._require_live(handle)
 
     def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+        proc = session.process
+        secrets = [*known_credentials(self.config.auth), *(proc.secrets if proc else ())]
         return stream_turn(
             session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
-            retire=self._retire, log=self.log,
+            retire=self._retire, log=self.log, secrets=secrets,
         )
 
     def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:

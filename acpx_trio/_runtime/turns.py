@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -22,6 +22,7 @@ from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
 from acpx_trio._log import Logger
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.live_session import LiveSession, Turn
+from acpx_trio._runtime.turn_redaction import TurnRedactor
 from acpx_trio._runtime.update_map import token_usage
 
 __all__ = [
@@ -44,13 +45,14 @@ _FINAL_EVENTS: frozenset[type[Any]] = frozenset({DoneEvent, ErrorEvent})
 
 async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
     session: LiveSession, text: str, *, nursery: trio.Nursery, turn_timeout: float | None,
-    retire: Retire, log: Logger,
+    retire: Retire, log: Logger, secrets: Iterable[str] = (),
 ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
     """Run one turn on ``session``; yields its events in non-empty lists, in wire order (one
     list per read batch), the last list ending with the one final event.  A busy session
     yields ``[ErrorEvent(ACP_SESSION_BUSY)]``.  If the consumer leaves early (``aclose``,
     cancel), the turn is cancelled at the agent and waited for (bounded), and a oneshot
-    session is closed."""
+    session is closed.  Every credential in ``secrets`` is redacted from the events, also
+    when the agent streams it split across pieces (:class:`TurnRedactor`)."""
     if session.turn is not None:
         yield [ErrorEvent(
             code="ACP_SESSION_BUSY", retryable=True,
@@ -66,11 +68,14 @@ async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
         drive_turn, session, turn, turn_timeout=turn_timeout, retire=retire, log=log
     ))
     finished = False
+    redactor = TurnRedactor(secrets)
     try:
         while not finished:
             batch = await turn.receive_batch()
             finished = type(batch[-1]) in _FINAL_EVENTS
-            yield batch
+            batch = redactor.batch(batch)
+            if batch:
+                yield batch
         await trio.lowlevel.checkpoint()
     finally:
         if not finished:

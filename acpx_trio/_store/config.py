@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from acpx_trio._errors import ConfigError
+from acpx_trio._errors import MIN_SECRET_LENGTH, ConfigError
 from acpx_trio._store import caps
 
 __all__ = [
@@ -216,9 +216,14 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
             _check_nonempty(f"{field}.command", command)
         for name, server in self.mcp_servers.items():
             _check_nonempty(f"mcpServers.{name}.command", server.command)
-        for method in self.auth:
+        for method, credential in self.auth.items():
             if not method.strip():
                 raise ConfigError("auth", method, "auth method ids must be non-empty")
+            if len(credential) < MIN_SECRET_LENGTH:  # the value itself is never shown
+                raise ConfigError(f"auth.{method}", f"<{len(credential)} characters>",
+                                  f"a credential must have at least {MIN_SECRET_LENGTH} "
+                                  "characters (a shorter one cannot be redacted from "
+                                  "transcripts and output)")
         _check_numbers(self)
 
 

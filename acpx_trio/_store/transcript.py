@@ -9,9 +9,15 @@ Guarantees:
 
 * Bounded: when the file would pass ``max_bytes`` it is rotated (``.1`` is the newest old
   file); at most ``keep`` files exist in all (``keep`` 0 counts as 1).
-* Credentials never reach the file: the params of ``authenticate`` are replaced, and any string
-  containing a known credential (config ``auth`` values; environment values of credential-like
-  names) has it replaced by ``"<redacted>"``.
+* Credentials never reach the file: the params of ``authenticate`` are replaced, and every
+  known credential (config ``auth`` values; environment values of credential-like names; 4
+  characters or more) is replaced by ``"[redacted]"`` in every string, object keys included,
+  and in the text a reader reassembles: the agent's streamed ``agent_message_chunk`` /
+  ``agent_thought_chunk`` texts are redacted as one text per kind
+  (:class:`~acpx_trio._errors.StreamRedactor`), so no concatenation of stored chunks holds a
+  credential, whole or split.  A chunk's tail that could start a credential is moved to the
+  next chunk of its kind, or stored as a chunk of its own (same envelope) before the next
+  other message; only chunk boundaries move, never text.
 * Files are 0600, created without following symlinks; the directory is 0700.
 * :meth:`TranscriptWriter.on_chunk` (the agent's stream tap) only appends to a memory buffer;
   redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
@@ -33,6 +39,8 @@ from typing import Any, Literal
 import msgspec
 import trio
 
+from acpx_trio._errors import MIN_SECRET_LENGTH, StreamRedactor, replace_secrets
+from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 from acpx_trio._store.sessions import SyncSessionStore
 
@@ -46,12 +54,12 @@ __all__ = [
     "transcript_path",
 ]
 
-REDACTED = "<redacted>"
+#: The transcript's credential marker (the one the rest of acpx-trio uses).
+REDACTED = _REDACTED
+_CHUNK_KINDS = frozenset({"agent_message_chunk", "agent_thought_chunk"})
 #: Buffered bytes that schedule a flush before the turn ends.  Large on purpose: encoding in
 #: a thread still takes the GIL from a CPU-bound stream, so it is best done after the turn.
 DEFAULT_FLUSH_BYTES = 8 * 1024 * 1024
-#: Credentials shorter than this are not searched for (they would redact ordinary words).
-MIN_SECRET_LENGTH = 8
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
                           re.IGNORECASE)
 _log = logging.getLogger("acpx_trio.transcript")
@@ -103,16 +111,20 @@ def known_credentials(auth: Mapping[str, str] | None = None,
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:  # longest first, so a credential inside another goes whole
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, list):
-        return [_scrub(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub(v, secrets) for k, v in value.items()}
-    return value
+
+def _chunk_text(msg: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, content)`` of a ``session/update`` streamed text chunk, else ``None``."""
+    if not isinstance(msg, dict) or msg.get("method") != "session/update":
+        return None
+    params = msg.get("params")
+    update = params.get("update") if isinstance(params, dict) else None
+    if not isinstance(update, dict) or update.get("sessionUpdate") not in _CHUNK_KINDS:
+        return None
+    content = update.get("content")
+    if not isinstance(content, dict) or content.get("type") != "text" or not isinstance(
+            content.get("text"), str):
+        return None
+    return str(update["sessionUpdate"]), content
 
 
 class TranscriptWriter:
@@ -125,11 +137,13 @@ class TranscriptWriter:
         self.max_bytes = max(1, max_bytes)
         self.keep = max(1, keep)
         self.flush_bytes = flush_bytes
-        self._secrets = list(credentials)
+        self._secrets = [s for s in credentials if len(s) >= MIN_SECRET_LENGTH]
         # JSON-escaped forms too, in case a credential has characters JSON escapes
         self._raw_secrets = sorted({s.encode() for s in self._secrets}
                                    | {_encoder.encode(s)[1:-1] for s in self._secrets},
                                    key=len, reverse=True)
+        #: per chunk kind: the stream redactor and the envelope of its last chunk
+        self._streams: dict[str, tuple[StreamRedactor, Any]] = {}
         self._nursery = nursery
         self._pending: list[Entry] = []
         self._partial: dict[str, bytes] = {}  # per direction: a line split across chunks
@@ -185,12 +199,51 @@ class TranscriptWriter:
                     self._load_id = None  # the load's answer: replay is over
                 else:
                     replay = head.method is not None
+        if self._secrets and direction == "in":
+            if b'_chunk"' in raw:
+                msg = msgspec.json.decode(raw)
+                chunk = _chunk_text(msg)
+                if chunk is not None:  # redacted as one text with the chunks before it
+                    self._chunk(buf, t, raw, msg, chunk, replay)
+                    return
+            self._release_held(buf, t)  # another message: a held tail is no credential
         if self._raw_secrets and any(s in raw for s in self._raw_secrets):
-            raw = _encoder.encode(_scrub(msgspec.json.decode(raw), self._secrets))
+            raw = _encoder.encode(replace_secrets(msgspec.json.decode(raw), self._secrets))
+        self._entry(buf, t, direction, raw, replay)
+
+    def _entry(self, buf: bytearray, t: float, direction: str, raw: bytes,
+               replay: bool) -> None:
         entry = TranscriptEntry(t=t, d="in" if direction == "in" else "out",
                                 m=msgspec.Raw(raw), replay=replay)
         _encoder.encode_into(entry, buf, len(buf))
         buf += b"\n"
+
+    def _chunk(self, buf: bytearray, t: float, raw: bytes, msg: Any,
+               chunk: tuple[str, dict[str, Any]], replay: bool) -> None:
+        kind, content = chunk
+        stream = self._streams.get(kind)
+        redactor = stream[0] if stream is not None else StreamRedactor(self._secrets)
+        text = redactor.feed(content["text"])
+        self._streams[kind] = (redactor, msg)
+        if text == content["text"] and not any(s in raw for s in self._raw_secrets):
+            self._entry(buf, t, "in", raw, replay)
+            return
+        content["text"] = text
+        self._entry(buf, t, "in", _encoder.encode(replace_secrets(msg, self._secrets)),
+                    replay)
+
+    def _release_held(self, buf: bytearray, t: float) -> None:
+        """Store every held chunk tail as a chunk of its own (the stream of that kind ended
+        here, so the tail was not a credential)."""
+        for kind, (redactor, envelope) in list(self._streams.items()):
+            rest = redactor.flush()
+            if rest:
+                chunk = _chunk_text(envelope)
+                assert chunk is not None
+                chunk[1]["text"] = rest
+                self._entry(buf, t, "in", _encoder.encode(
+                    replace_secrets(envelope, self._secrets)), False)
+            del self._streams[kind]
 
     def _outgoing(self, raw: bytes) -> bytes:
         head = _head(raw) or _Head()
@@ -206,20 +259,27 @@ class TranscriptWriter:
         return raw
 
     # -- writing (worker thread) ------------------------------------------------------------
-    async def flush(self) -> None:
-        """Encode and write what is buffered (in a worker thread); returns once written."""
+    async def flush(self, *, final: bool = False) -> None:
+        """Encode and write what is buffered (in a worker thread); returns once written.
+        ``final``: the stream ends here (a held chunk tail is stored too)."""
         async with self._lock:
             self._flush_scheduled = False
             items, self._pending, self._pending_bytes = self._pending, [], 0
-            if items and not self.disabled:  # (disabled: dropped, the buffer stays bounded)
+            final = final and bool(self._streams)
+            if (items or final) and not self.disabled:  # (disabled: dropped, bounded)
                 try:
-                    await trio.to_thread.run_sync(self._encode_and_write, items)
+                    await trio.to_thread.run_sync(self._encode_and_write, items, final)
                 except (OSError, msgspec.DecodeError) as exc:
                     self.disabled = True
                     _log.warning(f"transcript {self.path} disabled: {exc}")
 
-    def _encode_and_write(self, items: list[Entry]) -> None:
-        self._write(self._encode(items))
+    def _encode_and_write(self, items: list[Entry], final: bool = False) -> None:
+        data = self._encode(items)
+        if final:
+            tail = bytearray()
+            self._release_held(tail, time.time())
+            data += bytes(tail)
+        self._write(data)
 
     def _open(self) -> None:
         ensure_private_dir(self.path.parent)
@@ -258,8 +318,8 @@ class TranscriptWriter:
         self._size += len(data)
 
     async def aclose(self) -> None:
-        """Flush and close the file."""
-        await self.flush()
+        """Flush and close the file (a held chunk tail is stored first)."""
+        await self.flush(final=True)
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

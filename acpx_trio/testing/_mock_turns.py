@@ -6,6 +6,7 @@ answer at all (``/close-stdout``).  Directives check for cancellation wherever t
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -70,6 +71,28 @@ def _sleep(t: TurnCtx, arg: str) -> str | None:
 
 def _chunks(t: TurnCtx, arg: str) -> str | None:
     return t.stream("chunk", int(arg.split()[0]), _BATCH)
+
+
+def _split(t: TurnCtx, arg: str) -> str | None:
+    """``/split N,M,... TEXT``: TEXT streamed as reply chunks cut at those offsets (and as
+    thought chunks the same way), as real agents stream (a credential in pieces)."""
+    cuts_text, _, text = arg.partition(" ")
+    cuts = sorted({int(c) for c in cuts_text.split(",") if c.strip()} | {0, len(text)})
+    pieces = [text[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+    for kind in ("agent_thought_chunk", "agent_message_chunk"):
+        for piece in pieces:
+            t.say(piece, kind)
+    return "end_turn"
+
+
+def _tool_key(t: TurnCtx, arg: str) -> str | None:
+    """``/tool-key KEY``: a tool call whose raw input and output use KEY as an object key."""
+    call_id = f"call_{uuid.uuid4().hex[:12]}"
+    start = ToolCallStart(tool_call_id=call_id, title="mock tool", kind="read",
+                          status="pending", raw_input={arg: "value"})
+    done = ToolCallUpdate(tool_call_id=call_id, status="completed", raw_output={arg: 1})
+    t.agent.send(t.update(start), t.update(done))
+    return "end_turn"
 
 
 def _flood(t: TurnCtx, arg: str) -> str | None:
@@ -329,6 +352,8 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/env-path": _env_path,
     "/sleep": _sleep,
     "/chunks": _chunks,
+    "/split": _split,
+    "/tool-key": _tool_key,
     "/flood": _flood,
     "/think": _think,
     "/tool": _tool,

@@ -1,0 +1,64 @@
+"""Credentials out of a turn's events, on what a consumer reassembles.
+
+An agent streams its reply in pieces, so a credential it echoes can arrive split across
+several ``TextDeltaEvent`` s: redacting each piece alone misses it, and the joined reply (what
+``--json`` consumers, ``run_turn`` callers and terminals show) carries it whole.
+:class:`TurnRedactor` redacts each text stream (``output``, ``thought``) as one text
+(:class:`~acpx_trio._errors.StreamRedactor`: a tail that could start a credential is held
+back until the next piece decides, and emitted before the final event), and every other event
+by value, keys included.  Only known credentials are replaced (the ones handed to the agent,
+config ``auth``, credential-like environment variables of 4 characters or more); nothing is
+guessed at, and with none known every event passes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from acpx_trio._errors import StreamRedactor, replace_secrets
+from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent, TextDeltaEvent
+
+__all__ = ["TurnRedactor"]
+
+_STREAMS = ("output", "thought")
+
+
+class TurnRedactor:
+    """The events of one turn with every known credential replaced (see the module)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = tuple(secrets)
+        self._streams = {name: StreamRedactor(self._secrets) for name in _STREAMS}
+        self._raw = tuple({s.encode() for s in self._secrets}
+                          | {msgspec.json.encode(s)[1:-1] for s in self._secrets})
+        self.active = bool(self._streams["output"])
+
+    def batch(self, events: list[AcpRuntimeEvent]) -> list[AcpRuntimeEvent]:
+        """``events`` as a consumer may see them (held text comes out before the final
+        event; a piece held whole is dropped from its place)."""
+        if not self.active:
+            return events
+        out: list[AcpRuntimeEvent] = []
+        for ev in events:
+            if type(ev) is TextDeltaEvent:
+                text = self._streams[ev.stream].feed(ev.text)
+                if text:
+                    out.append(ev if text == ev.text else msgspec.structs.replace(ev, text=text))
+                continue
+            if type(ev) in (DoneEvent, ErrorEvent):
+                for name, stream in self._streams.items():
+                    rest = stream.flush()
+                    if rest:
+                        out.append(TextDeltaEvent(text=rest, stream=name))  # type: ignore[arg-type]
+            out.append(self._scrub(ev))
+        return out
+
+    def _scrub(self, ev: AcpRuntimeEvent) -> AcpRuntimeEvent:
+        raw = msgspec.json.encode(ev)
+        if not any(s in raw for s in self._raw):
+            return ev
+        clean: Any = replace_secrets(msgspec.to_builtins(ev), self._secrets)
+        return msgspec.convert(clean, type(ev))

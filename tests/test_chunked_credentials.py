@@ -1,0 +1,142 @@
+"""Issue 19, hole 2: a credential an agent streams back in pieces never reaches what a reader
+reassembles — the runtime's events (so ``--json`` and every API consumer), the transcript,
+``sessions history`` — nor when it is a JSON object key; credentials of 4 characters or more
+are redacted, 1-3 characters are refused in config.  Real agents (the bundled mock streams
+the text cut at chosen offsets), plus a hypothesis property of the stream redactor."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from _cli_helpers import MOCK, run_cli
+from _runtime_helpers import RuntimeEnv, output, run
+from hypothesis import given
+from hypothesis import strategies as st
+
+from acpx_trio import ConfigError, TextDeltaEvent, resolve_config
+from acpx_trio._errors import REDACTED, StreamRedactor
+from acpx_trio._store.transcript import transcript_path
+
+SECRET = "sk-chunked-0123456789abcdef"
+#: cuts that split the credential three ways, one of them at the very first character
+CUTS = "9,10,17,25"
+TEXT = f"the key is {SECRET} ok"
+
+
+# -- the stream redactor (pure) --------------------------------------------------------------
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@given(st.text(alphabet="ab", max_size=30), st.text(alphabet="ab", min_size=4, max_size=6),
+       st.lists(st.integers(0, 60), max_size=12))
+def test_no_split_of_the_text_lets_a_secret_through(
+    text: str, secret: str, cuts: list[int]
+) -> None:
+    """Whatever the cuts, the joined output is the one-shot redaction of the joined input
+    (nothing lost, nothing reordered) and holds no secret."""
+    whole = f"{text}{secret}{text}"
+    r = StreamRedactor([secret])
+    out = "".join(r.feed(p) for p in _pieces(whole, cuts)) + r.flush()
+    assert out == whole.replace(secret, REDACTED)
+    assert secret not in out
+
+
+@given(st.text(max_size=200), st.lists(st.integers(0, 300), max_size=20))
+def test_without_secrets_every_piece_passes_unchanged(text: str, cuts: list[int]) -> None:
+    r = StreamRedactor([])
+    pieces = _pieces(text, cuts)
+    assert [r.feed(p) for p in pieces] == pieces and r.flush() == ""
+
+
+def test_a_tail_that_cannot_start_a_secret_is_never_held() -> None:
+    r = StreamRedactor([SECRET])
+    assert r.feed("hello ") == "hello "  # streaming stays live
+    assert r.feed("the key is sk-ch") == "the key is "  # could be the credential: held
+    assert r.feed("eese") == "sk-cheese"  # it was not
+    assert r.flush() == ""
+
+
+def test_a_short_config_credential_is_refused_without_showing_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"auth": {"m": "xyz"}}, tmp_path)
+    assert info.value.field == "auth.m" and "xyz" not in str(info.value)
+    assert "at least 4 characters" in str(info.value)
+
+
+# -- through the runtime (every consumer) ----------------------------------------------------
+
+
+async def test_runtime_events_never_carry_a_split_credential(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
+    async with env.runtime() as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        events = await run(rt, handle, f"/split {CUTS} {TEXT}")
+    thought = "".join(e.text for e in events
+                      if isinstance(e, TextDeltaEvent) and e.stream == "thought")
+    reply = output(events)
+    assert reply == thought == f"the key is {REDACTED} ok"
+    assert not any(SECRET in json.dumps(str(e)) for e in events)
+
+
+# -- through the command line: --json, the transcript, history --------------------------------
+
+
+def test_cli_json_transcript_and_history_never_reassemble_it(tmp_path: Path) -> None:
+    env = {"MY_SERVICE_TOKEN": SECRET}
+    state = tmp_path / "state"
+    agent = ["--agent-command", MOCK]
+    done = run_cli("prompt", "--session", "k", *agent, "--json", f"/split {CUTS} {TEXT}",
+                   state_dir=state, env=env)
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout and REDACTED in done.stdout
+    texts = [json.loads(x).get("text", "") for x in done.stdout.splitlines()]
+    assert SECRET not in "".join(texts)
+    keyed = run_cli("prompt", "--session", "k", *agent, "--json", f"/tool-key {SECRET}",
+                    state_dir=state, env=env)
+    assert keyed.returncode == 0 and SECRET not in keyed.stdout
+    shown = run_cli("sessions", "history", "k", "--json", state_dir=state, env=env)
+    text = run_cli("sessions", "history", "k", state_dir=state, env=env)
+    run_cli("sessions", "close", "k", state_dir=state, env=env)
+    for out in (shown.stdout, text.stdout):
+        assert SECRET not in out and REDACTED in out
+    data = b"".join(p.read_bytes() for p in transcript_path(
+        state / "acpx" / "sessions", "k").parent.glob("transcript-*"))
+    assert data and SECRET.encode() not in data
+    # the stored chunks, joined as a reader joins them, read back the redacted text
+    joined = "".join(
+        m["params"]["update"]["content"]["text"]
+        for m in (json.loads(line)["m"] for line in data.splitlines())
+        if m.get("method") == "session/update"
+        and m["params"]["update"].get("sessionUpdate") == "agent_message_chunk")
+    assert f"the key is {REDACTED} ok" in joined
+
+
+def test_exec_json_never_carries_a_split_credential(tmp_path: Path) -> None:
+    done = run_cli("exec", "--agent-command", MOCK, "--json", f"/split {CUTS} {TEXT}",
+                   state_dir=tmp_path, env={"ACPX_AUTH_SOMETHING": SECRET})
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout and REDACTED in done.stdout
+
+
+async def test_a_short_environment_credential_is_named_in_a_warning_never_shown(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1-3 characters cannot be redacted (they would hide ordinary text): the agent still
+    gets it, and the owner is told which variable, never its value."""
+    monkeypatch.setenv("ACPX_AUTH_TINY", "q7z")
+    with caplog.at_level(logging.WARNING):
+        async with env.runtime() as rt:
+            handle = await rt.ensure_session(session_key="k", agent="mock")
+            assert output(await run(rt, handle, "/env TINY")) == "TINY=set(3)"
+    warned = [r.getMessage() for r in caplog.records if "shorter than 4" in r.getMessage()]
+    assert warned and "TINY" in warned[0] and "q7z" not in warned[0]
