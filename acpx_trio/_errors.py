@@ -90,6 +90,15 @@ def _replace(value: Any, known: tuple[str, ...]) -> Any:
     return value
 
 
+def _prefix_pattern(secret: str) -> str:
+    """A regex for any non-empty proper prefix of ``secret``."""
+    chars = [re.escape(c) for c in secret[:-1]]
+    pattern = ""
+    for c in reversed(chars[1:]):
+        pattern = f"(?:{c}{pattern})?"
+    return chars[0] + pattern
+
+
 class StreamRedactor:
     """Redacts known secrets from text that arrives in pieces (an agent's streamed reply), so
     that no concatenation of what it emits contains a secret, whole or split.
@@ -100,11 +109,17 @@ class StreamRedactor:
     the held tail (the stream ended: it was not a secret).  Without secrets it returns every
     piece unchanged."""
 
-    __slots__ = ("_buf", "_secrets")
+    __slots__ = ("_buf", "_keep", "_secrets", "_tail")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = _known(secrets)
         self._buf = ""
+        #: a non-empty proper prefix of a secret, at the end of the text (the leftmost match
+        #: is the longest such tail)
+        self._tail = re.compile(
+            "(?:" + "|".join(map(_prefix_pattern, self._secrets)) + r")\Z"
+            if self._secrets else r"(?!)")
+        self._keep = max((len(s) - 1 for s in self._secrets), default=0)
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -116,25 +131,25 @@ class StreamRedactor:
     def feed(self, piece: str) -> str:
         if not self._secrets:
             return piece
-        buf = self._buf + piece
+        buf = self._buf + piece if self._buf else piece
         for secret in self._secrets:
             if secret in buf:
                 buf = buf.replace(secret, REDACTED)
-        keep = self._start_of_secret(buf)
-        self._buf = buf[len(buf) - keep:] if keep else ""
-        return buf[: len(buf) - keep] if keep else buf
+        m = self._tail.search(buf, max(0, len(buf) - self._keep))
+        if m is None:
+            self._buf = ""
+            return buf
+        self._buf = buf[m.start():]
+        return buf[: m.start()]
 
-    def _start_of_secret(self, buf: str) -> int:
-        """Length of the longest tail of ``buf`` that is a proper prefix of a secret."""
-        n, best = len(buf), 0
-        for secret in self._secrets:
-            i = buf.find(secret[0], max(0, n - len(secret) + 1))
-            while i != -1 and n - i > best:
-                if secret.startswith(buf[i:]):
-                    best = n - i
-                    break
-                i = buf.find(secret[0], i + 1)
-        return best
+    def clean(self, text: str) -> bool:
+        """Whether ``text``, fed now, would come out unchanged and hold nothing back (no
+        secret in it and no tail that could start one; nothing held from before)."""
+        if self._buf:
+            return False
+        if any(secret in text for secret in self._secrets):
+            return False
+        return self._tail.search(text, max(0, len(text) - self._keep)) is None
 
     def flush(self) -> str:
         out, self._buf = self._buf, ""

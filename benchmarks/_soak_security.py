@@ -7,7 +7,13 @@
    and nothing outside may be created or changed; two legitimate requests must work.
 2. After every operation (start, ensure, each turn, close, stop) the state dir and every dir
    below it are 0700 and every file 0600.
-3. As root (skipped otherwise): processes of another user (``setpriv --reuid=65534``) carrying
+3. The read race: while a thread flips ``cwd/d`` between a directory and a symlink to an
+   outside directory, ``fs/read_text_file`` of ``cwd/d/hostname`` (500 reads a cycle) must
+   never return the outside file (``read_race`` = outside reads / reads).
+4. The chunked credential: a mock agent streams a credential (an environment variable of the
+   owner) cut at random offsets, as reply and thought chunks; no concatenation of the turn's
+   events may contain it (``chunked_leaks`` = turns that leaked / turns).
+5. As root (skipped otherwise): processes of another user (``setpriv --reuid=65534``) carrying
    our exact tags, one the verified root of an open lease of ours, one found only by its tags
    (pending lease), are never signalled by start-up reaping, the orphan sweep or a direct tree
    cleanup; the scenario kills them itself afterwards.
@@ -19,9 +25,11 @@ processes of our gateway alive at the end; ``lost`` leases not final after stop.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,8 +55,11 @@ from _soak_common import (
 )
 from _soak_proc import fake_lease
 
+from acpx_trio._acp._messages import ReadTextFileRequest
+from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import TextDeltaEvent
 from acpx_trio._process.reaper import cleanup_owned_process_tree, reap_stale_orphans
+from acpx_trio._runtime.permissions import FsGate, PermissionPolicy
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import SyncLeaseStore
@@ -207,16 +218,91 @@ async def other_user_round(result: ScenarioResult, root: Path, marker: str) -> i
     return len(decoys)
 
 
+def _flipper(cwd: Path, outside: Path, stop: threading.Event) -> None:
+    d, real, link = cwd / "d", cwd / "d.real", cwd / "d.link"
+    link.symlink_to(outside)
+    while not stop.is_set():  # d: the real dir, gone, a symlink to outside, gone, ...
+        os.rename(real, d)
+        os.rename(d, real)
+        os.rename(link, d)
+        os.rename(d, link)
+
+
+async def read_race_round(result: ScenarioResult, root: Path, reads: int) -> int:
+    """``reads`` racing reads; returns how many returned the outside file."""
+    base = Path(tempfile.mkdtemp(prefix="race-", dir=root))
+    cwd, outside = base / "cwd", base / "outside"
+    (cwd / "d.real").mkdir(parents=True)
+    outside.mkdir()
+    (cwd / "d.real" / "hostname").write_text("inside")
+    (outside / "hostname").write_text("OUTSIDE-SECRET")
+    gate = FsGate(str(cwd), PermissionPolicy("approve-reads", "fail"))
+    request = ReadTextFileRequest(session_id="s", path=str(cwd / "d" / "hostname"))
+    stop = threading.Event()
+    flipper = threading.Thread(target=_flipper, args=(cwd, outside, stop), daemon=True)
+    flipper.start()
+    leaked = 0
+    try:
+        for _ in range(reads):
+            try:
+                content = (await gate.read_text_file(request)).content
+            except AcpRuntimeError:
+                continue
+            leaked += content == "OUTSIDE-SECRET"
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(flipper.join)
+    if leaked:
+        result.fail(f"read race: {leaked}/{reads} reads returned the file outside the cwd")
+    return leaked
+
+
+async def chunked_credential_round(
+    result: ScenarioResult, root: Path, rng: random.Random, turns: int
+) -> int:
+    """``turns`` turns streaming a credential cut at random offsets; returns the leaks."""
+    secret = f"sk-soak-{uuid.uuid4().hex}"
+    text = f"before {secret} after {secret[:10]}"
+    ws = Path(tempfile.mkdtemp(prefix="chunks-", dir=root))
+    leaks = 0
+    os.environ["ACPX_SOAK_SERVICE_TOKEN"] = secret
+    try:
+        async with open_runtime_service(
+            workspace_dir=ws, state_dir=ws / "state", registry=BackendRegistry(),
+            plugin_config={"agents": {"mock": {"command": sys.executable,
+                                               "args": list(MOCK_ARGS)}}},
+        ) as svc:
+            runtime = svc.require_runtime()
+            handle = await runtime.ensure_session(session_key="chunks", agent="mock")
+            for _ in range(turns):
+                cuts = ",".join(str(rng.randrange(len(text))) for _ in range(rng.randrange(8)))
+                said = [e.text async for e in runtime.run_turn(
+                    handle=handle, text=f"/split {cuts} {text}")
+                    if isinstance(e, TextDeltaEvent)]
+                if secret in "".join(said) or any(secret in x for x in said):
+                    leaks += 1
+    finally:
+        del os.environ["ACPX_SOAK_SERVICE_TOKEN"]
+    if leaks:
+        result.fail(f"chunked credential: {leaks}/{turns} turns let it through")
+    return leaks
+
+
 async def run_security(cycles: int, seed: int) -> ScenarioResult:
     result = ScenarioResult("security")
     marker = new_marker()
+    rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="acpx-soak-security-"))
-    refused = attempted = 0
+    refused = attempted = outside = chunk_leaks = 0
     try:
         for cycle in range(cycles):
             r, a = await fs_round(result, root, cycle)
             refused, attempted = refused + r, attempted + a
+            outside += await read_race_round(result, root, 500)
+            chunk_leaks += await chunked_credential_round(result, root, rng, 20)
             result.cycles += 1
+        result.figures["read_race"] = f"{outside}/{500 * cycles}"
+        result.figures["chunked_leaks"] = f"{chunk_leaks}/{20 * cycles}"
         if can_switch_user():
             others = await other_user_round(result, root, marker)
             result.figures["other_user"] = f"{others}procs"

@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from _cli_helpers import MOCK, run_cli
@@ -17,8 +18,16 @@ from _runtime_helpers import RuntimeEnv, output, run
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acpx_trio import ConfigError, TextDeltaEvent, resolve_config
+from acpx_trio import (
+    AcpRuntimeEvent,
+    ConfigError,
+    DoneEvent,
+    StatusEvent,
+    TextDeltaEvent,
+    resolve_config,
+)
 from acpx_trio._errors import REDACTED, StreamRedactor
+from acpx_trio._runtime.turn_redaction import TurnRedactor
 from acpx_trio._store.transcript import transcript_path
 
 SECRET = "sk-chunked-0123456789abcdef"
@@ -54,6 +63,32 @@ def test_without_secrets_every_piece_passes_unchanged(text: str, cuts: list[int]
     r = StreamRedactor([])
     pieces = _pieces(text, cuts)
     assert [r.feed(p) for p in pieces] == pieces and r.flush() == ""
+
+
+@given(st.text(alphabet="ab ", max_size=20), st.lists(st.integers(0, 80), max_size=10),
+       st.lists(st.integers(0, 12), max_size=6), st.booleans())
+def test_turn_events_in_any_batching_never_carry_the_secret(
+    text: str, cuts: list[int], batch_cuts: list[int], thought: bool
+) -> None:
+    """The runtime's redactor over a turn's events in any batching: each stream, joined,
+    is the one-shot redaction; no event (a status naming it too) holds it; the
+    final event comes last."""
+    secret = "abab"
+    whole = f"{text}{secret}{text}"
+    stream: Literal["output", "thought"] = "thought" if thought else "output"
+    events: list[AcpRuntimeEvent] = [TextDeltaEvent(text=p, stream=stream)
+                                     for p in _pieces(whole, cuts)]
+    events.insert(len(events) // 2, StatusEvent(text=f"note {secret}", tag="x"))
+    events.append(DoneEvent(stop_reason="end_turn"))
+    r = TurnRedactor([secret])
+    out: list[AcpRuntimeEvent] = []
+    bounds = sorted({0, len(events), *(c % (len(events) + 1) for c in batch_cuts)})
+    for a, b in itertools.pairwise(bounds):
+        out += r.batch(events[a:b])
+    joined = "".join(e.text for e in out if isinstance(e, TextDeltaEvent))
+    assert joined == whole.replace(secret, REDACTED)
+    assert not any(secret in str(e) for e in out)
+    assert isinstance(out[-1], DoneEvent)
 
 
 def test_a_tail_that_cannot_start_a_secret_is_never_held() -> None:

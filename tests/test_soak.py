@@ -1,4 +1,5 @@
-"""Short in-suite versions of ``benchmarks/soak.py`` scenarios ``crash`` and ``owners``.
+"""Short in-suite versions of ``benchmarks/soak.py`` scenarios (crash, owners, escape,
+security).
 
 Real processes and the real clock; every process a scenario starts is killed when it ends.
 The full-size runs: ``python benchmarks/soak.py --scenario crash`` (50 cycles) and
@@ -12,6 +13,7 @@ from _soak_crash import run_crash
 from _soak_escape import run_escape
 from _soak_helpers import assert_clean
 from _soak_owners import run_owners
+from _soak_security import run_security
 
 pytestmark = pytest.mark.slow
 
@@ -41,3 +43,13 @@ async def test_escape_artists_and_killed_owners_leave_nothing() -> None:
     result = await run_escape(1, seed=7)
     assert_clean(result)
     assert result.cycles == 1
+
+
+async def test_security_round_read_race_and_chunked_credential_leave_nothing() -> None:
+    """One ``security`` cycle: fs confinement, private modes, 500 racing reads while a
+    directory flips to a symlink outside (none may return the outside file), 20 turns that
+    stream a credential cut at random offsets (none may let it through)."""
+    result = await run_security(1, seed=7)
+    assert_clean(result)
+    assert result.figures["read_race"] == "0/500"
+    assert result.figures["chunked_leaks"] == "0/20"

@@ -41,6 +41,10 @@ class TurnRedactor:
         event; a piece held whole is dropped from its place)."""
         if not self.active:
             return events
+        clean, others = self._clean(events)
+        if clean:  # the common case, checked on the batch's joined text per stream
+            return [e if type(e) is TextDeltaEvent else self._scrub(e)
+                    for e in events] if others else events
         out: list[AcpRuntimeEvent] = []
         for ev in events:
             if type(ev) is TextDeltaEvent:
@@ -55,6 +59,20 @@ class TurnRedactor:
                         out.append(TextDeltaEvent(text=rest, stream=name))  # type: ignore[arg-type]
             out.append(self._scrub(ev))
         return out
+
+    def _clean(self, events: list[AcpRuntimeEvent]) -> tuple[bool, bool]:
+        """Whether every text stream of ``events``, joined, passes unchanged; and whether
+        there are other events."""
+        parts: dict[str, list[str]] = {"output": [], "thought": []}
+        others = False
+        for ev in events:
+            if type(ev) is TextDeltaEvent:
+                parts[ev.stream].append(ev.text)
+            else:
+                others = True
+        clean = all(self._streams[name].clean("".join(texts))
+                    for name, texts in parts.items() if texts or self._streams[name].held)
+        return clean, others
 
     def _scrub(self, ev: AcpRuntimeEvent) -> AcpRuntimeEvent:
         raw = msgspec.json.encode(ev)
