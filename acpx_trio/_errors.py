@@ -15,6 +15,7 @@ __all__ = [
     "AcpProtocolError",
     "AcpRuntimeError",
     "AcpxError",
+    "AcpxUsageError",
     "AgentProcessError",
     "ConfigError",
     "GatewayInstanceIdError",
@@ -112,6 +113,19 @@ class ConfigError(AcpxError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config {field}={value!r}: {allowed}")
+
+
+class AcpxUsageError(AcpxError, ValueError):
+    """A public call got a bad argument (an empty id, a negative grace or pid, an unknown
+    state name).  Raised before anything is read, written or signalled; ``argument`` names
+    the parameter.  A ``ValueError`` too, so callers that caught one keep working."""
+
+    code = "ACPX_USAGE"
+
+    def __init__(self, argument: str, value: object, allowed: str) -> None:
+        self.argument = argument
+        self.value = value
+        super().__init__(f"{argument}={value!r}: {allowed}")
 
 
 class GatewayInstanceIdError(AcpxError):

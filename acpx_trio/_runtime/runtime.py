@@ -1,6 +1,6 @@
 """``AcpxRuntime``: start ACP agents, run prompt turns, cancel, close — never leak a process.
 
-Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
+Guarantees (beyond the :class:`~acpx_trio.AcpRuntimeProtocol` protocol):
 
 * Every agent process runs as a task of the runtime's nursery; when that task ends for any
   reason (close, crash, protocol error, timeout, cancellation of the nursery) the agent's
@@ -247,7 +247,7 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ turns
 
-    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # An async generator by the AcpRuntimeProtocol contract (consumed under ``aclosing``); it never
     # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
     async def run_turn(  # noqa: ASYNC900
         self,
