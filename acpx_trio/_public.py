@@ -39,7 +39,8 @@ def publish(module_name: str, namespace: dict[str, Any]) -> tuple[str, ...]:
     """The public names of a tier module (sorted), each private class and function moved to
     ``module_name``.  Idempotent; a name already published elsewhere (a top-level alias of a
     ``lowlevel`` name) keeps its home."""
-    names = tuple(sorted(n for n in namespace if not n.startswith("_")))
+    # (isidentifier: pytest's assertion rewriting adds ``@py_builtins`` to the plugin's package)
+    names = tuple(sorted(n for n in namespace if n.isidentifier() and not n.startswith("_")))
     for name in names:
         obj = namespace[name]
         if not (inspect.isclass(obj) or inspect.isfunction(obj)):
