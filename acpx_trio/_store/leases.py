@@ -51,6 +51,7 @@ from acpx_trio._store.lease_model import (  # re-exported: callers import them f
     ProcessLease,
     check_transition,
     hash_command,
+    lease_state,
     new_lease,
     new_lease_id,
 )
@@ -362,12 +363,13 @@ class SyncLeaseStore:
 
     def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move one lease to ``state``; returns the updated lease, ``None`` if unknown."""
-        target = LeaseState(state)
-        return self.mark_states({lease_id: target}).get(lease_id)
+        return self.mark_states({lease_id: lease_state(state)}).get(lease_id)
 
     def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-        """Apply several moves in one locked write; all are checked before any is applied."""
-        return self._commit_one(functools.partial(apply_marks, dict(updates)))
+        """Apply several moves in one locked write; all are checked before any is applied
+        (an unknown state name: :class:`~acpx_trio.AcpxUsageError`, nothing written)."""
+        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        return self._commit_one(functools.partial(apply_marks, checked))
 
 
 def _open_of(leases: list[ProcessLease], gateway_instance_id: str | None) -> list[ProcessLease]:
@@ -434,8 +436,10 @@ class LeaseStore:
 
     async def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move a lease to ``state``; ``None`` if the id is unknown."""
-        return (await self.mark_states({lease_id: LeaseState(state)})).get(lease_id)
+        return (await self.mark_states({lease_id: lease_state(state)})).get(lease_id)
 
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-        """Apply several state moves in one durable write."""
-        return await self._change(functools.partial(apply_marks, dict(updates)))
+        """Apply several state moves in one durable write (checked as in
+        :meth:`SyncLeaseStore.mark_states`)."""
+        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        return await self._change(functools.partial(apply_marks, checked))
