@@ -105,7 +105,7 @@ class AcpxRuntime:
         self._nursery = nursery
         self.log: Logger = logger or logging.getLogger("acpx_trio.runtime")
         self.process_cleanup = process_cleanup
-        self.session_store = session_store or SessionStore(config.state_dir)
+        self.session_store = session_store or SessionStore(config.state_dir, logger=self.log)
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
         #: Per-session-key locks, present only while someone holds or waits for one.

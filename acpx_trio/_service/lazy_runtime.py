@@ -8,7 +8,6 @@ needs a runtime.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from acpx_trio._events import (
     AgentSession,
     DoctorReport,
 )
-from acpx_trio._log import Logger, ServiceLogger
+from acpx_trio._log import ServiceLogger, as_logger
 from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
@@ -63,9 +62,7 @@ class RuntimeFactoryParams:
 async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntimeProtocol:
     """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``."""
     module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
-    logger: Logger | None = None
-    if isinstance(params.logger, logging.Logger | logging.LoggerAdapter):
-        logger = params.logger
+    logger = as_logger(params.logger, "acpx_trio.runtime")  # the host's logger, any kind
     runtime = module.AcpxRuntime(
         params.config,
         gateway_instance_id=params.gateway_instance_id,

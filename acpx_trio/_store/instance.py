@@ -19,6 +19,7 @@ import msgspec
 import trio
 
 from acpx_trio._errors import AcpxUsageError, GatewayInstanceIdError, StateFileError
+from acpx_trio._log import Logger
 from acpx_trio._store.fsio import (
     FILE_MODE,
     GATEWAY_ID_MAX_BYTES,
@@ -108,7 +109,9 @@ def _unusable(state_dir: Path, exc: OSError) -> StateFileError:
     )
 
 
-def resolve_gateway_instance_id_sync(state_dir: str | os.PathLike[str]) -> str:
+def resolve_gateway_instance_id_sync(
+    state_dir: str | os.PathLike[str], *, logger: Logger | None = None
+) -> str:
     """Read ``<state_dir>/gateway-instance-id``, creating it (a UUID, 0600; dir 0700) if missing.
 
     * Two first starts racing agree on one id (exclusive creation).
@@ -116,15 +119,16 @@ def resolve_gateway_instance_id_sync(state_dir: str | os.PathLike[str]) -> str:
       used (not a directory, a file in the way above it, another user's, unreadable),
       :class:`AcpxUsageError` for an empty path; never a raw ``OSError``.
     * An empty or garbled file is repaired only from the lease file when that names exactly one
-      gateway; otherwise :class:`GatewayInstanceIdError` says how to fix it by hand."""
+      gateway (a warning through ``logger``); otherwise :class:`GatewayInstanceIdError` says
+      how to fix it by hand."""
     path = _state_dir(state_dir)
     try:
-        return _resolve(path)
+        return _resolve(path, logger or _log)
     except OSError as exc:
         raise _unusable(path, exc) from exc
 
 
-def _resolve(state_dir: Path) -> str:
+def _resolve(state_dir: Path, log: Logger) -> str:
     directory = ensure_private_dir(state_dir)
     path = directory / GATEWAY_ID_FILE_NAME
     for _ in range(3):
@@ -139,17 +143,17 @@ def _resolve(state_dir: Path) -> str:
             if (st.st_mode & 0o777) != FILE_MODE:
                 os.chmod(path, FILE_MODE, follow_symlinks=False)
             return text
-        return _recover(directory, path, text)
+        return _recover(directory, path, text, log)
     raise GatewayInstanceIdError(f"{path} keeps disappearing while being read; is it on NFS?")
 
 
-def _recover(directory: Path, path: Path, text: str) -> str:
+def _recover(directory: Path, path: Path, text: str, log: Logger) -> str:
     found = _gateway_ids_in_lease_files(directory)
     what = "empty" if not text else "garbled"
     if len(found) == 1:
         (recovered,) = found
         atomic_write_bytes(path, f"{recovered}\n".encode())
-        _log.warning(
+        log.warning(
             "gateway instance id file %s was %s; recovered id %s from the lease file",
             path, what, recovered,
         )

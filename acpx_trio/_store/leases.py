@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from acpx_trio._errors import LeaseStoreError, StateFileError
+from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     LEASE_FILE_MAX_BYTES,
@@ -182,7 +183,7 @@ class SyncLeaseStore:
         max_final: int = 1000,
         final_ttl_seconds: float = 7 * 24 * 3600,
         clock: Callable[[], float] = time.time,
-        logger: logging.Logger | None = None,
+        logger: Logger | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / LEASE_FILE_NAME
@@ -190,7 +191,7 @@ class SyncLeaseStore:
         self.max_final = max_final
         self.final_ttl_seconds = final_ttl_seconds
         self._clock = clock
-        self._log = logger or _log
+        self._log: Logger = logger or _log
         #: Paths of lease files this store moved aside because they could not be decoded.
         self.quarantined: list[Path] = []
         #: Number of invalid entries skipped by the last read.
