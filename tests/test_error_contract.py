@@ -470,3 +470,27 @@ async def test_bad_prompt_text_is_refused_and_the_agent_survives(env: RuntimeEnv
 async def _consume_turn_text(rt: AcpxRuntime, handle: AcpRuntimeHandle, text: Any) -> list[Any]:
     async with contextlib.aclosing(rt.run_turn(handle=handle, text=text)) as events:
         return [event async for event in events]
+
+
+async def test_lease_store_on_unusable_dirs_raises_typed_errors(tmp_path: Path) -> None:
+    """A lease dir that is a file, or below one: every call raises an AcpxError naming the
+    path (StateFileError / LeaseStoreError), never a raw OSError."""
+    from acpx_trio import LeaseStore
+    from acpx_trio.lowlevel import new_lease
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    lease = new_lease(gateway_instance_id="gw", session_key="k", wrapper_root="/w",
+                      command="agent")
+    for lease_dir in (blocker, blocker / "below"):
+        store = LeaseStore(lease_dir)
+        for call in (
+            lambda s=store: s.save(lease),
+            lambda s=store: s.list_open("gw"),
+            lambda s=store: s.load(lease.lease_id),
+            lambda s=store: s.mark_state(lease.lease_id, "closed"),
+        ):
+            with pytest.raises(AcpxError) as info:
+                await call()  # type: ignore[no-untyped-call]
+            assert str(blocker) in str(info.value)
+    assert blocker.read_text() == "x"
