@@ -7,6 +7,7 @@ messages are meant for people and say what to do next.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "AcpProtocolError",
     "AcpRuntimeError",
     "AcpxError",
+    "AcpxUsageError",
     "AgentProcessError",
     "ConfigError",
     "ContainmentError",
@@ -192,6 +194,17 @@ def rpc_error_detail(data: Any) -> str | None:
     return None
 
 
+#: Values shown in error messages: bounded in depth and length, so a hostile or huge value
+#: (a config nested 100,000 levels deep) gives a short message, never a RecursionError.
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlevel = 4
+_VALUE_REPR.maxstring = _VALUE_REPR.maxother = 160
+
+
+def _shown(value: object) -> str:
+    return _VALUE_REPR.repr(value)
+
+
 class AcpxError(Exception):
     """Base class of every acpx-trio error.  ``code`` is stable; ``message`` is for people."""
 
@@ -217,7 +230,20 @@ class ConfigError(AcpxError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid config {field}={value!r}: {allowed}")
+        super().__init__(f"invalid config {field}={_shown(value)}: {allowed}")
+
+
+class AcpxUsageError(AcpxError, ValueError):
+    """A public call got a bad argument (an empty id, a negative grace or pid, an unknown
+    state name).  Raised before anything is read, written or signalled; ``argument`` names
+    the parameter.  A ``ValueError`` too, so callers that caught one keep working."""
+
+    code = "ACPX_USAGE"
+
+    def __init__(self, argument: str, value: object, allowed: str) -> None:
+        self.argument = argument
+        self.value = value
+        super().__init__(f"{argument}={_shown(value)}: {allowed}")
 
 
 class ContainmentError(ConfigError):
@@ -282,7 +308,7 @@ class LeaseValueError(AcpxError, ValueError):
     code = "ACPX_LEASE_INVALID"
 
     def __init__(self, field: str, value: object, allowed: str) -> None:
-        super().__init__(f"lease field {field}={value!r} is invalid: {allowed}")
+        super().__init__(f"lease field {field}={_shown(value)} is invalid: {allowed}")
         self.field = field
 
 

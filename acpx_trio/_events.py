@@ -222,7 +222,7 @@ class AcpRuntimeStatus(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class DoctorReport(msgspec.Struct, kw_only=True, frozen=True):
-    """Result of :meth:`AcpRuntime.doctor`.  ``details`` may hold values of any type."""
+    """Result of :meth:`AcpRuntimeProtocol.doctor`.  ``details`` may hold values of any type."""
 
     ok: bool
     message: str

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result, skip
 
-from acpx_trio import LeaseStore, SyncLeaseStore, new_lease
+from acpx_trio import LeaseStore
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._process.cgroup import (
     gateway_parent,
@@ -56,6 +56,7 @@ from acpx_trio._process.cgroup import (
 )
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import boot_id, lease_env, process_info, read_stat_state
+from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'
 IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]

@@ -28,10 +28,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import median, result
 
-from acpx_trio import LeaseState, ProcessLease, SyncLeaseStore, new_lease
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import atomic_write_bytes, ensure_private_dir
 from acpx_trio._store.leases import LEASE_FILE_NAME, _LeaseFileOut
+from acpx_trio.lowlevel import LeaseState, ProcessLease, SyncLeaseStore, new_lease
 
 
 def make_leases(n: int) -> list[ProcessLease]:

@@ -23,7 +23,7 @@ from acpx_trio.testing.logger import ListLogger as ListLogger  # re-exported
 
 
 class StubRuntime:
-    """An AcpRuntime whose probe, doctor, sweep and close are scripted and counted."""
+    """An AcpRuntimeProtocol whose probe, doctor, sweep and close are scripted and counted."""
 
     def __init__(
         self,

@@ -9,8 +9,8 @@ from _service_helpers import StubRuntime
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._service.backends import (
-    AcpRuntime,
     AcpRuntimeBackend,
+    AcpRuntimeProtocol,
     BackendRegistry,
     default_registry,
 )
@@ -137,6 +137,6 @@ def test_registry_is_thread_safe() -> None:
 
 def test_default_registry_and_protocol() -> None:
     assert isinstance(default_registry, BackendRegistry)
-    assert isinstance(StubRuntime(), AcpRuntime)
-    assert not isinstance(object(), AcpRuntime)
+    assert isinstance(StubRuntime(), AcpRuntimeProtocol)
+    assert not isinstance(object(), AcpRuntimeProtocol)
     assert "acpx" in repr(AcpRuntimeBackend("acpx", StubRuntime()))

@@ -372,10 +372,11 @@ async def _owner_death(
                 done = await trio.to_thread.run_sync(
                     lambda: run_cli("reap", state_dir=tmp / "state"))
                 assert done.returncode == 0, done.stderr + done.stdout
-            else:  # the watchdog: within the kill grace (0.3 s) + 1 s, plus scheduling
+            else:  # the watchdog: within the kill grace (0.3 s) + 1 s, plus scheduling; its
+                # leaf goes right after the processes
                 with trio.move_on_after(10):
-                    await poll_until(lambda: not set(marked(marker)) - set(decoys.pids),
-                                     seconds=10)
+                    await poll_until(lambda: not set(marked(marker)) - set(decoys.pids)
+                                     and not _exists(record["cgroup"]), seconds=10)
             escaped = await still_marked(marker, set(decoys.pids))
             assert decoys.alive()
             assert not _exists(record["cgroup"]), "the leaf cgroup was left behind"

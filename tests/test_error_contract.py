@@ -218,3 +218,279 @@ async def test_service_lifecycle_errors(tmp_path: Path) -> None:
         assert info.value.code == "ACP_BACKEND_UNAVAILABLE"
         with pytest.raises(AcpRuntimeError):
             await _consume_turn(runtime, handle)  # type: ignore[arg-type]
+
+
+# -- bad arguments and edges, through the public names ------------------------------------------
+
+
+def _untouchable_deps() -> Any:
+    """Process-table deps that fail the test if the reaper uses them: bad arguments must be
+    refused before anything is listed or signalled."""
+    from acpx_trio import ProcessCleanupDeps
+
+    async def forbidden(*_: Any) -> Any:
+        raise AssertionError("the reaper touched the process table on a bad argument")
+
+    return ProcessCleanupDeps(
+        list_processes=forbidden, kill_process=forbidden, wait_exit=forbidden,
+        sleep=forbidden, self_pid=os.getpid(), self_uid=os.getuid(),
+    )
+
+
+def _assert_usage(exc: BaseException, argument: str) -> None:
+    from acpx_trio import AcpxUsageError
+
+    assert isinstance(exc, AcpxUsageError), repr(exc)
+    assert isinstance(exc, ValueError)  # callers that caught ValueError keep working
+    assert exc.code == "ACPX_USAGE" and exc.argument == argument
+    assert argument in str(exc)
+
+
+async def test_reaper_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
+    from acpx_trio import (
+        LeaseStore,
+        cleanup_owned_process_tree,
+        reap_open_leases,
+        reap_stale_orphans,
+    )
+    from acpx_trio.lowlevel import reap_gateway, terminate_trees
+
+    store = LeaseStore(tmp_path / "leases")
+    deps = _untouchable_deps()
+    calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("gateway_instance_id", lambda: reap_open_leases("", store, deps=deps)),
+        ("gateway_instance_id", lambda: reap_open_leases(None, store, deps=deps)),  # type: ignore[arg-type]
+        ("gateway_instance_id", lambda: reap_stale_orphans(gateway_instance_id=" ", deps=deps)),
+        ("gateway_instance_id", lambda: reap_gateway("", store, deps=deps)),
+        ("expected_lease_id", lambda: cleanup_owned_process_tree(
+            root_pid=1, expected_lease_id="", expected_gateway_instance_id="gw", deps=deps)),
+        ("root_pid", lambda: cleanup_owned_process_tree(
+            root_pid=-1, expected_lease_id="l", expected_gateway_instance_id="gw", deps=deps)),
+        ("root_pid", lambda: cleanup_owned_process_tree(
+            root_pid="7", expected_lease_id="l",  # type: ignore[arg-type]
+            expected_gateway_instance_id="gw", deps=deps)),
+        ("grace", lambda: cleanup_owned_process_tree(
+            root_pid=0, expected_lease_id="l", expected_gateway_instance_id="gw",
+            grace=-1, deps=deps)),
+        ("grace", lambda: reap_stale_orphans(gateway_instance_id="gw", grace=float("nan"),
+                                             deps=deps)),
+        ("grace", lambda: terminate_trees([], grace=-0.5, deps=deps)),
+    ]
+    for argument, call in calls:
+        with pytest.raises(AcpxError) as info:
+            await call()
+        _assert_usage(info.value, argument)
+    assert not (tmp_path / "leases").exists()  # nothing was read or written
+
+
+async def test_lease_store_bad_state_is_a_usage_error(tmp_path: Path) -> None:
+    """An unknown state name is refused before the file is touched, even for an unknown id
+    (it used to be a bare ValueError from the enum, or silently ignored)."""
+    from acpx_trio import LeaseState, LeaseStore, ProcessLease
+    from acpx_trio.lowlevel import SyncLeaseStore, new_lease
+
+    store = LeaseStore(tmp_path)
+    lease = new_lease(gateway_instance_id="gw", session_key="k", wrapper_root=str(tmp_path),
+                      command="agent")
+    await store.save(lease)
+    before = store.path.read_bytes()
+    for call in (
+        lambda: store.mark_state(lease.lease_id, "bogus"),
+        lambda: store.mark_state("unknown-id", "bogus"),
+        lambda: store.mark_states({lease.lease_id: "CLOSED"}),  # type: ignore[dict-item]
+    ):
+        with pytest.raises(AcpxError) as info:
+            await call()
+        _assert_usage(info.value, "state")
+    with pytest.raises(AcpxError) as info:
+        SyncLeaseStore(tmp_path).mark_state(lease.lease_id, 3)  # type: ignore[arg-type]
+    _assert_usage(info.value, "state")
+    assert store.path.read_bytes() == before
+    moved = await store.mark_state(lease.lease_id, "closing")  # the plain string still works
+    assert isinstance(moved, ProcessLease) and moved.state is LeaseState.CLOSING
+
+
+async def test_gateway_id_on_unusable_state_dirs(tmp_path: Path) -> None:
+    """A state dir that is a file, one below a file, or an empty path: typed errors naming
+    the path, never NotADirectoryError/TypeError (sync and async forms)."""
+    from acpx_trio import StateFileError, resolve_gateway_instance_id
+    from acpx_trio.lowlevel import resolve_gateway_instance_id_sync
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for state_dir in (blocker, blocker / "below"):
+        with pytest.raises(StateFileError) as info:
+            await resolve_gateway_instance_id(state_dir)
+        assert str(state_dir) in str(info.value) and info.value.path == str(state_dir)
+        with pytest.raises(StateFileError):
+            resolve_gateway_instance_id_sync(state_dir)
+    for bad in ("", "  ", None):
+        with pytest.raises(AcpxError) as info:
+            await resolve_gateway_instance_id(bad)  # type: ignore[arg-type]
+        _assert_usage(info.value, "state_dir")
+    assert blocker.read_text() == "x"
+
+
+def test_deeply_nested_config_is_a_config_error(tmp_path: Path) -> None:
+    """A config file (JSON or TOML) or mapping nested 100,000 levels deep: ConfigError, not
+    RecursionError (the parsers recurse, and so did repr() in the error message)."""
+    from acpx_trio import ConfigError, load_config_file, resolve_config
+
+    depth = 100_000
+    json_file = tmp_path / "deep.json"
+    json_file.write_text('{"agents": ' + "[" * depth + "]" * depth + "}")
+    toml_file = tmp_path / "deep.toml"
+    toml_file.write_text("agents = " + "[" * depth + "]" * depth + "\n")
+    for path in (json_file, toml_file):
+        with pytest.raises(ConfigError) as info:
+            load_config_file(path)
+        assert info.value.field == "<file>" and "deeply" in str(info.value)
+    nested: dict[str, Any] = {}
+    cur = nested
+    for _ in range(depth):
+        cur["x"] = {}
+        cur = cur["x"]
+    with pytest.raises(ConfigError) as cfg:
+        resolve_config({"agents": nested}, tmp_path)
+    assert cfg.value.field == "agents.x.x" and len(str(cfg.value)) < 300
+
+
+def test_config_bad_values_name_the_field(tmp_path: Path) -> None:
+    """Each value is validated against its own field's type (no parsing of msgspec's
+    messages): the error names the field, down to an agent entry's key; a directly built
+    AcpxConfig is checked at construction too."""
+    from acpx_trio import AcpxConfig, ConfigError, resolve_config
+
+    cases: list[tuple[dict[Any, Any], str]] = [
+        ({"permissionMode": "approve-everything"}, "permissionMode"),
+        ({"transcript": 1}, "transcript"),
+        ({"transcriptKeep": 2.5}, "transcriptKeep"),
+        ({"timeoutSeconds": "10"}, "timeoutSeconds"),
+        ({"auth": {"m": 5}}, "auth"),
+        ({"agents": {"a": {"command": "x", "args": "not-a-list"}}}, "agents.a.args"),
+        ({"agents": {"a": {"command": 7}}}, "agents.a.command"),
+        ({"agents": {"a": {"args": []}}}, "agents.a.command"),
+        ({"agents": {"a": {"command": "x", "cmd": "y"}}}, "agents.a.cmd"),
+        ({"agents": {"a": 5}}, "agents.a"),
+        ({"mcpServers": {"s": {"command": "x", "env": {"K": 1}}}}, "mcpServers.s.env"),
+        ({1: 2}, "1"),
+    ]
+    for raw, field in cases:
+        with pytest.raises(ConfigError) as info:
+            resolve_config(raw, tmp_path)
+        assert info.value.field == field, (raw, info.value)
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"auth": {"m": 5, "n": "sk-secret-value"}}, tmp_path)
+    assert "sk-secret-value" not in str(info.value)
+    direct: list[tuple[dict[str, Any], str]] = [
+        ({"permission_mode": "bogus"}, "permissionMode"),
+        ({"transcript_keep": 2.5}, "transcriptKeep"),
+        ({"kill_grace_seconds": "soon"}, "killGraceSeconds"),
+        ({"kill_grace_seconds": -5}, "killGraceSeconds"),
+        ({"agents": {"a": "not-a-tuple"}}, "agents"),
+        ({"ignored_legacy_fields": [1]}, "ignored_legacy_fields"),
+    ]
+    for kwargs, field in direct:
+        with pytest.raises(ConfigError) as info:
+            AcpxConfig(cwd="/", state_dir="/s", **kwargs)
+        assert info.value.field == field, (kwargs, info.value)
+
+
+async def test_open_acpx_runtime_bad_arguments(env: RuntimeEnv) -> None:
+    from acpx_trio import LeaseStore, open_acpx_runtime
+
+    store = LeaseStore(env.root / "leases")
+    for kwargs, argument in (
+        ({"config": {"agents": {}}}, "config"),
+        ({"gateway_instance_id": ""}, "gateway_instance_id"),
+    ):
+        call: dict[str, Any] = {
+            "config": env.config(), "gateway_instance_id": env.gateway_id,
+            "lease_store": store, "wrapper_root": env.root, **kwargs,
+        }
+        with pytest.raises(AcpxError) as info:
+            async with open_acpx_runtime(**call):
+                pytest.fail("the body must not run")
+        _assert_usage(info.value, argument)
+
+
+async def test_open_acpx_runtime_never_raises_a_group(env: RuntimeEnv) -> None:
+    """The body's own exception comes out as itself (AcpxError or not), a crashed task of
+    the runtime as a typed error, never an ExceptionGroup; agents are gone either way."""
+    from acpx_trio import AcpRuntimeError
+
+    class BodyError(Exception):
+        pass
+
+    pids: list[int] = []
+    for raised in (AcpRuntimeError("ACP_TURN_FAILED", "from the body"), BodyError("mine")):
+        with pytest.raises(type(raised)) as info:
+            async with env.runtime(agents=AGENTS, probeAgent="mock") as rt:
+                handle = await rt.ensure_session(session_key="k", agent="mock")
+                assert handle.agent_pid is not None
+                pids.append(handle.agent_pid)
+                raise raised
+        assert info.value is raised and not isinstance(info.value, BaseExceptionGroup)
+
+    async def crash() -> None:
+        raise RuntimeError("a bug in a runtime task")
+
+    with pytest.raises(AcpRuntimeError) as crashed:
+        async with env.runtime(agents=AGENTS, probeAgent="mock") as rt:
+            handle = await rt.ensure_session(session_key="k", agent="mock")
+            assert handle.agent_pid is not None
+            pids.append(handle.agent_pid)
+            rt._nursery.start_soon(crash)  # a task of the runtime's own nursery fails
+            await trio.sleep_forever()
+    assert crashed.value.code == "ACP_RUNTIME_INTERNAL_ERROR"
+    assert isinstance(crashed.value.__cause__, RuntimeError)
+    for pid in pids:
+        await wait_gone(pid)
+
+
+async def test_bad_prompt_text_is_refused_and_the_agent_survives(env: RuntimeEnv) -> None:
+    """A lone surrogate cannot be sent as UTF-8: refused before the first event with a typed
+    error; the same agent process then answers the next prompt."""
+    from acpx_trio import DoneEvent
+
+    async with env.runtime(agents=AGENTS, probeAgent="mock") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        pid = handle.agent_pid
+        for text, why in (("bad \ud800 text", "surrogate"), (b"bytes", "must be a str")):
+            with pytest.raises(AcpRuntimeError) as info:
+                await _consume_turn_text(rt, handle, text)
+            assert info.value.code == "ACP_INVALID_RUNTIME_OPTION" and why in str(info.value)
+        status = await rt.get_status(handle=handle)
+        assert status.alive and pid is not None and not pid_gone(pid)
+        events = await _consume_turn_text(rt, handle, "hello again")
+        assert isinstance(events[-1], DoneEvent)
+        assert (await rt.ensure_session(session_key="k", agent="mock")).agent_pid == pid
+
+
+async def _consume_turn_text(rt: AcpxRuntime, handle: AcpRuntimeHandle, text: Any) -> list[Any]:
+    async with contextlib.aclosing(rt.run_turn(handle=handle, text=text)) as events:
+        return [event async for event in events]
+
+
+async def test_lease_store_on_unusable_dirs_raises_typed_errors(tmp_path: Path) -> None:
+    """A lease dir that is a file, or below one: every call raises an AcpxError naming the
+    path (StateFileError / LeaseStoreError), never a raw OSError."""
+    from acpx_trio import LeaseStore
+    from acpx_trio.lowlevel import new_lease
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    lease = new_lease(gateway_instance_id="gw", session_key="k", wrapper_root="/w",
+                      command="agent")
+    for lease_dir in (blocker, blocker / "below"):
+        store = LeaseStore(lease_dir)
+        for call in (
+            lambda s=store: s.save(lease),
+            lambda s=store: s.list_open("gw"),
+            lambda s=store: s.load(lease.lease_id),
+            lambda s=store: s.mark_state(lease.lease_id, "closed"),
+        ):
+            with pytest.raises(AcpxError) as info:
+                await call()  # type: ignore[no-untyped-call]
+            assert str(blocker) in str(info.value)
+    assert blocker.read_text() == "x"

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from acpx_trio import (
-    GatewayInstanceIdError,
-    SyncLeaseStore,
-    new_lease,
-    resolve_gateway_instance_id,
-    resolve_gateway_instance_id_sync,
-)
+from acpx_trio import GatewayInstanceIdError, resolve_gateway_instance_id
 from acpx_trio._errors import StateFileError
+from acpx_trio.lowlevel import SyncLeaseStore, new_lease, resolve_gateway_instance_id_sync
 
 
 def _mode(p: Path) -> int:
@@ -108,7 +103,7 @@ async def test_concurrent_first_starts_agree(tmp_path: Path) -> None:
 
 def test_two_processes_first_start_agree(tmp_path: Path) -> None:
     code = (
-        "import sys; from acpx_trio import resolve_gateway_instance_id_sync as r;"
+        "import sys; from acpx_trio.lowlevel import resolve_gateway_instance_id_sync as r;"
         "print(r(sys.argv[1]))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -19,9 +19,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from acpx_trio import LeaseState, LeaseStateError, SyncLeaseStore, new_lease
+from acpx_trio import LeaseStateError
 from acpx_trio._store.lease_snapshot import LeaseSnapshot, held_by
 from acpx_trio._store.leases import check_transition
+from acpx_trio.lowlevel import LeaseState, SyncLeaseStore, new_lease
 
 STATES = list(LeaseState)
 GATEWAYS = ["gw-a", "gw-b"]

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from acpx_trio import SyncLeaseStore
+from acpx_trio.lowlevel import SyncLeaseStore
 
 WRITER = """
 import sys
-from acpx_trio import SyncLeaseStore, new_lease
+from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 store = SyncLeaseStore(sys.argv[1])
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.readline()  # start together

@@ -11,11 +11,10 @@ import msgspec
 import pytest
 import trio
 
-from acpx_trio import (
+from acpx_trio import LeaseStateError, LeaseStoreError
+from acpx_trio.lowlevel import (
     LeaseState,
-    LeaseStateError,
     LeaseStore,
-    LeaseStoreError,
     ProcessLease,
     SyncLeaseStore,
     hash_command,

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import trio
 
-from acpx_trio import SyncLeaseStore, new_lease
 from acpx_trio._service import prepare as prepare_module
 from acpx_trio._service.context import ServiceContext
 from acpx_trio._service.prepare import PrepareCache
 from acpx_trio._service.startup import Prepared
+from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 from acpx_trio.testing.logger import ListLogger
 
 

@@ -11,16 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from acpx_trio import (
-    LeaseState,
-    LeaseStateError,
-    LeaseStore,
-    ProcessLease,
-    SyncLeaseStore,
-    new_lease,
-)
+from acpx_trio import LeaseStateError
 from acpx_trio._store.flock import acquire_lock_blocking, exclusive_lock, release_lock_fd
 from acpx_trio._store.locks import run_locked
+from acpx_trio.lowlevel import LeaseState, LeaseStore, ProcessLease, SyncLeaseStore, new_lease
 
 
 def lease(key: str, gw: str = "gw") -> ProcessLease:

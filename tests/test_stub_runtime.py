@@ -11,10 +11,10 @@ import trio
 import trio.testing
 
 from acpx_trio import (
-    AcpRuntime,
     AcpRuntimeError,
     AcpRuntimeEvent,
     AcpRuntimeHandle,
+    AcpRuntimeProtocol,
     BackendRegistry,
     DoneEvent,
     ErrorEvent,
@@ -27,7 +27,7 @@ from acpx_trio.testing.logger import ListLogger
 
 
 async def collect(
-    runtime: AcpRuntime, handle: AcpRuntimeHandle, text: str
+    runtime: AcpRuntimeProtocol, handle: AcpRuntimeHandle, text: str
 ) -> list[AcpRuntimeEvent]:
     async with contextlib.aclosing(runtime.run_turn(handle=handle, text=text)) as events:
         return [e async for e in events]
@@ -35,7 +35,7 @@ async def collect(
 
 async def test_is_an_acp_runtime_and_echoes_by_default() -> None:
     stub = StubRuntime()
-    assert isinstance(stub, AcpRuntime)
+    assert isinstance(stub, AcpRuntimeProtocol)
     handle = await stub.ensure_session(session_key="s", agent="mock")
     assert await stub.ensure_session(session_key="s", agent="mock") == handle
     events = await collect(stub, handle, "hi")

@@ -35,6 +35,7 @@ from typing import Protocol
 import msgspec
 import trio
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.cgroup import (
     kill_leaf,
     leaf_members,
@@ -316,8 +317,8 @@ async def reap_gateway(
     :func:`~acpx_trio._process.waves.terminate_trees`.  Lease store errors propagate
     (:class:`~acpx_trio.LeaseStoreError`)."""
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
-        raise ValueError(f"gateway_instance_id must be a non-empty string, got "
-                         f"{gateway_instance_id!r}")
+        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
+                             "must be a non-empty string")
     protected = frozenset(protected_lease_ids)
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}

@@ -39,6 +39,7 @@ from typing import Protocol
 
 import msgspec
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reap_plan import (
     ACCESS_DENIED,
@@ -135,7 +136,7 @@ class _LeaseStoreLike(Protocol):
 
 def _require_id(name: str, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise AcpxUsageError(name, value, "must be a non-empty string")
 
 
 async def cleanup_owned_process_tree(
@@ -162,12 +163,12 @@ async def cleanup_owned_process_tree(
     ``"unverified-root"`` (not tagged, not ours, or forbidden; ``skipped[root_pid]`` has the
     detail).  ``before_signal`` is awaited once before the first signal goes out, and not at
     all when the scan proves the tree gone (see :func:`~acpx_trio._process.waves.run_waves`).
-    Bad input (empty ids, negative pid or grace) raises ``ValueError`` before anything is
-    listed.  Cancellation: see :func:`terminate_trees`."""
+    Bad input (empty ids, negative pid or grace) raises :class:`~acpx_trio.AcpxUsageError`
+    before anything is listed.  Cancellation: see :func:`terminate_trees`."""
     _require_id("expected_lease_id", expected_lease_id)
     _require_id("expected_gateway_instance_id", expected_gateway_instance_id)
-    if root_pid < 0:
-        raise ValueError(f"root_pid must be >= 0, got {root_pid}")
+    if type(root_pid) is not int or root_pid < 0:
+        raise AcpxUsageError("root_pid", root_pid, "must be an integer >= 0")
     deps = deps or default_cleanup_deps()
     target = LeaseTarget(
         lease_id=expected_lease_id,

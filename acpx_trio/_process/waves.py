@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import msgspec
 import trio
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.identity import ProcessInfo, boot_id
 from acpx_trio._process.reap_plan import Plan, guard_reason, order_children_first
 from acpx_trio._process.reaper_os import kill_groups_sync, kill_process_sync
@@ -215,9 +216,10 @@ async def terminate_trees(
     Cancellation: before the first SIGTERM nothing is signalled.  Once SIGTERM went out the
     escalation runs anyway in a shielded scope bounded by :data:`SHIELD_BUDGET` (a cancelled
     grace wait turns into an immediate SIGKILL of everything still alive), then
-    :class:`trio.Cancelled` propagates.  Bad input (negative ``grace``) raises ``ValueError``."""
-    if grace < 0 or math.isnan(grace):
-        raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+    :class:`trio.Cancelled` propagates.  Bad input (negative ``grace``) raises
+    :class:`~acpx_trio.AcpxUsageError`."""
+    if not isinstance(grace, int | float) or grace < 0 or math.isnan(grace):
+        raise AcpxUsageError("grace", grace, "must be a number of seconds >= 0")
     deps = deps or default_cleanup_deps()
     flat = [p for tree in trees for p in tree]
     inspected = list(dict.fromkeys(p.pid for p in flat))
@@ -268,8 +270,8 @@ async def run_waves(
     the scans prove there is nothing to signal: no target, and no owned process group
     with a member (``kill_groups(groups, 0)`` probes them: a group with no member left has
     nothing to kill, a pgid cannot gain members once empty)."""
-    if grace < 0 or math.isnan(grace):
-        raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+    if not isinstance(grace, int | float) or grace < 0 or math.isnan(grace):
+        raise AcpxUsageError("grace", grace, "must be a number of seconds >= 0")
     deadline = trio.current_time() + wave_budget(grace)
     if table is None:
         table = await deps.list_processes()

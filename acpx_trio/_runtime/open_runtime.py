@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from acpx_trio._errors import AcpRuntimeError, AcpxError, AcpxUsageError, collapse_group
 from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
@@ -26,18 +27,48 @@ async def open_acpx_runtime(
     **kwargs: Any,
 ) -> AsyncIterator[AcpxRuntime]:
     """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
-    every session is closed and no agent process is left."""
-    async with trio.open_nursery() as nursery:
-        runtime = AcpxRuntime(
-            config,
-            gateway_instance_id=gateway_instance_id,
-            lease_store=lease_store,
-            wrapper_root=wrapper_root,
-            nursery=nursery,
-            **kwargs,
-        )
+    every session is closed and no agent process is left.
+
+    Errors: a bad argument raises :class:`AcpxUsageError` before anything starts.  Never an
+    ``ExceptionGroup``: an exception from the body propagates as itself; an
+    :class:`AcpxError` of the runtime's own tasks as itself; anything else they raise (a bug)
+    as :class:`AcpRuntimeError` ``ACP_RUNTIME_INTERNAL_ERROR`` with the original as its
+    ``__cause__``.  Several at once: the first, the others attached as notes."""
+    if not isinstance(config, AcpxConfig):
+        raise AcpxUsageError("config", config, "must be an AcpxConfig (see resolve_config)")
+    if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
+        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
+                             "must be a non-empty string (see resolve_gateway_instance_id)")
+    escaped: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            runtime = AcpxRuntime(
+                config,
+                gateway_instance_id=gateway_instance_id,
+                lease_store=lease_store,
+                wrapper_root=wrapper_root,
+                nursery=nursery,
+                **kwargs,
+            )
+            try:
+                yield runtime
+            except BaseException as exc:
+                escaped = exc
+                raise
+            finally:
+                await runtime.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        first = collapse_group(group)
+        if first is group:
+            raise  # only cancellations: the enclosing cancel scope consumes them
+        if first is not escaped and not isinstance(first, AcpxError | KeyboardInterrupt):
+            raise AcpRuntimeError(
+                "ACP_RUNTIME_INTERNAL_ERROR",
+                f"a task of the ACP runtime failed: {first!r}",
+            ) from first
+        context = first.__context__
         try:
-            yield runtime
+            raise first  # unwrap the nursery's group; the finally restores the context
         finally:
-            await runtime.aclose()
-            nursery.cancel_scope.cancel()
+            first.__context__ = context

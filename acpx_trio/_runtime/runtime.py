@@ -1,6 +1,6 @@
 """``AcpxRuntime``: start ACP agents, run prompt turns, cancel, close — never leak a process.
 
-Guarantees (beyond the :class:`~acpx_trio.AcpRuntime` protocol):
+Guarantees (beyond the :class:`~acpx_trio.AcpRuntimeProtocol` protocol):
 
 * Every agent process runs as a task of the runtime's nursery; when that task ends for any
   reason (close, crash, protocol error, timeout, cancellation of the nursery) the agent's
@@ -62,6 +62,23 @@ from acpx_trio._store.transcript import known_credentials
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
 
+def _check_prompt_text(text: object) -> None:
+    """Prompt text must be a ``str`` that UTF-8 can carry (no lone surrogate): refused before
+    the first event, so a bad prompt never reaches the agent's pipe and the session lives."""
+    if not isinstance(text, str):
+        raise AcpRuntimeError(
+            "ACP_INVALID_RUNTIME_OPTION", f"prompt text must be a str, not {type(text).__name__}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AcpRuntimeError(
+            "ACP_INVALID_RUNTIME_OPTION",
+            f"prompt text cannot be sent: {exc.reason} ({exc.object[exc.start:exc.end]!r} at "
+            f"position {exc.start})",
+        ) from None
+
+
 class AcpxRuntime:
     """The embedded ACP runtime.  See the module docstring for guarantees.
 
@@ -91,7 +108,7 @@ class AcpxRuntime:
         self._nursery = nursery
         self.log: Logger = logger or logging.getLogger("acpx_trio.runtime")
         self.process_cleanup = process_cleanup
-        self.session_store = session_store or SessionStore(config.state_dir)
+        self.session_store = session_store or SessionStore(config.state_dir, logger=self.log)
         self.agents = agent_registry or AgentRegistry(config.agents)
         self._sessions: dict[str, LiveSession] = {}
         #: Per-session-key locks, present only while someone holds or waits for one.
@@ -258,7 +275,7 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ turns
 
-    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # An async generator by the AcpRuntimeProtocol contract (consumed under ``aclosing``); it never
     # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
     async def run_turn(  # noqa: ASYNC900
         self,
@@ -283,8 +300,10 @@ class AcpxRuntime:
         :class:`ErrorEvent`; problems of the *call* raise :class:`AcpRuntimeError` before the
         first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
         not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
-        after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``)."""
-        session = await self._turn_session(handle, mode)
+        after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``: an unknown
+        ``mode``, or ``text`` that UTF-8 cannot carry, e.g. a lone surrogate; the session is
+        untouched and the next prompt on it works)."""
+        session = await self._turn_session(handle, mode, text)
         async with contextlib.aclosing(self._stream(session, text)) as batches:
             async for batch in batches:
                 for event in batch:
@@ -303,12 +322,12 @@ class AcpxRuntime:
         the last step, in wire order); the last list ends with the final event.  Same errors,
         cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
         one await per read batch instead of one per event."""
-        session = await self._turn_session(handle, mode)
+        session = await self._turn_session(handle, mode, text)
         async with contextlib.aclosing(self._stream(session, text)) as batches:
             async for batch in batches:
                 yield batch
 
-    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str) -> LiveSession:
+    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str, text: str) -> LiveSession:
         """The live session a turn call may run on; raises the call's errors (see
         :meth:`run_turn`) before any event."""
         await trio.lowlevel.checkpoint()
@@ -318,6 +337,7 @@ class AcpxRuntime:
                 "ACP_INVALID_RUNTIME_OPTION",
                 f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
+        _check_prompt_text(text)
         return self._require_live(handle)
 
     def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:

@@ -16,15 +16,15 @@ from acpx_trio._events import (
 )
 
 __all__ = [
-    "AcpRuntime",
     "AcpRuntimeBackend",
+    "AcpRuntimeProtocol",
     "BackendRegistry",
     "default_registry",
 ]
 
 
 @runtime_checkable
-class AcpRuntime(Protocol):
+class AcpRuntimeProtocol(Protocol):
     """What a backend runtime offers.  All calls take keyword arguments.
 
     ``run_turn`` returns an async generator: consume it inside ``contextlib.aclosing`` so that
@@ -103,7 +103,7 @@ class AcpRuntimeBackend:
     __slots__ = ("healthy", "id", "runtime")
 
     def __init__(
-        self, id: str, runtime: AcpRuntime, healthy: Callable[[], bool] | None = None
+        self, id: str, runtime: AcpRuntimeProtocol, healthy: Callable[[], bool] | None = None
     ) -> None:
         self.id = id
         self.runtime = runtime
@@ -149,7 +149,7 @@ class BackendRegistry:
         with self._lock:
             self._backends[key] = backend
 
-    def unregister(self, backend_id: str, *, runtime: AcpRuntime | None = None) -> bool:
+    def unregister(self, backend_id: str, *, runtime: AcpRuntimeProtocol | None = None) -> bool:
         """Remove a backend; with ``runtime``, only if it still holds that runtime.
 
         Returns whether something was removed.  An empty id is a no-op."""

@@ -12,7 +12,7 @@ import trio
 
 from acpx_trio._errors import AcpxError
 from acpx_trio._log import ServiceLogger
-from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
 from acpx_trio._store.config import AcpxConfig
 
@@ -40,7 +40,9 @@ SKIP_PROBE_ENV = "OPENCLAW_SKIP_ACPX_RUNTIME_PROBE"
 WRAPPER_DIR_NAME = "acpx"
 
 #: Builds the service's runtime; may return the runtime or an awaitable of it.
-RuntimeFactory = Callable[[RuntimeFactoryParams], AcpRuntime | Awaitable[AcpRuntime]]
+RuntimeFactory = Callable[
+    [RuntimeFactoryParams], AcpRuntimeProtocol | Awaitable[AcpRuntimeProtocol]
+]
 
 
 class ServiceStoppedError(AcpxError):
@@ -89,7 +91,7 @@ class Running:
 
     ctx: ServiceContext
     config: AcpxConfig
-    runtime: AcpRuntime
+    runtime: AcpRuntimeProtocol
     #: The service nursery (child of the host's): runtime tasks and the background host.
     nursery: trio.Nursery
     #: Probe, sweep and ``AcpxRuntimeService._spawn_background`` tasks.

@@ -8,7 +8,6 @@ needs a runtime.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from acpx_trio._events import (
     AgentSession,
     DoctorReport,
 )
-from acpx_trio._log import Logger, ServiceLogger
-from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._log import ServiceLogger, as_logger
+from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 
@@ -60,12 +59,10 @@ class RuntimeFactoryParams:
     process_cleanup: ProcessCleanupDeps | None = None
 
 
-async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntime:
+async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntimeProtocol:
     """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``."""
     module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
-    logger: Logger | None = None
-    if isinstance(params.logger, logging.Logger | logging.LoggerAdapter):
-        logger = params.logger
+    logger = as_logger(params.logger, "acpx_trio.runtime")  # the host's logger, any kind
     runtime = module.AcpxRuntime(
         params.config,
         gateway_instance_id=params.gateway_instance_id,
@@ -75,11 +72,11 @@ async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntime:
         logger=logger,
         process_cleanup=params.process_cleanup,
     )
-    return cast(AcpRuntime, runtime)
+    return cast(AcpRuntimeProtocol, runtime)
 
 
 class LazyAcpxRuntime:
-    """An :class:`AcpRuntime` that builds the real runtime on the first call needing it.
+    """An :class:`AcpRuntimeProtocol` that builds the real runtime on the first call needing it.
 
     Guarantees:
 
@@ -94,18 +91,18 @@ class LazyAcpxRuntime:
         self,
         params: RuntimeFactoryParams,
         *,
-        build: Callable[[RuntimeFactoryParams], Awaitable[AcpRuntime]] | None = None,
+        build: Callable[[RuntimeFactoryParams], Awaitable[AcpRuntimeProtocol]] | None = None,
     ) -> None:
         self._params = params
         self._build = build
-        self._runtime: AcpRuntime | None = None
+        self._runtime: AcpRuntimeProtocol | None = None
         self._lock = trio.Lock()
         self._closed = False
         #: How many times a runtime was built (0 or 1).
         self.build_count = 0
 
     @property
-    def built(self) -> AcpRuntime | None:
+    def built(self) -> AcpRuntimeProtocol | None:
         """The underlying runtime, or ``None`` while not built yet."""
         return self._runtime
 
@@ -114,7 +111,7 @@ class LazyAcpxRuntime:
             "ACP_BACKEND_UNAVAILABLE", "embedded acpx runtime is stopped; start the service again"
         )
 
-    async def _resolve(self) -> AcpRuntime:
+    async def _resolve(self) -> AcpRuntimeProtocol:
         runtime = self._runtime
         if runtime is not None and not self._closed:
             await trio.lowlevel.checkpoint()
@@ -147,7 +144,7 @@ class LazyAcpxRuntime:
             resume_session_id=resume_session_id,
         )
 
-    # An async generator by the AcpRuntime contract (consumed under ``aclosing``); it never
+    # An async generator by the AcpRuntimeProtocol contract (consumed under ``aclosing``); it never
     # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
     async def run_turn(  # noqa: ASYNC900
         self,
@@ -222,8 +219,8 @@ class LazyAcpxRuntime:
     ) -> None:
         await (await self._resolve()).set_config_option(handle=handle, key=key, value=value)
 
-    # issue 21 (protocol): AcpxRuntime extensions beyond the AcpRuntime protocol
-    def _extension(self, runtime: AcpRuntime, name: str) -> Any:
+    # issue 21 (protocol): AcpxRuntime extensions beyond the AcpRuntimeProtocol protocol
+    def _extension(self, runtime: AcpRuntimeProtocol, name: str) -> Any:
         method = getattr(runtime, name, None)
         if method is None:
             raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",

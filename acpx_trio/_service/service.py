@@ -34,8 +34,8 @@ from acpx_trio._process.cgroup import Containment
 from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
 from acpx_trio._service import tasks as _guards  # issue #11: start-up sweep, watchdog
 from acpx_trio._service.backends import (
-    AcpRuntime,
     AcpRuntimeBackend,
+    AcpRuntimeProtocol,
     BackendRegistry,
     default_registry,
 )
@@ -132,12 +132,12 @@ class AcpxRuntimeService:
 
     # -- observation -------------------------------------------------------------------------
     @property
-    def runtime(self) -> AcpRuntime | None:
+    def runtime(self) -> AcpRuntimeProtocol | None:
         """The registered runtime while started; ``None`` when stopped (see
         :meth:`require_runtime` for a non-optional accessor)."""
         return self._running.runtime if self._running is not None else None
 
-    def require_runtime(self) -> AcpRuntime:
+    def require_runtime(self) -> AcpRuntimeProtocol:
         """The runtime while started; raises :class:`ServiceStoppedError` when stopped."""
         if self._running is None:
             raise ServiceStoppedError(
@@ -183,7 +183,7 @@ class AcpxRuntimeService:
     def registry(self) -> BackendRegistry:
         return self._registry
 
-    def _is_current(self, runtime: AcpRuntime) -> bool:
+    def _is_current(self, runtime: AcpRuntimeProtocol) -> bool:
         return self._running is not None and self._running.runtime is runtime
 
     # -- hook for other components -----------------------------------------------------------
@@ -314,7 +314,7 @@ class AcpxRuntimeService:
             nursery=nursery,
             process_cleanup=self._process_cleanup,
         )
-        runtime: AcpRuntime
+        runtime: AcpRuntimeProtocol
         if self._runtime_factory is not None:
             made = self._runtime_factory(params)
             runtime = await made if inspect.isawaitable(made) else made

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
-from acpx_trio._log import ServiceLogger
+from acpx_trio._log import ServiceLogger, as_logger
 from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._process.gateway_reap import GatewayReapReport, reap_gateway
 from acpx_trio._process.reaper import ProcessCleanupDeps, ReapResult
@@ -74,6 +74,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
     """Blocking part of start, in one worker-thread hop: config, directories, gateway id,
     lease store, and whether this gateway has open leases to reap at all."""
     state_dir = Path(ctx.state_dir)
+    logger = as_logger(ctx.logger)
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))
     containment = resolve_containment(config.containment)  # "cgroup" unusable: start fails
@@ -93,13 +94,13 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
         raise store_error(session_dir, "create the state dir", exc) from exc
     id_existed = os.path.lexists(state_dir / GATEWAY_ID_FILE_NAME)
     try:
-        gateway_instance_id = resolve_gateway_instance_id_sync(state_dir)
+        gateway_instance_id = resolve_gateway_instance_id_sync(state_dir, logger=logger)
     except OSError as exc:
         raise GatewayInstanceIdError(
             f"cannot read or create the gateway instance id in {state_dir} "
             f"({exc.strerror or exc}); check the host state dir's permissions"
         ) from exc
-    lease_store = LeaseStore(wrapper_root)
+    lease_store = LeaseStore(wrapper_root, logger=logger)  # its warnings reach the host
     needs_reap = (
         bool(lease_store.sync.list_open(gateway_instance_id))
         or bool(lease_store.sync.quarantined)

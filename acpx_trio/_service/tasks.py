@@ -18,7 +18,7 @@ from acpx_trio._log import ServiceLogger
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
-from acpx_trio._service.backends import AcpRuntime
+from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
     format_error_message,
@@ -51,7 +51,9 @@ def _report_parts(report: Any) -> tuple[str, Any]:
     return str(getattr(report, "message", "")), getattr(report, "details", None)
 
 
-async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[ServiceHealth, str, str]:
+async def probe_once(
+    runtime: AcpRuntimeProtocol, limit_seconds: float
+) -> tuple[ServiceHealth, str, str]:
     """Probe ``runtime`` within ``limit_seconds``; return (health, log level, log line).
 
     Never raises except :class:`trio.Cancelled`; a timed-out probe is cancelled (the seed let it
@@ -93,7 +95,7 @@ async def probe_once(runtime: AcpRuntime, limit_seconds: float) -> tuple[Service
     return ServiceHealth.UNHEALTHY, "warning", message
 
 
-async def sweep_once(runtime: AcpRuntime, log: ServiceLogger, limit_seconds: float) -> None:
+async def sweep_once(runtime: AcpRuntimeProtocol, log: ServiceLogger, limit_seconds: float) -> None:
     """One ``sweep_dead_sessions()`` pass, bounded by ``limit_seconds``; logs, never raises (except
     :class:`trio.Cancelled`).  ``sweep_dead_sessions`` never builds or starts anything (a
     lazy runtime that was never built answers 0)."""
@@ -128,7 +130,10 @@ async def host_background(
 
 
 async def run_probe(
-    runtime: AcpRuntime, limit_seconds: float, health: ServiceHealthState, log: ServiceLogger
+    runtime: AcpRuntimeProtocol,
+    limit_seconds: float,
+    health: ServiceHealthState,
+    log: ServiceLogger,
 ) -> None:
     """The startup probe task: one :func:`probe_once`, then publish health and log the line.
     A result arriving after the task was cancelled (the service stopped) is dropped."""
@@ -139,7 +144,7 @@ async def run_probe(
 
 
 async def run_sweep(
-    runtime: AcpRuntime, interval_seconds: float, limit_seconds: float, log: ServiceLogger
+    runtime: AcpRuntimeProtocol, interval_seconds: float, limit_seconds: float, log: ServiceLogger
 ) -> None:
     """The periodic dead-session sweep task: :func:`sweep_once` every ``interval_seconds``."""
     while True:

@@ -12,6 +12,7 @@ the package writes those numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 import tomllib
@@ -89,12 +90,12 @@ _BOUNDS: dict[str, tuple[float, bool, float]] = {
     "transcriptKeep": (0, False, 1_000),
 }
 _BOUNDS.update(caps.CAP_BOUNDS)  # memory caps (see _store/caps.py)
+_INT_FIELDS = frozenset(f for f in _BOUNDS if f.startswith("transcript") or f.endswith("Bytes"))
 
 
 def _number_allowed(field: str) -> str:
     low, strict, high = _BOUNDS[field]
-    kind = "an integer" if field.startswith("transcript") or field.endswith("Bytes") else (
-        "a finite number")
+    kind = "an integer" if field in _INT_FIELDS else "a finite number"
     return f"must be {kind} {'>' if strict else '>='} {low:g} and <= {high:g}"
 
 
@@ -227,9 +228,6 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
         _check_numbers(self)
 
 
-_KEYS: tuple[str, ...] = PluginConfig.__struct_encode_fields__
-
-
 class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """A stdio MCP server handed to agents in ``session/new``."""
 
@@ -284,8 +282,10 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         """The resolved config an embedder may build directly is checked like the plugin
-        config: a value out of bounds (``kill_grace_seconds=-5``, NaN) raises
-        :class:`ConfigError` naming the camelCase field."""
+        config: a value of the wrong type (``permission_mode="bogus"``, ``transcript_keep=2.5``)
+        or out of bounds (``kill_grace_seconds=-5``, NaN) raises :class:`ConfigError` naming
+        the camelCase field."""
+        _check_types(self)
         _check_numbers(self)
 
     @property
@@ -309,66 +309,94 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
             yield name, ({m: "<redacted>" for m in value} if name == "auth" else value)
 
 
-# ---------------------------------------------------------------- decode errors -> ConfigError
+# ---------------------------------------------------------------- validation, field by field
+# Each value is converted on its own (``msgspec.convert`` against that field's type), so the
+# field a bad value belongs to is known from the call, never read back out of an error message.
+
+#: What a value of an ``agents.<name>`` / ``mcpServers.<name>`` entry field must be.
+_ENTRY_ALLOWED: dict[str, str] = {
+    "command": "must be a non-empty string",
+    "args": "must be an array of strings",
+    "env": "must be an object of string values",
+}
 
 
-def _entry_error(section: str, raw: Mapping[str, Any], entry_type: Any) -> ConfigError:
-    """The :class:`ConfigError` for the first bad entry of ``agents``/``mcpServers``."""
+@functools.cache
+def _fields(struct: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    return msgspec.structs.fields(struct)
+
+
+@functools.cache
+def _config_key(attr: str) -> str:
+    """The config key (camelCase) of a config attribute (itself when only AcpxConfig has it)."""
+    return {f.name: f.encode_name for f in _fields(PluginConfig)}.get(attr, attr)
+
+
+def _shown(key: str, value: Any) -> Any:
+    """``value`` as an error may show it: never a credential."""
+    if key != "auth":
+        return value
+    return {m: "<redacted>" for m in value} if isinstance(value, Mapping) else "<redacted>"
+
+
+def _converted(key: str, value: Any, type_: Any) -> Any:
+    """``value`` converted to the type of config key ``key``; :class:`ConfigError` naming the
+    key (or the entry and field inside ``agents``/``mcpServers``) otherwise."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError:
+        pass
+    if key in ("agents", "mcpServers") and isinstance(value, Mapping):
+        raise _entry_error(key, value)
+    raise ConfigError(key, _shown(key, value), _ALLOWED[key])
+
+
+def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
+    """The :class:`ConfigError` for the first bad entry of ``agents``/``mcpServers``, found
+    by checking each entry's keys and fields one by one."""
+    entry_type = AgentEntry if section == "agents" else McpServerEntry
+    shape = (
+        "must be a command string or {command, args}" if section == "agents"
+        else "must be an object {command, args?, env?}"
+    )
+    fields = _fields(entry_type)
     for name, spec in raw.items():
+        if not isinstance(name, str):
+            break
         field = f"{section}.{name}"
-        try:
-            msgspec.convert(spec, entry_type)
-        except msgspec.ValidationError as exc:
-            message = str(exc)
-            where = message.rpartition(" - at `$")[2].rstrip("`")
-            if "unknown field `" in message:
-                extra = message.split("unknown field `", 1)[1].split("`", 1)[0]
-                allowed = ", ".join(_entry_type_fields(entry_type))
-                return ConfigError(f"{field}.{extra}", spec, f"allowed keys: {allowed}")
-            if "missing required field `" in message:
-                missing = message.split("missing required field `", 1)[1].split("`", 1)[0]
-                return ConfigError(f"{field}.{missing}", None, "must be a non-empty string")
-            if where.startswith(".args"):
-                return ConfigError(f"{field}.args", spec.get("args"), "must be an array of strings")
-            if where.startswith(".env"):
-                return ConfigError(
-                    f"{field}.env", spec.get("env"), "must be an object of string values"
-                )
-            if where.startswith(".command"):
-                return ConfigError(
-                    f"{field}.command", spec.get("command"), "must be a non-empty string"
-                )
-            shape = (
-                "must be a command string or {command, args}"
-                if section == "agents"
-                else "must be an object {command, args?, env?}"
-            )
+        if section == "agents" and isinstance(spec, str):
+            continue
+        if not isinstance(spec, Mapping):
             return ConfigError(field, spec, shape)
+        allowed_keys = [f.encode_name for f in fields]
+        for key in spec:
+            if key not in allowed_keys:
+                allowed = "allowed keys: " + ", ".join(allowed_keys)
+                return ConfigError(f"{field}.{key}", spec, allowed)
+        for f in fields:
+            if f.encode_name not in spec:
+                if f.required:
+                    return ConfigError(f"{field}.{f.encode_name}", None, _ENTRY_ALLOWED[f.name])
+                continue
+            try:
+                msgspec.convert(spec[f.encode_name], f.type)
+            except msgspec.ValidationError:
+                return ConfigError(
+                    f"{field}.{f.encode_name}", spec[f.encode_name], _ENTRY_ALLOWED[f.name]
+                )
     return ConfigError(section, raw, _ALLOWED[section])
 
 
-def _entry_type_fields(entry_type: Any) -> tuple[str, ...]:
-    for candidate in getattr(entry_type, "__args__", (entry_type,)):
-        fields = getattr(candidate, "__struct_fields__", None)
-        if fields is not None:
-            return tuple(fields)
-    return ()
-
-
-def _decode_error(raw: Mapping[str, Any], exc: msgspec.ValidationError) -> ConfigError:
-    message = str(exc)
-    path = message.rpartition(" - at `$.")[2].rstrip("`") if " - at `$." in message else ""
-    key = path.split("[", 1)[0].split(".", 1)[0]
-    if key in ("agents", "mcpServers") and isinstance(raw.get(key), Mapping):
-        entry: Any = str | AgentEntry if key == "agents" else McpServerEntry
-        return _entry_error(key, raw[key], entry)
-    if key == "auth":  # never echo a credential
-        value = raw.get(key)
-        shown = {m: "<redacted>" for m in value} if isinstance(value, Mapping) else value
-        return ConfigError(key, shown, _ALLOWED[key])
-    if key in _ALLOWED:
-        return ConfigError(key, raw.get(key), _ALLOWED[key])
-    return ConfigError("<root>", sorted(raw), f"invalid plugin config: {message}")
+def _check_types(config: AcpxConfig) -> None:
+    """Every field of a directly built :class:`AcpxConfig` has its declared type."""
+    for f in _fields(AcpxConfig):
+        value = getattr(config, f.name)
+        try:
+            msgspec.convert(value, f.type)
+        except msgspec.ValidationError:
+            key = _config_key(f.name)
+            allowed = _ALLOWED.get(key, f"must be of type {f.type}")
+            raise ConfigError(key, _shown(key, value), allowed) from None
 
 
 def decode_plugin_config(raw: Mapping[str, Any] | None) -> PluginConfig:
@@ -379,18 +407,17 @@ def decode_plugin_config(raw: Mapping[str, Any] | None) -> PluginConfig:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("<root>", raw, "plugin config must be an object")
-    unknown = sorted(str(k) for k in raw if k not in _KEYS)
+    by_key = {f.encode_name: f for f in _fields(PluginConfig)}
+    unknown = sorted((str(k), k) for k in raw if k not in by_key)
     if unknown:
-        raise ConfigError(
-            unknown[0], raw[unknown[0]], "unknown config key; allowed: " + ", ".join(_KEYS)
-        )
-    given = {key: value for key, value in raw.items() if value is not None}
-    try:
-        return msgspec.convert(given, PluginConfig)
-    except msgspec.ValidationError as exc:
-        if isinstance(exc.__cause__, ConfigError):
-            raise exc.__cause__ from None
-        raise _decode_error(given, exc) from None
+        shown, key = unknown[0]
+        raise ConfigError(shown, raw[key], "unknown config key; allowed: " + ", ".join(by_key))
+    values = {
+        by_key[key].name: _converted(key, value, by_key[key].type)
+        for key, value in raw.items()
+        if value is not None
+    }
+    return PluginConfig(**values)  # __post_init__: non-empty strings, names, bounds
 
 
 # ---------------------------------------------------------------- resolution
@@ -489,6 +516,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         doc: Any = tomllib.loads(text) if p.suffix == ".toml" else msgspec.json.decode(data)
     except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("<file>", str(p), f"must be valid JSON or TOML: {exc}") from exc
+    except RecursionError:  # both parsers recurse per nesting level
+        raise ConfigError("<file>", str(p), "nests arrays or objects too deeply") from None
     if not isinstance(doc, dict):
         raise ConfigError("<file>", str(p), "must contain an object at the top level")
     return doc

@@ -18,7 +18,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from acpx_trio._errors import GatewayInstanceIdError, StateFileError
+from acpx_trio._errors import AcpxUsageError, GatewayInstanceIdError, StateFileError
+from acpx_trio._log import Logger
 from acpx_trio._store.fsio import (
     FILE_MODE,
     GATEWAY_ID_MAX_BYTES,
@@ -94,14 +95,41 @@ def _read_id_file(path: Path) -> str:
     return data.decode("utf-8", errors="replace").strip()
 
 
-def resolve_gateway_instance_id_sync(state_dir: str | Path) -> str:
+def _state_dir(state_dir: str | os.PathLike[str]) -> Path:
+    if not isinstance(state_dir, str | os.PathLike) or not str(state_dir).strip():
+        raise AcpxUsageError("state_dir", state_dir, "must be a non-empty path")
+    return Path(state_dir)
+
+
+def _unusable(state_dir: Path, exc: OSError) -> StateFileError:
+    return StateFileError(
+        str(state_dir),
+        f"cannot read or create the gateway instance id there ({exc.strerror or exc})",
+        "use a directory this user owns and can write (no file in its place or above it)",
+    )
+
+
+def resolve_gateway_instance_id_sync(
+    state_dir: str | os.PathLike[str], *, logger: Logger | None = None
+) -> str:
     """Read ``<state_dir>/gateway-instance-id``, creating it (a UUID, 0600; dir 0700) if missing.
 
     * Two first starts racing agree on one id (exclusive creation).
-    * A read error other than "missing" is raised.
+    * Errors are typed: :class:`StateFileError` when the state dir or the id file cannot be
+      used (not a directory, a file in the way above it, another user's, unreadable),
+      :class:`AcpxUsageError` for an empty path; never a raw ``OSError``.
     * An empty or garbled file is repaired only from the lease file when that names exactly one
-      gateway; otherwise :class:`GatewayInstanceIdError` says how to fix it by hand."""
-    directory = ensure_private_dir(Path(state_dir))
+      gateway (a warning through ``logger``); otherwise :class:`GatewayInstanceIdError` says
+      how to fix it by hand."""
+    path = _state_dir(state_dir)
+    try:
+        return _resolve(path, logger or _log)
+    except OSError as exc:
+        raise _unusable(path, exc) from exc
+
+
+def _resolve(state_dir: Path, log: Logger) -> str:
+    directory = ensure_private_dir(state_dir)
     path = directory / GATEWAY_ID_FILE_NAME
     for _ in range(3):
         try:
@@ -115,17 +143,17 @@ def resolve_gateway_instance_id_sync(state_dir: str | Path) -> str:
             if (st.st_mode & 0o777) != FILE_MODE:
                 os.chmod(path, FILE_MODE, follow_symlinks=False)
             return text
-        return _recover(directory, path, text)
+        return _recover(directory, path, text, log)
     raise GatewayInstanceIdError(f"{path} keeps disappearing while being read; is it on NFS?")
 
 
-def _recover(directory: Path, path: Path, text: str) -> str:
+def _recover(directory: Path, path: Path, text: str, log: Logger) -> str:
     found = _gateway_ids_in_lease_files(directory)
     what = "empty" if not text else "garbled"
     if len(found) == 1:
         (recovered,) = found
         atomic_write_bytes(path, f"{recovered}\n".encode())
-        _log.warning(
+        log.warning(
             "gateway instance id file %s was %s; recovered id %s from the lease file",
             path, what, recovered,
         )
@@ -140,16 +168,20 @@ def _recover(directory: Path, path: Path, text: str) -> str:
     )
 
 
-def peek_gateway_instance_id(state_dir: str | Path) -> str | None:
+def peek_gateway_instance_id(state_dir: str | os.PathLike[str]) -> str | None:
     """The gateway id in ``<state_dir>``, or ``None`` if there is no id file yet.
 
     No side effects (nothing is created, repaired or chmod-ed): for inspection tools.  Raises
-    :class:`GatewayInstanceIdError` when the file is empty or garbled; blocking."""
-    path = Path(state_dir) / GATEWAY_ID_FILE_NAME
+    :class:`GatewayInstanceIdError` when the file is empty or garbled, :class:`StateFileError`
+    when it cannot be read; blocking."""
+    directory = _state_dir(state_dir)
+    path = directory / GATEWAY_ID_FILE_NAME
     try:
         text = _read_id_file(path)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _unusable(directory, exc) from exc
     if not _VALID_ID.match(text):
         raise GatewayInstanceIdError(
             f"gateway instance id file {path} is empty or garbled; run `acpx-trio reap` "
@@ -158,6 +190,8 @@ def peek_gateway_instance_id(state_dir: str | Path) -> str | None:
     return text
 
 
-async def resolve_gateway_instance_id(state_dir: str | Path) -> str:
-    """Async form of :func:`resolve_gateway_instance_id_sync` (file work in a worker thread)."""
+async def resolve_gateway_instance_id(state_dir: str | os.PathLike[str]) -> str:
+    """Async form of :func:`resolve_gateway_instance_id_sync` (file work in a worker thread;
+    same typed errors)."""
+    _state_dir(state_dir)
     return await trio.to_thread.run_sync(resolve_gateway_instance_id_sync, state_dir)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import msgspec
 
-from acpx_trio._errors import LeaseStateError, LeaseValueError
+from acpx_trio._errors import AcpxUsageError, LeaseStateError, LeaseValueError
 
-__all__ = ["LeaseState", "ProcessLease", "check_transition", "hash_command", "new_lease",
-           "new_lease_id"]
+__all__ = ["LeaseState", "ProcessLease", "check_transition", "hash_command", "lease_state",
+           "new_lease", "new_lease_id"]
 
 
 class LeaseState(enum.StrEnum):
@@ -28,6 +28,16 @@ class LeaseState(enum.StrEnum):
     @property
     def is_final(self) -> bool:
         return self in (LeaseState.CLOSED, LeaseState.LOST)
+
+
+def lease_state(value: object, argument: str = "state") -> LeaseState:
+    """``value`` (a :class:`LeaseState` or its text) as a :class:`LeaseState`; anything else
+    raises :class:`~acpx_trio.AcpxUsageError` naming ``argument``."""
+    if isinstance(value, LeaseState):
+        return value
+    if isinstance(value, str) and value in LeaseState.__members__.values():
+        return LeaseState(value)
+    raise AcpxUsageError(argument, value, "must be one of " + ", ".join(LeaseState))
 
 
 _ALLOWED: frozenset[tuple[LeaseState, LeaseState]] = frozenset(
@@ -44,7 +54,7 @@ def check_transition(lease_id: str, current: LeaseState | str, requested: LeaseS
     """Raise :class:`LeaseStateError` unless ``current -> requested`` is allowed.
 
     Staying in the same state is always allowed (idempotent)."""
-    cur, req = LeaseState(current), LeaseState(requested)
+    cur, req = lease_state(current, "current"), lease_state(requested)
     if cur is req or (cur, req) in _ALLOWED:
         return
     raise LeaseStateError(lease_id, cur.value, req.value)

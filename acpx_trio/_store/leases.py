@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from acpx_trio._errors import LeaseStoreError, StateFileError
+from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     LEASE_FILE_MAX_BYTES,
@@ -51,6 +52,7 @@ from acpx_trio._store.lease_model import (  # re-exported: callers import them f
     ProcessLease,
     check_transition,
     hash_command,
+    lease_state,
     new_lease,
     new_lease_id,
 )
@@ -181,7 +183,7 @@ class SyncLeaseStore:
         max_final: int = 1000,
         final_ttl_seconds: float = 7 * 24 * 3600,
         clock: Callable[[], float] = time.time,
-        logger: logging.Logger | None = None,
+        logger: Logger | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / LEASE_FILE_NAME
@@ -189,7 +191,7 @@ class SyncLeaseStore:
         self.max_final = max_final
         self.final_ttl_seconds = final_ttl_seconds
         self._clock = clock
-        self._log = logger or _log
+        self._log: Logger = logger or _log
         #: Paths of lease files this store moved aside because they could not be decoded.
         self.quarantined: list[Path] = []
         #: Number of invalid entries skipped by the last read.
@@ -362,12 +364,13 @@ class SyncLeaseStore:
 
     def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move one lease to ``state``; returns the updated lease, ``None`` if unknown."""
-        target = LeaseState(state)
-        return self.mark_states({lease_id: target}).get(lease_id)
+        return self.mark_states({lease_id: lease_state(state)}).get(lease_id)
 
     def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-        """Apply several moves in one locked write; all are checked before any is applied."""
-        return self._commit_one(functools.partial(apply_marks, dict(updates)))
+        """Apply several moves in one locked write; all are checked before any is applied
+        (an unknown state name: :class:`~acpx_trio.AcpxUsageError`, nothing written)."""
+        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        return self._commit_one(functools.partial(apply_marks, checked))
 
 
 def _open_of(leases: list[ProcessLease], gateway_instance_id: str | None) -> list[ProcessLease]:
@@ -434,8 +437,10 @@ class LeaseStore:
 
     async def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move a lease to ``state``; ``None`` if the id is unknown."""
-        return (await self.mark_states({lease_id: LeaseState(state)})).get(lease_id)
+        return (await self.mark_states({lease_id: lease_state(state)})).get(lease_id)
 
     async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-        """Apply several state moves in one durable write."""
-        return await self._change(functools.partial(apply_marks, dict(updates)))
+        """Apply several state moves in one durable write (checked as in
+        :meth:`SyncLeaseStore.mark_states`)."""
+        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        return await self._change(functools.partial(apply_marks, checked))

@@ -28,6 +28,7 @@ import msgspec
 import trio
 
 from acpx_trio._errors import SessionStoreError, StateFileError
+from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     SESSION_FILE_MAX_BYTES,
@@ -104,10 +105,10 @@ class _Batch:
 class SyncSessionStore:
     """Blocking core of :class:`SessionStore` (for worker threads and scripts)."""
 
-    def __init__(self, directory: str | Path, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, directory: str | Path, *, logger: Logger | None = None) -> None:
         self.directory = Path(directory)
         self.lock_path = self.directory / "sessions.lock"
-        self._log = logger or _log
+        self._log: Logger = logger or _log
 
     def path_for(self, session_key: str) -> Path:
         return self.directory / _file_name(session_key)
@@ -260,7 +261,7 @@ class SessionStore:
     hop, concurrent fsyncs and one directory fsync for all the records waiting, each caller
     getting its own result; waiting for another process's lock is cancellable."""
 
-    def __init__(self, directory: str | Path, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, directory: str | Path, *, logger: Logger | None = None) -> None:
         self.sync = SyncSessionStore(directory, logger=logger)
         self._committer: GroupCommitter[_Batch] = GroupCommitter(
             self.sync.lock_path, self.sync.commit_changes

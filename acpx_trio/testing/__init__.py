@@ -3,7 +3,7 @@
 - ``python -m acpx_trio.testing.mock_agent``: the bundled ACP v1 agent with fault injection
   (see :mod:`acpx_trio.testing.mock_agent`).
 - :class:`StubRuntime` (with script items :class:`Delay`, :class:`Hang`, :class:`Fail` and the
-  call record :class:`StubCall`): an in-memory ``AcpRuntime`` with scripted turns that runs
+  call record :class:`StubCall`): an in-memory ``AcpRuntimeProtocol`` with scripted turns that runs
   under ``trio.testing.MockClock`` (see :mod:`acpx_trio.testing.stub_runtime`).
 - The pytest plugin :mod:`acpx_trio.testing.pytest_plugin` (fixtures ``acpx_service``,
   ``acpx_runtime``, a leak guard), registered through the ``pytest11`` entry point.

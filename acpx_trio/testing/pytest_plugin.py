@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from acpx_trio._service.backends import AcpRuntime, BackendRegistry
+    from acpx_trio._service.backends import AcpRuntimeProtocol, BackendRegistry
     from acpx_trio._service.service import AcpxRuntimeService, RuntimeFactory
 
 __all__ = [
@@ -149,7 +149,7 @@ async def acpx_service(
 
 
 @pytest.fixture
-async def acpx_runtime(acpx_service: AcpxRuntimeService) -> AcpRuntime:
+async def acpx_runtime(acpx_service: AcpxRuntimeService) -> AcpRuntimeProtocol:
     """The runtime of ``acpx_service`` (fails the test if the service did not start one)."""
     runtime = acpx_service.runtime
     if runtime is None:

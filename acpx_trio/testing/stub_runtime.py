@@ -1,4 +1,4 @@
-"""An in-memory :class:`~acpx_trio.AcpRuntime` with scripted turns, for testing applications.
+"""An in-memory :class:`~acpx_trio.AcpRuntimeProtocol` with scripted turns, for testing apps.
 
 :class:`StubRuntime` starts no process and touches no file: every call is answered from
 memory, so a service built with ``runtime_factory=lambda params: StubRuntime()`` runs under
@@ -43,7 +43,7 @@ from acpx_trio._events import (
 )
 
 if TYPE_CHECKING:
-    from acpx_trio._service.backends import AcpRuntime
+    from acpx_trio._service.backends import AcpRuntimeProtocol
 
 __all__ = ["Delay", "Fail", "Hang", "ScriptItem", "StubCall", "StubRuntime"]
 
@@ -102,7 +102,7 @@ def _echo(call: StubCall) -> Script:
 
 
 class StubRuntime:
-    """An in-memory :class:`~acpx_trio.AcpRuntime` whose turns play scripts in trio time.
+    """An in-memory :class:`~acpx_trio.AcpRuntimeProtocol` whose turns play scripts in trio time.
 
     Guarantees:
 
@@ -234,7 +234,7 @@ class StubRuntime:
             return self._script(call)
         return self._script
 
-    # -- the AcpRuntime protocol -------------------------------------------------------------
+    # -- the AcpRuntimeProtocol -----------------------------------------------------------------
     async def ensure_session(
         self,
         *,
@@ -264,8 +264,8 @@ class StubRuntime:
         self._sessions[session_key] = _Session(handle)
         return handle
 
-    # Async generators by the AcpRuntime contract (consumed under ``aclosing``); neither yields
-    # inside a nursery or cancel scope, which is what ASYNC900 guards against.
+    # Async generators by the AcpRuntimeProtocol contract (consumed under ``aclosing``); neither
+    # yields inside a nursery or cancel scope, which is what ASYNC900 guards against.
     async def run_turn(  # noqa: ASYNC900
         self,
         *,
@@ -433,7 +433,7 @@ class StubRuntime:
         return f"<StubRuntime {state}, {len(self.calls)} calls>"
 
 
-if TYPE_CHECKING:  # mypy proves StubRuntime implements the whole AcpRuntime protocol
+if TYPE_CHECKING:  # mypy proves StubRuntime implements the whole AcpRuntimeProtocol protocol
 
-    def _conforms(stub: StubRuntime) -> AcpRuntime:
+    def _conforms(stub: StubRuntime) -> AcpRuntimeProtocol:
         return stub
