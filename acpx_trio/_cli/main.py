@@ -383,14 +383,20 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "prompt" and ns.session is not None:
-        if ns.model is not None:  # issue 21 (protocol): warm sessions: `acpx-trio set`
-            raise UsageError("--model is not supported with --session yet")
         from acpx_trio._cli.warm import warm_prompt
 
         raw, agent = _turn_config(ns, opts)
         return await warm_prompt(ns, opts, raw=raw, agent=agent, text=await _prompt_text(ns))
     if ns.command in ("prompt", "exec"):
         return await _turn_command(ns, opts, oneshot=ns.command == "exec")
+    if ns.command in ("set", "set-mode"):
+        from acpx_trio._cli.warm import control_command
+
+        if ns.command == "set-mode":
+            return await control_command(ns.session, "mode", ns.mode, None, opts)
+        action = "model" if ns.key == "model" else "option"
+        return await control_command(ns.session, action, ns.value,
+                                     None if action == "model" else ns.key, opts)
     if ns.command in ("cancel", "status"):
         from acpx_trio._cli import warm as _cli_warm
 

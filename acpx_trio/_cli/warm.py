@@ -35,10 +35,12 @@ import trio
 from acpx_trio._cli.exits import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    EXIT_NO_SESSION,
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USAGE,
     event_exit,
+    exit_code_for,
 )
 from acpx_trio._cli.info import usage_text
 from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table, printable
@@ -58,6 +60,7 @@ from acpx_trio._owner.wire import (
     CancelResult,
     CloseRequest,
     CloseResult,
+    ControlRequest,
     EventFrame,
     HeartbeatFrame,
     OwnerErrorFrame,
@@ -129,6 +132,20 @@ def add_warm_commands(sub: Any, prompt: argparse.ArgumentParser,
                             "depth, idle time and TTL.")
     common(status)
     status.add_argument("--session", default=None, metavar="KEY")
+    set_ = sub.add_parser("set", help="Set a config option (or the model) of a warm session.",
+                          description="Set the agent's config option KEY to VALUE on a warm "
+                          "session (KEY model: its model option, or the legacy set_model). "
+                          "An unknown key or value exits 2 naming the choices.")
+    common(set_)
+    set_.add_argument("key", metavar="KEY")
+    set_.add_argument("value", metavar="VALUE")
+    set_.add_argument("--session", required=True, metavar="KEY")
+    mode = sub.add_parser("set-mode", help="Set the session mode of a warm session.",
+                          description="session/set_mode on a warm session; a mode the agent "
+                          "does not offer exits 2.")
+    common(mode)
+    mode.add_argument("mode", metavar="MODE")
+    mode.add_argument("--session", required=True, metavar="KEY")
 
 
 # -- talking to the owner ---------------------------------------------------------------------
@@ -343,7 +360,8 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                         wait=not ns.no_wait, ttl_seconds=ns.ttl,
                         timeout_seconds=config.timeout_seconds,
                         credential_env=credential_env_digests(os.environ,
-                                                              _auth_names(config)))
+                                                              _auth_names(config)),
+                        model=ns.model)
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     client = _Client(opts.state_dir, req, printer)
@@ -385,6 +403,34 @@ async def cancel_command(session_key: str, opts: Options) -> int:
                   + f" of {printable(session_key)}\n")
     await out.drain()
     return EXIT_OK
+
+
+async def control_command(session_key: str, action: str, value: str, key: str | None,
+                          opts: Options) -> int:
+    """``set`` / ``set-mode`` on a warm session: 0 when applied; no owner or no such session
+    exits 4, a key, value or mode the agent does not offer exits 2 (the message names the
+    choices), an agent failure 1."""
+    out = Output()
+    result = await _ask(opts.state_dir, ControlRequest(
+        session_key=session_key, action=action, key=key, value=value))  # type: ignore[arg-type]
+    code = EXIT_OK
+    if result is None:
+        code = EXIT_NO_SESSION
+        message = (f"no warm owner for {printable(str(opts.state_dir))}: start the session "
+                   "with prompt --session first")
+        out.write(f"acpx-trio: {message}\n", err=True)
+    elif isinstance(result, OwnerErrorFrame):
+        code = exit_code_for(result.code)
+        out.write(f"acpx-trio: {result.code}: {printable(first_line(result.message))}\n",
+                  err=True)
+    elif opts.json:
+        out.write(_encoder.encode({"session_key": session_key, "action": action, "key": key,
+                                   "value": value, "applied": True}).decode() + "\n")
+    else:
+        what = {"mode": "mode", "model": "model"}.get(action, f"option {key}")
+        out.write(f"set {what} = {printable(value)} on {printable(session_key)}\n")
+    await out.drain()
+    return code
 
 
 def _seconds(value: float | None) -> str:

@@ -255,6 +255,8 @@ class WarmSession:
                 handle: AcpRuntimeHandle = await self.runtime.ensure_session(
                     session_key=self.key, agent=req.agent, mode="persistent", cwd=req.cwd)
                 self.handle = handle
+                if req.model is not None:  # prompt --session --model: before the prompt
+                    await self.runtime.set_model(handle=handle, model=req.model)
         except AcpxError as exc:
             await turn.emit(ErrorEvent.from_error(exc), None)
             return

@@ -68,6 +68,8 @@ from acpx_trio._owner.wire import (
     CancelResult,
     CloseRequest,
     CloseResult,
+    ControlRequest,
+    ControlResult,
     FrameBudget,
     FrameReader,
     OwnerErrorFrame,
@@ -101,6 +103,8 @@ EMPTY_GRACE_SECONDS = 10.0
 REQUEST_READ_SECONDS = 10.0
 #: After ``accept`` fails for lack of descriptors or memory: pause before the next try.
 ACCEPT_RETRY_SECONDS = 0.05
+#: Bound of a control call (mode, config option, model) on a warm session.
+CONTROL_SECONDS = 60.0
 _ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _log = logging.getLogger("acpx_trio.owner")
 
@@ -341,6 +345,8 @@ class Owner:
             session = self.sessions.get(req.session_key)
             cancelled = session is not None and await session.cancel(req.request_id)
             await self._reply(stream, CancelResult(cancelled=cancelled))
+        elif isinstance(req, ControlRequest):
+            await self._reply(stream, await self._control(req))
         elif isinstance(req, StatusRequest):
             warm = self.sessions.get(req.session_key or "")
             if req.flush_transcript and warm is not None and warm.transcript is not None:
@@ -361,6 +367,31 @@ class Owner:
             self.request_stop()
             await self._reply(stream, CloseResult(closed=bool(self.sessions),
                                                   owner_exiting=True))
+
+    async def _control(self, req: ControlRequest) -> ControlResult | OwnerErrorFrame:
+        """Apply a mode, config option or model to a running warm session; the runtime's
+        typed error comes back as an error frame (its code, its message naming choices)."""
+        session = self.sessions.get(req.session_key)
+        handle = None if session is None or session.closing else session.handle
+        if session is None or handle is None:
+            return OwnerErrorFrame(code="ACP_SESSION_NOT_FOUND",
+                                   message=f"no running warm session {req.session_key!r} "
+                                   "(prompt --session starts one)")
+        try:
+            with trio.fail_after(CONTROL_SECONDS):
+                if req.action == "mode":
+                    await session.runtime.set_mode(handle=handle, mode=req.value)
+                elif req.action == "model":
+                    await session.runtime.set_model(handle=handle, model=req.value)
+                else:
+                    await session.runtime.set_config_option(handle=handle, key=req.key or "",
+                                                            value=req.value)
+        except AcpxError as exc:
+            return OwnerErrorFrame(code=exc.code, message=str(exc))
+        except trio.TooSlowError:
+            return OwnerErrorFrame(code="ACP_TURN_TIMEOUT", message=f"the agent did not "
+                                   f"answer within {CONTROL_SECONDS:g}s")
+        return ControlResult(applied=True, agent_pid=handle.agent_pid)
 
     async def _prompt(self, req: PromptRequest, stream: trio.SocketStream) -> None:
         if req.config_fingerprint != self.fingerprint:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import trio
@@ -33,6 +33,8 @@ __all__ = [
     "CancelResult",
     "CloseRequest",
     "CloseResult",
+    "ControlRequest",
+    "ControlResult",
     "EventFrame",
     "FrameBudget",
     "FrameReader",
@@ -71,6 +73,8 @@ Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Ttl = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 EnvName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+#: a mode id, config option id or value, model id
+OptionText = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
 class OwnerProtocolError(AcpxError):
@@ -99,6 +103,8 @@ class PromptRequest(msgspec.Struct, tag_field="kind", tag="prompt", kw_only=True
     ttl_seconds: Ttl | None = None
     timeout_seconds: Timeout | None = None
     credential_env: dict[EnvName, Digest] = {}
+    #: select this model (``set_model``) after the session starts, before the prompt
+    model: OptionText | None = None
 
 
 class CancelRequest(msgspec.Struct, tag_field="kind", tag="cancel", kw_only=True, frozen=True):
@@ -107,6 +113,26 @@ class CancelRequest(msgspec.Struct, tag_field="kind", tag="cancel", kw_only=True
 
     session_key: SessionKey
     request_id: RequestId | None = None
+
+
+class ControlRequest(msgspec.Struct, tag_field="kind", tag="control", kw_only=True,
+                     frozen=True):
+    """Change a running warm session: ``action`` ``mode`` (``session/set_mode`` to
+    ``value``), ``option`` (``session/set_config_option`` ``key`` = ``value``) or ``model``
+    (``value``; the config option of category model, or the legacy ``session/set_model``).
+    Answered :class:`ControlResult`, or :class:`OwnerErrorFrame` with the runtime's code
+    (``ACP_INVALID_RUNTIME_OPTION`` naming the choices, ``ACP_SESSION_NOT_FOUND``, ...)."""
+
+    session_key: SessionKey
+    action: Literal["mode", "option", "model"]
+    value: OptionText
+    key: OptionText | None = None
+
+
+class ControlResult(msgspec.Struct, tag_field="kind", tag="control_result", kw_only=True,
+                    frozen=True):
+    applied: bool
+    agent_pid: int | None = None
 
 
 class StatusRequest(msgspec.Struct, tag_field="kind", tag="status", kw_only=True, frozen=True):
@@ -129,7 +155,8 @@ class ShutdownRequest(msgspec.Struct, tag_field="kind", tag="shutdown", kw_only=
     """Close every session and exit."""
 
 
-Request = PromptRequest | CancelRequest | StatusRequest | CloseRequest | ShutdownRequest
+Request = (PromptRequest | CancelRequest | ControlRequest | StatusRequest | CloseRequest
+           | ShutdownRequest)
 
 
 # -- replies (owner -> client) ----------------------------------------------------------------
@@ -198,8 +225,8 @@ class OwnerErrorFrame(msgspec.Struct, tag_field="kind", tag="error", kw_only=Tru
     retryable: bool = False
 
 
-Reply = (AcceptedFrame | EventFrame | HeartbeatFrame | CancelResult | StatusResult | CloseResult
-         | OwnerErrorFrame)
+Reply = (AcceptedFrame | EventFrame | HeartbeatFrame | CancelResult | ControlResult
+         | StatusResult | CloseResult | OwnerErrorFrame)
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
