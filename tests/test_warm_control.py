@@ -74,3 +74,24 @@ def test_prompt_with_session_and_model(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "mock-small" in bad.stderr
     finally:
         run_cli("sessions", "close", "m", state_dir=tmp_path)
+
+
+def test_legacy_models_agent_through_set_and_prompt(tmp_path: Path) -> None:
+    """An agent that still lists ``models`` and answers ``session/set_model`` (no model
+    config option): ``set model``, ``prompt --session --model`` and ``exec --model`` use the
+    legacy method; an unknown model exits 2 naming the agent's models."""
+    legacy = ["--agent-command", f"{MOCK} --legacy-models"]
+    try:
+        first = run_cli("prompt", "--session", "l", *legacy, "--model", "mock-large", "/model",
+                        state_dir=tmp_path)
+        assert first.returncode == 0 and first.stdout.strip() == "model=mock-large", first.stderr
+        done = run_cli("set", "model", "mock-small", "--session", "l", state_dir=tmp_path)
+        assert done.returncode == 0, done.stderr
+        again = run_cli("prompt", "--session", "l", *legacy, "/model", state_dir=tmp_path)
+        assert again.stdout.strip() == "model=mock-small"
+        bad = run_cli("set", "model", "mock-huge", "--session", "l", state_dir=tmp_path)
+        assert bad.returncode == 2 and "mock-large" in bad.stderr
+    finally:
+        run_cli("sessions", "close", "l", state_dir=tmp_path)
+    once = run_cli("exec", *legacy, "--model", "mock-large", "/model", state_dir=tmp_path)
+    assert once.returncode == 0 and once.stdout.strip() == "model=mock-large", once.stderr

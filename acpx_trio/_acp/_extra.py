@@ -39,6 +39,7 @@ class ResumeSessionRequest(_Wire, kw_only=True):
 class ResumeSessionResponse(_Wire, kw_only=True):
     modes: SessionModeState | None = None
     config_options: list[SessionConfigOption] | None = None
+    models: Any = None
     meta: dict[str, Any] | None = _META
 
 

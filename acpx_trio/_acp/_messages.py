@@ -72,6 +72,7 @@ __all__ = [
     "LoadSessionResponse",
     "McpCapabilities",
     "McpServerStdio",
+    "ModelInfo",
     "NewSessionRequest",
     "NewSessionResponse",
     "PermissionOption",
@@ -93,6 +94,7 @@ __all__ = [
     "SessionInfoUpdate",
     "SessionMode",
     "SessionModeState",
+    "SessionModelState",
     "SessionNotification",
     "SessionUpdate",
     "SessionUpdateLine",
@@ -100,6 +102,7 @@ __all__ = [
     "SetSessionConfigOptionResponse",
     "SetSessionModeRequest",
     "SetSessionModeResponse",
+    "SetSessionModelRequest",
     "ToolCall",
     "ToolCallContent",
     "ToolCallLocation",
@@ -237,10 +240,35 @@ class SessionModeState(_Wire, kw_only=True):
     available_modes: list[SessionMode] = msgspec.field(default_factory=list)
 
 
+class ModelInfo(_Wire, kw_only=True):
+    """One model of the legacy (pre-config-option) model selection."""
+
+    model_id: str
+    name: str = ""
+    description: str | None = None
+
+
+class SessionModelState(_Wire, kw_only=True):
+    """The legacy ``models`` of ``session/new|load`` (before models became a config option
+    of category ``model``; still answered by many agents)."""
+
+    current_model_id: str
+    available_models: list[ModelInfo] = msgspec.field(default_factory=list)
+
+
+class SetSessionModelRequest(_Wire, kw_only=True):
+    """Legacy ``session/set_model``."""
+
+    session_id: str
+    model_id: str
+
+
 class NewSessionResponse(_Wire, kw_only=True):
     session_id: str
     modes: SessionModeState | None = None
     config_options: list[SessionConfigOption] | None = None
+    #: legacy model selection, left raw: decoded leniently (a malformed value is ignored)
+    models: Any = None
     meta: dict[str, Any] | None = _META
 
 
@@ -253,6 +281,7 @@ class LoadSessionRequest(_Wire, kw_only=True):
 class LoadSessionResponse(_Wire, kw_only=True):
     modes: SessionModeState | None = None
     config_options: list[SessionConfigOption] | None = None
+    models: Any = None
     meta: dict[str, Any] | None = _META
 
 

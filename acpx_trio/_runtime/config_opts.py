@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from acpx_trio._acp import SessionConfigOption
+from typing import Any
+
+import msgspec
+
+from acpx_trio._acp import SessionConfigOption, SessionModelState
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._runtime.update_map import config_option_info
 
-__all__ = ["checked_config_value", "model_option"]
+__all__ = ["checked_config_value", "checked_legacy_model", "legacy_models", "model_option"]
 
 
 def model_option(options: list[SessionConfigOption] | None) -> SessionConfigOption | None:
@@ -41,3 +45,24 @@ def checked_config_value(
             f"invalid value {value!r} for config option {key!r}; choices: {', '.join(values)}",
         )
     return value
+
+
+def legacy_models(raw: Any) -> SessionModelState | None:
+    """The legacy ``models`` of a session response, or ``None`` (absent or malformed: the
+    schema's default-on-error rule; never a failed session)."""
+    if raw is None:
+        return None
+    try:
+        return msgspec.convert(raw, SessionModelState)
+    except msgspec.ValidationError:
+        return None
+
+
+def checked_legacy_model(models: SessionModelState, model: str) -> str:
+    """``model`` if the agent listed it; else ``ACP_INVALID_RUNTIME_OPTION`` naming the
+    models it offers."""
+    ids = [m.model_id for m in models.available_models]
+    if ids and model not in ids:
+        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                              f"unknown model {model!r}; the agent offers: {', '.join(ids)}")
+    return model

@@ -38,6 +38,7 @@ from acpx_trio._errors import (
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
+from acpx_trio._runtime.config_opts import legacy_models
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._runtime.permissions import PermissionPolicy
 from acpx_trio._runtime.session_factory import SessionFactory
@@ -294,6 +295,7 @@ async def open_acp_session(
             else:
                 session.modes = loaded.modes
                 session.config_options = loaded.config_options
+                session.models = legacy_models(loaded.models)
                 if loaded.modes is not None:
                     session.current_mode = loaded.modes.current_mode_id
                 return
@@ -306,6 +308,7 @@ async def open_acp_session(
         session.backend_session_id = created.session_id
         session.modes = created.modes
         session.config_options = created.config_options
+        session.models = legacy_models(created.models)
         if created.modes is not None:
             session.current_mode = created.modes.current_mode_id
     except trio.TooSlowError as exc:

@@ -37,6 +37,7 @@ from acpx_trio._acp import (
     RequestPermissionResponse,
     SessionConfigOption,
     SessionInfoUpdate,
+    SessionModelState,
     SessionModeState,
     SessionUpdateLine,
     WriteTextFileRequest,
@@ -102,6 +103,8 @@ class LiveSession:
         self.init: InitializeResponse | None = None
         self.modes: SessionModeState | None = None
         self.config_options: list[SessionConfigOption] | None = None
+        #: the legacy model selection (agents without a model config option)
+        self.models: SessionModelState | None = None
         self.current_mode: str | None = None
         self.turn: Turn | None = None
         self.fresh_requested = False

@@ -25,6 +25,7 @@ from typing import Literal
 import msgspec
 import trio
 
+from acpx_trio._acp import SetSessionModelRequest
 from acpx_trio._errors import AcpRuntimeError, collapse_group
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
@@ -39,7 +40,7 @@ from acpx_trio._process.cgroup import Containment, lease_usage, resolve_containm
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agent_sessions import list_agent_sessions
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
-from acpx_trio._runtime.config_opts import checked_config_value, model_option
+from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
@@ -421,12 +422,23 @@ class AcpxRuntime:
         )
 
     async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
-        """Sets the config option of category ``model``; errors as :meth:`set_config_option`,
-        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent has none."""
-        option = model_option(self._require_live(handle).config_options)
-        if option is None:
+        """Sets the config option of category ``model``, or for an agent that has none but
+        lists legacy ``models``, calls ``session/set_model``; errors as
+        :meth:`set_config_option` (an unknown model names the choices),
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent offers no models."""
+        session = self._require_live(handle)
+        option = model_option(session.config_options)
+        if option is not None:
+            await self.set_config_option(handle=handle, key=option.id, value=model)
+            return
+        models = session.models
+        if models is None:
             raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL", "agent offers no models")
-        await self.set_config_option(handle=handle, key=option.id, value=model)
+        # the legacy selection (agents without a model config option, e.g. gemini-cli)
+        await control_request(session, "session/set_model", SetSessionModelRequest(
+            session_id=session.backend_session_id or "",
+            model_id=checked_legacy_model(models, model)), self.config)
+        session.models = msgspec.structs.replace(models, current_model_id=model)
 
     async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
         """The agent's own sessions (``session/list``, all pages; the agent is started for the

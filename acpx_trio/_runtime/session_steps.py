@@ -30,6 +30,7 @@ from acpx_trio._runtime.auth import (
     is_auth_required,
     spawn_env,
 )
+from acpx_trio._runtime.config_opts import legacy_models
 from acpx_trio._runtime.live_session import LiveSession
 from acpx_trio._store.config import AcpxConfig
 
@@ -118,6 +119,7 @@ async def resume_session(
     session.backend_session_id = load_id
     session.modes = resumed.modes
     session.config_options = resumed.config_options
+    session.models = legacy_models(resumed.models)
     if resumed.modes is not None:
         session.current_mode = resumed.modes.current_mode_id
     return True

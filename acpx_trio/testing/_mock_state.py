@@ -25,6 +25,7 @@ from acpx_trio.testing._mock_wire import (
     SessionResult,
     UpdateParams,
     config_options,
+    legacy_models,
     modes_state,
 )
 
@@ -176,6 +177,11 @@ class AgentCore:
         os._exit(status)
 
     def session_state(self, record: SessionRecord, *, new: bool = False) -> SessionResult:
+        if self.args.legacy_models:  # models the old way: no model config option
+            return SessionResult(
+                session_id=record.session_id if new else UNSET,
+                modes=modes_state(record.mode_id), config_options=[],
+                models=legacy_models(record.model))
         return SessionResult(
             session_id=record.session_id if new else UNSET,
             modes=modes_state(record.mode_id),

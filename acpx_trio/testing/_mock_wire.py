@@ -81,6 +81,7 @@ class Params(_W, kw_only=True):
     config_id: str = ""
     value: str | bool | None = None
     method_id: str = ""
+    model_id: str = ""
     prompt: list[Block] = msgspec.field(default_factory=list)
     cursor: str | None = None
 
@@ -238,10 +239,28 @@ class ConfigOption(_W, kw_only=True):
     options: list[SelectValue]
 
 
+class ModelEntry(_W, kw_only=True):
+    model_id: str
+    name: str
+
+
+class ModelState(_W, kw_only=True):
+    """The legacy ``models`` (``--legacy-models``: no model config option)."""
+
+    current_model_id: str
+    available_models: list[ModelEntry]
+
+
 class SessionResult(_W, kw_only=True):
     session_id: str | UnsetType = UNSET
     modes: ModeState
     config_options: list[ConfigOption]
+    models: ModelState | UnsetType = UNSET
+
+
+def legacy_models(model: str) -> ModelState:
+    return ModelState(current_model_id=model,
+                      available_models=[ModelEntry(model_id=m, name=m) for m in MODELS])
 
 
 class ConfigResult(_W, kw_only=True):

@@ -169,6 +169,7 @@ class MockAgent(AgentCore):
             "session/list": functools.partial(on_list, self),
             "session/set_mode": self.on_set_mode,
             "session/set_config_option": self.on_set_config,
+            "session/set_model": self.on_set_model,
             "session/prompt": self.on_prompt,
         }
 
@@ -282,6 +283,18 @@ class MockAgent(AgentCore):
         self.save(record)
         self.respond(req_id, ConfigResult(config_options=config_options(record.model)))
 
+    def on_set_model(self, req_id: int | str, params: Raw) -> None:
+        """Legacy ``session/set_model`` (offered with ``--legacy-models``)."""
+        p = msgspec.json.decode(params, type=Params)
+        if not self.args.legacy_models:
+            raise RpcFailure(-32601, "Method not found: session/set_model")
+        record = self.session(p.session_id)
+        if p.model_id not in ("mock-small", "mock-large"):
+            raise RpcFailure(-32602, f"unknown model: {p.model_id!r}")
+        record.model = p.model_id
+        self.save(record)
+        self.respond(req_id, Empty())
+
     def on_prompt(self, req_id: int | str, params: Raw) -> None:
         p = msgspec.json.decode(params, type=Params)
         record = self.session(p.session_id)
@@ -319,6 +332,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--close", action="store_true")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--legacy-models", action="store_true",
+                        help="models as session/new `models` + session/set_model, no model "
+                             "config option")
     parser.add_argument("--list-junk", action="store_true")
     parser.add_argument("--resume-fails", action="store_true")
     parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
