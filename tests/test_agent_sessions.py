@@ -70,3 +70,42 @@ def test_cli_sessions_list_agent_unsupported(tmp_path: Path) -> None:
     assert "ACP_BACKEND_UNSUPPORTED_CONTROL" in done.stderr
     ours = run_cli("sessions", "list", state_dir=tmp_path)  # without --agent: our records
     assert ours.returncode == 0 and "no sessions in" in ours.stdout
+
+
+async def test_delete_removes_a_session_from_the_list(env: RuntimeEnv, tmp_path: Path) -> None:
+    """``session/delete`` when advertised (the session leaves ``session/list``; an unknown id
+    succeeds silently); a typed error when not."""
+    sessions = tmp_path / "agent-sessions"
+    async with env.runtime(agents=_agents(sessions, "--list", "--delete")) as rt:
+        with trio.fail_after(60):
+            handle = await rt.ensure_session(session_key="k", agent="lister")
+            await run(rt, handle, "doomed")
+            keep = await rt.ensure_session(session_key="k2", agent="lister")
+            await run(rt, keep, "kept")
+            await rt.close(handle=handle, reason="test")
+            await rt.delete_session(agent="lister", session_id=handle.backend_session_id or "")
+            await rt.delete_session(agent="lister", session_id="never-was")
+            listed = {s.session_id for s in await rt.list_sessions(agent="lister")}
+            assert listed == {keep.backend_session_id}
+    async with env.runtime(agents=_agents(sessions, "--list")) as rt:
+        with trio.fail_after(30), pytest.raises(AcpRuntimeError) as info:
+            await rt.delete_session(agent="lister", session_id="x")
+    assert info.value.code == "ACP_BACKEND_UNSUPPORTED_CONTROL"
+
+
+def test_cli_sessions_delete_and_logout(tmp_path: Path) -> None:
+    sessions = tmp_path / "agent-sessions"
+    agent = f"{CLI_MOCK} --session-dir {sessions} --list --delete --logout"
+    assert run_cli("exec", "--agent-command", agent, "hello", state_dir=tmp_path).returncode == 0
+    (row,) = json_lines(run_cli("sessions", "list", "--agent-command", agent, "--json",
+                                state_dir=tmp_path).stdout)
+    done = run_cli("sessions", "delete", row["session_id"], "--agent-command", agent,
+                   state_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    again = run_cli("sessions", "list", "--agent-command", agent, "--json", state_dir=tmp_path)
+    assert again.returncode == 0 and json_lines(again.stdout) == []
+    assert run_cli("sessions", "delete", "x", state_dir=tmp_path).returncode == 2  # no agent
+    out = run_cli("logout", "--agent-command", agent, state_dir=tmp_path)
+    assert out.returncode == 0 and "logged out" in out.stdout, out.stderr
+    unsupported = run_cli("logout", "--agent-command", CLI_MOCK, state_dir=tmp_path)
+    assert unsupported.returncode == 1 and "does not support logout" in unsupported.stderr

@@ -50,6 +50,7 @@ __all__ = [
     "AgentCapabilities",
     "AgentMessageChunk",
     "AgentThoughtChunk",
+    "AuthCapabilities",
     "AuthMethod",
     "AuthenticateRequest",
     "AuthenticateResponse",
@@ -61,6 +62,7 @@ __all__ = [
     "ConfigOptionUpdate",
     "ContentBlock",
     "CurrentModeUpdate",
+    "DeleteSessionRequest",
     "EmptyResponse",
     "EnvVariable",
     "FastSessionNotification",
@@ -170,11 +172,22 @@ class SessionCapabilities(_Wire, kw_only=True):
     additional_directories: dict[str, Any] | None = None
 
 
+class AuthCapabilities(_Wire, kw_only=True):
+    """``logout`` is ``{}`` when the agent supports the ``logout`` method."""
+
+    logout: dict[str, Any] | None = None
+
+
 class AgentCapabilities(_Wire, kw_only=True):
     load_session: bool = False
     prompt_capabilities: PromptCapabilities = msgspec.field(default_factory=PromptCapabilities)
     mcp_capabilities: McpCapabilities = msgspec.field(default_factory=McpCapabilities)
     session_capabilities: SessionCapabilities = msgspec.field(default_factory=SessionCapabilities)
+    auth: AuthCapabilities = msgspec.field(default_factory=AuthCapabilities)
+
+
+class DeleteSessionRequest(_Wire, kw_only=True):
+    session_id: str
 
 
 class AuthMethod(_Wire, kw_only=True):

@@ -159,11 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "session makes the next prompt of its key start a new one.")
     _common(sessions)
     sessions.add_argument("action", nargs="?", default="list",
-                          choices=["list", "show", "close", "history"])
-    sessions.add_argument("key", nargs="?", help="session key (for show and close)")
+                          choices=["list", "show", "close", "history", "delete"])
+    sessions.add_argument("key", nargs="?", help="session key (for show and close); the "
+                          "agent's session id for delete --agent")
     from acpx_trio._cli.protocol_cmds import add_agent_list_options  # issue 21 (protocol)
 
     add_agent_list_options(sessions)
+    logout = sub.add_parser("logout", help="Log out of an agent (ACP logout, when offered).",
+                            description="ACP logout: the agent ends its authenticated state; "
+                            "its next session needs credentials again.")
+    _common(logout)
+    add_agent_list_options(logout)
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
     _common(agents)
@@ -407,6 +413,9 @@ async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     from acpx_trio._cli import protocol_cmds as _cli_protocol  # issue 21 (protocol)
     if _cli_protocol.wants_agent_list(ns):
         return await _cli_protocol.agent_sessions_command(ns, opts)
+    if ns.command == "sessions" and ns.action == "delete":
+        raise UsageError("sessions delete ID needs --agent NAME (or --agent-command CMD): it "
+                         "deletes the agent's own session; `sessions close KEY` ends ours")
     if ns.command == "sessions":
         return await _cli_info.sessions_command(ns.action, ns.key, opts)
     if ns.command == "agents":

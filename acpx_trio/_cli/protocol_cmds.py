@@ -1,5 +1,6 @@
-"""CLI commands of issue 21's protocol part: ``sessions list --agent NAME`` (the agent's own
-sessions via ``session/list``)."""
+"""CLI commands that call an agent outside our sessions (issue 21): ``sessions list --agent
+NAME`` (``session/list``), ``sessions delete ID --agent NAME`` (``session/delete``) and
+``logout --agent NAME``."""
 
 from __future__ import annotations
 
@@ -33,14 +34,18 @@ def add_agent_list_options(sessions: argparse.ArgumentParser) -> None:
 
 
 def wants_agent_list(ns: argparse.Namespace) -> bool:
-    return ns.command == "sessions" and ns.action == "list" and bool(
+    """``sessions list|delete --agent ...`` and ``logout``: calls on the agent itself."""
+    if ns.command == "logout":
+        return True
+    return ns.command == "sessions" and ns.action in ("list", "delete") and bool(
         getattr(ns, "list_agent", None) or getattr(ns, "list_agent_command", None))
 
 
 async def agent_sessions_command(ns: argparse.Namespace, opts: Options) -> int:
-    """Lists the agent's sessions (all pages): a table, or one JSON object per line with
-    ``--json``.  Exit 0; 2 for a bad agent or config; 1 (or the code's exit) when the agent
-    does not support ``session/list`` or fails."""
+    """``sessions list --agent``: the agent's sessions (all pages), a table or one JSON object
+    a line.  ``sessions delete ID --agent``: ``session/delete``.  ``logout --agent``:
+    ``logout``.  Exit 0; 2 for a bad agent, argument or config; 1 (or the code's exit) when
+    the agent does not support the method or fails."""
     from acpx_trio._runtime.runtime import AcpxRuntime
     from acpx_trio._service.lazy_runtime import LazyAcpxRuntime
     from acpx_trio._service.open_service import open_runtime_service
@@ -48,6 +53,10 @@ async def agent_sessions_command(ns: argparse.Namespace, opts: Options) -> int:
     out = Output()
     raw: dict[str, Any] = dict(opts.raw_config)
     agent: str = ns.list_agent or _AGENT
+    action = "logout" if ns.command == "logout" else ns.action
+    if action == "delete" and not ns.key:
+        await out.emit("acpx-trio: sessions delete needs the agent's session id", err=True)
+        return EXIT_USAGE
     if ns.list_agent_command is not None:
         try:
             argv = shlex.split(ns.list_agent_command)
@@ -60,24 +69,37 @@ async def agent_sessions_command(ns: argparse.Namespace, opts: Options) -> int:
         agents = raw.get("agents")
         raw["agents"] = {**(agents if isinstance(agents, dict) else {}),
                          _AGENT: {"command": argv[0], "args": argv[1:]}}
+    elif action == "logout" and ns.list_agent is None:
+        await out.emit("acpx-trio: logout needs --agent NAME or --agent-command CMD", err=True)
+        return EXIT_USAGE
     if opts.cwd_given or "cwd" not in raw:
         raw["cwd"] = str(opts.cwd)
+    listed: list[Any] = []
     try:
         async with open_runtime_service(workspace_dir=opts.cwd, state_dir=opts.state_dir,
                                         plugin_config=raw, logger=_log) as service:
             runtime = service.require_runtime()
             if not isinstance(runtime, (AcpxRuntime, LazyAcpxRuntime)):
                 raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
-                                      "this runtime cannot list an agent's sessions")
-            listed = await runtime.list_sessions(
-                agent=agent, cwd=str(opts.cwd) if opts.cwd_given else None)
+                                      "this runtime cannot call an agent outside a session")
+            if action == "delete":
+                await runtime.delete_session(agent=agent, session_id=ns.key)
+            elif action == "logout":
+                await runtime.logout(agent=agent)
+            else:
+                listed = await runtime.list_sessions(
+                    agent=agent, cwd=str(opts.cwd) if opts.cwd_given else None)
     except ConfigError as exc:
         await out.emit(f"acpx-trio: {exc.message}", err=True)
         return EXIT_USAGE
     except AcpxError as exc:
         await out.emit(f"acpx-trio: {exc.code}: {exc.message}", err=True)
         return exit_code_for(exc.code)
-    if opts.json:
+    if action == "delete":
+        out.write(f"deleted agent session {ns.key} at {agent}\n")
+    elif action == "logout":
+        out.write(f"logged out of {agent}\n")
+    elif opts.json:
         for item in listed:
             out.write(msgspec.json.encode(item).decode() + "\n")
     elif not listed:

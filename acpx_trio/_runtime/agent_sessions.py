@@ -1,32 +1,48 @@
-"""The agent's own sessions (``session/list``): start the agent, page through, stop it."""
+"""Calls on an agent outside any session of ours (``session/list``, ``session/delete``,
+``logout``): start the agent, initialize, check the capability, call, stop it."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import trio
 
-from acpx_trio._acp import InitializeResponse, ListSessionsRequest, ListSessionsResponse
+from acpx_trio._acp import (
+    AcpConnection,
+    DeleteSessionRequest,
+    EmptyResponse,
+    InitializeResponse,
+    ListSessionsRequest,
+    ListSessionsResponse,
+)
 from acpx_trio._errors import AcpRuntimeError, AcpxError, collapse_group
 from acpx_trio._events import AgentSession
 from acpx_trio._runtime.handshake import initialize_request, make_agent_process
 from acpx_trio._runtime.session_factory import SessionFactory
 
-__all__ = ["list_agent_sessions"]
+__all__ = ["delete_agent_session", "list_agent_sessions", "logout_agent", "with_agent"]
+
+_T = TypeVar("_T")
 
 #: Bound on pages followed, against an agent whose cursor never ends.
 MAX_PAGES = 1000
 
 
-async def list_agent_sessions(
-    factory: SessionFactory, name: str, cwd: str | None
-) -> list[AgentSession]:
-    """Every session agent ``name`` lists (all pages), filtered by ``cwd`` when given.
+_Call = Callable[[AcpConnection, InitializeResponse], Awaitable[_T]]
 
-    Raises ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent does not advertise
-    ``sessionCapabilities.list``, ``ACP_CONTROL_TIMEOUT`` when a call exceeds the control
-    timeout, ``ACP_CONTROL_FAILED`` for any other failure.  The agent is always stopped."""
+
+async def with_agent(factory: SessionFactory, name: str, cwd: str | None, what: str,
+                     call: _Call[_T]) -> _T:
+    """Start agent ``name``, ``initialize`` it, run ``call`` on its connection, stop it.
+
+    Raises ``ACP_CONTROL_TIMEOUT`` when a call exceeds the control timeout (``call`` bounds
+    each of its own requests by it), ``ACP_CONTROL_FAILED`` for any other failure that is not
+    already an :class:`AcpRuntimeError`.  The agent is always stopped."""
     spec = factory.agents.resolve(name)
     timeout = factory.config.control_timeout_seconds
-    proc = make_agent_process(factory, "agent-session-list", spec, cwd or factory.config.cwd)
+    proc = make_agent_process(factory, f"agent-{what.replace('/', '-')}", spec,
+                              cwd or factory.config.cwd)
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -37,31 +53,10 @@ async def list_agent_sessions(
                     init = await connection.request(
                         "initialize", initialize_request(), InitializeResponse
                     )
-                if init.agent_capabilities.session_capabilities.list_sessions is None:
-                    raise AcpRuntimeError(
-                        "ACP_BACKEND_UNSUPPORTED_CONTROL",
-                        f"agent {spec.name} does not support session/list",
-                    )
-                found: list[AgentSession] = []
-                cursor: str | None = None
-                for _ in range(MAX_PAGES):
-                    with trio.fail_after(timeout):
-                        page = await connection.request(
-                            "session/list", ListSessionsRequest(cwd=cwd, cursor=cursor),
-                            ListSessionsResponse,
-                        )
-                    found.extend(
-                        AgentSession(session_id=s.session_id, cwd=s.cwd, title=s.title,
-                                     updated_at=s.updated_at)
-                        for s in page.items()
-                    )
-                    cursor = page.next_cursor
-                    if not cursor:
-                        break
-                return found
+                return await call(connection, init)
             finally:
                 with trio.CancelScope(shield=True):
-                    await proc.aclose("session list finished")
+                    await proc.aclose(f"{what} finished")
     except trio.TooSlowError as exc:
         raise AcpRuntimeError("ACP_CONTROL_TIMEOUT",
                               f"agent {spec.name} did not answer within {timeout:g}s",
@@ -71,11 +66,79 @@ async def list_agent_sessions(
         if isinstance(first, AcpRuntimeError):
             raise first from None
         if isinstance(first, AcpxError):
-            raise AcpRuntimeError("ACP_CONTROL_FAILED",
-                                  f"session/list failed: {first.message}") from None
+            raise AcpRuntimeError("ACP_CONTROL_FAILED", f"{what} failed: {first.message}") \
+                from None
         raise first from None
     except AcpRuntimeError:
         raise
     except AcpxError as exc:
-        raise AcpRuntimeError("ACP_CONTROL_FAILED",
-                              f"session/list failed: {exc.message}") from exc
+        raise AcpRuntimeError("ACP_CONTROL_FAILED", f"{what} failed: {exc.message}") from exc
+
+
+def _unsupported(name: str, method: str) -> AcpRuntimeError:
+    return AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL",
+                           f"agent {name} does not support {method}")
+
+
+async def list_agent_sessions(
+    factory: SessionFactory, name: str, cwd: str | None
+) -> list[AgentSession]:
+    """Every session agent ``name`` lists (all pages), filtered by ``cwd`` when given.
+
+    Raises ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent does not advertise
+    ``sessionCapabilities.list``; otherwise as :func:`with_agent`."""
+    timeout = factory.config.control_timeout_seconds
+
+    async def call(connection: AcpConnection, init: InitializeResponse) -> list[AgentSession]:
+        if init.agent_capabilities.session_capabilities.list_sessions is None:
+            raise _unsupported(name, "session/list")
+        found: list[AgentSession] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            with trio.fail_after(timeout):
+                page = await connection.request(
+                    "session/list", ListSessionsRequest(cwd=cwd, cursor=cursor),
+                    ListSessionsResponse,
+                )
+            found.extend(
+                AgentSession(session_id=s.session_id, cwd=s.cwd, title=s.title,
+                             updated_at=s.updated_at)
+                for s in page.items()
+            )
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return found
+
+    return await with_agent(factory, name, cwd, "session/list", call)
+
+
+async def delete_agent_session(factory: SessionFactory, name: str, session_id: str) -> None:
+    """``session/delete`` of ``session_id`` at agent ``name`` (a session it does not know is
+    deleted silently, as the spec says).  ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent
+    does not advertise ``sessionCapabilities.delete``; otherwise as :func:`with_agent`."""
+    timeout = factory.config.control_timeout_seconds
+
+    async def call(connection: AcpConnection, init: InitializeResponse) -> None:
+        if init.agent_capabilities.session_capabilities.delete is None:
+            raise _unsupported(name, "session/delete")
+        with trio.fail_after(timeout):
+            await connection.request("session/delete",
+                                     DeleteSessionRequest(session_id=session_id), EmptyResponse)
+
+    await with_agent(factory, name, None, "session/delete", call)
+
+
+async def logout_agent(factory: SessionFactory, name: str) -> None:
+    """``logout`` at agent ``name`` (it ends its authenticated state: the next session needs
+    ``authenticate`` again).  ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent does not
+    advertise ``agentCapabilities.auth.logout``; otherwise as :func:`with_agent`."""
+    timeout = factory.config.control_timeout_seconds
+
+    async def call(connection: AcpConnection, init: InitializeResponse) -> None:
+        if init.agent_capabilities.auth.logout is None:
+            raise _unsupported(name, "logout")
+        with trio.fail_after(timeout):
+            await connection.request("logout", EmptyResponse(), EmptyResponse)
+
+    await with_agent(factory, name, None, "logout", call)

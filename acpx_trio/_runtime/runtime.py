@@ -38,7 +38,11 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import Containment, lease_usage, resolve_containment
 from acpx_trio._process.reaper import ProcessCleanupDeps
-from acpx_trio._runtime.agent_sessions import list_agent_sessions
+from acpx_trio._runtime.agent_sessions import (
+    delete_agent_session,
+    list_agent_sessions,
+    logout_agent,
+)
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
@@ -445,6 +449,23 @@ class AcpxRuntime:
         call and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
         self._check_open()
         return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
+
+    async def delete_session(self, *, agent: str, session_id: str) -> None:
+        """``session/delete`` of the agent's own session ``session_id`` (it no longer appears
+        in :meth:`list_sessions`; an unknown id is deleted silently); the agent is started for
+        the call and stopped.  ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        self._check_open()
+        if not isinstance(session_id, str) or not session_id.strip():
+            raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                                  "session_id must be a non-empty string")
+        await delete_agent_session(self._factory, normalize_agent_name(agent), session_id)
+
+    async def logout(self, *, agent: str) -> None:
+        """``logout`` at the agent: it ends its authenticated state (its next session needs
+        credentials again); the agent is started for the call and stopped.
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        self._check_open()
+        await logout_agent(self._factory, normalize_agent_name(agent))
 
     # ------------------------------------------------------------------ health
 

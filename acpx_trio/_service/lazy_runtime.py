@@ -232,6 +232,15 @@ class LazyAcpxRuntime:
         method = self._extension(await self._resolve(), "list_sessions")
         return cast("list[AgentSession]", await method(agent=agent, cwd=cwd))
 
+    async def delete_session(self, *, agent: str, session_id: str) -> None:
+        """See ``AcpxRuntime.delete_session``."""
+        await self._extension(await self._resolve(), "delete_session")(
+            agent=agent, session_id=session_id)
+
+    async def logout(self, *, agent: str) -> None:
+        """See ``AcpxRuntime.logout``."""
+        await self._extension(await self._resolve(), "logout")(agent=agent)
+
     async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
         """See ``AcpxRuntime.set_model``."""
         await self._extension(await self._resolve(), "set_model")(handle=handle, model=model)

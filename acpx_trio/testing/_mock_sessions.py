@@ -12,7 +12,8 @@ from msgspec import Raw
 from acpx_trio.testing._mock_state import AgentCore
 from acpx_trio.testing._mock_wire import Empty, Params, RpcFailure
 
-__all__ = ["LIST_PAGE", "env_name", "on_close", "on_list", "on_resume"]
+__all__ = ["LIST_PAGE", "env_name", "on_close", "on_delete", "on_list", "on_logout",
+           "on_resume"]
 
 #: Sessions per ``session/list`` page (small, so that tests follow the cursor).
 LIST_PAGE = 2
@@ -86,3 +87,26 @@ def on_list(self: AgentCore, req_id: int | str, params: Raw) -> None:
     if start + LIST_PAGE < len(records):
         result["nextCursor"] = str(start + LIST_PAGE)
     self.respond(req_id, result)
+
+
+def on_delete(self: AgentCore, req_id: int | str, params: Raw) -> None:
+    """``session/delete`` (``--delete``): the session leaves memory and the session dir (an
+    unknown id succeeds silently, as the spec says)."""
+    if not self.args.delete:
+        raise RpcFailure(-32601, "Method not found: session/delete")
+    p = msgspec.json.decode(params, type=Params)
+    with self.state_lock:
+        self.sessions.pop(p.session_id, None)
+    path = self._path(p.session_id)
+    if path is not None and os.path.exists(path):
+        os.unlink(path)
+    self.respond(req_id, Empty())
+
+
+def on_logout(self: AgentCore, req_id: int | str, params: Raw) -> None:
+    """``logout`` (``--logout``): back to unauthenticated (with ``--require-auth``, the next
+    session needs ``authenticate`` again)."""
+    if not self.args.logout:
+        raise RpcFailure(-32601, "Method not found: logout")
+    self.authenticated = self.args.require_auth is None
+    self.respond(req_id, Empty())

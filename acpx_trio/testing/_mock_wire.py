@@ -205,6 +205,7 @@ class AgentCaps(_W, kw_only=True, omit_defaults=False):
     prompt_capabilities: PromptCaps = msgspec.field(default_factory=PromptCaps)
     mcp_capabilities: McpCaps = msgspec.field(default_factory=McpCaps)
     session_capabilities: dict[str, Any] = msgspec.field(default_factory=dict)
+    auth: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class InitResult(_W, kw_only=True):

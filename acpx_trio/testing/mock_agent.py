@@ -67,7 +67,14 @@ import msgspec
 from msgspec import Raw, UnsetType
 
 from acpx_trio.testing._mock_escape import spawn_escapers
-from acpx_trio.testing._mock_sessions import env_name, on_close, on_list, on_resume
+from acpx_trio.testing._mock_sessions import (
+    env_name,
+    on_close,
+    on_delete,
+    on_list,
+    on_logout,
+    on_resume,
+)
 from acpx_trio.testing._mock_state import AgentCore, TurnCtl
 from acpx_trio.testing._mock_turns import run_turn
 from acpx_trio.testing._mock_wire import (
@@ -167,6 +174,8 @@ class MockAgent(AgentCore):
             "session/resume": functools.partial(on_resume, self),
             "session/close": functools.partial(on_close, self),
             "session/list": functools.partial(on_list, self),
+            "session/delete": functools.partial(on_delete, self),
+            "logout": functools.partial(on_logout, self),
             "session/set_mode": self.on_set_mode,
             "session/set_config_option": self.on_set_config,
             "session/set_model": self.on_set_model,
@@ -195,10 +204,13 @@ class MockAgent(AgentCore):
             session_caps["close"] = {}
         if self.args.list:
             session_caps["list"] = {}
+        if self.args.delete:
+            session_caps["delete"] = {}
         result = InitResult(
             protocol_version=self.args.protocol_version,
             agent_capabilities=AgentCaps(
-                load_session=not self.args.no_load_session, session_capabilities=session_caps
+                load_session=not self.args.no_load_session, session_capabilities=session_caps,
+                auth={"logout": {}} if self.args.logout else {},
             ),
             auth_methods=auth,
             agent_info=Info(name=AGENT_NAME, version=AGENT_VERSION),
@@ -332,6 +344,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--close", action="store_true")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--delete", action="store_true", help="offer session/delete")
+    parser.add_argument("--logout", action="store_true", help="offer logout")
     parser.add_argument("--legacy-models", action="store_true",
                         help="models as session/new `models` + session/set_model, no model "
                              "config option")
