@@ -54,6 +54,20 @@ _MAX_WARNINGS: Final = 100
 _NULL: Final = b"null"
 
 
+#: JSON-RPC cancellation of an in-flight request (LSP's ``$/cancelRequest``, as ACP names it)
+CANCEL_REQUEST = "$/cancel_request"
+#: the error an answered-then-cancelled request gets
+REQUEST_CANCELLED = -32800
+
+
+class _CancelParams(msgspec.Struct, rename="camel"):
+    request_id: int | str
+
+
+class _PeerCancelled(Exception):
+    """Our handler of a peer request was cancelled by the peer (internal)."""
+
+
 class AcpConnection:
     """One JSON-RPC 2.0 peer: sends requests/notifications, answers the agent's requests.
 
@@ -94,6 +108,8 @@ class AcpConnection:
         self._encoder = msgspec.json.Encoder()
         self._next_id = 0
         self._pending: dict[RequestId, _Pending] = {}
+        #: the peer's requests we are answering, by id (``$/cancel_request`` cancels one)
+        self._answering: dict[RequestId, trio.CancelScope] = {}
         self._abandoned: dict[RequestId, None] = {}  # insertion-ordered, bounded
         self._request_handlers: dict[str, RequestHandler] = {}
         self._notification_handlers: dict[str, NotificationHandler] = {}
@@ -390,6 +406,9 @@ class AcpConnection:
         )
 
     def _notify_handler(self, message: Notification) -> None:
+        if message.method == CANCEL_REQUEST:
+            self._cancel_answer(message.params)
+            return
         handler = self._notification_handlers.get(message.method)
         if handler is None:
             return
@@ -419,6 +438,18 @@ class AcpConnection:
         pending.outcome = message
         pending.done.set()
 
+    def _cancel_answer(self, params: Any) -> None:
+        """``$/cancel_request {requestId}``: the peer no longer wants our answer to that
+        request; its handler is cancelled and it is answered ``-32800`` (an unknown or
+        finished id is ignored, as JSON-RPC cancellation is best effort)."""
+        try:
+            request_id = msgspec.json.decode(params, type=_CancelParams).request_id
+        except (msgspec.DecodeError, TypeError):
+            return
+        scope = self._answering.get(request_id)
+        if scope is not None:
+            scope.cancel()
+
     async def _answer(self, request: Request) -> None:
         handler = self._request_handlers.get(request.method)
         reply: OutResponse | OutErrorResponse
@@ -426,8 +457,17 @@ class AcpConnection:
             error = OutError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
             reply = OutErrorResponse("2.0", request.id, error)
         else:
+            scope = trio.CancelScope()
+            if request.id is not None:
+                self._answering[request.id] = scope
             try:
-                result = await handler(request.params)
+                with scope:
+                    result = await handler(request.params)
+                if scope.cancelled_caught:  # the peer sent $/cancel_request for it
+                    raise _PeerCancelled
+            except _PeerCancelled:
+                reply = OutErrorResponse("2.0", request.id,
+                                         OutError(REQUEST_CANCELLED, "Request cancelled"))
             except AcpRuntimeError as exc:
                 code = INTERNAL_ERROR if exc.rpc_code is None else exc.rpc_code
                 reply = OutErrorResponse(
@@ -441,6 +481,9 @@ class AcpConnection:
                 reply = OutErrorResponse("2.0", request.id, error)
             else:
                 reply = OutResponse("2.0", request.id, result)
+            finally:
+                if request.id is not None:
+                    self._answering.pop(request.id, None)
         try:
             data = self._encode(reply)
         except (TypeError, ValueError, OverflowError) as exc:

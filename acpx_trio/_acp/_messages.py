@@ -301,6 +301,8 @@ class LoadSessionResponse(_Wire, kw_only=True):
 class PromptRequest(_Wire, kw_only=True):
     session_id: str
     prompt: list[ContentBlock]
+    #: the caller's ``_meta`` (e.g. a W3C ``traceparent``), passed through unchanged
+    meta: dict[str, Any] | None = _META
 
 
 class PromptResponse(_Wire, kw_only=True):

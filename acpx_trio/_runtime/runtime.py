@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -82,6 +82,21 @@ def _check_prompt_text(text: object) -> None:
             f"prompt text cannot be sent: {exc.reason} ({exc.object[exc.start:exc.end]!r} at "
             f"position {exc.start})",
         ) from None
+
+
+def checked_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``meta`` as a JSON object (a copy), or ``ACP_INVALID_RUNTIME_OPTION``."""
+    if meta is None:
+        return None
+    try:
+        if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+            raise TypeError("keys must be strings")
+        obj = dict(meta)
+        msgspec.json.encode(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                              f"meta must be a JSON object: {exc}") from exc
+    return obj
 
 
 class AcpxRuntime:
@@ -289,6 +304,7 @@ class AcpxRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         """Prompt the agent; yields events in wire order, ending with one ``DoneEvent`` or
         ``ErrorEvent`` (``ACP_TURN_FAILED``, ``ACP_TURN_TIMEOUT``, ``ACP_SESSION_BUSY``,
@@ -307,9 +323,10 @@ class AcpxRuntime:
         not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
         after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``: an unknown
         ``mode``, or ``text`` that UTF-8 cannot carry, e.g. a lone surrogate; the session is
-        untouched and the next prompt on it works)."""
+        untouched and the next prompt on it works).  ``meta`` is sent as the prompt's
+        ``_meta`` (e.g. ``{"traceparent": ...}``); it must be a JSON object."""
         session = await self._turn_session(handle, mode, text)
-        async with contextlib.aclosing(self._stream(session, text)) as batches:
+        async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
             async for batch in batches:
                 for event in batch:
                     # One batch's events go out back to back; the batch stream checkpoints.
@@ -322,13 +339,14 @@ class AcpxRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
         """:meth:`run_turn`, yielding the events in non-empty lists (all that arrived since
         the last step, in wire order); the last list ends with the final event.  Same errors,
         cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
         one await per read batch instead of one per event."""
         session = await self._turn_session(handle, mode, text)
-        async with contextlib.aclosing(self._stream(session, text)) as batches:
+        async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
             async for batch in batches:
                 yield batch
 
@@ -345,12 +363,13 @@ class AcpxRuntime:
         _check_prompt_text(text)
         return self._require_live(handle)
 
-    def _stream(self, session: LiveSession, text: str) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+    def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,
+                ) -> AsyncGenerator[list[AcpRuntimeEvent]]:
         proc = session.process
         secrets = [*known_credentials(self.config.auth), *(proc.secrets if proc else ())]
         return stream_turn(
             session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
-            retire=self._retire, log=self.log, secrets=secrets,
+            retire=self._retire, log=self.log, secrets=secrets, meta=checked_meta(meta),
         )
 
     def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:

@@ -7,6 +7,8 @@ it catches up to :data:`LOW_WATER`, gives up, or the turn ends.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from acpx_trio._errors import AcpRuntimeError
@@ -29,6 +31,8 @@ class Turn:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        #: the prompt's ``_meta`` (the caller's, passed through)
+        self.meta: dict[str, Any] | None = None
         self._queue: list[AcpRuntimeEvent] = []
         self._head = 0
         self._wakeup: trio.Event | None = None

@@ -45,14 +45,15 @@ _FINAL_EVENTS: frozenset[type[Any]] = frozenset({DoneEvent, ErrorEvent})
 
 async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
     session: LiveSession, text: str, *, nursery: trio.Nursery, turn_timeout: float | None,
-    retire: Retire, log: Logger, secrets: Iterable[str] = (),
+    retire: Retire, log: Logger, secrets: Iterable[str] = (), meta: dict[str, Any] | None = None,
 ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
     """Run one turn on ``session``; yields its events in non-empty lists, in wire order (one
     list per read batch), the last list ending with the one final event.  A busy session
     yields ``[ErrorEvent(ACP_SESSION_BUSY)]``.  If the consumer leaves early (``aclose``,
     cancel), the turn is cancelled at the agent and waited for (bounded), and a oneshot
     session is closed.  Every credential in ``secrets`` is redacted from the events, also
-    when the agent streams it split across pieces (:class:`TurnRedactor`)."""
+    when the agent streams it split across pieces (:class:`TurnRedactor`).  ``meta`` goes to
+    the agent as the prompt's ``_meta``."""
     if session.turn is not None:
         yield [ErrorEvent(
             code="ACP_SESSION_BUSY", retryable=True,
@@ -62,6 +63,7 @@ async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
         await trio.lowlevel.checkpoint()
         return
     turn = Turn(text)
+    turn.meta = meta
     session.turn = turn
     session.turns_run += 1
     nursery.start_soon(functools.partial(
@@ -184,7 +186,8 @@ async def _prompt(
             turn.prompt_sent = True
             session.agent_error = None
             params = PromptRequest(
-                session_id=session.backend_session_id or "", prompt=[text_block(turn.text)]
+                session_id=session.backend_session_id or "", prompt=[text_block(turn.text)],
+                meta=turn.meta,
             )
             response = await session.connection.request("session/prompt", params, PromptResponse)
             final = DoneEvent(stop_reason=response.stop_reason,

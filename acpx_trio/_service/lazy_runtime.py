@@ -8,7 +8,7 @@ needs a runtime.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -153,9 +153,12 @@ class LazyAcpxRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         runtime = await self._resolve()
-        inner = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id)
+        extra: dict[str, Any] = {} if meta is None else {"meta": meta}  # acpx runtimes only
+        inner = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id,
+                                 **extra)
         try:
             async for event in inner:
                 yield event
@@ -169,20 +172,23 @@ class LazyAcpxRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
         """``run_turn`` in non-empty lists of events (see ``AcpxRuntime.run_turn_batches``);
         a runtime without the batch form gets one event per list."""
         runtime = await self._resolve()
+        extra: dict[str, Any] = {} if meta is None else {"meta": meta}
         batched = getattr(runtime, "run_turn_batches", None)
         if batched is not None:
-            inner = batched(handle=handle, text=text, mode=mode, request_id=request_id)
+            inner = batched(handle=handle, text=text, mode=mode, request_id=request_id, **extra)
             try:
                 async for batch in inner:
                     yield batch
             finally:
                 await inner.aclose()
             return
-        single = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id)
+        single = runtime.run_turn(handle=handle, text=text, mode=mode, request_id=request_id,
+                                  **extra)
         try:
             async for event in single:
                 yield [event]

@@ -75,6 +75,8 @@ class AgentCore:
             "ACPX_MOCK_AGENT_SESSION_DIR"
         )
         self.authenticated = args.require_auth is None
+        #: the ``_meta`` of the last ``session/prompt`` (``/meta`` reports it)
+        self.prompt_meta: dict[str, Any] | None = None
         #: The client's ``initialize`` capabilities as sent (for ``/client-caps``).
         self.client_caps: Any = None
 

@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
 
-from acpx_trio.testing._mock_state import TurnCtx
+from acpx_trio.testing._mock_state import TurnCtx, _Call
 from acpx_trio.testing._mock_wire import (
     Empty,
+    Msg,
     RpcErr,
     RpcFailure,
     TermCreated,
@@ -24,7 +26,8 @@ from acpx_trio.testing._mock_wire import (
     TermRef,
 )
 
-__all__ = ["terminal", "terminal_hold", "terminal_kill", "terminal_limit", "terminal_strict"]
+__all__ = ["cancel_request", "terminal", "terminal_hold", "terminal_kill", "terminal_limit",
+           "terminal_strict"]
 
 _T = TypeVar("_T")
 
@@ -153,4 +156,33 @@ def terminal_hold(t: TurnCtx, arg: str) -> str | None:
     t.say(f"first={first.output.strip()}\n")
     status = _term_simple(t, "terminal/wait_for_exit", tid, TermExit)
     t.say(_exit_text(status))
+    return "end_turn"
+
+
+@_terminal_directive
+def cancel_request(t: TurnCtx, arg: str) -> str | None:
+    """``/cancel-request CMD``: run CMD in a terminal, ask ``terminal/wait_for_exit``, then
+    cancel that request with ``$/cancel_request``; says what the client answered
+    (``cancel_request: error -32800`` when it honoured it), then kills and releases."""
+    tid = _term_create(t, arg)
+    call = _Call()
+    with t.agent.state_lock:
+        call_id = t.agent.next_call_id
+        t.agent.next_call_id += 1
+        t.agent.calls[call_id] = call
+    t.agent.send(Msg(id=call_id, method="terminal/wait_for_exit",
+                     params=TermRef(session_id=t.sid, terminal_id=tid)))
+    time.sleep(0.2)  # the client is waiting on the command now
+    t.agent.send(Msg(method="$/cancel_request", params={"requestId": call_id}))
+    answered = call.event.wait(10)
+    if not answered:
+        said = "cancel_request: no answer"
+    elif call.error is not None:
+        code = msgspec.json.decode(call.error, type=RpcErr).code
+        said = f"cancel_request: error {code}"
+    else:
+        said = "cancel_request: result"
+    _term_simple(t, "terminal/kill", tid, Empty)
+    _term_simple(t, "terminal/release", tid, Empty)
+    t.say(said)
     return "end_turn"

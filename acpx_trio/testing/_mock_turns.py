@@ -17,6 +17,7 @@ import msgspec
 
 from acpx_trio.testing._mock_state import AgentCore, TurnCtl, TurnCtx
 from acpx_trio.testing._mock_terminals import (
+    cancel_request,
     terminal,
     terminal_hold,
     terminal_kill,
@@ -92,6 +93,12 @@ def _tool_key(t: TurnCtx, arg: str) -> str | None:
                           status="pending", raw_input={arg: "value"})
     done = ToolCallUpdate(tool_call_id=call_id, status="completed", raw_output={arg: 1})
     t.agent.send(t.update(start), t.update(done))
+    return "end_turn"
+
+
+def _meta(t: TurnCtx, arg: str) -> str | None:
+    """``/meta``: the prompt's ``_meta`` as JSON (``null`` when it had none)."""
+    t.say(msgspec.json.encode(t.agent.prompt_meta).decode())
     return "end_turn"
 
 
@@ -347,12 +354,14 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/terminal-strict": terminal_strict,
     "/terminal-kill": terminal_kill,
     "/terminal-hold": terminal_hold,
+    "/cancel-request": cancel_request,
     "/error-data": _error_data,
     "/env": _env,
     "/env-path": _env_path,
     "/sleep": _sleep,
     "/chunks": _chunks,
     "/split": _split,
+    "/meta": _meta,
     "/tool-key": _tool_key,
     "/flood": _flood,
     "/think": _think,

@@ -83,6 +83,7 @@ class Params(_W, kw_only=True):
     method_id: str = ""
     model_id: str = ""
     prompt: list[Block] = msgspec.field(default_factory=list)
+    meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
     cursor: str | None = None
 
 

@@ -310,6 +310,7 @@ class MockAgent(AgentCore):
     def on_prompt(self, req_id: int | str, params: Raw) -> None:
         p = msgspec.json.decode(params, type=Params)
         record = self.session(p.session_id)
+        self.prompt_meta = p.meta  # ``/meta`` says it back
         text = "".join(b.text for b in p.prompt if b.type == "text" and b.text)
         if text.split(maxsplit=1)[:1] == ["/hang"]:
             self.log(f"/hang: request {req_id!r} will never be answered")

@@ -1,0 +1,48 @@
+"""ACP as agents speak it today (issue 21): ``_meta`` passed through on prompts, and
+``$/cancel_request`` honoured for the agent's requests to us (the handler is cancelled and
+the request answered -32800).  Real bundled agent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from _runtime_helpers import RuntimeEnv, output
+
+from acpx_trio import AcpRuntimeError, DoneEvent
+
+
+async def _turn(rt: object, handle: object, text: str, **kw: object) -> list[object]:
+    events = []
+    async for ev in rt.run_turn(handle=handle, text=text, **kw):  # type: ignore[attr-defined]
+        events.append(ev)
+    return events
+
+
+async def test_meta_reaches_the_agent_unchanged(env: RuntimeEnv) -> None:
+    meta = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "app": {"n": 1}}
+    async with env.runtime() as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        with trio.fail_after(30):
+            said = output(await _turn(rt, handle, "/meta", meta=meta))
+            assert json.loads(said) == meta
+            assert output(await _turn(rt, handle, "/meta")) == "null"  # none: no _meta
+            with pytest.raises(AcpRuntimeError) as info:
+                await _turn(rt, handle, "/meta", meta={"x": object()})
+            assert info.value.code == "ACP_INVALID_RUNTIME_OPTION"
+            assert output(await _turn(rt, handle, "again")) == "again"  # the session lives
+
+
+async def test_cancel_request_from_the_agent_is_answered_request_cancelled(
+    env: RuntimeEnv,
+) -> None:
+    """The agent asks ``terminal/wait_for_exit`` on a command that runs for 30 s, then
+    cancels that request: we stop waiting at once and answer -32800; the turn goes on."""
+    async with env.runtime(permissionMode="approve-all") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        with trio.fail_after(20):
+            events = await _turn(rt, handle, "/cancel-request sleep 30")
+    assert output(events) == "cancel_request: error -32800"
+    assert isinstance(events[-1], DoneEvent) and events[-1].stop_reason == "end_turn"
