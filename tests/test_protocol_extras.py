@@ -46,3 +46,42 @@ async def test_cancel_request_from_the_agent_is_answered_request_cancelled(
             events = await _turn(rt, handle, "/cancel-request sleep 30")
     assert output(events) == "cancel_request: error -32800"
     assert isinstance(events[-1], DoneEvent) and events[-1].stop_reason == "end_turn"
+
+
+_HTTP = {"docs": {"type": "http", "url": "https://mcp.example/docs",
+                  "headers": {"X-Team": "a"}},
+         "feed": {"type": "sse", "url": "http://127.0.0.1:9/sse"},
+         "files": {"command": "mcp-files", "args": ["--root", "."]}}
+
+
+async def test_http_and_sse_mcp_servers_reach_an_agent_that_takes_them(env: RuntimeEnv) -> None:
+    agents = {"mcp": {"command": "python3", "args": ["-m", "acpx_trio.testing.mock_agent",
+                                                      "--mcp-http", "--mcp-sse"]}}
+    async with env.runtime(agents=agents, mcpServers=_HTTP) as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mcp")
+        with trio.fail_after(30):
+            said = output(await _turn(rt, handle, "/mcp"))
+    assert sorted(said.split(",")) == ["docs:http", "feed:sse", "files:stdio"]
+
+
+async def test_an_http_mcp_server_for_an_agent_without_http_is_a_typed_error(
+    env: RuntimeEnv,
+) -> None:
+    async with env.runtime(mcpServers=_HTTP) as rt:
+        with trio.fail_after(30), pytest.raises(AcpRuntimeError) as info:
+            await rt.ensure_session(session_key="k", agent="mock")
+    assert info.value.code == "ACP_MCP_TRANSPORT_UNSUPPORTED"
+    assert "docs" in info.value.message and "http" in info.value.message
+
+
+def test_mcp_server_config_is_checked(tmp_path: object) -> None:
+    from acpx_trio import ConfigError, resolve_config
+
+    for bad, field in (({"x": {"type": "http"}}, "mcpServers.x.url"),
+                       ({"x": {"type": "sse", "url": "ftp://h"}}, "mcpServers.x.url"),
+                       ({"x": {"type": "http", "url": "https://h", "command": "c"}},
+                        "mcpServers.x.command"),
+                       ({"x": {"args": ["a"]}}, "mcpServers.x.command")):
+        with pytest.raises(ConfigError) as info:
+            resolve_config({"mcpServers": bad}, tmp_path)  # type: ignore[arg-type]
+        assert info.value.field == field, (bad, info.value)

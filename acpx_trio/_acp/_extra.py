@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._acp._messages import EnvVariable, McpServerStdio, SessionModeState
+from acpx_trio._acp._messages import EnvVariable, McpServer, SessionModeState
 from acpx_trio._acp._updates import _META, SessionConfigOption, _Wire
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
 class ResumeSessionRequest(_Wire, kw_only=True):
     session_id: str
     cwd: str
-    mcp_servers: list[McpServerStdio] = msgspec.field(default_factory=list)
+    mcp_servers: list[McpServer] = msgspec.field(default_factory=list)
 
 
 class ResumeSessionResponse(_Wire, kw_only=True):

@@ -67,12 +67,16 @@ __all__ = [
     "EnvVariable",
     "FastSessionNotification",
     "FileSystemCapability",
+    "HttpHeader",
     "Implementation",
     "InitializeRequest",
     "InitializeResponse",
     "LoadSessionRequest",
     "LoadSessionResponse",
     "McpCapabilities",
+    "McpServer",
+    "McpServerHttp",
+    "McpServerSse",
     "McpServerStdio",
     "ModelInfo",
     "NewSessionRequest",
@@ -237,9 +241,35 @@ class McpServerStdio(_Wire, kw_only=True):
     env: list[EnvVariable]
 
 
+class HttpHeader(_Wire, kw_only=True):
+    name: str
+    value: str
+
+
+class McpServerHttp(_Wire, kw_only=True):
+    """An MCP server over HTTP (only for agents advertising ``mcpCapabilities.http``)."""
+
+    type: str  # "http" (required on the wire: never omitted as a default)
+    name: str
+    url: str
+    headers: list[HttpHeader]
+
+
+class McpServerSse(_Wire, kw_only=True):
+    """An MCP server over SSE (only for agents advertising ``mcpCapabilities.sse``)."""
+
+    type: str  # "sse"
+    name: str
+    url: str
+    headers: list[HttpHeader]
+
+
+McpServer = McpServerStdio | McpServerHttp | McpServerSse
+
+
 class NewSessionRequest(_Wire, kw_only=True):
     cwd: str
-    mcp_servers: list[McpServerStdio]
+    mcp_servers: list[McpServer]
 
 
 class SessionMode(_Wire, kw_only=True):
@@ -288,7 +318,7 @@ class NewSessionResponse(_Wire, kw_only=True):
 class LoadSessionRequest(_Wire, kw_only=True):
     session_id: str
     cwd: str
-    mcp_servers: list[McpServerStdio]
+    mcp_servers: list[McpServer]
 
 
 class LoadSessionResponse(_Wire, kw_only=True):

@@ -16,11 +16,16 @@ from acpx_trio._acp import (
     EmptyResponse,
     EnvVariable,
     FileSystemCapability,
+    HttpHeader,
     Implementation,
     InitializeRequest,
     InitializeResponse,
     LoadSessionRequest,
     LoadSessionResponse,
+    McpCapabilities,
+    McpServer,
+    McpServerHttp,
+    McpServerSse,
     McpServerStdio,
     NewSessionRequest,
     NewSessionResponse,
@@ -117,14 +122,27 @@ def _tail_detail(proc: AgentProcess | None) -> str | None:
     return "\n".join(tail[-2000:].splitlines()[-10:]) or None
 
 
-def _mcp_servers(config: AcpxConfig) -> list[McpServerStdio]:
-    return [
-        McpServerStdio(
-            name=s.name, command=s.command, args=list(s.args),
-            env=[EnvVariable(name=k, value=v) for k, v in s.env],
-        )
-        for s in config.mcp_servers
-    ]
+def _mcp_servers(config: AcpxConfig, caps: McpCapabilities) -> list[McpServer]:
+    """The configured MCP servers as the agent takes them.  An ``http`` / ``sse`` server for an
+    agent that does not advertise that transport is ``ACP_MCP_TRANSPORT_UNSUPPORTED`` naming
+    the server (never dropped silently: the session would lack a tool the user expects)."""
+    servers: list[McpServer] = []
+    for s in config.mcp_servers:
+        if s.type == "stdio":
+            servers.append(McpServerStdio(
+                name=s.name, command=s.command, args=list(s.args),
+                env=[EnvVariable(name=k, value=v) for k, v in s.env]))
+            continue
+        if not (caps.http if s.type == "http" else caps.sse):
+            raise AcpRuntimeError(
+                "ACP_MCP_TRANSPORT_UNSUPPORTED",
+                f"MCP server {s.name!r} uses {s.type}, which this agent does not support "
+                f"(it does not advertise mcpCapabilities.{s.type}); remove it from "
+                "mcpServers or use a stdio server")
+        headers = [HttpHeader(name=k, value=v) for k, v in s.headers]
+        cls = McpServerHttp if s.type == "http" else McpServerSse
+        servers.append(cls(type=s.type, name=s.name, url=s.url or "", headers=headers))
+    return servers
 
 
 def check_protocol_version(init: InitializeResponse) -> None:
@@ -268,8 +286,8 @@ async def open_acp_session(
         session.init = init
         step = "authenticate"
         await authenticate(session, config, timeout)
-        mcp = _mcp_servers(config)
         caps = init.agent_capabilities
+        mcp = _mcp_servers(config, caps.mcp_capabilities)
         if load_id and caps.session_capabilities.resume is not None:
             step = "session/resume"
             if await resume_session(session, load_id, mcp, timeout):
@@ -318,7 +336,7 @@ async def open_acp_session(
             retryable=True, detail=_tail_detail(session.process),
         ) from exc
     except AcpRuntimeError as exc:
-        if exc.code == "ACP_AUTH_REQUIRED":
+        if exc.code in ("ACP_AUTH_REQUIRED", "ACP_MCP_TRANSPORT_UNSUPPORTED"):
             raise
         methods = [] if session.init is None else session.init.auth_methods
         if is_auth_required(exc):

@@ -15,7 +15,7 @@ from acpx_trio._acp import (
     AuthMethod,
     CloseSessionRequest,
     EmptyResponse,
-    McpServerStdio,
+    McpServer,
     ResumeSessionRequest,
     ResumeSessionResponse,
 )
@@ -99,7 +99,7 @@ async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float
 
 
 async def resume_session(
-    session: LiveSession, load_id: str, mcp: list[McpServerStdio], deadline: float
+    session: LiveSession, load_id: str, mcp: list[McpServer], deadline: float
 ) -> bool:
     """``session/resume``; False when the agent could not resume (then load/new is tried)."""
     try:

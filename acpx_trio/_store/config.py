@@ -130,11 +130,32 @@ class AgentEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class McpServerEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``mcpServers.<name>``."""
+    """``mcpServers.<name>``: ``type`` ``stdio`` (the default: ``command``, ``args``,
+    ``env``), or ``http`` / ``sse`` (``url``, ``headers``; handed only to agents that
+    advertise that transport)."""
 
-    command: str
+    type: Literal["stdio", "http", "sse"] = "stdio"
+    command: str | None = None
     args: list[str] = []
     env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+
+
+def _check_mcp_server(name: str, server: McpServerEntry) -> None:
+    field = f"mcpServers.{name}"
+    if server.type == "stdio":
+        if server.command is None:
+            raise ConfigError(f"{field}.command", None, "a stdio MCP server needs a command")
+        _check_nonempty(f"{field}.command", server.command)
+        if server.url is not None or server.headers:
+            raise ConfigError(f"{field}.url", server.url, "only http and sse servers have a url")
+        return
+    if server.command is not None or server.args or server.env:
+        raise ConfigError(f"{field}.command", server.command,
+                          f"an {server.type} MCP server has a url, not a command")
+    if server.url is None or not server.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{field}.url", server.url, "an http(s):// URL")
 
 
 def _check_nonempty(field: str, value: str | None) -> None:
@@ -216,7 +237,7 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
             command = spec if isinstance(spec, str) else spec.command
             _check_nonempty(f"{field}.command", command)
         for name, server in self.mcp_servers.items():
-            _check_nonempty(f"mcpServers.{name}.command", server.command)
+            _check_mcp_server(name, server)
         for method, credential in self.auth.items():
             if not method.strip():
                 raise ConfigError("auth", method, "auth method ids must be non-empty")
@@ -229,12 +250,16 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
 
 
 class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """A stdio MCP server handed to agents in ``session/new``."""
+    """An MCP server handed to agents in ``session/new|load|resume``: ``stdio`` (``command``,
+    ``args``, ``env``), or ``http`` / ``sse`` (``url``, ``headers``)."""
 
     name: str
-    command: str
+    command: str = ""
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    type: Literal["stdio", "http", "sse"] = "stdio"
+    url: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -469,8 +494,9 @@ def resolve_config(
         agents[name.strip().lower()] = _command_line(f"agents.{name}", entry.command, entry.args)
     servers = tuple(
         McpServerConfig(
-            name=name, command=server.command.strip(), args=tuple(server.args),
-            env=tuple(server.env.items()),
+            name=name, command=(server.command or "").strip(), args=tuple(server.args),
+            env=tuple(server.env.items()), type=server.type, url=server.url,
+            headers=tuple(server.headers.items()),
         )
         for name, server in plugin.mcp_servers.items()
     )

@@ -96,6 +96,12 @@ def _tool_key(t: TurnCtx, arg: str) -> str | None:
     return "end_turn"
 
 
+def _mcp(t: TurnCtx, arg: str) -> str | None:
+    """``/mcp``: the MCP servers the session was given (``name:type``, comma-separated)."""
+    t.say(",".join(t.record.mcp) or "none")
+    return "end_turn"
+
+
 def _meta(t: TurnCtx, arg: str) -> str | None:
     """``/meta``: the prompt's ``_meta`` as JSON (``null`` when it had none)."""
     t.say(msgspec.json.encode(t.agent.prompt_meta).decode())
@@ -362,6 +368,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/chunks": _chunks,
     "/split": _split,
     "/meta": _meta,
+    "/mcp": _mcp,
     "/tool-key": _tool_key,
     "/flood": _flood,
     "/think": _think,

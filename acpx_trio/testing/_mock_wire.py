@@ -312,6 +312,8 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     mode_id: str = "default"
     model: str = MODELS[0]
     turns: list[Turn] = msgspec.field(default_factory=list)
+    #: the MCP servers it was given, as ``name:type``
+    mcp: list[str] = msgspec.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- terminals

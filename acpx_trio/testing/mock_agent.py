@@ -89,6 +89,7 @@ from acpx_trio.testing._mock_wire import (
     Info,
     InitResult,
     InMsg,
+    McpCaps,
     ModeUpdate,
     Msg,
     Params,
@@ -210,6 +211,7 @@ class MockAgent(AgentCore):
             protocol_version=self.args.protocol_version,
             agent_capabilities=AgentCaps(
                 load_session=not self.args.no_load_session, session_capabilities=session_caps,
+                mcp_capabilities=McpCaps(http=self.args.mcp_http, sse=self.args.mcp_sse),
                 auth={"logout": {}} if self.args.logout else {},
             ),
             auth_methods=auth,
@@ -237,7 +239,9 @@ class MockAgent(AgentCore):
             raise RpcFailure(-32603, "Internal error", {"details": self.args.error_data})
         if not os.path.isabs(p.cwd):
             raise RpcFailure(-32602, f"cwd must be an absolute path, got {p.cwd!r}")
-        record = SessionRecord(session_id=str(uuid.uuid4()), cwd=p.cwd)
+        record = SessionRecord(session_id=str(uuid.uuid4()), cwd=p.cwd, mcp=[
+            f"{m.get('name')}:{m.get('type', 'stdio')}" for m in p.mcp_servers
+            if isinstance(m, dict)])
         with self.state_lock:
             self.sessions[record.session_id] = record
         self.save(record)
@@ -346,6 +350,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--close", action="store_true")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--delete", action="store_true", help="offer session/delete")
+    parser.add_argument("--mcp-http", action="store_true", help="advertise MCP over http")
+    parser.add_argument("--mcp-sse", action="store_true", help="advertise MCP over sse")
     parser.add_argument("--logout", action="store_true", help="offer logout")
     parser.add_argument("--legacy-models", action="store_true",
                         help="models as session/new `models` + session/set_model, no model "
