@@ -32,6 +32,8 @@ from acpx_trio._events import CommandInfo as CommandInfo
 from acpx_trio._events import ConfigOptionInfo as ConfigOptionInfo
 from acpx_trio._events import DoctorReport as DoctorReport
 from acpx_trio._events import DoneEvent as DoneEvent
+from acpx_trio._events import ElicitationAnswer as ElicitationAnswer
+from acpx_trio._events import ElicitationRequest as ElicitationRequest
 from acpx_trio._events import ErrorEvent as ErrorEvent
 from acpx_trio._events import PlanItem as PlanItem
 from acpx_trio._events import SessionInfo as SessionInfo

@@ -22,6 +22,8 @@ __all__ = [
     "ConfigOptionInfo",
     "DoctorReport",
     "DoneEvent",
+    "ElicitationAnswer",
+    "ElicitationRequest",
     "ErrorEvent",
     "PlanItem",
     "SessionInfo",
@@ -206,6 +208,30 @@ class AgentUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     memory_bytes: int | None = None
     pids: int | None = None
     unavailable: dict[str, str] = {}
+
+
+class ElicitationRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """The agent asks the user for something (ACP ``elicitation/create``).
+
+    ``mode`` ``form``: ``message`` and ``requested_schema`` (a flat JSON Schema object; never
+    for secrets, by the spec).  ``mode`` ``url``: ``message`` and ``url`` (to open out of
+    band, only with the user's consent; ``elicitation_id`` names it)."""
+
+    session_key: str | None
+    mode: str
+    message: str
+    requested_schema: dict[str, Any] | None = None
+    url: str | None = None
+    elicitation_id: str | None = None
+    tool_call_id: str | None = None
+
+
+class ElicitationAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    """The user's answer: ``accept`` (with the form's ``content``; for a URL: consent to
+    open it), ``decline`` or ``cancel`` (dismissed)."""
+
+    action: Literal["accept", "decline", "cancel"]
+    content: dict[str, Any] | None = None
 
 
 class AcpRuntimeStatus(msgspec.Struct, kw_only=True, frozen=True):

@@ -85,3 +85,62 @@ def test_mcp_server_config_is_checked(tmp_path: object) -> None:
         with pytest.raises(ConfigError) as info:
             resolve_config({"mcpServers": bad}, tmp_path)  # type: ignore[arg-type]
         assert info.value.field == field, (bad, info.value)
+
+
+async def test_elicitation_answered_by_the_hosts_handler(env: RuntimeEnv) -> None:
+    from acpx_trio import ElicitationAnswer, ElicitationRequest, StatusEvent
+
+    asked: list[ElicitationRequest] = []
+
+    async def answer(request: ElicitationRequest) -> ElicitationAnswer:
+        asked.append(request)
+        if request.mode == "url":
+            return ElicitationAnswer(action="decline")
+        return ElicitationAnswer(action="accept", content={"choice": "b"})
+
+    async with env.runtime() as rt:
+        rt.set_elicitation_handler(answer)
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        with trio.fail_after(30):
+            form = await _turn(rt, handle, "/elicit form Which approach?")
+            url = await _turn(rt, handle, "/elicit url https://login.example/x")
+    assert output(form) == 'elicitation: accept {"choice":"b"}'
+    assert output(url) == "elicitation: decline"
+    assert [a.mode for a in asked] == ["form", "url"]
+    assert asked[0].message == "Which approach?" and asked[0].requested_schema is not None
+    assert asked[1].url == "https://login.example/x" and asked[1].session_key == "k"
+    shown = [e.text for e in url if isinstance(e, StatusEvent)]
+    assert any("https://login.example/x" in t for t in shown)  # shown to the user
+    assert any("mock-elicit-1" in t for t in shown)  # elicitation/complete reported
+
+
+async def test_elicitation_without_a_handler_follows_the_non_interactive_policy(
+    env: RuntimeEnv,
+) -> None:
+    from acpx_trio import ErrorEvent
+
+    async with env.runtime(nonInteractivePermissions="deny") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        with trio.fail_after(30):
+            assert output(await _turn(rt, handle, "/elicit form Pick")) == "elicitation: decline"
+    async with env.runtime(nonInteractivePermissions="fail") as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        with trio.fail_after(30):
+            events = await _turn(rt, handle, "/elicit form Pick")
+    assert isinstance(events[-1], ErrorEvent)
+    assert events[-1].code == "ACP_ELICITATION_UNAVAILABLE"
+
+
+def test_cli_shows_the_elicitation_and_declines_under_deny(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from _cli_helpers import MOCK as CLI_MOCK
+    from _cli_helpers import run_cli
+
+    config = Path(str(tmp_path)) / "c.json"
+    config.write_text(json.dumps({"nonInteractivePermissions": "deny"}))
+    done = run_cli("exec", "--config", str(config), "--agent-command", CLI_MOCK,
+                   "/elicit url https://login.example/x", state_dir=Path(str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "elicitation: decline"
+    assert "https://login.example/x" in done.stderr  # [status] the agent asks: ...

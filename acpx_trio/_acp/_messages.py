@@ -59,8 +59,10 @@ __all__ = [
     "CancelNotification",
     "CancelledOutcome",
     "ClientCapabilities",
+    "CompleteElicitationNotification",
     "ConfigOptionUpdate",
     "ContentBlock",
+    "CreateElicitationRequest",
     "CurrentModeUpdate",
     "DeleteSessionRequest",
     "EmptyResponse",
@@ -147,6 +149,8 @@ class ClientCapabilities(_Wire, kw_only=True, omit_defaults=False):
 
     fs: FileSystemCapability = msgspec.field(default_factory=FileSystemCapability)
     terminal: bool = False
+    #: ``{"form": {}, "url": {}}``: the elicitation modes we answer (``None``: none)
+    elicitation: dict[str, Any] | None = None
 
 
 class InitializeRequest(_Wire, kw_only=True):
@@ -188,6 +192,27 @@ class AgentCapabilities(_Wire, kw_only=True):
     mcp_capabilities: McpCapabilities = msgspec.field(default_factory=McpCapabilities)
     session_capabilities: SessionCapabilities = msgspec.field(default_factory=SessionCapabilities)
     auth: AuthCapabilities = msgspec.field(default_factory=AuthCapabilities)
+
+
+class CreateElicitationRequest(_Wire, kw_only=True):
+    """``elicitation/create`` (agent -> client): ``mode`` ``form`` (``requested_schema``) or
+    ``url`` (``url``, ``elicitation_id``); scoped to ``session_id`` (and ``tool_call_id``)
+    or to ``request_id``."""
+
+    mode: str
+    message: str = ""
+    session_id: str | None = None
+    tool_call_id: str | None = None
+    request_id: int | str | None = None
+    requested_schema: dict[str, Any] | None = None
+    url: str | None = None
+    elicitation_id: str | None = None
+
+
+class CompleteElicitationNotification(_Wire, kw_only=True):
+    """``elicitation/complete``: the out-of-band interaction of a URL elicitation ended."""
+
+    elicitation_id: str
 
 
 class DeleteSessionRequest(_Wire, kw_only=True):

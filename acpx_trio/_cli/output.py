@@ -22,7 +22,7 @@ from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent
 __all__ = ["Output", "TurnPrinter", "first_line", "format_table", "printable", "short_rpc_data"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
-_SHOWN_STATUS = frozenset({"plan", "current_mode_update"})
+_SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicitation_complete"})
 
 
 #: C0 controls, DEL and C1 controls -> a visible escape (``\x1b`` prints as ``\x1b``).

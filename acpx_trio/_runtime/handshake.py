@@ -94,7 +94,8 @@ def initialize_request(*, fs: bool = True, terminal: bool = True) -> InitializeR
     return InitializeRequest(
         protocol_version=PROTOCOL_VERSION,
         client_capabilities=ClientCapabilities(
-            fs=FileSystemCapability(read_text_file=fs, write_text_file=fs), terminal=terminal
+            fs=FileSystemCapability(read_text_file=fs, write_text_file=fs), terminal=terminal,
+            elicitation={"form": {}, "url": {}},
         ),
         client_info=Implementation(name="acpx-trio", version=_version()),
     )
@@ -237,6 +238,7 @@ async def start_live_session(
     )
     proc = make_agent_process(factory, key, spec, cwd, session)
     session.process = proc
+    session.elicitation_handler = factory.elicitation_handler
     session.fs_enabled = factory.config.fs
     session.terminals = None if not factory.config.terminal else TerminalManager(
         session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,

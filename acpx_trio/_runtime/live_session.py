@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -28,7 +28,9 @@ import trio
 
 from acpx_trio._acp import (
     AcpConnection,
+    CompleteElicitationNotification,
     ConfigOptionUpdate,
+    CreateElicitationRequest,
     CurrentModeUpdate,
     InitializeResponse,
     ReadTextFileRequest,
@@ -49,6 +51,9 @@ from acpx_trio._events import (
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
+    ElicitationAnswer,
+    ElicitationRequest,
+    StatusEvent,
 )
 from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
@@ -64,6 +69,9 @@ from acpx_trio._runtime.update_map import (
     reported_error,
 )
 from acpx_trio._store.sessions import SessionRecord
+
+#: answers ``elicitation/create`` for the host (``runtime.set_elicitation_handler``)
+ElicitationHandler = Callable[[ElicitationRequest], Awaitable[ElicitationAnswer]]
 
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
 
@@ -90,6 +98,8 @@ class LiveSession:
     ) -> None:
         self.session_key = session_key
         self.spec = spec
+        #: the host's answerer of ``elicitation/create`` (``None``: the non-interactive policy)
+        self.elicitation_handler: Callable[[], ElicitationHandler | None] = lambda: None
         self.mode = mode
         self.cwd = cwd
         self.policy = policy
@@ -247,6 +257,8 @@ class LiveSession:
             "session/update", decode_session_update_line, self._on_update_lines
         )
         conn.set_request_handler("session/request_permission", self._on_permission)
+        conn.set_request_handler("elicitation/create", self._on_elicitation)
+        conn.set_notification_handler("elicitation/complete", self._on_elicitation_complete)
         conn.set_request_handler("fs/read_text_file", self._on_read)
         conn.set_request_handler("fs/write_text_file", self._on_write)
         for method in TERMINAL_METHODS:
@@ -322,6 +334,58 @@ class LiveSession:
         if decision.fail_turn is not None:
             self._fail_turn(decision.fail_turn)
         return decision.response
+
+    async def _on_elicitation(self, raw: msgspec.Raw) -> dict[str, Any]:
+        """``elicitation/create``: shown on the turn's events (tag ``elicitation``), answered
+        by the host's handler, else by ``nonInteractivePermissions`` (``deny``: ``decline``;
+        ``fail``: ``cancel`` and the turn fails with ``ACP_ELICITATION_UNAVAILABLE``).  A URL
+        is never opened by us."""
+        request = msgspec.json.decode(raw, type=CreateElicitationRequest)
+        if request.session_id is not None:
+            self._check_session(request.session_id)
+        if request.mode not in ("form", "url"):
+            raise AcpRuntimeError("ACP_INVALID_PARAMS", f"unsupported elicitation mode "
+                                  f"{request.mode!r}", rpc_code=-32602)
+        if request.mode == "url" and not request.url:
+            raise AcpRuntimeError("ACP_INVALID_PARAMS", "a url elicitation needs a url",
+                                  rpc_code=-32602)
+        asked = ElicitationRequest(
+            session_key=self.session_key, mode=request.mode, message=request.message,
+            requested_schema=request.requested_schema, url=request.url,
+            elicitation_id=request.elicitation_id, tool_call_id=request.tool_call_id)
+        where = f" (open {request.url})" if request.url else ""
+        self._emit(StatusEvent(tag="elicitation",
+                               text=f"the agent asks: {request.message}{where}"))
+        handler = self.elicitation_handler()
+        if handler is not None:
+            answer = await handler(asked)
+            if not isinstance(answer, ElicitationAnswer):
+                raise AcpRuntimeError("ACP_RUNTIME_INTERNAL_ERROR",
+                                      "the elicitation handler did not return an "
+                                      "ElicitationAnswer")
+        elif self.policy.non_interactive == "deny":
+            answer = ElicitationAnswer(action="decline")
+        else:
+            self._fail_turn(AcpRuntimeError(
+                "ACP_ELICITATION_UNAVAILABLE",
+                f"the agent asked the user ({request.mode}: {request.message!r}) and nobody "
+                "can answer here (nonInteractivePermissions: fail; an embedding host can "
+                "answer with runtime.set_elicitation_handler)"))
+            answer = ElicitationAnswer(action="cancel")
+        out: dict[str, Any] = {"action": answer.action}
+        if answer.action == "accept" and answer.content is not None:
+            out["content"] = answer.content
+        return out
+
+    def _on_elicitation_complete(self, raw: msgspec.Raw) -> None:
+        done = msgspec.json.decode(raw, type=CompleteElicitationNotification)
+        self._emit(StatusEvent(tag="elicitation_complete",
+                               text=f"the agent finished elicitation {done.elicitation_id}"))
+
+    def _emit(self, event: AcpRuntimeEvent) -> None:
+        turn = self.turn
+        if turn is not None and not turn.abandoned and not turn.done:
+            turn.emit(event)
 
     def _check_fs(self, method: str) -> None:
         if not self.fs_enabled:

@@ -56,7 +56,7 @@ from acpx_trio._runtime.handshake import (
     validate_ensure_args,
 )
 from acpx_trio._runtime.key_locks import KeyedLocks
-from acpx_trio._runtime.live_session import LiveSession
+from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_turn
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
@@ -136,6 +136,7 @@ class AcpxRuntime:
         self._healthy = False
         self._closed = False
         self._closing_done = trio.Event()
+        self._elicitation_handler: ElicitationHandler | None = None
         self._factory = SessionFactory(
             config=config,
             gateway_instance_id=gateway_instance_id,
@@ -146,6 +147,7 @@ class AcpxRuntime:
             log=self.log,
             process_cleanup=process_cleanup,
             on_turn_failure=self.on_turn_failure,
+            elicitation_handler=lambda: self._elicitation_handler,
         )
 
     @property
@@ -468,6 +470,18 @@ class AcpxRuntime:
         call and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
         self._check_open()
         return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
+
+    def set_elicitation_handler(self, handler: ElicitationHandler | None) -> None:
+        """Answer agents' ``elicitation/create`` with ``handler`` (an async function taking an
+        :class:`~acpx_trio.ElicitationRequest` and returning an
+        :class:`~acpx_trio.ElicitationAnswer`; it is cancelled if the agent cancels the
+        request).  ``None`` (the default): ``nonInteractivePermissions`` decides (``deny``:
+        ``decline``; ``fail``: ``cancel`` and the turn fails with
+        ``ACP_ELICITATION_UNAVAILABLE``).  Applies to running sessions at once."""
+        if handler is not None and not callable(handler):
+            raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                                  "the elicitation handler must be an async function or None")
+        self._elicitation_handler = handler
 
     async def delete_session(self, *, agent: str, session_id: str) -> None:
         """``session/delete`` of the agent's own session ``session_id`` (it no longer appears

@@ -17,7 +17,7 @@ from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._runtime.agents import AgentRegistry
-from acpx_trio._runtime.live_session import LiveSession
+from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 
@@ -43,3 +43,5 @@ class SessionFactory:
     log: Logger
     process_cleanup: ProcessCleanupDeps | None
     on_turn_failure: TurnFailureHook
+    #: the host's ``elicitation/create`` answerer now (``None``: the non-interactive policy)
+    elicitation_handler: Callable[[], ElicitationHandler | None] = lambda: None

@@ -98,6 +98,7 @@ class LazyAcpxRuntime:
         self._runtime: AcpRuntimeProtocol | None = None
         self._lock = trio.Lock()
         self._closed = False
+        self._elicitation_handler: Any = None
         #: How many times a runtime was built (0 or 1).
         self.build_count = 0
 
@@ -125,6 +126,9 @@ class LazyAcpxRuntime:
                 build = self._build or build_default_runtime
                 self._runtime = await build(self._params)
                 self.build_count += 1
+                if self._elicitation_handler is not None:
+                    self._extension(self._runtime, "set_elicitation_handler")(
+                        self._elicitation_handler)
             return self._runtime
 
     async def ensure_session(
@@ -237,6 +241,13 @@ class LazyAcpxRuntime:
         """See ``AcpxRuntime.list_sessions``."""
         method = self._extension(await self._resolve(), "list_sessions")
         return cast("list[AgentSession]", await method(agent=agent, cwd=cwd))
+
+    def set_elicitation_handler(self, handler: Any) -> None:
+        """See ``AcpxRuntime.set_elicitation_handler`` (kept for the runtime built later)."""
+        self._elicitation_handler = handler
+        built = self.built
+        if built is not None:
+            self._extension(built, "set_elicitation_handler")(handler)
 
     async def delete_session(self, *, agent: str, session_id: str) -> None:
         """See ``AcpxRuntime.delete_session``."""

@@ -241,6 +241,10 @@ class TurnCtx:
     def update(self, update: object) -> Msg:
         return Msg(method="session/update", params=UpdateParams(session_id=self.sid, update=update))
 
+    def update_raw(self, method: str, params: Any) -> Msg:
+        """A notification of any ``method`` (e.g. ``elicitation/complete``)."""
+        return Msg(method=method, params=params)
+
     def stream(self, prefix: str, count: int, batch: int) -> str:
         for start in range(0, count, batch):
             if self.cancelled:

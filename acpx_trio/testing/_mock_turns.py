@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -93,6 +94,34 @@ def _tool_key(t: TurnCtx, arg: str) -> str | None:
                           status="pending", raw_input={arg: "value"})
     done = ToolCallUpdate(tool_call_id=call_id, status="completed", raw_output={arg: 1})
     t.agent.send(t.update(start), t.update(done))
+    return "end_turn"
+
+
+def _elicit(t: TurnCtx, arg: str) -> str | None:
+    """``/elicit form MESSAGE`` (a one-field form: ``choice`` in a/b) or ``/elicit url URL``:
+    ``elicitation/create``, then says what came back; with ``url`` it also sends
+    ``elicitation/complete``."""
+    mode, _, rest = arg.partition(" ")
+    params: dict[str, Any] = {"sessionId": t.sid, "mode": mode}
+    if mode == "url":
+        params.update(url=rest, elicitationId="mock-elicit-1", message="please sign in")
+    else:
+        params.update(message=rest, requestedSchema={
+            "type": "object", "required": ["choice"],
+            "properties": {"choice": {"type": "string", "enum": ["a", "b"]}}})
+    status, raw = t.agent.call(t.ctl, "elicitation/create", params)
+    if status == "cancelled":
+        return "cancelled"
+    if status == "error":
+        code = msgspec.json.decode(raw or b"{}").get("code")
+        t.say(f"elicitation: error {code}")
+        return "end_turn"
+    answer = msgspec.json.decode(raw or b"{}")
+    if mode == "url":
+        t.agent.send(t.update_raw("elicitation/complete", {"elicitationId": "mock-elicit-1"}))
+    content = answer.get("content")
+    t.say(f"elicitation: {answer.get('action')}"
+          + (f" {msgspec.json.encode(content).decode()}" if content is not None else ""))
     return "end_turn"
 
 
@@ -369,6 +398,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/split": _split,
     "/meta": _meta,
     "/mcp": _mcp,
+    "/elicit": _elicit,
     "/tool-key": _tool_key,
     "/flood": _flood,
     "/think": _think,
