@@ -84,12 +84,15 @@ def test_format_json_is_json_and_contradictions_are_refused(tmp_path: Path) -> N
 def test_no_fs_and_no_terminal_are_not_advertised_and_refused(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("content\n")
     caps = run_cli("exec", "--cwd", str(tmp_path), "/client-caps", state_dir=tmp_path)
+    # issue 21: elicitation (both modes) and boolean config options are advertised too
+    also = {"elicitation": {"form": {}, "url": {}},
+            "session": {"configOptions": {"boolean": {}}}}
     assert json.loads(caps.stdout) == {"fs": {"readTextFile": True, "writeTextFile": True},
-                                       "terminal": True}
+                                       "terminal": True, **also}
     off = run_cli("exec", "--no-fs", "--no-terminal", "--cwd", str(tmp_path), "/client-caps",
                   state_dir=tmp_path)
     assert json.loads(off.stdout) == {"fs": {"readTextFile": False, "writeTextFile": False},
-                                      "terminal": False}
+                                      "terminal": False, **also}
     read = run_cli("exec", "--cwd", str(tmp_path), f"/read {tmp_path / 'f.txt'}",
                    state_dir=tmp_path)
     assert read.stdout == "content\n"

@@ -151,6 +151,8 @@ class ClientCapabilities(_Wire, kw_only=True, omit_defaults=False):
     terminal: bool = False
     #: ``{"form": {}, "url": {}}``: the elicitation modes we answer (``None``: none)
     elicitation: dict[str, Any] | None = None
+    #: ``{"configOptions": {"boolean": {}}}``: we take boolean config options
+    session: dict[str, Any] | None = None
 
 
 class InitializeRequest(_Wire, kw_only=True):

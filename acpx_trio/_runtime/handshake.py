@@ -96,6 +96,7 @@ def initialize_request(*, fs: bool = True, terminal: bool = True) -> InitializeR
         client_capabilities=ClientCapabilities(
             fs=FileSystemCapability(read_text_file=fs, write_text_file=fs), terminal=terminal,
             elicitation={"form": {}, "url": {}},
+            session={"configOptions": {"boolean": {}}},
         ),
         client_info=Implementation(name="acpx-trio", version=_version()),
     )

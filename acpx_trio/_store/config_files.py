@@ -72,7 +72,7 @@ STARTER_CONFIG = """\
 # Credentials by auth method id.  Prefer environment variables (see `acpx-trio agents`);
 # a credential written here stays in this file (created 0600).
 # [auth]
-# "codex-api-key" = "..."
+# "codex-api-key" = "your-api-key"
 
 # Replace a built-in agent or add one.
 # [agents.my-agent]
