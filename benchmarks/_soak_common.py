@@ -290,7 +290,6 @@ def recording_deps(log: SignalLog) -> ProcessCleanupDeps:
         list_processes=real.list_processes,
         kill_process=kill_process,
         wait_exit=real.wait_exit,
-        sleep=real.sleep,
         self_pid=real.self_pid,
         self_uid=real.self_uid,
         boot_id=real.boot_id,

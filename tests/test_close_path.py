@@ -14,12 +14,12 @@ import trio
 from _runtime_helpers import MOCK, RuntimeEnv
 
 from acpx_trio._process.agent import AgentProcess
-from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY
+from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY, ProcessInfo
 from acpx_trio._process.shared_scan import (
     lease_ids_in_environ,
     pids_tagged,
     scan_passes,
-    shared_pids_tagged,
+    shared_scan,
 )
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 from acpx_trio._store.sessions import SessionRecord, SessionStore
@@ -78,6 +78,11 @@ def test_lease_ids_in_environ_reads_every_complete_entry() -> None:
     assert lease_ids_in_environ(key + b"=first\0") == {b"first"}
     assert lease_ids_in_environ(b"X" + key + b"=no\0") == set()
     assert lease_ids_in_environ(b"") == set()
+
+
+async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
+    """The listing of one shared pass (:func:`shared_scan`)."""
+    return (await shared_scan(lease_id, root_pid))[0]
 
 
 async def test_concurrent_cleanups_share_one_proc_pass(tmp_path: Path) -> None:

@@ -59,6 +59,8 @@ CALLS: dict[str, Call] = {
     "set_config_option": lambda rt, h: rt.set_config_option(handle=h, key="k", value="v"),
     "set_model": lambda rt, h: rt.set_model(handle=h, model="m"),
     "list_sessions": lambda rt, h: rt.list_sessions(agent="mock"),
+    "delete_session": lambda rt, h: rt.delete_session(agent="mock", session_id="s"),
+    "logout": lambda rt, h: rt.logout(agent="mock"),
     "doctor": lambda rt, h: rt.doctor(),
     "probe_availability": lambda rt, h: rt.probe_availability(),
     "sweep_dead_sessions": lambda rt, h: rt.sweep_dead_sessions(),
@@ -233,7 +235,7 @@ def _untouchable_deps() -> Any:
 
     return ProcessCleanupDeps(
         list_processes=forbidden, kill_process=forbidden, wait_exit=forbidden,
-        sleep=forbidden, self_pid=os.getpid(), self_uid=os.getuid(),
+        self_pid=os.getpid(), self_uid=os.getuid(),
     )
 
 

@@ -5,7 +5,6 @@ Real processes, real clock (see trio-anchors 2.3: never a mock clock with real c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,13 +19,7 @@ import trio
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("acpx_trio._runtime.runtime") is None,
-        reason="acpx_trio._runtime.runtime (the real runtime) is not there yet",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 CHILD = Path(__file__).with_name("_service_child.py")
 REPO = Path(__file__).resolve().parent.parent

@@ -52,7 +52,6 @@ class FakeTable:
             list_processes=list_processes,
             kill_process=kill_process,
             wait_exit=wait_exit,
-            sleep=trio.sleep,
             self_pid=os.getpid(),
             self_uid=os.getuid(),
         )

@@ -16,7 +16,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import math
 import os
@@ -296,8 +295,3 @@ async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketS
             os.close(start_fd)
     raise OwnerStartError(f"could not reach a warm owner on {state_dir} after "
                           f"{CONNECT_ATTEMPTS} attempts")
-
-
-def is_connection_lost(exc: BaseException) -> bool:
-    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))

@@ -407,18 +407,3 @@ def same_process(a: ProcessInfo, b: ProcessInfo) -> bool:
     return abs(a.create_time - b.create_time) <= CREATE_TIME_TOLERANCE
 
 
-def is_current_process(pid: int, *, ticks: int | None, create_time: float | None) -> bool:
-    """Whether the live process ``pid`` started at ``ticks`` (or ``create_time``).
-
-    Blocking (reads ``/proc``).  ``False`` if the process is gone, and — fail closed — when
-    neither ``ticks`` nor ``create_time`` is given."""
-    if ticks is not None and _LINUX:
-        return read_start_ticks(pid) == ticks
-    if create_time is None:
-        return False
-    try:
-        live = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return False
-    return bool(abs(live - create_time) <= CREATE_TIME_TOLERANCE)
-

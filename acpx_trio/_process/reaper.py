@@ -68,7 +68,6 @@ __all__ = [
     "DEFAULT_GRACE",
     "INIT",
     "KILL_CONFIRM",
-    "MAX_ROUNDS",
     "MISSING_ROOT",
     "NOT_OWNED",
     "OTHER_USER",
@@ -99,7 +98,6 @@ __all__ = [
 from acpx_trio._process.waves import (
     DEFAULT_GRACE,
     KILL_CONFIRM,
-    MAX_ROUNDS,
     CleanupResult,
     ProcessCleanupDeps,
     default_cleanup_deps,

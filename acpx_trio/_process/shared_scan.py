@@ -39,7 +39,7 @@ from acpx_trio._process.scan import (
 
 __all__ = [
     "TagScan", "empty_groups", "lease_ids_in_environ", "pids_tagged", "scan_passes",
-    "shared_pids_tagged", "shared_scan",
+    "shared_scan",
 ]
 
 _KEY = f"{LEASE_ENV_KEY}=".encode()
@@ -379,11 +379,6 @@ async def shared_scan(
     after this call; cancellable while waiting for it to start.  ``root_start_ticks``: the
     root's start (see ``min_start_ticks`` of :func:`pids_tagged`)."""
     return await _current_batcher().scan(lease_id, root_pid, root_start_ticks)
-
-
-async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
-    """The listing of :func:`shared_scan`."""
-    return (await shared_scan(lease_id, root_pid))[0]
 
 
 def scan_passes() -> int:

@@ -27,7 +27,6 @@ from acpx_trio._process.scan import fast_snapshot
 __all__ = [
     "DEFAULT_GRACE",
     "KILL_CONFIRM",
-    "MAX_ROUNDS",
     "QUIET_SCANS",
     "SHIELD_BUDGET",
     "CleanupResult",
@@ -47,7 +46,7 @@ KILL_CONFIRM = 1.0
 SHIELD_BUDGET = 10.0
 #: Safety cap on waves per call; the real bound is time (:func:`wave_budget`).  Kept for
 #: backward compatibility (it used to be 3).
-MAX_ROUNDS = 10_000
+_MAX_WAVES = 10_000  # a backstop only: the waves end by time (see run_waves)
 #: Consecutive scans that must find nothing to signal before a tree counts as gone: one scan
 #: can miss a process that forks and exits while it is read (a pid hopper between two
 #: hops); each scan probes every pid allocated while it ran, so the chance of missing it
@@ -93,13 +92,11 @@ class ProcessCleanupDeps:
       (same identity, not a zombie, our uid); ``True`` if the signal was delivered.
     * ``wait_exit(infos, timeout)``: wait up to ``timeout`` seconds for them to be gone (a
       zombie is gone); returns the pids still alive.  ``timeout <= 0`` checks without waiting.
-    * ``sleep(seconds)``: for implementations that poll (the reaper itself never sleeps).
     * ``self_pid`` / ``self_uid``: never signalled / the only uid we may signal."""
 
     list_processes: Callable[[], Awaitable[list[ProcessInfo]]]
     kill_process: Callable[[ProcessInfo, int], Awaitable[bool]]
     wait_exit: Callable[[Sequence[ProcessInfo], float], Awaitable[set[int]]]
-    sleep: Callable[[float], Awaitable[None]]
     self_pid: int
     self_uid: int
     boot_id: str | None = None
@@ -285,7 +282,7 @@ async def run_waves(
     survived: list[ProcessInfo] = []
     quiet = 0
     signalled = False
-    for _ in range(MAX_ROUNDS):
+    for _ in range(_MAX_WAVES):
         todo = [p for p in plan.targets if _key(p) not in handled]
         groups = [g for g in plan.groups if g not in groups_done or todo]
         if (not todo and not groups) or (
@@ -368,7 +365,6 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
         list_processes=_list_processes,
         kill_process=kill_process,
         wait_exit=wait_exit,
-        sleep=trio.sleep,
         self_pid=self_pid,
         self_uid=self_uid,
         boot_id=boot_id(),

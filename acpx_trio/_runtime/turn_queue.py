@@ -98,10 +98,6 @@ class Turn:
         self.finished.set()
         self.room.set()
 
-    def _drained(self) -> None:
-        if not self.room.is_set():
-            self.room.set()
-
     async def receive(self) -> AcpRuntimeEvent:
         """The next event.  Queued events are handed out without a scheduler round trip (a
         checkpoint every :data:`_BATCH` events keeps the consumer cancellable and fair)."""

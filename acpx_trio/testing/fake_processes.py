@@ -355,7 +355,6 @@ class FakeProcessTable:
             list_processes=self.list_processes,
             kill_process=self.kill_process,
             wait_exit=self.wait_exit,
-            sleep=trio.sleep,
             self_pid=self.self_pid if self_pid is None else self_pid,
             self_uid=self.self_uid,
             boot_id=self.boot_id,
