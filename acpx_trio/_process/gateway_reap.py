@@ -7,7 +7,7 @@ table, the lease file again right *after* it (a lease is saved before its proces
 spawned, so every tagged process in the snapshot that belongs to a live start has its lease
 in what we read: protected), and the
 leases' trees and the orphans are planned together from that snapshot and terminated in
-one wave (then re-scanned, see :func:`~acpx_trio._process.waves.run_waves`).  The lease
+one wave (then re-scanned, see :func:`~acpx_trio._process.reaper.run_waves`).  The lease
 file is read again after every re-scan, so a session started meanwhile is protected.
 
 What is reaped (everything else is left alone, with a reason in the report):
@@ -60,13 +60,13 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
-from acpx_trio._process.shared_scan import TagScan
-from acpx_trio._process.waves import (
+from acpx_trio._process.reaper import (
     DEFAULT_GRACE,
     ProcessCleanupDeps,
     default_cleanup_deps,
     run_waves,
 )
+from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._store.leases import LeaseState, ProcessLease
 
 __all__ = [
@@ -314,7 +314,7 @@ async def reap_gateway(
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the
     next call reaps them again.  Cancellation once a signal went out: see
-    :func:`~acpx_trio._process.waves.terminate_trees`.  Lease store errors propagate
+    :func:`~acpx_trio._process.reaper.terminate_trees`.  Lease store errors propagate
     (:class:`~acpx_trio.LeaseStoreError`)."""
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,

@@ -11,7 +11,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from acpx_trio._process.identity import ProcessInfo, self_identity
-from acpx_trio._process.reaper import ProcessCleanupDeps, default_cleanup_deps
+from acpx_trio._process.reaper import (
+    ProcessCleanupDeps,
+    default_cleanup_deps,
+)
 from acpx_trio._process.shared_scan import TagScan, empty_groups, shared_scan
 
 __all__ = ["GatedReceiveStream", "lease_cleanup_deps", "owner_identity"]
