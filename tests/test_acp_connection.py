@@ -120,6 +120,9 @@ async def test_request_response_with_id_zero() -> None:
                     "clientCapabilities": {
                         "fs": {"readTextFile": False, "writeTextFile": False},
                         "terminal": False,
+                        # not offered by these params: null means unsupported (schema v1)
+                        "elicitation": None,
+                        "session": None,
                     },
                     "clientInfo": {"name": "t", "version": "1"},
                 },

@@ -14,10 +14,10 @@ Rules: launch (live or dead owner), lose a lease record (a damaged file), record
 final while its tree lives, kill the live owner, reap (``reap_gateway``: the start-up /
 watchdog / ``acpx-trio reap`` operation).
 
-Invariants after every reap: every leaf whose lease is final, missing or whose owner is dead
-is gone and nothing of its launch is alive; every launch of the live owner with an open
-lease is untouched (leaf present, its process alive); every decoy is alive; nothing outside
-this gateway's parent cgroup was touched.
+Invariants after every reap: every leaf whose lease is final or whose owner is dead is gone
+and nothing of its launch is alive, and so is every leaf whose lease record is missing unless
+its members' owner tags name a live owner; every launch of the live owner with an open lease
+is untouched (leaf present, its process alive); every decoy is alive.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ VARIANTS = ("sleeper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear"
             "daemon-emptyenv")
 
 
+#: variants whose processes keep the launch's tags (the owner tag among them)
+KEEP_TAGS = ("sleeper", "hopper-ignterm", "hopper-setsid-each")
+
+
 @dataclass
 class Launch:
     lease_id: str
@@ -72,6 +76,7 @@ class Launch:
     marker: str
     live_owner: bool
     popen: subprocess.Popen[bytes]
+    variant: str
     #: the lease record was removed from the file (a damaged file)
     lost: bool = False
     #: recorded final while its tree lives
@@ -140,11 +145,13 @@ class CgroupReapMachine(RuleBasedStateMachine):
             lease, root_pid=popen.pid, process_group_id=popen.pid,
             root_create_time=None if info is None else info.create_time,
             root_start_ticks=None if info is None else info.start_ticks))
-        self.launches.append(Launch(lease.lease_id, leaf, marker, live_owner, popen))
+        self.launches.append(Launch(lease.lease_id, leaf, marker, live_owner, popen, variant))
         base = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
         self.decoys.append(subprocess.Popen([sys.executable, "-c", SLEEP, marker], env=base,
                                             start_new_session=True))
         self._wait_running(self.launches[-1])
+        if variant != "sleeper":  # its starter (tagged) exits: the escaper is what is left
+            popen.wait(timeout=30)
 
     def _wait_running(self, launch: Launch) -> None:
         decoys = {p.pid for p in self.decoys}
@@ -193,7 +200,11 @@ class CgroupReapMachine(RuleBasedStateMachine):
         owner_alive = self.owner is not None
         kept = []
         for launch in self.launches:
-            protected = launch.live_owner and owner_alive and not launch.finalised
+            # a live owner's open launch is left alone; so is one whose lease record was lost
+            # while its members' owner tags still name that live owner (an env-cleared
+            # escaper names nobody: its leaf, of this gateway and with no lease, is reaped)
+            protected = (launch.live_owner and owner_alive and not launch.finalised
+                         and (not launch.lost or launch.variant in KEEP_TAGS))
             alive = bool(set(marked(launch.marker)) - decoys)
             if protected:
                 assert alive and os.path.isdir(launch.leaf), (
