@@ -25,7 +25,7 @@ async def bench_runtime(root: Path) -> AsyncIterator[AcpxRuntime]:
     config = resolve_config({"stateDir": str(root / "state")}, str(root / "ws"))
     async with open_acpx_runtime(
         config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-        lease_store=LeaseStore(root / "leases"), wrapper_root=root,
+        lease_store=LeaseStore(root / "leases"),
     ) as rt:
         yield rt
 

@@ -36,7 +36,7 @@ import psutil
 import trio
 from _soak_common import REPO, ScenarioResult
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
@@ -213,9 +213,12 @@ async def close_cycle(
     esc = Escapers()
     store = LeaseStore(root / "close-state")
     agent = AgentProcess(
-        argv=[sys.executable, "-m", "acpx_trio.testing.mock_agent", *esc.agent_args()],
-        cwd=str(root), session_key="close", gateway_instance_id=f"gw-{uuid.uuid4().hex[:8]}",
-        lease_store=store, wrapper_root=root, kill_grace=grace, containment=containment,
+        AgentSpawn(
+            argv=tuple([sys.executable, "-m", "acpx_trio.testing.mock_agent", *esc.agent_args()]),
+            cwd=str(root), session_key="close", gateway_instance_id=f"gw-{uuid.uuid4().hex[:8]}",
+            kill_grace=grace, containment=containment,
+        ),
+        lease_store=store,
     )
     with decoys_for(esc.markers) as decoys:
         decoy_pids = {p.pid for p in decoys}

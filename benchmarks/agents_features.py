@@ -53,7 +53,7 @@ async def main(n: int) -> int:
     times: dict[str, list[float]] = {"plain": [], "authy": [], "terminal": [], "baseline": []}
     async with open_acpx_runtime(
         config, gateway_instance_id=f"gw-bench-{uuid.uuid4().hex[:8]}",
-        lease_store=LeaseStore(root / "leases"), wrapper_root=root,
+        lease_store=LeaseStore(root / "leases"),
     ) as rt:
         async def ensure_close(agent: str) -> None:
             handle = await rt.ensure_session(session_key=f"k-{agent}", agent=agent)

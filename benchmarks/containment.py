@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result, skip
 
 from acpx_trio import LeaseStore
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import (
     gateway_parent,
     kill_leaf,
@@ -126,10 +126,14 @@ async def _sleeping(pid: int) -> None:
 
 
 async def _close_once(store: LeaseStore, d: str, mode: str) -> float:
-    agent = AgentProcess(argv=IDLE_AGENT, cwd=d, session_key="bench",
-                         gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}",
-                         lease_store=store, wrapper_root=d, kill_grace=GRACE,
-                         containment=mode)  # type: ignore[arg-type]
+    agent = AgentProcess(
+        AgentSpawn(
+            argv=tuple(IDLE_AGENT), cwd=d, session_key="bench",
+            gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}", kill_grace=GRACE,
+            containment=mode,  # type: ignore[arg-type]
+        ),
+        lease_store=store,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.run)
         await agent.wait_recorded()

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result as report_result
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import (
     boot_id,
@@ -257,9 +257,13 @@ async def close_scenario(n: int, suffix: str) -> bool:
             await proc.stdin.aclose()
             await proc.wait()
             raw.append(time.perf_counter() - start)
-            agent = AgentProcess(argv=IDLE_AGENT, cwd=d, session_key="bench",
-                                 gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}",
-                                 lease_store=store, wrapper_root=d, kill_grace=0.5)
+            agent = AgentProcess(
+                AgentSpawn(
+                    argv=tuple(IDLE_AGENT), cwd=d, session_key="bench",
+                    gateway_instance_id=f"gw-bench-{uuid.uuid4().hex}", kill_grace=0.5,
+                ),
+                lease_store=store,
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(agent.run)
                 await agent.wait_recorded()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 from _escape_helpers import cleanup_marker, marked  # noqa: E402
 
-from acpx_trio._process.agent import AgentProcess  # noqa: E402
+from acpx_trio._process.agent import AgentProcess, AgentSpawn  # noqa: E402
 from acpx_trio._store.leases import LeaseStore  # noqa: E402
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
@@ -61,9 +61,13 @@ async def one(kind: str, workdir: str) -> tuple[bool, str]:
     marker = f"acpx-limit-{uuid.uuid4().hex[:10]}"
     with cleanup_marker(marker, ()):
         store = LeaseStore(os.path.join(workdir, "acpx"))
-        agent = AgentProcess(argv=agent_argv(kind, marker), cwd=workdir, session_key="s",
-                             gateway_instance_id="gw-limits", lease_store=store,
-                             wrapper_root=workdir, kill_grace=0.3)
+        agent = AgentProcess(
+            AgentSpawn(
+                argv=tuple(agent_argv(kind, marker)), cwd=workdir, session_key="s",
+                gateway_instance_id="gw-limits", kill_grace=0.3,
+            ),
+            lease_store=store,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             await agent.wait_recorded()

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 from _escape_helpers import Decoys, cleanup_marker, marked, new_marker
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.leases import LeaseState, LeaseStore
 
@@ -47,9 +47,11 @@ async def one_close(
     marker = new_marker()
     store = LeaseStore(tmp / "state")
     agent = AgentProcess(
-        argv=[sys.executable, AGENT, variant, marker], cwd=str(tmp), session_key="s",
-        gateway_instance_id="gw-attack", lease_store=store, wrapper_root=tmp, kill_grace=0.3,
-        containment=containment,
+        AgentSpawn(
+            argv=tuple([sys.executable, AGENT, variant, marker]), cwd=str(tmp), session_key="s",
+            gateway_instance_id="gw-attack", kill_grace=0.3, containment=containment,
+        ),
+        lease_store=store,
     )
     decoys = Decoys(marker, "lease-decoy")
     pgids: list[int] = []

@@ -89,7 +89,6 @@ class RuntimeEnv:
             config or self.config(**raw),
             gateway_instance_id=self.gateway_id,
             lease_store=self.lease_store,
-            wrapper_root=self.root,
         ) as runtime:
             yield runtime
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 from _runtime_helpers import MOCK, RuntimeEnv
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY, ProcessInfo
 from acpx_trio._process.shared_scan import (
     lease_ids_in_environ,
@@ -42,8 +42,11 @@ class RecordingStore(LeaseStore):
 async def _run_and_close(env: RuntimeEnv, argv: list[str]) -> tuple[AgentProcess, RecordingStore]:
     store = RecordingStore(env.root / "leases")
     agent = AgentProcess(
-        argv=argv, cwd=str(env.workspace), session_key="k", gateway_instance_id=env.gateway_id,
-        lease_store=store, wrapper_root=env.root, kill_grace=0.5,
+        AgentSpawn(
+            argv=tuple(argv), cwd=str(env.workspace), session_key="k",
+            gateway_instance_id=env.gateway_id, kill_grace=0.5,
+        ),
+        lease_store=store,
     )
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:

@@ -19,7 +19,7 @@ from _proc_helpers import poll_until
 from _runtime_helpers import RuntimeEnv, output, run
 from test_terminal_ownership import Escapers
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._store.leases import LeaseState, LeaseStore, SyncLeaseStore
 
@@ -55,8 +55,11 @@ async def _one_close(tmp: Path, ignore_sigterm: bool) -> tuple[bool, LeaseState 
     if ignore_sigterm:
         argv.append("--ignore-sigterm")
     agent = AgentProcess(
-        argv=argv, cwd=str(tmp), session_key="s", gateway_instance_id="gw-hopper-test",
-        lease_store=store, wrapper_root=tmp, kill_grace=0.3,
+        AgentSpawn(
+            argv=tuple(argv), cwd=str(tmp), session_key="s", gateway_instance_id="gw-hopper-test",
+            kill_grace=0.3,
+        ),
+        lease_store=store,
     )
     pgids: list[int] = []
     decoys = Decoys(hop, "lease-decoy")

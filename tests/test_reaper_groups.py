@@ -20,7 +20,7 @@ from _escape_helpers import (
 )
 from _proc_helpers import poll_until
 
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reap_plan import LeaseTarget, plan_leases
 from acpx_trio._store.leases import LeaseState, LeaseStore
@@ -55,8 +55,11 @@ async def test_pid_hopper_and_scrubbed_child_die_on_close(
     if ignore_sigterm:
         argv.append("--ignore-sigterm")
     agent = AgentProcess(
-        argv=argv, cwd=str(tmp_path), session_key="s", gateway_instance_id=gw,
-        lease_store=store, wrapper_root=tmp_path, kill_grace=0.5,
+        AgentSpawn(
+            argv=tuple(argv), cwd=str(tmp_path), session_key="s", gateway_instance_id=gw,
+            kill_grace=0.5,
+        ),
+        lease_store=store,
     )
     lease_id = ""
     pgids: list[int] = []

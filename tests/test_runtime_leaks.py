@@ -217,12 +217,15 @@ async def test_agent_process_task_cancelled_kills_tree(env: RuntimeEnv) -> None:
     from _runtime_helpers import MOCK
 
     from acpx_trio._acp import InitializeResponse
-    from acpx_trio._process.agent import AgentProcess
+    from acpx_trio._process.agent import AgentProcess, AgentSpawn
     from acpx_trio._runtime.handshake import initialize_request
 
     agent = AgentProcess(
-        argv=MOCK, cwd=str(env.workspace), session_key="raw", gateway_instance_id=env.gateway_id,
-        lease_store=env.lease_store, wrapper_root=env.root, kill_grace=0.5,
+        AgentSpawn(
+            argv=tuple(MOCK), cwd=str(env.workspace), session_key="raw",
+            gateway_instance_id=env.gateway_id, kill_grace=0.5,
+        ),
+        lease_store=env.lease_store,
     )
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:

@@ -119,7 +119,7 @@ async def test_registers_and_unregisters_the_backend(
     cwd = str((tmp_path / "ws").resolve())
     assert logger.at("info") == [f"embedded acpx runtime backend registered (cwd: {cwd})"]
     (params,) = factory.calls
-    assert params.wrapper_root == tmp_path / "state" / "acpx"
+    assert params.lease_store.path.parent == tmp_path / "state" / "acpx"
     assert params.lease_store.path == tmp_path / "state" / "acpx" / "process-leases.json"
     # the runtime's nursery is the service's own, owned by its one task in the host nursery
     assert params.nursery is not ctx.nursery

@@ -66,7 +66,8 @@ class _LeasingRuntime(StubRuntime):
         self.store = params.lease_store
         self.lease = ProcessLease(
             lease_id="lease-clock", gateway_instance_id=params.gateway_instance_id,
-            session_key="agent:clock", wrapper_root=str(params.wrapper_root), wrapper_path="",
+            session_key="agent:clock", wrapper_root=str(params.lease_store.path.parent),
+            wrapper_path="",
             root_pid=2**22 + 7, command_hash="x", started_at=1, state=LeaseState.OPEN,
         )
 

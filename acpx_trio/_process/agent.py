@@ -24,8 +24,8 @@ import logging
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 
+import msgspec
 import trio
 
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
@@ -49,7 +49,7 @@ from acpx_trio._store.config import (
 )
 from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
 
-__all__ = ["STDERR_TAIL_BYTES", "AgentProcess"]
+__all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "AgentSpawn"]
 
 STDERR_TAIL_BYTES = 16 * 1024
 #: After closing stdin, how long the agent may take to exit on its own before signals.
@@ -61,57 +61,67 @@ CLEANUP_EXTRA_SECONDS = 10.0
 _log = logging.getLogger("acpx_trio.agent")
 
 
+class AgentSpawn(msgspec.Struct, frozen=True, kw_only=True):
+    """What an :class:`AgentProcess` starts, and how (data only; credentials are passed to
+    the process separately and never kept here).
+
+    ``kill_grace``: SIGTERM -> SIGKILL grace of its cleanup; ``cleanup_timeout``: bound of the
+    shielded cleanup (default twice the grace plus :data:`CLEANUP_EXTRA_SECONDS`);
+    ``containment``: the config's (a leaf cgroup where it gives one)."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    session_key: str
+    gateway_instance_id: str
+    kill_grace: float = DEFAULT_KILL_GRACE_SECONDS
+    cleanup_timeout: float | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    install_hint: str | None = None
+    containment: ContainmentMode = DEFAULT_CONTAINMENT
+
+
 class AgentProcess:
     """A started agent (see the module docstring for guarantees).
 
     Create it, then ``await nursery.start(agent.run)``; the
     nursery task lives as long as the process.  :meth:`aclose` kills the tree and returns when
-    the lease is final.  :attr:`connection` is usable once started."""
+    the lease is final.  :attr:`connection` is usable once started.  Its lease records the
+    lease store's directory as ``wrapperRoot`` (as the TypeScript gateway does)."""
 
     def __init__(
         self,
+        spawn: AgentSpawn,
         *,
-        argv: Sequence[str],
-        cwd: str,
-        session_key: str,
-        gateway_instance_id: str,
         lease_store: LeaseStore,
-        wrapper_root: str | Path,
-        kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
         cleanup_deps: ProcessCleanupDeps | None = None,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        install_hint: str | None = None,
         on_connection: Callable[[AcpConnection], None] | None = None,
         receive_gate: Callable[[], Awaitable[None]] | None = None,
         logger: Logger | None = None,
         extra_env: Mapping[str, str] | None = None,
         secrets: Sequence[str] = (),
-        cleanup_timeout: float | None = None,
-        containment: ContainmentMode = DEFAULT_CONTAINMENT,
     ) -> None:
-        self.argv = tuple(argv)
+        self.spawn = spawn
+        self.argv = spawn.argv
         #: The config's ``containment`` (a leaf cgroup where it gives one).
-        self.containment: ContainmentMode = containment
+        self.containment: ContainmentMode = spawn.containment
         #: Added to the inherited environment (credentials, ``CODEX_HOME``); never persisted.
         self._extra_env = dict(extra_env or {})
         #: Values redacted from :meth:`stderr_tail` (credentials handed to the agent).
         self._secrets = tuple(secrets)
-        self.cwd = cwd
-        self.session_key = session_key
-        self.gateway_instance_id = gateway_instance_id
+        self.cwd = spawn.cwd
+        self.session_key = spawn.session_key
+        self.gateway_instance_id = spawn.gateway_instance_id
         self.lease_store = lease_store
-        self.wrapper_root = str(wrapper_root)
-        self.kill_grace = kill_grace
-        #: Bound (Trio's clock) of the shielded cleanup; default twice the kill grace plus
-        #: :data:`CLEANUP_EXTRA_SECONDS`.
+        self.kill_grace = spawn.kill_grace
+        #: Bound (Trio's clock) of the shielded cleanup.
         self.cleanup_timeout = (
-            cleanup_timeout
-            if cleanup_timeout is not None
-            else kill_grace * 2 + CLEANUP_EXTRA_SECONDS
+            spawn.cleanup_timeout
+            if spawn.cleanup_timeout is not None
+            else spawn.kill_grace * 2 + CLEANUP_EXTRA_SECONDS
         )
         self.cleanup_deps = cleanup_deps
-        self.max_line_bytes = max_line_bytes
-        self.install_hint = install_hint
+        self.max_line_bytes = spawn.max_line_bytes
+        self.install_hint = spawn.install_hint
         self._on_connection = on_connection
         self._receive_gate = receive_gate
         self.log = logger or _log
@@ -235,7 +245,6 @@ class AgentProcess:
             self.lease_store,
             gateway_instance_id=self.gateway_instance_id,
             session_key=self.session_key,
-            wrapper_root=self.wrapper_root,
             command=self.argv,
             containment=self.containment,
         )

@@ -28,7 +28,6 @@ import errno
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -77,7 +76,6 @@ async def save_pending_lease(
     *,
     gateway_instance_id: str,
     session_key: str,
-    wrapper_root: str | Path,
     command: Sequence[str],
     containment: ContainmentMode = "auto",
 ) -> ProcessLease:
@@ -92,7 +90,7 @@ async def save_pending_lease(
     lease = new_lease(
         gateway_instance_id=gateway_instance_id,
         session_key=session_key,
-        wrapper_root=str(wrapper_root),
+        wrapper_root=str(lease_store.path.parent),  # the lease dir, as the TS gateway has it
         command=tuple(command),
         owner_pid=owner_pid,
         owner_start_time=owner_start,

@@ -40,7 +40,7 @@ from acpx_trio._errors import (
     AcpRuntimeError,
     AgentProcessError,
 )
-from acpx_trio._process.agent import AgentProcess
+from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.config_opts import legacy_models
@@ -200,22 +200,16 @@ def make_agent_process(
         if live is not None:
             live.install(connection)
 
-    return AgentProcess(
-        extra_env=env,
-        secrets=secrets,
-        argv=spec.command,
-        cwd=cwd,
-        session_key=session_key,
+    spawn = AgentSpawn(
+        argv=tuple(spec.command), cwd=cwd, session_key=session_key,
         gateway_instance_id=factory.gateway_instance_id,
-        lease_store=factory.lease_store,
-        wrapper_root=factory.wrapper_root,
-        kill_grace=factory.config.kill_grace_seconds,
-        cleanup_deps=factory.process_cleanup,
-        install_hint=spec.install_hint(),
-        on_connection=wire,
-        receive_gate=None if live is None else live.wait_room,
-        logger=factory.log,
+        kill_grace=factory.config.kill_grace_seconds, install_hint=spec.install_hint(),
         containment=factory.config.containment,
+    )
+    return AgentProcess(
+        spawn, lease_store=factory.lease_store, cleanup_deps=factory.process_cleanup,
+        on_connection=wire, receive_gate=None if live is None else live.wait_room,
+        logger=factory.log, extra_env=env, secrets=secrets,
     )
 
 
@@ -244,7 +238,7 @@ async def start_live_session(
     session.terminals = None if not factory.config.terminal else TerminalManager(
         session_key=key, cwd=cwd, policy=policy, nursery=factory.nursery,
         gateway_instance_id=factory.gateway_instance_id, lease_store=factory.lease_store,
-        wrapper_root=factory.wrapper_root, kill_grace=factory.config.kill_grace_seconds,
+        kill_grace=factory.config.kill_grace_seconds,
         cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
         logger=factory.log,
         output_budget=factory.config.terminal_output_max_bytes,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -23,7 +22,6 @@ async def open_acpx_runtime(
     *,
     gateway_instance_id: str,
     lease_store: LeaseStore,
-    wrapper_root: Path,
     **kwargs: Any,
 ) -> AsyncIterator[AcpxRuntime]:
     """An :class:`AcpxRuntime` with its own nursery; on exit (normal, error or cancellation)
@@ -46,7 +44,6 @@ async def open_acpx_runtime(
                 config,
                 gateway_instance_id=gateway_instance_id,
                 lease_store=lease_store,
-                wrapper_root=wrapper_root,
                 nursery=nursery,
                 **kwargs,
             )

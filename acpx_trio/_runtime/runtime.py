@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Mapping
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, Literal
 
 import msgspec
@@ -114,7 +114,6 @@ class AcpxRuntime:
         *,
         gateway_instance_id: str,
         lease_store: LeaseStore,
-        wrapper_root: Path,
         nursery: trio.Nursery,
         logger: Logger | None = None,
         process_cleanup: ProcessCleanupDeps | None = None,
@@ -124,7 +123,6 @@ class AcpxRuntime:
         self.config = config
         self.gateway_instance_id = gateway_instance_id
         self.lease_store = lease_store
-        self.wrapper_root = Path(wrapper_root)
         self._nursery = nursery
         self.log: Logger = logger or logging.getLogger("acpx_trio.runtime")
         self.process_cleanup = process_cleanup
@@ -141,7 +139,6 @@ class AcpxRuntime:
             config=config,
             gateway_instance_id=gateway_instance_id,
             lease_store=lease_store,
-            wrapper_root=self.wrapper_root,
             nursery=nursery,
             agents=self.agents,
             log=self.log,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -37,7 +36,6 @@ class SessionFactory:
     config: AcpxConfig
     gateway_instance_id: str
     lease_store: LeaseStore
-    wrapper_root: Path
     nursery: trio.Nursery
     agents: AgentRegistry
     log: Logger

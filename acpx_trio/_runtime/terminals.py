@@ -38,7 +38,6 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -201,7 +200,7 @@ class Terminal:
         self.lease = await save_pending_lease(
             owner.lease_store, gateway_instance_id=owner.gateway_instance_id,
             session_key=f"{owner.session_key}:terminal:{self.id}",
-            wrapper_root=owner.wrapper_root, command=self.argv,
+            command=self.argv,
             containment=owner.containment,
         )
         try:
@@ -313,7 +312,7 @@ class TerminalManager:
 
     def __init__(
         self, *, session_key: str, cwd: str, policy: PermissionPolicy, nursery: trio.Nursery,
-        gateway_instance_id: str, lease_store: LeaseStore, wrapper_root: str | Path,
+        gateway_instance_id: str, lease_store: LeaseStore,
         kill_grace: float = 0.75, cleanup_deps: ProcessCleanupDeps | None = None,
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
         logger: Logger | None = None,
@@ -328,7 +327,6 @@ class TerminalManager:
         self.nursery = nursery
         self.gateway_instance_id = gateway_instance_id
         self.lease_store = lease_store
-        self.wrapper_root = str(wrapper_root)
         self.kill_grace = kill_grace
         self.cleanup_deps = cleanup_deps
         self._on_turn_failure = on_turn_failure

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import trio
@@ -53,7 +52,6 @@ class RuntimeFactoryParams:
     config: AcpxConfig
     gateway_instance_id: str
     lease_store: LeaseStore
-    wrapper_root: Path
     logger: ServiceLogger
     nursery: trio.Nursery
     process_cleanup: ProcessCleanupDeps | None = None
@@ -67,7 +65,6 @@ async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntimeProto
         params.config,
         gateway_instance_id=params.gateway_instance_id,
         lease_store=params.lease_store,
-        wrapper_root=params.wrapper_root,
         nursery=params.nursery,
         logger=logger,
         process_cleanup=params.process_cleanup,

@@ -312,7 +312,6 @@ class AcpxRuntimeService:
             config=config,
             gateway_instance_id=gateway_instance_id,
             lease_store=lease_store,
-            wrapper_root=lease_store.path.parent,
             logger=logger,
             nursery=nursery,
             process_cleanup=self._process_cleanup,
