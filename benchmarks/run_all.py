@@ -31,6 +31,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
                                                            "--skip-runtime"]),
     ("sdk_peer.py", ["--reps", "7"], ["--reps", "3", "--chunks", "2000"]),
     ("transcript.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
+    ("containment.py", [], ["--spawns", "10", "--closes", "5", "--trees", "50",
+                            "--owner-deaths", "2"]),
 ]
 
 
