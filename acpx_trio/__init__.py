@@ -12,7 +12,7 @@ Modules starting with ``_`` are private.  Names are loaded on first use, so
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from acpx_trio._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from acpx_trio import lowlevel as lowlevel

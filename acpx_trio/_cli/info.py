@@ -19,7 +19,7 @@ import trio
 
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAGE
 from acpx_trio._cli.options import Options
-from acpx_trio._cli.output import Output, first_line, format_table, printable
+from acpx_trio._cli.output import Output, first_line, format_table, printable, usage_text
 from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError
 from acpx_trio._events import AgentUsage
 from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config
@@ -311,21 +311,6 @@ def containment_line(mode: ContainmentMode = "auto") -> tuple[bool, str]:
     if used.mechanism == "cgroup":
         return True, f"containment: cgroup ({used.path})"
     return True, f"containment: process-group ({used.reason})"
-
-
-def usage_text(usage: AgentUsage | None) -> str:
-    """``cpu 1.25s mem 40.0MiB pids 3`` (the measures the leaf cgroup has), ``n/a`` when it
-    has none (never a made-up zero)."""
-    if usage is None:
-        return "n/a"
-    parts = []
-    if usage.cpu_seconds is not None:
-        parts.append(f"cpu {usage.cpu_seconds:.2f}s")
-    if usage.memory_bytes is not None:
-        parts.append(f"mem {usage.memory_bytes / 1048576:.1f}MiB")
-    if usage.pids is not None:
-        parts.append(f"pids {usage.pids}")
-    return " ".join(parts) or "n/a"
 
 
 #: Lines of the stderr tail shown under a failed agent.

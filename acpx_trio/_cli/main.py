@@ -103,7 +103,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
-    from acpx_trio import __version__
+    from acpx_trio._version import __version__
 
     parser = CommandParser(
         prog="acpx-trio",

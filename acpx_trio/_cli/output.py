@@ -17,9 +17,17 @@ from typing import Any, TextIO
 import msgspec
 import trio
 
-from acpx_trio._events import DoneEvent, ErrorEvent, StatusEvent, TextDeltaEvent, ToolCallEvent
+from acpx_trio._events import (
+    AgentUsage,
+    DoneEvent,
+    ErrorEvent,
+    StatusEvent,
+    TextDeltaEvent,
+    ToolCallEvent,
+)
 
-__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "printable", "short_rpc_data"]
+__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "printable", "short_rpc_data",
+           "usage_text"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicitation_complete"})
@@ -261,3 +269,18 @@ class TurnPrinter:
     def note(self, message: str) -> None:
         """An informational line on stderr."""
         self.output.write(f"acpx-trio: {printable(message)}\n", err=True)
+
+
+def usage_text(usage: AgentUsage | None) -> str:
+    """``cpu 1.25s mem 40.0MiB pids 3`` (the measures the leaf cgroup has), ``n/a`` when it
+    has none (never a made-up zero)."""
+    if usage is None:
+        return "n/a"
+    parts = []
+    if usage.cpu_seconds is not None:
+        parts.append(f"cpu {usage.cpu_seconds:.2f}s")
+    if usage.memory_bytes is not None:
+        parts.append(f"mem {usage.memory_bytes / 1048576:.1f}MiB")
+    if usage.pids is not None:
+        parts.append(f"pids {usage.pids}")
+    return " ".join(parts) or "n/a"

@@ -42,8 +42,14 @@ from acpx_trio._cli.exits import (
     event_exit,
     exit_code_for,
 )
-from acpx_trio._cli.info import usage_text
-from acpx_trio._cli.output import Output, TurnPrinter, first_line, format_table, printable
+from acpx_trio._cli.output import (
+    Output,
+    TurnPrinter,
+    first_line,
+    format_table,
+    printable,
+    usage_text,
+)
 from acpx_trio._errors import AcpxError, ConfigError
 from acpx_trio._events import AgentUsage, DoneEvent, ErrorEvent
 from acpx_trio._owner.client import (

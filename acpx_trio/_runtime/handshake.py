@@ -57,6 +57,7 @@ from acpx_trio._runtime.session_steps import (
 from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.transcript import known_credentials
+from acpx_trio._version import __version__
 
 __all__ = [
     "PROBE_SESSION_KEY",
@@ -82,9 +83,7 @@ _NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not
 
 
 def _version() -> str:
-    """``acpx_trio.__version__`` (no ``importlib.metadata``: it costs ~10 ms at start-up)."""
-    from acpx_trio import __version__  # the package root is loaded before any submodule
-
+    """The package version (no ``importlib.metadata``: it costs ~10 ms at start-up)."""
     return __version__
 
 
