@@ -32,13 +32,13 @@ from acpx_trio._runtime.permissions import PermissionStats as PermissionStats
 from acpx_trio._store.instance import (
     resolve_gateway_instance_id_sync as resolve_gateway_instance_id_sync,
 )
-from acpx_trio._store.leases import LeaseState as LeaseState
+from acpx_trio._store.lease_model import LeaseState as LeaseState
+from acpx_trio._store.lease_model import ProcessLease as ProcessLease
+from acpx_trio._store.lease_model import hash_command as hash_command
+from acpx_trio._store.lease_model import new_lease as new_lease
+from acpx_trio._store.lease_model import new_lease_id as new_lease_id
 from acpx_trio._store.leases import LeaseStore as LeaseStore
-from acpx_trio._store.leases import ProcessLease as ProcessLease
 from acpx_trio._store.leases import SyncLeaseStore as SyncLeaseStore
-from acpx_trio._store.leases import hash_command as hash_command
-from acpx_trio._store.leases import new_lease as new_lease
-from acpx_trio._store.leases import new_lease_id as new_lease_id
 from acpx_trio._store.sessions import SessionRecord as SessionRecord
 from acpx_trio._store.sessions import SessionStore as SessionStore
 

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from acpx_trio._events import TextDeltaEvent
 from acpx_trio._process import agent as _agent_process
 from acpx_trio._service.open_service import open_runtime_service
-from acpx_trio._store.leases import LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import ProcessLease
+from acpx_trio._store.leases import LeaseStore
 
 MOCK = ["-m", "acpx_trio.testing.mock_agent"]
 

@@ -42,7 +42,8 @@ from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
 from acpx_trio._process.watchdog import WATCHDOG_ENV
 from acpx_trio._store.config import ContainmentMode
-from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore
+from acpx_trio._store.lease_model import ProcessLease
+from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
 
 CHILD = REPO / "tests" / "_service_child.py"
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"

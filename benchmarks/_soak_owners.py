@@ -45,7 +45,8 @@ from _soak_proc import Child, gateway_child, restart_service, summary
 
 from acpx_trio._process.identity import read_start_ticks
 from acpx_trio._store.fsio import ensure_private_dir
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import SyncLeaseStore
 
 HELD = "busy,grandchild,daemon,idle"
 

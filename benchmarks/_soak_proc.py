@@ -24,7 +24,8 @@ from acpx_trio._process.identity import boot_id, process_info
 from acpx_trio._process.reaper import ReapResult
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
-from acpx_trio._store.leases import LeaseState, ProcessLease, SyncLeaseStore, new_lease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
+from acpx_trio._store.leases import SyncLeaseStore
 
 CHILD = Path(__file__).with_name("_soak_child.py")
 _UNSET_ENV = ("OPENCLAW_SKIP_ACPX_RUNTIME", "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE")

@@ -58,7 +58,8 @@ from acpx_trio._process.identity import (
     snapshot_processes,
 )
 from acpx_trio._process.reaper import DEFAULT_GRACE
-from acpx_trio._store.leases import LeaseStore, ProcessLease, SyncLeaseStore, new_lease
+from acpx_trio._store.lease_model import ProcessLease, new_lease
+from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
 
 SEED_SLEEP = 0.75  # the seed sleeps this long per lease, whatever the processes do
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'

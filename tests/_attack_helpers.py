@@ -12,7 +12,8 @@ from _escape_helpers import Decoys, cleanup_marker, marked, new_marker
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._store.config import ContainmentMode
-from acpx_trio._store.leases import LeaseState, LeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import LeaseStore
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
 

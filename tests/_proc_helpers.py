@@ -131,7 +131,8 @@ OWNER_SCRIPT = textwrap.dedent(
     import json, os, signal, subprocess, sys
     import msgspec
     from acpx_trio._process.identity import boot_id, lease_env, process_info, self_identity
-    from acpx_trio._store.leases import SyncLeaseStore, new_lease
+    from acpx_trio._store.lease_model import new_lease
+from acpx_trio._store.leases import SyncLeaseStore
 
     state_dir, gw, lab_dir, node_script, plan_json = sys.argv[1:6]
     plan = json.loads(plan_json)

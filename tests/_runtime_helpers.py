@@ -22,7 +22,8 @@ from acpx_trio._runtime.live_session import Turn
 from acpx_trio._runtime.open_runtime import open_acpx_runtime
 from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig, resolve_config
-from acpx_trio._store.leases import LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import ProcessLease
+from acpx_trio._store.leases import LeaseStore
 from acpx_trio.testing.leak_guard import check_gateway_leaks
 
 GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"

@@ -18,7 +18,8 @@ from acpx_trio._events import (
     DoneEvent,
 )
 from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
-from acpx_trio._store.leases import LeaseState, ProcessLease, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import SyncLeaseStore
 from acpx_trio.testing.logger import ListLogger as ListLogger  # re-exported
 
 

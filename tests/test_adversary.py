@@ -17,7 +17,8 @@ from _proc_helpers import poll_until
 from test_watchdog import GRACE, MARGIN, _alive, read_records, start_owner, watchdogs_of
 
 from acpx_trio._process.cgroup import probe_cgroup_kill
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import SyncLeaseStore
 
 
 def _proc_file(pid: int, name: str) -> bytes:

@@ -25,7 +25,8 @@ from _cli_helpers import (
 
 from acpx_trio._process.identity import lease_env
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore, new_lease
+from acpx_trio._store.lease_model import LeaseState, new_lease
+from acpx_trio._store.leases import SyncLeaseStore
 
 SLEEPER = "import signal\nprint('ready', flush=True)\nwhile True: signal.pause()\n"
 

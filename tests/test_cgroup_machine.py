@@ -50,13 +50,8 @@ from acpx_trio._process.cgroup import (
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import lease_env, process_info
 from acpx_trio._process.owner_tag import owner_tag
-from acpx_trio._store.leases import (
-    LEASE_FILE_NAME,
-    LeaseState,
-    LeaseStore,
-    SyncLeaseStore,
-    new_lease,
-)
+from acpx_trio._store.lease_model import LeaseState, new_lease
+from acpx_trio._store.leases import LEASE_FILE_NAME, LeaseStore, SyncLeaseStore
 
 PROBE = probe_cgroup_kill()
 pytestmark = pytest.mark.skipif(not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")

@@ -21,7 +21,8 @@ from acpx_trio._process.shared_scan import (
     scan_passes,
     shared_scan,
 )
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionRecord, SessionStore
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")

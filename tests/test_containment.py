@@ -37,7 +37,8 @@ from acpx_trio import (
 )
 from acpx_trio._process.cgroup import CgroupProbe, probe_cgroup_kill, resolve_containment
 from acpx_trio._process.watchdog import WATCHDOG_ENV
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import SyncLeaseStore
 
 PROBE = probe_cgroup_kill()
 needs_cgroup = pytest.mark.skipif(not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")

@@ -17,7 +17,8 @@ from _proc_helpers import poll_until
 from test_watchdog import CHILD, GRACE, MARGIN, REPO, _alive, read_records, watchdogs_of
 
 from acpx_trio._process.watchdog import WATCHDOG_ENV, WATCHDOG_LOG_ENV
-from acpx_trio._store.leases import LEASE_FILE_NAME, LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import LEASE_FILE_NAME, SyncLeaseStore
 
 
 async def test_damaged_lease_file_keeps_running_agents_leased(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.scan import chase_new_pids, last_pid
 from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._service.prepare import SweepMemo
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
+from acpx_trio._store.leases import LeaseStore
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
 

@@ -21,7 +21,8 @@ from test_terminal_ownership import Escapers
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import probe_cgroup_kill
-from acpx_trio._store.leases import LeaseState, LeaseStore, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
 
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
 #: The >= 30-trial soaks (``ACPX_HOPPER_TRIALS=30 pytest tests/test_reap_hopper.py``; about

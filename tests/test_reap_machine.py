@@ -58,13 +58,8 @@ from acpx_trio._process.reaper import (
     ProcessCleanupDeps,
     cleanup_owned_process_tree,
 )
-from acpx_trio._store.leases import (
-    LeaseState,
-    ProcessLease,
-    SyncLeaseStore,
-    decode_lease_file,
-    new_lease,
-)
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
+from acpx_trio._store.leases import SyncLeaseStore, decode_lease_file
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 
 GW = "gw-machine"

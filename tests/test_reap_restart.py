@@ -28,7 +28,8 @@ OWNER = f"""
 import subprocess, sys
 from acpx_trio._process.identity import lease_env, process_info, self_identity
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
-from acpx_trio._store.leases import SyncLeaseStore, new_lease
+from acpx_trio._store.lease_model import new_lease
+from acpx_trio._store.leases import SyncLeaseStore
 import msgspec
 state = sys.argv[1]
 gw = resolve_gateway_instance_id_sync(state)

@@ -23,7 +23,8 @@ from _proc_helpers import poll_until
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reap_plan import LeaseTarget, plan_leases
-from acpx_trio._store.leases import LeaseState, LeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import LeaseStore
 
 MOCK = [sys.executable, "-m", "acpx_trio.testing.mock_agent"]
 

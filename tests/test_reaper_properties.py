@@ -30,7 +30,7 @@ from acpx_trio._process.reaper import (
     reap_stale_orphans,
     terminate_trees,
 )
-from acpx_trio._store.leases import LeaseState, ProcessLease, check_transition
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 
 GW = "gw-ours"

@@ -34,7 +34,8 @@ from acpx_trio._process.reaper import (
     reap_stale_orphans,
     terminate_trees,
 )
-from acpx_trio._store.leases import LeaseState, LeaseStore, new_lease
+from acpx_trio._store.lease_model import LeaseState, new_lease
+from acpx_trio._store.leases import LeaseStore
 
 GRACE = 0.75
 

@@ -32,7 +32,7 @@ from acpx_trio._events import (
     ToolCallEvent,
 )
 from acpx_trio._runtime.runtime import AcpxRuntime
-from acpx_trio._store.leases import LeaseState
+from acpx_trio._store.lease_model import LeaseState
 
 
 async def test_echo_streams_text_then_done(env: RuntimeEnv) -> None:

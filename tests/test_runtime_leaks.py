@@ -19,7 +19,7 @@ from _runtime_helpers import (
 
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.live_session import HIGH_WATER
-from acpx_trio._store.leases import LeaseState
+from acpx_trio._store.lease_model import LeaseState
 
 
 async def test_grandchild_and_daemon_are_gone_after_close(env: RuntimeEnv) -> None:

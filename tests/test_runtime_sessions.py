@@ -17,7 +17,7 @@ from _runtime_helpers import (
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import DoneEvent
-from acpx_trio._store.leases import LeaseState
+from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.sessions import SessionStore
 
 

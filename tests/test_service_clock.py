@@ -15,7 +15,8 @@ from _service_helpers import ListLogger, StubFactory, StubRuntime
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.lazy_runtime import RuntimeFactoryParams
 from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.service import AcpxRuntimeService, ServiceContext
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore
 
 GW = "gw-test"
 

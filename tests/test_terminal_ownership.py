@@ -27,7 +27,8 @@ from _runtime_helpers import RuntimeEnv, output, run
 from test_watchdog import watchdogs_of
 
 from acpx_trio._process.watchdog import WATCHDOG_ENV
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import SyncLeaseStore
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).with_name("_terminal_child.py")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from acpx_trio._events import ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.terminals import OutputBuffer
-from acpx_trio._store.leases import LeaseState
+from acpx_trio._store.lease_model import LeaseState
 
 
 async def test_terminal_lifecycle(env: RuntimeEnv) -> None:

@@ -22,7 +22,8 @@ from _escape_helpers import Decoys, cleanup_marker, group_members, marked, new_m
 from _proc_helpers import poll_until
 
 from acpx_trio._process.watchdog import WATCHDOG_ENV, WATCHDOG_LOG_ENV
-from acpx_trio._store.leases import LeaseState, SyncLeaseStore
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.leases import SyncLeaseStore
 
 CHILD = Path(__file__).with_name("_service_child.py")
 REPO = Path(__file__).resolve().parent.parent

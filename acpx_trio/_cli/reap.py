@@ -20,7 +20,8 @@ from acpx_trio._errors import LeaseStoreError
 from acpx_trio._process.gateway_reap import ReapAction, reap_gateway
 from acpx_trio._store.dirs import check_lease_dirs
 from acpx_trio._store.instance import peek_gateway_instance_id, resolve_gateway_instance_id
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, peek_leases
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore, peek_leases
 
 __all__ = ["ReapRow", "reap_command"]
 

@@ -47,7 +47,8 @@ from acpx_trio._store.config import (
     DEFAULT_KILL_GRACE_SECONDS,
     ContainmentMode,
 )
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore
 
 __all__ = ["STDERR_TAIL_BYTES", "AgentProcess", "AgentSpawn"]
 

@@ -67,7 +67,7 @@ from acpx_trio._process.reaper import (
     run_waves,
 )
 from acpx_trio._process.shared_scan import TagScan
-from acpx_trio._store.leases import LeaseState, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = [
     "DEFAULT_STEPS",

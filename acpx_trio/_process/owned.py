@@ -53,7 +53,8 @@ from acpx_trio._process.reaper import (
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.config import ContainmentMode
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease, new_lease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
+from acpx_trio._store.leases import LeaseStore
 
 __all__ = [
     "RootRecord", "close_owned", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",

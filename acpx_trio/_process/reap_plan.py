@@ -35,7 +35,7 @@ import msgspec
 
 from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
 from acpx_trio._process.owner_tag import OwnerTag, names_owner, owner_alive_elsewhere
-from acpx_trio._store.leases import ProcessLease
+from acpx_trio._store.lease_model import ProcessLease
 
 __all__ = [
     "ACCESS_DENIED",

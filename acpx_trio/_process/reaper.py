@@ -66,7 +66,7 @@ from acpx_trio._process.reap_plan import (
 from acpx_trio._process.reaper_os import kill_groups_sync, kill_process_sync
 from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
 from acpx_trio._process.scan import fast_snapshot
-from acpx_trio._store.leases import LeaseState, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = [
     "DEFAULT_GRACE", "KILL_CONFIRM", "QUIET_SCANS", "SHIELD_BUDGET", "CleanupResult", "PlanFn",

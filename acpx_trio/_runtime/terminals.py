@@ -69,7 +69,8 @@ from acpx_trio._runtime.permissions import (
 )
 from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 from acpx_trio._store.config import DEFAULT_CONTAINMENT, ContainmentMode
-from acpx_trio._store.leases import LeaseState, LeaseStore, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.leases import LeaseStore
 
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",

@@ -1,6 +1,7 @@
 """Everything acpx-trio keeps on disk: private dirs, safe reads and atomic writes (``fsio``,
 ``dirs``), file locks (``flock``: blocking primitives; ``locks``: the in-process FIFO in front
-of them and group commit), the lease file (``lease_model``, ``lease_snapshot``, ``leases``),
+of them and group commit), the lease record and its state moves (``lease_model``), the lease
+file and its store (``leases``),
 session records (``sessions``), transcripts (``transcript``, ``transcript_history``), the
 gateway instance id (``instance``) and the plugin config (``config``; its memory caps:
 ``caps``).

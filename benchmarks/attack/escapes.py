@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT / "tests")]
 from _attack_agent import VARIANTS  # noqa: E402
 from _attack_helpers import one_close  # noqa: E402
 
-from acpx_trio._store.leases import LeaseState  # noqa: E402
+from acpx_trio._store.lease_model import LeaseState  # noqa: E402
 
 
 async def main(n: int, variants: list[str], commit: str) -> None:
