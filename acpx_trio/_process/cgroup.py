@@ -336,11 +336,13 @@ async def _wait_empty(leaf: str, seconds: float) -> bool:
     empty.  Woken by the kernel's change notice on ``cgroup.events`` (a short re-read
     interval where inotify is missing).  Cancellable.  (``cgroup.events`` is a kernel
     attribute read from memory, never from a disk: read in this thread.)"""
+    await trio.lowlevel.checkpoint()
     if not leaf_populated(leaf):
         return True
     fd = _inotify_on(os.path.join(leaf, "cgroup.events"))
     try:
         with trio.move_on_after(seconds):
+            await trio.lowlevel.checkpoint()  # the scope always has a cancel point
             delay = 0.001
             while leaf_populated(leaf):  # read after the watch is set: no change is missed
                 if fd is None:
