@@ -221,7 +221,9 @@ async def other_user_round(result: ScenarioResult, root: Path, marker: str) -> i
     return len(decoys)
 
 
-def _flipper(cwd: Path, outside: Path, stop: threading.Event) -> None:
+def flip_dir(cwd: Path, outside: Path, stop: threading.Event) -> None:
+    """Until ``stop``: ``cwd/d`` is the real directory ``cwd/d.real``, then gone, then a symlink
+    to ``outside``, then gone, ... (the read race of issue 19)."""
     d, real, link = cwd / "d", cwd / "d.real", cwd / "d.link"
     link.symlink_to(outside)
     while not stop.is_set():  # d: the real dir, gone, a symlink to outside, gone, ...
@@ -242,7 +244,7 @@ async def read_race_round(result: ScenarioResult, root: Path, reads: int) -> int
     gate = FsGate(str(cwd), PermissionPolicy("approve-reads", "fail"))
     request = ReadTextFileRequest(session_id="s", path=str(cwd / "d" / "hostname"))
     stop = threading.Event()
-    flipper = threading.Thread(target=_flipper, args=(cwd, outside, stop), daemon=True)
+    flipper = threading.Thread(target=flip_dir, args=(cwd, outside, stop), daemon=True)
     flipper.start()
     leaked = 0
     try:

@@ -43,6 +43,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result, skip
+from reap import IDLE_AGENT, _sleeping, raw_close
 
 from acpx_trio import LeaseStore
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
@@ -55,11 +56,10 @@ from acpx_trio._process.cgroup import (
     shim_argv,
 )
 from acpx_trio._process.gateway_reap import reap_gateway
-from acpx_trio._process.identity import boot_id, lease_env, process_info, read_stat_state
+from acpx_trio._process.identity import boot_id, lease_env, process_info
 from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'
-IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
 GRACE = 0.5
 
 
@@ -116,15 +116,6 @@ async def spawn_scenario(n: int, gateway: str) -> bool:
     return ok
 
 
-async def _sleeping(pid: int) -> None:
-    with trio.fail_after(30):
-        while True:
-            info = await trio.to_thread.run_sync(read_stat_state, pid)
-            if info is not None and info[0] == "S":
-                return
-            await trio.sleep(0.002)
-
-
 async def _close_once(store: LeaseStore, d: str, mode: str) -> float:
     agent = AgentProcess(
         AgentSpawn(
@@ -152,13 +143,7 @@ async def close_scenario(n: int, suffix: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="acpx-bench-cg-") as d:
         store = LeaseStore(Path(d) / "acpx")
         for _ in range(n):
-            proc = await trio.lowlevel.open_process(IDLE_AGENT, stdin=subprocess.PIPE)
-            await _sleeping(proc.pid)
-            start = time.perf_counter()
-            assert proc.stdin is not None
-            await proc.stdin.aclose()
-            await proc.wait()
-            raw.append(time.perf_counter() - start)
+            raw.append(await raw_close())
             contained.append(await _close_once(store, d, "cgroup"))
             group.append(await _close_once(store, d, "process-group"))
     c, g, r = (statistics.median(x) for x in (contained, group, raw))

@@ -241,6 +241,18 @@ async def _sleeping(pid: int) -> None:
             await trio.sleep(0.002)
 
 
+async def raw_close() -> float:
+    """The floor of a close: an idle process started, then timed from its stdin close to its
+    exit (seconds)."""
+    proc = await trio.lowlevel.open_process(IDLE_AGENT, stdin=subprocess.PIPE)
+    await _sleeping(proc.pid)
+    start = time.perf_counter()
+    assert proc.stdin is not None
+    await proc.stdin.aclose()
+    await proc.wait()
+    return time.perf_counter() - start
+
+
 async def close_scenario(n: int, suffix: str) -> bool:
     """Close of one agent (an idle process that exits at stdin EOF), ``n`` times each:
     ours (``AgentProcess.aclose``: stdin close, exit, the tree's proof of death, the lease
@@ -251,13 +263,7 @@ async def close_scenario(n: int, suffix: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="acpx-bench-close-") as d:
         store = LeaseStore(Path(d) / "acpx")
         for _ in range(n):
-            proc = await trio.lowlevel.open_process(IDLE_AGENT, stdin=subprocess.PIPE)
-            await _sleeping(proc.pid)
-            start = time.perf_counter()
-            assert proc.stdin is not None
-            await proc.stdin.aclose()
-            await proc.wait()
-            raw.append(time.perf_counter() - start)
+            raw.append(await raw_close())
             agent = AgentProcess(
                 AgentSpawn(
                     argv=tuple(IDLE_AGENT), cwd=d, session_key="bench",

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import trio
+from _soak_security import flip_dir
 
 from acpx_trio._acp._messages import ReadTextFileRequest, WriteTextFileRequest
 from acpx_trio._errors import AcpRuntimeError
@@ -16,16 +17,6 @@ from acpx_trio._runtime.permissions import FsGate, PermissionPolicy
 
 #: reads per run in the default suite; ``ACPX_FS_RACE_READS=10000`` for the full measure
 READS = int(os.environ.get("ACPX_FS_RACE_READS", "2000"))
-
-
-def _flipper(cwd: Path, outside: Path, stop: threading.Event) -> None:
-    d, real, link = cwd / "d", cwd / "d.real", cwd / "d.link"
-    link.symlink_to(outside)
-    while not stop.is_set():  # d: the real dir, gone, a symlink to outside, gone, ...
-        os.rename(real, d)
-        os.rename(d, real)
-        os.rename(link, d)
-        os.rename(d, link)
 
 
 async def test_reads_never_leave_the_cwd_while_a_dir_flips_to_a_symlink(tmp_path: Path) -> None:
@@ -37,7 +28,7 @@ async def test_reads_never_leave_the_cwd_while_a_dir_flips_to_a_symlink(tmp_path
     gate = FsGate(str(cwd), PermissionPolicy("approve-reads", "fail"))
     request = ReadTextFileRequest(session_id="s", path=str(cwd / "d" / "hostname"))
     stop = threading.Event()
-    flipper = threading.Thread(target=_flipper, args=(cwd, outside, stop), daemon=True)
+    flipper = threading.Thread(target=flip_dir, args=(cwd, outside, stop), daemon=True)
     flipper.start()
     inside = leaked = refused = 0
     try:
