@@ -132,7 +132,7 @@ OWNER_SCRIPT = textwrap.dedent(
     import msgspec
     from acpx_trio._process.identity import boot_id, lease_env, process_info, self_identity
     from acpx_trio._store.lease_model import new_lease
-from acpx_trio._store.leases import SyncLeaseStore
+    from acpx_trio._store.leases import SyncLeaseStore
 
     state_dir, gw, lab_dir, node_script, plan_json = sys.argv[1:6]
     plan = json.loads(plan_json)
