@@ -1,18 +1,25 @@
 """The runtime's warnings reach the logger the host passed to the service (issue 20): the
-lease store's quarantine of a damaged lease file and the session store's unreadable record,
-with a host logger that is not a ``logging.Logger`` (any object with the four methods)."""
+lease store's quarantine of a damaged lease file, the session store's unreadable record, the
+owner-death watchdog found stopped and replaced, and a transcript disabled by a failed
+write, with a host logger that is not a ``logging.Logger`` (any object with the four
+methods)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import trio
+from _proc_helpers import poll_until
 from _runtime_helpers import MOCK
+from test_watchdog import watchdogs_of
 
 from acpx_trio import open_runtime_service
+from acpx_trio._process.watchdog import WATCHDOG_ENV
 from acpx_trio.lowlevel import SessionStore
 from acpx_trio.testing.logger import ListLogger
 
@@ -80,3 +87,46 @@ def test_bridge_formats_and_maps_levels() -> None:
     assert level == "error" and text.startswith("e\n") and "ValueError: boom" in text
     std = logging.getLogger("some.host")
     assert as_logger(std) is std
+
+
+async def test_a_replaced_watchdog_is_reported_to_the_host_logger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(WATCHDOG_ENV, raising=False)
+    (tmp_path / "ws").mkdir()
+    host = ListLogger()
+    caplog.set_level(logging.DEBUG)
+    stopped: list[int] = []
+    try:
+        async with open_runtime_service(
+            workspace_dir=tmp_path / "ws", state_dir=tmp_path / "state", logger=host,
+            plugin_config={"agents": AGENTS, "sweepIntervalSeconds": 0.2},
+        ) as service:
+            with trio.fail_after(60):
+                await service.require_runtime().ensure_session(session_key="a", agent="mock")
+            (first,) = watchdogs_of(os.getpid())
+            os.kill(first, signal.SIGSTOP)
+            stopped.append(first)
+
+            def reported() -> bool:
+                return any(f"watchdog {first} is stopped" in w for w in host.at("warning"))
+
+            await poll_until(reported, seconds=20)  # the next sweeps check it
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert not [r for r in caplog.records if r.name.startswith("acpx_trio.watchdog")]
+
+
+async def test_a_disabled_transcript_is_reported_to_the_host_logger(tmp_path: Path) -> None:
+    from acpx_trio._log import as_logger
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    (tmp_path / "blocker").write_text("a file where the transcript dir should be")
+    host = ListLogger()
+    writer = TranscriptWriter(tmp_path / "blocker" / "t.jsonl", logger=as_logger(host))
+    writer.on_message("out", b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}')
+    await writer.flush(final=True)
+    assert writer.disabled
+    assert any("disabled" in w and "t.jsonl" in w for w in host.at("warning")), host.records

@@ -187,7 +187,7 @@ class Owner:
         return TranscriptWriter(
             transcript_path(config.state_dir, key), max_bytes=config.transcript_max_bytes,
             keep=config.transcript_keep, credentials=known_credentials(config.auth),
-            nursery=self._nursery)
+            nursery=self._nursery, logger=_log)
 
     async def close_session(self, session: WarmSession) -> None:
         if session.closing:

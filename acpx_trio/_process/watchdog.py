@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import trio
 
+    from .._log import ServiceLogger
+
 __all__ = [
     "ARM_WAIT_SECONDS",
     "STOP",
@@ -240,10 +242,12 @@ class WatchdogHandle:
     stop and waits for it."""
 
     def __init__(
-        self, nursery: trio.Nursery | None, key: str, gateway_instance_id: str, grace: float
+        self, nursery: trio.Nursery | None, key: str, gateway_instance_id: str, grace: float,
+        logger: ServiceLogger | None = None,
     ) -> None:
         import trio as _trio
 
+        self._log: ServiceLogger = logger if logger is not None else _log
         self._nursery = nursery
         self._key = key
         self._gateway = gateway_instance_id
@@ -285,11 +289,11 @@ class WatchdogHandle:
                     # Backing off only when it dies young (a broken install must not spin).
                     quick = _trio.current_time() - started < 1.0
                     pause = min(max(pause * 2, 0.05), 1.0) if quick else 0.0
-                    _log.warning("owner-death watchdog exited (code %s) while its owner "
-                                 "lives; arming a new one", code)
+                    self._log.warning(f"owner-death watchdog exited (code {code}) while its "
+                                      "owner lives; arming a new one")
                     await _trio.sleep(pause)
         except OSError as exc:
-            _log.warning("owner-death watchdog did not start: %s", exc)
+            self._log.warning(f"owner-death watchdog did not start: {exc}")
         finally:
             self._armed.set()
             self._done.set()
@@ -309,7 +313,7 @@ class WatchdogHandle:
             return False
         if not await _trio.to_thread.run_sync(_stopped, proc.pid):
             return False
-        _log.warning("owner-death watchdog %s is stopped; replacing it", proc.pid)
+        self._log.warning(f"owner-death watchdog {proc.pid} is stopped; replacing it")
         with contextlib.suppress(OSError):
             proc.kill()
         self.replaced += 1
@@ -345,15 +349,16 @@ def _key(lease_dir: str | os.PathLike[str]) -> str:
 
 def register_watchdog(
     nursery: trio.Nursery, lease_dir: str | os.PathLike[str], gateway_instance_id: str,
-    grace: float,
+    grace: float, logger: ServiceLogger | None = None,
 ) -> WatchdogHandle:
     """The owner-death watchdog of a service on ``lease_dir`` (see :class:`WatchdogHandle`).
     ``ACPX_TRIO_WATCHDOG=0``, or another service of this process already watching the same
-    dir: an inert handle."""
+    dir: an inert handle.  Its warnings (a watchdog that died or was stopped and is
+    replaced) go to ``logger``, the host's."""
     key = _key(lease_dir)
     if os.environ.get(WATCHDOG_ENV) == "0" or key in _slots:
-        return WatchdogHandle(None, key, gateway_instance_id, grace)
-    handle = WatchdogHandle(nursery, key, gateway_instance_id, grace)
+        return WatchdogHandle(None, key, gateway_instance_id, grace, logger)
+    handle = WatchdogHandle(nursery, key, gateway_instance_id, grace, logger)
     _slots[key] = handle
     return handle
 

@@ -218,7 +218,7 @@ def start_guards(
             orphan_sweep_once, gw, store, log, grace=grace, deps=deps,
             lease_fp=prepared.lease_fp, memo=memo,
         ))
-    watchdog = register_watchdog(nursery, store.path.parent, gw, grace)
+    watchdog = register_watchdog(nursery, store.path.parent, gw, grace, log)
     interval = prepared.config.sweep_interval_seconds
     background.start_soon(check_watchdog, watchdog, interval)
     background.start_soon(functools.partial(

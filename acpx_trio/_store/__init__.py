@@ -7,6 +7,7 @@ gateway instance id (``instance``) and the plugin config (``config``; its memory
 ``caps``).
 
 Owns: file formats, atomic writes, locks, quarantine of damaged files, permission checks.
-May import: ``acpx_trio._errors`` only (plus the standard library, msgspec and trio for the
-async facades).  Nothing here knows about processes, the ACP wire, the runtime or the service.
+May import: ``acpx_trio._errors`` and ``acpx_trio._log`` only (plus the standard library,
+msgspec and trio for the async facades).  Nothing here knows about processes, the ACP wire,
+the runtime or the service.
 """

@@ -39,8 +39,14 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from acpx_trio._errors import MIN_SECRET_LENGTH, StreamRedactor, replace_secrets
+from acpx_trio._errors import (
+    MIN_SECRET_LENGTH,
+    StateFileError,
+    StreamRedactor,
+    replace_secrets,
+)
 from acpx_trio._errors import REDACTED as _REDACTED
+from acpx_trio._log import Logger
 from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
 from acpx_trio._store.sessions import SyncSessionStore
 
@@ -132,8 +138,9 @@ class TranscriptWriter:
 
     def __init__(self, path: Path, *, max_bytes: int = 64 * 1024 * 1024, keep: int = 5,
                  credentials: Iterable[str] = (), flush_bytes: int = DEFAULT_FLUSH_BYTES,
-                 nursery: trio.Nursery | None = None) -> None:
+                 nursery: trio.Nursery | None = None, logger: Logger | None = None) -> None:
         self.path = path
+        self._log: Logger = logger or _log
         self.max_bytes = max(1, max_bytes)
         self.keep = max(1, keep)
         self.flush_bytes = flush_bytes
@@ -269,9 +276,11 @@ class TranscriptWriter:
             if (items or final) and not self.disabled:  # (disabled: dropped, bounded)
                 try:
                     await trio.to_thread.run_sync(self._encode_and_write, items, final)
-                except (OSError, msgspec.DecodeError) as exc:
+                except (OSError, StateFileError, msgspec.DecodeError) as exc:
+                    # (a refused dir too: a symlink or a file in its place is never written
+                    # through, and the session goes on without its transcript)
                     self.disabled = True
-                    _log.warning(f"transcript {self.path} disabled: {exc}")
+                    self._log.warning(f"transcript {self.path} disabled: {exc}")
 
     def _encode_and_write(self, items: list[Entry], final: bool = False) -> None:
         data = self._encode(items)
