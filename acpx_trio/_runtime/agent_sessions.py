@@ -1,5 +1,6 @@
 """Calls on an agent outside any session of ours (``session/list``, ``session/delete``,
-``logout``): start the agent, initialize, check the capability, call, stop it."""
+``logout``): start the agent, initialize, authenticate (as a session would), check the
+capability, call, stop it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ from acpx_trio._acp import (
 )
 from acpx_trio._errors import AcpRuntimeError, AcpxError, collapse_group
 from acpx_trio._events import AgentSession
-from acpx_trio._runtime.handshake import initialize_request, make_agent_process
+from acpx_trio._runtime.handshake import (
+    check_protocol_version,
+    initialize_request,
+    make_agent_process,
+)
 from acpx_trio._runtime.session_factory import SessionFactory
+from acpx_trio._runtime.session_steps import authenticate_agent
 
 __all__ = ["delete_agent_session", "list_agent_sessions", "logout_agent", "with_agent"]
 
@@ -34,7 +40,9 @@ _Call = Callable[[AcpConnection, InitializeResponse], Awaitable[_T]]
 
 async def with_agent(factory: SessionFactory, name: str, cwd: str | None, what: str,
                      call: _Call[_T]) -> _T:
-    """Start agent ``name``, ``initialize`` it, run ``call`` on its connection, stop it.
+    """Start agent ``name``, ``initialize`` and ``authenticate`` it (as a session would: the
+    first advertised method with a credential; an agent that rejects it or, with ``authPolicy``
+    ``fail``, no credential: ``ACP_AUTH_REQUIRED``), run ``call`` on its connection, stop it.
 
     Raises ``ACP_CONTROL_TIMEOUT`` when a call exceeds the control timeout (``call`` bounds
     each of its own requests by it), ``ACP_CONTROL_FAILED`` for any other failure that is not
@@ -51,8 +59,14 @@ async def with_agent(factory: SessionFactory, name: str, cwd: str | None, what: 
                 assert connection is not None
                 with trio.fail_after(timeout):
                     init = await connection.request(
-                        "initialize", initialize_request(), InitializeResponse
+                        "initialize",
+                        initialize_request(fs=factory.config.fs,
+                                           terminal=factory.config.terminal),
+                        InitializeResponse,
                     )
+                check_protocol_version(init)
+                await authenticate_agent(connection, init.auth_methods, factory.config, spec,
+                                         timeout, factory.log)
                 return await call(connection, init)
             finally:
                 with trio.CancelScope(shield=True):

@@ -464,7 +464,8 @@ class AcpxRuntime:
 
     async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
         """The agent's own sessions (``session/list``, all pages; the agent is started for the
-        call and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        call, authenticated as for a session, and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL``
+        when not advertised, ``ACP_AUTH_REQUIRED`` when the agent refuses our credential."""
         self._check_open()
         return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
 

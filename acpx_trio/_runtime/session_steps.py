@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import trio
 
 from acpx_trio._acp import (
+    AcpConnection,
     AuthenticateRequest,
     AuthMethod,
     CloseSessionRequest,
@@ -20,6 +21,7 @@ from acpx_trio._acp import (
     ResumeSessionResponse,
 )
 from acpx_trio._errors import AcpConnectionClosedError, AcpProtocolError, AcpRuntimeError
+from acpx_trio._log import Logger
 from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import (
     AuthPlan,
@@ -39,6 +41,7 @@ __all__ = [
     "agent_env",
     "auth_details",
     "authenticate",
+    "authenticate_agent",
     "close_acp_session",
     "prepare_codex_home",
     "resume_session",
@@ -67,35 +70,48 @@ def prepare_codex_home(config: AcpxConfig, spec: AgentSpec) -> None:
 
 
 async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float) -> None:
-    """``authenticate`` with the first advertised method that has a credential.
-
-    Raises ``ACP_AUTH_REQUIRED`` when the agent rejects it, or when no credential matches and
-    ``authPolicy`` is ``fail``; with ``skip`` (the default) goes on without authenticating."""
+    """``authenticate`` the session's agent (see :func:`authenticate_agent`)."""
     init = session.init
     methods = [] if init is None else init.auth_methods
+    session.auth_method = await authenticate_agent(
+        session.connection, methods, config, session.spec, deadline, session.log)
+
+
+async def authenticate_agent(
+    connection: AcpConnection, methods: Sequence[AuthMethod], config: AcpxConfig,
+    spec: AgentSpec, deadline: float, log: Logger,
+) -> str | None:
+    """``authenticate`` with the first advertised method that has a credential; returns its
+    id, or ``None`` when the agent advertises none or (``authPolicy`` ``skip``, the default)
+    no credential matches.
+
+    Raises ``ACP_AUTH_REQUIRED`` when the agent rejects it, or when no credential matches and
+    ``authPolicy`` is ``fail``."""
     if not methods:
-        return
-    agent, command = session.spec.name, session.spec.command
+        await trio.lowlevel.checkpoint()
+        return None
+    agent, command = spec.name, spec.command
     method = choose_method(methods, os.environ, config.auth, agent)
     if method is None:
         if config.auth_policy == "fail":
             raise auth_required_error(methods, agent=agent, command=command)
-        session.log.debug(
+        log.debug(
             "agent advertises auth methods %s; no credential found (authPolicy skip)",
             [m.id for m in methods],
         )
-        return
+        await trio.lowlevel.checkpoint()
+        return None
     try:
         with trio.fail_after(deadline):
-            await session.connection.request(
+            await connection.request(
                 "authenticate", AuthenticateRequest(method_id=method.id), EmptyResponse
             )
     except (AcpConnectionClosedError, AcpProtocolError):
         raise
     except AcpRuntimeError as exc:
         raise auth_required_error(methods, exc, agent, command) from exc
-    session.auth_method = method.id
-    session.log.debug("authenticated with auth method %s", method.id)
+    log.debug("authenticated with auth method %s", method.id)
+    return method.id
 
 
 async def resume_session(
