@@ -60,6 +60,10 @@ def check_transition(lease_id: str, current: LeaseState | str, requested: LeaseS
     raise LeaseStateError(lease_id, cur.value, req.value)
 
 
+def _pid_or_none(value: object) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
 class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True, frozen=True):
     """One agent launch.  Encoded camelCase (``leaseId``, ``rootPid``, ...) as the seed does.
 
@@ -93,6 +97,23 @@ class ProcessLease(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=T
     def __post_init__(self) -> None:
         """A lease a reader would drop is refused here, at construction (typed, naming the
         field); a ``state`` given as text becomes a :class:`LeaseState`."""
+        # The shape of every valid lease, checked in one expression (this runs for each entry
+        # of a decoded lease file); anything else gets the field-by-field check below.
+        if (
+            type(self.state) is LeaseState
+            and type(self.lease_id) is str and self.lease_id != ""
+            and type(self.gateway_instance_id) is str and self.gateway_instance_id != ""
+            and type(self.root_pid) is int and self.root_pid >= 0
+            and type(self.started_at) is int and self.started_at >= 0
+            and type(self.session_key) is str and type(self.wrapper_root) is str
+            and type(self.wrapper_path) is str and type(self.command_hash) is str
+            and _pid_or_none(self.process_group_id) and _pid_or_none(self.root_start_ticks)
+            and _pid_or_none(self.owner_pid)
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
         if not isinstance(self.state, LeaseState):
             try:
                 msgspec.structs.force_setattr(self, "state", LeaseState(self.state))

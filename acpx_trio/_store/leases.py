@@ -47,6 +47,7 @@ from acpx_trio._store.fsio import (
     quarantine,
     read_private_file,
 )
+from acpx_trio._store.lease_log import ChangeRecord, Fingerprint, append_change, read_changes
 from acpx_trio._store.lease_model import (
     LeaseState,
     ProcessLease,
@@ -82,7 +83,8 @@ class LeaseSnapshot:
     had when this snapshot was read or written (another writer changes the fingerprint)."""
 
     __slots__ = (
-        "_encoder", "_held", "_pid", "bad", "dirty", "final", "fingerprint", "leases", "raw"
+        "_encoder", "_held", "_pid", "bad", "changes", "dirty", "final", "fingerprint",
+        "leases", "raw",
     )
 
     def __init__(
@@ -104,11 +106,27 @@ class LeaseSnapshot:
         self.bad = bad
         self.dirty = False
         self.fingerprint: _Fingerprint = None
+        #: What put/drop did since the file was last read or written, per id (the entry as
+        #: encoded, or ``None`` for dropped), for the change log; ``None`` when a dropped id
+        #: was put again (the log cannot say where it goes: readers decode the whole file).
+        self.changes: dict[str, msgspec.Raw | None] | None = {}
+
+    def settled(self, fingerprint: _Fingerprint) -> None:
+        """The file is now version ``fingerprint`` of this snapshot (read or written)."""
+        self.fingerprint = fingerprint
+        self.dirty = False
+        self.changes = {}
 
     def put(self, lease: ProcessLease) -> None:
         key = lease.lease_id
+        raw = msgspec.Raw(self._encoder.encode(lease))
         self.leases[key] = lease
-        self.raw[key] = msgspec.Raw(self._encoder.encode(lease))
+        self.raw[key] = raw
+        if self.changes is not None:
+            if key in self.changes and self.changes[key] is None:
+                self.changes = None
+            else:
+                self.changes[key] = raw
         if lease.state in _FINAL_STATES:
             self.final.add(key)
             self._held.pop(key, None)
@@ -125,6 +143,8 @@ class LeaseSnapshot:
             del self.leases[key], self.raw[key]
             self.final.discard(key)
             self._held.pop(key, None)
+            if self.changes is not None:
+                self.changes[key] = None
         self.dirty = True
 
 
@@ -271,6 +291,8 @@ class SyncLeaseStore:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / LEASE_FILE_NAME
         self.lock_path = self.state_dir / (LEASE_FILE_NAME + ".lock")
+        self.changes_path = self.state_dir / (LEASE_FILE_NAME + ".changes")
+        self._log_offset = 0  # change-log bytes already applied or written by this store
         self.max_final = max_final
         self.final_ttl_seconds = final_ttl_seconds
         self._clock = clock
@@ -325,13 +347,16 @@ class SyncLeaseStore:
         """The file's content (lock held): the kept snapshot when the file is unchanged."""
         current = fingerprint(self.path)
         snap = self._snap
-        if snap is not None and current is not None and snap.fingerprint == current:
+        if (
+            snap is not None and current is not None and snap.fingerprint is not None
+            and (snap.fingerprint == current or self._follow(snap, current))
+        ):
             return snap
         moved = len(self.quarantined)
         leases, bad = self._read_unlocked()
         snap = LeaseSnapshot(leases, bad, _encoder)
         if not bad and len(self.quarantined) == moved:
-            snap.fingerprint = current
+            snap.settled(current)
         self.skipped_entries = len(bad)
         self._snap = snap
         self._restore = self._restore or len(self.quarantined) > moved
@@ -340,6 +365,31 @@ class SyncLeaseStore:
         else:
             self._held = held_by(snap, os.getpid())
         return snap
+
+    def _follow(self, snap: LeaseSnapshot, current: Fingerprint) -> bool:
+        """Bring ``snap`` to version ``current`` through the change log (lock held); False
+        (``snap`` untouched) unless the log has the whole chain (see :mod:`.lease_log`)."""
+        records, end = read_changes(self.changes_path, self._log_offset)
+        chain: list[ChangeRecord] = []
+        version = snap.fingerprint
+        for record in records:
+            if record.before == version:
+                chain.append(record)
+                version = record.after
+        if version != current or not chain:
+            return False
+        try:
+            puts = [[_lease_decoder.decode(x) for x in record.put] for record in chain]
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return False
+        for record, leases in zip(chain, puts, strict=True):
+            for lease in leases:
+                snap.put(lease)
+            snap.drop([x for x in record.drop if x in snap.leases])
+        snap.settled(current)
+        self._log_offset = end
+        self._held = held_by(snap, os.getpid())
+        return True
 
     def _restore_held(self, snap: LeaseSnapshot) -> None:
         """After a quarantine (lock held): put this process's open leases back, durably, so
@@ -365,9 +415,17 @@ class SyncLeaseStore:
         except BaseException:
             self._snap = None  # memory is ahead of the file: re-read next time
             raise
-        snap.fingerprint = fingerprint(self.path)
+        before, changes = snap.fingerprint, snap.changes
+        after = fingerprint(self.path)
+        if before is not None and after is not None and changes is not None:  # now durable
+            end = append_change(self.changes_path, ChangeRecord(
+                before, after, [x for x in changes.values() if x is not None],
+                [k for k, x in changes.items() if x is None],
+            ))
+            if end is not None:
+                self._log_offset = end
+        snap.settled(after)
         snap.bad = []
-        snap.dirty = False
         self.skipped_entries = 0
         self._held = held_by(snap, os.getpid())
         self._restore = False
