@@ -40,7 +40,7 @@ from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
-from acpx_trio._process.watchdog import WATCHDOG_ENV
+from acpx_trio._process.watchdog import WAIT_SCRIPT, WATCHDOG_ENV
 from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.lease_model import ProcessLease
 from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
@@ -113,7 +113,7 @@ def watchdogs_of(owner_pid: int) -> list[int]:
     for proc in psutil.process_iter():
         try:
             cmd = proc.cmdline()
-            if ("acpx_trio._process.watchdog" in cmd and str(owner_pid) in cmd
+            if (WAIT_SCRIPT in cmd and str(owner_pid) in cmd
                     and proc.status() != psutil.STATUS_ZOMBIE):
                 out.append(proc.pid)
         except psutil.Error:

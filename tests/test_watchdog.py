@@ -21,7 +21,7 @@ import trio
 from _escape_helpers import Decoys, cleanup_marker, group_members, marked, new_marker, stat_ids
 from _proc_helpers import poll_until
 
-from acpx_trio._process.watchdog import WATCHDOG_ENV, WATCHDOG_LOG_ENV
+from acpx_trio._process.watchdog import WAIT_SCRIPT, WATCHDOG_ENV, WATCHDOG_LOG_ENV
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.leases import SyncLeaseStore
 
@@ -46,7 +46,7 @@ def watchdogs_of(owner_pid: int) -> list[int]:
             cmd = proc.cmdline()
         except psutil.Error:
             continue
-        if "acpx_trio._process.watchdog" in cmd and str(owner_pid) in cmd:
+        if WAIT_SCRIPT in cmd and str(owner_pid) in cmd:
             out.append(proc.pid)
     return out
 

@@ -1,9 +1,9 @@
 """Processes acpx-trio starts and kills: identity proofs (``identity``), fast ``/proc`` scans
 (``scan``, ``shared_scan``), the pure reap planner with its proofs and group/session rules
-(``reap_plan``), the operating-system side of signalling and waiting (``reaper_os``), the
-reaper itself (``reaper``: the waves and the entry points), one reap of a gateway
-(``gateway_reap``), the owner-death watchdog (``watchdog``, also ``python -m
-acpx_trio._process.watchdog``), containment by leaf cgroups (``cgroup``), the shared process
+(``reap_plan``), the operating-system side of signalling and waiting (``reaper_os``), the reaper
+itself (``reaper``: the waves and the entry points), one reap of a gateway (``gateway_reap``),
+the owner-death watchdog (``watchdog``; its process runs ``watchdog_wait``, a standard-library
+script until the owner dies), containment by leaf cgroups (``cgroup``), the shared process
 helpers (``tools``), the owner tag of a launch (``owner_tag``), the one owned-process launch
 shared by agents and terminals (``owned``: watchdog armed, lease saved first, leaf cgroup,
 tagged own-session spawn, lease completion) and one agent process with its lease and ACP

@@ -1,8 +1,8 @@
 """Owner-death watchdog: when the process that owns agent leases dies (SIGKILL included),
 every agent tree it started is killed, with no restart needed.
 
-One small process per running service that starts agents (``python -S -m
-acpx_trio._process.watchdog ...``), spawned before its first agent, detached (its own
+One small process per running service that starts agents (``python -S -P
+.../acpx_trio/_process/watchdog_wait.py ...``), spawned before its first agent, detached (its own
 session, stdio on ``/dev/null``), through :func:`register_watchdog`.  It holds
 the read end of a pipe whose write end only the owner keeps, and a pidfd of the owner whose
 identity (pid + start ticks) it checks after opening it.  It blocks in ``poll`` on both; it
@@ -34,10 +34,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
+
+from acpx_trio._process.watchdog_wait import STOP, owner_gone, wait_owner_gone
 
 if TYPE_CHECKING:
     import trio
@@ -47,11 +48,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ARM_WAIT_SECONDS",
     "STOP",
+    "WAIT_SCRIPT",
     "WATCHDOG_ENV",
     "WATCHDOG_LOG_ENV",
     "WatchdogHandle",
+    "after_owner_death",
     "ensure_armed",
-    "main",
     "owner_gone",
     "reap_dead_owner",
     "register_watchdog",
@@ -60,29 +62,13 @@ __all__ = [
 ]
 
 _log = logging.getLogger("acpx_trio.watchdog")
+#: The watchdog process's program (see :func:`watchdog_argv`).
+WAIT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog_wait.py")
 #: Set to ``0`` to start no watchdog (then only a later start-up or ``acpx-trio reap``
 #: cleans up after a killed owner).
 WATCHDOG_ENV = "ACPX_TRIO_WATCHDOG"
 #: A file the watchdog appends one line of figures to after a reap (tests, benchmarks).
 WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
-#: Owner start time tolerance (seconds) when comparing psutil create times.
-_TOLERANCE = 0.5
-#: What the owner writes before closing the pipe on a normal stop.
-STOP = b"stop"
-#: Poll interval where pidfds are unavailable.
-_POLL_SECONDS = 1.0
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        fields = data[data.rfind(b")") + 1 :].split()
-        if fields[0] in (b"Z", b"X", b"x"):
-            return None
-        return int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _stopped(pid: int) -> bool:
@@ -95,62 +81,6 @@ def _stopped(pid: int) -> bool:
     except psutil.Error:
         return False
     return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-
-
-def owner_gone(pid: int, ticks: int | None) -> bool:
-    """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
-    now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
-    if ticks is not None:
-        return _start_ticks(pid) != ticks
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
-    """Block until the owner dies (``True``) or says it stopped normally (``False``: it
-    wrote :data:`STOP` to the pipe ``fd``).  EOF without :data:`STOP` is not proof of death
-    on its own (a dying process closes its files before it turns zombie): the owner's pidfd
-    (or its start ticks, polled where pidfds are unavailable) decides.  Blocking; for the
-    watchdog process only."""
-    pidfd: int | None = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        if owner_gone(pid, ticks):  # checked after opening the pidfd: it pins the owner
-            return True
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        if pidfd is not None:
-            poller.register(pidfd, select.POLLIN)
-        timeout = None if pidfd is not None else _POLL_SECONDS * 1000
-        pipe_open = True
-        while True:
-            for ready, _event in poller.poll(timeout):
-                if ready == pidfd:
-                    return True
-                if ready == fd:
-                    data = os.read(fd, 4096)
-                    if STOP in data:
-                        return False  # normal stop: the owner closed everything itself
-                    if not data:  # EOF: watch the owner itself from now on
-                        poller.unregister(fd)
-                        pipe_open = False
-                        if pidfd is None:
-                            timeout = 50
-            if pidfd is None and owner_gone(pid, ticks):
-                return True
-            if not pipe_open and pidfd is None and timeout is None:
-                timeout = 50
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
 
 async def _reap(
@@ -182,40 +112,35 @@ def reap_dead_owner(
     return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m acpx_trio._process.watchdog FD OWNER_PID OWNER_TICKS OWNER_START LEASE_DIR
-    GATEWAY_ID GRACE`` (``OWNER_TICKS`` may be ``-``)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 7:
-        sys.stderr.write(f"usage: watchdog {main.__doc__}\n")
-        return 2
-    fd, pid = int(args[0]), int(args[1])
-    ticks = None if args[2] == "-" else int(args[2])
-    start, lease_dir, gateway, grace = float(args[3]), args[4], args[5], float(args[6])
-    if not wait_owner_gone(fd, pid, ticks):
-        return 0  # normal stop: the owner closed everything itself
+def after_owner_death(
+    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
+    owner_ticks: int | None,
+) -> None:
+    """The watchdog process's work once its owner is gone (called by
+    :mod:`.watchdog_wait`): :func:`reap_dead_owner`, then one line of figures to
+    ``$ACPX_TRIO_WATCHDOG_LOG`` when set."""
     import time
 
     seen = time.monotonic()
-    result = reap_dead_owner(lease_dir, gateway, pid, start, grace, ticks)
+    result = reap_dead_owner(lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
     log = os.environ.get(WATCHDOG_LOG_ENV)
     if log:  # measurements for tests and benchmarks (no secrets: pids and lease ids only)
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"owner={pid} reap_seconds={time.monotonic() - seen:.3f} "
+            fh.write(f"owner={owner_pid} reap_seconds={time.monotonic() - seen:.3f} "
                      f"terminated={len(result.terminated_pids)} "
                      f"survived={len(result.survived_pids)} "
                      f"closed={len(result.closed_lease_ids)} lost={len(result.lost_lease_ids)}\n")
-    return 0
 
 
 def watchdog_argv(
     fd: int, owner_pid: int, owner_ticks: int | None, owner_start: float, lease_dir: str,
     gateway_id: str, grace: float,
 ) -> list[str]:
-    """The command line of a watchdog process (``-S``: no ``site``; the caller passes its
-    ``sys.path`` as ``PYTHONPATH`` so imports still resolve)."""
+    """The command line of a watchdog process: :mod:`.watchdog_wait` run by path (``-S``: no
+    ``site``; ``-P``: not its directory on ``sys.path``), which imports nothing of ours until
+    the owner dies; the caller passes its ``sys.path`` as ``PYTHONPATH`` for that moment."""
     return [
-        sys.executable, "-S", "-m", "acpx_trio._process.watchdog", str(fd), str(owner_pid),
+        sys.executable, "-S", "-P", WAIT_SCRIPT, str(fd), str(owner_pid),
         "-" if owner_ticks is None else str(owner_ticks), repr(owner_start), lease_dir,
         gateway_id, repr(grace),
     ]
@@ -418,7 +343,3 @@ async def _spawn_and_wait(
         if proc.returncode is None:
             proc.kill()
     return proc.returncode
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,6 +27,8 @@ from _attack_helpers import AGENT  # noqa: E402
 from _cli_helpers import background_cli, kill_gateway_processes, run_cli  # noqa: E402
 from _escape_helpers import Decoys, cleanup_marker, marked, new_marker  # noqa: E402
 
+from acpx_trio._process.watchdog import WAIT_SCRIPT  # noqa: E402
+
 PATHS = {True: "owner+watchdog-killed+reap", False: "owner-killed(no watchdog)+reap"}
 
 
@@ -35,7 +37,7 @@ def _watchdogs_of(owner_pid: int) -> list[int]:
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             cmd = proc.cmdline()
-            if "acpx_trio._process.watchdog" in cmd and str(owner_pid) in cmd:
+            if WAIT_SCRIPT in cmd and str(owner_pid) in cmd:
                 out.append(proc.pid)
     return out
 

@@ -1,0 +1,118 @@
+"""The owner-death watchdog process's first half: wait, cheaply, for the owner to die.
+
+Run by path (``python -S -P .../watchdog_wait.py FD OWNER_PID OWNER_TICKS OWNER_START
+LEASE_DIR GATEWAY_ID GRACE``, see :func:`acpx_trio._process.watchdog.watchdog_argv`), it
+imports only ``os``, ``select`` and ``sys`` until the owner is gone: its start costs what a
+bare ``python -S`` costs (it runs next to the owner's first agent on a small machine), and
+its idle memory is a bare interpreter's.  When the owner dies it imports the package
+(``PYTHONPATH`` names it) and hands over to
+:func:`acpx_trio._process.watchdog.after_owner_death`.  A normal stop (``stop`` on the pipe)
+exits at once, without interpreter teardown.
+
+Standard library only, and no import of ``acpx_trio`` at module level: it must run as a
+script.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+__all__ = ["STOP", "main", "owner_gone", "wait_owner_gone"]
+
+#: What the owner writes before closing the pipe on a normal stop.
+STOP = b"stop"
+#: Poll interval where pidfds are unavailable.
+_POLL_SECONDS = 1.0
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rfind(b")") + 1 :].split()
+        if fields[0] in (b"Z", b"X", b"x"):
+            return None
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+
+def owner_gone(pid: int, ticks: int | None) -> bool:
+    """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
+    now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
+    if ticks is not None:
+        return _start_ticks(pid) != ticks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
+    """Block until the owner dies (``True``) or says it stopped normally (``False``: it
+    wrote :data:`STOP` to the pipe ``fd``).  EOF without :data:`STOP` is not proof of death
+    on its own (a dying process closes its files before it turns zombie): the owner's pidfd
+    (or its start ticks, polled where pidfds are unavailable) decides.  Blocking; for the
+    watchdog process only."""
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if owner_gone(pid, ticks):  # checked after opening the pidfd: it pins the owner
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        timeout = None if pidfd is not None else _POLL_SECONDS * 1000
+        pipe_open = True
+        while True:
+            for ready, _event in poller.poll(timeout):
+                if ready == pidfd:
+                    return True
+                if ready == fd:
+                    data = os.read(fd, 4096)
+                    if STOP in data:
+                        return False  # normal stop: the owner closed everything itself
+                    if not data:  # EOF: watch the owner itself from now on
+                        poller.unregister(fd)
+                        pipe_open = False
+                        if pidfd is None:
+                            timeout = 50
+            if pidfd is None and owner_gone(pid, ticks):
+                return True
+            if not pipe_open and pidfd is None and timeout is None:
+                timeout = 50
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def main(argv: list[str]) -> int:
+    """Parse the command line (``OWNER_TICKS`` may be ``-``), wait for the owner, and on its
+    death run the reap; exit code 2 on a bad command line."""
+    if len(argv) != 7:
+        sys.stderr.write("usage: watchdog_wait.py FD OWNER_PID OWNER_TICKS OWNER_START "
+                         "LEASE_DIR GATEWAY_ID GRACE\n")
+        return 2
+    fd, pid = int(argv[0]), int(argv[1])
+    ticks = None if argv[2] == "-" else int(argv[2])
+    start, lease_dir, gateway, grace = float(argv[3]), argv[4], argv[5], float(argv[6])
+    if not wait_owner_gone(fd, pid, ticks):
+        os._exit(0)  # normal stop: the owner closed everything itself; nothing to flush
+    from acpx_trio._process.watchdog import after_owner_death
+
+    after_owner_death(lease_dir, gateway, pid, start, grace, ticks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
