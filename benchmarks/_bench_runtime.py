@@ -18,11 +18,13 @@ __all__ = ["bench_runtime", "stream_chunks"]
 
 
 @contextlib.asynccontextmanager
-async def bench_runtime(root: Path) -> AsyncIterator[AcpxRuntime]:
+async def bench_runtime(root: Path, containment: str = "auto") -> AsyncIterator[AcpxRuntime]:
     """A runtime whose workspace is ``root/ws`` (created) and whose state lives under
-    ``root``, with a gateway id of its own; every agent is gone on exit."""
+    ``root``, with a gateway id of its own and the given ``containment``; every agent is gone
+    on exit."""
     (root / "ws").mkdir(exist_ok=True)
-    config = resolve_config({"stateDir": str(root / "state")}, str(root / "ws"))
+    config = resolve_config({"stateDir": str(root / "state"), "containment": containment},
+                            str(root / "ws"))
     async with open_acpx_runtime(
         config, gateway_instance_id=f"bench-{uuid.uuid4().hex[:8]}",
         lease_store=LeaseStore(root / "leases"),

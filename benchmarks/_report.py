@@ -8,17 +8,38 @@ of its targets is missed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-__all__ = ["load", "median", "processes", "result", "skip"]
+__all__ = ["background", "load", "median", "processes", "result", "skip"]
 
 
 def processes() -> int:
     """Processes on the machine now (the cost of a /proc pass grows with it)."""
     return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+@contextlib.contextmanager
+def background(n: int) -> Iterator[None]:
+    """A busy machine for the duration: ``n`` idle ``sleep`` processes (each in its own
+    session); all SIGKILLed and reaped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                          start_new_session=True))
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+                proc.wait(timeout=5)
 
 
 def load() -> str:

@@ -1,11 +1,14 @@
-"""Many sessions at once: 50 concurrent ``ensure_session``, then 50 concurrent ``close``.
+"""Many sessions at once: N concurrent ``ensure_session``, then N concurrent ``close``, for each
+N of ``--sessions`` (a scale series, e.g. ``10 50 200``).
 
-Baseline, same run, alternating: 50 concurrent raw spawns of the same mock agent with
-``initialize`` + ``session/new`` (then 50 concurrent stdin-close + exit).  Targets: the runtime's
-concurrent ensure phase <= 1.15x the raw phase (per session, same count); closing all 50
-sessions <= 150 ms.  Medians of ``--reps`` repetitions.
+Baseline, same run, alternating: N concurrent raw spawns of the same mock agent with
+``initialize`` + ``session/new`` (then N concurrent stdin-close + exit).  Targets: the runtime's
+concurrent ensure phase <= 1.15x the raw phase (per session, same count); closing all N
+sessions <= 3 ms per session (150 ms for 50).  Also reported: what one more live session costs
+this process (RSS and open file descriptors, measured with all N open; the agents are other
+processes).  Medians of ``--reps`` repetitions.
 
-Run: ``python benchmarks/concurrency.py [--sessions 50] [--reps 5]``; exits 1 on a miss.
+Run: ``python benchmarks/concurrency.py [--sessions 10 50 200] [--reps 5]``; exits 1 on a miss.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,8 +52,18 @@ async def raw_round(cwd: str, n: int) -> tuple[float, float]:
     return opened, time.perf_counter() - start
 
 
+#: (RSS bytes, open fds) of this process with the sessions of the last round open, and before.
+FOOTPRINT: list[tuple[int, int, int, int]] = []
+
+
+def _footprint() -> tuple[int, int]:
+    me = psutil.Process()
+    return me.memory_info().rss, me.num_fds()
+
+
 async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float]:
     handles: list[AcpRuntimeHandle] = []
+    rss0, fds0 = _footprint()
 
     async def one(i: int) -> None:
         handles.append(await rt.ensure_session(session_key=f"{tag}-{i}", agent="mock"))
@@ -59,6 +73,7 @@ async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float
         for i in range(n):
             nursery.start_soon(one, i)
     opened = time.perf_counter() - start
+    FOOTPRINT.append((rss0, fds0, *_footprint()))
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for handle in handles:
@@ -66,7 +81,15 @@ async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float
     return opened, time.perf_counter() - start
 
 
-async def main(n: int, reps: int) -> bool:
+async def main(counts: list[int], reps: int) -> bool:
+    ok = True
+    for n in counts:
+        ok &= await series(n, reps)
+    return ok
+
+
+async def series(n: int, reps: int) -> bool:
+    FOOTPRINT.clear()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cwd = str(root / "ws")
@@ -92,16 +115,22 @@ async def main(n: int, reps: int) -> bool:
     )
     m_close, m_raw_close = median(rt_close), median(raw_close)
     ok_close = result(
-        f"concurrency.close{n}", f"{m_close * 1e3:.1f} ms",
+        f"concurrency.close{n}", f"{m_close * 1e3:.1f} ms ({m_close / n * 1e3:.2f} ms/session)",
         f"raw stdin-close+exit x{n} {m_raw_close * 1e3:.1f} ms", m_close / m_raw_close,
-        "<= 150 ms", m_close <= 0.150,
+        f"<= {3 * n} ms", m_close <= 0.003 * n,
     )
+    # the first round's growth includes one-time allocations: the later rounds' median
+    per = FOOTPRINT[1:] or FOOTPRINT
+    rss = median([(after - before) / n for before, _, after, _ in per])
+    fds = median([(after - before) / n for _, before, _, after in per])
+    print(f"INFO concurrency.footprint{n} | {rss / 1024:.1f} KiB RSS and {fds:.1f} fds per "
+          f"open session (this process; medians of {len(per)} rounds)", flush=True)
     return ok_open and ok_close
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[50])
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     sys.exit(0 if trio.run(main, args.sessions, args.reps) else 1)

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -42,7 +41,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import result, skip
+from _report import background, result, skip
 from reap import IDLE_AGENT, _sleeping, raw_close
 
 from acpx_trio import LeaseStore
@@ -65,20 +64,6 @@ GRACE = 0.5
 
 def machine() -> str:
     return f"{sum(1 for n in os.listdir('/proc') if n.isdigit())} processes on the machine"
-
-
-@contextlib.contextmanager
-def background(n: int) -> Iterator[None]:
-    """``n`` idle sleepers for the duration (a busy machine); all SIGKILLed at the end."""
-    procs = [subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
-                              start_new_session=True) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.wait()
 
 
 async def _spawn(argv: list[str]) -> float:

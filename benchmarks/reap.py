@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -46,6 +45,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import background
 from _report import result as report_result
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
@@ -208,24 +208,6 @@ async def scenario(
 
 def _machine_processes() -> int:
     return sum(1 for n in os.listdir("/proc") if n.isdigit())
-
-
-@contextlib.contextmanager
-def background(n: int) -> Iterator[None]:
-    """``n`` idle sleepers for the duration (a busy machine); all SIGKILLed at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(n):
-            procs.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
-                                          start_new_session=True))
-        yield
-    finally:
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.kill()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
-                proc.wait(timeout=5)
 
 
 IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]

@@ -20,19 +20,35 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
-    # (script, full args, quick args)
+    # (script, full args, quick args); "-bg3000": the same on a busy machine (3,000 idle
+    # background processes), the scale series: reap 50/200/1,000 trees, sessions 10/50/200
     ("turns.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
-    ("concurrency.py", ["--reps", "5"], ["--reps", "2", "--sessions", "10"]),
+    ("turns.py", ["--n", "20", "--containment", "process-group", "--lifecycle-only"],
+     ["--n", "4", "--containment", "process-group", "--lifecycle-only"]),
+    ("turns.py", ["--n", "10", "--background", "3000", "--lifecycle-only"],
+     ["--n", "4", "--background", "300", "--lifecycle-only"]),
+    ("turns.py", ["--n", "10", "--background", "3000", "--lifecycle-only", "--containment",
+                  "process-group"],
+     ["--n", "4", "--background", "300", "--lifecycle-only", "--containment",
+      "process-group"]),
+    ("concurrency.py", ["--reps", "3", "--sessions", "10", "50", "200"],
+     ["--reps", "2", "--sessions", "10"]),
     ("lease_store.py", ["--rounds", "30"], ["--rounds", "9", "--leases", "2000"]),
     ("cli_import.py", ["--n", "15"], ["--n", "5"]),
     ("cli_vs_acpx.py", ["--n", "10"], ["--n", "3"]),
     ("reap.py", ["--measure-seed"], ["--leases", "40", "--stubborn", "4"]),
+    ("reap.py", ["--scale", "--close", "20"], ["--leases", "40", "--stubborn", "4"]),
+    ("reap.py", ["--scale", "--close", "20", "--background", "3000"],
+     ["--leases", "40", "--stubborn", "4", "--background", "300"]),
     ("churn.py", ["--cycles", "20000", "--skip-runtime"], ["--cycles", "3000",
                                                            "--skip-runtime"]),
     ("sdk_peer.py", ["--reps", "7"], ["--reps", "3", "--chunks", "2000"]),
     ("transcript.py", ["--n", "20"], ["--n", "6", "--chunks", "2000"]),
     ("containment.py", [], ["--spawns", "10", "--closes", "5", "--trees", "50",
                             "--owner-deaths", "2"]),
+    ("containment.py", ["--background", "3000"],
+     ["--spawns", "10", "--closes", "5", "--trees", "50", "--owner-deaths", "2",
+      "--background", "300"]),
 ]
 
 
@@ -58,6 +74,7 @@ def main() -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
     rows: list[str] = []
+    infos: list[str] = []
     failed: list[str] = []
     for script, full, quick in BENCHMARKS:
         if args.only and script not in args.only:
@@ -70,12 +87,15 @@ def main() -> int:
         for line in lines:
             print(line, flush=True)
         rows += [ln for ln in lines if ln.startswith("RESULT")]
+        infos += [ln.removeprefix("INFO").strip() for ln in lines if ln.startswith("INFO")]
         if done.returncode != 0:
             failed.append(script)
             if not any(ln.startswith("RESULT") for ln in lines):
                 print(out[-2000:], flush=True)
     load_after = os.getloadavg()
-    header = (f"Machine: {machine()}.  Run: {started}, load average "
+    commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    header = (f"Machine: {machine()}.  Commit {commit or '?'}.  Run: {started}, load average "
               f"{load_before[0]:.2f}/{load_before[1]:.2f} before, "
               f"{load_after[0]:.2f}/{load_after[1]:.2f} after"
               f"{' (quick sizes)' if args.quick else ''}.")
@@ -92,7 +112,8 @@ def main() -> int:
                              f" | {load.removeprefix('load ')} | {verdict} |")
             elif len(cells) >= 2:
                 table.append(f"| {cells[0]} | {cells[1]} | | | | | SKIP |")
-        args.out.write_text(header + "\n\n" + "\n".join(table) + "\n")
+        notes = "".join(f"* {line}\n" for line in infos)
+        args.out.write_text(header + "\n\n" + "\n".join(table) + "\n\n" + notes)
     if failed:
         print(f"targets missed or benchmark failed: {', '.join(failed)}")
         return 1

@@ -8,9 +8,18 @@
     CPU time (``time.process_time``: the agent is another process) and wall time, medians.
     ``run_turn_batches`` (the API for high-rate streams): target CPU <= 1.0, wall <= 1.1.
     ``run_turn`` (one event per step) is reported too, target CPU <= 1.3, wall <= 1.3.
+(c) the first turn of a fresh session, whole: ``ensure_session``, one 10,000-chunk turn through
+    ``run_turn_batches``, ``close``; against the leanest raw Trio loop we can write for the
+    same work (``trio.lowlevel.open_process``, ``receive_some(65536)``, split lines, one
+    ``msgspec.json.decode`` per line, the text taken from each update, stdin close, wait).
+    Target: client CPU <= 1.0, wall <= 1.1.
 
-Run: ``python benchmarks/turns.py [--n 20] [--chunks 10000]``.  Prints one ``RESULT`` line per
-figure (see ``_report.py``); exits 1 if a target is missed.
+``--background N``: the same on a busy machine (N idle processes); names get ``-bgN``.
+``--lifecycle-only``: (a) alone.  ``--containment MODE``: the runtime's containment (default
+``auto``: a leaf cgroup per agent where the machine allows it); names get ``-MODE``.
+
+Run: ``python benchmarks/turns.py [--n 20] [--chunks 10000] [--background N]``.  Prints one
+``RESULT`` line per figure (see ``_report.py``); exits 1 if a target is missed.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_runtime import bench_runtime, stream_chunks
-from _report import median, result
+from _report import background, median, result
 
 from acpx_trio._runtime.runtime import AcpxRuntime
 
@@ -143,6 +152,61 @@ async def raw_turn(cwd: str, chunks: int) -> Timing:
         await agent.close()
 
 
+_lean_decode = msgspec.json.decode
+_lean_encode = msgspec.json.Encoder().encode
+
+
+async def lean_first_turn(cwd: str, chunks: int) -> Timing:
+    """The raw baseline of (c): spawn, initialize, session/new, one prompt read to its
+    answer, stdin close, wait; nothing but what the wire needs."""
+    start, cpu = time.perf_counter(), time.process_time()
+    proc = await trio.lowlevel.open_process(
+        MOCK, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=cwd, start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    tail = b""
+    texts: list[str] = []
+
+    async def call(rid: int, method: str, params: Any) -> Any:
+        nonlocal tail
+        await stdin.send_all(_lean_encode(
+            {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}) + b"\n")
+        while True:
+            data = await stdout.receive_some(65536)
+            if not data:
+                raise EOFError
+            lines = (tail + data).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                msg = _lean_decode(line)
+                if msg.get("id") == rid and "method" not in msg:
+                    return msg["result"]
+                if msg.get("method") == "session/update":
+                    texts.append(msg["params"]["update"]["content"]["text"])
+
+    await call(0, "initialize", INIT)
+    sid = (await call(1, "session/new", {"cwd": cwd, "mcpServers": []}))["sessionId"]
+    await call(2, "session/prompt",
+               {"sessionId": sid, "prompt": [{"type": "text", "text": f"/chunks {chunks}"}]})
+    await stdin.aclose()
+    await proc.wait()
+    assert len(texts) == chunks, len(texts)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+async def runtime_first_turn(rt: AcpxRuntime, chunks: int, n: int) -> Timing:
+    """(c) through the runtime: ensure, one turn through ``run_turn_batches``, close."""
+    start, cpu = time.perf_counter(), time.process_time()
+    handle = await rt.ensure_session(session_key=f"first-{n}", agent="mock")
+    try:
+        await stream_chunks(rt, handle, chunks, batches=True)
+    finally:
+        await rt.close(handle=handle, reason="bench")
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
 async def runtime_turn(rt: AcpxRuntime, chunks: int, n: int, batches: bool) -> Timing:
     handle = await rt.ensure_session(session_key=f"turn-{n}", agent="mock")
     try:
@@ -160,11 +224,13 @@ def report(name: str, ours: list[float], raw: list[float], target: float) -> boo
                   f"<= {target}", ratio <= target)
 
 
-async def main(n: int, chunks: int) -> bool:
+async def main(n: int, chunks: int, suffix: str = "", lifecycle_only: bool = False,
+               containment: str = "auto") -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cwd = str(root / "ws")
-        async with bench_runtime(root) as rt:
+        async with bench_runtime(root, containment) as rt:
+            print(f"INFO turns{suffix} | containment {rt.containment.mechanism}", flush=True)
             await raw_lifecycle(cwd)  # warm-up: imports, thread cache, page cache
             await runtime_lifecycle(rt, -1)
             ours: list[float] = []
@@ -172,7 +238,10 @@ async def main(n: int, chunks: int) -> bool:
             for i in range(n):
                 raw.append(await raw_lifecycle(cwd))
                 ours.append(await runtime_lifecycle(rt, i))
-            oks = [report("turns.lifecycle ensure+close vs raw spawn+init+new", ours, raw, 1.10)]
+            name = f"turns.lifecycle{suffix} ensure+close vs raw spawn+init+new"
+            oks = [report(name, ours, raw, 1.20 if "-bg" in suffix else 1.10)]
+            if lifecycle_only:
+                return all(oks)
             await runtime_turn(rt, chunks, -1, True)
             await runtime_turn(rt, chunks, -2, False)
             samples: dict[str, list[Timing]] = {"raw": [], "batches": [], "run_turn": []}
@@ -183,11 +252,21 @@ async def main(n: int, chunks: int) -> bool:
             raw_wall = [w for w, _ in samples["raw"]]
             raw_cpu = [c for _, c in samples["raw"]]
             for api, cpu_target, wall_target in (("batches", 1.0, 1.1), ("run_turn", 1.3, 1.3)):
-                name = f"turns.stream{chunks // 1000}k.{api}"
+                name = f"turns.stream{chunks // 1000}k{suffix}.{api}"
                 oks.append(report(f"{name}.cpu", [c for _, c in samples[api]], raw_cpu,
                                   cpu_target))
                 oks.append(report(f"{name}.wall", [w for w, _ in samples[api]], raw_wall,
                                   wall_target))
+            await lean_first_turn(cwd, chunks)
+            await runtime_first_turn(rt, chunks, -1)
+            lean: list[Timing] = []
+            first: list[Timing] = []
+            for i in range(max(5, n // 2)):
+                lean.append(await lean_first_turn(cwd, chunks))
+                first.append(await runtime_first_turn(rt, chunks, i))
+            name = f"turns.first_turn{chunks // 1000}k{suffix}.vs_lean_loop"
+            oks.append(report(f"{name}.cpu", [c for _, c in first], [c for _, c in lean], 1.0))
+            oks.append(report(f"{name}.wall", [w for w, _ in first], [w for w, _ in lean], 1.1))
     return all(oks)
 
 
@@ -195,5 +274,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--background", type=int, default=0,
+                        help="idle background processes (a busy machine)")
+    parser.add_argument("--lifecycle-only", action="store_true")
+    parser.add_argument("--containment", default="auto",
+                        choices=("auto", "cgroup", "process-group"))
     args = parser.parse_args()
-    sys.exit(0 if trio.run(main, args.n, args.chunks) else 1)
+    with background(args.background):
+        suffix = f"-bg{args.background}" if args.background else ""
+        if args.containment != "auto":
+            suffix += f"-{args.containment}"
+        ok = trio.run(main, args.n, args.chunks, suffix, args.lifecycle_only, args.containment)
+    sys.exit(0 if ok else 1)
