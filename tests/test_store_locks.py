@@ -129,7 +129,12 @@ def test_unchanged_file_is_not_reread_and_foreign_writes_are_seen(tmp_path: Path
     second = lease("two")
     theirs.save(second)
     assert {x.session_key for x in ours.list_all()} == {"one", "two"}
-    assert ours._snap is not snap
+    assert ours._snap is snap  # caught up through the change log: no full re-read
+    theirs.changes_path.unlink()  # a writer whose changes are not in the log
+    theirs.save(lease("three"))
+    theirs.changes_path.unlink()
+    assert {x.session_key for x in ours.list_all()} == {"one", "two", "three"}
+    assert ours._snap is not snap  # the whole file was read again
 
 
 async def test_session_saves_are_group_committed(tmp_path: Path) -> None:
