@@ -73,7 +73,7 @@ async def _spawn(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-async def spawn_scenario(n: int, gateway: str) -> bool:
+async def spawn_scenario(n: int, gateway: str, suffix: str = "") -> bool:
     direct: list[float] = []
     shimmed: list[float] = []
     whole: list[float] = []
@@ -92,9 +92,9 @@ async def spawn_scenario(n: int, gateway: str) -> bool:
         assert remove_empty_leaf(leaf)
         whole.append(time.perf_counter() - start)
     d, s, w = (statistics.median(x) for x in (direct, shimmed, whole))
-    ok = result("containment.spawn-shim", f"{s * 1000:.2f} ms", f"direct spawn {d * 1000:.2f} ms",
-                s / d, "adds <= 1 ms", s - d <= 0.001)
-    result("containment.spawn-whole", f"{w * 1000:.2f} ms",
+    ok = result(f"containment.spawn-shim{suffix}", f"{s * 1000:.2f} ms",
+                f"direct spawn {d * 1000:.2f} ms", s / d, "adds <= 1 ms", s - d <= 0.001)
+    result(f"containment.spawn-whole{suffix}", f"{w * 1000:.2f} ms",
            f"direct spawn {d * 1000:.2f} ms", w / d, "(leaf made + shim + leaf removed)", True)
     print(f"    medians of {n}; shim adds {(s - d) * 1000:.2f} ms, the whole leaf "
           f"{(w - d) * 1000:.2f} ms; {machine()}")
@@ -258,13 +258,13 @@ def owner_death_once(tmp: Path) -> float:
             owner.wait()
 
 
-def owner_death_scenario(n: int) -> bool:
+def owner_death_scenario(n: int, suffix: str = "") -> bool:
     times = []
     for i in range(n):
         with tempfile.TemporaryDirectory(prefix="acpx-bench-od-") as d:
             times.append(owner_death_once(Path(d) / str(i)))
     m = statistics.median(times)
-    ok = result("containment.owner-death", f"{m:.3f} s", f"killGraceSeconds + 1 s = "
+    ok = result(f"containment.owner-death{suffix}", f"{m:.3f} s", f"killGraceSeconds + 1 s = "
                 f"{GRACE + 1:.1f} s", m / (GRACE + 1), "<= grace + 1 s",
                 max(times) <= GRACE + 1)
     print(f"    median of {n} (max {max(times):.3f} s), SIGTERM-ignoring agent; {machine()}")
@@ -282,12 +282,12 @@ async def main(args: argparse.Namespace) -> int:
     ok = True
     with background(args.background):
         print(f"    {machine()} ({args.background} idle background sleepers)")
-        ok &= await spawn_scenario(args.spawns, gateway)
+        ok &= await spawn_scenario(args.spawns, gateway, suffix)
         ok &= await close_scenario(args.closes, suffix)
         for n in args.trees:
             ok &= await reap_scenario(n, suffix)
         if args.owner_deaths:
-            ok &= await trio.to_thread.run_sync(owner_death_scenario, args.owner_deaths)
+            ok &= await trio.to_thread.run_sync(owner_death_scenario, args.owner_deaths, suffix)
     parent = gateway_parent(gateway)
     if parent is not None:
         with contextlib.suppress(OSError):

@@ -287,7 +287,7 @@ async def _scenarios(args: argparse.Namespace) -> int:
         ok &= await close_scenario(args.close, suffix)
     if args.scale:
         for n, target in ((50, 1.0), (200, 1.0), (1000, 1.0)):
-            ok &= await scenario(f"cooperative{n}{suffix}", n, COOPERATIVE, target, False)
+            ok &= await scenario(f"scale.cooperative{n}{suffix}", n, COOPERATIVE, target, False)
             print(f"    {_machine_processes()} processes on the machine after it")
         return 0 if ok else 1
     ok &= await scenario(

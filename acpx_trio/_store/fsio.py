@@ -93,7 +93,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes | bytearray, *, sync_dir: bool = True
+) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
     The new file is mode 0600 and durable on return (file and directory fsynced).  On any

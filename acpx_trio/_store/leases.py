@@ -409,9 +409,11 @@ class SyncLeaseStore:
 
     def _write(self, snap: LeaseSnapshot) -> None:
         self._prune(snap)
-        body = _encoder.encode(_LeaseFileRaw(leases=list(snap.raw.values())))
+        body = bytearray()  # encoded in place, newline appended: no copy of the whole file
+        _encoder.encode_into(_LeaseFileRaw(leases=list(snap.raw.values())), body)
+        body += b"\n"
         try:
-            atomic_write_bytes(self.path, body + b"\n")
+            atomic_write_bytes(self.path, body)
         except BaseException:
             self._snap = None  # memory is ahead of the file: re-read next time
             raise
