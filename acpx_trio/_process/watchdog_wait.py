@@ -39,7 +39,6 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
-
 def owner_gone(pid: int, ticks: int | None) -> bool:
     """Whether the owner (``pid`` started at ``ticks``) is gone: exited, a zombie, or its pid
     now holds another process.  Without ``ticks`` (not Linux): whether ``pid`` exists."""
