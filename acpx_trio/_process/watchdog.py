@@ -36,9 +36,14 @@ import logging
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from acpx_trio._process.watchdog_wait import STOP, owner_gone, wait_owner_gone
+from acpx_trio._process.watchdog_wait import (
+    STOP,
+    WATCHDOG_LOG_ENV,
+    owner_gone,
+    wait_owner_gone,
+)
 
 if TYPE_CHECKING:
     import trio
@@ -52,10 +57,8 @@ __all__ = [
     "WATCHDOG_ENV",
     "WATCHDOG_LOG_ENV",
     "WatchdogHandle",
-    "after_owner_death",
     "ensure_armed",
     "owner_gone",
-    "reap_dead_owner",
     "register_watchdog",
     "wait_owner_gone",
     "watchdog_argv",
@@ -67,8 +70,6 @@ WAIT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog
 #: Set to ``0`` to start no watchdog (then only a later start-up or ``acpx-trio reap``
 #: cleans up after a killed owner).
 WATCHDOG_ENV = "ACPX_TRIO_WATCHDOG"
-#: A file the watchdog appends one line of figures to after a reap (tests, benchmarks).
-WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
 
 
 def _stopped(pid: int) -> bool:
@@ -81,55 +82,6 @@ def _stopped(pid: int) -> bool:
     except psutil.Error:
         return False
     return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-
-
-async def _reap(
-    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
-    owner_ticks: int | None = None,
-) -> Any:
-    from acpx_trio._process.gateway_reap import reap_gateway
-    from acpx_trio._process.owner_tag import OwnerTag
-    from acpx_trio._store.leases import LeaseStore
-
-    dead = OwnerTag(pid=owner_pid, start_ticks=owner_ticks, create_time=owner_start)
-    # only the dead owner's leases, and processes whose owner tag names it (those whose
-    # lease record was lost to a corrupt file included)
-    return await reap_gateway(gateway_id, LeaseStore(lease_dir), owner=dead, grace=grace,
-                              lease_dir=lease_dir)
-
-
-def reap_dead_owner(
-    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
-    owner_ticks: int | None = None,
-) -> Any:
-    """Reap the open leases of the dead owner ``(owner_pid, owner_start)`` (a psutil create
-    time; ``owner_ticks`` its start ticks when known) in ``lease_dir``, then every process of
-    the gateway whose owner tag names it; returns the
-    :class:`~acpx_trio._process.gateway_reap.GatewayReapReport`.  Imports Trio and the
-    reaper only now."""
-    import trio as _trio
-
-    return _trio.run(_reap, lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
-
-
-def after_owner_death(
-    lease_dir: str, gateway_id: str, owner_pid: int, owner_start: float, grace: float,
-    owner_ticks: int | None,
-) -> None:
-    """The watchdog process's work once its owner is gone (called by
-    :mod:`.watchdog_wait`): :func:`reap_dead_owner`, then one line of figures to
-    ``$ACPX_TRIO_WATCHDOG_LOG`` when set."""
-    import time
-
-    seen = time.monotonic()
-    result = reap_dead_owner(lease_dir, gateway_id, owner_pid, owner_start, grace, owner_ticks)
-    log = os.environ.get(WATCHDOG_LOG_ENV)
-    if log:  # measurements for tests and benchmarks (no secrets: pids and lease ids only)
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"owner={owner_pid} reap_seconds={time.monotonic() - seen:.3f} "
-                     f"terminated={len(result.terminated_pids)} "
-                     f"survived={len(result.survived_pids)} "
-                     f"closed={len(result.closed_lease_ids)} lost={len(result.lost_lease_ids)}\n")
 
 
 def watchdog_argv(

@@ -6,7 +6,7 @@ imports only ``os``, ``select`` and ``sys`` until the owner is gone: its start c
 bare ``python -S`` costs (it runs next to the owner's first agent on a small machine), and
 its idle memory is a bare interpreter's.  When the owner dies it imports the package
 (``PYTHONPATH`` names it) and hands over to
-:func:`acpx_trio._process.watchdog.after_owner_death`.  A normal stop (``stop`` on the pipe)
+:func:`acpx_trio._process.watchdog_reap.after_owner_death`.  A normal stop (``stop`` on the pipe)
 exits at once, without interpreter teardown.
 
 Standard library only, and no import of ``acpx_trio`` at module level: it must run as a
@@ -19,8 +19,10 @@ import os
 import select
 import sys
 
-__all__ = ["STOP", "main", "owner_gone", "wait_owner_gone"]
+__all__ = ["STOP", "WATCHDOG_LOG_ENV", "main", "owner_gone", "wait_owner_gone"]
 
+#: A file the watchdog appends one line of figures to after a reap (tests, benchmarks).
+WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
 #: What the owner writes before closing the pipe on a normal stop.
 STOP = b"stop"
 #: Poll interval where pidfds are unavailable.
@@ -107,9 +109,10 @@ def main(argv: list[str]) -> int:
     start, lease_dir, gateway, grace = float(argv[3]), argv[4], argv[5], float(argv[6])
     if not wait_owner_gone(fd, pid, ticks):
         os._exit(0)  # normal stop: the owner closed everything itself; nothing to flush
-    from acpx_trio._process.watchdog import after_owner_death
+    from acpx_trio._process.watchdog_reap import after_owner_death
 
-    after_owner_death(lease_dir, gateway, pid, start, grace, ticks)
+    after_owner_death(lease_dir, gateway, pid, start, grace, ticks,
+                      os.environ.get(WATCHDOG_LOG_ENV))
     return 0
 
 
