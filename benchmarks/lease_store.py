@@ -78,6 +78,17 @@ def json_save(state_dir: Path, lease: dict[str, Any]) -> None:
         atomic_write_bytes(path, json.dumps({"version": 1, "leases": out}).encode() + b"\n")
 
 
+def against(fn: Any, floor: Any, rounds: int) -> tuple[list[float], list[float]]:
+    """``rounds`` timings of ``fn`` and of ``floor``, taken alternately (the disk's pace
+    drifts during a run)."""
+    ours: list[float] = []
+    base: list[float] = []
+    for _ in range(rounds):
+        ours += timed(fn, 1)
+        base += timed(floor, 1)
+    return ours, base
+
+
 def timed(fn: Any, rounds: int) -> list[float]:
     samples = []
     for _ in range(rounds):
@@ -103,12 +114,12 @@ def main() -> int:
                              command="c"))
         size = (state / LEASE_FILE_NAME).stat().st_size
         body = (state / LEASE_FILE_NAME).read_bytes()
-        saves: list[float] = []
-        floor: list[float] = []
-        for _ in range(rounds):  # alternating: the disk's pace drifts during a run
-            saves += timed(lambda: store.save(new_lease(
-                gateway_instance_id="gw", session_key="b", wrapper_root="/w", command="c")), 1)
-            floor += timed(lambda: atomic_write_bytes(Path(tmp) / "floor.json", body), 1)
+        def bare() -> None:
+            atomic_write_bytes(Path(tmp) / "floor.json", body)
+
+        saves, floor = against(lambda: store.save(new_lease(
+            gateway_instance_id="gw", session_key="b", wrapper_root="/w", command="c")),
+            bare, rounds)
         m_save, m_floor = median(saves), median(floor)
         oks.append(result(
             f"lease_store.warm_save.{n}", f"{m_save * 1e3:.2f} ms ({size // 1024} KiB file)",
@@ -126,11 +137,7 @@ def main() -> int:
 
         alternate()
         alternate()
-        both: list[float] = []
-        floor2: list[float] = []
-        for _ in range(rounds):
-            both += timed(alternate, 1)
-            floor2 += timed(lambda: atomic_write_bytes(Path(tmp) / "floor.json", body), 1)
+        both, floor2 = against(alternate, bare, rounds)
         m_both, m_floor2 = median(both), median(floor2)
         oks.append(result(
             f"lease_store.two_writers.{n}", f"{m_both * 1e3:.2f} ms per save",

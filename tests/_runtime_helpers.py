@@ -114,6 +114,25 @@ async def run(runtime: AcpxRuntime, handle: AcpRuntimeHandle, text: str) -> list
     return events
 
 
+def elicitation_recorder(
+    url_action: str, form_content: dict[str, Any]
+) -> tuple[list[Any], Callable[[Any], Awaitable[Any]]]:
+    """A host elicitation handler that records each request and answers a URL with
+    ``url_action`` and a form with ``accept`` + ``form_content``; returns (requests, handler)."""
+    from acpx_trio import ElicitationAnswer, ElicitationRequest
+
+    asked: list[ElicitationRequest] = []
+
+    async def answer(request: ElicitationRequest) -> ElicitationAnswer:
+        asked.append(request)
+        await trio.lowlevel.checkpoint()
+        if request.mode == "url":
+            return ElicitationAnswer(action=url_action)  # type: ignore[arg-type]
+        return ElicitationAnswer(action="accept", content=form_content)
+
+    return asked, answer
+
+
 def output(events: list[AcpRuntimeEvent]) -> str:
     """The concatenated ``output`` text of a turn."""
     return "".join(

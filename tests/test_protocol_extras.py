@@ -8,7 +8,7 @@ import json
 
 import pytest
 import trio
-from _runtime_helpers import RuntimeEnv, output
+from _runtime_helpers import RuntimeEnv, elicitation_recorder, output
 
 from acpx_trio import AcpRuntimeError, DoneEvent
 
@@ -88,16 +88,9 @@ def test_mcp_server_config_is_checked(tmp_path: object) -> None:
 
 
 async def test_elicitation_answered_by_the_hosts_handler(env: RuntimeEnv) -> None:
-    from acpx_trio import ElicitationAnswer, ElicitationRequest, StatusEvent
+    from acpx_trio import StatusEvent
 
-    asked: list[ElicitationRequest] = []
-
-    async def answer(request: ElicitationRequest) -> ElicitationAnswer:
-        asked.append(request)
-        if request.mode == "url":
-            return ElicitationAnswer(action="decline")
-        return ElicitationAnswer(action="accept", content={"choice": "b"})
-
+    asked, answer = elicitation_recorder("decline", {"choice": "b"})
     async with env.runtime() as rt:
         rt.set_elicitation_handler(answer)
         handle = await rt.ensure_session(session_key="k", agent="mock")

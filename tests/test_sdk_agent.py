@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 from _cli_helpers import json_lines, run_cli
-from _runtime_helpers import RuntimeEnv, output, run
+from _runtime_helpers import RuntimeEnv, elicitation_recorder, output, run
 
 from acpx_trio import (
     AcpRuntimeError,
-    ElicitationAnswer,
-    ElicitationRequest,
     ErrorEvent,
     StatusEvent,
 )
@@ -107,14 +105,7 @@ async def test_sdk_agent_elicitation_form_and_url(
     env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ACPX_AUTH_SDK_KEY", "sdk-credential")
-    asked: list[ElicitationRequest] = []
-
-    async def answer(request: ElicitationRequest) -> ElicitationAnswer:
-        asked.append(request)
-        if request.mode == "url":
-            return ElicitationAnswer(action="accept")
-        return ElicitationAnswer(action="accept", content={"name": "Ada"})
-
+    asked, answer = elicitation_recorder("accept", {"name": "Ada"})
     with trio.fail_after(60):
         async with env.runtime(agents=AGENT) as rt:
             rt.set_elicitation_handler(answer)
