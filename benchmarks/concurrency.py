@@ -52,16 +52,17 @@ async def raw_round(cwd: str, n: int) -> tuple[float, float]:
     return opened, time.perf_counter() - start
 
 
-#: (RSS bytes, open fds) of this process with the sessions of the last round open, and before.
-FOOTPRINT: list[tuple[int, int, int, int]] = []
-
-
 def _footprint() -> tuple[int, int]:
     me = psutil.Process()
     return me.memory_info().rss, me.num_fds()
 
 
-async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float]:
+Growth = tuple[float, float]  # (RSS bytes, open fds) per session opened by a round
+
+
+async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float, Growth]:
+    """Ensure ``n`` sessions at once, then close them at once: both phases' seconds, and what
+    this process grew by per session while they were all open."""
     handles: list[AcpRuntimeHandle] = []
     rss0, fds0 = _footprint()
 
@@ -73,12 +74,13 @@ async def runtime_round(rt: AcpxRuntime, n: int, tag: str) -> tuple[float, float
         for i in range(n):
             nursery.start_soon(one, i)
     opened = time.perf_counter() - start
-    FOOTPRINT.append((rss0, fds0, *_footprint()))
+    rss1, fds1 = _footprint()
+    growth = ((rss1 - rss0) / n, (fds1 - fds0) / n)
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for handle in handles:
             nursery.start_soon(lambda h=handle: rt.close(handle=h, reason="bench"))
-    return opened, time.perf_counter() - start
+    return opened, time.perf_counter() - start, growth
 
 
 async def main(counts: list[int], reps: int) -> bool:
@@ -89,7 +91,7 @@ async def main(counts: list[int], reps: int) -> bool:
 
 
 async def series(n: int, reps: int) -> bool:
-    FOOTPRINT.clear()
+    growths: list[Growth] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cwd = str(root / "ws")
@@ -104,7 +106,8 @@ async def series(n: int, reps: int) -> bool:
                 o, c = await raw_round(cwd, n)
                 raw_open.append(o)
                 raw_close.append(c)
-                o, c = await runtime_round(rt, n, f"r{r}")
+                o, c, g = await runtime_round(rt, n, f"r{r}")
+                growths.append(g)
                 rt_open.append(o)
                 rt_close.append(c)
     m_raw, m_rt = median(raw_open), median(rt_open)
@@ -120,9 +123,9 @@ async def series(n: int, reps: int) -> bool:
         f"<= {3 * n} ms", m_close <= 0.003 * n,
     )
     # the first round's growth includes one-time allocations: the later rounds' median
-    per = FOOTPRINT[1:] or FOOTPRINT
-    rss = median([(after - before) / n for before, _, after, _ in per])
-    fds = median([(after - before) / n for _, before, _, after in per])
+    per = growths[1:] or growths
+    rss = median([r for r, _ in per])
+    fds = median([f for _, f in per])
     print(f"INFO concurrency.footprint{n} | {rss / 1024:.1f} KiB RSS and {fds:.1f} fds per "
           f"open session (this process; medians of {len(per)} rounds)", flush=True)
     return ok_open and ok_close

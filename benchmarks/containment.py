@@ -41,7 +41,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import background, result, skip
+from _report import background, processes, result, skip
 from reap import IDLE_AGENT, _sleeping, raw_close
 
 from acpx_trio import LeaseStore
@@ -63,7 +63,7 @@ GRACE = 0.5
 
 
 def machine() -> str:
-    return f"{sum(1 for n in os.listdir('/proc') if n.isdigit())} processes on the machine"
+    return f"{processes()} processes on the machine"
 
 
 async def _spawn(argv: list[str]) -> float:

@@ -45,7 +45,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import background
+from _report import background, processes
 from _report import result as report_result
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
@@ -206,10 +206,6 @@ async def scenario(
             fleet.kill_all()
 
 
-def _machine_processes() -> int:
-    return sum(1 for n in os.listdir("/proc") if n.isdigit())
-
-
 IDLE_AGENT = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
 
 
@@ -267,7 +263,7 @@ async def close_scenario(n: int, suffix: str) -> bool:
                   f"raw stdin close + exit {r * 1000:.2f} ms", o / r, "<= 3.0x raw", ok)
     print(f"    medians of {n}; ours min/max {min(ours) * 1000:.1f}/{max(ours) * 1000:.1f} ms, "
           f"raw {min(raw) * 1000:.1f}/{max(raw) * 1000:.1f} ms; "
-          f"{_machine_processes()} processes on the machine")
+          f"{processes()} processes on the machine")
     return ok
 
 
@@ -275,7 +271,7 @@ async def main(args: argparse.Namespace) -> int:
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, psutil {psutil.__version__}, "
           f"{os.cpu_count()} cpus, grace {DEFAULT_GRACE} s")
     with background(args.background):
-        print(f"    {_machine_processes()} processes on the machine "
+        print(f"    {processes()} processes on the machine "
               f"({args.background} idle background sleepers)")
         return await _scenarios(args)
 
@@ -288,7 +284,7 @@ async def _scenarios(args: argparse.Namespace) -> int:
     if args.scale:
         for n, target in ((50, 1.0), (200, 1.0), (1000, 1.0)):
             ok &= await scenario(f"scale.cooperative{n}{suffix}", n, COOPERATIVE, target, False)
-            print(f"    {_machine_processes()} processes on the machine after it")
+            print(f"    {processes()} processes on the machine after it")
         return 0 if ok else 1
     ok &= await scenario(
         f"cooperative{args.leases}{suffix}", args.leases, COOPERATIVE, 0.3, args.measure_seed,

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import pytest
@@ -115,7 +115,7 @@ async def run(runtime: AcpxRuntime, handle: AcpRuntimeHandle, text: str) -> list
 
 
 def elicitation_recorder(
-    url_action: str, form_content: dict[str, Any]
+    url_action: Literal["accept", "decline", "cancel"], form_content: dict[str, Any]
 ) -> tuple[list[Any], Callable[[Any], Awaitable[Any]]]:
     """A host elicitation handler that records each request and answers a URL with
     ``url_action`` and a form with ``accept`` + ``form_content``; returns (requests, handler)."""
@@ -127,7 +127,7 @@ def elicitation_recorder(
         asked.append(request)
         await trio.lowlevel.checkpoint()
         if request.mode == "url":
-            return ElicitationAnswer(action=url_action)  # type: ignore[arg-type]
+            return ElicitationAnswer(action=url_action)
         return ElicitationAnswer(action="accept", content=form_content)
 
     return asked, answer

@@ -104,7 +104,7 @@ async def test_a_replaced_watchdog_is_reported_to_the_host_logger(
         ) as service:
             with trio.fail_after(60):
                 await service.require_runtime().ensure_session(session_key="a", agent="mock")
-            (first,) = watchdogs_of(os.getpid())
+            (first,) = await trio.to_thread.run_sync(watchdogs_of, os.getpid())
             os.kill(first, signal.SIGSTOP)
             stopped.append(first)
 

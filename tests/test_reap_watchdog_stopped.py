@@ -62,9 +62,13 @@ async def test_stopped_watchdog_is_replaced_and_the_new_one_reaps(tmp_path: Path
 
         def final() -> bool:
             leases = SyncLeaseStore(state / "acpx").list_all()
-            return bool(leases) and all(x.state.is_final for x in leases)
+            return bool(leases) and all(
+                x.state.is_final and (x.cgroup is None or not os.path.exists(x.cgroup))
+                for x in leases)
 
-        await poll_until(final, seconds=20)  # the new watchdog marks it once proven gone
+        # the new watchdog marks it once proven gone, then removes its leaf cgroup (killing
+        # the watchdog before that would leave the leaf to the next start-up)
+        await poll_until(final, seconds=20)
     finally:
         for pid in [agent, *watchdogs]:
             with contextlib.suppress(OSError):

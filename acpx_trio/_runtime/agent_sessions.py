@@ -19,11 +19,7 @@ from acpx_trio._acp import (
 )
 from acpx_trio._errors import AcpRuntimeError, AcpxError, collapse_group
 from acpx_trio._events import AgentSession
-from acpx_trio._runtime.handshake import (
-    check_protocol_version,
-    initialize_request,
-    make_agent_process,
-)
+from acpx_trio._runtime.handshake import initialize_agent, make_agent_process
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import authenticate_agent
 
@@ -57,14 +53,7 @@ async def with_agent(factory: SessionFactory, name: str, cwd: str | None, what: 
                 await nursery.start(proc.run)
                 connection = proc.connection
                 assert connection is not None
-                with trio.fail_after(timeout):
-                    init = await connection.request(
-                        "initialize",
-                        initialize_request(fs=factory.config.fs,
-                                           terminal=factory.config.terminal),
-                        InitializeResponse,
-                    )
-                check_protocol_version(init)
+                init = await initialize_agent(connection, factory.config)
                 await authenticate_agent(connection, init.auth_methods, factory.config, spec,
                                          timeout, factory.log)
                 return await call(connection, init)

@@ -18,14 +18,12 @@ from typing import Any, Literal, Protocol
 import msgspec
 import trio
 
-from acpx_trio._acp import InitializeResponse
 from acpx_trio._errors import AcpConnectionClosedError, AcpRuntimeError, AcpxError, collapse_group
 from acpx_trio._events import AcpRuntimeHandle, DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.handshake import (
     PROBE_SESSION_KEY,
-    check_protocol_version,
-    initialize_request,
+    initialize_agent,
     make_agent_process,
 )
 from acpx_trio._runtime.session_factory import SessionFactory
@@ -108,13 +106,7 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
         try:
             await nursery.start(proc.run)
             assert proc.connection is not None
-            with trio.fail_after(timeout):
-                init = await proc.connection.request(
-                    "initialize",
-                    initialize_request(fs=factory.config.fs, terminal=factory.config.terminal),
-                    InitializeResponse,
-                )
-            check_protocol_version(init)
+            init = await initialize_agent(proc.connection, factory.config)
             return DoctorReport(
                 ok=True, message="embedded ACP runtime ready",
                 details=[*details, f"protocolVersion={init.protocol_version}",

@@ -49,7 +49,7 @@ from acpx_trio._runtime.permissions import PermissionPolicy
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import (
     agent_env,
-    authenticate,
+    authenticate_agent,
     close_acp_session,
     prepare_codex_home,
     resume_session,
@@ -62,10 +62,10 @@ from acpx_trio._version import __version__
 __all__ = [
     "PROBE_SESSION_KEY",
     "agent_env",
-    "authenticate",
-    "check_protocol_version",
+    "authenticate_agent",
     "close_acp_session",
     "control_request",
+    "initialize_agent",
     "initialize_request",
     "is_load_not_found",
     "make_agent_process",
@@ -146,13 +146,24 @@ def _mcp_servers(config: AcpxConfig, caps: McpCapabilities) -> list[McpServer]:
     return servers
 
 
-def check_protocol_version(init: InitializeResponse) -> None:
+async def initialize_agent(connection: AcpConnection, config: AcpxConfig) -> InitializeResponse:
+    """``initialize`` with the capabilities ``config`` allows (:func:`initialize_request`),
+    bounded by ``config.control_timeout_seconds`` (``trio.TooSlowError`` past it: the caller
+    names the step).  An agent answering another protocol version than 1:
+    ``ACP_SESSION_INIT_FAILED``; an error answer or a dead agent: as
+    :meth:`AcpConnection.request`."""
+    with trio.fail_after(config.control_timeout_seconds):
+        init = await connection.request(
+            "initialize", initialize_request(fs=config.fs, terminal=config.terminal),
+            InitializeResponse,
+        )
     if init.protocol_version != PROTOCOL_VERSION:
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
             f"the agent answered ACP protocol version {init.protocol_version}; acpx-trio "
             f"supports only version {PROTOCOL_VERSION}",
         )
+    return init
 
 
 _MODES = ("persistent", "oneshot")
@@ -273,15 +284,10 @@ async def open_acp_session(
     conn = session.connection
     step = "initialize"
     try:
-        with trio.fail_after(timeout):
-            init = await conn.request(
-                "initialize", initialize_request(fs=config.fs, terminal=config.terminal),
-                InitializeResponse,
-            )
-        check_protocol_version(init)
-        session.init = init
+        init = session.init = await initialize_agent(conn, config)
         step = "authenticate"
-        await authenticate(session, config, timeout)
+        session.auth_method = await authenticate_agent(
+            conn, init.auth_methods, config, session.spec, timeout, session.log)
         caps = init.agent_capabilities
         mcp = _mcp_servers(config, caps.mcp_capabilities)
         if load_id and caps.session_capabilities.resume is not None:

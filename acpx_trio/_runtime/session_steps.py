@@ -40,7 +40,6 @@ __all__ = [
     "SESSION_CLOSE_SECONDS",
     "agent_env",
     "auth_details",
-    "authenticate",
     "authenticate_agent",
     "close_acp_session",
     "prepare_codex_home",
@@ -67,14 +66,6 @@ def prepare_codex_home(config: AcpxConfig, spec: AgentSpec) -> None:
         os.makedirs(config.codex_home, mode=0o700, exist_ok=True)
         os.chmod(config.codex_home, 0o700)
 
-
-
-async def authenticate(session: LiveSession, config: AcpxConfig, deadline: float) -> None:
-    """``authenticate`` the session's agent (see :func:`authenticate_agent`)."""
-    init = session.init
-    methods = [] if init is None else init.auth_methods
-    session.auth_method = await authenticate_agent(
-        session.connection, methods, config, session.spec, deadline, session.log)
 
 
 async def authenticate_agent(
