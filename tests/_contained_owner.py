@@ -4,10 +4,12 @@ as the mock agent) runs under config ``containment = MODE``.
 
 Usage::
 
-    python tests/_contained_owner.py STATE_DIR WORKSPACE VARIANT MARKER MODE
+    python tests/_contained_owner.py STATE_DIR WORKSPACE VARIANT MARKER MODE [spares]
 
-Prints one JSON line ``{"pid": AGENT_PID, "cgroup": LEAF_OR_NULL}`` once the session is
-open, then sleeps until killed.
+With ``spares``, two mock sessions are opened and closed first, so the agent starts from a
+spare leaf (and a new spare waits beside it).  Prints one JSON line ``{"pid": AGENT_PID,
+"cgroup": LEAF_OR_NULL, "spare_launched": BOOL}`` once the session is open, then sleeps
+until killed.
 """
 
 from __future__ import annotations
@@ -17,28 +19,53 @@ import shlex
 import sys
 from pathlib import Path
 
+import psutil
 import trio
 
 from acpx_trio import BackendRegistry, open_runtime_service
+from acpx_trio._process.spare_leaf import SPARE_MARK
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
 
 
-async def main(state: str, workspace: str, variant: str, marker: str, mode: str) -> None:
+async def main(state: str, workspace: str, variant: str, marker: str, mode: str,
+               spares: str = "") -> None:
     command = shlex.join([sys.executable, AGENT, variant, marker])
-    config = {"agents": {"attack": command}, "containment": mode, "killGraceSeconds": 0.3}
+    mock = shlex.join([sys.executable, "-m", "acpx_trio.testing.mock_agent"])
+    config = {"agents": {"attack": command, "mock": mock}, "containment": mode,
+              "killGraceSeconds": 0.3}
     async with open_runtime_service(
         workspace_dir=workspace, state_dir=state, registry=BackendRegistry(),
         plugin_config=config,
     ) as svc:
         runtime = svc.require_runtime()
+        spare = None
+        if spares:
+            for key in ("first", "second"):
+                first = await runtime.ensure_session(session_key=key, agent="mock")
+                await runtime.close(handle=first, reason="warm-up")
+            while spare is None:  # the spare made after the second start
+                spare = next(iter(_spares()), None)
+                await trio.sleep(0.01)
         handle = await runtime.ensure_session(session_key="contained", agent="attack",
                                               mode="persistent")
         status = await runtime.get_status(handle=handle)
         leases = await svc_leases(state)
-        sys.stdout.write(json.dumps({"pid": status.agent_pid, "cgroup": leases}) + "\n")
+        sys.stdout.write(json.dumps({"pid": status.agent_pid, "cgroup": leases,
+                                     "spare_launched": spare == status.agent_pid}) + "\n")
         sys.stdout.flush()
         await trio.sleep_forever()
+
+
+def _spares() -> list[int]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if SPARE_MARK in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return found
 
 
 async def svc_leases(state: str) -> str | None:
@@ -50,4 +77,4 @@ async def svc_leases(state: str) -> str | None:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:6])
+    trio.run(main, *sys.argv[1:7])

@@ -152,8 +152,9 @@ async def test_agent_runs_in_its_own_leaf_reports_usage_and_leaves_nothing(
         for measure in ("memory_bytes", "pids"):  # either measured or said why, never 0-faked
             assert (getattr(usage, measure) is not None) != (measure in usage.unavailable)
         await runtime.close(handle=handle, reason="test")
-        assert not _exists(lease.cgroup)
-        assert not _exists(str(parent))  # the gateway's parent goes with its last leaf
+        # the empty leaf is removed right after the close is reported, and the gateway's
+        # parent with its last leaf
+        await poll_until(lambda: not _exists(str(lease.cgroup)) and not _exists(str(parent)))
         closed = await LeaseStore(state / "acpx").load(lease.lease_id)
         assert closed is not None and closed.state is LeaseState.CLOSED
 
@@ -325,7 +326,7 @@ def test_process_group_mode_catches_the_classic_hopper_through_exec_30(
 
 
 def _start_owner(tmp: Path, variant: str, marker: str, mode: str,
-                 watchdog: bool) -> subprocess.Popen[bytes]:
+                 watchdog: bool, spares: bool = False) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in (
         "OPENCLAW_SKIP_ACPX_RUNTIME", "OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE", WATCHDOG_ENV)}
     env["OPENCLAW_ACPX_RUNTIME_STARTUP_PROBE"] = "0"
@@ -336,7 +337,7 @@ def _start_owner(tmp: Path, variant: str, marker: str, mode: str,
     (tmp / "ws").mkdir(exist_ok=True)
     return subprocess.Popen(
         [sys.executable, str(driver), str(tmp / "state"), str(tmp / "ws"), variant, marker,
-         mode], stdout=subprocess.PIPE, env=env)
+         mode, *(["spares"] if spares else [])], stdout=subprocess.PIPE, env=env)
 
 
 async def _owner_death(

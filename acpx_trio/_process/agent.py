@@ -31,16 +31,21 @@ import trio
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
 from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
 from acpx_trio._log import Logger
+from acpx_trio._process.cgroup import remove_empty_leaf
 from acpx_trio._process.owned import (
+    RootRecord,
     close_owned,
     complete_lease,
     save_pending_lease,
     spawn_owned,
+    spawn_spare,
 )
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
 )
+from acpx_trio._process.scan import PidWindow, open_window
+from acpx_trio._process.spare_leaf import SpareLeaves
 from acpx_trio._process.tools import GatedReceiveStream
 from acpx_trio._store.config import (
     DEFAULT_CONTAINMENT,
@@ -100,6 +105,7 @@ class AgentProcess:
         logger: Logger | None = None,
         extra_env: Mapping[str, str] | None = None,
         secrets: Sequence[str] = (),
+        spare_leaves: SpareLeaves | None = None,
     ) -> None:
         self.spawn = spawn
         self.argv = spawn.argv
@@ -109,6 +115,11 @@ class AgentProcess:
         self._extra_env = dict(extra_env or {})
         #: Values redacted from :meth:`stderr_tail` (credentials handed to the agent).
         self._secrets = tuple(secrets)
+        #: Where a launch already inside its leaf cgroup may be taken from (cgroup mode).
+        self._spare_leaves = spare_leaves if spawn.containment != "process-group" else None
+        self._spare_record: RootRecord | None = None
+        #: opened right before a direct spawn (the close's proof looks only after it)
+        self._window: PidWindow | None = None
         self.cwd = spawn.cwd
         self.session_key = spawn.session_key
         self.gateway_instance_id = spawn.gateway_instance_id
@@ -242,31 +253,19 @@ class AgentProcess:
 
     async def _spawn(self) -> None:
         # watchdog armed, lease saved before the spawn, tags, own session: see _process.owned
-        lease = await save_pending_lease(
-            self.lease_store,
-            gateway_instance_id=self.gateway_instance_id,
-            session_key=self.session_key,
-            command=self.argv,
-            containment=self.containment,
-        )
-        self.lease = lease
-        try:
-            self.process = await spawn_owned(
-                self.argv,
-                lease,
-                env={**os.environ, **self._extra_env},
-                cwd=self.cwd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+        env = {**os.environ, **self._extra_env}
+        if self._spare_leaves is not None:
+            spare = await spawn_spare(
+                self._spare_leaves, self.lease_store, self.argv, env=env, cwd=self.cwd,
+                gateway_instance_id=self.gateway_instance_id, session_key=self.session_key,
+                log=self.log,
             )
-        except OSError as exc:
-            hint = f" {self.install_hint}" if self.install_hint else ""
-            reason = exc.strerror or str(exc)
-            raise AgentProcessError(
-                f"could not start the agent {' '.join(self.argv)!r} in {self.cwd}: {reason}.{hint}",
-                code="ACP_AGENT_SPAWN_FAILED",
-            ) from exc
+            if spare is not None:
+                self.process, self._spare_record = spare
+                self.lease = self._spare_record.lease
+        if self.process is None:
+            await self._spawn_direct(env)
+        assert self.process is not None
         assert self.process.stdin is not None and self.process.stdout is not None
         stdin, stdout = tap_streams(self.process.stdin, self.process.stdout)
         if self._receive_gate is not None:
@@ -280,12 +279,42 @@ class AgentProcess:
         if self._on_connection is not None:
             self._on_connection(self.connection)
 
+    async def _spawn_direct(self, env: dict[str, str]) -> None:
+        lease = await save_pending_lease(
+            self.lease_store,
+            gateway_instance_id=self.gateway_instance_id,
+            session_key=self.session_key,
+            command=self.argv,
+            containment=self.containment,
+        )
+        self.lease = lease
+        self._window = open_window()  # before the spawn: see close_owned
+        try:
+            self.process = await spawn_owned(
+                self.argv,
+                lease,
+                env=env,
+                cwd=self.cwd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            hint = f" {self.install_hint}" if self.install_hint else ""
+            reason = exc.strerror or str(exc)
+            raise AgentProcessError(
+                f"could not start the agent {' '.join(self.argv)!r} in {self.cwd}: {reason}.{hint}",
+                code="ACP_AGENT_SPAWN_FAILED",
+            ) from exc
+
     async def _complete_lease(self) -> None:
         """Record the root's identity in the lease (runs beside the handshake)."""
         try:
             assert self.process is not None and self.lease is not None
-            record = await complete_lease(self.lease_store, self.lease, self.process.pid,
-                                          self.log)
+            record = self._spare_record  # a spare launch's lease was saved complete
+            if record is None:
+                record = await complete_lease(self.lease_store, self.lease, self.process.pid,
+                                              self.log)
             self.lease = record.lease
             self.create_time, self.start_ticks = record.create_time, record.start_ticks
         finally:
@@ -349,6 +378,10 @@ class AgentProcess:
                 self.log.error("agent %s: cleanup did not finish in time", self.pid)
         finally:
             self.closed.set()
+        leaf = None if self.lease is None else self.lease.cgroup
+        if leaf is not None:  # after the close is reported (only an empty leaf is removed)
+            with trio.move_on_after(self.cleanup_timeout):
+                await trio.to_thread.run_sync(remove_empty_leaf, leaf)
 
     async def _close_stdin_and_wait(self, proc: trio.Process) -> None:
         if self.connection is not None:
@@ -373,7 +406,7 @@ class AgentProcess:
         self.cleanup_result = await close_owned(
             proc, self.lease, mark=self._mark, create_time=self.create_time,
             start_ticks=self.start_ticks, grace=self.kill_grace, deps=self.cleanup_deps,
-            log=self.log, what="agent",
+            log=self.log, what="agent", remove_leaf=False, window=self._window,
         )
         if proc.returncode is not None:
             self.exited.set()

@@ -67,6 +67,7 @@ from acpx_trio._process.reaper import (
     run_waves,
 )
 from acpx_trio._process.shared_scan import TagScan
+from acpx_trio._process.spare_leaf import held_leaves
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = [
@@ -154,6 +155,10 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         leftover_leaves, request.gateway_instance_id, frozenset())
     if not leaves:
         return []
+    # this process's warm leaves, read before the leases: one released since was saved
+    # first, so it is in the read that follows
+    held = held_leaves()
+    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in held]
     live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
     leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
     # a leaf's lease names its owner (with ``owner``, the watchdog's: only that owner's

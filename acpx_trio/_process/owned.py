@@ -37,28 +37,30 @@ from acpx_trio._errors import ContainmentError, LeaseStoreError
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import (
     gateway_parent,
+    leaf_populated,
     make_leaf,
     remove_empty_leaf,
     resolve_containment,
     shim_argv,
     terminate_leaf,
 )
-from acpx_trio._process.identity import boot_id, lease_env, process_info, read_start_ticks
-from acpx_trio._process.owner_tag import owner_tag
+from acpx_trio._process.identity import boot_id, lease_env, process_info
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
     cleanup_owned_process_tree,
 )
-from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
+from acpx_trio._process.scan import PidWindow
+from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_frame
+from acpx_trio._process.tools import lease_cleanup_deps, owner_identity, owner_tag_value
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio._store.leases import LeaseStore
 
 __all__ = [
-    "RootRecord", "close_owned", "complete_lease", "mark_lease", "owned_env", "owner_tag_value",
-    "save_pending_lease", "spawn_owned",
+    "RootRecord", "close_owned", "complete_lease", "mark_lease", "owned_env", "save_pending_lease",
+    "spawn_owned", "spawn_spare",
 ]
 
 
@@ -116,19 +118,6 @@ async def save_pending_lease(
     return lease
 
 
-_owner_tag: tuple[int, str] | None = None
-
-
-async def owner_tag_value() -> str:
-    """This process's owner tag (computed once per process: it cannot change)."""
-    global _owner_tag
-    pid, create_time = await owner_identity()
-    if _owner_tag is None or _owner_tag[0] != pid:
-        ticks = await trio.to_thread.run_sync(read_start_ticks, pid)
-        _owner_tag = (pid, owner_tag(pid, ticks, create_time))
-    return _owner_tag[1]
-
-
 def owned_env(base: Mapping[str, str], lease: ProcessLease, owner: str) -> dict[str, str]:
     """``base`` plus the lease's tag variables and the owner tag (the tags win)."""
     return {**base, **lease_env(lease.lease_id, lease.gateway_instance_id, owner)}
@@ -166,18 +155,83 @@ async def _spawn(
     command = list(argv)
     if lease.cgroup is not None:
         # the shim would start even for a missing program: fail here, as a direct spawn does
-        program = command[0]
-        if "/" in program and not os.path.isabs(program):
-            program = os.path.join(cwd, program)  # as the child resolves it, after chdir
-        found = await trio.to_thread.run_sync(
-            shutil.which, program, os.X_OK, env.get("PATH", os.defpath))
-        if found is None:
+        if not await trio.to_thread.run_sync(_startable, argv, cwd, env.get("PATH", os.defpath)):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command[0])
         command = shim_argv(lease.cgroup, command)
     return await trio.lowlevel.open_process(
         command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
         env=owned_env(env, lease, owner), start_new_session=True,
     )
+
+
+def _startable(argv: Sequence[str], cwd: str, path: str) -> bool:
+    """Whether a direct spawn of ``argv`` in ``cwd`` would find its program (and, for a
+    relative name with a slash, resolve it against ``cwd`` as the child does).  Blocking."""
+    program = argv[0] if argv else ""
+    if "/" in program and not os.path.isabs(program):
+        program = os.path.join(cwd, program)
+    return bool(program) and shutil.which(program, os.X_OK, path) is not None
+
+
+def _startable_in(argv: Sequence[str], cwd: str, path: str) -> bool:
+    return os.path.isdir(cwd) and _startable(argv, cwd, path)
+
+
+async def spawn_spare(
+    spare_leaves: SpareLeaves,
+    lease_store: LeaseStore,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    gateway_instance_id: str,
+    session_key: str,
+    log: Logger,
+) -> tuple[trio.Process, RootRecord] | None:
+    """Start ``argv`` as :func:`spawn_owned` would, in a spare leaf (its move into the leaf
+    already done); ``None`` when no spare leaf is ready or this launch cannot use one (the
+    caller then takes the direct path, which also reports what is wrong with the command).
+
+    The order is the guarantee of this module: watchdog armed, then the lease (complete:
+    the shell's pid, identity and leaf are known) saved, and only then is the command sent.
+    A shell lost before it got the command is killed with its leaf, its lease closed, and
+    ``None`` returned.  Raises what :meth:`LeaseStore.save` raises (the spare leaf is then
+    discarded)."""
+    if not frameable(argv, env, cwd) or not await trio.to_thread.run_sync(
+            _startable_in, argv, cwd, env.get("PATH", os.defpath)):
+        return None  # the direct path reports it
+    spare = await spare_leaves.take()
+    if spare is None:
+        return None
+    try:
+        await ensure_armed(lease_store.path.parent)
+        owner_pid, owner_start = await owner_identity()
+        lease = msgspec.structs.replace(
+            new_lease(gateway_instance_id=gateway_instance_id, session_key=session_key,
+                      wrapper_root=str(lease_store.path.parent), command=tuple(argv),
+                      owner_pid=owner_pid, owner_start_time=owner_start),
+            lease_id=spare.lease_id, cgroup=spare.leaf, root_pid=spare.process.pid,
+            root_create_time=spare.create_time, root_start_ticks=spare.start_ticks,
+            boot_id=boot_id(), process_group_id=spare.process.pid,
+        )
+        # PWD as the direct path's shim leaves it (a shell corrects an inherited PWD)
+        pwd = {"PWD": cwd} if "PWD" in env else {}
+        frame = spare_frame(argv, owned_env({**env, **pwd}, lease, await owner_tag_value()),
+                            cwd)
+        await lease_store.save(lease)
+    except BaseException:
+        await spare.discard()
+        raise
+    spare.release()
+    try:
+        await spare.become(frame)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await spare.discard()  # it ran nothing of the command: its tree is proved gone
+        lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
+        await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
+        return None
+    record = RootRecord(lease=lease, create_time=spare.create_time, start_ticks=spare.start_ticks)
+    return spare.process, record
 
 
 async def complete_lease(
@@ -230,6 +284,8 @@ async def close_owned(
     deps: ProcessCleanupDeps | None,
     log: Logger,
     what: str,
+    remove_leaf: bool = True,
+    window: PidWindow | None = None,
 ) -> CleanupResult | None:
     """Kill one owned launch whose root ``proc`` is our own child (step 5 of the module) and
     move its lease with ``mark``; returns the reaper's result (``None``: no scan ran).
@@ -237,7 +293,14 @@ async def close_owned(
     The root's group and session die with it (its ids are reserved while a member lives),
     untagged members included, then every process carrying the lease's tags, in waves; the
     direct child is always killed and reaped.  A tree proved gone ends ``closed``; survivors
-    are logged and the lease stays ``closing`` for the next sweep.  Call it shielded."""
+    are logged and the lease stays ``closing`` for the next sweep.  Call it shielded.
+
+    ``window``: a :class:`~acpx_trio._process.scan.PidWindow` opened before the spawn (the
+    process-group proof then costs the processes started since, not the machine's).
+    ``remove_leaf=False``: a leaf found empty after the launch exited on its own is left in
+    place (its lease ``closed``) for the caller to remove with
+    :func:`~acpx_trio._process.cgroup.remove_empty_leaf` once it has reported the close (a
+    ``rmdir`` waits on any cgroup move in flight on the machine)."""
     closing = False
 
     async def mark_closing() -> None:
@@ -248,7 +311,7 @@ async def close_owned(
 
     if lease is not None and lease.cgroup is not None:
         return await _close_contained(proc, lease, lease.cgroup, mark, mark_closing, grace, log,
-                                      what)
+                                      what, remove_leaf)
     result: CleanupResult | None = None
     if lease is not None:
         try:
@@ -260,7 +323,7 @@ async def close_owned(
                 root_start_ticks=start_ticks,
                 root_boot_id=lease.boot_id,
                 grace=grace,
-                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid, start_ticks),
+                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid, start_ticks, window),
                 verified_groups=(proc.pid,),
                 before_signal=mark_closing,
             )
@@ -299,6 +362,7 @@ async def _close_contained(
     grace: float,
     log: Logger,
     what: str,
+    remove_leaf: bool,
 ) -> CleanupResult:
     """:func:`close_owned` for a launch in its own leaf cgroup.  Membership of the leaf is the
     proof of ownership and its emptiness the proof that the tree is gone: whatever left the
@@ -306,8 +370,10 @@ async def _close_contained(
     (forks in flight too).  No process-table scan: the cost is the tree's, not the
     machine's.  An agent that already exited with its whole tree costs one write (``open ->
     closed``)."""
-    if proc.returncode is not None and await trio.to_thread.run_sync(remove_empty_leaf, leaf):
+    if proc.returncode is not None and not leaf_populated(leaf):  # a kernel attribute: no I/O
         await mark(LeaseState.CLOSED)
+        if remove_leaf:
+            await trio.to_thread.run_sync(remove_empty_leaf, leaf)
         return CleanupResult()
     await mark_closing()  # before any signal
     end = await terminate_leaf(leaf, grace, max(grace, 1.0) + 1.0)

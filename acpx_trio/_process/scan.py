@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
+import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from acpx_trio._process.identity import (
@@ -25,8 +26,8 @@ from acpx_trio._process.identity import (
 )
 
 __all__ = [
-    "NEWEST_PIDS", "chase_new_pids", "fast_process_info", "fast_snapshot", "last_pid",
-    "newest_pids",
+    "NEWEST_PIDS", "PidWindow", "chase_new_pids", "fast_process_info", "fast_snapshot",
+    "last_pid", "newest_pids", "open_window", "window_holds",
 ]
 
 _clk_tck: int | None = None
@@ -237,3 +238,67 @@ def fast_snapshot(pids: Iterable[int] | None = None) -> list[ProcessInfo]:
         if (info := fast_process_info(pid)) is not None:
             found[pid] = info
     return sorted(found.values(), key=lambda p: p.pid)
+
+
+# --------------------------------------------------------------------------- pid windows
+#
+# Where everything started after a moment can be: Linux allocates pid numbers cyclically,
+# each one after the previous (``ns_last_pid``), skipping numbers in use and wrapping from
+# ``pid_max`` to 300.  So every process created after a moment holds a number in the cyclic
+# range after the ``ns_last_pid`` read then, *unless the allocator went all the way round*
+# meanwhile.  Going round takes at least ``pid_max - 300`` allocations minus the numbers in
+# use (at most the tasks alive then plus the ones created since); every successful
+# allocation is a fork counted by the kernel (``processes`` in ``/proc/stat``, counted for
+# every task on the machine, so it can only over-count ours).  The window is therefore
+# trusted when ``2 * forks since + tasks then < pid_max - 300`` and the range is short
+# enough to probe (:data:`CHASE_CAP`).  Not covered: a fork that fails after its pid was
+# allocated (a ``pids.max`` limit) advances the allocator uncounted, so a fork bomb held at
+# its limit for ``pid_max`` failures could hide a process outside the window; the sweeps'
+# full tag scans remain the net for that (README: limits).
+
+
+class PidWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """A moment to look after: ``mark`` (``ns_last_pid`` then), ``forks`` (the kernel's fork
+    count then) and ``tasks`` (tasks alive then)."""
+
+    mark: int
+    forks: int
+    tasks: int
+
+
+def _forks_and_tasks() -> tuple[int, int] | None:
+    try:
+        fd = os.open(f"{_PROC}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        at = stat.index(b"\nprocesses ") + 11
+        forks = int(stat[at:stat.index(b"\n", at)])
+        with open(f"{_PROC}/loadavg", "rb") as fh:
+            tasks = int(fh.read().split()[3].split(b"/")[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return forks, tasks
+
+
+def open_window() -> PidWindow | None:
+    """A :class:`PidWindow` of now (``None`` off Linux or when a counter is unreadable).
+    A few kernel attribute reads: cheap enough for the event loop."""
+    if not _LINUX:
+        return None
+    mark = last_pid()
+    counts = _forks_and_tasks()
+    if mark is None or counts is None:
+        return None
+    return PidWindow(mark=mark, forks=counts[0], tasks=counts[1])
+
+
+def window_holds(window: PidWindow) -> bool:
+    """Whether every process created since ``window`` still holds a pid number in the cyclic
+    range after ``window.mark``, and that range is short enough to probe (see above)."""
+    counts = _forks_and_tasks()
+    if counts is None:
+        return False
+    since = counts[0] - window.forks
+    return 0 <= since <= CHASE_CAP and 2 * since + window.tasks < _max_pid() - 300

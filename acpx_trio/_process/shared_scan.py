@@ -30,11 +30,13 @@ from acpx_trio._process.identity import (
 )
 from acpx_trio._process.owner_tag import parse_owner_tag
 from acpx_trio._process.scan import (
+    PidWindow,
     chase_new_pids,
     fast_process_info,
     fast_snapshot,
     last_pid,
     newest_pids,
+    window_holds,
 )
 
 __all__ = [
@@ -139,9 +141,12 @@ class TagScan:
     def __init__(
         self, *, lease_ids: Collection[str] = (), gateway_id: str | None = None,
         roots: Collection[int] = (), min_start_ticks: int | None = None,
-        extra_pids: Collection[int] = (),
+        extra_pids: Collection[int] = (), window: PidWindow | None = None,
     ) -> None:
         self.extra = set(extra_pids)
+        #: opened before the roots were spawned: while it holds, a pass probes only the pids
+        #: allocated since instead of listing ``/proc`` (see :meth:`full`)
+        self.window = window
         self.wanted = {x.encode() for x in lease_ids}
         self.gateway = None if gateway_id is None else gateway_id.encode()
         self.roots = set(roots)
@@ -201,17 +206,29 @@ class TagScan:
                     ids.update(x for x in (info.pgid, info.sid) if x is not None)
 
         before = last_pid()
-        try:
-            listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-        except OSError:
-            self.mark = None
-            return snapshot_processes()  # no /proc listing: the full (slower) table
-        for pid in newest_pids():  # a pid hopper is among the newest pids: probe them first
-            visit(pid)
-        for pid in sorted(listed, reverse=True):
-            visit(pid)
-        # everything forked during the listing (a hopper's later hops), followed to the end
-        complete = chase_new_pids(before, visit)
+        windowed = False
+        if self.window is not None and window_holds(self.window):
+            # every candidate was created after the window opened: a root, a process that
+            # inherited a root's tags, or a member of a group or session that one of them
+            # made (a process cannot join an older session, and a group only within its
+            # session); its pid lies in the window (scan.PidWindow), probed to the end
+            for pid in sorted(roots):
+                visit(pid)
+            windowed = chase_new_pids(self.window.mark, visit)
+        if windowed:
+            complete = True
+        else:
+            try:
+                listed = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+            except OSError:
+                self.mark = None
+                return snapshot_processes()  # no /proc listing: the full (slower) table
+            for pid in newest_pids():  # a pid hopper is among the newest pids: probe first
+                visit(pid)
+            for pid in sorted(listed, reverse=True):
+                visit(pid)
+            # everything forked during the listing (a hopper's later hops), to the end
+            complete = chase_new_pids(before, visit)
         ids -= never
         extra = {pid for pid, st in stats.items() if st[2] in ids or st[3] in ids}
         zombies = {pid for pid in extra | set(infos) if stats.get(pid, ("",))[0] == "Z"}
@@ -273,13 +290,15 @@ class TagScan:
 
 def _pass(
     lease_ids: Collection[str], root_pids: Collection[int], min_start_ticks: int | None = None,
+    window: PidWindow | None = None,
 ) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged`, then which roots' process groups have no member left at the end
     of it (``killpg(pgid, 0)`` fails with ``ESRCH``: zombies count as members), and the
     ``ns_last_pid`` read before the listing (``None``: no incremental re-scan after it).
     An empty group cannot gain members, so a caller may take that as the answer of a group
     probe made right after the scan."""
-    scan = TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks)
+    scan = TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks,
+                   window=window)
     table = scan.full()
     return table, empty_groups(root_pids), scan.mark
 
@@ -306,6 +325,9 @@ class _Pass:
         #: The earliest root start of the pass (``None``: some lease's root is unknown).
         self.min_ticks: int | None = None
         self.unbounded = False
+        #: The oldest window of the pass (``None`` with ``windowless``: some lease has none).
+        self.window: PidWindow | None = None
+        self.windowless = False
         self.done = trio.Event()
         self.result: tuple[list[ProcessInfo], frozenset[int], int | None] | None = None
 
@@ -319,7 +341,8 @@ class _Batcher:
         self.passes = 0
 
     async def scan(
-        self, lease_id: str, root_pid: int, root_start_ticks: int | None = None
+        self, lease_id: str, root_pid: int, root_start_ticks: int | None = None,
+        window: PidWindow | None = None,
     ) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
         mine = self.next
         leader = mine is None
@@ -331,13 +354,17 @@ class _Batcher:
             mine.unbounded = True
         elif mine.min_ticks is None or root_start_ticks < mine.min_ticks:
             mine.min_ticks = root_start_ticks
+        if window is None:
+            mine.windowless = True
+        elif mine.window is None or window.forks < mine.window.forks:
+            mine.window = window  # the oldest covers the later ones
         if not leader:
             await mine.done.wait()
             if mine.result is not None:
                 return mine.result
             # the pass failed or its leader was cancelled: scan on our own
             return await trio.to_thread.run_sync(
-                _pass, (lease_id,), (root_pid,), root_start_ticks
+                _pass, (lease_id,), (root_pid,), root_start_ticks, window
             )
         try:
             async with self.running:
@@ -349,6 +376,7 @@ class _Batcher:
                 mine.result = await trio.to_thread.run_sync(
                     _pass, frozenset(mine.lease_ids), frozenset(mine.root_pids),
                     None if mine.unbounded else mine.min_ticks,
+                    None if mine.windowless else mine.window,
                 )
                 return mine.result
         finally:
@@ -370,15 +398,18 @@ def _current_batcher() -> _Batcher:
 
 
 async def shared_scan(
-    lease_id: str, root_pid: int, root_start_ticks: int | None = None
+    lease_id: str, root_pid: int, root_start_ticks: int | None = None,
+    window: PidWindow | None = None,
 ) -> tuple[list[ProcessInfo], frozenset[int], int | None]:
     """:func:`pids_tagged` for one lease, in a worker thread, sharing the pass with the
     other cleanups of this Trio run that ask at the same time (see the module docstring),
     the roots' process groups found empty at the end of the pass, and the pass's mark (see
     :meth:`TagScan.adopt`).  The pass starts
     after this call; cancellable while waiting for it to start.  ``root_start_ticks``: the
-    root's start (see ``min_start_ticks`` of :func:`pids_tagged`)."""
-    return await _current_batcher().scan(lease_id, root_pid, root_start_ticks)
+    root's start (see ``min_start_ticks`` of :func:`pids_tagged`); ``window``: a
+    :class:`~acpx_trio._process.scan.PidWindow` opened before the root's spawn (see
+    :meth:`TagScan.full`)."""
+    return await _current_batcher().scan(lease_id, root_pid, root_start_ticks, window)
 
 
 def scan_passes() -> int:

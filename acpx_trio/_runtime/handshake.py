@@ -219,7 +219,7 @@ def make_agent_process(
     return AgentProcess(
         spawn, lease_store=factory.lease_store, cleanup_deps=factory.process_cleanup,
         on_connection=wire, receive_gate=None if live is None else live.wait_room,
-        logger=factory.log, extra_env=env, secrets=secrets,
+        logger=factory.log, extra_env=env, secrets=secrets, spare_leaves=factory.spare_leaves,
     )
 
 

@@ -38,6 +38,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import Containment, lease_usage, resolve_containment
 from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._process.spare_leaf import SpareLeaves
 from acpx_trio._runtime.agent_sessions import (
     delete_agent_session,
     list_agent_sessions,
@@ -135,6 +136,11 @@ class AcpxRuntime:
         self._closed = False
         self._closing_done = trio.Event()
         self._elicitation_handler: ElicitationHandler | None = None
+        #: one launch kept inside its leaf cgroup ahead of need (cgroup containment)
+        self._spare_leaves = (
+            None if config.containment == "process-group"
+            else SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=self.log)
+        )
         self._factory = SessionFactory(
             config=config,
             gateway_instance_id=gateway_instance_id,
@@ -145,6 +151,7 @@ class AcpxRuntime:
             process_cleanup=process_cleanup,
             on_turn_failure=self.on_turn_failure,
             elicitation_handler=lambda: self._elicitation_handler,
+            spare_leaves=self._spare_leaves,
         )
 
     @property
@@ -246,13 +253,18 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == work_dir
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
-            session = await start_live_session(self._factory, key, spec, mode, work_dir, load_id)
             try:
-                await self.session_store.save(session.record())
-                self._check_open()
-            except BaseException:
-                await self._retire(session, "ensure failed")
-                raise
+                session = await start_live_session(
+                    self._factory, key, spec, mode, work_dir, load_id)
+                try:
+                    await self.session_store.save(session.record())
+                    self._check_open()
+                except BaseException:
+                    await self._retire(session, "ensure failed")
+                    raise
+            finally:
+                if self._spare_leaves is not None:  # this start is over: prepare the next
+                    self._spare_leaves.refill()
             self._sessions[key] = session
             return session.handle()
 
@@ -548,6 +560,8 @@ class AcpxRuntime:
                 async with trio.open_nursery() as nursery:
                     for session in list(self._sessions.values()):
                         nursery.start_soon(self._retire, session, "runtime shut down")
+                    if self._spare_leaves is not None:
+                        nursery.start_soon(self._spare_leaves.aclose)
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
         finally:

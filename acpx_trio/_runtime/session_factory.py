@@ -15,6 +15,7 @@ import trio
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._log import Logger
 from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._process.spare_leaf import SpareLeaves
 from acpx_trio._runtime.agents import AgentRegistry
 from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
 from acpx_trio._store.config import AcpxConfig
@@ -41,5 +42,7 @@ class SessionFactory:
     log: Logger
     process_cleanup: ProcessCleanupDeps | None
     on_turn_failure: TurnFailureHook
+    #: launches already inside their leaf cgroup (``None``: always spawn directly)
+    spare_leaves: SpareLeaves | None = None
     #: the host's ``elicitation/create`` answerer now (``None``: the non-interactive policy)
     elicitation_handler: Callable[[], ElicitationHandler | None] = lambda: None

@@ -60,6 +60,7 @@ from acpx_trio._process.owned import (
     spawn_owned,
 )
 from acpx_trio._process.reaper import ProcessCleanupDeps
+from acpx_trio._process.scan import PidWindow, open_window
 from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
@@ -164,6 +165,7 @@ class Terminal:
         self._owner = owner
         self.lease: ProcessLease | None = None
         self.process: trio.Process | None = None
+        self._window: PidWindow | None = None  # opened right before the spawn
         self.create_time: float | None = None
         self.start_ticks: int | None = None
         self.exit_status: TerminalExitStatus | None = None
@@ -204,6 +206,7 @@ class Terminal:
             command=self.argv,
             containment=owner.containment,
         )
+        self._window = open_window()  # before the spawn: the close's proof looks after it
         try:
             self.process = await spawn_owned(
                 self.argv, self.lease, env=self._env, cwd=f"/proc/self/fd/{self._cwd_fd}",
@@ -284,7 +287,7 @@ class Terminal:
         await close_owned(
             proc, self.lease, mark=self._mark, create_time=self.create_time,
             start_ticks=self.start_ticks, grace=owner.kill_grace, deps=owner.cleanup_deps,
-            log=owner.log, what="terminal",
+            log=owner.log, what="terminal", window=self._window,
         )
         if proc.returncode is not None:
             with trio.move_on_after(_DRAIN_SECONDS):

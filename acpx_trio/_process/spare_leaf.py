@@ -1,0 +1,271 @@
+"""Spare leaves: a launch whose move into its leaf cgroup was paid for before it was needed.
+
+Moving a process into a cgroup waits for an RCU grace period in the kernel (5-11 ms here
+when moves are far apart), and a contained launch must be in its leaf before it executes
+anything of its own.  A :class:`SpareLeaves` pool keeps one launch ready: a Python process
+(:mod:`~acpx_trio._process.spare_wait`, standard library only) already inside a fresh leaf
+of the gateway, in its own session, with the pipes an agent gets, waiting on a private pipe
+for the one command it will ``exec``.  Taking it costs a lease write and a pipe write
+instead of a spawn and a move.
+
+Guarantees:
+
+* **Nothing runs before its lease is saved.**  The spare executes only what the taker sends
+  after saving the lease (:func:`acpx_trio._process.owned.spawn_spare`), and only once the
+  whole command has arrived (one :mod:`marshal` frame read to end of file: half a frame runs
+  nothing).
+* **The command is the direct path's.**  The same ``argv``, working directory and whole
+  environment (``execvpe``, not a shell), the signal dispositions :mod:`subprocess`
+  restores, no descriptor but 0, 1 and 2; credentials travel on the private pipe, never on a
+  command line.  A command a direct spawn would refuse takes the direct path (which says
+  why).
+* **A spare never outlives its owner.**  If the owner dies, the spare reads end-of-file on
+  its pipe and exits having run nothing; the leaf it leaves empty is removed by the next reap
+  of the gateway (the watchdog's included).  :meth:`SpareLeaves.aclose` (and the
+  cancellation of the nursery it runs in) kills the leaf, reaps the spare and removes the
+  leaf, shielded and bounded.
+* **No reap takes it for a leftover.**  This process's own reaps skip the leaves it holds
+  (:func:`held_leaves`); another process's reap leaves it alone because the spare names this
+  live owner (the owner tag).
+
+A pool fills only after its second request (a one-shot caller never pays for a spare), only
+once a start's critical path is over (the next one is made while nothing waits on the
+machine), and never holds more than one launch.  Linux, cgroup v2 containment only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import marshal
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from acpx_trio._log import Logger
+from acpx_trio._process.cgroup import kill_leaf, make_leaf, remove_empty_leaf
+from acpx_trio._process.identity import OWNER_ENV_KEY, process_info
+from acpx_trio._process.spare_wait import FRAME_VERSION
+from acpx_trio._process.tools import owner_tag_value
+from acpx_trio._store.lease_model import new_lease_id
+
+__all__ = [
+    "SPARE_MARK", "SPARE_SCRIPT", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
+    "spare_frame",
+]
+
+#: The spare's program (run by path; its command line names it, so spares can be found).
+SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_wait.py")
+SPARE_MARK = SPARE_SCRIPT
+#: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
+DISCARD_SECONDS = 5.0
+#: The leaves this process holds as spare (by lease id): its own reaps leave them alone.
+_held: set[str] = set()
+
+
+def held_leaves() -> frozenset[str]:
+    """The lease ids (leaf names) of the spare leaves this process holds now."""
+    return frozenset(_held)
+
+
+def frameable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
+    """Whether :func:`spare_frame` can carry this command: not when a direct spawn would
+    refuse it (an empty command, a NUL anywhere, a variable name that is empty or holds
+    ``=``); the direct path then reports it."""
+    if not argv or not argv[0]:
+        return False
+    words = [*argv, cwd, *env.keys(), *env.values()]
+    return not any("\0" in w for w in words) and all(k and "=" not in k for k in env)
+
+
+def spare_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
+    """The command a spare becomes (``argv`` run in ``cwd`` with exactly ``env``), as the
+    one frame :mod:`~acpx_trio._process.spare_wait` reads.  Raises ``ValueError`` unless
+    :func:`frameable`."""
+    if not frameable(argv, env, cwd):
+        raise ValueError("a spare cannot carry this command")
+    frame = (FRAME_VERSION, os.fsencode(cwd), [os.fsencode(a) for a in argv],
+             {os.fsencode(k): os.fsencode(v) for k, v in env.items()})
+    return marshal.dumps(frame)
+
+
+class SpareLeaf:
+    """One ready launch: ``process`` (the spare in ``leaf``, its own session leader, stdin,
+    stdout and stderr piped), the lease id its leaf is named after, and the spare's identity
+    (``create_time``, ``start_ticks``: the command keeps them across ``exec``)."""
+
+    def __init__(self, process: trio.Process, leaf: str, lease_id: str,
+                 control: trio.lowlevel.FdStream, create_time: float,
+                 start_ticks: int | None) -> None:
+        self.process = process
+        self.leaf = leaf
+        self.lease_id = lease_id
+        self.create_time = create_time
+        self.start_ticks = start_ticks
+        self._control = control
+        self.taken = trio.Event()
+
+    def alive(self) -> bool:
+        """The spare has not exited.  (It may still be moving into its leaf: it reads its
+        command only once inside, and a failed move runs nothing, exactly as the direct
+        path's shim.)"""
+        return self.process.poll() is None
+
+    async def become(self, frame: bytes) -> None:
+        """Send the command (:func:`spare_frame`) and close the pipe.  Raises ``OSError``
+        (the spare is gone) or :class:`trio.BrokenResourceError`."""
+        try:
+            await self._control.send_all(frame)
+        finally:
+            await self._control.aclose()
+
+    def release(self) -> None:
+        """Its lease is saved: the reaps may see it as the lease's leaf from now on."""
+        _held.discard(self.lease_id)
+
+    async def discard(self) -> None:
+        """Kill it and remove its leaf.  Shielded, bounded by :data:`DISCARD_SECONDS`."""
+        with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_SECONDS):
+            await self._control.aclose()  # a spare not yet in its leaf reads EOF and exits
+            await kill_leaf(self.leaf, DISCARD_SECONDS)
+            with contextlib.suppress(OSError):
+                self.process.kill()  # our own unreaped child: its pid cannot be reused
+            await self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+            await trio.to_thread.run_sync(remove_empty_leaf, self.leaf)
+        _held.discard(self.lease_id)
+
+
+class SpareLeaves:
+    """A pool of (at most) one spare leaf of ``gateway_instance_id``, kept by a task in
+    ``nursery``.  See the module docstring for guarantees.
+
+    :meth:`take` hands the ready launch over (the taker owns it from then on), :meth:`refill`
+    (called once a start's critical path is over) makes the next in the background, and
+    :meth:`aclose` discards what is held and stops refilling."""
+
+    def __init__(self, nursery: trio.Nursery, *, gateway_instance_id: str,
+                 log: Logger | None = None) -> None:
+        self._nursery = nursery
+        self._gateway = gateway_instance_id
+        self._log: Logger = log or logging.getLogger("acpx_trio.spare")
+        self._ready: SpareLeaf | None = None
+        self._requests = 0
+        self._running = False
+        self._closed = False
+        self._broken = False
+        self._wanted = trio.Event()
+        self._scope = trio.CancelScope()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._made = trio.Event()  # set when no spare is in the making
+        self._made.set()
+
+    @property
+    def has_spare(self) -> bool:
+        """A spare is ready to be taken."""
+        return self._ready is not None
+
+    async def take(self) -> SpareLeaf | None:
+        """The ready launch (waiting for one in the making), or ``None`` (none, or the pool
+        cannot work here).  The caller owns what it gets: it saves the lease, then
+        :meth:`SpareLeaf.become`, or :meth:`SpareLeaf.discard`."""
+        await trio.lowlevel.checkpoint()
+        self._requests += 1
+        if self._ready is None and not self._made.is_set():
+            await self._made.wait()  # one in the making: bounded, and cheaper than a move
+        spare, self._ready = self._ready, None
+        if spare is not None:
+            spare.taken.set()
+            if not spare.alive():
+                self._nursery.start_soon(spare.discard)
+                spare = None
+        return spare
+
+    def refill(self) -> None:
+        """A launch finished starting (its critical path is over): make the next spare leaf
+        in the background, from the second request on."""
+        if self._closed or self._broken or self._requests < 2:
+            return
+        self._wanted.set()
+        if not self._running:
+            self._running = True
+            self._idle = trio.Event()
+            self._nursery.start_soon(self._keep)
+
+    async def _keep(self) -> None:
+        """Make a spare leaf when one is wanted and none is ready; hold it until it is taken
+        or the pool closes."""
+        spare: SpareLeaf | None = None
+        try:
+            with self._scope:
+                while True:
+                    await self._wanted.wait()
+                    self._wanted = trio.Event()
+                    if self._ready is not None:
+                        continue
+                    self._made = trio.Event()
+                    try:
+                        with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
+                            spare = await self._make()
+                    finally:
+                        self._made.set()
+                    if spare is None:
+                        self._broken = True
+                        return
+                    self._ready = spare
+                    await spare.taken.wait()
+                    spare = None
+        finally:
+            self._running = False
+            if spare is not None and not spare.taken.is_set():
+                self._ready = None
+                await spare.discard()
+            self._idle.set()
+
+    async def _make(self) -> SpareLeaf | None:
+        lease_id = new_lease_id()
+        _held.add(lease_id)  # before the leaf exists: no reap of ours sees it unheld
+        leaf = await trio.to_thread.run_sync(make_leaf, self._gateway, lease_id)
+        if leaf is None:
+            _held.discard(lease_id)
+            self._log.debug("spare leaf: cgroup containment is not usable here")
+            return None
+        owner = await owner_tag_value()  # another process's reap sees a live owner's spare
+        read_end, write_end = os.pipe()
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-I", "-S", SPARE_SCRIPT, leaf, str(read_end)],
+                pass_fds=(read_end,),
+                stdin=-1, stdout=-1, stderr=-1, cwd="/", env={OWNER_ENV_KEY: owner},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(write_end)
+            await trio.to_thread.run_sync(remove_empty_leaf, leaf)
+            _held.discard(lease_id)
+            self._log.warning("spare leaf: could not start its process: %s", exc)
+            return None
+        finally:
+            os.close(read_end)
+        control = trio.lowlevel.FdStream(write_end)
+        info = await trio.to_thread.run_sync(process_info, process.pid)
+        spare = SpareLeaf(process, leaf, lease_id, control,
+                        0.0 if info is None else info.create_time,
+                        None if info is None else info.start_ticks)
+        if info is None:  # gone already (its move failed)
+            await spare.discard()
+            return None
+        return spare
+
+    async def aclose(self) -> None:
+        """Discard the spare leaf (if any) and stop refilling; returns when nothing of the
+        pool runs.  Idempotent; shielded."""
+        self._closed = True
+        self._scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._idle.wait()

@@ -1,0 +1,310 @@
+"""Spare leaves (#22): from a runtime's third agent start on, the agent becomes a shell that
+was already inside its own leaf cgroup (the cgroup move, 5-11 ms of kernel wait, is paid
+before the start is asked for).  What must not change: the agent's environment, working
+directory and descriptors; the lease saved before the agent runs anything; nothing left
+behind by a close, a stop, a reap or an owner's SIGKILL; nothing escaping.  Real processes
+throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+from _attack_helpers import seen_running, still_marked
+from _cli_helpers import run_cli
+from _escape_helpers import Decoys, cleanup_marker, new_marker
+from _proc_helpers import poll_until
+from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soak
+from test_watchdog import watchdogs_of
+
+from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
+from acpx_trio._process.spare_leaf import SPARE_MARK, SpareLeaves, frameable, spare_frame
+from acpx_trio._store.lease_model import LeaseState
+from acpx_trio.lowlevel import reap_gateway
+
+MOCK = f"{sys.executable} -m acpx_trio.testing.mock_agent"
+TAGS = ("OPENCLAW_ACPX_LEASE_ID", "OPENCLAW_GATEWAY_INSTANCE_ID")
+
+
+def spares_of(pid: int) -> list[int]:
+    """The spare shells among ``pid``'s children."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if SPARE_MARK in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    env = psutil.Process(pid).environ()
+    return {k: v for k, v in env.items() if k not in TAGS}
+
+
+def _fds(pid: int) -> list[str]:
+    return sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+
+
+def _service(tmp: Path, mode: str = "cgroup"):  # type: ignore[no-untyped-def]
+    return open_runtime_service(
+        workspace_dir=tmp, state_dir=tmp / "state", registry=BackendRegistry(),
+        plugin_config={"containment": mode, "agents": {"mock": MOCK}},
+    )
+
+
+async def _two_starts(runtime) -> None:  # type: ignore[no-untyped-def]
+    for key in ("one", "two"):
+        handle = await runtime.ensure_session(session_key=key, agent="mock")
+        await runtime.close(handle=handle, reason="test")
+
+
+def test_a_command_a_direct_spawn_would_refuse_takes_the_direct_path() -> None:
+    env = {"PATH": "/usr/bin", "MULTI": "a\nb 'c' $HOME `x`", "BASH_FUNC_f%%": "() { :; }"}
+    assert frameable(["agent", "--x=1"], env, "/w")
+    assert frameable(["A=1"], env, "/w")  # no shell, no env(1): a program may hold "="
+    assert not frameable([], env, "/w")
+    assert not frameable([""], env, "/w")
+    assert not frameable(["agent"], {"X": "a\0b"}, "/w")
+    assert not frameable(["agent"], {"": "x"}, "/w")
+    assert not frameable(["agent"], {"A=B": "x"}, "/w")
+    with pytest.raises(ValueError):
+        spare_frame(["agent"], {"A=B": "x"}, "/w")
+
+
+@needs_cgroup
+async def test_third_start_becomes_the_spare_with_the_direct_environment(
+    tmp_path: Path,
+) -> None:
+    async with _service(tmp_path) as svc:
+        runtime = svc.require_runtime()
+        handle = await runtime.ensure_session(session_key="one", agent="mock")
+        await runtime.close(handle=handle, reason="test")
+        assert spares_of(os.getpid()) == []  # a one-shot caller never pays for a spare
+        direct = await runtime.ensure_session(session_key="two", agent="mock")
+        await poll_until(lambda: len(spares_of(os.getpid())) == 1)
+        (spare,) = spares_of(os.getpid())
+        spared = await runtime.ensure_session(session_key="three", agent="mock")
+        direct_pid = (await runtime.get_status(handle=direct)).agent_pid
+        spared_pid = (await runtime.get_status(handle=spared)).agent_pid
+        assert spared_pid == spare and direct_pid is not None
+        # the very environment, directory and descriptors a direct spawn gives
+        assert _environ(spared_pid) == _environ(direct_pid)
+        assert psutil.Process(spared_pid).environ()["OPENCLAW_ACPX_LEASE_ID"] != (
+            psutil.Process(direct_pid).environ()["OPENCLAW_ACPX_LEASE_ID"])
+        assert psutil.Process(spared_pid).cwd() == psutil.Process(direct_pid).cwd()
+        assert _fds(spared_pid) == _fds(direct_pid)
+        leases = {x.root_pid: x for x in await LeaseStore(tmp_path / "state" / "acpx").list_all()}
+        lease = leases[spared_pid]
+        assert lease.state is LeaseState.OPEN and lease.cgroup is not None
+        assert lease.root_create_time == psutil.Process(spared_pid).create_time()
+        procs = await trio.Path(lease.cgroup, "cgroup.procs").read_text(encoding="ascii")
+        assert procs.split() == [str(spared_pid)]
+        await poll_until(lambda: len(spares_of(os.getpid())) == 1)  # the next one, made after
+        (waiting,) = spares_of(os.getpid())
+        parent = Path(lease.cgroup).parent
+        await runtime.close(handle=spared, reason="test")
+        assert (await LeaseStore(tmp_path / "state" / "acpx").load(lease.lease_id)) is not None
+        await runtime.close(handle=direct, reason="test")
+    # the service's stop discards the waiting spare and every leaf goes
+    assert not psutil.pid_exists(waiting) or psutil.Process(waiting).status() == "zombie"
+    assert not parent.exists()
+
+
+@needs_cgroup
+async def test_process_group_mode_keeps_no_spare(tmp_path: Path) -> None:
+    async with _service(tmp_path, "process-group") as svc:
+        runtime = svc.require_runtime()
+        await _two_starts(runtime)
+        await _two_starts(runtime)
+        assert spares_of(os.getpid()) == []
+
+
+@needs_cgroup
+async def test_reaps_leave_a_live_owners_spare_alone(tmp_path: Path) -> None:
+    async with _service(tmp_path) as svc:
+        runtime = svc.require_runtime()
+        await _two_starts(runtime)
+        await poll_until(lambda: len(spares_of(os.getpid())) == 1)
+        (spare,) = spares_of(os.getpid())
+        # this process's own reap of its gateway, then another process's (the CLI)
+        store = LeaseStore(tmp_path / "state" / "acpx")
+        report = await reap_gateway(svc.gateway_instance_id, store,
+                                    lease_dir=str(tmp_path / "state" / "acpx"))
+        assert report.ok and spare not in report.terminated_pids
+        done = await trio.to_thread.run_sync(lambda: run_cli("reap", state_dir=tmp_path / "state"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert spares_of(os.getpid()) == [spare]
+        handle = await runtime.ensure_session(session_key="three", agent="mock")
+        assert (await runtime.get_status(handle=handle)).agent_pid == spare
+
+
+@needs_cgroup
+@pytest.mark.parametrize("cut", [0, 1, 20, -1])
+async def test_a_half_sent_command_runs_nothing(tmp_path: Path, cut: int) -> None:
+    """The owner dies while sending the command (``cut`` bytes of the frame arrive, then
+    end of file): the spare runs nothing of it."""
+    marker = tmp_path / "ran"
+    async with trio.open_nursery() as nursery:
+        pool = SpareLeaves(nursery, gateway_instance_id=f"gw-half-{cut + 1}")
+        for _ in range(2):
+            assert await pool.take() is None
+        pool.refill()
+        await poll_until(lambda: pool.has_spare)
+        spare = await pool.take()
+        assert spare is not None
+        frame = spare_frame(["/bin/sh", "-c", f"echo x > {marker}"], dict(os.environ),
+                            str(tmp_path))
+        await spare.become(frame[:cut])
+        await spare.process.wait()
+        assert spare.process.returncode == 0 and not await trio.Path(marker).exists()
+        await spare.discard()
+        assert not await trio.Path(spare.leaf).exists()
+        # the whole frame runs it
+        pool.refill()
+        await poll_until(lambda: pool.has_spare)
+        spare = await pool.take()
+        assert spare is not None
+        await spare.become(frame)
+        await spare.process.wait()
+        assert spare.process.returncode == 0 and await trio.Path(marker).exists()
+        await spare.discard()
+        await pool.aclose()
+
+
+@needs_cgroup
+async def test_no_credential_reaches_a_command_line(tmp_path: Path) -> None:
+    """The spare's environment travels on its pipe: while it becomes the agent, no command
+    line on the machine shows the credential."""
+    secret = f"sk-test-{os.urandom(12).hex()}"
+    seen: list[str] = []
+    async with trio.open_nursery() as nursery:
+        pool = SpareLeaves(nursery, gateway_instance_id="gw-secret")
+        for _ in range(2):
+            await pool.take()
+        pool.refill()
+        await poll_until(lambda: pool.has_spare)
+        spare = await pool.take()
+        assert spare is not None
+        frame = spare_frame(["sleep", "1"], {**os.environ, "API_KEY": secret}, str(tmp_path))
+        await spare.become(frame)
+        for _ in range(50):
+            for p in psutil.process_iter(["cmdline"]):
+                seen.append(" ".join(p.info["cmdline"] or ()))
+            if psutil.Process(spare.process.pid).cmdline()[:1] == ["sleep"]:
+                break
+            await trio.sleep(0.001)
+        assert psutil.Process(spare.process.pid).environ()["API_KEY"] == secret
+        assert not any(secret in line for line in seen)
+        await spare.discard()
+        await pool.aclose()
+
+
+async def _owner_with_spare(tmp: Path, variant: str, marker: str) -> tuple[
+        subprocess.Popen[bytes], dict[str, str]]:
+    owner = _start_owner(tmp, variant, marker, "cgroup", watchdog=True, spares=True)
+    assert owner.stdout is not None
+    record = json.loads(await trio.to_thread.run_sync(owner.stdout.readline))
+    return owner, record
+
+
+@needs_cgroup
+@pytest.mark.parametrize("variant", ("hopper-setsid-each", "daemon-emptyenv"))
+async def test_owner_sigkilled_with_a_spare_launched_agent_and_a_spare_waiting(
+    tmp_path: Path, variant: str,
+) -> None:
+    """The agent (an escaper) started from a spare, a new spare waiting: the owner is
+    SIGKILLed; its watchdog kills both leaves, nothing of the variant survives."""
+    await _owner_death_with_spares(tmp_path, variant)
+
+
+@needs_cgroup
+@pytest.mark.slow
+@soak
+@pytest.mark.parametrize("variant", ("hopper-setsid-each", "daemon-emptyenv"))
+async def test_owner_sigkilled_with_spares_30(tmp_path: Path, variant: str) -> None:
+    for i in range(SOAK):
+        (tmp_path / str(i)).mkdir()
+        await _owner_death_with_spares(tmp_path / str(i), variant)
+
+
+async def _owner_death_with_spares(tmp_path: Path, variant: str) -> None:
+    marker = new_marker()
+    decoys = Decoys(marker, "lease-decoy")
+    owner, record = await _owner_with_spare(tmp_path, variant, marker)
+    try:
+        with cleanup_marker(marker, ()), trio.fail_after(90):
+            assert record["spare_launched"], "the agent did not start from a spare"
+            await seen_running(marker, "hopper" in variant, set(decoys.pids))
+            await poll_until(lambda: len(spares_of(owner.pid)) == 1)
+            (spare,) = spares_of(owner.pid)
+            await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            leaves = [record["cgroup"], str(Path(record["cgroup"]).parent)]
+            await poll_until(lambda: not any(os.path.exists(p) for p in leaves)
+                             and not psutil.pid_exists(spare), seconds=15)
+            assert not await still_marked(marker, set(decoys.pids))
+            assert decoys.alive()
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        decoys.close()
+
+
+@needs_cgroup
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+async def test_nothing_escapes_the_close_of_a_spare_launched_agent(
+    tmp_path: Path, variant: str,
+) -> None:
+    await _close_spare_launched(tmp_path, variant, 1)
+
+
+@needs_cgroup
+@pytest.mark.slow
+@soak
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+async def test_nothing_escapes_the_close_of_a_spare_launched_agent_30(
+    tmp_path: Path, variant: str,
+) -> None:
+    await _close_spare_launched(tmp_path, variant, SOAK)
+
+
+async def _close_spare_launched(tmp_path: Path, variant: str, trials: int) -> None:
+    """``trials`` escapers, each started from a spare of one runtime and closed."""
+    marker = new_marker()
+    decoys = Decoys(marker, "lease-decoy")
+    attack = Path(__file__).with_name("_attack_agent.py")
+    try:
+        with cleanup_marker(marker, ()), trio.fail_after(90 + 5 * trials):
+            async with open_runtime_service(
+                workspace_dir=tmp_path, state_dir=tmp_path / "state",
+                registry=BackendRegistry(),
+                plugin_config={"containment": "cgroup", "killGraceSeconds": 0.3, "agents": {
+                    "mock": MOCK,
+                    "attack": f"{sys.executable} {attack} {variant} {marker}"}},
+            ) as svc:
+                runtime = svc.require_runtime()
+                await _two_starts(runtime)
+                for i in range(trials):
+                    await poll_until(lambda: len(spares_of(os.getpid())) == 1)
+                    (spare,) = spares_of(os.getpid())
+                    handle = await runtime.ensure_session(session_key=f"attack-{i}",
+                                                          agent="attack")
+                    assert (await runtime.get_status(handle=handle)).agent_pid == spare
+                    await seen_running(marker, "hopper" in variant, set(decoys.pids))
+                    await runtime.close(handle=handle, reason="test")
+                    assert not await still_marked(marker, set(decoys.pids)), f"trial {i}"
+            assert decoys.alive()
+    finally:
+        decoys.close()
+
