@@ -196,10 +196,12 @@ class CgroupReapMachine(RuleBasedStateMachine):
         kept = []
         for launch in self.launches:
             # a live owner's open launch is left alone; so is one whose lease record was lost
-            # while its members' owner tags still name that live owner (an env-cleared
-            # escaper names nobody: its leaf, of this gateway and with no lease, is reaped)
-            protected = (launch.live_owner and owner_alive and not launch.finalised
-                         and (not launch.lost or launch.variant in KEEP_TAGS))
+            # while its members' owner tags still name that live owner, whatever the lost
+            # record said (the reap cannot read it: the process is that owner's to close);
+            # an env-cleared escaper names nobody: its leaf, of this gateway and with no
+            # lease, is reaped
+            protected = launch.live_owner and owner_alive and (
+                launch.variant in KEEP_TAGS if launch.lost else not launch.finalised)
             alive = bool(set(marked(launch.marker)) - decoys)
             if protected:
                 assert alive and os.path.isdir(launch.leaf), (

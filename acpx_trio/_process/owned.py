@@ -193,20 +193,22 @@ async def spawn_spare(
     caller then takes the direct path, which also reports what is wrong with the command).
 
     The order is the guarantee of this module: watchdog armed, then the lease (complete:
-    the shell's pid, identity and leaf are known) saved, and only then is the command sent.
-    A shell lost before it got the command is killed with its leaf, its lease closed, and
-    ``None`` returned.  Raises what :meth:`LeaseStore.save` raises (the spare leaf is then
-    discarded)."""
+    the spare's pid, identity and leaf are known) saved, and only then is the command sent.
+    A spare lost before it got the command is killed with its leaf, its lease closed, and
+    ``None`` returned.  On any other failure or cancellation the spare is killed the same
+    way (its lease closed when the leaf is proved empty) and the error raised (what
+    :meth:`LeaseStore.save` raises, ``Cancelled``)."""
     if not frameable(argv, env, cwd) or not await trio.to_thread.run_sync(
             _startable_in, argv, cwd, env.get("PATH", os.defpath)):
         return None  # the direct path reports it
     spare = await spare_leaves.take()
     if spare is None:
         return None
+    lease: ProcessLease | None = None  # set once it may be in the store
     try:
         await ensure_armed(lease_store.path.parent)
         owner_pid, owner_start = await owner_identity()
-        lease = msgspec.structs.replace(
+        draft = msgspec.structs.replace(
             new_lease(gateway_instance_id=gateway_instance_id, session_key=session_key,
                       wrapper_root=str(lease_store.path.parent), command=tuple(argv),
                       owner_pid=owner_pid, owner_start_time=owner_start),
@@ -216,20 +218,24 @@ async def spawn_spare(
         )
         # PWD as the direct path's shim leaves it (a shell corrects an inherited PWD)
         pwd = {"PWD": cwd} if "PWD" in env else {}
-        frame = spare_frame(argv, owned_env({**env, **pwd}, lease, await owner_tag_value()),
+        frame = spare_frame(argv, owned_env({**env, **pwd}, draft, await owner_tag_value()),
                             cwd)
+        lease = draft
         await lease_store.save(lease)
-    except BaseException:
-        await spare.discard()
-        raise
-    spare.release()
-    try:
+        spare.release()
         await spare.become(frame)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        await spare.discard()  # it ran nothing of the command: its tree is proved gone
-        lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
-        await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
-        return None
+    except BaseException as exc:
+        # killed with anything it started (it ran the command only if the whole frame
+        # arrived); the lease, if it may have been saved, follows what the kill proved
+        with trio.CancelScope(shield=True):
+            emptied = await spare.discard()
+            if lease is not None:
+                lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
+                if emptied:
+                    await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
+        if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            return None  # the spare was gone: the direct path starts it
+        raise
     record = RootRecord(lease=lease, create_time=spare.create_time, start_ticks=spare.start_ticks)
     return spare.process, record
 

@@ -125,19 +125,26 @@ class SpareLeaf:
         """Its lease is saved: the reaps may see it as the lease's leaf from now on."""
         _held.discard(self.lease_id)
 
-    async def discard(self) -> None:
-        """Kill it and remove its leaf.  Shielded, bounded by :data:`DISCARD_SECONDS`."""
+    async def discard(self) -> bool:
+        """Kill it (and anything it started) and remove its leaf; whether the leaf is proved
+        empty (else it stays for the next reap).  Shielded, bounded by
+        :data:`DISCARD_SECONDS`."""
+        emptied = False
         with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_SECONDS):
-            await self._control.aclose()  # a spare not yet in its leaf reads EOF and exits
-            await kill_leaf(self.leaf, DISCARD_SECONDS)
+            await self._control.aclose()  # a spare that has not read it yet runs nothing
+            # the direct child first (its pid cannot be reused before we reap it): it can
+            # then start nothing more, and whatever it started is in the leaf (it runs a
+            # command only once inside)
             with contextlib.suppress(OSError):
-                self.process.kill()  # our own unreaped child: its pid cannot be reused
+                self.process.kill()
             await self.process.wait()
+            emptied = await kill_leaf(self.leaf, DISCARD_SECONDS)
             for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
                 if stream is not None:
                     await stream.aclose()
             await trio.to_thread.run_sync(remove_empty_leaf, self.leaf)
         _held.discard(self.lease_id)
+        return emptied
 
 
 class SpareLeaves:
