@@ -15,15 +15,15 @@ until killed.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
-import psutil
 import trio
+from _proc_helpers import poll_until, spares_of
 
 from acpx_trio import BackendRegistry, open_runtime_service
-from acpx_trio._process.spare_leaf import SPARE_MARK
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
 
@@ -44,9 +44,8 @@ async def main(state: str, workspace: str, variant: str, marker: str, mode: str,
             for key in ("first", "second"):
                 first = await runtime.ensure_session(session_key=key, agent="mock")
                 await runtime.close(handle=first, reason="warm-up")
-            while spare is None:  # the spare made after the second start
-                spare = next(iter(_spares()), None)
-                await trio.sleep(0.01)
+            await poll_until(lambda: bool(spares_of(os.getpid())))  # made after the 2nd start
+            (spare,) = spares_of(os.getpid())
         handle = await runtime.ensure_session(session_key="contained", agent="attack",
                                               mode="persistent")
         status = await runtime.get_status(handle=handle)
@@ -55,17 +54,6 @@ async def main(state: str, workspace: str, variant: str, marker: str, mode: str,
                                      "spare_launched": spare == status.agent_pid}) + "\n")
         sys.stdout.flush()
         await trio.sleep_forever()
-
-
-def _spares() -> list[int]:
-    found = []
-    for child in psutil.Process().children():
-        try:
-            if SPARE_MARK in " ".join(child.cmdline()):
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
 
 
 async def svc_leases(state: str) -> str | None:

@@ -46,6 +46,7 @@ import psutil
 import trio
 
 from acpx_trio._process.identity import lease_args, lease_env, read_start_ticks
+from acpx_trio._process.spare_leaf import SPARE_MARK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCOPE_KEY = "ACPX_TEST_LAB_SCOPE"
@@ -520,3 +521,13 @@ def process_lab() -> Iterator[ProcessLab]:
         yield lab
     finally:
         lab.cleanup()
+
+
+def spares_of(pid: int) -> list[int]:
+    """The spare launches (``spare_wait`` processes) among ``pid``'s children."""
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):
+            if SPARE_MARK in child.cmdline():
+                found.append(child.pid)
+    return found

@@ -20,29 +20,17 @@ import trio
 from _attack_helpers import seen_running, still_marked
 from _cli_helpers import run_cli
 from _escape_helpers import Decoys, cleanup_marker, new_marker
-from _proc_helpers import poll_until
+from _proc_helpers import poll_until, spares_of
 from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soak
 from test_watchdog import watchdogs_of
 
 from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
-from acpx_trio._process.spare_leaf import SPARE_MARK, SpareLeaves, frameable, spare_frame
+from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_frame
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio.lowlevel import reap_gateway
 
 MOCK = f"{sys.executable} -m acpx_trio.testing.mock_agent"
 TAGS = ("OPENCLAW_ACPX_LEASE_ID", "OPENCLAW_GATEWAY_INSTANCE_ID")
-
-
-def spares_of(pid: int) -> list[int]:
-    """The spare shells among ``pid``'s children."""
-    found = []
-    for child in psutil.Process(pid).children():
-        try:
-            if SPARE_MARK in " ".join(child.cmdline()):
-                found.append(child.pid)
-        except psutil.Error:
-            pass
-    return found
 
 
 def _environ(pid: int) -> dict[str, str]:
