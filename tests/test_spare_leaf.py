@@ -1,5 +1,5 @@
-"""Spare leaves (#22): from a runtime's third agent start on, the agent becomes a shell that
-was already inside its own leaf cgroup (the cgroup move, 5-11 ms of kernel wait, is paid
+"""Spare leaves (#22): from a runtime's third agent start on, the agent becomes a spare launch
+that was already inside its own leaf cgroup (the cgroup move, 5-11 ms of kernel wait, is paid
 before the start is asked for).  What must not change: the agent's environment, working
 directory and descriptors; the lease saved before the agent runs anything; nothing left
 behind by a close, a stop, a reap or an owner's SIGKILL; nothing escaping.  Real processes
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,11 +22,14 @@ from _attack_helpers import seen_running, still_marked
 from _cli_helpers import run_cli
 from _escape_helpers import Decoys, cleanup_marker, new_marker
 from _proc_helpers import poll_until, spares_of
+from hypothesis import given
+from hypothesis import strategies as st
 from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soak
 from test_watchdog import watchdogs_of
 
 from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
-from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_frame
+from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_command, spare_frame
+from acpx_trio._process.spare_wait import decode_frame
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio.lowlevel import reap_gateway
 
@@ -66,6 +70,68 @@ def test_a_command_a_direct_spawn_would_refuse_takes_the_direct_path() -> None:
     assert not frameable(["agent"], {"A=B": "x"}, "/w")
     with pytest.raises(ValueError):
         spare_frame(["agent"], {"A=B": "x"}, "/w")
+
+
+_words = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)))
+_names = _words.filter(lambda k: bool(k) and "=" not in k)
+
+
+@given(argv=st.lists(_words, min_size=1).filter(lambda a: bool(a[0])),
+       env=st.dictionaries(_names, _words), cwd=_words)
+def test_a_frame_carries_the_command_exactly_and_any_cut_of_it_carries_nothing(
+    argv: list[str], env: dict[str, str], cwd: str,
+) -> None:
+    frame = spare_frame(argv, env, cwd)
+    decoded = decode_frame(frame)
+    assert decoded is not None
+    assert decoded == (os.fsencode(cwd), [os.fsencode(a) for a in argv],
+                       {os.fsencode(k): os.fsencode(v) for k, v in env.items()})
+    for cut in {0, 1, len(frame) // 2, len(frame) - 1}:
+        assert decode_frame(frame[:cut]) is None
+    assert decode_frame(frame + b"x\0") is None
+    assert decode_frame(frame.replace(b"acpx-spare-1", b"acpx-spare-2", 1)) is None
+
+
+_DUMP = ("import os, sys; sys.stdout.buffer.write(repr((sys.argv, os.getcwdb(), "
+         "sorted(os.environb.items()), sorted(os.listdir('/proc/self/fd')))).encode())")
+
+
+def _run_form(leaf: Path, perl: str | None, argv: list[str], env: dict[str, str],
+              cwd: str, cut: int | None = None) -> tuple[int, bytes]:
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(spare_command(str(leaf), read_end, perl), pass_fds=(read_end,),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"X": "y"},
+                            cwd="/")
+    os.close(read_end)
+    frame = spare_frame(argv, env, cwd)
+    os.write(write_end, frame if cut is None else frame[:cut])
+    os.close(write_end)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out
+
+
+@pytest.mark.skipif(not shutil.which("perl"), reason="no perl on this machine")
+def test_the_perl_and_python_forms_run_the_same_command(tmp_path: Path) -> None:
+    """Both forms of the spare's program, given one frame, run the very same argv, working
+    directory, environment (values with newlines, ``=``, quotes, bytes that are not UTF-8)
+    and descriptors; given a cut frame, neither runs anything."""
+    (tmp_path / "leaf").mkdir()  # not a cgroup: entering it only writes a file
+    work = tmp_path / "w d"
+    work.mkdir()
+    env = {"PATH": os.environ["PATH"], "EMPTY": "", "LINES": "a\nb 'c' $HOME `x`",
+           "EQ": "k=v=w", "RAW": os.fsdecode(b"\xff\xfe"), "BASH_FUNC_f%%": "() { :; }"}
+    argv = ["python3", "-c", _DUMP, "", "two words", os.fsdecode(b"\xff")]
+    perl = shutil.which("perl")
+    runs = [_run_form(tmp_path / "leaf", form, argv, env, str(work)) for form in (perl, None)]
+    assert runs[0] == runs[1] and runs[0][0] == 0
+    assert repr(str(work).encode()).encode() in runs[0][1]
+    for form in (perl, None):
+        assert _run_form(tmp_path / "leaf", form, argv, env, str(work), cut=30) == (0, b"")
+    # a command that cannot run: both say so and exit 127
+    for form in (perl, None):
+        assert _run_form(tmp_path / "leaf", form, ["no-such-agent-xyz"], env, str(work))[0] == 127
+    for form in (perl, None):  # cannot enter its leaf (gone): runs nothing, exits 1
+        assert _run_form(tmp_path / "gone", form, argv, env, str(work)) == (1, b"")
 
 
 @needs_cgroup
@@ -136,13 +202,14 @@ async def test_reaps_leave_a_live_owners_spare_alone(tmp_path: Path) -> None:
 
 
 @needs_cgroup
+@pytest.mark.parametrize("perl", [True, False])
 @pytest.mark.parametrize("cut", [0, 1, 20, -1])
-async def test_a_half_sent_command_runs_nothing(tmp_path: Path, cut: int) -> None:
+async def test_a_half_sent_command_runs_nothing(tmp_path: Path, cut: int, perl: bool) -> None:
     """The owner dies while sending the command (``cut`` bytes of the frame arrive, then
-    end of file): the spare runs nothing of it."""
+    end of file): the spare (either form) runs nothing of it."""
     marker = tmp_path / "ran"
     async with trio.open_nursery() as nursery:
-        pool = SpareLeaves(nursery, gateway_instance_id=f"gw-half-{cut + 1}")
+        pool = SpareLeaves(nursery, gateway_instance_id=f"gw-half-{cut + 1}-{perl}", perl=perl)
         for _ in range(2):
             assert await pool.take() is None
         pool.refill()

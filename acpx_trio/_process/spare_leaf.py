@@ -2,18 +2,18 @@
 
 Moving a process into a cgroup waits for an RCU grace period in the kernel (5-11 ms here
 when moves are far apart), and a contained launch must be in its leaf before it executes
-anything of its own.  A :class:`SpareLeaves` pool keeps one launch ready: a Python process
-(:mod:`~acpx_trio._process.spare_wait`, standard library only) already inside a fresh leaf
-of the gateway, in its own session, with the pipes an agent gets, waiting on a private pipe
-for the one command it will ``exec``.  Taking it costs a lease write and a pipe write
-instead of a spawn and a move.
+anything of its own.  A :class:`SpareLeaves` pool keeps one launch ready: a small program
+(:mod:`~acpx_trio._process.spare_wait`: ``perl -e`` where there is ``perl``, else
+``python -I -S``) already inside a fresh leaf of the gateway, in its own session, with the
+pipes an agent gets, waiting on a private pipe for the one command it will ``exec``.  Taking
+it costs a lease write and a pipe write instead of a spawn and a move.
 
 Guarantees:
 
 * **Nothing runs before its lease is saved.**  The spare executes only what the taker sends
   after saving the lease (:func:`acpx_trio._process.owned.spawn_spare`), and only once the
-  whole command has arrived (one :mod:`marshal` frame read to end of file: half a frame runs
-  nothing).
+  whole command has arrived (one frame read to end of file, its field counts checked: half
+  a frame runs nothing).
 * **The command is the direct path's.**  The same ``argv``, working directory and whole
   environment (``execvpe``, not a shell), the signal dispositions :mod:`subprocess`
   restores, no descriptor but 0, 1 and 2; credentials travel on the private pipe, never on a
@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import marshal
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -47,18 +47,17 @@ import trio
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import kill_leaf, make_leaf, remove_empty_leaf
 from acpx_trio._process.identity import OWNER_ENV_KEY, process_info
-from acpx_trio._process.spare_wait import FRAME_VERSION
+from acpx_trio._process.spare_wait import PERL_PROGRAM, SPARE_MARK, encode_frame
 from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "SPARE_MARK", "SPARE_SCRIPT", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
+    "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves", "spare_command",
     "spare_frame",
 ]
 
-#: The spare's program (run by path; its command line names it, so spares can be found).
-SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_wait.py")
-SPARE_MARK = SPARE_SCRIPT
+#: The spare's program in its Python form (the fallback where there is no ``perl``).
+_SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_wait.py")
 #: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
 DISCARD_SECONDS = 5.0
 #: The leaves this process holds as spare (by lease id): its own reaps leave them alone.
@@ -86,9 +85,16 @@ def spare_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
     :func:`frameable`."""
     if not frameable(argv, env, cwd):
         raise ValueError("a spare cannot carry this command")
-    frame = (FRAME_VERSION, os.fsencode(cwd), [os.fsencode(a) for a in argv],
-             {os.fsencode(k): os.fsencode(v) for k, v in env.items()})
-    return marshal.dumps(frame)
+    return encode_frame(os.fsencode(cwd), [os.fsencode(a) for a in argv],
+                        [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
+
+
+def spare_command(leaf: str, fd: int, perl: str | None) -> list[str]:
+    """The spare's command line: the Perl form when ``perl`` (its path) is given, else the
+    Python form; either names :data:`SPARE_MARK` as its first argument."""
+    if perl is not None:
+        return [perl, "-e", PERL_PROGRAM, "--", SPARE_MARK, leaf, str(fd)]
+    return [sys.executable, "-I", "-S", _SPARE_SCRIPT, SPARE_MARK, leaf, str(fd)]
 
 
 class SpareLeaf:
@@ -156,8 +162,10 @@ class SpareLeaves:
     :meth:`aclose` discards what is held and stops refilling."""
 
     def __init__(self, nursery: trio.Nursery, *, gateway_instance_id: str,
-                 log: Logger | None = None) -> None:
+                 log: Logger | None = None, perl: bool = True) -> None:
         self._nursery = nursery
+        self._want_perl = perl  # False: the Python form (tests of the fallback)
+        self._perl: str | None = None
         self._gateway = gateway_instance_id
         self._log: Logger = log or logging.getLogger("acpx_trio.spare")
         self._ready: SpareLeaf | None = None
@@ -243,11 +251,13 @@ class SpareLeaves:
             self._log.debug("spare leaf: cgroup containment is not usable here")
             return None
         owner = await owner_tag_value()  # another process's reap sees a live owner's spare
+        if self._want_perl and self._perl is None:
+            self._perl = await trio.to_thread.run_sync(shutil.which, "perl")
+            self._want_perl = self._perl is not None
         read_end, write_end = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-I", "-S", SPARE_SCRIPT, leaf, str(read_end)],
-                pass_fds=(read_end,),
+                spare_command(leaf, read_end, self._perl), pass_fds=(read_end,),
                 stdin=-1, stdout=-1, stderr=-1, cwd="/", env={OWNER_ENV_KEY: owner},
                 start_new_session=True,
             )
