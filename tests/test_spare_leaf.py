@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +27,15 @@ from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soa
 from test_watchdog import watchdogs_of
 
 from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
-from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_command, spare_frame
+from acpx_trio._process.cgroup import shim_argv
+from acpx_trio._process.spare_leaf import (
+    PERL_PATHS,
+    SpareLeaves,
+    frameable,
+    shell_pwd,
+    spare_command,
+    spare_frame,
+)
 from acpx_trio._process.spare_wait import decode_frame
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio.lowlevel import reap_gateway
@@ -96,42 +103,65 @@ _DUMP = ("import os, sys; sys.stdout.buffer.write(repr((sys.argv, os.getcwdb(), 
          "sorted(os.environb.items()), sorted(os.listdir('/proc/self/fd')))).encode())")
 
 
-def _run_form(leaf: Path, perl: str | None, argv: list[str], env: dict[str, str],
+def _run_form(leaf: Path, form: str | None, argv: list[str], env: dict[str, str],
               cwd: str, cut: int | None = None) -> tuple[int, bytes]:
+    """Run ``argv`` the way ``form`` does: ``"shim"`` (the direct path's shell), a perl
+    path (the Perl spare) or ``None`` (the Python spare); its exit status and output."""
+    if form == "shim":
+        proc = subprocess.run(shim_argv(str(leaf), argv), env=env, cwd=cwd,
+                              capture_output=True, timeout=30, check=False)
+        return proc.returncode, proc.stdout
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen(spare_command(str(leaf), read_end, perl), pass_fds=(read_end,),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"X": "y"},
-                            cwd="/")
+    spare = subprocess.Popen(spare_command(str(leaf), read_end, form), pass_fds=(read_end,),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"X": "y"},
+                             cwd="/")
     os.close(read_end)
-    frame = spare_frame(argv, env, cwd)
+    frame = spare_frame(argv, shell_pwd(env, cwd), cwd)
     os.write(write_end, frame if cut is None else frame[:cut])
     os.close(write_end)
-    out, _ = proc.communicate(timeout=30)
-    return proc.returncode, out
+    out, _ = spare.communicate(timeout=30)
+    return spare.returncode, out
 
 
-@pytest.mark.skipif(not shutil.which("perl"), reason="no perl on this machine")
-def test_the_perl_and_python_forms_run_the_same_command(tmp_path: Path) -> None:
-    """Both forms of the spare's program, given one frame, run the very same argv, working
-    directory, environment (values with newlines, ``=``, quotes, bytes that are not UTF-8)
-    and descriptors; given a cut frame, neither runs anything."""
+@pytest.mark.skipif(not PERL_PATHS or not any(os.access(p, os.X_OK) for p in PERL_PATHS),
+                    reason="no system perl on this machine")
+def test_both_spare_forms_run_a_command_as_the_direct_path_does(tmp_path: Path) -> None:
+    """The Perl and the Python spare, given one frame, run the very argv, working directory,
+    environment (values with newlines, ``=``, quotes, bytes that are not UTF-8; ``PWD`` as
+    the shim's shell sets it, whatever was inherited) and descriptors the direct path's shim
+    runs; a file without ``#!`` by ``/bin/sh`` as the shim does; given a cut frame,
+    nothing."""
     (tmp_path / "leaf").mkdir()  # not a cgroup: entering it only writes a file
     work = tmp_path / "w d"
     work.mkdir()
-    env = {"PATH": os.environ["PATH"], "EMPTY": "", "LINES": "a\nb 'c' $HOME `x`",
-           "EQ": "k=v=w", "RAW": os.fsdecode(b"\xff\xfe"), "BASH_FUNC_f%%": "() { :; }"}
-    argv = ["python3", "-c", _DUMP, "", "two words", os.fsdecode(b"\xff")]
-    perl = shutil.which("perl")
-    runs = [_run_form(tmp_path / "leaf", form, argv, env, str(work)) for form in (perl, None)]
-    assert runs[0] == runs[1] and runs[0][0] == 0
-    assert repr(str(work).encode()).encode() in runs[0][1]
+    script = work / "no-shebang"
+    script.write_text('echo "plain script: $1"\n')
+    script.chmod(0o755)
+    env = {"PATH": f"{work}:{os.environ['PATH']}", "EMPTY": "", "EQ": "k=v=w",
+           "LINES": "a\nb 'c' $HOME `x`", "RAW": os.fsdecode(b"\xff\xfe")}
+    perl = next(p for p in PERL_PATHS if os.access(p, os.X_OK))
+    forms = ("shim", perl, None)
+    commands = [[sys.executable, "-c", _DUMP, "", "two words", os.fsdecode(b"\xff")],
+                ["no-shebang", "arg"]]
+    (tmp_path / "link").symlink_to(work)
+    pwds = ({}, {"PWD": str(tmp_path)}, {"PWD": str(tmp_path / "link")})
+    for argv, pwd in [(c, p) for c in commands for p in pwds]:
+        runs = [_run_form(tmp_path / "leaf", form, argv, env | pwd, str(work)) for form in forms]
+        assert runs[0][0] == 0 and runs[1] == runs[0] and runs[2] == runs[0], runs
+    # a name that is no shell identifier: the shim's shell drops it, the spare (as a
+    # process-group spawn) passes the environment whole
+    odd = env | {"BASH_FUNC_f%%": "() { :; }"}
+    spared = [_run_form(tmp_path / "leaf", form, commands[0], odd, str(work))
+              for form in (perl, None)]
+    assert spared[0] == spared[1] and b"BASH_FUNC_f%%" in spared[0][1]
+    assert runs[0][1] == b"plain script: arg\n"
     for form in (perl, None):
-        assert _run_form(tmp_path / "leaf", form, argv, env, str(work), cut=30) == (0, b"")
-    # a command that cannot run: both say so and exit 127
-    for form in (perl, None):
-        assert _run_form(tmp_path / "leaf", form, ["no-such-agent-xyz"], env, str(work))[0] == 127
-    for form in (perl, None):  # cannot enter its leaf (gone): runs nothing, exits 1
-        assert _run_form(tmp_path / "gone", form, argv, env, str(work)) == (1, b"")
+        assert _run_form(tmp_path / "leaf", form, commands[0], env, str(work), cut=30) == (
+            0, b"")
+        assert _run_form(tmp_path / "leaf", form, ["no-such-agent-xyz"], env,
+                         str(work))[0] == 127
+        # cannot enter its leaf (gone): runs nothing, exits 1
+        assert _run_form(tmp_path / "gone", form, commands[0], env, str(work)) == (1, b"")
 
 
 @needs_cgroup

@@ -51,7 +51,7 @@ from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
 )
 from acpx_trio._process.scan import PidWindow
-from acpx_trio._process.spare_leaf import SpareLeaves, frameable, spare_frame
+from acpx_trio._process.spare_leaf import SpareLeaves, frameable, shell_pwd, spare_frame
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity, owner_tag_value
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.config import ContainmentMode
@@ -216,10 +216,9 @@ async def spawn_spare(
             root_create_time=spare.create_time, root_start_ticks=spare.start_ticks,
             boot_id=boot_id(), process_group_id=spare.process.pid,
         )
-        # PWD as the direct path's shim leaves it (a shell corrects an inherited PWD)
-        pwd = {"PWD": cwd} if "PWD" in env else {}
-        frame = spare_frame(argv, owned_env({**env, **pwd}, draft, await owner_tag_value()),
-                            cwd)
+        # PWD as the direct path's shim shell exports it
+        env = await trio.to_thread.run_sync(shell_pwd, env, cwd)
+        frame = spare_frame(argv, owned_env(env, draft, await owner_tag_value()), cwd)
         lease = draft
         await lease_store.save(lease)
         spare.release()

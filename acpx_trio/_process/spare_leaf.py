@@ -14,9 +14,12 @@ Guarantees:
   after saving the lease (:func:`acpx_trio._process.owned.spawn_spare`), and only once the
   whole command has arrived (one frame read to end of file, its field counts checked: half
   a frame runs nothing).
-* **The command is the direct path's.**  The same ``argv``, working directory and whole
-  environment (``execvpe``, not a shell), the signal dispositions :mod:`subprocess`
-  restores, no descriptor but 0, 1 and 2; credentials travel on the private pipe, never on a
+* **The command is the direct path's.**  The same ``argv`` found on the same ``PATH`` (a
+  file without ``#!`` run by ``/bin/sh``, as the direct path's shim shell runs it), working
+  directory, environment (``PWD`` as that shell exports it), signal dispositions and
+  descriptors (0, 1 and 2 only).  One difference, on purpose: a variable whose name is no
+  shell identifier (``BASH_FUNC_f%%``), which the shim's shell drops, is passed, as a
+  process-group spawn passes it.  Credentials travel on the private pipe, never on a
   command line.  A command a direct spawn would refuse takes the direct path (which says
   why).
 * **A spare never outlives its owner.**  If the owner dies, the spare reads end-of-file on
@@ -38,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -52,7 +54,8 @@ from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves", "spare_command",
+    "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves", "shell_pwd",
+    "spare_command",
     "spare_frame",
 ]
 
@@ -79,6 +82,21 @@ def frameable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
     return not any("\0" in w for w in words) and all(k and "=" not in k for k in env)
 
 
+def shell_pwd(env: Mapping[str, str], cwd: str) -> dict[str, str]:
+    """``env`` with ``PWD`` as the direct path's shim shell exports it in ``cwd``: the
+    inherited ``PWD`` when it is absolute and names that very directory, else the physical
+    path of ``cwd``.  Blocking (two ``stat`` calls)."""
+    pwd = env.get("PWD", "")
+    if pwd.startswith("/"):
+        try:
+            here, there = os.stat(pwd), os.stat(cwd)
+            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                return dict(env)
+        except OSError:
+            pass
+    return {**env, "PWD": os.path.realpath(cwd)}
+
+
 def spare_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
     """The command a spare becomes (``argv`` run in ``cwd`` with exactly ``env``), as the
     one frame :mod:`~acpx_trio._process.spare_wait` reads.  Raises ``ValueError`` unless
@@ -87,6 +105,16 @@ def spare_frame(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
         raise ValueError("a spare cannot carry this command")
     return encode_frame(os.fsencode(cwd), [os.fsencode(a) for a in argv],
                         [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
+
+
+#: Where a system's own ``perl`` lives (never looked up on ``PATH``, which may name a
+#: directory someone else writes).
+PERL_PATHS = ("/usr/bin/perl", "/bin/perl")
+
+
+def _system_perl() -> str | None:
+    """The system's ``perl``, if it has one.  Blocking."""
+    return next((p for p in PERL_PATHS if os.access(p, os.X_OK)), None)
 
 
 def spare_command(leaf: str, fd: int, perl: str | None) -> list[str]:
@@ -252,7 +280,7 @@ class SpareLeaves:
             return None
         owner = await owner_tag_value()  # another process's reap sees a live owner's spare
         if self._want_perl and self._perl is None:
-            self._perl = await trio.to_thread.run_sync(shutil.which, "perl")
+            self._perl = await trio.to_thread.run_sync(_system_perl)
             self._want_perl = self._perl is not None
         read_end, write_end = os.pipe()
         try:

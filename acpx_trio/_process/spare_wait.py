@@ -19,6 +19,7 @@ Standard library only, and no import of ``acpx_trio``: it must run as a script u
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ SPARE_MARK = "acpx-trio-spare"
 #: First field of every frame (a frame of another version runs nothing).
 FRAME_TAG = b"acpx-spare-1"
 _END = b"end"
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR)
 
 
 def encode_frame(cwd: bytes, argv: list[bytes], env: list[bytes]) -> bytes:
@@ -122,12 +124,35 @@ def main(argv: list[str]) -> int:
     for sig in ("SIGPIPE", "SIGXFSZ"):  # as subprocess's restore_signals
         if hasattr(signal, sig):
             signal.signal(getattr(signal, sig), signal.SIG_DFL)
-    try:
-        os.execvpe(args[0], args, env)
-    except OSError as exc:
-        sys.stderr.write(f"acpx-trio spare: cannot run {args[0]!r}: {exc.strerror}\n")
-        return 127
-    return 127  # not reached
+    failure = _exec(args, env)
+    sys.stderr.write(f"acpx-trio spare: cannot run {args[0]!r}: {failure.strerror}\n")
+    return 127
+
+
+def _exec(args: list[bytes], env: dict[bytes, bytes]) -> OSError:
+    """``execvp(3)`` with ``env``, as the direct path's shim shell and Perl's ``exec`` run a
+    command: the ``PATH`` of ``env`` searched (a name with a slash taken as is), and a file
+    the kernel cannot execute (``ENOEXEC``: no ``#!`` line) run by ``/bin/sh``.  Returns the
+    error only if nothing could be run."""
+    program = args[0]
+    if b"/" in program:
+        candidates = [program]
+    else:
+        path = env.get(b"PATH", os.fsencode(os.defpath))
+        candidates = [os.path.join(d or b".", program) for d in path.split(b":")]
+    error: OSError | None = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, args, env)
+        except OSError as exc:
+            if exc.errno == errno.ENOEXEC:
+                try:
+                    os.execve(b"/bin/sh", [b"/bin/sh", candidate, *args[1:]], env)
+                except OSError as sh_exc:
+                    return sh_exc
+            if error is None or error.errno in _NOT_THERE:  # the telling error first
+                error = exc
+    return error or OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
 if __name__ == "__main__":
