@@ -123,14 +123,16 @@ def _run_form(leaf: Path, form: str | None, argv: list[str], env: dict[str, str]
     return spare.returncode, out
 
 
-@pytest.mark.skipif(not PERL_PATHS or not any(os.access(p, os.X_OK) for p in PERL_PATHS),
-                    reason="no system perl on this machine")
+#: The system's perl (the spare's Perl form), or None (only the Python form is used).
+PERL = next((p for p in PERL_PATHS if os.access(p, os.X_OK)), None)
+
+
 def test_both_spare_forms_run_a_command_as_the_direct_path_does(tmp_path: Path) -> None:
-    """The Perl and the Python spare, given one frame, run the very argv, working directory,
-    environment (values with newlines, ``=``, quotes, bytes that are not UTF-8; ``PWD`` as
-    the shim's shell sets it, whatever was inherited) and descriptors the direct path's shim
-    runs; a file without ``#!`` by ``/bin/sh`` as the shim does; given a cut frame,
-    nothing."""
+    """The Python and (where there is a system perl) the Perl spare, given one frame, run
+    the very argv, working directory, environment (values with newlines, ``=``, quotes,
+    bytes that are not UTF-8; ``PWD`` as the shim's shell sets it, whatever was inherited)
+    and descriptors the direct path's shim runs; a file without ``#!`` by ``/bin/sh`` as the
+    shim does; given a cut frame, nothing."""
     (tmp_path / "leaf").mkdir()  # not a cgroup: entering it only writes a file
     work = tmp_path / "w d"
     work.mkdir()
@@ -139,23 +141,23 @@ def test_both_spare_forms_run_a_command_as_the_direct_path_does(tmp_path: Path) 
     script.chmod(0o755)
     env = {"PATH": f"{work}:{os.environ['PATH']}", "EMPTY": "", "EQ": "k=v=w",
            "LINES": "a\nb 'c' $HOME `x`", "RAW": os.fsdecode(b"\xff\xfe")}
-    perl = next(p for p in PERL_PATHS if os.access(p, os.X_OK))
-    forms = ("shim", perl, None)
+    spares = (None,) if PERL is None else (None, PERL)  # the Python form, the Perl form
+    forms = ("shim", *spares)
     commands = [[sys.executable, "-c", _DUMP, "", "two words", os.fsdecode(b"\xff")],
                 ["no-shebang", "arg"]]
     (tmp_path / "link").symlink_to(work)
     pwds = ({}, {"PWD": str(tmp_path)}, {"PWD": str(tmp_path / "link")})
     for argv, pwd in [(c, p) for c in commands for p in pwds]:
         runs = [_run_form(tmp_path / "leaf", form, argv, env | pwd, str(work)) for form in forms]
-        assert runs[0][0] == 0 and runs[1] == runs[0] and runs[2] == runs[0], runs
+        assert runs[0][0] == 0 and all(run == runs[0] for run in runs), runs
+    assert runs[0][1] == b"plain script: arg\n"
     # a name that is no shell identifier: the shim's shell drops it, the spare (as a
     # process-group spawn) passes the environment whole
     odd = env | {"BASH_FUNC_f%%": "() { :; }"}
     spared = [_run_form(tmp_path / "leaf", form, commands[0], odd, str(work))
-              for form in (perl, None)]
-    assert spared[0] == spared[1] and b"BASH_FUNC_f%%" in spared[0][1]
-    assert runs[0][1] == b"plain script: arg\n"
-    for form in (perl, None):
+              for form in spares]
+    assert all(run == spared[0] for run in spared) and b"BASH_FUNC_f%%" in spared[0][1]
+    for form in spares:
         assert _run_form(tmp_path / "leaf", form, commands[0], env, str(work), cut=30) == (
             0, b"")
         assert _run_form(tmp_path / "leaf", form, ["no-such-agent-xyz"], env,
@@ -176,6 +178,7 @@ async def test_third_start_becomes_the_spare_with_the_direct_environment(
         direct = await runtime.ensure_session(session_key="two", agent="mock")
         await poll_until(lambda: len(spares_of(os.getpid())) == 1)
         (spare,) = spares_of(os.getpid())
+        assert psutil.Process(spare).cmdline()[0] == (PERL or sys.executable)
         spared = await runtime.ensure_session(session_key="three", agent="mock")
         direct_pid = (await runtime.get_status(handle=direct)).agent_pid
         spared_pid = (await runtime.get_status(handle=spared)).agent_pid

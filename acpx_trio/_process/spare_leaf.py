@@ -54,9 +54,8 @@ from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves", "shell_pwd",
-    "spare_command",
-    "spare_frame",
+    "PERL_PATHS", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
+    "shell_pwd", "spare_command", "spare_frame",
 ]
 
 #: The spare's program in its Python form (the fallback where there is no ``perl``).

@@ -5,8 +5,9 @@ to start: the form used wherever ``perl`` is installed) and this module run as a
 (``python -I -S .../spare_wait.py MARK LEAF FD``: 7-9 ms to start, the fallback).  Either
 form (see :class:`acpx_trio._process.spare_leaf.SpareLeaves`) first writes itself into
 ``LEAF/cgroup.procs`` (a failed write ends it having run nothing), then reads pipe ``FD`` to
-its end and ``exec``s what it got: the working directory, ``argv`` and the *whole*
-environment, so the agent starts exactly as a direct spawn would start it (no shell, signal
+its end and ``exec``s what it got: the working directory, ``argv`` and the whole
+environment, so the agent starts as the direct path's shim shell starts it (``argv[0]``
+searched on the environment's ``PATH``, a file without ``#!`` run by ``/bin/sh``, signal
 dispositions restored as :mod:`subprocess` restores them, no descriptor but 0, 1 and 2).
 
 The command travels as one frame (:func:`encode_frame`) on a private pipe from the process
