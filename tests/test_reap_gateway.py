@@ -5,7 +5,9 @@ sleepers, a live owner whose processes must survive); plus the scan pieces it st
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -14,9 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
+import psutil
+import pytest
 import trio
+from _proc_helpers import poll_until
 
-from acpx_trio._process.gateway_reap import ReapAction, ReapStepRequest, reap_gateway
+from acpx_trio._process.gateway_reap import (
+    ReapAction,
+    ReapStepRequest,
+    gateway_cleanup_deps,
+    reap_gateway,
+)
 from acpx_trio._process.identity import boot_id, lease_env, process_info
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.scan import chase_new_pids, last_pid
@@ -32,8 +42,9 @@ class Procs:
     def __init__(self) -> None:
         self.all: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(SLEEP, env={**os.environ, **(env or {})},
+    def spawn(self, env: dict[str, str] | None = None, argv: list[str] = SLEEP,
+              stdout: int | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=stdout,
                                 start_new_session=True)
         self.all.append(proc)
         return proc
@@ -192,3 +203,102 @@ def test_sweep_memo_skips_only_on_an_unchanged_file_after_a_clean_sweep() -> Non
     assert not memo.due(fp)
     assert memo.due((1, 2, 3, 4, 6))  # a write since (ctime moved)
     assert memo.due(None)  # no lease file: no proof
+
+
+_FOREIGN_CHILD = """
+import os, sys, time
+child = os.fork()
+if child == 0:
+    os.setuid(65534)  # still in our process group: another user's process now
+    os.execvp("sleep", ["sleep", "600"])
+sys.stdout.write(f"{child}\\n")
+sys.stdout.flush()
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+async def test_a_group_holding_another_users_process_is_never_signalled(tmp_path: Path) -> None:
+    """A dead owner's agent whose process group holds another user's process (a member
+    that changed uid): the reap kills our root by pid and signals no group, so the other
+    user's process lives."""
+    gw = f"gw-{uuid.uuid4().hex}"
+    store = LeaseStore(tmp_path / "acpx")
+    lease_id = str(uuid.uuid4())
+    with procs() as p:
+        dead_owner = p.spawn()
+        dead_owner.kill()
+        dead_owner.wait()
+        root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _FOREIGN_CHILD],
+                       subprocess.PIPE)
+        assert root.stdout is not None
+        foreign = int(await trio.to_thread.run_sync(root.stdout.readline))
+        try:
+            await poll_until(lambda: (info := process_info(foreign)) is not None
+                             and info.uid == 65534 and "sleep" in info.cmdline)
+            lease = msgspec.structs.replace(
+                _lease(gw, None, root, lease_id), owner_pid=dead_owner.pid,
+                owner_start_time=1.0, process_group_id=root.pid)
+            await store.save(lease)
+            report = await reap_gateway(gw, store, grace=0.5)
+            assert report.terminated_pids == [root.pid], report
+            assert _wait_dead(root)
+            assert psutil.Process(foreign).status() != psutil.STATUS_ZOMBIE
+            assert psutil.Process(foreign).uids().real == 65534
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(foreign, signal.SIGKILL)
+
+
+_CHILD_OF = """
+import os, sys, time
+mode = sys.argv[1]
+child = os.fork()
+if child == 0:
+    if mode == "foreign-session":
+        os.setpgid(0, 0)  # another group of the same session
+    if mode.startswith("foreign"):
+        os.setuid(65534)
+    if mode == "zombie":
+        os._exit(0)
+    os.execvp("sleep", ["sleep", "600"])
+sys.stdout.write(f"{child}\\n")
+sys.stdout.flush()
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+@pytest.mark.parametrize(("mode", "signalled"), [
+    ("ours", True), ("zombie", True), ("foreign-group", False), ("foreign-session", False)])
+async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
+    tmp_path: Path, mode: str, signalled: bool,
+) -> None:
+    """The gateway reap's group signal takes who may be in the group from its own scan: a
+    group is signalled (probed here with signal 0) only if every live process of its
+    session is ours; another user's process in the group, or anywhere in its session
+    (it could join the group), keeps it from being signalled; a zombie does not."""
+    gw = f"gw-{uuid.uuid4().hex}"
+    lease_id = str(uuid.uuid4())
+    with procs() as p:
+        root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _CHILD_OF, mode],
+                       subprocess.PIPE)
+        assert root.stdout is not None
+        child = int(await trio.to_thread.run_sync(root.stdout.readline))
+        try:
+            def ready() -> bool:
+                info = process_info(child)
+                if mode == "zombie":
+                    return info is None or info.zombie
+                return info is not None and "sleep" in info.cmdline
+            await poll_until(ready)
+            deps = gateway_cleanup_deps(gw, [_lease(gw, None, root, lease_id)])
+            table = await deps.list_processes()
+            assert root.pid in {x.pid for x in table}
+            assert deps.kill_groups is not None
+            assert await deps.kill_groups([root.pid], 0) == ([root.pid] if signalled else [])
+            # a second ask, with no scan in between, re-scans what changed: same answer
+            assert await deps.kill_groups([root.pid], 0) == ([root.pid] if signalled else [])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
@@ -66,6 +67,7 @@ from acpx_trio._process.reaper import (
     default_cleanup_deps,
     run_waves,
 )
+from acpx_trio._process.reaper_os import kill_groups_sync
 from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._process.spare_leaf import held_leaves
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
@@ -285,12 +287,62 @@ def gateway_cleanup_deps(
         roots=[x.root_pid for x in leases if x.root_pid > 0],
         extra_pids=[x.owner_pid for x in leases if x.owner_pid],
     )
+    lock = threading.Lock()  # one pass at a time (an abandoned one may still run)
+    self_pid, self_uid = deps.self_pid, deps.self_uid
+    latest: list[ProcessInfo] = []
+    fresh = False  # ``latest`` was just taken and no group was signalled since
+
+    def locked_scan() -> list[ProcessInfo]:
+        with lock:
+            return scan.scan()
 
     async def list_processes() -> list[ProcessInfo]:
+        nonlocal fresh
         # read-only: a cancelled caller need not wait for the scan to finish
-        return await trio.to_thread.run_sync(scan.scan, abandon_on_cancel=True)
+        table = await trio.to_thread.run_sync(locked_scan, abandon_on_cancel=True)
+        latest[:] = table
+        fresh = True
+        return table
 
-    return dataclasses.replace(deps, list_processes=list_processes)
+    async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
+        # Who may be in the groups the reap signals (its candidates' groups) comes from a
+        # TagScan pass, which lists every member of their groups and sessions: the one just
+        # taken, else a re-scan of what changed since the last (after a grace wait, say);
+        # never another pass over the whole machine.  See _session_members.
+        nonlocal fresh
+        table = list(latest) if fresh else None
+        fresh = False
+
+        def kill() -> list[int]:
+            members = _session_members(locked_scan() if table is None else table, pgids)
+            return kill_groups_sync(pgids, sig, self_pid, self_uid, members)
+
+        return await trio.to_thread.run_sync(kill)
+
+    return dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
+
+
+def _session_members(
+    table: Sequence[ProcessInfo], pgids: Collection[int]
+) -> dict[int, list[tuple[int, int | None]]]:
+    """``pgid -> [(pid, uid), ...]``: who in ``table`` may be a member of each group when it
+    is signalled.  A process can join a group only from within its session, so every
+    process of the group's session counts (one that is not ours keeps the group from being
+    signalled); a process created since was forked by one of them.  A zombie is no one's
+    (it cannot run, and a signal cannot reach it); a process whose uid could not be read
+    counts as not ours."""
+    wanted = set(pgids)
+    by_session: dict[int, list[tuple[int, int | None]]] = {}
+    group_session: dict[int, int] = {}
+    for p in table:
+        if p.sid is None:
+            continue
+        if p.pgid in wanted:
+            group_session[p.pgid] = p.sid
+        if not p.zombie:
+            by_session.setdefault(p.sid, []).append((p.pid, p.uid))
+    return {g: by_session.get(group_session[g], []) if g in group_session else []
+            for g in wanted}
 
 
 async def reap_gateway(

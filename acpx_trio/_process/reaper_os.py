@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import trio
@@ -161,11 +161,15 @@ def group_members_sync(pgids: Collection[int]) -> dict[int, list[tuple[int, int,
 
 
 def kill_groups_sync(
-    pgids: Collection[int], sig: int, self_pid: int, self_uid: int
+    pgids: Collection[int], sig: int, self_pid: int, self_uid: int,
+    members: Mapping[int, Sequence[tuple[int, int | None]]] | None = None,
 ) -> list[int]:
     """``killpg(pgid, sig)`` for each group that exists, is not our own, and whose every
     member we can see is ours (our uid, not our own process, not pid 1); returns the group
-    ids signalled.
+    ids signalled.  ``members`` (``pgid -> [(pid, uid), ...]``): a listing the caller has
+    proved complete for these groups since its last look (a
+    :class:`~acpx_trio._process.shared_scan.TagScan` pass: every member of a candidate's
+    group); ``None``: one ``/proc`` pass here.
 
     ``killpg`` reaches every member at once, including children forked while it runs (the
     kernel makes a concurrent ``fork`` retry), which a pid-by-pid kill cannot.  A group id
@@ -189,10 +193,12 @@ def kill_groups_sync(
         candidates.append(pgid)
     if not candidates:
         return []
-    members = group_members_sync(candidates)
+    if members is None:
+        listed = group_members_sync(candidates)
+        members = {g: [(pid, uid) for pid, uid, _ in m] for g, m in listed.items()}
     done = []
     for pgid in candidates:
-        if any(pid in (1, self_pid) or uid != self_uid for pid, uid, _ in members.get(pgid, [])):
+        if any(pid in (1, self_pid) or uid != self_uid for pid, uid in members.get(pgid, ())):
             continue
         try:
             os.killpg(pgid, sig)
