@@ -177,6 +177,24 @@ def test_save_cannot_resurrect_a_final_lease(tmp_path: Path) -> None:
     assert store.load(x.lease_id).state is LeaseState.CLOSED  # type: ignore[union-attr]
 
 
+def test_a_reapers_moves_leave_a_lease_another_reaper_finished(tmp_path: Path) -> None:
+    """``skip_final``: two reapers (a restart and the dead owner's watchdog) finish the same
+    leases; the second's moves leave a lease the first made final as it is, move the rest,
+    and return only what moved.  Without it the same move is refused, nothing written."""
+    store = SyncLeaseStore(tmp_path)
+    done, todo = store.save(lease()), store.save(lease())
+    store.mark_state(done.lease_id, "closing")
+    store.mark_state(done.lease_id, "lost")
+    moves = {done.lease_id: LeaseState.CLOSING, todo.lease_id: LeaseState.CLOSING}
+    with pytest.raises(LeaseStateError):
+        store.mark_states(moves)
+    assert store.load(todo.lease_id).state is LeaseState.OPEN  # type: ignore[union-attr]
+    moved = store.mark_states(moves, skip_final=True)
+    assert list(moved) == [todo.lease_id]
+    states = {x.lease_id: x.state for x in store.list_all()}
+    assert states == {done.lease_id: LeaseState.LOST, todo.lease_id: LeaseState.CLOSING}
+
+
 def test_mark_state_unknown_id_is_noop(tmp_path: Path) -> None:
     store = SyncLeaseStore(tmp_path)
     x = store.save(lease())

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -302,3 +302,56 @@ async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+class _RacedStore(LeaseStore):
+    """A lease store where another reaper (the dead owner's watchdog, say) finishes the
+    leases of the reap's first move (its ``closing`` mark) just before it is written
+    (``race="before"``) or just after (``"after"``: while the reap's waves run)."""
+
+    def __init__(self, state_dir: Path, race: str) -> None:
+        super().__init__(state_dir)
+        self.race = race
+        self.raced = False
+
+    async def _finish(self, lease_ids: Collection[str]) -> None:
+        other = LeaseStore(self.path.parent)
+        for state in (LeaseState.CLOSING, LeaseState.LOST):
+            await other.mark_states(dict.fromkeys(lease_ids, state), skip_final=True)
+        self.raced = True
+
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
+        if self.race == "before" and not self.raced:
+            await self._finish(updates)
+        moved = await super().mark_states(updates, skip_final=skip_final)
+        if self.race == "after" and not self.raced:
+            await self._finish(updates)
+        return moved
+
+
+@pytest.mark.parametrize("race", ["before", "after"])
+async def test_a_lease_another_reaper_finished_meanwhile_stays_as_it_is(
+    tmp_path: Path, race: str,
+) -> None:
+    """A restart's reap and the watchdog's reap of the same dead owner: the one that reads
+    a lease open and finds it finished when it writes leaves it as the other wrote it (no
+    LeaseStateError: the restart must not fail), and still kills what it planned to."""
+    gw = f"gw-{uuid.uuid4().hex}"
+    store = _RacedStore(tmp_path / "acpx", race)
+    lease_id = str(uuid.uuid4())
+    with procs() as p:
+        dead_owner = p.spawn()
+        dead_owner.kill()
+        dead_owner.wait()
+        root = p.spawn(lease_env(lease_id, gw))
+        lease = msgspec.structs.replace(_lease(gw, None, root, lease_id),
+                                        owner_pid=dead_owner.pid, owner_start_time=1.0)
+        await LeaseStore(tmp_path / "acpx").save(lease)
+        report = await reap_gateway(gw, store, grace=0.5)
+        assert store.raced and report.terminated_pids == [root.pid], report
+        assert report.closed_lease_ids == [] and report.lost_lease_ids == []
+        assert _wait_dead(root)
+        states = {x.lease_id: x.state for x in await LeaseStore(tmp_path / "acpx").list_all()}
+        assert states == {lease_id: LeaseState.LOST}

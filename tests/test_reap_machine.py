@@ -90,9 +90,11 @@ class _AsyncStore:
         await trio.lowlevel.checkpoint()
         return self.sync.list_all()
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
         await trio.lowlevel.checkpoint()
-        return self.sync.mark_states(updates)
+        return self.sync.mark_states(updates, skip_final=skip_final)
 
 
 @dataclass

@@ -44,9 +44,13 @@ class _Store:
         await trio.lowlevel.checkpoint()
         return list(self.leases.values())
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
         await trio.lowlevel.checkpoint()
         for k, v in updates.items():
+            if skip_final and self.leases[k].state.is_final:
+                continue
             self.leases[k] = msgspec.structs.replace(self.leases[k], state=v)
         return dict(self.leases)
 

@@ -59,8 +59,12 @@ class MemoryLeaseStore:
             and (gateway_instance_id is None or x.gateway_instance_id == gateway_instance_id)
         ]
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
         await trio.lowlevel.checkpoint()
+        if skip_final:
+            updates = {k: v for k, v in updates.items() if not self.leases[k].state.is_final}
         for lease_id, state in updates.items():
             check_transition(lease_id, self.leases[lease_id].state, state)
         self.writes.append(dict(updates))

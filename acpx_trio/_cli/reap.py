@@ -42,7 +42,9 @@ class _PeekedLeases:
         leases, self.problem = await trio.to_thread.run_sync(peek_leases, self.lease_dir)
         return leases
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
         raise LeaseStoreError("a dry run writes nothing")
 
 

@@ -227,7 +227,9 @@ DEFAULT_STEPS: tuple[ReapStep, ...] = (reap_cgroup_leftovers,)
 class _LeaseSource(Protocol):
     async def list_all(self) -> list[ProcessLease]: ...
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]: ...
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = ...
+    ) -> dict[str, ProcessLease]: ...
 
 
 def _cmd(p: ProcessInfo | None) -> str | None:
@@ -449,7 +451,8 @@ async def reap_gateway(
 
     async def mark_closing() -> None:
         if to_reap:
-            await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
+            await lease_store.mark_states(
+                {x.lease_id: LeaseState.CLOSING for x in to_reap}, skip_final=True)
 
     await mark_closing()
     waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
@@ -471,7 +474,9 @@ async def reap_gateway(
                 LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
             )
     if final:
-        await lease_store.mark_states(final)
+        # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is
+        moved = await lease_store.mark_states(final, skip_final=True)
+        final = {k: v for k, v in final.items() if k in moved}
     for p in out.terminated:
         actions.append(ReapAction(action="terminated", pid=p.pid, lease_id=p.lease_id,
                                   reason=_why(p, seen_leases.get(p.lease_id or "")),

@@ -427,7 +427,9 @@ class ReapResult(msgspec.Struct, frozen=True, kw_only=True):
 class _LeaseStoreLike(Protocol):
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]: ...
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]: ...
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = ...
+    ) -> dict[str, ProcessLease]: ...
 
 
 # -- public entry points -----------------------------------------------------------------------
@@ -562,7 +564,8 @@ async def reap_open_leases(
             to_reap.append(lease)
     if not to_reap:
         return ReapResult(left_alone=left_alone)
-    await lease_store.mark_states({x.lease_id: LeaseState.CLOSING for x in to_reap})
+    await lease_store.mark_states(
+        {x.lease_id: LeaseState.CLOSING for x in to_reap}, skip_final=True)
     targets = [LeaseTarget.from_lease(x) for x in to_reap]
 
     def plan(snapshot: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
@@ -588,7 +591,9 @@ async def reap_open_leases(
                 LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
             )
     if final:
-        await lease_store.mark_states(final)
+        # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is
+        moved = await lease_store.mark_states(final, skip_final=True)
+        final = {k: v for k, v in final.items() if k in moved}
     return ReapResult(
         inspected_pids=out.inspected,
         terminated_pids=[p.pid for p in out.terminated],

@@ -156,11 +156,13 @@ def apply_save(lease: ProcessLease, snap: LeaseSnapshot) -> ProcessLease:
     return lease
 
 
-def apply_marks(updates: dict[str, LeaseState], snap: LeaseSnapshot) -> dict[str, ProcessLease]:
+def apply_marks(
+    updates: dict[str, LeaseState], snap: LeaseSnapshot, skip_final: bool = False
+) -> dict[str, ProcessLease]:
     staged: dict[str, ProcessLease] = {}
     for lease_id, state in updates.items():  # check every move before applying any
         old = snap.leases.get(lease_id)
-        if old is not None:
+        if old is not None and not (skip_final and old.state.is_final):
             staged[lease_id] = old.with_state(state)
     for lease in staged.values():
         snap.put(lease)
@@ -509,11 +511,16 @@ class SyncLeaseStore:
         """Move one lease to ``state``; returns the updated lease, ``None`` if unknown."""
         return self.mark_states({lease_id: lease_state(state)}).get(lease_id)
 
-    def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
+    def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
         """Apply several moves in one locked write; all are checked before any is applied
-        (an unknown state name: :class:`~acpx_trio.AcpxUsageError`, nothing written)."""
+        (an unknown state name: :class:`~acpx_trio.AcpxUsageError`; an illegal move:
+        :class:`~acpx_trio.LeaseStateError`; nothing written).  Returns the leases moved.
+        ``skip_final``: a lease already final (another reaper finished it) is left as it
+        is, not an error; absent ones are skipped in any case."""
         checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
-        return self._commit_one(functools.partial(apply_marks, checked))
+        return self._commit_one(functools.partial(apply_marks, checked, skip_final=skip_final))
 
 
 def _open_of(leases: list[ProcessLease], gateway_instance_id: str | None) -> list[ProcessLease]:
@@ -582,8 +589,10 @@ class LeaseStore:
         """Move a lease to ``state``; ``None`` if the id is unknown."""
         return (await self.mark_states({lease_id: lease_state(state)})).get(lease_id)
 
-    async def mark_states(self, updates: dict[str, LeaseState]) -> dict[str, ProcessLease]:
-        """Apply several state moves in one durable write (checked as in
-        :meth:`SyncLeaseStore.mark_states`)."""
+    async def mark_states(
+        self, updates: dict[str, LeaseState], *, skip_final: bool = False
+    ) -> dict[str, ProcessLease]:
+        """Apply several state moves in one durable write (checked, returned and
+        ``skip_final`` as in :meth:`SyncLeaseStore.mark_states`)."""
         checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
-        return await self._change(functools.partial(apply_marks, checked))
+        return await self._change(functools.partial(apply_marks, checked, skip_final=skip_final))
