@@ -427,9 +427,8 @@ class ReapResult(msgspec.Struct, frozen=True, kw_only=True):
 class _LeaseStoreLike(Protocol):
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]: ...
 
-    async def mark_states(
-        self, updates: dict[str, LeaseState], *, skip_final: bool = ...
-    ) -> dict[str, ProcessLease]: ...
+    async def mark_states(self, updates: dict[str, LeaseState], *,
+                          skip_final: bool = ...) -> dict[str, ProcessLease]: ...
 
 
 # -- public entry points -----------------------------------------------------------------------
@@ -530,17 +529,16 @@ async def reap_open_leases(
     """Start-up (or sweep) reaping of this gateway's open and closing leases.
 
     Leases of a live owner other than us are left alone (``"owner-alive"``), as are
-    ``protected_lease_ids`` (``"protected"``).  The rest are marked ``closing`` in one write;
-    their trees are collected from one process snapshot and terminated in one wave; then each
-    is marked ``closed`` (something of it was alive and is now confirmed gone) or ``lost``
-    (nothing of it was alive) in one write.  A lease with a process that outlived SIGKILL stays
-    ``closing`` (``left_alone[id] == "survived"``) and is retried next time.  Pending leases
-    (``root_pid == 0``) are reaped by their tags.  Processes of other gateway ids are never
-    touched.
+    ``protected_lease_ids`` (``"protected"``).  The rest are marked ``closing`` in one write,
+    their trees collected from one snapshot and terminated in one wave, then each marked
+    ``closed`` (something of it was alive and is confirmed gone) or ``lost`` (nothing was) in
+    one write; a lease another reaper finished meanwhile stays as it is.  A lease with a
+    process that outlived SIGKILL stays ``closing`` (``left_alone[id] == "survived"``), retried
+    next time.  Pending leases (``root_pid == 0``) are reaped by their tags; processes of other
+    gateway ids are never touched.
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the next
-    call reaps them again (closing leases are listed).  Lease store errors propagate
-    (:class:`~acpx_trio.LeaseStoreError`)."""
+    call reaps them again.  Lease store errors propagate (:class:`~acpx_trio.LeaseStoreError`)."""
     _require_id("gateway_instance_id", gateway_instance_id)
     deps = deps or default_cleanup_deps()
     protected = frozenset(protected_lease_ids)
@@ -590,10 +588,8 @@ async def reap_open_leases(
             final[lease.lease_id] = (
                 LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
             )
-    if final:
-        # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is
-        moved = await lease_store.mark_states(final, skip_final=True)
-        final = {k: v for k, v in final.items() if k in moved}
+    moved = await lease_store.mark_states(final, skip_final=True) if final else {}
+    final = {k: v for k, v in final.items() if k in moved}
     return ReapResult(
         inspected_pids=out.inspected,
         terminated_pids=[p.pid for p in out.terminated],
