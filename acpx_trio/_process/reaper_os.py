@@ -166,10 +166,10 @@ def kill_groups_sync(
 ) -> list[int]:
     """``killpg(pgid, sig)`` for each group that exists, is not our own, and whose every
     member we can see is ours (our uid, not our own process, not pid 1); returns the group
-    ids signalled.  ``members`` (``pgid -> [(pid, uid), ...]``): a listing the caller has
-    proved complete for these groups since its last look (a
-    :class:`~acpx_trio._process.shared_scan.TagScan` pass: every member of a candidate's
-    group); ``None``: one ``/proc`` pass here.
+    ids signalled.  ``members`` (``pgid -> [(pid, uid), ...]``): who may be in each group,
+    from a listing the caller has proved complete for these groups (a
+    :class:`~acpx_trio._process.shared_scan.TagScan` pass lists every member of its
+    candidates' groups and sessions); ``None``: one ``/proc`` pass here.
 
     ``killpg`` reaches every member at once, including children forked while it runs (the
     kernel makes a concurrent ``fork`` retry), which a pid-by-pid kill cannot.  A group id
