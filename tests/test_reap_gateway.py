@@ -205,16 +205,43 @@ def test_sweep_memo_skips_only_on_an_unchanged_file_after_a_clean_sweep() -> Non
     assert memo.due(None)  # no lease file: no proof
 
 
-_FOREIGN_CHILD = """
+_CHILD_OF = """
 import os, sys, time
+mode = sys.argv[1]
 child = os.fork()
 if child == 0:
-    os.setuid(65534)  # still in our process group: another user's process now
+    if mode == "foreign-session":
+        os.setpgid(0, 0)  # another group of the same session
+    if mode.startswith("foreign"):
+        os.setuid(65534)  # another user's process now
+    if mode == "zombie":
+        os._exit(0)
     os.execvp("sleep", ["sleep", "600"])
 sys.stdout.write(f"{child}\\n")
 sys.stdout.flush()
 time.sleep(600)
 """
+
+
+async def _root_with_child(
+    p: Procs, lease_id: str, gw: str, mode: str,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A tagged root in a session of its own and its child, settled: ``mode`` ``"ours"``,
+    ``"zombie"`` (exited, not waited for), ``"foreign-group"`` (another user's, in the root's
+    group) or ``"foreign-session"`` (another user's, in another group of the session)."""
+    root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _CHILD_OF, mode],
+                   subprocess.PIPE)
+    assert root.stdout is not None
+    child = int(await trio.to_thread.run_sync(root.stdout.readline))
+
+    def settled() -> bool:
+        info = process_info(child)
+        if mode == "zombie":
+            return info is None or info.zombie
+        return info is not None and "sleep" in info.cmdline
+
+    await poll_until(settled)
+    return root, child
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
@@ -229,13 +256,9 @@ async def test_a_group_holding_another_users_process_is_never_signalled(tmp_path
         dead_owner = p.spawn()
         dead_owner.kill()
         dead_owner.wait()
-        root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _FOREIGN_CHILD],
-                       subprocess.PIPE)
-        assert root.stdout is not None
-        foreign = int(await trio.to_thread.run_sync(root.stdout.readline))
+        root, foreign = await _root_with_child(p, lease_id, gw, "foreign-group")
         try:
-            await poll_until(lambda: (info := process_info(foreign)) is not None
-                             and info.uid == 65534 and "sleep" in info.cmdline)
+            assert psutil.Process(foreign).uids().real == 65534
             lease = msgspec.structs.replace(
                 _lease(gw, None, root, lease_id), owner_pid=dead_owner.pid,
                 owner_start_time=1.0, process_group_id=root.pid)
@@ -248,24 +271,6 @@ async def test_a_group_holding_another_users_process_is_never_signalled(tmp_path
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(foreign, signal.SIGKILL)
-
-
-_CHILD_OF = """
-import os, sys, time
-mode = sys.argv[1]
-child = os.fork()
-if child == 0:
-    if mode == "foreign-session":
-        os.setpgid(0, 0)  # another group of the same session
-    if mode.startswith("foreign"):
-        os.setuid(65534)
-    if mode == "zombie":
-        os._exit(0)
-    os.execvp("sleep", ["sleep", "600"])
-sys.stdout.write(f"{child}\\n")
-sys.stdout.flush()
-time.sleep(600)
-"""
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
@@ -281,23 +286,14 @@ async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
     gw = f"gw-{uuid.uuid4().hex}"
     lease_id = str(uuid.uuid4())
     with procs() as p:
-        root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _CHILD_OF, mode],
-                       subprocess.PIPE)
-        assert root.stdout is not None
-        child = int(await trio.to_thread.run_sync(root.stdout.readline))
+        root, child = await _root_with_child(p, lease_id, gw, mode)
         try:
-            def ready() -> bool:
-                info = process_info(child)
-                if mode == "zombie":
-                    return info is None or info.zombie
-                return info is not None and "sleep" in info.cmdline
-            await poll_until(ready)
             deps = gateway_cleanup_deps(gw, [_lease(gw, None, root, lease_id)])
             table = await deps.list_processes()
             assert root.pid in {x.pid for x in table}
             assert deps.kill_groups is not None
             assert await deps.kill_groups([root.pid], 0) == ([root.pid] if signalled else [])
-            # a second ask, with no scan in between, re-scans what changed: same answer
+            # a second ask re-scans what changed since: same answer
             assert await deps.kill_groups([root.pid], 0) == ([root.pid] if signalled else [])
         finally:
             with contextlib.suppress(ProcessLookupError):

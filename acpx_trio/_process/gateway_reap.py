@@ -291,35 +291,23 @@ def gateway_cleanup_deps(
     )
     lock = threading.Lock()  # one pass at a time (an abandoned one may still run)
     self_pid, self_uid = deps.self_pid, deps.self_uid
-    latest: list[ProcessInfo] = []
-    fresh = False  # ``latest`` was just taken and no group was signalled since
 
     def locked_scan() -> list[ProcessInfo]:
         with lock:
             return scan.scan()
 
     async def list_processes() -> list[ProcessInfo]:
-        nonlocal fresh
         # read-only: a cancelled caller need not wait for the scan to finish
-        table = await trio.to_thread.run_sync(locked_scan, abandon_on_cancel=True)
-        latest[:] = table
-        fresh = True
-        return table
+        return await trio.to_thread.run_sync(locked_scan, abandon_on_cancel=True)
+
+    def kill_groups_now(pgids: Sequence[int], sig: int) -> list[int]:
+        # who may be in the groups the reap signals (its candidates' groups): a re-scan of
+        # what changed since the last pass, not another pass over the whole machine
+        members = _session_members(locked_scan(), pgids)
+        return kill_groups_sync(pgids, sig, self_pid, self_uid, members)
 
     async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
-        # Who may be in the groups the reap signals (its candidates' groups) comes from a
-        # TagScan pass, which lists every member of their groups and sessions: the one just
-        # taken, else a re-scan of what changed since the last (after a grace wait, say);
-        # never another pass over the whole machine.  See _session_members.
-        nonlocal fresh
-        table = list(latest) if fresh else None
-        fresh = False
-
-        def kill() -> list[int]:
-            members = _session_members(locked_scan() if table is None else table, pgids)
-            return kill_groups_sync(pgids, sig, self_pid, self_uid, members)
-
-        return await trio.to_thread.run_sync(kill)
+        return await trio.to_thread.run_sync(kill_groups_now, pgids, sig)
 
     return dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
 
