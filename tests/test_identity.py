@@ -29,6 +29,7 @@ from acpx_trio._process.identity import (
     same_process,
     self_identity,
     snapshot_processes,
+    stat_exiting,
     tags_from_cmdline,
 )
 
@@ -188,3 +189,13 @@ async def test_vanished_process_is_none(lab: ProcessLab) -> None:
     listed = snapshot_processes([member.pid, os.getpid(), os.getpid()])
     assert [p.pid for p in listed if p.start_ticks == member.ticks] == []
     assert [p.pid for p in listed if p.pid == os.getpid()] == [os.getpid()]
+
+
+def test_stat_exiting_reads_the_exiting_flag() -> None:
+    with open(f"/proc/{os.getpid()}/stat", "rb") as fh:
+        data = fh.read()
+    fields = data[data.rfind(b")") + 1:].decode().split()
+    assert not stat_exiting(fields)  # we are running
+    flags = int(fields[6])
+    assert stat_exiting([*fields[:6], str(flags | 0x4), *fields[7:]])
+    assert not stat_exiting(fields[:3])  # a short read says nothing

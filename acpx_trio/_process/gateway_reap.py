@@ -203,10 +203,38 @@ def _remove_empty(leaves: list[str]) -> list[str]:
     return [leaf for leaf in leaves if not remove_empty_leaf(leaf)]
 
 
+#: Membership reads of one leftover leaf before deciding on what the last one saw.
+_MEMBER_READS = 100
+
+
+def _live_members(leaf: str) -> list[ProcessInfo]:
+    """The members of ``leaf`` that were alive (not zombies) when read; empty only when the
+    leaf holds no process.  A member may exit between the listing and its read (a pid
+    hopper forks and exits every few ms): when every listed one did, its successor is
+    already in the leaf, so the listing is read again, while it changes (bounded).  A
+    listing of zombies that stays the same is returned as it is.  Blocking."""
+    members: list[ProcessInfo] = []
+    listed: list[int] = []
+    for _ in range(_MEMBER_READS):
+        pids = leaf_members(leaf)
+        if not pids:
+            return []
+        if pids == listed:  # the same zombies again: nobody new to read
+            return members
+        listed = pids
+        members = [p for p in map(process_info, pids) if p is not None]
+        live = [p for p in members if not p.zombie]
+        if live:
+            return live
+    return members
+
+
 def _leaf_kept(leaf: str, only_owner: OwnerTag | None) -> bool:
-    """Whether a leftover leaf must be left alone: a member names a live owner other than
-    us, or (``only_owner``: the watchdog) no member names that dead owner.  Blocking."""
-    members = [p for p in map(process_info, leaf_members(leaf)) if p is not None]
+    """Whether a leftover leaf must be left alone: a live member names a live owner other
+    than us, or (``only_owner``: the watchdog) no live member names that dead owner.
+    Decided on members read alive, never on a listing whose members all exited under our
+    eyes (that would hand another owner's launch to the kill).  Blocking."""
+    members = _live_members(leaf)
     if not members:
         return False
     me, uid = os.getpid(), os.getuid()

@@ -51,6 +51,7 @@ __all__ = [
     "same_process",
     "self_identity",
     "snapshot_processes",
+    "stat_exiting",
     "tags_from_cmdline",
 ]
 
@@ -272,6 +273,21 @@ def self_identity() -> tuple[int, float]:
     return me.pid, me.create_time()
 
 
+#: ``PF_EXITING`` in the flags of ``/proc/PID/stat`` (field 9): the process is being shut
+#: down; its memory, hence its environment, may already be released.
+_PF_EXITING = 0x4
+
+
+def stat_exiting(fields: list[str]) -> bool:
+    """Whether ``/proc/PID/stat`` fields (from the state on, as read here) say the process
+    is being shut down (``PF_EXITING``): dead for every purpose of ours, even before it is
+    a zombie."""
+    try:
+        return bool(int(fields[6]) & _PF_EXITING)
+    except (IndexError, ValueError):
+        return False
+
+
 def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
     """The process is exiting (already a zombie, or its memory is gone): describe it as dead,
     or ``None`` if it is already gone or its pid now holds another process."""
@@ -333,8 +349,12 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
             pid=pid, ppid=0, cmdline=(), create_time=0.0, uid=None,
             start_ticks=ticks_before, inspectable=False, pgid=pgid, sid=sid,
         )
-    if _LINUX and read_start_ticks(pid) != ticks_before:
-        return None  # gone, or pid reused while we looked: the data may mix two processes
+    if _LINUX:
+        after = _read_stat_fields(pid)
+        if after is None or len(after) < 20 or after[19] != str(ticks_before):
+            return None  # gone, or pid reused while we looked: the data may mix two processes
+        if stat_exiting(after):  # its memory (and tags) may have gone while we read: not "untagged"
+            return _dying(proc, ticks_before)
     if not inspectable:
         lease = gateway = owner = None
     elif lease is None or gateway is None:

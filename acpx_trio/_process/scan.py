@@ -22,6 +22,7 @@ from acpx_trio._process.identity import (
     _tags_from_environ_bytes,
     process_info,
     snapshot_processes,
+    stat_exiting,
     tags_from_cmdline,
 )
 
@@ -121,7 +122,9 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
-    if after[0] in ("Z", "X", "x"):  # exited while we read: dead, its tags no longer count
+    if after[0] in ("Z", "X", "x") or stat_exiting(after):  # exited, or exiting (its
+        # memory may be gone, so its environment read empty), while we read: dead, its
+        # tags no longer count
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
     if (lease is None or gateway is None) and not raw:
