@@ -8,6 +8,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_acp_connection import connected
 
 from acpx_trio._acp import (
@@ -15,6 +17,7 @@ from acpx_trio._acp import (
     SessionUpdateLine,
     UnknownSessionUpdate,
     decode_session_update_line,
+    decode_session_update_lines,
 )
 from acpx_trio._runtime.update_map import decode_notification
 
@@ -47,7 +50,69 @@ def test_line_decoder_accepts_only_known_update_notifications() -> None:
     assert isinstance(tolerant.update, UnknownSessionUpdate)
 
 
-async def test_fast_path_keeps_wire_order_and_falls_back() -> None:
+def line_of(n: int, **extra: Any) -> bytes:
+    return msgspec.json.encode(update(n, **extra))
+
+
+def per_line(lines: list[bytes]) -> list[SessionUpdateLine] | None:
+    """What the per-line decoder makes of ``lines`` when it takes every one, else None."""
+    out = []
+    for line in lines:
+        try:
+            out.append(decode_session_update_line(line))
+        except msgspec.MsgspecError:
+            return None
+    return out
+
+
+def test_batch_decoder_takes_only_one_message_per_line() -> None:
+    one, two, three = line_of(1), line_of(2), line_of(3)
+    whole = decode_session_update_lines([one, two, three + b" \r"])
+    assert whole is not None and whole == per_line([one, two, three])
+    cut = len(three) // 2
+    refused = [
+        [one + two, three[:cut], three[cut:]],  # two on a line, one split: the counts agree
+        [one, three[:cut], three[cut:]],  # one object over two lines
+        [one + b" \t" + two],  # two objects on one line
+        [one, b"", two],  # a blank line (skipped by the per-line path, never decoded)
+        [one, line_of(2, id=4)],  # a request
+        [one, msgspec.json.encode({"jsonrpc": "2.0", "method": "\x00"})],
+        [one, b"[" + two + b"]"],
+        [one, b"junk"],
+    ]
+    for lines in refused:
+        assert decode_session_update_lines(lines) is None, lines
+
+
+_pieces = st.sampled_from([
+    line_of(0), line_of(1, kind="agent_thought_chunk"), line_of(2, kind="brand_new"),
+    line_of(3, id=9), b"", b"  ", b"junk", b"{", b"}", b"{}", b'"session/update"',
+    b'{"jsonrpc":"2.0","method":"session/update","params":',
+    b'{"sessionId":"s","update":{"sessionUpdate":"agent_message_chunk",',
+    b'"content":{"type":"text","text":"} {"}}}',
+])
+
+
+_valid = st.tuples(st.sampled_from([b"", b" ", b"\t"]),
+                   st.sampled_from([line_of(0), line_of(1, kind="agent_thought_chunk"),
+                                    line_of(5, kind="usage_update")]),
+                   st.sampled_from([b"", b" ", b"\r"])).map(b"".join)
+_combined = st.lists(_pieces, min_size=1, max_size=3).flatmap(
+    lambda parts: st.sampled_from([b"", b" ", b"\t"]).map(lambda sep: sep.join(parts)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_valid, _valid, _combined), min_size=1, max_size=8))
+def test_batch_decoder_agrees_with_the_line_decoder(lines: list[bytes]) -> None:
+    """Whatever lines arrive, the batch decoder either declines or returns exactly what the
+    per-line decoder returns for each line (and that decoder then takes every line)."""
+    whole = decode_session_update_lines(lines)
+    if whole is not None:
+        assert whole == per_line(lines)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["line-by-line", "batch-first"])
+async def test_fast_path_keeps_wire_order_and_falls_back(batched: bool) -> None:
     async with connected(max_junk_lines=5) as h:
         seen: list[Any] = []
 
@@ -61,7 +126,8 @@ async def test_fast_path_keeps_wire_order_and_falls_back() -> None:
 
         h.conn.set_notification_handler("session/update", on_generic)
         h.conn.set_fast_notification_handler(
-            "session/update", decode_session_update_line, on_fast
+            "session/update", decode_session_update_line, on_fast,
+            decode_batch=decode_session_update_lines if batched else None,
         )
         lines = [
             msgspec.json.encode(update(0)),
@@ -77,6 +143,29 @@ async def test_fast_path_keeps_wire_order_and_falls_back() -> None:
         assert seen == [("fast", 0), ("generic", "brand_new"), ("fast", 2), ("fast", 3)]
         assert h.conn.junk_lines == 1
         assert [w.code for w in h.warnings] == ["ACP_JUNK_LINE"]
+        # a batch of known updates only: all delivered, in order, in one call
+        await h.peer.send(b"".join(line_of(n) + b"\n" for n in range(5, 9)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen[4:] == [("fast", n) for n in range(5, 9)]
+
+
+async def test_split_and_doubled_objects_are_junk_even_when_batched() -> None:
+    """The batch decoder must not turn malformed lines into messages: two objects on one
+    line and one object over two lines are three junk lines, as line by line."""
+    async with connected(max_junk_lines=5) as h:
+        seen: list[SessionUpdateLine] = []
+        h.conn.set_fast_notification_handler(
+            "session/update", decode_session_update_line, seen.extend,
+            decode_batch=decode_session_update_lines,
+        )
+        third = line_of(3)
+        cut = len(third) // 2
+        await h.peer.send(b"\n".join([line_of(1) + line_of(2), third[:cut], third[cut:]])
+                          + b"\n" + line_of(4) + b"\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [line.params.update.content.text for line in seen  # type: ignore[union-attr]
+                ] == ["4"]
+        assert h.conn.junk_lines == 3
 
 
 async def test_fast_handler_failure_is_reported_and_reading_goes_on() -> None:

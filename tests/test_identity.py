@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -22,6 +24,7 @@ from acpx_trio._process.identity import (
     LEASE_ENV_KEY,
     ProcessInfo,
     boot_id,
+    child_identity,
     lease_args,
     lease_env,
     process_info,
@@ -189,6 +192,38 @@ async def test_vanished_process_is_none(lab: ProcessLab) -> None:
     listed = snapshot_processes([member.pid, os.getpid(), os.getpid()])
     assert [p.pid for p in listed if p.start_ticks == member.ticks] == []
     assert [p.pid for p in listed if p.pid == os.getpid()] == [os.getpid()]
+
+
+async def test_child_identity_vouches_only_for_an_unreaped_child(tmp_path: Path) -> None:
+    """The root's identity in a lease: the same create time and start ticks as a full
+    description while the child lives (and as a zombie, not yet reaped); once reaped, a
+    lease records its pid alone, since the pid may already name another process."""
+    from acpx_trio._process.owned import complete_lease
+    from acpx_trio._store.lease_model import new_lease
+    from acpx_trio._store.leases import LeaseStore
+
+    code = "import sys; sys.stdin.read()"
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", code], stdin=-1)
+    assert proc.stdin is not None
+    full = process_info(proc.pid)
+    assert full is not None
+    assert child_identity(proc.pid) == (full.create_time, full.start_ticks)
+    await proc.stdin.aclose()
+    await poll_until(lambda: (psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE))
+    assert child_identity(proc.pid) == (full.create_time, full.start_ticks)  # a zombie
+    store = LeaseStore(tmp_path)
+    lease = await store.save(new_lease(gateway_instance_id="gw", session_key="k",
+                                       wrapper_root=str(tmp_path), command="agent"))
+    log = logging.getLogger("test")
+    record = await complete_lease(store, lease, proc, log)
+    assert (record.create_time, record.start_ticks) == (full.create_time, full.start_ticks)
+    await proc.wait()  # reaped: from now on the pid is free for anyone
+    record = await complete_lease(store, lease, proc, log)
+    assert record.lease.root_pid == proc.pid
+    assert (record.create_time, record.start_ticks) == (None, None)
+    assert record.lease.root_create_time is None and record.lease.root_start_ticks is None
+    assert child_identity(2**22 + 7) is None  # beyond pid_max: no such process
+    assert child_identity(os.getpid()) is None  # alive, but not a child of ours
 
 
 def test_stat_exiting_reads_the_exiting_flag() -> None:

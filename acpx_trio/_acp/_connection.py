@@ -45,6 +45,13 @@ T = TypeVar("T")
 
 RequestHandler = Callable[[msgspec.Raw], Awaitable[Any]]
 NotificationHandler = Callable[[msgspec.Raw], None]
+#: marker, line decoder, handler, batch decoder (see set_fast_notification_handler)
+_FastPath = tuple[
+    bytes,
+    Callable[[bytes], Any],
+    Callable[[list[Any]], None],
+    Callable[[list[bytes]], list[Any] | None] | None,
+]
 
 _JUNK_TAIL: Final = 5
 _JUNK_BYTES: Final = 200
@@ -119,7 +126,7 @@ class AcpConnection:
         self._nursery: trio.Nursery | None = None
         self._closed_reason: str | None = None
         self._send_broken: str | None = None
-        self._fast: tuple[bytes, Callable[[bytes], Any], Callable[[list[Any]], None]] | None = None
+        self._fast: _FastPath | None = None
         #: Credentials handed to the agent: redacted from the errors it answers with.
         self.redact_secrets: tuple[str, ...] = ()
         self._warnings = 0
@@ -164,7 +171,12 @@ class AcpConnection:
         self._notification_handlers[method] = handler
 
     def set_fast_notification_handler(
-        self, method: str, decode: Callable[[bytes], T], handler: Callable[[list[T]], None]
+        self,
+        method: str,
+        decode: Callable[[bytes], T],
+        handler: Callable[[list[T]], None],
+        *,
+        decode_batch: Callable[[list[bytes]], list[T] | None] | None = None,
     ) -> None:
         """A one-pass path for one hot notification ``method`` (``session/update``).
 
@@ -175,8 +187,12 @@ class AcpConnection:
         objects of one read batch in wire order, always before any later message of the
         batch is dispatched; it runs synchronously and must not block.  If it raises, the
         error is reported like a failing notification handler.
+
+        ``decode_batch``, if given, is tried first on each whole read batch: it returns one
+        decoded object per line, exactly what ``decode`` would return for each, or ``None``
+        when that does not hold for every line (the batch then goes line by line as above).
         """
-        self._fast = (b'"' + method.encode() + b'"', decode, handler)
+        self._fast = (b'"' + method.encode() + b'"', decode, handler, decode_batch)
 
     # ------------------------------------------------------------------ sending
 
@@ -345,7 +361,10 @@ class AcpConnection:
                 for line in batch:
                     self._dispatch(line)
                 continue
-            marker, decode, handler = fast
+            marker, decode, handler, decode_batch = fast
+            if decode_batch is not None and (whole := decode_batch(batch)) is not None:
+                self._fast_deliver(handler, whole)
+                continue
             decoded: list[Any] = []
             for line in batch:
                 if marker in line:

@@ -97,7 +97,7 @@ class LineSplitter:
         lines = whole.split(b"\n")
         tail = lines.pop()
         limit = self._max
-        if max(map(len, lines)) > limit:
+        if len(whole) > limit and max(map(len, lines)) > limit:  # else no line can be
             first_bad = next(i for i, line in enumerate(lines) if len(line) > limit)
             err = self._fail()
             if first_bad:

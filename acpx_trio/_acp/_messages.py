@@ -42,6 +42,7 @@ from acpx_trio._acp._updates import (
     decode_session_notification,
     decode_session_update,
     decode_session_update_line,
+    decode_session_update_lines,
     text_block,
 )
 
@@ -123,6 +124,7 @@ __all__ = [
     "decode_session_notification",
     "decode_session_update",
     "decode_session_update_line",
+    "decode_session_update_lines",
     "text_block",
 ]
 

@@ -11,6 +11,7 @@ Guarantees for everything decoded from the wire:
 from __future__ import annotations
 
 import logging
+import re
 import typing
 from typing import Any, Final
 
@@ -44,6 +45,7 @@ __all__ = [
     "decode_session_notification",
     "decode_session_update",
     "decode_session_update_line",
+    "decode_session_update_lines",
     "text_block",
 ]
 
@@ -308,6 +310,36 @@ def decode_session_update_line(line: bytes) -> SessionUpdateLine:
     if type(message) is not SessionUpdateLine:
         raise msgspec.ValidationError("not a session/update notification")
     return message
+
+
+_lines_decode = msgspec.json.Decoder(SessionUpdateLine | _NeverLine).decode_lines
+#: the end of one JSON object and the start of another on the same line (possibly a false
+#: alarm inside a string: that only costs the per-line path)
+_TWO_ON_ONE_LINE: Final = re.compile(rb"\}[ \t\r]*\{")
+
+
+def decode_session_update_lines(lines: list[bytes]) -> list[SessionUpdateLine] | None:
+    """:func:`decode_session_update_line` of every line at once (one C pass over the batch),
+    or ``None`` unless *each* line is exactly one ``session/update`` notification of a known
+    kind: then the caller takes the per-line path, which decides line by line.
+
+    Never accepts what the per-line decoder refuses: the batch decoder would also take two
+    objects on one line or one object split over two, so a batch is taken only when it
+    yields one object per line and no line holds the end of an object and the start of
+    another (one object per line, each a line of its own)."""
+    buf = b"\n".join(lines)
+    if _TWO_ON_ONE_LINE.search(buf) is not None:
+        return None
+    try:
+        messages = _lines_decode(buf)
+    except msgspec.MsgspecError:
+        return None
+    if len(messages) != len(lines):
+        return None
+    for message in messages:
+        if type(message) is not SessionUpdateLine:
+            return None
+    return messages  # type: ignore[return-value]
 
 
 def decode_session_update(raw: msgspec.Raw | bytes) -> SessionUpdate:

@@ -313,7 +313,7 @@ class AgentProcess:
             assert self.process is not None and self.lease is not None
             record = self._spare_record  # a spare launch's lease was saved complete
             if record is None:
-                record = await complete_lease(self.lease_store, self.lease, self.process.pid,
+                record = await complete_lease(self.lease_store, self.lease, self.process,
                                               self.log)
             self.lease = record.lease
             self.create_time, self.start_ticks = record.create_time, record.start_ticks

@@ -29,6 +29,7 @@ worker thread (``trio.to_thread.run_sync``).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "OWNER_ENV_KEY",
     "ProcessInfo",
     "boot_id",
+    "child_identity",
     "lease_args",
     "lease_env",
     "process_info",
@@ -393,6 +395,25 @@ def process_info(pid: int) -> ProcessInfo | None:
             start_ticks=read_start_ticks(pid), inspectable=False,
         )
     return _inspect(proc)
+
+
+def child_identity(pid: int) -> tuple[float, int | None] | None:
+    """``(create_time, start_ticks)`` of ``pid``, our own child not yet reaped (a zombie
+    counts); ``None`` if it is gone or was reaped before the reads ended (its pid may name
+    another process by then).  Two reads and a ``waitid`` that reaps nothing, where
+    :func:`process_info` reads everything."""
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:  # not ours, so not our child: nothing to vouch for
+        return None
+    ticks = read_start_ticks(pid)
+    try:  # still our unreaped child now, so it was during the reads (reaping is final)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return create_time, ticks
 
 
 def snapshot_processes(pids: Iterable[int] | None = None) -> list[ProcessInfo]:

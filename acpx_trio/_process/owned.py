@@ -44,7 +44,7 @@ from acpx_trio._process.cgroup import (
     shim_argv,
     terminate_leaf,
 )
-from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.identity import boot_id, child_identity, lease_env
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
@@ -173,8 +173,12 @@ def _startable(argv: Sequence[str], cwd: str, path: str) -> bool:
     return bool(program) and shutil.which(program, os.X_OK, path) is not None
 
 
-def _startable_in(argv: Sequence[str], cwd: str, path: str) -> bool:
-    return os.path.isdir(cwd) and _startable(argv, cwd, path)
+def _spare_env(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> dict[str, str] | None:
+    """``env`` with ``PWD`` as the direct path's shim shell exports it, or ``None`` when a
+    direct spawn would not find the program in ``cwd``.  Blocking: one hop for both."""
+    if not (os.path.isdir(cwd) and _startable(argv, cwd, env.get("PATH", os.defpath))):
+        return None
+    return shell_pwd(env, cwd)
 
 
 async def spawn_spare(
@@ -198,8 +202,8 @@ async def spawn_spare(
     ``None`` returned.  On any other failure or cancellation the spare is killed the same
     way (its lease closed when the leaf is proved empty) and the error raised (what
     :meth:`LeaseStore.save` raises, ``Cancelled``)."""
-    if not frameable(argv, env, cwd) or not await trio.to_thread.run_sync(
-            _startable_in, argv, cwd, env.get("PATH", os.defpath)):
+    if not frameable(argv, env, cwd) or (spare_env := await trio.to_thread.run_sync(
+            _spare_env, argv, cwd, env)) is None:
         return None  # the direct path reports it
     spare = await spare_leaves.take()
     if spare is None:
@@ -216,9 +220,7 @@ async def spawn_spare(
             root_create_time=spare.create_time, root_start_ticks=spare.start_ticks,
             boot_id=boot_id(), process_group_id=spare.process.pid,
         )
-        # PWD as the direct path's shim shell exports it
-        env = await trio.to_thread.run_sync(shell_pwd, env, cwd)
-        frame = spare_frame(argv, owned_env(env, draft, await owner_tag_value()), cwd)
+        frame = spare_frame(argv, owned_env(spare_env, draft, await owner_tag_value()), cwd)
         lease = draft
         await lease_store.save(lease)
         spare.release()
@@ -240,14 +242,17 @@ async def spawn_spare(
 
 
 async def complete_lease(
-    lease_store: LeaseStore, lease: ProcessLease, pid: int, log: Logger, what: str = "lease"
+    lease_store: LeaseStore, lease: ProcessLease, proc: trio.Process, log: Logger,
+    what: str = "lease",
 ) -> RootRecord:
-    """Record the root ``pid``'s identity (create time, start ticks, boot id, pgid) in
-    ``lease``.  A failed write is logged and the pending lease returned; never raises
-    (except ``Cancelled``)."""
-    info = await trio.to_thread.run_sync(process_info, pid)
-    create_time = None if info is None else info.create_time
-    start_ticks = None if info is None else info.start_ticks
+    """Record the identity of the root, our child ``proc`` (create time, start ticks, boot
+    id, pgid), in ``lease``; a root already exited and reaped is recorded by pid alone (its
+    pid may name another process by now).  A failed write is logged and the pending lease
+    returned; never raises (except ``Cancelled``)."""
+    pid = proc.pid
+    info = await trio.to_thread.run_sync(child_identity, pid)
+    create_time = None if info is None else info[0]
+    start_ticks = None if info is None else info[1]
     completed = msgspec.structs.replace(
         lease,
         root_pid=pid,

@@ -48,7 +48,7 @@ import trio
 
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import kill_leaf, make_leaf, remove_empty_leaf
-from acpx_trio._process.identity import OWNER_ENV_KEY, process_info
+from acpx_trio._process.identity import OWNER_ENV_KEY, child_identity
 from acpx_trio._process.spare_wait import PERL_PROGRAM, SPARE_MARK, encode_frame
 from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
@@ -297,10 +297,9 @@ class SpareLeaves:
         finally:
             os.close(read_end)
         control = trio.lowlevel.FdStream(write_end)
-        info = await trio.to_thread.run_sync(process_info, process.pid)
+        info = await trio.to_thread.run_sync(child_identity, process.pid)
         spare = SpareLeaf(process, leaf, lease_id, control,
-                        0.0 if info is None else info.create_time,
-                        None if info is None else info.start_ticks)
+                        0.0 if info is None else info[0], None if info is None else info[1])
         if info is None:  # gone already (its move failed)
             await spare.discard()
             return None

@@ -44,6 +44,7 @@ from acpx_trio._acp import (
     SessionUpdateLine,
     WriteTextFileRequest,
     decode_session_update_line,
+    decode_session_update_lines,
 )
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
@@ -254,7 +255,8 @@ class LiveSession:
         """Register the agent->client handlers on a new connection."""
         conn.set_notification_handler("session/update", self._on_update)
         conn.set_fast_notification_handler(
-            "session/update", decode_session_update_line, self._on_update_lines
+            "session/update", decode_session_update_line, self._on_update_lines,
+            decode_batch=decode_session_update_lines,
         )
         conn.set_request_handler("session/request_permission", self._on_permission)
         conn.set_request_handler("elicitation/create", self._on_elicitation)

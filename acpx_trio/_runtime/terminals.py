@@ -224,7 +224,7 @@ class Terminal:
     async def _complete_lease(self) -> None:
         try:
             assert self.process is not None and self.lease is not None
-            record = await complete_lease(self._owner.lease_store, self.lease, self.process.pid,
+            record = await complete_lease(self._owner.lease_store, self.lease, self.process,
                                           self._owner.log, "terminal lease")
             self.lease = record.lease
             self.create_time, self.start_ticks = record.create_time, record.start_ticks
