@@ -43,6 +43,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from acpx_trio._process.cgroup import (
     gateway_parent,
     kill_leaf,
+    leaf_members,
     leaf_populated,
     make_leaf,
     probe_cgroup_kill,
@@ -150,9 +151,11 @@ class CgroupReapMachine(RuleBasedStateMachine):
             popen.wait(timeout=30)
 
     def _wait_running(self, launch: Launch) -> None:
+        """Until the launch runs inside its leaf: its shim carries the marker too, and is
+        visible before it has moved itself in (a reap then finds the leaf empty)."""
         decoys = {p.pid for p in self.decoys}
         for _ in range(2000):
-            if set(marked(launch.marker)) - decoys:
+            if set(marked(launch.marker)) - decoys and leaf_members(launch.leaf):
                 return
             subprocess.run(["sleep", "0.005"], check=False)
         raise AssertionError(f"launch {launch.lease_id} never ran")
