@@ -37,8 +37,17 @@ _MIGRATE = (
     "os.setsid()\n"
     "while True: time.sleep(3600)\n"
 )
+#: tags kept, a session of its own, then the main thread ends (``pthread_exit``) while another
+#: runs on: the process reads as a zombie (state Z, no command line, no environment through
+#: its leader) and is alive
+_LEADER_EXIT = (
+    "import ctypes, os, threading, time\n"
+    "os.setsid()\n"
+    "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"
+)
 VARIANTS = ("hopper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear",
-            "daemon-emptyenv", "migrate-out")
+            "daemon-emptyenv", "migrate-out", "leader-exit")
 
 
 def start(variant: str, marker: str) -> None:
@@ -55,6 +64,8 @@ def start(variant: str, marker: str) -> None:
         subprocess.Popen([py, "-c", _SLEEP, marker], env={}, start_new_session=True, **kw)
     elif variant == "migrate-out":  # leaves its leaf cgroup for $ACPX_ATTACK_CGROUP, tags kept
         subprocess.Popen([py, "-c", _MIGRATE, marker], **kw)
+    elif variant == "leader-exit":
+        subprocess.Popen([py, "-c", _LEADER_EXIT, marker], **kw)
     elif variant == "daemon-emptyenv":
         subprocess.Popen([py, "-c", _DAEMON, marker], env={}, **kw)
     else:

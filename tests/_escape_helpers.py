@@ -42,10 +42,11 @@ def new_marker() -> str:
     return f"acpx-escape-{uuid.uuid4().hex[:12]}"
 
 
-def stat_ids(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgid, sid)`` of a process, or ``None``."""
+def stat_ids(pid: int, tid: int | None = None) -> tuple[str, int, int] | None:
+    """``(state, pgid, sid)`` of a process (or of its thread ``tid``), or ``None``."""
     try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
+        path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+        data = Path(path).read_bytes()
     except OSError:
         return None
     fields = data[data.rfind(b")") + 1 :].split()
@@ -64,22 +65,47 @@ def _is_process(pid: int) -> bool:
     return False
 
 
+def _running_thread(pid: int) -> int | None:
+    """A thread of ``pid`` other than its leader that is not a zombie, if its leader is a
+    zombie with threads left (it ended with ``pthread_exit``: the process runs on)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rfind(b")") + 1 :].split()
+        if fields[0] != b"Z" or int(fields[17]) < 2:
+            return None
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    except (OSError, IndexError, ValueError):
+        return None
+    for tid in tids:
+        st = stat_ids(pid, tid)
+        if st is not None and st[0] not in ("Z", "X"):
+            return tid
+    return None
+
+
 def marked(marker: str) -> list[int]:
     """Live, non-zombie pids whose command line ends with ``marker`` (newest pids first, read
-    straight from ``/proc``: fast enough to catch a pid hopper between two hops).  The mock
-    agent that was given the marker is not one of them."""
+    straight from ``/proc``: fast enough to catch a pid hopper between two hops), and
+    processes whose leader thread ended while another runs on (read through that thread).
+    The mock agent that was given the marker is not one of them."""
     tail = marker.encode() + b"\0"
     out = []
     names = sorted((int(n) for n in os.listdir("/proc") if n.isdigit()), reverse=True)
     for pid in dict.fromkeys([*newest_pids(), *names, *newest_pids()]):
+        where = f"/proc/{pid}"
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            with open(f"{where}/cmdline", "rb") as fh:
                 cmd = fh.read()
+            if not cmd and (tid := _running_thread(pid)) is not None:
+                with open(f"{where}/task/{tid}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+                where = f"{where}/task/{tid}"
         except OSError:
             continue
         if (cmd.endswith(b"\0" + tail) and b"mock_agent" not in cmd
                 and b"_service_child" not in cmd and _is_process(pid)):
-            st = stat_ids(pid)
+            st = stat_ids(pid) if where == f"/proc/{pid}" else ("R", 0, 0)
             if st is not None and st[0] != "Z":
                 out.append(pid)
     return sorted(set(out))

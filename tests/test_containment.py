@@ -49,9 +49,11 @@ TRIALS = 2
 SOAK = int(os.environ.get("ACPX_CONTAINMENT_TRIALS", "0"))
 soak = pytest.mark.skipif(SOAK <= 0, reason="set ACPX_CONTAINMENT_TRIALS=30 to run the soak")
 ALL_VARIANTS = ("hopper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear",
-                "daemon-emptyenv")
-#: what process-group mode catches (the classic hopper and the tag-keeping setsid hopper)
-PG_CAUGHT = ("hopper", "hopper-ignterm", "hopper-setsid-each")
+                "daemon-emptyenv", "leader-exit")
+#: what process-group mode catches (the classic hopper, the tag-keeping setsid hopper, and a
+#: tagged process in its own session whose main thread ended while another runs on: it
+#: reads as a zombie)
+PG_CAUGHT = ("hopper", "hopper-ignterm", "hopper-setsid-each", "leader-exit")
 #: what only a cgroup contains: untagged processes in sessions of their own
 PG_LIMIT = ("setsid-envclear", "daemon-emptyenv")
 MOCK = f"{sys.executable} -m acpx_trio.testing.mock_agent"

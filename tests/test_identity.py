@@ -27,6 +27,7 @@ from acpx_trio._process.identity import (
     child_identity,
     lease_args,
     lease_env,
+    live_thread,
     process_info,
     read_start_ticks,
     same_process,
@@ -234,3 +235,34 @@ def test_stat_exiting_reads_the_exiting_flag() -> None:
     flags = int(fields[6])
     assert stat_exiting([*fields[:6], str(flags | 0x4), *fields[7:]])
     assert not stat_exiting(fields[:3])  # a short read says nothing
+
+
+async def test_a_leader_that_ended_alone_is_the_process_running() -> None:
+    """A process whose main thread ended (``pthread_exit``) while another thread runs on
+    reads as a zombie through its leader: no command line, no environment.  It is alive,
+    ours by its tags, and every reader must say so (else a close proves it gone and it
+    escapes process-group mode, measured 3 of 3 before)."""
+    from _attack_agent import _LEADER_EXIT
+
+    from acpx_trio._process.reaper_os import still_running
+    from acpx_trio._process.scan import fast_process_info
+    from acpx_trio._process.shared_scan import TagScan
+
+    lease, gw = str(uuid.uuid4()), f"gw-{uuid.uuid4().hex}"
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _LEADER_EXIT, "leader-exit"], env={**os.environ,
+                                                               **lease_env(lease, gw)})
+    try:
+        await poll_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE)
+        assert live_thread(proc.pid) is not None
+        for info in (process_info(proc.pid), fast_process_info(proc.pid)):
+            assert info is not None and not info.zombie
+            assert (info.lease_id, info.gateway_instance_id) == (lease, gw)
+            assert info.cmdline[-1] == "leader-exit"
+            assert still_running(info)
+        assert proc.pid in {p.pid for p in TagScan(lease_ids=(lease,)).full()}
+        assert proc.pid in {p.pid for p in TagScan(gateway_id=gw).full()}
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert live_thread(proc.pid) is None

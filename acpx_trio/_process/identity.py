@@ -48,6 +48,7 @@ __all__ = [
     "child_identity",
     "lease_args",
     "lease_env",
+    "live_thread",
     "process_info",
     "read_start_ticks",
     "same_process",
@@ -194,12 +195,14 @@ def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None, str |
     return lease, gateway, owner
 
 
-def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None, str | None]:
-    """The three tag variables of ``proc``; raises psutil errors (AccessDenied,
-    NoSuchProcess)."""
+def _env_tags(
+    proc: psutil.Process, where: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """The three tag variables of ``proc`` (read through the ``/proc`` directory ``where``:
+    one of its threads); raises psutil errors (AccessDenied, NoSuchProcess)."""
     if _LINUX:
         try:
-            with open(f"{_PROC}/{proc.pid}/environ", "rb") as fh:
+            with open(f"{where or f'{_PROC}/{proc.pid}'}/environ", "rb") as fh:
                 data = fh.read()
         except PermissionError as exc:
             raise psutil.AccessDenied(proc.pid) from exc
@@ -219,10 +222,12 @@ def _env_tags(proc: psutil.Process) -> tuple[str | None, str | None, str | None]
         env = None
 
 
-def _read_stat_fields(pid: int) -> list[str] | None:
-    """Fields of ``/proc/PID/stat`` after ``comm`` (index 0 = field 3, state), or ``None``."""
+def _read_stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """Fields of ``/proc/PID/stat`` (or of its thread ``tid``) after ``comm`` (index 0 =
+    field 3, state), or ``None``."""
+    path = f"{_PROC}/{pid}/stat" if tid is None else f"{_PROC}/{pid}/task/{tid}/stat"
     try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as fh:
+        with open(path, "rb") as fh:
             data = fh.read()
     except OSError:
         return None
@@ -290,6 +295,26 @@ def stat_exiting(fields: list[str]) -> bool:
         return False
 
 
+def live_thread(pid: int) -> int | None:
+    """A thread of process ``pid`` other than its leader that neither is a zombie nor is
+    exiting, or ``None``.  A leader that ended alone (``pthread_exit``) reads as a zombie,
+    its memory, command line and environment unreadable through it, while the process runs
+    on in its other threads: alive, and readable through such a thread.  Blocking."""
+    if not _LINUX:
+        return None
+    try:
+        tids = [int(name) for name in os.listdir(f"{_PROC}/{pid}/task") if name.isdigit()]
+    except OSError:
+        return None
+    for tid in tids:
+        if tid == pid:
+            continue
+        fields = _read_stat_fields(pid, tid)
+        if fields and fields[0] not in ("Z", "X", "x") and not stat_exiting(fields):
+            return tid
+    return None
+
+
 def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
     """The process is exiting (already a zombie, or its memory is gone): describe it as dead,
     or ``None`` if it is already gone or its pid now holds another process."""
@@ -305,6 +330,18 @@ def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
         pid=proc.pid, ppid=int(fields[1]), cmdline=(), create_time=create_time, uid=None,
         start_ticks=ticks, zombie=True, pgid=pgid, sid=sid,
     )
+
+
+def _task_cmdline(where: str) -> tuple[str, ...]:
+    """The command line read through the ``/proc`` directory of one thread."""
+    try:
+        with open(f"{where}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except PermissionError as exc:
+        raise psutil.AccessDenied() from exc
+    except OSError as exc:
+        raise psutil.NoSuchProcess(0) from exc
+    return tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
 
 
 def _inspect(proc: psutil.Process) -> ProcessInfo | None:
@@ -325,23 +362,28 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     lease: str | None = None
     gateway: str | None = None
     owner: str | None = None
+    # a leader exited alone (state Z or exiting, threads left): read through a live thread
+    thread = (live_thread(pid) if stat_before is not None
+              and (stat_before[0] == "Z" or stat_exiting(stat_before)) else None)
+    where = None if thread is None else f"{_PROC}/{pid}/task/{thread}"
     try:
         with proc.oneshot():
             ppid = proc.ppid()
             create_time = proc.create_time()
-            zombie = proc.status() == psutil.STATUS_ZOMBIE
+            zombie = thread is None and proc.status() == psutil.STATUS_ZOMBIE
             try:
                 uid = proc.uids().real
             except psutil.AccessDenied:
                 inspectable = False
             if not zombie:
                 try:
-                    cmdline = tuple(proc.cmdline())
+                    cmdline = (tuple(proc.cmdline()) if where is None
+                               else _task_cmdline(where))
                 except psutil.AccessDenied:
                     inspectable = False
             if not zombie and inspectable:
                 try:
-                    lease, gateway, owner = _env_tags(proc)
+                    lease, gateway, owner = _env_tags(proc, where)
                 except psutil.AccessDenied:
                     inspectable = False
     except psutil.NoSuchProcess:  # ZombieProcess included: it is exiting under our eyes
@@ -355,8 +397,8 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
         after = _read_stat_fields(pid)
         if after is None or len(after) < 20 or after[19] != str(ticks_before):
             return None  # gone, or pid reused while we looked: the data may mix two processes
-        if stat_exiting(after):  # its memory (and tags) may have gone while we read: not "untagged"
-            return _dying(proc, ticks_before)
+        if stat_exiting(after) and live_thread(pid) is None:  # its memory (and tags) may
+            return _dying(proc, ticks_before)  # have gone while we read: not "untagged"
     if not inspectable:
         lease = gateway = owner = None
     elif lease is None or gateway is None:

@@ -25,6 +25,7 @@ import trio
 from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
+    live_thread,
     read_stat_state,
 )
 from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
@@ -45,12 +46,15 @@ _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 def still_running(info: ProcessInfo) -> bool:
     """Whether the live process with ``info.pid`` is ``info`` and has not exited.
 
-    A zombie, a vanished pid or a pid now held by another process: ``False``."""
+    A zombie, a vanished pid or a pid now held by another process: ``False``; but a leader
+    that ended alone while another of its threads runs on is the process, running."""
     st = read_stat_state(info.pid)
     if st is not None:
         state, ticks = st
         if state in ("Z", "X", "x"):
-            return False
+            if live_thread(info.pid) is None:
+                return False
+            return info.start_ticks is None or ticks == info.start_ticks
         if info.start_ticks is not None:
             return ticks == info.start_ticks
     elif info.start_ticks is not None:

@@ -20,6 +20,7 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     _group_ids,
     _tags_from_environ_bytes,
+    live_thread,
     process_info,
     snapshot_processes,
     stat_exiting,
@@ -100,15 +101,19 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return None
     pgid, sid = _group_ids(fields)
     create_time = _create_time_from_ticks(ticks)
-    if fields[0] in ("Z", "X", "x"):
-        return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
-                           start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
+    where = f"{_PROC}/{pid}"
+    if fields[0] in ("Z", "X", "x") or stat_exiting(fields):
+        thread = live_thread(pid)  # a leader that ended alone: the process runs on
+        if thread is None:
+            return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time,
+                               uid=None, start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
+        where = f"{where}/task/{thread}"
     try:
         tgid, uid = _read_status(pid)
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
             return None
-        raw = _read(f"{_PROC}/{pid}/cmdline")
-        env = _read(f"{_PROC}/{pid}/environ")
+        raw = _read(f"{where}/cmdline")
+        env = _read(f"{where}/environ")
     except PermissionError:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, inspectable=False, pgid=pgid, sid=sid)
@@ -122,9 +127,9 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
-    if after[0] in ("Z", "X", "x") or stat_exiting(after):  # exited, or exiting (its
-        # memory may be gone, so its environment read empty), while we read: dead, its
-        # tags no longer count
+    if (after[0] in ("Z", "X", "x") or stat_exiting(after)) and live_thread(pid) is None:
+        # exited, or exiting (its memory may be gone, so its environment read empty), while
+        # we read, with no thread left running: dead, its tags no longer count
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
     if (lease is None or gateway is None) and not raw:

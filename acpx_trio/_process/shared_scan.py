@@ -26,6 +26,7 @@ from acpx_trio._process.identity import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     ProcessInfo,
+    live_thread,
     snapshot_processes,
 )
 from acpx_trio._process.owner_tag import parse_owner_tag
@@ -156,10 +157,18 @@ class TagScan:
         self.candidates: dict[int, int | None] = {}
         self.ids: set[int] = set()
 
-    def _matches(self, name: str) -> bool:
-        """Whether process ``name`` carries our tags."""
+    def _matches(self, name: str, state: str = "") -> bool:
+        """Whether process ``name`` (in ``state``) carries our tags.  A zombie carries
+        nothing, unless its leader ended alone and another thread runs on: then the
+        process is read through that thread."""
+        where = f"/proc/{name}"
+        if state == "Z":
+            thread = live_thread(int(name))
+            if thread is None:
+                return False
+            where = f"{where}/task/{thread}"
         try:
-            data = _read_all(f"/proc/{name}/environ")
+            data = _read_all(f"{where}/environ")
         except OSError:
             data = b""
         if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
@@ -171,7 +180,7 @@ class TagScan:
         if hit is not None:
             return hit
         try:  # no gateway variable: the tag may be on the command line
-            return self.gateway in _read_all(f"/proc/{name}/cmdline")
+            return self.gateway in _read_all(f"{where}/cmdline")
         except OSError:
             return False
 
@@ -199,7 +208,7 @@ class TagScan:
                 return  # the same process, its environment already read (or not ours)
             if st[4] < floor and pid not in roots:
                 return  # started before every root: cannot carry their tags
-            if pid in roots or self._matches(name):
+            if pid in roots or self._matches(name, st[0]):
                 info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
                 if info is not None:
                     infos[info.pid] = info
