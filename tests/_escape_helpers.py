@@ -103,11 +103,12 @@ def marked(marker: str) -> list[int]:
                 where = f"{where}/task/{tid}"
         except OSError:
             continue
+        # (read through a running thread: it runs; else the leader's state decides)
         if (cmd.endswith(b"\0" + tail) and b"mock_agent" not in cmd
-                and b"_service_child" not in cmd and _is_process(pid)):
-            st = stat_ids(pid) if where == f"/proc/{pid}" else ("R", 0, 0)
-            if st is not None and st[0] != "Z":
-                out.append(pid)
+                and b"_service_child" not in cmd and _is_process(pid)
+                and (where != f"/proc/{pid}"
+                     or ((st := stat_ids(pid)) is not None and st[0] != "Z"))):
+            out.append(pid)
     return sorted(set(out))
 
 

@@ -46,11 +46,13 @@ __all__ = [
     "ProcessInfo",
     "boot_id",
     "child_identity",
+    "cmdline_from_bytes",
     "lease_args",
     "lease_env",
     "live_thread",
     "process_info",
     "read_start_ticks",
+    "running_dir",
     "same_process",
     "self_identity",
     "snapshot_processes",
@@ -297,9 +299,7 @@ def stat_exiting(fields: list[str]) -> bool:
 
 def live_thread(pid: int) -> int | None:
     """A thread of process ``pid`` other than its leader that neither is a zombie nor is
-    exiting, or ``None``.  A leader that ended alone (``pthread_exit``) reads as a zombie,
-    its memory, command line and environment unreadable through it, while the process runs
-    on in its other threads: alive, and readable through such a thread.  Blocking."""
+    exiting, or ``None``.  Blocking."""
     if not _LINUX:
         return None
     try:
@@ -313,6 +313,27 @@ def live_thread(pid: int) -> int | None:
         if fields and fields[0] not in ("Z", "X", "x") and not stat_exiting(fields):
             return tid
     return None
+
+
+def running_dir(pid: int, state: str, exiting: bool = False) -> str | None:
+    """The ``/proc`` directory to read process ``pid`` through while it runs (its state
+    letter and ``PF_EXITING`` as just read), or ``None`` when it no longer runs.
+
+    Normally its own.  A leader that ended alone (``pthread_exit``) reads as a zombie (or as
+    exiting), its memory, command line and environment unreadable through it, while the
+    process runs on in its other threads: then one of those threads' directory.  The one
+    home of that rule for every reader (descriptions, tag scans, the running check).
+    Blocking."""
+    where = f"{_PROC}/{pid}"
+    if state not in ("Z", "X", "x") and not exiting:
+        return where
+    thread = live_thread(pid)
+    return None if thread is None else f"{where}/task/{thread}"
+
+
+def cmdline_from_bytes(raw: bytes) -> tuple[str, ...]:
+    """``/proc/PID/cmdline`` as arguments (undecodable bytes kept as surrogates)."""
+    return tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
 
 
 def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
@@ -332,8 +353,8 @@ def _dying(proc: psutil.Process, ticks: int | None) -> ProcessInfo | None:
     )
 
 
-def _task_cmdline(where: str) -> tuple[str, ...]:
-    """The command line read through the ``/proc`` directory of one thread."""
+def _read_cmdline(where: str) -> tuple[str, ...]:
+    """The command line read through the ``/proc`` directory ``where``."""
     try:
         with open(f"{where}/cmdline", "rb") as fh:
             raw = fh.read()
@@ -341,7 +362,7 @@ def _task_cmdline(where: str) -> tuple[str, ...]:
         raise psutil.AccessDenied() from exc
     except OSError as exc:
         raise psutil.NoSuchProcess(0) from exc
-    return tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
+    return cmdline_from_bytes(raw)
 
 
 def _inspect(proc: psutil.Process) -> ProcessInfo | None:
@@ -362,15 +383,15 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
     lease: str | None = None
     gateway: str | None = None
     owner: str | None = None
-    # a leader exited alone (state Z or exiting, threads left): read through a live thread
-    thread = (live_thread(pid) if stat_before is not None
-              and (stat_before[0] == "Z" or stat_exiting(stat_before)) else None)
-    where = None if thread is None else f"{_PROC}/{pid}/task/{thread}"
+    # a leader that ended alone while a thread runs on: read through that thread
+    where = None
+    if stat_before is not None and (stat_before[0] == "Z" or stat_exiting(stat_before)):
+        where = running_dir(pid, stat_before[0], exiting=True)
     try:
         with proc.oneshot():
             ppid = proc.ppid()
             create_time = proc.create_time()
-            zombie = thread is None and proc.status() == psutil.STATUS_ZOMBIE
+            zombie = where is None and proc.status() == psutil.STATUS_ZOMBIE
             try:
                 uid = proc.uids().real
             except psutil.AccessDenied:
@@ -378,7 +399,7 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
             if not zombie:
                 try:
                     cmdline = (tuple(proc.cmdline()) if where is None
-                               else _task_cmdline(where))
+                               else _read_cmdline(where))
                 except psutil.AccessDenied:
                     inspectable = False
             if not zombie and inspectable:
@@ -397,8 +418,8 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
         after = _read_stat_fields(pid)
         if after is None or len(after) < 20 or after[19] != str(ticks_before):
             return None  # gone, or pid reused while we looked: the data may mix two processes
-        if stat_exiting(after) and live_thread(pid) is None:  # its memory (and tags) may
-            return _dying(proc, ticks_before)  # have gone while we read: not "untagged"
+        if stat_exiting(after) and running_dir(pid, after[0], exiting=True) is None:
+            return _dying(proc, ticks_before)  # its memory and tags may have gone: not "untagged"
     if not inspectable:
         lease = gateway = owner = None
     elif lease is None or gateway is None:

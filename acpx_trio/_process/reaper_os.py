@@ -25,8 +25,8 @@ import trio
 from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
-    live_thread,
     read_stat_state,
+    running_dir,
 )
 from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
 
@@ -51,12 +51,10 @@ def still_running(info: ProcessInfo) -> bool:
     st = read_stat_state(info.pid)
     if st is not None:
         state, ticks = st
-        if state in ("Z", "X", "x"):
-            if live_thread(info.pid) is None:
-                return False
-            return info.start_ticks is None or ticks == info.start_ticks
-        if info.start_ticks is not None:
-            return ticks == info.start_ticks
+        if running_dir(info.pid, state) is None:
+            return False
+        if info.start_ticks is not None or state in ("Z", "X", "x"):  # (a leader that
+            return info.start_ticks is None or ticks == info.start_ticks  # ended alone)
     elif info.start_ticks is not None:
         return False  # ticks were readable when we looked, so the process is gone
     try:

@@ -20,8 +20,9 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     _group_ids,
     _tags_from_environ_bytes,
-    live_thread,
+    cmdline_from_bytes,
     process_info,
+    running_dir,
     snapshot_processes,
     stat_exiting,
     tags_from_cmdline,
@@ -101,13 +102,10 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return None
     pgid, sid = _group_ids(fields)
     create_time = _create_time_from_ticks(ticks)
-    where = f"{_PROC}/{pid}"
-    if fields[0] in ("Z", "X", "x") or stat_exiting(fields):
-        thread = live_thread(pid)  # a leader that ended alone: the process runs on
-        if thread is None:
-            return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time,
-                               uid=None, start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
-        where = f"{where}/task/{thread}"
+    where = running_dir(pid, fields[0], stat_exiting(fields))
+    if where is None:
+        return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
+                           start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
     try:
         tgid, uid = _read_status(pid)
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
@@ -123,11 +121,11 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         lease, gateway, owner = _tags_from_environ_bytes(env)
     finally:
         del env
-    cmdline = tuple(x.decode("utf-8", "surrogateescape") for x in raw.split(b"\0")[:-1])
+    cmdline = cmdline_from_bytes(raw)
     after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
-    if (after[0] in ("Z", "X", "x") or stat_exiting(after)) and live_thread(pid) is None:
+    if running_dir(pid, after[0], stat_exiting(after)) is None:
         # exited, or exiting (its memory may be gone, so its environment read empty), while
         # we read, with no thread left running: dead, its tags no longer count
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,

@@ -26,7 +26,7 @@ from acpx_trio._process.identity import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     ProcessInfo,
-    live_thread,
+    running_dir,
     snapshot_processes,
 )
 from acpx_trio._process.owner_tag import parse_owner_tag
@@ -161,12 +161,9 @@ class TagScan:
         """Whether process ``name`` (in ``state``) carries our tags.  A zombie carries
         nothing, unless its leader ended alone and another thread runs on: then the
         process is read through that thread."""
-        where = f"/proc/{name}"
-        if state == "Z":
-            thread = live_thread(int(name))
-            if thread is None:
-                return False
-            where = f"{where}/task/{thread}"
+        where = running_dir(int(name), state)
+        if where is None:
+            return False
         try:
             data = _read_all(f"{where}/environ")
         except OSError:
