@@ -27,7 +27,13 @@ from acpx_trio._process.gateway_reap import (
     gateway_cleanup_deps,
     reap_gateway,
 )
-from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.identity import (
+    boot_id,
+    lease_env,
+    live_thread,
+    process_info,
+    read_stat_state,
+)
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.scan import chase_new_pids, last_pid
 from acpx_trio._process.shared_scan import TagScan
@@ -206,7 +212,7 @@ def test_sweep_memo_skips_only_on_an_unchanged_file_after_a_clean_sweep() -> Non
 
 
 _CHILD_OF = """
-import os, sys, time
+import ctypes, os, sys, threading, time
 mode = sys.argv[1]
 child = os.fork()
 if child == 0:
@@ -216,6 +222,9 @@ if child == 0:
         os.setuid(65534)  # another user's process now
     if mode == "zombie":
         os._exit(0)
+    if mode == "foreign-leader-exit":  # reads as a zombie through its leader, runs on
+        threading.Thread(target=time.sleep, args=(600,)).start()
+        ctypes.CDLL(None).pthread_exit(None)
     os.execvp("sleep", ["sleep", "600"])
 sys.stdout.write(f"{child}\\n")
 sys.stdout.flush()
@@ -228,7 +237,9 @@ async def _root_with_child(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A tagged root in a session of its own and its child, settled: ``mode`` ``"ours"``,
     ``"zombie"`` (exited, not waited for), ``"foreign-group"`` (another user's, in the root's
-    group) or ``"foreign-session"`` (another user's, in another group of the session)."""
+    group), ``"foreign-session"`` (another user's, in another group of the session) or
+    ``"foreign-leader-exit"`` (another user's, in the root's group, its main thread ended
+    while another runs on: its leader reads as a zombie)."""
     root = p.spawn(lease_env(lease_id, gw), [sys.executable, "-c", _CHILD_OF, mode],
                    subprocess.PIPE)
     assert root.stdout is not None
@@ -238,6 +249,9 @@ async def _root_with_child(
         info = process_info(child)
         if mode == "zombie":
             return info is None or info.zombie
+        if mode == "foreign-leader-exit":
+            st = read_stat_state(child)
+            return st is not None and st[0] == "Z" and live_thread(child) is not None
         return info is not None and "sleep" in info.cmdline
 
     await poll_until(settled)
@@ -275,14 +289,17 @@ async def test_a_group_holding_another_users_process_is_never_signalled(tmp_path
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
 @pytest.mark.parametrize(("mode", "signalled"), [
-    ("ours", True), ("zombie", True), ("foreign-group", False), ("foreign-session", False)])
+    ("ours", True), ("zombie", True), ("foreign-group", False), ("foreign-session", False),
+    ("foreign-leader-exit", False)])
 async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
     tmp_path: Path, mode: str, signalled: bool,
 ) -> None:
     """The gateway reap's group signal takes who may be in the group from its own scan: a
     group is signalled (probed here with signal 0) only if every live process of its
     session is ours; another user's process in the group, or anywhere in its session
-    (it could join the group), keeps it from being signalled; a zombie does not."""
+    (it could join the group), keeps it from being signalled, even one whose leader reads
+    as a zombie while its other thread runs (a signal to the group reaches it); a zombie
+    does not."""
     gw = f"gw-{uuid.uuid4().hex}"
     lease_id = str(uuid.uuid4())
     with procs() as p:
