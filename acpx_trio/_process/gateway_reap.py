@@ -53,9 +53,9 @@ from acpx_trio._process.owner_tag import (
 from acpx_trio._process.reap_plan import (
     OWNER_ALIVE,
     PROTECTED,
-    SURVIVED,
     LeaseTarget,
     Plan,
+    lease_outcomes,
     order_children_first,
     owner_alive,
     plan_leases,
@@ -473,22 +473,9 @@ async def reap_gateway(
     await mark_closing()
     waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
     out = await run_waves(plan, grace, waves_deps, table)
-    dead: dict[str, int] = {}
-    alive: dict[str, int] = {}
-    for p in out.terminated:
-        dead[p.lease_id or ""] = dead.get(p.lease_id or "", 0) + 1
-    for p in out.survived:
-        alive[p.lease_id or ""] = alive.get(p.lease_id or "", 0) + 1
-    final: dict[str, LeaseState] = {}
-    for lease in to_reap:
-        if alive.get(lease.lease_id):
-            left_alone[lease.lease_id] = SURVIVED
-        elif out.unproven:
-            left_alone[lease.lease_id] = UNPROVEN
-        else:
-            final[lease.lease_id] = (
-                LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
-            )
+    final, kept = lease_outcomes(
+        to_reap, out.terminated, out.survived, UNPROVEN if out.unproven else None)
+    left_alone.update(kept)
     if final:
         # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is
         moved = await lease_store.mark_states(final, skip_final=True)

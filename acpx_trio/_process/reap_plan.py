@@ -35,7 +35,7 @@ import msgspec
 
 from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, ProcessInfo
 from acpx_trio._process.owner_tag import OwnerTag, names_owner, owner_alive_elsewhere
-from acpx_trio._store.lease_model import ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = [
     "ACCESS_DENIED",
@@ -447,3 +447,25 @@ def owner_alive(
     if lease.owner_start_time is None:
         return True
     return abs(p.create_time - lease.owner_start_time) <= CREATE_TIME_TOLERANCE
+
+
+def lease_outcomes(
+    reaped: Sequence[ProcessLease], terminated: Sequence[ProcessInfo],
+    survived: Sequence[ProcessInfo], unproven: str | None,
+) -> tuple[dict[str, LeaseState], dict[str, str]]:
+    """``(final, kept)`` for leases a reap's waves went through: ``closed`` when one of its
+    processes was terminated, ``lost`` when none was alive; kept as they are, with the
+    reason, while one of its processes survived (``survived``) or while the waves ended
+    without their proof (``unproven``: the reason to give, ``None`` when they proved it)."""
+    dead = {p.lease_id for p in terminated}
+    alive = {p.lease_id for p in survived}
+    final: dict[str, LeaseState] = {}
+    kept: dict[str, str] = {}
+    for lease in reaped:
+        if lease.lease_id in alive:
+            kept[lease.lease_id] = SURVIVED
+        elif unproven is not None:
+            kept[lease.lease_id] = unproven
+        else:
+            final[lease.lease_id] = LeaseState.CLOSED if lease.lease_id in dead else LeaseState.LOST
+    return final, kept

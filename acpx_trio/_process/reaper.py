@@ -58,6 +58,7 @@ from acpx_trio._process.reap_plan import (
     LeaseTarget,
     Plan,
     guard_reason,
+    lease_outcomes,
     order_children_first,
     owner_alive,
     plan_leases,
@@ -574,20 +575,9 @@ async def reap_open_leases(
         )
 
     out = await run_waves(plan, grace, deps, table)
-    dead: dict[str, int] = {}
-    alive: dict[str, int] = {}
-    for p in out.terminated:
-        dead[p.lease_id or ""] = dead.get(p.lease_id or "", 0) + 1
-    for p in out.survived:
-        alive[p.lease_id or ""] = alive.get(p.lease_id or "", 0) + 1
-    final: dict[str, LeaseState] = {}
-    for lease in to_reap:
-        if alive.get(lease.lease_id) or out.unproven:
-            left_alone[lease.lease_id] = SURVIVED
-        else:
-            final[lease.lease_id] = (
-                LeaseState.CLOSED if dead.get(lease.lease_id) else LeaseState.LOST
-            )
+    final, kept = lease_outcomes(
+        to_reap, out.terminated, out.survived, SURVIVED if out.unproven else None)
+    left_alone.update(kept)
     moved = await lease_store.mark_states(final, skip_final=True) if final else {}
     final = {k: v for k, v in final.items() if k in moved}
     return ReapResult(
