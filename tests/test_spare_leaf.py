@@ -7,6 +7,7 @@ throughout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,7 +118,9 @@ def _run_form(leaf: Path, form: str | None, argv: list[str], env: dict[str, str]
                              cwd="/")
     os.close(read_end)
     frame = spare_frame(argv, shell_pwd(env, cwd), cwd)
-    os.write(write_end, frame if cut is None else frame[:cut])
+    # a spare that could not enter its leaf has exited already: nothing reads the frame
+    with contextlib.suppress(BrokenPipeError):
+        os.write(write_end, frame if cut is None else frame[:cut])
     os.close(write_end)
     out, _ = spare.communicate(timeout=30)
     return spare.returncode, out
