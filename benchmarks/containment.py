@@ -48,7 +48,6 @@ from acpx_trio import LeaseStore
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import (
     gateway_parent,
-    kill_leaf,
     make_leaf,
     probe_cgroup_kill,
     remove_empty_leaf,
@@ -56,6 +55,7 @@ from acpx_trio._process.cgroup import (
 )
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'

@@ -42,7 +42,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from acpx_trio._process.cgroup import (
     gateway_parent,
-    kill_leaf,
     leaf_members,
     leaf_populated,
     make_leaf,
@@ -51,6 +50,7 @@ from acpx_trio._process.cgroup import (
 )
 from acpx_trio._process.gateway_reap import _leaf_kept, reap_gateway
 from acpx_trio._process.identity import lease_env, process_info
+from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._store.lease_model import LeaseState, new_lease
 from acpx_trio._store.leases import LEASE_FILE_NAME, LeaseStore, SyncLeaseStore

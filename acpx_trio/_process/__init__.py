@@ -3,8 +3,9 @@
 (``reap_plan``), the operating-system side of signalling and waiting (``reaper_os``), the reaper
 itself (``reaper``: the waves and the entry points), one reap of a gateway (``gateway_reap``),
 the owner-death watchdog (``watchdog``; its process runs ``watchdog_wait``, a standard-library
-script until the owner dies, then ``watchdog_reap``), containment by leaf cgroups (``cgroup``)
-and launches already inside theirs (``spare_leaf``),
+script until the owner dies, then ``watchdog_reap``), containment by leaf cgroups (``cgroup``),
+how a leaf's processes are ended, ours only and with the leaf frozen (``leaf_end``), and
+launches already inside their leaves (``spare_leaf``),
 the shared process helpers (``tools``), the owner tag of a launch (``owner_tag``), the one
 owned-process launch shared by agents and terminals (``owned``: watchdog armed, lease saved
 first, leaf cgroup, tagged own-session spawn, lease completion) and one agent process with its

@@ -1,5 +1,4 @@
-"""Containment by cgroup v2: one leaf cgroup per agent or terminal, killed with
-``cgroup.kill`` (every process of the leaf, forks in flight included, in one write).
+"""Containment by cgroup v2: one leaf cgroup per agent or terminal.
 
 What it promises, where the kernel allows it (a writable cgroup v2 of ours whose child
 cgroups have ``cgroup.kill``, kernel >= 5.14; :func:`probe_cgroup_kill` tells the truth by
@@ -8,33 +7,28 @@ creating an empty probe child and removing it again):
 * a launch is inside its leaf before it executes anything of its own (:func:`shim_argv`),
   so whatever it forks, ``setsid()``s, re-parents or scrubs from its environment is born in
   the leaf;
-* :func:`terminate_leaf` (close) and :func:`kill_leaf` (reaps of dead owners' leaves) end
-  only when the leaf is empty (``populated 0``) or their bound runs out, and never signal a
-  process that is not a member of the leaf at the moment it is signalled (pidfd, then the
-  membership re-read);
+* membership (:func:`tree_members`, :func:`member_of`) and emptiness
+  (:func:`leaf_populated`) are read from the kernel, never guessed; how a leaf's processes
+  are ended is :mod:`~acpx_trio._process.leaf_end`'s;
 * :func:`resolve_containment` turns the config's ``containment`` into the mechanism in use
   (:class:`Containment`), or a :class:`~acpx_trio._errors.ContainmentError` when ``"cgroup"``
   is required and unusable.
 
 What it cannot promise: a member may move itself out by writing its pid to another
 ``cgroup.procs`` it can write (same uid); the tag scans of the sweeps stay as a second net.
-Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread); the ``async``
-ones are cancellable.  Linux only.
+Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread).  Linux only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import secrets
-import signal
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-import trio
 
 from acpx_trio._errors import ContainmentError
 from acpx_trio._events import AgentUsage
@@ -44,20 +38,20 @@ __all__ = [
     "AgentUsage",
     "CgroupProbe",
     "Containment",
-    "LeafEnd",
     "gateway_parent",
-    "kill_leaf",
+    "leaf_event",
     "leaf_members",
     "leaf_populated",
     "leaf_usage",
     "lease_usage",
     "leftover_leaves",
     "make_leaf",
+    "member_of",
     "probe_cgroup_kill",
     "remove_empty_leaf",
     "resolve_containment",
     "shim_argv",
-    "terminate_leaf",
+    "tree_members",
 ]
 
 
@@ -225,11 +219,17 @@ def leaf_members(leaf: str) -> list[int]:
 
 def leaf_populated(leaf: str) -> bool | None:
     """Whether the leaf (or a cgroup below it) holds a process; ``None`` when it is gone."""
+    return leaf_event(leaf, "populated")
+
+
+def leaf_event(leaf: str, name: str) -> bool | None:
+    """Field ``name`` (``populated``, ``frozen``) of the leaf's ``cgroup.events``; ``None``
+    when the leaf (or the field) is gone."""
     try:
         with open(os.path.join(leaf, "cgroup.events"), encoding="ascii") as fh:
             for line in fh:
                 key, _, value = line.partition(" ")
-                if key == "populated":
+                if key == name:
                     return value.strip() != "0"
     except FileNotFoundError:
         return None
@@ -243,11 +243,11 @@ def _leaf_dirs(leaf: str) -> list[str]:
     return sorted(found, key=lambda d: -d.count("/"))
 
 
-def _tree_members(leaf: str) -> list[int]:
+def tree_members(leaf: str) -> list[int]:
     return [pid for d in _leaf_dirs(leaf) for pid in leaf_members(d)]
 
 
-def _member_of(pid: int, leaf: str) -> bool:
+def member_of(pid: int, leaf: str) -> bool:
     """Whether ``pid`` is in ``leaf`` or below it now (``/proc/<pid>/cgroup``)."""
     mount = _cgroup2_mount()
     if mount is None:
@@ -262,29 +262,6 @@ def _member_of(pid: int, leaf: str) -> bool:
     except OSError:
         return False
     return False
-
-
-def _signal_members(leaf: str, sig: int) -> list[int]:
-    """Send ``sig`` to every process in ``leaf`` and below; the pids signalled.
-
-    A pid is pinned with a pidfd first and signalled only if it is still a member after
-    that: a member that exited and whose pid was reused by another process is never hit.
-    Blocking."""
-    sent = []
-    for pid in _tree_members(leaf):
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:  # gone (or pidfd unavailable: cgroup.kill alone then)
-            continue
-        try:
-            if _member_of(pid, leaf):
-                signal.pidfd_send_signal(fd, sig)
-                sent.append(pid)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return sent
 
 
 def _remove_leaf(leaf: str) -> bool:
@@ -308,108 +285,6 @@ def remove_empty_leaf(leaf: str) -> bool:
     if leaf_populated(leaf):
         return False
     return _remove_leaf(leaf)
-
-
-_IN_MODIFY = 0x2
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
-
-
-def _inotify_on(path: str) -> int | None:
-    """An inotify fd watching ``path`` for modification (the kernel signals every change of
-    ``cgroup.events`` so); ``None`` where inotify is unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
-    except (OSError, AttributeError):
-        return None
-    if fd < 0:
-        return None
-    if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
-        os.close(fd)
-        return None
-    return fd
-
-
-async def _wait_empty(leaf: str, seconds: float) -> bool:
-    """Wait until ``leaf`` holds no process (or is gone), at most ``seconds``; whether it is
-    empty.  Woken by the kernel's change notice on ``cgroup.events`` (a short re-read
-    interval where inotify is missing).  Cancellable.  (``cgroup.events`` is a kernel
-    attribute read from memory, never from a disk: read in this thread.)"""
-    await trio.lowlevel.checkpoint()
-    if not leaf_populated(leaf):
-        return True
-    fd = _inotify_on(os.path.join(leaf, "cgroup.events"))
-    try:
-        with trio.move_on_after(seconds):
-            await trio.lowlevel.checkpoint()  # the scope always has a cancel point
-            delay = 0.001
-            while leaf_populated(leaf):  # read after the watch is set: no change is missed
-                if fd is None:
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-                    continue
-                await trio.lowlevel.wait_readable(fd)
-                with contextlib.suppress(BlockingIOError):
-                    os.read(fd, 4096)
-            return True
-        return not leaf_populated(leaf)
-    finally:
-        if fd is not None:
-            trio.lowlevel.notify_closing(fd)
-            os.close(fd)
-
-
-def _write_kill(leaf: str) -> list[int]:
-    """``cgroup.kill`` on ``leaf``; the members it held just before.  Blocking."""
-    members = _tree_members(leaf)
-    with contextlib.suppress(FileNotFoundError), open(
-            os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
-        fh.write("1")
-    return members
-
-
-class LeafEnd(msgspec.Struct, frozen=True, kw_only=True):
-    """How a leaf ended: ``members`` seen in it (signalled or killed), ``emptied``: it held
-    no process at the end (then it was removed), ``left``: members still in it if not."""
-
-    members: list[int] = []
-    emptied: bool = True
-    left: list[int] = []
-
-
-async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
-    killed = await trio.to_thread.run_sync(_write_kill, leaf)
-    members = list(dict.fromkeys([*seen, *killed]))
-    if not await _wait_empty(leaf, seconds):
-        left = await trio.to_thread.run_sync(_tree_members, leaf)
-        return LeafEnd(members=members, emptied=False, left=left)
-    if not await trio.to_thread.run_sync(_remove_leaf, leaf):  # someone moved a process in
-        left = await trio.to_thread.run_sync(_tree_members, leaf)
-        return LeafEnd(members=members, emptied=False, left=left)
-    return LeafEnd(members=members)
-
-
-async def kill_leaf(leaf: str, seconds: float) -> bool:
-    """Kill every process in ``leaf`` and below now (``cgroup.kill``), wait until it is empty
-    (at most ``seconds``), then remove it and its sub-cgroups (and the gateway's parent when
-    it was the last leaf).  ``True`` when the leaf is gone or empty; ``False`` leaves it in
-    place for the next reap.  Cancellable (the leaf is then left as it is)."""
-    if leaf_populated(leaf) is None:
-        await trio.lowlevel.checkpoint()
-        return True
-    return (await _kill(leaf, seconds, [])).emptied
-
-
-async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
-    """The graceful end of a leaf: SIGTERM to every member, one shared ``grace`` for them
-    all to exit, then ``cgroup.kill`` for whatever is left (forks in flight included) and at
-    most ``seconds`` more for the leaf to empty; then it is removed.  A leaf that does not
-    empty stays (``emptied=False``) for the next reap.  Cancellable."""
-    signalled = await trio.to_thread.run_sync(_signal_members, leaf, signal.SIGTERM)
-    if signalled:
-        await _wait_empty(leaf, grace)
-    return await _kill(leaf, seconds, signalled)
 
 
 # --------------------------------------------------------------------------- usage

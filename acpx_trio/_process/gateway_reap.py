@@ -37,13 +37,9 @@ import msgspec
 import trio
 
 from acpx_trio._errors import AcpxUsageError
-from acpx_trio._process.cgroup import (
-    kill_leaf,
-    leaf_members,
-    leftover_leaves,
-    remove_empty_leaf,
-)
+from acpx_trio._process.cgroup import leaf_members, leftover_leaves, remove_empty_leaf
 from acpx_trio._process.identity import ProcessInfo, process_info
+from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import (
     OwnerTag,
     names_owner,

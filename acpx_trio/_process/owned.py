@@ -42,9 +42,9 @@ from acpx_trio._process.cgroup import (
     remove_empty_leaf,
     resolve_containment,
     shim_argv,
-    terminate_leaf,
 )
 from acpx_trio._process.identity import boot_id, child_identity, lease_env
+from acpx_trio._process.leaf_end import terminate_leaf
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
@@ -377,9 +377,10 @@ async def _close_contained(
     """:func:`close_owned` for a launch in its own leaf cgroup.  Membership of the leaf is the
     proof of ownership and its emptiness the proof that the tree is gone: whatever left the
     session, the group or its tags behind is still in the leaf, and ``cgroup.kill`` takes it
-    (forks in flight too).  No process-table scan: the cost is the tree's, not the
-    machine's.  An agent that already exited with its whole tree costs one write (``open ->
-    closed``)."""
+    (forks in flight too).  A member that runs as another user is never signalled (see
+    :mod:`~acpx_trio._process.leaf_end`): it keeps the lease ``closing`` until it exits.
+    No process-table scan: the cost is the tree's, not the machine's.  An agent that
+    already exited with its whole tree costs one write (``open -> closed``)."""
     if proc.returncode is not None and not leaf_populated(leaf):  # a kernel attribute: no I/O
         await mark(LeaseState.CLOSED)
         if remove_leaf:
@@ -387,14 +388,20 @@ async def _close_contained(
         return CleanupResult()
     await mark_closing()  # before any signal
     end = await terminate_leaf(leaf, grace, max(grace, 1.0) + 1.0)
-    if proc.returncode is None:  # our direct child (in the leaf, so already killed): reap it
+    if proc.returncode is None and proc.pid not in end.foreign:
+        # our direct child (in the leaf, so already killed): reap it
         with contextlib.suppress(OSError):
             proc.kill()
         with trio.move_on_after(max(grace, 1.0)):
             await proc.wait()
     if not end.emptied or proc.returncode is None:
-        log.error("%s %s: leaf cgroup %s did not empty (%s); lease %s stays closing for the "
-                  "next sweep", what, proc.pid, leaf, end.left, lease.lease_id)
+        if end.foreign:
+            log.error("%s %s: leaf cgroup %s holds another user's processes %s, which are "
+                      "never signalled; lease %s stays closing until they exit", what,
+                      proc.pid, leaf, end.foreign, lease.lease_id)
+        else:
+            log.error("%s %s: leaf cgroup %s did not empty (%s); lease %s stays closing for "
+                      "the next sweep", what, proc.pid, leaf, end.left, lease.lease_id)
         return CleanupResult(inspected_pids=end.members, survived_pids=end.left or [proc.pid],
                              terminated_pids=[p for p in end.members if p not in end.left])
     await mark(LeaseState.CLOSED)

@@ -1,0 +1,281 @@
+"""Ending a leaf cgroup's processes: the graceful end of a close (:func:`terminate_leaf`) and
+the kill of a reap (:func:`kill_leaf`).
+
+Guarantees:
+
+* Both end only when the leaf is empty (``populated 0``; it is then removed) or their bound
+  runs out (the leaf then stays, for the next reap, with what is left named).
+* No process that is not a member of the leaf at the moment it is signalled is hit: each
+  is pinned with a pidfd, then its membership re-read.
+* **Another user's process is never signalled**, even inside our leaf (a descendant that
+  changed its real uid: run by a root agent, or by ``sudo``).  Every signal goes out with
+  the leaf frozen (``cgroup.freeze``: no member runs, so none forks, execs or changes its
+  uid between the check and the signal; a fatal signal still ends a frozen process).
+  ``cgroup.kill`` is written only when every member is ours; otherwise ours get
+  ``SIGKILL`` one by one (frozen, they cannot fork meanwhile) and the other user's process
+  keeps the leaf (:attr:`LeafEnd.foreign`).
+* Cancellable: the leaf is then left as it is, thawed.
+
+Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread).  Linux only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import msgspec
+import psutil
+import trio
+
+from acpx_trio._process.cgroup import (
+    leaf_event,
+    leaf_populated,
+    member_of,
+    remove_empty_leaf,
+    tree_members,
+)
+
+__all__ = ["FREEZE_SECONDS", "LeafEnd", "kill_leaf", "terminate_leaf"]
+
+
+def _real_uid(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).uids().real)
+    except psutil.Error:
+        return None
+
+
+class _Members(msgspec.Struct, kw_only=True):
+    """What :func:`_signal_members` did: the pids ``signalled`` (with a pidfd each in
+    ``fds``, pinning them, for the caller to wait on and close) and the members of another
+    user (``foreign``), never signalled."""
+
+    signalled: list[int] = []
+    fds: list[int] = []
+    foreign: list[int] = []
+
+
+def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
+    """Send ``sig`` to every process in ``leaf`` and below that runs under our real uid.
+
+    A pid is pinned with a pidfd first and signalled only if, after that, it is still a
+    member and still ours: a member that exited and whose pid was reused is never hit, nor
+    is another user's process (a descendant that changed its uid).  Call it with the leaf
+    frozen (:func:`_frozen`) so that no member changes its uid between the check and the
+    signal.  Blocking."""
+    me = os.getuid()
+    out = _Members()
+    for pid in tree_members(leaf):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone (or pidfd unavailable: cgroup.kill alone then)
+            continue
+        kept = False
+        try:
+            if not member_of(pid, leaf):
+                continue
+            if _real_uid(pid) != me:
+                if member_of(pid, leaf):  # not a pid reused by a non-member since
+                    out.foreign.append(pid)
+                continue
+            signal.pidfd_send_signal(fd, sig)
+            out.signalled.append(pid)
+            if keep_fds:
+                out.fds.append(fd)
+                kept = True
+        except OSError:
+            pass
+        finally:
+            if not kept:
+                os.close(fd)
+    return out
+
+
+_IN_MODIFY = 0x2
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+def _inotify_on(path: str) -> int | None:
+    """An inotify fd watching ``path`` for modification (the kernel signals every change of
+    ``cgroup.events`` so); ``None`` where inotify is unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None
+    if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _wait_empty(leaf: str, seconds: float) -> bool:
+    """Wait until ``leaf`` holds no process (or is gone), at most ``seconds``; whether it is
+    empty.  Cancellable."""
+    return await _wait_event(leaf, "populated", False, seconds)
+
+
+async def _wait_event(leaf: str, name: str, want: bool, seconds: float) -> bool:
+    """Wait until field ``name`` of ``cgroup.events`` reads ``want`` or the leaf is gone
+    (there is then nothing to wait for), at most ``seconds``; whether so.  Woken by the
+    kernel's change notice on ``cgroup.events`` (a short re-read interval where inotify is
+    missing).  Cancellable.  (``cgroup.events`` is a kernel attribute read from memory,
+    never from a disk: read in this thread.)"""
+    await trio.lowlevel.checkpoint()
+
+    def reached() -> bool:
+        value = leaf_event(leaf, name)
+        return value is None or value == want
+
+    if reached():
+        return True
+    fd = _inotify_on(os.path.join(leaf, "cgroup.events"))
+    try:
+        with trio.move_on_after(seconds):
+            await trio.lowlevel.checkpoint()  # the scope always has a cancel point
+            delay = 0.001
+            while not reached():  # read after the watch is set: no change is missed
+                if fd is None:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    continue
+                await trio.lowlevel.wait_readable(fd)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 4096)
+            return True
+        return reached()
+    finally:
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+
+def _set_frozen(leaf: str, frozen: bool) -> None:
+    with contextlib.suppress(OSError), open(
+            os.path.join(leaf, "cgroup.freeze"), "w", encoding="ascii") as fh:
+        fh.write("1" if frozen else "0")
+
+
+#: How long a leaf is given to freeze before it is acted on anyway (a member in an
+#: uninterruptible wait holds the freeze up; frozen here in 0.1-0.2 ms).
+FREEZE_SECONDS = 0.5
+
+
+@contextlib.asynccontextmanager
+async def _frozen(leaf: str) -> AsyncIterator[None]:
+    """The leaf frozen for the body (no member runs: none forks, execs or changes its uid;
+    a fatal signal still ends one), thawed after it whatever happens.  If the freeze does
+    not complete within :data:`FREEZE_SECONDS` the body runs anyway."""
+    _set_frozen(leaf, True)  # a kernel attribute: no I/O
+    try:
+        await _wait_event(leaf, "frozen", True, FREEZE_SECONDS)
+        yield
+    finally:
+        _set_frozen(leaf, False)
+
+
+def _write_kill(leaf: str) -> _Members:
+    """``cgroup.kill`` on ``leaf`` if every member runs under our real uid (the members
+    killed); else ``SIGKILL`` to each member that does, pinned (:func:`_signal_members`),
+    and the others reported as ``foreign``.  Call it with the leaf frozen.  Blocking."""
+    members = tree_members(leaf)
+    me = os.getuid()
+    if any(_real_uid(pid) not in (me, None) for pid in members):
+        return _signal_members(leaf, signal.SIGKILL, keep_fds=True)
+    with contextlib.suppress(FileNotFoundError), open(
+            os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
+        fh.write("1")
+    return _Members(signalled=members)
+
+
+class LeafEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """How a leaf ended: ``members`` seen in it (signalled or killed), ``emptied``: it held
+    no process at the end (then it was removed), ``left``: members still in it if not,
+    ``foreign``: those of them that run under another user's uid (never signalled)."""
+
+    members: list[int] = []
+    emptied: bool = True
+    left: list[int] = []
+    foreign: list[int] = []
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+async def _wait_pidfds(fds: list[int], seconds: float) -> None:
+    """Wait until each pinned process has exited, at most ``seconds``; closes the fds."""
+    try:
+        with trio.move_on_after(seconds):
+            for fd in fds:
+                await trio.lowlevel.wait_readable(fd)  # a pidfd reads ready once it exited
+    finally:
+        for fd in fds:
+            trio.lowlevel.notify_closing(fd)
+        _close_all(fds)
+
+
+async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
+    killed = _Members()
+    if leaf_populated(leaf):
+        async with _frozen(leaf):
+            killed = await trio.to_thread.run_sync(_write_kill, leaf)
+    members = list(dict.fromkeys([*seen, *killed.signalled]))
+    if killed.foreign:  # another user's process keeps the leaf: wait for ours only
+        await _wait_pidfds(killed.fds, seconds)
+        left = await trio.to_thread.run_sync(tree_members, leaf)
+        if left:
+            return LeafEnd(members=members, emptied=False, left=left,
+                           foreign=[p for p in killed.foreign if p in left])
+    else:
+        _close_all(killed.fds)
+    if not await _wait_empty(leaf, seconds):
+        left = await trio.to_thread.run_sync(tree_members, leaf)
+        return LeafEnd(members=members, emptied=False, left=left)
+    if not await trio.to_thread.run_sync(remove_empty_leaf, leaf):  # someone moved a process in
+        left = await trio.to_thread.run_sync(tree_members, leaf)
+        return LeafEnd(members=members, emptied=False, left=left)
+    return LeafEnd(members=members)
+
+
+async def kill_leaf(leaf: str, seconds: float) -> bool:
+    """Kill every process in ``leaf`` and below now (``cgroup.kill``), wait until it is empty
+    (at most ``seconds``), then remove it and its sub-cgroups (and the gateway's parent when
+    it was the last leaf).  ``True`` when the leaf is gone or empty; ``False`` leaves it in
+    place for the next reap.  Another user's process in it (a descendant that changed its
+    uid) is never signalled: ours are killed one by one and the leaf stays (``False``).
+    Cancellable (the leaf is then left as it is, thawed)."""
+    if leaf_populated(leaf) is None:
+        await trio.lowlevel.checkpoint()
+        return True
+    return (await _kill(leaf, seconds, [])).emptied
+
+
+async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
+    """The graceful end of a leaf: SIGTERM to every member, one shared ``grace`` for them
+    all to exit, then ``cgroup.kill`` for whatever is left (forks in flight included) and at
+    most ``seconds`` more for the leaf to empty; then it is removed.  A leaf that does not
+    empty stays (``emptied=False``) for the next reap.  Every signal goes out with the leaf
+    frozen, so a member cannot change its uid between the check and the signal: another
+    user's process is never signalled, and keeps the leaf (``foreign``).  Cancellable."""
+    first = _Members()
+    if leaf_populated(leaf):
+        async with _frozen(leaf):
+            first = await trio.to_thread.run_sync(
+                functools.partial(_signal_members, leaf, signal.SIGTERM, keep_fds=True))
+    if first.foreign:  # another user's process keeps the leaf populated: wait for ours
+        await _wait_pidfds(first.fds, grace)
+    else:
+        _close_all(first.fds)
+        if first.signalled:
+            await _wait_empty(leaf, grace)
+    return await _kill(leaf, seconds, first.signalled)
