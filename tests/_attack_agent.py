@@ -37,6 +37,15 @@ _MIGRATE = (
     "os.setsid()\n"
     "while True: time.sleep(3600)\n"
 )
+#: the same, after re-``exec``ing itself with an owner tag naming itself (its pid and start
+#: ticks survive ``exec``): a live "owner" that is the launch itself
+_MIGRATE_SELF_OWNER = (
+    "import os, sys\n"
+    "st = open('/proc/self/stat', 'rb').read()\n"
+    "ticks = int(st[st.rfind(b')') + 1:].split()[19])\n"
+    "env = dict(os.environ, OPENCLAW_ACPX_OWNER='%d:%d:0.000' % (os.getpid(), ticks))\n"
+    "os.execve(sys.executable, [sys.executable, '-c', {migrate!r}, *sys.argv[1:]], env)\n"
+)
 #: tags kept, a session of its own, then the main thread ends (``pthread_exit``) while another
 #: runs on: the process reads as a zombie (state Z, no command line, no environment through
 #: its leader) and is alive
@@ -47,7 +56,7 @@ _LEADER_EXIT = (
     "ctypes.CDLL(None).pthread_exit(None)\n"
 )
 VARIANTS = ("hopper", "hopper-ignterm", "hopper-setsid-each", "setsid-envclear",
-            "daemon-emptyenv", "migrate-out", "leader-exit")
+            "daemon-emptyenv", "migrate-out", "migrate-out-self-owner", "leader-exit")
 
 
 def start(variant: str, marker: str) -> None:
@@ -64,6 +73,8 @@ def start(variant: str, marker: str) -> None:
         subprocess.Popen([py, "-c", _SLEEP, marker], env={}, start_new_session=True, **kw)
     elif variant == "migrate-out":  # leaves its leaf cgroup for $ACPX_ATTACK_CGROUP, tags kept
         subprocess.Popen([py, "-c", _MIGRATE, marker], **kw)
+    elif variant == "migrate-out-self-owner":
+        subprocess.Popen([py, "-c", _MIGRATE_SELF_OWNER.format(migrate=_MIGRATE), marker], **kw)
     elif variant == "leader-exit":
         subprocess.Popen([py, "-c", _LEADER_EXIT, marker], **kw)
     elif variant == "daemon-emptyenv":

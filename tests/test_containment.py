@@ -232,17 +232,19 @@ async def test_process_group_mode_limit(tmp_path: Path, variant: str) -> None:
 
 
 @needs_cgroup
+@pytest.mark.parametrize("variant", ["migrate-out", "migrate-out-self-owner"])
 async def test_a_process_that_moves_out_of_its_leaf_is_caught_by_the_next_sweep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
 ) -> None:
     """The one way out of a leaf: write its own pid into another ``cgroup.procs`` (ours: it
     runs as our uid).  Close cannot see it (it is no member any more), but it keeps its
-    tags and its lease is final: the service's periodic sweep (the second net) kills it;
-    a decoy with the same command line survives."""
+    tags and its lease is final: the service's periodic sweep (the second net) kills it,
+    also when it first made its owner tag name itself (a launch is no owner); a decoy with
+    the same command line survives."""
     monkeypatch.setenv("ACPX_ATTACK_CGROUP", str(PROBE.path))
     marker = new_marker()
     decoys = Decoys(marker, "lease-decoy")
-    agent = shlex.join([sys.executable, AGENT, "migrate-out", marker, "0.2"])
+    agent = shlex.join([sys.executable, AGENT, variant, marker, "0.2"])
     try:
         with cleanup_marker(marker, ()), trio.fail_after(60):
             async with open_runtime_service(

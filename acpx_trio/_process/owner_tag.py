@@ -61,12 +61,19 @@ def owner_alive_elsewhere(
     """Whether ``p`` names (by its owner tag) an owner that is alive, under our uid, and is
     not us — proven by pid + start ticks (or create time) in the same scan ``by_pid``.  Then a
     tag sweep leaves ``p`` alone: that owner closes it, or its watchdog / the next start-up
-    does once it dies.  No tag, a malformed one, a dead owner or a reused pid: ``False``."""
+    does once it dies.  No tag, a malformed one, a dead owner or a reused pid: ``False``.
+
+    An owner is a runtime, never one of the launches of this gateway: a process that
+    carries this gateway's lease tags (``p`` itself, re-``exec``ed with an owner tag naming
+    itself, or two launches naming each other) protects nothing."""
     tag = parse_owner_tag(p.owner)
     if tag is None or tag.pid == self_pid:
         return False
     owner = by_pid.get(tag.pid)
-    return owner is not None and owner.uid == self_uid and tag.names(owner)
+    if owner is None or owner.uid != self_uid or not tag.names(owner):
+        return False
+    return not (owner.lease_id is not None
+                and owner.gateway_instance_id == p.gateway_instance_id)
 
 
 def names_owner(p: ProcessInfo, owner: OwnerTag) -> bool:
