@@ -186,3 +186,35 @@ async def test_a_frozen_leaf_lets_no_member_change_its_uid(tmp_path: Path) -> No
             os.kill(proc.pid, signal.SIGKILL)
         await proc.wait()
         assert await kill_leaf(leaf, 1.0)
+
+
+_SELF_IN_LEAF = r"""
+import os, subprocess, sys, time, trio
+from acpx_trio._process.cgroup import make_leaf, tree_members
+from acpx_trio._process.leaf_end import kill_leaf
+here = open("/proc/self/cgroup").read().split("::", 1)[1].strip()
+mount = sys.argv[1]
+leaf = make_leaf("gw-other-user", f"self-{os.getpid()}")
+sleeper = subprocess.Popen(["sleep", "600"])
+with open(os.path.join(leaf, "cgroup.procs"), "w") as fh:  # someone moves us in
+    fh.write(str(os.getpid()))
+with open(os.path.join(leaf, "cgroup.procs"), "w") as fh:
+    fh.write(str(sleeper.pid))
+print("kept" if not trio.run(kill_leaf, leaf, 1.0) else "emptied", sleeper.wait(), flush=True)
+with open(mount + here + "/cgroup.procs", "w") as fh:  # back where we were
+    fh.write(str(os.getpid()))
+print(trio.run(kill_leaf, leaf, 1.0), flush=True)
+"""
+
+
+def test_a_leaf_kill_never_signals_the_process_doing_it(tmp_path: Path) -> None:
+    """The process ending a leaf is never one of the processes it signals, even when
+    someone moved it into that leaf: its other members die, it lives, the leaf stays until
+    it has left, and then goes."""
+    from acpx_trio._process.cgroup import _cgroup2_mount
+
+    mount = _cgroup2_mount()
+    assert mount is not None
+    done = subprocess.run([sys.executable, "-c", _SELF_IN_LEAF, str(mount)], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.stdout.split() == ["kept", "-9", "True"], (done.stdout, done.stderr)

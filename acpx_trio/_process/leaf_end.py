@@ -8,12 +8,12 @@ Guarantees:
 * No process that is not a member of the leaf at the moment it is signalled is hit: each
   is pinned with a pidfd, then its membership re-read.
 * **Another user's process is never signalled**, even inside our leaf (a descendant that
-  changed its real uid: run by a root agent, or by ``sudo``).  Every signal goes out with
-  the leaf frozen (``cgroup.freeze``: no member runs, so none forks, execs or changes its
-  uid between the check and the signal; a fatal signal still ends a frozen process).
-  ``cgroup.kill`` is written only when every member is ours; otherwise ours get
-  ``SIGKILL`` one by one (frozen, they cannot fork meanwhile) and the other user's process
-  keeps the leaf (:attr:`LeafEnd.foreign`).
+  changed its real uid: run by a root agent, or by ``sudo``), **nor this process** (moved
+  in by someone else).  Every signal goes out with the leaf frozen (``cgroup.freeze``: no
+  member runs, so none forks, execs or changes its uid between the check and the signal;
+  a fatal signal still ends a frozen process).  ``cgroup.kill`` is written only when every
+  member is ours to signal; otherwise ours get ``SIGKILL`` one by one (frozen, they cannot
+  fork meanwhile) and the others keep the leaf (:attr:`LeafEnd.spared`).
 * Cancellable: the leaf is then left as it is, thawed.
 
 Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread).  Linux only.
@@ -52,12 +52,18 @@ def _real_uid(pid: int) -> int | None:
 
 class _Members(msgspec.Struct, kw_only=True):
     """What :func:`_signal_members` did: the pids ``signalled`` (with a pidfd each in
-    ``fds``, pinning them, for the caller to wait on and close) and the members of another
-    user (``foreign``), never signalled."""
+    ``fds``, pinning them, for the caller to wait on and close) and the members never
+    signalled (``spared``: another user's processes, or this process)."""
 
     signalled: list[int] = []
     fds: list[int] = []
-    foreign: list[int] = []
+    spared: list[int] = []
+
+
+def _ours(pid: int, me: int) -> bool | None:
+    """Whether ``pid`` is ours to signal: our real uid, not this process (``None``: gone)."""
+    uid = _real_uid(pid)
+    return None if uid is None else uid == me and pid != os.getpid()
 
 
 def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
@@ -65,9 +71,9 @@ def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
 
     A pid is pinned with a pidfd first and signalled only if, after that, it is still a
     member and still ours: a member that exited and whose pid was reused is never hit, nor
-    is another user's process (a descendant that changed its uid).  Call it with the leaf
-    frozen (:func:`_frozen`) so that no member changes its uid between the check and the
-    signal.  Blocking."""
+    is another user's process (a descendant that changed its uid), nor this process.  Call
+    it with the leaf frozen (:func:`_frozen`) so that no member changes its uid between the
+    check and the signal.  Blocking."""
     me = os.getuid()
     out = _Members()
     for pid in tree_members(leaf):
@@ -79,9 +85,9 @@ def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
         try:
             if not member_of(pid, leaf):
                 continue
-            if _real_uid(pid) != me:
+            if not _ours(pid, me):
                 if member_of(pid, leaf):  # not a pid reused by a non-member since
-                    out.foreign.append(pid)
+                    out.spared.append(pid)
                 continue
             signal.pidfd_send_signal(fd, sig)
             out.signalled.append(pid)
@@ -173,7 +179,13 @@ FREEZE_SECONDS = 0.5
 async def _frozen(leaf: str) -> AsyncIterator[None]:
     """The leaf frozen for the body (no member runs: none forks, execs or changes its uid;
     a fatal signal still ends one), thawed after it whatever happens.  If the freeze does
-    not complete within :data:`FREEZE_SECONDS` the body runs anyway."""
+    not complete within :data:`FREEZE_SECONDS` the body runs anyway, and so it does
+    unfrozen when this process is in the leaf (someone moved it in: it would freeze
+    itself)."""
+    if member_of(os.getpid(), leaf):
+        await trio.lowlevel.checkpoint()
+        yield
+        return
     _set_frozen(leaf, True)  # a kernel attribute: no I/O
     try:
         await _wait_event(leaf, "frozen", True, FREEZE_SECONDS)
@@ -183,12 +195,12 @@ async def _frozen(leaf: str) -> AsyncIterator[None]:
 
 
 def _write_kill(leaf: str) -> _Members:
-    """``cgroup.kill`` on ``leaf`` if every member runs under our real uid (the members
-    killed); else ``SIGKILL`` to each member that does, pinned (:func:`_signal_members`),
-    and the others reported as ``foreign``.  Call it with the leaf frozen.  Blocking."""
+    """``cgroup.kill`` on ``leaf`` if every member is ours to signal (the members killed);
+    else ``SIGKILL`` to each member that is, pinned (:func:`_signal_members`), and the
+    others reported as ``spared``.  Call it with the leaf frozen.  Blocking."""
     members = tree_members(leaf)
     me = os.getuid()
-    if any(_real_uid(pid) not in (me, None) for pid in members):
+    if any(_ours(pid, me) is False for pid in members):
         return _signal_members(leaf, signal.SIGKILL, keep_fds=True)
     with contextlib.suppress(FileNotFoundError), open(
             os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
@@ -199,12 +211,12 @@ def _write_kill(leaf: str) -> _Members:
 class LeafEnd(msgspec.Struct, frozen=True, kw_only=True):
     """How a leaf ended: ``members`` seen in it (signalled or killed), ``emptied``: it held
     no process at the end (then it was removed), ``left``: members still in it if not,
-    ``foreign``: those of them that run under another user's uid (never signalled)."""
+    ``spared``: those of them never signalled (another user's processes, or this process)."""
 
     members: list[int] = []
     emptied: bool = True
     left: list[int] = []
-    foreign: list[int] = []
+    spared: list[int] = []
 
 
 def _close_all(fds: list[int]) -> None:
@@ -230,12 +242,12 @@ async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
         async with _frozen(leaf):
             killed = await trio.to_thread.run_sync(_write_kill, leaf)
     members = list(dict.fromkeys([*seen, *killed.signalled]))
-    if killed.foreign:  # another user's process keeps the leaf: wait for ours only
+    if killed.spared:  # a process not ours to signal keeps the leaf: wait for ours only
         await _wait_pidfds(killed.fds, seconds)
         left = await trio.to_thread.run_sync(tree_members, leaf)
         if left:
             return LeafEnd(members=members, emptied=False, left=left,
-                           foreign=[p for p in killed.foreign if p in left])
+                           spared=[p for p in killed.spared if p in left])
     else:
         _close_all(killed.fds)
     if not await _wait_empty(leaf, seconds):
@@ -266,13 +278,14 @@ async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
     most ``seconds`` more for the leaf to empty; then it is removed.  A leaf that does not
     empty stays (``emptied=False``) for the next reap.  Every signal goes out with the leaf
     frozen, so a member cannot change its uid between the check and the signal: another
-    user's process is never signalled, and keeps the leaf (``foreign``).  Cancellable."""
+    user's process (or this process) is never signalled, and keeps the leaf (``spared``).
+    Cancellable."""
     first = _Members()
     if leaf_populated(leaf):
         async with _frozen(leaf):
             first = await trio.to_thread.run_sync(
                 functools.partial(_signal_members, leaf, signal.SIGTERM, keep_fds=True))
-    if first.foreign:  # another user's process keeps the leaf populated: wait for ours
+    if first.spared:  # a process not ours to signal keeps the leaf populated: wait for ours
         await _wait_pidfds(first.fds, grace)
     else:
         _close_all(first.fds)

@@ -388,17 +388,17 @@ async def _close_contained(
         return CleanupResult()
     await mark_closing()  # before any signal
     end = await terminate_leaf(leaf, grace, max(grace, 1.0) + 1.0)
-    if proc.returncode is None and proc.pid not in end.foreign:
+    if proc.returncode is None and proc.pid not in end.spared:
         # our direct child (in the leaf, so already killed): reap it
         with contextlib.suppress(OSError):
             proc.kill()
         with trio.move_on_after(max(grace, 1.0)):
             await proc.wait()
     if not end.emptied or proc.returncode is None:
-        if end.foreign:
-            log.error("%s %s: leaf cgroup %s holds another user's processes %s, which are "
-                      "never signalled; lease %s stays closing until they exit", what,
-                      proc.pid, leaf, end.foreign, lease.lease_id)
+        if end.spared:
+            log.error("%s %s: leaf cgroup %s holds processes that are never signalled "
+                      "(another user's, or this one) %s; lease %s stays closing until they "
+                      "exit", what, proc.pid, leaf, end.spared, lease.lease_id)
         else:
             log.error("%s %s: leaf cgroup %s did not empty (%s); lease %s stays closing for "
                       "the next sweep", what, proc.pid, leaf, end.left, lease.lease_id)
