@@ -213,8 +213,18 @@ def test_a_leaf_kill_never_signals_the_process_doing_it(tmp_path: Path) -> None:
     it has left, and then goes."""
     from acpx_trio._process.cgroup import _cgroup2_mount
 
+    from acpx_trio._process.cgroup import gateway_parent
+
     mount = _cgroup2_mount()
     assert mount is not None
-    done = subprocess.run([sys.executable, "-c", _SELF_IN_LEAF, str(mount)], capture_output=True,
-                          text=True, timeout=30, check=False)
-    assert done.stdout.split() == ["kept", "-9", "True"], (done.stdout, done.stderr)
+    child = subprocess.Popen([sys.executable, "-c", _SELF_IN_LEAF, str(mount)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=30)
+        assert out.split() == ["kept", "-9", "True"], (out, err)
+    finally:
+        child.kill()
+        child.wait()
+        parent = gateway_parent("gw-other-user")
+        if parent is not None:
+            trio.run(kill_leaf, str(parent / f"self-{child.pid}"), 5.0)
