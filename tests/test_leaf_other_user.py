@@ -211,9 +211,7 @@ def test_a_leaf_kill_never_signals_the_process_doing_it(tmp_path: Path) -> None:
     """The process ending a leaf is never one of the processes it signals, even when
     someone moved it into that leaf: its other members die, it lives, the leaf stays until
     it has left, and then goes."""
-    from acpx_trio._process.cgroup import _cgroup2_mount
-
-    from acpx_trio._process.cgroup import gateway_parent
+    from acpx_trio._process.cgroup import _cgroup2_mount, gateway_parent
 
     mount = _cgroup2_mount()
     assert mount is not None
