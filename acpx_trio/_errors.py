@@ -92,13 +92,23 @@ def _replace(value: Any, known: tuple[str, ...]) -> Any:
     return value
 
 
-def _prefix_pattern(secret: str) -> str:
-    """A regex for any non-empty proper prefix of ``secret``."""
-    chars = [re.escape(c) for c in secret[:-1]]
-    pattern = ""
-    for c in reversed(chars[1:]):
-        pattern = f"(?:{c}{pattern})?"
-    return chars[0] + pattern
+def _tail_start(text: str, secrets: tuple[str, ...], keep: int) -> int | None:
+    """Where the longest end of ``text`` that is a non-empty proper prefix of a secret
+    starts (at most ``keep`` characters back), or ``None``.  Linear in what it looks at,
+    whatever a secret's length (a regex of nested optional groups, one per character,
+    overflowed the regex compiler's recursion from about 490 characters)."""
+    start = len(text)
+    low = max(0, len(text) - keep)
+    for secret in secrets:
+        first = secret[0]
+        i = text.find(first, low)
+        while i != -1 and i < start:
+            tail = text[i:]
+            if len(tail) < len(secret) and secret.startswith(tail):
+                start = i
+                break
+            i = text.find(first, i + 1)
+    return None if start == len(text) else start
 
 
 class StreamRedactor:
@@ -111,16 +121,11 @@ class StreamRedactor:
     the held tail (the stream ended: it was not a secret).  Without secrets it returns every
     piece unchanged."""
 
-    __slots__ = ("_buf", "_keep", "_secrets", "_tail")
+    __slots__ = ("_buf", "_keep", "_secrets")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = _known(secrets)
         self._buf = ""
-        #: a non-empty proper prefix of a secret, at the end of the text (the leftmost match
-        #: is the longest such tail)
-        self._tail = re.compile(
-            "(?:" + "|".join(map(_prefix_pattern, self._secrets)) + r")\Z"
-            if self._secrets else r"(?!)")
         self._keep = max((len(s) - 1 for s in self._secrets), default=0)
 
     def __bool__(self) -> bool:
@@ -137,12 +142,12 @@ class StreamRedactor:
         for secret in self._secrets:
             if secret in buf:
                 buf = buf.replace(secret, REDACTED)
-        m = self._tail.search(buf, max(0, len(buf) - self._keep))
-        if m is None:
+        start = _tail_start(buf, self._secrets, self._keep)
+        if start is None:
             self._buf = ""
             return buf
-        self._buf = buf[m.start():]
-        return buf[: m.start()]
+        self._buf = buf[start:]
+        return buf[:start]
 
     def clean(self, text: str) -> bool:
         """Whether ``text``, fed now, would come out unchanged and hold nothing back (no
@@ -151,7 +156,7 @@ class StreamRedactor:
             return False
         if any(secret in text for secret in self._secrets):
             return False
-        return self._tail.search(text, max(0, len(text) - self._keep)) is None
+        return _tail_start(text, self._secrets, self._keep) is None
 
     def flush(self) -> str:
         out, self._buf = self._buf, ""

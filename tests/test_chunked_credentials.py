@@ -58,6 +58,32 @@ def test_no_split_of_the_text_lets_a_secret_through(
     assert secret not in out
 
 
+@given(st.text(alphabet="abc", max_size=40), st.integers(300, 3000),
+       st.lists(st.integers(0, 8000), max_size=12))
+def test_a_long_credential_is_redacted_in_any_split(text: str, size: int, cuts: list[int]) -> None:
+    """A credential of hundreds or thousands of characters (a cloud session token): no
+    crash (a regex nested once per character overflowed from about 490), and the joined
+    output is the one-shot redaction."""
+    secret = ("AbC9" * (size // 4 + 1))[:size]
+    whole = f"{text}{secret}{text}{secret[: size // 2]}"
+    r = StreamRedactor([secret])
+    out = "".join(r.feed(p) for p in _pieces(whole, cuts)) + r.flush()
+    assert out == whole.replace(secret, REDACTED)
+    assert r.clean("ab") and not r.clean(secret[:10])
+
+
+@given(st.text(alphabet="ab", max_size=30),
+       st.lists(st.text(alphabet="ab", min_size=4, max_size=7), min_size=2, max_size=3),
+       st.lists(st.integers(0, 60), max_size=12))
+def test_no_split_lets_any_of_several_secrets_through(
+    text: str, secrets: list[str], cuts: list[int]
+) -> None:
+    whole = f"{text}{secrets[0]}{text}{secrets[-1]}{text}"
+    r = StreamRedactor(secrets)
+    out = "".join(r.feed(p) for p in _pieces(whole, cuts)) + r.flush()
+    assert not any(secret in out for secret in secrets)
+
+
 @given(st.text(max_size=200), st.lists(st.integers(0, 300), max_size=20))
 def test_without_secrets_every_piece_passes_unchanged(text: str, cuts: list[int]) -> None:
     r = StreamRedactor([])
@@ -161,6 +187,19 @@ def test_exec_json_never_carries_a_split_credential(tmp_path: Path) -> None:
                    state_dir=tmp_path, env={"ACPX_AUTH_SOMETHING": SECRET})
     assert done.returncode == 0, done.stderr
     assert SECRET not in done.stdout and REDACTED in done.stdout
+
+
+def test_a_cloud_session_token_long_as_they_come_neither_crashes_nor_leaks(
+    tmp_path: Path,
+) -> None:
+    """A credential of 1,200 characters (``AWS_SESSION_TOKEN`` is often this long) made every
+    turn crash with a RecursionError; split across chunks, it is still redacted."""
+    token = ("Fw0GZXIvYXdzEBAaD" * 80)[:1200]
+    done = run_cli("exec", "--agent-command", MOCK, "--json",
+                   f"/split {CUTS} the key is {token} ok", state_dir=tmp_path,
+                   env={"AWS_SESSION_TOKEN": token})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert token[:40] not in done.stdout and REDACTED in done.stdout
 
 
 async def test_a_short_environment_credential_is_named_in_a_warning_never_shown(
