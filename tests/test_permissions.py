@@ -181,6 +181,39 @@ async def test_reads_honour_line_and_limit(tree: Path) -> None:
     assert info.value.rpc_code == -32002
 
 
+async def test_a_file_that_grows_after_its_size_check_is_still_capped(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size is checked, then the file read: one that grew in between (an agent writing
+    to it once it sees the open) was returned whole, 16 times the cap (7 of 30 races).
+    Here the size check sees the file as it was before it grew."""
+    from acpx_trio._runtime import permissions
+
+    big = tree / "grows.txt"
+    big.write_bytes(b"x" * (permissions.MAX_READ_BYTES + 10))
+    real_fstat = os.fstat
+
+    def before_it_grew(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if st.st_size <= permissions.MAX_READ_BYTES:
+            return st
+        fields = list(st)
+        fields[6] = 10  # st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", before_it_grew)
+    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"))
+    with pytest.raises(AcpRuntimeError) as info:
+        await gate.read_text_file(ReadTextFileRequest(session_id="s", path=str(big)))
+    assert "larger than" in info.value.message
+    monkeypatch.undo()
+    small = tree / "crlf.txt"
+    small.write_bytes(b"a\r\nb\rc\n\xff")  # read as a text-mode read decodes it
+    content = (await gate.read_text_file(
+        ReadTextFileRequest(session_id="s", path=str(small)))).content
+    assert content == "a\nb\nc\n\ufffd"
+
+
 async def test_reads_denied_under_deny_all(tree: Path) -> None:
     gate = FsGate(str(tree), PermissionPolicy("deny-all", "deny"))
     with pytest.raises(AcpRuntimeError) as info:

@@ -197,6 +197,32 @@ async def test_fs_confinement_end_to_end(env: RuntimeEnv) -> None:
         assert outside.read_text() == "secret"
 
 
+async def test_a_session_cwd_replaced_by_a_symlink_leads_nowhere(env: RuntimeEnv) -> None:
+    """The agent renames the session cwd away and puts a symlink to an outside directory in
+    its place: reads, writes and terminals through that path are refused, not followed
+    (30 of 30 each went outside before); a session ensured there afresh starts anew."""
+    cwd = env.workspace
+    outside = env.root / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("OUTSIDE")
+    (cwd / "notes.txt").write_text("inside")
+    async with env.runtime(permissionMode="approve-all") as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+
+            async def say(text: str) -> str:
+                return output(await run(rt, handle, text))
+
+            assert await say(f"/read {cwd}/notes.txt") == "inside"
+            cwd.rename(env.root / "moved-away")
+            cwd.symlink_to(outside)
+            for line in (f"/read {cwd}/notes.txt", f"/write {cwd}/new.txt x",
+                         "/terminal pwd"):
+                assert "no longer the directory" in await say(line), line
+            assert not (outside / "new.txt").exists()
+            assert (outside / "notes.txt").read_text() == "OUTSIDE"
+
+
 async def test_fs_writes_follow_permission_mode(env: RuntimeEnv) -> None:
     cwd = env.workspace
     async with env.runtime(permissionMode="deny-all") as rt:

@@ -59,7 +59,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
-from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, FsGate, PermissionPolicy
+from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, DirId, FsGate, PermissionPolicy
 from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
 from acpx_trio._runtime.update_map import (
@@ -96,6 +96,7 @@ class LiveSession:
         policy: PermissionPolicy,
         on_turn_failure: Callable[[LiveSession, AcpRuntimeError], None],
         logger: Logger | None = None,
+        cwd_id: DirId | None = None,
     ) -> None:
         self.session_key = session_key
         self.spec = spec
@@ -106,7 +107,7 @@ class LiveSession:
         self.policy = policy
         self.log = logger or _log
         self._on_turn_failure = on_turn_failure
-        self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn)
+        self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn, cwd_id=cwd_id)
         #: ``False`` (config ``fs: false``): ``fs/*`` requests are refused (-32601).
         self.fs_enabled = True
         self.process: AgentProcess | None = None

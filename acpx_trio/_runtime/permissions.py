@@ -15,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -42,11 +43,13 @@ __all__ = [
     "INVALID_PARAMS",
     "PERMISSION_DENIED_RPC",
     "RESOURCE_NOT_FOUND",
+    "DirId",
     "FsGate",
     "PermissionDecision",
     "PermissionPolicy",
     "PermissionStats",
     "confined_relative",
+    "dir_identity",
     "open_dir_in_cwd",
     "open_in_cwd",
     "prompt_unavailable_error",
@@ -216,12 +219,27 @@ def confined_relative(raw: str, cwd: str) -> str:
     raise _refuse(f"path {raw!r} is outside the session working directory {cwd}")
 
 
+#: A directory's identity: ``(st_dev, st_ino)``.
+DirId = tuple[int, int]
+
+
+def dir_identity(path: str) -> DirId | None:
+    """The identity of directory ``path`` (followed), or ``None`` if it is none.  Blocking."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
 def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
-                make_parents: bool = False) -> int:
+                make_parents: bool = False, cwd_id: DirId | None = None) -> int:
     """An fd for ``raw`` opened beneath ``cwd`` in one step (see :mod:`.beneath`): a symlink
     or ``..`` that would leave ``cwd`` — even one swapped in while we open — is refused
-    (``ACP_FS_REFUSED``), never followed.  ``make_parents`` creates missing directories,
-    each beneath its parent.  Blocking."""
+    (``ACP_FS_REFUSED``), never followed.  ``cwd_id``: the identity ``cwd`` had when the
+    session started; a ``cwd`` that is another directory now (the agent renamed it away and
+    put a symlink, or another directory, in its place) is refused.  ``make_parents``
+    creates missing directories, each beneath its parent.  Blocking."""
     rel = confined_relative(raw, cwd)
     parent, name = os.path.split(rel)
     try:
@@ -229,6 +247,11 @@ def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
     except OSError as exc:
         raise _refuse(f"session working directory {cwd}: {exc.strerror}") from None
     try:
+        if cwd_id is not None:
+            st = os.fstat(root)
+            if (st.st_dev, st.st_ino) != cwd_id:
+                raise _refuse(f"session working directory {cwd} is no longer the directory "
+                              "the session started in (it was replaced)")
         if not make_parents or not parent:
             return open_beneath(root, rel, flags, mode)
         dirfd = open_dir_beneath(root, parent, create=True)
@@ -245,10 +268,10 @@ def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
         os.close(root)
 
 
-def open_dir_in_cwd(raw: str, cwd: str) -> int:
+def open_dir_in_cwd(raw: str, cwd: str, cwd_id: DirId | None = None) -> int:
     """A directory fd for ``raw`` beneath ``cwd`` (as :func:`open_in_cwd`).  Blocking."""
     try:
-        return open_in_cwd(raw, cwd, os.O_RDONLY | os.O_DIRECTORY)
+        return open_in_cwd(raw, cwd, os.O_RDONLY | os.O_DIRECTORY, cwd_id=cwd_id)
     except NotADirectoryError:
         raise _refuse(f"{raw!r} is not a directory") from None
     except FileNotFoundError:
@@ -271,16 +294,22 @@ def _checked_regular(fd: int, raw: str) -> int:
     return fd
 
 
-def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None) -> str:
+def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None,
+                cwd_id: DirId | None) -> str:
     try:
-        fd = _checked_regular(open_in_cwd(raw, cwd, os.O_RDONLY | os.O_NONBLOCK), raw)
-        with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
-            if os.fstat(fd).st_size > MAX_READ_BYTES:
+        fd = _checked_regular(
+            open_in_cwd(raw, cwd, os.O_RDONLY | os.O_NONBLOCK, cwd_id=cwd_id), raw)
+        with os.fdopen(fd, "rb") as fh:
+            # the size is checked first and the read bounded too: the file may grow between
+            too_big = os.fstat(fd).st_size > MAX_READ_BYTES
+            data = b"" if too_big else fh.read(MAX_READ_BYTES + 1)
+            if too_big or len(data) > MAX_READ_BYTES:
                 raise _refuse(
                     f"file {raw} is larger than {MAX_READ_BYTES} bytes; read it in parts",
                     INVALID_PARAMS,
                 )
-            text = fh.read()
+        # as a text-mode read decodes it (universal newlines)
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace").read()
     except FileNotFoundError:
         raise _refuse(f"file not found: {raw}", RESOURCE_NOT_FOUND) from None
     except IsADirectoryError:
@@ -295,11 +324,11 @@ def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None) -> str:
     return "".join(lines[start:end])
 
 
-def _write(raw: str, cwd: str, content: str) -> None:
+def _write(raw: str, cwd: str, content: str, cwd_id: DirId | None) -> None:
     try:
         # O_TRUNC only after the regular-file check (a FIFO or device is refused untouched).
         fd = _checked_regular(open_in_cwd(raw, cwd, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK,
-                                          make_parents=True), raw)
+                                          make_parents=True, cwd_id=cwd_id), raw)
         os.ftruncate(fd, 0)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(content)
@@ -323,8 +352,11 @@ class FsGate:
         policy: PermissionPolicy,
         *,
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
+        cwd_id: DirId | None = None,
     ) -> None:
         self.cwd = cwd
+        #: what ``cwd`` was when the session started (:func:`dir_identity`)
+        self.cwd_id = cwd_id
         self.policy = policy
         self._on_turn_failure = on_turn_failure
 
@@ -339,7 +371,7 @@ class FsGate:
         if request.limit is not None and request.limit < 0:
             raise _refuse(f"limit must be >= 0, got {request.limit}")
         content = await trio.to_thread.run_sync(
-            _read_slice, request.path, self.cwd, request.line, request.limit)
+            _read_slice, request.path, self.cwd, request.line, request.limit, self.cwd_id)
         return ReadTextFileResponse(content=content)
 
     async def write_text_file(self, request: WriteTextFileRequest) -> EmptyResponse:
@@ -355,5 +387,6 @@ class FsGate:
                 '"approve-all" to allow writes',
                 PERMISSION_DENIED_RPC,
             )
-        await trio.to_thread.run_sync(_write, request.path, self.cwd, request.content)
+        await trio.to_thread.run_sync(_write, request.path, self.cwd, request.content,
+                                      self.cwd_id)
         return EmptyResponse()

@@ -225,14 +225,15 @@ class AcpxRuntime:
         self._check_open()
         key = validate_ensure_args(session_key, agent, mode)
         spec = self.agents.resolve(agent)
-        work_dir = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
-        if work_dir is None:
+        resolved = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
+        if resolved is None:
             wanted = str(PurePath(self.config.cwd, cwd or ""))
             raise AcpRuntimeError(
                 "ACP_SESSION_INIT_FAILED",
                 f"ACP session cwd {wanted!r} is not a directory"
                 + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
+        work_dir, work_id = resolved
         async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
@@ -242,6 +243,7 @@ class AcpxRuntime:
                     and not live.fresh_requested
                     and live.spec.name == spec.name
                     and live.cwd == work_dir
+                    and live.fs.cwd_id == work_id  # not a directory put in its place since
                     and resume_session_id in (None, live.backend_session_id)
                 )
                 if reusable:
@@ -255,7 +257,7 @@ class AcpxRuntime:
                     load_id = record.backend_session_id
             try:
                 session = await start_live_session(
-                    self._factory, key, spec, mode, work_dir, load_id)
+                    self._factory, key, spec, mode, work_dir, load_id, work_id)
                 try:
                     await self.session_store.save(session.record())
                     self._check_open()

@@ -65,6 +65,7 @@ from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
     PERMISSION_DENIED_RPC,
+    DirId,
     PermissionPolicy,
     open_dir_in_cwd,
 )
@@ -141,11 +142,11 @@ def _argv(request: CreateTerminalRequest) -> list[str]:
     return [request.command, *request.args]
 
 
-def _open_cwd(raw: str | None, cwd: str) -> int:
+def _open_cwd(raw: str | None, cwd: str, cwd_id: DirId | None) -> int:
     """A directory fd of the terminal's cwd, opened beneath the session cwd in one step; the
     command is started in *that* directory (``/proc/self/fd/N``), so swapping a directory
     for a symlink after this check cannot move it outside."""
-    return open_dir_in_cwd(cwd if raw is None else raw, cwd)
+    return open_dir_in_cwd(cwd if raw is None else raw, cwd, cwd_id)
 
 
 class Terminal:
@@ -322,8 +323,11 @@ class TerminalManager:
         logger: Logger | None = None,
         output_budget: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES,
         containment: ContainmentMode = DEFAULT_CONTAINMENT,
+        cwd_id: DirId | None = None,
     ) -> None:
         self.output_budget = output_budget
+        #: what ``cwd`` was when the session started: a replaced cwd is refused
+        self.cwd_id = cwd_id
         self.containment: ContainmentMode = containment
         self.session_key = session_key
         self.cwd = cwd
@@ -394,7 +398,7 @@ class TerminalManager:
                 f"({self.output_budget}); release a terminal or ask a smaller outputByteLimit")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
         env = {**inherited, **{v.name: v.value for v in request.env}}
-        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd)
+        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd, self.cwd_id)
         term = Terminal(
             terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd_fd=cwd_fd, env=env,
             output_limit=limit, owner=self,
