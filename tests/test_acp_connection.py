@@ -315,6 +315,23 @@ async def test_junk_lines_are_tolerated_then_fatal() -> None:
             await h.conn.request("m", {}, EmptyResponse)
 
 
+async def test_a_junk_line_is_redacted_before_it_is_cut_for_display() -> None:
+    """A credential across the 80-byte preview (or the 200 bytes kept): the cut must not
+    leave its first part (20 of 32 characters were shown before)."""
+    secret = "sk-live-0123456789abcdefghijklmnop"
+    async with connected(max_junk_lines=1) as h:
+        h.conn.redact_secrets = (secret,)
+        box = await start_request(h, "m", EmptyResponse)
+        await h.peer.recv()
+        await h.peer.send(b"J" * 60 + secret.encode() + b"\n")
+        await h.peer.send(b"\xff" * 170 + secret.encode() + b"\n")  # the 2nd: fatal
+        await trio.testing.wait_all_tasks_blocked()
+        shown = [w.message for w in h.warnings] + [str(h.serve_error), str(box[0])]
+        assert all(secret[:8] not in text for text in shown), shown
+        assert all(secret[:8].encode() not in line for line in h.conn.last_junk)
+        assert h.conn.last_junk[-1].startswith(b"\xff" * 170)  # undecodable bytes kept
+
+
 async def test_oversized_line_is_fatal_and_fails_pending() -> None:
     async with connected(max_line_bytes=1000) as h:
         box = await start_request(h, "m", EmptyResponse)

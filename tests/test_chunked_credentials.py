@@ -214,3 +214,25 @@ async def test_a_short_environment_credential_is_named_in_a_warning_never_shown(
             assert output(await run(rt, handle, "/env TINY")) == "TINY=set(3)"
     warned = [r.getMessage() for r in caplog.records if "shorter than 4" in r.getMessage()]
     assert warned and "TINY" in warned[0] and "q7z" not in warned[0]
+
+
+def test_the_stderr_tail_never_starts_inside_a_credential(tmp_path: Path) -> None:
+    """The kept stderr loses its start once it outgrows its bound: the cut may fall inside a
+    credential, whose end was shown (20 characters before).  Redacted first, the cut
+    line dropped: nothing of it is left; a whole one later in the tail is redacted."""
+    from acpx_trio._process.agent import STDERR_TAIL_BYTES, AgentProcess, AgentSpawn
+    from acpx_trio._store.leases import LeaseStore
+
+    proc = AgentProcess(
+        AgentSpawn(argv=("true",), cwd=str(tmp_path), session_key="s",
+                   gateway_instance_id="gw"),
+        lease_store=LeaseStore(tmp_path / "state"), secrets=(SECRET,))
+    before = f"key {SECRET} end\n" + "x" * (STDERR_TAIL_BYTES - 100) + f"\nagain {SECRET}\n"
+    proc._stderr = bytearray(before.encode()[12:])  # the trim cut into the first credential
+    proc._stderr_cut = True
+    tail = proc.stderr_tail()
+    assert SECRET[10:] not in tail and SECRET[-6:] not in tail
+    assert tail.endswith(f"again {REDACTED}\n")
+    proc._stderr_cut = False  # the whole stderr, as the agent wrote it
+    proc._stderr = bytearray(f"one {SECRET}\n".encode())
+    assert proc.stderr_tail() == f"one {REDACTED}\n"

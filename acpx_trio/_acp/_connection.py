@@ -410,8 +410,16 @@ class AcpConnection:
             message = f"{_MAX_WARNINGS} warnings from this agent; further ones are dropped"
         self._on_warning(AcpProtocolError(redact(message, self.redact_secrets), code=code))
 
+    def _shown(self, line: bytes) -> bytes:
+        """``line`` with credentials redacted before any cut for display (a cut must not
+        leave part of one); byte-exact where it holds none."""
+        text = line.decode("utf-8", "surrogateescape")
+        clean = redact(text, self.redact_secrets)
+        return line if clean == text else clean.encode("utf-8", "surrogateescape")
+
     def _junk(self, line: bytes, reason: str) -> None:
         self._junk_lines += 1
+        line = self._shown(line)
         self._last_junk.append(line[:_JUNK_BYTES])
         preview = line[:80]
         if self._junk_lines > self._max_junk_lines:

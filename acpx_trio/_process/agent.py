@@ -156,6 +156,8 @@ class AgentProcess:
         self._cleanup_started = False
         self._run_entered = False
         self._stderr = bytearray()
+        #: the buffer lost its start (trimmed): its first line may be part of one
+        self._stderr_cut = False
 
     # ------------------------------------------------------------------ state
 
@@ -188,9 +190,15 @@ class AgentProcess:
 
     def stderr_tail(self) -> str:
         """The last (at most 16 KiB of) stderr, decoded leniently, with credentials redacted
-        (the ones handed to the agent and anything that looks like one)."""
-        return redact(bytes(self._stderr[-STDERR_TAIL_BYTES:]).decode("utf-8", "replace"),
-                      self._secrets)
+        (the ones handed to the agent and anything that looks like one) before it is cut, so
+        no cut leaves part of one: where the kept stderr lost its start, its first line (it
+        may begin inside a credential) is dropped."""
+        raw = bytes(self._stderr)
+        if self._stderr_cut:
+            newline = raw.find(b"\n")
+            longest = max((len(s.encode()) for s in self._secrets), default=0)
+            raw = raw[newline + 1:] if newline != -1 else raw[longest:]
+        return redact(raw.decode("utf-8", "replace"), self._secrets)[-STDERR_TAIL_BYTES:]
 
     def describe_exit(self) -> str:
         """A sentence on how the agent ended (for error messages)."""
@@ -333,6 +341,7 @@ class AgentProcess:
                 self._stderr += data
                 if len(self._stderr) > 2 * STDERR_TAIL_BYTES:
                     del self._stderr[:-STDERR_TAIL_BYTES]
+                    self._stderr_cut = True
 
     async def _serve(self) -> None:
         assert self.connection is not None
