@@ -71,24 +71,35 @@ def _known(secrets: Iterable[str]) -> tuple[str, ...]:
                          and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
 
 
+#: How deep :func:`replace_secrets` and :func:`redact_value` look into nested JSON; what
+#: lies deeper is replaced whole by :data:`TOO_DEEP` (it cannot be checked: fail closed).
+MAX_REDACT_DEPTH = 64
+#: What a value nested deeper than :data:`MAX_REDACT_DEPTH` reads as.
+TOO_DEEP = "[nested too deeply to check for credentials]"
+
+
 def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
     """Every known secret (exactly, by value) replaced by :data:`REDACTED` in every string of
-    decoded JSON, keys included; nothing is guessed at.  Returns ``value`` itself when it
-    holds none."""
+    decoded JSON, keys included; nothing is guessed at; a list or object nested deeper than
+    :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`.  Returns ``value`` itself when
+    there is no secret to look for."""
     known = _known(secrets)
-    return _replace(value, known) if known else value
+    return _replace(value, known, 0) if known else value
 
 
-def _replace(value: Any, known: tuple[str, ...]) -> Any:
+def _replace(value: Any, known: tuple[str, ...], depth: int) -> Any:
     if isinstance(value, str):
         for secret in known:
             if secret in value:
                 value = value.replace(secret, REDACTED)
         return value
+    if isinstance(value, list | tuple | dict) and depth >= MAX_REDACT_DEPTH:
+        return TOO_DEEP
     if isinstance(value, list | tuple):
-        return [_replace(v, known) for v in value]
+        return [_replace(v, known, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_replace(k, known): _replace(v, known) for k, v in value.items()}
+        return {_replace(k, known, depth + 1): _replace(v, known, depth + 1)
+                for k, v in value.items()}
     return value
 
 
@@ -164,14 +175,21 @@ class StreamRedactor:
 
 
 def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
-    """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too)."""
-    secrets = tuple(secrets)
+    """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too);
+    a list or object nested deeper than :data:`MAX_REDACT_DEPTH` reads as :data:`TOO_DEEP`."""
+    return _redact_value(value, tuple(secrets), 0)
+
+
+def _redact_value(value: Any, secrets: tuple[str, ...], depth: int) -> Any:
     if isinstance(value, str):
         return redact(value, secrets)
+    if isinstance(value, list | dict) and depth >= MAX_REDACT_DEPTH:
+        return TOO_DEEP
     if isinstance(value, list):
-        return [redact_value(v, secrets) for v in value]
+        return [_redact_value(v, secrets, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {redact_value(k, secrets): redact_value(v, secrets) for k, v in value.items()}
+        return {_redact_value(k, secrets, depth + 1): _redact_value(v, secrets, depth + 1)
+                for k, v in value.items()}
     return value
 
 

@@ -21,6 +21,7 @@ from acpx_trio._acp import (
     ReadTextFileResponse,
 )
 from acpx_trio._acp._framing import LineReader
+from acpx_trio._acp._updates import decode_session_update_line, decode_session_update_lines
 from acpx_trio._errors import (
     AcpConnectionClosedError,
     AcpProtocolError,
@@ -330,6 +331,29 @@ async def test_a_junk_line_is_redacted_before_it_is_cut_for_display() -> None:
         assert all(secret[:8] not in text for text in shown), shown
         assert all(secret[:8].encode() not in line for line in h.conn.last_junk)
         assert h.conn.last_junk[-1].startswith(b"\xff" * 170)  # undecodable bytes kept
+
+
+async def test_json_nested_past_the_decoders_limit_is_a_junk_line_not_a_crash() -> None:
+    """msgspec stops at about 1,000 levels with a RecursionError, which killed the read
+    loop (and a warm owner with it): such a line is junk, reported, and the connection
+    serves on."""
+    deep = b"[" * 5000 + b"]" * 5000
+    update = (b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s",'
+              b'"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text",'
+              b'"text":"x"},"_meta":' + deep + b"}}}")
+    seen: list[Any] = []
+    async with connected() as h:
+        h.conn.set_fast_notification_handler(
+            "session/update", decode_session_update_line, seen.extend,
+            decode_batch=decode_session_update_lines)
+        box = await start_request(h, "m", EmptyResponse)
+        request = await h.peer.recv()
+        await h.peer.send(update + b"\n" + deep + b"\n")
+        await h.peer.send(b'{"jsonrpc":"2.0","id":%d,"result":{}}\n' % request["id"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.code for w in h.warnings] == ["ACP_JUNK_LINE"] * 2
+        assert "nested too deeply" in h.warnings[0].message
+        assert box and isinstance(box[0], EmptyResponse) and not h.conn.closed
 
 
 async def test_oversized_line_is_fatal_and_fails_pending() -> None:

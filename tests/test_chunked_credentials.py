@@ -236,3 +236,32 @@ def test_the_stderr_tail_never_starts_inside_a_credential(tmp_path: Path) -> Non
     proc._stderr_cut = False  # the whole stderr, as the agent wrote it
     proc._stderr = bytearray(f"one {SECRET}\n".encode())
     assert proc.stderr_tail() == f"one {REDACTED}\n"
+
+
+async def test_a_transcript_keeps_no_credential_written_with_unicode_escapes(
+    tmp_path: Path,
+) -> None:
+    """An agent that writes a credential's first characters as ``\\uXXXX`` escapes (in a
+    tool call's title, a chunk's metadata) had the raw line stored: decoded, it gave the
+    whole key (30 of 30).  Nested past what can be checked, a message is not kept whole."""
+    from acpx_trio._errors import TOO_DEEP
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET[:6]) + SECRET[6:]
+    lines = [
+        '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+        f'{{"sessionUpdate":"tool_call","toolCallId":"t","title":"key {escaped}"}}}}}}',
+        '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+        '{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"hi"},'
+        f'"_meta":{{"k":"{escaped}"}}}}}}}}',
+        '{"jsonrpc":"2.0","method":"x","params":' + "[" * 200 + f'"{SECRET}"' + "]" * 200 + "}",
+    ]
+    writer = TranscriptWriter(tmp_path / "t.ndjson", credentials=[SECRET])
+    for line in lines:
+        writer.on_message("in", line.encode())
+    await writer.aclose()
+    stored = (tmp_path / "t.ndjson").read_text().splitlines()
+    assert len(stored) == 3
+    for entry in stored:
+        assert SECRET not in json.dumps(json.loads(entry), ensure_ascii=False)
+    assert TOO_DEEP in stored[2]

@@ -371,7 +371,7 @@ class AcpConnection:
                     try:
                         decoded.append(decode(line))
                         continue
-                    except msgspec.MsgspecError:
+                    except (msgspec.MsgspecError, RecursionError):
                         pass  # not the common shape: the generic path decides
                 if decoded:
                     self._fast_deliver(handler, decoded)

@@ -123,6 +123,8 @@ def parse_message(line: bytes) -> Message:
         raise NotJsonRpc(f"not a JSON-RPC message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise NotJsonRpc(f"not JSON: {exc}") from None
+    except RecursionError:  # msgspec's own depth limit (about 1,000 levels)
+        raise NotJsonRpc("JSON nested too deeply") from None
     params = env.params if len(env.params) else _NULL
     if not isinstance(env.method, msgspec.UnsetType):
         if isinstance(env.id, msgspec.UnsetType):

@@ -332,7 +332,7 @@ def decode_session_update_lines(lines: list[bytes]) -> list[SessionUpdateLine] |
         return None
     try:
         messages = _lines_decode(buf)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # the per-line path decides
         return None
     if len(messages) != len(lines):
         return None

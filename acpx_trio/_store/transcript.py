@@ -96,7 +96,7 @@ def _head(raw: bytes) -> _Head | None:
     """The routing fields of a JSON object line; ``None`` if it is not one."""
     try:
         return _head_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not one (or nested past msgspec's limit)
         return None
 
 
@@ -214,7 +214,7 @@ class TranscriptWriter:
                     self._chunk(buf, t, raw, msg, chunk, replay)
                     return
             self._release_held(buf, t)  # another message: a held tail is no credential
-        if self._raw_secrets and any(s in raw for s in self._raw_secrets):
+        if self._raw_secrets and self._may_hold_secret(raw):
             raw = _encoder.encode(replace_secrets(msgspec.json.decode(raw), self._secrets))
         self._entry(buf, t, direction, raw, replay)
 
@@ -232,12 +232,18 @@ class TranscriptWriter:
         redactor = stream[0] if stream is not None else StreamRedactor(self._secrets)
         text = redactor.feed(content["text"])
         self._streams[kind] = (redactor, msg)
-        if text == content["text"] and not any(s in raw for s in self._raw_secrets):
+        if text == content["text"] and not self._may_hold_secret(raw):
             self._entry(buf, t, "in", raw, replay)
             return
         content["text"] = text
         self._entry(buf, t, "in", _encoder.encode(replace_secrets(msg, self._secrets)),
                     replay)
+
+    def _may_hold_secret(self, raw: bytes) -> bool:
+        """Whether the message line ``raw`` may hold a credential: as it is, JSON-escaped as
+        an encoder escapes it, or with any character written as a ``\\u`` escape (then it is
+        decoded to be sure)."""
+        return any(s in raw for s in self._raw_secrets) or b"\\u" in raw
 
     def _release_held(self, buf: bytearray, t: float) -> None:
         """Store every held chunk tail as a chunk of its own (the stream of that kind ended
