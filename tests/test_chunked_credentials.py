@@ -149,6 +149,22 @@ async def test_runtime_events_never_carry_a_split_credential(
     assert not any(SECRET in json.dumps(str(e)) for e in events)
 
 
+async def test_a_credential_in_the_agents_command_line_stays_out_of_its_session_record(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config ``auth`` value or a credential-like variable put in an agent's arguments was
+    written verbatim into ``session-*.json`` (and shown by ``sessions show``)."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", SECRET)
+    auth = "auth-value-0123456789"
+    agent = f"env X={SECRET} Y={auth} {MOCK}"
+    async with env.runtime(agents={"keyed": agent}, auth={"api-key": auth}) as rt:
+        handle = await rt.ensure_session(session_key="k", agent="keyed")
+        assert output(await run(rt, handle, "hi")) == "hi"
+    records = [p.read_text() for p in env.state_dir.rglob("session-*.json")]
+    assert records and all(SECRET not in r and auth not in r for r in records)
+    assert any(f"X={REDACTED}" in r for r in records)
+
+
 # -- through the command line: --json, the transcript, history --------------------------------
 
 

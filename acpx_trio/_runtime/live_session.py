@@ -46,7 +46,7 @@ from acpx_trio._acp import (
     decode_session_update_line,
     decode_session_update_lines,
 )
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, redact
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -161,12 +161,14 @@ class LiveSession:
         )
 
     def record(self) -> SessionRecord:
-        """The persistent record of this session as it is now."""
+        """The persistent record of this session as it is now (a credential in the agent's
+        command line is redacted: records are never a place for one)."""
         proc = self.process
+        secrets = () if proc is None else proc.secrets
         return SessionRecord(
             session_key=self.session_key,
             agent=self.spec.name,
-            agent_command=self.spec.command,
+            agent_command=tuple(redact(arg, secrets) for arg in self.spec.command),
             cwd=self.cwd,
             mode=self.mode,
             backend_session_id=self.backend_session_id,
