@@ -5,6 +5,7 @@ the request answered -32800).  Real bundled agent."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import trio
@@ -55,7 +56,7 @@ _HTTP = {"docs": {"type": "http", "url": "https://mcp.example/docs",
 
 
 async def test_http_and_sse_mcp_servers_reach_an_agent_that_takes_them(env: RuntimeEnv) -> None:
-    agents = {"mcp": {"command": "python3", "args": ["-m", "acpx_trio.testing.mock_agent",
+    agents = {"mcp": {"command": sys.executable, "args": ["-m", "acpx_trio.testing.mock_agent",
                                                       "--mcp-http", "--mcp-sse"]}}
     async with env.runtime(agents=agents, mcpServers=_HTTP) as rt:
         handle = await rt.ensure_session(session_key="k", agent="mcp")
