@@ -39,14 +39,17 @@ NOBODY = 65534
 #: the mock agent.
 _AGENT = r"""
 import os, random, sys, time
-where, race = sys.argv[1], sys.argv[2] == "race"
+where, race, keeps_root = sys.argv[1], sys.argv[2] == "race", sys.argv[2] == "keeps-root"
 if os.fork() == 0:
     if race:
         parent = os.getppid()
         while os.getppid() == parent:  # until the agent is gone: the close is under way
             time.sleep(0.0002)
         time.sleep(random.uniform(0, 0.004))
-    os.setuid(65534)
+    if keeps_root:  # another user's by its real uid only: root by the others
+        os.setresuid(65534, 0, 0)
+    else:
+        os.setuid(65534)
     os.close(os.open(os.path.join(where, str(os.getpid())), os.O_WRONLY | os.O_CREAT, 0o644))
     while True:
         time.sleep(3600)
@@ -123,6 +126,34 @@ async def test_a_close_never_signals_another_users_process_in_the_leaf(
             await poll_until(lambda: not leaf_populated(leaf))
             assert await kill_leaf(leaf, 1.0)
             assert leaf_populated(leaf) is None  # removed
+
+
+async def test_a_member_that_keeps_our_uid_as_its_saved_uid_is_ours(tmp_path: Path) -> None:
+    """A child that sets only its real uid to another user's (``setresuid(65534, 0, 0)``) can
+    be us again at will, and the kernel lets us signal it: it is ours, killed with the leaf
+    (taken for another user's, it outlived every close)."""
+    with _drop_dir() as where:
+        agent, store = _agent(tmp_path, where, "keeps-root")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await agent.wait_recorded()
+                assert agent.lease_id is not None
+                await poll_until(lambda: len(os.listdir(where)) == 1)
+                child = int(os.listdir(where)[0])
+                assert psutil.Process(child).uids() == (NOBODY, 0, 0)
+                await agent.aclose()
+            lease = await store.load(agent.lease_id)
+            assert lease is not None and lease.cgroup is not None
+            try:
+                await poll_until(lambda: not psutil.pid_exists(child)
+                                 or psutil.Process(child).status() == psutil.STATUS_ZOMBIE)
+                assert lease.state is LeaseState.CLOSED
+                assert leaf_populated(lease.cgroup) is None
+            finally:  # whatever happened above
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+                await kill_leaf(lease.cgroup, 5.0)
 
 
 async def test_a_member_changing_its_uid_during_the_close_is_never_signalled_after(

@@ -224,7 +224,9 @@ child = os.fork()
 if child == 0:
     if mode == "foreign-session":
         os.setpgid(0, 0)  # another group of the same session
-    if mode.startswith("foreign"):
+    if mode == "keeps-root":
+        os.setresuid(65534, 0, 0)  # another user's by its real uid, root by the others
+    elif mode.startswith("foreign"):
         os.setuid(65534)  # another user's process now
     if mode == "zombie":
         os._exit(0)
@@ -296,7 +298,7 @@ async def test_a_group_holding_another_users_process_is_never_signalled(tmp_path
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
 @pytest.mark.parametrize(("mode", "signalled"), [
     ("ours", True), ("zombie", True), ("foreign-group", False), ("foreign-session", False),
-    ("foreign-leader-exit", False)])
+    ("foreign-leader-exit", False), ("keeps-root", True)])
 async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
     tmp_path: Path, mode: str, signalled: bool,
 ) -> None:
@@ -305,7 +307,8 @@ async def test_the_reaps_group_signal_needs_every_process_of_the_session_ours(
     session is ours; another user's process in the group, or anywhere in its session
     (it could join the group), keeps it from being signalled, even one whose leader reads
     as a zombie while its other thread runs (a signal to the group reaches it); a zombie
-    does not."""
+    does not, nor one that set only its real uid to another user's while it keeps ours as
+    its saved uid (it can be us again at will; the kernel lets us signal it)."""
     gw = f"gw-{uuid.uuid4().hex}"
     lease_id = str(uuid.uuid4())
     with procs() as p:

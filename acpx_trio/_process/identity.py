@@ -55,6 +55,7 @@ __all__ = [
     "running_dir",
     "same_process",
     "self_identity",
+    "signal_uid",
     "snapshot_processes",
     "stat_exiting",
     "tags_from_cmdline",
@@ -112,6 +113,15 @@ def lease_args(lease_id: str, gateway_instance_id: str) -> list[str]:
     ]
 
 
+def signal_uid(real: int, saved: int) -> int:
+    """Whose process one with these real and saved uids is, as a signal from us sees it:
+    ours when either is our uid (the kernel lets our uid signal it, and it can be us again
+    at will: a root agent's child that set only its real uid to another user's, keeping
+    root as its saved uid, is still ours), else its real uid (another user's process)."""
+    me = os.getuid()
+    return me if me in (real, saved) else real
+
+
 class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     """What one scan saw of one process.
 
@@ -123,7 +133,8 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     be reaped; it can no longer run, its cmdline and tags are empty, and the reaper treats it
     as gone.  ``pgid``/``sid``: its process group and session (``/proc/PID/stat`` fields 5
     and 6, readable for zombies too); ``None`` when unknown (off Linux, fakes).  ``owner``: the
-    raw :data:`OWNER_ENV_KEY` value (environment only; parsed by ``owner_tag``)."""
+    raw :data:`OWNER_ENV_KEY` value (environment only; parsed by ``owner_tag``).  ``uid``:
+    whose process it is as a signal from us sees it (:func:`signal_uid`)."""
 
     pid: int
     ppid: int
@@ -393,7 +404,8 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
             create_time = proc.create_time()
             zombie = where is None and proc.status() == psutil.STATUS_ZOMBIE
             try:
-                uid = proc.uids().real
+                uids = proc.uids()
+                uid = signal_uid(uids.real, uids.saved)
             except psutil.AccessDenied:
                 inspectable = False
             if not zombie:

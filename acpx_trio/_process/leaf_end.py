@@ -8,7 +8,7 @@ Guarantees:
 * No process that is not a member of the leaf at the moment it is signalled is hit: each
   is pinned with a pidfd, then its membership re-read.
 * **Another user's process is never signalled**, even inside our leaf (a descendant that
-  changed its real uid: run by a root agent, or by ``sudo``), **nor this process** (moved
+  became another user's: run by a root agent, or by ``sudo``), **nor this process** (moved
   in by someone else).  Every signal goes out with the leaf frozen (``cgroup.freeze``: no
   member runs, so none forks, execs or changes its uid between the check and the signal;
   a fatal signal still ends a frozen process).  ``cgroup.kill`` is written only when every
@@ -39,15 +39,18 @@ from acpx_trio._process.cgroup import (
     remove_empty_leaf,
     tree_members,
 )
+from acpx_trio._process.identity import signal_uid
 
 __all__ = ["FREEZE_SECONDS", "LeafEnd", "kill_leaf", "terminate_leaf"]
 
 
-def _real_uid(pid: int) -> int | None:
+def _uid(pid: int) -> int | None:
+    """Whose process ``pid`` is (:func:`~acpx_trio._process.identity.signal_uid`)."""
     try:
-        return int(psutil.Process(pid).uids().real)
+        uids = psutil.Process(pid).uids()
     except psutil.Error:
         return None
+    return signal_uid(uids.real, uids.saved)
 
 
 class _Members(msgspec.Struct, kw_only=True):
@@ -61,13 +64,15 @@ class _Members(msgspec.Struct, kw_only=True):
 
 
 def _ours(pid: int, me: int) -> bool | None:
-    """Whether ``pid`` is ours to signal: our real uid, not this process (``None``: gone)."""
-    uid = _real_uid(pid)
+    """Whether ``pid`` is ours to signal: ours by :func:`_uid`, not this process (``None``:
+    gone)."""
+    uid = _uid(pid)
     return None if uid is None else uid == me and pid != os.getpid()
 
 
 def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
-    """Send ``sig`` to every process in ``leaf`` and below that runs under our real uid.
+    """Send ``sig`` to every process in ``leaf`` and below that is ours (its real or saved
+    uid is ours).
 
     A pid is pinned with a pidfd first and signalled only if, after that, it is still a
     member and still ours: a member that exited and whose pid was reused is never hit, nor

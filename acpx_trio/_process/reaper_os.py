@@ -27,6 +27,7 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     read_stat_state,
     running_dir,
+    signal_uid,
 )
 from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
 
@@ -81,9 +82,10 @@ def _open_pidfd(pid: int) -> int | None:
 
 def _live_uid(pid: int) -> int | None:
     try:
-        return int(psutil.Process(pid).uids().real)
+        uids = psutil.Process(pid).uids()
     except psutil.Error:
         return None
+    return signal_uid(uids.real, uids.saved)
 
 
 def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int) -> bool:

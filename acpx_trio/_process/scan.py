@@ -23,6 +23,7 @@ from acpx_trio._process.identity import (
     cmdline_from_bytes,
     process_info,
     running_dir,
+    signal_uid,
     snapshot_processes,
     stat_exiting,
     tags_from_cmdline,
@@ -74,13 +75,15 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def _read_status(pid: int) -> tuple[int | None, int | None]:
-    """``(tgid, real uid)`` from ``/proc/PID/status``."""
+    """``(tgid, uid)`` from ``/proc/PID/status``: the uid as :func:`signal_uid` sees it (from
+    the real and saved uids)."""
     tgid: int | None = None
     for line in _read(f"{_PROC}/{pid}/status").split(b"\n"):
         if line.startswith(b"Tgid:"):
             tgid = int(line.split()[1])
         elif line.startswith(b"Uid:"):
-            return tgid, int(line.split()[1])
+            fields = line.split()
+            return tgid, signal_uid(int(fields[1]), int(fields[3]))
     return tgid, None
 
 
