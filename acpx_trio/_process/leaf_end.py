@@ -233,6 +233,7 @@ async def _wait_pidfds(fds: list[int], seconds: float) -> None:
     """Wait until each pinned process has exited, at most ``seconds``; closes the fds."""
     try:
         with trio.move_on_after(seconds):
+            await trio.lowlevel.checkpoint()  # the scope always has a cancel point
             for fd in fds:
                 await trio.lowlevel.wait_readable(fd)  # a pidfd reads ready once it exited
     finally:
