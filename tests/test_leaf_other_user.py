@@ -24,7 +24,7 @@ from test_containment import PROBE
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import leaf_populated, tree_members
 from acpx_trio._process.leaf_end import kill_leaf
-from acpx_trio._store.lease_model import LeaseState
+from acpx_trio._store.lease_model import LeaseState, ProcessLease
 from acpx_trio._store.leases import LeaseStore
 
 pytestmark = [
@@ -83,6 +83,24 @@ def _agent(tmp: Path, where: str, mode: str) -> tuple[AgentProcess, LeaseStore]:
     return agent, store
 
 
+async def _lease(store: LeaseStore, agent: AgentProcess) -> ProcessLease:
+    assert agent.lease_id is not None
+    lease = await store.load(agent.lease_id)
+    assert lease is not None and lease.cgroup is not None
+    return lease
+
+
+async def _started(nursery: trio.Nursery, agent: AgentProcess, store: LeaseStore,
+                   where: str) -> tuple[int, str]:
+    """Start ``agent``; once its child has changed its uid: ``(child pid, leaf)``."""
+    await nursery.start(agent.run)
+    await agent.wait_recorded()
+    await poll_until(lambda: len(os.listdir(where)) == 1)
+    leaf = (await _lease(store, agent)).cgroup
+    assert leaf is not None
+    return int(os.listdir(where)[0]), leaf
+
+
 def _empty(leaf: str) -> bool:
     return not leaf_populated(leaf)
 
@@ -101,15 +119,8 @@ async def test_a_close_never_signals_another_users_process_in_the_leaf(
         agent, store = _agent(tmp_path, where, "now")
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                await nursery.start(agent.run)
-                await agent.wait_recorded()
-                assert agent.lease_id is not None
-                await poll_until(lambda: len(os.listdir(where)) == 1)
-                other = int(os.listdir(where)[0])
+                other, leaf = await _started(nursery, agent, store, where)
                 assert _uid(other) == NOBODY
-                lease = await store.load(agent.lease_id)
-                assert lease is not None and lease.cgroup is not None
-                leaf = lease.cgroup
                 assert other in tree_members(leaf)
                 await agent.aclose()
             # ours (the agent) are gone; the other user's process was never signalled
@@ -117,8 +128,7 @@ async def test_a_close_never_signals_another_users_process_in_the_leaf(
             assert _uid(other) == NOBODY
             assert psutil.Process(other).status() != psutil.STATUS_ZOMBIE
             assert tree_members(leaf) == [other]
-            lease = await store.load(agent.lease_id)
-            assert lease is not None and lease.state is LeaseState.CLOSING
+            assert (await _lease(store, agent)).state is LeaseState.CLOSING
             # a reap's kill of the leaf leaves it too, and says the leaf did not empty
             assert not await kill_leaf(leaf, 1.0)
             assert _uid(other) == NOBODY and tree_members(leaf) == [other]
@@ -136,24 +146,18 @@ async def test_a_member_that_keeps_our_uid_as_its_saved_uid_is_ours(tmp_path: Pa
         agent, store = _agent(tmp_path, where, "keeps-root")
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                await nursery.start(agent.run)
-                await agent.wait_recorded()
-                assert agent.lease_id is not None
-                await poll_until(lambda: len(os.listdir(where)) == 1)
-                child = int(os.listdir(where)[0])
+                child, leaf = await _started(nursery, agent, store, where)
                 assert psutil.Process(child).uids() == (NOBODY, 0, 0)
                 await agent.aclose()
-            lease = await store.load(agent.lease_id)
-            assert lease is not None and lease.cgroup is not None
             try:
                 await poll_until(lambda: not psutil.pid_exists(child)
                                  or psutil.Process(child).status() == psutil.STATUS_ZOMBIE)
-                assert lease.state is LeaseState.CLOSED
-                assert leaf_populated(lease.cgroup) is None
+                assert (await _lease(store, agent)).state is LeaseState.CLOSED
+                assert leaf_populated(leaf) is None
             finally:  # whatever happened above
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
-                await kill_leaf(lease.cgroup, 5.0)
+                await kill_leaf(leaf, 5.0)
 
 
 async def test_a_member_changing_its_uid_during_the_close_is_never_signalled_after(
@@ -173,10 +177,8 @@ async def test_a_member_changing_its_uid_during_the_close_is_never_signalled_aft
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await agent.wait_recorded()
-                    assert agent.lease_id is not None
-                    lease = await store.load(agent.lease_id)
-                    assert lease is not None and lease.cgroup is not None
-                    leaf = lease.cgroup
+                    leaf = (await _lease(store, agent)).cgroup
+                    assert leaf is not None
                     await agent.aclose()
                 dropped = [int(x) for x in os.listdir(where)]
                 for pid in dropped:  # it became the other user's: it must still run

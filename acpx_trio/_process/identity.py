@@ -50,6 +50,7 @@ __all__ = [
     "lease_args",
     "lease_env",
     "live_thread",
+    "live_uid",
     "process_info",
     "read_start_ticks",
     "running_dir",
@@ -120,6 +121,16 @@ def signal_uid(real: int, saved: int) -> int:
     root as its saved uid, is still ours), else its real uid (another user's process)."""
     me = os.getuid()
     return me if me in (real, saved) else real
+
+
+def live_uid(pid: int) -> int | None:
+    """Whose process ``pid`` is now (:func:`signal_uid`); ``None`` when it is gone.
+    Blocking."""
+    try:
+        uids = psutil.Process(pid).uids()
+    except psutil.Error:
+        return None
+    return signal_uid(uids.real, uids.saved)
 
 
 class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,7 +29,6 @@ import signal
 from collections.abc import AsyncIterator
 
 import msgspec
-import psutil
 import trio
 
 from acpx_trio._process.cgroup import (
@@ -39,18 +38,9 @@ from acpx_trio._process.cgroup import (
     remove_empty_leaf,
     tree_members,
 )
-from acpx_trio._process.identity import signal_uid
+from acpx_trio._process.identity import live_uid
 
 __all__ = ["FREEZE_SECONDS", "LeafEnd", "kill_leaf", "terminate_leaf"]
-
-
-def _uid(pid: int) -> int | None:
-    """Whose process ``pid`` is (:func:`~acpx_trio._process.identity.signal_uid`)."""
-    try:
-        uids = psutil.Process(pid).uids()
-    except psutil.Error:
-        return None
-    return signal_uid(uids.real, uids.saved)
 
 
 class _Members(msgspec.Struct, kw_only=True):
@@ -64,9 +54,9 @@ class _Members(msgspec.Struct, kw_only=True):
 
 
 def _ours(pid: int, me: int) -> bool | None:
-    """Whether ``pid`` is ours to signal: ours by :func:`_uid`, not this process (``None``:
-    gone)."""
-    uid = _uid(pid)
+    """Whether ``pid`` is ours to signal: ours by
+    :func:`~acpx_trio._process.identity.live_uid`, not this process (``None``: gone)."""
+    uid = live_uid(pid)
     return None if uid is None else uid == me and pid != os.getpid()
 
 

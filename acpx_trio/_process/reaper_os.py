@@ -25,9 +25,9 @@ import trio
 from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
+    live_uid,
     read_stat_state,
     running_dir,
-    signal_uid,
 )
 from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
 
@@ -80,14 +80,6 @@ def _open_pidfd(pid: int) -> int | None:
         return None  # ENOSYS, EPERM in a sandbox, ...: fall back to psutil
 
 
-def _live_uid(pid: int) -> int | None:
-    try:
-        uids = psutil.Process(pid).uids()
-    except psutil.Error:
-        return None
-    return signal_uid(uids.real, uids.saved)
-
-
 def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int) -> bool:
     """Send ``sig`` to ``info`` if, and only if, it is still that live process and ours.
 
@@ -106,7 +98,7 @@ def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int)
         if fd is not None:
             # The fd pins whatever held the pid when it was opened; if that is ``info`` now
             # (checked after opening), it was ``info`` then, and the signal cannot stray.
-            if not still_running(info) or _live_uid(info.pid) != self_uid:
+            if not still_running(info) or live_uid(info.pid) != self_uid:
                 return False
             try:
                 signal.pidfd_send_signal(fd, sig)
@@ -117,7 +109,7 @@ def kill_process_sync(info: ProcessInfo, sig: int, self_pid: int, self_uid: int)
             proc = psutil.Process(info.pid)  # remembers the create time it saw
         except psutil.Error:
             return False
-        if not still_running(info) or _live_uid(info.pid) != self_uid:
+        if not still_running(info) or live_uid(info.pid) != self_uid:
             return False
         try:
             proc.send_signal(sig)  # psutil refuses if the pid was recycled since
