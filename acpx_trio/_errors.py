@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -84,21 +84,29 @@ def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
     :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`.  Returns ``value`` itself when
     there is no secret to look for."""
     known = _known(secrets)
-    return _replace(value, known, 0) if known else value
-
-
-def _replace(value: Any, known: tuple[str, ...], depth: int) -> Any:
-    if isinstance(value, str):
-        for secret in known:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+    if not known:
         return value
+
+    def replace(text: str) -> str:
+        for secret in known:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    return _map_strings(value, replace, 0)
+
+
+def _map_strings(value: Any, fn: Callable[[str], str], depth: int) -> Any:
+    """``fn`` applied to every string of decoded JSON (object keys too); a list or object
+    nested deeper than :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`."""
+    if isinstance(value, str):
+        return fn(value)
     if isinstance(value, list | tuple | dict) and depth >= MAX_REDACT_DEPTH:
         return TOO_DEEP
     if isinstance(value, list | tuple):
-        return [_replace(v, known, depth + 1) for v in value]
+        return [_map_strings(v, fn, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_replace(k, known, depth + 1): _replace(v, known, depth + 1)
+        return {_map_strings(k, fn, depth + 1): _map_strings(v, fn, depth + 1)
                 for k, v in value.items()}
     return value
 
@@ -177,20 +185,8 @@ class StreamRedactor:
 def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too);
     a list or object nested deeper than :data:`MAX_REDACT_DEPTH` reads as :data:`TOO_DEEP`."""
-    return _redact_value(value, tuple(secrets), 0)
-
-
-def _redact_value(value: Any, secrets: tuple[str, ...], depth: int) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, list | dict) and depth >= MAX_REDACT_DEPTH:
-        return TOO_DEEP
-    if isinstance(value, list):
-        return [_redact_value(v, secrets, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {_redact_value(k, secrets, depth + 1): _redact_value(v, secrets, depth + 1)
-                for k, v in value.items()}
-    return value
+    secrets = tuple(secrets)
+    return _map_strings(value, lambda text: redact(text, secrets), 0)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

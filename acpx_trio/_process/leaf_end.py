@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -60,7 +59,7 @@ def _ours(pid: int, me: int) -> bool | None:
     return None if uid is None else uid == me and pid != os.getpid()
 
 
-def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
+def _signal_members(leaf: str, sig: int) -> _Members:
     """Send ``sig`` to every process in ``leaf`` and below that is ours (its real or saved
     uid is ours).
 
@@ -76,7 +75,6 @@ def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
             fd = os.pidfd_open(pid)
         except OSError:  # gone (or pidfd unavailable: cgroup.kill alone then)
             continue
-        kept = False
         try:
             if not member_of(pid, leaf):
                 continue
@@ -86,13 +84,12 @@ def _signal_members(leaf: str, sig: int, keep_fds: bool = False) -> _Members:
                 continue
             signal.pidfd_send_signal(fd, sig)
             out.signalled.append(pid)
-            if keep_fds:
-                out.fds.append(fd)
-                kept = True
+            out.fds.append(fd)
+            fd = -1  # the caller's now
         except OSError:
             pass
         finally:
-            if not kept:
+            if fd != -1:
                 os.close(fd)
     return out
 
@@ -196,7 +193,7 @@ def _write_kill(leaf: str) -> _Members:
     members = tree_members(leaf)
     me = os.getuid()
     if any(_ours(pid, me) is False for pid in members):
-        return _signal_members(leaf, signal.SIGKILL, keep_fds=True)
+        return _signal_members(leaf, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError), open(
             os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
         fh.write("1")
@@ -214,22 +211,23 @@ class LeafEnd(msgspec.Struct, frozen=True, kw_only=True):
     spared: list[int] = []
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
-async def _wait_pidfds(fds: list[int], seconds: float) -> None:
-    """Wait until each pinned process has exited, at most ``seconds``; closes the fds."""
+async def _wait_signalled(leaf: str, sent: _Members, seconds: float) -> bool:
+    """Wait, at most ``seconds``, until what ``sent`` signalled has exited: the leaf empty,
+    or (when a process not ours to signal keeps it populated) each pinned process gone.
+    Whether the leaf is empty.  Closes the pidfds."""
+    fds = sent.fds
     try:
+        if not sent.spared:
+            return await _wait_empty(leaf, seconds)
         with trio.move_on_after(seconds):
             await trio.lowlevel.checkpoint()  # the scope always has a cancel point
             for fd in fds:
                 await trio.lowlevel.wait_readable(fd)  # a pidfd reads ready once it exited
+        return not leaf_populated(leaf)
     finally:
         for fd in fds:
             trio.lowlevel.notify_closing(fd)
-        _close_all(fds)
+            os.close(fd)
 
 
 async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
@@ -238,17 +236,10 @@ async def _kill(leaf: str, seconds: float, seen: list[int]) -> LeafEnd:
         async with _frozen(leaf):
             killed = await trio.to_thread.run_sync(_write_kill, leaf)
     members = list(dict.fromkeys([*seen, *killed.signalled]))
-    if killed.spared:  # a process not ours to signal keeps the leaf: wait for ours only
-        await _wait_pidfds(killed.fds, seconds)
+    if not await _wait_signalled(leaf, killed, seconds):
         left = await trio.to_thread.run_sync(tree_members, leaf)
-        if left:
-            return LeafEnd(members=members, emptied=False, left=left,
-                           spared=[p for p in killed.spared if p in left])
-    else:
-        _close_all(killed.fds)
-    if not await _wait_empty(leaf, seconds):
-        left = await trio.to_thread.run_sync(tree_members, leaf)
-        return LeafEnd(members=members, emptied=False, left=left)
+        return LeafEnd(members=members, emptied=False, left=left,
+                       spared=[p for p in killed.spared if p in left])
     if not await trio.to_thread.run_sync(remove_empty_leaf, leaf):  # someone moved a process in
         left = await trio.to_thread.run_sync(tree_members, leaf)
         return LeafEnd(members=members, emptied=False, left=left)
@@ -279,12 +270,7 @@ async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
     first = _Members()
     if leaf_populated(leaf):
         async with _frozen(leaf):
-            first = await trio.to_thread.run_sync(
-                functools.partial(_signal_members, leaf, signal.SIGTERM, keep_fds=True))
-    if first.spared:  # a process not ours to signal keeps the leaf populated: wait for ours
-        await _wait_pidfds(first.fds, grace)
-    else:
-        _close_all(first.fds)
-        if first.signalled:
-            await _wait_empty(leaf, grace)
+            first = await trio.to_thread.run_sync(_signal_members, leaf, signal.SIGTERM)
+    if first.signalled:
+        await _wait_signalled(leaf, first, grace)
     return await _kill(leaf, seconds, first.signalled)
