@@ -62,12 +62,19 @@ from acpx_trio._process.reaper import (
     cleanup_owned_process_tree,
     reap_stale_orphans,
 )
-from acpx_trio._runtime.permissions import FsGate, PermissionPolicy
+from acpx_trio._runtime.permissions import FsGate, PermissionPolicy, WorkDir, work_dir
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import SyncLeaseStore
 
 NOBODY = 65534
+
+def _cwd(path: Path) -> WorkDir:
+    """``path`` as a session cwd (its identity taken now)."""
+    wd = work_dir(str(path))
+    assert wd is not None
+    return wd
+
 
 
 def fs_requests(ws: Path, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -241,7 +248,7 @@ async def read_race_round(result: ScenarioResult, root: Path, reads: int) -> int
     outside.mkdir()
     (cwd / "d.real" / "hostname").write_text("inside")
     (outside / "hostname").write_text("OUTSIDE-SECRET")
-    gate = FsGate(str(cwd), PermissionPolicy("approve-reads", "fail"))
+    gate = FsGate(_cwd(cwd), PermissionPolicy("approve-reads", "fail"))
     request = ReadTextFileRequest(session_id="s", path=str(cwd / "d" / "hostname"))
     stop = threading.Event()
     flipper = threading.Thread(target=flip_dir, args=(cwd, outside, stop), daemon=True)

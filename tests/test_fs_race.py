@@ -13,10 +13,17 @@ from _soak_security import flip_dir
 
 from acpx_trio._acp._messages import ReadTextFileRequest, WriteTextFileRequest
 from acpx_trio._errors import AcpRuntimeError
-from acpx_trio._runtime.permissions import FsGate, PermissionPolicy
+from acpx_trio._runtime.permissions import FsGate, PermissionPolicy, WorkDir, work_dir
 
 #: reads per run in the default suite; ``ACPX_FS_RACE_READS=10000`` for the full measure
 READS = int(os.environ.get("ACPX_FS_RACE_READS", "2000"))
+
+def _cwd(path: Path) -> WorkDir:
+    """``path`` as a session cwd (its identity taken now)."""
+    wd = work_dir(str(path))
+    assert wd is not None
+    return wd
+
 
 
 async def test_reads_never_leave_the_cwd_while_a_dir_flips_to_a_symlink(tmp_path: Path) -> None:
@@ -25,7 +32,7 @@ async def test_reads_never_leave_the_cwd_while_a_dir_flips_to_a_symlink(tmp_path
     outside.mkdir()
     (cwd / "d.real" / "hostname").write_text("inside")
     (outside / "hostname").write_text("OUTSIDE-SECRET")
-    gate = FsGate(str(cwd), PermissionPolicy("approve-reads", "fail"))
+    gate = FsGate(_cwd(cwd), PermissionPolicy("approve-reads", "fail"))
     request = ReadTextFileRequest(session_id="s", path=str(cwd / "d" / "hostname"))
     stop = threading.Event()
     flipper = threading.Thread(target=flip_dir, args=(cwd, outside, stop), daemon=True)
@@ -56,7 +63,7 @@ async def test_writes_never_leave_the_cwd_through_a_symlinked_parent(tmp_path: P
     cwd.mkdir()
     outside.mkdir()
     (cwd / "link").symlink_to(outside)
-    gate = FsGate(str(cwd), PermissionPolicy("approve-all", "fail"))
+    gate = FsGate(_cwd(cwd), PermissionPolicy("approve-all", "fail"))
     for path in (cwd / "link" / "new.txt", cwd / "link"):
         try:
             await gate.write_text_file(

@@ -20,13 +20,22 @@ from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._runtime.permissions import (
     FsGate,
     PermissionPolicy,
+    WorkDir,
     confined_relative,
     open_in_cwd,
+    work_dir,
 )
 
 ALLOW = PermissionOption(option_id="a", name="Allow", kind="allow_once")
 ALWAYS = PermissionOption(option_id="aa", name="Always", kind="allow_always")
 REJECT = PermissionOption(option_id="r", name="Reject", kind="reject_once")
+
+
+def _cwd(path: Path) -> WorkDir:
+    """``path`` as a session cwd (its identity taken now)."""
+    wd = work_dir(str(path))
+    assert wd is not None
+    return wd
 
 
 def request(
@@ -125,14 +134,14 @@ def tree(tmp_path: Path) -> Path:
 
 def refused(path: str, cwd: Path) -> AcpRuntimeError:
     with pytest.raises(AcpRuntimeError) as info:
-        os.close(open_in_cwd(path, str(cwd), os.O_RDONLY))
+        os.close(open_in_cwd(path, _cwd(cwd), os.O_RDONLY))
     assert info.value.rpc_code == -32602
     return info.value
 
 
 def opened(path: str, cwd: Path) -> Path:
     """The file an fd opened beneath ``cwd`` really is."""
-    fd = open_in_cwd(path, str(cwd), os.O_RDONLY)
+    fd = open_in_cwd(path, _cwd(cwd), os.O_RDONLY)
     try:
         return Path(os.readlink(f"/proc/self/fd/{fd}"))
     finally:
@@ -162,7 +171,7 @@ def test_confinement(tree: Path) -> None:
 
 
 async def test_reads_honour_line_and_limit(tree: Path) -> None:
-    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"))
+    gate = FsGate(_cwd(tree), PermissionPolicy("approve-reads", "fail"))
 
     async def read(line: int | None = None, limit: int | None = None) -> str:
         req = ReadTextFileRequest(session_id="s", path=str(tree / "a.txt"), line=line, limit=limit)
@@ -202,7 +211,7 @@ async def test_a_file_that_grows_after_its_size_check_is_still_capped(
         return os.stat_result(fields)
 
     monkeypatch.setattr(os, "fstat", before_it_grew)
-    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"))
+    gate = FsGate(_cwd(tree), PermissionPolicy("approve-reads", "fail"))
     with pytest.raises(AcpRuntimeError) as info:
         await gate.read_text_file(ReadTextFileRequest(session_id="s", path=str(big)))
     assert "larger than" in info.value.message
@@ -215,7 +224,7 @@ async def test_a_file_that_grows_after_its_size_check_is_still_capped(
 
 
 async def test_reads_denied_under_deny_all(tree: Path) -> None:
-    gate = FsGate(str(tree), PermissionPolicy("deny-all", "deny"))
+    gate = FsGate(_cwd(tree), PermissionPolicy("deny-all", "deny"))
     with pytest.raises(AcpRuntimeError) as info:
         await gate.read_text_file(ReadTextFileRequest(session_id="s", path=str(tree / "a.txt")))
     assert "deny-all" in info.value.message
@@ -224,18 +233,18 @@ async def test_reads_denied_under_deny_all(tree: Path) -> None:
 async def test_writes_by_mode(tree: Path) -> None:
     target = tree / "deep" / "dir" / "out.txt"
     req = WriteTextFileRequest(session_id="s", path=str(target), content="hi")
-    await FsGate(str(tree), PermissionPolicy("approve-all", "fail")).write_text_file(req)
+    await FsGate(_cwd(tree), PermissionPolicy("approve-all", "fail")).write_text_file(req)
     assert target.read_text() == "hi"
     target.unlink()
     for mode, policy in (("deny-all", "fail"), ("approve-reads", "deny")):
         failures: list[AcpRuntimeError] = []
-        gate = FsGate(str(tree), PermissionPolicy(mode, policy),  # type: ignore[arg-type]
+        gate = FsGate(_cwd(tree), PermissionPolicy(mode, policy),  # type: ignore[arg-type]
                       on_turn_failure=failures.append)
         with pytest.raises(AcpRuntimeError) as info:
             await gate.write_text_file(req)
         assert "denied" in info.value.message and not failures
     failures = []
-    gate = FsGate(str(tree), PermissionPolicy("approve-reads", "fail"),
+    gate = FsGate(_cwd(tree), PermissionPolicy("approve-reads", "fail"),
                   on_turn_failure=failures.append)
     with pytest.raises(AcpRuntimeError):
         await gate.write_text_file(req)
@@ -244,7 +253,7 @@ async def test_writes_by_mode(tree: Path) -> None:
 
 
 async def test_writes_refuse_escapes(tree: Path) -> None:
-    gate = FsGate(str(tree), PermissionPolicy("approve-all", "fail"))
+    gate = FsGate(_cwd(tree), PermissionPolicy("approve-all", "fail"))
     for path in (
         str(tree / "../evil.txt"),
         str(tree / "escape/evil.txt"),

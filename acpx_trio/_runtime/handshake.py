@@ -45,7 +45,7 @@ from acpx_trio._runtime.agents import AgentSpec
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.config_opts import legacy_models
 from acpx_trio._runtime.live_session import LiveSession
-from acpx_trio._runtime.permissions import DirId, PermissionPolicy, dir_identity
+from acpx_trio._runtime.permissions import PermissionPolicy, WorkDir, work_dir
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import (
     agent_env,
@@ -186,13 +186,11 @@ def validate_ensure_args(session_key: str, agent: str, mode: str) -> str:
     return key
 
 
-def resolve_dir(base: str, cwd: str | None) -> tuple[str, DirId] | None:
+def resolve_dir(base: str, cwd: str | None) -> WorkDir | None:
     """``cwd`` made absolute against ``base``, with the identity of the directory it names
     now (every file and terminal request of a session started there is refused once it
     names another); ``None`` if it is not a directory (blocking)."""
-    path = os.path.normpath(os.path.join(base, cwd or base))
-    ident = dir_identity(path)
-    return None if ident is None else (path, ident)
+    return work_dir(os.path.normpath(os.path.join(base, cwd or base)))
 
 
 def make_agent_process(
@@ -228,7 +226,7 @@ def make_agent_process(
 
 async def start_live_session(
     factory: SessionFactory, key: str, spec: AgentSpec, mode: Literal["persistent", "oneshot"],
-    cwd: str, load_id: str | None, cwd_id: DirId | None = None,
+    cwd: WorkDir, load_id: str | None,
 ) -> LiveSession:
     """Spawn the agent in the factory's nursery and open its ACP session.
 
@@ -242,9 +240,9 @@ async def start_live_session(
         await trio.to_thread.run_sync(prepare_codex_home, factory.config, spec)
     session = LiveSession(
         session_key=key, spec=spec, mode=mode, cwd=cwd, policy=policy,
-        on_turn_failure=factory.on_turn_failure, logger=factory.log, cwd_id=cwd_id,
+        on_turn_failure=factory.on_turn_failure, logger=factory.log,
     )
-    proc = make_agent_process(factory, key, spec, cwd, session)
+    proc = make_agent_process(factory, key, spec, cwd.path, session)
     session.process = proc
     session.elicitation_handler = factory.elicitation_handler
     session.fs_enabled = factory.config.fs
@@ -255,7 +253,7 @@ async def start_live_session(
         cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
         logger=factory.log,
         output_budget=factory.config.terminal_output_max_bytes,
-        containment=factory.config.containment, cwd_id=cwd_id,
+        containment=factory.config.containment,
     )
     try:
         await factory.nursery.start(proc.run)

@@ -59,7 +59,12 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.agents import AgentSpec
-from acpx_trio._runtime.permissions import RESOURCE_NOT_FOUND, DirId, FsGate, PermissionPolicy
+from acpx_trio._runtime.permissions import (
+    RESOURCE_NOT_FOUND,
+    FsGate,
+    PermissionPolicy,
+    WorkDir,
+)
 from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
 from acpx_trio._runtime.update_map import (
@@ -92,22 +97,22 @@ class LiveSession:
         session_key: str,
         spec: AgentSpec,
         mode: Literal["persistent", "oneshot"],
-        cwd: str,
+        cwd: WorkDir,
         policy: PermissionPolicy,
         on_turn_failure: Callable[[LiveSession, AcpRuntimeError], None],
         logger: Logger | None = None,
-        cwd_id: DirId | None = None,
     ) -> None:
         self.session_key = session_key
         self.spec = spec
         #: the host's answerer of ``elicitation/create`` (``None``: the non-interactive policy)
         self.elicitation_handler: Callable[[], ElicitationHandler | None] = lambda: None
         self.mode = mode
-        self.cwd = cwd
+        self.cwd = cwd.path
         self.policy = policy
         self.log = logger or _log
         self._on_turn_failure = on_turn_failure
-        self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn, cwd_id=cwd_id)
+        #: file requests, confined to ``cwd`` as the session started in it
+        self.fs = FsGate(cwd, policy, on_turn_failure=self._fail_turn)
         #: ``False`` (config ``fs: false``): ``fs/*`` requests are refused (-32601).
         self.fs_enabled = True
         self.process: AgentProcess | None = None

@@ -43,16 +43,16 @@ __all__ = [
     "INVALID_PARAMS",
     "PERMISSION_DENIED_RPC",
     "RESOURCE_NOT_FOUND",
-    "DirId",
     "FsGate",
     "PermissionDecision",
     "PermissionPolicy",
     "PermissionStats",
+    "WorkDir",
     "confined_relative",
-    "dir_identity",
     "open_dir_in_cwd",
     "open_in_cwd",
     "prompt_unavailable_error",
+    "work_dir",
 ]
 
 INVALID_PARAMS = -32602
@@ -219,39 +219,46 @@ def confined_relative(raw: str, cwd: str) -> str:
     raise _refuse(f"path {raw!r} is outside the session working directory {cwd}")
 
 
-#: A directory's identity: ``(st_dev, st_ino)``.
-DirId = tuple[int, int]
+class WorkDir(msgspec.Struct, frozen=True):
+    """A session's working directory as the session started in it: the path, and the
+    identity (device, inode) of the directory the path named then.  Every file and terminal
+    request of the session is confined beneath it, and refused once the path names another
+    directory (the agent renamed it away and put a symlink, or another directory, in its
+    place).  Made by :func:`work_dir`."""
+
+    path: str
+    dev: int
+    ino: int
 
 
-def dir_identity(path: str) -> DirId | None:
-    """The identity of directory ``path`` (followed), or ``None`` if it is none.  Blocking."""
+def work_dir(path: str) -> WorkDir | None:
+    """``path`` with the identity of the directory it names now (a symlink followed), or
+    ``None`` if it names none.  Blocking."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+    return WorkDir(path, st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
-                make_parents: bool = False, cwd_id: DirId | None = None) -> int:
+def open_in_cwd(raw: str, cwd: WorkDir, flags: int, *, mode: int = 0o644,
+                make_parents: bool = False) -> int:
     """An fd for ``raw`` opened beneath ``cwd`` in one step (see :mod:`.beneath`): a symlink
     or ``..`` that would leave ``cwd`` — even one swapped in while we open — is refused
-    (``ACP_FS_REFUSED``), never followed.  ``cwd_id``: the identity ``cwd`` had when the
-    session started; a ``cwd`` that is another directory now (the agent renamed it away and
-    put a symlink, or another directory, in its place) is refused.  ``make_parents``
-    creates missing directories, each beneath its parent.  Blocking."""
-    rel = confined_relative(raw, cwd)
+    (``ACP_FS_REFUSED``), never followed, and so is everything once ``cwd.path`` names
+    another directory than the session started in.  ``make_parents`` creates missing
+    directories, each beneath its parent.  Blocking."""
+    rel = confined_relative(raw, cwd.path)
     parent, name = os.path.split(rel)
     try:
-        root = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root = os.open(cwd.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise _refuse(f"session working directory {cwd}: {exc.strerror}") from None
+        raise _refuse(f"session working directory {cwd.path}: {exc.strerror}") from None
     try:
-        if cwd_id is not None:
-            st = os.fstat(root)
-            if (st.st_dev, st.st_ino) != cwd_id:
-                raise _refuse(f"session working directory {cwd} is no longer the directory "
-                              "the session started in (it was replaced)")
+        st = os.fstat(root)
+        if (st.st_dev, st.st_ino) != (cwd.dev, cwd.ino):
+            raise _refuse(f"session working directory {cwd.path} is no longer the directory "
+                          "the session started in (it was replaced)")
         if not make_parents or not parent:
             return open_beneath(root, rel, flags, mode)
         dirfd = open_dir_beneath(root, parent, create=True)
@@ -262,16 +269,16 @@ def open_in_cwd(raw: str, cwd: str, flags: int, *, mode: int = 0o644,
     except BeneathError:
         raise _refuse(
             f"path {raw!r} resolves (through a symlink or '..') outside the session working "
-            f"directory {cwd}"
+            f"directory {cwd.path}"
         ) from None
     finally:
         os.close(root)
 
 
-def open_dir_in_cwd(raw: str, cwd: str, cwd_id: DirId | None = None) -> int:
+def open_dir_in_cwd(raw: str, cwd: WorkDir) -> int:
     """A directory fd for ``raw`` beneath ``cwd`` (as :func:`open_in_cwd`).  Blocking."""
     try:
-        return open_in_cwd(raw, cwd, os.O_RDONLY | os.O_DIRECTORY, cwd_id=cwd_id)
+        return open_in_cwd(raw, cwd, os.O_RDONLY | os.O_DIRECTORY)
     except NotADirectoryError:
         raise _refuse(f"{raw!r} is not a directory") from None
     except FileNotFoundError:
@@ -294,11 +301,9 @@ def _checked_regular(fd: int, raw: str) -> int:
     return fd
 
 
-def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None,
-                cwd_id: DirId | None) -> str:
+def _read_slice(raw: str, cwd: WorkDir, line: int | None, limit: int | None) -> str:
     try:
-        fd = _checked_regular(
-            open_in_cwd(raw, cwd, os.O_RDONLY | os.O_NONBLOCK, cwd_id=cwd_id), raw)
+        fd = _checked_regular(open_in_cwd(raw, cwd, os.O_RDONLY | os.O_NONBLOCK), raw)
         with os.fdopen(fd, "rb") as fh:
             # the size is checked first and the read bounded too: the file may grow between
             too_big = os.fstat(fd).st_size > MAX_READ_BYTES
@@ -324,11 +329,11 @@ def _read_slice(raw: str, cwd: str, line: int | None, limit: int | None,
     return "".join(lines[start:end])
 
 
-def _write(raw: str, cwd: str, content: str, cwd_id: DirId | None) -> None:
+def _write(raw: str, cwd: WorkDir, content: str) -> None:
     try:
         # O_TRUNC only after the regular-file check (a FIFO or device is refused untouched).
         fd = _checked_regular(open_in_cwd(raw, cwd, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK,
-                                          make_parents=True, cwd_id=cwd_id), raw)
+                                          make_parents=True), raw)
         os.ftruncate(fd, 0)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(content)
@@ -348,15 +353,13 @@ class FsGate:
 
     def __init__(
         self,
-        cwd: str,
+        cwd: WorkDir,
         policy: PermissionPolicy,
         *,
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
-        cwd_id: DirId | None = None,
     ) -> None:
+        #: the session cwd (:func:`work_dir`): every request is confined beneath it
         self.cwd = cwd
-        #: what ``cwd`` was when the session started (:func:`dir_identity`)
-        self.cwd_id = cwd_id
         self.policy = policy
         self._on_turn_failure = on_turn_failure
 
@@ -371,12 +374,12 @@ class FsGate:
         if request.limit is not None and request.limit < 0:
             raise _refuse(f"limit must be >= 0, got {request.limit}")
         content = await trio.to_thread.run_sync(
-            _read_slice, request.path, self.cwd, request.line, request.limit, self.cwd_id)
+            _read_slice, request.path, self.cwd, request.line, request.limit)
         return ReadTextFileResponse(content=content)
 
     async def write_text_file(self, request: WriteTextFileRequest) -> EmptyResponse:
         """Writes the file (creating parent directories inside the cwd) when the mode allows."""
-        confined_relative(request.path, self.cwd)  # a path outside is refused before asking
+        confined_relative(request.path, self.cwd.path)  # a path outside is refused before asking
         allowed, fail = self.policy.write_allowed()
         if not allowed:
             if fail is not None and self._on_turn_failure is not None:
@@ -387,6 +390,5 @@ class FsGate:
                 '"approve-all" to allow writes',
                 PERMISSION_DENIED_RPC,
             )
-        await trio.to_thread.run_sync(_write, request.path, self.cwd, request.content,
-                                      self.cwd_id)
+        await trio.to_thread.run_sync(_write, request.path, self.cwd, request.content)
         return EmptyResponse()

@@ -233,7 +233,6 @@ class AcpxRuntime:
                 f"ACP session cwd {wanted!r} is not a directory"
                 + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
-        work_dir, work_id = resolved
         async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
@@ -242,8 +241,7 @@ class AcpxRuntime:
                     live.alive
                     and not live.fresh_requested
                     and live.spec.name == spec.name
-                    and live.cwd == work_dir
-                    and live.fs.cwd_id == work_id  # not a directory put in its place since
+                    and live.fs.cwd == resolved  # same path, same directory (none put in its place)
                     and resume_session_id in (None, live.backend_session_id)
                 )
                 if reusable:
@@ -252,12 +250,12 @@ class AcpxRuntime:
             record = await self.session_store.load(key)
             load_id = resume_session_id
             if load_id is None and record is not None and mode == "persistent":
-                same = record.agent == spec.name and record.cwd == work_dir
+                same = record.agent == spec.name and record.cwd == resolved.path
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
             try:
                 session = await start_live_session(
-                    self._factory, key, spec, mode, work_dir, load_id, work_id)
+                    self._factory, key, spec, mode, resolved, load_id)
                 try:
                     await self.session_store.save(session.record())
                     self._check_open()

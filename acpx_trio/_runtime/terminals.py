@@ -65,8 +65,8 @@ from acpx_trio._runtime.auth import AUTH_ENV_PREFIX
 from acpx_trio._runtime.permissions import (
     INVALID_PARAMS,
     PERMISSION_DENIED_RPC,
-    DirId,
     PermissionPolicy,
+    WorkDir,
     open_dir_in_cwd,
 )
 from acpx_trio._store.caps import DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
@@ -142,11 +142,11 @@ def _argv(request: CreateTerminalRequest) -> list[str]:
     return [request.command, *request.args]
 
 
-def _open_cwd(raw: str | None, cwd: str, cwd_id: DirId | None) -> int:
+def _open_cwd(raw: str | None, cwd: WorkDir) -> int:
     """A directory fd of the terminal's cwd, opened beneath the session cwd in one step; the
     command is started in *that* directory (``/proc/self/fd/N``), so swapping a directory
     for a symlink after this check cannot move it outside."""
-    return open_dir_in_cwd(cwd if raw is None else raw, cwd, cwd_id)
+    return open_dir_in_cwd(cwd.path if raw is None else raw, cwd)
 
 
 class Terminal:
@@ -316,20 +316,18 @@ class TerminalManager:
     """The terminals of one session (see the module docstring)."""
 
     def __init__(
-        self, *, session_key: str, cwd: str, policy: PermissionPolicy, nursery: trio.Nursery,
+        self, *, session_key: str, cwd: WorkDir, policy: PermissionPolicy, nursery: trio.Nursery,
         gateway_instance_id: str, lease_store: LeaseStore,
         kill_grace: float = 0.75, cleanup_deps: ProcessCleanupDeps | None = None,
         on_turn_failure: Callable[[AcpRuntimeError], None] | None = None,
         logger: Logger | None = None,
         output_budget: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES,
         containment: ContainmentMode = DEFAULT_CONTAINMENT,
-        cwd_id: DirId | None = None,
     ) -> None:
         self.output_budget = output_budget
-        #: what ``cwd`` was when the session started: a replaced cwd is refused
-        self.cwd_id = cwd_id
         self.containment: ContainmentMode = containment
         self.session_key = session_key
+        #: the session cwd: a terminal's cwd is opened beneath it (refused once replaced)
         self.cwd = cwd
         self.policy = policy
         self.nursery = nursery
@@ -398,7 +396,7 @@ class TerminalManager:
                 f"({self.output_budget}); release a terminal or ask a smaller outputByteLimit")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
         env = {**inherited, **{v.name: v.value for v in request.env}}
-        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd, self.cwd_id)
+        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd)
         term = Terminal(
             terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd_fd=cwd_fd, env=env,
             output_limit=limit, owner=self,
