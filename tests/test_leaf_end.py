@@ -1,15 +1,20 @@
 """Ending a leaf cgroup never stalls the event loop: a write to a cgroup file waits for the
 kernel's cgroup lock, which a migration into any cgroup (a spare entering its leaf, another
 agent's start) holds for an RCU grace period (13-16 ms measured here), so every such write
-goes through a worker thread while other tasks keep running."""
+goes through a worker thread while other tasks keep running; and closing an inotify
+instance waits for an SRCU grace period (8-25 ms), so the waits on ``cgroup.events`` keep
+one and reuse it, each still woken by its own leaf's change."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import uuid
 
 import pytest
 import trio
+import trio.testing
 from _proc_helpers import poll_until
 from test_containment import PROBE
 
@@ -70,6 +75,46 @@ async def test_a_slow_freeze_write_never_blocks_the_event_loop(
                 member.kill()
                 await member.wait()
             assert await leaf_end.kill_leaf(leaf, 5.0)
+        parent = gateway_parent(gateway)
+        if parent is not None and parent.exists():
+            parent.rmdir()
+
+
+def _inotify_fds() -> set[int]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify":
+                found.add(int(name))
+    return found
+
+
+async def test_waits_on_a_leaf_reuse_one_watch_and_each_wakes_at_its_change() -> None:
+    gateway = f"gw-watch-{uuid.uuid4().hex[:12]}"
+    leaf = make_leaf(gateway, f"lease-{uuid.uuid4().hex[:8]}")
+    assert leaf is not None
+    before = _inotify_fds()
+
+    async def wait_empty(out: list[bool]) -> None:
+        out.append(await leaf_end._wait_empty(leaf, 30.0))
+
+    try:
+        for _ in range(10):
+            member = await trio.lowlevel.open_process(shim_argv(leaf, ["sleep", "60"]),
+                                                      start_new_session=True)
+            await poll_until(lambda: bool(leaf_populated(leaf)), seconds=10.0)
+            emptied: list[bool] = []
+            with trio.fail_after(10):  # a missed wake-up would wait the 30 s out
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wait_empty, emptied)
+                    await trio.testing.wait_all_tasks_blocked()  # it waits on the watch
+                    member.kill()
+                await member.wait()
+            assert emptied == [True]
+        # one instance served every wait and is kept for the next (none was closed)
+        assert len(_inotify_fds() - before) == 1
+    finally:
+        assert await leaf_end.kill_leaf(leaf, 5.0)
         parent = gateway_parent(gateway)
         if parent is not None and parent.exists():
             parent.rmdir()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -97,22 +99,63 @@ def _signal_members(leaf: str, sig: int) -> _Members:
 _IN_MODIFY = 0x2
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
+#: idle inotify instances kept for the next wait (more are closed in a worker thread)
+_KEEP_IDLE = 8
 
 
-def _inotify_on(path: str) -> int | None:
-    """An inotify fd watching ``path`` for modification (the kernel signals every change of
-    ``cgroup.events`` so); ``None`` where inotify is unavailable."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
-    except (OSError, AttributeError):
-        return None
-    if fd < 0:
-        return None
-    if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
-        os.close(fd)
-        return None
-    return fd
+class _Watches:
+    """The process's inotify instances for waits on ``cgroup.events``.  Closing an instance
+    waits for the kernel's SRCU grace period (8-25 ms measured, whatever the load), which on
+    the event loop would stall every task: a finished wait removes its watch instead and
+    keeps the instance for the next one; a surplus instance is closed in a worker thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._idle: list[int] = []
+        self._libc: ctypes.CDLL | None = None
+
+    def watch(self, path: str) -> tuple[int, int] | None:
+        """An instance watching ``path`` for changes: ``(fd, watch)``; ``None`` where inotify
+        is unavailable (or the instance limit is reached)."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child shares the parent's instances
+                self._pid, self._idle = os.getpid(), []
+            fd = self._idle.pop() if self._idle else -1
+            try:
+                self._libc = libc = self._libc or ctypes.CDLL(None, use_errno=True)
+            except OSError:
+                return None
+        try:
+            if fd < 0:
+                fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+            if fd < 0:
+                return None
+        except AttributeError:
+            return None
+        wd = int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY))
+        if wd < 0:
+            self.release(fd, None)
+            return None
+        return fd, wd
+
+    def release(self, fd: int, wd: int | None) -> None:
+        """Done with ``fd``: its watch removed, its queue drained, the instance kept (or
+        closed in a worker thread).  Never blocks on the kernel's grace period."""
+        if wd is not None and self._libc is not None:
+            self._libc.inotify_rm_watch(fd, wd)
+        with contextlib.suppress(OSError):
+            while os.read(fd, 4096):  # the watch's last events and its removal notice
+                pass
+        with self._lock:
+            if self._pid == os.getpid() and len(self._idle) < _KEEP_IDLE:
+                self._idle.append(fd)
+                return
+        trio.lowlevel.notify_closing(fd)
+        trio.lowlevel.start_thread_soon(functools.partial(os.close, fd), lambda _: None)
+
+
+_WATCHES = _Watches()
 
 
 async def _wait_empty(leaf: str, seconds: float) -> bool:
@@ -135,25 +178,24 @@ async def _wait_event(leaf: str, name: str, want: bool, seconds: float) -> bool:
 
     if reached():
         return True
-    fd = _inotify_on(os.path.join(leaf, "cgroup.events"))
+    watch = _WATCHES.watch(os.path.join(leaf, "cgroup.events"))
     try:
         with trio.move_on_after(seconds):
             await trio.lowlevel.checkpoint()  # the scope always has a cancel point
             delay = 0.001
             while not reached():  # read after the watch is set: no change is missed
-                if fd is None:
+                if watch is None:
                     await trio.sleep(delay)
                     delay = min(delay * 2, 0.05)
                     continue
-                await trio.lowlevel.wait_readable(fd)
+                await trio.lowlevel.wait_readable(watch[0])
                 with contextlib.suppress(BlockingIOError):
-                    os.read(fd, 4096)
+                    os.read(watch[0], 4096)
             return True
         return reached()
     finally:
-        if fd is not None:
-            trio.lowlevel.notify_closing(fd)
-            os.close(fd)
+        if watch is not None:
+            _WATCHES.release(*watch)
 
 
 def _set_frozen(leaf: str, frozen: bool) -> None:
