@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -32,6 +33,7 @@ from acpx_trio import (
     Containment,
     ContainmentError,
     LeaseStore,
+    open_acpx_runtime,
     open_runtime_service,
     resolve_config,
 )
@@ -113,6 +115,27 @@ async def test_auto_falls_back_to_the_process_group_and_says_why(
         workspace_dir=tmp_path, state_dir=tmp_path / "state", registry=BackendRegistry(),
     ) as svc:
         assert svc.containment == Containment(mechanism="process-group", reason=no_cgroup)
+
+
+async def test_the_runtime_probes_containment_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe makes and removes a cgroup, which waits on the kernel's cgroup lock: opening
+    a runtime runs it in a worker thread, and reading ``runtime.containment`` never does."""
+    threads: list[bool] = []
+    real = cgroup_mod.probe_cgroup_kill
+
+    def probe() -> CgroupProbe:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real()
+
+    monkeypatch.setattr(cgroup_mod, "probe_cgroup_kill", probe)
+    monkeypatch.setattr(cgroup_mod, "_usable", {})  # a fresh process: nothing probed yet
+    config = resolve_config({"stateDir": str(tmp_path / "state")}, str(tmp_path))
+    async with open_acpx_runtime(config, gateway_instance_id="gw-probe",
+                                 lease_store=LeaseStore(tmp_path / "leases")) as rt:
+        assert rt.containment == resolve_containment("auto")
+    assert threads == [False]  # probed once, in a worker thread (trio runs on the main one)
 
 
 # -- one agent, one leaf ---------------------------------------------------------------------

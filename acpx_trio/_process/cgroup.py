@@ -38,6 +38,7 @@ __all__ = [
     "AgentUsage",
     "CgroupProbe",
     "Containment",
+    "cached_probe",
     "gateway_parent",
     "leaf_event",
     "leaf_members",
@@ -143,7 +144,9 @@ _SAFE_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 _usable: dict[int, CgroupProbe] = {}  # pid -> probe (a fork re-probes)
 
 
-def _probe_cached() -> CgroupProbe:
+def cached_probe() -> CgroupProbe:
+    """:func:`probe_cgroup_kill`, run once per process (again after a ``fork``).  Blocking
+    the first time (it makes and removes a cgroup)."""
     pid = os.getpid()
     probe = _usable.get(pid)
     if probe is None:
@@ -158,7 +161,7 @@ def _safe(name: str) -> bool:
 def gateway_parent(gateway_instance_id: str) -> Path | None:
     """This gateway's parent cgroup (``None`` when cgroup containment is not usable here or
     the id is not a safe directory name).  Blocking."""
-    probe = _probe_cached()
+    probe = cached_probe()
     if not probe.usable or probe.path is None or not _safe(gateway_instance_id):
         return None
     return Path(probe.path) / f"{PARENT_PREFIX}{gateway_instance_id}"
@@ -369,7 +372,7 @@ def resolve_containment(mode: ContainmentMode = "auto") -> Containment:
     if mode == "process-group":
         return Containment(mechanism="process-group",
                            reason="configured: containment = process-group")
-    probe = _probe_cached()
+    probe = cached_probe()
     if probe.usable and probe.path is not None:
         return Containment(mechanism="cgroup", path=probe.path, reason=probe.reason)
     if mode == "cgroup":

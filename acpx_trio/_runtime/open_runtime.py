@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from acpx_trio._errors import AcpRuntimeError, AcpxError, AcpxUsageError, collapse_group
+from acpx_trio._process.cgroup import cached_probe
 from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
@@ -37,6 +38,9 @@ async def open_acpx_runtime(
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
                              "must be a non-empty string (see resolve_gateway_instance_id)")
+    # the containment probe makes and removes a cgroup, which can wait on the kernel's
+    # cgroup lock: done here, in a worker thread, ``runtime.containment`` never blocks
+    await trio.to_thread.run_sync(cached_probe)
     escaped: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

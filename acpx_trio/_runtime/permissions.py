@@ -379,7 +379,8 @@ class FsGate:
 
     async def write_text_file(self, request: WriteTextFileRequest) -> EmptyResponse:
         """Writes the file (creating parent directories inside the cwd) when the mode allows."""
-        confined_relative(request.path, self.cwd.path)  # a path outside is refused before asking
+        # a path outside is refused before asking (in a thread: realpath may touch the disk)
+        await trio.to_thread.run_sync(confined_relative, request.path, self.cwd.path)
         allowed, fail = self.policy.write_allowed()
         if not allowed:
             if fail is not None and self._on_turn_failure is not None:

@@ -159,7 +159,8 @@ class AcpxRuntime:
         """The mechanism containing this runtime's agents and terminals (config
         ``containment``): ``"cgroup"`` with its path or ``"process-group"`` with the reason.
         Raises :class:`~acpx_trio.ContainmentError` for ``"cgroup"`` where it is unusable.
-        (Probes once per process: a few ``/sys`` calls.)"""
+        (Probed once per process; :func:`~acpx_trio.open_acpx_runtime` does it in a worker
+        thread, so that reading this never blocks.)"""
         return resolve_containment(self.config.containment)
 
     # ------------------------------------------------------------------ helpers
