@@ -97,10 +97,16 @@ def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
 
 
 def _map_strings(value: Any, fn: Callable[[str], str], depth: int) -> Any:
-    """``fn`` applied to every string of decoded JSON (object keys too); a list or object
-    nested deeper than :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`."""
+    """``fn`` applied to every string of decoded JSON (object keys too) and to the text of
+    every number (a credential of digits sent as a JSON number: a number ``fn`` changes
+    becomes the changed text); a list or object nested deeper than
+    :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`."""
     if isinstance(value, str):
         return fn(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = repr(value)
+        mapped = fn(text)
+        return value if mapped == text else mapped
     if isinstance(value, list | tuple | dict) and depth >= MAX_REDACT_DEPTH:
         return TOO_DEEP
     if isinstance(value, list | tuple):

@@ -281,3 +281,24 @@ async def test_a_transcript_keeps_no_credential_written_with_unicode_escapes(
     for entry in stored:
         assert SECRET not in json.dumps(json.loads(entry), ensure_ascii=False)
     assert TOO_DEEP in stored[2]
+
+
+async def test_a_credential_of_digits_sent_as_a_json_number_is_not_kept(tmp_path: Path) -> None:
+    """A numeric credential (a PIN-like token, an account number used as a key) that the
+    agent writes as a JSON number, not a string, was stored as it came."""
+    from acpx_trio._errors import replace_secrets
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    digits = "738201945563"
+    line = ('{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+            '{"sessionUpdate":"tool_call","toolCallId":"t","title":"t","rawInput":'
+            f'{{"pin":{digits},"n":[7,{digits}0,2.5,true]}}}}}}}}')
+    writer = TranscriptWriter(tmp_path / "t.ndjson", credentials=[digits])
+    writer.on_message("in", line.encode())
+    await writer.aclose()
+    (stored,) = (tmp_path / "t.ndjson").read_text().splitlines()
+    assert digits not in stored
+    raw_input = json.loads(stored)["m"]["params"]["update"]["rawInput"]
+    assert raw_input == {"pin": REDACTED, "n": [7, f"{REDACTED}0", 2.5, True]}
+    # numbers without a credential in them stay numbers
+    assert replace_secrets({"a": 12, "b": [1.5, False]}, [digits]) == {"a": 12, "b": [1.5, False]}
