@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "MIN_SECRET_LENGTH",
@@ -78,11 +78,18 @@ MAX_REDACT_DEPTH = 64
 TOO_DEEP = "[nested too deeply to check for credentials]"
 
 
-def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
+#: What :func:`replace_secrets` makes of a number whose text holds a credential (an agent
+#: may send a credential of digits as a JSON number): ``"text"`` the redacted text (raw
+#: JSON), ``"none"`` ``None`` (typed events, whose number fields are all optional: the value
+#: is withheld), ``"keep"`` the number (numbers that are ours, such as our own timestamps).
+NumberRule = Literal["text", "none", "keep"]
+
+
+def replace_secrets(value: Any, secrets: Iterable[str], *, numbers: NumberRule = "text") -> Any:
     """Every known secret (exactly, by value) replaced by :data:`REDACTED` in every string of
-    decoded JSON, keys included; nothing is guessed at; a list or object nested deeper than
-    :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`.  Returns ``value`` itself when
-    there is no secret to look for."""
+    decoded JSON, keys included, and in numbers as ``numbers`` says; nothing is guessed at; a
+    list or object nested deeper than :data:`MAX_REDACT_DEPTH` is replaced by
+    :data:`TOO_DEEP`.  Returns ``value`` itself when there is no secret to look for."""
     known = _known(secrets)
     if not known:
         return value
@@ -93,26 +100,27 @@ def replace_secrets(value: Any, secrets: Iterable[str]) -> Any:
                 text = text.replace(secret, REDACTED)
         return text
 
-    return _map_strings(value, replace, 0)
+    return _map_strings(value, replace, 0, numbers)
 
 
-def _map_strings(value: Any, fn: Callable[[str], str], depth: int) -> Any:
-    """``fn`` applied to every string of decoded JSON (object keys too) and to the text of
-    every number (a credential of digits sent as a JSON number: a number ``fn`` changes
-    becomes the changed text); a list or object nested deeper than
-    :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`."""
+def _map_strings(value: Any, fn: Callable[[str], str], depth: int,
+                 numbers: NumberRule = "text") -> Any:
+    """``fn`` applied to every string of decoded JSON (object keys too) and, unless
+    ``numbers`` is ``"keep"``, to the text of every number: one that ``fn`` changes becomes
+    the changed text (``"text"``) or ``None`` (``"none"``); a list or object nested deeper
+    than :data:`MAX_REDACT_DEPTH` is replaced by :data:`TOO_DEEP`."""
     if isinstance(value, str):
         return fn(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and numbers != "keep":
         text = repr(value)
         mapped = fn(text)
-        return value if mapped == text else mapped
+        return value if mapped == text else (mapped if numbers == "text" else None)
     if isinstance(value, list | tuple | dict) and depth >= MAX_REDACT_DEPTH:
         return TOO_DEEP
     if isinstance(value, list | tuple):
-        return [_map_strings(v, fn, depth + 1) for v in value]
+        return [_map_strings(v, fn, depth + 1, numbers) for v in value]
     if isinstance(value, dict):
-        return {_map_strings(k, fn, depth + 1): _map_strings(v, fn, depth + 1)
+        return {_map_strings(k, fn, depth + 1, numbers): _map_strings(v, fn, depth + 1, numbers)
                 for k, v in value.items()}
     return value
 

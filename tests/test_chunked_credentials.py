@@ -24,6 +24,8 @@ from acpx_trio import (
     DoneEvent,
     StatusEvent,
     TextDeltaEvent,
+    TokenUsage,
+    UsageInfo,
     resolve_config,
 )
 from acpx_trio._errors import REDACTED, StreamRedactor
@@ -302,3 +304,22 @@ async def test_a_credential_of_digits_sent_as_a_json_number_is_not_kept(tmp_path
     assert raw_input == {"pin": REDACTED, "n": [7, f"{REDACTED}0", 2.5, True]}
     # numbers without a credential in them stay numbers
     assert replace_secrets({"a": 12, "b": [1.5, False]}, [digits]) == {"a": 12, "b": [1.5, False]}
+
+
+def test_a_credential_in_a_typed_number_of_an_event_is_withheld() -> None:
+    """A typed event cannot carry the redacted text in a number field: the number is
+    withheld (every number field of an event is optional), the rest kept."""
+    import msgspec
+
+    digits = "738201945563"
+    usage = StatusEvent(text=f"usage {digits}/200000", tag="usage_update",
+                        usage=UsageInfo(used=int(digits), size=200000, cost_amount=0.25))
+    done = DoneEvent(stop_reason="end_turn",
+                     usage=TokenUsage(total_tokens=int(digits + "1"), input_tokens=5))
+    out = TurnRedactor([digits]).batch([usage, done])
+    assert digits not in msgspec.json.encode(out).decode()
+    assert out == [
+        StatusEvent(text=f"usage {REDACTED}/200000", tag="usage_update",
+                    usage=UsageInfo(used=None, size=200000, cost_amount=0.25)),
+        DoneEvent(stop_reason="end_turn", usage=TokenUsage(total_tokens=None, input_tokens=5)),
+    ]

@@ -28,8 +28,9 @@ def _load(session_dir: str | Path, key: str) -> list[PastTurn]:
     secrets = known_credentials()
     if not secrets:
         return turns
-    return [msgspec.convert(replace_secrets(msgspec.to_builtins(t), secrets), PastTurn)
-            for t in turns]
+    # a past turn's numbers are our own clock's: none came from the agent
+    return [msgspec.convert(replace_secrets(msgspec.to_builtins(t), secrets, numbers="keep"),
+                            PastTurn) for t in turns]
 
 
 def _when(epoch: float) -> str:
