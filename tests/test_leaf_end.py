@@ -89,7 +89,10 @@ def _inotify_fds() -> set[int]:
     return found
 
 
-async def test_waits_on_a_leaf_reuse_one_watch_and_each_wakes_at_its_change() -> None:
+async def test_waits_on_a_leaf_reuse_one_watch_and_each_wakes_at_its_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(leaf_end, "_WATCHES", leaf_end._Watches())  # none kept from before
     gateway = f"gw-watch-{uuid.uuid4().hex[:12]}"
     leaf = make_leaf(gateway, f"lease-{uuid.uuid4().hex[:8]}")
     assert leaf is not None

@@ -334,8 +334,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
             if code is not None:
                 return code
             if accepted:
-                _report(printer, "ACPX_OWNER_LOST",
-                        "the warm owner went away during the turn")
+                await _report_lost(printer, opts.state_dir)
                 return EXIT_ERROR
     _report(printer, "ACPX_OWNER_SHUTTING_DOWN", "no warm owner accepted the prompt")
     return EXIT_ERROR
@@ -348,6 +347,25 @@ def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
     else:
         printer.output.write(f"queued at position {frame.position} (request "
                              f"{frame.request_id}, owner pid {frame.owner_pid})\n")
+
+
+async def _report_lost(printer: TurnPrinter, state_dir: Path) -> None:
+    """The stream of an accepted turn ended without its end: the owner went away, or it
+    dropped this command, which stopped reading (suspended with Ctrl-Z) while the owner
+    kept sending, so that no session waits on it; said apart by whether the owner still
+    answers."""
+    try:
+        owner = await connect_owner(state_dir)
+    except AcpxError:  # a socket that is not a live owner's answers for none
+        owner = None
+    if owner is None:
+        _report(printer, "ACPX_OWNER_LOST", "the warm owner went away during the turn")
+        return
+    await owner.aclose()
+    _report(printer, "ACPX_CLIENT_DROPPED",
+            "the warm owner dropped this command's stream: it stopped reading (suspended?) "
+            "while the turn went on; the turn carries on in the owner "
+            "(`acpx-trio sessions history` shows how it ended)")
 
 
 def _report(printer: TurnPrinter, code: str, message: str) -> None:
