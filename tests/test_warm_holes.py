@@ -98,6 +98,16 @@ def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None
             assert nxt.returncode == 0, nxt.stderr
             assert nxt.stdout.strip() == "after"
             assert time.monotonic() - start < 60
+            # resumed, the dropped command says so (the owner lives), not "owner went away"
+            log = state / "owner.log"
+            deadline = time.monotonic() + 60
+            while b"dropped a client that stopped reading" not in log.read_bytes():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            flood.signal(signal.SIGCONT)
+            assert flood.wait() == 1
+            flood.wait_stderr("ACPX_CLIENT_DROPPED")
+            assert "ACPX_OWNER_LOST" not in "".join(flood.stderr)
         finally:
             flood.signal(signal.SIGCONT)
 
