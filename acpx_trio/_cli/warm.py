@@ -59,6 +59,7 @@ from acpx_trio._owner.client import (
     send_request,
     unresponsive,
 )
+from acpx_trio._owner.paths import OwnerPaths, read_owner_info
 from acpx_trio._owner.wire import (
     MAX_SECONDS,
     AcceptedFrame,
@@ -293,6 +294,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
         async with stream:
             code: int | None = None
             accepted = False
+            owner_pid = 0
             client.sent = True
             replies: ReplyReader | None = None
             with trio.move_on_after(accept_seconds):
@@ -314,6 +316,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                     return EXIT_USAGE if frame.code.endswith("CONFIG_MISMATCH") else EXIT_ERROR
                 if isinstance(frame, AcceptedFrame):
                     accepted = True
+                    owner_pid = frame.owner_pid
                     await client.on_accepted()
                     if not req.wait:
                         _queued(printer, frame)
@@ -334,7 +337,7 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
             if code is not None:
                 return code
             if accepted:
-                await _report_lost(printer, opts.state_dir)
+                await _report_lost(printer, opts.state_dir, owner_pid)
                 return EXIT_ERROR
     _report(printer, "ACPX_OWNER_SHUTTING_DOWN", "no warm owner accepted the prompt")
     return EXIT_ERROR
@@ -349,23 +352,25 @@ def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
                              f"{frame.request_id}, owner pid {frame.owner_pid})\n")
 
 
-async def _report_lost(printer: TurnPrinter, state_dir: Path) -> None:
-    """The stream of an accepted turn ended without its end: the owner went away, or it
-    dropped this command, which stopped reading (suspended with Ctrl-Z) while the owner
-    kept sending, so that no session waits on it; said apart by whether the owner still
-    answers."""
+async def _report_lost(printer: TurnPrinter, state_dir: Path, owner_pid: int) -> None:
+    """The stream of a turn that owner ``owner_pid`` accepted ended without its end: the
+    owner went away, or it dropped this command, which stopped reading (suspended with
+    Ctrl-Z) while the owner kept sending, so that no session waits on it.  Dropped only if
+    that very owner still answers (not a new one started since)."""
     try:
         owner = await connect_owner(state_dir)
     except AcpxError:  # a socket that is not a live owner's answers for none
         owner = None
-    if owner is None:
-        _report(printer, "ACPX_OWNER_LOST", "the warm owner went away during the turn")
-        return
-    await owner.aclose()
-    _report(printer, "ACPX_CLIENT_DROPPED",
-            "the warm owner dropped this command's stream: it stopped reading (suspended?) "
-            "while the turn went on; the turn carries on in the owner "
-            "(`acpx-trio sessions history` shows how it ended)")
+    if owner is not None:
+        await owner.aclose()
+        info = await trio.to_thread.run_sync(read_owner_info, OwnerPaths(state_dir))
+        if info is not None and info.pid == owner_pid:
+            _report(printer, "ACPX_CLIENT_DROPPED",
+                    "the warm owner dropped this command's stream: it stopped reading "
+                    "(suspended?) while the turn went on; the turn carries on in the owner "
+                    "(`acpx-trio sessions history` shows how it ended)")
+            return
+    _report(printer, "ACPX_OWNER_LOST", "the warm owner went away during the turn")
 
 
 def _report(printer: TurnPrinter, code: str, message: str) -> None:
