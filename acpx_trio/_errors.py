@@ -11,6 +11,8 @@ import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+import msgspec
+
 __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
@@ -26,10 +28,12 @@ __all__ = [
     "LeaseStateError",
     "LeaseStoreError",
     "LeaseValueError",
+    "RawSecrets",
     "SessionStoreError",
     "StateFileError",
     "StreamRedactor",
     "collapse_group",
+    "number_holds_secret",
     "redact",
     "redact_value",
     "replace_secrets",
@@ -94,10 +98,14 @@ def replace_secrets(value: Any, secrets: Iterable[str], *, numbers: NumberRule =
     if not known:
         return value
 
+    digits = tuple(x for x in known if x.isdigit())
+
     def replace(text: str) -> str:
         for secret in known:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if digits and "." in text and any(x in text.replace(".", "") for x in digits):
+            return REDACTED  # a credential of digits written as a float (9.8765432e+27)
         return text
 
     return _map_strings(value, replace, 0, numbers)
@@ -112,9 +120,11 @@ def _map_strings(value: Any, fn: Callable[[str], str], depth: int,
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, int | float) and not isinstance(value, bool) and numbers != "keep":
-        text = repr(value)
-        mapped = fn(text)
-        return value if mapped == text else (mapped if numbers == "text" else None)
+        for text in _number_texts(value):
+            mapped = fn(text)
+            if mapped != text:
+                return mapped if numbers == "text" else None
+        return value
     if isinstance(value, list | tuple | dict) and depth >= MAX_REDACT_DEPTH:
         return TOO_DEEP
     if isinstance(value, list | tuple):
@@ -123,6 +133,49 @@ def _map_strings(value: Any, fn: Callable[[str], str], depth: int,
         return {_map_strings(k, fn, depth + 1, numbers): _map_strings(v, fn, depth + 1, numbers)
                 for k, v in value.items()}
     return value
+
+
+def _number_texts(value: int | float) -> tuple[str, ...]:
+    """The texts a number's digits may be read in: Python's, the JSON written for it (which
+    differ for floats: ``9.8765432e-05`` against ``0.000098765432``), and a float's
+    significant digits alone (its mantissa without the point)."""
+    if isinstance(value, int):
+        return (str(value),)
+    text = repr(value)
+    mantissa = text.split("e")[0].replace(".", "").replace("-", "").lstrip("0")
+    return (text, msgspec.json.encode(value).decode(), mantissa)
+
+
+class RawSecrets:
+    """Whether an encoded JSON message may hold one of the known credentials, checked on its
+    bytes before it is decoded: as the credential is, JSON-escaped as an encoder escapes it,
+    or (a credential of digits) with points among its digits, as a float carries it
+    (``9.8765432e27``).  False means it certainly holds none."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        known = _known(secrets)
+        self.needles = tuple(sorted({x.encode() for x in known}
+                                    | {msgspec.json.encode(x)[1:-1] for x in known},
+                                    key=len, reverse=True))
+        self.digits = tuple(x.encode() for x in known if x.isdigit())
+
+    def __bool__(self) -> bool:
+        return bool(self.needles)
+
+    def __call__(self, raw: bytes) -> bool:
+        if any(x in raw for x in self.needles):
+            return True
+        if not self.digits or b"." not in raw:
+            return False
+        dotless = raw.replace(b".", b"")
+        return any(x in dotless for x in self.digits)
+
+
+def number_holds_secret(value: int | float, secrets: Iterable[str]) -> bool:
+    """Whether a known secret is among the digits of ``value`` (an agent may send a
+    credential of digits as a number: an error code, a protocol version)."""
+    known = _known(secrets)
+    return bool(known) and any(s in text for text in _number_texts(value) for s in known)
 
 
 def _tail_start(text: str, secrets: tuple[str, ...], keep: int) -> int | None:

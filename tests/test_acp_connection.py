@@ -333,6 +333,24 @@ async def test_a_junk_line_is_redacted_before_it_is_cut_for_display() -> None:
         assert h.conn.last_junk[-1].startswith(b"\xff" * 170)  # undecodable bytes kept
 
 
+async def test_a_credential_of_digits_as_an_error_code_is_never_shown_or_kept() -> None:
+    """An agent answering with its credential of digits as the JSON-RPC error's code (or as
+    a float in its data) had it in the message, ``rpc_code`` and every place they go."""
+    secret = "98765432"
+    async with connected() as h:
+        h.conn.redact_secrets = (secret,)
+        box = await start_request(h, "session/new", EmptyResponse)
+        msg = await h.peer.recv()
+        await h.peer.send({"jsonrpc": "2.0", "id": msg["id"], "error": {
+            "code": int(secret), "message": "no", "data": {"n": 98765432e20, "m": 0.000098765432}}})
+        await trio.testing.wait_all_tasks_blocked()
+        exc = box[0]
+        assert isinstance(exc, AcpRuntimeError) and exc.code == "ACP_RPC_ERROR"
+        assert exc.rpc_code is None
+        shown = f"{exc.message} {exc.rpc_data!r}".replace(".", "")
+        assert secret not in shown, shown
+
+
 async def test_json_nested_past_the_decoders_limit_is_a_junk_line_not_a_crash() -> None:
     """msgspec stops at about 1,000 levels with a RecursionError, which killed the read
     loop (and a warm owner with it): such a line is junk, reported, and the connection

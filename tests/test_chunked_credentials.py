@@ -302,6 +302,13 @@ async def test_a_credential_of_digits_sent_as_a_json_number_is_not_kept(tmp_path
     assert digits not in stored
     raw_input = json.loads(stored)["m"]["params"]["update"]["rawInput"]
     assert raw_input == {"pin": REDACTED, "n": [7, f"{REDACTED}0", 2.5, True]}
+    # written as floats (the digits with a point among them): redacted too, whatever form
+    writer = TranscriptWriter(tmp_path / "f.ndjson", credentials=[digits])
+    floats = f'{{"jsonrpc":"2.0","method":"x","params":{{"a":{digits}e20,"b":0.0000{digits}}}}}'
+    writer.on_message("in", floats.encode())
+    await writer.aclose()
+    (stored,) = (tmp_path / "f.ndjson").read_text().splitlines()
+    assert digits not in stored.replace(".", ""), stored
     # numbers without a credential in them stay numbers
     assert replace_secrets({"a": 12, "b": [1.5, False]}, [digits]) == {"a": 12, "b": [1.5, False]}
 

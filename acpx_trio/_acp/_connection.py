@@ -31,10 +31,12 @@ from acpx_trio._acp._jsonrpc import (
 from acpx_trio._acp._pending import Pending as _Pending
 from acpx_trio._acp._pending import copy_error as _copy_error
 from acpx_trio._errors import (
+    REDACTED,
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
     AcpxError,
+    number_holds_secret,
     redact,
     redact_value,
 )
@@ -262,11 +264,13 @@ class AcpConnection:
         outcome = pending.outcome
         if isinstance(outcome, ErrorResponse):
             err, secrets = outcome.error, self.redact_secrets  # an agent may echo its key
+            # a credential of digits may come as the error's code: never shown, never kept
+            hidden = number_holds_secret(err.code, secrets)
             raise AcpRuntimeError(
                 "ACP_RPC_ERROR",
-                f"agent answered {pending.method} with JSON-RPC error {err.code}: "
-                f"{redact(err.message, secrets)}",
-                rpc_code=err.code,
+                f"agent answered {pending.method} with JSON-RPC error "
+                f"{REDACTED if hidden else err.code}: {redact(err.message, secrets)}",
+                rpc_code=None if hidden else err.code,
                 rpc_data=redact_value(err.data, secrets),
             )
         assert outcome is not None

@@ -35,10 +35,12 @@ from acpx_trio._acp import (
 )
 from acpx_trio._errors import (
     MIN_SECRET_LENGTH,
+    REDACTED,
     AcpConnectionClosedError,
     AcpProtocolError,
     AcpRuntimeError,
     AgentProcessError,
+    number_holds_secret,
 )
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._runtime.agents import AgentSpec
@@ -158,9 +160,11 @@ async def initialize_agent(connection: AcpConnection, config: AcpxConfig) -> Ini
             InitializeResponse,
         )
     if init.protocol_version != PROTOCOL_VERSION:
+        hidden = number_holds_secret(init.protocol_version, connection.redact_secrets)
+        shown = REDACTED if hidden else init.protocol_version  # a credential of digits
         raise AcpRuntimeError(
             "ACP_SESSION_INIT_FAILED",
-            f"the agent answered ACP protocol version {init.protocol_version}; acpx-trio "
+            f"the agent answered ACP protocol version {shown}; acpx-trio "
             f"supports only version {PROTOCOL_VERSION}",
         )
     return init

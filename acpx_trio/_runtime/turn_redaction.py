@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._errors import StreamRedactor, replace_secrets
+from acpx_trio._errors import RawSecrets, StreamRedactor, replace_secrets
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent, TextDeltaEvent
 
 __all__ = ["TurnRedactor"]
@@ -32,8 +32,7 @@ class TurnRedactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = tuple(secrets)
         self._streams = {name: StreamRedactor(self._secrets) for name in _STREAMS}
-        self._raw = tuple({s.encode() for s in self._secrets}
-                          | {msgspec.json.encode(s)[1:-1] for s in self._secrets})
+        self._raw = RawSecrets(self._secrets)
         self.active = bool(self._streams["output"])
 
     def batch(self, events: list[AcpRuntimeEvent]) -> list[AcpRuntimeEvent]:
@@ -76,7 +75,7 @@ class TurnRedactor:
 
     def _scrub(self, ev: AcpRuntimeEvent) -> AcpRuntimeEvent:
         raw = msgspec.json.encode(ev)
-        if not any(s in raw for s in self._raw):
+        if not self._raw(raw):
             return ev
         # a typed number holding a credential is withheld (every number field of an event
         # is optional); numbers inside free-form fields are withheld the same way

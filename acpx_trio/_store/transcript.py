@@ -41,6 +41,7 @@ import trio
 
 from acpx_trio._errors import (
     MIN_SECRET_LENGTH,
+    RawSecrets,
     StateFileError,
     StreamRedactor,
     replace_secrets,
@@ -145,10 +146,7 @@ class TranscriptWriter:
         self.keep = max(1, keep)
         self.flush_bytes = flush_bytes
         self._secrets = [s for s in credentials if len(s) >= MIN_SECRET_LENGTH]
-        # JSON-escaped forms too, in case a credential has characters JSON escapes
-        self._raw_secrets = sorted({s.encode() for s in self._secrets}
-                                   | {_encoder.encode(s)[1:-1] for s in self._secrets},
-                                   key=len, reverse=True)
+        self._raw_secrets = RawSecrets(self._secrets)
         #: per chunk kind: the stream redactor and the envelope of its last chunk
         self._streams: dict[str, tuple[StreamRedactor, Any]] = {}
         self._nursery = nursery
@@ -240,10 +238,9 @@ class TranscriptWriter:
                     replay)
 
     def _may_hold_secret(self, raw: bytes) -> bool:
-        """Whether the message line ``raw`` may hold a credential: as it is, JSON-escaped as
-        an encoder escapes it, or with any character written as a ``\\u`` escape (then it is
-        decoded to be sure)."""
-        return any(s in raw for s in self._raw_secrets) or b"\\u" in raw
+        """Whether the message line ``raw`` may hold a credential (:class:`RawSecrets`), or
+        any character is written as a ``\\u`` escape (then it is decoded to be sure)."""
+        return self._raw_secrets(raw) or b"\\u" in raw
 
     def _release_held(self, buf: bytearray, t: float) -> None:
         """Store every held chunk tail as a chunk of its own (the stream of that kind ended

@@ -60,7 +60,7 @@ class _UpdateParams(msgspec.Struct):
 
 class _RpcError(msgspec.Struct):
     message: str = ""
-    code: int = 0
+    code: int | str = 0  # text: a code that held a credential was redacted
 
 
 class _Result(msgspec.Struct, rename="camel"):
