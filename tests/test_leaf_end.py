@@ -121,3 +121,46 @@ async def test_waits_on_a_leaf_reuse_one_watch_and_each_wakes_at_its_change(
         parent = gateway_parent(gateway)
         if parent is not None and parent.exists():
             parent.rmdir()
+
+
+async def test_a_cancelled_end_thaws_at_once_though_every_worker_thread_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thaw has worker threads of its own: with Trio's default thread limiter full of an
+    embedder's blocking work, a cancelled graceful end still thaws the leaf and returns at
+    once (it waited for a token, the leaf frozen meanwhile)."""
+    gateway = f"gw-thaw-{uuid.uuid4().hex[:12]}"
+    leaf = make_leaf(gateway, f"lease-{uuid.uuid4().hex[:8]}")
+    assert leaf is not None
+    member = await trio.lowlevel.open_process(
+        shim_argv(leaf, ["sh", "-c", "trap '' TERM; sleep 60 & wait"]), start_new_session=True)
+    real_wait = leaf_end._wait_event
+    try:
+        await poll_until(lambda: bool(leaf_populated(leaf)), seconds=10.0)
+        async with trio.open_nursery() as nursery:
+
+            async def fill_then_wait(path: str, name: str, want: bool, seconds: float) -> bool:
+                if name == "frozen":  # the embedder's blocking work takes every token
+                    for _ in range(int(trio.to_thread.current_default_thread_limiter()
+                                       .total_tokens)):
+                        nursery.start_soon(trio.to_thread.run_sync, time.sleep, 3.0)
+                    await trio.testing.wait_all_tasks_blocked()
+                return await real_wait(path, name, want, seconds)
+
+            monkeypatch.setattr(leaf_end, "_wait_event", fill_then_wait)
+            start = trio.current_time()
+            with trio.move_on_after(0.2):
+                await leaf_end.terminate_leaf(leaf, 1.0, 5.0)
+            took = trio.current_time() - start
+            frozen = leaf_end.leaf_event(leaf, "frozen")
+        assert took < 1.5, took  # not the 3 s the busy threads take
+        assert frozen is False
+    finally:
+        monkeypatch.undo()
+        with trio.CancelScope(shield=True):
+            assert await leaf_end.kill_leaf(leaf, 5.0)
+            member.kill()
+            await member.wait()
+        parent = gateway_parent(gateway)
+        if parent is not None and parent.exists():
+            parent.rmdir()

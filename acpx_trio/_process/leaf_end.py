@@ -111,16 +111,23 @@ class _Watches:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pid = -1
         self._idle: list[int] = []
         self._libc: ctypes.CDLL | None = None
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's instances are not the child's to use (their events
+        would go to either process); the copies are closed (the parent's stay open, so this
+        is no instance's last close: no grace period to wait for) and the lock made anew."""
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, []
+        for fd in idle:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def watch(self, path: str) -> tuple[int, int] | None:
         """An instance watching ``path`` for changes: ``(fd, watch)``; ``None`` where inotify
         is unavailable (or the instance limit is reached)."""
         with self._lock:
-            if self._pid != os.getpid():  # a forked child shares the parent's instances
-                self._pid, self._idle = os.getpid(), []
             fd = self._idle.pop() if self._idle else -1
             try:
                 self._libc = libc = self._libc or ctypes.CDLL(None, use_errno=True)
@@ -148,7 +155,7 @@ class _Watches:
             while os.read(fd, 4096):  # the watch's last events and its removal notice
                 pass
         with self._lock:
-            if self._pid == os.getpid() and len(self._idle) < _KEEP_IDLE:
+            if len(self._idle) < _KEEP_IDLE:
                 self._idle.append(fd)
                 return
         trio.lowlevel.notify_closing(fd)
@@ -156,6 +163,18 @@ class _Watches:
 
 
 _WATCHES = _Watches()
+os.register_at_fork(after_in_child=lambda: _WATCHES.after_fork())
+#: the thaws' own worker threads, per Trio run: a thaw never waits behind other work
+_THAW_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("thaw")
+
+
+def _thaw_limiter() -> trio.CapacityLimiter:
+    try:
+        return _THAW_LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(64)
+        _THAW_LIMITER.set(limiter)
+        return limiter
 
 
 async def _wait_empty(leaf: str, seconds: float) -> bool:
@@ -235,7 +254,7 @@ async def _frozen(leaf: str) -> AsyncIterator[None]:
     finally:
         if froze:
             with trio.CancelScope(shield=True):  # a short, bounded write: never skipped
-                await trio.to_thread.run_sync(_set_frozen, leaf, False)
+                await trio.to_thread.run_sync(_set_frozen, leaf, False, limiter=_thaw_limiter())
 
 
 def _write_kill(leaf: str) -> _Members:
