@@ -23,6 +23,7 @@ from acpx_trio._owner.wire import (
     FrameReader,
     OwnerLaunch,
     OwnerProtocolError,
+    OwnerStreamCutError,
     PromptRequest,
     config_fingerprint,
     credential_env_digests,
@@ -74,6 +75,22 @@ async def test_frame_budget_is_shared_and_given_back() -> None:
     assert await b2.receive() == b"z" * 20
     b2.release()
     assert budget.used == 0
+
+
+async def test_a_connection_cut_in_the_middle_of_a_frame_is_told_apart() -> None:
+    """A cut mid-frame (an owner that died, or dropped a client that stopped reading while a
+    large frame was on its way) is its own error, so the client can say which of the two
+    happened instead of calling it a protocol error; a clean end is ``None``."""
+    send, recv = trio.testing.memory_stream_one_way_pair()
+    reader = FrameReader(recv, limit=1 << 20)
+    await send.send_all(b'{"kind": "heart')
+    await send.aclose()
+    with pytest.raises(OwnerStreamCutError) as info:
+        await reader.receive()
+    assert isinstance(info.value, OwnerProtocolError)
+    send, recv = trio.testing.memory_stream_one_way_pair()
+    await send.aclose()
+    assert await FrameReader(recv, limit=10).receive() is None
 
 
 @given(st.dictionaries(st.sampled_from(["ACPX_AUTH_X", "OPENAI_API_KEY", "HOME", "MY_TOKEN",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import psutil
 import trio
 
 from acpx_trio._cli.exits import (
@@ -72,6 +73,7 @@ from acpx_trio._owner.wire import (
     HeartbeatFrame,
     OwnerErrorFrame,
     OwnerLaunch,
+    OwnerStreamCutError,
     PromptRequest,
     Request,
     SessionState,
@@ -302,9 +304,14 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
             if replies is None:
                 raise await unresponsive(opts.state_dir, "the prompt", accept_seconds)
             while True:
-                frame = await _next(client, replies, SILENCE_SECONDS if accepted
-                                    else accept_seconds,
-                                    "during the turn" if accepted else "the prompt")
+                try:
+                    frame = await _next(client, replies, SILENCE_SECONDS if accepted
+                                        else accept_seconds,
+                                        "during the turn" if accepted else "the prompt")
+                except OwnerStreamCutError:
+                    if not accepted:
+                        raise
+                    frame = None  # cut mid-frame: the owner died, or dropped this command
                 if frame is None:
                     break
                 if isinstance(frame, HeartbeatFrame):
@@ -352,25 +359,32 @@ def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
                              f"{frame.request_id}, owner pid {frame.owner_pid})\n")
 
 
+def _owner_lives(state_dir: Path, owner_pid: int) -> bool:
+    """Whether owner ``owner_pid`` still runs: ``owner.json`` names it and the process of that
+    pid is the one it recorded (its create time; a pid reused since, or a new owner between
+    binding its socket and writing its record, is not it).  Blocking."""
+    info = read_owner_info(OwnerPaths(state_dir))
+    if info is None or info.pid != owner_pid:
+        return False
+    try:
+        proc = psutil.Process(owner_pid)
+        return (proc.create_time() == info.create_time
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 async def _report_lost(printer: TurnPrinter, state_dir: Path, owner_pid: int) -> None:
     """The stream of a turn that owner ``owner_pid`` accepted ended without its end: the
     owner went away, or it dropped this command, which stopped reading (suspended with
-    Ctrl-Z) while the owner kept sending, so that no session waits on it.  Dropped only if
-    that very owner still answers (not a new one started since)."""
-    try:
-        owner = await connect_owner(state_dir)
-    except AcpxError:  # a socket that is not a live owner's answers for none
-        owner = None
-    if owner is not None:
-        await owner.aclose()
-        info = await trio.to_thread.run_sync(read_owner_info, OwnerPaths(state_dir))
-        if info is not None and info.pid == owner_pid:
-            _report(printer, "ACPX_CLIENT_DROPPED",
-                    "the warm owner dropped this command's stream: it stopped reading "
-                    "(suspended?) while the turn went on; the turn carries on in the owner "
-                    "(`acpx-trio sessions history` shows how it ended)")
-            return
-    _report(printer, "ACPX_OWNER_LOST", "the warm owner went away during the turn")
+    Ctrl-Z) while the owner kept sending, so that no session waits on it."""
+    if await trio.to_thread.run_sync(_owner_lives, state_dir, owner_pid):
+        _report(printer, "ACPX_CLIENT_DROPPED",
+                "the warm owner dropped this command's stream: it stopped reading "
+                "(suspended?) while the turn went on; the turn carries on in the owner "
+                "(`acpx-trio sessions history` shows how it ended)")
+    else:
+        _report(printer, "ACPX_OWNER_LOST", "the warm owner went away during the turn")
 
 
 def _report(printer: TurnPrinter, code: str, message: str) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "OwnerErrorFrame",
     "OwnerLaunch",
     "OwnerProtocolError",
+    "OwnerStreamCutError",
     "PromptRequest",
     "Reply",
     "Request",
@@ -81,6 +82,11 @@ class OwnerProtocolError(AcpxError):
     """A peer sent a frame that is too long or does not decode."""
 
     code = "ACPX_OWNER_PROTOCOL"
+
+
+class OwnerStreamCutError(OwnerProtocolError):
+    """The connection ended in the middle of a frame (the peer died, or dropped a client
+    that stopped reading)."""
 
 
 # -- requests (client -> owner) ---------------------------------------------------------------
@@ -317,7 +323,7 @@ class FrameReader:
             chunk = await self._stream.receive_some(65536)
             if not chunk:
                 if self._buf:
-                    raise OwnerProtocolError("connection closed in the middle of a frame")
+                    raise OwnerStreamCutError("connection closed in the middle of a frame")
                 return None
             self._charge(len(self._buf) + len(chunk))
             self._buf += chunk
