@@ -17,6 +17,7 @@ from _runtime_helpers import (
     wait_reader_paused,
 )
 
+from acpx_trio import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.live_session import HIGH_WATER
 from acpx_trio._store.lease_model import LeaseState
@@ -200,7 +201,8 @@ async def test_fs_confinement_end_to_end(env: RuntimeEnv) -> None:
 async def test_a_session_cwd_replaced_by_a_symlink_leads_nowhere(env: RuntimeEnv) -> None:
     """The agent renames the session cwd away and puts a symlink to an outside directory in
     its place: reads, writes and terminals through that path are refused, not followed
-    (30 of 30 each went outside before); a session ensured there afresh starts anew."""
+    (30 of 30 each went outside before); ensuring the session again is refused while it
+    runs; once closed, a session ensured there afresh starts anew."""
     cwd = env.workspace
     outside = env.root / "outside"
     outside.mkdir()
@@ -221,6 +223,13 @@ async def test_a_session_cwd_replaced_by_a_symlink_leads_nowhere(env: RuntimeEnv
                 assert "no longer the directory" in await say(line), line
             assert not (outside / "new.txt").exists()
             assert (outside / "notes.txt").read_text() == "OUTSIDE"
+            # ensured again (a warm prompt does so every time): refused, not restarted in the
+            # directory the symlink names (it was, with reads and writes there)
+            with pytest.raises(AcpRuntimeError, match="no longer the directory"):
+                await rt.ensure_session(session_key="s", agent="mock")
+            await rt.close(handle=handle, reason="replaced cwd")
+            again = await rt.ensure_session(session_key="s", agent="mock")  # asked for anew
+            assert output(await run(rt, again, f"/read {cwd}/notes.txt")) == "OUTSIDE"
 
 
 async def test_fs_writes_follow_permission_mode(env: RuntimeEnv) -> None:

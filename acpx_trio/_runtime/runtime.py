@@ -237,6 +237,15 @@ class AcpxRuntime:
         async with self._key_locks(key):
             self._check_open()
             live = self._sessions.get(key)
+            if live is not None and live.cwd == resolved.path and live.fs.cwd != resolved:
+                # its path was given a new directory while the session ran (renamed away, a
+                # symlink or another directory in its place): never followed by a restart
+                raise AcpRuntimeError(
+                    "ACP_SESSION_INIT_FAILED",
+                    f"ACP session cwd {resolved.path!r} is no longer the directory session "
+                    f"{key!r} started in (it was replaced while the session ran); close the "
+                    "session to start anew there.",
+                )
             if live is not None:
                 reusable = (
                     live.alive
