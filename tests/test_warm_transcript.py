@@ -155,3 +155,18 @@ async def test_writer_reassembles_lines_split_across_chunks(tmp_path: Path) -> N
     entries = list(read_transcript(path))
     assert [(e.d, json.loads(bytes(e.m)).get("id")) for e in entries] == [
         ("out", 7), ("in", None), ("in", 7)]
+
+
+async def test_a_turn_whose_error_code_was_redacted_still_ends_in_history(tmp_path: Path) -> None:
+    """A credential of digits sent as the error code of a prompt's answer is stored as the
+    redacted text: the history still shows how the turn ended (it was listed unfinished)."""
+    digits = "98765432"
+    writer = TranscriptWriter(tmp_path / "t.ndjson", credentials=[digits])
+    writer.on_message("out", b'{"jsonrpc":"2.0","id":3,"method":"session/prompt","params":'
+                             b'{"sessionId":"s","prompt":[{"type":"text","text":"hi"}]}}')
+    writer.on_message("in", b'{"jsonrpc":"2.0","id":3,"error":{"code":%s,"message":"no"}}'
+                      % digits.encode())
+    await writer.aclose()
+    (turn,) = past_turns(read_transcript(tmp_path / "t.ndjson"))
+    assert turn.prompt == "hi" and turn.error == f"{REDACTED}: no"
+    assert turn.ended_at is not None
