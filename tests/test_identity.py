@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from acpx_trio._process.identity import (
     live_thread,
     process_info,
     read_start_ticks,
+    runs,
     same_process,
     self_identity,
     snapshot_processes,
@@ -266,3 +268,21 @@ async def test_a_leader_that_ended_alone_is_the_process_running() -> None:
         proc.kill()
         await proc.wait()
     assert live_thread(proc.pid) is None
+
+
+def test_runs_is_false_for_an_exiting_process_a_zombie_and_no_process() -> None:
+    """What a client asks of the owner that served it: a zombie (and one caught exiting,
+    whose connections close before it is a zombie) does not run."""
+    assert runs(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        assert runs(child.pid)
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+        assert not runs(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not runs(child.pid) and not runs(0) and not runs(-1)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psutil
 import trio
 
 from acpx_trio._cli.exits import (
@@ -82,6 +81,7 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
 )
+from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, process_info, runs
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
@@ -366,12 +366,11 @@ def _owner_lives(state_dir: Path, owner_pid: int) -> bool:
     info = read_owner_info(OwnerPaths(state_dir))
     if info is None or info.pid != owner_pid:
         return False
-    try:
-        proc = psutil.Process(owner_pid)
-        return (proc.create_time() == info.create_time
-                and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
+    # exiting counts as gone: a SIGKILLed owner closes its connections while it exits,
+    # before it is a zombie, so the cut stream comes first
+    found = process_info(owner_pid)
+    return (found is not None and abs(found.create_time - info.create_time)
+            <= CREATE_TIME_TOLERANCE and runs(owner_pid))
 
 
 async def _report_lost(printer: TurnPrinter, state_dir: Path, owner_pid: int) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "process_info",
     "read_start_ticks",
     "running_dir",
+    "runs",
     "same_process",
     "self_identity",
     "signal_uid",
@@ -465,6 +466,20 @@ def _inspect(proc: psutil.Process) -> ProcessInfo | None:
         sid=sid,
         owner=owner,
     )
+
+
+def runs(pid: int) -> bool:
+    """Whether process ``pid`` runs now: it exists, is no zombie and is not exiting (a
+    leader that ended alone while another thread runs on does run).  Blocking."""
+    if pid <= 0:
+        return False
+    if not _LINUX:
+        try:
+            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+    fields = _read_stat_fields(pid)
+    return fields is not None and running_dir(pid, fields[0], stat_exiting(fields)) is not None
 
 
 def process_info(pid: int) -> ProcessInfo | None:
