@@ -174,8 +174,7 @@ class RawSecrets:
 def number_holds_secret(value: int | float, secrets: Iterable[str]) -> bool:
     """Whether a known secret is among the digits of ``value`` (an agent may send a
     credential of digits as a number: an error code, a protocol version)."""
-    known = _known(secrets)
-    return bool(known) and any(s in text for text in _number_texts(value) for s in known)
+    return replace_secrets(value, secrets, numbers="none") is None  # the one number rule
 
 
 def _tail_start(text: str, secrets: tuple[str, ...], keep: int) -> int | None:

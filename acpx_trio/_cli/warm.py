@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import psutil
 import trio
 
 from acpx_trio._cli.exits import (
@@ -81,7 +82,7 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
 )
-from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, process_info, runs
+from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, runs
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
@@ -368,9 +369,11 @@ def _owner_lives(state_dir: Path, owner_pid: int) -> bool:
         return False
     # exiting counts as gone: a SIGKILLed owner closes its connections while it exits,
     # before it is a zombie, so the cut stream comes first
-    found = process_info(owner_pid)
-    return (found is not None and abs(found.create_time - info.create_time)
-            <= CREATE_TIME_TOLERANCE and runs(owner_pid))
+    try:
+        created = psutil.Process(owner_pid).create_time()
+    except psutil.Error:
+        return False
+    return abs(created - info.create_time) <= CREATE_TIME_TOLERANCE and runs(owner_pid)
 
 
 async def _report_lost(printer: TurnPrinter, state_dir: Path, owner_pid: int) -> None:
