@@ -75,6 +75,18 @@ def _known(secrets: Iterable[str]) -> tuple[str, ...]:
                          and len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True))
 
 
+#: The significant decimal digits a JSON float is sure to keep once decoded (an IEEE double
+#: carries 15 to 17): of a credential of digits longer than this, only its first
+#: ``FLOAT_DIGITS`` survive in a number, so those alone count as the credential.
+FLOAT_DIGITS = 15
+
+
+def _digit_needles(known: tuple[str, ...]) -> tuple[str, ...]:
+    """What of each credential of digits a number can carry: all of it, or for one longer
+    than :data:`FLOAT_DIGITS`, its first :data:`FLOAT_DIGITS` (a float rounds the rest)."""
+    return tuple(x[:FLOAT_DIGITS] for x in known if x.isdigit())
+
+
 #: How deep :func:`replace_secrets` and :func:`redact_value` look into nested JSON; what
 #: lies deeper is replaced whole by :data:`TOO_DEEP` (it cannot be checked: fail closed).
 MAX_REDACT_DEPTH = 64
@@ -91,21 +103,25 @@ NumberRule = Literal["text", "none", "keep"]
 
 def replace_secrets(value: Any, secrets: Iterable[str], *, numbers: NumberRule = "text") -> Any:
     """Every known secret (exactly, by value) replaced by :data:`REDACTED` in every string of
-    decoded JSON, keys included, and in numbers as ``numbers`` says; nothing is guessed at; a
+    decoded JSON, keys included, and in numbers as ``numbers`` says; a text that holds a
+    credential of digits with points among them, or the first :data:`FLOAT_DIGITS` digits of
+    a longer one (what a float keeps of it), is replaced whole; nothing else is guessed at; a
     list or object nested deeper than :data:`MAX_REDACT_DEPTH` is replaced by
     :data:`TOO_DEEP`.  Returns ``value`` itself when there is no secret to look for."""
     known = _known(secrets)
     if not known:
         return value
 
-    digits = tuple(x for x in known if x.isdigit())
+    digits = _digit_needles(known)
 
     def replace(text: str) -> str:
         for secret in known:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if digits and "." in text and any(x in text.replace(".", "") for x in digits):
-            return REDACTED  # a credential of digits written as a float (9.8765432e+27)
+        if digits and any(x in text.replace(".", "") for x in digits):
+            # a credential of digits written as a float (9.8765432e+27), or the first digits
+            # of one too long for a float to keep whole
+            return REDACTED
         return text
 
     return _map_strings(value, replace, 0, numbers)
@@ -150,14 +166,15 @@ class RawSecrets:
     """Whether an encoded JSON message may hold one of the known credentials, checked on its
     bytes before it is decoded: as the credential is, JSON-escaped as an encoder escapes it,
     or (a credential of digits) with points among its digits, as a float carries it
-    (``9.8765432e27``).  False means it certainly holds none."""
+    (``9.8765432e27``; of one longer than :data:`FLOAT_DIGITS`, its first digits).  False
+    means it certainly holds none."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         known = _known(secrets)
         self.needles = tuple(sorted({x.encode() for x in known}
                                     | {msgspec.json.encode(x)[1:-1] for x in known},
                                     key=len, reverse=True))
-        self.digits = tuple(x.encode() for x in known if x.isdigit())
+        self.digits = tuple(x.encode() for x in _digit_needles(known))
 
     def __bool__(self) -> bool:
         return bool(self.needles)
@@ -165,9 +182,9 @@ class RawSecrets:
     def __call__(self, raw: bytes) -> bool:
         if any(x in raw for x in self.needles):
             return True
-        if not self.digits or b"." not in raw:
+        if not self.digits:
             return False
-        dotless = raw.replace(b".", b"")
+        dotless = raw.replace(b".", b"") if b"." in raw else raw
         return any(x in dotless for x in self.digits)
 
 

@@ -330,3 +330,55 @@ def test_a_credential_in_a_typed_number_of_an_event_is_withheld() -> None:
                     usage=UsageInfo(used=None, size=200000, cost_amount=0.25)),
         DoneEvent(stop_reason="end_turn", usage=TokenUsage(total_tokens=None, input_tokens=5)),
     ]
+
+
+#: a credential of digits longer than a float keeps (22 digits: a JSON float holds 15-17)
+LONG_DIGITS = "7382019455630918273645"
+
+
+@pytest.mark.parametrize(("digits", "amount"), [
+    ("73820194", "73820194"),  # shown as "7.38202e+07" it was the first digits, unredacted
+    ("73820194", "0.0073820194"),
+    (LONG_DIGITS, LONG_DIGITS),  # an integer of 22 digits: a float keeps its first 16
+    (LONG_DIGITS, f"{LONG_DIGITS}.5"),
+    (LONG_DIGITS, f"0.000{LONG_DIGITS}"),
+])
+async def test_a_credential_sent_as_a_cost_shows_in_no_form(
+    env: RuntimeEnv, monkeypatch: pytest.MonkeyPatch, digits: str, amount: str
+) -> None:
+    """A usage update whose cost amount carries a credential of digits: the status text
+    showed the amount rounded (its first digits), which redaction, looking for the whole
+    credential, did not find; a credential longer than a float's precision reached the event's
+    number field (and the transcript) rounded, so no longer whole, and was kept."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", digits)
+    async with env.runtime() as rt:
+        handle = await rt.ensure_session(session_key="k", agent="mock")
+        events = await run(rt, handle, f"/cost {amount}")
+    (usage,) = [e for e in events if isinstance(e, StatusEvent) and e.tag == "usage_update"]
+    assert usage.usage is not None and usage.usage.cost_amount is None, usage
+    assert usage.usage.cost_currency == "USD" and usage.usage.used == 1
+    assert REDACTED in usage.text, usage.text
+    shown = json.dumps([str(e) for e in events]).replace(".", "")
+    assert digits[:6] not in shown, shown
+
+
+def test_a_transcript_keeps_no_float_rounded_long_credential(tmp_path: Path) -> None:
+    """The raw message held the whole credential; decoded, the float kept its first 16 digits
+    and the transcript stored them."""
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    async def write() -> None:
+        writer = TranscriptWriter(tmp_path / "t.ndjson", credentials=[LONG_DIGITS])
+        for number in (f"{LONG_DIGITS}.5", "7.382019455630918e21", f"-0.0{LONG_DIGITS}"):
+            writer.on_message("in", f'{{"jsonrpc":"2.0","method":"x","params":{{"a":{number},'
+                                    f'"b":1.5}}}}'.encode())
+        await writer.aclose()
+
+    import trio
+
+    trio.run(write)
+    stored = (tmp_path / "t.ndjson").read_text().splitlines()
+    assert len(stored) == 3
+    for line in stored:
+        assert LONG_DIGITS[:15] not in line.replace(".", ""), line
+        assert json.loads(line)["m"]["params"] == {"a": REDACTED, "b": 1.5}

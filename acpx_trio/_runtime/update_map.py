@@ -85,6 +85,12 @@ def _cost(cost: object) -> tuple[float | None, str | None]:
             currency if isinstance(currency, str) else None)
 
 
+def _amount_text(amount: float) -> str:
+    """``amount`` with every digit it has (a rounded form could show the first digits of a
+    credential that redaction, which looks for the whole, would not find)."""
+    return str(int(amount)) if amount.is_integer() and abs(amount) < 1e16 else repr(amount)
+
+
 def config_option_info(option: SessionConfigOption) -> ConfigOptionInfo:
     """The public view of one wire config option (select groups flattened into ``values``)."""
     values: list[str] = []
@@ -181,7 +187,7 @@ def _status(update: SessionUpdate) -> AcpRuntimeEvent | None:
         amount, currency = _cost(update.cost)
         text = f"usage: {update.used}/{update.size}"
         if amount is not None:
-            text += f" (cost {amount:g}{' ' + currency if currency else ''})"
+            text += f" (cost {_amount_text(amount)}{' ' + currency if currency else ''})"
         return StatusEvent(text=text, tag="usage_update", usage=UsageInfo(
             used=update.used, size=update.size, cost_amount=amount, cost_currency=currency))
     assert isinstance(update, UnknownSessionUpdate)

@@ -310,6 +310,17 @@ def _report(t: TurnCtx, arg: str) -> str | None:
     return "end_turn"
 
 
+def _cost(t: TurnCtx, arg: str) -> str | None:
+    """``/cost NUMBER``: a ``usage_update`` whose cost amount is NUMBER, written as it is given
+    (a JSON number of any length or form: what an agent may round-trip a credential as)."""
+    amount = arg.strip()
+    msgspec.json.decode(amount, type=int | float)  # a directive typo fails here, not the wire
+    t.agent.send(t.update({"sessionUpdate": "usage_update", "used": 1, "size": 2,
+                           "cost": {"amount": msgspec.Raw(amount.encode()), "currency": "USD"}}))
+    t.say("costed")
+    return "end_turn"
+
+
 def _mode(t: TurnCtx, arg: str) -> str | None:
     t.say(f"mode={t.record.mode_id}")
     return "end_turn"
@@ -414,6 +425,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/write": _write,
     "/mode": _mode,
     "/report": _report,
+    "/cost": _cost,
     "/model": _model,
     "/history": _history,
     "/pid": _pid,

@@ -10,7 +10,8 @@ A prompt is echoed back unless its text starts with a directive:
 ``/tool-key KEY``, ``/think TEXT``, ``/tool``, ``/crash``, ``/hang``, ``/garbage``,
 ``/huge BYTES``, ``/flood N``, ``/close-stdout``, ``/spawn-grandchild``, ``/daemonize``,
 ``/permission KIND``, ``/read PATH``, ``/write PATH TEXT``, ``/mode``, ``/history``, ``/pid``,
-``/model``, ``/report`` (plan, usage with cost, commands, session info; answer with ``usage``).
+``/model``, ``/report`` (plan, usage with cost, commands, session info; answer with ``usage``),
+``/cost NUMBER`` (a ``usage_update`` whose cost amount is NUMBER as written).
 
 Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 ``/terminal CMD`` (create, output, wait_for_exit, output, release), ``/terminal-limit N CMD``
