@@ -29,6 +29,7 @@ from acpx_trio._process.identity import (
     lease_args,
     lease_env,
     live_thread,
+    live_uid,
     process_info,
     read_start_ticks,
     runs,
@@ -98,6 +99,34 @@ def test_self_identity_and_process_info_agree() -> None:
     hz = os.sysconf("SC_CLK_TCK")
     assert me.start_ticks / hz + psutil.boot_time() == pytest.approx(ct, abs=1.0)
     assert process_info(0) is None and process_info(-1) is None
+
+
+def test_live_uid_reads_the_real_and_saved_uids_of_processes_only() -> None:
+    """The one-read ``/proc`` answer (a reap asks it of every process it signals) is what
+    psutil's uids give; a thread id is no process; a gone pid is ``None``."""
+    import threading
+
+    me = psutil.Process()
+    uids = me.uids()
+    expected = os.getuid() if os.getuid() in (uids.real, uids.saved) else uids.real
+    assert live_uid(os.getpid()) == expected
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        try:
+            assert live_uid(child.pid) == expected
+        finally:
+            child.kill()
+            child.wait()
+    assert live_uid(child.pid) is None  # reaped: gone
+    ready, done = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: (ready.set(), done.wait(10)))
+    thread.start()
+    try:
+        ready.wait(10)
+        assert thread.native_id is not None and thread.native_id != os.getpid()
+        assert live_uid(thread.native_id) is None
+    finally:
+        done.set()
+        thread.join()
 
 
 def test_boot_id_is_stable() -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "live_thread",
     "live_uid",
     "process_info",
+    "read_proc",
     "read_start_ticks",
     "running_dir",
     "runs",
@@ -60,6 +61,7 @@ __all__ = [
     "signal_uid",
     "snapshot_processes",
     "stat_exiting",
+    "status_ids",
     "tags_from_cmdline",
 ]
 
@@ -124,9 +126,42 @@ def signal_uid(real: int, saved: int) -> int:
     return me if me in (real, saved) else real
 
 
+def read_proc(path: str) -> bytes:
+    """The whole file, with raw ``os`` calls (a scan opens thousands of ``/proc`` files:
+    ``open()``'s buffered file objects cost more than the reads).  Raises ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def status_ids(pid: int) -> tuple[int | None, int | None]:
+    """``(tgid, uid)`` from ``/proc/PID/status`` (Linux): the uid as :func:`signal_uid` sees
+    it (from the real and saved uids).  Raises ``OSError`` when it cannot be read (gone),
+    ``ValueError`` when it is malformed."""
+    tgid: int | None = None
+    for line in read_proc(f"{_PROC}/{pid}/status").split(b"\n"):
+        if line.startswith(b"Tgid:"):
+            tgid = int(line.split()[1])
+        elif line.startswith(b"Uid:"):
+            fields = line.split()
+            return tgid, signal_uid(int(fields[1]), int(fields[3]))
+    return tgid, None
+
+
 def live_uid(pid: int) -> int | None:
-    """Whose process ``pid`` is now (:func:`signal_uid`); ``None`` when it is gone.
-    Blocking."""
+    """Whose process ``pid`` is now (:func:`signal_uid`); ``None`` when it is gone (or
+    ``pid`` names a thread, not a process).  Blocking."""
+    if _LINUX:  # one read: a reap asks this of every process it signals
+        try:
+            tgid, uid = status_ids(pid)
+        except (OSError, ValueError, IndexError):
+            return None
+        return uid if tgid == pid else None
     try:
         uids = psutil.Process(pid).uids()
     except psutil.Error:

@@ -22,10 +22,11 @@ from acpx_trio._process.identity import (
     _tags_from_environ_bytes,
     cmdline_from_bytes,
     process_info,
+    read_proc,
     running_dir,
-    signal_uid,
     snapshot_processes,
     stat_exiting,
+    status_ids,
     tags_from_cmdline,
 )
 
@@ -50,41 +51,16 @@ def _create_time_from_ticks(ticks: int) -> float:
     return _boot[1] + ticks / _clk_tck
 
 
-def _read(path: str) -> bytes:
-    """The whole file with raw ``os`` calls (cheaper than a buffered file object)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while len(chunks[-1]) == 65536:
-            chunks.append(os.read(fd, 65536))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def _stat_fields(pid: int) -> list[str] | None:
     """:func:`~acpx_trio._process.identity._read_stat_fields` with raw reads."""
     try:
-        data = _read(f"{_PROC}/{pid}/stat")
+        data = read_proc(f"{_PROC}/{pid}/stat")
     except OSError:
         return None
     end = data.rfind(b")")
     if end < 0:
         return None
     return data[end + 1 :].decode("ascii", "replace").split()
-
-
-def _read_status(pid: int) -> tuple[int | None, int | None]:
-    """``(tgid, uid)`` from ``/proc/PID/status``: the uid as :func:`signal_uid` sees it (from
-    the real and saved uids)."""
-    tgid: int | None = None
-    for line in _read(f"{_PROC}/{pid}/status").split(b"\n"):
-        if line.startswith(b"Tgid:"):
-            tgid = int(line.split()[1])
-        elif line.startswith(b"Uid:"):
-            fields = line.split()
-            return tgid, signal_uid(int(fields[1]), int(fields[3]))
-    return tgid, None
 
 
 def fast_process_info(pid: int) -> ProcessInfo | None:
@@ -110,11 +86,11 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
     try:
-        tgid, uid = _read_status(pid)
+        tgid, uid = status_ids(pid)
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
             return None
-        raw = _read(f"{where}/cmdline")
-        env = _read(f"{where}/environ")
+        raw = read_proc(f"{where}/cmdline")
+        env = read_proc(f"{where}/environ")
     except PermissionError:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, inspectable=False, pgid=pgid, sid=sid)

@@ -26,6 +26,7 @@ from acpx_trio._process.identity import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     ProcessInfo,
+    read_proc,
     running_dir,
     snapshot_processes,
 )
@@ -57,23 +58,10 @@ def lease_ids_in_environ(data: bytes) -> set[bytes]:
     return {e[len(_KEY):] for e in data.split(b"\0")[:-1] if e.startswith(_KEY)}
 
 
-def _read_all(path: str) -> bytes:
-    """The whole file, with raw ``os`` calls (a scan opens hundreds of ``/proc`` files:
-    ``open()``'s buffered file objects cost more than the reads).  Raises ``OSError``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while len(chunks[-1]) == 65536:
-            chunks.append(os.read(fd, 65536))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def _stat_ids(name: str) -> tuple[str, int, int, int, int] | None:
     """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat``, or ``None``."""
     try:
-        data = _read_all(f"/proc/{name}/stat")
+        data = read_proc(f"/proc/{name}/stat")
         fields = data[data.rfind(b")") + 1 :].split()
         return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
                 int(fields[3]), int(fields[19]))
@@ -165,7 +153,7 @@ class TagScan:
         if where is None:
             return False
         try:
-            data = _read_all(f"{where}/environ")
+            data = read_proc(f"{where}/environ")
         except OSError:
             data = b""
         if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
@@ -177,7 +165,7 @@ class TagScan:
         if hit is not None:
             return hit
         try:  # no gateway variable: the tag may be on the command line
-            return self.gateway in _read_all(f"{where}/cmdline")
+            return self.gateway in read_proc(f"{where}/cmdline")
         except OSError:
             return False
 
