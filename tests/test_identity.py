@@ -32,6 +32,8 @@ from acpx_trio._process.identity import (
     live_uid,
     process_info,
     read_start_ticks,
+    read_stat_run,
+    running_dir,
     runs,
     same_process,
     self_identity,
@@ -268,6 +270,20 @@ def test_stat_exiting_reads_the_exiting_flag() -> None:
     assert not stat_exiting(fields[:3])  # a short read says nothing
 
 
+def test_a_plain_zombie_is_known_dead_from_its_stat_alone() -> None:
+    """A zombie's thread count is one (the leader, not yet released): no other thread can
+    run on, so nothing is listed to find one (a reap meets thousands of zombies)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        run = read_stat_run(child.pid)
+        assert run is not None and run[0] == "Z" and run[2] == 1, run
+        assert running_dir(child.pid, run[0], threads=run[2]) is None
+        assert running_dir(child.pid, run[0]) is None  # the listing agrees
+    finally:
+        child.wait()
+
+
 async def test_a_leader_that_ended_alone_is_the_process_running() -> None:
     """A process whose main thread ended (``pthread_exit``) while another thread runs on
     reads as a zombie through its leader: no command line, no environment.  It is alive,
@@ -286,6 +302,8 @@ async def test_a_leader_that_ended_alone_is_the_process_running() -> None:
     try:
         await poll_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE)
         assert live_thread(proc.pid) is not None
+        run = read_stat_run(proc.pid)  # the thread count says a thread runs on
+        assert run is not None and run[0] == "Z" and run[2] is not None and run[2] >= 2, run
         for info in (process_info(proc.pid), fast_process_info(proc.pid)):
             assert info is not None and not info.zombie
             assert (info.lease_id, info.gateway_instance_id) == (lease, gw)

@@ -54,6 +54,7 @@ __all__ = [
     "process_info",
     "read_proc",
     "read_start_ticks",
+    "read_stat_run",
     "running_dir",
     "runs",
     "same_process",
@@ -61,6 +62,7 @@ __all__ = [
     "signal_uid",
     "snapshot_processes",
     "stat_exiting",
+    "stat_threads",
     "status_ids",
     "tags_from_cmdline",
 ]
@@ -308,13 +310,21 @@ def read_start_ticks(pid: int) -> int | None:
 
 def read_stat_state(pid: int) -> tuple[str, int] | None:
     """``(state letter, start ticks)`` from ``/proc/PID/stat`` (Linux), or ``None``."""
+    run = read_stat_run(pid)
+    return None if run is None else run[:2]
+
+
+def read_stat_run(pid: int) -> tuple[str, int, int | None] | None:
+    """``(state letter, start ticks, thread count)`` from ``/proc/PID/stat`` (Linux): what
+    :func:`running_dir` needs; ``None`` when it cannot be read."""
     if not _LINUX or pid <= 0:
         return None
     fields = _read_stat_fields(pid)
     if fields is None or len(fields) < 20:
         return None
     try:
-        return fields[0], int(fields[19])  # field 22 is index 19 once fields 1-2 are cut off
+        # field 22 is index 19 once fields 1-2 are cut off
+        return fields[0], int(fields[19]), stat_threads(fields)
     except ValueError:
         return None
 
@@ -373,18 +383,32 @@ def live_thread(pid: int) -> int | None:
     return None
 
 
-def running_dir(pid: int, state: str, exiting: bool = False) -> str | None:
+def stat_threads(fields: list[str]) -> int | None:
+    """The thread count in ``/proc/PID/stat`` fields (from the state on, as read here): the
+    threads of the process not yet released, a zombie leader included."""
+    try:
+        return int(fields[17])  # field 20 is index 17 once fields 1-2 are cut off
+    except (IndexError, ValueError):
+        return None
+
+
+def running_dir(pid: int, state: str, exiting: bool = False,
+                threads: int | None = None) -> str | None:
     """The ``/proc`` directory to read process ``pid`` through while it runs (its state
-    letter and ``PF_EXITING`` as just read), or ``None`` when it no longer runs.
+    letter, ``PF_EXITING`` and, where known, its thread count (:func:`stat_threads`) as just
+    read), or ``None`` when it no longer runs.
 
     Normally its own.  A leader that ended alone (``pthread_exit``) reads as a zombie (or as
     exiting), its memory, command line and environment unreadable through it, while the
-    process runs on in its other threads: then one of those threads' directory.  The one
-    home of that rule for every reader (descriptions, tag scans, the running check).
-    Blocking."""
+    process runs on in its other threads: then one of those threads' directory.  A count of
+    one is the leader alone: no thread runs on, and none is looked for (a reap meets
+    thousands of zombies).  The one home of that rule for every reader (descriptions, tag
+    scans, the running check).  Blocking."""
     where = f"{_PROC}/{pid}"
     if state not in ("Z", "X", "x") and not exiting:
         return where
+    if threads == 1:
+        return None
     thread = live_thread(pid)
     return None if thread is None else f"{where}/task/{thread}"
 
@@ -514,7 +538,8 @@ def runs(pid: int) -> bool:
         except psutil.Error:
             return False
     fields = _read_stat_fields(pid)
-    return fields is not None and running_dir(pid, fields[0], stat_exiting(fields)) is not None
+    return fields is not None and running_dir(
+        pid, fields[0], stat_exiting(fields), stat_threads(fields)) is not None
 
 
 def process_info(pid: int) -> ProcessInfo | None:

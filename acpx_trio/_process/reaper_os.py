@@ -26,6 +26,7 @@ from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
     live_uid,
+    read_stat_run,
     read_stat_state,
     running_dir,
 )
@@ -49,10 +50,10 @@ def still_running(info: ProcessInfo) -> bool:
 
     A zombie, a vanished pid or a pid now held by another process: ``False``; but a leader
     that ended alone while another of its threads runs on is the process, running."""
-    st = read_stat_state(info.pid)
+    st = read_stat_run(info.pid)
     if st is not None:
-        state, ticks = st
-        if running_dir(info.pid, state) is None:
+        state, ticks, threads = st
+        if running_dir(info.pid, state, threads=threads) is None:
             return False
         if info.start_ticks is not None or state in ("Z", "X", "x"):  # (a leader that
             return info.start_ticks is None or ticks == info.start_ticks  # ended alone)

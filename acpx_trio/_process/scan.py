@@ -26,6 +26,7 @@ from acpx_trio._process.identity import (
     running_dir,
     snapshot_processes,
     stat_exiting,
+    stat_threads,
     status_ids,
     tags_from_cmdline,
 )
@@ -81,7 +82,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         return None
     pgid, sid = _group_ids(fields)
     create_time = _create_time_from_ticks(ticks)
-    where = running_dir(pid, fields[0], stat_exiting(fields))
+    where = running_dir(pid, fields[0], stat_exiting(fields), stat_threads(fields))
     if where is None:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, zombie=True, pgid=pgid, sid=sid)
@@ -104,7 +105,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
     after = _stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
-    if running_dir(pid, after[0], stat_exiting(after)) is None:
+    if running_dir(pid, after[0], stat_exiting(after), stat_threads(after)) is None:
         # exited, or exiting (its memory may be gone, so its environment read empty), while
         # we read, with no thread left running: dead, its tags no longer count
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,

@@ -58,13 +58,18 @@ def lease_ids_in_environ(data: bytes) -> set[bytes]:
     return {e[len(_KEY):] for e in data.split(b"\0")[:-1] if e.startswith(_KEY)}
 
 
-def _stat_ids(name: str) -> tuple[str, int, int, int, int] | None:
-    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat``, or ``None``."""
+#: ``(state, ppid, pgid, sid, start ticks, thread count)`` of one ``/proc/PID/stat``.
+_StatIds = tuple[str, int, int, int, int, int]
+
+
+def _stat_ids(name: str) -> _StatIds | None:
+    """``(state, ppid, pgid, sid, start ticks, thread count)`` of ``/proc/NAME/stat``, or
+    ``None``."""
     try:
         data = read_proc(f"/proc/{name}/stat")
         fields = data[data.rfind(b")") + 1 :].split()
         return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
-                int(fields[3]), int(fields[19]))
+                int(fields[3]), int(fields[19]), int(fields[17]))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -145,11 +150,11 @@ class TagScan:
         self.candidates: dict[int, int | None] = {}
         self.ids: set[int] = set()
 
-    def _matches(self, name: str, state: str = "") -> bool:
+    def _matches(self, name: str, state: str = "", threads: int | None = None) -> bool:
         """Whether process ``name`` (in ``state``) carries our tags.  A zombie carries
         nothing, unless its leader ended alone and another thread runs on: then the
         process is read through that thread."""
-        where = running_dir(int(name), state)
+        where = running_dir(int(name), state, threads=threads)
         if where is None:
             return False
         try:
@@ -175,7 +180,7 @@ class TagScan:
         ids = set(roots)
         never = {0, 1}  # outside our pid namespace / init: never an owned group or session
         floor = self.floor
-        stats: dict[int, tuple[str, int, int, int, int]] = {}
+        stats: dict[int, _StatIds] = {}
         infos: dict[int, ProcessInfo] = {}
 
         def visit(pid: int) -> None:
@@ -193,7 +198,7 @@ class TagScan:
                 return  # the same process, its environment already read (or not ours)
             if st[4] < floor and pid not in roots:
                 return  # started before every root: cannot carry their tags
-            if pid in roots or self._matches(name, st[0]):
+            if pid in roots or self._matches(name, st[0], st[5]):
                 info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
                 if info is not None:
                     infos[info.pid] = info
