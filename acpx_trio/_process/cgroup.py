@@ -50,6 +50,7 @@ __all__ = [
     "member_of",
     "probe_cgroup_kill",
     "remove_empty_leaf",
+    "remove_empty_parent",
     "resolve_containment",
     "shim_argv",
     "tree_members",
@@ -268,8 +269,8 @@ def member_of(pid: int, leaf: str) -> bool:
 
 
 def _remove_leaf(leaf: str) -> bool:
-    """Remove an empty ``leaf`` and its sub-cgroups (deepest first), then the gateway's parent
-    when it was the last leaf; ``False`` when a process is still in it (``EBUSY``)."""
+    """Remove an empty ``leaf`` and its sub-cgroups (deepest first); ``False`` when a process
+    is still in it (``EBUSY``)."""
     for d in _leaf_dirs(leaf):
         try:
             os.rmdir(d)
@@ -277,17 +278,29 @@ def _remove_leaf(leaf: str) -> bool:
             pass
         except OSError:
             return False
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(leaf))
     return True
 
 
-def remove_empty_leaf(leaf: str) -> bool:
-    """Remove ``leaf`` if it holds no process (nothing can enter an empty leaf but a process
-    moved in from outside); ``False`` when it is populated.  Blocking."""
-    if leaf_populated(leaf):
-        return False
-    return _remove_leaf(leaf)
+def remove_empty_leaf(leaf: str, *, parent: bool = True) -> bool:
+    """Remove ``leaf`` (and the cgroups below it) if it holds no process (nothing can enter
+    an empty leaf but a process moved in from outside), then, with ``parent``, the gateway's
+    parent when it was the last leaf; ``False`` when it is populated.  Blocking."""
+    try:
+        os.rmdir(leaf)  # the common case, one call: the kernel refuses a busy cgroup (EBUSY)
+        removed = True
+    except FileNotFoundError:
+        removed = True
+    except OSError:  # populated, or a cgroup below it
+        removed = not leaf_populated(leaf) and _remove_leaf(leaf)
+    if removed and parent:
+        remove_empty_parent(os.path.dirname(leaf))
+    return removed
+
+
+def remove_empty_parent(parent: str) -> None:
+    """Remove a gateway's parent cgroup if no leaf is left in it (else it stays).  Blocking."""
+    with contextlib.suppress(OSError):
+        os.rmdir(parent)
 
 
 # --------------------------------------------------------------------------- usage

@@ -37,7 +37,12 @@ import msgspec
 import trio
 
 from acpx_trio._errors import AcpxUsageError
-from acpx_trio._process.cgroup import leaf_members, leftover_leaves, remove_empty_leaf
+from acpx_trio._process.cgroup import (
+    leaf_members,
+    leftover_leaves,
+    remove_empty_leaf,
+    remove_empty_parent,
+)
 from acpx_trio._process.identity import ProcessInfo, process_info
 from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import (
@@ -195,8 +200,12 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
 
 
 def _remove_empty(leaves: list[str]) -> list[str]:
-    """Remove the leaves that hold no process; the others.  Blocking."""
-    return [leaf for leaf in leaves if not remove_empty_leaf(leaf)]
+    """Remove the leaves that hold no process (then each parent left empty, once); the
+    others.  Blocking."""
+    busy = [leaf for leaf in leaves if not remove_empty_leaf(leaf, parent=False)]
+    for parent in {os.path.dirname(leaf) for leaf in leaves}:
+        remove_empty_parent(parent)
+    return busy
 
 
 #: Membership reads of one leftover leaf before deciding on what the last one saw.
