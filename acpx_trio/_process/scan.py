@@ -64,16 +64,26 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[end + 1 :].decode("ascii", "replace").split()
 
 
-def fast_process_info(pid: int) -> ProcessInfo | None:
+def fast_process_info(
+    pid: int, *, stat: list[str] | None = None, environ: bytes | None = None
+) -> ProcessInfo | None:
     """:func:`process_info` straight from ``/proc`` (Linux), a few reads and no psutil
     round trips: fast enough to see a pid hopper between two hops.  Same semantics and the
     same fail-closed rules; ``None`` if the process is gone or its pid was reused meanwhile.
-    Falls back to :func:`process_info` off Linux."""
+    Falls back to :func:`process_info` off Linux.
+
+    ``stat`` (its ``/proc/PID/stat`` fields, from the state on) and ``environ`` (its
+    environment, read after them through the directory :func:`running_dir` gave for them),
+    when the caller has just read them, are used instead of being read again (a tag scan
+    reads both to decide): the closing ``stat`` read still proves that everything came from
+    one process."""
     if not _LINUX:
         return process_info(pid)
     if pid <= 0:
         return None
-    fields = _stat_fields(pid)
+    fields = _stat_fields(pid) if stat is None else stat
+    if stat is None:
+        environ = None  # read after a stat read of our own, not before it
     if fields is None or len(fields) < 20:
         return None
     try:
@@ -91,7 +101,7 @@ def fast_process_info(pid: int) -> ProcessInfo | None:
         if tgid != pid:  # ``/proc/TID`` of a thread answers too, but it is no process
             return None
         raw = read_proc(f"{where}/cmdline")
-        env = read_proc(f"{where}/environ")
+        env = read_proc(f"{where}/environ") if environ is None else environ
     except PermissionError:
         return ProcessInfo(pid=pid, ppid=ppid, cmdline=(), create_time=create_time, uid=None,
                            start_ticks=ticks, inspectable=False, pgid=pgid, sid=sid)

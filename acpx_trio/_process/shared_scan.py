@@ -29,6 +29,8 @@ from acpx_trio._process.identity import (
     read_proc,
     running_dir,
     snapshot_processes,
+    stat_exiting,
+    stat_threads,
 )
 from acpx_trio._process.owner_tag import parse_owner_tag
 from acpx_trio._process.scan import (
@@ -58,18 +60,18 @@ def lease_ids_in_environ(data: bytes) -> set[bytes]:
     return {e[len(_KEY):] for e in data.split(b"\0")[:-1] if e.startswith(_KEY)}
 
 
-#: ``(state, ppid, pgid, sid, start ticks, thread count)`` of one ``/proc/PID/stat``.
-_StatIds = tuple[str, int, int, int, int, int]
+#: ``(state, ppid, pgid, sid, start ticks)`` of one ``/proc/PID/stat``.
+_StatIds = tuple[str, int, int, int, int]
 
 
-def _stat_ids(name: str) -> _StatIds | None:
-    """``(state, ppid, pgid, sid, start ticks, thread count)`` of ``/proc/NAME/stat``, or
-    ``None``."""
+def _stat_ids(name: str) -> tuple[_StatIds, list[str]] | None:
+    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat`` and its fields from
+    the state on, or ``None``."""
     try:
         data = read_proc(f"/proc/{name}/stat")
-        fields = data[data.rfind(b")") + 1 :].split()
-        return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]),
-                int(fields[3]), int(fields[19]), int(fields[17]))
+        fields = data[data.rfind(b")") + 1 :].decode("ascii", "replace").split()
+        return (fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
+                int(fields[19])), fields
     except (OSError, ValueError, IndexError):
         return None
 
@@ -150,29 +152,31 @@ class TagScan:
         self.candidates: dict[int, int | None] = {}
         self.ids: set[int] = set()
 
-    def _matches(self, name: str, state: str = "", threads: int | None = None) -> bool:
-        """Whether process ``name`` (in ``state``) carries our tags.  A zombie carries
-        nothing, unless its leader ended alone and another thread runs on: then the
-        process is read through that thread."""
-        where = running_dir(int(name), state, threads=threads)
+    def _matches(self, name: str, fields: list[str]) -> tuple[bool, bytes | None]:
+        """Whether process ``name`` (its ``/proc/PID/stat`` ``fields`` as just read) carries
+        our tags, and the environment read to decide (``None`` when it could not be read),
+        through the directory :func:`~acpx_trio._process.scan.fast_process_info` reads it
+        through.  A zombie carries nothing, unless its leader ended alone and another thread
+        runs on: then the process is read through that thread."""
+        where = running_dir(int(name), fields[0], stat_exiting(fields), stat_threads(fields))
         if where is None:
-            return False
+            return False, None
         try:
-            data = read_proc(f"{where}/environ")
+            env: bytes | None = read_proc(f"{where}/environ")
         except OSError:
-            data = b""
+            env = None
+        data = env or b""
         if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
-            return True
+            return True, env
         if self.gateway is None:
-            return False
+            return False, None
         hit = _gateway_in(data, self.gateway)
-        del data
         if hit is not None:
-            return hit
+            return hit, env if hit else None
         try:  # no gateway variable: the tag may be on the command line
-            return self.gateway in read_proc(f"{where}/cmdline")
+            return self.gateway in read_proc(f"{where}/cmdline"), env
         except OSError:
-            return False
+            return False, None
 
     def full(self) -> list[ProcessInfo]:
         """Every candidate now (a full listing of ``/proc``); records where it started."""
@@ -185,21 +189,24 @@ class TagScan:
 
         def visit(pid: int) -> None:
             name = str(pid)
-            st = _stat_ids(name)
-            if st is None:
+            read = _stat_ids(name)
+            if read is None:
                 if pid in roots and pid not in infos:
                     info = fast_process_info(pid)
                     if info is not None:
                         infos[pid] = info
                 return
+            st, fields = read
             known = stats.get(pid)
             stats[pid] = st
             if known is not None and known[4] == st[4]:
                 return  # the same process, its environment already read (or not ours)
             if st[4] < floor and pid not in roots:
                 return  # started before every root: cannot carry their tags
-            if pid in roots or self._matches(name, st[0], st[5]):
-                info = fast_process_info(pid)  # at once: a hopper may be gone in 1 ms
+            matched, env = (True, None) if pid in roots else self._matches(name, fields)
+            if matched:
+                # at once (a hopper may be gone in 1 ms), from what was just read
+                info = fast_process_info(pid, stat=fields, environ=env)
                 if info is not None:
                     infos[info.pid] = info
                     ids.update(x for x in (info.pgid, info.sid) if x is not None)
@@ -266,8 +273,8 @@ class TagScan:
             nonlocal found
             if found:
                 return
-            st = _stat_ids(str(pid))
-            if st is None or (pid in self.candidates and self.candidates[pid] == st[4]):
+            read = _stat_ids(str(pid))
+            if read is None or (pid in self.candidates and self.candidates[pid] == read[0][4]):
                 return  # gone, or a candidate already (re-read below)
             # any process new since the previous pass (not a known candidate) gets a full
             # pass: an incremental answer that judged new processes by a racy environment
