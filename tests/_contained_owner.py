@@ -24,6 +24,7 @@ import trio
 from _proc_helpers import poll_until, spares_of
 
 from acpx_trio import BackendRegistry, open_runtime_service
+from acpx_trio._process.spare_leaf import SPARES
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
 
@@ -39,19 +40,20 @@ async def main(state: str, workspace: str, variant: str, marker: str, mode: str,
         plugin_config=config,
     ) as svc:
         runtime = svc.require_runtime()
-        spare = None
+        ready: list[int] = []
         if spares:
             for key in ("first", "second"):
                 first = await runtime.ensure_session(session_key=key, agent="mock")
                 await runtime.close(handle=first, reason="warm-up")
-            await poll_until(lambda: bool(spares_of(os.getpid())))  # made after the 2nd start
-            (spare,) = spares_of(os.getpid())
+            # made after the 2nd start
+            await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)
+            ready = spares_of(os.getpid())
         handle = await runtime.ensure_session(session_key="contained", agent="attack",
                                               mode="persistent")
         status = await runtime.get_status(handle=handle)
         leases = await svc_leases(state)
         sys.stdout.write(json.dumps({"pid": status.agent_pid, "cgroup": leases,
-                                     "spare_launched": spare == status.agent_pid}) + "\n")
+                                     "spare_launched": status.agent_pid in ready}) + "\n")
         sys.stdout.flush()
         await trio.sleep_forever()
 

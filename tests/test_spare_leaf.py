@@ -31,6 +31,7 @@ from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
 from acpx_trio._process.cgroup import shim_argv
 from acpx_trio._process.spare_leaf import (
     PERL_PATHS,
+    SPARES,
     SpareLeaves,
     frameable,
     shell_pwd,
@@ -179,13 +180,13 @@ async def test_third_start_becomes_the_spare_with_the_direct_environment(
         await runtime.close(handle=handle, reason="test")
         assert spares_of(os.getpid()) == []  # a one-shot caller never pays for a spare
         direct = await runtime.ensure_session(session_key="two", agent="mock")
-        await poll_until(lambda: len(spares_of(os.getpid())) == 1)
-        (spare,) = spares_of(os.getpid())
-        assert psutil.Process(spare).cmdline()[0] == (PERL or sys.executable)
+        await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)
+        spares = spares_of(os.getpid())
+        assert all(psutil.Process(x).cmdline()[0] == (PERL or sys.executable) for x in spares)
         spared = await runtime.ensure_session(session_key="three", agent="mock")
         direct_pid = (await runtime.get_status(handle=direct)).agent_pid
         spared_pid = (await runtime.get_status(handle=spared)).agent_pid
-        assert spared_pid == spare and direct_pid is not None
+        assert spared_pid in spares and direct_pid is not None
         # the very environment, directory and descriptors a direct spawn gives
         assert _environ(spared_pid) == _environ(direct_pid)
         assert psutil.Process(spared_pid).environ()["OPENCLAW_ACPX_LEASE_ID"] != (
@@ -198,14 +199,15 @@ async def test_third_start_becomes_the_spare_with_the_direct_environment(
         assert lease.root_create_time == psutil.Process(spared_pid).create_time()
         procs = await trio.Path(lease.cgroup, "cgroup.procs").read_text(encoding="ascii")
         assert procs.split() == [str(spared_pid)]
-        await poll_until(lambda: len(spares_of(os.getpid())) == 1)  # the next one, made after
-        (waiting,) = spares_of(os.getpid())
+        await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)  # refilled, after
+        waiting = spares_of(os.getpid())
         parent = Path(lease.cgroup).parent
         await runtime.close(handle=spared, reason="test")
         assert (await LeaseStore(tmp_path / "state" / "acpx").load(lease.lease_id)) is not None
         await runtime.close(handle=direct, reason="test")
-    # the service's stop discards the waiting spare and every leaf goes
-    assert not psutil.pid_exists(waiting) or psutil.Process(waiting).status() == "zombie"
+    # the service's stop discards the waiting spares and every leaf goes
+    for pid in waiting:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert not parent.exists()
 
 
@@ -223,18 +225,18 @@ async def test_reaps_leave_a_live_owners_spare_alone(tmp_path: Path) -> None:
     async with _service(tmp_path) as svc:
         runtime = svc.require_runtime()
         await _two_starts(runtime)
-        await poll_until(lambda: len(spares_of(os.getpid())) == 1)
-        (spare,) = spares_of(os.getpid())
+        await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)
+        spares = spares_of(os.getpid())
         # this process's own reap of its gateway, then another process's (the CLI)
         store = LeaseStore(tmp_path / "state" / "acpx")
         report = await reap_gateway(svc.gateway_instance_id, store,
                                     lease_dir=str(tmp_path / "state" / "acpx"))
-        assert report.ok and spare not in report.terminated_pids
+        assert report.ok and not set(spares) & set(report.terminated_pids)
         done = await trio.to_thread.run_sync(lambda: run_cli("reap", state_dir=tmp_path / "state"))
         assert done.returncode == 0, done.stdout + done.stderr
-        assert spares_of(os.getpid()) == [spare]
+        assert spares_of(os.getpid()) == spares
         handle = await runtime.ensure_session(session_key="three", agent="mock")
-        assert (await runtime.get_status(handle=handle)).agent_pid == spare
+        assert (await runtime.get_status(handle=handle)).agent_pid in spares
 
 
 @needs_cgroup
@@ -335,14 +337,14 @@ async def _owner_death_with_spares(tmp_path: Path, variant: str) -> None:
         with cleanup_marker(marker, ()), trio.fail_after(90):
             assert record["spare_launched"], "the agent did not start from a spare"
             await seen_running(marker, "hopper" in variant, set(decoys.pids))
-            await poll_until(lambda: len(spares_of(owner.pid)) == 1)
-            (spare,) = spares_of(owner.pid)
+            await poll_until(lambda: len(spares_of(owner.pid)) == SPARES)
+            spares = spares_of(owner.pid)
             await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             owner.send_signal(signal.SIGKILL)
             owner.wait()
             leaves = [record["cgroup"], str(Path(record["cgroup"]).parent)]
             await poll_until(lambda: not any(os.path.exists(p) for p in leaves)
-                             and not psutil.pid_exists(spare), seconds=15)
+                             and not any(map(psutil.pid_exists, spares)), seconds=15)
             assert not await still_marked(marker, set(decoys.pids))
             assert decoys.alive()
     finally:
@@ -387,11 +389,11 @@ async def _close_spare_launched(tmp_path: Path, variant: str, trials: int) -> No
                 runtime = svc.require_runtime()
                 await _two_starts(runtime)
                 for i in range(trials):
-                    await poll_until(lambda: len(spares_of(os.getpid())) == 1)
-                    (spare,) = spares_of(os.getpid())
+                    await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)
+                    spares = spares_of(os.getpid())
                     handle = await runtime.ensure_session(session_key=f"attack-{i}",
                                                           agent="attack")
-                    assert (await runtime.get_status(handle=handle)).agent_pid == spare
+                    assert (await runtime.get_status(handle=handle)).agent_pid in spares
                     await seen_running(marker, "hopper" in variant, set(decoys.pids))
                     await runtime.close(handle=handle, reason="test")
                     assert not await still_marked(marker, set(decoys.pids)), f"trial {i}"

@@ -2,7 +2,7 @@
 
 Moving a process into a cgroup waits for an RCU grace period in the kernel (5-11 ms here
 when moves are far apart), and a contained launch must be in its leaf before it executes
-anything of its own.  A :class:`SpareLeaves` pool keeps one launch ready: a small program
+anything of its own.  A :class:`SpareLeaves` pool keeps launches ready (two): a small program
 (:mod:`~acpx_trio._process.spare_wait`: ``perl -e`` where there is ``perl``, else
 ``python -I -S``) already inside a fresh leaf of the gateway, in its own session, with the
 pipes an agent gets, waiting on a private pipe for the one command it will ``exec``.  Taking
@@ -33,11 +33,13 @@ Guarantees:
 
 A pool fills only after its second request (a one-shot caller never pays for a spare), only
 once a start's critical path is over (the next one is made while nothing waits on the
-machine), and never holds more than one launch.  Linux, cgroup v2 containment only.
+machine), and never holds more than :data:`SPARES` launches.  Linux, cgroup v2 containment
+only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -55,12 +57,16 @@ from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "PERL_PATHS", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
+    "PERL_PATHS", "SPARES", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
     "shell_pwd", "spare_command", "spare_frame",
 ]
 
 #: The spare's program in its Python form (the fallback where there is no ``perl``).
 _SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_wait.py")
+#: How many ready launches a pool keeps: two, so that starts back to back (a close, then
+#: the next ensure at once) find one ready while the next is still being made (its move
+#: into its leaf waits out a grace period: 5-11 ms, longer than a close).
+SPARES = 2
 #: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
 DISCARD_SECONDS = 5.0
 #: The leaves this process holds as spare (by lease id): its own reaps leave them alone.
@@ -139,7 +145,6 @@ class SpareLeaf:
         self.create_time = create_time
         self.start_ticks = start_ticks
         self._control = control
-        self.taken = trio.Event()
 
     def alive(self) -> bool:
         """The spare has not exited.  (It may still be moving into its leaf: it reads its
@@ -196,7 +201,7 @@ class SpareLeaves:
         self._perl: str | None = None
         self._gateway = gateway_instance_id
         self._log: Logger = log or logging.getLogger("acpx_trio.spare")
-        self._ready: SpareLeaf | None = None
+        self._ready: collections.deque[SpareLeaf] = collections.deque()
         self._requests = 0
         self._running = False
         self._closed = False
@@ -211,27 +216,26 @@ class SpareLeaves:
     @property
     def has_spare(self) -> bool:
         """A spare is ready to be taken."""
-        return self._ready is not None
+        return bool(self._ready)
 
     async def take(self) -> SpareLeaf | None:
-        """The ready launch (waiting for one in the making), or ``None`` (none, or the pool
-        cannot work here).  The caller owns what it gets: it saves the lease, then
-        :meth:`SpareLeaf.become`, or :meth:`SpareLeaf.discard`."""
+        """A ready launch (waiting for one in the making when none is ready), or ``None``
+        (none, or the pool cannot work here).  The caller owns what it gets: it saves the
+        lease, then :meth:`SpareLeaf.become`, or :meth:`SpareLeaf.discard`."""
         await trio.lowlevel.checkpoint()
         self._requests += 1
-        if self._ready is None and not self._made.is_set():
+        if not self._ready and not self._made.is_set():
             await self._made.wait()  # one in the making: bounded, and cheaper than a move
-        spare, self._ready = self._ready, None
-        if spare is not None:
-            spare.taken.set()
-            if not spare.alive():
-                self._nursery.start_soon(spare.discard)
-                spare = None
-        return spare
+        while self._ready:
+            spare = self._ready.popleft()
+            if spare.alive():
+                return spare
+            self._nursery.start_soon(spare.discard)
+        return None
 
     def refill(self) -> None:
-        """A launch finished starting (its critical path is over): make the next spare leaf
-        in the background, from the second request on."""
+        """A launch finished starting (its critical path is over): make spare leaves in the
+        background, up to :data:`SPARES`, from the second request on."""
         if self._closed or self._broken or self._requests < 2:
             return
         self._wanted.set()
@@ -241,33 +245,29 @@ class SpareLeaves:
             self._nursery.start_soon(self._keep)
 
     async def _keep(self) -> None:
-        """Make a spare leaf when one is wanted and none is ready; hold it until it is taken
-        or the pool closes."""
-        spare: SpareLeaf | None = None
+        """Make spare leaves while one is wanted and fewer than :data:`SPARES` are ready;
+        hold them until they are taken or the pool closes."""
         try:
             with self._scope:
                 while True:
                     await self._wanted.wait()
                     self._wanted = trio.Event()
-                    if self._ready is not None:
-                        continue
-                    self._made = trio.Event()
-                    try:
-                        with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
-                            spare = await self._make()
-                    finally:
-                        self._made.set()
-                    if spare is None:
-                        self._broken = True
-                        return
-                    self._ready = spare
-                    await spare.taken.wait()
-                    spare = None
+                    while len(self._ready) < SPARES:
+                        self._made = trio.Event()
+                        try:
+                            with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
+                                spare = await self._make()
+                            if spare is not None:
+                                self._ready.append(spare)  # before anything can cancel
+                        finally:
+                            self._made.set()
+                        if spare is None:
+                            self._broken = True
+                            return
         finally:
             self._running = False
-            if spare is not None and not spare.taken.is_set():
-                self._ready = None
-                await spare.discard()
+            while self._ready:
+                await self._ready.popleft().discard()
             self._idle.set()
 
     async def _make(self) -> SpareLeaf | None:
