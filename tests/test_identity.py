@@ -32,7 +32,7 @@ from acpx_trio._process.identity import (
     live_uid,
     process_info,
     read_start_ticks,
-    read_stat_run,
+    read_stat_state,
     running_dir,
     runs,
     same_process,
@@ -276,7 +276,7 @@ def test_a_plain_zombie_is_known_dead_from_its_stat_alone() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
-        run = read_stat_run(child.pid)
+        run = read_stat_state(child.pid)
         assert run is not None and run[0] == "Z" and run[2] == 1, run
         assert running_dir(child.pid, run[0], threads=run[2]) is None
         assert running_dir(child.pid, run[0]) is None  # the listing agrees
@@ -302,7 +302,7 @@ async def test_a_leader_that_ended_alone_is_the_process_running() -> None:
     try:
         await poll_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE)
         assert live_thread(proc.pid) is not None
-        run = read_stat_run(proc.pid)  # the thread count says a thread runs on
+        run = read_stat_state(proc.pid)  # the thread count says a thread runs on
         assert run is not None and run[0] == "Z" and run[2] is not None and run[2] >= 2, run
         for info in (process_info(proc.pid), fast_process_info(proc.pid)):
             assert info is not None and not info.zombie

@@ -54,7 +54,6 @@ __all__ = [
     "process_info",
     "read_proc",
     "read_start_ticks",
-    "read_stat_run",
     "running_dir",
     "runs",
     "same_process",
@@ -142,9 +141,8 @@ def read_proc(path: str) -> bytes:
 
 
 def status_ids(pid: int) -> tuple[int | None, int | None]:
-    """``(tgid, uid)`` from ``/proc/PID/status`` (Linux): the uid as :func:`signal_uid` sees
-    it (from the real and saved uids).  Raises ``OSError`` when it cannot be read (gone),
-    ``ValueError`` when it is malformed."""
+    """``(tgid, uid)`` from ``/proc/PID/status`` (Linux), the uid as :func:`signal_uid` sees
+    it.  Raises ``OSError`` when it cannot be read (gone), ``ValueError`` when malformed."""
     tgid: int | None = None
     for line in read_proc(f"{_PROC}/{pid}/status").split(b"\n"):
         if line.startswith(b"Tgid:"):
@@ -289,8 +287,7 @@ def _read_stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
     field 3, state), or ``None``."""
     path = f"{_PROC}/{pid}/stat" if tid is None else f"{_PROC}/{pid}/task/{tid}/stat"
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_proc(path)
     except OSError:
         return None
     # comm (field 2) may contain spaces and ')': everything after the LAST ')' is fixed-format.
@@ -301,20 +298,13 @@ def _read_stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
 
 
 def read_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22).
-
+    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22);
     ``None`` when the process does not exist, cannot be read, or this is not Linux."""
     state = read_stat_state(pid)
     return None if state is None else state[1]
 
 
-def read_stat_state(pid: int) -> tuple[str, int] | None:
-    """``(state letter, start ticks)`` from ``/proc/PID/stat`` (Linux), or ``None``."""
-    run = read_stat_run(pid)
-    return None if run is None else run[:2]
-
-
-def read_stat_run(pid: int) -> tuple[str, int, int | None] | None:
+def read_stat_state(pid: int) -> tuple[str, int, int | None] | None:
     """``(state letter, start ticks, thread count)`` from ``/proc/PID/stat`` (Linux): what
     :func:`running_dir` needs; ``None`` when it cannot be read."""
     if not _LINUX or pid <= 0:
@@ -400,10 +390,9 @@ def running_dir(pid: int, state: str, exiting: bool = False,
 
     Normally its own.  A leader that ended alone (``pthread_exit``) reads as a zombie (or as
     exiting), its memory, command line and environment unreadable through it, while the
-    process runs on in its other threads: then one of those threads' directory.  A count of
-    one is the leader alone: no thread runs on, and none is looked for (a reap meets
-    thousands of zombies).  The one home of that rule for every reader (descriptions, tag
-    scans, the running check).  Blocking."""
+    process runs on in its other threads: then one of those threads' directory (none is
+    looked for when the count is one: the leader alone).  The one home of that rule for
+    every reader (descriptions, tag scans, the running check).  Blocking."""
     where = f"{_PROC}/{pid}"
     if state not in ("Z", "X", "x") and not exiting:
         return where

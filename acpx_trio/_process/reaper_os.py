@@ -26,7 +26,6 @@ from acpx_trio._process.identity import (
     CREATE_TIME_TOLERANCE,
     ProcessInfo,
     live_uid,
-    read_stat_run,
     read_stat_state,
     running_dir,
 )
@@ -50,7 +49,7 @@ def still_running(info: ProcessInfo) -> bool:
 
     A zombie, a vanished pid or a pid now held by another process: ``False``; but a leader
     that ended alone while another of its threads runs on is the process, running."""
-    st = read_stat_run(info.pid)
+    st = read_stat_state(info.pid)
     if st is not None:
         state, ticks, threads = st
         if running_dir(info.pid, state, threads=threads) is None:
@@ -209,7 +208,7 @@ def _is_our_zombie(info: ProcessInfo) -> bool:
     st = read_stat_state(info.pid)
     if st is None:
         return False
-    state, ticks = st
+    state, ticks, _threads = st
     return state == "Z" and (info.start_ticks is None or ticks == info.start_ticks)
 
 

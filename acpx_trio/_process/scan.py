@@ -19,6 +19,7 @@ from acpx_trio._process.identity import (
     _PROC,
     ProcessInfo,
     _group_ids,
+    _read_stat_fields,
     _tags_from_environ_bytes,
     cmdline_from_bytes,
     process_info,
@@ -52,18 +53,6 @@ def _create_time_from_ticks(ticks: int) -> float:
     return _boot[1] + ticks / _clk_tck
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """:func:`~acpx_trio._process.identity._read_stat_fields` with raw reads."""
-    try:
-        data = read_proc(f"{_PROC}/{pid}/stat")
-    except OSError:
-        return None
-    end = data.rfind(b")")
-    if end < 0:
-        return None
-    return data[end + 1 :].decode("ascii", "replace").split()
-
-
 def fast_process_info(
     pid: int, *, stat: list[str] | None = None, environ: bytes | None = None
 ) -> ProcessInfo | None:
@@ -81,7 +70,7 @@ def fast_process_info(
         return process_info(pid)
     if pid <= 0:
         return None
-    fields = _stat_fields(pid) if stat is None else stat
+    fields = _read_stat_fields(pid) if stat is None else stat
     if stat is None:
         environ = None  # read after a stat read of our own, not before it
     if fields is None or len(fields) < 20:
@@ -112,7 +101,7 @@ def fast_process_info(
     finally:
         del env
     cmdline = cmdline_from_bytes(raw)
-    after = _stat_fields(pid)
+    after = _read_stat_fields(pid)
     if after is None or len(after) < 20 or after[19] != fields[19]:
         return None
     if running_dir(pid, after[0], stat_exiting(after), stat_threads(after)) is None:
