@@ -154,18 +154,20 @@ class TagScan:
 
     def _matches(self, name: str, fields: list[str]) -> tuple[bool, bytes | None]:
         """Whether process ``name`` (its ``/proc/PID/stat`` ``fields`` as just read) carries
-        our tags, and the environment read to decide (``None`` when it could not be read),
-        through the directory :func:`~acpx_trio._process.scan.fast_process_info` reads it
-        through.  A zombie carries nothing, unless its leader ended alone and another thread
-        runs on: then the process is read through that thread."""
-        where = running_dir(int(name), fields[0], stat_exiting(fields), stat_threads(fields))
+        our tags, and the environment read to decide when
+        :func:`~acpx_trio._process.scan.fast_process_info` would read it the same way
+        (``None``: it could not be read, or the process is exiting, when that reads it
+        through a live thread or not at all).  A zombie carries nothing, unless its leader
+        ended alone and another thread runs on: then the process is read through that
+        thread."""
+        where = running_dir(int(name), fields[0], threads=stat_threads(fields))
         if where is None:
             return False, None
         try:
-            env: bytes | None = read_proc(f"{where}/environ")
+            data = read_proc(f"{where}/environ")
+            env = None if stat_exiting(fields) else data
         except OSError:
-            env = None
-        data = env or b""
+            data, env = b"", None
         if self.wanted and not self.wanted.isdisjoint(lease_ids_in_environ(data)):
             return True, env
         if self.gateway is None:
