@@ -304,8 +304,13 @@ async def test_no_credential_reaches_a_command_line(tmp_path: Path) -> None:
 async def _owner_with_spare(tmp: Path, variant: str, marker: str) -> tuple[
         subprocess.Popen[bytes], dict[str, str]]:
     owner = _start_owner(tmp, variant, marker, "cgroup", watchdog=True, spares=True)
-    assert owner.stdout is not None
-    record = json.loads(await trio.to_thread.run_sync(owner.stdout.readline))
+    try:
+        assert owner.stdout is not None
+        record = json.loads(await trio.to_thread.run_sync(owner.stdout.readline))
+    except BaseException:  # the owner failed to start its agent: nothing of it stays
+        owner.kill()
+        owner.wait()
+        raise
     return owner, record
 
 
@@ -332,9 +337,11 @@ async def test_owner_sigkilled_with_spares_30(tmp_path: Path, variant: str) -> N
 async def _owner_death_with_spares(tmp_path: Path, variant: str) -> None:
     marker = new_marker()
     decoys = Decoys(marker, "lease-decoy")
-    owner, record = await _owner_with_spare(tmp_path, variant, marker)
+    owner: subprocess.Popen[bytes] | None = None
     try:
         with cleanup_marker(marker, ()), trio.fail_after(90):
+            # inside: a failed start leaves no decoy behind (two once outlived a failed run)
+            owner, record = await _owner_with_spare(tmp_path, variant, marker)
             assert record["spare_launched"], "the agent did not start from a spare"
             await seen_running(marker, "hopper" in variant, set(decoys.pids))
             await poll_until(lambda: len(spares_of(owner.pid)) == SPARES)
@@ -348,7 +355,7 @@ async def _owner_death_with_spares(tmp_path: Path, variant: str) -> None:
             assert not await still_marked(marker, set(decoys.pids))
             assert decoys.alive()
     finally:
-        if owner.poll() is None:
+        if owner is not None and owner.poll() is None:
             owner.kill()
             owner.wait()
         decoys.close()
