@@ -111,7 +111,14 @@ def replace_secrets(value: Any, secrets: Iterable[str], *, numbers: NumberRule =
     known = _known(secrets)
     if not known:
         return value
+    return _map_strings(value, _known_replacer(known), 0, numbers)
 
+
+def _known_replacer(known: tuple[str, ...]) -> Callable[[str], str]:
+    """The one rule for known credentials in a text: each replaced by :data:`REDACTED`, and
+    the whole text replaced when it holds a credential of digits with points among them (a
+    float: ``9.8765432e+27``) or the first :data:`FLOAT_DIGITS` digits of a longer one (what
+    a float keeps of it)."""
     digits = _digit_needles(known)
 
     def replace(text: str) -> str:
@@ -119,12 +126,10 @@ def replace_secrets(value: Any, secrets: Iterable[str], *, numbers: NumberRule =
             if secret in text:
                 text = text.replace(secret, REDACTED)
         if digits and any(x in text.replace(".", "") for x in digits):
-            # a credential of digits written as a float (9.8765432e+27), or the first digits
-            # of one too long for a float to keep whole
             return REDACTED
         return text
 
-    return _map_strings(value, replace, 0, numbers)
+    return replace
 
 
 def _map_strings(value: Any, fn: Callable[[str], str], depth: int,
@@ -152,14 +157,12 @@ def _map_strings(value: Any, fn: Callable[[str], str], depth: int,
 
 
 def _number_texts(value: int | float) -> tuple[str, ...]:
-    """The texts a number's digits may be read in: Python's, the JSON written for it (which
-    differ for floats: ``9.8765432e-05`` against ``0.000098765432``), and a float's
-    significant digits alone (its mantissa without the point)."""
+    """The texts a number's digits may be read in: Python's and the JSON written for it
+    (which differ for floats: ``9.8765432e-05`` against ``0.000098765432``); the points
+    among a float's digits are the text rule's (:func:`_known_replacer`)."""
     if isinstance(value, int):
         return (str(value),)
-    text = repr(value)
-    mantissa = text.split("e")[0].replace(".", "").replace("-", "").lstrip("0")
-    return (text, msgspec.json.encode(value).decode(), mantissa)
+    return (repr(value), msgspec.json.encode(value).decode())
 
 
 class RawSecrets:
@@ -268,19 +271,28 @@ class StreamRedactor:
 def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too);
     a list or object nested deeper than :data:`MAX_REDACT_DEPTH` reads as :data:`TOO_DEEP`."""
-    secrets = tuple(secrets)
-    return _map_strings(value, lambda text: redact(text, secrets), 0)
+    return _map_strings(value, _redactor(secrets), 0)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret value (4 characters or more) and every unmistakable
-    credential shape (``OPENAI_API_KEY=...``, ``Bearer ...``, ``sk-ant-...``, ``ghp_...``,
-    ``AKIA...``) replaced by ``[redacted]``; ordinary words are never guessed at."""
-    for secret in _known(secrets):
-        text = text.replace(secret, REDACTED)
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: f"{m.group(1)}[redacted]", text)
-    return text
+    """``text`` with every known secret value (4 characters or more; by the one rule of
+    :func:`replace_secrets`, a credential of digits carried as a float included) and every
+    unmistakable credential shape (``OPENAI_API_KEY=...``, ``Bearer ...``, ``sk-ant-...``,
+    ``ghp_...``, ``AKIA...``) replaced by ``[redacted]``; ordinary words are never guessed
+    at."""
+    return _redactor(secrets)(text)
+
+
+def _redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    known = _known_replacer(_known(secrets))
+
+    def redact_text(text: str) -> str:
+        text = known(text)
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub(lambda m: f"{m.group(1)}[redacted]", text)
+        return text
+
+    return redact_text
 
 
 def rpc_error_detail(data: Any) -> str | None:

@@ -382,3 +382,19 @@ def test_a_transcript_keeps_no_float_rounded_long_credential(tmp_path: Path) -> 
     for line in stored:
         assert LONG_DIGITS[:15] not in line.replace(".", ""), line
         assert json.loads(line)["m"]["params"] == {"a": REDACTED, "b": 1.5}
+
+
+def test_error_data_and_messages_follow_the_same_digit_rule() -> None:
+    """An agent's error data and messages (``redact``, ``redact_value``) kept a credential of
+    digits carried as a float: written with a point among its digits, or rounded to its
+    first digits (one longer than a float keeps); the events' and transcripts' rule caught
+    both."""
+    from acpx_trio._errors import redact, redact_value
+
+    short = "738201945563"
+    data = {"a": float(f"{short}e20"), "b": float(f"{LONG_DIGITS}.5"), "c": 2.5, "d": 7}
+    assert redact_value(data, [short, LONG_DIGITS]) == {
+        "a": REDACTED, "b": REDACTED, "c": 2.5, "d": 7}
+    assert redact(f"limit hit at {float(LONG_DIGITS)!r}", [LONG_DIGITS]) == REDACTED
+    assert redact("7.38201945563e11 requests", [short]) == REDACTED
+    assert redact("nothing here: 1.5", [short]) == "nothing here: 1.5"
