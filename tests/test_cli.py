@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,39 @@ def test_leases_open_and_all(tmp_path: Path) -> None:
     table = run_cli("leases", "--all", state_dir=tmp_path).stdout.splitlines()
     assert table[0].split()[:4] == ["LEASE", "STATE", "PID", "ALIVE"]
     assert len(table) == 3 and all(" closed " in row and " no " in row for row in table[1:])
+
+
+def test_leases_alive_means_the_recorded_process(tmp_path: Path) -> None:
+    """``leases`` calls a lease's root alive only when the process at its pid is the one the
+    lease recorded, by the same rule as the reaper: a create time 0.8 s off (the reaper's
+    tolerance is 0.5 s) or another boot's lease is a reused pid, not the agent."""
+    from acpx_trio._process.identity import boot_id, process_info
+    from acpx_trio._store.lease_model import new_lease
+    from acpx_trio._store.leases import SyncLeaseStore
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        info = process_info(sleeper.pid)
+        assert info is not None
+        store = SyncLeaseStore(tmp_path / "acpx")
+        recorded = {
+            "same": {"root_create_time": info.create_time, "boot_id": boot_id()},
+            "same-ticks": {"root_start_ticks": info.start_ticks, "boot_id": boot_id()},
+            "off-by-0.8s": {"root_create_time": info.create_time - 0.8},
+            "other-boot": {"root_create_time": info.create_time, "boot_id": "another-boot"},
+        }
+        for key, fields in recorded.items():
+            lease = new_lease(gateway_instance_id="gw", session_key=key, wrapper_root="/",
+                              command=["sleep"], owner_pid=0, owner_start_time=0.0)
+            store.save(msgspec.structs.replace(lease, root_pid=sleeper.pid, **fields))
+        done = run_cli("leases", "--json", state_dir=tmp_path)
+        assert done.returncode == 0, done.stderr
+        alive = {row["sessionKey"]: row["alive"] for row in json_lines(done.stdout)}
+        assert alive == {"same": True, "same-ticks": True, "off-by-0.8s": False,
+                         "other-boot": False}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_state_dir_from_env_and_cwd_flag(tmp_path: Path) -> None:

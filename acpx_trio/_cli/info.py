@@ -359,21 +359,20 @@ def _read_gateway_id(state_dir: Path) -> str | None:
 
 def _liveness(leases: list[Any]) -> list[tuple[bool, bool | None]]:
     """(root alive, owner alive or None when unknown) per lease, from one process snapshot."""
-    from acpx_trio._process.identity import snapshot_processes
-    from acpx_trio._process.reap_plan import owner_alive
+    from acpx_trio._process.identity import boot_id, snapshot_processes
+    from acpx_trio._process.reap_plan import LeaseTarget, owner_alive, root_matches
 
     pids = {x.root_pid for x in leases if x.root_pid > 0}
     pids |= {x.owner_pid for x in leases if x.owner_pid}
     by_pid = {p.pid: p for p in snapshot_processes(pids)}
+    this_boot = boot_id()
     out: list[tuple[bool, bool | None]] = []
     for lease in leases:
         root = by_pid.get(lease.root_pid) if lease.root_pid > 0 else None
-        alive = root is not None and not root.zombie
-        if alive and root is not None:
-            if lease.root_start_ticks is not None and root.start_ticks is not None:
-                alive = root.start_ticks == lease.root_start_ticks
-            elif lease.root_create_time is not None:
-                alive = abs(root.create_time - lease.root_create_time) <= 1.0
+        alive = (
+            root is not None and not root.zombie
+            and root_matches(root, LeaseTarget.from_lease(lease), this_boot)
+        )
         owner = owner_alive(lease, by_pid, os.getpid()) if lease.owner_pid else None
         out.append((alive, owner))
     return out

@@ -119,7 +119,11 @@ def guard_reason(p: ProcessInfo, self_pid: int, self_uid: int) -> str | None:
     return None
 
 
-def _root_matches(p: ProcessInfo, t: LeaseTarget, current_boot_id: str | None) -> bool:
+def root_matches(p: ProcessInfo, t: LeaseTarget, current_boot_id: str | None) -> bool:
+    """Whether ``p`` (found at the lease's root pid) is the process the lease recorded, as far
+    as the lease can tell: another boot's lease matches nothing; recorded start ticks must be
+    equal, a recorded create time within ``CREATE_TIME_TOLERANCE``; a lease that recorded
+    neither matches (its tags decide)."""
     if t.root_boot_id and current_boot_id and t.root_boot_id != current_boot_id:
         return False  # recorded in an earlier boot: whatever has this pid now is not it
     if t.root_start_ticks is not None and p.start_ticks is not None:
@@ -206,7 +210,7 @@ def plan_leases(
             continue
         inspected.setdefault(root.pid)
         reason = guard_reason(root, self_pid, self_uid)
-        if reason is None and not _root_matches(root, t, current_boot_id):
+        if reason is None and not root_matches(root, t, current_boot_id):
             reason = PID_REUSED
         if reason is None and (root.lease_id, root.gateway_instance_id) != (
             t.lease_id,
