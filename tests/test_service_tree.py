@@ -217,3 +217,87 @@ async def test_require_runtime(
         await svc.stop()
     with pytest.raises(ServiceStoppedError):
         svc.require_runtime()
+
+
+async def test_an_idle_service_is_one_task(tmp_path: Path) -> None:
+    """Started and idle (no probe, no orphan sweep due, no agent), the service is exactly one
+    task: its periodic duties and background nursery live in it, not in tasks of their own
+    that every start and stop would spawn and cancel."""
+    logger = ListLogger()
+    svc = AcpxRuntimeService(runtime_factory=StubFactory(), registry=BackendRegistry())
+    async with trio.open_nursery() as host:
+        before = set(host.child_tasks)
+        await svc.start(_ctx(tmp_path, logger, host))
+        await trio.testing.wait_all_tasks_blocked()
+        (service_task,) = set(host.child_tasks) - before
+        assert [t.name.rsplit(".", 1)[-1] for t in _walk(service_task)] == ["_run"]
+        await svc.stop()
+        assert set(host.child_tasks) == before
+
+
+async def test_periodic_duties_run_every_interval_and_stop_with_the_service(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The dead-session sweep runs every sweep interval from the service task, and not
+    after stop."""
+    logger = ListLogger()
+    factory = StubFactory()
+    svc = AcpxRuntimeService({"sweepIntervalSeconds": 2}, runtime_factory=factory,
+                             registry=BackendRegistry())
+    async with trio.open_nursery() as host:
+        t0 = trio.current_time()
+        await svc.start(_ctx(tmp_path, logger, host))
+        await trio.sleep(7)
+        stub = factory.made[0]
+        assert [round(t - t0) for t in stub.sweep_times] == [2, 4, 6]
+        await svc.stop()
+        await trio.sleep(10)
+        assert len(stub.sweep_times) == 3
+
+
+async def test_a_slow_duty_is_not_doubled_and_delays_no_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from acpx_trio._service.tasks import run_duties
+
+    starts: dict[str, list[float]] = {"slow": [], "quick": []}
+    running = {"slow": 0}
+    most = {"slow": 0}
+
+    async def slow() -> None:
+        starts["slow"].append(trio.current_time())
+        running["slow"] += 1
+        most["slow"] = max(most["slow"], running["slow"])
+        try:
+            await trio.sleep(2.5)  # the workload: longer than two intervals
+        finally:
+            running["slow"] -= 1
+
+    async def quick() -> None:
+        starts["quick"].append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        nursery.start_soon(run_duties, nursery, 1.0, [slow, quick])
+        await trio.sleep(6.5)
+        nursery.cancel_scope.cancel()
+    assert [round(t - t0) for t in starts["quick"]] == [1, 2, 3, 4, 5, 6]
+    # ticks at 1..6: the pass started at 1 runs to 3.5, so ticks 2 and 3 skip it
+    assert [round(t - t0) for t in starts["slow"]] == [1, 4]
+    assert most["slow"] == 1 and running["slow"] == 0
+
+
+async def test_a_duty_that_raises_crashes_its_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from acpx_trio._service.tasks import run_duties
+
+    async def broken() -> None:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("a bug in a duty")
+
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="a bug in a duty"),
+                            flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_duties, nursery, 1.0, [broken])

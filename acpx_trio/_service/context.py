@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -23,6 +23,7 @@ __all__ = [
     "SKIP_RUNTIME_ENV",
     "STARTUP_PROBE_ENV",
     "WRAPPER_DIR_NAME",
+    "Duty",
     "Phase",
     "Running",
     "RuntimeFactory",
@@ -85,6 +86,11 @@ class Phase(enum.Enum):
     STOPPING = "stopping"
 
 
+#: One periodic duty of the service: a pass that logs its own failures and raises nothing but
+#: :class:`trio.Cancelled`.
+Duty = Callable[[], Awaitable[object]]
+
+
 @dataclass(slots=True, kw_only=True)
 class Running:
     """What a started service holds."""
@@ -92,12 +98,16 @@ class Running:
     ctx: ServiceContext
     config: AcpxConfig
     runtime: AcpRuntimeProtocol
-    #: The service nursery (child of the host's): runtime tasks and the background host.
+    #: The service nursery (child of the host's): runtime tasks and the watchdog.
     nursery: trio.Nursery
-    #: Probe, sweep and ``AcpxRuntimeService._spawn_background`` tasks.
+    #: The service task's own nursery inside it: probe, orphan sweeps, passes of the periodic
+    #: duties and ``AcpxRuntimeService._spawn_background`` tasks.
     background: trio.Nursery
     background_done: trio.Event
     run_done: trio.Event
+    #: The periodic duties (dead-session sweep, watchdog check, second-net orphan sweep),
+    #: run every sweep interval by the service task (``tasks.run_duties``).
+    duties: list[Duty] = field(default_factory=list)
 
 
 def startup_probe_enabled() -> bool:

@@ -6,10 +6,13 @@ One task tree: :meth:`AcpxRuntimeService.start` starts exactly one task in the h
 (``await ctx.nursery.start(...)``).  That task owns the *service nursery*; everything the
 service and its runtime run lives under it — the runtime's agent processes, turn drivers and
 cancels (``RuntimeFactoryParams.nursery`` is the service nursery), and a *background nursery*
-holding the startup probe, the dead-session sweep and whatever other components add with
-:meth:`AcpxRuntimeService._spawn_background`.  :meth:`~AcpxRuntimeService.stop` cancels the
-background nursery, closes the runtime, then cancels the service nursery and joins the task, so
-when ``stop`` returns nothing of the service is left in the host's nursery.
+opened by the service task itself, holding the startup probe, the orphan sweeps, the passes of
+the periodic duties (dead-session sweep, watchdog check, second-net orphan sweep: the service
+task starts them every sweep interval, so an idle service is that one task) and whatever other
+components add with :meth:`AcpxRuntimeService._spawn_background`.
+:meth:`~AcpxRuntimeService.stop` cancels the background nursery, closes the runtime, then
+cancels the service nursery and joins the task, so when ``stop`` returns nothing of the service
+is left in the host's nursery.
 
 A crash (an exception escaping any task of the service) is **reported, not lost, and never
 propagated into the host's nursery**: it is logged at error level with its traceback, health
@@ -20,6 +23,7 @@ of it is dead), and :attr:`AcpxRuntimeService.crash` holds the exception.  The h
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -63,7 +67,7 @@ from acpx_trio._service.startup import (
     report_lease_file,
     report_reap,
 )
-from acpx_trio._service.tasks import host_background, report_crash, run_probe, run_sweep
+from acpx_trio._service.tasks import report_crash, run_duties, run_probe, sweep_once
 from acpx_trio._store.config import DEFAULT_STOP_TIMEOUT_SECONDS, AcpxConfig
 
 __all__ = [
@@ -205,7 +209,7 @@ class AcpxRuntimeService:
 
     # -- start -------------------------------------------------------------------------------
     async def start(self, ctx: ServiceContext) -> None:
-        """Reap, build the runtime, register backend ``"acpx"``, start probe and sweep tasks.
+        """Reap, build the runtime, register backend ``"acpx"``, start the probe and the duties.
 
         Returns once the backend is registered; the probe runs in the background.  Exactly one
         task of the service is then in ``ctx.nursery``.
@@ -265,9 +269,19 @@ class AcpxRuntimeService:
         crash: BaseExceptionGroup[Exception] | None = None
         try:
             async with trio.open_nursery() as nursery:
-                running = await self._boot(ctx, nursery, run_done)
-                self._running = running  # before anything can crash unobserved
-                task_status.started(running)
+                background_done = trio.Event()
+                try:
+                    # The background nursery is this task's own (no host task of its own):
+                    # stop() cancels it first, then this task waits for the service nursery.
+                    async with trio.open_nursery() as background:
+                        running = await self._boot(ctx, nursery, background, background_done,
+                                                   run_done)
+                        self._running = running  # before anything can crash unobserved
+                        task_status.started(running)
+                        await run_duties(background, running.config.sweep_interval_seconds,
+                                         running.duties)
+                finally:
+                    background_done.set()
                 await trio.sleep_forever()
         except* Exception as group:
             if running is None:
@@ -285,7 +299,8 @@ class AcpxRuntimeService:
             run_done.set()
 
     async def _boot(
-        self, ctx: ServiceContext, nursery: trio.Nursery, run_done: trio.Event
+        self, ctx: ServiceContext, nursery: trio.Nursery, background: trio.Nursery,
+        background_done: trio.Event, run_done: trio.Event,
     ) -> Running:
         logger = ctx.logger
         prepared = await self._prepare_cache.prepare_async(self._plugin_config, ctx)
@@ -306,7 +321,6 @@ class AcpxRuntimeService:
         )
         self._startup_reap = reap
         report_reap(reap, config, logger)
-        background, background_done = await nursery.start(host_background)
         self._background = background
         params = RuntimeFactoryParams(
             config=config,
@@ -340,13 +354,13 @@ class AcpxRuntimeService:
                 )
             else:
                 self._health.set(ServiceHealth.REGISTERED)
-            background.start_soon(
-                run_sweep, runtime, config.sweep_interval_seconds,
-                config.control_timeout_seconds, logger,
-            )
-            self._watchdog = _guards.start_guards(  # orphan sweep + owner-death watchdog
+            self._watchdog, guard_duties = _guards.start_guards(  # orphan sweeps + watchdog
                 nursery, background, prepared, logger, self._process_cleanup
             )
+            running.duties = [
+                functools.partial(sweep_once, runtime, logger, config.control_timeout_seconds),
+                *guard_duties,
+            ]
         except BaseException:
             self._registry.unregister(BACKEND_ID, runtime=runtime)
             await self._close_runtime(running, logger)

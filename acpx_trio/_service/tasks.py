@@ -1,14 +1,15 @@
-"""Background work of the runtime service: the startup probe and the dead-session sweep.
+"""Background work of the runtime service: the startup probe, the start-up orphan sweep and
+the periodic duties (dead-session sweep, watchdog check, second-net orphan sweep).
 
-Each is one pass as a plain coroutine function (no service state); the service runs them as
-tasks of its background nursery and decides when they run.
+Each is one pass as a plain coroutine function (no service state); the service runs them in
+its background nursery, and :func:`run_duties` decides when the periodic ones run.
 """
 
 from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
@@ -19,6 +20,7 @@ from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
 from acpx_trio._service.backends import AcpRuntimeProtocol
+from acpx_trio._service.context import Duty
 from acpx_trio._service.doctor_format import (
     format_doctor_failure_message,
     format_error_message,
@@ -30,14 +32,13 @@ from acpx_trio._store.leases import fingerprint
 
 __all__ = [
     "WatchdogHandle",
-    "check_watchdog",
     "forget_guards",
-    "host_background",
+    "orphan_sweep_if_changed",
     "orphan_sweep_once",
     "probe_once",
     "report_crash",
+    "run_duties",
     "run_probe",
-    "run_sweep",
     "start_guards",
     "stop_guards",
     "sweep_once",
@@ -115,20 +116,6 @@ async def sweep_once(runtime: AcpRuntimeProtocol, log: ServiceLogger, limit_seco
         log.info(f"swept {swept} dead embedded acpx session{'' if swept == 1 else 's'}")
 
 
-async def host_background(
-    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.Event]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Open the service's background nursery and report ``(nursery, done)``; ``done`` is set
-    once the nursery (and every task in it) has ended.  Runs until cancelled."""
-    done = trio.Event()
-    try:
-        async with trio.open_nursery() as background:
-            task_status.started((background, done))
-            await trio.sleep_forever()
-    finally:
-        done.set()
-
-
 async def run_probe(
     runtime: AcpRuntimeProtocol,
     limit_seconds: float,
@@ -143,13 +130,28 @@ async def run_probe(
     (log.info if level == "info" else log.warning)(message)
 
 
-async def run_sweep(
-    runtime: AcpRuntimeProtocol, interval_seconds: float, limit_seconds: float, log: ServiceLogger
+async def run_duties(
+    nursery: trio.Nursery, interval_seconds: float, duties: Sequence[Duty]
 ) -> None:
-    """The periodic dead-session sweep task: :func:`sweep_once` every ``interval_seconds``."""
+    """The service's periodic duties (dead-session sweep, watchdog check, orphan sweep) from
+    one task: every ``interval_seconds``, each duty whose previous pass has finished starts a
+    pass in ``nursery``.  A pass still running at a tick is not doubled, and delays none of
+    the other duties.  Runs until cancelled (a pass running then is cancelled with
+    ``nursery``); a pass that raises crashes ``nursery``, as a task of its own would."""
+    busy: set[int] = set()
+
+    async def one_pass(index: int, duty: Duty) -> None:
+        try:
+            await duty()
+        finally:
+            busy.discard(index)
+
     while True:
         await trio.sleep(interval_seconds)
-        await sweep_once(runtime, log, limit_seconds)
+        for index, duty in enumerate(duties):
+            if index not in busy:
+                busy.add(index)
+                nursery.start_soon(one_pass, index, duty)
 
 
 def report_crash(group: BaseExceptionGroup[Exception], log: ServiceLogger) -> BaseException:
@@ -200,13 +202,14 @@ async def orphan_sweep_once(
 def start_guards(
     nursery: trio.Nursery, background: trio.Nursery, prepared: Any, log: ServiceLogger,
     deps: ProcessCleanupDeps | None,
-) -> WatchdogHandle:
+) -> tuple[WatchdogHandle, list[Duty]]:
     """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
     in ``background`` (only when the start-up reap did not run, the gateway id is not new,
     and the sweep memo cannot prove there is nothing to find: see
     :class:`~acpx_trio._service.prepare.SweepMemo`), and the owner-death watchdog,
     registered in the service ``nursery`` (so it outlives the runtime's close; its process
-    is spawned before the service's first agent)."""
+    is spawned before the service's first agent).  Returns the watchdog and two periodic
+    duties for :func:`run_duties`: the watchdog check and the second-net orphan sweep."""
     store, gw = prepared.lease_store, prepared.gateway_instance_id
     grace = prepared.config.kill_grace_seconds
     memo: SweepMemo | None = prepared.sweep_memo
@@ -219,43 +222,31 @@ def start_guards(
             lease_fp=prepared.lease_fp, memo=memo,
         ))
     watchdog = register_watchdog(nursery, store.path.parent, gw, grace, log)
-    interval = prepared.config.sweep_interval_seconds
-    background.start_soon(check_watchdog, watchdog, interval)
-    background.start_soon(functools.partial(
-        periodic_orphan_sweeps, gw, store, log, interval, grace=grace, deps=deps,
-        memo=memo or SweepMemo()))
-    return watchdog
+    second_net = functools.partial(
+        orphan_sweep_if_changed, gw, store, log, grace=grace, deps=deps,
+        memo=memo or SweepMemo())
+    return watchdog, [watchdog.check, second_net]
 
 
 #: The fingerprint of a lease file that does not exist (no lease was ever written there).
 _ABSENT = ("absent",)
 
 
-async def periodic_orphan_sweeps(
-    gateway_instance_id: str, lease_store: Any, log: ServiceLogger, interval_seconds: float,
+async def orphan_sweep_if_changed(
+    gateway_instance_id: str, lease_store: Any, log: ServiceLogger,
     *, grace: float, deps: ProcessCleanupDeps | None, memo: SweepMemo,
 ) -> None:
-    """The second net, every sweep interval: :func:`orphan_sweep_once` whenever the lease
-    file changed since the last clean sweep (:class:`SweepMemo`'s proof: otherwise nothing
-    new can carry this gateway's tags).  It finds what a close could not see: a process that
-    moved itself out of its leaf cgroup (it keeps its tags; its lease is final), or a tagged
-    survivor whose lease is final.  Live owners' processes and leaves are never touched."""
-    while True:
-        await trio.sleep(interval_seconds)
-        now = await trio.to_thread.run_sync(fingerprint, lease_store.path,
-                                            abandon_on_cancel=True)  # a stat: read-only
-        fp: object = _ABSENT if now is None else now
-        if memo.due(fp):
-            await orphan_sweep_once(gateway_instance_id, lease_store, log, grace=grace,
-                                    deps=deps, lease_fp=fp, memo=memo, open_leases=False)
-
-
-async def check_watchdog(watchdog: WatchdogHandle, interval_seconds: float) -> None:
-    """Every sweep interval, the owner checks its watchdog is not stopped (``SIGSTOP``: it
-    would watch nothing) and replaces it if it is (:meth:`WatchdogHandle.check`)."""
-    while True:
-        await trio.sleep(interval_seconds)
-        await watchdog.check()
+    """The second net, a periodic duty: :func:`orphan_sweep_once` when the lease file changed
+    since the last clean sweep (:class:`SweepMemo`'s proof: otherwise nothing new can carry
+    this gateway's tags).  It finds what a close could not see: a process that moved itself
+    out of its leaf cgroup (it keeps its tags; its lease is final), or a tagged survivor
+    whose lease is final.  Live owners' processes and leaves are never touched."""
+    now = await trio.to_thread.run_sync(fingerprint, lease_store.path,
+                                        abandon_on_cancel=True)  # a stat: read-only
+    fp: object = _ABSENT if now is None else now
+    if memo.due(fp):
+        await orphan_sweep_once(gateway_instance_id, lease_store, log, grace=grace,
+                                deps=deps, lease_fp=fp, memo=memo, open_leases=False)
 
 
 async def stop_guards(watchdog: WatchdogHandle | None) -> None:
