@@ -489,7 +489,8 @@ class AcpConnectionClosedError(AcpRuntimeError):
 class StateFileError(AcpxError):
     """A state file or the state directory cannot be trusted: a FIFO, a device, a directory
     or a symbolic link where a regular file belongs, a file larger than its cap, or a state
-    directory that is not a directory, belongs to another user or is group/world-writable.
+    directory that is not a directory, belongs to another user, is group/world-writable or
+    lies under a directory another user owns or could write.
     ``path`` names it; the message says how to fix it.  Nothing was read, written or
     ``chmod``-ed through it."""
 

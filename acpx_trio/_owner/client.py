@@ -278,8 +278,9 @@ async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
 async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketStream:
     """Connect to the owner of ``state_dir``, starting one first if none is alive."""
     paths = OwnerPaths(state_dir)
+    # refused here, not in the owner's log; its ancestors before anything is created
+    await trio.to_thread.run_sync(check_lease_dirs, paths.state_dir)
     await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
-    await trio.to_thread.run_sync(check_lease_dirs, paths.state_dir)  # refused here, not in the log
     for _ in range(CONNECT_ATTEMPTS):
         stream = await connect_owner(state_dir)
         if stream is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "SESSION_FILE_MAX_BYTES",
     "atomic_write_bytes",
     "atomic_write_many",
+    "check_ancestors",
     "check_private_dir",
     "ensure_private_dir",
     "fsync_dir",
@@ -53,7 +54,7 @@ def ensure_private_dir(path: Path, *, strict_link: bool = False) -> Path:
     except FileNotFoundError:
         if path.is_symlink():  # a dangling link: never create through it
             check_private_dir(path)
-        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        _make_dirs(path)
         st = os.stat(path)
     _check_dir_stat(path, st)  # refuse (never chmod) what is not ours, like ssh
     if (st.st_mode & 0o777) != DIR_MODE and not path.is_symlink():
@@ -66,7 +67,7 @@ def _ensure_real_dir(path: Path) -> Path:
     if os.path.islink(path):
         return path  # a link to a directory of ours that is already 0700: nothing to do
     if not os.path.lexists(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent)
         with contextlib.suppress(FileExistsError):  # a racing creator: checked below
             os.mkdir(path, DIR_MODE)
     try:
@@ -83,6 +84,19 @@ def _ensure_real_dir(path: Path) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose every new directory is 0700 (a umask can only narrow it), so a
+    parent it creates never fails :func:`check_ancestors` later."""
+    missing: list[Path] = []
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a racing creator: checked by the caller
+            os.mkdir(directory, DIR_MODE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -333,6 +347,88 @@ def check_private_dir(path: Path, *, strict_link: bool = False) -> None:
             f"replace it with a real directory (`rm {path} && mkdir -m 700 {path}`) or run "
             f"`chmod 700 {os.path.realpath(path)}`",
         )
+
+
+def check_ancestors(path: Path) -> None:
+    """Refuse a state directory that someone else could move away or replace, like ssh's
+    ``StrictModes``: every directory in which a name on the way to ``path`` is looked up (the
+    links on the way followed, as the kernel does) must belong to root or to this user and be
+    writable by no other user.  Group- or world-writable is accepted only with the sticky bit
+    (as ``/tmp``: then only an entry's owner may rename or remove it), and group-writable also
+    for this user's private group (named after this user, no other member: the convention
+    behind ``umask 002``).  Where the path does not exist yet the walk stops (the rest will
+    be created, ours).  Raises :class:`~acpx_trio.StateFileError` naming the directory and
+    the fix; reads only ``lstat``s and links, creates nothing."""
+    for directory in _lookup_dirs(os.path.abspath(path)):
+        _check_ancestor_stat(Path(directory), os.stat(directory), path)
+
+
+def _lookup_dirs(path: str) -> list[str]:
+    """The directories in which the components of the absolute ``path`` are looked up, in
+    order, without repeats; links are followed (at most 40, as Linux)."""
+    dirs: list[str] = []
+    pending = [c for c in path.split("/") if c]
+    current = "/"
+    links = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        if current not in dirs:
+            dirs.append(current)
+        candidate = os.path.join(current, name)
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            break
+        if not stat.S_ISLNK(st.st_mode):
+            current = candidate
+            continue
+        links += 1
+        if links > 40:
+            raise StateFileError(path, "has more than 40 symbolic links on the way",
+                                 "choose a state directory without a link loop")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            current = "/"
+        pending[:0] = [c for c in target.split("/") if c]
+    return dirs
+
+
+def _check_ancestor_stat(ancestor: Path, st: os.stat_result, path: Path) -> None:
+    me = os.geteuid()
+    if st.st_uid not in (0, me):
+        raise StateFileError(
+            str(path), f"lies under {ancestor}, which belongs to uid {st.st_uid}: that user "
+            "could move the state directory away or put another in its place",
+            "choose a state directory whose every parent belongs to root or to you",
+        )
+    if not st.st_mode & 0o022 or st.st_mode & stat.S_ISVTX:
+        return  # nobody else writes, or sticky: an entry keeps its owner
+    if st.st_mode & 0o002 or not _private_group(st.st_gid):
+        who = "others" if st.st_mode & 0o002 else f"group {st.st_gid}"
+        raise StateFileError(
+            str(path), f"lies under {ancestor}, which is writable by {who} (mode "
+            f"{st.st_mode & 0o7777:o}, no sticky bit): they could move the state directory "
+            "away or put another in its place",
+            f"run `chmod go-w {ancestor}` (or choose another state directory)",
+        )
+
+
+def _private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's private group: named after this user, no other member."""
+    import grp
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return gid == os.getegid() and group.gr_name == name and set(group.gr_mem) <= {name}
 
 
 def _check_dir_stat(path: Path, st: os.stat_result) -> None:

@@ -1,0 +1,112 @@
+"""A state directory under a directory someone else controls is refused, like ssh's
+``StrictModes``: whoever can write a parent could move the state dir away and put theirs (its
+lease file, its owner socket) in its place.  Every directory the path's lookup passes through,
+links followed, must belong to root or to us and be writable by nobody else (sticky dirs such
+as ``/tmp`` and this user's private group excepted).  Refused before anything is created,
+through the public names, the service and the CLI alike; parents acpx-trio creates are 0700."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from _cli_helpers import run_cli
+
+from acpx_trio import BackendRegistry, StateFileError, open_runtime_service
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A directory we own, whose mode each test sets."""
+    path = tmp_path / "shared"
+    path.mkdir(mode=0o700)
+    yield path
+    os.chmod(path, 0o700)
+
+
+async def _start(state: Path, workspace: Path) -> None:
+    with trio.fail_after(30):
+        async with open_runtime_service(workspace_dir=workspace, state_dir=state,
+                                        registry=BackendRegistry()):
+            pass
+
+
+def _refused_everywhere(state: Path, tmp_path: Path, culprit: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir(exist_ok=True)
+    with pytest.raises(StateFileError) as info:
+        trio.run(_start, state, workspace)
+    assert info.value.code == "ACPX_STATE_FILE_UNSAFE"
+    assert str(culprit) in str(info.value) and str(state) in str(info.value)
+    assert not state.exists() or not (state / "acpx").exists()  # nothing created below
+    cli = run_cli("leases", state_dir=state)
+    assert cli.returncode != 0 and str(culprit) in cli.stderr
+    prompt = run_cli("prompt", "hello", state_dir=state)
+    assert prompt.returncode != 0 and str(culprit) in prompt.stderr
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o757], ids=["0777", "0757"])
+def test_a_parent_others_can_write_is_refused(tmp_path: Path, shared: Path, mode: int) -> None:
+    os.chmod(shared, mode)
+    _refused_everywhere(shared / "deep" / "state", tmp_path, shared)
+
+
+def test_a_parent_of_another_user_is_refused(tmp_path: Path, shared: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    os.chown(shared, NOBODY, -1)
+    try:
+        _refused_everywhere(shared / "state", tmp_path, shared)
+    finally:
+        os.chown(shared, 0, -1)
+
+
+def test_a_parent_a_shared_group_can_write_is_refused(tmp_path: Path, shared: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chgrp to a group we are not in needs root")
+    os.chown(shared, -1, NOBODY)  # a group that is not our private group
+    os.chmod(shared, 0o770)
+    _refused_everywhere(shared / "state", tmp_path, shared)
+
+
+def test_a_link_through_a_writable_directory_is_refused(tmp_path: Path, shared: Path) -> None:
+    """The path as written has trusted parents only; its link leads through one others can
+    write (the lookup is judged, not the spelling)."""
+    real = shared / "real"
+    real.mkdir(mode=0o700)
+    os.chmod(shared, 0o777)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir(mode=0o700)
+    (trusted / "link").symlink_to(real)
+    _refused_everywhere(trusted / "link" / "state", tmp_path, shared)
+
+
+def test_a_sticky_world_writable_parent_is_accepted(tmp_path: Path, shared: Path) -> None:
+    """Like ``/tmp``: others may write, but only an entry's owner may rename or remove it."""
+    os.chmod(shared, 0o1777)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    trio.run(_start, shared / "state", workspace)
+    assert (shared / "state" / "acpx").is_dir()
+    done = run_cli("leases", state_dir=shared / "state")
+    assert done.returncode == 0, done.stderr
+
+
+def test_parents_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "b" / "state"
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    old = os.umask(0o002)
+    try:
+        trio.run(_start, state, workspace)
+        trio.run(_start, state, workspace)  # and the next start accepts them
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", state):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
