@@ -14,9 +14,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from _cli_helpers import run_cli
+from _cli_helpers import run_cli, tagged_pids
 
-from acpx_trio import BackendRegistry, StateFileError, open_runtime_service
+from acpx_trio import (
+    BackendRegistry,
+    LeaseStore,
+    SessionStoreError,
+    StateFileError,
+    open_acpx_runtime,
+    open_runtime_service,
+    resolve_config,
+)
 
 NOBODY = 65534
 
@@ -110,3 +118,32 @@ def test_parents_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> No
         os.umask(old)
     for path in (tmp_path / "a", tmp_path / "a" / "b", state):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+
+
+@pytest.mark.parametrize("where", ["lease-dir", "session-dir"])
+def test_the_runtime_without_a_service_refuses_too(
+    tmp_path: Path, shared: Path, where: str
+) -> None:
+    """``open_acpx_runtime`` with a lease store or session dir of the embedder's choosing:
+    the first write there refuses a dir under a writable parent (the lease store's before any
+    spawn; the session store's after the handshake, which the ensure then undoes), nothing is
+    created there and no agent is left."""
+    os.chmod(shared, 0o777)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    leases = shared / "leases" if where == "lease-dir" else tmp_path / "leases"
+    sessions = shared / "sessions" if where == "session-dir" else tmp_path / "sessions"
+    config = resolve_config({"stateDir": str(sessions)}, str(workspace))
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with open_acpx_runtime(config, gateway_instance_id="gw-parents",
+                                         lease_store=LeaseStore(leases)) as runtime:
+                refused = StateFileError if where == "lease-dir" else SessionStoreError
+                with pytest.raises(refused) as info:
+                    await runtime.ensure_session(session_key="k", agent="mock")
+                assert str(shared) in str(info.value) and "writable by others" in str(info.value)
+
+    trio.run(main)
+    assert os.listdir(shared) == []
+    assert tagged_pids("gw-parents") == []

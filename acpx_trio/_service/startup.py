@@ -22,7 +22,7 @@ from acpx_trio._process.reaper import (
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.dirs import ensure_lease_dirs, is_default_session_dir
-from acpx_trio._store.fsio import check_ancestors, ensure_private_dir
+from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import store_error
@@ -91,9 +91,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
             f"cannot create the lease dir {wrapper_root} ({exc.strerror or exc}); check that "
             "the host state dir is a directory this user can write"
         ) from exc
-    if not default_sessions:
-        check_ancestors(session_dir)  # a session dir elsewhere: its parents are trusted too
-    try:
+    try:  # its ancestors are checked first (a session dir configured elsewhere too)
         ensure_private_dir(session_dir, strict_link=default_sessions)
     except OSError as exc:
         raise store_error(session_dir, "create the state dir", exc) from exc

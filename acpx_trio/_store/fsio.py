@@ -45,8 +45,10 @@ def ensure_private_dir(path: Path, *, strict_link: bool = False) -> Path:
     ``chmod``-ed.  With ``strict_link`` (acpx-trio's own dirs) a link is refused unless it
     points at a directory of ours that is already exactly 0700 (nothing to tighten: shared
     lease dirs of two installations); the check comes before anything is created below it and
-    the mode is set on the opened directory, never through a link.  Raises ``OSError`` when it
-    cannot be created."""
+    the mode is set on the opened directory, never through a link.  Its ancestors are checked
+    first (:func:`check_ancestors`): a directory under one another user owns or could write is
+    refused before anything is created.  Raises ``OSError`` when it cannot be created."""
+    check_ancestors(path)
     if strict_link:
         return _ensure_real_dir(path)
     try:
@@ -358,9 +360,19 @@ def check_ancestors(path: Path) -> None:
     for this user's private group (named after this user, no other member: the convention
     behind ``umask 002``).  Where the path does not exist yet the walk stops (the rest will
     be created, ours).  Raises :class:`~acpx_trio.StateFileError` naming the directory and
-    the fix; reads only ``lstat``s and links, creates nothing."""
-    for directory in _lookup_dirs(os.path.abspath(path)):
+    the fix; reads only ``lstat``s and links, creates nothing.  A path whose ancestors passed
+    is not walked again in this process: only root or this user can change a chain that
+    passed (a user who loosens their own parents is caught at the next process's start)."""
+    key = os.path.abspath(path)
+    if key in _TRUSTED_ANCESTORS:
+        return
+    for directory in _lookup_dirs(key):
         _check_ancestor_stat(Path(directory), os.stat(directory), path)
+    _TRUSTED_ANCESTORS.add(key)
+
+
+#: Absolute paths whose ancestors passed :func:`check_ancestors` in this process.
+_TRUSTED_ANCESTORS: set[str] = set()
 
 
 def _lookup_dirs(path: str) -> list[str]:
