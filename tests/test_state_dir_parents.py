@@ -52,11 +52,12 @@ def _refused_everywhere(state: Path, tmp_path: Path, culprit: Path) -> None:
         trio.run(_start, state, workspace)
     assert info.value.code == "ACPX_STATE_FILE_UNSAFE"
     assert str(culprit) in str(info.value) and str(state) in str(info.value)
-    assert not state.exists() or not (state / "acpx").exists()  # nothing created below
+    assert not os.path.lexists(state)  # refused before the state dir was made
     cli = run_cli("leases", state_dir=state)
     assert cli.returncode != 0 and str(culprit) in cli.stderr
     prompt = run_cli("prompt", "hello", state_dir=state)
     assert prompt.returncode != 0 and str(culprit) in prompt.stderr
+    assert not os.path.lexists(state)
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o757], ids=["0777", "0757"])
