@@ -26,6 +26,7 @@ from acpx_trio._process.identity import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     ProcessInfo,
+    _read_stat_fields,
     read_proc,
     running_dir,
     snapshot_processes,
@@ -64,15 +65,16 @@ def lease_ids_in_environ(data: bytes) -> set[bytes]:
 _StatIds = tuple[str, int, int, int, int]
 
 
-def _stat_ids(name: str) -> tuple[_StatIds, list[str]] | None:
-    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/NAME/stat`` and its fields from
-    the state on, or ``None``."""
+def _stat_ids(pid: int) -> tuple[_StatIds, list[str]] | None:
+    """``(state, ppid, pgid, sid, start ticks)`` of ``/proc/PID/stat`` and its fields from
+    the state on (:func:`~acpx_trio._process.identity._read_stat_fields`), or ``None``."""
+    fields = _read_stat_fields(pid)
+    if fields is None:
+        return None
     try:
-        data = read_proc(f"/proc/{name}/stat")
-        fields = data[data.rfind(b")") + 1 :].decode("ascii", "replace").split()
         return (fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
                 int(fields[19])), fields
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 
@@ -191,7 +193,7 @@ class TagScan:
 
         def visit(pid: int) -> None:
             name = str(pid)
-            read = _stat_ids(name)
+            read = _stat_ids(pid)
             if read is None:
                 if pid in roots and pid not in infos:
                     info = fast_process_info(pid)
@@ -275,7 +277,7 @@ class TagScan:
             nonlocal found
             if found:
                 return
-            read = _stat_ids(str(pid))
+            read = _stat_ids(pid)
             if read is None or (pid in self.candidates and self.candidates[pid] == read[0][4]):
                 return  # gone, or a candidate already (re-read below)
             # any process new since the previous pass (not a known candidate) gets a full
