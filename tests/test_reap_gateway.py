@@ -377,3 +377,39 @@ async def test_a_lease_another_reaper_finished_meanwhile_stays_as_it_is(
         assert _wait_dead(root)
         states = {x.lease_id: x.state for x in await LeaseStore(tmp_path / "acpx").list_all()}
         assert states == {lease_id: LeaseState.LOST}
+
+
+async def test_the_reaps_group_signal_does_not_rescan_for_groups_already_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the trees are gone (the usual case at a reap's SIGKILL step), their groups have
+    no member left: the group signal re-scans nothing and signals nothing.  A group that
+    still has a member is re-scanned for and signalled as before, beside an empty one."""
+    gw = f"gw-{uuid.uuid4().hex}"
+    passes: list[str] = []
+
+    def count(name: str) -> None:
+        real = getattr(TagScan, name)
+
+        def counted(self: TagScan) -> object:
+            passes.append(name)
+            return real(self)
+
+        monkeypatch.setattr(TagScan, name, counted)
+
+    count("full")
+    count("since")
+    with procs() as p:
+        gone = p.spawn(lease_env(str(uuid.uuid4()), gw))
+        live = p.spawn(lease_env(str(uuid.uuid4()), gw))
+        deps = gateway_cleanup_deps(gw, [_lease(gw, None, gone), _lease(gw, None, live)])
+        assert deps.kill_groups is not None
+        assert {gone.pid, live.pid} <= {x.pid for x in await deps.list_processes()}
+        gone.kill()
+        gone.wait()  # reaped: its group (its own session's) has no member left
+        passes.clear()
+        assert await deps.kill_groups([gone.pid], signal.SIGKILL) == []
+        assert passes == []
+        assert await deps.kill_groups([gone.pid, live.pid], 0) == [live.pid]
+        assert passes
+        assert live.poll() is None

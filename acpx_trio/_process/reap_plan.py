@@ -280,6 +280,15 @@ def expand_groups(
     ``(lease id, gateway id)`` pairs.  Pure; a fixpoint over ``table`` (at most one pass per
     newly owned id, so bounded by the table size)."""
     by_pid = {p.pid: p for p in table}
+    # indexes of the table (fixed here): the fixpoint below asks them once per owned id
+    kids: dict[int, list[ProcessInfo]] = {}
+    live_in: dict[str, dict[int, list[ProcessInfo]]] = {"pgid": {}, "sid": {}}
+    for p in table:
+        kids.setdefault(p.ppid, []).append(p)
+        if not p.zombie:
+            for attr, ident in (("pgid", p.pgid), ("sid", p.sid)):
+                if ident is not None:
+                    live_in[attr].setdefault(ident, []).append(p)
     forbidden = {0, 1, self_pid, self_pgid, self_sid}
     known_keys = set(known)
     groups: set[int] = set()
@@ -306,8 +315,7 @@ def expand_groups(
         leader = by_pid.get(ident)
         if leader is not None and not leader.zombie:
             return ours(leader)
-        members = [p for p in table if getattr(p, attr) == ident and not p.zombie]
-        return not any(foreign(p) for p in members)
+        return not any(foreign(p) for p in live_in[attr].get(ident, ()))
 
     def claim(ident: int | None, kind: set[int]) -> bool:
         if ident is None or ident in forbidden or ident in kind:
@@ -337,8 +345,8 @@ def expand_groups(
                 if p.sid is not None and p.sid not in sessions and leaderless_ok(p.sid, "sid"):
                     changed |= claim(p.sid, sessions)
             if p.zombie:
-                for child in table:
-                    if child.ppid == p.pid and child.pid not in targets and not child.zombie:
+                for child in kids.get(p.pid, ()):
+                    if child.pid not in targets and not child.zombie:
                         changed |= _take(child, targets, skipped, inspected, tainted,
                                          self_pid, self_uid)
         for p in table:
