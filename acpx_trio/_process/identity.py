@@ -47,6 +47,7 @@ __all__ = [
     "boot_id",
     "child_identity",
     "cmdline_from_bytes",
+    "environ_entries",
     "lease_args",
     "lease_env",
     "live_thread",
@@ -240,19 +241,37 @@ def tags_from_cmdline(cmdline: Sequence[str]) -> tuple[str | None, str | None]:
     return lease, gateway
 
 
+def environ_entries(data: bytes, key: bytes) -> list[tuple[bytes, bool]]:
+    """Every entry of a raw environment block (``/proc/PID/environ``: ``NAME=value\\0`` ...)
+    that starts with ``key`` (``b"NAME="``), in block order, as ``(value, complete)``:
+    ``complete`` when its NUL ends it (a block's unterminated tail is not).  An entry
+    starts at the block's start or right after a NUL, so ``key`` inside another variable's
+    value is no entry.  The one home of that rule for every tag reader."""
+    found: list[tuple[bytes, bool]] = []
+    padded = b"\0" + data
+    needle = b"\0" + key
+    at = padded.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = padded.find(b"\0", start)
+        if end < 0:
+            found.append((padded[start:], False))
+            break
+        found.append((padded[start:end], True))
+        at = padded.find(needle, end)
+    return found
+
+
+def _tag_value(data: bytes, key: bytes) -> str | None:
+    entries = environ_entries(data, key)  # a repeated variable: the last entry counts
+    return _clean(entries[-1][0].decode("utf-8", "replace")) if entries else None
+
+
 def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None, str | None]:
-    """``(lease, gateway, owner)`` tag values; every other variable is skipped unread."""
-    lease: str | None = None
-    gateway: str | None = None
-    owner: str | None = None
-    for entry in data.split(b"\0"):
-        if entry.startswith(_LEASE_ENV_B):
-            lease = _clean(entry[len(_LEASE_ENV_B) :].decode("utf-8", "replace"))
-        elif entry.startswith(_GATEWAY_ENV_B):
-            gateway = _clean(entry[len(_GATEWAY_ENV_B) :].decode("utf-8", "replace"))
-        elif entry.startswith(_OWNER_ENV_B):
-            owner = _clean(entry[len(_OWNER_ENV_B) :].decode("utf-8", "replace"))
-    return lease, gateway, owner
+    """``(lease, gateway, owner)`` tag values (of each variable its last entry, the
+    unterminated tail included); every other variable is skipped unread."""
+    return (_tag_value(data, _LEASE_ENV_B), _tag_value(data, _GATEWAY_ENV_B),
+            _tag_value(data, _OWNER_ENV_B))
 
 
 def _env_tags(

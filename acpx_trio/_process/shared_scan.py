@@ -27,6 +27,7 @@ from acpx_trio._process.identity import (
     LEASE_ENV_KEY,
     ProcessInfo,
     _read_stat_fields,
+    environ_entries,
     read_proc,
     running_dir,
     snapshot_processes,
@@ -58,7 +59,7 @@ def lease_ids_in_environ(data: bytes) -> set[bytes]:
     environment may repeat a name: any of its complete ``KEY=value\\0`` entries counts)."""
     if _KEY not in data:
         return set()
-    return {e[len(_KEY):] for e in data.split(b"\0")[:-1] if e.startswith(_KEY)}
+    return {value for value, complete in environ_entries(data, _KEY) if complete}
 
 
 #: ``(state, ppid, pgid, sid, start ticks)`` of one ``/proc/PID/stat``.
@@ -108,12 +109,14 @@ def pids_tagged(
 
 
 def _gateway_in(environ: bytes, value: bytes) -> bool | None:
-    """Whether ``environ`` has ``GATEWAY_ENV_KEY=value``; ``None`` when it has no such key
-    at all (the command line may still carry the tag)."""
+    """Whether ``environ`` has a complete ``GATEWAY_ENV_KEY=value`` entry; ``None`` when it
+    has no entry of that variable at all (the command line may still carry the tag)."""
     if _GW_KEY not in environ:
         return None
-    return any(e[len(_GW_KEY):] == value for e in environ.split(b"\0")[:-1]
-               if e.startswith(_GW_KEY))
+    entries = environ_entries(environ, _GW_KEY)
+    if not entries:
+        return None
+    return any(found == value for found, complete in entries if complete)
 
 
 class TagScan:
