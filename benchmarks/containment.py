@@ -11,7 +11,8 @@
    "cgroup"`` and ``"process-group"`` against the raw floor (close stdin, wait for the exit).
    Medians; target: contained close <= 3x raw (also with ``--background 3000``).
 3. ``reap``: ``reap_gateway`` of N cooperative trees (sh -> sh -> sleep, each in its own
-   leaf, leases whose owner is dead), target 1,000 trees <= 1 s.
+   leaf and its own session as the runtime starts agents, leases whose owner is dead),
+   target 1,000 trees <= 1 s.
 4. ``owner-death``: an owner process (a service with one contained agent that ignores
    SIGTERM and stdin EOF) is SIGKILLed; the time until its leaf cgroup is empty and gone,
    against ``killGraceSeconds + 1 s``.
@@ -168,7 +169,7 @@ def _setup_trees(
         leaves.append(leaf)
         env = dict(os.environ) | lease_env(lease.lease_id, gateway)
         popen = subprocess.Popen(shim_argv(leaf, ["sh", "-c", COOPERATIVE]), env=env,
-                                 stdin=subprocess.DEVNULL, process_group=0)
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
         popens.append(popen)
         info = process_info(popen.pid)
         sync.save(msgspec.structs.replace(

@@ -3,9 +3,10 @@
     python benchmarks/reap.py [--leases 200] [--stubborn 10] [--measure-seed] [--seed-n 4]
         [--background N] [--scale]
 
-Scenario 1: ``--leases`` open leases, each a real tree of 3 processes (sh -> sh -> sleep) that
-exit on SIGTERM, reaped by one ``reap_gateway`` call (the start-up / ``acpx-trio reap``
-operation: the leases, then the orphan sweep, from one snapshot).
+Scenario 1: ``--leases`` open leases, each a real tree of 3 processes (sh -> sh -> sleep, in a
+session of its own, as the runtime starts agents) that exit on SIGTERM, reaped by one
+``reap_gateway`` call (the start-up / ``acpx-trio reap`` operation: the leases, then the orphan
+sweep, from one snapshot).
 Scenario 2: ``--stubborn`` trees that ignore SIGTERM (so SIGKILL after the grace period).
 
 Beside each time it prints the seed design's figure for the same work: leases one at a time,
@@ -82,7 +83,7 @@ class Fleet:
             )
             env = dict(os.environ) | lease_env(lease.lease_id, self.gateway_id)
             popen = subprocess.Popen(
-                ["sh", "-c", script], env=env, stdin=subprocess.DEVNULL, process_group=0
+                ["sh", "-c", script], env=env, stdin=subprocess.DEVNULL, start_new_session=True
             )
             self.popens.append(popen)
             info = process_info(popen.pid)
