@@ -10,11 +10,7 @@ import lines below are this tier's only list of names.
 from acpx_trio._process.gateway_reap import GatewayReapReport as GatewayReapReport
 from acpx_trio._process.gateway_reap import ReapAction as ReapAction
 from acpx_trio._process.gateway_reap import reap_gateway as reap_gateway
-from acpx_trio._process.identity import GATEWAY_ENV_KEY as GATEWAY_ENV_KEY
-from acpx_trio._process.identity import LEASE_ENV_KEY as LEASE_ENV_KEY
-from acpx_trio._process.identity import OWNER_ENV_KEY as OWNER_ENV_KEY
 from acpx_trio._process.identity import ProcessInfo as ProcessInfo
-from acpx_trio._process.identity import lease_env as lease_env
 from acpx_trio._process.identity import snapshot_processes as snapshot_processes
 from acpx_trio._process.reaper import CleanupResult as CleanupResult
 from acpx_trio._process.reaper import ProcessCleanupDeps as ProcessCleanupDeps
@@ -24,6 +20,10 @@ from acpx_trio._process.reaper import default_cleanup_deps as default_cleanup_de
 from acpx_trio._process.reaper import reap_open_leases as reap_open_leases
 from acpx_trio._process.reaper import reap_stale_orphans as reap_stale_orphans
 from acpx_trio._process.reaper import terminate_trees as terminate_trees
+from acpx_trio._process.tags import GATEWAY_ENV_KEY as GATEWAY_ENV_KEY
+from acpx_trio._process.tags import LEASE_ENV_KEY as LEASE_ENV_KEY
+from acpx_trio._process.tags import OWNER_ENV_KEY as OWNER_ENV_KEY
+from acpx_trio._process.tags import lease_env as lease_env
 from acpx_trio._public import publish as _publish
 from acpx_trio._runtime.agents import AgentRegistry as AgentRegistry
 from acpx_trio._runtime.agents import AgentSpec as AgentSpec

@@ -38,8 +38,8 @@ from _soak_common import REPO, ScenarioResult
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.cgroup import probe_cgroup_kill
-from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
+from acpx_trio._process.tags import lease_env
 from acpx_trio._process.watchdog import WAIT_SCRIPT, WATCHDOG_ENV
 from acpx_trio._store.config import ContainmentMode
 from acpx_trio._store.lease_model import ProcessLease

@@ -55,8 +55,9 @@ from acpx_trio._process.cgroup import (
     shim_argv,
 )
 from acpx_trio._process.gateway_reap import reap_gateway
-from acpx_trio._process.identity import boot_id, lease_env, process_info
+from acpx_trio._process.identity import boot_id, process_info
 from acpx_trio._process.leaf_end import kill_leaf
+from acpx_trio._process.tags import lease_env
 from acpx_trio.lowlevel import SyncLeaseStore, new_lease
 
 COOPERATIVE = 'sh -c "sleep 600 & wait" & wait'

@@ -51,14 +51,9 @@ from _report import result as report_result
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.gateway_reap import reap_gateway
-from acpx_trio._process.identity import (
-    boot_id,
-    lease_env,
-    process_info,
-    read_stat_state,
-    snapshot_processes,
-)
+from acpx_trio._process.identity import boot_id, process_info, read_stat_state, snapshot_processes
 from acpx_trio._process.reaper import DEFAULT_GRACE
+from acpx_trio._process.tags import lease_env
 from acpx_trio._store.lease_model import ProcessLease, new_lease
 from acpx_trio._store.leases import LeaseStore, SyncLeaseStore
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from acpx_trio._process.identity import lease_env
 from acpx_trio._process.scan import newest_pids
+from acpx_trio._process.tags import lease_env
 
 SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 

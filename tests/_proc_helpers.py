@@ -45,8 +45,9 @@ from typing import Any
 import psutil
 import trio
 
-from acpx_trio._process.identity import lease_args, lease_env, read_start_ticks
+from acpx_trio._process.identity import read_start_ticks
 from acpx_trio._process.spare_leaf import SPARE_MARK
+from acpx_trio._process.tags import lease_args, lease_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCOPE_KEY = "ACPX_TEST_LAB_SCOPE"
@@ -131,7 +132,8 @@ OWNER_SCRIPT = textwrap.dedent(
     # A stand-in gateway: records leases, spawns tagged trees, then waits to be SIGKILLed.
     import json, os, signal, subprocess, sys
     import msgspec
-    from acpx_trio._process.identity import boot_id, lease_env, process_info, self_identity
+    from acpx_trio._process.identity import boot_id, process_info, self_identity
+    from acpx_trio._process.tags import lease_env
     from acpx_trio._store.lease_model import new_lease
     from acpx_trio._store.leases import SyncLeaseStore
 

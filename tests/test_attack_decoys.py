@@ -23,7 +23,7 @@ from _cli_helpers import (
     run_cli,
 )
 
-from acpx_trio._process.identity import lease_env
+from acpx_trio._process.tags import lease_env
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 from acpx_trio._store.lease_model import LeaseState, new_lease
 from acpx_trio._store.leases import SyncLeaseStore

@@ -49,9 +49,10 @@ from acpx_trio._process.cgroup import (
     shim_argv,
 )
 from acpx_trio._process.gateway_reap import _leaf_kept, reap_gateway
-from acpx_trio._process.identity import lease_env, process_info
+from acpx_trio._process.identity import process_info
 from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import owner_tag
+from acpx_trio._process.tags import lease_env
 from acpx_trio._store.lease_model import LeaseState, new_lease
 from acpx_trio._store.leases import LEASE_FILE_NAME, LeaseStore, SyncLeaseStore
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acpx_trio._process.identity import (
+from acpx_trio._process.shared_scan import _gateway_in, lease_ids_in_environ
+from acpx_trio._process.tags import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     OWNER_ENV_KEY,
     _clean,
-    _tags_from_environ_bytes,
     environ_entries,
+    tags_from_environ,
 )
-from acpx_trio._process.shared_scan import _gateway_in, lease_ids_in_environ
 
 KEYS = [k.encode() + b"=" for k in (LEASE_ENV_KEY, GATEWAY_ENV_KEY, OWNER_ENV_KEY)]
 LEASE, GATEWAY, OWNER = KEYS
@@ -44,7 +44,7 @@ def plain_tags(data: bytes) -> tuple[str | None, ...]:
 
 @given(blocks)
 def test_tags_are_each_variables_last_entry(data: bytes) -> None:
-    assert _tags_from_environ_bytes(data) == plain_tags(data)
+    assert tags_from_environ(data) == plain_tags(data)
 
 
 @given(blocks, st.sampled_from(KEYS))

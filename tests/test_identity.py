@@ -19,15 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from acpx_trio._process.identity import (
-    GATEWAY_ARG,
-    GATEWAY_ENV_KEY,
-    LEASE_ARG,
-    LEASE_ENV_KEY,
     ProcessInfo,
     boot_id,
     child_identity,
-    lease_args,
-    lease_env,
     live_thread,
     live_uid,
     process_info,
@@ -39,6 +33,14 @@ from acpx_trio._process.identity import (
     self_identity,
     snapshot_processes,
     stat_exiting,
+)
+from acpx_trio._process.tags import (
+    GATEWAY_ARG,
+    GATEWAY_ENV_KEY,
+    LEASE_ARG,
+    LEASE_ENV_KEY,
+    lease_args,
+    lease_env,
     tags_from_cmdline,
 )
 

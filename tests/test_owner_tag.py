@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_watchdog import read_records, start_owner, watchdogs_of
 
-from acpx_trio._process.identity import OWNER_ENV_KEY, ProcessInfo, lease_env
+from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.owner_tag import (
     OwnerTag,
     names_owner,
@@ -30,6 +30,7 @@ from acpx_trio._process.owner_tag import (
     parse_owner_tag,
 )
 from acpx_trio._process.reap_plan import OWNER_ALIVE, plan_orphans
+from acpx_trio._process.tags import OWNER_ENV_KEY, lease_env
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 
 ME, UID, GW = 4242, 1000, "gw"

@@ -19,9 +19,10 @@ import pytest
 
 import acpx_trio._process.scan as scan_mod
 import acpx_trio._process.shared_scan as shared_mod
-from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY, read_start_ticks
+from acpx_trio._process.identity import read_start_ticks
 from acpx_trio._process.scan import PidWindow, open_window, window_holds
 from acpx_trio._process.shared_scan import TagScan
+from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")
 

@@ -27,16 +27,11 @@ from acpx_trio._process.gateway_reap import (
     gateway_cleanup_deps,
     reap_gateway,
 )
-from acpx_trio._process.identity import (
-    boot_id,
-    lease_env,
-    live_thread,
-    process_info,
-    read_stat_state,
-)
+from acpx_trio._process.identity import boot_id, live_thread, process_info, read_stat_state
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.scan import chase_new_pids, last_pid
 from acpx_trio._process.shared_scan import TagScan
+from acpx_trio._process.tags import lease_env
 from acpx_trio._service.prepare import SweepMemo
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio._store.leases import LeaseStore

@@ -26,7 +26,8 @@ AGENT = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntim
 #: a tagged agent (the owned-launch order: lease first), prints the agent's pid and waits.
 OWNER = f"""
 import subprocess, sys
-from acpx_trio._process.identity import lease_env, process_info, self_identity
+from acpx_trio._process.identity import process_info, self_identity
+from acpx_trio._process.tags import lease_env
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
 from acpx_trio._store.lease_model import new_lease
 from acpx_trio._store.leases import SyncLeaseStore

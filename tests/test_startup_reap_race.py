@@ -15,8 +15,9 @@ from pathlib import Path
 
 import trio
 
-from acpx_trio._process.identity import GATEWAY_ENV_KEY, LEASE_ENV_KEY, ProcessInfo
+from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reaper import default_cleanup_deps
+from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY
 from acpx_trio._service.startup import reap_leases_and_orphans
 from acpx_trio._store.lease_model import new_lease
 from acpx_trio._store.leases import LeaseStore

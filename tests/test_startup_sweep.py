@@ -11,7 +11,7 @@ from _escape_helpers import new_marker
 from _escape_helpers import spawn_orphan as _spawn
 from _proc_helpers import poll_until
 
-from acpx_trio._process.identity import lease_env
+from acpx_trio._process.tags import lease_env
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync

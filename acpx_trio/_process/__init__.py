@@ -1,4 +1,5 @@
-"""Processes acpx-trio starts and kills: identity proofs (``identity``), fast ``/proc`` scans
+"""Processes acpx-trio starts and kills: the ownership tags a launch carries (``tags``),
+identity proofs (``identity``), fast ``/proc`` scans
 (``scan``, ``shared_scan``), the pure reap planner with its proofs and group/session rules
 (``reap_plan``), the operating-system side of signalling and waiting (``reaper_os``), the reaper
 itself (``reaper``: the waves and the entry points), one reap of a gateway (``gateway_reap``),

@@ -1,12 +1,5 @@
-"""Process identity and ownership tags: who is this process, and is it one of ours?
-
-Every launch is tagged twice, with the seed's names: environment variables
-``OPENCLAW_ACPX_LEASE_ID`` / ``OPENCLAW_GATEWAY_INSTANCE_ID`` (inherited by every descendant
-unless a tool scrubs its environment) and command-line flags ``--openclaw-acpx-lease-id ID
---openclaw-gateway-instance-id ID``.  A third variable, ``OPENCLAW_ACPX_OWNER``
-(``PID:TICKS:CREATE``, see :mod:`acpx_trio._process.owner_tag`), names the owner process that
-spawned it, so a tag sweep can leave a live owner's processes alone even when their lease
-record was lost.
+"""Process identity: who is this process, and is it one of ours (by the ownership tags of
+:mod:`acpx_trio._process.tags` it carries)?
 
 Identity on Linux is (boot id, pid, start time in clock ticks): ``/proc/PID/stat`` field 22
 never changes for a process and is not affected by wall-clock steps.  psutil's
@@ -31,25 +24,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
+from acpx_trio._process.tags import tags_from_cmdline, tags_from_environ, tags_from_mapping
+
 __all__ = [
     "CREATE_TIME_TOLERANCE",
-    "GATEWAY_ARG",
-    "GATEWAY_ENV_KEY",
-    "LEASE_ARG",
-    "LEASE_ENV_KEY",
-    "OWNER_ENV_KEY",
     "ProcessInfo",
     "boot_id",
     "child_identity",
     "cmdline_from_bytes",
-    "environ_entries",
-    "lease_args",
-    "lease_env",
     "live_thread",
     "live_uid",
     "process_info",
@@ -64,15 +51,7 @@ __all__ = [
     "stat_exiting",
     "stat_threads",
     "status_ids",
-    "tags_from_cmdline",
 ]
-
-LEASE_ENV_KEY = "OPENCLAW_ACPX_LEASE_ID"
-GATEWAY_ENV_KEY = "OPENCLAW_GATEWAY_INSTANCE_ID"
-#: Names the owner process (pid, start ticks, create time) of a launch (``owner_tag``).
-OWNER_ENV_KEY = "OPENCLAW_ACPX_OWNER"
-LEASE_ARG = "--openclaw-acpx-lease-id"
-GATEWAY_ARG = "--openclaw-gateway-instance-id"
 
 #: Largest difference (seconds) between two psutil create times of the same process.  Only
 #: used when start ticks are unknown on either side; ticks are exact.
@@ -80,43 +59,6 @@ CREATE_TIME_TOLERANCE = 0.5
 
 _PROC = "/proc"
 _LINUX = sys.platform.startswith("linux")
-_LEASE_ENV_B = LEASE_ENV_KEY.encode() + b"="
-_GATEWAY_ENV_B = GATEWAY_ENV_KEY.encode() + b"="
-_OWNER_ENV_B = OWNER_ENV_KEY.encode() + b"="
-
-
-def _check_id(name: str, value: str) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\0\n"):
-        raise ValueError(f"{name} must be a non-empty single-line string, got {value!r}")
-    return value
-
-
-def lease_env(
-    lease_id: str, gateway_instance_id: str, owner: str | None = None
-) -> dict[str, str]:
-    """The two tag variables to add to an agent's environment, plus the owner tag
-    (:func:`acpx_trio._process.owner_tag.owner_tag`) when ``owner`` is given.
-
-    Raises ``ValueError`` for an empty id (an empty tag could never prove ownership)."""
-    env = {
-        LEASE_ENV_KEY: _check_id("lease_id", lease_id),
-        GATEWAY_ENV_KEY: _check_id("gateway_instance_id", gateway_instance_id),
-    }
-    if owner is not None:
-        env[OWNER_ENV_KEY] = _check_id("owner", owner)
-    return env
-
-
-def lease_args(lease_id: str, gateway_instance_id: str) -> list[str]:
-    """The tag flags to append to an agent's argv (seed order: lease id, then gateway id).
-
-    Raises ``ValueError`` for an empty id."""
-    return [
-        LEASE_ARG,
-        _check_id("lease_id", lease_id),
-        GATEWAY_ARG,
-        _check_id("gateway_instance_id", gateway_instance_id),
-    ]
 
 
 def signal_uid(real: int, saved: int) -> int:
@@ -209,71 +151,6 @@ def _group_ids(fields: list[str] | None) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _clean(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
-def tags_from_cmdline(cmdline: Sequence[str]) -> tuple[str | None, str | None]:
-    """``(lease_id, gateway_instance_id)`` from argv flags ``--flag VALUE`` or ``--flag=VALUE``.
-
-    The last occurrence of each flag wins; a flag without a value, or with an empty one, does
-    not count."""
-    lease: str | None = None
-    gateway: str | None = None
-    n = len(cmdline)
-    for i, arg in enumerate(cmdline):
-        for flag, is_lease in ((LEASE_ARG, True), (GATEWAY_ARG, False)):
-            value: str | None
-            if arg == flag:
-                value = _clean(cmdline[i + 1]) if i + 1 < n else None
-            elif arg.startswith(flag + "="):
-                value = _clean(arg[len(flag) + 1 :])
-            else:
-                continue
-            if value is not None:
-                if is_lease:
-                    lease = value
-                else:
-                    gateway = value
-    return lease, gateway
-
-
-def environ_entries(data: bytes, key: bytes) -> list[tuple[bytes, bool]]:
-    """Every entry of a raw environment block (``/proc/PID/environ``: ``NAME=value\\0`` ...)
-    that starts with ``key`` (``b"NAME="``), in block order, as ``(value, complete)``:
-    ``complete`` when its NUL ends it (a block's unterminated tail is not).  An entry
-    starts at the block's start or right after a NUL, so ``key`` inside another variable's
-    value is no entry.  The one home of that rule for every tag reader."""
-    found: list[tuple[bytes, bool]] = []
-    padded = b"\0" + data
-    needle = b"\0" + key
-    at = padded.find(needle)
-    while at >= 0:
-        start = at + len(needle)
-        end = padded.find(b"\0", start)
-        if end < 0:
-            found.append((padded[start:], False))
-            break
-        found.append((padded[start:end], True))
-        at = padded.find(needle, end)
-    return found
-
-
-def _tag_value(data: bytes, key: bytes) -> str | None:
-    entries = environ_entries(data, key)  # a repeated variable: the last entry counts
-    return _clean(entries[-1][0].decode("utf-8", "replace")) if entries else None
-
-
-def _tags_from_environ_bytes(data: bytes) -> tuple[str | None, str | None, str | None]:
-    """``(lease, gateway, owner)`` tag values (of each variable its last entry, the
-    unterminated tail included); every other variable is skipped unread."""
-    return (_tag_value(data, _LEASE_ENV_B), _tag_value(data, _GATEWAY_ENV_B),
-            _tag_value(data, _OWNER_ENV_B))
-
-
 def _env_tags(
     proc: psutil.Process, where: str | None = None
 ) -> tuple[str | None, str | None, str | None]:
@@ -289,14 +166,13 @@ def _env_tags(
             # ESRCH with /proc/PID still there: its memory is gone, it is exiting
             raise psutil.NoSuchProcess(proc.pid) from exc
         try:
-            return _tags_from_environ_bytes(data)
+            return tags_from_environ(data)
         finally:
             del data
     env: Mapping[str, str] | None = proc.environ()
     try:
         assert env is not None
-        return (_clean(env.get(LEASE_ENV_KEY)), _clean(env.get(GATEWAY_ENV_KEY)),
-                _clean(env.get(OWNER_ENV_KEY)))
+        return tags_from_mapping(env)
     finally:
         env = None
 

@@ -43,7 +43,7 @@ from acpx_trio._process.cgroup import (
     resolve_containment,
     shim_argv,
 )
-from acpx_trio._process.identity import boot_id, child_identity, lease_env
+from acpx_trio._process.identity import boot_id, child_identity
 from acpx_trio._process.leaf_end import terminate_leaf
 from acpx_trio._process.reaper import (
     CleanupResult,
@@ -52,6 +52,7 @@ from acpx_trio._process.reaper import (
 )
 from acpx_trio._process.scan import PidWindow
 from acpx_trio._process.spare_leaf import SpareLeaves, frameable, shell_pwd, spare_frame
+from acpx_trio._process.tags import lease_env
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity, owner_tag_value
 from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.config import ContainmentMode

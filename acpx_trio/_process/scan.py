@@ -20,7 +20,6 @@ from acpx_trio._process.identity import (
     ProcessInfo,
     _group_ids,
     _read_stat_fields,
-    _tags_from_environ_bytes,
     cmdline_from_bytes,
     process_info,
     read_proc,
@@ -29,8 +28,8 @@ from acpx_trio._process.identity import (
     stat_exiting,
     stat_threads,
     status_ids,
-    tags_from_cmdline,
 )
+from acpx_trio._process.tags import tags_from_cmdline, tags_from_environ
 
 __all__ = [
     "NEWEST_PIDS", "PidWindow", "chase_new_pids", "fast_process_info", "fast_snapshot",
@@ -97,7 +96,7 @@ def fast_process_info(
     except (OSError, ValueError):
         return None
     try:
-        lease, gateway, owner = _tags_from_environ_bytes(env)
+        lease, gateway, owner = tags_from_environ(env)
     finally:
         del env
     cmdline = cmdline_from_bytes(raw)

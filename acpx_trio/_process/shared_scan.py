@@ -23,11 +23,8 @@ from collections.abc import Collection
 import trio
 
 from acpx_trio._process.identity import (
-    GATEWAY_ENV_KEY,
-    LEASE_ENV_KEY,
     ProcessInfo,
     _read_stat_fields,
-    environ_entries,
     read_proc,
     running_dir,
     snapshot_processes,
@@ -44,6 +41,7 @@ from acpx_trio._process.scan import (
     newest_pids,
     window_holds,
 )
+from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY, environ_entries
 
 __all__ = [
     "TagScan", "empty_groups", "lease_ids_in_environ", "pids_tagged", "scan_passes",

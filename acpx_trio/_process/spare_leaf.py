@@ -50,9 +50,10 @@ import trio
 
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import make_leaf, remove_empty_leaf
-from acpx_trio._process.identity import OWNER_ENV_KEY, child_identity
+from acpx_trio._process.identity import child_identity
 from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.spare_wait import PERL_PROGRAM, SPARE_MARK, encode_frame
+from acpx_trio._process.tags import OWNER_ENV_KEY
 from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
