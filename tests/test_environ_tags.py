@@ -1,7 +1,8 @@
 """The environment-block readers of the tag scans (``/proc/PID/environ``), checked against
-the plain reading they replace (split the block at its NULs, look at every entry): the same
-tags, lease ids and gateway answer for any block, repeated, cut, empty and look-alike
-variables included."""
+the plain reading they replace (split the block at its NULs, look at every entry) on any
+block, repeated, cut, empty and look-alike variables included: the same entries, tags and
+lease ids; the gateway check answers ``None`` (ask the command line) exactly when no entry
+names the variable (the old one also stopped at the name seen inside another value)."""
 
 from __future__ import annotations
 
