@@ -15,13 +15,8 @@ from _runtime_helpers import MOCK, RuntimeEnv
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.shared_scan import (
-    lease_ids_in_environ,
-    pids_tagged,
-    scan_passes,
-    shared_scan,
-)
-from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY
+from acpx_trio._process.shared_scan import pids_tagged, scan_passes, shared_scan
+from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY, lease_ids_in_environ
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionRecord, SessionStore

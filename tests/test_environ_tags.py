@@ -9,13 +9,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acpx_trio._process.shared_scan import _gateway_in, lease_ids_in_environ
 from acpx_trio._process.tags import (
     GATEWAY_ENV_KEY,
     LEASE_ENV_KEY,
     OWNER_ENV_KEY,
     _clean,
     environ_entries,
+    gateway_in_environ,
+    lease_ids_in_environ,
     tags_from_environ,
 )
 
@@ -66,6 +67,6 @@ def test_lease_ids_are_every_complete_entrys(data: bytes) -> None:
 def test_gateway_answer(data: bytes, value: bytes) -> None:
     parts = data.split(b"\0")
     if not any(e.startswith(GATEWAY) for e in parts):
-        assert _gateway_in(data, value) is None  # no such variable: ask the command line
+        assert gateway_in_environ(data, value) is None  # no such variable: ask the command line
     else:
-        assert _gateway_in(data, value) is any(e == GATEWAY + value for e in parts[:-1])
+        assert gateway_in_environ(data, value) is any(e == GATEWAY + value for e in parts[:-1])

@@ -41,24 +41,12 @@ from acpx_trio._process.scan import (
     newest_pids,
     window_holds,
 )
-from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY, environ_entries
+from acpx_trio._process.tags import gateway_in_environ, lease_ids_in_environ
 
 __all__ = [
-    "TagScan", "empty_groups", "lease_ids_in_environ", "pids_tagged", "scan_passes",
+    "TagScan", "empty_groups", "pids_tagged", "scan_passes",
     "shared_scan",
 ]
-
-_KEY = f"{LEASE_ENV_KEY}=".encode()
-_GW_KEY = f"{GATEWAY_ENV_KEY}=".encode()
-
-
-def lease_ids_in_environ(data: bytes) -> set[bytes]:
-    """Every value of ``LEASE_ENV_KEY`` in a raw ``/proc/PID/environ`` block (an
-    environment may repeat a name: any of its complete ``KEY=value\\0`` entries counts)."""
-    if _KEY not in data:
-        return set()
-    return {value for value, complete in environ_entries(data, _KEY) if complete}
-
 
 #: ``(state, ppid, pgid, sid, start ticks)`` of one ``/proc/PID/stat``.
 _StatIds = tuple[str, int, int, int, int]
@@ -104,17 +92,6 @@ def pids_tagged(
     change its start time, and ``/proc/PID/environ`` shows the environment it was
     executed with.  ``None`` (roots unknown: a pending lease): every environment is read."""
     return TagScan(lease_ids=lease_ids, roots=root_pids, min_start_ticks=min_start_ticks).full()
-
-
-def _gateway_in(environ: bytes, value: bytes) -> bool | None:
-    """Whether ``environ`` has a complete ``GATEWAY_ENV_KEY=value`` entry; ``None`` when it
-    has no entry of that variable at all (the command line may still carry the tag)."""
-    if _GW_KEY not in environ:
-        return None
-    entries = environ_entries(environ, _GW_KEY)
-    if not entries:
-        return None
-    return any(found == value for found, complete in entries if complete)
 
 
 class TagScan:
@@ -175,7 +152,7 @@ class TagScan:
             return True, env
         if self.gateway is None:
             return False, None
-        hit = _gateway_in(data, self.gateway)
+        hit = gateway_in_environ(data, self.gateway)
         if hit is not None:
             return hit, env if hit else None
         try:  # no gateway variable: the tag may be on the command line

@@ -26,8 +26,10 @@ __all__ = [
     "LEASE_ENV_KEY",
     "OWNER_ENV_KEY",
     "environ_entries",
+    "gateway_in_environ",
     "lease_args",
     "lease_env",
+    "lease_ids_in_environ",
     "tags_from_cmdline",
     "tags_from_environ",
     "tags_from_mapping",
@@ -129,6 +131,25 @@ def environ_entries(data: bytes, key: bytes) -> list[tuple[bytes, bool]]:
         found.append((padded[start:end], True))
         at = padded.find(needle, end)
     return found
+
+
+def lease_ids_in_environ(data: bytes) -> set[bytes]:
+    """Every value of ``LEASE_ENV_KEY`` in a raw ``/proc/PID/environ`` block (an
+    environment may repeat a name: any of its complete ``KEY=value\\0`` entries counts)."""
+    if _LEASE_ENV_B not in data:
+        return set()
+    return {value for value, complete in environ_entries(data, _LEASE_ENV_B) if complete}
+
+
+def gateway_in_environ(environ: bytes, value: bytes) -> bool | None:
+    """Whether ``environ`` has a complete ``GATEWAY_ENV_KEY=value`` entry; ``None`` when it
+    has no entry of that variable at all (the command line may still carry the tag)."""
+    if _GATEWAY_ENV_B not in environ:
+        return None
+    entries = environ_entries(environ, _GATEWAY_ENV_B)
+    if not entries:
+        return None
+    return any(found == value for found, complete in entries if complete)
 
 
 def _tag_value(data: bytes, key: bytes) -> str | None:

@@ -68,10 +68,7 @@ def _ensure_real_dir(path: Path) -> Path:
     check_private_dir(path, strict_link=True)
     if os.path.islink(path):
         return path  # a link to a directory of ours that is already 0700: nothing to do
-    if not os.path.lexists(path):
-        _make_dirs(path.parent)
-        with contextlib.suppress(FileExistsError):  # a racing creator: checked below
-            os.mkdir(path, DIR_MODE)
+    _make_dirs(path)  # what is missing, 0700; a racing creator is checked below
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
