@@ -8,7 +8,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_acp_connection import connected
 
@@ -39,6 +39,8 @@ def test_line_decoder_accepts_only_known_update_notifications() -> None:
         update(1, id=7),  # a request, not a notification
         {"jsonrpc": "2.0", "method": "session/other", "params": {}},
         {"params": update(1)["params"]},  # no method at all
+        {**update(1), "method": "session/other"},  # good params, another method
+        {**update(1), "method": None},
     ]
     for message in bad:
         with pytest.raises(msgspec.MsgspecError):
@@ -67,11 +69,13 @@ def per_line(lines: list[bytes]) -> list[SessionUpdateLine] | None:
 
 def test_batch_decoder_takes_only_one_message_per_line() -> None:
     one, two, three = line_of(1), line_of(2), line_of(3)
-    whole = decode_session_update_lines([one, two, three + b" \r"])
+    whole = decode_session_update_lines(b"\n".join([one, two, three + b" \r"]))
     assert whole is not None and whole == per_line([one, two, three])
     cut = len(three) // 2
     refused = [
         [one + two, three[:cut], three[cut:]],  # two on a line, one split: the counts agree
+        # the same with the block starting with "{" and ending with "}"
+        [one + two, three[:three.index(b'"update"')], three[three.index(b'"update"'):]],
         [one, three[:cut], three[cut:]],  # one object over two lines
         [one + b" \t" + two],  # two objects on one line
         [one, b"", two],  # a blank line (skipped by the per-line path, never decoded)
@@ -81,7 +85,7 @@ def test_batch_decoder_takes_only_one_message_per_line() -> None:
         [one, b"junk"],
     ]
     for lines in refused:
-        assert decode_session_update_lines(lines) is None, lines
+        assert decode_session_update_lines(b"\n".join(lines)) is None, lines
 
 
 _pieces = st.sampled_from([
@@ -106,9 +110,32 @@ _combined = st.lists(_pieces, min_size=1, max_size=3).flatmap(
 def test_batch_decoder_agrees_with_the_line_decoder(lines: list[bytes]) -> None:
     """Whatever lines arrive, the batch decoder either declines or returns exactly what the
     per-line decoder returns for each line (and that decoder then takes every line)."""
-    whole = decode_session_update_lines(lines)
+    whole = decode_session_update_lines(b"\n".join(lines))
     if whole is not None:
         assert whole == per_line(lines)
+
+
+_braced_split = [  # one notification cut before its update: both halves are in _braced
+    b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s",',
+    b'"update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}',
+]
+_braced = st.sampled_from([
+    line_of(0), line_of(1, kind="agent_thought_chunk"), line_of(2, kind="brand_new"),
+    b"{", b"}", b"{}", b'{"a":{"b":{}}}', b'{"text":"} {"}',
+    *_braced_split,
+])
+
+
+@settings(max_examples=500, deadline=None)
+@example([line_of(0) + line_of(1), *_braced_split])
+@given(st.lists(st.lists(_braced, min_size=1, max_size=3).map(b"".join), min_size=1,
+                max_size=6))
+def test_batch_decoder_agrees_on_objects_cut_and_joined_at_braces(
+        lines: list[bytes]) -> None:
+    """Lines with no whitespace between objects (the common wire shape): fragments that
+    split, double and nest objects at braces are refused, and lines that are each one
+    notification are all taken."""
+    assert decode_session_update_lines(b"\n".join(lines)) == per_line(lines)
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["line-by-line", "batch-first"])

@@ -122,33 +122,54 @@ async def test_reader_is_cancellable_and_loses_nothing(
         assert await reader.receive_line() == b"after"
 
 
-async def test_reader_batch_returns_every_buffered_line_then_none() -> None:
+async def test_reader_cancelled_at_a_buffered_line_loses_it_not() -> None:
+    """A line already read from the stream stays buffered when the call that would return
+    it is cancelled: the next call returns it."""
+    send, receive = trio.testing.memory_stream_pair()
+    reader = LineReader(receive, max_line_bytes=64)
+    await send.send_all(b"a\nb\n")
+    assert await reader.receive_line() == b"a"
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await reader.receive_line()
+    assert scope.cancelled_caught
+    assert await reader.receive_line() == b"b"
+
+
+async def test_reader_block_keeps_empty_lines_and_the_wire_bytes() -> None:
+    send, receive = trio.testing.memory_stream_pair()
+    reader = LineReader(receive, max_line_bytes=64)
+    await send.send_all(b"x\n\n y\r\n")
+    assert await reader.receive_block() == b"x\n\n y\r"
+
+
+async def test_reader_block_returns_every_buffered_line_then_none() -> None:
     send, receive = trio.testing.memory_stream_pair()
     reader = LineReader(receive, max_line_bytes=64)
     await send.send_all(b"a\nb\nc\npar")
-    assert await reader.receive_batch() == [b"a", b"b", b"c"]
+    assert await reader.receive_block() == b"a\nb\nc"
     await send.send_all(b"tial\nd\n")
     await send.aclose()
-    assert await reader.receive_batch() == [b"partial", b"d"]
-    assert await reader.receive_batch() is None
-    assert await reader.receive_batch() is None
+    assert await reader.receive_block() == b"partial\nd"
+    assert await reader.receive_block() is None
+    assert await reader.receive_block() is None
 
 
-async def test_reader_batch_after_single_line_reads_keeps_order() -> None:
+async def test_reader_block_after_single_line_reads_keeps_order() -> None:
     send, receive = trio.testing.memory_stream_pair()
     reader = LineReader(receive, max_line_bytes=64)
     await send.send_all(b"1\n2\n3\n4\n")
     assert await reader.receive_line() == b"1"
-    assert await reader.receive_batch() == [b"2", b"3", b"4"]
+    assert await reader.receive_block() == b"2\n3\n4"
     await send.send_all(b"5\n")
     assert await reader.receive_line() == b"5"
 
 
-async def test_reader_batch_oversized_line_after_good_lines() -> None:
+async def test_reader_block_oversized_line_after_good_lines() -> None:
     send, receive = trio.testing.memory_stream_pair()
     reader = LineReader(receive, max_line_bytes=8)
     await send.send_all(b"ok\n" + b"x" * 20 + b"\n")
-    assert await reader.receive_batch() == [b"ok"]
+    assert await reader.receive_block() == b"ok"
     with pytest.raises(AcpProtocolError) as info:
-        await reader.receive_batch()
+        await reader.receive_block()
     assert info.value.code == "ACP_LINE_TOO_LONG"

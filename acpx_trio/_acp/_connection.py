@@ -52,7 +52,7 @@ _FastPath = tuple[
     bytes,
     Callable[[bytes], Any],
     Callable[[list[Any]], None],
-    Callable[[list[bytes]], list[Any] | None] | None,
+    Callable[[bytes], list[Any] | None] | None,
 ]
 
 _JUNK_TAIL: Final = 5
@@ -178,7 +178,7 @@ class AcpConnection:
         decode: Callable[[bytes], T],
         handler: Callable[[list[T]], None],
         *,
-        decode_batch: Callable[[list[bytes]], list[T] | None] | None = None,
+        decode_batch: Callable[[bytes], list[T] | None] | None = None,
     ) -> None:
         """A one-pass path for one hot notification ``method`` (``session/update``).
 
@@ -190,9 +190,10 @@ class AcpConnection:
         batch is dispatched; it runs synchronously and must not block.  If it raises, the
         error is reported like a failing notification handler.
 
-        ``decode_batch``, if given, is tried first on each whole read batch: it returns one
-        decoded object per line, exactly what ``decode`` would return for each, or ``None``
-        when that does not hold for every line (the batch then goes line by line as above).
+        ``decode_batch``, if given, is tried first on each whole read batch (its lines joined
+        by ``\\n``, as read): it returns one decoded object per line, exactly what ``decode``
+        would return for each, or ``None`` when that does not hold for every line (the batch
+        then goes line by line as above).
         """
         self._fast = (b'"' + method.encode() + b'"', decode, handler, decode_batch)
 
@@ -357,20 +358,20 @@ class AcpConnection:
     async def _read_loop(self) -> None:
         reader = self._reader
         while True:
-            batch = await reader.receive_batch()
-            if batch is None:
+            block = await reader.receive_block()
+            if block is None:
                 return
             fast = self._fast
             if fast is None:
-                for line in batch:
+                for line in block.split(b"\n"):
                     self._dispatch(line)
                 continue
             marker, decode, handler, decode_batch = fast
-            if decode_batch is not None and (whole := decode_batch(batch)) is not None:
+            if decode_batch is not None and (whole := decode_batch(block)) is not None:
                 self._fast_deliver(handler, whole)
                 continue
             decoded: list[Any] = []
-            for line in batch:
+            for line in block.split(b"\n"):
                 if marker in line:
                     try:
                         decoded.append(decode(line))

@@ -76,41 +76,42 @@ class LineSplitter:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Adds ``data``; returns the lines it completes.  Raises as described on the class."""
+        block = self.feed_block(data)
+        return [] if block is None else block.split(b"\n")
+
+    def feed_block(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """:meth:`feed` without the split: the lines ``data`` completes, still joined by
+        ``\\n`` as on the wire (their last ``\\n`` dropped), or ``None`` if it completes
+        none.  ``block.split(b"\\n")`` is exactly what :meth:`feed` returns; same guarantees."""
         if self._error is not None:
             raise self._error
         buf = self._buf
         if isinstance(data, memoryview):
             data = data.tobytes()
-        if data.find(b"\n") < 0:
+        last = data.rfind(b"\n")
+        if last < 0:
             buf += data
             if len(buf) > self._max:
                 raise self._fail()
-            return []
-        # At least one line ends in ``data``: the buffered partial line is consumed whole, so
-        # joining it once keeps the work linear; ``bytes.split`` does the scanning in C.
-        if buf:
-            buf += data
-            whole = bytes(buf)
-            buf.clear()
-        else:
-            whole = bytes(data)  # no copy when ``data`` already is ``bytes``
-        lines = whole.split(b"\n")
-        tail = lines.pop()
+            return None
+        # At least one line ends in ``data``: the buffered partial line and the lines
+        # completed are copied once, into the block; the rest starts the next partial line.
+        view = memoryview(data)
+        block = b"".join((buf, view[:last]))
+        buf.clear()
+        buf += view[last + 1 :]
         limit = self._max
-        if len(whole) > limit and max(map(len, lines)) > limit:  # else no line can be
-            first_bad = next(i for i, line in enumerate(lines) if len(line) > limit)
-            err = self._fail()
-            if first_bad:
-                return lines[:first_bad]
-            raise err
-        if tail:
-            if len(tail) > limit:
+        if len(block) > limit:  # else no line in it can be
+            lines = block.split(b"\n")
+            if max(map(len, lines)) > limit:
+                first_bad = next(i for i, line in enumerate(lines) if len(line) > limit)
                 err = self._fail()
-                if lines:
-                    return lines
+                if first_bad:
+                    return b"\n".join(lines[:first_bad])
                 raise err
-            buf += tail
-        return lines
+        if len(buf) > limit:
+            self._fail()  # raised by the next call, after these lines
+        return block
 
     def finish(self) -> bytes | None:
         """Ends the stream: returns the unterminated last line, or None if there is none.
@@ -155,37 +156,23 @@ class LineReader:
     def max_line_bytes(self) -> int:
         return self._splitter.max_line_bytes
 
-    async def receive_batch(self) -> list[bytes] | None:
-        """Every complete line available now (at least one), or ``None`` at clean EOF.
+    async def receive_block(self) -> bytes | None:
+        """Every complete line available now (at least one), still joined by ``\\n`` as on
+        the wire (see :meth:`LineSplitter.feed_block`), or ``None`` at clean EOF.
 
         One checkpoint per call, not per line: a reader that handles lines synchronously
-        processes a burst of messages in one scheduler pass.  Same error and cancellation
-        guarantees as :meth:`receive_line`."""
-        if self._next < len(self._lines):
-            batch = self._lines[self._next :]
+        processes a burst of messages in one scheduler pass, and one that decodes the block
+        whole never splits it.  Same error and cancellation guarantees as
+        :meth:`receive_line`."""
+        if self._next < len(self._lines):  # left by receive_line
+            await trio.lowlevel.checkpoint()
+            block = b"\n".join(self._lines[self._next :])
             self._lines = []
             self._next = 0
-            await trio.lowlevel.checkpoint()
-            return batch
-        line = await self.receive_line()
-        if line is None:
-            return None
-        batch = [line, *self._lines[self._next :]]
-        self._lines = []
-        self._next = 0
-        return batch
-
-    async def receive_line(self) -> bytes | None:
+            return block
+        splitter = self._splitter
         while True:
-            if self._next < len(self._lines):
-                line = self._lines[self._next]
-                self._next += 1
-                if self._next == len(self._lines):
-                    self._lines = []
-                    self._next = 0
-                await trio.lowlevel.checkpoint()
-                return line
-            error = self._splitter.error
+            error = splitter.error
             if error is not None:
                 raise error
             if self._eof:
@@ -194,10 +181,26 @@ class LineReader:
             data = await self._stream.receive_some(self._receive_size)
             if not data:
                 self._eof = True
-                last = self._splitter.finish()
+                last = splitter.finish()
                 if last is not None:
-                    self._lines = [last]
-                    self._next = 0
+                    return last
                 continue
-            self._lines = self._splitter.feed(data)
+            completed = splitter.feed_block(data)
+            if completed is not None:
+                return completed
+
+    async def receive_line(self) -> bytes | None:
+        if self._next < len(self._lines):
+            await trio.lowlevel.checkpoint()  # before taking the line: a cancel loses none
+        else:
+            block = await self.receive_block()
+            if block is None:
+                return None
+            self._lines = block.split(b"\n")
             self._next = 0
+        line = self._lines[self._next]
+        self._next += 1
+        if self._next == len(self._lines):
+            self._lines = []
+            self._next = 0
+        return line
