@@ -41,6 +41,7 @@ from acpx_trio._acp import (
     SessionInfoUpdate,
     SessionModelState,
     SessionModeState,
+    SessionUpdate,
     SessionUpdateLine,
     WriteTextFileRequest,
     decode_session_update_line,
@@ -82,6 +83,9 @@ ElicitationHandler = Callable[[ElicitationRequest], Awaitable[ElicitationAnswer]
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
 
 _log = logging.getLogger("acpx_trio.runtime")
+#: the update kinds that change the session's own state (applied by ``LiveSession._take``)
+_STATEFUL: frozenset[type[Any]] = frozenset({CurrentModeUpdate, ConfigOptionUpdate,
+                                              SessionInfoUpdate})
 
 
 class _SessionRef(msgspec.Struct, rename="camel"):
@@ -274,12 +278,13 @@ class LiveSession:
         for method in TERMINAL_METHODS:
             conn.set_request_handler(method, functools.partial(self._on_terminal, method))
 
-    def _on_update(self, raw: msgspec.Raw) -> None:
-        note = decode_notification(raw)
-        update = note.update
-        if note.session_id != self.backend_session_id:
+    def _take(self, session_id: str, update: SessionUpdate) -> bool:
+        """Applies what ``update`` reports about this session (its mode, config options, an
+        agent-reported error) if it is this session's; whether its event belongs to a running
+        turn.  An update of another session, or of none running, is counted as stray."""
+        if session_id != self.backend_session_id:
             self.stray_updates += 1
-            return
+            return False
         if isinstance(update, CurrentModeUpdate):
             self.current_mode = update.current_mode_id
         elif isinstance(update, ConfigOptionUpdate):
@@ -289,38 +294,36 @@ class LiveSession:
         turn = self.turn
         if turn is None or turn.abandoned or turn.done:
             self.stray_updates += 1
-            return
-        event = map_update(update)
-        if event is not None:
-            turn.emit(event)
+            return False
+        return True
+
+    def _on_update(self, raw: msgspec.Raw) -> None:
+        note = decode_notification(raw)
+        if self._take(note.session_id, note.update) and self.turn is not None:
+            event = map_update(note.update)
+            if event is not None:
+                self.turn.emit(event)
 
     def _on_update_lines(self, lines: list[SessionUpdateLine]) -> None:
-        """:meth:`_on_update` for a read batch of typed lines: one pass, one queue hand-off."""
+        """:meth:`_on_update` for a read batch of typed lines: one pass, one queue hand-off.
+        The common line (an update of no session state, for the running turn of this
+        session) goes straight to its mapper; the others through :meth:`_take`."""
         sid = self.backend_session_id
         turn = self.turn
         live = turn is not None and not turn.abandoned and not turn.done
-        mappers = MAPPERS
+        mapper = MAPPERS.get
         events: list[AcpRuntimeEvent] = []
+        append = events.append
         for line in lines:
             note = line.params
-            if note.session_id != sid:
-                self.stray_updates += 1
-                continue
             update = note.update
             cls = type(update)
-            if cls is CurrentModeUpdate:
-                self.current_mode = update.current_mode_id  # type: ignore[union-attr]
-            elif cls is ConfigOptionUpdate:
-                self.config_options = update.config_options  # type: ignore[union-attr]
-            elif cls is SessionInfoUpdate:
-                error = reported_error(update.meta)  # type: ignore[union-attr]
-                self.agent_error = error or self.agent_error
-            if not live:
-                self.stray_updates += 1
+            if (cls in _STATEFUL or note.session_id != sid or not live) and not self._take(
+                    note.session_id, update):
                 continue
-            event = mappers.get(cls, map_update)(update)
+            event = mapper(cls, map_update)(update)
             if event is not None:
-                events.append(event)
+                append(event)
         if events:
             assert turn is not None
             turn.emit_many(events)
