@@ -69,7 +69,7 @@ from acpx_trio._process.reaper import (
     run_waves,
 )
 from acpx_trio._process.reaper_os import kill_groups_sync
-from acpx_trio._process.shared_scan import TagScan, empty_groups
+from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._process.spare_leaf import held_leaves
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
@@ -334,17 +334,11 @@ def gateway_cleanup_deps(
         return await trio.to_thread.run_sync(locked_scan, abandon_on_cancel=True)
 
     def kill_groups_now(pgids: Sequence[int], sig: int) -> list[int]:
-        # a group with no member left has nothing to signal, and no member can join it
-        # again (a process joins only an existing group, or starts one whose id is its own
-        # pid): it is left out, and with every group empty nothing is re-scanned
-        empty = empty_groups(pgids)
-        pgids = [g for g in pgids if g not in empty]
-        if not pgids:
-            return []
-        # who may be in the groups the reap signals (its candidates' groups): a re-scan of
-        # what changed since the last pass, not another pass over the whole machine
-        members = _session_members(locked_scan(), pgids)
-        return kill_groups_sync(pgids, sig, self_pid, self_uid, members)
+        # who may be in the groups the reap signals (those that still exist): a re-scan of
+        # what changed since the last pass, not another pass over the whole machine, and
+        # none at all when every group has emptied
+        return kill_groups_sync(pgids, sig, self_pid, self_uid,
+                                lambda live: _session_members(locked_scan(), live))
 
     async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
         return await trio.to_thread.run_sync(kill_groups_now, pgids, sig)

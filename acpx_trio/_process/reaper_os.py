@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import trio
@@ -40,6 +40,9 @@ __all__ = [
     "still_running",
     "wait_exit",
 ]
+
+#: ``pgid -> [(pid, uid), ...]``: who may be in each process group (see kill_groups_sync)
+GroupMembers = Mapping[int, Sequence[tuple[int, int | None]]]
 
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
@@ -158,14 +161,18 @@ def group_members_sync(pgids: Collection[int]) -> dict[int, list[tuple[int, int,
 
 def kill_groups_sync(
     pgids: Collection[int], sig: int, self_pid: int, self_uid: int,
-    members: Mapping[int, Sequence[tuple[int, int | None]]] | None = None,
+    members: GroupMembers | Callable[[list[int]], GroupMembers] | None = None,
 ) -> list[int]:
     """``killpg(pgid, sig)`` for each group that exists, is not our own, and whose every
     member we can see is ours (our uid, not our own process, not pid 1); returns the group
     ids signalled.  ``members`` (``pgid -> [(pid, uid), ...]``): who may be in each group,
     from a listing the caller has proved complete for these groups (a
     :class:`~acpx_trio._process.shared_scan.TagScan` pass lists every member of its
-    candidates' groups and sessions); ``None``: one ``/proc`` pass here.
+    candidates' groups and sessions), or a function making that listing for the groups
+    that still exist (called only when one does); ``None``: one ``/proc`` pass here, for
+    those groups.  A group with no member left is skipped before any listing: it has
+    nothing to signal, and nothing can join it again (a process joins only an existing
+    group, or starts one whose id is its own pid).
 
     ``killpg`` reaches every member at once, including children forked while it runs (the
     kernel makes a concurrent ``fork`` retry), which a pid-by-pid kill cannot.  A group id
@@ -192,6 +199,8 @@ def kill_groups_sync(
     if members is None:
         listed = group_members_sync(candidates)
         members = {g: [(pid, uid) for pid, uid, _ in m] for g, m in listed.items()}
+    elif callable(members):
+        members = members(candidates)
     done = []
     for pgid in candidates:
         if any(pid in (1, self_pid) or uid != self_uid for pid, uid in members.get(pgid, ())):
