@@ -212,6 +212,36 @@ async def test_third_start_becomes_the_spare_with_the_direct_environment(
 
 
 @needs_cgroup
+async def test_the_next_launch_is_made_while_an_agent_starts_up(tmp_path: Path) -> None:
+    """The pool refills as soon as a launch has started, while the start still waits on its
+    agent (not once the start is over: a move into a leaf then would run beside the close
+    that often follows it and hold up that agent's exit)."""
+    slow = f"{MOCK} --slow-start 600000"  # answers nothing for ten minutes
+    async with open_runtime_service(
+        workspace_dir=tmp_path, state_dir=tmp_path / "state", registry=BackendRegistry(),
+        plugin_config={"containment": "cgroup", "agents": {"mock": MOCK, "slow": slow}},
+    ) as svc:
+        runtime = svc.require_runtime()
+        handle = await runtime.ensure_session(session_key="one", agent="mock")
+        await runtime.close(handle=handle, reason="test")
+        assert spares_of(os.getpid()) == []
+        finished = False
+
+        async def start() -> None:
+            nonlocal finished
+            try:
+                await runtime.ensure_session(session_key="two", agent="slow")
+            finally:
+                finished = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start)
+            await poll_until(lambda: len(spares_of(os.getpid())) == SPARES)
+            assert not finished  # still waiting on the agent's answer
+            nursery.cancel_scope.cancel()
+
+
+@needs_cgroup
 async def test_process_group_mode_keeps_no_spare(tmp_path: Path) -> None:
     async with _service(tmp_path, "process-group") as svc:
         runtime = svc.require_runtime()

@@ -273,6 +273,8 @@ class AgentProcess:
                 self.lease = self._spare_record.lease
         if self.process is None:
             await self._spawn_direct(env)
+        if self._spare_leaves is not None:  # started: the next launch is made while it starts up
+            self._spare_leaves.refill()
         assert self.process is not None
         assert self.process.stdin is not None and self.process.stdout is not None
         stdin, stdout = tap_streams(self.process.stdin, self.process.stdout)

@@ -32,9 +32,10 @@ Guarantees:
   live owner (the owner tag).
 
 A pool fills only after its second request (a one-shot caller never pays for a spare), only
-once a start's critical path is over (the next one is made while nothing waits on the
-machine), and never holds more than :data:`SPARES` launches.  Linux, cgroup v2 containment
-only.
+once a launch has started (the next is made while that agent starts up, which is mostly the
+agent's own work: a move made later would run beside the close that often follows, and
+hold up its exit, since a move holds up every exit and fork on the machine while it waits),
+and never holds more than :data:`SPARES` launches.  Linux, cgroup v2 containment only.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class SpareLeaves:
     ``nursery``.  See the module docstring for guarantees.
 
     :meth:`take` hands the ready launch over (the taker owns it from then on), :meth:`refill`
-    (called once a start's critical path is over) makes the next in the background, and
+    (called once a launch has started) makes the next in the background, and
     :meth:`aclose` discards what is held and stops refilling."""
 
     def __init__(self, nursery: trio.Nursery, *, gateway_instance_id: str,
@@ -235,8 +236,8 @@ class SpareLeaves:
         return None
 
     def refill(self) -> None:
-        """A launch finished starting (its critical path is over): make spare leaves in the
-        background, up to :data:`SPARES`, from the second request on."""
+        """A launch has started (its process exists): make spare leaves in the background,
+        up to :data:`SPARES`, from the second request on."""
         if self._closed or self._broken or self._requests < 2:
             return
         self._wanted.set()

@@ -263,18 +263,13 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == resolved.path
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
+            session = await start_live_session(self._factory, key, spec, mode, resolved, load_id)
             try:
-                session = await start_live_session(
-                    self._factory, key, spec, mode, resolved, load_id)
-                try:
-                    await self.session_store.save(session.record())
-                    self._check_open()
-                except BaseException:
-                    await self._retire(session, "ensure failed")
-                    raise
-            finally:
-                if self._spare_leaves is not None:  # this start is over: prepare the next
-                    self._spare_leaves.refill()
+                await self.session_store.save(session.record())
+                self._check_open()
+            except BaseException:
+                await self._retire(session, "ensure failed")
+                raise
             self._sessions[key] = session
             return session.handle()
 
