@@ -8,6 +8,7 @@ import tempfile
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,34 @@ def test_a_batch_does_what_the_updates_do_one_by_one(lines: list[bytes], turn: s
         params = msgspec.json.decode(line)["params"]
         one_by_one._on_update(msgspec.Raw(msgspec.json.encode(params)))
     assert _observed(batched) == _observed(one_by_one)
+
+
+_STATE_CHANGES = [
+    ({"sessionUpdate": "current_mode_update", "currentModeId": "plan"},
+     lambda s: s.current_mode == "plan"),
+    ({"sessionUpdate": "config_option_update", "configOptions": [
+        {"id": "model", "name": "Model", "currentValue": "fast"}]},
+     lambda s: [o.id for o in s.config_options or ()] == ["model"]),
+    ({"sessionUpdate": "session_info_update", "_meta": {"codex": {"error": "boom"}}},
+     lambda s: s.agent_error is not None and "boom" in s.agent_error),
+]
+
+
+@pytest.mark.parametrize(("update", "changed"), _STATE_CHANGES)
+@pytest.mark.parametrize("turn", ["none", "live", "done"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_state_update_changes_the_session_on_either_path(
+    update: dict[str, Any], changed: Any, turn: str, batched: bool,
+) -> None:
+    """The differential above cannot see a state change both paths miss: each kind that
+    changes the session's own state does, with or without a running turn."""
+    session = _session(turn)
+    assert not changed(session)
+    params = {"sessionId": "s", "update": update}
+    if batched:
+        line = msgspec.json.encode({"jsonrpc": "2.0", "method": "session/update",
+                                    "params": params})
+        session._on_update_lines([decode_session_update_line(line)])
+    else:
+        session._on_update(msgspec.Raw(msgspec.json.encode(params)))
+    assert changed(session)

@@ -83,9 +83,27 @@ ElicitationHandler = Callable[[ElicitationRequest], Awaitable[ElicitationAnswer]
 __all__ = ["HIGH_WATER", "LiveSession", "Turn"]
 
 _log = logging.getLogger("acpx_trio.runtime")
-#: the update kinds that change the session's own state (applied by ``LiveSession._take``)
-_STATEFUL: frozenset[type[Any]] = frozenset({CurrentModeUpdate, ConfigOptionUpdate,
-                                              SessionInfoUpdate})
+
+
+def _set_mode(session: LiveSession, update: CurrentModeUpdate) -> None:
+    session.current_mode = update.current_mode_id
+
+
+def _set_config_options(session: LiveSession, update: ConfigOptionUpdate) -> None:
+    session.config_options = update.config_options
+
+
+def _note_agent_error(session: LiveSession, update: SessionInfoUpdate) -> None:
+    session.agent_error = reported_error(update.meta) or session.agent_error
+
+
+#: What each update kind that changes the session's own state does to it: the one home of
+#: that rule (``LiveSession._take`` applies it; the batch path sends exactly these kinds there).
+_APPLY: dict[type[Any], Callable[[LiveSession, Any], None]] = {
+    CurrentModeUpdate: _set_mode,
+    ConfigOptionUpdate: _set_config_options,
+    SessionInfoUpdate: _note_agent_error,
+}
 
 
 class _SessionRef(msgspec.Struct, rename="camel"):
@@ -285,12 +303,9 @@ class LiveSession:
         if session_id != self.backend_session_id:
             self.stray_updates += 1
             return False
-        if isinstance(update, CurrentModeUpdate):
-            self.current_mode = update.current_mode_id
-        elif isinstance(update, ConfigOptionUpdate):
-            self.config_options = update.config_options
-        elif isinstance(update, SessionInfoUpdate):
-            self.agent_error = reported_error(update.meta) or self.agent_error
+        apply = _APPLY.get(type(update))
+        if apply is not None:
+            apply(self, update)
         turn = self.turn
         if turn is None or turn.abandoned or turn.done:
             self.stray_updates += 1
@@ -318,7 +333,7 @@ class LiveSession:
             note = line.params
             update = note.update
             cls = type(update)
-            if (cls in _STATEFUL or note.session_id != sid or not live) and not self._take(
+            if (cls in _APPLY or note.session_id != sid or not live) and not self._take(
                     note.session_id, update):
                 continue
             event = mapper(cls, map_update)(update)
