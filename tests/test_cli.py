@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,29 @@ def test_module_help_and_version() -> None:
     sub = run_cli("prompt", "--help")
     assert sub.returncode == 0 and "--agent-command" in sub.stdout and "--timeout" in sub.stdout
     assert run_cli("--version").stdout.startswith("acpx-trio ")
+
+
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after running ``code``."""
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return out.stdout.split()
+
+
+def test_commands_load_only_what_they_run() -> None:
+    # start-up time of every invocation: parsing any command line loads neither the warm
+    # owner's client nor psutil, and a warm prompt's client does not load psutil (only a
+    # lost owner's check does)
+    parsed = _loaded_after(
+        "from acpx_trio._cli.main import build_parser\n"
+        "build_parser().parse_args(['exec', 'hi'])\n"
+        "build_parser().parse_args(['prompt', '--session', 'k', '--ttl', '5', 'hi'])",
+        ("acpx_trio._cli.warm", "acpx_trio._owner.client", "psutil"),
+    )
+    assert parsed == []
+    warm_client = _loaded_after("import acpx_trio._cli.warm", ("psutil",))
+    assert warm_client == []
 
 
 def test_usage_error_exits_2() -> None:

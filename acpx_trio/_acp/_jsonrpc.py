@@ -8,7 +8,6 @@ object, or an object that is not a JSON-RPC message); it never raises anything e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -70,27 +69,23 @@ class RpcError(msgspec.Struct):
     data: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     id: RequestId
     method: str
     params: msgspec.Raw  # b"null" when absent
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True):
     method: str
     params: msgspec.Raw  # b"null" when absent
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     id: RequestId | None
     result: msgspec.Raw
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorResponse:
+class ErrorResponse(msgspec.Struct, frozen=True):
     id: RequestId | None
     error: RpcError
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
 import shlex
 import signal
@@ -101,6 +102,55 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="report lifecycle steps and all agent status updates on stderr")
 
 
+def _ttl(text: str) -> float:
+    from acpx_trio._owner.wire import MAX_SECONDS  # the wire's bound, loaded only for --ttl
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0 and <= {MAX_SECONDS:g} (0 = forever)")
+    return value
+
+
+def _add_warm_commands(sub: Any, prompt: argparse.ArgumentParser) -> None:
+    """``--ttl``/``--no-wait`` on ``prompt``, and the commands that talk to the warm owner
+    (run by :mod:`acpx_trio._cli.warm`, which only those commands load)."""
+    prompt.add_argument("--ttl", type=_ttl, default=None, metavar="SECONDS",
+                        help="with --session: keep the session's agent warm this long after "
+                             "its last turn (default: config queueOwnerTtlSeconds, else 300; "
+                             "0 = forever)")
+    prompt.add_argument("--no-wait", action="store_true",
+                        help="with --session: queue the prompt, print its queue position and "
+                             "return")
+    cancel = sub.add_parser("cancel", help="Cancel the running turn of a warm session.",
+                            description="Cancel the running turn of a warm session (nothing "
+                            "to cancel is a success).")
+    _common(cancel)
+    cancel.add_argument("--session", required=True, metavar="KEY")
+    status = sub.add_parser("status", help="The warm owner and its sessions.",
+                            description="Owner pid, and per warm session: agent pid, queue "
+                            "depth, idle time and TTL.")
+    _common(status)
+    status.add_argument("--session", default=None, metavar="KEY")
+    set_ = sub.add_parser("set", help="Set a config option (or the model) of a warm session.",
+                          description="Set the agent's config option KEY to VALUE on a warm "
+                          "session (KEY model: its model option, or the legacy set_model). "
+                          "An unknown key or value exits 2 naming the choices.")
+    _common(set_)
+    set_.add_argument("key", metavar="KEY")
+    set_.add_argument("value", metavar="VALUE")
+    set_.add_argument("--session", required=True, metavar="KEY")
+    mode = sub.add_parser("set-mode", help="Set the session mode of a warm session.",
+                          description="session/set_mode on a warm session; a mode the agent "
+                          "does not offer exits 2.")
+    _common(mode)
+    mode.add_argument("mode", metavar="MODE")
+    mode.add_argument("--session", required=True, metavar="KEY")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
     from acpx_trio._version import __version__
@@ -150,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "keeps the agent alive between prompts (without it: session "
                              "cli:default, in this process)")
     turn_command("exec", "One-shot prompt in a fresh session that is closed afterwards.")
-    from acpx_trio._cli.warm import add_warm_commands
-
-    add_warm_commands(sub, prompt, _common)
+    _add_warm_commands(sub, prompt)
 
     sessions = sub.add_parser("sessions", help="List, show or close stored sessions.",
                               description="List, show or close stored sessions. Closing a "

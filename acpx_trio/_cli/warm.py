@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import uuid
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psutil
 import trio
 
 from acpx_trio._cli.exits import (
@@ -62,7 +60,6 @@ from acpx_trio._owner.client import (
 )
 from acpx_trio._owner.paths import OwnerPaths, read_owner_info
 from acpx_trio._owner.wire import (
-    MAX_SECONDS,
     AcceptedFrame,
     CancelRequest,
     CancelResult,
@@ -82,14 +79,12 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
 )
-from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, runs
 from acpx_trio._store.config import AcpxConfig, resolve_config
 
 if TYPE_CHECKING:
     from acpx_trio._cli.options import Options
 
 __all__ = [
-    "add_warm_commands",
     "cancel_command",
     "close_warm_session",
     "flush_transcript",
@@ -109,53 +104,6 @@ ACCEPT_SECONDS = 30.0
 #: Longest silence of the owner during a waiting prompt (it heartbeats every 5 s).
 SILENCE_SECONDS = 30.0
 _encoder = msgspec.json.Encoder()
-
-
-def _ttl(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds >= 0 and <= {MAX_SECONDS:g} (0 = forever)")
-    return value
-
-
-def add_warm_commands(sub: Any, prompt: argparse.ArgumentParser,
-                      common: Any) -> None:
-    """Register ``--ttl``/``--no-wait`` on ``prompt`` and the ``cancel``/``status`` commands."""
-    prompt.add_argument("--ttl", type=_ttl, default=None, metavar="SECONDS",
-                        help="with --session: keep the session's agent warm this long after "
-                             "its last turn (default: config queueOwnerTtlSeconds, else 300; "
-                             "0 = forever)")
-    prompt.add_argument("--no-wait", action="store_true",
-                        help="with --session: queue the prompt, print its queue position and "
-                             "return")
-    cancel = sub.add_parser("cancel", help="Cancel the running turn of a warm session.",
-                            description="Cancel the running turn of a warm session (nothing "
-                            "to cancel is a success).")
-    common(cancel)
-    cancel.add_argument("--session", required=True, metavar="KEY")
-    status = sub.add_parser("status", help="The warm owner and its sessions.",
-                            description="Owner pid, and per warm session: agent pid, queue "
-                            "depth, idle time and TTL.")
-    common(status)
-    status.add_argument("--session", default=None, metavar="KEY")
-    set_ = sub.add_parser("set", help="Set a config option (or the model) of a warm session.",
-                          description="Set the agent's config option KEY to VALUE on a warm "
-                          "session (KEY model: its model option, or the legacy set_model). "
-                          "An unknown key or value exits 2 naming the choices.")
-    common(set_)
-    set_.add_argument("key", metavar="KEY")
-    set_.add_argument("value", metavar="VALUE")
-    set_.add_argument("--session", required=True, metavar="KEY")
-    mode = sub.add_parser("set-mode", help="Set the session mode of a warm session.",
-                          description="session/set_mode on a warm session; a mode the agent "
-                          "does not offer exits 2.")
-    common(mode)
-    mode.add_argument("mode", metavar="MODE")
-    mode.add_argument("--session", required=True, metavar="KEY")
 
 
 # -- talking to the owner ---------------------------------------------------------------------
@@ -363,7 +311,13 @@ def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
 def _owner_lives(state_dir: Path, owner_pid: int) -> bool:
     """Whether owner ``owner_pid`` still runs: ``owner.json`` names it and the process of that
     pid is the one it recorded (its create time; a pid reused since, or a new owner between
-    binding its socket and writing its record, is not it).  Blocking."""
+    binding its socket and writing its record, is not it).  Blocking.  psutil and the
+    process-identity module are imported only here: a prompt that ends normally never pays
+    for them."""
+    import psutil
+
+    from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, runs
+
     info = read_owner_info(OwnerPaths(state_dir))
     if info is None or info.pid != owner_pid:
         return False

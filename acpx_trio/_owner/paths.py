@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import psutil
 
 from acpx_trio._errors import AcpxError
 from acpx_trio._store.fsio import FILE_MODE, atomic_write_bytes
@@ -90,6 +89,8 @@ class OwnerInfo(msgspec.Struct, kw_only=True, frozen=True):
 
 def write_owner_info(paths: OwnerPaths) -> OwnerInfo:
     """Record this process as the owner (blocking)."""
+    import psutil  # the owner's side only: a client never loads it through this module
+
     me = psutil.Process()
     info = OwnerInfo(pid=me.pid, create_time=me.create_time(), started_at=time.time(),
                      socket=str(paths.socket))
