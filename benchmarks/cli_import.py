@@ -1,8 +1,10 @@
 """``import acpx_trio.cli`` in a fresh interpreter (what the console script does first).
 
 Target: <= 60 ms (median of ``--n`` cold interpreters, bytecode caching on).  Baseline in the
-same run: ``import argparse`` (what any stdlib command line pays).  A second line reports the
-full ``acpx_trio._cli.main`` import (trio, msgspec, psutil...) that ``main()`` loads lazily.
+same run: ``import argparse`` (what any stdlib command line pays).  A second line reports
+what ``main()`` loads: the parser's modules (``acpx_trio._cli.main``: all that ``--help``,
+``--version`` or a usage error loads), and those with Trio (what every command that runs
+loads before its own modules).
 
 Run: ``python benchmarks/cli_import.py [--n 15]``; exits 1 on a miss.
 """
@@ -38,7 +40,7 @@ def main() -> int:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     samples: dict[str, list[float]] = {"acpx_trio.cli": [], "argparse": [],
-                                       "acpx_trio._cli.main": []}
+                                       "acpx_trio._cli.main": [], "acpx_trio._cli.main, trio": []}
     for module in samples:
         import_time(module, env)  # warm-up: writes the bytecode caches
     for _ in range(args.n):
@@ -46,11 +48,13 @@ def main() -> int:
             times.append(import_time(module, env))
     ours = statistics.median(samples["acpx_trio.cli"])
     base = statistics.median(samples["argparse"])
-    full = statistics.median(samples["acpx_trio._cli.main"])
+    parser_only = statistics.median(samples["acpx_trio._cli.main"])
+    with_trio = statistics.median(samples["acpx_trio._cli.main, trio"])
     ok = result("cli.import (bytecode on)", f"import acpx_trio.cli {ours * 1e3:.1f} ms",
                 f"import argparse {base * 1e3:.1f} ms", ours / base, "<= 60 ms", ours <= 0.060)
-    print(f"INFO cli.import: the command line's modules, loaded when main() runs: "
-          f"{full * 1e3:.1f} ms")
+    print(f"INFO cli.import: what main() loads: the parser's modules {parser_only * 1e3:.1f} ms "
+          f"(all of --help, --version or a usage error), with Trio {with_trio * 1e3:.1f} ms "
+          "(every command that runs, before its own modules)")
     return 0 if ok else 1
 
 

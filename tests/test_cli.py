@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -38,18 +39,32 @@ def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
 
 
 def test_commands_load_only_what_they_run() -> None:
-    # start-up time of every invocation: parsing any command line loads neither the warm
-    # owner's client nor psutil, and a warm prompt's client does not load psutil (only a
-    # lost owner's check does)
+    # start-up time of every invocation: parsing a command line (and so --help, --version and
+    # a usage error) loads neither Trio, nor the warm owner's client, nor psutil; a warm
+    # prompt's client does not load psutil (only a lost owner's check does)
     parsed = _loaded_after(
         "from acpx_trio._cli.main import build_parser\n"
-        "build_parser().parse_args(['exec', 'hi'])\n"
+        "for argv in (['exec', 'hi'], ['prompt', '--session', 'k', 'hi'], ['agents'],\n"
+        "             ['sessions', 'list', '--agent', 'mock'], ['logout', '--agent', 'mock']):\n"
+        "    build_parser().parse_args(argv)",
+        ("trio", "acpx_trio._cli.warm", "acpx_trio._owner.client", "psutil"),
+    )
+    assert parsed == []
+    ttl = _loaded_after(  # --ttl's bound is the wire's: loaded with it, for the warm prompt
+        "from acpx_trio._cli.main import build_parser\n"
         "build_parser().parse_args(['prompt', '--session', 'k', '--ttl', '5', 'hi'])",
         ("acpx_trio._cli.warm", "acpx_trio._owner.client", "psutil"),
     )
-    assert parsed == []
+    assert ttl == []
     warm_client = _loaded_after("import acpx_trio._cli.warm", ("psutil",))
     assert warm_client == []
+    for argv in (["--version"], ["exec", "--help"], ["exec", "--no-such-option"]):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "acpx_trio", *argv],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode in (0, 2), (argv, done.stderr[-2000:])
+        assert not re.search(r"\|\s+trio$", done.stderr, re.MULTILINE), argv
 
 
 def test_usage_error_exits_2() -> None:

@@ -31,9 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, Literal
-
-import trio
+from typing import TYPE_CHECKING, Any, Literal
 
 from acpx_trio._cli.exits import (
     EXIT_ERROR,
@@ -53,14 +51,17 @@ from acpx_trio._cli.options import (
     default_state_dir,
     resolve_options,
 )
-from acpx_trio._cli.output import Output, TurnPrinter, first_line, printable
-from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
 from acpx_trio._store.config import (
     DEFAULT_STOP_TIMEOUT_SECONDS,
     PERMISSION_MODES,
 )
+
+if TYPE_CHECKING:  # Trio and the output loaded only by commands that run (never by --help)
+    import trio
+
+    from acpx_trio._cli.output import TurnPrinter
 
 __all__ = ["default_state_dir", "main"]
 
@@ -77,6 +78,8 @@ _log = logging.getLogger("acpx_trio.cli")
 def _is_timeout(exc: AcpxError) -> bool:
     """A start-up step that hit its deadline.  The runtime reports it as
     ``ACP_SESSION_INIT_FAILED`` without a cause, so the message is the only clue."""
+    import trio
+
     if isinstance(exc.__cause__, trio.TooSlowError):
         return True
     return exc.code == "ACP_SESSION_INIT_FAILED" and " did not answer " in exc.message and (
@@ -151,6 +154,18 @@ def _add_warm_commands(sub: Any, prompt: argparse.ArgumentParser) -> None:
     mode.add_argument("--session", required=True, metavar="KEY")
 
 
+def _add_agent_list_options(parser: argparse.ArgumentParser) -> None:
+    """``--agent NAME`` / ``--agent-command CMD`` on ``sessions`` and ``logout``: calls on the
+    agent itself (run by :mod:`acpx_trio._cli.protocol_cmds`); with ``sessions list``, the
+    agent's own sessions (``session/list``) instead of ours."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--agent", dest="list_agent", default=None, metavar="NAME",
+                       help="with list: the sessions agent NAME itself knows (session/list; "
+                            "--cwd DIR: only those in DIR)")
+    group.add_argument("--agent-command", dest="list_agent_command", default=None,
+                       metavar="CMD", help="like --agent, for this ACP agent command line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``acpx-trio``."""
     from acpx_trio._version import __version__
@@ -210,14 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=["list", "show", "close", "history", "delete"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close); the "
                           "agent's session id for delete --agent")
-    from acpx_trio._cli.protocol_cmds import add_agent_list_options  # issue 21 (protocol)
-
-    add_agent_list_options(sessions)
+    _add_agent_list_options(sessions)  # issue 21 (protocol)
     logout = sub.add_parser("logout", help="Log out of an agent (ACP logout, when offered).",
                             description="ACP logout: the agent ends its authenticated state; "
                             "its next session needs credentials again.")
     _common(logout)
-    add_agent_list_options(logout)
+    _add_agent_list_options(logout)
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
     _common(agents)
@@ -259,6 +272,8 @@ class _Interrupts:
     """Signal policy of a turn command (see the module docstring)."""
 
     def __init__(self, printer: TurnPrinter) -> None:
+        import trio
+
         self.printer = printer
         self.work = trio.CancelScope()
         self.signum: int | None = None
@@ -362,6 +377,8 @@ async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
     opts: Options, printer: TurnPrinter, ctl: _Interrupts, model: str | None = None,
 ) -> int:
+    import trio
+
     from acpx_trio._cli.kill_now import kill_own_launches
     from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
@@ -410,6 +427,11 @@ async def _turn_session(
 
 
 async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool) -> int:
+    import trio
+
+    from acpx_trio._cli.output import Output, TurnPrinter
+    from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
+
     raw, agent = _turn_config(ns, opts)
     text = await _prompt_text(ns)
     session_key = f"exec:{uuid.uuid4().hex[:16]}" if oneshot else (ns.session or DEFAULT_SESSION)
@@ -437,6 +459,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
 # -- entry point ------------------------------------------------------------------------------
 async def _dispatch(ns: argparse.Namespace, opts: Options) -> int:
     if ns.command == "prompt" and ns.session is not None:
+        from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
         from acpx_trio._cli.warm import warm_prompt
 
         raw, agent = _turn_config(ns, opts)
@@ -494,6 +517,8 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _fail(message: str) -> None:
+    from acpx_trio._cli.output import first_line, printable
+
     print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 
@@ -505,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="acpx-trio: %(message)s")
     try:
         opts = resolve_options(ns)  # before the event loop: it reads files
+        import trio  # only now: --help, --version and a usage error never load it
+
         return trio.run(_dispatch, ns, opts)
     except BaseException as raised:
         exc = _leaf(raised)

@@ -16,21 +16,10 @@ from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, format_table
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 
-__all__ = ["add_agent_list_options", "agent_sessions_command", "wants_agent_list"]
+__all__ = ["agent_sessions_command", "wants_agent_list"]
 
 _log = logging.getLogger("acpx_trio.cli")
 _AGENT = "custom"
-
-
-def add_agent_list_options(sessions: argparse.ArgumentParser) -> None:
-    """``--agent NAME`` / ``--agent-command CMD`` on ``sessions``: with ``list``, list the
-    agent's own sessions (``session/list``) instead of ours."""
-    group = sessions.add_mutually_exclusive_group()
-    group.add_argument("--agent", dest="list_agent", default=None, metavar="NAME",
-                       help="with list: the sessions agent NAME itself knows (session/list; "
-                            "--cwd DIR: only those in DIR)")
-    group.add_argument("--agent-command", dest="list_agent_command", default=None,
-                       metavar="CMD", help="like --agent, for this ACP agent command line")
 
 
 def wants_agent_list(ns: argparse.Namespace) -> bool:
