@@ -15,8 +15,8 @@ import pytest
 import trio
 from _cli_helpers import MOCK, json_lines, run_cli, tagged_pids
 
-from acpx_trio._cli.main import _stream_turn
 from acpx_trio._cli.output import Output, TurnPrinter
+from acpx_trio._cli.run import _stream_turn
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, TextDeltaEvent
 
 

@@ -1,8 +1,10 @@
-"""The ``acpx-trio`` command line: argument parsing and the turn commands (``main``), global
-options (``options``), text and NDJSON output (``output``), the inspection commands
-(``info``), ``reap`` (``reap``), warm sessions through the warm owner (``warm``),
-``sessions history`` (``history``), exit codes (``exits``) and the second signal's immediate
-kill (``kill_now``).  ``main`` imports the others; none imports ``main``.
+"""The ``acpx-trio`` command line: argument parsing and the exit status (``main``, which loads
+no Trio), the dispatch and the turn commands (``run``, loaded by ``main`` once the arguments
+are parsed), global options (``options``), text and NDJSON output (``output``), the
+inspection commands (``info``), ``reap`` (``reap``), warm sessions through the warm owner
+(``warm``), ``sessions history`` (``history``), exit codes (``exits``) and the second
+signal's immediate kill (``kill_now``).  ``main`` imports ``run``, which imports the others;
+none imports ``main``.
 
 Owns: exit codes, signals of a terminal user, what is printed.
 May import: everything public in ``acpx_trio`` and its private subpackages.  Nothing imports it

@@ -1,5 +1,5 @@
 """Global options of one ``acpx-trio`` invocation (:class:`Options`), resolved from parsed
-arguments; shared by the turn commands (``main``) and the inspection commands (``info``)."""
+arguments; shared by the turn commands (``run``) and the inspection commands (``info``)."""
 
 from __future__ import annotations
 

@@ -352,7 +352,7 @@ def _report(printer: TurnPrinter, code: str, message: str) -> None:
 async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, Any],
                       agent: str, text: str) -> int:
     """``prompt --session K`` through the warm owner (see the module docstring).  ``raw`` and
-    ``agent`` are the turn's plugin config and agent (from ``main``)."""
+    ``agent`` are the turn's plugin config and agent (from :mod:`.run`)."""
     launch, config = await trio.to_thread.run_sync(_launch, raw, opts)
     req = PromptRequest(request_id=uuid.uuid4().hex[:16], session_key=ns.session, agent=agent,
                         text=text, cwd=config.cwd, config_fingerprint=config_fingerprint(raw),
