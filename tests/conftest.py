@@ -22,26 +22,38 @@ if str(BENCHMARKS) not in sys.path:
 #: our own processes (other test runs on the machine are left alone).
 RUN_MARKER_KEY = "ACPX_TRIO_TEST_RUN"
 RUN_MARKER = os.environ.setdefault(RUN_MARKER_KEY, uuid.uuid4().hex)
+#: Under ``pytest -n`` (pytest-xdist) each worker marks its own processes: a worker's guard
+#: must never count (or kill) what a test in another worker is running.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER and not RUN_MARKER.endswith("-" + _WORKER):
+    RUN_MARKER = os.environ[RUN_MARKER_KEY] = f"{RUN_MARKER}-{_WORKER}"
 LEASE_KEY = "OPENCLAW_ACPX_LEASE_ID"
 #: No owner-death watchdog process unless a test asks for one (``tests/test_watchdog.py``):
 #: most service tests run on trio's MockClock, where a real child process has no place.
 os.environ.setdefault("ACPX_TRIO_WATCHDOG", "0")
 
 
-def tagged_processes_of_this_run() -> list[psutil.Process]:
-    """Live, non-zombie processes started by this test run that carry a lease tag."""
-    found: list[psutil.Process] = []
+def processes_of_this_run() -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """One pass over the process table: the live, non-zombie processes started by this test
+    run that carry a lease tag, and the live warm owners (``python -m acpx_trio._owner``)
+    it started."""
+    tagged: list[psutil.Process] = []
+    owners: list[psutil.Process] = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "status"]):
         if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
             env = proc.environ()
+            if env.get(RUN_MARKER_KEY) != RUN_MARKER:
+                continue
+            if LEASE_KEY in env:
+                tagged.append(proc)
+            if "acpx_trio._owner" in proc.cmdline():
+                owners.append(proc)
         except (psutil.Error, OSError):
             continue
-        if env.get(RUN_MARKER_KEY) == RUN_MARKER and LEASE_KEY in env:
-            found.append(proc)
-    return found
+    return tagged, owners
 
 
 #: How long a found process may take to finish exiting before it counts as leaked.  Short:
@@ -54,11 +66,26 @@ LEAK_SETTLE_SECONDS = 1.0
 def no_leaked_agent_processes() -> Iterator[None]:
     """Fail the test if a tagged process it started is still alive after it ends.
 
-    Leaked processes are killed: those with a gateway tag through the shipped leak guard (the
-    reaper's proofs), any other (lease tag only) directly."""
-    before = {p.pid for p in tagged_processes_of_this_run()}
+    First the warm owners the test left running are stopped (SIGTERM: a clean shutdown that
+    closes their agents; leaving a warm owner is normal, it lives for its TTL, so that is
+    clean-up, not a failure).  Leaked processes are killed: those with a gateway tag through
+    the shipped leak guard (the reaper's proofs), any other (lease tag only) directly."""
+    tagged, owners = processes_of_this_run()
+    before = {p.pid for p in tagged}
+    owners_before = {p.pid for p in owners}
     yield
-    leaked = [p for p in tagged_processes_of_this_run() if p.pid not in before]
+    tagged, owners = processes_of_this_run()
+    left = [p for p in owners if p.pid not in owners_before]
+    if left:
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _gone, alive_owners = psutil.wait_procs(left, timeout=15.0)
+        for proc in alive_owners:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        tagged, _owners = processes_of_this_run()
+    leaked = [p for p in tagged if p.pid not in before]
     if not leaked:
         return
     from acpx_trio._process.identity import snapshot_processes
@@ -92,35 +119,3 @@ def env(tmp_path: Path, gateway_id: str) -> Any:
     from _runtime_helpers import make_env
 
     return make_env(tmp_path, gateway_id)
-
-
-def _warm_owners_of_this_run() -> list[psutil.Process]:
-    """Live warm owner processes (``python -m acpx_trio._owner``) started by this test run."""
-    found: list[psutil.Process] = []
-    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or "acpx_trio._owner" not in cmdline:
-            continue
-        try:
-            if proc.environ().get(RUN_MARKER_KEY) == RUN_MARKER:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_warm_owner_left(no_leaked_agent_processes: None) -> Iterator[None]:
-    """Stop (SIGTERM: a clean shutdown that closes their agents) the warm owners a test left
-    running, before the leak guard looks for agents.  Leaving a warm owner is normal (it
-    lives for its TTL), so this is clean-up, not a failure."""
-    before = {p.pid for p in _warm_owners_of_this_run()}
-    yield
-    left = [p for p in _warm_owners_of_this_run() if p.pid not in before]
-    for proc in left:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _gone, alive = psutil.wait_procs(left, timeout=15.0)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
