@@ -105,6 +105,13 @@ def no_leaked_agent_processes() -> Iterator[None]:
     pytest.fail("test leaked tagged agent processes:\n" + "\n".join(details))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests first (otherwise in collection order): under ``-n`` the workers
+    share them out at the start instead of one worker taking one last while the others
+    have nothing left to run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def gateway_id() -> Iterator[str]:
     """A unique gateway id; fails the test if a process carrying it is alive afterwards."""

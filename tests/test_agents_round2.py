@@ -126,6 +126,7 @@ def test_terminal_auth_methods_say_what_to_run(tmp_path: Path) -> None:
 
 
 # -- 6. a turn that never ends says why ------------------------------------------------------
+@pytest.mark.slow
 def test_a_stalled_turn_reports_the_agents_meta_error(tmp_path: Path) -> None:
     reason = "stream disconnected before completion: offline"
     done = run_cli("exec", "--timeout", "3", f"/stall-meta-error {reason}", state_dir=tmp_path)

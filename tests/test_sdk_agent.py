@@ -122,6 +122,7 @@ async def test_sdk_agent_elicitation_form_and_url(
     assert any(str(asked[1].elicitation_id) in t for t in shown)  # elicitation/complete seen
 
 
+@pytest.mark.slow
 def test_sdk_agent_through_the_cli(tmp_path: Path) -> None:
     command = f"{sys.executable} {SCRIPT} --session-file {tmp_path / 'sdk-sessions.json'}"
     env = {"ACPX_AUTH_SDK_KEY": "sdk-credential"}

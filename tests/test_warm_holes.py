@@ -84,6 +84,7 @@ def test_changed_or_unset_credential_is_refused_by_name(tmp_path: Path) -> None:
 
 
 # -- hole 4: waits without a bound ------------------------------------------------------------
+@pytest.mark.slow
 def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with _warm(state), background_cli("prompt", "--session", "k", "/flood 100000000",
@@ -112,6 +113,7 @@ def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None
             flood.signal(signal.SIGCONT)
 
 
+@pytest.mark.slow
 def test_stopped_owner_gives_a_bounded_error_naming_its_pid(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with _warm(state):
@@ -245,6 +247,7 @@ def test_queued_prompt_bytes_are_capped_per_session(tmp_path: Path) -> None:
         assert run_cli("status", state_dir=state).returncode == 0
 
 
+@pytest.mark.slow
 def test_queued_prompts_keep_owner_rss_bounded_by_default(tmp_path: Path) -> None:
     """16 queued 8 MiB prompts on a busy session (128 MiB, 516 MiB in the issue's run): the
     default ownerQueueMaxBytes (64 MiB) queues 8 and refuses the rest; RSS stays bounded."""
@@ -321,6 +324,7 @@ def test_remotely_cancelled_prompt_says_so(tmp_path: Path) -> None:
         assert "cancelled from outside this command" in cli.err()
 
 
+@pytest.mark.slow
 def test_timeout_is_per_prompt_in_a_warm_session(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with _warm(state):
