@@ -74,17 +74,23 @@ def _kill(pids: list[int]) -> None:
             pass
 
 
-def test_example_module_and_leak_guard(pytester: pytest.Pytester, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_example_module_and_leak_guard(
+    pytester: pytest.Pytester, tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    """The guard names and kills exactly the leaking test's process, in one process and
+    under pytest-xdist (two workers)."""
     leaked_file, decoy_file = tmp_path / "leaked", tmp_path / "decoy"
     pytester.makepyfile(test_example=EXAMPLE, test_leaky=LEAKY)
     os.environ["LEAKED_PIDS"], os.environ["DECOY_PIDS"] = str(leaked_file), str(decoy_file)
     try:
         # -rN: no short summary, whose lines repeat failure messages in full when CI is set
-        result = pytester.runpytest_subprocess("-q", "-rN")
+        result = pytester.runpytest_subprocess("-q", "-rN", *workers)
         leaked, decoys = _pids(leaked_file), _pids(decoy_file)
         assert len(leaked) == 1 and len(decoys) == 1
         result.assert_outcomes(passed=4, failed=1)  # the leaking test fails
         out = result.stdout.str()
+        assert ("bringing up nodes" in out) == bool(workers)  # xdist ran it, or did not
         assert f"pid {leaked[0]} [killed]" in out
         assert "signal.pause()" in out  # the command line is named
         assert f"pid {decoys[0]}" not in out
