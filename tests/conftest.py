@@ -13,6 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
+from acpx_trio._process.identity import read_proc
+from acpx_trio._process.tags import environ_entries
+
 #: The short soak scenarios in the suite import the benchmark modules that run them in full.
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
@@ -36,22 +39,32 @@ os.environ.setdefault("ACPX_TRIO_WATCHDOG", "0")
 def processes_of_this_run() -> tuple[list[psutil.Process], list[psutil.Process]]:
     """One pass over the process table: the live, non-zombie processes started by this test
     run that carry a lease tag, and the live warm owners (``python -m acpx_trio._owner``)
-    it started."""
+    it started.  Each process's environment is read raw and searched for the run marker
+    (0.4 ms a pass here against 5.5 ms through psutil's parsed environments); psutil answers
+    the rest for the few that carry it."""
+    marker_key, marker = f"{RUN_MARKER_KEY}=".encode(), RUN_MARKER.encode()
+    lease_key = f"{LEASE_KEY}=".encode()
     tagged: list[psutil.Process] = []
     owners: list[psutil.Process] = []
     me = os.getpid()
-    for proc in psutil.process_iter(["pid", "status"]):
-        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
             continue
         try:
-            env = proc.environ()
-            if env.get(RUN_MARKER_KEY) != RUN_MARKER:
+            env = read_proc(f"/proc/{name}/environ")  # a zombie's is empty
+        except OSError:
+            continue
+        if marker not in env or (marker, True) not in environ_entries(env, marker_key):
+            continue
+        try:
+            proc = psutil.Process(int(name))
+            if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if LEASE_KEY in env:
+            if environ_entries(env, lease_key):
                 tagged.append(proc)
             if "acpx_trio._owner" in proc.cmdline():
                 owners.append(proc)
-        except (psutil.Error, OSError):
+        except psutil.Error:
             continue
     return tagged, owners
 
