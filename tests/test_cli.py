@@ -39,9 +39,9 @@ def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
 
 
 def test_commands_load_only_what_they_run() -> None:
-    # start-up time of every invocation: parsing a command line (and so --help, --version and
-    # a usage error) loads neither Trio, nor the warm owner's client, nor psutil; a warm
-    # prompt's client does not load psutil (only a lost owner's check does)
+    # start-up time of every invocation: parsing a command line (and so --help, --version, a
+    # usage and a configuration error) loads neither Trio, nor the warm owner's client, nor
+    # psutil; a warm prompt's client does not load psutil (only a lost owner's check does)
     parsed = _loaded_after(
         "from acpx_trio._cli.main import build_parser\n"
         "for argv in (['exec', 'hi'], ['prompt', '--session', 'k', 'hi'], ['agents'],\n"
@@ -58,7 +58,8 @@ def test_commands_load_only_what_they_run() -> None:
     assert ttl == []
     warm_client = _loaded_after("import acpx_trio._cli.warm", ("psutil",))
     assert warm_client == []
-    for argv in (["--version"], ["exec", "--help"], ["exec", "--no-such-option"]):
+    for argv in (["--version"], ["exec", "--help"], ["exec", "--no-such-option"],
+                 ["--config", "/nonexistent/acpx-trio.toml", "exec", "hi"]):  # config error
         done = subprocess.run(
             [sys.executable, "-X", "importtime", "-m", "acpx_trio", *argv],
             capture_output=True, text=True, timeout=60,

@@ -13,7 +13,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acpx_trio._cli.output import printable
+from acpx_trio._cli.text import printable
 from acpx_trio._events import DoneEvent, ErrorEvent
 from acpx_trio._owner.paths import OwnerPaths
 from acpx_trio._owner.queue import QueuedTurn

@@ -1,6 +1,7 @@
 """The ``acpx-trio`` command line: argument parsing and the exit status (``main``, which loads
 no Trio), the dispatch and the turn commands (``run``, loaded by ``main`` once the arguments
-are parsed), global options (``options``), text and NDJSON output (``output``), the
+are parsed), global options (``options``), text and NDJSON output (``output``; the
+terminal-safe text helpers it shares with the entry in ``text``, which loads no Trio), the
 inspection commands (``info``), ``reap`` (``reap``), warm sessions through the warm owner
 (``warm``), ``sessions history`` (``history``), exit codes (``exits``) and the second
 signal's immediate kill (``kill_now``).  ``main`` imports ``run``, which imports the others;

@@ -10,7 +10,8 @@ import msgspec
 import trio
 
 from acpx_trio._cli.exits import EXIT_OK
-from acpx_trio._cli.output import Output, printable
+from acpx_trio._cli.output import Output
+from acpx_trio._cli.text import printable
 from acpx_trio._errors import replace_secrets
 from acpx_trio._store.transcript import known_credentials, read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns

@@ -19,7 +19,8 @@ import trio
 
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAGE
 from acpx_trio._cli.options import Options
-from acpx_trio._cli.output import Output, first_line, format_table, printable, usage_text
+from acpx_trio._cli.output import Output, format_table, usage_text
+from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError
 from acpx_trio._events import AgentUsage
 from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config

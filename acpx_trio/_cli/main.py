@@ -4,10 +4,11 @@ Exit codes (as acpx's): 0 ok, 1 runtime or protocol error, 2 usage or config err
 3 timeout, 4 no such session, 5 permission denied or unanswerable, 130 interrupted (SIGINT),
 143 terminated (SIGTERM).
 
-Parsing loads neither Trio nor the runtime: ``--help``, ``--version`` and a usage error cost
-an interpreter and this module.  A parsed command runs in :mod:`acpx_trio._cli.run` (the turn
-commands and their guarantees); ``prompt --session KEY`` runs the turn in the state dir's warm
-owner instead (see :mod:`acpx_trio._cli.warm`: the agent stays warm between invocations).
+Parsing loads neither Trio nor the runtime: ``--help``, ``--version``, a usage error and a
+configuration error cost an interpreter and this module.  A parsed command runs in
+:mod:`acpx_trio._cli.run` (the turn commands and their guarantees); ``prompt --session KEY``
+runs the turn in the state dir's warm owner instead (see :mod:`acpx_trio._cli.warm`: the
+agent stays warm between invocations).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from acpx_trio._cli.options import (
     default_state_dir,
     resolve_options,
 )
+from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
 from acpx_trio._store.config import PERMISSION_MODES
 
@@ -225,8 +227,6 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _fail(message: str) -> None:
-    from acpx_trio._cli.output import first_line, printable
-
     print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 

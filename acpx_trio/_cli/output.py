@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import msgspec
 import trio
 
+from acpx_trio._cli.text import first_line, printable
 from acpx_trio._events import (
     AgentUsage,
     DoneEvent,
@@ -26,32 +27,10 @@ from acpx_trio._events import (
     ToolCallEvent,
 )
 
-__all__ = ["Output", "TurnPrinter", "first_line", "format_table", "printable", "short_rpc_data",
-           "usage_text"]
+__all__ = ["Output", "TurnPrinter", "format_table", "short_rpc_data", "usage_text"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicitation_complete"})
-
-
-#: C0 controls, DEL and C1 controls -> a visible escape (``\x1b`` prints as ``\x1b``).
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-_ESCAPES_KEEP_LINES = {c: e for c, e in _ESCAPES.items() if c not in (0x09, 0x0A)}
-
-
-def printable(text: str, *, keep_lines: bool = False) -> str:
-    r"""``text`` safe for a person's terminal: every control character (escape sequences
-    included) shown as ``\xNN``; ``keep_lines`` keeps newlines and tabs.  Every human-readable
-    output of an agent- or user-controlled string (session keys, agent names, messages, tool
-    titles) goes through it; ``--json`` output does not (JSON escapes controls itself)."""
-    return text.translate(_ESCAPES_KEEP_LINES if keep_lines else _ESCAPES)
-
-
-def first_line(message: str, default: str = "failed") -> str:
-    """The first non-blank line of ``message`` (``default`` when there is none)."""
-    for line in message.splitlines():
-        if line.strip():
-            return line.strip()
-    return default
 
 
 #: Longest short form of an error's ``rpc_data`` on the human error line.

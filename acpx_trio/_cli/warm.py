@@ -44,11 +44,10 @@ from acpx_trio._cli.exits import (
 from acpx_trio._cli.output import (
     Output,
     TurnPrinter,
-    first_line,
     format_table,
-    printable,
     usage_text,
 )
+from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpxError, ConfigError
 from acpx_trio._events import AgentUsage, DoneEvent, ErrorEvent
 from acpx_trio._owner.client import (
