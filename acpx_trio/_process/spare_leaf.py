@@ -189,8 +189,8 @@ class SpareLeaf:
 
 
 class SpareLeaves:
-    """A pool of (at most) one spare leaf of ``gateway_instance_id``, kept by a task in
-    ``nursery``.  See the module docstring for guarantees.
+    """A pool of at most :data:`SPARES` spare leaves of ``gateway_instance_id``, kept by a
+    task in ``nursery``.  See the module docstring for guarantees.
 
     :meth:`take` hands the ready launch over (the taker owns it from then on), :meth:`refill`
     (called once a launch has started) makes the next in the background, and
@@ -309,7 +309,7 @@ class SpareLeaves:
         return spare
 
     async def aclose(self) -> None:
-        """Discard the spare leaf (if any) and stop refilling; returns when nothing of the
+        """Discard the spare leaves it holds and stop refilling; returns when nothing of the
         pool runs.  Idempotent; shielded."""
         self._closed = True
         self._scope.cancel()
