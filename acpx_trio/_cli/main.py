@@ -41,7 +41,9 @@ __all__ = ["build_parser", "default_state_dir", "main"]
 # -- argument parsing -------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a global option may be given before or after the command name.
-    p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, metavar="DIR",
+    # str, not Path: Path("") is ".", and an empty --state-dir must be refused, not become
+    # the current directory (resolve_options checks it)
+    p.add_argument("--state-dir", type=str, default=argparse.SUPPRESS, metavar="DIR",
                    help=f"state directory (default: ${STATE_DIR_ENV} or the per-user state dir)")
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                    help="config file (JSON, or TOML by .toml suffix), over the user file and "

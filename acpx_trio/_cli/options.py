@@ -11,7 +11,9 @@ from typing import Any
 
 import msgspec
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._store.config_files import ConfigLayers, load_layers
+from acpx_trio._store.userpaths import resolve_path, state_dir_path
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -83,14 +85,31 @@ class Options(msgspec.Struct, kw_only=True):
         return self.format == "quiet"
 
 
+def _state_dir(given: str | None) -> Path:
+    """The state dir, resolved: ``--state-dir``, else the default.  An empty ``--state-dir``
+    (an unset variable: ``--state-dir "$DIR"``) or one that cannot be resolved (a symbolic
+    link loop, an unknown ``~user``) is a :class:`UsageError` naming where it came from."""
+    if given is None:
+        env = bool(os.environ.get(STATE_DIR_ENV, "").strip())
+        where, path = f"${STATE_DIR_ENV}" if env else "the state dir", default_state_dir()
+    else:
+        where = "--state-dir"
+        try:
+            path = state_dir_path(given, where)  # the rule's one home (also the API's)
+        except AcpxUsageError as exc:
+            raise UsageError(str(exc)) from None
+    return resolve_path(path, lambda why: UsageError(f"{where} {path}: {why}"))
+
+
 def resolve_options(ns: argparse.Namespace) -> Options:
     """Global options from parsed arguments.  Blocking (reads the config files): call it
     before the event loop starts.  ``--json`` is ``--format json``; both given and
     disagreeing is a :class:`UsageError`."""
-    state_dir = getattr(ns, "state_dir", None) or default_state_dir()
+    state_dir = _state_dir(getattr(ns, "state_dir", None))
     given = getattr(ns, "cwd", None)
-    cwd = Path(given or Path.cwd()).expanduser().resolve()
-    if not cwd.is_dir():
+    cwd = resolve_path(Path(given or Path.cwd()),
+                       lambda why: UsageError(f"--cwd {given}: {why}"))
+    if not os.path.isdir(cwd):  # False on any OSError (Path.is_dir raises ENAMETOOLONG)
         raise UsageError(f"--cwd {cwd} is not a directory")
     layers = load_layers(cwd, getattr(ns, "config", None))
     fmt: str = getattr(ns, "format", None) or "text"
@@ -98,7 +117,7 @@ def resolve_options(ns: argparse.Namespace) -> Options:
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":
             raise UsageError(f"--json contradicts --format {fmt}")
         fmt = "json"
-    return Options(state_dir=Path(state_dir).expanduser().resolve(), cwd=cwd,
+    return Options(state_dir=state_dir, cwd=cwd,
                    cwd_given=given is not None, raw_config=dict(layers.raw),
                    json=fmt == "json", verbose=bool(getattr(ns, "verbose", False)),
                    format=fmt, layers=layers)

@@ -97,11 +97,21 @@ async def unresponsive(state_dir: Path, what: str, seconds: float) -> OwnerUnres
                                   f"{seconds:g}s{hint}")
 
 
+def _socket_present(paths: OwnerPaths) -> bool:
+    """Whether an owner socket is there (:func:`check_socket_path`), once the state dir
+    passed the checks every command makes (:func:`check_lease_dirs`): a state dir that is a
+    file, another user's or under one is :class:`~acpx_trio.StateFileError`, never a raw
+    ``OSError`` from looking inside it.  Blocking."""
+    check_lease_dirs(paths.state_dir)
+    return check_socket_path(paths.socket)
+
+
 async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
-    """A connection to the live owner of ``state_dir``, or ``None`` when none listens."""
+    """A connection to the live owner of ``state_dir``, or ``None`` when none listens.
+    An unusable state dir is :class:`~acpx_trio.StateFileError`."""
     paths = OwnerPaths(state_dir)
     paths.check_length()
-    if not await trio.to_thread.run_sync(check_socket_path, paths.socket):
+    if not await trio.to_thread.run_sync(_socket_present, paths):
         return None
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

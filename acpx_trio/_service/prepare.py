@@ -38,6 +38,7 @@ from acpx_trio._service.startup import Prepared, prepare_sync
 from acpx_trio._store.fsio import DIR_MODE
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
 from acpx_trio._store.leases import fingerprint
+from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = ["PrepareCache", "SweepMemo", "cache_key"]
 
@@ -121,7 +122,7 @@ class PrepareCache:
         return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
-        state_dir = Path(ctx.state_dir)
+        state_dir = state_dir_path(ctx.state_dir)  # "" is not "." (which a cache key holds)
         key = cache_key(plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
         kept = self._prepared
         if kept is None or key != self._key or self._inputs_of(kept, state_dir) != self._inputs:

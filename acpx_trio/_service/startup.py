@@ -26,6 +26,7 @@ from acpx_trio._store.fsio import ensure_private_dir
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME, resolve_gateway_instance_id_sync
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import store_error
+from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = [
     "Prepared",
@@ -76,7 +77,7 @@ class Prepared:
 def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
     """Blocking part of start, in one worker-thread hop: config, directories, gateway id,
     lease store, and whether this gateway has open leases to reap at all."""
-    state_dir = Path(ctx.state_dir)
+    state_dir = state_dir_path(ctx.state_dir)  # empty: AcpxUsageError, before anything
     logger = as_logger(ctx.logger)
     config = resolve_config(plugin_config, Path(ctx.workspace_dir), host_state_dir=state_dir)
     config = msgspec.structs.replace(config, probe_agent=probe_agent(config, ctx.allowed_agents))

@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from acpx_trio._errors import MIN_SECRET_LENGTH, ConfigError
+from acpx_trio._errors import MIN_SECRET_LENGTH, AcpxUsageError, ConfigError
 from acpx_trio._store import caps
+from acpx_trio._store.userpaths import resolve_path, resolve_state_dir
 
 __all__ = [
     "DEFAULT_AUTH_POLICY",
@@ -474,18 +475,22 @@ def resolve_config(
     ``codexHome``) resolve against ``workspace_dir``.  ``stateDir`` (the session store)
     defaults to ``<host_state_dir>/acpx/sessions`` when a host state dir is given, else
     ``<workspace_dir>/state``.  Raises :class:`ConfigError` on the first invalid or unknown
-    field."""
+    field (also a path field that cannot be resolved: a symbolic link loop, an unknown
+    ``~user``, a NUL byte); such a ``workspace_dir`` is :class:`AcpxUsageError`, such a
+    ``host_state_dir`` :class:`StateFileError`."""
     plugin = decode_plugin_config(raw)
-    workspace = Path(str(workspace_dir).strip() or ".").expanduser().resolve()
+    given = Path(str(workspace_dir).strip() or ".")
+    workspace = resolve_path(given, lambda why: AcpxUsageError("workspace_dir", given, why))
 
-    def absolute(value: str) -> str:
-        return str((workspace / Path(value.strip()).expanduser()).resolve())
+    def absolute(field: str, value: str) -> str:
+        return str(resolve_path(Path(value.strip()), lambda why: ConfigError(
+            field, value, f"the path {why}"), base=workspace))
 
-    cwd = absolute(plugin.cwd) if plugin.cwd is not None else str(workspace)
+    cwd = absolute("cwd", plugin.cwd) if plugin.cwd is not None else str(workspace)
     if plugin.state_dir is not None:
-        state_dir = absolute(plugin.state_dir)
+        state_dir = absolute("stateDir", plugin.state_dir)
     elif host_state_dir is not None:
-        state_dir = str(Path(host_state_dir).expanduser().resolve() / "acpx" / "sessions")
+        state_dir = str(resolve_state_dir(Path(host_state_dir)) / "acpx" / "sessions")
     else:
         state_dir = str(workspace / "state")
     agents: dict[str, tuple[str, ...]] = {}
@@ -515,7 +520,8 @@ def resolve_config(
         kill_grace_seconds=plugin.kill_grace_seconds,
         auth={method.strip(): credential for method, credential in plugin.auth.items()},
         auth_policy=plugin.auth_policy,
-        codex_home=None if plugin.codex_home is None else absolute(plugin.codex_home),
+        codex_home=(None if plugin.codex_home is None
+                    else absolute("codexHome", plugin.codex_home)),
         queue_owner_ttl_seconds=plugin.queue_owner_ttl_seconds,
         containment=plugin.containment,
         transcript=plugin.transcript,

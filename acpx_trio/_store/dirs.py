@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from acpx_trio._store.fsio import check_ancestors, check_private_dir, ensure_private_dir
+from acpx_trio._store.userpaths import resolve_state_dir
 
 __all__ = ["LEASE_DIR_NAME", "SESSIONS_DIR_NAME", "check_lease_dirs", "ensure_lease_dirs",
            "is_default_session_dir"]
@@ -33,7 +34,7 @@ def _chain(state_dir: Path) -> list[Path]:
 def is_default_session_dir(state_dir: Path, session_dir: Path) -> bool:
     """Whether ``session_dir`` is ``<state_dir>/acpx/sessions`` (as given or resolved)."""
     tail = Path(LEASE_DIR_NAME, SESSIONS_DIR_NAME)
-    return session_dir in (state_dir / tail, state_dir.resolve() / tail)
+    return session_dir in (state_dir / tail, resolve_state_dir(state_dir) / tail)
 
 
 def check_lease_dirs(state_dir: Path) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "fsync_dir",
     "quarantine",
     "read_private_file",
+    "unusable_dir",
 ]
 
 DIR_MODE = 0o700
@@ -325,6 +326,13 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
 
 
+def unusable_dir(path: Path, exc: OSError) -> StateFileError:
+    """The refusal of a state directory the file system cannot look up (``ENOTDIR``: a file
+    on the way; ``ELOOP``; ``ENAMETOOLONG``; ``EACCES``), naming it and the error."""
+    return StateFileError(str(path), f"cannot be used as a directory ({exc.strerror or exc})",
+                          "choose a state directory this user can reach and own")
+
+
 def check_private_dir(path: Path, *, strict_link: bool = False) -> None:
     """Refuse a state directory that cannot be trusted, like ssh does: not a directory, owned
     by another user, or writable by group or others; with ``strict_link`` also a symbolic link
@@ -338,6 +346,8 @@ def check_private_dir(path: Path, *, strict_link: bool = False) -> None:
             raise StateFileError(str(path), "is a dangling symbolic link",
                                  "remove it or point it at a directory of ours") from None
         return
+    except OSError as exc:  # a file on the way (ENOTDIR), a link loop, a name too long, ...
+        raise unusable_dir(path, exc) from None
     _check_dir_stat(path, st)  # what it points at first: the more specific reason
     if strict_link and os.path.islink(path) and (st.st_mode & 0o777) != DIR_MODE:
         raise StateFileError(
@@ -364,7 +374,11 @@ def check_ancestors(path: Path) -> None:
     if key in _TRUSTED_ANCESTORS:
         return
     for directory in _lookup_dirs(key):
-        _check_ancestor_stat(Path(directory), os.stat(directory), path)
+        try:
+            st = os.stat(directory)
+        except OSError as exc:
+            raise unusable_dir(path, exc) from None
+        _check_ancestor_stat(Path(directory), st, path)
     _TRUSTED_ANCESTORS.add(key)
 
 
@@ -393,6 +407,8 @@ def _lookup_dirs(path: str) -> list[str]:
             st = os.lstat(candidate)
         except (FileNotFoundError, NotADirectoryError):
             break
+        except OSError as exc:  # a name too long, no search permission, ...
+            raise unusable_dir(Path(path), exc) from None
         if not stat.S_ISLNK(st.st_mode):
             current = candidate
             continue

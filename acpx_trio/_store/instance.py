@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from acpx_trio._errors import AcpxUsageError, GatewayInstanceIdError, StateFileError
+from acpx_trio._errors import GatewayInstanceIdError, StateFileError
 from acpx_trio._log import Logger
 from acpx_trio._store.fsio import (
     FILE_MODE,
@@ -29,6 +29,7 @@ from acpx_trio._store.fsio import (
     read_private_file,
 )
 from acpx_trio._store.leases import LEASE_FILE_NAME
+from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = [
     "GATEWAY_ID_FILE_NAME",
@@ -95,12 +96,6 @@ def _read_id_file(path: Path) -> str:
     return data.decode("utf-8", errors="replace").strip()
 
 
-def _state_dir(state_dir: str | os.PathLike[str]) -> Path:
-    if not isinstance(state_dir, str | os.PathLike) or not str(state_dir).strip():
-        raise AcpxUsageError("state_dir", state_dir, "must be a non-empty path")
-    return Path(state_dir)
-
-
 def _unusable(state_dir: Path, exc: OSError) -> StateFileError:
     return StateFileError(
         str(state_dir),
@@ -117,11 +112,12 @@ def resolve_gateway_instance_id_sync(
     * Two first starts racing agree on one id (exclusive creation).
     * Errors are typed: :class:`StateFileError` when the state dir or the id file cannot be
       used (not a directory, a file in the way above it, another user's, unreadable),
-      :class:`AcpxUsageError` for an empty path; never a raw ``OSError``.
+      :class:`AcpxUsageError` for an empty path
+      (:func:`~acpx_trio._store.userpaths.state_dir_path`); never a raw ``OSError``.
     * An empty or garbled file is repaired only from the lease file when that names exactly one
       gateway (a warning through ``logger``); otherwise :class:`GatewayInstanceIdError` says
       how to fix it by hand."""
-    path = _state_dir(state_dir)
+    path = state_dir_path(state_dir)
     try:
         return _resolve(path, logger or _log)
     except OSError as exc:
@@ -174,7 +170,7 @@ def peek_gateway_instance_id(state_dir: str | os.PathLike[str]) -> str | None:
     No side effects (nothing is created, repaired or chmod-ed): for inspection tools.  Raises
     :class:`GatewayInstanceIdError` when the file is empty or garbled, :class:`StateFileError`
     when it cannot be read; blocking."""
-    directory = _state_dir(state_dir)
+    directory = state_dir_path(state_dir)
     path = directory / GATEWAY_ID_FILE_NAME
     try:
         text = _read_id_file(path)
@@ -193,5 +189,5 @@ def peek_gateway_instance_id(state_dir: str | os.PathLike[str]) -> str | None:
 async def resolve_gateway_instance_id(state_dir: str | os.PathLike[str]) -> str:
     """Async form of :func:`resolve_gateway_instance_id_sync` (file work in a worker thread;
     same typed errors)."""
-    _state_dir(state_dir)
+    state_dir_path(state_dir)
     return await trio.to_thread.run_sync(resolve_gateway_instance_id_sync, state_dir)

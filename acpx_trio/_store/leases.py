@@ -54,6 +54,7 @@ from acpx_trio._store.lease_model import (
     lease_state,
 )
 from acpx_trio._store.locks import GroupCommitter, run_locked
+from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = [
     "LEASE_FILE_NAME", "Change", "LeaseSnapshot", "LeaseStore", "SyncLeaseStore",
@@ -290,7 +291,7 @@ class SyncLeaseStore:
         clock: Callable[[], float] = time.time,
         logger: Logger | None = None,
     ) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = state_dir_path(state_dir)  # an empty one: AcpxUsageError
         self.path = self.state_dir / LEASE_FILE_NAME
         self.lock_path = self.state_dir / (LEASE_FILE_NAME + ".lock")
         self.changes_path = self.state_dir / (LEASE_FILE_NAME + ".changes")

@@ -40,6 +40,7 @@ from acpx_trio._store.fsio import (
     read_private_file,
 )
 from acpx_trio._store.locks import GroupCommitter
+from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = [
     "SESSION_FILE_PREFIX",
@@ -106,7 +107,7 @@ class SyncSessionStore:
     """Blocking core of :class:`SessionStore` (for worker threads and scripts)."""
 
     def __init__(self, directory: str | Path, *, logger: Logger | None = None) -> None:
-        self.directory = Path(directory)
+        self.directory = state_dir_path(directory, "directory")  # empty: AcpxUsageError
         self.lock_path = self.directory / "sessions.lock"
         self._log: Logger = logger or _log
 
