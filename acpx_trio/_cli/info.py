@@ -12,7 +12,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -24,6 +24,9 @@ from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError
 from acpx_trio._events import AgentUsage
 from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config
+
+if TYPE_CHECKING:
+    from acpx_trio._store.sessions import SessionRecord
 
 __all__ = ["agents_command", "doctor_command", "leases_command", "sessions_command"]
 
@@ -61,8 +64,20 @@ def _check_state_dir(state_dir: Path) -> None:
     check_lease_dirs(state_dir)  # and neither ``acpx`` nor ``acpx/sessions`` a link
 
 
+def _started_in(records: list[SessionRecord], cwd: Path) -> list[SessionRecord]:
+    """The records whose cwd is the directory ``cwd`` names (by path, or the same directory
+    through another path).  Blocking."""
+    def same(path: str) -> bool:
+        try:
+            return path == str(cwd) or os.path.samefile(path, cwd)
+        except OSError:
+            return False
+    return [r for r in records if same(r.cwd)]
+
+
 async def sessions_command(action: str, key: str | None, opts: Options) -> int:
-    """``list`` every record; ``show KEY`` one (exit 4 if unknown); ``close KEY``: mark it
+    """``list`` every record (with ``--cwd DIR``: those started in DIR); ``show KEY`` one
+    (exit 4 if unknown); ``close KEY``: mark it
     closed so the next prompt of KEY starts a new ACP session (agents of a CLI invocation
     never outlive it, so there is no process to stop)."""
     from acpx_trio._store.sessions import SessionStore
@@ -73,11 +88,14 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     store = SessionStore(config.state_dir)
     if action == "list":
         records = await store.list()
+        if opts.cwd_given:  # only the sessions started in that directory
+            records = await trio.to_thread.run_sync(_started_in, records, opts.cwd)
         if opts.json:
             for r in records:
                 out.write(_json_line(r) + "\n")
         elif not records:
-            out.write(f"no sessions in {config.state_dir}\n")
+            where = f" started in {opts.cwd}" if opts.cwd_given else ""
+            out.write(f"no sessions{where} in {config.state_dir}\n")
         else:
             rows = [(r.session_key, r.agent, r.mode, "closed" if r.closed else "open",
                      r.backend_session_id or "-", _ago(r.updated_at), r.cwd) for r in records]
@@ -241,10 +259,25 @@ async def _doctor_one(
         seconds=round(trio.current_time() - start, 3),
         version=_detail(details, "agentInfo="),
         protocol_version=int(protocol) if protocol and protocol.isdigit() else None,
-        install_command=None if report.ok else (
-            report.install_command or spec.install_command or spec.install_hint()),
+        install_command=_install_advice(report.ok, found, _detail(details, "exit=") is not None,
+                                        report.install_command or spec.install_command,
+                                        spec.install_hint()),
         details=details,
     )
+
+
+def _install_advice(ok: bool, found: bool, exited: bool, command: str | None,
+                    hint: str) -> str | None:
+    """What doctor suggests installing: the install command (else the hint) when the agent's
+    program was not found; its install command when the program ran but the agent exited
+    before answering (an adapter missing under ``npx``); nothing when it is fine, or failed
+    for another reason (a deadline, a protocol error, an unusable state dir): installing
+    would not help there."""
+    if ok:
+        return None
+    if not found:
+        return command or hint
+    return command if exited else None
 
 
 async def doctor_command(
@@ -273,12 +306,14 @@ async def doctor_command(
     async def check(name: str) -> None:
         try:
             results[name] = await _doctor_one(name, raw, opts, deep)
-        except AcpxError as exc:
-            spec = registry.resolve(name)
+        except AcpxError as exc:  # before the agent ran (its state dir, its config)
+            spec = await registry.prefer_installed(registry.resolve(name))
+            found = await registry.check_installed(spec)
             results[name] = _DoctorResult(
-                agent=name, ok=False, found=False, command=list(spec.command),
+                agent=name, ok=False, found=found, command=list(spec.command),
                 message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0, code=exc.code,
-                install_command=spec.install_command or spec.install_hint(),
+                install_command=_install_advice(False, found, False, spec.install_command,
+                                                spec.install_hint()),
             )
 
     async with trio.open_nursery() as nursery:
@@ -342,7 +377,7 @@ def _doctor_lines(r: _DoctorResult, deep: bool) -> list[str]:
         have = ", ".join(f"{m} ({w})" for m, w in r.credentials.items()) or "none found"
         lines.append(f"      auth methods: {', '.join(r.auth_methods)}; credentials: {have}")
         lines += [f"        {how}" for how in r.auth_how.values()]
-    if not r.ok:
+    if not r.ok and r.install_command:
         lines.append(f"      install: {r.install_command}")
     return lines
 

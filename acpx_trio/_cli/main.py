@@ -221,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_warm_only(ns: argparse.Namespace) -> None:
+    """``--ttl`` and ``--no-wait`` say how the warm owner keeps a session: without
+    ``--session`` there is none, so they are a :class:`UsageError`, not silently ignored."""
+    if ns.command == "prompt" and ns.session is None:
+        given = [name for name, on in (("--ttl", ns.ttl is not None), ("--no-wait", ns.no_wait))
+                 if on]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} "
+                             "--session KEY (the warm owner keeps a session only by its key)")
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The only exception inside (nested) single-member exception groups, else ``exc``."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -239,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="acpx-trio: %(message)s")
     try:
+        _check_warm_only(ns)
         opts = resolve_options(ns)  # before the event loop: it reads files
         import trio  # only now: --help, --version and a usage error never load it
 

@@ -24,8 +24,8 @@ def _read_prompt_file(path: str) -> str:
 
 async def prompt_text(ns: argparse.Namespace) -> str:
     """The prompt (a trailing newline removed).  Raises :class:`UsageError` for TEXT and
-    ``--file`` both given, an unreadable or empty file, or no prompt at all; reading stdin
-    is abandoned when cancelled."""
+    ``--file`` both given, an unreadable file, a prompt that is empty or blank (from TEXT, a
+    file or stdin alike), or no prompt at all; reading stdin is abandoned when cancelled."""
     words: list[str] = ns.text
     source: str | None = ns.file
     if source is not None and words:
@@ -36,7 +36,10 @@ async def prompt_text(ns: argparse.Namespace) -> str:
             raise UsageError(f"--file {source}: the prompt is empty")
         return content.rstrip("\n")
     if words and words != ["-"]:
-        return " ".join(words)
+        joined = " ".join(words)
+        if not joined.strip():
+            raise UsageError("the prompt is empty")
+        return joined
     if sys.stdin is None or (source is None and sys.stdin.isatty()):
         raise UsageError("no prompt given: pass TEXT, or pipe it on stdin")
     stdin = sys.stdin

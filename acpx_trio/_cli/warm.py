@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import trio
@@ -41,6 +43,7 @@ from acpx_trio._cli.exits import (
     event_exit,
     exit_code_for,
 )
+from acpx_trio._cli.options import UsageError
 from acpx_trio._cli.output import (
     Output,
     TurnPrinter,
@@ -83,6 +86,8 @@ from acpx_trio._store.config import AcpxConfig, resolve_config
 if TYPE_CHECKING:
     from acpx_trio._cli.options import Options
 
+R = TypeVar("R", bound=Request)
+
 __all__ = [
     "cancel_command",
     "close_warm_session",
@@ -105,10 +110,39 @@ SILENCE_SECONDS = 30.0
 _encoder = msgspec.json.Encoder()
 
 
+#: What the user calls each request field they give (for a usage error).
+_OPTION_OF = {"session_key": "--session", "key": "KEY", "value": "VALUE", "model": "--model",
+              "agent": "--agent", "cwd": "--cwd", "ttl_seconds": "--ttl",
+              "timeout_seconds": "--timeout"}
+_FIELD = re.compile(r" - at `\$\.(\w+)`")
+
+
+def checked(request: R, names: Mapping[str, str] | None = None) -> R:
+    """``request`` when the owner would accept it (the wire's own constraints, checked as the
+    owner decodes it, and a session key that is not blank, as the runtime requires); else a
+    :class:`UsageError` (exit 2) naming the option (``names`` overrides what a field is
+    called), before any owner is asked or started."""
+    key = getattr(request, "session_key", None)
+    if isinstance(key, str) and key and not key.strip():
+        raise UsageError("--session: a session key must not be blank")
+    try:
+        msgspec.convert(msgspec.to_builtins(request), type=type(request))
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = _FIELD.search(text)
+        name = field.group(1) if field else ""
+        option = {**_OPTION_OF, **(names or {})}.get(name, name or "request")
+        raise UsageError(f"{option}: "
+                         f"{_FIELD.sub('', text)}") from None
+    return request
+
+
 # -- talking to the owner ---------------------------------------------------------------------
 async def _ask(state_dir: Path, request: Request, seconds: float = ASK_SECONDS) -> Any:
     """One request to the live owner; ``None`` when no owner is alive.  An owner that does
-    not answer within ``seconds`` raises ``ACPX_OWNER_UNRESPONSIVE`` (naming its pid)."""
+    not answer within ``seconds`` raises ``ACPX_OWNER_UNRESPONSIVE`` (naming its pid).  A
+    request the owner would refuse is a :class:`UsageError` (see :func:`checked`)."""
+    checked(request)
     with trio.move_on_after(seconds) as scope:
         stream = await connect_owner(state_dir)
         if stream is None:
@@ -360,6 +394,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                         credential_env=credential_env_digests(os.environ,
                                                               _auth_names(config)),
                         model=ns.model)
+    checked(req)  # before an owner is started for it
     output = Output()
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     client = _Client(opts.state_dir, req, printer)
@@ -409,8 +444,10 @@ async def control_command(session_key: str, action: str, value: str, key: str | 
     exits 4, a key, value or mode the agent does not offer exits 2 (the message names the
     choices), an agent failure 1."""
     out = Output()
-    result = await _ask(opts.state_dir, ControlRequest(
-        session_key=session_key, action=action, key=key, value=value))  # type: ignore[arg-type]
+    request = checked(ControlRequest(session_key=session_key, action=action,  # type: ignore[arg-type]
+                                     key=key, value=value),
+                      {"value": "MODE"} if action == "mode" else None)
+    result = await _ask(opts.state_dir, request)
     code = EXIT_OK
     if result is None:
         code = EXIT_NO_SESSION
@@ -455,9 +492,11 @@ async def status_command(session_key: str | None, opts: Options) -> int:
     out = Output()
     result = await _ask(opts.state_dir, StatusRequest(session_key=session_key))
     if not isinstance(result, StatusResult):
-        if opts.json:
-            out.write(_encoder.encode({"owner_pid": None, "state_dir": str(opts.state_dir),
-                                       "sessions": []}).decode() + "\n")
+        if opts.json:  # the shape of a StatusResult, with no owner
+            out.write(_encoder.encode({"kind": "status_result", "owner_pid": None,
+                                       "state_dir": str(opts.state_dir),
+                                       "uptime_seconds": None, "sessions": []}).decode()
+                      + "\n")
         else:
             out.write(f"no warm owner for {printable(str(opts.state_dir))}\n")
         await out.drain()
@@ -480,6 +519,8 @@ async def status_command(session_key: str | None, opts: Options) -> int:
         if rows:
             out.write(format_table(rows, ("SESSION", "AGENT", "AGENT PID", "STATE", "QUEUED",
                                           "IDLE", "TTL", "USAGE")) + "\n")
+        elif session_key is not None:
+            out.write(f"no warm session {printable(session_key)}\n")
         else:
             out.write("no warm sessions\n")
     await out.drain()
