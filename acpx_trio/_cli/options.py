@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._store.config_files import ConfigLayers, load_layers
+from acpx_trio._store.config_files import ConfigLayers, check_cwd, load_layers
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -86,13 +86,17 @@ class Options(msgspec.Struct, kw_only=True):
 def resolve_options(ns: argparse.Namespace) -> Options:
     """Global options from parsed arguments.  Blocking (reads the config files): call it
     before the event loop starts.  ``--json`` is ``--format json``; both given and
-    disagreeing is a :class:`UsageError`."""
+    disagreeing is a :class:`UsageError`.  A ``--cwd`` that is not a directory is a
+    :class:`UsageError`; without ``--cwd``, a config file's ``cwd`` that is not one is a
+    :class:`~acpx_trio.ConfigError` naming the file, as is any invalid value in a file."""
     state_dir = getattr(ns, "state_dir", None) or default_state_dir()
     given = getattr(ns, "cwd", None)
     cwd = Path(given or Path.cwd()).expanduser().resolve()
     if not cwd.is_dir():
         raise UsageError(f"--cwd {cwd} is not a directory")
     layers = load_layers(cwd, getattr(ns, "config", None))
+    if given is None:  # the agent's working directory is the config's cwd, if it sets one
+        check_cwd(layers, cwd)
     fmt: str = getattr(ns, "format", None) or "text"
     if getattr(ns, "json", False):
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":

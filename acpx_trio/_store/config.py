@@ -18,7 +18,7 @@ import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -58,6 +58,9 @@ AUTH_POLICIES: tuple[str, ...] = ("skip", "fail")
 #: ``"process-group"``.
 ContainmentMode = Literal["auto", "cgroup", "process-group"]
 CONTAINMENT_MODES: tuple[str, ...] = ("auto", "cgroup", "process-group")
+#: The transport of an MCP server: ``stdio`` (a command the agent starts), ``http`` or ``sse``.
+McpTransport = Literal["stdio", "http", "sse"]
+MCP_TRANSPORTS: tuple[str, ...] = get_args(McpTransport)
 
 # ---------------------------------------------------------------- defaults (the only home)
 #: Deadline for agent start-up, handshake, probe and control calls when ``timeoutSeconds`` is unset.
@@ -105,7 +108,8 @@ _ALLOWED: dict[str, str] = {
     "codexHome": "must be a non-empty string",
     "probeAgent": "must be a non-empty string",
     "agents": "must be an object of agent name -> {command, args}",
-    "mcpServers": "must be an object of name -> {command, args, env}",
+    "mcpServers": "must be an object of name -> {command, args?, env?} (stdio) or "
+                  "{type: http|sse, url, headers?}",
     "permissionMode": "must be one of: " + ", ".join(PERMISSION_MODES),
     "nonInteractivePermissions": "must be one of: " + ", ".join(NON_INTERACTIVE),
     "authPolicy": "must be one of: " + ", ".join(AUTH_POLICIES),
@@ -134,7 +138,7 @@ class McpServerEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``env``), or ``http`` / ``sse`` (``url``, ``headers``; handed only to agents that
     advertise that transport)."""
 
-    type: Literal["stdio", "http", "sse"] = "stdio"
+    type: McpTransport = "stdio"
     command: str | None = None
     args: list[str] = []
     env: dict[str, str] = {}
@@ -257,7 +261,7 @@ class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     command: str = ""
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    type: Literal["stdio", "http", "sse"] = "stdio"
+    type: McpTransport = "stdio"
     url: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -338,11 +342,26 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
 # Each value is converted on its own (``msgspec.convert`` against that field's type), so the
 # field a bad value belongs to is known from the call, never read back out of an error message.
 
-#: What a value of an ``agents.<name>`` / ``mcpServers.<name>`` entry field must be.
-_ENTRY_ALLOWED: dict[str, str] = {
-    "command": "must be a non-empty string",
-    "args": "must be an array of strings",
-    "env": "must be an object of string values",
+#: Per entry Struct, what each of its fields must be (every field: a bad value of any of them
+#: is reported by :func:`_entry_error`, which looks its text up here), and the entry's shape.
+_ENTRY_ALLOWED: dict[type[msgspec.Struct], dict[str, str]] = {
+    AgentEntry: {
+        "command": "must be a non-empty string",
+        "args": "must be an array of strings",
+    },
+    McpServerEntry: {
+        "type": "must be one of: " + ", ".join(MCP_TRANSPORTS),
+        "command": "must be a non-empty string",
+        "args": "must be an array of strings",
+        "env": "must be an object of string values",
+        "url": "must be an http(s):// URL string",
+        "headers": "must be an object of header name -> string value",
+    },
+}
+_ENTRY_SHAPE: dict[str, str] = {
+    "agents": "must be a command string or {command, args?}",
+    "mcpServers": "must be an object {command, args?, env?} (stdio) or "
+                  "{type: http|sse, url, headers?}",
 }
 
 
@@ -380,10 +399,8 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
     """The :class:`ConfigError` for the first bad entry of ``agents``/``mcpServers``, found
     by checking each entry's keys and fields one by one."""
     entry_type = AgentEntry if section == "agents" else McpServerEntry
-    shape = (
-        "must be a command string or {command, args}" if section == "agents"
-        else "must be an object {command, args?, env?}"
-    )
+    allowed_values = _ENTRY_ALLOWED[entry_type]
+    shape = _ENTRY_SHAPE[section]
     fields = _fields(entry_type)
     for name, spec in raw.items():
         if not isinstance(name, str):
@@ -401,13 +418,13 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
         for f in fields:
             if f.encode_name not in spec:
                 if f.required:
-                    return ConfigError(f"{field}.{f.encode_name}", None, _ENTRY_ALLOWED[f.name])
+                    return ConfigError(f"{field}.{f.encode_name}", None, allowed_values[f.name])
                 continue
             try:
                 msgspec.convert(spec[f.encode_name], f.type)
             except msgspec.ValidationError:
                 return ConfigError(
-                    f"{field}.{f.encode_name}", spec[f.encode_name], _ENTRY_ALLOWED[f.name]
+                    f"{field}.{f.encode_name}", spec[f.encode_name], allowed_values[f.name]
                 )
     return ConfigError(section, raw, _ALLOWED[section])
 
@@ -478,12 +495,15 @@ def resolve_config(
     plugin = decode_plugin_config(raw)
     workspace = Path(str(workspace_dir).strip() or ".").expanduser().resolve()
 
-    def absolute(value: str) -> str:
-        return str((workspace / Path(value.strip()).expanduser()).resolve())
+    def absolute(field: str, value: str) -> str:
+        try:
+            return str((workspace / Path(value.strip()).expanduser()).resolve())
+        except (ValueError, RuntimeError, OSError) as exc:  # a NUL byte, ~nosuchuser, a loop
+            raise ConfigError(field, value, f"must be a usable path ({exc})") from None
 
-    cwd = absolute(plugin.cwd) if plugin.cwd is not None else str(workspace)
+    cwd = absolute("cwd", plugin.cwd) if plugin.cwd is not None else str(workspace)
     if plugin.state_dir is not None:
-        state_dir = absolute(plugin.state_dir)
+        state_dir = absolute("stateDir", plugin.state_dir)
     elif host_state_dir is not None:
         state_dir = str(Path(host_state_dir).expanduser().resolve() / "acpx" / "sessions")
     else:
@@ -515,7 +535,8 @@ def resolve_config(
         kill_grace_seconds=plugin.kill_grace_seconds,
         auth={method.strip(): credential for method, credential in plugin.auth.items()},
         auth_policy=plugin.auth_policy,
-        codex_home=None if plugin.codex_home is None else absolute(plugin.codex_home),
+        codex_home=None if plugin.codex_home is None else absolute("codexHome",
+                                                                    plugin.codex_home),
         queue_owner_ttl_seconds=plugin.queue_owner_ttl_seconds,
         containment=plugin.containment,
         transcript=plugin.transcript,
