@@ -336,15 +336,20 @@ class AcpxError(Exception):
 
 class ConfigError(AcpxError, ValueError):
     """A configuration value is invalid.  ``field`` names it (dotted path), ``value`` is what
-    was given, ``allowed`` says what would be accepted."""
+    was given, ``allowed`` says what would be accepted; ``source``, when known, is the config
+    file the value came from, and the message then begins ``in <source>: ``."""
 
     code = "ACPX_CONFIG_INVALID"
 
-    def __init__(self, field: str, value: Any, allowed: str) -> None:
+    def __init__(
+        self, field: str, value: Any, allowed: str, *, source: str | None = None
+    ) -> None:
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid config {field}={_shown(value)}: {allowed}")
+        self.source = source
+        where = "" if source is None else f"in {source}: "
+        super().__init__(f"{where}invalid config {field}={_shown(value)}: {allowed}")
 
 
 class AcpxUsageError(AcpxError, ValueError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -142,10 +143,66 @@ def test_a_bad_value_in_a_config_file_names_the_field(tmp_path: Path) -> None:
     (project / ".acpx-trio.toml").write_text('permissionMode = "sometimes"\n')
     done = run_cli("config", "show", "--cwd", str(project), env=_xdg(tmp_path))
     assert done.returncode == 2 and "permissionMode" in done.stderr
+    # ...and the file it is in, in one line
+    assert done.stderr.splitlines() == [
+        f"acpx-trio: in {project / '.acpx-trio.toml'}: invalid config "
+        "permissionMode='sometimes': must be one of: approve-all, approve-reads, deny-all"]
     broken = project / ".acpx-trio.toml"
     broken.write_text("this is = = not toml")
     done = run_cli("exec", "--cwd", str(project), "hi", state_dir=tmp_path, env=_xdg(tmp_path))
     assert done.returncode == 2 and str(broken) in done.stderr
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a refused command (exit 2; no traceback)."""
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("acpx-trio: ") and "Traceback" not in done.stderr
+    return line
+
+
+@pytest.mark.parametrize(("server", "field"), [
+    ({"type": "ws", "url": "x"}, "mcpServers.s.type='ws'"),
+    ({"type": "http", "url": 5}, "mcpServers.s.url=5"),
+    ({"type": "http", "url": "https://h", "headers": [1]}, "mcpServers.s.headers=[1]"),
+    ({"command": "c", "env": ["K=v"]}, "mcpServers.s.env=['K=v']"),
+    ({"command": "c", "args": "--root"}, "mcpServers.s.args='--root'"),
+])
+def test_a_malformed_mcp_server_in_a_config_file_exits_2_naming_field_and_file(
+    tmp_path: Path, server: dict[str, object], field: str,
+) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"mcpServers": {"s": server}}))
+    for argv in (["exec", "--config", str(config), "hi"],
+                 ["config", "show", "--config", str(config)]):
+        done = run_cli(*argv, state_dir=tmp_path, env=_xdg(tmp_path))
+        line = _one_error_line(done)
+        assert line.startswith(f"acpx-trio: in {config}: invalid config {field}: "), line
+
+
+def test_a_bad_value_in_the_user_file_names_the_user_file(tmp_path: Path) -> None:
+    user = tmp_path / "xdg" / "acpx-trio" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('timeoutSeconds = "x"\n')
+    line = _one_error_line(run_cli("exec", "hi", state_dir=tmp_path, env=_xdg(tmp_path)))
+    assert line.startswith(f"acpx-trio: in {user}: invalid config timeoutSeconds='x': "), line
+
+
+def test_a_config_cwd_that_is_no_directory_exits_2_like_cwd_option(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    config = tmp_path / "cwd.json"
+    config.write_text(json.dumps({"cwd": str(missing)}))
+    option = _one_error_line(run_cli("exec", "--cwd", str(missing), "hi", state_dir=tmp_path,
+                                     env=_xdg(tmp_path)))
+    assert str(missing) in option
+    line = _one_error_line(run_cli("exec", "--config", str(config), "hi", state_dir=tmp_path,
+                                   env=_xdg(tmp_path)))
+    assert line.startswith(f"acpx-trio: in {config}: invalid config cwd='{missing}': "), line
+    assert "existing directory" in line
+    # --cwd decides the agent's directory: the config's cwd is not used, so not checked
+    done = run_cli("exec", "--config", str(config), "--cwd", str(tmp_path), "hi",
+                   state_dir=tmp_path, env=_xdg(tmp_path))
+    assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
 
 
 def test_config_init_writes_a_private_starter_once(tmp_path: Path) -> None:
@@ -184,3 +241,46 @@ def test_the_starter_file_uncommented_is_valid_config() -> None:
     doc = tomllib.loads("\n".join(lines))
     assert {"permissionMode", "fs", "terminal", "auth", "agents", "mcpServers"} <= set(doc)
     decode_plugin_config(doc)  # raises ConfigError for a bad key or value
+
+
+def test_every_commented_starter_value_is_the_default(tmp_path: Path) -> None:
+    """Each ``# key = value`` of the starter is that key's default (what ``resolve_config``
+    of an empty config gives), unless its comment says "for example" and the key is unset by
+    default; each commented table (``[auth]``, ``[agents.x]``...) is an example of a key
+    whose default is empty."""
+    import re
+    import tomllib
+
+    import msgspec
+
+    from acpx_trio import PluginConfig, resolve_config
+
+    defaults = resolve_config({}, tmp_path)
+    attr = {f.encode_name: f.name for f in msgspec.structs.fields(PluginConfig)}
+    comment: list[str] = []  # the comment lines since the last setting
+    in_table = False
+    checked: list[str] = []
+    for line in STARTER_CONFIG.splitlines():
+        setting = re.fullmatch(r'# ([\w"-]+ = .*|\[[\w.-]+\])', line)
+        if setting is None:
+            comment = [*comment, line] if line.startswith("# ") else []
+            continue
+        example = "for example" in " ".join(comment).lower()
+        comment = []
+        if setting[1].startswith("["):  # a table: an example of an empty-by-default key
+            in_table = True
+            section = setting[1].strip("[]").split(".")[0]
+            assert example, f"{setting[1]} is not marked as an example"
+            assert getattr(defaults, attr[section]) in ({}, ()), section
+            continue
+        if in_table:
+            continue  # a key inside an example table
+        ((key, value),) = tomllib.loads(setting[1]).items()
+        default = getattr(defaults, attr[key])
+        checked.append(key)
+        if example:
+            assert default is None, f"{key}: marked as an example but defaults to {default!r}"
+        else:
+            assert (value, type(value) is bool) == (default, type(default) is bool), (
+                f"starter says {key} = {value!r}; the default is {default!r}")
+    assert {"permissionMode", "timeoutSeconds", "fs", "queueOwnerTtlSeconds"} <= set(checked)

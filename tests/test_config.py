@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from acpx_trio import AcpxConfig, ConfigError, load_config_file, resolve_config
+from acpx_trio import AcpxConfig, ConfigError, PluginConfig, load_config_file, resolve_config
+from acpx_trio._store.config import McpServerEntry
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -125,6 +129,22 @@ def test_absolute_existing_agent_path_with_spaces_is_one_token(tmp_path: Path) -
         ({"mcpServers": {"m": {"command": "c", "args": [2]}}}, "mcpServers.m.args", "strings"),
         ({"mcpServers": {"m": {"command": "c", "env": {"K": 1}}}}, "mcpServers.m.env", "string"),
         ({"mcpServers": {"m": {"command": "c", "env": []}}}, "mcpServers.m.env", "string"),
+        ({"mcpServers": {"m": {"type": "ws", "url": "x"}}}, "mcpServers.m.type", "http, sse"),
+        ({"mcpServers": {"m": {"type": None}}}, "mcpServers.m.type", "stdio, http, sse"),
+        ({"mcpServers": {"m": {"type": "http", "url": 5}}}, "mcpServers.m.url", "URL"),
+        ({"mcpServers": {"m": {"type": "http", "url": "https://h", "headers": [1]}}},
+         "mcpServers.m.headers", "header name"),
+        ({"mcpServers": {"m": {"type": "sse", "url": "https://h", "headers": {"H": 1}}}},
+         "mcpServers.m.headers", "header name"),
+        ({"mcpServers": {"m": {"command": "c", "args": "a"}}}, "mcpServers.m.args", "strings"),
+        ({"mcpServers": {"m": {"command": "c", "env": {"K": None}}}}, "mcpServers.m.env",
+         "string"),
+        ({"mcpServers": {"m": {"command": "c", "url": "https://h"}}}, "mcpServers.m.url",
+         "http and sse"),
+        ({"mcpServers": {"m": {"command": "c", "port": 1}}}, "mcpServers.m.port", "allowed keys"),
+        ({"cwd": "a\x00b"}, "cwd", "usable path"),
+        ({"stateDir": "~no-such-user-here/x"}, "stateDir", "usable path"),
+        ({"codexHome": "x\x00"}, "codexHome", "usable path"),
         ({"commandArgs": ["x"]}, "commandArgs", "unknown config key"),
         ({"permissionmode": "approve-all"}, "permissionmode", "unknown config key"),
     ],
@@ -281,3 +301,63 @@ def test_load_config_file_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_file(tmp_path / "nope.json")
     assert "readable" in str(info.value)
+
+
+# -- properties: whatever JSON a config holds, it resolves or is a ConfigError naming where ----
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+#: JSON values plus ones that fit an MCP server's fields, so some entries resolve
+_mcp_values = _json_values | st.sampled_from(
+    ["stdio", "http", "sse", "ws", "https://mcp.example/x", "mcp-files", "", " ", [], {},
+     ["--root", "."], {"K": "v"}, {"X-Team": "a"}])
+_MCP_KEYS = [f.encode_name for f in msgspec.structs.fields(McpServerEntry)]
+_CONFIG_KEYS = [f.encode_name for f in msgspec.structs.fields(PluginConfig)]
+_VALID_SERVERS: list[dict[str, Any]] = [
+    {"command": "mcp-files", "args": ["--root", "."], "env": {"K": "v"}},
+    {"type": "http", "url": "https://mcp.example/docs", "headers": {"X-Team": "a"}},
+    {"type": "sse", "url": "http://127.0.0.1:9/sse"},
+]
+_workspace = Path(__file__).resolve().parent
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(
+    st.text(max_size=4),
+    _mcp_values | st.dictionaries(st.sampled_from(_MCP_KEYS) | st.text(max_size=4), _mcp_values,
+                                  max_size=5),
+    max_size=3,
+))
+def test_any_mcp_servers_value_resolves_or_is_a_config_error(servers: dict[str, Any]) -> None:
+    try:
+        cfg = resolve_config({"mcpServers": servers}, _workspace)
+    except ConfigError as exc:  # anything else (KeyError, TypeError...) fails the test
+        assert exc.code == "ACPX_CONFIG_INVALID"
+        assert exc.field == "mcpServers" or exc.field.startswith("mcpServers."), exc
+        return
+    assert [s.name for s in cfg.mcp_servers] == list(servers)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_VALID_SERVERS), st.sampled_from(_MCP_KEYS), _mcp_values)
+def test_a_bad_mcp_server_field_is_named(base: dict[str, Any], key: str, value: Any) -> None:
+    """One field of a valid entry set to any JSON value: it resolves, or the ConfigError names
+    a field of that entry by its dotted path (the field itself when its value has the wrong
+    type; another when the combination is wrong: a command on an http server)."""
+    try:
+        resolve_config({"mcpServers": {"s": {**base, key: value}}}, _workspace)
+    except ConfigError as exc:
+        assert exc.field in {f"mcpServers.s.{k}" for k in _MCP_KEYS}, exc
+        assert str(exc).startswith(f"invalid config {exc.field}="), exc
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_CONFIG_KEYS), _json_values)
+def test_any_config_value_resolves_or_is_a_config_error(key: str, value: Any) -> None:
+    try:
+        resolve_config({key: value}, _workspace)
+    except ConfigError as exc:
+        assert exc.field == key or exc.field.startswith(f"{key}."), exc

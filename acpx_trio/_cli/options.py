@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from acpx_trio._errors import AcpxUsageError
-from acpx_trio._store.config_files import ConfigLayers, load_layers
+from acpx_trio._store.config_files import ConfigLayers, check_cwd, load_layers
 from acpx_trio._store.userpaths import resolve_path, state_dir_path
 
 __all__ = [
@@ -104,7 +104,9 @@ def _state_dir(given: str | None) -> Path:
 def resolve_options(ns: argparse.Namespace) -> Options:
     """Global options from parsed arguments.  Blocking (reads the config files): call it
     before the event loop starts.  ``--json`` is ``--format json``; both given and
-    disagreeing is a :class:`UsageError`."""
+    disagreeing is a :class:`UsageError`.  A ``--cwd`` that is not a directory is a
+    :class:`UsageError`; without ``--cwd``, a config file's ``cwd`` that is not one is a
+    :class:`~acpx_trio.ConfigError` naming the file, as is any invalid value in a file."""
     state_dir = _state_dir(getattr(ns, "state_dir", None))
     given = getattr(ns, "cwd", None)
     cwd = resolve_path(Path(given or Path.cwd()),
@@ -112,6 +114,8 @@ def resolve_options(ns: argparse.Namespace) -> Options:
     if not os.path.isdir(cwd):  # False on any OSError (Path.is_dir raises ENAMETOOLONG)
         raise UsageError(f"--cwd {cwd} is not a directory")
     layers = load_layers(cwd, getattr(ns, "config", None))
+    if given is None:  # the agent's working directory is the config's cwd, if it sets one
+        check_cwd(layers, cwd)
     fmt: str = getattr(ns, "format", None) or "text"
     if getattr(ns, "json", False):
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":

@@ -18,7 +18,7 @@ import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -59,6 +59,9 @@ AUTH_POLICIES: tuple[str, ...] = ("skip", "fail")
 #: ``"process-group"``.
 ContainmentMode = Literal["auto", "cgroup", "process-group"]
 CONTAINMENT_MODES: tuple[str, ...] = ("auto", "cgroup", "process-group")
+#: The transport of an MCP server: ``stdio`` (a command the agent starts), ``http`` or ``sse``.
+McpTransport = Literal["stdio", "http", "sse"]
+MCP_TRANSPORTS: tuple[str, ...] = get_args(McpTransport)
 
 # ---------------------------------------------------------------- defaults (the only home)
 #: Deadline for agent start-up, handshake, probe and control calls when ``timeoutSeconds`` is unset.
@@ -106,7 +109,8 @@ _ALLOWED: dict[str, str] = {
     "codexHome": "must be a non-empty string",
     "probeAgent": "must be a non-empty string",
     "agents": "must be an object of agent name -> {command, args}",
-    "mcpServers": "must be an object of name -> {command, args, env}",
+    "mcpServers": "must be an object of name -> {command, args?, env?} (stdio) or "
+                  "{type: http|sse, url, headers?}",
     "permissionMode": "must be one of: " + ", ".join(PERMISSION_MODES),
     "nonInteractivePermissions": "must be one of: " + ", ".join(NON_INTERACTIVE),
     "authPolicy": "must be one of: " + ", ".join(AUTH_POLICIES),
@@ -135,7 +139,7 @@ class McpServerEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``env``), or ``http`` / ``sse`` (``url``, ``headers``; handed only to agents that
     advertise that transport)."""
 
-    type: Literal["stdio", "http", "sse"] = "stdio"
+    type: McpTransport = "stdio"
     command: str | None = None
     args: list[str] = []
     env: dict[str, str] = {}
@@ -258,7 +262,7 @@ class McpServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     command: str = ""
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    type: Literal["stdio", "http", "sse"] = "stdio"
+    type: McpTransport = "stdio"
     url: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -339,11 +343,26 @@ class AcpxConfig(msgspec.Struct, frozen=True, kw_only=True):
 # Each value is converted on its own (``msgspec.convert`` against that field's type), so the
 # field a bad value belongs to is known from the call, never read back out of an error message.
 
-#: What a value of an ``agents.<name>`` / ``mcpServers.<name>`` entry field must be.
-_ENTRY_ALLOWED: dict[str, str] = {
-    "command": "must be a non-empty string",
-    "args": "must be an array of strings",
-    "env": "must be an object of string values",
+#: Per entry Struct, what each of its fields must be (every field: a bad value of any of them
+#: is reported by :func:`_entry_error`, which looks its text up here), and the entry's shape.
+_ENTRY_ALLOWED: dict[type[msgspec.Struct], dict[str, str]] = {
+    AgentEntry: {
+        "command": "must be a non-empty string",
+        "args": "must be an array of strings",
+    },
+    McpServerEntry: {
+        "type": "must be one of: " + ", ".join(MCP_TRANSPORTS),
+        "command": "must be a non-empty string",
+        "args": "must be an array of strings",
+        "env": "must be an object of string values",
+        "url": "must be an http(s):// URL string",
+        "headers": "must be an object of header name -> string value",
+    },
+}
+_ENTRY_SHAPE: dict[str, str] = {
+    "agents": "must be a command string or {command, args?}",
+    "mcpServers": "must be an object {command, args?, env?} (stdio) or "
+                  "{type: http|sse, url, headers?}",
 }
 
 
@@ -381,10 +400,8 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
     """The :class:`ConfigError` for the first bad entry of ``agents``/``mcpServers``, found
     by checking each entry's keys and fields one by one."""
     entry_type = AgentEntry if section == "agents" else McpServerEntry
-    shape = (
-        "must be a command string or {command, args}" if section == "agents"
-        else "must be an object {command, args?, env?}"
-    )
+    allowed_values = _ENTRY_ALLOWED[entry_type]
+    shape = _ENTRY_SHAPE[section]
     fields = _fields(entry_type)
     for name, spec in raw.items():
         if not isinstance(name, str):
@@ -402,13 +419,13 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
         for f in fields:
             if f.encode_name not in spec:
                 if f.required:
-                    return ConfigError(f"{field}.{f.encode_name}", None, _ENTRY_ALLOWED[f.name])
+                    return ConfigError(f"{field}.{f.encode_name}", None, allowed_values[f.name])
                 continue
             try:
                 msgspec.convert(spec[f.encode_name], f.type)
             except msgspec.ValidationError:
                 return ConfigError(
-                    f"{field}.{f.encode_name}", spec[f.encode_name], _ENTRY_ALLOWED[f.name]
+                    f"{field}.{f.encode_name}", spec[f.encode_name], allowed_values[f.name]
                 )
     return ConfigError(section, raw, _ALLOWED[section])
 
@@ -484,7 +501,7 @@ def resolve_config(
 
     def absolute(field: str, value: str) -> str:
         return str(resolve_path(Path(value.strip()), lambda why: ConfigError(
-            field, value, f"the path {why}"), base=workspace))
+            field, value, f"must be a usable path (it {why})"), base=workspace))
 
     cwd = absolute("cwd", plugin.cwd) if plugin.cwd is not None else str(workspace)
     if plugin.state_dir is not None:

@@ -5,8 +5,11 @@ Layers, later over earlier: the user file ``config.toml`` in the platformdirs co
 ``.acpx-trio.toml`` in the working directory, then ``--config FILE``.  Objects (``agents``,
 ``auth``, ``mcpServers``) merge key by key; any other value is replaced whole.  A missing
 user or project file is no error; an unreadable or unparsable one is a
-:class:`~acpx_trio.ConfigError` naming it.  Values are validated later, by the plugin config
-schema, against the merged mapping.
+:class:`~acpx_trio.ConfigError` naming it.  Each file's values are validated by the plugin
+config schema as the file is read, so an invalid value is a :class:`~acpx_trio.ConfigError`
+naming its field and its file (``source``); the merged mapping is valid whenever every file is
+(the schema checks each key, and each entry of ``agents``/``auth``/``mcpServers``, on its
+own), and a run validates it again.
 
 Guarantees: :func:`write_starter` never writes through a symlink and never replaces a file
 unless asked; credentials (``auth`` values, ``mcpServers.*.env`` values) are masked by
@@ -25,7 +28,17 @@ from typing import Any
 import msgspec
 
 from acpx_trio._errors import ConfigError
-from acpx_trio._store.config import decode_plugin_config, load_config_file
+from acpx_trio._store.config import (
+    DEFAULT_AUTH_POLICY,
+    DEFAULT_CONTAINMENT,
+    DEFAULT_CONTROL_TIMEOUT_SECONDS,
+    DEFAULT_NON_INTERACTIVE,
+    DEFAULT_PERMISSION_MODE,
+    DEFAULT_QUEUE_OWNER_TTL_SECONDS,
+    decode_plugin_config,
+    load_config_file,
+    resolve_config,
+)
 
 __all__ = [
     "PROJECT_CONFIG_NAME",
@@ -33,6 +46,7 @@ __all__ = [
     "USER_CONFIG_NAME",
     "ConfigLayers",
     "ConfigSetting",
+    "check_cwd",
     "describe",
     "load_layers",
     "project_config_path",
@@ -46,40 +60,46 @@ PROJECT_CONFIG_NAME = ".acpx-trio.toml"
 _OBJECT_KEYS = frozenset({"agents", "auth", "mcpServers"})
 _MASK = "********"
 
-STARTER_CONFIG = """\
-# acpx-trio configuration (TOML).  Every key is optional; the commented value is the default.
+#: The starter ``config init`` writes.  Every commented ``key = value`` is the key's default
+#: (the ``DEFAULT_*`` constants), except those whose comment says "for example": keys unset by
+#: default, as are the tables at the end (a test checks both against ``resolve_config({})``).
+STARTER_CONFIG = f"""\
+# acpx-trio configuration (TOML).  Every key is optional.  A commented value is the default,
+# except where its comment says "for example" (the key is unset by default).
 # Layers: this user file, then .acpx-trio.toml in the project, then --config FILE.
 # `acpx-trio config show` prints the effective values and where each came from.
 
 # How agent permission requests are answered: approve-all, approve-reads, deny-all.
-# permissionMode = "approve-reads"
+# permissionMode = "{DEFAULT_PERMISSION_MODE}"
 # When a permission would need a person: "fail" (the turn fails) or "deny".
-# nonInteractivePermissions = "fail"
-# Bound of each turn and of agent start-up, in seconds (unset: turns are unbounded).
+# nonInteractivePermissions = "{DEFAULT_NON_INTERACTIVE}"
+# Bound of each turn and of agent start-up, in seconds.  Unset by default: turns are
+# unbounded, start-up and control calls get {DEFAULT_CONTROL_TIMEOUT_SECONDS:g} s.  For example:
 # timeoutSeconds = 600
 # Advertise and serve fs/read_text_file and fs/write_text_file (--no-fs turns it off).
 # fs = true
 # Advertise and serve terminal/* (--no-terminal turns it off).
 # terminal = true
 # What to do when an agent needs auth and no credential is found: "skip" or "fail".
-# authPolicy = "skip"
+# authPolicy = "{DEFAULT_AUTH_POLICY}"
 # How long an idle warm owner (prompt --session) stays up; 0 = forever.
-# queueOwnerTtlSeconds = 300
+# queueOwnerTtlSeconds = {DEFAULT_QUEUE_OWNER_TTL_SECONDS:g}
 # How agents are contained: "auto" (a leaf cgroup each where usable, else the process
 # group), "cgroup" (required: start fails when unusable) or "process-group".
-# containment = "auto"
+# containment = "{DEFAULT_CONTAINMENT}"
 
-# Credentials by auth method id.  Prefer environment variables (see `acpx-trio agents`);
-# a credential written here stays in this file (created 0600).
+# Credentials by auth method id (none by default).  Prefer environment variables (see
+# `acpx-trio agents`); a credential written here stays in this file (created 0600).
+# For example:
 # [auth]
 # "codex-api-key" = "your-api-key"
 
-# Replace a built-in agent or add one.
+# Replace a built-in agent or add one (none by default).  For example:
 # [agents.my-agent]
 # command = "my-agent"
 # args = ["--acp"]
 
-# MCP servers handed to agents in session/new.
+# MCP servers handed to agents in session/new (none by default).  For example:
 # [mcpServers.files]
 # command = "mcp-files"
 # args = []
@@ -125,6 +145,16 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
     return load_config_file(path)
 
 
+def _checked(layer: dict[str, Any], path: Path, cwd: Path) -> dict[str, Any]:
+    """``layer`` (the file ``path``) if the schema accepts it; else its :class:`ConfigError`
+    with ``source`` set to the file."""
+    try:
+        resolve_config(layer, cwd)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, exc.value, exc.allowed, source=str(path)) from None
+    return layer
+
+
 def _merge(raw: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any],
            source: str) -> None:
     for key, value in layer.items():
@@ -145,7 +175,8 @@ def _merge(raw: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any
 def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None) -> ConfigLayers:
     """The user file, the project file in ``cwd`` and ``explicit`` (``--config``), merged.
     Blocking (reads files).  Raises :class:`ConfigError` for a file that exists but cannot
-    be read or parsed, and for a missing ``explicit`` file."""
+    be read or parsed, for a missing ``explicit`` file, and for a file with an invalid value
+    (the error's ``source`` and message name the file)."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     files: list[str] = []
@@ -156,9 +187,22 @@ def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None) -
         layer = _read_optional(path) if optional else load_config_file(path)
         if layer is None:
             continue
-        _merge(raw, sources, layer, str(path))
+        _merge(raw, sources, _checked(layer, path, cwd), str(path))
         files.append(str(path))
     return ConfigLayers(raw=raw, sources=sources, files=tuple(files))
+
+
+def check_cwd(layers: ConfigLayers, workspace: Path) -> None:
+    """The ``cwd`` the config files set (if any), resolved against ``workspace`` as a run
+    resolves it, is an existing directory; else :class:`ConfigError` (field ``cwd``, the
+    configured value, ``source`` the file that set it).  Blocking (checks the disk)."""
+    value = layers.raw.get("cwd")
+    if value is None:
+        return
+    resolved = resolve_config({"cwd": value}, workspace).cwd
+    if not Path(resolved).is_dir():
+        raise ConfigError("cwd", value, f"must be an existing directory ({resolved} is not)",
+                          source=layers.sources.get("cwd"))
 
 
 def describe(layers: ConfigLayers) -> list[ConfigSetting]:
