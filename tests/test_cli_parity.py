@@ -203,6 +203,11 @@ def test_a_config_cwd_that_is_no_directory_exits_2_like_cwd_option(tmp_path: Pat
     done = run_cli("exec", "--config", str(config), "--cwd", str(tmp_path), "hi",
                    state_dir=tmp_path, env=_xdg(tmp_path))
     assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+    # the commands that start no turn there still run (reap above all)
+    for args in (("reap", "--dry-run"), ("leases",), ("sessions",)):
+        other = run_cli("--config", str(config), *args, state_dir=tmp_path,
+                        env=_xdg(tmp_path))
+        assert other.returncode == 0, (args, other.stderr)
 
 
 def test_config_init_writes_a_private_starter_once(tmp_path: Path) -> None:

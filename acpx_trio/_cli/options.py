@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
+#: The commands that run a prompt turn in the agent's working directory.
+TURN_COMMANDS = frozenset({"prompt", "exec"})
 #: ``--format``: ``text`` (default), ``json`` (NDJSON; ``--json``), ``quiet`` (reply only).
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "quiet")
 
@@ -105,8 +107,9 @@ def resolve_options(ns: argparse.Namespace) -> Options:
     """Global options from parsed arguments.  Blocking (reads the config files): call it
     before the event loop starts.  ``--json`` is ``--format json``; both given and
     disagreeing is a :class:`UsageError`.  A ``--cwd`` that is not a directory is a
-    :class:`UsageError`; without ``--cwd``, a config file's ``cwd`` that is not one is a
-    :class:`~acpx_trio.ConfigError` naming the file, as is any invalid value in a file."""
+    :class:`UsageError`; for a turn command without ``--cwd``, a config file's ``cwd`` that
+    is not one is a :class:`~acpx_trio.ConfigError` naming the file (the inspection commands,
+    ``reap`` first, still run), as is any invalid value in a file."""
     state_dir = _state_dir(getattr(ns, "state_dir", None))
     given = getattr(ns, "cwd", None)
     cwd = resolve_path(Path(given or Path.cwd()),
@@ -114,8 +117,8 @@ def resolve_options(ns: argparse.Namespace) -> Options:
     if not os.path.isdir(cwd):  # False on any OSError (Path.is_dir raises ENAMETOOLONG)
         raise UsageError(f"--cwd {cwd} is not a directory")
     layers = load_layers(cwd, getattr(ns, "config", None))
-    if given is None:  # the agent's working directory is the config's cwd, if it sets one
-        check_cwd(layers, cwd)
+    if given is None and getattr(ns, "command", None) in TURN_COMMANDS:
+        check_cwd(layers, cwd)  # their agent's working directory: the config's, if it sets one
     fmt: str = getattr(ns, "format", None) or "text"
     if getattr(ns, "json", False):
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":

@@ -200,7 +200,7 @@ def check_cwd(layers: ConfigLayers, workspace: Path) -> None:
     if value is None:
         return
     resolved = resolve_config({"cwd": value}, workspace).cwd
-    if not Path(resolved).is_dir():
+    if not os.path.isdir(resolved):  # False on any OSError (a name too long, ...)
         raise ConfigError("cwd", value, f"must be an existing directory ({resolved} is not)",
                           source=layers.sources.get("cwd"))
 
