@@ -38,6 +38,7 @@ __all__ = [
     "redact_value",
     "replace_secrets",
     "rpc_error_detail",
+    "text_problem",
 ]
 
 #: Only unmistakable shapes are guessed (issue 23: a guess on ordinary words turned claude's
@@ -305,6 +306,25 @@ def rpc_error_detail(data: Any) -> str | None:
             value = data.get(key)
             if isinstance(value, str) and value.strip():
                 return value.strip()
+    return None
+
+
+def text_problem(value: object, *, nul: bool = True) -> str | None:
+    """Why ``value`` cannot be handed on as text, or ``None`` when it can: not a ``str``; a
+    lone surrogate (UTF-8, hence JSON to an agent and our state files, cannot carry it); with
+    ``nul=False`` (a path or an argv word) a NUL character, which no path or argument holds.
+    The one rule for text arguments: the runtime's public methods, the config and the agent
+    spawn each turn it into their own typed error.  The reason names no value but the
+    offending character and its position (the text may be a credential)."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"cannot be encoded as UTF-8 ({exc.reason}: "
+                f"{exc.object[exc.start:exc.end]!r} at position {exc.start})")
+    if not nul and "\0" in value:
+        return f"must not contain a NUL character (at position {value.index(chr(0))})"
     return None
 
 

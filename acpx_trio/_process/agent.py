@@ -29,7 +29,13 @@ import msgspec
 import trio
 
 from acpx_trio._acp import DEFAULT_MAX_LINE_BYTES, AcpConnection, tap_streams
-from acpx_trio._errors import AcpProtocolError, AgentProcessError, LeaseStoreError, redact
+from acpx_trio._errors import (
+    AcpProtocolError,
+    AgentProcessError,
+    LeaseStoreError,
+    redact,
+    text_problem,
+)
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import remove_empty_leaf
 from acpx_trio._process.owned import (
@@ -65,6 +71,24 @@ EXIT_DRAIN_SECONDS = 0.25
 #: Upper bound of a cleanup beyond the kill grace (lease writes, scans, reaping).
 CLEANUP_EXTRA_SECONDS = 10.0
 _log = logging.getLogger("acpx_trio.agent")
+
+
+def spawn_problem(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> str | None:
+    """Why ``argv`` cannot be started in ``cwd`` with ``env`` whatever is on disk, or ``None``:
+    an argument or the directory that is not text (:func:`~acpx_trio._errors.text_problem`:
+    a lone surrogate our lease cannot record, a NUL no ``exec`` takes), an environment variable
+    whose name is empty or holds ``=`` or a NUL, or whose value holds a NUL (never shown)."""
+    if not argv:
+        return "the command is empty"
+    for i, word in enumerate(argv):
+        if (problem := text_problem(word, nul=False)) is not None:
+            return f"argument {i} {problem}"
+    if (problem := text_problem(cwd, nul=False)) is not None:
+        return f"the working directory {problem}"
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            return f"environment variable {name!r} cannot be passed (a NUL, or a bad name)"
+    return None
 
 
 class AgentSpawn(msgspec.Struct, frozen=True, kw_only=True):
@@ -262,6 +286,11 @@ class AgentProcess:
     async def _spawn(self) -> None:
         # watchdog armed, lease saved before the spawn, tags, own session: see _process.owned
         env = {**os.environ, **self._extra_env}
+        problem = spawn_problem(self.argv, self.cwd, env)
+        if problem is not None:  # refused before a lease is written or anything is started
+            command = " ".join(map(str, self.argv))
+            raise AgentProcessError(f"could not start the agent {command!r} in {self.cwd!r}: "
+                                    f"{problem}", code="ACP_AGENT_SPAWN_FAILED")
         if self._spare_leaves is not None:
             spare = await spawn_spare(
                 self._spare_leaves, self.lease_store, self.argv, env=env, cwd=self.cwd,

@@ -45,6 +45,7 @@ from acpx_trio._runtime.agent_sessions import (
     logout_agent,
 )
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
+from acpx_trio._runtime.arguments import agent_arg, handle_arg, optional_text_arg, text_arg
 from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
@@ -68,25 +69,9 @@ from acpx_trio._store.transcript import known_credentials
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
 
-def _check_prompt_text(text: object) -> None:
-    """Prompt text must be a ``str`` that UTF-8 can carry (no lone surrogate): refused before
-    the first event, so a bad prompt never reaches the agent's pipe and the session lives."""
-    if not isinstance(text, str):
-        raise AcpRuntimeError(
-            "ACP_INVALID_RUNTIME_OPTION", f"prompt text must be a str, not {type(text).__name__}"
-        )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise AcpRuntimeError(
-            "ACP_INVALID_RUNTIME_OPTION",
-            f"prompt text cannot be sent: {exc.reason} ({exc.object[exc.start:exc.end]!r} at "
-            f"position {exc.start})",
-        ) from None
-
-
 def checked_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``meta`` as a JSON object (a copy), or ``ACP_INVALID_RUNTIME_OPTION``."""
+    """``meta`` as a JSON object (a copy), or ``ACP_INVALID_RUNTIME_OPTION`` (also for one
+    nested too deeply to encode)."""
     if meta is None:
         return None
     try:
@@ -94,7 +79,7 @@ def checked_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
             raise TypeError("keys must be strings")
         obj = dict(meta)
         msgspec.json.encode(obj)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
                               f"meta must be a JSON object: {exc}") from exc
     return obj
@@ -170,6 +155,9 @@ class AcpxRuntime:
             raise AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
 
     def _live(self, handle: AcpRuntimeHandle) -> LiveSession | None:
+        """The live session ``handle`` names, or ``None``; ``ACP_INVALID_RUNTIME_OPTION`` for
+        a handle that is not one (every method taking a handle comes here first)."""
+        handle = handle_arg(handle)
         session = self._sessions.get(handle.session_key)
         if session is None or session.backend_session_id != handle.backend_session_id:
             return None
@@ -221,10 +209,14 @@ class AcpxRuntime:
         starts a new agent and loads the recorded (or ``resume_session_id``) ACP session when
         the agent supports it — falling back to a new session only if the agent says it does
         not know it — or creates a new one.  On any failure nothing keeps running.
-        Raises ``ACP_SESSION_INIT_FAILED``, ``ACP_INVALID_RUNTIME_OPTION``,
+        Raises ``ACP_SESSION_INIT_FAILED`` (an empty key or agent, a cwd that is no directory),
+        ``ACP_INVALID_RUNTIME_OPTION`` (an unknown mode, or an argument that is not text: not
+        a str, a lone surrogate UTF-8 cannot carry, a NUL in ``cwd``; nothing is started),
         ``ACP_AGENT_UNKNOWN``, ``ACP_AGENT_SPAWN_FAILED`` or ``ACP_BACKEND_UNAVAILABLE``."""
         self._check_open()
         key = validate_ensure_args(session_key, agent, mode)
+        cwd = optional_text_arg("cwd", cwd, path=True)
+        resume_session_id = optional_text_arg("resume_session_id", resume_session_id)
         spec = self.agents.resolve(agent)
         resolved = await trio.to_thread.run_sync(resolve_dir, self.config.cwd, cwd)
         if resolved is None:
@@ -275,8 +267,10 @@ class AcpxRuntime:
 
     async def prepare_fresh_session(self, *, session_key: str) -> None:
         """Make the next :meth:`ensure_session` of this key start a new ACP session, even after
-        a restart (persisted in the session record)."""
+        a restart (persisted in the session record).  ``ACP_INVALID_RUNTIME_OPTION`` for a
+        key that is not text (not a str, or a lone surrogate UTF-8 cannot carry)."""
         self._check_open()
+        session_key = text_arg("session_key", session_key)
         live = self._sessions.get(session_key)
         if live is not None:
             live.fresh_requested = True
@@ -291,8 +285,12 @@ class AcpxRuntime:
     ) -> None:
         """Kill the session's agent tree (lease closed) and mark its record closed; with
         ``discard_persistent_state`` the next ensure starts a new ACP session.  A running turn
-        ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent."""
+        ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent.
+        ``ACP_INVALID_RUNTIME_OPTION`` for a handle that is not one or a reason that is not
+        text."""
         self._check_open()
+        session = self._live(handle)
+        reason = text_arg("reason", reason)
 
         async def mark_record() -> None:
             # one locked read-modify-write (one hop), not a load then a save
@@ -300,7 +298,6 @@ class AcpxRuntime:
                 handle.session_key, discard=discard_persistent_state
             )
 
-        session = self._live(handle)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(mark_record)
@@ -338,10 +335,11 @@ class AcpxRuntime:
         first event: a closed runtime (``ACP_BACKEND_UNAVAILABLE``), a handle whose session is
         not running (closed, replaced or its agent died: ``ACP_SESSION_NOT_FOUND``, retryable
         after ``ensure_session``), or a bad argument (``ACP_INVALID_RUNTIME_OPTION``: an unknown
-        ``mode``, or ``text`` that UTF-8 cannot carry, e.g. a lone surrogate; the session is
+        ``mode``, a handle that is not one, ``text`` or ``request_id`` that is not text, e.g. a
+        lone surrogate UTF-8 cannot carry, ``meta`` that is no JSON object; the session is
         untouched and the next prompt on it works).  ``meta`` is sent as the prompt's
         ``_meta`` (e.g. ``{"traceparent": ...}``); it must be a JSON object."""
-        session = await self._turn_session(handle, mode, text)
+        session = await self._turn_session(handle, mode, text, request_id)
         async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
             async for batch in batches:
                 for event in batch:
@@ -361,12 +359,13 @@ class AcpxRuntime:
         the last step, in wire order); the last list ends with the final event.  Same errors,
         cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
         one await per read batch instead of one per event."""
-        session = await self._turn_session(handle, mode, text)
+        session = await self._turn_session(handle, mode, text, request_id)
         async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
             async for batch in batches:
                 yield batch
 
-    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str, text: str) -> LiveSession:
+    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str, text: str,
+                            request_id: str | None) -> LiveSession:
         """The live session a turn call may run on; raises the call's errors (see
         :meth:`run_turn`) before any event."""
         await trio.lowlevel.checkpoint()
@@ -376,7 +375,8 @@ class AcpxRuntime:
                 "ACP_INVALID_RUNTIME_OPTION",
                 f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
             )
-        _check_prompt_text(text)
+        text_arg("text", text)
+        optional_text_arg("request_id", request_id)
         return self._require_live(handle)
 
     def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,
@@ -398,10 +398,13 @@ class AcpxRuntime:
         """Cancel the running turn: ``session/cancel`` is sent and permission requests are
         answered ``cancelled``; the turn ends with ``DoneEvent(stop_reason="cancelled")``.  If
         the agent does not answer within :data:`CANCEL_WAIT_SECONDS` its tree is killed (the
-        next ensure replaces it).  Returns without waiting for the turn; no-op when idle."""
+        next ensure replaces it).  Returns without waiting for the turn; no-op when idle.
+        ``ACP_INVALID_RUNTIME_OPTION`` for a handle that is not one or a reason that is not
+        text."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
+        reason = optional_text_arg("reason", reason)
         if session is None or session.turn is None:
             return
         self.log.debug("cancelling turn of %s (%s)", handle.session_key, reason or "no reason")
@@ -412,7 +415,9 @@ class AcpxRuntime:
     async def get_capabilities(
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
-        """Controls the session supports (all of them when no handle is given)."""
+        """Controls the session supports (all of them when no handle is given); errors as
+        :meth:`set_mode` for a handle (``ACP_SESSION_NOT_FOUND``, ``ACP_INVALID_RUNTIME_OPTION``
+        for a handle that is not one)."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         if handle is None:
@@ -425,7 +430,8 @@ class AcpxRuntime:
         """What is known about the session now; ``alive=False`` when it is not running.
         ``usage``: the agent tree's CPU seconds (and memory and process count where those
         cgroup controllers are delegated) from its leaf cgroup; a measure that is not
-        available says why, never a made-up zero."""
+        available says why, never a made-up zero.  ``ACP_INVALID_RUNTIME_OPTION`` for a handle
+        that is not one."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         session = self._live(handle)
@@ -440,8 +446,11 @@ class AcpxRuntime:
 
     async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
         """``session/set_mode``; raises ``ACP_INVALID_RUNTIME_OPTION`` for a mode the agent
-        rejects, ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
+        rejects or that is not text (not a str, a lone surrogate UTF-8 cannot carry) and for a
+        handle that is not one, ``ACP_SESSION_NOT_FOUND`` for a session that is not running,
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
         session = self._require_live(handle)
+        mode = text_arg("mode", mode)
         await control_request(
             session, "session/set_mode", set_mode_params(session, mode), self.config
         )
@@ -452,8 +461,12 @@ class AcpxRuntime:
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
         """``session/set_config_option`` (errors as :meth:`set_mode`); a key or value the agent
-        did not advertise: ``ACP_INVALID_RUNTIME_OPTION`` naming the choices."""
+        did not advertise, or that is not text (a value may also be a bool):
+        ``ACP_INVALID_RUNTIME_OPTION`` naming the choices or the argument."""
         session = self._require_live(handle)
+        key = text_arg("key", key)
+        if not isinstance(value, bool):
+            value = text_arg("value", value)
         value = checked_config_value(session.config_options, key, value)
         await control_request(
             session, "session/set_config_option", set_config_params(session, key, value),
@@ -466,6 +479,7 @@ class AcpxRuntime:
         :meth:`set_config_option` (an unknown model names the choices),
         ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent offers no models."""
         session = self._require_live(handle)
+        model = text_arg("model", model)
         option = model_option(session.config_options)
         if option is not None:
             await self.set_config_option(handle=handle, key=option.id, value=model)
@@ -482,9 +496,12 @@ class AcpxRuntime:
     async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
         """The agent's own sessions (``session/list``, all pages; the agent is started for the
         call, authenticated as for a session, and stopped); ``ACP_BACKEND_UNSUPPORTED_CONTROL``
-        when not advertised, ``ACP_AUTH_REQUIRED`` when the agent refuses our credential."""
+        when not advertised, ``ACP_AUTH_REQUIRED`` when the agent refuses our credential,
+        ``ACP_INVALID_RUNTIME_OPTION`` for an agent or cwd that is not text (not a str, a lone
+        surrogate UTF-8 cannot carry, a NUL in ``cwd``)."""
         self._check_open()
-        return await list_agent_sessions(self._factory, normalize_agent_name(agent), cwd)
+        name, cwd = agent_arg(agent), optional_text_arg("cwd", cwd, path=True)
+        return await list_agent_sessions(self._factory, name, cwd)
 
     def set_elicitation_handler(self, handler: ElicitationHandler | None) -> None:
         """Answer agents' ``elicitation/create`` with ``handler`` (an async function taking an
@@ -501,19 +518,22 @@ class AcpxRuntime:
     async def delete_session(self, *, agent: str, session_id: str) -> None:
         """``session/delete`` of the agent's own session ``session_id`` (it no longer appears
         in :meth:`list_sessions`; an unknown id is deleted silently); the agent is started for
-        the call and stopped.  ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        the call and stopped.  ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised;
+        ``ACP_INVALID_RUNTIME_OPTION`` for an agent or id that is not text or an empty id."""
         self._check_open()
-        if not isinstance(session_id, str) or not session_id.strip():
+        name = agent_arg(agent)
+        if not text_arg("session_id", session_id).strip():
             raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
                                   "session_id must be a non-empty string")
-        await delete_agent_session(self._factory, normalize_agent_name(agent), session_id)
+        await delete_agent_session(self._factory, name, session_id)
 
     async def logout(self, *, agent: str) -> None:
         """``logout`` at the agent: it ends its authenticated state (its next session needs
         credentials again); the agent is started for the call and stopped.
-        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised."""
+        ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when not advertised, ``ACP_INVALID_RUNTIME_OPTION``
+        for an agent name that is not text."""
         self._check_open()
-        await logout_agent(self._factory, normalize_agent_name(agent))
+        await logout_agent(self._factory, agent_arg(agent))
 
     # ------------------------------------------------------------------ health
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-from acpx_trio._errors import MIN_SECRET_LENGTH, AcpxUsageError, ConfigError
+from acpx_trio._errors import MIN_SECRET_LENGTH, AcpxUsageError, ConfigError, text_problem
 from acpx_trio._store import caps
 from acpx_trio._store.userpaths import resolve_path, resolve_state_dir
 
@@ -168,6 +168,14 @@ def _check_nonempty(field: str, value: str | None) -> None:
         raise ConfigError(field, value, "must be a non-empty string")
 
 
+def _check_argv(field: str, value: str | list[str] | tuple[()]) -> None:
+    """An agent's command or args as an ``exec`` takes them and a lease records them: UTF-8
+    text (no lone surrogate) without NUL (the rule of :func:`~acpx_trio._errors.text_problem`)."""
+    for word in [value] if isinstance(value, str) else value:
+        if (problem := text_problem(word, nul=False)) is not None:
+            raise ConfigError(field, value, f"every word {problem}")
+
+
 def _check_number(field: str, value: float) -> None:
     low, strict, high = _BOUNDS[field]
     if not math.isfinite(value) or value < low or (strict and value <= low) or value > high:
@@ -241,6 +249,8 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
                 raise ConfigError(field, name, "agent names must be non-empty")
             command = spec if isinstance(spec, str) else spec.command
             _check_nonempty(f"{field}.command", command)
+            _check_argv(f"{field}.command", command)
+            _check_argv(f"{field}.args", () if isinstance(spec, str) else spec.args)
         for name, server in self.mcp_servers.items():
             _check_mcp_server(name, server)
         for method, credential in self.auth.items():

@@ -1,0 +1,54 @@
+"""The argument checks at the runtime's public boundary, in one place.
+
+Every public method of :class:`~acpx_trio.AcpxRuntime` checks its arguments here before
+anything is started, read, written or sent: a text argument (a session key, an agent name, a
+cwd, a mode, a config key or value, an id) must be a ``str`` that UTF-8 can carry (no lone
+surrogate: it goes to the agent as JSON and into our state files) and, where it becomes a path,
+hold no NUL; a handle must be an :class:`~acpx_trio.AcpRuntimeHandle` whose session key and
+session id are such text.  Otherwise :class:`AcpRuntimeError` ``ACP_INVALID_RUNTIME_OPTION``
+naming the argument (the rule itself is :func:`acpx_trio._errors.text_problem`)."""
+
+from __future__ import annotations
+
+from acpx_trio._errors import AcpRuntimeError, text_problem
+from acpx_trio._events import AcpRuntimeHandle
+from acpx_trio._runtime.agents import normalize_agent_name
+
+__all__ = ["agent_arg", "handle_arg", "optional_text_arg", "text_arg"]
+
+#: The code of every argument refused here.
+INVALID = "ACP_INVALID_RUNTIME_OPTION"
+
+
+def text_arg(name: str, value: object, *, path: bool = False) -> str:
+    """``value`` if it is text (see the module docstring; ``path``: no NUL either), else
+    ``ACP_INVALID_RUNTIME_OPTION`` naming ``name``."""
+    problem = text_problem(value, nul=not path)
+    if problem is not None or not isinstance(value, str):  # (the second: for the type checker)
+        raise AcpRuntimeError(INVALID, f"{name} {problem}")
+    return value
+
+
+def optional_text_arg(name: str, value: object, *, path: bool = False) -> str | None:
+    """:func:`text_arg`, with ``None`` let through (the argument's default)."""
+    return None if value is None else text_arg(name, value, path=path)
+
+
+def agent_arg(value: object) -> str:
+    """An agent name as text, trimmed and lower-cased (an unknown one is the registry's
+    ``ACP_AGENT_UNKNOWN``)."""
+    return normalize_agent_name(text_arg("agent", value))
+
+
+def handle_arg(handle: object) -> AcpRuntimeHandle:
+    """``handle`` if it is a handle :meth:`~acpx_trio.AcpxRuntime.ensure_session` could have
+    returned (an :class:`AcpRuntimeHandle` whose ``session_key`` and ``backend_session_id``
+    are text); ``ACP_INVALID_RUNTIME_OPTION`` otherwise (``None``, a dict, a handle rebuilt
+    with a number for its key)."""
+    if not isinstance(handle, AcpRuntimeHandle):
+        raise AcpRuntimeError(
+            INVALID, "handle must be an AcpRuntimeHandle returned by ensure_session, not "
+            f"{type(handle).__name__}")
+    text_arg("handle.session_key", handle.session_key)
+    text_arg("handle.backend_session_id", handle.backend_session_id)
+    return handle
