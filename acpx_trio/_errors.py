@@ -328,9 +328,18 @@ def text_problem(value: object, *, nul: bool = True) -> str | None:
     return None
 
 
+class _ValueRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # past the digit limit of int -> str (sys.get_int_max_str_digits)
+            return f"<int of {x.bit_length()} bits>"
+
+
 #: Values shown in error messages: bounded in depth and length, so a hostile or huge value
-#: (a config nested 100,000 levels deep) gives a short message, never a RecursionError.
-_VALUE_REPR = reprlib.Repr()
+#: (a config nested 100,000 levels deep, an int of 5,000 digits) gives a short message, never
+#: a RecursionError or ValueError.
+_VALUE_REPR = _ValueRepr()
 _VALUE_REPR.maxlevel = 4
 _VALUE_REPR.maxstring = _VALUE_REPR.maxother = 160
 

@@ -70,6 +70,7 @@ WRONG_SHAPES: list[bytes] = [
     b'{"version":true,"leases":[]}', b'{"leases":[]}', b'{"version":1,"leases":[]', b"\x00" * 64,
     b"\xef\xbb\xbf{\"version\":1,\"leases\":[]}", b'{"version":1,"leases":[],"version":2}',
     b"[" * 100_000 + b"]" * 100_000,
+    b'{"version":1,"leases":[' + b"[" * 100_000 + b"]" * 100_000 + b"]}",  # past msgspec's depth
     "{\"version\":1,\"leases\":[],\"x\":\"\udcff\"}".encode("utf-8", "surrogatepass"),
     b'{"version":1,"leases":[{"leaseId":"\x91"}]}', b'{"version":"\x91","leases":[]}',
 ]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acpx_trio import AcpxConfig, ConfigError, PluginConfig, load_config_file, resolve_config
-from acpx_trio._store.config import McpServerEntry
+from acpx_trio._store.config import AgentEntry, McpServerEntry
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -304,8 +304,12 @@ def test_load_config_file_missing(tmp_path: Path) -> None:
 
 
 # -- properties: whatever JSON a config holds, it resolves or is a ConfigError naming where ----
+#: integers of any size: a huge one must be a ConfigError, never an OverflowError (made a
+#: float).  (Past 4,300 digits, which hypothesis cannot print: test_huge_ints_are_config_errors.)
+_integers = st.integers() | st.integers(-(10**400), 10**400) | st.sampled_from(
+    [2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**308, 10**309, 10**400, -(10**400)])
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    st.none() | st.booleans() | _integers | st.floats() | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                 max_size=3),
     max_leaves=8,
@@ -354,10 +358,99 @@ def test_a_bad_mcp_server_field_is_named(base: dict[str, Any], key: str, value: 
         assert str(exc).startswith(f"invalid config {exc.field}="), exc
 
 
+_ATTRS = {f.encode_name: f.name for f in msgspec.structs.fields(PluginConfig)}
+_RESOLVED_ATTRS = {f.name for f in msgspec.structs.fields(AcpxConfig)}
+_NUMBER_KEYS = [f.encode_name for f in msgspec.structs.fields(PluginConfig)
+                if f.type in (int, float, float | None)]
+
+
+def _resolves_or_names(key: str, build: Any) -> None:
+    """``build()`` returns, or raises a ConfigError naming ``key`` (anything else fails)."""
+    try:
+        build()
+    except ConfigError as exc:
+        assert exc.code == "ACPX_CONFIG_INVALID"
+        assert exc.field == key or exc.field.startswith(f"{key}."), exc
+        assert str(exc).startswith(f"invalid config {exc.field}="), exc
+
+
+def _every_way(key: str, value: Any) -> None:
+    """``value`` under ``key`` through resolve_config, PluginConfig(...) (built directly: a
+    public name) and AcpxConfig(...) (the fields it shares)."""
+    attr = _ATTRS[key]
+    _resolves_or_names(key, lambda: resolve_config({key: value}, _workspace))
+    _resolves_or_names(key, lambda: PluginConfig(**{attr: value}))
+    if attr in _RESOLVED_ATTRS and attr not in ("cwd", "state_dir"):
+        _resolves_or_names(key, lambda: AcpxConfig(cwd="/", state_dir="/s", **{attr: value}))
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_CONFIG_KEYS), _json_values)
 def test_any_config_value_resolves_or_is_a_config_error(key: str, value: Any) -> None:
-    try:
-        resolve_config({key: value}, _workspace)
-    except ConfigError as exc:
-        assert exc.field == key or exc.field.startswith(f"{key}."), exc
+    _every_way(key, value)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_NUMBER_KEYS),
+       _integers | st.floats() | st.booleans() | st.none() | _json_values)
+def test_any_number_in_a_numeric_key_resolves_or_is_a_config_error(key: str, value: Any) -> None:
+    _every_way(key, value)
+
+
+def test_numeric_keys_are_all_covered() -> None:
+    assert {"timeoutSeconds", "transcriptMaxBytes", "transcriptKeep",
+            "killGraceSeconds", "ownerFrameMaxBytes"} <= set(_NUMBER_KEYS)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["e400", "-e400", "e5000"])
+@pytest.mark.parametrize("key", ["transcriptMaxBytes", "transcriptKeep", "killGraceSeconds",
+                                 "timeoutSeconds", "ownerQueueMaxBytes"])
+def test_huge_ints_are_config_errors(key: str, value: int) -> None:
+    kwargs: dict[str, Any] = {_ATTRS[key]: value}
+    for build in (lambda: resolve_config({key: value}, _workspace),
+                  lambda: PluginConfig(**kwargs),
+                  lambda: AcpxConfig(cwd="/", state_dir="/s", **kwargs)):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.field == key
+
+
+@pytest.mark.parametrize("raw", [{1: 0, "1": 0}, {"1": 0, 1: 0}, {10**5000: 0}, {(1,): 0}],
+                         ids=["int-str", "str-int", "huge", "tuple"])
+def test_unknown_keys_of_any_type_are_config_errors(raw: dict[Any, Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config(raw, _workspace)
+    assert "unknown config key" in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"cwd": {}}, "cwd"),
+    ({"state_dir": 5}, "stateDir"),
+    ({"timeout_seconds": []}, "timeoutSeconds"),
+    ({"transcript_keep": True}, "transcriptKeep"),
+    ({"transcript": "yes"}, "transcript"),
+    ({"permission_mode": "bogus"}, "permissionMode"),
+    ({"agents": {"a": {}}}, "agents.a.command"),
+    ({"agents": {"a": {"command": 5}}}, "agents.a.command"),
+    ({"agents": {"a": 5}}, "agents.a"),
+    ({"agents": []}, "agents"),
+    ({"mcp_servers": {"s": {"type": "ws"}}}, "mcpServers.s.type"),
+    ({"auth": {"m": False}}, "auth"),
+    ({"auth": None}, "auth"),
+])
+def test_plugin_config_built_directly_checks_types(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PluginConfig(**kwargs)
+    assert info.value.field == field
+
+
+def test_plugin_config_built_directly_converts_entries() -> None:
+    given: dict[str, Any] = {"agents": {"a": {"command": "run me"}, "b": "x"},
+                             "mcp_servers": {"s": {"command": "m"}}, "kill_grace_seconds": 1}
+    plugin = PluginConfig(**given)
+    assert plugin.agents["a"] == AgentEntry(command="run me") and plugin.agents["b"] == "x"
+    assert plugin.mcp_servers["s"] == McpServerEntry(command="m")
+    assert plugin.kill_grace_seconds == 1.0 and isinstance(plugin.kill_grace_seconds, float)
+    agents: Any = {"a": ["x", "y"]}
+    resolved = AcpxConfig(cwd="/", state_dir="/s", agents=agents)
+    assert resolved.agents == {"a": ("x", "y")}

@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 
 from acpx_trio._errors import AcpxError
-from acpx_trio._store.fsio import FILE_MODE, atomic_write_bytes
+from acpx_trio._store.fsio import FILE_MODE, StateDecoder, atomic_write_bytes
 
 __all__ = [
     "OwnerFileError",
@@ -87,6 +87,9 @@ class OwnerInfo(msgspec.Struct, kw_only=True, frozen=True):
     version: int = 1
 
 
+_info_decoder = StateDecoder(OwnerInfo)  # nested too deeply: DecodeError, read as absent
+
+
 def write_owner_info(paths: OwnerPaths) -> OwnerInfo:
     """Record this process as the owner (blocking)."""
     import psutil  # the owner's side only: a client never loads it through this module
@@ -112,8 +115,8 @@ def read_owner_info(paths: OwnerPaths) -> OwnerInfo | None:
     finally:
         os.close(fd)
     try:
-        return msgspec.json.decode(data, type=OwnerInfo)
-    except msgspec.DecodeError:
+        return _info_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

@@ -177,8 +177,13 @@ def _check_argv(field: str, value: str | list[str] | tuple[()]) -> None:
 
 
 def _check_number(field: str, value: float) -> None:
+    """``value`` (an ``int`` or ``float``, types checked before) within the bounds of
+    ``field``.  An ``int`` is compared as it is (exactly, whatever its size): never made a
+    ``float``, which overflows past about 1e308."""
     low, strict, high = _BOUNDS[field]
-    if not math.isfinite(value) or value < low or (strict and value <= low) or value > high:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, value, _number_allowed(field))
+    if value < low or (strict and value <= low) or value > high:
         raise ConfigError(field, value, _number_allowed(field))
 
 
@@ -239,6 +244,11 @@ class PluginConfig(msgspec.Struct, rename="camel", forbid_unknown_fields=True, k
     terminal_output_max_bytes: int = caps.DEFAULT_TERMINAL_OUTPUT_MAX_BYTES
 
     def __post_init__(self) -> None:
+        """Built directly (it is public), a value of the wrong type (``cwd={}``,
+        ``timeout_seconds=[]``, ``agents={"a": {}}``) raises :class:`ConfigError` naming the
+        camelCase field, as decoding it would; an ``agents``/``mcpServers`` entry given as
+        an object becomes its entry Struct."""
+        _check_types(self)
         _check_nonempty("cwd", self.cwd)
         _check_nonempty("stateDir", self.state_dir)
         _check_nonempty("codexHome", self.codex_home)
@@ -394,16 +404,17 @@ def _shown(key: str, value: Any) -> Any:
     return {m: "<redacted>" for m in value} if isinstance(value, Mapping) else "<redacted>"
 
 
-def _converted(key: str, value: Any, type_: Any) -> Any:
+def _converted(key: str, value: Any, type_: Any, *, entries: bool = True) -> Any:
     """``value`` converted to the type of config key ``key``; :class:`ConfigError` naming the
-    key (or the entry and field inside ``agents``/``mcpServers``) otherwise."""
+    key (or, with ``entries``, the entry and field inside ``agents``/``mcpServers`` as the
+    plugin config has them) otherwise."""
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError:
         pass
-    if key in ("agents", "mcpServers") and isinstance(value, Mapping):
+    if entries and key in ("agents", "mcpServers") and isinstance(value, Mapping):
         raise _entry_error(key, value)
-    raise ConfigError(key, _shown(key, value), _ALLOWED[key])
+    raise ConfigError(key, _shown(key, value), _ALLOWED.get(key, f"must be of type {type_}"))
 
 
 def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
@@ -417,7 +428,7 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
         if not isinstance(name, str):
             break
         field = f"{section}.{name}"
-        if section == "agents" and isinstance(spec, str):
+        if (section == "agents" and isinstance(spec, str)) or isinstance(spec, entry_type):
             continue
         if not isinstance(spec, Mapping):
             return ConfigError(field, spec, shape)
@@ -440,16 +451,28 @@ def _entry_error(section: str, raw: Mapping[Any, Any]) -> ConfigError:
     return ConfigError(section, raw, _ALLOWED[section])
 
 
-def _check_types(config: AcpxConfig) -> None:
-    """Every field of a directly built :class:`AcpxConfig` has its declared type."""
-    for f in _fields(AcpxConfig):
+def _check_types(config: PluginConfig | AcpxConfig) -> None:
+    """Every field of a directly built config has its declared type (msgspec checks none of
+    them in a constructor): each value is converted against its field's annotation, as
+    decoding would, and kept as converted (an entry object becomes its Struct, a list a
+    tuple); :class:`ConfigError` naming the camelCase field otherwise (the entry's field
+    inside a :class:`PluginConfig`'s ``agents``/``mcpServers``)."""
+    entries = isinstance(config, PluginConfig)
+    for f in _fields(type(config)):
         value = getattr(config, f.name)
-        try:
-            msgspec.convert(value, f.type)
-        except msgspec.ValidationError:
-            key = _config_key(f.name)
-            allowed = _ALLOWED.get(key, f"must be of type {f.type}")
-            raise ConfigError(key, _shown(key, value), allowed) from None
+        converted = _converted(_config_key(f.name), value, f.type, entries=entries)
+        if converted is not value:
+            msgspec.structs.force_setattr(config, f.name, converted)
+
+
+def _key_name(key: object) -> str:
+    """A config key as an error names it (a key that is no string: its text, if it has one)."""
+    if isinstance(key, str):
+        return key
+    try:
+        return str(key)
+    except Exception:  # an int past the digit limit of str(), a hostile __str__
+        return f"<{type(key).__name__} key>"
 
 
 def decode_plugin_config(raw: Mapping[str, Any] | None) -> PluginConfig:
@@ -461,9 +484,10 @@ def decode_plugin_config(raw: Mapping[str, Any] | None) -> PluginConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("<root>", raw, "plugin config must be an object")
     by_key = {f.encode_name: f for f in _fields(PluginConfig)}
-    unknown = sorted((str(k), k) for k in raw if k not in by_key)
+    # the first unknown key by name; keys of other types may share one (1 and "1")
+    unknown = [(_key_name(k), type(k).__name__, k) for k in raw if k not in by_key]
     if unknown:
-        shown, key = unknown[0]
+        shown, _, key = min(unknown, key=lambda u: u[:2])
         raise ConfigError(shown, raw[key], "unknown config key; allowed: " + ", ".join(by_key))
     values = {
         by_key[key].name: _converted(key, value, by_key[key].type)

@@ -15,6 +15,9 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Generic, TypeVar
+
+import msgspec
 
 from acpx_trio._errors import StateFileError
 
@@ -22,6 +25,7 @@ __all__ = [
     "GATEWAY_ID_MAX_BYTES",
     "LEASE_FILE_MAX_BYTES",
     "SESSION_FILE_MAX_BYTES",
+    "StateDecoder",
     "atomic_write_bytes",
     "atomic_write_many",
     "check_ancestors",
@@ -324,6 +328,32 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+_T = TypeVar("_T")
+
+
+class StateDecoder(Generic[_T]):
+    """A JSON decoder of ``type_`` for bytes read from a state file (the lease file and its
+    change log, session records, transcripts, ``owner.json``): untrusted bytes, which any
+    process of the user, a crash or a disk error may have written.
+
+    :meth:`decode` raises ``msgspec.DecodeError`` for every undecodable input, also for one
+    nested deeper than msgspec's recursion limit (msgspec itself raises ``RecursionError``
+    there: ``{"x": [[[...]]]}`` 100,000 levels deep), so each store's one way of handling a
+    garbage file (skip it, quarantine it) covers nesting too.  Bad UTF-8 inside a string
+    still raises ``UnicodeDecodeError``, as from msgspec."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, type_: type[_T]) -> None:
+        self._decoder = msgspec.json.Decoder(type_)
+
+    def decode(self, data: bytes | msgspec.Raw) -> _T:
+        try:
+            return self._decoder.decode(data)
+        except RecursionError:
+            raise msgspec.DecodeError("JSON nested too deeply") from None
 
 
 def unusable_dir(path: Path, exc: OSError) -> StateFileError:

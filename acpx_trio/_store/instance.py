@@ -24,6 +24,7 @@ from acpx_trio._store.fsio import (
     FILE_MODE,
     GATEWAY_ID_MAX_BYTES,
     LEASE_FILE_MAX_BYTES,
+    StateDecoder,
     atomic_write_bytes,
     ensure_private_dir,
     read_private_file,
@@ -51,17 +52,21 @@ class _AnyLeaseFile(msgspec.Struct):
     leases: list[msgspec.Raw] = []
 
 
+_file_decoder = StateDecoder(_AnyLeaseFile)
+_lease_decoder = StateDecoder(_AnyLease)
+
+
 def _gateway_ids_in_lease_files(state_dir: Path) -> set[str]:
     ids: set[str] = set()
     for path in (state_dir / "acpx" / LEASE_FILE_NAME, state_dir / LEASE_FILE_NAME):
         try:
             data = read_private_file(path, LEASE_FILE_MAX_BYTES)
-            doc = msgspec.json.decode(data, type=_AnyLeaseFile)
+            doc = _file_decoder.decode(data)
         except (OSError, StateFileError, msgspec.DecodeError, UnicodeDecodeError):
             continue
         for raw in doc.leases:
             with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
-                ids.add(msgspec.json.decode(raw, type=_AnyLease).gateway_instance_id.strip())
+                ids.add(_lease_decoder.decode(raw).gateway_instance_id.strip())
     return {i for i in ids if _VALID_ID.match(i)}
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import msgspec
 
+from acpx_trio._store.fsio import StateDecoder
+
 __all__ = ["LOG_MAX_BYTES", "ChangeRecord", "Fingerprint", "append_change", "read_changes"]
 
 #: Restart the log (truncate) before an append once it is larger than this.
@@ -46,7 +48,7 @@ class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ChangeRecord)
+_decoder = StateDecoder(ChangeRecord)  # a line nested too deeply: DecodeError, skipped
 _FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -103,6 +105,6 @@ def read_changes(path: Path, offset: int) -> tuple[list[ChangeRecord], int]:
     for line in data[:end].splitlines():
         try:
             records.append(_decoder.decode(line))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             continue
     return records, offset + end

@@ -42,6 +42,7 @@ from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     LEASE_FILE_MAX_BYTES,
+    StateDecoder,
     atomic_write_bytes,
     ensure_private_dir,
     quarantine,
@@ -211,9 +212,11 @@ class _LeaseFileTyped(msgspec.Struct, tag_field="version", tag=1):
     leases: list[ProcessLease] = []
 
 
-_file_decoder = msgspec.json.Decoder(_LeaseFileV1)
-_typed_file_decoder = msgspec.json.Decoder(_LeaseFileTyped)
-_lease_decoder = msgspec.json.Decoder(ProcessLease)
+# The lease file's bytes are untrusted: StateDecoder raises DecodeError for any undecodable
+# input, nesting past msgspec's limit included (see decode_lease_file).
+_file_decoder = StateDecoder(_LeaseFileV1)
+_typed_file_decoder = StateDecoder(_LeaseFileTyped)
+_lease_decoder = StateDecoder(ProcessLease)
 _encoder = msgspec.json.Encoder()
 
 
@@ -223,7 +226,9 @@ def decode_lease_file(
     """Decode a lease file: (valid leases, raw invalid entries, why each was invalid).
 
     Duplicate ids: the last entry wins, as an upsert would.  Raises ``msgspec.DecodeError``
-    (or ``UnicodeDecodeError``) when the file as a whole is not a version-1 lease file.
+    (or ``UnicodeDecodeError``) when the file as a whole is not a version-1 lease file; also
+    when it nests past msgspec's depth limit (even in one entry: the decoder cannot skip past
+    it to the others), so such a file is quarantined like any garbage.
 
     One typed pass for a clean file; the per-entry path only when an entry is invalid or an
     id repeats."""

@@ -32,6 +32,7 @@ from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
     SESSION_FILE_MAX_BYTES,
+    StateDecoder,
     atomic_write_bytes,
     atomic_write_many,
     check_private_dir,
@@ -80,7 +81,9 @@ class SessionRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(SessionRecord)
+#: Records are untrusted bytes: one that does not decode (nested too deeply included) reads as
+#: absent, with a warning (``_read``); it is never deleted.
+_decoder = StateDecoder(SessionRecord)
 
 
 def _file_name(session_key: str) -> str:

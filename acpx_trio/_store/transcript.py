@@ -48,7 +48,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._log import Logger
-from acpx_trio._store.fsio import FILE_MODE, ensure_private_dir
+from acpx_trio._store.fsio import FILE_MODE, StateDecoder, ensure_private_dir
 from acpx_trio._store.sessions import SyncSessionStore
 
 __all__ = [
@@ -90,7 +90,7 @@ class _Head(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 _head_decoder = msgspec.json.Decoder(_Head)
-_entry = msgspec.json.Decoder(TranscriptEntry)
+_entry = StateDecoder(TranscriptEntry)  # read back from the file: untrusted
 
 
 def _head(raw: bytes) -> _Head | None:
@@ -356,5 +356,5 @@ def read_transcript(path: Path) -> Iterator[TranscriptEntry]:
             for line in fh:
                 try:
                     yield _entry.decode(line)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     continue

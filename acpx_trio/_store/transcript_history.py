@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from acpx_trio._store.fsio import StateDecoder
 from acpx_trio._store.transcript import TranscriptEntry
 
 __all__ = ["PastToolCall", "PastTurn", "past_turns"]
@@ -75,15 +76,19 @@ class _Message(msgspec.Struct):
     error: _RpcError | None = None
 
 
-_message = msgspec.json.Decoder(_Message)
+# A transcript is read back from disk: untrusted bytes (nested too deeply: DecodeError).
+_message = StateDecoder(_Message)
+_decoders: dict[type[msgspec.Struct], StateDecoder[msgspec.Struct]] = {
+    kind: StateDecoder(kind) for kind in (_PromptParams, _UpdateParams, _Result)
+}
 
 
 def _decode(raw: msgspec.Raw, kind: type[msgspec.Struct]) -> object | None:
     if not len(raw):
         return None
     try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError:
+        return _decoders[kind].decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
@@ -114,7 +119,7 @@ def past_turns(entries: Iterable[TranscriptEntry]) -> list[PastTurn]:
     for entry in entries:
         try:
             msg = _message.decode(entry.m)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             continue
         if entry.d == "out":
             if msg.method == "session/prompt" and msg.id is not None:
