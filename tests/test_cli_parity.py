@@ -234,6 +234,20 @@ def test_config_init_writes_a_private_starter_once(tmp_path: Path) -> None:
     os.symlink(decoy, project / ".acpx-trio.toml")
     linked = run_cli("config", "init", "--project", "--force", "--cwd", str(project), env=env)
     assert linked.returncode == 2 and decoy.read_text() == "keep\n"
+    # a FIFO in the file's place is refused at once: never waited on, never written into
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / ".acpx-trio.toml", 0o600)
+    argv = ("config", "init", "--project", "--force", "--cwd", str(piped))
+    alone = run_cli(*argv, env=env, timeout=30)  # no reader: an open for writing would wait
+    assert alone.returncode == 2 and "cannot be written" in alone.stderr, alone.stderr
+    reader = os.open(piped / ".acpx-trio.toml", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        read = run_cli(*argv, env=env, timeout=30)  # read: not a file to write a starter to
+        assert read.returncode == 2 and "not a regular file" in read.stderr, read.stderr
+        assert os.read(reader, 100) == b""
+    finally:
+        os.close(reader)
 
 
 def test_the_starter_file_uncommented_is_valid_config() -> None:

@@ -81,6 +81,51 @@ async def test_writer_never_follows_a_symlink(tmp_path: Path) -> None:
     assert writer.disabled and target.read_text() == "keep"
 
 
+async def test_writer_and_reader_never_wait_on_a_fifo(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    os.mkfifo(path, 0o600)
+    with trio.fail_after(10):
+        writer = TranscriptWriter(path, flush_bytes=1 << 30)
+        writer.on_message("out", _line({"jsonrpc": "2.0", "id": 1, "method": "x"}))
+        await writer.flush()  # no reader: opening it for writing would wait for one
+        assert writer.disabled
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # with one: still no file of ours
+        try:
+            second = TranscriptWriter(path, flush_bytes=1 << 30)
+            second.on_message("out", _line({"jsonrpc": "2.0", "id": 1, "method": "x"}))
+            await second.flush()
+            assert second.disabled
+            assert os.read(reader, 100) == b""  # nothing was written into it
+        finally:
+            os.close(reader)
+        # reading would wait for a writer
+        entries = await trio.to_thread.run_sync(lambda: list(read_transcript(path)),
+                                                abandon_on_cancel=True)
+        assert entries == []
+
+
+def test_a_fifo_in_the_transcripts_place_never_wedges_a_warm_session(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    sessions = state / "acpx" / "sessions"
+    sessions.mkdir(parents=True, mode=0o700)
+    (state / "acpx").chmod(0o700)
+    state.chmod(0o700)
+    os.mkfifo(transcript_path(sessions, "k"), 0o600)
+    try:
+        first = run_cli("prompt", "--session", "k", "--agent-command", MOCK, "hello",
+                        state_dir=state, timeout=30)
+        assert (first.returncode, first.stdout) == (0, "hello\n"), first.stderr
+        again = run_cli("prompt", "--session", "k", "--agent-command", MOCK, "again",
+                        state_dir=state, timeout=30)  # the owner is not wedged in the first
+        assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+        status = json.loads(run_cli("status", "--json", state_dir=state, timeout=30).stdout)
+        assert [s["turn_state"] for s in status["sessions"]] == ["idle"]
+        assert "disabled" in (state / "owner.log").read_text()
+    finally:
+        closed = run_cli("sessions", "close", "k", state_dir=state, timeout=30)
+    assert closed.returncode == 0, closed.stderr
+
+
 def test_known_credentials_from_env_and_auth() -> None:
     found = known_credentials({"m": "config-credential-1"},
                               {"OPENAI_API_KEY": "env-credential-1", "HOME": "/root",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -233,10 +234,11 @@ def describe(layers: ConfigLayers) -> list[ConfigSetting]:
 def write_starter(path: Path, *, force: bool = False) -> None:
     """Write :data:`STARTER_CONFIG` to ``path`` (mode 0600; the parent is created 0700).
 
-    Never writes through a symlink; an existing file is kept unless ``force``.  Raises
+    Never writes through a symlink, nor into anything but a regular file (a FIFO in its
+    place is refused, never waited on); an existing file is kept unless ``force``.  Raises
     :class:`ConfigError` (field ``<file>``) when the file exists or cannot be written."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     flags |= os.O_TRUNC if force else os.O_EXCL
     try:
         fd = os.open(path, flags, 0o600)
@@ -246,6 +248,9 @@ def write_starter(path: Path, *, force: bool = False) -> None:
     except OSError as exc:
         why = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror
         raise ConfigError("<file>", str(path), f"cannot be written ({why})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError("<file>", str(path), "cannot be written (not a regular file)")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(STARTER_CONFIG)

@@ -32,6 +32,7 @@ __all__ = [
     "check_private_dir",
     "ensure_private_dir",
     "fsync_dir",
+    "open_private_file",
     "quarantine",
     "read_private_file",
     "unusable_dir",
@@ -280,17 +281,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_private_file(path: Path, max_bytes: int) -> bytes:
-    """The contents of the regular file ``path``, at most ``max_bytes`` long.
+def open_private_file(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file ``path`` of ours, opened with ``flags`` (plus
+    ``O_CREAT``'s mode 0600 when given), and its ``fstat``.
 
     Opened with ``O_NOFOLLOW | O_NONBLOCK`` (a symbolic link is refused, a FIFO cannot block
-    us), then ``fstat``-checked: a directory, FIFO, device or socket, a file of another user,
-    or one larger than ``max_bytes`` raises :class:`~acpx_trio.StateFileError` naming the
-    path and the fix; never a hang.  A missing file raises ``FileNotFoundError``; other
-    ``OSError``s propagate."""
+    us: a read waits for no writer, a write for no reader), then ``fstat``-checked: a
+    directory, FIFO, device or socket, or a file of another user raises
+    :class:`~acpx_trio.StateFileError` naming the path and the fix (the descriptor closed);
+    never a hang.  A missing file (without ``O_CREAT``) raises ``FileNotFoundError``; other
+    ``OSError``s propagate.  The one opener of the state files we append to or read whole."""
     where = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StateFileError(
@@ -310,6 +313,19 @@ def read_private_file(path: Path, max_bytes: int) -> bytes:
                 where, f"belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})",
                 "check who wrote it, then chown it to the gateway's user or remove it",
             )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_private_file(path: Path, max_bytes: int) -> bytes:
+    """The contents of the regular file ``path``, at most ``max_bytes`` long (opened by
+    :func:`open_private_file`, with its refusals); one larger than ``max_bytes`` raises
+    :class:`~acpx_trio.StateFileError` naming the path and the fix; never a hang."""
+    where = str(path)
+    fd, st = open_private_file(path)
+    try:
         if st.st_size > max_bytes:
             raise StateFileError(
                 where, f"is {st.st_size} bytes, more than the {max_bytes} allowed",

@@ -48,7 +48,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._log import Logger
-from acpx_trio._store.fsio import FILE_MODE, StateDecoder, ensure_private_dir
+from acpx_trio._store.fsio import StateDecoder, ensure_private_dir, open_private_file
 from acpx_trio._store.sessions import SyncSessionStore
 
 __all__ = [
@@ -294,10 +294,11 @@ class TranscriptWriter:
         self._write(data)
 
     def _open(self) -> None:
+        # a FIFO, a device or a link in the file's place is refused, never waited on: the
+        # transcript is then disabled and the session goes on (see flush)
         ensure_private_dir(self.path.parent)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, FILE_MODE)
-        self._size = os.fstat(self._fd).st_size
+        self._fd, st = open_private_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._size = st.st_size
 
     def _rotate(self) -> None:
         if self._fd is not None:
@@ -346,11 +347,12 @@ def _files_oldest_first(path: Path) -> list[Path]:
 
 def read_transcript(path: Path) -> Iterator[TranscriptEntry]:
     """Every readable entry of the transcript at ``path`` (rotated files first), oldest first.
-    Unreadable lines (a torn last write) are skipped.  Blocking."""
+    Unreadable lines (a torn last write) are skipped, and so is a file that is not a regular
+    file of ours (a FIFO is never waited on).  Blocking."""
     for file in _files_oldest_first(path):
         try:
-            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+            fd, _st = open_private_file(file)
+        except (OSError, StateFileError):
             continue
         with os.fdopen(fd, "rb") as fh:
             for line in fh:
