@@ -24,6 +24,8 @@ from _cli_helpers import (
 )
 from _warm_helpers import owner_info, owners_of, turn_state, wait_status
 
+from acpx_trio._owner.wire import OwnerProtocolError, decode_reply, decode_request
+
 #: A credential value that must never appear in any output or file.
 SECRET = "sekret-Value-4711-do-not-print"
 
@@ -216,6 +218,24 @@ def test_owner_validates_every_request_field(tmp_path: Path, field: str) -> None
         assert len(replies) == 1 and replies[0]["kind"] == "error", replies
         assert replies[0]["code"] == "ACPX_OWNER_PROTOCOL" and name in str(replies[0]["message"])
         assert run_cli("status", state_dir=state).returncode == 0  # the owner serves on
+
+
+def test_a_frame_nested_too_deep_is_a_protocol_error_and_the_owner_serves_on(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    deep = 100_000
+    with _warm(state):
+        assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+        frame = b'{"kind": "status", "x": ' + b"[" * deep + b"]" * deep + b"}\n"
+        replies = _raw_request(state, frame)
+        assert len(replies) == 1 and replies[0]["code"] == "ACPX_OWNER_PROTOCOL", replies
+        assert "nested too deeply" in str(replies[0]["message"])
+        assert run_cli("prompt", "--session", "k", "again", state_dir=state).stdout == "again\n"
+    # and a client reading the owner's replies
+    for decode, kind in ((decode_request, b"status"), (decode_reply, b"heartbeat")):
+        with pytest.raises(OwnerProtocolError, match="nested too deeply"):
+            decode(b'{"kind": "' + kind + b'", "x": ' + b"[" * deep + b"]" * deep + b"}")
 
 
 # -- hole 6: memory bounds --------------------------------------------------------------------

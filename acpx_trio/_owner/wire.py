@@ -248,17 +248,25 @@ def encode_frame(frame: Request | Reply) -> bytes:
 
 
 def decode_request(line: bytes) -> Request:
+    """The request ``line`` holds; :class:`OwnerProtocolError` for anything else (nested too
+    deep to decode included)."""
     try:
         return _request_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise OwnerProtocolError(f"bad request frame: {exc}") from exc
+    except RecursionError:
+        raise OwnerProtocolError("bad request frame: JSON nested too deeply") from None
 
 
 def decode_reply(line: bytes) -> Reply:
+    """The reply ``line`` holds; :class:`OwnerProtocolError` for anything else (nested too
+    deep to decode included)."""
     try:
         return _reply_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise OwnerProtocolError(f"bad reply frame: {exc}") from exc
+    except RecursionError:
+        raise OwnerProtocolError("bad reply frame: JSON nested too deeply") from None
 
 
 def is_final(frame: Reply, *, waiting: bool) -> bool:
