@@ -146,6 +146,32 @@ def test_stopped_owner_gives_a_bounded_error_naming_its_pid(tmp_path: Path) -> N
 
 
 # -- hole 5: the owner's files ----------------------------------------------------------------
+async def test_an_unresponsive_owners_hint_never_names_a_stranger(tmp_path: Path) -> None:
+    """``owner.json`` naming a live process that is no owner of this state dir (forged, or
+    left from a pid since reused) is not named: the hint would have the user signal it."""
+    import msgspec
+    import trio
+
+    from acpx_trio._owner.client import unresponsive
+    from acpx_trio._owner.paths import OwnerInfo, OwnerPaths
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    decoy = await trio.lowlevel.open_process(["sleep", "60"])
+    try:
+        info = OwnerInfo(pid=decoy.pid, create_time=psutil.Process(decoy.pid).create_time(),
+                         started_at=time.time(), socket=str(state / "owner.sock"))
+        path = OwnerPaths(state).info
+        path.write_bytes(msgspec.json.encode(info))
+        path.chmod(0o600)
+        error = await unresponsive(state, "status request", 1.0)
+        assert str(decoy.pid) not in str(error) and "kill" not in str(error), error
+        assert error.code == "ACPX_OWNER_UNRESPONSIVE"
+    finally:
+        decoy.kill()
+        await decoy.wait()
+
+
 def test_planted_owner_json_with_a_live_pid_does_not_block_start(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)

@@ -36,7 +36,7 @@ from acpx_trio._owner.paths import (
     check_socket_path,
     connect_refused,
     open_lock_fd,
-    open_private_file,
+    open_owner_file,
     peer_uid,
     read_owner_info,
     remove_socket_file,
@@ -86,13 +86,37 @@ class OwnerUnresponsiveError(AcpxError):
     code = "ACPX_OWNER_UNRESPONSIVE"
 
 
+def _owner_pid(state_dir: Path) -> int | None:
+    """The pid ``owner.json`` records, when that process is this state dir's owner: the
+    create time it records, and a command line that runs the owner on ``state_dir`` (a
+    record naming another process, forged or left from a pid since reused, names nobody: a
+    hint must never tell the user to signal a stranger).  Blocking; psutil is loaded only on
+    this error path."""
+    import psutil
+
+    from acpx_trio._process.identity import CREATE_TIME_TOLERANCE
+
+    info = read_owner_info(OwnerPaths(state_dir))
+    if info is None:
+        return None
+    try:
+        proc = psutil.Process(info.pid)
+        created, argv = proc.create_time(), proc.cmdline()
+    except psutil.Error:
+        return None
+    ours = ("acpx_trio._owner" in argv and "--state-dir" in argv
+            and argv[argv.index("--state-dir") + 1:][:1] == [str(state_dir)])
+    return info.pid if ours and abs(created - info.create_time) <= CREATE_TIME_TOLERANCE \
+        else None
+
+
 async def unresponsive(state_dir: Path, what: str, seconds: float) -> OwnerUnresponsiveError:
-    """The error for an owner that did not answer ``what`` within ``seconds``, naming the
-    pid recorded in ``owner.json``."""
-    info = await trio.to_thread.run_sync(read_owner_info, OwnerPaths(state_dir))
-    who = "the warm owner" if info is None else f"the warm owner (pid {info.pid})"
-    hint = "" if info is None else (f"; if it is stopped, `kill -CONT {info.pid}`, or end it "
-                                    f"with `kill {info.pid}`")
+    """The error for an owner that did not answer ``what`` within ``seconds``, naming its
+    pid (and how to resume or end it) only when that process is provably the owner."""
+    pid = await trio.to_thread.run_sync(_owner_pid, state_dir)
+    who = "the warm owner" if pid is None else f"the warm owner (pid {pid})"
+    hint = "" if pid is None else (f"; if it is stopped, `kill -CONT {pid}`, or end it "
+                                   f"with `kill {pid}`")
     return OwnerUnresponsiveError(f"{who} of {state_dir} did not answer {what} within "
                                   f"{seconds:g}s{hint}")
 
@@ -231,7 +255,7 @@ def _rotate_log(log: Path) -> None:
 def _spawn_owner(paths: OwnerPaths, launch: OwnerLaunch, lock_fd: int,
                  ready_w: int) -> subprocess.Popen[bytes]:
     _rotate_log(paths.log)
-    log_fd = open_private_file(paths.log, os.O_WRONLY)
+    log_fd = open_owner_file(paths.log, os.O_WRONLY)
     try:
         os.ftruncate(log_fd, 0)
         proc = subprocess.Popen(

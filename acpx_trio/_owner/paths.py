@@ -29,8 +29,12 @@ from pathlib import Path
 
 import msgspec
 
-from acpx_trio._errors import AcpxError
-from acpx_trio._store.fsio import FILE_MODE, StateDecoder, atomic_write_bytes
+from acpx_trio._errors import AcpxError, StateFileError
+from acpx_trio._store.fsio import (
+    StateDecoder,
+    atomic_write_bytes,
+    open_private_file,
+)
 
 __all__ = [
     "OwnerFileError",
@@ -104,14 +108,13 @@ def write_owner_info(paths: OwnerPaths) -> OwnerInfo:
 def read_owner_info(paths: OwnerPaths) -> OwnerInfo | None:
     """``owner.json``, or ``None`` if absent, unreadable or not a regular file of ours."""
     try:
-        fd = os.open(paths.info, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        fd, _st = open_private_file(paths.info)
+    except (OSError, StateFileError):
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            return None
         data = os.read(fd, 65536)
+    except OSError:
+        return None
     finally:
         os.close(fd)
     try:
@@ -164,24 +167,18 @@ def remove_socket_file(path: Path) -> None:
         pass
 
 
-def open_private_file(path: Path, flags: int) -> int:
-    """Open (create 0600) a file of the owner's without following a symlink; the caller
-    closes it.  Raises :class:`OwnerFileError` if ``path`` is a symlink, not a regular file or
-    not ours (blocking)."""
+def open_owner_file(path: Path, flags: int) -> int:
+    """Open (create 0600) a file of the owner's, blocking, with the state files' checks
+    (:func:`~acpx_trio._store.fsio.open_private_file`: no symlink followed, a regular file of
+    ours, a FIFO never waited on); the caller closes it.  Raises :class:`OwnerFileError`
+    naming why (blocking)."""
     try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     FILE_MODE)
+        fd, _st = open_private_file(path, flags | os.O_CREAT)
+    except StateFileError as exc:
+        raise OwnerFileError(f"refusing {exc}") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OwnerFileError(f"refusing {path}: it is a symlink (remove it if it is "
-                                 "yours)") from None
         raise OwnerFileError(f"cannot open {path}: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OwnerFileError(f"refusing {path}: it is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise OwnerFileError(f"refusing {path}: it is owned by uid {st.st_uid}, not by us")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -190,5 +187,5 @@ def open_private_file(path: Path, flags: int) -> int:
 
 
 def open_lock_fd(path: Path) -> int:
-    """Open (create 0600) a lock file (see :func:`open_private_file`); the caller closes it."""
-    return open_private_file(path, os.O_RDWR)
+    """Open (create 0600) a lock file (see :func:`open_owner_file`); the caller closes it."""
+    return open_owner_file(path, os.O_RDWR)
