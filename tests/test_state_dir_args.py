@@ -182,9 +182,11 @@ def odd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @example(state_dir=ODD + "/L", cwd=None)
 @example(state_dir=None, cwd=ODD + "/L")
 @example(state_dir="~no-such-user-acpx/x", cwd="a\0b")
-def test_resolve_options_raises_only_usage_errors(
+def test_resolve_options_raises_only_usage_or_state_dir_errors(
     odd_dir: Path, state_dir: str | None, cwd: str | None,
 ) -> None:
+    """Only what the command line prints as one line: a usage error (exit 2), or a state dir
+    it refuses to use (``ACPX_STATE_FILE_UNSAFE``, naming it: a name too long to look up)."""
     from acpx_trio._cli.options import UsageError, resolve_options
 
     state_dir, cwd = (None if p is None else p.replace(ODD, str(odd_dir))
@@ -201,6 +203,9 @@ def test_resolve_options_raises_only_usage_errors(
             opts = resolve_options(ns)
         except UsageError as exc:
             assert str(exc)
+            return
+        except StateFileError as exc:
+            assert state_dir is not None and exc.path  # the default state dir is fine
             return
     assert opts.state_dir.is_absolute() and opts.cwd.is_dir()
     assert state_dir is None or state_dir.strip()

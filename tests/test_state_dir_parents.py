@@ -107,6 +107,26 @@ def test_a_sticky_world_writable_parent_is_accepted(tmp_path: Path, shared: Path
     assert done.returncode == 0, done.stderr
 
 
+def test_a_link_of_another_user_in_a_sticky_directory_is_refused(
+    tmp_path: Path, shared: Path,
+) -> None:
+    """Like ``/tmp``: the sticky bit keeps others from replacing our entries, not theirs: a
+    link another user put there (to our private directory, for now) is theirs to re-point."""
+    if os.geteuid() != 0:
+        pytest.skip("a link of another user needs root to make")
+    os.chmod(shared, 0o1777)
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    link = shared / "their-link"
+    link.symlink_to(ours)
+    os.lchown(link, NOBODY, -1)
+    _refused_everywhere(link / "state", tmp_path, link)
+    os.lchown(link, os.geteuid(), -1)  # our own link there is fine
+    workspace = tmp_path / "ws"
+    trio.run(_start, link / "state", workspace)
+    assert (ours / "state" / "acpx").is_dir()
+
+
 def test_parents_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:
     state = tmp_path / "a" / "b" / "state"
     workspace = tmp_path / "ws"

@@ -87,10 +87,11 @@ class Options(msgspec.Struct, kw_only=True):
         return self.format == "quiet"
 
 
-def _state_dir(given: str | None) -> Path:
-    """The state dir, resolved: ``--state-dir``, else the default.  An empty ``--state-dir``
-    (an unset variable: ``--state-dir "$DIR"``) or one that cannot be resolved (a symbolic
-    link loop, an unknown ``~user``) is a :class:`UsageError` naming where it came from."""
+def _state_dir(given: str | None) -> tuple[Path, Path]:
+    """The state dir as given (``~`` expanded, absolute) and resolved: ``--state-dir``, else
+    the default.  An empty ``--state-dir`` (an unset variable: ``--state-dir "$DIR"``) or one
+    that cannot be resolved (a symbolic link loop, an unknown ``~user``) is a
+    :class:`UsageError` naming where it came from."""
     if given is None:
         env = bool(os.environ.get(STATE_DIR_ENV, "").strip())
         where, path = f"${STATE_DIR_ENV}" if env else "the state dir", default_state_dir()
@@ -100,7 +101,8 @@ def _state_dir(given: str | None) -> Path:
             path = state_dir_path(given, where)  # the rule's one home (also the API's)
         except AcpxUsageError as exc:
             raise UsageError(str(exc)) from None
-    return resolve_path(path, lambda why: UsageError(f"{where} {path}: {why}"))
+    resolved = resolve_path(path, lambda why: UsageError(f"{where} {path}: {why}"))
+    return Path(os.path.abspath(path.expanduser())), resolved
 
 
 def resolve_options(ns: argparse.Namespace) -> Options:
@@ -110,7 +112,7 @@ def resolve_options(ns: argparse.Namespace) -> Options:
     :class:`UsageError`; for a turn command without ``--cwd``, a config file's ``cwd`` that
     is not one is a :class:`~acpx_trio.ConfigError` naming the file (the inspection commands,
     ``reap`` first, still run), as is any invalid value in a file."""
-    state_dir = _state_dir(getattr(ns, "state_dir", None))
+    spelled, state_dir = _state_dir(getattr(ns, "state_dir", None))
     given = getattr(ns, "cwd", None)
     cwd = resolve_path(Path(given or Path.cwd()),
                        lambda why: UsageError(f"--cwd {given}: {why}"))
@@ -124,6 +126,12 @@ def resolve_options(ns: argparse.Namespace) -> Options:
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":
             raise UsageError(f"--json contradicts --format {fmt}")
         fmt = "json"
+    # the lookup as given, links on the way included (the resolved path has none left): a
+    # link another user owns, or a parent others can write, is StateFileError (after the
+    # config files, whose errors come first and load nothing more)
+    from acpx_trio._store.fsio import check_ancestors
+
+    check_ancestors(spelled)
     return Options(state_dir=state_dir, cwd=cwd,
                    cwd_given=given is not None, raw_config=dict(layers.raw),
                    json=fmt == "json", verbose=bool(getattr(ns, "verbose", False)),

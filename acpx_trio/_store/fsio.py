@@ -413,7 +413,8 @@ def check_ancestors(path: Path) -> None:
     for this user's private group (named after this user, no other member: the convention
     behind ``umask 002``).  Where the path does not exist yet the walk stops (the rest will
     be created, ours).  Raises :class:`~acpx_trio.StateFileError` naming the directory and
-    the fix; reads only ``lstat``s and links, creates nothing.  A path whose ancestors passed
+    the fix; so is a symbolic link on the way that another user owns.  Reads only ``lstat``s
+    and links, creates nothing.  A path whose ancestors passed
     is not walked again in this process: only root or this user can change a chain that
     passed (a user who loosens their own parents is caught at the next process's start)."""
     key = os.path.abspath(path)
@@ -434,7 +435,9 @@ _TRUSTED_ANCESTORS: set[str] = set()
 
 def _lookup_dirs(path: str) -> list[str]:
     """The directories in which the components of the absolute ``path`` are looked up, in
-    order, without repeats; links are followed (at most 40, as Linux)."""
+    order, without repeats; links are followed (at most 40, as Linux), each a link of root's
+    or ours (another user's is :class:`~acpx_trio.StateFileError`: its owner may replace it
+    whatever the directory's sticky bit)."""
     dirs: list[str] = []
     pending = [c for c in path.split("/") if c]
     current = "/"
@@ -458,6 +461,12 @@ def _lookup_dirs(path: str) -> list[str]:
         if not stat.S_ISLNK(st.st_mode):
             current = candidate
             continue
+        if st.st_uid not in (0, os.geteuid()):  # its owner may replace it (even in /tmp)
+            raise StateFileError(
+                path, f"passes through the symbolic link {candidate}, which belongs to uid "
+                f"{st.st_uid}: that user could point it at another directory",
+                "give the state directory's real path, or a link of your own",
+            )
         links += 1
         if links > 40:
             raise StateFileError(path, "has more than 40 symbolic links on the way",
