@@ -63,8 +63,8 @@ from acpx_trio._service.service import ServiceContext as ServiceContext
 from acpx_trio._store.config import AcpxConfig as AcpxConfig
 from acpx_trio._store.config import McpServerConfig as McpServerConfig
 from acpx_trio._store.config import PluginConfig as PluginConfig
-from acpx_trio._store.config import load_config_file as load_config_file
 from acpx_trio._store.config import resolve_config as resolve_config
+from acpx_trio._store.config_files import load_config_file as load_config_file
 from acpx_trio._store.instance import resolve_gateway_instance_id as resolve_gateway_instance_id
 from acpx_trio.lowlevel import LeaseState as LeaseState
 from acpx_trio.lowlevel import LeaseStore as LeaseStore

@@ -210,6 +210,25 @@ def test_a_config_cwd_that_is_no_directory_exits_2_like_cwd_option(tmp_path: Pat
         assert other.returncode == 0, (args, other.stderr)
 
 
+def test_a_bad_config_value_stops_only_the_commands_that_use_the_config(
+    tmp_path: Path,
+) -> None:
+    env = _xdg(tmp_path)
+    user = tmp_path / "xdg" / "acpx-trio" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("timeoutSeconds = -1\n")
+    state = tmp_path / "state"
+    line = _one_error_line(run_cli("exec", "hi", state_dir=state, env=env))
+    assert line.startswith(f"acpx-trio: in {user}: invalid config timeoutSeconds=-1"), line
+    for args in (("reap", "--dry-run"), ("leases",), ("status",), ("cancel", "--session", "k")):
+        done = run_cli(*args, state_dir=state, env=env)
+        assert done.returncode == 0, (args, done.stderr)
+    fixed = run_cli("config", "init", "--force", env=env)  # how a user replaces the file
+    assert fixed.returncode == 0, fixed.stderr
+    assert user.read_text() == STARTER_CONFIG
+    assert run_cli("exec", "hi", state_dir=state, env=env).stdout == "hi\n"
+
+
 def test_config_init_writes_a_private_starter_once(tmp_path: Path) -> None:
     env = _xdg(tmp_path)
     done = run_cli("config", "init", env=env)

@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 
 from acpx_trio import LeaseStateError
 from acpx_trio._store.lease_model import check_transition
-from acpx_trio._store.leases import LeaseSnapshot, held_by
+from acpx_trio._store.lease_snapshot import LeaseSnapshot, held_by
 from acpx_trio.lowlevel import LeaseState, SyncLeaseStore, new_lease
 
 STATES = list(LeaseState)

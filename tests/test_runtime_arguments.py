@@ -158,6 +158,23 @@ async def test_an_argument_that_is_not_text_is_refused_typed(
         assert exc.message.startswith(argument), exc.message
 
 
+async def test_a_deep_meta_is_refused_whatever_the_recursion_limit(tmp_path: Path) -> None:
+    """The bound is a depth, not the interpreter's stack: with a recursion limit high enough
+    to encode it, a meta 5,000 deep is still refused (the agent would have to parse it)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)
+    try:
+        async with _live_session(tmp_path) as (rt, handle):
+            exc = await _expect(_consume(rt.run_turn(handle=handle, text="hi",
+                                                     meta={"a": _nested(5000)})))
+            assert "nested deeper than" in str(exc)
+            shallow = await _consume(rt.run_turn(handle=handle, text="hi",
+                                                 meta={"a": _nested(30)}))
+            assert isinstance(shallow[-1], DoneEvent), shallow[-1]
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 #: every public method taking a handle
 HANDLE_CALLS: dict[str, Callable[[AcpxRuntime, Any], Awaitable[Any]]] = {
     "run_turn": lambda rt, h: _consume(rt.run_turn(handle=h, text="hi")),

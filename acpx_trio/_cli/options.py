@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
+#: The commands that use none of the config's values (a file's bad value does not stop them).
+CONFIG_FREE_COMMANDS = frozenset({"reap", "leases", "status", "cancel", "set", "set-mode"})
 #: The commands that run a prompt turn in the agent's working directory.
 TURN_COMMANDS = frozenset({"prompt", "exec"})
 #: ``--format``: ``text`` (default), ``json`` (NDJSON; ``--json``), ``quiet`` (reply only).
@@ -105,6 +107,16 @@ def _state_dir(given: str | None) -> tuple[Path, Path]:
     return Path(os.path.abspath(path.expanduser())), resolved
 
 
+def _uses_config(ns: argparse.Namespace) -> bool:
+    """Whether the command reads the config's values: not the clean-up and warm-owner
+    commands (``reap`` above all must run whatever a config file holds), nor ``config init``
+    (which is how a user replaces a broken file)."""
+    command = getattr(ns, "command", None)
+    if command == "config":
+        return getattr(ns, "action", "show") != "init"
+    return command not in CONFIG_FREE_COMMANDS
+
+
 def resolve_options(ns: argparse.Namespace) -> Options:
     """Global options from parsed arguments.  Blocking (reads the config files): call it
     before the event loop starts.  ``--json`` is ``--format json``; both given and
@@ -118,7 +130,7 @@ def resolve_options(ns: argparse.Namespace) -> Options:
                        lambda why: UsageError(f"--cwd {given}: {why}"))
     if not os.path.isdir(cwd):  # False on any OSError (Path.is_dir raises ENAMETOOLONG)
         raise UsageError(f"--cwd {cwd} is not a directory")
-    layers = load_layers(cwd, getattr(ns, "config", None))
+    layers = load_layers(cwd, getattr(ns, "config", None), check=_uses_config(ns))
     if given is None and getattr(ns, "command", None) in TURN_COMMANDS:
         check_cwd(layers, cwd)  # their agent's working directory: the config's, if it sets one
     fmt: str = getattr(ns, "format", None) or "text"

@@ -5,16 +5,23 @@ anything is started, read, written or sent: a text argument (a session key, an a
 cwd, a mode, a config key or value, an id) must be a ``str`` that UTF-8 can carry (no lone
 surrogate: it goes to the agent as JSON and into our state files) and, where it becomes a path,
 hold no NUL; a handle must be an :class:`~acpx_trio.AcpRuntimeHandle` whose session key and
-session id are such text.  Otherwise :class:`AcpRuntimeError` ``ACP_INVALID_RUNTIME_OPTION``
-naming the argument (the rule itself is :func:`acpx_trio._errors.text_problem`)."""
+session id are such text; a turn's ``_meta`` a JSON object nested at most
+:data:`META_MAX_DEPTH` deep.  Otherwise :class:`AcpRuntimeError` ``ACP_INVALID_RUNTIME_OPTION``
+naming the argument (the text rule itself is :func:`acpx_trio._errors.text_problem`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
 
 from acpx_trio._errors import AcpRuntimeError, text_problem
 from acpx_trio._events import AcpRuntimeHandle
 from acpx_trio._runtime.agents import normalize_agent_name
 
-__all__ = ["agent_arg", "handle_arg", "optional_text_arg", "text_arg"]
+__all__ = ["META_MAX_DEPTH", "agent_arg", "checked_meta", "handle_arg", "optional_text_arg",
+           "text_arg"]
 
 #: The code of every argument refused here.
 INVALID = "ACP_INVALID_RUNTIME_OPTION"
@@ -52,3 +59,39 @@ def handle_arg(handle: object) -> AcpRuntimeHandle:
     text_arg("handle.session_key", handle.session_key)
     text_arg("handle.backend_session_id", handle.backend_session_id)
     return handle
+
+
+#: How deep a turn's ``_meta`` may nest (objects and arrays): metadata, not documents; a bound
+#: that holds whatever the interpreter's recursion limit (and that any agent can parse).
+META_MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests (objects and arrays; a scalar is 0), counted without
+    recursion and at most to one past :data:`META_MAX_DEPTH`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list | tuple) and depth <= META_MAX_DEPTH:
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, Mapping)
+                                                  else item))
+    return deepest
+
+
+def checked_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``meta`` as a JSON object (a copy), or ``ACP_INVALID_RUNTIME_OPTION`` (also for one
+    nested deeper than :data:`META_MAX_DEPTH`)."""
+    if meta is None:
+        return None
+    try:
+        if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+            raise TypeError("keys must be strings")
+        obj = dict(meta)
+        if _depth(obj) > META_MAX_DEPTH:
+            raise ValueError(f"nested deeper than {META_MAX_DEPTH} levels")
+        msgspec.json.encode(obj)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                              f"meta must be a JSON object: {exc}") from exc
+    return obj

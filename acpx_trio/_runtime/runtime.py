@@ -45,7 +45,13 @@ from acpx_trio._runtime.agent_sessions import (
     logout_agent,
 )
 from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
-from acpx_trio._runtime.arguments import agent_arg, handle_arg, optional_text_arg, text_arg
+from acpx_trio._runtime.arguments import (
+    agent_arg,
+    checked_meta,
+    handle_arg,
+    optional_text_arg,
+    text_arg,
+)
 from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
@@ -67,22 +73,6 @@ from acpx_trio._store.sessions import SessionStore
 from acpx_trio._store.transcript import known_credentials
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
-
-
-def checked_meta(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``meta`` as a JSON object (a copy), or ``ACP_INVALID_RUNTIME_OPTION`` (also for one
-    nested too deeply to encode)."""
-    if meta is None:
-        return None
-    try:
-        if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
-            raise TypeError("keys must be strings")
-        obj = dict(meta)
-        msgspec.json.encode(obj)
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                              f"meta must be a JSON object: {exc}") from exc
-    return obj
 
 
 class AcpxRuntime:

@@ -37,7 +37,7 @@ from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._service.startup import Prepared, prepare_sync
 from acpx_trio._store.fsio import DIR_MODE
 from acpx_trio._store.instance import GATEWAY_ID_FILE_NAME
-from acpx_trio._store.leases import fingerprint
+from acpx_trio._store.lease_snapshot import fingerprint
 from acpx_trio._store.userpaths import state_dir_path
 
 __all__ = ["PrepareCache", "SweepMemo", "cache_key"]

@@ -28,7 +28,7 @@ from acpx_trio._service.doctor_format import (
 )
 from acpx_trio._service.health import ServiceHealth, ServiceHealthState
 from acpx_trio._service.prepare import SweepMemo
-from acpx_trio._store.leases import fingerprint
+from acpx_trio._store.lease_snapshot import fingerprint
 
 __all__ = [
     "WatchdogHandle",

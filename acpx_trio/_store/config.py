@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 import shlex
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -44,7 +43,6 @@ __all__ = [
     "ContainmentMode",
     "McpServerConfig",
     "PluginConfig",
-    "load_config_file",
     "resolve_config",
 ]
 
@@ -585,22 +583,3 @@ def resolve_config(
     )
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML (by ``.toml`` suffix) config file into a raw mapping.
-
-    Raises :class:`ConfigError` (field ``<file>``) if it cannot be read or parsed."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError("<file>", str(p), f"must be a readable file ({exc.strerror})") from exc
-    try:
-        text = data.decode()
-        doc: Any = tomllib.loads(text) if p.suffix == ".toml" else msgspec.json.decode(data)
-    except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("<file>", str(p), f"must be valid JSON or TOML: {exc}") from exc
-    except RecursionError:  # both parsers recurse per nesting level
-        raise ConfigError("<file>", str(p), "nests arrays or objects too deeply") from None
-    if not isinstance(doc, dict):
-        raise ConfigError("<file>", str(p), "must contain an object at the top level")
-    return doc

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ from acpx_trio._store.config import (
     DEFAULT_PERMISSION_MODE,
     DEFAULT_QUEUE_OWNER_TTL_SECONDS,
     decode_plugin_config,
-    load_config_file,
     resolve_config,
 )
 
@@ -49,6 +49,7 @@ __all__ = [
     "ConfigSetting",
     "check_cwd",
     "describe",
+    "load_config_file",
     "load_layers",
     "project_config_path",
     "user_config_path",
@@ -125,6 +126,27 @@ class ConfigLayers(msgspec.Struct, frozen=True, kw_only=True):
     files: tuple[str, ...] = ()
 
 
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML (by ``.toml`` suffix) config file into a raw mapping.
+
+    Raises :class:`ConfigError` (field ``<file>``) if it cannot be read or parsed."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("<file>", str(p), f"must be a readable file ({exc.strerror})") from exc
+    try:
+        text = data.decode()
+        doc: Any = tomllib.loads(text) if p.suffix == ".toml" else msgspec.json.decode(data)
+    except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("<file>", str(p), f"must be valid JSON or TOML: {exc}") from exc
+    except RecursionError:  # both parsers recurse per nesting level
+        raise ConfigError("<file>", str(p), "nests arrays or objects too deeply") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("<file>", str(p), "must contain an object at the top level")
+    return doc
+
+
 def user_config_path() -> Path:
     """``config.toml`` in the per-user config dir of ``acpx-trio`` (platformdirs)."""
     import platformdirs
@@ -173,11 +195,13 @@ def _merge(raw: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any
                 sources[key] = source
 
 
-def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None) -> ConfigLayers:
+def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None,
+                check: bool = True) -> ConfigLayers:
     """The user file, the project file in ``cwd`` and ``explicit`` (``--config``), merged.
     Blocking (reads files).  Raises :class:`ConfigError` for a file that exists but cannot
-    be read or parsed, for a missing ``explicit`` file, and for a file with an invalid value
-    (the error's ``source`` and message name the file)."""
+    be read or parsed, for a missing ``explicit`` file, and, with ``check``, for a file with
+    an invalid value (the error's ``source`` and message name the file).  Without ``check``
+    the values are not judged (a command that uses none of them runs whatever they are)."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     files: list[str] = []
@@ -188,7 +212,7 @@ def load_layers(cwd: Path, explicit: Path | None, *, user: Path | None = None) -
         layer = _read_optional(path) if optional else load_config_file(path)
         if layer is None:
             continue
-        _merge(raw, sources, _checked(layer, path, cwd), str(path))
+        _merge(raw, sources, _checked(layer, path, cwd) if check else layer, str(path))
         files.append(str(path))
     return ConfigLayers(raw=raw, sources=sources, files=tuple(files))
 
