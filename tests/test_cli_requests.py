@@ -142,3 +142,31 @@ def test_sessions_list_with_cwd_lists_the_sessions_started_there(tmp_path: Path)
     finally:
         for key in ("a", "b"):
             run_cli("sessions", "close", key, state_dir=state)
+
+
+async def _record_session(state: Path, workspace: Path, key: str) -> None:
+    from acpx_trio import open_runtime_service
+
+    async with open_runtime_service(workspace_dir=workspace, state_dir=state) as service:
+        runtime = service.require_runtime()
+        handle = await runtime.ensure_session(session_key=key, agent="mock")
+        await runtime.close(handle=handle, reason="recorded")
+
+
+def test_a_stored_session_whose_key_no_warm_owner_carries_is_shown_and_closed(
+    tmp_path: Path,
+) -> None:
+    """The library stores a key of any length; the owner's wire carries 1,024 characters.
+    ``sessions show/close/history`` of a longer one work on the record (no owner can hold it),
+    and name no option the user did not give."""
+    import trio
+
+    state, workspace = tmp_path / "state", tmp_path / "ws"
+    workspace.mkdir()
+    trio.run(_record_session, state, workspace, LONG_KEY)
+    for action in ("show", "history", "close"):
+        done = run_cli("sessions", action, LONG_KEY, state_dir=state)
+        assert done.returncode == 0, (action, done.stderr)
+        assert "--session:" not in done.stderr and "Expected" not in done.stderr
+    shown = run_cli("sessions", "show", LONG_KEY, "--json", state_dir=state)
+    assert json.loads(shown.stdout)["closed"] is True

@@ -66,6 +66,16 @@ def test_a_parent_others_can_write_is_refused(tmp_path: Path, shared: Path, mode
     _refused_everywhere(shared / "deep" / "state", tmp_path, shared)
 
 
+def test_commands_that_never_use_the_state_dir_still_run(tmp_path: Path, shared: Path) -> None:
+    os.chmod(shared, 0o777)
+    state = shared / "state"
+    for args in (("agents",), ("config", "show")):
+        done = run_cli(*args, state_dir=state)
+        assert done.returncode == 0, (args, done.stderr)
+    assert run_cli("leases", state_dir=state).returncode != 0  # the others are refused
+    assert not os.path.lexists(state)
+
+
 def test_a_parent_of_another_user_is_refused(tmp_path: Path, shared: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another user needs root")
@@ -125,6 +135,14 @@ def test_a_link_of_another_user_in_a_sticky_directory_is_refused(
     workspace = tmp_path / "ws"
     trio.run(_start, link / "state", workspace)
     assert (ours / "state" / "acpx").is_dir()
+    # theirs in a directory only we write: they cannot replace it, so it is fine too
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o755)
+    theirs = closed / "their-link"
+    theirs.symlink_to(ours)
+    os.lchown(theirs, NOBODY, -1)
+    trio.run(_start, theirs / "state2", workspace)
+    assert run_cli("leases", state_dir=theirs / "state2").returncode == 0
 
 
 def test_parents_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:

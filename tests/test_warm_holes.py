@@ -170,6 +170,18 @@ async def test_an_unresponsive_owners_hint_never_names_a_stranger(tmp_path: Path
     finally:
         decoy.kill()
         await decoy.wait()
+    # the owner itself is named (its record read, its identity proved)
+    started = await trio.to_thread.run_sync(lambda: run_cli("prompt", "--session", "k", "hi",
+                                                            state_dir=state))
+    assert started.returncode == 0, started.stderr
+    try:
+        info = owner_info(state)
+        assert info is not None
+        named = await unresponsive(state, "status request", 1.0)
+        assert f"pid {info['pid']}" in str(named) and f"kill {info['pid']}" in str(named)
+    finally:
+        await trio.to_thread.run_sync(lambda: run_cli("sessions", "close", "k",
+                                                      state_dir=state))
 
 
 def test_planted_owner_json_with_a_live_pid_does_not_block_start(tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ __all__ = [
 STATE_DIR_ENV = "ACPX_TRIO_STATE_DIR"
 #: The commands that use none of the config's values (a file's bad value does not stop them).
 CONFIG_FREE_COMMANDS = frozenset({"reap", "leases", "status", "cancel", "set", "set-mode"})
+#: The commands that never use the state dir (it is not checked for them).
+STATE_FREE_COMMANDS = frozenset({"config", "agents"})
 #: The commands that run a prompt turn in the agent's working directory.
 TURN_COMMANDS = frozenset({"prompt", "exec"})
 #: ``--format``: ``text`` (default), ``json`` (NDJSON; ``--json``), ``quiet`` (reply only).
@@ -138,12 +140,13 @@ def resolve_options(ns: argparse.Namespace) -> Options:
         if fmt not in ("text", "json") or getattr(ns, "format", None) == "text":
             raise UsageError(f"--json contradicts --format {fmt}")
         fmt = "json"
-    # the lookup as given, links on the way included (the resolved path has none left): a
-    # link another user owns, or a parent others can write, is StateFileError (after the
-    # config files, whose errors come first and load nothing more)
-    from acpx_trio._store.fsio import check_ancestors
+    if getattr(ns, "command", None) not in STATE_FREE_COMMANDS:
+        # the lookup as given, links on the way included (the resolved path has none left):
+        # a link another user may replace, or a parent others can write, is StateFileError
+        # (after the config files, whose errors come first and load nothing more)
+        from acpx_trio._store.fsio import check_ancestors
 
-    check_ancestors(spelled)
+        check_ancestors(spelled)
     return Options(state_dir=state_dir, cwd=cwd,
                    cwd_given=given is not None, raw_config=dict(layers.raw),
                    json=fmt == "json", verbose=bool(getattr(ns, "verbose", False)),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import uuid
 from collections.abc import Mapping
@@ -59,8 +58,8 @@ from acpx_trio._owner.client import (
     connect_owner,
     send_request,
     unresponsive,
+    verified_owner_pid,
 )
-from acpx_trio._owner.paths import OwnerPaths, read_owner_info
 from acpx_trio._owner.wire import (
     AcceptedFrame,
     CancelRequest,
@@ -114,35 +113,46 @@ _encoder = msgspec.json.Encoder()
 _OPTION_OF = {"session_key": "--session", "key": "KEY", "value": "VALUE", "model": "--model",
               "agent": "--agent", "cwd": "--cwd", "ttl_seconds": "--ttl",
               "timeout_seconds": "--timeout"}
-_FIELD = re.compile(r" - at `\$\.(\w+)`")
+
+
+def _problem(request: Request) -> tuple[str, str] | None:
+    """The first field of ``request`` the owner would refuse, with why (the wire's own
+    constraints, checked as the owner decodes them, each field on its own so a prompt's text
+    is never copied; and a session key that is not blank, as the runtime requires)."""
+    key = getattr(request, "session_key", None)
+    if isinstance(key, str) and key and not key.strip():
+        return "session_key", "a session key must not be blank"
+    for field in msgspec.structs.fields(type(request)):
+        if field.name == "text":  # bounded by the frame size, not a field constraint
+            continue
+        try:
+            msgspec.convert(getattr(request, field.name), type=field.type)
+        except msgspec.ValidationError as exc:
+            return field.name, str(exc)
+    return None
 
 
 def checked(request: R, names: Mapping[str, str] | None = None) -> R:
-    """``request`` when the owner would accept it (the wire's own constraints, checked as the
-    owner decodes it, and a session key that is not blank, as the runtime requires); else a
+    """``request`` when the owner would accept it (see :func:`_problem`); else a
     :class:`UsageError` (exit 2) naming the option (``names`` overrides what a field is
     called), before any owner is asked or started."""
-    key = getattr(request, "session_key", None)
-    if isinstance(key, str) and key and not key.strip():
-        raise UsageError("--session: a session key must not be blank")
-    try:
-        msgspec.convert(msgspec.to_builtins(request), type=type(request))
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = _FIELD.search(text)
-        name = field.group(1) if field else ""
-        option = {**_OPTION_OF, **(names or {})}.get(name, name or "request")
-        raise UsageError(f"{option}: "
-                         f"{_FIELD.sub('', text)}") from None
+    problem = _problem(request)
+    if problem is not None:
+        name, why = problem
+        option = {**_OPTION_OF, **(names or {})}.get(name, name)
+        raise UsageError(f"{option}: {why}")
     return request
 
 
 # -- talking to the owner ---------------------------------------------------------------------
 async def _ask(state_dir: Path, request: Request, seconds: float = ASK_SECONDS) -> Any:
-    """One request to the live owner; ``None`` when no owner is alive.  An owner that does
-    not answer within ``seconds`` raises ``ACPX_OWNER_UNRESPONSIVE`` (naming its pid).  A
-    request the owner would refuse is a :class:`UsageError` (see :func:`checked`)."""
-    checked(request)
+    """One request to the live owner; ``None`` when no owner is alive, or when the owner
+    could not be asked this (a session key the wire cannot carry names no warm session; the
+    commands that take the key from the user refuse it first, see :func:`checked`).  An
+    owner that does not answer within ``seconds`` raises ``ACPX_OWNER_UNRESPONSIVE`` (naming
+    its pid)."""
+    if _problem(request) is not None:
+        return None
     with trio.move_on_after(seconds) as scope:
         stream = await connect_owner(state_dir)
         if stream is None:
@@ -342,25 +352,14 @@ def _queued(printer: TurnPrinter, frame: AcceptedFrame) -> None:
 
 
 def _owner_lives(state_dir: Path, owner_pid: int) -> bool:
-    """Whether owner ``owner_pid`` still runs: ``owner.json`` names it and the process of that
-    pid is the one it recorded (its create time; a pid reused since, or a new owner between
-    binding its socket and writing its record, is not it).  Blocking.  psutil and the
-    process-identity module are imported only here: a prompt that ends normally never pays
-    for them."""
-    import psutil
+    """Whether owner ``owner_pid`` still runs: it is the owner ``owner.json`` names and proves
+    (:func:`~acpx_trio._owner.client.verified_owner_pid`: a pid reused since, or a new owner
+    between binding its socket and writing its record, is not it), and it is not exiting (a
+    SIGKILLed owner closes its connections while it exits, before it is a zombie, so the cut
+    stream comes first).  Blocking."""
+    from acpx_trio._process.identity import runs
 
-    from acpx_trio._process.identity import CREATE_TIME_TOLERANCE, runs
-
-    info = read_owner_info(OwnerPaths(state_dir))
-    if info is None or info.pid != owner_pid:
-        return False
-    # exiting counts as gone: a SIGKILLed owner closes its connections while it exits,
-    # before it is a zombie, so the cut stream comes first
-    try:
-        created = psutil.Process(owner_pid).create_time()
-    except psutil.Error:
-        return False
-    return abs(created - info.create_time) <= CREATE_TIME_TOLERANCE and runs(owner_pid)
+    return verified_owner_pid(state_dir) == owner_pid and runs(owner_pid)
 
 
 async def _report_lost(printer: TurnPrinter, state_dir: Path, owner_pid: int) -> None:
@@ -426,7 +425,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
 async def cancel_command(session_key: str, opts: Options) -> int:
     """Cancel the session's running turn; no owner or nothing running is a success."""
     out = Output()
-    result = await _ask(opts.state_dir, CancelRequest(session_key=session_key))
+    result = await _ask(opts.state_dir, checked(CancelRequest(session_key=session_key)))
     cancelled = isinstance(result, CancelResult) and result.cancelled
     if opts.json:
         out.write(_encoder.encode({"session_key": session_key,
@@ -490,7 +489,7 @@ def _agent_usages(state_dir: Path, pids: list[int | None]) -> list[AgentUsage | 
 async def status_command(session_key: str | None, opts: Options) -> int:
     """Owner pid and each warm session's agent pid, queue depth, idle time and TTL."""
     out = Output()
-    result = await _ask(opts.state_dir, StatusRequest(session_key=session_key))
+    result = await _ask(opts.state_dir, checked(StatusRequest(session_key=session_key)))
     if not isinstance(result, StatusResult):
         if opts.json:  # the shape of a StatusResult, with no owner
             out.write(_encoder.encode({"kind": "status_result", "owner_pid": None,

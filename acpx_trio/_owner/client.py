@@ -63,6 +63,7 @@ __all__ = [
     "connect_owner",
     "send_request",
     "unresponsive",
+    "verified_owner_pid",
 ]
 
 #: Bound of starting an owner (lock waits, runtime start-up, socket ready).
@@ -86,12 +87,12 @@ class OwnerUnresponsiveError(AcpxError):
     code = "ACPX_OWNER_UNRESPONSIVE"
 
 
-def _owner_pid(state_dir: Path) -> int | None:
-    """The pid ``owner.json`` records, when that process is this state dir's owner: the
-    create time it records, and a command line that runs the owner on ``state_dir`` (a
-    record naming another process, forged or left from a pid since reused, names nobody: a
-    hint must never tell the user to signal a stranger).  Blocking; psutil is loaded only on
-    this error path."""
+def verified_owner_pid(state_dir: Path) -> int | None:
+    """The pid ``owner.json`` records, when that process is this state dir's owner: ours (our
+    uid), with the create time the record holds, running the owner on ``state_dir`` (a
+    record naming another process, forged or left from a pid since reused, names nobody: no
+    hint may tell the user to signal a stranger, no client may take it for its owner).
+    Blocking; psutil is loaded only here, off the normal paths."""
     import psutil
 
     from acpx_trio._process.identity import CREATE_TIME_TOLERANCE
@@ -101,10 +102,10 @@ def _owner_pid(state_dir: Path) -> int | None:
         return None
     try:
         proc = psutil.Process(info.pid)
-        created, argv = proc.create_time(), proc.cmdline()
+        created, argv, uid = proc.create_time(), proc.cmdline(), proc.uids().effective
     except psutil.Error:
         return None
-    ours = ("acpx_trio._owner" in argv and "--state-dir" in argv
+    ours = (uid == os.geteuid() and "acpx_trio._owner" in argv and "--state-dir" in argv
             and argv[argv.index("--state-dir") + 1:][:1] == [str(state_dir)])
     return info.pid if ours and abs(created - info.create_time) <= CREATE_TIME_TOLERANCE \
         else None
@@ -113,7 +114,7 @@ def _owner_pid(state_dir: Path) -> int | None:
 async def unresponsive(state_dir: Path, what: str, seconds: float) -> OwnerUnresponsiveError:
     """The error for an owner that did not answer ``what`` within ``seconds``, naming its
     pid (and how to resume or end it) only when that process is provably the owner."""
-    pid = await trio.to_thread.run_sync(_owner_pid, state_dir)
+    pid = await trio.to_thread.run_sync(verified_owner_pid, state_dir)
     who = "the warm owner" if pid is None else f"the warm owner (pid {pid})"
     hint = "" if pid is None else (f"; if it is stopped, `kill -CONT {pid}`, or end it "
                                    f"with `kill {pid}`")

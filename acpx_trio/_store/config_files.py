@@ -19,9 +19,7 @@ errors redact ``auth``).
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._errors import ConfigError
+from acpx_trio._errors import ConfigError, StateFileError
 from acpx_trio._store.config import (
     DEFAULT_AUTH_POLICY,
     DEFAULT_CONTAINMENT,
@@ -261,20 +259,20 @@ def write_starter(path: Path, *, force: bool = False) -> None:
     Never writes through a symlink, nor into anything but a regular file (a FIFO in its
     place is refused, never waited on); an existing file is kept unless ``force``.  Raises
     :class:`ConfigError` (field ``<file>``) when the file exists or cannot be written."""
+    from acpx_trio._store.fsio import open_private_file  # only here: config init
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    flags |= os.O_TRUNC if force else os.O_EXCL
-    try:
-        fd = os.open(path, flags, 0o600)
+    try:  # the state files' one opener: a regular file of ours, no link, no FIFO wait
+        fd, _st = open_private_file(path, os.O_WRONLY | os.O_CREAT
+                                    | (0 if force else os.O_EXCL))
     except FileExistsError as exc:
         raise ConfigError("<file>", str(path),
                           "already exists (pass --force to replace it)") from exc
+    except StateFileError as exc:
+        raise ConfigError("<file>", str(path), f"cannot be written ({exc})") from None
     except OSError as exc:
-        why = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror
-        raise ConfigError("<file>", str(path), f"cannot be written ({why})") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError("<file>", str(path), "cannot be written (not a regular file)")
+        raise ConfigError("<file>", str(path), f"cannot be written ({exc.strerror})") from exc
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.ftruncate(f.fileno(), 0)  # only once it is proved a file of ours
         os.fchmod(f.fileno(), 0o600)
         f.write(STARTER_CONFIG)

@@ -357,8 +357,8 @@ class StateDecoder(Generic[_T]):
     :meth:`decode` raises ``msgspec.DecodeError`` for every undecodable input, also for one
     nested deeper than msgspec's recursion limit (msgspec itself raises ``RecursionError``
     there: ``{"x": [[[...]]]}`` 100,000 levels deep), so each store's one way of handling a
-    garbage file (skip it, quarantine it) covers nesting too.  Bad UTF-8 inside a string
-    still raises ``UnicodeDecodeError``, as from msgspec."""
+    garbage file (skip it, quarantine it) covers nesting too (and bad UTF-8, which msgspec
+    reports as ``DecodeError`` as well)."""
 
     __slots__ = ("_decoder",)
 
@@ -413,8 +413,8 @@ def check_ancestors(path: Path) -> None:
     for this user's private group (named after this user, no other member: the convention
     behind ``umask 002``).  Where the path does not exist yet the walk stops (the rest will
     be created, ours).  Raises :class:`~acpx_trio.StateFileError` naming the directory and
-    the fix; so is a symbolic link on the way that another user owns.  Reads only ``lstat``s
-    and links, creates nothing.  A path whose ancestors passed
+    the fix; so is a symbolic link on the way that another user owns in a directory others
+    may write.  Reads only ``lstat``s and links, creates nothing.  A path whose ancestors passed
     is not walked again in this process: only root or this user can change a chain that
     passed (a user who loosens their own parents is caught at the next process's start)."""
     key = os.path.abspath(path)
@@ -435,9 +435,10 @@ _TRUSTED_ANCESTORS: set[str] = set()
 
 def _lookup_dirs(path: str) -> list[str]:
     """The directories in which the components of the absolute ``path`` are looked up, in
-    order, without repeats; links are followed (at most 40, as Linux), each a link of root's
-    or ours (another user's is :class:`~acpx_trio.StateFileError`: its owner may replace it
-    whatever the directory's sticky bit)."""
+    order, without repeats; links are followed (at most 40, as Linux).  A link of another
+    user in a directory others may write (sticky ``/tmp`` included) is
+    :class:`~acpx_trio.StateFileError`: its owner may replace it whenever; in a directory
+    only root or we write, nobody else can change it."""
     dirs: list[str] = []
     pending = [c for c in path.split("/") if c]
     current = "/"
@@ -461,7 +462,8 @@ def _lookup_dirs(path: str) -> list[str]:
         if not stat.S_ISLNK(st.st_mode):
             current = candidate
             continue
-        if st.st_uid not in (0, os.geteuid()):  # its owner may replace it (even in /tmp)
+        if st.st_uid not in (0, os.geteuid()) and _others_write(current):
+            # a sticky directory others write (/tmp): its owner may replace the link there
             raise StateFileError(
                 path, f"passes through the symbolic link {candidate}, which belongs to uid "
                 f"{st.st_uid}: that user could point it at another directory",
@@ -476,6 +478,16 @@ def _lookup_dirs(path: str) -> list[str]:
             current = "/"
         pending[:0] = [c for c in target.split("/") if c]
     return dirs
+
+
+def _others_write(directory: str) -> bool:
+    """Whether users other than root and us may add or remove entries of ``directory``
+    (group- or world-writable; sticky or not).  A directory that cannot be looked up counts
+    as writable (refused, not trusted)."""
+    try:
+        return bool(os.stat(directory).st_mode & 0o022)
+    except OSError:
+        return True
 
 
 def _check_ancestor_stat(ancestor: Path, st: os.stat_result, path: Path) -> None:

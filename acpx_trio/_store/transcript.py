@@ -89,7 +89,7 @@ class _Head(msgspec.Struct):
 
 
 _encoder = msgspec.json.Encoder()
-_head_decoder = msgspec.json.Decoder(_Head)
+_head_decoder = StateDecoder(_Head)  # a line an agent wrote: untrusted
 _entry = StateDecoder(TranscriptEntry)  # read back from the file: untrusted
 
 
@@ -97,7 +97,7 @@ def _head(raw: bytes) -> _Head | None:
     """The routing fields of a JSON object line; ``None`` if it is not one."""
     try:
         return _head_decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # not one (or nested past msgspec's limit)
+    except msgspec.DecodeError:  # not one (nested past msgspec's limit included)
         return None
 
 
