@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import uuid
@@ -122,14 +123,21 @@ def _problem(request: Request) -> tuple[str, str] | None:
     key = getattr(request, "session_key", None)
     if isinstance(key, str) and key and not key.strip():
         return "session_key", "a session key must not be blank"
-    for field in msgspec.structs.fields(type(request)):
-        if field.name == "text":  # bounded by the frame size, not a field constraint
-            continue
+    for name, kind in _checked_fields(type(request)):
         try:
-            msgspec.convert(getattr(request, field.name), type=field.type)
+            msgspec.convert(getattr(request, name), type=kind)
         except msgspec.ValidationError as exc:
-            return field.name, str(exc)
+            return name, str(exc)
     return None
+
+
+@functools.cache
+def _checked_fields(request_type: type[Request]) -> tuple[tuple[str, Any], ...]:
+    """Each field of ``request_type`` and its type (constraints included), but a prompt's
+    ``text`` (bounded by the frame size, not a field constraint).  Cached: reading a
+    Struct's fields resolves its annotations (about 0.2 ms)."""
+    return tuple((f.name, f.type) for f in msgspec.structs.fields(request_type)
+                 if f.name != "text")
 
 
 def checked(request: R, names: Mapping[str, str] | None = None) -> R:
