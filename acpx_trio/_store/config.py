@@ -581,5 +581,3 @@ def resolve_config(
         ignored_legacy_fields=tuple(ignored),
         **{attr: getattr(plugin, attr) for _field, attr in caps.CAP_FIELDS},
     )
-
-
