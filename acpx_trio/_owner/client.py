@@ -313,13 +313,13 @@ async def _start_owner(paths: OwnerPaths, launch: OwnerLaunch) -> None:
 async def connect_or_start(state_dir: Path, launch: OwnerLaunch) -> trio.SocketStream:
     """Connect to the owner of ``state_dir``, starting one first if none is alive."""
     paths = OwnerPaths(state_dir)
-    # refused here, not in the owner's log; its ancestors before anything is created
-    await trio.to_thread.run_sync(check_lease_dirs, paths.state_dir)
-    await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
     for _ in range(CONNECT_ATTEMPTS):
+        # an unusable state dir is refused here (connect_owner checks it, its ancestors
+        # included), not in the owner's log, and before anything is created
         stream = await connect_owner(state_dir)
         if stream is not None:
             return stream
+        await trio.to_thread.run_sync(ensure_private_dir, paths.state_dir)
         start_fd = await trio.to_thread.run_sync(open_lock_fd, paths.start_lock)
         try:
             await trio.to_thread.run_sync(_flock_blocking, start_fd, START_SECONDS)

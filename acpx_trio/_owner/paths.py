@@ -34,6 +34,7 @@ from acpx_trio._store.fsio import (
     StateDecoder,
     atomic_write_bytes,
     open_private_file,
+    read_private_file,
 )
 
 __all__ = [
@@ -92,6 +93,8 @@ class OwnerInfo(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _info_decoder = StateDecoder(OwnerInfo)  # nested too deeply: DecodeError, read as absent
+#: ``owner.json`` is a few hundred bytes; a larger one is not ours to read.
+OWNER_INFO_MAX_BYTES = 64 * 1024
 
 
 def write_owner_info(paths: OwnerPaths) -> OwnerInfo:
@@ -108,18 +111,12 @@ def write_owner_info(paths: OwnerPaths) -> OwnerInfo:
 def read_owner_info(paths: OwnerPaths) -> OwnerInfo | None:
     """``owner.json``, or ``None`` if absent, unreadable or not a regular file of ours."""
     try:
-        fd, _st = open_private_file(paths.info)
+        data = read_private_file(paths.info, OWNER_INFO_MAX_BYTES)
     except (OSError, StateFileError):
         return None
     try:
-        data = os.read(fd, 65536)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
         return _info_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except msgspec.DecodeError:
         return None
 
 

@@ -23,12 +23,12 @@ The log is a hint, never the truth:
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import msgspec
 
-from acpx_trio._store.fsio import StateDecoder
+from acpx_trio._errors import StateFileError
+from acpx_trio._store.fsio import StateDecoder, open_private_file
 
 __all__ = ["LOG_MAX_BYTES", "ChangeRecord", "Fingerprint", "append_change", "read_changes"]
 
@@ -49,28 +49,17 @@ class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = StateDecoder(ChangeRecord)  # a line nested too deeply: DecodeError, skipped
-_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def _ours(fd: int) -> os.stat_result | None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-        return None
-    return st
 
 
 def append_change(path: Path, record: ChangeRecord) -> int | None:
     """Append ``record`` (caller holds the lease lock); the log's size after it, or ``None``
     if the log could not be written (then readers fall back to a full decode)."""
     line = _encoder.encode(record) + b"\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _FLAGS, 0o600)
-    except OSError:
+    try:  # a regular file of ours (no link followed, no FIFO waited on), else no log
+        fd, st = open_private_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except (OSError, StateFileError):
         return None
     try:
-        st = _ours(fd)
-        if st is None:
-            return None
         if st.st_size > LOG_MAX_BYTES:
             os.ftruncate(fd, 0)
         os.write(fd, line)
@@ -86,12 +75,11 @@ def read_changes(path: Path, offset: int) -> tuple[list[ChangeRecord], int]:
     the offset after the last whole line.  Unreadable lines are skipped: a chain through
     them breaks and the caller decodes the whole file."""
     try:
-        fd = os.open(path, os.O_RDONLY | _FLAGS)
-    except OSError:
+        fd, st = open_private_file(path)
+    except (OSError, StateFileError):
         return [], 0
     try:
-        st = _ours(fd)
-        if st is None or st.st_size > 2 * LOG_MAX_BYTES:
+        if st.st_size > 2 * LOG_MAX_BYTES:
             return [], 0
         if offset > st.st_size:
             offset = 0
@@ -105,6 +93,6 @@ def read_changes(path: Path, offset: int) -> tuple[list[ChangeRecord], int]:
     for line in data[:end].splitlines():
         try:
             records.append(_decoder.decode(line))
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except msgspec.DecodeError:
             continue
     return records, offset + end

@@ -88,7 +88,7 @@ def _decode(raw: msgspec.Raw, kind: type[msgspec.Struct]) -> object | None:
         return None
     try:
         return _decoders[kind].decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except msgspec.DecodeError:
         return None
 
 
@@ -119,7 +119,7 @@ def past_turns(entries: Iterable[TranscriptEntry]) -> list[PastTurn]:
     for entry in entries:
         try:
             msg = _message.decode(entry.m)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except msgspec.DecodeError:
             continue
         if entry.d == "out":
             if msg.method == "session/prompt" and msg.id is not None:
