@@ -36,6 +36,7 @@ state = sys.argv[1]
 gw = resolve_gateway_instance_id_sync(state)
 store = SyncLeaseStore(state + "/acpx")
 pid, start = self_identity()
+print("ready", flush=True)
 sys.stdin.readline()
 lease = new_lease(gateway_instance_id=gw, session_key="s", wrapper_root=state + "/acpx",
                   command=["agent"], owner_pid=pid, owner_start_time=start)
@@ -80,7 +81,9 @@ async def test_restart_right_after_an_owner_was_killed_reaps_its_agent(tmp_path:
                 owner = _popen([sys.executable, "-c", OWNER, str(state)], env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 assert owner.stdin is not None and owner.stdout is not None
-                await trio.sleep(0.5)  # let it import (not a synchronisation: "go" waits)
+                # imported and waiting for "go" (so the timing below leaves its imports out)
+                ready = await trio.to_thread.run_sync(owner.stdout.readline)
+                assert ready == b"ready\n", ready
                 await svc.start(ctx)  # its last check: nothing to reap
                 await svc.stop(ctx)
                 checked = time.monotonic()
