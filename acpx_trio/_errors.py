@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "CREDENTIAL_NAME",
     "MIN_SECRET_LENGTH",
     "REDACTED",
     "AcpConnectionClosedError",
@@ -68,6 +69,12 @@ _SECRET_PATTERNS = (
 MIN_SECRET_LENGTH = 4
 #: What a redacted credential reads as.
 REDACTED = "[redacted]"
+#: Names (environment variables, HTTP headers) whose values are credentials: ``ACPX_AUTH_*``
+#: and names that look like one (provider keys such as ``OPENAI_API_KEY``, tokens, secrets,
+#: passwords; ``Authorization`` and ``Cookie`` headers).
+CREDENTIAL_NAME = re.compile(
+    r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_|AUTHORIZATION|COOKIE)",
+    re.IGNORECASE)
 
 
 def _known(secrets: Iterable[str]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from acpx_trio._cli.exits import EXIT_OK
 from acpx_trio._cli.output import Output
 from acpx_trio._cli.text import printable
 from acpx_trio._errors import replace_secrets
+from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.transcript import known_credentials, read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns
 
@@ -21,12 +22,12 @@ __all__ = ["history_command"]
 _encoder = msgspec.json.Encoder()
 
 
-def _load(session_dir: str | Path, key: str) -> list[PastTurn]:
-    """The past turns, with every credential known now redacted from the reassembled text
-    (a transcript written before a credential was known, or by an older version, still
-    prints none).  Blocking."""
-    turns = past_turns(read_transcript(transcript_path(session_dir, key)))
-    secrets = known_credentials()
+def _load(config: AcpxConfig, key: str) -> list[PastTurn]:
+    """The past turns, with every credential known now (the environment's, ``config``'s
+    ``auth`` and MCP servers') redacted from the reassembled text (a transcript written
+    before a credential was known, or by an older version, still prints none).  Blocking."""
+    turns = past_turns(read_transcript(transcript_path(config.state_dir, key)))
+    secrets = known_credentials(config.auth, mcp_servers=config.mcp_servers)
     if not secrets:
         return turns
     # a past turn's numbers are our own clock's: none came from the agent
@@ -49,14 +50,14 @@ def _text(index: int, turn: PastTurn) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def history_command(state_dir: Path, session_dir: str | Path, key: str,
+async def history_command(state_dir: Path, config: AcpxConfig, key: str,
                           json_mode: bool, out: Output) -> int:
     """Print the session's past turns, oldest first (none recorded: a note, exit 0).  A live
     warm owner first writes out what it buffers."""
     from acpx_trio._cli.warm import flush_transcript
 
     await flush_transcript(state_dir, key)
-    turns = await trio.to_thread.run_sync(_load, session_dir, key)
+    turns = await trio.to_thread.run_sync(_load, config, key)
     if json_mode:
         for turn in turns:
             out.write(_encoder.encode(turn).decode() + "\n")

@@ -113,7 +113,7 @@ async def sessions_command(action: str, key: str | None, opts: Options) -> int:
     if action == "history":
         from acpx_trio._cli.history import history_command
 
-        return await history_command(opts.state_dir, config.state_dir, key, opts.json, out)
+        return await history_command(opts.state_dir, config, key, opts.json, out)
     if action == "show":
         from acpx_trio._cli.warm import owner_session_info
 

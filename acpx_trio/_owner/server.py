@@ -186,7 +186,8 @@ class Owner:
             return None
         return TranscriptWriter(
             transcript_path(config.state_dir, key), max_bytes=config.transcript_max_bytes,
-            keep=config.transcript_keep, credentials=known_credentials(config.auth),
+            keep=config.transcript_keep,
+            credentials=known_credentials(config.auth, mcp_servers=config.mcp_servers),
             nursery=self._nursery, logger=_log)
 
     async def close_session(self, session: WarmSession) -> None:

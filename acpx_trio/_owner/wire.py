@@ -15,14 +15,13 @@ frame never reaches the owner's state.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
 import trio
 
-from acpx_trio._errors import AcpxError
+from acpx_trio._errors import CREDENTIAL_NAME, AcpxError
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent
 
 __all__ = [
@@ -353,18 +352,13 @@ class OwnerLaunch(msgspec.Struct, kw_only=True, frozen=True):
 
 #: Config keys that may differ between a client and the owner: they are per request.
 PER_REQUEST_KEYS = frozenset({"cwd", "timeoutSeconds", "queueOwnerTtlSeconds"})
-#: Environment names whose values reach an agent as credentials: ``ACPX_AUTH_*`` and names
-#: that look like credentials (provider keys such as ``OPENAI_API_KEY``, tokens, secrets).
-_CREDENTIAL_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
-                              re.IGNORECASE)
-
 
 def credential_env_digests(environ: Mapping[str, str],
                            names: Iterable[str] = ()) -> dict[str, str]:
     """Name -> SHA-256 digest of every credential-relevant variable set in ``environ``: the
     credential-like names and ``names`` (the ones the auth lookup tries for config ``auth``
     methods, see :attr:`OwnerLaunch.credential_names`).  Values never leave this function."""
-    wanted = {n for n in environ if _CREDENTIAL_NAME.search(n)}
+    wanted = {n for n in environ if CREDENTIAL_NAME.search(n)}
     wanted.update(n for n in names if n in environ)
     return {n: hashlib.sha256(b"acpx-trio-env\0" + environ[n].encode("utf-8", "surrogateescape"))
             .hexdigest() for n in sorted(wanted)}

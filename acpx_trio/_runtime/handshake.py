@@ -209,8 +209,10 @@ def make_agent_process(
         factory.log.warning("credential %s is shorter than %d characters: it is handed to the "
                             "agent but cannot be redacted from transcripts and output",
                             ", ".join(plan.too_short), MIN_SECRET_LENGTH)
-    # what the agent holds: its auth plan, config ``auth`` and credential-like owner variables
-    secrets = tuple(dict.fromkeys([*plan.secrets, *known_credentials(factory.config.auth)]))
+    # what the agent holds: its auth plan, config ``auth``, credential-like owner variables
+    # and the credentials of the MCP servers it is handed
+    secrets = tuple(dict.fromkeys([*plan.secrets, *known_credentials(
+        factory.config.auth, mcp_servers=factory.config.mcp_servers)]))
 
     def wire(connection: AcpConnection) -> None:
         connection.redact_secrets = secrets  # errors the agent answers never carry them

@@ -372,7 +372,8 @@ class AcpxRuntime:
     def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,
                 ) -> AsyncGenerator[list[AcpRuntimeEvent]]:
         proc = session.process
-        secrets = [*known_credentials(self.config.auth), *(proc.secrets if proc else ())]
+        secrets = [*known_credentials(self.config.auth, mcp_servers=self.config.mcp_servers),
+                   *(proc.secrets if proc else ())]
         return stream_turn(
             session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
             retire=self._retire, log=self.log, secrets=secrets, meta=checked_meta(meta),

@@ -36,6 +36,8 @@ from acpx_trio._store.config import (
     DEFAULT_PERMISSION_MODE,
     DEFAULT_QUEUE_OWNER_TTL_SECONDS,
     decode_plugin_config,
+    masked,
+    masked_entry,
     resolve_config,
 )
 
@@ -58,8 +60,6 @@ USER_CONFIG_NAME = "config.toml"
 PROJECT_CONFIG_NAME = ".acpx-trio.toml"
 #: Keys whose entries merge (and are shown) one by one.
 _OBJECT_KEYS = frozenset({"agents", "auth", "mcpServers"})
-_MASK = "********"
-
 #: The starter ``config init`` writes.  Every commented ``key = value`` is the key's default
 #: (the ``DEFAULT_*`` constants), except those whose comment says "for example": keys unset by
 #: default, as are the tables at the end (a test checks both against ``resolve_config({})``).
@@ -239,10 +239,7 @@ def describe(layers: ConfigLayers) -> list[ConfigSetting]:
         if key in _OBJECT_KEYS and isinstance(value, Mapping) and value:
             for name in sorted(value):
                 entry = value[name]
-                if key == "auth":
-                    entry = _MASK
-                elif key == "mcpServers" and isinstance(entry, Mapping) and entry.get("env"):
-                    entry = {**entry, "env": {k: _MASK for k in entry["env"]}}
+                entry = masked(key, entry) if key == "auth" else masked_entry(entry)
                 out.append(ConfigSetting(key=f"{key}.{name}", value=entry,
                                          source=layers.sources.get(f"{key}.{name}", "default")))
             continue

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ import msgspec
 import trio
 
 from acpx_trio._errors import (
+    CREDENTIAL_NAME,
     MIN_SECRET_LENGTH,
     RawSecrets,
     StateFileError,
@@ -48,6 +48,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._log import Logger
+from acpx_trio._store.config import McpServerConfig
 from acpx_trio._store.fsio import StateDecoder, ensure_private_dir, open_private_file
 from acpx_trio._store.sessions import SyncSessionStore
 
@@ -67,8 +68,6 @@ _CHUNK_KINDS = frozenset({"agent_message_chunk", "agent_thought_chunk"})
 #: Buffered bytes that schedule a flush before the turn ends.  Large on purpose: encoding in
 #: a thread still takes the GIL from a CPU-bound stream, so it is best done after the turn.
 DEFAULT_FLUSH_BYTES = 8 * 1024 * 1024
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_)",
-                          re.IGNORECASE)
 _log = logging.getLogger("acpx_trio.transcript")
 #: ``(time, direction, raw bytes)`` as the tap received them.
 Entry = tuple[float, str, bytes]
@@ -109,12 +108,15 @@ def transcript_path(session_dir: str | Path, session_key: str) -> Path:
 
 
 def known_credentials(auth: Mapping[str, str] | None = None,
-                      environ: Mapping[str, str] | None = None) -> list[str]:
-    """Credential values to redact: config ``auth`` values and the values of environment
-    variables whose names look like credentials (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ...)."""
+                      environ: Mapping[str, str] | None = None,
+                      mcp_servers: Iterable[McpServerConfig] = ()) -> list[str]:
+    """Credential values to redact: config ``auth`` values, the values of environment
+    variables whose names look like credentials (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ...)
+    and the credentials configured for MCP servers (:meth:`McpServerConfig.credentials`)."""
     env = os.environ if environ is None else environ
     found = {v for v in (auth or {}).values() if isinstance(v, str)}
-    found.update(v for k, v in env.items() if _SECRET_NAME.search(k))
+    found.update(v for k, v in env.items() if CREDENTIAL_NAME.search(k))
+    found.update(v for server in mcp_servers for v in server.credentials())
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 

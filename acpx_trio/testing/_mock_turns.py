@@ -126,8 +126,15 @@ def _elicit(t: TurnCtx, arg: str) -> str | None:
 
 
 def _mcp(t: TurnCtx, arg: str) -> str | None:
-    """``/mcp``: the MCP servers the session was given (``name:type``, comma-separated)."""
-    t.say(",".join(t.record.mcp) or "none")
+    """``/mcp``: the MCP servers the session was given (``name:type``, comma-separated).
+    ``/mcp given``: each server whole as JSON, env and header values included, streamed in
+    3-character pieces (an agent that repeats the credentials it was handed)."""
+    if arg.strip() != "given":
+        t.say(",".join(t.record.mcp) or "none")
+        return "end_turn"
+    text = "\n".join(t.record.mcp_given) or "none"
+    for start in range(0, len(text), 3):
+        t.say(text[start:start + 3])
     return "end_turn"
 
 

@@ -314,6 +314,8 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     turns: list[Turn] = msgspec.field(default_factory=list)
     #: the MCP servers it was given, as ``name:type``
     mcp: list[str] = msgspec.field(default_factory=list)
+    #: the same servers whole, as JSON (env and headers included)
+    mcp_given: list[str] = msgspec.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- terminals

@@ -242,7 +242,8 @@ class MockAgent(AgentCore):
             raise RpcFailure(-32602, f"cwd must be an absolute path, got {p.cwd!r}")
         record = SessionRecord(session_id=str(uuid.uuid4()), cwd=p.cwd, mcp=[
             f"{m.get('name')}:{m.get('type', 'stdio')}" for m in p.mcp_servers
-            if isinstance(m, dict)])
+            if isinstance(m, dict)], mcp_given=[msgspec.json.encode(m).decode()
+                                                for m in p.mcp_servers])
         with self.state_lock:
             self.sessions[record.session_id] = record
         self.save(record)
