@@ -36,6 +36,7 @@ __all__ = [
     "collapse_group",
     "number_holds_secret",
     "redact",
+    "redact_argv",
     "redact_value",
     "replace_secrets",
     "rpc_error_detail",
@@ -280,6 +281,13 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     """:func:`redact` applied to every string inside decoded JSON (dicts, lists; keys too);
     a list or object nested deeper than :data:`MAX_REDACT_DEPTH` reads as :data:`TOO_DEEP`."""
     return _map_strings(value, _redactor(secrets), 0)
+
+
+def redact_argv(argv: Iterable[str], secrets: Iterable[str] = ()) -> tuple[str, ...]:
+    """A command line as it may be shown or stored: :func:`redact` of each word (a
+    credential passed as an argument, ``--api-key sk-...``, reads ``[redacted]``)."""
+    known = tuple(secrets)
+    return tuple(redact(word, known) for word in argv)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

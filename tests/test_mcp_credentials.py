@@ -173,3 +173,39 @@ def test_warm_transcript_and_history_keep_no_mcp_credential(tmp_path: Path) -> N
     assert data and PLAIN.encode() in data  # the session/new request and the reply are there
     for secret in (*SECRETS, HEADER):
         assert secret.encode() not in data, secret
+
+
+# -- an agent command that carries a credential ------------------------------------------------
+
+
+def test_agents_and_doctor_never_show_a_credential_in_an_agents_arguments(
+    tmp_path: Path,
+) -> None:
+    """``agents`` and ``doctor`` printed a configured agent's command whole, so an auth value,
+    a credential environment variable or an MCP credential given as an argument was shown
+    (and went into every pasted bug report)."""
+    env_token = "sk-envtoken-123456789"
+    argv = [*MOCK_HTTP, "--x", AUTH, "--y", env_token, "--z", ENV_SECRET]
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**_raw(), "agents": {"tok": {"command": argv[0],
+                                                               "args": argv[1:]}}}))
+    common = ["--config", str(config)]
+    outputs = [run_cli(*cmd, *common, state_dir=tmp_path / "state",
+                       env={"MY_SERVICE_TOKEN": env_token})
+               for cmd in (["agents"], ["agents", "--json"], ["doctor", "--agent", "tok"],
+                           ["doctor", "--agent", "tok", "--json"])]
+    for done in outputs:
+        text = done.stdout + done.stderr
+        assert "mock_agent" in text, text  # the command is shown
+        assert not _leaks(text) and env_token not in text, text
+        assert "[redacted]" in text
+
+
+async def test_the_runtimes_doctor_report_names_no_credential(env: RuntimeEnv) -> None:
+    argv = [*MOCK_HTTP, "--x", AUTH, "--z", ENV_SECRET]
+    async with env.runtime(**{**_raw(), "probeAgent": "tok",
+                              "agents": {"tok": {"command": argv[0], "args": argv[1:]}}}) as rt:
+        report = await rt.doctor()
+    text = " ".join(map(str, report.details))
+    assert "command=" in text and "mock_agent" in text, text
+    assert not _leaks(text), text

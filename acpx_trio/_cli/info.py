@@ -21,7 +21,7 @@ from acpx_trio._cli.exits import EXIT_ERROR, EXIT_NO_SESSION, EXIT_OK, EXIT_USAG
 from acpx_trio._cli.options import Options
 from acpx_trio._cli.output import Output, format_table, usage_text
 from acpx_trio._cli.text import first_line, printable
-from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError
+from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError, redact_argv
 from acpx_trio._events import AgentUsage
 from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config
 
@@ -147,12 +147,13 @@ async def agents_command(opts: Options) -> int:
     out = Output()
     config = await _resolve(opts.raw_config, opts)
     registry = AgentRegistry(config.agents)
+    secrets = _known_credentials(config)
     rows = []
     for spec in registry.specs():
         installed = await registry.check_installed(spec)
         launch = await registry.prefer_installed(spec)  # what a session would run
         binary = launch.command != spec.command
-        command = launch.command
+        command = redact_argv(launch.command, secrets)
         via_npx = spec.uses_npx and not binary
         if opts.json:
             out.write(_json_line({
@@ -174,6 +175,14 @@ async def agents_command(opts: Options) -> int:
             rows, ("AGENT", "INSTALLED", "SOURCE", "COMMAND", "AUTH", "INSTALL")) + "\n")
     await out.drain()
     return EXIT_OK
+
+
+def _known_credentials(config: AcpxConfig) -> list[str]:
+    """The credentials an agent command shown here must not carry (``config``'s ``auth``
+    and MCP servers', the environment's)."""
+    from acpx_trio._store.transcript import known_credentials
+
+    return known_credentials(config.auth, mcp_servers=config.mcp_servers)
 
 
 # -- doctor -----------------------------------------------------------------------------------
@@ -310,7 +319,8 @@ async def doctor_command(
             spec = await registry.prefer_installed(registry.resolve(name))
             found = await registry.check_installed(spec)
             results[name] = _DoctorResult(
-                agent=name, ok=False, found=found, command=list(spec.command),
+                agent=name, ok=False, found=found,
+                command=list(redact_argv(spec.command, _known_credentials(config))),
                 message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0, code=exc.code,
                 install_command=_install_advice(False, found, False, spec.install_command,
                                                 spec.install_hint()),

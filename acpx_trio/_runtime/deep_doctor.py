@@ -18,7 +18,13 @@ from typing import Any, Literal, Protocol
 import msgspec
 import trio
 
-from acpx_trio._errors import AcpConnectionClosedError, AcpRuntimeError, AcpxError, collapse_group
+from acpx_trio._errors import (
+    AcpConnectionClosedError,
+    AcpRuntimeError,
+    AcpxError,
+    collapse_group,
+    redact_argv,
+)
 from acpx_trio._events import AcpRuntimeHandle, DoctorReport
 from acpx_trio._process.agent import AgentProcess
 from acpx_trio._runtime.handshake import (
@@ -28,6 +34,7 @@ from acpx_trio._runtime.handshake import (
 )
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import auth_details
+from acpx_trio._store.transcript import known_credentials
 
 __all__ = ["DEEP_PROBE_KEY_PREFIX", "deep_probe", "doctor_probe"]
 
@@ -88,7 +95,10 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
                             details=[f"agent={name}", exc.message])
     spec = await factory.agents.prefer_installed(spec)
     cwd = factory.config.cwd
-    details: list[Any] = [f"agent={spec.name}", f"command={shlex.join(spec.command)}",
+    # the command as shown: a credential in its arguments reads [redacted]
+    secrets = known_credentials(factory.config.auth, mcp_servers=factory.config.mcp_servers)
+    details: list[Any] = [f"agent={spec.name}",
+                          f"command={shlex.join(redact_argv(spec.command, secrets))}",
                           f"cwd={cwd}"]
     if not await factory.agents.check_installed(spec):
         return DoctorReport(

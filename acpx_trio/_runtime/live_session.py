@@ -47,7 +47,7 @@ from acpx_trio._acp import (
     decode_session_update_line,
     decode_session_update_lines,
 )
-from acpx_trio._errors import AcpRuntimeError, redact
+from acpx_trio._errors import AcpRuntimeError, redact_argv
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -195,7 +195,7 @@ class LiveSession:
         return SessionRecord(
             session_key=self.session_key,
             agent=self.spec.name,
-            agent_command=tuple(redact(arg, secrets) for arg in self.spec.command),
+            agent_command=redact_argv(self.spec.command, secrets),
             cwd=self.cwd,
             mode=self.mode,
             backend_session_id=self.backend_session_id,

@@ -51,7 +51,7 @@ from acpx_trio._acp import (
     TerminalOutputRequest,
     TerminalOutputResponse,
 )
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, redact_argv
 from acpx_trio._process.owned import (
     close_owned,
     complete_lease,
@@ -409,7 +409,8 @@ class TerminalManager:
         if self._closed:  # closed while starting: never leave it running
             await self.aclose()
             raise _refuse("the session is closing", PERMISSION_DENIED_RPC)
-        self.log.debug("terminal %s: pid %s runs %s", term.id, term.pid, shlex.join(argv))
+        self.log.debug("terminal %s: pid %s runs %s", term.id, term.pid,
+                       shlex.join(redact_argv(argv)))  # no credential shape in a log line
         return CreateTerminalResponse(terminal_id=term.id)
 
     async def aclose(self) -> None:
