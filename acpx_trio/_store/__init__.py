@@ -5,7 +5,8 @@ file and its store (``leases``; the file held in memory between locked operation
 ``lease_snapshot``; the change log: ``lease_log``), session records (``sessions``),
 transcripts (``transcript``, ``transcript_history``), the gateway instance id
 (``instance``), the paths callers hand us (``userpaths``) and the plugin config (``config``;
-its files: ``config_files``; its memory caps: ``caps``).
+the entries of its ``agents`` and ``mcpServers`` and what of it may be shown:
+``config_entries``; its files: ``config_files``; its memory caps: ``caps``).
 
 Owns: file formats, atomic writes, locks, quarantine of damaged files, permission checks.
 May import: ``acpx_trio._errors`` and ``acpx_trio._log`` only (plus the standard library,

@@ -36,10 +36,9 @@ from acpx_trio._store.config import (
     DEFAULT_PERMISSION_MODE,
     DEFAULT_QUEUE_OWNER_TTL_SECONDS,
     decode_plugin_config,
-    masked,
-    masked_entry,
     resolve_config,
 )
+from acpx_trio._store.config_entries import masked, masked_entry
 
 __all__ = [
     "PROJECT_CONFIG_NAME",

@@ -48,7 +48,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._log import Logger
-from acpx_trio._store.config import McpServerConfig
+from acpx_trio._store.config_entries import McpServerConfig
 from acpx_trio._store.fsio import StateDecoder, ensure_private_dir, open_private_file
 from acpx_trio._store.sessions import SyncSessionStore
 
