@@ -562,8 +562,9 @@ def collapse_group(exc: BaseException) -> BaseException:
     Internal nurseries (``strict_exception_groups``) wrap even a single error in an
     ``ExceptionGroup``; public coroutines of acpx-trio promise plain :class:`AcpxError`\ s.
     Rules: a non-group is returned as is; ``KeyboardInterrupt`` wins; otherwise the first leaf
-    that is not :class:`trio.Cancelled` (the others are attached as notes); a group of only
-    cancellations is returned unchanged (Trio's cancel scopes consume it)."""
+    that is not :class:`trio.Cancelled` (the others are attached as notes); of a group of only
+    cancellations, its first :class:`trio.Cancelled` (the cancel scope that asked for it
+    catches it as it would the group; a host's ``except trio.Cancelled`` sees it)."""
     if not isinstance(exc, BaseExceptionGroup):
         return exc
     leaves = _leaves(exc)
@@ -574,7 +575,7 @@ def collapse_group(exc: BaseException) -> BaseException:
 
     errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
     if not errors:
-        return exc
+        return leaves[0]
     first = errors[0]
     for other in errors[1:]:
         first.add_note(f"also raised concurrently: {type(other).__name__}: {other}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -75,6 +77,35 @@ class _CancelParams(msgspec.Struct, rename="camel"):
 
 class _PeerCancelled(Exception):
     """Our handler of a peer request was cancelled by the peer (internal)."""
+
+
+class _Progress:
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
+async def _write_counted(stream: trio.lowlevel.FdStream, data: bytes, progress: _Progress) -> None:
+    """``stream.send_all(data)``, counting in ``progress`` the bytes already written, so a
+    cancel before the first byte leaves the stream whole (Trio's ``send_all`` takes its
+    schedule point before writing, and a cancel there cannot be told from one midway).  A
+    checkpoint: cancellable before the first write and while the pipe is full."""
+    fd = stream.fileno()
+    blocked = False
+    with memoryview(data) as view:
+        while progress.sent < len(data):
+            try:
+                progress.sent += os.write(fd, view[progress.sent:])
+            except BlockingIOError:
+                blocked = True
+                await trio.lowlevel.wait_writable(fd)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the agent's input was closed") from None
+                raise trio.BrokenResourceError(str(exc)) from exc
+    if not blocked:
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 class AcpConnection:
@@ -209,15 +240,22 @@ class AcpConnection:
                     f"cannot send to the agent: {self._send_broken}", code="ACP_CONNECTION_CLOSED"
                 )
             await trio.lowlevel.checkpoint_if_cancelled()
+            stream = self._send_stream
+            progress = _Progress()
             try:
-                await self._send_stream.send_all(data)
+                if isinstance(stream, trio.lowlevel.FdStream):
+                    await _write_counted(stream, data, progress)
+                else:  # how much left is unknown: a cancel counts as a write cut midway
+                    progress.sent = -1
+                    await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._send_broken = f"the agent's input is closed ({type(exc).__name__})"
                 raise AcpConnectionClosedError(
                     f"cannot send to the agent: {self._send_broken}"
                 ) from exc
             except trio.Cancelled:
-                self._send_broken = "a write was cancelled midway"
+                if progress.sent:  # part of a message is out: nothing can follow it
+                    self._send_broken = "a write was cancelled midway"
                 raise
 
     def _encode(self, message: Any) -> bytes:

@@ -324,6 +324,7 @@ class AgentProcess:
             gateway_instance_id=self.gateway_instance_id,
             session_key=self.session_key,
             command=self.argv,
+            log=self.log,
             containment=self.containment,
         )
         self.lease = lease

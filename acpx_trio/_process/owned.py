@@ -81,6 +81,7 @@ async def save_pending_lease(
     gateway_instance_id: str,
     session_key: str,
     command: Sequence[str],
+    log: Logger,
     containment: ContainmentMode = "auto",
 ) -> ProcessLease:
     """Arm the watchdog of ``lease_store``'s dir, then save and return a pending lease naming
@@ -88,7 +89,9 @@ async def save_pending_lease(
 
     Raises what :meth:`LeaseStore.save` raises, and
     :class:`~acpx_trio._errors.ContainmentError` when ``containment="cgroup"`` and no leaf
-    can be made (the lease is then final: nothing was spawned)."""
+    can be made.  On any failure or cancellation once the save began, the lease is final
+    (``lost``: nothing was spawned) and its leaf removed before the error propagates: a
+    caller that never got the lease leaves none open."""
     await ensure_armed(lease_store.path.parent)
     owner_pid, owner_start = await owner_identity()
     lease = new_lease(
@@ -107,16 +110,37 @@ async def save_pending_lease(
         lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
     elif containment == "cgroup":
         raise ContainmentError(f"gateway id {gateway_instance_id!r} cannot name a cgroup")
-    await lease_store.save(lease)
-    if lease.cgroup is not None:
+    try:
+        await lease_store.save(lease)
+        if lease.cgroup is None:
+            return lease
         made = await trio.to_thread.run_sync(make_leaf, gateway_instance_id, lease.lease_id)
-        if made is None:  # not creatable after all
-            lease = msgspec.structs.replace(lease, cgroup=None)
-            if containment == "cgroup":
-                await lease_store.save(msgspec.structs.replace(lease, state=LeaseState.LOST))
-                raise ContainmentError(f"could not create the leaf cgroup under {parent}")
+        if made is not None:
+            return lease
+        lease = msgspec.structs.replace(lease, cgroup=None)  # not creatable after all
+        if containment != "cgroup":
             await lease_store.save(lease)  # auto: the process group is what we have
-    return lease
+            return lease
+        await lease_store.save(msgspec.structs.replace(lease, state=LeaseState.LOST))
+    except BaseException:
+        # cancelled or failed after the save may have landed (the cancel came after it, or
+        # another task's group commit wrote it): nothing was spawned, so the lease is made
+        # final here, never left open for a lease-less caller to forget
+        with trio.CancelScope(shield=True):
+            await _abandon_pending(lease_store, lease, log)
+        raise
+    raise ContainmentError(f"could not create the leaf cgroup under {parent}")
+
+
+async def _abandon_pending(lease_store: LeaseStore, lease: ProcessLease, log: Logger) -> None:
+    """End a pending lease under which nothing was spawned (``open -> closing -> lost``,
+    as a failed spawn ends), and remove its leaf if one was made.  Never raises (a failed
+    write is logged); a lease the store never got stays absent."""
+    if lease.cgroup is not None:
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(remove_empty_leaf, lease.cgroup)
+    for state in (LeaseState.CLOSING, LeaseState.LOST):
+        lease = await mark_lease(lease_store, lease, state, log, "pending lease")
 
 
 def owned_env(base: Mapping[str, str], lease: ProcessLease, owner: str) -> dict[str, str]:

@@ -40,6 +40,7 @@ from acpx_trio._errors import (
     AcpProtocolError,
     AcpRuntimeError,
     AgentProcessError,
+    collapse_group,
     number_holds_secret,
 )
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
@@ -263,10 +264,15 @@ async def start_live_session(
         output_budget=factory.config.terminal_output_max_bytes,
         containment=factory.config.containment,
     )
+    factory.check_open()  # a runtime shut down meanwhile takes no new agent (no await since)
     try:
         await factory.nursery.start(proc.run)
-    except AgentProcessError as exc:
-        raise AcpRuntimeError(exc.code, exc.message) from exc
+    except (AgentProcessError, BaseExceptionGroup) as caught:
+        # a cancel that lands as the agent starts comes out of its own nursery as a group
+        exc = collapse_group(caught)
+        if isinstance(exc, AgentProcessError):
+            raise AcpRuntimeError(exc.code, exc.message) from exc
+        raise exc from None
     try:
         await open_acp_session(session, factory.config, load_id=load_id)
         await proc.wait_recorded()

@@ -127,6 +127,7 @@ class AcpxRuntime:
             on_turn_failure=self.on_turn_failure,
             elicitation_handler=lambda: self._elicitation_handler,
             spare_leaves=self._spare_leaves,
+            check_open=self._check_open,
         )
 
     @property

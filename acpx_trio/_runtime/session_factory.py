@@ -46,3 +46,6 @@ class SessionFactory:
     spare_leaves: SpareLeaves | None = None
     #: the host's ``elicitation/create`` answerer now (``None``: the non-interactive policy)
     elicitation_handler: Callable[[], ElicitationHandler | None] = lambda: None
+    #: raises ``ACP_BACKEND_UNAVAILABLE`` once the runtime is shut down (its nursery then
+    #: takes no new agent)
+    check_open: Callable[[], None] = lambda: None

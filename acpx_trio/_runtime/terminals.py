@@ -205,6 +205,7 @@ class Terminal:
             owner.lease_store, gateway_instance_id=owner.gateway_instance_id,
             session_key=f"{owner.session_key}:terminal:{self.id}",
             command=self.argv,
+            log=owner.log,
             containment=owner.containment,
         )
         self._window = open_window()  # before the spawn: the close's proof looks after it
