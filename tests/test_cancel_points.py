@@ -36,6 +36,9 @@ from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
 
 MODES = ["auto", "process-group"]
+#: The life sweeps (a whole runtime or service per step) try every second step in the suite
+#: and every step with ``ACPX_CANCEL_SWEEP=full`` (the soak; about twice as long).
+LIFE_STRIDE = 1 if os.environ.get("ACPX_CANCEL_SWEEP") == "full" else 2
 FINAL = (LeaseState.CLOSED, LeaseState.LOST)
 
 
@@ -265,3 +268,50 @@ async def test_an_ensure_that_outlives_the_runtime_gets_a_typed_error(
     assert isinstance(error, AcpRuntimeError), repr(error)
     assert error.code == "ACP_BACKEND_UNAVAILABLE"
     assert processes_of_gateway(gateway) == []
+
+
+@pytest.mark.parametrize("containment", MODES)
+async def test_a_runtime_cancelled_at_any_step_of_its_life_raises_only_cancelled(
+    env: RuntimeEnv, containment: str
+) -> None:
+    """The host's scope cancelled anywhere in a runtime's life (opening, an ensure and a
+    turn in flight, closing): the scope takes the cancel (nothing else escapes: no group,
+    no ``ACP_RUNTIME_INTERNAL_ERROR``), and no agent process or open lease is left."""
+    async def life() -> None:
+        async with env.runtime(containment=containment) as rt:
+            await _turn_ok(rt, "s")
+
+    k = 0
+    with trio.fail_after(240):
+        while await _cancelled_at(k, life):
+            k += LIFE_STRIDE
+    assert k > 30
+    assert processes_of_gateway(env.gateway_id) == []
+    assert await _open_leases(env.lease_store) == []
+
+
+async def test_a_service_cancelled_at_any_step_of_its_life_raises_only_cancelled(
+    tmp_path: Path,
+) -> None:
+    """The same through ``open_runtime_service`` (its start, a turn, its stop): a cancel-only
+    group escaped it, and the body's ensure answered ``ACP_BACKEND_UNAVAILABLE`` to a cancel
+    that was shutting the runtime down."""
+    containment = "auto"
+    (tmp_path / "ws").mkdir()
+    gateways: set[str] = set()
+
+    async def life() -> None:
+        async with open_runtime_service(
+            workspace_dir=tmp_path / "ws", state_dir=tmp_path / "state",
+            plugin_config={"containment": containment}, registry=BackendRegistry(),
+        ) as service:
+            if service.gateway_instance_id is not None:
+                gateways.add(service.gateway_instance_id)
+            await _turn_ok(service.require_runtime(), "s")
+
+    k = 0
+    with trio.fail_after(240):
+        while await _cancelled_at(k, life):
+            k += LIFE_STRIDE
+    assert k > 30 and gateways
+    assert all(processes_of_gateway(g) == [] for g in gateways)

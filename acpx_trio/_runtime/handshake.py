@@ -264,7 +264,10 @@ async def start_live_session(
         output_budget=factory.config.terminal_output_max_bytes,
         containment=factory.config.containment,
     )
-    factory.check_open()  # a runtime shut down meanwhile takes no new agent (no await since)
+    # a runtime shut down meanwhile takes no new agent (and a cancelled caller, whose cancel
+    # may be what shut it down, sees its cancel); no schedule point from here to the start
+    await trio.lowlevel.checkpoint_if_cancelled()
+    factory.check_open()
     try:
         await factory.nursery.start(proc.run)
     except (AgentProcessError, BaseExceptionGroup) as caught:

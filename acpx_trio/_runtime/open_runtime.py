@@ -61,8 +61,8 @@ async def open_acpx_runtime(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         first = collapse_group(group)
-        if first is group:
-            raise  # only cancellations: the enclosing cancel scope consumes them
+        if isinstance(first, trio.Cancelled):
+            raise first from None  # only cancellations: the enclosing cancel scope takes it
         if first is not escaped and not isinstance(first, AcpxError | KeyboardInterrupt):
             raise AcpRuntimeError(
                 "ACP_RUNTIME_INTERNAL_ERROR",

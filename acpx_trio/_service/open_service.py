@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service.backends import BackendRegistry
@@ -68,7 +69,12 @@ async def open_runtime_service(
                     await service.stop(ctx)
                 nursery.cancel_scope.cancel(reason="acpx runtime service closed")
     except BaseExceptionGroup as group:
-        if escaped is None or len(group.exceptions) != 1 or group.exceptions[0] is not escaped:
+        _, rest = group.split(trio.Cancelled)
+        if rest is None:  # only cancellations: the host's cancel scope takes the one raised
+            raise collapse_group(group) from None
+        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
+            rest = rest.exceptions[0]
+        if escaped is None or rest is not escaped:  # the service's own tasks failed too
             raise
         context = escaped.__context__
         try:
