@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 from acpx_trio._events import DoneEvent, ErrorEvent
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_ERROR",
+    "EXIT_HANGUP",
     "EXIT_INTERRUPTED",
     "EXIT_NO_SESSION",
     "EXIT_OK",
@@ -19,9 +21,11 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
+    "STOP_SIGNALS",
     "done_exit",
     "event_exit",
     "exit_code_for",
+    "signal_exit",
 ]
 
 EXIT_OK = 0
@@ -30,8 +34,22 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_NO_SESSION = 4
 EXIT_PERMISSION = 5
+EXIT_HANGUP = 129  # SIGHUP
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
+
+#: The signals a turn command answers by stopping its agent: Ctrl-C, ``kill``, and the
+#: terminal going away (SIGHUP: a closed terminal or SSH session must not leave the agent to
+#: the owner-death watchdog).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED,
+                signal.SIGHUP: EXIT_HANGUP}
+
+
+def signal_exit(signum: int | None) -> int:
+    """The exit code of a command stopped by ``signum`` (128 + its number, as a shell
+    reports it; 130 when unknown)."""
+    return EXIT_INTERRUPTED if signum is None else _SIGNAL_EXIT.get(signum, EXIT_INTERRUPTED)
 
 _CODE_EXIT = {
     "ACP_TURN_TIMEOUT": EXIT_TIMEOUT,

@@ -1,8 +1,8 @@
 """The ``acpx-trio`` command line's entry: its arguments, and the exit status of whatever ran.
 
 Exit codes (as acpx's): 0 ok, 1 runtime or protocol error, 2 usage or config error,
-3 timeout, 4 no such session, 5 permission denied or unanswerable, 130 interrupted (SIGINT),
-143 terminated (SIGTERM).
+3 timeout, 4 no such session, 5 permission denied or unanswerable, 129 hung up (SIGHUP),
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
 Parsing loads neither Trio nor the runtime: ``--help``, ``--version``, a usage error and a
 configuration error cost an interpreter and this module.  A parsed command runs in
@@ -14,6 +14,7 @@ agent stays warm between invocations).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
+from acpx_trio._cli.interrupts import hold_interrupts, release_interrupts
 from acpx_trio._cli.options import (
     OUTPUT_FORMATS,
     STATE_DIR_ENV,
@@ -240,23 +242,27 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 def _fail(message: str) -> None:
-    print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # a terminal that hung up hears nothing more
+        print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    ns = build_parser().parse_args(argv)
-    verbose = bool(getattr(ns, "verbose", False))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="acpx-trio: %(message)s")
+    hold_interrupts()
     try:
-        _check_warm_only(ns)
-        opts = resolve_options(ns)  # before the event loop: it reads files
-        import trio  # only now: --help, --version and a usage error never load it
+        try:
+            ns = build_parser().parse_args(argv)
+            verbose = bool(getattr(ns, "verbose", False))
+            logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                                format="acpx-trio: %(message)s")
+            _check_warm_only(ns)
+            opts = resolve_options(ns)  # before the event loop: it reads files
+            import trio  # only now: --help, --version and a usage error never load it
 
-        from acpx_trio._cli.run import dispatch
-
-        return trio.run(dispatch, ns, opts)
+            from acpx_trio._cli.run import dispatch
+        finally:
+            release_interrupts()  # a Ctrl-C held meanwhile is raised here
+        return trio.run(dispatch, ns, opts, restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseException as raised:
         exc = _leaf(raised)
         if isinstance(exc, UsageError | ConfigError):

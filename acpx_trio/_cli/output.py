@@ -9,6 +9,7 @@ status on stderr (prefixed, dimmed on a terminal), or one JSON object a line wit
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -70,14 +71,29 @@ def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str
     )
 
 
-def _write_batch(batch: list[tuple[TextIO, str]]) -> None:
+def _write_batch(batch: list[tuple[TextIO, str]], gone: list[TextIO]) -> None:
+    """Write and flush ``batch``; a stream whose terminal hung up (``EIO``) joins ``gone``
+    and is skipped from then on (a closed pipe still raises ``BrokenPipeError``)."""
     touched: list[TextIO] = []
     for stream, text in batch:
-        stream.write(text)
+        if stream in gone:
+            continue
+        try:
+            stream.write(text)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            gone.append(stream)
+            continue
         if stream not in touched:
             touched.append(stream)
     for stream in touched:
-        stream.flush()
+        try:
+            stream.flush()
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            gone.append(stream)
 
 
 class Output:
@@ -85,12 +101,15 @@ class Output:
 
     ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
     Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  A write that
-    blocks forever (a pipe nobody reads) is abandoned when its waiter is cancelled."""
+    blocks forever (a pipe nobody reads) is abandoned when its waiter is cancelled; a
+    terminal that hung up (SIGHUP, ``EIO``) is written no more, the command goes on."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out: TextIO = out if out is not None else sys.stdout
         self.err: TextIO = err if err is not None else sys.stderr
         self._pending: list[tuple[TextIO, str]] = []
+        #: streams whose terminal hung up: nothing more is written to them
+        self._gone: list[TextIO] = []
         self._queued = 0
         self._written = 0
         self._wake = trio.Event()
@@ -109,7 +128,8 @@ class Output:
             batch, self._pending = self._pending, []
             if batch:
                 try:
-                    await trio.to_thread.run_sync(_write_batch, batch, abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(_write_batch, batch, self._gone,
+                                                  abandon_on_cancel=True)
                 finally:
                     self._written += len(batch)
                     self._progress.set()

@@ -32,11 +32,12 @@ import trio
 from acpx_trio._cli.exits import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    STOP_SIGNALS,
     event_exit,
     exit_code_for,
+    signal_exit,
 )
 from acpx_trio._cli.options import Options, UsageError
 from acpx_trio._cli.output import Output, TurnPrinter
@@ -82,7 +83,7 @@ class _Interrupts:
         self.killing = False
 
     def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+        return signal_exit(self.signum)
 
     async def _call(self, op: Callable[[], Awaitable[object]]) -> None:
         try:
@@ -107,8 +108,9 @@ class _Interrupts:
                                   "(press Ctrl-C again to stop the agent)")
                 nursery.start_soon(self._call, cancel)
                 continue
-            what = "terminated" if signum == signal.SIGTERM else (
-                "interrupted again" if self.count > 1 else "interrupted")
+            what = ("terminated" if signum == signal.SIGTERM else "hung up"
+                    if signum == signal.SIGHUP else
+                    "interrupted again" if self.count > 1 else "interrupted")
             self.printer.note(f"{what}: stopping the agent")
             self.closing = True
             # `work` encloses the runtime service and its root nursery: cancelling it stops
@@ -227,7 +229,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     ctl = _Interrupts(printer)
     code = EXIT_ERROR
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(output.run)
             nursery.start_soon(ctl.watch, signals, nursery)

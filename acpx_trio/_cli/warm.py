@@ -38,10 +38,11 @@ from acpx_trio._cli.exits import (
     EXIT_INTERRUPTED,
     EXIT_NO_SESSION,
     EXIT_OK,
-    EXIT_TERMINATED,
     EXIT_USAGE,
+    STOP_SIGNALS,
     event_exit,
     exit_code_for,
+    signal_exit,
 )
 from acpx_trio._cli.options import UsageError
 from acpx_trio._cli.output import (
@@ -406,7 +407,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
     printer = TurnPrinter(output, json_mode=opts.json, verbose=opts.verbose, quiet=opts.quiet)
     client = _Client(opts.state_dir, req, printer)
     code = EXIT_ERROR
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(output.run)
             nursery.start_soon(client.watch, signals)
@@ -421,7 +422,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                 code = EXIT_ERROR
             if client.signum is not None and (
                     code in (EXIT_INTERRUPTED, EXIT_ERROR) or client.waiting.cancelled_caught):
-                code = EXIT_TERMINATED if client.signum == signal.SIGTERM else EXIT_INTERRUPTED
+                code = signal_exit(client.signum)
             printer.finish()
             with trio.move_on_after(30):
                 await output.drain()

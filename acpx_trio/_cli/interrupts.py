@@ -1,0 +1,27 @@
+"""Ctrl-C held while the command line loads (loads nothing itself: the entry points call it
+before anything else is imported).
+
+A ``KeyboardInterrupt`` raised inside an import can leave a half-initialised module (one
+crashed the interpreter inside msgspec's decoder set-up) or half-restored argparse state.
+:func:`hold_interrupts` blocks SIGINT (delivered later, never lost);
+:func:`release_interrupts` unblocks it once the command's modules are loaded and before the
+event loop starts (so no worker thread or agent inherits a blocked mask), and a Ctrl-C held
+meanwhile is raised there, ending the command as ``interrupted`` (130)."""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = ["hold_interrupts", "release_interrupts"]
+
+
+def hold_interrupts() -> None:
+    """Block SIGINT in this (the only) thread; idempotent."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def release_interrupts() -> None:
+    """Unblock SIGINT; one that arrived while it was held is handled now."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
