@@ -144,6 +144,10 @@ def test_sighup_stops_the_agent_like_sigterm(tmp_path: Path) -> None:
         cli.wait_stderr("turn started")
         gw = gateway_id(tmp_path)
         assert gw is not None and len(tagged_pids(gw)) == 1
+        # the Ctrl-C held while the command line loaded is not held for what it starts
+        for pid in (*tagged_pids(gw), cli.popen.pid):
+            blocked = Path(f"/proc/{pid}/status").read_text().split("SigBlk:")[1].split()[0]
+            assert not int(blocked, 16) & (1 << (signal.SIGINT - 1)), (pid, blocked)
         cli.signal(signal.SIGHUP)
         assert cli.wait() == 129, cli.err()
         assert "hung up: stopping the agent" in cli.err()
