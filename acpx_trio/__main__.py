@@ -1,9 +1,9 @@
 """``python -m acpx_trio`` is the ``acpx-trio`` command."""
 
-from acpx_trio._cli.interrupts import hold_interrupts
+from acpx_trio._cli.interrupts import finished, hold_interrupts
 
 hold_interrupts()  # before the command line's modules load (released before its loop)
 
 from acpx_trio._cli.main import main  # noqa: E402
 
-raise SystemExit(main())
+raise SystemExit(finished(main))

@@ -13,9 +13,9 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    from acpx_trio._cli.interrupts import hold_interrupts
+    from acpx_trio._cli.interrupts import finished, hold_interrupts
 
     hold_interrupts()  # before the command line's modules load (released before its loop)
     from acpx_trio._cli.main import main as cli_main
 
-    return cli_main(argv)
+    return finished(lambda: cli_main(argv))  # the process exits next: a late Ctrl-C is moot

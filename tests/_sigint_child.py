@@ -1,7 +1,8 @@
 """Runs the command line in this process with a Ctrl-C that lands at a chosen moment of its
 loading: ``python _sigint_child.py WHEN ARGS...`` where WHEN is ``import:<module>`` (SIGINT
-sent to ourselves as that module's import starts) or ``call:<function name>`` (as that
-function is entered, e.g. ``parse_known_args``).  Prints ``loaded: <module>`` for each
+sent to ourselves as that module's import starts), ``call:<function name>`` (as that
+function is entered, e.g. ``parse_known_args``) or ``return:main`` (as the command line's
+``main`` returns: the command has finished).  Prints ``loaded: <module>`` for each
 module of interest fully imported at the end, then exits with the command's code."""
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ def _import(name: str, globals_: Any = None, locals_: Any = None, fromlist: Any 
 
 
 def _profile(frame: FrameType, event: str, arg: Any) -> None:
-    if kind == "call" and event == "call" and frame.f_code.co_name == target:
+    if event == kind and frame.f_code.co_name == target and (
+            kind != "return" or frame.f_globals.get("__name__") == "acpx_trio._cli.main"):
         _fire()
 
 
 builtins.__import__ = _import
 sys.setprofile(_profile)
+from acpx_trio._cli.interrupts import finished  # noqa: E402
 from acpx_trio._cli.main import main  # noqa: E402
 
 try:
-    code = main(args)
+    code = finished(lambda: main(args))  # as the entry points run it
 finally:
     sys.setprofile(None)
 for module in ("trio", "acpx_trio._cli.run", "acpx_trio._cli.warm"):

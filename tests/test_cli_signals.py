@@ -134,6 +134,15 @@ def test_a_ctrl_c_while_the_command_line_loads_ends_it_cleanly(
         assert f"loaded: {module}" in done.stdout, done.stdout
 
 
+def test_a_ctrl_c_as_the_command_finishes_prints_no_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C that lands as the finished command returns killed the exiting interpreter
+    (status -2, a ``KeyboardInterrupt`` traceback)."""
+    done = _child(tmp_path, "return:main", "leases")
+    assert "fired: True" in done.stdout, done.stdout + done.stderr
+    assert done.returncode in (0, 130), done.returncode
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_sighup_stops_the_agent_like_sigterm(tmp_path: Path) -> None:
     """The terminal went away: the agent (one that ignores its closed stdin, as real ones
     may) is closed before the CLI exits (it used to die at once, leaving the agent to the

@@ -6,13 +6,20 @@ crashed the interpreter inside msgspec's decoder set-up) or half-restored argpar
 :func:`hold_interrupts` blocks SIGINT (delivered later, never lost);
 :func:`release_interrupts` unblocks it once the command's modules are loaded and before the
 event loop starts (so no worker thread or agent inherits a blocked mask), and a Ctrl-C held
-meanwhile is raised there, ending the command as ``interrupted`` (130)."""
+meanwhile is raised there, ending the command as ``interrupted`` (130).  Once the command
+has finished, :func:`finished` ignores Ctrl-C for the few instructions left: a late one no
+longer kills the exiting interpreter with a ``KeyboardInterrupt`` traceback."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
-__all__ = ["hold_interrupts", "release_interrupts"]
+__all__ = ["finished", "hold_interrupts", "release_interrupts"]
+
+#: The exit code of a command ended by Ctrl-C (as :data:`acpx_trio._cli.exits.EXIT_INTERRUPTED`;
+#: not imported: this module loads nothing).
+_INTERRUPTED = 130
 
 
 def hold_interrupts() -> None:
@@ -25,3 +32,14 @@ def release_interrupts() -> None:
     """Unblock SIGINT; one that arrived while it was held is handled now."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def finished(command: Callable[[], int]) -> int:
+    """``command()``'s exit code (130 when a Ctrl-C lands as it returns), then Ctrl-C
+    ignored: the process is only exiting now.  For the entry points only."""
+    try:
+        code = command()
+    except KeyboardInterrupt:
+        code = _INTERRUPTED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
