@@ -223,3 +223,19 @@ async def test_a_turn_call_that_raises_fails_that_turn_only(autojump_clock: Any)
         nursery.cancel_scope.cancel()
     assert isinstance(out["a"][-1], ErrorEvent) and out["a"][-1].code == "ACP_SESSION_NOT_FOUND"
     assert out["b"][-1] == DoneEvent(stop_reason="end_turn")
+
+
+async def test_a_final_event_cancelled_on_its_way_is_still_delivered_by_abort() -> None:
+    """A ``sessions close`` landing as the turn ends cancelled the final event's send after
+    the turn had been marked final: ``abort`` then sent nothing and never closed the
+    channel, so the waiting client got heartbeats forever and no end."""
+    turn = QueuedTurn(_request("r"))
+    await turn.emit(TextDeltaEvent(text="x"), None)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the close's cancel lands at the final event's send
+        await turn.emit(DoneEvent(stop_reason="end_turn"), None)
+    assert scope.cancelled_caught and not turn.final_sent
+    turn.abort()  # the close
+    assert turn.receive is not None
+    events = [f.event async for f in turn.receive if isinstance(f, EventFrame)]  # it ends
+    assert events == [TextDeltaEvent(text="x"), DoneEvent(stop_reason="cancelled")]

@@ -60,20 +60,24 @@ class QueuedTurn:
         return self.request.request_id
 
     async def emit(self, event: AcpRuntimeEvent, agent_pid: int | None) -> None:
-        """Forward ``event`` to the waiting client (if any is still there)."""
+        """Forward ``event`` to the waiting client (if any is still there).  A final event
+        counts as sent only once it is in the client's channel: cancelled before that (a
+        close landing as the turn ends), the turn has no final yet and :meth:`abort` sends
+        one, so no waiting client is left with heartbeats and no end."""
         final = isinstance(event, DoneEvent | ErrorEvent)
         if self.final_sent:
             return
-        self.final_sent = final
         if self.send is not None:
             frame = EventFrame(request_id=self.request_id, event=event, agent_pid=agent_pid)
             try:
                 await self.send.send(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send = None  # the client went away; the turn goes on
-        if final and self.send is not None:
-            await self.send.aclose()
-            self.send = None
+        if final:
+            self.final_sent = True
+            if self.send is not None:
+                self.send.close()  # no schedule point: nothing can come between
+                self.send = None
 
     async def end_cancelled(self) -> None:
         await self.emit(DoneEvent(stop_reason="cancelled"), None)
