@@ -269,3 +269,25 @@ async def test_pid_hopper_of_a_killed_owner_dies_at_reap_and_start_up(
             owner.wait()
         for d in decoys:
             d.close()
+
+
+def test_the_stopped_check_never_raises_when_descriptors_run_out() -> None:
+    """Out of file descriptors (a client holding a thousand owner connections), reading
+    ``/proc`` raised ``OSError: Too many open files`` out of the watchdog check, which
+    crashed the warm owner's service: every later prompt failed until the owner's TTL."""
+    script = (
+        "import os, resource, psutil\n"
+        "from acpx_trio._process.watchdog import _stopped\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit("
+        "resource.RLIMIT_NOFILE)[1]))\n"
+        "held = []\n"
+        "try:\n"
+        "    while True:\n"
+        "        held.append(os.open(os.devnull, os.O_RDONLY))\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(_stopped(os.getpid()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -79,7 +79,7 @@ def _stopped(pid: int) -> bool:
 
     try:
         status = psutil.Process(pid).status()
-    except psutil.Error:
+    except (psutil.Error, OSError):  # gone, or no descriptor left to read /proc with (EMFILE)
         return False
     return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
