@@ -402,3 +402,49 @@ def test_timeout_is_per_prompt_in_a_warm_session(tmp_path: Path) -> None:
         assert elapsed < 15, elapsed
         # the agent honoured the cancel: the session stays warm on the same agent
         assert _status_sessions(state)[0]["agent_pid"] == agent
+
+
+async def test_a_full_accept_backlog_is_a_busy_owner_not_a_stranger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of connections fills the owner's accept backlog: Trio's non-blocking connect
+    took the ``EAGAIN`` for "in progress" and returned unconnected, and the client refused
+    the owner as a process of another user ("uid -1", ``ACPX_OWNER_SOCKET_UNSAFE``).  Now
+    it waits (event-driven, in the kernel) for room, and says the owner is busy if none
+    comes; once the owner accepts, it connects."""
+    import trio
+
+    from acpx_trio._owner import client
+    from acpx_trio._owner.paths import OwnerPaths
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = OwnerPaths(state).socket
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)  # an owner that accepts nothing for now
+    flood: list[socket.socket] = []
+    try:
+        while True:  # fill the backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                s.close()
+                break
+            flood.append(s)
+        monkeypatch.setattr(client, "BACKLOG_WAIT_SECONDS", 0.3)
+        with pytest.raises(client.OwnerUnresponsiveError, match="backlog"):
+            await client.connect_owner(state)
+        monkeypatch.setattr(client, "BACKLOG_WAIT_SECONDS", 30.0)
+        async with trio.open_nursery() as nursery:
+            # the owner takes one pending connection once the client waits
+            nursery.start_soon(trio.to_thread.run_sync, lambda: listener.accept()[0].close())
+            stream = await client.connect_owner(state)
+        assert stream is not None
+        await stream.aclose()
+    finally:
+        for s in flood:
+            s.close()
+        listener.close()

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import math
 import os
@@ -131,6 +132,35 @@ def _socket_present(paths: OwnerPaths) -> bool:
     return check_socket_path(paths.socket)
 
 
+#: How long a connect waits for room in a busy owner's accept backlog.
+BACKLOG_WAIT_SECONDS = 15.0
+
+
+def _connected(sock: trio.socket.SocketType) -> bool:
+    """Whether a connect that returned really connected: a non-blocking connect to a Unix
+    socket whose backlog is full fails with ``EAGAIN``, which Trio takes for "in progress"
+    and returns from unconnected (its peer then reads as uid -1)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def _connect_waiting(paths: OwnerPaths) -> socket.socket:
+    """A blocking connect to the owner socket, which the kernel lets through as soon as the
+    owner's backlog has room, within :data:`BACKLOG_WAIT_SECONDS` (else ``OSError``
+    ``EAGAIN``).  Blocking: run it in a worker thread."""
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        raw.settimeout(BACKLOG_WAIT_SECONDS)
+        raw.connect(str(paths.socket))
+    except OSError:
+        raw.close()
+        raise
+    return raw
+
+
 async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
     """A connection to the live owner of ``state_dir``, or ``None`` when none listens.
     An unusable state dir is :class:`~acpx_trio.StateFileError`."""
@@ -141,10 +171,17 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.connect(str(paths.socket))
+        if not _connected(sock):  # EAGAIN: the owner's accept backlog is full (busy)
+            sock.close()
+            sock = trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(
+                _connect_waiting, paths, abandon_on_cancel=True))
     except OSError as exc:
         sock.close()
         if connect_refused(exc):
             return None
+        if exc.errno in (errno.EAGAIN, errno.ETIMEDOUT) or isinstance(exc, TimeoutError):
+            raise await unresponsive(state_dir, "a connection (its accept backlog stayed "
+                                     "full)", BACKLOG_WAIT_SECONDS) from exc
         raise OwnerSocketError(f"cannot connect to the owner socket {paths.socket}: "
                                f"{exc.strerror}") from exc
     uid = peer_uid(sock)  # type: ignore[arg-type]
