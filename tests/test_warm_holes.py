@@ -25,6 +25,7 @@ from _cli_helpers import (
 from _warm_helpers import owner_info, owners_of, turn_state, wait_status
 
 from acpx_trio._owner.wire import OwnerProtocolError, decode_reply, decode_request
+from acpx_trio._store.caps import TURN_OVERHEAD_BYTES
 
 #: A credential value that must never appear in any output or file.
 SECRET = "sekret-Value-4711-do-not-print"
@@ -286,7 +287,7 @@ def test_queued_prompt_bytes_are_capped_per_session(tmp_path: Path) -> None:
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"ownerQueueMaxBytes": 3 << 20,
                                   "ownerQueueTotalMaxBytes": 5 << 20}))
-    big = "x" * (1 << 20)
+    big = "x" * ((1 << 20) - TURN_OVERHEAD_BYTES)  # 1 MiB a prompt, as the owner counts it
     with _warm(state), background_cli("--config", str(config), "prompt", "--session", "k",
                                       "/sleep 60000", state_dir=state), background_cli(
             "--config", str(config), "prompt", "--session", "j", "/sleep 60000",
@@ -310,7 +311,7 @@ def test_queued_prompts_keep_owner_rss_bounded_by_default(tmp_path: Path) -> Non
     """16 queued 8 MiB prompts on a busy session (128 MiB, 516 MiB in the issue's run): the
     default ownerQueueMaxBytes (64 MiB) queues 8 and refuses the rest; RSS stays bounded."""
     state = tmp_path / "state"
-    big = "x" * (8 << 20)
+    big = "x" * ((8 << 20) - TURN_OVERHEAD_BYTES)  # 8 MiB a prompt, as the owner counts it
     with _warm(state), background_cli("prompt", "--session", "k", "/sleep 60000",
                                       state_dir=state):
         wait_status(state, lambda s: turn_state(s, "k") == "active")
@@ -448,3 +449,42 @@ async def test_a_full_accept_backlog_is_a_busy_owner_not_a_stranger(
         for s in flood:
             s.close()
         listener.close()
+
+
+def test_tiny_prompts_meet_the_queue_cap(tmp_path: Path) -> None:
+    """250,000 empty ``--no-wait`` prompts all queued (175 MiB of owner memory, no cap
+    met): each now counts 1 KiB besides its text, so an 8 KiB cap holds seven 1-byte
+    prompts, not 8,192."""
+    state = tmp_path / "state"
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"ownerQueueMaxBytes": 8 << 10}))
+    with _warm(state), background_cli("--config", str(config), "prompt", "--session", "k",
+                                      "/sleep 60000", state_dir=state):
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        done = [run_cli("--config", str(config), "prompt", "--session", "k", "--no-wait",
+                        "x", state_dir=state) for _ in range(8)]
+        assert [d.returncode for d in done] == [0] * 7 + [1], [d.stderr for d in done]
+        assert "ACPX_OWNER_QUEUE_FULL" in done[-1].stderr
+
+
+def test_a_waiting_prompt_holds_its_text_not_its_frame(tmp_path: Path) -> None:
+    """A prompt of NULs travels as ``\\u0000``, six bytes a character: the owner kept each
+    waiting prompt's whole request frame and its reader's buffer (8x what the queue cap
+    counted: +532 MiB against a 64 MiB cap).  Four waiting 1 MiB prompts of NULs (6 MiB
+    frames) now hold about their text."""
+    state = tmp_path / "state"
+    prompt = tmp_path / "nuls.txt"
+    prompt.write_text("\0" * (1 << 20))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_warm(state))
+        stack.enter_context(background_cli("prompt", "--session", "k", "/sleep 60000",
+                                           state_dir=state))
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        pid = _owner_pid(state)
+        base = _rss(pid)
+        for _ in range(4):  # each waits for its turn, its connection open
+            stack.enter_context(background_cli("prompt", "--session", "k", "-f", str(prompt),
+                                               state_dir=state))
+        wait_status(state, lambda s: s["sessions"][0]["queue_depth"] == 4)
+        grown = _rss(pid) - base
+        assert grown < 16 << 20, grown >> 20  # 4 MiB of text; the frames held were 48 MiB

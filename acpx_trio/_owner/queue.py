@@ -30,6 +30,7 @@ from acpx_trio._acp import stream_tap
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, DoneEvent, ErrorEvent
 from acpx_trio._owner.wire import EventFrame, PromptRequest, Reply
+from acpx_trio._store.caps import TURN_OVERHEAD_BYTES
 from acpx_trio._store.transcript import TranscriptWriter
 
 __all__ = ["QueuedTurn", "WarmSession"]
@@ -47,8 +48,9 @@ class QueuedTurn:
         self.state: TurnState = "queued"
         self.cancel_requested = False
         self.final_sent = False
-        #: Bytes of prompt text this turn holds while queued.
-        self.size = len(request.text.encode("utf-8", "surrogatepass"))
+        #: Bytes this turn holds while queued: its text and what the owner keeps for any
+        #: turn (so a flood of empty prompts meets the queue caps too).
+        self.size = len(request.text.encode("utf-8", "surrogatepass")) + TURN_OVERHEAD_BYTES
         self.timed_out = False
         self.send: trio.MemorySendChannel[Reply] | None = None
         self.receive: trio.MemoryReceiveChannel[Reply] | None = None

@@ -325,7 +325,9 @@ class Owner:
                     reader.release()  # the request is read: its bytes leave the budget
                 if line is None:
                     return
-                await self._dispatch(decode_request(line), stream)
+                request = decode_request(line)
+                del line  # a waiting prompt holds its text, not its frame (nor its escapes)
+                await self._dispatch(request, stream)
             except (OwnerProtocolError, trio.TooSlowError) as exc:
                 with trio.move_on_after(CLIENT_SEND_SECONDS), contextlib.suppress(
                         trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -310,10 +310,13 @@ class FrameReader:
         self._charged = size
 
     def release(self) -> None:
-        """Give back this reader's share of the budget (call when the connection ends)."""
+        """Give back this reader's share of the budget and the memory of what it read (call
+        once the last frame wanted is read: a bytearray keeps its size after the frame is
+        cut off it)."""
         if self._budget is not None:
             self._budget.used -= self._charged
             self._charged = 0
+        self._buf = bytearray(self._buf)
 
     async def receive(self) -> bytes | None:
         while True:

@@ -12,12 +12,17 @@ __all__ = [
     "DEFAULT_OWNER_QUEUE_MAX_BYTES",
     "DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES",
     "DEFAULT_TERMINAL_OUTPUT_MAX_BYTES",
+    "TURN_OVERHEAD_BYTES",
 ]
 
 #: Prompt bytes one warm session may hold queued.
 DEFAULT_OWNER_QUEUE_MAX_BYTES = 64 * 1024 * 1024
 #: Prompt bytes all warm sessions of an owner may hold queued.
 DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES = 256 * 1024 * 1024
+#: What each queued prompt counts against those caps besides its text: the owner keeps about
+#: 0.7 KiB for one (its request, channel and task), so a flood of empty prompts meets the
+#: caps too (the smallest cap, 4 KiB, holds a few).
+TURN_OVERHEAD_BYTES = 1024
 #: Largest request frame (a prompt included) the owner reads.
 DEFAULT_OWNER_FRAME_MAX_BYTES = 16 * 1024 * 1024
 #: Bytes of unfinished request frames the owner buffers, all connections together.
@@ -27,8 +32,8 @@ DEFAULT_TERMINAL_OUTPUT_MAX_BYTES = 64 * 1024 * 1024
 
 #: camelCase key -> (minimum, minimum is exclusive, maximum), integers (bytes).
 CAP_BOUNDS: dict[str, tuple[float, bool, float]] = {
-    "ownerQueueMaxBytes": (1, False, 1 << 30),
-    "ownerQueueTotalMaxBytes": (1, False, 4 << 30),
+    "ownerQueueMaxBytes": (4096, False, 1 << 30),
+    "ownerQueueTotalMaxBytes": (4096, False, 4 << 30),
     "ownerFrameMaxBytes": (4096, False, 256 << 20),
     "ownerPartialMaxBytes": (4096, False, 4 << 30),
     "terminalOutputMaxBytes": (0, False, 1 << 30),
