@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 from _cli_helpers import MOCK, CliProcess, gateway_id, run_cli, tagged_pids
 from _warm_helpers import alive, owner_info, owners_of, turn_state, wait_gone, wait_status
 
@@ -90,3 +91,33 @@ def test_an_agent_that_dies_while_warm_is_replaced(tmp_path: Path) -> None:
     assert "history turns=" in again.stdout  # a new agent, the same ACP session (loaded)
     new_agent = wait_status(tmp_path, lambda s: s["sessions"][0]["agent_pid"] is not None)
     assert new_agent["sessions"][0]["agent_pid"] != agent
+
+
+async def test_an_owner_whose_service_crashed_exits(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash of the owner's runtime service (once: the owner-death watchdog check out of
+    file descriptors) closed the runtime, but the owner served on: every prompt failed with
+    ``ACP runtime is shut down`` until the session's TTL.  It now exits, so the next prompt
+    starts a fresh owner."""
+    import trio
+
+    import acpx_trio._service.service as service_module
+    from acpx_trio._owner.server import run_owner
+    from acpx_trio._owner.wire import OwnerLaunch
+
+    async def crashing_sweep(*args: object) -> None:
+        raise RuntimeError("a duty crashed")
+
+    monkeypatch.setattr(service_module, "sweep_once", crashing_sweep)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (tmp_path / "ws").mkdir()
+    launch = OwnerLaunch(raw_config={"sweepIntervalSeconds": 0.05},
+                         workspace_dir=str(tmp_path / "ws"), default_ttl_seconds=300.0)
+    from acpx_trio._owner.server import EMPTY_GRACE_SECONDS
+
+    start = trio.current_time()
+    with trio.fail_after(EMPTY_GRACE_SECONDS * 0.8):  # before an idle owner would leave
+        await run_owner(state, launch)  # returns: the owner exits
+    assert trio.current_time() - start < EMPTY_GRACE_SECONDS * 0.8
+    assert not (state / "owner.sock").exists()

@@ -479,4 +479,16 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
         await trio.to_thread.run_sync(write_owner_info, paths)
         if ready is not None:
             ready()
-        await owner.run(listener)
+
+        async def stop_on_crash() -> None:
+            # a crashed service has closed its runtime: serving on would fail every prompt
+            # until the TTL; exiting lets the next prompt start a fresh owner
+            await service.health.wait_value(lambda _: service.crash is not None)
+            _log.error("the runtime service crashed; the owner exits (the next prompt "
+                       "starts a new one)")
+            owner.request_stop()
+
+        async with trio.open_nursery() as watch:
+            watch.start_soon(stop_on_crash)
+            await owner.run(listener)
+            watch.cancel_scope.cancel()
