@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -153,7 +154,11 @@ def _connect_waiting(paths: OwnerPaths) -> socket.socket:
     ``EAGAIN``).  Blocking: run it in a worker thread."""
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        raw.settimeout(BACKLOG_WAIT_SECONDS)
+        # a blocking connect bounded by the kernel (SO_SNDTIMEO): Python's own timeout mode
+        # is non-blocking underneath and gives up at once on a Unix socket's EAGAIN
+        seconds = int(BACKLOG_WAIT_SECONDS)
+        micros = int((BACKLOG_WAIT_SECONDS - seconds) * 1e6)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
         raw.connect(str(paths.socket))
     except OSError:
         raw.close()
