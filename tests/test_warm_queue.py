@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._owner.paths import OwnerPaths
-from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.queue import CLIENT_BUFFER_BYTES, QueuedTurn, WarmSession
 from acpx_trio._owner.server import EMPTY_GRACE_SECONDS, Owner
 from acpx_trio._owner.wire import EventFrame, OwnerLaunch, PromptRequest, config_fingerprint
 from acpx_trio.testing.stub_runtime import Delay, Hang, StubRuntime
@@ -239,3 +239,43 @@ async def test_a_final_event_cancelled_on_its_way_is_still_delivered_by_abort() 
     assert turn.receive is not None
     events = [f.event async for f in turn.receive if isinstance(f, EventFrame)]  # it ends
     assert events == [TextDeltaEvent(text="x"), DoneEvent(stop_reason="cancelled")]
+
+
+async def test_a_client_that_stops_reading_holds_a_bounded_buffer() -> None:
+    """The frames buffered for a waiting client were bounded by count only (1,024): a
+    client stopped with Ctrl-Z while the agent streamed 4 MB lines held 1.2 GiB of the
+    owner.  Past ``CLIENT_BUFFER_BYTES`` the turn now waits for the client to read (or to be
+    dropped), as it did for a full count."""
+    turn = QueuedTurn(_request("r"))
+    line = "x" * (1 << 20)
+    emitted = 0
+    while turn.buffered + (1 << 20) <= CLIENT_BUFFER_BYTES:
+        await turn.emit(TextDeltaEvent(text=line), None)
+        emitted += 1
+    done = trio.Event()
+
+    async def one_more() -> None:
+        await turn.emit(TextDeltaEvent(text=line), None)
+        done.set()
+
+    assert turn.receive is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_more)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set() and turn.buffered <= CLIENT_BUFFER_BYTES  # it waits
+        turn.taken(turn.receive.receive_nowait())  # the client reads one frame
+        await done.wait()
+    assert emitted >= 8 and turn.buffered <= CLIENT_BUFFER_BYTES
+
+
+async def test_a_dropped_client_never_holds_up_its_turn() -> None:
+    turn = QueuedTurn(_request("r"))
+    line = "x" * (1 << 20)
+    while turn.buffered + (1 << 20) <= CLIENT_BUFFER_BYTES:
+        await turn.emit(TextDeltaEvent(text=line), None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(turn.emit, TextDeltaEvent(text=line), None)
+        await trio.testing.wait_all_tasks_blocked()
+        turn.taken(None)  # the client was dropped (stopped reading for 15 s)
+    await turn.emit(DoneEvent(stop_reason="end_turn"), None)  # the turn goes on, unblocked
+    assert turn.final_sent

@@ -38,6 +38,18 @@ __all__ = ["QueuedTurn", "WarmSession"]
 TurnState = Literal["queued", "starting", "active", "done"]
 #: Frames buffered per waiting client before the worker waits for it (backpressure).
 CLIENT_BUFFER = 1024
+#: ... and bytes (the frames' text, plus :data:`FRAME_OVERHEAD_BYTES` each): a client that
+#: stops reading (Ctrl-Z) holds at most this much of the owner's memory until it is dropped,
+#: whatever the size of the agent's lines (1,024 frames of 4 MB lines held 1.2 GiB).
+CLIENT_BUFFER_BYTES = 16 * 1024 * 1024
+FRAME_OVERHEAD_BYTES = 128
+
+
+def frame_bytes(frame: Reply) -> int:
+    """What a frame counts against :data:`CLIENT_BUFFER_BYTES` (its event's text and a
+    fixed overhead: no second encoding on the hot path)."""
+    text = getattr(getattr(frame, "event", None), "text", None)
+    return FRAME_OVERHEAD_BYTES + (len(text) if isinstance(text, str) else 0)
 
 
 class QueuedTurn:
@@ -53,6 +65,9 @@ class QueuedTurn:
         self.size = len(request.text.encode("utf-8", "surrogatepass")) + TURN_OVERHEAD_BYTES
         self.timed_out = False
         self.send: trio.MemorySendChannel[Reply] | None = None
+        #: bytes of frames in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
+        self.buffered = 0
+        self._taken = trio.Event()
         self.receive: trio.MemoryReceiveChannel[Reply] | None = None
         if request.wait:
             self.send, self.receive = trio.open_memory_channel[Reply](CLIENT_BUFFER)
@@ -71,8 +86,15 @@ class QueuedTurn:
             return
         if self.send is not None:
             frame = EventFrame(request_id=self.request_id, event=event, agent_pid=agent_pid)
+            size = frame_bytes(frame)
+            while self.buffered and self.buffered + size > CLIENT_BUFFER_BYTES and (
+                    self.send is not None):
+                await self._taken.wait()  # the client reads, or goes (see :meth:`taken`)
+                self._taken = trio.Event()
             try:
-                await self.send.send(frame)
+                if self.send is not None:
+                    await self.send.send(frame)
+                    self.buffered += size
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send = None  # the client went away; the turn goes on
         if final:
@@ -80,6 +102,18 @@ class QueuedTurn:
             if self.send is not None:
                 self.send.close()  # no schedule point: nothing can come between
                 self.send = None
+
+    def taken(self, frame: Reply | None) -> None:
+        """The client's stream took ``frame`` off the channel (``None``: the client is gone,
+        nothing more will be taken): the worker may buffer more."""
+        if frame is None:
+            self.buffered = 0
+            if self.send is not None:
+                self.send.close()
+                self.send = None
+        else:
+            self.buffered -= frame_bytes(frame)
+        self._taken.set()
 
     async def end_cancelled(self) -> None:
         await self.emit(DoneEvent(stop_reason="cancelled"), None)

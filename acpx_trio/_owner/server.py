@@ -432,8 +432,11 @@ class Owner:
                                                 owner_pid=os.getpid()))
         if turn.receive is None:
             return
-        async with turn.receive:
-            await stream_turn(turn.receive, stream)
+        try:
+            async with turn.receive:
+                await stream_turn(turn.receive, stream, turn.taken)
+        finally:
+            turn.taken(None)  # the client is gone or done: the worker never waits for it
 
     def _queue_full(self, key: str, size: int) -> str | None:
         """Why a prompt of ``size`` bytes may not be queued now (``None``: it may)."""

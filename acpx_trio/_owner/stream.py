@@ -10,6 +10,7 @@ owner at least every :data:`HEARTBEAT_SECONDS` (a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -39,9 +40,11 @@ async def send_bounded(stream: trio.abc.SendStream, data: bytes | bytearray) -> 
 
 
 async def stream_turn(frames: trio.MemoryReceiveChannel[Reply],
-                      stream: trio.abc.SendStream) -> None:
+                      stream: trio.abc.SendStream,
+                      taken: Callable[[Reply], None] = lambda frame: None) -> None:
     """Forward a turn's frames until the channel ends (after the final frame), with a
-    heartbeat after :data:`HEARTBEAT_SECONDS` of silence."""
+    heartbeat after :data:`HEARTBEAT_SECONDS` of silence; ``taken`` hears of each frame
+    taken off the channel."""
     heartbeat = encode_frame(HeartbeatFrame(owner_pid=os.getpid()))
     ended = False
     while not ended:
@@ -54,10 +57,13 @@ async def stream_turn(frames: trio.MemoryReceiveChannel[Reply],
         if frame is None:
             await send_bounded(stream, heartbeat)
             continue
+        taken(frame)
         buf = bytearray(encode_frame(frame))
         while len(buf) < SEND_BATCH_BYTES:
             try:
-                buf += encode_frame(frames.receive_nowait())
+                frame = frames.receive_nowait()
+                taken(frame)
+                buf += encode_frame(frame)
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
