@@ -14,7 +14,7 @@ from acpx_trio._cli.output import Output
 from acpx_trio._cli.text import printable
 from acpx_trio._errors import replace_secrets
 from acpx_trio._store.config import AcpxConfig
-from acpx_trio._store.transcript import known_credentials, read_transcript, transcript_path
+from acpx_trio._store.transcript import config_credentials, read_transcript, transcript_path
 from acpx_trio._store.transcript_history import PastTurn, past_turns
 
 __all__ = ["history_command"]
@@ -27,7 +27,7 @@ def _load(config: AcpxConfig, key: str) -> list[PastTurn]:
     ``auth`` and MCP servers') redacted from the reassembled text (a transcript written
     before a credential was known, or by an older version, still prints none).  Blocking."""
     turns = past_turns(read_transcript(transcript_path(config.state_dir, key)))
-    secrets = known_credentials(config.auth, mcp_servers=config.mcp_servers)
+    secrets = config_credentials(config)
     if not secrets:
         return turns
     # a past turn's numbers are our own clock's: none came from the agent

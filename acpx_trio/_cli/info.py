@@ -24,6 +24,7 @@ from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpxError, ContainmentError, GatewayInstanceIdError, redact_argv
 from acpx_trio._events import AgentUsage
 from acpx_trio._store.config import AcpxConfig, ContainmentMode, resolve_config
+from acpx_trio._store.transcript import config_credentials
 
 if TYPE_CHECKING:
     from acpx_trio._store.sessions import SessionRecord
@@ -147,7 +148,7 @@ async def agents_command(opts: Options) -> int:
     out = Output()
     config = await _resolve(opts.raw_config, opts)
     registry = AgentRegistry(config.agents)
-    secrets = _known_credentials(config)
+    secrets = config_credentials(config)
     rows = []
     for spec in registry.specs():
         installed = await registry.check_installed(spec)
@@ -175,14 +176,6 @@ async def agents_command(opts: Options) -> int:
             rows, ("AGENT", "INSTALLED", "SOURCE", "COMMAND", "AUTH", "INSTALL")) + "\n")
     await out.drain()
     return EXIT_OK
-
-
-def _known_credentials(config: AcpxConfig) -> list[str]:
-    """The credentials an agent command shown here must not carry (``config``'s ``auth``
-    and MCP servers', the environment's)."""
-    from acpx_trio._store.transcript import known_credentials
-
-    return known_credentials(config.auth, mcp_servers=config.mcp_servers)
 
 
 # -- doctor -----------------------------------------------------------------------------------
@@ -320,7 +313,7 @@ async def doctor_command(
             found = await registry.check_installed(spec)
             results[name] = _DoctorResult(
                 agent=name, ok=False, found=found,
-                command=list(redact_argv(spec.command, _known_credentials(config))),
+                command=list(redact_argv(spec.command, config_credentials(config))),
                 message=f"{exc.code}: {first_line(str(exc))}", seconds=0.0, code=exc.code,
                 install_command=_install_advice(False, found, False, spec.install_command,
                                                 spec.install_hint()),

@@ -17,10 +17,6 @@ from collections.abc import Callable
 
 __all__ = ["finished", "hold_interrupts", "release_interrupts"]
 
-#: The exit code of a command ended by Ctrl-C (as :data:`acpx_trio._cli.exits.EXIT_INTERRUPTED`;
-#: not imported: this module loads nothing).
-_INTERRUPTED = 130
-
 
 def hold_interrupts() -> None:
     """Block SIGINT in this (the only) thread; idempotent."""
@@ -40,6 +36,8 @@ def finished(command: Callable[[], int]) -> int:
     try:
         code = command()
     except KeyboardInterrupt:
-        code = _INTERRUPTED
+        from acpx_trio._cli.exits import EXIT_INTERRUPTED  # loaded by then: no cost
+
+        code = EXIT_INTERRUPTED
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code

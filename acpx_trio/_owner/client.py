@@ -184,7 +184,7 @@ async def connect_owner(state_dir: Path) -> trio.SocketStream | None:
         sock.close()
         if connect_refused(exc):
             return None
-        if exc.errno in (errno.EAGAIN, errno.ETIMEDOUT) or isinstance(exc, TimeoutError):
+        if exc.errno == errno.EAGAIN:  # SO_SNDTIMEO ran out with the backlog still full
             raise await unresponsive(state_dir, "a connection (its accept backlog stayed "
                                      "full)", BACKLOG_WAIT_SECONDS) from exc
         raise OwnerSocketError(f"cannot connect to the owner socket {paths.socket}: "

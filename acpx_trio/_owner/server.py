@@ -93,7 +93,7 @@ from acpx_trio._store.caps import (
     DEFAULT_OWNER_QUEUE_TOTAL_MAX_BYTES,
 )
 from acpx_trio._store.config import AcpxConfig
-from acpx_trio._store.transcript import TranscriptWriter, known_credentials, transcript_path
+from acpx_trio._store.transcript import TranscriptWriter, config_credentials, transcript_path
 
 __all__ = ["EMPTY_GRACE_SECONDS", "Owner", "bind_socket", "run_owner"]
 
@@ -187,7 +187,7 @@ class Owner:
         return TranscriptWriter(
             transcript_path(config.state_dir, key), max_bytes=config.transcript_max_bytes,
             keep=config.transcript_keep,
-            credentials=known_credentials(config.auth, mcp_servers=config.mcp_servers),
+            credentials=config_credentials(config),
             nursery=self._nursery, logger=_log)
 
     async def close_session(self, session: WarmSession) -> None:

@@ -34,7 +34,7 @@ from acpx_trio._runtime.handshake import (
 )
 from acpx_trio._runtime.session_factory import SessionFactory
 from acpx_trio._runtime.session_steps import auth_details
-from acpx_trio._store.transcript import known_credentials
+from acpx_trio._store.transcript import config_credentials
 
 __all__ = ["DEEP_PROBE_KEY_PREFIX", "deep_probe", "doctor_probe"]
 
@@ -96,7 +96,7 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
     spec = await factory.agents.prefer_installed(spec)
     cwd = factory.config.cwd
     # the command as shown: a credential in its arguments reads [redacted]
-    secrets = known_credentials(factory.config.auth, mcp_servers=factory.config.mcp_servers)
+    secrets = config_credentials(factory.config)
     details: list[Any] = [f"agent={spec.name}",
                           f"command={shlex.join(redact_argv(spec.command, secrets))}",
                           f"cwd={cwd}"]

@@ -60,7 +60,7 @@ from acpx_trio._runtime.session_steps import (
 )
 from acpx_trio._runtime.terminals import TerminalManager
 from acpx_trio._store.config import AcpxConfig
-from acpx_trio._store.transcript import known_credentials
+from acpx_trio._store.transcript import config_credentials
 from acpx_trio._version import __version__
 
 __all__ = [
@@ -212,8 +212,7 @@ def make_agent_process(
                             ", ".join(plan.too_short), MIN_SECRET_LENGTH)
     # what the agent holds: its auth plan, config ``auth``, credential-like owner variables
     # and the credentials of the MCP servers it is handed
-    secrets = tuple(dict.fromkeys([*plan.secrets, *known_credentials(
-        factory.config.auth, mcp_servers=factory.config.mcp_servers)]))
+    secrets = tuple(dict.fromkeys([*plan.secrets, *config_credentials(factory.config)]))
 
     def wire(connection: AcpConnection) -> None:
         connection.redact_secrets = secrets  # errors the agent answers never carry them

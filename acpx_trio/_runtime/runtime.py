@@ -70,7 +70,7 @@ from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_tu
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
-from acpx_trio._store.transcript import known_credentials
+from acpx_trio._store.transcript import config_credentials
 
 __all__ = ["CANCEL_WAIT_SECONDS", "AcpxRuntime"]
 
@@ -373,8 +373,7 @@ class AcpxRuntime:
     def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,
                 ) -> AsyncGenerator[list[AcpRuntimeEvent]]:
         proc = session.process
-        secrets = [*known_credentials(self.config.auth, mcp_servers=self.config.mcp_servers),
-                   *(proc.secrets if proc else ())]
+        secrets = [*config_credentials(self.config), *(proc.secrets if proc else ())]
         return stream_turn(
             session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
             retire=self._retire, log=self.log, secrets=secrets, meta=checked_meta(meta),

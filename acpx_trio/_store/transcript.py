@@ -48,6 +48,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._errors import REDACTED as _REDACTED
 from acpx_trio._log import Logger
+from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.config_entries import McpServerConfig
 from acpx_trio._store.fsio import StateDecoder, ensure_private_dir, open_private_file
 from acpx_trio._store.sessions import SyncSessionStore
@@ -57,6 +58,7 @@ __all__ = [
     "REDACTED",
     "TranscriptEntry",
     "TranscriptWriter",
+    "config_credentials",
     "known_credentials",
     "read_transcript",
     "transcript_path",
@@ -118,6 +120,12 @@ def known_credentials(auth: Mapping[str, str] | None = None,
     found.update(v for k, v in env.items() if CREDENTIAL_NAME.search(k))
     found.update(v for server in mcp_servers for v in server.credentials())
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def config_credentials(config: AcpxConfig) -> list[str]:
+    """:func:`known_credentials` of ``config`` (its ``auth`` and MCP servers) and of this
+    process's environment: the one set every holder of a config redacts."""
+    return known_credentials(config.auth, mcp_servers=config.mcp_servers)
 
 
 
