@@ -34,6 +34,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("lease_store.py", ["--rounds", "30"], ["--rounds", "9", "--leases", "2000"]),
     ("cli_import.py", ["--n", "15"], ["--n", "5"]),
     ("cli_vs_acpx.py", ["--n", "10"], ["--n", "3"]),
+    ("warm_stream.py", ["--n", "7"], ["--n", "3", "--chunks", "5000"]),
     ("reap.py", ["--measure-seed"], ["--leases", "40", "--stubborn", "4"]),
     ("reap.py", ["--scale", "--close", "20"], ["--leases", "40", "--stubborn", "4"]),
     ("reap.py", ["--scale", "--close", "20", "--background", "3000"],

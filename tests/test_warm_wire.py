@@ -127,8 +127,8 @@ async def _final(turn: QueuedTurn) -> Any:
     assert turn.receive is not None
     last = None
     async with turn.receive:
-        async for frame in turn.receive:
-            last = frame.event  # type: ignore[union-attr]
+        async for batch in turn.receive:
+            last = batch[-1].event
     return last
 
 

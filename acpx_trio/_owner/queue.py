@@ -29,27 +29,35 @@ import trio
 from acpx_trio._acp import stream_tap
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, DoneEvent, ErrorEvent
-from acpx_trio._owner.wire import EventFrame, PromptRequest, Reply
+from acpx_trio._owner.wire import EventFrame, PromptRequest
 from acpx_trio._store.caps import TURN_OVERHEAD_BYTES
 from acpx_trio._store.transcript import TranscriptWriter
 
 __all__ = ["QueuedTurn", "WarmSession"]
 
 TurnState = Literal["queued", "starting", "active", "done"]
-#: Frames buffered per waiting client before the worker waits for it (backpressure).
+#: What goes to a waiting client's stream in one hand-off: the frames of one batch of the
+#: turn's events (all the runtime had read since the last one), in order.
+FrameBatch = list[EventFrame]
+#: Batches buffered per waiting client before the worker waits for it (backpressure).
 CLIENT_BUFFER = 1024
 #: ... and bytes (the frames' text, plus :data:`FRAME_OVERHEAD_BYTES` each): a client that
 #: stops reading (Ctrl-Z) holds at most this much of the owner's memory until it is dropped,
-#: whatever the size of the agent's lines (1,024 frames of 4 MB lines held 1.2 GiB).
+#: whatever the size of the agent's lines (1,024 frames of 4 MB lines held 1.2 GiB); one
+#: batch larger than that alone is let through (the runtime held it already).
 CLIENT_BUFFER_BYTES = 16 * 1024 * 1024
 FRAME_OVERHEAD_BYTES = 128
 
 
-def frame_bytes(frame: Reply) -> int:
-    """What a frame counts against :data:`CLIENT_BUFFER_BYTES` (its event's text and a
-    fixed overhead: no second encoding on the hot path)."""
-    text = getattr(getattr(frame, "event", None), "text", None)
-    return FRAME_OVERHEAD_BYTES + (len(text) if isinstance(text, str) else 0)
+def batch_bytes(batch: FrameBatch) -> int:
+    """What a batch counts against :data:`CLIENT_BUFFER_BYTES` (its events' text and a
+    fixed overhead per frame: no second encoding on the hot path)."""
+    size = FRAME_OVERHEAD_BYTES * len(batch)
+    for frame in batch:
+        text = getattr(frame.event, "text", None)
+        if isinstance(text, str):
+            size += len(text)
+    return size
 
 
 class QueuedTurn:
@@ -64,36 +72,43 @@ class QueuedTurn:
         #: turn (so a flood of empty prompts meets the queue caps too).
         self.size = len(request.text.encode("utf-8", "surrogatepass")) + TURN_OVERHEAD_BYTES
         self.timed_out = False
-        self.send: trio.MemorySendChannel[Reply] | None = None
+        self.send: trio.MemorySendChannel[FrameBatch] | None = None
         #: bytes of frames in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
         self.buffered = 0
         self._taken = trio.Event()
-        self.receive: trio.MemoryReceiveChannel[Reply] | None = None
+        self.receive: trio.MemoryReceiveChannel[FrameBatch] | None = None
         if request.wait:
-            self.send, self.receive = trio.open_memory_channel[Reply](CLIENT_BUFFER)
+            self.send, self.receive = trio.open_memory_channel[FrameBatch](CLIENT_BUFFER)
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
 
     async def emit(self, event: AcpRuntimeEvent, agent_pid: int | None) -> None:
-        """Forward ``event`` to the waiting client (if any is still there).  A final event
-        counts as sent only once it is in the client's channel: cancelled before that (a
-        close landing as the turn ends), the turn has no final yet and :meth:`abort` sends
-        one, so no waiting client is left with heartbeats and no end."""
-        final = isinstance(event, DoneEvent | ErrorEvent)
+        """:meth:`emit_many` of one event."""
+        await self.emit_many([event], agent_pid)
+
+    async def emit_many(self, events: list[AcpRuntimeEvent], agent_pid: int | None) -> None:
+        """Forward ``events`` (non-empty; only the last may be final) to the waiting client
+        as one batch (if the client is still there).  A final event counts as sent only once
+        it is in the client's channel: cancelled before that (a close landing as the turn
+        ends), the turn has no final yet and :meth:`abort` sends one, so no waiting client is
+        left with heartbeats and no end."""
+        final = isinstance(events[-1], DoneEvent | ErrorEvent)
         if self.final_sent:
             return
         if self.send is not None:
-            frame = EventFrame(request_id=self.request_id, event=event, agent_pid=agent_pid)
-            size = frame_bytes(frame)
+            rid = self.request_id
+            batch = [EventFrame(request_id=rid, event=event, agent_pid=agent_pid)
+                     for event in events]
+            size = batch_bytes(batch)
             while self.buffered and self.buffered + size > CLIENT_BUFFER_BYTES and (
                     self.send is not None):
                 await self._taken.wait()  # the client reads, or goes (see :meth:`taken`)
                 self._taken = trio.Event()
             try:
                 if self.send is not None:
-                    await self.send.send(frame)
+                    await self.send.send(batch)
                     self.buffered += size
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send = None  # the client went away; the turn goes on
@@ -103,16 +118,16 @@ class QueuedTurn:
                 self.send.close()  # no schedule point: nothing can come between
                 self.send = None
 
-    def taken(self, frame: Reply | None) -> None:
-        """The client's stream took ``frame`` off the channel (``None``: the client is gone,
+    def taken(self, batch: FrameBatch | None) -> None:
+        """The client's stream took ``batch`` off the channel (``None``: the client is gone,
         nothing more will be taken): the worker may buffer more."""
-        if frame is None:
+        if batch is None:
             self.buffered = 0
             if self.send is not None:
                 self.send.close()
                 self.send = None
         else:
-            self.buffered -= frame_bytes(frame)
+            self.buffered -= batch_bytes(batch)
         self._taken.set()
 
     async def end_cancelled(self) -> None:
@@ -128,7 +143,7 @@ class QueuedTurn:
             frame = EventFrame(request_id=self.request_id,
                                event=DoneEvent(stop_reason="cancelled"))
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(frame)
+                send.send_nowait([frame])
             send.close()
 
 
@@ -263,16 +278,18 @@ class WarmSession:
         the turn's timeout cancelled it."""
         pid = handle.agent_pid
         try:
-            async with aclosing(self.runtime.run_turn(handle=handle, text=turn.request.text,
-                                                      request_id=turn.request_id)) as events:
-                async for event in events:
-                    if turn.timed_out and (isinstance(event, ErrorEvent) or (
-                            isinstance(event, DoneEvent) and event.stop_reason == "cancelled")):
-                        event = ErrorEvent(
+            async with aclosing(self.runtime.run_turn_batches(
+                    handle=handle, text=turn.request.text,
+                    request_id=turn.request_id)) as batches:
+                async for events in batches:
+                    last = events[-1]
+                    if turn.timed_out and (isinstance(last, ErrorEvent) or (
+                            isinstance(last, DoneEvent) and last.stop_reason == "cancelled")):
+                        events[-1] = ErrorEvent(
                             code="ACP_TURN_TIMEOUT",
                             message=f"the turn did not finish within its timeout "
                             f"({limit:g}s); cancelled it")
-                    await turn.emit(event, pid)
+                    await turn.emit_many(events, pid)
         except AcpxError as exc:  # a problem of the call (e.g. the session died meanwhile)
             await turn.emit(ErrorEvent.from_error(exc), pid)
 

@@ -2,7 +2,8 @@
 
 Guarantees: no write to a client waits longer than :data:`CLIENT_SEND_SECONDS` (then
 :class:`ClientStalled`: the caller drops the connection, the turn goes on); a turn's frames
-are coalesced into writes of up to :data:`SEND_BATCH_BYTES`; a waiting client hears from the
+are coalesced into writes of up to :data:`SEND_BATCH_BYTES` (more when one batch of the
+turn's events is larger); a waiting client hears from the
 owner at least every :data:`HEARTBEAT_SECONDS` (a
 :class:`~acpx_trio._owner.wire.HeartbeatFrame` when there is nothing else to send).
 """
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from acpx_trio._owner.wire import HeartbeatFrame, Reply, encode_frame
+from acpx_trio._owner.wire import EventFrame, HeartbeatFrame, encode_frame, encode_frames
 
 __all__ = ["CLIENT_SEND_SECONDS", "HEARTBEAT_SECONDS", "ClientStalled", "send_bounded",
            "stream_turn"]
@@ -39,34 +40,35 @@ async def send_bounded(stream: trio.abc.SendStream, data: bytes | bytearray) -> 
         raise ClientStalled
 
 
-async def stream_turn(frames: trio.MemoryReceiveChannel[Reply],
+async def stream_turn(batches: trio.MemoryReceiveChannel[list[EventFrame]],
                       stream: trio.abc.SendStream,
-                      taken: Callable[[Reply], None] = lambda frame: None) -> None:
-    """Forward a turn's frames until the channel ends (after the final frame), with a
-    heartbeat after :data:`HEARTBEAT_SECONDS` of silence; ``taken`` hears of each frame
-    taken off the channel."""
+                      taken: Callable[[list[EventFrame]], None] = lambda batch: None) -> None:
+    """Forward a turn's batches of frames until the channel ends (after the final frame),
+    with a heartbeat after :data:`HEARTBEAT_SECONDS` of silence; ``taken`` hears of each
+    batch taken off the channel."""
     heartbeat = encode_frame(HeartbeatFrame(owner_pid=os.getpid()))
     ended = False
     while not ended:
-        frame: Reply | None = None
+        batch: list[EventFrame] | None = None
         with trio.move_on_after(HEARTBEAT_SECONDS):  # noqa: ASYNC912 (receive checkpoints)
             try:
-                frame = await frames.receive()
+                batch = await batches.receive()
             except trio.EndOfChannel:
                 return
-        if frame is None:
+        if batch is None:
             await send_bounded(stream, heartbeat)
             continue
-        taken(frame)
-        buf = bytearray(encode_frame(frame))
+        taken(batch)
+        buf = bytearray()
+        encode_frames(batch, buf)
         while len(buf) < SEND_BATCH_BYTES:
             try:
-                frame = frames.receive_nowait()
-                taken(frame)
-                buf += encode_frame(frame)
+                batch = batches.receive_nowait()
             except trio.WouldBlock:
                 break
             except trio.EndOfChannel:
                 ended = True
                 break
+            taken(batch)
+            encode_frames(batch, buf)
         await send_bounded(stream, buf)

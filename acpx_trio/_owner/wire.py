@@ -55,6 +55,7 @@ __all__ = [
     "decode_reply",
     "decode_request",
     "encode_frame",
+    "encode_frames",
     "is_final",
 ]
 
@@ -241,9 +242,15 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 def encode_frame(frame: Request | Reply) -> bytes:
     """One frame: the JSON object and a newline."""
     buf = bytearray()
-    _encoder.encode_into(frame, buf)
-    buf += b"\n"
+    encode_frames((frame,), buf)
     return bytes(buf)
+
+
+def encode_frames(frames: Iterable[Request | Reply], buf: bytearray) -> None:
+    """Append ``frames`` to ``buf``, one line each (what :func:`encode_frame` gives)."""
+    for frame in frames:
+        _encoder.encode_into(frame, buf, -1)
+        buf += b"\n"
 
 
 def decode_request(line: bytes) -> Request:

@@ -22,6 +22,7 @@ Every call is recorded in :attr:`StubRuntime.calls` as a :class:`StubCall`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -275,8 +276,16 @@ class StubRuntime:
         request_id: str | None = None,
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         """Play this turn's script (see the module docstring)."""
+        async with contextlib.aclosing(self._turn(handle, text, mode, request_id)) as events:
+            async for event in events:
+                yield event
+
+    async def _turn(  # noqa: ASYNC900
+        self, handle: AcpRuntimeHandle, text: str, mode: str, request_id: str | None,
+        **extra: Any,
+    ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         call = await self._enter(
-            "run_turn", handle.session_key, text=text, mode=mode, request_id=request_id
+            "run_turn", handle.session_key, text=text, mode=mode, request_id=request_id, **extra
         )
         session = self._require(handle)  # a call problem: raises before the first event
         if session.turn_running:
@@ -295,6 +304,21 @@ class StubRuntime:
         finally:
             session.turn_running = False
             self._changed.unpark_all()
+
+    async def run_turn_batches(  # noqa: ASYNC900
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+    ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
+        """:meth:`run_turn` in lists of one event each (the real runtime's
+        ``run_turn_batches`` form); recorded as a ``run_turn`` call with ``batches=True``."""
+        async with contextlib.aclosing(self._turn(handle, text, mode, request_id,
+                                                  batches=True)) as events:
+            async for event in events:
+                yield [event]
 
     async def _play(  # noqa: ASYNC900
         self, script: Script, cancel: trio.Event, session_key: str
