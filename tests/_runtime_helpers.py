@@ -199,7 +199,7 @@ async def wait_prompt_sent(rt: AcpxRuntime, session_key: str) -> Turn:
 
 async def wait_reader_paused(turn: Turn) -> None:
     """Wait until reading from the agent paused at the high-water mark (the consumer lags by
-    ``HIGH_WATER`` events) or the agent finished the turn."""
+    ``HIGH_WATER`` events or ``HIGH_WATER_BYTES`` of lines) or the agent finished the turn."""
     await wait_until(lambda: not turn.room.is_set() or turn.finished.is_set())
 
 

@@ -362,7 +362,7 @@ async def test_json_nested_past_the_decoders_limit_is_a_junk_line_not_a_crash() 
     seen: list[Any] = []
     async with connected() as h:
         h.conn.set_fast_notification_handler(
-            "session/update", decode_session_update_line, seen.extend,
+            "session/update", decode_session_update_line, lambda lines, _: seen.extend(lines),
             decode_batch=decode_session_update_lines)
         box = await start_request(h, "m", EmptyResponse)
         request = await h.peer.recv()

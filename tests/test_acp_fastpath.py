@@ -142,8 +142,10 @@ def test_batch_decoder_agrees_on_objects_cut_and_joined_at_braces(
 async def test_fast_path_keeps_wire_order_and_falls_back(batched: bool) -> None:
     async with connected(max_junk_lines=5) as h:
         seen: list[Any] = []
+        sizes: list[int] = []
 
-        def on_fast(lines: list[SessionUpdateLine]) -> None:
+        def on_fast(lines: list[SessionUpdateLine], size: int) -> None:
+            sizes.append(size)
             for line in lines:
                 assert isinstance(line.params.update, AgentMessageChunk)
                 seen.append(("fast", int(line.params.update.content.text or "")))
@@ -170,10 +172,15 @@ async def test_fast_path_keeps_wire_order_and_falls_back(batched: bool) -> None:
         assert seen == [("fast", 0), ("generic", "brand_new"), ("fast", 2), ("fast", 3)]
         assert h.conn.junk_lines == 1
         assert [w.code for w in h.warnings] == ["ACP_JUNK_LINE"]
+        # the handler hears the wire bytes of what it got (its lines and their newlines)
+        assert sum(sizes) == sum(len(lines[i]) + 1 for i in (0, 2, 4))
         # a batch of known updates only: all delivered, in order, in one call
-        await h.peer.send(b"".join(line_of(n) + b"\n" for n in range(5, 9)))
+        sizes.clear()
+        batch = b"".join(line_of(n) + b"\n" for n in range(5, 9))
+        await h.peer.send(batch)
         await trio.testing.wait_all_tasks_blocked()
         assert seen[4:] == [("fast", n) for n in range(5, 9)]
+        assert sum(sizes) == len(batch)
 
 
 async def test_split_and_doubled_objects_are_junk_even_when_batched() -> None:
@@ -182,7 +189,7 @@ async def test_split_and_doubled_objects_are_junk_even_when_batched() -> None:
     async with connected(max_junk_lines=5) as h:
         seen: list[SessionUpdateLine] = []
         h.conn.set_fast_notification_handler(
-            "session/update", decode_session_update_line, seen.extend,
+            "session/update", decode_session_update_line, lambda lines, _: seen.extend(lines),
             decode_batch=decode_session_update_lines,
         )
         third = line_of(3)
@@ -199,7 +206,7 @@ async def test_fast_handler_failure_is_reported_and_reading_goes_on() -> None:
     async with connected() as h:
         seen: list[int] = []
 
-        def on_fast(lines: list[SessionUpdateLine]) -> None:
+        def on_fast(lines: list[SessionUpdateLine], size: int) -> None:
             if len(seen) == 0:
                 seen.append(-1)
                 raise RuntimeError("handler bug")

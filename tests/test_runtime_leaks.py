@@ -20,6 +20,7 @@ from _runtime_helpers import (
 from acpx_trio import AcpRuntimeError
 from acpx_trio._events import DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._runtime.live_session import HIGH_WATER
+from acpx_trio._runtime.turn_queue import HIGH_WATER_BYTES
 from acpx_trio._store.lease_model import LeaseState
 
 
@@ -130,6 +131,35 @@ async def test_slow_consumer_bounds_buffered_events(env: RuntimeEnv) -> None:
         assert count == 5000
         # one 64 KiB read of small lines may overshoot the high-water mark
         assert peak <= HIGH_WATER + 1000, peak
+
+
+async def test_a_stopped_consumer_of_huge_lines_holds_a_bounded_queue(
+        env: RuntimeEnv) -> None:
+    """The turn's queue was bounded in events only (256): a consumer that stopped reading
+    while the agent streamed 4 MB lines held up to 1 GiB (a warm owner whose client was
+    stopped with Ctrl-Z peaked at 1.2 GiB).  Reading now also pauses once the queued events
+    stand for ``HIGH_WATER_BYTES`` of the agent's lines, and the turn still ends whole."""
+    line = 1 << 20
+    count = 3 * HIGH_WATER_BYTES // line  # 48 lines of 1 MiB: far below 256 events
+    async with env.runtime() as rt:
+        with trio.fail_after(60):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            session = rt._sessions["s"]
+            received = 0
+            async with contextlib.aclosing(
+                rt.run_turn(handle=handle, text=f"/huge {line} {count}")
+            ) as events:
+                async for event in events:
+                    if isinstance(event, TextDeltaEvent):
+                        received += 1
+                        turn = session.turn
+                        if received == 1 and turn is not None:
+                            await wait_reader_paused(turn)  # the consumer stops
+                            assert not turn.finished.is_set()
+                            held = turn.pending * line
+                            # one read (up to the line cap) may overshoot the mark
+                            assert held <= HIGH_WATER_BYTES + 8 * line, held
+        assert received == count
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,8 @@ def _observed(session: LiveSession) -> tuple[Any, ...]:
 @given(_lines, st.sampled_from(["none", "live", "live", "done", "abandoned"]))
 def test_a_batch_does_what_the_updates_do_one_by_one(lines: list[bytes], turn: str) -> None:
     batched, one_by_one = _session(turn), _session(turn)
-    batched._on_update_lines([decode_session_update_line(line) for line in lines])
+    batched._on_update_lines([decode_session_update_line(line) for line in lines],
+                             sum(len(line) + 1 for line in lines))
     for line in lines:
         params = msgspec.json.decode(line)["params"]
         one_by_one._on_update(msgspec.Raw(msgspec.json.encode(params)))
@@ -101,7 +102,7 @@ def test_a_state_update_changes_the_session_on_either_path(
     if batched:
         line = msgspec.json.encode({"jsonrpc": "2.0", "method": "session/update",
                                     "params": params})
-        session._on_update_lines([decode_session_update_line(line)])
+        session._on_update_lines([decode_session_update_line(line)], len(line) + 1)
     else:
         session._on_update(msgspec.Raw(msgspec.json.encode(params)))
     assert changed(session)

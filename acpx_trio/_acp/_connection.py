@@ -53,7 +53,7 @@ NotificationHandler = Callable[[msgspec.Raw], None]
 _FastPath = tuple[
     bytes,
     Callable[[bytes], Any],
-    Callable[[list[Any]], None],
+    Callable[[list[Any], int], None],
     Callable[[bytes], list[Any] | None] | None,
 ]
 
@@ -207,7 +207,7 @@ class AcpConnection:
         self,
         method: str,
         decode: Callable[[bytes], T],
-        handler: Callable[[list[T]], None],
+        handler: Callable[[list[T], int], None],
         *,
         decode_batch: Callable[[bytes], list[T] | None] | None = None,
     ) -> None:
@@ -217,8 +217,9 @@ class AcpConnection:
         params at once).  If ``decode`` raises a ``msgspec`` error the line takes the generic
         path (classification, junk counting, the :meth:`set_notification_handler` handler),
         so ``decode`` only has to accept the common shapes.  ``handler`` gets the decoded
-        objects of one read batch in wire order, always before any later message of the
-        batch is dispatched; it runs synchronously and must not block.  If it raises, the
+        objects of one read batch in wire order and the bytes their lines took, always before
+        any later message of the batch is dispatched; it runs synchronously and must not
+        block.  If it raises, the
         error is reported like a failing notification handler.
 
         ``decode_batch``, if given, is tried first on each whole read batch (its lines joined
@@ -406,26 +407,30 @@ class AcpConnection:
                 continue
             marker, decode, handler, decode_batch = fast
             if decode_batch is not None and (whole := decode_batch(block)) is not None:
-                self._fast_deliver(handler, whole)
+                self._fast_deliver(handler, whole, len(block) + 1)
                 continue
             decoded: list[Any] = []
+            size = 0
             for line in block.split(b"\n"):
                 if marker in line:
                     try:
                         decoded.append(decode(line))
+                        size += len(line) + 1
                         continue
                     except (msgspec.MsgspecError, RecursionError):
                         pass  # not the common shape: the generic path decides
                 if decoded:
-                    self._fast_deliver(handler, decoded)
+                    self._fast_deliver(handler, decoded, size)
                     decoded = []
+                    size = 0
                 self._dispatch(line)
             if decoded:
-                self._fast_deliver(handler, decoded)
+                self._fast_deliver(handler, decoded, size)
 
-    def _fast_deliver(self, handler: Callable[[list[Any]], None], decoded: list[Any]) -> None:
+    def _fast_deliver(self, handler: Callable[[list[Any], int], None], decoded: list[Any],
+                      size: int) -> None:
         try:
-            handler(decoded)
+            handler(decoded, size)
         except Exception as exc:
             self._warn(f"fast notification handler failed: {exc!r}", "ACP_NOTIFICATION_FAILED")
 

@@ -317,10 +317,11 @@ class LiveSession:
         if self._take(note.session_id, note.update) and self.turn is not None:
             event = map_update(note.update)
             if event is not None:
-                self.turn.emit(event)
+                self.turn.emit(event, len(raw))
 
-    def _on_update_lines(self, lines: list[SessionUpdateLine]) -> None:
-        """:meth:`_on_update` for a read batch of typed lines: one pass, one queue hand-off.
+    def _on_update_lines(self, lines: list[SessionUpdateLine], size: int) -> None:
+        """:meth:`_on_update` for a read batch of typed lines (``size`` bytes of the wire):
+        one pass, one queue hand-off.
         The common line (an update of no session state, for the running turn of this
         session) goes straight to its mapper; the others through :meth:`_take`."""
         sid = self.backend_session_id
@@ -341,7 +342,7 @@ class LiveSession:
                 append(event)
         if events:
             assert turn is not None
-            turn.emit_many(events)
+            turn.emit_many(events, size)
 
     def _check_session(self, session_id: str) -> None:
         if session_id != self.backend_session_id:

@@ -1,8 +1,11 @@
 """One prompt turn's event queue (backpressure, batch hand-off) and its cancel state.
 
 Guarantees: events come out in the order they went in; when the consumer lags by
-:data:`HIGH_WATER` events, :attr:`Turn.room` is cleared (the agent reader waits on it) until
-it catches up to :data:`LOW_WATER`, gives up, or the turn ends.
+:data:`HIGH_WATER` events, or by :data:`HIGH_WATER_BYTES` of the agent's lines behind them,
+:attr:`Turn.room` is cleared (the agent reader waits on it) until it catches up (to
+:data:`LOW_WATER` events, or to nothing queued for a byte lag), gives up, or the turn ends:
+a consumer that stops reading holds at most about that much of the agent's output, one read
+more, whatever the size of its lines.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import trio
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import AcpRuntimeEvent
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "Turn"]
+__all__ = ["HIGH_WATER", "HIGH_WATER_BYTES", "LOW_WATER", "Turn"]
 
 #: Events a consumer may lag behind before reading from the agent pauses.
 HIGH_WATER = 256
 LOW_WATER = HIGH_WATER // 2
+#: ... and bytes of the agent's lines behind the queued events (256 events of 4 MB lines
+#: held 1 GiB; counted per read batch, no cost per event).
+HIGH_WATER_BYTES = 16 * 1024 * 1024
 _BATCH = 64
 
 
@@ -35,6 +41,8 @@ class Turn:
         self.meta: dict[str, Any] | None = None
         self._queue: list[AcpRuntimeEvent] = []
         self._head = 0
+        #: wire bytes behind the queued events (reset when the queue is drained)
+        self.pending_bytes = 0
         self._wakeup: trio.Event | None = None
         self.room = trio.Event()
         self.room.set()
@@ -65,17 +73,19 @@ class Turn:
             self._wakeup.set()
             self._wakeup = None
 
-    def emit(self, event: AcpRuntimeEvent) -> None:
+    def emit(self, event: AcpRuntimeEvent, size: int = 0) -> None:
+        """Queue ``event``; ``size``: the bytes of the agent's line it came from."""
         if self.abandoned or self.done:
             self.late_updates += 1
             return
         self._queue.append(event)
+        self.pending_bytes += size
         self._wake()
-        if len(self._queue) - self._head >= HIGH_WATER and self.room.is_set():
-            self.room = trio.Event()
+        self._check_lag()
 
-    def emit_many(self, events: list[AcpRuntimeEvent]) -> None:
-        """:meth:`emit` for a batch (the list is owned by the turn afterwards)."""
+    def emit_many(self, events: list[AcpRuntimeEvent], size: int = 0) -> None:
+        """:meth:`emit` for a batch (the list is owned by the turn afterwards) that came
+        from ``size`` bytes of the agent's lines."""
         if self.abandoned or self.done:
             self.late_updates += len(events)
             return
@@ -84,8 +94,13 @@ class Turn:
             self._head = 0
         else:
             self._queue += events
+        self.pending_bytes += size
         self._wake()
-        if len(self._queue) - self._head >= HIGH_WATER and self.room.is_set():
+        self._check_lag()
+
+    def _check_lag(self) -> None:
+        if (len(self._queue) - self._head >= HIGH_WATER
+                or self.pending_bytes >= HIGH_WATER_BYTES) and self.room.is_set():
             self.room = trio.Event()
 
     def finish(self, final: AcpRuntimeEvent) -> None:
@@ -117,7 +132,9 @@ class Turn:
         if not left:
             self._queue = []
             self._head = 0
-        if left <= LOW_WATER and not self.room.is_set():
+            self.pending_bytes = 0
+        if left <= LOW_WATER and not self.room.is_set() and (
+                self.pending_bytes < HIGH_WATER_BYTES):
             self.room.set()
         return event
 
@@ -131,6 +148,7 @@ class Turn:
         batch = self._queue[self._head :] if self._head else self._queue
         self._queue = []
         self._head = 0
+        self.pending_bytes = 0
         if not self.room.is_set():
             self.room.set()
         return batch
@@ -140,6 +158,7 @@ class Turn:
         self.abandoned = True
         self._queue = []
         self._head = 0
+        self.pending_bytes = 0
         self.room.set()
 
     def request_cancel(self, wait: float) -> None:

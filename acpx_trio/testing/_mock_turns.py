@@ -187,12 +187,15 @@ def _garbage(t: TurnCtx, arg: str) -> str | None:
 
 
 def _huge(t: TurnCtx, arg: str) -> str | None:
-    size = int(arg.split()[0])
+    """``/huge BYTES [COUNT]``: COUNT (default 1) message chunks, each a line of BYTES."""
+    size, count = (int(word) for word in [*arg.split(), "1"][:2])
     encoder = msgspec.json.Encoder()
     overhead = len(encoder.encode(t.update(Chunk.make("agent_message_chunk", ""))))
     message = t.update(Chunk.make("agent_message_chunk", "x" * max(0, size - overhead)))
-    t.agent.write_raw(encoder.encode(message) + b"\n")
-    t.said.append(f"<{size} bytes>")
+    line = encoder.encode(message) + b"\n"
+    for _ in range(count):
+        t.agent.write_raw(line)
+        t.said.append(f"<{size} bytes>")
     return "end_turn"
 
 

@@ -8,7 +8,7 @@ A prompt is echoed back unless its text starts with a directive:
 
 ``/sleep MS``, ``/chunks N``, ``/split N,M TEXT`` (TEXT streamed in pieces cut there),
 ``/tool-key KEY``, ``/think TEXT``, ``/tool``, ``/crash``, ``/hang``, ``/garbage``,
-``/huge BYTES``, ``/flood N``, ``/close-stdout``, ``/spawn-grandchild``, ``/daemonize``,
+``/huge BYTES [COUNT]``, ``/flood N``, ``/close-stdout``, ``/spawn-grandchild``, ``/daemonize``,
 ``/permission KIND``, ``/read PATH``, ``/write PATH TEXT``, ``/mode``, ``/history``, ``/pid``,
 ``/model``, ``/report`` (plan, usage with cost, commands, session info; answer with ``usage``),
 ``/cost NUMBER`` (a ``usage_update`` whose cost amount is NUMBER as written).
