@@ -16,7 +16,7 @@ from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent, TextDeltaE
 from acpx_trio._owner.paths import OwnerPaths
 from acpx_trio._owner.queue import CLIENT_BUFFER_BYTES, QueuedTurn, WarmSession
 from acpx_trio._owner.server import EMPTY_GRACE_SECONDS, Owner
-from acpx_trio._owner.stream import stream_turn
+from acpx_trio._owner.stream import CLIENT_SEND_SECONDS, stream_turn
 from acpx_trio._owner.wire import (
     EventFrame,
     OwnerLaunch,
@@ -343,3 +343,32 @@ async def test_the_client_stream_writes_a_batch_in_one_write() -> None:
     await stream_turn(receive, _Recorder())
     assert len(writes) == 1
     assert [decode_reply(line) for line in writes[0].splitlines()] == frames
+
+
+async def test_a_large_batch_reaches_a_slow_but_steady_client(autojump_clock: Any) -> None:
+    """One batch of the runtime can stand for 16 MiB of an agent's lines: written as one
+    write bounded by ``CLIENT_SEND_SECONDS``, a client reading a steady 50 KB/s was dropped
+    on a 1 MiB batch.  Each write of at most ``SEND_BATCH_BYTES`` is bounded on its own."""
+    send, receive = trio.open_memory_channel[list[EventFrame]](4)
+    frames = [EventFrame(request_id="r", event=TextDeltaEvent(text="x" * 4096))
+              for _ in range(256)]  # 1 MiB of text in one batch
+    frames.append(EventFrame(request_id="r", event=DoneEvent(stop_reason="end_turn")))
+    got = bytearray()
+
+    class _SlowReader(trio.abc.SendStream):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            await trio.sleep(len(data) / 50_000)  # the client takes 50 KB a second
+            got.extend(data)
+
+        async def wait_send_all_might_not_block(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+        async def aclose(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    send.send_nowait(frames)
+    send.close()
+    started = trio.current_time()
+    await stream_turn(receive, _SlowReader())  # no ClientStalled
+    assert trio.current_time() - started > CLIENT_SEND_SECONDS
+    assert [decode_reply(line) for line in bytes(got).splitlines()] == frames

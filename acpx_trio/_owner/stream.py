@@ -2,8 +2,8 @@
 
 Guarantees: no write to a client waits longer than :data:`CLIENT_SEND_SECONDS` (then
 :class:`ClientStalled`: the caller drops the connection, the turn goes on); a turn's frames
-are coalesced into writes of up to :data:`SEND_BATCH_BYTES` (more when one batch of the
-turn's events is larger); a waiting client hears from the
+are coalesced into writes of up to :data:`SEND_BATCH_BYTES` (a larger batch of the turn's
+events goes in several, each bounded); a waiting client hears from the
 owner at least every :data:`HEARTBEAT_SECONDS` (a
 :class:`~acpx_trio._owner.wire.HeartbeatFrame` when there is nothing else to send).
 """
@@ -32,7 +32,8 @@ class ClientStalled(Exception):
     """A client did not take a write within :data:`CLIENT_SEND_SECONDS`."""
 
 
-async def send_bounded(stream: trio.abc.SendStream, data: bytes | bytearray) -> None:
+async def send_bounded(stream: trio.abc.SendStream,
+                       data: bytes | bytearray | memoryview) -> None:
     """Write ``data``; :class:`ClientStalled` if the client does not take it in time."""
     with trio.move_on_after(CLIENT_SEND_SECONDS) as scope:
         await stream.send_all(data)
@@ -71,4 +72,8 @@ async def stream_turn(batches: trio.MemoryReceiveChannel[list[EventFrame]],
                 break
             taken(batch)
             encode_frames(batch, buf)
-        await send_bounded(stream, buf)
+        # each write bounded on its own: a client that keeps reading is never dropped
+        # because one batch was large (16 MiB of an agent's long lines)
+        view = memoryview(buf)
+        for start in range(0, len(buf), SEND_BATCH_BYTES):
+            await send_bounded(stream, view[start : start + SEND_BATCH_BYTES])
