@@ -360,3 +360,28 @@ def test_format_seconds() -> None:
     assert format_seconds(0.001) == "0.001"
     assert format_seconds(2.5) == "2.5"
     assert format_seconds(float("inf")) == "inf"
+
+
+async def test_wait_crash_wakes_for_a_crash_of_an_unhealthy_service(
+    autojump_clock: trio.testing.MockClock, run: Callable[..., Any]
+) -> None:
+    """A crash sets health ``UNHEALTHY``; when the start-up probe had already failed there
+    is no transition, so the warm owner, which waited on health for its service's crash,
+    served on with a closed runtime.  ``wait_crash`` wakes for it."""
+    svc = await run(StubRuntime(healthy_after_probe=False, doctor_report=DOCTOR_EXAMPLE))
+    await svc.health.wait_value(ServiceHealth.UNHEALTHY)
+    woke: list[BaseException] = []
+
+    async def bad() -> None:
+        await trio.sleep(5)
+        raise KeyError("later")
+
+    async def waiter() -> None:
+        woke.append(await svc.wait_crash())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            svc._spawn_background(bad)
+    assert isinstance(woke[0], KeyError) and woke[0] is svc.crash
+    assert await svc.wait_crash() is svc.crash  # at once, since it crashed

@@ -486,7 +486,7 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
         async def stop_on_crash() -> None:
             # a crashed service has closed its runtime: serving on would fail every prompt
             # until the TTL; exiting lets the next prompt start a fresh owner
-            await service.health.wait_value(lambda _: service.crash is not None)
+            await service.wait_crash()
             _log.error("the runtime service crashed; the owner exits (the next prompt "
                        "starts a new one)")
             owner.request_stop()

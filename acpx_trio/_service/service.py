@@ -135,6 +135,7 @@ class AcpxRuntimeService:
         self._containment: Containment | None = None
         self._start_scope: trio.CancelScope | None = None
         self._crash: BaseException | None = None
+        self._crash_event = trio.Event()
         self._prepare_cache = PrepareCache()  # config, dirs, gateway id across restarts
 
     # -- observation -------------------------------------------------------------------------
@@ -186,6 +187,18 @@ class AcpxRuntimeService:
         """The exception that crashed the service's task tree since the last start, if any."""
         return self._crash
 
+    async def wait_crash(self) -> BaseException:
+        """Wait until the service's task tree crashes and return the exception (what
+        :attr:`crash` then holds); returns at once when it crashed since the last start.
+
+        Unlike a wait on :attr:`health`, this wakes for a crash of a service already
+        ``UNHEALTHY`` (a failed start-up probe).  A stop that is no crash never wakes it; a
+        waiter may span restarts (it wakes for a crash of a later run)."""
+        while (crash := self._crash) is None:  # a restart may clear what a waiter woke for
+            await self._crash_event.wait()
+        await trio.lowlevel.checkpoint()
+        return crash
+
     @property
     def registry(self) -> BackendRegistry:
         return self._registry
@@ -232,6 +245,8 @@ class AcpxRuntimeService:
             self._phase = Phase.STARTING
             self._health.set(ServiceHealth.STARTING)
             self._crash = None
+            if self._crash_event.is_set():
+                self._crash_event = trio.Event()
             running: Running | None = None
             try:
                 with trio.CancelScope() as self._start_scope:
@@ -370,6 +385,7 @@ class AcpxRuntimeService:
     # -- crash and close ---------------------------------------------------------------------
     def _crashed(self, running: Running, group: BaseExceptionGroup[Exception]) -> None:
         self._crash = report_crash(group, running.ctx.logger)
+        self._crash_event.set()
         if self._running is running:
             self._health.set(ServiceHealth.UNHEALTHY)
 
