@@ -319,56 +319,52 @@ async def test_a_waiting_client_gets_the_runtimes_batches_whole() -> None:
     assert batches[0][-1].event == DoneEvent(stop_reason="end_turn")
 
 
+class _Client(trio.abc.SendStream):
+    """A client's end of the socket that records each write, taking ``rate`` bytes a
+    second (trio time; ``None``: at once)."""
+
+    def __init__(self, rate: float | None = None) -> None:
+        self.rate = rate
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(0 if self.rate is None else len(data) / self.rate)
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def _one_batch(frames: list[EventFrame]) -> trio.MemoryReceiveChannel[list[EventFrame]]:
+    send, receive = trio.open_memory_channel[list[EventFrame]](1)
+    send.send_nowait([*frames, EventFrame(request_id="r",
+                                          event=DoneEvent(stop_reason="end_turn"))])
+    send.close()
+    return receive
+
+
 async def test_the_client_stream_writes_a_batch_in_one_write() -> None:
     """``stream_turn`` encodes a batch's frames into one write (each a line the client
     decodes as before)."""
-    send, receive = trio.open_memory_channel[list[EventFrame]](4)
     frames = [EventFrame(request_id="r", event=TextDeltaEvent(text=str(i))) for i in range(300)]
-    frames.append(EventFrame(request_id="r", event=DoneEvent(stop_reason="end_turn")))
-    writes: list[bytes] = []
-
-    class _Recorder(trio.abc.SendStream):
-        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-            await trio.lowlevel.checkpoint()
-            writes.append(bytes(data))
-
-        async def wait_send_all_might_not_block(self) -> None:
-            await trio.lowlevel.checkpoint()
-
-        async def aclose(self) -> None:
-            await trio.lowlevel.checkpoint()
-
-    send.send_nowait(frames)
-    send.close()
-    await stream_turn(receive, _Recorder())
-    assert len(writes) == 1
-    assert [decode_reply(line) for line in writes[0].splitlines()] == frames
+    client = _Client()
+    await stream_turn(_one_batch(frames), client)
+    assert len(client.writes) == 1
+    assert [decode_reply(line) for line in client.writes[0].splitlines()][:-1] == frames
 
 
 async def test_a_large_batch_reaches_a_slow_but_steady_client(autojump_clock: Any) -> None:
     """One batch of the runtime can stand for 16 MiB of an agent's lines: written as one
     write bounded by ``CLIENT_SEND_SECONDS``, a client reading a steady 50 KB/s was dropped
     on a 1 MiB batch.  Each write of at most ``SEND_BATCH_BYTES`` is bounded on its own."""
-    send, receive = trio.open_memory_channel[list[EventFrame]](4)
     frames = [EventFrame(request_id="r", event=TextDeltaEvent(text="x" * 4096))
               for _ in range(256)]  # 1 MiB of text in one batch
-    frames.append(EventFrame(request_id="r", event=DoneEvent(stop_reason="end_turn")))
-    got = bytearray()
-
-    class _SlowReader(trio.abc.SendStream):
-        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-            await trio.sleep(len(data) / 50_000)  # the client takes 50 KB a second
-            got.extend(data)
-
-        async def wait_send_all_might_not_block(self) -> None:
-            await trio.lowlevel.checkpoint()
-
-        async def aclose(self) -> None:
-            await trio.lowlevel.checkpoint()
-
-    send.send_nowait(frames)
-    send.close()
+    client = _Client(rate=50_000)
     started = trio.current_time()
-    await stream_turn(receive, _SlowReader())  # no ClientStalled
+    await stream_turn(_one_batch(frames), client)  # no ClientStalled
     assert trio.current_time() - started > CLIENT_SEND_SECONDS
-    assert [decode_reply(line) for line in bytes(got).splitlines()] == frames
+    got = b"".join(client.writes)
+    assert [decode_reply(line) for line in got.splitlines()][:-1] == frames
