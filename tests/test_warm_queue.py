@@ -23,6 +23,7 @@ from acpx_trio._owner.wire import (
     PromptRequest,
     config_fingerprint,
     decode_reply,
+    encode_frames,
 )
 from acpx_trio.testing.stub_runtime import Delay, Hang, StubRuntime
 
@@ -46,13 +47,18 @@ async def _idle(owner: Owner, session: WarmSession) -> None:
         await owner._changed.wait()
 
 
+def _frames(batch: bytes) -> list[EventFrame]:
+    """The frames of one batch a waiting client's stream gets (one line each)."""
+    frames = [decode_reply(line) for line in batch.splitlines()]
+    assert all(isinstance(f, EventFrame) for f in frames), frames
+    return frames  # type: ignore[return-value]
+
+
 async def _collect(turn: QueuedTurn, into: list[Any]) -> None:
     assert turn.receive is not None
     async with turn.receive:
         async for batch in turn.receive:
-            for frame in batch:
-                assert isinstance(frame, EventFrame)
-                into.append(frame.event)
+            into.extend(e.event for e in _frames(batch))
 
 
 def _submit(owner: Owner, rid: str, nursery: trio.Nursery, out: dict[str, list[Any]],
@@ -246,7 +252,7 @@ async def test_a_final_event_cancelled_on_its_way_is_still_delivered_by_abort() 
     assert scope.cancelled_caught and not turn.final_sent
     turn.abort()  # the close
     assert turn.receive is not None
-    events = [f.event async for batch in turn.receive for f in batch]  # it ends
+    events = [f.event async for batch in turn.receive for f in _frames(batch)]  # it ends
     assert events == [TextDeltaEvent(text="x"), DoneEvent(stop_reason="cancelled")]
 
 
@@ -313,10 +319,11 @@ async def test_a_waiting_client_gets_the_runtimes_batches_whole() -> None:
         assert turn.receive is not None
         batches = [batch async for batch in turn.receive]
         nursery.cancel_scope.cancel()
-    assert [len(batch) for batch in batches] == [501]
-    texts = [getattr(frame.event, "text", None) for frame in batches[0][:-1]]
+    frames = _frames(batches[0])
+    assert len(batches) == 1 and len(frames) == 501
+    texts = [getattr(frame.event, "text", None) for frame in frames[:-1]]
     assert texts == [str(i) for i in range(500)]
-    assert batches[0][-1].event == DoneEvent(stop_reason="end_turn")
+    assert frames[-1].event == DoneEvent(stop_reason="end_turn")
 
 
 class _Client(trio.abc.SendStream):
@@ -338,10 +345,10 @@ class _Client(trio.abc.SendStream):
         await trio.lowlevel.checkpoint()
 
 
-def _one_batch(frames: list[EventFrame]) -> trio.MemoryReceiveChannel[list[EventFrame]]:
-    send, receive = trio.open_memory_channel[list[EventFrame]](1)
-    send.send_nowait([*frames, EventFrame(request_id="r",
-                                          event=DoneEvent(stop_reason="end_turn"))])
+def _one_batch(frames: list[EventFrame]) -> trio.MemoryReceiveChannel[bytes]:
+    send, receive = trio.open_memory_channel[bytes](1)
+    send.send_nowait(encode_frames([*frames, EventFrame(
+        request_id="r", event=DoneEvent(stop_reason="end_turn"))]))
     send.close()
     return receive
 

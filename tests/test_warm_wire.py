@@ -19,6 +19,7 @@ from acpx_trio._owner.paths import OwnerPaths
 from acpx_trio._owner.queue import QueuedTurn
 from acpx_trio._owner.server import Owner
 from acpx_trio._owner.wire import (
+    EventFrame,
     FrameBudget,
     FrameReader,
     OwnerLaunch,
@@ -28,6 +29,7 @@ from acpx_trio._owner.wire import (
     config_fingerprint,
     credential_env_digests,
     credential_env_mismatch,
+    decode_reply,
     decode_request,
     encode_frame,
 )
@@ -128,7 +130,9 @@ async def _final(turn: QueuedTurn) -> Any:
     last = None
     async with turn.receive:
         async for batch in turn.receive:
-            last = batch[-1].event
+            frame = decode_reply(batch.splitlines()[-1])
+            assert isinstance(frame, EventFrame)
+            last = frame.event
     return last
 
 

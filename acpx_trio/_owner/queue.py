@@ -29,7 +29,7 @@ import trio
 from acpx_trio._acp import stream_tap
 from acpx_trio._errors import AcpxError
 from acpx_trio._events import AcpRuntimeEvent, AcpRuntimeHandle, DoneEvent, ErrorEvent
-from acpx_trio._owner.wire import EventFrame, PromptRequest
+from acpx_trio._owner.wire import EventFrame, PromptRequest, encode_frame, encode_frames
 from acpx_trio._store.caps import TURN_OVERHEAD_BYTES
 from acpx_trio._store.transcript import TranscriptWriter
 
@@ -37,27 +37,15 @@ __all__ = ["QueuedTurn", "WarmSession"]
 
 TurnState = Literal["queued", "starting", "active", "done"]
 #: What goes to a waiting client's stream in one hand-off: the frames of one batch of the
-#: turn's events (all the runtime had read since the last one), in order.
-FrameBatch = list[EventFrame]
+#: turn's events (all the runtime had read since the last one), encoded, one line each.
+FrameBatch = bytes
 #: Batches buffered per waiting client before the worker waits for it (backpressure).
 CLIENT_BUFFER = 1024
-#: ... and bytes (the frames' text, plus :data:`FRAME_OVERHEAD_BYTES` each): a client that
-#: stops reading (Ctrl-Z) holds at most this much of the owner's memory until it is dropped,
-#: whatever the size of the agent's lines (1,024 frames of 4 MB lines held 1.2 GiB); one
-#: batch larger than that alone is let through (the runtime held it already).
+#: ... and bytes of those frames: a client that stops reading (Ctrl-Z) holds at most this
+#: much of the owner's memory until it is dropped, whatever the size of the agent's lines
+#: (1,024 frames of 4 MB lines held 1.2 GiB); one batch larger than that alone is let
+#: through (the runtime held it already).
 CLIENT_BUFFER_BYTES = 16 * 1024 * 1024
-FRAME_OVERHEAD_BYTES = 128
-
-
-def batch_bytes(batch: FrameBatch) -> int:
-    """What a batch counts against :data:`CLIENT_BUFFER_BYTES` (its events' text and a
-    fixed overhead per frame: no second encoding on the hot path)."""
-    size = FRAME_OVERHEAD_BYTES * len(batch)
-    for frame in batch:
-        text = getattr(frame.event, "text", None)
-        if isinstance(text, str):
-            size += len(text)
-    return size
 
 
 class QueuedTurn:
@@ -99,9 +87,9 @@ class QueuedTurn:
             return
         if self.send is not None:
             rid = self.request_id
-            batch = [EventFrame(request_id=rid, event=event, agent_pid=agent_pid)
-                     for event in events]
-            size = batch_bytes(batch)
+            batch = encode_frames([EventFrame(request_id=rid, event=event, agent_pid=agent_pid)
+                                   for event in events])
+            size = len(batch)
             while self.buffered and self.buffered + size > CLIENT_BUFFER_BYTES and (
                     self.send is not None):
                 await self._taken.wait()  # the client reads, or goes (see :meth:`taken`)
@@ -127,7 +115,7 @@ class QueuedTurn:
                 self.send.close()
                 self.send = None
         else:
-            self.buffered -= batch_bytes(batch)
+            self.buffered -= len(batch)
         self._taken.set()
 
     async def end_cancelled(self) -> None:
@@ -143,7 +131,7 @@ class QueuedTurn:
             frame = EventFrame(request_id=self.request_id,
                                event=DoneEvent(stop_reason="cancelled"))
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait([frame])
+                send.send_nowait(encode_frame(frame))
             send.close()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import trio
 
-from acpx_trio._owner.wire import EventFrame, HeartbeatFrame, encode_frame, encode_frames
+from acpx_trio._owner.wire import HeartbeatFrame, encode_frame
 
 __all__ = ["CLIENT_SEND_SECONDS", "HEARTBEAT_SECONDS", "ClientStalled", "send_bounded",
            "stream_turn"]
@@ -41,16 +41,16 @@ async def send_bounded(stream: trio.abc.SendStream,
         raise ClientStalled
 
 
-async def stream_turn(batches: trio.MemoryReceiveChannel[list[EventFrame]],
+async def stream_turn(batches: trio.MemoryReceiveChannel[bytes],
                       stream: trio.abc.SendStream,
-                      taken: Callable[[list[EventFrame]], None] = lambda batch: None) -> None:
-    """Forward a turn's batches of frames until the channel ends (after the final frame),
-    with a heartbeat after :data:`HEARTBEAT_SECONDS` of silence; ``taken`` hears of each
-    batch taken off the channel."""
+                      taken: Callable[[bytes], None] = lambda batch: None) -> None:
+    """Forward a turn's batches of encoded frames until the channel ends (after the final
+    frame), with a heartbeat after :data:`HEARTBEAT_SECONDS` of silence; ``taken`` hears of
+    each batch taken off the channel."""
     heartbeat = encode_frame(HeartbeatFrame(owner_pid=os.getpid()))
     ended = False
     while not ended:
-        batch: list[EventFrame] | None = None
+        batch: bytes | None = None
         with trio.move_on_after(HEARTBEAT_SECONDS):  # noqa: ASYNC912 (receive checkpoints)
             try:
                 batch = await batches.receive()
@@ -60,9 +60,8 @@ async def stream_turn(batches: trio.MemoryReceiveChannel[list[EventFrame]],
             await send_bounded(stream, heartbeat)
             continue
         taken(batch)
-        buf = bytearray()
-        encode_frames(batch, buf)
-        while len(buf) < SEND_BATCH_BYTES:
+        parts, size = [batch], len(batch)
+        while size < SEND_BATCH_BYTES:
             try:
                 batch = batches.receive_nowait()
             except trio.WouldBlock:
@@ -71,9 +70,11 @@ async def stream_turn(batches: trio.MemoryReceiveChannel[list[EventFrame]],
                 ended = True
                 break
             taken(batch)
-            encode_frames(batch, buf)
+            parts.append(batch)
+            size += len(batch)
         # each write bounded on its own: a client that keeps reading is never dropped
         # because one batch was large (16 MiB of an agent's long lines)
-        view = memoryview(buf)
-        for start in range(0, len(buf), SEND_BATCH_BYTES):
+        view = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        del parts
+        for start in range(0, size, SEND_BATCH_BYTES):
             await send_bounded(stream, view[start : start + SEND_BATCH_BYTES])

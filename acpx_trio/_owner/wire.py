@@ -241,16 +241,12 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 
 def encode_frame(frame: Request | Reply) -> bytes:
     """One frame: the JSON object and a newline."""
-    buf = bytearray()
-    encode_frames((frame,), buf)
-    return bytes(buf)
+    return encode_frames((frame,))
 
 
-def encode_frames(frames: Iterable[Request | Reply], buf: bytearray) -> None:
-    """Append ``frames`` to ``buf``, one line each (what :func:`encode_frame` gives)."""
-    for frame in frames:
-        _encoder.encode_into(frame, buf, -1)
-        buf += b"\n"
+def encode_frames(frames: Iterable[Request | Reply]) -> bytes:
+    """``frames``, one line each (what :func:`encode_frame` gives for each)."""
+    return _encoder.encode_lines(frames)
 
 
 def decode_request(line: bytes) -> Request:
