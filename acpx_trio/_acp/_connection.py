@@ -219,8 +219,7 @@ class AcpConnection:
         so ``decode`` only has to accept the common shapes.  ``handler`` gets the decoded
         objects of one read batch in wire order and the bytes their lines took, always before
         any later message of the batch is dispatched; it runs synchronously and must not
-        block.  If it raises, the
-        error is reported like a failing notification handler.
+        block.  If it raises, the error is reported like a failing notification handler.
 
         ``decode_batch``, if given, is tried first on each whole read batch (its lines joined
         by ``\\n``, as read): it returns one decoded object per line, exactly what ``decode``

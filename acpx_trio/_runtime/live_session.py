@@ -321,9 +321,9 @@ class LiveSession:
 
     def _on_update_lines(self, lines: list[SessionUpdateLine], size: int) -> None:
         """:meth:`_on_update` for a read batch of typed lines (``size`` bytes of the wire):
-        one pass, one queue hand-off.
-        The common line (an update of no session state, for the running turn of this
-        session) goes straight to its mapper; the others through :meth:`_take`."""
+        one pass, one queue hand-off.  The common line (an update of no session state, for
+        the running turn of this session) goes straight to its mapper; the others through
+        :meth:`_take`."""
         sid = self.backend_session_id
         turn = self.turn
         live = turn is not None and not turn.abandoned and not turn.done
