@@ -3,10 +3,12 @@ logic (FIFO order, cancels, exactly one final event per turn, idle TTL), no proc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, ErrorEvent, TextDeltaEvent
 from acpx_trio._owner.paths import OwnerPaths
-from acpx_trio._owner.queue import CLIENT_BUFFER_BYTES, QueuedTurn, WarmSession
+from acpx_trio._owner.queue import CLIENT_BUFFER, CLIENT_BUFFER_BYTES, QueuedTurn, WarmSession
 from acpx_trio._owner.server import EMPTY_GRACE_SECONDS, Owner
 from acpx_trio._owner.stream import CLIENT_SEND_SECONDS, stream_turn
 from acpx_trio._owner.wire import (
@@ -375,3 +377,62 @@ async def test_a_large_batch_reaches_a_slow_but_steady_client(autojump_clock: An
     assert trio.current_time() - started > CLIENT_SEND_SECONDS
     got = b"".join(client.writes)
     assert [decode_reply(line) for line in got.splitlines()][:-1] == frames
+
+
+async def test_a_close_reaches_a_lagging_client_with_a_full_channel() -> None:
+    """A close (or owner stop) aborting a turn whose waiting client lagged by a full
+    channel (1,024 small batches: an agent writing a few updates at a time, a client
+    stopped for a few seconds) dropped the final frame: the client read every batch, then
+    the end of the stream, and reported itself dropped (8/8 with a real owner, agent and
+    client).  The channel now keeps a slot for that final frame."""
+    turn = QueuedTurn(_request("r"))
+
+    async def worker() -> None:
+        for i in range(CLIENT_BUFFER + 10):
+            await turn.emit(TextDeltaEvent(text=str(i)), None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()  # the worker waits for the client
+        assert turn.batches == CLIENT_BUFFER
+        nursery.cancel_scope.cancel()  # the session's close cancels the worker
+    turn.abort()
+    assert turn.receive is not None
+    events = [f.event async for batch in turn.receive for f in _frames(batch)]
+    assert events[:-1] == [TextDeltaEvent(text=str(i)) for i in range(CLIENT_BUFFER)]
+    assert events[-1] == DoneEvent(stop_reason="cancelled")
+
+
+async def test_a_session_being_closed_is_not_reported_idle(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """While ``sessions close`` ended a session's agent, the lifetime loop took the
+    session (its handle already cleared) for one whose agent never started, and logged
+    "idle for 300s, closing it"."""
+
+    class _SlowClose(StubRuntime):
+        async def close(self, **kw: Any) -> None:  # an agent that takes a second to exit
+            await trio.sleep(1)
+            await super().close(**kw)
+
+    stub = _SlowClose()
+    out: dict[str, list[Any]] = {}
+    caplog.set_level(logging.INFO, logger="acpx_trio.owner")
+    async with trio.open_nursery() as nursery:
+        owner = _owner(stub, nursery)
+        nursery.start_soon(owner.lifetime)
+        _submit(owner, "a", nursery, out)
+        session = owner.sessions["k"]
+        await _idle(owner, session)
+        closing = trio.Event()
+
+        async def close() -> None:
+            await owner.close_session(session)
+            closing.set()
+
+        nursery.start_soon(close)
+        await trio.testing.wait_all_tasks_blocked()  # the agent is exiting, handle cleared
+        owner.changed()  # anything else that wakes the lifetime loop meanwhile
+        await closing.wait()
+        nursery.cancel_scope.cancel()
+    assert stub.calls_to("close")
+    assert not [r for r in caplog.records if "closing it" in r.getMessage()], caplog.text

@@ -39,7 +39,8 @@ TurnState = Literal["queued", "starting", "active", "done"]
 #: What goes to a waiting client's stream in one hand-off: the frames of one batch of the
 #: turn's events (all the runtime had read since the last one), encoded, one line each.
 FrameBatch = bytes
-#: Batches buffered per waiting client before the worker waits for it (backpressure).
+#: Batches buffered per waiting client before the worker waits for it (backpressure); the
+#: channel holds one more, kept for the final frame :meth:`QueuedTurn.abort` may have to add.
 CLIENT_BUFFER = 1024
 #: ... and bytes of those frames: a client that stops reading (Ctrl-Z) holds at most this
 #: much of the owner's memory until it is dropped, whatever the size of the agent's lines
@@ -61,12 +62,13 @@ class QueuedTurn:
         self.size = len(request.text.encode("utf-8", "surrogatepass")) + TURN_OVERHEAD_BYTES
         self.timed_out = False
         self.send: trio.MemorySendChannel[FrameBatch] | None = None
-        #: bytes of frames in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
+        #: bytes and batches in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
         self.buffered = 0
+        self.batches = 0
         self._taken = trio.Event()
         self.receive: trio.MemoryReceiveChannel[FrameBatch] | None = None
         if request.wait:
-            self.send, self.receive = trio.open_memory_channel[FrameBatch](CLIENT_BUFFER)
+            self.send, self.receive = trio.open_memory_channel[FrameBatch](CLIENT_BUFFER + 1)
 
     @property
     def request_id(self) -> str:
@@ -90,14 +92,15 @@ class QueuedTurn:
             batch = encode_frames([EventFrame(request_id=rid, event=event, agent_pid=agent_pid)
                                    for event in events])
             size = len(batch)
-            while self.buffered and self.buffered + size > CLIENT_BUFFER_BYTES and (
-                    self.send is not None):
+            while self.send is not None and (self.batches >= CLIENT_BUFFER or (
+                    self.buffered and self.buffered + size > CLIENT_BUFFER_BYTES)):
                 await self._taken.wait()  # the client reads, or goes (see :meth:`taken`)
                 self._taken = trio.Event()
             try:
                 if self.send is not None:
-                    await self.send.send(batch)
+                    await self.send.send(batch)  # never waits: a slot is free (see above)
                     self.buffered += size
+                    self.batches += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send = None  # the client went away; the turn goes on
         if final:
@@ -110,19 +113,22 @@ class QueuedTurn:
         """The client's stream took ``batch`` off the channel (``None``: the client is gone,
         nothing more will be taken): the worker may buffer more."""
         if batch is None:
-            self.buffered = 0
+            self.buffered = self.batches = 0
             if self.send is not None:
                 self.send.close()
                 self.send = None
         else:
             self.buffered -= len(batch)
+            self.batches -= 1
         self._taken.set()
 
     async def end_cancelled(self) -> None:
         await self.emit(DoneEvent(stop_reason="cancelled"), None)
 
     def abort(self) -> None:
-        """End the turn ``cancelled`` without waiting for the client (shutdown path)."""
+        """End the turn ``cancelled`` without waiting for the client (shutdown path).  A
+        client still there gets that final frame after what it has not read yet: the
+        channel keeps a slot for it however far behind the client is."""
         if self.final_sent:
             return
         self.final_sent = True
@@ -130,8 +136,8 @@ class QueuedTurn:
         if send is not None:
             frame = EventFrame(request_id=self.request_id,
                                event=DoneEvent(stop_reason="cancelled"))
-            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(encode_frame(frame))
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(encode_frame(frame))  # the kept slot: never WouldBlock
             send.close()
 
 

@@ -230,12 +230,16 @@ class Owner:
         while not self._stop_requested:
             changed = self._changed
             now = trio.current_time()
-            expired = [s for s in self.sessions.values() if s.expires_at() <= now]
+            # a session being closed (``sessions close``) is not expiring: its close ends
+            # with a change, which wakes this loop
+            open_ = [s for s in self.sessions.values() if not s.closing]
+            expired = [s for s in open_ if s.expires_at() <= now]
             if expired:
                 async with trio.open_nursery() as nursery:
                     for session in expired:
-                        _log.info(f"session {session.key}: idle for {session.ttl_seconds:g}s, "
-                                  "closing it")
+                        why = (f"idle for {session.ttl_seconds:g}s" if session.handle
+                               else "its agent never started")
+                        _log.info(f"session {session.key}: {why}, closing it")
                         nursery.start_soon(self.close_session, session)
                 continue
             if not self.sessions:
@@ -243,7 +247,7 @@ class Owner:
                 if self._had_session or deadline <= now:
                     return
             else:
-                deadline = min(s.expires_at() for s in self.sessions.values())
+                deadline = min((s.expires_at() for s in open_), default=math.inf)
             if deadline <= now:
                 continue
             with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
