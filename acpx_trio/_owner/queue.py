@@ -62,9 +62,8 @@ class QueuedTurn:
         self.size = len(request.text.encode("utf-8", "surrogatepass")) + TURN_OVERHEAD_BYTES
         self.timed_out = False
         self.send: trio.MemorySendChannel[FrameBatch] | None = None
-        #: bytes and batches in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
+        #: bytes of the batches in the client's channel (see :data:`CLIENT_BUFFER_BYTES`)
         self.buffered = 0
-        self.batches = 0
         self._taken = trio.Event()
         self.receive: trio.MemoryReceiveChannel[FrameBatch] | None = None
         if request.wait:
@@ -73,6 +72,11 @@ class QueuedTurn:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def batches(self) -> int:
+        """Batches in the client's channel, not yet taken by its stream."""
+        return 0 if self.send is None else self.send.statistics().current_buffer_used
 
     async def emit(self, event: AcpRuntimeEvent, agent_pid: int | None) -> None:
         """:meth:`emit_many` of one event."""
@@ -100,7 +104,6 @@ class QueuedTurn:
                 if self.send is not None:
                     await self.send.send(batch)  # never waits: a slot is free (see above)
                     self.buffered += size
-                    self.batches += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send = None  # the client went away; the turn goes on
         if final:
@@ -113,13 +116,12 @@ class QueuedTurn:
         """The client's stream took ``batch`` off the channel (``None``: the client is gone,
         nothing more will be taken): the worker may buffer more."""
         if batch is None:
-            self.buffered = self.batches = 0
+            self.buffered = 0
             if self.send is not None:
                 self.send.close()
                 self.send = None
         else:
             self.buffered -= len(batch)
-            self.batches -= 1
         self._taken.set()
 
     async def end_cancelled(self) -> None:

@@ -74,7 +74,7 @@ async def stream_turn(batches: trio.MemoryReceiveChannel[bytes],
             size += len(batch)
         # each write bounded on its own: a client that keeps reading is never dropped
         # because one batch was large (16 MiB of an agent's long lines)
-        view = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        view = memoryview(b"".join(parts))  # (one part: that same object, no copy)
         del parts
         for start in range(0, size, SEND_BATCH_BYTES):
             await send_bounded(stream, view[start : start + SEND_BATCH_BYTES])

@@ -130,9 +130,7 @@ class Turn:
         self._head += 1
         left = len(queue) - self._head
         if not left:
-            self._queue = []
-            self._head = 0
-            self.pending_bytes = 0
+            self._clear()
         if left <= LOW_WATER and not self.room.is_set() and (
                 self.pending_bytes < HIGH_WATER_BYTES):
             self.room.set()
@@ -146,19 +144,21 @@ class Turn:
             wakeup = self._wakeup = trio.Event()
             await wakeup.wait()
         batch = self._queue[self._head :] if self._head else self._queue
-        self._queue = []
-        self._head = 0
-        self.pending_bytes = 0
+        self._clear()
         if not self.room.is_set():
             self.room.set()
         return batch
 
-    def abandon(self) -> None:
-        """The consumer left: drop queued events, accept no more, never block the reader."""
-        self.abandoned = True
+    def _clear(self) -> None:
+        """Nothing queued any more (a new list: a batch handed out keeps the old one)."""
         self._queue = []
         self._head = 0
         self.pending_bytes = 0
+
+    def abandon(self) -> None:
+        """The consumer left: drop queued events, accept no more, never block the reader."""
+        self.abandoned = True
+        self._clear()
         self.room.set()
 
     def request_cancel(self, wait: float) -> None:
