@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from acpx_trio._cli.text import printable
 from acpx_trio._events import DoneEvent, ErrorEvent
+from acpx_trio._owner.client import ReplyReader
 from acpx_trio._owner.paths import OwnerPaths
 from acpx_trio._owner.queue import QueuedTurn
 from acpx_trio._owner.server import Owner
@@ -93,6 +94,76 @@ async def test_a_connection_cut_in_the_middle_of_a_frame_is_told_apart() -> None
     send, recv = trio.testing.memory_stream_one_way_pair()
     await send.aclose()
     assert await FrameReader(recv, limit=10).receive() is None
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+       st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=8),
+       st.binary(max_size=10).map(lambda b: b.replace(b"\n", b"")))
+def test_frames_read_in_batches_are_the_frames_read_one_by_one(
+        frames: list[bytes], cuts: list[int], tail: bytes) -> None:
+    """Whatever the reads' sizes: ``receive_lines`` returns the same frames as ``receive``,
+    in order, never an empty batch; an unfinished frame at EOF is a cut, raised only once
+    every complete frame before it was returned."""
+    data = b"".join(f + b"\n" for f in frames) + tail
+
+    async def read(batches: bool) -> tuple[list[list[bytes]], bool]:
+        send, recv = trio.testing.memory_stream_one_way_pair()
+        reader = FrameReader(recv, limit=1 << 20)
+        got: list[list[bytes]] = []
+        cut = False
+
+        async def feed() -> None:
+            at, i = 0, 0
+            while at < len(data):
+                step = cuts[i % len(cuts)]
+                await send.send_all(data[at:at + step])
+                await trio.testing.wait_all_tasks_blocked()  # one read per piece
+                at, i = at + step, i + 1
+            await send.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            try:
+                while True:
+                    if batches:
+                        lines = await reader.receive_lines()
+                    else:
+                        line = await reader.receive()
+                        lines = None if line is None else [line]
+                    if lines is None:
+                        break
+                    got.append(lines)
+            except OwnerStreamCutError:
+                cut = True
+        return got, cut
+
+    one_by_one, cut_one = trio.run(read, False)
+    batched, cut_batched = trio.run(read, True)
+    assert [x for batch in batched for x in batch] == [x[0] for x in one_by_one] == frames
+    assert all(batched)
+    assert cut_one == cut_batched == bool(tail)
+    if len(cuts) == 1 and cuts[0] >= len(data):  # everything in one read: one batch
+        assert len(batched) == (1 if frames else 0)
+
+
+async def test_replies_before_a_malformed_frame_are_returned_first() -> None:
+    """A batch holding good replies and then a malformed frame returns the good ones; the
+    next call raises the protocol error (nothing read before it is lost)."""
+    a, b = trio.socket.socketpair()
+    mine, theirs = trio.SocketStream(a), trio.SocketStream(b)
+    async with mine, theirs:
+        good = encode_frame(EventFrame(request_id="r", event=DoneEvent(stop_reason="end_turn")))
+        await theirs.send_all(good + good + b'{"kind": "nonsense"}\n' + good)
+        replies = ReplyReader(mine)
+        first = await replies.next_replies()
+        assert first is not None and len(first) == 2
+        assert all(isinstance(x, EventFrame) for x in first)
+        with pytest.raises(OwnerProtocolError, match="bad reply frame"):
+            await replies.next_replies()
+        await theirs.send_all(b"{")
+        await theirs.aclose()
+        with pytest.raises(OwnerStreamCutError):
+            await replies.next_replies()
 
 
 @given(st.dictionaries(st.sampled_from(["ACPX_AUTH_X", "OPENAI_API_KEY", "HOME", "MY_TOKEN",

@@ -70,11 +70,11 @@ from acpx_trio._owner.wire import (
     CloseResult,
     ControlRequest,
     EventFrame,
-    HeartbeatFrame,
     OwnerErrorFrame,
     OwnerLaunch,
     OwnerStreamCutError,
     PromptRequest,
+    Reply,
     Request,
     SessionState,
     StatusRequest,
@@ -277,11 +277,13 @@ class _Client:
 
 
 
-async def _next(client: _Client, replies: ReplyReader, seconds: float, what: str) -> Any:
-    """The owner's next frame, or ``ACPX_OWNER_UNRESPONSIVE`` after ``seconds`` of silence."""
+async def _next(client: _Client, replies: ReplyReader, seconds: float,
+                what: str) -> list[Reply] | None:
+    """The owner's next frames (``None``: it closed the connection), or
+    ``ACPX_OWNER_UNRESPONSIVE`` after ``seconds`` of silence."""
     replies.silence = seconds
     try:
-        return await replies.next_reply()
+        return await replies.next_replies()
     except trio.TooSlowError:
         raise await unresponsive(client.state_dir, what, seconds) from None
 
@@ -304,44 +306,46 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                 replies = await send_request(stream, req, limit=limit)
             if replies is None:
                 raise await unresponsive(opts.state_dir, "the prompt", accept_seconds)
-            while True:
+            retry = False
+            while not retry:
                 try:
-                    frame = await _next(client, replies, SILENCE_SECONDS if accepted
-                                        else accept_seconds,
-                                        "during the turn" if accepted else "the prompt")
+                    frames = await _next(client, replies, SILENCE_SECONDS if accepted
+                                         else accept_seconds,
+                                         "during the turn" if accepted else "the prompt")
                 except OwnerStreamCutError:
                     if not accepted:
                         raise
-                    frame = None  # cut mid-frame: the owner died, or dropped this command
-                if frame is None:
+                    frames = None  # cut mid-frame: the owner died, or dropped this command
+                if frames is None:
                     break
-                if isinstance(frame, HeartbeatFrame):
-                    continue
-                if isinstance(frame, OwnerErrorFrame):
-                    if frame.retryable and not accepted and attempt + 1 < PROMPT_ATTEMPTS:
-                        break
-                    _report(printer, frame.code, frame.message)
-                    return EXIT_USAGE if frame.code.endswith("CONFIG_MISMATCH") else EXIT_ERROR
-                if isinstance(frame, AcceptedFrame):
-                    accepted = True
-                    owner_pid = frame.owner_pid
-                    await client.on_accepted()
-                    if not req.wait:
-                        _queued(printer, frame)
-                        return EXIT_OK
-                    if opts.verbose:
-                        printer.note(f"queued at position {frame.position} in owner pid "
-                                     f"{frame.owner_pid}")
-                    continue
-                if isinstance(frame, EventFrame):
-                    ev = frame.event
-                    if (isinstance(ev, DoneEvent) and ev.stop_reason == "cancelled"
-                            and not client.cancel_wanted):
-                        printer.note("the turn was cancelled from outside this command "
-                                     "(`acpx-trio cancel`, `sessions close`, or the warm "
-                                     "owner stopping)")
-                    ended = event_exit(ev, printer)
-                    code = code if ended is None else ended
+                for frame in frames:
+                    if isinstance(frame, EventFrame):  # the turn's stream: first
+                        ev = frame.event
+                        if (isinstance(ev, DoneEvent) and ev.stop_reason == "cancelled"
+                                and not client.cancel_wanted):
+                            printer.note("the turn was cancelled from outside this command "
+                                         "(`acpx-trio cancel`, `sessions close`, or the "
+                                         "warm owner stopping)")
+                        ended = event_exit(ev, printer)
+                        code = code if ended is None else ended
+                    elif isinstance(frame, OwnerErrorFrame):
+                        if (frame.retryable and not accepted
+                                and attempt + 1 < PROMPT_ATTEMPTS):
+                            retry = True
+                            break
+                        _report(printer, frame.code, frame.message)
+                        return (EXIT_USAGE if frame.code.endswith("CONFIG_MISMATCH")
+                                else EXIT_ERROR)
+                    elif isinstance(frame, AcceptedFrame):
+                        accepted = True
+                        owner_pid = frame.owner_pid
+                        await client.on_accepted()
+                        if not req.wait:
+                            _queued(printer, frame)
+                            return EXIT_OK
+                        if opts.verbose:
+                            printer.note(f"queued at position {frame.position} in owner "
+                                         f"pid {frame.owner_pid}")
             if code is not None:
                 return code
             if accepted:

@@ -222,6 +222,7 @@ class ReplyReader:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._bounded = _BoundedReceive(stream)
         self._reader = FrameReader(self._bounded, limit=MAX_REPLY_BYTES)
+        self._error: OwnerProtocolError | None = None
 
     @property
     def silence(self) -> float:
@@ -234,6 +235,27 @@ class ReplyReader:
     async def next_reply(self) -> Reply | None:
         line = await self._reader.receive()
         return None if line is None else decode_reply(line)
+
+    async def next_replies(self) -> list[Reply] | None:
+        """Every reply already read (at least one), in order: :meth:`next_reply`'s answers
+        several at a time, for a caller that does not mix the two.  A malformed frame
+        raises once the replies before it are returned."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        lines = await self._reader.receive_lines()
+        if lines is None:
+            return None
+        replies: list[Reply] = []
+        for line in lines:
+            try:
+                replies.append(decode_reply(line))
+            except OwnerProtocolError as exc:
+                if not replies:
+                    raise
+                self._error = exc
+                break
+        return replies
 
 
 async def send_request(stream: trio.SocketStream, request: Request, *,

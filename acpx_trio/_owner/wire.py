@@ -322,26 +322,44 @@ class FrameReader:
         self._buf = bytearray(self._buf)
 
     async def receive(self) -> bytes | None:
-        while True:
-            nl = self._buf.find(b"\n", self._scan)
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                self._scan = 0
-                self._charge(len(self._buf))
-                return line
-            self._scan = len(self._buf)
-            if self._scan > self._limit:
-                raise OwnerProtocolError(f"frame longer than {self._limit} bytes")
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                if self._buf:
-                    raise OwnerStreamCutError("connection closed in the middle of a frame")
+        """The next frame; ``None`` at EOF.  :class:`OwnerProtocolError` once the frame
+        being read passes the limit, :class:`OwnerStreamCutError` at EOF inside one."""
+        while (nl := self._buf.find(b"\n", self._scan)) < 0:
+            if not await self._read_more():
                 return None
-            self._charge(len(self._buf) + len(chunk))
-            self._buf += chunk
+        line = bytes(self._buf[:nl])
+        self._cut(nl)
+        return line
 
+    async def receive_lines(self) -> list[bytes] | None:
+        """Every frame complete in what was read so far, in order, waiting for the stream
+        only while there is none: :meth:`receive`'s answers, several at a time (the same
+        errors, raised once the frames before them are returned)."""
+        while (end := self._buf.rfind(b"\n", self._scan)) < 0:
+            if not await self._read_more():
+                return None
+        lines = bytes(self._buf[:end]).split(b"\n")
+        self._cut(end)
+        return lines
 
+    def _cut(self, end: int) -> None:
+        del self._buf[: end + 1]
+        self._scan = 0
+        self._charge(len(self._buf))
+
+    async def _read_more(self) -> bool:
+        """One more read; ``False`` at EOF with nothing unfinished."""
+        self._scan = len(self._buf)
+        if self._scan > self._limit:
+            raise OwnerProtocolError(f"frame longer than {self._limit} bytes")
+        chunk = await self._stream.receive_some(65536)
+        if not chunk:
+            if self._buf:
+                raise OwnerStreamCutError("connection closed in the middle of a frame")
+            return False
+        self._charge(len(self._buf) + len(chunk))
+        self._buf += chunk
+        return True
 
 
 class OwnerLaunch(msgspec.Struct, kw_only=True, frozen=True):
