@@ -297,7 +297,6 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
     for attempt in range(PROMPT_ATTEMPTS):
         stream = await connect_or_start(opts.state_dir, launch)
         async with stream:
-            code: int | None = None
             accepted = False
             owner_pid = 0
             client.sent = True
@@ -327,7 +326,8 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                                          "(`acpx-trio cancel`, `sessions close`, or the "
                                          "warm owner stopping)")
                         ended = event_exit(ev, printer)
-                        code = code if ended is None else ended
+                        if ended is not None:  # the final frame: nothing follows it
+                            return ended
                     elif isinstance(frame, OwnerErrorFrame):
                         if (frame.retryable and not accepted
                                 and attempt + 1 < PROMPT_ATTEMPTS):
@@ -346,8 +346,6 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                         if opts.verbose:
                             printer.note(f"queued at position {frame.position} in owner "
                                          f"pid {frame.owner_pid}")
-            if code is not None:
-                return code
             if accepted:
                 await _report_lost(printer, opts.state_dir, owner_pid)
                 return EXIT_ERROR

@@ -6,8 +6,10 @@ Guarantees:
   service's own watchdog and sweeps), the socket's accept loop, every client connection and
   every session's worker live under it.  When the owner ends — idle TTL, ``shutdown``, the last
   ``close``, SIGTERM/SIGINT/SIGHUP — the socket is unlinked first (new clients start a new
-  owner, which waits for this one's lock), then every session is closed, then the service
-  stops: no agent process is left.
+  owner, which waits for this one's lock), then every session is closed (every agent is gone
+  then), then the clients still connected get what is left of their streams, up to each
+  turn's final frame (at most ``CLIENT_SEND_SECONDS``; a second signal ends that wait),
+  then the service stops: no agent process is left.
 * It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
 * A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
   session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
@@ -152,6 +154,9 @@ class Owner:
         self._changed = trio.Event()
         self._stop_requested = False
         self.stopping = False
+        #: while the owner waits for its clients to read the rest of their streams (exit)
+        self._draining: trio.CancelScope | None = None
+        self._clients = 0
         self._had_session = False
         self._started = trio.current_time()
         self._nursery: trio.Nursery | None = None
@@ -254,17 +259,31 @@ class Owner:
                 await changed.wait()
 
     async def run(self, listener: trio.SocketListener) -> None:
-        """Serve until :meth:`lifetime` returns, then shut down (see the module docstring)."""
+        """Serve until :meth:`lifetime` returns, then shut down (see the module docstring).
+        Clients still connected then get the rest of their streams, up to each turn's final
+        frame, for :data:`~acpx_trio._owner.stream.CLIENT_SEND_SECONDS` at most."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            accept_scope = trio.CancelScope()
-            nursery.start_soon(self._accept_loop, listener, accept_scope)
             nursery.start_soon(self._watch_signals)
             try:
-                await self.lifetime()
+                async with trio.open_nursery() as connections:
+                    accept_scope = trio.CancelScope()
+                    connections.start_soon(self._accept_loop, listener, accept_scope,
+                                           connections)
+                    try:
+                        await self.lifetime()
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await self._shutdown(accept_scope, listener)
+                        # the sessions are closed (every agent gone): what their clients
+                        # have not read yet is still theirs, within the bound of a write
+                        connections.cancel_scope.deadline = (trio.current_time()
+                                                             + CLIENT_SEND_SECONDS)
+                        self._draining = connections.cancel_scope
+                        if self._clients:
+                            _log.info(f"{self._clients} client(s) still connected: up to "
+                                      f"{CLIENT_SEND_SECONDS:g}s to read the rest")
             finally:
-                with trio.CancelScope(shield=True):
-                    await self._shutdown(accept_scope, listener)
                 nursery.cancel_scope.cancel()
 
     async def _shutdown(self, accept_scope: trio.CancelScope,
@@ -288,12 +307,16 @@ class Owner:
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
-                _log.info(f"signal {signal.Signals(signum).name}: shutting down")
+                name = signal.Signals(signum).name
+                if self._draining is not None:
+                    _log.info(f"signal {name}: not waiting for clients to read the rest")
+                    self._draining.cancel()
+                    continue
+                _log.info(f"signal {name}: shutting down")
                 self.request_stop()
 
-    async def _accept_loop(self, listener: trio.SocketListener,
-                           scope: trio.CancelScope) -> None:
-        assert self._nursery is not None
+    async def _accept_loop(self, listener: trio.SocketListener, scope: trio.CancelScope,
+                           connections: trio.Nursery) -> None:
         with scope:
             warned = False
             while True:
@@ -311,10 +334,17 @@ class Owner:
                     await trio.sleep(ACCEPT_RETRY_SECONDS)
                     continue
                 warned = False
-                self._nursery.start_soon(self._handle, stream)
+                connections.start_soon(self._handle, stream)
 
     # -- one connection ---------------------------------------------------------------------
     async def _handle(self, stream: trio.SocketStream) -> None:
+        self._clients += 1
+        try:
+            await self._serve(stream)
+        finally:
+            self._clients -= 1
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
         async with stream:
             reader = FrameReader(stream, limit=self.frame_limit, budget=self.partial_budget)
             try:

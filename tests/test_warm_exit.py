@@ -1,0 +1,139 @@
+"""The end of a warm turn's stream, against real owners, agents and clients: a client still
+reading a turn when the owner exits (``sessions close`` of its last session, SIGTERM) gets
+the rest of its stream and the final frame, a second signal ends that wait; the command
+ends at the final frame."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _cli_helpers import background_cli, json_lines, run_cli
+from _warm_helpers import owner_info, status, turn_state, wait_gone, wait_status
+
+from acpx_trio._events import DoneEvent, TextDeltaEvent
+from acpx_trio._owner.paths import OwnerPaths
+from acpx_trio._owner.stream import CLIENT_SEND_SECONDS
+from acpx_trio._owner.wire import AcceptedFrame, EventFrame, decode_request, encode_frame
+
+#: Far more than the owner can hand a stopped client before its buffers fill.
+CHUNKS = 3_000_000
+
+
+def _owner_pid(state: Path) -> int:
+    info = owner_info(state)
+    assert info is not None
+    return int(info["pid"])
+
+
+def _agent_pid(state: Path) -> int:
+    (session,) = status(state)["sessions"]
+    assert session["agent_pid"] is not None, session
+    return int(session["agent_pid"])
+
+
+def _wait_log(state: Path, needle: str) -> None:
+    """Wait (bounded) for the owner's log to say ``needle``."""
+    deadline = time.monotonic() + 30
+    while needle not in (state / "owner.log").read_text():
+        assert time.monotonic() < deadline, (state / "owner.log").read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["close", "sigterm"])
+def test_a_lagging_client_gets_its_stream_when_the_owner_exits(tmp_path: Path,
+                                                               how: str) -> None:
+    """The owner cancelled its connections as soon as the sessions were closed: a client
+    that lagged (stopped a moment, or just behind) lost the frames the owner held for it
+    and the final one, and reported the owner lost (13/13 stopped, 8/20 not stopped)."""
+    state = tmp_path / "state"
+    assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+    owner, agent = _owner_pid(state), _agent_pid(state)
+    with background_cli("prompt", "--session", "k", f"/chunks {CHUNKS}",
+                        state_dir=state) as client:
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        client.signal(signal.SIGSTOP)  # Ctrl-Z: the owner's writes to it now wait
+        try:
+            if how == "close":
+                done = run_cli("sessions", "close", "k", state_dir=state)
+                assert done.returncode == 0, done.stderr
+            else:
+                os.kill(owner, signal.SIGTERM)
+            wait_gone(agent)  # the session is closed: only the client's stream is left
+        finally:
+            client.signal(signal.SIGCONT)
+        rc = client.wait()
+        err = client.err()
+        assert rc == 130, err
+        assert "cancelled from outside this command" in err, err
+        assert "ACPX_OWNER_LOST" not in err, err
+        lines = client.out().splitlines()
+        assert lines == [f"chunk {i}" for i in range(len(lines))]  # nothing lost on the way
+        assert 0 < len(lines) < CHUNKS
+    wait_gone(owner)
+
+
+def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+    owner = _owner_pid(state)
+    with background_cli("prompt", "--session", "k", f"/chunks {CHUNKS}",
+                        state_dir=state) as client:
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        client.signal(signal.SIGSTOP)  # stopped for good: it would hold the owner 15 s
+        try:
+            os.kill(owner, signal.SIGTERM)
+            _wait_log(state, "client(s) still connected")
+            start = time.monotonic()
+            os.kill(owner, signal.SIGTERM)
+            wait_gone(owner, timeout=CLIENT_SEND_SECONDS)
+            assert time.monotonic() - start < CLIENT_SEND_SECONDS / 2
+            assert "not waiting for clients" in (state / "owner.log").read_text()
+        finally:
+            client.signal(signal.SIGCONT)
+        assert client.wait() == 1  # the rest of its stream was given up, and it says so
+        assert "ACPX_OWNER_LOST" in client.err()
+
+
+def test_the_command_ends_at_the_final_frame(tmp_path: Path) -> None:
+    """The command read on after a turn's final frame until the owner closed the
+    connection: an owner silent after it (stopped, say) made a finished turn wait 30 s and
+    end as ``ACPX_OWNER_UNRESPONSIVE``, two final events in JSON.  An owner of our own here,
+    that answers and then holds the connection open, silent."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(OwnerPaths(state).socket))
+    listener.listen(1)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)
+        request = b""
+        while not request.endswith(b"\n"):
+            request += conn.recv(65536)
+        rid = decode_request(request[:-1]).request_id
+        conn.sendall(b"".join(encode_frame(f) for f in (
+            AcceptedFrame(request_id=rid, position=0, owner_pid=os.getpid()),
+            EventFrame(request_id=rid, event=TextDeltaEvent(text="answer")),
+            EventFrame(request_id=rid, event=DoneEvent(stop_reason="end_turn")))))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        done = run_cli("--format", "json", "prompt", "--session", "k", "hi", state_dir=state,
+                       timeout=20)  # under the 30 s of silence the command would wait
+        assert done.returncode == 0, done.stderr
+        types = [e["type"] for e in json_lines(done.stdout)]
+        assert types[-2:] == ["text_delta", "done"] and "error" not in types, types
+    finally:
+        server.join(timeout=10)
+        for conn in held:
+            conn.close()
+        listener.close()
