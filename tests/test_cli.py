@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 from _cli_helpers import MOCK, json_lines, run_cli, tagged_pids
 
-from acpx_trio._cli.output import Output, TurnPrinter
+from acpx_trio._cli.output import OUTPUT_HIGH_WATER, Output, TurnPrinter
 from acpx_trio._cli.run import _stream_turn
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, TextDeltaEvent
 
@@ -358,6 +360,54 @@ async def test_reply_is_written_as_it_arrives() -> None:
     assert seen_mid_turn == ["first "]
     assert out.getvalue() == "first second\n"
     assert err.getvalue() == ""
+
+
+async def test_a_stdout_nobody_reads_stops_the_turn_at_the_high_water() -> None:
+    """The command queued every event's text for stdout however far behind its reader was
+    (a `prompt` piped into a reader that paused held 318 MiB for 300 MB of output).  Now it
+    stops taking events past ``OUTPUT_HIGH_WATER`` (the agent then waits on its pipe, or the
+    owner's bounded buffer takes over) and goes on as stdout is read: nothing lost."""
+    read_end, write_end = os.pipe()  # a real pipe: the write blocks once it is full
+    piece = "x" * (1 << 20)
+    total = 4 * OUTPUT_HIGH_WATER // len(piece)
+    pulled = 0
+
+    class Runtime:
+        async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
+            nonlocal pulled
+            for _ in range(total):
+                pulled += 1
+                yield TextDeltaEvent(text=piece)
+            yield DoneEvent(stop_reason="end_turn")
+
+    def read_all(size: int) -> int:
+        got = 0
+        while got < size:
+            got += len(os.read(read_end, 1 << 20))
+        return got
+
+    with io.TextIOWrapper(io.FileIO(write_end, "w"), encoding="ascii") as out:
+        output = Output(out, io.StringIO())
+        printer = TurnPrinter(output, json_mode=False)
+        codes: list[int] = []
+
+        async def turn() -> None:
+            codes.append(await _stream_turn(Runtime(), None, "hi", printer))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(output.run)
+                nursery.start_soon(turn)
+                await trio.testing.wait_all_tasks_blocked()  # stdout is full, nobody reads
+                assert pulled <= OUTPUT_HIGH_WATER // len(piece) + 2, pulled
+                assert output.full
+                size = total * len(piece) + 1  # the reply and the newline that ends it
+                assert await trio.to_thread.run_sync(read_all, size) == size
+                await output.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(read_end)
+    assert codes == [0] and pulled == total
 
 
 def test_doctor_prints_the_containment_line(tmp_path: Path) -> None:

@@ -1,21 +1,24 @@
 """The end of a warm turn's stream, against real owners, agents and clients: a client still
 reading a turn when the owner exits (``sessions close`` of its last session, SIGTERM) gets
 the rest of its stream and the final frame, a second signal ends that wait; the command
-ends at the final frame."""
+ends at the final frame, and holds a bounded share of a turn its stdout takes slowly."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from _cli_helpers import background_cli, json_lines, run_cli
+from _cli_helpers import background_cli, cli_argv, cli_env, json_lines, run_cli
 from _warm_helpers import owner_info, status, turn_state, wait_gone, wait_status
 
+from acpx_trio._cli.output import OUTPUT_HIGH_WATER
 from acpx_trio._events import DoneEvent, TextDeltaEvent
 from acpx_trio._owner.paths import OwnerPaths
 from acpx_trio._owner.stream import CLIENT_SEND_SECONDS
@@ -137,3 +140,44 @@ def test_the_command_ends_at_the_final_frame(tmp_path: Path) -> None:
         for conn in held:
             conn.close()
         listener.close()
+
+
+_SLOW_READER = """
+import resource, subprocess, sys, time
+rate = float(sys.argv[1])
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE)
+got, start = 0, time.monotonic()
+while chunk := proc.stdout.read1(1 << 18):
+    got += len(chunk)
+    time.sleep(max(0.0, got / rate - (time.monotonic() - start)))  # a reader of RATE bytes/s
+print(proc.wait(), got, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _read_slowly(state: Path, rate: float, text: str) -> tuple[int, int, int]:
+    """(exit code, bytes read, peak RSS in KiB) of ``prompt --session k TEXT`` whose stdout
+    is read at ``rate`` bytes/s."""
+    done = subprocess.run([sys.executable, "-c", _SLOW_READER, str(rate),
+                           *cli_argv("--state-dir", str(state), "prompt", "--session", "k",
+                                     text)],
+                          capture_output=True, text=True, env=cli_env(), timeout=120,
+                          check=True)
+    rc, got, peak = (int(x) for x in done.stdout.split())
+    return rc, got, peak
+
+
+def test_a_slow_stdout_does_not_make_the_command_hold_the_turn(tmp_path: Path) -> None:
+    """The command read the owner's frames as fast as they came and queued their text for
+    a stdout read at 30 MB/s: 107-116 MiB above its idle size for 150 MB of output (20-21
+    MiB now).  It now
+    stops reading past ``OUTPUT_HIGH_WATER`` (the owner's bounded buffer holds the rest), and
+    everything still arrives."""
+    state = tmp_path / "state"
+    assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
+    try:
+        _rc, _got, idle = _read_slowly(state, 30e6, "/chunks 1")
+        rc, got, peak = _read_slowly(state, 30e6, "/huge 1000000 150")
+        assert rc == 0 and got >= 149_000_000, (rc, got)
+        assert peak - idle < (OUTPUT_HIGH_WATER + (16 << 20)) >> 10, (idle, peak)
+    finally:
+        run_cli("sessions", "close", "k", state_dir=state)

@@ -36,6 +36,10 @@ _SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicit
 
 #: Longest short form of an error's ``rpc_data`` on the human error line.
 RPC_DATA_CHARS = 300
+#: Text (characters) waiting to be written past which a turn's reader stops reading (see
+#: :attr:`Output.full`): a stdout read slowly, or not at all, never makes the command hold
+#: more than about this much.
+OUTPUT_HIGH_WATER = 16 << 20
 
 
 def short_rpc_data(data: Any) -> str | None:
@@ -102,7 +106,8 @@ class Output:
     ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
     Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  A write that
     blocks forever (a pipe nobody reads) is abandoned when its waiter is cancelled; a
-    terminal that hung up (SIGHUP, ``EIO``) is written no more, the command goes on."""
+    terminal that hung up (SIGHUP, ``EIO``) is written no more, the command goes on.  A
+    producer keeps the queue bounded by waiting in :meth:`wait_room` whenever :attr:`full`."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out: TextIO = out if out is not None else sys.stdout
@@ -112,6 +117,8 @@ class Output:
         self._gone: list[TextIO] = []
         self._queued = 0
         self._written = 0
+        #: characters queued and not yet written (the batch being written included)
+        self._unwritten = 0
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._lock = trio.Lock()
@@ -121,7 +128,23 @@ class Output:
         if text:
             self._pending.append((self.err if err else self.out, text))
             self._queued += 1
+            self._unwritten += len(text)
             self._wake.set()
+
+    @property
+    def full(self) -> bool:
+        """Whether more than :data:`OUTPUT_HIGH_WATER` characters wait to be written."""
+        return self._unwritten > OUTPUT_HIGH_WATER
+
+    async def wait_room(self) -> None:
+        """Return once no more than :data:`OUTPUT_HIGH_WATER` characters wait to be written
+        (at once when that holds; cancellable)."""
+        await trio.lowlevel.checkpoint()
+        while self.full:
+            if self._pending and not self._lock.locked():
+                await self._write_pending()
+            else:
+                await self._progress.wait()
 
     async def _write_pending(self) -> None:
         async with self._lock:
@@ -132,6 +155,7 @@ class Output:
                                                   abandon_on_cancel=True)
                 finally:
                     self._written += len(batch)
+                    self._unwritten -= sum(len(text) for _stream, text in batch)
                     self._progress.set()
                     self._progress = trio.Event()
 

@@ -166,6 +166,8 @@ async def _stream_turn(runtime: Any, handle: Any, text: str, printer: TurnPrinte
         async for ev in events:
             ended = event_exit(ev, printer)
             code = code if ended is None else ended
+            if printer.output.full:  # stdout lags: the agent waits on its pipe meanwhile
+                await printer.output.wait_room()
     printer.finish()
     return code
 

@@ -346,6 +346,8 @@ async def _stream(client: _Client, launch: OwnerLaunch, opts: Options,
                         if opts.verbose:
                             printer.note(f"queued at position {frame.position} in owner "
                                          f"pid {frame.owner_pid}")
+                if printer.output.full:  # stdout lags: read on once it took its share
+                    await printer.output.wait_room()
             if accepted:
                 await _report_lost(printer, opts.state_dir, owner_pid)
                 return EXIT_ERROR
