@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ import trio
 import trio.testing
 from _cli_helpers import MOCK, json_lines, run_cli, tagged_pids
 
-from acpx_trio._cli.output import OUTPUT_HIGH_WATER, Output, TurnPrinter
+from acpx_trio._cli.output import (
+    OUTPUT_HIGH_WATER,
+    OUTPUT_SLICE,
+    Output,
+    TurnPrinter,
+    finish_output,
+)
 from acpx_trio._cli.run import _stream_turn
 from acpx_trio._events import AcpRuntimeEvent, DoneEvent, TextDeltaEvent
 
@@ -408,6 +415,131 @@ async def test_a_stdout_nobody_reads_stops_the_turn_at_the_high_water() -> None:
         finally:
             os.close(read_end)
     assert codes == [0] and pulled == total
+
+
+class _GatedStream(io.StringIO):
+    """A stdout whose every write waits for a permit (a slow reader, write by write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Semaphore(0)
+        self.sizes: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.gate.acquire()
+        self.sizes.append(len(text))
+        return super().write(text)
+
+
+async def test_a_slow_stdout_is_written_slice_by_slice() -> None:
+    """The whole queue (up to ``OUTPUT_HIGH_WATER``) went to stdout as one write, so the
+    room a waiting turn needed came only once all of it was written: under about 1 MB/s
+    that took more than the owner's 15 s bound and a slow but steady ``prompt --session``
+    was dropped (an outside review: 6/6 at 600 KB/s).  Writes are now slices, and room
+    comes with the first slices written."""
+    out = _GatedStream()
+    output = Output(out, io.StringIO())
+    for _ in range(17):
+        output.write("x" * (1 << 20))
+    assert output.full
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(output.run)
+        for _ in range(8):
+            out.gate.release()
+        with trio.fail_after(10):
+            await output.wait_room()
+        assert not output.full
+        assert len(out.sizes) <= 8 and max(out.sizes) <= OUTPUT_SLICE, out.sizes
+        for _ in range(17 * (1 << 20) // OUTPUT_SLICE):
+            out.gate.release()
+        with trio.fail_after(10):
+            await output.drain()
+        nursery.cancel_scope.cancel()
+    assert len(out.getvalue()) == 17 << 20
+
+
+async def test_a_signal_lets_the_turn_end_whatever_stdout_does() -> None:
+    """With stdout blocked, a Ctrl-C cancelled the turn but the command kept waiting for
+    room to read the turn's end (an outside review: still running after 90 s, 3/3):
+    a signal unbinds the output queue, so the turn is read to its end."""
+    out = _GatedStream()  # never read
+    output = Output(out, io.StringIO())
+    piece = "x" * (1 << 20)
+    total = 2 * OUTPUT_HIGH_WATER // len(piece)
+    pulled = 0
+
+    class Runtime:
+        async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
+            nonlocal pulled
+            for _ in range(total):
+                pulled += 1
+                yield TextDeltaEvent(text=piece)
+            yield DoneEvent(stop_reason="cancelled")
+
+    codes: list[int] = []
+    ended = trio.Event()
+    printer = TurnPrinter(output, json_mode=False)
+
+    async def turn() -> None:
+        codes.append(await _stream_turn(Runtime(), None, "hi", printer))
+        ended.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            nursery.start_soon(turn)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pulled < total  # held at the high water
+            output.unbound()  # what the signal handlers do first
+            with trio.fail_after(10):
+                await ended.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        for _ in range(1000):
+            out.gate.release()  # the abandoned writer thread may finish
+    assert codes == [130] and pulled == total
+
+
+async def test_output_stdout_never_takes_is_given_up_with_an_error(
+        autojump_clock: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """Once the turn was over the command waited 30 s for stdout and then exited 0 with the
+    rest of the output silently lost (an outside review: 9.3 of 14 MB written, exit 0).
+    It waits as long as stdout takes something, and a stall of ``STDOUT_STALL_SECONDS``
+    ends it with exit 1 and a line on stderr."""
+    out = _GatedStream()
+    output = Output(out, io.StringIO())
+    output.write("y" * (3 * OUTPUT_SLICE))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            out.gate.release()  # one slice taken, then nothing
+            assert await finish_output(output, 0) == 1
+            assert await finish_output(output, 130) == 130  # a signal's code stays
+            nursery.cancel_scope.cancel()
+    finally:
+        for _ in range(10):
+            out.gate.release()
+    assert "stdout took nothing for 30s" in capfd.readouterr().err
+
+
+async def test_an_unbound_output_still_gives_up_on_a_stalled_stdout() -> None:
+    """``unbound`` (a signal) left the progress event set: the wait for a stalled stdout
+    then spun without end instead of giving up (found by hand: a Ctrl-C'd ``exec`` whose
+    stdout nobody read never exited)."""
+    out = _GatedStream()  # never read
+    output = Output(out, io.StringIO())
+    output.write("z" * (2 * OUTPUT_SLICE))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            await trio.testing.wait_all_tasks_blocked()  # the first slice's write waits
+            output.unbound()
+            with trio.fail_after(5):
+                assert not await output.drain_moving(0.5)
+            nursery.cancel_scope.cancel()
+    finally:
+        for _ in range(10):
+            out.gate.release()
 
 
 def test_doctor_prints_the_containment_line(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ status on stderr (prefixed, dimmed on a terminal), or one JSON object a line wit
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import os
 import sys
@@ -18,6 +20,7 @@ from typing import Any, TextIO
 import msgspec
 import trio
 
+from acpx_trio._cli.exits import EXIT_ERROR, EXIT_OK
 from acpx_trio._cli.text import first_line, printable
 from acpx_trio._events import (
     AgentUsage,
@@ -28,7 +31,8 @@ from acpx_trio._events import (
     ToolCallEvent,
 )
 
-__all__ = ["Output", "TurnPrinter", "format_table", "short_rpc_data", "usage_text"]
+__all__ = ["Output", "TurnPrinter", "finish_output", "format_table", "short_rpc_data",
+           "usage_text"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicitation_complete"})
@@ -40,6 +44,11 @@ RPC_DATA_CHARS = 300
 #: :attr:`Output.full`): a stdout read slowly, or not at all, never makes the command hold
 #: more than about this much.
 OUTPUT_HIGH_WATER = 16 << 20
+#: At most this many characters are handed to one blocking write.
+OUTPUT_SLICE = 256 << 10
+#: Once the turn is over, how long the command waits for stdout to take anything before it
+#: gives up the rest (:func:`finish_output`).
+STDOUT_STALL_SECONDS = 30.0
 
 
 def short_rpc_data(data: Any) -> str | None:
@@ -104,21 +113,24 @@ class Output:
     """Queue of writes to stdout/stderr, written in order by :meth:`run` in a worker thread.
 
     ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
-    Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  A write that
-    blocks forever (a pipe nobody reads) is abandoned when its waiter is cancelled; a
-    terminal that hung up (SIGHUP, ``EIO``) is written no more, the command goes on.  A
-    producer keeps the queue bounded by waiting in :meth:`wait_room` whenever :attr:`full`."""
+    Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  Text is
+    written in slices of at most :data:`OUTPUT_SLICE` characters, so a slow stdout shows
+    progress slice by slice.  A write that blocks forever (a pipe nobody reads) is abandoned
+    when its waiter is cancelled; a terminal that hung up (SIGHUP, ``EIO``) is written no
+    more, the command goes on.  A producer keeps the queue bounded by waiting in
+    :meth:`wait_room` whenever :attr:`full` (until :meth:`unbound`: a command that is
+    stopping takes the rest of its turn whatever stdout does)."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out: TextIO = out if out is not None else sys.stdout
         self.err: TextIO = err if err is not None else sys.stderr
-        self._pending: list[tuple[TextIO, str]] = []
+        self._pending: collections.deque[tuple[TextIO, str]] = collections.deque()
         #: streams whose terminal hung up: nothing more is written to them
         self._gone: list[TextIO] = []
+        #: characters ever queued, and ever written (or given up on a hung-up terminal)
         self._queued = 0
         self._written = 0
-        #: characters queued and not yet written (the batch being written included)
-        self._unwritten = 0
+        self._bounded = True
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._lock = trio.Lock()
@@ -127,35 +139,65 @@ class Output:
         """Queue ``text`` for stderr (``err``) or stdout."""
         if text:
             self._pending.append((self.err if err else self.out, text))
-            self._queued += 1
-            self._unwritten += len(text)
+            self._queued += len(text)
             self._wake.set()
+
+    @property
+    def unwritten(self) -> int:
+        """Characters queued and not written yet."""
+        return self._queued - self._written
 
     @property
     def full(self) -> bool:
         """Whether more than :data:`OUTPUT_HIGH_WATER` characters wait to be written."""
-        return self._unwritten > OUTPUT_HIGH_WATER
+        return self._bounded and self._queued - self._written > OUTPUT_HIGH_WATER
+
+    def unbound(self) -> None:
+        """Stop bounding the queue (a signal asked the command to stop: the turn's end must
+        be read whatever stdout does); wakes :meth:`wait_room`."""
+        self._bounded = False
+        self._progress.set()
+        self._progress = trio.Event()
 
     async def wait_room(self) -> None:
         """Return once no more than :data:`OUTPUT_HIGH_WATER` characters wait to be written
-        (at once when that holds; cancellable)."""
+        (or :meth:`unbound` was called).  Needs :meth:`run` running: the caller never
+        writes itself, so :meth:`unbound` always frees it.  Cancellable."""
         await trio.lowlevel.checkpoint()
         while self.full:
-            if self._pending and not self._lock.locked():
-                await self._write_pending()
+            await self._progress.wait()
+
+    async def _step(self) -> None:
+        """Write a slice, or wait for the slice being written."""
+        if self._pending and not self._lock.locked():
+            await self._write_pending()
+        else:
+            await self._progress.wait()
+
+    def _take_slice(self) -> list[tuple[TextIO, str]]:
+        batch: list[tuple[TextIO, str]] = []
+        room = OUTPUT_SLICE
+        pending = self._pending
+        while pending and room > 0:
+            stream, text = pending[0]
+            if len(text) > room:  # the rest stays first in the queue
+                pending[0] = (stream, text[room:])
+                text = text[:room]
             else:
-                await self._progress.wait()
+                pending.popleft()
+            batch.append((stream, text))
+            room -= len(text)
+        return batch
 
     async def _write_pending(self) -> None:
         async with self._lock:
-            batch, self._pending = self._pending, []
+            batch = self._take_slice()
             if batch:
                 try:
                     await trio.to_thread.run_sync(_write_batch, batch, self._gone,
                                                   abandon_on_cancel=True)
                 finally:
-                    self._written += len(batch)
-                    self._unwritten -= sum(len(text) for _stream, text in batch)
+                    self._written += sum(len(text) for _stream, text in batch)
                     self._progress.set()
                     self._progress = trio.Event()
 
@@ -164,21 +206,46 @@ class Output:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await self._write_pending()
+            while self._pending:
+                await self._write_pending()
 
     async def drain(self) -> None:
         """Return once everything queued before this call has been written."""
         target = self._queued
         while self._written < target:
-            if self._pending and not self._lock.locked():
-                await self._write_pending()
-            else:
-                await self._progress.wait()
+            await self._step()
+
+    async def drain_moving(self, seconds: float) -> bool:
+        """:meth:`drain`, given up once stdout takes nothing for ``seconds``; whether
+        everything was written."""
+        target = self._queued
+        while self._written < target:
+            before = self._written
+            with trio.move_on_after(seconds):
+                await self._step()
+                while self._written == before:  # a wake-up without a write is no progress
+                    await self._step()
+                continue
+            return False
+        return True
 
     async def emit(self, text: str, *, err: bool = False) -> None:
         """Queue ``text`` plus a newline and wait until it is written."""
         self.write(text + "\n", err=err)
         await self.drain()
+
+
+async def finish_output(output: Output, code: int) -> int:
+    """Wait until the command's output is written; the exit code: ``code``, or 1 in place
+    of 0 when stdout took nothing for :data:`STDOUT_STALL_SECONDS` and the rest was given
+    up (said on stderr when stderr takes it)."""
+    if await output.drain_moving(STDOUT_STALL_SECONDS):
+        return code
+    message = (f"acpx-trio: stdout took nothing for {STDOUT_STALL_SECONDS:g}s: "
+               f"{output.unwritten} characters of output were not written\n").encode()
+    with trio.move_on_after(1), contextlib.suppress(OSError):
+        await trio.to_thread.run_sync(os.write, 2, message, abandon_on_cancel=True)
+    return EXIT_ERROR if code == EXIT_OK else code
 
 
 class TurnPrinter:

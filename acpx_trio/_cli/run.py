@@ -40,7 +40,7 @@ from acpx_trio._cli.exits import (
     signal_exit,
 )
 from acpx_trio._cli.options import Options, UsageError
-from acpx_trio._cli.output import Output, TurnPrinter
+from acpx_trio._cli.output import Output, TurnPrinter, finish_output
 from acpx_trio._cli.prompt_text import prompt_text as _prompt_text
 from acpx_trio._errors import AcpxError, ConfigError
 from acpx_trio._events import ErrorEvent
@@ -96,11 +96,13 @@ class _Interrupts:
             self.count += 1
             if self.signum is None:
                 self.signum = signum
+            self.printer.output.unbound()  # the turn's end is read whatever stdout does
             if self.count >= 2 and self.kill_now is not None and not self.killing:
                 self.killing = True
                 self.printer.note("signalled again: killing the agent now (no grace)")
                 nursery.start_soon(self._call, self.kill_now)
             if self.closing:
+                self.work.cancel()  # the wait for stdout, once the turn is over
                 continue  # already stopping (bounded, and sped up above)
             cancel = self.cancel_turn
             if signum == signal.SIGINT and self.count == 1 and cancel is not None:
@@ -242,8 +244,11 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
             if ctl.work.cancelled_caught or (ctl.signum is not None and code == EXIT_INTERRUPTED):
                 code = ctl.exit_code()
             printer.finish()
-            with trio.move_on_after(CLEANUP_SECONDS):
-                await output.drain()
+            ctl.work = trio.CancelScope()  # a signal now ends the wait for stdout
+            with ctl.work:
+                code = await finish_output(output, code)
+            if ctl.work.cancelled_caught or (ctl.signum is not None and output.unwritten):
+                code = ctl.exit_code()  # interrupted, and the output is not all out
             nursery.cancel_scope.cancel()
     return code
 

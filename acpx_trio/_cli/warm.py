@@ -48,6 +48,7 @@ from acpx_trio._cli.options import UsageError
 from acpx_trio._cli.output import (
     Output,
     TurnPrinter,
+    finish_output,
     format_table,
     usage_text,
 )
@@ -236,6 +237,8 @@ class _Client:
         #: A cancel of our turn is wanted; ``cancel_confirmed``: the owner found the turn.
         self.cancel_wanted = False
         self.cancel_confirmed = False
+        #: The turn is over (its output may still be on its way to stdout).
+        self.finished = False
 
     async def send_cancel(self) -> None:
         """Cancel our turn (queued: dropped; active: ``session/cancel``).  Bounded."""
@@ -261,6 +264,10 @@ class _Client:
         async for signum in signals:
             count += 1
             self.signum = self.signum or signum
+            self.printer.output.unbound()  # the turn's end is read whatever stdout does
+            if self.finished:  # the turn is over: stop waiting for stdout
+                self.waiting.cancel()
+                continue
             if not self.sent:  # nothing submitted yet: just stop
                 self.printer.note("interrupted before the prompt was sent")
                 self.waiting.cancel()
@@ -428,8 +435,13 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
                     code in (EXIT_INTERRUPTED, EXIT_ERROR) or client.waiting.cancelled_caught):
                 code = signal_exit(client.signum)
             printer.finish()
-            with trio.move_on_after(30):
-                await output.drain()
+            client.finished = True
+            client.waiting = trio.CancelScope()  # a signal now ends the wait for stdout
+            with client.waiting:
+                code = await finish_output(output, code)
+            if client.signum is not None and (client.waiting.cancelled_caught
+                                              or output.unwritten):
+                code = signal_exit(client.signum)  # interrupted, the output not all out
             nursery.cancel_scope.cancel()
     return code
 

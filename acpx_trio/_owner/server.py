@@ -157,6 +157,8 @@ class Owner:
         #: while the owner waits for its clients to read the rest of their streams (exit)
         self._draining: trio.CancelScope | None = None
         self._clients = 0
+        #: connections whose request is being read (cancelled when the owner exits)
+        self._reading: set[trio.CancelScope] = set()
         self._had_session = False
         self._started = trio.current_time()
         self._nursery: trio.Nursery | None = None
@@ -290,6 +292,8 @@ class Owner:
                         listener: trio.SocketListener) -> None:
         self.stopping = True
         accept_scope.cancel()
+        for reading in self._reading:
+            reading.cancel()
         await trio.to_thread.run_sync(self._remove_files)
         await listener.aclose()
         async with trio.open_nursery() as nursery:
@@ -352,11 +356,19 @@ class Owner:
                 if uid != os.geteuid():
                     _log.warning(f"refused a connection from uid {uid}")
                     return
-                try:
-                    with trio.fail_after(REQUEST_READ_SECONDS):
-                        line = await reader.receive()
-                finally:
-                    reader.release()  # the request is read: its bytes leave the budget
+                line = None
+                # a connection whose request is not read yet has no stream to finish: the
+                # owner's exit ends it (see ``_shutdown``) instead of waiting for it
+                with trio.CancelScope() as reading:
+                    self._reading.add(reading)
+                    if self.stopping:
+                        reading.cancel()
+                    try:
+                        with trio.fail_after(REQUEST_READ_SECONDS):
+                            line = await reader.receive()
+                    finally:
+                        self._reading.discard(reading)
+                        reader.release()  # the request is read: its bytes leave the budget
                 if line is None:
                     return
                 request = decode_request(line)
