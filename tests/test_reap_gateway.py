@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -49,7 +50,24 @@ class Procs:
         proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=stdout,
                                 start_new_session=True)
         self.all.append(proc)
+        _wait_exec(proc, argv)
         return proc
+
+
+def _wait_exec(proc: subprocess.Popen[bytes], argv: list[str]) -> None:
+    """Wait (bounded) until ``proc``'s new program shows its ``argv``: ``Popen`` returns once
+    ``exec`` closed the error pipe, which the kernel does before it records where the new
+    arguments and environment are, so for a moment ``/proc/PID/environ`` reads empty and a
+    tag scan rightly passes the process by (CI once saw that: the full pass right after a
+    spawn missed it; a later pass finds it).  Both are recorded together: once the
+    arguments read back, the tags do too."""
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(proc.pid).cmdline() == argv:
+                return
+        assert time.monotonic() < deadline, f"{argv} did not start within 30 s"
+        time.sleep(0.005)
 
 
 @contextmanager
