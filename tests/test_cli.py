@@ -369,23 +369,32 @@ async def test_reply_is_written_as_it_arrives() -> None:
     assert err.getvalue() == ""
 
 
+_MiB = 1 << 20
+
+
+class _MiBTurn:
+    """A runtime whose turn is ``total`` text chunks of 1 Mi characters; counts those taken."""
+
+    def __init__(self, total: int, stop_reason: str) -> None:
+        self.total = total
+        self.stop_reason: Any = stop_reason
+        self.pulled = 0
+
+    async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
+        while self.pulled < self.total:
+            self.pulled += 1
+            yield TextDeltaEvent(text="x" * _MiB)
+        yield DoneEvent(stop_reason=self.stop_reason)
+
+
 async def test_a_stdout_nobody_reads_stops_the_turn_at_the_high_water() -> None:
     """The command queued every event's text for stdout however far behind its reader was
     (a `prompt` piped into a reader that paused held 318 MiB for 300 MB of output).  Now it
     stops taking events past ``OUTPUT_HIGH_WATER`` (the agent then waits on its pipe, or the
     owner's bounded buffer takes over) and goes on as stdout is read: nothing lost."""
     read_end, write_end = os.pipe()  # a real pipe: the write blocks once it is full
-    piece = "x" * (1 << 20)
-    total = 4 * OUTPUT_HIGH_WATER // len(piece)
-    pulled = 0
-
-    class Runtime:
-        async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
-            nonlocal pulled
-            for _ in range(total):
-                pulled += 1
-                yield TextDeltaEvent(text=piece)
-            yield DoneEvent(stop_reason="end_turn")
+    total = 4 * OUTPUT_HIGH_WATER // _MiB
+    runtime = _MiBTurn(total, "end_turn")
 
     def read_all(size: int) -> int:
         got = 0
@@ -399,22 +408,22 @@ async def test_a_stdout_nobody_reads_stops_the_turn_at_the_high_water() -> None:
         codes: list[int] = []
 
         async def turn() -> None:
-            codes.append(await _stream_turn(Runtime(), None, "hi", printer))
+            codes.append(await _stream_turn(runtime, None, "hi", printer))
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(output.run)
                 nursery.start_soon(turn)
                 await trio.testing.wait_all_tasks_blocked()  # stdout is full, nobody reads
-                assert pulled <= OUTPUT_HIGH_WATER // len(piece) + 2, pulled
+                assert runtime.pulled <= OUTPUT_HIGH_WATER // _MiB + 2, runtime.pulled
                 assert output.full
-                size = total * len(piece) + 1  # the reply and the newline that ends it
+                size = total * _MiB + 1  # the reply and the newline that ends it
                 assert await trio.to_thread.run_sync(read_all, size) == size
                 await output.drain()
                 nursery.cancel_scope.cancel()
         finally:
             os.close(read_end)
-    assert codes == [0] and pulled == total
+    assert codes == [0] and runtime.pulled == total
 
 
 class _GatedStream(io.StringIO):
@@ -464,24 +473,15 @@ async def test_a_signal_lets_the_turn_end_whatever_stdout_does() -> None:
     a signal unbinds the output queue, so the turn is read to its end."""
     out = _GatedStream()  # never read
     output = Output(out, io.StringIO())
-    piece = "x" * (1 << 20)
-    total = 2 * OUTPUT_HIGH_WATER // len(piece)
-    pulled = 0
-
-    class Runtime:
-        async def run_turn(self, **_: Any) -> AsyncIterator[AcpRuntimeEvent]:
-            nonlocal pulled
-            for _ in range(total):
-                pulled += 1
-                yield TextDeltaEvent(text=piece)
-            yield DoneEvent(stop_reason="cancelled")
+    total = 2 * OUTPUT_HIGH_WATER // _MiB
+    runtime = _MiBTurn(total, "cancelled")
 
     codes: list[int] = []
     ended = trio.Event()
     printer = TurnPrinter(output, json_mode=False)
 
     async def turn() -> None:
-        codes.append(await _stream_turn(Runtime(), None, "hi", printer))
+        codes.append(await _stream_turn(runtime, None, "hi", printer))
         ended.set()
 
     try:
@@ -489,7 +489,7 @@ async def test_a_signal_lets_the_turn_end_whatever_stdout_does() -> None:
             nursery.start_soon(output.run)
             nursery.start_soon(turn)
             await trio.testing.wait_all_tasks_blocked()
-            assert pulled < total  # held at the high water
+            assert runtime.pulled < total  # held at the high water
             output.unbound()  # what the signal handlers do first
             with trio.fail_after(10):
                 await ended.wait()
@@ -497,7 +497,7 @@ async def test_a_signal_lets_the_turn_end_whatever_stdout_does() -> None:
     finally:
         for _ in range(1000):
             out.gate.release()  # the abandoned writer thread may finish
-    assert codes == [130] and pulled == total
+    assert codes == [130] and runtime.pulled == total
 
 
 async def test_output_stdout_never_takes_is_given_up_with_an_error(
