@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -211,13 +212,11 @@ class Output:
 
     async def drain(self) -> None:
         """Return once everything queued before this call has been written."""
-        target = self._queued
-        while self._written < target:
-            await self._step()
+        await self.drain_moving(math.inf)
 
     async def drain_moving(self, seconds: float) -> bool:
-        """:meth:`drain`, given up once stdout takes nothing for ``seconds``; whether
-        everything was written."""
+        """Wait until everything queued before this call has been written, giving up once
+        stdout takes nothing for ``seconds``; whether everything was written."""
         target = self._queued
         while self._written < target:
             before = self._written
