@@ -15,8 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli_helpers import background_cli, cli_argv, cli_env, json_lines, run_cli
-from _warm_helpers import owner_info, status, turn_state, wait_gone, wait_status
+from _cli_helpers import (
+    MOCK,
+    background_cli,
+    cli_argv,
+    cli_env,
+    gateway_id,
+    json_lines,
+    run_cli,
+    tagged_pids,
+)
+from _warm_helpers import alive, owner_info, status, turn_state, wait_gone, wait_status
 
 from acpx_trio._cli.output import OUTPUT_HIGH_WATER
 from acpx_trio._events import DoneEvent, TextDeltaEvent
@@ -102,6 +111,42 @@ def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> N
             client.signal(signal.SIGCONT)
         assert client.wait() == 1  # the rest of its stream was given up, and it says so
         assert "ACPX_OWNER_LOST" in client.err()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_kills_the_agents_without_their_grace(tmp_path: Path,
+                                                              second: int) -> None:
+    """A second signal while the owner closed its sessions only ended the wait for clients
+    that followed: an agent that ignores SIGTERM held the owner its whole
+    ``killGraceSeconds``.  Now the agents' trees are killed at once (their leases proved
+    first, as every reap does), a client still reading is not waited for, and nothing is
+    left."""
+    grace = 40
+    config = tmp_path / "c.json"
+    config.write_text(f'{{"killGraceSeconds": {grace}}}')
+    agent = f"{MOCK} --ignore-sigterm --ignore-stdin-eof"
+    state = tmp_path / "state"
+    args = ("--config", str(config), "prompt", "--agent-command", agent, "--session", "k")
+    first = run_cli(*args, "hi", state_dir=state)
+    assert first.returncode == 0, first.stderr
+    owner, agent_pid = _owner_pid(state), _agent_pid(state)
+    with background_cli(*args, "/hang", state_dir=state) as client:
+        wait_status(state, lambda s: turn_state(s, "k") == "active")
+        os.kill(owner, signal.SIGTERM)
+        _wait_log(state, "shutting down")
+        start = time.monotonic()
+        os.kill(owner, second)
+        wait_gone(owner, timeout=grace + 30)
+        elapsed = time.monotonic() - start
+        assert elapsed < grace / 4, (elapsed, (state / "owner.log").read_text())
+        assert "killing the agents now (no grace)" in (state / "owner.log").read_text()
+        assert not alive(agent_pid)
+        assert client.wait() != 0  # its turn did not end well, and it says so
+    gateway = gateway_id(state)
+    assert gateway is not None
+    assert tagged_pids(gateway) == []
+    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=state).stdout)
+    assert leases and all(x["state"] in ("closed", "lost") and not x["alive"] for x in leases)
 
 
 def test_the_command_ends_at_the_final_frame(tmp_path: Path) -> None:

@@ -3,10 +3,9 @@ no Trio), the dispatch and the turn commands (``run``, loaded by ``main`` once t
 are parsed), global options (``options``), text and NDJSON output (``output``; the
 terminal-safe text helpers it shares with the entry in ``text``, which loads no Trio), the
 inspection commands (``info``), ``reap`` (``reap``), warm sessions through the warm owner
-(``warm``), ``sessions history`` (``history``), exit codes (``exits``), the second
-signal's immediate kill (``kill_now``) and Ctrl-C held while all that loads
-(``interrupts``, the one module the entry points import first).  ``main`` imports ``run``,
-which imports the others; none imports ``main``.
+(``warm``), ``sessions history`` (``history``), exit codes (``exits``) and Ctrl-C held
+while all that loads (``interrupts``, the one module the entry points import first).
+``main`` imports ``run``, which imports the others; none imports ``main``.
 
 Owns: exit codes, signals of a terminal user, what is printed.
 May import: everything public in ``acpx_trio`` and its private subpackages.  Nothing imports it

@@ -8,7 +8,7 @@ turn sends ``session/cancel`` (the agent gets a bounded time to stop, then is ki
 SIGTERM or a Ctrl-C outside a turn closes the agent (SIGTERM, ``killGraceSeconds``, SIGKILL)
 without waiting for it to honour a cancel; any second signal (Ctrl-C or SIGTERM) skips the
 kill grace: the agent's and its terminals' trees are SIGKILLed now
-(:mod:`acpx_trio._cli.kill_now`).
+(:mod:`acpx_trio._service.kill_now`).
 
 Only :func:`acpx_trio._cli.main.main` imports this module, after parsing: Trio and the
 output load here, never for ``--help``, ``--version`` or a usage error.
@@ -178,7 +178,7 @@ async def _turn_session(
     *, raw: dict[str, Any], agent: str, session_key: str, oneshot: bool, text: str,
     opts: Options, printer: TurnPrinter, ctl: _Interrupts, model: str | None = None,
 ) -> int:
-    from acpx_trio._cli.kill_now import kill_own_launches
+    from acpx_trio._service.kill_now import kill_own_launches
     from acpx_trio._service.open_service import open_runtime_service
     from acpx_trio._store.sessions import SessionStore
 

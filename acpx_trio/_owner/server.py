@@ -8,8 +8,10 @@ Guarantees:
   ``close``, SIGTERM/SIGINT/SIGHUP — the socket is unlinked first (new clients start a new
   owner, which waits for this one's lock), then every session is closed (every agent is gone
   then), then the clients still connected get what is left of their streams, up to each
-  turn's final frame (at most ``CLIENT_SEND_SECONDS``; a second signal ends that wait),
-  then the service stops: no agent process is left.
+  turn's final frame (at most ``CLIENT_SEND_SECONDS``), then the service stops: no agent
+  process is left.  A further signal waits for nothing: while the sessions close it kills
+  their agents' trees at once, without ``killGraceSeconds`` (the reaper's proofs still
+  decide what is signalled), and the clients' streams are not waited for.
 * It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
 * A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
   session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
@@ -35,12 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +139,12 @@ class Owner:
     """The warm sessions of one state dir (see the module docstring)."""
 
     def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch,
-                 config: AcpxConfig | None = None) -> None:
+                 config: AcpxConfig | None = None,
+                 kill_now: Callable[[], Awaitable[object]] | None = None) -> None:
         self.runtime = runtime
+        #: SIGKILL, without grace, every tree this process holds a lease for (a signal after
+        #: the first; see :mod:`acpx_trio._service.kill_now`)
+        self._kill_now = kill_now
         self.config = config
         self.paths = paths
         self.launch = launch
@@ -156,6 +163,9 @@ class Owner:
         self.stopping = False
         #: while the owner waits for its clients to read the rest of their streams (exit)
         self._draining: trio.CancelScope | None = None
+        self._signals = 0
+        #: a signal came after the first: nothing more is waited for
+        self._hurry = False
         self._clients = 0
         #: connections whose request is being read (cancelled when the owner exits)
         self._reading: set[trio.CancelScope] = set()
@@ -282,7 +292,9 @@ class Owner:
                         connections.cancel_scope.deadline = (trio.current_time()
                                                              + CLIENT_SEND_SECONDS)
                         self._draining = connections.cancel_scope
-                        if self._clients:
+                        if self._hurry:
+                            connections.cancel_scope.cancel()
+                        elif self._clients:
                             _log.info(f"{self._clients} client(s) still connected: up to "
                                       f"{CLIENT_SEND_SECONDS:g}s to read the rest")
             finally:
@@ -312,12 +324,28 @@ class Owner:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
+                self._signals += 1
                 if self._draining is not None:
                     _log.info(f"signal {name}: not waiting for clients to read the rest")
                     self._draining.cancel()
-                    continue
-                _log.info(f"signal {name}: shutting down")
-                self.request_stop()
+                elif self._signals == 1:
+                    _log.info(f"signal {name}: shutting down")
+                    self.request_stop()
+                elif not self._hurry:
+                    self._hurry = True
+                    _log.info(f"signal {name} again: killing the agents now (no grace), "
+                              "not waiting for clients to read the rest")
+                    if self._kill_now is not None:
+                        assert self._nursery is not None
+                        self._nursery.start_soon(self._kill_agents_now, self._kill_now)
+
+    @staticmethod
+    async def _kill_agents_now(kill_now: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await kill_now()
+        except AcpxError as exc:  # the sessions' own close still ends every agent
+            _log.warning(f"the immediate kill failed ({exc.code}); the sessions' close goes "
+                         "on with its grace")
 
     async def _accept_loop(self, listener: trio.SocketListener, scope: trio.CancelScope,
                            connections: trio.Nursery) -> None:
@@ -505,6 +533,7 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
     """Run an owner on ``state_dir`` until it decides to exit (the caller holds the lock).
 
     ``ready`` is called once the socket listens and ``owner.json`` is written."""
+    from acpx_trio._service.kill_now import kill_own_launches
     from acpx_trio._service.lazy_runtime import RuntimeFactoryParams, build_default_runtime
     from acpx_trio._service.open_service import open_runtime_service
 
@@ -524,7 +553,11 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
     ) as service:
         sock = await trio.to_thread.run_sync(bind_socket, paths)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        owner = Owner(service.runtime, paths, launch, config=service.config)
+        gateway = service.gateway_instance_id
+        kill_now = (None if gateway is None
+                    else functools.partial(kill_own_launches, state_dir, gateway))
+        owner = Owner(service.runtime, paths, launch, config=service.config,
+                      kill_now=kill_now)
         await trio.to_thread.run_sync(write_owner_info, paths)
         if ready is not None:
             ready()

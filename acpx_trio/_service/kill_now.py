@@ -1,13 +1,13 @@
-"""The CLI's "second signal": end this process's agent and terminal trees at once.
+"""The second signal: end this process's agent and terminal trees at once.
 
-A turn command's first SIGTERM (or its Ctrl-C outside a turn) closes the agent the normal
-way: SIGTERM, ``killGraceSeconds`` for it to exit, then SIGKILL.  A further Ctrl-C or SIGTERM
-must not wait for that grace.  :func:`kill_own_launches` runs a second, grace-free pass of
-the same reaper over every lease this process holds (open or closing) on the state dir: the
+The first SIGTERM (or Ctrl-C) of a turn command, or of the warm owner, closes the agents the
+normal way: SIGTERM, ``killGraceSeconds`` for each to exit, then SIGKILL.  A further signal
+must not wait for that grace.  :func:`kill_own_launches` runs a second, grace-free pass of the
+same reaper over every lease this process holds (open or closing) on the state dir: the
 reaper proves each process ours (lease tags, root start time, our uid) before signalling it,
 sends SIGTERM and SIGKILL at once, and the close already under way then sees its tree gone
 and finalises the lease.  Nothing in ``_process`` changes: the normal close keeps its own
-grace, this pass only makes it short.
+grace, this pass only makes it short.  Used by the command line and the warm owner.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["kill_own_launches"]
 
 #: Owner start times are compared with this tolerance (psutil create times).
 _START_TOLERANCE = 1.0
-_log = logging.getLogger("acpx_trio.cli")
+_log = logging.getLogger("acpx_trio.service")
 
 
 def _our_live_child(pid: int) -> bool:
@@ -44,6 +44,7 @@ def _our_live_child(pid: int) -> bool:
 
 
 async def _kill(lease: ProcessLease) -> None:
+    await trio.lowlevel.checkpoint()
     root = lease.root_pid
     verified = (root,) if root and await trio.to_thread.run_sync(_our_live_child, root) else ()
     try:
