@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -540,6 +542,102 @@ async def test_an_unbound_output_still_gives_up_on_a_stalled_stdout() -> None:
     finally:
         for _ in range(10):
             out.gate.release()
+
+
+
+async def test_a_stdout_nobody_reads_does_not_hold_back_stderr() -> None:
+    """Notes and error lines waited behind stdout in one queue: with stdout a pipe nobody
+    read (a paused pager), a Ctrl-C's note or a failure's line never showed.  When stdout
+    and stderr are two files, each keeps its own order and neither waits for the other."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    with io.TextIOWrapper(io.FileIO(out_w, "w"), encoding="ascii") as out, \
+            io.TextIOWrapper(io.FileIO(err_w, "w"), encoding="ascii") as err:
+        output = Output(out, err)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(output.run)
+                output.write("x" * OUTPUT_SLICE)  # more than the pipe holds: its write waits
+                await trio.testing.wait_all_tasks_blocked()
+                assert output.unwritten == OUTPUT_SLICE
+                output.write("first note\n", err=True)
+                output.write("second note\n", err=True)
+                got, expected = b"", b"first note\nsecond note\n"
+                with trio.fail_after(10):
+                    while len(got) < len(expected):
+                        got += await trio.to_thread.run_sync(os.read, err_r, 100,
+                                                             abandon_on_cancel=True)
+                assert got == expected
+                taken = 0
+                with trio.fail_after(10):
+                    while taken < OUTPUT_SLICE:  # a reader comes: stdout moves again
+                        taken += len(await trio.to_thread.run_sync(os.read, out_r, 1 << 20))
+                    await output.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+
+
+async def test_stdout_and_stderr_into_one_file_keep_their_order() -> None:
+    """``2>&1`` (or one terminal): one file, so everything is written in the order it was
+    queued."""
+    read_end, write_end = os.pipe()
+    with io.TextIOWrapper(io.FileIO(write_end, "w"), encoding="ascii") as out, \
+            io.TextIOWrapper(io.FileIO(os.dup(write_end), "w"), encoding="ascii") as err:
+        output = Output(out, err)
+        for i in range(50):
+            output.write(f"out {i}\n")
+            output.write(f"err {i}\n", err=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(output.run)
+            with trio.fail_after(10):
+                await output.drain()
+            nursery.cancel_scope.cancel()
+    with os.fdopen(read_end, "rb") as reader:
+        lines = reader.read().decode().splitlines()
+    assert lines == [f"{w} {i}" for i in range(50) for w in ("out", "err")]
+
+
+def test_a_ctrl_c_note_shows_while_stdout_is_not_read(tmp_path: Path) -> None:
+    """A real command whose stdout pipe nobody reads (filled, the turn held at the high
+    water): a Ctrl-C's note reaches stderr at once, and once stdout is read the command
+    ends cancelled with its output whole."""
+    import fcntl
+    import termios
+
+    from _cli_helpers import cli_argv, cli_env
+
+    argv = cli_argv("--state-dir", str(tmp_path / "state"), "prompt", "/chunks 3000000")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_lines: list[bytes] = []
+    pump = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or ()),
+                            daemon=True)
+    pump.start()
+    try:
+        capacity = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
+        queued = bytearray(4)
+        deadline = time.monotonic() + 30
+        while True:  # the command's stdout pipe fills: its writes wait from here on
+            fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, queued)
+            if int.from_bytes(queued, sys.byteorder) >= capacity // 2:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, stderr_lines
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while not any(b"interrupted: cancelling the turn" in x for x in stderr_lines):
+            assert time.monotonic() < deadline, stderr_lines
+            time.sleep(0.05)
+        lines = proc.stdout.read().decode().splitlines()
+        assert proc.wait(timeout=60) == 130, stderr_lines
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 0 < len(lines) < 3_000_000
+    assert lines == [f"chunk {i}" for i in range(len(lines))]
 
 
 def test_doctor_prints_the_containment_line(tmp_path: Path) -> None:

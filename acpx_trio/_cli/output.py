@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import io
 import math
 import os
 import sys
@@ -86,99 +87,67 @@ def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str
 
 
 def _write_batch(batch: list[tuple[TextIO, str]], gone: list[TextIO]) -> None:
-    """Write and flush ``batch``; a stream whose terminal hung up (``EIO``) joins ``gone``
-    and is skipped from then on (a closed pipe still raises ``BrokenPipeError``)."""
-    touched: list[TextIO] = []
+    """Write ``batch`` in order, flushing each stream before the next one is written (two
+    streams into one file stay in order) and at the end; a stream whose terminal hung up
+    (``EIO``) joins ``gone`` and is skipped from then on (a closed pipe still raises
+    ``BrokenPipeError``)."""
+    current: TextIO | None = None
     for stream, text in batch:
         if stream in gone:
             continue
+        if current is not None and stream is not current:
+            _flush(current, gone)
+        current = stream
         try:
             stream.write(text)
         except OSError as exc:
             if exc.errno != errno.EIO:
                 raise
             gone.append(stream)
-            continue
-        if stream not in touched:
-            touched.append(stream)
-    for stream in touched:
-        try:
-            stream.flush()
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            gone.append(stream)
+            current = None
+    if current is not None:
+        _flush(current, gone)
 
 
-class Output:
-    """Queue of writes to stdout/stderr, written in order by :meth:`run` in a worker thread.
+def _flush(stream: TextIO, gone: list[TextIO]) -> None:
+    try:
+        stream.flush()
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        gone.append(stream)
 
-    ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
-    Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  Text is
-    written in slices of at most :data:`OUTPUT_SLICE` characters, so a slow stdout shows
-    progress slice by slice.  A write that blocks forever (a pipe nobody reads) is abandoned
-    when its waiter is cancelled; a terminal that hung up (SIGHUP, ``EIO``) is written no
-    more, the command goes on.  A producer keeps the queue bounded by waiting in
-    :meth:`wait_room` whenever :attr:`full` (until :meth:`unbound`: a command that is
-    stopping takes the rest of its turn whatever stdout does)."""
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.out: TextIO = out if out is not None else sys.stdout
-        self.err: TextIO = err if err is not None else sys.stderr
-        self._pending: collections.deque[tuple[TextIO, str]] = collections.deque()
-        #: streams whose terminal hung up: nothing more is written to them
-        self._gone: list[TextIO] = []
+def _same_file(a: TextIO, b: TextIO) -> bool:
+    """Whether ``a`` and ``b`` write to one file (one terminal, one pipe: ``2>&1``); streams
+    without a descriptor count as one."""
+    if a is b:
+        return True
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return True
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+class _Lane:
+    """Writes that keep their order: to one file, or to two that are one (see
+    :class:`Output`)."""
+
+    __slots__ = ("lock", "pending", "queued", "wake", "written")
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[tuple[TextIO, str]] = collections.deque()
         #: characters ever queued, and ever written (or given up on a hung-up terminal)
-        self._queued = 0
-        self._written = 0
-        self._bounded = True
-        self._wake = trio.Event()
-        self._progress = trio.Event()
-        self._lock = trio.Lock()
+        self.queued = 0
+        self.written = 0
+        self.wake = trio.Event()
+        self.lock = trio.Lock()
 
-    def write(self, text: str, *, err: bool = False) -> None:
-        """Queue ``text`` for stderr (``err``) or stdout."""
-        if text:
-            self._pending.append((self.err if err else self.out, text))
-            self._queued += len(text)
-            self._wake.set()
-
-    @property
-    def unwritten(self) -> int:
-        """Characters queued and not written yet."""
-        return self._queued - self._written
-
-    @property
-    def full(self) -> bool:
-        """Whether more than :data:`OUTPUT_HIGH_WATER` characters wait to be written."""
-        return self._bounded and self._queued - self._written > OUTPUT_HIGH_WATER
-
-    def unbound(self) -> None:
-        """Stop bounding the queue (a signal asked the command to stop: the turn's end must
-        be read whatever stdout does); wakes :meth:`wait_room`."""
-        self._bounded = False
-        self._progress.set()
-        self._progress = trio.Event()
-
-    async def wait_room(self) -> None:
-        """Return once no more than :data:`OUTPUT_HIGH_WATER` characters wait to be written
-        (or :meth:`unbound` was called).  Needs :meth:`run` running: the caller never
-        writes itself, so :meth:`unbound` always frees it.  Cancellable."""
-        await trio.lowlevel.checkpoint()
-        while self.full:
-            await self._progress.wait()
-
-    async def _step(self) -> None:
-        """Write a slice, or wait for the slice being written."""
-        if self._pending and not self._lock.locked():
-            await self._write_pending()
-        else:
-            await self._progress.wait()
-
-    def _take_slice(self) -> list[tuple[TextIO, str]]:
+    def take_slice(self) -> list[tuple[TextIO, str]]:
         batch: list[tuple[TextIO, str]] = []
         room = OUTPUT_SLICE
-        pending = self._pending
+        pending = self.pending
         while pending and room > 0:
             stream, text = pending[0]
             if len(text) > room:  # the rest stays first in the queue
@@ -190,42 +159,121 @@ class Output:
             room -= len(text)
         return batch
 
-    async def _write_pending(self) -> None:
-        async with self._lock:
-            batch = self._take_slice()
+
+class Output:
+    """Queue of writes to stdout/stderr, written in order by :meth:`run` in worker threads.
+
+    ``write`` never blocks; :meth:`drain` waits until everything queued so far is written.
+    Without a running :meth:`run` task, :meth:`drain` writes the queue itself.  Text is
+    written in slices of at most :data:`OUTPUT_SLICE` characters, so a slow stdout shows
+    progress slice by slice.  When stdout and stderr are one file (a terminal, ``2>&1``)
+    everything is written in the order it was queued; when they are two, each keeps its own
+    order and a stdout nobody reads never holds back stderr (a note, an error line).  A
+    write that blocks forever (a pipe nobody reads) is abandoned when its waiter is
+    cancelled; a terminal that hung up (SIGHUP, ``EIO``) is written no more, the command
+    goes on.  A producer keeps the queue bounded by waiting in :meth:`wait_room` whenever
+    :attr:`full` (until :meth:`unbound`: a command that is stopping takes the rest of its
+    turn whatever stdout does)."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out: TextIO = out if out is not None else sys.stdout
+        self.err: TextIO = err if err is not None else sys.stderr
+        self._out_lane = _Lane()
+        self._err_lane = (self._out_lane if _same_file(self.out, self.err) else _Lane())
+        self._lanes = tuple(dict.fromkeys((self._out_lane, self._err_lane)))
+        #: streams whose terminal hung up: nothing more is written to them
+        self._gone: list[TextIO] = []
+        self._bounded = True
+        #: set (and replaced) whenever a slice was written, and by :meth:`unbound`
+        self._progress = trio.Event()
+
+    def write(self, text: str, *, err: bool = False) -> None:
+        """Queue ``text`` for stderr (``err``) or stdout."""
+        if text:
+            lane = self._err_lane if err else self._out_lane
+            lane.pending.append((self.err if err else self.out, text))
+            lane.queued += len(text)
+            lane.wake.set()
+
+    @property
+    def unwritten(self) -> int:
+        """Characters queued and not written yet."""
+        out, err = self._out_lane, self._err_lane
+        count = out.queued - out.written
+        return count if err is out else count + err.queued - err.written
+
+    @property
+    def full(self) -> bool:
+        """Whether more than :data:`OUTPUT_HIGH_WATER` characters wait to be written."""
+        return self._bounded and self.unwritten > OUTPUT_HIGH_WATER
+
+    def _moved(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def unbound(self) -> None:
+        """Stop bounding the queue (a signal asked the command to stop: the turn's end must
+        be read whatever stdout does); wakes :meth:`wait_room`."""
+        self._bounded = False
+        self._moved()
+
+    async def wait_room(self) -> None:
+        """Return once no more than :data:`OUTPUT_HIGH_WATER` characters wait to be written
+        (or :meth:`unbound` was called).  Needs :meth:`run` running: the caller never
+        writes itself, so :meth:`unbound` always frees it.  Cancellable."""
+        await trio.lowlevel.checkpoint()
+        while self.full:
+            await self._progress.wait()
+
+    async def _step(self, lane: _Lane) -> None:
+        """Write a slice of ``lane``, or wait for a slice being written."""
+        if lane.pending and not lane.lock.locked():
+            await self._write_pending(lane)
+        else:
+            await self._progress.wait()
+
+    async def _write_pending(self, lane: _Lane) -> None:
+        async with lane.lock:
+            batch = lane.take_slice()
             if batch:
                 try:
                     await trio.to_thread.run_sync(_write_batch, batch, self._gone,
                                                   abandon_on_cancel=True)
                 finally:
-                    self._written += sum(len(text) for _stream, text in batch)
-                    self._progress.set()
-                    self._progress = trio.Event()
+                    lane.written += sum(len(text) for _stream, text in batch)
+                    self._moved()
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        while True:
+            await lane.wake.wait()
+            lane.wake = trio.Event()
+            while lane.pending:
+                await self._write_pending(lane)
 
     async def run(self) -> None:
         """Write queued text as it comes, until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._pending:
-                await self._write_pending()
+        async with trio.open_nursery() as nursery:
+            for lane in self._lanes:
+                nursery.start_soon(self._run_lane, lane)
 
     async def drain(self) -> None:
         """Return once everything queued before this call has been written."""
         await self.drain_moving(math.inf)
 
     async def drain_moving(self, seconds: float) -> bool:
-        """Wait until everything queued before this call has been written, giving up once
-        stdout takes nothing for ``seconds``; whether everything was written."""
-        target = self._queued
-        while self._written < target:
-            before = self._written
-            with trio.move_on_after(seconds):
-                await self._step()
-                while self._written == before:  # a wake-up without a write is no progress
-                    await self._step()
-                continue
-            return False
+        """Wait until everything queued before this call has been written, giving up once a
+        stream takes nothing for ``seconds`` (stderr is drained first: a stdout that gives up
+        leaves nothing behind on stderr); whether everything was written."""
+        targets = [(lane, lane.queued) for lane in reversed(self._lanes)]
+        for lane, target in targets:
+            while lane.written < target:
+                before = lane.written
+                with trio.move_on_after(seconds):
+                    await self._step(lane)
+                    while lane.written == before:  # no write of this lane: no progress
+                        await self._step(lane)
+                    continue
+                return False
         return True
 
     async def emit(self, text: str, *, err: bool = False) -> None:
