@@ -38,6 +38,7 @@ from acpx_trio._errors import (
 )
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import remove_empty_leaf
+from acpx_trio._process.held import release_launch
 from acpx_trio._process.owned import (
     RootRecord,
     close_owned,
@@ -440,6 +441,8 @@ class AgentProcess:
         if proc is None:  # spawn failed (or never happened): nothing can be running
             await self._mark(LeaseState.CLOSING)
             await self._mark(LeaseState.LOST)
+            if self.lease is not None:
+                release_launch(self.lease.lease_id)
             return
         with trio.move_on_after(CLEANUP_EXTRA_SECONDS / 2):
             await self._lease_done.wait()  # the pid record lands before any state move

@@ -43,6 +43,7 @@ from acpx_trio._process.cgroup import (
     remove_empty_leaf,
     remove_empty_parent,
 )
+from acpx_trio._process.held import held_launches
 from acpx_trio._process.identity import ProcessInfo, process_info
 from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import (
@@ -400,7 +401,8 @@ async def reap_gateway(
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
                              "must be a non-empty string")
-    protected = frozenset(protected_lease_ids)
+    # our own live launches (another service of this process holds them) and the caller's
+    protected = frozenset(protected_lease_ids) | held_launches()
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}
     open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot

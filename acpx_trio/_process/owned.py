@@ -43,6 +43,7 @@ from acpx_trio._process.cgroup import (
     resolve_containment,
     shim_argv,
 )
+from acpx_trio._process.held import hold_launch, release_launch
 from acpx_trio._process.identity import boot_id, child_identity
 from acpx_trio._process.leaf_end import terminate_leaf
 from acpx_trio._process.reaper import (
@@ -110,6 +111,7 @@ async def save_pending_lease(
         lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
     elif containment == "cgroup":
         raise ContainmentError(f"gateway id {gateway_instance_id!r} cannot name a cgroup")
+    hold_launch(lease.lease_id)
     try:
         await lease_store.save(lease)
         if lease.cgroup is None:
@@ -128,7 +130,9 @@ async def save_pending_lease(
         # final here, never left open for a lease-less caller to forget
         with trio.CancelScope(shield=True):
             await _abandon_pending(lease_store, lease, log)
+        release_launch(lease.lease_id)
         raise
+    release_launch(lease.lease_id)
     raise ContainmentError(f"could not create the leaf cgroup under {parent}")
 
 
@@ -247,6 +251,7 @@ async def spawn_spare(
         )
         frame = spare_frame(argv, owned_env(spare_env, draft, await owner_tag_value()), cwd)
         lease = draft
+        hold_launch(lease.lease_id)
         await lease_store.save(lease)
         spare.release()
         await spare.become(frame)
@@ -259,6 +264,7 @@ async def spawn_spare(
                 lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
                 if emptied:
                     await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
+                release_launch(lease.lease_id)
         if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
             return None  # the spare was gone: the direct path starts it
         raise
@@ -336,6 +342,29 @@ async def close_owned(
     place (its lease ``closed``) for the caller to remove with
     :func:`~acpx_trio._process.cgroup.remove_empty_leaf` once it has reported the close (a
     ``rmdir`` waits on any cgroup move in flight on the machine)."""
+    try:
+        return await _close_owned(proc, lease, mark=mark, create_time=create_time,
+                                  start_ticks=start_ticks, grace=grace, deps=deps, log=log,
+                                  what=what, remove_leaf=remove_leaf, window=window)
+    finally:
+        if lease is not None:  # closed, or left for the next reap: no longer held here
+            release_launch(lease.lease_id)
+
+
+async def _close_owned(
+    proc: trio.Process,
+    lease: ProcessLease | None,
+    *,
+    mark: Callable[[LeaseState], Awaitable[object]],
+    create_time: float | None,
+    start_ticks: int | None,
+    grace: float,
+    deps: ProcessCleanupDeps | None,
+    log: Logger,
+    what: str,
+    remove_leaf: bool,
+    window: PidWindow | None,
+) -> CleanupResult | None:
     closing = False
 
     async def mark_closing() -> None:
