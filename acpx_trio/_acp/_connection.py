@@ -288,7 +288,7 @@ class AcpConnection:
             await pending.done.wait()
         finally:
             del self._pending[request_id]
-            if pending.outcome is None and pending.error is None:
+            if pending.outcome is None:  # cancelled, or failed first: its answer may still come
                 self._abandon(request_id)
         return self._result(pending, result_type)
 
@@ -501,6 +501,8 @@ class AcpConnection:
             if request_id is not None and request_id in self._abandoned:
                 del self._abandoned[request_id]
                 return  # late answer to a request whose caller gave up: quietly dropped
+            if pending is not None and pending.error is not None:
+                return  # its caller already has the connection's error: quietly dropped
             detail = ""
             if isinstance(message, ErrorResponse):
                 detail = f" (error {message.error.code}: {message.error.message})"

@@ -446,7 +446,9 @@ class AcpxRuntime:
             session, "session/set_mode", set_mode_params(session, mode), self.config
         )
         session.current_mode = mode
-        await self.session_store.save(session.record())
+        if session.backend_session_id is not None:  # a close meanwhile keeps its record
+            await self.session_store.set_current_mode(session.session_key,
+                                                      session.backend_session_id, mode)
 
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool

@@ -201,6 +201,18 @@ class SyncSessionStore:
         batch.write(path, _encoder.encode(record) + b"\n")
         return True
 
+    def mode_unlocked(self, session_key: str, backend_session_id: str, mode: str,
+                      batch: _Batch) -> bool:
+        path = self.path_for(session_key)
+        staged = batch.staged.get(path)
+        record = self._read(path) if staged is None else _decoder.decode(staged)
+        if (record is None or record.closed or record.reset_on_next_ensure
+                or record.backend_session_id != backend_session_id):
+            return False
+        record = msgspec.structs.replace(record, current_mode=mode, updated_at=time.time())
+        batch.write(path, _encoder.encode(record) + b"\n")
+        return True
+
     def remove_unlocked(self, session_key: str, batch: _Batch) -> bool:
         path = self.path_for(session_key)
         staged = batch.staged.pop(path, None) is not None
@@ -314,6 +326,17 @@ class SessionStore:
         return await self._change(
             "update a session record",
             functools.partial(self.sync.closed_unlocked, session_key, discard),
+        )
+
+    async def set_current_mode(self, session_key: str, backend_session_id: str,
+                               mode: str) -> bool:
+        """Record ``mode`` as the current mode of the ACP session ``backend_session_id``
+        in one locked read-modify-write; a record closed, marked fresh or naming another
+        session meanwhile is left as it is (a mode change racing a close never brings the
+        closed session back).  False when nothing was written."""
+        return await self._change(
+            "update a session record",
+            functools.partial(self.sync.mode_unlocked, session_key, backend_session_id, mode),
         )
 
     async def delete(self, session_key: str) -> bool:
