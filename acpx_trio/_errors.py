@@ -34,6 +34,7 @@ __all__ = [
     "StateFileError",
     "StreamRedactor",
     "collapse_group",
+    "is_body_exception",
     "number_holds_secret",
     "redact",
     "redact_argv",
@@ -554,6 +555,20 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
+
+
+def is_body_exception(exc: BaseException, body: BaseException | None) -> bool:
+    """Whether ``exc``, one of a nursery's exceptions, is what its body raised (``body``):
+    that very exception, or the copy of a group the nursery derived from it (it keeps every
+    leaf of the original and may drop some)."""
+    if body is None:
+        return False
+    if exc is body:
+        return True
+    if not (isinstance(exc, BaseExceptionGroup) and isinstance(body, BaseExceptionGroup)):
+        return False
+    originals = {id(leaf) for leaf in _leaves(body)}
+    return all(id(leaf) in originals for leaf in _leaves(exc))
 
 
 def collapse_group(exc: BaseException) -> BaseException:

@@ -8,7 +8,13 @@ from typing import Any
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError, AcpxError, AcpxUsageError, collapse_group
+from acpx_trio._errors import (
+    AcpRuntimeError,
+    AcpxError,
+    AcpxUsageError,
+    collapse_group,
+    is_body_exception,
+)
 from acpx_trio._process.cgroup import cached_probe
 from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig
@@ -60,7 +66,15 @@ async def open_acpx_runtime(
                 await runtime.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        first = collapse_group(group)
+        body = [x for x in group.exceptions if is_body_exception(x, escaped)]
+        if escaped is not None and body:
+            first = escaped  # the body's own, a group included: as itself
+            for other in group.exceptions:
+                leaf = collapse_group(other)
+                if other not in body and not isinstance(leaf, trio.Cancelled):
+                    first.add_note(f"also raised concurrently: {type(leaf).__name__}: {leaf}")
+        else:
+            first = collapse_group(group)
         if isinstance(first, trio.Cancelled):
             raise first from None  # only cancellations: the enclosing cancel scope takes it
         if first is not escaped and not isinstance(first, AcpxError | KeyboardInterrupt):

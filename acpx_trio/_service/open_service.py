@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._errors import collapse_group
+from acpx_trio._errors import collapse_group, is_body_exception
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service.backends import BackendRegistry
@@ -72,10 +72,13 @@ async def open_runtime_service(
         _, rest = group.split(trio.Cancelled)
         if rest is None:  # only cancellations: the host's cancel scope takes the one raised
             raise collapse_group(group) from None
-        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-            rest = rest.exceptions[0]
-        if escaped is None or rest is not escaped:  # the service's own tasks failed too
-            raise
+        # the body's exception is one of the nursery's own (a group the body raised is not
+        # unwrapped: it is raised as the body raised it)
+        others = [x for x in group.exceptions if not is_body_exception(x, escaped)]
+        if len(others) == len(group.exceptions) or any(
+                not isinstance(collapse_group(x), trio.Cancelled) for x in others):
+            raise  # the service's own tasks failed too
+        assert escaped is not None
         context = escaped.__context__
         try:
             raise escaped  # unwrap the nursery's group; the finally restores the context
