@@ -496,3 +496,69 @@ async def test_lease_store_on_unusable_dirs_raises_typed_errors(tmp_path: Path) 
                 await call()  # type: ignore[no-untyped-call]
             assert str(blocker) in str(info.value)
     assert blocker.read_text() == "x"
+
+
+@contextlib.asynccontextmanager
+async def _opened(how: str, root: Path) -> Any:
+    from acpx_trio import (
+        LeaseStore,
+        open_acpx_runtime,
+        open_runtime_service,
+        resolve_config,
+        resolve_gateway_instance_id,
+    )
+
+    if how == "service":
+        async with open_runtime_service(workspace_dir=root, state_dir=root / "state",
+                                        registry=BackendRegistry()) as service:
+            yield service
+        return
+    config = resolve_config({}, str(root), host_state_dir=str(root / "state"))
+    gateway = await resolve_gateway_instance_id(config.state_dir)
+    async with open_acpx_runtime(config, gateway_instance_id=gateway,
+                                 lease_store=LeaseStore(config.state_dir)) as runtime:
+        yield runtime
+
+
+@pytest.mark.parametrize("how", ["service", "runtime"])
+async def test_a_group_the_body_raises_propagates_as_itself(tmp_path: Path, how: str) -> None:
+    """A body whose own nursery failed: ``open_acpx_runtime`` turned the host's
+    ``ExceptionGroup`` into ``ACP_RUNTIME_INTERNAL_ERROR`` (the host's ``except*`` no longer
+    matched) and ``open_runtime_service`` wrapped it in one more group (an outside review)."""
+    raised: list[BaseExceptionGroup[Exception]] = []
+
+    async def boom() -> None:
+        raise ValueError("the host's own bug")
+
+    caught: BaseException | None = None
+    try:
+        async with _opened(how, tmp_path):
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(boom)
+            except BaseExceptionGroup as group:
+                raised.append(group)
+                raise
+    except BaseException as exc:  # what comes out is the point
+        caught = exc
+    assert raised and caught is raised[0], repr(caught)
+
+
+@pytest.mark.parametrize(("argument", "value"), [
+    ("workspace_dir", None), ("workspace_dir", 5), ("workspace_dir", ""),
+    ("workspace_dir", "a\0b"), ("logger", object()),
+])
+async def test_bad_service_arguments_are_usage_errors(tmp_path: Path, argument: str,
+                                                      value: object) -> None:
+    """``workspace_dir=None`` raised a raw ``TypeError`` and a logger without its methods an
+    ``AttributeError`` (``state_dir`` was already checked): now the typed usage error naming
+    the argument, before anything is created."""
+    from acpx_trio import AcpxUsageError, open_runtime_service
+
+    kwargs: dict[str, Any] = {"workspace_dir": tmp_path, "state_dir": tmp_path / "state",
+                              "registry": BackendRegistry(), argument: value}
+    with pytest.raises(AcpxUsageError, match=argument) as info:
+        async with open_runtime_service(**kwargs):
+            pytest.fail("the body must not run")
+    assert info.value.code == "ACPX_USAGE"
+    assert not (tmp_path / "state").exists()

@@ -301,3 +301,42 @@ async def test_a_duty_that_raises_crashes_its_nursery(
                             flatten_subgroups=True):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_duties, nursery, 1.0, [broken])
+
+
+async def test_a_host_that_cancels_without_stop_leaves_a_stopped_service(
+        tmp_path: Path) -> None:
+    """The host's nursery cancelled, ``stop`` never called: the agents were killed and the
+    backend unregistered, but health still said ``registered``, ``runtime`` was the closed
+    runtime (``require_runtime`` returned it) and ``start`` raised "already started" until
+    ``stop`` (an outside review).  Now it is stopped, as ``stop`` leaves it, and starts
+    again.  A real agent, through the public names."""
+    import psutil
+
+    from acpx_trio import AcpxRuntimeService, BackendRegistry, ServiceContext
+    from acpx_trio import ServiceStoppedError as PublicStopped
+
+    registry = BackendRegistry()
+    service = AcpxRuntimeService(registry=registry)
+    logger = ListLogger()
+    (tmp_path / "ws").mkdir()
+    with trio.fail_after(60):
+        with trio.CancelScope() as host:
+            async with trio.open_nursery() as nursery:
+                await service.start(ServiceContext(tmp_path / "ws", tmp_path / "state", logger,
+                                                   nursery))
+                handle = await service.require_runtime().ensure_session(session_key="k",
+                                                                        agent="mock")
+                host.cancel()
+        assert handle.agent_pid is not None and not psutil.pid_exists(handle.agent_pid)
+        assert service.health.value == ServiceHealth.STOPPED
+        assert service.runtime is None and registry.get("acpx") is None
+        with pytest.raises(PublicStopped):
+            service.require_runtime()
+        async with trio.open_nursery() as nursery:  # starts again, without a stop first
+            await service.start(ServiceContext(tmp_path / "ws", tmp_path / "state", logger,
+                                               nursery))
+            again = await service.require_runtime().ensure_session(session_key="k",
+                                                                   agent="mock")
+            assert again.agent_pid is not None and psutil.pid_exists(again.agent_pid)
+            await service.stop()
+        assert not psutil.pid_exists(again.agent_pid)

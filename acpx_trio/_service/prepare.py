@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 import trio
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._service.startup import Prepared, prepare_sync
 from acpx_trio._store.fsio import DIR_MODE
@@ -122,7 +123,16 @@ class PrepareCache:
         return await trio.to_thread.run_sync(self.prepare, plugin_config, ctx)
 
     def prepare(self, plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -> Prepared:
+        """The config, dirs and gateway id of a start (cached across restarts).  Bad
+        arguments raise :class:`~acpx_trio.AcpxUsageError` naming them, before anything is
+        read or created."""
         state_dir = state_dir_path(ctx.state_dir)  # "" is not "." (which a cache key holds)
+        state_dir_path(ctx.workspace_dir, "workspace_dir")  # the same rule: a non-empty path
+        if not all(callable(getattr(ctx.logger, level, None))
+                   for level in ("debug", "info", "warning", "error")):
+            raise AcpxUsageError("logger", ctx.logger,
+                                 "must have debug, info, warning and error methods "
+                                 "(a logging.Logger fits)")
         key = cache_key(plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
         kept = self._prepared
         if kept is None or key != self._key or self._inputs_of(kept, state_dir) != self._inputs:

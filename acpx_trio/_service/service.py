@@ -19,6 +19,10 @@ propagated into the host's nursery**: it is logged at error level with its trace
 becomes ``UNHEALTHY``, the backend is unregistered and the runtime closed (every agent process
 of it is dead), and :attr:`AcpxRuntimeService.crash` holds the exception.  The host then calls
 ``stop()`` as usual (it does not raise for the crash).
+
+A host that cancels its nursery without calling ``stop()`` gets what ``stop`` gives: every
+agent process is gone, the backend unregistered, health ``STOPPED``, :attr:`runtime` ``None``
+(``require_runtime`` raises :class:`ServiceStoppedError`), and ``start`` works again.
 """
 
 from __future__ import annotations
@@ -303,13 +307,22 @@ class AcpxRuntimeService:
                 raise  # start() reports it
             crash = group
         finally:
-            if running is not None and self._running is running:
+            ended_unstopped = running is not None and self._running is running
+            if running is not None and ended_unstopped:
                 # Ended without stop() (crash or host cancellation): nothing of it may stay
                 # usable, and a late call must get a typed error, not a closed nursery.
                 self._registry.unregister(BACKEND_ID, runtime=running.runtime)
                 await self._close_runtime(running, ctx.logger)
             if crash is not None and running is not None:
                 self._crashed(running, crash)
+            elif ended_unstopped:
+                # the host cancelled it (no crash to report): stopped, as stop() leaves it,
+                # so ``runtime`` is None, ``health`` says so and ``start`` works again
+                self._running = None
+                self._phase = Phase.STOPPED
+                self._health.set(ServiceHealth.STOPPED)
+                watchdog, self._watchdog = self._watchdog, None
+                _guards.forget_guards(watchdog)
             self._background = None
             run_done.set()
 
