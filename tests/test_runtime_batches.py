@@ -42,7 +42,8 @@ async def test_abandoned_batch_stream_cancels_the_turn(env: RuntimeEnv) -> None:
             ) as stream:
                 async for _batch in stream:
                     break  # leave early: the turn is cancelled at the agent
-            status = await rt.get_status(handle=handle)
-            assert status.details["turn_running"] is False
+            # the next turn waits for the cancel to settle, then runs (not busy)
             busy = [b async for b in rt.run_turn_batches(handle=handle, text="hi")]
             assert busy[-1][-1] == DoneEvent(stop_reason="end_turn")
+            status = await rt.get_status(handle=handle)
+            assert status.details["turn_running"] is False

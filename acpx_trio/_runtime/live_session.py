@@ -146,6 +146,8 @@ class LiveSession:
         self.models: SessionModelState | None = None
         self.current_mode: str | None = None
         self.turn: Turn | None = None
+        #: set once the cancel of a turn its consumer left early is over (see ``turns``)
+        self.settled: trio.Event | None = None
         self.fresh_requested = False
         self.stray_updates = 0
         self.turns_run = 0

@@ -66,7 +66,12 @@ from acpx_trio._runtime.handshake import (
 from acpx_trio._runtime.key_locks import KeyedLocks
 from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
 from acpx_trio._runtime.session_factory import SessionFactory
-from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, stream_turn
+from acpx_trio._runtime.turns import (
+    CANCEL_WAIT_SECONDS,
+    send_cancel,
+    settle_abandoned,
+    stream_turn,
+)
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
@@ -315,8 +320,12 @@ class AcpxRuntime:
         ``ACP_PERMISSION_PROMPT_UNAVAILABLE``, ``ACP_LINE_TOO_LONG``, ...).
 
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
-        consumer stops early or its scope is cancelled, the turn is cancelled at the agent
-        (bounded; the agent is killed if it does not stop) and a oneshot session is closed.
+        consumer stops early or its scope is cancelled, it leaves at once (its cancellation is
+        never held up by the agent) and the turn is cancelled at the agent in the background
+        (``session/cancel``; the agent is killed if it does not stop within
+        :data:`CANCEL_WAIT_SECONDS`) and a oneshot session is closed; the session's next turn
+        waits for that first (bounded, cancellable), then runs, or raises
+        ``ACP_SESSION_NOT_FOUND`` when the agent had to be killed.
         ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).  For turns that
         stream thousands of chunks, :meth:`run_turn_batches` is the same in batches.
 
@@ -368,6 +377,9 @@ class AcpxRuntime:
             )
         text_arg("text", text)
         optional_text_arg("request_id", request_id)
+        session = self._live(handle)
+        if session is not None:  # a turn left early by its consumer: its cancel settles first
+            await settle_abandoned(session)
         return self._require_live(handle)
 
     def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,

@@ -30,6 +30,7 @@ __all__ = [
     "abandon_turn",
     "drive_turn",
     "send_cancel",
+    "settle_abandoned",
     "stream_turn",
     "turn_error",
 ]
@@ -50,8 +51,10 @@ async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
     """Run one turn on ``session``; yields its events in non-empty lists, in wire order (one
     list per read batch), the last list ending with the one final event.  A busy session
     yields ``[ErrorEvent(ACP_SESSION_BUSY)]``.  If the consumer leaves early (``aclose``,
-    cancel), the turn is cancelled at the agent and waited for (bounded), and a oneshot
-    session is closed.  Every credential in ``secrets`` is redacted from the events, also
+    cancel), it leaves at once: the turn is cancelled at the agent in the runtime's nursery
+    (the agent's answer awaited :data:`CANCEL_WAIT_SECONDS`, then its tree killed; a oneshot
+    session closed): see :func:`settle_abandoned` for the next turn.
+    Every credential in ``secrets`` is redacted from the events, also
     when the agent streams it split across pieces (:class:`TurnRedactor`).  ``meta`` goes to
     the agent as the prompt's ``_meta``."""
     if session.turn is not None:
@@ -81,8 +84,22 @@ async def stream_turn(  # noqa: ASYNC900  # consumers use contextlib.aclosing
         await trio.lowlevel.checkpoint()
     finally:
         if not finished:
-            with trio.move_on_after(ABANDON_WAIT_SECONDS, shield=True):
-                await abandon_turn(session, turn, retire)
+            turn.abandon()  # its events are dropped from now on
+            settled = session.settled = trio.Event()
+            try:
+                nursery.start_soon(abandon_turn, session, turn, retire, settled)
+            except RuntimeError:  # a closed nursery: its agents are gone with it
+                settled.set()
+
+
+async def settle_abandoned(session: LiveSession) -> None:
+    """Wait (bounded, cancellable) while the cancel of a turn whose consumer left early is
+    still under way, so the next turn finds the session idle, or gone when its agent had to
+    be killed or it was a oneshot session."""
+    settled = session.settled
+    if settled is not None:
+        with trio.move_on_after(ABANDON_WAIT_SECONDS):
+            await settled.wait()
 
 
 async def send_cancel(session: LiveSession, turn: Turn) -> None:
@@ -97,15 +114,23 @@ async def send_cancel(session: LiveSession, turn: Turn) -> None:
         await proc.connection.notify("session/cancel", params)
 
 
-async def abandon_turn(session: LiveSession, turn: Turn, retire: Retire) -> None:
-    """The consumer left early: drop its queue, cancel the turn at the agent, wait for the
-    driver; a oneshot session is closed."""
-    turn.abandon()
-    if not turn.finished.is_set():
-        await send_cancel(session, turn)
-        await turn.finished.wait()
-    if session.mode == "oneshot":
-        await retire(session, "oneshot turn abandoned")
+async def abandon_turn(session: LiveSession, turn: Turn, retire: Retire,
+                       settled: trio.Event) -> None:
+    """The consumer left early (a task of the runtime's nursery, bounded): drop its queue,
+    cancel the turn at the agent, wait for the driver; a oneshot session is closed.
+    ``settled`` is set at the end, whatever happens."""
+    try:
+        turn.abandon()
+        if not turn.finished.is_set():
+            with trio.move_on_after(ABANDON_WAIT_SECONDS):
+                await send_cancel(session, turn)
+                await turn.finished.wait()
+        if session.mode == "oneshot":
+            await retire(session, "oneshot turn abandoned")
+    finally:
+        settled.set()
+        if session.settled is settled:
+            session.settled = None
 
 
 def turn_error(session: LiveSession, code: str, message: str, retryable: bool) -> ErrorEvent:
