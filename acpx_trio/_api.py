@@ -49,6 +49,7 @@ from acpx_trio._runtime.open_runtime import open_acpx_runtime as open_acpx_runti
 from acpx_trio._runtime.runtime import AcpxRuntime as AcpxRuntime
 from acpx_trio._service.backends import AcpRuntimeBackend as AcpRuntimeBackend
 from acpx_trio._service.backends import AcpRuntimeProtocol as AcpRuntimeProtocol
+from acpx_trio._service.backends import AcpxRuntimeProtocol as AcpxRuntimeProtocol
 from acpx_trio._service.backends import BackendRegistry as BackendRegistry
 from acpx_trio._service.backends import default_registry as default_registry
 from acpx_trio._service.context import ServiceAlreadyStartedError as ServiceAlreadyStartedError

@@ -768,3 +768,24 @@ async def test_reaper_is_skipped_without_open_leases(
     await svc.start(make_ctx())
     assert reaper.calls == []
     assert svc.startup_reap is not None and svc.startup_reap.terminated_pids == []
+
+
+async def test_require_acpx_runtime_is_the_runtime_with_its_extensions(
+    reaper: FakeReaper, registry: BackendRegistry, tmp_path: Path
+) -> None:
+    """The default runtime has every acpx extension; a factory's runtime without them is a
+    usage error (``require_runtime`` still serves it), and a stopped service raises."""
+    from acpx_trio import AcpxRuntimeProtocol, AcpxUsageError
+
+    async with open_runtime_service(workspace_dir=tmp_path, state_dir=tmp_path / "state",
+                                    registry=registry) as service:
+        runtime = service.require_acpx_runtime()
+        assert isinstance(runtime, LazyAcpxRuntime) and isinstance(runtime, AcpxRuntimeProtocol)
+        assert runtime is service.require_runtime()
+    with pytest.raises(ServiceStoppedError):
+        service.require_acpx_runtime()
+    async with open_runtime_service(workspace_dir=tmp_path, state_dir=tmp_path / "state",
+                                    runtime_factory=StubFactory(), registry=registry) as other:
+        with pytest.raises(AcpxUsageError, match="runtime_factory"):
+            other.require_acpx_runtime()
+        assert other.require_runtime() is not None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator, Callable
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
@@ -12,12 +12,14 @@ from acpx_trio._events import (
     AcpRuntimeEvent,
     AcpRuntimeHandle,
     AcpRuntimeStatus,
+    AgentSession,
     DoctorReport,
 )
 
 __all__ = [
     "AcpRuntimeBackend",
     "AcpRuntimeProtocol",
+    "AcpxRuntimeProtocol",
     "BackendRegistry",
     "default_registry",
 ]
@@ -31,8 +33,10 @@ class AcpRuntimeProtocol(Protocol):
     abandoning a turn early cleans up at once.
 
     Implementations promise: every call is cancellable; cancelling ``run_turn``'s consumer
-    or the surrounding scope leaves no agent process of that turn's session running unless the
-    session is persistent and still healthy; errors are :class:`AcpRuntimeError` with a code."""
+    or the surrounding scope ends every agent process of that turn's session unless the
+    session is persistent and still healthy (the acpx runtimes do it in their own nursery,
+    bounded, so the consumer leaves at once); errors are :class:`AcpRuntimeError` with a
+    code."""
 
     async def ensure_session(
         self,
@@ -92,6 +96,50 @@ class AcpRuntimeProtocol(Protocol):
         """Close every session and refuse further calls (they raise an :class:`AcpxError`).
         Idempotent; when it returns no agent process of this runtime is alive."""
         ...
+
+
+@runtime_checkable
+class AcpxRuntimeProtocol(AcpRuntimeProtocol, Protocol):
+    """:class:`AcpRuntimeProtocol` plus what acpx runtimes add (:class:`~acpx_trio.AcpxRuntime`
+    and the service's default :class:`~acpx_trio.LazyAcpxRuntime` have all of it): a turn's
+    ``meta``, ``run_turn_batches``, ``set_model``, ``list_sessions``, ``delete_session``,
+    ``logout``, ``set_elicitation_handler`` and ``doctor(deep=True)``.  What
+    :meth:`~acpx_trio.AcpxRuntimeService.require_acpx_runtime` returns, so typed code
+    (``mypy --strict``) can call them.  The calls and their errors are
+    :class:`~acpx_trio.AcpxRuntime`'s."""
+
+    def run_turn(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[AcpRuntimeEvent, None]: ...
+
+    def run_turn_batches(
+        self,
+        *,
+        handle: AcpRuntimeHandle,
+        text: str,
+        mode: Literal["prompt", "steer"] = "prompt",
+        request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> AsyncGenerator[list[AcpRuntimeEvent], None]: ...
+
+    async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None: ...
+
+    async def list_sessions(self, *, agent: str, cwd: str | None = None
+                            ) -> list[AgentSession]: ...
+
+    async def delete_session(self, *, agent: str, session_id: str) -> None: ...
+
+    async def logout(self, *, agent: str) -> None: ...
+
+    def set_elicitation_handler(self, handler: Any) -> None: ...
+
+    async def doctor(self, *, deep: bool = False) -> DoctorReport: ...
 
 
 class AcpRuntimeBackend:

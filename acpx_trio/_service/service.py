@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from acpx_trio._errors import collapse_group
+from acpx_trio._errors import AcpxUsageError, collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.cgroup import Containment
 from acpx_trio._process.reaper import (
@@ -47,6 +47,7 @@ from acpx_trio._service import tasks as _guards  # issue #11: start-up sweep, wa
 from acpx_trio._service.backends import (
     AcpRuntimeBackend,
     AcpRuntimeProtocol,
+    AcpxRuntimeProtocol,
     BackendRegistry,
     default_registry,
 )
@@ -157,6 +158,18 @@ class AcpxRuntimeService:
                 "before using its runtime"
             )
         return self._running.runtime
+
+    def require_acpx_runtime(self) -> AcpxRuntimeProtocol:
+        """:meth:`require_runtime`, typed with what acpx runtimes add (``run_turn_batches``,
+        ``set_model``, ``list_sessions``, ...: :class:`AcpxRuntimeProtocol`).  Raises
+        :class:`ServiceStoppedError` when stopped, and :class:`~acpx_trio.AcpxUsageError`
+        when a ``runtime_factory`` made a runtime without them."""
+        runtime = self.require_runtime()
+        if not isinstance(runtime, AcpxRuntimeProtocol):
+            raise AcpxUsageError("runtime_factory", runtime,
+                                 "made a runtime without the acpx extensions "
+                                 "(AcpxRuntimeProtocol); use require_runtime()")
+        return runtime
 
     @property
     def config(self) -> AcpxConfig | None:
