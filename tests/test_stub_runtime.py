@@ -213,3 +213,36 @@ def test_testing_exports_resolve_and_are_documented() -> None:
     for name in acpx_trio.testing.__all__:
         value = getattr(acpx_trio.testing, name)
         assert inspect.getdoc(value), name
+
+
+async def test_arguments_are_checked_as_the_real_runtime_checks_them() -> None:
+    """The stub took what the real runtime refuses (``text=None``, ``session_key=""`` or a
+    number) and turned a non-handle into a raw ``AttributeError``; ``run_turn`` had no
+    ``meta``; a list given to ``push_script`` became an "event" (an outside review).  Now the
+    same typed errors as :class:`~acpx_trio.AcpxRuntime`, from the same checks."""
+    stub = StubRuntime()
+    for key, code in (("", "ACP_SESSION_INIT_FAILED"), (1, "ACP_INVALID_RUNTIME_OPTION")):
+        with pytest.raises(AcpRuntimeError) as info:
+            await stub.ensure_session(session_key=key, agent="mock")  # type: ignore[arg-type]
+        assert info.value.code == code
+    handle = await stub.ensure_session(session_key="k", agent="mock")
+    bad_turns = [
+        {"handle": None, "text": "hi"}, {"handle": "x", "text": "hi"},
+        {"handle": handle, "text": None}, {"handle": handle, "text": "hi", "mode": "nope"},
+        {"handle": handle, "text": "hi", "meta": "not an object"},
+    ]
+    for kwargs in bad_turns:
+        for method in (stub.run_turn, stub.run_turn_batches):
+            with pytest.raises(AcpRuntimeError) as info:
+                async with contextlib.aclosing(method(**kwargs)) as events:  # type: ignore[arg-type]
+                    async for _event in events:
+                        pass
+            assert info.value.code == "ACP_INVALID_RUNTIME_OPTION", (method, kwargs)
+    events = await collect(stub, handle, "hi")  # the session is untouched
+    assert events[-1] == DoneEvent(stop_reason="end_turn")
+    async with contextlib.aclosing(stub.run_turn(handle=handle, text="hi",
+                                                 meta={"traceparent": "t"})) as turn:
+        assert [e async for e in turn][-1] == DoneEvent(stop_reason="end_turn")
+    assert stub.calls_to("run_turn")[-1].args["meta"] == {"traceparent": "t"}
+    with pytest.raises(TypeError, match="push_script"):
+        stub.push_script([TextDeltaEvent(text="x")])  # type: ignore[arg-type]

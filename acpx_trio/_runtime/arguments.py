@@ -21,7 +21,7 @@ from acpx_trio._events import AcpRuntimeHandle
 from acpx_trio._runtime.agents import normalize_agent_name
 
 __all__ = ["META_MAX_DEPTH", "agent_arg", "checked_meta", "handle_arg", "optional_text_arg",
-           "text_arg"]
+           "text_arg", "turn_args", "validate_ensure_args"]
 
 #: The code of every argument refused here.
 INVALID = "ACP_INVALID_RUNTIME_OPTION"
@@ -59,6 +59,38 @@ def handle_arg(handle: object) -> AcpRuntimeHandle:
     text_arg("handle.session_key", handle.session_key)
     text_arg("handle.backend_session_id", handle.backend_session_id)
     return handle
+
+
+_SESSION_MODES = ("persistent", "oneshot")
+_TURN_MODES = ("prompt", "steer")
+
+
+def validate_ensure_args(session_key: object, agent: object, mode: str) -> str:
+    """The trimmed session key; raises ``ACP_SESSION_INIT_FAILED`` for an empty (or ``None``)
+    key or agent and ``ACP_INVALID_RUNTIME_OPTION`` for one that is not text (see
+    :func:`text_arg`) or a mode other than persistent/oneshot."""
+    key = text_arg("session_key", "" if session_key is None else session_key).strip()
+    if not key:
+        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP session key is required.")
+    if not text_arg("agent", "" if agent is None else agent).strip():
+        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP agent id is required.")
+    if mode not in _SESSION_MODES:
+        raise AcpRuntimeError(
+            INVALID,
+            f'Unsupported ACP runtime session mode "{mode}". Expected one of: '
+            "persistent, oneshot.",
+        )
+    return key
+
+
+def turn_args(text: object, mode: object, request_id: object) -> None:
+    """A turn's ``text``, ``mode`` (prompt/steer) and ``request_id`` (text or ``None``);
+    ``ACP_INVALID_RUNTIME_OPTION`` naming the one that is not."""
+    if mode not in _TURN_MODES:
+        raise AcpRuntimeError(
+            INVALID, f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.')
+    text_arg("text", text)
+    optional_text_arg("request_id", request_id)
 
 
 #: How deep a turn's ``_meta`` may nest (objects and arrays): metadata, not documents; a bound

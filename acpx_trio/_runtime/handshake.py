@@ -45,7 +45,6 @@ from acpx_trio._errors import (
 )
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._runtime.agents import AgentSpec
-from acpx_trio._runtime.arguments import text_arg
 from acpx_trio._runtime.auth import auth_required_error, is_auth_required
 from acpx_trio._runtime.config_opts import legacy_models
 from acpx_trio._runtime.live_session import LiveSession
@@ -76,7 +75,6 @@ __all__ = [
     "open_acp_session",
     "resolve_dir",
     "start_live_session",
-    "validate_ensure_args",
 ]
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
@@ -170,27 +168,6 @@ async def initialize_agent(connection: AcpConnection, config: AcpxConfig) -> Ini
             f"supports only version {PROTOCOL_VERSION}",
         )
     return init
-
-
-_MODES = ("persistent", "oneshot")
-
-
-def validate_ensure_args(session_key: object, agent: object, mode: str) -> str:
-    """The trimmed session key; raises ``ACP_SESSION_INIT_FAILED`` for an empty (or ``None``)
-    key or agent and ``ACP_INVALID_RUNTIME_OPTION`` for one that is not text (see
-    :func:`~acpx_trio._runtime.arguments.text_arg`) or a mode other than persistent/oneshot."""
-    key = text_arg("session_key", "" if session_key is None else session_key).strip()
-    if not key:
-        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP session key is required.")
-    if not text_arg("agent", "" if agent is None else agent).strip():
-        raise AcpRuntimeError("ACP_SESSION_INIT_FAILED", "ACP agent id is required.")
-    if mode not in _MODES:
-        raise AcpRuntimeError(
-            "ACP_INVALID_RUNTIME_OPTION",
-            f'Unsupported ACP runtime session mode "{mode}". Expected one of: '
-            "persistent, oneshot.",
-        )
-    return key
 
 
 def resolve_dir(base: str, cwd: str | None) -> WorkDir | None:

@@ -51,6 +51,8 @@ from acpx_trio._runtime.arguments import (
     handle_arg,
     optional_text_arg,
     text_arg,
+    turn_args,
+    validate_ensure_args,
 )
 from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
@@ -61,7 +63,6 @@ from acpx_trio._runtime.handshake import (
     set_config_params,
     set_mode_params,
     start_live_session,
-    validate_ensure_args,
 )
 from acpx_trio._runtime.key_locks import KeyedLocks
 from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
@@ -370,13 +371,7 @@ class AcpxRuntime:
         :meth:`run_turn`) before any event."""
         await trio.lowlevel.checkpoint()
         self._check_open()
-        if mode not in ("prompt", "steer"):
-            raise AcpRuntimeError(
-                "ACP_INVALID_RUNTIME_OPTION",
-                f'Unsupported ACP turn mode "{mode}". Expected one of: prompt, steer.',
-            )
-        text_arg("text", text)
-        optional_text_arg("request_id", request_id)
+        turn_args(text, mode, request_id)
         session = self._live(handle)
         if session is not None:  # a turn left early by its consumer: its cancel settles first
             await settle_abandoned(session)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncGenerator, Callable, Sequence
+import typing
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -41,6 +42,13 @@ from acpx_trio._events import (
     DoneEvent,
     ErrorEvent,
     TextDeltaEvent,
+)
+from acpx_trio._runtime.arguments import (
+    checked_meta,
+    handle_arg,
+    optional_text_arg,
+    turn_args,
+    validate_ensure_args,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +78,7 @@ class Fail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ScriptItem = AcpRuntimeEvent | Delay | Hang | Fail
+_SCRIPT_TYPES = (*typing.get_args(AcpRuntimeEvent), Delay, Hang, Fail)
 Script = Sequence[ScriptItem]
 
 
@@ -151,7 +160,13 @@ class StubRuntime:
 
     # -- scripting and inspection -------------------------------------------------------------
     def push_script(self, *items: ScriptItem) -> None:
-        """Queue a script for the next turn of any session (FIFO)."""
+        """Queue a script for the next turn of any session (FIFO).  Each item is an event, a
+        :class:`Delay`, a :class:`Hang` or a :class:`Fail` (anything else, a list of them
+        given as one argument say, is a ``TypeError`` here, not a strange event later)."""
+        for item in items:
+            if not isinstance(item, _SCRIPT_TYPES):
+                raise TypeError(f"push_script takes events, Delay, Hang or Fail items (as "
+                                f"separate arguments), not {type(item).__name__}")
         self._queued.append(tuple(items))
 
     def fail_next(self, method: str, error: AcpxError) -> None:
@@ -207,6 +222,7 @@ class StubRuntime:
             raise queued.pop(0)
 
     def _require(self, handle: AcpRuntimeHandle) -> _Session:
+        handle = handle_arg(handle)  # not a handle: ACP_INVALID_RUNTIME_OPTION, as the real one
         session = self._sessions.get(handle.session_key)
         if (
             session is None
@@ -245,11 +261,15 @@ class StubRuntime:
         cwd: str | None = None,
         resume_session_id: str | None = None,
     ) -> AcpRuntimeHandle:
-        """Return the open session of ``session_key`` (same agent) or open a new one."""
+        """Return the open session of ``session_key`` (same agent) or open a new one.  Its
+        arguments are checked as the real runtime checks them."""
         await self._enter(
             "ensure_session", session_key, agent=agent, mode=mode, cwd=cwd,
             resume_session_id=resume_session_id,
         )
+        session_key = validate_ensure_args(session_key, agent, mode)
+        cwd = optional_text_arg("cwd", cwd, path=True)
+        resume_session_id = optional_text_arg("resume_session_id", resume_session_id)
         current = self._sessions.get(session_key)
         if current is not None and session_key not in self._dead and current.handle.agent == agent:
             return current.handle
@@ -274,9 +294,13 @@ class StubRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
-        """Play this turn's script (see the module docstring)."""
-        async with contextlib.aclosing(self._turn(handle, text, mode, request_id)) as events:
+        """Play this turn's script (see the module docstring); arguments are checked as the
+        real runtime checks them (``meta`` is recorded in the call when given)."""
+        extra = {} if meta is None else {"meta": checked_meta(meta)}
+        async with contextlib.aclosing(self._turn(handle, text, mode, request_id,
+                                                  **extra)) as events:
             async for event in events:
                 yield event
 
@@ -285,9 +309,11 @@ class StubRuntime:
         **extra: Any,
     ) -> AsyncGenerator[AcpRuntimeEvent, None]:
         call = await self._enter(
-            "run_turn", handle.session_key, text=text, mode=mode, request_id=request_id, **extra
+            "run_turn", getattr(handle, "session_key", None), text=text, mode=mode,
+            request_id=request_id, **extra
         )
-        session = self._require(handle)  # a call problem: raises before the first event
+        turn_args(text, mode, request_id)  # call problems: raised before the first event
+        session = self._require(handle)
         if session.turn_running:
             yield ErrorEvent(
                 code="ACP_SESSION_BUSY", retryable=True,
@@ -312,11 +338,13 @@ class StubRuntime:
         text: str,
         mode: Literal["prompt", "steer"] = "prompt",
         request_id: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[list[AcpRuntimeEvent], None]:
         """:meth:`run_turn` in lists of one event each (the real runtime's
         ``run_turn_batches`` form); recorded as a ``run_turn`` call with ``batches=True``."""
+        extra = {} if meta is None else {"meta": checked_meta(meta)}
         async with contextlib.aclosing(self._turn(handle, text, mode, request_id,
-                                                  batches=True)) as events:
+                                                  batches=True, **extra)) as events:
             async for event in events:
                 yield [event]
 
