@@ -562,3 +562,33 @@ async def test_bad_service_arguments_are_usage_errors(tmp_path: Path, argument: 
             pytest.fail("the body must not run")
     assert info.value.code == "ACPX_USAGE"
     assert not (tmp_path / "state").exists()
+
+
+async def test_an_ensure_cut_off_by_stop_says_the_runtime_shut_down(tmp_path: Path) -> None:
+    """An ``ensure_session`` still starting its agent when the service stopped raised
+    ``ACP_SESSION_INIT_FAILED`` ("reader was cancelled ... killed by signal 15", 50/50 in
+    an outside review): the cause is the shutdown, ``ACP_BACKEND_UNAVAILABLE``."""
+    from acpx_trio import open_runtime_service
+
+    started = tmp_path / "started"
+    os.mkfifo(started)  # the agent writes a line into it once it runs
+    agents = {"silent": {"command": "sh", "args": ["-c", f"echo >{started}; exec sleep 60"]}}
+    errors: list[AcpxError] = []
+    with trio.fail_after(60):
+        async with open_runtime_service(workspace_dir=tmp_path, state_dir=tmp_path / "state",
+                                        plugin_config={"agents": agents},
+                                        registry=BackendRegistry()) as service:
+            runtime = service.require_runtime()
+
+            async def ensure() -> None:
+                try:
+                    await runtime.ensure_session(session_key="k", agent="silent")
+                except AcpxError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ensure)
+                # the agent runs (its handshake never answers)
+                await trio.to_thread.run_sync(started.read_bytes, abandon_on_cancel=True)
+                await service.stop()
+    assert [e.code for e in errors] == ["ACP_BACKEND_UNAVAILABLE"], errors

@@ -151,6 +151,13 @@ class AcpxRuntime:
         if self._closed:
             raise AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
 
+    def _check_open_from(self, cause: BaseException) -> None:
+        """:meth:`_check_open`, its error chained to ``cause``."""
+        try:
+            self._check_open()
+        except AcpRuntimeError as closed:
+            raise closed from cause
+
     def _live(self, handle: AcpRuntimeHandle) -> LiveSession | None:
         """The live session ``handle`` names, or ``None``; ``ACP_INVALID_RUNTIME_OPTION`` for
         a handle that is not one (every method taking a handle comes here first)."""
@@ -252,7 +259,13 @@ class AcpxRuntime:
                 same = record.agent == spec.name and record.cwd == resolved.path
                 if same and not record.reset_on_next_ensure:
                     load_id = record.backend_session_id
-            session = await start_live_session(self._factory, key, spec, mode, resolved, load_id)
+            try:
+                session = await start_live_session(self._factory, key, spec, mode, resolved,
+                                                   load_id)
+            except AcpRuntimeError as exc:
+                # the runtime closed meanwhile (its agent killed with it): that is the cause
+                self._check_open_from(exc)
+                raise
             try:
                 await self.session_store.save(session.record())
                 self._check_open()
