@@ -147,16 +147,11 @@ class AcpxRuntime:
 
     # ------------------------------------------------------------------ helpers
 
-    def _check_open(self) -> None:
+    def _check_open(self, cause: BaseException | None = None) -> None:
         if self._closed:
-            raise AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
-
-    def _check_open_from(self, cause: BaseException) -> None:
-        """:meth:`_check_open`, its error chained to ``cause``."""
-        try:
-            self._check_open()
-        except AcpRuntimeError as closed:
-            raise closed from cause
+            error = AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
+            error.__cause__ = cause  # what the close cut off, if anything
+            raise error
 
     def _live(self, handle: AcpRuntimeHandle) -> LiveSession | None:
         """The live session ``handle`` names, or ``None``; ``ACP_INVALID_RUNTIME_OPTION`` for
@@ -262,9 +257,8 @@ class AcpxRuntime:
             try:
                 session = await start_live_session(self._factory, key, spec, mode, resolved,
                                                    load_id)
-            except AcpRuntimeError as exc:
-                # the runtime closed meanwhile (its agent killed with it): that is the cause
-                self._check_open_from(exc)
+            except AcpRuntimeError as exc:  # the runtime closed meanwhile: that is the cause
+                self._check_open(exc)
                 raise
             try:
                 await self.session_store.save(session.record())
