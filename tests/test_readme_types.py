@@ -20,7 +20,12 @@ def test_readme_example_passes_mypy_strict(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     source = example()
     assert "require_runtime()" in source
-    path = tmp_path / "readme_example.py"
+    _mypy_strict(source, tmp_path)
+
+
+def _mypy_strict(source: str, tmp_path: Path) -> None:
+    """``source`` passes ``mypy --strict`` against this tree."""
+    path = tmp_path / "example.py"
     path.write_text(source, encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
@@ -78,11 +83,4 @@ def test_the_acpx_extensions_pass_mypy_strict(tmp_path: Path) -> None:
     ``require_acpx_runtime()`` is typed with :class:`AcpxRuntimeProtocol`, which both acpx
     runtimes satisfy."""
     pytest.importorskip("mypy")
-    path = tmp_path / "extensions.py"
-    path.write_text(_EXTENSIONS, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-         "--cache-dir", str(tmp_path / "cache"), str(path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _mypy_strict(_EXTENSIONS, tmp_path)

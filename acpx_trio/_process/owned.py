@@ -343,78 +343,62 @@ async def close_owned(
     :func:`~acpx_trio._process.cgroup.remove_empty_leaf` once it has reported the close (a
     ``rmdir`` waits on any cgroup move in flight on the machine)."""
     try:
-        return await _close_owned(proc, lease, mark=mark, create_time=create_time,
-                                  start_ticks=start_ticks, grace=grace, deps=deps, log=log,
-                                  what=what, remove_leaf=remove_leaf, window=window)
+        closing = False
+
+        async def mark_closing() -> None:
+            nonlocal closing
+            if not closing:
+                closing = True
+                await mark(LeaseState.CLOSING)
+
+        if lease is not None and lease.cgroup is not None:
+            return await _close_contained(proc, lease, lease.cgroup, mark, mark_closing, grace,
+                                          log, what, remove_leaf)
+        result: CleanupResult | None = None
+        if lease is not None:
+            try:
+                result = await cleanup_owned_process_tree(
+                    root_pid=proc.pid,
+                    expected_lease_id=lease.lease_id,
+                    expected_gateway_instance_id=lease.gateway_instance_id,
+                    root_create_time=create_time,
+                    root_start_ticks=start_ticks,
+                    root_boot_id=lease.boot_id,
+                    grace=grace,
+                    deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid, start_ticks,
+                                                    window),
+                    verified_groups=(proc.pid,),
+                    before_signal=mark_closing,
+                )
+            except Exception as exc:
+                log.error("%s %s: tree cleanup failed: %r", what, proc.pid, exc)
+        if proc.returncode is None:  # our direct child: always kill and reap it
+            await mark_closing()
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with trio.move_on_after(max(grace, 1.0)):
+                await proc.wait()
+        survivors = list(result.survived_pids) if result is not None else []
+        if result is not None and result.unproven and not survivors:
+            # scans kept finding processes until the time budget ran out: not proven gone
+            log.error("%s %s: tree not proven gone within the cleanup budget; lease %s stays "
+                      "closing for the next sweep", what, proc.pid,
+                      lease.lease_id if lease else None)
+            return result
+        if survivors or proc.returncode is None:
+            log.error(
+                "%s %s: processes survived cleanup (%s); lease %s stays closing for the next "
+                "sweep", what, proc.pid, survivors or [proc.pid],
+                lease.lease_id if lease else None,
+            )
+            return result
+        if result is None:  # no scan proved the tree gone: the two-step move
+            await mark_closing()
+        await mark(LeaseState.CLOSED)
+        return result
     finally:
         if lease is not None:  # closed, or left for the next reap: no longer held here
             release_launch(lease.lease_id)
-
-
-async def _close_owned(
-    proc: trio.Process,
-    lease: ProcessLease | None,
-    *,
-    mark: Callable[[LeaseState], Awaitable[object]],
-    create_time: float | None,
-    start_ticks: int | None,
-    grace: float,
-    deps: ProcessCleanupDeps | None,
-    log: Logger,
-    what: str,
-    remove_leaf: bool,
-    window: PidWindow | None,
-) -> CleanupResult | None:
-    closing = False
-
-    async def mark_closing() -> None:
-        nonlocal closing
-        if not closing:
-            closing = True
-            await mark(LeaseState.CLOSING)
-
-    if lease is not None and lease.cgroup is not None:
-        return await _close_contained(proc, lease, lease.cgroup, mark, mark_closing, grace, log,
-                                      what, remove_leaf)
-    result: CleanupResult | None = None
-    if lease is not None:
-        try:
-            result = await cleanup_owned_process_tree(
-                root_pid=proc.pid,
-                expected_lease_id=lease.lease_id,
-                expected_gateway_instance_id=lease.gateway_instance_id,
-                root_create_time=create_time,
-                root_start_ticks=start_ticks,
-                root_boot_id=lease.boot_id,
-                grace=grace,
-                deps=deps or lease_cleanup_deps(lease.lease_id, proc.pid, start_ticks, window),
-                verified_groups=(proc.pid,),
-                before_signal=mark_closing,
-            )
-        except Exception as exc:
-            log.error("%s %s: tree cleanup failed: %r", what, proc.pid, exc)
-    if proc.returncode is None:  # our direct child: always kill and reap it
-        await mark_closing()
-        with contextlib.suppress(OSError):
-            proc.kill()
-        with trio.move_on_after(max(grace, 1.0)):
-            await proc.wait()
-    survivors = list(result.survived_pids) if result is not None else []
-    if result is not None and result.unproven and not survivors:
-        # scans kept finding processes until the time budget ran out: not proven gone
-        log.error("%s %s: tree not proven gone within the cleanup budget; lease %s stays "
-                  "closing for the next sweep", what, proc.pid, lease.lease_id if lease else None)
-        return result
-    if survivors or proc.returncode is None:
-        log.error(
-            "%s %s: processes survived cleanup (%s); lease %s stays closing for the next sweep",
-            what, proc.pid, survivors or [proc.pid], lease.lease_id if lease else None,
-        )
-        return result
-    if result is None:  # no scan proved the tree gone: the two-step move
-        await mark_closing()
-    await mark(LeaseState.CLOSED)
-    return result
 
 
 async def _close_contained(
