@@ -245,3 +245,45 @@ def test_a_connection_without_a_request_does_not_hold_the_owner_at_exit(
         os.kill(owner, signal.SIGTERM)
         wait_gone(owner)
         assert time.monotonic() - start < REQUEST_READ_SECONDS / 2
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (``SigCgt``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_signal_while_the_owner_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM before the owner's signal receiver ran took the default action: the owner
+    died half-way, its socket and ``owner.json`` left behind (6/6 at offset 0, an outside
+    review), and so did a late one as it exited.  A signal from the first moment the owner
+    can catch one is now acted on once it serves: it shuts down as for any SIGTERM."""
+    from acpx_trio._owner.wire import OwnerLaunch
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    launch = OwnerLaunch(raw_config={}, workspace_dir=str(tmp_path), default_ttl_seconds=300.0)
+    proc = subprocess.Popen([sys.executable, "-m", "acpx_trio._owner", "--state-dir",
+                             str(state)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=cli_env())
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(encode_frame(launch))
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while not _catches(proc.pid, signal.SIGTERM):  # the owner's very first step
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.001)
+        # still starting: it serves (and its receiver runs) only after owner.json is written
+        assert not (state / "owner.json").exists()
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 0, err
+    assert "signal SIGTERM: shutting down" in err
+    assert not (state / "owner.sock").exists() and not (state / "owner.json").exists()

@@ -16,6 +16,7 @@ import io
 import math
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -109,6 +110,30 @@ def _write_batch(batch: list[tuple[TextIO, str]], gone: list[TextIO]) -> None:
         _flush(current, gone)
 
 
+#: Writes under way, by ``id`` of their stream (a write whose waiter gave up goes on in its
+#: worker thread, holding that stream's lock until the stream takes it).
+_writing: collections.Counter[int] = collections.Counter()
+_writing_lock = threading.Lock()
+
+
+def _write_counted(batch: list[tuple[TextIO, str]], gone: list[TextIO],
+                   streams: set[int]) -> None:
+    try:
+        _write_batch(batch, gone)
+    finally:
+        with _writing_lock:
+            _writing.subtract(streams)
+
+
+def blocked_streams() -> set[int]:
+    """The ``id`` of every stream a write is still blocked on (called once the event loop is
+    over: any write under way then is one a stalled or interrupted command gave up on).  The
+    interpreter's exit would flush such a stream and wait on its lock for ever, or abort
+    ("could not acquire lock ... at interpreter shutdown")."""
+    with _writing_lock:
+        return {stream for stream, count in _writing.items() if count > 0}
+
+
 def _flush(stream: TextIO, gone: list[TextIO]) -> None:
     try:
         stream.flush()
@@ -118,6 +143,10 @@ def _flush(stream: TextIO, gone: list[TextIO]) -> None:
         gone.append(stream)
 
 
+def _discard() -> TextIO:
+    return open(os.devnull, "w", encoding="utf-8")  # lives as long as the process
+
+
 def _same_file(a: TextIO, b: TextIO) -> bool:
     """Whether ``a`` and ``b`` write to one file (one terminal, one pipe: ``2>&1``); streams
     without a descriptor count as one."""
@@ -125,7 +154,7 @@ def _same_file(a: TextIO, b: TextIO) -> bool:
         return True
     try:
         sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return True
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
@@ -176,8 +205,9 @@ class Output:
     turn whatever stdout does)."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.out: TextIO = out if out is not None else sys.stdout
-        self.err: TextIO = err if err is not None else sys.stderr
+        # a closed stdout or stderr (``>&-``: Python's is None) takes the text and drops it
+        self.out: TextIO = out if out is not None else sys.stdout or _discard()
+        self.err: TextIO = err if err is not None else sys.stderr or _discard()
         self._out_lane = _Lane()
         self._err_lane = (self._out_lane if _same_file(self.out, self.err) else _Lane())
         self._lanes = tuple(dict.fromkeys((self._out_lane, self._err_lane)))
@@ -236,8 +266,11 @@ class Output:
         async with lane.lock:
             batch = lane.take_slice()
             if batch:
+                streams = {id(stream) for stream, _text in batch}
+                with _writing_lock:
+                    _writing.update(streams)
                 try:
-                    await trio.to_thread.run_sync(_write_batch, batch, self._gone,
+                    await trio.to_thread.run_sync(_write_counted, batch, self._gone, streams,
                                                   abandon_on_cancel=True)
                 finally:
                     lane.written += sum(len(text) for _stream, text in batch)
@@ -266,14 +299,29 @@ class Output:
         leaves nothing behind on stderr); whether everything was written."""
         targets = [(lane, lane.queued) for lane in reversed(self._lanes)]
         for lane, target in targets:
-            while lane.written < target:
-                before = lane.written
-                with trio.move_on_after(seconds):
-                    await self._step(lane)
-                    while lane.written == before:  # no write of this lane: no progress
-                        await self._step(lane)
-                    continue
+            if not await self._drain_lane(lane, target, seconds):
                 return False
+        return True
+
+    async def flush_notes(self, seconds: float = 1.0) -> None:
+        """Give stderr, when it is a file of its own, up to ``seconds`` to take what waits
+        for it (a command that stops without waiting for stdout still shows its last notes)."""
+        lane = self._err_lane
+        if lane is self._out_lane:  # one file: it moves only as stdout does
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(seconds):
+            await self._drain_lane(lane, lane.queued, math.inf)
+
+    async def _drain_lane(self, lane: _Lane, target: int, seconds: float) -> bool:
+        while lane.written < target:
+            before = lane.written
+            with trio.move_on_after(seconds):
+                await self._step(lane)
+                while lane.written == before:  # no write of this lane: no progress
+                    await self._step(lane)
+                continue
+            return False
         return True
 
     async def emit(self, text: str, *, err: bool = False) -> None:

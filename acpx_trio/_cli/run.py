@@ -249,6 +249,7 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
                 code = await finish_output(output, code)
             if ctl.work.cancelled_caught or (ctl.signum is not None and output.unwritten):
                 code = ctl.exit_code()  # interrupted, and the output is not all out
+                await output.flush_notes()
             nursery.cancel_scope.cancel()
     return code
 

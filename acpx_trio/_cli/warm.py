@@ -442,6 +442,7 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
             if client.signum is not None and (client.waiting.cancelled_caught
                                               or output.unwritten):
                 code = signal_exit(client.signum)  # interrupted, the output not all out
+                await output.flush_notes()
             nursery.cancel_scope.cancel()
     return code
 

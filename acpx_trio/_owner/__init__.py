@@ -3,8 +3,8 @@ alive between command-line invocations and is the single writer of each session.
 
 Modules: the socket protocol (``wire``), files in the state dir and the socket's safety checks
 (``paths``), the per-session FIFO queue (``queue``), bounded writes to a client
-(``stream``), the owner process (``server``, run as
-``python -m acpx_trio._owner``) and the client side that finds or starts the owner
+(``stream``), the owner's answer to signals (``signals``), the owner process (``server``,
+run as ``python -m acpx_trio._owner``) and the client side that finds or starts the owner
 (``client``).
 
 Owns: the owner's socket, lock, pid and log files; the queue of turns of a warm session; the

@@ -20,6 +20,7 @@ import trio
 from acpx_trio._errors import AcpxError, collapse_group
 from acpx_trio._owner.paths import OwnerPaths, open_lock_fd
 from acpx_trio._owner.server import run_owner
+from acpx_trio._owner.signals import ignore_late_signals, record_early_signals
 from acpx_trio._owner.wire import OwnerLaunch
 
 EXIT_LOCKED = 3
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             os.close(ready_fd)
             ready_fd = None
 
+    early = record_early_signals()
     try:
-        trio.run(lambda: run_owner(state_dir, launch, ready=ready))
+        trio.run(lambda: run_owner(state_dir, launch, ready=ready, early_signals=early))
     except (AcpxError, BaseExceptionGroup) as exc:
         # a typed reason (an unsafe state dir, a bad config) is the last line of owner.log,
         # which the client quotes: one clear line, not a traceback
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"acpx-trio owner: {first.code}: {first}", file=sys.stderr)
         return 1
+    finally:
+        # done (sessions closed, files removed): the interpreter's exit would give a signal
+        # now the default action, ending the process by it instead of its exit status
+        ignore_late_signals()
     return 0
 
 

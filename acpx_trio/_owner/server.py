@@ -9,9 +9,8 @@ Guarantees:
   owner, which waits for this one's lock), then every session is closed (every agent is gone
   then), then the clients still connected get what is left of their streams, up to each
   turn's final frame (at most ``CLIENT_SEND_SECONDS``), then the service stops: no agent
-  process is left.  A further signal waits for nothing: while the sessions close it kills
-  their agents' trees at once, without ``killGraceSeconds`` (the reaper's proofs still
-  decide what is signalled), and the clients' streams are not waited for.
+  process is left.  A further signal waits for nothing (see :mod:`acpx_trio._owner.signals`:
+  the agents' trees are killed without grace, clients are not waited for).
 * It serves only peers with its own uid (``SO_PEERCRED``); the socket is 0600 in a 0700 dir.
 * A session is closed when it has been idle past its TTL (0 = never); the owner exits when no
   session is left (or when none arrived within :data:`EMPTY_GRACE_SECONDS` of its start).
@@ -41,7 +40,6 @@ import functools
 import logging
 import math
 import os
-import signal
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -60,6 +58,7 @@ from acpx_trio._owner.paths import (
     write_owner_info,
 )
 from acpx_trio._owner.queue import QueuedTurn, WarmSession
+from acpx_trio._owner.signals import OwnerSignals
 from acpx_trio._owner.stream import (
     CLIENT_SEND_SECONDS,
     ClientStalled,
@@ -140,11 +139,12 @@ class Owner:
 
     def __init__(self, runtime: Any, paths: OwnerPaths, launch: OwnerLaunch,
                  config: AcpxConfig | None = None,
-                 kill_now: Callable[[], Awaitable[object]] | None = None) -> None:
+                 kill_now: Callable[[], Awaitable[object]] | None = None,
+                 early_signals: list[int] | None = None) -> None:
         self.runtime = runtime
-        #: SIGKILL, without grace, every tree this process holds a lease for (a signal after
-        #: the first; see :mod:`acpx_trio._service.kill_now`)
-        self._kill_now = kill_now
+        self.signals = OwnerSignals(stop=self.request_stop,
+                                    sessions_left=lambda: bool(self.sessions),
+                                    kill_now=kill_now, early=early_signals)
         self.config = config
         self.paths = paths
         self.launch = launch
@@ -161,11 +161,6 @@ class Owner:
         self._changed = trio.Event()
         self._stop_requested = False
         self.stopping = False
-        #: while the owner waits for its clients to read the rest of their streams (exit)
-        self._draining: trio.CancelScope | None = None
-        self._signals = 0
-        #: a signal came after the first: nothing more is waited for
-        self._hurry = False
         self._clients = 0
         #: connections whose request is being read (cancelled when the owner exits)
         self._reading: set[trio.CancelScope] = set()
@@ -276,7 +271,7 @@ class Owner:
         frame, for :data:`~acpx_trio._owner.stream.CLIENT_SEND_SECONDS` at most."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self.signals.watch, nursery)
             try:
                 async with trio.open_nursery() as connections:
                     accept_scope = trio.CancelScope()
@@ -291,8 +286,8 @@ class Owner:
                         # have not read yet is still theirs, within the bound of a write
                         connections.cancel_scope.deadline = (trio.current_time()
                                                              + CLIENT_SEND_SECONDS)
-                        self._draining = connections.cancel_scope
-                        if self._hurry:
+                        self.signals.draining = connections.cancel_scope
+                        if self.signals.hurry:
                             connections.cancel_scope.cancel()
                         elif self._clients:
                             _log.info(f"{self._clients} client(s) still connected: up to "
@@ -319,33 +314,6 @@ class Owner:
         if info is not None and info.pid == os.getpid():
             with contextlib.suppress(OSError):
                 self.paths.info.unlink()
-
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                self._signals += 1
-                if self._draining is not None:
-                    _log.info(f"signal {name}: not waiting for clients to read the rest")
-                    self._draining.cancel()
-                elif self._signals == 1:
-                    _log.info(f"signal {name}: shutting down")
-                    self.request_stop()
-                elif not self._hurry:
-                    self._hurry = True
-                    _log.info(f"signal {name} again: killing the agents now (no grace), "
-                              "not waiting for clients to read the rest")
-                    if self._kill_now is not None:
-                        assert self._nursery is not None
-                        self._nursery.start_soon(self._kill_agents_now, self._kill_now)
-
-    @staticmethod
-    async def _kill_agents_now(kill_now: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await kill_now()
-        except AcpxError as exc:  # the sessions' own close still ends every agent
-            _log.warning(f"the immediate kill failed ({exc.code}); the sessions' close goes "
-                         "on with its grace")
 
     async def _accept_loop(self, listener: trio.SocketListener, scope: trio.CancelScope,
                            connections: trio.Nursery) -> None:
@@ -529,10 +497,13 @@ class Owner:
 
 
 async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
-                    ready: Callable[[], None] | None = None) -> None:
+                    ready: Callable[[], None] | None = None,
+                    early_signals: list[int] | None = None) -> None:
     """Run an owner on ``state_dir`` until it decides to exit (the caller holds the lock).
 
-    ``ready`` is called once the socket listens and ``owner.json`` is written."""
+    ``ready`` is called once the socket listens and ``owner.json`` is written;
+    ``early_signals``: what :func:`~acpx_trio._owner.signals.record_early_signals`
+    recorded."""
     from acpx_trio._service.kill_now import kill_own_launches
     from acpx_trio._service.lazy_runtime import RuntimeFactoryParams, build_default_runtime
     from acpx_trio._service.open_service import open_runtime_service
@@ -557,7 +528,7 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
         kill_now = (None if gateway is None
                     else functools.partial(kill_own_launches, state_dir, gateway))
         owner = Owner(service.runtime, paths, launch, config=service.config,
-                      kill_now=kill_now)
+                      kill_now=kill_now, early_signals=early_signals)
         await trio.to_thread.run_sync(write_owner_info, paths)
         if ready is not None:
             ready()
