@@ -340,3 +340,23 @@ async def test_a_consumer_deadline_is_kept_when_the_agent_ignores_the_cancel(
                 await run(rt, handle, "hi")  # waits for the kill, then the call's error
             assert info.value.code == "ACP_SESSION_NOT_FOUND"
             assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
+
+
+async def test_an_ensure_right_after_an_early_leave_gives_a_usable_session(
+        env: RuntimeEnv) -> None:
+    """Right after a consumer left a turn whose agent ignores the cancel, ``ensure_session``
+    handed back that agent, killed 2.5 s later: the usual "ensure, then run" failed with
+    ``ACP_SESSION_NOT_FOUND`` (30/30, an outside review of the early leave).  The ensure
+    waits for the abandoned turn to settle, then starts a fresh agent."""
+    async with env.runtime() as rt:
+        with trio.fail_after(30):
+            handle = await rt.ensure_session(session_key="s", agent="mock")
+            with trio.move_on_after(0.3):
+                async with contextlib.aclosing(rt.run_turn(handle=handle,
+                                                           text="/hang")) as events:
+                    async for _event in events:
+                        pass
+            again = await rt.ensure_session(session_key="s", agent="mock")
+            assert again.agent_pid != handle.agent_pid
+            assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
+            assert (await run(rt, again, "hi"))[-1] == DoneEvent(stop_reason="end_turn")

@@ -148,10 +148,8 @@ class AcpxRuntime:
     # ------------------------------------------------------------------ helpers
 
     def _check_open(self, cause: BaseException | None = None) -> None:
-        if self._closed:
-            error = AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.")
-            error.__cause__ = cause  # what the close cut off, if anything
-            raise error
+        if self._closed:  # chained to what the close cut off, if anything
+            raise AcpRuntimeError("ACP_BACKEND_UNAVAILABLE", "ACP runtime is shut down.") from cause
 
     def _live(self, handle: AcpRuntimeHandle) -> LiveSession | None:
         """The live session ``handle`` names, or ``None``; ``ACP_INVALID_RUNTIME_OPTION`` for
@@ -226,6 +224,8 @@ class AcpxRuntime:
                 + ("." if cwd is None else f" (cwd={cwd!r} under {self.config.cwd!r})."),
             )
         async with self._key_locks(key):
+            if (live := self._sessions.get(key)) is not None:  # a turn left early: its cancel
+                await settle_abandoned(live)  # (or its agent's kill) first, then reuse or not
             self._check_open()
             live = self._sessions.get(key)
             if live is not None and live.cwd == resolved.path and live.fs.cwd != resolved:
@@ -328,12 +328,10 @@ class AcpxRuntime:
         ``ACP_PERMISSION_PROMPT_UNAVAILABLE``, ``ACP_LINE_TOO_LONG``, ...).
 
         Use it as ``async with contextlib.aclosing(runtime.run_turn(...)) as events``.  If the
-        consumer stops early or its scope is cancelled, it leaves at once (its cancellation is
-        never held up by the agent) and the turn is cancelled at the agent in the background
-        (``session/cancel``; the agent is killed if it does not stop within
-        :data:`CANCEL_WAIT_SECONDS`) and a oneshot session is closed; the session's next turn
-        waits for that first (bounded, cancellable), then runs, or raises
-        ``ACP_SESSION_NOT_FOUND`` when the agent had to be killed.
+        consumer stops early or its scope is cancelled, it leaves at once; the turn is cancelled
+        at the agent in the background (killed after :data:`CANCEL_WAIT_SECONDS` if it does
+        not stop; a oneshot session closed), and the session's next turn or ensure waits for
+        that first (bounded, cancellable).
         ``mode="steer"`` is sent as a normal prompt (ACP v1 has no steering).  For turns that
         stream thousands of chunks, :meth:`run_turn_batches` is the same in batches.
 
