@@ -90,6 +90,15 @@ def tagged_pids(gateway: str) -> list[int]:
     return found
 
 
+def assert_nothing_left(state_dir: Path) -> None:
+    """No process of the state dir's gateway is alive and every lease it wrote is final."""
+    gw = gateway_id(state_dir)
+    assert gw is not None
+    assert tagged_pids(gw) == []
+    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=state_dir).stdout)
+    assert leases and all(x["state"] in ("closed", "lost") and not x["alive"] for x in leases)
+
+
 def is_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -611,34 +611,12 @@ def test_a_ctrl_c_note_shows_while_stdout_is_not_read(tmp_path: Path) -> None:
     """A real command whose stdout pipe nobody reads (filled, the turn held at the high
     water): a Ctrl-C's note reaches stderr at once, and once stdout is read the command
     ends cancelled with its output whole."""
-    import fcntl
-    import termios
-
-    from _cli_helpers import cli_argv, cli_env
-
-    argv = cli_argv("--state-dir", str(tmp_path / "state"), "prompt", "/chunks 3000000")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=cli_env())
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_lines: list[bytes] = []
-    pump = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or ()),
-                            daemon=True)
-    pump.start()
+    proc, stderr_lines = _unread_command(tmp_path, "prompt", "/chunks 3000000")
     try:
-        capacity = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
-        queued = bytearray(4)
-        deadline = time.monotonic() + 30
-        while True:  # the command's stdout pipe fills: its writes wait from here on
-            fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, queued)
-            if int.from_bytes(queued, sys.byteorder) >= capacity // 2:
-                break
-            assert time.monotonic() < deadline and proc.poll() is None, stderr_lines
-            time.sleep(0.05)
+        _wait_pipe_filled(proc)  # its writes wait from here on
         proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while not any(b"interrupted: cancelling the turn" in x for x in stderr_lines):
-            assert time.monotonic() < deadline, stderr_lines
-            time.sleep(0.05)
+        _wait_line(stderr_lines, b"interrupted: cancelling the turn")
+        assert proc.stdout is not None
         lines = proc.stdout.read().decode().splitlines()
         assert proc.wait(timeout=60) == 130, stderr_lines
     finally:
@@ -646,6 +624,32 @@ def test_a_ctrl_c_note_shows_while_stdout_is_not_read(tmp_path: Path) -> None:
         proc.wait()
     assert 0 < len(lines) < 3_000_000
     assert lines == [f"chunk {i}" for i in range(len(lines))]
+
+
+def _unread_command(tmp_path: Path, *args: str, buffered: bool = False,
+                    ) -> tuple[subprocess.Popen[bytes], list[bytes]]:
+    """The command line running ``args`` with a stdout pipe nobody reads, and the list its
+    stderr lines are collected in (by a thread); ``buffered``: Python's normal buffered
+    output, as users have it (the tests' environment sets ``PYTHONUNBUFFERED``)."""
+    from _cli_helpers import cli_argv, cli_env
+
+    env = cli_env()
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.Popen(cli_argv("--state-dir", str(tmp_path / "state"), *args),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    lines: list[bytes] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True).start()
+    return proc, lines
+
+
+def _wait_line(lines: list[bytes], needle: bytes) -> None:
+    """Wait (bounded) until a collected line holds ``needle``."""
+    deadline = time.monotonic() + 10
+    while not any(needle in line for line in lines):
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
 
 
 def test_doctor_prints_the_containment_line(tmp_path: Path) -> None:
@@ -683,44 +687,28 @@ def test_two_ctrl_c_with_a_stdout_nobody_reads_exit_130_with_buffered_output(
     held stdout's lock in its thread, and the interpreter's exit aborted on it ("could not
     acquire lock for <stdout> at interpreter shutdown", SIGABRT, 5/5 in an outside review;
     the tests' ``PYTHONUNBUFFERED=1`` hid it).  The command now ends with its exit code."""
-    import fcntl
-
-    from _cli_helpers import cli_argv, cli_env
-
-    env = cli_env()
-    env.pop("PYTHONUNBUFFERED", None)
-    argv = cli_argv("--state-dir", str(tmp_path / "state"), "exec", "/chunks 3000000")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[bytes] = []
-    pump = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
-    pump.start()
+    proc, lines = _unread_command(tmp_path, "exec", "/chunks 3000000", buffered=True)
     try:
-        capacity = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
-        _wait_pipe_filled(proc, capacity // 2)
+        _wait_pipe_filled(proc)
         proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while not any(b"cancelling the turn" in x for x in lines):  # a person's second press
-            assert time.monotonic() < deadline, lines
-            time.sleep(0.05)
+        _wait_line(lines, b"cancelling the turn")  # a person's second press comes later
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=60)
-        pump.join(timeout=10)
+        _wait_line(lines, b"killing the agent now")  # the last notes are out too
     finally:
         proc.kill()
         proc.wait()
-    err = b"".join(lines).decode()
-    assert rc == 130, err
-    assert "killing the agent now" in err  # the last notes are out too
+    assert rc == 130, lines
 
 
-def _wait_pipe_filled(proc: subprocess.Popen[bytes], size: int) -> None:
-    """Wait (bounded) until ``size`` bytes wait unread in ``proc``'s stdout pipe."""
+def _wait_pipe_filled(proc: subprocess.Popen[bytes]) -> None:
+    """Wait (bounded) until half of ``proc``'s stdout pipe holds unread bytes: the command's
+    writes to it wait from then on."""
     import fcntl
     import termios
 
     assert proc.stdout is not None
+    size = fcntl.fcntl(proc.stdout.fileno(), 1032) // 2  # F_GETPIPE_SZ
     queued = bytearray(4)
     deadline = time.monotonic() + 30
     while True:

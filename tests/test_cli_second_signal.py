@@ -8,18 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli_helpers import MOCK, background_cli, gateway_id, json_lines, run_cli, tagged_pids
+from _cli_helpers import MOCK, assert_nothing_left, background_cli
 
 #: The configured grace the second signal must not wait for.
 GRACE = 40
-
-
-def _assert_nothing_left(state_dir: Path) -> None:
-    gw = gateway_id(state_dir)
-    assert gw is not None
-    assert tagged_pids(gw) == []
-    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=state_dir).stdout)
-    assert leases and all(x["state"] in ("closed", "lost") and not x["alive"] for x in leases)
 
 
 @pytest.mark.parametrize(("first", "second", "rc"), [
@@ -46,4 +38,4 @@ def test_second_signal_skips_the_kill_grace(tmp_path: Path, first: int, second: 
         assert elapsed < GRACE / 4, (elapsed, cli.err())
         assert got == rc, cli.err()
         assert "killing the agent now (no grace)" in cli.err()
-    _assert_nothing_left(state)
+    assert_nothing_left(state)

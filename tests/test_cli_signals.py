@@ -18,24 +18,16 @@ import pytest
 from _cli_helpers import (
     MOCK,
     REPO_ROOT,
+    assert_nothing_left,
     background_cli,
     cli_argv,
     cli_env,
     gateway_id,
     json_lines,
-    run_cli,
     tagged_pids,
 )
 
 from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS
-
-
-def _assert_nothing_left(state_dir: Path) -> None:
-    gw = gateway_id(state_dir)
-    assert gw is not None
-    assert tagged_pids(gw) == []
-    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=state_dir).stdout)
-    assert leases and all(x["state"] in ("closed", "lost") and not x["alive"] for x in leases)
 
 
 def test_sigint_during_sleep_turn_cancels_cleanly(tmp_path: Path) -> None:
@@ -49,7 +41,7 @@ def test_sigint_during_sleep_turn_cancels_cleanly(tmp_path: Path) -> None:
         assert "interrupted: cancelling the turn" in cli.err()
         assert "stopping the agent" not in cli.err()  # the agent honoured session/cancel
         assert "slept" not in cli.out()
-    _assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
 
 
 def test_sigint_json_mode_reports_cancelled(tmp_path: Path) -> None:
@@ -58,7 +50,7 @@ def test_sigint_json_mode_reports_cancelled(tmp_path: Path) -> None:
         cli.signal(signal.SIGINT)
         assert cli.wait() == 130, cli.err()
         assert json_lines(cli.out())[-1] == {"type": "done", "stop_reason": "cancelled"}
-    _assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
 
 
 def test_second_sigint_closes_agent_that_ignores_cancel(tmp_path: Path) -> None:
@@ -79,7 +71,7 @@ def test_second_sigint_closes_agent_that_ignores_cancel(tmp_path: Path) -> None:
         assert rc == 130, cli.err()
         assert "interrupted again: stopping the agent" in cli.err()
         assert elapsed < CANCEL_WAIT_SECONDS - 0.5, elapsed
-    _assert_nothing_left(tmp_path / "state")
+    assert_nothing_left(tmp_path / "state")
 
 
 def test_sigint_before_turn_and_sigterm_close(tmp_path: Path) -> None:
@@ -98,7 +90,7 @@ def test_sigint_before_turn_and_sigterm_close(tmp_path: Path) -> None:
         cli.signal(signal.SIGTERM)
         assert cli.wait() == 143, cli.err()
         assert "terminated: stopping the agent" in cli.err()
-    _assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
 
 
 # -- a Ctrl-C while the command line loads; SIGHUP ---------------------------------------------
@@ -161,7 +153,7 @@ def test_sighup_stops_the_agent_like_sigterm(tmp_path: Path) -> None:
         assert cli.wait() == 129, cli.err()
         assert "hung up: stopping the agent" in cli.err()
         assert tagged_pids(gw) == []  # gone when the CLI is, not later
-    _assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)
 
 
 def test_a_terminal_that_hangs_up_mid_turn_leaves_no_agent(tmp_path: Path) -> None:
@@ -200,4 +192,4 @@ def test_a_terminal_that_hangs_up_mid_turn_leaves_no_agent(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    _assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path)

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 from _cli_helpers import (
     MOCK,
+    assert_nothing_left,
     background_cli,
     cli_argv,
     cli_env,
-    gateway_id,
     json_lines,
     run_cli,
-    tagged_pids,
 )
 from _warm_helpers import alive, owner_info, status, turn_state, wait_gone, wait_status
 
@@ -142,11 +141,7 @@ def test_a_second_signal_kills_the_agents_without_their_grace(tmp_path: Path,
         assert "killing the agents now (no grace)" in (state / "owner.log").read_text()
         assert not alive(agent_pid)
         assert client.wait() != 0  # its turn did not end well, and it says so
-    gateway = gateway_id(state)
-    assert gateway is not None
-    assert tagged_pids(gateway) == []
-    leases = json_lines(run_cli("leases", "--all", "--json", state_dir=state).stdout)
-    assert leases and all(x["state"] in ("closed", "lost") and not x["alive"] for x in leases)
+    assert_nothing_left(state)
 
 
 def test_the_command_ends_at_the_final_frame(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ itself (``reaper``: the waves and the entry points), one reap of a gateway (``ga
 the owner-death watchdog (``watchdog``; its process runs ``watchdog_wait``, a standard-library
 script until the owner dies, then ``watchdog_reap``), containment by leaf cgroups (``cgroup``),
 how a leaf's processes are ended, ours only and with the leaf frozen (``leaf_end``), and
-launches already inside their leaves (``spare_leaf``), the launches this process holds now
-(``held``: its own reaps leave them alone), the shared process helpers (``tools``), the owner
-tag of a launch (``owner_tag``), the one owned-process launch shared by agents and terminals
-(``owned``: watchdog armed, lease saved first, leaf cgroup, tagged own-session spawn, lease
-completion) and one agent process with its lease and ACP connection (``agent``).
+launches already inside their leaves (``spare_leaf``), the spares and launches this process
+holds now (``held``: its own reaps leave them alone), the shared process helpers
+(``tools``), the owner tag of a launch (``owner_tag``), the one owned-process launch shared
+by agents and terminals (``owned``: watchdog armed, lease saved first, leaf cgroup, tagged
+own-session spawn, lease completion) and one agent process with its lease and ACP
+connection (``agent``).
 
 Owns: every signal acpx-trio sends and every proof that a process is ours.
 May import: ``acpx_trio._store`` (leases, config defaults), ``acpx_trio._acp`` (the wire of an

@@ -37,8 +37,8 @@ from acpx_trio._errors import (
     text_problem,
 )
 from acpx_trio._log import Logger
+from acpx_trio._process import held
 from acpx_trio._process.cgroup import remove_empty_leaf
-from acpx_trio._process.held import release_launch
 from acpx_trio._process.owned import (
     RootRecord,
     close_owned,
@@ -442,7 +442,7 @@ class AgentProcess:
             await self._mark(LeaseState.CLOSING)
             await self._mark(LeaseState.LOST)
             if self.lease is not None:
-                release_launch(self.lease.lease_id)
+                held.release(self.lease.lease_id)
             return
         with trio.move_on_after(CLEANUP_EXTRA_SECONDS / 2):
             await self._lease_done.wait()  # the pid record lands before any state move

@@ -37,13 +37,13 @@ import msgspec
 import trio
 
 from acpx_trio._errors import AcpxUsageError
+from acpx_trio._process import held
 from acpx_trio._process.cgroup import (
     leaf_members,
     leftover_leaves,
     remove_empty_leaf,
     remove_empty_parent,
 )
-from acpx_trio._process.held import held_launches
 from acpx_trio._process.identity import ProcessInfo, process_info
 from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.owner_tag import (
@@ -71,7 +71,6 @@ from acpx_trio._process.reaper import (
 )
 from acpx_trio._process.reaper_os import kill_groups_sync
 from acpx_trio._process.shared_scan import TagScan
-from acpx_trio._process.spare_leaf import held_leaves
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
 __all__ = [
@@ -161,8 +160,8 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         return []
     # this process's warm leaves, read before the leases: one released since was saved
     # first, so it is in the read that follows
-    held = held_leaves()
-    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in held]
+    mine = held.held_leases()
+    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in mine]
     live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
     leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
     # a leaf's lease names its owner (with ``owner``, the watchdog's: only that owner's
@@ -402,7 +401,7 @@ async def reap_gateway(
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
                              "must be a non-empty string")
     # our own live launches (another service of this process holds them) and the caller's
-    protected = frozenset(protected_lease_ids) | held_launches()
+    protected = frozenset(protected_lease_ids) | held.held_leases()
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}
     open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot

@@ -35,6 +35,7 @@ import trio
 
 from acpx_trio._errors import ContainmentError, LeaseStoreError
 from acpx_trio._log import Logger
+from acpx_trio._process import held
 from acpx_trio._process.cgroup import (
     gateway_parent,
     leaf_populated,
@@ -43,7 +44,6 @@ from acpx_trio._process.cgroup import (
     resolve_containment,
     shim_argv,
 )
-from acpx_trio._process.held import hold_launch, release_launch
 from acpx_trio._process.identity import boot_id, child_identity
 from acpx_trio._process.leaf_end import terminate_leaf
 from acpx_trio._process.reaper import (
@@ -111,7 +111,7 @@ async def save_pending_lease(
         lease = msgspec.structs.replace(lease, cgroup=str(parent / lease.lease_id))
     elif containment == "cgroup":
         raise ContainmentError(f"gateway id {gateway_instance_id!r} cannot name a cgroup")
-    hold_launch(lease.lease_id)
+    held.hold(lease.lease_id)
     try:
         await lease_store.save(lease)
         if lease.cgroup is None:
@@ -130,9 +130,9 @@ async def save_pending_lease(
         # final here, never left open for a lease-less caller to forget
         with trio.CancelScope(shield=True):
             await _abandon_pending(lease_store, lease, log)
-        release_launch(lease.lease_id)
+        held.release(lease.lease_id)
         raise
-    release_launch(lease.lease_id)
+    held.release(lease.lease_id)
     raise ContainmentError(f"could not create the leaf cgroup under {parent}")
 
 
@@ -251,7 +251,7 @@ async def spawn_spare(
         )
         frame = spare_frame(argv, owned_env(spare_env, draft, await owner_tag_value()), cwd)
         lease = draft
-        hold_launch(lease.lease_id)
+        held.hold(lease.lease_id)
         await lease_store.save(lease)
         spare.release()
         await spare.become(frame)
@@ -264,7 +264,7 @@ async def spawn_spare(
                 lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
                 if emptied:
                     await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
-                release_launch(lease.lease_id)
+                held.release(lease.lease_id)
         if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
             return None  # the spare was gone: the direct path starts it
         raise
@@ -398,7 +398,7 @@ async def close_owned(
         return result
     finally:
         if lease is not None:  # closed, or left for the next reap: no longer held here
-            release_launch(lease.lease_id)
+            held.release(lease.lease_id)
 
 
 async def _close_contained(

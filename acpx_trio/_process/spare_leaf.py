@@ -28,8 +28,8 @@ Guarantees:
   cancellation of the nursery it runs in) kills the leaf, reaps the spare and removes the
   leaf, shielded and bounded.
 * **No reap takes it for a leftover.**  This process's own reaps skip the leaves it holds
-  (:func:`held_leaves`); another process's reap leaves it alone because the spare names this
-  live owner (the owner tag).
+  (:mod:`acpx_trio._process.held`); another process's reap leaves it alone because the
+  spare names this live owner (the owner tag).
 
 A pool fills only after its second request (a one-shot caller never pays for a spare), only
 once a launch has started (the next is made while that agent starts up, which is mostly the
@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sequence
 import trio
 
 from acpx_trio._log import Logger
+from acpx_trio._process import held
 from acpx_trio._process.cgroup import make_leaf, remove_empty_leaf
 from acpx_trio._process.identity import child_identity
 from acpx_trio._process.leaf_end import kill_leaf
@@ -59,7 +60,7 @@ from acpx_trio._process.tools import owner_tag_value
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "PERL_PATHS", "SPARES", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "held_leaves",
+    "PERL_PATHS", "SPARES", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable",
     "shell_pwd", "spare_command", "spare_frame",
 ]
 
@@ -71,15 +72,6 @@ _SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_
 SPARES = 2
 #: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
 DISCARD_SECONDS = 5.0
-#: The leaves this process holds as spare (by lease id): its own reaps leave them alone.
-_held: set[str] = set()
-
-
-def held_leaves() -> frozenset[str]:
-    """The lease ids (leaf names) of the spare leaves this process holds now."""
-    return frozenset(_held)
-
-
 def frameable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
     """Whether :func:`spare_frame` can carry this command: not when a direct spawn would
     refuse it (an empty command, a NUL anywhere, a variable name that is empty or holds
@@ -147,6 +139,7 @@ class SpareLeaf:
         self.create_time = create_time
         self.start_ticks = start_ticks
         self._control = control
+        self._held = True  # by this spare (see :mod:`acpx_trio._process.held`)
 
     def alive(self) -> bool:
         """The spare has not exited.  (It may still be moving into its leaf: it reads its
@@ -163,8 +156,10 @@ class SpareLeaf:
             await self._control.aclose()
 
     def release(self) -> None:
-        """Its lease is saved: the reaps may see it as the lease's leaf from now on."""
-        _held.discard(self.lease_id)
+        """Its lease is saved (and held by its launch): this spare holds it no more."""
+        if self._held:
+            self._held = False
+            held.release(self.lease_id)
 
     async def discard(self) -> bool:
         """Kill it (and anything it started) and remove its leaf; whether the leaf is proved
@@ -184,7 +179,7 @@ class SpareLeaf:
                 if stream is not None:
                     await stream.aclose()
             await trio.to_thread.run_sync(remove_empty_leaf, self.leaf)
-        _held.discard(self.lease_id)
+        self.release()
         return emptied
 
 
@@ -274,10 +269,10 @@ class SpareLeaves:
 
     async def _make(self) -> SpareLeaf | None:
         lease_id = new_lease_id()
-        _held.add(lease_id)  # before the leaf exists: no reap of ours sees it unheld
+        held.hold(lease_id)  # before the leaf exists: no reap of ours sees it unheld
         leaf = await trio.to_thread.run_sync(make_leaf, self._gateway, lease_id)
         if leaf is None:
-            _held.discard(lease_id)
+            held.release(lease_id)
             self._log.debug("spare leaf: cgroup containment is not usable here")
             return None
         owner = await owner_tag_value()  # another process's reap sees a live owner's spare
@@ -294,7 +289,7 @@ class SpareLeaves:
         except OSError as exc:
             os.close(write_end)
             await trio.to_thread.run_sync(remove_empty_leaf, leaf)
-            _held.discard(lease_id)
+            held.release(lease_id)
             self._log.warning("spare leaf: could not start its process: %s", exc)
             return None
         finally:

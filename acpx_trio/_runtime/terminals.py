@@ -52,7 +52,7 @@ from acpx_trio._acp import (
     TerminalOutputResponse,
 )
 from acpx_trio._errors import AcpRuntimeError, redact_argv
-from acpx_trio._process.held import release_launch
+from acpx_trio._process import held
 from acpx_trio._process.owned import (
     close_owned,
     complete_lease,
@@ -285,7 +285,7 @@ class Terminal:
             await self._mark(LeaseState.CLOSING)
             await self._mark(LeaseState.LOST)
             if self.lease is not None:
-                release_launch(self.lease.lease_id)
+                held.release(self.lease.lease_id)
             return
         with trio.move_on_after(_CLEANUP_SECONDS / 2):
             await self._lease_done.wait()

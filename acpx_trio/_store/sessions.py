@@ -178,40 +178,37 @@ class SyncSessionStore:
         batch.write(self.path_for(record.session_key), _encoder.encode(record) + b"\n")
         return record
 
-    def fresh_unlocked(self, session_key: str, batch: _Batch) -> bool:
+    def _update_unlocked(self, session_key: str, batch: _Batch,
+                         change: Callable[[SessionRecord], SessionRecord | None]) -> bool:
+        """Write ``change(record)`` (stamped) over the record as this batch sees it; False
+        when there is none or ``change`` answers ``None`` (leave it as it is)."""
         path = self.path_for(session_key)
         staged = batch.staged.get(path)
         record = self._read(path) if staged is None else _decoder.decode(staged)
-        if record is None:
+        changed = None if record is None else change(record)
+        if changed is None:
             return False
-        record = msgspec.structs.replace(record, reset_on_next_ensure=True, updated_at=time.time())
-        batch.write(path, _encoder.encode(record) + b"\n")
+        changed = msgspec.structs.replace(changed, updated_at=time.time())
+        batch.write(path, _encoder.encode(changed) + b"\n")
         return True
 
+    def fresh_unlocked(self, session_key: str, batch: _Batch) -> bool:
+        return self._update_unlocked(session_key, batch, lambda record: msgspec.structs.replace(
+            record, reset_on_next_ensure=True))
+
     def closed_unlocked(self, session_key: str, discard: bool, batch: _Batch) -> bool:
-        path = self.path_for(session_key)
-        staged = batch.staged.get(path)
-        record = self._read(path) if staged is None else _decoder.decode(staged)
-        if record is None:
-            return False
-        record = msgspec.structs.replace(
-            record, closed=True, reset_on_next_ensure=record.reset_on_next_ensure or discard,
-            updated_at=time.time(),
-        )
-        batch.write(path, _encoder.encode(record) + b"\n")
-        return True
+        return self._update_unlocked(session_key, batch, lambda record: msgspec.structs.replace(
+            record, closed=True, reset_on_next_ensure=record.reset_on_next_ensure or discard))
 
     def mode_unlocked(self, session_key: str, backend_session_id: str, mode: str,
                       batch: _Batch) -> bool:
-        path = self.path_for(session_key)
-        staged = batch.staged.get(path)
-        record = self._read(path) if staged is None else _decoder.decode(staged)
-        if (record is None or record.closed or record.reset_on_next_ensure
-                or record.backend_session_id != backend_session_id):
-            return False
-        record = msgspec.structs.replace(record, current_mode=mode, updated_at=time.time())
-        batch.write(path, _encoder.encode(record) + b"\n")
-        return True
+        def change(record: SessionRecord) -> SessionRecord | None:
+            if (record.closed or record.reset_on_next_ensure
+                    or record.backend_session_id != backend_session_id):
+                return None  # closed, fresh or replaced meanwhile: never brought back
+            return msgspec.structs.replace(record, current_mode=mode)
+
+        return self._update_unlocked(session_key, batch, change)
 
     def remove_unlocked(self, session_key: str, batch: _Batch) -> bool:
         path = self.path_for(session_key)
