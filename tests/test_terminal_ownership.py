@@ -121,6 +121,32 @@ async def test_terminal_kill_takes_hopper_and_scrubbed_child(
         assert [x.state for x in leases] == [LeaseState.CLOSED]
 
 
+@pytest.mark.parametrize("containment", ["auto", "process-group"])
+async def test_terminal_killed_right_after_create_leaves_nothing(
+    env: RuntimeEnv, containment: str
+) -> None:
+    """``terminal/kill`` at once after ``terminal/create`` (the agent waits for nothing): in
+    cgroup mode the command's shim may not have entered its leaf yet; the kill must still
+    take whatever the command starts.  It once found the leaf empty, signalled nothing, and
+    the command's child lived on after the session closed (5 of 150; 33 of 150 leases left
+    ``closing``)."""
+    marker = new_marker()
+    py = shlex.quote(sys.executable)
+    line = f"{py} -c 'import time; time.sleep(600)' {marker}; true"
+    trials = 30
+    with cleanup_marker(marker, ()), trio.fail_after(90):
+        async with env.runtime(permissionMode="approve-all", containment=containment) as rt:
+            handle = await rt.ensure_session(session_key="t", agent="mock")
+            text = output(await run(rt, handle, f"/terminal-kill-now {trials} {line}"))
+            assert len(text.split()) == trials, text
+            await rt.close(handle=handle, reason="test")
+            assert marked(marker) == []
+        assert marked(marker) == []
+    terms = [x for x in await _leases(env) if ":terminal:" in x.session_key]
+    assert len(terms) == trials
+    assert {x.state for x in terms} == {LeaseState.CLOSED}, [x.state for x in terms]
+
+
 async def _leases(env: RuntimeEnv) -> list[Any]:
     store = SyncLeaseStore(env.root / "leases")
     return await trio.to_thread.run_sync(store.list_all)

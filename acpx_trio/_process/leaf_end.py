@@ -41,7 +41,7 @@ from acpx_trio._process.cgroup import (
 )
 from acpx_trio._process.identity import live_uid
 
-__all__ = ["FREEZE_SECONDS", "LeafEnd", "kill_leaf", "terminate_leaf"]
+__all__ = ["FREEZE_SECONDS", "LeafEnd", "kill_leaf", "settle_root", "terminate_leaf"]
 
 
 class _Members(msgspec.Struct, kw_only=True):
@@ -328,6 +328,36 @@ async def kill_leaf(leaf: str, seconds: float) -> bool:
         await trio.lowlevel.checkpoint()
         return True
     return (await _kill(leaf, seconds, [])).emptied
+
+
+async def settle_root(proc: trio.Process, leaf: str, seconds: float) -> None:
+    """Make sure the leaf holds everything of a launch whose root ``proc`` (our child,
+    started by :func:`~acpx_trio._process.cgroup.shim_argv`) may not have entered it yet:
+    wait, at most ``seconds``, until the root is in the leaf or has exited; if it is still
+    outside then, kill it (SIGKILL).  Outside the leaf the root is still the shim: it has
+    run nothing of the command and forked nothing (it enters, then ``exec``s), so once it
+    is in the leaf or dead, whatever the launch ever forks is a member of the leaf.
+    Without this a close right after the spawn found the leaf empty, removed nothing and
+    signalled nothing, and the root entered and forked afterwards.  Cancellable (the root
+    is then left as it is)."""
+    if proc.returncode is not None or leaf_populated(leaf):
+        # a populated leaf: the root entered it (nothing else enters a launch's leaf)
+        await trio.lowlevel.checkpoint()
+        return
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+
+            async def exited() -> None:
+                await proc.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(exited)
+            await _wait_event(leaf, "populated", True, seconds)
+            nursery.cancel_scope.cancel()
+    if proc.returncode is None and not leaf_populated(leaf):
+        with contextlib.suppress(OSError):
+            proc.kill()  # still the shim, outside: nothing of it can be in the leaf
+        await proc.wait()
 
 
 async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:

@@ -45,7 +45,7 @@ from acpx_trio._process.cgroup import (
     shim_argv,
 )
 from acpx_trio._process.identity import boot_id, child_identity
-from acpx_trio._process.leaf_end import terminate_leaf
+from acpx_trio._process.leaf_end import settle_root, terminate_leaf
 from acpx_trio._process.reaper import (
     CleanupResult,
     ProcessCleanupDeps,
@@ -425,6 +425,7 @@ async def _close_contained(
             await trio.to_thread.run_sync(remove_empty_leaf, leaf)
         return CleanupResult()
     await mark_closing()  # before any signal
+    await settle_root(proc, leaf, max(grace, 1.0))
     end = await terminate_leaf(leaf, grace, max(grace, 1.0) + 1.0)
     if proc.returncode is None and proc.pid not in end.spared:
         # our direct child (in the leaf, so already killed): reap it

@@ -1,7 +1,8 @@
 """Terminal directives of the mock agent: they drive the client's ``terminal/*`` methods.
 
-``/terminal CMD``, ``/terminal-limit N CMD``, ``/terminal-kill CMD``, ``/terminal-hold CMD``
-(see :mod:`acpx_trio.testing.mock_agent`).  Commands run through ``/bin/sh -c``.
+``/terminal CMD``, ``/terminal-limit N CMD``, ``/terminal-kill CMD``,
+``/terminal-kill-now N CMD``, ``/terminal-hold CMD`` (see
+:mod:`acpx_trio.testing.mock_agent`).  Commands run through ``/bin/sh -c``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from acpx_trio.testing._mock_wire import (
     TermRef,
 )
 
-__all__ = ["cancel_request", "terminal", "terminal_hold", "terminal_kill", "terminal_limit",
-           "terminal_strict"]
+__all__ = ["cancel_request", "terminal", "terminal_hold", "terminal_kill", "terminal_kill_now",
+           "terminal_limit", "terminal_strict"]
 
 _T = TypeVar("_T")
 
@@ -145,6 +146,21 @@ def terminal_kill(t: TurnCtx, arg: str) -> str | None:
     out = _term_output(t, tid)
     _term_simple(t, "terminal/release", tid, Empty)
     t.say(f"first={first.output.strip()} {_exit_text(status)} output={out.output.strip()}")
+    return "end_turn"
+
+
+@_terminal_directive
+def terminal_kill_now(t: TurnCtx, arg: str) -> str | None:
+    """``/terminal-kill-now N CMD``: N times: create, kill at once (no wait for anything),
+    wait_for_exit, release; says how each ended."""
+    count, _, cmd = arg.partition(" ")
+    ends = []
+    for _ in range(int(count)):
+        tid = _term_create(t, cmd)
+        _term_simple(t, "terminal/kill", tid, Empty)
+        ends.append(_exit_text(_term_simple(t, "terminal/wait_for_exit", tid, TermExit)))
+        _term_simple(t, "terminal/release", tid, Empty)
+    t.say(" ".join(ends))
     return "end_turn"
 
 

@@ -22,6 +22,7 @@ from acpx_trio.testing._mock_terminals import (
     terminal,
     terminal_hold,
     terminal_kill,
+    terminal_kill_now,
     terminal_limit,
     terminal_strict,
 )
@@ -409,6 +410,7 @@ DIRECTIVES: dict[str, Callable[[TurnCtx, str], str | None]] = {
     "/terminal-limit": terminal_limit,
     "/terminal-strict": terminal_strict,
     "/terminal-kill": terminal_kill,
+    "/terminal-kill-now": terminal_kill_now,
     "/terminal-hold": terminal_hold,
     "/cancel-request": cancel_request,
     "/error-data": _error_data,

@@ -16,7 +16,8 @@ A prompt is echoed back unless its text starts with a directive:
 Terminal directives (client ``terminal/*``, command run through ``/bin/sh -c``):
 ``/terminal CMD`` (create, output, wait_for_exit, output, release), ``/terminal-limit N CMD``
 (with ``outputByteLimit`` N), ``/terminal-kill CMD`` (create, first output, kill,
-wait_for_exit, output, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
+wait_for_exit, output, release), ``/terminal-kill-now N CMD`` (N times: create, kill at
+once, wait_for_exit, release), ``/terminal-hold CMD`` (create, first output, wait for exit;
 never released).  ``/error-data TEXT`` answers the prompt with -32603 and ``data.details``;
 ``/auth-required`` with -32000 "Authentication required"; ``/invalid-params FIELD`` with
 -32602 and pydantic-style data (the official SDK's "Field required");
