@@ -220,3 +220,60 @@ async def test_terminal_env_has_no_acpx_auth_credentials(
             handle = await rt.ensure_session(session_key="t", agent="mock")
             text = output(await run(rt, handle, "/terminal echo x${ACPX_AUTH_VERIFY_KEY}x"))
     assert text == "exit=0 truncated=False output=xx\n"
+
+
+def test_output_buffer_cut_costs_at_most_one_character() -> None:
+    """Output that is no UTF-8 (a run of continuation bytes) is cut at the limit plus at most
+    three bytes, not searched to its end at every chunk (which held the event loop 1.5 s a
+    16 MiB burst); the kept text still decodes (with replacement characters)."""
+    buf = OutputBuffer(1000)
+    for _ in range(50):
+        buf.add(b"a" + b"\x80" * 4999)
+        assert 997 <= len(buf.data) <= 1000, len(buf.data)
+    assert buf.truncated
+    buf.text()
+
+
+async def test_concurrent_creates_respect_the_caps(tmp_path: Path) -> None:
+    """Creates in flight together are counted by the terminal cap and the output budget:
+    twenty at once with a budget for four get four terminals, sixteen refusals (they all
+    passed the checks before any was recorded: twenty accepted)."""
+    import msgspec
+
+    from acpx_trio import AcpRuntimeError, LeaseStore
+    from acpx_trio._acp._extra import CreateTerminalRequest
+    from acpx_trio._runtime.permissions import PermissionPolicy, work_dir
+    from acpx_trio._runtime.terminals import TerminalManager
+
+    cwd = work_dir(str(tmp_path))
+    assert cwd is not None
+    store = LeaseStore(tmp_path / "leases")
+    limit = 1 << 20
+    accepted: list[str] = []
+    refused: list[str] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            manager = TerminalManager(
+                session_key="s", cwd=cwd, policy=PermissionPolicy("approve-all", "fail"),
+                nursery=nursery, gateway_instance_id="gw-caps", lease_store=store,
+                output_budget=4 * limit, containment="process-group",
+            )
+            raw = msgspec.Raw(msgspec.json.encode(CreateTerminalRequest(
+                session_id="s", command="sleep", args=["30"], output_byte_limit=limit)))
+
+            async def create() -> None:
+                try:
+                    made = await manager.handle("terminal/create", raw)
+                    accepted.append(made.terminal_id)
+                except AcpRuntimeError as exc:
+                    refused.append(exc.message)
+
+            try:
+                async with trio.open_nursery() as creates:
+                    for _ in range(20):
+                        creates.start_soon(create)
+            finally:
+                await manager.aclose()
+    assert len(accepted) == 4, (accepted, refused)
+    assert len(refused) == 16 and all("terminal output budget" in m for m in refused), refused
+    assert {x.state for x in await store.list_all()} == {LeaseState.CLOSED}

@@ -116,8 +116,11 @@ class OutputBuffer:
             self.truncated = True
         if self.truncated:
             # cut, then skip continuation bytes (also the rest of a character whose head was
-            # cut by an earlier chunk) so the kept text starts a character
-            while excess < len(self.data) and (self.data[excess] & 0xC0) == 0x80:
+            # cut by an earlier chunk) so the kept text starts a character: at most three (a
+            # character has four bytes at most; a longer run is no UTF-8 anyway, and the
+            # search must not cost the whole buffer at every chunk)
+            end = min(len(self.data), excess + 3)
+            while excess < end and (self.data[excess] & 0xC0) == 0x80:
                 excess += 1
             del self.data[:excess]
 
@@ -342,6 +345,8 @@ class TerminalManager:
         self._on_turn_failure = on_turn_failure
         self.log: Logger = logger or _log
         self.terminals: dict[str, Terminal] = {}
+        #: terminal id -> output limit of the terminals being started (counted by the caps)
+        self._starting: dict[str, int] = {}
         self._closed = False
 
     def _get(self, terminal_id: str) -> Terminal:
@@ -388,11 +393,14 @@ class TerminalManager:
                 f"nonInteractivePermissions {self.policy.non_interactive}); set "
                 'permissionMode "approve-all" to allow commands', PERMISSION_DENIED_RPC,
             )
-        if len(self.terminals) >= MAX_TERMINALS:
+        # the terminals still starting count too: concurrent creates all pass the checks
+        # before any of them is in ``terminals``
+        if len(self.terminals) + len(self._starting) >= MAX_TERMINALS:
             raise _refuse(f"too many terminals (at most {MAX_TERMINALS}); release some")
         limit = DEFAULT_OUTPUT_LIMIT if request.output_byte_limit is None else (
             min(max(0, request.output_byte_limit), MAX_OUTPUT_LIMIT))
-        held = sum(t.output.limit for t in self.terminals.values())
+        held = sum(t.output.limit for t in self.terminals.values()) + sum(
+            self._starting.values())
         if held + limit > self.output_budget:
             raise _refuse(
                 f"terminal output budget: this session's terminals may keep {held} bytes of "
@@ -400,16 +408,19 @@ class TerminalManager:
                 f"({self.output_budget}); release a terminal or ask a smaller outputByteLimit")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(AUTH_ENV_PREFIX)}
         env = {**inherited, **{v.name: v.value for v in request.env}}
-        cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd)
-        term = Terminal(
-            terminal_id=f"term_{uuid.uuid4().hex[:16]}", argv=argv, cwd_fd=cwd_fd, env=env,
-            output_limit=limit, owner=self,
-        )
+        terminal_id = f"term_{uuid.uuid4().hex[:16]}"
+        self._starting[terminal_id] = limit  # reserved until it is in ``terminals``
         try:
-            await self.nursery.start(term.run)
+            cwd_fd = await trio.to_thread.run_sync(_open_cwd, request.cwd, self.cwd)
+            term = Terminal(terminal_id=terminal_id, argv=argv, cwd_fd=cwd_fd, env=env,
+                            output_limit=limit, owner=self)
+            try:
+                await self.nursery.start(term.run)
+            finally:
+                os.close(cwd_fd)  # the child is in it (or never started)
+            self.terminals[term.id] = term
         finally:
-            os.close(cwd_fd)  # the child is in it (or never started)
-        self.terminals[term.id] = term
+            del self._starting[terminal_id]
         if self._closed:  # closed while starting: never leave it running
             await self.aclose()
             raise _refuse("the session is closing", PERMISSION_DENIED_RPC)
