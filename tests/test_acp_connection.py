@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from acpx_trio._acp import (
     AcpConnection,
@@ -21,6 +24,7 @@ from acpx_trio._acp import (
     ReadTextFileResponse,
 )
 from acpx_trio._acp._framing import LineReader
+from acpx_trio._acp._jsonrpc import Notification, parse_message
 from acpx_trio._acp._updates import decode_session_update_line, decode_session_update_lines
 from acpx_trio._errors import (
     AcpConnectionClosedError,
@@ -534,3 +538,55 @@ async def test_serve_runs_once() -> None:
     async with connected() as h:
         with pytest.raises(RuntimeError):
             await h.conn.serve()
+
+
+#: text with surrogates in it, paired and lone, among other characters
+_SURROGATE_TEXT = st.lists(st.one_of(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters(codec=None),
+), max_size=12).map("".join)
+
+
+@given(_SURROGATE_TEXT)
+def test_lone_surrogate_escapes_read_as_replacement_characters(text: str) -> None:
+    """What a JSON encoder writes for any string (pairs kept, lone surrogates escaped, as
+    JavaScript's ``JSON.stringify`` does) is read back: pairs joined, each lone surrogate a
+    U+FFFD, never a line dropped."""
+    line = json.dumps({"jsonrpc": "2.0", "method": "m", "params": {"t": text}}).encode()
+    message = parse_message(line)
+    assert isinstance(message, Notification)
+    expected = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    assert msgspec.json.decode(message.params) == {"t": expected}
+
+
+async def test_lone_surrogates_never_lose_a_message() -> None:
+    """A JSON line with a lone UTF-16 surrogate escape (valid JSON, no Unicode text: msgspec
+    refuses it) is no junk line: an answer to our request arrives (with U+FFFD), a
+    notification is delivered, and a request of the agent gets an "invalid params" error,
+    its handler never run on altered text.  Each was once dropped: the request unanswered,
+    the turn's answer lost."""
+    async with connected() as h:
+        called: list[msgspec.Raw] = []
+
+        async def write(params: msgspec.Raw) -> None:
+            called.append(params)
+
+        seen: list[Any] = []
+        h.conn.set_request_handler("fs/write_text_file", write)
+        h.conn.set_notification_handler(
+            "session/update", lambda params: seen.append(msgspec.json.decode(params)))
+        box = await start_request(h, "session/prompt", msgspec.Raw)
+        msg = await h.peer.recv()
+        await h.peer.send(b'{"jsonrpc":"2.0","method":"session/update","params":'
+                          b'{"text":"smile \\ud83d"}}\n')
+        await h.peer.send(b'{"jsonrpc":"2.0","id":7,"method":"fs/write_text_file","params":'
+                          b'{"sessionId":"s","path":"/f","content":"a\\ud800b"}}\n')
+        reply = await h.peer.recv()
+        assert reply["id"] == 7 and reply["error"]["code"] == -32602, reply
+        assert "surrogate" in reply["error"]["message"]
+        await h.peer.send(b'{"jsonrpc":"2.0","id":%d,"result":{"stopReason":"end_turn",'
+                          b'"_meta":{"x":"\\udc00"}}}\n' % msg["id"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert called == []
+        assert seen == [{"text": "smile \ufffd"}]
+        assert msgspec.json.decode(box[0]) == {"stopReason": "end_turn", "_meta": {"x": "\ufffd"}}
+        assert h.warnings == []

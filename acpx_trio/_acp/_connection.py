@@ -529,7 +529,11 @@ class AcpConnection:
     async def _answer(self, request: Request) -> None:
         handler = self._request_handlers.get(request.method)
         reply: OutResponse | OutErrorResponse
-        if handler is None:
+        if request.lossy:  # run on U+FFFD instead of what the agent meant: never
+            error = OutError(INVALID_PARAMS, "Invalid params: a string is no Unicode text "
+                             "(a lone UTF-16 surrogate escape)")
+            reply = OutErrorResponse("2.0", request.id, error)
+        elif handler is None:
             error = OutError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
             reply = OutErrorResponse("2.0", request.id, error)
         else:

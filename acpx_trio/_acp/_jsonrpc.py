@@ -8,6 +8,7 @@ object, or an object that is not a JSON-RPC message); it never raises anything e
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final, Literal
 
 import msgspec
@@ -73,6 +74,9 @@ class Request(msgspec.Struct, frozen=True):
     id: RequestId
     method: str
     params: msgspec.Raw  # b"null" when absent
+    #: the line held a lone UTF-16 surrogate (read as U+FFFD): the request is answered with
+    #: an "invalid params" error, never run on altered text
+    lossy: bool = False
 
 
 class Notification(msgspec.Struct, frozen=True):
@@ -106,18 +110,49 @@ _error_decoder = msgspec.json.Decoder(RpcError)
 _NULL: Final = msgspec.Raw(b"null")
 
 
+#: One escape sequence of a JSON string, left to right (outside strings JSON has no
+#: backslash, so every backslash starts one): a UTF-16 surrogate pair, a lone surrogate
+#: (group 1), or any other escape.
+_ESCAPE = re.compile(
+    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.DOTALL)
+
+
+def _lone_surrogate(match: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if match.group(1) else match.group(0)
+
+
+def repair_surrogates(line: bytes) -> bytes:
+    """``line`` with every lone UTF-16 surrogate escape (``\\ud83d`` without its pair: a
+    JavaScript string cut inside a character, or a file name that is no UTF-8) replaced by
+    ``\\ufffd``, the replacement character.  Valid JSON, but no Unicode text: msgspec
+    refuses it, and dropping the line would leave a request of the agent unanswered or an
+    answer of it lost.  Lines without a backslash come back as they are."""
+    if b"\\" not in line:
+        return line
+    return _ESCAPE.sub(_lone_surrogate, line)
+
+
 def parse_message(line: bytes) -> Message:
     """Classifies one line.  Unknown envelope fields (``jsonrpc`` included) are ignored.
 
     A malformed ``error`` object still yields an :class:`ErrorResponse` (code -32603, the
-    raw text as message), so a waiting request is always answered.
+    raw text as message), so a waiting request is always answered.  A lone UTF-16 surrogate
+    escape reads as U+FFFD (see :func:`repair_surrogates`; a request so read is marked
+    :attr:`Request.lossy`).
     """
     try:
         env = _envelope_decoder.decode(line)
     except msgspec.ValidationError as exc:
         raise NotJsonRpc(f"not a JSON-RPC message: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise NotJsonRpc(f"not JSON: {exc}") from None
+        repaired = repair_surrogates(line)
+        if repaired == line:
+            raise NotJsonRpc(f"not JSON: {exc}") from None
+        message = parse_message(repaired)
+        if isinstance(message, Request):
+            return Request(message.id, message.method, message.params, lossy=True)
+        return message
     except RecursionError:  # msgspec's own depth limit (about 1,000 levels)
         raise NotJsonRpc("JSON nested too deeply") from None
     params = env.params if len(env.params) else _NULL
