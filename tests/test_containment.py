@@ -115,6 +115,8 @@ async def test_auto_falls_back_to_the_process_group_and_says_why(
         workspace_dir=tmp_path, state_dir=tmp_path / "state", registry=BackendRegistry(),
     ) as svc:
         assert svc.containment == Containment(mechanism="process-group", reason=no_cgroup)
+        # the service's runtime says the same (the README names both), before it is built
+        assert svc.require_acpx_runtime().containment == svc.containment
 
 
 async def test_the_runtime_probes_containment_off_the_event_loop(
@@ -162,6 +164,7 @@ async def test_agent_runs_in_its_own_leaf_reports_usage_and_leaves_nothing(
         runtime = svc.require_runtime()
         assert svc.containment == Containment(mechanism="cgroup", path=PROBE.path,
                                               reason=PROBE.reason)
+        assert svc.require_acpx_runtime().containment == svc.containment
         handle = await runtime.ensure_session(session_key="k", agent="mock")
         status = await runtime.get_status(handle=handle)
         (lease,) = [x for x in await LeaseStore(state / "acpx").list_all()

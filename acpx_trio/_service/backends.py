@@ -15,6 +15,7 @@ from acpx_trio._events import (
     AgentSession,
     DoctorReport,
 )
+from acpx_trio._process.cgroup import Containment
 
 __all__ = [
     "AcpRuntimeBackend",
@@ -103,7 +104,7 @@ class AcpxRuntimeProtocol(AcpRuntimeProtocol, Protocol):
     """:class:`AcpRuntimeProtocol` plus what acpx runtimes add (:class:`~acpx_trio.AcpxRuntime`
     and the service's default :class:`~acpx_trio.LazyAcpxRuntime` have all of it): a turn's
     ``meta``, ``run_turn_batches``, ``set_model``, ``list_sessions``, ``delete_session``,
-    ``logout``, ``set_elicitation_handler`` and ``doctor(deep=True)``.  What
+    ``logout``, ``set_elicitation_handler``, ``doctor(deep=True)`` and ``containment``.  What
     :meth:`~acpx_trio.AcpxRuntimeService.require_acpx_runtime` returns, so typed code
     (``mypy --strict``) can call them.  The calls and their errors are
     :class:`~acpx_trio.AcpxRuntime`'s."""
@@ -140,6 +141,9 @@ class AcpxRuntimeProtocol(AcpRuntimeProtocol, Protocol):
     def set_elicitation_handler(self, handler: Any) -> None: ...
 
     async def doctor(self, *, deep: bool = False) -> DoctorReport: ...
+
+    @property
+    def containment(self) -> Containment: ...
 
 
 class AcpRuntimeBackend:

@@ -24,6 +24,7 @@ from acpx_trio._events import (
     DoctorReport,
 )
 from acpx_trio._log import ServiceLogger, as_logger
+from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
@@ -98,6 +99,14 @@ class LazyAcpxRuntime:
         self._elicitation_handler: Any = None
         #: How many times a runtime was built (0 or 1).
         self.build_count = 0
+
+    @property
+    def containment(self) -> Containment:
+        """The mechanism containing this runtime's agents and terminals, as
+        :attr:`AcpxRuntime.containment <acpx_trio.AcpxRuntime.containment>` says it (known
+        before the runtime is built: the service probed it at its start).  Raises
+        :class:`~acpx_trio.ContainmentError` for ``"cgroup"`` where it is unusable."""
+        return resolve_containment(self._params.config.containment)
 
     @property
     def built(self) -> AcpRuntimeProtocol | None:
