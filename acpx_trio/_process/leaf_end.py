@@ -357,7 +357,8 @@ async def settle_root(proc: trio.Process, leaf: str, seconds: float) -> None:
     if proc.returncode is None and not leaf_populated(leaf):
         with contextlib.suppress(OSError):
             proc.kill()  # still the shim, outside: nothing of it can be in the leaf
-        await proc.wait()
+        with trio.move_on_after(seconds):  # the close's caller reaps it if this runs out
+            await proc.wait()
 
 
 async def terminate_leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
