@@ -388,10 +388,12 @@ async def reap_gateway(
     ``dry_run``: one snapshot, the same plan, no signal and no write.  ``owner``: only that
     (dead) owner's leases and processes (the owner-death watchdog); ``None``: every dead
     owner's.  ``protected_lease_ids``: never reaped (our own live sessions).
-    ``open_leases=False``: orphans only (processes and leaf cgroups whose lease is unknown or
-    final), every open lease protected: the periodic sweep of a live service, whose own
-    leases name this very process.  Processes of other gateway ids, of live owners, or not
-    proven ours are never signalled.
+    ``open_leases=False``: orphans (processes and leaf cgroups whose lease is unknown or
+    final) and the leases this process left behind
+    (:func:`~acpx_trio._process.held.left_behind`), every other open lease protected: the
+    periodic sweep of a live service, whose own leases name this very process, and its
+    stop.  Processes of other gateway ids, of live owners, or not proven ours are never
+    signalled.
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the
     next call reaps them again.  Cancellation once a signal went out: see
@@ -400,8 +402,6 @@ async def reap_gateway(
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
                              "must be a non-empty string")
-    # our own live launches (another service of this process holds them) and the caller's
-    protected = frozenset(protected_lease_ids) | held.held_leases()
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}
     open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot
@@ -419,9 +419,17 @@ async def reap_gateway(
 
     # The leases to reap are those open *before* the snapshot: one saved while it runs is a
     # start in progress (our own process's other service included), protected by the read
-    # that follows every snapshot.
-    before = [x for x in await lease_store.list_all() if not x.state.is_final
-              and x.gateway_instance_id == gateway_instance_id] if open_leases else []
+    # that follows every snapshot.  Without ``open_leases``: only those this process left
+    # behind (a close of ours that could not prove its tree gone).
+    left = held.left_behind(gateway_instance_id)
+    listed = [x for x in await lease_store.list_all() if not x.state.is_final
+              and x.gateway_instance_id == gateway_instance_id]
+    held.forget_left(left - {x.lease_id for x in listed})  # final (or gone) meanwhile
+    before = listed if open_leases else [x for x in listed if x.lease_id in left]
+    # our own live launches (another service of this process holds them) and the caller's;
+    # read after the leases: a launch is held before its lease is saved, so every live one
+    # in that read is in this one
+    protected = frozenset(protected_lease_ids) | held.held_leases()
     cleanup = deps or gateway_cleanup_deps(gateway_instance_id, before)
     table = await snapshot()
     by_pid = {p.pid: p for p in table}
@@ -487,6 +495,7 @@ async def reap_gateway(
         # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is
         moved = await lease_store.mark_states(final, skip_final=True)
         final = {k: v for k, v in final.items() if k in moved}
+        held.forget_left(set(final))
     for p in out.terminated:
         actions.append(ReapAction(action="terminated", pid=p.pid, lease_id=p.lease_id,
                                   reason=_why(p, seen_leases.get(p.lease_id or "")),

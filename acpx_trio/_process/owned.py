@@ -342,6 +342,14 @@ async def close_owned(
     place (its lease ``closed``) for the caller to remove with
     :func:`~acpx_trio._process.cgroup.remove_empty_leaf` once it has reported the close (a
     ``rmdir`` waits on any cgroup move in flight on the machine)."""
+    settled = False
+
+    async def moved(state: LeaseState) -> object:  # ``mark``, noting a final state
+        nonlocal settled
+        out = await mark(state)
+        settled = settled or state.is_final
+        return out
+
     try:
         closing = False
 
@@ -349,10 +357,10 @@ async def close_owned(
             nonlocal closing
             if not closing:
                 closing = True
-                await mark(LeaseState.CLOSING)
+                await moved(LeaseState.CLOSING)
 
         if lease is not None and lease.cgroup is not None:
-            return await _close_contained(proc, lease, lease.cgroup, mark, mark_closing, grace,
+            return await _close_contained(proc, lease, lease.cgroup, moved, mark_closing, grace,
                                           log, what, remove_leaf)
         result: CleanupResult | None = None
         if lease is not None:
@@ -394,11 +402,12 @@ async def close_owned(
             return result
         if result is None:  # no scan proved the tree gone: the two-step move
             await mark_closing()
-        await mark(LeaseState.CLOSED)
+        await moved(LeaseState.CLOSED)
         return result
     finally:
-        if lease is not None:  # closed, or left for the next reap: no longer held here
-            held.release(lease.lease_id)
+        if lease is not None:  # closed, or left behind for a sweep: no longer held here
+            held.release(lease.lease_id,
+                         left_in=None if settled else lease.gateway_instance_id)
 
 
 async def _close_contained(

@@ -108,6 +108,8 @@ class Running:
     #: The periodic duties (dead-session sweep, watchdog check, second-net orphan sweep),
     #: run every sweep interval by the service task (``tasks.run_duties``).
     duties: list[Duty] = field(default_factory=list)
+    #: The stop's last sweep, once the runtime closed (``tasks.sweep_left_behind``).
+    last_sweep: Duty | None = None
 
 
 def startup_probe_enabled() -> bool:

@@ -395,9 +395,9 @@ class AcpxRuntimeService:
                 )
             else:
                 self._health.set(ServiceHealth.REGISTERED)
-            self._watchdog, guard_duties = _guards.start_guards(  # orphan sweeps + watchdog
+            self._watchdog, guard_duties, running.last_sweep = _guards.start_guards(
                 nursery, background, prepared, logger, self._process_cleanup
-            )
+            )  # orphan sweeps + watchdog
             running.duties = [
                 functools.partial(sweep_once, runtime, logger, config.control_timeout_seconds),
                 *guard_duties,
@@ -500,6 +500,10 @@ class AcpxRuntimeService:
                 f"{format_seconds(self.stop_timeout_seconds)}s"
             )
         await self._close_runtime(running, logger)
+        if running.last_sweep is not None:  # what a close of ours could not prove gone
+            with trio.CancelScope(shield=True) as last:  # noqa: ASYNC912
+                last.deadline = trio.current_time() + self.stop_timeout_seconds
+                await running.last_sweep()
         await _guards.stop_guards(watchdog)  # the agents are closed: it may go now (kills nothing)
         with trio.CancelScope(shield=True) as join:  # noqa: ASYNC912
             join.deadline = trio.current_time() + self.stop_timeout_seconds

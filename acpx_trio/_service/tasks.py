@@ -16,6 +16,7 @@ import trio
 
 from acpx_trio._errors import collapse_group
 from acpx_trio._log import ServiceLogger
+from acpx_trio._process import held
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._process.watchdog import WatchdogHandle, register_watchdog
@@ -202,14 +203,15 @@ async def orphan_sweep_once(
 def start_guards(
     nursery: trio.Nursery, background: trio.Nursery, prepared: Any, log: ServiceLogger,
     deps: ProcessCleanupDeps | None,
-) -> tuple[WatchdogHandle, list[Duty]]:
+) -> tuple[WatchdogHandle, list[Duty], Duty]:
     """Issue #11's start-up hooks: the tag sweep for orphans whose lease is unknown or final,
     in ``background`` (only when the start-up reap did not run, the gateway id is not new,
     and the sweep memo cannot prove there is nothing to find: see
     :class:`~acpx_trio._service.prepare.SweepMemo`), and the owner-death watchdog,
     registered in the service ``nursery`` (so it outlives the runtime's close; its process
-    is spawned before the service's first agent).  Returns the watchdog and two periodic
-    duties for :func:`run_duties`: the watchdog check and the second-net orphan sweep."""
+    is spawned before the service's first agent).  Returns the watchdog, two periodic
+    duties for :func:`run_duties` (the watchdog check and the second-net orphan sweep), and
+    the stop's last sweep (:func:`sweep_left_behind`)."""
     store, gw = prepared.lease_store, prepared.gateway_instance_id
     grace = prepared.config.kill_grace_seconds
     memo: SweepMemo | None = prepared.sweep_memo
@@ -225,7 +227,23 @@ def start_guards(
     second_net = functools.partial(
         orphan_sweep_if_changed, gw, store, log, grace=grace, deps=deps,
         memo=memo or SweepMemo())
-    return watchdog, [watchdog.check, second_net]
+    last = functools.partial(sweep_left_behind, gw, store, log, grace=grace, deps=deps)
+    return watchdog, [watchdog.check, second_net], last
+
+
+async def sweep_left_behind(
+    gateway_instance_id: str, lease_store: Any, log: ServiceLogger,
+    *, grace: float, deps: ProcessCleanupDeps | None,
+) -> None:
+    """The service's stop, once its runtime closed: the leases a close of this process left
+    behind (:func:`~acpx_trio._process.held.left_behind`: it could not prove the tree gone)
+    are taken up now, not at the next start, which may never come.  No lease left behind:
+    nothing is read.  Logs, never raises (except :class:`trio.Cancelled`)."""
+    if not held.left_behind(gateway_instance_id):
+        await trio.lowlevel.checkpoint()
+        return
+    await orphan_sweep_once(gateway_instance_id, lease_store, log, grace=grace, deps=deps,
+                            open_leases=False)
 
 
 #: The fingerprint of a lease file that does not exist (no lease was ever written there).
@@ -240,11 +258,13 @@ async def orphan_sweep_if_changed(
     since the last clean sweep (:class:`SweepMemo`'s proof: otherwise nothing new can carry
     this gateway's tags).  It finds what a close could not see: a process that moved itself
     out of its leaf cgroup (it keeps its tags; its lease is final), or a tagged survivor
-    whose lease is final.  Live owners' processes and leaves are never touched."""
+    whose lease is final, or a close of ours that left a lease behind.  Live owners'
+    processes and leaves are never touched."""
     now = await trio.to_thread.run_sync(fingerprint, lease_store.path,
                                         abandon_on_cancel=True)  # a stat: read-only
     fp: object = _ABSENT if now is None else now
-    if memo.due(fp):
+    # a lease left behind since the last clean sweep may have been held (protected) by it
+    if memo.due(fp) or held.left_behind(gateway_instance_id):
         await orphan_sweep_once(gateway_instance_id, lease_store, log, grace=grace,
                                 deps=deps, lease_fp=fp, memo=memo, open_leases=False)
 

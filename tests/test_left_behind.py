@@ -1,0 +1,107 @@
+"""A close that could not prove its agent's tree gone leaves its lease ``closing``: this
+process's own service takes it up at its next periodic sweep and at its stop, instead of
+leaving the survivors to a next start that may never come.  Real agents (a tagged daemon
+left behind by the agent), through the public names; the close's proof is made to fail
+once (as when a scan keeps finding processes past its budget)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+from _proc_helpers import poll_until
+
+import acpx_trio._process.owned as owned_mod
+from acpx_trio import BackendRegistry, LeaseState, TextDeltaEvent, open_runtime_service
+from acpx_trio._process.leaf_end import LeafEnd
+from acpx_trio._process.reaper import CleanupResult
+from acpx_trio._store.leases import SyncLeaseStore
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def unproven_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every close's proof fails without signalling anything (the root, our child, is
+    still killed by the close itself)."""
+
+    async def leaf(leaf: str, grace: float, seconds: float) -> LeafEnd:
+        await trio.lowlevel.checkpoint()
+        return LeafEnd(emptied=False, left=[0])
+
+    async def tree(**kw: Any) -> CleanupResult:
+        await kw["before_signal"]()  # it signalled (nothing here), then ran out of time
+        return CleanupResult(unproven=True)
+
+    monkeypatch.setattr(owned_mod, "terminate_leaf", leaf)
+    monkeypatch.setattr(owned_mod, "cleanup_owned_process_tree", tree)
+
+
+async def _daemon(runtime: Any, handle: Any) -> int:
+    text = []
+    async for event in runtime.run_turn(handle=handle, text="/daemonize"):
+        if isinstance(event, TextDeltaEvent):
+            text.append(event.text)
+    found = re.search(r"daemon pid=(\d+)", "".join(text))
+    assert found, text
+    return int(found.group(1))
+
+
+def _states(state: Path) -> list[LeaseState]:
+    return [x.state for x in SyncLeaseStore(state / "acpx").list_all()]
+
+
+@pytest.mark.usefixtures("unproven_close")
+@pytest.mark.parametrize("containment", ["auto", "process-group"])
+async def test_the_stop_takes_up_what_a_close_left_behind(
+        tmp_path: Path, containment: str) -> None:
+    state = tmp_path / "state"
+    daemon = 0
+    try:
+        with trio.fail_after(60):
+            async with open_runtime_service(
+                workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry(),
+                plugin_config={"containment": containment},
+            ) as service:
+                runtime = service.require_runtime()
+                handle = await runtime.ensure_session(session_key="k", agent="mock")
+                daemon = await _daemon(runtime, handle)
+                await runtime.close(handle=handle, reason="test")
+                assert _alive(daemon)  # the close could not take it
+                assert _states(state) == [LeaseState.CLOSING]
+            assert not _alive(daemon)  # the stop did
+            assert _states(state) == [LeaseState.CLOSED]
+    finally:
+        if daemon and _alive(daemon):
+            psutil.Process(daemon).kill()
+
+
+@pytest.mark.usefixtures("unproven_close")
+async def test_the_periodic_sweep_takes_up_what_a_close_left_behind(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    daemon = 0
+    try:
+        with trio.fail_after(60):
+            async with open_runtime_service(
+                workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry(),
+                plugin_config={"sweepIntervalSeconds": 1},
+            ) as service:
+                runtime = service.require_runtime()
+                handle = await runtime.ensure_session(session_key="k", agent="mock")
+                daemon = await _daemon(runtime, handle)
+                await runtime.close(handle=handle, reason="test")
+                assert _alive(daemon)
+                await poll_until(lambda: not _alive(daemon), seconds=20)
+                await poll_until(lambda: _states(state) == [LeaseState.CLOSED], seconds=5)
+    finally:
+        if daemon and _alive(daemon):
+            psutil.Process(daemon).kill()
