@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import trio
-from _runtime_helpers import RuntimeEnv, processes_of_gateway
+from _runtime_helpers import MOCK, RuntimeEnv, processes_of_gateway
 
 from acpx_trio import (
     AcpConnectionClosedError,
@@ -315,3 +315,26 @@ async def test_a_service_cancelled_at_any_step_of_its_life_raises_only_cancelled
             k += LIFE_STRIDE
     assert k > 30 and gateways
     assert all(processes_of_gateway(g) == [] for g in gateways)
+
+
+@pytest.mark.parametrize("containment", MODES)
+async def test_a_close_whose_deadline_passes_while_it_runs_finishes_then_raises_cancelled(
+    env: RuntimeEnv, containment: str
+) -> None:
+    """Its deadline passing while it killed an agent that ignores SIGTERM and stdin EOF, a
+    close returned normally (20 of 20, an outside review), so the caller's code after it ran
+    inside a scope that had expired.  It finishes the close (agent gone, lease final), then
+    raises ``trio.Cancelled``."""
+    stubborn = {"command": MOCK[0], "args": [*MOCK[1:], "--ignore-sigterm",
+                                            "--ignore-stdin-eof"]}
+    with trio.fail_after(60):
+        async with env.runtime(containment=containment, killGraceSeconds=0.3,
+                               agents={"stubborn": stubborn}) as rt:
+            handle = await rt.ensure_session(session_key="k", agent="stubborn")
+            after = False
+            with trio.move_on_after(0.05) as scope:
+                await rt.close(handle=handle, reason="test")
+                after = True
+            assert scope.cancelled_caught and not after
+            assert processes_of_gateway(env.gateway_id) == []
+            assert await _open_leases(env.lease_store) == []

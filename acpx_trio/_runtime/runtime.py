@@ -289,7 +289,8 @@ class AcpxRuntime:
     ) -> None:
         """Kill the session's agent tree (lease closed) and mark its record closed; with
         ``discard_persistent_state`` the next ensure starts a new ACP session.  A running turn
-        ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent.
+        ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent.  Cancelled while it
+        runs, it finishes the close, then raises :class:`trio.Cancelled`.
         ``ACP_INVALID_RUNTIME_OPTION`` for a handle that is not one or a reason that is not
         text."""
         self._check_open()
@@ -309,6 +310,7 @@ class AcpxRuntime:
                     await self._retire(session, reason)
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
+        await trio.lowlevel.checkpoint_if_cancelled()  # the caller's cancel, once closed
 
     # ------------------------------------------------------------------ turns
 
