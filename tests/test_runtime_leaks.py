@@ -360,3 +360,13 @@ async def test_an_ensure_right_after_an_early_leave_gives_a_usable_session(
             assert again.agent_pid != handle.agent_pid
             assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
             assert (await run(rt, again, "hi"))[-1] == DoneEvent(stop_reason="end_turn")
+
+
+def test_check_gateway_leaks_refuses_an_empty_gateway_id_with_a_typed_error() -> None:
+    from acpx_trio import AcpxUsageError
+    from acpx_trio.testing import check_gateway_leaks
+
+    for bad in ("", "  ", None):
+        with pytest.raises(AcpxUsageError) as info:
+            check_gateway_leaks(bad)  # type: ignore[arg-type]
+        assert info.value.code == "ACPX_USAGE" and isinstance(info.value, ValueError)

@@ -246,3 +246,53 @@ async def test_arguments_are_checked_as_the_real_runtime_checks_them() -> None:
     assert stub.calls_to("run_turn")[-1].args["meta"] == {"traceparent": "t"}
     with pytest.raises(TypeError, match="push_script"):
         stub.push_script([TextDeltaEvent(text="x")])  # type: ignore[arg-type]
+
+
+async def test_every_handle_and_text_argument_is_checked_as_the_real_runtime_checks_it() -> None:
+    """``cancel``, ``close``, ``get_status``, ``set_mode``, ``set_config_option`` and
+    ``get_capabilities`` given something that is not a handle raised a raw
+    ``AttributeError`` (a second outside review): ``ACP_INVALID_RUNTIME_OPTION`` now, as
+    from the real runtime, and so for a reason, mode, key or value that is not text."""
+    stub = StubRuntime()
+    handle = await stub.ensure_session(session_key="k", agent="mock")
+    calls = [
+        lambda: stub.cancel(handle="x"),  # type: ignore[arg-type]
+        lambda: stub.close(handle="x"),  # type: ignore[arg-type]
+        lambda: stub.get_status(handle="x"),  # type: ignore[arg-type]
+        lambda: stub.set_mode(handle="x", mode="plan"),  # type: ignore[arg-type]
+        lambda: stub.set_config_option(handle="x", key="k", value="v"),  # type: ignore[arg-type]
+        lambda: stub.get_capabilities(handle="x"),  # type: ignore[arg-type]
+        lambda: stub.cancel(handle=handle, reason=3),  # type: ignore[arg-type]
+        lambda: stub.close(handle=handle, reason=None),  # type: ignore[arg-type]
+        lambda: stub.set_mode(handle=handle, mode=None),  # type: ignore[arg-type]
+        lambda: stub.set_config_option(handle=handle, key=1, value="v"),  # type: ignore[arg-type]
+        lambda: stub.set_config_option(handle=handle, key="k", value=2),  # type: ignore[arg-type]
+    ]
+    for index, call in enumerate(calls):
+        with pytest.raises(AcpRuntimeError) as info:
+            await call()
+        assert info.value.code == "ACP_INVALID_RUNTIME_OPTION", index
+    assert (await stub.get_status(handle=handle)).alive  # untouched
+
+
+async def test_cancel_with_the_handle_of_an_earlier_session_leaves_the_new_turn_alone() -> None:
+    """The real runtime's ``cancel`` leaves a session of the same key that replaced the
+    handle's alone; the stub cancelled its turn (a second outside review)."""
+    stub = StubRuntime(script=[Hang()])
+    old = await stub.ensure_session(session_key="k", agent="mock")
+    await stub.close(handle=old, discard_persistent_state=True)
+    new = await stub.ensure_session(session_key="k", agent="mock")
+    assert new.backend_session_id != old.backend_session_id
+    async with trio.open_nursery() as nursery:
+        ends: list[object] = []
+
+        async def turn() -> None:
+            ends.extend(await collect(stub, new, "hi"))
+
+        nursery.start_soon(turn)
+        await trio.testing.wait_all_tasks_blocked()
+        await stub.cancel(handle=old)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ends == []  # still running
+        await stub.cancel(handle=new)
+    assert ends[-1] == DoneEvent(stop_reason="cancelled")

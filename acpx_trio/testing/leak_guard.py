@@ -23,6 +23,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
+from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.identity import ProcessInfo, same_process, snapshot_processes
 from acpx_trio._process.reaper import reap_stale_orphans
 
@@ -148,9 +149,11 @@ def check_gateway_leaks(
     reported, and killed through :func:`acpx_trio.reap_stale_orphans` (fail closed: a process
     it cannot prove is ours stays alive and is reported with the reason).  Never touches a
     process of another gateway id.  Blocking: from Trio, call it through
-    ``trio.to_thread.run_sync``.  Raises ``ValueError`` for an empty gateway id."""
-    if not gateway_instance_id or not gateway_instance_id.strip():
-        raise ValueError("gateway_instance_id must be a non-empty string")
+    ``trio.to_thread.run_sync``.  Raises :class:`~acpx_trio.AcpxUsageError` (a
+    ``ValueError``) for a gateway id that is not a non-empty string."""
+    if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
+        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
+                             "must be a non-empty string")
     found = live_processes_of_gateway(gateway_instance_id)
     if not found:
         return LeakReport(gateway_instance_id=gateway_instance_id)

@@ -47,6 +47,7 @@ from acpx_trio._runtime.arguments import (
     checked_meta,
     handle_arg,
     optional_text_arg,
+    text_arg,
     turn_args,
     validate_ensure_args,
 )
@@ -382,10 +383,14 @@ class StubRuntime:
         return DoneEvent(stop_reason="cancelled")
 
     async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None:
-        """End the session's running turn with ``DoneEvent("cancelled")``; no-op when idle."""
+        """End the session's running turn with ``DoneEvent("cancelled")``; no-op when idle
+        or when ``handle`` names an earlier session of that key (as the real one)."""
+        handle = handle_arg(handle)
+        reason = optional_text_arg("reason", reason)
         await self._enter("cancel", handle.session_key, reason=reason)
         session = self._sessions.get(handle.session_key)
-        if session is not None and session.turn_running:
+        if (session is not None and session.turn_running
+                and session.handle.backend_session_id == handle.backend_session_id):
             session.cancel.set()
 
     async def close(
@@ -396,6 +401,8 @@ class StubRuntime:
         discard_persistent_state: bool = False,
     ) -> None:
         """Forget the session (a running turn ends cancelled).  Unknown sessions: no-op."""
+        handle = handle_arg(handle)
+        reason = text_arg("reason", reason)
         await self._enter(
             "close", handle.session_key, reason=reason,
             discard_persistent_state=discard_persistent_state,
@@ -409,12 +416,15 @@ class StubRuntime:
     async def get_capabilities(
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
+        if handle is not None:
+            handle = handle_arg(handle)
         await self._enter("get_capabilities", handle.session_key if handle else None)
         return self._capabilities
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
         """``summary`` is ``"running"`` during a turn, ``"idle"`` otherwise, ``"dead"`` after
         :meth:`kill_session`, ``"closed"`` for an unknown session (``alive=False``)."""
+        handle = handle_arg(handle)
         await self._enter("get_status", handle.session_key)
         session = self._sessions.get(handle.session_key)
         if session is None or session.handle.backend_session_id != handle.backend_session_id:
@@ -429,12 +439,18 @@ class StubRuntime:
         )
 
     async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
+        handle = handle_arg(handle)
+        mode = text_arg("mode", mode)
         await self._enter("set_mode", handle.session_key, mode=mode)
         self._require(handle).mode = mode
 
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
+        handle = handle_arg(handle)
+        key = text_arg("key", key)
+        if not isinstance(value, bool):
+            value = text_arg("value", value)
         await self._enter("set_config_option", handle.session_key, key=key, value=value)
         self._require(handle).options[key] = value
 
