@@ -6,6 +6,7 @@ messages are meant for people and say what to do next.
 
 from __future__ import annotations
 
+import os
 import re
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ __all__ = [
     "StateFileError",
     "StreamRedactor",
     "collapse_group",
+    "environment_credentials",
     "is_body_exception",
     "number_holds_secret",
     "redact",
@@ -77,6 +79,13 @@ REDACTED = "[redacted]"
 CREDENTIAL_NAME = re.compile(
     r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^ACPX_AUTH_|AUTHORIZATION|COOKIE)",
     re.IGNORECASE)
+
+
+def environment_credentials(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of the environment variables whose names look like credentials
+    (:data:`CREDENTIAL_NAME`), of ``environ`` or this process's environment."""
+    env = os.environ if environ is None else environ
+    return [v for k, v in env.items() if CREDENTIAL_NAME.search(k)]
 
 
 def _known(secrets: Iterable[str]) -> tuple[str, ...]:

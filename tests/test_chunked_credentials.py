@@ -398,3 +398,51 @@ def test_error_data_and_messages_follow_the_same_digit_rule() -> None:
     assert redact(f"limit hit at {float(LONG_DIGITS)!r}", [LONG_DIGITS]) == REDACTED
     assert redact("7.38201945563e11 requests", [short]) == REDACTED
     assert redact("nothing here: 1.5", [short]) == "nothing here: 1.5"
+
+
+@given(st.integers(1, len(SECRET) - 1),
+       st.sampled_from(["tool_call", "plan", "request", "thought"]))
+def test_no_other_message_between_its_halves_lets_a_transcript_keep_a_credential(
+        cut: int, between: str) -> None:
+    """A credential streamed in two chunks with a tool call (or a plan, or a request of the
+    agent) between them: the transcript stored both halves as they came, and the history
+    (its chunks joined) showed the key whole (15 of 15 cuts, an outside review).  The
+    live events were right: the turn holds a possible start of a credential to its end."""
+    import tempfile
+
+    import trio
+
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    def update(body: str) -> str:
+        return ('{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s",'
+                f'"update":{body}}}}}')
+
+    def chunk(text: str, kind: str = "agent_message_chunk") -> str:
+        return update(f'{{"sessionUpdate":"{kind}","content":{{"type":"text","text":"{text}"}}}}')
+
+    middle = {
+        "tool_call": update('{"sessionUpdate":"tool_call","toolCallId":"t","title":"x"}'),
+        "plan": update('{"sessionUpdate":"plan","entries":[]}'),
+        "request": '{"jsonrpc":"2.0","id":9,"method":"fs/read_text_file","params":'
+                   '{"sessionId":"s","path":"/f"}}',
+        "thought": chunk("hmm", "agent_thought_chunk"),
+    }[between]
+    lines = [chunk("A" + SECRET[:cut]), middle, chunk(SECRET[cut:] + "B"),
+             '{"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn"}}']
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.ndjson"
+
+        async def write() -> None:
+            writer = TranscriptWriter(path, credentials=[SECRET])
+            for line in lines:
+                writer.on_message("in", line.encode())
+            await writer.aclose()
+
+        trio.run(write)
+        entries = [json.loads(x)["m"] for x in path.read_text().splitlines()]
+    texts = [e["params"]["update"]["content"]["text"] for e in entries
+             if e.get("method") == "session/update"
+             and e["params"]["update"]["sessionUpdate"] == "agent_message_chunk"]
+    assert SECRET not in "".join(texts) and "".join(texts) == f"A{REDACTED}B", texts
+    assert "result" in entries[-1]  # the held tail was stored before the turn's answer

@@ -39,9 +39,11 @@ def _lease_states(state_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _tagged_sleeper(lease_id: str, gateway: str) -> Iterator[subprocess.Popen[bytes]]:
+def _tagged_sleeper(lease_id: str, gateway: str,
+                    argv: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     env = cli_env(lease_env(lease_id, gateway))
-    proc = subprocess.Popen([sys.executable, "-c", SLEEPER], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv or [sys.executable, "-c", SLEEPER], env=env,
+                            executable=sys.executable, stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         assert proc.stdout is not None
@@ -152,3 +154,32 @@ def test_reap_dry_run_on_fresh_state_dir_creates_nothing(tmp_path: Path) -> None
     done = run_cli("reap", "--dry-run", state_dir=state)
     assert done.returncode == 0 and "nothing would be reaped" in done.stdout
     assert not state.exists() or not any(state.iterdir())
+
+
+def test_reap_never_shows_a_credential_of_the_command_line(tmp_path: Path) -> None:
+    """``reap`` and ``reap --dry-run`` printed an orphan's command line as it was, a
+    credential passed as an argument included (3 of 3, an outside review); the session
+    record and ``agents`` redacted it.  Now redacted (before the line is cut to fit)."""
+    secret = "Zq9sEcReTvAlUe77"
+    gw = resolve_gateway_instance_id_sync(tmp_path)
+    store = SyncLeaseStore(tmp_path / "acpx")
+    closed = new_lease(gateway_instance_id=gw, session_key="s", wrapper_root=tmp_path,
+                       command=["agent"])
+    store.save(closed)
+    store.mark_state(closed.lease_id, LeaseState.CLOSED)
+    # argv[0] "py": the line's length does not depend on where Python is; the secret
+    # starts at character 85 and straddles the cut at 97 ("[redacted]" fits before it)
+    head = f"py -c {SLEEPER} --key "
+    argv = ["py", "-c", SLEEPER, "x" * (85 - len(head) - 1), "--key", secret]
+    env = {"MY_API_KEY": secret}
+    try:
+        with _tagged_sleeper(closed.lease_id, gw, argv) as orphan:
+            for args in (("reap", "--dry-run"), ("reap", "--dry-run", "--json")):
+                done = run_cli(*args, state_dir=tmp_path, env=env)
+                assert done.returncode == 0, done.stderr
+                assert secret[:4] not in done.stdout and "[redacted]" in done.stdout, done.stdout
+            done = run_cli("reap", "--json", state_dir=tmp_path, env=env)
+            assert [r["pid"] for r in _rows(done) if r["action"] == "terminated"] == [orphan.pid]
+            assert secret[:4] not in done.stdout and "[redacted]" in done.stdout
+    finally:
+        kill_gateway_processes(tmp_path)

@@ -36,7 +36,7 @@ from typing import Protocol
 import msgspec
 import trio
 
-from acpx_trio._errors import AcpxUsageError
+from acpx_trio._errors import AcpxUsageError, environment_credentials, redact_argv
 from acpx_trio._process import held
 from acpx_trio._process.cgroup import (
     leaf_members,
@@ -265,10 +265,12 @@ class _LeaseSource(Protocol):
     ) -> dict[str, ProcessLease]: ...
 
 
-def _cmd(p: ProcessInfo | None) -> str | None:
+def _cmd(p: ProcessInfo | None, secrets: Collection[str] = ()) -> str | None:
+    """The command line a report shows: credentials redacted (known ones and unmistakable
+    shapes) before it is cut to 100 characters (a cut must not leave part of one)."""
     if p is None or not p.cmdline:
         return None
-    text = " ".join(p.cmdline)
+    text = " ".join(redact_argv(p.cmdline, secrets))
     return text if len(text) <= 100 else text[:97] + "..."
 
 
@@ -381,6 +383,7 @@ async def reap_gateway(
     steps: Sequence[ReapStep] = DEFAULT_STEPS,
     lease_dir: str | None = None,
     open_leases: bool = True,
+    secrets: Collection[str] | None = None,
 ) -> GatewayReapReport:
     """Reap what dead owners of ``gateway_instance_id`` left behind (see the module
     docstring) and report every action with its reason.
@@ -393,7 +396,9 @@ async def reap_gateway(
     (:func:`~acpx_trio._process.held.left_behind`), every other open lease protected: the
     periodic sweep of a live service, whose own leases name this very process, and its
     stop.  Processes of other gateway ids, of live owners, or not proven ours are never
-    signalled.
+    signalled.  ``secrets``: credentials redacted from the command lines the report shows
+    (``None``: those of this process's environment, see
+    :func:`~acpx_trio._errors.environment_credentials`; unmistakable shapes always).
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the
     next call reaps them again.  Cancellation once a signal went out: see
@@ -402,6 +407,7 @@ async def reap_gateway(
     if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
         raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
                              "must be a non-empty string")
+    known = tuple(environment_credentials() if secrets is None else secrets)
     seen_procs: dict[int, ProcessInfo] = {}
     seen_leases: dict[str, ProcessLease] = {}
     open_now: set[str] = set()  # open/closing lease ids read after the latest snapshot
@@ -471,7 +477,7 @@ async def reap_gateway(
     actions: list[ReapAction] = []
     if dry_run:
         first = plan(table, ())
-        actions = _dry_actions(first, to_reap, left_alone, table, seen_leases)
+        actions = _dry_actions(first, to_reap, left_alone, table, seen_leases, known)
         for step in steps:
             actions += await step(ReapStepRequest(
                 gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=True,
@@ -499,16 +505,16 @@ async def reap_gateway(
     for p in out.terminated:
         actions.append(ReapAction(action="terminated", pid=p.pid, lease_id=p.lease_id,
                                   reason=_why(p, seen_leases.get(p.lease_id or "")),
-                                  command=_cmd(p)))
+                                  command=_cmd(p, known)))
     for p in out.survived:
         actions.append(ReapAction(action="survived", pid=p.pid, lease_id=p.lease_id,
                                   reason="still alive after SIGKILL; retried on the next reap",
-                                  command=_cmd(p)))
+                                  command=_cmd(p, known)))
     for pid, reason in sorted(out.skipped.items()):
         info = seen_procs.get(pid)
         if info is not None and info.gateway_instance_id == gateway_instance_id:
             actions.append(ReapAction(action="skipped", pid=pid, reason=reason,
-                                      lease_id=info.lease_id, command=_cmd(info)))
+                                      lease_id=info.lease_id, command=_cmd(info, known)))
     for lease_id, state in final.items():
         actions.append(ReapAction(
             action="lease-closed" if state is LeaseState.CLOSED else "lease-lost",
@@ -545,7 +551,7 @@ def _left_alone_reason(reason: str, lease: ProcessLease | None) -> str:
 
 def _dry_actions(
     first: Plan, doomed: Sequence[ProcessLease], left_alone: dict[str, str],
-    table: Sequence[ProcessInfo], leases: dict[str, ProcessLease],
+    table: Sequence[ProcessInfo], leases: dict[str, ProcessLease], secrets: Collection[str],
 ) -> list[ReapAction]:
     by_pid = {p.pid: p for p in table}
     rows: list[ReapAction] = []
@@ -553,14 +559,16 @@ def _dry_actions(
     for p in first.targets:
         targeted.add(p.pid)
         rows.append(ReapAction(action="would-terminate", pid=p.pid, lease_id=p.lease_id,
-                               reason=_why(p, leases.get(p.lease_id or "")), command=_cmd(p)))
+                               reason=_why(p, leases.get(p.lease_id or "")),
+                               command=_cmd(p, secrets)))
     live = {k for k, v in left_alone.items() if v == OWNER_ALIVE}
     for pid, reason in sorted(first.skipped.items()):
         info = by_pid.get(pid)
         if info is not None and info.lease_id in live:
             continue  # listed below, with its lease
         rows.append(ReapAction(action="skipped", pid=pid, reason=reason,
-                               lease_id=info.lease_id if info else None, command=_cmd(info)))
+                               lease_id=info.lease_id if info else None,
+                               command=_cmd(info, secrets)))
     for lease in doomed:
         has = any(p.lease_id == lease.lease_id for p in first.targets)
         root = first.root_reasons.get(lease.lease_id)
@@ -576,5 +584,5 @@ def _dry_actions(
             for p in table:
                 if p.lease_id == lease_id and not p.zombie and p.pid not in targeted:
                     rows.append(ReapAction(action="skipped", pid=p.pid, lease_id=lease_id,
-                                           reason=OWNER_ALIVE, command=_cmd(p)))
+                                           reason=OWNER_ALIVE, command=_cmd(p, secrets)))
     return rows

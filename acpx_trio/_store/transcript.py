@@ -16,8 +16,10 @@ Guarantees:
   ``agent_thought_chunk`` texts are redacted as one text per kind
   (:class:`~acpx_trio._errors.StreamRedactor`), so no concatenation of stored chunks holds a
   credential, whole or split.  A chunk's tail that could start a credential is moved to the
-  next chunk of its kind, or stored as a chunk of its own (same envelope) before the next
-  other message; only chunk boundaries move, never text.
+  next chunk of its kind (across any other message between them: a tool call, a plan, a
+  request of the agent), or stored as a chunk of its own (same envelope) before the next
+  answer of the agent (the prompt's: the turn's end) or at the close; only chunk
+  boundaries move, never text.
 * Files are 0600, created without following symlinks; the directory is 0700.
 * :meth:`TranscriptWriter.on_chunk` (the agent's stream tap) only appends to a memory buffer;
   redaction, encoding and writing happen in :meth:`TranscriptWriter.flush`'s worker thread
@@ -39,11 +41,11 @@ import msgspec
 import trio
 
 from acpx_trio._errors import (
-    CREDENTIAL_NAME,
     MIN_SECRET_LENGTH,
     RawSecrets,
     StateFileError,
     StreamRedactor,
+    environment_credentials,
     replace_secrets,
 )
 from acpx_trio._errors import REDACTED as _REDACTED
@@ -115,9 +117,8 @@ def known_credentials(auth: Mapping[str, str] | None = None,
     """Credential values to redact: config ``auth`` values, the values of environment
     variables whose names look like credentials (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ...)
     and the credentials configured for MCP servers (:meth:`McpServerConfig.credentials`)."""
-    env = os.environ if environ is None else environ
     found = {v for v in (auth or {}).values() if isinstance(v, str)}
-    found.update(v for k, v in env.items() if CREDENTIAL_NAME.search(k))
+    found.update(environment_credentials(environ))
     found.update(v for server in mcp_servers for v in server.credentials())
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
@@ -221,7 +222,11 @@ class TranscriptWriter:
                 if chunk is not None:  # redacted as one text with the chunks before it
                     self._chunk(buf, t, raw, msg, chunk, replay)
                     return
-            self._release_held(buf, t)  # another message: a held tail is no credential
+            if head is not None and head.method is None:
+                # an answer (the prompt's: the turn is over): a held tail is no credential.
+                # Not at any other message: a reader joins the chunks of a kind across a
+                # tool call, a plan or a request of the agent, as the turn's events do
+                self._release_held(buf, t)
         if self._raw_secrets and self._may_hold_secret(raw):
             raw = _encoder.encode(replace_secrets(msgspec.json.decode(raw), self._secrets))
         self._entry(buf, t, direction, raw, replay)
