@@ -148,3 +148,58 @@ def test_read_private_file_reads_a_regular_file(tmp_path: Path) -> None:
         read_private_file(path, 99)
     with pytest.raises(FileNotFoundError):
         read_private_file(tmp_path / "missing", 10)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "huge"])
+async def test_transcript_file(tmp_path: Path, kind: str) -> None:
+    """``sessions history`` on a transcript that was a symlink, a FIFO or a directory said
+    "no recorded turns" and exited 0 (an outside review): the user was told a session had no
+    history when its file was unsafe.  A typed refusal naming the file now."""
+    from acpx_trio._store.transcript import read_transcript, transcript_path
+
+    from acpx_trio._store.sessions import SessionRecord
+
+    state = tmp_path / "state"
+    sessions = state / "acpx" / "sessions"
+    SyncSessionStore(sessions).save(SessionRecord(session_key="my-session", agent="mock"))
+    path = transcript_path(sessions, "my-session")
+    target = make_hostile(path, kind, huge_bytes=0)
+    with pytest.raises(StateFileError, match=str(path)):
+        await no_hang(lambda: list(read_transcript(path)))
+    cli = await no_hang(lambda: run_cli("sessions", "history", "my-session", state_dir=state))
+    assert cli.returncode != 0 and str(path) in cli.stderr  # type: ignore[attr-defined]
+    assert "no recorded turns" not in cli.stdout  # type: ignore[attr-defined]
+    if target is not None:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+async def test_files_we_append_to_are_made_private_again(tmp_path: Path) -> None:
+    """A transcript, the lease change log and the lock files, loosened to 0666 by someone,
+    stayed 0666 through our appends (an outside review): files replaced whole went back to
+    0600, these did not."""
+    from acpx_trio._store.flock import open_lock_file
+    from acpx_trio._store.lease_model import new_lease
+    from acpx_trio._store.transcript import TranscriptWriter
+
+    state = tmp_path / "state"
+    store = SyncLeaseStore(state / "acpx")
+    for key in ("a", "b"):  # the second save appends to the change log
+        store.save(new_lease(gateway_instance_id="gw", session_key=key, command=["x"],
+                             wrapper_root=str(state / "acpx")))
+    changes = [p for p in (state / "acpx").iterdir() if p.name.endswith((".changes", ".lock"))]
+    transcript = state / "t.ndjson"
+    lock = state / "x.lock"
+    transcript.write_text("")
+    lock.write_text("")
+    for path in [*changes, transcript, lock]:
+        os.chmod(path, 0o666)
+    writer = TranscriptWriter(transcript)
+    writer.on_message("in", b'{"jsonrpc":"2.0","method":"x"}')
+    await writer.aclose()
+    os.close(open_lock_file(lock))
+    SyncLeaseStore(state / "acpx").save(new_lease(
+        gateway_instance_id="gw", session_key="c", command=["x"],
+        wrapper_root=str(state / "acpx")))
+    assert len(changes) == 2, changes
+    for path in [*changes, transcript, lock]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from acpx_trio._store.fsio import FILE_MODE
+from acpx_trio._store.fsio import FILE_MODE, tighten
 
 __all__ = [
     "LockWaiter",
@@ -28,8 +29,17 @@ __all__ = [
 
 
 def open_lock_file(lock_path: Path) -> int:
-    """Open (creating 0600, never following a symlink) the lock file; returns the fd."""
-    return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    """Open (creating 0600, never following a symlink; a regular file of ours looser than
+    0600 is made 0600) the lock file; returns the fd."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            tighten(fd, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def try_flock(fd: int) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "open_private_file",
     "quarantine",
     "read_private_file",
+    "tighten",
     "unusable_dir",
 ]
 
@@ -289,8 +290,9 @@ def open_private_file(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.sta
     us: a read waits for no writer, a write for no reader), then ``fstat``-checked: a
     directory, FIFO, device or socket, or a file of another user raises
     :class:`~acpx_trio.StateFileError` naming the path and the fix (the descriptor closed);
-    never a hang.  A missing file (without ``O_CREAT``) raises ``FileNotFoundError``; other
-    ``OSError``s propagate.  The one opener of the state files we append to or read whole."""
+    never a hang.  Opened for writing, a file looser than 0600 is made 0600.  A missing file
+    (without ``O_CREAT``) raises ``FileNotFoundError``; other ``OSError``s propagate.  The
+    one opener of the state files we append to or read whole."""
     where = str(path)
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
@@ -313,10 +315,21 @@ def open_private_file(path: Path, flags: int = os.O_RDONLY) -> tuple[int, os.sta
                 where, f"belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})",
                 "check who wrote it, then chown it to the gateway's user or remove it",
             )
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            st = tighten(fd, st)
     except BaseException:
         os.close(fd)
         raise
     return fd, st
+
+
+def tighten(fd: int, st: os.stat_result) -> os.stat_result:
+    """Make the open file ``fd`` (``st`` its ``fstat``) 0600 if it is looser (a file we
+    write to never stays readable by others, whoever loosened it); its ``fstat`` after."""
+    if stat.S_IMODE(st.st_mode) == FILE_MODE:
+        return st
+    os.fchmod(fd, FILE_MODE)
+    return os.fstat(fd)
 
 
 def read_private_file(path: Path, max_bytes: int) -> bytes:

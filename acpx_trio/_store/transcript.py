@@ -357,17 +357,20 @@ def _files_oldest_first(path: Path) -> list[Path]:
     rotated = sorted(path.parent.glob(f"{path.name}.*"),
                      key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1,
                      reverse=True)
-    return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
+    here = [path] if os.path.lexists(path) else []  # a dangling link is refused, not missed
+    return [p for p in rotated if p.suffix[1:].isdigit()] + here
 
 
 def read_transcript(path: Path) -> Iterator[TranscriptEntry]:
     """Every readable entry of the transcript at ``path`` (rotated files first), oldest first.
-    Unreadable lines (a torn last write) are skipped, and so is a file that is not a regular
-    file of ours (a FIFO is never waited on).  Blocking."""
+    Unreadable lines (a torn last write) are skipped.  A file in its place that is not a
+    regular file of ours (a symlink, a FIFO, a directory) raises
+    :class:`~acpx_trio.StateFileError` naming it and the fix, never read through, never
+    waited on; a file rotated away meanwhile is skipped.  Blocking."""
     for file in _files_oldest_first(path):
         try:
             fd, _st = open_private_file(file)
-        except (OSError, StateFileError):
+        except FileNotFoundError:
             continue
         with os.fdopen(fd, "rb") as fh:
             for line in fh:
