@@ -324,3 +324,42 @@ def test_every_commented_starter_value_is_the_default(tmp_path: Path) -> None:
             assert (value, type(value) is bool) == (default, type(default) is bool), (
                 f"starter says {key} = {value!r}; the default is {default!r}")
     assert {"permissionMode", "timeoutSeconds", "fs", "queueOwnerTtlSeconds"} <= set(checked)
+
+
+@pytest.mark.parametrize("argv", [
+    ["exec", "ab\udcffcd"],
+    ["sessions", "show", "k\udcff"],
+    ["sessions", "history", "k\udcff"],
+    ["status", "--session", "k\udcff"],
+    ["set-mode", "p\udcff", "--session", "u"],
+    ["exec", "--cwd", "/tmp/d\udcff", "hi"],
+    ["--state-dir", "/tmp/s\udcff", "exec", "hi"],
+])
+def test_an_argument_that_is_no_utf8_is_refused_in_one_line(
+        tmp_path: Path, argv: list[str]) -> None:
+    """A byte the shell passed through (``$'\\xff'``) in the text, a key, a mode, a path:
+    a raw ``UnicodeEncodeError`` traceback, exit 1, in 15 commands (an outside review).
+    Refused before anything starts now, in one line naming the argument, exit 2."""
+    done = run_cli(*argv, state_dir=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "not UTF-8" in done.stderr and "\\xff" in done.stderr
+
+
+def test_a_credential_variable_whose_name_is_no_utf8_breaks_no_warm_prompt(
+        tmp_path: Path) -> None:
+    """Its name went into the owner's wire frame unchecked: every warm prompt from that shell
+    crashed with a traceback."""
+    from _warm_helpers import owner_info, wait_gone
+
+    env = {"X_TOKEN\udcff": "1"}
+    try:
+        done = run_cli("prompt", "--session", "u", "hi", state_dir=tmp_path, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        again = run_cli("prompt", "--session", "u", "again", state_dir=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr
+    finally:
+        info = owner_info(tmp_path)
+        if info is not None:
+            run_cli("sessions", "close", "u", state_dir=tmp_path)
+            wait_gone(info["pid"])

@@ -155,9 +155,8 @@ async def test_transcript_file(tmp_path: Path, kind: str) -> None:
     """``sessions history`` on a transcript that was a symlink, a FIFO or a directory said
     "no recorded turns" and exited 0 (an outside review): the user was told a session had no
     history when its file was unsafe.  A typed refusal naming the file now."""
-    from acpx_trio._store.transcript import read_transcript, transcript_path
-
     from acpx_trio._store.sessions import SessionRecord
+    from acpx_trio._store.transcript import read_transcript, transcript_path
 
     state = tmp_path / "state"
     sessions = state / "acpx" / "sessions"

@@ -32,6 +32,7 @@ from acpx_trio._cli.options import (
     UsageError,
     default_state_dir,
     resolve_options,
+    utf8_text,
 )
 from acpx_trio._cli.text import first_line, printable
 from acpx_trio._errors import AcpRuntimeError, AcpxError, ConfigError
@@ -251,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hold_interrupts()
     try:
         try:
+            for arg in sys.argv[1:] if argv is None else argv:
+                utf8_text("argument", arg)
             ns = build_parser().parse_args(argv)
             verbose = bool(getattr(ns, "verbose", False))
             logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

@@ -62,9 +62,23 @@ class UsageError(Exception):
     """A usage error detected after argument parsing (exit 2)."""
 
 
+def utf8_text(what: str, value: str) -> str:
+    """``value`` if it is UTF-8 text; else :class:`UsageError` naming ``what`` and showing
+    the bytes.  The owner's wire, the state files and the agent's JSON carry nothing else:
+    a byte the shell passed through (``$'\\xff'``) is refused here, in one line, never a
+    traceback later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape")
+        raise UsageError(f"{what} {shown!r} is not UTF-8 text: acpx-trio takes UTF-8 "
+                         "text, keys and paths") from None
+    return value
+
+
 def default_state_dir() -> Path:
     """``$ACPX_TRIO_STATE_DIR``, else the platform's per-user state dir for ``acpx-trio``."""
-    env = os.environ.get(STATE_DIR_ENV, "").strip()
+    env = utf8_text(f"${STATE_DIR_ENV}", os.environ.get(STATE_DIR_ENV, "")).strip()
     if env:
         return Path(env)
     import platformdirs  # only here: it costs a few ms at start-up

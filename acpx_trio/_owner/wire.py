@@ -384,8 +384,15 @@ def credential_env_digests(environ: Mapping[str, str],
     methods, see :attr:`OwnerLaunch.credential_names`).  Values never leave this function."""
     wanted = {n for n in environ if CREDENTIAL_NAME.search(n)}
     wanted.update(n for n in names if n in environ)
-    return {n: hashlib.sha256(b"acpx-trio-env\0" + environ[n].encode("utf-8", "surrogateescape"))
-            .hexdigest() for n in sorted(wanted)}
+    return {_wire_name(n): hashlib.sha256(
+        b"acpx-trio-env\0" + environ[n].encode("utf-8", "surrogateescape")).hexdigest()
+        for n in sorted(wanted)}
+
+
+def _wire_name(name: str) -> str:
+    """A variable name as the wire carries it: a name that is no UTF-8 (bytes the
+    environment passed through) with those bytes written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def credential_env_mismatch(environ: Mapping[str, str], names: Iterable[str],
