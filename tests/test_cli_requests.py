@@ -34,18 +34,21 @@ def _no_owner(state: Path) -> None:
     (["prompt", "--session", "  ", "hi"], "--session"),
     (["prompt", "--session", LONG_KEY, "hi"], "--session"),
     (["prompt", "--session", "k", "--model", "", "hi"], "--model"),
+    (["prompt", "--model", " ", "hi"], "--model"),
+    (["exec", "--model", "", "hi"], "--model"),
     (["set", "model", "", "--session", "k"], "VALUE"),
     (["set", "", "v", "--session", "k"], "KEY"),
     (["set-mode", "", "--session", "k"], "MODE"),
     (["cancel", "--session", ""], "--session"),
     (["status", "--session", LONG_KEY], "--session"),
-], ids=["empty-key", "blank-key", "long-key", "empty-model", "empty-value", "empty-key-name",
+], ids=["empty-key", "blank-key", "long-key", "empty-model", "blank-model-in-process",
+        "empty-model-exec", "empty-value", "empty-key-name",
         "empty-mode", "cancel-empty-key", "status-long-key"])
 def test_a_request_the_owner_would_refuse_is_a_usage_error_and_starts_no_owner(
     tmp_path: Path, args: list[str], option: str,
 ) -> None:
-    done = run_cli(*args, "--agent-command", MOCK, state_dir=tmp_path) if args[0] == "prompt" \
-        else run_cli(*args, state_dir=tmp_path)
+    done = run_cli(*args, "--agent-command", MOCK, "-v", state_dir=tmp_path) \
+        if args[0] in ("prompt", "exec") else run_cli(*args, state_dir=tmp_path)
     _one_line_error(done, f"acpx-trio: {option}: ")
     _no_owner(tmp_path)
 

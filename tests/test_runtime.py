@@ -188,6 +188,8 @@ async def test_status_events_for_mode_updates(env: RuntimeEnv) -> None:
             with pytest.raises(AcpRuntimeError) as info:
                 await rt.set_mode(handle=handle, mode="bogus")
             assert info.value.code == "ACP_INVALID_RUNTIME_OPTION"
+            # the choices, as for a config option (the agent's own error named none)
+            assert "offers: default, plan, yolo" in info.value.message, info.value.message
             await rt.set_config_option(handle=handle, key="model", value="mock-large")
             with pytest.raises(AcpRuntimeError) as info:
                 await rt.set_config_option(handle=handle, key="nope", value="x")

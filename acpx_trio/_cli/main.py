@@ -226,13 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_warm_only(ns: argparse.Namespace) -> None:
     """``--ttl`` and ``--no-wait`` say how the warm owner keeps a session: without
-    ``--session`` there is none, so they are a :class:`UsageError`, not silently ignored."""
+    ``--session`` there is none, so they are a :class:`UsageError`, not silently ignored;
+    an empty ``--model`` is refused here on every path, before any agent starts."""
     if ns.command == "prompt" and ns.session is None:
         given = [name for name, on in (("--ttl", ns.ttl is not None), ("--no-wait", ns.no_wait))
                  if on]
         if given:
             raise UsageError(f"{' and '.join(given)} {'need' if len(given) > 1 else 'needs'} "
                              "--session KEY (the warm owner keeps a session only by its key)")
+    model = getattr(ns, "model", None)
+    if model is not None and not model.strip():  # every path, before any agent starts
+        raise UsageError("--model: must name a model (it is empty)")
 
 
 def _leaf(exc: BaseException) -> BaseException:
