@@ -173,3 +173,15 @@ def test_a_stored_session_whose_key_no_warm_owner_carries_is_shown_and_closed(
         assert "--session:" not in done.stderr and "Expected" not in done.stderr
     shown = run_cli("sessions", "show", LONG_KEY, "--json", state_dir=state)
     assert json.loads(shown.stdout)["closed"] is True
+
+
+@pytest.mark.parametrize("args", [
+    ["exec", "--bogus", "hi"], ["exec", "--timeout", "abc", "hi"],
+    ["prompt", "--ttl", "-1", "--session", "k", "hi"], ["nosuch"], [],
+])
+def test_a_parse_error_is_one_line_too(tmp_path: Path, args: list[str]) -> None:
+    """argparse printed its usage block (3-4 lines) for an unknown option or a bad value:
+    every usage error is one line on stderr (README), exit 2."""
+    done = run_cli(*args, state_dir=tmp_path)
+    _one_line_error(done, "--help")
+    _no_owner(tmp_path)

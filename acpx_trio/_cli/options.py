@@ -7,7 +7,7 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -56,6 +56,10 @@ class CommandParser(argparse.ArgumentParser):
             finally:
                 self._intermixing = False
         return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        """One line, as every other usage error (argparse prints its usage block)."""
+        raise UsageError(f"{message} (usage: {self.prog} --help)")
 
 
 class UsageError(Exception):
