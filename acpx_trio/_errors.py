@@ -15,35 +15,13 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
-    "CREDENTIAL_NAME",
-    "MIN_SECRET_LENGTH",
-    "REDACTED",
-    "AcpConnectionClosedError",
-    "AcpProtocolError",
-    "AcpRuntimeError",
-    "AcpxError",
-    "AcpxUsageError",
-    "AgentProcessError",
-    "ConfigError",
-    "ContainmentError",
-    "GatewayInstanceIdError",
-    "LeaseStateError",
-    "LeaseStoreError",
-    "LeaseValueError",
-    "RawSecrets",
-    "SessionStoreError",
-    "StateFileError",
-    "StreamRedactor",
-    "collapse_group",
-    "environment_credentials",
-    "is_body_exception",
-    "number_holds_secret",
-    "redact",
-    "redact_argv",
-    "redact_value",
-    "replace_secrets",
-    "rpc_error_detail",
-    "text_problem",
+    "CREDENTIAL_NAME", "MIN_SECRET_LENGTH", "REDACTED", "AcpConnectionClosedError",
+    "AcpProtocolError", "AcpRuntimeError", "AcpxError", "AcpxUsageError", "AgentProcessError",
+    "ConfigError", "ContainmentError", "GatewayInstanceIdError", "LeaseStateError",
+    "LeaseStoreError", "LeaseValueError", "RawSecrets", "SessionStoreError", "StateFileError",
+    "StreamRedactor", "collapse_group", "environment_credentials", "is_body_exception",
+    "number_holds_secret", "redact", "redact_argv", "redact_value", "replace_secrets",
+    "rpc_error_detail", "text_problem"
 ]
 
 #: Only unmistakable shapes are guessed (issue 23: a guess on ordinary words turned claude's

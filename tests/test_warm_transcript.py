@@ -9,10 +9,12 @@ import signal
 from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 from _cli_helpers import MOCK, run_cli
 from _warm_helpers import owner_info, wait_gone
 
+from acpx_trio._errors import StateFileError
 from acpx_trio._store.transcript import (
     REDACTED,
     TranscriptWriter,
@@ -98,10 +100,11 @@ async def test_writer_and_reader_never_wait_on_a_fifo(tmp_path: Path) -> None:
             assert os.read(reader, 100) == b""  # nothing was written into it
         finally:
             os.close(reader)
-        # reading would wait for a writer
-        entries = await trio.to_thread.run_sync(lambda: list(read_transcript(path)),
-                                                abandon_on_cancel=True)
-        assert entries == []
+        # reading would wait for a writer: refused, naming the file (it once read as empty,
+        # and ``sessions history`` said "no recorded turns")
+        with pytest.raises(StateFileError, match="is a FIFO"):
+            await trio.to_thread.run_sync(lambda: list(read_transcript(path)),
+                                          abandon_on_cancel=True)
 
 
 def test_a_fifo_in_the_transcripts_place_never_wedges_a_warm_session(tmp_path: Path) -> None:

@@ -67,12 +67,7 @@ from acpx_trio._runtime.handshake import (
 from acpx_trio._runtime.key_locks import KeyedLocks
 from acpx_trio._runtime.live_session import ElicitationHandler, LiveSession
 from acpx_trio._runtime.session_factory import SessionFactory
-from acpx_trio._runtime.turns import (
-    CANCEL_WAIT_SECONDS,
-    send_cancel,
-    settle_abandoned,
-    stream_turn,
-)
+from acpx_trio._runtime.turns import CANCEL_WAIT_SECONDS, send_cancel, settle_abandoned, stream_turn
 from acpx_trio._store.config import DEFAULT_PROBE_AGENT, AcpxConfig
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionStore
@@ -258,10 +253,14 @@ class AcpxRuntime:
                 session = await start_live_session(self._factory, key, spec, mode, resolved,
                                                    load_id)
             except AcpRuntimeError as exc:  # the runtime closed meanwhile: that is the cause
+                if self._closed:  # (the caller's own cancel, if it was cancelled)
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 self._check_open(exc)
                 raise
             try:
                 await self.session_store.save(session.record())
+                if self._closed:  # shut down meanwhile: a cancelled caller sees its cancel
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 self._check_open()
             except BaseException:
                 await self._retire(session, "ensure failed")
