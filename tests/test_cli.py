@@ -702,8 +702,11 @@ def test_two_ctrl_c_with_a_stdout_nobody_reads_exit_130_with_buffered_output(
 
 
 def _wait_pipe_filled(proc: subprocess.Popen[bytes]) -> None:
-    """Wait (bounded) until half of ``proc``'s stdout pipe holds unread bytes: the command's
-    writes to it wait from then on."""
+    """Wait (bounded) until ``proc``'s stdout pipe holds at least half its size of unread
+    bytes and has stopped growing (five reads 50 ms apart): the command's writes to it wait
+    from then on.  (Half full alone let a busy machine's command still be writing: after a
+    Ctrl-C what it had left fitted, it exited before the test's second Ctrl-C, whose note
+    the test then waited for in vain.)"""
     import fcntl
     import termios
 
@@ -711,9 +714,13 @@ def _wait_pipe_filled(proc: subprocess.Popen[bytes]) -> None:
     size = fcntl.fcntl(proc.stdout.fileno(), 1032) // 2  # F_GETPIPE_SZ
     queued = bytearray(4)
     deadline = time.monotonic() + 30
+    seen, same = -1, 0
     while True:
         fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, queued)
-        if int.from_bytes(queued, sys.byteorder) >= size:
+        now = int.from_bytes(queued, sys.byteorder)
+        same = same + 1 if now == seen else 0
+        seen = now
+        if now >= size and same >= 5:
             return
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)

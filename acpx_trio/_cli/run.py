@@ -245,6 +245,8 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
                 code = ctl.exit_code()
             printer.finish()
             ctl.work = trio.CancelScope()  # a signal now ends the wait for stdout
+            if ctl.closing:  # and so does one that came already (while the turn ended)
+                ctl.work.cancel()
             with ctl.work:
                 code = await finish_output(output, code)
             if ctl.work.cancelled_caught or (ctl.signum is not None and output.unwritten):

@@ -239,6 +239,9 @@ class _Client:
         self.cancel_confirmed = False
         #: The turn is over (its output may still be on its way to stdout).
         self.finished = False
+        #: A signal asked to stop waiting (not the first Ctrl-C's cancel): the wait for
+        #: stdout is cut too, even when the signal came before it began.
+        self.stopping = False
 
     async def send_cancel(self) -> None:
         """Cancel our turn (queued: dropped; active: ``session/cancel``).  Bounded."""
@@ -270,6 +273,7 @@ class _Client:
                 continue
             if not self.sent:  # nothing submitted yet: just stop
                 self.printer.note("interrupted before the prompt was sent")
+                self.stopping = True
                 self.waiting.cancel()
                 continue
             if signum == signal.SIGINT and count == 1:
@@ -278,6 +282,7 @@ class _Client:
                 await self.send_cancel()
                 continue
             self.printer.note("stopped waiting for the turn")
+            self.stopping = True
             await self.send_cancel()
             self.waiting.cancel()
 
@@ -437,6 +442,8 @@ async def warm_prompt(ns: argparse.Namespace, opts: Options, *, raw: dict[str, A
             printer.finish()
             client.finished = True
             client.waiting = trio.CancelScope()  # a signal now ends the wait for stdout
+            if client.stopping:  # and so does one that came already (while the turn ended)
+                client.waiting.cancel()
             with client.waiting:
                 code = await finish_output(output, code)
             if client.signum is not None and (client.waiting.cancelled_caught
