@@ -23,7 +23,7 @@ from _cli_helpers import (
 
 from acpx_trio._process.tags import lease_env
 from acpx_trio._store.instance import resolve_gateway_instance_id_sync
-from acpx_trio._store.lease_model import LeaseState, new_lease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio._store.leases import SyncLeaseStore
 
 SLEEPER = "import signal\nprint('ready', flush=True)\nwhile True: signal.pause()\n"
@@ -36,6 +36,17 @@ def _rows(done: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
 
 def _lease_states(state_dir: Path) -> dict[str, str]:
     return {x.lease_id: x.state.value for x in SyncLeaseStore(state_dir / "acpx").list_all()}
+
+
+def _closed_lease(state_dir: Path, session_key: str) -> tuple[str, ProcessLease]:
+    """The state dir's gateway id and a lease of it, saved and marked ``closed``."""
+    gw = resolve_gateway_instance_id_sync(state_dir)
+    lease = new_lease(gateway_instance_id=gw, session_key=session_key, wrapper_root=state_dir,
+                      command=["sleeper"])
+    store = SyncLeaseStore(state_dir / "acpx")
+    store.save(lease)
+    store.mark_state(lease.lease_id, LeaseState.CLOSED)
+    return gw, lease
 
 
 @contextlib.contextmanager
@@ -98,13 +109,9 @@ def test_reap_stale_tagged_process_and_leave_others(tmp_path: Path) -> None:
     """A live process tagged with our gateway and a closed lease is an orphan; one tagged with
     another gateway, and a pending lease of a dead owner with nothing alive, are handled as
     such: the first is killed, the second left alone, the third marked lost."""
-    gw = resolve_gateway_instance_id_sync(tmp_path)
+    gw, closed = _closed_lease(tmp_path, "s-closed")
     other_gw = f"other-{uuid.uuid4().hex}"
     store = SyncLeaseStore(tmp_path / "acpx")
-    closed = new_lease(gateway_instance_id=gw, session_key="s-closed", wrapper_root=tmp_path,
-                       command=["sleeper"])
-    store.save(closed)
-    store.mark_state(closed.lease_id, LeaseState.CLOSED)
     dead_owner = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                                 capture_output=True, text=True, check=True, timeout=30)
     pending = new_lease(gateway_instance_id=gw, session_key="s-pending", wrapper_root=tmp_path,
@@ -161,12 +168,7 @@ def test_reap_never_shows_a_credential_of_the_command_line(tmp_path: Path) -> No
     credential passed as an argument included (3 of 3, an outside review); the session
     record and ``agents`` redacted it.  Now redacted (before the line is cut to fit)."""
     secret = "Zq9sEcReTvAlUe77"
-    gw = resolve_gateway_instance_id_sync(tmp_path)
-    store = SyncLeaseStore(tmp_path / "acpx")
-    closed = new_lease(gateway_instance_id=gw, session_key="s", wrapper_root=tmp_path,
-                       command=["agent"])
-    store.save(closed)
-    store.mark_state(closed.lease_id, LeaseState.CLOSED)
+    gw, closed = _closed_lease(tmp_path, "s")
     # argv[0] "py": the line's length does not depend on where Python is; the secret
     # starts at character 85 and straddles the cut at 97 ("[redacted]" fits before it)
     head = f"py -c {SLEEPER} --key "

@@ -6,7 +6,9 @@ once (as when a scan keeps finding processes past its budget)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,48 +62,50 @@ def _states(state: Path) -> list[LeaseState]:
     return [x.state for x in SyncLeaseStore(state / "acpx").list_all()]
 
 
+@pytest.fixture
+def daemons() -> Iterator[list[int]]:
+    """Pids a test may leave alive when it fails: killed at its end."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if _alive(pid):
+            psutil.Process(pid).kill()
+
+
+@contextlib.asynccontextmanager
+async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any],
+                               daemons: list[int]) -> AsyncIterator[tuple[Path, int]]:
+    """Inside a service (``config``) whose one session's close could not take the agent's
+    tagged daemon: the state dir and the daemon's pid (alive, its lease ``closing``)."""
+    state = tmp_path / "state"
+    async with open_runtime_service(workspace_dir=tmp_path, state_dir=state,
+                                    registry=BackendRegistry(), plugin_config=config) as service:
+        runtime = service.require_runtime()
+        handle = await runtime.ensure_session(session_key="k", agent="mock")
+        daemons.append(await _daemon(runtime, handle))
+        await runtime.close(handle=handle, reason="test")
+        assert _alive(daemons[-1])  # the close could not take it
+        assert _states(state) == [LeaseState.CLOSING]
+        yield state, daemons[-1]
+
+
 @pytest.mark.usefixtures("unproven_close")
 @pytest.mark.parametrize("containment", ["auto", "process-group"])
 async def test_the_stop_takes_up_what_a_close_left_behind(
-        tmp_path: Path, containment: str) -> None:
-    state = tmp_path / "state"
-    daemon = 0
-    try:
-        with trio.fail_after(60):
-            async with open_runtime_service(
-                workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry(),
-                plugin_config={"containment": containment},
-            ) as service:
-                runtime = service.require_runtime()
-                handle = await runtime.ensure_session(session_key="k", agent="mock")
-                daemon = await _daemon(runtime, handle)
-                await runtime.close(handle=handle, reason="test")
-                assert _alive(daemon)  # the close could not take it
-                assert _states(state) == [LeaseState.CLOSING]
-            assert not _alive(daemon)  # the stop did
-            assert _states(state) == [LeaseState.CLOSED]
-    finally:
-        if daemon and _alive(daemon):
-            psutil.Process(daemon).kill()
+        tmp_path: Path, containment: str, daemons: list[int]) -> None:
+    with trio.fail_after(60):
+        async with _close_left_a_daemon(tmp_path, {"containment": containment},
+                                        daemons) as (state, daemon):
+            pass
+        assert not _alive(daemon)  # the stop took it
+        assert _states(state) == [LeaseState.CLOSED]
 
 
 @pytest.mark.usefixtures("unproven_close")
-async def test_the_periodic_sweep_takes_up_what_a_close_left_behind(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    daemon = 0
-    try:
-        with trio.fail_after(60):
-            async with open_runtime_service(
-                workspace_dir=tmp_path, state_dir=state, registry=BackendRegistry(),
-                plugin_config={"sweepIntervalSeconds": 1},
-            ) as service:
-                runtime = service.require_runtime()
-                handle = await runtime.ensure_session(session_key="k", agent="mock")
-                daemon = await _daemon(runtime, handle)
-                await runtime.close(handle=handle, reason="test")
-                assert _alive(daemon)
-                await poll_until(lambda: not _alive(daemon), seconds=20)
-                await poll_until(lambda: _states(state) == [LeaseState.CLOSED], seconds=5)
-    finally:
-        if daemon and _alive(daemon):
-            psutil.Process(daemon).kill()
+async def test_the_periodic_sweep_takes_up_what_a_close_left_behind(
+        tmp_path: Path, daemons: list[int]) -> None:
+    with trio.fail_after(60):
+        async with _close_left_a_daemon(tmp_path, {"sweepIntervalSeconds": 1},
+                                        daemons) as (state, daemon):
+            await poll_until(lambda: not _alive(daemon), seconds=20)
+            await poll_until(lambda: _states(state) == [LeaseState.CLOSED], seconds=5)
