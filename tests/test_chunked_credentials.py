@@ -401,12 +401,13 @@ def test_error_data_and_messages_follow_the_same_digit_rule() -> None:
 
 
 @given(st.integers(1, len(SECRET) - 1),
-       st.sampled_from(["tool_call", "plan", "request", "thought"]))
+       st.sampled_from(["tool_call", "plan", "request", "thought", "mode-answer"]))
 def test_no_other_message_between_its_halves_lets_a_transcript_keep_a_credential(
         cut: int, between: str) -> None:
-    """A credential streamed in two chunks with a tool call (or a plan, or a request of the
-    agent) between them: the transcript stored both halves as they came, and the history
-    (its chunks joined) showed the key whole (15 of 15 cuts, an outside review).  The
+    """A credential streamed in two chunks with a tool call (or a plan, a request of the
+    agent, the answer to a mode change sent during the turn) between them: the transcript
+    stored both halves as they came, and the history (its chunks joined) showed the key
+    whole (15 of 15 cuts; 29 of 30 with a ``set-mode`` mid-turn: two outside reviews).  The
     live events were right: the turn holds a possible start of a credential to its end."""
     import tempfile
 
@@ -427,7 +428,10 @@ def test_no_other_message_between_its_halves_lets_a_transcript_keep_a_credential
         "request": '{"jsonrpc":"2.0","id":9,"method":"fs/read_text_file","params":'
                    '{"sessionId":"s","path":"/f"}}',
         "thought": chunk("hmm", "agent_thought_chunk"),
+        "mode-answer": '{"jsonrpc":"2.0","id":2,"result":{}}',
     }[between]
+    prompt = ('{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":{"sessionId":"s",'
+              '"prompt":[]}}')
     lines = [chunk("A" + SECRET[:cut]), middle, chunk(SECRET[cut:] + "B"),
              '{"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn"}}']
     with tempfile.TemporaryDirectory() as tmp:
@@ -435,14 +439,41 @@ def test_no_other_message_between_its_halves_lets_a_transcript_keep_a_credential
 
         async def write() -> None:
             writer = TranscriptWriter(path, credentials=[SECRET])
+            writer.on_message("out", prompt.encode())
             for line in lines:
                 writer.on_message("in", line.encode())
             await writer.aclose()
 
         trio.run(write)
-        entries = [json.loads(x)["m"] for x in path.read_text().splitlines()]
+        entries = [json.loads(x)["m"] for x in path.read_text().splitlines()][1:]
     texts = [e["params"]["update"]["content"]["text"] for e in entries
              if e.get("method") == "session/update"
              and e["params"]["update"]["sessionUpdate"] == "agent_message_chunk"]
     assert SECRET not in "".join(texts) and "".join(texts) == f"A{REDACTED}B", texts
     assert "result" in entries[-1]  # the held tail was stored before the turn's answer
+
+
+async def test_a_transcript_keeps_a_line_with_a_lone_surrogate_as_the_turn_read_it(
+        tmp_path: Path) -> None:
+    """A chunk (or the prompt's answer) with a lone UTF-16 surrogate escape: the connection
+    read it with U+FFFD, but the transcript dropped it as junk, so the history lost the
+    text, showed the turn unfinished and moved its held tail into the next turn (an outside
+    review).  Stored as read now, held tail before the answer."""
+    from acpx_trio._store.transcript import TranscriptWriter, read_transcript
+    from acpx_trio._store.transcript_history import past_turns
+
+    path = tmp_path / "t.ndjson"
+    writer = TranscriptWriter(path, credentials=[SECRET])
+    writer.on_message("out", b'{"jsonrpc":"2.0","id":1,"method":"session/prompt","params":'
+                             b'{"sessionId":"s","prompt":[{"type":"text","text":"hi"}]}}')
+    for text in ("X\\ud800Y ", "A" + SECRET[:5]):
+        writer.on_message("in", (
+            '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s","update":'
+            '{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"'
+            + text + '"}}}}').encode())
+    writer.on_message("in", b'{"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn",'
+                            b'"_meta":{"x":"\\udc00"}}}')
+    await writer.aclose()
+    (turn,) = past_turns(list(read_transcript(path)))
+    assert turn.reply == "X\ufffdY A" + SECRET[:5], turn
+    assert turn.stop_reason == "end_turn"

@@ -363,3 +363,13 @@ def test_a_credential_variable_whose_name_is_no_utf8_breaks_no_warm_prompt(
         if info is not None:
             run_cli("sessions", "close", "u", state_dir=tmp_path)
             wait_gone(info["pid"])
+
+
+def test_a_local_file_whose_name_is_no_utf8_is_still_read(tmp_path: Path) -> None:
+    """``-f FILE`` (and ``--config FILE``) name a file to read: only its content goes on,
+    so its name may be any bytes (the UTF-8 check first refused it too: an outside
+    review)."""
+    name = tmp_path / "n\udcffm.txt"
+    name.write_text("/echo hello from a file")
+    done = run_cli("exec", "-f", str(name), state_dir=tmp_path / "state")
+    assert done.returncode == 0 and "hello from a file" in done.stdout, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -174,12 +175,17 @@ def test_reap_never_shows_a_credential_of_the_command_line(tmp_path: Path) -> No
     head = f"py -c {SLEEPER} --key "
     argv = ["py", "-c", SLEEPER, "x" * (85 - len(head) - 1), "--key", secret]
     env = {"MY_API_KEY": secret}
+    config = tmp_path / "cfg.json"  # a config ``auth`` value: known without the environment
+    config.write_text(json.dumps({"auth": {"mock-key": secret}}))
     try:
         with _tagged_sleeper(closed.lease_id, gw, argv) as orphan:
             for args in (("reap", "--dry-run"), ("reap", "--dry-run", "--json")):
                 done = run_cli(*args, state_dir=tmp_path, env=env)
                 assert done.returncode == 0, done.stderr
                 assert secret[:4] not in done.stdout and "[redacted]" in done.stdout, done.stdout
+            done = run_cli("reap", "--dry-run", "--config", str(config), state_dir=tmp_path)
+            assert done.returncode == 0, done.stderr
+            assert secret[:4] not in done.stdout and "[redacted]" in done.stdout, done.stdout
             done = run_cli("reap", "--json", state_dir=tmp_path, env=env)
             assert [r["pid"] for r in _rows(done) if r["action"] == "terminated"] == [orphan.pid]
             assert secret[:4] not in done.stdout and "[redacted]" in done.stdout

@@ -27,7 +27,7 @@ ALLOWED = {
     "_owner": {"_store", "_acp"},
     "testing": {"_store", "_acp", "_process", "_runtime", "_service"},
 }
-LEAVES = {"_errors", "_events", "_log", "_version"}
+LEAVES = {"_errors", "_events", "_jsontext", "_log", "_version"}
 
 
 def _modules() -> dict[str, Path]:

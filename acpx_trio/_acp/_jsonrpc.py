@@ -8,10 +8,11 @@ object, or an object that is not a JSON-RPC message); it never raises anything e
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final, Literal
 
 import msgspec
+
+from acpx_trio._jsontext import repair_surrogates
 
 __all__ = [
     "AUTH_REQUIRED",
@@ -108,29 +109,6 @@ class NotJsonRpc(Exception):
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _error_decoder = msgspec.json.Decoder(RpcError)
 _NULL: Final = msgspec.Raw(b"null")
-
-
-#: One escape sequence of a JSON string, left to right (outside strings JSON has no
-#: backslash, so every backslash starts one): a UTF-16 surrogate pair, a lone surrogate
-#: (group 1), or any other escape.
-_ESCAPE = re.compile(
-    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    rb"|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.DOTALL)
-
-
-def _lone_surrogate(match: re.Match[bytes]) -> bytes:
-    return b"\\ufffd" if match.group(1) else match.group(0)
-
-
-def repair_surrogates(line: bytes) -> bytes:
-    """``line`` with every lone UTF-16 surrogate escape (``\\ud83d`` without its pair: a
-    JavaScript string cut inside a character, or a file name that is no UTF-8) replaced by
-    ``\\ufffd``, the replacement character.  Valid JSON, but no Unicode text: msgspec
-    refuses it, and dropping the line would leave a request of the agent unanswered or an
-    answer of it lost.  Lines without a backslash come back as they are."""
-    if b"\\" not in line:
-        return line
-    return _ESCAPE.sub(_lone_surrogate, line)
 
 
 def parse_message(line: bytes) -> Message:

@@ -239,6 +239,23 @@ def _check_warm_only(ns: argparse.Namespace) -> None:
         raise UsageError("--model: must name a model (it is empty)")
 
 
+#: Options naming a local file to read (``-f``, ``--config``): only its content goes on;
+#: its name may be any bytes the file system takes.
+_LOCAL_PATHS = frozenset({"file", "config"})
+
+
+def _check_text(ns: argparse.Namespace) -> None:
+    """Every other argument must be UTF-8 text: it goes on the owner's wire, into the state
+    files or to the agent (JSON), which carry nothing else; one that is not is refused here
+    (:func:`~acpx_trio._cli.options.utf8_text`), before anything starts."""
+    for name, value in vars(ns).items():
+        if name in _LOCAL_PATHS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str | Path):
+                utf8_text("argument", str(item))
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The only exception inside (nested) single-member exception groups, else ``exc``."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -256,9 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hold_interrupts()
     try:
         try:
-            for arg in sys.argv[1:] if argv is None else argv:
-                utf8_text("argument", arg)
             ns = build_parser().parse_args(argv)
+            _check_text(ns)
             verbose = bool(getattr(ns, "verbose", False))
             logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                                 format="acpx-trio: %(message)s")

@@ -9,6 +9,7 @@ created, locked or quarantined).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -48,10 +49,13 @@ class _PeekedLeases:
         raise LeaseStoreError("a dry run writes nothing")
 
 
-async def reap_command(*, state_dir: Path, dry_run: bool, json_mode: bool) -> int:
+async def reap_command(*, state_dir: Path, dry_run: bool, json_mode: bool,
+                       secrets: Sequence[str] | None = None) -> int:
     """Reap (or with ``dry_run`` only plan to reap) this state dir's gateway's orphans and
     print one row per process or lease acted on or left alone: a table, or NDJSON
-    (:class:`ReapRow`, camelCase) with ``json_mode``.
+    (:class:`ReapRow`, camelCase) with ``json_mode``; command lines shown with ``secrets``
+    redacted (``None``: the environment's credentials, see
+    :func:`~acpx_trio._process.gateway_reap.reap_gateway`).
 
     Returns 0, or 1 when a process survived SIGKILL.  A dry run signals nothing and writes
     nothing.  Lease store and gateway id errors propagate (:class:`~acpx_trio.AcpxError`)."""
@@ -66,13 +70,14 @@ async def reap_command(*, state_dir: Path, dry_run: bool, json_mode: bool) -> in
         if gateway_id is not None:
             peeked = _PeekedLeases(store.path.parent)
             report = await reap_gateway(gateway_id, peeked, dry_run=True,
-                                        lease_dir=str(store.path.parent))
+                                        lease_dir=str(store.path.parent), secrets=secrets)
             rows = list(report.actions)
             if peeked.problem:
                 rows.append(ReapRow(action="lease-file-problem", reason=peeked.problem))
     else:
         gateway_id = await resolve_gateway_instance_id(state_dir)
-        report = await reap_gateway(gateway_id, store, lease_dir=str(store.path.parent))
+        report = await reap_gateway(gateway_id, store, lease_dir=str(store.path.parent),
+                                    secrets=secrets)
         rows, ok = list(report.actions), report.ok
     if json_mode:
         enc = msgspec.json.Encoder()

@@ -256,6 +256,19 @@ async def _turn_command(ns: argparse.Namespace, opts: Options, *, oneshot: bool)
     return code
 
 
+async def _known_secrets(opts: Options) -> list[str] | None:
+    """The credentials the config knows (``auth``, MCP servers) and the environment's, for
+    a command that needs no config: ``None`` (the environment's alone) when the config does
+    not resolve (such a command still works then)."""
+    from acpx_trio._cli.info import _resolve
+    from acpx_trio._store.transcript import config_credentials
+
+    try:
+        return config_credentials(await _resolve(opts.raw_config, opts))
+    except ConfigError:
+        return None
+
+
 async def dispatch(ns: argparse.Namespace, opts: Options) -> int:
     """Run the parsed command (in the event loop); its exit code."""
     if ns.command == "prompt" and ns.session is not None:
@@ -304,5 +317,5 @@ async def dispatch(ns: argparse.Namespace, opts: Options) -> int:
         from acpx_trio._cli.reap import reap_command
 
         return await reap_command(state_dir=opts.state_dir, dry_run=ns.dry_run,
-                                  json_mode=opts.json)
+                                  json_mode=opts.json, secrets=await _known_secrets(opts))
     raise UsageError(f"unknown command {ns.command!r}")

@@ -49,6 +49,7 @@ from acpx_trio._errors import (
     replace_secrets,
 )
 from acpx_trio._errors import REDACTED as _REDACTED
+from acpx_trio._jsontext import repair_surrogates
 from acpx_trio._log import Logger
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.config_entries import McpServerConfig
@@ -167,6 +168,8 @@ class TranscriptWriter:
         self._lock = trio.Lock()
         self._flush_scheduled = False
         self._load_id: int | str | None = None
+        #: ids of the prompts sent whose answer has not come (their turns are running)
+        self._prompts: set[int | str] = set()
         self._fd: int | None = None
         self._size = 0
         self.disabled = False
@@ -206,8 +209,13 @@ class TranscriptWriter:
         if direction == "out":
             if b'"session/load"' in raw or b'"authenticate"' in raw:
                 raw = self._outgoing(raw)
+            elif b'"session/prompt"' in raw:
+                self._prompt_out(buf, t, raw)
         else:
             head = _head(raw)
+            if head is None:  # valid JSON but no Unicode text: read as the connection reads it
+                raw = repair_surrogates(raw)
+                head = _head(raw)
             if head is None:
                 return  # blank or junk: not a message (the connection reports junk)
             if self._load_id is not None:
@@ -222,10 +230,12 @@ class TranscriptWriter:
                 if chunk is not None:  # redacted as one text with the chunks before it
                     self._chunk(buf, t, raw, msg, chunk, replay)
                     return
-            if head is not None and head.method is None:
-                # an answer (the prompt's: the turn is over): a held tail is no credential.
-                # Not at any other message: a reader joins the chunks of a kind across a
-                # tool call, a plan or a request of the agent, as the turn's events do
+            if head is not None and head.method is None and head.id in self._prompts:
+                # the prompt's answer: the turn is over, a held tail is no credential.  Not
+                # at any other message: a reader joins the chunks of a kind across a tool
+                # call, a plan, a request of the agent or the answer to a mode change sent
+                # during the turn, as the turn's events do
+                self._prompts.discard(head.id)
                 self._release_held(buf, t)
         if self._raw_secrets and self._may_hold_secret(raw):
             raw = _encoder.encode(replace_secrets(msgspec.json.decode(raw), self._secrets))
@@ -269,6 +279,14 @@ class TranscriptWriter:
                 self._entry(buf, t, "in", _encoder.encode(
                     replace_secrets(envelope, self._secrets)), False)
             del self._streams[kind]
+
+    def _prompt_out(self, buf: bytearray, t: float, raw: bytes) -> None:
+        """A prompt goes out: a new turn begins (whatever is held of the one before, whose
+        answer never came, ends with it: its agent died), and its answer will end it."""
+        head = _head(raw)
+        if head is not None and head.method == "session/prompt" and head.id is not None:
+            self._release_held(buf, t)
+            self._prompts.add(head.id)
 
     def _outgoing(self, raw: bytes) -> bytes:
         head = _head(raw) or _Head()
