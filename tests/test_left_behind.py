@@ -18,10 +18,17 @@ import trio
 from _proc_helpers import poll_until
 
 import acpx_trio._process.owned as owned_mod
-from acpx_trio import BackendRegistry, LeaseState, TextDeltaEvent, open_runtime_service
+from acpx_trio import (
+    AcpxRuntimeService,
+    BackendRegistry,
+    LeaseState,
+    ServiceContext,
+    TextDeltaEvent,
+)
 from acpx_trio._process.leaf_end import LeafEnd
 from acpx_trio._process.reaper import CleanupResult
 from acpx_trio._store.leases import SyncLeaseStore
+from acpx_trio.testing.logger import ListLogger
 
 
 def _alive(pid: int) -> bool:
@@ -73,13 +80,18 @@ def daemons() -> Iterator[list[int]]:
 
 
 @contextlib.asynccontextmanager
-async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any],
-                               daemons: list[int]) -> AsyncIterator[tuple[Path, int]]:
+async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any], daemons: list[int],
+                               *, end: str = "stop") -> AsyncIterator[tuple[Path, int]]:
     """Inside a service (``config``) whose one session's close could not take the agent's
-    tagged daemon: the state dir and the daemon's pid (alive, its lease ``closing``)."""
+    tagged daemon: the state dir and the daemon's pid (alive, its lease ``closing``).  The
+    service ends by ``end``: ``"stop"``, or ``"host-cancel"`` (its host's nursery
+    cancelled, no ``stop()``)."""
     state = tmp_path / "state"
-    async with open_runtime_service(workspace_dir=tmp_path, state_dir=state,
-                                    registry=BackendRegistry(), plugin_config=config) as service:
+    service = AcpxRuntimeService(config, registry=BackendRegistry())
+    async with trio.open_nursery() as host:
+        ctx = ServiceContext(workspace_dir=tmp_path, state_dir=state, nursery=host,
+                             logger=ListLogger())
+        await service.start(ctx)
         runtime = service.require_runtime()
         handle = await runtime.ensure_session(session_key="k", agent="mock")
         daemons.append(await _daemon(runtime, handle))
@@ -87,15 +99,22 @@ async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any],
         assert _alive(daemons[-1])  # the close could not take it
         assert _states(state) == [LeaseState.CLOSING]
         yield state, daemons[-1]
+        if end == "stop":
+            await service.stop(ctx)
+        else:
+            host.cancel_scope.cancel()
 
 
 @pytest.mark.usefixtures("unproven_close")
 @pytest.mark.parametrize("containment", ["auto", "process-group"])
-async def test_the_stop_takes_up_what_a_close_left_behind(
-        tmp_path: Path, containment: str, daemons: list[int]) -> None:
+@pytest.mark.parametrize("end", ["stop", "host-cancel"])
+async def test_the_end_of_the_service_takes_up_what_a_close_left_behind(
+        tmp_path: Path, containment: str, end: str, daemons: list[int]) -> None:
+    """Its stop, or its host's cancel (which once skipped it: the daemon lived on, 30 of
+    30, a second outside review)."""
     with trio.fail_after(60):
-        async with _close_left_a_daemon(tmp_path, {"containment": containment},
-                                        daemons) as (state, daemon):
+        async with _close_left_a_daemon(tmp_path, {"containment": containment}, daemons,
+                                        end=end) as (state, daemon):
             pass
         assert not _alive(daemon)  # the stop took it
         assert _states(state) == [LeaseState.CLOSED]

@@ -264,7 +264,8 @@ async def spawn_spare(
                 lease = await mark_lease(lease_store, lease, LeaseState.CLOSING, log)
                 if emptied:
                     await mark_lease(lease_store, lease, LeaseState.CLOSED, log)
-                held.release(lease.lease_id)
+                held.release(lease.lease_id,
+                             left_in=None if emptied else lease.gateway_instance_id)
         if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
             return None  # the spare was gone: the direct path starts it
         raise

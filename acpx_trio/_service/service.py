@@ -326,6 +326,7 @@ class AcpxRuntimeService:
                 # usable, and a late call must get a typed error, not a closed nursery.
                 self._registry.unregister(BACKEND_ID, runtime=running.runtime)
                 await self._close_runtime(running, ctx.logger)
+                await self._last_sweep(running)
             if crash is not None and running is not None:
                 self._crashed(running, crash)
             elif ended_unstopped:
@@ -441,6 +442,14 @@ class AcpxRuntimeService:
                 "be reaped at the next start"
             )
 
+    async def _last_sweep(self, running: Running) -> None:  # noqa: ASYNC910
+        """What a close of ours could not prove gone, taken up once the runtime closed
+        (``tasks.sweep_left_behind``), however the service ends: shielded and bounded."""
+        if running.last_sweep is not None:
+            with trio.CancelScope(shield=True) as last:  # noqa: ASYNC912
+                last.deadline = trio.current_time() + self.stop_timeout_seconds
+                await running.last_sweep()
+
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, ctx: ServiceContext | None = None) -> None:  # noqa: ASYNC910
         """Stop the service.  Idempotent; safe to call from a cancelled scope.
@@ -500,10 +509,7 @@ class AcpxRuntimeService:
                 f"{format_seconds(self.stop_timeout_seconds)}s"
             )
         await self._close_runtime(running, logger)
-        if running.last_sweep is not None:  # what a close of ours could not prove gone
-            with trio.CancelScope(shield=True) as last:  # noqa: ASYNC912
-                last.deadline = trio.current_time() + self.stop_timeout_seconds
-                await running.last_sweep()
+        await self._last_sweep(running)
         await _guards.stop_guards(watchdog)  # the agents are closed: it may go now (kills nothing)
         with trio.CancelScope(shield=True) as join:  # noqa: ASYNC912
             join.deadline = trio.current_time() + self.stop_timeout_seconds
