@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,13 @@ def daemons() -> Iterator[list[int]]:
 
 @contextlib.asynccontextmanager
 async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any], daemons: list[int],
-                               *, end: str = "stop") -> AsyncIterator[tuple[Path, int]]:
+                               *, end: str = "stop",
+                               ) -> AsyncIterator[tuple[Path, int, Callable[[], list[Path]]]]:
     """Inside a service (``config``) whose one session's close could not take the agent's
-    tagged daemon: the state dir and the daemon's pid (alive, its lease ``closing``).  The
-    service ends by ``end``: ``"stop"``, or ``"host-cancel"`` (its host's nursery
-    cancelled, no ``stop()``)."""
+    tagged daemon: the state dir, the daemon's pid (alive, its lease ``closing``) and what
+    lists the service's leaf cgroups (none in process-group mode).  The service ends by
+    ``end``: ``"stop"``, or ``"host-cancel"`` (its host's nursery cancelled, no
+    ``stop()``)."""
     state = tmp_path / "state"
     service = AcpxRuntimeService(config, registry=BackendRegistry())
     async with trio.open_nursery() as host:
@@ -98,7 +100,15 @@ async def _close_left_a_daemon(tmp_path: Path, config: dict[str, Any], daemons: 
         await runtime.close(handle=handle, reason="test")
         assert _alive(daemons[-1])  # the close could not take it
         assert _states(state) == [LeaseState.CLOSING]
-        yield state, daemons[-1]
+        where = service.containment
+        parent = (None if where is None or where.path is None
+                  else Path(where.path) / f"acpx-trio-{service.gateway_instance_id}")
+
+        def leaves() -> list[Path]:
+            return [] if parent is None or not parent.exists() else [
+                p for p in parent.iterdir() if p.is_dir()]
+
+        yield state, daemons[-1], leaves
         if end == "stop":
             await service.stop(ctx)
         else:
@@ -114,10 +124,11 @@ async def test_the_end_of_the_service_takes_up_what_a_close_left_behind(
     30, a second outside review)."""
     with trio.fail_after(60):
         async with _close_left_a_daemon(tmp_path, {"containment": containment}, daemons,
-                                        end=end) as (state, daemon):
+                                        end=end) as (state, daemon, leaves):
             pass
         assert not _alive(daemon)  # the stop took it
         assert _states(state) == [LeaseState.CLOSED]
+        assert leaves() == []
 
 
 @pytest.mark.usefixtures("unproven_close")
@@ -125,6 +136,9 @@ async def test_the_periodic_sweep_takes_up_what_a_close_left_behind(
         tmp_path: Path, daemons: list[int]) -> None:
     with trio.fail_after(60):
         async with _close_left_a_daemon(tmp_path, {"sweepIntervalSeconds": 1},
-                                        daemons) as (state, daemon):
+                                        daemons) as (state, daemon, leaves):
             await poll_until(lambda: not _alive(daemon), seconds=20)
             await poll_until(lambda: _states(state) == [LeaseState.CLOSED], seconds=5)
+            # the sweep's last step: its leaf removed (a stop cutting the sweep short here
+            # would leave it, empty, for the next start)
+            await poll_until(lambda: leaves() == [], seconds=5)
