@@ -4,6 +4,7 @@ closed; whether anything carrying the variant's marker is left."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,12 +19,24 @@ from acpx_trio._store.leases import LeaseStore
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
 
 
-async def seen_running(marker: str, hopper: bool, decoys: set[int]) -> None:
-    """Until the escaper runs (a hopper: until it has been seen under two pids)."""
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+async def seen_running(marker: str, hopper: bool, decoys: set[int],
+                       away_from: int | None = None) -> None:
+    """Until the escaper runs (a hopper: until it has been seen under two pids; with
+    ``away_from``: until it runs in a session other than that one, its escape done: a
+    daemon still forking in the agent's session is a member of it, caught by right)."""
     first: set[int] = set()
     with trio.fail_after(30):
         while True:
             pids = set(marked(marker)) - decoys
+            if away_from is not None:
+                pids = {p for p in pids if _session(p) not in (None, away_from)}
             if pids and (not hopper or (first and pids - first)):
                 return
             first |= pids
@@ -63,7 +76,9 @@ async def one_close(
                 await agent.wait_recorded()
                 assert agent.pid is not None
                 pgids.append(agent.pid)
-                await seen_running(marker, "hopper" in variant, set(decoys.pids))
+                # the daemon escapes its session only once forked twice: wait for that
+                away = agent.pid if variant == "daemon-emptyenv" else None
+                await seen_running(marker, "hopper" in variant, set(decoys.pids), away)
                 await agent.aclose()
             escaped = await still_marked(marker, set(decoys.pids))
             lease = None if agent.lease_id is None else await store.load(agent.lease_id)
