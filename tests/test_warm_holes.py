@@ -487,4 +487,6 @@ def test_a_waiting_prompt_holds_its_text_not_its_frame(tmp_path: Path) -> None:
                                                state_dir=state))
         wait_status(state, lambda s: s["sessions"][0]["queue_depth"] == 4)
         grown = _rss(pid) - base
-        assert grown < 28 << 20, grown >> 20  # 4 MiB of text (10-16 seen); frames: 44 MiB
+        # 4 MiB of text (10-16 seen quiet; 30-34 under a loaded CI: the allocator keeps what
+        # reading the four 6 MiB frames took); the frames held would be 44 MiB and more
+        assert grown < 38 << 20, grown >> 20
