@@ -4,12 +4,11 @@ closed; whether anything carrying the variant's marker is left."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import trio
-from _escape_helpers import Decoys, cleanup_marker, marked, new_marker
+from _escape_helpers import Decoys, cleanup_marker, marked, new_marker, stat_ids
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._store.config import ContainmentMode
@@ -17,13 +16,6 @@ from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.leases import LeaseStore
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
-
-
-def _session(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
 
 
 async def seen_running(marker: str, hopper: bool, decoys: set[int],
@@ -36,7 +28,8 @@ async def seen_running(marker: str, hopper: bool, decoys: set[int],
         while True:
             pids = set(marked(marker)) - decoys
             if away_from is not None:
-                pids = {p for p in pids if _session(p) not in (None, away_from)}
+                pids = {p for p in pids
+                        if (ids := stat_ids(p)) is not None and ids[2] != away_from}
             if pids and (not hopper or (first and pids - first)):
                 return
             first |= pids

@@ -72,6 +72,8 @@ _SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_
 SPARES = 2
 #: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
 DISCARD_SECONDS = 5.0
+
+
 def frameable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
     """Whether :func:`spare_frame` can carry this command: not when a direct spawn would
     refuse it (an empty command, a NUL anywhere, a variable name that is empty or holds

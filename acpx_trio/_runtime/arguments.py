@@ -41,6 +41,12 @@ def optional_text_arg(name: str, value: object, *, path: bool = False) -> str | 
     return None if value is None else text_arg(name, value, path=path)
 
 
+def config_option_args(key: object, value: object) -> tuple[str, str | bool]:
+    """A config option's ``key`` (text) and ``value`` (text, or a bool), else
+    ``ACP_INVALID_RUNTIME_OPTION`` naming the argument."""
+    return text_arg("key", key), value if isinstance(value, bool) else text_arg("value", value)
+
+
 def agent_arg(value: object) -> str:
     """An agent name as text, trimmed and lower-cased (an unknown one is the registry's
     ``ACP_AGENT_UNKNOWN``)."""

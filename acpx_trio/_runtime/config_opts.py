@@ -6,11 +6,13 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._acp import SessionConfigOption, SessionModelState
+from acpx_trio._acp import SessionConfigOption, SessionModelState, SessionModeState
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._runtime.update_map import config_option_info
 
-__all__ = ["checked_config_value", "checked_legacy_model", "legacy_models", "model_option"]
+__all__ = [
+    "checked_config_value", "checked_legacy_model", "checked_mode", "legacy_models", "model_option",
+]
 
 
 def model_option(options: list[SessionConfigOption] | None) -> SessionConfigOption | None:
@@ -45,6 +47,16 @@ def checked_config_value(
             f"invalid value {value!r} for config option {key!r}; choices: {', '.join(values)}",
         )
     return value
+
+
+def checked_mode(modes: SessionModeState | None, mode: str) -> str:
+    """``mode`` if the agent advertised it (any mode when it advertised none: the agent then
+    decides).  Raises ``ACP_INVALID_RUNTIME_OPTION`` naming the modes it offers otherwise."""
+    offered = [m.id for m in modes.available_modes] if modes else []
+    if offered and mode not in offered:
+        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
+                              f"unknown mode {mode!r}; the agent offers: {', '.join(offered)}")
+    return mode
 
 
 def legacy_models(raw: Any) -> SessionModelState | None:

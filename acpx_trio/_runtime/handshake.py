@@ -391,12 +391,6 @@ async def control_request(
 
 
 def set_mode_params(session: LiveSession, mode: str) -> SetSessionModeRequest:
-    """The request for ``mode``; a mode the agent did not advertise (when it advertised any)
-    is ``ACP_INVALID_RUNTIME_OPTION`` naming the ones it offers, before anything is sent."""
-    offered = [m.id for m in session.modes.available_modes] if session.modes else []
-    if offered and mode not in offered:
-        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                              f"unknown mode {mode!r}; the agent offers: {', '.join(offered)}")
     return SetSessionModeRequest(session_id=session.backend_session_id or "", mode_id=mode)
 
 

@@ -48,13 +48,19 @@ from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.arguments import (
     agent_arg,
     checked_meta,
+    config_option_args,
     handle_arg,
     optional_text_arg,
     text_arg,
     turn_args,
     validate_ensure_args,
 )
-from acpx_trio._runtime.config_opts import checked_config_value, checked_legacy_model, model_option
+from acpx_trio._runtime.config_opts import (
+    checked_config_value,
+    checked_legacy_model,
+    checked_mode,
+    model_option,
+)
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
@@ -346,8 +352,8 @@ class AcpxRuntime:
         lone surrogate UTF-8 cannot carry, ``meta`` that is no JSON object; the session is
         untouched and the next prompt on it works).  ``meta`` is sent as the prompt's
         ``_meta`` (e.g. ``{"traceparent": ...}``); it must be a JSON object."""
-        session = await self._turn_session(handle, mode, text, request_id)
-        async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
+        async with contextlib.aclosing(await self._stream(handle, mode, text, request_id,
+                                                          meta)) as batches:
             async for batch in batches:
                 for event in batch:
                     # One batch's events go out back to back; the batch stream checkpoints.
@@ -366,31 +372,28 @@ class AcpxRuntime:
         the last step, in wire order); the last list ends with the final event.  Same errors,
         cancel and abandon guarantees.  Prefer it for turns that stream thousands of chunks:
         one await per read batch instead of one per event."""
-        session = await self._turn_session(handle, mode, text, request_id)
-        async with contextlib.aclosing(self._stream(session, text, meta)) as batches:
+        async with contextlib.aclosing(await self._stream(handle, mode, text, request_id,
+                                                          meta)) as batches:
             async for batch in batches:
                 yield batch
 
-    async def _turn_session(self, handle: AcpRuntimeHandle, mode: str, text: str,
-                            request_id: str | None) -> LiveSession:
-        """The live session a turn call may run on; raises the call's errors (see
-        :meth:`run_turn`) before any event."""
+    async def _stream(self, handle: AcpRuntimeHandle, mode: str, text: str,
+                      request_id: str | None, meta: Mapping[str, Any] | None,
+                      ) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+        """The turn's batch stream on the live session ``handle`` names; raises the call's
+        errors (see :meth:`run_turn`) before any event."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         turn_args(text, mode, request_id)
         session = self._live(handle)
         if session is not None:  # a turn left early by its consumer: its cancel settles first
             await settle_abandoned(session)
-        return self._require_live(handle)
-
-    def _stream(self, session: LiveSession, text: str, meta: Mapping[str, Any] | None = None,
-                ) -> AsyncGenerator[list[AcpRuntimeEvent]]:
+        session = self._require_live(handle)
         proc = session.process
-        secrets = [*config_credentials(self.config), *(proc.secrets if proc else ())]
         return stream_turn(
             session, text, nursery=self._nursery, turn_timeout=self.config.timeout_seconds,
-            retire=self._retire, log=self.log, secrets=secrets, meta=checked_meta(meta),
-        )
+            retire=self._retire, log=self.log, meta=checked_meta(meta),
+            secrets=[*config_credentials(self.config), *(proc.secrets if proc else ())])
 
     def on_turn_failure(self, session: LiveSession, error: AcpRuntimeError) -> None:
         """Fail the session's running turn with ``error`` (policy ``fail``) and cancel it."""
@@ -454,7 +457,7 @@ class AcpxRuntime:
         handle that is not one, ``ACP_SESSION_NOT_FOUND`` for a session that is not running,
         ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
         session = self._require_live(handle)
-        mode = text_arg("mode", mode)
+        mode = checked_mode(session.modes, text_arg("mode", mode))
         await control_request(
             session, "session/set_mode", set_mode_params(session, mode), self.config
         )
@@ -470,9 +473,7 @@ class AcpxRuntime:
         did not advertise, or that is not text (a value may also be a bool):
         ``ACP_INVALID_RUNTIME_OPTION`` naming the choices or the argument."""
         session = self._require_live(handle)
-        key = text_arg("key", key)
-        if not isinstance(value, bool):
-            value = text_arg("value", value)
+        key, value = config_option_args(key, value)
         value = checked_config_value(session.config_options, key, value)
         await control_request(
             session, "session/set_config_option", set_config_params(session, key, value),

@@ -45,6 +45,7 @@ from acpx_trio._events import (
 )
 from acpx_trio._runtime.arguments import (
     checked_meta,
+    config_option_args,
     handle_arg,
     optional_text_arg,
     text_arg,
@@ -224,12 +225,8 @@ class StubRuntime:
 
     def _require(self, handle: AcpRuntimeHandle) -> _Session:
         handle = handle_arg(handle)  # not a handle: ACP_INVALID_RUNTIME_OPTION, as the real one
-        session = self._sessions.get(handle.session_key)
-        if (
-            session is None
-            or session.handle.backend_session_id != handle.backend_session_id
-            or handle.session_key in self._dead
-        ):
+        session = self._current(handle)
+        if session is None or handle.session_key in self._dead:
             raise AcpRuntimeError(
                 "ACP_SESSION_NOT_FOUND",
                 f'stub session "{handle.session_key}" is not running; call ensure_session again.',
@@ -242,6 +239,21 @@ class StubRuntime:
         call = self._record(method, session_key, **args)
         self._raise_queued(method)
         return call
+
+    async def _enter_on(self, method: str, handle: object, **args: Any) -> AcpRuntimeHandle:
+        """:meth:`_enter` for a call on a handle, checked first as the real runtime checks it
+        (not a handle: ``ACP_INVALID_RUNTIME_OPTION``)."""
+        checked = handle_arg(handle)
+        await self._enter(method, checked.session_key, **args)
+        return checked
+
+    def _current(self, handle: AcpRuntimeHandle) -> _Session | None:
+        """The session ``handle`` names, unless closed or replaced since (a later session of
+        its key is another session)."""
+        session = self._sessions.get(handle.session_key)
+        if session is None or session.handle.backend_session_id != handle.backend_session_id:
+            return None
+        return session
 
     def _script_for(self, call: StubCall) -> Script:
         if self._queued:
@@ -385,12 +397,10 @@ class StubRuntime:
     async def cancel(self, *, handle: AcpRuntimeHandle, reason: str | None = None) -> None:
         """End the session's running turn with ``DoneEvent("cancelled")``; no-op when idle
         or when ``handle`` names an earlier session of that key (as the real one)."""
-        handle = handle_arg(handle)
-        reason = optional_text_arg("reason", reason)
-        await self._enter("cancel", handle.session_key, reason=reason)
-        session = self._sessions.get(handle.session_key)
-        if (session is not None and session.turn_running
-                and session.handle.backend_session_id == handle.backend_session_id):
+        handle = await self._enter_on("cancel", handle,
+                                      reason=optional_text_arg("reason", reason))
+        session = self._current(handle)
+        if session is not None and session.turn_running:
             session.cancel.set()
 
     async def close(
@@ -401,14 +411,10 @@ class StubRuntime:
         discard_persistent_state: bool = False,
     ) -> None:
         """Forget the session (a running turn ends cancelled).  Unknown sessions: no-op."""
-        handle = handle_arg(handle)
-        reason = text_arg("reason", reason)
-        await self._enter(
-            "close", handle.session_key, reason=reason,
-            discard_persistent_state=discard_persistent_state,
-        )
-        session = self._sessions.get(handle.session_key)
-        if session is not None and session.handle.backend_session_id == handle.backend_session_id:
+        handle = await self._enter_on("close", handle, reason=text_arg("reason", reason),
+                                      discard_persistent_state=discard_persistent_state)
+        session = self._current(handle)
+        if session is not None:
             session.cancel.set()
             del self._sessions[handle.session_key]
             self._dead.discard(handle.session_key)
@@ -416,18 +422,18 @@ class StubRuntime:
     async def get_capabilities(
         self, *, handle: AcpRuntimeHandle | None = None
     ) -> AcpRuntimeCapabilities:
-        if handle is not None:
-            handle = handle_arg(handle)
-        await self._enter("get_capabilities", handle.session_key if handle else None)
+        if handle is None:
+            await self._enter("get_capabilities")
+        else:
+            await self._enter_on("get_capabilities", handle)
         return self._capabilities
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
         """``summary`` is ``"running"`` during a turn, ``"idle"`` otherwise, ``"dead"`` after
         :meth:`kill_session`, ``"closed"`` for an unknown session (``alive=False``)."""
-        handle = handle_arg(handle)
-        await self._enter("get_status", handle.session_key)
-        session = self._sessions.get(handle.session_key)
-        if session is None or session.handle.backend_session_id != handle.backend_session_id:
+        handle = await self._enter_on("get_status", handle)
+        session = self._current(handle)
+        if session is None:
             return AcpRuntimeStatus(summary="closed", alive=False)
         dead = handle.session_key in self._dead
         return AcpRuntimeStatus(
@@ -439,19 +445,14 @@ class StubRuntime:
         )
 
     async def set_mode(self, *, handle: AcpRuntimeHandle, mode: str) -> None:
-        handle = handle_arg(handle)
         mode = text_arg("mode", mode)
-        await self._enter("set_mode", handle.session_key, mode=mode)
-        self._require(handle).mode = mode
+        self._require(await self._enter_on("set_mode", handle, mode=mode)).mode = mode
 
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
     ) -> None:
-        handle = handle_arg(handle)
-        key = text_arg("key", key)
-        if not isinstance(value, bool):
-            value = text_arg("value", value)
-        await self._enter("set_config_option", handle.session_key, key=key, value=value)
+        key, value = config_option_args(key, value)
+        handle = await self._enter_on("set_config_option", handle, key=key, value=value)
         self._require(handle).options[key] = value
 
     async def prepare_fresh_session(self, *, session_key: str) -> None:
