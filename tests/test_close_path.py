@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from _proc_helpers import poll_until
 from _runtime_helpers import MOCK, RuntimeEnv
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
@@ -80,6 +81,14 @@ def test_lease_ids_in_environ_reads_every_complete_entry() -> None:
     assert lease_ids_in_environ(b"") == set()
 
 
+def _execed(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return LEASE_ENV_KEY.encode() in fh.read()
+    except OSError:
+        return False
+
+
 async def shared_pids_tagged(lease_id: str, root_pid: int) -> list[ProcessInfo]:
     """The listing of one shared pass (:func:`shared_scan`)."""
     return (await shared_scan(lease_id, root_pid))[0]
@@ -100,6 +109,9 @@ async def test_concurrent_cleanups_share_one_proc_pass(tmp_path: Path) -> None:
         env={**os.environ, LEASE_ENV_KEY: "someone-else", GATEWAY_ENV_KEY: gateway},
         start_new_session=True,
     )
+    # every one past its exec: in the middle of one a process's environment reads empty,
+    # and the scans then list it as an undecided candidate (read again later), tags or not
+    await poll_until(lambda: all(_execed(p.pid) for p in [*procs, decoy]), seconds=10)
     try:
         results: dict[str, set[int]] = {}
         before = scan_passes()
