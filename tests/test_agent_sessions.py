@@ -109,3 +109,30 @@ def test_cli_sessions_delete_and_logout(tmp_path: Path) -> None:
     assert out.returncode == 0 and "logged out" in out.stdout, out.stderr
     unsupported = run_cli("logout", "--agent-command", CLI_MOCK, state_dir=tmp_path)
     assert unsupported.returncode == 1 and "does not support logout" in unsupported.stderr
+
+
+@pytest.mark.parametrize("flags", [("--list", "--list-hang"), ("--list", "--slow-start", "8000")],
+                         ids=["call-stalls", "initialize-stalls"])
+async def test_a_stalled_agent_is_a_control_timeout(env: RuntimeEnv, tmp_path: Path,
+                                                    flags: tuple[str, ...]) -> None:
+    """An agent that never answers ``session/list`` (or ``initialize``) is
+    ``ACP_CONTROL_TIMEOUT`` after the control timeout: a typed error, never a bare
+    ``trio.TooSlowError``; and no agent is left."""
+    async with env.runtime(agents=_agents(tmp_path / "s", *flags), timeoutSeconds=1) as rt:
+        started = trio.current_time()
+        with trio.fail_after(30), pytest.raises(AcpRuntimeError) as info:
+            await rt.list_sessions(agent="lister")
+        assert trio.current_time() - started < 10
+    assert info.value.code == "ACP_CONTROL_TIMEOUT", info.value
+    assert info.value.retryable
+
+
+def test_cli_sessions_list_of_a_stalled_agent(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"timeoutSeconds": 1}')
+    agent = f"{CLI_MOCK} --list --list-hang"
+    done = run_cli("sessions", "list", "--agent-command", agent, "--config", str(config),
+                   state_dir=tmp_path)
+    assert done.returncode not in (0, 2), done
+    assert "ACP_CONTROL_TIMEOUT" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr

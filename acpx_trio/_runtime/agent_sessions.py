@@ -60,22 +60,26 @@ async def with_agent(factory: SessionFactory, name: str, cwd: str | None, what: 
             finally:
                 with trio.CancelScope(shield=True):
                     await proc.aclose(f"{what} finished")
-    except trio.TooSlowError as exc:
-        raise AcpRuntimeError("ACP_CONTROL_TIMEOUT",
-                              f"agent {spec.name} did not answer within {timeout:g}s",
-                              retryable=True) from exc
-    except BaseExceptionGroup as group:
-        first = collapse_group(group)
-        if isinstance(first, AcpRuntimeError):
-            raise first from None
-        if isinstance(first, AcpxError):
-            raise AcpRuntimeError("ACP_CONTROL_FAILED", f"{what} failed: {first.message}") \
-                from None
-        raise first from None
-    except AcpRuntimeError:
-        raise
-    except AcpxError as exc:
-        raise AcpRuntimeError("ACP_CONTROL_FAILED", f"{what} failed: {exc.message}") from exc
+    except BaseException as exc:  # a nursery wraps even one error: judge the one inside
+        raise _control_error(collapse_group(exc), spec.name, what, timeout) from None
+
+
+def _control_error(error: BaseException, name: str, what: str,
+                   timeout: float) -> BaseException:
+    """What :func:`with_agent` raises for ``error``: a deadline is ``ACP_CONTROL_TIMEOUT``,
+    an :class:`AcpRuntimeError` itself, any other :class:`AcpxError`
+    ``ACP_CONTROL_FAILED``; anything else (a cancel) as it is."""
+    if isinstance(error, trio.TooSlowError):
+        timed_out = AcpRuntimeError("ACP_CONTROL_TIMEOUT",
+                                    f"agent {name} did not answer within {timeout:g}s",
+                                    retryable=True)
+        timed_out.__cause__ = error
+        return timed_out
+    if isinstance(error, AcpxError) and not isinstance(error, AcpRuntimeError):
+        failed = AcpRuntimeError("ACP_CONTROL_FAILED", f"{what} failed: {error.message}")
+        failed.__cause__ = error
+        return failed
+    return error
 
 
 def _unsupported(name: str, method: str) -> AcpRuntimeError:

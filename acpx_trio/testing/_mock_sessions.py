@@ -63,9 +63,13 @@ def on_close(self: AgentCore, req_id: int | str, params: Raw) -> None:
 def on_list(self: AgentCore, req_id: int | str, params: Raw) -> None:
     """``session/list`` (``--list``): the sessions in the session dir (and in memory), by id,
     filtered by ``cwd``, ``LIST_PAGE`` per page; the cursor is the next index.  Each has a
-    title (its first prompt) and, with ``--list-junk``, a malformed entry is added per page."""
+    title (its first prompt) and, with ``--list-junk``, a malformed entry is added per page.
+    ``--list-hang``: never answered."""
     if not self.args.list:
         raise RpcFailure(-32601, "Method not found: session/list")
+    if self.args.list_hang:
+        self.log(f"--list-hang: session/list {req_id!r} will never be answered")
+        return
     p = msgspec.json.decode(params, type=Params)
     ids = set(self.sessions)
     if self.session_dir and os.path.isdir(self.session_dir):

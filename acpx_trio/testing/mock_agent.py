@@ -39,7 +39,8 @@ before it gets -32000 "Authentication required"), ``--terminal-auth ARGS`` (also
 ``--error-data TEXT`` (``session/new`` fails with -32603 and ``data.details``),
 ``--resume`` / ``--close`` (advertise and serve ``session/resume`` / ``session/close``;
 ``--resume-fails``: resume answers -32603), ``--list`` (advertise and serve ``session/list``,
-two sessions a page; ``--list-junk``: a malformed entry on every page),
+two sessions a page; ``--list-junk``: a malformed entry on every page; ``--list-hang``:
+advertised, never answered),
 ``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
 ``--method-log FILE`` (append each request's method name to FILE),
 ``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
@@ -360,6 +361,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="models as session/new `models` + session/set_model, no model "
                              "config option")
     parser.add_argument("--list-junk", action="store_true")
+    parser.add_argument("--list-hang", action="store_true")
     parser.add_argument("--resume-fails", action="store_true")
     parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
     parser.add_argument("--method-log", default=None, metavar="FILE")
