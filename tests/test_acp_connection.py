@@ -590,3 +590,64 @@ async def test_lone_surrogates_never_lose_a_message() -> None:
         assert seen == [{"text": "smile \ufffd"}]
         assert msgspec.json.decode(box[0]) == {"stopReason": "end_turn", "_meta": {"x": "\ufffd"}}
         assert h.warnings == []
+
+
+async def test_requests_answered_at_once_are_bounded_and_reading_resumes() -> None:
+    """Past ``MAX_ANSWERS`` requests being answered the connection reads nothing more (its
+    memory stays bounded) and resumes, in wire order, once answers end."""
+    from acpx_trio._acp._connection import MAX_ANSWERS
+
+    async with connected() as h:
+        release = trio.Event()
+        running = 0
+        most = 0
+        seen: list[str] = []
+
+        async def wait(params: msgspec.Raw) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await release.wait()
+            running -= 1
+
+        h.conn.set_request_handler("wait", wait)
+        h.conn.set_notification_handler("note", lambda params: seen.append("note"))
+        extra = 10
+        for n in range(MAX_ANSWERS + extra):
+            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "wait"})
+        await h.peer.send({"jsonrpc": "2.0", "method": "note"})
+        await trio.testing.wait_all_tasks_blocked()
+        assert running == MAX_ANSWERS and not seen  # the reader waits for room
+        release.set()
+        answered = {(await h.peer.recv())["id"] for _ in range(MAX_ANSWERS + extra)}
+        assert answered == set(range(MAX_ANSWERS + extra))
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == ["note"] and most == MAX_ANSWERS
+
+
+async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
+    """Of a ``heavy`` method, at most ``HEAVY_ANSWERS`` answers are made or waiting to be
+    written while the peer reads none; each is answered once it reads again."""
+    from acpx_trio._acp._connection import HEAVY_ANSWERS
+
+    client, agent = trio.testing.lockstep_stream_pair()  # a write waits for the reader
+    conn = AcpConnection(client.send_stream, client.receive_stream)
+    made = 0
+
+    async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
+        nonlocal made
+        made += 1
+        return ReadTextFileResponse(content="x" * 100_000)
+
+    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    peer = Peer(agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.serve)
+        for n in range(20):
+            await peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
+                             "params": {"sessionId": "s", "path": "/f"}})
+        await trio.testing.wait_all_tasks_blocked()
+        assert made == HEAVY_ANSWERS
+        answered = {(await peer.recv())["id"] for _ in range(20)}
+        assert answered == set(range(20)) and made == 20
+        nursery.cancel_scope.cancel()

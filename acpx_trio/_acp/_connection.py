@@ -65,6 +65,17 @@ _MAX_WARNINGS: Final = 100
 _NULL: Final = b"null"
 
 
+#: The agent's requests answered at once at most: past it (or past :data:`MAX_ANSWER_BYTES`
+#: of their lines) the connection reads no more until one is answered.  Generous, so that
+#: long waits (a terminal's exit, a permission) never hold up the rest: four times the cap
+#: on terminals a session may hold.
+MAX_ANSWERS: Final = 256
+#: Bytes of request lines being answered at most (a single longer one is admitted alone).
+MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
+#: Requests of a ``heavy`` method (a large answer: file contents, terminal output) produced or
+#: waiting to be written at once at most; the others wait their turn before their handler runs.
+HEAVY_ANSWERS: Final = 2
+
 #: JSON-RPC cancellation of an in-flight request (LSP's ``$/cancelRequest``, as ACP names it)
 CANCEL_REQUEST = "$/cancel_request"
 #: the error an answered-then-cancelled request gets
@@ -129,6 +140,10 @@ class AcpConnection:
       sending: later sends raise :class:`AcpConnectionClosedError`.
     - ``on_warning`` is called synchronously from the reader task and must not raise or block;
       at most 101 times per connection, redacted like the agent's ``ACP_RPC_ERROR``\\ s.
+    - Memory stays bounded whatever the agent requests, also from an agent that stops reading
+      its answers: at most :data:`MAX_ANSWERS` of its requests (and :data:`MAX_ANSWER_BYTES`
+      of their lines) are answered at once, and at most :data:`HEAVY_ANSWERS` large answers
+      exist at once; past that the connection reads no more until one is written.
     """
 
     def __init__(
@@ -152,6 +167,11 @@ class AcpConnection:
         self._answering: dict[RequestId, trio.CancelScope] = {}
         self._abandoned: dict[RequestId, None] = {}  # insertion-ordered, bounded
         self._request_handlers: dict[str, RequestHandler] = {}
+        self._heavy_methods: set[str] = set()
+        self._heavy = trio.Semaphore(HEAVY_ANSWERS)
+        self._answers = 0  # requests being answered, and the bytes of their lines
+        self._answer_bytes = 0
+        self._room = trio.lowlevel.ParkingLot()  # the reader, waiting for an answer to end
         self._notification_handlers: dict[str, NotificationHandler] = {}
         self._junk_lines = 0
         self._last_junk: deque[bytes] = deque(maxlen=_JUNK_TAIL)
@@ -183,8 +203,11 @@ class AcpConnection:
 
     # ------------------------------------------------------------------ handlers
 
-    def set_request_handler(self, method: str, handler: RequestHandler) -> None:
-        """Serves agent->client requests for ``method``.
+    def set_request_handler(self, method: str, handler: RequestHandler, *,
+                            heavy: bool = False) -> None:
+        """Serves agent->client requests for ``method``; ``heavy``: its answers may be large
+        (file contents, terminal output), so at most :data:`HEAVY_ANSWERS` are made or
+        waiting to be written at once.
 
         Handlers run concurrently in the connection's nursery and are cancelled when the
         reader stops.  The return value (Struct, dict, None, ...) is sent as the result.
@@ -193,6 +216,10 @@ class AcpConnection:
         for a method without a handler get -32601.
         """
         self._request_handlers[method] = handler
+        if heavy:
+            self._heavy_methods.add(method)
+        else:
+            self._heavy_methods.discard(method)
 
     def set_notification_handler(self, method: str, handler: NotificationHandler) -> None:
         """Handles agent->client notifications for ``method``, synchronously, in wire order.
@@ -402,7 +429,8 @@ class AcpConnection:
             fast = self._fast
             if fast is None:
                 for line in block.split(b"\n"):
-                    self._dispatch(line)
+                    if (request := self._dispatch(line)) is not None:
+                        await self._start_answer(request, len(line))
                 continue
             marker, decode, handler, decode_batch = fast
             if decode_batch is not None and (whole := decode_batch(block)) is not None:
@@ -422,7 +450,8 @@ class AcpConnection:
                     self._fast_deliver(handler, decoded, size)
                     decoded = []
                     size = 0
-                self._dispatch(line)
+                if (request := self._dispatch(line)) is not None:
+                    await self._start_answer(request, len(line))
             if decoded:
                 self._fast_deliver(handler, decoded, size)
 
@@ -433,21 +462,34 @@ class AcpConnection:
         except Exception as exc:
             self._warn(f"fast notification handler failed: {exc!r}", "ACP_NOTIFICATION_FAILED")
 
-    def _dispatch(self, line: bytes) -> None:
+    def _dispatch(self, line: bytes) -> Request | None:
+        """Handles one line; a request is returned, for :meth:`_start_answer`."""
         if not line or (line[:1].isspace() and not line.strip()):
-            return
+            return None
         try:
             message = parse_message(line)
         except NotJsonRpc as exc:
             self._junk(line, exc.reason)
-            return
+            return None
         if isinstance(message, Request):
-            assert self._nursery is not None
-            self._nursery.start_soon(self._answer, message)
-        elif isinstance(message, Notification):
+            return message
+        if isinstance(message, Notification):
             self._notify_handler(message)
         else:
             self._resolve(message)
+        return None
+
+    async def _start_answer(self, request: Request, size: int) -> None:
+        """Answers ``request`` (a line of ``size`` bytes) in a task of its own, once there
+        is room (:data:`MAX_ANSWERS`, :data:`MAX_ANSWER_BYTES`): until then, nothing more
+        is read."""
+        while self._answers and (self._answers >= MAX_ANSWERS
+                                 or self._answer_bytes + size > MAX_ANSWER_BYTES):
+            await self._room.park()
+        self._answers += 1
+        self._answer_bytes += size
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer, request, size)
 
     def _warn(self, message: str, code: str) -> None:
         self._warnings += 1  # bounded: an agent must not be able to fill the owner's log
@@ -526,7 +568,19 @@ class AcpConnection:
         if scope is not None:
             scope.cancel()
 
-    async def _answer(self, request: Request) -> None:
+    async def _answer(self, request: Request, size: int) -> None:
+        try:
+            if request.method in self._heavy_methods:
+                async with self._heavy:
+                    await self._answer_now(request)
+            else:
+                await self._answer_now(request)
+        finally:
+            self._answers -= 1
+            self._answer_bytes -= size
+            self._room.unpark_all()
+
+    async def _answer_now(self, request: Request) -> None:
         handler = self._request_handlers.get(request.method)
         reply: OutResponse | OutErrorResponse
         if request.lossy:  # run on U+FFFD instead of what the agent meant: never

@@ -293,10 +293,11 @@ class LiveSession:
         conn.set_request_handler("session/request_permission", self._on_permission)
         conn.set_request_handler("elicitation/create", self._on_elicitation)
         conn.set_notification_handler("elicitation/complete", self._on_elicitation_complete)
-        conn.set_request_handler("fs/read_text_file", self._on_read)
+        conn.set_request_handler("fs/read_text_file", self._on_read, heavy=True)
         conn.set_request_handler("fs/write_text_file", self._on_write)
         for method in TERMINAL_METHODS:
-            conn.set_request_handler(method, functools.partial(self._on_terminal, method))
+            conn.set_request_handler(method, functools.partial(self._on_terminal, method),
+                                     heavy=method == "terminal/output")
 
     def _take(self, session_id: str, update: SessionUpdate) -> bool:
         """Applies what ``update`` reports about this session (its mode, config options, an
