@@ -102,6 +102,29 @@ async def test_cancel_during_sleep_keeps_session_usable(env: RuntimeEnv) -> None
         assert (await rt.get_status(handle=handle)).alive
 
 
+@pytest.mark.parametrize("reason", ["end_turn", "refusal"])
+async def test_a_cancel_answered_with_another_stop_reason_still_ends_cancelled(
+    env: RuntimeEnv, reason: str
+) -> None:
+    """The spec asks an agent to answer a cancelled prompt ``cancelled``; one that answers
+    otherwise does not turn the caller's cancel into a normal end."""
+    agents = {"lax": {"command": MOCK[0], "args": [*MOCK[1:], "--cancel-stop-reason", reason]}}
+    async with env.runtime(agents=agents) as rt:
+        handle = await rt.ensure_session(session_key="s", agent="lax")
+        events = []
+
+        async def consume() -> None:
+            events.extend(await run(rt, handle, "/sleep 20000"))
+
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                await wait_prompt_sent(rt, "s")
+                await rt.cancel(handle=handle, reason="test")
+            assert events == [DoneEvent(stop_reason="cancelled")]
+            assert output(await run(rt, handle, "/pid")) == f"pid={handle.agent_pid}"
+
+
 async def _turn_running(rt: AcpxRuntime, handle: AcpRuntimeHandle) -> bool:
     return bool((await rt.get_status(handle=handle)).details["turn_running"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from _cli_helpers import (
+    MOCK,
     background_cli,
     cli_argv,
     cli_env,
@@ -403,6 +404,19 @@ def test_timeout_is_per_prompt_in_a_warm_session(tmp_path: Path) -> None:
         assert elapsed < 15, elapsed
         # the agent honoured the cancel: the session stays warm on the same agent
         assert _status_sessions(state)[0]["agent_pid"] == agent
+
+
+def test_a_warm_timeout_stays_a_timeout_whatever_the_agent_answers_the_cancel(
+    tmp_path: Path,
+) -> None:
+    """An agent that answers the timeout's cancel ``end_turn`` (the spec asks for
+    ``cancelled``) still leaves the command ``ACP_TURN_TIMEOUT``, exit 3, not a success."""
+    state = tmp_path / "state"
+    lax = f"{MOCK} --cancel-stop-reason end_turn"
+    with _warm(state):
+        done = run_cli("prompt", "--session", "lax", "--agent-command", lax, "--timeout", "1",
+                       "/sleep 20000", state_dir=state)
+    assert done.returncode == 3 and "ACP_TURN_TIMEOUT" in done.stderr, done
 
 
 async def test_a_full_accept_backlog_is_a_busy_owner_not_a_stranger(

@@ -215,8 +215,14 @@ async def _prompt(
                 meta=turn.meta,
             )
             response = await session.connection.request("session/prompt", params, PromptResponse)
-            final = DoneEvent(stop_reason=response.stop_reason,
-                              usage=token_usage(response.usage))
+            stop_reason = response.stop_reason
+            if turn.cancelling and stop_reason != "cancelled":
+                # the spec asks for ``cancelled``; whatever the agent says, the turn the
+                # caller cancelled (or timed out) reads as one
+                log.info("the agent answered a cancelled turn with a stopReason other than "
+                         "'cancelled'; it ends cancelled")
+                stop_reason = "cancelled"
+            final = DoneEvent(stop_reason=stop_reason, usage=token_usage(response.usage))
         if scope.cancelled_caught:
             if turn.cancelling or turn.closed_reason:
                 final = DoneEvent(stop_reason="cancelled")

@@ -468,6 +468,8 @@ def run_turn(
     agent.finish_turn(ctl, record)
     if stop is None:
         return
+    if stop == "cancelled" and agent.args.cancel_stop_reason:  # a non-compliant agent
+        stop = agent.args.cancel_stop_reason
     if stop == "end_turn":
         with agent.state_lock:
             record.turns.append(Turn(user=text, agent="".join(turn.said)))

@@ -41,7 +41,9 @@ before it gets -32000 "Authentication required"), ``--terminal-auth ARGS`` (also
 ``--resume-fails``: resume answers -32603), ``--list`` (advertise and serve ``session/list``,
 two sessions a page; ``--list-junk``: a malformed entry on every page; ``--list-hang``:
 advertised, never answered),
-``--unknown-session-message TEXT`` (load/resume of an unknown id fail with -32603 TEXT),
+``--cancel-stop-reason REASON`` (a cancelled turn is answered with REASON, not
+``cancelled``: an agent that breaks the spec), ``--unknown-session-message TEXT``
+(load/resume of an unknown id fail with -32603 TEXT),
 ``--method-log FILE`` (append each request's method name to FILE),
 ``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
 (escape artists started at launch, see ``acpx_trio.testing._mock_escape``).
@@ -362,6 +364,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "config option")
     parser.add_argument("--list-junk", action="store_true")
     parser.add_argument("--list-hang", action="store_true")
+    parser.add_argument("--cancel-stop-reason", default="", metavar="REASON")
     parser.add_argument("--resume-fails", action="store_true")
     parser.add_argument("--unknown-session-message", default=None, metavar="TEXT")
     parser.add_argument("--method-log", default=None, metavar="FILE")
