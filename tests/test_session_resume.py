@@ -34,6 +34,25 @@ def test_gemini_not_found_text_is_recognised() -> None:
                                                  rpc_code=-32603))
 
 
+@pytest.mark.parametrize(("message", "data", "proven"), [
+    ("Session not found: abc", None, True),
+    ("loadSession is not supported", None, True),
+    ("Internal error", {"details": "Session 7f3a does not exist"}, True),
+    ("Could not find session 123", None, True),
+    # "not found" or "not supported" about something else proves nothing about the session
+    ("Internal error: ripgrep binary not found on PATH", None, False),
+    ("Internal error: session worker: ripgrep binary not found", None, False),
+    ("Internal error", {"details": "config file not found"}, False),
+    ("Internal error: this terminal is not supported", None, False),
+])
+def test_only_a_session_that_is_not_found_is_not_found(
+    message: str, data: object, proven: bool
+) -> None:
+    exc = AcpRuntimeError("ACP_RPC_ERROR", "agent answered session/load with JSON-RPC error "
+                          f"-32603: {message}", rpc_code=-32603, rpc_data=data)
+    assert is_load_not_found(exc) is proven
+
+
 async def test_resume_is_preferred_and_session_close_is_sent(env: RuntimeEnv) -> None:
     agents = _mock(env.root, "--resume", "--close")
     with trio.fail_after(60):
@@ -80,12 +99,17 @@ async def test_gemini_style_not_found_falls_back_to_new(env: RuntimeEnv) -> None
     assert _methods(env.root)[:3] == ["initialize", "session/load", "session/new"]
 
 
-async def test_load_error_that_is_not_not_found_fails(env: RuntimeEnv) -> None:
-    agents = _mock(env.root, "--unknown-session-message", "database is locked")
+@pytest.mark.parametrize("message", ["database is locked",
+                                     "Internal error: ripgrep binary not found on PATH"])
+async def test_load_error_that_is_not_not_found_fails(env: RuntimeEnv, message: str) -> None:
+    """A load that fails for another reason never falls back to ``session/new``: the
+    recorded conversation would be replaced by an empty one."""
+    agents = _mock(env.root, "--unknown-session-message", message)
     with trio.fail_after(60):
         async with env.runtime(agents=agents) as rt:
             with pytest.raises(AcpRuntimeError) as info:
                 await rt.ensure_session(session_key="g", agent="mock",
                                         resume_session_id="never-seen")
     assert info.value.code == "ACP_SESSION_INIT_FAILED"
-    assert "database is locked" in info.value.message
+    assert message in info.value.message
+    assert "session/new" not in _methods(env.root)

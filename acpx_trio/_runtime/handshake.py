@@ -5,6 +5,7 @@ that carry the agent's stderr tail."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 import trio
@@ -79,9 +80,14 @@ __all__ = [
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
-_NOT_FOUND_HINTS = ("not found", "unknown session", "no such session", "does not exist",
-                    "not supported", "no previous session", "no session found",
-                    "no sessions found", "could not find session", "session not found")
+#: Texts that say the *session* is unknown (or loading unsupported): a hint counts only next
+#: to the word session within one clause ("Session not found: x", "No previous sessions
+#: found", "unknown session", "loadSession is not supported"), never "ripgrep not found".
+_NOT_FOUND_TEXT = re.compile(
+    r"\b(?:unknown|no such|no previous|no|could not find)\s+sessions?\b"
+    r"|\bsessions?\b[^.;:,]{0,60}?\b(?:not found|does not exist|not supported)"
+    r"|\bload\s*session\b[^.;:,]{0,30}?\bnot supported",
+    re.IGNORECASE)
 
 
 def _version() -> str:
@@ -110,8 +116,7 @@ def is_load_not_found(exc: AcpRuntimeError) -> bool:
         return False
     if exc.rpc_code in _NOT_FOUND_CODES:
         return True
-    text = f"{exc.message} {exc.rpc_data!r}".lower()
-    return any(hint in text for hint in _NOT_FOUND_HINTS)
+    return _NOT_FOUND_TEXT.search(f"{exc.message} {exc.rpc_data!r}") is not None
 
 
 def _tail(proc: AgentProcess | None) -> str:
