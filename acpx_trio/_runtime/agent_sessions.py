@@ -17,7 +17,7 @@ from acpx_trio._acp import (
     ListSessionsRequest,
     ListSessionsResponse,
 )
-from acpx_trio._errors import AcpRuntimeError, AcpxError, collapse_group
+from acpx_trio._errors import AcpRuntimeError, AcpxError, collapse_group, redact
 from acpx_trio._events import AgentSession
 from acpx_trio._runtime.handshake import initialize_agent, make_agent_process
 from acpx_trio._runtime.session_factory import SessionFactory
@@ -107,8 +107,10 @@ async def list_agent_sessions(
                     "session/list", ListSessionsRequest(cwd=cwd, cursor=cursor),
                     ListSessionsResponse,
                 )
+            secrets = connection.redact_secrets  # a title may echo a credential
             found.extend(
-                AgentSession(session_id=s.session_id, cwd=s.cwd, title=s.title,
+                AgentSession(session_id=s.session_id, cwd=s.cwd,
+                             title=None if s.title is None else redact(s.title, secrets),
                              updated_at=s.updated_at)
                 for s in page.items()
             )

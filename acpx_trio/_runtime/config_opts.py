@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from acpx_trio._acp import SessionConfigOption, SessionModelState, SessionModeState
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, redact
 from acpx_trio._runtime.update_map import config_option_info
 
 __all__ = [
@@ -20,42 +21,49 @@ def model_option(options: list[SessionConfigOption] | None) -> SessionConfigOpti
     return next((o for o in options or () if o.category == "model"), None)
 
 
+def _invalid(message: str, secrets: Iterable[str]) -> AcpRuntimeError:
+    """``ACP_INVALID_RUNTIME_OPTION``: its message names what the agent offers, which may
+    echo a credential it holds (``secrets``): redacted."""
+    return AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION", redact(message, secrets))
+
+
 def checked_config_value(
-    options: list[SessionConfigOption] | None, key: str, value: str | bool
+    options: list[SessionConfigOption] | None, key: str, value: str | bool,
+    secrets: Iterable[str] = (),
 ) -> str | bool:
     """``value`` if the agent advertised option ``key`` with that value (any value when the
     agent advertised no options at all: the agent then decides).  Raises
-    ``ACP_INVALID_RUNTIME_OPTION`` naming the valid ids or values otherwise."""
+    ``ACP_INVALID_RUNTIME_OPTION`` naming the valid ids or values otherwise (``secrets``
+    redacted from it)."""
     if options is None:
         return value
     option = next((o for o in options if o.id == key), None)
     if option is None:
         ids = ", ".join(o.id for o in options) or "(none)"
-        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                              f"unknown config option {key!r}; the agent offers: {ids}")
+        raise _invalid(f"unknown config option {key!r}; the agent offers: {ids}", secrets)
     if option.type == "boolean":
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
         if not isinstance(value, bool):
-            raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                                  f"config option {key!r} takes true or false, not {value!r}")
+            raise _invalid(f"config option {key!r} takes true or false, not {value!r}",
+                           secrets)
         return value
     values = config_option_info(option).values
     if isinstance(value, bool) or (values and value not in values):
-        raise AcpRuntimeError(
-            "ACP_INVALID_RUNTIME_OPTION",
-            f"invalid value {value!r} for config option {key!r}; choices: {', '.join(values)}",
-        )
+        raise _invalid(f"invalid value {value!r} for config option {key!r}; choices: "
+                       f"{', '.join(values)}", secrets)
     return value
 
 
-def checked_mode(modes: SessionModeState | None, mode: str) -> str:
+def checked_mode(modes: SessionModeState | None, mode: str,
+                 secrets: Iterable[str] = ()) -> str:
     """``mode`` if the agent advertised it (any mode when it advertised none: the agent then
-    decides).  Raises ``ACP_INVALID_RUNTIME_OPTION`` naming the modes it offers otherwise."""
+    decides).  Raises ``ACP_INVALID_RUNTIME_OPTION`` naming the modes it offers otherwise
+    (``secrets`` redacted from it)."""
     offered = [m.id for m in modes.available_modes] if modes else []
     if offered and mode not in offered:
-        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                              f"unknown mode {mode!r}; the agent offers: {', '.join(offered)}")
+        raise _invalid(f"unknown mode {mode!r}; the agent offers: {', '.join(offered)}",
+                       secrets)
     return mode
 
 
@@ -70,11 +78,11 @@ def legacy_models(raw: Any) -> SessionModelState | None:
         return None
 
 
-def checked_legacy_model(models: SessionModelState, model: str) -> str:
+def checked_legacy_model(models: SessionModelState, model: str,
+                         secrets: Iterable[str] = ()) -> str:
     """``model`` if the agent listed it; else ``ACP_INVALID_RUNTIME_OPTION`` naming the
-    models it offers."""
+    models it offers (``secrets`` redacted from it)."""
     ids = [m.model_id for m in models.available_models]
     if ids and model not in ids:
-        raise AcpRuntimeError("ACP_INVALID_RUNTIME_OPTION",
-                              f"unknown model {model!r}; the agent offers: {', '.join(ids)}")
+        raise _invalid(f"unknown model {model!r}; the agent offers: {', '.join(ids)}", secrets)
     return model

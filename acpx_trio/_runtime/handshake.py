@@ -243,7 +243,7 @@ async def start_live_session(
         cleanup_deps=factory.process_cleanup, on_turn_failure=session.fail_turn,
         logger=factory.log,
         output_budget=factory.config.terminal_output_max_bytes,
-        containment=factory.config.containment,
+        containment=factory.config.containment, secrets=proc.secrets,
     )
     # a runtime shut down meanwhile takes no new agent (and a cancelled caller, whose cancel
     # may be what shut it down, sees its cancel); no schedule point from here to the start

@@ -47,7 +47,7 @@ from acpx_trio._acp import (
     decode_session_update_line,
     decode_session_update_lines,
 )
-from acpx_trio._errors import AcpRuntimeError, redact_argv
+from acpx_trio._errors import AcpRuntimeError, redact, redact_argv, replace_secrets
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -189,11 +189,17 @@ class LiveSession:
             agent_pid=None if self.process is None else self.process.pid,
         )
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials its agent holds (redacted from whatever we keep or show)."""
+        proc = self.process
+        return () if proc is None else proc.secrets
+
     def record(self) -> SessionRecord:
         """The persistent record of this session as it is now (a credential in the agent's
-        command line is redacted: records are never a place for one)."""
+        command line or its mode id is redacted: records are never a place for one)."""
         proc = self.process
-        secrets = () if proc is None else proc.secrets
+        secrets = self.secrets
         return SessionRecord(
             session_key=self.session_key,
             agent=self.spec.name,
@@ -205,7 +211,8 @@ class LiveSession:
             agent_pid=None if proc is None else proc.pid,
             agent_create_time=None if proc is None else proc.create_time,
             agent_start_ticks=None if proc is None else proc.start_ticks,
-            current_mode=self.current_mode,
+            current_mode=None if self.current_mode is None else redact(self.current_mode,
+                                                                       secrets),
         )
 
     def capabilities(self) -> AcpRuntimeCapabilities:
@@ -236,9 +243,11 @@ class LiveSession:
             "stray_updates": self.stray_updates,
             "junk_lines": 0 if conn is None else conn.junk_lines,
             "permissions": msgspec.structs.asdict(stats),
-            # issue 21: the options as last advertised (new/load/resume, config_option_update)
-            "config_options": [msgspec.to_builtins(config_option_info(o))
-                               for o in self.config_options or ()],
+            # issue 21: the options as last advertised (new/load/resume, config_option_update),
+            # with the credentials its agent holds redacted, as on the turn's events
+            "config_options": replace_secrets([msgspec.to_builtins(config_option_info(o))
+                                               for o in self.config_options or ()],
+                                              self.secrets),
         }
         pid = None if proc is None else proc.pid
         state = "running a turn" if self.turn is not None else "idle"
@@ -248,7 +257,8 @@ class LiveSession:
             backend_session_id=self.backend_session_id,
             agent_pid=pid,
             alive=alive,
-            current_mode=self.current_mode,
+            current_mode=None if self.current_mode is None else redact(self.current_mode,
+                                                                       self.secrets),
             details=details,
         )
 
@@ -360,8 +370,8 @@ class LiveSession:
         cancelling = turn is None or turn.cancelling or not turn.accepting
         decision = self.policy.decide(request, cancelling=cancelling)
         self.log.debug(
-            "permission %s for %r: %s", request.tool_call.tool_call_id,
-            request.tool_call.title, decision.verdict,
+            "permission %s for %r: %s", redact(request.tool_call.tool_call_id, self.secrets),
+            redact(request.tool_call.title or "", self.secrets), decision.verdict,
         )
         if decision.fail_turn is not None:
             self._fail_turn(decision.fail_turn)

@@ -26,7 +26,7 @@ import msgspec
 import trio
 
 from acpx_trio._acp import SetSessionModelRequest
-from acpx_trio._errors import AcpRuntimeError, collapse_group
+from acpx_trio._errors import AcpRuntimeError, collapse_group, redact
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -457,14 +457,14 @@ class AcpxRuntime:
         handle that is not one, ``ACP_SESSION_NOT_FOUND`` for a session that is not running,
         ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
         session = self._require_live(handle)
-        mode = checked_mode(session.modes, text_arg("mode", mode))
+        mode = checked_mode(session.modes, text_arg("mode", mode), session.secrets)
         await control_request(
             session, "session/set_mode", set_mode_params(session, mode), self.config
         )
         session.current_mode = mode
         if session.backend_session_id is not None:  # a close meanwhile keeps its record
-            await self.session_store.set_current_mode(session.session_key,
-                                                      session.backend_session_id, mode)
+            await self.session_store.set_current_mode(  # a record holds no credential
+                session.session_key, session.backend_session_id, redact(mode, session.secrets))
 
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
@@ -474,7 +474,7 @@ class AcpxRuntime:
         ``ACP_INVALID_RUNTIME_OPTION`` naming the choices or the argument."""
         session = self._require_live(handle)
         key, value = config_option_args(key, value)
-        value = checked_config_value(session.config_options, key, value)
+        value = checked_config_value(session.config_options, key, value, session.secrets)
         await control_request(
             session, "session/set_config_option", set_config_params(session, key, value),
             self.config,
@@ -497,7 +497,7 @@ class AcpxRuntime:
         # the legacy selection (agents without a model config option, e.g. gemini-cli)
         await control_request(session, "session/set_model", SetSessionModelRequest(
             session_id=session.backend_session_id or "",
-            model_id=checked_legacy_model(models, model)), self.config)
+            model_id=checked_legacy_model(models, model, session.secrets)), self.config)
         session.models = msgspec.structs.replace(models, current_model_id=model)
 
     async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:

@@ -37,7 +37,7 @@ import shlex
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -330,8 +330,11 @@ class TerminalManager:
         logger: Logger | None = None,
         output_budget: int = DEFAULT_TERMINAL_OUTPUT_MAX_BYTES,
         containment: ContainmentMode = DEFAULT_CONTAINMENT,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.output_budget = output_budget
+        #: the credentials the agent holds: never in a log line of ours
+        self.secrets = tuple(secrets)
         self.containment: ContainmentMode = containment
         self.session_key = session_key
         #: the session cwd: a terminal's cwd is opened beneath it (refused once replaced)
@@ -425,7 +428,7 @@ class TerminalManager:
             await self.aclose()
             raise _refuse("the session is closing", PERMISSION_DENIED_RPC)
         self.log.debug("terminal %s: pid %s runs %s", term.id, term.pid,
-                       shlex.join(redact_argv(argv)))  # no credential shape in a log line
+                       shlex.join(redact_argv(argv, self.secrets)))  # nor any credential
         return CreateTerminalResponse(terminal_id=term.id)
 
     async def aclose(self) -> None:
