@@ -18,15 +18,12 @@ if TYPE_CHECKING:
     from acpx_trio import lowlevel as lowlevel
     from acpx_trio._api import *  # noqa: F403  (the embedder tier's one list)
 
-    AcpRuntime = AcpRuntimeProtocol  # noqa: F405  (deprecated: see _DEPRECATED)
+    AcpRuntime = AcpRuntimeProtocol  # noqa: F405  (DESIGN.md's name: see _ALIASES)
 
-#: deprecated top-level name -> (its replacement in the embedder tier, why)
-_DEPRECATED: dict[str, tuple[str, str]] = {
-    "AcpRuntime": (
-        "AcpRuntimeProtocol",
-        "renamed so the protocol is not mistaken for the implementation, AcpxRuntime",
-    ),
-}
+#: DESIGN.md's contract names kept beside the name the embedder tier lists (``AcpRuntime``,
+#: one letter from the implementation ``AcpxRuntime``, lists as ``AcpRuntimeProtocol``):
+#: the same object, no warning (a contract name never breaks a ``-W error`` run)
+_ALIASES: dict[str, str] = {"AcpRuntime": "AcpRuntimeProtocol"}
 
 
 def _getattr(name: str) -> Any:
@@ -46,14 +43,10 @@ def _getattr(name: str) -> Any:
         value = getattr(_api, name)
         globals()[name] = value
         return value
-    if name in _DEPRECATED:
-        new, why = _DEPRECATED[name]
-        warnings.warn(
-            f"acpx_trio.{name} is deprecated: use acpx_trio.{new} ({why})",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_api, new)
+    if name in _ALIASES:
+        value = getattr(_api, _ALIASES[name])
+        globals()[name] = value
+        return value
     lowlevel = importlib.import_module("acpx_trio.lowlevel")
     if name in lowlevel.__all__:
         warnings.warn(

@@ -24,7 +24,7 @@ from acpx_trio import lowlevel
 PACKAGE = Path(acpx_trio.__file__).parent
 
 #: Names DESIGN.md lists under "import from ``acpx_trio``" (checks outside the repository use
-#: them).  ``AcpRuntime`` is there too, now a deprecated alias (see test_deprecated_*).
+#: them).  ``AcpRuntime`` is there too, an alias (see test_the_design_contract_*).
 CONTRACT = {
     # service
     "AcpxRuntimeService", "ServiceContext", "open_runtime_service",
@@ -103,8 +103,8 @@ def test_static_list_is_the_runtime_list() -> None:
     LazyAcpxRuntime once passed mypy and raised ImportError)."""
     assert _tier_names(PACKAGE / "_api.py") == set(acpx_trio.__all__)
     assert _tier_names(PACKAGE / "lowlevel.py") == set(lowlevel.__all__)
-    # beside the tier, __init__ shows static tools only the submodule and deprecated aliases
-    assert _init_static_extras() == {"lowlevel", *acpx_trio._DEPRECATED}
+    # beside the tier, __init__ shows static tools only the submodule and DESIGN's aliases
+    assert _init_static_extras() == {"lowlevel", *acpx_trio._ALIASES}
     assert set(lowlevel.__all__) >= TOP_LEVEL_ALIASES
     overlap = set(acpx_trio.__all__) & set(lowlevel.__all__)
     assert overlap == TOP_LEVEL_ALIASES, "only DESIGN.md's building blocks are in both tiers"
@@ -209,15 +209,16 @@ def test_published_structs_still_decode_and_pickle() -> None:
     assert config.permission_mode == "deny-all"
 
 
-def test_deprecated_protocol_alias() -> None:
-    """``AcpRuntime`` (DESIGN.md's old name, one letter from ``AcpxRuntime``) still works, with a
-    DeprecationWarning naming the new name; it is the same object."""
-    with pytest.warns(DeprecationWarning, match="AcpRuntimeProtocol"):
-        alias = acpx_trio.AcpRuntime  # type: ignore[attr-defined]
-    assert alias is acpx_trio.AcpRuntimeProtocol
-    assert "AcpRuntime" not in acpx_trio.__all__
-    with pytest.warns(DeprecationWarning):
-        from acpx_trio import AcpRuntime  # type: ignore[attr-defined]  # noqa: F401
+def test_the_design_contract_protocol_name_imports_without_a_warning() -> None:
+    """``AcpRuntime`` (DESIGN.md's contract name, one letter from ``AcpxRuntime``) is the
+    listed ``AcpRuntimeProtocol`` itself, and importing it warns of nothing (a contract name
+    must not break a ``-W error`` run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alias = acpx_trio.AcpRuntime
+        from acpx_trio import AcpRuntime
+    assert alias is AcpRuntime is acpx_trio.AcpRuntimeProtocol
+    assert "AcpRuntime" not in acpx_trio.__all__  # one listed name per object
 
 
 def test_moved_building_block_warns_and_points_to_lowlevel() -> None:
