@@ -179,6 +179,24 @@ async def test_set_mode_and_close_cancelled_at_every_step_keep_their_promises(
     assert processes_of_gateway(env.gateway_id) == []
 
 
+@pytest.mark.parametrize("name", ["doctor", "probe_availability"])
+async def test_the_probe_cancelled_at_every_step_raises_one_cancelled(
+    env: RuntimeEnv, name: str
+) -> None:
+    """``doctor``/``probe_availability`` cancelled while the probe agent started or
+    answered ``initialize`` raised a group of a ``Cancelled`` and a group of them, which an
+    embedder's ``except trio.Cancelled`` does not catch."""
+    with trio.fail_after(180):
+        async with env.runtime(probeAgent="mock") as rt:
+            call = {"doctor": rt.doctor, "probe_availability": rt.probe_availability}[name]
+            k = 0
+            while await _cancelled_at(k, call):
+                k += 1
+            assert k >= 5, k
+            assert (await rt.doctor()).ok
+    assert processes_of_gateway(env.gateway_id) == []
+
+
 async def test_a_write_cut_midway_breaks_the_connection_and_says_so() -> None:
     """What a cancel may not leave behind: half a message followed by another.  A request
     larger than the pipe, to a peer that reads nothing, is cancelled midway; every later

@@ -112,35 +112,39 @@ async def doctor_probe(factory: SessionFactory, name: str) -> DoctorReport:
     proc = make_agent_process(factory, PROBE_SESSION_KEY, spec, cwd)
     problem: str
     exit_text: str | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(proc.run)
-            assert proc.connection is not None
-            init = await initialize_agent(proc.connection, factory.config)
-            return DoctorReport(
-                ok=True, message="embedded ACP runtime ready",
-                details=[*details, f"protocolVersion={init.protocol_version}",
-                         *auth_details(init.auth_methods, factory.config, spec.name,
-                                       spec.command),
-                         *([f"agentInfo={init.agent_info.name} {init.agent_info.version}".strip()]
-                           if init.agent_info else [])],
-            )
-        except trio.TooSlowError:
-            problem = f"the agent did not answer initialize within {timeout:g}s"
-        except AcpxError as exc:  # a lease store that cannot write (disk full) included
-            problem = exc.message
-            if isinstance(exc, AcpConnectionClosedError):
-                exit_text = await _await_exit(proc)
-        except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
-            first = collapse_group(group)
-            if not isinstance(first, AcpxError):
-                raise first from None
-            problem = first.message
-            if isinstance(first, AcpConnectionClosedError):
-                exit_text = await _await_exit(proc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await proc.aclose("probe finished")
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(proc.run)
+                assert proc.connection is not None
+                init = await initialize_agent(proc.connection, factory.config)
+                info = init.agent_info
+                return DoctorReport(
+                    ok=True, message="embedded ACP runtime ready",
+                    details=[*details, f"protocolVersion={init.protocol_version}",
+                             *auth_details(init.auth_methods, factory.config, spec.name,
+                                           spec.command),
+                             *([f"agentInfo={info.name} {info.version}".strip()] if info
+                               else [])],
+                )
+            except trio.TooSlowError:
+                problem = f"the agent did not answer initialize within {timeout:g}s"
+            except AcpxError as exc:  # a lease store that cannot write (disk full) included
+                problem = exc.message
+                if isinstance(exc, AcpConnectionClosedError):
+                    exit_text = await _await_exit(proc)
+            except BaseExceptionGroup as group:  # the agent's own nursery wraps its start errors
+                first = collapse_group(group)
+                if not isinstance(first, AcpxError):
+                    raise first from None
+                problem = first.message
+                if isinstance(first, AcpConnectionClosedError):
+                    exit_text = await _await_exit(proc)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await proc.aclose("probe finished")
+    except BaseExceptionGroup as group:  # a cancel (or a bug) out of the probe's nursery: one
+        raise collapse_group(group) from None
     tail = proc.stderr_tail().strip()
     extra = [f"exit={exit_text}"] if exit_text else []
     extra += [f"stderr: {tail[-2000:]}"] if tail else []
