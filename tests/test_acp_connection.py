@@ -595,7 +595,7 @@ async def test_lone_surrogates_never_lose_a_message() -> None:
 async def test_requests_answered_at_once_are_bounded_and_reading_resumes() -> None:
     """Past ``MAX_ANSWERS`` requests being answered the connection reads nothing more (its
     memory stays bounded) and resumes, in wire order, once answers end."""
-    from acpx_trio._acp._connection import MAX_ANSWERS
+    from acpx_trio._acp._answers import MAX_ANSWERS
 
     async with connected() as h:
         release = trio.Event()
@@ -628,7 +628,7 @@ async def test_requests_answered_at_once_are_bounded_and_reading_resumes() -> No
 async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
     """Of a ``heavy`` method, at most ``HEAVY_ANSWERS`` answers are made or waiting to be
     written while the peer reads none; each is answered once it reads again."""
-    from acpx_trio._acp._connection import HEAVY_ANSWERS
+    from acpx_trio._acp._answers import HEAVY_ANSWERS
 
     client, agent = trio.testing.lockstep_stream_pair()  # a write waits for the reader
     conn = AcpConnection(client.send_stream, client.receive_stream)

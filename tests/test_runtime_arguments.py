@@ -144,6 +144,11 @@ TEXT_CASES: list[tuple[str, Call, str]] = [
         rt.run_turn(handle=h, text="hi", request_id="\ud800")), "request_id"),
     ("cancel reason object", lambda rt, h: rt.cancel(handle=h, reason=object()), "reason"),  # type: ignore[arg-type]
     ("close reason object", lambda rt, h: rt.close(handle=h, reason=object()), "reason"),  # type: ignore[arg-type]
+    # a truthy non-bool was written into the session record, which could then not be read
+    ("close discard='yes'", lambda rt, h: rt.close(handle=h, discard_persistent_state="yes"),  # type: ignore[arg-type]
+     "discard_persistent_state"),
+    ("close discard=0", lambda rt, h: rt.close(handle=h, discard_persistent_state=0),  # type: ignore[arg-type]
+     "discard_persistent_state"),
 ]
 
 

@@ -246,6 +246,18 @@ async def test_arguments_are_checked_as_the_real_runtime_checks_them() -> None:
     assert stub.calls_to("run_turn")[-1].args["meta"] == {"traceparent": "t"}
     with pytest.raises(TypeError, match="push_script"):
         stub.push_script([TextDeltaEvent(text="x")])  # type: ignore[arg-type]
+    # the rest of an outside review's matrix (stub against real runtime, same calls)
+    with pytest.raises(AcpRuntimeError) as info:
+        await stub.prepare_fresh_session(session_key=5)  # type: ignore[arg-type]
+    assert info.value.code == "ACP_INVALID_RUNTIME_OPTION"
+    for discard in ("yes", 0):
+        with pytest.raises(AcpRuntimeError) as info:
+            await stub.close(handle=handle, discard_persistent_state=discard)  # type: ignore[arg-type]
+        assert info.value.code == "ACP_INVALID_RUNTIME_OPTION"
+    await stub.close(handle=handle, reason="done")
+    with pytest.raises(AcpRuntimeError) as info:
+        await stub.get_capabilities(handle=handle)
+    assert info.value.code == "ACP_SESSION_NOT_FOUND"
 
 
 async def test_every_handle_and_text_argument_is_checked_as_the_real_runtime_checks_it() -> None:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
 import trio
 
+from acpx_trio._acp._answers import RequestAnswers, RequestHandler
 from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader
 from acpx_trio._acp._jsonrpc import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    METHOD_NOT_FOUND,
     ErrorResponse,
     Notification,
     NotJsonRpc,
-    OutError,
-    OutErrorResponse,
     OutNotification,
     OutRequest,
-    OutResponse,
     Request,
     RequestId,
     Response,
@@ -47,7 +41,6 @@ __all__ = ["AcpConnection", "NotificationHandler", "RequestHandler"]
 
 T = TypeVar("T")
 
-RequestHandler = Callable[[msgspec.Raw], Awaitable[Any]]
 NotificationHandler = Callable[[msgspec.Raw], None]
 #: marker, line decoder, handler, batch decoder (see set_fast_notification_handler)
 _FastPath = tuple[
@@ -65,29 +58,8 @@ _MAX_WARNINGS: Final = 100
 _NULL: Final = b"null"
 
 
-#: The agent's requests answered at once at most: past it (or past :data:`MAX_ANSWER_BYTES`
-#: of their lines) the connection reads no more until one is answered.  Generous, so that
-#: long waits (a terminal's exit, a permission) never hold up the rest: four times the cap
-#: on terminals a session may hold.
-MAX_ANSWERS: Final = 256
-#: Bytes of request lines being answered at most (a single longer one is admitted alone).
-MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
-#: Requests of a ``heavy`` method (a large answer: file contents, terminal output) produced or
-#: waiting to be written at once at most; the others wait their turn before their handler runs.
-HEAVY_ANSWERS: Final = 2
-
 #: JSON-RPC cancellation of an in-flight request (LSP's ``$/cancelRequest``, as ACP names it)
 CANCEL_REQUEST = "$/cancel_request"
-#: the error an answered-then-cancelled request gets
-REQUEST_CANCELLED = -32800
-
-
-class _CancelParams(msgspec.Struct, rename="camel"):
-    request_id: int | str
-
-
-class _PeerCancelled(Exception):
-    """Our handler of a peer request was cancelled by the peer (internal)."""
 
 
 class _Progress:
@@ -141,9 +113,8 @@ class AcpConnection:
     - ``on_warning`` is called synchronously from the reader task and must not raise or block;
       at most 101 times per connection, redacted like the agent's ``ACP_RPC_ERROR``\\ s.
     - Memory stays bounded whatever the agent requests, also from an agent that stops reading
-      its answers: at most :data:`MAX_ANSWERS` of its requests (and :data:`MAX_ANSWER_BYTES`
-      of their lines) are answered at once, and at most :data:`HEAVY_ANSWERS` large answers
-      exist at once; past that the connection reads no more until one is written.
+      its answers (see :class:`~acpx_trio._acp._answers.RequestAnswers`): past its bounds on
+      requests being answered the connection reads no more until one is written.
     """
 
     def __init__(
@@ -163,15 +134,8 @@ class AcpConnection:
         self._encoder = msgspec.json.Encoder()
         self._next_id = 0
         self._pending: dict[RequestId, _Pending] = {}
-        #: the peer's requests we are answering, by id (``$/cancel_request`` cancels one)
-        self._answering: dict[RequestId, trio.CancelScope] = {}
         self._abandoned: dict[RequestId, None] = {}  # insertion-ordered, bounded
-        self._request_handlers: dict[str, RequestHandler] = {}
-        self._heavy_methods: set[str] = set()
-        self._heavy = trio.Semaphore(HEAVY_ANSWERS)
-        self._answers = 0  # requests being answered, and the bytes of their lines
-        self._answer_bytes = 0
-        self._room = trio.lowlevel.ParkingLot()  # the reader, waiting for an answer to end
+        self._answers = RequestAnswers(self._send, self._encode)
         self._notification_handlers: dict[str, NotificationHandler] = {}
         self._junk_lines = 0
         self._last_junk: deque[bytes] = deque(maxlen=_JUNK_TAIL)
@@ -206,8 +170,8 @@ class AcpConnection:
     def set_request_handler(self, method: str, handler: RequestHandler, *,
                             heavy: bool = False) -> None:
         """Serves agent->client requests for ``method``; ``heavy``: its answers may be large
-        (file contents, terminal output), so at most :data:`HEAVY_ANSWERS` are made or
-        waiting to be written at once.
+        (file contents, terminal output), so only a few are made or waiting to be written at
+        once (:data:`~acpx_trio._acp._answers.HEAVY_ANSWERS`).
 
         Handlers run concurrently in the connection's nursery and are cancelled when the
         reader stops.  The return value (Struct, dict, None, ...) is sent as the result.
@@ -215,11 +179,7 @@ class AcpConnection:
         ``msgspec.ValidationError`` with -32602; any other exception with -32603.  Requests
         for a method without a handler get -32601.
         """
-        self._request_handlers[method] = handler
-        if heavy:
-            self._heavy_methods.add(method)
-        else:
-            self._heavy_methods.discard(method)
+        self._answers.set_handler(method, handler, heavy=heavy)
 
     def set_notification_handler(self, method: str, handler: NotificationHandler) -> None:
         """Handles agent->client notifications for ``method``, synchronously, in wire order.
@@ -430,7 +390,7 @@ class AcpConnection:
             if fast is None:
                 for line in block.split(b"\n"):
                     if (request := self._dispatch(line)) is not None:
-                        await self._start_answer(request, len(line))
+                        await self._answers.start(self._nursery, request, len(line))
                 continue
             marker, decode, handler, decode_batch = fast
             if decode_batch is not None and (whole := decode_batch(block)) is not None:
@@ -451,7 +411,7 @@ class AcpConnection:
                     decoded = []
                     size = 0
                 if (request := self._dispatch(line)) is not None:
-                    await self._start_answer(request, len(line))
+                    await self._answers.start(self._nursery, request, len(line))
             if decoded:
                 self._fast_deliver(handler, decoded, size)
 
@@ -463,7 +423,7 @@ class AcpConnection:
             self._warn(f"fast notification handler failed: {exc!r}", "ACP_NOTIFICATION_FAILED")
 
     def _dispatch(self, line: bytes) -> Request | None:
-        """Handles one line; a request is returned, for :meth:`_start_answer`."""
+        """Handles one line; a request is returned, for :meth:`RequestAnswers.start`."""
         if not line or (line[:1].isspace() and not line.strip()):
             return None
         try:
@@ -478,18 +438,6 @@ class AcpConnection:
         else:
             self._resolve(message)
         return None
-
-    async def _start_answer(self, request: Request, size: int) -> None:
-        """Answers ``request`` (a line of ``size`` bytes) in a task of its own, once there
-        is room (:data:`MAX_ANSWERS`, :data:`MAX_ANSWER_BYTES`): until then, nothing more
-        is read."""
-        while self._answers and (self._answers >= MAX_ANSWERS
-                                 or self._answer_bytes + size > MAX_ANSWER_BYTES):
-            await self._room.park()
-        self._answers += 1
-        self._answer_bytes += size
-        assert self._nursery is not None
-        self._nursery.start_soon(self._answer, request, size)
 
     def _warn(self, message: str, code: str) -> None:
         self._warnings += 1  # bounded: an agent must not be able to fill the owner's log
@@ -523,7 +471,7 @@ class AcpConnection:
 
     def _notify_handler(self, message: Notification) -> None:
         if message.method == CANCEL_REQUEST:
-            self._cancel_answer(message.params)
+            self._answers.cancel(message.params)
             return
         handler = self._notification_handlers.get(message.method)
         if handler is None:
@@ -555,73 +503,3 @@ class AcpConnection:
             return
         pending.outcome = message
         pending.done.set()
-
-    def _cancel_answer(self, params: Any) -> None:
-        """``$/cancel_request {requestId}``: the peer no longer wants our answer to that
-        request; its handler is cancelled and it is answered ``-32800`` (an unknown or
-        finished id is ignored, as JSON-RPC cancellation is best effort)."""
-        try:
-            request_id = msgspec.json.decode(params, type=_CancelParams).request_id
-        except (msgspec.DecodeError, TypeError):
-            return
-        scope = self._answering.get(request_id)
-        if scope is not None:
-            scope.cancel()
-
-    async def _answer(self, request: Request, size: int) -> None:
-        try:
-            if request.method in self._heavy_methods:
-                async with self._heavy:
-                    await self._answer_now(request)
-            else:
-                await self._answer_now(request)
-        finally:
-            self._answers -= 1
-            self._answer_bytes -= size
-            self._room.unpark_all()
-
-    async def _answer_now(self, request: Request) -> None:
-        handler = self._request_handlers.get(request.method)
-        reply: OutResponse | OutErrorResponse
-        if request.lossy:  # run on U+FFFD instead of what the agent meant: never
-            error = OutError(INVALID_PARAMS, "Invalid params: a string is no Unicode text "
-                             "(a lone UTF-16 surrogate escape)")
-            reply = OutErrorResponse("2.0", request.id, error)
-        elif handler is None:
-            error = OutError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
-            reply = OutErrorResponse("2.0", request.id, error)
-        else:
-            scope = trio.CancelScope()
-            if request.id is not None:
-                self._answering[request.id] = scope
-            try:
-                with scope:
-                    result = await handler(request.params)
-                if scope.cancelled_caught:  # the peer sent $/cancel_request for it
-                    raise _PeerCancelled
-            except _PeerCancelled:
-                reply = OutErrorResponse("2.0", request.id,
-                                         OutError(REQUEST_CANCELLED, "Request cancelled"))
-            except AcpRuntimeError as exc:
-                code = INTERNAL_ERROR if exc.rpc_code is None else exc.rpc_code
-                reply = OutErrorResponse(
-                    "2.0", request.id, OutError(code, exc.message, exc.rpc_data)
-                )
-            except msgspec.ValidationError as exc:
-                error = OutError(INVALID_PARAMS, f"Invalid params: {exc}")
-                reply = OutErrorResponse("2.0", request.id, error)
-            except Exception as exc:
-                error = OutError(INTERNAL_ERROR, f"Internal error: {exc}")
-                reply = OutErrorResponse("2.0", request.id, error)
-            else:
-                reply = OutResponse("2.0", request.id, result)
-            finally:
-                if request.id is not None:
-                    self._answering.pop(request.id, None)
-        try:
-            data = self._encode(reply)
-        except (TypeError, ValueError, OverflowError) as exc:
-            error = OutError(INTERNAL_ERROR, f"Internal error: result not encodable: {exc}")
-            data = self._encode(OutErrorResponse("2.0", request.id, error))
-        with contextlib.suppress(AcpConnectionClosedError):  # nobody is left to read it
-            await self._send(data)

@@ -20,8 +20,8 @@ from acpx_trio._errors import AcpRuntimeError, text_problem
 from acpx_trio._events import AcpRuntimeHandle
 from acpx_trio._runtime.agents import normalize_agent_name
 
-__all__ = ["META_MAX_DEPTH", "agent_arg", "checked_meta", "handle_arg", "optional_text_arg",
-           "text_arg", "turn_args", "validate_ensure_args"]
+__all__ = ["META_MAX_DEPTH", "agent_arg", "checked_meta", "close_args", "handle_arg",
+           "optional_text_arg", "text_arg", "turn_args", "validate_ensure_args"]
 
 #: The code of every argument refused here.
 INVALID = "ACP_INVALID_RUNTIME_OPTION"
@@ -45,6 +45,16 @@ def config_option_args(key: object, value: object) -> tuple[str, str | bool]:
     """A config option's ``key`` (text) and ``value`` (text, or a bool), else
     ``ACP_INVALID_RUNTIME_OPTION`` naming the argument."""
     return text_arg("key", key), value if isinstance(value, bool) else text_arg("value", value)
+
+
+def close_args(reason: object, discard_persistent_state: object) -> tuple[str, bool]:
+    """``close``'s ``reason`` (text) and ``discard_persistent_state`` (a bool: ``"yes"`` or
+    ``0`` would be written into the session record, which could then not be read), else
+    ``ACP_INVALID_RUNTIME_OPTION`` naming the argument."""
+    if not isinstance(discard_persistent_state, bool):
+        raise AcpRuntimeError(INVALID, "discard_persistent_state must be True or False, not "
+                              f"{type(discard_persistent_state).__name__}")
+    return text_arg("reason", reason), discard_persistent_state
 
 
 def agent_arg(value: object) -> str:

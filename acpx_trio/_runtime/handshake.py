@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -14,7 +14,6 @@ from acpx_trio._acp import (
     PROTOCOL_VERSION,
     AcpConnection,
     ClientCapabilities,
-    EmptyResponse,
     EnvVariable,
     FileSystemCapability,
     HttpHeader,
@@ -30,9 +29,6 @@ from acpx_trio._acp import (
     McpServerStdio,
     NewSessionRequest,
     NewSessionResponse,
-    SetSessionConfigOptionRequest,
-    SetSessionConfigOptionResponse,
-    SetSessionModeRequest,
 )
 from acpx_trio._errors import (
     MIN_SECRET_LENGTH,
@@ -68,7 +64,6 @@ __all__ = [
     "agent_env",
     "authenticate_agent",
     "close_acp_session",
-    "control_request",
     "initialize_agent",
     "initialize_request",
     "is_load_not_found",
@@ -363,46 +358,3 @@ async def open_acp_session(
             rpc_data=exc.rpc_data,
             detail=exc.detail or _tail_detail(proc),
         ) from exc
-
-
-async def control_request(
-    session: LiveSession, method: str, params: Any, config: AcpxConfig
-) -> None:
-    """A control call (``session/set_mode``, ``session/set_config_option``) with a deadline.
-
-    Raises ``ACP_INVALID_RUNTIME_OPTION`` (agent said -32602), ``ACP_BACKEND_UNSUPPORTED_CONTROL``
-    (-32601), ``ACP_CONTROL_TIMEOUT`` or ``ACP_CONTROL_FAILED``."""
-    timeout = config.control_timeout_seconds
-    result_type: type[Any] = (
-        SetSessionConfigOptionResponse if method == "session/set_config_option" else EmptyResponse
-    )
-    try:
-        with session.control_call(), trio.fail_after(timeout):
-            result = await session.connection.request(method, params, result_type)
-    except trio.TooSlowError as exc:
-        raise AcpRuntimeError(
-            "ACP_CONTROL_TIMEOUT", f"the agent did not answer {method} within {timeout:g}s",
-            retryable=True,
-        ) from exc
-    except AcpRuntimeError as exc:
-        code = {-32602: "ACP_INVALID_RUNTIME_OPTION", -32601: "ACP_BACKEND_UNSUPPORTED_CONTROL"}
-        raise AcpRuntimeError(
-            code.get(exc.rpc_code or 0, "ACP_CONTROL_FAILED"), f"{method} failed: {exc.message}",
-            retryable=isinstance(exc, AcpConnectionClosedError),
-            rpc_code=exc.rpc_code, rpc_data=exc.rpc_data,
-        ) from exc
-    if isinstance(result, SetSessionConfigOptionResponse) and result.config_options:
-        session.config_options = result.config_options
-
-
-def set_mode_params(session: LiveSession, mode: str) -> SetSessionModeRequest:
-    return SetSessionModeRequest(session_id=session.backend_session_id or "", mode_id=mode)
-
-
-def set_config_params(
-    session: LiveSession, key: str, value: str | bool
-) -> SetSessionConfigOptionRequest:
-    return SetSessionConfigOptionRequest(
-        session_id=session.backend_session_id or "", config_id=key, value=value,
-        type="boolean" if isinstance(value, bool) else None,
-    )

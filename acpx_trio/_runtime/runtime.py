@@ -25,8 +25,7 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from acpx_trio._acp import SetSessionModelRequest
-from acpx_trio._errors import AcpRuntimeError, collapse_group, redact
+from acpx_trio._errors import AcpRuntimeError, collapse_group
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -48,6 +47,7 @@ from acpx_trio._runtime.agents import AgentRegistry, normalize_agent_name
 from acpx_trio._runtime.arguments import (
     agent_arg,
     checked_meta,
+    close_args,
     config_option_args,
     handle_arg,
     optional_text_arg,
@@ -55,19 +55,11 @@ from acpx_trio._runtime.arguments import (
     turn_args,
     validate_ensure_args,
 )
-from acpx_trio._runtime.config_opts import (
-    checked_config_value,
-    checked_legacy_model,
-    checked_mode,
-    model_option,
-)
+from acpx_trio._runtime.controls import apply_config_option, apply_mode, apply_model
 from acpx_trio._runtime.deep_doctor import deep_probe, doctor_probe
 from acpx_trio._runtime.handshake import (
     close_acp_session,
-    control_request,
     resolve_dir,
-    set_config_params,
-    set_mode_params,
     start_live_session,
 )
 from acpx_trio._runtime.key_locks import KeyedLocks
@@ -296,16 +288,16 @@ class AcpxRuntime:
         ``discard_persistent_state`` the next ensure starts a new ACP session.  A running turn
         ends with ``DoneEvent(stop_reason="cancelled")``.  Idempotent.  Cancelled while it
         runs, it finishes the close, then raises :class:`trio.Cancelled`.
-        ``ACP_INVALID_RUNTIME_OPTION`` for a handle that is not one or a reason that is not
-        text."""
+        ``ACP_INVALID_RUNTIME_OPTION`` for a handle that is not one, a reason that is not
+        text or a ``discard_persistent_state`` that is not a bool."""
         self._check_open()
         session = self._live(handle)
-        reason = text_arg("reason", reason)
+        reason, discard = close_args(reason, discard_persistent_state)
 
         async def mark_record() -> None:
             # one locked read-modify-write (one hop), not a load then a save
             await self.session_store.mark_closed(
-                handle.session_key, discard=discard_persistent_state
+                handle.session_key, discard=discard
             )
 
         try:
@@ -457,14 +449,7 @@ class AcpxRuntime:
         handle that is not one, ``ACP_SESSION_NOT_FOUND`` for a session that is not running,
         ``ACP_BACKEND_UNSUPPORTED_CONTROL`` if unsupported."""
         session = self._require_live(handle)
-        mode = checked_mode(session.modes, text_arg("mode", mode), session.secrets)
-        await control_request(
-            session, "session/set_mode", set_mode_params(session, mode), self.config
-        )
-        session.current_mode = mode
-        if session.backend_session_id is not None:  # a close meanwhile keeps its record
-            await self.session_store.set_current_mode(  # a record holds no credential
-                session.session_key, session.backend_session_id, redact(mode, session.secrets))
+        await apply_mode(session, text_arg("mode", mode), self.config, self.session_store)
 
     async def set_config_option(
         self, *, handle: AcpRuntimeHandle, key: str, value: str | bool
@@ -473,12 +458,7 @@ class AcpxRuntime:
         did not advertise, or that is not text (a value may also be a bool):
         ``ACP_INVALID_RUNTIME_OPTION`` naming the choices or the argument."""
         session = self._require_live(handle)
-        key, value = config_option_args(key, value)
-        value = checked_config_value(session.config_options, key, value, session.secrets)
-        await control_request(
-            session, "session/set_config_option", set_config_params(session, key, value),
-            self.config,
-        )
+        await apply_config_option(session, *config_option_args(key, value), self.config)
 
     async def set_model(self, *, handle: AcpRuntimeHandle, model: str) -> None:
         """Sets the config option of category ``model``, or for an agent that has none but
@@ -486,19 +466,7 @@ class AcpxRuntime:
         :meth:`set_config_option` (an unknown model names the choices),
         ``ACP_BACKEND_UNSUPPORTED_CONTROL`` when the agent offers no models."""
         session = self._require_live(handle)
-        model = text_arg("model", model)
-        option = model_option(session.config_options)
-        if option is not None:
-            await self.set_config_option(handle=handle, key=option.id, value=model)
-            return
-        models = session.models
-        if models is None:
-            raise AcpRuntimeError("ACP_BACKEND_UNSUPPORTED_CONTROL", "agent offers no models")
-        # the legacy selection (agents without a model config option, e.g. gemini-cli)
-        await control_request(session, "session/set_model", SetSessionModelRequest(
-            session_id=session.backend_session_id or "",
-            model_id=checked_legacy_model(models, model, session.secrets)), self.config)
-        session.models = msgspec.structs.replace(models, current_model_id=model)
+        await apply_model(session, text_arg("model", model), self.config)
 
     async def list_sessions(self, *, agent: str, cwd: str | None = None) -> list[AgentSession]:
         """The agent's own sessions (``session/list``, all pages; the agent is started for the

@@ -45,6 +45,7 @@ from acpx_trio._events import (
 )
 from acpx_trio._runtime.arguments import (
     checked_meta,
+    close_args,
     config_option_args,
     handle_arg,
     optional_text_arg,
@@ -411,8 +412,9 @@ class StubRuntime:
         discard_persistent_state: bool = False,
     ) -> None:
         """Forget the session (a running turn ends cancelled).  Unknown sessions: no-op."""
-        handle = await self._enter_on("close", handle, reason=text_arg("reason", reason),
-                                      discard_persistent_state=discard_persistent_state)
+        reason, discard = close_args(reason, discard_persistent_state)
+        handle = await self._enter_on("close", handle, reason=reason,
+                                      discard_persistent_state=discard)
         session = self._current(handle)
         if session is not None:
             session.cancel.set()
@@ -424,8 +426,8 @@ class StubRuntime:
     ) -> AcpRuntimeCapabilities:
         if handle is None:
             await self._enter("get_capabilities")
-        else:
-            await self._enter_on("get_capabilities", handle)
+        else:  # a session that is not running: ACP_SESSION_NOT_FOUND, as the real one
+            self._require(await self._enter_on("get_capabilities", handle))
         return self._capabilities
 
     async def get_status(self, *, handle: AcpRuntimeHandle) -> AcpRuntimeStatus:
@@ -457,6 +459,7 @@ class StubRuntime:
 
     async def prepare_fresh_session(self, *, session_key: str) -> None:
         """Drop the session so the next ``ensure_session`` opens a new one."""
+        session_key = text_arg("session_key", session_key)
         await self._enter("prepare_fresh_session", session_key)
         session = self._sessions.pop(session_key, None)
         if session is not None:
