@@ -277,6 +277,16 @@ async def test_reaper_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
         ("grace", lambda: reap_stale_orphans(gateway_instance_id="gw", grace=float("nan"),
                                              deps=deps)),
         ("grace", lambda: terminate_trees([], grace=-0.5, deps=deps)),
+        # checked before the store is read (an empty store used to return an empty result)
+        ("grace", lambda: reap_open_leases("gw", store, grace=-1, deps=deps)),
+        ("grace", lambda: reap_open_leases("gw", store, grace="x", deps=deps)),  # type: ignore[arg-type]
+        ("grace", lambda: reap_stale_orphans(gateway_instance_id="gw", grace=float("inf"),
+                                             deps=deps)),
+        ("lease_store", lambda: reap_open_leases("gw", None, deps=deps)),  # type: ignore[arg-type]
+        ("protected_lease_ids", lambda: reap_open_leases("gw", store, deps=deps,
+                                                         protected_lease_ids=5)),  # type: ignore[arg-type]
+        ("protected_lease_ids", lambda: reap_stale_orphans(
+            gateway_instance_id="gw", protected_lease_ids="lease-1", deps=deps)),
     ]
     for argument, call in calls:
         with pytest.raises(AcpxError) as info:
@@ -307,6 +317,25 @@ async def test_lease_store_bad_state_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(AcpxError) as info:
         SyncLeaseStore(tmp_path).mark_state(lease.lease_id, 3)  # type: ignore[arg-type]
     _assert_usage(info.value, "state")
+    # ids, leases and gateway filters that are not ones: refused before the file is read
+    for call, argument in (
+        (lambda: store.mark_state("", "closed"), "lease_id"),
+        (lambda: store.load(5), "lease_id"),  # type: ignore[arg-type]
+        (lambda: store.save(None), "lease"),  # type: ignore[arg-type]
+        (lambda: store.save({"leaseId": "x"}), "lease"),  # type: ignore[arg-type]
+        (lambda: store.list_open(5), "gateway_instance_id"),  # type: ignore[arg-type]
+        (lambda: store.mark_states([("x", "closed")]), "updates"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(AcpxError) as info:
+            await call()
+        _assert_usage(info.value, argument)
+    for sync_call, argument in (
+        (lambda: SyncLeaseStore(tmp_path).save(None), "lease"),  # type: ignore[arg-type]
+        (lambda: SyncLeaseStore(tmp_path).load(""), "lease_id"),
+    ):
+        with pytest.raises(AcpxError) as info:
+            sync_call()
+        _assert_usage(info.value, argument)
     assert store.path.read_bytes() == before
     moved = await store.mark_state(lease.lease_id, "closing")  # the plain string still works
     assert isinstance(moved, ProcessLease) and moved.state is LeaseState.CLOSING
@@ -405,6 +434,8 @@ async def test_open_acpx_runtime_bad_arguments(env: RuntimeEnv) -> None:
     for kwargs, argument in (
         ({"config": {"agents": {}}}, "config"),
         ({"gateway_instance_id": ""}, "gateway_instance_id"),
+        ({"lease_store": None}, "lease_store"),
+        ({"lease_store": "x"}, "lease_store"),
     ):
         call: dict[str, Any] = {
             "config": env.config(), "gateway_instance_id": env.gateway_id,
@@ -546,7 +577,9 @@ async def test_a_group_the_body_raises_propagates_as_itself(tmp_path: Path, how:
 
 @pytest.mark.parametrize(("argument", "value"), [
     ("workspace_dir", None), ("workspace_dir", 5), ("workspace_dir", ""),
-    ("workspace_dir", "a\0b"), ("logger", object()),
+    ("workspace_dir", "a\0b"), ("logger", object()), ("allowed_agents", 5),
+    ("allowed_agents", "mock"), ("allowed_agents", [5]), ("runtime_factory", 5),
+    ("registry", 5),
 ])
 async def test_bad_service_arguments_are_usage_errors(tmp_path: Path, argument: str,
                                                       value: object) -> None:
@@ -562,6 +595,41 @@ async def test_bad_service_arguments_are_usage_errors(tmp_path: Path, argument: 
             pytest.fail("the body must not run")
     assert info.value.code == "ACPX_USAGE"
     assert not (tmp_path / "state").exists()
+
+
+async def test_bad_arguments_to_the_other_public_names_are_usage_errors(tmp_path: Path) -> None:
+    """Each raised a raw ``TypeError`` or ``AttributeError`` from inside the library (an
+    outside review): now :class:`AcpxUsageError` naming the argument."""
+    from acpx_trio import (
+        AcpRuntimeBackend,
+        AcpxRuntimeService,
+        AcpxUsageError,
+        hash_command,
+        load_config_file,
+        resolve_config,
+    )
+
+    registry = BackendRegistry()
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("command", lambda: hash_command(5)),  # type: ignore[arg-type]
+        ("command", lambda: hash_command(["a", "\ud800"])),
+        ("path", lambda: load_config_file(5)),  # type: ignore[arg-type]
+        ("workspace_dir", lambda: resolve_config({}, 5)),  # type: ignore[arg-type]
+        ("backend", lambda: registry.register(None)),  # type: ignore[arg-type]
+        ("backend.id", lambda: registry.register(AcpRuntimeBackend(5, object()))),  # type: ignore[arg-type]
+        ("backend_id", lambda: registry.get(5)),  # type: ignore[arg-type]
+        ("backend_id", lambda: registry.unregister(5)),  # type: ignore[arg-type]
+        ("stop_timeout_seconds", lambda: AcpxRuntimeService(stop_timeout_seconds=-1)),
+        ("stop_timeout_seconds", lambda: AcpxRuntimeService(stop_timeout_seconds=float("nan"))),
+    ]
+    for argument, call in calls:
+        with pytest.raises(AcpxUsageError) as info:
+            call()
+        _assert_usage(info.value, argument)
+    with pytest.raises(AcpxUsageError) as info:
+        await AcpxRuntimeService(registry=registry).start(None)  # type: ignore[arg-type]
+    _assert_usage(info.value, "ctx")
+    assert not os.listdir(tmp_path)  # nothing was created
 
 
 async def test_an_ensure_cut_off_by_stop_says_the_runtime_shut_down(tmp_path: Path) -> None:

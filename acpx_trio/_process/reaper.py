@@ -252,8 +252,7 @@ async def terminate_trees(
     grace wait turns into an immediate SIGKILL of everything still alive), then
     :class:`trio.Cancelled` propagates.  Bad input (negative ``grace``) raises
     :class:`~acpx_trio.AcpxUsageError`."""
-    if not isinstance(grace, int | float) or grace < 0 or math.isnan(grace):
-        raise AcpxUsageError("grace", grace, "must be a number of seconds >= 0")
+    _require_grace(grace)
     deps = deps or default_cleanup_deps()
     flat = [p for tree in trees for p in tree]
     inspected = list(dict.fromkeys(p.pid for p in flat))
@@ -304,8 +303,7 @@ async def run_waves(
     the scans prove there is nothing to signal: no target, and no owned process group
     with a member (``kill_groups(groups, 0)`` probes them: a group with no member left has
     nothing to kill, a pgid cannot gain members once empty)."""
-    if not isinstance(grace, int | float) or grace < 0 or math.isnan(grace):
-        raise AcpxUsageError("grace", grace, "must be a number of seconds >= 0")
+    _require_grace(grace)
     deadline = trio.current_time() + wave_budget(grace)
     if table is None:
         table = await deps.list_processes()
@@ -440,6 +438,22 @@ def _require_id(name: str, value: str) -> None:
         raise AcpxUsageError(name, value, "must be a non-empty string")
 
 
+def _require_grace(grace: object) -> None:
+    """A grace is a finite number of seconds >= 0 (an infinite one would never escalate)."""
+    if isinstance(grace, bool) or not isinstance(grace, int | float) \
+            or not 0 <= grace < math.inf:
+        raise AcpxUsageError("grace", grace, "must be a finite number of seconds >= 0")
+
+
+def _protected_ids(value: object) -> frozenset[str]:
+    """``protected_lease_ids`` as a set of ids; anything but a collection of strings (a bare
+    string included: it would protect its letters) is :class:`~acpx_trio.AcpxUsageError`."""
+    if isinstance(value, str | bytes) or not isinstance(value, Collection) \
+            or not all(isinstance(x, str) for x in value):
+        raise AcpxUsageError("protected_lease_ids", value, "must be a collection of lease ids")
+    return frozenset(value)
+
+
 async def cleanup_owned_process_tree(
     *,
     root_pid: int,
@@ -468,6 +482,7 @@ async def cleanup_owned_process_tree(
     before anything is listed.  Cancellation: see :func:`terminate_trees`."""
     _require_id("expected_lease_id", expected_lease_id)
     _require_id("expected_gateway_instance_id", expected_gateway_instance_id)
+    _require_grace(grace)
     if type(root_pid) is not int or root_pid < 0:
         raise AcpxUsageError("root_pid", root_pid, "must be an integer >= 0")
     deps = deps or default_cleanup_deps()
@@ -503,10 +518,13 @@ async def reap_stale_orphans(
 ) -> CleanupResult:
     """End every live process tagged with our gateway id whose lease is not protected
     (protected: leases of live owners, our own live sessions).  Processes of other gateway ids
-    are never touched; ``ppid`` is not consulted.  Cancellation: see :func:`terminate_trees`."""
+    are never touched; ``ppid`` is not consulted.  Cancellation: see :func:`terminate_trees`.
+    Bad input (an empty id, a negative grace, protected ids that are not strings) raises
+    :class:`~acpx_trio.AcpxUsageError` before anything is listed."""
     _require_id("gateway_instance_id", gateway_instance_id)
+    _require_grace(grace)
+    protected = _protected_ids(protected_lease_ids)
     deps = deps or default_cleanup_deps()
-    protected = frozenset(protected_lease_ids)
 
     def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_orphans(
@@ -539,10 +557,16 @@ async def reap_open_leases(
     gateway ids are never touched.
 
     Crash or cancellation after the ``closing`` write leaves those leases ``closing``; the next
-    call reaps them again.  Lease store errors propagate (:class:`~acpx_trio.LeaseStoreError`)."""
+    call reaps them again.  Lease store errors propagate (:class:`~acpx_trio.LeaseStoreError`).
+    Bad input (an empty id, a negative grace, a store without ``list_open`` and
+    ``mark_states``, protected ids that are not strings) raises
+    :class:`~acpx_trio.AcpxUsageError` before anything is read."""
     _require_id("gateway_instance_id", gateway_instance_id)
+    _require_grace(grace)
+    if not all(callable(getattr(lease_store, m, None)) for m in ("list_open", "mark_states")):
+        raise AcpxUsageError("lease_store", lease_store, "must be a LeaseStore")
+    protected = _protected_ids(protected_lease_ids)
     deps = deps or default_cleanup_deps()
-    protected = frozenset(protected_lease_ids)
     leases = [
         x
         for x in await lease_store.list_open(gateway_instance_id)

@@ -16,12 +16,14 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._errors import AcpRuntimeError, text_problem
+from acpx_trio._errors import AcpRuntimeError, AcpxUsageError, text_problem
 from acpx_trio._events import AcpRuntimeHandle
 from acpx_trio._runtime.agents import normalize_agent_name
+from acpx_trio._store.config import AcpxConfig
+from acpx_trio._store.leases import LeaseStore
 
 __all__ = ["META_MAX_DEPTH", "agent_arg", "checked_meta", "close_args", "handle_arg",
-           "optional_text_arg", "text_arg", "turn_args", "validate_ensure_args"]
+           "optional_text_arg", "runtime_args", "text_arg", "turn_args", "validate_ensure_args"]
 
 #: The code of every argument refused here.
 INVALID = "ACP_INVALID_RUNTIME_OPTION"
@@ -45,6 +47,19 @@ def config_option_args(key: object, value: object) -> tuple[str, str | bool]:
     """A config option's ``key`` (text) and ``value`` (text, or a bool), else
     ``ACP_INVALID_RUNTIME_OPTION`` naming the argument."""
     return text_arg("key", key), value if isinstance(value, bool) else text_arg("value", value)
+
+
+def runtime_args(config: object, gateway_instance_id: object, lease_store: object) -> None:
+    """What a runtime is built from: an :class:`AcpxConfig`, a non-empty gateway id and a
+    :class:`LeaseStore`, else :class:`~acpx_trio.AcpxUsageError` naming the argument (before
+    anything starts: a wrong one used to fail at the first ``ensure_session``, untyped)."""
+    if not isinstance(config, AcpxConfig):
+        raise AcpxUsageError("config", config, "must be an AcpxConfig (see resolve_config)")
+    if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
+        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
+                             "must be a non-empty string (see resolve_gateway_instance_id)")
+    if not isinstance(lease_store, LeaseStore):
+        raise AcpxUsageError("lease_store", lease_store, "must be a LeaseStore")
 
 
 def close_args(reason: object, discard_persistent_state: object) -> tuple[str, bool]:

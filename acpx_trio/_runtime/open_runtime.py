@@ -11,11 +11,11 @@ import trio
 from acpx_trio._errors import (
     AcpRuntimeError,
     AcpxError,
-    AcpxUsageError,
     collapse_group,
     is_body_exception,
 )
 from acpx_trio._process.cgroup import cached_probe
+from acpx_trio._runtime.arguments import runtime_args
 from acpx_trio._runtime.runtime import AcpxRuntime
 from acpx_trio._store.config import AcpxConfig
 from acpx_trio._store.leases import LeaseStore
@@ -39,11 +39,7 @@ async def open_acpx_runtime(
     :class:`AcpxError` of the runtime's own tasks as itself; anything else they raise (a bug)
     as :class:`AcpRuntimeError` ``ACP_RUNTIME_INTERNAL_ERROR`` with the original as its
     ``__cause__``.  Several at once: the first, the others attached as notes."""
-    if not isinstance(config, AcpxConfig):
-        raise AcpxUsageError("config", config, "must be an AcpxConfig (see resolve_config)")
-    if not isinstance(gateway_instance_id, str) or not gateway_instance_id.strip():
-        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
-                             "must be a non-empty string (see resolve_gateway_instance_id)")
+    runtime_args(config, gateway_instance_id, lease_store)
     # the containment probe makes and removes a cgroup, which can wait on the kernel's
     # cgroup lock: done here, in a worker thread, ``runtime.containment`` never blocks
     await trio.to_thread.run_sync(cached_probe)

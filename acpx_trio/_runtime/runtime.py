@@ -51,6 +51,7 @@ from acpx_trio._runtime.arguments import (
     config_option_args,
     handle_arg,
     optional_text_arg,
+    runtime_args,
     text_arg,
     turn_args,
     validate_ensure_args,
@@ -95,6 +96,7 @@ class AcpxRuntime:
         session_store: SessionStore | None = None,
         agent_registry: AgentRegistry | None = None,
     ) -> None:
+        runtime_args(config, gateway_instance_id, lease_store)  # AcpxUsageError
         self.config = config
         self.gateway_instance_id = gateway_instance_id
         self.lease_store = lease_store

@@ -6,7 +6,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, AcpxUsageError
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -173,7 +173,11 @@ class AcpRuntimeBackend:
         return f"AcpRuntimeBackend(id={self.id!r}, runtime={self.runtime!r})"
 
 
-def _normalize_id(backend_id: str) -> str:
+def _normalize_id(backend_id: object, argument: str = "backend_id") -> str:
+    """A backend id trimmed and lower-cased; one that is not text is
+    :class:`~acpx_trio.AcpxUsageError` naming ``argument``."""
+    if not isinstance(backend_id, str):
+        raise AcpxUsageError(argument, backend_id, "must be a string")
     return backend_id.strip().lower()
 
 
@@ -189,8 +193,12 @@ class BackendRegistry:
     def register(self, backend: AcpRuntimeBackend) -> None:
         """Add or replace ``backend``.
 
-        Raises :class:`AcpRuntimeError` if it has no id or no runtime."""
-        key = _normalize_id(backend.id or "")
+        Raises :class:`AcpRuntimeError` if it has no id or no runtime,
+        :class:`~acpx_trio.AcpxUsageError` if it is not an :class:`AcpRuntimeBackend` or
+        its id is not text."""
+        if not isinstance(backend, AcpRuntimeBackend):
+            raise AcpxUsageError("backend", backend, "must be an AcpRuntimeBackend")
+        key = _normalize_id(backend.id or "", "backend.id")
         if not key:
             raise AcpRuntimeError("ACP_BACKEND_MISSING", "ACP runtime backend id is required")
         if backend.runtime is None:
@@ -204,7 +212,8 @@ class BackendRegistry:
     def unregister(self, backend_id: str, *, runtime: AcpRuntimeProtocol | None = None) -> bool:
         """Remove a backend; with ``runtime``, only if it still holds that runtime.
 
-        Returns whether something was removed.  An empty id is a no-op."""
+        Returns whether something was removed.  An empty id is a no-op; one that is not
+        text is :class:`~acpx_trio.AcpxUsageError`."""
         key = _normalize_id(backend_id or "")
         with self._lock:
             current = self._backends.get(key)
@@ -214,11 +223,13 @@ class BackendRegistry:
             return True
 
     def get(self, backend_id: str | None = None) -> AcpRuntimeBackend | None:
-        """The backend with this id; without an id, the first healthy one, else the first one."""
+        """The backend with this id; without an id, the first healthy one, else the first one.
+        An id that is not text is :class:`~acpx_trio.AcpxUsageError`."""
+        key = None if backend_id is None else _normalize_id(backend_id)
         with self._lock:
             backends = dict(self._backends)
-        if backend_id is not None:
-            return backends.get(_normalize_id(backend_id))
+        if key is not None:
+            return backends.get(key)
         for backend in backends.values():
             if backend.is_healthy():
                 return backend

@@ -56,7 +56,8 @@ async def open_runtime_service(
                 state_dir=state_dir,
                 logger=logger if logger is not None else _default_logger,
                 nursery=nursery,
-                allowed_agents=tuple(allowed_agents),
+                allowed_agents=(tuple(allowed_agents) if isinstance(allowed_agents, list)
+                                else allowed_agents),  # anything else: start checks it
             )
             try:
                 await service.start(ctx)

@@ -133,6 +133,12 @@ class PrepareCache:
             raise AcpxUsageError("logger", ctx.logger,
                                  "must have debug, info, warning and error methods "
                                  "(a logging.Logger fits)")
+        if isinstance(ctx.allowed_agents, str) or not isinstance(ctx.allowed_agents, Sequence) \
+                or not all(isinstance(a, str) for a in ctx.allowed_agents):
+            raise AcpxUsageError("allowed_agents", ctx.allowed_agents,
+                                 "must be a sequence of agent names (str)")
+        if not isinstance(ctx.nursery, trio.Nursery):
+            raise AcpxUsageError("nursery", ctx.nursery, "must be the host's trio.Nursery")
         key = cache_key(plugin_config, ctx.workspace_dir, state_dir, ctx.allowed_agents)
         kept = self._prepared
         if kept is None or key != self._key or self._inputs_of(kept, state_dir) != self._inputs:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -123,11 +124,20 @@ class AcpxRuntimeService:
         registry: BackendRegistry | None = None,
         stop_timeout_seconds: float | None = None,
     ) -> None:
+        if runtime_factory is not None and not callable(runtime_factory):
+            raise AcpxUsageError("runtime_factory", runtime_factory,
+                                 "must be callable (see RuntimeFactoryParams)")
+        if registry is not None and not isinstance(registry, BackendRegistry):
+            raise AcpxUsageError("registry", registry, "must be a BackendRegistry")
         self._plugin_config = plugin_config
         self._runtime_factory = runtime_factory
         self._process_cleanup = process_cleanup
         self._registry = registry if registry is not None else default_registry
         if stop_timeout_seconds is not None:
+            if isinstance(stop_timeout_seconds, bool) or not isinstance(
+                    stop_timeout_seconds, int | float) or not 0 < stop_timeout_seconds < math.inf:
+                raise AcpxUsageError("stop_timeout_seconds", stop_timeout_seconds,
+                                     "must be a finite number of seconds > 0")
             self.stop_timeout_seconds = stop_timeout_seconds
         self._lock = trio.Lock()
         self._phase = Phase.STOPPED
@@ -251,7 +261,11 @@ class AcpxRuntimeService:
             Anything the gateway id, lease store, reaper or runtime factory raise (never
             wrapped in an ``ExceptionGroup``); the service is then stopped again (a runtime
             already built is closed, nothing stays registered or running).  The same holds if
-            ``start`` is cancelled."""
+            ``start`` is cancelled.
+            AcpxUsageError: ``ctx`` is not a :class:`ServiceContext`, or a field of it is
+            not of its type (before anything is read or started)."""
+        if not isinstance(ctx, ServiceContext):
+            raise AcpxUsageError("ctx", ctx, "must be a ServiceContext")
         if os.environ.get(SKIP_RUNTIME_ENV) == "1":
             ctx.logger.info("skipping embedded acpx runtime backend (OPENCLAW_SKIP_ACPX_RUNTIME=1)")
             await trio.lowlevel.checkpoint()

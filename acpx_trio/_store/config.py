@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -470,6 +471,8 @@ def resolve_config(
     field (also a path field that cannot be resolved: a symbolic link loop, an unknown
     ``~user``, a NUL byte); such a ``workspace_dir`` is :class:`AcpxUsageError`, such a
     ``host_state_dir`` :class:`StateFileError`."""
+    if not isinstance(workspace_dir, str | os.PathLike):
+        raise AcpxUsageError("workspace_dir", workspace_dir, "must be a path")
     plugin = decode_plugin_config(raw)
     given = Path(str(workspace_dir).strip() or ".")
     workspace = resolve_path(given, lambda why: AcpxUsageError("workspace_dir", given, why))

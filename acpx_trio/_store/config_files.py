@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from acpx_trio._errors import ConfigError, StateFileError
+from acpx_trio._errors import AcpxUsageError, ConfigError, StateFileError
 from acpx_trio._store.config import (
     DEFAULT_AUTH_POLICY,
     DEFAULT_CONTAINMENT,
@@ -126,7 +126,11 @@ class ConfigLayers(msgspec.Struct, frozen=True, kw_only=True):
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or TOML (by ``.toml`` suffix) config file into a raw mapping.
 
-    Raises :class:`ConfigError` (field ``<file>``) if it cannot be read or parsed."""
+    Raises :class:`ConfigError` (field ``<file>``) if it cannot be read or parsed,
+    :class:`~acpx_trio.AcpxUsageError` if ``path`` is not a path."""
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(text, str) or "\0" in text:
+        raise AcpxUsageError("path", path, "must be a path (str or os.PathLike, no NUL)")
     p = Path(path)
     try:
         data = p.read_bytes()

@@ -40,6 +40,14 @@ def lease_state(value: object, argument: str = "state") -> LeaseState:
     raise AcpxUsageError(argument, value, "must be one of " + ", ".join(LeaseState))
 
 
+def lease_id_arg(value: object, argument: str = "lease_id") -> str:
+    """``value`` if it is a non-empty string (a lease or gateway id), else
+    :class:`~acpx_trio.AcpxUsageError` naming ``argument``."""
+    if not isinstance(value, str) or not value.strip():
+        raise AcpxUsageError(argument, value, "must be a non-empty string")
+    return value
+
+
 _ALLOWED: frozenset[tuple[LeaseState, LeaseState]] = frozenset(
     {
         (LeaseState.OPEN, LeaseState.CLOSING),
@@ -148,9 +156,15 @@ def new_lease_id() -> str:
 
 
 def hash_command(command: str | Iterable[str]) -> str:
-    """sha256 hex of the agent command (argv parts joined by single spaces)."""
-    text = command if isinstance(command, str) else " ".join(command)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 hex of the agent command (argv parts joined by single spaces).  A command that
+    is not text or a list of text (a lone surrogate, which UTF-8 cannot carry, included)
+    raises :class:`~acpx_trio.AcpxUsageError`."""
+    try:
+        text = command if isinstance(command, str) else " ".join(command)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    except (TypeError, UnicodeEncodeError):
+        raise AcpxUsageError("command", command, "must be a string or a list of strings "
+                             "(UTF-8 text)") from None
 
 
 def _now_ms() -> int:

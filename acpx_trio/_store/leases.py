@@ -31,13 +31,13 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from acpx_trio._errors import LeaseStoreError, StateFileError
+from acpx_trio._errors import AcpxUsageError, LeaseStoreError, StateFileError
 from acpx_trio._log import Logger
 from acpx_trio._store.flock import exclusive_lock
 from acpx_trio._store.fsio import (
@@ -52,6 +52,7 @@ from acpx_trio._store.lease_log import ChangeRecord, Fingerprint, append_change,
 from acpx_trio._store.lease_model import (
     LeaseState,
     ProcessLease,
+    lease_id_arg,
     lease_state,
 )
 from acpx_trio._store.lease_snapshot import (
@@ -384,16 +385,18 @@ class SyncLeaseStore:
 
     def load(self, lease_id: str) -> ProcessLease | None:
         """The lease with this id, or ``None``."""
+        lease_id = lease_id_arg(lease_id)
         return self._locked(lambda: self._current().leases.get(lease_id))
 
     def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
         """Leases in state open or closing, optionally only those of one gateway."""
+        _gateway_arg(gateway_instance_id)
         return _open_of(self.list_all(), gateway_instance_id)
 
     # -- writing ---------------------------------------------------------------------------
     def save(self, lease: ProcessLease) -> ProcessLease:
         """Insert or replace (by ``lease_id``).  Replacing checks the state move."""
-        return self._commit_one(functools.partial(apply_save, lease))
+        return self._commit_one(functools.partial(apply_save, _lease_arg(lease)))
 
     def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move one lease to ``state``; returns the updated lease, ``None`` if unknown."""
@@ -406,9 +409,31 @@ class SyncLeaseStore:
         (an unknown state name: :class:`~acpx_trio.AcpxUsageError`; an illegal move:
         :class:`~acpx_trio.LeaseStateError`; nothing written).  Returns the leases moved.
         ``skip_final``: a lease already final (another reaper finished it) is left as it
-        is, not an error; absent ones are skipped in any case."""
-        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        is, not an error; absent ones are skipped in any case.  An id that is not a non-empty
+        string: :class:`~acpx_trio.AcpxUsageError` too."""
+        checked = _checked_marks(updates)
         return self._commit_one(functools.partial(apply_marks, checked, skip_final=skip_final))
+
+
+def _lease_arg(lease: object) -> ProcessLease:
+    if not isinstance(lease, ProcessLease):
+        raise AcpxUsageError("lease", lease, "must be a ProcessLease (see new_lease)")
+    return lease
+
+
+def _gateway_arg(gateway_instance_id: object) -> None:
+    """A gateway id to filter by: a string (empty, as ``None``: every gateway, as the seed's
+    ``listOpen``)."""
+    if gateway_instance_id is not None and not isinstance(gateway_instance_id, str):
+        raise AcpxUsageError("gateway_instance_id", gateway_instance_id,
+                             "must be a string or None")
+
+
+def _checked_marks(updates: object) -> dict[str, LeaseState]:
+    """Lease state moves as given (id -> state name or :class:`LeaseState`), checked."""
+    if not isinstance(updates, Mapping):
+        raise AcpxUsageError("updates", updates, "must be a mapping of lease id to state")
+    return {lease_id_arg(lease_id): lease_state(s) for lease_id, s in updates.items()}
 
 
 def _open_of(leases: list[ProcessLease], gateway_instance_id: str | None) -> list[ProcessLease]:
@@ -459,6 +484,7 @@ class LeaseStore:
 
     async def load(self, lease_id: str) -> ProcessLease | None:
         """The lease with this id, or ``None``."""
+        lease_id = lease_id_arg(lease_id)
         return await self._read(lambda: self.sync._current().leases.get(lease_id))
 
     async def list_all(self) -> list[ProcessLease]:
@@ -467,11 +493,12 @@ class LeaseStore:
 
     async def list_open(self, gateway_instance_id: str | None = None) -> list[ProcessLease]:
         """Leases in state open or closing (optionally of one gateway)."""
+        _gateway_arg(gateway_instance_id)
         return _open_of(await self.list_all(), gateway_instance_id)
 
     async def save(self, lease: ProcessLease) -> ProcessLease:
         """Insert or replace a lease (legal state moves only)."""
-        return await self._change(functools.partial(apply_save, lease))
+        return await self._change(functools.partial(apply_save, _lease_arg(lease)))
 
     async def mark_state(self, lease_id: str, state: LeaseState | str) -> ProcessLease | None:
         """Move a lease to ``state``; ``None`` if the id is unknown."""
@@ -482,5 +509,5 @@ class LeaseStore:
     ) -> dict[str, ProcessLease]:
         """Apply several state moves in one durable write (checked, returned and
         ``skip_final`` as in :meth:`SyncLeaseStore.mark_states`)."""
-        checked = {lease_id: lease_state(s) for lease_id, s in updates.items()}
+        checked = _checked_marks(updates)
         return await self._change(functools.partial(apply_marks, checked, skip_final=skip_final))
