@@ -12,13 +12,13 @@ from acpx_trio._process.gateway_reap import ReapAction as ReapAction
 from acpx_trio._process.gateway_reap import reap_gateway as reap_gateway
 from acpx_trio._process.identity import ProcessInfo as ProcessInfo
 from acpx_trio._process.identity import snapshot_processes as snapshot_processes
+from acpx_trio._process.reap_entry import ReapResult as ReapResult
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree as cleanup_owned_process_tree
+from acpx_trio._process.reap_entry import reap_open_leases as reap_open_leases
+from acpx_trio._process.reap_entry import reap_stale_orphans as reap_stale_orphans
 from acpx_trio._process.reaper import CleanupResult as CleanupResult
 from acpx_trio._process.reaper import ProcessCleanupDeps as ProcessCleanupDeps
-from acpx_trio._process.reaper import ReapResult as ReapResult
-from acpx_trio._process.reaper import cleanup_owned_process_tree as cleanup_owned_process_tree
 from acpx_trio._process.reaper import default_cleanup_deps as default_cleanup_deps
-from acpx_trio._process.reaper import reap_open_leases as reap_open_leases
-from acpx_trio._process.reaper import reap_stale_orphans as reap_stale_orphans
 from acpx_trio._process.reaper import terminate_trees as terminate_trees
 from acpx_trio._process.tags import GATEWAY_ENV_KEY as GATEWAY_ENV_KEY
 from acpx_trio._process.tags import LEASE_ENV_KEY as LEASE_ENV_KEY

@@ -52,7 +52,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from acpx_trio._process.reaper import ReapResult
+from acpx_trio._process.reap_entry import ReapResult
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.leases import LEASE_FILE_NAME, SyncLeaseStore

@@ -21,7 +21,7 @@ import trio
 from _soak_common import MOCK_ARGS, ListLogger, SignalLog, child_env, recording_deps
 
 from acpx_trio._process.identity import boot_id, process_info
-from acpx_trio._process.reaper import ReapResult
+from acpx_trio._process.reap_entry import ReapResult
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease

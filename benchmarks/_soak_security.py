@@ -58,10 +58,7 @@ from _soak_proc import fake_lease
 from acpx_trio._acp._messages import ReadTextFileRequest
 from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import TextDeltaEvent
-from acpx_trio._process.reaper import (
-    cleanup_owned_process_tree,
-    reap_stale_orphans,
-)
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree, reap_stale_orphans
 from acpx_trio._runtime.permissions import FsGate, PermissionPolicy, WorkDir, work_dir
 from acpx_trio._service.backends import BackendRegistry
 from acpx_trio._service.open_service import open_runtime_service

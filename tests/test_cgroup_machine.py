@@ -48,9 +48,10 @@ from acpx_trio._process.cgroup import (
     probe_cgroup_kill,
     shim_argv,
 )
-from acpx_trio._process.gateway_reap import _leaf_kept, reap_gateway
+from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import process_info
 from acpx_trio._process.leaf_end import kill_leaf
+from acpx_trio._process.leaf_reap import leaf_kept
 from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.tags import lease_env
 from acpx_trio._store.lease_model import LeaseState, new_lease
@@ -252,7 +253,7 @@ def test_a_live_owners_hopping_launch_survives_reaps_without_its_record() -> Non
         machine.launch("hopper-setsid-each", live_owner=True)
         launch = machine.launches[0]
         machine.lose_lease_record(0)
-        wrong = sum(not _leaf_kept(launch.leaf, None) for _ in range(HOPPER_READS))
+        wrong = sum(not leaf_kept(launch.leaf, None) for _ in range(HOPPER_READS))
         assert wrong == 0, f"{wrong} of {HOPPER_READS} reads handed the leaf to the kill"
         for _ in range(5):
             machine.reap()  # asserts the launch untouched, the decoys alive

@@ -54,10 +54,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.reaper import (
-    ProcessCleanupDeps,
-    cleanup_owned_process_tree,
-)
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio._store.leases import SyncLeaseStore, decode_lease_file
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from acpx_trio._process.gateway_reap import reap_gateway
-from acpx_trio._process.reaper import cleanup_owned_process_tree
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 

@@ -20,16 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.reap_plan import LeaseTarget, order_children_first, plan_leases
-from acpx_trio._process.reaper import (
-    KILL_CONFIRM,
-    CleanupResult,
+from acpx_trio._process.reap_entry import (
     ReapResult,
     cleanup_owned_process_tree,
     reap_open_leases,
     reap_stale_orphans,
-    terminate_trees,
 )
+from acpx_trio._process.reap_plan import LeaseTarget, order_children_first, plan_leases
+from acpx_trio._process.reaper import KILL_CONFIRM, CleanupResult, terminate_trees
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 

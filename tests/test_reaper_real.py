@@ -27,13 +27,12 @@ from _proc_helpers import (
 )
 
 from acpx_trio._process.identity import process_info, read_start_ticks
-from acpx_trio._process.reaper import (
+from acpx_trio._process.reap_entry import (
     cleanup_owned_process_tree,
-    default_cleanup_deps,
     reap_open_leases,
     reap_stale_orphans,
-    terminate_trees,
 )
+from acpx_trio._process.reaper import default_cleanup_deps, terminate_trees
 from acpx_trio._store.lease_model import LeaseState, new_lease
 from acpx_trio._store.leases import LeaseStore
 

@@ -2,7 +2,10 @@
 identity proofs (``identity``), fast ``/proc`` scans
 (``scan``, ``shared_scan``), the pure reap planner with its proofs and group/session rules
 (``reap_plan``), the operating-system side of signalling and waiting (``reaper_os``), the reaper
-itself (``reaper``: the waves and the entry points), one reap of a gateway (``gateway_reap``),
+itself (``reaper``: the waves; ``reap_entry``: the entry points for a lease, the orphans and
+the open leases), one reap of a gateway (``gateway_reap``;
+what it reports, ``reap_report``; its cgroup side, the reaped leases' leaves and the leftover
+ones, ``leaf_reap``),
 the owner-death watchdog (``watchdog``; its process runs ``watchdog_wait``, a standard-library
 script until the owner dies, then ``watchdog_reap``), containment by leaf cgroups (``cgroup``),
 how a leaf's processes are ended, ours only and with the leaf frozen (``leaf_end``), and

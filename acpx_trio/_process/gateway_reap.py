@@ -27,31 +27,24 @@ What is reaped (everything else is left alone, with a reason in the report):
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
-import msgspec
 import trio
 
-from acpx_trio._errors import AcpxUsageError, environment_credentials, redact_argv
+from acpx_trio._errors import (
+    AcpxUsageError,
+    collapse_group,
+    environment_credentials,
+    redact_argv,
+)
 from acpx_trio._process import held
-from acpx_trio._process.cgroup import (
-    leaf_members,
-    leftover_leaves,
-    remove_empty_leaf,
-    remove_empty_parent,
-)
-from acpx_trio._process.identity import ProcessInfo, process_info
-from acpx_trio._process.leaf_end import kill_leaf
-from acpx_trio._process.owner_tag import (
-    OwnerTag,
-    names_owner,
-    owner_alive_elsewhere,
-    parse_owner_tag,
-)
+from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.leaf_end import LeafEnd, terminate_leaf
+from acpx_trio._process.leaf_reap import leaves_of, reap_cgroup_leftovers
+from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.reap_plan import (
     OWNER_ALIVE,
     PROTECTED,
@@ -62,6 +55,14 @@ from acpx_trio._process.reap_plan import (
     owner_alive,
     plan_leases,
     plan_orphans,
+)
+from acpx_trio._process.reap_report import (
+    UNPROVEN,
+    GatewayReapReport,
+    ReapAction,
+    ReapStep,
+    ReapStepRequest,
+    owned_by,
 )
 from acpx_trio._process.reaper import (
     DEFAULT_GRACE,
@@ -83,174 +84,6 @@ __all__ = [
     "reap_cgroup_leftovers",
     "reap_gateway",
 ]
-
-#: A lease left ``closing`` because the scans kept finding processes until the time budget
-#: ran out (nothing proves its tree gone).
-UNPROVEN = "unproven"
-
-
-class ReapAction(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
-    """One thing a reap did or would do, and why.  ``action``: ``terminated``,
-    ``would-terminate``, ``survived``, ``skipped`` (a process left alone),
-    ``lease-closed`` / ``lease-lost`` (final state written), ``would-close-lease`` /
-    ``would-mark-lost`` (dry run), ``lease-left-alone``, ``lease-file-problem``, or an
-    action of a plugged-in step."""
-
-    action: str
-    reason: str
-    pid: int | None = None
-    lease_id: str | None = None
-    command: str | None = None
-
-
-class GatewayReapReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What :func:`reap_gateway` did (or, with ``dry_run``, would do).
-
-    ``actions``: one entry per process or lease acted on or left alone, with its reason.
-    The lists repeat the figures (``terminated_pids`` are confirmed gone).  ``left_alone``:
-    lease id -> ``"owner-alive"``, ``"protected"``, ``"survived"`` or ``"unproven"`` (the
-    last two stay ``closing`` and are retried next time).  ``unproven``: the scans were
-    still finding processes when the time budget ran out."""
-
-    gateway_instance_id: str
-    dry_run: bool = False
-    actions: list[ReapAction] = []
-    inspected_pids: list[int] = []
-    terminated_pids: list[int] = []
-    survived_pids: list[int] = []
-    closed_lease_ids: list[str] = []
-    lost_lease_ids: list[str] = []
-    left_alone: dict[str, str] = {}
-    unproven: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """Nothing survived (no process, no leaf cgroup) and nothing is left unproven."""
-        return (not self.survived_pids and not self.unproven
-                and not any(a.action == "survived" for a in self.actions))
-
-
-class ReapStepRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """What a plugged-in reap step is asked to do (see :data:`DEFAULT_STEPS`)."""
-
-    gateway_instance_id: str
-    lease_dir: str | None
-    dry_run: bool
-    owner: OwnerTag | None
-    grace: float
-    #: reads the lease file afresh: open/closing leases not being reaped here (live owners',
-    #: and the caller's protected ones), whose leaf cgroups are in use
-    live_lease_ids: Callable[[], Awaitable[frozenset[str]]] | None = None
-    #: every lease record this reap read, by id (a leaf's lease says whose it is)
-    known_leases: dict[str, ProcessLease] = {}
-
-
-#: A step run after the lease reap and the orphan sweep; returns its actions.
-ReapStep = Callable[[ReapStepRequest], Awaitable[list[ReapAction]]]
-
-async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
-    """Leaf cgroups of this gateway whose lease is final, missing, or whose owner is dead:
-    killed (``cgroup.kill``), waited empty, removed.  Only leaves under this gateway's own
-    parent cgroup are touched."""
-    # leaves first, leases second: a lease is saved before its leaf is made, so every leaf
-    # listed here that belongs to a live start has its lease in the read that follows
-    leaves = await trio.to_thread.run_sync(
-        leftover_leaves, request.gateway_instance_id, frozenset())
-    if not leaves:
-        return []
-    # this process's warm leaves, read before the leases: one released since was saved
-    # first, so it is in the read that follows
-    mine = held.held_leases()
-    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in mine]
-    live = frozenset() if request.live_lease_ids is None else await request.live_lease_ids()
-    leaves = [leaf for leaf in leaves if leaf.rsplit("/", 1)[-1] not in live]
-    # a leaf's lease names its owner (with ``owner``, the watchdog's: only that owner's
-    # leaves); a leaf whose lease record was lost (a damaged lease file) but whose members
-    # name a live owner other than us is that owner's: left alone, as the tag sweep leaves
-    # its processes
-    kept = []
-    for leaf in leaves:
-        lease = request.known_leases.get(leaf.rsplit("/", 1)[-1])
-        if lease is not None:
-            kept.append(not _owned_by(lease, request.owner))
-        else:
-            kept.append(await trio.to_thread.run_sync(_leaf_kept, leaf, request.owner))
-    leaves = [leaf for leaf, keep in zip(leaves, kept, strict=True) if not keep]
-    if request.dry_run:
-        return [ReapAction(action="would-kill-cgroup", lease_id=leaf.rsplit("/", 1)[-1],
-                           reason=f"leaf cgroup {leaf}: its lease is not open with a live "
-                           "owner") for leaf in leaves]
-    # the empty ones (the tree already exited or was reaped above) are removed in one pass;
-    # the others are killed together
-    busy = await trio.to_thread.run_sync(_remove_empty, leaves)
-    gone: dict[str, bool] = {}
-
-    async def kill(leaf: str) -> None:
-        gone[leaf] = await kill_leaf(leaf, request.grace + 1.0)
-
-    async with trio.open_nursery() as nursery:
-        for leaf in busy:
-            nursery.start_soon(kill, leaf)
-    return [ReapAction(
-        action="killed-cgroup" if gone[leaf] else "survived",
-        lease_id=leaf.rsplit("/", 1)[-1],
-        reason=f"leaf cgroup {leaf}: its lease is not open with a live owner"
-        + ("" if gone[leaf] else "; it did not empty, retried on the next reap"))
-        for leaf in busy]
-
-
-def _remove_empty(leaves: list[str]) -> list[str]:
-    """Remove the leaves that hold no process (then each parent left empty, once); the
-    others.  Blocking."""
-    busy = [leaf for leaf in leaves if not remove_empty_leaf(leaf, parent=False)]
-    for parent in {os.path.dirname(leaf) for leaf in leaves}:
-        remove_empty_parent(parent)
-    return busy
-
-
-#: Membership reads of one leftover leaf before deciding on what the last one saw.
-_MEMBER_READS = 100
-
-
-def _live_members(leaf: str) -> list[ProcessInfo]:
-    """The members of ``leaf`` that were alive (not zombies) when read; empty only when the
-    leaf holds no process.  A member may exit between the listing and its read (a pid
-    hopper forks and exits every few ms): when every listed one did, its successor is
-    already in the leaf, so the listing is read again, while it changes (bounded).  A
-    listing of zombies that stays the same is returned as it is.  Blocking."""
-    members: list[ProcessInfo] = []
-    listed: list[int] = []
-    for _ in range(_MEMBER_READS):
-        pids = leaf_members(leaf)
-        if not pids:
-            return []
-        if pids == listed:  # the same zombies again: nobody new to read
-            return members
-        listed = pids
-        members = [p for p in map(process_info, pids) if p is not None]
-        live = [p for p in members if not p.zombie]
-        if live:
-            return live
-    return members
-
-
-def _leaf_kept(leaf: str, only_owner: OwnerTag | None) -> bool:
-    """Whether a leftover leaf must be left alone: a live member names a live owner other
-    than us, or (``only_owner``: the watchdog) no live member names that dead owner.
-    Decided on members read alive, never on a listing whose members all exited under our
-    eyes (that would hand another owner's launch to the kill).  Blocking."""
-    members = _live_members(leaf)
-    if not members:
-        return False
-    me, uid = os.getpid(), os.getuid()
-    for p in members:
-        tag = parse_owner_tag(p.owner)
-        owner = None if tag is None else process_info(tag.pid)
-        table = {p.pid: p} if owner is None else {p.pid: p, owner.pid: owner}
-        if owner_alive_elsewhere(p, table, me, uid):
-            return True
-    return only_owner is not None and not any(names_owner(p, only_owner) for p in members)
-
 
 #: The steps :func:`reap_gateway` runs after the process reap unless told otherwise: the
 #: leftover leaf cgroups (cgroup containment).
@@ -284,15 +117,6 @@ def _why(p: ProcessInfo, lease: ProcessLease | None) -> str:
     owner = f"owner {lease.owner_pid}" if lease.owner_pid else "owner unknown"
     part = "root" if p.pid == lease.root_pid else "tagged process"
     return f"{part} of {lease.state.value} lease; {owner} is not alive"
-
-
-def _owned_by(lease: ProcessLease, owner: OwnerTag | None) -> bool:
-    if owner is None:
-        return True
-    return (
-        lease.owner_pid == owner.pid and lease.owner_start_time is not None
-        and abs(lease.owner_start_time - owner.create_time) <= 0.5
-    )
 
 
 def _merge(a: Plan, b: Plan) -> Plan:
@@ -443,7 +267,7 @@ async def reap_gateway(
     to_reap: list[ProcessLease] = []
     for lease in before:
         lease_id = lease.lease_id
-        if lease_id not in open_now or not _owned_by(lease, owner):
+        if lease_id not in open_now or not owned_by(lease, owner):
             continue
         if lease_id in protected:
             left_alone[lease_id] = PROTECTED
@@ -493,9 +317,25 @@ async def reap_gateway(
 
     await mark_closing()
     waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
-    out = await run_waves(plan, grace, waves_deps, table)
+    # a reaped lease's leaf is ended as a close ends one (SIGTERM, the grace, cgroup.kill),
+    # beside the waves: what is in it cannot hop away from cgroup.kill, so the waves need not
+    # outrun a pid hopper there, and its emptiness is the proof of its death
+    leaves = await trio.to_thread.run_sync(leaves_of, gateway_instance_id, to_reap)
+    ends: dict[str, LeafEnd] = {}
+
+    async def end_leaf(lease_id: str, leaf: str) -> None:
+        ends[lease_id] = await terminate_leaf(leaf, grace, grace + 1.0)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for lease_id, leaf in leaves.items():
+                nursery.start_soon(end_leaf, lease_id, leaf)
+            out = await run_waves(plan, grace, waves_deps, table)
+    except BaseExceptionGroup as group:  # a cancel (or a bug) out of that nursery: one
+        raise collapse_group(group) from None
     final, kept = lease_outcomes(
-        to_reap, out.terminated, out.survived, UNPROVEN if out.unproven else None)
+        to_reap, out.terminated, out.survived, UNPROVEN if out.unproven else None,
+        leaf_ends={k: (bool(v.members), v.emptied) for k, v in ends.items()})
     left_alone.update(kept)
     if final:
         # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is

@@ -46,11 +46,8 @@ from acpx_trio._process.cgroup import (
 )
 from acpx_trio._process.identity import boot_id, child_identity
 from acpx_trio._process.leaf_end import settle_root, terminate_leaf
-from acpx_trio._process.reaper import (
-    CleanupResult,
-    ProcessCleanupDeps,
-    cleanup_owned_process_tree,
-)
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree
+from acpx_trio._process.reaper import CleanupResult, ProcessCleanupDeps
 from acpx_trio._process.scan import PidWindow
 from acpx_trio._process.spare_leaf import SpareLeaves, frameable, shell_pwd, spare_frame
 from acpx_trio._process.tags import lease_env

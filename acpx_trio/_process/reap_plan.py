@@ -29,7 +29,7 @@ Rules (fail closed; anything unproven is left alone, with a reason):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import msgspec
 
@@ -464,13 +464,19 @@ def owner_alive(
 def lease_outcomes(
     reaped: Sequence[ProcessLease], terminated: Sequence[ProcessInfo],
     survived: Sequence[ProcessInfo], unproven: str | None,
+    leaf_ends: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> tuple[dict[str, LeaseState], dict[str, str]]:
     """``(final, kept)`` for leases a reap's waves went through: ``closed`` when one of its
     processes was terminated, ``lost`` when none was alive; kept as they are, with the
     reason, while one of its processes survived (``survived``) or while the waves ended
-    without their proof (``unproven``: the reason to give, ``None`` when they proved it)."""
-    dead = {p.lease_id for p in terminated}
-    alive = {p.lease_id for p in survived}
+    without their proof (``unproven``: the reason to give, ``None`` when they proved it).
+    ``leaf_ends``: lease id -> (its leaf held members, it emptied) for the leases whose leaf
+    was ended beside the waves: members killed count as terminated, a leaf that did not
+    empty as a survivor."""
+    ends = leaf_ends or {}
+    dead = {p.lease_id for p in terminated} | {k for k, (held, _) in ends.items() if held}
+    alive = {p.lease_id for p in survived} | {k for k, (_, emptied) in ends.items()
+                                              if not emptied}
     final: dict[str, LeaseState] = {}
     kept: dict[str, str] = {}
     for lease in reaped:

@@ -21,7 +21,7 @@ import psutil
 import trio
 
 from acpx_trio._errors import AcpxError
-from acpx_trio._process.reaper import cleanup_owned_process_tree
+from acpx_trio._process.reap_entry import cleanup_owned_process_tree
 from acpx_trio._process.tools import lease_cleanup_deps, owner_identity
 from acpx_trio._service.context import WRAPPER_DIR_NAME
 from acpx_trio._store.lease_model import ProcessLease

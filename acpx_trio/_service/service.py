@@ -40,10 +40,8 @@ import trio
 from acpx_trio._errors import AcpxUsageError, collapse_group
 from acpx_trio._log import ServiceLogger
 from acpx_trio._process.cgroup import Containment
-from acpx_trio._process.reaper import (
-    ProcessCleanupDeps,
-    ReapResult,
-)
+from acpx_trio._process.reap_entry import ReapResult
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service import tasks as _guards  # issue #11: start-up sweep, watchdog
 from acpx_trio._service.backends import (
     AcpRuntimeBackend,

@@ -15,10 +15,8 @@ from acpx_trio._errors import GatewayInstanceIdError, LeaseStoreError
 from acpx_trio._log import ServiceLogger, as_logger
 from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._process.gateway_reap import GatewayReapReport, reap_gateway
-from acpx_trio._process.reaper import (
-    ProcessCleanupDeps,
-    ReapResult,
-)
+from acpx_trio._process.reap_entry import ReapResult
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
 from acpx_trio._store.dirs import ensure_lease_dirs, is_default_session_dir

@@ -25,7 +25,7 @@ import trio
 
 from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.identity import ProcessInfo, same_process, snapshot_processes
-from acpx_trio._process.reaper import reap_stale_orphans
+from acpx_trio._process.reap_entry import reap_stale_orphans
 
 __all__ = [
     "DEFAULT_KILL_GRACE",
