@@ -21,6 +21,7 @@ import trio
 from _escape_helpers import Decoys, cleanup_marker, group_members, marked, new_marker, stat_ids
 from _proc_helpers import poll_until
 
+from acpx_trio._process.cgroup import leaf_members, probe_cgroup_kill
 from acpx_trio._process.watchdog import WAIT_SCRIPT, WATCHDOG_ENV, WATCHDOG_LOG_ENV
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.leases import SyncLeaseStore
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 GRACE = 0.75
 #: Assertion bound on top of grace + 1 s: the suite runs on 2 shared cores.
 MARGIN = 4.0
+PROBE = probe_cgroup_kill()
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +54,8 @@ def watchdogs_of(owner_pid: int) -> list[int]:
 
 
 def start_owner(
-    state: Path, sessions: int, agent_args: list[str], *, watchdog: bool = True
+    state: Path, sessions: int, agent_args: list[str], *, watchdog: bool = True,
+    containment: str | None = None,
 ) -> subprocess.Popen[bytes]:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, WATCHDOG_LOG_ENV: str(state.parent / "wd.log")}
@@ -61,6 +64,8 @@ def start_owner(
         env[WATCHDOG_ENV] = "0"
     argv = [sys.executable, str(CHILD), str(state), "--sessions", str(sessions), "--busy", "1",
             "--grandchildren", "1", *(f"--agent-arg={a}" for a in agent_args)]
+    if containment is not None:
+        argv += ["--containment", containment]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
 
 
@@ -144,6 +149,47 @@ async def test_sigkilled_owner_leaves_nothing_without_restart(tmp_path: Path) ->
             owner.wait()
         for d in decoys:
             d.close()
+
+
+@pytest.mark.skipif(not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")
+async def test_a_setsid_hopper_in_a_leaf_dies_with_its_dead_owner_and_the_lease_closes(
+    tmp_path: Path,
+) -> None:
+    """Cgroup mode: an agent that ignores SIGTERM and runs a hopper that leaves its session
+    at every hop.  The watchdog used to run its pid waves first (which cannot outrun such a
+    hopper: 3.5 s of them) and only then ``cgroup.kill`` the leaf, and left the lease
+    ``closing``, its emptied leaf no proof; the leaf is now ended beside the waves."""
+    hop = new_marker()
+    state = tmp_path / "state"
+    sessions = 3
+    owner = start_owner(state, sessions, ["--ignore-stdin-eof", "--ignore-sigterm",
+                                          "--spawn-setsid-hopper", hop], containment="cgroup")
+    try:
+        with trio.fail_after(60):
+            records = await trio.to_thread.run_sync(read_records, owner, sessions + 1)
+            agents = {int(str(r["pid"])) for r in records if r["kind"] == "agent"}
+            leaves = [x.cgroup for x in SyncLeaseStore(state / "acpx").list_all()
+                      if x.root_pid in agents and x.cgroup is not None]
+            assert len(leaves) == sessions
+            # each leaf: its agent, its hopper (hopping), the grandchild of the first
+            await poll_until(lambda: all(len(leaf_members(x)) >= 2 for x in leaves),
+                             seconds=20)
+            assert len(watchdogs_of(owner.pid)) == 1
+            t0 = time.monotonic()
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            await poll_until(lambda: not any(os.path.exists(x) for x in leaves),
+                             seconds=GRACE + 1 + MARGIN, interval=0.005)
+            elapsed = time.monotonic() - t0
+            await poll_until(lambda: watchdogs_of(owner.pid) == [], seconds=10)
+            leases = SyncLeaseStore(state / "acpx").list_all()
+            assert leases and all(x.state is LeaseState.CLOSED for x in leases), (
+                leases, (tmp_path / "wd.log").read_text())
+            sys.stderr.write(f"leaves gone {elapsed:.3f}s after the owner's SIGKILL\n")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Escape artists the mock agent can start at launch (``--spawn-pid-hopper MARKER``,
-``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``): processes that try to outlive
-their agent the ways real tools do.  Each carries ``MARKER`` as its last argv word so a test
-can find it; standard library only (the mock agent must start fast)."""
+``--spawn-setsid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon
+MARKER``): processes that try to outlive their agent the ways real tools do.  Each carries
+``MARKER`` as its last argv word so a test can find it; standard library only (the mock agent
+must start fast)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ _HOPPER = (
     "        time.sleep(hop)\n"
     "    if os.fork():\n"
     "        os._exit(0)\n"
+)
+#: The hopper that also leaves its session at every hop: forever sleep ``HOP_MS``,
+#: ``fork()``, the parent ``_exit()``s, the child ``setsid()``s (a new group and session
+#: each time: no ``killpg`` ever reaches the next hop).
+_SETSID_HOPPER = (
+    "import os, sys, time\n"
+    "hop = float(os.environ.get('ACPX_MOCK_HOP_MS', '2')) / 1000\n"
+    "while True:\n"
+    "    if hop > 0:\n"
+    "        time.sleep(hop)\n"
+    "    if os.fork():\n"
+    "        os._exit(0)\n"
+    "    os.setsid()\n"
 )
 _SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 #: double fork + ``setsid()``: a classic daemon, re-parented to init at once.
@@ -48,11 +62,14 @@ def _start(argv: list[str], keep: list[Any], **kwargs: Any) -> None:
 
 
 def spawn_escapers(
-    *, hopper: str | None, scrubbed: str | None, daemon: str | None, keep: list[Any]
+    *, hopper: str | None, scrubbed: str | None, daemon: str | None, keep: list[Any],
+    setsid_hopper: str | None = None,
 ) -> None:
     """Start the requested escapers (each given its marker); ``keep`` holds the Popens."""
     if hopper:
         _start([sys.executable, "-c", _HOPPER, hopper], keep)
+    if setsid_hopper:
+        _start([sys.executable, "-c", _SETSID_HOPPER, setsid_hopper], keep)
     if scrubbed:
         env = shutil.which("env") or "/usr/bin/env"
         # ``env -i``: no variable at all survives, the ownership tags included

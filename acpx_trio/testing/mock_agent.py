@@ -45,7 +45,8 @@ advertised, never answered),
 ``cancelled``: an agent that breaks the spec), ``--unknown-session-message TEXT``
 (load/resume of an unknown id fail with -32603 TEXT),
 ``--method-log FILE`` (append each request's method name to FILE),
-``--spawn-pid-hopper MARKER``, ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
+``--spawn-pid-hopper MARKER``, ``--spawn-setsid-hopper MARKER`` (a new session at every
+hop), ``--spawn-scrubbed-child MARKER``, ``--spawn-daemon MARKER``
 (escape artists started at launch, see ``acpx_trio.testing._mock_escape``).
 Unknown flags exit with status 2.
 
@@ -374,6 +375,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     eof.add_argument("--ignore-stdin-eof", dest="exit_on_stdin_eof", action="store_false")
     parser.add_argument("--spawn-pid-hopper", default=None, metavar="MARKER")
+    parser.add_argument("--spawn-setsid-hopper", default=None, metavar="MARKER")
     parser.add_argument("--spawn-scrubbed-child", default=None, metavar="MARKER")
     parser.add_argument("--spawn-daemon", default=None, metavar="MARKER")
     return parser.parse_args(argv)
@@ -391,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     agent = MockAgent(args)
     spawn_escapers(
         hopper=args.spawn_pid_hopper, scrubbed=args.spawn_scrubbed_child,
-        daemon=args.spawn_daemon, keep=agent.children,
+        daemon=args.spawn_daemon, keep=agent.children, setsid_hopper=args.spawn_setsid_hopper,
     )
     try:
         agent.run()
