@@ -21,7 +21,7 @@ import trio
 from _escape_helpers import Decoys, cleanup_marker, group_members, marked, new_marker, stat_ids
 from _proc_helpers import poll_until
 
-from acpx_trio._process.cgroup import leaf_members, probe_cgroup_kill
+from acpx_trio._process.cgroup import probe_cgroup_kill
 from acpx_trio._process.watchdog import WAIT_SCRIPT, WATCHDOG_ENV, WATCHDOG_LOG_ENV
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.leases import SyncLeaseStore
@@ -151,41 +151,51 @@ async def test_sigkilled_owner_leaves_nothing_without_restart(tmp_path: Path) ->
             d.close()
 
 
-@pytest.mark.skipif(not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")
-async def test_a_setsid_hopper_in_a_leaf_dies_with_its_dead_owner_and_the_lease_closes(
-    tmp_path: Path,
+@pytest.mark.parametrize("containment", [
+    pytest.param("cgroup", marks=pytest.mark.skipif(
+        not PROBE.usable, reason=f"no usable cgroup: {PROBE.reason}")),
+    "process-group",
+])
+async def test_a_setsid_hopper_dies_with_its_dead_owner_and_the_lease_closes(
+    tmp_path: Path, containment: str,
 ) -> None:
-    """Cgroup mode: an agent that ignores SIGTERM and runs a hopper that leaves its session
-    at every hop.  The watchdog used to run its pid waves first (which cannot outrun such a
-    hopper: 3.5 s of them) and only then ``cgroup.kill`` the leaf, and left the lease
-    ``closing``, its emptied leaf no proof; the leaf is now ended beside the waves."""
+    """Three agents that ignore SIGTERM, each running a hopper that leaves its session at
+    every hop (no ``killpg`` reaches its next hop).  Cgroup mode: the watchdog ran its pid
+    waves first (3.5 s of them cannot outrun such a hopper on a busy ``/proc``) and only then
+    ``cgroup.kill``ed the leaf, and left the leases ``closing``; the leaves are now ended
+    beside the waves.  Process-group mode: the hoppers outlived the watchdog (and the next
+    start); a re-scan now kills a doomed lease's process the moment it reads it."""
     hop = new_marker()
     state = tmp_path / "state"
     sessions = 3
     owner = start_owner(state, sessions, ["--ignore-stdin-eof", "--ignore-sigterm",
-                                          "--spawn-setsid-hopper", hop], containment="cgroup")
+                                          "--spawn-setsid-hopper", hop],
+                        containment=containment)
+    groups: set[int] = set()
     try:
-        with trio.fail_after(60):
+        with cleanup_marker(hop, groups), trio.fail_after(60):
             records = await trio.to_thread.run_sync(read_records, owner, sessions + 1)
             agents = {int(str(r["pid"])) for r in records if r["kind"] == "agent"}
+            groups.update(agents)
             leaves = [x.cgroup for x in SyncLeaseStore(state / "acpx").list_all()
                       if x.root_pid in agents and x.cgroup is not None]
-            assert len(leaves) == sessions
-            # each leaf: its agent, its hopper (hopping), the grandchild of the first
-            await poll_until(lambda: all(len(leaf_members(x)) >= 2 for x in leaves),
-                             seconds=20)
+            assert len(leaves) == (sessions if containment == "cgroup" else 0)
+            await poll_until(lambda: len(marked(hop)) >= sessions, seconds=20)  # hopping
             assert len(watchdogs_of(owner.pid)) == 1
             t0 = time.monotonic()
             owner.send_signal(signal.SIGKILL)
             owner.wait()
-            await poll_until(lambda: not any(os.path.exists(x) for x in leaves),
+            await poll_until(lambda: watchdogs_of(owner.pid) == [],
                              seconds=GRACE + 1 + MARGIN, interval=0.005)
             elapsed = time.monotonic() - t0
-            await poll_until(lambda: watchdogs_of(owner.pid) == [], seconds=10)
             leases = SyncLeaseStore(state / "acpx").list_all()
             assert leases and all(x.state is LeaseState.CLOSED for x in leases), (
                 leases, (tmp_path / "wd.log").read_text())
-            sys.stderr.write(f"leaves gone {elapsed:.3f}s after the owner's SIGKILL\n")
+            assert not await trio.to_thread.run_sync(
+                lambda: any(os.path.exists(x) for x in leaves))
+            for _ in range(20):  # a hopper is easy to miss once: look several times
+                assert marked(hop) == [], "a hopper outlived its owner's watchdog"
+            sys.stderr.write(f"watchdog done {elapsed:.3f}s after the owner's SIGKILL\n")
     finally:
         if owner.poll() is None:
             owner.kill()

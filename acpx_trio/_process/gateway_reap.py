@@ -27,9 +27,10 @@ What is reaped (everything else is left alone, with a reason in the report):
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import trio
@@ -70,7 +71,7 @@ from acpx_trio._process.reaper import (
     default_cleanup_deps,
     run_waves,
 )
-from acpx_trio._process.reaper_os import kill_groups_sync
+from acpx_trio._process.reaper_os import kill_groups_sync, kill_process_sync
 from acpx_trio._process.shared_scan import TagScan
 from acpx_trio._store.lease_model import LeaseState, ProcessLease
 
@@ -140,9 +141,21 @@ def gateway_cleanup_deps(
     groups and sessions, and the owners named by owner tags; re-scans read only what
     changed (:class:`~acpx_trio._process.shared_scan.TagScan`).  The plans keep only what
     they can prove ours, so the prefilter changes nothing but the cost."""
+    return _gateway_deps(gateway_instance_id, leases)[0]
+
+
+def _gateway_deps(
+    gateway_instance_id: str, leases: Sequence[ProcessLease]
+) -> tuple[ProcessCleanupDeps, Callable[[frozenset[str]], None]]:
+    """:func:`gateway_cleanup_deps`, and ``arm(doomed)``: from then on a scan SIGKILLs at
+    once every process it reads carrying this gateway's tag and one of the ``doomed`` lease
+    ids (leases whose owner is proven dead, being reaped): what the plan would target
+    anyway, but a pid hopper that leaves its session at every hop is gone before the plan
+    of a pass over a busy ``/proc`` is made.  Armed only once the first wave's grace has
+    passed (the reap's waves scan again only after it)."""
     deps = default_cleanup_deps()
     if not sys.platform.startswith("linux"):
-        return deps
+        return deps, lambda doomed: None
     scan = TagScan(
         gateway_id=gateway_instance_id,
         roots=[x.root_pid for x in leases if x.root_pid > 0],
@@ -155,8 +168,16 @@ def gateway_cleanup_deps(
         with lock:
             return scan.scan()
 
+    armed: list[frozenset[str]] = []  # the doomed leases, once armed
+
+    def kill_on_sight(info: ProcessInfo) -> None:
+        if armed and info.lease_id in armed[0] and info.gateway_instance_id == gateway_instance_id:
+            kill_process_sync(info, signal.SIGKILL, self_pid, self_uid)
+
     async def list_processes() -> list[ProcessInfo]:
-        # read-only: a cancelled caller need not wait for the scan to finish
+        # the waves' re-scan, after a wave (armed: its grace has passed); read-only but for
+        # the kill on sight: a cancelled caller need not wait for the scan to finish
+        scan.on_sight = kill_on_sight if armed else None
         return await trio.to_thread.run_sync(locked_scan, abandon_on_cancel=True)
 
     def kill_groups_now(pgids: Sequence[int], sig: int) -> list[int]:
@@ -169,7 +190,11 @@ def gateway_cleanup_deps(
     async def kill_groups(pgids: Sequence[int], sig: int) -> list[int]:
         return await trio.to_thread.run_sync(kill_groups_now, pgids, sig)
 
-    return dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
+    def arm(doomed: frozenset[str]) -> None:
+        armed[:] = [doomed] if doomed else []
+
+    deps = dataclasses.replace(deps, list_processes=list_processes, kill_groups=kill_groups)
+    return deps, arm
 
 
 def _session_members(
@@ -260,7 +285,8 @@ async def reap_gateway(
     # read after the leases: a launch is held before its lease is saved, so every live one
     # in that read is in this one
     protected = frozenset(protected_lease_ids) | held.held_leases()
-    cleanup = deps or gateway_cleanup_deps(gateway_instance_id, before)
+    cleanup, arm = ((deps, lambda doomed: None) if deps is not None
+                    else _gateway_deps(gateway_instance_id, before))
     table = await snapshot()
     by_pid = {p.pid: p for p in table}
     left_alone: dict[str, str] = {}
@@ -326,6 +352,7 @@ async def reap_gateway(
     async def end_leaf(lease_id: str, leaf: str) -> None:
         ends[lease_id] = await terminate_leaf(leaf, grace, grace + 1.0)
 
+    arm(doomed)  # the waves list again only once their first one's grace has passed
     try:
         async with trio.open_nursery() as nursery:
             for lease_id, leaf in leaves.items():

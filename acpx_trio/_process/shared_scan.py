@@ -18,7 +18,7 @@ extra entries change nothing but give it more context (never less).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import trio
 
@@ -135,6 +135,9 @@ class TagScan:
         #: pid -> start ticks of the candidates of the previous pass.
         self.candidates: dict[int, int | None] = {}
         self.ids: set[int] = set()
+        #: called with each process a pass finds carrying our tags, the moment it is read
+        #: (a reap's kill on sight: a pid hopper is caught before its next hop)
+        self.on_sight: Callable[[ProcessInfo], None] | None = None
 
     def _matches(self, name: str, fields: list[str]) -> tuple[bool | None, bytes | None]:
         """Whether process ``name`` (its ``/proc/PID/stat`` ``fields`` as just read) carries
@@ -203,6 +206,8 @@ class TagScan:
                 if info is not None:
                     infos[info.pid] = info
                     ids.update(x for x in (info.pgid, info.sid) if x is not None)
+                    if self.on_sight is not None:
+                        self.on_sight(info)
             elif matched is None:  # undecided: a candidate, read again by every later pass
                 info = fast_process_info(pid, stat=fields)
                 if info is not None:
