@@ -111,14 +111,14 @@ def _add_warm_commands(sub: Any, prompt: argparse.ArgumentParser) -> None:
     mode.add_argument("--session", required=True, metavar="KEY")
 
 
-def _add_agent_list_options(parser: argparse.ArgumentParser) -> None:
+def _add_agent_list_options(parser: argparse.ArgumentParser, agent_help: str) -> None:
     """``--agent NAME`` / ``--agent-command CMD`` on ``sessions`` and ``logout``: calls on the
     agent itself (run by :mod:`acpx_trio._cli.protocol_cmds`); with ``sessions list``, the
-    agent's own sessions (``session/list``) instead of ours."""
+    agent's own sessions (``session/list``) instead of ours.  ``agent_help``: what
+    ``--agent`` does there."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--agent", dest="list_agent", default=None, metavar="NAME",
-                       help="with list: the sessions agent NAME itself knows (session/list; "
-                            "--cwd DIR: only those in DIR)")
+                       help=agent_help)
     group.add_argument("--agent-command", dest="list_agent_command", default=None,
                        metavar="CMD", help="like --agent, for this ACP agent command line")
 
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="acpx-trio",
         description="Drive ACP coding agents from a Trio runtime that never leaks a process.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage/config, 3 timeout, 4 no session, "
-        "5 permission, 130 interrupted (SIGINT), 143 terminated (SIGTERM).",
+        "5 permission, 129 hung up (SIGHUP), 130 interrupted (SIGINT), 143 terminated "
+        "(SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"acpx-trio {__version__}")
     _common(parser)
@@ -182,12 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=["list", "show", "close", "history", "delete"])
     sessions.add_argument("key", nargs="?", help="session key (for show and close); the "
                           "agent's session id for delete --agent")
-    _add_agent_list_options(sessions)  # issue 21 (protocol)
+    _add_agent_list_options(sessions, "with list: the sessions agent NAME itself knows "
+                            "(session/list; --cwd DIR: only those in DIR); with delete: "
+                            "session/delete at agent NAME")  # issue 21 (protocol)
     logout = sub.add_parser("logout", help="Log out of an agent (ACP logout, when offered).",
                             description="ACP logout: the agent ends its authenticated state; "
                             "its next session needs credentials again.")
     _common(logout)
-    _add_agent_list_options(logout)
+    _add_agent_list_options(logout, "the agent to log out of (this or --agent-command is "
+                            "required)")
 
     agents = sub.add_parser("agents", help="Built-in and configured agents and their commands.")
     _common(agents)
