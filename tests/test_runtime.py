@@ -81,25 +81,32 @@ async def test_thought_and_tool_events(env: RuntimeEnv) -> None:
         assert tool[-1] == DoneEvent(stop_reason="end_turn")
 
 
+async def _cancel_a_sleeping_turn(rt: AcpxRuntime, agent: str = "mock") -> None:
+    """Cancel a running ``/sleep`` turn of session ``s`` (on ``agent``): it ends
+    ``done(cancelled)`` once the agent answered (no kill wait), and the session is the same
+    live one."""
+    handle = await rt.ensure_session(session_key="s", agent=agent)
+    events = []
+
+    async def consume() -> None:
+        events.extend(await run(rt, handle, "/sleep 20000"))
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await wait_prompt_sent(rt, "s")
+            started = trio.current_time()
+            await rt.cancel(handle=handle, reason="test")
+        assert trio.current_time() - started < 2.0  # the agent answered; no kill wait
+        assert events == [DoneEvent(stop_reason="cancelled")]
+        second = await run(rt, handle, "/pid")
+    assert output(second) == f"pid={handle.agent_pid}"
+    assert (await rt.get_status(handle=handle)).alive
+
+
 async def test_cancel_during_sleep_keeps_session_usable(env: RuntimeEnv) -> None:
     async with env.runtime() as rt:
-        handle = await rt.ensure_session(session_key="s", agent="mock")
-        events = []
-
-        async def consume() -> None:
-            events.extend(await run(rt, handle, "/sleep 20000"))
-
-        with trio.fail_after(15):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                await wait_prompt_sent(rt, "s")
-                started = trio.current_time()
-                await rt.cancel(handle=handle, reason="test")
-            assert trio.current_time() - started < 2.0  # the agent answered; no kill wait
-            assert events == [DoneEvent(stop_reason="cancelled")]
-            second = await run(rt, handle, "/pid")
-        assert output(second) == f"pid={handle.agent_pid}"
-        assert (await rt.get_status(handle=handle)).alive
+        await _cancel_a_sleeping_turn(rt)
 
 
 @pytest.mark.parametrize("reason", ["end_turn", "refusal"])
@@ -110,19 +117,7 @@ async def test_a_cancel_answered_with_another_stop_reason_still_ends_cancelled(
     otherwise does not turn the caller's cancel into a normal end."""
     agents = {"lax": {"command": MOCK[0], "args": [*MOCK[1:], "--cancel-stop-reason", reason]}}
     async with env.runtime(agents=agents) as rt:
-        handle = await rt.ensure_session(session_key="s", agent="lax")
-        events = []
-
-        async def consume() -> None:
-            events.extend(await run(rt, handle, "/sleep 20000"))
-
-        with trio.fail_after(15):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                await wait_prompt_sent(rt, "s")
-                await rt.cancel(handle=handle, reason="test")
-            assert events == [DoneEvent(stop_reason="cancelled")]
-            assert output(await run(rt, handle, "/pid")) == f"pid={handle.agent_pid}"
+        await _cancel_a_sleeping_turn(rt, "lax")
 
 
 async def _turn_running(rt: AcpxRuntime, handle: AcpRuntimeHandle) -> bool:

@@ -14,11 +14,9 @@ from typing import Any
 
 __all__ = ["spawn_escapers"]
 
-#: ``setsid()``, then forever: sleep ``HOP_MS``, ``fork()``, the parent ``_exit()``s, so the
-#: process never keeps a pid for long and is re-parented to init at every hop.
-_HOPPER = (
-    "import os, sys, time\n"
-    "os.setsid()\n"
+#: Forever: sleep ``HOP_MS``, ``fork()``, the parent ``_exit()``s, so the process never keeps
+#: a pid for long and is re-parented to init at every hop.
+_HOP_LOOP = (
     "hop = float(os.environ.get('ACPX_MOCK_HOP_MS', '2')) / 1000\n"
     "while True:\n"
     "    if hop > 0:\n"
@@ -26,19 +24,11 @@ _HOPPER = (
     "    if os.fork():\n"
     "        os._exit(0)\n"
 )
-#: The hopper that also leaves its session at every hop: forever sleep ``HOP_MS``,
-#: ``fork()``, the parent ``_exit()``s, the child ``setsid()``s (a new group and session
-#: each time: no ``killpg`` ever reaches the next hop).
-_SETSID_HOPPER = (
-    "import os, sys, time\n"
-    "hop = float(os.environ.get('ACPX_MOCK_HOP_MS', '2')) / 1000\n"
-    "while True:\n"
-    "    if hop > 0:\n"
-    "        time.sleep(hop)\n"
-    "    if os.fork():\n"
-    "        os._exit(0)\n"
-    "    os.setsid()\n"
-)
+#: The classic hopper: ``setsid()`` once, then the hop loop.
+_HOPPER = "import os, sys, time\nos.setsid()\n" + _HOP_LOOP
+#: The hopper that also leaves its session at every hop (the child ``setsid()``s: a new
+#: group and session each time, so no ``killpg`` ever reaches the next hop).
+_SETSID_HOPPER = "import os, sys, time\n" + _HOP_LOOP + "    os.setsid()\n"
 _SLEEP = "import time\nwhile True: time.sleep(3600)\n"
 #: double fork + ``setsid()``: a classic daemon, re-parented to init at once.
 _DAEMON = (
