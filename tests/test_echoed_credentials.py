@@ -1,5 +1,5 @@
 """A credential the agent holds and echoes back in what it advertises (a mode id, a config
-option's values, a legacy model id, a session title, a permission's title, a terminal's
+option's key and values, a legacy model id, a session title, a permission's title, a terminal's
 command) never reaches a session record, an error message, a status, a session listing or a
 log line of ours: each is redacted by value, as the turn's events are."""
 
@@ -39,7 +39,9 @@ _ECHOER = textwrap.dedent("""
                            "availableModes": [{"id": "m-" + key, "name": "n"}]},
                  "configOptions": [{"id": "effort", "name": "E", "type": "select",
                                     "currentValue": "v-" + key,
-                                    "options": [{"value": "v-" + key, "name": "x"}]}],
+                                    "options": [{"value": "v-" + key, "name": "x"}]},
+                                   {"id": "o-" + key, "name": "O", "type": "boolean",
+                                    "currentValue": True}],
                  "models": {"currentModelId": "lm-" + key,
                             "availableModels": [{"modelId": "lm-" + key, "name": "n"}]}}})
         elif method == "session/list":
@@ -91,11 +93,13 @@ async def test_what_the_agent_echoes_is_redacted_everywhere_we_keep_or_show_it(
             await rt.set_mode(handle=handle, mode=f"m-{SECRET}")
             await run(rt, handle, "go")
             status = await rt.get_status(handle=handle)
+            caps = await rt.get_capabilities(handle=handle)
             listed = await rt.list_sessions(agent="echoer")
             await rt.close(handle=handle, reason="done")
     assert all("[redacted]" in e for e in errors), errors
     assert status.current_mode == "m-[redacted]"
-    shown = [*errors, repr(status), repr(listed), caplog.text]
+    assert "o-[redacted]" in caps.config_option_keys
+    shown = [*errors, repr(status), repr(caps), repr(listed), caplog.text]
     assert not [s for s in shown if SECRET in s], shown
     assert "tc-[redacted]" in caplog.text and "echo '[redacted]'" in caplog.text
     kept = [p for p in env.root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]

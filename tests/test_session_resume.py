@@ -39,11 +39,19 @@ def test_gemini_not_found_text_is_recognised() -> None:
     ("loadSession is not supported", None, True),
     ("Internal error", {"details": "Session 7f3a does not exist"}, True),
     ("Could not find session 123", None, True),
+    # real agents (an outside review): codex's app-server through codex-acp, gemini-cli
+    ("Internal error", {"details": "thread not found: 0199a1b2-c3d4"}, True),
+    ("Internal error", {"details": "no rollout found for thread id 0199a1b2"}, True),
+    ("Internal error", {"details": 'Invalid session identifier "x". Searched for sessions '
+                                   "in /home/u/.gemini"}, True),
+    ("Session ses_1.2 not found", None, True),  # an id with a point is one clause
+    ("Session a:b not found", None, True),
     # "not found" or "not supported" about something else proves nothing about the session
     ("Internal error: ripgrep binary not found on PATH", None, False),
     ("Internal error: session worker: ripgrep binary not found", None, False),
     ("Internal error", {"details": "config file not found"}, False),
     ("Internal error: this terminal is not supported", None, False),
+    ("thread pool exhausted, file not found", None, False),
 ])
 def test_only_a_session_that_is_not_found_is_not_found(
     message: str, data: object, proven: bool

@@ -75,13 +75,21 @@ __all__ = [
 
 PROBE_SESSION_KEY = "openclaw:acpx:probe"
 _NOT_FOUND_CODES = frozenset({-32002, -32001, -32601})
-#: Texts that say the *session* is unknown (or loading unsupported): a hint counts only next
-#: to the word session within one clause ("Session not found: x", "No previous sessions
-#: found", "unknown session", "loadSession is not supported"), never "ripgrep not found".
+#: One clause: no sentence or clause break (a ``.``, ``;``, ``:`` or ``,`` followed by a
+#: space) within it; an id such as ``ses_1.2`` or ``a:b`` stays inside.
+_CLAUSE = r"(?:(?![.;:,]\s).)"
+#: Texts that say the *session* (a codex thread, its rollout) is unknown, or loading
+#: unsupported: a hint counts only next to the word within one clause ("Session not found:
+#: x", "No previous sessions found", "unknown session", "loadSession is not supported",
+#: codex's "thread not found: x" and "no rollout found for thread id x", gemini's "Invalid
+#: session identifier"), never "ripgrep binary not found".
 _NOT_FOUND_TEXT = re.compile(
-    r"\b(?:unknown|no such|no previous|no|could not find)\s+sessions?\b"
-    r"|\bsessions?\b[^.;:,]{0,60}?\b(?:not found|does not exist|not supported)"
-    r"|\bload\s*session\b[^.;:,]{0,30}?\bnot supported",
+    r"\b(?:unknown|no such|no previous|no|could not find|invalid)\s+(?:sessions?|threads?)"
+    r"\b"
+    rf"|\b(?:sessions?|threads?)\b{_CLAUSE}{{0,60}}?\b(?:not found|does not exist|"
+    r"not supported)"
+    rf"|\bload\s*session\b{_CLAUSE}{{0,30}}?\bnot supported"
+    rf"|\bno rollout found for thread\b",
     re.IGNORECASE)
 
 

@@ -222,7 +222,7 @@ class LiveSession:
         if self.config_options is not None:
             controls.append("session/set_config_option")
         controls.append("session/status")
-        keys = tuple(o.id for o in self.config_options or ())
+        keys = tuple(redact(o.id, self.secrets) for o in self.config_options or ())
         load = bool(self.init and self.init.agent_capabilities.load_session)
         return AcpRuntimeCapabilities(
             controls=tuple(controls), config_option_keys=keys, load_session=load
