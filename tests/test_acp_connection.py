@@ -592,37 +592,119 @@ async def test_lone_surrogates_never_lose_a_message() -> None:
         assert h.warnings == []
 
 
-async def test_requests_answered_at_once_are_bounded_and_reading_resumes() -> None:
-    """Past ``MAX_ANSWERS`` requests being answered the connection reads nothing more (its
-    memory stays bounded) and resumes, in wire order, once answers end."""
-    from acpx_trio._acp._answers import MAX_ANSWERS
+async def test_reading_waits_while_request_lines_being_handled_pass_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``MAX_HANDLING_BYTES`` of request lines whose handler runs (handlers that end
+    without the peer: a file write, a permission) the connection reads nothing more, and
+    resumes in wire order once one is handled."""
+    from acpx_trio._acp import _answers
 
+    monkeypatch.setattr(_answers, "MAX_HANDLING_BYTES", 10_000)
     async with connected() as h:
         release = trio.Event()
         running = 0
-        most = 0
         seen: list[str] = []
 
-        async def wait(params: msgspec.Raw) -> None:
-            nonlocal running, most
+        async def write(params: msgspec.Raw) -> None:
+            nonlocal running
             running += 1
-            most = max(most, running)
             await release.wait()
-            running -= 1
 
-        h.conn.set_request_handler("wait", wait)
+        h.conn.set_request_handler("fs/write_text_file", write)
         h.conn.set_notification_handler("note", lambda params: seen.append("note"))
-        extra = 10
-        for n in range(MAX_ANSWERS + extra):
-            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "wait"})
+        for n in range(5):  # 5 lines of about 4 KB: the third passes the bound
+            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/write_text_file",
+                               "params": {"sessionId": "s", "path": "/f", "content": "x" * 4000}})
         await h.peer.send({"jsonrpc": "2.0", "method": "note"})
         await trio.testing.wait_all_tasks_blocked()
-        assert running == MAX_ANSWERS and not seen  # the reader waits for room
+        assert running == 2 and not seen  # the reader waits for a handler to end
         release.set()
-        answered = {(await h.peer.recv())["id"] for _ in range(MAX_ANSWERS + extra)}
-        assert answered == set(range(MAX_ANSWERS + extra))
+        answered = {(await h.peer.recv())["id"] for _ in range(5)}
+        assert answered == set(range(5))
         await trio.testing.wait_all_tasks_blocked()
-        assert seen == ["note"] and most == MAX_ANSWERS
+        assert seen == ["note"]
+
+
+async def test_a_peer_that_never_reads_its_answers_is_cut_off_past_the_count_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``MAX_ANSWERS`` requests unanswered the connection fails with
+    ``ACP_TOO_MANY_REQUESTS`` (memory stays bounded) instead of reading on for ever."""
+    from acpx_trio._acp import _answers
+
+    monkeypatch.setattr(_answers, "MAX_ANSWERS", 50)
+    async with connected() as h:
+        never = trio.Event()
+
+        async def wait(params: msgspec.Raw) -> None:
+            await never.wait()
+
+        h.conn.set_request_handler("wait", wait)
+        for n in range(51):
+            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "wait"})
+        with trio.fail_after(5):
+            await h.serve_done.wait()
+        assert isinstance(h.serve_error, AcpProtocolError)
+        assert h.serve_error.code == "ACP_TOO_MANY_REQUESTS"
+
+
+async def test_a_peer_that_writes_all_its_requests_before_reading_is_answered() -> None:
+    """Pipelining: the peer writes 300 requests for file contents (more than the pipe and
+    the large-answer lanes hold) before it reads a single answer.  The connection must keep
+    reading while its answers wait for the peer (pausing there deadlocked: the peer blocked
+    writing, the answers blocked on the peer; an outside review, 8 of 8)."""
+    client, agent = trio.testing.lockstep_stream_pair()  # every write waits for its reader
+    conn = AcpConnection(client.send_stream, client.receive_stream)
+
+    async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
+        return ReadTextFileResponse(content="x" * 20_000)
+
+    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    peer = Peer(agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.serve)
+        with trio.fail_after(30):
+            for n in range(300):
+                await peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
+                                 "params": {"sessionId": "s", "path": "/f"}})
+            answered = {(await peer.recv())["id"] for _ in range(300)}
+        assert answered == set(range(300))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_large_answer_cancelled_while_it_waits_for_its_lane_is_never_made() -> None:
+    """``$/cancel_request`` for a request still waiting for a large-answer lane answers it
+    -32800 at once; its handler never runs (it used to run and send the whole file)."""
+    client, agent = trio.testing.lockstep_stream_pair()
+    conn = AcpConnection(client.send_stream, client.receive_stream)
+    made: list[str] = []
+
+    async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
+        path = msgspec.json.decode(params, type=ReadTextFileRequest).path
+        made.append(path)
+        return ReadTextFileResponse(content="x" * 100_000)
+
+    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    peer = Peer(agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.serve)
+        with trio.fail_after(30):
+            # one write: two take the lanes (their answers wait for the peer), the third
+            # waits; the cancel comes in the same read as the request it cancels
+            batch = [{"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
+                      "params": {"sessionId": "s", "path": f"/f{n}"}} for n in range(3)]
+            batch.append({"jsonrpc": "2.0", "method": "$/cancel_request",
+                          "params": {"requestId": 2}})
+            await peer.send(b"".join(msgspec.json.encode(m) + b"\n" for m in batch))
+            await trio.testing.wait_all_tasks_blocked()
+            answers = {}
+            for _ in range(3):
+                answer = await peer.recv()
+                answers[answer["id"]] = answer
+        assert answers[2]["error"]["code"] == -32800
+        assert "/f2" not in made and sorted(made) == ["/f0", "/f1"]
+        nursery.cancel_scope.cancel()
 
 
 async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:

@@ -287,12 +287,26 @@ async def test_reaper_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
                                                          protected_lease_ids=5)),  # type: ignore[arg-type]
         ("protected_lease_ids", lambda: reap_stale_orphans(
             gateway_instance_id="gw", protected_lease_ids="lease-1", deps=deps)),
+        # a second outside review: a sync store, deps and groups that are not ones
+        ("lease_store", lambda: reap_open_leases("gw", store.sync, deps=deps)),  # type: ignore[arg-type]
+        ("deps", lambda: reap_stale_orphans(gateway_instance_id="gw", deps=5)),  # type: ignore[arg-type]
+        ("deps", lambda: cleanup_owned_process_tree(
+            root_pid=0, expected_lease_id="l", expected_gateway_instance_id="gw", deps=5)),  # type: ignore[arg-type]
+        ("verified_groups", lambda: cleanup_owned_process_tree(
+            root_pid=0, expected_lease_id="l", expected_gateway_instance_id="gw", deps=deps,
+            verified_groups=["a"])),  # type: ignore[list-item]
     ]
     for argument, call in calls:
         with pytest.raises(AcpxError) as info:
             await call()
         _assert_usage(info.value, argument)
     assert not (tmp_path / "leases").exists()  # nothing was read or written
+    # what the annotations allow still works: any iterable of ids, a Fraction of a second
+    from fractions import Fraction
+
+    result = await reap_open_leases("gw", store, deps=deps, grace=Fraction(1, 2),
+                                    protected_lease_ids=(x for x in ["a", "b"]))
+    assert result.terminated_pids == []
 
 
 async def test_lease_store_bad_state_is_a_usage_error(tmp_path: Path) -> None:

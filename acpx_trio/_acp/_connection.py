@@ -113,8 +113,9 @@ class AcpConnection:
     - ``on_warning`` is called synchronously from the reader task and must not raise or block;
       at most 101 times per connection, redacted like the agent's ``ACP_RPC_ERROR``\\ s.
     - Memory stays bounded whatever the agent requests, also from an agent that stops reading
-      its answers (see :class:`~acpx_trio._acp._answers.RequestAnswers`): past its bounds on
-      requests being answered the connection reads no more until one is written.
+      its answers (see :class:`~acpx_trio._acp._answers.RequestAnswers`: a few large answers
+      at a time, reading paused only while handlers that end without the agent catch up,
+      ``ACP_TOO_MANY_REQUESTS`` past 10,000 requests unanswered).
     """
 
     def __init__(

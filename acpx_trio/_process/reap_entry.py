@@ -6,6 +6,7 @@ of :mod:`~acpx_trio._process.reaper`."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
@@ -69,12 +70,32 @@ def _require_id(name: str, value: str) -> None:
 
 
 def _protected_ids(value: object) -> frozenset[str]:
-    """``protected_lease_ids`` as a set of ids; anything but a collection of strings (a bare
+    """``protected_lease_ids`` as a set of ids; anything but an iterable of strings (a bare
     string included: it would protect its letters) is :class:`~acpx_trio.AcpxUsageError`."""
-    if isinstance(value, str | bytes) or not isinstance(value, Collection) \
-            or not all(isinstance(x, str) for x in value):
-        raise AcpxUsageError("protected_lease_ids", value, "must be a collection of lease ids")
-    return frozenset(value)
+    ids = _id_set(value, str, "protected_lease_ids", "lease ids")
+    return frozenset(x for x in ids if isinstance(x, str))
+
+
+def _id_set(value: object, kind: type, argument: str, what: str) -> frozenset[object]:
+    """``value`` (any iterable but a string) as a set whose members are all ``kind``."""
+    if isinstance(value, str | bytes):
+        raise AcpxUsageError(argument, value, f"must be a collection of {what}")
+    try:
+        ids: frozenset[object] = frozenset(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise AcpxUsageError(argument, value, f"must be a collection of {what}") from None
+    if not all(isinstance(x, kind) and not isinstance(x, bool) for x in ids):
+        raise AcpxUsageError(argument, value, f"must be a collection of {what}")
+    return ids
+
+
+def _deps(deps: object) -> ProcessCleanupDeps:
+    """``deps`` (or the real process table when ``None``)."""
+    if deps is None:
+        return default_cleanup_deps()
+    if not isinstance(deps, ProcessCleanupDeps):
+        raise AcpxUsageError("deps", deps, "must be a ProcessCleanupDeps (or None)")
+    return deps
 
 
 async def cleanup_owned_process_tree(
@@ -108,7 +129,9 @@ async def cleanup_owned_process_tree(
     require_grace(grace)
     if type(root_pid) is not int or root_pid < 0:
         raise AcpxUsageError("root_pid", root_pid, "must be an integer >= 0")
-    deps = deps or default_cleanup_deps()
+    groups = _id_set(verified_groups, int, "verified_groups", "process group ids")
+    verified_groups = frozenset(g for g in groups if isinstance(g, int))
+    deps = _deps(deps)
     target = LeaseTarget(
         lease_id=expected_lease_id,
         gateway_instance_id=expected_gateway_instance_id,
@@ -147,7 +170,7 @@ async def reap_stale_orphans(
     _require_id("gateway_instance_id", gateway_instance_id)
     require_grace(grace)
     protected = _protected_ids(protected_lease_ids)
-    deps = deps or default_cleanup_deps()
+    deps = _deps(deps)
 
     def plan(table: list[ProcessInfo], known: Collection[tuple[int, int | None]]) -> Plan:
         return plan_orphans(
@@ -186,10 +209,11 @@ async def reap_open_leases(
     :class:`~acpx_trio.AcpxUsageError` before anything is read."""
     _require_id("gateway_instance_id", gateway_instance_id)
     require_grace(grace)
-    if not all(callable(getattr(lease_store, m, None)) for m in ("list_open", "mark_states")):
+    if not all(inspect.iscoroutinefunction(getattr(lease_store, m, None))
+               for m in ("list_open", "mark_states")):  # a SyncLeaseStore is not one
         raise AcpxUsageError("lease_store", lease_store, "must be a LeaseStore")
     protected = _protected_ids(protected_lease_ids)
-    deps = deps or default_cleanup_deps()
+    deps = _deps(deps)
     leases = [
         x
         for x in await lease_store.list_open(gateway_instance_id)

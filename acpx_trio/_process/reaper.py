@@ -38,6 +38,7 @@ through pidfds, waiting for exits); everything the outside world does is injecte
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import signal
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -401,6 +402,6 @@ def default_cleanup_deps(*, reap_children: bool = True) -> ProcessCleanupDeps:
 def require_grace(grace: object) -> None:
     """A grace is a finite number of seconds >= 0 (an infinite one would never escalate);
     anything else is :class:`~acpx_trio.AcpxUsageError`."""
-    if isinstance(grace, bool) or not isinstance(grace, int | float) \
-            or not 0 <= grace < math.inf:
+    if isinstance(grace, bool) or not isinstance(grace, numbers.Real) \
+            or not 0 <= float(grace) < math.inf:
         raise AcpxUsageError("grace", grace, "must be a finite number of seconds >= 0")

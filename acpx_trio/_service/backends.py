@@ -194,10 +194,11 @@ class BackendRegistry:
         """Add or replace ``backend``.
 
         Raises :class:`AcpRuntimeError` if it has no id or no runtime,
-        :class:`~acpx_trio.AcpxUsageError` if it is not an :class:`AcpRuntimeBackend` or
-        its id is not text."""
-        if not isinstance(backend, AcpRuntimeBackend):
-            raise AcpxUsageError("backend", backend, "must be an AcpRuntimeBackend")
+        :class:`~acpx_trio.AcpxUsageError` if it has not an :class:`AcpRuntimeBackend`'s
+        ``id``, ``runtime`` and ``is_healthy``, or its id is not text."""
+        if not all(hasattr(backend, a) for a in ("id", "runtime", "is_healthy")):
+            raise AcpxUsageError("backend", backend, "must be an AcpRuntimeBackend (or have "
+                                 "its id, runtime and is_healthy)")
         key = _normalize_id(backend.id or "", "backend.id")
         if not key:
             raise AcpRuntimeError("ACP_BACKEND_MISSING", "ACP runtime backend id is required")
