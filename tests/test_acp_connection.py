@@ -660,7 +660,7 @@ async def test_a_peer_that_writes_all_its_requests_before_reading_is_answered() 
     async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
         return ReadTextFileResponse(content="x" * 20_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
     peer = Peer(agent)
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.serve)
@@ -685,7 +685,7 @@ async def test_a_large_answer_cancelled_while_it_waits_for_its_lane_is_never_mad
         made.append(path)
         return ReadTextFileResponse(content="x" * 100_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
     peer = Peer(agent)
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.serve)
@@ -721,7 +721,7 @@ async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
         made += 1
         return ReadTextFileResponse(content="x" * 100_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, heavy=True)
+    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
     peer = Peer(agent)
     async with trio.open_nursery() as nursery:
         await nursery.start(conn.serve)
@@ -732,4 +732,127 @@ async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
         assert made == HEAVY_ANSWERS
         answered = {(await peer.recv())["id"] for _ in range(20)}
         assert answered == set(range(20)) and made == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancel_in_the_same_read_stops_a_handler_that_never_checkpoints() -> None:
+    """A permission handler decides without an ``await``: a ``$/cancel_request`` read in
+    the same batch as its request used to arrive too late to matter (30 of 30, an outside
+    review); now it is answered -32800 and the handler never runs."""
+    async with connected() as h:
+        ran: list[int] = []
+
+        async def decide(params: msgspec.Raw) -> dict[str, Any]:
+            ran.append(1)
+            return {"outcome": {"outcome": "selected", "optionId": "a"}}
+
+        h.conn.set_request_handler("session/request_permission", decide, kind="wait")
+        batch = [{"jsonrpc": "2.0", "id": 7, "method": "session/request_permission",
+                  "params": {}},
+                 {"jsonrpc": "2.0", "method": "$/cancel_request", "params": {"requestId": 7}}]
+        await h.peer.send(b"".join(msgspec.json.encode(m) + b"\n" for m in batch))
+        answer = await h.peer.recv()
+        assert answer["id"] == 7 and answer["error"]["code"] == -32800 and not ran
+
+
+async def test_a_change_once_started_runs_to_its_end_and_says_what_it_did() -> None:
+    """A ``"work"`` request (a terminal released, a file written) cancelled by the peer
+    while its handler runs is answered with what it did, never -32800 for a change that
+    happened (a released terminal used to be reported cancelled)."""
+    async with connected() as h:
+        started, release = trio.Event(), trio.Event()
+
+        async def release_terminal(params: msgspec.Raw) -> dict[str, Any]:
+            started.set()
+            await release.wait()
+            return {}
+
+        h.conn.set_request_handler("terminal/release", release_terminal)  # "work"
+        await h.peer.send({"jsonrpc": "2.0", "id": 3, "method": "terminal/release",
+                           "params": {}})
+        await started.wait()
+        await h.peer.send({"jsonrpc": "2.0", "method": "$/cancel_request",
+                           "params": {"requestId": 3}})
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+        assert await h.peer.recv() == {"jsonrpc": "2.0", "id": 3, "result": {}}
+
+
+async def test_waits_never_pause_reading_and_padded_ones_are_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests that wait on the peer (a terminal's exit) never pause reading, so the
+    peer's own ``terminal/kill`` behind them is served (padded waits used to park the
+    reader until the command exited on its own); past ``MAX_HELD_BYTES`` of such lines the
+    connection ends with ``ACP_TOO_MANY_REQUESTS``."""
+    from acpx_trio._acp import _answers
+
+    monkeypatch.setattr(_answers, "MAX_HELD_BYTES", 10_000)
+    monkeypatch.setattr(_answers, "MAX_HANDLING_BYTES", 10_000)
+    async with connected() as h:
+        exited = trio.Event()
+
+        async def wait_for_exit(params: msgspec.Raw) -> dict[str, Any]:
+            await exited.wait()
+            return {"exitCode": 0}
+
+        async def kill(params: msgspec.Raw) -> dict[str, Any]:
+            exited.set()
+            return {}
+
+        h.conn.set_request_handler("terminal/wait_for_exit", wait_for_exit, kind="wait")
+        h.conn.set_request_handler("terminal/kill", kill)
+        pad = "x" * 4000
+        for n in range(2):  # 8 KB of waits: under the held bound, over half the work one
+            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "terminal/wait_for_exit",
+                               "params": {"pad": pad}})
+        await h.peer.send({"jsonrpc": "2.0", "id": 9, "method": "terminal/kill",
+                           "params": {"pad": pad}})
+        answered = {(await h.peer.recv())["id"] for _ in range(3)}
+        assert answered == {0, 1, 9}
+        exited = trio.Event()
+        for n in range(3):  # 12 KB of waits: the third one is fatal
+            await h.peer.send({"jsonrpc": "2.0", "id": 20 + n,
+                               "method": "terminal/wait_for_exit", "params": {"pad": pad}})
+        with trio.fail_after(5):
+            await h.serve_done.wait()
+        assert isinstance(h.serve_error, AcpProtocolError)
+        assert h.serve_error.code == "ACP_TOO_MANY_REQUESTS"
+
+
+async def test_answers_that_echo_a_huge_id_to_a_peer_that_never_reads_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer repeats the request's id, which the peer chooses: a peer that sends huge
+    ids and never reads made every answer wait in memory (1.6 GB for 120 requests of 7 MB,
+    an outside review).  Past ``MAX_WAITING_ANSWER_BYTES`` of answers waiting, the next
+    request ends the connection; an error answer repeats at most 200 characters of an
+    unknown method's name."""
+    from acpx_trio._acp import _answers
+
+    monkeypatch.setattr(_answers, "MAX_WAITING_ANSWER_BYTES", 50_000)
+    client, agent = trio.testing.lockstep_stream_pair()  # a write waits for its reader
+    conn = AcpConnection(client.send_stream, client.receive_stream)
+    peer = Peer(agent)
+    outcome: list[BaseException] = []
+
+    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await conn.serve(task_status=task_status)
+        except AcpProtocolError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve)
+        with trio.fail_after(10):
+            await peer.send({"jsonrpc": "2.0", "id": 1, "method": "m" * 10_000})
+            assert len((await peer.recv())["error"]["message"]) < 300
+            n = 0
+            while not outcome:  # never reads: the answers (each repeating 20 KB) wait
+                n += 1
+                await peer.send({"jsonrpc": "2.0", "id": f"{n}-" + "i" * 20_000,
+                                 "method": "nope"})
+                await trio.testing.wait_all_tasks_blocked()
+        assert outcome[0].code == "ACP_TOO_MANY_REQUESTS"  # type: ignore[attr-defined]
+        assert n <= 5
         nursery.cancel_scope.cancel()

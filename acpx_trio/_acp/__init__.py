@@ -4,6 +4,7 @@ Internal API of acpx-trio; the runtime builds on :class:`AcpConnection` and the 
 :mod:`._messages`.
 """
 
+from acpx_trio._acp._answers import RequestKind
 from acpx_trio._acp._connection import AcpConnection, NotificationHandler, RequestHandler
 from acpx_trio._acp._extra import *  # noqa: F403
 from acpx_trio._acp._extra import __all__ as _extra_all
@@ -37,6 +38,7 @@ __all__ = [
     "LineSplitter",
     "NotificationHandler",
     "RequestHandler",
+    "RequestKind",
     "StreamTap",
     "stream_tap",
     "tap_streams",

@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
-from acpx_trio._acp._answers import RequestAnswers, RequestHandler
+from acpx_trio._acp._answers import RequestAnswers, RequestHandler, RequestKind
 from acpx_trio._acp._framing import DEFAULT_MAX_LINE_BYTES, LineReader
 from acpx_trio._acp._jsonrpc import (
     ErrorResponse,
@@ -115,7 +115,7 @@ class AcpConnection:
     - Memory stays bounded whatever the agent requests, also from an agent that stops reading
       its answers (see :class:`~acpx_trio._acp._answers.RequestAnswers`: a few large answers
       at a time, reading paused only while handlers that end without the agent catch up,
-      ``ACP_TOO_MANY_REQUESTS`` past 10,000 requests unanswered).
+      ``ACP_TOO_MANY_REQUESTS`` past its bounds on what waits for the agent).
     """
 
     def __init__(
@@ -169,10 +169,10 @@ class AcpConnection:
     # ------------------------------------------------------------------ handlers
 
     def set_request_handler(self, method: str, handler: RequestHandler, *,
-                            heavy: bool = False) -> None:
-        """Serves agent->client requests for ``method``; ``heavy``: its answers may be large
-        (file contents, terminal output), so only a few are made or waiting to be written at
-        once (:data:`~acpx_trio._acp._answers.HEAVY_ANSWERS`).
+                            kind: RequestKind = "work") -> None:
+        """Serves agent->client requests for ``method``; ``kind`` says what its handler does
+        and so how it is bounded and whether the agent's ``$/cancel_request`` may end it
+        midway (:data:`~acpx_trio._acp._answers.RequestKind`).
 
         Handlers run concurrently in the connection's nursery and are cancelled when the
         reader stops.  The return value (Struct, dict, None, ...) is sent as the result.
@@ -180,7 +180,7 @@ class AcpConnection:
         ``msgspec.ValidationError`` with -32602; any other exception with -32603.  Requests
         for a method without a handler get -32601.
         """
-        self._answers.set_handler(method, handler, heavy=heavy)
+        self._answers.set_handler(method, handler, kind=kind)
 
     def set_notification_handler(self, method: str, handler: NotificationHandler) -> None:
         """Handles agent->client notifications for ``method``, synchronously, in wire order.

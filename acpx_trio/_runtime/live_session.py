@@ -66,7 +66,7 @@ from acpx_trio._runtime.permissions import (
     PermissionPolicy,
     WorkDir,
 )
-from acpx_trio._runtime.terminals import TERMINAL_METHODS, TerminalManager
+from acpx_trio._runtime.terminals import TERMINAL_KINDS, TerminalManager
 from acpx_trio._runtime.turn_queue import HIGH_WATER, Turn
 from acpx_trio._runtime.update_map import (
     MAPPERS,
@@ -300,14 +300,15 @@ class LiveSession:
             "session/update", decode_session_update_line, self._on_update_lines,
             decode_batch=decode_session_update_lines,
         )
-        conn.set_request_handler("session/request_permission", self._on_permission)
-        conn.set_request_handler("elicitation/create", self._on_elicitation)
+        conn.set_request_handler("session/request_permission", self._on_permission,
+                                 kind="wait")
+        conn.set_request_handler("elicitation/create", self._on_elicitation, kind="wait")
         conn.set_notification_handler("elicitation/complete", self._on_elicitation_complete)
-        conn.set_request_handler("fs/read_text_file", self._on_read, heavy=True)
+        conn.set_request_handler("fs/read_text_file", self._on_read, kind="heavy")
         conn.set_request_handler("fs/write_text_file", self._on_write)
-        for method in TERMINAL_METHODS:
+        for method, kind in TERMINAL_KINDS.items():
             conn.set_request_handler(method, functools.partial(self._on_terminal, method),
-                                     heavy=method == "terminal/output")
+                                     kind=kind)
 
     def _take(self, session_id: str, update: SessionUpdate) -> bool:
         """Applies what ``update`` reports about this session (its mode, config options, an

@@ -47,6 +47,7 @@ from acpx_trio._acp import (
     CreateTerminalRequest,
     CreateTerminalResponse,
     EmptyResponse,
+    RequestKind,
     TerminalExitStatus,
     TerminalOutputRequest,
     TerminalOutputResponse,
@@ -78,16 +79,19 @@ from acpx_trio._store.leases import LeaseStore
 __all__ = [
     "DEFAULT_OUTPUT_LIMIT",
     "MAX_OUTPUT_LIMIT",
-    "TERMINAL_METHODS",
+    "TERMINAL_KINDS",
     "OutputBuffer",
     "Terminal",
     "TerminalManager",
 ]
 
-TERMINAL_METHODS = (
-    "terminal/create", "terminal/output", "terminal/wait_for_exit", "terminal/kill",
-    "terminal/release",
-)
+#: Each ``terminal/*`` method, with what its handler does (see
+#: :data:`~acpx_trio._acp._answers.RequestKind`): output is a large read, the exit a wait,
+#: the rest changes that run to their end once started.
+TERMINAL_KINDS: dict[str, RequestKind] = {
+    "terminal/create": "work", "terminal/output": "heavy", "terminal/wait_for_exit": "wait",
+    "terminal/kill": "work", "terminal/release": "work",
+}
 #: Output kept when the agent gives no ``outputByteLimit``.
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 #: Largest ``outputByteLimit`` honoured (bounds memory per terminal).
