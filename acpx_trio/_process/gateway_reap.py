@@ -43,8 +43,8 @@ from acpx_trio._errors import (
 )
 from acpx_trio._process import held
 from acpx_trio._process.identity import ProcessInfo
-from acpx_trio._process.leaf_end import LeafEnd, terminate_leaf
-from acpx_trio._process.leaf_reap import leaves_of, reap_cgroup_leftovers
+from acpx_trio._process.leaf_end import kill_leaf
+from acpx_trio._process.leaf_reap import busy_leaves_of, reap_cgroup_leftovers
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._process.reap_plan import (
     OWNER_ALIVE,
@@ -342,27 +342,41 @@ async def reap_gateway(
                 {x.lease_id: LeaseState.CLOSING for x in to_reap}, skip_final=True)
 
     await mark_closing()
-    waves_deps = dataclasses.replace(cleanup, list_processes=snapshot)
-    # a reaped lease's leaf is ended as a close ends one (SIGTERM, the grace, cgroup.kill),
-    # beside the waves: what is in it cannot hop away from cgroup.kill, so the waves need not
-    # outrun a pid hopper there, and its emptiness is the proof of its death
-    leaves = await trio.to_thread.run_sync(leaves_of, gateway_instance_id, to_reap)
-    ends: dict[str, LeafEnd] = {}
+    first_wave = trio.Event()
 
-    async def end_leaf(lease_id: str, leaf: str) -> None:
-        ends[lease_id] = await terminate_leaf(leaf, grace, grace + 1.0)
+    async def rescan() -> list[ProcessInfo]:  # the waves list again: their first one is over
+        first_wave.set()
+        return await snapshot()
+
+    waves_deps = dataclasses.replace(cleanup, list_processes=rescan)
+    # a reaped lease's leaf that still holds a process once the first wave's grace has
+    # passed (a member without tags, a pid hopper) is killed whole (``cgroup.kill``) beside
+    # the later waves, which need not outrun a hopper there; its emptiness proves the
+    # lease's tree gone.  The leaves already empty go to the leftover step (one pass).
+    ends: dict[str, tuple[bool, bool]] = {}  # lease id -> (held members, emptied)
+
+    async def end_leaves() -> None:
+        await first_wave.wait()
+        busy = await trio.to_thread.run_sync(busy_leaves_of, gateway_instance_id, to_reap)
+
+        async def end_leaf(lease_id: str, leaf: str) -> None:
+            ends[lease_id] = (True, await kill_leaf(leaf, grace + 1.0))
+
+        async with trio.open_nursery() as leaves:
+            for lease_id, leaf in busy.items():
+                leaves.start_soon(end_leaf, lease_id, leaf)
 
     arm(doomed)  # the waves list again only once their first one's grace has passed
     try:
         async with trio.open_nursery() as nursery:
-            for lease_id, leaf in leaves.items():
-                nursery.start_soon(end_leaf, lease_id, leaf)
+            nursery.start_soon(end_leaves)
             out = await run_waves(plan, grace, waves_deps, table)
+            first_wave.set()  # (waves that never listed again)
     except BaseExceptionGroup as group:  # a cancel (or a bug) out of that nursery: one
         raise collapse_group(group) from None
     final, kept = lease_outcomes(
         to_reap, out.terminated, out.survived, UNPROVEN if out.unproven else None,
-        leaf_ends={k: (bool(v.members), v.emptied) for k, v in ends.items()})
+        leaf_ends=ends)
     left_alone.update(kept)
     if final:
         # a lease another reaper finished meanwhile (the watchdog, a restart) stays as it is

@@ -1,7 +1,8 @@
-"""The cgroup side of a gateway reap: the leaves of the leases it reaps (found by name under
-the gateway's own parent cgroup, ended beside the process waves) and, a step after them, the
-leftover leaves (:func:`reap_cgroup_leftovers`: a lease final, missing, or its owner dead).
-Only leaves under the gateway's own parent cgroup are ever touched."""
+"""The cgroup side of a gateway reap: the leaves of the leases it reaps that still hold a
+process once the first wave's grace has passed (found by name under the gateway's own parent
+cgroup, killed beside the later waves) and, a step after them, the leftover leaves
+(:func:`reap_cgroup_leftovers`: a lease final, missing, or its owner dead).  Only leaves
+under the gateway's own parent cgroup are ever touched."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import trio
 from acpx_trio._process import held
 from acpx_trio._process.cgroup import (
     leaf_members,
+    leaf_populated,
     leftover_leaves,
     remove_empty_leaf,
     remove_empty_parent,
@@ -28,7 +30,7 @@ from acpx_trio._process.owner_tag import (
 from acpx_trio._process.reap_report import ReapAction, ReapStepRequest, owned_by
 from acpx_trio._store.lease_model import ProcessLease
 
-__all__ = ["leaf_kept", "leaves_of", "reap_cgroup_leftovers"]
+__all__ = ["busy_leaves_of", "leaf_kept", "reap_cgroup_leftovers"]
 
 
 async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
@@ -82,13 +84,15 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
         for leaf in busy]
 
 
-def leaves_of(gateway_instance_id: str, leases: Sequence[ProcessLease]) -> dict[str, str]:
-    """Lease id -> its leaf, for ``leases`` that have one under this gateway's own parent
-    cgroup (found by name there, never by the path a lease file records).  Blocking."""
+def busy_leaves_of(gateway_instance_id: str,
+                   leases: Sequence[ProcessLease]) -> dict[str, str]:
+    """Lease id -> its leaf, for ``leases`` whose leaf under this gateway's own parent cgroup
+    (found by name there, never by the path a lease file records) holds a process.
+    Blocking."""
     wanted = {x.lease_id for x in leases}
     return {leaf.rsplit("/", 1)[-1]: leaf
             for leaf in leftover_leaves(gateway_instance_id, frozenset())
-            if leaf.rsplit("/", 1)[-1] in wanted}
+            if leaf.rsplit("/", 1)[-1] in wanted and leaf_populated(leaf)}
 
 
 def _remove_empty(leaves: list[str]) -> list[str]:
