@@ -14,10 +14,12 @@ What is reaped (everything else is left alone, with a reason in the report):
 
 1. open or closing leases of this gateway whose owner is dead (and, with ``owner``, whose
    owner is exactly that dead owner): their trees (verified root, its group and session,
-   every process carrying the lease's tags); each such lease then becomes ``closed``
-   (something of it was alive and is now confirmed gone) or ``lost`` (nothing of it was
-   alive), or stays ``closing`` when something survived or the scans could not prove the
-   tree gone;
+   every process carrying the lease's tags, and, once the first wave's grace has passed,
+   its leaf cgroup if it still holds a process: ``cgroup.kill``, its emptiness a proof; a
+   re-scan from then on kills a process carrying the lease's tags as it reads it, so a pid
+   hopper cannot outrun a pass); each such lease then becomes ``closed`` (something of it
+   was alive and is now confirmed gone) or ``lost`` (nothing of it was alive), or stays
+   ``closing`` when something survived or the scans could not prove the tree gone;
 2. every other live process tagged with this gateway whose lease is unknown or final, unless
    its owner tag names a live owner other than us (with ``owner``: only processes whose
    owner tag names that owner);
