@@ -65,8 +65,11 @@ class Harness:
 
 
 @asynccontextmanager
-async def connected(**kwargs: Any) -> AsyncIterator[Harness]:
-    client, agent = trio.testing.memory_stream_pair()
+async def connected(*, lockstep: bool = False, **kwargs: Any) -> AsyncIterator[Harness]:
+    """A served connection and its scripted peer; ``lockstep``: every write waits for the
+    other side to read it (a peer that reads nothing blocks our answers)."""
+    pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client, agent = pair()
     warnings: list[AcpProtocolError] = []
     conn = AcpConnection(
         client.send_stream, client.receive_stream, on_warning=warnings.append, **kwargs
@@ -654,30 +657,22 @@ async def test_a_peer_that_writes_all_its_requests_before_reading_is_answered() 
     the large-answer lanes hold) before it reads a single answer.  The connection must keep
     reading while its answers wait for the peer (pausing there deadlocked: the peer blocked
     writing, the answers blocked on the peer; an outside review, 8 of 8)."""
-    client, agent = trio.testing.lockstep_stream_pair()  # every write waits for its reader
-    conn = AcpConnection(client.send_stream, client.receive_stream)
-
     async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
         return ReadTextFileResponse(content="x" * 20_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
-    peer = Peer(agent)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(conn.serve)
+    async with connected(lockstep=True) as h:
+        h.conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
         with trio.fail_after(30):
             for n in range(300):
-                await peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
-                                 "params": {"sessionId": "s", "path": "/f"}})
-            answered = {(await peer.recv())["id"] for _ in range(300)}
+                await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
+                                   "params": {"sessionId": "s", "path": "/f"}})
+            answered = {(await h.peer.recv())["id"] for _ in range(300)}
         assert answered == set(range(300))
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_large_answer_cancelled_while_it_waits_for_its_lane_is_never_made() -> None:
     """``$/cancel_request`` for a request still waiting for a large-answer lane answers it
     -32800 at once; its handler never runs (it used to run and send the whole file)."""
-    client, agent = trio.testing.lockstep_stream_pair()
-    conn = AcpConnection(client.send_stream, client.receive_stream)
     made: list[str] = []
 
     async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
@@ -685,10 +680,8 @@ async def test_a_large_answer_cancelled_while_it_waits_for_its_lane_is_never_mad
         made.append(path)
         return ReadTextFileResponse(content="x" * 100_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
-    peer = Peer(agent)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(conn.serve)
+    async with connected(lockstep=True) as h:
+        h.conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
         with trio.fail_after(30):
             # one write: two take the lanes (their answers wait for the peer), the third
             # waits; the cancel comes in the same read as the request it cancels
@@ -696,15 +689,14 @@ async def test_a_large_answer_cancelled_while_it_waits_for_its_lane_is_never_mad
                       "params": {"sessionId": "s", "path": f"/f{n}"}} for n in range(3)]
             batch.append({"jsonrpc": "2.0", "method": "$/cancel_request",
                           "params": {"requestId": 2}})
-            await peer.send(b"".join(msgspec.json.encode(m) + b"\n" for m in batch))
+            await h.peer.send(b"".join(msgspec.json.encode(m) + b"\n" for m in batch))
             await trio.testing.wait_all_tasks_blocked()
             answers = {}
             for _ in range(3):
-                answer = await peer.recv()
+                answer = await h.peer.recv()
                 answers[answer["id"]] = answer
         assert answers[2]["error"]["code"] == -32800
         assert "/f2" not in made and sorted(made) == ["/f0", "/f1"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
@@ -712,8 +704,6 @@ async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
     written while the peer reads none; each is answered once it reads again."""
     from acpx_trio._acp._answers import HEAVY_ANSWERS
 
-    client, agent = trio.testing.lockstep_stream_pair()  # a write waits for the reader
-    conn = AcpConnection(client.send_stream, client.receive_stream)
     made = 0
 
     async def read_file(params: msgspec.Raw) -> ReadTextFileResponse:
@@ -721,18 +711,15 @@ async def test_large_answers_wait_for_a_peer_that_does_not_read() -> None:
         made += 1
         return ReadTextFileResponse(content="x" * 100_000)
 
-    conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
-    peer = Peer(agent)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(conn.serve)
+    async with connected(lockstep=True) as h:
+        h.conn.set_request_handler("fs/read_text_file", read_file, kind="heavy")
         for n in range(20):
-            await peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
-                             "params": {"sessionId": "s", "path": "/f"}})
+            await h.peer.send({"jsonrpc": "2.0", "id": n, "method": "fs/read_text_file",
+                               "params": {"sessionId": "s", "path": "/f"}})
         await trio.testing.wait_all_tasks_blocked()
         assert made == HEAVY_ANSWERS
-        answered = {(await peer.recv())["id"] for _ in range(20)}
+        answered = {(await h.peer.recv())["id"] for _ in range(20)}
         assert answered == set(range(20)) and made == 20
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_cancel_in_the_same_read_stops_a_handler_that_never_checkpoints() -> None:
@@ -831,28 +818,16 @@ async def test_answers_that_echo_a_huge_id_to_a_peer_that_never_reads_are_bounde
     from acpx_trio._acp import _answers
 
     monkeypatch.setattr(_answers, "MAX_WAITING_ANSWER_BYTES", 50_000)
-    client, agent = trio.testing.lockstep_stream_pair()  # a write waits for its reader
-    conn = AcpConnection(client.send_stream, client.receive_stream)
-    peer = Peer(agent)
-    outcome: list[BaseException] = []
-
-    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await conn.serve(task_status=task_status)
-        except AcpProtocolError as exc:
-            outcome.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve)
+    async with connected(lockstep=True) as h:
         with trio.fail_after(10):
-            await peer.send({"jsonrpc": "2.0", "id": 1, "method": "m" * 10_000})
-            assert len((await peer.recv())["error"]["message"]) < 300
+            await h.peer.send({"jsonrpc": "2.0", "id": 1, "method": "m" * 10_000})
+            assert len((await h.peer.recv())["error"]["message"]) < 300
             n = 0
-            while not outcome:  # never reads: the answers (each repeating 20 KB) wait
+            while not h.serve_done.is_set():  # never reads: the answers (20 KB each) wait
                 n += 1
-                await peer.send({"jsonrpc": "2.0", "id": f"{n}-" + "i" * 20_000,
-                                 "method": "nope"})
+                await h.peer.send({"jsonrpc": "2.0", "id": f"{n}-" + "i" * 20_000,
+                                   "method": "nope"})
                 await trio.testing.wait_all_tasks_blocked()
-        assert outcome[0].code == "ACP_TOO_MANY_REQUESTS"  # type: ignore[attr-defined]
+        assert isinstance(h.serve_error, AcpProtocolError)
+        assert h.serve_error.code == "ACP_TOO_MANY_REQUESTS"
         assert n <= 5
-        nursery.cancel_scope.cancel()

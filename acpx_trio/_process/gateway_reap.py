@@ -411,17 +411,8 @@ async def reap_gateway(
         actions += await step(ReapStepRequest(
             gateway_instance_id=gateway_instance_id, lease_dir=lease_dir, dry_run=False,
             owner=owner, grace=grace, live_lease_ids=live_ids, known_leases=seen_leases))
-    return GatewayReapReport(
-        gateway_instance_id=gateway_instance_id,
-        actions=actions,
-        inspected_pids=out.inspected,
-        terminated_pids=[p.pid for p in out.terminated],
-        survived_pids=[p.pid for p in out.survived],
-        closed_lease_ids=[k for k, v in final.items() if v is LeaseState.CLOSED],
-        lost_lease_ids=[k for k, v in final.items() if v is LeaseState.LOST],
-        left_alone=left_alone,
-        unproven=out.unproven,
-    )
+    return GatewayReapReport(gateway_instance_id=gateway_instance_id, actions=actions,
+                             unproven=out.unproven, **out.figures(final, left_alone))
 
 
 def _left_alone_reason(reason: str, lease: ProcessLease | None) -> str:

@@ -10,8 +10,6 @@ import inspect
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
-import msgspec
-
 from acpx_trio._errors import AcpxUsageError
 from acpx_trio._process.identity import ProcessInfo
 from acpx_trio._process.reap_plan import (
@@ -26,6 +24,7 @@ from acpx_trio._process.reap_plan import (
     plan_leases,
     plan_orphans,
 )
+from acpx_trio._process.reap_report import ReapFigures
 from acpx_trio._process.reaper import (
     DEFAULT_GRACE,
     CleanupResult,
@@ -40,17 +39,10 @@ __all__ = ["ReapResult", "cleanup_owned_process_tree", "reap_open_leases",
            "reap_stale_orphans"]
 
 
-class ReapResult(msgspec.Struct, frozen=True, kw_only=True):
+class ReapResult(ReapFigures, frozen=True, kw_only=True):
     """Outcome of :func:`reap_open_leases`.  ``left_alone`` maps lease id -> reason
     (``"owner-alive"``, ``"protected"``, or ``"survived"`` when a process outlived SIGKILL:
     that lease stays ``closing`` and is retried next time)."""
-
-    inspected_pids: list[int] = []
-    terminated_pids: list[int] = []
-    survived_pids: list[int] = []
-    closed_lease_ids: list[str] = []
-    lost_lease_ids: list[str] = []
-    left_alone: dict[str, str] = {}
 
 
 class _LeaseStoreLike(Protocol):
@@ -251,11 +243,4 @@ async def reap_open_leases(
     left_alone.update(kept)
     moved = await lease_store.mark_states(final, skip_final=True) if final else {}
     final = {k: v for k, v in final.items() if k in moved}
-    return ReapResult(
-        inspected_pids=out.inspected,
-        terminated_pids=[p.pid for p in out.terminated],
-        survived_pids=[p.pid for p in out.survived],
-        closed_lease_ids=[k for k, v in final.items() if v is LeaseState.CLOSED],
-        lost_lease_ids=[k for k, v in final.items() if v is LeaseState.LOST],
-        left_alone=left_alone,
-    )
+    return ReapResult(**out.figures(final, left_alone))

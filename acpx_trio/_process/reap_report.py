@@ -11,8 +11,8 @@ import msgspec
 from acpx_trio._process.owner_tag import OwnerTag
 from acpx_trio._store.lease_model import ProcessLease
 
-__all__ = ["UNPROVEN", "GatewayReapReport", "ReapAction", "ReapStep", "ReapStepRequest",
-           "owned_by"]
+__all__ = ["UNPROVEN", "GatewayReapReport", "ReapAction", "ReapFigures", "ReapStep",
+           "ReapStepRequest", "owned_by"]
 
 #: A lease left ``closing`` because the scans kept finding processes until the time budget
 #: ran out (nothing proves its tree gone).
@@ -33,24 +33,30 @@ class ReapAction(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit
     command: str | None = None
 
 
-class GatewayReapReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What :func:`reap_gateway` did (or, with ``dry_run``, would do).
+class ReapFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reap of leases did: the pids inspected, terminated (confirmed gone) and
+    surviving SIGKILL, the leases moved to ``closed`` / ``lost``, and those left alone with
+    the reason (lease id -> ``"owner-alive"``, ``"protected"``, ``"survived"``, ...)."""
 
-    ``actions``: one entry per process or lease acted on or left alone, with its reason.
-    The lists repeat the figures (``terminated_pids`` are confirmed gone).  ``left_alone``:
-    lease id -> ``"owner-alive"``, ``"protected"``, ``"survived"`` or ``"unproven"`` (the
-    last two stay ``closing`` and are retried next time).  ``unproven``: the scans were
-    still finding processes when the time budget ran out."""
-
-    gateway_instance_id: str
-    dry_run: bool = False
-    actions: list[ReapAction] = []
     inspected_pids: list[int] = []
     terminated_pids: list[int] = []
     survived_pids: list[int] = []
     closed_lease_ids: list[str] = []
     lost_lease_ids: list[str] = []
     left_alone: dict[str, str] = {}
+
+
+class GatewayReapReport(ReapFigures, frozen=True, kw_only=True):
+    """What :func:`reap_gateway` did (or, with ``dry_run``, would do).
+
+    ``actions``: one entry per process or lease acted on or left alone, with its reason.
+    The figures repeat them.  ``left_alone`` may also say ``"unproven"`` (with
+    ``"survived"``: those stay ``closing`` and are retried next time).  ``unproven``: the
+    scans were still finding processes when the time budget ran out."""
+
+    gateway_instance_id: str
+    dry_run: bool = False
+    actions: list[ReapAction] = []
     unproven: bool = False
 
     @property

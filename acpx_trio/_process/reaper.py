@@ -43,6 +43,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import trio
@@ -57,6 +58,7 @@ from acpx_trio._process.reap_plan import (
 from acpx_trio._process.reaper_os import kill_groups_sync, kill_process_sync
 from acpx_trio._process.reaper_os import wait_exit as _os_wait_exit
 from acpx_trio._process.scan import fast_snapshot
+from acpx_trio._store.lease_model import LeaseState
 
 __all__ = [
     "DEFAULT_GRACE", "KILL_CONFIRM", "QUIET_SCANS", "SHIELD_BUDGET", "CleanupResult", "PlanFn",
@@ -272,6 +274,19 @@ class _Outcome(msgspec.Struct, kw_only=True):
             skipped_reason=skipped_reason,
             unproven=self.unproven,
         )
+
+    def figures(self, final: dict[str, LeaseState],
+                left_alone: dict[str, str]) -> dict[str, Any]:
+        """The fields of :class:`~acpx_trio._process.reap_report.ReapFigures` for these
+        waves, the final states written (``final``) and the leases ``left_alone``."""
+        return {
+            "inspected_pids": self.inspected,
+            "terminated_pids": [p.pid for p in self.terminated],
+            "survived_pids": [p.pid for p in self.survived],
+            "closed_lease_ids": [k for k, v in final.items() if v is LeaseState.CLOSED],
+            "lost_lease_ids": [k for k, v in final.items() if v is LeaseState.LOST],
+            "left_alone": left_alone,
+        }
 
 
 PlanFn = Callable[[list[ProcessInfo], Collection[tuple[int, int | None]]], Plan]

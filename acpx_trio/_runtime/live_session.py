@@ -195,6 +195,12 @@ class LiveSession:
         proc = self.process
         return () if proc is None else proc.secrets
 
+    @property
+    def shown_mode(self) -> str | None:
+        """The current mode as we keep or show it: a credential its agent holds redacted."""
+        mode = self.current_mode
+        return None if mode is None else redact(mode, self.secrets)
+
     def record(self) -> SessionRecord:
         """The persistent record of this session as it is now (a credential in the agent's
         command line or its mode id is redacted: records are never a place for one)."""
@@ -211,8 +217,7 @@ class LiveSession:
             agent_pid=None if proc is None else proc.pid,
             agent_create_time=None if proc is None else proc.create_time,
             agent_start_ticks=None if proc is None else proc.start_ticks,
-            current_mode=None if self.current_mode is None else redact(self.current_mode,
-                                                                       secrets),
+            current_mode=self.shown_mode,
         )
 
     def capabilities(self) -> AcpRuntimeCapabilities:
@@ -257,8 +262,7 @@ class LiveSession:
             backend_session_id=self.backend_session_id,
             agent_pid=pid,
             alive=alive,
-            current_mode=None if self.current_mode is None else redact(self.current_mode,
-                                                                       self.secrets),
+            current_mode=self.shown_mode,
             details=details,
         )
 

@@ -16,6 +16,7 @@ from acpx_trio._log import ServiceLogger, as_logger
 from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._process.gateway_reap import GatewayReapReport, reap_gateway
 from acpx_trio._process.reap_entry import ReapResult
+from acpx_trio._process.reap_report import ReapFigures
 from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._service.context import WRAPPER_DIR_NAME, ServiceContext
 from acpx_trio._store.config import AcpxConfig, resolve_config
@@ -117,11 +118,7 @@ def prepare_sync(plugin_config: Mapping[str, Any] | None, ctx: ServiceContext) -
 def reap_result(report: GatewayReapReport) -> ReapResult:
     """The figures of a :func:`~acpx_trio._process.gateway_reap.reap_gateway` report as the
     service's :class:`~acpx_trio._process.reaper.ReapResult`."""
-    return ReapResult(
-        inspected_pids=report.inspected_pids, terminated_pids=report.terminated_pids,
-        survived_pids=report.survived_pids, closed_lease_ids=report.closed_lease_ids,
-        lost_lease_ids=report.lost_lease_ids, left_alone=report.left_alone,
-    )
+    return ReapResult(**{f: getattr(report, f) for f in ReapFigures.__struct_fields__})
 
 
 async def reap_leases_and_orphans(
