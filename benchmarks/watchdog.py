@@ -6,7 +6,8 @@ same run.
 * ``start``: wall time of a watchdog that starts, arms (pidfd + poll) and is told to stop at
   once, versus ``python -c pass`` and ``python -S -c pass`` (the baselines), and versus the
   same watchdog started without ``-S``.
-* ``rss``: resident memory of an armed, idle watchdog, versus an idle bare ``python -S``.
+* ``rss``: resident memory of an armed, idle watchdog, versus an idle bare ``python -S``;
+  then once its owner has lived ``PRELOAD_SECONDS`` and it has loaded the reap's modules.
 * ``owner-death``: from SIGKILL of an owner with no open lease to the watchdog's exit (pidfd
   wake-up, import of the reaper, one lease-file read).
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from acpx_trio._process.identity import read_start_ticks, self_identity
 from acpx_trio._process.watchdog import STOP, _child_env, watchdog_argv
+from acpx_trio._process.watchdog_wait import PRELOAD_SECONDS
 
 SLEEPER = "import time\ntime.sleep(3600)\n"
 
@@ -126,27 +128,36 @@ def main() -> None:
         dog_rss, idle_rss = rss_kib(proc.pid), rss_kib(idle.pid)
         print(f"rss: armed watchdog {dog_rss} KiB; idle python -S {idle_rss} KiB "
               f"(ratio {dog_rss / idle_rss:.2f})")
+        wait_until(lambda: "_psutil_linux" in Path(f"/proc/{proc.pid}/maps").read_text(),
+                   PRELOAD_SECONDS + 10)
+        print(f"rss: the same watchdog once it loaded the reap ({PRELOAD_SECONDS:.1f} s after "
+              f"it armed) {rss_kib(proc.pid)} KiB")
         os.write(w, STOP)
         os.close(w)
         proc.wait()
 
-        deaths = []
-        for _ in range(max(3, args.runs // 2)):
-            owner = subprocess.Popen([sys.executable, "-S", "-c", SLEEPER], env=env)
-            procs.append(owner)
-            wait_until(lambda o=owner: read_start_ticks(o.pid) is not None)  # type: ignore[misc]
-            dog_proc, w = _spawn_watchdog(lease_dir, site=False, owner=owner.pid)
-            procs.append(dog_proc)
-            wait_until(lambda d=dog_proc: _armed(d.pid))  # type: ignore[misc]
-            t = time.perf_counter()
-            owner.send_signal(signal.SIGKILL)
-            owner.wait()
-            dog_proc.wait()
-            deaths.append(time.perf_counter() - t)
-            os.close(w)
-        print(f"owner-death: watchdog exit {_median(deaths) * 1000:.1f} ms after SIGKILL "
-              f"(median of {len(deaths)}; no lease to reap: detection + reaper import + one "
-              "lease-file read)")
+        for loaded in (False, True):
+            deaths = []
+            for _ in range(max(3, args.runs // 2)):
+                owner = subprocess.Popen([sys.executable, "-S", "-c", SLEEPER], env=env)
+                procs.append(owner)
+                wait_until(lambda o=owner: read_start_ticks(o.pid) is not None)
+                dog_proc, w = _spawn_watchdog(lease_dir, site=False, owner=owner.pid)
+                procs.append(dog_proc)
+                wait_until(lambda d=dog_proc: _armed(d.pid))
+                if loaded:
+                    wait_until(lambda d=dog_proc: "_psutil_linux"
+                               in Path(f"/proc/{d.pid}/maps").read_text(), PRELOAD_SECONDS + 10)
+                t = time.perf_counter()
+                owner.send_signal(signal.SIGKILL)
+                owner.wait()
+                dog_proc.wait()
+                deaths.append(time.perf_counter() - t)
+                os.close(w)
+            what = ("after it loaded the reap: detection + one lease-file read" if loaded
+                    else "just armed: detection + the reap's import + one lease-file read")
+            print(f"owner-death: watchdog exit {_median(deaths) * 1000:.1f} ms after SIGKILL "
+                  f"(median of {len(deaths)}; no lease to reap; {what})")
     finally:
         for p in procs:
             if p.poll() is None:

@@ -27,7 +27,7 @@ from acpx_trio._process.reap_entry import (
     reap_stale_orphans,
 )
 from acpx_trio._process.reap_plan import LeaseTarget, order_children_first, plan_leases
-from acpx_trio._process.reaper import KILL_CONFIRM, CleanupResult, terminate_trees
+from acpx_trio._process.reaper import KILL_CONFIRM, CleanupResult, run_waves, terminate_trees
 from acpx_trio._store.lease_model import LeaseState, ProcessLease, check_transition
 from acpx_trio.testing.fake_processes import FakeProcess, FakeProcessTable
 
@@ -460,6 +460,49 @@ async def test_cancellation_during_grace_still_kills(
     assert all(not table.is_alive(p) for p in procs)
     kill_times = [r.time for r in table.signals if r.sig == signal.SIGKILL]
     assert kill_times and all(t == pytest.approx(0.3) for t in kill_times)
+
+
+def _lease_plan(table: FakeProcessTable, lease: str = "L") -> Callable[..., object]:
+    target = LeaseTarget(lease_id=lease, gateway_instance_id=GW, root_pid=0)
+
+    def plan(snap: list[ProcessInfo], known: object) -> object:
+        return plan_leases(snap, [target], self_pid=table.self_pid, self_uid=table.self_uid,
+                           current_boot_id=table.boot_id, known=known)  # type: ignore[arg-type]
+
+    return plan
+
+
+async def test_after_grace_runs_once_when_the_first_grace_ends_before_its_sigkills(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What ends a tree whole (a leaf's ``cgroup.kill``) is started as soon as the first
+    wave's grace has passed: not before it (the SIGTERMed get their grace), not after the
+    SIGKILLs' confirmation, and once (later waves have no grace)."""
+    table = FakeProcessTable()
+    procs = tree(table, ignore_sigterm=True)
+    base = table.deps()
+    calls: list[tuple[float, int]] = []
+
+    async def forking_kill(info: ProcessInfo, sig: int) -> bool:  # a later wave appears
+        ok = await base.kill_process(info, sig)
+        if ok and sig == signal.SIGKILL and info.pid == procs[0].pid and len(procs) == 3:
+            procs.append(table.spawn(lease_id="L", gateway_instance_id=GW, ignore_sigterm=True))
+        return ok
+
+    deps = dataclasses.replace(base, kill_process=forking_kill)
+    await run_waves(_lease_plan(table), 0.75, deps,  # type: ignore[arg-type]
+                    after_grace=lambda: calls.append(
+                        (trio.current_time(), sum(r.sig == signal.SIGKILL for r in table.signals))))
+    assert calls == [(pytest.approx(0.75), 0)]
+    assert len(procs) == 4 and not any(table.is_alive(p) for p in procs)
+    # cancelled during the grace: never called (the escalation runs shielded, no more)
+    table = FakeProcessTable()
+    tree(table, ignore_sigterm=True)
+    calls.clear()
+    with trio.move_on_after(0.3):
+        await run_waves(_lease_plan(table), 0.75, table.deps(),  # type: ignore[arg-type]
+                        after_grace=lambda: calls.append((trio.current_time(), 0)))
+    assert calls == []
 
 
 async def test_cancelled_before_start_signals_nothing(

@@ -272,6 +272,45 @@ async def test_normal_stop_ends_the_watchdog_and_kills_nothing(
         bystander.wait()
 
 
+def _loaded(pid: int, library: str) -> bool:
+    """Whether the process ``pid`` has mapped a file whose name contains ``library``."""
+    return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_the_watchdog_loads_the_reap_once_its_owner_has_lived_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A just-armed watchdog is a bare interpreter (the agent's start is not slowed by an
+    import of Trio and psutil beside it); once its owner has lived
+    ``PRELOAD_SECONDS`` it has loaded what the reap needs (psutil's and msgspec's
+    extensions mapped), so the reap after a death starts at once.  A normal stop still
+    ends it without killing anything."""
+    from acpx_trio import open_runtime_service
+    from acpx_trio._process.watchdog_wait import PRELOAD_SECONDS
+
+    monkeypatch.setenv(WATCHDOG_ENV, "1")
+    me = os.getpid()
+    agent = {"command": sys.executable, "args": ["-m", "acpx_trio.testing.mock_agent"]}
+    with trio.fail_after(30):
+        async with open_runtime_service(
+            workspace_dir=tmp_path, state_dir=tmp_path / "state",
+            plugin_config={"agents": {"mock": agent}},
+        ) as service:
+            runtime = service.require_runtime()
+            started = time.monotonic()
+            handle = await runtime.ensure_session(session_key="s", agent="mock")
+            (dog,) = watchdogs_of(me)
+            early = not _loaded(dog, "_psutil_linux")
+            if time.monotonic() - started < PRELOAD_SECONDS / 2:  # (a slow machine: skip)
+                assert early, "the watchdog loaded the reap as soon as it armed"
+            await poll_until(lambda: _loaded(dog, "_psutil_linux")
+                             and _loaded(dog, "msgspec"), seconds=PRELOAD_SECONDS + 10)
+            assert time.monotonic() - started >= PRELOAD_SECONDS * 0.9
+            await runtime.close(handle=handle, reason="done")
+            assert _alive(dog)  # loading is not reaping: it still waits
+        assert not _alive(dog)  # the normal stop ended it
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cleaner", ["cli-reap", "start-up"])
 async def test_pid_hopper_of_a_killed_owner_dies_at_reap_and_start_up(

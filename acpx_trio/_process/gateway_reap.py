@@ -353,8 +353,9 @@ async def reap_gateway(
     waves_deps = dataclasses.replace(cleanup, list_processes=rescan)
     # a reaped lease's leaf that still holds a process once the first wave's grace has
     # passed (a member without tags, a pid hopper) is killed whole (``cgroup.kill``) beside
-    # the later waves, which need not outrun a hopper there; its emptiness proves the
-    # lease's tree gone.  The leaves already empty go to the leftover step (one pass).
+    # the first wave's SIGKILLs and the later waves, which need not outrun a hopper there;
+    # its emptiness proves the lease's tree gone.  The leaves already empty go to the
+    # leftover step (one pass).
     ends: dict[str, tuple[bool, bool]] = {}  # lease id -> (held members, emptied)
 
     async def end_leaves() -> None:
@@ -372,7 +373,7 @@ async def reap_gateway(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(end_leaves)
-            out = await run_waves(plan, grace, waves_deps, table)
+            out = await run_waves(plan, grace, waves_deps, table, after_grace=first_wave.set)
             first_wave.set()  # (waves that never listed again)
     except BaseExceptionGroup as group:  # a cancel (or a bug) out of that nursery: one
         raise collapse_group(group) from None

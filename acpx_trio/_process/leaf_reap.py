@@ -1,8 +1,8 @@
 """The cgroup side of a gateway reap: the leaves of the leases it reaps that still hold a
 process once the first wave's grace has passed (found by name under the gateway's own parent
-cgroup, killed beside the later waves) and, a step after them, the leftover leaves
-(:func:`reap_cgroup_leftovers`: a lease final, missing, or its owner dead).  Only leaves
-under the gateway's own parent cgroup are ever touched."""
+cgroup, killed beside the first wave's SIGKILLs and the later waves) and, a step after
+them, the leftover leaves (:func:`reap_cgroup_leftovers`: a lease final, missing, or its
+owner dead).  Only leaves under the gateway's own parent cgroup are ever touched."""
 
 from __future__ import annotations
 

@@ -186,6 +186,7 @@ async def _terminate(
     grace: float,
     deps: ProcessCleanupDeps,
     groups: Sequence[int] = (),
+    after_grace: Callable[[], None] | None = None,
 ) -> _Wave:
     skipped: dict[int, str] = {}
     order: list[ProcessInfo] = []
@@ -211,6 +212,8 @@ async def _terminate(
     try:
         if signalled:
             alive = await deps.wait_exit(signalled, grace)
+        if after_grace is not None:
+            after_grace()
     finally:
         # Runs on cancellation (or an error) too: SIGTERM went out, so finish the job.
         survivors: set[int] = set()
@@ -298,9 +301,14 @@ async def run_waves(
     deps: ProcessCleanupDeps,
     table: list[ProcessInfo] | None = None,
     before_signal: Callable[[], Awaitable[None]] | None = None,
+    after_grace: Callable[[], None] | None = None,
 ) -> _Outcome:
     """Waves until :data:`QUIET_SCANS` consecutive scans find nothing to signal, within
     :func:`wave_budget`; ``unproven`` in the outcome when the budget ran out first.
+
+    ``after_grace`` is called once, as soon as the first wave's grace has passed (before
+    its SIGKILLs; not on cancellation): what ends a tree whole (a leaf's ``cgroup.kill``)
+    may then run beside the escalation instead of after its confirmation.
 
     ``before_signal`` is awaited once, before the first signal could be sent (the caller
     records that it is killing, e.g. moves its lease to ``closing``); it is not called when
@@ -339,7 +347,8 @@ async def run_waves(
             known.update(dict.fromkeys((p.pid, p.start_ticks) for p in todo))
             # the first wave gives the grace; anything found later (forked meanwhile, caught
             # mid-hop) belongs to trees that had theirs: straight to SIGKILL
-            wave = await _terminate(todo, 0.0 if signalled else grace, deps, groups)
+            wave = await _terminate(todo, 0.0 if signalled else grace, deps, groups,
+                                    None if signalled else after_grace)
             signalled = True
             by_pid = {p.pid: p for p in todo}
             terminated += [by_pid[pid] for pid in wave.terminated]

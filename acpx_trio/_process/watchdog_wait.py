@@ -2,12 +2,14 @@
 
 Run by path (``python -S -P .../watchdog_wait.py FD OWNER_PID OWNER_TICKS OWNER_START
 LEASE_DIR GATEWAY_ID GRACE``, see :func:`acpx_trio._process.watchdog.watchdog_argv`), it
-imports only ``os``, ``select`` and ``sys`` until the owner is gone: its start costs what a
-bare ``python -S`` costs (it runs next to the owner's first agent on a small machine), and
-its idle memory is a bare interpreter's.  When the owner dies it imports the package
-(``PYTHONPATH`` names it) and hands over to
-:func:`acpx_trio._process.watchdog_reap.after_owner_death`.  A normal stop (``stop`` on the pipe)
-exits at once, without interpreter teardown.
+imports only ``os``, ``select``, ``sys`` and ``time`` at first: its start costs what a bare
+``python -S`` costs (it runs next to the owner's first agent on a small machine).  Once the
+owner has lived :data:`PRELOAD_SECONDS` it loads the reap's modules (the package, Trio,
+psutil: ``PYTHONPATH`` names them; about 21 MiB), so that the reap after the owner's death
+does not start with them: on a machine that the dead owner's agents keep busy that import
+took 0.25-0.7 s of the ``killGraceSeconds + 1 s`` bound.  When the owner dies it hands over
+to :func:`acpx_trio._process.watchdog_reap.after_owner_death`.  A normal stop (``stop`` on
+the pipe) exits at once, without interpreter teardown.
 
 Standard library only, and no import of ``acpx_trio`` at module level: it must run as a
 script.
@@ -18,8 +20,15 @@ from __future__ import annotations
 import os
 import select
 import sys
+import time
 
-__all__ = ["STOP", "WATCHDOG_LOG_ENV", "main", "owner_gone", "wait_owner_gone"]
+TYPE_CHECKING = False  # no ``typing`` import at run time (it costs this script's start)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "PRELOAD_SECONDS", "STOP", "WATCHDOG_LOG_ENV", "main", "owner_gone", "wait_owner_gone",
+]
 
 #: A file the watchdog appends one line of figures to after a reap (tests, benchmarks).
 WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
@@ -27,6 +36,10 @@ WATCHDOG_LOG_ENV = "ACPX_TRIO_WATCHDOG_LOG"
 STOP = b"stop"
 #: Poll interval where pidfds are unavailable.
 _POLL_SECONDS = 1.0
+#: How long the owner must have lived (since its watchdog started) before the reap's modules
+#: are loaded: a one-shot command (``exec`` of the bundled agent takes 0.3 s) never pays for
+#: them, and its first agent's start is not slowed by them.
+PRELOAD_SECONDS = 0.5
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -55,12 +68,16 @@ def owner_gone(pid: int, ticks: int | None) -> bool:
     return False
 
 
-def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
+def wait_owner_gone(
+    fd: int, pid: int, ticks: int | None, preload: Callable[[], None] | None = None,
+) -> bool:
     """Block until the owner dies (``True``) or says it stopped normally (``False``: it
     wrote :data:`STOP` to the pipe ``fd``).  EOF without :data:`STOP` is not proof of death
     on its own (a dying process closes its files before it turns zombie): the owner's pidfd
-    (or its start ticks, polled where pidfds are unavailable) decides.  Blocking; for the
-    watchdog process only."""
+    (or its start ticks, polled where pidfds are unavailable) decides.  ``preload`` is
+    called once if the owner still lives after :data:`PRELOAD_SECONDS` (its errors are left
+    to the reap, which imports the same modules).  Blocking; for the watchdog process
+    only."""
     pidfd: int | None = None
     try:
         pidfd = os.pidfd_open(pid)
@@ -75,8 +92,13 @@ def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
             poller.register(pidfd, select.POLLIN)
         timeout = None if pidfd is not None else _POLL_SECONDS * 1000
         pipe_open = True
+        preload_at = time.monotonic() + PRELOAD_SECONDS if preload is not None else None
         while True:
-            for ready, _event in poller.poll(timeout):
+            wait = timeout
+            if preload_at is not None:
+                left = max(0, int((preload_at - time.monotonic()) * 1000) + 1)
+                wait = left if wait is None else min(wait, left)
+            for ready, _event in poller.poll(wait):
                 if ready == pidfd:
                     return True
                 if ready == fd:
@@ -88,6 +110,12 @@ def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
                         pipe_open = False
                         if pidfd is None:
                             timeout = 50
+            if preload is not None and preload_at is not None and time.monotonic() >= preload_at:
+                preload_at = None
+                try:  # noqa: SIM105 - contextlib is not loaded here
+                    preload()
+                except Exception:  # the reap imports the same modules again, and fails loud
+                    pass
             if pidfd is None and owner_gone(pid, ticks):
                 return True
             if not pipe_open and pidfd is None and timeout is None:
@@ -95,6 +123,12 @@ def wait_owner_gone(fd: int, pid: int, ticks: int | None) -> bool:
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _preload() -> None:
+    from acpx_trio._process.watchdog_reap import preload
+
+    preload()
 
 
 def main(argv: list[str]) -> int:
@@ -107,7 +141,7 @@ def main(argv: list[str]) -> int:
     fd, pid = int(argv[0]), int(argv[1])
     ticks = None if argv[2] == "-" else int(argv[2])
     start, lease_dir, gateway, grace = float(argv[3]), argv[4], argv[5], float(argv[6])
-    if not wait_owner_gone(fd, pid, ticks):
+    if not wait_owner_gone(fd, pid, ticks, _preload):
         os._exit(0)  # normal stop: the owner closed everything itself; nothing to flush
     from acpx_trio._process.watchdog_reap import after_owner_death
 
