@@ -3,7 +3,9 @@ is missed (or a benchmark fails).
 
 Run: ``python benchmarks/run_all.py [--quick] [--out results.md]``.  ``--quick`` uses smaller
 sizes (for a smoke run; its figures are not the README's).  ``--out`` writes a Markdown table
-of the results with the machine, its load and the date.  The soak (``soak.py``) is not part of
+of the results with the machine, its load and the date.  Before each benchmark it waits
+(at most 3 minutes) until the machine is quiet (:func:`settle`), and says so in the notes
+when that took more than 2 s.  The soak (``soak.py``) is not part of
 it: it is a reliability run, not a speed figure.
 """
 
@@ -12,12 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
+#: At most this many other runnable tasks (a median over one second) counts as quiet.
+QUIET_RUNNABLE = 0.5
+#: Seconds :func:`settle` waits for a quiet machine at most before a benchmark.
+SETTLE_LIMIT = 180.0
 
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     # (script, full args, quick args); "-bg3000": the same on a busy machine (3,000 idle
@@ -55,6 +64,44 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
 ]
 
 
+def _runnable_others() -> int:
+    """Tasks running or ready to run on the machine now, this process excluded
+    (``procs_running`` of ``/proc/stat``)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("procs_running"):
+                return max(0, int(line.split()[1]) - 1)
+    return 0
+
+
+def _zombies() -> int:
+    count = 0
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            count += 1
+    return count
+
+
+def settle(limit: float = SETTLE_LIMIT) -> tuple[float, bool]:
+    """Wait until the machine is quiet before the next benchmark: for one whole second no
+    zombie left unreaped and at most :data:`QUIET_RUNNABLE` other runnable task (median of
+    ten samples).  A benchmark that ends thousands of processes (the reap series) leaves
+    pid 1 reaping them and the kernel tearing them down for a while after it returns; what
+    ran next then ran on a loaded machine.  The 1-minute load average cannot tell: it lags
+    by minutes.  Returns the seconds waited and whether the machine was quiet (``False``:
+    ``limit`` ran out)."""
+    start = time.monotonic()
+    while True:
+        samples = []
+        for _ in range(10):
+            samples.append(_runnable_others())
+            time.sleep(0.1)
+        if statistics.median(samples) <= QUIET_RUNNABLE and _zombies() == 0:
+            return time.monotonic() - start, True
+        if time.monotonic() - start >= limit:
+            return time.monotonic() - start, False
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -83,7 +130,13 @@ def main() -> int:
         if args.only and script not in args.only:
             continue
         argv = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
-        print(f"== {script} {' '.join(argv[2:])}", flush=True)
+        waited, quiet = settle()
+        print(f"== {script} {' '.join(argv[2:])} (after {waited:.1f} s settling"
+              f"{'' if quiet else ', NOT quiet'})", flush=True)
+        if waited > 2.0 or not quiet:
+            infos.append(f"run_all | {script} {' '.join(argv[2:])} started after {waited:.0f} s "
+                         f"of waiting for a quiet machine"
+                         f"{'' if quiet else ' (still not quiet: ran anyway)'}")
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         out = done.stdout + done.stderr
         lines = [ln for ln in out.splitlines() if ln.startswith(("RESULT", "INFO"))]
