@@ -7,7 +7,8 @@ the open leases), one reap of a gateway (``gateway_reap``;
 what it reports, ``reap_report``; its cgroup side, the reaped leases' leaves and the leftover
 ones, ``leaf_reap``),
 the owner-death watchdog (``watchdog``; its process runs ``watchdog_wait``, a standard-library
-script until the owner dies, then ``watchdog_reap``), containment by leaf cgroups (``cgroup``),
+script until the owner has lived half a second or died, then ``watchdog_reap``),
+containment by leaf cgroups (``cgroup``),
 how a leaf's processes are ended, ours only and with the leaf frozen (``leaf_end``), and
 launches already inside their leaves (``spare_leaf``), the spares and launches this process
 holds now (``held``: its own reaps leave them alone), the shared process helpers

@@ -6,8 +6,10 @@ One small process per running service that starts agents (``python -S -P
 session, stdio on ``/dev/null``), through :func:`register_watchdog`.  It holds
 the read end of a pipe whose write end only the owner keeps, and a pidfd of the owner whose
 identity (pid + start ticks) it checks after opening it.  It blocks in ``poll`` on both; it
-imports neither Trio nor psutil until the owner is gone (start-up and idle memory of a bare
-interpreter, see ``benchmarks/watchdog.py``).
+starts as a bare interpreter (no Trio, no psutil: it runs beside the owner's first agent)
+and loads the reap's modules once the owner has lived half a second, so that a reap does not
+begin with that import on a machine the dead owner's agents keep busy (see
+``benchmarks/watchdog.py``).
 
 Guarantees:
 
@@ -90,7 +92,8 @@ def watchdog_argv(
 ) -> list[str]:
     """The command line of a watchdog process: :mod:`.watchdog_wait` run by path (``-S``: no
     ``site``; ``-P``: not its directory on ``sys.path``), which imports nothing of ours until
-    the owner dies; the caller passes its ``sys.path`` as ``PYTHONPATH`` for that moment."""
+    the owner has lived half a second or died; the caller passes its ``sys.path`` as
+    ``PYTHONPATH`` for that moment."""
     return [
         sys.executable, "-S", "-P", WAIT_SCRIPT, str(fd), str(owner_pid),
         "-" if owner_ticks is None else str(owner_ticks), repr(owner_start), lease_dir,
