@@ -82,21 +82,22 @@ def _zombies() -> int:
     return count
 
 
-def settle(limit: float = SETTLE_LIMIT) -> tuple[float, bool]:
-    """Wait until the machine is quiet before the next benchmark: for one whole second no
-    zombie left unreaped and at most :data:`QUIET_RUNNABLE` other runnable task (median of
-    ten samples).  A benchmark that ends thousands of processes (the reap series) leaves
-    pid 1 reaping them and the kernel tearing them down for a while after it returns; what
-    ran next then ran on a loaded machine.  The 1-minute load average cannot tell: it lags
-    by minutes.  Returns the seconds waited and whether the machine was quiet (``False``:
-    ``limit`` ran out)."""
+def settle(zombie_floor: int = 0, limit: float = SETTLE_LIMIT) -> tuple[float, bool]:
+    """Wait until the machine is quiet before the next benchmark: for one whole second no more
+    zombies than ``zombie_floor`` (those the machine had before the first benchmark: some
+    parent may never reap its own) and at most :data:`QUIET_RUNNABLE` other runnable task
+    (median of ten samples). A benchmark that ends thousands of processes (the reap series)
+    leaves pid 1 reaping them and the kernel tearing them down for a while after it
+    returns; what ran next then ran on a loaded machine. The 1-minute load average cannot
+    tell: it lags by minutes. Returns the seconds waited and whether the machine was quiet
+    (``False``: ``limit`` ran out)."""
     start = time.monotonic()
     while True:
         samples = []
         for _ in range(10):
             samples.append(_runnable_others())
             time.sleep(0.1)
-        if statistics.median(samples) <= QUIET_RUNNABLE and _zombies() == 0:
+        if statistics.median(samples) <= QUIET_RUNNABLE and _zombies() <= zombie_floor:
             return time.monotonic() - start, True
         if time.monotonic() - start >= limit:
             return time.monotonic() - start, False
@@ -123,6 +124,7 @@ def main() -> int:
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
+    zombie_floor = _zombies()
     rows: list[str] = []
     infos: list[str] = []
     failed: list[str] = []
@@ -130,7 +132,7 @@ def main() -> int:
         if args.only and script not in args.only:
             continue
         argv = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
-        waited, quiet = settle()
+        waited, quiet = settle(zombie_floor)
         print(f"== {script} {' '.join(argv[2:])} (after {waited:.1f} s settling"
               f"{'' if quiet else ', NOT quiet'})", flush=True)
         if waited > 2.0 or not quiet:
