@@ -6,6 +6,9 @@ Usage::
 
     python tests/_contained_owner.py STATE_DIR WORKSPACE VARIANT MARKER MODE [spares]
 
+``VARIANT`` ``forwarding``: ``tests/_forwarding_agent.py MARKER WORKSPACE`` instead, with a
+kill grace of 1 s.
+
 With ``spares``, two mock sessions are opened and closed first, so the agent starts from a
 spare leaf (and a new spare waits beside it).  Prints one JSON line ``{"pid": AGENT_PID,
 "cgroup": LEAF_OR_NULL, "spare_launched": BOOL}`` once the session is open, then sleeps
@@ -27,14 +30,19 @@ from acpx_trio import BackendRegistry, open_runtime_service
 from acpx_trio._process.spare_leaf import SPARES
 
 AGENT = str(Path(__file__).with_name("_attack_agent.py"))
+FORWARDING = Path(__file__).with_name("_forwarding_agent.py")
 
 
 async def main(state: str, workspace: str, variant: str, marker: str, mode: str,
                spares: str = "") -> None:
     command = shlex.join([sys.executable, AGENT, variant, marker])
+    grace = 0.3
+    if variant == "forwarding":  # a helper told by its agent, with a cleanup of its own
+        command = shlex.join([sys.executable, str(FORWARDING), marker, workspace])
+        grace = 1.0
     mock = shlex.join([sys.executable, "-m", "acpx_trio.testing.mock_agent"])
     config = {"agents": {"attack": command, "mock": mock}, "containment": mode,
-              "killGraceSeconds": 0.3}
+              "killGraceSeconds": grace}
     async with open_runtime_service(
         workspace_dir=workspace, state_dir=state, registry=BackendRegistry(),
         plugin_config=config,

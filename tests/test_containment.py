@@ -444,6 +444,51 @@ async def test_owner_sigkilled_watchdog_kills_its_leaves(tmp_path: Path, variant
 
 
 @needs_cgroup
+@pytest.mark.parametrize("reaper", ["watchdog", "cli-reap", "next-start"])
+async def test_a_leaf_member_told_by_its_agent_keeps_the_grace_when_its_owner_dies(
+    tmp_path: Path, reaper: str
+) -> None:
+    """The agent's helper runs in a session of its own with an empty environment (no tags:
+    ours only through the agent's leaf), so no SIGTERM of the reap reaches it; its agent
+    tells it on SIGTERM and exits at once.  The helper's own cleanup (0.4 s of a 1 s
+    grace) still completes: the leaf is killed whole only once the grace has passed since
+    the reap's SIGTERMs, not when every signalled process has exited."""
+    marker = new_marker()
+    ws = tmp_path / "ws"
+    owner = _start_owner(tmp_path, "forwarding", marker, "cgroup", watchdog=reaper == "watchdog")
+    try:
+        with cleanup_marker(marker, ()), trio.fail_after(60):
+            assert owner.stdout is not None
+            record = json.loads(await trio.to_thread.run_sync(owner.stdout.readline))
+            assert record["cgroup"], "the agent has no leaf cgroup"
+            await poll_until(lambda: (ws / "helper.up").exists())
+            if reaper == "watchdog":
+                await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            if reaper == "cli-reap":
+                done = await trio.to_thread.run_sync(
+                    lambda: run_cli("reap", state_dir=tmp_path / "state"))
+                assert done.returncode == 0, done.stderr + done.stdout
+            elif reaper == "next-start":
+                async with open_runtime_service(
+                    workspace_dir=ws, state_dir=tmp_path / "state",
+                    registry=BackendRegistry(), plugin_config={"containment": "cgroup",
+                                                               "killGraceSeconds": 1.0},
+                ) as svc:
+                    assert svc.startup_reap is not None
+            await poll_until(lambda: not _exists(record["cgroup"]), seconds=20)
+            assert (ws / "helper.term").exists(), "the agent did not tell its helper"
+            assert (ws / "helper.done").exists(), "the helper was killed inside the grace"
+            leases = SyncLeaseStore(tmp_path / "state" / "acpx").list_all()
+            assert leases and all(x.state is LeaseState.CLOSED for x in leases), leases
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+
+@needs_cgroup
 @pytest.mark.slow
 @soak
 @pytest.mark.parametrize("variant", ALL_VARIANTS)

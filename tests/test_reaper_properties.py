@@ -475,13 +475,19 @@ def _lease_plan(table: FakeProcessTable, lease: str = "L") -> Callable[..., obje
 async def test_after_grace_runs_once_when_the_first_grace_ends_before_its_sigkills(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """What ends a tree whole (a leaf's ``cgroup.kill``) is started as soon as the first
-    wave's grace has passed: not before it (the SIGTERMed get their grace), not after the
-    SIGKILLs' confirmation, and once (later waves have no grace)."""
+    """What ends a tree whole (a leaf's ``cgroup.kill``) may start once the first wave's wait
+    is over, and is told when its grace ends: not before the wait (the SIGTERMed get their
+    grace), not after the SIGKILLs' confirmation, once (later waves have no grace), and
+    with the grace's end even when every signalled process exited early (a member the wave
+    never signalled is owed the grace too)."""
     table = FakeProcessTable()
     procs = tree(table, ignore_sigterm=True)
     base = table.deps()
-    calls: list[tuple[float, int]] = []
+    calls: list[tuple[float, float, int]] = []
+
+    def record(at: float) -> None:
+        kills = sum(r.sig == signal.SIGKILL for r in table.signals)
+        calls.append((trio.current_time(), at, kills))
 
     async def forking_kill(info: ProcessInfo, sig: int) -> bool:  # a later wave appears
         ok = await base.kill_process(info, sig)
@@ -490,18 +496,23 @@ async def test_after_grace_runs_once_when_the_first_grace_ends_before_its_sigkil
         return ok
 
     deps = dataclasses.replace(base, kill_process=forking_kill)
-    await run_waves(_lease_plan(table), 0.75, deps,  # type: ignore[arg-type]
-                    after_grace=lambda: calls.append(
-                        (trio.current_time(), sum(r.sig == signal.SIGKILL for r in table.signals))))
-    assert calls == [(pytest.approx(0.75), 0)]
+    await run_waves(_lease_plan(table), 0.75, deps, after_grace=record)  # type: ignore[arg-type]
+    assert calls == [(pytest.approx(0.75), pytest.approx(0.75), 0)]
     assert len(procs) == 4 and not any(table.is_alive(p) for p in procs)
+    # every signalled process gone after 0.2 s: called then, with the grace's end
+    table = FakeProcessTable()
+    tree(table, term_delay=0.2)
+    calls.clear()
+    t0 = trio.current_time()
+    await run_waves(_lease_plan(table), 0.75, table.deps(), after_grace=record)  # type: ignore[arg-type]
+    assert calls == [(pytest.approx(t0 + 0.2), pytest.approx(t0 + 0.75), 0)]
     # cancelled during the grace: never called (the escalation runs shielded, no more)
     table = FakeProcessTable()
     tree(table, ignore_sigterm=True)
     calls.clear()
     with trio.move_on_after(0.3):
         await run_waves(_lease_plan(table), 0.75, table.deps(),  # type: ignore[arg-type]
-                        after_grace=lambda: calls.append((trio.current_time(), 0)))
+                        after_grace=record)
     assert calls == []
 
 

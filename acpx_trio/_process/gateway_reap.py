@@ -357,10 +357,20 @@ async def reap_gateway(
     # its emptiness proves the lease's tree gone.  The leaves already empty go to the
     # leftover step (one pass).
     ends: dict[str, tuple[bool, bool]] = {}  # lease id -> (held members, emptied)
+    grace_ends: list[float] = []  # when the first wave signalled: the end of its grace
+
+    def after_grace(at: float) -> None:
+        grace_ends.append(at)
+        first_wave.set()
 
     async def end_leaves() -> None:
         await first_wave.wait()
         busy = await trio.to_thread.run_sync(busy_leaves_of, gateway_instance_id, to_reap)
+        if busy and grace_ends and trio.current_time() < grace_ends[0]:
+            # every process the wave signalled exited early; a member it did not signal (no
+            # tags, a session of its own, told by its agent) is owed the grace too
+            await trio.sleep_until(grace_ends[0])
+            busy = await trio.to_thread.run_sync(busy_leaves_of, gateway_instance_id, to_reap)
 
         async def end_leaf(lease_id: str, leaf: str) -> None:
             ends[lease_id] = (True, await kill_leaf(leaf, grace + 1.0))
@@ -373,7 +383,7 @@ async def reap_gateway(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(end_leaves)
-            out = await run_waves(plan, grace, waves_deps, table, after_grace=first_wave.set)
+            out = await run_waves(plan, grace, waves_deps, table, after_grace=after_grace)
             first_wave.set()  # (waves that never listed again)
     except BaseExceptionGroup as group:  # a cancel (or a bug) out of that nursery: one
         raise collapse_group(group) from None

@@ -186,7 +186,7 @@ async def _terminate(
     grace: float,
     deps: ProcessCleanupDeps,
     groups: Sequence[int] = (),
-    after_grace: Callable[[], None] | None = None,
+    after_grace: Callable[[float], None] | None = None,
 ) -> _Wave:
     skipped: dict[int, str] = {}
     order: list[ProcessInfo] = []
@@ -206,6 +206,7 @@ async def _terminate(
         for p, ok in zip(order, delivered, strict=True):
             (signalled if ok else refused).append(p)
         await _signal_groups(groups, signal.SIGTERM, deps)
+    grace_ends = trio.current_time() + grace  # the last SIGTERM went out
     sent = {p.pid for p in signalled} | {p.pid for p in refused}
     signalled += [p for p in order if p.pid not in sent]  # budget ran out: SIGKILL them later
     alive = {p.pid for p in signalled}  # until the wait says otherwise (error, cancellation)
@@ -213,7 +214,7 @@ async def _terminate(
         if signalled:
             alive = await deps.wait_exit(signalled, grace)
         if after_grace is not None:
-            after_grace()
+            after_grace(grace_ends)
     finally:
         # Runs on cancellation (or an error) too: SIGTERM went out, so finish the job.
         survivors: set[int] = set()
@@ -301,14 +302,17 @@ async def run_waves(
     deps: ProcessCleanupDeps,
     table: list[ProcessInfo] | None = None,
     before_signal: Callable[[], Awaitable[None]] | None = None,
-    after_grace: Callable[[], None] | None = None,
+    after_grace: Callable[[float], None] | None = None,
 ) -> _Outcome:
     """Waves until :data:`QUIET_SCANS` consecutive scans find nothing to signal, within
     :func:`wave_budget`; ``unproven`` in the outcome when the budget ran out first.
 
-    ``after_grace`` is called once, as soon as the first wave's grace has passed (before
-    its SIGKILLs; not on cancellation): what ends a tree whole (a leaf's ``cgroup.kill``)
-    may then run beside the escalation instead of after its confirmation.
+    ``after_grace(grace_ends)`` is called once, when the first wave's wait is over (before
+    its SIGKILLs; not on cancellation), with the Trio time its grace ends: now, or later
+    when every process it signalled exited early.  What ends a tree whole (a leaf's
+    ``cgroup.kill``, which also reaches members no SIGTERM of the wave reached) may then
+    run beside the escalation instead of after its confirmation, and never before the grace
+    has passed.
 
     ``before_signal`` is awaited once, before the first signal could be sent (the caller
     records that it is killing, e.g. moves its lease to ``closing``); it is not called when
