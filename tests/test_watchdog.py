@@ -311,6 +311,60 @@ async def test_the_watchdog_loads_the_reap_once_its_owner_has_lived_a_while(
         assert not _alive(dog)  # the normal stop ended it
 
 
+@pytest.mark.parametrize("end", ["stop", "death"])
+def test_a_stop_during_the_preload_is_read_at_once_and_a_death_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """The preload runs beside the wait: the owner's ``stop`` is read while it runs (the
+    owner's stop does not wait for an import); the owner's death returns only once it is
+    over (the reap needs its modules, and two threads importing them could deadlock)."""
+    import threading
+
+    from acpx_trio._process import watchdog_wait
+
+    monkeypatch.setattr(watchdog_wait, "PRELOAD_SECONDS", 0.0)
+    started, release = threading.Event(), threading.Event()
+
+    def preload() -> None:
+        started.set()
+        release.wait(30)
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    read_fd, write_fd = os.pipe()
+    out: list[bool] = []
+    ticks = _start_ticks(owner.pid)
+    waiter = threading.Thread(target=lambda: out.append(
+        watchdog_wait.wait_owner_gone(read_fd, owner.pid, ticks, preload)))
+    try:
+        waiter.start()
+        assert started.wait(10), "the preload did not start"
+        if end == "stop":
+            os.write(write_fd, watchdog_wait.STOP)
+            waiter.join(5)
+            assert out == [False], "a stop waited for the preload"
+        else:
+            owner.kill()
+            owner.wait()
+            waiter.join(0.3)
+            assert out == [], "the death was reported before the preload was over"
+            release.set()
+            waiter.join(5)
+            assert out == [True]
+    finally:
+        release.set()
+        waiter.join(5)
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def _start_ticks(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(data[data.rfind(b")") + 1:].split()[19])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cleaner", ["cli-reap", "start-up"])
 async def test_pid_hopper_of_a_killed_owner_dies_at_reap_and_start_up(

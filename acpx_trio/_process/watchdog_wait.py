@@ -24,6 +24,7 @@ import time
 
 TYPE_CHECKING = False  # no ``typing`` import at run time (it costs this script's start)
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
 __all__ = [
@@ -75,9 +76,17 @@ def wait_owner_gone(
     wrote :data:`STOP` to the pipe ``fd``).  EOF without :data:`STOP` is not proof of death
     on its own (a dying process closes its files before it turns zombie): the owner's pidfd
     (or its start ticks, polled where pidfds are unavailable) decides.  ``preload`` is
-    called once if the owner still lives after :data:`PRELOAD_SECONDS` (its errors are left
-    to the reap, which imports the same modules).  Blocking; for the watchdog process
-    only."""
+    run once, in a thread beside the wait, if the owner still lives after
+    :data:`PRELOAD_SECONDS`: a stop is still read at once; a death returns once the preload
+    is over (the reap imports the same modules; their errors are left to it).  Blocking;
+    for the watchdog process only."""
+    loader: list[threading.Thread] = []  # the preload's thread, once started
+
+    def gone() -> bool:  # the owner died: the reap starts once the preload is over
+        for thread in loader:
+            thread.join()
+        return True
+
     pidfd: int | None = None
     try:
         pidfd = os.pidfd_open(pid)
@@ -100,7 +109,7 @@ def wait_owner_gone(
                 wait = left if wait is None else min(wait, left)
             for ready, _event in poller.poll(wait):
                 if ready == pidfd:
-                    return True
+                    return gone()
                 if ready == fd:
                     data = os.read(fd, 4096)
                     if STOP in data:
@@ -112,17 +121,24 @@ def wait_owner_gone(
                             timeout = 50
             if preload is not None and preload_at is not None and time.monotonic() >= preload_at:
                 preload_at = None
-                try:  # noqa: SIM105 - contextlib is not loaded here
-                    preload()
-                except Exception:  # the reap imports the same modules again, and fails loud
-                    pass
+                import threading
+
+                loader.append(threading.Thread(target=_quietly, args=(preload,), daemon=True))
+                loader[0].start()
             if pidfd is None and owner_gone(pid, ticks):
-                return True
+                return gone()
             if not pipe_open and pidfd is None and timeout is None:
                 timeout = 50
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _quietly(preload: Callable[[], None]) -> None:
+    try:  # noqa: SIM105 - contextlib is not loaded here
+        preload()
+    except Exception:  # the reap imports the same modules again, and fails loud
+        pass
 
 
 def _preload() -> None:
