@@ -81,23 +81,32 @@ async def test_thought_and_tool_events(env: RuntimeEnv) -> None:
         assert tool[-1] == DoneEvent(stop_reason="end_turn")
 
 
+async def _cancel_running_turn(
+    rt: AcpxRuntime, handle: AcpRuntimeHandle, text: str
+) -> tuple[list[object], float]:
+    """Run ``text`` on session ``s`` and cancel it once its prompt was sent; the turn's
+    events and the seconds from the cancel until the turn ended."""
+    events: list[object] = []
+
+    async def consume() -> None:
+        events.extend(await run(rt, handle, text))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await wait_prompt_sent(rt, "s")
+        started = trio.current_time()
+        await rt.cancel(handle=handle, reason="test")
+    return events, trio.current_time() - started
+
+
 async def _cancel_a_sleeping_turn(rt: AcpxRuntime, agent: str = "mock") -> None:
     """Cancel a running ``/sleep`` turn of session ``s`` (on ``agent``): it ends
     ``done(cancelled)`` once the agent answered (no kill wait), and the session is the same
     live one."""
     handle = await rt.ensure_session(session_key="s", agent=agent)
-    events = []
-
-    async def consume() -> None:
-        events.extend(await run(rt, handle, "/sleep 20000"))
-
     with trio.fail_after(15):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consume)
-            await wait_prompt_sent(rt, "s")
-            started = trio.current_time()
-            await rt.cancel(handle=handle, reason="test")
-        assert trio.current_time() - started < 2.0  # the agent answered; no kill wait
+        events, waited = await _cancel_running_turn(rt, handle, "/sleep 20000")
+        assert waited < 2.0  # the agent answered; no kill wait
         assert events == [DoneEvent(stop_reason="cancelled")]
         second = await run(rt, handle, "/pid")
     assert output(second) == f"pid={handle.agent_pid}"
@@ -306,18 +315,8 @@ async def test_control_call_while_consumer_lags(env: RuntimeEnv) -> None:
 async def test_cancel_unanswered_kills_agent_after_bounded_wait(env: RuntimeEnv) -> None:
     async with env.runtime() as rt:
         handle = await rt.ensure_session(session_key="s", agent="mock")
-        events: list[object] = []
-
-        async def consume() -> None:
-            events.extend(await run(rt, handle, "/hang"))
-
         with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                await wait_prompt_sent(rt, "s")
-                started = trio.current_time()
-                await rt.cancel(handle=handle)
-            waited = trio.current_time() - started
+            events, waited = await _cancel_running_turn(rt, handle, "/hang")
         assert events == [DoneEvent(stop_reason="cancelled")]
         assert 2.0 < waited < 10.0
         assert handle.agent_pid is not None and pid_gone(handle.agent_pid)
