@@ -45,7 +45,7 @@ def _profile(frame: FrameType, event: str, arg: Any) -> None:
 
 builtins.__import__ = _import
 sys.setprofile(_profile)
-from acpx_trio._cli.interrupts import finished  # noqa: E402
+from acpx_trio._cli.entry import finished  # noqa: E402
 from acpx_trio._cli.main import main  # noqa: E402
 
 try:
