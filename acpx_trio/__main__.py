@@ -1,9 +1,8 @@
 """``python -m acpx_trio`` is the ``acpx-trio`` command."""
 
-from acpx_trio._cli.entry import defer_collection, end_process, finished, hold_interrupts
+from acpx_trio._cli.entry import end_process, finished, hold_interrupts
 
 hold_interrupts()  # before the command line's modules load (released before its loop)
-defer_collection()  # until they are loaded
 
 from acpx_trio._cli.main import main  # noqa: E402
 

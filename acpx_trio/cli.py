@@ -27,7 +27,6 @@ def run() -> NoReturn:
     """The console script: the command line on ``sys.argv[1:]``, then the process ends with
     its exit code, output flushed, without the interpreter's teardown (see
     :func:`acpx_trio._cli.entry.end_process`)."""
-    from acpx_trio._cli.entry import defer_collection, end_process
+    from acpx_trio._cli.entry import end_process
 
-    defer_collection()  # until the command's modules are loaded
     end_process(main())

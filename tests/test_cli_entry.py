@@ -1,11 +1,10 @@
-"""The command line's process start and end (``acpx_trio._cli.entry``): the exit without the
+"""The command line's process end (``acpx_trio._cli.entry``): the exit without the
 interpreter's teardown loses no output and skips no ``atexit`` handler; where it cannot show
-that cheaply the interpreter's own exit runs; garbage collection is deferred only while the
-modules load, and only by the entry points."""
+that cheaply, or a profiler, tracer or ``python -i`` runs the command, the interpreter's own
+exit runs."""
 
 from __future__ import annotations
 
-import gc
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from _cli_helpers import CLI_TIMEOUT, REPO_ROOT, assert_nothing_left, cli_env
-
-from acpx_trio._cli.entry import defer_collection, resume_collection
 
 CHUNKS = 20_000  # "chunk N\n" each: ~229 KiB, far beyond a pipe's and stdout's buffers
 
@@ -117,49 +114,40 @@ def test_end_process_leaves_a_failed_flush_to_the_interpreter(tmp_path: Path) ->
         child.stderr.close()
 
 
-def test_collection_is_deferred_and_resumed_only_by_the_entry_points() -> None:
-    assert gc.isenabled()
-    frozen = gc.get_freeze_count()
-    try:
-        resume_collection()  # no entry point deferred it: nothing changes
-        assert gc.isenabled() and gc.get_freeze_count() == frozen
-        gc.disable()  # a caller's own setting survives both
-        defer_collection()
-        resume_collection()
-        assert not gc.isenabled() and gc.get_freeze_count() == frozen
-        gc.enable()
-        defer_collection()
-        assert not gc.isenabled()
-        resume_collection()
-        assert gc.isenabled() and gc.get_freeze_count() > frozen
-        resume_collection()  # once only
-        assert gc.isenabled()
-    finally:
-        gc.unfreeze()
-        gc.enable()
-
-
-def test_a_command_runs_with_the_collector_on(tmp_path: Path) -> None:
-    """Deferred while the modules load, the collector is on once the command runs (a long
-    command collects its garbage): seen from the command line's own loop."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent("""
-        import gc, sys
-        from acpx_trio._cli.entry import defer_collection, end_process, finished
-        defer_collection()
-        import trio
-        real_run = trio.run
-        def run(*args, **kwargs):
-            print(f"collector on: {gc.isenabled()}, frozen: {gc.get_freeze_count() > 0}",
-                  file=sys.stderr)
-            return real_run(*args, **kwargs)
-        trio.run = run
-        from acpx_trio._cli.main import main
-        end_process(finished(lambda: main(sys.argv[1:])))
-        """))
+def test_a_profiled_command_line_leaves_the_end_to_its_profiler(tmp_path: Path) -> None:
+    """``python -m cProfile -m acpx_trio ...``: the profiler prints its report (it runs after
+    the module, so a fast exit would lose it)."""
     done = subprocess.run(
-        [sys.executable, str(script), "--state-dir", str(tmp_path / "state"), "status"],
-        capture_output=True, text=True, env=cli_env(), timeout=CLI_TIMEOUT, check=False,
+        [sys.executable, "-m", "cProfile", "-m", "acpx_trio", "--state-dir",
+         str(tmp_path / "state"), "status"],
+        capture_output=True, text=True, env=_buffered_env(), timeout=CLI_TIMEOUT, check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "collector on: True, frozen: True" in done.stderr
+    assert "function calls" in done.stdout and "Ordered by" in done.stdout
+
+
+def test_python_i_gets_its_prompt_after_the_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-i", "-m", "acpx_trio", "--state-dir", str(tmp_path / "state"),
+         "status"], input="print('in the repl')\n",
+        capture_output=True, text=True, env=_buffered_env(), timeout=CLI_TIMEOUT, check=False,
+    )
+    assert "in the repl" in done.stdout, (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("hook", ["sys.settrace", "sys.setprofile"])
+def test_end_process_under_a_tracer_or_profiler_leaves_the_end_to_the_interpreter(
+        tmp_path: Path, hook: str) -> None:
+    """Coverage, ``pdb`` and ``trace`` set a trace function: the interpreter's exit runs,
+    with its teardown (a finalizer that only the teardown runs is seen)."""
+    done = _child(f"""
+        import os, sys
+        class Finalized:
+            def __del__(self, write=os.write):
+                write(1, b"finalized")
+        keep = Finalized()
+        {hook}(lambda *args: None)
+        end_process(5)
+        """, tmp_path, capture_output=True)
+    assert done.returncode == 5
+    assert done.stdout == b"finalized"

@@ -5,8 +5,7 @@ terminal-safe text helpers it shares with the entry in ``text``, which loads no 
 inspection commands (``info``), ``reap`` (``reap``), warm sessions through the warm owner
 (``warm``), ``sessions history`` (``history``), exit codes (``exits``), and what the
 process does at its start and end (``entry``, the one module the entry points import first:
-Ctrl-C held and garbage collection deferred while all that loads, the exit without the
-interpreter's teardown).
+Ctrl-C held while all that loads, the exit without the interpreter's teardown).
 ``main`` imports ``run``, which imports the others; none imports ``main``.
 
 Owns: exit codes, signals of a terminal user, what is printed.

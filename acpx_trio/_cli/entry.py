@@ -13,27 +13,20 @@ write to stdout or stderr is still blocked then (nobody reads the pipe: the comm
 it), :func:`finished` flushes the other stream and ends the process with its exit code at
 once: the interpreter's own exit would wait on that stream for ever, or abort.
 
-**Garbage collection while it loads.**  :func:`defer_collection` turns the cyclic collector
-off while the modules load (they build hundreds of thousands of long-lived objects, which it
-would scan over and over); :func:`resume_collection` freezes what they built (never scanned
-again, never freed: module-level state lives as long as the process anyway; the few thousand
-objects of garbage the loading left behind hold about 20 KiB) and turns it back on before the
-command runs, so a long command (a warm owner, a turn of hours) collects its garbage as any
-program does.  Together with the end below: 10% off a one-shot ``exec``.
-
 **The end.**  :func:`end_process` ends the process once the command is over and its output
 flushed, without the interpreter's teardown (a full collection and the release of every
-module: 15-25 ms of a one-shot ``exec``).  Nothing the command promised is skipped: the
+module: about 26 ms of a one-shot ``exec``).  Nothing the command promised is skipped: the
 command returns only after its agents are gone and its state files are written and closed
 (every write is synchronous, fsync included); the ``atexit`` handlers run (logging's flush
 among them).  When that cannot be shown cheaply (a flush fails, a non-daemon thread still
-runs), the interpreter's own exit runs instead, with its own semantics."""
+runs) or something else still has a say in how the interpreter ends (a profiler, a tracer
+or debugger such as coverage or ``pdb``, ``python -i``), the interpreter's own exit runs
+instead, with its own semantics."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -41,12 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
-__all__ = [
-    "defer_collection", "end_process", "finished", "hold_interrupts", "release_interrupts",
-    "resume_collection",
-]
-
-_collection_deferred = False
+__all__ = ["end_process", "finished", "hold_interrupts", "release_interrupts"]
 
 
 def hold_interrupts() -> None:
@@ -59,26 +47,6 @@ def release_interrupts() -> None:
     """Unblock SIGINT; one that arrived while it was held is handled now."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def defer_collection() -> None:
-    """Turn the cyclic garbage collector off until :func:`resume_collection` (entry points
-    only, before the command's modules load); a no-op when it is already off."""
-    global _collection_deferred
-    if gc.isenabled():
-        gc.disable()
-        _collection_deferred = True
-
-
-def resume_collection() -> None:
-    """Once the command's modules are loaded: freeze what exists and turn the collector
-    back on, only if :func:`defer_collection` turned it off (a caller running the command
-    line in its own process keeps its own collector settings)."""
-    global _collection_deferred
-    if _collection_deferred:
-        _collection_deferred = False
-        gc.freeze()
-        gc.enable()
 
 
 def finished(command: Callable[[], int]) -> int:
@@ -105,9 +73,11 @@ def finished(command: Callable[[], int]) -> int:
 def end_process(code: int) -> NoReturn:
     """End the process with exit status ``code`` (see the module): ``atexit`` handlers run,
     stdout and stderr are flushed, then the process exits without the interpreter's
-    teardown.  Falls back to the interpreter's exit (``SystemExit``) when a flush fails or a
-    thread that is not a daemon still runs.  For the entry points only, after
-    :func:`finished`."""
+    teardown.  Falls back to the interpreter's exit (``SystemExit``) when a profiler, tracer
+    or ``python -i`` is in charge, when a thread that is not a daemon still runs, or when a
+    flush fails.  For the entry points only, after :func:`finished`."""
+    if sys.flags.interactive or sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)  # whoever runs us ends the interpreter (a report, a prompt)
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
         raise SystemExit(code)  # the interpreter waits for it, as it always has
     atexit._run_exitfuncs()

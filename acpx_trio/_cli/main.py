@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from acpx_trio._cli.entry import hold_interrupts, release_interrupts, resume_collection
+from acpx_trio._cli.entry import hold_interrupts, release_interrupts
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
 from acpx_trio._cli.options import (
     OUTPUT_FORMATS,
@@ -288,7 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from acpx_trio._cli.run import dispatch
         finally:
-            resume_collection()  # the modules are loaded (a no-op unless an entry point held it)
             release_interrupts()  # a Ctrl-C held meanwhile is raised here
         return trio.run(dispatch, ns, opts, restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseException as raised:
