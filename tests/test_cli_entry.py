@@ -1,7 +1,7 @@
 """The command line's process end (``acpx_trio._cli.entry``): the exit without the
 interpreter's teardown loses no output and skips no ``atexit`` handler; where it cannot show
 that cheaply, or a profiler, tracer or ``python -i`` runs the command, the interpreter's own
-exit runs."""
+exit runs.  An output that cannot be written ends the command with a typed error."""
 
 from __future__ import annotations
 
@@ -151,3 +151,26 @@ def test_end_process_under_a_tracer_or_profiler_leaves_the_end_to_the_interprete
         """, tmp_path, capture_output=True)
     assert done.returncode == 5
     assert done.stdout == b"finalized"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_an_output_that_cannot_be_written_ends_the_command_with_a_typed_error(
+        tmp_path: Path, unbuffered: bool) -> None:
+    """stdout on a full device: the turn stops, its agent is closed, the command says why in
+    one line and exits 1 (no traceback, no "Exception ignored" at the exit)."""
+    (tmp_path / "ws").mkdir()
+    env = _buffered_env() | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    state = str(tmp_path / "state")
+    for args in (["exec", "--cwd", str(tmp_path / "ws"), "--approve-all", f"/chunks {CHUNKS}"],
+                 ["leases", "--all"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "acpx_trio", "--state-dir", state, *args], stdout=full,
+                stderr=subprocess.PIPE, text=True, env=env, timeout=CLI_TIMEOUT, cwd=REPO_ROOT,
+                check=False,
+            )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == ("acpx-trio: ACPX_OUTPUT_FAILED: cannot write to stdout: No space "
+                               "left on device\n")
+    assert_nothing_left(tmp_path / "state")

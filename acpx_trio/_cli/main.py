@@ -272,6 +272,19 @@ def _fail(message: str) -> None:
         print(f"acpx-trio: {printable(first_line(message))}", file=sys.stderr, flush=True)
 
 
+def _silence_failed_output(exc: BaseException) -> None:
+    """After an ``OutputError``: its stream's descriptor points at ``/dev/null`` from now on,
+    so the exit's own flush of what is left neither fails again nor changes the exit
+    status."""
+    output = sys.modules.get("acpx_trio._cli.output")  # loaded by every command that writes
+    if output is None or not isinstance(exc, output.OutputError) or exc.fd is None:
+        return
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, exc.fd)
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     hold_interrupts()
@@ -296,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _fail(str(exc))
             return EXIT_USAGE
         if isinstance(exc, AcpRuntimeError | AcpxError):
+            _silence_failed_output(exc)
             _fail(f"{exc.code}: {exc}")
             return exit_code_for(exc.code)
         if isinstance(exc, KeyboardInterrupt):

@@ -25,6 +25,7 @@ import trio
 
 from acpx_trio._cli.exits import EXIT_ERROR, EXIT_OK
 from acpx_trio._cli.text import first_line, printable
+from acpx_trio._errors import AcpxError
 from acpx_trio._events import (
     AgentUsage,
     DoneEvent,
@@ -34,8 +35,8 @@ from acpx_trio._events import (
     ToolCallEvent,
 )
 
-__all__ = ["Output", "TurnPrinter", "finish_output", "format_table", "short_rpc_data",
-           "usage_text"]
+__all__ = ["Output", "OutputError", "TurnPrinter", "finish_output", "format_table",
+           "short_rpc_data", "usage_text"]
 
 #: Status tags shown without ``--verbose`` (the rest is noise for a person).
 _SHOWN_STATUS = frozenset({"plan", "current_mode_update", "elicitation", "elicitation_complete"})
@@ -87,11 +88,41 @@ def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str
     )
 
 
+class OutputError(AcpxError):
+    """The command's output cannot be written: stdout or stderr failed with an error other
+    than a hang-up or a closed pipe (a full disk, a device error).  The command stops (its
+    agent is closed as on any failure) and exits 1, saying why on stderr when stderr still
+    works; ``fd`` is the descriptor that failed."""
+
+    code = "ACPX_OUTPUT_FAILED"
+
+    def __init__(self, stream: TextIO, exc: OSError) -> None:
+        name = "stdout" if stream is sys.stdout else "stderr" if stream is sys.stderr else (
+            "the output")
+        super().__init__(f"cannot write to {name}: {exc.strerror or exc}")
+        try:
+            self.fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self.fd = None
+
+
+def _failed(stream: TextIO, exc: OSError, gone: list[TextIO]) -> None:
+    """A failed write or flush of ``stream``: a terminal that hung up (``EIO``) joins
+    ``gone``; a closed pipe raises ``BrokenPipeError`` as it is; anything else
+    :class:`OutputError`."""
+    if exc.errno == errno.EIO:
+        gone.append(stream)
+    elif isinstance(exc, BrokenPipeError):
+        raise exc
+    else:
+        raise OutputError(stream, exc) from exc
+
+
 def _write_batch(batch: list[tuple[TextIO, str]], gone: list[TextIO]) -> None:
     """Write ``batch`` in order, flushing each stream before the next one is written (two
     streams into one file stay in order) and at the end; a stream whose terminal hung up
     (``EIO``) joins ``gone`` and is skipped from then on (a closed pipe still raises
-    ``BrokenPipeError``)."""
+    ``BrokenPipeError``, any other failure :class:`OutputError`)."""
     current: TextIO | None = None
     for stream, text in batch:
         if stream in gone:
@@ -102,9 +133,7 @@ def _write_batch(batch: list[tuple[TextIO, str]], gone: list[TextIO]) -> None:
         try:
             stream.write(text)
         except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            gone.append(stream)
+            _failed(stream, exc, gone)
             current = None
     if current is not None:
         _flush(current, gone)
@@ -138,9 +167,7 @@ def _flush(stream: TextIO, gone: list[TextIO]) -> None:
     try:
         stream.flush()
     except OSError as exc:
-        if exc.errno != errno.EIO:
-            raise
-        gone.append(stream)
+        _failed(stream, exc, gone)
 
 
 def _discard() -> TextIO:
