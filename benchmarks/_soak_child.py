@@ -16,9 +16,11 @@ process, then ``{"ready": true, "spawned": S}`` (S = sessions started, one lease
 sleeps until killed.
 
 Fault injection (a SIGKILL of this process at an exact point): ``--die-after-pending K``
-right after the K-th pending lease (``rootPid 0``) is durably saved, before its spawn;
-``--die-after-spawn K`` right after the K-th agent is spawned, before its lease records the
-pid.
+right after the K-th lease is first durably saved, before its agent runs (pending, ``rootPid
+0``, on the direct path; complete with the spare's pid where a spare leaf becomes the agent,
+as the first start of a runtime does); ``--die-after-spawn K`` right after the K-th agent is
+spawned: before its lease records the pid on the direct path, once the spare leaf was sent
+its command on the other (its lease is complete by then).
 """
 
 from __future__ import annotations
@@ -54,30 +56,40 @@ def arm_faults(die_after_pending: int, die_after_spawn: int) -> None:
     """Patch the lease store / agent process so this process SIGKILLs itself at a point."""
     if die_after_pending > 0:
         original_save = LeaseStore.save
-        pending = 0
+        first_saves: set[str] = set()
 
         async def save(self: LeaseStore, lease: ProcessLease) -> ProcessLease:
-            nonlocal pending
             result = await original_save(self, lease)
-            if lease.root_pid == 0 and lease.state == "open":
-                pending += 1
-                if pending == die_after_pending:
+            if lease.state == "open" and lease.lease_id not in first_saves:
+                first_saves.add(lease.lease_id)
+                if len(first_saves) == die_after_pending:
                     os.kill(os.getpid(), signal.SIGKILL)
             return result
 
         LeaseStore.save = save  # type: ignore[method-assign]
     if die_after_spawn > 0:
         original_complete = _agent_process.AgentProcess._complete_lease
+        original_spare = _agent_process.spawn_spare
         spawned = 0
 
-        async def complete(self: _agent_process.AgentProcess) -> None:
+        def count_spawn() -> None:
             nonlocal spawned
             spawned += 1
             if spawned == die_after_spawn:
                 os.kill(os.getpid(), signal.SIGKILL)
+
+        async def complete(self: _agent_process.AgentProcess) -> None:
+            count_spawn()
             await original_complete(self)
 
+        async def spare(*args: Any, **kwargs: Any) -> Any:
+            started = await original_spare(*args, **kwargs)
+            if started is not None:
+                count_spawn()
+            return started
+
         _agent_process.AgentProcess._complete_lease = complete  # type: ignore[method-assign]
+        _agent_process.spawn_spare = spare
 
 
 async def turn_text(runtime: Any, handle: Any, text: str) -> str:

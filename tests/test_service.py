@@ -532,7 +532,7 @@ async def test_sweep_does_not_build_a_lazy_runtime(
 ) -> None:
     built: list[StubRuntime] = []
 
-    async def build(params: RuntimeFactoryParams) -> StubRuntime:
+    async def build(params: RuntimeFactoryParams, *, for_start: bool = False) -> StubRuntime:
         await trio.lowlevel.checkpoint()
         built.append(StubRuntime())
         return built[-1]
@@ -563,7 +563,8 @@ async def test_default_runtime_is_lazy_and_built_once_under_concurrent_first_cal
     built: list[StubRuntime] = []
     seen_params: list[RuntimeFactoryParams] = []
 
-    async def slow_build(params: RuntimeFactoryParams) -> StubRuntime:
+    async def slow_build(params: RuntimeFactoryParams, *, for_start: bool = False
+                         ) -> StubRuntime:
         seen_params.append(params)
         await trio.sleep(1)  # every first caller arrives while this build is in flight
         built.append(StubRuntime())

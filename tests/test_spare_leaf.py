@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soa
 from test_watchdog import watchdogs_of
 
 from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
-from acpx_trio._process.cgroup import shim_argv
+from acpx_trio._process.cgroup import gateway_parent, shim_argv
 from acpx_trio._process.spare_leaf import (
     PERL_PATHS,
     SPARES,
@@ -39,6 +40,8 @@ from acpx_trio._process.spare_leaf import (
     spare_frame,
 )
 from acpx_trio._process.spare_wait import decode_frame
+from acpx_trio._service.lazy_runtime import LazyAcpxRuntime, RuntimeFactoryParams
+from acpx_trio._store.config import resolve_config
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio.lowlevel import reap_gateway
 
@@ -438,3 +441,85 @@ async def _close_spare_launched(tmp_path: Path, variant: str, trials: int) -> No
     finally:
         decoys.close()
 
+
+
+@needs_cgroup
+async def test_a_primed_pool_makes_one_launch_that_a_start_at_once_waits_for() -> None:
+    """:meth:`SpareLeaves.prime` makes one launch with no request yet; a ``take`` right
+    after it (before the pool's task has run) waits for that launch instead of taking the
+    direct path, and a single request refills nothing."""
+    async with trio.open_nursery() as nursery:
+        pool = SpareLeaves(nursery, gateway_instance_id="gw-primed")
+        pool.prime()
+        spare = await pool.take()
+        assert spare is not None and spare.alive()
+        assert spares_of(os.getpid()) == [spare.process.pid]  # one, not SPARES
+        pool.refill()  # one request: a one-shot caller pays for nothing more
+        await trio.lowlevel.checkpoint()
+        assert not pool.has_spare and spares_of(os.getpid()) == [spare.process.pid]
+        assert await spare.discard()
+        await pool.aclose()
+        assert spares_of(os.getpid()) == []
+
+
+@needs_cgroup
+async def test_a_services_first_start_takes_the_leaf_made_while_its_runtime_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="acpx_trio")
+    async with _service(tmp_path) as svc:
+        runtime = svc.require_runtime()
+        assert spares_of(os.getpid()) == []  # a started service holds none
+        handle = await runtime.ensure_session(session_key="one", agent="mock")
+        pid = (await runtime.get_status(handle=handle)).agent_pid
+        assert f"agent {pid}: started in a ready leaf cgroup" in caplog.text
+        await runtime.close(handle=handle, reason="test")
+        assert spares_of(os.getpid()) == []  # a one-shot caller is left no spare
+    gateway = (tmp_path / "state" / "gateway-instance-id").read_text().strip()
+    assert not _gateway_leaves(gateway)
+
+
+@needs_cgroup
+async def test_a_build_that_fails_leaves_no_primed_leaf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runtime cannot be built after its start's leaf was primed: the build closes the
+    pool (its nursery, which nothing cancels here, then ends), and no spare or leaf is
+    left."""
+    monkeypatch.setattr("acpx_trio._service.lazy_runtime.RUNTIME_MODULE",
+                        "acpx_trio._no_such_module")
+    (tmp_path / "ws").mkdir()
+    config = resolve_config({"stateDir": str(tmp_path / "state"), "containment": "cgroup",
+                             "agents": {"mock": MOCK}}, str(tmp_path / "ws"))
+    gateway = "gw-primed-unbuilt"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            lazy = LazyAcpxRuntime(RuntimeFactoryParams(
+                config=config, gateway_instance_id=gateway,
+                lease_store=LeaseStore(tmp_path / "state" / "acpx"),
+                logger=logging.getLogger("acpx_trio.test"), nursery=nursery))
+            with pytest.raises(ModuleNotFoundError):
+                await lazy.ensure_session(session_key="one", agent="mock")
+            assert lazy.built is None
+            await lazy.aclose()
+    assert spares_of(os.getpid()) == []
+    assert not _gateway_leaves(gateway)
+
+
+def _gateway_leaves(gateway: str) -> list[str]:
+    parent = gateway_parent(gateway)
+    if parent is None or not parent.exists():
+        return []
+    return [e.name for e in os.scandir(parent) if e.is_dir()]
+
+
+@needs_cgroup
+async def test_a_process_group_service_primes_nothing(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="acpx_trio")
+    async with _service(tmp_path, "process-group") as svc:
+        runtime = svc.require_runtime()
+        handle = await runtime.ensure_session(session_key="one", agent="mock")
+        assert spares_of(os.getpid()) == []
+        assert "ready leaf cgroup" not in caplog.text
+        await runtime.close(handle=handle, reason="test")

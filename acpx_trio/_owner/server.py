@@ -512,8 +512,9 @@ async def run_owner(state_dir: Path, launch: OwnerLaunch, *,
 
     async def factory(params: RuntimeFactoryParams) -> Any:
         # The real runtime, not the lazy wrapper: its ``run_turn`` registers the turn without
-        # a checkpoint, which the queue's cancel-while-starting guarantee relies on.
-        return await build_default_runtime(params)
+        # a checkpoint, which the queue's cancel-while-starting guarantee relies on.  An owner
+        # is started for a prompt: its first start's leaf is made while the runtime loads.
+        return await build_default_runtime(params, for_start=True)
 
     # turns are bounded per prompt (``PromptRequest.timeout_seconds``), never by the
     # first client's ``timeoutSeconds``; control calls keep their default bound

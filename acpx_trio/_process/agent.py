@@ -301,6 +301,8 @@ class AgentProcess:
             if spare is not None:
                 self.process, self._spare_record = spare
                 self.lease = self._spare_record.lease
+                self.log.debug("agent %s: started in a ready leaf cgroup %s", self.process.pid,
+                               self.lease.cgroup)
         if self.process is None:
             await self._spawn_direct(env)
         if self._spare_leaves is not None:  # started: the next launch is made while it starts up

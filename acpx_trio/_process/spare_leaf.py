@@ -35,7 +35,10 @@ A pool fills only after its second request (a one-shot caller never pays for a s
 once a launch has started (the next is made while that agent starts up, which is mostly the
 agent's own work: a move made later would run beside the close that often follows, and
 hold up its exit, since a move holds up every exit and fork on the machine while it waits),
-and never holds more than :data:`SPARES` launches.  Linux, cgroup v2 containment only.
+and never holds more than :data:`SPARES` launches.  The exception to the first two rules:
+:meth:`SpareLeaves.prime` makes one launch for a start that is already on its way (the first
+start of a runtime whose modules are still loading: the move is made meanwhile, and that
+start takes it).  Linux, cgroup v2 containment only.
 """
 
 from __future__ import annotations
@@ -190,8 +193,8 @@ class SpareLeaves:
     task in ``nursery``.  See the module docstring for guarantees.
 
     :meth:`take` hands the ready launch over (the taker owns it from then on), :meth:`refill`
-    (called once a launch has started) makes the next in the background, and
-    :meth:`aclose` discards what is held and stops refilling."""
+    (called once a launch has started) makes the next in the background, :meth:`prime` one
+    for a start on its way, and :meth:`aclose` discards what is held and stops refilling."""
 
     def __init__(self, nursery: trio.Nursery, *, gateway_instance_id: str,
                  log: Logger | None = None, perl: bool = True) -> None:
@@ -211,6 +214,7 @@ class SpareLeaves:
         self._idle.set()
         self._made = trio.Event()  # set when no spare is in the making
         self._made.set()
+        self._limit = 0  # how many ready launches the pool keeps now (:meth:`_fill`)
 
     @property
     def has_spare(self) -> bool:
@@ -232,11 +236,24 @@ class SpareLeaves:
             self._nursery.start_soon(spare.discard)
         return None
 
+    def prime(self) -> None:
+        """A start is on its way that no launch is ready for (the first start of a runtime
+        whose modules are still loading): make one in the background now, whatever the
+        number of requests.  The start takes it (:meth:`take` waits for one in the making);
+        after it :meth:`refill`'s rule holds."""
+        if not (self._closed or self._broken):
+            self._fill(1)
+
     def refill(self) -> None:
         """A launch has started (its process exists): make spare leaves in the background,
         up to :data:`SPARES`, from the second request on."""
-        if self._closed or self._broken or self._requests < 2:
-            return
+        if not (self._closed or self._broken or self._requests < 2):
+            self._fill(SPARES)
+
+    def _fill(self, limit: int) -> None:
+        self._limit = max(self._limit, limit)
+        if len(self._ready) < self._limit and self._made.is_set():
+            self._made = trio.Event()  # in the making from now on: :meth:`take` waits for it
         self._wanted.set()
         if not self._running:
             self._running = True
@@ -244,15 +261,16 @@ class SpareLeaves:
             self._nursery.start_soon(self._keep)
 
     async def _keep(self) -> None:
-        """Make spare leaves while one is wanted and fewer than :data:`SPARES` are ready;
+        """Make spare leaves while one is wanted and fewer than the pool keeps are ready;
         hold them until they are taken or the pool closes."""
         try:
             with self._scope:
                 while True:
                     await self._wanted.wait()
                     self._wanted = trio.Event()
-                    while len(self._ready) < SPARES:
-                        self._made = trio.Event()
+                    while len(self._ready) < self._limit:
+                        if self._made.is_set():
+                            self._made = trio.Event()
                         try:
                             with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
                                 spare = await self._make()
@@ -265,6 +283,7 @@ class SpareLeaves:
                             return
         finally:
             self._running = False
+            self._made.set()  # nothing more is in the making: no taker waits for ever
             while self._ready:
                 await self._ready.popleft().discard()
             self._idle.set()

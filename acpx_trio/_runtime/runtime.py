@@ -80,7 +80,9 @@ class AcpxRuntime:
 
     ``nursery`` hosts agent processes and turn drivers; it must outlive the runtime's use
     (close the runtime with :meth:`aclose` before the nursery ends; :func:`open_acpx_runtime`
-    does both).  Not thread-safe: use it from one Trio run."""
+    does both).  Not thread-safe: use it from one Trio run.  (``_spare_leaves`` is internal:
+    the service's lazy runtime hands over the pool it started while this module loaded, and
+    the runtime closes it as its own.)"""
 
     backend_id = "acpx"
 
@@ -95,6 +97,7 @@ class AcpxRuntime:
         process_cleanup: ProcessCleanupDeps | None = None,
         session_store: SessionStore | None = None,
         agent_registry: AgentRegistry | None = None,
+        _spare_leaves: SpareLeaves | None = None,
     ) -> None:
         runtime_args(config, gateway_instance_id, lease_store)  # AcpxUsageError
         self.config = config
@@ -113,7 +116,7 @@ class AcpxRuntime:
         self._closing_done = trio.Event()
         self._elicitation_handler: ElicitationHandler | None = None
         #: one launch kept inside its leaf cgroup ahead of need (cgroup containment)
-        self._spare_leaves = (
+        self._spare_leaves = _spare_leaves if _spare_leaves is not None else (
             None if config.containment == "process-group"
             else SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=self.log)
         )

@@ -2,7 +2,9 @@
 
 Registering the backend must be cheap and must not import the real runtime module (agent
 process management, the ACP client); :class:`LazyAcpxRuntime` defers both to the first call that
-needs a runtime.
+needs a runtime.  When that call is a start under cgroup containment, the start's leaf is
+made while the runtime's modules load (a primed spare leaf), so the move into it, which waits
+on the kernel, is off the start's path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError
+from acpx_trio._errors import AcpRuntimeError, ContainmentError
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -23,7 +25,7 @@ from acpx_trio._events import (
     AgentSession,
     DoctorReport,
 )
-from acpx_trio._log import ServiceLogger, as_logger
+from acpx_trio._log import Logger, ServiceLogger, as_logger
 from acpx_trio._process.cgroup import Containment, resolve_containment
 from acpx_trio._service.backends import AcpRuntimeProtocol
 from acpx_trio._store.config import AcpxConfig
@@ -31,6 +33,7 @@ from acpx_trio._store.leases import LeaseStore
 
 if TYPE_CHECKING:
     from acpx_trio._process.reaper import ProcessCleanupDeps
+    from acpx_trio._process.spare_leaf import SpareLeaves
 
 __all__ = [
     "LazyAcpxRuntime",
@@ -58,19 +61,50 @@ class RuntimeFactoryParams:
     process_cleanup: ProcessCleanupDeps | None = None
 
 
-async def build_default_runtime(params: RuntimeFactoryParams) -> AcpRuntimeProtocol:
-    """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``."""
-    module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
+async def build_default_runtime(
+    params: RuntimeFactoryParams, *, for_start: bool = False
+) -> AcpRuntimeProtocol:
+    """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``.
+
+    ``for_start``: a start waits for this build.  Under cgroup containment one spare leaf is
+    then made while the modules load (:meth:`~acpx_trio._process.spare_leaf.SpareLeaves.prime`)
+    and the runtime takes the pool over; a build that fails or is cancelled closes it (nothing
+    of it is left running)."""
     logger = as_logger(params.logger, "acpx_trio.runtime")  # the host's logger, any kind
-    runtime = module.AcpxRuntime(
-        params.config,
-        gateway_instance_id=params.gateway_instance_id,
-        lease_store=params.lease_store,
-        nursery=params.nursery,
-        logger=logger,
-        process_cleanup=params.process_cleanup,
-    )
+    spares = _primed_spare_leaves(params, logger) if for_start else None
+    try:
+        module = await trio.to_thread.run_sync(importlib.import_module, RUNTIME_MODULE)
+        runtime = module.AcpxRuntime(
+            params.config,
+            gateway_instance_id=params.gateway_instance_id,
+            lease_store=params.lease_store,
+            nursery=params.nursery,
+            logger=logger,
+            process_cleanup=params.process_cleanup,
+            _spare_leaves=spares,
+        )
+    except BaseException:
+        if spares is not None:
+            with trio.CancelScope(shield=True):
+                await spares.aclose()
+        raise
     return cast(AcpRuntimeProtocol, runtime)
+
+
+def _primed_spare_leaves(params: RuntimeFactoryParams, logger: Logger) -> SpareLeaves | None:
+    """A pool making one spare leaf now, under cgroup containment (else ``None``: the start
+    takes its own path, which reports what is wrong)."""
+    try:
+        if resolve_containment(params.config.containment).mechanism != "cgroup":
+            return None
+    except ContainmentError:
+        return None
+    from acpx_trio._process.spare_leaf import SpareLeaves  # with the runtime: not at start
+
+    spares = SpareLeaves(params.nursery, gateway_instance_id=params.gateway_instance_id,
+                         log=logger)
+    spares.prime()
+    return spares
 
 
 class LazyAcpxRuntime:
@@ -83,7 +117,9 @@ class LazyAcpxRuntime:
     * :meth:`is_healthy`, :meth:`sweep_dead_sessions` and :meth:`aclose` never build it;
     * after :meth:`aclose` every call raises :class:`AcpRuntimeError`
       (``ACP_BACKEND_UNAVAILABLE``) and nothing is built any more, so no agent can be started
-      by a call that races the service's ``stop``."""
+      by a call that races the service's ``stop``;
+    * when that first call is :meth:`ensure_session`, the default runtime is built
+      ``for_start`` (see :func:`build_default_runtime`)."""
 
     def __init__(
         self,
@@ -118,7 +154,7 @@ class LazyAcpxRuntime:
             "ACP_BACKEND_UNAVAILABLE", "embedded acpx runtime is stopped; start the service again"
         )
 
-    async def _resolve(self) -> AcpRuntimeProtocol:
+    async def _resolve(self, *, for_start: bool = False) -> AcpRuntimeProtocol:
         runtime = self._runtime
         if runtime is not None and not self._closed:
             await trio.lowlevel.checkpoint()
@@ -129,8 +165,11 @@ class LazyAcpxRuntime:
             if self._closed:
                 raise self._closed_error()
             if self._runtime is None:
-                build = self._build or build_default_runtime
-                self._runtime = await build(self._params)
+                if self._build is None:
+                    self._runtime = await build_default_runtime(self._params,
+                                                                for_start=for_start)
+                else:
+                    self._runtime = await self._build(self._params)
                 self.build_count += 1
                 if self._elicitation_handler is not None:
                     self._extension(self._runtime, "set_elicitation_handler")(
@@ -146,7 +185,7 @@ class LazyAcpxRuntime:
         cwd: str | None = None,
         resume_session_id: str | None = None,
     ) -> AcpRuntimeHandle:
-        return await (await self._resolve()).ensure_session(
+        return await (await self._resolve(for_start=True)).ensure_session(
             session_key=session_key,
             agent=agent,
             mode=mode,
