@@ -523,3 +523,56 @@ async def test_a_process_group_service_primes_nothing(tmp_path: Path,
         assert spares_of(os.getpid()) == []
         assert "ready leaf cgroup" not in caplog.text
         await runtime.close(handle=handle, reason="test")
+
+
+_FAILED_FIRST_START_OWNER = """
+import sys, trio
+from acpx_trio import AcpRuntimeError, BackendRegistry, open_runtime_service
+
+async def main(state, work, mock):
+    async with open_runtime_service(
+            workspace_dir=work, state_dir=state, registry=BackendRegistry(),
+            plugin_config={"containment": "cgroup", "agents": {"mock": mock}}) as svc:
+        try:  # primes a leaf for itself, then fails: the leaf waits for the next start
+            await svc.require_runtime().ensure_session(session_key="k", agent="no-such-agent")
+        except AcpRuntimeError:
+            pass
+        print("READY", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+@needs_cgroup
+async def test_an_owner_killed_with_a_primed_leaf_is_reaped_by_its_watchdog(
+    tmp_path: Path,
+) -> None:
+    """A first start primed a leaf, then failed (an unknown agent): the primed launch waits
+    in the pool.  The owner is SIGKILLed: its watchdog, armed before that leaf was made,
+    removes the leaf; the spare exits having run nothing."""
+    (tmp_path / "ws").mkdir()
+    owner = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _FAILED_FIRST_START_OWNER, str(tmp_path / "state"),
+         str(tmp_path / "ws"), MOCK], stdout=subprocess.PIPE,
+        env={**os.environ, "ACPX_TRIO_WATCHDOG": "1"})
+    try:
+        assert owner.stdout is not None
+        said = b""
+        while not said.endswith(b"\n"):
+            said += await owner.stdout.receive_some(64)
+        assert said == b"READY\n"
+        gateway = (tmp_path / "state" / "gateway-instance-id").read_text().strip()
+        await poll_until(lambda: len(spares_of(owner.pid)) == 1, seconds=15)
+        spares = spares_of(owner.pid)
+        assert len(_gateway_leaves(gateway)) == 1 and watchdogs_of(owner.pid)
+        owner.kill()
+        await owner.wait()
+        await poll_until(lambda: not _gateway_leaves(gateway), seconds=15)
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                       for p in spares)
+    finally:
+        with trio.CancelScope(shield=True):
+            if owner.returncode is None:
+                owner.kill()
+                await owner.wait()

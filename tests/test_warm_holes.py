@@ -48,6 +48,9 @@ def _warm(state: Path) -> Iterator[None]:
         for pid in owners:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
+                psutil.Process(pid).wait(timeout=30)
+        # the owners' spare leaves (no watchdog in tests: see conftest) go with a reap
+        run_cli("reap", state_dir=state, timeout=60)
 
 
 def _status_sessions(state: Path) -> list[dict[str, object]]:

@@ -24,9 +24,10 @@ Guarantees:
   why).
 * **A spare never outlives its owner.**  If the owner dies, the spare reads end-of-file on
   its pipe and exits having run nothing; the leaf it leaves empty is removed by the next reap
-  of the gateway (the watchdog's included).  :meth:`SpareLeaves.aclose` (and the
-  cancellation of the nursery it runs in) kills the leaf, reaps the spare and removes the
-  leaf, shielded and bounded.
+  of the gateway: the watchdog's, since a pool given its ``lease_dir`` (every runtime's is)
+  arms that lease dir's owner-death watchdog before it makes a leaf, as a direct start does.
+  :meth:`SpareLeaves.aclose` (and the cancellation of the nursery it runs in) kills the
+  leaf, reaps the spare and removes the leaf, shielded and bounded.
 * **No reap takes it for a leftover.**  This process's own reaps skip the leaves it holds
   (:mod:`acpx_trio._process.held`); another process's reap leaves it alone because the
   spare names this live owner (the owner tag).
@@ -60,6 +61,7 @@ from acpx_trio._process.leaf_end import kill_leaf
 from acpx_trio._process.spare_wait import PERL_PROGRAM, SPARE_MARK, encode_frame
 from acpx_trio._process.tags import OWNER_ENV_KEY
 from acpx_trio._process.tools import owner_tag_value
+from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
@@ -197,8 +199,11 @@ class SpareLeaves:
     for a start on its way, and :meth:`aclose` discards what is held and stops refilling."""
 
     def __init__(self, nursery: trio.Nursery, *, gateway_instance_id: str,
-                 log: Logger | None = None, perl: bool = True) -> None:
+                 log: Logger | None = None, perl: bool = True,
+                 lease_dir: str | os.PathLike[str] | None = None) -> None:
         self._nursery = nursery
+        #: the lease dir whose owner-death watchdog is armed before any leaf is made
+        self._lease_dir = lease_dir
         self._want_perl = perl  # False: the Python form (tests of the fallback)
         self._perl: str | None = None
         self._gateway = gateway_instance_id
@@ -289,6 +294,8 @@ class SpareLeaves:
             self._idle.set()
 
     async def _make(self) -> SpareLeaf | None:
+        if self._lease_dir is not None:  # as a direct start: the watchdog, then the leaf
+            await ensure_armed(self._lease_dir)
         lease_id = new_lease_id()
         held.hold(lease_id)  # before the leaf exists: no reap of ours sees it unheld
         leaf = await trio.to_thread.run_sync(make_leaf, self._gateway, lease_id)

@@ -118,7 +118,8 @@ class AcpxRuntime:
         #: one launch kept inside its leaf cgroup ahead of need (cgroup containment)
         self._spare_leaves = _spare_leaves if _spare_leaves is not None else (
             None if config.containment == "process-group"
-            else SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=self.log)
+            else SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=self.log,
+                             lease_dir=lease_store.path.parent)
         )
         self._factory = SessionFactory(
             config=config,

@@ -102,7 +102,7 @@ def _primed_spare_leaves(params: RuntimeFactoryParams, logger: Logger) -> SpareL
     from acpx_trio._process.spare_leaf import SpareLeaves  # with the runtime: not at start
 
     spares = SpareLeaves(params.nursery, gateway_instance_id=params.gateway_instance_id,
-                         log=logger)
+                         log=logger, lease_dir=params.lease_store.path.parent)
     spares.prime()
     return spares
 
