@@ -448,18 +448,22 @@ async def test_a_primed_pool_makes_one_launch_that_a_start_at_once_waits_for() -
     """:meth:`SpareLeaves.prime` makes one launch with no request yet; a ``take`` right
     after it (before the pool's task has run) waits for that launch instead of taking the
     direct path, and a single request refills nothing."""
+    gateway = f"gw-primed-{os.urandom(4).hex()}"  # its own: only this pool's leaves count
     async with trio.open_nursery() as nursery:
-        pool = SpareLeaves(nursery, gateway_instance_id="gw-primed")
+        pool = SpareLeaves(nursery, gateway_instance_id=gateway)
         pool.prime()
         spare = await pool.take()
         assert spare is not None and spare.alive()
-        assert spares_of(os.getpid()) == [spare.process.pid]  # one, not SPARES
+        assert spare.process.pid in spares_of(os.getpid())
+        made = [os.path.basename(spare.leaf)]
+        assert _gateway_leaves(gateway) == made  # one, not SPARES
         pool.refill()  # one request: a one-shot caller pays for nothing more
         await trio.lowlevel.checkpoint()
-        assert not pool.has_spare and spares_of(os.getpid()) == [spare.process.pid]
+        assert not pool.has_spare and _gateway_leaves(gateway) == made
         assert await spare.discard()
         await pool.aclose()
-        assert spares_of(os.getpid()) == []
+        assert spare.process.pid not in spares_of(os.getpid())
+        assert _gateway_leaves(gateway) == []
 
 
 @needs_cgroup

@@ -65,7 +65,7 @@ from acpx_trio._process.watchdog import ensure_armed
 from acpx_trio._store.lease_model import new_lease_id
 
 __all__ = [
-    "PERL_PATHS", "SPARES", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable",
+    "PERL_PATHS", "SPARES", "SPARE_MARK", "SpareLeaf", "SpareLeaves", "frameable", "runtime_pool",
     "shell_pwd", "spare_command", "spare_frame",
 ]
 
@@ -338,3 +338,15 @@ class SpareLeaves:
         self._scope.cancel()
         with trio.CancelScope(shield=True):
             await self._idle.wait()
+
+
+def runtime_pool(nursery: trio.Nursery, *, containment: str, gateway_instance_id: str,
+                 lease_dir: str | os.PathLike[str], log: Logger) -> SpareLeaves | None:
+    """The spare leaves of a runtime whose config says ``containment``: none for
+    ``process-group``; else a pool that arms ``lease_dir``'s watchdog before each leaf (where
+    no leaf can be made, its first attempt says so and every start takes the direct path).
+    Cheap: nothing is probed or started until the pool is asked for a launch."""
+    if containment == "process-group":
+        return None
+    return SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=log,
+                       lease_dir=lease_dir)

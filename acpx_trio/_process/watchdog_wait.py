@@ -119,7 +119,7 @@ def wait_owner_gone(
                         pipe_open = False
                         if pidfd is None:
                             timeout = 50
-            if preload is not None and preload_at is not None and time.monotonic() >= preload_at:
+            if preload_at is not None and time.monotonic() >= preload_at:  # (a preload given)
                 preload_at = None
                 import threading
 

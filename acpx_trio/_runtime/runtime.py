@@ -37,7 +37,7 @@ from acpx_trio._events import (
 from acpx_trio._log import Logger
 from acpx_trio._process.cgroup import Containment, lease_usage, resolve_containment
 from acpx_trio._process.reaper import ProcessCleanupDeps
-from acpx_trio._process.spare_leaf import SpareLeaves
+from acpx_trio._process.spare_leaf import SpareLeaves, runtime_pool
 from acpx_trio._runtime.agent_sessions import (
     delete_agent_session,
     list_agent_sessions,
@@ -116,11 +116,9 @@ class AcpxRuntime:
         self._closing_done = trio.Event()
         self._elicitation_handler: ElicitationHandler | None = None
         #: one launch kept inside its leaf cgroup ahead of need (cgroup containment)
-        self._spare_leaves = _spare_leaves if _spare_leaves is not None else (
-            None if config.containment == "process-group"
-            else SpareLeaves(nursery, gateway_instance_id=gateway_instance_id, log=self.log,
-                             lease_dir=lease_store.path.parent)
-        )
+        self._spare_leaves = _spare_leaves if _spare_leaves is not None else runtime_pool(
+            nursery, containment=config.containment, gateway_instance_id=gateway_instance_id,
+            lease_dir=lease_store.path.parent, log=self.log)
         self._factory = SessionFactory(
             config=config,
             gateway_instance_id=gateway_instance_id,

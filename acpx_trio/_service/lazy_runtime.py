@@ -2,9 +2,9 @@
 
 Registering the backend must be cheap and must not import the real runtime module (agent
 process management, the ACP client); :class:`LazyAcpxRuntime` defers both to the first call that
-needs a runtime.  When that call is a start under cgroup containment, the start's leaf is
-made while the runtime's modules load (a primed spare leaf), so the move into it, which waits
-on the kernel, is off the start's path.
+needs a runtime.  When that call is a start under cgroup containment (or ``auto``, where a
+leaf can be made), the start's leaf is made while the runtime's modules load (a primed spare
+leaf), so the move into it, which waits on the kernel, is off the start's path.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import trio
 
-from acpx_trio._errors import AcpRuntimeError, ContainmentError
+from acpx_trio._errors import AcpRuntimeError
 from acpx_trio._events import (
     AcpRuntimeCapabilities,
     AcpRuntimeEvent,
@@ -66,10 +66,10 @@ async def build_default_runtime(
 ) -> AcpRuntimeProtocol:
     """Import :mod:`acpx_trio._runtime.runtime` (in a worker thread) and build ``AcpxRuntime``.
 
-    ``for_start``: a start waits for this build.  Under cgroup containment one spare leaf is
-    then made while the modules load (:meth:`~acpx_trio._process.spare_leaf.SpareLeaves.prime`)
-    and the runtime takes the pool over; a build that fails or is cancelled closes it (nothing
-    of it is left running)."""
+    ``for_start``: a start waits for this build.  Unless containment is ``process-group``,
+    one spare leaf is then made while the modules load
+    (:meth:`~acpx_trio._process.spare_leaf.SpareLeaves.prime`) and the runtime takes the pool
+    over; a build that fails or is cancelled closes it (nothing of it is left running)."""
     logger = as_logger(params.logger, "acpx_trio.runtime")  # the host's logger, any kind
     spares = _primed_spare_leaves(params, logger) if for_start else None
     try:
@@ -92,18 +92,15 @@ async def build_default_runtime(
 
 
 def _primed_spare_leaves(params: RuntimeFactoryParams, logger: Logger) -> SpareLeaves | None:
-    """A pool making one spare leaf now, under cgroup containment (else ``None``: the start
-    takes its own path, which reports what is wrong)."""
-    try:
-        if resolve_containment(params.config.containment).mechanism != "cgroup":
-            return None
-    except ContainmentError:
-        return None
-    from acpx_trio._process.spare_leaf import SpareLeaves  # with the runtime: not at start
+    """The runtime's pool (see :func:`~acpx_trio._process.spare_leaf.runtime_pool`), making
+    one spare leaf now; ``None`` under process-group containment."""
+    from acpx_trio._process.spare_leaf import runtime_pool  # with the runtime: not at start
 
-    spares = SpareLeaves(params.nursery, gateway_instance_id=params.gateway_instance_id,
-                         log=logger, lease_dir=params.lease_store.path.parent)
-    spares.prime()
+    spares = runtime_pool(params.nursery, containment=params.config.containment,
+                          gateway_instance_id=params.gateway_instance_id,
+                          lease_dir=params.lease_store.path.parent, log=logger)
+    if spares is not None:
+        spares.prime()
     return spares
 
 
