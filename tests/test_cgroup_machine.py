@@ -225,6 +225,9 @@ class CgroupReapMachine(RuleBasedStateMachine):
             launch.popen.wait()
         self.launches = kept
         assert all(p.poll() is None for p in self.decoys), "a decoy was killed"
+        parent = gateway_parent(self.gateway)
+        assert parent is not None
+        assert kept or not parent.exists(), f"{parent} outlived its last leaf"
 
 
 CgroupReapMachine.TestCase.settings = settings(
@@ -262,3 +265,29 @@ def test_a_live_owners_hopping_launch_survives_reaps_without_its_record() -> Non
         assert machine.launches == []
     finally:
         machine.teardown()
+
+
+def test_a_reap_removes_its_gateways_empty_parent_and_only_that() -> None:
+    """A gateway parent left with no leaf (a start that failed between its two ``mkdir``, a
+    leaf removed without its parent) is removed by the next reap of that gateway; a dry run
+    removes nothing, another gateway's empty parent stays, and a parent that still holds a
+    live owner's leaf stays with it."""
+    machine = CgroupReapMachine()
+    machine.setup()
+    other = gateway_parent(f"gw-cgm-other-{uuid.uuid4().hex[:12]}")
+    parent = gateway_parent(machine.gateway)
+    assert parent is not None and other is not None
+    try:
+        parent.mkdir()
+        other.mkdir()
+        report = trio.run(lambda: reap_gateway(machine.gateway, LeaseStore(machine.dir),
+                                               dry_run=True))
+        assert report.ok and parent.is_dir(), "a dry run removed the parent"
+        machine.reap()  # asserts the parent gone: no launch is kept
+        assert not parent.exists() and other.is_dir()
+        machine.launch("sleeper", live_owner=True)
+        machine.reap()  # the live owner's launch stays, and its parent with it
+        assert parent.is_dir() and machine.launches
+    finally:
+        machine.teardown()
+        other.rmdir()

@@ -13,6 +13,7 @@ import trio
 
 from acpx_trio._process import held
 from acpx_trio._process.cgroup import (
+    gateway_parent,
     leaf_members,
     leaf_populated,
     leftover_leaves,
@@ -40,7 +41,7 @@ async def reap_cgroup_leftovers(request: ReapStepRequest) -> list[ReapAction]:
     # leaves first, leases second: a lease is saved before its leaf is made, so every leaf
     # listed here that belongs to a live start has its lease in the read that follows
     leaves = await trio.to_thread.run_sync(
-        leftover_leaves, request.gateway_instance_id, frozenset())
+        _leftovers_or_tidy, request.gateway_instance_id, request.dry_run)
     if not leaves:
         return []
     # this process's warm leaves, read before the leases: one released since was saved
@@ -93,6 +94,18 @@ def busy_leaves_of(gateway_instance_id: str,
     return {leaf.rsplit("/", 1)[-1]: leaf
             for leaf in leftover_leaves(gateway_instance_id, frozenset())
             if leaf.rsplit("/", 1)[-1] in wanted and leaf_populated(leaf)}
+
+
+def _leftovers_or_tidy(gateway_instance_id: str, dry_run: bool) -> list[str]:
+    """The gateway's leaves (:func:`leftover_leaves`); when it has none, its parent cgroup is
+    removed too (unless ``dry_run``): a parent whose last leaf went another way (a start that
+    failed between the two ``mkdir``, a leaf removed without its parent) must not outlive
+    the reap.  A start making a leaf at the same moment retries on the missing parent
+    (:func:`~acpx_trio._process.cgroup.make_leaf`).  Blocking."""
+    leaves = leftover_leaves(gateway_instance_id, frozenset())
+    if not leaves and not dry_run and (parent := gateway_parent(gateway_instance_id)):
+        remove_empty_parent(str(parent))
+    return leaves
 
 
 def _remove_empty(leaves: list[str]) -> list[str]:
