@@ -22,6 +22,7 @@ Blocking helpers read ``/proc`` and ``/sys`` (call them in a worker thread).  Li
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import secrets
@@ -40,6 +41,7 @@ __all__ = [
     "Containment",
     "cached_probe",
     "gateway_parent",
+    "gone",
     "leaf_event",
     "leaf_members",
     "leaf_populated",
@@ -212,13 +214,25 @@ def shim_argv(leaf: str, argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", _SHIM, leaf, *argv]
 
 
+def gone(exc: OSError) -> bool:
+    """Whether ``exc``, from a cgroup file or directory, says the cgroup is gone: removed
+    before the open (``ENOENT``) or between the open and the read or write (``ENODEV``: the
+    kernel has deactivated its files).  Another process of the gateway may remove a leaf or
+    its parent at any moment (its close, its reap)."""
+    return exc.errno in (errno.ENOENT, errno.ENODEV)
+
+
 def leaf_members(leaf: str) -> list[int]:
     """The pids in ``leaf`` itself (``cgroup.procs``); empty when it is gone.  Blocking."""
     try:
         with open(os.path.join(leaf, "cgroup.procs"), encoding="ascii") as fh:
             return [int(x) for x in fh.read().split()]
-    except (FileNotFoundError, ValueError):
+    except ValueError:
         return []
+    except OSError as exc:
+        if gone(exc):
+            return []
+        raise
 
 
 def leaf_populated(leaf: str) -> bool | None:
@@ -235,8 +249,10 @@ def leaf_event(leaf: str, name: str) -> bool | None:
                 key, _, value = line.partition(" ")
                 if key == name:
                     return value.strip() != "0"
-    except FileNotFoundError:
-        return None
+    except OSError as exc:
+        if gone(exc):
+            return None
+        raise
     return None
 
 
@@ -399,6 +415,8 @@ def leftover_leaves(gateway_instance_id: str, live_lease_ids: frozenset[str]) ->
         return []
     try:
         names = [e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
+    except OSError as exc:
+        if gone(exc):
+            return []
+        raise
     return [str(parent / n) for n in names if _safe(n) and n not in live_lease_ids]

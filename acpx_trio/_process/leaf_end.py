@@ -33,6 +33,7 @@ import msgspec
 import trio
 
 from acpx_trio._process.cgroup import (
+    gone,
     leaf_event,
     leaf_populated,
     member_of,
@@ -265,9 +266,12 @@ def _write_kill(leaf: str) -> _Members:
     me = os.getuid()
     if any(_ours(pid, me) is False for pid in members):
         return _signal_members(leaf, signal.SIGKILL)
-    with contextlib.suppress(FileNotFoundError), open(
-            os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
-        fh.write("1")
+    try:
+        with open(os.path.join(leaf, "cgroup.kill"), "w", encoding="ascii") as fh:
+            fh.write("1")
+    except OSError as exc:
+        if not gone(exc):  # removed meanwhile: its members had exited
+            raise
     return _Members(signalled=members)
 
 
