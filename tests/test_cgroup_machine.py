@@ -51,7 +51,7 @@ from acpx_trio._process.cgroup import (
 from acpx_trio._process.gateway_reap import reap_gateway
 from acpx_trio._process.identity import process_info
 from acpx_trio._process.leaf_end import kill_leaf
-from acpx_trio._process.leaf_reap import leaf_kept
+from acpx_trio._process.leaf_reap import leaf_verdict
 from acpx_trio._process.owner_tag import owner_tag
 from acpx_trio._process.tags import lease_env
 from acpx_trio._store.lease_model import LeaseState, new_lease
@@ -256,7 +256,7 @@ def test_a_live_owners_hopping_launch_survives_reaps_without_its_record() -> Non
         machine.launch("hopper-setsid-each", live_owner=True)
         launch = machine.launches[0]
         machine.lose_lease_record(0)
-        wrong = sum(not leaf_kept(launch.leaf, None) for _ in range(HOPPER_READS))
+        wrong = sum(leaf_verdict(launch.leaf, None) != "keep" for _ in range(HOPPER_READS))
         assert wrong == 0, f"{wrong} of {HOPPER_READS} reads handed the leaf to the kill"
         for _ in range(5):
             machine.reap()  # asserts the launch untouched, the decoys alive
@@ -291,3 +291,123 @@ def test_a_reap_removes_its_gateways_empty_parent_and_only_that() -> None:
     finally:
         machine.teardown()
         other.rmdir()
+
+
+@pytest.mark.parametrize("owner", ["live", "dead"])
+def test_a_leaf_read_empty_then_entered_before_its_removal_is_decided_again(
+    monkeypatch: pytest.MonkeyPatch, owner: str
+) -> None:
+    """A leaf with no lease record is read empty, and a launch moves in before the reap
+    removes it (a live owner's spare entering its leaf): the reap decides again on who is
+    in it.  A live owner's launch is left alone in its leaf; a dead owner's is killed and
+    its leaf removed.  Before, the reap killed whatever entered, on the empty read."""
+    from acpx_trio._process import leaf_reap
+    from acpx_trio._process.tags import OWNER_ENV_KEY
+
+    machine = CgroupReapMachine()
+    machine.setup()
+    leaf = make_leaf(machine.gateway, f"spare-{uuid.uuid4().hex[:12]}")
+    assert leaf is not None
+    marker = f"acpx-enter-{uuid.uuid4().hex[:12]}"
+    tag = (machine.live if owner == "live" else machine.dead)[2]
+    entered: list[subprocess.Popen[bytes]] = []
+    remove_empty = leaf_reap._remove_empty
+
+    def enter_then_remove(leaves: list[str]) -> list[str]:
+        if leaf in leaves and not entered:  # after the verdict, before the removal
+            entered.append(subprocess.Popen(
+                shim_argv(leaf, [sys.executable, "-c", SLEEP, marker]),
+                env={**os.environ, OWNER_ENV_KEY: tag}, start_new_session=True))
+            for _ in range(2000):
+                if leaf_members(leaf):
+                    break
+                subprocess.run(["sleep", "0.005"], check=False)
+            assert leaf_members(leaf) == [entered[0].pid]
+        return remove_empty(leaves)
+
+    monkeypatch.setattr(leaf_reap, "_remove_empty", enter_then_remove)
+    try:
+        report = trio.run(lambda: reap_gateway(machine.gateway, LeaseStore(machine.dir),
+                                               grace=0.2))
+        assert report.ok and entered
+        killed = [a for a in report.actions if a.action == "killed-cgroup"]
+        if owner == "live":
+            assert not killed and entered[0].poll() is None and os.path.isdir(leaf)
+        else:
+            assert killed and entered[0].wait(timeout=10) == -signal.SIGKILL
+            assert not os.path.exists(leaf)
+    finally:
+        for proc in entered:
+            proc.kill()
+            proc.wait()
+        trio.run(kill_leaf, leaf, 5.0)
+        machine.teardown()
+
+
+@pytest.mark.parametrize("owner", ["live", "dead", None])
+def test_a_leafs_verdict_counts_the_members_of_the_cgroups_below_it(owner: str | None) -> None:
+    """A launch that made a cgroup inside its leaf and moved there is still its leaf's
+    member for the reap's verdict: a live owner's is kept, a dead owner's killed, and a
+    leaf with nobody in it or below it is only ``empty`` (removed, never killed)."""
+    from acpx_trio._process.tags import OWNER_ENV_KEY
+
+    machine = CgroupReapMachine()
+    machine.setup()
+    leaf = make_leaf(machine.gateway, f"nested-{uuid.uuid4().hex[:12]}")
+    assert leaf is not None
+    inner = os.path.join(leaf, "inner")
+    os.mkdir(inner)
+    proc = None
+    try:
+        if owner is not None:
+            tag = (machine.live if owner == "live" else machine.dead)[2]
+            proc = subprocess.Popen(shim_argv(inner, [sys.executable, "-c", SLEEP]),
+                                    env={**os.environ, OWNER_ENV_KEY: tag},
+                                    start_new_session=True)
+            for _ in range(2000):
+                if leaf_members(inner):
+                    break
+                subprocess.run(["sleep", "0.005"], check=False)
+            assert leaf_members(inner) == [proc.pid] and leaf_members(leaf) == []
+        expected = {"live": "keep", "dead": "kill", None: "empty"}[owner]
+        assert leaf_verdict(leaf, None) == expected
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        trio.run(kill_leaf, leaf, 5.0)
+        machine.teardown()
+
+
+#: verdicts on a leaf whose only member ``exec``s without pause (before the re-reads, about
+#: one in a hundred read it untagged, and killed it)
+EXEC_VERDICTS = 1000
+
+
+def test_a_live_owners_member_read_in_the_middle_of_an_exec_is_kept() -> None:
+    """A process in the middle of an ``exec`` shows no environment, so no tag: a live
+    owner's spare becoming its agent (the leaf has no lease record yet) must not read as
+    nobody's.  Its only member here ``exec``s itself without pause, every verdict keeps
+    it."""
+    from acpx_trio._process.tags import OWNER_ENV_KEY
+
+    machine = CgroupReapMachine()
+    machine.setup()
+    leaf = make_leaf(machine.gateway, f"exec-{uuid.uuid4().hex[:12]}")
+    assert leaf is not None
+    script = 'n=$1; [ "$n" -gt 0 ] && exec /bin/sh -c "$0" "$0" $((n-1)); sleep 600'
+    proc = subprocess.Popen(shim_argv(leaf, ["/bin/sh", "-c", script, script, "10000000"]),
+                            env={"PATH": "/usr/bin:/bin", OWNER_ENV_KEY: machine.live[2]},
+                            start_new_session=True)
+    try:
+        for _ in range(2000):
+            if leaf_members(leaf):
+                break
+            subprocess.run(["sleep", "0.005"], check=False)
+        verdicts = [leaf_verdict(leaf, None) for _ in range(EXEC_VERDICTS)]
+        assert verdicts.count("keep") == EXEC_VERDICTS, sorted(set(verdicts))
+    finally:
+        proc.kill()
+        proc.wait()
+        trio.run(kill_leaf, leaf, 5.0)
+        machine.teardown()

