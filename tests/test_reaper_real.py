@@ -6,9 +6,13 @@ SIGKILLed at the end, pass or fail).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from acpx_trio._process.reap_entry import (
 from acpx_trio._process.reaper import default_cleanup_deps, terminate_trees
 from acpx_trio._store.lease_model import LeaseState, new_lease
 from acpx_trio._store.leases import LeaseStore
+from acpx_trio.lowlevel import GATEWAY_ENV_KEY, LEASE_ENV_KEY
 
 GRACE = 0.75
 
@@ -358,3 +363,57 @@ async def test_live_foreign_owner_is_left_alone(lab: ProcessLab, tmp_path: Path)
     assert len(alive_members(theirs)) == theirs.expected
     assert alive_members(ours) == []
     assert (await store.load("theirs")).state is LeaseState.OPEN  # type: ignore[union-attr]
+
+
+#: A tagged root in its own group whose member, once SIGTERMed, makes its real and saved
+#: uids another user's but keeps our effective uid (a root agent's child); prints the
+#: member's pid, writes ``flipped`` to ``argv[1]`` when it switched.
+_FLIPPING_ROOT = r"""
+import os, signal, sys, time
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    def on_term(*_):
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 0, 65534)  # real and saved: nobody's; effective: still ours
+        with open(sys.argv[1], "w") as fh:
+            fh.write("flipped")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+    os.write(w, b"r")
+    while True:
+        time.sleep(1)
+os.read(r, 1)
+print(child, flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+def test_a_member_that_became_another_users_survives_the_group_kill(tmp_path: Path) -> None:
+    """Whose a process is, a signal sees by its real and saved uids: a group member that
+    made them another user's on the first wave's SIGTERM, keeping our effective uid, is
+    never signalled again, not even by the escalation's group SIGKILL (whose listing read
+    the effective uid: 28 of 30 such members were killed)."""
+    for trial in range(3):
+        gateway, lease_id = f"gw-flip-{trial}-{os.getpid()}", f"lease-flip-{trial}"
+        flag = tmp_path / f"flipped-{trial}"
+        root = subprocess.Popen(
+            [sys.executable, "-c", _FLIPPING_ROOT, str(flag)], stdout=subprocess.PIPE,
+            env={**os.environ, LEASE_ENV_KEY: lease_id, GATEWAY_ENV_KEY: gateway},
+            start_new_session=True)
+        assert root.stdout is not None
+        member = int(root.stdout.readline())
+        try:
+            res = trio.run(functools.partial(
+                cleanup_owned_process_tree, root_pid=root.pid, expected_lease_id=lease_id,
+                expected_gateway_instance_id=gateway,
+                root_start_ticks=read_start_ticks(root.pid), grace=0.3))
+            assert flag.read_text() == "flipped"  # it did become another user's
+            assert is_alive(member), "another user's process was killed by the group SIGKILL"
+            assert member not in res.terminated_pids
+        finally:
+            with contextlib.suppress(OSError):
+                os.kill(member, signal.SIGKILL)
+            root.kill()
+            root.wait()

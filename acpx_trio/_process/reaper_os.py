@@ -28,6 +28,7 @@ from acpx_trio._process.identity import (
     live_uid,
     read_stat_state,
     running_dir,
+    status_ids,
 )
 from acpx_trio._process.scan import chase_new_pids, last_pid, newest_pids
 
@@ -148,8 +149,14 @@ def group_members_sync(pgids: Collection[int]) -> dict[int, list[tuple[int, int,
             pgid = int(fields[2])
             if pgid not in wanted:
                 return
-            uid = os.stat(f"/proc/{pid}").st_uid
-            out[pgid][pid] = (pid, uid, fields[0].decode("ascii", "replace"))
+            # whose it is as a signal sees it (real or saved uid), as every other check reads
+            # it: the effective uid (the owner of ``/proc/PID``) would count a member that
+            # made its real and saved uids another user's as ours
+            tgid, uid = status_ids(pid)
+            if tgid is not None and tgid != pid:
+                return  # a thread (a pid chased after the listing): its process is listed
+            out[pgid][pid] = (pid, -1 if uid is None else uid,  # unreadable: not ours
+                              fields[0].decode("ascii", "replace"))
         except (OSError, ValueError, IndexError):
             return
 
