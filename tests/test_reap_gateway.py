@@ -20,7 +20,7 @@ import msgspec
 import psutil
 import pytest
 import trio
-from _proc_helpers import poll_until
+from _proc_helpers import is_alive, poll_until
 
 from acpx_trio._process import shared_scan
 from acpx_trio._process.gateway_reap import (
@@ -448,3 +448,62 @@ async def test_the_reaps_group_signal_does_not_rescan_for_groups_already_empty(
         assert await deps.kill_groups([gone.pid, live.pid], 0) == [live.pid]
         assert passes
         assert live.poll() is None
+
+
+#: A lease's root (in its own session) whose child drops every tag (``env -i``) staying in
+#: the root's group and session; prints the child's pid, then exits, left unreaped by its
+#: parent (the test): a zombie, as under an init slow to reap.
+_ZOMBIE_ROOT = r"""
+import os, sys, time
+child = os.fork()
+if child == 0:
+    os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)"], {})
+print(child, flush=True)
+time.sleep(0.1)
+os._exit(0)
+"""
+
+
+def _state(pid: int) -> str | None:
+    stat = read_stat_state(pid)
+    return None if stat is None else stat[0]
+
+
+def test_a_zombie_roots_env_cleared_child_does_not_outlive_the_reap(tmp_path: Path) -> None:
+    """The owner is dead and the lease's root has exited but is not reaped yet (a zombie:
+    an init slow to reap, a pid 1 that never does); its ``env -i`` child, in the root's
+    group and session, carries no tag.  The reap proves the zombie is the lease's root by
+    its start ticks and kills the group's members (before: the child lived on, 30 of 30,
+    and the lease was final, so nothing would ever find it again)."""
+    for trial in range(3):
+        _zombie_root_trial(tmp_path / f"trial-{trial}")
+
+
+def _zombie_root_trial(where: Path) -> None:
+    gateway = f"gw-zroot-{uuid.uuid4().hex[:8]}"
+    store = LeaseStore(where)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lease = new_lease(gateway_instance_id=gateway, session_key="k", wrapper_root=str(where),
+                      command=["x"], owner_pid=dead.pid, owner_start_time=1.0)
+    trio.run(store.save, lease)
+    root = subprocess.Popen([sys.executable, "-c", _ZOMBIE_ROOT], stdout=subprocess.PIPE,
+                            env={**os.environ, **lease_env(lease.lease_id, gateway)},
+                            start_new_session=True)
+    assert root.stdout is not None
+    child = int(root.stdout.readline())
+    try:
+        info = process_info(root.pid)
+        assert info is not None
+        trio.run(store.save, msgspec.structs.replace(
+            lease, root_pid=root.pid, root_start_ticks=info.start_ticks, boot_id=boot_id(),
+            process_group_id=root.pid))
+        trio.run(poll_until, lambda: _state(root.pid) == "Z")
+        report = trio.run(lambda: reap_gateway(gateway, store, grace=0.2))
+        assert report.ok, report
+        assert child in {a.pid for a in report.actions if a.action == "terminated"}
+        trio.run(poll_until, lambda: not is_alive(child))
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        root.wait()

@@ -137,6 +137,30 @@ def test_plan_group_rules() -> None:
     assert {p.pid for p in old.targets} == {100, 300, 501, 600} and old.groups == []
 
 
+
+@pytest.mark.parametrize("ticks", [100, 99, None])
+def test_a_zombie_roots_group_and_session_are_the_leases(ticks: int | None) -> None:
+    """The lease's root exited but is not reaped yet (init slow to reap, a pid 1 that never
+    does): a zombie still holds its pid, so its group and session are still the lease's
+    when its start ticks prove it is the root the lease recorded; their untagged members
+    (an ``env -i`` child) are targets, the zombie itself never is.  A zombie whose ticks
+    differ (the pid reused), or a lease that recorded none, proves nothing.  Before, a
+    zombie root claimed nothing and such a member outlived the reap (30 of 30)."""
+    me = _p(50, 1, 50, 50)
+    root = _p(100, 1, 100, 100, zombie=True)  # start ticks 100, as every fake's = its pid
+    scrubbed = _p(101, 1, 100, 100)  # env -i child, re-parented, in the root's group
+    stranger = _p(102, 1, 102, 102)  # another session entirely
+    target = LeaseTarget(lease_id="L", gateway_instance_id="G", root_pid=100,
+                         root_start_ticks=ticks)
+    plan = plan_leases([me, root, scrubbed, stranger], [target], self_pid=50, self_uid=0,
+                       self_pgid=50, self_sid=50)
+    got = {p.pid for p in plan.targets}
+    if ticks == 100:
+        assert got == {101} and plan.groups == [100]
+    else:
+        assert got == set() and plan.groups == []
+    assert plan.root_reasons["L"] == "missing-root"
+
 def _kernel() -> tuple[int, int]:
     major, minor = os.uname().release.split(".")[:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)

@@ -16,8 +16,9 @@ Rules (fail closed; anything unproven is left alone, with a reason):
 * every other process carrying a lease's tags is included, wherever it was re-parented;
 * zombies are dead: never targets;
 * **groups and sessions** (:func:`expand_groups`): the process group and session whose id is
-  a verified root's pid, or the pid of any other target leading its own group/session, are
-  ours while any member lives (a pid in use as a pgid/sid is never reused), and so are all
+  a verified root's pid (or a root that exited but is not reaped yet, a zombie still
+  holding its pid, proved the lease's by its start ticks: :func:`dead_root_proven`), or the
+  pid of any other target leading its own group/session, are ours while any member lives (a pid in use as a pgid/sid is never reused), and so are all
   their members, tagged or not.  A group/session whose leader is gone (a ``setsid`` + fork
   hopper) is ours when a member carries the lease's tags and no live member has an ancestry
   that avoids every owned process (a "foreign" member).  Never our own group or session,
@@ -134,6 +135,18 @@ def root_matches(p: ProcessInfo, t: LeaseTarget, current_boot_id: str | None) ->
     return t.root_start_ticks is None
 
 
+def dead_root_proven(p: ProcessInfo, t: LeaseTarget, current_boot_id: str | None) -> bool:
+    """Whether ``p``, a zombie at the lease's root pid, is the lease's root: its start ticks
+    equal the recorded ones (same boot) and it leads its group and session.  A zombie still
+    holds its pid, so no other process can start a group or a session with that id, and a
+    session leader never leaves its group: the members of both are what the root left (an
+    ``env -i`` child, which carries no tag, among them).  Its tags cannot be read any more:
+    the identity is the proof, so ticks are required (a create time within a tolerance is
+    not enough without tags)."""
+    return (p.zombie and t.root_start_ticks is not None and p.start_ticks is not None
+            and root_matches(p, t, current_boot_id) and p.pgid == p.pid and p.sid == p.pid)
+
+
 def order_children_first(procs: Sequence[ProcessInfo]) -> list[ProcessInfo]:
     """Unique by pid (first wins), every process before its parent when both are listed.
 
@@ -185,6 +198,7 @@ def plan_leases(
     targets: dict[int, ProcessInfo] = {}
     skipped: dict[int, str] = {}
     root_reasons: dict[str, str] = {}
+    dead_roots: set[int] = set()
 
     def consider(p: ProcessInfo, t: LeaseTarget) -> None:
         inspected.setdefault(p.pid)
@@ -207,6 +221,8 @@ def plan_leases(
         root = by_pid.get(t.root_pid)
         if root is None or root.zombie:
             root_reasons[t.lease_id] = MISSING_ROOT
+            if root is not None and dead_root_proven(root, t, current_boot_id):
+                dead_roots.add(root.pid)  # never a target: its group and session are
             continue
         inspected.setdefault(root.pid)
         reason = guard_reason(root, self_pid, self_uid)
@@ -241,7 +257,8 @@ def plan_leases(
             consider(p, t)
     groups: list[int] = []
     if self_pgid is not None and self_sid is not None:
-        roots = {t.root_pid for t in leases if t.root_pid in targets} | set(verified_groups)
+        roots = ({t.root_pid for t in leases if t.root_pid in targets} | dead_roots
+                 | set(verified_groups))
         groups = expand_groups(
             table, targets, skipped, inspected, roots=roots, tags=wanted, known=known,
             self_pid=self_pid, self_uid=self_uid, self_pgid=self_pgid, self_sid=self_sid,
