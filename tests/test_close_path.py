@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 from _proc_helpers import poll_until
@@ -16,9 +18,11 @@ from _runtime_helpers import MOCK, RuntimeEnv
 
 from acpx_trio._process.agent import AgentProcess, AgentSpawn
 from acpx_trio._process.identity import ProcessInfo
+from acpx_trio._process.owned import close_owned
+from acpx_trio._process.reaper import ProcessCleanupDeps
 from acpx_trio._process.shared_scan import pids_tagged, scan_passes, shared_scan
 from acpx_trio._process.tags import GATEWAY_ENV_KEY, LEASE_ENV_KEY, lease_ids_in_environ
-from acpx_trio._store.lease_model import LeaseState, ProcessLease
+from acpx_trio._store.lease_model import LeaseState, ProcessLease, new_lease
 from acpx_trio._store.leases import LeaseStore
 from acpx_trio._store.sessions import SessionRecord, SessionStore
 
@@ -155,3 +159,37 @@ async def test_session_mark_closed_is_one_read_modify_write(tmp_path: Path) -> N
     assert await store.mark_closed("j", discard=True) is True
     other = await store.load("j")
     assert other is not None and other.closed and other.reset_on_next_ensure
+
+
+async def test_a_close_whose_tree_cleanup_fails_leaves_the_lease_closing(
+    tmp_path: Path,
+) -> None:
+    """Process-group mode: when the tree's cleanup itself fails (here its process listing),
+    nothing proved the tree gone, so the lease stays ``closing`` for the next sweep (it used
+    to end ``closed``); the direct child is still killed and reaped."""
+    store = LeaseStore(tmp_path)
+    lease = new_lease(gateway_instance_id="gw-fail", session_key="k", wrapper_root=str(tmp_path),
+                      command=["sleep"])
+    await store.save(lease)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+        env={**os.environ, LEASE_ENV_KEY: lease.lease_id, GATEWAY_ENV_KEY: "gw-fail"})
+    lease = msgspec.structs.replace(lease, root_pid=proc.pid, process_group_id=proc.pid)
+    await store.save(lease)
+
+    async def broken(*_: object) -> object:
+        raise RuntimeError("the process listing failed")
+
+    deps = ProcessCleanupDeps(list_processes=broken, kill_process=broken, wait_exit=broken,
+                              self_pid=os.getpid(), self_uid=os.getuid())
+
+    async def mark(state: LeaseState) -> object:
+        return await store.mark_state(lease.lease_id, state)
+
+    with trio.fail_after(20), trio.CancelScope(shield=True):
+        result = await close_owned(proc, lease, mark=mark, create_time=None, start_ticks=None,
+                                   grace=0.2, deps=deps, log=logging.getLogger("test"),
+                                   what="agent")
+    assert result is None and proc.returncode is not None
+    (after,) = await store.list_all()
+    assert after.state == LeaseState.CLOSING

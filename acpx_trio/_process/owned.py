@@ -332,7 +332,8 @@ async def close_owned(
     The root's group and session die with it (its ids are reserved while a member lives),
     untagged members included, then every process carrying the lease's tags, in waves; the
     direct child is always killed and reaped.  A tree proved gone ends ``closed``; survivors
-    are logged and the lease stays ``closing`` for the next sweep.  Call it shielded.
+    are logged and the lease stays ``closing`` for the next sweep, as it does when the
+    cleanup itself fails (nothing then proved the tree gone).  Call it shielded.
 
     ``window``: a :class:`~acpx_trio._process.scan.PidWindow` opened before the spawn (the
     process-group proof then costs the processes started since, not the machine's).
@@ -361,6 +362,7 @@ async def close_owned(
             return await _close_contained(proc, lease, lease.cgroup, moved, mark_closing, grace,
                                           log, what, remove_leaf)
         result: CleanupResult | None = None
+        failed = False
         if lease is not None:
             try:
                 result = await cleanup_owned_process_tree(
@@ -378,12 +380,18 @@ async def close_owned(
                 )
             except Exception as exc:
                 log.error("%s %s: tree cleanup failed: %r", what, proc.pid, exc)
+                failed = True
         if proc.returncode is None:  # our direct child: always kill and reap it
             await mark_closing()
             with contextlib.suppress(OSError):
                 proc.kill()
             with trio.move_on_after(max(grace, 1.0)):
                 await proc.wait()
+        if failed:  # nothing proved the tree gone: not ``closed``
+            await mark_closing()
+            log.error("%s %s: lease %s stays closing for the next sweep", what, proc.pid,
+                      lease.lease_id if lease else None)
+            return None
         survivors = list(result.survived_pids) if result is not None else []
         if result is not None and result.unproven and not survivors:
             # scans kept finding processes until the time budget ran out: not proven gone

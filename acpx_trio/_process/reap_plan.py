@@ -18,10 +18,11 @@ Rules (fail closed; anything unproven is left alone, with a reason):
 * **groups and sessions** (:func:`expand_groups`): the process group and session whose id is
   a verified root's pid (or a root that exited but is not reaped yet, a zombie still
   holding its pid, proved the lease's by its start ticks: :func:`dead_root_proven`), or the
-  pid of any other target leading its own group/session, are ours while any member lives (a pid in use as a pgid/sid is never reused), and so are all
-  their members, tagged or not.  A group/session whose leader is gone (a ``setsid`` + fork
-  hopper) is ours when a member carries the lease's tags and no live member has an ancestry
-  that avoids every owned process (a "foreign" member).  Never our own group or session,
+  pid of any other target leading its own group/session, are ours while any member lives
+  (a pid in use as a pgid/sid is never reused), and so are all their members, tagged or
+  not.  A group/session whose leader is gone (a ``setsid`` + fork hopper) is ours when a
+  member carries the lease's tags and no live member has an ancestry that avoids every
+  owned process (a "foreign" member).  Never our own group or session,
   never pid 0/1.  A group whose members all pass :func:`guard_reason` is listed in
   :attr:`Plan.groups` to be signalled as a whole (``killpg``: atomic against forks);
 * a zombie proved ours (in ``known``, or in an owned group/session) does not hide its
