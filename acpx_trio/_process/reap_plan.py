@@ -223,7 +223,7 @@ def plan_leases(
         if root is None or root.zombie:
             root_reasons[t.lease_id] = MISSING_ROOT
             if root is not None and dead_root_proven(root, t, current_boot_id):
-                dead_roots.add(root.pid)  # never a target: its group and session are
+                dead_roots.add(root.pid)  # never a target; its group and session are claimed
             continue
         inspected.setdefault(root.pid)
         reason = guard_reason(root, self_pid, self_uid)
