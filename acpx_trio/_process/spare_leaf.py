@@ -79,11 +79,12 @@ _SPARE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spare_
 #: the next ensure at once) find one ready while the next is still being made (its move
 #: into its leaf waits out a grace period: 5-11 ms, longer than a close).
 SPARES = 2
-#: Bound of discarding one spare leaf (kill, wait empty, reap, remove), and of a new spare's
-#: move into its leaf.
+#: Bound of discarding one spare leaf (kill, wait empty, reap, remove), and of a taken
+#: spare's move into its leaf.
 DISCARD_SECONDS = 5.0
-#: Spares in a row that may fail to get into their leaf (another process's reap removed it
-#: first) before the pool waits for the next request to try again.
+#: Spares in a row that may be gone before they could be described (their move into their
+#: leaf failed: another process's reap removed it first) before the pool waits for the next
+#: request to try again.
 LOST_IN_A_ROW = 3
 
 
@@ -235,9 +236,10 @@ class SpareLeaves:
         return bool(self._ready)
 
     async def take(self) -> SpareLeaf | None:
-        """A ready launch (waiting for one in the making when none is ready), or ``None``
-        (none, or the pool cannot work here).  The caller owns what it gets: it saves the
-        lease, then :meth:`SpareLeaf.become`, or :meth:`SpareLeaf.discard`."""
+        """A ready launch, in its leaf (waiting for one in the making when none is ready, and
+        for its move into its leaf), or ``None`` (none, or the pool cannot work here).  The
+        caller owns what it gets: it saves the lease, then :meth:`SpareLeaf.become`, or
+        :meth:`SpareLeaf.discard`."""
         await trio.lowlevel.checkpoint()
         self._requests += 1
         if not self._ready and not self._made.is_set():
@@ -245,7 +247,17 @@ class SpareLeaves:
         while self._ready:
             spare = self._ready.popleft()
             if spare.alive():
-                return spare
+                # handed out only once inside: until then its leaf is empty and has no lease
+                # record, and another process's reap may remove it (the spare then cannot
+                # enter); once it is in, its owner tag keeps every reap off it.  Long in by
+                # now, but for a start that waited for it to be made.
+                try:
+                    await settle_root(spare.process, spare.leaf, DISCARD_SECONDS)
+                except BaseException:
+                    self._nursery.start_soon(spare.discard)
+                    raise
+                if spare.alive():
+                    return spare
             self._nursery.start_soon(spare.discard)
         return None
 
@@ -281,13 +293,12 @@ class SpareLeaves:
                 while True:
                     await self._wanted.wait()
                     self._wanted = trio.Event()
-                    lost = 0  # spares in a row that never got into their leaf
+                    lost = 0  # spares in a row gone before they were described
                     while len(self._ready) < self._limit and lost < LOST_IN_A_ROW:
                         if self._made.is_set():
                             self._made = trio.Event()
                         try:
-                            # bounded: mkdir, spawn, /proc, the spare's move into its leaf
-                            with trio.CancelScope(shield=True):
+                            with trio.CancelScope(shield=True):  # bounded: mkdir, spawn, /proc
                                 spare = await self._make()
                             if spare is not None:
                                 self._ready.append(spare)  # before anything can cancel
@@ -340,12 +351,7 @@ class SpareLeaves:
         info = await trio.to_thread.run_sync(child_identity, process.pid)
         spare = SpareLeaf(process, leaf, lease_id, control,
                         0.0 if info is None else info[0], None if info is None else info[1])
-        if info is not None:
-            # handed out only once inside: until then its leaf is empty and has no lease
-            # record, and another process's reap may remove it (the spare then cannot
-            # enter); once it is in, its owner tag keeps every reap off it
-            await settle_root(process, leaf, DISCARD_SECONDS)
-        if info is None or not spare.alive():  # its move failed, or it never moved in
+        if info is None:  # gone already (its move failed)
             self._log.debug("spare leaf: its spare never got into %s", leaf)
             await spare.discard()
             return None
