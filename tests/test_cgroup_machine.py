@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
+from acpx_trio._process import leaf_end
 from acpx_trio._process.cgroup import (
     gateway_parent,
     leaf_members,
@@ -293,6 +294,13 @@ def test_a_reap_removes_its_gateways_empty_parent_and_only_that() -> None:
         other.rmdir()
 
 
+def _wait_populated(leaf: str) -> None:
+    """Until a process is in ``leaf`` or below it (the kernel's change notice on its
+    ``cgroup.events``), at most 10 s."""
+    assert trio.run(leaf_end._wait_event, leaf, "populated", True, 10.0)
+    assert leaf_populated(leaf)
+
+
 @pytest.mark.parametrize("owner", ["live", "dead"])
 def test_a_leaf_read_empty_then_entered_before_its_removal_is_decided_again(
     monkeypatch: pytest.MonkeyPatch, owner: str
@@ -318,10 +326,7 @@ def test_a_leaf_read_empty_then_entered_before_its_removal_is_decided_again(
             entered.append(subprocess.Popen(
                 shim_argv(leaf, [sys.executable, "-c", SLEEP, marker]),
                 env={**os.environ, OWNER_ENV_KEY: tag}, start_new_session=True))
-            for _ in range(2000):
-                if leaf_members(leaf):
-                    break
-                subprocess.run(["sleep", "0.005"], check=False)
+            _wait_populated(leaf)
             assert leaf_members(leaf) == [entered[0].pid]
         return remove_empty(leaves)
 
@@ -364,10 +369,7 @@ def test_a_leafs_verdict_counts_the_members_of_the_cgroups_below_it(owner: str |
             proc = subprocess.Popen(shim_argv(inner, [sys.executable, "-c", SLEEP]),
                                     env={**os.environ, OWNER_ENV_KEY: tag},
                                     start_new_session=True)
-            for _ in range(2000):
-                if leaf_members(inner):
-                    break
-                subprocess.run(["sleep", "0.005"], check=False)
+            _wait_populated(leaf)  # counts the cgroups below it
             assert leaf_members(inner) == [proc.pid] and leaf_members(leaf) == []
         expected = {"live": "keep", "dead": "kill", None: "empty"}[owner]
         assert leaf_verdict(leaf, None) == expected
@@ -400,10 +402,7 @@ def test_a_live_owners_member_read_in_the_middle_of_an_exec_is_kept() -> None:
                             env={"PATH": "/usr/bin:/bin", OWNER_ENV_KEY: machine.live[2]},
                             start_new_session=True)
     try:
-        for _ in range(2000):
-            if leaf_members(leaf):
-                break
-            subprocess.run(["sleep", "0.005"], check=False)
+        _wait_populated(leaf)
         verdicts = [leaf_verdict(leaf, None) for _ in range(EXEC_VERDICTS)]
         assert verdicts.count("keep") == EXEC_VERDICTS, sorted(set(verdicts))
     finally:

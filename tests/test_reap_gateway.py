@@ -454,14 +454,22 @@ async def test_the_reaps_group_signal_does_not_rescan_for_groups_already_empty(
 #: the root's group and session; prints the child's pid, then exits, left unreaped by its
 #: parent (the test): a zombie, as under an init slow to reap.
 _ZOMBIE_ROOT = r"""
-import os, sys, time
+import os, sys
 child = os.fork()
 if child == 0:
-    os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)"], {})
+    os.execve(sys.executable, [sys.executable, "-c", "import signal; signal.pause()"], {})
 print(child, flush=True)
-time.sleep(0.1)
 os._exit(0)
 """
+
+
+def _untagged(pid: int) -> bool:
+    """``pid`` runs with an empty environment (its ``exec`` is done)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read() == b"" and _state(pid) not in (None, "Z")
+    except OSError:
+        return False
 
 
 def _state(pid: int) -> str | None:
@@ -498,7 +506,7 @@ def _zombie_root_trial(where: Path) -> None:
         trio.run(store.save, msgspec.structs.replace(
             lease, root_pid=root.pid, root_start_ticks=info.start_ticks, boot_id=boot_id(),
             process_group_id=root.pid))
-        trio.run(poll_until, lambda: _state(root.pid) == "Z")
+        trio.run(poll_until, lambda: _state(root.pid) == "Z" and _untagged(child))
         report = trio.run(lambda: reap_gateway(gateway, store, grace=0.2))
         assert report.ok, report
         assert child in {a.pid for a in report.actions if a.action == "terminated"}

@@ -369,7 +369,7 @@ async def test_live_foreign_owner_is_left_alone(lab: ProcessLab, tmp_path: Path)
 #: uids another user's but keeps our effective uid (a root agent's child); prints the
 #: member's pid, writes ``flipped`` to ``argv[1]`` when it switched.
 _FLIPPING_ROOT = r"""
-import os, signal, sys, time
+import os, signal, sys
 r, w = os.pipe()
 child = os.fork()
 if child == 0:
@@ -382,10 +382,10 @@ if child == 0:
     signal.signal(signal.SIGTERM, on_term)
     os.write(w, b"r")
     while True:
-        time.sleep(1)
+        signal.pause()
 os.read(r, 1)
 print(child, flush=True)
-time.sleep(3600)
+signal.pause()
 """
 
 

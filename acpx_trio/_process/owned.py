@@ -362,7 +362,6 @@ async def close_owned(
             return await _close_contained(proc, lease, lease.cgroup, moved, mark_closing, grace,
                                           log, what, remove_leaf)
         result: CleanupResult | None = None
-        failed = False
         if lease is not None:
             try:
                 result = await cleanup_owned_process_tree(
@@ -380,17 +379,16 @@ async def close_owned(
                 )
             except Exception as exc:
                 log.error("%s %s: tree cleanup failed: %r", what, proc.pid, exc)
-                failed = True
         if proc.returncode is None:  # our direct child: always kill and reap it
             await mark_closing()
             with contextlib.suppress(OSError):
                 proc.kill()
             with trio.move_on_after(max(grace, 1.0)):
                 await proc.wait()
-        if failed:  # nothing proved the tree gone: not ``closed``
-            await mark_closing()
+        if lease is not None and result is None:  # its cleanup failed: nothing proved the
+            await mark_closing()  # tree gone, so not ``closed``
             log.error("%s %s: lease %s stays closing for the next sweep", what, proc.pid,
-                      lease.lease_id if lease else None)
+                      lease.lease_id)
             return None
         survivors = list(result.survived_pids) if result is not None else []
         if result is not None and result.unproven and not survivors:

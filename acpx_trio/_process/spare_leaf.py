@@ -315,8 +315,8 @@ class SpareLeaves:
             self._idle.set()
 
     async def _make(self) -> SpareLeaf | None:
-        """A spare in its leaf; ``None`` when none could be made (:attr:`_broken` set when
-        none can be made here)."""
+        """A new spare (moving into its leaf: :meth:`take` checks it got in); ``None`` when
+        none could be made (:attr:`_broken` set when none can be made here)."""
         if self._lease_dir is not None:  # as a direct start: the watchdog, then the leaf
             await ensure_armed(self._lease_dir)
         lease_id = new_lease_id()
