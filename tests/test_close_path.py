@@ -172,7 +172,7 @@ async def test_a_close_whose_tree_cleanup_fails_leaves_the_lease_closing(
                       command=["sleep"])
     await store.save(lease)
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+        [sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True,
         env={**os.environ, LEASE_ENV_KEY: lease.lease_id, GATEWAY_ENV_KEY: "gw-fail"})
     lease = msgspec.structs.replace(lease, root_pid=proc.pid, process_group_id=proc.pid)
     await store.save(lease)
