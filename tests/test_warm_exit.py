@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from _cli_helpers import (
     MOCK,
+    CliProcess,
     assert_nothing_left,
     background_cli,
     cli_argv,
@@ -49,11 +50,19 @@ def _agent_pid(state: Path) -> int:
     return int(session["agent_pid"])
 
 
-def _wait_log(state: Path, needle: str) -> None:
-    """Wait (bounded) for the owner's log to say ``needle``."""
+def _wait_log(state: Path, needle: str, owner: int,
+              client: CliProcess | None = None) -> None:
+    """Wait (bounded) for the owner's log to say ``needle``; fails at once when the owner
+    exits first, saying what the owner logged and how the client stands."""
     deadline = time.monotonic() + 30
-    while needle not in (state / "owner.log").read_text():
-        assert time.monotonic() < deadline, (state / "owner.log").read_text()
+    while needle not in (log := (state / "owner.log").read_text()):
+        gone = not alive(owner)
+        if gone or time.monotonic() >= deadline:
+            seen = "" if client is None else (
+                f"\nclient: exit {client.popen.poll()}, {len(client.stdout)} lines read, "
+                f"stderr {client.err()!r}")
+            raise AssertionError(f"no {needle!r} in the owner's log (owner "
+                                 f"{'exited' if gone else 'alive'}){seen}\n{log}")
         time.sleep(0.05)
 
 
@@ -100,7 +109,7 @@ def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> N
         client.signal(signal.SIGSTOP)  # stopped for good: it would hold the owner 15 s
         try:
             os.kill(owner, signal.SIGTERM)
-            _wait_log(state, "client(s) still connected")
+            _wait_log(state, "client(s) still connected", owner, client)
             start = time.monotonic()
             os.kill(owner, signal.SIGTERM)
             wait_gone(owner, timeout=CLIENT_SEND_SECONDS)
@@ -132,7 +141,7 @@ def test_a_second_signal_kills_the_agents_without_their_grace(tmp_path: Path,
     with background_cli(*args, "/hang", state_dir=state) as client:
         wait_status(state, lambda s: turn_state(s, "k") == "active")
         os.kill(owner, signal.SIGTERM)
-        _wait_log(state, "shutting down")
+        _wait_log(state, "shutting down", owner)
         start = time.monotonic()
         os.kill(owner, second)
         wait_gone(owner, timeout=grace + 30)

@@ -157,6 +157,10 @@ def test_warm_transcript_history_replay_and_redaction(tmp_path: Path) -> None:
     three = run_cli("prompt", "--session", "k", *agent, "/think again", state_dir=state,
                     env=env)
     assert three.returncode == 0, three.stderr  # a new owner: session/load replays
+    # the owner writes a turn's transcript after the turn: `sessions history` has it written
+    # out first (the file read before that may still miss the turn's lines)
+    shown = run_cli("sessions", "history", "k", "--json", state_dir=state)
+    assert shown.returncode == 0
     path = transcript_path(state / "acpx" / "sessions", "k")
     data = path.read_bytes()
     assert SECRET.encode() not in data
@@ -166,8 +170,6 @@ def test_warm_transcript_history_replay_and_redaction(tmp_path: Path) -> None:
     assert [t.prompt for t in turns] == ["/tool", f"echo {REDACTED}", "/think again"]
     assert turns[0].tool_calls and turns[0].tool_calls[0].status == "completed"
     assert turns[2].reply == "again" and all(t.stop_reason == "end_turn" for t in turns)
-    shown = run_cli("sessions", "history", "k", "--json", state_dir=state)
-    assert shown.returncode == 0
     rows = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [r["prompt"] for r in rows] == [t.prompt for t in turns]
     assert all(r["duration_seconds"] is not None for r in rows)
