@@ -76,3 +76,23 @@ def owners_of(state_dir: Path) -> list[int]:
                 proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc.pid)
     return found
+
+
+def wait_backed_up(agent: int) -> None:
+    """Wait (bounded) until a stopped client's stream is backed up all the way to the agent:
+    every thread of the agent asleep (its write to the owner waits) and no CPU time used,
+    five looks in a row.  Only then does the owner hold more for that client than its socket
+    takes: stopped at once, the owner could still hand it everything it held (the final
+    frame included) and close the connection, so no client would be left to wait for."""
+    proc = psutil.Process(agent)
+    deadline = time.monotonic() + 30
+    quiet, last = 0, -1.0
+    while quiet < 5:
+        assert time.monotonic() < deadline, "the agent never waited on its output"
+        times = proc.cpu_times()
+        used = times.user + times.system
+        asleep = all(psutil.Process(t.id).status() == psutil.STATUS_SLEEPING
+                     for t in proc.threads())
+        quiet = quiet + 1 if asleep and used == last else 0
+        last = used
+        time.sleep(0.02)

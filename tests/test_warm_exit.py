@@ -25,7 +25,15 @@ from _cli_helpers import (
     json_lines,
     run_cli,
 )
-from _warm_helpers import alive, owner_info, status, turn_state, wait_gone, wait_status
+from _warm_helpers import (
+    alive,
+    owner_info,
+    status,
+    turn_state,
+    wait_backed_up,
+    wait_gone,
+    wait_status,
+)
 
 from acpx_trio._cli.output import OUTPUT_HIGH_WATER
 from acpx_trio._events import DoneEvent, TextDeltaEvent
@@ -108,6 +116,7 @@ def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> N
         wait_status(state, lambda s: turn_state(s, "k") == "active")
         client.signal(signal.SIGSTOP)  # stopped for good: it would hold the owner 15 s
         try:
+            wait_backed_up(_agent_pid(state))
             os.kill(owner, signal.SIGTERM)
             _wait_log(state, "client(s) still connected", owner, client)
             start = time.monotonic()

@@ -23,7 +23,13 @@ from _cli_helpers import (
     kill_gateway_processes,
     run_cli,
 )
-from _warm_helpers import owner_info, owners_of, turn_state, wait_status
+from _warm_helpers import (
+    owner_info,
+    owners_of,
+    turn_state,
+    wait_backed_up,
+    wait_status,
+)
 
 from acpx_trio._owner.wire import OwnerProtocolError, decode_reply, decode_request
 from acpx_trio._store.caps import TURN_OVERHEAD_BYTES
@@ -99,6 +105,9 @@ def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None
         wait_status(state, lambda s: turn_state(s, "k") == "active")
         flood.signal(signal.SIGSTOP)  # Ctrl-Z: it stops reading
         try:
+            # the owner holds more than the client takes: the client must be dropped
+            (session,) = _status_sessions(state)
+            wait_backed_up(int(str(session["agent_pid"])))
             cancel = run_cli("cancel", "--session", "k", state_dir=state)
             assert cancel.returncode == 0 and "cancelled the running turn" in cancel.stdout
             start = time.monotonic()
