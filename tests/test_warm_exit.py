@@ -88,6 +88,7 @@ def test_a_lagging_client_gets_its_stream_when_the_owner_exits(tmp_path: Path,
         wait_status(state, lambda s: turn_state(s, "k") == "active")
         client.signal(signal.SIGSTOP)  # Ctrl-Z: the owner's writes to it now wait
         try:
+            wait_backed_up(agent)  # (so it holds some of the stream when it exits)
             if how == "close":
                 done = run_cli("sessions", "close", "k", state_dir=state)
                 assert done.returncode == 0, done.stderr

@@ -141,9 +141,10 @@ def test_ttl_expiry_leaves_nothing(tmp_path: Path) -> None:
     done = run_cli("prompt", "--session", "k", "--ttl", "1", "/pid", state_dir=tmp_path)
     assert done.returncode == 0, done.stderr
     agent = _pid(done.stdout)
-    info = owner_info(tmp_path)
-    assert info is not None
-    wait_gone(info["pid"])  # the owner exits on its own once the session idled 1 s
+    # (from its log: ``owner.json`` is already gone when this command was slow to end)
+    owner = re.search(r" owner (\d+): ", (tmp_path / "owner.log").read_text())
+    assert owner is not None
+    wait_gone(int(owner.group(1)))  # the owner exits on its own once the session idled 1 s
     assert not alive(agent)
     assert tagged_pids(gateway_id(tmp_path) or "-") == []
     assert not (tmp_path / "owner.sock").exists() and owner_info(tmp_path) is None
@@ -163,11 +164,15 @@ def test_racing_clients_start_one_owner(tmp_path: Path, clients: int) -> None:
 
 
 def test_cancel_while_starting_is_applied_before_the_prompt(tmp_path: Path) -> None:
-    agent = ["--agent-command", f"{MOCK} --slow-start 3000"]
+    # the agent starts only once the cancel is in (a fixed slow start raced two command runs)
+    gate = tmp_path / "gate"
+    agent = ["--agent-command",
+             f"sh -c 'while [ ! -e {gate} ]; do sleep 0.02; done; exec {MOCK}'"]
     turn = CliProcess("prompt", "--session", "k", *agent, "never sent", state_dir=tmp_path)
     try:
         wait_status(tmp_path, lambda s: turn_state(s, "k") == "starting")
         cancel = run_cli("cancel", "--session", "k", "--json", state_dir=tmp_path)
+        gate.touch()
         assert '"cancelled":true' in cancel.stdout
         assert turn.wait() == 130
         assert "never sent" not in turn.out()
