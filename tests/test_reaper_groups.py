@@ -174,7 +174,9 @@ def test_cgroup_probe_explains_itself_and_leaves_nothing() -> None:
     probe = probe_cgroup_kill()
     assert probe.reason and (probe.path is not None or not probe.usable)
     if probe.path is not None and Path(probe.path).is_dir():
-        assert not list(Path(probe.path).glob("acpx-trio-probe-*")), "the probe child stayed"
+        # (ours only: other tests' processes probe the same cgroup at the same time)
+        mine = f"acpx-trio-probe-{os.getpid()}-*"
+        assert not list(Path(probe.path).glob(mine)), "the probe child stayed"
     # where a child of our cgroup can be made, the truth is that cgroup.kill is there
     # (kernel >= 5.14; the old probe looked only at the root cgroup, which never has it)
     if probe.path is not None and os.access(probe.path, os.W_OK) and _kernel() >= (5, 14):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,10 +174,11 @@ def test_the_runtime_without_a_service_refuses_too(
     leases = shared / "leases" if where == "lease-dir" else tmp_path / "leases"
     sessions = shared / "sessions" if where == "session-dir" else tmp_path / "sessions"
     config = resolve_config({"stateDir": str(sessions)}, str(workspace))
+    gateway = f"gw-parents-{uuid.uuid4().hex}"  # (the other case may run at the same time)
 
     async def main() -> None:
         with trio.fail_after(30):
-            async with open_acpx_runtime(config, gateway_instance_id="gw-parents",
+            async with open_acpx_runtime(config, gateway_instance_id=gateway,
                                          lease_store=LeaseStore(leases)) as runtime:
                 refused = StateFileError if where == "lease-dir" else SessionStoreError
                 with pytest.raises(refused) as info:
@@ -185,4 +187,4 @@ def test_the_runtime_without_a_service_refuses_too(
 
     trio.run(main)
     assert os.listdir(shared) == []
-    assert tagged_pids("gw-parents") == []
+    assert tagged_pids(gateway) == []
