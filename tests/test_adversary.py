@@ -14,9 +14,18 @@ import psutil
 import pytest
 import trio
 from _proc_helpers import poll_until
-from test_watchdog import GRACE, MARGIN, _alive, read_records, start_owner, watchdogs_of
+from test_watchdog import (
+    GRACE,
+    MARGIN,
+    _alive,
+    _loaded,
+    read_records,
+    start_owner,
+    watchdogs_of,
+)
 
 from acpx_trio._process.cgroup import probe_cgroup_kill
+from acpx_trio._process.watchdog_wait import PRELOAD_SECONDS
 from acpx_trio._store.lease_model import LeaseState
 from acpx_trio._store.leases import SyncLeaseStore
 
@@ -59,6 +68,10 @@ async def test_agent_that_kills_the_watchdog_still_dies_with_its_owner(tmp_path:
                 raise AssertionError("the owner did not re-arm a killed watchdog") from None
             second = next(p for p in watchdogs_of(owner.pid) if p != first)
             assert psutil.Process(second).status() != psutil.STATUS_ZOMBIE
+            # the bound holds once the new watchdog has loaded its reap's modules (a just-armed
+            # one is a bare interpreter that loads them in the background: watchdog_wait)
+            await poll_until(lambda: _loaded(second, "_psutil_linux") and _loaded(
+                second, "msgspec"), seconds=PRELOAD_SECONDS + 10)
             owner.send_signal(signal.SIGKILL)
             owner.wait()
             try:

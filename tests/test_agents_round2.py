@@ -129,14 +129,15 @@ def test_terminal_auth_methods_say_what_to_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_stalled_turn_reports_the_agents_meta_error(tmp_path: Path) -> None:
     reason = "stream disconnected before completion: offline"
-    done = run_cli("exec", "--timeout", "3", f"/stall-meta-error {reason}", state_dir=tmp_path)
+    # (the bound covers the agent's start too: room for a slow start on a loaded machine)
+    done = run_cli("exec", "--timeout", "8", f"/stall-meta-error {reason}", state_dir=tmp_path)
     assert done.returncode == 3
     lines = done.stderr.splitlines()
     assert f"[status] agent error: {reason}" in lines
     assert not any(line.strip() in ("[status] session:", "[status]") for line in lines)
     assert f"acpx-trio:   the agent reported: {reason}" in lines, done.stderr
     assert any("ERROR codex_core" in line for line in lines)  # the stderr tail, too
-    final = json_lines(run_cli("--json", "exec", "--timeout", "3", f"/stall-meta-error {reason}",
+    final = json_lines(run_cli("--json", "exec", "--timeout", "8", f"/stall-meta-error {reason}",
                                state_dir=tmp_path).stdout)[-1]
     assert final["code"] == "ACP_TURN_TIMEOUT" and reason in final["detail"]
 
@@ -185,9 +186,12 @@ def test_the_registry_npx_pins_resolve() -> None:
                                   text=True, timeout=120, check=False)
         except subprocess.TimeoutExpired:
             pytest.skip("the npm registry did not answer")
-        if done.returncode != 0 and any(w in done.stderr for w in ("ENOTFOUND", "EAI_AGAIN",
-                                                                    "ECONNREFUSED", "ETIMEDOUT")):
-            pytest.skip(f"no network: {done.stderr.strip()[:200]}")
+        # only the registry's own answer that the pin does not exist fails the test; any
+        # other failure (no network, a reset, a rate limit, a registry error) says nothing
+        # about the pin
+        missing = any(w in done.stderr for w in ("E404", "ETARGET", "notarget"))
+        if done.returncode != 0 and not missing:
+            pytest.skip(f"the npm registry could not be asked: {done.stderr.strip()[:200]}")
         assert done.returncode == 0 and json.loads(done.stdout), (pin, done.stderr)
 
 
