@@ -35,13 +35,23 @@ def _proc_file(pid: int, name: str) -> bytes:
         return fh.read()
 
 
-def _kill_all(owner: subprocess.Popen[bytes], pids: list[int]) -> None:
+def _hold(pids: list[int]) -> list[psutil.Process]:
+    """``pids`` as they are now (alive), so that a later kill never reaches a process that
+    took a pid number after it was freed (other tests fork fast enough to wrap it)."""
+    held = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            held.append(psutil.Process(pid))
+    return held
+
+
+def _kill_all(owner: subprocess.Popen[bytes], held: list[psutil.Process]) -> None:
     if owner.poll() is None:
         owner.kill()
         owner.wait()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for proc in held:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # (psutil refuses a pid reused since it was held)
 
 
 @pytest.mark.slow
@@ -54,10 +64,12 @@ async def test_agent_that_kills_the_watchdog_still_dies_with_its_owner(tmp_path:
     state = tmp_path / "state"
     owner = start_owner(state, 1, ["--ignore-stdin-eof", "--ignore-sigterm"])
     agents: list[int] = []
+    held: list[psutil.Process] = []
     try:
         with trio.fail_after(60):
             records = await trio.to_thread.run_sync(read_records, owner, 2)
             agents = [int(str(r["pid"])) for r in records]
+            held = _hold(agents)
             await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             first = watchdogs_of(owner.pid)[0]
             os.kill(first, signal.SIGKILL)  # what a hostile agent of ours can do
@@ -85,7 +97,7 @@ async def test_agent_that_kills_the_watchdog_still_dies_with_its_owner(tmp_path:
             leases = SyncLeaseStore(state / "acpx").list_all()
             assert leases and all(x.state is LeaseState.CLOSED for x in leases), leases
     finally:
-        _kill_all(owner, agents)
+        _kill_all(owner, held)
 
 
 # -- the error contract under a hostile environment -------------------------------------------
@@ -206,10 +218,12 @@ async def test_watchdog_and_argv_carry_no_credential(
     state = tmp_path / "state"
     owner = start_owner(state, 1, [])
     agents: list[int] = []
+    held: list[psutil.Process] = []
     try:
         with trio.fail_after(60):
             records = await trio.to_thread.run_sync(read_records, owner, 2)
             agents = [int(str(r["pid"])) for r in records]
+            held = _hold(agents)
             await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             (watchdog,) = watchdogs_of(owner.pid)
             for pid in [owner.pid, watchdog, *agents]:
@@ -217,7 +231,7 @@ async def test_watchdog_and_argv_carry_no_credential(
             assert secret.encode() not in _proc_file(watchdog, "environ")
             assert secret.encode() in _proc_file(agents[0], "environ")
     finally:
-        _kill_all(owner, agents)
+        _kill_all(owner, held)
 
 
 # -- the warm owner ---------------------------------------------------------------------------
@@ -434,11 +448,13 @@ async def test_terminal_dies_with_its_sigkilled_owner_without_restart(tmp_path: 
         [sys.executable, str(child), str(tmp_path / "state")], stdout=subprocess.PIPE,
         env={**env, "PYTHONPATH": path})
     pid = 0
+    held: list[psutil.Process] = []
     try:
         with trio.fail_after(60):
             assert owner.stdout is not None
             line = await trio.to_thread.run_sync(owner.stdout.readline)
             pid = int(json.loads(line)["pid"])
+            held = _hold([pid])
             await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             owner.send_signal(signal.SIGKILL)
             owner.wait()
@@ -448,7 +464,7 @@ async def test_terminal_dies_with_its_sigkilled_owner_without_restart(tmp_path: 
                 raise AssertionError(f"terminal {pid} outlived its owner") from None
             assert decoy.poll() is None
     finally:
-        _kill_all(owner, [pid] if pid else [])
+        _kill_all(owner, held)
         decoy.kill()
         decoy.wait()
 
@@ -464,10 +480,12 @@ async def test_owner_and_watchdog_killed_together_next_start_up_reaps(tmp_path: 
     state = tmp_path / "state"
     owner = start_owner(state, 1, ["--ignore-stdin-eof", "--ignore-sigterm"])
     agents: list[int] = []
+    held: list[psutil.Process] = []
     try:
         with trio.fail_after(60):
             records = await trio.to_thread.run_sync(read_records, owner, 2)
             agents = [int(str(r["pid"])) for r in records]
+            held = _hold(agents)
             await poll_until(lambda: len(watchdogs_of(owner.pid)) == 1)
             (watchdog,) = watchdogs_of(owner.pid)
             owner.send_signal(signal.SIGSTOP)
@@ -483,7 +501,7 @@ async def test_owner_and_watchdog_killed_together_next_start_up_reaps(tmp_path: 
                 assert reap is not None
             await poll_until(lambda: not any(_alive(p) for p in agents), seconds=10)
     finally:
-        _kill_all(owner, agents)
+        _kill_all(owner, held)
 
 
 def test_oversized_warm_prompt_is_a_typed_error_and_the_owner_lives(tmp_path: Path) -> None:
