@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _cli_helpers import run_cli
+from _cli_helpers import CliProcess, run_cli
 
 #: Bound of waiting for an owner to exit or a status to appear.
 WAIT_SECONDS = 30.0
@@ -21,6 +21,29 @@ def owner_info(state_dir: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return data
+
+
+def owner_pid(state_dir: Path) -> int:
+    """The pid ``owner.json`` names (there must be one)."""
+    info = owner_info(state_dir)
+    assert info is not None
+    return int(info["pid"])
+
+
+def wait_owner_log(state_dir: Path, needle: str, owner: int,
+                   client: CliProcess | None = None, timeout: float = WAIT_SECONDS) -> None:
+    """Wait (bounded) for the owner's log to say ``needle``; fails at once when the owner
+    exits first, saying what the owner logged and how ``client`` stands."""
+    deadline = time.monotonic() + timeout
+    while needle not in (log := (state_dir / "owner.log").read_text()):
+        gone = not alive(owner)
+        if gone or time.monotonic() >= deadline:
+            seen = "" if client is None else (
+                f"\nclient: exit {client.popen.poll()}, {len(client.stdout)} lines read, "
+                f"stderr {client.err()!r}")
+            raise AssertionError(f"no {needle!r} in the owner's log (owner "
+                                 f"{'exited' if gone else 'alive'}){seen}\n{log}")
+        time.sleep(0.05)
 
 
 def status(state_dir: Path, *args: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from _cli_helpers import (
     MOCK,
-    CliProcess,
     assert_nothing_left,
     background_cli,
     cli_argv,
@@ -27,11 +26,12 @@ from _cli_helpers import (
 )
 from _warm_helpers import (
     alive,
-    owner_info,
+    owner_pid,
     status,
     turn_state,
     wait_backed_up,
     wait_gone,
+    wait_owner_log,
     wait_status,
 )
 
@@ -46,32 +46,10 @@ from acpx_trio._owner.wire import AcceptedFrame, EventFrame, decode_request, enc
 CHUNKS = 3_000_000
 
 
-def _owner_pid(state: Path) -> int:
-    info = owner_info(state)
-    assert info is not None
-    return int(info["pid"])
-
-
 def _agent_pid(state: Path) -> int:
     (session,) = status(state)["sessions"]
     assert session["agent_pid"] is not None, session
     return int(session["agent_pid"])
-
-
-def _wait_log(state: Path, needle: str, owner: int,
-              client: CliProcess | None = None) -> None:
-    """Wait (bounded) for the owner's log to say ``needle``; fails at once when the owner
-    exits first, saying what the owner logged and how the client stands."""
-    deadline = time.monotonic() + 30
-    while needle not in (log := (state / "owner.log").read_text()):
-        gone = not alive(owner)
-        if gone or time.monotonic() >= deadline:
-            seen = "" if client is None else (
-                f"\nclient: exit {client.popen.poll()}, {len(client.stdout)} lines read, "
-                f"stderr {client.err()!r}")
-            raise AssertionError(f"no {needle!r} in the owner's log (owner "
-                                 f"{'exited' if gone else 'alive'}){seen}\n{log}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("how", ["close", "sigterm"])
@@ -82,7 +60,7 @@ def test_a_lagging_client_gets_its_stream_when_the_owner_exits(tmp_path: Path,
     and the final one, and reported the owner lost (13/13 stopped, 8/20 not stopped)."""
     state = tmp_path / "state"
     assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
-    owner, agent = _owner_pid(state), _agent_pid(state)
+    owner, agent = owner_pid(state), _agent_pid(state)
     with background_cli("prompt", "--session", "k", f"/chunks {CHUNKS}",
                         state_dir=state) as client:
         wait_status(state, lambda s: turn_state(s, "k") == "active")
@@ -111,7 +89,7 @@ def test_a_lagging_client_gets_its_stream_when_the_owner_exits(tmp_path: Path,
 def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
-    owner = _owner_pid(state)
+    owner = owner_pid(state)
     with background_cli("prompt", "--session", "k", f"/chunks {CHUNKS}",
                         state_dir=state) as client:
         wait_status(state, lambda s: turn_state(s, "k") == "active")
@@ -119,7 +97,7 @@ def test_a_second_signal_ends_the_wait_for_a_stopped_client(tmp_path: Path) -> N
         try:
             wait_backed_up(_agent_pid(state))
             os.kill(owner, signal.SIGTERM)
-            _wait_log(state, "client(s) still connected", owner, client)
+            wait_owner_log(state, "client(s) still connected", owner, client)
             start = time.monotonic()
             os.kill(owner, signal.SIGTERM)
             wait_gone(owner, timeout=CLIENT_SEND_SECONDS)
@@ -147,11 +125,11 @@ def test_a_second_signal_kills_the_agents_without_their_grace(tmp_path: Path,
     args = ("--config", str(config), "prompt", "--agent-command", agent, "--session", "k")
     first = run_cli(*args, "hi", state_dir=state)
     assert first.returncode == 0, first.stderr
-    owner, agent_pid = _owner_pid(state), _agent_pid(state)
+    owner, agent_pid = owner_pid(state), _agent_pid(state)
     with background_cli(*args, "/hang", state_dir=state) as client:
         wait_status(state, lambda s: turn_state(s, "k") == "active")
         os.kill(owner, signal.SIGTERM)
-        _wait_log(state, "shutting down", owner)
+        wait_owner_log(state, "shutting down", owner)
         start = time.monotonic()
         os.kill(owner, second)
         wait_gone(owner, timeout=grace + 30)
@@ -251,7 +229,7 @@ def test_a_connection_without_a_request_does_not_hold_the_owner_at_exit(
     are waited for now."""
     state = tmp_path / "state"
     assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
-    owner = _owner_pid(state)
+    owner = owner_pid(state)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
         idle.connect(str(OwnerPaths(state).socket))
         wait_status(state, lambda s: turn_state(s, "k") == "idle")  # it was accepted

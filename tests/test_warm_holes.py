@@ -25,9 +25,11 @@ from _cli_helpers import (
 )
 from _warm_helpers import (
     owner_info,
+    owner_pid,
     owners_of,
     turn_state,
     wait_backed_up,
+    wait_owner_log,
     wait_status,
 )
 
@@ -65,12 +67,6 @@ def _status_sessions(state: Path) -> list[dict[str, object]]:
         return []
     sessions: list[dict[str, object]] = json.loads(done.stdout)["sessions"]
     return sessions
-
-
-def _owner_pid(state: Path) -> int:
-    info = owner_info(state)
-    assert info is not None
-    return int(info["pid"])
 
 
 # -- hole 3: the owner does not freeze the first client's credentials -------------------------
@@ -116,11 +112,8 @@ def test_stopped_client_loses_its_stream_not_the_session(tmp_path: Path) -> None
             assert nxt.stdout.strip() == "after"
             assert time.monotonic() - start < 60
             # resumed, the dropped command says so (the owner lives), not "owner went away"
-            log = state / "owner.log"
-            deadline = time.monotonic() + 60
-            while b"dropped a client that stopped reading" not in log.read_bytes():
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+            wait_owner_log(state, "dropped a client that stopped reading", owner_pid(state),
+                           flood, timeout=60)
             flood.signal(signal.SIGCONT)
             assert flood.wait() == 1
             flood.wait_stderr("ACPX_CLIENT_DROPPED")
@@ -134,7 +127,7 @@ def test_stopped_owner_gives_a_bounded_error_naming_its_pid(tmp_path: Path) -> N
     state = tmp_path / "state"
     with _warm(state):
         assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
-        pid = _owner_pid(state)
+        pid = owner_pid(state)
         os.kill(pid, signal.SIGSTOP)
         try:
             commands = [("status",), ("cancel", "--session", "k"), ("sessions", "close", "k"),
@@ -209,7 +202,7 @@ def test_planted_owner_json_with_a_live_pid_does_not_block_start(tmp_path: Path)
     with _warm(state):
         done = run_cli("prompt", "--session", "k", "hi", state_dir=state)
         assert done.returncode == 0, done.stderr
-        assert _owner_pid(state) != me.pid
+        assert owner_pid(state) != me.pid
 
 
 @pytest.mark.parametrize("name", ["owner.lock", "owner.log"])
@@ -306,7 +299,7 @@ def test_queued_prompt_bytes_are_capped_per_session(tmp_path: Path) -> None:
             "--config", str(config), "prompt", "--session", "j", "/sleep 60000",
             state_dir=state):
         wait_status(state, lambda s: turn_state(s, "k") == turn_state(s, "j") == "active")
-        base = _rss(_owner_pid(state))
+        base = _rss(owner_pid(state))
         results = []
         for key in ("k", "k", "k", "k", "j", "j", "j"):
             done = run_cli("--config", str(config), "prompt", "--session", key, "--no-wait",
@@ -315,7 +308,7 @@ def test_queued_prompt_bytes_are_capped_per_session(tmp_path: Path) -> None:
         # k: three fit (3 MiB), the fourth is refused; j: two more fit the 5 MiB total
         assert results == [("k", 0, False)] * 3 + [("k", 1, True), ("j", 0, False),
                                                    ("j", 0, False), ("j", 1, True)], results
-        assert _rss(_owner_pid(state)) - base < 64 << 20
+        assert _rss(owner_pid(state)) - base < 64 << 20
         assert run_cli("status", state_dir=state).returncode == 0
 
 
@@ -328,7 +321,7 @@ def test_queued_prompts_keep_owner_rss_bounded_by_default(tmp_path: Path) -> Non
     with _warm(state), background_cli("prompt", "--session", "k", "/sleep 60000",
                                       state_dir=state):
         wait_status(state, lambda s: turn_state(s, "k") == "active")
-        pid = _owner_pid(state)
+        pid = owner_pid(state)
         base = _rss(pid)
         codes = [run_cli("prompt", "--session", "k", "--no-wait", "-", input=big,
                          state_dir=state).returncode for _ in range(16)]
@@ -344,7 +337,7 @@ def test_partial_frames_are_bounded_in_all(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with _warm(state):
         assert run_cli("prompt", "--session", "k", "hi", state_dir=state).returncode == 0
-        pid = _owner_pid(state)
+        pid = owner_pid(state)
         base = _rss(pid)
         chunk = b"x" * (1 << 20)
         socks = []
@@ -510,7 +503,7 @@ def test_a_waiting_prompt_holds_its_text_not_its_frame(tmp_path: Path) -> None:
         stack.enter_context(background_cli("prompt", "--session", "k", "/sleep 60000",
                                            state_dir=state))
         wait_status(state, lambda s: turn_state(s, "k") == "active")
-        pid = _owner_pid(state)
+        pid = owner_pid(state)
         base = _rss(pid)
         for _ in range(4):  # each waits for its turn, its connection open
             stack.enter_context(background_cli("prompt", "--session", "k", "-f", str(prompt),
